@@ -1,0 +1,25 @@
+//! The explicit list of connectors: one line per source or sink type. Nothing registers itself.
+
+use sluice_engine::traits::{Registry, SinkType, SourceType};
+
+use crate::{sinks, sources};
+
+/// Every connector this build knows.
+pub fn registry() -> Registry {
+    Registry {
+        sources: vec![
+            SourceType {
+                name: "file",
+                configure: sources::file::configure,
+            },
+            SourceType {
+                name: "generator",
+                configure: sources::generator::configure,
+            },
+        ],
+        sinks: vec![SinkType {
+            name: "object_store",
+            configure: sinks::object_store::configure,
+        }],
+    }
+}

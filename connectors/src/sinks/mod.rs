@@ -1,0 +1,3 @@
+//! Sinks: each stores finished payloads and classifies its failures.
+
+pub mod object_store;

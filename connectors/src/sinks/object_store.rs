@@ -1,0 +1,354 @@
+//! `type = "object_store"`: stores objects in any store `object_store` speaks: `s3://`, `gs://`,
+//! `az://`, `http(s)://`, `file://` and `memory://`.
+//!
+//! Options (`options = { ... }`) use object_store's own names (`region`, `endpoint`,
+//! `access_key_id`, `secret_access_key`, `virtual_hosted_style_request`, `allow_http`, …), and the
+//! builders read the usual environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) first.
+//! Guarantees: an object is reported delivered only after the store acknowledged the PUT (local
+//! files are fsynced before that); failures are classified by error variant, never by message:
+//! authentication, permission, missing bucket and bad path are permanent, the rest retryable.
+//! `file://` paths may be relative (to the current directory); `memory://NAME/...` stores live in
+//! this process and are shared by name (tests, dry runs).
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::future::BoxFuture;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::http::HttpBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ClientConfigKey, ObjectStore, PutOptions, PutPayload, RetryConfig};
+use serde::Deserialize;
+use sluice_engine::config::Diagnostic;
+use sluice_engine::traits::{ConnectorConfig, DeliveryError, Payload, Sink};
+
+/// The sink's own keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectStoreConfig {
+    /// Where objects go: `s3://bucket/prefix`, `file://./out`, `memory://name/prefix`, …
+    url: String,
+    /// object_store options for the URL's scheme.
+    #[serde(default)]
+    options: BTreeMap<String, toml::Value>,
+}
+
+/// A configured object-store sink.
+pub struct ObjectStoreSink {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    base: Path,
+    local_dir: Option<std::path::PathBuf>,
+    /// Error-code prefix, `S3` for s3:// (Firehose's `S3.AccessDenied` style).
+    code_prefix: &'static str,
+}
+
+/// The process-wide `memory://NAME` stores.
+pub fn memory_store(name: &str) -> Arc<InMemory> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    let stores = STORES.get_or_init(|| Mutex::new(HashMap::new()));
+    match stores.lock() {
+        Ok(mut map) => Arc::clone(
+            map.entry(name.to_string())
+                .or_insert_with(|| Arc::new(InMemory::new())),
+        ),
+        Err(_) => Arc::new(InMemory::new()),
+    }
+}
+
+fn option_text(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// No retries inside object_store: the engine's retry policy is the one that counts.
+fn no_client_retries() -> RetryConfig {
+    RetryConfig {
+        max_retries: 0,
+        ..RetryConfig::default()
+    }
+}
+
+/// Builds an object-store sink from `[sinks.<name>]`.
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
+    let url_span = config
+        .table
+        .key_span("url")
+        .unwrap_or(config.table.span.clone());
+    let options_span = config.table.key_span("options").unwrap_or(url_span.clone());
+    let c: ObjectStoreConfig = config.table.deserialize()?;
+    let mut options = Vec::new();
+    for (key, value) in &c.options {
+        let Some(text) = option_text(value) else {
+            return Err(Diagnostic::new(
+                options_span,
+                format!("option `{key}` must be a string, boolean or integer"),
+            ));
+        };
+        options.push((key.clone(), text));
+    }
+    let sink = ObjectStoreSink::from_url(&c.url, &options).map_err(|(message, hint)| {
+        let span = if message.starts_with("unknown option") {
+            options_span.clone()
+        } else {
+            url_span.clone()
+        };
+        Diagnostic::new(span, message).with_hint(hint)
+    })?;
+    Ok(Arc::new(sink))
+}
+
+impl ObjectStoreSink {
+    /// Builds the store for `url`; an error is (message, hint).
+    pub fn from_url(url: &str, options: &[(String, String)]) -> Result<Self, (String, String)> {
+        let bad_url = |e: String| {
+            (
+                format!("bad url `{url}`: {e}"),
+                "e.g. s3://bucket/prefix, file://./out, memory://test".to_string(),
+            )
+        };
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(bad_url("no scheme".into()));
+        };
+        let unknown = |key: &str, scheme: &str| {
+            (
+                format!("unknown option `{key}` for {scheme}:// stores"),
+                "use object_store's option names, e.g. region, endpoint, access_key_id, allow_http"
+                    .to_string(),
+            )
+        };
+        let build_error = |e: object_store::Error| {
+            (
+                format!("cannot use `{url}`: {e}"),
+                "check the url and options".to_string(),
+            )
+        };
+        let (store, base, local_dir, code_prefix): (Arc<dyn ObjectStore>, Path, _, _) = match scheme
+        {
+            "file" => {
+                if let Some((k, _)) = options.first() {
+                    return Err(unknown(k, scheme));
+                }
+                let dir = std::path::PathBuf::from(if rest.is_empty() { "." } else { rest });
+                let dir = if dir.is_absolute() {
+                    dir
+                } else {
+                    std::env::current_dir()
+                        .map_err(|e| bad_url(e.to_string()))?
+                        .join(dir)
+                };
+                let dir = normalize(&dir);
+                let base = Path::from_filesystem_path(&dir)
+                    .unwrap_or_else(|_| Path::from(dir.to_string_lossy().as_ref()));
+                let store = LocalFileSystem::new().with_fsync(true);
+                (Arc::new(store), base, Some(dir), "Local")
+            }
+            "memory" => {
+                if let Some((k, _)) = options.first() {
+                    return Err(unknown(k, scheme));
+                }
+                let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                let store: Arc<dyn ObjectStore> = memory_store(name);
+                (store, Path::from(prefix), None, "Memory")
+            }
+            "s3" | "s3a" => {
+                let mut b = AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_retry(no_client_retries());
+                for (k, v) in options {
+                    let key = AmazonS3ConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
+                    b = b.with_config(key, v);
+                }
+                (
+                    Arc::new(b.build().map_err(build_error)?),
+                    url_path(rest),
+                    None,
+                    "S3",
+                )
+            }
+            "gs" => {
+                let mut b = GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .with_retry(no_client_retries());
+                for (k, v) in options {
+                    let key = GoogleConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
+                    b = b.with_config(key, v);
+                }
+                (
+                    Arc::new(b.build().map_err(build_error)?),
+                    url_path(rest),
+                    None,
+                    "GCS",
+                )
+            }
+            "az" | "abfs" | "abfss" | "azure" => {
+                let mut b = MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_retry(no_client_retries());
+                for (k, v) in options {
+                    let key = AzureConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
+                    b = b.with_config(key, v);
+                }
+                (
+                    Arc::new(b.build().map_err(build_error)?),
+                    url_path(rest),
+                    None,
+                    "Azure",
+                )
+            }
+            "http" | "https" => {
+                let mut b = HttpBuilder::new()
+                    .with_url(url)
+                    .with_retry(no_client_retries());
+                for (k, v) in options {
+                    let key = ClientConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
+                    b = b.with_config(key, v);
+                }
+                (
+                    Arc::new(b.build().map_err(build_error)?),
+                    Path::default(),
+                    None,
+                    "Http",
+                )
+            }
+            other => {
+                return Err((
+                    format!("unsupported object store scheme `{other}://`"),
+                    "use s3://, gs://, az://, http(s)://, file:// or memory://".to_string(),
+                ));
+            }
+        };
+        Ok(ObjectStoreSink {
+            url: url.to_string(),
+            store,
+            base,
+            local_dir,
+            code_prefix,
+        })
+    }
+
+    /// The full path of `key` under the sink's location.
+    pub fn location(&self, key: &str) -> Result<Path, DeliveryError> {
+        let joined = if self.base.as_ref().is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.base)
+        };
+        Path::parse(&joined).map_err(|e| DeliveryError::Permanent {
+            code: format!("{}.InvalidKey", self.code_prefix),
+            message: format!("object key `{joined}` is not valid: {e}"),
+        })
+    }
+}
+
+/// Removes `.` and resolves `..` without touching the file system.
+fn normalize(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// The prefix after `bucket/` in `bucket/prefix/...`.
+fn url_path(rest: &str) -> Path {
+    rest.split_once('/')
+        .map(|(_, p)| Path::from(p))
+        .unwrap_or_default()
+}
+
+/// Classifies an object_store error by variant.
+fn classify(code_prefix: &str, e: object_store::Error) -> DeliveryError {
+    use object_store::Error as E;
+    let (permanent, code) = match &e {
+        E::NotFound { .. } => (true, "NoSuchBucket"),
+        E::PermissionDenied { .. } => (true, "AccessDenied"),
+        E::Unauthenticated { .. } => (true, "InvalidCredentials"),
+        E::InvalidPath { .. } => (true, "InvalidKey"),
+        E::NotSupported { .. } | E::NotImplemented { .. } => (true, "NotSupported"),
+        E::UnknownConfigurationKey { .. } => (true, "InvalidConfiguration"),
+        E::Precondition { .. } | E::AlreadyExists { .. } | E::NotModified { .. } => {
+            (true, "Conflict")
+        }
+        _ => (false, "InternalError"),
+    };
+    let code = format!("{code_prefix}.{code}");
+    if permanent {
+        DeliveryError::Permanent {
+            code,
+            message: e.to_string(),
+        }
+    } else {
+        DeliveryError::Retryable {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Sink for ObjectStoreSink {
+    fn describe(&self) -> String {
+        format!("object_store {}", self.url)
+    }
+
+    fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let dir = self.local_dir.clone();
+        Box::pin(async move {
+            if let Some(dir) = dir {
+                tokio::fs::create_dir_all(&dir)
+                    .await
+                    .map_err(|e| DeliveryError::Permanent {
+                        code: "Local.AccessDenied".into(),
+                        message: format!("cannot create {}: {e}", dir.display()),
+                    })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let store = Arc::clone(&self.store);
+        let location = self.location(&payload.key);
+        let code_prefix = self.code_prefix;
+        let with_attributes = self.local_dir.is_none();
+        Box::pin(async move {
+            let location = location?;
+            let mut attributes = object_store::Attributes::new();
+            // Local files keep no attributes (object_store refuses them there).
+            if with_attributes {
+                attributes.insert(
+                    object_store::Attribute::ContentType,
+                    payload.content_type.into(),
+                );
+                if let Some(encoding) = payload.content_encoding {
+                    attributes.insert(object_store::Attribute::ContentEncoding, encoding.into());
+                }
+            }
+            let options = PutOptions {
+                attributes,
+                ..PutOptions::default()
+            };
+            store
+                .put_opts(&location, PutPayload::from_bytes(payload.body), options)
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(code_prefix, e))
+        })
+    }
+}

@@ -1,0 +1,431 @@
+//! `type = "file"`: newline-delimited records from local files matched by globs.
+//!
+//! Each line (without its `\n`) is one record; empty lines are skipped. `.gz` and `.zst` files are
+//! decompressed as they are read. Plain files are split into newline-aligned byte ranges shared out
+//! among the workers, so one large file is read by all of them; a compressed file is read whole by
+//! one worker. Guarantees: for any split, every line is read exactly once (a line belongs to the
+//! range its first byte is in); a file that cannot be read stops the source with its path in the
+//! error. Relative paths are relative to the current directory.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use serde::Deserialize;
+use sluice_engine::config::Diagnostic;
+use sluice_engine::record::RecordBatch;
+use sluice_engine::traits::{
+    ConnectorConfig, ReadStatus, Source, SourceContext, SourceError, SourceReader,
+};
+
+/// The file source's own keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    /// Glob patterns, e.g. `data/*.ndjson.gz`.
+    paths: Vec<String>,
+}
+
+/// Smallest range a plain file is split into.
+pub const MIN_SPLIT_BYTES: u64 = 16 << 20;
+
+/// A configured file source.
+#[derive(Debug)]
+pub struct FileSource {
+    patterns: Vec<String>,
+    units: OnceLock<Result<Vec<WorkUnit>, String>>,
+    min_split: u64,
+}
+
+/// How a file is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileCompression {
+    /// Plain text: splittable.
+    None,
+    /// `.gz`.
+    Gzip,
+    /// `.zst`.
+    Zstd,
+}
+
+/// A piece of work for one worker: a whole file or a byte range of a plain one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkUnit {
+    /// The file.
+    pub path: PathBuf,
+    /// First byte of the range.
+    pub start: u64,
+    /// End of the range (exclusive) for lines' first bytes; `None` reads to the end.
+    pub end: Option<u64>,
+    /// How it is compressed.
+    pub compression: FileCompression,
+}
+
+/// Builds a file source from `[sources.<name>]`.
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
+    let span = config
+        .table
+        .key_span("paths")
+        .unwrap_or(config.table.span.clone());
+    let c: FileConfig = config.table.deserialize()?;
+    if c.paths.is_empty() {
+        return Err(Diagnostic::new(span, "`paths` is empty")
+            .with_hint("list at least one glob, e.g. [\"data/*.ndjson\"]"));
+    }
+    for p in &c.paths {
+        if let Err(e) = glob::Pattern::new(p) {
+            return Err(Diagnostic::new(span, format!("bad glob `{p}`: {e}")));
+        }
+    }
+    Ok(Arc::new(FileSource::new(c.paths, MIN_SPLIT_BYTES)))
+}
+
+impl FileSource {
+    /// A source over `patterns`, splitting plain files into ranges of at least `min_split` bytes.
+    pub fn new(patterns: Vec<String>, min_split: u64) -> Self {
+        FileSource {
+            patterns,
+            units: OnceLock::new(),
+            min_split,
+        }
+    }
+
+    fn units(&self, workers: usize) -> Result<&Vec<WorkUnit>, SourceError> {
+        self.units
+            .get_or_init(|| plan_units(&self.patterns, workers, self.min_split))
+            .as_ref()
+            .map_err(|e| SourceError::Setup(e.clone()))
+    }
+}
+
+fn compression_of(path: &std::path::Path) -> FileCompression {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("gz") => FileCompression::Gzip,
+        Some("zst") => FileCompression::Zstd,
+        _ => FileCompression::None,
+    }
+}
+
+/// Expands the globs and cuts the files into work units: plain files into about `4 × workers`
+/// ranges in all (each at least `min_split` bytes), compressed files whole.
+pub fn plan_units(
+    patterns: &[String],
+    workers: usize,
+    min_split: u64,
+) -> Result<Vec<WorkUnit>, String> {
+    let mut files = Vec::new();
+    for pattern in patterns {
+        let matches = glob::glob(pattern).map_err(|e| format!("bad glob `{pattern}`: {e}"))?;
+        let mut found = 0;
+        for entry in matches {
+            let path =
+                entry.map_err(|e| format!("cannot read {}: {}", e.path().display(), e.error()))?;
+            if path.is_file() && !files.contains(&path) {
+                files.push(path);
+                found += 1;
+            }
+        }
+        if found == 0 {
+            tracing::warn!(pattern, "no file matches");
+        }
+    }
+    if files.is_empty() {
+        return Err(format!("no file matches {}", patterns.join(", ")));
+    }
+    files.sort();
+    let mut sizes = Vec::new();
+    for f in &files {
+        let len = std::fs::metadata(f)
+            .map_err(|e| format!("cannot read {}: {e}", f.display()))?
+            .len();
+        sizes.push(len);
+    }
+    let plain_total: u64 = files
+        .iter()
+        .zip(&sizes)
+        .filter(|(f, _)| compression_of(f) == FileCompression::None)
+        .map(|(_, s)| *s)
+        .sum();
+    let target = (plain_total / (4 * workers.max(1) as u64))
+        .max(min_split)
+        .max(1);
+    let mut units = Vec::new();
+    for (path, size) in files.into_iter().zip(sizes) {
+        let compression = compression_of(&path);
+        if compression != FileCompression::None || size <= target {
+            units.push(WorkUnit {
+                path,
+                start: 0,
+                end: None,
+                compression,
+            });
+            continue;
+        }
+        let pieces = size.div_ceil(target);
+        let step = size.div_ceil(pieces);
+        let mut start = 0;
+        while start < size {
+            let end = (start + step).min(size);
+            units.push(WorkUnit {
+                path: path.clone(),
+                start,
+                end: if end >= size { None } else { Some(end) },
+                compression,
+            });
+            start = end;
+        }
+    }
+    Ok(units)
+}
+
+impl Source for FileSource {
+    fn describe(&self) -> String {
+        format!("file: {}", self.patterns.join(", "))
+    }
+
+    fn is_finite(&self) -> bool {
+        true
+    }
+
+    fn open(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
+        let units = self.units(ctx.workers)?;
+        let mine: Vec<WorkUnit> = units
+            .iter()
+            .skip(ctx.worker)
+            .step_by(ctx.workers.max(1))
+            .cloned()
+            .collect();
+        Ok(Box::new(FileReader {
+            units: mine.into_iter(),
+            current: None,
+        }))
+    }
+}
+
+struct FileReader {
+    units: std::vec::IntoIter<WorkUnit>,
+    current: Option<(WorkUnit, LineReader<Box<dyn Read>>)>,
+}
+
+fn io_error(unit: &WorkUnit, e: std::io::Error) -> SourceError {
+    SourceError::Io {
+        context: format!("reading {}", unit.path.display()),
+        source: e,
+    }
+}
+
+/// Opens a unit positioned at the first line that starts in its range.
+pub fn open_unit(unit: &WorkUnit) -> std::io::Result<LineReader<Box<dyn Read>>> {
+    let mut file = File::open(&unit.path)?;
+    let reader: Box<dyn Read> = match unit.compression {
+        FileCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+            BufReader::with_capacity(1 << 20, file),
+        )),
+        FileCompression::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
+        FileCompression::None => {
+            if unit.start > 0 {
+                // Start at the byte before: if it is a newline, a line begins exactly at `start`.
+                file.seek(SeekFrom::Start(unit.start - 1))?;
+            }
+            Box::new(file)
+        }
+    };
+    let mut lines = LineReader::new(reader, unit.start.saturating_sub(1), unit.end);
+    if unit.start > 0 {
+        lines.skip_partial_line()?;
+    } else {
+        lines.offset = 0;
+    }
+    Ok(lines)
+}
+
+impl SourceReader for FileReader {
+    fn read(
+        &mut self,
+        batch: &mut RecordBatch,
+        max_bytes: usize,
+    ) -> Result<ReadStatus, SourceError> {
+        loop {
+            if self.current.is_none() {
+                let Some(unit) = self.units.next() else {
+                    return Ok(ReadStatus::Finished);
+                };
+                let lines = open_unit(&unit).map_err(|e| io_error(&unit, e))?;
+                self.current = Some((unit, lines));
+            }
+            let Some((unit, lines)) = self.current.as_mut() else {
+                continue;
+            };
+            let finished = lines
+                .fill(batch, max_bytes)
+                .map_err(|e| io_error(unit, e))?;
+            if finished {
+                self.current = None;
+            }
+            if batch.byte_len() >= max_bytes || !batch.is_empty() && finished {
+                return Ok(ReadStatus::Ready);
+            }
+        }
+    }
+}
+
+const READ_CHUNK: usize = 1 << 20;
+
+/// Cuts a byte stream into lines, stopping at the first line that starts at or after `limit`.
+pub struct LineReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    head: usize,
+    /// Stream offset of `buf[head]`.
+    offset: u64,
+    limit: Option<u64>,
+    eof: bool,
+}
+
+impl<R: Read> LineReader<R> {
+    /// Lines of `inner`, whose first byte is at stream offset `offset`.
+    pub fn new(inner: R, offset: u64, limit: Option<u64>) -> Self {
+        LineReader {
+            inner,
+            buf: Vec::with_capacity(READ_CHUNK),
+            head: 0,
+            offset,
+            limit,
+            eof: false,
+        }
+    }
+
+    fn read_more(&mut self) -> std::io::Result<()> {
+        if self.head > 0 {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + READ_CHUNK, 0);
+        let n = loop {
+            match self.inner.read(&mut self.buf[len..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return Err(e);
+                }
+            }
+        };
+        self.buf.truncate(len + n);
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(())
+    }
+
+    /// Discards bytes up to and including the next newline.
+    fn skip_partial_line(&mut self) -> std::io::Result<()> {
+        loop {
+            if let Some(nl) = memchr::memchr(b'\n', &self.buf[self.head..]) {
+                self.head += nl + 1;
+                self.offset += nl as u64 + 1;
+                return Ok(());
+            }
+            self.offset += (self.buf.len() - self.head) as u64;
+            self.head = self.buf.len();
+            if self.eof {
+                return Ok(());
+            }
+            self.read_more()?;
+        }
+    }
+
+    fn past_limit(&self) -> bool {
+        self.limit.is_some_and(|l| self.offset >= l)
+    }
+
+    /// Adds lines to `batch` until it holds `max_bytes`; `Ok(true)` when the range is done.
+    pub fn fill(&mut self, batch: &mut RecordBatch, max_bytes: usize) -> std::io::Result<bool> {
+        loop {
+            while let Some(nl) = memchr::memchr(b'\n', &self.buf[self.head..]) {
+                if self.past_limit() {
+                    return Ok(true);
+                }
+                let line = &self.buf[self.head..self.head + nl];
+                if !line.is_empty() {
+                    batch.push(line);
+                }
+                self.head += nl + 1;
+                self.offset += nl as u64 + 1;
+                if batch.byte_len() >= max_bytes {
+                    return Ok(false);
+                }
+            }
+            if self.eof {
+                if self.head < self.buf.len() && !self.past_limit() {
+                    batch.push(&self.buf[self.head..]);
+                }
+                self.head = self.buf.len();
+                return Ok(true);
+            }
+            self.read_more()?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn read_range(data: &[u8], start: u64, end: Option<u64>) -> Vec<Vec<u8>> {
+        let begin = start.saturating_sub(1) as usize;
+        let mut lines = LineReader::new(&data[begin..], start.saturating_sub(1), end);
+        if start > 0 {
+            lines.skip_partial_line().unwrap_or_default();
+        } else {
+            lines.offset = 0;
+        }
+        let mut batch = RecordBatch::default();
+        while !lines.fill(&mut batch, 7).unwrap_or(true) {}
+        batch.iter().map(<[u8]>::to_vec).collect()
+    }
+
+    proptest! {
+        /// Any cut of a file into ranges reads every non-empty line exactly once, in order.
+        #[test]
+        fn ranges_read_every_line_once(
+            lines in proptest::collection::vec("[a-z]{0,12}", 0..40),
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+            trailing_newline in any::<bool>(),
+        ) {
+            let mut data = lines.join("\n").into_bytes();
+            if trailing_newline && !data.is_empty() { data.push(b'\n'); }
+            let mut points: Vec<u64> = cuts.into_iter().map(|c| (c.min(data.len())) as u64).collect();
+            points.push(0);
+            points.sort();
+            points.dedup();
+            let mut got = Vec::new();
+            for (i, &start) in points.iter().enumerate() {
+                let end = points.get(i + 1).copied();
+                got.extend(read_range(&data, start, end));
+            }
+            let expected: Vec<Vec<u8>> = data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
+            prop_assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn a_large_file_is_split_across_workers_and_compressed_files_are_not() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let plain = dir.path().join("a.ndjson");
+        std::fs::write(&plain, "x\n".repeat(5000)).unwrap_or_else(|e| panic!("{e}"));
+        let gz = dir.path().join("b.ndjson.gz");
+        std::fs::write(&gz, b"").unwrap_or_else(|e| panic!("{e}"));
+        let units =
+            plan_units(&[format!("{}/*", dir.path().display())], 2, 1000).unwrap_or_default();
+        let plain_units: Vec<_> = units.iter().filter(|u| u.path == plain).collect();
+        assert_eq!(plain_units.len(), 10, "{units:?}");
+        assert_eq!(plain_units[0].start, 0);
+        assert_eq!(plain_units[9].end, None);
+        assert_eq!(units.iter().filter(|u| u.path == gz).count(), 1);
+        assert!(plan_units(&[format!("{}/*.none", dir.path().display())], 2, 1000).is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! Sources: each reads records on the timely workers, one share per worker.
+
+pub mod file;
+pub mod generator;

@@ -1,0 +1,417 @@
+//! Buffering: records become objects, encoded and compressed as they arrive, closed by size or age.
+//!
+//! One [`ObjectBatcher`] per (sink, worker). It keeps at most one open data object and one open
+//! error-output object per error type. An object is sealed when its bytes before compression reach
+//! the size hint, when its oldest record has waited the interval, or at end of input. Memory is the
+//! compressed bytes of the open objects, never the input. Records that cannot be encoded go, alone,
+//! to the error output as Firehose error documents. Guarantees: every appended record ends up in
+//! exactly one sealed object (data or error output), and a sealed object records the oldest epoch
+//! of its records so the dataflow can hold that epoch until it is stored.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::config::SinkSettings;
+use crate::encode::{ObjectWriter, RecordEncoder};
+use crate::error_output::{ErrorDocument, output_type};
+use crate::record::{RecordBatch, now_ms};
+use crate::traits::Payload;
+
+/// Whether an object holds delivered records or failed ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// Records in the sink's format.
+    Data,
+    /// Error documents, under the error prefix.
+    ErrorOutput {
+        /// The `!{firehose:error-output-type}` value.
+        output_type: &'static str,
+    },
+}
+
+/// A finished object on its way to the sink.
+#[derive(Debug, Clone)]
+pub struct SealedObject {
+    /// Data or error output.
+    pub kind: ObjectKind,
+    /// Oldest dataflow epoch of its records (the capability the dataflow holds for it).
+    pub epoch: u64,
+    /// Arrival time of its oldest record.
+    pub oldest_arrival_ms: i64,
+    /// Bytes before compression.
+    pub raw_bytes: u64,
+    /// What the sink stores.
+    pub payload: Payload,
+}
+
+#[derive(Debug)]
+struct OpenObject {
+    writer: ObjectWriter,
+    opened: Instant,
+    oldest_arrival_ms: i64,
+    epoch: u64,
+    records: u64,
+}
+
+impl OpenObject {
+    fn include(&mut self, epoch: u64, arrival_ms: i64) {
+        self.epoch = self.epoch.min(epoch);
+        self.oldest_arrival_ms = self.oldest_arrival_ms.min(arrival_ms);
+        self.records += 1;
+    }
+}
+
+/// Builds one sink's objects on one worker.
+#[derive(Debug)]
+pub struct ObjectBatcher {
+    settings: Arc<SinkSettings>,
+    encoder: RecordEncoder,
+    data: Option<OpenObject>,
+    errors: BTreeMap<&'static str, OpenObject>,
+    scratch: Vec<u8>,
+}
+
+impl ObjectBatcher {
+    /// A batcher for a sink's settings.
+    pub fn new(settings: Arc<SinkSettings>) -> Self {
+        let encoder = RecordEncoder::new(settings.format.clone());
+        ObjectBatcher {
+            settings,
+            encoder,
+            data: None,
+            errors: BTreeMap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn open(
+        &self,
+        epoch: u64,
+        arrival_ms: i64,
+        now: Instant,
+        header: &[u8],
+    ) -> std::io::Result<OpenObject> {
+        let mut writer = ObjectWriter::new(self.settings.compression)?;
+        writer.write(header)?;
+        Ok(OpenObject {
+            writer,
+            opened: now,
+            oldest_arrival_ms: arrival_ms,
+            epoch,
+            records: 0,
+        })
+    }
+
+    /// Encodes every record of `batch` (which arrived at `epoch`) into the open objects; objects
+    /// that reach the size hint are sealed into `sealed`.
+    pub fn append(
+        &mut self,
+        batch: &RecordBatch,
+        epoch: u64,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+    ) -> std::io::Result<()> {
+        let size_limit = self.settings.hints.size_bytes;
+        for record in batch.iter() {
+            self.scratch.clear();
+            match self.encoder.encode(record, &mut self.scratch) {
+                Ok(()) => {
+                    if self.data.is_none() {
+                        self.data = Some(self.open(
+                            epoch,
+                            batch.arrival_ms,
+                            now,
+                            &self.encoder.header(),
+                        )?);
+                    }
+                    if let Some(object) = self.data.as_mut() {
+                        object.include(epoch, batch.arrival_ms);
+                        object.writer.write(&self.scratch)?;
+                        if object.writer.uncompressed_len() >= size_limit {
+                            self.seal_data(sealed)?;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    let ended = now_ms();
+                    self.scratch.clear();
+                    ErrorDocument::new(record, batch.arrival_ms, e.code(), &message, 1, ended)
+                        .write_line(&mut self.scratch);
+                    let kind = output_type::FORMAT_CONVERSION_FAILED;
+                    if !self.errors.contains_key(kind) {
+                        let object = self.open(epoch, batch.arrival_ms, now, &[])?;
+                        self.errors.insert(kind, object);
+                    }
+                    if let Some(object) = self.errors.get_mut(kind) {
+                        object.include(epoch, batch.arrival_ms);
+                        object.writer.write(&self.scratch)?;
+                        if object.writer.uncompressed_len() >= size_limit {
+                            self.seal_errors(kind, sealed)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn seal_data(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
+        if let Some(object) = self.data.take() {
+            let s = &self.settings;
+            let extension = format!("{}{}", s.format.extension(), s.compression.extension());
+            let key = s.keys.data_key(object.oldest_arrival_ms, &extension);
+            sealed.push(seal(
+                object,
+                key,
+                ObjectKind::Data,
+                s.format.content_type(),
+                s.compression.content_encoding(),
+            )?);
+        }
+        Ok(())
+    }
+
+    fn seal_errors(
+        &mut self,
+        kind: &'static str,
+        sealed: &mut Vec<SealedObject>,
+    ) -> std::io::Result<()> {
+        if let Some(object) = self.errors.remove(kind) {
+            let s = &self.settings;
+            let key = s
+                .keys
+                .error_key(object.oldest_arrival_ms, kind, s.compression.extension());
+            sealed.push(seal(
+                object,
+                key,
+                ObjectKind::ErrorOutput { output_type: kind },
+                "application/x-ndjson",
+                s.compression.content_encoding(),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Seals every object whose oldest record has waited the interval hint.
+    pub fn seal_expired(
+        &mut self,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+    ) -> std::io::Result<()> {
+        let interval = self.settings.hints.interval;
+        if self
+            .data
+            .as_ref()
+            .is_some_and(|o| now.duration_since(o.opened) >= interval)
+        {
+            self.seal_data(sealed)?;
+        }
+        let expired: Vec<&'static str> = self
+            .errors
+            .iter()
+            .filter(|(_, o)| now.duration_since(o.opened) >= interval)
+            .map(|(k, _)| *k)
+            .collect();
+        for kind in expired {
+            self.seal_errors(kind, sealed)?;
+        }
+        Ok(())
+    }
+
+    /// Seals everything (end of input).
+    pub fn seal_all(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
+        self.seal_data(sealed)?;
+        let kinds: Vec<&'static str> = self.errors.keys().copied().collect();
+        for kind in kinds {
+            self.seal_errors(kind, sealed)?;
+        }
+        Ok(())
+    }
+
+    /// The oldest epoch of any open object: the capability the operator must hold.
+    pub fn oldest_epoch(&self) -> Option<u64> {
+        self.data
+            .iter()
+            .chain(self.errors.values())
+            .map(|o| o.epoch)
+            .min()
+    }
+
+    /// When the next open object expires.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let interval = self.settings.hints.interval;
+        self.data
+            .iter()
+            .chain(self.errors.values())
+            .map(|o| o.opened + interval)
+            .min()
+    }
+
+    /// Records in open objects.
+    pub fn buffered_records(&self) -> u64 {
+        self.data
+            .iter()
+            .chain(self.errors.values())
+            .map(|o| o.records)
+            .sum()
+    }
+}
+
+fn seal(
+    object: OpenObject,
+    key: String,
+    kind: ObjectKind,
+    content_type: &'static str,
+    content_encoding: Option<&'static str>,
+) -> std::io::Result<SealedObject> {
+    let raw_bytes = object.writer.uncompressed_len();
+    let body = object.writer.finish()?;
+    Ok(SealedObject {
+        kind,
+        epoch: object.epoch,
+        oldest_arrival_ms: object.oldest_arrival_ms,
+        raw_bytes,
+        payload: Payload {
+            key,
+            body: Bytes::from(body),
+            content_type,
+            content_encoding,
+            records: object.records,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::BufferingHints;
+    use crate::encode::{Compression, Format, decompress};
+    use crate::keys::ObjectKeys;
+    use crate::retry::RetryPolicy;
+
+    fn settings(format: Format, size_bytes: u64, interval_s: u64) -> Arc<SinkSettings> {
+        Arc::new(SinkSettings {
+            format,
+            compression: Compression::Gzip,
+            hints: BufferingHints {
+                size_bytes,
+                interval: Duration::from_secs(interval_s),
+            },
+            keys: ObjectKeys::new(Some("p/"), None, "s", chrono_tz::Tz::UTC)
+                .unwrap_or_else(|e| panic!("{e}")),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    fn batch(arrival: i64, records: &[&str]) -> RecordBatch {
+        let mut b = RecordBatch::with_capacity(arrival, 0);
+        records.iter().for_each(|r| b.push(r.as_bytes()));
+        b
+    }
+
+    fn lines(o: &SealedObject) -> Vec<String> {
+        let text = decompress(Compression::Gzip, &o.payload.body).unwrap_or_default();
+        String::from_utf8_lossy(&text)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn seals_by_size_before_compression() {
+        let mut b = ObjectBatcher::new(settings(Format::Ndjson, 10, 300));
+        let mut sealed = Vec::new();
+        let now = Instant::now();
+        b.append(
+            &batch(1, &["aaaa", "bbbb", "cccc", "dddd"]),
+            3,
+            now,
+            &mut sealed,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // 5 bytes each with the newline: sealed after 2 records (10 bytes), twice.
+        assert_eq!(sealed.len(), 2);
+        assert_eq!(lines(&sealed[0]), ["aaaa", "bbbb"]);
+        assert_eq!(sealed[0].raw_bytes, 10);
+        assert_eq!(sealed[0].epoch, 3);
+        assert!(b.oldest_epoch().is_none());
+    }
+
+    #[test]
+    fn seals_by_age_and_at_end_and_keeps_the_oldest_epoch_and_arrival() {
+        let mut b = ObjectBatcher::new(settings(Format::Ndjson, 1 << 20, 60));
+        let mut sealed = Vec::new();
+        let t0 = Instant::now();
+        b.append(&batch(2_000, &["x"]), 5, t0, &mut sealed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.append(&batch(1_000, &["y"]), 4, t0, &mut sealed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b.oldest_epoch(), Some(4));
+        assert_eq!(b.next_deadline(), Some(t0 + Duration::from_secs(60)));
+        b.seal_expired(t0 + Duration::from_secs(59), &mut sealed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(sealed.is_empty());
+        b.seal_expired(t0 + Duration::from_secs(60), &mut sealed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0].oldest_arrival_ms, 1_000);
+        assert_eq!(sealed[0].epoch, 4);
+        assert!(
+            sealed[0]
+                .payload
+                .key
+                .starts_with("p/1970/01/01/00/s-1-1970-01-01-00-00-01-")
+        );
+        b.append(&batch(3_000, &["z"]), 6, t0, &mut sealed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.seal_all(&mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(lines(&sealed[1]), ["z"]);
+        assert_eq!(b.buffered_records(), 0);
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_encoded_goes_alone_to_the_error_output() {
+        let mut b = ObjectBatcher::new(settings(
+            Format::Csv {
+                columns: vec!["a".into()],
+            },
+            1 << 20,
+            60,
+        ));
+        let mut sealed = Vec::new();
+        b.append(
+            &batch(7, &[r#"{"a":1}"#, "oops", r#"{"a":2}"#]),
+            1,
+            Instant::now(),
+            &mut sealed,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        b.seal_all(&mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sealed.len(), 2);
+        assert_eq!(lines(&sealed[0]), ["a", "1", "2"]);
+        assert!(sealed[0].payload.key.ends_with(".csv.gz"));
+        assert_eq!(
+            sealed[1].kind,
+            ObjectKind::ErrorOutput {
+                output_type: "format-conversion-failed"
+            }
+        );
+        assert!(
+            sealed[1]
+                .payload
+                .key
+                .starts_with("p/format-conversion-failed/1970/01/01/00/")
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&lines(&sealed[1])[0]).unwrap_or_default();
+        assert_eq!(doc["rawData"], "b29wcw==");
+        assert_eq!(doc["lastErrorCode"], "DataFormatConversion.MalformedData");
+        assert_eq!(sealed[1].payload.records, 1);
+    }
+}

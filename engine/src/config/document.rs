@@ -1,0 +1,415 @@
+//! The pipeline file as a tree of spanned TOML values, and typed reads from it that report problems
+//! as [`Diagnostic`]s pointing at the offending key or value.
+//!
+//! Guarantees: every string has had `${VAR}` replaced from the environment (an unset variable is an
+//! error at that string, never an empty string); every read that fails says where and what was
+//! expected; keys nobody read are reported as unknown, with the nearest known key as a hint.
+
+use std::ops::Range;
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::diagnostic::{Diagnostic, did_you_mean};
+
+/// A spanned TOML value that owns its data.
+pub type Value = Spanned<DeValue<'static>>;
+
+/// Parses TOML text into a spanned table and expands `${VAR}` in every string.
+///
+/// The text must live for the whole process (the caller leaks it once per loaded file): the
+/// spanned tree borrows from it, and configs are loaded once.
+pub fn parse_document(source: &'static str) -> Result<Section, Vec<Diagnostic>> {
+    let (table, errors) = DeTable::parse_recoverable(source);
+    if !errors.is_empty() {
+        return Err(errors
+            .into_iter()
+            .map(|e| {
+                Diagnostic::new(e.span().unwrap_or(0..0), e.message().trim().to_string())
+                    .with_hint("this is not valid TOML; see https://toml.io for the syntax")
+            })
+            .collect());
+    }
+    let span = table.span();
+    let mut table = table.into_inner();
+    let mut problems = Vec::new();
+    for (_, value) in table.iter_mut() {
+        expand_env(value, &mut problems);
+    }
+    if problems.is_empty() {
+        Ok(Section {
+            path: String::new(),
+            span,
+            entries: table,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+fn i64_of(i: &toml::de::DeInteger<'_>) -> Option<i64> {
+    i64::from_str_radix(i.as_str(), i.radix()).ok()
+}
+
+/// Replaces `${NAME}` in every string below `value` with the environment variable's value.
+fn expand_env(value: &mut Value, problems: &mut Vec<Diagnostic>) {
+    let span = value.span();
+    match value.get_mut() {
+        DeValue::String(s) => match expand_env_in(s) {
+            Ok(Some(expanded)) => *s = std::borrow::Cow::Owned(expanded),
+            Ok(None) => {}
+            Err(e) => problems.push(Diagnostic::new(span, e.0).with_hint(e.1)),
+        },
+        DeValue::Array(items) => items.iter_mut().for_each(|v| expand_env(v, problems)),
+        DeValue::Table(t) => t.iter_mut().for_each(|(_, v)| expand_env(v, problems)),
+        _ => {}
+    }
+}
+
+/// `Ok(None)` when the string has no `${`; an error (message, hint) for an unset variable or an
+/// unclosed `${`. `$${` is a literal `${`.
+fn expand_env_in(s: &str) -> Result<Option<String>, (String, String)> {
+    if !s.contains("${") {
+        return Ok(None);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            out.push_str(&rest[..i - 1]);
+            out.push_str("${");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            return Err((
+                "unclosed `${` in string".into(),
+                "write `${NAME}`, or `$${` for a literal `${`".into(),
+            ));
+        };
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => {
+                return Err((
+                    format!("environment variable `{name}` is not set"),
+                    format!(
+                        "export {name}=... before running sluice; an unset variable is an error, never an empty string"
+                    ),
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(Some(out))
+}
+
+/// What kind of TOML value this is, for messages.
+pub fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// A TOML table being read: keys are taken out as they are read, and what is left is unknown.
+#[derive(Debug, Clone)]
+pub struct Section {
+    /// Dotted path of the table for messages, e.g. `sinks.archive`.
+    pub path: String,
+    /// Where the table is in the source.
+    pub span: Range<usize>,
+    entries: DeTable<'static>,
+}
+
+impl Section {
+    /// Whether the table has `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// The keys left, with their spans, in source order.
+    pub fn keys(&self) -> Vec<(String, Range<usize>)> {
+        let mut keys: Vec<_> = self
+            .entries
+            .keys()
+            .map(|k| (k.get_ref().to_string(), k.span()))
+            .collect();
+        keys.sort_by_key(|(_, s)| s.start);
+        keys
+    }
+
+    /// The span of `key`, if present.
+    pub fn key_span(&self, key: &str) -> Option<Range<usize>> {
+        self.entries.get_key_value(key).map(|(k, _)| k.span())
+    }
+
+    fn label(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            format!("`{key}`")
+        } else {
+            format!("`{}.{key}`", self.path)
+        }
+    }
+
+    /// Takes `key` out of the table.
+    pub fn take(&mut self, key: &str) -> Option<Value> {
+        self.entries.remove(key)
+    }
+
+    /// Takes a sub-table.
+    pub fn take_table(&mut self, key: &str, problems: &mut Vec<Diagnostic>) -> Option<Section> {
+        let value = self.take(key)?;
+        let span = value.span();
+        let path = if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        };
+        match value.into_inner() {
+            DeValue::Table(entries) => Some(Section {
+                path,
+                span,
+                entries,
+            }),
+            other => {
+                problems.push(Diagnostic::new(
+                    span,
+                    format!(
+                        "{} must be a table, found {}",
+                        self.label(key),
+                        type_name(&other)
+                    ),
+                ));
+                None
+            }
+        }
+    }
+
+    /// Takes a string.
+    pub fn take_string(
+        &mut self,
+        key: &str,
+        problems: &mut Vec<Diagnostic>,
+    ) -> Option<Spanned<String>> {
+        let value = self.take(key)?;
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::String(s) => Some(Spanned::new(span, s.into_owned())),
+            other => {
+                problems.push(Diagnostic::new(
+                    span,
+                    format!(
+                        "{} must be a string, found {}",
+                        self.label(key),
+                        type_name(&other)
+                    ),
+                ));
+                None
+            }
+        }
+    }
+
+    /// Takes an array of strings.
+    pub fn take_string_list(
+        &mut self,
+        key: &str,
+        problems: &mut Vec<Diagnostic>,
+    ) -> Option<Spanned<Vec<Spanned<String>>>> {
+        let value = self.take(key)?;
+        let span = value.span();
+        let label = self.label(key);
+        match value.into_inner() {
+            DeValue::Array(items) => {
+                let mut out = Vec::new();
+                for item in items {
+                    let item_span = item.span();
+                    match item.into_inner() {
+                        DeValue::String(s) => out.push(Spanned::new(item_span, s.into_owned())),
+                        other => problems.push(Diagnostic::new(
+                            item_span,
+                            format!("{label} must list strings, found {}", type_name(&other)),
+                        )),
+                    }
+                }
+                Some(Spanned::new(span, out))
+            }
+            other => {
+                problems.push(
+                    Diagnostic::new(
+                        span,
+                        format!(
+                            "{label} must be an array of strings, found {}",
+                            type_name(&other)
+                        ),
+                    )
+                    .with_hint(format!("write {label} = [\"...\"]")),
+                );
+                None
+            }
+        }
+    }
+
+    /// Takes an integer within `range` (inclusive).
+    pub fn take_int_in(
+        &mut self,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        why: &str,
+        problems: &mut Vec<Diagnostic>,
+    ) -> Option<Spanned<i64>> {
+        let value = self.take(key)?;
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Integer(i) => {
+                let n = i64_of(&i).unwrap_or(i64::MAX);
+                if range.contains(&n) {
+                    Some(Spanned::new(span, n))
+                } else {
+                    problems.push(
+                        Diagnostic::new(
+                            span,
+                            format!(
+                                "{} = {n} is out of range: expected {}..={}",
+                                self.label(key),
+                                range.start(),
+                                range.end()
+                            ),
+                        )
+                        .with_hint(why.to_string()),
+                    );
+                    None
+                }
+            }
+            other => {
+                problems.push(Diagnostic::new(
+                    span,
+                    format!(
+                        "{} must be an integer, found {}",
+                        self.label(key),
+                        type_name(&other)
+                    ),
+                ));
+                None
+            }
+        }
+    }
+
+    /// Reports every key still in the table as unknown; `known` lists the accepted keys for hints.
+    pub fn deny_unknown(self, known: &[&str], problems: &mut Vec<Diagnostic>) {
+        for (key, span) in self.keys() {
+            let mut d = Diagnostic::new(span, format!("unknown key {}", self.label(&key)));
+            d = match did_you_mean(&key, known.iter().copied()) {
+                Some(k) => d.with_hint(format!("did you mean `{k}`?")),
+                None => d.with_hint(format!("accepted keys here: {}", join_ticked(known))),
+            };
+            problems.push(d);
+        }
+    }
+
+    /// Deserializes what is left of the table into a connector's own `deny_unknown_fields` struct;
+    /// a failure points at the key or value serde rejected.
+    pub fn deserialize<T: DeserializeOwned>(self) -> Result<T, Diagnostic> {
+        let whole = self.span.clone();
+        let path = self.path.clone();
+        let value: Value = Spanned::new(self.span, DeValue::Table(self.entries));
+        T::deserialize(toml::de::ValueDeserializer::from(value)).map_err(|e| {
+            let message = e.message().trim().to_string();
+            let span = e.span().unwrap_or(whole);
+            let mut d = Diagnostic::new(span, format!("in `{path}`: {message}"));
+            if let Some(hint) = hint_for_serde_message(&message) {
+                d = d.with_hint(hint);
+            }
+            d
+        })
+    }
+}
+
+/// serde says "unknown field `x`, expected one of `a`, `b`": turn that into a "did you mean".
+fn hint_for_serde_message(message: &str) -> Option<String> {
+    let ticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+    let (unknown, expected) = ticked.split_first()?;
+    if !message.starts_with("unknown field") && !message.starts_with("unknown variant") {
+        return None;
+    }
+    match did_you_mean(unknown, expected.iter().copied()) {
+        Some(k) => Some(format!("did you mean `{k}`?")),
+        None => Some(format!("expected one of {}", join_ticked(expected))),
+    }
+}
+
+/// `a`, `b`, `c`
+pub fn join_ticked(words: &[&str]) -> String {
+    words
+        .iter()
+        .map(|w| format!("`{w}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_environment_variables_and_rejects_unset_ones() {
+        // SAFETY of set_var: this test's variable name is unique to it.
+        assert_eq!(expand_env_in("plain"), Ok(None));
+        assert_eq!(expand_env_in("a$${b}"), Ok(Some("a${b}".into())));
+        let unset = expand_env_in("${SLUICE_TEST_SURELY_UNSET_VARIABLE}").unwrap_err();
+        assert!(unset.0.contains("SLUICE_TEST_SURELY_UNSET_VARIABLE"));
+        let home = std::env::var("PATH").unwrap_or_default();
+        assert_eq!(expand_env_in("x${PATH}y"), Ok(Some(format!("x{home}y"))));
+    }
+}
+
+impl Section {
+    /// Takes every entry out, in source order: `(key, key span, value)`.
+    pub fn into_entries(self) -> Vec<(String, Range<usize>, Value)> {
+        let mut entries: Vec<_> = self
+            .entries
+            .into_iter()
+            .map(|(k, v)| {
+                let span = k.span();
+                (k.into_inner().into_owned(), span, v)
+            })
+            .collect();
+        entries.sort_by_key(|(_, span, _)| span.start);
+        entries
+    }
+
+    /// Turns a value into a section named `path`, or reports that it is not a table.
+    pub fn from_value(
+        path: String,
+        value: Value,
+        problems: &mut Vec<Diagnostic>,
+    ) -> Option<Section> {
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Table(entries) => Some(Section {
+                path,
+                span,
+                entries,
+            }),
+            other => {
+                problems.push(
+                    Diagnostic::new(
+                        span,
+                        format!("`{path}` must be a table, found {}", type_name(&other)),
+                    )
+                    .with_hint(format!("write it as [{path}] followed by its keys")),
+                );
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! Resolution: from the spanned TOML tree to a [`Plan`], collecting every problem.
+//!
+//! Engine-owned keys (`type`, `inputs`, `format`, `compression`, `columns`, `buffer`, `prefix`,
+//! `error_prefix`, `time_zone`, `retry`) are read here; what is left of a component's table goes to
+//! its connector, which deserializes it into its own `deny_unknown_fields` struct.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::diagnostic::{Diagnostic, did_you_mean};
+use super::document::{Section, join_ticked};
+use crate::encode::{Compression, Format};
+use crate::keys::ObjectKeys;
+use crate::retry::RetryPolicy;
+use crate::traits::{ConnectorConfig, Registry, Sink, Source};
+
+/// Firehose `BufferingHints`: deliver at `size_bytes` (before compression) or `interval`, whichever
+/// comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferingHints {
+    /// Size threshold in bytes, measured before compression.
+    pub size_bytes: u64,
+    /// Age threshold of the oldest buffered record.
+    pub interval: Duration,
+}
+
+impl BufferingHints {
+    /// S3 range and default for `size_mb` (FIREHOSE.md §2).
+    pub const SIZE_MB: std::ops::RangeInclusive<i64> = 1..=128;
+    /// S3 range and default for `interval_s`.
+    pub const INTERVAL_S: std::ops::RangeInclusive<i64> = 0..=900;
+    /// Firehose's S3 defaults: 5 MB, 300 s.
+    pub const DEFAULT: BufferingHints = BufferingHints {
+        size_bytes: 5 * 1024 * 1024,
+        interval: Duration::from_secs(300),
+    };
+}
+
+/// Everything the engine needs to build a sink's objects.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    /// Object format.
+    pub format: Format,
+    /// Object compression.
+    pub compression: Compression,
+    /// When to close an object.
+    pub hints: BufferingHints,
+    /// How objects are named.
+    pub keys: ObjectKeys,
+    /// How long to retry a failing delivery.
+    pub retry: RetryPolicy,
+}
+
+/// A resolved source.
+#[derive(Clone)]
+pub struct SourcePlan {
+    /// Its name in `[sources.<name>]`.
+    pub name: String,
+    /// Its `type`.
+    pub type_name: String,
+    /// The connector.
+    pub source: Arc<dyn Source>,
+}
+
+/// A resolved sink.
+#[derive(Clone)]
+pub struct SinkPlan {
+    /// Its name in `[sinks.<name>]`.
+    pub name: String,
+    /// Its `type`.
+    pub type_name: String,
+    /// Indices into [`Plan::sources`] of the sink's inputs.
+    pub inputs: Vec<usize>,
+    /// Engine-owned settings.
+    pub settings: Arc<SinkSettings>,
+    /// The connector.
+    pub sink: Arc<dyn Sink>,
+}
+
+/// A checked pipeline: the graph the runtime builds on every worker.
+#[derive(Clone)]
+pub struct Plan {
+    /// Pipeline (delivery stream) name.
+    pub name: String,
+    /// Configured worker count, if any.
+    pub workers: Option<usize>,
+    /// Sources, in file order.
+    pub sources: Vec<SourcePlan>,
+    /// Sinks, in file order.
+    pub sinks: Vec<SinkPlan>,
+}
+
+impl Plan {
+    /// Whether every source ends by itself (a batch run).
+    pub fn is_batch(&self) -> bool {
+        self.sources.iter().all(|s| s.source.is_finite())
+    }
+
+    /// The graph as text, for `sluice validate`.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "pipeline {} ({} run, workers: {})\n",
+            self.name,
+            if self.is_batch() { "batch" } else { "stream" },
+            self.workers
+                .map_or("one per core".to_string(), |w| w.to_string())
+        );
+        for s in &self.sources {
+            out.push_str(&format!(
+                "  source {:<16} {}\n",
+                s.name,
+                s.source.describe()
+            ));
+        }
+        for s in &self.sinks {
+            let inputs: Vec<&str> = s
+                .inputs
+                .iter()
+                .map(|&i| self.sources[i].name.as_str())
+                .collect();
+            let st = &s.settings;
+            out.push_str(&format!(
+                "  sink   {:<16} {} <- [{}]\n         {:<16} format {} compression {:?}, buffer {} MiB / {} s, retry {} s\n",
+                s.name,
+                s.sink.describe(),
+                inputs.join(", "),
+                "",
+                match &st.format {
+                    Format::Raw => "raw".to_string(),
+                    Format::Ndjson => "ndjson".to_string(),
+                    Format::Csv { columns } => format!("csv({})", columns.join(",")),
+                },
+                st.compression,
+                st.hints.size_bytes / (1024 * 1024),
+                st.hints.interval.as_secs(),
+                st.retry.duration.as_secs(),
+            ));
+        }
+        out
+    }
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "sources", "sinks"];
+const PIPELINE_KEYS: &[&str] = &["name", "workers"];
+
+fn valid_stream_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+pub(super) fn resolve(
+    mut root: Section,
+    base_dir: &Path,
+    registry: &Registry,
+) -> Result<Plan, Vec<Diagnostic>> {
+    let mut problems = Vec::new();
+    let pipeline = root.take_table("pipeline", &mut problems);
+    let sources_table = root.take_table("sources", &mut problems);
+    let sinks_table = root.take_table("sinks", &mut problems);
+    let root_span = root.span.clone();
+    root.deny_unknown(TOP_LEVEL_KEYS, &mut problems);
+
+    // [pipeline]
+    let (mut name, mut workers) = (String::new(), None);
+    match pipeline {
+        None => problems.push(
+            Diagnostic::new(root_span.start..root_span.start, "missing [pipeline] table")
+                .with_hint("start the file with [pipeline] and name = \"my-stream\""),
+        ),
+        Some(mut p) => {
+            match p.take_string("name", &mut problems) {
+                Some(n) if valid_stream_name(n.get_ref()) => name = n.into_inner(),
+                Some(n) => problems.push(
+                    Diagnostic::new(
+                        n.span(),
+                        format!(
+                            "pipeline name `{}` is not a valid delivery stream name",
+                            n.get_ref()
+                        ),
+                    )
+                    .with_hint("use 1-64 characters of a-z, A-Z, 0-9, `_`, `.` and `-`"),
+                ),
+                None if !problems.iter().any(|d| d.message.contains("pipeline.name")) => problems
+                    .push(
+                        Diagnostic::new(p.span.clone(), "`pipeline.name` is missing").with_hint(
+                            "add name = \"my-stream\" (it is the Firehose delivery stream name)",
+                        ),
+                    ),
+                None => {}
+            }
+            workers = p
+                .take_int_in(
+                    "workers",
+                    1..=1024,
+                    "the number of timely worker threads; leave it out for one per core",
+                    &mut problems,
+                )
+                .map(|w| w.into_inner() as usize);
+            p.deny_unknown(PIPELINE_KEYS, &mut problems);
+        }
+    }
+
+    // [sources.*]
+    let mut sources = Vec::new();
+    let mut source_spans = Vec::new();
+    if let Some(table) = sources_table {
+        for (source_name, key_span, value) in table.into_entries() {
+            check_component_name(&source_name, key_span.clone(), &mut problems);
+            let Some(mut section) =
+                Section::from_value(format!("sources.{source_name}"), value, &mut problems)
+            else {
+                continue;
+            };
+            let Some(type_name) = take_type(
+                &mut section,
+                registry.sources.iter().map(|s| s.name).collect(),
+                "source",
+                &mut problems,
+            ) else {
+                continue;
+            };
+            let Some(source_type) = registry.source(&type_name) else {
+                continue;
+            };
+            let config = ConnectorConfig {
+                name: source_name.clone(),
+                table: section,
+                base_dir: base_dir.to_path_buf(),
+            };
+            match (source_type.configure)(config) {
+                Ok(source) => {
+                    sources.push(SourcePlan {
+                        name: source_name,
+                        type_name,
+                        source,
+                    });
+                    source_spans.push(key_span);
+                }
+                Err(d) => problems.push(d),
+            }
+        }
+    }
+    if sources.is_empty() && !problems.iter().any(|d| d.message.contains("sources.")) {
+        problems.push(
+            Diagnostic::new(
+                root_span.start..root_span.start,
+                "the pipeline has no sources",
+            )
+            .with_hint(
+                "add a [sources.<name>] table, e.g. type = \"file\" or type = \"generator\"",
+            ),
+        );
+    }
+
+    // [sinks.*]
+    let mut sinks = Vec::new();
+    let mut used = vec![false; sources.len()];
+    if let Some(table) = sinks_table {
+        for (sink_name, key_span, value) in table.into_entries() {
+            check_component_name(&sink_name, key_span.clone(), &mut problems);
+            let Some(mut section) =
+                Section::from_value(format!("sinks.{sink_name}"), value, &mut problems)
+            else {
+                continue;
+            };
+            let type_name = take_type(
+                &mut section,
+                registry.sinks.iter().map(|s| s.name).collect(),
+                "sink",
+                &mut problems,
+            );
+            let inputs = take_inputs(&mut section, &sources, key_span, &mut problems);
+            let settings = take_sink_settings(&mut section, &name, &mut problems);
+            let (Some(type_name), Some(inputs), Some(settings)) = (type_name, inputs, settings)
+            else {
+                continue;
+            };
+            let Some(sink_type) = registry.sink(&type_name) else {
+                continue;
+            };
+            for &i in &inputs {
+                used[i] = true;
+            }
+            let config = ConnectorConfig {
+                name: sink_name.clone(),
+                table: section,
+                base_dir: base_dir.to_path_buf(),
+            };
+            match (sink_type.configure)(config) {
+                Ok(sink) => sinks.push(SinkPlan {
+                    name: sink_name,
+                    type_name,
+                    inputs,
+                    settings: Arc::new(settings),
+                    sink,
+                }),
+                Err(d) => problems.push(d),
+            }
+        }
+    }
+    if sinks.is_empty() && !problems.iter().any(|d| d.message.contains("sinks.")) {
+        problems.push(
+            Diagnostic::new(root_span.start..root_span.start, "the pipeline has no sinks")
+                .with_hint("add a [sinks.<name>] table with type = \"object_store\" and inputs = [\"<source>\"]"),
+        );
+    }
+    if !sinks.is_empty() {
+        for (i, source) in sources.iter().enumerate() {
+            if !used[i] {
+                problems.push(
+                    Diagnostic::new(source_spans[i].clone(), format!("source `{}` is not an input of any sink", source.name))
+                        .with_hint("its records would be read and dropped: list it in a sink's inputs, or remove it"),
+                );
+            }
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(Plan {
+            name,
+            workers,
+            sources,
+            sinks,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+fn check_component_name(name: &str, span: std::ops::Range<usize>, problems: &mut Vec<Diagnostic>) {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+    {
+        problems.push(
+            Diagnostic::new(span, format!("component name `{name}` is not valid"))
+                .with_hint("use letters, digits, `_` and `-`"),
+        );
+    }
+}
+
+fn take_type(
+    section: &mut Section,
+    known: Vec<&'static str>,
+    what: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<String> {
+    let missing_span = section.span.clone();
+    let Some(t) = section.take_string("type", problems) else {
+        if !section.contains("type") {
+            problems.push(
+                Diagnostic::new(missing_span, format!("`{}` has no `type`", section.path))
+                    .with_hint(format!("known {what} types: {}", join_ticked(&known))),
+            );
+        }
+        return None;
+    };
+    if known.contains(&t.get_ref().as_str()) {
+        return Some(t.into_inner());
+    }
+    let mut d = Diagnostic::new(t.span(), format!("unknown {what} type `{}`", t.get_ref()));
+    d = match did_you_mean(t.get_ref(), known.iter().copied()) {
+        Some(k) => d.with_hint(format!(
+            "did you mean `{k}`? known {what} types: {}",
+            join_ticked(&known)
+        )),
+        None => d.with_hint(format!("known {what} types: {}", join_ticked(&known))),
+    };
+    problems.push(d);
+    None
+}
+
+fn take_inputs(
+    section: &mut Section,
+    sources: &[SourcePlan],
+    key_span: std::ops::Range<usize>,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<Vec<usize>> {
+    let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+    let Some(list) = section.take_string_list("inputs", problems) else {
+        if !section.contains("inputs") {
+            problems.push(
+                Diagnostic::new(
+                    key_span,
+                    format!(
+                        "sink `{}` has no inputs",
+                        section.path.trim_start_matches("sinks.")
+                    ),
+                )
+                .with_hint(format!(
+                    "add inputs = [...] naming sources: {}",
+                    join_ticked(&names)
+                )),
+            );
+        }
+        return None;
+    };
+    if list.get_ref().is_empty() {
+        problems.push(
+            Diagnostic::new(list.span(), "`inputs` is empty")
+                .with_hint(format!("name at least one source: {}", join_ticked(&names))),
+        );
+        return None;
+    }
+    let mut indices = Vec::new();
+    let mut ok = true;
+    for input in list.into_inner() {
+        match names.iter().position(|n| *n == input.get_ref()) {
+            Some(i) if indices.contains(&i) => problems.push(
+                Diagnostic::new(
+                    input.span(),
+                    format!("input `{}` is listed twice", input.get_ref()),
+                )
+                .with_hint("each record would be delivered twice; list it once"),
+            ),
+            Some(i) => indices.push(i),
+            None => {
+                ok = false;
+                let mut d =
+                    Diagnostic::new(input.span(), format!("unknown input `{}`", input.get_ref()));
+                d = match did_you_mean(input.get_ref(), names.iter().copied()) {
+                    Some(n) => d.with_hint(format!("did you mean `{n}`?")),
+                    None if names.is_empty() => d.with_hint("no sources are defined"),
+                    None => d.with_hint(format!("inputs name sources: {}", join_ticked(&names))),
+                };
+                problems.push(d);
+            }
+        }
+    }
+    ok.then_some(indices)
+}
+
+fn take_sink_settings(
+    section: &mut Section,
+    stream: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<SinkSettings> {
+    let format_name = section.take_string("format", problems);
+    let columns = section.take_string_list("columns", problems);
+    let format = match format_name.as_ref().map(|f| f.get_ref().as_str()) {
+        None | Some("raw") => Some(Format::Raw),
+        Some("ndjson") => Some(Format::Ndjson),
+        Some("csv") => match &columns {
+            Some(c) if !c.get_ref().is_empty() => Some(Format::Csv {
+                columns: c.get_ref().iter().map(|s| s.get_ref().clone()).collect(),
+            }),
+            _ => {
+                let span = format_name.as_ref().map(|f| f.span()).unwrap_or_default();
+                problems.push(
+                    Diagnostic::new(span, "format = \"csv\" needs `columns`").with_hint(
+                        "add columns = [\"key1\", \"key2\"]: the JSON keys to write, in order",
+                    ),
+                );
+                None
+            }
+        },
+        Some(other) => {
+            let span = format_name.as_ref().map(|f| f.span()).unwrap_or_default();
+            problems.push(
+                Diagnostic::new(span, format!("unknown format `{other}`"))
+                    .with_hint(format!("use one of {}", join_ticked(Format::NAMES))),
+            );
+            None
+        }
+    };
+    if let (Some(c), Some(f)) = (&columns, &format)
+        && !matches!(f, Format::Csv { .. })
+    {
+        problems.push(
+            Diagnostic::new(c.span(), "`columns` applies only to format = \"csv\"")
+                .with_hint("remove it or set format = \"csv\""),
+        );
+    }
+    let compression = match section.take_string("compression", problems) {
+        None => Some(Compression::None),
+        Some(c) => match Compression::from_name(c.get_ref()) {
+            Some(c) => Some(c),
+            None => {
+                problems.push(
+                    Diagnostic::new(c.span(), format!("unknown compression `{}`", c.get_ref()))
+                        .with_hint(format!("use one of {}", join_ticked(Compression::NAMES))),
+                );
+                None
+            }
+        },
+    };
+    let hints = match section.take_table("buffer", problems) {
+        None => Some(BufferingHints::DEFAULT),
+        Some(mut b) => {
+            let before = problems.len();
+            let span = b.span.clone();
+            let size = b.take_int_in(
+                "size_mb",
+                BufferingHints::SIZE_MB,
+                "Firehose's S3 range is 1..=128 MB (default 5)",
+                problems,
+            );
+            let interval = b.take_int_in(
+                "interval_s",
+                BufferingHints::INTERVAL_S,
+                "Firehose's S3 range is 0..=900 s (default 300)",
+                problems,
+            );
+            b.deny_unknown(&["size_mb", "interval_s"], problems);
+            match (size, interval) {
+                (Some(s), Some(i)) => Some(BufferingHints {
+                    size_bytes: s.into_inner() as u64 * 1024 * 1024,
+                    interval: Duration::from_secs(i.into_inner() as u64),
+                }),
+                (None, None) | (Some(_), None) | (None, Some(_)) if problems.len() > before => None,
+                _ => {
+                    problems.push(
+                        Diagnostic::new(span, "`buffer` needs both `size_mb` and `interval_s`")
+                            .with_hint("Firehose's BufferingHints are set together, e.g. buffer = { size_mb = 5, interval_s = 300 }"),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let time_zone = match section.take_string("time_zone", problems) {
+        None => Some(chrono_tz::Tz::UTC),
+        Some(z) => {
+            match z.get_ref().parse::<chrono_tz::Tz>() {
+                Ok(tz) if z.get_ref().len() <= 50 => Some(tz),
+                _ => {
+                    problems.push(
+                    Diagnostic::new(z.span(), format!("unknown time zone `{}`", z.get_ref()))
+                        .with_hint("use an IANA zone name such as `UTC`, `Europe/Paris` or `Asia/Tokyo`"),
+                );
+                    None
+                }
+            }
+        }
+    };
+    let prefix = section.take_string("prefix", problems);
+    let error_prefix = section.take_string("error_prefix", problems);
+    let keys = match time_zone {
+        Some(tz) => match ObjectKeys::new(
+            prefix.as_ref().map(|p| p.get_ref().as_str()),
+            error_prefix.as_ref().map(|p| p.get_ref().as_str()),
+            stream,
+            tz,
+        ) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                let value: Option<&Spanned<String>> = if e.field == "prefix" {
+                    prefix.as_ref()
+                } else {
+                    error_prefix.as_ref()
+                };
+                // Point inside the string when we can: +1 skips the opening quote.
+                let span = match value {
+                    Some(v) if e.error.offset > 0 => {
+                        let at = v.span().start + 1 + e.error.offset;
+                        at..at + 1
+                    }
+                    Some(v) => v.span(),
+                    None => section.span.clone(),
+                };
+                problems.push(
+                    Diagnostic::new(span, format!("bad {}: {}", e.field, e.error.message))
+                        .with_hint(e.error.hint.clone()),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let retry = match section.take_table("retry", problems) {
+        None => Some(RetryPolicy::default()),
+        Some(mut r) => {
+            let d = r.take_int_in(
+                "duration_s",
+                0..=7200,
+                "Firehose's RetryOptions range is 0..=7200 s (default 300)",
+                problems,
+            );
+            r.deny_unknown(&["duration_s"], problems);
+            d.map(|d| RetryPolicy {
+                duration: Duration::from_secs(d.into_inner() as u64),
+                ..RetryPolicy::default()
+            })
+        }
+    };
+    Some(SinkSettings {
+        format: format?,
+        compression: compression?,
+        hints: hints?,
+        keys: keys?,
+        retry: retry?,
+    })
+}

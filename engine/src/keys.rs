@@ -1,0 +1,709 @@
+//! Object keys: Firehose's prefix expressions and object names (FIREHOSE.md §3).
+//!
+//! An [`ObjectKeyTemplate`] is parsed and checked once, when the config is resolved; rendering it
+//! cannot fail. Keys are `<evaluated prefix><stream>-<version>-<yyyy-MM-dd-HH-mm-ss>-<uuid><ext>`,
+//! every `!{timestamp:...}` in one key shows the same instant (the oldest record's arrival time) in
+//! the configured time zone (UTC by default), and an evaluated prefix is at most 512 characters.
+
+use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
+use rand::Rng;
+
+/// Longest evaluated prefix Firehose allows.
+pub const MAX_EVALUATED_PREFIX: usize = 512;
+/// Longest configured prefix string Firehose allows.
+pub const MAX_CONFIGURED_PREFIX: usize = 1024;
+
+/// Why a prefix template was rejected; `offset` is a byte offset into the template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct KeyTemplateError {
+    /// Byte offset of the problem within the template string.
+    pub offset: usize,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: String,
+}
+
+fn template_error(
+    offset: usize,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> KeyTemplateError {
+    KeyTemplateError {
+        offset,
+        message: message.into(),
+        hint: hint.into(),
+    }
+}
+
+/// One piece of a Java `DateTimeFormatter` pattern that Firehose prefixes use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatePart {
+    /// `yyyy`: four-digit year.
+    Year,
+    /// `yy`: two-digit year.
+    YearOfCentury,
+    /// `MM` (or `M`, unpadded).
+    Month {
+        /// Zero-padded to two digits.
+        padded: bool,
+    },
+    /// `dd` (or `d`).
+    Day {
+        /// Zero-padded to two digits.
+        padded: bool,
+    },
+    /// `HH` (or `H`).
+    Hour {
+        /// Zero-padded to two digits.
+        padded: bool,
+    },
+    /// `mm` (or `m`).
+    Minute {
+        /// Zero-padded to two digits.
+        padded: bool,
+    },
+    /// `ss` (or `s`).
+    Second {
+        /// Zero-padded to two digits.
+        padded: bool,
+    },
+    /// `SSS`: milliseconds.
+    Millis,
+    /// Text copied as is: punctuation, or a quoted literal like `'year='`.
+    Literal(String),
+}
+
+/// One piece of a prefix template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Text outside any `!{...}`.
+    Literal(String),
+    /// `!{timestamp:<pattern>}`.
+    Timestamp(Vec<DatePart>),
+    /// `!{firehose:random-string}`: 11 random characters, new at each use.
+    RandomString,
+    /// `!{firehose:error-output-type}`: the reason records were sent to the error output.
+    ErrorOutputType,
+}
+
+/// A parsed, checked prefix (`Prefix` or `ErrorOutputPrefix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectKeyTemplate {
+    segments: Vec<Segment>,
+}
+
+/// The pattern letters we accept inside `!{timestamp:...}`.
+pub const SUPPORTED_PATTERN_LETTERS: &str =
+    "yyyy, yy, MM, M, dd, d, HH, H, mm, m, ss, s, SSS and 'quoted text'";
+
+fn parse_date_pattern(pattern: &str, base: usize) -> Result<Vec<DatePart>, KeyTemplateError> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let chars: Vec<(usize, char)> = pattern.char_indices().collect();
+    let mut i = 0;
+    let flush = |literal: &mut String, parts: &mut Vec<DatePart>| {
+        if !literal.is_empty() {
+            parts.push(DatePart::Literal(std::mem::take(literal)));
+        }
+    };
+    while i < chars.len() {
+        let (at, c) = chars[i];
+        if c == '\'' {
+            // Quoted literal; '' is a single quote.
+            if chars.get(i + 1).map(|x| x.1) == Some('\'') {
+                literal.push('\'');
+                i += 2;
+                continue;
+            }
+            let mut j = i + 1;
+            loop {
+                match chars.get(j) {
+                    None => {
+                        return Err(template_error(
+                            base + at,
+                            "unclosed quote in timestamp pattern",
+                            "close the literal with ', e.g. !{timestamp:'year='yyyy}",
+                        ));
+                    }
+                    Some((_, '\'')) if chars.get(j + 1).map(|x| x.1) == Some('\'') => {
+                        literal.push('\'');
+                        j += 2;
+                    }
+                    Some((_, '\'')) => break,
+                    Some((_, ch)) => {
+                        literal.push(*ch);
+                        j += 1;
+                    }
+                }
+            }
+            i = j + 1;
+            continue;
+        }
+        if c.is_ascii_alphabetic() {
+            let run = chars[i..].iter().take_while(|(_, x)| *x == c).count();
+            let part = match (c, run) {
+                ('y', 4) => DatePart::Year,
+                ('y', 2) => DatePart::YearOfCentury,
+                ('M', 1 | 2) => DatePart::Month { padded: run == 2 },
+                ('d', 1 | 2) => DatePart::Day { padded: run == 2 },
+                ('H', 1 | 2) => DatePart::Hour { padded: run == 2 },
+                ('m', 1 | 2) => DatePart::Minute { padded: run == 2 },
+                ('s', 1 | 2) => DatePart::Second { padded: run == 2 },
+                ('S', 3) => DatePart::Millis,
+                _ => {
+                    return Err(template_error(
+                        base + at,
+                        format!(
+                            "unsupported timestamp pattern `{}`",
+                            c.to_string().repeat(run)
+                        ),
+                        format!(
+                            "supported: {SUPPORTED_PATTERN_LETTERS}; quote other text, e.g. 'T'"
+                        ),
+                    ));
+                }
+            };
+            flush(&mut literal, &mut parts);
+            parts.push(part);
+            i += run;
+            continue;
+        }
+        if c == '{' || c == '}' || c == '!' {
+            return Err(template_error(
+                base + at,
+                format!("`{c}` is not allowed in a timestamp pattern"),
+                "quote it if you mean the character",
+            ));
+        }
+        literal.push(c);
+        i += 1;
+    }
+    flush(&mut literal, &mut parts);
+    if !parts.iter().any(|p| !matches!(p, DatePart::Literal(_))) {
+        return Err(template_error(
+            base,
+            "timestamp pattern has no date or time field",
+            "e.g. !{timestamp:yyyy/MM/dd}",
+        ));
+    }
+    Ok(parts)
+}
+
+impl ObjectKeyTemplate {
+    /// Parses a template, checking the syntax of every `!{...}` (FIREHOSE.md §3).
+    pub fn parse(template: &str) -> Result<Self, KeyTemplateError> {
+        if template.len() > MAX_CONFIGURED_PREFIX {
+            return Err(template_error(
+                0,
+                format!(
+                    "prefix is {} characters; Firehose allows at most {MAX_CONFIGURED_PREFIX}",
+                    template.len()
+                ),
+                "shorten the prefix",
+            ));
+        }
+        let mut segments = Vec::new();
+        let mut rest = template;
+        let mut offset = 0;
+        while let Some(start) = rest.find("!{") {
+            let literal = &rest[..start];
+            if let Some(bad) = literal.find(['{', '}']) {
+                return Err(template_error(
+                    offset + bad,
+                    "`{` and `}` may appear only inside a `!{...}` expression",
+                    "remove the brace, or write an expression like !{timestamp:yyyy}",
+                ));
+            }
+            if !literal.is_empty() {
+                segments.push(Segment::Literal(literal.to_string()));
+            }
+            let expr_start = offset + start;
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                return Err(template_error(
+                    expr_start,
+                    "unclosed `!{` expression",
+                    "close it with `}`",
+                ));
+            };
+            let expr = &after[..end];
+            let Some((namespace, value)) = expr.split_once(':') else {
+                return Err(template_error(
+                    expr_start,
+                    format!("`!{{{expr}}}` is not `!{{namespace:value}}`"),
+                    "use !{timestamp:...}, !{firehose:random-string} or !{firehose:error-output-type}",
+                ));
+            };
+            let value_offset = expr_start + 2 + namespace.len() + 1;
+            let segment = match (namespace, value) {
+                ("timestamp", pattern) => {
+                    Segment::Timestamp(parse_date_pattern(pattern, value_offset)?)
+                }
+                ("firehose", "random-string") => Segment::RandomString,
+                ("firehose", "error-output-type") => Segment::ErrorOutputType,
+                ("firehose", other) => {
+                    return Err(template_error(
+                        value_offset,
+                        format!("unknown firehose expression `{other}`"),
+                        "use firehose:random-string or firehose:error-output-type",
+                    ));
+                }
+                ("partitionKeyFromQuery" | "partitionKeyFromLambda", _) => {
+                    return Err(template_error(
+                        expr_start,
+                        format!(
+                            "`{namespace}` needs dynamic partitioning, which sluice does not have yet"
+                        ),
+                        "remove the expression",
+                    ));
+                }
+                (other, _) => {
+                    return Err(template_error(
+                        expr_start,
+                        format!("unknown expression namespace `{other}`"),
+                        "use timestamp or firehose",
+                    ));
+                }
+            };
+            segments.push(segment);
+            offset = expr_start + 2 + end + 1;
+            rest = &after[end + 1..];
+        }
+        if let Some(bad) = rest.find(['{', '}']) {
+            return Err(template_error(
+                offset + bad,
+                "`{` and `}` may appear only inside a `!{...}` expression",
+                "remove the brace, or write an expression like !{timestamp:yyyy}",
+            ));
+        }
+        if !rest.is_empty() {
+            segments.push(Segment::Literal(rest.to_string()));
+        }
+        Ok(ObjectKeyTemplate { segments })
+    }
+
+    /// The segments, in order.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Whether any `!{...}` expression is used.
+    pub fn has_expressions(&self) -> bool {
+        self.segments
+            .iter()
+            .any(|s| !matches!(s, Segment::Literal(_)))
+    }
+
+    /// Whether a `!{timestamp:...}` is used.
+    pub fn has_timestamp(&self) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s, Segment::Timestamp(_)))
+    }
+
+    /// Whether `!{firehose:error-output-type}` is used.
+    pub fn has_error_output_type(&self) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s, Segment::ErrorOutputType))
+    }
+
+    /// Appends the Firehose default time part `yyyy/MM/dd/HH/`.
+    fn with_default_time(mut self) -> Self {
+        self.segments.push(Segment::Timestamp(
+            parse_date_pattern("yyyy/MM/dd/HH/", 0).unwrap_or_default(),
+        ));
+        self
+    }
+
+    /// Renders the template for `instant`; `error_output_type` fills `!{firehose:error-output-type}`.
+    pub fn render<Z: TimeZone>(
+        &self,
+        instant: &DateTime<Z>,
+        error_output_type: &str,
+        out: &mut String,
+    ) {
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(s) => out.push_str(s),
+                Segment::Timestamp(parts) => render_date(parts, instant, out),
+                Segment::RandomString => out.push_str(&random_string()),
+                Segment::ErrorOutputType => out.push_str(error_output_type),
+            }
+        }
+    }
+}
+
+fn render_date<Z: TimeZone>(parts: &[DatePart], t: &DateTime<Z>, out: &mut String) {
+    use std::fmt::Write;
+    for part in parts {
+        let _ = match part {
+            DatePart::Year => write!(out, "{:04}", t.year()),
+            DatePart::YearOfCentury => write!(out, "{:02}", t.year().rem_euclid(100)),
+            DatePart::Month { padded } => pad(out, t.month(), *padded),
+            DatePart::Day { padded } => pad(out, t.day(), *padded),
+            DatePart::Hour { padded } => pad(out, t.hour(), *padded),
+            DatePart::Minute { padded } => pad(out, t.minute(), *padded),
+            DatePart::Second { padded } => pad(out, t.second(), *padded),
+            DatePart::Millis => write!(out, "{:03}", t.timestamp_subsec_millis().min(999)),
+            DatePart::Literal(s) => {
+                out.push_str(s);
+                Ok(())
+            }
+        };
+    }
+}
+
+fn pad(out: &mut String, n: u32, padded: bool) -> std::fmt::Result {
+    use std::fmt::Write;
+    if padded {
+        write!(out, "{n:02}")
+    } else {
+        write!(out, "{n}")
+    }
+}
+
+/// Firehose's `random-string`: 11 characters, e.g. `046b6c7f-0b`.
+fn random_string() -> String {
+    let mut rng = rand::rng();
+    let a: u32 = rng.random();
+    let b: u8 = rng.random();
+    format!("{a:08x}-{b:02x}")
+}
+
+/// How a sink names its objects: data prefix, error prefix, stream name, version, time zone.
+#[derive(Debug, Clone)]
+pub struct ObjectKeys {
+    prefix: ObjectKeyTemplate,
+    error_prefix: ObjectKeyTemplate,
+    stream: String,
+    version: u32,
+    time_zone: Tz,
+}
+
+/// The `prefix`/`error_prefix` pair failed Firehose's rules; `field` names which key to point at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct PrefixRuleError {
+    /// `prefix` or `error_prefix`.
+    pub field: &'static str,
+    /// The problem.
+    pub error: KeyTemplateError,
+}
+
+impl ObjectKeys {
+    /// Applies Firehose's prefix rules (FIREHOSE.md §3) to the configured prefixes.
+    ///
+    /// - A prefix without a timestamp expression gets `!{timestamp:yyyy/MM/dd/HH/}` appended.
+    /// - The prefix must not use `error-output-type`; a set error prefix must use it.
+    /// - The error prefix may be left out only when the prefix has no expressions; it then becomes
+    ///   `<prefix><error-output-type>/yyyy/MM/dd/HH/`.
+    pub fn new(
+        prefix: Option<&str>,
+        error_prefix: Option<&str>,
+        stream: &str,
+        time_zone: Tz,
+    ) -> Result<Self, PrefixRuleError> {
+        let prefix_text = prefix.unwrap_or("");
+        let parsed = ObjectKeyTemplate::parse(prefix_text).map_err(|error| PrefixRuleError {
+            field: "prefix",
+            error,
+        })?;
+        if parsed.has_error_output_type() {
+            return Err(PrefixRuleError {
+                field: "prefix",
+                error: template_error(
+                    prefix_text
+                        .find("!{firehose:error-output-type}")
+                        .unwrap_or(0),
+                    "`!{firehose:error-output-type}` is allowed only in error_prefix",
+                    "move it to error_prefix",
+                ),
+            });
+        }
+        let error_template = match error_prefix {
+            Some(text) => {
+                let t = ObjectKeyTemplate::parse(text).map_err(|error| PrefixRuleError {
+                    field: "error_prefix",
+                    error,
+                })?;
+                if !t.has_error_output_type() {
+                    return Err(PrefixRuleError {
+                        field: "error_prefix",
+                        error: template_error(
+                            0,
+                            "error_prefix must contain `!{firehose:error-output-type}`",
+                            "e.g. error_prefix = \"errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/\"",
+                        ),
+                    });
+                }
+                if t.has_timestamp() {
+                    t
+                } else {
+                    t.with_default_time()
+                }
+            }
+            None if parsed.has_expressions() => {
+                return Err(PrefixRuleError {
+                    field: "prefix",
+                    error: template_error(
+                        0,
+                        "error_prefix is required when prefix uses `!{...}` expressions",
+                        "add error_prefix = \"errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/\"",
+                    ),
+                });
+            }
+            None => {
+                let mut segments = Vec::new();
+                if !prefix_text.is_empty() {
+                    segments.push(Segment::Literal(prefix_text.to_string()));
+                }
+                segments.push(Segment::ErrorOutputType);
+                segments.push(Segment::Literal("/".into()));
+                ObjectKeyTemplate { segments }.with_default_time()
+            }
+        };
+        let prefix_template = if parsed.has_timestamp() {
+            parsed
+        } else {
+            parsed.with_default_time()
+        };
+        let keys = ObjectKeys {
+            prefix: prefix_template,
+            error_prefix: error_template,
+            stream: stream.into(),
+            version: 1,
+            time_zone,
+        };
+        // The longest a rendering can be: every field at its widest on a fixed date.
+        let widest = Utc
+            .with_ymd_and_hms(2099, 12, 31, 23, 59, 59)
+            .single()
+            .unwrap_or_default();
+        for (field, template) in [
+            ("prefix", &keys.prefix),
+            ("error_prefix", &keys.error_prefix),
+        ] {
+            let mut rendered = String::new();
+            template.render(&widest, "format-conversion-failed", &mut rendered);
+            if rendered.chars().count() > MAX_EVALUATED_PREFIX {
+                return Err(PrefixRuleError {
+                    field,
+                    error: template_error(
+                        0,
+                        format!(
+                            "{field} evaluates to {} characters; Firehose allows {MAX_EVALUATED_PREFIX}",
+                            rendered.chars().count()
+                        ),
+                        "shorten it",
+                    ),
+                });
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The data prefix after Firehose's rules.
+    pub fn prefix(&self) -> &ObjectKeyTemplate {
+        &self.prefix
+    }
+
+    /// The error prefix after Firehose's rules.
+    pub fn error_prefix(&self) -> &ObjectKeyTemplate {
+        &self.error_prefix
+    }
+
+    /// Key of a data object whose oldest record arrived at `oldest_arrival_ms`.
+    pub fn data_key(&self, oldest_arrival_ms: i64, extension: &str) -> String {
+        self.key(&self.prefix, oldest_arrival_ms, "", extension)
+    }
+
+    /// Key of an error-output object.
+    pub fn error_key(
+        &self,
+        oldest_arrival_ms: i64,
+        error_output_type: &str,
+        extension: &str,
+    ) -> String {
+        self.key(
+            &self.error_prefix,
+            oldest_arrival_ms,
+            error_output_type,
+            extension,
+        )
+    }
+
+    fn key(
+        &self,
+        template: &ObjectKeyTemplate,
+        ms: i64,
+        error_type: &str,
+        extension: &str,
+    ) -> String {
+        let instant = Utc
+            .timestamp_millis_opt(ms)
+            .single()
+            .unwrap_or_default()
+            .with_timezone(&self.time_zone);
+        let mut key = String::with_capacity(128);
+        template.render(&instant, error_type, &mut key);
+        use std::fmt::Write;
+        let _ = write!(
+            key,
+            "{}-{}-{}-{}{}",
+            self.stream,
+            self.version,
+            instant.format("%Y-%m-%d-%H-%M-%S"),
+            uuid::Uuid::new_v4(),
+            extension
+        );
+        key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn utc(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+    }
+
+    fn render(t: &str, ms: i64) -> String {
+        let mut s = String::new();
+        ObjectKeyTemplate::parse(t)
+            .unwrap_or_else(|e| panic!("{t}: {e}"))
+            .render(&utc(ms), "processing-failed", &mut s);
+        s
+    }
+
+    #[test]
+    fn renders_the_firehose_examples() {
+        let ms = 1_535_371_200_000; // 2018-08-27T12:00:00Z
+        assert_eq!(
+            render("myPrefix/!{timestamp:yyyy/MM/dd}/", ms),
+            "myPrefix/2018/08/27/"
+        );
+        assert_eq!(
+            render("!{timestamp:'year='yyyy'/month='MM}/", ms),
+            "year=2018/month=08/"
+        );
+        assert_eq!(
+            render("e/!{firehose:error-output-type}/", ms),
+            "e/processing-failed/"
+        );
+        assert_eq!(render("it''s/!{timestamp:''yy''}", ms), "it''s/'18'");
+        let random = render("!{firehose:random-string}", ms);
+        assert_eq!(random.len(), 11);
+        assert_eq!(&random[8..9], "-");
+    }
+
+    #[test]
+    fn rejects_bad_expressions_with_their_offset() {
+        let e = ObjectKeyTemplate::parse("a/!{timestamp:yyyy/QQ}").unwrap_err();
+        assert_eq!(e.offset, 19);
+        assert!(e.message.contains("QQ"));
+        assert!(ObjectKeyTemplate::parse("a/!{timestamp:yyyy").is_err());
+        assert!(ObjectKeyTemplate::parse("a/{b}").is_err());
+        assert!(ObjectKeyTemplate::parse("!{nope:x}").is_err());
+        assert!(ObjectKeyTemplate::parse("!{firehose:nope}").is_err());
+        assert!(ObjectKeyTemplate::parse("!{timestamp:'x'}").is_err());
+    }
+
+    #[test]
+    fn applies_the_prefix_rules() {
+        let keys =
+            ObjectKeys::new(Some("logs/"), None, "s", Tz::UTC).unwrap_or_else(|e| panic!("{e}"));
+        let k = keys.data_key(1_535_371_200_000, ".gz");
+        assert!(
+            k.starts_with("logs/2018/08/27/12/s-1-2018-08-27-12-00-00-"),
+            "{k}"
+        );
+        assert!(k.ends_with(".gz"));
+        let e = keys.error_key(1_535_371_200_000, "format-conversion-failed", "");
+        assert!(
+            e.starts_with("logs/format-conversion-failed/2018/08/27/12/s-1-"),
+            "{e}"
+        );
+
+        assert_eq!(
+            ObjectKeys::new(Some("x/!{timestamp:yyyy}/"), None, "s", Tz::UTC)
+                .unwrap_err()
+                .field,
+            "prefix"
+        );
+        assert_eq!(
+            ObjectKeys::new(Some("x/"), Some("errors/"), "s", Tz::UTC)
+                .unwrap_err()
+                .field,
+            "error_prefix"
+        );
+        assert!(
+            ObjectKeys::new(
+                Some("!{firehose:error-output-type}"),
+                Some("e/!{firehose:error-output-type}"),
+                "s",
+                Tz::UTC
+            )
+            .is_err()
+        );
+        let tokyo = ObjectKeys::new(None, None, "s", chrono_tz::Asia::Tokyo)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            tokyo
+                .data_key(1_535_371_200_000, "")
+                .starts_with("2018/08/27/21/s-1-2018-08-27-21-00-00-")
+        );
+    }
+
+    /// Converts our supported Java letters into a chrono format string: an independent oracle.
+    fn strftime_of(java: &[(&str, &str)]) -> (String, String) {
+        let mut pattern = String::new();
+        let mut chrono_fmt = String::new();
+        for (j, c) in java {
+            pattern.push_str(j);
+            chrono_fmt.push_str(c);
+        }
+        (pattern, chrono_fmt)
+    }
+
+    proptest! {
+        #[test]
+        fn timestamp_patterns_match_chrono(
+            ms in 0i64..4_102_444_800_000,
+            pieces in proptest::collection::vec(0usize..10, 1..8),
+        ) {
+            let table: [(&str, &str); 10] = [
+                ("yyyy", "%Y"), ("yy", "%y"), ("MM", "%m"), ("dd", "%d"), ("HH", "%H"),
+                ("mm", "%M"), ("ss", "%S"), ("/", "/"), ("'T'", "T"), ("-", "-"),
+            ];
+            // Adjacent identical letter runs would merge (yyyy+yy = yyyyyy): separate them.
+            let mut chosen: Vec<(&str, &str)> = Vec::new();
+            for p in pieces {
+                chosen.push(table[p]);
+                chosen.push(("_", "_"));
+            }
+            let (pattern, chrono_fmt) = strftime_of(&chosen);
+            let template = format!("p/!{{timestamp:{pattern}}}/q");
+            let expected = format!("p/{}/q", utc(ms).format(&chrono_fmt));
+            prop_assert_eq!(render(&template, ms), expected);
+        }
+
+        #[test]
+        fn object_names_follow_the_firehose_shape(ms in 0i64..4_102_444_800_000) {
+            let keys = ObjectKeys::new(Some("a/!{timestamp:yyyy}/"), Some("e/!{firehose:error-output-type}/"), "my-stream", Tz::UTC)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let key = keys.data_key(ms, ".gz");
+            let t = utc(ms);
+            let head = format!("a/{}/my-stream-1-{}-", t.format("%Y"), t.format("%Y-%m-%d-%H-%M-%S"));
+            prop_assert!(key.starts_with(&head), "{} vs {}", key, head);
+            let uuid = &key[head.len()..key.len() - 3];
+            prop_assert!(uuid::Uuid::parse_str(uuid).is_ok(), "{}", uuid);
+            prop_assert!(key.ends_with(".gz"));
+        }
+    }
+}

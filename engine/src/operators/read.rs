@@ -1,0 +1,101 @@
+//! The source operator: reads this worker's share of a source in batches, stamps them with the
+//! current epoch, advances the epoch on a tick, and finishes at end of input or on stop.
+//!
+//! Guarantees: it never reads while the in-flight budget is exhausted; it advances the epoch at
+//! least once per tick even when idle (so interval flushing and the delivered frontier progress);
+//! a read error stops this share, is logged and counted, and never panics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, Stream};
+
+use super::{Epoch, InflightBudget};
+use crate::metrics::PipelineMetrics;
+use crate::record::{RecordBatch, now_ms};
+use crate::traits::{ReadStatus, SourceReader, StopSignal};
+
+/// How often the epoch advances.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Target bytes per batch.
+pub const BATCH_BYTES: usize = 1 << 20;
+/// Batches read per activation before yielding to the rest of the worker.
+const BATCHES_PER_ACTIVATION: usize = 4;
+
+/// Builds the operator that reads `reader` (source number `index` in the plan).
+pub fn read_source<'scope>(
+    scope: Scope<'scope, Epoch>,
+    name: &str,
+    index: usize,
+    mut reader: Box<dyn SourceReader>,
+    metrics: Arc<PipelineMetrics>,
+    budget: Arc<InflightBudget>,
+    stop: StopSignal,
+) -> Stream<'scope, Epoch, Vec<RecordBatch>> {
+    let source_name = name.to_string();
+    source::<Epoch, CapacityContainerBuilder<Vec<RecordBatch>>, _, _>(
+        scope,
+        &format!("Read({name})"),
+        move |capability, info| {
+            let activator = scope.activator_for(info.address);
+            let mut capability = Some(capability);
+            let mut epoch_started = Instant::now();
+            move |output| {
+                let Some(cap) = capability.as_mut() else {
+                    return;
+                };
+                if stop.is_stopped() {
+                    capability = None;
+                    return;
+                }
+                if epoch_started.elapsed() >= TICK {
+                    let next = *cap.time() + 1;
+                    cap.downgrade(&next);
+                    epoch_started = Instant::now();
+                }
+                if budget.is_exhausted() {
+                    activator.activate_after(Duration::from_millis(5));
+                    return;
+                }
+                for _ in 0..BATCHES_PER_ACTIVATION {
+                    let mut batch =
+                        RecordBatch::with_capacity(now_ms(), BATCH_BYTES + BATCH_BYTES / 8);
+                    let status = reader.read(&mut batch, BATCH_BYTES);
+                    if !batch.is_empty() {
+                        let counters = &metrics.sources[index];
+                        counters
+                            .records
+                            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        counters.bytes.fetch_add(
+                            batch.byte_len() as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        output.session(&*cap).give(batch);
+                    }
+                    match status {
+                        Ok(ReadStatus::Ready) => {}
+                        Ok(ReadStatus::Pending(wait)) => {
+                            activator.activate_after(wait.min(TICK));
+                            return;
+                        }
+                        Ok(ReadStatus::Finished) => {
+                            capability = None;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!(source = %source_name, error = %e, "source stopped");
+                            if let Ok(mut errors) = metrics.source_errors.lock() {
+                                errors.push(format!("source `{source_name}`: {e}"));
+                            }
+                            capability = None;
+                            return;
+                        }
+                    }
+                }
+                activator.activate();
+            }
+        },
+    )
+}

@@ -1,0 +1,156 @@
+//! Retrying a delivery: Firehose's back-off (FIREHOSE.md §7) for the sink's retry duration.
+//!
+//! Back-off starts at 1 s, doubles, has ±15 % jitter and is capped at 120 s. Only
+//! [`DeliveryError::Retryable`] is retried, and only while the retry duration (counted from the first
+//! failure) has not run out; a permanent error ends at once.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::traits::DeliveryError;
+
+/// How long and how fast to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total time to keep retrying after the first failure (`retry.duration_s`, 0..=7200, default 300).
+    pub duration: Duration,
+    /// First back-off.
+    pub initial_backoff: Duration,
+    /// Longest back-off.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            duration: Duration::from_secs(300),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based), with jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let base = base.min(self.max_backoff);
+        let jitter: f64 = rand::rng().random_range(0.85..=1.15);
+        base.mul_f64(jitter)
+    }
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone)]
+pub struct DeliveryOutcome {
+    /// Attempts made.
+    pub attempts: u32,
+    /// `Ok` when stored; the last error otherwise.
+    pub result: Result<(), DeliveryError>,
+}
+
+/// Runs `attempt` until it succeeds, fails permanently, or the policy's duration runs out.
+pub async fn deliver_with_retries<F, Fut>(policy: RetryPolicy, mut attempt: F) -> DeliveryOutcome
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), DeliveryError>>,
+{
+    let mut attempts = 0;
+    let mut first_failure: Option<Instant> = None;
+    loop {
+        attempts += 1;
+        match attempt().await {
+            Ok(()) => {
+                return DeliveryOutcome {
+                    attempts,
+                    result: Ok(()),
+                };
+            }
+            Err(e) if !e.is_retryable() => {
+                return DeliveryOutcome {
+                    attempts,
+                    result: Err(e),
+                };
+            }
+            Err(e) => {
+                let since = *first_failure.get_or_insert_with(Instant::now);
+                let wait = policy.backoff(attempts);
+                if since.elapsed() + wait > policy.duration {
+                    tracing::warn!(attempts, error = %e, "delivery failed and its retry duration ran out");
+                    return DeliveryOutcome {
+                        attempts,
+                        result: Err(e),
+                    };
+                }
+                tracing::debug!(attempts, error = %e, ?wait, "delivery failed; retrying");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let p = RetryPolicy::default();
+        for (attempt, base) in [(1u32, 1.0f64), (2, 2.0), (3, 4.0), (8, 120.0), (30, 120.0)] {
+            let got = p.backoff(attempt).as_secs_f64();
+            assert!(
+                got >= base * 0.85 - 1e-9 && got <= base * 1.15 + 1e-9,
+                "attempt {attempt}: {got}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_retryable_errors_and_stops_at_permanent_ones() {
+        let policy = RetryPolicy {
+            duration: Duration::from_secs(10),
+            ..RetryPolicy::default()
+        };
+        let mut calls = 0;
+        let out = deliver_with_retries(policy, || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 3 {
+                    Err(DeliveryError::Retryable {
+                        code: "x".into(),
+                        message: "busy".into(),
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert_eq!(out.attempts, 3);
+        assert!(out.result.is_ok());
+
+        let out = deliver_with_retries(policy, || async {
+            Err(DeliveryError::Permanent {
+                code: "p".into(),
+                message: "no".into(),
+            })
+        })
+        .await;
+        assert_eq!(out.attempts, 1);
+
+        let out = deliver_with_retries(policy, || async {
+            Err(DeliveryError::Retryable {
+                code: "r".into(),
+                message: "down".into(),
+            })
+        })
+        .await;
+        assert!(out.result.is_err());
+        assert!((3..=5).contains(&out.attempts), "{}", out.attempts);
+    }
+}

@@ -1,0 +1,176 @@
+//! The runtime: compiles a [`Plan`] into a timely dataflow on every worker and runs it to the end.
+//!
+//! Each worker builds the same graph: every source's share → (concatenated per sink) →
+//! `build_objects` → `deliver` → one probe. Deliveries run on a small tokio runtime beside the
+//! workers. A batch run ends when the probe's frontier is empty (every record delivered or counted);
+//! a stream run ends the same way after a [`StopSignal`] makes the sources finish. Guarantees: the
+//! delivered output does not depend on the number of workers; a run never ends with data buffered.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use timely::dataflow::ProbeHandle;
+use timely::dataflow::operators::{Concatenate, Probe};
+
+use crate::config::Plan;
+use crate::metrics::PipelineMetrics;
+use crate::operators::{BuildObjects, Deliver, DeliveryContext, InflightBudget, read_source};
+use crate::traits::{SourceContext, StopSignal};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Timely worker threads.
+    pub workers: usize,
+    /// Set to stop a stream run (or cut a batch run short).
+    pub stop: StopSignal,
+    /// Compressed bytes in flight to sinks before sources pause.
+    pub max_inflight_bytes: u64,
+}
+
+impl RunOptions {
+    /// `workers` from the plan, or one per core.
+    pub fn for_plan(plan: &Plan) -> Self {
+        RunOptions {
+            workers: plan.workers.unwrap_or_else(default_workers),
+            stop: StopSignal::default(),
+            max_inflight_bytes: 256 << 20,
+        }
+    }
+}
+
+/// One worker per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Why a run could not start or finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The async runtime could not start.
+    #[error("cannot start the I/O runtime: {0}")]
+    Runtime(std::io::Error),
+    /// A sink's preparation failed (e.g. its folder cannot be created).
+    #[error("sink `{sink}` is not usable: {error}")]
+    Prepare {
+        /// The sink.
+        sink: String,
+        /// Why.
+        error: crate::traits::DeliveryError,
+    },
+    /// Timely could not start or a worker failed.
+    #[error("dataflow failed: {0}")]
+    Dataflow(String),
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct RunReport {
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Workers used.
+    pub workers: usize,
+}
+
+/// Runs `plan` to completion, counting into `metrics` (built with
+/// `PipelineMetrics::new(plan.sources.len(), plan.sinks.len())`).
+pub fn run(
+    plan: &Plan,
+    options: &RunOptions,
+    metrics: Arc<PipelineMetrics>,
+) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sluice-io")
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    for sink in &plan.sinks {
+        runtime
+            .block_on(sink.sink.prepare())
+            .map_err(|error| RunError::Prepare {
+                sink: sink.name.clone(),
+                error,
+            })?;
+    }
+    let context = DeliveryContext {
+        runtime: runtime.handle().clone(),
+        budget: InflightBudget::new(options.max_inflight_bytes),
+        metrics: Arc::clone(&metrics),
+    };
+    let plan = plan.clone();
+    let stop = options.stop.clone();
+    let workers = options.workers.max(1);
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let probe = ProbeHandle::new();
+        let ctx = SourceContext {
+            worker: worker.index(),
+            workers: worker.peers(),
+        };
+        worker.dataflow::<u64, _, _>(|scope| {
+            let streams: Vec<_> = plan
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match s.source.open(&ctx) {
+                    Ok(reader) => Some(read_source(
+                        scope,
+                        &s.name,
+                        i,
+                        reader,
+                        Arc::clone(&context.metrics),
+                        Arc::clone(&context.budget),
+                        stop.clone(),
+                    )),
+                    Err(e) => {
+                        tracing::error!(source = %s.name, error = %e, "source cannot start");
+                        if let Ok(mut errors) = context.metrics.source_errors.lock() {
+                            errors.push(format!("source `{}`: {e}", s.name));
+                        }
+                        None
+                    }
+                })
+                .collect();
+            for (j, sink) in plan.sinks.iter().enumerate() {
+                let inputs: Vec<_> = sink
+                    .inputs
+                    .iter()
+                    .filter_map(|&i| streams[i].clone())
+                    .collect();
+                if inputs.is_empty() {
+                    continue;
+                }
+                scope
+                    .concatenate(inputs)
+                    .build_objects(
+                        &sink.name,
+                        j,
+                        Arc::clone(&sink.settings),
+                        Arc::clone(&context.metrics),
+                    )
+                    .deliver(
+                        &sink.name,
+                        j,
+                        Arc::clone(&sink.sink),
+                        sink.settings.retry,
+                        &context,
+                    )
+                    .probe_with(&probe);
+            }
+        });
+        while !probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(50)));
+        }
+    })
+    .map_err(RunError::Dataflow)?;
+    for result in guards.join() {
+        result.map_err(RunError::Dataflow)?;
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    Ok(RunReport {
+        elapsed: started.elapsed(),
+        workers,
+    })
+}

@@ -1,0 +1,200 @@
+//! What connectors implement: a [`Source`] that reads records on each timely worker, a [`Sink`] that
+//! stores finished payloads, and the [`Registry`] that maps config `type`s to them.
+//!
+//! Connectors never batch, encode or compress: the engine hands a sink a finished [`Payload`] and the
+//! sink answers delivered or a classified [`DeliveryError`]. Adding a connector is one file plus one
+//! registry line.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use crate::config::{Diagnostic, Section};
+use crate::record::RecordBatch;
+
+/// Set once when the run should stop (SIGINT/SIGTERM): sources finish, buffers flush, deliveries end.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Arc<AtomicBool>);
+
+impl StopSignal {
+    /// Asks everything to stop.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Where a source reader runs.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// This worker's index, `0..workers`.
+    pub worker: usize,
+    /// How many workers share the source.
+    pub workers: usize,
+}
+
+/// What a read produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// Records were added to the batch (or more are ready now).
+    Ready,
+    /// Nothing available now; ask again after this long.
+    Pending(Duration),
+    /// No more records, ever.
+    Finished,
+}
+
+/// A source failed in a way that stops it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// Reading failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being read.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The source's setup was wrong in a way only seen at run time (e.g. a glob matched nothing).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// One worker's share of a source. It lives on that worker's thread.
+pub trait SourceReader {
+    /// Adds records to `batch` (up to about `max_bytes`) and says what happened.
+    fn read(
+        &mut self,
+        batch: &mut RecordBatch,
+        max_bytes: usize,
+    ) -> Result<ReadStatus, SourceError>;
+}
+
+/// A configured source.
+pub trait Source: Send + Sync + 'static {
+    /// One line for `sluice validate`, e.g. `file: 3 paths`.
+    fn describe(&self) -> String;
+    /// Whether the source ends by itself (batch) or runs until stopped (stream).
+    fn is_finite(&self) -> bool;
+    /// Opens this worker's share; every worker calls it with the same `workers`.
+    fn open(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError>;
+}
+
+/// A finished object or request body, ready to store or send.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// Object key under the sink's location (object stores); ignored by request sinks.
+    pub key: String,
+    /// The bytes, already encoded and compressed.
+    pub body: Bytes,
+    /// MIME type of the decoded body.
+    pub content_type: &'static str,
+    /// `Content-Encoding`, when compressed.
+    pub content_encoding: Option<&'static str>,
+    /// Records in the body.
+    pub records: u64,
+}
+
+/// Why a delivery failed. Callers match on the variant, never on the message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    /// May succeed if tried again (timeouts, connection errors, throttling, 5xx).
+    #[error("retryable: {message}")]
+    Retryable {
+        /// Firehose-style code, e.g. `S3.InternalError`.
+        code: String,
+        /// What the destination said.
+        message: String,
+    },
+    /// Will fail again the same way (bad credentials, missing bucket, other 4xx).
+    #[error("permanent: {message}")]
+    Permanent {
+        /// Firehose-style code, e.g. `S3.AccessDenied`.
+        code: String,
+        /// What the destination said.
+        message: String,
+    },
+}
+
+impl DeliveryError {
+    /// The Firehose-style code.
+    pub fn code(&self) -> &str {
+        match self {
+            DeliveryError::Retryable { code, .. } | DeliveryError::Permanent { code, .. } => code,
+        }
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DeliveryError::Retryable { .. })
+    }
+}
+
+/// A configured sink.
+pub trait Sink: Send + Sync + 'static {
+    /// One line for `sluice validate` and the run summary, e.g. `s3://bucket/prefix`.
+    fn describe(&self) -> String;
+    /// Called once before the run (e.g. create a local folder); an error stops the run.
+    fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Stores one payload. Must be safe to call again with the same payload after an error.
+    fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>>;
+}
+
+/// What a connector's `configure` gets: its own keys (engine-owned keys already taken out).
+#[derive(Debug)]
+pub struct ConnectorConfig {
+    /// The component's name, e.g. `logs` for `[sources.logs]`.
+    pub name: String,
+    /// Its remaining keys.
+    pub table: Section,
+    /// Folder of the pipeline file, for relative paths.
+    pub base_dir: std::path::PathBuf,
+}
+
+/// A source `type`.
+pub struct SourceType {
+    /// The `type` value.
+    pub name: &'static str,
+    /// Builds the source from its keys.
+    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>,
+}
+
+/// A sink `type`.
+pub struct SinkType {
+    /// The `type` value.
+    pub name: &'static str,
+    /// Builds the sink from its keys.
+    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic>,
+}
+
+/// Every connector the binary knows, listed explicitly.
+#[derive(Default)]
+pub struct Registry {
+    /// Source types.
+    pub sources: Vec<SourceType>,
+    /// Sink types.
+    pub sinks: Vec<SinkType>,
+}
+
+impl Registry {
+    /// The source type called `name`.
+    pub fn source(&self, name: &str) -> Option<&SourceType> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// The sink type called `name`.
+    pub fn sink(&self, name: &str) -> Option<&SinkType> {
+        self.sinks.iter().find(|s| s.name == name)
+    }
+}
