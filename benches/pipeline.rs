@@ -1,1 +1,134 @@
-fn main() {}
+//! End-to-end throughput: `file → ndjson + gzip(6) → file://` and `file → ndjson + zstd(3) → file://`
+//! with 1 and 2 workers, against `pigz -6 -p 2` and `zstd -3 -T2` on the same file, all in one
+//! invocation so the ratios compare runs on the same (shared, noisy) machine.
+//!
+//! `cargo bench --bench pipeline` (input size: `SLUICE_BENCH_MB`, default 200; the baselines need
+//! `pigz` and `zstd` on the PATH, e.g. `apt-get install pigz zstd`, and are skipped without them).
+
+// A benchmark has no caller to report to: a failed set-up aborts it with its reason.
+#![allow(clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput};
+use sluice_connectors::registry;
+use sluice_connectors::synth::{Profile, write_ndjson};
+use sluice_engine::metrics::PipelineMetrics;
+use sluice_engine::runtime::{RunOptions, run};
+use sluice_engine::testkit::plan_from_str;
+
+fn input_file() -> (PathBuf, u64) {
+    let mb: u64 = std::env::var("SLUICE_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench");
+    let path = dir.join(format!("cloudfront-{mb}mb.ndjson"));
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).expect("bench folder");
+        // ~490 bytes per record.
+        let records = mb * 1_000_000 / 490;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).expect("bench input"));
+        write_ndjson(Profile::Cloudfront, 1, records, &mut file).expect("write bench input");
+    }
+    let len = std::fs::metadata(&path).expect("bench input").len();
+    (path, len)
+}
+
+fn pipeline(input: &Path, out: &Path, compression: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "bench"
+[sources.logs]
+type = "file"
+paths = ["{}"]
+[sinks.out]
+type = "object_store"
+inputs = ["logs"]
+url = "file://{}"
+format = "ndjson"
+compression = "{compression}"
+buffer = {{ size_mb = 64, interval_s = 900 }}
+"#,
+        input.display(),
+        out.display()
+    )
+}
+
+fn run_sluice(toml: &str, workers: usize) {
+    let plan = plan_from_str(toml, &registry()).expect("bench pipeline");
+    let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+    let mut options = RunOptions::for_plan(&plan);
+    options.workers = workers;
+    run(&plan, &options, metrics).expect("bench run");
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn run_tool(tool: &str, args: &[&str], input: &Path) {
+    let status = Command::new(tool)
+        .args(args)
+        .stdin(std::fs::File::open(input).expect("bench input"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("baseline tool");
+    assert!(status.success());
+}
+
+fn bench(c: &mut Criterion) {
+    let (input, len) = input_file();
+    let out = tempfile::tempdir().expect("bench output");
+    let mut group = c.benchmark_group("file_to_object_store");
+    group.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Bytes(len));
+    let cases: [(&str, &str, &str, &[&str]); 2] = [
+        ("gzip", "pigz", "pigz -6 -p 2", &["-6", "-p", "2", "-c"]),
+        ("zstd", "zstd", "zstd -3 -T2", &["-3", "-T2", "-c"]),
+    ];
+    for (compression, tool, name, args) in cases {
+        if have(tool) {
+            group.bench_function(name, |b| b.iter(|| run_tool(tool, args, &input)));
+        } else {
+            eprintln!("{tool} not found: baseline skipped");
+        }
+        for workers in [1, 2] {
+            let toml = pipeline(&input, out.path(), compression);
+            group.bench_function(format!("sluice {compression} workers={workers}"), |b| {
+                b.iter(|| {
+                    run_sluice(&toml, workers);
+                    let _ = std::fs::remove_dir_all(out.path());
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Prints each sluice run's speed as a ratio to its baseline, from criterion's estimates.
+fn print_ratios() {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../criterion/file_to_object_store");
+    let mean = |id: &str| -> Option<f64> {
+        let dir = id.replace([' ', '='], "_");
+        let text = std::fs::read_to_string(root.join(dir).join("new/estimates.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["mean"]["point_estimate"].as_f64()
+    };
+    println!("\nratios (baseline time / sluice time; > 1 means sluice is faster):");
+    for (compression, baseline) in [("gzip", "pigz -6 -p 2"), ("zstd", "zstd -3 -T2")] {
+        for workers in [1, 2] {
+            let id = format!("sluice {compression} workers={workers}");
+            if let (Some(b), Some(s)) = (mean(baseline), mean(&id)) {
+                println!("  {id:<28} vs {baseline:<14} {:.2}x", b / s);
+            }
+        }
+    }
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    bench(&mut criterion);
+    criterion.final_summary();
+    print_ratios();
+}

@@ -8,18 +8,9 @@ use crate::{sinks, sources};
 pub fn registry() -> Registry {
     Registry {
         sources: vec![
-            SourceType {
-                name: "file",
-                configure: sources::file::configure,
-            },
-            SourceType {
-                name: "generator",
-                configure: sources::generator::configure,
-            },
+            SourceType { name: "file", configure: sources::file::configure },
+            SourceType { name: "generator", configure: sources::generator::configure },
         ],
-        sinks: vec![SinkType {
-            name: "object_store",
-            configure: sinks::object_store::configure,
-        }],
+        sinks: vec![SinkType { name: "object_store", configure: sinks::object_store::configure }],
     }
 }

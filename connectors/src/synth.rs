@@ -37,29 +37,17 @@ fn pick<'a, R: Rng>(rng: &mut R, items: &[&'a str]) -> &'a str {
 }
 
 fn ipv4<R: Rng>(rng: &mut R) -> String {
-    format!(
-        "{}.{}.{}.{}",
-        rng.random_range(1..224),
-        rng.random::<u8>(),
-        rng.random::<u8>(),
-        rng.random_range(1..255)
-    )
+    format!("{}.{}.{}.{}", rng.random_range(1..224), rng.random::<u8>(), rng.random::<u8>(), rng.random_range(1..255))
 }
 
 fn iso(ms: i64, millis: bool) -> String {
     let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
-    if millis {
-        t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-    } else {
-        t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-    }
+    if millis { t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string() } else { t.format("%Y-%m-%dT%H:%M:%SZ").to_string() }
 }
 
 fn hex_id<R: Rng>(rng: &mut R, len: usize) -> String {
     const HEX: &[u8] = b"0123456789abcdef";
-    (0..len)
-        .map(|_| HEX[rng.random_range(0..16)] as char)
-        .collect()
+    (0..len).map(|_| HEX[rng.random_range(0..16)] as char).collect()
 }
 
 #[derive(Serialize)]
@@ -140,10 +128,7 @@ struct VpcFlow<'a> {
 impl Synthesizer {
     /// A synthesizer for `profile` and `seed`.
     pub fn new(profile: Profile, seed: u64) -> Self {
-        Synthesizer {
-            profile,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        }
+        Synthesizer { profile, rng: ChaCha8Rng::seed_from_u64(seed) }
     }
 
     /// Appends record `index` to `out` (no newline).
@@ -156,27 +141,15 @@ impl Synthesizer {
         // Serializing these structs into a Vec cannot fail.
         let _ = match self.profile {
             Profile::Cloudfront => {
-                let status = *[200u16, 200, 200, 200, 304, 206, 403, 404, 500, 503]
-                    .get(rng.random_range(0..10))
-                    .unwrap_or(&200);
+                let status =
+                    *[200u16, 200, 200, 200, 304, 206, 403, 404, 500, 503].get(rng.random_range(0..10)).unwrap_or(&200);
                 let record = CloudFront {
                     timestamp: iso(ms, true),
-                    x_edge_location: pick(
-                        rng,
-                        &[
-                            "IAD89-C1", "FRA56-P7", "NRT57-C3", "SFO5-P2", "LHR61-P4", "GRU3-C1",
-                        ],
-                    ),
+                    x_edge_location: pick(rng, &["IAD89-C1", "FRA56-P7", "NRT57-C3", "SFO5-P2", "LHR61-P4", "GRU3-C1"]),
                     sc_bytes: rng.random_range(200..2_000_000),
                     c_ip: ipv4(rng),
                     cs_method: pick(rng, &["GET", "GET", "GET", "HEAD", "POST", "OPTIONS"]),
-                    cs_host: pick(
-                        rng,
-                        &[
-                            "d111111abcdef8.cloudfront.net",
-                            "d2ykzqfe1l2z9x.cloudfront.net",
-                        ],
-                    ),
+                    cs_host: pick(rng, &["d111111abcdef8.cloudfront.net", "d2ykzqfe1l2z9x.cloudfront.net"]),
                     cs_uri_stem: format!(
                         "/{}/{}.{}",
                         pick(rng, &["static", "img", "api/v1", "assets", "video"]),
@@ -184,14 +157,7 @@ impl Synthesizer {
                         pick(rng, &["js", "css", "png", "json", "mp4", "html"])
                     ),
                     sc_status: status,
-                    cs_referer: pick(
-                        rng,
-                        &[
-                            "-",
-                            "https://www.example.com/",
-                            "https://shop.example.org/cart",
-                        ],
-                    ),
+                    cs_referer: pick(rng, &["-", "https://www.example.com/", "https://shop.example.org/cart"]),
                     cs_user_agent: pick(
                         rng,
                         &[
@@ -212,10 +178,7 @@ impl Synthesizer {
                 serde_json::to_writer(&mut *out, &record)
             }
             Profile::Cloudtrail => {
-                let user = pick(
-                    rng,
-                    &["alice", "bob", "ci-deployer", "breakglass", "terraform"],
-                );
+                let user = pick(rng, &["alice", "bob", "ci-deployer", "breakglass", "terraform"]);
                 let (source, name, read_only) = *[
                     ("s3.amazonaws.com", "GetObject", true),
                     ("s3.amazonaws.com", "PutObject", false),
@@ -241,14 +204,7 @@ impl Synthesizer {
                     event_name: name,
                     aws_region: pick(rng, &["us-east-1", "eu-west-1", "ap-northeast-1"]),
                     source_ip_address: ipv4(rng),
-                    user_agent: pick(
-                        rng,
-                        &[
-                            "aws-cli/2.17.0 Python/3.11.9",
-                            "Boto3/1.34.0",
-                            "console.amazonaws.com",
-                        ],
-                    ),
+                    user_agent: pick(rng, &["aws-cli/2.17.0 Python/3.11.9", "Boto3/1.34.0", "console.amazonaws.com"]),
                     request_parameters: serde_json::json!({"bucketName": bucket, "key": format!("data/{}.parquet", hex_id(rng, 8))}),
                     response_elements: if read_only {
                         None
@@ -261,11 +217,7 @@ impl Synthesizer {
                     event_type: "AwsApiCall",
                     management_event: !source.starts_with("s3"),
                     recipient_account_id: "123456789012",
-                    tags: if rng.random_bool(0.3) {
-                        vec!["prod", "pci"]
-                    } else {
-                        Vec::new()
-                    },
+                    tags: if rng.random_bool(0.3) { vec!["prod", "pci"] } else { Vec::new() },
                 };
                 serde_json::to_writer(&mut *out, &record)
             }
@@ -278,9 +230,7 @@ impl Synthesizer {
                     srcaddr: format!("10.0.{}.{}", rng.random::<u8>(), rng.random_range(1..255)),
                     dstaddr: ipv4(rng),
                     srcport: rng.random_range(1024..65535),
-                    dstport: *[443u16, 80, 22, 53, 3306, 5432]
-                        .get(rng.random_range(0..6))
-                        .unwrap_or(&443),
+                    dstport: *[443u16, 80, 22, 53, 3306, 5432].get(rng.random_range(0..6)).unwrap_or(&443),
                     protocol: *[6u8, 6, 17, 1].get(rng.random_range(0..4)).unwrap_or(&6),
                     packets: rng.random_range(1..5000),
                     bytes: rng.random_range(40..5_000_000),
@@ -296,23 +246,11 @@ impl Synthesizer {
 }
 
 fn uuid_like<R: Rng>(rng: &mut R) -> String {
-    format!(
-        "{}-{}-{}-{}-{}",
-        hex_id(rng, 8),
-        hex_id(rng, 4),
-        hex_id(rng, 4),
-        hex_id(rng, 4),
-        hex_id(rng, 12)
-    )
+    format!("{}-{}-{}-{}-{}", hex_id(rng, 8), hex_id(rng, 4), hex_id(rng, 4), hex_id(rng, 4), hex_id(rng, 12))
 }
 
 /// Writes records `0..records` as NDJSON to `out` (what `sluice gen` does).
-pub fn write_ndjson(
-    profile: Profile,
-    seed: u64,
-    records: u64,
-    out: &mut impl Write,
-) -> std::io::Result<()> {
+pub fn write_ndjson(profile: Profile, seed: u64, records: u64, out: &mut impl Write) -> std::io::Result<()> {
     let mut synth = Synthesizer::new(profile, seed);
     let mut buf = Vec::with_capacity(1 << 20);
     for i in 0..records {

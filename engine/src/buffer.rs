@@ -78,31 +78,13 @@ impl ObjectBatcher {
     /// A batcher for a sink's settings.
     pub fn new(settings: Arc<SinkSettings>) -> Self {
         let encoder = RecordEncoder::new(settings.format.clone());
-        ObjectBatcher {
-            settings,
-            encoder,
-            data: None,
-            errors: BTreeMap::new(),
-            scratch: Vec::new(),
-        }
+        ObjectBatcher { settings, encoder, data: None, errors: BTreeMap::new(), scratch: Vec::new() }
     }
 
-    fn open(
-        &self,
-        epoch: u64,
-        arrival_ms: i64,
-        now: Instant,
-        header: &[u8],
-    ) -> std::io::Result<OpenObject> {
+    fn open(&self, epoch: u64, arrival_ms: i64, now: Instant, header: &[u8]) -> std::io::Result<OpenObject> {
         let mut writer = ObjectWriter::new(self.settings.compression)?;
         writer.write(header)?;
-        Ok(OpenObject {
-            writer,
-            opened: now,
-            oldest_arrival_ms: arrival_ms,
-            epoch,
-            records: 0,
-        })
+        Ok(OpenObject { writer, opened: now, oldest_arrival_ms: arrival_ms, epoch, records: 0 })
     }
 
     /// Encodes every record of `batch` (which arrived at `epoch`) into the open objects; objects
@@ -120,12 +102,7 @@ impl ObjectBatcher {
             match self.encoder.encode(record, &mut self.scratch) {
                 Ok(()) => {
                     if self.data.is_none() {
-                        self.data = Some(self.open(
-                            epoch,
-                            batch.arrival_ms,
-                            now,
-                            &self.encoder.header(),
-                        )?);
+                        self.data = Some(self.open(epoch, batch.arrival_ms, now, &self.encoder.header())?);
                     }
                     if let Some(object) = self.data.as_mut() {
                         object.include(epoch, batch.arrival_ms);
@@ -175,16 +152,10 @@ impl ObjectBatcher {
         Ok(())
     }
 
-    fn seal_errors(
-        &mut self,
-        kind: &'static str,
-        sealed: &mut Vec<SealedObject>,
-    ) -> std::io::Result<()> {
+    fn seal_errors(&mut self, kind: &'static str, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
         if let Some(object) = self.errors.remove(kind) {
             let s = &self.settings;
-            let key = s
-                .keys
-                .error_key(object.oldest_arrival_ms, kind, s.compression.extension());
+            let key = s.keys.error_key(object.oldest_arrival_ms, kind, s.compression.extension());
             sealed.push(seal(
                 object,
                 key,
@@ -197,25 +168,13 @@ impl ObjectBatcher {
     }
 
     /// Seals every object whose oldest record has waited the interval hint.
-    pub fn seal_expired(
-        &mut self,
-        now: Instant,
-        sealed: &mut Vec<SealedObject>,
-    ) -> std::io::Result<()> {
+    pub fn seal_expired(&mut self, now: Instant, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
         let interval = self.settings.hints.interval;
-        if self
-            .data
-            .as_ref()
-            .is_some_and(|o| now.duration_since(o.opened) >= interval)
-        {
+        if self.data.as_ref().is_some_and(|o| now.duration_since(o.opened) >= interval) {
             self.seal_data(sealed)?;
         }
-        let expired: Vec<&'static str> = self
-            .errors
-            .iter()
-            .filter(|(_, o)| now.duration_since(o.opened) >= interval)
-            .map(|(k, _)| *k)
-            .collect();
+        let expired: Vec<&'static str> =
+            self.errors.iter().filter(|(_, o)| now.duration_since(o.opened) >= interval).map(|(k, _)| *k).collect();
         for kind in expired {
             self.seal_errors(kind, sealed)?;
         }
@@ -234,30 +193,18 @@ impl ObjectBatcher {
 
     /// The oldest epoch of any open object: the capability the operator must hold.
     pub fn oldest_epoch(&self) -> Option<u64> {
-        self.data
-            .iter()
-            .chain(self.errors.values())
-            .map(|o| o.epoch)
-            .min()
+        self.data.iter().chain(self.errors.values()).map(|o| o.epoch).min()
     }
 
     /// When the next open object expires.
     pub fn next_deadline(&self) -> Option<Instant> {
         let interval = self.settings.hints.interval;
-        self.data
-            .iter()
-            .chain(self.errors.values())
-            .map(|o| o.opened + interval)
-            .min()
+        self.data.iter().chain(self.errors.values()).map(|o| o.opened + interval).min()
     }
 
     /// Records in open objects.
     pub fn buffered_records(&self) -> u64 {
-        self.data
-            .iter()
-            .chain(self.errors.values())
-            .map(|o| o.records)
-            .sum()
+        self.data.iter().chain(self.errors.values()).map(|o| o.records).sum()
     }
 }
 
@@ -275,13 +222,7 @@ fn seal(
         epoch: object.epoch,
         oldest_arrival_ms: object.oldest_arrival_ms,
         raw_bytes,
-        payload: Payload {
-            key,
-            body: Bytes::from(body),
-            content_type,
-            content_encoding,
-            records: object.records,
-        },
+        payload: Payload { key, body: Bytes::from(body), content_type, content_encoding, records: object.records },
     })
 }
 
@@ -299,12 +240,8 @@ mod tests {
         Arc::new(SinkSettings {
             format,
             compression: Compression::Gzip,
-            hints: BufferingHints {
-                size_bytes,
-                interval: Duration::from_secs(interval_s),
-            },
-            keys: ObjectKeys::new(Some("p/"), None, "s", chrono_tz::Tz::UTC)
-                .unwrap_or_else(|e| panic!("{e}")),
+            hints: BufferingHints { size_bytes, interval: Duration::from_secs(interval_s) },
+            keys: ObjectKeys::new(Some("p/"), None, "s", chrono_tz::Tz::UTC).unwrap_or_else(|e| panic!("{e}")),
             retry: RetryPolicy::default(),
         })
     }
@@ -317,10 +254,7 @@ mod tests {
 
     fn lines(o: &SealedObject) -> Vec<String> {
         let text = decompress(Compression::Gzip, &o.payload.body).unwrap_or_default();
-        String::from_utf8_lossy(&text)
-            .lines()
-            .map(str::to_string)
-            .collect()
+        String::from_utf8_lossy(&text).lines().map(str::to_string).collect()
     }
 
     #[test]
@@ -328,13 +262,7 @@ mod tests {
         let mut b = ObjectBatcher::new(settings(Format::Ndjson, 10, 300));
         let mut sealed = Vec::new();
         let now = Instant::now();
-        b.append(
-            &batch(1, &["aaaa", "bbbb", "cccc", "dddd"]),
-            3,
-            now,
-            &mut sealed,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        b.append(&batch(1, &["aaaa", "bbbb", "cccc", "dddd"]), 3, now, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
         // 5 bytes each with the newline: sealed after 2 records (10 bytes), twice.
         assert_eq!(sealed.len(), 2);
         assert_eq!(lines(&sealed[0]), ["aaaa", "bbbb"]);
@@ -348,28 +276,18 @@ mod tests {
         let mut b = ObjectBatcher::new(settings(Format::Ndjson, 1 << 20, 60));
         let mut sealed = Vec::new();
         let t0 = Instant::now();
-        b.append(&batch(2_000, &["x"]), 5, t0, &mut sealed)
-            .unwrap_or_else(|e| panic!("{e}"));
-        b.append(&batch(1_000, &["y"]), 4, t0, &mut sealed)
-            .unwrap_or_else(|e| panic!("{e}"));
+        b.append(&batch(2_000, &["x"]), 5, t0, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        b.append(&batch(1_000, &["y"]), 4, t0, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(b.oldest_epoch(), Some(4));
         assert_eq!(b.next_deadline(), Some(t0 + Duration::from_secs(60)));
-        b.seal_expired(t0 + Duration::from_secs(59), &mut sealed)
-            .unwrap_or_else(|e| panic!("{e}"));
+        b.seal_expired(t0 + Duration::from_secs(59), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
         assert!(sealed.is_empty());
-        b.seal_expired(t0 + Duration::from_secs(60), &mut sealed)
-            .unwrap_or_else(|e| panic!("{e}"));
+        b.seal_expired(t0 + Duration::from_secs(60), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sealed.len(), 1);
         assert_eq!(sealed[0].oldest_arrival_ms, 1_000);
         assert_eq!(sealed[0].epoch, 4);
-        assert!(
-            sealed[0]
-                .payload
-                .key
-                .starts_with("p/1970/01/01/00/s-1-1970-01-01-00-00-01-")
-        );
-        b.append(&batch(3_000, &["z"]), 6, t0, &mut sealed)
-            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(sealed[0].payload.key.starts_with("p/1970/01/01/00/s-1-1970-01-01-00-00-01-"));
+        b.append(&batch(3_000, &["z"]), 6, t0, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
         b.seal_all(&mut sealed).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(lines(&sealed[1]), ["z"]);
         assert_eq!(b.buffered_records(), 0);
@@ -377,39 +295,17 @@ mod tests {
 
     #[test]
     fn a_record_that_cannot_be_encoded_goes_alone_to_the_error_output() {
-        let mut b = ObjectBatcher::new(settings(
-            Format::Csv {
-                columns: vec!["a".into()],
-            },
-            1 << 20,
-            60,
-        ));
+        let mut b = ObjectBatcher::new(settings(Format::Csv { columns: vec!["a".into()] }, 1 << 20, 60));
         let mut sealed = Vec::new();
-        b.append(
-            &batch(7, &[r#"{"a":1}"#, "oops", r#"{"a":2}"#]),
-            1,
-            Instant::now(),
-            &mut sealed,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        b.append(&batch(7, &[r#"{"a":1}"#, "oops", r#"{"a":2}"#]), 1, Instant::now(), &mut sealed)
+            .unwrap_or_else(|e| panic!("{e}"));
         b.seal_all(&mut sealed).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sealed.len(), 2);
         assert_eq!(lines(&sealed[0]), ["a", "1", "2"]);
         assert!(sealed[0].payload.key.ends_with(".csv.gz"));
-        assert_eq!(
-            sealed[1].kind,
-            ObjectKind::ErrorOutput {
-                output_type: "format-conversion-failed"
-            }
-        );
-        assert!(
-            sealed[1]
-                .payload
-                .key
-                .starts_with("p/format-conversion-failed/1970/01/01/00/")
-        );
-        let doc: serde_json::Value =
-            serde_json::from_str(&lines(&sealed[1])[0]).unwrap_or_default();
+        assert_eq!(sealed[1].kind, ObjectKind::ErrorOutput { output_type: "format-conversion-failed" });
+        assert!(sealed[1].payload.key.starts_with("p/format-conversion-failed/1970/01/01/00/"));
+        let doc: serde_json::Value = serde_json::from_str(&lines(&sealed[1])[0]).unwrap_or_default();
         assert_eq!(doc["rawData"], "b29wcw==");
         assert_eq!(doc["lastErrorCode"], "DataFormatConversion.MalformedData");
         assert_eq!(sealed[1].payload.records, 1);

@@ -33,14 +33,7 @@ pub struct ErrorDocument<'a> {
 
 impl<'a> ErrorDocument<'a> {
     /// A document for `record`.
-    pub fn new(
-        record: &[u8],
-        arrival_ms: i64,
-        code: &'a str,
-        message: &'a str,
-        attempts: u32,
-        ended_ms: i64,
-    ) -> Self {
+    pub fn new(record: &[u8], arrival_ms: i64, code: &'a str, message: &'a str, attempts: u32, ended_ms: i64) -> Self {
         ErrorDocument {
             attempts_made: attempts,
             arrival_timestamp: arrival_ms,

@@ -26,16 +26,8 @@ pub struct KeyTemplateError {
     pub hint: String,
 }
 
-fn template_error(
-    offset: usize,
-    message: impl Into<String>,
-    hint: impl Into<String>,
-) -> KeyTemplateError {
-    KeyTemplateError {
-        offset,
-        message: message.into(),
-        hint: hint.into(),
-    }
+fn template_error(offset: usize, message: impl Into<String>, hint: impl Into<String>) -> KeyTemplateError {
+    KeyTemplateError { offset, message: message.into(), hint: hint.into() }
 }
 
 /// One piece of a Java `DateTimeFormatter` pattern that Firehose prefixes use.
@@ -96,8 +88,7 @@ pub struct ObjectKeyTemplate {
 }
 
 /// The pattern letters we accept inside `!{timestamp:...}`.
-pub const SUPPORTED_PATTERN_LETTERS: &str =
-    "yyyy, yy, MM, M, dd, d, HH, H, mm, m, ss, s, SSS and 'quoted text'";
+pub const SUPPORTED_PATTERN_LETTERS: &str = "yyyy, yy, MM, M, dd, d, HH, H, mm, m, ss, s, SSS and 'quoted text'";
 
 fn parse_date_pattern(pattern: &str, base: usize) -> Result<Vec<DatePart>, KeyTemplateError> {
     let mut parts = Vec::new();
@@ -156,13 +147,8 @@ fn parse_date_pattern(pattern: &str, base: usize) -> Result<Vec<DatePart>, KeyTe
                 _ => {
                     return Err(template_error(
                         base + at,
-                        format!(
-                            "unsupported timestamp pattern `{}`",
-                            c.to_string().repeat(run)
-                        ),
-                        format!(
-                            "supported: {SUPPORTED_PATTERN_LETTERS}; quote other text, e.g. 'T'"
-                        ),
+                        format!("unsupported timestamp pattern `{}`", c.to_string().repeat(run)),
+                        format!("supported: {SUPPORTED_PATTERN_LETTERS}; quote other text, e.g. 'T'"),
                     ));
                 }
             };
@@ -198,10 +184,7 @@ impl ObjectKeyTemplate {
         if template.len() > MAX_CONFIGURED_PREFIX {
             return Err(template_error(
                 0,
-                format!(
-                    "prefix is {} characters; Firehose allows at most {MAX_CONFIGURED_PREFIX}",
-                    template.len()
-                ),
+                format!("prefix is {} characters; Firehose allows at most {MAX_CONFIGURED_PREFIX}", template.len()),
                 "shorten the prefix",
             ));
         }
@@ -223,11 +206,7 @@ impl ObjectKeyTemplate {
             let expr_start = offset + start;
             let after = &rest[start + 2..];
             let Some(end) = after.find('}') else {
-                return Err(template_error(
-                    expr_start,
-                    "unclosed `!{` expression",
-                    "close it with `}`",
-                ));
+                return Err(template_error(expr_start, "unclosed `!{` expression", "close it with `}`"));
             };
             let expr = &after[..end];
             let Some((namespace, value)) = expr.split_once(':') else {
@@ -239,9 +218,7 @@ impl ObjectKeyTemplate {
             };
             let value_offset = expr_start + 2 + namespace.len() + 1;
             let segment = match (namespace, value) {
-                ("timestamp", pattern) => {
-                    Segment::Timestamp(parse_date_pattern(pattern, value_offset)?)
-                }
+                ("timestamp", pattern) => Segment::Timestamp(parse_date_pattern(pattern, value_offset)?),
                 ("firehose", "random-string") => Segment::RandomString,
                 ("firehose", "error-output-type") => Segment::ErrorOutputType,
                 ("firehose", other) => {
@@ -254,9 +231,7 @@ impl ObjectKeyTemplate {
                 ("partitionKeyFromQuery" | "partitionKeyFromLambda", _) => {
                     return Err(template_error(
                         expr_start,
-                        format!(
-                            "`{namespace}` needs dynamic partitioning, which sluice does not have yet"
-                        ),
+                        format!("`{namespace}` needs dynamic partitioning, which sluice does not have yet"),
                         "remove the expression",
                     ));
                 }
@@ -292,40 +267,27 @@ impl ObjectKeyTemplate {
 
     /// Whether any `!{...}` expression is used.
     pub fn has_expressions(&self) -> bool {
-        self.segments
-            .iter()
-            .any(|s| !matches!(s, Segment::Literal(_)))
+        self.segments.iter().any(|s| !matches!(s, Segment::Literal(_)))
     }
 
     /// Whether a `!{timestamp:...}` is used.
     pub fn has_timestamp(&self) -> bool {
-        self.segments
-            .iter()
-            .any(|s| matches!(s, Segment::Timestamp(_)))
+        self.segments.iter().any(|s| matches!(s, Segment::Timestamp(_)))
     }
 
     /// Whether `!{firehose:error-output-type}` is used.
     pub fn has_error_output_type(&self) -> bool {
-        self.segments
-            .iter()
-            .any(|s| matches!(s, Segment::ErrorOutputType))
+        self.segments.iter().any(|s| matches!(s, Segment::ErrorOutputType))
     }
 
     /// Appends the Firehose default time part `yyyy/MM/dd/HH/`.
     fn with_default_time(mut self) -> Self {
-        self.segments.push(Segment::Timestamp(
-            parse_date_pattern("yyyy/MM/dd/HH/", 0).unwrap_or_default(),
-        ));
+        self.segments.push(Segment::Timestamp(parse_date_pattern("yyyy/MM/dd/HH/", 0).unwrap_or_default()));
         self
     }
 
     /// Renders the template for `instant`; `error_output_type` fills `!{firehose:error-output-type}`.
-    pub fn render<Z: TimeZone>(
-        &self,
-        instant: &DateTime<Z>,
-        error_output_type: &str,
-        out: &mut String,
-    ) {
+    pub fn render<Z: TimeZone>(&self, instant: &DateTime<Z>, error_output_type: &str, out: &mut String) {
         for segment in &self.segments {
             match segment {
                 Segment::Literal(s) => out.push_str(s),
@@ -359,11 +321,7 @@ fn render_date<Z: TimeZone>(parts: &[DatePart], t: &DateTime<Z>, out: &mut Strin
 
 fn pad(out: &mut String, n: u32, padded: bool) -> std::fmt::Result {
     use std::fmt::Write;
-    if padded {
-        write!(out, "{n:02}")
-    } else {
-        write!(out, "{n}")
-    }
+    if padded { write!(out, "{n:02}") } else { write!(out, "{n}") }
 }
 
 /// Firehose's `random-string`: 11 characters, e.g. `046b6c7f-0b`.
@@ -408,17 +366,13 @@ impl ObjectKeys {
         time_zone: Tz,
     ) -> Result<Self, PrefixRuleError> {
         let prefix_text = prefix.unwrap_or("");
-        let parsed = ObjectKeyTemplate::parse(prefix_text).map_err(|error| PrefixRuleError {
-            field: "prefix",
-            error,
-        })?;
+        let parsed =
+            ObjectKeyTemplate::parse(prefix_text).map_err(|error| PrefixRuleError { field: "prefix", error })?;
         if parsed.has_error_output_type() {
             return Err(PrefixRuleError {
                 field: "prefix",
                 error: template_error(
-                    prefix_text
-                        .find("!{firehose:error-output-type}")
-                        .unwrap_or(0),
+                    prefix_text.find("!{firehose:error-output-type}").unwrap_or(0),
                     "`!{firehose:error-output-type}` is allowed only in error_prefix",
                     "move it to error_prefix",
                 ),
@@ -426,10 +380,8 @@ impl ObjectKeys {
         }
         let error_template = match error_prefix {
             Some(text) => {
-                let t = ObjectKeyTemplate::parse(text).map_err(|error| PrefixRuleError {
-                    field: "error_prefix",
-                    error,
-                })?;
+                let t =
+                    ObjectKeyTemplate::parse(text).map_err(|error| PrefixRuleError { field: "error_prefix", error })?;
                 if !t.has_error_output_type() {
                     return Err(PrefixRuleError {
                         field: "error_prefix",
@@ -440,11 +392,7 @@ impl ObjectKeys {
                         ),
                     });
                 }
-                if t.has_timestamp() {
-                    t
-                } else {
-                    t.with_default_time()
-                }
+                if t.has_timestamp() { t } else { t.with_default_time() }
             }
             None if parsed.has_expressions() => {
                 return Err(PrefixRuleError {
@@ -466,11 +414,7 @@ impl ObjectKeys {
                 ObjectKeyTemplate { segments }.with_default_time()
             }
         };
-        let prefix_template = if parsed.has_timestamp() {
-            parsed
-        } else {
-            parsed.with_default_time()
-        };
+        let prefix_template = if parsed.has_timestamp() { parsed } else { parsed.with_default_time() };
         let keys = ObjectKeys {
             prefix: prefix_template,
             error_prefix: error_template,
@@ -479,14 +423,8 @@ impl ObjectKeys {
             time_zone,
         };
         // The longest a rendering can be: every field at its widest on a fixed date.
-        let widest = Utc
-            .with_ymd_and_hms(2099, 12, 31, 23, 59, 59)
-            .single()
-            .unwrap_or_default();
-        for (field, template) in [
-            ("prefix", &keys.prefix),
-            ("error_prefix", &keys.error_prefix),
-        ] {
+        let widest = Utc.with_ymd_and_hms(2099, 12, 31, 23, 59, 59).single().unwrap_or_default();
+        for (field, template) in [("prefix", &keys.prefix), ("error_prefix", &keys.error_prefix)] {
             let mut rendered = String::new();
             template.render(&widest, "format-conversion-failed", &mut rendered);
             if rendered.chars().count() > MAX_EVALUATED_PREFIX {
@@ -522,32 +460,12 @@ impl ObjectKeys {
     }
 
     /// Key of an error-output object.
-    pub fn error_key(
-        &self,
-        oldest_arrival_ms: i64,
-        error_output_type: &str,
-        extension: &str,
-    ) -> String {
-        self.key(
-            &self.error_prefix,
-            oldest_arrival_ms,
-            error_output_type,
-            extension,
-        )
+    pub fn error_key(&self, oldest_arrival_ms: i64, error_output_type: &str, extension: &str) -> String {
+        self.key(&self.error_prefix, oldest_arrival_ms, error_output_type, extension)
     }
 
-    fn key(
-        &self,
-        template: &ObjectKeyTemplate,
-        ms: i64,
-        error_type: &str,
-        extension: &str,
-    ) -> String {
-        let instant = Utc
-            .timestamp_millis_opt(ms)
-            .single()
-            .unwrap_or_default()
-            .with_timezone(&self.time_zone);
+    fn key(&self, template: &ObjectKeyTemplate, ms: i64, error_type: &str, extension: &str) -> String {
+        let instant = Utc.timestamp_millis_opt(ms).single().unwrap_or_default().with_timezone(&self.time_zone);
         let mut key = String::with_capacity(128);
         template.render(&instant, error_type, &mut key);
         use std::fmt::Write;
@@ -575,27 +493,20 @@ mod tests {
 
     fn render(t: &str, ms: i64) -> String {
         let mut s = String::new();
-        ObjectKeyTemplate::parse(t)
-            .unwrap_or_else(|e| panic!("{t}: {e}"))
-            .render(&utc(ms), "processing-failed", &mut s);
+        ObjectKeyTemplate::parse(t).unwrap_or_else(|e| panic!("{t}: {e}")).render(
+            &utc(ms),
+            "processing-failed",
+            &mut s,
+        );
         s
     }
 
     #[test]
     fn renders_the_firehose_examples() {
         let ms = 1_535_371_200_000; // 2018-08-27T12:00:00Z
-        assert_eq!(
-            render("myPrefix/!{timestamp:yyyy/MM/dd}/", ms),
-            "myPrefix/2018/08/27/"
-        );
-        assert_eq!(
-            render("!{timestamp:'year='yyyy'/month='MM}/", ms),
-            "year=2018/month=08/"
-        );
-        assert_eq!(
-            render("e/!{firehose:error-output-type}/", ms),
-            "e/processing-failed/"
-        );
+        assert_eq!(render("myPrefix/!{timestamp:yyyy/MM/dd}/", ms), "myPrefix/2018/08/27/");
+        assert_eq!(render("!{timestamp:'year='yyyy'/month='MM}/", ms), "year=2018/month=08/");
+        assert_eq!(render("e/!{firehose:error-output-type}/", ms), "e/processing-failed/");
         assert_eq!(render("it''s/!{timestamp:''yy''}", ms), "it''s/'18'");
         let random = render("!{firehose:random-string}", ms);
         assert_eq!(random.len(), 11);
@@ -616,32 +527,15 @@ mod tests {
 
     #[test]
     fn applies_the_prefix_rules() {
-        let keys =
-            ObjectKeys::new(Some("logs/"), None, "s", Tz::UTC).unwrap_or_else(|e| panic!("{e}"));
+        let keys = ObjectKeys::new(Some("logs/"), None, "s", Tz::UTC).unwrap_or_else(|e| panic!("{e}"));
         let k = keys.data_key(1_535_371_200_000, ".gz");
-        assert!(
-            k.starts_with("logs/2018/08/27/12/s-1-2018-08-27-12-00-00-"),
-            "{k}"
-        );
+        assert!(k.starts_with("logs/2018/08/27/12/s-1-2018-08-27-12-00-00-"), "{k}");
         assert!(k.ends_with(".gz"));
         let e = keys.error_key(1_535_371_200_000, "format-conversion-failed", "");
-        assert!(
-            e.starts_with("logs/format-conversion-failed/2018/08/27/12/s-1-"),
-            "{e}"
-        );
+        assert!(e.starts_with("logs/format-conversion-failed/2018/08/27/12/s-1-"), "{e}");
 
-        assert_eq!(
-            ObjectKeys::new(Some("x/!{timestamp:yyyy}/"), None, "s", Tz::UTC)
-                .unwrap_err()
-                .field,
-            "prefix"
-        );
-        assert_eq!(
-            ObjectKeys::new(Some("x/"), Some("errors/"), "s", Tz::UTC)
-                .unwrap_err()
-                .field,
-            "error_prefix"
-        );
+        assert_eq!(ObjectKeys::new(Some("x/!{timestamp:yyyy}/"), None, "s", Tz::UTC).unwrap_err().field, "prefix");
+        assert_eq!(ObjectKeys::new(Some("x/"), Some("errors/"), "s", Tz::UTC).unwrap_err().field, "error_prefix");
         assert!(
             ObjectKeys::new(
                 Some("!{firehose:error-output-type}"),
@@ -651,13 +545,8 @@ mod tests {
             )
             .is_err()
         );
-        let tokyo = ObjectKeys::new(None, None, "s", chrono_tz::Asia::Tokyo)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            tokyo
-                .data_key(1_535_371_200_000, "")
-                .starts_with("2018/08/27/21/s-1-2018-08-27-21-00-00-")
-        );
+        let tokyo = ObjectKeys::new(None, None, "s", chrono_tz::Asia::Tokyo).unwrap_or_else(|e| panic!("{e}"));
+        assert!(tokyo.data_key(1_535_371_200_000, "").starts_with("2018/08/27/21/s-1-2018-08-27-21-00-00-"));
     }
 
     /// Converts our supported Java letters into a chrono format string: an independent oracle.
@@ -687,6 +576,8 @@ mod tests {
                 chosen.push(table[p]);
                 chosen.push(("_", "_"));
             }
+            // A pattern needs at least one date or time field.
+            chosen.push(("HH", "%H"));
             let (pattern, chrono_fmt) = strftime_of(&chosen);
             let template = format!("p/!{{timestamp:{pattern}}}/q");
             let expected = format!("p/{}/q", utc(ms).format(&chrono_fmt));

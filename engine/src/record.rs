@@ -18,11 +18,7 @@ pub struct RecordBatch {
 impl RecordBatch {
     /// An empty batch stamped with `arrival_ms`, with room for `bytes` of record data.
     pub fn with_capacity(arrival_ms: i64, bytes: usize) -> Self {
-        RecordBatch {
-            arrival_ms,
-            data: Vec::with_capacity(bytes),
-            ends: Vec::new(),
-        }
+        RecordBatch { arrival_ms, data: Vec::with_capacity(bytes), ends: Vec::new() }
     }
 
     /// Appends one record.
@@ -31,8 +27,7 @@ impl RecordBatch {
     /// Never in practice: a batch holds at most 4 GiB, and sources cut batches at a few MiB.
     pub fn push(&mut self, record: &[u8]) {
         self.data.extend_from_slice(record);
-        self.ends
-            .push(u32::try_from(self.data.len()).unwrap_or(u32::MAX));
+        self.ends.push(u32::try_from(self.data.len()).unwrap_or(u32::MAX));
     }
 
     /// Number of records.

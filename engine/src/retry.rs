@@ -35,9 +35,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The wait after failed attempt number `attempt` (1-based), with jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let base = self
-            .initial_backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let base = self.initial_backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         let base = base.min(self.max_backoff);
         let jitter: f64 = rand::rng().random_range(0.85..=1.15);
         base.mul_f64(jitter)
@@ -65,26 +63,17 @@ where
         attempts += 1;
         match attempt().await {
             Ok(()) => {
-                return DeliveryOutcome {
-                    attempts,
-                    result: Ok(()),
-                };
+                return DeliveryOutcome { attempts, result: Ok(()) };
             }
             Err(e) if !e.is_retryable() => {
-                return DeliveryOutcome {
-                    attempts,
-                    result: Err(e),
-                };
+                return DeliveryOutcome { attempts, result: Err(e) };
             }
             Err(e) => {
                 let since = *first_failure.get_or_insert_with(Instant::now);
                 let wait = policy.backoff(attempts);
                 if since.elapsed() + wait > policy.duration {
                     tracing::warn!(attempts, error = %e, "delivery failed and its retry duration ran out");
-                    return DeliveryOutcome {
-                        attempts,
-                        result: Err(e),
-                    };
+                    return DeliveryOutcome { attempts, result: Err(e) };
                 }
                 tracing::debug!(attempts, error = %e, ?wait, "delivery failed; retrying");
                 tokio::time::sleep(wait).await;
@@ -102,32 +91,19 @@ mod tests {
         let p = RetryPolicy::default();
         for (attempt, base) in [(1u32, 1.0f64), (2, 2.0), (3, 4.0), (8, 120.0), (30, 120.0)] {
             let got = p.backoff(attempt).as_secs_f64();
-            assert!(
-                got >= base * 0.85 - 1e-9 && got <= base * 1.15 + 1e-9,
-                "attempt {attempt}: {got}"
-            );
+            assert!(got >= base * 0.85 - 1e-9 && got <= base * 1.15 + 1e-9, "attempt {attempt}: {got}");
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn retries_retryable_errors_and_stops_at_permanent_ones() {
-        let policy = RetryPolicy {
-            duration: Duration::from_secs(10),
-            ..RetryPolicy::default()
-        };
+        let policy = RetryPolicy { duration: Duration::from_secs(10), ..RetryPolicy::default() };
         let mut calls = 0;
         let out = deliver_with_retries(policy, || {
             calls += 1;
             let n = calls;
             async move {
-                if n < 3 {
-                    Err(DeliveryError::Retryable {
-                        code: "x".into(),
-                        message: "busy".into(),
-                    })
-                } else {
-                    Ok(())
-                }
+                if n < 3 { Err(DeliveryError::Retryable { code: "x".into(), message: "busy".into() }) } else { Ok(()) }
             }
         })
         .await;
@@ -135,19 +111,13 @@ mod tests {
         assert!(out.result.is_ok());
 
         let out = deliver_with_retries(policy, || async {
-            Err(DeliveryError::Permanent {
-                code: "p".into(),
-                message: "no".into(),
-            })
+            Err(DeliveryError::Permanent { code: "p".into(), message: "no".into() })
         })
         .await;
         assert_eq!(out.attempts, 1);
 
         let out = deliver_with_retries(policy, || async {
-            Err(DeliveryError::Retryable {
-                code: "r".into(),
-                message: "down".into(),
-            })
+            Err(DeliveryError::Retryable { code: "r".into(), message: "down".into() })
         })
         .await;
         assert!(out.result.is_err());

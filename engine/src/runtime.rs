@@ -75,11 +75,7 @@ pub struct RunReport {
 
 /// Runs `plan` to completion, counting into `metrics` (built with
 /// `PipelineMetrics::new(plan.sources.len(), plan.sinks.len())`).
-pub fn run(
-    plan: &Plan,
-    options: &RunOptions,
-    metrics: Arc<PipelineMetrics>,
-) -> Result<RunReport, RunError> {
+pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -88,12 +84,7 @@ pub fn run(
         .build()
         .map_err(RunError::Runtime)?;
     for sink in &plan.sinks {
-        runtime
-            .block_on(sink.sink.prepare())
-            .map_err(|error| RunError::Prepare {
-                sink: sink.name.clone(),
-                error,
-            })?;
+        runtime.block_on(sink.sink.prepare()).map_err(|error| RunError::Prepare { sink: sink.name.clone(), error })?;
     }
     let context = DeliveryContext {
         runtime: runtime.handle().clone(),
@@ -105,10 +96,7 @@ pub fn run(
     let workers = options.workers.max(1);
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let probe = ProbeHandle::new();
-        let ctx = SourceContext {
-            worker: worker.index(),
-            workers: worker.peers(),
-        };
+        let ctx = SourceContext { worker: worker.index(), workers: worker.peers() };
         worker.dataflow::<u64, _, _>(|scope| {
             let streams: Vec<_> = plan
                 .sources
@@ -134,29 +122,14 @@ pub fn run(
                 })
                 .collect();
             for (j, sink) in plan.sinks.iter().enumerate() {
-                let inputs: Vec<_> = sink
-                    .inputs
-                    .iter()
-                    .filter_map(|&i| streams[i].clone())
-                    .collect();
+                let inputs: Vec<_> = sink.inputs.iter().filter_map(|&i| streams[i].clone()).collect();
                 if inputs.is_empty() {
                     continue;
                 }
                 scope
                     .concatenate(inputs)
-                    .build_objects(
-                        &sink.name,
-                        j,
-                        Arc::clone(&sink.settings),
-                        Arc::clone(&context.metrics),
-                    )
-                    .deliver(
-                        &sink.name,
-                        j,
-                        Arc::clone(&sink.sink),
-                        sink.settings.retry,
-                        &context,
-                    )
+                    .build_objects(&sink.name, j, Arc::clone(&sink.settings), Arc::clone(&context.metrics))
+                    .deliver(&sink.name, j, Arc::clone(&sink.sink), sink.settings.retry, &context)
                     .probe_with(&probe);
             }
         });
@@ -169,8 +142,5 @@ pub fn run(
         result.map_err(RunError::Dataflow)?;
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
-    Ok(RunReport {
-        elapsed: started.elapsed(),
-        workers,
-    })
+    Ok(RunReport { elapsed: started.elapsed(), workers })
 }

@@ -48,10 +48,7 @@ pub fn compression_of_key(key: &str) -> Compression {
 /// Decompresses an object (by its key's extension) and returns its lines.
 pub fn read_lines(key: &str, body: &[u8]) -> std::io::Result<Vec<String>> {
     let bytes = decompress(compression_of_key(key), body)?;
-    Ok(String::from_utf8_lossy(&bytes)
-        .lines()
-        .map(str::to_string)
-        .collect())
+    Ok(String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect())
 }
 
 /// The conformance check for sinks: `fetch(key)` must return exactly what was delivered.
@@ -75,20 +72,11 @@ where
         result.map_err(|e| format!("deliver: {e}"))?;
     }
     // Delivering the same payload again (a retry) must succeed and leave the same bytes.
-    sink.deliver(payloads[0].clone())
-        .await
-        .map_err(|e| format!("redeliver: {e}"))?;
+    sink.deliver(payloads[0].clone()).await.map_err(|e| format!("redeliver: {e}"))?;
     for p in &payloads {
-        let got = fetch(p.key.clone())
-            .await
-            .ok_or_else(|| format!("{} not found", p.key))?;
+        let got = fetch(p.key.clone()).await.ok_or_else(|| format!("{} not found", p.key))?;
         if got != p.body.as_ref() {
-            return Err(format!(
-                "{}: stored {} bytes, delivered {}",
-                p.key,
-                got.len(),
-                p.body.len()
-            ));
+            return Err(format!("{}: stored {} bytes, delivered {}", p.key, got.len(), p.body.len()));
         }
     }
     Ok(())

@@ -71,11 +71,7 @@ pub enum SourceError {
 /// One worker's share of a source. It lives on that worker's thread.
 pub trait SourceReader {
     /// Adds records to `batch` (up to about `max_bytes`) and says what happened.
-    fn read(
-        &mut self,
-        batch: &mut RecordBatch,
-        max_bytes: usize,
-    ) -> Result<ReadStatus, SourceError>;
+    fn read(&mut self, batch: &mut RecordBatch, max_bytes: usize) -> Result<ReadStatus, SourceError>;
 }
 
 /// A configured source.

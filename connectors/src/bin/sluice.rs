@@ -78,18 +78,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run {
-            pipeline,
-            workers,
-            quiet,
-        } => run_command(&pipeline, workers, quiet),
+        Command::Run { pipeline, workers, quiet } => run_command(&pipeline, workers, quiet),
         Command::Validate { files } => Ok(validate_command(&files)),
-        Command::Gen {
-            profile,
-            records,
-            seed,
-            output,
-        } => gen_command(profile, records, seed, output).map(|()| ExitCode::SUCCESS),
+        Command::Gen { profile, records, seed, output } => {
+            gen_command(profile, records, seed, output).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
@@ -112,23 +105,13 @@ fn validate_command(files: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
 
-fn gen_command(
-    profile: Profile,
-    records: u64,
-    seed: u64,
-    output: Option<PathBuf>,
-) -> anyhow::Result<()> {
+fn gen_command(profile: Profile, records: u64, seed: u64, output: Option<PathBuf>) -> anyhow::Result<()> {
     match output {
         Some(path) => {
-            let file = std::fs::File::create(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
+            let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
             write_ndjson(profile, seed, records, &mut std::io::BufWriter::new(file))
                 .with_context(|| format!("writing {}", path.display()))
         }
@@ -145,21 +128,22 @@ fn gen_command(
 /// Stops the run on SIGINT or SIGTERM (a second signal exits at once).
 fn stop_on_signals(stop: StopSignal) {
     std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
             return;
         };
         rt.block_on(async move {
-            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                return;
+            };
             for round in 0..2 {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
                 }
                 if round == 0 {
-                    eprintln!("sluice: stopping: no new input; flushing and delivering what was read (signal again to abort)");
+                    eprintln!(
+                        "sluice: stopping: no new input; flushing and delivering what was read (signal again to abort)"
+                    );
                     stop.stop();
                 } else {
                     std::process::exit(130);
@@ -169,11 +153,7 @@ fn stop_on_signals(stop: StopSignal) {
     });
 }
 
-fn run_command(
-    pipeline: &std::path::Path,
-    workers: Option<usize>,
-    quiet: bool,
-) -> anyhow::Result<ExitCode> {
+fn run_command(pipeline: &std::path::Path, workers: Option<usize>, quiet: bool) -> anyhow::Result<ExitCode> {
     let registry = registry();
     let plan = match load_file(pipeline, &registry) {
         Ok(plan) => plan,
@@ -198,9 +178,7 @@ fn run_command(
     Ok(summarize(&plan, &report, &metrics))
 }
 
-fn progress_bar(
-    metrics: &Arc<PipelineMetrics>,
-) -> (indicatif::ProgressBar, std::thread::JoinHandle<()>) {
+fn progress_bar(metrics: &Arc<PipelineMetrics>) -> (indicatif::ProgressBar, std::thread::JoinHandle<()>) {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
@@ -212,11 +190,7 @@ fn progress_bar(
         while !bar2.is_finished() {
             let records = metrics.records_in();
             let bytes = metrics.bytes_in();
-            let delivered: u64 = metrics
-                .sinks
-                .iter()
-                .map(|s| s.records_delivered.load(Relaxed))
-                .sum();
+            let delivered: u64 = metrics.sinks.iter().map(|s| s.records_delivered.load(Relaxed)).sum();
             let secs = started.elapsed().as_secs_f64().max(1e-3);
             bar2.set_message(format!(
                 "read {} records, {} ({:.1} MB/s, {:.0} records/s), delivered {}",
@@ -237,11 +211,7 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
     let secs = report.elapsed.as_secs_f64().max(1e-6);
     let mut out = std::io::stdout().lock();
     let bytes_in = metrics.bytes_in();
-    let _ = writeln!(
-        out,
-        "pipeline {} finished in {:.2} s with {} workers",
-        plan.name, secs, report.workers
-    );
+    let _ = writeln!(out, "pipeline {} finished in {:.2} s with {} workers", plan.name, secs, report.workers);
     let _ = writeln!(
         out,
         "  in         {} records, {} ({:.1} MB/s)",
@@ -252,10 +222,7 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
     let mut any_failed = false;
     let mut any_undelivered = false;
     for (sink, m) in plan.sinks.iter().zip(&metrics.sinks) {
-        let (raw, stored) = (
-            m.bytes_delivered.load(Relaxed),
-            m.bytes_stored.load(Relaxed),
-        );
+        let (raw, stored) = (m.bytes_delivered.load(Relaxed), m.bytes_stored.load(Relaxed));
         let _ = writeln!(
             out,
             "  sink {}  delivered {} records in {} objects, {} before compression, {} stored ({:.2}x), {:.1} MB/s",
@@ -270,16 +237,8 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
         let failed = m.records_failed.load(Relaxed);
         if failed > 0 {
             any_failed = true;
-            let reasons = m
-                .reasons
-                .lock()
-                .map(|r| format!("{r:?}"))
-                .unwrap_or_default();
-            let keys = m
-                .error_keys
-                .lock()
-                .map(|k| k.join(", "))
-                .unwrap_or_default();
+            let reasons = m.reasons.lock().map(|r| format!("{r:?}")).unwrap_or_default();
+            let keys = m.error_keys.lock().map(|k| k.join(", ")).unwrap_or_default();
             let _ = writeln!(
                 out,
                 "    failed   {failed} records went to the error output {} (reasons {reasons}); e.g. {keys}",
@@ -289,12 +248,7 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
         let undelivered = m.records_undelivered.load(Relaxed);
         if undelivered > 0 {
             any_undelivered = true;
-            let last = m
-                .last_error
-                .lock()
-                .ok()
-                .and_then(|l| l.clone())
-                .unwrap_or_default();
+            let last = m.last_error.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
             let _ = writeln!(out, "    UNDELIVERED {undelivered} records: {last}");
         }
     }

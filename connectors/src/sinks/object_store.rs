@@ -53,10 +53,7 @@ pub fn memory_store(name: &str) -> Arc<InMemory> {
     static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
     let stores = STORES.get_or_init(|| Mutex::new(HashMap::new()));
     match stores.lock() {
-        Ok(mut map) => Arc::clone(
-            map.entry(name.to_string())
-                .or_insert_with(|| Arc::new(InMemory::new())),
-        ),
+        Ok(mut map) => Arc::clone(map.entry(name.to_string()).or_insert_with(|| Arc::new(InMemory::new()))),
         Err(_) => Arc::new(InMemory::new()),
     }
 }
@@ -72,36 +69,23 @@ fn option_text(v: &toml::Value) -> Option<String> {
 
 /// No retries inside object_store: the engine's retry policy is the one that counts.
 fn no_client_retries() -> RetryConfig {
-    RetryConfig {
-        max_retries: 0,
-        ..RetryConfig::default()
-    }
+    RetryConfig { max_retries: 0, ..RetryConfig::default() }
 }
 
 /// Builds an object-store sink from `[sinks.<name>]`.
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
-    let url_span = config
-        .table
-        .key_span("url")
-        .unwrap_or(config.table.span.clone());
+    let url_span = config.table.key_span("url").unwrap_or(config.table.span.clone());
     let options_span = config.table.key_span("options").unwrap_or(url_span.clone());
     let c: ObjectStoreConfig = config.table.deserialize()?;
     let mut options = Vec::new();
     for (key, value) in &c.options {
         let Some(text) = option_text(value) else {
-            return Err(Diagnostic::new(
-                options_span,
-                format!("option `{key}` must be a string, boolean or integer"),
-            ));
+            return Err(Diagnostic::new(options_span, format!("option `{key}` must be a string, boolean or integer")));
         };
         options.push((key.clone(), text));
     }
     let sink = ObjectStoreSink::from_url(&c.url, &options).map_err(|(message, hint)| {
-        let span = if message.starts_with("unknown option") {
-            options_span.clone()
-        } else {
-            url_span.clone()
-        };
+        let span = if message.starts_with("unknown option") { options_span.clone() } else { url_span.clone() };
         Diagnostic::new(span, message).with_hint(hint)
     })?;
     Ok(Arc::new(sink))
@@ -111,10 +95,7 @@ impl ObjectStoreSink {
     /// Builds the store for `url`; an error is (message, hint).
     pub fn from_url(url: &str, options: &[(String, String)]) -> Result<Self, (String, String)> {
         let bad_url = |e: String| {
-            (
-                format!("bad url `{url}`: {e}"),
-                "e.g. s3://bucket/prefix, file://./out, memory://test".to_string(),
-            )
+            (format!("bad url `{url}`: {e}"), "e.g. s3://bucket/prefix, file://./out, memory://test".to_string())
         };
         let Some((scheme, rest)) = url.split_once("://") else {
             return Err(bad_url("no scheme".into()));
@@ -122,18 +103,12 @@ impl ObjectStoreSink {
         let unknown = |key: &str, scheme: &str| {
             (
                 format!("unknown option `{key}` for {scheme}:// stores"),
-                "use object_store's option names, e.g. region, endpoint, access_key_id, allow_http"
-                    .to_string(),
+                "use object_store's option names, e.g. region, endpoint, access_key_id, allow_http".to_string(),
             )
         };
-        let build_error = |e: object_store::Error| {
-            (
-                format!("cannot use `{url}`: {e}"),
-                "check the url and options".to_string(),
-            )
-        };
-        let (store, base, local_dir, code_prefix): (Arc<dyn ObjectStore>, Path, _, _) = match scheme
-        {
+        let build_error =
+            |e: object_store::Error| (format!("cannot use `{url}`: {e}"), "check the url and options".to_string());
+        let (store, base, local_dir, code_prefix): (Arc<dyn ObjectStore>, Path, _, _) = match scheme {
             "file" => {
                 if let Some((k, _)) = options.first() {
                     return Err(unknown(k, scheme));
@@ -142,13 +117,11 @@ impl ObjectStoreSink {
                 let dir = if dir.is_absolute() {
                     dir
                 } else {
-                    std::env::current_dir()
-                        .map_err(|e| bad_url(e.to_string()))?
-                        .join(dir)
+                    std::env::current_dir().map_err(|e| bad_url(e.to_string()))?.join(dir)
                 };
                 let dir = normalize(&dir);
-                let base = Path::from_filesystem_path(&dir)
-                    .unwrap_or_else(|_| Path::from(dir.to_string_lossy().as_ref()));
+                let base =
+                    Path::from_filesystem_path(&dir).unwrap_or_else(|_| Path::from(dir.to_string_lossy().as_ref()));
                 let store = LocalFileSystem::new().with_fsync(true);
                 (Arc::new(store), base, Some(dir), "Local")
             }
@@ -161,64 +134,36 @@ impl ObjectStoreSink {
                 (store, Path::from(prefix), None, "Memory")
             }
             "s3" | "s3a" => {
-                let mut b = AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .with_retry(no_client_retries());
+                let mut b = AmazonS3Builder::from_env().with_url(url).with_retry(no_client_retries());
                 for (k, v) in options {
                     let key = AmazonS3ConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
-                (
-                    Arc::new(b.build().map_err(build_error)?),
-                    url_path(rest),
-                    None,
-                    "S3",
-                )
+                (Arc::new(b.build().map_err(build_error)?), url_path(rest), None, "S3")
             }
             "gs" => {
-                let mut b = GoogleCloudStorageBuilder::from_env()
-                    .with_url(url)
-                    .with_retry(no_client_retries());
+                let mut b = GoogleCloudStorageBuilder::from_env().with_url(url).with_retry(no_client_retries());
                 for (k, v) in options {
                     let key = GoogleConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
-                (
-                    Arc::new(b.build().map_err(build_error)?),
-                    url_path(rest),
-                    None,
-                    "GCS",
-                )
+                (Arc::new(b.build().map_err(build_error)?), url_path(rest), None, "GCS")
             }
             "az" | "abfs" | "abfss" | "azure" => {
-                let mut b = MicrosoftAzureBuilder::from_env()
-                    .with_url(url)
-                    .with_retry(no_client_retries());
+                let mut b = MicrosoftAzureBuilder::from_env().with_url(url).with_retry(no_client_retries());
                 for (k, v) in options {
                     let key = AzureConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
-                (
-                    Arc::new(b.build().map_err(build_error)?),
-                    url_path(rest),
-                    None,
-                    "Azure",
-                )
+                (Arc::new(b.build().map_err(build_error)?), url_path(rest), None, "Azure")
             }
             "http" | "https" => {
-                let mut b = HttpBuilder::new()
-                    .with_url(url)
-                    .with_retry(no_client_retries());
+                let mut b = HttpBuilder::new().with_url(url).with_retry(no_client_retries());
                 for (k, v) in options {
                     let key = ClientConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
-                (
-                    Arc::new(b.build().map_err(build_error)?),
-                    Path::default(),
-                    None,
-                    "Http",
-                )
+                (Arc::new(b.build().map_err(build_error)?), Path::default(), None, "Http")
             }
             other => {
                 return Err((
@@ -227,22 +172,12 @@ impl ObjectStoreSink {
                 ));
             }
         };
-        Ok(ObjectStoreSink {
-            url: url.to_string(),
-            store,
-            base,
-            local_dir,
-            code_prefix,
-        })
+        Ok(ObjectStoreSink { url: url.to_string(), store, base, local_dir, code_prefix })
     }
 
     /// The full path of `key` under the sink's location.
     pub fn location(&self, key: &str) -> Result<Path, DeliveryError> {
-        let joined = if self.base.as_ref().is_empty() {
-            key.to_string()
-        } else {
-            format!("{}/{key}", self.base)
-        };
+        let joined = if self.base.as_ref().is_empty() { key.to_string() } else { format!("{}/{key}", self.base) };
         Path::parse(&joined).map_err(|e| DeliveryError::Permanent {
             code: format!("{}.InvalidKey", self.code_prefix),
             message: format!("object key `{joined}` is not valid: {e}"),
@@ -268,9 +203,7 @@ fn normalize(path: &std::path::Path) -> std::path::PathBuf {
 
 /// The prefix after `bucket/` in `bucket/prefix/...`.
 fn url_path(rest: &str) -> Path {
-    rest.split_once('/')
-        .map(|(_, p)| Path::from(p))
-        .unwrap_or_default()
+    rest.split_once('/').map(|(_, p)| Path::from(p)).unwrap_or_default()
 }
 
 /// Classifies an object_store error by variant.
@@ -283,22 +216,14 @@ fn classify(code_prefix: &str, e: object_store::Error) -> DeliveryError {
         E::InvalidPath { .. } => (true, "InvalidKey"),
         E::NotSupported { .. } | E::NotImplemented { .. } => (true, "NotSupported"),
         E::UnknownConfigurationKey { .. } => (true, "InvalidConfiguration"),
-        E::Precondition { .. } | E::AlreadyExists { .. } | E::NotModified { .. } => {
-            (true, "Conflict")
-        }
+        E::Precondition { .. } | E::AlreadyExists { .. } | E::NotModified { .. } => (true, "Conflict"),
         _ => (false, "InternalError"),
     };
     let code = format!("{code_prefix}.{code}");
     if permanent {
-        DeliveryError::Permanent {
-            code,
-            message: e.to_string(),
-        }
+        DeliveryError::Permanent { code, message: e.to_string() }
     } else {
-        DeliveryError::Retryable {
-            code,
-            message: e.to_string(),
-        }
+        DeliveryError::Retryable { code, message: e.to_string() }
     }
 }
 
@@ -311,12 +236,10 @@ impl Sink for ObjectStoreSink {
         let dir = self.local_dir.clone();
         Box::pin(async move {
             if let Some(dir) = dir {
-                tokio::fs::create_dir_all(&dir)
-                    .await
-                    .map_err(|e| DeliveryError::Permanent {
-                        code: "Local.AccessDenied".into(),
-                        message: format!("cannot create {}: {e}", dir.display()),
-                    })?;
+                tokio::fs::create_dir_all(&dir).await.map_err(|e| DeliveryError::Permanent {
+                    code: "Local.AccessDenied".into(),
+                    message: format!("cannot create {}: {e}", dir.display()),
+                })?;
             }
             Ok(())
         })
@@ -332,18 +255,12 @@ impl Sink for ObjectStoreSink {
             let mut attributes = object_store::Attributes::new();
             // Local files keep no attributes (object_store refuses them there).
             if with_attributes {
-                attributes.insert(
-                    object_store::Attribute::ContentType,
-                    payload.content_type.into(),
-                );
+                attributes.insert(object_store::Attribute::ContentType, payload.content_type.into());
                 if let Some(encoding) = payload.content_encoding {
                     attributes.insert(object_store::Attribute::ContentEncoding, encoding.into());
                 }
             }
-            let options = PutOptions {
-                attributes,
-                ..PutOptions::default()
-            };
+            let options = PutOptions { attributes, ..PutOptions::default() };
             store
                 .put_opts(&location, PutPayload::from_bytes(payload.body), options)
                 .await

@@ -15,9 +15,7 @@ use std::sync::{Arc, OnceLock};
 use serde::Deserialize;
 use sluice_engine::config::Diagnostic;
 use sluice_engine::record::RecordBatch;
-use sluice_engine::traits::{
-    ConnectorConfig, ReadStatus, Source, SourceContext, SourceError, SourceReader,
-};
+use sluice_engine::traits::{ConnectorConfig, ReadStatus, Source, SourceContext, SourceError, SourceReader};
 
 /// The file source's own keys.
 #[derive(Debug, Deserialize)]
@@ -25,6 +23,8 @@ use sluice_engine::traits::{
 struct FileConfig {
     /// Glob patterns, e.g. `data/*.ndjson.gz`.
     paths: Vec<String>,
+    /// Smallest range (MiB) a plain file is cut into for parallel reading (default 16).
+    split_mb: Option<u64>,
 }
 
 /// Smallest range a plain file is split into.
@@ -64,31 +64,34 @@ pub struct WorkUnit {
 
 /// Builds a file source from `[sources.<name>]`.
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
-    let span = config
-        .table
-        .key_span("paths")
-        .unwrap_or(config.table.span.clone());
+    let span = config.table.key_span("paths").unwrap_or(config.table.span.clone());
+    let split_span = config.table.key_span("split_mb");
     let c: FileConfig = config.table.deserialize()?;
     if c.paths.is_empty() {
-        return Err(Diagnostic::new(span, "`paths` is empty")
-            .with_hint("list at least one glob, e.g. [\"data/*.ndjson\"]"));
+        return Err(
+            Diagnostic::new(span, "`paths` is empty").with_hint("list at least one glob, e.g. [\"data/*.ndjson\"]")
+        );
     }
     for p in &c.paths {
         if let Err(e) = glob::Pattern::new(p) {
             return Err(Diagnostic::new(span, format!("bad glob `{p}`: {e}")));
         }
     }
-    Ok(Arc::new(FileSource::new(c.paths, MIN_SPLIT_BYTES)))
+    let min_split = match c.split_mb {
+        None => MIN_SPLIT_BYTES,
+        Some(mb @ 1..=4096) => mb << 20,
+        Some(mb) => {
+            let at = split_span.unwrap_or(span);
+            return Err(Diagnostic::new(at, format!("`split_mb` = {mb} is out of range: expected 1..=4096")));
+        }
+    };
+    Ok(Arc::new(FileSource::new(c.paths, min_split)))
 }
 
 impl FileSource {
     /// A source over `patterns`, splitting plain files into ranges of at least `min_split` bytes.
     pub fn new(patterns: Vec<String>, min_split: u64) -> Self {
-        FileSource {
-            patterns,
-            units: OnceLock::new(),
-            min_split,
-        }
+        FileSource { patterns, units: OnceLock::new(), min_split }
     }
 
     fn units(&self, workers: usize) -> Result<&Vec<WorkUnit>, SourceError> {
@@ -109,18 +112,13 @@ fn compression_of(path: &std::path::Path) -> FileCompression {
 
 /// Expands the globs and cuts the files into work units: plain files into about `4 × workers`
 /// ranges in all (each at least `min_split` bytes), compressed files whole.
-pub fn plan_units(
-    patterns: &[String],
-    workers: usize,
-    min_split: u64,
-) -> Result<Vec<WorkUnit>, String> {
+pub fn plan_units(patterns: &[String], workers: usize, min_split: u64) -> Result<Vec<WorkUnit>, String> {
     let mut files = Vec::new();
     for pattern in patterns {
         let matches = glob::glob(pattern).map_err(|e| format!("bad glob `{pattern}`: {e}"))?;
         let mut found = 0;
         for entry in matches {
-            let path =
-                entry.map_err(|e| format!("cannot read {}: {}", e.path().display(), e.error()))?;
+            let path = entry.map_err(|e| format!("cannot read {}: {}", e.path().display(), e.error()))?;
             if path.is_file() && !files.contains(&path) {
                 files.push(path);
                 found += 1;
@@ -136,30 +134,17 @@ pub fn plan_units(
     files.sort();
     let mut sizes = Vec::new();
     for f in &files {
-        let len = std::fs::metadata(f)
-            .map_err(|e| format!("cannot read {}: {e}", f.display()))?
-            .len();
+        let len = std::fs::metadata(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?.len();
         sizes.push(len);
     }
-    let plain_total: u64 = files
-        .iter()
-        .zip(&sizes)
-        .filter(|(f, _)| compression_of(f) == FileCompression::None)
-        .map(|(_, s)| *s)
-        .sum();
-    let target = (plain_total / (4 * workers.max(1) as u64))
-        .max(min_split)
-        .max(1);
+    let plain_total: u64 =
+        files.iter().zip(&sizes).filter(|(f, _)| compression_of(f) == FileCompression::None).map(|(_, s)| *s).sum();
+    let target = (plain_total / (4 * workers.max(1) as u64)).max(min_split).max(1);
     let mut units = Vec::new();
     for (path, size) in files.into_iter().zip(sizes) {
         let compression = compression_of(&path);
         if compression != FileCompression::None || size <= target {
-            units.push(WorkUnit {
-                path,
-                start: 0,
-                end: None,
-                compression,
-            });
+            units.push(WorkUnit { path, start: 0, end: None, compression });
             continue;
         }
         let pieces = size.div_ceil(target);
@@ -190,16 +175,8 @@ impl Source for FileSource {
 
     fn open(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
         let units = self.units(ctx.workers)?;
-        let mine: Vec<WorkUnit> = units
-            .iter()
-            .skip(ctx.worker)
-            .step_by(ctx.workers.max(1))
-            .cloned()
-            .collect();
-        Ok(Box::new(FileReader {
-            units: mine.into_iter(),
-            current: None,
-        }))
+        let mine: Vec<WorkUnit> = units.iter().skip(ctx.worker).step_by(ctx.workers.max(1)).cloned().collect();
+        Ok(Box::new(FileReader { units: mine.into_iter(), current: None }))
     }
 }
 
@@ -209,19 +186,14 @@ struct FileReader {
 }
 
 fn io_error(unit: &WorkUnit, e: std::io::Error) -> SourceError {
-    SourceError::Io {
-        context: format!("reading {}", unit.path.display()),
-        source: e,
-    }
+    SourceError::Io { context: format!("reading {}", unit.path.display()), source: e }
 }
 
 /// Opens a unit positioned at the first line that starts in its range.
 pub fn open_unit(unit: &WorkUnit) -> std::io::Result<LineReader<Box<dyn Read>>> {
     let mut file = File::open(&unit.path)?;
     let reader: Box<dyn Read> = match unit.compression {
-        FileCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
-            BufReader::with_capacity(1 << 20, file),
-        )),
+        FileCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, file))),
         FileCompression::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
         FileCompression::None => {
             if unit.start > 0 {
@@ -241,11 +213,7 @@ pub fn open_unit(unit: &WorkUnit) -> std::io::Result<LineReader<Box<dyn Read>>> 
 }
 
 impl SourceReader for FileReader {
-    fn read(
-        &mut self,
-        batch: &mut RecordBatch,
-        max_bytes: usize,
-    ) -> Result<ReadStatus, SourceError> {
+    fn read(&mut self, batch: &mut RecordBatch, max_bytes: usize) -> Result<ReadStatus, SourceError> {
         loop {
             if self.current.is_none() {
                 let Some(unit) = self.units.next() else {
@@ -257,9 +225,7 @@ impl SourceReader for FileReader {
             let Some((unit, lines)) = self.current.as_mut() else {
                 continue;
             };
-            let finished = lines
-                .fill(batch, max_bytes)
-                .map_err(|e| io_error(unit, e))?;
+            let finished = lines.fill(batch, max_bytes).map_err(|e| io_error(unit, e))?;
             if finished {
                 self.current = None;
             }
@@ -286,14 +252,7 @@ pub struct LineReader<R> {
 impl<R: Read> LineReader<R> {
     /// Lines of `inner`, whose first byte is at stream offset `offset`.
     pub fn new(inner: R, offset: u64, limit: Option<u64>) -> Self {
-        LineReader {
-            inner,
-            buf: Vec::with_capacity(READ_CHUNK),
-            head: 0,
-            offset,
-            limit,
-            eof: false,
-        }
+        LineReader { inner, buf: Vec::with_capacity(READ_CHUNK), head: 0, offset, limit, eof: false }
     }
 
     fn read_more(&mut self) -> std::io::Result<()> {
@@ -419,12 +378,11 @@ mod tests {
         std::fs::write(&plain, "x\n".repeat(5000)).unwrap_or_else(|e| panic!("{e}"));
         let gz = dir.path().join("b.ndjson.gz");
         std::fs::write(&gz, b"").unwrap_or_else(|e| panic!("{e}"));
-        let units =
-            plan_units(&[format!("{}/*", dir.path().display())], 2, 1000).unwrap_or_default();
+        let units = plan_units(&[format!("{}/*", dir.path().display())], 2, 1000).unwrap_or_default();
         let plain_units: Vec<_> = units.iter().filter(|u| u.path == plain).collect();
-        assert_eq!(plain_units.len(), 10, "{units:?}");
+        assert_eq!(plain_units.len(), 8, "{units:?}");
         assert_eq!(plain_units[0].start, 0);
-        assert_eq!(plain_units[9].end, None);
+        assert_eq!(plain_units[7].end, None);
         assert_eq!(units.iter().filter(|u| u.path == gz).count(), 1);
         assert!(plan_units(&[format!("{}/*.none", dir.path().display())], 2, 1000).is_err());
     }

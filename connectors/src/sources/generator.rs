@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use sluice_engine::config::Diagnostic;
 use sluice_engine::record::RecordBatch;
-use sluice_engine::traits::{
-    ConnectorConfig, ReadStatus, Source, SourceContext, SourceError, SourceReader,
-};
+use sluice_engine::traits::{ConnectorConfig, ReadStatus, Source, SourceContext, SourceError, SourceReader};
 
 use crate::synth::{Profile, Synthesizer};
 
@@ -55,49 +53,30 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>
         (Some(n), None) => Amount::Records(n),
         (None, Some(r)) if r > 0 => Amount::Rate(r),
         (None, Some(_)) => {
-            return Err(Diagnostic::new(
-                rate_span.unwrap_or(span),
-                "`rate` must be at least 1 record per second",
-            )
-            .with_hint("or use records = N for a finite run"));
+            return Err(Diagnostic::new(rate_span.unwrap_or(span), "`rate` must be at least 1 record per second")
+                .with_hint("or use records = N for a finite run"));
         }
         (Some(_), Some(_)) => {
-            return Err(Diagnostic::new(
-                rate_span.unwrap_or(span),
-                "set either `records` or `rate`, not both",
-            )
-            .with_hint("records = N ends after N records; rate = R runs until stopped"));
+            return Err(Diagnostic::new(rate_span.unwrap_or(span), "set either `records` or `rate`, not both")
+                .with_hint("records = N ends after N records; rate = R runs until stopped"));
         }
         (None, None) => {
-            return Err(Diagnostic::new(
-                records_span.unwrap_or(span),
-                "the generator needs `records` or `rate`",
-            )
-            .with_hint(
-                "records = 1000000 for a batch run, or rate = 5000 (per second) for a stream",
-            ));
+            return Err(Diagnostic::new(records_span.unwrap_or(span), "the generator needs `records` or `rate`")
+                .with_hint("records = 1000000 for a batch run, or rate = 5000 (per second) for a stream"));
         }
     };
-    Ok(Arc::new(Generator {
-        profile: c.profile,
-        amount,
-        seed: c.seed,
-    }))
+    Ok(Arc::new(Generator { profile: c.profile, amount, seed: c.seed }))
 }
 
 impl Source for Generator {
     fn describe(&self) -> String {
         match self.amount {
-            Amount::Records(n) => format!(
-                "generator: {:?}, {n} records, seed {}",
-                self.profile, self.seed
-            )
-            .to_lowercase(),
-            Amount::Rate(r) => format!(
-                "generator: {:?}, {r} records/s, seed {}",
-                self.profile, self.seed
-            )
-            .to_lowercase(),
+            Amount::Records(n) => {
+                format!("generator: {:?}, {n} records, seed {}", self.profile, self.seed).to_lowercase()
+            }
+            Amount::Rate(r) => {
+                format!("generator: {:?}, {r} records/s, seed {}", self.profile, self.seed).to_lowercase()
+            }
         }
     }
 
@@ -129,11 +108,7 @@ struct GeneratorReader {
 }
 
 impl SourceReader for GeneratorReader {
-    fn read(
-        &mut self,
-        batch: &mut RecordBatch,
-        max_bytes: usize,
-    ) -> Result<ReadStatus, SourceError> {
+    fn read(&mut self, batch: &mut RecordBatch, max_bytes: usize) -> Result<ReadStatus, SourceError> {
         // How many this worker may make now.
         let allowed = match self.amount {
             Amount::Records(total) => {
@@ -143,9 +118,7 @@ impl SourceReader for GeneratorReader {
                 u64::MAX
             }
             Amount::Rate(rate) => {
-                let due = (self.started.elapsed().as_secs_f64() * rate as f64 / self.step as f64)
-                    as u64
-                    + 1;
+                let due = (self.started.elapsed().as_secs_f64() * rate as f64 / self.step as f64) as u64 + 1;
                 if due <= self.made {
                     return Ok(ReadStatus::Pending(Duration::from_millis(20)));
                 }

@@ -20,11 +20,7 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A problem at `span`.
     pub fn new(span: Range<usize>, message: impl Into<String>) -> Self {
-        Diagnostic {
-            span,
-            message: message.into(),
-            hint: None,
-        }
+        Diagnostic { span, message: message.into(), hint: None }
     }
 
     /// Adds a hint.
@@ -97,19 +93,10 @@ impl fmt::Display for Diagnostics {
             writeln!(f, "  --> {}:{}:{}", self.file, p.line, p.col)?;
             if let Some(text) = self.source.lines().nth(p.line - 1) {
                 let gutter = p.line.to_string();
-                let width = self.source[d.span.clone()]
-                    .lines()
-                    .next()
-                    .map_or(1, |l| l.chars().count().max(1));
+                let width = self.source[d.span.clone()].lines().next().map_or(1, |l| l.chars().count().max(1));
                 writeln!(f, "{} |", " ".repeat(gutter.len()))?;
                 writeln!(f, "{gutter} | {text}")?;
-                writeln!(
-                    f,
-                    "{} | {}{}",
-                    " ".repeat(gutter.len()),
-                    " ".repeat(p.col - 1),
-                    "^".repeat(width)
-                )?;
+                writeln!(f, "{} | {}{}", " ".repeat(gutter.len()), " ".repeat(p.col - 1), "^".repeat(width))?;
             }
             if let Some(h) = &d.hint {
                 writeln!(f, "  = hint: {h}")?;
@@ -117,23 +104,14 @@ impl fmt::Display for Diagnostics {
             writeln!(f)?;
         }
         let n = self.items.len();
-        write!(
-            f,
-            "{} error{} in {}",
-            n,
-            if n == 1 { "" } else { "s" },
-            self.file
-        )
+        write!(f, "{} error{} in {}", n, if n == 1 { "" } else { "s" }, self.file)
     }
 }
 
 impl std::error::Error for Diagnostics {}
 
 /// The closest of `candidates` to `word`, if close enough to be a plausible typo.
-pub fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))

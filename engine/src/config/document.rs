@@ -38,11 +38,7 @@ pub fn parse_document(source: &'static str) -> Result<Section, Vec<Diagnostic>> 
         expand_env(value, &mut problems);
     }
     if problems.is_empty() {
-        Ok(Section {
-            path: String::new(),
-            span,
-            entries: table,
-        })
+        Ok(Section { path: String::new(), span, engine_keys: &[], entries: table })
     } else {
         Err(problems)
     }
@@ -85,10 +81,7 @@ fn expand_env_in(s: &str) -> Result<Option<String>, (String, String)> {
         out.push_str(&rest[..i]);
         let after = &rest[i + 2..];
         let Some(end) = after.find('}') else {
-            return Err((
-                "unclosed `${` in string".into(),
-                "write `${NAME}`, or `$${` for a literal `${`".into(),
-            ));
+            return Err(("unclosed `${` in string".into(), "write `${NAME}`, or `$${` for a literal `${`".into()));
         };
         let name = &after[..end];
         match std::env::var(name) {
@@ -128,6 +121,8 @@ pub struct Section {
     pub path: String,
     /// Where the table is in the source.
     pub span: Range<usize>,
+    /// Keys the engine already took from this table: also suggested for typos the connector rejects.
+    pub engine_keys: &'static [&'static str],
     entries: DeTable<'static>,
 }
 
@@ -139,11 +134,7 @@ impl Section {
 
     /// The keys left, with their spans, in source order.
     pub fn keys(&self) -> Vec<(String, Range<usize>)> {
-        let mut keys: Vec<_> = self
-            .entries
-            .keys()
-            .map(|k| (k.get_ref().to_string(), k.span()))
-            .collect();
+        let mut keys: Vec<_> = self.entries.keys().map(|k| (k.get_ref().to_string(), k.span())).collect();
         keys.sort_by_key(|(_, s)| s.start);
         keys
     }
@@ -154,11 +145,7 @@ impl Section {
     }
 
     fn label(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            format!("`{key}`")
-        } else {
-            format!("`{}.{key}`", self.path)
-        }
+        if self.path.is_empty() { format!("`{key}`") } else { format!("`{}.{key}`", self.path) }
     }
 
     /// Takes `key` out of the table.
@@ -170,25 +157,13 @@ impl Section {
     pub fn take_table(&mut self, key: &str, problems: &mut Vec<Diagnostic>) -> Option<Section> {
         let value = self.take(key)?;
         let span = value.span();
-        let path = if self.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.path)
-        };
+        let path = if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) };
         match value.into_inner() {
-            DeValue::Table(entries) => Some(Section {
-                path,
-                span,
-                entries,
-            }),
+            DeValue::Table(entries) => Some(Section { path, span, engine_keys: &[], entries }),
             other => {
                 problems.push(Diagnostic::new(
                     span,
-                    format!(
-                        "{} must be a table, found {}",
-                        self.label(key),
-                        type_name(&other)
-                    ),
+                    format!("{} must be a table, found {}", self.label(key), type_name(&other)),
                 ));
                 None
             }
@@ -196,11 +171,7 @@ impl Section {
     }
 
     /// Takes a string.
-    pub fn take_string(
-        &mut self,
-        key: &str,
-        problems: &mut Vec<Diagnostic>,
-    ) -> Option<Spanned<String>> {
+    pub fn take_string(&mut self, key: &str, problems: &mut Vec<Diagnostic>) -> Option<Spanned<String>> {
         let value = self.take(key)?;
         let span = value.span();
         match value.into_inner() {
@@ -208,11 +179,7 @@ impl Section {
             other => {
                 problems.push(Diagnostic::new(
                     span,
-                    format!(
-                        "{} must be a string, found {}",
-                        self.label(key),
-                        type_name(&other)
-                    ),
+                    format!("{} must be a string, found {}", self.label(key), type_name(&other)),
                 ));
                 None
             }
@@ -245,14 +212,8 @@ impl Section {
             }
             other => {
                 problems.push(
-                    Diagnostic::new(
-                        span,
-                        format!(
-                            "{label} must be an array of strings, found {}",
-                            type_name(&other)
-                        ),
-                    )
-                    .with_hint(format!("write {label} = [\"...\"]")),
+                    Diagnostic::new(span, format!("{label} must be an array of strings, found {}", type_name(&other)))
+                        .with_hint(format!("write {label} = [\"...\"]")),
                 );
                 None
             }
@@ -293,11 +254,7 @@ impl Section {
             other => {
                 problems.push(Diagnostic::new(
                     span,
-                    format!(
-                        "{} must be an integer, found {}",
-                        self.label(key),
-                        type_name(&other)
-                    ),
+                    format!("{} must be an integer, found {}", self.label(key), type_name(&other)),
                 ));
                 None
             }
@@ -321,12 +278,13 @@ impl Section {
     pub fn deserialize<T: DeserializeOwned>(self) -> Result<T, Diagnostic> {
         let whole = self.span.clone();
         let path = self.path.clone();
+        let engine_keys = self.engine_keys;
         let value: Value = Spanned::new(self.span, DeValue::Table(self.entries));
         T::deserialize(toml::de::ValueDeserializer::from(value)).map_err(|e| {
             let message = e.message().trim().to_string();
             let span = e.span().unwrap_or(whole);
             let mut d = Diagnostic::new(span, format!("in `{path}`: {message}"));
-            if let Some(hint) = hint_for_serde_message(&message) {
+            if let Some(hint) = hint_for_serde_message(&message, engine_keys) {
                 d = d.with_hint(hint);
             }
             d
@@ -335,13 +293,17 @@ impl Section {
 }
 
 /// serde says "unknown field `x`, expected one of `a`, `b`": turn that into a "did you mean".
-fn hint_for_serde_message(message: &str) -> Option<String> {
+fn hint_for_serde_message(message: &str, engine_keys: &[&str]) -> Option<String> {
     let ticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
     let (unknown, expected) = ticked.split_first()?;
-    if !message.starts_with("unknown field") && !message.starts_with("unknown variant") {
+    let candidates: Vec<&str> = if message.starts_with("unknown field") {
+        expected.iter().chain(engine_keys).copied().collect()
+    } else if message.starts_with("unknown variant") {
+        expected.to_vec()
+    } else {
         return None;
-    }
-    match did_you_mean(unknown, expected.iter().copied()) {
+    };
+    match did_you_mean(unknown, candidates) {
         Some(k) => Some(format!("did you mean `{k}`?")),
         None => Some(format!("expected one of {}", join_ticked(expected))),
     }
@@ -349,27 +311,7 @@ fn hint_for_serde_message(message: &str) -> Option<String> {
 
 /// `a`, `b`, `c`
 pub fn join_ticked(words: &[&str]) -> String {
-    words
-        .iter()
-        .map(|w| format!("`{w}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expands_environment_variables_and_rejects_unset_ones() {
-        // SAFETY of set_var: this test's variable name is unique to it.
-        assert_eq!(expand_env_in("plain"), Ok(None));
-        assert_eq!(expand_env_in("a$${b}"), Ok(Some("a${b}".into())));
-        let unset = expand_env_in("${SLUICE_TEST_SURELY_UNSET_VARIABLE}").unwrap_err();
-        assert!(unset.0.contains("SLUICE_TEST_SURELY_UNSET_VARIABLE"));
-        let home = std::env::var("PATH").unwrap_or_default();
-        assert_eq!(expand_env_in("x${PATH}y"), Ok(Some(format!("x{home}y"))));
-    }
+    words.iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(", ")
 }
 
 impl Section {
@@ -388,28 +330,33 @@ impl Section {
     }
 
     /// Turns a value into a section named `path`, or reports that it is not a table.
-    pub fn from_value(
-        path: String,
-        value: Value,
-        problems: &mut Vec<Diagnostic>,
-    ) -> Option<Section> {
+    pub fn from_value(path: String, value: Value, problems: &mut Vec<Diagnostic>) -> Option<Section> {
         let span = value.span();
         match value.into_inner() {
-            DeValue::Table(entries) => Some(Section {
-                path,
-                span,
-                entries,
-            }),
+            DeValue::Table(entries) => Some(Section { path, span, engine_keys: &[], entries }),
             other => {
                 problems.push(
-                    Diagnostic::new(
-                        span,
-                        format!("`{path}` must be a table, found {}", type_name(&other)),
-                    )
-                    .with_hint(format!("write it as [{path}] followed by its keys")),
+                    Diagnostic::new(span, format!("`{path}` must be a table, found {}", type_name(&other)))
+                        .with_hint(format!("write it as [{path}] followed by its keys")),
                 );
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_environment_variables_and_rejects_unset_ones() {
+        // SAFETY of set_var: this test's variable name is unique to it.
+        assert_eq!(expand_env_in("plain"), Ok(None));
+        assert_eq!(expand_env_in("a$${b}"), Ok(Some("a${b}".into())));
+        let unset = expand_env_in("${SLUICE_TEST_SURELY_UNSET_VARIABLE}").unwrap_err();
+        assert!(unset.0.contains("SLUICE_TEST_SURELY_UNSET_VARIABLE"));
+        let home = std::env::var("PATH").unwrap_or_default();
+        assert_eq!(expand_env_in("x${PATH}y"), Ok(Some(format!("x{home}y"))));
     }
 }

@@ -33,10 +33,8 @@ impl BufferingHints {
     /// S3 range and default for `interval_s`.
     pub const INTERVAL_S: std::ops::RangeInclusive<i64> = 0..=900;
     /// Firehose's S3 defaults: 5 MB, 300 s.
-    pub const DEFAULT: BufferingHints = BufferingHints {
-        size_bytes: 5 * 1024 * 1024,
-        interval: Duration::from_secs(300),
-    };
+    pub const DEFAULT: BufferingHints =
+        BufferingHints { size_bytes: 5 * 1024 * 1024, interval: Duration::from_secs(300) };
 }
 
 /// Everything the engine needs to build a sink's objects.
@@ -105,22 +103,13 @@ impl Plan {
             "pipeline {} ({} run, workers: {})\n",
             self.name,
             if self.is_batch() { "batch" } else { "stream" },
-            self.workers
-                .map_or("one per core".to_string(), |w| w.to_string())
+            self.workers.map_or("one per core".to_string(), |w| w.to_string())
         );
         for s in &self.sources {
-            out.push_str(&format!(
-                "  source {:<16} {}\n",
-                s.name,
-                s.source.describe()
-            ));
+            out.push_str(&format!("  source {:<16} {}\n", s.name, s.source.describe()));
         }
         for s in &self.sinks {
-            let inputs: Vec<&str> = s
-                .inputs
-                .iter()
-                .map(|&i| self.sources[i].name.as_str())
-                .collect();
+            let inputs: Vec<&str> = s.inputs.iter().map(|&i| self.sources[i].name.as_str()).collect();
             let st = &s.settings;
             out.push_str(&format!(
                 "  sink   {:<16} {} <- [{}]\n         {:<16} format {} compression {:?}, buffer {} MiB / {} s, retry {} s\n",
@@ -144,20 +133,16 @@ impl Plan {
 }
 
 const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "sources", "sinks"];
+/// Keys of a sink table that the engine reads (the rest belong to the connector).
+pub const SINK_ENGINE_KEYS: &[&str] =
+    &["type", "inputs", "format", "compression", "columns", "buffer", "prefix", "error_prefix", "time_zone", "retry"];
 const PIPELINE_KEYS: &[&str] = &["name", "workers"];
 
 fn valid_stream_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-pub(super) fn resolve(
-    mut root: Section,
-    base_dir: &Path,
-    registry: &Registry,
-) -> Result<Plan, Vec<Diagnostic>> {
+pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -> Result<Plan, Vec<Diagnostic>> {
     let mut problems = Vec::new();
     let pipeline = root.take_table("pipeline", &mut problems);
     let sources_table = root.take_table("sources", &mut problems);
@@ -178,19 +163,14 @@ pub(super) fn resolve(
                 Some(n) => problems.push(
                     Diagnostic::new(
                         n.span(),
-                        format!(
-                            "pipeline name `{}` is not a valid delivery stream name",
-                            n.get_ref()
-                        ),
+                        format!("pipeline name `{}` is not a valid delivery stream name", n.get_ref()),
                     )
                     .with_hint("use 1-64 characters of a-z, A-Z, 0-9, `_`, `.` and `-`"),
                 ),
-                None if !problems.iter().any(|d| d.message.contains("pipeline.name")) => problems
-                    .push(
-                        Diagnostic::new(p.span.clone(), "`pipeline.name` is missing").with_hint(
-                            "add name = \"my-stream\" (it is the Firehose delivery stream name)",
-                        ),
-                    ),
+                None if !problems.iter().any(|d| d.message.contains("pipeline.name")) => problems.push(
+                    Diagnostic::new(p.span.clone(), "`pipeline.name` is missing")
+                        .with_hint("add name = \"my-stream\" (it is the Firehose delivery stream name)"),
+                ),
                 None => {}
             }
             workers = p
@@ -205,139 +185,94 @@ pub(super) fn resolve(
         }
     }
 
-    // [sources.*]
-    let mut sources = Vec::new();
-    let mut source_spans = Vec::new();
+    // [sources.*] Every declared source keeps its slot, valid or not, so that sinks naming an
+    // invalid source get no second, misleading "unknown input" error.
+    let mut declared: Vec<(String, std::ops::Range<usize>, Option<SourcePlan>)> = Vec::new();
+    let sources_declared = sources_table.as_ref().is_some_and(|t| !t.keys().is_empty());
     if let Some(table) = sources_table {
         for (source_name, key_span, value) in table.into_entries() {
             check_component_name(&source_name, key_span.clone(), &mut problems);
-            let Some(mut section) =
-                Section::from_value(format!("sources.{source_name}"), value, &mut problems)
-            else {
+            let plan =
+                Section::from_value(format!("sources.{source_name}"), value, &mut problems).and_then(|mut section| {
+                    let known = registry.sources.iter().map(|s| s.name).collect();
+                    let type_name = take_type(&mut section, known, "source", &mut problems)?;
+                    let source_type = registry.source(&type_name)?;
+                    let config =
+                        ConnectorConfig { name: source_name.clone(), table: section, base_dir: base_dir.to_path_buf() };
+                    match (source_type.configure)(config) {
+                        Ok(source) => Some(SourcePlan { name: source_name.clone(), type_name, source }),
+                        Err(d) => {
+                            problems.push(d);
+                            None
+                        }
+                    }
+                });
+            declared.push((source_name, key_span, plan));
+        }
+    }
+    if !sources_declared {
+        problems.push(
+            Diagnostic::new(root_span.start..root_span.start, "the pipeline has no sources")
+                .with_hint("add a [sources.<name>] table, e.g. type = \"file\" or type = \"generator\""),
+        );
+    }
+    let names: Vec<&str> = declared.iter().map(|(n, _, _)| n.as_str()).collect();
+
+    // [sinks.*]
+    let mut sinks = Vec::new();
+    let mut used = vec![false; declared.len()];
+    let mut unresolved_inputs = false;
+    let sinks_declared = sinks_table.as_ref().is_some_and(|t| !t.keys().is_empty());
+    if let Some(table) = sinks_table {
+        for (sink_name, key_span, value) in table.into_entries() {
+            check_component_name(&sink_name, key_span.clone(), &mut problems);
+            let Some(mut section) = Section::from_value(format!("sinks.{sink_name}"), value, &mut problems) else {
                 continue;
             };
-            let Some(type_name) = take_type(
-                &mut section,
-                registry.sources.iter().map(|s| s.name).collect(),
-                "source",
-                &mut problems,
-            ) else {
+            let known = registry.sinks.iter().map(|s| s.name).collect();
+            let type_name = take_type(&mut section, known, "sink", &mut problems);
+            let inputs = take_inputs(&mut section, &names, key_span, &mut problems);
+            unresolved_inputs |= inputs.is_none();
+            for &i in inputs.iter().flatten() {
+                used[i] = true;
+            }
+            let settings = take_sink_settings(&mut section, &name, &mut problems);
+            let (Some(type_name), Some(inputs), Some(settings)) = (type_name, inputs, settings) else {
                 continue;
             };
-            let Some(source_type) = registry.source(&type_name) else {
-                continue;
-            };
-            let config = ConnectorConfig {
-                name: source_name.clone(),
-                table: section,
-                base_dir: base_dir.to_path_buf(),
-            };
-            match (source_type.configure)(config) {
-                Ok(source) => {
-                    sources.push(SourcePlan {
-                        name: source_name,
-                        type_name,
-                        source,
-                    });
-                    source_spans.push(key_span);
+            let Some(sink_type) = registry.sink(&type_name) else { continue };
+            section.engine_keys = SINK_ENGINE_KEYS;
+            let config = ConnectorConfig { name: sink_name.clone(), table: section, base_dir: base_dir.to_path_buf() };
+            match (sink_type.configure)(config) {
+                Ok(sink) => {
+                    sinks.push(SinkPlan { name: sink_name, type_name, inputs, settings: Arc::new(settings), sink })
                 }
                 Err(d) => problems.push(d),
             }
         }
     }
-    if sources.is_empty() && !problems.iter().any(|d| d.message.contains("sources.")) {
-        problems.push(
-            Diagnostic::new(
-                root_span.start..root_span.start,
-                "the pipeline has no sources",
-            )
-            .with_hint(
-                "add a [sources.<name>] table, e.g. type = \"file\" or type = \"generator\"",
-            ),
-        );
-    }
-
-    // [sinks.*]
-    let mut sinks = Vec::new();
-    let mut used = vec![false; sources.len()];
-    if let Some(table) = sinks_table {
-        for (sink_name, key_span, value) in table.into_entries() {
-            check_component_name(&sink_name, key_span.clone(), &mut problems);
-            let Some(mut section) =
-                Section::from_value(format!("sinks.{sink_name}"), value, &mut problems)
-            else {
-                continue;
-            };
-            let type_name = take_type(
-                &mut section,
-                registry.sinks.iter().map(|s| s.name).collect(),
-                "sink",
-                &mut problems,
-            );
-            let inputs = take_inputs(&mut section, &sources, key_span, &mut problems);
-            let settings = take_sink_settings(&mut section, &name, &mut problems);
-            let (Some(type_name), Some(inputs), Some(settings)) = (type_name, inputs, settings)
-            else {
-                continue;
-            };
-            let Some(sink_type) = registry.sink(&type_name) else {
-                continue;
-            };
-            for &i in &inputs {
-                used[i] = true;
-            }
-            let config = ConnectorConfig {
-                name: sink_name.clone(),
-                table: section,
-                base_dir: base_dir.to_path_buf(),
-            };
-            match (sink_type.configure)(config) {
-                Ok(sink) => sinks.push(SinkPlan {
-                    name: sink_name,
-                    type_name,
-                    inputs,
-                    settings: Arc::new(settings),
-                    sink,
-                }),
-                Err(d) => problems.push(d),
-            }
-        }
-    }
-    if sinks.is_empty() && !problems.iter().any(|d| d.message.contains("sinks.")) {
+    if !sinks_declared {
         problems.push(
             Diagnostic::new(root_span.start..root_span.start, "the pipeline has no sinks")
                 .with_hint("add a [sinks.<name>] table with type = \"object_store\" and inputs = [\"<source>\"]"),
         );
-    }
-    if !sinks.is_empty() {
-        for (i, source) in sources.iter().enumerate() {
-            if !used[i] {
+    } else if !unresolved_inputs {
+        for (i, (source_name, span, plan)) in declared.iter().enumerate() {
+            if !used[i] && plan.is_some() {
                 problems.push(
-                    Diagnostic::new(source_spans[i].clone(), format!("source `{}` is not an input of any sink", source.name))
+                    Diagnostic::new(span.clone(), format!("source `{source_name}` is not an input of any sink"))
                         .with_hint("its records would be read and dropped: list it in a sink's inputs, or remove it"),
                 );
             }
         }
     }
+    let sources: Vec<SourcePlan> = declared.into_iter().filter_map(|(_, _, plan)| plan).collect();
 
-    if problems.is_empty() {
-        Ok(Plan {
-            name,
-            workers,
-            sources,
-            sinks,
-        })
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(Plan { name, workers, sources, sinks }) } else { Err(problems) }
 }
 
 fn check_component_name(name: &str, span: std::ops::Range<usize>, problems: &mut Vec<Diagnostic>) {
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
-    {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)) {
         problems.push(
             Diagnostic::new(span, format!("component name `{name}` is not valid"))
                 .with_hint("use letters, digits, `_` and `-`"),
@@ -366,10 +301,7 @@ fn take_type(
     }
     let mut d = Diagnostic::new(t.span(), format!("unknown {what} type `{}`", t.get_ref()));
     d = match did_you_mean(t.get_ref(), known.iter().copied()) {
-        Some(k) => d.with_hint(format!(
-            "did you mean `{k}`? known {what} types: {}",
-            join_ticked(&known)
-        )),
+        Some(k) => d.with_hint(format!("did you mean `{k}`? known {what} types: {}", join_ticked(&known))),
         None => d.with_hint(format!("known {what} types: {}", join_ticked(&known))),
     };
     problems.push(d);
@@ -378,25 +310,18 @@ fn take_type(
 
 fn take_inputs(
     section: &mut Section,
-    sources: &[SourcePlan],
+    names: &[&str],
     key_span: std::ops::Range<usize>,
     problems: &mut Vec<Diagnostic>,
 ) -> Option<Vec<usize>> {
-    let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
     let Some(list) = section.take_string_list("inputs", problems) else {
         if !section.contains("inputs") {
             problems.push(
                 Diagnostic::new(
                     key_span,
-                    format!(
-                        "sink `{}` has no inputs",
-                        section.path.trim_start_matches("sinks.")
-                    ),
+                    format!("sink `{}` has no inputs", section.path.trim_start_matches("sinks.")),
                 )
-                .with_hint(format!(
-                    "add inputs = [...] naming sources: {}",
-                    join_ticked(&names)
-                )),
+                .with_hint(format!("add inputs = [...] naming sources: {}", join_ticked(names))),
             );
         }
         return None;
@@ -404,7 +329,7 @@ fn take_inputs(
     if list.get_ref().is_empty() {
         problems.push(
             Diagnostic::new(list.span(), "`inputs` is empty")
-                .with_hint(format!("name at least one source: {}", join_ticked(&names))),
+                .with_hint(format!("name at least one source: {}", join_ticked(names))),
         );
         return None;
     }
@@ -413,21 +338,17 @@ fn take_inputs(
     for input in list.into_inner() {
         match names.iter().position(|n| *n == input.get_ref()) {
             Some(i) if indices.contains(&i) => problems.push(
-                Diagnostic::new(
-                    input.span(),
-                    format!("input `{}` is listed twice", input.get_ref()),
-                )
-                .with_hint("each record would be delivered twice; list it once"),
+                Diagnostic::new(input.span(), format!("input `{}` is listed twice", input.get_ref()))
+                    .with_hint("each record would be delivered twice; list it once"),
             ),
             Some(i) => indices.push(i),
             None => {
                 ok = false;
-                let mut d =
-                    Diagnostic::new(input.span(), format!("unknown input `{}`", input.get_ref()));
+                let mut d = Diagnostic::new(input.span(), format!("unknown input `{}`", input.get_ref()));
                 d = match did_you_mean(input.get_ref(), names.iter().copied()) {
                     Some(n) => d.with_hint(format!("did you mean `{n}`?")),
                     None if names.is_empty() => d.with_hint("no sources are defined"),
-                    None => d.with_hint(format!("inputs name sources: {}", join_ticked(&names))),
+                    None => d.with_hint(format!("inputs name sources: {}", join_ticked(names))),
                 };
                 problems.push(d);
             }
@@ -436,26 +357,21 @@ fn take_inputs(
     ok.then_some(indices)
 }
 
-fn take_sink_settings(
-    section: &mut Section,
-    stream: &str,
-    problems: &mut Vec<Diagnostic>,
-) -> Option<SinkSettings> {
+fn take_sink_settings(section: &mut Section, stream: &str, problems: &mut Vec<Diagnostic>) -> Option<SinkSettings> {
     let format_name = section.take_string("format", problems);
     let columns = section.take_string_list("columns", problems);
     let format = match format_name.as_ref().map(|f| f.get_ref().as_str()) {
         None | Some("raw") => Some(Format::Raw),
         Some("ndjson") => Some(Format::Ndjson),
         Some("csv") => match &columns {
-            Some(c) if !c.get_ref().is_empty() => Some(Format::Csv {
-                columns: c.get_ref().iter().map(|s| s.get_ref().clone()).collect(),
-            }),
+            Some(c) if !c.get_ref().is_empty() => {
+                Some(Format::Csv { columns: c.get_ref().iter().map(|s| s.get_ref().clone()).collect() })
+            }
             _ => {
                 let span = format_name.as_ref().map(|f| f.span()).unwrap_or_default();
                 problems.push(
-                    Diagnostic::new(span, "format = \"csv\" needs `columns`").with_hint(
-                        "add columns = [\"key1\", \"key2\"]: the JSON keys to write, in order",
-                    ),
+                    Diagnostic::new(span, "format = \"csv\" needs `columns`")
+                        .with_hint("add columns = [\"key1\", \"key2\"]: the JSON keys to write, in order"),
                 );
                 None
             }
@@ -515,10 +431,9 @@ fn take_sink_settings(
                 }),
                 (None, None) | (Some(_), None) | (None, Some(_)) if problems.len() > before => None,
                 _ => {
-                    problems.push(
-                        Diagnostic::new(span, "`buffer` needs both `size_mb` and `interval_s`")
-                            .with_hint("Firehose's BufferingHints are set together, e.g. buffer = { size_mb = 5, interval_s = 300 }"),
-                    );
+                    problems.push(Diagnostic::new(span, "`buffer` needs both `size_mb` and `interval_s`").with_hint(
+                        "Firehose's BufferingHints are set together, e.g. buffer = { size_mb = 5, interval_s = 300 }",
+                    ));
                     None
                 }
             }
@@ -526,18 +441,16 @@ fn take_sink_settings(
     };
     let time_zone = match section.take_string("time_zone", problems) {
         None => Some(chrono_tz::Tz::UTC),
-        Some(z) => {
-            match z.get_ref().parse::<chrono_tz::Tz>() {
-                Ok(tz) if z.get_ref().len() <= 50 => Some(tz),
-                _ => {
-                    problems.push(
+        Some(z) => match z.get_ref().parse::<chrono_tz::Tz>() {
+            Ok(tz) if z.get_ref().len() <= 50 => Some(tz),
+            _ => {
+                problems.push(
                     Diagnostic::new(z.span(), format!("unknown time zone `{}`", z.get_ref()))
                         .with_hint("use an IANA zone name such as `UTC`, `Europe/Paris` or `Asia/Tokyo`"),
                 );
-                    None
-                }
+                None
             }
-        }
+        },
     };
     let prefix = section.take_string("prefix", problems);
     let error_prefix = section.take_string("error_prefix", problems);
@@ -550,11 +463,8 @@ fn take_sink_settings(
         ) {
             Ok(k) => Some(k),
             Err(e) => {
-                let value: Option<&Spanned<String>> = if e.field == "prefix" {
-                    prefix.as_ref()
-                } else {
-                    error_prefix.as_ref()
-                };
+                let value: Option<&Spanned<String>> =
+                    if e.field == "prefix" { prefix.as_ref() } else { error_prefix.as_ref() };
                 // Point inside the string when we can: +1 skips the opening quote.
                 let span = match value {
                     Some(v) if e.error.offset > 0 => {
@@ -583,17 +493,8 @@ fn take_sink_settings(
                 problems,
             );
             r.deny_unknown(&["duration_s"], problems);
-            d.map(|d| RetryPolicy {
-                duration: Duration::from_secs(d.into_inner() as u64),
-                ..RetryPolicy::default()
-            })
+            d.map(|d| RetryPolicy { duration: Duration::from_secs(d.into_inner() as u64), ..RetryPolicy::default() })
         }
     };
-    Some(SinkSettings {
-        format: format?,
-        compression: compression?,
-        hints: hints?,
-        keys: keys?,
-        retry: retry?,
-    })
+    Some(SinkSettings { format: format?, compression: compression?, hints: hints?, keys: keys?, retry: retry? })
 }

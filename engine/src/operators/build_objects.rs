@@ -55,19 +55,19 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<RecordBatch>> {
                 move |(input, frontier), output| {
                     let now = Instant::now();
                     input.for_each(|cap, data| {
-                    let Some(&time) = cap.least() else { return };
-                    if held.as_ref().is_none_or(|h| time < *h.time()) {
-                        held = cap.retain_least(0);
-                    }
-                    for batch in data.drain(..) {
-                        if let Err(e) = batcher.append(&batch, time, now, &mut sealed) {
-                            tracing::error!(sink = %sink_name, error = %e, "cannot encode a batch");
-                            let m = &metrics.sinks[index];
-                            m.records_undelivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                            m.count_reason("EncodingFailed", batch.len() as u64);
+                        let Some(&time) = cap.least() else { return };
+                        if held.as_ref().is_none_or(|h| time < *h.time()) {
+                            held = cap.retain_least(0);
                         }
-                    }
-                });
+                        for batch in data.drain(..) {
+                            if let Err(e) = batcher.append(&batch, time, now, &mut sealed) {
+                                tracing::error!(sink = %sink_name, error = %e, "cannot encode a batch");
+                                let m = &metrics.sinks[index];
+                                m.records_undelivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                                m.count_reason("EncodingFailed", batch.len() as u64);
+                            }
+                        }
+                    });
                     let end_of_input = frontier.frontier().is_empty();
                     let result = if end_of_input {
                         batcher.seal_all(&mut sealed)

@@ -74,11 +74,7 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
         retry: RetryPolicy,
         context: &DeliveryContext,
     ) -> Stream<'scope, Epoch, Vec<DeliveryReceipt>> {
-        let DeliveryContext {
-            runtime,
-            budget,
-            metrics,
-        } = context.clone();
+        let DeliveryContext { runtime, budget, metrics } = context.clone();
         let worker = self.scope().worker();
         let sink_name = name.to_string();
         self.unary_frontier::<CapacityContainerBuilder<Vec<DeliveryReceipt>>, _, _, _>(Pipeline, &format!("Deliver({name})"), move |initial, info| {

@@ -32,10 +32,7 @@ pub struct InflightBudget {
 impl InflightBudget {
     /// A budget of `limit` bytes.
     pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(InflightBudget {
-            bytes: AtomicU64::new(0),
-            limit,
-        })
+        Arc::new(InflightBudget { bytes: AtomicU64::new(0), limit })
     }
 
     /// Whether sources should wait.

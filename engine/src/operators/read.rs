@@ -60,18 +60,12 @@ pub fn read_source<'scope>(
                     return;
                 }
                 for _ in 0..BATCHES_PER_ACTIVATION {
-                    let mut batch =
-                        RecordBatch::with_capacity(now_ms(), BATCH_BYTES + BATCH_BYTES / 8);
+                    let mut batch = RecordBatch::with_capacity(now_ms(), BATCH_BYTES + BATCH_BYTES / 8);
                     let status = reader.read(&mut batch, BATCH_BYTES);
                     if !batch.is_empty() {
                         let counters = &metrics.sources[index];
-                        counters
-                            .records
-                            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        counters.bytes.fetch_add(
-                            batch.byte_len() as u64,
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
+                        counters.records.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        counters.bytes.fetch_add(batch.byte_len() as u64, std::sync::atomic::Ordering::Relaxed);
                         output.session(&*cap).give(batch);
                     }
                     match status {

@@ -1,0 +1,90 @@
+//! Config errors: every fixture in tests/fixtures/config yields exactly the diagnostics in its
+//! `.expected` file (file:line:col, message, hint). `SLUICE_BLESS=1` rewrites the expectations.
+
+use std::path::Path;
+
+use sluice_connectors::registry;
+use sluice_engine::config::load_file;
+
+fn rendered(path: &Path) -> String {
+    let registry = registry();
+    match load_file(path, &registry) {
+        Ok(_) => "ok\n".to_string(),
+        Err(d) => {
+            let mut out = String::new();
+            for (line, item) in d.short().iter().zip(&d.items) {
+                let line =
+                    line.replace(&d.file, path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default().as_ref());
+                out.push_str(&line);
+                out.push('\n');
+                if let Some(h) = &item.hint {
+                    out.push_str(&format!("  hint: {h}\n"));
+                }
+            }
+            out
+        }
+    }
+}
+
+#[test]
+fn every_fixture_reports_its_expected_errors() {
+    let dir = super::support::repo_root().join("tests/fixtures/config");
+    let mut checked = 0;
+    let mut entries: Vec<_> =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")).flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for path in entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "toml")) {
+        let got = rendered(&path);
+        let expected_path = path.with_extension("expected");
+        if std::env::var_os("SLUICE_BLESS").is_some() {
+            std::fs::write(&expected_path, &got).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let expected =
+            std::fs::read_to_string(&expected_path).unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
+        assert_eq!(got, expected, "{}", path.display());
+        assert_ne!(got, "ok\n", "{} should fail", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} fixtures");
+}
+
+#[test]
+fn every_example_pipeline_validates() {
+    let dir = super::support::repo_root().join("pipelines");
+    let registry = registry();
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")).flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            if let Err(d) = load_file(&path, &registry) {
+                panic!("{d}");
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}
+
+#[test]
+fn validate_exits_1_with_positions_and_0_with_the_graph() {
+    let root = super::support::repo_root();
+    let out = super::support::sluice()
+        .arg("validate")
+        .arg(root.join("tests/fixtures/config/unknown_keys.toml"))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown_keys.toml:3:1"), "{stderr}");
+    assert!(stderr.contains("did you mean `workers`?"), "{stderr}");
+    assert!(stderr.contains("3 errors"), "{stderr}");
+
+    let out = super::support::sluice()
+        .arg("validate")
+        .arg(root.join("pipelines/quickstart.toml"))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("source demo") && stdout.contains("<- [demo]"), "{stdout}");
+}

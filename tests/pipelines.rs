@@ -1,0 +1,192 @@
+//! Whole pipelines run in-process: the worker-count oracle, fan-out, file splitting, buffering by
+//! interval in a stream run, and conversion failures routed to the error output.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use sluice_connectors::registry;
+use sluice_connectors::synth::Profile;
+use sluice_engine::metrics::PipelineMetrics;
+use sluice_engine::runtime::{RunOptions, run};
+use sluice_engine::testkit::{plan_from_str, run_pipeline};
+
+use super::support::{all_lines, generated, memory_objects};
+
+/// Input files for the oracle: a plain file big enough to be split (split_mb = 1) and a gzip one.
+fn oracle_inputs(dir: &std::path::Path) -> Vec<String> {
+    let plain = generated(Profile::Cloudtrail, 1, 6000); // ~5 MB: split into several ranges
+    let gz = generated(Profile::Cloudfront, 2, 3000);
+    std::fs::write(dir.join("a.ndjson"), plain.join("\n") + "\n").unwrap_or_else(|e| panic!("{e}"));
+    let file = std::fs::File::create(dir.join("b.ndjson.gz")).unwrap_or_else(|e| panic!("{e}"));
+    let mut gzw = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    gzw.write_all((gz.join("\n") + "\n").as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    gzw.finish().unwrap_or_else(|e| panic!("{e}"));
+    plain.into_iter().chain(gz).collect()
+}
+
+#[test]
+fn output_does_not_depend_on_the_worker_count() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut file_lines = oracle_inputs(dir.path());
+    file_lines.sort();
+    let generator_lines = generated(Profile::Vpcflow, 7, 20_000);
+    let mut everything: Vec<String> = file_lines.iter().cloned().chain(generator_lines).collect();
+    everything.sort();
+
+    for workers in [1, 2, 4] {
+        let store = format!("oracle-{workers}");
+        let toml = format!(
+            r#"
+[pipeline]
+name = "oracle"
+
+[sources.logs]
+type = "file"
+paths = ["{dir}/*.ndjson", "{dir}/*.ndjson.gz"]
+split_mb = 1
+
+[sources.demo]
+type = "generator"
+profile = "vpcflow"
+records = 20000
+seed = 7
+
+[sinks.all]
+type = "object_store"
+inputs = ["logs", "demo"]
+url = "memory://{store}/all"
+format = "ndjson"
+compression = "zstd"
+buffer = {{ size_mb = 1, interval_s = 60 }}
+
+[sinks.logs_only]
+type = "object_store"
+inputs = ["logs"]
+url = "memory://{store}/logs"
+format = "ndjson"
+compression = "snappy"
+prefix = "only-logs/"
+"#,
+            dir = dir.path().display()
+        );
+        let (_, metrics) = run_pipeline(&toml, &registry(), workers).unwrap_or_else(|e| panic!("{e}"));
+        let objects = memory_objects(&store);
+        let all: Vec<_> = objects.iter().filter(|(k, _)| k.starts_with("all/")).collect();
+        let logs: Vec<_> = objects.iter().filter(|(k, _)| k.starts_with("logs/only-logs/")).collect();
+        assert_eq!(all_lines(all.iter().copied()), everything, "fan-out sink `all` with {workers} workers");
+        assert_eq!(all_lines(logs.iter().copied()), file_lines, "sink `logs_only` with {workers} workers");
+        // Size-bounded objects: 1 MiB before compression, so several of them.
+        assert!(all.len() >= 8, "{} objects", all.len());
+        assert!(all.iter().all(|(k, _)| k.ends_with(".zst")));
+        assert!(logs.iter().all(|(k, _)| k.ends_with(".snappy")));
+        assert_eq!(metrics.records_in(), everything.len() as u64);
+        assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), everything.len() as u64);
+        assert_eq!(metrics.sinks[1].records_delivered.load(Relaxed), file_lines.len() as u64);
+    }
+}
+
+#[test]
+fn a_record_that_is_not_json_goes_to_the_error_output_and_the_rest_is_delivered() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, "{\"a\":1,\"b\":\"x\"}\nnot json at all\n{\"a\":2}\n[1,2]\n{\"b\":\"y,z\"}\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let toml = format!(
+        r#"
+[pipeline]
+name = "csv-test"
+[sources.in]
+type = "file"
+paths = ["{input}"]
+[sinks.table]
+type = "object_store"
+inputs = ["in"]
+url = "memory://csv-test/t"
+format = "csv"
+columns = ["a", "b"]
+compression = "gzip"
+prefix = "rows/"
+"#,
+        input = input.display()
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap_or_else(|e| panic!("{e}"));
+    let objects = memory_objects("csv-test");
+    let data: Vec<_> = objects.iter().filter(|(k, _)| k.starts_with("t/rows/") && !k.contains("failed")).collect();
+    let mut rows: Vec<String> = data.iter().flat_map(|(_, l)| l.iter().skip(1).cloned()).collect();
+    rows.sort();
+    assert_eq!(rows, [",\"y,z\"", "1,x", "2,"].map(String::from));
+    assert!(data.iter().all(|(k, l)| k.ends_with(".csv.gz") && l[0] == "a,b"));
+    let errors: Vec<_> = objects.iter().filter(|(k, _)| k.starts_with("t/rows/format-conversion-failed/")).collect();
+    let docs: Vec<serde_json::Value> =
+        errors.iter().flat_map(|(_, l)| l.iter().map(|x| serde_json::from_str(x).unwrap_or_default())).collect();
+    assert_eq!(docs.len(), 2, "{objects:?}");
+    let mut raw: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(d["rawData"].as_str().unwrap_or(""))
+                .unwrap_or_default();
+            String::from_utf8_lossy(&bytes).to_string()
+        })
+        .collect();
+    raw.sort();
+    assert_eq!(raw, ["[1,2]", "not json at all"]);
+    for d in &docs {
+        assert_eq!(d["lastErrorCode"], "DataFormatConversion.MalformedData");
+        assert!(d["lastErrorMessage"].as_str().is_some_and(|m| m.contains("JSON")), "{d}");
+        assert!(d["arrivalTimestamp"].as_i64().is_some_and(|t| t > 1_700_000_000_000));
+        assert_eq!(d["attemptsMade"], 1);
+    }
+    let m = &metrics.sinks[0];
+    assert_eq!(m.records_delivered.load(Relaxed), 3);
+    assert_eq!(m.records_failed.load(Relaxed), 2);
+    assert_eq!(m.records_undelivered.load(Relaxed), 0);
+}
+
+#[test]
+fn a_stream_run_delivers_by_interval_and_flushes_everything_on_stop() {
+    let toml = r#"
+[pipeline]
+name = "stream"
+[sources.live]
+type = "generator"
+profile = "cloudfront"
+rate = 400
+seed = 3
+[sinks.lake]
+type = "object_store"
+inputs = ["live"]
+url = "memory://stream-test/lake"
+format = "ndjson"
+compression = "gzip"
+buffer = { size_mb = 64, interval_s = 1 }
+"#;
+    let plan = plan_from_str(toml, &registry()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!plan.is_batch());
+    let metrics = Arc::new(PipelineMetrics::new(1, 1));
+    let mut options = RunOptions::for_plan(&plan);
+    options.workers = 2;
+    let stop = options.stop.clone();
+    let m = Arc::clone(&metrics);
+    let runner = std::thread::spawn(move || run(&plan, &options, m).map_err(|e| e.to_string()));
+    // Objects must appear while the stream runs: the 64 MiB size is never reached, only the 1 s interval.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.sinks[0].objects.load(Relaxed) < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(metrics.sinks[0].objects.load(Relaxed) >= 2, "no object delivered by interval while running");
+    stop.stop();
+    runner.join().unwrap_or_else(|_| panic!("run panicked")).unwrap_or_else(|e| panic!("{e}"));
+    let objects = memory_objects("stream-test");
+    let delivered = all_lines(&objects);
+    assert_eq!(delivered.len() as u64, metrics.records_in());
+    assert!(delivered.len() > 100);
+    let mut distinct = delivered.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), delivered.len(), "a record was delivered twice");
+    assert!(delivered.iter().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), metrics.records_in());
+}

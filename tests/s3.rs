@@ -1,0 +1,166 @@
+//! The object_store sink against a real S3-protocol server on 127.0.0.1: s3s-fs running in this
+//! process with SigV4 checking on. Objects are read back from the server's folder, not through our
+//! client, and a wrong secret must be refused (permanent error, nothing stored, exit code 1).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use sluice_connectors::registry;
+use sluice_connectors::sinks::object_store::ObjectStoreSink;
+use sluice_connectors::synth::Profile;
+use sluice_engine::testkit::{run_pipeline, sink_conformance};
+
+use super::support::{all_lines, folder_objects, generated, sluice};
+
+const ACCESS_KEY: &str = "AKIDSLUICETEST";
+const SECRET_KEY: &str = "sluice-test-secret-key";
+
+/// An S3 server over `root` (buckets are its sub-folders), alive as long as the value.
+pub struct S3Server {
+    pub addr: SocketAddr,
+    pub root: PathBuf,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl S3Server {
+    pub fn start(root: &Path) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let fs = s3s_fs::FileSystem::new(root).unwrap_or_else(|e| panic!("{e:?}"));
+        let mut builder = S3ServiceBuilder::new(fs);
+        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = builder.build();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        runtime.spawn(async move {
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                let Ok((socket, _)) = listener.accept().await else { continue };
+                let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+        S3Server { addr, root: root.to_path_buf(), _runtime: runtime }
+    }
+
+    pub fn sink_toml(&self, bucket: &str, secret: &str) -> String {
+        format!(
+            r#"url = "s3://{bucket}/archive"
+options = {{ endpoint = "http://{addr}", allow_http = true, region = "us-east-1", access_key_id = "{ACCESS_KEY}", secret_access_key = "{secret}", virtual_hosted_style_request = false }}"#,
+            addr = self.addr
+        )
+    }
+}
+
+#[test]
+fn objects_land_in_a_real_s3_server_with_firehose_keys() {
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(root.path().join("logs-bucket")).unwrap_or_else(|e| panic!("{e}"));
+    let server = S3Server::start(root.path());
+    let toml = format!(
+        r#"
+[pipeline]
+name = "s3-roundtrip"
+[sources.demo]
+type = "generator"
+profile = "cloudtrail"
+records = 5000
+seed = 11
+[sinks.s3]
+type = "object_store"
+inputs = ["demo"]
+{sink}
+format = "ndjson"
+compression = "gzip"
+prefix = "ct/!{{timestamp:'year='yyyy'/month='MM}}/"
+error_prefix = "errors/!{{firehose:error-output-type}}/"
+buffer = {{ size_mb = 1, interval_s = 60 }}
+"#,
+        sink = server.sink_toml("logs-bucket", SECRET_KEY)
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(metrics.sinks[0].records_undelivered.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let objects = folder_objects(&server.root.join("logs-bucket"));
+    assert!(objects.len() >= 3, "{:?}", objects.keys().collect::<Vec<_>>());
+    let now = chrono::Utc::now();
+    let key_shape = regex_lite_match(now);
+    for key in objects.keys() {
+        assert!(key_shape(key), "unexpected key {key}");
+    }
+    assert_eq!(all_lines(&objects), {
+        let mut g = generated(Profile::Cloudtrail, 11, 5000);
+        g.sort();
+        g
+    });
+}
+
+/// `archive/ct/year=YYYY/month=MM/s3-roundtrip-1-YYYY-MM-DD-HH-MM-SS-<uuid>.gz`
+fn regex_lite_match(now: chrono::DateTime<chrono::Utc>) -> impl Fn(&str) -> bool {
+    let head = format!(
+        "archive/ct/year={}/month={}/s3-roundtrip-1-{}-",
+        now.format("%Y"),
+        now.format("%m"),
+        now.format("%Y-%m-%d")
+    );
+    move |key: &str| {
+        let Some(rest) = key.strip_prefix(&head) else { return false };
+        let Some(rest) = rest.strip_suffix(".gz") else { return false };
+        // HH-MM-SS-uuid
+        rest.len() == 9 + 36 && uuid::Uuid::parse_str(&rest[9..]).is_ok()
+    }
+}
+
+#[test]
+fn the_object_store_sink_passes_the_conformance_check_against_s3() {
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(root.path().join("conf")).unwrap_or_else(|e| panic!("{e}"));
+    let server = S3Server::start(root.path());
+    let options = [
+        ("endpoint", format!("http://{}", server.addr)),
+        ("allow_http", "true".into()),
+        ("region", "us-east-1".into()),
+        ("access_key_id", ACCESS_KEY.into()),
+        ("secret_access_key", SECRET_KEY.into()),
+    ]
+    .map(|(k, v)| (k.to_string(), v));
+    let sink = ObjectStoreSink::from_url("s3://conf/base", &options).unwrap_or_else(|e| panic!("{e:?}"));
+    let dir = server.root.join("conf/base");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+    runtime
+        .block_on(sink_conformance(std::sync::Arc::new(sink), |key| {
+            let path = dir.join(key);
+            async move { std::fs::read(path).ok() }
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_wrong_secret_is_refused_and_the_run_exits_1() {
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(root.path().join("b")).unwrap_or_else(|e| panic!("{e}"));
+    let server = S3Server::start(root.path());
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = work.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nname = \"denied\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 100\n[sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\n{}\nretry = {{ duration_s = 0 }}\n",
+            server.sink_toml("b", "not-the-secret")
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = sluice().args(["run", "--quiet"]).arg(&pipeline).output().unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("UNDELIVERED 100 records"), "{stdout}");
+    assert!(folder_objects(&server.root.join("b")).is_empty());
+}

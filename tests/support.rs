@@ -1,0 +1,73 @@
+//! Helpers shared by the integration tests: reading objects back from stores and folders, and the
+//! `sluice` binary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sluice_connectors::sinks::object_store::memory_store;
+use sluice_engine::testkit::read_lines;
+
+/// Every object in the `memory://NAME` store: key → decompressed lines.
+pub fn memory_objects(name: &str) -> BTreeMap<String, Vec<String>> {
+    let store = memory_store(name);
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(async {
+        let metas: Vec<_> = store.list(None).try_collect().await.unwrap_or_else(|e| panic!("{e}"));
+        let mut out = BTreeMap::new();
+        for meta in metas {
+            let key = meta.location.to_string();
+            let bytes = store.get(&meta.location).await.unwrap_or_else(|e| panic!("{e}")).bytes().await;
+            let bytes = bytes.unwrap_or_else(|e| panic!("{e}"));
+            out.insert(key.clone(), read_lines(&key, &bytes).unwrap_or_else(|e| panic!("{key}: {e}")));
+        }
+        out
+    })
+}
+
+/// Every file under `dir`: path relative to `dir` → decompressed lines.
+pub fn folder_objects(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let key = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().to_string();
+                let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+                out.insert(key.clone(), read_lines(&key, &bytes).unwrap_or_else(|e| panic!("{key}: {e}")));
+            }
+        }
+    }
+    out
+}
+
+/// All lines of all objects, sorted (a multiset).
+pub fn all_lines<'a>(objects: impl IntoIterator<Item = (&'a String, &'a Vec<String>)>) -> Vec<String> {
+    let mut lines: Vec<String> = objects.into_iter().flat_map(|(_, l)| l.iter().cloned()).collect();
+    lines.sort();
+    lines
+}
+
+/// The built `sluice` binary.
+pub fn sluice() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.env("SLUICE_LOG", "error");
+    cmd
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `n` generated records of `profile` for `seed`, as lines.
+pub fn generated(profile: sluice_connectors::synth::Profile, seed: u64, n: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    sluice_connectors::synth::write_ndjson(profile, seed, n, &mut out).unwrap_or_else(|e| panic!("{e}"));
+    String::from_utf8_lossy(&out).lines().map(str::to_string).collect()
+}
