@@ -110,8 +110,7 @@ fn bench(c: &mut Criterion) {
 fn print_ratios() {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../criterion/file_to_object_store");
     let mean = |id: &str| -> Option<f64> {
-        let dir = id.replace([' ', '='], "_");
-        let text = std::fs::read_to_string(root.join(dir).join("new/estimates.json")).ok()?;
+        let text = std::fs::read_to_string(root.join(id).join("new/estimates.json")).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         v["mean"]["point_estimate"].as_f64()
     };

@@ -73,6 +73,15 @@ impl PipelineMetrics {
         }
     }
 
+    /// Notes an error that stopped a source (once, however many workers hit it).
+    pub fn report_source_error(&self, error: String) {
+        if let Ok(mut errors) = self.source_errors.lock()
+            && !errors.contains(&error)
+        {
+            errors.push(error);
+        }
+    }
+
     /// Records read by every source.
     pub fn records_in(&self) -> u64 {
         self.sources.iter().map(|s| s.records.load(Relaxed)).sum()

@@ -114,9 +114,7 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
                     )),
                     Err(e) => {
                         tracing::error!(source = %s.name, error = %e, "source cannot start");
-                        if let Ok(mut errors) = context.metrics.source_errors.lock() {
-                            errors.push(format!("source `{}`: {e}", s.name));
-                        }
+                        context.metrics.report_source_error(format!("source `{}`: {e}", s.name));
                         None
                     }
                 })

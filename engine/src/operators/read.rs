@@ -80,9 +80,7 @@ pub fn read_source<'scope>(
                         }
                         Err(e) => {
                             tracing::error!(source = %source_name, error = %e, "source stopped");
-                            if let Ok(mut errors) = metrics.source_errors.lock() {
-                                errors.push(format!("source `{source_name}`: {e}"));
-                            }
+                            metrics.report_source_error(format!("source `{source_name}`: {e}"));
                             capability = None;
                             return;
                         }
