@@ -2,8 +2,12 @@
 //! whole pipelines against real components on 127.0.0.1 (an S3-protocol server, the file system,
 //! the `sluice` binary itself).
 
+// A failed set-up or check should stop a test with its reason: panicking is the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
 mod config_errors;
+mod parquet;
 mod pipelines;
 mod s3;
 mod support;

@@ -14,11 +14,15 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::columnar::ParquetObjectWriter;
 use crate::config::SinkSettings;
-use crate::encode::{ObjectWriter, RecordEncoder};
+use crate::encode::{Format, ObjectWriter, RecordEncoder};
 use crate::error_output::{ErrorDocument, output_type};
 use crate::record::{RecordBatch, now_ms};
 use crate::traits::Payload;
+
+/// Firehose-style error code of a record that could not be converted to the sink's format.
+pub const MALFORMED_DATA: &str = "DataFormatConversion.MalformedData";
 
 /// Whether an object holds delivered records or failed ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +51,35 @@ pub struct SealedObject {
     pub payload: Payload,
 }
 
+/// What an open object is written with.
+#[derive(Debug)]
+enum DataWriter {
+    /// Encoded bytes through a stream compressor (raw, NDJSON, CSV, error documents).
+    Text(Box<ObjectWriter>),
+    /// Rows into a Parquet file.
+    Parquet(Box<ParquetObjectWriter>),
+}
+
+impl DataWriter {
+    /// Bytes counted against the size hint (before compression).
+    fn size(&self) -> u64 {
+        match self {
+            DataWriter::Text(w) => w.uncompressed_len(),
+            DataWriter::Parquet(w) => w.input_bytes(),
+        }
+    }
+
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            DataWriter::Text(w) => w.finish(),
+            DataWriter::Parquet(w) => Ok(w.finish()?),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct OpenObject {
-    writer: ObjectWriter,
+    writer: DataWriter,
     opened: Instant,
     oldest_arrival_ms: i64,
     epoch: u64,
@@ -81,10 +111,63 @@ impl ObjectBatcher {
         ObjectBatcher { settings, encoder, data: None, errors: BTreeMap::new(), scratch: Vec::new() }
     }
 
-    fn open(&self, epoch: u64, arrival_ms: i64, now: Instant, header: &[u8]) -> std::io::Result<OpenObject> {
+    fn open_text(&self, epoch: u64, arrival_ms: i64, now: Instant, header: &[u8]) -> std::io::Result<OpenObject> {
         let mut writer = ObjectWriter::new(self.settings.compression)?;
         writer.write(header)?;
-        Ok(OpenObject { writer, opened: now, oldest_arrival_ms: arrival_ms, epoch, records: 0 })
+        Ok(OpenObject {
+            writer: DataWriter::Text(Box::new(writer)),
+            opened: now,
+            oldest_arrival_ms: arrival_ms,
+            epoch,
+            records: 0,
+        })
+    }
+
+    fn open_data(&self, epoch: u64, arrival_ms: i64, now: Instant) -> std::io::Result<OpenObject> {
+        match &self.settings.format {
+            Format::Parquet(spec) => {
+                let writer = ParquetObjectWriter::new(Arc::clone(&spec.converter), spec.options.clone())?;
+                Ok(OpenObject {
+                    writer: DataWriter::Parquet(Box::new(writer)),
+                    opened: now,
+                    oldest_arrival_ms: arrival_ms,
+                    epoch,
+                    records: 0,
+                })
+            }
+            _ => self.open_text(epoch, arrival_ms, now, &self.encoder.header()),
+        }
+    }
+
+    /// Adds one record to the open data object (opening one if needed); `Ok(Err(reason))` when the
+    /// record cannot be converted, in which case nothing of it was added.
+    fn append_data(
+        &mut self,
+        record: &[u8],
+        epoch: u64,
+        arrival_ms: i64,
+        now: Instant,
+    ) -> std::io::Result<Result<(), String>> {
+        if !self.settings.format.is_columnar() {
+            self.scratch.clear();
+            if let Err(e) = self.encoder.encode(record, &mut self.scratch) {
+                return Ok(Err(e.to_string()));
+            }
+        }
+        if self.data.is_none() {
+            self.data = Some(self.open_data(epoch, arrival_ms, now)?);
+        }
+        let Some(object) = self.data.as_mut() else { return Ok(Ok(())) };
+        match &mut object.writer {
+            DataWriter::Text(w) => w.write(&self.scratch)?,
+            DataWriter::Parquet(w) => {
+                if let Err(e) = w.append(record)? {
+                    return Ok(Err(e.to_string()));
+                }
+            }
+        }
+        object.include(epoch, arrival_ms);
+        Ok(Ok(()))
     }
 
     /// Encodes every record of `batch` (which arrived at `epoch`) into the open objects; objects
@@ -98,35 +181,27 @@ impl ObjectBatcher {
     ) -> std::io::Result<()> {
         let size_limit = self.settings.hints.size_bytes;
         for record in batch.iter() {
-            self.scratch.clear();
-            match self.encoder.encode(record, &mut self.scratch) {
+            match self.append_data(record, epoch, batch.arrival_ms, now)? {
                 Ok(()) => {
-                    if self.data.is_none() {
-                        self.data = Some(self.open(epoch, batch.arrival_ms, now, &self.encoder.header())?);
-                    }
-                    if let Some(object) = self.data.as_mut() {
-                        object.include(epoch, batch.arrival_ms);
-                        object.writer.write(&self.scratch)?;
-                        if object.writer.uncompressed_len() >= size_limit {
-                            self.seal_data(sealed)?;
-                        }
+                    if self.data.as_ref().is_some_and(|o| o.writer.size() >= size_limit) {
+                        self.seal_data(sealed)?;
                     }
                 }
-                Err(e) => {
-                    let message = e.to_string();
-                    let ended = now_ms();
+                Err(message) => {
                     self.scratch.clear();
-                    ErrorDocument::new(record, batch.arrival_ms, e.code(), &message, 1, ended)
+                    ErrorDocument::new(record, batch.arrival_ms, MALFORMED_DATA, &message, 1, now_ms())
                         .write_line(&mut self.scratch);
                     let kind = output_type::FORMAT_CONVERSION_FAILED;
                     if !self.errors.contains_key(kind) {
-                        let object = self.open(epoch, batch.arrival_ms, now, &[])?;
+                        let object = self.open_text(epoch, batch.arrival_ms, now, &[])?;
                         self.errors.insert(kind, object);
                     }
                     if let Some(object) = self.errors.get_mut(kind) {
                         object.include(epoch, batch.arrival_ms);
-                        object.writer.write(&self.scratch)?;
-                        if object.writer.uncompressed_len() >= size_limit {
+                        if let DataWriter::Text(w) = &mut object.writer {
+                            w.write(&self.scratch)?;
+                        }
+                        if object.writer.size() >= size_limit {
                             self.seal_errors(kind, sealed)?;
                         }
                     }
@@ -137,17 +212,16 @@ impl ObjectBatcher {
     }
 
     fn seal_data(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
-        if let Some(object) = self.data.take() {
+        // An object whose every record failed conversion holds nothing worth storing.
+        if let Some(object) = self.data.take().filter(|o| o.records > 0) {
             let s = &self.settings;
-            let extension = format!("{}{}", s.format.extension(), s.compression.extension());
+            let (extension, encoding) = if s.format.is_columnar() {
+                (s.format.extension().to_string(), None)
+            } else {
+                (format!("{}{}", s.format.extension(), s.compression.extension()), s.compression.content_encoding())
+            };
             let key = s.keys.data_key(object.oldest_arrival_ms, &extension);
-            sealed.push(seal(
-                object,
-                key,
-                ObjectKind::Data,
-                s.format.content_type(),
-                s.compression.content_encoding(),
-            )?);
+            sealed.push(seal(object, key, ObjectKind::Data, s.format.content_type(), encoding)?);
         }
         Ok(())
     }
@@ -215,7 +289,7 @@ fn seal(
     content_type: &'static str,
     content_encoding: Option<&'static str>,
 ) -> std::io::Result<SealedObject> {
-    let raw_bytes = object.writer.uncompressed_len();
+    let raw_bytes = object.writer.size();
     let body = object.writer.finish()?;
     Ok(SealedObject {
         kind,

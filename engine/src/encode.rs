@@ -22,11 +22,18 @@ pub enum Format {
         /// Column names, also the JSON keys read.
         columns: Vec<String>,
     },
+    /// Parquet files written against a declared schema (pages compressed inside the file).
+    Parquet(crate::columnar::ParquetSpec),
 }
 
 impl Format {
     /// Names accepted in config.
-    pub const NAMES: &'static [&'static str] = &["raw", "ndjson", "csv"];
+    pub const NAMES: &'static [&'static str] = &["raw", "ndjson", "csv", "parquet"];
+
+    /// Whether the format compresses inside its own container (Parquet) instead of as a stream.
+    pub fn is_columnar(&self) -> bool {
+        matches!(self, Format::Parquet(_))
+    }
 
     /// MIME type of an uncompressed object.
     pub fn content_type(&self) -> &'static str {
@@ -34,6 +41,7 @@ impl Format {
             Format::Raw => "application/octet-stream",
             Format::Ndjson => "application/x-ndjson",
             Format::Csv { .. } => "text/csv",
+            Format::Parquet(_) => "application/vnd.apache.parquet",
         }
     }
 
@@ -41,6 +49,7 @@ impl Format {
     pub fn extension(&self) -> &'static str {
         match self {
             Format::Csv { .. } => ".csv",
+            Format::Parquet(_) => ".parquet",
             _ => "",
         }
     }
@@ -106,13 +115,6 @@ pub enum EncodeError {
     NotAnObject(&'static str),
 }
 
-impl EncodeError {
-    /// Firehose-style error code for the error document.
-    pub fn code(&self) -> &'static str {
-        "DataFormatConversion.MalformedData"
-    }
-}
-
 /// Turns records into encoded bytes for one format.
 #[derive(Debug)]
 pub struct RecordEncoder {
@@ -142,9 +144,11 @@ impl RecordEncoder {
         }
     }
 
-    /// Appends the encoded form of `record` to `out`; on error `out` is unchanged.
+    /// Appends the encoded form of `record` to `out`; on error `out` is unchanged. Columnar formats
+    /// are not encoded record by record: they leave `out` unchanged.
     pub fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match &self.format {
+            Format::Parquet(_) => {}
             Format::Raw => out.extend_from_slice(record),
             Format::Ndjson => {
                 out.extend_from_slice(record);

@@ -5,6 +5,7 @@
 //! Connectors (sources and sinks) live in `sluice-connectors`; they never batch, encode or compress.
 
 pub mod buffer;
+pub mod columnar;
 pub mod config;
 pub mod encode;
 pub mod error_output;

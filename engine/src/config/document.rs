@@ -261,6 +261,69 @@ impl Section {
         }
     }
 
+    /// Takes a boolean.
+    pub fn take_bool(&mut self, key: &str, problems: &mut Vec<Diagnostic>) -> Option<Spanned<bool>> {
+        let value = self.take(key)?;
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Boolean(b) => Some(Spanned::new(span, b)),
+            other => {
+                problems.push(
+                    Diagnostic::new(
+                        span,
+                        format!("{} must be true or false, found {}", self.label(key), type_name(&other)),
+                    )
+                    .with_hint("write true or false, without quotes"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Takes an array of tables (`[[key]]` or `key = [{...}, ...]`).
+    pub fn take_table_array(&mut self, key: &str, problems: &mut Vec<Diagnostic>) -> Option<Vec<Section>> {
+        let value = self.take(key)?;
+        let span = value.span();
+        let label = self.label(key);
+        let path = if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) };
+        match value.into_inner() {
+            DeValue::Array(items) => Some(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| Section::from_value(format!("{path}[{i}]"), item, problems))
+                    .collect(),
+            ),
+            other => {
+                problems.push(
+                    Diagnostic::new(span, format!("{label} must be an array of tables, found {}", type_name(&other)))
+                        .with_hint(format!("write each entry as [[{path}]]")),
+                );
+                None
+            }
+        }
+    }
+
+    /// Takes a table whose values are all strings.
+    pub fn take_string_map(
+        &mut self,
+        key: &str,
+        problems: &mut Vec<Diagnostic>,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        let table = self.take_table(key, problems)?;
+        let mut out = std::collections::BTreeMap::new();
+        for (k, span, v) in table.into_entries() {
+            match v.into_inner() {
+                DeValue::String(s) => {
+                    out.insert(k, s.into_owned());
+                }
+                other => problems
+                    .push(Diagnostic::new(span, format!("`{key}.{k}` must be a string, found {}", type_name(&other)))),
+            }
+        }
+        Some(out)
+    }
+
     /// Reports every key still in the table as unknown; `known` lists the accepted keys for hints.
     pub fn deny_unknown(self, known: &[&str], problems: &mut Vec<Diagnostic>) {
         for (key, span) in self.keys() {

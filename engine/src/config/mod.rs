@@ -4,6 +4,7 @@
 //! Guarantees: a file either resolves completely or yields every problem found, each with
 //! file:line:col, what was expected and a hint; nothing is half-applied.
 
+mod columnar;
 pub mod diagnostic;
 pub mod document;
 mod resolve;

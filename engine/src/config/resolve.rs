@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::columnar::take_parquet_spec;
 use super::diagnostic::{Diagnostic, did_you_mean};
 use super::document::{Section, join_ticked};
 use crate::encode::{Compression, Format};
@@ -35,6 +36,9 @@ impl BufferingHints {
     /// Firehose's S3 defaults: 5 MB, 300 s.
     pub const DEFAULT: BufferingHints =
         BufferingHints { size_bytes: 5 * 1024 * 1024, interval: Duration::from_secs(300) };
+    /// Firehose's defaults with format conversion: 128 MB, 300 s (and at least 64 MB).
+    pub const DEFAULT_FOR_CONVERSION: BufferingHints =
+        BufferingHints { size_bytes: 128 * 1024 * 1024, interval: Duration::from_secs(300) };
 }
 
 /// Everything the engine needs to build a sink's objects.
@@ -121,6 +125,7 @@ impl Plan {
                     Format::Raw => "raw".to_string(),
                     Format::Ndjson => "ndjson".to_string(),
                     Format::Csv { columns } => format!("csv({})", columns.join(",")),
+                    Format::Parquet(spec) => format!("parquet({} columns)", spec.converter.schema().columns.len()),
                 },
                 st.compression,
                 st.hints.size_bytes / (1024 * 1024),
@@ -134,8 +139,21 @@ impl Plan {
 
 const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "sources", "sinks"];
 /// Keys of a sink table that the engine reads (the rest belong to the connector).
-pub const SINK_ENGINE_KEYS: &[&str] =
-    &["type", "inputs", "format", "compression", "columns", "buffer", "prefix", "error_prefix", "time_zone", "retry"];
+pub const SINK_ENGINE_KEYS: &[&str] = &[
+    "type",
+    "inputs",
+    "format",
+    "compression",
+    "columns",
+    "buffer",
+    "prefix",
+    "error_prefix",
+    "time_zone",
+    "retry",
+    "schema",
+    "parquet",
+    "json",
+];
 const PIPELINE_KEYS: &[&str] = &["name", "workers"];
 
 fn valid_stream_name(name: &str) -> bool {
@@ -236,7 +254,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
             for &i in inputs.iter().flatten() {
                 used[i] = true;
             }
-            let settings = take_sink_settings(&mut section, &name, &mut problems);
+            let settings = take_sink_settings(&mut section, &name, base_dir, &mut problems);
             let (Some(type_name), Some(inputs), Some(settings)) = (type_name, inputs, settings) else {
                 continue;
             };
@@ -357,7 +375,28 @@ fn take_inputs(
     ok.then_some(indices)
 }
 
-fn take_sink_settings(section: &mut Section, stream: &str, problems: &mut Vec<Diagnostic>) -> Option<SinkSettings> {
+fn take_sink_settings(
+    section: &mut Section,
+    stream: &str,
+    base_dir: &Path,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<SinkSettings> {
+    // `compression` is read before the format: Parquet's default (snappy) differs from the others (none).
+    let mut compression_ok = true;
+    let compression = match section.take_string("compression", problems) {
+        None => None,
+        Some(c) => match Compression::from_name(c.get_ref()) {
+            Some(c) => Some(c),
+            None => {
+                compression_ok = false;
+                problems.push(
+                    Diagnostic::new(c.span(), format!("unknown compression `{}`", c.get_ref()))
+                        .with_hint(format!("use one of {}", join_ticked(Compression::NAMES))),
+                );
+                None
+            }
+        },
+    };
     let format_name = section.take_string("format", problems);
     let columns = section.take_string_list("columns", problems);
     let format = match format_name.as_ref().map(|f| f.get_ref().as_str()) {
@@ -376,6 +415,10 @@ fn take_sink_settings(section: &mut Section, stream: &str, problems: &mut Vec<Di
                 None
             }
         },
+        Some("parquet") => {
+            let span = format_name.as_ref().map(|f| f.span()).unwrap_or_default();
+            take_parquet_spec(section, compression, base_dir, span, problems).map(Format::Parquet)
+        }
         Some(other) => {
             let span = format_name.as_ref().map(|f| f.span()).unwrap_or_default();
             problems.push(
@@ -393,20 +436,16 @@ fn take_sink_settings(section: &mut Section, stream: &str, problems: &mut Vec<Di
                 .with_hint("remove it or set format = \"csv\""),
         );
     }
-    let compression = match section.take_string("compression", problems) {
-        None => Some(Compression::None),
-        Some(c) => match Compression::from_name(c.get_ref()) {
-            Some(c) => Some(c),
-            None => {
-                problems.push(
-                    Diagnostic::new(c.span(), format!("unknown compression `{}`", c.get_ref()))
-                        .with_hint(format!("use one of {}", join_ticked(Compression::NAMES))),
-                );
-                None
-            }
-        },
+    // By name: a Parquet sink whose schema failed still gets Parquet's buffering rules checked.
+    let columnar = format_name.as_ref().is_some_and(|f| f.get_ref() == "parquet");
+    let compression = if compression_ok {
+        Some(compression.unwrap_or(if columnar { Compression::Snappy } else { Compression::None }))
+    } else {
+        None
     };
+    let buffer_span = section.key_span("buffer");
     let hints = match section.take_table("buffer", problems) {
+        None if columnar => Some(BufferingHints::DEFAULT_FOR_CONVERSION),
         None => Some(BufferingHints::DEFAULT),
         Some(mut b) => {
             let before = problems.len();
@@ -439,6 +478,20 @@ fn take_sink_settings(section: &mut Section, stream: &str, problems: &mut Vec<Di
             }
         }
     };
+    if columnar
+        && let Some(h) = hints
+        && h.size_bytes < BufferingHints::DEFAULT_FOR_CONVERSION.size_bytes / 2
+    {
+        problems.push(
+            Diagnostic::new(
+                buffer_span.clone().unwrap_or(section.span.clone()),
+                "with format = \"parquet\", `buffer.size_mb` must be at least 64",
+            )
+            .with_hint(
+                "Firehose requires 64..=128 MB with format conversion (default 128); small objects make slow tables",
+            ),
+        );
+    }
     let time_zone = match section.take_string("time_zone", problems) {
         None => Some(chrono_tz::Tz::UTC),
         Some(z) => match z.get_ref().parse::<chrono_tz::Tz>() {
