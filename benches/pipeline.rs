@@ -1,9 +1,14 @@
-//! End-to-end throughput: `file → ndjson + gzip(6) → file://` and `file → ndjson + zstd(3) → file://`
-//! with 1 and 2 workers, against `pigz -6 -p 2` and `zstd -3 -T2` on the same file, all in one
-//! invocation so the ratios compare runs on the same (shared, noisy) machine.
+//! End-to-end throughput, each sluice run beside its baseline in the same invocation so the ratios
+//! compare runs on the same (shared, noisy) machine:
+//! - `file → ndjson + gzip(6) → file://` and `+ zstd(3)`, 1 and 2 workers, vs `pigz -6 -p 2` and
+//!   `zstd -3 -T2`;
+//! - `file → parquet (snappy | zstd) → file://`, 1 and 2 workers, vs the DuckDB CLI's
+//!   `COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet)` with 2 threads.
 //!
-//! `cargo bench --bench pipeline` (input size: `SLUICE_BENCH_MB`, default 200; the baselines need
-//! `pigz` and `zstd` on the PATH, e.g. `apt-get install pigz zstd`, and are skipped without them).
+//! `cargo bench --bench pipeline` (input size: `SLUICE_BENCH_MB`, default 200). Baselines: `pigz` and
+//! `zstd` from the PATH (`apt-get install pigz zstd`), `duckdb` from the PATH or
+//! target/bench-venv (`python3 -m venv target/bench-venv && target/bench-venv/bin/pip install -r
+//! benches/requirements.txt`); a missing baseline is skipped with a note.
 
 // A benchmark has no caller to report to: a failed set-up aborts it with its reason.
 #![allow(clippy::expect_used)]
@@ -35,7 +40,13 @@ fn input_file() -> (PathBuf, u64) {
     (path, len)
 }
 
-fn pipeline(input: &Path, out: &Path, compression: &str) -> String {
+fn pipeline(input: &Path, out: &Path, format: &str, compression: &str) -> String {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/schemas/cloudfront.toml");
+    let (size_mb, extra) = if format == "parquet" {
+        (128, format!("schema = \"{}\"\nparquet = {{ row_group_mb = 128 }}\n", schema.display()))
+    } else {
+        (64, String::new())
+    };
     format!(
         r#"
 [pipeline]
@@ -47,13 +58,32 @@ paths = ["{}"]
 type = "object_store"
 inputs = ["logs"]
 url = "file://{}"
-format = "ndjson"
+format = "{format}"
 compression = "{compression}"
-buffer = {{ size_mb = 64, interval_s = 900 }}
-"#,
+buffer = {{ size_mb = {size_mb}, interval_s = 900 }}
+{extra}"#,
         input.display(),
         out.display()
     )
+}
+
+/// The DuckDB CLI: on the PATH, or in target/bench-venv.
+fn duckdb() -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-venv/bin/duckdb");
+    if venv.exists() {
+        return Some(venv);
+    }
+    have("duckdb").then(|| PathBuf::from("duckdb"))
+}
+
+fn run_duckdb(duckdb: &Path, input: &Path, out: &Path, codec: &str) {
+    let sql = format!(
+        "SET threads = 2; COPY (SELECT * FROM read_json('{}', format = 'newline_delimited')) TO '{}' (FORMAT parquet, COMPRESSION {codec});",
+        input.display(),
+        out.join("duckdb.parquet").display()
+    );
+    let status = Command::new(duckdb).arg("-c").arg(sql).stdout(Stdio::null()).status().expect("duckdb");
+    assert!(status.success());
 }
 
 fn run_sluice(toml: &str, workers: usize) {
@@ -94,8 +124,35 @@ fn bench(c: &mut Criterion) {
             eprintln!("{tool} not found: baseline skipped");
         }
         for workers in [1, 2] {
-            let toml = pipeline(&input, out.path(), compression);
+            let toml = pipeline(&input, out.path(), "ndjson", compression);
             group.bench_function(format!("sluice {compression} workers={workers}"), |b| {
+                b.iter(|| {
+                    run_sluice(&toml, workers);
+                    let _ = std::fs::remove_dir_all(out.path());
+                })
+            });
+        }
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("json_to_parquet");
+    group.sample_size(10).measurement_time(Duration::from_secs(30)).throughput(Throughput::Bytes(len));
+    for codec in ["snappy", "zstd"] {
+        match duckdb() {
+            Some(duckdb) => {
+                group.bench_function(format!("duckdb {codec} threads=2"), |b| {
+                    b.iter(|| {
+                        std::fs::create_dir_all(out.path()).expect("bench output");
+                        run_duckdb(&duckdb, &input, out.path(), codec);
+                        let _ = std::fs::remove_dir_all(out.path());
+                    })
+                });
+            }
+            None => eprintln!("duckdb not found: baseline skipped (see benches/requirements.txt)"),
+        }
+        for workers in [1, 2] {
+            let toml = pipeline(&input, out.path(), "parquet", codec);
+            group.bench_function(format!("sluice parquet {codec} workers={workers}"), |b| {
                 b.iter(|| {
                     run_sluice(&toml, workers);
                     let _ = std::fs::remove_dir_all(out.path());
@@ -108,18 +165,24 @@ fn bench(c: &mut Criterion) {
 
 /// Prints each sluice run's speed as a ratio to its baseline, from criterion's estimates.
 fn print_ratios() {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../criterion/file_to_object_store");
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../criterion");
     let mean = |id: &str| -> Option<f64> {
         let text = std::fs::read_to_string(root.join(id).join("new/estimates.json")).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         v["mean"]["point_estimate"].as_f64()
     };
     println!("\nratios (baseline time / sluice time; > 1 means sluice is faster):");
-    for (compression, baseline) in [("gzip", "pigz -6 -p 2"), ("zstd", "zstd -3 -T2")] {
+    let pairs = [
+        ("file_to_object_store", "sluice gzip", "pigz -6 -p 2"),
+        ("file_to_object_store", "sluice zstd", "zstd -3 -T2"),
+        ("json_to_parquet", "sluice parquet snappy", "duckdb snappy threads=2"),
+        ("json_to_parquet", "sluice parquet zstd", "duckdb zstd threads=2"),
+    ];
+    for (group, sluice, baseline) in pairs {
         for workers in [1, 2] {
-            let id = format!("sluice {compression} workers={workers}");
-            if let (Some(b), Some(s)) = (mean(baseline), mean(&id)) {
-                println!("  {id:<28} vs {baseline:<14} {:.2}x", b / s);
+            let id = format!("{sluice} workers={workers}");
+            if let (Some(b), Some(s)) = (mean(&format!("{group}/{baseline}")), mean(&format!("{group}/{id}"))) {
+                println!("  {id:<34} vs {baseline:<24} {:.2}x", b / s);
             }
         }
     }

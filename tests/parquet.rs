@@ -186,7 +186,7 @@ fn every_type_round_trips_through_pyarrow_and_duckdb_and_misfits_go_to_the_error
         ("column `id`", "not nullable"),
         ("column `ts`", "yesterday"),
         ("column `name`", "far too long name"),
-        ("column `(record)`", "not valid JSON"),
+        ("column `(record)`", "not a JSON object"),
     ] {
         assert!(
             messages.iter().any(|m| m.contains(needle) && m.contains(value)),

@@ -105,25 +105,33 @@ impl RowConverter {
         &self.schema
     }
 
+    /// The column a JSON key feeds, if any. Keys that need no normalizing are looked up as they are.
+    fn column_of(&self, key: &str, scratch: &mut String) -> Option<usize> {
+        let plain = !(self.options.case_insensitive && key.bytes().any(|b| b.is_ascii_uppercase() || b >= 0x80)
+            || self.options.dots_to_underscores && key.contains('.'));
+        if plain {
+            return self.lookup.get(key).copied();
+        }
+        scratch.clear();
+        scratch.push_str(&normalize(key, &self.options));
+        self.lookup.get(scratch.as_str()).copied()
+    }
+
     /// Converts every JSON object in `record` into a row appended to `rows`, or none of them.
+    ///
+    /// The top-level object is read key by key (no map is built): values of keys no column reads
+    /// are skipped without being materialized.
     pub fn convert(&self, record: &[u8], rows: &mut Vec<Vec<Cell>>) -> Result<usize, ConversionError> {
         let mut converted = Vec::new();
-        for value in serde_json::Deserializer::from_slice(record).into_iter::<Value>() {
-            let value = value
-                .map_err(|e| ConversionError { column: "(record)".into(), message: format!("not valid JSON: {e}") })?;
-            let Value::Object(map) = value else {
-                return fail("(record)", format!("expected a JSON object, found {}", short(&value)));
-            };
-            let mut slots: Vec<Option<&Value>> = vec![None; self.schema.columns.len()];
-            let mut key = String::new();
-            for (k, v) in &map {
-                key.clear();
-                key.push_str(k);
-                let normalized = normalize(&key, &self.options);
-                if let Some(&i) = self.lookup.get(&normalized) {
-                    slots[i] = Some(v);
-                }
-            }
+        let mut de = serde_json::Deserializer::from_slice(record);
+        let mut scratch = String::new();
+        loop {
+            let mut slots: Vec<Option<Value>> = vec![None; self.schema.columns.len()];
+            serde::de::DeserializeSeed::deserialize(
+                RowSeed { converter: self, slots: &mut slots, scratch: &mut scratch },
+                &mut de,
+            )
+            .map_err(|e| ConversionError { column: "(record)".into(), message: format!("not a JSON object: {e}") })?;
             let mut row = Vec::with_capacity(slots.len());
             for (column, slot) in self.schema.columns.iter().zip(slots) {
                 let cell = match slot {
@@ -136,9 +144,9 @@ impl RowConverter {
                 row.push(cell);
             }
             converted.push(row);
-        }
-        if converted.is_empty() {
-            return fail("(record)", "the record holds no JSON object".into());
+            if de.end().is_ok() {
+                break;
+            }
         }
         let n = converted.len();
         rows.extend(converted);
@@ -148,89 +156,101 @@ impl RowConverter {
     fn cell(
         &self,
         ty: &ColumnType,
-        v: &Value,
+        v: Value,
         formats: &[TimestampFormat],
         path: &str,
     ) -> Result<Cell, ConversionError> {
         if v.is_null() {
             return Ok(Cell::Null);
         }
-        let kind = |name: &str| format!("cannot read {} as {name}", short(v));
+        let kind = |v: &Value, name: &str| format!("cannot read {} as {name}", short(v));
         Ok(match ty {
             ColumnType::String => Cell::Str(text_of(v)),
             ColumnType::Varchar(n) | ColumnType::Char(n) => {
+                if let Value::String(s) = &v
+                    && s.len() <= *n as usize
+                {
+                    // Fast path: a string no longer in bytes than the limit is short enough in characters.
+                    return Ok(Cell::Str(text_of(v)));
+                }
+                let too_long = format!("{} is longer than {n} characters", short(&v));
                 let s = text_of(v);
                 if s.chars().count() > *n as usize {
-                    return fail(path, format!("{} is longer than {n} characters", short(v)));
+                    return fail(path, too_long);
                 }
                 Cell::Str(s)
             }
-            ColumnType::Boolean => match v {
+            ColumnType::Boolean => match &v {
                 Value::Bool(b) => Cell::Bool(*b),
                 Value::String(s) if s.eq_ignore_ascii_case("true") => Cell::Bool(true),
                 Value::String(s) if s.eq_ignore_ascii_case("false") => Cell::Bool(false),
-                _ => return fail(path, kind("boolean")),
+                _ => return fail(path, kind(&v, "boolean")),
             },
             ColumnType::TinyInt => {
-                Cell::Int(int_in(v, i8::MIN as i64, i8::MAX as i64).ok_or_else(|| err(path, kind("tinyint")))?)
+                Cell::Int(int_in(&v, i8::MIN as i64, i8::MAX as i64).ok_or_else(|| err(path, kind(&v, "tinyint")))?)
             }
             ColumnType::SmallInt => {
-                Cell::Int(int_in(v, i16::MIN as i64, i16::MAX as i64).ok_or_else(|| err(path, kind("smallint")))?)
+                Cell::Int(int_in(&v, i16::MIN as i64, i16::MAX as i64).ok_or_else(|| err(path, kind(&v, "smallint")))?)
             }
             ColumnType::Int => {
-                Cell::Int(int_in(v, i32::MIN as i64, i32::MAX as i64).ok_or_else(|| err(path, kind("int")))?)
+                Cell::Int(int_in(&v, i32::MIN as i64, i32::MAX as i64).ok_or_else(|| err(path, kind(&v, "int")))?)
             }
-            ColumnType::BigInt => Cell::Int(int_in(v, i64::MIN, i64::MAX).ok_or_else(|| err(path, kind("bigint")))?),
-            ColumnType::Float | ColumnType::Double => Cell::Float(match v {
-                Value::Number(n) => n.as_f64().ok_or_else(|| err(path, kind("a number")))?,
-                Value::String(s) => s.trim().parse().map_err(|_| err(path, kind("a number")))?,
-                _ => return fail(path, kind("a number")),
+            ColumnType::BigInt => {
+                Cell::Int(int_in(&v, i64::MIN, i64::MAX).ok_or_else(|| err(path, kind(&v, "bigint")))?)
+            }
+            ColumnType::Float | ColumnType::Double => Cell::Float(match &v {
+                Value::Number(n) => n.as_f64().ok_or_else(|| err(path, kind(&v, "a number")))?,
+                Value::String(s) => s.trim().parse().map_err(|_| err(path, kind(&v, "a number")))?,
+                _ => return fail(path, kind(&v, "a number")),
             }),
             ColumnType::Decimal { precision, scale } => {
-                let text = match v {
+                let text = match &v {
                     Value::Number(n) => n.to_string(),
                     Value::String(s) => s.trim().to_string(),
-                    _ => return fail(path, kind("decimal")),
+                    _ => return fail(path, kind(&v, "decimal")),
                 };
                 Cell::Decimal(
                     parse_decimal(&text, *precision, *scale)
-                        .map_err(|m| err(path, format!("{}: {m}", kind("decimal"))))?,
+                        .map_err(|m| err(path, format!("{}: {m}", kind(&v, "decimal"))))?,
                 )
             }
-            ColumnType::Date => {
-                Cell::Date(parse_date(v).ok_or_else(|| err(path, format!("{} (expected yyyy-MM-dd)", kind("date"))))?)
-            }
-            ColumnType::Timestamp => Cell::Micros(parse_timestamp(v, formats).ok_or_else(|| {
+            ColumnType::Date => Cell::Date(
+                parse_date(&v).ok_or_else(|| err(path, format!("{} (expected yyyy-MM-dd)", kind(&v, "date"))))?,
+            ),
+            ColumnType::Timestamp => Cell::Micros(parse_timestamp(&v, formats).ok_or_else(|| {
                 err(
                     path,
                     if formats.is_empty() {
                         format!(
                             "{} (expected ISO-8601, yyyy-MM-dd HH:mm:ss[.S], epoch seconds or milliseconds)",
-                            kind("timestamp")
+                            kind(&v, "timestamp")
                         )
                     } else {
-                        format!("{} with the column's formats", kind("timestamp"))
+                        format!("{} with the column's formats", kind(&v, "timestamp"))
                     },
                 )
             })?),
             ColumnType::Binary => match v {
-                Value::String(s) => Cell::Bytes(s.as_bytes().to_vec()),
-                _ => return fail(path, kind("binary")),
+                Value::String(s) => Cell::Bytes(s.into_bytes()),
+                other => return fail(path, kind(&other, "binary")),
             },
             ColumnType::Array(inner) => match v {
                 Value::Array(items) => {
                     let path = format!("{path}[]");
                     Cell::List(
-                        items.iter().map(|item| self.cell(inner, item, formats, &path)).collect::<Result<_, _>>()?,
+                        items
+                            .into_iter()
+                            .map(|item| self.cell(inner, item, formats, &path))
+                            .collect::<Result<_, _>>()?,
                     )
                 }
-                _ => return fail(path, kind("array")),
+                other => return fail(path, kind(&other, "array")),
             },
             ColumnType::Struct(fields) => match v {
                 Value::Object(map) => {
                     let mut cells = vec![Cell::Null; fields.len()];
                     for (k, value) in map {
-                        let k = normalize(k, &self.options);
+                        let k = normalize(&k, &self.options);
                         if let Some(i) = fields.iter().position(|(name, _)| normalize(name, &self.options) == k) {
                             let (name, ty) = &fields[i];
                             cells[i] = self.cell(ty, value, formats, &format!("{path}.{name}"))?;
@@ -238,20 +258,75 @@ impl RowConverter {
                     }
                     Cell::Struct(cells)
                 }
-                _ => return fail(path, kind("struct")),
+                other => return fail(path, kind(&other, "struct")),
             },
             ColumnType::Map(key_ty, value_ty) => match v {
                 Value::Object(map) => {
                     let mut entries = Vec::with_capacity(map.len());
                     for (k, value) in map {
-                        let key = self.cell(key_ty, &Value::String(k.clone()), formats, &format!("{path} key"))?;
-                        entries.push((key, self.cell(value_ty, value, formats, &format!("{path}[{k}]"))?));
+                        let value_path = format!("{path}[{k}]");
+                        let key = self.cell(key_ty, Value::String(k), formats, &format!("{path} key"))?;
+                        entries.push((key, self.cell(value_ty, value, formats, &value_path)?));
                     }
                     Cell::Map(entries)
                 }
-                _ => return fail(path, kind("map")),
+                other => return fail(path, kind(&other, "map")),
             },
         })
+    }
+}
+
+/// Reads one top-level JSON object into the column slots.
+struct RowSeed<'a> {
+    converter: &'a RowConverter,
+    slots: &'a mut Vec<Option<Value>>,
+    scratch: &'a mut String,
+}
+
+/// A key, borrowed from the record when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match self.converter.column_of(&key, self.scratch) {
+                Some(i) => self.slots[i] = Some(map.next_value::<Value>()?),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -268,9 +343,9 @@ fn normalize(key: &str, options: &JsonOptions) -> String {
 }
 
 /// A string column's text: strings as is, anything else as its JSON text.
-fn text_of(v: &Value) -> String {
+fn text_of(v: Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => s,
         other => other.to_string(),
     }
 }
