@@ -23,7 +23,7 @@ use sluice_connectors::registry;
 use sluice_connectors::synth::{Profile, write_ndjson};
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::runtime::{RunOptions, run};
-use sluice_engine::testkit::plan_from_str;
+use sluice_engine::testkit::{file_pipeline_toml, plan_from_str};
 
 fn input_file() -> (PathBuf, u64) {
     let mb: u64 = std::env::var("SLUICE_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
@@ -47,24 +47,10 @@ fn pipeline(input: &Path, out: &Path, format: &str, compression: &str) -> String
     } else {
         (64, String::new())
     };
-    format!(
-        r#"
-[pipeline]
-name = "bench"
-[sources.logs]
-type = "file"
-paths = ["{}"]
-[sinks.out]
-type = "object_store"
-inputs = ["logs"]
-url = "file://{}"
-format = "{format}"
-compression = "{compression}"
-buffer = {{ size_mb = {size_mb}, interval_s = 900 }}
-{extra}"#,
-        input.display(),
-        out.display()
-    )
+    let sink_keys = format!(
+        "format = \"{format}\"\ncompression = \"{compression}\"\nbuffer = {{ size_mb = {size_mb}, interval_s = 900 }}\n{extra}"
+    );
+    file_pipeline_toml("bench", input, &format!("file://{}", out.display()), &sink_keys)
 }
 
 /// The DuckDB CLI: on the PATH, or in target/bench-venv.

@@ -67,23 +67,17 @@ fn every_example_pipeline_validates() {
 
 #[test]
 fn validate_exits_1_with_positions_and_0_with_the_graph() {
-    let root = super::support::repo_root();
-    let out = super::support::sluice()
-        .arg("validate")
-        .arg(root.join("tests/fixtures/config/unknown_keys.toml"))
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let validate = |file: &str| {
+        super::support::sluice().arg("validate").arg(super::support::repo_root().join(file)).output().unwrap()
+    };
+    let out = validate("tests/fixtures/config/unknown_keys.toml");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown_keys.toml:3:1"), "{stderr}");
     assert!(stderr.contains("did you mean `workers`?"), "{stderr}");
     assert!(stderr.contains("3 errors"), "{stderr}");
 
-    let out = super::support::sluice()
-        .arg("validate")
-        .arg(root.join("pipelines/quickstart.toml"))
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out = validate("pipelines/quickstart.toml");
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("source demo") && stdout.contains("<- [demo]"), "{stdout}");

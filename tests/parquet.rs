@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use sluice_connectors::registry;
-use sluice_engine::testkit::run_pipeline;
+use sluice_engine::testkit::{file_pipeline_toml, run_pipeline};
 
 use super::support::{folder_objects, repo_root, sluice};
 
@@ -61,48 +61,33 @@ const RECORDS: &[&str] = &[
 ];
 
 fn lake_toml(input: &Path, out: &Path) -> String {
-    format!(
-        r#"
-[pipeline]
-name = "parquet-types"
-
-[sources.in]
-type = "file"
-paths = ["{input}"]
-
-[sinks.lake]
-type = "object_store"
-inputs = ["in"]
-url = "file://{out}"
+    let sink_keys = r#"
 format = "parquet"
 compression = "zstd"
-parquet = {{ row_group_mb = 1, writer_version = "v2" }}
-json = {{ dots_to_underscores = true, column_to_json_key = {{ ts = "timestamp" }} }}
+parquet = { row_group_mb = 1, writer_version = "v2" }
+json = { dots_to_underscores = true, column_to_json_key = { ts = "timestamp" } }
 prefix = "t/"
 
-[sinks.lake.schema]
+[sinks.out.schema]
 columns = [
-  {{ name = "id", type = "int", nullable = false }},
-  {{ name = "name", type = "varchar(8)" }},
-  {{ name = "ok", type = "boolean" }},
-  {{ name = "small", type = "tinyint" }},
-  {{ name = "big", type = "bigint" }},
-  {{ name = "ratio", type = "double" }},
-  {{ name = "price", type = "decimal(10,2)" }},
-  {{ name = "day", type = "date" }},
-  {{ name = "ts", type = "timestamp" }},
-  {{ name = "raw", type = "binary" }},
-  {{ name = "user_name", type = "string" }},
-  {{ name = "tags", type = "array<string>" }},
-  {{ name = "who", type = "struct<type:string,accountid:bigint>" }},
-  {{ name = "counts", type = "map<string,bigint>" }},
-  {{ name = "nested", type = "array<struct<a:int,b:array<string>>>" }},
-  {{ name = "seen", type = "timestamp", formats = ["dd/MM/yyyy HH:mm:ss", "epoch_millis"] }},
-]
-"#,
-        input = input.display(),
-        out = out.display()
-    )
+  { name = "id", type = "int", nullable = false },
+  { name = "name", type = "varchar(8)" },
+  { name = "ok", type = "boolean" },
+  { name = "small", type = "tinyint" },
+  { name = "big", type = "bigint" },
+  { name = "ratio", type = "double" },
+  { name = "price", type = "decimal(10,2)" },
+  { name = "day", type = "date" },
+  { name = "ts", type = "timestamp" },
+  { name = "raw", type = "binary" },
+  { name = "user_name", type = "string" },
+  { name = "tags", type = "array<string>" },
+  { name = "who", type = "struct<type:string,accountid:bigint>" },
+  { name = "counts", type = "map<string,bigint>" },
+  { name = "nested", type = "array<struct<a:int,b:array<string>>>" },
+  { name = "seen", type = "timestamp", formats = ["dd/MM/yyyy HH:mm:ss", "epoch_millis"] },
+]"#;
+    file_pipeline_toml("parquet-types", input, &format!("file://{}", out.display()), sink_keys)
 }
 
 #[test]

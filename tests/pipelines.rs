@@ -10,7 +10,7 @@ use sluice_connectors::registry;
 use sluice_connectors::synth::Profile;
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::runtime::{RunOptions, run};
-use sluice_engine::testkit::{plan_from_str, run_pipeline};
+use sluice_engine::testkit::{file_pipeline_toml, plan_from_str, run_pipeline};
 
 use super::support::{all_lines, generated, memory_objects};
 
@@ -93,23 +93,11 @@ fn a_record_that_is_not_json_goes_to_the_error_output_and_the_rest_is_delivered(
     let input = dir.path().join("in.ndjson");
     std::fs::write(&input, "{\"a\":1,\"b\":\"x\"}\nnot json at all\n{\"a\":2}\n[1,2]\n{\"b\":\"y,z\"}\n")
         .unwrap_or_else(|e| panic!("{e}"));
-    let toml = format!(
-        r#"
-[pipeline]
-name = "csv-test"
-[sources.in]
-type = "file"
-paths = ["{input}"]
-[sinks.table]
-type = "object_store"
-inputs = ["in"]
-url = "memory://csv-test/t"
-format = "csv"
-columns = ["a", "b"]
-compression = "gzip"
-prefix = "rows/"
-"#,
-        input = input.display()
+    let toml = file_pipeline_toml(
+        "csv-test",
+        &input,
+        "memory://csv-test/t",
+        "format = \"csv\"\ncolumns = [\"a\", \"b\"]\ncompression = \"gzip\"\nprefix = \"rows/\"",
     );
     let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap_or_else(|e| panic!("{e}"));
     let objects = memory_objects("csv-test");

@@ -18,6 +18,16 @@ pub fn plan_from_str(toml: &str, registry: &Registry) -> Result<Plan, Diagnostic
     load_str("pipeline.toml", toml.to_string(), Path::new("."), registry)
 }
 
+/// A pipeline `name` reading the files `input` (source `in`) into one object-store sink `out` at
+/// `url`; `sink_keys` are the sink's other keys as TOML lines (format, compression, schema, ...).
+pub fn file_pipeline_toml(name: &str, input: &Path, url: &str, sink_keys: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"{name}\"\n\n[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\n\n\
+         [sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"{url}\"\n{sink_keys}\n",
+        input.display()
+    )
+}
+
 /// Resolves and runs `toml` with `workers` workers; returns the report and the counters.
 pub fn run_pipeline(
     toml: &str,
