@@ -216,3 +216,42 @@ fn the_parquet_example_runs_and_writes_row_groups_with_statistics() {
     assert_eq!(found["useridentity"]["username"], first["userIdentity"]["userName"]);
     assert_eq!(found["recipientaccountid"], 123456789012i64);
 }
+
+#[test]
+fn an_inferred_schema_fits_the_first_records_and_later_misfits_go_to_the_error_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    // 1,000 records fix the schema (n: bigint, when: timestamp, user: struct); the 1,001st does not fit.
+    let mut lines: Vec<String> = (0..1000)
+        .map(|i| {
+            format!(r#"{{"N":{i},"when":"2026-11-01T00:00:{:02}Z","user":{{"Name":"u{i}"}},"tags":["t"]}}"#, i % 60)
+        })
+        .collect();
+    lines.push(r#"{"n":"not a number"}"#.to_string());
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = dir.path().join("lake");
+    let toml = file_pipeline_toml(
+        "inferred",
+        &input,
+        &format!("file://{}", out.display()),
+        "format = \"parquet\"\nschema = \"infer\"\nprefix = \"t/\"",
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 1000);
+    assert_eq!(metrics.sinks[0].records_failed.load(Relaxed), 1);
+    let files = read_back(&out);
+    assert_eq!(files.len(), 1);
+    let f = &files[0];
+    assert_eq!(f["schema"]["n"], "int64");
+    assert_eq!(f["schema"]["when"], "timestamp[us, tz=UTC]");
+    assert_eq!(f["schema"]["user"], "struct<name: string>");
+    assert_eq!(f["schema"]["tags"], "list<element: string>");
+    assert_eq!(f["num_rows"], 1000);
+    let rows = f["rows"].as_array().unwrap();
+    assert_eq!(rows[7], json!({"n": 7, "tags": ["t"], "user": {"name": "u7"}, "when": "2026-11-01T00:00:07+00:00"}));
+    let errors = folder_objects(&out);
+    let doc =
+        errors.iter().find(|(k, _)| k.starts_with("t/format-conversion-failed/")).map(|(_, l)| l[0].clone()).unwrap();
+    assert!(doc.contains("column `n`") && doc.contains("not a number"), "{doc}");
+}

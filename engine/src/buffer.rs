@@ -126,7 +126,7 @@ impl ObjectBatcher {
     fn open_data(&self, epoch: u64, arrival_ms: i64, now: Instant) -> std::io::Result<OpenObject> {
         match &self.settings.format {
             Format::Parquet(spec) => {
-                let writer = ParquetObjectWriter::new(Arc::clone(&spec.converter), spec.options.clone())?;
+                let writer = ParquetObjectWriter::new(&spec.schema, spec.options.clone())?;
                 Ok(OpenObject {
                     writer: DataWriter::Parquet(Box::new(writer)),
                     opened: now,

@@ -4,6 +4,7 @@
 //! SerDe does, and [`writer`] streams rows into row groups of a Parquet file.
 
 pub mod convert;
+pub mod infer;
 pub mod schema;
 pub mod writer;
 
@@ -11,20 +12,36 @@ use std::sync::Arc;
 
 pub use convert::{Cell, ConversionError, JsonOptions, RowConverter};
 pub use schema::{Column, ColumnType, TableSchema, TimestampFormat};
-pub use writer::{ParquetObjectWriter, ParquetOptions, ParquetWriteError};
+pub use writer::{ParquetObjectWriter, ParquetOptions, ParquetWriteError, SchemaSource};
 
-/// Everything a Parquet sink needs: the converter (schema + JSON options) and writer settings.
+/// Everything a Parquet sink needs: where the schema comes from (with the JSON options) and writer
+/// settings.
 #[derive(Debug, Clone)]
 pub struct ParquetSpec {
-    /// Schema and key matching.
-    pub converter: Arc<RowConverter>,
+    /// Declared schema, or inference per object.
+    pub schema: SchemaSource,
     /// Writer settings.
     pub options: ParquetOptions,
 }
 
+impl ParquetSpec {
+    /// Columns of a declared schema (`None` when inferred), for `sluice validate`.
+    pub fn declared_columns(&self) -> Option<usize> {
+        match &self.schema {
+            SchemaSource::Declared(c) => Some(c.schema().columns.len()),
+            SchemaSource::Infer(_) => None,
+        }
+    }
+}
+
 impl PartialEq for ParquetSpec {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.converter, &other.converter) && self.options == other.options
+        let same_schema = match (&self.schema, &other.schema) {
+            (SchemaSource::Declared(a), SchemaSource::Declared(b)) => Arc::ptr_eq(a, b),
+            (SchemaSource::Infer(a), SchemaSource::Infer(b)) => a == b,
+            _ => false,
+        };
+        same_schema && self.options == other.options
     }
 }
 

@@ -19,7 +19,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as ParquetCompression, GzipLevel, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 
-use super::convert::{Cell, ConversionError, RowConverter};
+use super::convert::{Cell, ConversionError, JsonOptions, RowConverter};
+use super::infer::{INFER_SAMPLE, infer_schema};
 use super::schema::{ColumnType, map_entries_field, struct_fields};
 
 /// Rows converted before they are handed to the Arrow writer.
@@ -83,6 +84,9 @@ pub enum ParquetWriteError {
     /// Parquet refused the batch.
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    /// A schema could not be inferred (or a sampled record did not fit it).
+    #[error("schema inference: {0}")]
+    Inference(String),
 }
 
 impl From<ParquetWriteError> for std::io::Error {
@@ -91,11 +95,29 @@ impl From<ParquetWriteError> for std::io::Error {
     }
 }
 
+/// Where an object's schema comes from.
+#[derive(Debug, Clone)]
+pub enum SchemaSource {
+    /// Declared in the config.
+    Declared(Arc<RowConverter>),
+    /// Inferred from the first records of each object, matching keys with these options.
+    Infer(JsonOptions),
+}
+
+/// Records held while an inferred schema is not fixed yet.
+#[derive(Debug, Default)]
+struct Sample {
+    records: Vec<Vec<u8>>,
+    objects: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// One Parquet object being built.
 pub struct ParquetObjectWriter {
-    converter: Arc<RowConverter>,
     options: ParquetOptions,
-    writer: ArrowWriter<Vec<u8>>,
+    /// The schema, and the writer built on it, once known.
+    writing: Option<(Arc<RowConverter>, ArrowWriter<Vec<u8>>)>,
+    /// With `schema = "infer"`, until the schema is fixed.
+    sample: Option<(JsonOptions, Sample)>,
     rows: Vec<Vec<Cell>>,
     input_bytes: u64,
 }
@@ -111,15 +133,84 @@ impl std::fmt::Debug for ParquetObjectWriter {
 
 impl ParquetObjectWriter {
     /// An empty object.
-    pub fn new(converter: Arc<RowConverter>, options: ParquetOptions) -> Result<Self, ParquetWriteError> {
+    pub fn new(schema: &SchemaSource, options: ParquetOptions) -> Result<Self, ParquetWriteError> {
+        let mut writer = ParquetObjectWriter {
+            options,
+            writing: None,
+            sample: None,
+            rows: Vec::with_capacity(CHUNK_ROWS),
+            input_bytes: 0,
+        };
+        match schema {
+            SchemaSource::Declared(converter) => writer.start(Arc::clone(converter))?,
+            SchemaSource::Infer(json) => writer.sample = Some((json.clone(), Sample::default())),
+        }
+        Ok(writer)
+    }
+
+    fn start(&mut self, converter: Arc<RowConverter>) -> Result<(), ParquetWriteError> {
         let schema = converter.schema().arrow_schema();
-        let writer = ArrowWriter::try_new(Vec::new(), schema, Some(options.properties()))?;
-        Ok(ParquetObjectWriter { converter, options, writer, rows: Vec::with_capacity(CHUNK_ROWS), input_bytes: 0 })
+        let writer = ArrowWriter::try_new(Vec::new(), schema, Some(self.options.properties()))?;
+        self.writing = Some((converter, writer));
+        Ok(())
+    }
+
+    /// Fixes an inferred schema from the sample and converts the sampled records under it.
+    fn infer_now(&mut self) -> Result<(), ParquetWriteError> {
+        let Some((json, sample)) = self.sample.take() else { return Ok(()) };
+        let schema = infer_schema(&sample.objects, &json);
+        if schema.columns.is_empty() {
+            return Err(ParquetWriteError::Inference("the sampled records have no keys".into()));
+        }
+        let converter = Arc::new(RowConverter::new(Arc::new(schema), json));
+        self.start(Arc::clone(&converter))?;
+        for record in &sample.records {
+            // Every sampled record fits the schema inferred from it; a failure here is a bug.
+            converter.convert(record, &mut self.rows).map_err(|e| ParquetWriteError::Inference(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Converts `record` into rows; on a conversion failure nothing is added.
     pub fn append(&mut self, record: &[u8]) -> Result<Result<(), ConversionError>, ParquetWriteError> {
-        if let Err(e) = self.converter.convert(record, &mut self.rows) {
+        if let Some((_, sample)) = self.sample.as_mut() {
+            let mut objects = Vec::new();
+            for value in serde_json::Deserializer::from_slice(record).into_iter::<serde_json::Value>() {
+                match value {
+                    Ok(serde_json::Value::Object(map)) => objects.push(map),
+                    Ok(other) => {
+                        let kind = if other.is_array() { "an array" } else { "not an object" };
+                        return Ok(Err(ConversionError {
+                            column: "(record)".into(),
+                            message: format!("not a JSON object: {kind}"),
+                        }));
+                    }
+                    Err(e) => {
+                        return Ok(Err(ConversionError {
+                            column: "(record)".into(),
+                            message: format!("not a JSON object: {e}"),
+                        }));
+                    }
+                }
+            }
+            if objects.is_empty() {
+                return Ok(Err(ConversionError {
+                    column: "(record)".into(),
+                    message: "not a JSON object: empty".into(),
+                }));
+            }
+            sample.objects.extend(objects);
+            sample.records.push(record.to_vec());
+            self.input_bytes += record.len() as u64;
+            if sample.records.len() >= INFER_SAMPLE {
+                self.infer_now()?;
+            }
+            return Ok(Ok(()));
+        }
+        let Some((converter, _)) = self.writing.as_ref() else {
+            return Err(ParquetWriteError::Inference("no schema".into()));
+        };
+        if let Err(e) = converter.convert(record, &mut self.rows) {
             return Ok(Err(e));
         }
         self.input_bytes += record.len() as u64;
@@ -135,10 +226,11 @@ impl ParquetObjectWriter {
     }
 
     fn write_chunk(&mut self) -> Result<(), ParquetWriteError> {
+        let Some((converter, writer)) = self.writing.as_mut() else { return Ok(()) };
         if self.rows.is_empty() {
             return Ok(());
         }
-        let schema = self.converter.schema();
+        let schema = converter.schema();
         let mut arrays = Vec::with_capacity(schema.columns.len());
         for (i, column) in schema.columns.iter().enumerate() {
             let cells: Vec<&Cell> = self.rows.iter().map(|r| &r[i]).collect();
@@ -146,17 +238,21 @@ impl ParquetObjectWriter {
         }
         let batch = RecordBatch::try_new(schema.arrow_schema(), arrays)?;
         self.rows.clear();
-        self.writer.write(&batch)?;
-        if self.writer.in_progress_size() >= self.options.row_group_bytes {
-            self.writer.flush()?;
+        writer.write(&batch)?;
+        if writer.in_progress_size() >= self.options.row_group_bytes {
+            writer.flush()?;
         }
         Ok(())
     }
 
     /// Writes the last rows and the footer; returns the file's bytes.
     pub fn finish(mut self) -> Result<Vec<u8>, ParquetWriteError> {
+        self.infer_now()?;
         self.write_chunk()?;
-        Ok(self.writer.into_inner()?)
+        match self.writing {
+            Some((_, writer)) => Ok(writer.into_inner()?),
+            None => Err(ParquetWriteError::Inference("no schema".into())),
+        }
     }
 }
 

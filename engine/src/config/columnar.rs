@@ -15,7 +15,8 @@ use super::diagnostic::{Diagnostic, Diagnostics};
 use super::document::{Section, Value, parse_document};
 use crate::columnar::schema::TYPE_NAMES;
 use crate::columnar::{
-    Column, ColumnType, JsonOptions, ParquetOptions, ParquetSpec, RowConverter, TableSchema, TimestampFormat,
+    Column, ColumnType, JsonOptions, ParquetOptions, ParquetSpec, RowConverter, SchemaSource, TableSchema,
+    TimestampFormat,
 };
 use crate::encode::Compression;
 
@@ -148,11 +149,13 @@ pub(super) fn take_parquet_spec(
     let schema = match section.take("schema") {
         None => {
             problems.push(Diagnostic::new(format_span, "format = \"parquet\" needs a `schema`").with_hint(
-                "schema = \"schemas/my-table.toml\", or an inline [sinks.<name>.schema] with [[...columns]]",
+                "schema = \"schemas/my-table.toml\", an inline [sinks.<name>.schema] with [[...columns]], or schema = \"infer\"",
             ));
             None
         }
-        Some(value) => schema_from_value(value, section.path.clone(), base_dir, problems),
+        // `Some(None)`: inferred.
+        Some(value) if value.get_ref().as_str() == Some("infer") => Some(None),
+        Some(value) => schema_from_value(value, section.path.clone(), base_dir, problems).map(Some),
     };
     let mut options =
         ParquetOptions { compression: compression.unwrap_or(Compression::Snappy), ..ParquetOptions::default() };
@@ -202,7 +205,11 @@ pub(super) fn take_parquet_spec(
     if problems.len() > before {
         return None;
     }
-    Some(ParquetSpec { converter: Arc::new(RowConverter::new(Arc::new(schema), json)), options })
+    let schema = match schema {
+        Some(declared) => SchemaSource::Declared(Arc::new(RowConverter::new(Arc::new(declared), json))),
+        None => SchemaSource::Infer(json),
+    };
+    Some(ParquetSpec { schema, options })
 }
 
 fn schema_from_value(

@@ -125,7 +125,10 @@ impl Plan {
                     Format::Raw => "raw".to_string(),
                     Format::Ndjson => "ndjson".to_string(),
                     Format::Csv { columns } => format!("csv({})", columns.join(",")),
-                    Format::Parquet(spec) => format!("parquet({} columns)", spec.converter.schema().columns.len()),
+                    Format::Parquet(spec) => match spec.declared_columns() {
+                        Some(n) => format!("parquet({n} columns)"),
+                        None => "parquet(schema inferred per object)".to_string(),
+                    },
                 },
                 st.compression,
                 st.hints.size_bytes / (1024 * 1024),
