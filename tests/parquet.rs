@@ -255,3 +255,28 @@ fn an_inferred_schema_fits_the_first_records_and_later_misfits_go_to_the_error_o
         errors.iter().find(|(k, _)| k.starts_with("t/format-conversion-failed/")).map(|(_, l)| l[0].clone()).unwrap();
     assert!(doc.contains("column `n`") && doc.contains("not a number"), "{doc}");
 }
+
+#[test]
+fn a_parquet_object_uploaded_in_parts_is_one_valid_file() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("lake");
+    let schema = repo_root().join("pipelines/schemas/cloudtrail.toml");
+    // Uncompressed pages and 1 MiB row groups: finished row groups pass 8 MiB, so parts go out
+    // before the object is sealed.
+    let toml = format!(
+        "[pipeline]\nname = \"pq-parts\"\n[sources.trail]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 30000\nseed = 9\n\
+         [sinks.lake]\ntype = \"object_store\"\ninputs = [\"trail\"]\nurl = \"file://{}\"\nformat = \"parquet\"\ncompression = \"none\"\n\
+         schema = \"{}\"\nparquet = {{ row_group_mb = 1, dictionary = false }}\n",
+        out.display(),
+        schema.display()
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(metrics.sinks[0].parts.load(Relaxed) >= 1, "no part was sent while the object grew");
+    let files = read_back(&out);
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0]["num_rows"], 30000);
+    assert!(files[0]["row_groups"].as_i64().unwrap() > 1, "{}", files[0]["row_groups"]);
+    assert_eq!(files[0]["missing_statistics"], json!([]));
+    assert_eq!(files[0]["duckdb_rows"], 30000);
+}

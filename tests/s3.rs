@@ -164,3 +164,27 @@ fn a_wrong_secret_is_refused_and_the_run_exits_1() {
     assert!(stdout.contains("UNDELIVERED 100 records"), "{stdout}");
     assert!(folder_objects(&server.root.join("b")).is_empty());
 }
+
+#[test]
+fn large_objects_are_uploaded_in_parts_while_they_grow() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("parts")).unwrap();
+    let server = S3Server::start(root.path());
+    // ~27 MB of records into one uncompressed object: three 8 MiB parts are sent before it is sealed.
+    let toml = format!(
+        "[pipeline]\nname = \"parts\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 30000\nseed = 5\n\
+         [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\n{}\nformat = \"ndjson\"\nbuffer = {{ size_mb = 128, interval_s = 900 }}\n",
+        server.sink_toml("parts", SECRET_KEY)
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
+    let m = &metrics.sinks[0];
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(m.parts.load(Relaxed) >= 3, "{} parts", m.parts.load(Relaxed));
+    assert_eq!(m.objects.load(Relaxed), 1);
+    assert_eq!(m.records_delivered.load(Relaxed), 30000);
+    let objects = folder_objects(&server.root.join("parts"));
+    assert_eq!(objects.len(), 1, "{:?}", objects.keys());
+    let mut expected = generated(Profile::Cloudtrail, 5, 30000);
+    expected.sort();
+    assert_eq!(all_lines(&objects), expected);
+}

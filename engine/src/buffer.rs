@@ -47,9 +47,33 @@ pub struct SealedObject {
     pub oldest_arrival_ms: i64,
     /// Bytes before compression.
     pub raw_bytes: u64,
-    /// What the sink stores.
+    /// What the sink stores (for a part, this part's bytes).
     pub payload: Payload,
+    /// A whole object, or one step of an object uploaded in parts.
+    pub upload: UploadStep,
 }
+
+/// How an object reaches its sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadStep {
+    /// In one piece, when sealed.
+    Whole,
+    /// A part of object `object` (numbered per batcher), uploaded while the object grows; more follow.
+    Part {
+        /// The object.
+        object: u64,
+    },
+    /// The last bytes of object `object`, sealed: upload them and complete the object.
+    Last {
+        /// The object.
+        object: u64,
+        /// Bytes already sent in parts.
+        sent: u64,
+    },
+}
+
+/// Size of the parts of an object uploaded while it grows (S3 wants at least 5 MiB but the last).
+pub const PART_BYTES: usize = 8 << 20;
 
 /// What an open object is written with.
 #[derive(Debug)]
@@ -75,6 +99,20 @@ impl DataWriter {
             DataWriter::Parquet(w) => Ok(w.finish()?),
         }
     }
+
+    fn output_len(&mut self) -> usize {
+        match self {
+            DataWriter::Text(w) => w.output_len(),
+            DataWriter::Parquet(w) => w.output_len(),
+        }
+    }
+
+    fn take_output(&mut self) -> Vec<u8> {
+        match self {
+            DataWriter::Text(w) => w.take_output(),
+            DataWriter::Parquet(w) => w.take_output(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -84,6 +122,10 @@ struct OpenObject {
     oldest_arrival_ms: i64,
     epoch: u64,
     records: u64,
+    /// Set when the first part is sent: the key and this object's number.
+    streaming: Option<(String, u64)>,
+    /// Bytes sent in parts.
+    sent: u64,
 }
 
 impl OpenObject {
@@ -98,6 +140,9 @@ impl OpenObject {
 #[derive(Debug)]
 pub struct ObjectBatcher {
     settings: Arc<SinkSettings>,
+    /// Upload objects in parts of this size while they grow (sinks that support it).
+    part_bytes: Option<usize>,
+    objects_streamed: u64,
     encoder: RecordEncoder,
     data: Option<OpenObject>,
     errors: BTreeMap<&'static str, OpenObject>,
@@ -108,7 +153,51 @@ impl ObjectBatcher {
     /// A batcher for a sink's settings.
     pub fn new(settings: Arc<SinkSettings>) -> Self {
         let encoder = RecordEncoder::new(settings.format.clone());
-        ObjectBatcher { settings, encoder, data: None, errors: BTreeMap::new(), scratch: Vec::new() }
+        ObjectBatcher {
+            settings,
+            part_bytes: None,
+            objects_streamed: 0,
+            encoder,
+            data: None,
+            errors: BTreeMap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Uploads data objects in parts of `part_bytes` while they grow (the sink must support it).
+    pub fn with_parts(mut self, part_bytes: usize) -> Self {
+        self.part_bytes = Some(part_bytes.max(1));
+        self
+    }
+
+    /// Sends the data object's finished bytes as a part once they reach the part size.
+    fn send_part_if_full(&mut self, sealed: &mut Vec<SealedObject>) {
+        let Some(part_bytes) = self.part_bytes else { return };
+        let Some(object) = self.data.as_mut() else { return };
+        if object.writer.output_len() < part_bytes {
+            return;
+        }
+        let s = &self.settings;
+        let (key, id) = object.streaming.get_or_insert_with(|| {
+            self.objects_streamed += 1;
+            (s.keys.data_key(object.oldest_arrival_ms, &data_extension(s)), self.objects_streamed)
+        });
+        let body = object.writer.take_output();
+        object.sent += body.len() as u64;
+        sealed.push(SealedObject {
+            kind: ObjectKind::Data,
+            epoch: object.epoch,
+            oldest_arrival_ms: object.oldest_arrival_ms,
+            raw_bytes: 0,
+            payload: Payload {
+                key: key.clone(),
+                body: Bytes::from(body),
+                content_type: s.format.content_type(),
+                content_encoding: data_encoding(s),
+                records: 0,
+            },
+            upload: UploadStep::Part { object: *id },
+        });
     }
 
     fn open_text(&self, epoch: u64, arrival_ms: i64, now: Instant, header: &[u8]) -> std::io::Result<OpenObject> {
@@ -120,6 +209,8 @@ impl ObjectBatcher {
             oldest_arrival_ms: arrival_ms,
             epoch,
             records: 0,
+            streaming: None,
+            sent: 0,
         })
     }
 
@@ -133,6 +224,8 @@ impl ObjectBatcher {
                     oldest_arrival_ms: arrival_ms,
                     epoch,
                     records: 0,
+                    streaming: None,
+                    sent: 0,
                 })
             }
             _ => self.open_text(epoch, arrival_ms, now, &self.encoder.header()),
@@ -185,6 +278,8 @@ impl ObjectBatcher {
                 Ok(()) => {
                     if self.data.as_ref().is_some_and(|o| o.writer.size() >= size_limit) {
                         self.seal_data(sealed)?;
+                    } else {
+                        self.send_part_if_full(sealed);
                     }
                 }
                 Err(message) => {
@@ -213,15 +308,20 @@ impl ObjectBatcher {
 
     fn seal_data(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
         // An object whose every record failed conversion holds nothing worth storing.
-        if let Some(object) = self.data.take().filter(|o| o.records > 0) {
+        // (A streamed object has records: parts are only cut after a record was added.)
+        if let Some(mut object) = self.data.take().filter(|o| o.records > 0) {
             let s = &self.settings;
-            let (extension, encoding) = if s.format.is_columnar() {
-                (s.format.extension().to_string(), None)
-            } else {
-                (format!("{}{}", s.format.extension(), s.compression.extension()), s.compression.content_encoding())
+            let streaming = object.streaming.take();
+            let key = match &streaming {
+                Some((key, _)) => key.clone(),
+                None => s.keys.data_key(object.oldest_arrival_ms, &data_extension(s)),
             };
-            let key = s.keys.data_key(object.oldest_arrival_ms, &extension);
-            sealed.push(seal(object, key, ObjectKind::Data, s.format.content_type(), encoding)?);
+            let sent = object.sent;
+            let mut sealed_object = seal(object, key, ObjectKind::Data, s.format.content_type(), data_encoding(s))?;
+            if let Some((_, id)) = streaming {
+                sealed_object.upload = UploadStep::Last { object: id, sent };
+            }
+            sealed.push(sealed_object);
         }
         Ok(())
     }
@@ -282,6 +382,20 @@ impl ObjectBatcher {
     }
 }
 
+/// Extension of a sink's data objects: `.parquet`, or the format's and the compression's.
+fn data_extension(s: &SinkSettings) -> String {
+    if s.format.is_columnar() {
+        s.format.extension().to_string()
+    } else {
+        format!("{}{}", s.format.extension(), s.compression.extension())
+    }
+}
+
+/// `Content-Encoding` of a sink's data objects (none for Parquet: it compresses inside).
+fn data_encoding(s: &SinkSettings) -> Option<&'static str> {
+    if s.format.is_columnar() { None } else { s.compression.content_encoding() }
+}
+
 fn seal(
     object: OpenObject,
     key: String,
@@ -297,6 +411,7 @@ fn seal(
         oldest_arrival_ms: object.oldest_arrival_ms,
         raw_bytes,
         payload: Payload { key, body: Bytes::from(body), content_type, content_encoding, records: object.records },
+        upload: UploadStep::Whole,
     })
 }
 

@@ -266,6 +266,26 @@ impl ObjectWriter {
         self.uncompressed
     }
 
+    fn output(&mut self) -> &mut Vec<u8> {
+        match &mut self.compressor {
+            Compressor::None(v) => v,
+            Compressor::Gzip(w) => w.get_mut(),
+            Compressor::Zstd(w) => w.get_mut(),
+            Compressor::Snappy(w) => w.get_mut(),
+        }
+    }
+
+    /// Compressed bytes produced and not yet taken.
+    pub fn output_len(&mut self) -> usize {
+        self.output().len()
+    }
+
+    /// Takes the compressed bytes produced so far (the object continues after them): a part of an
+    /// object uploaded while it grows.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(self.output())
+    }
+
     /// Finishes the stream and returns the compressed object.
     pub fn finish(mut self) -> std::io::Result<Vec<u8>> {
         self.compress_staged()?;

@@ -29,6 +29,8 @@ pub struct SinkMetrics {
     pub bytes_stored: AtomicU64,
     /// Data objects stored.
     pub objects: AtomicU64,
+    /// Parts uploaded while objects grew (objects uploaded in parts).
+    pub parts: AtomicU64,
     /// Records sent to the error output (and stored there).
     pub records_failed: AtomicU64,
     /// Error-output objects stored.

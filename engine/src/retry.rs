@@ -52,28 +52,35 @@ pub struct DeliveryOutcome {
 }
 
 /// Runs `attempt` until it succeeds, fails permanently, or the policy's duration runs out.
-pub async fn deliver_with_retries<F, Fut>(policy: RetryPolicy, mut attempt: F) -> DeliveryOutcome
+pub async fn deliver_with_retries<F, Fut>(policy: RetryPolicy, attempt: F) -> DeliveryOutcome
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), DeliveryError>>,
+{
+    let (attempts, result) = with_retries(policy, attempt).await;
+    DeliveryOutcome { attempts, result }
+}
+
+/// Runs `attempt` until it succeeds, fails permanently, or the policy's duration runs out; returns
+/// the attempts made and the last result.
+pub async fn with_retries<T, F, Fut>(policy: RetryPolicy, mut attempt: F) -> (u32, Result<T, DeliveryError>)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, DeliveryError>>,
 {
     let mut attempts = 0;
     let mut first_failure: Option<Instant> = None;
     loop {
         attempts += 1;
         match attempt().await {
-            Ok(()) => {
-                return DeliveryOutcome { attempts, result: Ok(()) };
-            }
-            Err(e) if !e.is_retryable() => {
-                return DeliveryOutcome { attempts, result: Err(e) };
-            }
+            Ok(v) => return (attempts, Ok(v)),
+            Err(e) if !e.is_retryable() => return (attempts, Err(e)),
             Err(e) => {
                 let since = *first_failure.get_or_insert_with(Instant::now);
                 let wait = policy.backoff(attempts);
                 if since.elapsed() + wait > policy.duration {
                     tracing::warn!(attempts, error = %e, "delivery failed and its retry duration ran out");
-                    return DeliveryOutcome { attempts, result: Err(e) };
+                    return (attempts, Err(e));
                 }
                 tracing::debug!(attempts, error = %e, ?wait, "delivery failed; retrying");
                 tokio::time::sleep(wait).await;

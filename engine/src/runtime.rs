@@ -126,7 +126,13 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
                 }
                 scope
                     .concatenate(inputs)
-                    .build_objects(&sink.name, j, Arc::clone(&sink.settings), Arc::clone(&context.metrics))
+                    .build_objects(
+                        &sink.name,
+                        j,
+                        Arc::clone(&sink.settings),
+                        sink.sink.supports_parts(),
+                        Arc::clone(&context.metrics),
+                    )
                     .deliver(&sink.name, j, Arc::clone(&sink.sink), sink.settings.retry, &context)
                     .probe_with(&probe);
             }

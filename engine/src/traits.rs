@@ -145,6 +145,38 @@ pub trait Sink: Send + Sync + 'static {
     }
     /// Stores one payload. Must be safe to call again with the same payload after an error.
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>>;
+
+    /// Whether this sink can take an object in parts while it grows ([`Sink::start_upload`]).
+    fn supports_parts(&self) -> bool {
+        false
+    }
+
+    /// Starts an upload of `key` in parts. Only called when [`Sink::supports_parts`] is true.
+    fn start_upload(
+        &self,
+        key: &str,
+        content_type: &'static str,
+        content_encoding: Option<&'static str>,
+    ) -> UploadStart {
+        let _ = (key, content_type, content_encoding);
+        Box::pin(async {
+            Err(DeliveryError::Permanent { code: "NotSupported".into(), message: "no multipart uploads".into() })
+        })
+    }
+}
+
+/// A started upload in parts, or why it could not start.
+pub type UploadStart = BoxFuture<'static, Result<Box<dyn PartUpload>, DeliveryError>>;
+
+/// An object being uploaded in parts, in order. A part is not retried on its own: a failed part
+/// fails the object.
+pub trait PartUpload: Send {
+    /// Uploads the next part (all but the last at least 5 MiB for S3).
+    fn put_part(&mut self, part: Bytes) -> BoxFuture<'static, Result<(), DeliveryError>>;
+    /// Makes the object visible once every part is uploaded.
+    fn complete(&mut self) -> BoxFuture<'_, Result<(), DeliveryError>>;
+    /// Gives up, removing what was uploaded.
+    fn abort(&mut self) -> BoxFuture<'_, Result<(), DeliveryError>>;
 }
 
 /// What a connector's `configure` gets: its own keys (engine-owned keys already taken out).

@@ -22,10 +22,12 @@ use object_store::http::HttpBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ClientConfigKey, ObjectStore, PutOptions, PutPayload, RetryConfig};
+use object_store::{
+    ClientConfigKey, MultipartUpload, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+};
 use serde::Deserialize;
 use sluice_engine::config::Diagnostic;
-use sluice_engine::traits::{ConnectorConfig, DeliveryError, Payload, Sink};
+use sluice_engine::traits::{ConnectorConfig, DeliveryError, PartUpload, Payload, Sink, UploadStart};
 
 /// The sink's own keys.
 #[derive(Debug, Deserialize)]
@@ -175,6 +177,23 @@ impl ObjectStoreSink {
         Ok(ObjectStoreSink { url: url.to_string(), store, base, local_dir, code_prefix })
     }
 
+    /// Content type and encoding as object attributes (local files keep none: object_store
+    /// refuses attributes there).
+    fn attributes(
+        &self,
+        content_type: &'static str,
+        content_encoding: Option<&'static str>,
+    ) -> object_store::Attributes {
+        let mut attributes = object_store::Attributes::new();
+        if self.local_dir.is_none() {
+            attributes.insert(object_store::Attribute::ContentType, content_type.into());
+            if let Some(encoding) = content_encoding {
+                attributes.insert(object_store::Attribute::ContentEncoding, encoding.into());
+            }
+        }
+        attributes
+    }
+
     /// The full path of `key` under the sink's location.
     pub fn location(&self, key: &str) -> Result<Path, DeliveryError> {
         let joined = if self.base.as_ref().is_empty() { key.to_string() } else { format!("{}/{key}", self.base) };
@@ -182,6 +201,30 @@ impl ObjectStoreSink {
             code: format!("{}.InvalidKey", self.code_prefix),
             message: format!("object key `{joined}` is not valid: {e}"),
         })
+    }
+}
+
+/// An object being uploaded in parts through object_store.
+struct StoreUpload {
+    upload: Box<dyn MultipartUpload>,
+    code_prefix: &'static str,
+}
+
+impl PartUpload for StoreUpload {
+    fn put_part(&mut self, part: bytes::Bytes) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let put = self.upload.put_part(PutPayload::from_bytes(part));
+        let code_prefix = self.code_prefix;
+        Box::pin(async move { put.await.map_err(|e| classify(code_prefix, e)) })
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, Result<(), DeliveryError>> {
+        let code_prefix = self.code_prefix;
+        Box::pin(async move { self.upload.complete().await.map(|_| ()).map_err(|e| classify(code_prefix, e)) })
+    }
+
+    fn abort(&mut self) -> BoxFuture<'_, Result<(), DeliveryError>> {
+        let code_prefix = self.code_prefix;
+        Box::pin(async move { self.upload.abort().await.map_err(|e| classify(code_prefix, e)) })
     }
 }
 
@@ -245,21 +288,34 @@ impl Sink for ObjectStoreSink {
         })
     }
 
+    fn supports_parts(&self) -> bool {
+        true
+    }
+
+    fn start_upload(
+        &self,
+        key: &str,
+        content_type: &'static str,
+        content_encoding: Option<&'static str>,
+    ) -> UploadStart {
+        let store = Arc::clone(&self.store);
+        let location = self.location(key);
+        let code_prefix = self.code_prefix;
+        let attributes = self.attributes(content_type, content_encoding);
+        Box::pin(async move {
+            let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
+            let upload = store.put_multipart_opts(&location?, options).await.map_err(|e| classify(code_prefix, e))?;
+            Ok(Box::new(StoreUpload { upload, code_prefix }) as Box<dyn PartUpload>)
+        })
+    }
+
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let store = Arc::clone(&self.store);
         let location = self.location(&payload.key);
         let code_prefix = self.code_prefix;
-        let with_attributes = self.local_dir.is_none();
+        let attributes = self.attributes(payload.content_type, payload.content_encoding);
         Box::pin(async move {
             let location = location?;
-            let mut attributes = object_store::Attributes::new();
-            // Local files keep no attributes (object_store refuses them there).
-            if with_attributes {
-                attributes.insert(object_store::Attribute::ContentType, payload.content_type.into());
-                if let Some(encoding) = payload.content_encoding {
-                    attributes.insert(object_store::Attribute::ContentEncoding, encoding.into());
-                }
-            }
             let options = PutOptions { attributes, ..PutOptions::default() };
             store
                 .put_opts(&location, PutPayload::from_bytes(payload.body), options)

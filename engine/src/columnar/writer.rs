@@ -220,6 +220,17 @@ impl ParquetObjectWriter {
         Ok(Ok(()))
     }
 
+    /// File bytes written and not yet taken (finished row groups).
+    pub fn output_len(&mut self) -> usize {
+        self.writing.as_mut().map_or(0, |(_, w)| w.inner_mut().len())
+    }
+
+    /// Takes the file bytes written so far (the file continues after them): a part of an object
+    /// uploaded while it grows. The writer counts offsets itself, so the footer stays right.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        self.writing.as_mut().map(|(_, w)| std::mem::take(w.inner_mut())).unwrap_or_default()
+    }
+
     /// Record bytes appended (the size the buffering hints count).
     pub fn input_bytes(&self) -> u64 {
         self.input_bytes

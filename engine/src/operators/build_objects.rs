@@ -16,7 +16,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
 use super::Epoch;
-use crate::buffer::{ObjectBatcher, SealedObject};
+use crate::buffer::{ObjectBatcher, PART_BYTES, SealedObject};
 use crate::config::SinkSettings;
 use crate::metrics::PipelineMetrics;
 use crate::record::RecordBatch;
@@ -29,6 +29,7 @@ pub trait BuildObjects<'scope> {
         sink: &str,
         index: usize,
         settings: Arc<SinkSettings>,
+        in_parts: bool,
         metrics: Arc<PipelineMetrics>,
     ) -> Stream<'scope, Epoch, Vec<SealedObject>>;
 }
@@ -39,6 +40,7 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<RecordBatch>> {
         sink: &str,
         index: usize,
         settings: Arc<SinkSettings>,
+        in_parts: bool,
         metrics: Arc<PipelineMetrics>,
     ) -> Stream<'scope, Epoch, Vec<SealedObject>> {
         let scope = self.scope();
@@ -50,6 +52,9 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<RecordBatch>> {
                 drop(initial);
                 let activator = scope.activator_for(info.address);
                 let mut batcher = ObjectBatcher::new(settings);
+                if in_parts {
+                    batcher = batcher.with_parts(PART_BYTES);
+                }
                 let mut held: Option<Capability<Epoch>> = None;
                 let mut sealed = Vec::new();
                 move |(input, frontier), output| {

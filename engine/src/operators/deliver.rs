@@ -16,10 +16,13 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
 use super::{Epoch, InflightBudget};
-use crate::buffer::{ObjectKind, SealedObject};
+use bytes::Bytes;
+use timely::scheduling::SyncActivator;
+
+use crate::buffer::{ObjectKind, SealedObject, UploadStep};
 use crate::metrics::PipelineMetrics;
-use crate::retry::{DeliveryOutcome, RetryPolicy, deliver_with_retries};
-use crate::traits::Sink;
+use crate::retry::{DeliveryOutcome, RetryPolicy, deliver_with_retries, with_retries};
+use crate::traits::{DeliveryError, Sink};
 
 /// What came back for one object.
 #[derive(Debug, Clone)]
@@ -49,7 +52,102 @@ struct InFlight {
     key: String,
     records: u64,
     raw_bytes: u64,
+    /// Bytes stored for the object (all its parts).
     body_bytes: u64,
+    /// Bytes of the in-flight budget this delivery holds.
+    budget_bytes: u64,
+}
+
+/// What the deliver operator sends to an object's upload-in-parts task.
+enum SessionMessage {
+    Part(Bytes),
+    Last { body: Bytes, ticket: u64 },
+}
+
+/// Everything an upload-in-parts task needs.
+struct Session {
+    sink: Arc<dyn Sink>,
+    key: String,
+    content_type: &'static str,
+    content_encoding: Option<&'static str>,
+    retry: RetryPolicy,
+    budget: Arc<InflightBudget>,
+    metrics: Arc<PipelineMetrics>,
+    index: usize,
+}
+
+impl Session {
+    /// Uploads one object's parts in order as they come, then completes it; reports on `done`.
+    async fn run(
+        self,
+        mut messages: tokio::sync::mpsc::UnboundedReceiver<SessionMessage>,
+        done: std::sync::mpsc::Sender<(u64, DeliveryOutcome)>,
+        wake: SyncActivator,
+    ) {
+        let (attempts, started) =
+            with_retries(self.retry, || self.sink.start_upload(&self.key, self.content_type, self.content_encoding))
+                .await;
+        let mut upload = started;
+        let mut failure: Option<DeliveryError> = None;
+        let mut parts = Vec::new();
+        while let Some(message) = messages.recv().await {
+            let (body, last) = match message {
+                SessionMessage::Part(body) => (body, None),
+                SessionMessage::Last { body, ticket } => (body, Some(ticket)),
+            };
+            let len = body.len() as u64;
+            match upload.as_mut() {
+                Ok(u) if failure.is_none() && (!body.is_empty() || last.is_some() && parts.is_empty()) => {
+                    let put = u.put_part(body);
+                    let (budget, metrics, index) = (Arc::clone(&self.budget), Arc::clone(&self.metrics), self.index);
+                    let counted = last.is_none();
+                    parts.push(tokio::spawn(async move {
+                        let result = put.await;
+                        if counted {
+                            budget.release(len);
+                        }
+                        if result.is_ok() {
+                            metrics.sinks[index].parts.fetch_add(1, Relaxed);
+                        }
+                        result
+                    }));
+                }
+                // Nothing to send, or the upload already failed: the bytes are dropped with it.
+                _ if last.is_none() => self.budget.release(len),
+                _ => {}
+            }
+            let Some(ticket) = last else { continue };
+            for part in parts.drain(..) {
+                match part.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        failure.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(DeliveryError::Retryable {
+                            code: "InternalError".into(),
+                            message: e.to_string(),
+                        });
+                    }
+                }
+            }
+            let result = match (&mut upload, failure.take()) {
+                (Ok(u), None) => u.complete().await,
+                (Ok(u), Some(e)) => {
+                    let _ = u.abort().await;
+                    Err(e)
+                }
+                (Err(e), _) => Err(e.clone()),
+            };
+            let _ = done.send((ticket, DeliveryOutcome { attempts, result }));
+            let _ = wake.activate();
+            return;
+        }
+        // The operator went away before the last part (shutdown): leave nothing half-made behind.
+        if let Ok(u) = upload.as_mut() {
+            let _ = u.abort().await;
+        }
+    }
 }
 
 /// Extension trait for the deliver operator.
@@ -82,14 +180,64 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
             let activator = worker.sync_activator_for(info.address.to_vec());
             let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, DeliveryOutcome)>();
             let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
+            let mut sessions: HashMap<u64, tokio::sync::mpsc::UnboundedSender<SessionMessage>> = HashMap::new();
             let mut next_ticket = 0u64;
             move |(input, _frontier), output| {
                 input.for_each(|cap, data| {
                     for object in data.drain(..) {
+                        let part_len = object.payload.body.len() as u64;
+                        let mut session_for = |id: u64| {
+                            sessions
+                                .entry(id)
+                                .or_insert_with(|| {
+                                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                                    let session = Session {
+                                        sink: Arc::clone(&sink),
+                                        key: object.payload.key.clone(),
+                                        content_type: object.payload.content_type,
+                                        content_encoding: object.payload.content_encoding,
+                                        retry,
+                                        budget: Arc::clone(&budget),
+                                        metrics: Arc::clone(&metrics),
+                                        index,
+                                    };
+                                    runtime.spawn(session.run(rx, done_tx.clone(), activator.clone()));
+                                    tx
+                                })
+                                .clone()
+                        };
+                        match object.upload {
+                            UploadStep::Whole => {}
+                            UploadStep::Part { object: id } => {
+                                // Parts carry no capability: the object's epoch is held by its last step.
+                                budget.acquire(part_len);
+                                let _ = session_for(id).send(SessionMessage::Part(object.payload.body));
+                                continue;
+                            }
+                            UploadStep::Last { object: id, sent } => {
+                                let Some(capability) = cap.retain_least(0) else { continue };
+                                let ticket = next_ticket;
+                                next_ticket += 1;
+                                budget.acquire(part_len);
+                                let session = session_for(id);
+                                sessions.remove(&id);
+                                in_flight.insert(ticket, InFlight {
+                                    capability,
+                                    kind: object.kind,
+                                    key: object.payload.key.clone(),
+                                    records: object.payload.records,
+                                    raw_bytes: object.raw_bytes,
+                                    body_bytes: sent + part_len,
+                                    budget_bytes: part_len,
+                                });
+                                let _ = session.send(SessionMessage::Last { body: object.payload.body, ticket });
+                                continue;
+                            }
+                        }
                         let Some(capability) = cap.retain_least(0) else { continue };
                         let ticket = next_ticket;
                         next_ticket += 1;
-                        let body_bytes = object.payload.body.len() as u64;
+                        let body_bytes = part_len;
                         budget.acquire(body_bytes);
                         in_flight.insert(ticket, InFlight {
                             capability,
@@ -98,6 +246,7 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                             records: object.payload.records,
                             raw_bytes: object.raw_bytes,
                             body_bytes,
+                            budget_bytes: body_bytes,
                         });
                         let sink = Arc::clone(&sink);
                         let payload = object.payload;
@@ -112,7 +261,7 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                 });
                 while let Ok((ticket, outcome)) = done_rx.try_recv() {
                     let Some(done) = in_flight.remove(&ticket) else { continue };
-                    budget.release(done.body_bytes);
+                    budget.release(done.budget_bytes);
                     let m = &metrics.sinks[index];
                     let stored = outcome.result.is_ok();
                     match (&outcome.result, done.kind) {
