@@ -117,6 +117,14 @@ impl RowConverter {
         self.lookup.get(scratch.as_str()).copied()
     }
 
+    /// Whether JSON key `key` names struct field `field`, without allocating in the common case.
+    fn same_key(&self, key: &str, field: &str) -> bool {
+        if self.options.dots_to_underscores || !key.is_ascii() || !field.is_ascii() {
+            return normalize(key, &self.options) == normalize(field, &self.options);
+        }
+        if self.options.case_insensitive { key.eq_ignore_ascii_case(field) } else { key == field }
+    }
+
     /// Converts every JSON object in `record` into a row appended to `rows`, or none of them.
     ///
     /// The top-level object is read key by key (no map is built): values of keys no column reads
@@ -250,8 +258,7 @@ impl RowConverter {
                 Value::Object(map) => {
                     let mut cells = vec![Cell::Null; fields.len()];
                     for (k, value) in map {
-                        let k = normalize(&k, &self.options);
-                        if let Some(i) = fields.iter().position(|(name, _)| normalize(name, &self.options) == k) {
+                        if let Some(i) = fields.iter().position(|(name, _)| self.same_key(&k, name)) {
                             let (name, ty) = &fields[i];
                             cells[i] = self.cell(ty, value, formats, &format!("{path}.{name}"))?;
                         }
@@ -334,7 +341,8 @@ fn err(column: &str, message: String) -> ConversionError {
     ConversionError { column: column.to_string(), message }
 }
 
-fn normalize(key: &str, options: &JsonOptions) -> String {
+/// A JSON key as matched: lowercased when keys are case-insensitive, dots as underscores if asked.
+pub(crate) fn normalize(key: &str, options: &JsonOptions) -> String {
     let mut k = if options.case_insensitive { key.to_lowercase() } else { key.to_string() };
     if options.dots_to_underscores {
         k = k.replace('.', "_");

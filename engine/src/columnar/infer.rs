@@ -11,7 +11,7 @@
 
 use serde_json::Value;
 
-use super::convert::JsonOptions;
+use super::convert::{JsonOptions, normalize};
 use super::schema::{Column, ColumnType, TableSchema};
 
 /// Records sampled per object before its schema is fixed.
@@ -44,19 +44,11 @@ fn of(v: &Value, options: &JsonOptions) -> Inferred {
         Value::Object(map) => {
             let mut fields: Vec<(String, Inferred)> = Vec::new();
             for (k, v) in map {
-                add_field(&mut fields, key_name(k, options), of(v, options));
+                add_field(&mut fields, normalize(k, options), of(v, options));
             }
             Inferred::Struct(fields)
         }
     }
-}
-
-fn key_name(key: &str, options: &JsonOptions) -> String {
-    let mut k = if options.case_insensitive { key.to_lowercase() } else { key.to_string() };
-    if options.dots_to_underscores {
-        k = k.replace('.', "_");
-    }
-    k
 }
 
 fn add_field(fields: &mut Vec<(String, Inferred)>, name: String, ty: Inferred) {
@@ -105,7 +97,7 @@ pub fn infer_schema<'a>(
     let mut fields: Vec<(String, Inferred)> = Vec::new();
     for object in objects {
         for (k, v) in object {
-            add_field(&mut fields, key_name(k, options), of(v, options));
+            add_field(&mut fields, normalize(k, options), of(v, options));
         }
     }
     TableSchema {
