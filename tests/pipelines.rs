@@ -178,3 +178,106 @@ buffer = { size_mb = 64, interval_s = 1 }
     assert!(delivered.iter().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
     assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), metrics.records_in());
 }
+
+/// A sink whose uploads in parts fail part 1 once (a retryable error) and keep the parts in memory.
+mod flaky {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use futures::future::BoxFuture;
+    use sluice_engine::config::Diagnostic;
+    use sluice_engine::traits::{ConnectorConfig, DeliveryError, PartUpload, Payload, Sink, UploadStart};
+
+    /// Attempts at part 1, and the objects completed: key → bytes.
+    pub static PART_ONE_ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+    pub static OBJECTS: Mutex<BTreeMap<String, Vec<u8>>> = Mutex::new(BTreeMap::new());
+
+    pub struct FlakySink;
+
+    pub fn configure(_: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
+        Ok(Arc::new(FlakySink))
+    }
+
+    impl Sink for FlakySink {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
+            OBJECTS.lock().unwrap().insert(payload.key, payload.body.to_vec());
+            Box::pin(async { Ok(()) })
+        }
+        fn supports_parts(&self) -> bool {
+            true
+        }
+        fn start_upload(&self, key: &str, _: &'static str, _: Option<&'static str>) -> UploadStart {
+            let upload = Upload { key: key.to_string(), parts: Arc::default() };
+            Box::pin(async move { Ok(Box::new(upload) as Box<dyn PartUpload>) })
+        }
+    }
+
+    struct Upload {
+        key: String,
+        parts: Arc<Mutex<BTreeMap<usize, Bytes>>>,
+    }
+
+    impl PartUpload for Upload {
+        fn put_part(&self, index: usize, part: Bytes) -> BoxFuture<'static, Result<(), DeliveryError>> {
+            let parts = Arc::clone(&self.parts);
+            Box::pin(async move {
+                if index == 1 && PART_ONE_ATTEMPTS.fetch_add(1, SeqCst) == 0 {
+                    return Err(DeliveryError::Retryable { code: "Test.SlowDown".into(), message: "try again".into() });
+                }
+                parts.lock().unwrap().insert(index, part);
+                Ok(())
+            })
+        }
+        fn retries_parts(&self) -> bool {
+            true
+        }
+        fn complete(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+            let bytes: Vec<u8> = self.parts.lock().unwrap().values().flat_map(|p| p.to_vec()).collect();
+            OBJECTS.lock().unwrap().insert(self.key.clone(), bytes);
+            Box::pin(async { Ok(()) })
+        }
+        fn abort(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+}
+
+#[test]
+fn a_failed_part_is_retried_under_its_number_and_the_object_completes() {
+    let mut registry = registry();
+    registry.sinks.push(sluice_engine::traits::SinkType { name: "flaky", configure: flaky::configure });
+    let toml = r#"
+[pipeline]
+name = "flaky-parts"
+[sources.demo]
+type = "generator"
+profile = "cloudtrail"
+records = 30000
+seed = 4
+[sinks.out]
+type = "flaky"
+inputs = ["demo"]
+format = "ndjson"
+buffer = { size_mb = 128, interval_s = 900 }
+retry = { duration_s = 30 }
+"#;
+    let (_, metrics) = run_pipeline(toml, &registry, 1).unwrap();
+    assert_eq!(flaky::PART_ONE_ATTEMPTS.load(std::sync::atomic::Ordering::SeqCst), 2, "part 1 was sent twice");
+    assert!(metrics.sinks[0].parts.load(Relaxed) >= 3);
+    assert_eq!(metrics.sinks[0].records_undelivered.load(Relaxed), 0);
+    let objects = flaky::OBJECTS.lock().unwrap().clone();
+    assert_eq!(objects.len(), 1);
+    let mut lines: Vec<String> = objects
+        .values()
+        .flat_map(|b| String::from_utf8_lossy(b).lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    lines.sort();
+    let mut expected = generated(Profile::Cloudtrail, 4, 30000);
+    expected.sort();
+    assert_eq!(lines, expected);
+}

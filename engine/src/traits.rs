@@ -168,15 +168,18 @@ pub trait Sink: Send + Sync + 'static {
 /// A started upload in parts, or why it could not start.
 pub type UploadStart = BoxFuture<'static, Result<Box<dyn PartUpload>, DeliveryError>>;
 
-/// An object being uploaded in parts, in order. A part is not retried on its own: a failed part
-/// fails the object.
-pub trait PartUpload: Send {
-    /// Uploads the next part (all but the last at least 5 MiB for S3).
-    fn put_part(&mut self, part: Bytes) -> BoxFuture<'static, Result<(), DeliveryError>>;
+/// An object being uploaded in parts. Parts are numbered from 0 in the order they are sent; a part
+/// may be sent again under the same number to retry it, where the store allows (see
+/// [`PartUpload::retries_parts`]).
+pub trait PartUpload: Send + Sync {
+    /// Uploads part `index` (all but the last at least 5 MiB for S3).
+    fn put_part(&self, index: usize, part: Bytes) -> BoxFuture<'static, Result<(), DeliveryError>>;
+    /// Whether a failed part can be sent again under its number.
+    fn retries_parts(&self) -> bool;
     /// Makes the object visible once every part is uploaded.
-    fn complete(&mut self) -> BoxFuture<'_, Result<(), DeliveryError>>;
+    fn complete(&self) -> BoxFuture<'static, Result<(), DeliveryError>>;
     /// Gives up, removing what was uploaded.
-    fn abort(&mut self) -> BoxFuture<'_, Result<(), DeliveryError>>;
+    fn abort(&self) -> BoxFuture<'static, Result<(), DeliveryError>>;
 }
 
 /// What a connector's `configure` gets: its own keys (engine-owned keys already taken out).

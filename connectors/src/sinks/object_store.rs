@@ -21,9 +21,11 @@ use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::http::HttpBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
-    ClientConfigKey, MultipartUpload, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    ClientConfigKey, MultipartId, MultipartUpload, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+    RetryConfig,
 };
 use serde::Deserialize;
 use sluice_engine::config::Diagnostic;
@@ -44,6 +46,8 @@ struct ObjectStoreConfig {
 pub struct ObjectStoreSink {
     url: String,
     store: Arc<dyn ObjectStore>,
+    /// The same store's numbered-part API, where it has one (parts can then be retried).
+    parts: Option<Arc<dyn MultipartStore>>,
     base: Path,
     local_dir: Option<std::path::PathBuf>,
     /// Error-code prefix, `S3` for s3:// (Firehose's `S3.AccessDenied` style).
@@ -110,6 +114,7 @@ impl ObjectStoreSink {
         };
         let build_error =
             |e: object_store::Error| (format!("cannot use `{url}`: {e}"), "check the url and options".to_string());
+        let mut parts: Option<Arc<dyn MultipartStore>> = None;
         let (store, base, local_dir, code_prefix): (Arc<dyn ObjectStore>, Path, _, _) = match scheme {
             "file" => {
                 if let Some((k, _)) = options.first() {
@@ -132,8 +137,9 @@ impl ObjectStoreSink {
                     return Err(unknown(k, scheme));
                 }
                 let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                let store: Arc<dyn ObjectStore> = memory_store(name);
-                (store, Path::from(prefix), None, "Memory")
+                let memory = memory_store(name);
+                parts = Some(Arc::clone(&memory) as Arc<dyn MultipartStore>);
+                (memory, Path::from(prefix), None, "Memory")
             }
             "s3" | "s3a" => {
                 let mut b = AmazonS3Builder::from_env().with_url(url).with_retry(no_client_retries());
@@ -141,7 +147,9 @@ impl ObjectStoreSink {
                     let key = AmazonS3ConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
-                (Arc::new(b.build().map_err(build_error)?), url_path(rest), None, "S3")
+                let s3 = Arc::new(b.build().map_err(build_error)?);
+                parts = Some(Arc::clone(&s3) as Arc<dyn MultipartStore>);
+                (s3, url_path(rest), None, "S3")
             }
             "gs" => {
                 let mut b = GoogleCloudStorageBuilder::from_env().with_url(url).with_retry(no_client_retries());
@@ -149,7 +157,9 @@ impl ObjectStoreSink {
                     let key = GoogleConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
-                (Arc::new(b.build().map_err(build_error)?), url_path(rest), None, "GCS")
+                let gcs = Arc::new(b.build().map_err(build_error)?);
+                parts = Some(Arc::clone(&gcs) as Arc<dyn MultipartStore>);
+                (gcs, url_path(rest), None, "GCS")
             }
             "az" | "abfs" | "abfss" | "azure" => {
                 let mut b = MicrosoftAzureBuilder::from_env().with_url(url).with_retry(no_client_retries());
@@ -157,7 +167,9 @@ impl ObjectStoreSink {
                     let key = AzureConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
-                (Arc::new(b.build().map_err(build_error)?), url_path(rest), None, "Azure")
+                let azure = Arc::new(b.build().map_err(build_error)?);
+                parts = Some(Arc::clone(&azure) as Arc<dyn MultipartStore>);
+                (azure, url_path(rest), None, "Azure")
             }
             "http" | "https" => {
                 let mut b = HttpBuilder::new().with_url(url).with_retry(no_client_retries());
@@ -174,7 +186,7 @@ impl ObjectStoreSink {
                 ));
             }
         };
-        Ok(ObjectStoreSink { url: url.to_string(), store, base, local_dir, code_prefix })
+        Ok(ObjectStoreSink { url: url.to_string(), store, parts, base, local_dir, code_prefix })
     }
 
     /// Content type and encoding as object attributes (local files keep none: object_store
@@ -204,27 +216,99 @@ impl ObjectStoreSink {
     }
 }
 
-/// An object being uploaded in parts through object_store.
-struct StoreUpload {
-    upload: Box<dyn MultipartUpload>,
+/// An upload in numbered parts (`MultipartStore`: S3, GCS, Azure, memory): a part can be sent
+/// again under its number.
+struct NumberedUpload {
+    store: Arc<dyn MultipartStore>,
+    path: Path,
+    id: MultipartId,
+    /// The ids of the parts stored, by number.
+    done: Arc<Mutex<Vec<Option<PartId>>>>,
     code_prefix: &'static str,
 }
 
-impl PartUpload for StoreUpload {
-    fn put_part(&mut self, part: bytes::Bytes) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let put = self.upload.put_part(PutPayload::from_bytes(part));
-        let code_prefix = self.code_prefix;
-        Box::pin(async move { put.await.map_err(|e| classify(code_prefix, e)) })
+impl PartUpload for NumberedUpload {
+    fn put_part(&self, index: usize, part: bytes::Bytes) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let (store, path, id, code_prefix) =
+            (Arc::clone(&self.store), self.path.clone(), self.id.clone(), self.code_prefix);
+        let done = Arc::clone(&self.done);
+        Box::pin(async move {
+            let part_id = store
+                .put_part(&path, &id, index, PutPayload::from_bytes(part))
+                .await
+                .map_err(|e| classify(code_prefix, e))?;
+            if let Ok(mut done) = done.lock() {
+                if done.len() <= index {
+                    done.resize(index + 1, None);
+                }
+                done[index] = Some(part_id);
+            }
+            Ok(())
+        })
     }
 
-    fn complete(&mut self) -> BoxFuture<'_, Result<(), DeliveryError>> {
-        let code_prefix = self.code_prefix;
-        Box::pin(async move { self.upload.complete().await.map(|_| ()).map_err(|e| classify(code_prefix, e)) })
+    fn retries_parts(&self) -> bool {
+        true
     }
 
-    fn abort(&mut self) -> BoxFuture<'_, Result<(), DeliveryError>> {
+    fn complete(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let (store, path, id, code_prefix) =
+            (Arc::clone(&self.store), self.path.clone(), self.id.clone(), self.code_prefix);
+        let parts: Option<Vec<PartId>> = self.done.lock().ok().and_then(|d| d.iter().cloned().collect());
+        Box::pin(async move {
+            let parts = parts.ok_or_else(|| DeliveryError::Retryable {
+                code: format!("{code_prefix}.InternalError"),
+                message: "a part of the upload is missing".into(),
+            })?;
+            store.complete_multipart(&path, &id, parts).await.map(|_| ()).map_err(|e| classify(code_prefix, e))
+        })
+    }
+
+    fn abort(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let (store, path, id, code_prefix) =
+            (Arc::clone(&self.store), self.path.clone(), self.id.clone(), self.code_prefix);
+        Box::pin(async move { store.abort_multipart(&path, &id).await.map_err(|e| classify(code_prefix, e)) })
+    }
+}
+
+/// An upload whose store numbers parts as they are handed over (`MultipartUpload`: local files,
+/// HTTP): parts go out in order and cannot be sent again.
+struct OrderedUpload {
+    upload: Arc<tokio::sync::Mutex<Box<dyn MultipartUpload>>>,
+    /// Parts handed to the store so far.
+    sent: Mutex<usize>,
+    code_prefix: &'static str,
+}
+
+impl PartUpload for OrderedUpload {
+    fn put_part(&self, index: usize, part: bytes::Bytes) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let code_prefix = self.code_prefix;
-        Box::pin(async move { self.upload.abort().await.map_err(|e| classify(code_prefix, e)) })
+        // The store numbers the part now, in call order; a second call for a number is a retry.
+        let put = match (self.sent.lock(), self.upload.try_lock()) {
+            (Ok(mut sent), Ok(mut upload)) if *sent == index => {
+                *sent += 1;
+                Ok(upload.put_part(PutPayload::from_bytes(part)))
+            }
+            _ => Err(DeliveryError::Permanent {
+                code: format!("{code_prefix}.InternalError"),
+                message: format!("part {index} cannot be sent again to this store"),
+            }),
+        };
+        Box::pin(async move { put?.await.map_err(|e| classify(code_prefix, e)) })
+    }
+
+    fn retries_parts(&self) -> bool {
+        false
+    }
+
+    fn complete(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let (upload, code_prefix) = (Arc::clone(&self.upload), self.code_prefix);
+        Box::pin(async move { upload.lock().await.complete().await.map(|_| ()).map_err(|e| classify(code_prefix, e)) })
+    }
+
+    fn abort(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let (upload, code_prefix) = (Arc::clone(&self.upload), self.code_prefix);
+        Box::pin(async move { upload.lock().await.abort().await.map_err(|e| classify(code_prefix, e)) })
     }
 }
 
@@ -299,13 +383,27 @@ impl Sink for ObjectStoreSink {
         content_encoding: Option<&'static str>,
     ) -> UploadStart {
         let store = Arc::clone(&self.store);
+        let parts = self.parts.clone();
         let location = self.location(key);
         let code_prefix = self.code_prefix;
         let attributes = self.attributes(content_type, content_encoding);
         Box::pin(async move {
+            let path = location?;
             let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
-            let upload = store.put_multipart_opts(&location?, options).await.map_err(|e| classify(code_prefix, e))?;
-            Ok(Box::new(StoreUpload { upload, code_prefix }) as Box<dyn PartUpload>)
+            if let Some(parts) = parts {
+                let id = match parts.create_multipart_opts(&path, options).await {
+                    // A store that cannot take attributes on multipart uploads still takes the bytes.
+                    Err(object_store::Error::NotSupported { .. }) => parts.create_multipart(&path).await,
+                    other => other,
+                }
+                .map_err(|e| classify(code_prefix, e))?;
+                let upload = NumberedUpload { store: parts, path, id, done: Arc::default(), code_prefix };
+                return Ok(Box::new(upload) as Box<dyn PartUpload>);
+            }
+            let upload = store.put_multipart_opts(&path, options).await.map_err(|e| classify(code_prefix, e))?;
+            let upload =
+                OrderedUpload { upload: Arc::new(tokio::sync::Mutex::new(upload)), sent: Mutex::new(0), code_prefix };
+            Ok(Box::new(upload) as Box<dyn PartUpload>)
         })
     }
 

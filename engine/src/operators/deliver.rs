@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -22,7 +23,7 @@ use timely::scheduling::SyncActivator;
 use crate::buffer::{ObjectKind, SealedObject, UploadStep};
 use crate::metrics::PipelineMetrics;
 use crate::retry::{DeliveryOutcome, RetryPolicy, deliver_with_retries, with_retries};
-use crate::traits::{DeliveryError, Sink};
+use crate::traits::{DeliveryError, PartUpload, Sink};
 
 /// What came back for one object.
 #[derive(Debug, Clone)]
@@ -87,7 +88,7 @@ impl Session {
         let (attempts, started) =
             with_retries(self.retry, || self.sink.start_upload(&self.key, self.content_type, self.content_encoding))
                 .await;
-        let mut upload = started;
+        let upload: Result<Arc<dyn PartUpload>, DeliveryError> = started.map(Arc::from);
         let mut failure: Option<DeliveryError> = None;
         let mut parts = Vec::new();
         while let Some(message) = messages.recv().await {
@@ -96,18 +97,22 @@ impl Session {
                 SessionMessage::Last { body, ticket } => (body, Some(ticket)),
             };
             let len = body.len() as u64;
-            match upload.as_mut() {
+            match &upload {
                 Ok(u) if failure.is_none() && (!body.is_empty() || last.is_some() && parts.is_empty()) => {
-                    let put = u.put_part(body);
-                    let (budget, metrics, index) = (Arc::clone(&self.budget), Arc::clone(&self.metrics), self.index);
+                    let (u, index, retry) = (Arc::clone(u), parts.len(), self.retry);
+                    // A store that numbers parts itself cannot take a part again: one attempt only.
+                    let policy =
+                        if u.retries_parts() { retry } else { RetryPolicy { duration: Duration::ZERO, ..retry } };
+                    let (budget, metrics, sink_index) =
+                        (Arc::clone(&self.budget), Arc::clone(&self.metrics), self.index);
                     let counted = last.is_none();
                     parts.push(tokio::spawn(async move {
-                        let result = put.await;
+                        let (_, result) = with_retries(policy, || u.put_part(index, body.clone())).await;
                         if counted {
                             budget.release(len);
                         }
                         if result.is_ok() {
-                            metrics.sinks[index].parts.fetch_add(1, Relaxed);
+                            metrics.sinks[sink_index].parts.fetch_add(1, Relaxed);
                         }
                         result
                     }));
@@ -131,8 +136,8 @@ impl Session {
                     }
                 }
             }
-            let result = match (&mut upload, failure.take()) {
-                (Ok(u), None) => u.complete().await,
+            let result = match (&upload, failure.take()) {
+                (Ok(u), None) => with_retries(self.retry, || u.complete()).await.1,
                 (Ok(u), Some(e)) => {
                     let _ = u.abort().await;
                     Err(e)
@@ -144,7 +149,7 @@ impl Session {
             return;
         }
         // The operator went away before the last part (shutdown): leave nothing half-made behind.
-        if let Ok(u) = upload.as_mut() {
+        if let Ok(u) = &upload {
             let _ = u.abort().await;
         }
     }
