@@ -129,6 +129,10 @@ struct OpenObject {
 }
 
 impl OpenObject {
+    fn new(writer: DataWriter, epoch: u64, arrival_ms: i64, now: Instant) -> Self {
+        OpenObject { writer, opened: now, oldest_arrival_ms: arrival_ms, epoch, records: 0, streaming: None, sent: 0 }
+    }
+
     fn include(&mut self, epoch: u64, arrival_ms: i64) {
         self.epoch = self.epoch.min(epoch);
         self.oldest_arrival_ms = self.oldest_arrival_ms.min(arrival_ms);
@@ -203,30 +207,14 @@ impl ObjectBatcher {
     fn open_text(&self, epoch: u64, arrival_ms: i64, now: Instant, header: &[u8]) -> std::io::Result<OpenObject> {
         let mut writer = ObjectWriter::new(self.settings.compression)?;
         writer.write(header)?;
-        Ok(OpenObject {
-            writer: DataWriter::Text(Box::new(writer)),
-            opened: now,
-            oldest_arrival_ms: arrival_ms,
-            epoch,
-            records: 0,
-            streaming: None,
-            sent: 0,
-        })
+        Ok(OpenObject::new(DataWriter::Text(Box::new(writer)), epoch, arrival_ms, now))
     }
 
     fn open_data(&self, epoch: u64, arrival_ms: i64, now: Instant) -> std::io::Result<OpenObject> {
         match &self.settings.format {
             Format::Parquet(spec) => {
                 let writer = ParquetObjectWriter::new(&spec.schema, spec.options.clone())?;
-                Ok(OpenObject {
-                    writer: DataWriter::Parquet(Box::new(writer)),
-                    opened: now,
-                    oldest_arrival_ms: arrival_ms,
-                    epoch,
-                    records: 0,
-                    streaming: None,
-                    sent: 0,
-                })
+                Ok(OpenObject::new(DataWriter::Parquet(Box::new(writer)), epoch, arrival_ms, now))
             }
             _ => self.open_text(epoch, arrival_ms, now, &self.encoder.header()),
         }

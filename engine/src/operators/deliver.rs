@@ -211,48 +211,36 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                                 })
                                 .clone()
                         };
-                        match object.upload {
-                            UploadStep::Whole => {}
+                        let id = match object.upload {
                             UploadStep::Part { object: id } => {
                                 // Parts carry no capability: the object's epoch is held by its last step.
                                 budget.acquire(part_len);
                                 let _ = session_for(id).send(SessionMessage::Part(object.payload.body));
                                 continue;
                             }
-                            UploadStep::Last { object: id, sent } => {
-                                let Some(capability) = cap.retain_least(0) else { continue };
-                                let ticket = next_ticket;
-                                next_ticket += 1;
-                                budget.acquire(part_len);
-                                let session = session_for(id);
-                                sessions.remove(&id);
-                                in_flight.insert(ticket, InFlight {
-                                    capability,
-                                    kind: object.kind,
-                                    key: object.payload.key.clone(),
-                                    records: object.payload.records,
-                                    raw_bytes: object.raw_bytes,
-                                    body_bytes: sent + part_len,
-                                    budget_bytes: part_len,
-                                });
-                                let _ = session.send(SessionMessage::Last { body: object.payload.body, ticket });
-                                continue;
-                            }
-                        }
+                            UploadStep::Last { object: id, .. } => Some(id),
+                            UploadStep::Whole => None,
+                        };
                         let Some(capability) = cap.retain_least(0) else { continue };
                         let ticket = next_ticket;
                         next_ticket += 1;
-                        let body_bytes = part_len;
-                        budget.acquire(body_bytes);
+                        budget.acquire(part_len);
+                        let sent = if let UploadStep::Last { sent, .. } = object.upload { sent } else { 0 };
                         in_flight.insert(ticket, InFlight {
                             capability,
                             kind: object.kind,
                             key: object.payload.key.clone(),
                             records: object.payload.records,
                             raw_bytes: object.raw_bytes,
-                            body_bytes,
-                            budget_bytes: body_bytes,
+                            body_bytes: sent + part_len,
+                            budget_bytes: part_len,
                         });
+                        if let Some(id) = id {
+                            let session = session_for(id);
+                            sessions.remove(&id);
+                            let _ = session.send(SessionMessage::Last { body: object.payload.body, ticket });
+                            continue;
+                        }
                         let sink = Arc::clone(&sink);
                         let payload = object.payload;
                         let tx = done_tx.clone();
