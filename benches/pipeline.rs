@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput};
 use sluice_connectors::registry;
 use sluice_connectors::synth::{Profile, write_ndjson};
 use sluice_engine::metrics::PipelineMetrics;
@@ -94,6 +95,18 @@ fn run_tool(tool: &str, args: &[&str], input: &Path) {
     assert!(status.success());
 }
 
+/// Benchmarks `toml` with 1 and 2 workers as `<label> workers=N`, emptying `out` after each run.
+fn bench_sluice(group: &mut BenchmarkGroup<'_, WallTime>, label: &str, toml: &str, out: &Path) {
+    for workers in [1, 2] {
+        group.bench_function(format!("{label} workers={workers}"), |b| {
+            b.iter(|| {
+                run_sluice(toml, workers);
+                let _ = std::fs::remove_dir_all(out);
+            })
+        });
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let (input, len) = input_file();
     let out = tempfile::tempdir().expect("bench output");
@@ -109,15 +122,8 @@ fn bench(c: &mut Criterion) {
         } else {
             eprintln!("{tool} not found: baseline skipped");
         }
-        for workers in [1, 2] {
-            let toml = pipeline(&input, out.path(), "ndjson", compression);
-            group.bench_function(format!("sluice {compression} workers={workers}"), |b| {
-                b.iter(|| {
-                    run_sluice(&toml, workers);
-                    let _ = std::fs::remove_dir_all(out.path());
-                })
-            });
-        }
+        let toml = pipeline(&input, out.path(), "ndjson", compression);
+        bench_sluice(&mut group, &format!("sluice {compression}"), &toml, out.path());
     }
     group.finish();
 
@@ -136,15 +142,8 @@ fn bench(c: &mut Criterion) {
             }
             None => eprintln!("duckdb not found: baseline skipped (see benches/requirements.txt)"),
         }
-        for workers in [1, 2] {
-            let toml = pipeline(&input, out.path(), "parquet", codec);
-            group.bench_function(format!("sluice parquet {codec} workers={workers}"), |b| {
-                b.iter(|| {
-                    run_sluice(&toml, workers);
-                    let _ = std::fs::remove_dir_all(out.path());
-                })
-            });
-        }
+        let toml = pipeline(&input, out.path(), "parquet", codec);
+        bench_sluice(&mut group, &format!("sluice parquet {codec}"), &toml, out.path());
     }
     group.finish();
 }

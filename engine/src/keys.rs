@@ -260,11 +260,6 @@ impl ObjectKeyTemplate {
         Ok(ObjectKeyTemplate { segments })
     }
 
-    /// The segments, in order.
-    pub fn segments(&self) -> &[Segment] {
-        &self.segments
-    }
-
     /// Whether any `!{...}` expression is used.
     pub fn has_expressions(&self) -> bool {
         self.segments.iter().any(|s| !matches!(s, Segment::Literal(_)))
@@ -442,16 +437,6 @@ impl ObjectKeys {
             }
         }
         Ok(keys)
-    }
-
-    /// The data prefix after Firehose's rules.
-    pub fn prefix(&self) -> &ObjectKeyTemplate {
-        &self.prefix
-    }
-
-    /// The error prefix after Firehose's rules.
-    pub fn error_prefix(&self) -> &ObjectKeyTemplate {
-        &self.error_prefix
     }
 
     /// Key of a data object whose oldest record arrived at `oldest_arrival_ms`.

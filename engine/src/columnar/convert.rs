@@ -130,7 +130,16 @@ impl RowConverter {
     /// The top-level object is read key by key (no map is built): values of keys no column reads
     /// are skipped without being materialized.
     pub fn convert(&self, record: &[u8], rows: &mut Vec<Vec<Cell>>) -> Result<usize, ConversionError> {
-        let mut converted = Vec::new();
+        let before = rows.len();
+        let result = self.convert_into(record, rows);
+        if result.is_err() {
+            // All or nothing: drop the rows of the record's earlier objects.
+            rows.truncate(before);
+        }
+        result.map(|()| rows.len() - before)
+    }
+
+    fn convert_into(&self, record: &[u8], rows: &mut Vec<Vec<Cell>>) -> Result<(), ConversionError> {
         let mut de = serde_json::Deserializer::from_slice(record);
         let mut scratch = String::new();
         loop {
@@ -151,14 +160,11 @@ impl RowConverter {
                 };
                 row.push(cell);
             }
-            converted.push(row);
+            rows.push(row);
             if de.end().is_ok() {
-                break;
+                return Ok(());
             }
         }
-        let n = converted.len();
-        rows.extend(converted);
-        Ok(n)
     }
 
     fn cell(
