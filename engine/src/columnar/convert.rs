@@ -7,13 +7,15 @@
 //! its column, [`RowConverter::convert`] returns an error naming the column and the value, and adds
 //! no row.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use serde_json::Value;
 
-use super::schema::{ColumnType, TableSchema, TimestampFormat};
+use super::columns::{Columns, ValueTooLarge};
+use super::schema::{Column, ColumnType, TableSchema, TimestampFormat};
 
 /// How JSON keys are matched to columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +73,89 @@ pub struct ConversionError {
     pub message: String,
 }
 
+/// A converted scalar value, borrowed from the record where it can be: what a column buffer
+/// stores, and the leaves of [`Cell`] trees.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Leaf<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(Cow<'a, str>),
+    Bytes(Cow<'a, [u8]>),
+    Decimal(i128),
+    Date(i32),
+    Micros(i64),
+}
+
+impl Leaf<'_> {
+    /// A leaf of a cell (nested cells read as null: callers pass scalar cells).
+    pub(crate) fn from_cell(cell: &Cell) -> Leaf<'_> {
+        match cell {
+            Cell::Bool(b) => Leaf::Bool(*b),
+            Cell::Int(i) => Leaf::Int(*i),
+            Cell::Float(f) => Leaf::Float(*f),
+            Cell::Str(s) => Leaf::Text(Cow::Borrowed(s)),
+            Cell::Bytes(b) => Leaf::Bytes(Cow::Borrowed(b)),
+            Cell::Decimal(d) => Leaf::Decimal(*d),
+            Cell::Date(d) => Leaf::Date(*d),
+            Cell::Micros(m) => Leaf::Micros(*m),
+            Cell::Null | Cell::List(_) | Cell::Struct(_) | Cell::Map(_) => Leaf::Null,
+        }
+    }
+}
+
+impl From<Leaf<'_>> for Cell {
+    fn from(leaf: Leaf<'_>) -> Cell {
+        match leaf {
+            Leaf::Null => Cell::Null,
+            Leaf::Bool(b) => Cell::Bool(b),
+            Leaf::Int(i) => Cell::Int(i),
+            Leaf::Float(f) => Cell::Float(f),
+            Leaf::Text(s) => Cell::Str(s.into_owned()),
+            Leaf::Bytes(b) => Cell::Bytes(b.into_owned()),
+            Leaf::Decimal(d) => Cell::Decimal(d),
+            Leaf::Date(d) => Cell::Date(d),
+            Leaf::Micros(m) => Cell::Micros(m),
+        }
+    }
+}
+
+/// A JSON value as read for a scalar column, borrowed from the record where it can be.
+#[derive(Debug, Clone)]
+enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    Str(&'a str),
+    /// An object or array.
+    Composite(&'a Value),
+}
+
+impl<'a> Scalar<'a> {
+    fn of(v: &'a Value) -> Self {
+        match v {
+            Value::Null => Scalar::Null,
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::Number(n) => Scalar::Number(n.clone()),
+            Value::String(s) => Scalar::Str(s),
+            other => Scalar::Composite(other),
+        }
+    }
+
+    /// The value as JSON text, cut at 80 characters, for error messages.
+    fn short(&self) -> String {
+        let text = match self {
+            Scalar::Null => "null".to_string(),
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Number(n) => n.to_string(),
+            Scalar::Str(s) => Value::from(*s).to_string(),
+            Scalar::Composite(v) => v.to_string(),
+        };
+        if text.chars().count() > 80 { format!("{}…", text.chars().take(80).collect::<String>()) } else { text }
+    }
+}
+
 /// Converts records for one schema.
 #[derive(Debug)]
 pub struct RowConverter {
@@ -80,14 +165,26 @@ pub struct RowConverter {
     lookup: HashMap<String, usize>,
 }
 
-fn short(v: &Value) -> String {
-    let text = v.to_string();
-    if text.chars().count() > 80 { format!("{}…", text.chars().take(80).collect::<String>()) } else { text }
-}
-
 fn fail<T>(column: &str, message: String) -> Result<T, ConversionError> {
     Err(ConversionError { column: column.to_string(), message })
 }
+
+fn err(column: &str, message: String) -> ConversionError {
+    ConversionError { column: column.to_string(), message }
+}
+
+fn too_large(column: &str, e: ValueTooLarge) -> ConversionError {
+    err(column, e.to_string())
+}
+
+/// Keys remembered by their position in the previous record: records of one stream nearly always
+/// list the same keys in the same order, so a key is matched by one comparison with the key at the
+/// same position last time instead of being normalized and hashed.
+#[derive(Debug, Default)]
+pub struct KeyMemo(Vec<(Box<str>, Option<usize>)>);
+
+/// Positions remembered per record; keys past this are looked up every time.
+const KEY_MEMO_POSITIONS: usize = 256;
 
 impl RowConverter {
     /// A converter for `schema` with `options`.
@@ -105,16 +202,35 @@ impl RowConverter {
         &self.schema
     }
 
+    /// Empty columns to convert records into.
+    pub fn new_columns(&self) -> Columns {
+        Columns::new(Arc::clone(&self.schema))
+    }
+
     /// The column a JSON key feeds, if any. Keys that need no normalizing are looked up as they are.
-    fn column_of(&self, key: &str, scratch: &mut String) -> Option<usize> {
+    fn column_of(&self, key: &str) -> Option<usize> {
         let plain = !(self.options.case_insensitive && key.bytes().any(|b| b.is_ascii_uppercase() || b >= 0x80)
             || self.options.dots_to_underscores && key.contains('.'));
-        if plain {
-            return self.lookup.get(key).copied();
+        if plain { self.lookup.get(key).copied() } else { self.lookup.get(&normalize(key, &self.options)).copied() }
+    }
+
+    /// [`Self::column_of`] through the memo of the key at `position` in the previous record.
+    fn column_at(&self, key: &str, position: usize, memo: &mut KeyMemo) -> Option<usize> {
+        match memo.0.get_mut(position) {
+            Some((known, column)) if **known == *key => *column,
+            Some(slot) => {
+                let column = self.column_of(key);
+                *slot = (key.into(), column);
+                column
+            }
+            None => {
+                let column = self.column_of(key);
+                if position == memo.0.len() && position < KEY_MEMO_POSITIONS {
+                    memo.0.push((key.into(), column));
+                }
+                column
+            }
         }
-        scratch.clear();
-        scratch.push_str(&normalize(key, &self.options));
-        self.lookup.get(scratch.as_str()).copied()
     }
 
     /// Whether JSON key `key` names struct field `field`, without allocating in the common case.
@@ -125,48 +241,55 @@ impl RowConverter {
         if self.options.case_insensitive { key.eq_ignore_ascii_case(field) } else { key == field }
     }
 
-    /// Converts every JSON object in `record` into a row appended to `rows`, or none of them.
+    /// Converts every JSON object in `record` into a row appended to `columns`, or none of them;
+    /// returns the rows added.
     ///
-    /// The top-level object is read key by key (no map is built): values of keys no column reads
-    /// are skipped without being materialized.
-    pub fn convert(&self, record: &[u8], rows: &mut Vec<Vec<Cell>>) -> Result<usize, ConversionError> {
-        let before = rows.len();
-        let result = self.convert_into(record, rows);
+    /// The record is read key by key (no map is built): values go straight into their column's
+    /// buffer, strings without escapes are copied once, and values of keys no column reads are
+    /// skipped without being materialized.
+    pub fn convert(&self, record: &[u8], columns: &mut Columns, memo: &mut KeyMemo) -> Result<usize, ConversionError> {
+        let before = columns.rows();
+        let result = self.convert_into(record, columns, memo);
         if result.is_err() {
-            // All or nothing: drop the rows of the record's earlier objects.
-            rows.truncate(before);
+            // All or nothing: drop the rows of the record's earlier objects and the partial row.
+            columns.truncate(before);
         }
-        result.map(|()| rows.len() - before)
+        result.map(|()| columns.rows() - before)
     }
 
-    fn convert_into(&self, record: &[u8], rows: &mut Vec<Vec<Cell>>) -> Result<(), ConversionError> {
-        let mut de = serde_json::Deserializer::from_slice(record);
-        let mut scratch = String::new();
-        loop {
-            let mut slots: Vec<Option<Value>> = vec![None; self.schema.columns.len()];
-            serde::de::DeserializeSeed::deserialize(
-                RowSeed { converter: self, slots: &mut slots, scratch: &mut scratch },
-                &mut de,
-            )
-            .map_err(|e| ConversionError { column: "(record)".into(), message: format!("not a JSON object: {e}") })?;
-            let mut row = Vec::with_capacity(slots.len());
-            for (column, slot) in self.schema.columns.iter().zip(slots) {
-                let cell = match slot {
-                    None | Some(Value::Null) if !column.nullable => {
-                        return fail(&column.name, "is not nullable and the record has no value for it".into());
-                    }
-                    None | Some(Value::Null) => Cell::Null,
-                    Some(v) => self.cell(&column.ty, v, &column.formats, &column.name)?,
-                };
-                row.push(cell);
+    fn convert_into(&self, record: &[u8], columns: &mut Columns, memo: &mut KeyMemo) -> Result<(), ConversionError> {
+        let not_json = |message: String| err("(record)", format!("not a JSON object: {message}"));
+        // One (SIMD) validation of the whole record instead of one per string.
+        let text = match simdutf8::basic::from_utf8(record) {
+            Ok(text) => text,
+            Err(_) => {
+                return Err(not_json(std::str::from_utf8(record).err().map_or_else(String::new, |e| e.to_string())));
             }
-            rows.push(row);
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        loop {
+            let mut failure = None;
+            let parsed = serde::de::DeserializeSeed::deserialize(
+                RowSeed { converter: self, columns, memo, failure: &mut failure },
+                &mut de,
+            );
+            if let Some(failure) = failure {
+                return Err(failure);
+            }
+            parsed.map_err(|e| not_json(e.to_string()))?;
+            for (index, column) in self.schema.columns.iter().enumerate() {
+                if !column.nullable && !columns.has_value(index) {
+                    return fail(&column.name, "is not nullable and the record has no value for it".into());
+                }
+            }
+            columns.end_row().map_err(|e| too_large("(record)", e))?;
             if de.end().is_ok() {
                 return Ok(());
             }
         }
     }
 
+    /// Converts a value of a nested column (or a nested field) into a cell tree.
     fn cell(
         &self,
         ty: &ColumnType,
@@ -174,80 +297,9 @@ impl RowConverter {
         formats: &[TimestampFormat],
         path: &str,
     ) -> Result<Cell, ConversionError> {
-        if v.is_null() {
-            return Ok(Cell::Null);
-        }
-        let kind = |v: &Value, name: &str| format!("cannot read {} as {name}", short(v));
+        let kind = |v: &Value, name: &str| format!("cannot read {} as {name}", Scalar::of(v).short());
         Ok(match ty {
-            ColumnType::String => Cell::Str(text_of(v)),
-            ColumnType::Varchar(n) | ColumnType::Char(n) => {
-                if let Value::String(s) = &v
-                    && s.len() <= *n as usize
-                {
-                    // Fast path: a string no longer in bytes than the limit is short enough in characters.
-                    return Ok(Cell::Str(text_of(v)));
-                }
-                let too_long = format!("{} is longer than {n} characters", short(&v));
-                let s = text_of(v);
-                if s.chars().count() > *n as usize {
-                    return fail(path, too_long);
-                }
-                Cell::Str(s)
-            }
-            ColumnType::Boolean => match &v {
-                Value::Bool(b) => Cell::Bool(*b),
-                Value::String(s) if s.eq_ignore_ascii_case("true") => Cell::Bool(true),
-                Value::String(s) if s.eq_ignore_ascii_case("false") => Cell::Bool(false),
-                _ => return fail(path, kind(&v, "boolean")),
-            },
-            ColumnType::TinyInt => {
-                Cell::Int(int_in(&v, i8::MIN as i64, i8::MAX as i64).ok_or_else(|| err(path, kind(&v, "tinyint")))?)
-            }
-            ColumnType::SmallInt => {
-                Cell::Int(int_in(&v, i16::MIN as i64, i16::MAX as i64).ok_or_else(|| err(path, kind(&v, "smallint")))?)
-            }
-            ColumnType::Int => {
-                Cell::Int(int_in(&v, i32::MIN as i64, i32::MAX as i64).ok_or_else(|| err(path, kind(&v, "int")))?)
-            }
-            ColumnType::BigInt => {
-                Cell::Int(int_in(&v, i64::MIN, i64::MAX).ok_or_else(|| err(path, kind(&v, "bigint")))?)
-            }
-            ColumnType::Float | ColumnType::Double => Cell::Float(match &v {
-                Value::Number(n) => n.as_f64().ok_or_else(|| err(path, kind(&v, "a number")))?,
-                Value::String(s) => s.trim().parse().map_err(|_| err(path, kind(&v, "a number")))?,
-                _ => return fail(path, kind(&v, "a number")),
-            }),
-            ColumnType::Decimal { precision, scale } => {
-                let text = match &v {
-                    Value::Number(n) => n.to_string(),
-                    Value::String(s) => s.trim().to_string(),
-                    _ => return fail(path, kind(&v, "decimal")),
-                };
-                Cell::Decimal(
-                    parse_decimal(&text, *precision, *scale)
-                        .map_err(|m| err(path, format!("{}: {m}", kind(&v, "decimal"))))?,
-                )
-            }
-            ColumnType::Date => Cell::Date(
-                parse_date(&v).ok_or_else(|| err(path, format!("{} (expected yyyy-MM-dd)", kind(&v, "date"))))?,
-            ),
-            ColumnType::Timestamp => Cell::Micros(parse_timestamp(&v, formats).ok_or_else(|| {
-                err(
-                    path,
-                    if formats.is_empty() {
-                        format!(
-                            "{} (expected ISO-8601, yyyy-MM-dd HH:mm:ss[.S], epoch seconds or milliseconds)",
-                            kind(&v, "timestamp")
-                        )
-                    } else {
-                        format!("{} with the column's formats", kind(&v, "timestamp"))
-                    },
-                )
-            })?),
-            ColumnType::Binary => match v {
-                Value::String(s) => Cell::Bytes(s.into_bytes()),
-                other => return fail(path, kind(&other, "binary")),
-            },
+            _ if v.is_null() => Cell::Null,
             ColumnType::Array(inner) => match v {
                 Value::Array(items) => {
                     let path = format!("{path}[]");
@@ -285,19 +337,97 @@ impl RowConverter {
                 }
                 other => return fail(path, kind(&other, "map")),
             },
+            scalar => Cell::from(leaf(scalar, Scalar::of(&v), formats, path)?),
         })
     }
 }
 
-/// Reads one top-level JSON object into the column slots.
-struct RowSeed<'a> {
-    converter: &'a RowConverter,
-    slots: &'a mut Vec<Option<Value>>,
-    scratch: &'a mut String,
+/// Converts a non-null JSON value for a scalar column: the one place the OpenX coercions live.
+fn leaf<'a>(
+    ty: &ColumnType,
+    v: Scalar<'a>,
+    formats: &[TimestampFormat],
+    path: &str,
+) -> Result<Leaf<'a>, ConversionError> {
+    let kind = |v: &Scalar<'_>, name: &str| format!("cannot read {} as {name}", v.short());
+    Ok(match ty {
+        _ if matches!(v, Scalar::Null) => Leaf::Null,
+        ColumnType::String => Leaf::Text(text_of(v)),
+        ColumnType::Varchar(n) | ColumnType::Char(n) => {
+            let too_long = |v: &Scalar<'_>| format!("{} is longer than {n} characters", v.short());
+            let text = text_of(v.clone());
+            // A string no longer in bytes than the limit is short enough in characters.
+            if text.len() > *n as usize && text.chars().count() > *n as usize {
+                return fail(path, too_long(&v));
+            }
+            Leaf::Text(text)
+        }
+        ColumnType::Boolean => match &v {
+            Scalar::Bool(b) => Leaf::Bool(*b),
+            Scalar::Str(s) if s.eq_ignore_ascii_case("true") => Leaf::Bool(true),
+            Scalar::Str(s) if s.eq_ignore_ascii_case("false") => Leaf::Bool(false),
+            _ => return fail(path, kind(&v, "boolean")),
+        },
+        ColumnType::TinyInt => {
+            Leaf::Int(int_in(&v, i8::MIN as i64, i8::MAX as i64).ok_or_else(|| err(path, kind(&v, "tinyint")))?)
+        }
+        ColumnType::SmallInt => {
+            Leaf::Int(int_in(&v, i16::MIN as i64, i16::MAX as i64).ok_or_else(|| err(path, kind(&v, "smallint")))?)
+        }
+        ColumnType::Int => {
+            Leaf::Int(int_in(&v, i32::MIN as i64, i32::MAX as i64).ok_or_else(|| err(path, kind(&v, "int")))?)
+        }
+        ColumnType::BigInt => Leaf::Int(int_in(&v, i64::MIN, i64::MAX).ok_or_else(|| err(path, kind(&v, "bigint")))?),
+        ColumnType::Float | ColumnType::Double => Leaf::Float(match &v {
+            Scalar::Number(n) => n.as_f64().ok_or_else(|| err(path, kind(&v, "a number")))?,
+            Scalar::Str(s) => s.trim().parse().map_err(|_| err(path, kind(&v, "a number")))?,
+            _ => return fail(path, kind(&v, "a number")),
+        }),
+        ColumnType::Decimal { precision, scale } => {
+            let parsed = match &v {
+                Scalar::Number(n) => parse_decimal(&n.to_string(), *precision, *scale),
+                Scalar::Str(s) => parse_decimal(s.trim(), *precision, *scale),
+                _ => return fail(path, kind(&v, "decimal")),
+            };
+            Leaf::Decimal(parsed.map_err(|m| err(path, format!("{}: {m}", kind(&v, "decimal"))))?)
+        }
+        ColumnType::Date => {
+            Leaf::Date(parse_date(&v).ok_or_else(|| err(path, format!("{} (expected yyyy-MM-dd)", kind(&v, "date"))))?)
+        }
+        ColumnType::Timestamp => Leaf::Micros(parse_timestamp(&v, formats).ok_or_else(|| {
+            err(
+                path,
+                if formats.is_empty() {
+                    format!(
+                        "{} (expected ISO-8601, yyyy-MM-dd HH:mm:ss[.S], epoch seconds or milliseconds)",
+                        kind(&v, "timestamp")
+                    )
+                } else {
+                    format!("{} with the column's formats", kind(&v, "timestamp"))
+                },
+            )
+        })?),
+        ColumnType::Binary => match v {
+            Scalar::Str(s) => Leaf::Bytes(Cow::Borrowed(s.as_bytes())),
+            other => return fail(path, kind(&other, "binary")),
+        },
+        ColumnType::Array(_) | ColumnType::Struct(_) | ColumnType::Map(..) => {
+            return fail(path, format!("{} is not a scalar column's value", v.short()));
+        }
+    })
+}
+
+/// Reads one top-level JSON object into the columns' row being built.
+struct RowSeed<'s> {
+    converter: &'s RowConverter,
+    columns: &'s mut Columns,
+    memo: &'s mut KeyMemo,
+    /// A value that did not fit its column (the parse is aborted with a placeholder error).
+    failure: &'s mut Option<ConversionError>,
 }
 
 /// A key, borrowed from the record when it has no escapes.
-struct Key<'de>(std::borrow::Cow<'de, str>);
+struct Key<'de>(Cow<'de, str>);
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -308,10 +438,10 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
                 f.write_str("a key")
             }
             fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(v)))
+                Ok(Key(Cow::Borrowed(v)))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+                Ok(Key(Cow::Owned(v.to_string())))
             }
         }
         d.deserialize_str(KeyVisitor)
@@ -331,9 +461,17 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
         f.write_str("a JSON object")
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut position = 0;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            match self.converter.column_of(&key, self.scratch) {
-                Some(i) => self.slots[i] = Some(map.next_value::<Value>()?),
+            let column = self.converter.column_at(&key, position, self.memo);
+            position += 1;
+            match column {
+                Some(index) => map.next_value_seed(ValueSeed {
+                    converter: self.converter,
+                    columns: &mut *self.columns,
+                    index,
+                    failure: &mut *self.failure,
+                })?,
                 None => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -343,8 +481,98 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
     }
 }
 
-fn err(column: &str, message: String) -> ConversionError {
-    ConversionError { column: column.to_string(), message }
+/// Reads one value into column `index` of the row being built.
+struct ValueSeed<'s> {
+    converter: &'s RowConverter,
+    columns: &'s mut Columns,
+    index: usize,
+    failure: &'s mut Option<ConversionError>,
+}
+
+impl<'s> ValueSeed<'s> {
+    fn column(&self) -> &'s Column {
+        &self.converter.schema.columns[self.index]
+    }
+
+    /// Stores `result`'s failure and aborts the parse.
+    fn done<E: serde::de::Error>(self, result: Result<(), ConversionError>) -> Result<(), E> {
+        result.map_err(|failure| {
+            *self.failure = Some(failure);
+            E::custom("value does not fit its column")
+        })
+    }
+
+    fn put<E: serde::de::Error>(self, v: Scalar<'_>) -> Result<(), E> {
+        let column = &self.converter.schema.columns[self.index];
+        if let (Scalar::Str(s), ColumnType::String) = (&v, &column.ty) {
+            // The most common value by far: a string for a string column, stored as it is.
+            let result = self.columns.set_text(self.index, s).map_err(|e| too_large(&column.name, e));
+            return self.done(result);
+        }
+        let result = match v {
+            Scalar::Null if !column.nullable => {
+                fail(&column.name, "is not nullable and the record has no value for it".into())
+            }
+            v => leaf(&column.ty, v, &column.formats, &column.name)
+                .and_then(|leaf| self.columns.set(self.index, leaf).map_err(|e| too_large(&column.name, e))),
+        };
+        self.done(result)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let column = self.column();
+        if !matches!(column.ty, ColumnType::Array(_) | ColumnType::Struct(_) | ColumnType::Map(..)) {
+            return d.deserialize_any(self);
+        }
+        let value = <Value as serde::Deserialize>::deserialize(d)?;
+        let result = if value.is_null() && !column.nullable {
+            fail(&column.name, "is not nullable and the record has no value for it".into())
+        } else {
+            self.converter
+                .cell(&column.ty, value, &column.formats, &column.name)
+                .and_then(|cell| self.columns.set_cell(self.index, cell).map_err(|e| too_large(&column.name, e)))
+        };
+        self.done(result)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ValueSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.put(Scalar::Null)
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.put(Scalar::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.put(Scalar::Number(v.into()))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.put(Scalar::Number(v.into()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        match serde_json::Number::from_f64(v) {
+            Some(n) => self.put(Scalar::Number(n)),
+            None => self.put(Scalar::Null),
+        }
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.put(Scalar::Str(v))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        let value = <Value as serde::Deserialize>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        self.put(Scalar::Composite(&value))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let value = <Value as serde::Deserialize>::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        self.put(Scalar::Composite(&value))
+    }
 }
 
 /// A JSON key as matched: lowercased when keys are case-insensitive, dots as underscores if asked.
@@ -357,16 +585,19 @@ pub(crate) fn normalize(key: &str, options: &JsonOptions) -> String {
 }
 
 /// A string column's text: strings as is, anything else as its JSON text.
-fn text_of(v: Value) -> String {
+fn text_of(v: Scalar<'_>) -> Cow<'_, str> {
     match v {
-        Value::String(s) => s,
-        other => other.to_string(),
+        Scalar::Str(s) => Cow::Borrowed(s),
+        Scalar::Null => Cow::Borrowed("null"),
+        Scalar::Bool(b) => Cow::Borrowed(if b { "true" } else { "false" }),
+        Scalar::Number(n) => Cow::Owned(n.to_string()),
+        Scalar::Composite(v) => Cow::Owned(v.to_string()),
     }
 }
 
-fn int_in(v: &Value, min: i64, max: i64) -> Option<i64> {
+fn int_in(v: &Scalar<'_>, min: i64, max: i64) -> Option<i64> {
     let n = match v {
-        Value::Number(n) => match n.as_i64() {
+        Scalar::Number(n) => match n.as_i64() {
             Some(i) => i,
             None => {
                 let f = n.as_f64()?;
@@ -376,10 +607,129 @@ fn int_in(v: &Value, min: i64, max: i64) -> Option<i64> {
                 f as i64
             }
         },
-        Value::String(s) => s.trim().parse().ok()?,
+        Scalar::Str(s) => s.trim().parse().ok()?,
         _ => return None,
     };
     (min..=max).contains(&n).then_some(n)
+}
+
+fn parse_date(v: &Scalar<'_>) -> Option<i32> {
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1)?;
+    match v {
+        Scalar::Str(s) => {
+            let s = s.trim();
+            let date_part = s.get(..10).filter(|_| s.len() > 10).unwrap_or(s);
+            let d = NaiveDate::parse_from_str(date_part, "%Y-%m-%d").ok()?;
+            i32::try_from((d - epoch).num_days()).ok()
+        }
+        Scalar::Number(n) => i32::try_from(n.as_i64()?).ok(),
+        _ => None,
+    }
+}
+
+/// Integers at or above this magnitude are epoch milliseconds; below, epoch seconds.
+pub const EPOCH_MILLIS_THRESHOLD: i64 = 100_000_000_000;
+
+fn parse_timestamp(v: &Scalar<'_>, formats: &[TimestampFormat]) -> Option<i64> {
+    if formats.is_empty() {
+        return parse_timestamp_default(v);
+    }
+    formats.iter().find_map(|f| match (f, v) {
+        (TimestampFormat::EpochSeconds, _) => integer_of(v).and_then(|s| s.checked_mul(1_000_000)),
+        (TimestampFormat::EpochMillis, _) => integer_of(v).and_then(|ms| ms.checked_mul(1_000)),
+        (TimestampFormat::Pattern { chrono, zoned: true, .. }, Scalar::Str(s)) => {
+            DateTime::parse_from_str(s.trim(), chrono).ok().map(|t| t.timestamp_micros())
+        }
+        (TimestampFormat::Pattern { chrono, zoned: false, .. }, Scalar::Str(s)) => {
+            NaiveDateTime::parse_from_str(s.trim(), chrono).ok().map(|t| t.and_utc().timestamp_micros())
+        }
+        _ => None,
+    })
+}
+
+fn integer_of(v: &Scalar<'_>) -> Option<i64> {
+    match v {
+        Scalar::Number(n) => n.as_i64(),
+        Scalar::Str(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn epoch_number_micros(n: &serde_json::Number) -> Option<i64> {
+    if let Some(i) = n.as_i64() {
+        return if i.abs() >= EPOCH_MILLIS_THRESHOLD { i.checked_mul(1_000) } else { i.checked_mul(1_000_000) };
+    }
+    let f = n.as_f64()?;
+    f.is_finite().then(|| (f * 1e6).round() as i64)
+}
+
+/// The OpenX formats: ISO-8601 (`T`, up to 9 fractional digits, `Z` or an offset, or none for UTC),
+/// `yyyy-[M]M-[d]d HH:mm:ss[.S]`, epoch seconds, epoch milliseconds, float epoch seconds.
+fn parse_timestamp_default(v: &Scalar<'_>) -> Option<i64> {
+    match v {
+        Scalar::Number(n) => epoch_number_micros(n),
+        Scalar::Str(s) => {
+            let s = s.trim();
+            if let Some(micros) = rfc3339_micros(s) {
+                return Some(micros);
+            }
+            if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+                return Some(t.timestamp_micros());
+            }
+            for pattern in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+                if let Ok(t) = NaiveDateTime::parse_from_str(s, pattern) {
+                    return Some(t.and_utc().timestamp_micros());
+                }
+            }
+            if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z") {
+                return Some(t.timestamp_micros());
+            }
+            let number: serde_json::Number = s.parse().ok()?;
+            epoch_number_micros(&number)
+        }
+        _ => None,
+    }
+}
+
+/// The common shape `yyyy-MM-ddTHH:mm:ss[.f{1,9}](Z|±HH:MM)` read without chrono's general parser
+/// (same result: fractions below a microsecond are cut off); `None` for anything else, which the
+/// general parsers then read.
+fn rfc3339_micros(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let digits = |from: usize, len: usize| -> Option<u32> {
+        b.get(from..from + len)?.iter().try_fold(0u32, |n, &c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+    };
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if b.len() < 20 || separators.iter().any(|&(i, c)| b[i] != c) {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(digits(0, 4)? as i32, digits(5, 2)?, digits(8, 2)?)?;
+    let seconds = date.and_hms_opt(digits(11, 2)?, digits(14, 2)?, digits(17, 2)?)?.and_utc().timestamp();
+    let mut i = 19;
+    let mut micros = 0i64;
+    if b[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let fraction = &b[start..i];
+        if fraction.is_empty() || fraction.len() > 9 {
+            return None;
+        }
+        for k in 0..6 {
+            micros = micros * 10 + fraction.get(k).map_or(0, |c| i64::from(*c - b'0'));
+        }
+    }
+    let offset_seconds = match &b[i..] {
+        [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let offset = i64::from(digits(i + 1, 2)? * 3600 + digits(i + 4, 2)? * 60);
+            if *sign == b'+' { offset } else { -offset }
+        }
+        _ => return None,
+    };
+    (seconds - offset_seconds).checked_mul(1_000_000)?.checked_add(micros)
 }
 
 /// Parses decimal text into an unscaled integer with `scale` digits, rounding half away from zero.
@@ -431,85 +781,14 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, Strin
     Ok(if negative { -unscaled } else { unscaled })
 }
 
-fn parse_date(v: &Value) -> Option<i32> {
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1)?;
-    match v {
-        Value::String(s) => {
-            let s = s.trim();
-            let date_part = s.get(..10).filter(|_| s.len() > 10).unwrap_or(s);
-            let d = NaiveDate::parse_from_str(date_part, "%Y-%m-%d").ok()?;
-            i32::try_from((d - epoch).num_days()).ok()
-        }
-        Value::Number(n) => i32::try_from(n.as_i64()?).ok(),
-        _ => None,
-    }
-}
-
-/// Integers at or above this magnitude are epoch milliseconds; below, epoch seconds.
-pub const EPOCH_MILLIS_THRESHOLD: i64 = 100_000_000_000;
-
-fn parse_timestamp(v: &Value, formats: &[TimestampFormat]) -> Option<i64> {
-    if formats.is_empty() {
-        return parse_timestamp_default(v);
-    }
-    formats.iter().find_map(|f| match (f, v) {
-        (TimestampFormat::EpochSeconds, _) => integer_of(v).and_then(|s| s.checked_mul(1_000_000)),
-        (TimestampFormat::EpochMillis, _) => integer_of(v).and_then(|ms| ms.checked_mul(1_000)),
-        (TimestampFormat::Pattern { chrono, zoned: true, .. }, Value::String(s)) => {
-            DateTime::parse_from_str(s.trim(), chrono).ok().map(|t| t.timestamp_micros())
-        }
-        (TimestampFormat::Pattern { chrono, zoned: false, .. }, Value::String(s)) => {
-            NaiveDateTime::parse_from_str(s.trim(), chrono).ok().map(|t| t.and_utc().timestamp_micros())
-        }
-        _ => None,
-    })
-}
-
-fn integer_of(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn epoch_number_micros(n: &serde_json::Number) -> Option<i64> {
-    if let Some(i) = n.as_i64() {
-        return if i.abs() >= EPOCH_MILLIS_THRESHOLD { i.checked_mul(1_000) } else { i.checked_mul(1_000_000) };
-    }
-    let f = n.as_f64()?;
-    f.is_finite().then(|| (f * 1e6).round() as i64)
-}
-
-/// The OpenX formats: ISO-8601 (`T`, up to 9 fractional digits, `Z` or an offset, or none for UTC),
-/// `yyyy-[M]M-[d]d HH:mm:ss[.S]`, epoch seconds, epoch milliseconds, float epoch seconds.
-fn parse_timestamp_default(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => epoch_number_micros(n),
-        Value::String(s) => {
-            let s = s.trim();
-            if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-                return Some(t.timestamp_micros());
-            }
-            for pattern in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-                if let Ok(t) = NaiveDateTime::parse_from_str(s, pattern) {
-                    return Some(t.and_utc().timestamp_micros());
-                }
-            }
-            if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z") {
-                return Some(t.timestamp_micros());
-            }
-            let number: serde_json::Number = s.parse().ok()?;
-            epoch_number_micros(&number)
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::schema::Column;
     use super::*;
+
+    /// Converts `record` into `columns`, with a fresh key memo.
+    fn convert(c: &RowConverter, record: &[u8], columns: &mut Columns) -> Result<usize, ConversionError> {
+        c.convert(record, columns, &mut KeyMemo::default())
+    }
 
     fn schema(cols: &[(&str, &str, bool)]) -> Arc<TableSchema> {
         Arc::new(TableSchema {
@@ -541,21 +820,24 @@ mod tests {
                 ..JsonOptions::default()
             },
         );
-        let mut rows = Vec::new();
-        let n = c
-            .convert(br#"{"EventTime":"2026-11-01T00:00:00.123456789Z","User.Name":"alice","n":"7","time":5,"extra":1}{"n":2}"#, &mut rows)
-            .unwrap();
+        let mut rows = c.new_columns();
+        let n = convert(
+            &c,
+            br#"{"EventTime":"2026-11-01T00:00:00.123456789Z","User.Name":"alice","n":"7","time":5,"extra":1}{"n":2}"#,
+            &mut rows,
+        )
+        .unwrap();
         assert_eq!(n, 2);
         assert_eq!(
-            rows[0],
+            rows.row(0),
             vec![Cell::Micros(1_793_491_200_123_456), Cell::Str("alice".into()), Cell::Int(7), Cell::Int(5)]
         );
-        assert_eq!(rows[1], vec![Cell::Null, Cell::Null, Cell::Int(2), Cell::Null]);
+        assert_eq!(rows.row(1), vec![Cell::Null, Cell::Null, Cell::Int(2), Cell::Null]);
     }
 
     #[test]
     fn accepts_every_openx_timestamp_form() {
-        let micros = |v: Value| parse_timestamp_default(&v);
+        let micros = |v: Value| parse_timestamp_default(&Scalar::of(&v));
         let t = Some(1_793_491_200_000_000);
         assert_eq!(micros(Value::from("2026-11-01T00:00:00Z")), t);
         assert_eq!(micros(Value::from("2026-11-01T01:00:00+01:00")), t);
@@ -570,14 +852,14 @@ mod tests {
     #[test]
     fn a_value_that_does_not_fit_fails_the_whole_record_naming_the_column() {
         let c = RowConverter::new(schema(&[("a", "int", true), ("b", "tinyint", false)]), JsonOptions::default());
-        let mut rows = Vec::new();
-        let e = c.convert(br#"{"a":1,"b":300}"#, &mut rows).unwrap_err();
+        let mut rows = c.new_columns();
+        let e = convert(&c, br#"{"a":1,"b":300}"#, &mut rows).unwrap_err();
         assert_eq!(e.column, "b");
         assert!(e.message.contains("300"), "{e}");
-        let e = c.convert(br#"{"a":1}"#, &mut rows).unwrap_err();
+        let e = convert(&c, br#"{"a":1}"#, &mut rows).unwrap_err();
         assert!(e.message.contains("not nullable"));
-        assert!(c.convert(br#"{"a":1,"b":1}{"a":"x","b":1}"#, &mut rows).is_err());
-        assert!(rows.is_empty());
+        assert!(convert(&c, br#"{"a":1,"b":1}{"a":"x","b":1}"#, &mut rows).is_err());
+        assert_eq!(rows.rows(), 0);
     }
 
     #[test]
@@ -601,17 +883,70 @@ mod tests {
             ]),
             JsonOptions::default(),
         );
-        let mut rows = Vec::new();
-        c.convert(br#"{"u":{"Type":"IAMUser","accountId":"12"},"tags":["a",null],"m":{"x":1}}"#, &mut rows).unwrap();
+        let mut rows = c.new_columns();
+        convert(&c, br#"{"u":{"Type":"IAMUser","accountId":"12"},"tags":["a",null],"m":{"x":1}}"#, &mut rows).unwrap();
         assert_eq!(
-            rows[0],
+            rows.row(0),
             vec![
                 Cell::Struct(vec![Cell::Str("IAMUser".into()), Cell::Int(12)]),
                 Cell::List(vec![Cell::Str("a".into()), Cell::Null]),
                 Cell::Map(vec![(Cell::Str("x".into()), Cell::Int(1))]),
             ]
         );
-        let e = c.convert(br#"{"u":{"accountid":"x"}}"#, &mut rows).unwrap_err();
+        let e = convert(&c, br#"{"u":{"accountid":"x"}}"#, &mut rows).unwrap_err();
         assert_eq!(e.column, "u.accountid");
+    }
+
+    #[test]
+    fn a_failed_record_leaves_no_bytes_behind_and_keys_match_in_any_order() {
+        let c = RowConverter::new(
+            schema(&[("s", "string", true), ("n", "int", true), ("t", "string", true)]),
+            JsonOptions::default(),
+        );
+        let (mut columns, mut memo) = (c.new_columns(), KeyMemo::default());
+        c.convert(br#"{"s":"one","n":1,"t":"x"}"#, &mut columns, &mut memo).unwrap();
+        // Fails after `s` was stored: its bytes must go too.
+        assert!(c.convert(br#"{"s":"LEFTOVER","n":"nope","t":"y"}"#, &mut columns, &mut memo).is_err());
+        // Other key order, an escaped key, a repeated key (the last value wins), a missing key.
+        c.convert(br#"{"t":"z","N":2,"s":"a","s":"two"}"#, &mut columns, &mut memo).unwrap();
+        c.convert(br#"{"\u0073":"three"}"#, &mut columns, &mut memo).unwrap();
+        assert_eq!(columns.rows(), 3);
+        assert_eq!(columns.row(0), vec![Cell::Str("one".into()), Cell::Int(1), Cell::Str("x".into())]);
+        assert_eq!(columns.row(1), vec![Cell::Str("two".into()), Cell::Int(2), Cell::Str("z".into())]);
+        assert_eq!(columns.row(2), vec![Cell::Str("three".into()), Cell::Null, Cell::Null]);
+        let arrays = columns.take_arrays().unwrap();
+        let strings = arrays[0].as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        assert_eq!(strings.iter().collect::<Vec<_>>(), vec![Some("one"), Some("two"), Some("three")]);
+        assert_eq!(columns.rows(), 0);
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_conversion_failure() {
+        let c = RowConverter::new(schema(&[("s", "string", true)]), JsonOptions::default());
+        let e = convert(&c, b"{\"s\":\"\xff\"}", &mut c.new_columns()).unwrap_err();
+        assert!(e.message.contains("utf-8"), "{e}");
+    }
+
+    proptest::proptest! {
+        /// The hand-written reader of the common ISO-8601 shape agrees with chrono's RFC 3339 parser.
+        #[test]
+        fn rfc3339_fast_path_matches_chrono(
+            secs in -2_000_000_000i64..4_000_000_000,
+            nanos in 0u32..1_000_000_000,
+            digits in 0usize..10,
+            offset_minutes in -840i32..=840,
+        ) {
+            let utc = DateTime::from_timestamp(secs, 0).unwrap();
+            let fraction = if digits == 0 { String::new() } else { format!(".{:09}", nanos)[..=digits].to_string() };
+            let zone = if offset_minutes == 0 {
+                "Z".to_string()
+            } else {
+                let sign = if offset_minutes < 0 { '-' } else { '+' };
+                format!("{sign}{:02}:{:02}", offset_minutes.abs() / 60, offset_minutes.abs() % 60)
+            };
+            let text = format!("{}{fraction}{zone}", utc.format("%Y-%m-%dT%H:%M:%S"));
+            let expected = DateTime::parse_from_rfc3339(&text).map(|t| t.timestamp_micros()).ok();
+            proptest::prop_assert_eq!(rfc3339_micros(&text), expected, "{}", text);
+        }
     }
 }

@@ -147,10 +147,10 @@ mod tests {
             ]
         );
         let converter = super::super::RowConverter::new(std::sync::Arc::new(schema), JsonOptions::default());
-        let mut rows = Vec::new();
+        let (mut rows, mut memo) = (converter.new_columns(), super::super::KeyMemo::default());
         for o in &samples {
-            converter.convert(Value::Object(o.clone()).to_string().as_bytes(), &mut rows).unwrap();
+            converter.convert(Value::Object(o.clone()).to_string().as_bytes(), &mut rows, &mut memo).unwrap();
         }
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.rows(), 2);
     }
 }

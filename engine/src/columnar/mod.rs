@@ -1,8 +1,9 @@
 //! Columnar output: JSON records converted to Parquet against a declared schema.
 //!
 //! [`schema`] parses Glue/Hive column types, [`convert`] reads JSON the way Firehose's OpenX JSON
-//! SerDe does, and [`writer`] streams rows into row groups of a Parquet file.
+//! SerDe does into [`columns`], and [`writer`] streams those into row groups of a Parquet file.
 
+pub mod columns;
 pub mod convert;
 pub mod infer;
 pub mod schema;
@@ -10,7 +11,8 @@ pub mod writer;
 
 use std::sync::Arc;
 
-pub use convert::{Cell, ConversionError, JsonOptions, RowConverter};
+pub use columns::Columns;
+pub use convert::{Cell, ConversionError, JsonOptions, KeyMemo, RowConverter};
 pub use schema::{Column, ColumnType, TableSchema, TimestampFormat};
 pub use writer::{ParquetObjectWriter, ParquetOptions, ParquetWriteError, SchemaSource};
 

@@ -8,23 +8,22 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder, StringBuilder};
-use arrow_array::types::{
-    Date32Type, Decimal128Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
-};
-use arrow_array::{ArrayRef, ListArray, MapArray, PrimitiveArray, RecordBatch, StructArray};
-use arrow_buffer::{NullBuffer, OffsetBuffer};
-use arrow_schema::{ArrowError, Field};
+use arrow_array::RecordBatch;
+use arrow_schema::ArrowError;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as ParquetCompression, GzipLevel, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 
-use super::convert::{Cell, ConversionError, JsonOptions, RowConverter};
+use super::columns::Columns;
+use super::convert::{ConversionError, JsonOptions, KeyMemo, RowConverter};
 use super::infer::{INFER_SAMPLE, infer_schema};
-use super::schema::{ColumnType, map_entries_field, struct_fields};
 
 /// Rows converted before they are handed to the Arrow writer.
 const CHUNK_ROWS: usize = 8192;
+
+/// String bytes converted before they are handed to the Arrow writer (far below the 2 GiB that
+/// 32-bit string offsets allow).
+const CHUNK_TEXT_BYTES: usize = 64 << 20;
 
 /// Writer settings (`parquet = { ... }` and the sink's `compression`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,21 +110,29 @@ struct Sample {
     objects: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// The schema of an object being written, the converted rows not yet handed to the writer, and
+/// the writer.
+struct Writing {
+    converter: Arc<RowConverter>,
+    columns: Columns,
+    memo: KeyMemo,
+    writer: ArrowWriter<Vec<u8>>,
+}
+
 /// One Parquet object being built.
 pub struct ParquetObjectWriter {
     options: ParquetOptions,
-    /// The schema, and the writer built on it, once known.
-    writing: Option<(Arc<RowConverter>, ArrowWriter<Vec<u8>>)>,
+    /// Once the schema is known.
+    writing: Option<Writing>,
     /// With `schema = "infer"`, until the schema is fixed.
     sample: Option<(JsonOptions, Sample)>,
-    rows: Vec<Vec<Cell>>,
     input_bytes: u64,
 }
 
 impl std::fmt::Debug for ParquetObjectWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ParquetObjectWriter")
-            .field("rows", &self.rows.len())
+            .field("rows", &self.writing.as_ref().map_or(0, |w| w.columns.rows()))
             .field("input_bytes", &self.input_bytes)
             .finish()
     }
@@ -134,13 +141,7 @@ impl std::fmt::Debug for ParquetObjectWriter {
 impl ParquetObjectWriter {
     /// An empty object.
     pub fn new(schema: &SchemaSource, options: ParquetOptions) -> Result<Self, ParquetWriteError> {
-        let mut writer = ParquetObjectWriter {
-            options,
-            writing: None,
-            sample: None,
-            rows: Vec::with_capacity(CHUNK_ROWS),
-            input_bytes: 0,
-        };
+        let mut writer = ParquetObjectWriter { options, writing: None, sample: None, input_bytes: 0 };
         match schema {
             SchemaSource::Declared(converter) => writer.start(Arc::clone(converter))?,
             SchemaSource::Infer(json) => writer.sample = Some((json.clone(), Sample::default())),
@@ -151,7 +152,7 @@ impl ParquetObjectWriter {
     fn start(&mut self, converter: Arc<RowConverter>) -> Result<(), ParquetWriteError> {
         let schema = converter.schema().arrow_schema();
         let writer = ArrowWriter::try_new(Vec::new(), schema, Some(self.options.properties()))?;
-        self.writing = Some((converter, writer));
+        self.writing = Some(Writing { columns: converter.new_columns(), converter, memo: KeyMemo::default(), writer });
         Ok(())
     }
 
@@ -162,11 +163,13 @@ impl ParquetObjectWriter {
         if schema.columns.is_empty() {
             return Err(ParquetWriteError::Inference("the sampled records have no keys".into()));
         }
-        let converter = Arc::new(RowConverter::new(Arc::new(schema), json));
-        self.start(Arc::clone(&converter))?;
+        self.start(Arc::new(RowConverter::new(Arc::new(schema), json)))?;
+        let Some(w) = self.writing.as_mut() else { return Ok(()) };
         for record in &sample.records {
             // Every sampled record fits the schema inferred from it; a failure here is a bug.
-            converter.convert(record, &mut self.rows).map_err(|e| ParquetWriteError::Inference(e.to_string()))?;
+            w.converter
+                .convert(record, &mut w.columns, &mut w.memo)
+                .map_err(|e| ParquetWriteError::Inference(e.to_string()))?;
         }
         Ok(())
     }
@@ -207,14 +210,14 @@ impl ParquetObjectWriter {
             }
             return Ok(Ok(()));
         }
-        let Some((converter, _)) = self.writing.as_ref() else {
+        let Some(w) = self.writing.as_mut() else {
             return Err(ParquetWriteError::Inference("no schema".into()));
         };
-        if let Err(e) = converter.convert(record, &mut self.rows) {
+        if let Err(e) = w.converter.convert(record, &mut w.columns, &mut w.memo) {
             return Ok(Err(e));
         }
         self.input_bytes += record.len() as u64;
-        if self.rows.len() >= CHUNK_ROWS {
+        if w.columns.rows() >= CHUNK_ROWS || w.columns.text_bytes() >= CHUNK_TEXT_BYTES {
             self.write_chunk()?;
         }
         Ok(Ok(()))
@@ -222,13 +225,13 @@ impl ParquetObjectWriter {
 
     /// File bytes written and not yet taken (finished row groups).
     pub fn output_len(&mut self) -> usize {
-        self.writing.as_mut().map_or(0, |(_, w)| w.inner_mut().len())
+        self.writing.as_mut().map_or(0, |w| w.writer.inner_mut().len())
     }
 
     /// Takes the file bytes written so far (the file continues after them): a part of an object
     /// uploaded while it grows. The writer counts offsets itself, so the footer stays right.
     pub fn take_output(&mut self) -> Vec<u8> {
-        self.writing.as_mut().map(|(_, w)| std::mem::take(w.inner_mut())).unwrap_or_default()
+        self.writing.as_mut().map(|w| std::mem::take(w.writer.inner_mut())).unwrap_or_default()
     }
 
     /// Record bytes appended (the size the buffering hints count).
@@ -237,21 +240,17 @@ impl ParquetObjectWriter {
     }
 
     fn write_chunk(&mut self) -> Result<(), ParquetWriteError> {
-        let Some((converter, writer)) = self.writing.as_mut() else { return Ok(()) };
-        if self.rows.is_empty() {
+        let Some(w) = self.writing.as_mut() else { return Ok(()) };
+        if w.columns.rows() == 0 {
             return Ok(());
         }
-        let schema = converter.schema();
-        let mut arrays = Vec::with_capacity(schema.columns.len());
-        for (i, column) in schema.columns.iter().enumerate() {
-            let cells: Vec<&Cell> = self.rows.iter().map(|r| &r[i]).collect();
-            arrays.push(build_array(&column.ty, &cells)?);
-        }
-        let batch = RecordBatch::try_new(schema.arrow_schema(), arrays)?;
-        self.rows.clear();
-        writer.write(&batch)?;
-        if writer.in_progress_size() >= self.options.row_group_bytes {
-            writer.flush()?;
+        let batch = RecordBatch::try_new(w.converter.schema().arrow_schema(), w.columns.take_arrays()?)?;
+        w.writer.write(&batch)?;
+        let row_group_bytes = w.writer.in_progress_size();
+        if row_group_bytes >= self.options.row_group_bytes {
+            // The row group is copied into the file buffer at once: size it once.
+            w.writer.inner_mut().reserve(row_group_bytes);
+            w.writer.flush()?;
         }
         Ok(())
     }
@@ -261,143 +260,12 @@ impl ParquetObjectWriter {
         self.infer_now()?;
         self.write_chunk()?;
         match self.writing {
-            Some((_, writer)) => Ok(writer.into_inner()?),
+            Some(mut w) => {
+                let row_group_bytes = w.writer.in_progress_size();
+                w.writer.inner_mut().reserve(row_group_bytes);
+                Ok(w.writer.into_inner()?)
+            }
             None => Err(ParquetWriteError::Inference("no schema".into())),
         }
     }
-}
-
-static NULL: Cell = Cell::Null;
-
-fn validity(cells: &[&Cell]) -> Option<NullBuffer> {
-    let valid: Vec<bool> = cells.iter().map(|c| !matches!(c, Cell::Null)).collect();
-    if valid.iter().all(|v| *v) { None } else { Some(NullBuffer::from(valid)) }
-}
-
-fn int_array<T>(cells: &[&Cell]) -> ArrayRef
-where
-    T: arrow_array::types::ArrowPrimitiveType,
-    T::Native: TryFrom<i64>,
-{
-    Arc::new(PrimitiveArray::<T>::from_iter(cells.iter().map(|c| match c {
-        Cell::Int(v) => T::Native::try_from(*v).ok(),
-        Cell::Date(d) => T::Native::try_from(i64::from(*d)).ok(),
-        Cell::Micros(m) => T::Native::try_from(*m).ok(),
-        _ => None,
-    })))
-}
-
-/// Builds one column's Arrow array from its cells (recursively for nested types).
-fn build_array(ty: &ColumnType, cells: &[&Cell]) -> Result<ArrayRef, ArrowError> {
-    Ok(match ty {
-        ColumnType::String | ColumnType::Varchar(_) | ColumnType::Char(_) => {
-            let mut b = StringBuilder::with_capacity(cells.len(), cells.len() * 16);
-            for c in cells {
-                match c {
-                    Cell::Str(s) => b.append_value(s),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        ColumnType::Boolean => {
-            let mut b = BooleanBuilder::with_capacity(cells.len());
-            cells.iter().for_each(|c| b.append_option(if let Cell::Bool(v) = c { Some(*v) } else { None }));
-            Arc::new(b.finish())
-        }
-        ColumnType::TinyInt => int_array::<Int8Type>(cells),
-        ColumnType::SmallInt => int_array::<Int16Type>(cells),
-        ColumnType::Int => int_array::<Int32Type>(cells),
-        ColumnType::BigInt => int_array::<Int64Type>(cells),
-        ColumnType::Date => int_array::<Date32Type>(cells),
-        ColumnType::Timestamp => {
-            let a = PrimitiveArray::<TimestampMicrosecondType>::from_iter(
-                cells.iter().map(|c| if let Cell::Micros(m) = c { Some(*m) } else { None }),
-            );
-            Arc::new(a.with_timezone("UTC"))
-        }
-        ColumnType::Float => {
-            let mut b = Float32Builder::with_capacity(cells.len());
-            cells.iter().for_each(|c| b.append_option(if let Cell::Float(v) = c { Some(*v as f32) } else { None }));
-            Arc::new(b.finish())
-        }
-        ColumnType::Double => {
-            let mut b = Float64Builder::with_capacity(cells.len());
-            cells.iter().for_each(|c| b.append_option(if let Cell::Float(v) = c { Some(*v) } else { None }));
-            Arc::new(b.finish())
-        }
-        ColumnType::Decimal { precision, scale } => {
-            let a = PrimitiveArray::<Decimal128Type>::from_iter(
-                cells.iter().map(|c| if let Cell::Decimal(v) = c { Some(*v) } else { None }),
-            );
-            Arc::new(a.with_precision_and_scale(*precision, *scale)?)
-        }
-        ColumnType::Binary => {
-            let mut b = BinaryBuilder::with_capacity(cells.len(), cells.len() * 16);
-            for c in cells {
-                match c {
-                    Cell::Bytes(v) => b.append_value(v),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        ColumnType::Array(inner) => {
-            let mut lengths = Vec::with_capacity(cells.len());
-            let mut children: Vec<&Cell> = Vec::new();
-            for c in cells {
-                if let Cell::List(items) = c {
-                    children.extend(items.iter());
-                    lengths.push(items.len());
-                } else {
-                    lengths.push(0);
-                }
-            }
-            let values = build_array(inner, &children)?;
-            let field = Arc::new(Field::new("element", inner.arrow_type(), true));
-            Arc::new(ListArray::try_new(field, OffsetBuffer::from_lengths(lengths), values, validity(cells))?)
-        }
-        ColumnType::Struct(fields) => {
-            let mut children = Vec::with_capacity(fields.len());
-            for (i, (_, field_ty)) in fields.iter().enumerate() {
-                let field_cells: Vec<&Cell> = cells
-                    .iter()
-                    .map(|c| if let Cell::Struct(v) = c { v.get(i).unwrap_or(&NULL) } else { &NULL })
-                    .collect();
-                children.push(build_array(field_ty, &field_cells)?);
-            }
-            Arc::new(StructArray::try_new(struct_fields(fields), children, validity(cells))?)
-        }
-        ColumnType::Map(key_ty, value_ty) => {
-            let mut lengths = Vec::with_capacity(cells.len());
-            let (mut keys, mut values): (Vec<&Cell>, Vec<&Cell>) = (Vec::new(), Vec::new());
-            for c in cells {
-                if let Cell::Map(entries) = c {
-                    for (k, v) in entries {
-                        keys.push(k);
-                        values.push(v);
-                    }
-                    lengths.push(entries.len());
-                } else {
-                    lengths.push(0);
-                }
-            }
-            let entries_field = map_entries_field(key_ty, value_ty);
-            let arrow_schema::DataType::Struct(entry_fields) = entries_field.data_type().clone() else {
-                return Err(ArrowError::SchemaError("map entries are not a struct".into()));
-            };
-            let entries = StructArray::try_new(
-                entry_fields,
-                vec![build_array(key_ty, &keys)?, build_array(value_ty, &values)?],
-                None,
-            )?;
-            Arc::new(MapArray::try_new(
-                entries_field,
-                OffsetBuffer::from_lengths(lengths),
-                entries,
-                validity(cells),
-                false,
-            )?)
-        }
-    })
 }
