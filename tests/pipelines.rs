@@ -201,6 +201,10 @@ mod flaky {
     }
 
     impl Sink for FlakySink {
+        fn destination_kind(&self) -> &'static str {
+            "S3"
+        }
+
         fn describe(&self) -> String {
             "flaky".into()
         }

@@ -1,6 +1,8 @@
 //! sluice's connectors: sources and sinks, one file each behind the engine's traits, the explicit
 //! [`registry`], and the synthetic log profiles used by the generator source and `sluice gen`.
 
+pub mod api;
+pub mod measure;
 pub mod registry;
 pub mod sinks;
 pub mod sources;

@@ -9,7 +9,9 @@ pub fn registry() -> Registry {
     Registry {
         sources: vec![
             SourceType { name: "file", configure: sources::file::configure },
+            SourceType { name: "firehose", configure: sources::firehose::configure },
             SourceType { name: "generator", configure: sources::generator::configure },
+            SourceType { name: "http", configure: sources::http::configure },
         ],
         sinks: vec![SinkType { name: "object_store", configure: sinks::object_store::configure }],
     }

@@ -184,7 +184,7 @@ impl ObjectBatcher {
         let s = &self.settings;
         let (key, id) = object.streaming.get_or_insert_with(|| {
             self.objects_streamed += 1;
-            (s.keys.data_key(object.oldest_arrival_ms, &data_extension(s)), self.objects_streamed)
+            (s.keys.data_key(object.oldest_arrival_ms, &s.data_extension()), self.objects_streamed)
         });
         let body = object.writer.take_output();
         object.sent += body.len() as u64;
@@ -302,7 +302,7 @@ impl ObjectBatcher {
             let streaming = object.streaming.take();
             let key = match &streaming {
                 Some((key, _)) => key.clone(),
-                None => s.keys.data_key(object.oldest_arrival_ms, &data_extension(s)),
+                None => s.keys.data_key(object.oldest_arrival_ms, &s.data_extension()),
             };
             let sent = object.sent;
             let mut sealed_object = seal(object, key, ObjectKind::Data, s.format.content_type(), data_encoding(s))?;
@@ -358,6 +358,11 @@ impl ObjectBatcher {
         self.data.iter().chain(self.errors.values()).map(|o| o.epoch).min()
     }
 
+    /// The arrival time (ms) of the oldest record in an open object, for `DataFreshness`.
+    pub fn oldest_arrival_ms(&self) -> Option<i64> {
+        self.data.iter().chain(self.errors.values()).map(|o| o.oldest_arrival_ms).min()
+    }
+
     /// When the next open object expires.
     pub fn next_deadline(&self) -> Option<Instant> {
         let interval = self.settings.hints.interval;
@@ -371,14 +376,6 @@ impl ObjectBatcher {
 }
 
 /// Extension of a sink's data objects: `.parquet`, or the format's and the compression's.
-fn data_extension(s: &SinkSettings) -> String {
-    if s.format.is_columnar() {
-        s.format.extension().to_string()
-    } else {
-        format!("{}{}", s.format.extension(), s.compression.extension())
-    }
-}
-
 /// `Content-Encoding` of a sink's data objects (none for Parquet: it compresses inside).
 fn data_encoding(s: &SinkSettings) -> Option<&'static str> {
     if s.format.is_columnar() { None } else { s.compression.content_encoding() }

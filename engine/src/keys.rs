@@ -332,6 +332,8 @@ fn random_string() -> String {
 pub struct ObjectKeys {
     prefix: ObjectKeyTemplate,
     error_prefix: ObjectKeyTemplate,
+    /// The prefixes as configured (for DescribeDeliveryStream).
+    configured: (String, Option<String>),
     stream: String,
     version: u32,
     time_zone: Tz,
@@ -348,6 +350,11 @@ pub struct PrefixRuleError {
 }
 
 impl ObjectKeys {
+    /// The `prefix` and `error_prefix` as configured (before the default time was appended).
+    pub fn configured(&self) -> (&str, Option<&str>) {
+        (&self.configured.0, self.configured.1.as_deref())
+    }
+
     /// Applies Firehose's prefix rules (FIREHOSE.md §3) to the configured prefixes.
     ///
     /// - A prefix without a timestamp expression gets `!{timestamp:yyyy/MM/dd/HH/}` appended.
@@ -413,6 +420,7 @@ impl ObjectKeys {
         let keys = ObjectKeys {
             prefix: prefix_template,
             error_prefix: error_template,
+            configured: (prefix_text.to_string(), error_prefix.map(str::to_string)),
             stream: stream.into(),
             version: 1,
             time_zone,

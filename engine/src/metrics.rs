@@ -1,13 +1,17 @@
 //! Run counters: what came in, what each sink delivered, what went to the error output, and what
-//! could not be delivered. Shared by every worker (atomics), read by the progress bar and the summary.
+//! could not be delivered; for API sources, Firehose's ingest counters. Shared by every worker
+//! (atomics), read by the progress bar, the summary and the Prometheus endpoint.
 //!
 //! Guarantees: every record a source produced is counted once in `records_in`, and for each sink
 //! that reads it exactly once in `delivered`, `failed` (error output) or `undelivered`, once the run
-//! has ended.
+//! has ended. [`PipelineMetrics::render_prometheus`] names families after FIREHOSE.md §10
+//! (`IncomingBytes`, `DeliveryToS3.Records`, … with `.` as `_`), labelled by stream and destination.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 /// Counters of one source.
 #[derive(Debug, Default)]
@@ -43,6 +47,35 @@ pub struct SinkMetrics {
     pub error_keys: Mutex<Vec<String>>,
     /// Last delivery error seen, for the summary.
     pub last_error: Mutex<Option<String>>,
+    /// Delivery attempts (puts, part uploads count as one object) and objects stored, for
+    /// `DeliveryTo<Dest>.Success` (stored ÷ attempted).
+    pub attempts: AtomicU64,
+    /// Objects (data or error output) stored.
+    pub stored: AtomicU64,
+    /// Arrival times of the oldest record each stage still holds, for `DataFreshness`.
+    pub pending: OldestPending,
+}
+
+/// The oldest arrival time held by each stage of each worker (open objects, deliveries in flight).
+#[derive(Debug, Default)]
+pub struct OldestPending(Mutex<Vec<i64>>);
+
+impl OldestPending {
+    /// Sets what stage `slot` holds: the arrival time (ms) of its oldest record, or nothing.
+    pub fn set(&self, slot: usize, oldest_arrival_ms: Option<i64>) {
+        if let Ok(mut slots) = self.0.lock() {
+            if slots.len() <= slot {
+                slots.resize(slot + 1, i64::MAX);
+            }
+            slots[slot] = oldest_arrival_ms.unwrap_or(i64::MAX);
+        }
+    }
+
+    /// The oldest arrival time (ms) of any record not yet delivered, if any.
+    pub fn oldest(&self) -> Option<i64> {
+        let slots = self.0.lock().ok()?;
+        slots.iter().copied().min().filter(|&t| t != i64::MAX)
+    }
 }
 
 impl SinkMetrics {
@@ -50,6 +83,88 @@ impl SinkMetrics {
     pub fn count_reason(&self, reason: &str, n: u64) {
         if let Ok(mut reasons) = self.reasons.lock() {
             *reasons.entry(reason.to_string()).or_default() += n;
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A latency histogram (Prometheus-style cumulative buckets are computed when rendered).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Counts one observation.
+    pub fn observe(&self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS.iter().position(|&le| seconds <= le).unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(latency.as_micros() as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, text: &mut PrometheusText, family: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Relaxed);
+            let le = LATENCY_BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            text.line(family, "histogram", &format!("{family}_bucket{{{labels},le=\"{le}\"}} {cumulative}"));
+        }
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        text.line(family, "histogram", &format!("{family}_sum{{{labels}}} {sum}"));
+        text.line(family, "histogram", &format!("{family}_count{{{labels}}} {}", self.count()));
+    }
+}
+
+/// Firehose's ingest counters (FIREHOSE.md §10), for pipelines with an API source.
+#[derive(Debug, Default)]
+pub struct ApiMetrics {
+    /// Bytes accepted (record data, after throttling).
+    pub incoming_bytes: AtomicU64,
+    /// Records accepted.
+    pub incoming_records: AtomicU64,
+    /// Put requests accepted (PutRecord and PutRecordBatch, after throttling).
+    pub incoming_put_requests: AtomicU64,
+    /// Records refused with ServiceUnavailableException because too much was in flight.
+    pub throttled_records: AtomicU64,
+    /// PutRecord requests (accepted or not), their bytes and latency.
+    pub put_record_requests: AtomicU64,
+    /// PutRecord bytes accepted.
+    pub put_record_bytes: AtomicU64,
+    /// PutRecord latency.
+    pub put_record_latency: LatencyHistogram,
+    /// PutRecordBatch requests (accepted or not).
+    pub put_record_batch_requests: AtomicU64,
+    /// PutRecordBatch records accepted.
+    pub put_record_batch_records: AtomicU64,
+    /// PutRecordBatch bytes accepted.
+    pub put_record_batch_bytes: AtomicU64,
+    /// PutRecordBatch latency.
+    pub put_record_batch_latency: LatencyHistogram,
+    /// DescribeDeliveryStream requests.
+    pub describe_requests: AtomicU64,
+    /// ListDeliveryStreams requests.
+    pub list_requests: AtomicU64,
+    /// Requests refused, by error type (`__type`).
+    pub errors: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl ApiMetrics {
+    /// Counts a refused request by its error type.
+    pub fn count_error(&self, error_type: &'static str) {
+        if let Ok(mut errors) = self.errors.lock() {
+            *errors.entry(error_type).or_default() += 1;
         }
     }
 }
@@ -63,6 +178,54 @@ pub struct PipelineMetrics {
     pub sinks: Vec<SinkMetrics>,
     /// Errors that stopped a source early.
     pub source_errors: Mutex<Vec<String>>,
+    /// API ingest counters (zero without an API source).
+    pub api: ApiMetrics,
+}
+
+/// A sink as the Prometheus endpoint labels it.
+#[derive(Debug, Clone)]
+pub struct SinkLabel {
+    /// The sink's name in the pipeline.
+    pub name: String,
+    /// Its Firehose destination kind (`S3`, `HttpEndpoint`, …).
+    pub kind: &'static str,
+}
+
+/// Metrics in the Prometheus text format, grouped by family (one `# TYPE` line each), so several
+/// pipelines and sinks can add samples of the same family.
+#[derive(Debug, Default)]
+pub struct PrometheusText {
+    families: BTreeMap<String, (&'static str, Vec<String>)>,
+}
+
+impl PrometheusText {
+    /// Adds `sample` (a whole sample line) to `family` of type `kind`.
+    fn line(&mut self, family: &str, kind: &'static str, sample: &str) {
+        self.families.entry(family.to_string()).or_insert_with(|| (kind, Vec::new())).1.push(sample.to_string());
+    }
+
+    /// Adds one sample `family{labels} value`.
+    pub fn sample(&mut self, family: &str, kind: &'static str, labels: &str, value: impl std::fmt::Display) {
+        self.line(family, kind, &format!("{family}{{{labels}}} {value}"));
+    }
+
+    /// The exposition text.
+    pub fn finish(self) -> String {
+        let mut out = String::new();
+        for (family, (kind, lines)) in self.families {
+            let _ = writeln!(out, "# TYPE {family} {kind}");
+            for line in lines {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped (Prometheus text format).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl PipelineMetrics {
@@ -72,6 +235,60 @@ impl PipelineMetrics {
             sources: (0..sources).map(|_| SourceMetrics::default()).collect(),
             sinks: (0..sinks).map(|_| SinkMetrics::default()).collect(),
             source_errors: Mutex::new(Vec::new()),
+            api: ApiMetrics::default(),
+        }
+    }
+
+    /// Adds this pipeline's metrics to `text`, labelled `stream="<stream>"` (and
+    /// `destination="<sink>"` for delivery families). `now_ms` is the clock for `DataFreshness`.
+    pub fn render_prometheus(&self, text: &mut PrometheusText, stream: &str, sinks: &[SinkLabel], now_ms: i64) {
+        let stream_label = format!("stream=\"{}\"", label_value(stream));
+        let api = &self.api;
+        let counters: [(&str, u64); 12] = [
+            ("IncomingBytes", api.incoming_bytes.load(Relaxed).max(self.bytes_in())),
+            ("IncomingRecords", api.incoming_records.load(Relaxed).max(self.records_in())),
+            ("IncomingPutRequests", api.incoming_put_requests.load(Relaxed)),
+            ("ThrottledRecords", api.throttled_records.load(Relaxed)),
+            ("PutRecord_Requests", api.put_record_requests.load(Relaxed)),
+            ("PutRecord_Bytes", api.put_record_bytes.load(Relaxed)),
+            ("PutRecordBatch_Requests", api.put_record_batch_requests.load(Relaxed)),
+            ("PutRecordBatch_Records", api.put_record_batch_records.load(Relaxed)),
+            ("PutRecordBatch_Bytes", api.put_record_batch_bytes.load(Relaxed)),
+            ("DescribeDeliveryStream_Requests", api.describe_requests.load(Relaxed)),
+            ("ListDeliveryStreams_Requests", api.list_requests.load(Relaxed)),
+            ("SourceErrors", self.source_errors.lock().map_or(0, |e| e.len() as u64)),
+        ];
+        for (name, value) in counters {
+            text.sample(&format!("sluice_{name}"), "counter", &stream_label, value);
+        }
+        api.put_record_latency.render(text, "sluice_PutRecord_Latency_seconds", &stream_label);
+        api.put_record_batch_latency.render(text, "sluice_PutRecordBatch_Latency_seconds", &stream_label);
+        if let Ok(errors) = api.errors.lock() {
+            for (error_type, n) in errors.iter() {
+                text.sample("sluice_ApiErrors", "counter", &format!("{stream_label},type=\"{error_type}\""), n);
+            }
+        }
+        for (sink, label) in self.sinks.iter().zip(sinks) {
+            let labels = format!("{stream_label},destination=\"{}\"", label_value(&label.name));
+            let family = |name: &str| format!("sluice_DeliveryTo{}_{name}", label.kind);
+            let attempts = sink.attempts.load(Relaxed);
+            let success = if attempts == 0 { 1.0 } else { sink.stored.load(Relaxed) as f64 / attempts as f64 };
+            let freshness = sink.pending.oldest().map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+            text.sample(&family("Records"), "counter", &labels, sink.records_delivered.load(Relaxed));
+            text.sample(&family("Bytes"), "counter", &labels, sink.bytes_delivered.load(Relaxed));
+            text.sample(&family("StoredBytes"), "counter", &labels, sink.bytes_stored.load(Relaxed));
+            text.sample(&family("Objects"), "counter", &labels, sink.objects.load(Relaxed));
+            text.sample(&family("Attempts"), "counter", &labels, attempts);
+            text.sample(&family("Success"), "gauge", &labels, success);
+            text.sample(&family("DataFreshness_seconds"), "gauge", &labels, freshness);
+            text.sample(&family("FailedRecords"), "counter", &labels, sink.records_failed.load(Relaxed));
+            text.sample(&family("UndeliveredRecords"), "counter", &labels, sink.records_undelivered.load(Relaxed));
+            if let Ok(reasons) = sink.reasons.lock() {
+                for (reason, n) in reasons.iter() {
+                    let labels = format!("{labels},reason=\"{}\"", label_value(reason));
+                    text.sample("sluice_DeliveryErrors", "counter", &labels, n);
+                }
+            }
         }
     }
 

@@ -28,6 +28,22 @@ impl RecordBatch {
         self.ends.push(u32::try_from(self.data.len()).unwrap_or(u32::MAX));
     }
 
+    /// Appends one record written by `write` straight into the batch's buffer (e.g. decoded from
+    /// base64 without a copy); if `write` fails, the batch is as it was.
+    pub fn push_with<E>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        let start = self.data.len();
+        match write(&mut self.data) {
+            Ok(()) => {
+                self.ends.push(u32::try_from(self.data.len()).unwrap_or(u32::MAX));
+                Ok(())
+            }
+            Err(e) => {
+                self.data.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
         self.ends.len()

@@ -15,7 +15,7 @@ use timely::dataflow::operators::{Concatenate, Probe};
 use crate::config::Plan;
 use crate::metrics::PipelineMetrics;
 use crate::operators::{BuildObjects, Deliver, DeliveryContext, InflightBudget, read_source};
-use crate::traits::{SourceContext, StopSignal};
+use crate::traits::{PrepareContext, SourceContext, StopSignal};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -59,6 +59,14 @@ pub enum RunError {
         /// Why.
         error: crate::traits::DeliveryError,
     },
+    /// A source could not start (e.g. its listener address is taken).
+    #[error("source `{name}` cannot start: {error}")]
+    PrepareSource {
+        /// The source.
+        name: String,
+        /// Why.
+        error: crate::traits::SourceError,
+    },
     /// Timely could not start or a worker failed.
     #[error("dataflow failed: {0}")]
     Dataflow(String),
@@ -85,6 +93,18 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
         .map_err(RunError::Runtime)?;
     for sink in &plan.sinks {
         runtime.block_on(sink.sink.prepare()).map_err(|error| RunError::Prepare { sink: sink.name.clone(), error })?;
+    }
+    let prepare = PrepareContext {
+        runtime: runtime.handle().clone(),
+        stop: options.stop.clone(),
+        metrics: Arc::clone(&metrics),
+        stream: Arc::new(plan.stream_info(crate::record::now_ms())),
+    };
+    for source in &plan.sources {
+        source
+            .source
+            .prepare(&prepare)
+            .map_err(|error| RunError::PrepareSource { name: source.name.clone(), error })?;
     }
     let context = DeliveryContext {
         runtime: runtime.handle().clone(),

@@ -17,18 +17,49 @@ use crate::record::RecordBatch;
 
 /// Set once when the run should stop (SIGINT/SIGTERM): sources finish, buffers flush, deliveries end.
 #[derive(Debug, Clone, Default)]
-pub struct StopSignal(Arc<AtomicBool>);
+pub struct StopSignal(Arc<StopState>);
+
+#[derive(Debug, Default)]
+struct StopState {
+    stopped: AtomicBool,
+    waiters: tokio::sync::Notify,
+}
 
 impl StopSignal {
     /// Asks everything to stop.
     pub fn stop(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.stopped.store(true, Ordering::SeqCst);
+        self.0.waiters.notify_waiters();
     }
 
     /// Whether a stop was asked for.
     pub fn is_stopped(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.stopped.load(Ordering::SeqCst)
     }
+
+    /// Completes once a stop was asked for (for async tasks such as a listener).
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.0.waiters.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a stop between the check and the wait is not missed.
+            notified.as_mut().enable();
+            if self.is_stopped() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What a source reader does when the run is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStop {
+    /// Stop reading at once (a file or generator: what was not read is simply not part of the run).
+    Finish,
+    /// Keep reading until the reader says [`ReadStatus::Finished`]: records already acknowledged to
+    /// a producer (an API source's queue) are drained into the pipeline first.
+    Drain,
 }
 
 /// Where a source reader runs.
@@ -72,14 +103,37 @@ pub enum SourceError {
 pub trait SourceReader {
     /// Adds records to `batch` (up to about `max_bytes`) and says what happened.
     fn read(&mut self, batch: &mut RecordBatch, max_bytes: usize) -> Result<ReadStatus, SourceError>;
+
+    /// Called once when the run is asked to stop; says whether to keep reading until finished.
+    fn on_stop(&mut self) -> OnStop {
+        OnStop::Finish
+    }
+}
+
+/// What a source gets before the run starts, to start what it serves (e.g. a listener).
+#[derive(Debug, Clone)]
+pub struct PrepareContext {
+    /// The run's async runtime.
+    pub runtime: tokio::runtime::Handle,
+    /// The run's stop signal.
+    pub stop: StopSignal,
+    /// The run's counters.
+    pub metrics: Arc<crate::metrics::PipelineMetrics>,
+    /// The pipeline as a delivery stream (for an API to describe).
+    pub stream: Arc<crate::config::StreamInfo>,
 }
 
 /// A configured source.
-pub trait Source: Send + Sync + 'static {
+pub trait Source: std::any::Any + Send + Sync + 'static {
     /// One line for `sluice validate`, e.g. `file: 3 paths`.
     fn describe(&self) -> String;
     /// Whether the source ends by itself (batch) or runs until stopped (stream).
     fn is_finite(&self) -> bool;
+    /// Called once before the workers start (e.g. bind a listener); an error stops the run.
+    fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        let _ = ctx;
+        Ok(())
+    }
     /// Opens this worker's share; every worker calls it with the same `workers`.
     fn open(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError>;
 }
@@ -139,6 +193,13 @@ impl DeliveryError {
 pub trait Sink: Send + Sync + 'static {
     /// One line for `sluice validate` and the run summary, e.g. `s3://bucket/prefix`.
     fn describe(&self) -> String;
+    /// Where it delivers, for DescribeDeliveryStream (e.g. its URL); by default [`Sink::describe`].
+    fn location(&self) -> String {
+        self.describe()
+    }
+    /// The Firehose destination kind its metrics are named after (`DeliveryTo<kind>.Records`), e.g.
+    /// `S3` or `HttpEndpoint`.
+    fn destination_kind(&self) -> &'static str;
     /// Called once before the run (e.g. create a local folder); an error stops the run.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         Box::pin(async { Ok(()) })
@@ -185,6 +246,8 @@ pub trait PartUpload: Send + Sync {
 /// What a connector's `configure` gets: its own keys (engine-owned keys already taken out).
 #[derive(Debug)]
 pub struct ConnectorConfig {
+    /// The pipeline (delivery stream) name.
+    pub pipeline: String,
     /// The component's name, e.g. `logs` for `[sources.logs]`.
     pub name: String,
     /// Its remaining keys.

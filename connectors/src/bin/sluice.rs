@@ -1,11 +1,12 @@
-//! The `sluice` command: `run` a pipeline (batch or stream), `validate` pipeline files, `gen`
-//! synthetic logs.
+//! The `sluice` command: `run` a pipeline (batch or stream), `serve` a directory of pipelines behind
+//! one Firehose API listener, `validate` pipeline files, `gen` synthetic logs.
 //!
 //! Exit codes of `run`: 0 when every record reached its destination; 2 when some went to the error
 //! output (the summary says how many, why and where); 1 when anything was left undelivered or the
 //! run could not start. `validate` exits 1 when any file has an error.
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,10 +15,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sluice_connectors::api::TlsFiles;
+use sluice_connectors::api::admin::{self, MonitoredPipeline};
+use sluice_connectors::api::firehose::FirehoseApi;
+use sluice_connectors::api::sigv4::AccessKeys;
+use sluice_connectors::measure::{self, MeasuredCommand};
 use sluice_connectors::registry;
+use sluice_connectors::sources::firehose::{FirehoseSource, router as firehose_router};
 use sluice_connectors::synth::{Profile, write_ndjson};
 use sluice_engine::config::{Plan, load_file};
-use sluice_engine::metrics::{PipelineMetrics, peak_rss_bytes};
+use sluice_engine::metrics::{PipelineMetrics, SinkLabel, peak_rss_bytes};
 use sluice_engine::runtime::{RunOptions, RunReport, run};
 use sluice_engine::traits::StopSignal;
 
@@ -44,12 +51,53 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Serve `/metrics` (Prometheus) and `/health` on this address, e.g. 127.0.0.1:4580.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+    },
+    /// Run every pipeline in a directory as one delivery stream each, behind one Firehose API
+    /// listener (requests are routed by `DeliveryStreamName`), until Ctrl-C/SIGTERM.
+    Serve {
+        /// Directory of pipeline files (`*.toml`).
+        dir: PathBuf,
+        /// The shared Firehose API address (replaces each firehose source's `listen`).
+        #[arg(long, default_value = "127.0.0.1:4573")]
+        listen: SocketAddr,
+        /// Serve `/metrics` (Prometheus) and `/health` on this address.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Timely workers per pipeline (default: `workers` in the file, else cores ÷ pipelines).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Region in stream ARNs.
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+        /// HTTPS: certificate chain (PEM); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// HTTPS: private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Check pipeline files and print their graphs, or every error with file:line:col.
     Validate {
         /// Pipeline files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Run a command and write what it cost (wall, CPU, peak RSS) as JSON: how benchmarks measure
+    /// baselines and sluice alike from a small process.
+    #[command(hide = true)]
+    Measure {
+        /// Where to write the JSON report.
+        #[arg(long)]
+        report: PathBuf,
+        /// A file for the command's standard input.
+        #[arg(long)]
+        stdin: Option<PathBuf>,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
     },
     /// Write synthetic logs as NDJSON (deterministic for a seed).
     Gen {
@@ -78,8 +126,19 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { pipeline, workers, quiet } => run_command(&pipeline, workers, quiet),
+        Command::Run { pipeline, workers, quiet, admin } => run_command(&pipeline, workers, quiet, admin),
+        Command::Serve { dir, listen, admin, workers, region, tls_cert, tls_key } => {
+            let tls = tls_cert.zip(tls_key).map(|(cert, key)| TlsFiles { cert, key });
+            serve_command(&dir, listen, admin, workers, &region, tls)
+        }
         Command::Validate { files } => Ok(validate_command(&files)),
+        Command::Measure { report, stdin, command } => {
+            let (program, args) = command.split_first().map(|(p, a)| (p.clone(), a.to_vec())).unwrap_or_default();
+            let command = MeasuredCommand { program, args, stdin };
+            measure::write_report(&command, &report)
+                .with_context(|| format!("cannot run {:?}", command.program))
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Gen { profile, records, seed, output } => {
             gen_command(profile, records, seed, output).map(|()| ExitCode::SUCCESS)
         }
@@ -153,7 +212,41 @@ fn stop_on_signals(stop: StopSignal) {
     });
 }
 
-fn run_command(pipeline: &std::path::Path, workers: Option<usize>, quiet: bool) -> anyhow::Result<ExitCode> {
+/// Serves `/metrics` and `/health` for `pipelines` on `address` from a thread of its own, for as
+/// long as the process lives.
+fn start_admin(address: SocketAddr, pipelines: Vec<MonitoredPipeline>) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))?;
+    listener.set_nonblocking(true).with_context(|| format!("cannot listen on {address}"))?;
+    std::thread::Builder::new().name("sluice-admin".into()).spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    if let Err(e) = axum::serve(listener, admin::router(pipelines)).await {
+                        tracing::error!(error = %e, "admin endpoint failed");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "admin endpoint failed"),
+            }
+        });
+    })?;
+    Ok(())
+}
+
+fn monitored(plan: &Plan, metrics: &Arc<PipelineMetrics>) -> MonitoredPipeline {
+    MonitoredPipeline {
+        stream: plan.name.clone(),
+        metrics: Arc::clone(metrics),
+        sinks: plan.sinks.iter().map(|s| SinkLabel { name: s.name.clone(), kind: s.sink.destination_kind() }).collect(),
+    }
+}
+
+fn run_command(
+    pipeline: &std::path::Path,
+    workers: Option<usize>,
+    quiet: bool,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<ExitCode> {
     let registry = registry();
     let plan = match load_file(pipeline, &registry) {
         Ok(plan) => plan,
@@ -167,6 +260,9 @@ fn run_command(pipeline: &std::path::Path, workers: Option<usize>, quiet: bool) 
     if let Some(w) = workers {
         options.workers = w.max(1);
     }
+    if let Some(address) = admin {
+        start_admin(address, vec![monitored(&plan, &metrics)])?;
+    }
     stop_on_signals(options.stop.clone());
     let progress = (!quiet && std::io::stderr().is_terminal()).then(|| progress_bar(&metrics));
     let result = run(&plan, &options, Arc::clone(&metrics));
@@ -176,6 +272,124 @@ fn run_command(pipeline: &std::path::Path, workers: Option<usize>, quiet: bool) 
     }
     let report = result.with_context(|| format!("pipeline {}", plan.name))?;
     Ok(summarize(&plan, &report, &metrics))
+}
+
+/// `sluice serve DIR`: every pipeline of `dir`, one shared Firehose listener.
+fn serve_command(
+    dir: &std::path::Path,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    workers: Option<usize>,
+    region: &str,
+    tls: Option<TlsFiles>,
+) -> anyhow::Result<ExitCode> {
+    let registry = registry();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut plans = Vec::new();
+    let mut failed = false;
+    for file in &files {
+        match load_file(file, &registry) {
+            Ok(plan) => plans.push(plan),
+            Err(diagnostics) => {
+                failed = true;
+                eprintln!("{diagnostics}\n");
+            }
+        }
+    }
+    if failed {
+        return Ok(ExitCode::from(1));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for plan in &plans {
+        anyhow::ensure!(seen.insert(plan.name.clone()), "two pipelines in {} are named {}", dir.display(), plan.name);
+    }
+    let now = sluice_engine::record::now_ms();
+    let stop = StopSignal::default();
+    let mut endpoints = Vec::new();
+    let mut keys = AccessKeys::default();
+    let pipelines: Vec<(Plan, Arc<PipelineMetrics>)> = plans
+        .into_iter()
+        .map(|plan| {
+            let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+            for source in &plan.sources {
+                let any: &dyn std::any::Any = &*source.source;
+                if let Some(firehose) = any.downcast_ref::<FirehoseSource>() {
+                    firehose.share();
+                    let endpoint = firehose.endpoint(Arc::new(plan.stream_info(now)), Arc::clone(&metrics));
+                    keys.extend(&endpoint.keys);
+                    endpoints.push(endpoint);
+                }
+            }
+            (plan, metrics)
+        })
+        .collect();
+    anyhow::ensure!(!endpoints.is_empty(), "no pipeline in {} has a `type = \"firehose\"` source", dir.display());
+    if endpoints.iter().any(|e| e.keys.is_empty()) && !keys.is_empty() {
+        tracing::warn!("some streams have access keys and some do not: every request must now be signed");
+    }
+    let queues = endpoints.iter().map(|e| Arc::clone(&e.queue)).collect();
+    let api = Arc::new(FirehoseApi::new(endpoints, keys, region));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sluice-api")
+        .enable_all()
+        .build()
+        .context("cannot start the API runtime")?;
+    let listener = sluice_connectors::api::bind(listen)?;
+    sluice_connectors::api::serve(runtime.handle(), listener, firehose_router(api), tls, stop.clone(), queues)?;
+    if let Some(address) = admin {
+        start_admin(address, pipelines.iter().map(|(p, m)| monitored(p, m)).collect())?;
+    }
+    stop_on_signals(stop.clone());
+    let per_pipeline = (sluice_engine::runtime::default_workers() / pipelines.len()).max(1);
+    let runs: Vec<_> = pipelines
+        .into_iter()
+        .map(|(plan, metrics)| {
+            let mut options = RunOptions::for_plan(&plan);
+            options.workers = workers.or(plan.workers).unwrap_or(per_pipeline).max(1);
+            options.stop = stop.clone();
+            std::thread::spawn(move || {
+                let result = run(&plan, &options, Arc::clone(&metrics));
+                (plan, metrics, result)
+            })
+        })
+        .collect();
+    let mut code = ExitCode::SUCCESS;
+    let mut worst = 0;
+    for handle in runs {
+        let Ok((plan, metrics, result)) = handle.join() else {
+            worst = 1;
+            continue;
+        };
+        match result {
+            Ok(report) => {
+                let c = summarize(&plan, &report, &metrics);
+                let rank = if c == ExitCode::from(1) {
+                    2
+                } else if c == ExitCode::from(2) {
+                    1
+                } else {
+                    0
+                };
+                if rank > worst {
+                    worst = rank;
+                    code = c;
+                }
+            }
+            Err(e) => {
+                eprintln!("error: pipeline {}: {e}", plan.name);
+                worst = 2;
+                code = ExitCode::from(1);
+            }
+        }
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    Ok(code)
 }
 
 fn progress_bar(metrics: &Arc<PipelineMetrics>) -> (indicatif::ProgressBar, std::thread::JoinHandle<()>) {

@@ -355,8 +355,16 @@ fn classify(code_prefix: &str, e: object_store::Error) -> DeliveryError {
 }
 
 impl Sink for ObjectStoreSink {
+    fn destination_kind(&self) -> &'static str {
+        "S3"
+    }
+
     fn describe(&self) -> String {
         format!("object_store {}", self.url)
+    }
+
+    fn location(&self) -> String {
+        self.url.to_string()
     }
 
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {

@@ -56,6 +56,54 @@ pub struct SinkSettings {
     pub retry: RetryPolicy,
 }
 
+impl SinkSettings {
+    /// Extension of the sink's data objects: `.parquet`, or the format's and the compression's.
+    pub fn data_extension(&self) -> String {
+        if self.format.is_columnar() {
+            self.format.extension().to_string()
+        } else {
+            format!("{}{}", self.format.extension(), self.compression.extension())
+        }
+    }
+}
+
+/// A pipeline as the Firehose API describes it (DescribeDeliveryStream).
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    /// Delivery stream (pipeline) name.
+    pub name: String,
+    /// When the run started, ms since the epoch (the stream's creation time).
+    pub created_ms: i64,
+    /// One per sink.
+    pub destinations: Vec<DestinationInfo>,
+}
+
+/// One sink as a Firehose destination.
+#[derive(Debug, Clone)]
+pub struct DestinationInfo {
+    /// The sink's name.
+    pub sink: String,
+    /// Its Firehose destination kind (`S3`, `HttpEndpoint`, …).
+    pub kind: &'static str,
+    /// Where it delivers (the sink's own description, e.g. its URL).
+    pub location: String,
+    /// Buffering size hint in MB.
+    pub size_mb: u64,
+    /// Buffering interval hint in seconds.
+    pub interval_s: u64,
+    /// Firehose's `CompressionFormat` name (`UNCOMPRESSED`, `GZIP`, `Snappy`; sluice adds `ZSTD`;
+    /// Parquet compresses inside the file, so it reports `UNCOMPRESSED`).
+    pub compression_format: &'static str,
+    /// Whether records are converted (Parquet).
+    pub format_conversion: bool,
+    /// `prefix` as configured.
+    pub prefix: String,
+    /// `error_prefix` as configured.
+    pub error_prefix: Option<String>,
+    /// Extension of data objects.
+    pub file_extension: String,
+}
+
 /// A resolved source.
 #[derive(Clone)]
 pub struct SourcePlan {
@@ -96,6 +144,39 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The pipeline as a Firehose delivery stream, created at `created_ms`.
+    pub fn stream_info(&self, created_ms: i64) -> StreamInfo {
+        use crate::encode::Compression as C;
+        let destinations = self
+            .sinks
+            .iter()
+            .map(|s| {
+                let settings = &s.settings;
+                let (prefix, error_prefix) = settings.keys.configured();
+                let compression_format = match settings.compression {
+                    _ if settings.format.is_columnar() => "UNCOMPRESSED",
+                    C::None => "UNCOMPRESSED",
+                    C::Gzip => "GZIP",
+                    C::Snappy => "Snappy",
+                    C::Zstd => "ZSTD",
+                };
+                DestinationInfo {
+                    sink: s.name.clone(),
+                    kind: s.sink.destination_kind(),
+                    location: s.sink.location(),
+                    size_mb: settings.hints.size_bytes >> 20,
+                    interval_s: settings.hints.interval.as_secs(),
+                    compression_format,
+                    format_conversion: settings.format.is_columnar(),
+                    prefix: prefix.to_string(),
+                    error_prefix: error_prefix.map(str::to_string),
+                    file_extension: settings.data_extension(),
+                }
+            })
+            .collect();
+        StreamInfo { name: self.name.clone(), created_ms, destinations }
+    }
+
     /// Whether every source ends by itself (a batch run).
     pub fn is_batch(&self) -> bool {
         self.sources.iter().all(|s| s.source.is_finite())
@@ -218,8 +299,12 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                     let known = registry.sources.iter().map(|s| s.name).collect();
                     let type_name = take_type(&mut section, known, "source", &mut problems)?;
                     let source_type = registry.source(&type_name)?;
-                    let config =
-                        ConnectorConfig { name: source_name.clone(), table: section, base_dir: base_dir.to_path_buf() };
+                    let config = ConnectorConfig {
+                        pipeline: name.clone(),
+                        name: source_name.clone(),
+                        table: section,
+                        base_dir: base_dir.to_path_buf(),
+                    };
                     match (source_type.configure)(config) {
                         Ok(source) => Some(SourcePlan { name: source_name.clone(), type_name, source }),
                         Err(d) => {
@@ -263,7 +348,12 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
             };
             let Some(sink_type) = registry.sink(&type_name) else { continue };
             section.engine_keys = SINK_ENGINE_KEYS;
-            let config = ConnectorConfig { name: sink_name.clone(), table: section, base_dir: base_dir.to_path_buf() };
+            let config = ConnectorConfig {
+                pipeline: name.clone(),
+                name: sink_name.clone(),
+                table: section,
+                base_dir: base_dir.to_path_buf(),
+            };
             match (sink_type.configure)(config) {
                 Ok(sink) => {
                     sinks.push(SinkPlan { name: sink_name, type_name, inputs, settings: Arc::new(settings), sink })

@@ -15,7 +15,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
-use super::Epoch;
+use super::{Epoch, Stage, pending_slot};
 use crate::buffer::{ObjectBatcher, PART_BYTES, SealedObject};
 use crate::config::SinkSettings;
 use crate::metrics::PipelineMetrics;
@@ -57,6 +57,7 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<RecordBatch>> {
                 }
                 let mut held: Option<Capability<Epoch>> = None;
                 let mut sealed = Vec::new();
+                let pending_slot = pending_slot(scope.index(), Stage::Buffering);
                 move |(input, frontier), output| {
                     let now = Instant::now();
                     input.for_each(|cap, data| {
@@ -93,6 +94,7 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<RecordBatch>> {
                         (Some(oldest), Some(h)) if oldest > *h.time() => h.downgrade(&oldest),
                         _ => {}
                     }
+                    metrics.sinks[index].pending.set(pending_slot, batcher.oldest_arrival_ms());
                     if let Some(deadline) = batcher.next_deadline() {
                         activator.activate_after(deadline.saturating_duration_since(now));
                     }

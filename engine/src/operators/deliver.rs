@@ -16,7 +16,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
-use super::{Epoch, InflightBudget};
+use super::{Epoch, InflightBudget, Stage, pending_slot};
 use bytes::Bytes;
 use timely::scheduling::SyncActivator;
 
@@ -50,6 +50,7 @@ pub struct DeliveryContext {
 struct InFlight {
     capability: Capability<Epoch>,
     kind: ObjectKind,
+    oldest_arrival_ms: i64,
     key: String,
     records: u64,
     raw_bytes: u64,
@@ -179,6 +180,7 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
     ) -> Stream<'scope, Epoch, Vec<DeliveryReceipt>> {
         let DeliveryContext { runtime, budget, metrics } = context.clone();
         let worker = self.scope().worker();
+        let worker_index = self.scope().index();
         let sink_name = name.to_string();
         self.unary_frontier::<CapacityContainerBuilder<Vec<DeliveryReceipt>>, _, _, _>(Pipeline, &format!("Deliver({name})"), move |initial, info| {
             drop(initial);
@@ -187,6 +189,7 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
             let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
             let mut sessions: HashMap<u64, tokio::sync::mpsc::UnboundedSender<SessionMessage>> = HashMap::new();
             let mut next_ticket = 0u64;
+            let pending_slot = pending_slot(worker_index, Stage::Delivering);
             move |(input, _frontier), output| {
                 input.for_each(|cap, data| {
                     for object in data.drain(..) {
@@ -229,6 +232,7 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                         in_flight.insert(ticket, InFlight {
                             capability,
                             kind: object.kind,
+                            oldest_arrival_ms: object.oldest_arrival_ms,
                             key: object.payload.key.clone(),
                             records: object.payload.records,
                             raw_bytes: object.raw_bytes,
@@ -257,6 +261,10 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                     budget.release(done.budget_bytes);
                     let m = &metrics.sinks[index];
                     let stored = outcome.result.is_ok();
+                    m.attempts.fetch_add(u64::from(outcome.attempts), Relaxed);
+                    if stored {
+                        m.stored.fetch_add(1, Relaxed);
+                    }
                     match (&outcome.result, done.kind) {
                         (Ok(()), ObjectKind::Data) => {
                             m.records_delivered.fetch_add(done.records, Relaxed);
@@ -285,6 +293,7 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                     }
                     output.session(&done.capability).give(DeliveryReceipt { kind: done.kind, records: done.records, stored });
                 }
+                metrics.sinks[index].pending.set(pending_slot, in_flight.values().map(|f| f.oldest_arrival_ms).min());
             }
         })
     }

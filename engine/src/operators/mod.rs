@@ -48,3 +48,18 @@ impl InflightBudget {
         self.bytes.fetch_sub(n, Ordering::Relaxed);
     }
 }
+
+/// Where a sink's records wait: for the `DataFreshness` slots in
+/// [`crate::metrics::OldestPending`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stage {
+    /// In an open object.
+    Buffering = 0,
+    /// In a delivery in flight.
+    Delivering = 1,
+}
+
+/// The freshness slot of `stage` on worker `worker`.
+pub(crate) fn pending_slot(worker: usize, stage: Stage) -> usize {
+    worker * 2 + stage as usize
+}

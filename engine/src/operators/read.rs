@@ -3,7 +3,9 @@
 //!
 //! Guarantees: it never reads while the in-flight budget is exhausted; it advances the epoch at
 //! least once per tick even when idle (so interval flushing and the delivered frontier progress);
-//! a read error stops this share, is logged and counted, and never panics.
+//! on stop it finishes at once, or, for a reader that asks to drain (records already acknowledged
+//! to producers), reads on until the reader is finished; a read error stops this share, is logged
+//! and counted, and never panics.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +17,7 @@ use timely::dataflow::{Scope, Stream};
 use super::{Epoch, InflightBudget};
 use crate::metrics::PipelineMetrics;
 use crate::record::{RecordBatch, now_ms};
-use crate::traits::{ReadStatus, SourceReader, StopSignal};
+use crate::traits::{OnStop, ReadStatus, SourceReader, StopSignal};
 
 /// How often the epoch advances.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -42,13 +44,19 @@ pub fn read_source<'scope>(
             let activator = scope.activator_for(info.address);
             let mut capability = Some(capability);
             let mut epoch_started = Instant::now();
+            let mut draining = false;
             move |output| {
                 let Some(cap) = capability.as_mut() else {
                     return;
                 };
-                if stop.is_stopped() {
-                    capability = None;
-                    return;
+                if stop.is_stopped() && !draining {
+                    match reader.on_stop() {
+                        OnStop::Finish => {
+                            capability = None;
+                            return;
+                        }
+                        OnStop::Drain => draining = true,
+                    }
                 }
                 if epoch_started.elapsed() >= TICK {
                     let next = *cap.time() + 1;

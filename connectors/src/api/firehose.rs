@@ -1,0 +1,569 @@
+//! The Firehose ingest API over AWS JSON 1.1 (FIREHOSE.md §1): `POST /` with
+//! `X-Amz-Target: Firehose_20150804.<Op>`, for PutRecord, PutRecordBatch, ListDeliveryStreams and
+//! DescribeDeliveryStream, so the AWS SDKs and CLI send to sluice unchanged.
+//!
+//! Guarantees: limits are checked before a body is buffered (its declared length) and before any
+//! record is accepted (500 records, 4 MiB per batch, 1,000 KiB per record, the stream-name pattern);
+//! a request is accepted whole or, for PutRecordBatch past the in-flight limit, record by record
+//! with each refused record reported in order as `ServiceUnavailableException`; nothing is
+//! acknowledged before it is in its stream's queue; every refusal is an AWS error document
+//! (`{"__type","message"}`) with its HTTP status, never a panic.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_engine::config::StreamInfo;
+use sluice_engine::metrics::PipelineMetrics;
+use sluice_engine::record::{RecordBatch, now_ms};
+
+use super::queue::{IngestQueue, Refused};
+use super::sigv4::{AccessKeys, SignedRequest, verify};
+
+/// Records per PutRecordBatch.
+pub const MAX_BATCH_RECORDS: usize = 500;
+/// Data bytes (decoded) per PutRecordBatch.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Data bytes (decoded) per record.
+pub const MAX_RECORD_BYTES: usize = 1_024_000;
+/// The largest body a valid request can have: 4 MiB of data in base64, JSON around it, slack.
+pub const MAX_REQUEST_BYTES: usize = MAX_BATCH_BYTES / 3 * 4 + 8 + MAX_BATCH_RECORDS * 16 + 64 * 1024;
+/// The operation namespace of `X-Amz-Target`.
+pub const TARGET_PREFIX: &str = "Firehose_20150804.";
+const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// One delivery stream the API serves: a pipeline with an API source.
+#[derive(Debug, Clone)]
+pub struct StreamEndpoint {
+    /// The pipeline as DescribeDeliveryStream reports it.
+    pub info: Arc<StreamInfo>,
+    /// Where accepted records go.
+    pub queue: Arc<IngestQueue>,
+    /// The pipeline's counters.
+    pub metrics: Arc<PipelineMetrics>,
+    /// Keys allowed to put to this stream (empty: any key the API accepts).
+    pub keys: AccessKeys,
+}
+
+/// The API behind one listener: its streams by name and the keys requests must be signed with.
+#[derive(Debug)]
+pub struct FirehoseApi {
+    streams: BTreeMap<String, StreamEndpoint>,
+    keys: AccessKeys,
+    region: String,
+    account: String,
+    record_ids: RecordIds,
+}
+
+/// Opaque, unique record ids: a random per-process prefix and a counter.
+#[derive(Debug)]
+struct RecordIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl RecordIds {
+    fn take(&self, n: usize) -> u64 {
+        self.next.fetch_add(n as u64, Relaxed)
+    }
+
+    fn format(&self, n: u64) -> String {
+        format!("{:016x}{:016x}", self.prefix, n)
+    }
+}
+
+/// An AWS error document and its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// `__type`.
+    pub error_type: &'static str,
+    /// `message`.
+    pub message: String,
+}
+
+impl ApiError {
+    fn client(error_type: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, error_type, message: message.into() }
+    }
+
+    fn validation(message: impl Into<String>) -> Self {
+        ApiError::client("ValidationException", format!("1 validation error detected: {}", message.into()))
+    }
+
+    fn serialization(message: impl Into<String>) -> Self {
+        ApiError::client("SerializationException", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"__type": self.error_type, "message": self.message}).to_string();
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if let Ok(v) = HeaderValue::from_str(self.error_type) {
+            headers.insert("x-amzn-errortype", v);
+        }
+        response
+    }
+}
+
+fn valid_stream_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+#[derive(Deserialize)]
+struct DataRecord<'a> {
+    #[serde(rename = "Data", borrow)]
+    data: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct PutRecordInput<'a> {
+    #[serde(rename = "DeliveryStreamName", borrow)]
+    stream: Option<Cow<'a, str>>,
+    #[serde(rename = "Record", borrow)]
+    record: Option<DataRecord<'a>>,
+}
+
+#[derive(Deserialize)]
+struct PutRecordBatchInput<'a> {
+    #[serde(rename = "DeliveryStreamName", borrow)]
+    stream: Option<Cow<'a, str>>,
+    #[serde(rename = "Records", borrow)]
+    records: Option<Vec<DataRecord<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct DescribeInput {
+    #[serde(rename = "DeliveryStreamName")]
+    stream: Option<String>,
+    #[serde(rename = "Limit")]
+    limit: Option<i64>,
+    #[serde(rename = "ExclusiveStartDestinationId")]
+    exclusive_start: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ListInput {
+    #[serde(rename = "Limit")]
+    limit: Option<i64>,
+    #[serde(rename = "DeliveryStreamType")]
+    stream_type: Option<String>,
+    #[serde(rename = "ExclusiveStartDeliveryStreamName")]
+    exclusive_start: Option<String>,
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    // AWS clients send `{}` for empty input; an empty body reads the same.
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::serialization(format!("the request body is not valid input: {e}")))
+}
+
+impl FirehoseApi {
+    /// An API for `streams`, requiring SigV4 with one of `keys` when any is configured.
+    pub fn new(streams: Vec<StreamEndpoint>, keys: AccessKeys, region: &str) -> Self {
+        FirehoseApi {
+            streams: streams.into_iter().map(|s| (s.info.name.clone(), s)).collect(),
+            keys,
+            region: region.to_string(),
+            account: "000000000000".to_string(),
+            record_ids: RecordIds { prefix: rand::random(), next: AtomicU64::new(0) },
+        }
+    }
+
+    /// Every stream's endpoint.
+    pub fn streams(&self) -> impl Iterator<Item = &StreamEndpoint> {
+        self.streams.values()
+    }
+
+    fn arn(&self, name: &str) -> String {
+        format!("arn:aws:firehose:{}:{}:deliverystream/{name}", self.region, self.account)
+    }
+
+    fn stream(&self, name: Option<&str>, key_id: Option<&str>) -> Result<&StreamEndpoint, ApiError> {
+        let name = name.ok_or_else(|| {
+            ApiError::validation(
+                "Value null at 'deliveryStreamName' failed to satisfy constraint: Member must not be null",
+            )
+        })?;
+        if !valid_stream_name(name) {
+            return Err(ApiError::validation(format!(
+                "Value '{name}' at 'deliveryStreamName' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+ and have length between 1 and 64"
+            )));
+        }
+        let endpoint = self.streams.get(name).ok_or_else(|| {
+            ApiError::client(
+                "ResourceNotFoundException",
+                format!("Firehose {name} under account {} not found.", self.account),
+            )
+        })?;
+        if let Some(id) = key_id
+            && !endpoint.keys.is_empty()
+            && !endpoint.keys.contains(id)
+        {
+            return Err(ApiError::client(
+                "AccessDeniedException",
+                format!("access key {id} is not allowed to use delivery stream {name}"),
+            ));
+        }
+        Ok(endpoint)
+    }
+
+    /// Handles one request; `now_seconds` is the clock SigV4 timestamps are checked against.
+    pub fn handle(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8], now_seconds: i64) -> Response {
+        let started = Instant::now();
+        let operation = headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.strip_prefix(TARGET_PREFIX))
+            .unwrap_or("");
+        let result = self.authenticate(method, uri, headers, body, now_seconds).and_then(|key_id| match operation {
+            "PutRecord" => self.put_record(body, key_id.as_deref(), started),
+            "PutRecordBatch" => self.put_record_batch(body, key_id.as_deref(), started),
+            "DescribeDeliveryStream" => self.describe(body, key_id.as_deref()),
+            "ListDeliveryStreams" => self.list(body),
+            "CreateDeliveryStream"
+            | "DeleteDeliveryStream"
+            | "UpdateDestination"
+            | "TagDeliveryStream"
+            | "UntagDeliveryStream"
+            | "ListTagsForDeliveryStream"
+            | "StartDeliveryStreamEncryption"
+            | "StopDeliveryStreamEncryption" => Err(ApiError::client(
+                "InvalidArgumentException",
+                format!("{operation} is not supported: sluice delivery streams are defined by pipeline files"),
+            )),
+            _ => Err(ApiError::client(
+                "UnknownOperationException",
+                format!(
+                    "unknown operation `{}`",
+                    headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("")
+                ),
+            )),
+        });
+        match result {
+            Ok(value) => {
+                let mut response = (StatusCode::OK, value.to_string()).into_response();
+                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+                response
+            }
+            Err(e) => {
+                // Count the refusal against the named stream when there is one.
+                let stream = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v.get("DeliveryStreamName").and_then(Value::as_str).map(str::to_string));
+                if let Some(endpoint) = stream.as_deref().and_then(|s| self.streams.get(s)) {
+                    endpoint.metrics.api.count_error(e.error_type);
+                }
+                if e.status.is_server_error() {
+                    tracing::debug!(error_type = e.error_type, "request refused: {}", e.message);
+                } else {
+                    tracing::info!(error_type = e.error_type, "request refused: {}", e.message);
+                }
+                e.into_response()
+            }
+        }
+    }
+
+    fn authenticate(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_seconds: i64,
+    ) -> Result<Option<String>, ApiError> {
+        if self.keys.is_empty() {
+            return Ok(None);
+        }
+        let request = SignedRequest {
+            method: method.as_str(),
+            path: uri.path(),
+            query: uri.query().unwrap_or(""),
+            headers,
+            body,
+        };
+        verify(&self.keys, &request, now_seconds).map(Some).map_err(|e| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error_type: e.error_type(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Decodes records into one batch, checking the per-record and per-batch limits.
+    fn decode(records: &[DataRecord<'_>], member: impl Fn(usize) -> String) -> Result<RecordBatch, ApiError> {
+        let mut batch = RecordBatch::with_capacity(now_ms(), records.iter().map(|r| r.data.len() / 4 * 3).sum());
+        for (i, record) in records.iter().enumerate() {
+            batch
+                .push_with(|buf| base64::engine::general_purpose::STANDARD.decode_vec(record.data.as_bytes(), buf))
+                .map_err(|e| ApiError::serialization(format!("{} is not valid base64: {e}", member(i))))?;
+            let len = batch.iter().last().map_or(0, <[u8]>::len);
+            if len > MAX_RECORD_BYTES {
+                return Err(ApiError::validation(format!(
+                    "Value at '{}' failed to satisfy constraint: Member must have length less than or equal to {MAX_RECORD_BYTES}",
+                    member(i)
+                )));
+            }
+        }
+        Ok(batch)
+    }
+
+    fn put_record(&self, body: &[u8], key_id: Option<&str>, started: Instant) -> Result<Value, ApiError> {
+        let input: PutRecordInput = parse(body)?;
+        let endpoint = self.stream(input.stream.as_deref(), key_id)?;
+        let api = &endpoint.metrics.api;
+        api.put_record_requests.fetch_add(1, Relaxed);
+        let record = input.record.ok_or_else(|| {
+            ApiError::validation("Value null at 'record' failed to satisfy constraint: Member must not be null")
+        })?;
+        let batch = Self::decode(std::slice::from_ref(&record), |_| "record.data".to_string())?;
+        let bytes = batch.byte_len() as u64;
+        match endpoint.queue.push(batch) {
+            Ok(()) => {}
+            Err(refused) => {
+                api.throttled_records.fetch_add(1, Relaxed);
+                return Err(throttled(refused));
+            }
+        }
+        api.incoming_put_requests.fetch_add(1, Relaxed);
+        api.incoming_records.fetch_add(1, Relaxed);
+        api.incoming_bytes.fetch_add(bytes, Relaxed);
+        api.put_record_bytes.fetch_add(bytes, Relaxed);
+        api.put_record_latency.observe(started.elapsed());
+        let id = self.record_ids.take(1);
+        Ok(json!({"RecordId": self.record_ids.format(id), "Encrypted": false}))
+    }
+
+    fn put_record_batch(&self, body: &[u8], key_id: Option<&str>, started: Instant) -> Result<Value, ApiError> {
+        let input: PutRecordBatchInput = parse(body)?;
+        let endpoint = self.stream(input.stream.as_deref(), key_id)?;
+        let api = &endpoint.metrics.api;
+        api.put_record_batch_requests.fetch_add(1, Relaxed);
+        let records = input.records.ok_or_else(|| {
+            ApiError::validation("Value null at 'records' failed to satisfy constraint: Member must not be null")
+        })?;
+        if records.is_empty() || records.len() > MAX_BATCH_RECORDS {
+            return Err(ApiError::validation(format!(
+                "Value at 'records' failed to satisfy constraint: Member must have length between 1 and {MAX_BATCH_RECORDS} (it has {})",
+                records.len()
+            )));
+        }
+        let batch = Self::decode(&records, |i| format!("records.{}.member.data", i + 1))?;
+        if batch.byte_len() > MAX_BATCH_BYTES {
+            return Err(ApiError::client(
+                "InvalidArgumentException",
+                format!("Records size exceeds 4 MB limit ({} bytes in {} records)", batch.byte_len(), batch.len()),
+            ));
+        }
+        // Past the in-flight limit, accept the records that fit and refuse the rest, in order.
+        let total = batch.len();
+        let room = endpoint.queue.room();
+        let (head, accepted) = if batch.byte_len() <= room {
+            (batch, total)
+        } else {
+            let fit = fitting(&batch, room);
+            let mut head = RecordBatch::with_capacity(batch.arrival_ms, room.min(batch.byte_len()));
+            batch.iter().take(fit).for_each(|r| head.push(r));
+            (head, fit)
+        };
+        let bytes = head.byte_len() as u64;
+        let accepted = match endpoint.queue.push(head) {
+            Ok(()) => accepted,
+            Err(Refused::Full) => 0,
+            // Stopping: nothing of this request is taken, so nothing is acknowledged.
+            Err(Refused::Closed) => return Err(throttled(Refused::Closed)),
+        };
+        let refused = total - accepted;
+        api.throttled_records.fetch_add(refused as u64, Relaxed);
+        if accepted > 0 {
+            api.incoming_put_requests.fetch_add(1, Relaxed);
+            api.incoming_records.fetch_add(accepted as u64, Relaxed);
+            api.incoming_bytes.fetch_add(bytes, Relaxed);
+            api.put_record_batch_records.fetch_add(accepted as u64, Relaxed);
+            api.put_record_batch_bytes.fetch_add(bytes, Relaxed);
+        }
+        let first = self.record_ids.take(accepted);
+        let responses: Vec<Value> = (0..total)
+            .map(|i| {
+                if i < accepted {
+                    json!({"RecordId": self.record_ids.format(first + i as u64)})
+                } else {
+                    json!({"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "Slow down."})
+                }
+            })
+            .collect();
+        api.put_record_batch_latency.observe(started.elapsed());
+        Ok(json!({"FailedPutCount": refused, "Encrypted": false, "RequestResponses": responses}))
+    }
+
+    fn describe(&self, body: &[u8], key_id: Option<&str>) -> Result<Value, ApiError> {
+        let input: DescribeInput = parse(body)?;
+        if let Some(limit) = input.limit
+            && !(1..=10_000).contains(&limit)
+        {
+            return Err(ApiError::validation(format!(
+                "Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 10000"
+            )));
+        }
+        let endpoint = self.stream(input.stream.as_deref(), key_id)?;
+        endpoint.metrics.api.describe_requests.fetch_add(1, Relaxed);
+        let info = &endpoint.info;
+        let limit = input.limit.unwrap_or(10_000) as usize;
+        let all: Vec<(String, Value)> = info
+            .destinations
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("destinationId-{:012}", i + 1), destination_description(d)))
+            .collect();
+        let start = match &input.exclusive_start {
+            Some(id) => all.iter().position(|(d, _)| d == id).map_or(0, |p| p + 1),
+            None => 0,
+        };
+        let page: Vec<Value> = all
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|(id, description)| {
+                let mut d = description.clone();
+                if let Value::Object(map) = &mut d {
+                    map.insert("DestinationId".into(), Value::from(id.clone()));
+                }
+                d
+            })
+            .collect();
+        let has_more = start + page.len() < all.len();
+        let created = info.created_ms as f64 / 1000.0;
+        Ok(json!({
+            "DeliveryStreamDescription": {
+                "DeliveryStreamName": info.name,
+                "DeliveryStreamARN": self.arn(&info.name),
+                "DeliveryStreamStatus": "ACTIVE",
+                "DeliveryStreamEncryptionConfiguration": {"Status": "DISABLED"},
+                "DeliveryStreamType": "DirectPut",
+                "VersionId": "1",
+                "CreateTimestamp": created,
+                "LastUpdateTimestamp": created,
+                "Source": {"DirectPutSourceDescription": {"ThroughputHintInMBs": endpoint.queue.limit() >> 20}},
+                "Destinations": page,
+                "HasMoreDestinations": has_more,
+            }
+        }))
+    }
+
+    fn list(&self, body: &[u8]) -> Result<Value, ApiError> {
+        let input: ListInput = parse(body)?;
+        let limit = input.limit.unwrap_or(10);
+        if !(1..=10_000).contains(&limit) {
+            return Err(ApiError::validation(format!(
+                "Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 10000"
+            )));
+        }
+        for endpoint in self.streams.values() {
+            endpoint.metrics.api.list_requests.fetch_add(1, Relaxed);
+        }
+        // Every sluice stream is DirectPut.
+        let direct = input.stream_type.as_deref().is_none_or(|t| t == "DirectPut");
+        let names: Vec<&String> = self
+            .streams
+            .keys()
+            .filter(|_| direct)
+            .filter(|n| input.exclusive_start.as_ref().is_none_or(|s| n.as_str() > s.as_str()))
+            .collect();
+        let page: Vec<&String> = names.iter().take(limit as usize).copied().collect();
+        Ok(json!({"DeliveryStreamNames": page, "HasMoreDeliveryStreams": names.len() > page.len()}))
+    }
+}
+
+/// How many leading records of `batch` fit in `room` bytes.
+fn fitting(batch: &RecordBatch, room: usize) -> usize {
+    let mut used = 0;
+    batch
+        .iter()
+        .take_while(|r| {
+            used += r.len();
+            used <= room
+        })
+        .count()
+}
+
+fn throttled(refused: Refused) -> ApiError {
+    let message = match refused {
+        Refused::Full => "Slow down.",
+        Refused::Closed => "The delivery stream is shutting down.",
+    };
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        error_type: "ServiceUnavailableException",
+        message: message.into(),
+    }
+}
+
+/// One destination as DescribeDeliveryStream reports it (`ExtendedS3DestinationDescription` for
+/// object stores, `HttpEndpointDestinationDescription` otherwise).
+fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value {
+    let hints = json!({"SizeInMBs": d.size_mb, "IntervalInSeconds": d.interval_s});
+    match d.kind {
+        "S3" => {
+            // An S3 bucket's ARN; other object stores report their URL.
+            let bucket_arn = match d.location.strip_prefix("s3://") {
+                Some(rest) => format!("arn:aws:s3:::{}", rest.split('/').next().unwrap_or(rest)),
+                None => d.location.clone(),
+            };
+            json!({"ExtendedS3DestinationDescription": {
+                "RoleARN": "arn:aws:iam::000000000000:role/sluice",
+                "BucketARN": bucket_arn,
+                "Prefix": d.prefix,
+                "ErrorOutputPrefix": d.error_prefix,
+                "BufferingHints": hints,
+                "CompressionFormat": d.compression_format,
+                "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
+                "S3BackupMode": "Disabled",
+                "FileExtension": d.file_extension,
+                "DataFormatConversionConfiguration": {"Enabled": d.format_conversion},
+            }})
+        }
+        _ => json!({"HttpEndpointDestinationDescription": {
+            "EndpointConfiguration": {"Url": d.location, "Name": d.sink},
+            "BufferingHints": hints,
+            "S3BackupMode": "FailedDataOnly",
+        }}),
+    }
+}
+
+/// The axum handler: reads the body within [`MAX_REQUEST_BYTES`] (refusing a larger declared
+/// length before reading it) and answers through [`FirehoseApi::handle`].
+pub async fn serve_request(
+    State(api): State<Arc<FirehoseApi>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let too_large =
+        || ApiError::validation(format!("the request body is larger than {MAX_REQUEST_BYTES} bytes")).into_response();
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BYTES) {
+        return too_large();
+    }
+    let body: Bytes = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    // Decoding and hashing run here, on the I/O thread: a few milliseconds for the largest body,
+    // cheaper than handing each request to another thread on a machine whose cores run workers.
+    api.handle(&method, &uri, &headers, &body, chrono::Utc::now().timestamp())
+}

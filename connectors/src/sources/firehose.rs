@@ -1,0 +1,175 @@
+//! `type = "firehose"`: the Firehose ingest API (AWS JSON 1.1), so the AWS SDKs, the AWS CLI and
+//! shippers with a Firehose output send to sluice unchanged. The delivery stream name is the
+//! pipeline name.
+//!
+//! ```toml
+//! [sources.api]
+//! type = "firehose"
+//! listen = "127.0.0.1:4573"
+//! auth = { access_keys = [{ id = "${SLUICE_KEY_ID}", secret = "${SLUICE_SECRET}" }] }  # SigV4 when set
+//! tls = { cert = "certs/server.pem", key = "certs/server.key" }                        # optional
+//! max_inflight_mb = 256     # past this, puts are throttled (ServiceUnavailableException)
+//! region = "us-east-1"      # for ARNs in DescribeDeliveryStream
+//! ```
+//!
+//! A stream source: the run lasts until SIGINT/SIGTERM, then stops accepting, drains what it
+//! acknowledged, flushes and delivers. Under `sluice serve` the pipeline's stream is served by the
+//! shared listener instead of `listen`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Deserialize;
+use sluice_engine::config::Diagnostic;
+use sluice_engine::traits::{ConnectorConfig, PrepareContext, Source, SourceContext, SourceError, SourceReader};
+
+use crate::api::firehose::{FirehoseApi, StreamEndpoint};
+use crate::api::queue::IngestQueue;
+use crate::api::sigv4::AccessKeys;
+use crate::api::{QueueReader, TlsFiles, bind, serve};
+
+/// Default listen address (sluice's port for the Firehose API).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4573";
+
+/// One access key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessKeyConfig {
+    /// Access key id.
+    id: String,
+    /// Secret access key.
+    secret: String,
+}
+
+/// `auth = { access_keys = [...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthConfig {
+    /// Keys requests may be signed with (SigV4).
+    access_keys: Vec<AccessKeyConfig>,
+}
+
+/// The Firehose source's own keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirehoseConfig {
+    /// Address to listen on (default `127.0.0.1:4573`).
+    listen: Option<String>,
+    /// SigV4 verification; without it requests are not authenticated.
+    auth: Option<AuthConfig>,
+    /// HTTPS with these PEM files.
+    tls: Option<TlsFiles>,
+    /// Bytes accepted but not yet taken by the workers before puts are throttled (default 256).
+    max_inflight_mb: Option<u64>,
+    /// Region for ARNs (default `us-east-1`).
+    region: Option<String>,
+}
+
+/// A configured Firehose API source.
+#[derive(Debug)]
+pub struct FirehoseSource {
+    stream: String,
+    listen: SocketAddr,
+    keys: AccessKeys,
+    tls: Option<TlsFiles>,
+    region: String,
+    queue: Arc<IngestQueue>,
+    /// Served by `sluice serve`'s shared listener instead of its own.
+    shared: AtomicBool,
+}
+
+/// Parses a `listen` address, pointing at `span` when it is not one.
+pub fn parse_listen(text: Option<&str>, default: &str, span: std::ops::Range<usize>) -> Result<SocketAddr, Diagnostic> {
+    let text = text.unwrap_or(default);
+    text.parse().map_err(|_| {
+        Diagnostic::new(span, format!("`{text}` is not a listen address"))
+            .with_hint(format!("use host:port with an IP address, e.g. listen = \"{default}\""))
+    })
+}
+
+/// Builds the source from `[sources.<name>]`.
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
+    let span = config.table.span.clone();
+    let listen_span = config.table.key_span("listen").unwrap_or(span.clone());
+    let inflight_span = config.table.key_span("max_inflight_mb").unwrap_or(span.clone());
+    let auth_span = config.table.key_span("auth").unwrap_or(span);
+    let c: FirehoseConfig = config.table.deserialize()?;
+    let listen = parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span)?;
+    let inflight_mb = c.max_inflight_mb.unwrap_or(256);
+    if !(8..=65_536).contains(&inflight_mb) {
+        return Err(Diagnostic::new(inflight_span, format!("max_inflight_mb = {inflight_mb} is out of range"))
+            .with_hint("use 8 to 65536 (MB); a PutRecordBatch alone can carry 4 MiB"));
+    }
+    let keys = c.auth.map(|a| AccessKeys::new(a.access_keys.into_iter().map(|k| (k.id, k.secret))));
+    if keys.as_ref().is_some_and(AccessKeys::is_empty) {
+        return Err(Diagnostic::new(auth_span, "`auth.access_keys` is empty")
+            .with_hint("list at least one { id = \"...\", secret = \"...\" }, or leave `auth` out"));
+    }
+    Ok(Arc::new(FirehoseSource {
+        stream: config.pipeline,
+        listen,
+        keys: keys.unwrap_or_default(),
+        tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
+        region: c.region.unwrap_or_else(|| "us-east-1".into()),
+        queue: Arc::new(IngestQueue::new((inflight_mb << 20) as usize)),
+        shared: AtomicBool::new(false),
+    }))
+}
+
+impl FirehoseSource {
+    /// Marks the source as served by a shared listener (`sluice serve`): `prepare` then starts
+    /// nothing, and the caller serves [`Self::endpoint`].
+    pub fn share(&self) {
+        self.shared.store(true, Ordering::SeqCst);
+    }
+
+    /// The stream this source serves, for a shared listener.
+    pub fn endpoint(
+        &self,
+        info: Arc<sluice_engine::config::StreamInfo>,
+        metrics: Arc<sluice_engine::metrics::PipelineMetrics>,
+    ) -> StreamEndpoint {
+        StreamEndpoint { info, queue: Arc::clone(&self.queue), metrics, keys: self.keys.clone() }
+    }
+}
+
+impl Source for FirehoseSource {
+    fn describe(&self) -> String {
+        let auth = if self.keys.is_empty() { "no auth" } else { "SigV4" };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!(
+            "firehose API: stream {} on {scheme}://{} ({auth}, throttles past {} MB)",
+            self.stream,
+            self.listen,
+            self.queue.limit() >> 20
+        )
+    }
+
+    fn is_finite(&self) -> bool {
+        false
+    }
+
+    fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        if self.shared.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let endpoint = self.endpoint(Arc::clone(&ctx.stream), Arc::clone(&ctx.metrics));
+        let api = Arc::new(FirehoseApi::new(vec![endpoint], self.keys.clone(), &self.region));
+        let listener = bind(self.listen)?;
+        serve(&ctx.runtime, listener, router(api), self.tls.clone(), ctx.stop.clone(), vec![Arc::clone(&self.queue)])
+    }
+
+    fn open(&self, _ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
+        Ok(Box::new(QueueReader::new(Arc::clone(&self.queue))))
+    }
+}
+
+/// The Firehose API's routes.
+pub fn router(api: Arc<FirehoseApi>) -> axum::Router {
+    // The body limit is enforced by the handler itself (with a Firehose error document).
+    axum::Router::new()
+        .route("/", axum::routing::post(crate::api::firehose::serve_request))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(api)
+}

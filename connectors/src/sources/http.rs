@@ -1,0 +1,226 @@
+//! `type = "http"`: a plain HTTP endpoint for newline-delimited records.
+//!
+//! ```toml
+//! [sources.ndjson]
+//! type = "http"
+//! listen = "127.0.0.1:4574"
+//! bearer_token = "${SLUICE_HTTP_TOKEN}"   # optional: then `Authorization: Bearer <token>` is required
+//! max_body_mb = 16                       # larger bodies get 413 (before they are read)
+//! max_inflight_mb = 256                  # past this, requests get 503 with Retry-After
+//! tls = { cert = "...", key = "..." }    # optional
+//! ```
+//!
+//! `POST` any path with one record per line (`Content-Encoding: gzip` allowed); empty lines are
+//! skipped. Answers `200 {"accepted": n}` once the records are queued for the pipeline, or an error
+//! `{"error": "..."}` with 400 (bad gzip, a record over 1,000 KiB), 401 (token), 413 (body too
+//! large) or 503 (throttled or stopping). A request is accepted whole or not at all.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use sluice_engine::config::Diagnostic;
+use sluice_engine::metrics::PipelineMetrics;
+use sluice_engine::record::{RecordBatch, now_ms};
+use sluice_engine::traits::{ConnectorConfig, PrepareContext, Source, SourceContext, SourceError, SourceReader};
+
+use super::firehose::parse_listen;
+use crate::api::firehose::MAX_RECORD_BYTES;
+use crate::api::queue::{IngestQueue, Refused};
+use crate::api::{QueueReader, TlsFiles, bind, serve};
+
+/// The http source's own keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpConfig {
+    /// Address to listen on (default `127.0.0.1:4574`).
+    listen: Option<String>,
+    /// When set, requests need `Authorization: Bearer <token>`.
+    bearer_token: Option<String>,
+    /// Largest request body in MB, after decompression (default 16).
+    max_body_mb: Option<u64>,
+    /// Bytes accepted but not yet taken by the workers before requests get 503 (default 256).
+    max_inflight_mb: Option<u64>,
+    /// HTTPS with these PEM files.
+    tls: Option<TlsFiles>,
+}
+
+/// A configured HTTP source.
+#[derive(Debug)]
+pub struct HttpSource {
+    listen: SocketAddr,
+    endpoint: Arc<Endpoint>,
+    tls: Option<TlsFiles>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    token: Option<String>,
+    max_body: usize,
+    queue: Arc<IngestQueue>,
+    metrics: std::sync::OnceLock<Arc<PipelineMetrics>>,
+}
+
+/// Builds the source from `[sources.<name>]`.
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
+    let span = config.table.span.clone();
+    let listen_span = config.table.key_span("listen").unwrap_or(span.clone());
+    let body_span = config.table.key_span("max_body_mb").unwrap_or(span.clone());
+    let inflight_span = config.table.key_span("max_inflight_mb").unwrap_or(span);
+    let c: HttpConfig = config.table.deserialize()?;
+    let listen = parse_listen(c.listen.as_deref(), "127.0.0.1:4574", listen_span)?;
+    let max_body_mb = c.max_body_mb.unwrap_or(16);
+    if !(1..=1024).contains(&max_body_mb) {
+        return Err(Diagnostic::new(body_span, format!("max_body_mb = {max_body_mb} is out of range"))
+            .with_hint("use 1 to 1024 (MB)"));
+    }
+    let inflight_mb = c.max_inflight_mb.unwrap_or(256);
+    if inflight_mb < max_body_mb || inflight_mb > 65_536 {
+        return Err(Diagnostic::new(inflight_span, format!("max_inflight_mb = {inflight_mb} is out of range"))
+            .with_hint(format!("use {max_body_mb} (max_body_mb) to 65536 (MB)")));
+    }
+    Ok(Arc::new(HttpSource {
+        listen,
+        endpoint: Arc::new(Endpoint {
+            token: c.bearer_token,
+            max_body: (max_body_mb << 20) as usize,
+            queue: Arc::new(IngestQueue::new((inflight_mb << 20) as usize)),
+            metrics: std::sync::OnceLock::new(),
+        }),
+        tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
+    }))
+}
+
+impl Source for HttpSource {
+    fn describe(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let auth = if self.endpoint.token.is_some() { "bearer token" } else { "no auth" };
+        format!("http: NDJSON on {scheme}://{} ({auth})", self.listen)
+    }
+
+    fn is_finite(&self) -> bool {
+        false
+    }
+
+    fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        let _ = self.endpoint.metrics.set(Arc::clone(&ctx.metrics));
+        let router = axum::Router::new()
+            .fallback(axum::routing::post(receive))
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(Arc::clone(&self.endpoint));
+        let listener = bind(self.listen)?;
+        let queue = Arc::clone(&self.endpoint.queue);
+        serve(&ctx.runtime, listener, router, self.tls.clone(), ctx.stop.clone(), vec![queue])
+    }
+
+    fn open(&self, _ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
+        Ok(Box::new(QueueReader::new(Arc::clone(&self.endpoint.queue))))
+    }
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut response = (status, json!({"error": message.into()}).to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Splits `body` into records (one per line, empty lines skipped).
+fn records(body: &[u8]) -> Result<RecordBatch, String> {
+    let mut batch = RecordBatch::with_capacity(now_ms(), body.len());
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if line.len() > MAX_RECORD_BYTES {
+            return Err(format!("line {} has {} bytes; a record is at most {MAX_RECORD_BYTES}", i + 1, line.len()));
+        }
+        batch.push(line);
+    }
+    Ok(batch)
+}
+
+async fn receive(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    if let Some(token) = &endpoint.token {
+        let given =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return refuse(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` header is required");
+        }
+    }
+    let too_large =
+        || refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", endpoint.max_body));
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > endpoint.max_body) {
+        return too_large();
+    }
+    let Ok(raw): Result<Bytes, _> = axum::body::to_bytes(body, endpoint.max_body).await else { return too_large() };
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let body: Vec<u8> = if gzip {
+        let mut out = Vec::new();
+        // Decompress no further than the limit allows.
+        let limit = endpoint.max_body as u64 + 1;
+        match flate2::read::MultiGzDecoder::new(&raw[..]).take(limit).read_to_end(&mut out) {
+            Ok(_) if out.len() > endpoint.max_body => return too_large(),
+            Ok(_) => out,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the body is not valid gzip: {e}")),
+        }
+    } else {
+        raw.to_vec()
+    };
+    let batch = match records(&body) {
+        Ok(b) => b,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    let (count, bytes) = (batch.len(), batch.byte_len());
+    let metrics = endpoint.metrics.get();
+    if count > 0 {
+        match endpoint.queue.push(batch) {
+            Ok(()) => {}
+            Err(Refused::Full) => {
+                if let Some(m) = metrics {
+                    m.api.throttled_records.fetch_add(count as u64, Relaxed);
+                }
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, "too much data in flight; retry later");
+            }
+            Err(Refused::Closed) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping"),
+        }
+    }
+    if let Some(m) = metrics {
+        m.api.incoming_put_requests.fetch_add(1, Relaxed);
+        m.api.incoming_records.fetch_add(count as u64, Relaxed);
+        m.api.incoming_bytes.fetch_add(bytes as u64, Relaxed);
+        m.api.put_record_batch_latency.observe(started.elapsed());
+    }
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({"accepted": count}).to_string())
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_lines_skipping_empty_ones_and_refuses_oversize_records() {
+        let batch = records(b"a\r\n\nbc\n").unwrap();
+        assert_eq!(batch.iter().collect::<Vec<_>>(), vec![&b"a"[..], b"bc"]);
+        let big = vec![b'x'; MAX_RECORD_BYTES + 1];
+        assert!(records(&big).unwrap_err().contains("line 1"));
+    }
+}
