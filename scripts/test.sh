@@ -1,18 +1,33 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: formatting, lints, unit and integration tests.
-# It installs what the tests read back with (pyarrow and DuckDB, pinned, into target/test-venv);
-# every server the tests use is started by the tests themselves on 127.0.0.1 (an in-process S3
-# server, s3s-fs with SigV4 checking; the `sluice` binary).
+# It installs what the tests use, pinned: pyarrow and DuckDB (to read Parquet back), boto3 and the
+# AWS CLI (Firehose API producers) into target/test-venv, and the AWS SDK for JavaScript into
+# tests/js/node_modules (npm ci). Every server the tests use is started by the tests themselves on
+# 127.0.0.1 (an in-process S3 server, s3s-fs with SigV4 checking; the `sluice` binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null; then
   echo "cargo is required (https://rustup.rs)" >&2
   exit 1
 fi
+for tool in python3 node npm; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "$tool is required by the tests (see README: Tests)" >&2
+    exit 1
+  fi
+done
 venv=target/test-venv
-if ! "$venv/bin/python" -c 'import pyarrow, duckdb' 2>/dev/null; then
+# Reinstall whenever tests/requirements.txt changes.
+stamp="$venv/.installed-$(sha256sum tests/requirements.txt | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+  touch "$stamp"
+fi
+js_stamp="tests/js/node_modules/.installed-$(sha256sum tests/js/package-lock.json | cut -c1-16)"
+if [ ! -f "$js_stamp" ]; then
+  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$js_stamp"
 fi
 export SLUICE_TEST_PYTHON="$PWD/$venv/bin/python"
 cargo fmt --all --check

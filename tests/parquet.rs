@@ -2,23 +2,14 @@
 //! scripts/test.sh into target/test-venv). Types, values, nulls, nested data, decimals, timestamps,
 //! row groups and statistics round-trip; records that do not fit land in the error output.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::{Value, json};
 use sluice_connectors::registry;
 use sluice_engine::testkit::{file_pipeline_toml, run_pipeline};
 
-use super::support::{folder_objects, repo_root, sluice};
-
-/// The Python with pyarrow and DuckDB: `SLUICE_TEST_PYTHON`, else target/test-venv, else python3.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SLUICE_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = repo_root().join("target/test-venv/bin/python");
-    if venv.exists() { venv } else { PathBuf::from("python3") }
-}
+use super::support::{folder_objects, python, repo_root, sluice};
 
 /// What pyarrow and DuckDB see in each Parquet file under `dir`.
 fn read_back(dir: &Path) -> Vec<Value> {

@@ -71,3 +71,13 @@ pub fn generated(profile: sluice_connectors::synth::Profile, seed: u64, n: u64) 
     sluice_connectors::synth::write_ndjson(profile, seed, n, &mut out).unwrap_or_else(|e| panic!("{e}"));
     String::from_utf8_lossy(&out).lines().map(str::to_string).collect()
 }
+
+/// The Python with the test packages (pyarrow, DuckDB, boto3, the AWS CLI): `SLUICE_TEST_PYTHON`,
+/// else target/test-venv, else python3.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = repo_root().join("target/test-venv/bin/python");
+    if venv.exists() { venv } else { PathBuf::from("python3") }
+}

@@ -552,8 +552,14 @@ pub async fn serve_request(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let too_large =
-        || ApiError::validation(format!("the request body is larger than {MAX_REQUEST_BYTES} bytes")).into_response();
+    // Only a batch over 4 MiB of data needs a body this large.
+    let too_large = || {
+        ApiError::client(
+            "InvalidArgumentException",
+            format!("Records size exceeds 4 MB limit (the request body is over {MAX_REQUEST_BYTES} bytes)"),
+        )
+        .into_response()
+    };
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_REQUEST_BYTES) {
@@ -566,4 +572,83 @@ pub async fn serve_request(
     // Decoding and hashing run here, on the I/O thread: a few milliseconds for the largest body,
     // cheaper than handing each request to another thread on a machine whose cores run workers.
     api.handle(&method, &uri, &headers, &body, chrono::Utc::now().timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::queue::Popped;
+
+    fn api(limit: usize) -> (FirehoseApi, Arc<IngestQueue>, Arc<PipelineMetrics>) {
+        let queue = Arc::new(IngestQueue::new(limit));
+        let metrics = Arc::new(PipelineMetrics::new(1, 0));
+        let info = Arc::new(StreamInfo { name: "s".into(), created_ms: 0, destinations: Vec::new() });
+        let endpoint = StreamEndpoint {
+            info,
+            queue: Arc::clone(&queue),
+            metrics: Arc::clone(&metrics),
+            keys: AccessKeys::default(),
+        };
+        (FirehoseApi::new(vec![endpoint], AccessKeys::default(), "us-east-1"), queue, metrics)
+    }
+
+    fn call(api: &FirehoseApi, op: &str, body: Value) -> (StatusCode, Value) {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-amz-target", HeaderValue::from_str(&format!("{TARGET_PREFIX}{op}")).unwrap());
+        let response = api.handle(&Method::POST, &Uri::from_static("/"), &headers, body.to_string().as_bytes(), 0);
+        let status = response.status();
+        let bytes = futures::executor::block_on(axum::body::to_bytes(response.into_body(), usize::MAX)).unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn records(n: usize, len: usize) -> Value {
+        let data = base64::engine::general_purpose::STANDARD.encode(vec![b'r'; len]);
+        json!({"DeliveryStreamName": "s", "Records": vec![json!({"Data": data}); n]})
+    }
+
+    #[test]
+    fn past_the_inflight_limit_puts_are_throttled_record_by_record_in_order() {
+        let (api, queue, metrics) = api(100);
+        let (status, body) = call(&api, "PutRecordBatch", records(5, 30));
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["FailedPutCount"], 2);
+        let responses = body["RequestResponses"].as_array().unwrap();
+        assert!(responses[..3].iter().all(|r| r["RecordId"].is_string()));
+        assert!(responses[3..].iter().all(|r| r["ErrorCode"] == "ServiceUnavailableException"));
+        assert_eq!(metrics.api.throttled_records.load(Relaxed), 2);
+        assert_eq!(metrics.api.incoming_records.load(Relaxed), 3);
+
+        let data = base64::engine::general_purpose::STANDARD.encode([b'r'; 30]);
+        let one = json!({"DeliveryStreamName": "s", "Record": {"Data": data}});
+        let (status, body) = call(&api, "PutRecord", one.clone());
+        assert_eq!(
+            (status, body["__type"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("ServiceUnavailableException"))
+        );
+        // Once the workers took the queued records, puts are accepted again.
+        assert!(matches!(queue.pop(), Popped::Batch(b) if b.len() == 3));
+        assert_eq!(call(&api, "PutRecord", one).0, StatusCode::OK);
+
+        // Stopping: nothing more is acknowledged.
+        queue.close();
+        let (status, body) = call(&api, "PutRecordBatch", records(1, 1));
+        assert_eq!(
+            (status, body["__type"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("ServiceUnavailableException"))
+        );
+    }
+
+    #[test]
+    fn describe_pages_destinations_and_list_pages_names() {
+        let (api, _, _) = api(100);
+        let (status, body) = call(&api, "ListDeliveryStreams", json!({"Limit": 1}));
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"DeliveryStreamNames": ["s"], "HasMoreDeliveryStreams": false}));
+        let (_, body) = call(&api, "ListDeliveryStreams", json!({"ExclusiveStartDeliveryStreamName": "s"}));
+        assert_eq!(body["DeliveryStreamNames"], json!([]));
+        let (_, body) = call(&api, "DescribeDeliveryStream", json!({"DeliveryStreamName": "s", "Limit": 0}));
+        assert_eq!(body["__type"], "ValidationException");
+        let (_, body) = call(&api, "DescribeDeliveryStream", json!({"DeliveryStreamName": "s"}));
+        assert_eq!(body["DeliveryStreamDescription"]["HasMoreDestinations"], false);
+    }
 }

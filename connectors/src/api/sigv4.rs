@@ -212,6 +212,112 @@ fn hmac(key: &[u8], data: &[u8]) -> Result<HmacSha256, AuthError> {
     Ok(mac)
 }
 
+/// The canonical request over `signed_headers` (`a;b;c`, lowercase, sorted).
+fn canonical_request(request: &SignedRequest<'_>, signed_headers: &str, body_hash: &str) -> String {
+    let mut canonical = String::with_capacity(512);
+    canonical.push_str(request.method);
+    canonical.push('\n');
+    uri_encode(&uri_decode(request.path), true, &mut canonical);
+    canonical.push('\n');
+    canonical.push_str(&canonical_query(request.query));
+    canonical.push('\n');
+    for name in signed_headers.split(';') {
+        let values: Vec<String> = request
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        canonical.push_str(name);
+        canonical.push(':');
+        canonical.push_str(&values.join(","));
+        canonical.push('\n');
+    }
+    canonical.push('\n');
+    canonical.push_str(signed_headers);
+    canonical.push('\n');
+    canonical.push_str(body_hash);
+    canonical
+}
+
+fn string_to_sign(amz_date: &str, scope: &str, canonical: &str) -> String {
+    format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(canonical.as_bytes())))
+}
+
+/// The key derived from `secret` for `scope` (`date/region/service/aws4_request`).
+fn signing_key(secret: &str, scope: &str) -> Result<Vec<u8>, AuthError> {
+    let mut key = format!("AWS4{secret}").into_bytes();
+    for part in scope.split('/') {
+        key = hmac(&key, part.as_bytes())?.finalize().into_bytes().to_vec();
+    }
+    Ok(key)
+}
+
+/// Credentials and scope to sign requests with, the way the AWS SDKs do (for load generators and
+/// tests; the server only verifies).
+#[derive(Clone, Copy)]
+pub struct Signer<'a> {
+    /// Access key id.
+    pub key_id: &'a str,
+    /// Secret access key.
+    pub secret: &'a str,
+    /// Region of the scope, e.g. `us-east-1`.
+    pub region: &'a str,
+    /// Service of the scope: `firehose`.
+    pub service: &'a str,
+}
+
+impl fmt::Debug for Signer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signer").field("key_id", &self.key_id).field("region", &self.region).finish()
+    }
+}
+
+impl Signer<'_> {
+    /// Sets `X-Amz-Date` (`amz_date`, `yyyyMMddTHHmmssZ`) and `Authorization` over every header
+    /// present (which must include `host`).
+    pub fn sign(
+        &self,
+        amz_date: &str,
+        method: &str,
+        path: &str,
+        headers: &mut http::HeaderMap,
+        body: &[u8],
+    ) -> Result<(), AuthError> {
+        sign(self, amz_date, method, path, headers, body)
+    }
+}
+
+fn sign(
+    signer: &Signer<'_>,
+    amz_date: &str,
+    method: &str,
+    path: &str,
+    headers: &mut http::HeaderMap,
+    body: &[u8],
+) -> Result<(), AuthError> {
+    let Signer { key_id, secret, region, service } = *signer;
+    let date_value = http::HeaderValue::from_str(amz_date).map_err(|e| AuthError::Malformed(e.to_string()))?;
+    headers.insert("x-amz-date", date_value);
+    headers.remove("authorization");
+    let mut names: Vec<String> = headers.keys().map(|k| k.as_str().to_ascii_lowercase()).collect();
+    names.sort();
+    names.dedup();
+    let signed_headers = names.join(";");
+    let scope = format!("{}/{region}/{service}/aws4_request", amz_date.get(..8).unwrap_or(amz_date));
+    let body_hash = hex(&Sha256::digest(body));
+    let request = SignedRequest { method, path, query: "", headers, body };
+    let canonical = canonical_request(&request, &signed_headers, &body_hash);
+    let signature = hex(&hmac(&signing_key(secret, &scope)?, string_to_sign(amz_date, &scope, &canonical).as_bytes())?
+        .finalize()
+        .into_bytes());
+    let value =
+        format!("AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders={signed_headers}, Signature={signature}");
+    headers
+        .insert("authorization", http::HeaderValue::from_str(&value).map_err(|e| AuthError::Malformed(e.to_string()))?);
+    Ok(())
+}
+
 /// Verifies `request` against `keys`; returns the access key id it was signed with.
 pub fn verify(keys: &AccessKeys, request: &SignedRequest<'_>, now_seconds: i64) -> Result<String, AuthError> {
     let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
@@ -237,41 +343,12 @@ pub fn verify(keys: &AccessKeys, request: &SignedRequest<'_>, now_seconds: i64) 
         return Err(AuthError::BadSignature);
     }
 
-    let mut canonical = String::with_capacity(512);
-    canonical.push_str(request.method);
-    canonical.push('\n');
-    uri_encode(&uri_decode(request.path), true, &mut canonical);
-    canonical.push('\n');
-    canonical.push_str(&canonical_query(request.query));
-    canonical.push('\n');
-    for name in authorization.signed_headers.split(';') {
-        let values: Vec<String> = request
-            .headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect();
-        canonical.push_str(name);
-        canonical.push(':');
-        canonical.push_str(&values.join(","));
-        canonical.push('\n');
-    }
-    canonical.push('\n');
-    canonical.push_str(authorization.signed_headers);
-    canonical.push('\n');
-    canonical.push_str(&body_hash);
-
-    let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{request_time}\n{}\n{}",
-        authorization.scope,
-        hex(&Sha256::digest(canonical.as_bytes()))
-    );
-    let mut key = format!("AWS4{secret}").into_bytes();
-    for part in authorization.scope.split('/') {
-        key = hmac(&key, part.as_bytes())?.finalize().into_bytes().to_vec();
-    }
+    let canonical = canonical_request(request, authorization.signed_headers, &body_hash);
+    let string_to_sign = string_to_sign(request_time, authorization.scope, &canonical);
     let provided = unhex(authorization.signature).ok_or(AuthError::BadSignature)?;
-    hmac(&key, string_to_sign.as_bytes())?.verify_slice(&provided).map_err(|_| AuthError::BadSignature)?;
+    hmac(&signing_key(secret, authorization.scope)?, string_to_sign.as_bytes())?
+        .verify_slice(&provided)
+        .map_err(|_| AuthError::BadSignature)?;
     Ok(authorization.key_id.to_string())
 }
 
@@ -308,6 +385,19 @@ mod tests {
         let unsigned = SignedRequest { headers: &bare, ..request };
         assert_eq!(verify(&keys, &unsigned, now).unwrap_err().error_type(), "MissingAuthenticationTokenException");
         assert!(!format!("{keys:?}").contains("wJalr"));
+    }
+
+    #[test]
+    fn what_sign_signs_verifies() {
+        let keys = AccessKeys::new([("AKID".to_string(), "secret".to_string())]);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("host", "127.0.0.1:4573".parse().unwrap());
+        headers.insert("x-amz-target", "Firehose_20150804.PutRecord".parse().unwrap());
+        let signer = Signer { key_id: "AKID", secret: "secret", region: "us-east-1", service: "firehose" };
+        signer.sign("20261126T120000Z", "POST", "/", &mut headers, b"{}").unwrap();
+        let request = SignedRequest { method: "POST", path: "/", query: "", headers: &headers, body: b"{}" };
+        let now = amz_date_seconds("20261126T120100Z").unwrap();
+        assert_eq!(verify(&keys, &request, now), Ok("AKID".to_string()));
     }
 
     #[test]

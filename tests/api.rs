@@ -1,0 +1,346 @@
+//! The Firehose API and the http source, driven by real clients: boto3/botocore and the AWS CLI
+//! (pinned in tests/requirements.txt), the AWS SDK for JavaScript v3 (tests/js), and plain HTTP.
+//! sluice runs as its own process (`sluice run`, `sluice serve`) on 127.0.0.1 and is stopped with
+//! SIGTERM; every record a client saw acknowledged must be at the destination.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::support::{all_lines, folder_objects, python, repo_root, sluice};
+
+const KEY: &str = "AKIDSLUICETEST";
+const SECRET: &str = "test-secret/with+chars";
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `sluice` process serving an API, stopped with SIGTERM.
+struct Running {
+    child: Child,
+    api: String,
+    admin: String,
+}
+
+impl Running {
+    /// Starts `sluice <args>` and waits until `port` accepts connections.
+    fn start(args: &[&str], port: u16, admin_port: u16) -> Running {
+        let child = sluice().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "sluice did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Running { child, api: format!("http://127.0.0.1:{port}"), admin: format!("http://127.0.0.1:{admin_port}") }
+    }
+
+    /// SIGTERM, then the exit code and what it printed.
+    fn stop(mut self) -> (i32, String) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        let mut out = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        self.child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+        (code, out)
+    }
+}
+
+/// A pipeline named `name` with a firehose source on `port` into `out` (NDJSON, uncompressed).
+fn api_pipeline(dir: &Path, name: &str, port: u16, auth: bool, out: &Path) -> PathBuf {
+    let auth = if auth {
+        format!("auth = {{ access_keys = [{{ id = \"{KEY}\", secret = \"{SECRET}\" }}] }}")
+    } else {
+        String::new()
+    };
+    let text = format!(
+        r#"[pipeline]
+name = "{name}"
+workers = 2
+
+[sources.api]
+type = "firehose"
+listen = "127.0.0.1:{port}"
+{auth}
+
+[sinks.archive]
+type = "object_store"
+inputs = ["api"]
+url = "file://{}"
+format = "ndjson"
+compression = "gzip"
+buffer = {{ size_mb = 1, interval_s = 1 }}
+"#,
+        out.display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs tests/firehose_client.py and parses its JSON.
+fn client(args: &[&str]) -> Value {
+    let output = Command::new(python()).arg(repo_root().join("tests/firehose_client.py")).args(args).output().unwrap();
+    assert!(output.status.success(), "client {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+}
+
+/// The AWS CLI from the test environment, configured for sluice.
+fn aws(args: &[&str], endpoint: &str) -> std::process::Output {
+    let bin = python().parent().unwrap().join("aws");
+    let aws = if bin.exists() { bin } else { PathBuf::from("aws") };
+    Command::new(aws)
+        .args(args)
+        .args(["--endpoint-url", endpoint, "--region", "us-east-1", "--output", "json"])
+        .env("AWS_ACCESS_KEY_ID", KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn boto3_and_the_aws_cli_deliver_every_acknowledged_record_exactly_and_metrics_count_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (port, admin) = (free_port(), free_port());
+    let config = api_pipeline(dir.path(), "app-logs", port, true, &out);
+    let admin_address = format!("127.0.0.1:{admin}");
+    let running = Running::start(&["run", config.to_str().unwrap(), "--admin", &admin_address], port, admin);
+
+    let sent = strings(&client(&["put", &running.api, "app-logs", "1733", KEY, SECRET])["sent"]);
+    assert_eq!(sent.len(), 1733);
+
+    // The AWS CLI: put-record-batch from a file, then describe-delivery-stream.
+    let records: Vec<Value> = (0..3).map(|i| serde_json::json!({"Data": format!("{{\"cli\":{i}}}")})).collect();
+    let records_file = dir.path().join("records.json");
+    std::fs::write(&records_file, serde_json::to_vec(&records).unwrap()).unwrap();
+    let file_arg = format!("file://{}", records_file.display());
+    let put = aws(
+        &["firehose", "put-record-batch", "--delivery-stream-name", "app-logs", "--records", &file_arg],
+        &running.api,
+    );
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let put: Value = serde_json::from_slice(&put.stdout).unwrap();
+    assert_eq!(put["FailedPutCount"], 0);
+    assert_eq!(put["RequestResponses"].as_array().unwrap().len(), 3);
+    let described = aws(&["firehose", "describe-delivery-stream", "--delivery-stream-name", "app-logs"], &running.api);
+    assert!(described.status.success(), "{}", String::from_utf8_lossy(&described.stderr));
+    let d: Value = serde_json::from_slice(&described.stdout).unwrap();
+    let d = &d["DeliveryStreamDescription"];
+    assert_eq!(d["DeliveryStreamStatus"], "ACTIVE");
+    assert_eq!(d["DeliveryStreamARN"], "arn:aws:firehose:us-east-1:000000000000:deliverystream/app-logs");
+    let s3 = &d["Destinations"][0]["ExtendedS3DestinationDescription"];
+    assert_eq!(s3["BufferingHints"], serde_json::json!({"SizeInMBs": 1, "IntervalInSeconds": 1}));
+    assert_eq!(s3["CompressionFormat"], "GZIP");
+    let listed = aws(&["firehose", "list-delivery-streams"], &running.api);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["DeliveryStreamNames"], serde_json::json!(["app-logs"]));
+
+    let metrics = reqwest::blocking::get(format!("{}/metrics", running.admin)).unwrap().text().unwrap();
+    assert!(metrics.contains("sluice_IncomingRecords{stream=\"app-logs\"} 1736"), "{metrics}");
+    assert!(metrics.contains("sluice_PutRecordBatch_Latency_seconds_count{stream=\"app-logs\"}"), "{metrics}");
+    assert!(metrics.contains("# TYPE sluice_DeliveryToS3_Records counter"), "{metrics}");
+    let health = reqwest::blocking::get(format!("{}/health", running.admin)).unwrap();
+    assert!(health.status().is_success());
+
+    // A clean stop delivers everything acknowledged before it.
+    let (code, printed) = running.stop();
+    assert_eq!(code, 0, "{printed}");
+    let mut expected = sent;
+    expected.extend((0..3).map(|i| format!("{{\"cli\":{i}}}")));
+    expected.sort();
+    assert_eq!(all_lines(&folder_objects(&out)), expected);
+}
+
+#[test]
+fn every_malformed_or_oversize_request_gets_its_firehose_error_and_nothing_of_it_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let port = free_port();
+    let config = api_pipeline(dir.path(), "errors", port, false, &out);
+    let running = Running::start(&["run", config.to_str().unwrap()], port, 0);
+    let got = client(&["errors", &running.api, "errors"]);
+    let expected = serde_json::json!({
+        "unknown_stream": "ResourceNotFoundException",
+        "bad_stream_name": "ValidationException",
+        "oversize_record": "ValidationException",
+        "too_many_records": "ValidationException",
+        "oversize_batch": "InvalidArgumentException",
+        "describe_unknown": "ResourceNotFoundException",
+        "bad_json": "SerializationException",
+        "bad_base64": "SerializationException",
+        "wrong_shape": "SerializationException",
+        "unknown_operation": "UnknownOperationException",
+        "no_target": "UnknownOperationException",
+        "create_stream": "InvalidArgumentException",
+    });
+    assert_eq!(got, expected);
+    let (code, printed) = running.stop();
+    assert_eq!(code, 0, "{printed}");
+    assert_eq!(all_lines(&folder_objects(&out)), vec!["{\"marker\":true}".to_string()]);
+}
+
+#[test]
+fn sigv4_is_verified_and_missing_wrong_unknown_or_expired_signatures_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let port = free_port();
+    let config = api_pipeline(dir.path(), "signed", port, true, &out);
+    let running = Running::start(&["run", config.to_str().unwrap()], port, 0);
+    let got = client(&["auth", &running.api, "signed", KEY, SECRET]);
+    let expected = serde_json::json!({
+        "signed": "OK",
+        "unsigned": "MissingAuthenticationTokenException",
+        "wrong_secret": "InvalidSignatureException",
+        "unknown_key": "UnrecognizedClientException",
+        "expired": "InvalidSignatureException",
+        "boto3_wrong_secret": "InvalidSignatureException",
+    });
+    assert_eq!(got, expected);
+
+    // The JavaScript SDK signs differently (other headers); it verifies too.
+    let js = repo_root().join("tests/js");
+    let output = Command::new("node")
+        .arg(js.join("put.mjs"))
+        .args([&running.api, "signed", KEY, SECRET])
+        .output()
+        .expect("node (the README test command installs tests/js)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let js_sent: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    let (code, printed) = running.stop();
+    assert_eq!(code, 0, "{printed}");
+    assert!(!printed.contains(SECRET), "a secret was printed: {printed}");
+    let mut expected = vec!["{}".to_string()];
+    expected.extend(strings(&js_sent["sent"]));
+    expected.sort();
+    assert_eq!(all_lines(&folder_objects(&out)), expected);
+}
+
+#[test]
+fn serve_routes_each_stream_to_its_pipeline_behind_one_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    let (port, unused) = (free_port(), free_port());
+    let (out_a, out_b) = (dir.path().join("a"), dir.path().join("b"));
+    // Each file's own `listen` is replaced by the shared listener.
+    api_pipeline(&pipelines, "stream-a", unused, false, &out_a);
+    api_pipeline(&pipelines, "stream-b", unused, false, &out_b);
+    let listen = format!("127.0.0.1:{port}");
+    let running = Running::start(&["serve", pipelines.to_str().unwrap(), "--listen", &listen], port, 0);
+    let a = strings(&client(&["put", &running.api, "stream-a", "20"])["sent"]);
+    let b = strings(&client(&["put", &running.api, "stream-b", "7"])["sent"]);
+    let (code, printed) = running.stop();
+    assert_eq!(code, 0, "{printed}");
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(all_lines(&folder_objects(&out_a)), sorted(a));
+    assert_eq!(all_lines(&folder_objects(&out_b)), sorted(b));
+}
+
+#[test]
+fn the_http_source_takes_ndjson_with_gzip_and_a_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let port = free_port();
+    let config = dir.path().join("http.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[pipeline]
+name = "http-in"
+[sources.ndjson]
+type = "http"
+listen = "127.0.0.1:{port}"
+bearer_token = "t0ken"
+max_body_mb = 1
+[sinks.archive]
+type = "object_store"
+inputs = ["ndjson"]
+url = "file://{}"
+format = "ndjson"
+"#,
+            out.display()
+        ),
+    )
+    .unwrap();
+    let running = Running::start(&["run", config.to_str().unwrap()], port, 0);
+    let http = reqwest::blocking::Client::new();
+    let post = |body: Vec<u8>, token: Option<&str>, gzip: bool| {
+        let mut request = http.post(format!("{}/ingest", running.api)).body(body);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        if gzip {
+            request = request.header("content-encoding", "gzip");
+        }
+        request.send().unwrap().status().as_u16()
+    };
+    assert_eq!(post(b"{\"a\":1}\n{\"a\":2}\n".to_vec(), Some("t0ken"), false), 200);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, b"{\"b\":1}\r\n\n{\"b\":2}").unwrap();
+    assert_eq!(post(gz.finish().unwrap(), Some("t0ken"), true), 200);
+    assert_eq!(post(b"{\"no\":1}\n".to_vec(), None, false), 401);
+    assert_eq!(post(b"{\"no\":2}\n".to_vec(), Some("wrong"), false), 401);
+    assert_eq!(post(b"not gzip".to_vec(), Some("t0ken"), true), 400);
+    assert_eq!(post(vec![b'x'; (1 << 20) + 1], Some("t0ken"), false), 413);
+    let (code, printed) = running.stop();
+    assert_eq!(code, 0, "{printed}");
+    let expected: Vec<String> =
+        ["{\"a\":1}", "{\"a\":2}", "{\"b\":1}", "{\"b\":2}"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(all_lines(&folder_objects(&out)), expected);
+}
+
+#[test]
+fn the_api_serves_https_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl makes the test certificate");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let port = free_port();
+    let config = api_pipeline(dir.path(), "tls", port, false, &dir.path().join("out"));
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace(
+        "type = \"firehose\"",
+        &format!("type = \"firehose\"\ntls = {{ cert = \"{}\", key = \"{}\" }}", cert.display(), key.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    let running = Running::start(&["run", config.to_str().unwrap()], port, 0);
+    let https = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+    let response = https
+        .post(format!("https://127.0.0.1:{port}/"))
+        .header("x-amz-target", "Firehose_20150804.ListDeliveryStreams")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert!(response.status().is_success());
+    let body: Value = serde_json::from_str(&response.text().unwrap()).unwrap();
+    assert_eq!(body["DeliveryStreamNames"], serde_json::json!(["tls"]));
+    // Plain HTTP on the TLS port is not served.
+    assert!(reqwest::blocking::get(format!("http://127.0.0.1:{port}/")).map_or(true, |r| !r.status().is_success()));
+    let (code, printed) = running.stop();
+    assert_eq!(code, 0, "{printed}");
+}
