@@ -13,6 +13,8 @@
 // A benchmark has no caller to report to: a failed set-up aborts it with its reason.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+// With `--features mimalloc` (musl/static builds); the system allocator otherwise (README: Performance).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -21,7 +21,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-// The same allocator as the `sluice` binary, so in-process runs cost what the binary does.
+// With `--features mimalloc` (musl/static builds); the system allocator otherwise (README: Performance).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

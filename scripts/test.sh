@@ -31,5 +31,5 @@ if [ ! -f "$js_stamp" ]; then
 fi
 export SLUICE_TEST_PYTHON="$PWD/$venv/bin/python"
 cargo fmt --all --check
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --no-fail-fast

@@ -28,6 +28,8 @@ use sluice_engine::metrics::{PipelineMetrics, SinkLabel, peak_rss_bytes};
 use sluice_engine::runtime::{RunOptions, RunReport, run};
 use sluice_engine::traits::StopSignal;
 
+// With `--features mimalloc` (musl/static builds); the system allocator otherwise (README: Performance).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
