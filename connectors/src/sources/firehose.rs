@@ -91,9 +91,9 @@ pub fn parse_listen(text: Option<&str>, default: &str, span: std::ops::Range<usi
 /// Builds the source from `[sources.<name>]`.
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
     let span = config.table.span.clone();
-    let listen_span = config.table.key_span("listen").unwrap_or(span.clone());
-    let inflight_span = config.table.key_span("max_inflight_mb").unwrap_or(span.clone());
-    let auth_span = config.table.key_span("auth").unwrap_or(span);
+    let listen_span = config.table.value_span("listen").unwrap_or(span.clone());
+    let inflight_span = config.table.value_span("max_inflight_mb").unwrap_or(span.clone());
+    let auth_span = config.table.value_span("auth").unwrap_or(span);
     let c: FirehoseConfig = config.table.deserialize()?;
     let listen = parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span)?;
     let inflight_mb = c.max_inflight_mb.unwrap_or(256);

@@ -72,9 +72,9 @@ struct Endpoint {
 /// Builds the source from `[sources.<name>]`.
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
     let span = config.table.span.clone();
-    let listen_span = config.table.key_span("listen").unwrap_or(span.clone());
-    let body_span = config.table.key_span("max_body_mb").unwrap_or(span.clone());
-    let inflight_span = config.table.key_span("max_inflight_mb").unwrap_or(span);
+    let listen_span = config.table.value_span("listen").unwrap_or(span.clone());
+    let body_span = config.table.value_span("max_body_mb").unwrap_or(span.clone());
+    let inflight_span = config.table.value_span("max_inflight_mb").unwrap_or(span);
     let c: HttpConfig = config.table.deserialize()?;
     let listen = parse_listen(c.listen.as_deref(), "127.0.0.1:4574", listen_span)?;
     let max_body_mb = c.max_body_mb.unwrap_or(16);

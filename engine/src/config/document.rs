@@ -144,6 +144,11 @@ impl Section {
         self.entries.get_key_value(key).map(|(k, _)| k.span())
     }
 
+    /// The span of `key`'s value, if present (where a bad value is pointed at).
+    pub fn value_span(&self, key: &str) -> Option<Range<usize>> {
+        self.entries.get(key).map(|v| v.span())
+    }
+
     fn label(&self, key: &str) -> String {
         if self.path.is_empty() { format!("`{key}`") } else { format!("`{}.{key}`", self.path) }
     }
