@@ -17,3 +17,4 @@ pub mod retry;
 pub mod runtime;
 pub mod testkit;
 pub mod traits;
+pub mod wal;
