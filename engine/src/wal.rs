@@ -100,8 +100,15 @@ fn entry_checksum(seq: u64, payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), payload)
 }
 
-/// Reads the entries of one segment; returns them and the length of its valid prefix.
-fn read_segment(path: &Path) -> Result<(Vec<(u64, Vec<u8>)>, u64, u64), WalError> {
+/// One segment as read: its valid entries, the length of its valid prefix, its whole length.
+struct SegmentRead {
+    entries: Vec<(u64, Vec<u8>)>,
+    valid: u64,
+    total: u64,
+}
+
+/// Reads the entries of one segment up to the first one whose length or checksum is wrong.
+fn read_segment(path: &Path) -> Result<SegmentRead, WalError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -126,7 +133,7 @@ fn read_segment(path: &Path) -> Result<(Vec<(u64, Vec<u8>)>, u64, u64), WalError
         entries.push((seq, payload.to_vec()));
         at = end;
     }
-    Ok((entries, at as u64, bytes.len() as u64))
+    Ok(SegmentRead { entries, valid: at as u64, total: bytes.len() as u64 })
 }
 
 impl Wal {
@@ -151,7 +158,7 @@ impl Wal {
         let mut recovery = Recovery { checkpoint, ..Recovery::default() };
         let mut next_seq = checkpoint;
         for (_, path) in &segments {
-            let (entries, valid, total) = read_segment(path)?;
+            let SegmentRead { entries, valid, total } = read_segment(path)?;
             if valid < total {
                 // A torn or corrupt tail: cut it so appends continue after the last good entry.
                 let file = OpenOptions::new()
