@@ -63,6 +63,7 @@ fn api_pipeline(dir: &Path, name: &str, port: u16, auth: bool, out: &Path) -> Pa
         r#"[pipeline]
 name = "{name}"
 workers = 2
+data_dir = "{}"
 
 [sources.api]
 type = "firehose"
@@ -77,6 +78,7 @@ format = "ndjson"
 compression = "gzip"
 buffer = {{ size_mb = 1, interval_s = 1 }}
 "#,
+        dir.join("data").join(name).display(),
         out.display()
     );
     let path = dir.join(format!("{name}.toml"));
@@ -264,6 +266,7 @@ fn the_http_source_takes_ndjson_with_gzip_and_a_bearer_token() {
         format!(
             r#"[pipeline]
 name = "http-in"
+data_dir = "{}"
 [sources.ndjson]
 type = "http"
 listen = "127.0.0.1:{port}"
@@ -275,6 +278,7 @@ inputs = ["ndjson"]
 url = "file://{}"
 format = "ndjson"
 "#,
+            dir.path().join("data").display(),
             out.display()
         ),
     )

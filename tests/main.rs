@@ -8,6 +8,7 @@
 mod api;
 mod cli;
 mod config_errors;
+mod crash;
 mod parquet;
 mod pipelines;
 mod s3;

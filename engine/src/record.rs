@@ -44,6 +44,28 @@ impl RecordBatch {
         }
     }
 
+    /// The batch as bytes (for the write-ahead log): arrival time, record ends, record bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + self.ends.len() * 4 + self.data.len());
+        out.extend_from_slice(&self.arrival_ms.to_le_bytes());
+        out.extend_from_slice(&(self.ends.len() as u32).to_le_bytes());
+        self.ends.iter().for_each(|e| out.extend_from_slice(&e.to_le_bytes()));
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    /// A batch from [`RecordBatch::to_bytes`]; `None` if the bytes are not one.
+    pub fn from_bytes(bytes: &[u8]) -> Option<RecordBatch> {
+        let arrival_ms = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+        let count = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?) as usize;
+        let ends_end = 12usize.checked_add(count.checked_mul(4)?)?;
+        let ends: Vec<u32> =
+            bytes.get(12..ends_end)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data = bytes.get(ends_end..)?.to_vec();
+        let ordered = ends.windows(2).all(|w| w[0] <= w[1]) && ends.last().is_none_or(|&e| e as usize == data.len());
+        ordered.then_some(RecordBatch { data, ends, arrival_ms })
+    }
+
     /// Number of records.
     pub fn len(&self) -> usize {
         self.ends.len()

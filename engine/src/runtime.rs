@@ -94,7 +94,9 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
     for sink in &plan.sinks {
         runtime.block_on(sink.sink.prepare()).map_err(|error| RunError::Prepare { sink: sink.name.clone(), error })?;
     }
+    let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let prepare = PrepareContext {
+        delivered: Arc::clone(&delivered),
         runtime: runtime.handle().clone(),
         stop: options.stop.clone(),
         metrics: Arc::clone(&metrics),
@@ -159,7 +161,12 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
         });
         while !probe.done() {
             worker.step_or_park(Some(Duration::from_millis(50)));
+            if worker.index() == 0 {
+                let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
+                delivered.store(frontier, std::sync::atomic::Ordering::SeqCst);
+            }
         }
+        delivered.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
     })
     .map_err(RunError::Dataflow)?;
     for result in guards.join() {

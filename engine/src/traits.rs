@@ -104,6 +104,12 @@ pub trait SourceReader {
     /// Adds records to `batch` (up to about `max_bytes`) and says what happened.
     fn read(&mut self, batch: &mut RecordBatch, max_bytes: usize) -> Result<ReadStatus, SourceError>;
 
+    /// The epoch the next [`SourceReader::read`] stamps its records with (for sources that track
+    /// when what they read is delivered).
+    fn set_epoch(&mut self, epoch: u64) {
+        let _ = epoch;
+    }
+
     /// Called once when the run is asked to stop; says whether to keep reading until finished.
     fn on_stop(&mut self) -> OnStop {
         OnStop::Finish
@@ -121,6 +127,9 @@ pub struct PrepareContext {
     pub metrics: Arc<crate::metrics::PipelineMetrics>,
     /// The pipeline as a delivery stream (for an API to describe).
     pub stream: Arc<crate::config::StreamInfo>,
+    /// The delivered frontier: every record read in an epoch below it is delivered (or counted as
+    /// failed); `u64::MAX` once the run has delivered everything.
+    pub delivered: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A configured source.
@@ -243,11 +252,40 @@ pub trait PartUpload: Send + Sync {
     fn abort(&self) -> BoxFuture<'static, Result<(), DeliveryError>>;
 }
 
+/// When an API source acknowledges a request (`[pipeline] durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After the records are in the write-ahead log and fsynced (group commit: concurrent requests
+    /// share one fsync). Survives a power loss.
+    Fsync,
+    /// After the records are written to the log (no fsync). Survives a process crash, not a power
+    /// loss.
+    Buffered,
+    /// No log: after the records are queued in memory. A crash loses what was not delivered.
+    None,
+}
+
+impl Durability {
+    /// The config name's mode.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "fsync" => Some(Durability::Fsync),
+            "buffered" => Some(Durability::Buffered),
+            "none" => Some(Durability::None),
+            _ => None,
+        }
+    }
+}
+
 /// What a connector's `configure` gets: its own keys (engine-owned keys already taken out).
 #[derive(Debug)]
 pub struct ConnectorConfig {
     /// The pipeline (delivery stream) name.
     pub pipeline: String,
+    /// `[pipeline] data_dir`: where the pipeline keeps its write-ahead log (default `data/<name>`).
+    pub data_dir: std::path::PathBuf,
+    /// `[pipeline] durability`.
+    pub durability: Durability,
     /// The component's name, e.g. `logs` for `[sources.logs]`.
     pub name: String,
     /// Its remaining keys.

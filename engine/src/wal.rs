@@ -249,6 +249,20 @@ impl Wal {
         Ok(())
     }
 
+    /// What a concurrent syncer needs: a handle on the active segment and the sequence number its
+    /// sync will cover (every entry below it). Sync the handle without holding the log, then
+    /// [`Wal::mark_synced`]: appends go on meanwhile (group commit).
+    pub fn sync_point(&self) -> Result<(File, u64), WalError> {
+        let file = self.active.try_clone().map_err(io_error("cannot sync the log"))?;
+        Ok((file, self.next_seq))
+    }
+
+    /// Records that entries below `seq` are durable (a [`Wal::sync_point`]'s handle was synced; a
+    /// roll in between synced the older segment itself).
+    pub fn mark_synced(&mut self, seq: u64) {
+        self.synced_seq = self.synced_seq.max(seq);
+    }
+
     /// Seals the active segment (synced) and starts the next.
     fn roll(&mut self) -> Result<(), WalError> {
         self.sync()?;

@@ -26,8 +26,10 @@ use sluice_engine::config::StreamInfo;
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::{RecordBatch, now_ms};
 
-use super::queue::{IngestQueue, Refused};
+use super::durable::DurableLog;
+use super::queue::IngestQueue;
 use super::sigv4::{AccessKeys, SignedRequest, verify};
+use super::{Rejected, accept};
 
 /// Records per PutRecordBatch.
 pub const MAX_BATCH_RECORDS: usize = 500;
@@ -48,6 +50,8 @@ pub struct StreamEndpoint {
     pub info: Arc<StreamInfo>,
     /// Where accepted records go.
     pub queue: Arc<IngestQueue>,
+    /// The pipeline's write-ahead log (none with `durability = "none"`).
+    pub log: Option<Arc<DurableLog>>,
     /// The pipeline's counters.
     pub metrics: Arc<PipelineMetrics>,
     /// Keys allowed to put to this stream (empty: any key the API accepts).
@@ -62,6 +66,8 @@ pub struct FirehoseApi {
     region: String,
     account: String,
     record_ids: RecordIds,
+    /// Whether any stream logs its records (requests then wait for a group commit).
+    logs: bool,
 }
 
 /// Opaque, unique record ids: a random per-process prefix and a counter.
@@ -176,6 +182,7 @@ impl FirehoseApi {
     /// An API for `streams`, requiring SigV4 with one of `keys` when any is configured.
     pub fn new(streams: Vec<StreamEndpoint>, keys: AccessKeys, region: &str) -> Self {
         FirehoseApi {
+            logs: streams.iter().any(|s| s.log.is_some()),
             streams: streams.into_iter().map(|s| (s.info.name.clone(), s)).collect(),
             keys,
             region: region.to_string(),
@@ -331,12 +338,11 @@ impl FirehoseApi {
         })?;
         let batch = Self::decode(std::slice::from_ref(&record), |_| "record.data".to_string())?;
         let bytes = batch.byte_len() as u64;
-        match endpoint.queue.push(batch) {
-            Ok(()) => {}
-            Err(refused) => {
+        if let Err(rejected) = accept(&endpoint.queue, endpoint.log.as_ref(), batch) {
+            if rejected == Rejected::Full {
                 api.throttled_records.fetch_add(1, Relaxed);
-                return Err(throttled(refused));
             }
+            return Err(refusal(rejected));
         }
         api.incoming_put_requests.fetch_add(1, Relaxed);
         api.incoming_records.fetch_add(1, Relaxed);
@@ -380,11 +386,11 @@ impl FirehoseApi {
             (head, fit)
         };
         let bytes = head.byte_len() as u64;
-        let accepted = match endpoint.queue.push(head) {
+        let accepted = match accept(&endpoint.queue, endpoint.log.as_ref(), head) {
             Ok(()) => accepted,
-            Err(Refused::Full) => 0,
-            // Stopping: nothing of this request is taken, so nothing is acknowledged.
-            Err(Refused::Closed) => return Err(throttled(Refused::Closed)),
+            Err(Rejected::Full) => 0,
+            // Stopping, or the log failed: nothing of this request is taken or acknowledged.
+            Err(rejected) => return Err(refusal(rejected)),
         };
         let refused = total - accepted;
         api.throttled_records.fetch_add(refused as u64, Relaxed);
@@ -507,16 +513,14 @@ fn fitting(batch: &RecordBatch, room: usize) -> usize {
         .count()
 }
 
-fn throttled(refused: Refused) -> ApiError {
-    let message = match refused {
-        Refused::Full => "Slow down.",
-        Refused::Closed => "The delivery stream is shutting down.",
+/// A refusal as Firehose says it: `ServiceUnavailableException` (503), which the SDKs retry.
+fn refusal(rejected: Rejected) -> ApiError {
+    let message = match rejected {
+        Rejected::Full => "Slow down.".to_string(),
+        Rejected::Closed => "The delivery stream is shutting down.".to_string(),
+        Rejected::Log(e) => format!("The records could not be made durable: {e}"),
     };
-    ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        error_type: "ServiceUnavailableException",
-        message: message.into(),
-    }
+    ApiError { status: StatusCode::SERVICE_UNAVAILABLE, error_type: "ServiceUnavailableException", message }
 }
 
 /// One destination as DescribeDeliveryStream reports it (`ExtendedS3DestinationDescription` for
@@ -577,9 +581,23 @@ pub async fn serve_request(
         Ok(b) => b,
         Err(_) => return too_large(),
     };
-    // Decoding and hashing run here, on the I/O thread: a few milliseconds for the largest body,
-    // cheaper than handing each request to another thread on a machine whose cores run workers.
-    api.handle(&method, &uri, &headers, &body, chrono::Utc::now().timestamp())
+    let now = chrono::Utc::now().timestamp();
+    if !api.logs {
+        // Decoding and hashing run here, on the I/O thread: a few milliseconds for the largest
+        // body, cheaper than handing each request to another thread.
+        return api.handle(&method, &uri, &headers, &body, now);
+    }
+    // With a log, a request waits for its group commit: on a blocking thread, so that many
+    // requests wait (and share one fsync) at once.
+    match tokio::task::spawn_blocking(move || api.handle(&method, &uri, &headers, &body, now)).await {
+        Ok(response) => response,
+        Err(e) => ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error_type: "InternalFailure",
+            message: format!("the request could not be handled: {e}"),
+        }
+        .into_response(),
+    }
 }
 
 #[cfg(test)]
@@ -594,6 +612,7 @@ mod tests {
         let endpoint = StreamEndpoint {
             info,
             queue: Arc::clone(&queue),
+            log: None,
             metrics: Arc::clone(&metrics),
             keys: AccessKeys::default(),
         };
@@ -634,7 +653,7 @@ mod tests {
             (StatusCode::SERVICE_UNAVAILABLE, Some("ServiceUnavailableException"))
         );
         // Once the workers took the queued records, puts are accepted again.
-        assert!(matches!(queue.pop(), Popped::Batch(b) if b.len() == 3));
+        assert!(matches!(queue.pop(), Popped::Batch(b, None) if b.len() == 3));
         assert_eq!(call(&api, "PutRecord", one).0, StatusCode::OK);
 
         // Stopping: nothing more is acknowledged.

@@ -8,6 +8,7 @@
 //! so the readers drain every acknowledged record before the run ends.
 
 pub mod admin;
+pub mod durable;
 pub mod firehose;
 pub mod queue;
 pub mod sigv4;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_engine::record::RecordBatch;
-use sluice_engine::traits::{OnStop, ReadStatus, SourceError, SourceReader, StopSignal};
+use sluice_engine::traits::{Durability, OnStop, ReadStatus, SourceError, SourceReader, StopSignal};
 
 use queue::{IngestQueue, Popped};
 
@@ -111,23 +112,111 @@ pub fn serve(
     Ok(())
 }
 
+/// An API source's write-ahead log, opened once (by the run's `prepare`, or earlier by a shared
+/// listener), its replay queued as it opens.
+#[derive(Debug)]
+pub struct LogSlot {
+    dir: PathBuf,
+    mode: Durability,
+    opened: std::sync::Mutex<Option<Option<Arc<durable::DurableLog>>>>,
+}
+
+impl LogSlot {
+    /// The log of a source in `dir` with `mode` (nothing is opened yet).
+    pub fn new(dir: PathBuf, mode: Durability) -> Self {
+        LogSlot { dir, mode, opened: std::sync::Mutex::new(None) }
+    }
+
+    /// Opens the log (once) and queues into `queue` what it replays: batches acknowledged before a
+    /// restart and not delivered. `None` with `durability = "none"`.
+    pub fn open(&self, queue: &IngestQueue) -> Result<Option<Arc<durable::DurableLog>>, SourceError> {
+        let mut opened = self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(log) = opened.as_ref() {
+            return Ok(log.clone());
+        }
+        let log = if self.mode == Durability::None {
+            None
+        } else {
+            let (log, replay) = durable::DurableLog::open(&self.dir, self.mode)
+                .map_err(|e| SourceError::Setup(format!("write-ahead log in {}: {e}", self.dir.display())))?;
+            if !replay.is_empty() {
+                let records: usize = replay.iter().map(|(_, b)| b.len()).sum();
+                tracing::info!(batches = replay.len(), records, dir = %self.dir.display(), "replaying acknowledged records not yet delivered");
+            }
+            for (seq, batch) in replay {
+                queue.push_replayed(batch, seq);
+            }
+            Some(log)
+        };
+        *opened = Some(log.clone());
+        Ok(log)
+    }
+
+    /// The log, once opened.
+    pub fn get(&self) -> Option<Arc<durable::DurableLog>> {
+        self.opened.lock().ok().and_then(|o| o.clone()).flatten()
+    }
+}
+
+/// Why accepted records could not be taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejected {
+    /// Too much is in flight: throttle.
+    Full,
+    /// The run is stopping.
+    Closed,
+    /// The write-ahead log failed (nothing was acknowledged).
+    Log(String),
+}
+
+/// Takes `batch` for a pipeline: room in `queue` first, then the log (when there is one; this waits
+/// for the durability the pipeline asks for), then the queue. Returns only when the records may be
+/// acknowledged, or refuses them whole.
+pub fn accept(queue: &IngestQueue, log: Option<&Arc<durable::DurableLog>>, batch: RecordBatch) -> Result<(), Rejected> {
+    let reservation = queue.reserve(batch.byte_len()).map_err(|r| match r {
+        queue::Refused::Full => Rejected::Full,
+        queue::Refused::Closed => Rejected::Closed,
+    })?;
+    let seq = match log.map(|log| log.commit(&batch)) {
+        Some(Ok(seq)) => Some(seq),
+        Some(Err(e)) => {
+            queue.cancel(reservation);
+            tracing::error!(error = %e, "cannot log accepted records; refusing them");
+            return Err(Rejected::Log(e.to_string()));
+        }
+        None => None,
+    };
+    queue.push_reserved(reservation, batch, seq).map_err(|_| {
+        if let (Some(log), Some(seq)) = (log, seq) {
+            log.abandon(seq);
+        }
+        Rejected::Closed
+    })
+}
+
 /// One worker's reader of a listener's queue.
 #[derive(Debug)]
 pub struct QueueReader {
     queue: Arc<IngestQueue>,
+    /// The source's log: told in which epoch each logged batch entered the dataflow.
+    log: Option<Arc<durable::DurableLog>>,
+    epoch: u64,
 }
 
 impl QueueReader {
-    /// A reader taking from `queue`.
-    pub fn new(queue: Arc<IngestQueue>) -> Self {
-        QueueReader { queue }
+    /// A reader taking from `queue`, reporting logged batches to `log`.
+    pub fn new(queue: Arc<IngestQueue>, log: Option<Arc<durable::DurableLog>>) -> Self {
+        QueueReader { queue, log, epoch: 0 }
     }
 }
 
 impl SourceReader for QueueReader {
     fn read(&mut self, batch: &mut RecordBatch, _max_bytes: usize) -> Result<ReadStatus, SourceError> {
         match self.queue.pop() {
-            Popped::Batch(mut accepted) => {
+            Popped::Batch(mut accepted, seq) => {
+                if let (Some(log), Some(seq)) = (&self.log, seq) {
+                    log.read_at(seq, self.epoch);
+                }
                 if batch.is_empty() {
                     // One request's records, as the request brought them (no copy).
                     std::mem::swap(batch, &mut accepted);
@@ -139,6 +228,10 @@ impl SourceReader for QueueReader {
             Popped::Empty => Ok(ReadStatus::Pending(IDLE_POLL)),
             Popped::Closed => Ok(ReadStatus::Finished),
         }
+    }
+
+    fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
     }
 
     fn on_stop(&mut self) -> OnStop {

@@ -22,17 +22,22 @@ pub enum Refused {
 /// What a reader got.
 #[derive(Debug)]
 pub enum Popped {
-    /// The oldest accepted batch.
-    Batch(RecordBatch),
+    /// The oldest accepted batch, with its write-ahead-log sequence number when logged.
+    Batch(RecordBatch, Option<u64>),
     /// Nothing now; more may come.
     Empty,
     /// Closed and drained: nothing will come again.
     Closed,
 }
 
+/// Room taken in the queue for a batch that is being logged.
+#[derive(Debug)]
+#[must_use = "push the batch with it or cancel it"]
+pub struct Reservation(usize);
+
 #[derive(Debug, Default)]
 struct State {
-    batches: VecDeque<RecordBatch>,
+    batches: VecDeque<(RecordBatch, Option<u64>)>,
     bytes: usize,
     closed: bool,
 }
@@ -67,26 +72,59 @@ impl IngestQueue {
 
     /// Accepts `batch` unless it would pass the limit or the queue is closed.
     pub fn push(&self, batch: RecordBatch) -> Result<(), Refused> {
+        let reservation = self.reserve(batch.byte_len())?;
+        self.push_reserved(reservation, batch, None)
+    }
+
+    /// Takes room for `bytes` (so a batch being logged cannot be refused afterwards for lack of it).
+    pub fn reserve(&self, bytes: usize) -> Result<Reservation, Refused> {
         let Ok(mut state) = self.state.lock() else { return Err(Refused::Closed) };
         if state.closed {
             return Err(Refused::Closed);
         }
-        let bytes = batch.byte_len();
         if state.bytes + bytes > self.limit {
             return Err(Refused::Full);
         }
         state.bytes += bytes;
-        state.batches.push_back(batch);
+        Ok(Reservation(bytes))
+    }
+
+    /// Gives reserved room back.
+    pub fn cancel(&self, reservation: Reservation) {
+        if let Ok(mut state) = self.state.lock() {
+            state.bytes -= reservation.0;
+        }
+    }
+
+    /// Queues `batch` (logged as `seq`) in room reserved for it; refused only when closed.
+    pub fn push_reserved(&self, reservation: Reservation, batch: RecordBatch, seq: Option<u64>) -> Result<(), Refused> {
+        let Ok(mut state) = self.state.lock() else { return Err(Refused::Closed) };
+        if state.closed {
+            state.bytes -= reservation.0;
+            return Err(Refused::Closed);
+        }
+        // The reservation's size stands for the batch until it is popped.
+        state.bytes = state.bytes - reservation.0 + batch.byte_len();
+        state.batches.push_back((batch, seq));
         Ok(())
+    }
+
+    /// Queues a batch replayed from the log, whatever the limit (it was acknowledged before a
+    /// restart and must be delivered).
+    pub fn push_replayed(&self, batch: RecordBatch, seq: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.bytes += batch.byte_len();
+            state.batches.push_back((batch, Some(seq)));
+        }
     }
 
     /// Takes the oldest batch.
     pub fn pop(&self) -> Popped {
         let Ok(mut state) = self.state.lock() else { return Popped::Closed };
         match state.batches.pop_front() {
-            Some(batch) => {
-                state.bytes -= batch.byte_len();
-                Popped::Batch(batch)
+            Some((batch, seq)) => {
+                state.bytes = state.bytes.saturating_sub(batch.byte_len());
+                Popped::Batch(batch, seq)
             }
             None if state.closed => Popped::Closed,
             None => Popped::Empty,
@@ -119,7 +157,7 @@ mod tests {
         assert_eq!(q.room(), 2);
         q.close();
         assert_eq!(q.push(batch(&[b"a"])), Err(Refused::Closed));
-        assert!(matches!(q.pop(), Popped::Batch(b) if b.len() == 2));
+        assert!(matches!(q.pop(), Popped::Batch(b, None) if b.len() == 2));
         assert!(matches!(q.pop(), Popped::Closed));
         assert_eq!(q.queued_bytes(), 0);
     }

@@ -316,20 +316,20 @@ fn serve_command(
     let mut keys = AccessKeys::default();
     let pipelines: Vec<(Plan, Arc<PipelineMetrics>)> = plans
         .into_iter()
-        .map(|plan| {
+        .map(|plan| -> anyhow::Result<_> {
             let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
             for source in &plan.sources {
                 let any: &dyn std::any::Any = &*source.source;
                 if let Some(firehose) = any.downcast_ref::<FirehoseSource>() {
                     firehose.share();
-                    let endpoint = firehose.endpoint(Arc::new(plan.stream_info(now)), Arc::clone(&metrics));
+                    let endpoint = firehose.endpoint(Arc::new(plan.stream_info(now)), Arc::clone(&metrics))?;
                     keys.extend(&endpoint.keys);
                     endpoints.push(endpoint);
                 }
             }
-            (plan, metrics)
+            Ok((plan, metrics))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!endpoints.is_empty(), "no pipeline in {} has a `type = \"firehose\"` source", dir.display());
     if endpoints.iter().any(|e| e.keys.is_empty()) && !keys.is_empty() {
         tracing::warn!("some streams have access keys and some do not: every request must now be signed");

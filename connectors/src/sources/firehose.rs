@@ -27,7 +27,7 @@ use sluice_engine::traits::{ConnectorConfig, PrepareContext, Source, SourceConte
 use crate::api::firehose::{FirehoseApi, StreamEndpoint};
 use crate::api::queue::IngestQueue;
 use crate::api::sigv4::AccessKeys;
-use crate::api::{QueueReader, TlsFiles, bind, serve};
+use crate::api::{LogSlot, QueueReader, TlsFiles, bind, serve};
 
 /// Default listen address (sluice's port for the Firehose API).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4573";
@@ -75,6 +75,7 @@ pub struct FirehoseSource {
     tls: Option<TlsFiles>,
     region: String,
     queue: Arc<IngestQueue>,
+    log: LogSlot,
     /// Served by `sluice serve`'s shared listener instead of its own.
     shared: AtomicBool,
 }
@@ -113,6 +114,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>
         tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
         region: c.region.unwrap_or_else(|| "us-east-1".into()),
         queue: Arc::new(IngestQueue::new((inflight_mb << 20) as usize)),
+        log: LogSlot::new(config.data_dir.join(&config.name), config.durability),
         shared: AtomicBool::new(false),
     }))
 }
@@ -124,13 +126,14 @@ impl FirehoseSource {
         self.shared.store(true, Ordering::SeqCst);
     }
 
-    /// The stream this source serves, for a shared listener.
+    /// The stream this source serves, for a shared listener (opens the source's log).
     pub fn endpoint(
         &self,
         info: Arc<sluice_engine::config::StreamInfo>,
         metrics: Arc<sluice_engine::metrics::PipelineMetrics>,
-    ) -> StreamEndpoint {
-        StreamEndpoint { info, queue: Arc::clone(&self.queue), metrics, keys: self.keys.clone() }
+    ) -> Result<StreamEndpoint, SourceError> {
+        let log = self.log.open(&self.queue)?;
+        Ok(StreamEndpoint { info, queue: Arc::clone(&self.queue), log, metrics, keys: self.keys.clone() })
     }
 }
 
@@ -151,17 +154,20 @@ impl Source for FirehoseSource {
     }
 
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        if let Some(log) = self.log.open(&self.queue)? {
+            log.follow(Arc::clone(&ctx.delivered));
+        }
         if self.shared.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let endpoint = self.endpoint(Arc::clone(&ctx.stream), Arc::clone(&ctx.metrics));
+        let endpoint = self.endpoint(Arc::clone(&ctx.stream), Arc::clone(&ctx.metrics))?;
         let api = Arc::new(FirehoseApi::new(vec![endpoint], self.keys.clone(), &self.region));
         let listener = bind(self.listen)?;
         serve(&ctx.runtime, listener, router(api), self.tls.clone(), ctx.stop.clone(), vec![Arc::clone(&self.queue)])
     }
 
     fn open(&self, _ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
-        Ok(Box::new(QueueReader::new(Arc::clone(&self.queue))))
+        Ok(Box::new(QueueReader::new(Arc::clone(&self.queue), self.log.get())))
     }
 }
 

@@ -34,8 +34,8 @@ use sluice_engine::traits::{ConnectorConfig, PrepareContext, Source, SourceConte
 
 use super::firehose::parse_listen;
 use crate::api::firehose::MAX_RECORD_BYTES;
-use crate::api::queue::{IngestQueue, Refused};
-use crate::api::{QueueReader, TlsFiles, bind, serve};
+use crate::api::queue::IngestQueue;
+use crate::api::{LogSlot, QueueReader, Rejected, TlsFiles, accept, bind, serve};
 
 /// The http source's own keys.
 #[derive(Debug, Deserialize)]
@@ -66,6 +66,7 @@ struct Endpoint {
     token: Option<String>,
     max_body: usize,
     queue: Arc<IngestQueue>,
+    log: LogSlot,
     metrics: std::sync::OnceLock<Arc<PipelineMetrics>>,
 }
 
@@ -93,6 +94,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>
             token: c.bearer_token,
             max_body: (max_body_mb << 20) as usize,
             queue: Arc::new(IngestQueue::new((inflight_mb << 20) as usize)),
+            log: LogSlot::new(config.data_dir.join(&config.name), config.durability),
             metrics: std::sync::OnceLock::new(),
         }),
         tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
@@ -112,6 +114,9 @@ impl Source for HttpSource {
 
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
         let _ = self.endpoint.metrics.set(Arc::clone(&ctx.metrics));
+        if let Some(log) = self.endpoint.log.open(&self.endpoint.queue)? {
+            log.follow(Arc::clone(&ctx.delivered));
+        }
         let router = axum::Router::new()
             .fallback(axum::routing::post(receive))
             .layer(axum::extract::DefaultBodyLimit::disable())
@@ -122,7 +127,7 @@ impl Source for HttpSource {
     }
 
     fn open(&self, _ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
-        Ok(Box::new(QueueReader::new(Arc::clone(&self.endpoint.queue))))
+        Ok(Box::new(QueueReader::new(Arc::clone(&self.endpoint.queue), self.endpoint.log.get())))
     }
 }
 
@@ -191,15 +196,25 @@ async fn receive(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body
     let (count, bytes) = (batch.len(), batch.byte_len());
     let metrics = endpoint.metrics.get();
     if count > 0 {
-        match endpoint.queue.push(batch) {
-            Ok(()) => {}
-            Err(Refused::Full) => {
+        // With a log this waits for a group commit: on a blocking thread.
+        let target = Arc::clone(&endpoint);
+        let accepted =
+            tokio::task::spawn_blocking(move || accept(&target.queue, target.log.get().as_ref(), batch)).await;
+        match accepted {
+            Ok(Ok(())) => {}
+            Ok(Err(Rejected::Full)) => {
                 if let Some(m) = metrics {
                     m.api.throttled_records.fetch_add(count as u64, Relaxed);
                 }
                 return refuse(StatusCode::SERVICE_UNAVAILABLE, "too much data in flight; retry later");
             }
-            Err(Refused::Closed) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping"),
+            Ok(Err(Rejected::Closed)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping"),
+            Ok(Err(Rejected::Log(e))) => {
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("the records could not be made durable: {e}"));
+            }
+            Err(e) => {
+                return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("the request could not be handled: {e}"));
+            }
         }
     }
     if let Some(m) = metrics {

@@ -4,7 +4,7 @@
 //! `error_prefix`, `time_zone`, `retry`) are read here; what is left of a component's table goes to
 //! its connector, which deserializes it into its own `deny_unknown_fields` struct.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use super::document::{Section, join_ticked};
 use crate::encode::{Compression, Format};
 use crate::keys::ObjectKeys;
 use crate::retry::RetryPolicy;
-use crate::traits::{ConnectorConfig, Registry, Sink, Source};
+use crate::traits::{ConnectorConfig, Durability, Registry, Sink, Source};
 
 /// Firehose `BufferingHints`: deliver at `size_bytes` (before compression) or `interval`, whichever
 /// comes first.
@@ -238,7 +238,7 @@ pub const SINK_ENGINE_KEYS: &[&str] = &[
     "parquet",
     "json",
 ];
-const PIPELINE_KEYS: &[&str] = &["name", "workers"];
+const PIPELINE_KEYS: &[&str] = &["name", "workers", "data_dir", "durability"];
 
 fn valid_stream_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
@@ -254,6 +254,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
 
     // [pipeline]
     let (mut name, mut workers) = (String::new(), None);
+    let (mut data_dir, mut durability) = (None, Durability::Fsync);
     match pipeline {
         None => problems.push(
             Diagnostic::new(root_span.start..root_span.start, "missing [pipeline] table")
@@ -283,6 +284,16 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                     &mut problems,
                 )
                 .map(|w| w.into_inner() as usize);
+            data_dir = p.take_string("data_dir", &mut problems).map(|d| PathBuf::from(d.into_inner()));
+            if let Some(mode) = p.take_string("durability", &mut problems) {
+                match Durability::from_name(mode.get_ref()) {
+                    Some(d) => durability = d,
+                    None => problems.push(
+                        Diagnostic::new(mode.span(), format!("unknown durability `{}`", mode.get_ref()))
+                            .with_hint("use `fsync` (acknowledge after a group-committed fsync), `buffered` (after the write) or `none` (no log)"),
+                    ),
+                }
+            }
             p.deny_unknown(PIPELINE_KEYS, &mut problems);
         }
     }
@@ -301,6 +312,8 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                     let source_type = registry.source(&type_name)?;
                     let config = ConnectorConfig {
                         pipeline: name.clone(),
+                        data_dir: data_dir.clone().unwrap_or_else(|| default_data_dir(&name)),
+                        durability,
                         name: source_name.clone(),
                         table: section,
                         base_dir: base_dir.to_path_buf(),
@@ -350,6 +363,8 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
             section.engine_keys = SINK_ENGINE_KEYS;
             let config = ConnectorConfig {
                 pipeline: name.clone(),
+                data_dir: data_dir.clone().unwrap_or_else(|| default_data_dir(&name)),
+                durability,
                 name: sink_name.clone(),
                 table: section,
                 base_dir: base_dir.to_path_buf(),
@@ -380,6 +395,11 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
     let sources: Vec<SourcePlan> = declared.into_iter().filter_map(|(_, _, plan)| plan).collect();
 
     if problems.is_empty() { Ok(Plan { name, workers, sources, sinks }) } else { Err(problems) }
+}
+
+/// `./data/<pipeline>` when `data_dir` is not set.
+fn default_data_dir(pipeline: &str) -> PathBuf {
+    PathBuf::from("data").join(pipeline)
 }
 
 fn check_component_name(name: &str, span: std::ops::Range<usize>, problems: &mut Vec<Diagnostic>) {

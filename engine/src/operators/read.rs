@@ -67,6 +67,7 @@ pub fn read_source<'scope>(
                     activator.activate_after(Duration::from_millis(5));
                     return;
                 }
+                reader.set_epoch(*cap.time());
                 for _ in 0..BATCHES_PER_ACTIVATION {
                     let mut batch = RecordBatch::with_capacity(now_ms(), BATCH_BYTES + BATCH_BYTES / 8);
                     let status = reader.read(&mut batch, BATCH_BYTES);
