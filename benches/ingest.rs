@@ -4,7 +4,9 @@
 //! Each request carries 500 VPC-Flow-Logs-style records (~300 B each). `SLUICE_INGEST_CLIENTS`
 //! concurrent clients (default 8) send pre-built requests back to back for `SLUICE_INGEST_SECONDS`
 //! (default 5) per scenario: the trivial server; then sluice with SigV4 off and on, into
-//! `file://` objects with `compression = "none"` and `"zstd"`. Prints records/s, MiB/s of record
+//! `file://` objects with `compression = "none"` and `"zstd"`, each with the write-ahead log
+//! `durability = "fsync"`; then `compression = "none"`, SigV4 on, with `durability = "buffered"` and
+//! `"none"` (no log), for the cost of the log. Prints records/s, MiB/s of record
 //! data, p50/p99 request latency and each scenario's throughput as a ratio to the trivial server.
 //! Every acknowledged record is checked to have been delivered.
 //!
@@ -156,7 +158,7 @@ fn report(label: &str, o: &Outcome, baseline: Option<f64>) -> f64 {
         |p: f64| o.latencies.get(((o.latencies.len() as f64 * p) as usize).min(o.latencies.len().saturating_sub(1)));
     let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     println!(
-        "  {label:<34} {:>10.0} records/s {:>8.1} MiB/s   p50 {:>6.1} ms  p99 {:>6.1} ms{}",
+        "  {label:<40} {:>10.0} records/s {:>8.1} MiB/s   p50 {:>6.1} ms  p99 {:>6.1} ms{}",
         o.records as f64 / secs,
         mib_s,
         ms(pct(0.50)),
@@ -209,7 +211,15 @@ fn main() {
     let baseline = report("trivial server (reads the body)", &trivial, None);
     server.shutdown_background();
 
-    for (compression, signed) in [("none", false), ("none", true), ("zstd", false), ("zstd", true)] {
+    let scenarios = [
+        ("none", false, "fsync"),
+        ("none", true, "fsync"),
+        ("zstd", false, "fsync"),
+        ("zstd", true, "fsync"),
+        ("none", true, "buffered"),
+        ("none", true, "none"),
+    ];
+    for (compression, signed, durability) in scenarios {
         let out = tempfile::tempdir().unwrap();
         let port = free_port();
         let auth = if signed {
@@ -218,10 +228,11 @@ fn main() {
             String::new()
         };
         let toml = format!(
-            "[pipeline]\nname = \"bench\"\n[sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n{auth}\n\
+            "[pipeline]\nname = \"bench\"\ndata_dir = \"{}\"\ndurability = \"{durability}\"\n[sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n{auth}\n\
              [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{}\"\nformat = \"raw\"\n\
              compression = \"{compression}\"\nbuffer = {{ size_mb = 64, interval_s = 60 }}\n",
-            out.path().display()
+            out.path().join("data").display(),
+            out.path().join("objects").display()
         );
         let plan = plan_from_str(&toml, &registry()).expect("bench pipeline");
         let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
@@ -232,7 +243,7 @@ fn main() {
         let pipeline = std::thread::spawn(move || run(&plan, &options, m).expect("bench run"));
         wait_for(port);
         let outcome = load(port, &prepared(port, signed), clients, seconds);
-        let label = format!("sluice {compression}, SigV4 {}", if signed { "on" } else { "off" });
+        let label = format!("sluice {compression}, SigV4 {}, log {durability}", if signed { "on" } else { "off" });
         report(&label, &outcome, Some(baseline));
         stop.stop();
         pipeline.join().expect("pipeline thread");

@@ -107,6 +107,34 @@ struct SegmentRead {
     total: u64,
 }
 
+/// A checkpoint to make durable: the first sequence number not yet delivered.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    dir: PathBuf,
+    frontier: u64,
+}
+
+impl Checkpoint {
+    /// Writes it durably: a temporary file, synced, renamed over the old one, the folder synced.
+    pub fn write(&self) -> Result<(), WalError> {
+        let temporary = self.dir.join("checkpoint.tmp");
+        let mut file = File::create(&temporary).map_err(io_error("cannot write the checkpoint"))?;
+        file.write_all(self.frontier.to_string().as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io_error("cannot write the checkpoint"))?;
+        std::fs::rename(&temporary, self.dir.join("checkpoint")).map_err(io_error("cannot write the checkpoint"))?;
+        sync_dir(&self.dir)
+    }
+}
+
+/// Deletes segments below a durable checkpoint, then syncs the folder.
+pub fn remove_segments(dir: &Path, segments: &[PathBuf]) -> Result<(), WalError> {
+    for path in segments {
+        std::fs::remove_file(path).map_err(io_error(format!("cannot delete {}", path.display())))?;
+    }
+    if segments.is_empty() { Ok(()) } else { sync_dir(dir) }
+}
+
 /// Reads the entries of one segment up to the first one whose length or checksum is wrong.
 fn read_segment(path: &Path) -> Result<SegmentRead, WalError> {
     let mut bytes = Vec::new();
@@ -277,29 +305,30 @@ impl Wal {
     /// Records that every entry below `frontier` is delivered: writes the checkpoint durably, then
     /// deletes the segments wholly below it (never the active one).
     pub fn truncate_below(&mut self, frontier: u64) -> Result<(), WalError> {
+        let Some(checkpoint) = self.checkpoint_to(frontier) else { return Ok(()) };
+        checkpoint.write()?;
+        let below = self.checkpointed(&checkpoint);
+        remove_segments(&self.dir, &below)
+    }
+
+    /// The checkpoint to write for `frontier`, or `None` if it would not advance. Writing it
+    /// ([`Checkpoint::write`]) needs no access to the log, so appends go on meanwhile; then
+    /// [`Wal::checkpointed`] and [`remove_segments`].
+    pub fn checkpoint_to(&self, frontier: u64) -> Option<Checkpoint> {
         let frontier = frontier.min(self.next_seq);
-        if frontier <= self.checkpoint {
-            return Ok(());
+        (frontier > self.checkpoint).then(|| Checkpoint { dir: self.dir.clone(), frontier })
+    }
+
+    /// Takes a written checkpoint into account; returns the segments now wholly below it, which
+    /// the caller deletes with [`remove_segments`] (only after the checkpoint is durable).
+    pub fn checkpointed(&mut self, checkpoint: &Checkpoint) -> Vec<PathBuf> {
+        self.checkpoint = self.checkpoint.max(checkpoint.frontier);
+        let mut below = Vec::new();
+        // A segment is wholly below the checkpoint when the next one starts at or below it.
+        while self.segments.len() > 1 && self.segments[1].0 <= self.checkpoint {
+            below.push(self.segments.remove(0).1);
         }
-        let temporary = self.dir.join("checkpoint.tmp");
-        let mut file = File::create(&temporary).map_err(io_error("cannot write the checkpoint"))?;
-        file.write_all(frontier.to_string().as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io_error("cannot write the checkpoint"))?;
-        std::fs::rename(&temporary, self.dir.join("checkpoint")).map_err(io_error("cannot write the checkpoint"))?;
-        sync_dir(&self.dir)?;
-        self.checkpoint = frontier;
-        // A segment is wholly below the frontier when the next one starts at or below it.
-        let mut removed = false;
-        while self.segments.len() > 1 && self.segments[1].0 <= frontier {
-            let (_, path) = self.segments.remove(0);
-            std::fs::remove_file(&path).map_err(io_error(format!("cannot delete {}", path.display())))?;
-            removed = true;
-        }
-        if removed {
-            sync_dir(&self.dir)?;
-        }
-        Ok(())
+        below
     }
 
     /// The next sequence number.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use sluice_engine::record::RecordBatch;
 use sluice_engine::traits::Durability;
-use sluice_engine::wal::{Recovery, Wal, WalError};
+use sluice_engine::wal::{Recovery, Wal, WalError, remove_segments};
 
 /// Segment size of an API source's log.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -40,6 +40,7 @@ struct SyncState {
 /// A pipeline source's write-ahead log with group commit and delivery tracking.
 #[derive(Debug)]
 pub struct DurableLog {
+    dir: std::path::PathBuf,
     wal: Mutex<Wal>,
     mode: Durability,
     sync: Mutex<SyncState>,
@@ -70,6 +71,7 @@ impl DurableLog {
         }
         let synced = wal.next_seq();
         let log = DurableLog {
+            dir: dir.to_path_buf(),
             wal: Mutex::new(wal),
             mode,
             sync: Mutex::new(SyncState { synced, ..SyncState::default() }),
@@ -145,9 +147,16 @@ impl DurableLog {
             pending.retain(|_, epoch| epoch.is_none_or(|e| e >= delivered));
             pending.keys().next().copied()
         };
-        let mut wal = locked(&self.wal);
-        let checkpoint = checkpoint.unwrap_or_else(|| wal.next_seq());
-        wal.truncate_below(checkpoint)
+        // The checkpoint's fsyncs and the unlinks run without holding the log: appends go on.
+        let (plan, dir) = {
+            let wal = locked(&self.wal);
+            let frontier = checkpoint.unwrap_or_else(|| wal.next_seq());
+            (wal.checkpoint_to(frontier), self.dir.clone())
+        };
+        let Some(plan) = plan else { return Ok(()) };
+        plan.write()?;
+        let below = locked(&self.wal).checkpointed(&plan);
+        remove_segments(&dir, &below)
     }
 
     /// Follows the delivered frontier on a thread of its own until the run delivered everything.
