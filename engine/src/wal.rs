@@ -86,6 +86,8 @@ pub struct Wal {
     /// Sequence numbers below this are durable.
     synced_seq: u64,
     checkpoint: u64,
+    /// Sync a segment before starting the next (off when durability is "buffered").
+    sync_on_roll: bool,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -233,6 +235,7 @@ impl Wal {
             next_seq,
             synced_seq: next_seq,
             checkpoint,
+            sync_on_roll: true,
         };
         Ok((wal, recovery))
     }
@@ -291,9 +294,19 @@ impl Wal {
         self.synced_seq = self.synced_seq.max(seq);
     }
 
-    /// Seals the active segment (synced) and starts the next.
+    /// Whether a full segment is synced before the next starts (default yes). Off suits a log
+    /// that is never synced ("buffered": it survives a process crash, not a power loss), where
+    /// recovery cuts whatever a power loss tore, in any segment.
+    pub fn set_sync_on_roll(&mut self, sync: bool) {
+        self.sync_on_roll = sync;
+    }
+
+    /// Seals the active segment (synced unless [`Wal::set_sync_on_roll`] turned it off) and starts
+    /// the next.
     fn roll(&mut self) -> Result<(), WalError> {
-        self.sync()?;
+        if self.sync_on_roll {
+            self.sync()?;
+        }
         let path = segment_path(&self.dir, self.next_seq);
         self.active = Self::create_segment(&self.dir, &path)?;
         self.segments.push((self.next_seq, path));

@@ -58,7 +58,8 @@ impl DurableLog {
     /// Opens the log in `dir`; returns it and the batches to replay (committed, not delivered),
     /// with their sequence numbers.
     pub fn open(dir: &Path, mode: Durability) -> Result<(Arc<DurableLog>, Replay), WalError> {
-        let (wal, Recovery { entries, cut, .. }) = Wal::open(dir, SEGMENT_BYTES)?;
+        let (mut wal, Recovery { entries, cut, .. }) = Wal::open(dir, SEGMENT_BYTES)?;
+        wal.set_sync_on_roll(mode == Durability::Fsync);
         for c in &cut {
             tracing::warn!(segment = %c.segment.display(), bytes = c.bytes, offset = c.offset, "the log had a torn or corrupt tail; cut it");
         }
