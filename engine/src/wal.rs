@@ -60,11 +60,38 @@ pub struct CutTail {
     pub bytes: u64,
 }
 
+/// Where a recovered entry's payload is (read with [`EntryAt::read`], so a replay need not hold
+/// the whole log in memory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryAt {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its segment file.
+    pub segment: PathBuf,
+    /// Offset of its payload in the segment.
+    pub offset: u64,
+    /// Payload length.
+    pub len: u32,
+}
+
+impl EntryAt {
+    /// The entry's payload (checked against its checksum at recovery; its segment is kept until the
+    /// entry is below the checkpoint).
+    pub fn read(&self) -> Result<Vec<u8>, WalError> {
+        use std::io::{Seek, SeekFrom};
+        let mut payload = vec![0; self.len as usize];
+        File::open(&self.segment)
+            .and_then(|mut f| f.seek(SeekFrom::Start(self.offset)).and_then(|_| f.read_exact(&mut payload)))
+            .map_err(io_error(format!("cannot read {}", self.segment.display())))?;
+        Ok(payload)
+    }
+}
+
 /// What recovery found.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    /// Entries at or above the checkpoint, in order: `(sequence, payload)`.
-    pub entries: Vec<(u64, Vec<u8>)>,
+    /// Entries at or above the checkpoint, in order.
+    pub entries: Vec<EntryAt>,
     /// Torn or corrupt stretches that were cut off.
     pub cut: Vec<CutTail>,
     /// The checkpoint read (first sequence number not yet delivered).
@@ -102,9 +129,10 @@ fn entry_checksum(seq: u64, payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), payload)
 }
 
-/// One segment as read: its valid entries, the length of its valid prefix, its whole length.
+/// One segment as read: its valid entries (sequence, payload offset, length), the length of its
+/// valid prefix, its whole length.
 struct SegmentRead {
-    entries: Vec<(u64, Vec<u8>)>,
+    entries: Vec<(u64, u64, u32)>,
     valid: u64,
     total: u64,
 }
@@ -160,7 +188,7 @@ fn read_segment(path: &Path) -> Result<SegmentRead, WalError> {
         if entry_checksum(seq, payload) != crc {
             break;
         }
-        entries.push((seq, payload.to_vec()));
+        entries.push((seq, (at + HEADER) as u64, len as u32));
         at = end;
     }
     Ok(SegmentRead { entries, valid: at as u64, total: bytes.len() as u64 })
@@ -201,11 +229,11 @@ impl Wal {
                 tracing::warn!(segment = %path.display(), offset = valid, bytes = total - valid, "cut a torn or corrupt log tail");
                 recovery.cut.push(CutTail { segment: path.clone(), offset: valid, bytes: total - valid });
             }
-            for (seq, payload) in entries {
+            for (seq, offset, len) in entries {
                 // In order and never twice, even if a crash left a repeated or stale stretch.
                 if seq >= next_seq {
                     next_seq = seq + 1;
-                    recovery.entries.push((seq, payload));
+                    recovery.entries.push(EntryAt { seq, segment: path.clone(), offset, len });
                 }
             }
         }
@@ -457,11 +485,11 @@ mod tests {
                         let (reopened, recovery) = Wal::open(dir.path(), 300).unwrap();
                         wal = reopened;
                         prop_assert_eq!(recovery.checkpoint, checkpoint);
-                        let seqs: Vec<u64> = recovery.entries.iter().map(|(s, _)| *s).collect();
+                        let seqs: Vec<u64> = recovery.entries.iter().map(|e| e.seq).collect();
                         prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]), "out of order: {:?}", seqs);
-                        for (seq, payload) in &recovery.entries {
-                            prop_assert!(*seq >= checkpoint);
-                            prop_assert_eq!(appended.get(seq), Some(payload));
+                        for entry in &recovery.entries {
+                            prop_assert!(entry.seq >= checkpoint);
+                            prop_assert_eq!(appended.get(&entry.seq), Some(&entry.read().unwrap()));
                         }
                         for seq in checkpoint..durable_below {
                             prop_assert!(seqs.contains(&seq), "durable entry {} lost; recovered {:?}", seq, seqs);
@@ -496,7 +524,8 @@ mod tests {
         wal.sync().unwrap();
         drop(wal);
         let (_, recovery) = Wal::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(recovery.entries.last().map(|(s, p)| (*s, p.clone())), Some((3, b"next".to_vec())));
+        let last = recovery.entries.last().unwrap();
+        assert_eq!((last.seq, last.read().unwrap()), (3, b"next".to_vec()));
         assert!(recovery.cut.is_empty());
     }
 
@@ -514,7 +543,7 @@ mod tests {
         assert_eq!(wal.segments().len(), 2);
         drop(wal);
         let (wal, recovery) = Wal::open(dir.path(), 64).unwrap();
-        assert_eq!(recovery.entries.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![6, 7, 8, 9]);
+        assert_eq!(recovery.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![6, 7, 8, 9]);
         assert_eq!(wal.next_seq(), 10);
     }
 }

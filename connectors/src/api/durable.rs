@@ -17,15 +17,15 @@ use std::time::Duration;
 
 use sluice_engine::record::RecordBatch;
 use sluice_engine::traits::Durability;
-use sluice_engine::wal::{Recovery, Wal, WalError, remove_segments};
+use sluice_engine::wal::{EntryAt, Recovery, Wal, WalError, remove_segments};
 
 /// Segment size of an API source's log.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// How often the checkpoint follows the delivered frontier.
 const TRUNCATE_EVERY: Duration = Duration::from_millis(500);
 
-/// Batches to replay after a restart, with their sequence numbers.
-pub type Replay = Vec<(u64, RecordBatch)>;
+/// Entries to replay after a restart (read one at a time, so replay holds one batch in memory).
+pub type Replay = Vec<EntryAt>;
 
 #[derive(Debug, Default)]
 struct SyncState {
@@ -63,13 +63,7 @@ impl DurableLog {
         for c in &cut {
             tracing::warn!(segment = %c.segment.display(), bytes = c.bytes, offset = c.offset, "the log had a torn or corrupt tail; cut it");
         }
-        let mut replay = Vec::new();
-        for (seq, payload) in entries {
-            match RecordBatch::from_bytes(&payload) {
-                Some(batch) => replay.push((seq, batch)),
-                None => tracing::error!(seq, "a log entry is not a record batch; skipped"),
-            }
-        }
+        let replay = entries;
         let synced = wal.next_seq();
         let log = DurableLog {
             dir: dir.to_path_buf(),
@@ -77,7 +71,7 @@ impl DurableLog {
             mode,
             sync: Mutex::new(SyncState { synced, ..SyncState::default() }),
             synced: Condvar::new(),
-            pending: Mutex::new(replay.iter().map(|(seq, _)| (*seq, None)).collect()),
+            pending: Mutex::new(replay.iter().map(|e| (e.seq, None)).collect()),
         };
         Ok((Arc::new(log), replay))
     }

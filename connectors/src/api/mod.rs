@@ -127,9 +127,10 @@ impl LogSlot {
         LogSlot { dir, mode, opened: std::sync::Mutex::new(None) }
     }
 
-    /// Opens the log (once) and queues into `queue` what it replays: batches acknowledged before a
-    /// restart and not delivered. `None` with `durability = "none"`.
-    pub fn open(&self, queue: &IngestQueue) -> Result<Option<Arc<durable::DurableLog>>, SourceError> {
+    /// Opens the log (once) and starts queueing into `queue` what it replays: batches acknowledged
+    /// before a restart and not delivered, one at a time as the queue has room (a thread of its
+    /// own; new requests are taken meanwhile). `None` with `durability = "none"`.
+    pub fn open(&self, queue: &Arc<IngestQueue>) -> Result<Option<Arc<durable::DurableLog>>, SourceError> {
         let mut opened = self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(log) = opened.as_ref() {
             return Ok(log.clone());
@@ -140,11 +141,12 @@ impl LogSlot {
             let (log, replay) = durable::DurableLog::open(&self.dir, self.mode)
                 .map_err(|e| SourceError::Setup(format!("write-ahead log in {}: {e}", self.dir.display())))?;
             if !replay.is_empty() {
-                let records: usize = replay.iter().map(|(_, b)| b.len()).sum();
-                tracing::info!(batches = replay.len(), records, dir = %self.dir.display(), "replaying acknowledged records not yet delivered");
-            }
-            for (seq, batch) in replay {
-                queue.push_replayed(batch, seq);
+                tracing::info!(batches = replay.len(), dir = %self.dir.display(), "replaying acknowledged records not yet delivered");
+                let queue = Arc::clone(queue);
+                std::thread::Builder::new()
+                    .name("sluice-replay".into())
+                    .spawn(move || replay_into(&queue, replay))
+                    .map_err(|e| SourceError::Setup(format!("cannot start the log replay: {e}")))?;
             }
             Some(log)
         };
@@ -155,6 +157,41 @@ impl LogSlot {
     /// The log, once opened.
     pub fn get(&self) -> Option<Arc<durable::DurableLog>> {
         self.opened.lock().ok().and_then(|o| o.clone()).flatten()
+    }
+}
+
+/// Queues replayed entries as room allows. An entry not queued (the run stopped first) stays in
+/// the log for the next start.
+fn replay_into(queue: &IngestQueue, replay: durable::Replay) {
+    for entry in replay {
+        let batch = match entry.read().map(|payload| RecordBatch::from_bytes(&payload)) {
+            Ok(Some(batch)) => batch,
+            Ok(None) => {
+                tracing::error!(seq = entry.seq, "a log entry is not a record batch; skipped");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(seq = entry.seq, error = %e, "cannot read a log entry; the rest waits for the next start");
+                return;
+            }
+        };
+        loop {
+            match queue.reserve(batch.byte_len()) {
+                Ok(reservation) => {
+                    if queue.push_reserved(reservation, batch, Some(entry.seq)).is_err() {
+                        return;
+                    }
+                    break;
+                }
+                // A replayed batch larger than the whole limit goes in once the queue is empty.
+                Err(queue::Refused::Full) if queue.queued_bytes() == 0 => {
+                    queue.push_replayed(batch, entry.seq);
+                    break;
+                }
+                Err(queue::Refused::Full) => std::thread::sleep(IDLE_POLL),
+                Err(queue::Refused::Closed) => return,
+            }
+        }
     }
 }
 

@@ -109,10 +109,12 @@ impl IngestQueue {
         Ok(())
     }
 
-    /// Queues a batch replayed from the log, whatever the limit (it was acknowledged before a
-    /// restart and must be delivered).
+    /// Queues a batch replayed from the log whatever the limit (one larger than the whole limit
+    /// must still go through); nothing once closed (it stays in the log for the next start).
     pub fn push_replayed(&self, batch: RecordBatch, seq: u64) {
-        if let Ok(mut state) = self.state.lock() {
+        if let Ok(mut state) = self.state.lock()
+            && !state.closed
+        {
             state.bytes += batch.byte_len();
             state.batches.push_back((batch, Some(seq)));
         }
