@@ -161,6 +161,13 @@ pub struct ApiMetrics {
 }
 
 impl ApiMetrics {
+    /// Counts an accepted put request with its records and bytes (after throttling).
+    pub fn count_accepted(&self, records: u64, bytes: u64) {
+        self.incoming_put_requests.fetch_add(1, Relaxed);
+        self.incoming_records.fetch_add(records, Relaxed);
+        self.incoming_bytes.fetch_add(bytes, Relaxed);
+    }
+
     /// Counts a refused request by its error type.
     pub fn count_error(&self, error_type: &'static str) {
         if let Ok(mut errors) = self.errors.lock() {

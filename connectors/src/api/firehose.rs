@@ -344,9 +344,7 @@ impl FirehoseApi {
             }
             return Err(refusal(rejected));
         }
-        api.incoming_put_requests.fetch_add(1, Relaxed);
-        api.incoming_records.fetch_add(1, Relaxed);
-        api.incoming_bytes.fetch_add(bytes, Relaxed);
+        api.count_accepted(1, bytes);
         api.put_record_bytes.fetch_add(bytes, Relaxed);
         api.put_record_latency.observe(started.elapsed());
         let id = self.record_ids.take(1);
@@ -395,9 +393,7 @@ impl FirehoseApi {
         let refused = total - accepted;
         api.throttled_records.fetch_add(refused as u64, Relaxed);
         if accepted > 0 {
-            api.incoming_put_requests.fetch_add(1, Relaxed);
-            api.incoming_records.fetch_add(accepted as u64, Relaxed);
-            api.incoming_bytes.fetch_add(bytes, Relaxed);
+            api.count_accepted(accepted as u64, bytes);
             api.put_record_batch_records.fetch_add(accepted as u64, Relaxed);
             api.put_record_batch_bytes.fetch_add(bytes, Relaxed);
         }

@@ -284,38 +284,31 @@ impl Signer<'_> {
         headers: &mut http::HeaderMap,
         body: &[u8],
     ) -> Result<(), AuthError> {
-        sign(self, amz_date, method, path, headers, body)
+        let Signer { key_id, secret, region, service } = *self;
+        let date_value = http::HeaderValue::from_str(amz_date).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        headers.insert("x-amz-date", date_value);
+        headers.remove("authorization");
+        let mut names: Vec<String> = headers.keys().map(|k| k.as_str().to_ascii_lowercase()).collect();
+        names.sort();
+        names.dedup();
+        let signed_headers = names.join(";");
+        let scope = format!("{}/{region}/{service}/aws4_request", amz_date.get(..8).unwrap_or(amz_date));
+        let body_hash = hex(&Sha256::digest(body));
+        let request = SignedRequest { method, path, query: "", headers, body };
+        let canonical = canonical_request(&request, &signed_headers, &body_hash);
+        let signature =
+            hex(&hmac(&signing_key(secret, &scope)?, string_to_sign(amz_date, &scope, &canonical).as_bytes())?
+                .finalize()
+                .into_bytes());
+        let value = format!(
+            "AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
+        );
+        headers.insert(
+            "authorization",
+            http::HeaderValue::from_str(&value).map_err(|e| AuthError::Malformed(e.to_string()))?,
+        );
+        Ok(())
     }
-}
-
-fn sign(
-    signer: &Signer<'_>,
-    amz_date: &str,
-    method: &str,
-    path: &str,
-    headers: &mut http::HeaderMap,
-    body: &[u8],
-) -> Result<(), AuthError> {
-    let Signer { key_id, secret, region, service } = *signer;
-    let date_value = http::HeaderValue::from_str(amz_date).map_err(|e| AuthError::Malformed(e.to_string()))?;
-    headers.insert("x-amz-date", date_value);
-    headers.remove("authorization");
-    let mut names: Vec<String> = headers.keys().map(|k| k.as_str().to_ascii_lowercase()).collect();
-    names.sort();
-    names.dedup();
-    let signed_headers = names.join(";");
-    let scope = format!("{}/{region}/{service}/aws4_request", amz_date.get(..8).unwrap_or(amz_date));
-    let body_hash = hex(&Sha256::digest(body));
-    let request = SignedRequest { method, path, query: "", headers, body };
-    let canonical = canonical_request(&request, &signed_headers, &body_hash);
-    let signature = hex(&hmac(&signing_key(secret, &scope)?, string_to_sign(amz_date, &scope, &canonical).as_bytes())?
-        .finalize()
-        .into_bytes());
-    let value =
-        format!("AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders={signed_headers}, Signature={signature}");
-    headers
-        .insert("authorization", http::HeaderValue::from_str(&value).map_err(|e| AuthError::Malformed(e.to_string()))?);
-    Ok(())
 }
 
 /// Verifies `request` against `keys`; returns the access key id it was signed with.

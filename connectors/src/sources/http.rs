@@ -218,9 +218,7 @@ async fn receive(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body
         }
     }
     if let Some(m) = metrics {
-        m.api.incoming_put_requests.fetch_add(1, Relaxed);
-        m.api.incoming_records.fetch_add(count as u64, Relaxed);
-        m.api.incoming_bytes.fetch_add(bytes as u64, Relaxed);
+        m.api.count_accepted(count as u64, bytes as u64);
         m.api.put_record_batch_latency.observe(started.elapsed());
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({"accepted": count}).to_string())
