@@ -158,6 +158,10 @@ pub struct ApiMetrics {
     pub list_requests: AtomicU64,
     /// Requests refused, by error type (`__type`).
     pub errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Bytes of the write-ahead log on disk.
+    pub log_bytes: AtomicU64,
+    /// Undelivered records that left the log because they were older than `retention.max_hours`.
+    pub log_expired_records: AtomicU64,
 }
 
 impl ApiMetrics {
@@ -251,7 +255,7 @@ impl PipelineMetrics {
     pub fn render_prometheus(&self, text: &mut PrometheusText, stream: &str, sinks: &[SinkLabel], now_ms: i64) {
         let stream_label = format!("stream=\"{}\"", label_value(stream));
         let api = &self.api;
-        let counters: [(&str, u64); 12] = [
+        let counters: [(&str, u64); 13] = [
             ("IncomingBytes", api.incoming_bytes.load(Relaxed).max(self.bytes_in())),
             ("IncomingRecords", api.incoming_records.load(Relaxed).max(self.records_in())),
             ("IncomingPutRequests", api.incoming_put_requests.load(Relaxed)),
@@ -264,10 +268,12 @@ impl PipelineMetrics {
             ("DescribeDeliveryStream_Requests", api.describe_requests.load(Relaxed)),
             ("ListDeliveryStreams_Requests", api.list_requests.load(Relaxed)),
             ("SourceErrors", self.source_errors.lock().map_or(0, |e| e.len() as u64)),
+            ("LogExpiredRecords", api.log_expired_records.load(Relaxed)),
         ];
         for (name, value) in counters {
             text.sample(&format!("sluice_{name}"), "counter", &stream_label, value);
         }
+        text.sample("sluice_LogBytes", "gauge", &stream_label, api.log_bytes.load(Relaxed));
         api.put_record_latency.render(text, "sluice_PutRecord_Latency_seconds", &stream_label);
         api.put_record_batch_latency.render(text, "sluice_PutRecordBatch_Latency_seconds", &stream_label);
         if let Ok(errors) = api.errors.lock() {

@@ -277,6 +277,22 @@ impl Durability {
     }
 }
 
+/// How much an API source's write-ahead log may hold (`[pipeline] retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Bytes on disk; past this, puts are throttled (`max_gb`, default 50).
+    pub max_bytes: u64,
+    /// Age of the oldest undelivered record kept; older ones leave the log, counted and logged
+    /// (`max_hours`, default 24, as Firehose keeps undelivered data).
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { max_bytes: 50 << 30, max_age: Duration::from_secs(24 * 3600) }
+    }
+}
+
 /// What a connector's `configure` gets: its own keys (engine-owned keys already taken out).
 #[derive(Debug)]
 pub struct ConnectorConfig {
@@ -286,6 +302,8 @@ pub struct ConnectorConfig {
     pub data_dir: std::path::PathBuf,
     /// `[pipeline] durability`.
     pub durability: Durability,
+    /// `[pipeline] retention`.
+    pub retention: Retention,
     /// The component's name, e.g. `logs` for `[sources.logs]`.
     pub name: String,
     /// Its remaining keys.

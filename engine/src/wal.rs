@@ -42,6 +42,12 @@ pub enum WalError {
     /// A payload over [`MAX_PAYLOAD`].
     #[error("an entry of {0} bytes is larger than the log accepts")]
     TooLarge(usize),
+    /// The log holds its retention limit (`retention.max_gb`): throttle until delivery catches up.
+    #[error("the log holds {bytes} bytes, its retention limit")]
+    Full {
+        /// Bytes on disk.
+        bytes: u64,
+    },
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> WalError {
@@ -385,6 +391,11 @@ impl Wal {
     /// The durable checkpoint.
     pub fn checkpoint(&self) -> u64 {
         self.checkpoint
+    }
+
+    /// Bytes of the segment files on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
     }
 
     /// Segment files on disk, oldest first.

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use sluice_engine::record::RecordBatch;
-use sluice_engine::traits::Durability;
+use sluice_engine::metrics::PipelineMetrics;
+use sluice_engine::record::{RecordBatch, now_ms};
+use sluice_engine::traits::{Durability, Retention};
 use sluice_engine::wal::{EntryAt, Recovery, Wal, WalError, remove_segments};
 
 /// Segment size of an API source's log.
@@ -45,9 +46,22 @@ pub struct DurableLog {
     mode: Durability,
     sync: Mutex<SyncState>,
     synced: Condvar,
-    /// Committed batches not yet known delivered: sequence → the epoch they were read in (`None`
-    /// while queued).
-    pending: Mutex<BTreeMap<u64, Option<u64>>>,
+    /// Committed batches not yet known delivered, by sequence.
+    pending: Mutex<BTreeMap<u64, Pending>>,
+    retention: Retention,
+    /// Bytes of the log on disk (as of the last checkpoint, plus what was appended since).
+    disk_bytes: AtomicU64,
+}
+
+/// A committed batch on its way.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// The epoch it was read into the dataflow in (`None` while queued).
+    epoch: Option<u64>,
+    /// When it arrived (for `retention.max_hours`).
+    arrival_ms: i64,
+    /// Its records (0 when replayed: not read yet).
+    records: u64,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -57,7 +71,7 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl DurableLog {
     /// Opens the log in `dir`; returns it and the batches to replay (committed, not delivered),
     /// with their sequence numbers.
-    pub fn open(dir: &Path, mode: Durability) -> Result<(Arc<DurableLog>, Replay), WalError> {
+    pub fn open(dir: &Path, mode: Durability, retention: Retention) -> Result<(Arc<DurableLog>, Replay), WalError> {
         let (mut wal, Recovery { entries, cut, .. }) = Wal::open(dir, SEGMENT_BYTES)?;
         wal.set_sync_on_roll(mode == Durability::Fsync);
         for c in &cut {
@@ -65,25 +79,38 @@ impl DurableLog {
         }
         let replay = entries;
         let synced = wal.next_seq();
+        let disk_bytes = AtomicU64::new(wal.disk_bytes());
+        // Replayed batches count their age from the restart.
+        let replayed = Pending { epoch: None, arrival_ms: now_ms(), records: 0 };
         let log = DurableLog {
             dir: dir.to_path_buf(),
             wal: Mutex::new(wal),
             mode,
             sync: Mutex::new(SyncState { synced, ..SyncState::default() }),
             synced: Condvar::new(),
-            pending: Mutex::new(replay.iter().map(|e| (e.seq, None)).collect()),
+            pending: Mutex::new(replay.iter().map(|e| (e.seq, replayed)).collect()),
+            retention,
+            disk_bytes,
         };
         Ok((Arc::new(log), replay))
     }
 
     /// Appends `batch` and waits until it is as durable as the mode asks; returns its sequence.
+    /// Past `retention.max_gb` it refuses ([`WalError::Full`]): the API throttles before the disk fills.
     pub fn commit(&self, batch: &RecordBatch) -> Result<u64, WalError> {
+        let payload = batch.to_bytes();
+        let held = self.disk_bytes.load(Ordering::SeqCst);
+        if held + payload.len() as u64 > self.retention.max_bytes {
+            return Err(WalError::Full { bytes: held });
+        }
         let seq = {
             let mut wal = locked(&self.wal);
-            let seq = wal.append(&batch.to_bytes())?;
-            locked(&self.pending).insert(seq, None);
+            let seq = wal.append(&payload)?;
+            let pending = Pending { epoch: None, arrival_ms: batch.arrival_ms, records: batch.len() as u64 };
+            locked(&self.pending).insert(seq, pending);
             seq
         };
+        self.disk_bytes.fetch_add(payload.len() as u64 + 16, Ordering::SeqCst);
         if self.mode != Durability::Fsync {
             return Ok(seq);
         }
@@ -131,38 +158,68 @@ impl DurableLog {
     /// Notes that batch `seq` was taken into the dataflow in `epoch`.
     pub fn read_at(&self, seq: u64, epoch: u64) {
         if let Some(slot) = locked(&self.pending).get_mut(&seq) {
-            *slot = Some(epoch);
+            slot.epoch = Some(epoch);
         }
     }
 
-    /// Advances the checkpoint past every batch read in an epoch below `delivered`.
-    pub fn truncate(&self, delivered: u64) -> Result<(), WalError> {
+    /// Advances the checkpoint past every batch read in an epoch below `delivered`, and past
+    /// batches older than `retention.max_hours` (returns how many records those held: they are no
+    /// longer protected by the log, though they may still be delivered).
+    pub fn truncate(&self, delivered: u64) -> Result<u64, WalError> {
+        let expire_before = now_ms().saturating_sub(self.retention.max_age.as_millis() as i64);
+        let mut expired = 0;
         let checkpoint = {
             let mut pending = locked(&self.pending);
-            pending.retain(|_, epoch| epoch.is_none_or(|e| e >= delivered));
+            pending.retain(|_, p| {
+                if p.arrival_ms < expire_before {
+                    expired += p.records.max(1);
+                    return false;
+                }
+                p.epoch.is_none_or(|e| e >= delivered)
+            });
             pending.keys().next().copied()
         };
+        if expired > 0 {
+            tracing::error!(
+                records = expired,
+                max_hours = self.retention.max_age.as_secs() / 3600,
+                "undelivered records are older than the log's retention and leave it: a crash now loses them"
+            );
+        }
         // The checkpoint's fsyncs and the unlinks run without holding the log: appends go on.
         let (plan, dir) = {
             let wal = locked(&self.wal);
             let frontier = checkpoint.unwrap_or_else(|| wal.next_seq());
             (wal.checkpoint_to(frontier), self.dir.clone())
         };
-        let Some(plan) = plan else { return Ok(()) };
-        plan.write()?;
-        let below = locked(&self.wal).checkpointed(&plan);
-        remove_segments(&dir, &below)
+        if let Some(plan) = plan {
+            plan.write()?;
+            let below = locked(&self.wal).checkpointed(&plan);
+            remove_segments(&dir, &below)?;
+        }
+        self.disk_bytes.store(locked(&self.wal).disk_bytes(), Ordering::SeqCst);
+        Ok(expired)
     }
 
-    /// Follows the delivered frontier on a thread of its own until the run delivered everything.
-    pub fn follow(self: &Arc<Self>, delivered: Arc<AtomicU64>) {
+    /// Bytes of the log on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Follows the delivered frontier on a thread of its own until the run delivered everything,
+    /// counting into `metrics` (`LogBytes`, `LogExpiredRecords`).
+    pub fn follow(self: &Arc<Self>, delivered: Arc<AtomicU64>, metrics: Arc<PipelineMetrics>) {
         let log = Arc::clone(self);
         let spawned = std::thread::Builder::new().name("sluice-wal".into()).spawn(move || {
             loop {
                 let frontier = delivered.load(Ordering::SeqCst);
-                if let Err(e) = log.truncate(frontier) {
-                    tracing::error!(error = %e, "cannot advance the log checkpoint");
+                match log.truncate(frontier) {
+                    Ok(expired) => {
+                        metrics.api.log_expired_records.fetch_add(expired, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot advance the log checkpoint"),
                 }
+                metrics.api.log_bytes.store(log.disk_bytes(), Ordering::Relaxed);
                 if frontier == u64::MAX {
                     return;
                 }
@@ -172,5 +229,35 @@ impl DurableLog {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the log checkpoint thread; the log grows until restart");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(records: usize, arrival_ms: i64) -> RecordBatch {
+        let mut b = RecordBatch::with_capacity(arrival_ms, 1024);
+        (0..records).for_each(|_| b.push(&[b'x'; 100]));
+        b
+    }
+
+    #[test]
+    fn puts_are_refused_at_the_disk_budget_and_old_records_leave_the_log_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention { max_bytes: 2500, max_age: Duration::from_secs(3600) };
+        let (log, _) = DurableLog::open(dir.path(), Durability::Fsync, retention).unwrap();
+        let now = now_ms();
+        let first = log.commit(&batch(10, now - 2 * 3600 * 1000)).unwrap();
+        let second = log.commit(&batch(10, now)).unwrap();
+        assert!(matches!(log.commit(&batch(10, now)), Err(WalError::Full { .. })));
+        // Nothing delivered yet: only the batch older than an hour leaves, and is counted.
+        assert_eq!(log.truncate(0).unwrap(), 10);
+        log.read_at(second, 5);
+        assert_eq!(log.truncate(6).unwrap(), 0);
+        assert!(first < second);
+        drop(log);
+        let (_, replay) = DurableLog::open(dir.path(), Durability::Fsync, retention).unwrap();
+        assert!(replay.is_empty(), "{replay:?}");
     }
 }

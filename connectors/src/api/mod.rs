@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_engine::record::RecordBatch;
-use sluice_engine::traits::{Durability, OnStop, ReadStatus, SourceError, SourceReader, StopSignal};
+use sluice_engine::traits::{Durability, OnStop, ReadStatus, Retention, SourceError, SourceReader, StopSignal};
 
 use queue::{IngestQueue, Popped};
 
@@ -118,13 +118,14 @@ pub fn serve(
 pub struct LogSlot {
     dir: PathBuf,
     mode: Durability,
+    retention: Retention,
     opened: std::sync::Mutex<Option<Option<Arc<durable::DurableLog>>>>,
 }
 
 impl LogSlot {
-    /// The log of a source in `dir` with `mode` (nothing is opened yet).
-    pub fn new(dir: PathBuf, mode: Durability) -> Self {
-        LogSlot { dir, mode, opened: std::sync::Mutex::new(None) }
+    /// The log of a source in `dir` with `mode` and `retention` (nothing is opened yet).
+    pub fn new(dir: PathBuf, mode: Durability, retention: Retention) -> Self {
+        LogSlot { dir, mode, retention, opened: std::sync::Mutex::new(None) }
     }
 
     /// Opens the log (once) and starts queueing into `queue` what it replays: batches acknowledged
@@ -138,7 +139,7 @@ impl LogSlot {
         let log = if self.mode == Durability::None {
             None
         } else {
-            let (log, replay) = durable::DurableLog::open(&self.dir, self.mode)
+            let (log, replay) = durable::DurableLog::open(&self.dir, self.mode, self.retention)
                 .map_err(|e| SourceError::Setup(format!("write-ahead log in {}: {e}", self.dir.display())))?;
             if !replay.is_empty() {
                 tracing::info!(batches = replay.len(), dir = %self.dir.display(), "replaying acknowledged records not yet delivered");

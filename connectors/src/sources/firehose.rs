@@ -114,7 +114,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>
         tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
         region: c.region.unwrap_or_else(|| "us-east-1".into()),
         queue: Arc::new(IngestQueue::new((inflight_mb << 20) as usize)),
-        log: LogSlot::new(config.data_dir.join(&config.name), config.durability),
+        log: LogSlot::new(config.data_dir.join(&config.name), config.durability, config.retention),
         shared: AtomicBool::new(false),
     }))
 }
@@ -155,7 +155,7 @@ impl Source for FirehoseSource {
 
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
         if let Some(log) = self.log.open(&self.queue)? {
-            log.follow(Arc::clone(&ctx.delivered));
+            log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
         }
         if self.shared.load(Ordering::SeqCst) {
             return Ok(());

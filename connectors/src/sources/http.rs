@@ -94,7 +94,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>
             token: c.bearer_token,
             max_body: (max_body_mb << 20) as usize,
             queue: Arc::new(IngestQueue::new((inflight_mb << 20) as usize)),
-            log: LogSlot::new(config.data_dir.join(&config.name), config.durability),
+            log: LogSlot::new(config.data_dir.join(&config.name), config.durability, config.retention),
             metrics: std::sync::OnceLock::new(),
         }),
         tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
@@ -115,7 +115,7 @@ impl Source for HttpSource {
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
         let _ = self.endpoint.metrics.set(Arc::clone(&ctx.metrics));
         if let Some(log) = self.endpoint.log.open(&self.endpoint.queue)? {
-            log.follow(Arc::clone(&ctx.delivered));
+            log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
         }
         let router = axum::Router::new()
             .fallback(axum::routing::post(receive))

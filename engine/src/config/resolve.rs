@@ -16,7 +16,7 @@ use super::document::{Section, join_ticked};
 use crate::encode::{Compression, Format};
 use crate::keys::ObjectKeys;
 use crate::retry::RetryPolicy;
-use crate::traits::{ConnectorConfig, Durability, Registry, Sink, Source};
+use crate::traits::{ConnectorConfig, Durability, Registry, Retention, Sink, Source};
 
 /// Firehose `BufferingHints`: deliver at `size_bytes` (before compression) or `interval`, whichever
 /// comes first.
@@ -238,7 +238,7 @@ pub const SINK_ENGINE_KEYS: &[&str] = &[
     "parquet",
     "json",
 ];
-const PIPELINE_KEYS: &[&str] = &["name", "workers", "data_dir", "durability"];
+const PIPELINE_KEYS: &[&str] = &["name", "workers", "data_dir", "durability", "retention"];
 
 fn valid_stream_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
@@ -254,7 +254,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
 
     // [pipeline]
     let (mut name, mut workers) = (String::new(), None);
-    let (mut data_dir, mut durability) = (None, Durability::Fsync);
+    let (mut data_dir, mut durability, mut retention) = (None, Durability::Fsync, Retention::default());
     match pipeline {
         None => problems.push(
             Diagnostic::new(root_span.start..root_span.start, "missing [pipeline] table")
@@ -294,6 +294,17 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                     ),
                 }
             }
+            if let Some(mut r) = p.take_table("retention", &mut problems) {
+                let hint = "the write-ahead log's disk budget; puts are throttled past it";
+                if let Some(gb) = r.take_int_in("max_gb", 1..=1_000_000, hint, &mut problems) {
+                    retention.max_bytes = (gb.into_inner() as u64) << 30;
+                }
+                let hint = "undelivered records older than this leave the log (Firehose keeps 24)";
+                if let Some(hours) = r.take_int_in("max_hours", 1..=720, hint, &mut problems) {
+                    retention.max_age = std::time::Duration::from_secs(hours.into_inner() as u64 * 3600);
+                }
+                r.deny_unknown(&["max_gb", "max_hours"], &mut problems);
+            }
             p.deny_unknown(PIPELINE_KEYS, &mut problems);
         }
     }
@@ -314,6 +325,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                         pipeline: name.clone(),
                         data_dir: data_dir.clone().unwrap_or_else(|| default_data_dir(&name)),
                         durability,
+                        retention,
                         name: source_name.clone(),
                         table: section,
                         base_dir: base_dir.to_path_buf(),
@@ -365,6 +377,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                 pipeline: name.clone(),
                 data_dir: data_dir.clone().unwrap_or_else(|| default_data_dir(&name)),
                 durability,
+                retention,
                 name: sink_name.clone(),
                 table: section,
                 base_dir: base_dir.to_path_buf(),
