@@ -11,5 +11,6 @@ mod config_errors;
 mod crash;
 mod parquet;
 mod pipelines;
+mod resume;
 mod s3;
 mod support;

@@ -113,6 +113,7 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
         budget: InflightBudget::new(options.max_inflight_bytes),
         metrics: Arc::clone(&metrics),
     };
+    let sources: Vec<_> = plan.sources.iter().map(|s| Arc::clone(&s.source)).collect();
     let plan = plan.clone();
     let stop = options.stop.clone();
     let workers = options.workers.max(1);
@@ -171,6 +172,10 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
     .map_err(RunError::Dataflow)?;
     for result in guards.join() {
         result.map_err(RunError::Dataflow)?;
+    }
+    let stopped = options.stop.is_stopped();
+    for source in &sources {
+        source.finish(stopped);
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
     Ok(RunReport { elapsed: started.elapsed(), workers })

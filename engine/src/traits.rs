@@ -145,6 +145,11 @@ pub trait Source: std::any::Any + Send + Sync + 'static {
     }
     /// Opens this worker's share; every worker calls it with the same `workers`.
     fn open(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError>;
+    /// Called once after the run delivered everything it read (`stopped`: it was asked to stop
+    /// before its input ended), before the process may exit: write final checkpoints here.
+    fn finish(&self, stopped: bool) {
+        let _ = stopped;
+    }
 }
 
 /// A finished object or request body, ready to store or send.

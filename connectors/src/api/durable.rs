@@ -201,6 +201,13 @@ impl DurableLog {
         Ok(expired)
     }
 
+    /// At the end of a run (everything read was delivered): the last checkpoint.
+    pub fn finish(&self) {
+        if let Err(e) = self.truncate(u64::MAX) {
+            tracing::error!(error = %e, "cannot advance the log checkpoint");
+        }
+    }
+
     /// Bytes of the log on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.disk_bytes.load(Ordering::SeqCst)

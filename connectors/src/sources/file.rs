@@ -15,7 +15,11 @@ use std::sync::{Arc, OnceLock};
 use serde::Deserialize;
 use sluice_engine::config::Diagnostic;
 use sluice_engine::record::RecordBatch;
-use sluice_engine::traits::{ConnectorConfig, ReadStatus, Source, SourceContext, SourceError, SourceReader};
+use sluice_engine::traits::{
+    ConnectorConfig, PrepareContext, ReadStatus, Source, SourceContext, SourceError, SourceReader,
+};
+
+use super::file_checkpoint::{self, FileCheckpoints, Saved};
 
 /// The file source's own keys.
 #[derive(Debug, Deserialize)]
@@ -36,6 +40,9 @@ pub struct FileSource {
     patterns: Vec<String>,
     units: OnceLock<Result<Vec<WorkUnit>, String>>,
     min_split: u64,
+    /// Where read progress is checkpointed (none: every run reads everything).
+    checkpoint_dir: Option<PathBuf>,
+    checkpoints: OnceLock<Arc<FileCheckpoints>>,
 }
 
 /// How a file is stored.
@@ -85,13 +92,15 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>
             return Err(Diagnostic::new(at, format!("`split_mb` = {mb} is out of range: expected 1..=4096")));
         }
     };
-    Ok(Arc::new(FileSource::new(c.paths, min_split)))
+    let mut source = FileSource::new(c.paths, min_split);
+    source.checkpoint_dir = Some(config.data_dir.join(&config.name));
+    Ok(Arc::new(source))
 }
 
 impl FileSource {
     /// A source over `patterns`, splitting plain files into ranges of at least `min_split` bytes.
     pub fn new(patterns: Vec<String>, min_split: u64) -> Self {
-        FileSource { patterns, units: OnceLock::new(), min_split }
+        FileSource { patterns, units: OnceLock::new(), min_split, checkpoint_dir: None, checkpoints: OnceLock::new() }
     }
 
     fn units(&self, workers: usize) -> Result<&Vec<WorkUnit>, SourceError> {
@@ -173,20 +182,59 @@ impl Source for FileSource {
         true
     }
 
+    fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        if let Some(dir) = &self.checkpoint_dir {
+            let checkpoints = FileCheckpoints::load(dir.clone());
+            checkpoints.follow(Arc::clone(&ctx.delivered));
+            let _ = self.checkpoints.set(checkpoints);
+        }
+        Ok(())
+    }
+
+    fn finish(&self, stopped: bool) {
+        if let Some(checkpoints) = self.checkpoints.get() {
+            checkpoints.finish(stopped);
+        }
+    }
+
     fn open(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
         let units = self.units(ctx.workers)?;
         let mine: Vec<WorkUnit> = units.iter().skip(ctx.worker).step_by(ctx.workers.max(1)).cloned().collect();
-        Ok(Box::new(FileReader { units: mine.into_iter(), current: None }))
+        let checkpoints = self.checkpoints.get().cloned();
+        Ok(Box::new(FileReader { units: mine.into_iter(), current: None, checkpoints, epoch: 0 }))
     }
 }
 
+/// The unit being read: the unit, its checkpoint key, its lines.
+type CurrentUnit = (WorkUnit, String, LineReader<Box<dyn Read>>);
+
 struct FileReader {
     units: std::vec::IntoIter<WorkUnit>,
-    current: Option<(WorkUnit, LineReader<Box<dyn Read>>)>,
+    current: Option<CurrentUnit>,
+    checkpoints: Option<Arc<FileCheckpoints>>,
+    epoch: u64,
 }
 
 fn io_error(unit: &WorkUnit, e: std::io::Error) -> SourceError {
     SourceError::Io { context: format!("reading {}", unit.path.display()), source: e }
+}
+
+/// Opens a unit at `offset`, a line start saved by a checkpoint (in the decompressed stream for a
+/// compressed file).
+pub fn open_unit_at(unit: &WorkUnit, offset: u64) -> std::io::Result<LineReader<Box<dyn Read>>> {
+    let mut file = File::open(&unit.path)?;
+    let reader: Box<dyn Read> = match unit.compression {
+        FileCompression::None => {
+            file.seek(SeekFrom::Start(offset))?;
+            Box::new(file)
+        }
+        _ => {
+            let mut reader = open_unit(unit)?.inner;
+            std::io::copy(&mut (&mut reader).take(offset), &mut std::io::sink())?;
+            reader
+        }
+    };
+    Ok(LineReader::new(reader, offset, unit.end))
 }
 
 /// Opens a unit positioned at the first line that starts in its range.
@@ -213,19 +261,32 @@ pub fn open_unit(unit: &WorkUnit) -> std::io::Result<LineReader<Box<dyn Read>>> 
 }
 
 impl SourceReader for FileReader {
+    fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
     fn read(&mut self, batch: &mut RecordBatch, max_bytes: usize) -> Result<ReadStatus, SourceError> {
         loop {
             if self.current.is_none() {
                 let Some(unit) = self.units.next() else {
                     return Ok(ReadStatus::Finished);
                 };
-                let lines = open_unit(&unit).map_err(|e| io_error(&unit, e))?;
-                self.current = Some((unit, lines));
+                let key = file_checkpoint::unit_key(&unit);
+                let lines = match self.checkpoints.as_ref().and_then(|c| c.saved(&key)) {
+                    Some(Saved::Done) => continue,
+                    Some(Saved::Offset(offset)) => open_unit_at(&unit, offset),
+                    None => open_unit(&unit),
+                }
+                .map_err(|e| io_error(&unit, e))?;
+                self.current = Some((unit, key, lines));
             }
-            let Some((unit, lines)) = self.current.as_mut() else {
+            let Some((unit, key, lines)) = self.current.as_mut() else {
                 continue;
             };
             let finished = lines.fill(batch, max_bytes).map_err(|e| io_error(unit, e))?;
+            if let Some(c) = &self.checkpoints {
+                c.read(key, self.epoch, lines.offset, finished);
+            }
             if finished {
                 self.current = None;
             }

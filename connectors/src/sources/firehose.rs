@@ -166,6 +166,12 @@ impl Source for FirehoseSource {
         serve(&ctx.runtime, listener, router(api), self.tls.clone(), ctx.stop.clone(), vec![Arc::clone(&self.queue)])
     }
 
+    fn finish(&self, _stopped: bool) {
+        if let Some(log) = self.log.get() {
+            log.finish();
+        }
+    }
+
     fn open(&self, _ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
         Ok(Box::new(QueueReader::new(Arc::clone(&self.queue), self.log.get())))
     }

@@ -126,6 +126,12 @@ impl Source for HttpSource {
         serve(&ctx.runtime, listener, router, self.tls.clone(), ctx.stop.clone(), vec![queue])
     }
 
+    fn finish(&self, _stopped: bool) {
+        if let Some(log) = self.endpoint.log.get() {
+            log.finish();
+        }
+    }
+
     fn open(&self, _ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
         Ok(Box::new(QueueReader::new(Arc::clone(&self.endpoint.queue), self.endpoint.log.get())))
     }

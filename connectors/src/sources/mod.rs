@@ -1,6 +1,7 @@
 //! Sources: each reads records on the timely workers, one share per worker.
 
 pub mod file;
+pub mod file_checkpoint;
 pub mod firehose;
 pub mod generator;
 pub mod http;

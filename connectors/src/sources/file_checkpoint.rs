@@ -1,0 +1,179 @@
+//! Where a file source has got to, kept at the delivered frontier so that a restarted batch run
+//! resumes instead of starting over.
+//!
+//! Each work unit (a file, or a byte range of one, keyed by path, range and file size) records the
+//! stream offset of its next unread line after every read, with the epoch that read was stamped
+//! with. A unit's checkpoint advances to an offset only once the delivered frontier has passed that
+//! epoch, so it never points past a line that is not delivered: a resumed run re-reads at most what
+//! was delivered after the last checkpoint (duplicates), never skips. The file
+//! (`offsets.json` in the source's data folder) is written to a temporary name, synced and renamed.
+//! A run that delivers all its input without being stopped removes it, so the next run starts over.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::file::WorkUnit;
+
+/// How often the checkpoint follows the delivered frontier.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+/// A unit's saved progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Saved {
+    /// Resume at this stream offset (a line start).
+    Offset(u64),
+    /// Read and delivered whole.
+    Done,
+}
+
+#[derive(Debug, Default)]
+struct UnitProgress {
+    saved: Option<Saved>,
+    /// Reads not yet known delivered: (epoch, offset after the read, the unit ended).
+    pending: VecDeque<(u64, u64, bool)>,
+}
+
+/// The checkpoints of one file source.
+#[derive(Debug)]
+pub struct FileCheckpoints {
+    path: PathBuf,
+    units: Mutex<BTreeMap<String, UnitProgress>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The key a unit is saved under: its file, range and the file's size (a changed file starts over).
+pub fn unit_key(unit: &WorkUnit) -> String {
+    let size = std::fs::metadata(&unit.path).map_or(0, |m| m.len());
+    let end = unit.end.map_or("end".to_string(), |e| e.to_string());
+    format!("{}@{}-{end}#{size}", unit.path.display(), unit.start)
+}
+
+impl FileCheckpoints {
+    /// The checkpoints saved in `dir` (none when the file is missing or unreadable: start over).
+    pub fn load(dir: PathBuf) -> Arc<FileCheckpoints> {
+        let path = dir.join("offsets.json");
+        let saved: BTreeMap<String, Saved> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %path.display(), error = %e, "unreadable file-source checkpoint; starting over");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        if !saved.is_empty() {
+            tracing::info!(file = %path.display(), units = saved.len(), "resuming file reads from the checkpoint");
+        }
+        let units =
+            saved.into_iter().map(|(k, s)| (k, UnitProgress { saved: Some(s), pending: VecDeque::new() })).collect();
+        Arc::new(FileCheckpoints { path, units: Mutex::new(units) })
+    }
+
+    /// Where to start `key`: `None` from its beginning.
+    pub fn saved(&self, key: &str) -> Option<Saved> {
+        locked(&self.units).get(key).and_then(|u| u.saved)
+    }
+
+    /// Notes a read of `key` up to `offset` in `epoch` (`done`: the unit ended).
+    pub fn read(&self, key: &str, epoch: u64, offset: u64, done: bool) {
+        locked(&self.units).entry(key.to_string()).or_default().pending.push_back((epoch, offset, done));
+    }
+
+    /// Advances every unit past the reads of epochs below `delivered`; true if anything changed.
+    fn advance(&self, delivered: u64) -> bool {
+        let mut changed = false;
+        for unit in locked(&self.units).values_mut() {
+            while let Some(&(epoch, offset, done)) = unit.pending.front() {
+                if epoch >= delivered {
+                    break;
+                }
+                unit.pending.pop_front();
+                unit.saved = Some(if done { Saved::Done } else { Saved::Offset(offset) });
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn save(&self, delivered: u64) {
+        if self.advance(delivered)
+            && let Err(e) = self.write()
+        {
+            tracing::error!(file = %self.path.display(), error = %e, "cannot write the file-source checkpoint");
+        }
+    }
+
+    /// At the end of a run (everything read was delivered): removes the checkpoint when the input
+    /// was read to its end, so the next run starts over; keeps it, complete, when the run was
+    /// stopped, so the next run resumes.
+    pub fn finish(&self, stopped: bool) {
+        if stopped {
+            self.save(u64::MAX);
+        } else if let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(file = %self.path.display(), error = %e, "cannot remove the file-source checkpoint");
+        }
+    }
+
+    fn write(&self) -> std::io::Result<()> {
+        let saved: BTreeMap<String, Saved> =
+            locked(&self.units).iter().filter_map(|(k, u)| u.saved.map(|s| (k.clone(), s))).collect();
+        let dir = self.path.parent().map(PathBuf::from).unwrap_or_default();
+        std::fs::create_dir_all(&dir)?;
+        let temporary = self.path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &self.path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    }
+
+    /// Follows the delivered frontier on a thread of its own while the run goes on.
+    pub fn follow(self: &Arc<Self>, delivered: Arc<AtomicU64>) {
+        let checkpoints = Arc::clone(self);
+        let spawned = std::thread::Builder::new().name("sluice-offsets".into()).spawn(move || {
+            loop {
+                let frontier = delivered.load(Ordering::SeqCst);
+                if frontier == u64::MAX {
+                    return; // [`Self::finish`] takes it from here.
+                }
+                checkpoints.save(frontier);
+                std::thread::sleep(FOLLOW_EVERY);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the file-source checkpoint thread; a restart starts over");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unit_advances_only_past_delivered_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FileCheckpoints::load(dir.path().to_path_buf());
+        c.read("a", 3, 100, false);
+        c.read("a", 5, 200, true);
+        c.read("b", 4, 50, false);
+        assert!(c.advance(4));
+        c.write().unwrap();
+        let again = FileCheckpoints::load(dir.path().to_path_buf());
+        assert_eq!(again.saved("a"), Some(Saved::Offset(100)));
+        assert_eq!(again.saved("b"), None);
+        assert!(c.advance(6));
+        assert_eq!(c.saved("a"), Some(Saved::Done));
+        assert_eq!(c.saved("b"), Some(Saved::Offset(50)));
+    }
+}
