@@ -161,14 +161,15 @@ impl Checkpoint {
         std::fs::rename(&temporary, self.dir.join("checkpoint")).map_err(io_error("cannot write the checkpoint"))?;
         sync_dir(&self.dir)
     }
-}
 
-/// Deletes segments below a durable checkpoint, then syncs the folder.
-pub fn remove_segments(dir: &Path, segments: &[PathBuf]) -> Result<(), WalError> {
-    for path in segments {
-        std::fs::remove_file(path).map_err(io_error(format!("cannot delete {}", path.display())))?;
+    /// Deletes `segments` (those [`Wal::checkpointed`] returned, below this written checkpoint),
+    /// then syncs the folder.
+    pub fn remove_segments(&self, segments: &[PathBuf]) -> Result<(), WalError> {
+        for path in segments {
+            std::fs::remove_file(path).map_err(io_error(format!("cannot delete {}", path.display())))?;
+        }
+        if segments.is_empty() { Ok(()) } else { sync_dir(&self.dir) }
     }
-    if segments.is_empty() { Ok(()) } else { sync_dir(dir) }
 }
 
 /// Reads the entries of one segment up to the first one whose length or checksum is wrong.
@@ -355,19 +356,19 @@ impl Wal {
         let Some(checkpoint) = self.checkpoint_to(frontier) else { return Ok(()) };
         checkpoint.write()?;
         let below = self.checkpointed(&checkpoint);
-        remove_segments(&self.dir, &below)
+        checkpoint.remove_segments(&below)
     }
 
     /// The checkpoint to write for `frontier`, or `None` if it would not advance. Writing it
     /// ([`Checkpoint::write`]) needs no access to the log, so appends go on meanwhile; then
-    /// [`Wal::checkpointed`] and [`remove_segments`].
+    /// [`Wal::checkpointed`] and [`Checkpoint::remove_segments`].
     pub fn checkpoint_to(&self, frontier: u64) -> Option<Checkpoint> {
         let frontier = frontier.min(self.next_seq);
         (frontier > self.checkpoint).then(|| Checkpoint { dir: self.dir.clone(), frontier })
     }
 
     /// Takes a written checkpoint into account; returns the segments now wholly below it, which
-    /// the caller deletes with [`remove_segments`] (only after the checkpoint is durable).
+    /// the caller deletes with [`Checkpoint::remove_segments`] (only after the checkpoint is durable).
     pub fn checkpointed(&mut self, checkpoint: &Checkpoint) -> Vec<PathBuf> {
         self.checkpoint = self.checkpoint.max(checkpoint.frontier);
         let mut below = Vec::new();

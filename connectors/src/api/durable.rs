@@ -18,7 +18,7 @@ use std::time::Duration;
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::{RecordBatch, now_ms};
 use sluice_engine::traits::{Durability, Retention};
-use sluice_engine::wal::{EntryAt, Recovery, Wal, WalError, remove_segments};
+use sluice_engine::wal::{EntryAt, Recovery, Wal, WalError};
 
 /// Segment size of an API source's log.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -41,7 +41,6 @@ struct SyncState {
 /// A pipeline source's write-ahead log with group commit and delivery tracking.
 #[derive(Debug)]
 pub struct DurableLog {
-    dir: std::path::PathBuf,
     wal: Mutex<Wal>,
     mode: Durability,
     sync: Mutex<SyncState>,
@@ -83,7 +82,6 @@ impl DurableLog {
         // Replayed batches count their age from the restart.
         let replayed = Pending { epoch: None, arrival_ms: now_ms(), records: 0 };
         let log = DurableLog {
-            dir: dir.to_path_buf(),
             wal: Mutex::new(wal),
             mode,
             sync: Mutex::new(SyncState { synced, ..SyncState::default() }),
@@ -187,15 +185,15 @@ impl DurableLog {
             );
         }
         // The checkpoint's fsyncs and the unlinks run without holding the log: appends go on.
-        let (plan, dir) = {
+        let plan = {
             let wal = locked(&self.wal);
             let frontier = checkpoint.unwrap_or_else(|| wal.next_seq());
-            (wal.checkpoint_to(frontier), self.dir.clone())
+            wal.checkpoint_to(frontier)
         };
         if let Some(plan) = plan {
             plan.write()?;
             let below = locked(&self.wal).checkpointed(&plan);
-            remove_segments(&dir, &below)?;
+            plan.remove_segments(&below)?;
         }
         self.disk_bytes.store(locked(&self.wal).disk_bytes(), Ordering::SeqCst);
         Ok(expired)

@@ -314,11 +314,11 @@ impl FirehoseApi {
     fn decode(records: &[DataRecord<'_>], member: impl Fn(usize) -> String) -> Result<RecordBatch, ApiError> {
         let mut batch = RecordBatch::with_capacity(now_ms(), records.iter().map(|r| r.data.len() / 4 * 3).sum());
         for (i, record) in records.iter().enumerate() {
+            let before = batch.byte_len();
             batch
                 .push_with(|buf| base64::engine::general_purpose::STANDARD.decode_vec(record.data.as_bytes(), buf))
                 .map_err(|e| ApiError::serialization(format!("{} is not valid base64: {e}", member(i))))?;
-            let len = batch.iter().last().map_or(0, <[u8]>::len);
-            if len > MAX_RECORD_BYTES {
+            if batch.byte_len() - before > MAX_RECORD_BYTES {
                 return Err(ApiError::validation(format!(
                     "Value at '{}' failed to satisfy constraint: Member must have length less than or equal to {MAX_RECORD_BYTES}",
                     member(i)

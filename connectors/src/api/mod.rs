@@ -46,6 +46,22 @@ impl TlsFiles {
     }
 }
 
+/// `max_inflight_mb` of an API source (default 256), at least `min_mb`, as bytes; the error points
+/// at `span`.
+pub fn inflight_limit(
+    configured: Option<u64>,
+    min_mb: u64,
+    why_min: &str,
+    span: std::ops::Range<usize>,
+) -> Result<usize, sluice_engine::config::Diagnostic> {
+    let mb = configured.unwrap_or(256);
+    if !(min_mb..=65_536).contains(&mb) {
+        return Err(sluice_engine::config::Diagnostic::new(span, format!("max_inflight_mb = {mb} is out of range"))
+            .with_hint(format!("use {min_mb} ({why_min}) to 65536 (MB)")));
+    }
+    Ok((mb << 20) as usize)
+}
+
 /// Binds `address` now (so a taken address is an error before the run starts).
 pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, SourceError> {
     let listener = std::net::TcpListener::bind(address)

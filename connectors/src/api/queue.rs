@@ -70,12 +70,6 @@ impl IngestQueue {
         self.state.lock().map_or(0, |s| if s.closed { 0 } else { self.limit.saturating_sub(s.bytes) })
     }
 
-    /// Accepts `batch` unless it would pass the limit or the queue is closed.
-    pub fn push(&self, batch: RecordBatch) -> Result<(), Refused> {
-        let reservation = self.reserve(batch.byte_len())?;
-        self.push_reserved(reservation, batch, None)
-    }
-
     /// Takes room for `bytes` (so a batch being logged cannot be refused afterwards for lack of it).
     pub fn reserve(&self, bytes: usize) -> Result<Reservation, Refused> {
         let Ok(mut state) = self.state.lock() else { return Err(Refused::Closed) };
@@ -154,11 +148,12 @@ mod tests {
     #[test]
     fn refuses_past_the_limit_and_drains_before_reporting_closed() {
         let q = IngestQueue::new(10);
-        assert_eq!(q.push(batch(&[b"12345", b"678"])), Ok(()));
-        assert_eq!(q.push(batch(&[b"abc"])), Err(Refused::Full));
+        let push = |b: RecordBatch| q.reserve(b.byte_len()).and_then(|r| q.push_reserved(r, b, None));
+        assert_eq!(push(batch(&[b"12345", b"678"])), Ok(()));
+        assert_eq!(push(batch(&[b"abc"])), Err(Refused::Full));
         assert_eq!(q.room(), 2);
         q.close();
-        assert_eq!(q.push(batch(&[b"a"])), Err(Refused::Closed));
+        assert_eq!(push(batch(&[b"a"])), Err(Refused::Closed));
         assert!(matches!(q.pop(), Popped::Batch(b, None) if b.len() == 2));
         assert!(matches!(q.pop(), Popped::Closed));
         assert_eq!(q.queued_bytes(), 0);

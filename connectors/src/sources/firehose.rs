@@ -27,7 +27,7 @@ use sluice_engine::traits::{ConnectorConfig, PrepareContext, Source, SourceConte
 use crate::api::firehose::{FirehoseApi, StreamEndpoint};
 use crate::api::queue::IngestQueue;
 use crate::api::sigv4::AccessKeys;
-use crate::api::{LogSlot, QueueReader, TlsFiles, bind, serve};
+use crate::api::{LogSlot, QueueReader, TlsFiles, bind, inflight_limit, serve};
 
 /// Default listen address (sluice's port for the Firehose API).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4573";
@@ -97,11 +97,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>
     let auth_span = config.table.value_span("auth").unwrap_or(span);
     let c: FirehoseConfig = config.table.deserialize()?;
     let listen = parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span)?;
-    let inflight_mb = c.max_inflight_mb.unwrap_or(256);
-    if !(8..=65_536).contains(&inflight_mb) {
-        return Err(Diagnostic::new(inflight_span, format!("max_inflight_mb = {inflight_mb} is out of range"))
-            .with_hint("use 8 to 65536 (MB); a PutRecordBatch alone can carry 4 MiB"));
-    }
+    let inflight = inflight_limit(c.max_inflight_mb, 8, "a PutRecordBatch alone can carry 4 MiB", inflight_span)?;
     let keys = c.auth.map(|a| AccessKeys::new(a.access_keys.into_iter().map(|k| (k.id, k.secret))));
     if keys.as_ref().is_some_and(AccessKeys::is_empty) {
         return Err(Diagnostic::new(auth_span, "`auth.access_keys` is empty")
@@ -113,7 +109,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>
         keys: keys.unwrap_or_default(),
         tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
         region: c.region.unwrap_or_else(|| "us-east-1".into()),
-        queue: Arc::new(IngestQueue::new((inflight_mb << 20) as usize)),
+        queue: Arc::new(IngestQueue::new(inflight)),
         log: LogSlot::new(config.data_dir.join(&config.name), config.durability, config.retention),
         shared: AtomicBool::new(false),
     }))

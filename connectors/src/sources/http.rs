@@ -35,7 +35,7 @@ use sluice_engine::traits::{ConnectorConfig, PrepareContext, Source, SourceConte
 use super::firehose::parse_listen;
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::queue::IngestQueue;
-use crate::api::{LogSlot, QueueReader, Rejected, TlsFiles, accept, bind, serve};
+use crate::api::{LogSlot, QueueReader, Rejected, TlsFiles, accept, bind, inflight_limit, serve};
 
 /// The http source's own keys.
 #[derive(Debug, Deserialize)]
@@ -83,17 +83,13 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>
         return Err(Diagnostic::new(body_span, format!("max_body_mb = {max_body_mb} is out of range"))
             .with_hint("use 1 to 1024 (MB)"));
     }
-    let inflight_mb = c.max_inflight_mb.unwrap_or(256);
-    if inflight_mb < max_body_mb || inflight_mb > 65_536 {
-        return Err(Diagnostic::new(inflight_span, format!("max_inflight_mb = {inflight_mb} is out of range"))
-            .with_hint(format!("use {max_body_mb} (max_body_mb) to 65536 (MB)")));
-    }
+    let inflight = inflight_limit(c.max_inflight_mb, max_body_mb, "max_body_mb", inflight_span)?;
     Ok(Arc::new(HttpSource {
         listen,
         endpoint: Arc::new(Endpoint {
             token: c.bearer_token,
             max_body: (max_body_mb << 20) as usize,
-            queue: Arc::new(IngestQueue::new((inflight_mb << 20) as usize)),
+            queue: Arc::new(IngestQueue::new(inflight)),
             log: LogSlot::new(config.data_dir.join(&config.name), config.durability, config.retention),
             metrics: std::sync::OnceLock::new(),
         }),
@@ -183,17 +179,17 @@ async fn receive(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-    let body: Vec<u8> = if gzip {
+    let body: std::borrow::Cow<'_, [u8]> = if gzip {
         let mut out = Vec::new();
         // Decompress no further than the limit allows.
         let limit = endpoint.max_body as u64 + 1;
         match flate2::read::MultiGzDecoder::new(&raw[..]).take(limit).read_to_end(&mut out) {
             Ok(_) if out.len() > endpoint.max_body => return too_large(),
-            Ok(_) => out,
+            Ok(_) => out.into(),
             Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the body is not valid gzip: {e}")),
         }
     } else {
-        raw.to_vec()
+        raw[..].into()
     };
     let batch = match records(&body) {
         Ok(b) => b,

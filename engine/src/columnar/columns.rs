@@ -8,7 +8,6 @@
 //! no trace; [`Columns::take_arrays`] returns arrays of the schema's Arrow types, one per column, all
 //! of the same length.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::types::{
@@ -214,15 +213,13 @@ pub struct Columns {
     schema: Arc<TableSchema>,
     columns: Vec<Column>,
     rows: usize,
-    /// Bytes held by string and binary values.
-    text_bytes: usize,
 }
 
 impl Columns {
     /// Empty columns for `schema`.
     pub fn new(schema: Arc<TableSchema>) -> Self {
         let columns = schema.columns.iter().map(|c| Column::new(&c.ty)).collect();
-        Columns { schema, columns, rows: 0, text_bytes: 0 }
+        Columns { schema, columns, rows: 0 }
     }
 
     /// Complete rows held.
@@ -232,7 +229,7 @@ impl Columns {
 
     /// Bytes of string and binary values held (chunks are cut before offsets could overflow).
     pub fn text_bytes(&self) -> usize {
-        self.text_bytes
+        self.columns.iter().map(Column::byte_len).sum()
     }
 
     /// Whether column `index` already has a value in the row being built.
@@ -245,29 +242,7 @@ impl Columns {
         let rows = self.rows;
         let Some(column) = self.columns.get_mut(index) else { return Ok(()) };
         column.truncate(rows);
-        if let Leaf::Text(s) = &leaf {
-            self.text_bytes += s.len();
-        } else if let Leaf::Bytes(b) = &leaf {
-            self.text_bytes += b.len();
-        }
         column.push(leaf)
-    }
-
-    /// Sets string column `index` of the row being built to `text` (what [`Self::set`] does with
-    /// [`Leaf::Text`], without building one).
-    pub(crate) fn set_text(&mut self, index: usize, text: &str) -> Result<(), ValueTooLarge> {
-        let rows = self.rows;
-        let Some(column) = self.columns.get_mut(index) else { return Ok(()) };
-        column.truncate(rows);
-        if let Values::Bytes { offsets, bytes } = &mut column.values {
-            bytes.extend_from_slice(text.as_bytes());
-            offsets.push(i32::try_from(bytes.len()).map_err(|_| ValueTooLarge(bytes.len()))?);
-            column.valid.push(true);
-            self.text_bytes += text.len();
-            Ok(())
-        } else {
-            column.push(Leaf::Text(Cow::Borrowed(text)))
-        }
     }
 
     /// Sets nested column `index` of the row being built.
@@ -308,7 +283,6 @@ impl Columns {
             .map(|(column, spec)| column.take_array(&spec.ty))
             .collect::<Result<Vec<_>, _>>()?;
         self.rows = 0;
-        self.text_bytes = 0;
         Ok(arrays)
     }
 

@@ -309,6 +309,18 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
         }
     }
 
+    // What every connector is told about its pipeline.
+    let data_dir = data_dir.unwrap_or_else(|| default_data_dir(&name));
+    let connector_config = |component: String, table: Section| ConnectorConfig {
+        pipeline: name.clone(),
+        data_dir: data_dir.clone(),
+        durability,
+        retention,
+        name: component,
+        table,
+        base_dir: base_dir.to_path_buf(),
+    };
+
     // [sources.*] Every declared source keeps its slot, valid or not, so that sinks naming an
     // invalid source get no second, misleading "unknown input" error.
     let mut declared: Vec<(String, std::ops::Range<usize>, Option<SourcePlan>)> = Vec::new();
@@ -321,15 +333,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                     let known = registry.sources.iter().map(|s| s.name).collect();
                     let type_name = take_type(&mut section, known, "source", &mut problems)?;
                     let source_type = registry.source(&type_name)?;
-                    let config = ConnectorConfig {
-                        pipeline: name.clone(),
-                        data_dir: data_dir.clone().unwrap_or_else(|| default_data_dir(&name)),
-                        durability,
-                        retention,
-                        name: source_name.clone(),
-                        table: section,
-                        base_dir: base_dir.to_path_buf(),
-                    };
+                    let config = connector_config(source_name.clone(), section);
                     match (source_type.configure)(config) {
                         Ok(source) => Some(SourcePlan { name: source_name.clone(), type_name, source }),
                         Err(d) => {
@@ -373,15 +377,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
             };
             let Some(sink_type) = registry.sink(&type_name) else { continue };
             section.engine_keys = SINK_ENGINE_KEYS;
-            let config = ConnectorConfig {
-                pipeline: name.clone(),
-                data_dir: data_dir.clone().unwrap_or_else(|| default_data_dir(&name)),
-                durability,
-                retention,
-                name: sink_name.clone(),
-                table: section,
-                base_dir: base_dir.to_path_buf(),
-            };
+            let config = connector_config(sink_name.clone(), section);
             match (sink_type.configure)(config) {
                 Ok(sink) => {
                     sinks.push(SinkPlan { name: sink_name, type_name, inputs, settings: Arc::new(settings), sink })
