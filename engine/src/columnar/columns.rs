@@ -94,17 +94,14 @@ impl Column {
     /// Appends a scalar value; a value of another kind than the column's is stored as null
     /// (the converter never produces one: it converts to the column's type first).
     fn push(&mut self, leaf: Leaf<'_>) -> Result<(), ValueTooLarge> {
+        match &leaf {
+            Leaf::Text(s) => return self.push_bytes(Some(s.as_bytes())),
+            Leaf::Bytes(b) => return self.push_bytes(Some(b)),
+            _ => {}
+        }
         let valid = !matches!(leaf, Leaf::Null);
         match (&mut self.values, leaf) {
-            (Values::Bytes { offsets, bytes }, leaf) => {
-                match leaf {
-                    Leaf::Text(s) => bytes.extend_from_slice(s.as_bytes()),
-                    Leaf::Bytes(b) => bytes.extend_from_slice(&b),
-                    _ => {}
-                }
-                let end = i32::try_from(bytes.len()).map_err(|_| ValueTooLarge(bytes.len()))?;
-                offsets.push(end);
-            }
+            (Values::Bytes { .. }, _) => return self.push_bytes(None),
             (Values::Bool(v), Leaf::Bool(b)) => v.push(b),
             (Values::Bool(v), _) => v.push(false),
             (Values::Int(v), Leaf::Int(i) | Leaf::Micros(i)) => v.push(i),
@@ -117,6 +114,15 @@ impl Column {
             (Values::Nested(cells), leaf) => cells.push(Cell::from(leaf)),
         }
         self.valid.push(valid);
+        Ok(())
+    }
+
+    /// Appends a string or binary value (`None`: null); other columns take it as null.
+    fn push_bytes(&mut self, value: Option<&[u8]>) -> Result<(), ValueTooLarge> {
+        let Values::Bytes { offsets, bytes } = &mut self.values else { return self.push(Leaf::Null) };
+        bytes.extend_from_slice(value.unwrap_or_default());
+        offsets.push(i32::try_from(bytes.len()).map_err(|_| ValueTooLarge(bytes.len()))?);
+        self.valid.push(value.is_some());
         Ok(())
     }
 
@@ -227,7 +233,8 @@ impl Columns {
         self.rows
     }
 
-    /// Bytes of string and binary values held (chunks are cut before offsets could overflow).
+    /// Bytes of string and binary values held (chunks are cut before offsets could overflow); a sum
+    /// over the columns, so ask every few rows, not every record.
     pub fn text_bytes(&self) -> usize {
         self.columns.iter().map(Column::byte_len).sum()
     }
@@ -243,6 +250,15 @@ impl Columns {
         let Some(column) = self.columns.get_mut(index) else { return Ok(()) };
         column.truncate(rows);
         column.push(leaf)
+    }
+
+    /// Sets string column `index` of the row being built to `text`: [`Self::set`] with
+    /// [`Leaf::Text`], for the most common value without building one.
+    pub(crate) fn set_text(&mut self, index: usize, text: &str) -> Result<(), ValueTooLarge> {
+        let rows = self.rows;
+        let Some(column) = self.columns.get_mut(index) else { return Ok(()) };
+        column.truncate(rows);
+        column.push_bytes(Some(text.as_bytes()))
     }
 
     /// Sets nested column `index` of the row being built.

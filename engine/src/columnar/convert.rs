@@ -506,8 +506,7 @@ impl<'s> ValueSeed<'s> {
         let column = &self.converter.schema.columns[self.index];
         if let (Scalar::Str(s), ColumnType::String) = (&v, &column.ty) {
             // The most common value by far: a string for a string column, stored as it is.
-            let result =
-                self.columns.set(self.index, Leaf::Text(Cow::Borrowed(s))).map_err(|e| too_large(&column.name, e));
+            let result = self.columns.set_text(self.index, s).map_err(|e| too_large(&column.name, e));
             return self.done(result);
         }
         let result = match v {

@@ -217,7 +217,8 @@ impl ParquetObjectWriter {
             return Ok(Err(e));
         }
         self.input_bytes += record.len() as u64;
-        if w.columns.rows() >= CHUNK_ROWS || w.columns.text_bytes() >= CHUNK_TEXT_BYTES {
+        let rows = w.columns.rows();
+        if rows >= CHUNK_ROWS || rows % 64 == 0 && w.columns.text_bytes() >= CHUNK_TEXT_BYTES {
             self.write_chunk()?;
         }
         Ok(Ok(()))
