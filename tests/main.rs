@@ -9,6 +9,7 @@ mod api;
 mod cli;
 mod config_errors;
 mod crash;
+mod outage;
 mod parquet;
 mod pipelines;
 mod resume;

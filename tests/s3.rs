@@ -4,11 +4,16 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::SimpleAuth;
+use s3s::path::S3Path;
 use s3s::service::S3ServiceBuilder;
+use s3s::{S3Error, S3ErrorCode, S3Result};
 use sluice_connectors::registry;
 use sluice_connectors::sinks::object_store::ObjectStoreSink;
 use sluice_connectors::synth::Profile;
@@ -17,28 +22,90 @@ use sluice_engine::testkit::{run_pipeline, sink_conformance};
 use super::support::{all_lines, folder_objects, generated, sluice};
 
 const ACCESS_KEY: &str = "AKIDSLUICETEST";
-const SECRET_KEY: &str = "sluice-test-secret-key";
+pub const SECRET_KEY: &str = "sluice-test-secret-key";
 
-/// An S3 server over `root` (buckets are its sub-folders), alive as long as the value.
+/// An S3 server over `root` (buckets are its sub-folders), alive as long as the value. It can be
+/// stopped and started again on the same address, and told to fail writes under key prefixes.
 pub struct S3Server {
     pub addr: SocketAddr,
     pub root: PathBuf,
-    _runtime: tokio::runtime::Runtime,
+    pub faults: Faults,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Key prefixes whose writes fail, and the S3 error they get.
+type FaultRule = (Vec<String>, S3ErrorCode);
+
+/// Writes (PutObject and the multipart calls) under these key prefixes fail with this S3 error.
+#[derive(Clone, Default)]
+pub struct Faults {
+    rule: Arc<Mutex<Option<FaultRule>>>,
+    /// Writes refused so far.
+    pub refused: Arc<AtomicU64>,
+}
+
+impl Faults {
+    pub fn fail_writes(&self, prefixes: &[&str], code: S3ErrorCode) {
+        *self.rule.lock().unwrap() = Some((prefixes.iter().map(|p| p.to_string()).collect(), code));
+    }
+}
+
+struct FaultyAccess(Faults);
+
+#[async_trait::async_trait]
+impl S3Access for FaultyAccess {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        if cx.credentials().is_none() {
+            return Err(s3s::s3_error!(AccessDenied, "Signature required"));
+        }
+        let write = matches!(
+            cx.s3_op().name(),
+            "PutObject" | "CreateMultipartUpload" | "UploadPart" | "CompleteMultipartUpload"
+        );
+        if let (true, S3Path::Object { key, .. }) = (write, cx.s3_path())
+            && let Some((prefixes, code)) = self.0.rule.lock().unwrap().as_ref()
+            && prefixes.iter().any(|p| key.starts_with(p.as_str()))
+        {
+            self.0.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(S3Error::with_message(code.clone(), "injected by the test"));
+        }
+        Ok(())
+    }
 }
 
 impl S3Server {
     pub fn start(root: &Path) -> Self {
+        let mut server = S3Server {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            root: root.to_path_buf(),
+            faults: Faults::default(),
+            runtime: None,
+        };
+        server.resume();
+        server
+    }
+
+    /// Stops serving: the listener and every open connection close.
+    pub fn stop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    /// Serves again (on the same address after a stop).
+    pub fn resume(&mut self) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
-        let fs = s3s_fs::FileSystem::new(root).unwrap_or_else(|e| panic!("{e:?}"));
+        let fs = s3s_fs::FileSystem::new(&self.root).unwrap_or_else(|e| panic!("{e:?}"));
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        builder.set_access(FaultyAccess(self.faults.clone()));
         let service = builder.build();
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(self.addr)).unwrap_or_else(|e| panic!("{e}"));
+        self.addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         runtime.spawn(async move {
             let http = ConnBuilder::new(TokioExecutor::new());
             loop {
@@ -49,7 +116,7 @@ impl S3Server {
                 });
             }
         });
-        S3Server { addr, root: root.to_path_buf(), _runtime: runtime }
+        self.runtime = Some(runtime);
     }
 
     pub fn sink_toml(&self, bucket: &str, secret: &str) -> String {
@@ -146,7 +213,7 @@ fn the_object_store_sink_passes_the_conformance_check_against_s3() {
 #[test]
 fn a_wrong_secret_is_refused_and_the_run_exits_1() {
     let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    std::fs::create_dir(root.path().join("b")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(root.path().join("bkt")).unwrap_or_else(|e| panic!("{e}"));
     let server = S3Server::start(root.path());
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let pipeline = work.path().join("p.toml");
@@ -154,15 +221,17 @@ fn a_wrong_secret_is_refused_and_the_run_exits_1() {
         &pipeline,
         format!(
             "[pipeline]\nname = \"denied\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 100\n[sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\n{}\nretry = {{ duration_s = 0 }}\n",
-            server.sink_toml("b", "not-the-secret")
+            server.sink_toml("bkt", "not-the-secret")
         ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let out = sluice().args(["run", "--quiet"]).arg(&pipeline).output().unwrap_or_else(|e| panic!("{e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("UNDELIVERED 100 records"), "{stdout}");
-    assert!(folder_objects(&server.root.join("b")).is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Refused credentials stop the run before anything is read (the error output would refuse them
+    // too, and delivery would block), with what to do about it.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused our credentials") && stderr.contains("healthcheck = false"), "{stderr}");
+    assert!(folder_objects(&server.root.join("bkt")).is_empty());
 }
 
 #[test]

@@ -38,7 +38,12 @@ pub fn folder_objects(dir: &Path) -> BTreeMap<String, Vec<String>> {
                 stack.push(path);
             } else {
                 let key = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().to_string();
-                let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+                let bytes = match std::fs::read(&path) {
+                    Ok(bytes) => bytes,
+                    // A store's staging file, renamed between the listing and the read (a run in progress).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => panic!("{}: {e}", path.display()),
+                };
                 out.insert(key.clone(), read_lines(&key, &bytes).unwrap_or_else(|e| panic!("{key}: {e}")));
             }
         }

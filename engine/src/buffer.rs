@@ -15,9 +15,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::columnar::ParquetObjectWriter;
-use crate::config::SinkSettings;
+use crate::config::{BackupMode, SinkSettings};
 use crate::encode::{Format, ObjectWriter, RecordEncoder};
-use crate::error_output::{ErrorDocument, output_type};
+use crate::error_output::{ErrorDocument, Reason, output_type};
 use crate::record::{RecordBatch, now_ms};
 use crate::traits::Payload;
 
@@ -272,23 +272,56 @@ impl ObjectBatcher {
                 }
                 Err(message) => {
                     self.scratch.clear();
-                    ErrorDocument::new(record, batch.arrival_ms, MALFORMED_DATA, &message, 1, now_ms())
-                        .write_line(&mut self.scratch);
-                    let kind = output_type::FORMAT_CONVERSION_FAILED;
-                    if !self.errors.contains_key(kind) {
-                        let object = self.open_text(epoch, batch.arrival_ms, now, &[])?;
-                        self.errors.insert(kind, object);
-                    }
-                    if let Some(object) = self.errors.get_mut(kind) {
-                        object.include(epoch, batch.arrival_ms);
-                        if let DataWriter::Text(w) = &mut object.writer {
-                            w.write(&self.scratch)?;
-                        }
-                        if object.writer.size() >= size_limit {
-                            self.seal_errors(kind, sealed)?;
-                        }
-                    }
+                    ErrorDocument::new(
+                        record,
+                        batch.arrival_ms,
+                        Reason::Conversion { last_error_code: MALFORMED_DATA, last_error_message: &message },
+                        1,
+                        now_ms(),
+                    )
+                    .write_line(&mut self.scratch);
+                    self.write_error_output(
+                        output_type::FORMAT_CONVERSION_FAILED,
+                        epoch,
+                        batch.arrival_ms,
+                        now,
+                        sealed,
+                    )?;
                 }
+            }
+            if self.settings.backup == BackupMode::All {
+                self.scratch.clear();
+                self.scratch.extend_from_slice(record);
+                if record.last() != Some(&b'\n') {
+                    self.scratch.push(b'\n');
+                }
+                self.write_error_output(output_type::SOURCE_RECORD_BACKUP, epoch, batch.arrival_ms, now, sealed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the bytes in `scratch` (one record's document) to the open error-output object of
+    /// `kind`, opening one if needed and sealing it at the size hint.
+    fn write_error_output(
+        &mut self,
+        kind: &'static str,
+        epoch: u64,
+        arrival_ms: i64,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+    ) -> std::io::Result<()> {
+        if !self.errors.contains_key(kind) {
+            let object = self.open_text(epoch, arrival_ms, now, &[])?;
+            self.errors.insert(kind, object);
+        }
+        if let Some(object) = self.errors.get_mut(kind) {
+            object.include(epoch, arrival_ms);
+            if let DataWriter::Text(w) = &mut object.writer {
+                w.write(&self.scratch)?;
+            }
+            if object.writer.size() >= self.settings.hints.size_bytes {
+                self.seal_errors(kind, sealed)?;
             }
         }
         Ok(())
@@ -417,6 +450,7 @@ mod tests {
             hints: BufferingHints { size_bytes, interval: Duration::from_secs(interval_s) },
             keys: ObjectKeys::new(Some("p/"), None, "s", chrono_tz::Tz::UTC).unwrap_or_else(|e| panic!("{e}")),
             retry: RetryPolicy::default(),
+            backup: BackupMode::Failed,
         })
     }
 

@@ -2,7 +2,10 @@
 //! (FIREHOSE.md §6 and §7), written newline-delimited under the sink's `error_prefix`.
 //!
 //! Guarantees: `rawData` is the record's exact bytes in base64, so nothing of a failed record is
-//! lost; `arrivalTimestamp` and `attemptEndingTimestamp` are epoch milliseconds.
+//! lost; `arrivalTimestamp` and `attemptEndingTimestamp` are epoch milliseconds. A record that
+//! could not be converted carries `lastErrorCode`/`lastErrorMessage` (Firehose's
+//! `format-conversion-failed` shape); a record whose delivery failed carries
+//! `errorCode`/`errorMessage` (the HTTP endpoint destination's shape).
 
 use base64::Engine;
 use serde::Serialize;
@@ -11,6 +14,43 @@ use serde::Serialize;
 pub mod output_type {
     /// A record that could not be converted to the sink's format (Firehose's name).
     pub const FORMAT_CONVERSION_FAILED: &str = "format-conversion-failed";
+    /// Every source record, kept with `backup = "all"` (Firehose's `S3BackupMode` all-data).
+    pub const SOURCE_RECORD_BACKUP: &str = "source-record-backup";
+
+    /// Records a destination of Firehose kind `destination_kind` did not take before its retry
+    /// duration ran out or with a permanent error. Firehose documents `elasticsearch-failed` and
+    /// `splunk-failed`; the S3 and HTTP endpoint names are sluice's (Firehose has none for S3).
+    pub fn delivery_failed(destination_kind: &str) -> &'static str {
+        match destination_kind {
+            "S3" => "s3-failed",
+            "HttpEndpoint" => "http-endpoint-failed",
+            "AmazonOpenSearchService" | "Elasticsearch" => "elasticsearch-failed",
+            "Splunk" => "splunk-failed",
+            _ => "delivery-failed",
+        }
+    }
+}
+
+/// Why a record is in the error output, with Firehose's field names for each case.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Reason<'a> {
+    /// It could not be converted (`lastErrorCode`, `lastErrorMessage`).
+    #[serde(rename_all = "camelCase")]
+    Conversion {
+        /// Machine-readable reason, e.g. `DataFormatConversion.MalformedData`.
+        last_error_code: &'a str,
+        /// Human-readable reason.
+        last_error_message: &'a str,
+    },
+    /// Its destination did not take it (`errorCode`, `errorMessage`).
+    #[serde(rename_all = "camelCase")]
+    Delivery {
+        /// The destination's error code, e.g. `S3.AccessDenied`.
+        error_code: &'a str,
+        /// What the destination said.
+        error_message: &'a str,
+    },
 }
 
 /// One failed record as written to the error output.
@@ -21,10 +61,9 @@ pub struct ErrorDocument<'a> {
     pub attempts_made: u32,
     /// When the record arrived (epoch ms).
     pub arrival_timestamp: i64,
-    /// Machine-readable reason, e.g. `DataFormatConversion.MalformedData`.
-    pub last_error_code: &'a str,
-    /// Human-readable reason.
-    pub last_error_message: &'a str,
+    /// Why it failed.
+    #[serde(flatten)]
+    pub reason: Reason<'a>,
     /// When the last attempt ended (epoch ms).
     pub attempt_ending_timestamp: i64,
     /// The record, base64.
@@ -33,12 +72,11 @@ pub struct ErrorDocument<'a> {
 
 impl<'a> ErrorDocument<'a> {
     /// A document for `record`.
-    pub fn new(record: &[u8], arrival_ms: i64, code: &'a str, message: &'a str, attempts: u32, ended_ms: i64) -> Self {
+    pub fn new(record: &[u8], arrival_ms: i64, reason: Reason<'a>, attempts: u32, ended_ms: i64) -> Self {
         ErrorDocument {
             attempts_made: attempts,
             arrival_timestamp: arrival_ms,
-            last_error_code: code,
-            last_error_message: message,
+            reason,
             attempt_ending_timestamp: ended_ms,
             raw_data: base64::engine::general_purpose::STANDARD.encode(record),
         }
@@ -56,16 +94,29 @@ impl<'a> ErrorDocument<'a> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn has_the_firehose_field_names() {
+    fn line(doc: &ErrorDocument) -> serde_json::Value {
         let mut out = Vec::new();
-        ErrorDocument::new(b"x\xff", 5, "C", "m", 1, 6).write_line(&mut out);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        doc.write_line(&mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        serde_json::from_slice(&out).unwrap_or_default()
+    }
+
+    #[test]
+    fn has_the_firehose_field_names_for_each_shape() {
+        let conversion = Reason::Conversion { last_error_code: "C", last_error_message: "m" };
+        let v = line(&ErrorDocument::new(b"x\xff", 5, conversion, 1, 6));
         assert_eq!(v["rawData"], "eP8=");
         assert_eq!(v["arrivalTimestamp"], 5);
         assert_eq!(v["lastErrorCode"], "C");
         assert_eq!(v["lastErrorMessage"], "m");
         assert_eq!(v["attemptsMade"], 1);
         assert_eq!(v["attemptEndingTimestamp"], 6);
+
+        let delivery = Reason::Delivery { error_code: "S3.AccessDenied", error_message: "no" };
+        let v = line(&ErrorDocument::new(b"{}", 5, delivery, 3, 9));
+        assert_eq!(v["errorCode"], "S3.AccessDenied");
+        assert_eq!(v["errorMessage"], "no");
+        assert_eq!(v["attemptsMade"], 3);
+        assert!(v.get("lastErrorCode").is_none());
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! Connectors (sources and sinks) live in `sluice-connectors`; they never batch, encode or compress.
 
+pub mod backup;
 pub mod buffer;
 pub mod columnar;
 pub mod config;

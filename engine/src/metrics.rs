@@ -41,6 +41,10 @@ pub struct SinkMetrics {
     pub error_objects: AtomicU64,
     /// Records that reached neither the destination nor the error output.
     pub records_undelivered: AtomicU64,
+    /// Source records stored in the error output with `backup = "all"` (`BackupToS3.Records`).
+    pub records_source_backup: AtomicU64,
+    /// Failed attempts to store error-output objects (each one blocks delivery until it succeeds).
+    pub error_output_failures: AtomicU64,
     /// Failure reasons with counts: error-output type or delivery error code → records.
     pub reasons: Mutex<BTreeMap<String, u64>>,
     /// Keys of the first error-output objects, for the summary.
@@ -296,6 +300,8 @@ impl PipelineMetrics {
             text.sample(&family("DataFreshness_seconds"), "gauge", &labels, freshness);
             text.sample(&family("FailedRecords"), "counter", &labels, sink.records_failed.load(Relaxed));
             text.sample(&family("UndeliveredRecords"), "counter", &labels, sink.records_undelivered.load(Relaxed));
+            text.sample(&family("ErrorOutputFailures"), "counter", &labels, sink.error_output_failures.load(Relaxed));
+            text.sample("sluice_BackupToS3_Records", "counter", &labels, sink.records_source_backup.load(Relaxed));
             if let Ok(reasons) = sink.reasons.lock() {
                 for (reason, n) in reasons.iter() {
                     let labels = format!("{labels},reason=\"{}\"", label_value(reason));

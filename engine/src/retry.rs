@@ -2,9 +2,12 @@
 //!
 //! Back-off starts at 1 s, doubles, has ±15 % jitter and is capped at 120 s. Only
 //! [`DeliveryError::Retryable`] is retried, and only while the retry duration (counted from the first
-//! failure) has not run out; a permanent error ends at once.
+//! failure) has not run out; a permanent error ends at once. The error output is the exception:
+//! [`until_stored`] retries it whatever the error and for as long as it takes (FIREHOSE.md §6: "if
+//! writing that error record fails, Firehose retries forever and delivery is blocked").
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -89,6 +92,29 @@ where
     }
 }
 
+/// Runs `attempt` until it succeeds, whatever the errors, with the policy's back-off; returns the
+/// attempts made. Every failure is logged and counted in `failures`: this is the path where giving
+/// up would drop records, so it blocks instead.
+pub async fn until_stored<F, Fut>(policy: RetryPolicy, what: &str, failures: &AtomicU64, mut attempt: F) -> u32
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), DeliveryError>>,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match attempt().await {
+            Ok(()) => return attempts,
+            Err(e) => {
+                failures.fetch_add(1, Ordering::Relaxed);
+                let wait = policy.backoff(attempts);
+                tracing::error!(attempts, error = %e, ?wait, "cannot store {what}; delivery is blocked until it is stored");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +155,25 @@ mod tests {
         .await;
         assert!(out.result.is_err());
         assert!((3..=5).contains(&out.attempts), "{}", out.attempts);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_error_output_is_retried_through_permanent_errors_until_stored() {
+        let failures = AtomicU64::new(0);
+        let mut calls = 0;
+        let attempts = until_stored(RetryPolicy::default(), "the backup", &failures, || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 6 {
+                    Err(DeliveryError::Permanent { code: "S3.AccessDenied".into(), message: "no".into() })
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert_eq!(attempts, 6);
+        assert_eq!(failures.load(Ordering::Relaxed), 5);
     }
 }

@@ -156,7 +156,7 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
                         sink.sink.supports_parts(),
                         Arc::clone(&context.metrics),
                     )
-                    .deliver(&sink.name, j, Arc::clone(&sink.sink), sink.settings.retry, &context)
+                    .deliver(&sink.name, j, Arc::clone(&sink.sink), Arc::clone(&sink.settings), &context)
                     .probe_with(&probe);
             }
         });

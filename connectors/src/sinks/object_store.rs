@@ -24,8 +24,8 @@ use object_store::memory::InMemory;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
-    ClientConfigKey, MultipartId, MultipartUpload, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
-    RetryConfig,
+    ClientConfigKey, MultipartId, MultipartUpload, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions,
+    PutPayload, RetryConfig,
 };
 use serde::Deserialize;
 use sluice_engine::config::Diagnostic;
@@ -40,6 +40,13 @@ struct ObjectStoreConfig {
     /// object_store options for the URL's scheme.
     #[serde(default)]
     options: BTreeMap<String, toml::Value>,
+    /// Check the credentials before the run (a HEAD under the prefix); off for write-only roles.
+    #[serde(default = "default_true")]
+    healthcheck: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A configured object-store sink.
@@ -52,6 +59,8 @@ pub struct ObjectStoreSink {
     local_dir: Option<std::path::PathBuf>,
     /// Error-code prefix, `S3` for s3:// (Firehose's `S3.AccessDenied` style).
     code_prefix: &'static str,
+    /// Whether `prepare` checks that the store takes our credentials (remote stores).
+    healthcheck: bool,
 }
 
 /// The process-wide `memory://NAME` stores.
@@ -94,7 +103,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         let span = if message.starts_with("unknown option") { options_span.clone() } else { url_span.clone() };
         Diagnostic::new(span, message).with_hint(hint)
     })?;
-    Ok(Arc::new(sink))
+    Ok(Arc::new(if c.healthcheck { sink } else { sink.without_healthcheck() }))
 }
 
 impl ObjectStoreSink {
@@ -186,7 +195,14 @@ impl ObjectStoreSink {
                 ));
             }
         };
-        Ok(ObjectStoreSink { url: url.to_string(), store, parts, base, local_dir, code_prefix })
+        let healthcheck = !matches!(scheme, "file" | "memory");
+        Ok(ObjectStoreSink { url: url.to_string(), store, parts, base, local_dir, code_prefix, healthcheck })
+    }
+
+    /// Skips the credentials check before the run.
+    pub fn without_healthcheck(mut self) -> Self {
+        self.healthcheck = false;
+        self
     }
 
     /// Content type and encoding as object attributes (local files keep none: object_store
@@ -367,8 +383,16 @@ impl Sink for ObjectStoreSink {
         self.url.to_string()
     }
 
+    /// Creates a local folder; for remote stores (unless `healthcheck = false`) checks that the
+    /// store takes our credentials with a HEAD under the prefix. Refused credentials stop the run
+    /// before anything is read (otherwise every object would go to an error output that refuses
+    /// them too, and delivery would block); an unreachable store only warns, since a stream run
+    /// should take data while its destination is down.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let dir = self.local_dir.clone();
+        let probe =
+            if self.healthcheck { Some((Arc::clone(&self.store), self.location(".sluice-healthcheck"))) } else { None };
+        let (code_prefix, url) = (self.code_prefix, self.url.clone());
         Box::pin(async move {
             if let Some(dir) = dir {
                 tokio::fs::create_dir_all(&dir).await.map_err(|e| DeliveryError::Permanent {
@@ -376,7 +400,25 @@ impl Sink for ObjectStoreSink {
                     message: format!("cannot create {}: {e}", dir.display()),
                 })?;
             }
-            Ok(())
+            let Some((store, location)) = probe else { return Ok(()) };
+            match store.head(&location?).await {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(
+                    e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }),
+                ) => {
+                    let error = classify(code_prefix, e);
+                    Err(DeliveryError::Permanent {
+                        code: error.code().to_string(),
+                        message: format!(
+                            "{url} refused our credentials ({error}); check them, or set healthcheck = false if the role may only write"
+                        ),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(url = %url, error = %e, "the destination did not answer the start-up check; delivering anyway");
+                    Ok(())
+                }
+            }
         })
     }
 

@@ -13,7 +13,7 @@ use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use document::Section;
-pub use resolve::{BufferingHints, DestinationInfo, Plan, SinkPlan, SinkSettings, SourcePlan, StreamInfo};
+pub use resolve::{BackupMode, BufferingHints, DestinationInfo, Plan, SinkPlan, SinkSettings, SourcePlan, StreamInfo};
 
 use crate::traits::Registry;
 

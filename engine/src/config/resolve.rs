@@ -54,6 +54,32 @@ pub struct SinkSettings {
     pub keys: ObjectKeys,
     /// How long to retry a failing delivery.
     pub retry: RetryPolicy,
+    /// What goes to the error output besides records that could not be converted.
+    pub backup: BackupMode,
+}
+
+/// `backup` of a sink: what is written under `error_prefix` (Firehose's `S3BackupMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackupMode {
+    /// Records whose delivery failed (retries exhausted or a permanent error), as error documents.
+    #[default]
+    Failed,
+    /// Those, and every source record as it arrived (`source-record-backup`).
+    All,
+}
+
+impl BackupMode {
+    /// Names accepted in config.
+    pub const NAMES: &'static [&'static str] = &["failed", "all"];
+
+    /// The config name's mode.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "failed" => Some(BackupMode::Failed),
+            "all" => Some(BackupMode::All),
+            _ => None,
+        }
+    }
 }
 
 impl SinkSettings {
@@ -197,7 +223,7 @@ impl Plan {
             let inputs: Vec<&str> = s.inputs.iter().map(|&i| self.sources[i].name.as_str()).collect();
             let st = &s.settings;
             out.push_str(&format!(
-                "  sink   {:<16} {} <- [{}]\n         {:<16} format {} compression {:?}, buffer {} MiB / {} s, retry {} s\n",
+                "  sink   {:<16} {} <- [{}]\n         {:<16} format {} compression {:?}, buffer {} MiB / {} s, retry {} s, backup {}\n",
                 s.name,
                 s.sink.describe(),
                 inputs.join(", "),
@@ -215,6 +241,10 @@ impl Plan {
                 st.hints.size_bytes / (1024 * 1024),
                 st.hints.interval.as_secs(),
                 st.retry.duration.as_secs(),
+                match st.backup {
+                    BackupMode::Failed => "failed",
+                    BackupMode::All => "all",
+                },
             ));
         }
         out
@@ -234,6 +264,7 @@ pub const SINK_ENGINE_KEYS: &[&str] = &[
     "error_prefix",
     "time_zone",
     "retry",
+    "backup",
     "schema",
     "parquet",
     "json",
@@ -671,5 +702,22 @@ fn take_sink_settings(
             d.map(|d| RetryPolicy { duration: Duration::from_secs(d.into_inner() as u64), ..RetryPolicy::default() })
         }
     };
-    Some(SinkSettings { format: format?, compression: compression?, hints: hints?, keys: keys?, retry: retry? })
+    let backup = match section.take_string("backup", problems) {
+        None => Some(BackupMode::default()),
+        Some(b) => BackupMode::from_name(b.get_ref()).or_else(|| {
+            problems.push(Diagnostic::new(b.span(), format!("unknown backup `{}`", b.get_ref())).with_hint(format!(
+                "use one of {} (Firehose's FailedDataOnly / AllData)",
+                join_ticked(BackupMode::NAMES)
+            )));
+            None
+        }),
+    };
+    Some(SinkSettings {
+        format: format?,
+        compression: compression?,
+        hints: hints?,
+        keys: keys?,
+        retry: retry?,
+        backup: backup?,
+    })
 }

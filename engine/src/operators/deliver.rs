@@ -2,8 +2,12 @@
 //! runtime, retrying by the sink's policy, and holds the object's epoch until the sink answered.
 //!
 //! The worker never blocks: deliveries run as tokio tasks, and a finished task wakes this operator
-//! through a `SyncActivator`. Guarantees: a capability is released only after its object was stored
-//! or its failure was counted, so the probe after this operator means "delivered".
+//! through a `SyncActivator`. An object the destination does not take (retry duration exhausted, or a
+//! permanent error) is turned back into records and written to the error output as Firehose error
+//! documents ([`crate::backup`]); the error output itself is retried until stored, however long.
+//! Guarantees: a capability is released only after its object was stored or its records were
+//! stored in the error output, so the probe after this operator means "delivered or backed up", and
+//! nothing acknowledged is passed over while a destination and its backup are both down.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,10 +24,13 @@ use super::{Epoch, InflightBudget, Stage, pending_slot};
 use bytes::Bytes;
 use timely::scheduling::SyncActivator;
 
+use crate::backup::{self, FailedObject};
 use crate::buffer::{ObjectKind, SealedObject, UploadStep};
+use crate::config::SinkSettings;
+use crate::error_output::output_type;
 use crate::metrics::PipelineMetrics;
-use crate::retry::{DeliveryOutcome, RetryPolicy, deliver_with_retries, with_retries};
-use crate::traits::{DeliveryError, PartUpload, Sink};
+use crate::retry::{RetryPolicy, deliver_with_retries, until_stored, with_retries};
+use crate::traits::{DeliveryError, PartUpload, Payload, Sink};
 
 /// What came back for one object.
 #[derive(Debug, Clone)]
@@ -32,7 +39,7 @@ pub struct DeliveryReceipt {
     pub kind: ObjectKind,
     /// Records in the object.
     pub records: u64,
-    /// Whether it was stored.
+    /// Whether the destination stored it (otherwise its records are in the error output).
     pub stored: bool,
 }
 
@@ -60,96 +67,165 @@ struct InFlight {
     budget_bytes: u64,
 }
 
-/// What the deliver operator sends to an object's upload-in-parts task.
-enum SessionMessage {
-    Part(Bytes),
-    Last { body: Bytes, ticket: u64 },
+/// How one object's delivery ended: every object ends stored or backed up (the error output is
+/// retried until it is stored, blocking delivery meanwhile).
+#[derive(Debug)]
+struct Outcome {
+    /// Attempts made at the destination.
+    attempts: u32,
+    ending: Ending,
 }
 
-/// Everything an upload-in-parts task needs.
-struct Session {
+#[derive(Debug)]
+enum Ending {
+    /// The destination stored it.
+    Stored,
+    /// The destination did not take it; its records are in the error output under `key`.
+    BackedUp { error: DeliveryError, key: String },
+}
+
+impl Outcome {
+    fn stored(attempts: u32) -> Self {
+        Outcome { attempts, ending: Ending::Stored }
+    }
+}
+
+/// Where one sink's objects go, shared by its delivery tasks.
+struct Target {
     sink: Arc<dyn Sink>,
-    key: String,
-    content_type: &'static str,
-    content_encoding: Option<&'static str>,
-    retry: RetryPolicy,
-    budget: Arc<InflightBudget>,
+    settings: Arc<SinkSettings>,
     metrics: Arc<PipelineMetrics>,
     index: usize,
 }
 
+impl Target {
+    /// Stores an error-output object, retrying whatever the error until it is stored.
+    async fn store_error_output(&self, payload: Payload) -> u32 {
+        let failures = &self.metrics.sinks[self.index].error_output_failures;
+        until_stored(self.settings.retry, "the error output", failures, || self.sink.deliver(payload.clone())).await
+    }
+
+    /// Delivers a whole data object; if the destination does not take it, backs up its records.
+    async fn deliver_or_back_up(&self, payload: Payload, oldest_arrival_ms: i64) -> Outcome {
+        let out = deliver_with_retries(self.settings.retry, || self.sink.deliver(payload.clone())).await;
+        match out.result {
+            Ok(()) => Outcome::stored(out.attempts),
+            Err(error) => {
+                let failed = FailedObject {
+                    body: payload.body,
+                    records: payload.records,
+                    oldest_arrival_ms,
+                    attempts: out.attempts,
+                    error,
+                };
+                self.back_up(failed).await
+            }
+        }
+    }
+
+    /// Writes a failed object's records to the error output as error documents.
+    async fn back_up(&self, failed: FailedObject) -> Outcome {
+        let output_type = output_type::delivery_failed(self.sink.destination_kind());
+        // Decoding the object is CPU work: off the I/O threads' event loop.
+        let payload = tokio::task::block_in_place(|| backup::error_payload(&self.settings, output_type, &failed));
+        let key = payload.key.clone();
+        self.store_error_output(payload).await;
+        Outcome { attempts: failed.attempts, ending: Ending::BackedUp { error: failed.error, key } }
+    }
+}
+
+/// What the deliver operator sends to an object's upload-in-parts task.
+enum SessionMessage {
+    Part(Bytes),
+    Last { body: Bytes, ticket: u64, records: u64, oldest_arrival_ms: i64 },
+}
+
+/// Everything an upload-in-parts task needs.
+struct Session {
+    target: Arc<Target>,
+    key: String,
+    content_type: &'static str,
+    content_encoding: Option<&'static str>,
+    budget: Arc<InflightBudget>,
+}
+
 impl Session {
-    /// Uploads one object's parts in order as they come, then completes it; reports on `done`.
+    /// Uploads one object's parts in order as they come, then completes it; if the destination does
+    /// not take it, backs up its records. Reports on `done`. The parts are kept (and stay in the
+    /// in-flight budget) until the object is stored or backed up: they are what the backup is made of.
     async fn run(
         self,
         mut messages: tokio::sync::mpsc::UnboundedReceiver<SessionMessage>,
-        done: std::sync::mpsc::Sender<(u64, DeliveryOutcome)>,
+        done: std::sync::mpsc::Sender<(u64, Outcome)>,
         wake: SyncActivator,
     ) {
+        let target = &self.target;
+        let retry = target.settings.retry;
         let (attempts, started) =
-            with_retries(self.retry, || self.sink.start_upload(&self.key, self.content_type, self.content_encoding))
-                .await;
+            with_retries(retry, || target.sink.start_upload(&self.key, self.content_type, self.content_encoding)).await;
         let upload: Result<Arc<dyn PartUpload>, DeliveryError> = started.map(Arc::from);
         let mut failure: Option<DeliveryError> = None;
-        let mut parts = Vec::new();
+        let mut uploads = Vec::new();
+        let mut kept: Vec<Bytes> = Vec::new();
+        let mut kept_part_bytes = 0u64;
         while let Some(message) = messages.recv().await {
             let (body, last) = match message {
                 SessionMessage::Part(body) => (body, None),
-                SessionMessage::Last { body, ticket } => (body, Some(ticket)),
+                SessionMessage::Last { body, ticket, records, oldest_arrival_ms } => {
+                    (body, Some((ticket, records, oldest_arrival_ms)))
+                }
             };
-            let len = body.len() as u64;
-            match &upload {
-                Ok(u) if failure.is_none() && (!body.is_empty() || last.is_some() && parts.is_empty()) => {
-                    let (u, index, retry) = (Arc::clone(u), parts.len(), self.retry);
-                    // A store that numbers parts itself cannot take a part again: one attempt only.
-                    let policy =
-                        if u.retries_parts() { retry } else { RetryPolicy { duration: Duration::ZERO, ..retry } };
-                    let (budget, metrics, sink_index) =
-                        (Arc::clone(&self.budget), Arc::clone(&self.metrics), self.index);
-                    let counted = last.is_none();
-                    parts.push(tokio::spawn(async move {
-                        let (_, result) = with_retries(policy, || u.put_part(index, body.clone())).await;
-                        if counted {
-                            budget.release(len);
-                        }
-                        if result.is_ok() {
-                            metrics.sinks[sink_index].parts.fetch_add(1, Relaxed);
-                        }
-                        result
-                    }));
-                }
-                // Nothing to send, or the upload already failed: the bytes are dropped with it.
-                _ if last.is_none() => self.budget.release(len),
-                _ => {}
+            if last.is_none() {
+                kept_part_bytes += body.len() as u64;
             }
-            let Some(ticket) = last else { continue };
-            for part in parts.drain(..) {
-                match part.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        failure.get_or_insert(e);
+            kept.push(body.clone());
+            if let Ok(u) = &upload
+                && failure.is_none()
+                && (!body.is_empty() || last.is_some() && uploads.is_empty())
+            {
+                let (u, index) = (Arc::clone(u), uploads.len());
+                // A store that numbers parts itself cannot take a part again: one attempt only.
+                let policy = if u.retries_parts() { retry } else { RetryPolicy { duration: Duration::ZERO, ..retry } };
+                let (metrics, sink_index) = (Arc::clone(&target.metrics), target.index);
+                uploads.push(tokio::spawn(async move {
+                    let (_, result) = with_retries(policy, || u.put_part(index, body.clone())).await;
+                    if result.is_ok() {
+                        metrics.sinks[sink_index].parts.fetch_add(1, Relaxed);
                     }
-                    Err(e) => {
-                        failure.get_or_insert(DeliveryError::Retryable {
-                            code: "InternalError".into(),
-                            message: e.to_string(),
-                        });
-                    }
-                }
+                    result
+                }));
+            }
+            let Some((ticket, records, oldest_arrival_ms)) = last else { continue };
+            for part in uploads.drain(..) {
+                let error = match part.await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e,
+                    Err(e) => DeliveryError::Retryable { code: "InternalError".into(), message: e.to_string() },
+                };
+                failure.get_or_insert(error);
             }
             let result = match (&upload, failure.take()) {
-                (Ok(u), None) => with_retries(self.retry, || u.complete()).await.1,
+                (Ok(u), None) => with_retries(retry, || u.complete()).await.1,
                 (Ok(u), Some(e)) => {
                     let _ = u.abort().await;
                     Err(e)
                 }
                 (Err(e), _) => Err(e.clone()),
             };
-            let _ = done.send((ticket, DeliveryOutcome { attempts, result }));
+            let outcome = match result {
+                Ok(()) => Outcome::stored(attempts),
+                Err(error) => {
+                    let body = Bytes::from(kept.concat());
+                    target.back_up(FailedObject { body, records, oldest_arrival_ms, attempts, error }).await
+                }
+            };
+            self.budget.release(kept_part_bytes);
+            let _ = done.send((ticket, outcome));
             let _ = wake.activate();
             return;
         }
         // The operator went away before the last part (shutdown): leave nothing half-made behind.
+        self.budget.release(kept_part_bytes);
         if let Ok(u) = &upload {
             let _ = u.abort().await;
         }
@@ -158,13 +234,14 @@ impl Session {
 
 /// Extension trait for the deliver operator.
 pub trait Deliver<'scope> {
-    /// Delivers every object to `sink` (number `index` in the plan).
+    /// Delivers every object to `sink` (number `index` in the plan), backing up to its error output
+    /// what it does not take.
     fn deliver(
         self,
         name: &str,
         index: usize,
         sink: Arc<dyn Sink>,
-        retry: RetryPolicy,
+        settings: Arc<SinkSettings>,
         context: &DeliveryContext,
     ) -> Stream<'scope, Epoch, Vec<DeliveryReceipt>>;
 }
@@ -175,17 +252,18 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
         name: &str,
         index: usize,
         sink: Arc<dyn Sink>,
-        retry: RetryPolicy,
+        settings: Arc<SinkSettings>,
         context: &DeliveryContext,
     ) -> Stream<'scope, Epoch, Vec<DeliveryReceipt>> {
         let DeliveryContext { runtime, budget, metrics } = context.clone();
+        let target = Arc::new(Target { sink, settings, metrics: Arc::clone(&metrics), index });
         let worker = self.scope().worker();
         let worker_index = self.scope().index();
         let sink_name = name.to_string();
         self.unary_frontier::<CapacityContainerBuilder<Vec<DeliveryReceipt>>, _, _, _>(Pipeline, &format!("Deliver({name})"), move |initial, info| {
             drop(initial);
             let activator = worker.sync_activator_for(info.address.to_vec());
-            let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, DeliveryOutcome)>();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<(u64, Outcome)>();
             let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
             let mut sessions: HashMap<u64, tokio::sync::mpsc::UnboundedSender<SessionMessage>> = HashMap::new();
             let mut next_ticket = 0u64;
@@ -200,14 +278,11 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                                 .or_insert_with(|| {
                                     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                                     let session = Session {
-                                        sink: Arc::clone(&sink),
+                                        target: Arc::clone(&target),
                                         key: object.payload.key.clone(),
                                         content_type: object.payload.content_type,
                                         content_encoding: object.payload.content_encoding,
-                                        retry,
                                         budget: Arc::clone(&budget),
-                                        metrics: Arc::clone(&metrics),
-                                        index,
                                     };
                                     runtime.spawn(session.run(rx, done_tx.clone(), activator.clone()));
                                     tx
@@ -242,15 +317,23 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                         if let Some(id) = id {
                             let session = session_for(id);
                             sessions.remove(&id);
-                            let _ = session.send(SessionMessage::Last { body: object.payload.body, ticket });
+                            let _ = session.send(SessionMessage::Last {
+                                body: object.payload.body,
+                                ticket,
+                                records: object.payload.records,
+                                oldest_arrival_ms: object.oldest_arrival_ms,
+                            });
                             continue;
                         }
-                        let sink = Arc::clone(&sink);
-                        let payload = object.payload;
+                        let target = Arc::clone(&target);
+                        let (payload, kind, oldest_arrival_ms) = (object.payload, object.kind, object.oldest_arrival_ms);
                         let tx = done_tx.clone();
                         let wake = activator.clone();
                         runtime.spawn(async move {
-                            let outcome = deliver_with_retries(retry, || sink.deliver(payload.clone())).await;
+                            let outcome = match kind {
+                                ObjectKind::Data => target.deliver_or_back_up(payload, oldest_arrival_ms).await,
+                                ObjectKind::ErrorOutput { .. } => Outcome::stored(target.store_error_output(payload).await),
+                            };
                             let _ = tx.send((ticket, outcome));
                             let _ = wake.activate();
                         });
@@ -260,34 +343,40 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                     let Some(done) = in_flight.remove(&ticket) else { continue };
                     budget.release(done.budget_bytes);
                     let m = &metrics.sinks[index];
-                    let stored = outcome.result.is_ok();
                     m.attempts.fetch_add(u64::from(outcome.attempts), Relaxed);
-                    if stored {
-                        m.stored.fetch_add(1, Relaxed);
-                    }
-                    match (&outcome.result, done.kind) {
-                        (Ok(()), ObjectKind::Data) => {
+                    let note_error_key = |key: &str| {
+                        if let Ok(mut keys) = m.error_keys.lock()
+                            && keys.len() < 5
+                        {
+                            keys.push(key.to_string());
+                        }
+                    };
+                    let stored = matches!(outcome.ending, Ending::Stored);
+                    match (outcome.ending, done.kind) {
+                        (Ending::Stored, ObjectKind::Data) => {
+                            m.stored.fetch_add(1, Relaxed);
                             m.records_delivered.fetch_add(done.records, Relaxed);
                             m.bytes_delivered.fetch_add(done.raw_bytes, Relaxed);
                             m.bytes_stored.fetch_add(done.body_bytes, Relaxed);
                             m.objects.fetch_add(1, Relaxed);
                         }
-                        (Ok(()), ObjectKind::ErrorOutput { output_type }) => {
+                        (Ending::Stored, ObjectKind::ErrorOutput { output_type }) if output_type == output_type::SOURCE_RECORD_BACKUP => {
+                            m.records_source_backup.fetch_add(done.records, Relaxed);
+                        }
+                        (Ending::Stored, ObjectKind::ErrorOutput { output_type }) => {
                             m.records_failed.fetch_add(done.records, Relaxed);
                             m.error_objects.fetch_add(1, Relaxed);
                             m.count_reason(output_type, done.records);
-                            if let Ok(mut keys) = m.error_keys.lock()
-                                && keys.len() < 5
-                            {
-                                keys.push(done.key.clone());
-                            }
+                            note_error_key(&done.key);
                         }
-                        (Err(e), _) => {
-                            tracing::error!(sink = %sink_name, key = %done.key, attempts = outcome.attempts, error = %e, "object not delivered");
-                            m.records_undelivered.fetch_add(done.records, Relaxed);
-                            m.count_reason(e.code(), done.records);
+                        (Ending::BackedUp { error, key }, _) => {
+                            tracing::error!(sink = %sink_name, key = %done.key, attempts = outcome.attempts, error = %error, backup = %key, "object not delivered; its records are in the error output");
+                            m.records_failed.fetch_add(done.records, Relaxed);
+                            m.error_objects.fetch_add(1, Relaxed);
+                            m.count_reason(error.code(), done.records);
+                            note_error_key(&key);
                             if let Ok(mut last) = m.last_error.lock() {
-                                *last = Some(format!("{e} (after {} attempts)", outcome.attempts));
+                                *last = Some(format!("{error} (after {} attempts)", outcome.attempts));
                             }
                         }
                     }

@@ -1,0 +1,233 @@
+//! Backing up what a destination did not take: a failed object is turned back into its records and
+//! written to the error output as Firehose error documents (FIREHOSE.md §7 shape, `errorCode` with the
+//! destination's code, `attemptsMade`, timestamps), under `error_prefix` with the error-output type
+//! of the destination (`s3-failed`, `http-endpoint-failed`, …).
+//!
+//! Guarantees: every record of the failed object is in the documents, as the sink encoded it —
+//! NDJSON lines, CSV rows (the header dropped), Parquet rows as JSON objects. An object that cannot
+//! be split (format `raw` has no delimiter, or the bytes do not decode) becomes one document holding
+//! the whole object, so nothing is lost either way. Building the payload cannot fail.
+
+use bytes::Bytes;
+
+use crate::config::SinkSettings;
+use crate::encode::{Compression, Format, ObjectWriter, decompress};
+use crate::error_output::{ErrorDocument, Reason};
+use crate::record::now_ms;
+use crate::traits::{DeliveryError, Payload};
+
+/// A data object whose delivery failed for good.
+#[derive(Debug, Clone)]
+pub struct FailedObject {
+    /// The object as it was to be stored (all its parts).
+    pub body: Bytes,
+    /// Records in it.
+    pub records: u64,
+    /// Arrival time of its oldest record (each document's `arrivalTimestamp`).
+    pub oldest_arrival_ms: i64,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub error: DeliveryError,
+}
+
+/// The records of an encoded object, or why it cannot be split into them.
+pub fn records_of(format: &Format, compression: Compression, body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    match format {
+        Format::Raw => Err("format `raw` has no record delimiter".into()),
+        Format::Parquet(_) => parquet_rows(body),
+        Format::Ndjson => {
+            let text = decompress(compression, body).map_err(|e| e.to_string())?;
+            Ok(text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect())
+        }
+        Format::Csv { .. } => {
+            let text = decompress(compression, body).map_err(|e| e.to_string())?;
+            csv_rows(&text)
+        }
+    }
+}
+
+/// Each CSV row after the header as the exact bytes of its line(s) (quoted fields may hold newlines).
+fn csv_rows(text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text);
+    // The header is read lazily: read it now so the first row's position is after it.
+    reader.byte_headers().map_err(|e| e.to_string())?;
+    let mut starts = Vec::new();
+    let mut row = csv::ByteRecord::new();
+    loop {
+        let start = reader.position().byte() as usize;
+        match reader.read_byte_record(&mut row) {
+            Ok(true) => starts.push(start),
+            Ok(false) => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    starts.push(text.len());
+    Ok(starts.windows(2).map(|w| text[w[0]..w[1]].strip_suffix(b"\n").unwrap_or(&text[w[0]..w[1]]).to_vec()).collect())
+}
+
+/// Each row of a Parquet file as a JSON object.
+fn parquet_rows(body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(Bytes::copy_from_slice(body)).map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for row in reader.get_row_iter(None).map_err(|e| e.to_string())? {
+        let row = row.map_err(|e| e.to_string())?;
+        rows.push(row.to_json_value().to_string().into_bytes());
+    }
+    Ok(rows)
+}
+
+/// The error-output object for `failed`: one document per record, compressed as the sink's
+/// objects are, keyed under the error prefix with `output_type`.
+pub fn error_payload(settings: &SinkSettings, output_type: &str, failed: &FailedObject) -> Payload {
+    let ended = now_ms();
+    let (code, message) = (failed.error.code(), failed.error.to_string());
+    let mut text = Vec::new();
+    let mut document = |raw: &[u8], message: &str| {
+        let reason = Reason::Delivery { error_code: code, error_message: message };
+        ErrorDocument::new(raw, failed.oldest_arrival_ms, reason, failed.attempts, ended).write_line(&mut text);
+    };
+    match records_of(&settings.format, settings.compression, &failed.body) {
+        Ok(records) => records.iter().for_each(|r| document(r, &message)),
+        Err(why) => document(&failed.body, &format!("{message} (the object is kept whole: {why})")),
+    }
+    // Compression into memory does not fail in practice; if it did, the documents go uncompressed.
+    let (compression, body) = match compress(settings.compression, &text) {
+        Ok(body) => (settings.compression, body),
+        Err(_) => (Compression::None, text),
+    };
+    Payload {
+        key: settings.keys.error_key(failed.oldest_arrival_ms, output_type, compression.extension()),
+        body: Bytes::from(body),
+        content_type: "application/x-ndjson",
+        content_encoding: compression.content_encoding(),
+        records: failed.records,
+    }
+}
+
+fn compress(compression: Compression, text: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut writer = ObjectWriter::new(compression)?;
+    writer.write(text)?;
+    writer.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::buffer::ObjectBatcher;
+    use crate::columnar::{JsonOptions, ParquetOptions, ParquetSpec, SchemaSource};
+    use crate::config::{BackupMode, BufferingHints};
+    use crate::keys::ObjectKeys;
+    use crate::record::RecordBatch;
+    use crate::retry::RetryPolicy;
+
+    fn settings(format: Format, compression: Compression) -> SinkSettings {
+        SinkSettings {
+            format,
+            compression,
+            hints: BufferingHints { size_bytes: 1 << 30, interval: Duration::from_secs(60) },
+            keys: ObjectKeys::new(
+                Some("data/"),
+                Some("errors/!{firehose:error-output-type}/"),
+                "s",
+                chrono_tz::Tz::UTC,
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+            retry: RetryPolicy::default(),
+            backup: BackupMode::Failed,
+        }
+    }
+
+    /// The one object the batcher makes of `records`.
+    fn object(settings: &SinkSettings, records: &[&str]) -> Bytes {
+        let mut batcher = ObjectBatcher::new(Arc::new(settings.clone()));
+        let mut batch = RecordBatch::with_capacity(1_000, 0);
+        records.iter().for_each(|r| batch.push(r.as_bytes()));
+        let mut sealed = Vec::new();
+        batcher.append(&batch, 1, Instant::now(), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        batcher.seal_all(&mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sealed.len(), 1);
+        sealed.remove(0).payload.body
+    }
+
+    fn failed(body: Bytes, records: u64) -> FailedObject {
+        let error = DeliveryError::Permanent { code: "S3.AccessDenied".into(), message: "Access Denied".into() };
+        FailedObject { body, records, oldest_arrival_ms: 1_000, attempts: 1, error }
+    }
+
+    /// The documents of an error payload, decompressed.
+    fn documents(payload: &Payload, compression: Compression) -> Vec<serde_json::Value> {
+        let text = decompress(compression, &payload.body).unwrap_or_else(|e| panic!("{e}"));
+        text.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap_or_default())
+            .collect()
+    }
+
+    fn raw_data(doc: &serde_json::Value) -> String {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(doc["rawData"].as_str().unwrap_or_default());
+        String::from_utf8(bytes.unwrap_or_default()).unwrap_or_default()
+    }
+
+    #[test]
+    fn ndjson_objects_come_back_record_by_record_as_delivery_error_documents() {
+        let s = settings(Format::Ndjson, Compression::Gzip);
+        let records = [r#"{"a":1}"#, r#"{"a":2}"#, r#"{"b":"x y"}"#];
+        let payload = error_payload(&s, "s3-failed", &failed(object(&s, &records), 3));
+        assert!(payload.key.starts_with("errors/s3-failed/1970/01/01/00/s-1-1970-01-01-00-00-01-"), "{}", payload.key);
+        assert!(payload.key.ends_with(".gz"));
+        assert_eq!(payload.records, 3);
+        let docs = documents(&payload, Compression::Gzip);
+        assert_eq!(docs.iter().map(raw_data).collect::<Vec<_>>(), records);
+        assert_eq!(docs[0]["errorCode"], "S3.AccessDenied");
+        assert_eq!(docs[0]["attemptsMade"], 1);
+        assert_eq!(docs[0]["arrivalTimestamp"], 1_000);
+    }
+
+    #[test]
+    fn csv_rows_keep_their_quoted_newlines_and_lose_the_header() {
+        let s = settings(Format::Csv { columns: vec!["a".into(), "b".into()] }, Compression::Zstd);
+        let body = object(&s, &[r#"{"a":"line\nbreak","b":1}"#, r#"{"a":"plain","b":2}"#]);
+        let rows = records_of(&s.format, s.compression, &body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows, [b"\"line\nbreak\",1".to_vec(), b"plain,2".to_vec()]);
+    }
+
+    #[test]
+    fn parquet_rows_come_back_as_json_objects() {
+        let spec = ParquetSpec {
+            schema: SchemaSource::Infer(JsonOptions::default()),
+            options: ParquetOptions {
+                row_group_bytes: 1 << 20,
+                page_bytes: 1 << 20,
+                dictionary: true,
+                v2: false,
+                compression: Compression::Snappy,
+            },
+        };
+        let s = settings(Format::Parquet(spec), Compression::None);
+        let body = object(&s, &[r#"{"a":1,"b":"x"}"#, r#"{"a":2,"b":"y"}"#]);
+        let rows = records_of(&s.format, s.compression, &body).unwrap_or_else(|e| panic!("{e}"));
+        let rows: Vec<serde_json::Value> = rows.iter().map(|r| serde_json::from_slice(r).unwrap_or_default()).collect();
+        assert_eq!(rows, [serde_json::json!({"a":1,"b":"x"}), serde_json::json!({"a":2,"b":"y"})]);
+    }
+
+    #[test]
+    fn an_object_that_cannot_be_split_is_kept_whole() {
+        let s = settings(Format::Raw, Compression::None);
+        let payload = error_payload(&s, "s3-failed", &failed(Bytes::from_static(b"abcdef"), 2));
+        let docs = documents(&payload, Compression::None);
+        assert_eq!(docs.len(), 1);
+        assert_eq!(raw_data(&docs[0]), "abcdef");
+        assert!(docs[0]["errorMessage"].as_str().unwrap_or_default().contains("kept whole"), "{}", docs[0]);
+        // Bytes that do not decompress are kept whole too.
+        let s = settings(Format::Ndjson, Compression::Gzip);
+        let docs =
+            documents(&error_payload(&s, "s3-failed", &failed(Bytes::from_static(b"not gzip"), 1)), Compression::Gzip);
+        assert_eq!(docs.iter().map(raw_data).collect::<Vec<_>>(), ["not gzip"]);
+    }
+}

@@ -1,0 +1,197 @@
+//! Destination outages against the real S3-protocol server: a store stopped for longer than the
+//! retry duration, a store answering 500, a store answering 403. Every record must end in the
+//! destination or in the error output (as Firehose error documents with the destination's code and
+//! the attempts made), and be counted; the error output blocks and retries while it is down too.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use base64::Engine;
+use s3s::S3ErrorCode;
+use sluice_connectors::registry;
+use sluice_connectors::synth::Profile;
+use sluice_engine::metrics::PipelineMetrics;
+use sluice_engine::runtime::{RunOptions, run};
+use sluice_engine::testkit::{plan_from_str, run_pipeline};
+
+use super::s3::{S3Server, SECRET_KEY};
+use super::support::{folder_objects, generated};
+
+/// A bucket on a fresh server.
+fn server_with_bucket(root: &std::path::Path, bucket: &str) -> S3Server {
+    std::fs::create_dir(root.join(bucket)).unwrap();
+    S3Server::start(root)
+}
+
+/// One sink section writing to `bucket` under `archive/` (data under `data/`, the error output
+/// under `errors/<type>/`).
+fn sink(server: &S3Server, name: &str, bucket: &str, extra: &str) -> String {
+    format!(
+        "[sinks.{name}]\ntype = \"object_store\"\ninputs = [\"gen\"]\n{}\nerror_prefix = \"errors/!{{firehose:error-output-type}}/\"\n{extra}\n",
+        server.sink_toml(bucket, SECRET_KEY)
+    )
+}
+
+/// The objects of `bucket`, split into data lines and error documents by key.
+struct Stored {
+    data: Vec<String>,
+    /// Error-output type → its documents.
+    errors: BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+fn stored(server: &S3Server, bucket: &str) -> Stored {
+    let mut out = Stored { data: Vec::new(), errors: BTreeMap::new() };
+    for (key, lines) in folder_objects(&server.root.join(bucket)) {
+        if let Some(rest) = key.strip_prefix("archive/errors/") {
+            let kind = rest.split('/').next().unwrap().to_string();
+            let docs = lines.iter().map(|l| serde_json::from_str(l).unwrap());
+            out.errors.entry(kind).or_default().extend(docs);
+        } else {
+            out.data.extend(lines);
+        }
+    }
+    out
+}
+
+fn raw_data(doc: &serde_json::Value) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(doc["rawData"].as_str().unwrap()).unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn a_store_answering_500_is_retried_with_backoff_then_backed_up_whole_objects_and_parts_alike() {
+    let root = tempfile::tempdir().unwrap();
+    let server = server_with_bucket(root.path(), "bkt");
+    server.faults.fail_writes(&["archive/data/", "archive/big/"], S3ErrorCode::InternalError);
+    // `small` makes whole 4 MiB objects; `big` one ~11 MB object uploaded in parts.
+    let toml = format!(
+        "[pipeline]\nname = \"five-hundreds\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 12000\nseed = 8\n{}{}",
+        sink(
+            &server,
+            "small",
+            "bkt",
+            "prefix = \"data/\"\nformat = \"ndjson\"\ncompression = \"gzip\"\nbuffer = { size_mb = 4, interval_s = 60 }\nretry = { duration_s = 3 }"
+        ),
+        sink(
+            &server,
+            "big",
+            "bkt",
+            "prefix = \"big/\"\nformat = \"ndjson\"\nbuffer = { size_mb = 128, interval_s = 60 }\nretry = { duration_s = 3 }"
+        ),
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
+    let expected = sorted(generated(Profile::Cloudtrail, 8, 12000));
+    let out = stored(&server, "bkt");
+    assert!(out.data.is_empty(), "{} data lines stored", out.data.len());
+    let docs = &out.errors["s3-failed"];
+    // Both sinks backed up every record: each record twice.
+    let mut twice: Vec<String> = expected.iter().flat_map(|r| [r.clone(), r.clone()]).collect();
+    twice.sort();
+    assert_eq!(sorted(docs.iter().map(raw_data).collect()), twice);
+    for doc in docs {
+        assert_eq!(doc["errorCode"], "S3.InternalError", "{doc}");
+        // Back-off 1 s then 2 s (±15 %) inside a 3 s retry duration: two or three attempts.
+        let attempts = doc["attemptsMade"].as_u64().unwrap();
+        assert!((2..=3).contains(&attempts), "{doc}");
+        assert!(doc["attemptEndingTimestamp"].as_i64() >= doc["arrivalTimestamp"].as_i64());
+    }
+    for m in &metrics.sinks {
+        assert_eq!(m.records_failed.load(Relaxed), 12000);
+        assert_eq!(m.records_delivered.load(Relaxed) + m.records_undelivered.load(Relaxed), 0);
+        assert_eq!(m.reasons.lock().unwrap().get("S3.InternalError"), Some(&12000));
+    }
+    // Three 4 MiB objects of `small`, each tried at least twice.
+    assert!(server.faults.refused.load(Relaxed) >= 2 * 3, "{}", server.faults.refused.load(Relaxed));
+}
+
+#[test]
+fn a_store_answering_403_is_not_retried_and_backup_all_keeps_every_source_record() {
+    let root = tempfile::tempdir().unwrap();
+    let server = server_with_bucket(root.path(), "bkt");
+    server.faults.fail_writes(&["archive/data/"], S3ErrorCode::AccessDenied);
+    // The default retry duration is 300 s: a permanent error must not wait for it.
+    let toml = format!(
+        "[pipeline]\nname = \"denied\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 3000\nseed = 2\n{}",
+        sink(&server, "s3", "bkt", "prefix = \"data/\"\nformat = \"ndjson\"\ncompression = \"zstd\"\nbackup = \"all\""),
+    );
+    let started = std::time::Instant::now();
+    let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(60), "a 403 was retried: {:?}", started.elapsed());
+    let expected = sorted(generated(Profile::Vpcflow, 2, 3000));
+    let out = stored(&server, "bkt");
+    assert!(out.data.is_empty());
+    let failed = &out.errors["s3-failed"];
+    assert_eq!(sorted(failed.iter().map(raw_data).collect()), expected);
+    assert!(failed.iter().all(|d| d["attemptsMade"] == 1 && d["errorCode"] == "S3.AccessDenied"), "{}", failed[0]);
+    // backup = "all": the source records as they came, one per line.
+    let backup: Vec<String> = folder_objects(&server.root.join("bkt"))
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("archive/errors/source-record-backup/"))
+        .flat_map(|(_, lines)| lines)
+        .collect();
+    assert_eq!(sorted(backup), expected);
+    let m = &metrics.sinks[0];
+    assert_eq!((m.records_failed.load(Relaxed), m.records_source_backup.load(Relaxed)), (3000, 3000));
+    let failed_objects =
+        folder_objects(&server.root.join("bkt")).keys().filter(|k| k.starts_with("archive/errors/s3-failed/")).count();
+    assert_eq!(server.faults.refused.load(Relaxed), failed_objects as u64, "one attempt per object");
+}
+
+#[test]
+fn a_store_stopped_past_the_retry_duration_loses_nothing_the_error_output_waits_for_it() {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = server_with_bucket(root.path(), "bkt");
+    // A stream run (2000 records/s) with 1 s objects and a 2 s retry duration; the store goes away
+    // from 1.5 s to 7.5 s, so objects of that window exhaust their retries and go to the error
+    // output, which is down too: it must block and retry until the store is back.
+    let toml = format!(
+        "[pipeline]\nname = \"outage\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudfront\"\nrate = 2000\nseed = 4\n{}",
+        sink(
+            &server,
+            "s3",
+            "bkt",
+            "prefix = \"data/\"\nformat = \"ndjson\"\ncompression = \"gzip\"\nbuffer = { size_mb = 64, interval_s = 1 }\nretry = { duration_s = 2 }"
+        ),
+    );
+    let plan = plan_from_str(&toml, &registry()).unwrap();
+    let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+    let mut options = RunOptions::for_plan(&plan);
+    options.workers = 1;
+    let stop = options.stop.clone();
+    let running = {
+        let metrics = Arc::clone(&metrics);
+        std::thread::spawn(move || run(&plan, &options, metrics).map_err(|e| e.to_string()))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    server.stop();
+    std::thread::sleep(Duration::from_secs(6));
+    server.resume();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.stop();
+    running.join().unwrap().unwrap();
+
+    let records_in = metrics.records_in();
+    let m = &metrics.sinks[0];
+    let (delivered, failed) = (m.records_delivered.load(Relaxed), m.records_failed.load(Relaxed));
+    assert!(delivered > 0 && failed > 0, "delivered {delivered}, backed up {failed}");
+    assert_eq!(delivered + failed, records_in, "every record is counted once, delivered or backed up");
+    assert_eq!(m.records_undelivered.load(Relaxed), 0);
+    assert!(m.error_output_failures.load(Relaxed) > 0, "the error output was down too and was retried");
+    let out = stored(&server, "bkt");
+    let docs = &out.errors["s3-failed"];
+    assert!(docs.iter().all(|d| d["errorCode"] == "S3.InternalError"), "{}", docs[0]);
+    // At least once: a put cut off by the stop may have landed before its retry or backup.
+    let mut all: Vec<String> = out.data.clone();
+    all.extend(docs.iter().map(raw_data));
+    let all = sorted(all);
+    let expected = sorted(generated(Profile::Cloudfront, 4, records_in));
+    let missing: Vec<_> = expected.iter().filter(|r| all.binary_search(r).is_err()).take(3).collect();
+    assert!(missing.is_empty(), "{} of {records_in} records lost, e.g. {missing:?}", missing.len());
+}
