@@ -3,7 +3,9 @@
 # It installs what the tests use, pinned: pyarrow and DuckDB (to read Parquet back), boto3 and the
 # AWS CLI (Firehose API producers) into target/test-venv, and the AWS SDK for JavaScript into
 # tests/js/node_modules (npm ci). Every server the tests use is started by the tests themselves on
-# 127.0.0.1 (an in-process S3 server, s3s-fs with SigV4 checking; the `sluice` binary).
+# 127.0.0.1 (an in-process S3 server, s3s-fs with SigV4 checking; the `sluice` binary). The
+# baselines `sluice bench` knows are installed too: pigz, gzip and zstd from Debian, the DuckDB CLI
+# and pyarrow into the venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null; then
@@ -16,6 +18,17 @@ for tool in python3 node npm; do
     exit 1
   fi
 done
+missing=()
+for tool in pigz gzip zstd; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq "${missing[@]}" >/dev/null || (apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null)
+  else
+    echo "note: ${missing[*]} not installed; sluice bench will list them as skipped baselines" >&2
+  fi
+fi
 venv=target/test-venv
 # Reinstall whenever tests/requirements.txt changes.
 stamp="$venv/.installed-$(sha256sum tests/requirements.txt | cut -c1-16)"

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod bench;
 mod cli;
 mod config_errors;
 mod crash;

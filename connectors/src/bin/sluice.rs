@@ -116,6 +116,26 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Measure sluice against the tools users would otherwise use (pigz, gzip, zstd, DuckDB,
+    /// pyarrow), alternating runs on the same generated data; writes results.md, results.json and
+    /// results.svg.
+    Bench {
+        /// Scenarios to run (repeatable): gzip, zstd, parquet, http, ingest, scale (default: all).
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+        /// Input size, e.g. 200MB, 2GB (the `scale` scenario also uses ten times this).
+        #[arg(long, default_value = "200MB", value_parser = sluice_connectors::bench::parse_size)]
+        size: u64,
+        /// Where the data, work files and results go.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+        /// Runs of each case (odd numbers give a true median).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Threads for sluice and the baselines that take a count (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,6 +164,7 @@ fn main() -> ExitCode {
         Command::Gen { profile, records, seed, output } => {
             gen_command(profile, records, seed, output).map(|()| ExitCode::SUCCESS)
         }
+        Command::Bench { scenarios, size, out, runs, threads } => bench_command(scenarios, size, out, runs, threads),
     };
     match result {
         Ok(code) => code,
@@ -152,6 +173,29 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `sluice bench`: runs the harness, prints the Markdown table and where the results went.
+fn bench_command(
+    scenarios: Vec<String>,
+    size: u64,
+    out: PathBuf,
+    runs: usize,
+    threads: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    use sluice_connectors::bench::{BenchOptions, SCENARIOS, markdown, run_bench};
+    let options = BenchOptions {
+        scenarios: if scenarios.is_empty() { SCENARIOS.iter().map(|s| s.to_string()).collect() } else { scenarios },
+        size_bytes: size,
+        out: out.clone(),
+        runs: runs.max(1),
+        sluice: std::env::current_exe().context("cannot find the sluice binary")?,
+        threads: threads.unwrap_or_else(sluice_engine::runtime::default_workers),
+    };
+    let report = run_bench(&options, |line| eprintln!("sluice bench: {line}"))?;
+    print!("{}", markdown(&report));
+    eprintln!("sluice bench: results in {}/results.{{md,json,svg}}", out.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate_command(files: &[PathBuf]) -> ExitCode {

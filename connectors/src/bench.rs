@@ -1,0 +1,785 @@
+//! `sluice bench`: sluice beside the tools users would otherwise use, on the same generated data, in
+//! the same invocation, so every figure is read as a ratio on the same (shared, noisy) machine.
+//!
+//! The workload is generated once per size (`sluice gen`'s synthesizer, fixed seeds: CloudTrail-style
+//! records for the compression scenarios, CloudFront-style for Parquet) under `<out>/data`. Each
+//! scenario is a list of cases, sluice runs and baselines, each a process measured through
+//! `sluice measure` (wall, CPU, peak RSS of that process alone). Runs alternate between the cases
+//! (A B C A B C …) so a noisy neighbour hits all of them alike; the report gives each case's median
+//! and spread (min–max), and each comparison's ratio of medians. Results go to `<out>` as
+//! `results.md`, `results.json` and `results.svg`.
+//!
+//! Guarantees: a baseline that is not installed, or a scenario the harness cannot run yet, is listed
+//! in the report's notes with the reason, never dropped silently; a case whose process fails stops
+//! the bench with its exit code (a failed run has no meaningful time). No figure is asserted.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+
+use crate::measure::{MeasuredCommand, Usage, measure_via};
+use crate::synth::{Profile, write_ndjson};
+
+/// Every scenario the harness knows, in report order.
+pub const SCENARIOS: &[&str] = &["gzip", "zstd", "parquet", "http", "ingest", "scale"];
+
+/// The CloudFront schema the Parquet cases declare (the same file as `pipelines/schemas`).
+const CLOUDFRONT_SCHEMA: &str = include_str!("../../pipelines/schemas/cloudfront.toml");
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Scenario names (from [`SCENARIOS`]).
+    pub scenarios: Vec<String>,
+    /// Input size in bytes (the `scale` scenario also uses ten times this).
+    pub size_bytes: u64,
+    /// Where data, work files and results go.
+    pub out: PathBuf,
+    /// Runs of each case.
+    pub runs: usize,
+    /// The `sluice` binary to measure (and to measure with).
+    pub sluice: PathBuf,
+    /// Threads for sluice and for the baselines that take a thread count.
+    pub threads: usize,
+}
+
+/// Why the bench could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Reading or writing the work folder, or starting a process, failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// A measured process exited with an error.
+    #[error("case `{case}` failed (exit code {code:?}); run it by hand to see why: {command}")]
+    CaseFailed {
+        /// The case.
+        case: String,
+        /// Its exit code.
+        code: Option<i32>,
+        /// The command line.
+        command: String,
+    },
+    /// An unknown scenario name.
+    #[error("unknown scenario `{0}`; the scenarios are {list}", list = SCENARIOS.join(", "))]
+    UnknownScenario(String),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> BenchError {
+    let what = what.into();
+    move |source| BenchError::Io { what, source }
+}
+
+/// One generated input file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Workload {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// Its records (lines).
+    pub records: u64,
+}
+
+/// One thing measured: a sluice run or a baseline.
+#[derive(Debug, Clone)]
+struct Case {
+    scenario: &'static str,
+    name: String,
+    /// Whether this is sluice (else a baseline).
+    sluice: bool,
+    command: MeasuredCommand,
+    input: Workload,
+    /// Emptied before each run.
+    output: PathBuf,
+}
+
+/// A ratio the report gives: `a` against `b`.
+#[derive(Debug, Clone)]
+struct Comparison {
+    scenario: &'static str,
+    a: String,
+    b: String,
+    /// What the ratio means, for the report.
+    meaning: &'static str,
+    /// Which ratio the comparison is about.
+    about: About,
+}
+
+/// Which of a comparison's ratios it is about (the report shows the other as `—`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum About {
+    /// Speed and memory alike (sluice against a baseline).
+    Both,
+    /// Speed only (a speed-up).
+    Speed,
+    /// Memory only (growth with the input).
+    Memory,
+}
+
+/// The figures of one case over its runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// Scenario.
+    pub scenario: String,
+    /// Case name, e.g. `sluice gzip` or `pigz -6 -p 2`.
+    pub case: String,
+    /// Whether this is sluice.
+    pub sluice: bool,
+    /// Input bytes and records.
+    pub input_bytes: u64,
+    /// Input records.
+    pub input_records: u64,
+    /// Each run's figures, in run order.
+    pub runs: Vec<Usage>,
+    /// Median and spread of wall seconds.
+    pub wall_s: Stat,
+    /// Median and spread of CPU seconds.
+    pub cpu_s: Stat,
+    /// Median and spread of input MB/s (10^6 bytes).
+    pub mb_per_s: Stat,
+    /// Median and spread of input records/s.
+    pub records_per_s: Stat,
+    /// Median and spread of peak RSS in MiB.
+    pub peak_rss_mib: Stat,
+}
+
+/// Median, minimum and maximum.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Stat {
+    /// Median.
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Stat {
+    fn of(mut values: Vec<f64>) -> Stat {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let median = match n {
+            0 => 0.0,
+            _ if n % 2 == 1 => values[n / 2],
+            _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        };
+        Stat { median, min: values.first().copied().unwrap_or(0.0), max: values.last().copied().unwrap_or(0.0) }
+    }
+}
+
+/// One comparison's ratios.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComparisonResult {
+    /// Scenario.
+    pub scenario: String,
+    /// The case compared (usually sluice).
+    pub case: String,
+    /// What it is compared with.
+    pub against: String,
+    /// Median wall of `against` ÷ median wall of `case`: above 1, `case` is faster.
+    pub speed_ratio: f64,
+    /// Median peak RSS of `case` ÷ that of `against`: below 1, `case` uses less memory.
+    pub memory_ratio: f64,
+    /// What the ratio means.
+    pub meaning: String,
+    /// Which ratio it is about.
+    pub about: About,
+}
+
+/// Everything one `sluice bench` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// When it ran (RFC 3339, UTC).
+    pub started: String,
+    /// The machine: cores, memory, kernel.
+    pub machine: String,
+    /// The command line that reproduces it.
+    pub command: String,
+    /// Runs per case.
+    pub runs: usize,
+    /// Every case.
+    pub cases: Vec<CaseResult>,
+    /// Every ratio.
+    pub comparisons: Vec<ComparisonResult>,
+    /// Baselines and scenarios skipped, with why.
+    pub notes: Vec<String>,
+}
+
+/// Parses `200MB`, `50MiB`, `2GB`, `1048576`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a size; e.g. 200MB, 2GB, 512KiB"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit `{other}` in `{text}`; use B, KB, MB, GB, KiB, MiB or GiB")),
+    };
+    Ok((number * scale) as u64)
+}
+
+/// Generates (or reuses) `<data>/<profile>-<bytes>.ndjson` of about `bytes`.
+fn workload(data: &Path, profile: Profile, seed: u64, bytes: u64) -> Result<Workload, BenchError> {
+    let name = format!("{profile:?}").to_lowercase();
+    let path = data.join(format!("{name}-{bytes}.ndjson"));
+    let count = data.join(format!("{name}-{bytes}.records"));
+    if let (Ok(meta), Ok(records)) = (std::fs::metadata(&path), std::fs::read_to_string(&count))
+        && let Ok(records) = records.trim().parse()
+    {
+        return Ok(Workload { path, bytes: meta.len(), records });
+    }
+    std::fs::create_dir_all(data).map_err(io_error(format!("cannot create {}", data.display())))?;
+    // The mean record size from a sample, then as many records as make `bytes`.
+    let mut sample = Vec::new();
+    write_ndjson(profile, seed, 1000, &mut sample).map_err(io_error("cannot generate records"))?;
+    let records = (bytes * 1000 / sample.len().max(1) as u64).max(1);
+    let file = std::fs::File::create(&path).map_err(io_error(format!("cannot create {}", path.display())))?;
+    let mut writer = io::BufWriter::new(file);
+    write_ndjson(profile, seed, records, &mut writer).map_err(io_error("cannot generate records"))?;
+    writer.flush().map_err(io_error(format!("cannot write {}", path.display())))?;
+    std::fs::write(&count, records.to_string()).map_err(io_error("cannot write the record count"))?;
+    let bytes = std::fs::metadata(&path).map_err(io_error("cannot read the workload"))?.len();
+    Ok(Workload { path, bytes, records })
+}
+
+/// A program on the PATH, or in one of the repository's virtualenvs (DuckDB CLI, pyarrow).
+fn find_program(name: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain(extra_dirs.iter().cloned()).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// The virtualenvs `scripts/test.sh` makes, relative to the working directory and to the binary.
+fn venv_dirs(sluice: &Path) -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from("target")];
+    // target/<profile>/sluice → target
+    if let Some(target) = sluice.parent().and_then(Path::parent) {
+        roots.push(target.to_path_buf());
+    }
+    roots.iter().flat_map(|t| ["bench-venv", "test-venv"].map(|v| t.join(v).join("bin"))).collect()
+}
+
+/// A Python that imports pyarrow.
+fn python_with_pyarrow(dirs: &[PathBuf]) -> Option<PathBuf> {
+    dirs.iter().map(|d| d.join("python")).chain([PathBuf::from("python3")]).find(|python| {
+        Command::new(python)
+            .args(["-c", "import pyarrow.json, pyarrow.parquet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// `sh -c` running `line` (for baselines that write their output through a redirection).
+fn shell(line: String) -> MeasuredCommand {
+    MeasuredCommand::new("sh", ["-c".to_string(), line])
+}
+
+/// Builds every case and comparison of the chosen scenarios.
+struct Planner<'a> {
+    options: &'a BenchOptions,
+    work: PathBuf,
+    dirs: Vec<PathBuf>,
+    cases: Vec<Case>,
+    comparisons: Vec<Comparison>,
+    notes: Vec<String>,
+}
+
+impl Planner<'_> {
+    fn output(&self, scenario: &str, name: &str) -> PathBuf {
+        let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        self.work.join(format!("{scenario}-{slug}"))
+    }
+
+    /// A sluice case: a pipeline reading `input` into a `file://` sink with `sink_keys`.
+    fn sluice(
+        &mut self,
+        scenario: &'static str,
+        name: &str,
+        input: &Workload,
+        workers: usize,
+        sink_keys: &str,
+    ) -> Result<String, BenchError> {
+        let output = self.output(scenario, name);
+        let pipeline = self.work.join(format!("{}.toml", output.file_name().and_then(|n| n.to_str()).unwrap_or("p")));
+        let toml = format!(
+            "[pipeline]\nname = \"bench\"\ndata_dir = {data:?}\n\n[sources.in]\ntype = \"file\"\npaths = [{input:?}]\n\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"file://{out}\"\n{sink_keys}\n",
+            data = self.work.join("state").display().to_string(),
+            input = input.path.display().to_string(),
+            out = output.display(),
+        );
+        std::fs::write(&pipeline, toml).map_err(io_error(format!("cannot write {}", pipeline.display())))?;
+        let command = MeasuredCommand::new(
+            self.options.sluice.as_os_str(),
+            [OsString::from("run"), "--quiet".into(), "--workers".into(), workers.to_string().into(), pipeline.into()],
+        );
+        self.cases.push(Case { scenario, name: name.to_string(), sluice: true, command, input: input.clone(), output });
+        Ok(name.to_string())
+    }
+
+    /// A baseline, if its program is installed (otherwise a note).
+    fn baseline(
+        &mut self,
+        scenario: &'static str,
+        name: &str,
+        program: &str,
+        input: &Workload,
+        line: impl FnOnce(&Path, &Path) -> String,
+    ) -> Option<String> {
+        let Some(found) = find_program(program, &self.dirs) else {
+            self.notes.push(format!("{scenario}: baseline `{name}` skipped: `{program}` is not installed"));
+            return None;
+        };
+        let output = self.output(scenario, name);
+        let command = shell(line(&found, &output));
+        self.cases.push(Case {
+            scenario,
+            name: name.to_string(),
+            sluice: false,
+            command,
+            input: input.clone(),
+            output,
+        });
+        Some(name.to_string())
+    }
+
+    fn compare(&mut self, scenario: &'static str, a: &str, b: Option<String>, meaning: &'static str) {
+        self.compare_on(scenario, a, b, meaning, About::Both);
+    }
+
+    fn compare_on(&mut self, scenario: &'static str, a: &str, b: Option<String>, meaning: &'static str, about: About) {
+        if let Some(b) = b {
+            self.comparisons.push(Comparison { scenario, a: a.to_string(), b, meaning, about });
+        }
+    }
+
+    fn text_sink(compression: &str) -> String {
+        format!("format = \"ndjson\"\ncompression = \"{compression}\"\nbuffer = {{ size_mb = 64, interval_s = 900 }}\n")
+    }
+
+    fn parquet_sink(&self, codec: &str) -> Result<String, BenchError> {
+        let schema = self.work.join("cloudfront-schema.toml");
+        std::fs::write(&schema, CLOUDFRONT_SCHEMA).map_err(io_error("cannot write the Parquet schema"))?;
+        Ok(format!(
+            "format = \"parquet\"\ncompression = \"{codec}\"\nschema = {:?}\nparquet = {{ row_group_mb = 128 }}\nbuffer = {{ size_mb = 128, interval_s = 900 }}\n",
+            schema.display().to_string()
+        ))
+    }
+
+    fn gzip(&mut self, ct: &Workload) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let sluice = self.sluice("gzip", "sluice gzip", ct, n, &Self::text_sink("gzip"))?;
+        let pigz = self.baseline("gzip", &format!("pigz -6 -p {n}"), "pigz", ct, |pigz, out| {
+            format!(
+                "mkdir -p {o} && {} -6 -p {n} -c < {} > {o}/out.gz",
+                shell_quote(pigz),
+                shell_quote(&ct.path),
+                o = shell_quote(out)
+            )
+        });
+        self.compare("gzip", &sluice, pigz, "same bytes compressed by pigz across all cores");
+        let gzip = self.baseline("gzip", "gzip -6", "gzip", ct, |gzip, out| {
+            format!(
+                "mkdir -p {o} && {} -6 -c < {} > {o}/out.gz",
+                shell_quote(gzip),
+                shell_quote(&ct.path),
+                o = shell_quote(out)
+            )
+        });
+        self.compare("gzip", &sluice, gzip, "single-threaded gzip");
+        self.notes.push(
+            "gzip: baseline rsyslog (imfile → omfile zipLevel=6) is not in the harness yet: it tails forever, and the harness has no end-of-input check for it".into(),
+        );
+        Ok(())
+    }
+
+    fn zstd(&mut self, ct: &Workload) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let sluice = self.sluice("zstd", "sluice zstd", ct, n, &Self::text_sink("zstd"))?;
+        let zstd = self.baseline("zstd", &format!("zstd -3 -T{n}"), "zstd", ct, |zstd, out| {
+            format!(
+                "mkdir -p {o} && {} -q -3 -T{n} -c < {} > {o}/out.zst",
+                shell_quote(zstd),
+                shell_quote(&ct.path),
+                o = shell_quote(out)
+            )
+        });
+        self.compare("zstd", &sluice, zstd, "same bytes compressed by the zstd CLI across all cores");
+        Ok(())
+    }
+
+    fn parquet(&mut self, cf: &Workload) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let python = python_with_pyarrow(&self.dirs);
+        for codec in ["snappy", "zstd"] {
+            let sink = self.parquet_sink(codec)?;
+            let sluice = self.sluice("parquet", &format!("sluice parquet {codec}"), cf, n, &sink)?;
+            let duckdb = self.baseline("parquet", &format!("duckdb {codec} threads={n}"), "duckdb", cf, |duckdb, out| {
+                let sql = format!(
+                    "SET threads = {n}; COPY (SELECT * FROM read_json('{}', format = 'newline_delimited')) TO '{}/out.parquet' (FORMAT parquet, COMPRESSION {codec});",
+                    cf.path.display(),
+                    out.display()
+                );
+                format!("mkdir -p {} && {} -c \"{sql}\" > /dev/null", shell_quote(out), shell_quote(duckdb))
+            });
+            self.compare("parquet", &sluice, duckdb, "DuckDB CLI reading the NDJSON and writing Parquet");
+            match &python {
+                Some(python) => {
+                    let name = format!("pyarrow {codec}");
+                    let output = self.output("parquet", &name);
+                    let line = format!(
+                        "mkdir -p {o} && {} -c 'import sys, pyarrow.json as j, pyarrow.parquet as pq; pq.write_table(j.read_json(sys.argv[1]), sys.argv[2], compression=sys.argv[3])' {} {o}/out.parquet {codec}",
+                        shell_quote(python),
+                        shell_quote(&cf.path),
+                        o = shell_quote(&output)
+                    );
+                    self.cases.push(Case { scenario: "parquet", name: name.clone(), sluice: false, command: shell(line), input: cf.clone(), output });
+                    self.compare("parquet", &sluice, Some(name), "pyarrow's JSON reader and Parquet writer");
+                }
+                None => self.notes.push(format!("parquet: baseline `pyarrow {codec}` skipped: no python with pyarrow (scripts/test.sh installs it in target/test-venv)")),
+            }
+        }
+        Ok(())
+    }
+
+    fn scale(&mut self, cf: &Workload, big: &Workload) -> Result<(), BenchError> {
+        let gzip = Self::text_sink("gzip");
+        let parquet = self.parquet_sink("snappy")?;
+        for (kind, sink) in [("gzip", gzip), ("parquet", parquet)] {
+            let one = self.sluice("scale", &format!("sluice {kind} workers=1"), cf, 1, &sink)?;
+            let two = self.sluice("scale", &format!("sluice {kind} workers=2"), cf, 2, &sink)?;
+            self.compare_on("scale", &two, Some(one.clone()), "speed-up from a second worker (ideal 2)", About::Speed);
+            let ten = self.sluice("scale", &format!("sluice {kind} workers=1 10x input"), big, 1, &sink)?;
+            self.compare_on("scale", &ten, Some(one), "peak RSS with ten times the input (flat is 1)", About::Memory);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the bench and writes `results.{md,json,svg}` to `options.out`; `progress` gets a line per run.
+pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchReport, BenchError> {
+    for s in &options.scenarios {
+        if !SCENARIOS.contains(&s.as_str()) {
+            return Err(BenchError::UnknownScenario(s.clone()));
+        }
+    }
+    let wants = |s: &str| options.scenarios.iter().any(|x| x == s);
+    let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let work = options.out.join("work");
+    std::fs::create_dir_all(&work).map_err(io_error(format!("cannot create {}", work.display())))?;
+    let data = options.out.join("data");
+    let mut planner = Planner {
+        options,
+        work,
+        dirs: venv_dirs(&options.sluice),
+        cases: Vec::new(),
+        comparisons: Vec::new(),
+        notes: Vec::new(),
+    };
+    progress("generating the workload");
+    if wants("gzip") || wants("zstd") {
+        let ct = workload(&data, Profile::Cloudtrail, 7, options.size_bytes)?;
+        if wants("gzip") {
+            planner.gzip(&ct)?;
+        }
+        if wants("zstd") {
+            planner.zstd(&ct)?;
+        }
+    }
+    if wants("parquet") || wants("scale") {
+        let cf = workload(&data, Profile::Cloudfront, 1, options.size_bytes)?;
+        if wants("parquet") {
+            planner.parquet(&cf)?;
+        }
+        if wants("scale") {
+            let big = workload(&data, Profile::Cloudfront, 1, options.size_bytes * 10)?;
+            planner.scale(&cf, &big)?;
+        }
+    }
+    if wants("http") {
+        planner.notes.push(
+            "http: not run: sluice has no HTTP endpoint sink yet (the scenario and its syslog-ng baseline come with it)".into(),
+        );
+    }
+    if wants("ingest") {
+        planner.notes.push(
+            "ingest: not in `sluice bench` yet; `cargo bench --bench ingest` measures PutRecordBatch load against a trivial server in one run".into(),
+        );
+    }
+    let Planner { cases, comparisons, notes, .. } = planner;
+
+    let mut usages: Vec<Vec<Usage>> = vec![Vec::new(); cases.len()];
+    for run in 0..options.runs {
+        for (case, runs) in cases.iter().zip(usages.iter_mut()) {
+            progress(&format!("run {}/{}: {} / {}", run + 1, options.runs, case.scenario, case.name));
+            let _ = std::fs::remove_dir_all(&case.output);
+            let measured = measure_via(&options.sluice, &case.command)
+                .map_err(io_error(format!("cannot run case `{}`", case.name)))?;
+            if measured.code != Some(0) {
+                return Err(BenchError::CaseFailed {
+                    case: case.name.clone(),
+                    code: measured.code,
+                    command: command_line(&case.command),
+                });
+            }
+            runs.push(measured.usage);
+        }
+    }
+    for case in &cases {
+        let _ = std::fs::remove_dir_all(&case.output);
+    }
+
+    let results: Vec<CaseResult> = cases.iter().zip(usages).map(|(case, runs)| case_result(case, runs)).collect();
+    let by_name: BTreeMap<(&str, &str), &CaseResult> =
+        results.iter().map(|r| ((r.scenario.as_str(), r.case.as_str()), r)).collect();
+    let comparisons = comparisons
+        .iter()
+        .filter_map(|c| {
+            let (a, b) = (by_name.get(&(c.scenario, c.a.as_str()))?, by_name.get(&(c.scenario, c.b.as_str()))?);
+            Some(ComparisonResult {
+                scenario: c.scenario.to_string(),
+                case: c.a.clone(),
+                against: c.b.clone(),
+                speed_ratio: b.wall_s.median / a.wall_s.median.max(1e-9),
+                memory_ratio: a.peak_rss_mib.median / b.peak_rss_mib.median.max(1e-9),
+                meaning: c.meaning.to_string(),
+                about: c.about,
+            })
+        })
+        .collect();
+    let report = BenchReport {
+        started,
+        machine: machine(),
+        command: format!(
+            "sluice bench --size {} --runs {} --scenario {}",
+            options.size_bytes,
+            options.runs,
+            options.scenarios.join(" --scenario ")
+        ),
+        runs: options.runs,
+        cases: results,
+        comparisons,
+        notes,
+    };
+    write_results(&options.out, &report)?;
+    Ok(report)
+}
+
+fn command_line(c: &MeasuredCommand) -> String {
+    std::iter::once(&c.program).chain(&c.args).map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+}
+
+fn case_result(case: &Case, runs: Vec<Usage>) -> CaseResult {
+    let stat = |f: &dyn Fn(&Usage) -> f64| Stat::of(runs.iter().map(f).collect());
+    let secs = |u: &Usage| u.wall.as_secs_f64().max(1e-9);
+    CaseResult {
+        scenario: case.scenario.to_string(),
+        case: case.name.clone(),
+        sluice: case.sluice,
+        input_bytes: case.input.bytes,
+        input_records: case.input.records,
+        wall_s: stat(&|u| u.wall.as_secs_f64()),
+        cpu_s: stat(&|u| u.cpu.as_secs_f64()),
+        mb_per_s: stat(&|u| case.input.bytes as f64 / 1e6 / secs(u)),
+        records_per_s: stat(&|u| case.input.records as f64 / secs(u)),
+        peak_rss_mib: stat(&|u| u.max_rss_bytes as f64 / (1024.0 * 1024.0)),
+        runs,
+    }
+}
+
+/// Cores, memory and kernel of this machine.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or_else(|| "? GiB".to_string(), |kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores ({cpu}), {memory}, Linux {}", kernel.trim())
+}
+
+fn write_results(out: &Path, report: &BenchReport) -> Result<(), BenchError> {
+    let json = serde_json::to_vec_pretty(report)
+        .map_err(|e| BenchError::Io { what: "cannot encode results".into(), source: io::Error::other(e) })?;
+    std::fs::write(out.join("results.json"), json).map_err(io_error("cannot write results.json"))?;
+    std::fs::write(out.join("results.md"), markdown(report)).map_err(io_error("cannot write results.md"))?;
+    std::fs::write(out.join("results.svg"), svg(report)).map_err(io_error("cannot write results.svg"))?;
+    Ok(())
+}
+
+fn spread(s: &Stat, digits: usize) -> String {
+    format!("{:.d$} ({:.d$}–{:.d$})", s.median, s.min, s.max, d = digits)
+}
+
+/// The results as Markdown: the machine and command, the cases, the ratios, the notes.
+pub fn markdown(report: &BenchReport) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# sluice bench\n");
+    let _ = writeln!(md, "- when: {}\n- machine: {}\n- command: `{}`", report.started, report.machine, report.command);
+    let _ = writeln!(md, "- each case ran {} times, alternating with the others; median (min–max)\n", report.runs);
+    let _ = writeln!(md, "## Ratios\n");
+    let _ = writeln!(md, "| scenario | case | against | speed ratio | memory ratio | meaning |");
+    let _ = writeln!(md, "|---|---|---|---:|---:|---|");
+    for c in &report.comparisons {
+        let shown = |on: bool, ratio: f64| if on { format!("{ratio:.2}×") } else { "—".to_string() };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            c.scenario,
+            c.case,
+            c.against,
+            shown(c.about != About::Memory, c.speed_ratio),
+            shown(c.about != About::Speed, c.memory_ratio),
+            c.meaning
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nSpeed ratio: the other's median wall time ÷ this case's (above 1: faster). Memory ratio: this case's median peak RSS ÷ the other's (below 1: less memory).\n"
+    );
+    let _ = writeln!(md, "## Cases\n");
+    let _ = writeln!(md, "| scenario | case | input | wall s | CPU s | MB/s | records/s | peak RSS MiB |");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
+    for c in &report.cases {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} MB | {} | {} | {} | {:.0} | {} |",
+            c.scenario,
+            if c.sluice { format!("**{}**", c.case) } else { c.case.clone() },
+            c.input_bytes as f64 / 1e6,
+            spread(&c.wall_s, 2),
+            spread(&c.cpu_s, 2),
+            spread(&c.mb_per_s, 1),
+            c.records_per_s.median,
+            spread(&c.peak_rss_mib, 0),
+        );
+    }
+    if !report.notes.is_empty() {
+        let _ = writeln!(md, "\n## Notes\n");
+        for n in &report.notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    md
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Two bar charts side by side: MB/s and peak RSS per case, grouped by scenario, sluice in one
+/// colour and baselines in another.
+pub fn svg(report: &BenchReport) -> String {
+    let row = 22.0;
+    let label_width = 300.0;
+    let panel = 300.0;
+    let top = 50.0;
+    let height = top + row * report.cases.len() as f64 + 40.0;
+    let width = label_width + 2.0 * panel + 80.0;
+    let max_speed = report.cases.iter().map(|c| c.mb_per_s.median).fold(1e-9, f64::max);
+    let max_rss = report.cases.iter().map(|c| c.peak_rss_mib.median).fold(1e-9, f64::max);
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="20" font-size="14" font-weight="bold">sluice bench: {}</text>"#,
+        xml_escape(&report.machine)
+    );
+    let panels = [
+        (label_width, "throughput, MB/s (longer is better)"),
+        (label_width + panel + 40.0, "peak RSS, MiB (shorter is better)"),
+    ];
+    for (x, title) in panels {
+        let _ = writeln!(svg, r#"<text x="{x:.0}" y="40">{title}</text>"#);
+    }
+    for (i, c) in report.cases.iter().enumerate() {
+        let y = top + row * i as f64;
+        let colour = if c.sluice { "#1f77b4" } else { "#aaaaaa" };
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.0}" y="{:.0}" text-anchor="end">{} · {}</text>"#,
+            label_width - 8.0,
+            y + 14.0,
+            xml_escape(&c.scenario),
+            xml_escape(&c.case)
+        );
+        for (x, value, max, unit) in
+            [(panels[0].0, c.mb_per_s.median, max_speed, ""), (panels[1].0, c.peak_rss_mib.median, max_rss, "")]
+        {
+            let w = (value / max * (panel - 60.0)).max(1.0);
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{x:.0}" y="{:.0}" width="{w:.1}" height="{:.0}" fill="{colour}"/>"#,
+                y + 3.0,
+                row - 6.0
+            );
+            let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.0}">{value:.0}{unit}</text>"#, x + w + 4.0, y + 14.0);
+        }
+    }
+    let _ = writeln!(
+        svg,
+        r##"<text x="10" y="{:.0}" fill="#555">blue: sluice, grey: baselines; medians of {} alternating runs</text>"##,
+        height - 12.0,
+        report.runs
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_reject_nonsense() {
+        assert_eq!(parse_size("200MB"), Ok(200_000_000));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("1.5MiB"), Ok(1_572_864));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").unwrap_err().contains("unknown size unit"));
+    }
+
+    #[test]
+    fn medians_and_spreads() {
+        let s = Stat::of(vec![3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Stat::of(vec![4.0, 1.0, 2.0, 3.0]).median, 2.5);
+    }
+}

@@ -1,0 +1,49 @@
+//! `sluice bench` end to end on a tiny input: every scenario runs (or is noted as not run), each
+//! case twice alternating, and the Markdown, JSON and SVG results are written. No timing is
+//! asserted: only that the harness works and reports what it skipped.
+
+use super::support::sluice;
+
+#[test]
+fn the_bench_harness_runs_every_scenario_and_writes_its_three_reports() {
+    let out = tempfile::tempdir().unwrap();
+    let run = sluice().args(["bench", "--size", "400KB", "--runs", "2", "--out"]).arg(out.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    let cases = json["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["case"].as_str().unwrap()).collect();
+    for expected in
+        ["sluice gzip", "sluice zstd", "sluice parquet snappy", "sluice parquet zstd", "sluice gzip workers=2"]
+    {
+        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    }
+    for case in cases {
+        assert_eq!(case["runs"].as_array().unwrap().len(), 2, "{case}");
+        assert!(case["input_bytes"].as_u64().unwrap() > 300_000, "{case}");
+        assert!(case["peak_rss_mib"]["median"].as_f64().unwrap() > 0.0, "{case}");
+        let wall = &case["wall_s"];
+        assert!(wall["min"].as_f64() <= wall["median"].as_f64() && wall["median"].as_f64() <= wall["max"].as_f64());
+    }
+    // Every baseline the harness knows is either measured (and compared) or noted as skipped.
+    let notes: Vec<&str> = json["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    let comparisons = json["comparisons"].as_array().unwrap();
+    for baseline in ["pigz", "gzip -6", "zstd -3", "duckdb snappy", "duckdb zstd", "pyarrow snappy", "pyarrow zstd"] {
+        let measured = comparisons.iter().any(|c| c["against"].as_str().unwrap().starts_with(baseline));
+        let noted = notes.iter().any(|n| n.contains(baseline) && n.contains("skipped"));
+        assert!(measured || noted, "{baseline}: neither measured nor noted");
+    }
+    assert!(notes.iter().any(|n| n.starts_with("http:")), "{notes:?}");
+    assert!(comparisons.iter().any(|c| c["about"] == "memory" && c["case"] == "sluice parquet workers=1 10x input"));
+
+    let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(md.contains("## Ratios") && md.contains("| gzip | **sluice gzip** |"), "{md}");
+    assert_eq!(md, stdout, "stdout is the Markdown report");
+    let svg = std::fs::read_to_string(out.path().join("results.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<rect").count(), 1 + 2 * cases.len(), "a background and two bars per case");
+    // The generated input stays for the next run; the work outputs are gone.
+    assert!(out.path().join("data").read_dir().unwrap().count() >= 2);
+}
