@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -29,7 +28,7 @@ use crate::buffer::{ObjectKind, SealedObject, UploadStep};
 use crate::config::SinkSettings;
 use crate::error_output::output_type;
 use crate::metrics::PipelineMetrics;
-use crate::retry::{RetryPolicy, deliver_with_retries, until_stored, with_retries};
+use crate::retry::{deliver_with_retries, until_stored, with_retries};
 use crate::traits::{DeliveryError, PartUpload, Payload, Sink};
 
 /// What came back for one object.
@@ -184,11 +183,18 @@ impl Session {
                 && (!body.is_empty() || last.is_some() && uploads.is_empty())
             {
                 let (u, index) = (Arc::clone(u), uploads.len());
-                // A store that numbers parts itself cannot take a part again: one attempt only.
-                let policy = if u.retries_parts() { retry } else { RetryPolicy { duration: Duration::ZERO, ..retry } };
+                // A store that numbers parts itself numbers them when they are handed over, so they
+                // are handed over here, in order (spawned tasks start in any order), and cannot be
+                // sent again: one attempt. A store with numbered parts retries each on its own.
+                let first_attempt = u.put_part(index, body.clone());
                 let (metrics, sink_index) = (Arc::clone(&target.metrics), target.index);
                 uploads.push(tokio::spawn(async move {
-                    let (_, result) = with_retries(policy, || u.put_part(index, body.clone())).await;
+                    let result = match first_attempt.await {
+                        Err(e) if e.is_retryable() && u.retries_parts() => {
+                            with_retries(retry, || u.put_part(index, body.clone())).await.1
+                        }
+                        result => result,
+                    };
                     if result.is_ok() {
                         metrics.sinks[sink_index].parts.fetch_add(1, Relaxed);
                     }
