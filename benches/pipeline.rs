@@ -5,8 +5,8 @@
 //! - `file → parquet (snappy | zstd) → file://`, 1 and 2 workers, vs the DuckDB CLI's
 //!   `COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet)` with 2 threads.
 //!
-//! Then each pair runs once more as processes (the `sluice` binary and the tool), alternating three
-//! times, for the median wall time, CPU time and peak RSS of each.
+//! Whole processes side by side (wall, CPU and peak RSS of `sluice run` against each tool, alternating
+//! runs, more baselines) are `sluice bench`.
 //!
 //! `cargo bench --bench pipeline` (input size: `SLUICE_BENCH_MB`, default 200). Baselines: `pigz` and
 //! `zstd` from the PATH (`apt-get install pigz zstd`), `duckdb` from the PATH or
@@ -28,7 +28,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
-use sluice_connectors::measure::{MeasuredCommand, Usage, measure_via};
 use sluice_connectors::registry;
 use sluice_connectors::synth::{Profile, write_ndjson};
 use sluice_engine::metrics::PipelineMetrics;
@@ -182,90 +181,9 @@ fn print_ratios() {
     }
 }
 
-/// The median of each figure over `runs`.
-fn median(runs: &mut [Usage]) -> Usage {
-    let middle = runs.len() / 2;
-    let mut pick = |key: fn(&Usage) -> u128| {
-        runs.sort_by_key(key);
-        runs[middle]
-    };
-    Usage {
-        wall: pick(|u| u.wall.as_micros()).wall,
-        cpu: pick(|u| u.cpu.as_micros()).cpu,
-        max_rss_bytes: pick(|u| u128::from(u.max_rss_bytes)).max_rss_bytes,
-    }
-}
-
-/// Runs the `sluice` binary and a baseline command alternately, three times each (each through
-/// `sluice measure`, so peak RSS is the command's own), and prints the median wall time, CPU time
-/// and peak RSS of both with the ratios.
-fn compare_processes(label: &str, toml: &str, out: &Path, baseline: &MeasuredCommand) {
-    let sluice_bin = Path::new(env!("CARGO_BIN_EXE_sluice"));
-    let config = out.with_extension("toml");
-    std::fs::write(&config, toml).expect("bench pipeline file");
-    let sluice =
-        MeasuredCommand::new(sluice_bin, ["run".as_ref(), config.as_os_str(), "--workers".as_ref(), "2".as_ref()]);
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        for (command, runs) in [(&sluice, &mut ours), (baseline, &mut theirs)] {
-            std::fs::create_dir_all(out).expect("bench output");
-            let measured = measure_via(sluice_bin, command).expect("bench command");
-            // Exit 2 would mean records went to the error output, which the bench data never has.
-            assert_eq!(measured.code, Some(0), "{label}: {command:?}");
-            runs.push(measured.usage);
-            let _ = std::fs::remove_dir_all(out);
-        }
-    }
-    let (s, b) = (median(&mut ours), median(&mut theirs));
-    let mib = |u: &Usage| u.max_rss_bytes as f64 / (1 << 20) as f64;
-    println!(
-        "  {label:<26} sluice {:>5.2} s wall {:>5.2} s cpu {:>6.1} MiB | baseline {:>5.2} s {:>5.2} s {:>6.1} MiB | speed {:.2}x, memory {:.2}x",
-        s.wall.as_secs_f64(),
-        s.cpu.as_secs_f64(),
-        mib(&s),
-        b.wall.as_secs_f64(),
-        b.cpu.as_secs_f64(),
-        mib(&b),
-        b.wall.as_secs_f64() / s.wall.as_secs_f64(),
-        mib(&s) / mib(&b),
-    );
-}
-
-/// Whole processes side by side: `sluice run` with 2 workers vs each baseline.
-fn print_processes() {
-    let (input, _) = input_file();
-    let out = tempfile::tempdir().expect("bench output");
-    let target = out.path().join("out");
-    println!(
-        "\nprocesses, median of 3 alternating runs (speed: baseline wall / sluice wall; memory: sluice / baseline peak RSS):"
-    );
-    for (compression, tool, args) in
-        [("gzip", "pigz", ["-6", "-p", "2", "-c"].as_slice()), ("zstd", "zstd", &["-3", "-T2", "-c"])]
-    {
-        if have(tool) {
-            let baseline = MeasuredCommand::new(tool, args.iter().copied()).stdin(&input);
-            let toml = pipeline(&input, &target, "ndjson", compression);
-            compare_processes(&format!("{compression} vs {tool}"), &toml, &target, &baseline);
-        }
-    }
-    if let Some(duckdb) = duckdb() {
-        for codec in ["snappy", "zstd"] {
-            let sql = format!(
-                "SET threads = 2; COPY (SELECT * FROM read_json('{}', format = 'newline_delimited')) TO '{}' (FORMAT parquet, COMPRESSION {codec});",
-                input.display(),
-                target.join("duckdb.parquet").display()
-            );
-            let baseline = MeasuredCommand::new(&duckdb, ["-c".to_string(), sql]);
-            let toml = pipeline(&input, &target, "parquet", codec);
-            compare_processes(&format!("parquet {codec} vs duckdb"), &toml, &target, &baseline);
-        }
-    }
-}
-
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     bench(&mut criterion);
     criterion.final_summary();
     print_ratios();
-    print_processes();
 }

@@ -101,6 +101,14 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<std::ffi::OsString>,
     },
+    /// An HTTP server that reads each POST body and answers `{}`: the `ingest` baseline of
+    /// `sluice bench`. Runs until SIGTERM/Ctrl-C.
+    #[command(hide = true)]
+    TrivialServer {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// Write synthetic logs as NDJSON (deterministic for a seed).
     Gen {
         /// Log shape.
@@ -165,6 +173,7 @@ fn main() -> ExitCode {
             gen_command(profile, records, seed, output).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench { scenarios, size, out, runs, threads } => bench_command(scenarios, size, out, runs, threads),
+        Command::TrivialServer { listen } => trivial_server_command(listen),
     };
     match result {
         Ok(code) => code,
@@ -173,6 +182,22 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `sluice trivial-server`: the trivial server until a signal.
+fn trivial_server_command(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            served = sluice_connectors::bench::load::trivial_server(listener) => served?,
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// `sluice bench`: runs the harness, prints the Markdown table and where the results went.

@@ -4,7 +4,8 @@
 //! The workload is generated once per size (`sluice gen`'s synthesizer, fixed seeds: CloudTrail-style
 //! records for the compression scenarios, CloudFront-style for Parquet) under `<out>/data`. Each
 //! scenario is a list of cases, sluice runs and baselines, each a process measured through
-//! `sluice measure` (wall, CPU, peak RSS of that process alone). Runs alternate between the cases
+//! `sluice measure` (wall, CPU, peak RSS of that process alone); the `ingest` cases are servers,
+//! started, sent PutRecordBatch load from this process, and stopped, their wall time being the load's. Runs alternate between the cases
 //! (A B C A B C …) so a noisy neighbour hits all of them alike; the report gives each case's median
 //! and spread (min–max), and each comparison's ratio of medians. Results go to `<out>` as
 //! `results.md`, `results.json` and `results.svg`.
@@ -22,6 +23,8 @@ use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
+pub mod load;
+
 use crate::measure::{MeasuredCommand, Usage, measure_via};
 use crate::synth::{Profile, write_ndjson};
 
@@ -29,7 +32,7 @@ use crate::synth::{Profile, write_ndjson};
 pub const SCENARIOS: &[&str] = &["gzip", "zstd", "parquet", "http", "ingest", "scale"];
 
 /// The CloudFront schema the Parquet cases declare (the same file as `pipelines/schemas`).
-const CLOUDFRONT_SCHEMA: &str = include_str!("../../pipelines/schemas/cloudfront.toml");
+const CLOUDFRONT_SCHEMA: &str = include_str!("../../../pipelines/schemas/cloudfront.toml");
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -101,7 +104,21 @@ struct Case {
     input: Workload,
     /// Emptied before each run.
     output: PathBuf,
+    /// For a server (the `ingest` scenario): the load that measures it.
+    load: Option<ServerLoad>,
 }
+
+/// A server case: started, sent `requests` PutRecordBatch requests, stopped with SIGTERM. Its wall
+/// time is the load's (first request to last answer); CPU and peak RSS are the whole process's.
+#[derive(Debug, Clone, Copy)]
+struct ServerLoad {
+    port: u16,
+    signed: bool,
+    requests: usize,
+}
+
+/// Concurrent clients of the `ingest` scenario.
+const INGEST_CLIENTS: usize = 8;
 
 /// A ratio the report gives: `a` against `b`.
 #[derive(Debug, Clone)]
@@ -335,7 +352,15 @@ impl Planner<'_> {
             self.options.sluice.as_os_str(),
             [OsString::from("run"), "--quiet".into(), "--workers".into(), workers.to_string().into(), pipeline.into()],
         );
-        self.cases.push(Case { scenario, name: name.to_string(), sluice: true, command, input: input.clone(), output });
+        self.cases.push(Case {
+            scenario,
+            name: name.to_string(),
+            sluice: true,
+            command,
+            input: input.clone(),
+            output,
+            load: None,
+        });
         Ok(name.to_string())
     }
 
@@ -361,6 +386,7 @@ impl Planner<'_> {
             command,
             input: input.clone(),
             output,
+            load: None,
         });
         Some(name.to_string())
     }
@@ -455,13 +481,75 @@ impl Planner<'_> {
                         shell_quote(&cf.path),
                         o = shell_quote(&output)
                     );
-                    self.cases.push(Case { scenario: "parquet", name: name.clone(), sluice: false, command: shell(line), input: cf.clone(), output });
+                    self.cases.push(Case { scenario: "parquet", name: name.clone(), sluice: false, command: shell(line), input: cf.clone(), output, load: None });
                     self.compare("parquet", &sluice, Some(name), "pyarrow's JSON reader and Parquet writer");
                 }
                 None => self.notes.push(format!("parquet: baseline `pyarrow {codec}` skipped: no python with pyarrow (scripts/test.sh installs it in target/test-venv)")),
             }
         }
         Ok(())
+    }
+
+    /// PutRecordBatch requests of `--size` bytes of records (SigV4-signed) into sluice (write-ahead
+    /// log with fsync, zstd NDJSON objects), and the same requests into the trivial server.
+    fn ingest(&mut self, bodies: &[(Vec<u8>, u64)]) -> Result<Workload, BenchError> {
+        let per_request = bodies.iter().map(|b| b.1).sum::<u64>() / bodies.len().max(1) as u64;
+        let requests = (self.options.size_bytes / per_request.max(1)).max(INGEST_CLIENTS as u64) as usize;
+        let input = Workload {
+            path: PathBuf::from("PutRecordBatch"),
+            bytes: requests as u64 * per_request,
+            records: (requests * load::RECORDS_PER_REQUEST) as u64,
+        };
+        let port = load::free_port().map_err(io_error("cannot find a free port"))?;
+        let output = self.output("ingest", "sluice");
+        let pipeline = self.work.join("ingest-sluice.toml");
+        let toml = format!(
+            "[pipeline]\nname = \"bench\"\ndata_dir = {data:?}\ndurability = \"fsync\"\n\n\
+             [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n\
+             auth = {{ access_keys = [{{ id = \"{key}\", secret = \"{secret}\" }}] }}\n\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{out}\"\nformat = \"ndjson\"\n\
+             compression = \"zstd\"\nbuffer = {{ size_mb = 64, interval_s = 60 }}\n",
+            data = self.work.join("state-ingest").display().to_string(),
+            key = load::ACCESS_KEY,
+            secret = load::SECRET_KEY,
+            out = output.display(),
+        );
+        std::fs::write(&pipeline, toml).map_err(io_error(format!("cannot write {}", pipeline.display())))?;
+        let n = self.options.threads.to_string();
+        let name = "sluice ingest (SigV4, fsync log, zstd)";
+        let command = MeasuredCommand::new(
+            self.options.sluice.as_os_str(),
+            [OsString::from("run"), "--quiet".into(), "--workers".into(), n.into(), pipeline.into()],
+        );
+        let load = Some(ServerLoad { port, signed: true, requests });
+        self.cases.push(Case {
+            scenario: "ingest",
+            name: name.into(),
+            sluice: true,
+            command,
+            input: input.clone(),
+            output,
+            load,
+        });
+        let port = load::free_port().map_err(io_error("cannot find a free port"))?;
+        let trivial = "trivial server (reads the body)";
+        let command = MeasuredCommand::new(
+            self.options.sluice.as_os_str(),
+            ["trivial-server".to_string(), "--listen".into(), format!("127.0.0.1:{port}")],
+        );
+        let load = Some(ServerLoad { port, signed: false, requests });
+        let output = self.output("ingest", trivial);
+        self.cases.push(Case {
+            scenario: "ingest",
+            name: trivial.into(),
+            sluice: false,
+            command,
+            input: input.clone(),
+            output,
+            load,
+        });
+        self.compare("ingest", name, Some(trivial.to_string()), "the same requests into a server that only reads them");
+        Ok(input)
     }
 
     fn scale(&mut self, cf: &Workload, big: &Workload) -> Result<(), BenchError> {
@@ -523,20 +611,22 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
             "http: not run: sluice has no HTTP endpoint sink yet (the scenario and its syslog-ng baseline come with it)".into(),
         );
     }
+    let bodies = load::bodies("bench").map_err(io_error("cannot prepare the ingest requests"))?;
     if wants("ingest") {
-        planner.notes.push(
-            "ingest: not in `sluice bench` yet; `cargo bench --bench ingest` measures PutRecordBatch load against a trivial server in one run".into(),
-        );
+        planner.ingest(&bodies)?;
     }
-    let Planner { cases, comparisons, notes, .. } = planner;
+    let Planner { cases, comparisons, mut notes, .. } = planner;
 
     let mut usages: Vec<Vec<Usage>> = vec![Vec::new(); cases.len()];
     for run in 0..options.runs {
         for (case, runs) in cases.iter().zip(usages.iter_mut()) {
             progress(&format!("run {}/{}: {} / {}", run + 1, options.runs, case.scenario, case.name));
             let _ = std::fs::remove_dir_all(&case.output);
-            let measured = measure_via(&options.sluice, &case.command)
-                .map_err(io_error(format!("cannot run case `{}`", case.name)))?;
+            let measured = match &case.load {
+                None => measure_via(&options.sluice, &case.command),
+                Some(server) => measure_server(&options.sluice, &case.command, server, &bodies, &mut notes),
+            }
+            .map_err(io_error(format!("cannot run case `{}`", case.name)))?;
             if measured.code != Some(0) {
                 return Err(BenchError::CaseFailed {
                     case: case.name.clone(),
@@ -585,6 +675,52 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
     };
     write_results(&options.out, &report)?;
     Ok(report)
+}
+
+/// Starts a server case through `sluice measure`, sends its load, stops it with SIGTERM; the wall
+/// time is the load's.
+fn measure_server(
+    sluice: &Path,
+    command: &MeasuredCommand,
+    server: &ServerLoad,
+    bodies: &[(Vec<u8>, u64)],
+    notes: &mut Vec<String>,
+) -> io::Result<crate::measure::Measured> {
+    let report = tempfile::NamedTempFile::new()?;
+    let mut child = Command::new(sluice)
+        .args([
+            "measure".as_ref(),
+            "--report".as_ref(),
+            report.path().as_os_str(),
+            "--".as_ref(),
+            command.program.as_os_str(),
+        ])
+        .args(&command.args)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let requests = std::sync::Arc::new(load::requests(bodies, server.port, server.signed)?);
+    let sent = load::wait_for(server.port)
+        .and_then(|()| load::send(server.port, &requests, INGEST_CLIENTS, load::Until::Requests(server.requests)));
+    // The measured process is the only child of `sluice measure`.
+    let pid = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))?;
+    for pid in pid.split_whitespace() {
+        Command::new("kill").args(["-TERM", pid]).status()?;
+    }
+    child.wait()?;
+    let outcome = sent?;
+    if outcome.throttled_requests > 0 {
+        notes.push(format!(
+            "ingest: {} of {} requests to `{}` were throttled (not counted, not retried)",
+            outcome.throttled_requests,
+            server.requests,
+            command_line(command)
+        ));
+    }
+    let text = std::fs::read_to_string(report.path())?;
+    let mut measured: crate::measure::Measured =
+        serde_json::from_str(&text).map_err(|e| io::Error::other(format!("bad measure report: {e}")))?;
+    measured.usage.wall = outcome.elapsed;
+    Ok(measured)
 }
 
 fn command_line(c: &MeasuredCommand) -> String {

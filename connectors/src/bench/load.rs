@@ -1,0 +1,205 @@
+//! PutRecordBatch load for the benchmarks (`sluice bench`'s `ingest` scenario and `cargo bench
+//! --bench ingest`): prepared requests of 500 VPC-Flow-Logs-style records, optionally SigV4-signed,
+//! sent by concurrent clients; and the trivial server they are compared with, which only reads the
+//! body and answers `{}`.
+//!
+//! Guarantees: a record counts as sent only when its request was answered 200 with
+//! `"FailedPutCount":0` (or `{}` from the trivial server); throttled requests are counted apart, not
+//! retried, so a run that throttles says so instead of looking fast.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+
+use crate::api::sigv4::Signer;
+use crate::synth::{Profile, write_ndjson};
+
+/// Records per PutRecordBatch request (Firehose's maximum).
+pub const RECORDS_PER_REQUEST: usize = 500;
+/// Distinct request bodies, sent in turn.
+const DISTINCT_REQUESTS: usize = 32;
+/// The access key the benchmarks sign with (and the pipelines accept).
+pub const ACCESS_KEY: &str = "AKIDBENCH";
+/// Its secret.
+pub const SECRET_KEY: &str = "bench-secret";
+
+/// One prepared request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The JSON body.
+    pub body: Bytes,
+    /// Its headers (signed when asked).
+    pub headers: reqwest::header::HeaderMap,
+    /// Bytes of record data it carries (before base64).
+    pub data_bytes: u64,
+}
+
+/// What a load run achieved.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOutcome {
+    /// Records acknowledged.
+    pub records: u64,
+    /// Their bytes (before base64).
+    pub bytes: u64,
+    /// Requests answered with throttled records (not retried).
+    pub throttled_requests: u64,
+    /// Each request's latency, sorted.
+    pub latencies: Vec<Duration>,
+    /// From the first request to the last answer.
+    pub elapsed: Duration,
+}
+
+impl LoadOutcome {
+    /// The latency at quantile `q` (0..=1), in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        let n = self.latencies.len();
+        let i = ((n as f64 * q) as usize).min(n.saturating_sub(1));
+        self.latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
+}
+
+/// How long to send.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    /// Until `n` requests were answered (the prepared ones in turn).
+    Requests(usize),
+    /// For a time.
+    Elapsed(Duration),
+}
+
+/// The distinct request bodies for `stream`, with the record bytes each carries.
+pub fn bodies(stream: &str) -> std::io::Result<Vec<(Vec<u8>, u64)>> {
+    let mut ndjson = Vec::new();
+    write_ndjson(Profile::Vpcflow, 7, (RECORDS_PER_REQUEST * DISTINCT_REQUESTS) as u64, &mut ndjson)?;
+    let lines: Vec<&[u8]> = ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    lines
+        .chunks(RECORDS_PER_REQUEST)
+        .map(|chunk| {
+            let records: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|r| serde_json::json!({"Data": base64::engine::general_purpose::STANDARD.encode(r)}))
+                .collect();
+            let body = serde_json::json!({"DeliveryStreamName": stream, "Records": records});
+            Ok((serde_json::to_vec(&body)?, chunk.iter().map(|r| r.len() as u64).sum()))
+        })
+        .collect()
+}
+
+/// The requests for `bodies` to `127.0.0.1:port`, SigV4-signed with [`ACCESS_KEY`] when `signed`.
+pub fn requests(bodies: &[(Vec<u8>, u64)], port: u16, signed: bool) -> std::io::Result<Vec<Request>> {
+    let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    bodies
+        .iter()
+        .map(|(body, data_bytes)| {
+            let mut h = http::HeaderMap::new();
+            let value = |v: &str| http::HeaderValue::from_str(v).map_err(std::io::Error::other);
+            h.insert("host", value(&format!("127.0.0.1:{port}"))?);
+            h.insert("content-type", value("application/x-amz-json-1.1")?);
+            h.insert("x-amz-target", value("Firehose_20150804.PutRecordBatch")?);
+            if signed {
+                let signer =
+                    Signer { key_id: ACCESS_KEY, secret: SECRET_KEY, region: "us-east-1", service: "firehose" };
+                signer.sign(&now, "POST", "/", &mut h, body).map_err(std::io::Error::other)?;
+            }
+            Ok(Request { body: Bytes::from(body.clone()), headers: h, data_bytes: *data_bytes })
+        })
+        .collect()
+}
+
+/// Sends `requests` in turn to `127.0.0.1:port` from `clients` concurrent clients until `until`.
+pub fn send(port: u16, requests: &Arc<Vec<Request>>, clients: usize, until: Until) -> std::io::Result<LoadOutcome> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build().map_err(std::io::Error::other)?;
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let results = runtime.block_on(async {
+        let tasks: Vec<_> = (0..clients.max(1))
+            .map(|_| {
+                let (http, requests, next) = (http.clone(), Arc::clone(requests), Arc::clone(&next));
+                tokio::spawn(async move {
+                    let mut outcome = LoadOutcome::default();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let more = match until {
+                            Until::Requests(n) => i < n,
+                            Until::Elapsed(d) => started.elapsed() < d,
+                        };
+                        if !more || requests.is_empty() {
+                            return Ok::<_, std::io::Error>(outcome);
+                        }
+                        let request = &requests[i % requests.len()];
+                        let sent = Instant::now();
+                        let response = http
+                            .post(format!("http://127.0.0.1:{port}/"))
+                            .headers(request.headers.clone())
+                            .body(request.body.clone())
+                            .send()
+                            .await
+                            .map_err(std::io::Error::other)?;
+                        let status = response.status();
+                        let text = response.bytes().await.map_err(std::io::Error::other)?;
+                        if !status.is_success() {
+                            return Err(std::io::Error::other(format!(
+                                "the server answered {status}: {}",
+                                String::from_utf8_lossy(&text)
+                            )));
+                        }
+                        outcome.latencies.push(sent.elapsed());
+                        if text.windows(18).any(|w| w == b"\"FailedPutCount\":0") || text.as_ref() == b"{}" {
+                            outcome.records += RECORDS_PER_REQUEST as u64;
+                            outcome.bytes += request.data_bytes;
+                        } else {
+                            outcome.throttled_requests += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut all = LoadOutcome::default();
+        for task in tasks {
+            let one = task.await.map_err(std::io::Error::other)??;
+            all.records += one.records;
+            all.bytes += one.bytes;
+            all.throttled_requests += one.throttled_requests;
+            all.latencies.extend(one.latencies);
+        }
+        Ok::<_, std::io::Error>(all)
+    });
+    let mut outcome = results?;
+    outcome.elapsed = started.elapsed();
+    outcome.latencies.sort();
+    Ok(outcome)
+}
+
+/// Serves the trivial server on `listener` until the future is dropped: reads each body, answers `{}`.
+pub async fn trivial_server(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::post(|body: Bytes| async move {
+                std::hint::black_box(body.len());
+                "{}"
+            }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    axum::serve(listener, app).await
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until something accepts connections on `port` (10 s at most).
+pub fn wait_for(port: u16) -> std::io::Result<()> {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err(std::io::Error::other(format!("nothing listens on 127.0.0.1:{port} after 10 s")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
