@@ -13,6 +13,9 @@ pub fn registry() -> Registry {
             SourceType { name: "generator", configure: sources::generator::configure },
             SourceType { name: "http", configure: sources::http::configure },
         ],
-        sinks: vec![SinkType { name: "object_store", configure: sinks::object_store::configure }],
+        sinks: vec![
+            SinkType { name: "http_endpoint", configure: sinks::http_endpoint::configure },
+            SinkType { name: "object_store", configure: sinks::object_store::configure },
+        ],
     }
 }

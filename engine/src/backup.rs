@@ -4,7 +4,8 @@
 //! of the destination (`s3-failed`, `http-endpoint-failed`, …).
 //!
 //! Guarantees: every record of the failed object is in the documents, as the sink encoded it —
-//! NDJSON lines, CSV rows (the header dropped), Parquet rows as JSON objects. An object that cannot
+//! NDJSON lines, CSV rows (the header dropped), Parquet rows as JSON objects, the records of an HTTP
+//! endpoint request as they were received. An object that cannot
 //! be split (format `raw` has no delimiter, or the bytes do not decode) becomes one document holding
 //! the whole object, so nothing is lost either way. Building the payload cannot fail.
 
@@ -44,7 +45,30 @@ pub fn records_of(format: &Format, compression: Compression, body: &[u8]) -> Res
             let text = decompress(compression, body).map_err(|e| e.to_string())?;
             csv_rows(&text)
         }
+        Format::FirehoseHttp => {
+            let text = decompress(compression, body).map_err(|e| e.to_string())?;
+            request_records(&text)
+        }
     }
+}
+
+/// The records of a Firehose HTTP request body, base64-decoded.
+fn request_records(body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    use base64::Engine;
+    #[derive(serde::Deserialize)]
+    struct Request {
+        records: Vec<Record>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Record {
+        data: String,
+    }
+    let request: Request = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    request
+        .records
+        .iter()
+        .map(|r| base64::engine::general_purpose::STANDARD.decode(&r.data).map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// Each CSV row after the header as the exact bytes of its line(s) (quoted fields may hold newlines).

@@ -240,7 +240,13 @@ impl ObjectBatcher {
         }
         let Some(object) = self.data.as_mut() else { return Ok(Ok(())) };
         match &mut object.writer {
-            DataWriter::Text(w) => w.write(&self.scratch)?,
+            DataWriter::Text(w) => {
+                let separator = self.settings.format.record_separator();
+                if !separator.is_empty() && object.records > 0 {
+                    w.write(separator)?;
+                }
+                w.write(&self.scratch)?
+            }
             DataWriter::Parquet(w) => {
                 if let Err(e) = w.append(record)? {
                     return Ok(Err(e.to_string()));
@@ -261,10 +267,11 @@ impl ObjectBatcher {
         sealed: &mut Vec<SealedObject>,
     ) -> std::io::Result<()> {
         let size_limit = self.settings.hints.size_bytes;
+        let max_records = self.settings.format.max_records();
         for record in batch.iter() {
             match self.append_data(record, epoch, batch.arrival_ms, now)? {
                 Ok(()) => {
-                    if self.data.as_ref().is_some_and(|o| o.writer.size() >= size_limit) {
+                    if self.data.as_ref().is_some_and(|o| o.writer.size() >= size_limit || o.records >= max_records) {
                         self.seal_data(sealed)?;
                     } else {
                         self.send_part_if_full(sealed);
@@ -333,10 +340,18 @@ impl ObjectBatcher {
         if let Some(mut object) = self.data.take().filter(|o| o.records > 0) {
             let s = &self.settings;
             let streaming = object.streaming.take();
-            let key = match &streaming {
-                Some((key, _)) => key.clone(),
-                None => s.keys.data_key(object.oldest_arrival_ms, &s.data_extension()),
+            let key = match (&streaming, &s.format) {
+                (Some((key, _)), _) => key.clone(),
+                // A request, not an object: its key is the request id.
+                (None, Format::FirehoseHttp) => uuid::Uuid::new_v4().to_string(),
+                (None, _) => s.keys.data_key(object.oldest_arrival_ms, &s.data_extension()),
             };
+            let trailer = s.format.trailer(&key, now_ms());
+            if let DataWriter::Text(w) = &mut object.writer
+                && !trailer.is_empty()
+            {
+                w.write(&trailer)?;
+            }
             let sent = object.sent;
             let mut sealed_object = seal(object, key, ObjectKind::Data, s.format.content_type(), data_encoding(s))?;
             if let Some((_, id)) = streaming {

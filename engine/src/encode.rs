@@ -24,6 +24,10 @@ pub enum Format {
     },
     /// Parquet files written against a declared schema (pages compressed inside the file).
     Parquet(crate::columnar::ParquetSpec),
+    /// The body of a Firehose HTTP endpoint request (FIREHOSE.md §7):
+    /// `{"records":[{"data":"<base64>"},…],"requestId":"…","timestamp":ms}`. Chosen by the sink that
+    /// sends it, not in config.
+    FirehoseHttp,
 }
 
 impl Format {
@@ -42,6 +46,34 @@ impl Format {
             Format::Ndjson => "application/x-ndjson",
             Format::Csv { .. } => "text/csv",
             Format::Parquet(_) => "application/vnd.apache.parquet",
+            Format::FirehoseHttp => "application/json",
+        }
+    }
+
+    /// Most records in one object (a Firehose HTTP request carries at most 10,000).
+    pub fn max_records(&self) -> u64 {
+        match self {
+            Format::FirehoseHttp => 10_000,
+            _ => u64::MAX,
+        }
+    }
+
+    /// Bytes between two records in an object (the comma between JSON array elements).
+    pub fn record_separator(&self) -> &'static [u8] {
+        match self {
+            Format::FirehoseHttp => b",",
+            _ => b"",
+        }
+    }
+
+    /// Bytes that end every object, given its request id (Firehose HTTP requests close their
+    /// record array and carry the id and the time of sealing).
+    pub fn trailer(&self, request_id: &str, timestamp_ms: i64) -> Vec<u8> {
+        match self {
+            Format::FirehoseHttp => {
+                format!("],\"requestId\":\"{request_id}\",\"timestamp\":{timestamp_ms}}}").into_bytes()
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -140,6 +172,7 @@ impl RecordEncoder {
                 write_csv_row(&mut out, columns.iter().map(|c| std::borrow::Cow::Borrowed(c.as_str())));
                 out
             }
+            Format::FirehoseHttp => b"{\"records\":[".to_vec(),
             _ => Vec::new(),
         }
     }
@@ -150,6 +183,16 @@ impl RecordEncoder {
         match &self.format {
             Format::Parquet(_) => {}
             Format::Raw => out.extend_from_slice(record),
+            Format::FirehoseHttp => {
+                use base64::Engine;
+                out.extend_from_slice(b"{\"data\":\"");
+                let start = out.len();
+                let len = base64::encoded_len(record.len(), true).unwrap_or(0);
+                out.resize(start + len, 0);
+                // The slice has exactly the encoded length, so this cannot fail.
+                let _ = base64::engine::general_purpose::STANDARD.encode_slice(record, &mut out[start..]);
+                out.extend_from_slice(b"\"}");
+            }
             Format::Ndjson => {
                 out.extend_from_slice(record);
                 if record.last() != Some(&b'\n') {

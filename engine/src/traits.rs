@@ -221,6 +221,20 @@ pub trait Sink: Send + Sync + 'static {
     /// Stores one payload. Must be safe to call again with the same payload after an error.
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>>;
 
+    /// The format and compression this sink's payloads must have, when the sink fixes them (an HTTP
+    /// endpoint sends Firehose's request JSON); `None` lets the pipeline's `format` and
+    /// `compression` choose. When set, those keys are refused in the sink's table.
+    fn request_format(&self) -> Option<(crate::encode::Format, crate::encode::Compression)> {
+        None
+    }
+
+    /// Where this sink's error output goes (records it did not take, records that could not be
+    /// converted, `backup = "all"`), when that is not the sink itself (an HTTP endpoint's backup
+    /// bucket).
+    fn error_output(&self) -> Option<Arc<dyn Sink>> {
+        None
+    }
+
     /// Whether this sink can take an object in parts while it grows ([`Sink::start_upload`]).
     fn supports_parts(&self) -> bool {
         false

@@ -31,6 +31,14 @@ use super::queue::IngestQueue;
 use super::sigv4::{AccessKeys, SignedRequest, verify};
 use super::{Rejected, accept};
 
+/// The account id in sluice's ARNs (there is no AWS account behind them).
+pub const ACCOUNT: &str = "000000000000";
+
+/// A delivery stream's ARN, as Firehose writes it.
+pub fn stream_arn(region: &str, account: &str, name: &str) -> String {
+    format!("arn:aws:firehose:{region}:{account}:deliverystream/{name}")
+}
+
 /// Records per PutRecordBatch.
 pub const MAX_BATCH_RECORDS: usize = 500;
 /// Data bytes (decoded) per PutRecordBatch.
@@ -186,7 +194,7 @@ impl FirehoseApi {
             streams: streams.into_iter().map(|s| (s.info.name.clone(), s)).collect(),
             keys,
             region: region.to_string(),
-            account: "000000000000".to_string(),
+            account: ACCOUNT.to_string(),
             record_ids: RecordIds { prefix: rand::random(), next: AtomicU64::new(0) },
         }
     }
@@ -197,7 +205,7 @@ impl FirehoseApi {
     }
 
     fn arn(&self, name: &str) -> String {
-        format!("arn:aws:firehose:{}:{}:deliverystream/{name}", self.region, self.account)
+        stream_arn(&self.region, &self.account, name)
     }
 
     fn stream(&self, name: Option<&str>, key_id: Option<&str>) -> Result<&StreamEndpoint, ApiError> {

@@ -92,21 +92,30 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
     let url_span = config.table.key_span("url").unwrap_or(config.table.span.clone());
     let options_span = config.table.key_span("options").unwrap_or(url_span.clone());
     let c: ObjectStoreConfig = config.table.deserialize()?;
-    let mut options = Vec::new();
-    for (key, value) in &c.options {
-        let Some(text) = option_text(value) else {
-            return Err(Diagnostic::new(options_span, format!("option `{key}` must be a string, boolean or integer")));
-        };
-        options.push((key.clone(), text));
-    }
-    let sink = ObjectStoreSink::from_url(&c.url, &options).map_err(|(message, hint)| {
-        let span = if message.starts_with("unknown option") { options_span.clone() } else { url_span.clone() };
+    let sink = ObjectStoreSink::from_config(&c.url, &c.options).map_err(|(message, hint)| {
+        let span = if message.contains("option `") { options_span.clone() } else { url_span.clone() };
         Diagnostic::new(span, message).with_hint(hint)
     })?;
     Ok(Arc::new(if c.healthcheck { sink } else { sink.without_healthcheck() }))
 }
 
 impl ObjectStoreSink {
+    /// Builds the store for `url` with `options` as written in a pipeline file; an error is
+    /// (message, hint).
+    pub fn from_config(url: &str, options: &BTreeMap<String, toml::Value>) -> Result<Self, (String, String)> {
+        let mut texts = Vec::new();
+        for (key, value) in options {
+            let Some(text) = option_text(value) else {
+                return Err((
+                    format!("option `{key}` must be a string, boolean or integer"),
+                    "e.g. allow_http = true, region = \"eu-west-1\"".to_string(),
+                ));
+            };
+            texts.push((key.clone(), text));
+        }
+        ObjectStoreSink::from_url(url, &texts)
+    }
+
     /// Builds the store for `url`; an error is (message, hint).
     pub fn from_url(url: &str, options: &[(String, String)]) -> Result<Self, (String, String)> {
         let bad_url = |e: String| {

@@ -231,6 +231,7 @@ impl Plan {
                 match &st.format {
                     Format::Raw => "raw".to_string(),
                     Format::Ndjson => "ndjson".to_string(),
+                    Format::FirehoseHttp => "firehose-http-request".to_string(),
                     Format::Csv { columns } => format!("csv({})", columns.join(",")),
                     Format::Parquet(spec) => match spec.declared_columns() {
                         Some(n) => format!("parquet({n} columns)"),
@@ -252,6 +253,9 @@ impl Plan {
 }
 
 const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "sources", "sinks"];
+/// Largest request body a request sink may be given (Firehose's HTTP endpoint limit, before compression).
+const HTTP_REQUEST_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Keys of a sink table that the engine reads (the rest belong to the connector).
 pub const SINK_ENGINE_KEYS: &[&str] = &[
     "type",
@@ -402,8 +406,10 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
             for &i in inputs.iter().flatten() {
                 used[i] = true;
             }
+            let chosen_format = ["format", "compression"].iter().find_map(|k| section.key_span(k).map(|s| (*k, s)));
+            let buffer_span = section.key_span("buffer").unwrap_or(section.span.clone());
             let settings = take_sink_settings(&mut section, &name, base_dir, &mut problems);
-            let (Some(type_name), Some(inputs), Some(settings)) = (type_name, inputs, settings) else {
+            let (Some(type_name), Some(inputs), Some(mut settings)) = (type_name, inputs, settings) else {
                 continue;
             };
             let Some(sink_type) = registry.sink(&type_name) else { continue };
@@ -411,6 +417,22 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
             let config = connector_config(sink_name.clone(), section);
             match (sink_type.configure)(config) {
                 Ok(sink) => {
+                    if let Some((format, compression)) = sink.request_format() {
+                        if let Some((key, span)) = chosen_format {
+                            problems.push(
+                                Diagnostic::new(span, format!("a sink of type `{type_name}` has no `{key}`"))
+                                    .with_hint("it sends Firehose's HTTP request JSON; `content_encoding = \"gzip\"` compresses the requests"),
+                            );
+                        }
+                        if settings.hints.size_bytes > HTTP_REQUEST_MAX_BYTES {
+                            problems.push(
+                                Diagnostic::new(buffer_span, "`buffer.size_mb` is at most 64 for a request sink")
+                                    .with_hint("Firehose's HTTP endpoint range is 1..=64 MB (a request body is at most 64 MiB)"),
+                            );
+                        }
+                        settings.format = format;
+                        settings.compression = compression;
+                    }
                     sinks.push(SinkPlan { name: sink_name, type_name, inputs, settings: Arc::new(settings), sink })
                 }
                 Err(d) => problems.push(d),

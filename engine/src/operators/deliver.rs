@@ -92,6 +92,8 @@ impl Outcome {
 /// Where one sink's objects go, shared by its delivery tasks.
 struct Target {
     sink: Arc<dyn Sink>,
+    /// Where the error output goes: the sink itself, or its backup store.
+    error_sink: Arc<dyn Sink>,
     settings: Arc<SinkSettings>,
     metrics: Arc<PipelineMetrics>,
     index: usize,
@@ -101,7 +103,8 @@ impl Target {
     /// Stores an error-output object, retrying whatever the error until it is stored.
     async fn store_error_output(&self, payload: Payload) -> u32 {
         let failures = &self.metrics.sinks[self.index].error_output_failures;
-        until_stored(self.settings.retry, "the error output", failures, || self.sink.deliver(payload.clone())).await
+        until_stored(self.settings.retry, "the error output", failures, || self.error_sink.deliver(payload.clone()))
+            .await
     }
 
     /// Delivers a whole data object; if the destination does not take it, backs up its records.
@@ -262,7 +265,8 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
         context: &DeliveryContext,
     ) -> Stream<'scope, Epoch, Vec<DeliveryReceipt>> {
         let DeliveryContext { runtime, budget, metrics } = context.clone();
-        let target = Arc::new(Target { sink, settings, metrics: Arc::clone(&metrics), index });
+        let error_sink = sink.error_output().unwrap_or_else(|| Arc::clone(&sink));
+        let target = Arc::new(Target { sink, error_sink, settings, metrics: Arc::clone(&metrics), index });
         let worker = self.scope().worker();
         let worker_index = self.scope().index();
         let sink_name = name.to_string();

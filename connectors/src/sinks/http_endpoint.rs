@@ -1,0 +1,266 @@
+//! `type = "http_endpoint"`: delivers to an HTTP endpoint with Firehose's HTTP endpoint protocol 1.0
+//! (FIREHOSE.md §7), the one Datadog, New Relic, Sumo Logic, Coralogix, Elastic and other partners
+//! take, and what a custom receiver written for Firehose expects.
+//!
+//! ```toml
+//! [sinks.siem]
+//! type = "http_endpoint"
+//! inputs = ["api"]
+//! url = "https://collector.example.com/firehose"
+//! name = "collector"                          # optional, for logs and DescribeDeliveryStream
+//! access_key = "${COLLECTOR_KEY}"             # X-Amz-Firehose-Access-Key
+//! content_encoding = "gzip"                   # none (default) | gzip
+//! common_attributes = { env = "prod" }        # X-Amz-Firehose-Common-Attributes
+//! buffer = { size_mb = 5, interval_s = 300 }  # Firehose's range for HTTP: 1..=64 MB
+//! retry = { duration_s = 300 }
+//! error_prefix = "http-failed/!{firehose:error-output-type}/"
+//! backup_store = { url = "s3://bucket/backup", options = { region = "eu-west-1" } }
+//! ```
+//!
+//! Each request is `{"records":[{"data":"<base64>"},…],"requestId":"<uuid>","timestamp":<ms>}` with
+//! the protocol's headers; only 200 with a JSON body whose `requestId` matches is success. Failures
+//! are classified as FIREHOSE.md gives them (`HttpEndpoint.RequestTimeout`, `.ConnectionFailed`,
+//! `.ConnectionReset`, `.ResponseTooLarge`, `.InvalidResponseFromDestination`,
+//! `.DestinationException`); only 413 is permanent, every other status is retried (Firehose
+//! retries 4xx too). What is not delivered goes to the error output in `backup_store` (required,
+//! like Firehose's S3Configuration). Beyond Firehose: `http://` URLs and any port are allowed (for
+//! receivers on the same host), and a 413 is backed up rather than dropped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use sluice_engine::config::Diagnostic;
+use sluice_engine::encode::{Compression, Format};
+use sluice_engine::traits::{ConnectorConfig, DeliveryError, Payload, Sink};
+
+use crate::api::firehose::{ACCOUNT, stream_arn};
+use crate::sinks::object_store::ObjectStoreSink;
+
+/// A response body larger than this is an error (`HttpEndpoint.ResponseTooLarge`).
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// The sink's own keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpEndpointConfig {
+    url: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    access_key: Option<String>,
+    #[serde(default)]
+    content_encoding: Option<String>,
+    #[serde(default)]
+    common_attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    timeout_s: Option<u64>,
+    #[serde(default)]
+    region: Option<String>,
+    backup_store: Option<BackupStore>,
+}
+
+/// Where the error output goes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupStore {
+    url: String,
+    #[serde(default)]
+    options: BTreeMap<String, toml::Value>,
+}
+
+/// A configured HTTP endpoint sink.
+pub struct HttpEndpointSink {
+    url: reqwest::Url,
+    name: Option<String>,
+    access_key: Option<String>,
+    compression: Compression,
+    /// `{"commonAttributes":{…}}`, when any are set.
+    common_attributes: Option<String>,
+    source_arn: String,
+    client: reqwest::Client,
+    backup: Arc<dyn Sink>,
+}
+
+/// Builds an HTTP endpoint sink from `[sinks.<name>]`.
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
+    let span = config.table.span.clone();
+    let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
+    let (url_span, encoding_span, attributes_span, timeout_span) =
+        (spans("url"), spans("content_encoding"), spans("common_attributes"), spans("timeout_s"));
+    let (backup_span, key_span) = (spans("backup_store"), spans("access_key"));
+    let pipeline = config.pipeline.clone();
+    let c: HttpEndpointConfig = config.table.deserialize()?;
+    let url = reqwest::Url::parse(&c.url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && c.url.len() <= 1000)
+        .ok_or_else(|| {
+            Diagnostic::new(url_span, format!("`{}` is not an http(s) URL of at most 1000 characters", c.url))
+                .with_hint("e.g. url = \"https://collector.example.com/firehose\"")
+        })?;
+    let compression = match c.content_encoding.as_deref() {
+        None | Some("none") => Compression::None,
+        Some("gzip") => Compression::Gzip,
+        Some(other) => {
+            return Err(Diagnostic::new(encoding_span, format!("unknown content_encoding `{other}`"))
+                .with_hint("Firehose's ContentEncoding is `none` or `gzip`"));
+        }
+    };
+    if c.access_key.as_ref().is_some_and(|k| k.len() > 4096 || http::HeaderValue::from_str(k).is_err()) {
+        return Err(Diagnostic::new(key_span, "`access_key` must be at most 4096 printable characters"));
+    }
+    let bad_attribute = c.common_attributes.iter().find(|(k, v)| !(1..=256).contains(&k.len()) || v.len() > 1024);
+    if c.common_attributes.len() > 50 || bad_attribute.is_some() {
+        return Err(Diagnostic::new(attributes_span, "too many or too long common attributes")
+            .with_hint("Firehose allows 50, names of 1-256 characters and values of at most 1024"));
+    }
+    let common_attributes = (!c.common_attributes.is_empty())
+        .then(|| serde_json::json!({ "commonAttributes": c.common_attributes }).to_string());
+    let timeout = match c.timeout_s {
+        None => Duration::from_secs(180),
+        Some(s) if (1..=180).contains(&s) => Duration::from_secs(s),
+        Some(_) => {
+            return Err(Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=180")
+                .with_hint("Firehose waits 3 minutes for an endpoint's answer"));
+        }
+    };
+    let Some(backup) = c.backup_store else {
+        return Err(Diagnostic::new(span, "an `http_endpoint` sink needs `backup_store`").with_hint(
+            "where records the endpoint does not take are kept, as Firehose's S3Configuration: \
+             backup_store = { url = \"s3://bucket/prefix\" } (or file://./failed)",
+        ));
+    };
+    let backup = ObjectStoreSink::from_config(&backup.url, &backup.options)
+        .map_err(|(message, hint)| Diagnostic::new(backup_span, format!("backup_store: {message}")).with_hint(hint))?;
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| Diagnostic::new(span.clone(), format!("cannot build the HTTP client: {e}")))?;
+    let region = c.region.unwrap_or_else(|| "us-east-1".to_string());
+    Ok(Arc::new(HttpEndpointSink {
+        url,
+        name: c.name,
+        access_key: c.access_key,
+        compression,
+        common_attributes,
+        source_arn: stream_arn(&region, ACCOUNT, &pipeline),
+        client,
+        backup: Arc::new(backup),
+    }))
+}
+
+/// The error code of a request that got no answer.
+fn send_error(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "HttpEndpoint.RequestTimeout"
+    } else if e.is_connect() {
+        "HttpEndpoint.ConnectionFailed"
+    } else {
+        "HttpEndpoint.ConnectionReset"
+    }
+}
+
+/// The endpoint's answer to one request.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EndpointResponse {
+    request_id: String,
+    #[serde(default, rename = "errorMessage")]
+    error_message: Option<String>,
+}
+
+impl HttpEndpointSink {
+    /// Sends one request; `Ok` only for 200 with a matching `requestId`.
+    async fn send(request: reqwest::RequestBuilder, request_id: String) -> Result<(), DeliveryError> {
+        let retryable = |code: &str, message: String| DeliveryError::Retryable { code: code.into(), message };
+        let mut response = request.send().await.map_err(|e| retryable(send_error(&e), e.to_string()))?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| retryable(send_error(&e), e.to_string()))? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_RESPONSE_BYTES {
+                return Err(retryable("HttpEndpoint.ResponseTooLarge", format!("{status}: response over 1 MiB")));
+            }
+        }
+        let parsed = serde_json::from_slice::<EndpointResponse>(&body).ok();
+        let said = parsed.as_ref().and_then(|r| r.error_message.clone()).unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&body);
+            text.chars().take(512).collect()
+        });
+        if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+            return Err(DeliveryError::Permanent {
+                code: "HttpEndpoint.DestinationException".into(),
+                message: format!("{status}: {said}"),
+            });
+        }
+        if status != reqwest::StatusCode::OK {
+            return Err(retryable("HttpEndpoint.DestinationException", format!("{status}: {said}")));
+        }
+        match parsed {
+            Some(r) if r.request_id == request_id => Ok(()),
+            Some(r) => Err(retryable(
+                "HttpEndpoint.InvalidResponseFromDestination",
+                format!("the response's requestId `{}` is not the request's `{request_id}`", r.request_id),
+            )),
+            None => Err(retryable(
+                "HttpEndpoint.InvalidResponseFromDestination",
+                format!("200 without a JSON body holding requestId: {said}"),
+            )),
+        }
+    }
+}
+
+impl Sink for HttpEndpointSink {
+    fn describe(&self) -> String {
+        match &self.name {
+            Some(name) => format!("http_endpoint {name} {}", self.url),
+            None => format!("http_endpoint {}", self.url),
+        }
+    }
+
+    fn location(&self) -> String {
+        self.url.to_string()
+    }
+
+    fn destination_kind(&self) -> &'static str {
+        "HttpEndpoint"
+    }
+
+    fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        self.backup.prepare()
+    }
+
+    fn request_format(&self) -> Option<(Format, Compression)> {
+        Some((Format::FirehoseHttp, self.compression))
+    }
+
+    fn error_output(&self) -> Option<Arc<dyn Sink>> {
+        Some(Arc::clone(&self.backup))
+    }
+
+    /// `payload.key` is the request id (the batcher names requests so); the same id is sent on
+    /// every retry, as Firehose does.
+    fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header("X-Amz-Firehose-Protocol-Version", "1.0")
+            .header("X-Amz-Firehose-Request-Id", payload.key.as_str())
+            .header("X-Amz-Firehose-Source-Arn", self.source_arn.as_str())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(payload.body);
+        if let Some(key) = &self.access_key {
+            request = request.header("X-Amz-Firehose-Access-Key", key.as_str());
+        }
+        if let Some(attributes) = &self.common_attributes {
+            request = request.header("X-Amz-Firehose-Common-Attributes", attributes.as_str());
+        }
+        if let Some(encoding) = self.compression.content_encoding() {
+            request = request.header(reqwest::header::CONTENT_ENCODING, encoding);
+        }
+        Box::pin(HttpEndpointSink::send(request, payload.key))
+    }
+}

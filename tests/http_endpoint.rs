@@ -1,0 +1,178 @@
+//! The `http_endpoint` sink against a real HTTP receiver on 127.0.0.1 that checks Firehose's HTTP
+//! endpoint protocol 1.0 (headers, request body, requestId echo): records arrive exactly, gzip and
+//! headers as configured, a 500 is retried under the same request id, and what the endpoint never
+//! takes (500s past the retry duration, 413 at once) is in the backup store as error documents.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use sluice_connectors::registry;
+use sluice_connectors::synth::Profile;
+use sluice_engine::testkit::{plan_from_str, run_pipeline};
+
+use super::support::{folder_objects, generated};
+
+/// What the receiver answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// 200 with the request id, after failing the first `n` requests with 500.
+    OkAfter(usize),
+    /// Always this status.
+    Always(u16),
+}
+
+#[derive(Default)]
+struct Seen {
+    records: Vec<String>,
+    /// Request id of each request, in arrival order.
+    request_ids: Vec<String>,
+    headers: Vec<BTreeMap<String, String>>,
+    requests: usize,
+}
+
+struct Receiver {
+    url: String,
+    seen: Arc<Mutex<Seen>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn receiver(answer: Answer) -> Receiver {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let state = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/firehose",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let seen = Arc::clone(&state);
+            async move {
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let mut text = Vec::new();
+                if header("content-encoding") == "gzip" {
+                    flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut text).unwrap();
+                } else {
+                    text = body.to_vec();
+                }
+                let request: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                let id = header("x-amz-firehose-request-id");
+                assert_eq!(request["requestId"], id.as_str(), "the body's requestId is the header's");
+                assert!(request["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+                let mut seen = seen.lock().unwrap();
+                seen.requests += 1;
+                seen.request_ids.push(id.clone());
+                seen.headers.push(headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect());
+                let status = match answer {
+                    Answer::OkAfter(n) if seen.requests <= n => 500,
+                    Answer::OkAfter(_) => 200,
+                    Answer::Always(s) => s,
+                };
+                if status == 200 {
+                    let records = request["records"].as_array().unwrap();
+                    assert!(records.len() <= 10_000);
+                    for r in records {
+                        let data = base64::engine::general_purpose::STANDARD.decode(r["data"].as_str().unwrap()).unwrap();
+                        seen.records.push(String::from_utf8(data).unwrap());
+                    }
+                }
+                let body = serde_json::json!({"requestId": id, "timestamp": 1_764_000_000_000i64, "errorMessage": if status == 200 { "" } else { "busy" }});
+                (axum::http::StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], body.to_string())
+            }
+        }),
+    );
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    Receiver { url: format!("http://{addr}/firehose"), seen, _runtime: runtime }
+}
+
+fn pipeline(url: &str, backup: &std::path::Path, records: u64, extra: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"to-http\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = {records}\nseed = 6\n\
+         [sinks.siem]\ntype = \"http_endpoint\"\ninputs = [\"gen\"]\nurl = \"{url}\"\n\
+         error_prefix = \"failed/!{{firehose:error-output-type}}/\"\nbackup_store = {{ url = \"file://{}\" }}\n{extra}\n",
+        backup.display()
+    )
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn records_reach_the_endpoint_with_the_protocol_headers_and_a_500_is_retried_under_the_same_id() {
+    let endpoint = receiver(Answer::OkAfter(2));
+    let backup = tempfile::tempdir().unwrap();
+    let toml = pipeline(
+        &endpoint.url,
+        backup.path(),
+        12_000,
+        "access_key = \"secret-key\"\ncontent_encoding = \"gzip\"\ncommon_attributes = { env = \"test\" }\n\
+         buffer = { size_mb = 64, interval_s = 60 }\nretry = { duration_s = 30 }",
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap();
+    let seen = endpoint.seen.lock().unwrap();
+    assert_eq!(sorted(seen.records.clone()), sorted(generated(Profile::Cloudtrail, 6, 12_000)));
+    // 12,000 records on two workers: at least two requests (10,000 at most each), plus two refused.
+    assert!(seen.requests >= 4, "{} requests", seen.requests);
+    let retried = seen.request_ids.iter().filter(|id| seen.request_ids.iter().filter(|x| x == id).count() > 1).count();
+    assert!(retried >= 2, "a refused request is sent again under its id: {:?}", seen.request_ids);
+    for h in &seen.headers {
+        assert_eq!(h["x-amz-firehose-protocol-version"], "1.0");
+        assert_eq!(h["x-amz-firehose-access-key"], "secret-key");
+        assert_eq!(h["x-amz-firehose-source-arn"], "arn:aws:firehose:us-east-1:000000000000:deliverystream/to-http");
+        assert_eq!(h["x-amz-firehose-common-attributes"], r#"{"commonAttributes":{"env":"test"}}"#);
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h["content-encoding"], "gzip");
+    }
+    let m = &metrics.sinks[0];
+    assert_eq!((m.records_delivered.load(Relaxed), m.records_failed.load(Relaxed)), (12_000, 0));
+    assert!(folder_objects(backup.path()).is_empty());
+}
+
+#[test]
+fn what_the_endpoint_never_takes_is_in_the_backup_store_and_413_is_not_retried() {
+    for (status, retry_s, attempts) in [(500u16, 2u64, 2..=3u64), (413, 300, 1..=1)] {
+        let endpoint = receiver(Answer::Always(status));
+        let backup = tempfile::tempdir().unwrap();
+        let toml = pipeline(&endpoint.url, backup.path(), 1500, &format!("retry = {{ duration_s = {retry_s} }}"));
+        let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
+        let objects = folder_objects(backup.path());
+        assert!(objects.keys().all(|k| k.starts_with("failed/http-endpoint-failed/")), "{:?}", objects.keys());
+        let docs: Vec<serde_json::Value> =
+            objects.values().flatten().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let raw: Vec<String> = docs
+            .iter()
+            .map(|d| {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(d["rawData"].as_str().unwrap()).unwrap();
+                String::from_utf8(bytes).unwrap()
+            })
+            .collect();
+        assert_eq!(sorted(raw), sorted(generated(Profile::Cloudtrail, 6, 1500)), "status {status}");
+        for d in &docs {
+            assert_eq!(d["errorCode"], "HttpEndpoint.DestinationException", "{d}");
+            assert!(d["errorMessage"].as_str().unwrap().contains(&status.to_string()), "{d}");
+            assert!(attempts.contains(&d["attemptsMade"].as_u64().unwrap()), "status {status}: {d}");
+        }
+        assert_eq!(metrics.sinks[0].records_failed.load(Relaxed), 1500);
+        assert!(endpoint.seen.lock().unwrap().records.is_empty());
+    }
+}
+
+#[test]
+fn an_http_endpoint_sink_refuses_format_keys_and_needs_a_backup_store() {
+    let with_format = "[pipeline]\nname = \"p\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 1\n\
+        [sinks.s]\ntype = \"http_endpoint\"\ninputs = [\"gen\"]\nurl = \"http://127.0.0.1:9/\"\nformat = \"ndjson\"\n\
+        backup_store = { url = \"memory://b\" }\n";
+    let error = plan_from_str(with_format, &registry()).err().unwrap().to_string();
+    assert!(
+        error.contains("pipeline.toml:11:1") && error.contains("has no `format`") && error.contains("content_encoding"),
+        "{error}"
+    );
+    let without_backup =
+        with_format.replace("format = \"ndjson\"\n", "").replace("backup_store = { url = \"memory://b\" }\n", "");
+    let error = plan_from_str(&without_backup, &registry()).err().unwrap().to_string();
+    assert!(error.contains("needs `backup_store`"), "{error}");
+}
