@@ -4,8 +4,8 @@
 # AWS CLI (Firehose API producers) into target/test-venv, and the AWS SDK for JavaScript into
 # tests/js/node_modules (npm ci). Every server the tests use is started by the tests themselves on
 # 127.0.0.1 (an in-process S3 server, s3s-fs with SigV4 checking; the `sluice` binary). The
-# baselines `sluice bench` knows are installed too: pigz, gzip and zstd from Debian, the DuckDB CLI
-# and pyarrow into the venv.
+# baselines `sluice bench` knows are installed too: pigz, gzip, zstd and syslog-ng (with its http
+# module) from Debian, the DuckDB CLI and pyarrow into the venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null; then
@@ -22,9 +22,13 @@ missing=()
 for tool in pigz gzip zstd; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
+if ! command -v syslog-ng >/dev/null && [ ! -x /usr/sbin/syslog-ng ]; then
+  missing+=(syslog-ng-core syslog-ng-mod-http)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    apt-get install -y -qq "${missing[@]}" >/dev/null || (apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null)
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+      (apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null)
   else
     echo "note: ${missing[*]} not installed; sluice bench will list them as skipped baselines" >&2
   fi

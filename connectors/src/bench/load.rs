@@ -203,3 +203,68 @@ pub fn wait_for(port: u16) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// A receiver on 127.0.0.1 counting the records it is sent: Firehose HTTP endpoint requests on
+/// `/firehose` (answered with their `requestId`, as the protocol wants) and newline-delimited
+/// batches on `/lines` (what syslog-ng's `http()` destination posts). Lives as long as the value.
+pub struct Receiver {
+    /// Its port.
+    pub port: u16,
+    /// Records received so far.
+    pub records: Arc<std::sync::atomic::AtomicU64>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Receiver {
+    /// Starts one.
+    pub fn start() -> std::io::Result<Receiver> {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let records = Arc::new(AtomicU64::new(0));
+        let (on_requests, on_lines) = (Arc::clone(&records), Arc::clone(&records));
+        let app = axum::Router::new()
+            .route(
+                "/firehose",
+                axum::routing::post(move |headers: http::HeaderMap, body: Bytes| {
+                    let records = Arc::clone(&on_requests);
+                    async move {
+                        let mut text = Vec::new();
+                        let gzip = headers.get("content-encoding").is_some_and(|v| v == "gzip");
+                        let read = if gzip {
+                            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut text)
+                                .map(|_| ())
+                        } else {
+                            text.extend_from_slice(&body);
+                            Ok(())
+                        };
+                        let request: Option<serde_json::Value> =
+                            read.ok().and_then(|()| serde_json::from_slice(&text).ok());
+                        let Some(request) = request else {
+                            return (http::StatusCode::BAD_REQUEST, String::new());
+                        };
+                        let n = request["records"].as_array().map_or(0, Vec::len);
+                        records.fetch_add(n as u64, Relaxed);
+                        let id = request["requestId"].clone();
+                        let answer =
+                            serde_json::json!({"requestId": id, "timestamp": chrono::Utc::now().timestamp_millis()});
+                        (http::StatusCode::OK, answer.to_string())
+                    }
+                }),
+            )
+            .route(
+                "/lines",
+                axum::routing::post(move |body: Bytes| {
+                    let records = Arc::clone(&on_lines);
+                    async move {
+                        records.fetch_add(memchr::memchr_iter(b'\n', &body).count() as u64, Relaxed);
+                        "{}"
+                    }
+                }),
+            )
+            .layer(axum::extract::DefaultBodyLimit::disable());
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let port = listener.local_addr()?.port();
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Ok(Receiver { port, records, _runtime: runtime })
+    }
+}

@@ -20,6 +20,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -104,8 +105,23 @@ struct Case {
     input: Workload,
     /// Emptied before each run.
     output: PathBuf,
-    /// For a server (the `ingest` scenario): the load that measures it.
-    load: Option<ServerLoad>,
+    /// How the process is run to its end.
+    drive: Drive,
+}
+
+/// How a case's process is run and when its run ends.
+#[derive(Debug, Clone)]
+enum Drive {
+    /// It ends by itself; its wall time is the process's.
+    Batch,
+    /// It ends by itself, and the receiver must then have counted its input's records.
+    BatchIntoReceiver,
+    /// A server sent PutRecordBatch load, then stopped.
+    Ingest(ServerLoad),
+    /// A shipper that never ends by itself: stopped once the receiver counted its input's records;
+    /// its wall time is from start to that moment. `text` is written to `config` and `persist` (its
+    /// state file) removed before each run, so it reads the file from its start.
+    UntilReceived { config: PathBuf, text: String, persist: PathBuf },
 }
 
 /// A server case: started, sent `requests` PutRecordBatch requests, stopped with SIGTERM. Its wall
@@ -339,13 +355,26 @@ impl Planner<'_> {
         sink_keys: &str,
     ) -> Result<String, BenchError> {
         let output = self.output(scenario, name);
+        let sink = format!("type = \"object_store\"\nurl = \"file://{}\"\n{sink_keys}", output.display());
+        self.sluice_into(scenario, name, input, workers, &sink)
+    }
+
+    /// A sluice case: a pipeline reading `input` into the sink described by `sink` (its type and keys).
+    fn sluice_into(
+        &mut self,
+        scenario: &'static str,
+        name: &str,
+        input: &Workload,
+        workers: usize,
+        sink: &str,
+    ) -> Result<String, BenchError> {
+        let output = self.output(scenario, name);
         let pipeline = self.work.join(format!("{}.toml", output.file_name().and_then(|n| n.to_str()).unwrap_or("p")));
         let toml = format!(
             "[pipeline]\nname = \"bench\"\ndata_dir = {data:?}\n\n[sources.in]\ntype = \"file\"\npaths = [{input:?}]\n\n\
-             [sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"file://{out}\"\n{sink_keys}\n",
+             [sinks.out]\ninputs = [\"in\"]\n{sink}\n",
             data = self.work.join("state").display().to_string(),
             input = input.path.display().to_string(),
-            out = output.display(),
         );
         std::fs::write(&pipeline, toml).map_err(io_error(format!("cannot write {}", pipeline.display())))?;
         let command = MeasuredCommand::new(
@@ -359,7 +388,7 @@ impl Planner<'_> {
             command,
             input: input.clone(),
             output,
-            load: None,
+            drive: Drive::Batch,
         });
         Ok(name.to_string())
     }
@@ -386,7 +415,7 @@ impl Planner<'_> {
             command,
             input: input.clone(),
             output,
-            load: None,
+            drive: Drive::Batch,
         });
         Some(name.to_string())
     }
@@ -436,7 +465,7 @@ impl Planner<'_> {
         });
         self.compare("gzip", &sluice, gzip, "single-threaded gzip");
         self.notes.push(
-            "gzip: baseline rsyslog (imfile → omfile zipLevel=6) is not in the harness yet: it tails forever, and the harness has no end-of-input check for it".into(),
+            "gzip: baseline rsyslog (imfile → omfile zipLevel=6) is not in the harness: Debian's rsyslog and syslog-ng (the http baseline) conflict, and a gzip file written by a tailing daemon gives no end-of-input signal to time".into(),
         );
         Ok(())
     }
@@ -481,12 +510,73 @@ impl Planner<'_> {
                         shell_quote(&cf.path),
                         o = shell_quote(&output)
                     );
-                    self.cases.push(Case { scenario: "parquet", name: name.clone(), sluice: false, command: shell(line), input: cf.clone(), output, load: None });
+                    self.cases.push(Case { scenario: "parquet", name: name.clone(), sluice: false, command: shell(line), input: cf.clone(), output, drive: Drive::Batch });
                     self.compare("parquet", &sluice, Some(name), "pyarrow's JSON reader and Parquet writer");
                 }
                 None => self.notes.push(format!("parquet: baseline `pyarrow {codec}` skipped: no python with pyarrow (scripts/test.sh installs it in target/test-venv)")),
             }
         }
+        Ok(())
+    }
+
+    /// The file into a receiver over HTTP: sluice's `http_endpoint` sink (Firehose protocol, gzip
+    /// requests of at most 4 MiB) against syslog-ng tailing the file into its `http()` destination
+    /// (batches of 500 lines).
+    fn http(&mut self, ct: &Workload, port: u16) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let backup = self.output("http", "sluice-backup");
+        let sink = format!(
+            "type = \"http_endpoint\"\nurl = \"http://127.0.0.1:{port}/firehose\"\ncontent_encoding = \"gzip\"\nbuffer = {{ size_mb = 4, interval_s = 60 }}\n\
+             backup_store = {{ url = \"file://{}\" }}\n",
+            backup.display()
+        );
+        let name = "sluice http_endpoint gzip";
+        self.sluice_into("http", name, ct, n, &sink)?;
+        if let Some(case) = self.cases.last_mut() {
+            case.drive = Drive::BatchIntoReceiver;
+        }
+        let extra = [PathBuf::from("/usr/sbin")];
+        let Some(syslog_ng) = find_program("syslog-ng", &extra) else {
+            self.notes.push("http: baseline `syslog-ng` skipped: `syslog-ng` is not installed (Debian: syslog-ng-core, syslog-ng-mod-http)".into());
+            return Ok(());
+        };
+        let dir = self.output("http", "syslog-ng");
+        std::fs::create_dir_all(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        let (config, persist) = (dir.join("syslog-ng.conf"), dir.join("persist"));
+        let text = format!(
+            "@version: 3.38\noptions {{ threaded(yes); stats-freq(0); log-msg-size(1048576); }};\n\
+             source s_in {{ file(\"{input}\" flags(no-parse) follow-freq(1) log-fetch-limit(1000) log-iw-size(10000)); }};\n\
+             destination d_http {{ http(url(\"http://127.0.0.1:{port}/lines\") method(\"POST\") body(\"${{MESSAGE}}\") body-suffix(\"\\n\") \
+             batch-lines(500) batch-bytes(4194304) batch-timeout(200) workers({n}) headers(\"Content-Type: application/x-ndjson\")); }};\n\
+             log {{ source(s_in); destination(d_http); }};\n",
+            input = ct.path.display()
+        );
+        let command = MeasuredCommand::new(
+            syslog_ng.into_os_string(),
+            [
+                OsString::from("-F"),
+                "--no-caps".into(),
+                "-f".into(),
+                config.clone().into(),
+                "-R".into(),
+                persist.clone().into(),
+                "-p".into(),
+                dir.join("pid").into(),
+                "-c".into(),
+                dir.join("ctl").into(),
+            ],
+        );
+        let baseline = format!("syslog-ng http() batches of 500, workers={n}");
+        self.cases.push(Case {
+            scenario: "http",
+            name: baseline.clone(),
+            sluice: false,
+            command,
+            input: ct.clone(),
+            output: self.output("http", "syslog-ng-output"),
+            drive: Drive::UntilReceived { config, text, persist },
+        });
+        self.compare("http", name, Some(baseline), "syslog-ng tailing the file into the same receiver");
         Ok(())
     }
 
@@ -521,7 +611,7 @@ impl Planner<'_> {
             self.options.sluice.as_os_str(),
             [OsString::from("run"), "--quiet".into(), "--workers".into(), n.into(), pipeline.into()],
         );
-        let load = Some(ServerLoad { port, signed: true, requests });
+        let drive = Drive::Ingest(ServerLoad { port, signed: true, requests });
         self.cases.push(Case {
             scenario: "ingest",
             name: name.into(),
@@ -529,7 +619,7 @@ impl Planner<'_> {
             command,
             input: input.clone(),
             output,
-            load,
+            drive,
         });
         let port = load::free_port().map_err(io_error("cannot find a free port"))?;
         let trivial = "trivial server (reads the body)";
@@ -537,7 +627,7 @@ impl Planner<'_> {
             self.options.sluice.as_os_str(),
             ["trivial-server".to_string(), "--listen".into(), format!("127.0.0.1:{port}")],
         );
-        let load = Some(ServerLoad { port, signed: false, requests });
+        let drive = Drive::Ingest(ServerLoad { port, signed: false, requests });
         let output = self.output("ingest", trivial);
         self.cases.push(Case {
             scenario: "ingest",
@@ -546,7 +636,7 @@ impl Planner<'_> {
             command,
             input: input.clone(),
             output,
-            load,
+            drive,
         });
         self.compare("ingest", name, Some(trivial.to_string()), "the same requests into a server that only reads them");
         Ok(input)
@@ -606,11 +696,14 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
             planner.scale(&cf, &big)?;
         }
     }
-    if wants("http") {
-        planner.notes.push(
-            "http: not run: sluice has no HTTP endpoint sink yet (the scenario and its syslog-ng baseline come with it)".into(),
-        );
-    }
+    let receiver = if wants("http") {
+        let receiver = load::Receiver::start().map_err(io_error("cannot start the HTTP receiver"))?;
+        let ct = workload(&data, Profile::Cloudtrail, 7, options.size_bytes)?;
+        planner.http(&ct, receiver.port)?;
+        Some(receiver)
+    } else {
+        None
+    };
     let bodies = load::bodies("bench").map_err(io_error("cannot prepare the ingest requests"))?;
     if wants("ingest") {
         planner.ingest(&bodies)?;
@@ -622,11 +715,62 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
         for (case, runs) in cases.iter().zip(usages.iter_mut()) {
             progress(&format!("run {}/{}: {} / {}", run + 1, options.runs, case.scenario, case.name));
             let _ = std::fs::remove_dir_all(&case.output);
-            let measured = match &case.load {
-                None => measure_via(&options.sluice, &case.command),
-                Some(server) => measure_server(&options.sluice, &case.command, server, &bodies, &mut notes),
-            }
-            .map_err(io_error(format!("cannot run case `{}`", case.name)))?;
+            let received = receiver.as_ref().map(|r| {
+                r.records.store(0, std::sync::atomic::Ordering::SeqCst);
+                Arc::clone(&r.records)
+            });
+            let expected = case.input.records;
+            let mut run_case = || -> io::Result<crate::measure::Measured> {
+                match &case.drive {
+                    Drive::Batch => measure_via(&options.sluice, &case.command),
+                    Drive::BatchIntoReceiver => measure_via(&options.sluice, &case.command).and_then(|m| {
+                        let got = received.as_ref().map_or(0, |r| r.load(std::sync::atomic::Ordering::SeqCst));
+                        if got == expected {
+                            Ok(m)
+                        } else {
+                            Err(io::Error::other(format!("the receiver got {got} of {expected} records")))
+                        }
+                    }),
+                    Drive::Ingest(server) => {
+                        let requests = Arc::new(load::requests(&bodies, server.port, server.signed)?);
+                        measure_until(&options.sluice, &case.command, || {
+                            load::wait_for(server.port)?;
+                            let outcome = load::send(
+                                server.port,
+                                &requests,
+                                INGEST_CLIENTS,
+                                load::Until::Requests(server.requests),
+                            )?;
+                            if outcome.throttled_requests > 0 {
+                                notes.push(format!(
+                                    "ingest: {} of {} requests to `{}` were throttled (not counted, not retried)",
+                                    outcome.throttled_requests, server.requests, case.name
+                                ));
+                            }
+                            Ok(outcome.elapsed)
+                        })
+                    }
+                    Drive::UntilReceived { config, text, persist } => {
+                        let _ = std::fs::remove_file(persist);
+                        std::fs::write(config, text)?;
+                        let counter = received.clone().unwrap_or_default();
+                        measure_until(&options.sluice, &case.command, || {
+                            let started = std::time::Instant::now();
+                            while counter.load(std::sync::atomic::Ordering::SeqCst) < expected {
+                                if started.elapsed() > std::time::Duration::from_secs(600) {
+                                    return Err(io::Error::other(format!(
+                                        "the receiver got {} of {expected} records in 10 minutes",
+                                        counter.load(std::sync::atomic::Ordering::SeqCst)
+                                    )));
+                                }
+                                std::thread::sleep(std::time::Duration::from_millis(5));
+                            }
+                            Ok(started.elapsed())
+                        })
+                    }
+                }
+            };
+            let measured = run_case().map_err(io_error(format!("cannot run case `{}`", case.name)))?;
             if measured.code != Some(0) {
                 return Err(BenchError::CaseFailed {
                     case: case.name.clone(),
@@ -677,14 +821,12 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
     Ok(report)
 }
 
-/// Starts a server case through `sluice measure`, sends its load, stops it with SIGTERM; the wall
-/// time is the load's.
-fn measure_server(
+/// Starts a case that does not end by itself through `sluice measure`, runs `until` (the load, or
+/// waiting for the receiver), stops the process with SIGTERM; the wall time is what `until` returns.
+fn measure_until(
     sluice: &Path,
     command: &MeasuredCommand,
-    server: &ServerLoad,
-    bodies: &[(Vec<u8>, u64)],
-    notes: &mut Vec<String>,
+    until: impl FnOnce() -> io::Result<std::time::Duration>,
 ) -> io::Result<crate::measure::Measured> {
     let report = tempfile::NamedTempFile::new()?;
     let mut child = Command::new(sluice)
@@ -698,28 +840,18 @@ fn measure_server(
         .args(&command.args)
         .stdout(Stdio::null())
         .spawn()?;
-    let requests = std::sync::Arc::new(load::requests(bodies, server.port, server.signed)?);
-    let sent = load::wait_for(server.port)
-        .and_then(|()| load::send(server.port, &requests, INGEST_CLIENTS, load::Until::Requests(server.requests)));
+    let wall = until();
     // The measured process is the only child of `sluice measure`.
-    let pid = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))?;
-    for pid in pid.split_whitespace() {
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))?;
+    for pid in children.split_whitespace() {
         Command::new("kill").args(["-TERM", pid]).status()?;
     }
     child.wait()?;
-    let outcome = sent?;
-    if outcome.throttled_requests > 0 {
-        notes.push(format!(
-            "ingest: {} of {} requests to `{}` were throttled (not counted, not retried)",
-            outcome.throttled_requests,
-            server.requests,
-            command_line(command)
-        ));
-    }
+    let wall = wall?;
     let text = std::fs::read_to_string(report.path())?;
     let mut measured: crate::measure::Measured =
         serde_json::from_str(&text).map_err(|e| io::Error::other(format!("bad measure report: {e}")))?;
-    measured.usage.wall = outcome.elapsed;
+    measured.usage.wall = wall;
     Ok(measured)
 }
 
