@@ -525,15 +525,17 @@ impl Planner<'_> {
     fn http(&mut self, ct: &Workload, port: u16) -> Result<(), BenchError> {
         let n = self.options.threads;
         let backup = self.output("http", "sluice-backup");
-        let sink = format!(
-            "type = \"http_endpoint\"\nurl = \"http://127.0.0.1:{port}/firehose\"\ncontent_encoding = \"gzip\"\nbuffer = {{ size_mb = 4, interval_s = 60 }}\n\
-             backup_store = {{ url = \"file://{}\" }}\n",
-            backup.display()
-        );
-        let name = "sluice http_endpoint gzip";
-        self.sluice_into("http", name, ct, n, &sink)?;
-        if let Some(case) = self.cases.last_mut() {
-            case.drive = Drive::BatchIntoReceiver;
+        let mut names = Vec::new();
+        for encoding in ["gzip", "none"] {
+            let sink = format!(
+                "type = \"http_endpoint\"\nurl = \"http://127.0.0.1:{port}/firehose\"\ncontent_encoding = \"{encoding}\"\n\
+                 buffer = {{ size_mb = 4, interval_s = 60 }}\nbackup_store = {{ url = \"file://{}\" }}\n",
+                backup.display()
+            );
+            names.push(self.sluice_into("http", &format!("sluice http_endpoint {encoding}"), ct, n, &sink)?);
+            if let Some(case) = self.cases.last_mut() {
+                case.drive = Drive::BatchIntoReceiver;
+            }
         }
         let extra = [PathBuf::from("/usr/sbin")];
         let Some(syslog_ng) = find_program("syslog-ng", &extra) else {
@@ -576,7 +578,18 @@ impl Planner<'_> {
             output: self.output("http", "syslog-ng-output"),
             drive: Drive::UntilReceived { config, text, persist },
         });
-        self.compare("http", name, Some(baseline), "syslog-ng tailing the file into the same receiver");
+        self.compare(
+            "http",
+            &names[0],
+            Some(baseline.clone()),
+            "syslog-ng tailing the file into the same receiver (it does not compress)",
+        );
+        self.compare(
+            "http",
+            &names[1],
+            Some(baseline),
+            "the same, both uncompressed (sluice's requests are base64 JSON)",
+        );
         Ok(())
     }
 
