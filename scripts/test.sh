@@ -5,7 +5,8 @@
 # tests/js/node_modules (npm ci). Every server the tests use is started by the tests themselves on
 # 127.0.0.1 (an in-process S3 server, s3s-fs with SigV4 checking; the `sluice` binary). The
 # baselines `sluice bench` knows are installed too: pigz, gzip, zstd and syslog-ng (with its http
-# module) from Debian, the DuckDB CLI and pyarrow into the venv.
+# module) from Debian, rsyslog unpacked from Debian's package, the DuckDB CLI and pyarrow into the
+# venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null; then
@@ -31,6 +32,19 @@ if [ ${#missing[@]} -gt 0 ]; then
       (apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null)
   else
     echo "note: ${missing[*]} not installed; sluice bench will list them as skipped baselines" >&2
+  fi
+fi
+# rsyslog (a gzip baseline) conflicts with syslog-ng in Debian: its package is unpacked, not installed.
+tools=target/bench-tools
+if ! command -v rsyslogd >/dev/null && [ ! -x /usr/sbin/rsyslogd ] && [ ! -x "$tools/rsyslog/usr/sbin/rsyslogd" ] &&
+  command -v apt-get >/dev/null; then
+  mkdir -p "$tools/debs"
+  packages=(rsyslog libestr0 libfastjson4 liblognorm5)
+  if (cd "$tools/debs" && (apt-get download -qq "${packages[@]}" 2>/dev/null ||
+    (apt-get update -qq && apt-get download -qq "${packages[@]}" 2>/dev/null))); then
+    for deb in "$tools"/debs/*.deb; do dpkg -x "$deb" "$tools/rsyslog"; done
+  else
+    echo "note: rsyslog could not be downloaded; sluice bench will list it as a skipped baseline" >&2
   fi
 fi
 venv=target/test-venv

@@ -36,14 +36,21 @@ fn the_bench_harness_runs_every_scenario_and_writes_its_three_reports() {
     // Every baseline the harness knows is either measured (and compared) or noted as skipped.
     let notes: Vec<&str> = json["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
     let comparisons = json["comparisons"].as_array().unwrap();
-    for baseline in
-        ["pigz", "gzip -6", "zstd -3", "duckdb snappy", "duckdb zstd", "pyarrow snappy", "pyarrow zstd", "syslog-ng"]
-    {
+    for baseline in [
+        "pigz",
+        "gzip -6",
+        "rsyslog",
+        "zstd -3",
+        "duckdb snappy",
+        "duckdb zstd",
+        "pyarrow snappy",
+        "pyarrow zstd",
+        "syslog-ng",
+    ] {
         let measured = comparisons.iter().any(|c| c["against"].as_str().unwrap().starts_with(baseline));
         let noted = notes.iter().any(|n| n.contains(baseline) && n.contains("skipped"));
         assert!(measured || noted, "{baseline}: neither measured nor noted");
     }
-    assert!(notes.iter().any(|n| n.contains("rsyslog")), "the baseline not in the harness is noted: {notes:?}");
     assert!(comparisons.iter().any(|c| c["about"] == "memory" && c["case"] == "sluice parquet workers=1 10x input"));
 
     let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();

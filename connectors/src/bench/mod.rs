@@ -122,7 +122,14 @@ enum Drive {
     /// its wall time is from start to that moment. `text` is written to `config` and `persist` (its
     /// state file) removed before each run, so it reads the file from its start.
     UntilReceived { config: PathBuf, text: String, persist: PathBuf },
+    /// A daemon that never ends by itself: `text` is written to `config` (in the emptied output
+    /// folder), and once `done` is written it is stopped with SIGTERM; its wall time is the
+    /// process's, start to exit (it finishes its output file on the way out).
+    UntilFile { config: PathBuf, text: String, done: PathBuf },
 }
+
+/// The last line of rsyslog's copy of the input, which tells that it read everything.
+const END_MARKER: &str = "SLUICE-BENCH-END-OF-INPUT";
 
 /// A server case: started, sent `requests` PutRecordBatch requests, stopped with SIGTERM. Its wall
 /// time is the load's (first request to last answer); CPU and peak RSS are the whole process's.
@@ -298,14 +305,19 @@ fn find_program(name: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
     std::env::split_paths(&path).chain(extra_dirs.iter().cloned()).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
-/// The virtualenvs `scripts/test.sh` makes, relative to the working directory and to the binary.
-fn venv_dirs(sluice: &Path) -> Vec<PathBuf> {
+/// The `target` folders where `scripts/test.sh` puts the baselines: the working directory's and the
+/// binary's (target/<profile>/sluice).
+fn venv_roots(sluice: &Path) -> Vec<PathBuf> {
     let mut roots = vec![PathBuf::from("target")];
-    // target/<profile>/sluice → target
     if let Some(target) = sluice.parent().and_then(Path::parent) {
         roots.push(target.to_path_buf());
     }
-    roots.iter().flat_map(|t| ["bench-venv", "test-venv"].map(|v| t.join(v).join("bin"))).collect()
+    roots
+}
+
+/// The virtualenvs `scripts/test.sh` makes.
+fn venv_dirs(sluice: &Path) -> Vec<PathBuf> {
+    venv_roots(sluice).iter().flat_map(|t| ["bench-venv", "test-venv"].map(|v| t.join(v).join("bin"))).collect()
 }
 
 /// A Python that imports pyarrow.
@@ -464,10 +476,86 @@ impl Planner<'_> {
             )
         });
         self.compare("gzip", &sluice, gzip, "single-threaded gzip");
-        self.notes.push(
-            "gzip: baseline rsyslog (imfile → omfile zipLevel=6) is not in the harness: Debian's rsyslog and syslog-ng (the http baseline) conflict, and a gzip file written by a tailing daemon gives no end-of-input signal to time".into(),
+        let rsyslog = self.rsyslog(ct)?;
+        self.compare(
+            "gzip",
+            &sluice,
+            rsyslog,
+            "rsyslog tailing the file into a gzip file (imfile → omfile zipLevel=6)",
         );
         Ok(())
+    }
+
+    /// rsyslog reading `input` with imfile into a gzip-6 file, as a process from start to exit. Its
+    /// copy of the input ends with a marker line that a rule writes to a `done` file (rsyslog keeps
+    /// the order of one file's lines), after which it is stopped with SIGTERM and closes the gzip
+    /// file. rsyslogd comes from the PATH or from Debian's package unpacked in
+    /// target/bench-tools/rsyslog (Debian's rsyslog and syslog-ng packages conflict).
+    fn rsyslog(&mut self, input: &Workload) -> Result<Option<String>, BenchError> {
+        let unpacked: Vec<PathBuf> = venv_roots(&self.options.sluice)
+            .iter()
+            .map(|t| t.join("bench-tools/rsyslog"))
+            .filter(|r| r.join("usr/sbin/rsyslogd").is_file())
+            // rsyslogd changes directory: its module path must be absolute.
+            .filter_map(|r| std::fs::canonicalize(r).ok())
+            .collect();
+        let (program, libraries) = match (find_program("rsyslogd", &[PathBuf::from("/usr/sbin")]), unpacked.first()) {
+            (Some(p), _) => (p, None),
+            (None, Some(root)) => (root.join("usr/sbin/rsyslogd"), Some(root.join("usr/lib/x86_64-linux-gnu"))),
+            (None, None) => {
+                self.notes.push(
+                    "gzip: baseline `rsyslog` skipped: `rsyslogd` is not installed (scripts/test.sh unpacks Debian's package into target/bench-tools/rsyslog)".into(),
+                );
+                return Ok(None);
+            }
+        };
+        let marked = input.path.with_extension("marked.ndjson");
+        if !marked.exists() {
+            std::fs::copy(&input.path, &marked).map_err(io_error("cannot copy the input for rsyslog"))?;
+            let mut file =
+                std::fs::OpenOptions::new().append(true).open(&marked).map_err(io_error("cannot mark the input"))?;
+            file.write_all(format!("{END_MARKER}\n").as_bytes()).map_err(io_error("cannot mark the input"))?;
+        }
+        let name = "rsyslog imfile → omfile zipLevel=6".to_string();
+        let output = self.output("gzip", "rsyslog");
+        let (config, done) = (output.join("rsyslog.conf"), output.join("done"));
+        let text = format!(
+            "global(workDirectory=\"{out}\" maxMessageSize=\"1m\")\n\
+             module(load=\"imfile\" mode=\"polling\" PollingInterval=\"1\")\n\
+             input(type=\"imfile\" File=\"{input}\" Tag=\"bench\" ruleset=\"bench\" freshStartTail=\"off\")\n\
+             template(name=\"raw\" type=\"string\" string=\"%msg%\\n\")\n\
+             main_queue(queue.timeoutShutdown=\"600000\")\n\
+             ruleset(name=\"bench\" queue.type=\"Direct\") {{\n\
+               if $msg == \"{END_MARKER}\" then {{ action(type=\"omfile\" file=\"{done}\" template=\"raw\") stop }}\n\
+               action(type=\"omfile\" file=\"{out}/out.gz\" template=\"raw\" zipLevel=\"6\" ioBufferSize=\"256k\")\n\
+             }}\n",
+            out = output.display(),
+            input = marked.display(),
+            done = done.display(),
+        );
+        let mut line = String::new();
+        if let Some(libraries) = &libraries {
+            line.push_str(&format!("LD_LIBRARY_PATH={} ", shell_quote(libraries)));
+        }
+        line.push_str(&format!(
+            "exec {} -n -f {} -i {}",
+            shell_quote(&program),
+            shell_quote(&config),
+            shell_quote(&output.join("pid"))
+        ));
+        if let Some(libraries) = &libraries {
+            line.push_str(&format!(" -M {}", shell_quote(&libraries.join("rsyslog"))));
+        }
+        self.cases.push(Case {
+            scenario: "gzip",
+            name: name.clone(),
+            sluice: false,
+            command: shell(line),
+            input: input.clone(),
+            output,
+            drive: Drive::UntilFile { config, text, done },
+        });
+        Ok(Some(name))
     }
 
     fn zstd(&mut self, ct: &Workload) -> Result<(), BenchError> {
@@ -760,7 +848,37 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
                                     outcome.throttled_requests, server.requests, case.name
                                 ));
                             }
-                            Ok(outcome.elapsed)
+                            Ok(Some(outcome.elapsed))
+                        })
+                    }
+                    Drive::UntilFile { config, text, done } => {
+                        if let Some(dir) = config.parent() {
+                            std::fs::create_dir_all(dir)?;
+                        }
+                        std::fs::write(config, text)?;
+                        measure_until(&options.sluice, &case.command, || {
+                            let started = std::time::Instant::now();
+                            while std::fs::metadata(done).map_or(true, |m| m.len() == 0) {
+                                if started.elapsed() > std::time::Duration::from_secs(600) {
+                                    return Err(io::Error::other("the end of the input was not reached in 10 minutes"));
+                                }
+                                std::thread::sleep(std::time::Duration::from_millis(5));
+                            }
+                            Ok(None)
+                        })
+                        .and_then(|measured| {
+                            // A daemon that failed half-way would look fast: its output must hold
+                            // every record.
+                            let out = config.with_file_name("out.gz");
+                            let gz = std::fs::read(&out)?;
+                            let text =
+                                sluice_engine::encode::decompress(sluice_engine::encode::Compression::Gzip, &gz)?;
+                            let lines = memchr::memchr_iter(b'\n', &text).count() as u64;
+                            if lines == expected {
+                                Ok(measured)
+                            } else {
+                                Err(io::Error::other(format!("{} holds {lines} of {expected} records", out.display())))
+                            }
                         })
                     }
                     Drive::UntilReceived { config, text, persist } => {
@@ -778,7 +896,7 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
                                 }
                                 std::thread::sleep(std::time::Duration::from_millis(5));
                             }
-                            Ok(started.elapsed())
+                            Ok(Some(started.elapsed()))
                         })
                     }
                 }
@@ -835,11 +953,12 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
 }
 
 /// Starts a case that does not end by itself through `sluice measure`, runs `until` (the load, or
-/// waiting for the receiver), stops the process with SIGTERM; the wall time is what `until` returns.
+/// waiting for the receiver), stops the process with SIGTERM; the wall time is what `until`
+/// returns, or the process's (start to exit) when it returns none.
 fn measure_until(
     sluice: &Path,
     command: &MeasuredCommand,
-    until: impl FnOnce() -> io::Result<std::time::Duration>,
+    until: impl FnOnce() -> io::Result<Option<std::time::Duration>>,
 ) -> io::Result<crate::measure::Measured> {
     let report = tempfile::NamedTempFile::new()?;
     let mut child = Command::new(sluice)
@@ -864,7 +983,9 @@ fn measure_until(
     let text = std::fs::read_to_string(report.path())?;
     let mut measured: crate::measure::Measured =
         serde_json::from_str(&text).map_err(|e| io::Error::other(format!("bad measure report: {e}")))?;
-    measured.usage.wall = wall;
+    if let Some(wall) = wall {
+        measured.usage.wall = wall;
+    }
     Ok(measured)
 }
 
