@@ -432,6 +432,26 @@ impl Planner<'_> {
         Some(name.to_string())
     }
 
+    /// A command-line compressor (`program flags -c`) from the input into `<output>/out<extension>`.
+    fn compressor(
+        &mut self,
+        scenario: &'static str,
+        name: &str,
+        program: &str,
+        flags: &str,
+        extension: &str,
+        input: &Workload,
+    ) -> Option<String> {
+        self.baseline(scenario, name, program, input, |found, out| {
+            format!(
+                "mkdir -p {o} && {} {flags} -c < {} > {o}/out{extension}",
+                shell_quote(found),
+                shell_quote(&input.path),
+                o = shell_quote(out)
+            )
+        })
+    }
+
     fn compare(&mut self, scenario: &'static str, a: &str, b: Option<String>, meaning: &'static str) {
         self.compare_on(scenario, a, b, meaning, About::Both);
     }
@@ -458,23 +478,9 @@ impl Planner<'_> {
     fn gzip(&mut self, ct: &Workload) -> Result<(), BenchError> {
         let n = self.options.threads;
         let sluice = self.sluice("gzip", "sluice gzip", ct, n, &Self::text_sink("gzip"))?;
-        let pigz = self.baseline("gzip", &format!("pigz -6 -p {n}"), "pigz", ct, |pigz, out| {
-            format!(
-                "mkdir -p {o} && {} -6 -p {n} -c < {} > {o}/out.gz",
-                shell_quote(pigz),
-                shell_quote(&ct.path),
-                o = shell_quote(out)
-            )
-        });
+        let pigz = self.compressor("gzip", &format!("pigz -6 -p {n}"), "pigz", &format!("-6 -p {n}"), ".gz", ct);
         self.compare("gzip", &sluice, pigz, "same bytes compressed by pigz across all cores");
-        let gzip = self.baseline("gzip", "gzip -6", "gzip", ct, |gzip, out| {
-            format!(
-                "mkdir -p {o} && {} -6 -c < {} > {o}/out.gz",
-                shell_quote(gzip),
-                shell_quote(&ct.path),
-                o = shell_quote(out)
-            )
-        });
+        let gzip = self.compressor("gzip", "gzip -6", "gzip", "-6", ".gz", ct);
         self.compare("gzip", &sluice, gzip, "single-threaded gzip");
         let rsyslog = self.rsyslog(ct)?;
         self.compare(
@@ -561,14 +567,7 @@ impl Planner<'_> {
     fn zstd(&mut self, ct: &Workload) -> Result<(), BenchError> {
         let n = self.options.threads;
         let sluice = self.sluice("zstd", "sluice zstd", ct, n, &Self::text_sink("zstd"))?;
-        let zstd = self.baseline("zstd", &format!("zstd -3 -T{n}"), "zstd", ct, |zstd, out| {
-            format!(
-                "mkdir -p {o} && {} -q -3 -T{n} -c < {} > {o}/out.zst",
-                shell_quote(zstd),
-                shell_quote(&ct.path),
-                o = shell_quote(out)
-            )
-        });
+        let zstd = self.compressor("zstd", &format!("zstd -3 -T{n}"), "zstd", &format!("-q -3 -T{n}"), ".zst", ct);
         self.compare("zstd", &sluice, zstd, "same bytes compressed by the zstd CLI across all cores");
         Ok(())
     }
