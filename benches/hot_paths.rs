@@ -123,7 +123,7 @@ fn log_append(c: &mut Criterion) {
         group.bench_function(label, |b| {
             b.iter(|| {
                 for _ in 0..16 {
-                    wal.append(&payload).expect("append");
+                    wal.append(&payload, 500).expect("append");
                 }
                 if sync_every > 0 {
                     wal.sync().expect("sync");

@@ -24,7 +24,7 @@ fn main() {
         let n = entries.min(if group == 1 { 2000 } else { entries });
         let started = Instant::now();
         for i in 0..n {
-            wal.append(&payload).unwrap();
+            wal.append(&payload, 500).unwrap();
             if (i + 1) % group == 0 {
                 wal.sync().unwrap();
             }

@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod config_errors;
 mod crash;
+mod disk_full;
 mod http_endpoint;
 mod outage;
 mod parquet;

@@ -166,6 +166,13 @@ pub struct ApiMetrics {
     pub log_bytes: AtomicU64,
     /// Undelivered records that left the log because they were older than `retention.max_hours`.
     pub log_expired_records: AtomicU64,
+    /// Acknowledged records the log could not read back at start (damaged, missing or shortened
+    /// segments).
+    pub log_corrupt_records: AtomicU64,
+    /// Acknowledged log entries (requests) lost the same way.
+    pub log_corrupt_entries: AtomicU64,
+    /// Bytes of the log found damaged or missing at start (torn writes included).
+    pub log_corrupt_bytes: AtomicU64,
 }
 
 impl ApiMetrics {
@@ -259,7 +266,7 @@ impl PipelineMetrics {
     pub fn render_prometheus(&self, text: &mut PrometheusText, stream: &str, sinks: &[SinkLabel], now_ms: i64) {
         let stream_label = format!("stream=\"{}\"", label_value(stream));
         let api = &self.api;
-        let counters: [(&str, u64); 13] = [
+        let counters: [(&str, u64); 16] = [
             ("IncomingBytes", api.incoming_bytes.load(Relaxed).max(self.bytes_in())),
             ("IncomingRecords", api.incoming_records.load(Relaxed).max(self.records_in())),
             ("IncomingPutRequests", api.incoming_put_requests.load(Relaxed)),
@@ -273,6 +280,9 @@ impl PipelineMetrics {
             ("ListDeliveryStreams_Requests", api.list_requests.load(Relaxed)),
             ("SourceErrors", self.source_errors.lock().map_or(0, |e| e.len() as u64)),
             ("LogExpiredRecords", api.log_expired_records.load(Relaxed)),
+            ("LogCorruptRecords", api.log_corrupt_records.load(Relaxed)),
+            ("LogCorruptEntries", api.log_corrupt_entries.load(Relaxed)),
+            ("LogCorruptBytes", api.log_corrupt_bytes.load(Relaxed)),
         ];
         for (name, value) in counters {
             text.sample(&format!("sluice_{name}"), "counter", &stream_label, value);

@@ -7,7 +7,10 @@
 //! sync running syncs for everyone appended so far); with `"buffered"`, after the write. Every
 //! committed batch is tracked from the queue to the epoch its reader stamped it with; the
 //! checkpoint advances only past batches whose epoch is below the delivered frontier, so a restart
-//! replays exactly what was not yet delivered (at-least-once).
+//! replays exactly what was not yet delivered (at-least-once). The checkpoint follows the delivered
+//! frontier as soon as it moves. What recovery finds at start (damage, missing segments, torn
+//! writes) is logged, as an error when acknowledged records were lost, and counted in
+//! `LogCorruptRecords` / `LogCorruptBytes`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,12 +21,14 @@ use std::time::Duration;
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::{RecordBatch, now_ms};
 use sluice_engine::traits::{Durability, Retention};
-use sluice_engine::wal::{EntryAt, Recovery, Wal, WalError};
+use sluice_engine::wal::{ENTRY_OVERHEAD, EntryAt, Position, Recovery, Wal, WalError};
 
 /// Segment size of an API source's log.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
-/// How often the checkpoint follows the delivered frontier.
-const TRUNCATE_EVERY: Duration = Duration::from_millis(500);
+/// How often the checkpoint thread looks at the delivered frontier (a move is checkpointed at once).
+const FOLLOW_EVERY: Duration = Duration::from_millis(10);
+/// How often retention and the log's size are looked at when the frontier does not move.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
 
 /// Entries to replay after a restart (read one at a time, so replay holds one batch in memory).
 pub type Replay = Vec<EntryAt>;
@@ -34,8 +39,9 @@ struct SyncState {
     synced: u64,
     /// A commit is syncing for everyone.
     syncing: bool,
-    /// The last sync failure (every commit waiting on it fails).
-    failed: Option<String>,
+    /// Entries below this were covered by a sync that failed (not durable, not acknowledged), and
+    /// why; later entries are synced by a later attempt.
+    failed: Option<(u64, String)>,
 }
 
 /// A pipeline source's write-ahead log with group commit and delivery tracking.
@@ -59,8 +65,10 @@ struct Pending {
     epoch: Option<u64>,
     /// When it arrived (for `retention.max_hours`).
     arrival_ms: i64,
-    /// Its records (0 when replayed: not read yet).
+    /// Its records.
     records: u64,
+    /// Records before it in the log (for the checkpoint's record count).
+    first_record: u64,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -70,23 +78,47 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl DurableLog {
     /// Opens the log in `dir`; returns it and the batches to replay (committed, not delivered),
     /// with their sequence numbers.
-    pub fn open(dir: &Path, mode: Durability, retention: Retention) -> Result<(Arc<DurableLog>, Replay), WalError> {
-        let (mut wal, Recovery { entries, cut, .. }) = Wal::open(dir, SEGMENT_BYTES)?;
-        wal.set_sync_on_roll(mode == Durability::Fsync);
-        for c in &cut {
-            tracing::warn!(segment = %c.segment.display(), bytes = c.bytes, offset = c.offset, "the log had a torn or corrupt tail; cut it");
+    /// What recovery found is logged and counted into `metrics`.
+    pub fn open(
+        dir: &Path,
+        mode: Durability,
+        retention: Retention,
+        metrics: &PipelineMetrics,
+    ) -> Result<(Arc<DurableLog>, Replay), WalError> {
+        let (mut wal, Recovery { entries, findings, .. }) = Wal::open(dir, SEGMENT_BYTES)?;
+        wal.set_buffered(mode == Durability::Buffered);
+        for finding in &findings {
+            let log = dir.display();
+            if finding.known {
+                tracing::warn!(log = %log, "known log damage, reported at an earlier start: {finding}");
+            } else if finding.is_loss() {
+                tracing::error!(log = %log, "ACKNOWLEDGED RECORDS LOST: {finding}");
+                let api = &metrics.api;
+                api.log_corrupt_records.fetch_add(finding.lost_records.unwrap_or(0), Ordering::Relaxed);
+                api.log_corrupt_entries.fetch_add(finding.lost_entries, Ordering::Relaxed);
+                api.log_corrupt_bytes.fetch_add(finding.bytes.unwrap_or(0), Ordering::Relaxed);
+            } else {
+                tracing::warn!(log = %log, "{finding}");
+                metrics.api.log_corrupt_bytes.fetch_add(finding.bytes.unwrap_or(0), Ordering::Relaxed);
+            }
         }
         let replay = entries;
         let synced = wal.next_seq();
         let disk_bytes = AtomicU64::new(wal.disk_bytes());
         // Replayed batches count their age from the restart.
-        let replayed = Pending { epoch: None, arrival_ms: now_ms(), records: 0 };
+        let now = now_ms();
+        let replayed = |e: &EntryAt| Pending {
+            epoch: None,
+            arrival_ms: now,
+            records: u64::from(e.records),
+            first_record: e.first_record.unwrap_or(0),
+        };
         let log = DurableLog {
             wal: Mutex::new(wal),
             mode,
             sync: Mutex::new(SyncState { synced, ..SyncState::default() }),
             synced: Condvar::new(),
-            pending: Mutex::new(replay.iter().map(|e| (e.seq, replayed)).collect()),
+            pending: Mutex::new(replay.iter().map(|e| (e.seq, replayed(e))).collect()),
             retention,
             disk_bytes,
         };
@@ -101,14 +133,15 @@ impl DurableLog {
         if held + payload.len() as u64 > self.retention.max_bytes {
             return Err(WalError::Full { bytes: held });
         }
+        let records = batch.len() as u64;
         let seq = {
             let mut wal = locked(&self.wal);
-            let seq = wal.append(&payload)?;
-            let pending = Pending { epoch: None, arrival_ms: batch.arrival_ms, records: batch.len() as u64 };
-            locked(&self.pending).insert(seq, pending);
-            seq
+            let at = wal.append(&payload, u32::try_from(records).unwrap_or(u32::MAX))?;
+            let pending = Pending { epoch: None, arrival_ms: batch.arrival_ms, records, first_record: at.record };
+            locked(&self.pending).insert(at.seq, pending);
+            at.seq
         };
-        self.disk_bytes.fetch_add(payload.len() as u64 + 16, Ordering::SeqCst);
+        self.disk_bytes.fetch_add(payload.len() as u64 + ENTRY_OVERHEAD, Ordering::SeqCst);
         if self.mode != Durability::Fsync {
             return Ok(seq);
         }
@@ -117,7 +150,9 @@ impl DurableLog {
             if state.synced > seq {
                 return Ok(seq);
             }
-            if let Some(e) = &state.failed {
+            if let Some((below, e)) = &state.failed
+                && seq < *below
+            {
                 return Err(WalError::Io {
                     context: "the log could not be synced".into(),
                     source: std::io::Error::other(e.clone()),
@@ -132,16 +167,28 @@ impl DurableLog {
             drop(state);
             // (The log's lock is released at the end of this statement, before the fsync.)
             let point = locked(&self.wal).sync_point();
-            let result = point.and_then(|(file, upto)| {
-                file.sync_data().map_err(|source| WalError::Io { context: "cannot sync the log".into(), source })?;
-                locked(&self.wal).mark_synced(upto);
-                Ok(upto)
-            });
+            let result = match point {
+                Ok((file, upto)) => match file.sync_data() {
+                    Ok(()) => {
+                        locked(&self.wal).mark_synced(upto);
+                        Ok(upto.seq)
+                    }
+                    Err(e) => {
+                        // Not durable: refuse what it covered; the log starts a new segment.
+                        locked(&self.wal).sync_failed();
+                        Err((upto.seq, format!("cannot sync the log: {e}")))
+                    }
+                },
+                Err(e) => Err((seq + 1, e.to_string())),
+            };
             state = locked(&self.sync);
             state.syncing = false;
             match result {
                 Ok(upto) => state.synced = state.synced.max(upto),
-                Err(e) => state.failed = Some(e.to_string()),
+                Err((below, e)) => {
+                    tracing::error!(error = %e, "the log could not be synced; refusing the records it held");
+                    state.failed = Some((below, e));
+                }
             }
             self.synced.notify_all();
         }
@@ -166,7 +213,11 @@ impl DurableLog {
     pub fn truncate(&self, delivered: u64) -> Result<u64, WalError> {
         let expire_before = now_ms().saturating_sub(self.retention.max_age.as_millis() as i64);
         let mut expired = 0;
-        let checkpoint = {
+        // The frontier is read under the log's lock, as commits append and register under it: a
+        // batch appended meanwhile cannot fall below a checkpoint taken from an emptied queue.
+        // The checkpoint's fsyncs and the unlinks run without holding the log: appends go on.
+        let plan = {
+            let wal = locked(&self.wal);
             let mut pending = locked(&self.pending);
             pending.retain(|_, p| {
                 if p.arrival_ms < expire_before {
@@ -175,7 +226,11 @@ impl DurableLog {
                 }
                 p.epoch.is_none_or(|e| e >= delivered)
             });
-            pending.keys().next().copied()
+            let frontier = match pending.iter().next() {
+                Some((&seq, p)) => Position { seq, record: p.first_record },
+                None => wal.next(),
+            };
+            wal.checkpoint_to(frontier)
         };
         if expired > 0 {
             tracing::error!(
@@ -184,12 +239,6 @@ impl DurableLog {
                 "undelivered records are older than the log's retention and leave it: a crash now loses them"
             );
         }
-        // The checkpoint's fsyncs and the unlinks run without holding the log: appends go on.
-        let plan = {
-            let wal = locked(&self.wal);
-            let frontier = checkpoint.unwrap_or_else(|| wal.next_seq());
-            wal.checkpoint_to(frontier)
-        };
         if let Some(plan) = plan {
             plan.write()?;
             let below = locked(&self.wal).checkpointed(&plan);
@@ -211,24 +260,30 @@ impl DurableLog {
         self.disk_bytes.load(Ordering::SeqCst)
     }
 
-    /// Follows the delivered frontier on a thread of its own until the run delivered everything,
+    /// Follows the delivered frontier on a thread of its own until the run delivered everything:
+    /// checkpoints as soon as the frontier moves, and looks at retention every half second,
     /// counting into `metrics` (`LogBytes`, `LogExpiredRecords`).
     pub fn follow(self: &Arc<Self>, delivered: Arc<AtomicU64>, metrics: Arc<PipelineMetrics>) {
         let log = Arc::clone(self);
         let spawned = std::thread::Builder::new().name("sluice-wal".into()).spawn(move || {
+            let mut last: Option<(u64, std::time::Instant)> = None;
             loop {
                 let frontier = delivered.load(Ordering::SeqCst);
-                match log.truncate(frontier) {
-                    Ok(expired) => {
-                        metrics.api.log_expired_records.fetch_add(expired, Ordering::Relaxed);
+                let due = last.is_none_or(|(f, at)| f != frontier || at.elapsed() >= HOUSEKEEPING_EVERY);
+                if due {
+                    match log.truncate(frontier) {
+                        Ok(expired) => {
+                            metrics.api.log_expired_records.fetch_add(expired, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot advance the log checkpoint"),
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot advance the log checkpoint"),
+                    metrics.api.log_bytes.store(log.disk_bytes(), Ordering::Relaxed);
+                    last = Some((frontier, std::time::Instant::now()));
                 }
-                metrics.api.log_bytes.store(log.disk_bytes(), Ordering::Relaxed);
                 if frontier == u64::MAX {
                     return;
                 }
-                std::thread::sleep(TRUNCATE_EVERY);
+                std::thread::sleep(FOLLOW_EVERY);
             }
         });
         if let Err(e) = spawned {
@@ -251,7 +306,8 @@ mod tests {
     fn puts_are_refused_at_the_disk_budget_and_old_records_leave_the_log_counted() {
         let dir = tempfile::tempdir().unwrap();
         let retention = Retention { max_bytes: 2500, max_age: Duration::from_secs(3600) };
-        let (log, _) = DurableLog::open(dir.path(), Durability::Fsync, retention).unwrap();
+        let metrics = PipelineMetrics::new(1, 1);
+        let (log, _) = DurableLog::open(dir.path(), Durability::Fsync, retention, &metrics).unwrap();
         let now = now_ms();
         let first = log.commit(&batch(10, now - 2 * 3600 * 1000)).unwrap();
         let second = log.commit(&batch(10, now)).unwrap();
@@ -262,7 +318,7 @@ mod tests {
         assert_eq!(log.truncate(6).unwrap(), 0);
         assert!(first < second);
         drop(log);
-        let (_, replay) = DurableLog::open(dir.path(), Durability::Fsync, retention).unwrap();
+        let (_, replay) = DurableLog::open(dir.path(), Durability::Fsync, retention, &metrics).unwrap();
         assert!(replay.is_empty(), "{replay:?}");
     }
 }

@@ -146,8 +146,13 @@ impl LogSlot {
 
     /// Opens the log (once) and starts queueing into `queue` what it replays: batches acknowledged
     /// before a restart and not delivered, one at a time as the queue has room (a thread of its
-    /// own; new requests are taken meanwhile). `None` with `durability = "none"`.
-    pub fn open(&self, queue: &Arc<IngestQueue>) -> Result<Option<Arc<durable::DurableLog>>, SourceError> {
+    /// own; new requests are taken meanwhile). `None` with `durability = "none"`. What recovery
+    /// found is counted into `metrics`.
+    pub fn open(
+        &self,
+        queue: &Arc<IngestQueue>,
+        metrics: &sluice_engine::metrics::PipelineMetrics,
+    ) -> Result<Option<Arc<durable::DurableLog>>, SourceError> {
         let mut opened = self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(log) = opened.as_ref() {
             return Ok(log.clone());
@@ -155,7 +160,7 @@ impl LogSlot {
         let log = if self.mode == Durability::None {
             None
         } else {
-            let (log, replay) = durable::DurableLog::open(&self.dir, self.mode, self.retention)
+            let (log, replay) = durable::DurableLog::open(&self.dir, self.mode, self.retention, metrics)
                 .map_err(|e| SourceError::Setup(format!("write-ahead log in {}: {e}", self.dir.display())))?;
             if !replay.is_empty() {
                 tracing::info!(batches = replay.len(), dir = %self.dir.display(), "replaying acknowledged records not yet delivered");

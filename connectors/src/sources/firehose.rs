@@ -128,7 +128,7 @@ impl FirehoseSource {
         info: Arc<sluice_engine::config::StreamInfo>,
         metrics: Arc<sluice_engine::metrics::PipelineMetrics>,
     ) -> Result<StreamEndpoint, SourceError> {
-        let log = self.log.open(&self.queue)?;
+        let log = self.log.open(&self.queue, &metrics)?;
         Ok(StreamEndpoint { info, queue: Arc::clone(&self.queue), log, metrics, keys: self.keys.clone() })
     }
 }
@@ -150,7 +150,7 @@ impl Source for FirehoseSource {
     }
 
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
-        if let Some(log) = self.log.open(&self.queue)? {
+        if let Some(log) = self.log.open(&self.queue, &ctx.metrics)? {
             log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
         }
         if self.shared.load(Ordering::SeqCst) {

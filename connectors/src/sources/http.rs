@@ -110,7 +110,7 @@ impl Source for HttpSource {
 
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
         let _ = self.endpoint.metrics.set(Arc::clone(&ctx.metrics));
-        if let Some(log) = self.endpoint.log.open(&self.endpoint.queue)? {
+        if let Some(log) = self.endpoint.log.open(&self.endpoint.queue, &ctx.metrics)? {
             log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
         }
         let router = axum::Router::new()
