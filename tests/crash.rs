@@ -19,9 +19,12 @@ use super::support::sluice;
 const KILLS: usize = 20;
 const PER_REQUEST: u64 = 50;
 
+/// Starts `sluice run config`, its output appended to `log` next to the config (a pipe nobody reads
+/// would block the process once full), and waits until it listens on `port`.
 fn start(config: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(config.with_extension("log")).unwrap();
     let child =
-        sluice().args(["run", config.to_str().unwrap()]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        sluice().args(["run", config.to_str().unwrap()]).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(started.elapsed() < Duration::from_secs(20), "sluice did not listen");
@@ -35,32 +38,38 @@ fn produce(port: u16, next: &AtomicU64, stop: &AtomicBool) -> Vec<u64> {
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let mut acknowledged = Vec::new();
     while !stop.load(Ordering::SeqCst) {
-        let first = next.fetch_add(PER_REQUEST, Ordering::SeqCst);
-        let numbers: Vec<u64> = (first..first + PER_REQUEST).collect();
-        let records: Vec<serde_json::Value> = numbers
-            .iter()
-            .map(|n| serde_json::json!({"Data": base64::engine::general_purpose::STANDARD.encode(format!("{{\"n\":{n}}}"))}))
-            .collect();
-        let body = serde_json::json!({"DeliveryStreamName": "crash", "Records": records}).to_string();
-        let response = http
-            .post(format!("http://127.0.0.1:{port}/"))
-            .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
-            .header("content-type", "application/x-amz-json-1.1")
-            .body(body)
-            .send();
-        let Ok(response) = response else { break };
-        if !response.status().is_success() {
-            continue;
-        }
-        let Ok(text) = response.text() else { break };
-        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
-        for (n, r) in numbers.iter().zip(parsed["RequestResponses"].as_array().unwrap()) {
-            if r["RecordId"].is_string() {
-                acknowledged.push(*n);
-            }
+        match put_numbered(&http, port, next.fetch_add(PER_REQUEST, Ordering::SeqCst)) {
+            Some(acked) => acknowledged.extend(acked),
+            None => break,
         }
     }
     acknowledged
+}
+
+/// One PutRecordBatch of records `first..first + PER_REQUEST`; the numbers acknowledged, or `None`
+/// when the process did not answer.
+fn put_numbered(http: &reqwest::blocking::Client, port: u16, first: u64) -> Option<Vec<u64>> {
+    let numbers: Vec<u64> = (first..first + PER_REQUEST).collect();
+    let records: Vec<serde_json::Value> = numbers
+        .iter()
+        .map(
+            |n| serde_json::json!({"Data": base64::engine::general_purpose::STANDARD.encode(format!("{{\"n\":{n}}}"))}),
+        )
+        .collect();
+    let body = serde_json::json!({"DeliveryStreamName": "crash", "Records": records}).to_string();
+    let response = http
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(body)
+        .send()
+        .ok()?;
+    if !response.status().is_success() {
+        return Some(Vec::new());
+    }
+    let parsed: serde_json::Value = serde_json::from_str(&response.text().ok()?).unwrap();
+    let responses = parsed["RequestResponses"].as_array().unwrap();
+    Some(numbers.iter().zip(responses).filter(|(_, r)| r["RecordId"].is_string()).map(|(n, _)| *n).collect())
 }
 
 /// Every `{"n":…}` in delivered objects (staging files of interrupted uploads, `…#…`, are not
@@ -132,11 +141,13 @@ fn records_acknowledged_before_any_of_twenty_kill_9s_are_all_delivered() {
         }
     }
     // A last run with a clean stop delivers whatever the log still holds.
-    let child = start(&config, port);
+    let mut child = start(&config, port);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(config.with_extension("log")).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("LOST"), "{log}");
 
     let acknowledged = acknowledged.lock().unwrap();
     let counts = delivered(&out);
@@ -147,6 +158,92 @@ fn records_acknowledged_before_any_of_twenty_kill_9s_are_all_delivered() {
         acknowledged.len(),
         counts.len()
     );
+    if std::env::var("SLUICE_CRASH_KEEP").is_ok() {
+        let kept = std::path::PathBuf::from("/tmp/crash-out");
+        let _ = std::fs::remove_dir_all(&kept);
+        assert!(Command::new("cp").arg("-r").arg(&out).arg(&kept).status().unwrap().success());
+        std::fs::copy(config.with_extension("log"), "/tmp/crash-out.log").unwrap();
+    }
     assert!(acknowledged.len() > 1000, "too few records acknowledged to mean anything: {}", acknowledged.len());
     assert!(lost.is_empty(), "{} acknowledged records lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
+}
+
+/// A byte flip in the middle of the log at rest (issue 11, item 2): the restart skips only the
+/// damaged entry, delivers every other acknowledged record, reports exactly what was lost (error
+/// log and `LogCorruptRecords`), and keeps the damaged bytes in `quarantine/`.
+#[test]
+fn a_corrupt_log_entry_costs_only_its_own_records_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let data = dir.path().join("data");
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("crash.toml");
+    // Nothing is delivered before the kill: everything acknowledged is only in the log.
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"crash\"\nworkers = 1\ndata_dir = \"{}\"\n\
+             [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
+             buffer = {{ size_mb = 64, interval_s = 900 }}\n",
+            data.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let mut child = start(&config, port);
+    let http = reqwest::blocking::Client::new();
+    let mut acknowledged = Vec::new();
+    for request in 0..40 {
+        let acked = put_numbered(&http, port, request * PER_REQUEST).unwrap();
+        assert_eq!(acked.len(), PER_REQUEST as usize);
+        acknowledged.extend(acked);
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Entry 18 of 40: flip four bytes in the middle of its payload.
+    let segment = std::fs::read_dir(data.join("api"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "wal"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let magic = [0xE7, b'S', b'L', b'W'];
+    let starts: Vec<usize> = bytes.windows(4).enumerate().filter(|(_, w)| *w == magic).map(|(i, _)| i).collect();
+    assert_eq!(starts.len(), 40);
+    let middle = (starts[18] + starts[19]) / 2;
+    for b in &mut bytes[middle..middle + 4] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let child = sluice()
+        .args(["run", config.to_str().unwrap(), "--admin", &format!("127.0.0.1:{admin}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let metrics = loop {
+        if let Ok(r) = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")) {
+            break r.text().unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no admin endpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(metrics.contains("sluice_LogCorruptRecords{stream=\"crash\"} 50"), "{metrics}");
+    assert!(metrics.contains("sluice_LogCorruptEntries{stream=\"crash\"} 1"), "{metrics}");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("ACKNOWLEDGED RECORDS LOST") && stderr.contains("entries 18..19"), "{stderr}");
+    let counts = delivered(&out);
+    let lost: Vec<u64> = acknowledged.iter().copied().filter(|n| !counts.contains_key(n)).collect();
+    let entry_18: Vec<u64> = (18 * PER_REQUEST..19 * PER_REQUEST).collect();
+    assert_eq!(lost, entry_18, "only the damaged entry's records are missing");
+    let report = std::fs::read_to_string(data.join("api/quarantine/report.ndjson")).unwrap();
+    assert!(report.contains("\"lostRecords\":50"), "{report}");
 }

@@ -6,8 +6,9 @@
 //! in the log and fsynced, and concurrent commits share one fsync (group commit: whoever finds no
 //! sync running syncs for everyone appended so far); with `"buffered"`, after the write. Every
 //! committed batch is tracked from the queue to the epoch its reader stamped it with; the
-//! checkpoint advances only past batches whose epoch is below the delivered frontier, so a restart
-//! replays exactly what was not yet delivered (at-least-once). The checkpoint follows the delivered
+//! checkpoint advances only past batches whose epoch is below the delivered frontier, and records
+//! which later batches are delivered too, so a restart replays exactly what was not yet delivered
+//! (at-least-once). The checkpoint follows the delivered
 //! frontier as soon as it moves. What recovery finds at start (damage, missing segments, torn
 //! writes) is logged, as an error when acknowledged records were lost, and counted in
 //! `LogCorruptRecords` / `LogCorruptBytes`.
@@ -230,7 +231,18 @@ impl DurableLog {
                 Some((&seq, p)) => Position { seq, record: p.first_record },
                 None => wal.next(),
             };
-            wal.checkpoint_to(frontier)
+            // Entries above the frontier no longer pending are delivered (or were never
+            // acknowledged): a restart need not replay them. Two workers deliver in different
+            // epochs, so these are often most of what lies above the frontier.
+            let mut delivered = Vec::new();
+            let mut from = frontier.seq;
+            for &seq in pending.keys().chain(std::iter::once(&wal.next_seq())) {
+                if seq > from {
+                    delivered.push(from..seq);
+                }
+                from = seq + 1;
+            }
+            wal.checkpoint_to(frontier, &delivered)
         };
         if expired > 0 {
             tracing::error!(

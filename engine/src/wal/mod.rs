@@ -36,6 +36,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use format::{MAX_PAYLOAD, Position};
+/// Delivered ranges above the frontier a checkpoint keeps (more are replayed: duplicates, not loss).
+pub const MAX_DELIVERED_RANGES: usize = 4096;
 /// Bytes the log adds to each entry's payload.
 pub const ENTRY_OVERHEAD: u64 = format::ENTRY_HEADER as u64;
 pub use recovery::{Finding, FindingKind, QUARANTINE};
@@ -140,6 +142,8 @@ pub struct Wal {
     sealed_changed: bool,
     /// How far the log was acknowledged at the last checkpoint written.
     checkpointed_acked: u64,
+    /// The delivered ranges above the frontier at the last checkpoint written.
+    checkpointed_delivered: Vec<[u64; 2]>,
     active: File,
     active_len: u64,
     /// Length of the active segment at its last sync.
@@ -334,6 +338,7 @@ impl Wal {
             sealed,
             sealed_changed,
             checkpointed_acked: next.seq,
+            checkpointed_delivered: checkpoint.delivered.clone(),
             active,
             active_len,
             synced_len: active_len,
@@ -347,10 +352,8 @@ impl Wal {
         };
         if sealed_changed {
             // Forget what was reported: a later start compares against what is left.
-            let state = wal.checkpoint_state(Position {
-                seq: checkpoint.frontier,
-                record: checkpoint.frontier_record.unwrap_or(0),
-            });
+            let frontier = Position { seq: checkpoint.frontier, record: checkpoint.frontier_record.unwrap_or(0) };
+            let state = wal.checkpoint_state(frontier, checkpoint.delivered.clone());
             if let Err(e) = (Checkpoint { dir: dir.to_path_buf(), state }).write() {
                 tracing::error!(error = %e, "cannot rewrite the log checkpoint after recovery");
             }
@@ -510,34 +513,47 @@ impl Wal {
         Ok(())
     }
 
-    fn checkpoint_state(&self, frontier: Position) -> CheckpointState {
+    fn checkpoint_state(&self, frontier: Position, delivered: Vec<[u64; 2]>) -> CheckpointState {
         CheckpointState {
             frontier: frontier.seq,
             frontier_record: Some(frontier.record),
             acked_before: Some(self.acked()),
             sealed: self.sealed.iter().filter(|s| s.end_seq > frontier.seq).cloned().collect(),
+            delivered,
         }
     }
 
-    /// Records that every entry below `frontier` is delivered: writes the checkpoint durably, then
-    /// deletes the segments wholly below it (never the active one).
-    pub fn truncate_below(&mut self, frontier: Position) -> Result<(), WalError> {
-        let Some(checkpoint) = self.checkpoint_to(frontier) else { return Ok(()) };
+    /// Records that every entry below `frontier` is delivered, and those in the `delivered`
+    /// ranges above it: writes the checkpoint durably, then deletes the segments wholly below it
+    /// (never the active one).
+    pub fn truncate_below(&mut self, frontier: Position, delivered: &[std::ops::Range<u64>]) -> Result<(), WalError> {
+        let Some(checkpoint) = self.checkpoint_to(frontier, delivered) else { return Ok(()) };
         checkpoint.write()?;
         let below = self.checkpointed(&checkpoint);
         checkpoint.remove_segments(&below)
     }
 
     /// The checkpoint to write for `frontier` (the first entry not delivered, with the number of
-    /// its first record), or `None` if nothing would change: the frontier did not move, no segment
-    /// was sealed, and nothing more was acknowledged (the checkpoint also records how far the log
-    /// was acknowledged, which is how recovery tells a lost entry from an interrupted write).
-    /// Writing it ([`Checkpoint::write`]) needs no access to the log, so appends go on
-    /// meanwhile; then [`Wal::checkpointed`] and [`Checkpoint::remove_segments`].
-    pub fn checkpoint_to(&self, frontier: Position) -> Option<Checkpoint> {
+    /// its first record) and the ranges of entries above it that are delivered too (a restart does
+    /// not replay them; at most [`MAX_DELIVERED_RANGES`] are kept, the rest is replayed), or `None`
+    /// if nothing would change: the frontier and the delivered ranges did not move, no segment was
+    /// sealed, and nothing more was acknowledged (the checkpoint also records how far the log was
+    /// acknowledged, which is how recovery tells a lost entry from an interrupted write). Writing
+    /// it ([`Checkpoint::write`]) needs no access to the log, so appends go on meanwhile; then
+    /// [`Wal::checkpointed`] and [`Checkpoint::remove_segments`].
+    pub fn checkpoint_to(&self, frontier: Position, delivered: &[std::ops::Range<u64>]) -> Option<Checkpoint> {
         let frontier = if frontier.seq >= self.next.seq { self.next } else { frontier };
-        (frontier.seq > self.checkpoint || self.sealed_changed || self.acked().seq > self.checkpointed_acked)
-            .then(|| Checkpoint { dir: self.dir.clone(), state: self.checkpoint_state(frontier) })
+        let delivered: Vec<[u64; 2]> = delivered
+            .iter()
+            .filter(|r| r.start >= frontier.seq && r.start < r.end && r.end <= self.next.seq)
+            .take(MAX_DELIVERED_RANGES)
+            .map(|r| [r.start, r.end])
+            .collect();
+        let changed = frontier.seq > self.checkpoint
+            || delivered != self.checkpointed_delivered
+            || self.sealed_changed
+            || self.acked().seq > self.checkpointed_acked;
+        changed.then(|| Checkpoint { dir: self.dir.clone(), state: self.checkpoint_state(frontier, delivered) })
     }
 
     /// Takes a written checkpoint into account; returns the segments now wholly below it, which
@@ -548,6 +564,7 @@ impl Wal {
         if let Some(acked) = checkpoint.state.acked_before {
             self.checkpointed_acked = self.checkpointed_acked.max(acked.seq);
         }
+        self.checkpointed_delivered.clone_from(&checkpoint.state.delivered);
         let mut below = Vec::new();
         // A segment is wholly below the checkpoint when the next one starts at or below it.
         while self.segments.len() > 1 && self.segments[1].first.seq <= self.checkpoint {
@@ -616,7 +633,9 @@ mod tests {
         /// An append that fails after writing `keep` of its bytes (a full disk).
         FailAppend(Vec<u8>, u16),
         Sync,
-        Deliver(u8),
+        /// Deliver up to `n % 8` entries past the frontier, and the durable entries above it that
+        /// `mask` picks.
+        Deliver(u8, u64),
         /// Crash: keep `keep` of the unsynced bytes of the active segment, optionally flip a bit in
         /// what is kept, optionally undo the last segment deletion.
         Crash {
@@ -644,7 +663,7 @@ mod tests {
             6 => (payload(), 0u32..5).prop_map(|(p, r)| Op::Append(p, r)),
             1 => (payload(), any::<u16>()).prop_map(|(p, k)| Op::FailAppend(p, k)),
             3 => Just(Op::Sync),
-            1 => any::<u8>().prop_map(Op::Deliver),
+            1 => (any::<u8>(), any::<u64>()).prop_map(|(n, mask)| Op::Deliver(n, mask)),
             1 => (any::<u16>(), proptest::option::of(any::<u16>()), any::<bool>())
                 .prop_map(|(keep, flip, undo_unlink)| Op::Crash { keep, flip, undo_unlink }),
             1 => (any::<u8>(), any::<u32>()).prop_map(|(segment, at)| Op::Corrupt { segment, at }),
@@ -666,6 +685,8 @@ mod tests {
         lost: BTreeMap<u64, (Vec<u8>, u64, u32)>,
         /// The first record number of every entry ever appended.
         positions: BTreeMap<u64, u64>,
+        /// Entries above the frontier the last checkpoint records as delivered.
+        delivered_above: BTreeSet<u64>,
     }
 
     impl Model {
@@ -690,6 +711,7 @@ mod tests {
         prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]), "out of order: {:?}", seqs);
         for entry in &recovery.entries {
             prop_assert!(entry.seq >= checkpoint);
+            prop_assert!(!model.delivered_above.contains(&entry.seq), "delivered entry {} replayed", entry.seq);
             let (payload, first_record, records) =
                 model.appended.get(&entry.seq).or_else(|| model.lost.get(&entry.seq)).cloned().unwrap_or_default();
             prop_assert_eq!(&payload, &entry.read().unwrap(), "entry {}", entry.seq);
@@ -707,7 +729,9 @@ mod tests {
             reported.extend(lost);
         }
         for &seq in model.durable.range(checkpoint..) {
-            if model.damaged.contains(&seq) || model.lost.contains_key(&seq) {
+            if model.delivered_above.contains(&seq) {
+                prop_assert!(!reported.contains(&seq), "delivered entry {} reported lost", seq);
+            } else if model.damaged.contains(&seq) || model.lost.contains_key(&seq) {
                 prop_assert!(
                     recovered.contains(&seq) || reported.contains(&seq),
                     "lost entry {} not reported: {:?}",
@@ -744,7 +768,7 @@ mod tests {
                 model.appended.insert(*seq, entry);
             }
         }
-        // What was not recovered is gone; what was is on disk now.
+        // What was not recovered is gone (or delivered); what was is on disk now.
         model.appended.retain(|s, _| *s < checkpoint || recovered.contains(s));
         model.durable = model.appended.keys().copied().collect();
         model.damaged.clear();
@@ -792,7 +816,7 @@ mod tests {
                         let synced = wal.synced_seq();
                         model.durable.extend(model.appended.range(..synced).map(|(s, _)| *s));
                     }
-                    Op::Deliver(n) => {
+                    Op::Deliver(n, mask) => {
                         // Only what is durable (or gone) can have been delivered.
                         let mut frontier = wal.checkpoint();
                         for _ in 0..n % 8 {
@@ -801,9 +825,23 @@ mod tests {
                             }
                             frontier += 1;
                         }
+                        // The frontier is the first entry still pending: never a delivered or lost one.
+                        while frontier < wal.next_seq()
+                            && (model.delivered_above.contains(&frontier) || !model.appended.contains_key(&frontier))
+                        {
+                            frontier += 1;
+                        }
                         let record = model.positions.get(&frontier).copied().filter(|_| frontier < wal.next_seq()).unwrap_or(wal.next().record);
                         saved_segments = wal.segments().iter().map(|p| (p.clone(), std::fs::read(p).unwrap())).collect();
-                        wal.truncate_below(Position { seq: frontier, record }).unwrap();
+                        // Once delivered, always delivered (as the pending set of the log's user).
+                        let picked = model.durable.range(frontier + 1..).copied().filter(|s| mask >> (s % 64) & 1 == 1);
+                        let above: BTreeSet<u64> = picked
+                            .chain(model.delivered_above.range(frontier + 1..).copied())
+                            .filter(|s| !model.damaged.contains(s))
+                            .collect();
+                        let ranges: Vec<std::ops::Range<u64>> = above.iter().map(|&s| s..s + 1).collect();
+                        wal.truncate_below(Position { seq: frontier, record }, &ranges).unwrap();
+                        model.delivered_above = above;
                     }
                     Op::Crash { keep, flip, undo_unlink } => {
                         let active = wal.segments().last().unwrap().clone();
@@ -836,7 +874,9 @@ mod tests {
                         // log is acknowledged.
                         let frontier = wal.checkpoint();
                         let record = model.positions.get(&frontier).copied().filter(|_| frontier < wal.next_seq()).unwrap_or(wal.next().record);
-                        wal.truncate_below(Position { seq: frontier, record }).unwrap();
+                        let ranges: Vec<std::ops::Range<u64>> =
+                            model.delivered_above.range(frontier + 1..).map(|&s| s..s + 1).collect();
+                        wal.truncate_below(Position { seq: frontier, record }, &ranges).unwrap();
                         let segments = wal.segments();
                         let path = segments[usize::from(segment) % segments.len()].clone();
                         let mut bytes = std::fs::read(&path).unwrap();
@@ -990,7 +1030,7 @@ mod tests {
         }
         wal.sync().unwrap();
         // A checkpoint that has delivered nothing still records the sealed segments.
-        wal.truncate_below(Position { seq: 0, record: 0 }).unwrap();
+        wal.truncate_below(Position { seq: 0, record: 0 }, &[]).unwrap();
         let segments = wal.segments();
         assert!(segments.len() >= 4, "{segments:?}");
         drop(wal);
@@ -1027,7 +1067,7 @@ mod tests {
         wal.sync().unwrap();
         // 76-byte entries after a 48-byte header: a segment takes two before it reaches 200 bytes.
         assert_eq!(wal.segments().len(), 5);
-        wal.truncate_below(Position { seq: 6, record: 6 }).unwrap();
+        wal.truncate_below(Position { seq: 6, record: 6 }, &[]).unwrap();
         assert_eq!(wal.segments().len(), 2);
         drop(wal);
         let (wal, recovery) = Wal::open(dir.path(), 200).unwrap();

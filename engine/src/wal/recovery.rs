@@ -57,11 +57,29 @@ pub struct CheckpointState {
     pub acked_before: Option<Position>,
     /// The sealed segments at or above the frontier.
     pub sealed: Vec<SealedSegment>,
+    /// Entries above the frontier that were delivered already (`[start, end)` ranges): a restart
+    /// does not replay them, and their damage costs nothing.
+    #[serde(default)]
+    pub delivered: Vec<[u64; 2]>,
+}
+
+impl CheckpointState {
+    /// Whether entry `seq` is at or above the frontier and delivered already.
+    fn delivered_above(&self, seq: u64) -> bool {
+        let i = self.delivered.partition_point(|r| r[1] <= seq);
+        self.delivered.get(i).is_some_and(|r| r[0] <= seq && seq < r[1])
+    }
 }
 
 impl Default for CheckpointState {
     fn default() -> Self {
-        CheckpointState { frontier: 0, frontier_record: Some(0), acked_before: None, sealed: Vec::new() }
+        CheckpointState {
+            frontier: 0,
+            frontier_record: Some(0),
+            acked_before: None,
+            sealed: Vec::new(),
+            delivered: Vec::new(),
+        }
     }
 }
 
@@ -290,6 +308,9 @@ pub fn analyze(checkpoint: &CheckpointState, segments: &[SegmentOnDisk]) -> Anal
             if e.seq >= next_found {
                 next_found = e.seq + 1;
                 found.insert(e.seq);
+                if checkpoint.delivered_above(e.seq) {
+                    continue;
+                }
                 entries.push(EntryAt {
                     seq: e.seq,
                     first_record: e.first_record,
@@ -307,14 +328,16 @@ pub fn analyze(checkpoint: &CheckpointState, segments: &[SegmentOnDisk]) -> Anal
 
     let mut used: BTreeSet<(usize, usize)> = BTreeSet::new();
     let mut findings = Vec::new();
+    // Delivered entries cost nothing if their bytes are gone.
+    let found = |seq: &u64| found.contains(seq) || checkpoint.delivered_above(*seq);
     let mut seq = frontier;
     while seq < end {
-        if found.contains(&seq) {
+        if found(&seq) {
             seq += 1;
             continue;
         }
         let run_start = seq;
-        while seq < end && !found.contains(&seq) {
+        while seq < end && !found(&seq) {
             seq += 1;
         }
         findings.push(missing_run(run_start..seq, ack_bound, &anchors, checkpoint, segments, &mut used));
