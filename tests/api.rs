@@ -187,6 +187,11 @@ fn every_malformed_or_oversize_request_gets_its_firehose_error_and_nothing_of_it
         "unknown_operation": "UnknownOperationException",
         "no_target": "UnknownOperationException",
         "create_stream": "InvalidArgumentException",
+        "missing_data": "ValidationException",
+        "batch_missing_data": "ValidationException",
+        "record_as_array": "SerializationException",
+        "records_of_arrays": "SerializationException",
+        "top_level_array": "SerializationException",
     });
     assert_eq!(got, expected);
     let (code, printed) = running.stop();
@@ -204,6 +209,13 @@ fn sigv4_is_verified_and_missing_wrong_unknown_or_expired_signatures_are_refused
     let got = client(&["auth", &running.api, "signed", KEY, SECRET]);
     let expected = serde_json::json!({
         "signed": "OK",
+        "hand_signed": "OK",
+        "wrong_region": "InvalidSignatureException",
+        "hand_wrong_region": "InvalidSignatureException",
+        "wrong_service": "InvalidSignatureException",
+        "hand_wrong_service": "InvalidSignatureException",
+        "hand_host_not_signed": "InvalidSignatureException",
+        "non_ascii_authorization": "IncompleteSignatureException",
         "unsigned": "MissingAuthenticationTokenException",
         "wrong_secret": "InvalidSignatureException",
         "unknown_key": "UnrecognizedClientException",
@@ -225,7 +237,8 @@ fn sigv4_is_verified_and_missing_wrong_unknown_or_expired_signatures_are_refused
     let (code, printed) = running.stop();
     assert_eq!(code, 0, "{printed}");
     assert!(!printed.contains(SECRET), "a secret was printed: {printed}");
-    let mut expected = vec!["{}".to_string()];
+    // The botocore- and the hand-signed puts.
+    let mut expected = vec!["{}".to_string(), "{}".to_string()];
     expected.extend(strings(&js_sent["sent"]));
     expected.sort();
     assert_eq!(all_lines(&folder_objects(&out)), expected);
@@ -285,28 +298,55 @@ format = "ndjson"
     .unwrap();
     let running = Running::start(&["run", config.to_str().unwrap()], port, 0);
     let http = reqwest::blocking::Client::new();
-    let post = |body: Vec<u8>, token: Option<&str>, gzip: bool| {
+    let post = |body: Vec<u8>, token: Option<&str>, encoding: Option<&str>| {
         let mut request = http.post(format!("{}/ingest", running.api)).body(body);
         if let Some(t) = token {
             request = request.bearer_auth(t);
         }
-        if gzip {
-            request = request.header("content-encoding", "gzip");
+        if let Some(encoding) = encoding {
+            request = request.header("content-encoding", encoding);
         }
         request.send().unwrap().status().as_u16()
     };
-    assert_eq!(post(b"{\"a\":1}\n{\"a\":2}\n".to_vec(), Some("t0ken"), false), 200);
+    assert_eq!(post(b"{\"a\":1}\n{\"a\":2}\n".to_vec(), Some("t0ken"), None), 200);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, b"{\"b\":1}\r\n\n{\"b\":2}").unwrap();
-    assert_eq!(post(gz.finish().unwrap(), Some("t0ken"), true), 200);
-    assert_eq!(post(b"{\"no\":1}\n".to_vec(), None, false), 401);
-    assert_eq!(post(b"{\"no\":2}\n".to_vec(), Some("wrong"), false), 401);
-    assert_eq!(post(b"not gzip".to_vec(), Some("t0ken"), true), 400);
-    assert_eq!(post(vec![b'x'; (1 << 20) + 1], Some("t0ken"), false), 413);
+    assert_eq!(post(gz.finish().unwrap(), Some("t0ken"), Some("gzip")), 200);
+    // deflate as HTTP means it (zlib), and raw deflate as some clients send it; br; identity.
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut zlib, b"{\"d\":1}\n").unwrap();
+    assert_eq!(post(zlib.finish().unwrap(), Some("t0ken"), Some("deflate")), 200);
+    let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut deflate, b"{\"d\":2}\n").unwrap();
+    assert_eq!(post(deflate.finish().unwrap(), Some("t0ken"), Some("deflate")), 200);
+    // `{"br":1}\n{"br":2}\n` compressed by Python's brotli 1.1.
+    let br = vec![139, 8, 128, 123, 34, 98, 114, 34, 58, 49, 125, 10, 123, 34, 98, 114, 34, 58, 50, 125, 10, 3];
+    assert_eq!(post(br, Some("t0ken"), Some("br")), 200);
+    assert_eq!(post(b"{\"i\":1}".to_vec(), Some("t0ken"), Some("identity")), 200);
+    assert_eq!(post(b"{\"no\":1}\n".to_vec(), None, None), 401);
+    assert_eq!(post(b"{\"no\":2}\n".to_vec(), Some("wrong"), None), 401);
+    assert_eq!(post(b"not gzip".to_vec(), Some("t0ken"), Some("gzip")), 400);
+    assert_eq!(post(b"not brotli".to_vec(), Some("t0ken"), Some("br")), 400);
+    // An encoding sluice cannot decode is refused: its bytes are never stored as records.
+    assert_eq!(post(b"\x1f\x9d\x90compressed".to_vec(), Some("t0ken"), Some("compress")), 415);
+    assert_eq!(post(b"{\"z\":1}".to_vec(), Some("t0ken"), Some("zstd")), 415);
+    assert_eq!(post(vec![b'x'; (1 << 20) + 1], Some("t0ken"), None), 413);
     let (code, printed) = running.stop();
     assert_eq!(code, 0, "{printed}");
-    let expected: Vec<String> =
-        ["{\"a\":1}", "{\"a\":2}", "{\"b\":1}", "{\"b\":2}"].iter().map(|s| s.to_string()).collect();
+    let expected: Vec<String> = [
+        "{\"a\":1}",
+        "{\"a\":2}",
+        "{\"b\":1}",
+        "{\"b\":2}",
+        "{\"br\":1}",
+        "{\"br\":2}",
+        "{\"d\":1}",
+        "{\"d\":2}",
+        "{\"i\":1}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(all_lines(&folder_objects(&out)), expected);
 }
 

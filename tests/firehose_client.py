@@ -7,8 +7,12 @@ happened as JSON, for the integration tests in tests/api.rs.
 """
 
 import base64
+import datetime
+import hashlib
+import hmac
 import json
 import sys
+import urllib.parse
 
 import boto3
 import botocore.auth
@@ -69,7 +73,7 @@ def error_type(call):
     return "OK"
 
 
-def raw(endpoint, target, body, key=None, secret=None, tamper=None):
+def raw(endpoint, target, body, key=None, secret=None, tamper=None, region=REGION, service="firehose"):
     """Sends `body` (bytes) as X-Amz-Target `target`, signed by botocore when a key is given."""
     request = botocore.awsrequest.AWSRequest(
         method="POST",
@@ -79,13 +83,43 @@ def raw(endpoint, target, body, key=None, secret=None, tamper=None):
     )
     if key is not None:
         credentials = botocore.credentials.Credentials(key, secret)
-        botocore.auth.SigV4Auth(credentials, "firehose", REGION).add_auth(request)
+        botocore.auth.SigV4Auth(credentials, service, region).add_auth(request)
     if tamper:
         tamper(request)
+    return send(request)
+
+
+def send(request):
     response = botocore.httpsession.URLLib3Session().send(request.prepare())
     if response.status_code == 200:
         return "OK"
     return json.loads(response.content)["__type"]
+
+
+def hand_signed(endpoint, target, body, key, secret, region=REGION, service="firehose", signed=None):
+    """A request signed here, step by step as AWS's SigV4 documentation gives it, over the headers
+    `signed` names (default: host, x-amz-date, x-amz-target)."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    headers = {
+        "host": urllib.parse.urlparse(endpoint).netloc,
+        "x-amz-date": now,
+        "x-amz-target": target,
+        "content-type": "application/x-amz-json-1.1",
+    }
+    names = sorted(signed or ["host", "x-amz-date", "x-amz-target"])
+    canonical = "\n".join(
+        ["POST", "/", "", *[f"{n}:{headers[n]}" for n in names], "", ";".join(names), hashlib.sha256(body).hexdigest()]
+    )
+    scope = f"{now[:8]}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", now, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    signing_key = ("AWS4" + secret).encode()
+    for part in scope.split("/"):
+        signing_key = hmac.new(signing_key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={key}/{scope}, SignedHeaders={';'.join(names)}, Signature={signature}"
+    )
+    return send(botocore.awsrequest.AWSRequest(method="POST", url=endpoint + "/", data=body, headers=headers))
 
 
 def errors(endpoint, stream, key="AKIDANYTHING", secret="anything"):
@@ -113,6 +147,18 @@ def errors(endpoint, stream, key="AKIDANYTHING", secret="anything"):
     out["unknown_operation"] = raw(endpoint, "Firehose_20150804.FlyToTheMoon", b"{}", **sign)
     out["no_target"] = raw(endpoint, "", b"{}", **sign)
     out["create_stream"] = raw(endpoint, "Firehose_20150804.CreateDeliveryStream", b"{}", **sign)
+    put_one = "Firehose_20150804.PutRecord"
+    out["missing_data"] = raw(endpoint, put_one, json.dumps({"DeliveryStreamName": stream, "Record": {}}).encode(), **sign)
+    out["batch_missing_data"] = raw(
+        endpoint, put_batch, json.dumps({"DeliveryStreamName": stream, "Records": [{"Data": "eA=="}, {}]}).encode(), **sign
+    )
+    out["record_as_array"] = raw(
+        endpoint, put_one, json.dumps({"DeliveryStreamName": stream, "Record": ["eA=="]}).encode(), **sign
+    )
+    out["records_of_arrays"] = raw(
+        endpoint, put_batch, json.dumps({"DeliveryStreamName": stream, "Records": [["eA=="]]}).encode(), **sign
+    )
+    out["top_level_array"] = raw(endpoint, put_one, json.dumps([stream, {"Data": "eA=="}]).encode(), **sign)
     # Nothing of the refused requests may have been accepted: one good record marks the end.
     c.put_record(DeliveryStreamName=stream, Record={"Data": b'{"marker":true}'})
     return out
@@ -126,8 +172,19 @@ def auth(endpoint, stream, key, secret):
         # Ten minutes past the allowed skew; checked before the signature, so this is the error.
         request.headers.replace_header("X-Amz-Date", "20200101T000000Z")
 
+    def non_ascii(request):
+        value = request.headers["Authorization"].replace("Credential=", "Credential=\u00e9", 1)
+        request.headers.replace_header("Authorization", value)
+
     return {
         "signed": raw(endpoint, target, body, key, secret),
+        "hand_signed": hand_signed(endpoint, target, body, key, secret),
+        "wrong_region": raw(endpoint, target, body, key, secret, region="eu-west-1"),
+        "hand_wrong_region": hand_signed(endpoint, target, body, key, secret, region="eu-west-1"),
+        "wrong_service": raw(endpoint, target, body, key, secret, service="s3"),
+        "hand_wrong_service": hand_signed(endpoint, target, body, key, secret, service="s3"),
+        "hand_host_not_signed": hand_signed(endpoint, target, body, key, secret, signed=["x-amz-date", "x-amz-target"]),
+        "non_ascii_authorization": raw(endpoint, target, body, key, secret, tamper=non_ascii),
         "unsigned": raw(endpoint, target, body),
         "wrong_secret": raw(endpoint, target, body, key, secret + "x"),
         "unknown_key": raw(endpoint, target, body, "AKIDUNKNOWN", secret),

@@ -12,6 +12,7 @@ mod config_errors;
 mod crash;
 mod disk_full;
 mod http_endpoint;
+mod listener;
 mod outage;
 mod parquet;
 mod pipelines;

@@ -7,7 +7,10 @@
 //! a request is accepted whole or, for PutRecordBatch past the in-flight limit, record by record
 //! with each refused record reported in order as `ServiceUnavailableException`; nothing is
 //! acknowledged before it is in its stream's queue; every refusal is an AWS error document
-//! (`{"__type","message"}`) with its HTTP status, never a panic.
+//! (`{"__type","message"}`) with its HTTP status, never a panic. With access keys, what the
+//! headers condemn (no or a malformed signature, an unknown key, a stale date, another region or
+//! service) is refused before the body is read, and bodies being read count against the
+//! listener's `max_body_buffer_mb` ([`super::listener`]).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -27,8 +30,9 @@ use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::{RecordBatch, now_ms};
 
 use super::durable::DurableLog;
+use super::listener::{BodyBudget, BodyError, ListenerLimits, declared_length, read_body};
 use super::queue::IngestQueue;
-use super::sigv4::{AccessKeys, SignedRequest, verify};
+use super::sigv4::{AccessKeys, Scope, SignedRequest, check_headers, verify};
 use super::{Rejected, accept};
 
 /// The account id in sluice's ARNs (there is no AWS account behind them).
@@ -72,6 +76,9 @@ pub struct FirehoseApi {
     streams: BTreeMap<String, StreamEndpoint>,
     keys: AccessKeys,
     region: String,
+    limits: ListenerLimits,
+    /// Bytes of request bodies being read.
+    bodies: Arc<BodyBudget>,
     account: String,
     record_ids: RecordIds,
     /// Whether any stream logs its records (requests then wait for a group commit).
@@ -137,10 +144,30 @@ fn valid_stream_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// A structure of the input: accepted only as a JSON object (serde would also take an array of the
+/// fields' values, which AWS refuses as a SerializationException).
+struct Structure<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Structure<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(ObjectOnly(std::marker::PhantomData)).map(Structure)
+    }
+}
+
 #[derive(Deserialize)]
 struct DataRecord<'a> {
     #[serde(rename = "Data", borrow)]
-    data: Cow<'a, str>,
+    data: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -148,7 +175,7 @@ struct PutRecordInput<'a> {
     #[serde(rename = "DeliveryStreamName", borrow)]
     stream: Option<Cow<'a, str>>,
     #[serde(rename = "Record", borrow)]
-    record: Option<DataRecord<'a>>,
+    record: Option<Structure<DataRecord<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -156,7 +183,7 @@ struct PutRecordBatchInput<'a> {
     #[serde(rename = "DeliveryStreamName", borrow)]
     stream: Option<Cow<'a, str>>,
     #[serde(rename = "Records", borrow)]
-    records: Option<Vec<DataRecord<'a>>>,
+    records: Option<Vec<Structure<DataRecord<'a>>>>,
 }
 
 #[derive(Deserialize)]
@@ -182,18 +209,22 @@ struct ListInput {
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     // AWS clients send `{}` for empty input; an empty body reads the same.
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    serde_json::from_slice(body)
+    serde_json::from_slice::<Structure<T>>(body)
+        .map(|input| input.0)
         .map_err(|e| ApiError::serialization(format!("the request body is not valid input: {e}")))
 }
 
 impl FirehoseApi {
-    /// An API for `streams`, requiring SigV4 with one of `keys` when any is configured.
-    pub fn new(streams: Vec<StreamEndpoint>, keys: AccessKeys, region: &str) -> Self {
+    /// An API for `streams` in `region`, requiring SigV4 with one of `keys` (scoped to `region` and
+    /// `firehose`) when any is configured, within the listener's `limits`.
+    pub fn new(streams: Vec<StreamEndpoint>, keys: AccessKeys, region: &str, limits: ListenerLimits) -> Self {
         FirehoseApi {
             logs: streams.iter().any(|s| s.log.is_some()),
             streams: streams.into_iter().map(|s| (s.info.name.clone(), s)).collect(),
             keys,
             region: region.to_string(),
+            limits,
+            bodies: BodyBudget::new(limits.max_body_buffer),
             account: ACCOUNT.to_string(),
             record_ids: RecordIds { prefix: rand::random(), next: AtomicU64::new(0) },
         }
@@ -275,22 +306,42 @@ impl FirehoseApi {
                 response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
                 response
             }
-            Err(e) => {
-                // Count the refusal against the named stream when there is one.
+            Err(e) => self.refuse(e, Some(body)),
+        }
+    }
+
+    /// Answers a refused request, counted against the stream its `body` names (when read), or
+    /// against every stream of the listener when it was refused before its body was read.
+    fn refuse(&self, e: ApiError, body: Option<&[u8]>) -> Response {
+        match body {
+            Some(body) => {
                 let stream = serde_json::from_slice::<Value>(body)
                     .ok()
                     .and_then(|v| v.get("DeliveryStreamName").and_then(Value::as_str).map(str::to_string));
                 if let Some(endpoint) = stream.as_deref().and_then(|s| self.streams.get(s)) {
                     endpoint.metrics.api.count_error(e.error_type);
                 }
-                if e.status.is_server_error() {
-                    tracing::debug!(error_type = e.error_type, "request refused: {}", e.message);
-                } else {
-                    tracing::info!(error_type = e.error_type, "request refused: {}", e.message);
-                }
-                e.into_response()
             }
+            None => self.streams.values().for_each(|endpoint| endpoint.metrics.api.count_error(e.error_type)),
         }
+        if e.status.is_server_error() {
+            tracing::debug!(error_type = e.error_type, "request refused: {}", e.message);
+        } else {
+            tracing::info!(error_type = e.error_type, "request refused: {}", e.message);
+        }
+        e.into_response()
+    }
+
+    fn scope(&self) -> Scope<'_> {
+        Scope { region: &self.region, service: "firehose" }
+    }
+
+    /// Refuses, before the body is read, a request whose headers already fail authentication.
+    pub fn check_headers(&self, headers: &HeaderMap, now_seconds: i64) -> Result<(), ApiError> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        check_headers(&self.keys, headers, now_seconds, self.scope()).map(|_| ()).map_err(auth_error)
     }
 
     fn authenticate(
@@ -311,20 +362,25 @@ impl FirehoseApi {
             headers,
             body,
         };
-        verify(&self.keys, &request, now_seconds).map(Some).map_err(|e| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            error_type: e.error_type(),
-            message: e.to_string(),
-        })
+        verify(&self.keys, &request, now_seconds, self.scope()).map(Some).map_err(auth_error)
     }
 
     /// Decodes records into one batch, checking the per-record and per-batch limits.
     fn decode(records: &[DataRecord<'_>], member: impl Fn(usize) -> String) -> Result<RecordBatch, ApiError> {
-        let mut batch = RecordBatch::with_capacity(now_ms(), records.iter().map(|r| r.data.len() / 4 * 3).sum());
+        let mut batch = RecordBatch::with_capacity(
+            now_ms(),
+            records.iter().map(|r| r.data.as_ref().map_or(0, |d| d.len() / 4 * 3)).sum(),
+        );
         for (i, record) in records.iter().enumerate() {
             let before = batch.byte_len();
+            let data = record.data.as_deref().ok_or_else(|| {
+                ApiError::validation(format!(
+                    "Value null at '{}' failed to satisfy constraint: Member must not be null",
+                    member(i)
+                ))
+            })?;
             batch
-                .push_with(|buf| base64::engine::general_purpose::STANDARD.decode_vec(record.data.as_bytes(), buf))
+                .push_with(|buf| base64::engine::general_purpose::STANDARD.decode_vec(data.as_bytes(), buf))
                 .map_err(|e| ApiError::serialization(format!("{} is not valid base64: {e}", member(i))))?;
             if batch.byte_len() - before > MAX_RECORD_BYTES {
                 return Err(ApiError::validation(format!(
@@ -344,7 +400,7 @@ impl FirehoseApi {
         let record = input.record.ok_or_else(|| {
             ApiError::validation("Value null at 'record' failed to satisfy constraint: Member must not be null")
         })?;
-        let batch = Self::decode(std::slice::from_ref(&record), |_| "record.data".to_string())?;
+        let batch = Self::decode(std::slice::from_ref(&record.0), |_| "record.data".to_string())?;
         let bytes = batch.byte_len() as u64;
         if let Err(rejected) = accept(&endpoint.queue, endpoint.log.as_ref(), batch) {
             if rejected == Rejected::Full {
@@ -373,6 +429,7 @@ impl FirehoseApi {
                 records.len()
             )));
         }
+        let records: Vec<DataRecord<'_>> = records.into_iter().map(|r| r.0).collect();
         let batch = Self::decode(&records, |i| format!("records.{}.member.data", i + 1))?;
         if batch.byte_len() > MAX_BATCH_BYTES {
             return Err(ApiError::client(
@@ -505,6 +562,11 @@ impl FirehoseApi {
     }
 }
 
+/// An authentication failure as AWS reports it (HTTP 400 with its `__type`).
+fn auth_error(e: super::sigv4::AuthError) -> ApiError {
+    ApiError { status: StatusCode::BAD_REQUEST, error_type: e.error_type(), message: e.to_string() }
+}
+
 /// How many leading records of `batch` fit in `room` bytes.
 fn fitting(batch: &RecordBatch, room: usize) -> usize {
     let mut used = 0;
@@ -559,8 +621,9 @@ fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value 
     }
 }
 
-/// The axum handler: reads the body within [`MAX_REQUEST_BYTES`] (refusing a larger declared
-/// length before reading it) and answers through [`FirehoseApi::handle`].
+/// The axum handler: refuses what the headers condemn before reading the body, then reads the
+/// body within [`MAX_REQUEST_BYTES`], the listener's body budget and its body timeout, and answers
+/// through [`FirehoseApi::handle`].
 pub async fn serve_request(
     State(api): State<Arc<FirehoseApi>>,
     method: Method,
@@ -568,40 +631,57 @@ pub async fn serve_request(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // Only a batch over 4 MiB of data needs a body this large.
-    let too_large = || {
-        ApiError::client(
-            "InvalidArgumentException",
-            format!("Records size exceeds 4 MB limit (the request body is over {MAX_REQUEST_BYTES} bytes)"),
-        )
-        .into_response()
-    };
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_REQUEST_BYTES) {
-        return too_large();
-    }
-    let body: Bytes = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
-        Ok(b) => b,
-        Err(_) => return too_large(),
-    };
     let now = chrono::Utc::now().timestamp();
-    if !api.logs {
+    if let Err(refused) = api.check_headers(&headers, now) {
+        return api.refuse(refused, None);
+    }
+    let read =
+        read_body(body, declared_length(&headers), MAX_REQUEST_BYTES, &api.bodies, api.limits.body_timeout).await;
+    let (body, room) = match read {
+        Ok(read) => read,
+        // Only a batch over 4 MiB of data needs a body this large.
+        Err(BodyError::TooLarge(_)) => {
+            let message =
+                format!("Records size exceeds 4 MB limit (the request body is over {MAX_REQUEST_BYTES} bytes)");
+            return api.refuse(ApiError::client("InvalidArgumentException", message), None);
+        }
+        Err(e @ BodyError::Busy) => {
+            let error = ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                error_type: "ServiceUnavailableException",
+                message: e.to_string(),
+            };
+            return api.refuse(error, None);
+        }
+        Err(e @ BodyError::TimedOut(_)) => {
+            let error = ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                error_type: "RequestTimeoutException",
+                message: e.to_string(),
+            };
+            return api.refuse(error, None);
+        }
+        Err(e @ BodyError::Broken(_)) => return api.refuse(ApiError::serialization(e.to_string()), None),
+    };
+    let handled = if api.logs {
+        // With a log, a request waits for its group commit: on a blocking thread, so that many
+        // requests wait (and share one fsync) at once.
+        match tokio::task::spawn_blocking(move || api.handle(&method, &uri, &headers, &body, now)).await {
+            Ok(response) => response,
+            Err(e) => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                error_type: "InternalFailure",
+                message: format!("the request could not be handled: {e}"),
+            }
+            .into_response(),
+        }
+    } else {
         // Decoding and hashing run here, on the I/O thread: a few milliseconds for the largest
         // body, cheaper than handing each request to another thread.
-        return api.handle(&method, &uri, &headers, &body, now);
-    }
-    // With a log, a request waits for its group commit: on a blocking thread, so that many
-    // requests wait (and share one fsync) at once.
-    match tokio::task::spawn_blocking(move || api.handle(&method, &uri, &headers, &body, now)).await {
-        Ok(response) => response,
-        Err(e) => ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            error_type: "InternalFailure",
-            message: format!("the request could not be handled: {e}"),
-        }
-        .into_response(),
-    }
+        api.handle(&method, &uri, &headers, &body, now)
+    };
+    drop(room);
+    handled
 }
 
 #[cfg(test)]
@@ -620,7 +700,11 @@ mod tests {
             metrics: Arc::clone(&metrics),
             keys: AccessKeys::default(),
         };
-        (FirehoseApi::new(vec![endpoint], AccessKeys::default(), "us-east-1"), queue, metrics)
+        (
+            FirehoseApi::new(vec![endpoint], AccessKeys::default(), "us-east-1", ListenerLimits::default()),
+            queue,
+            metrics,
+        )
     }
 
     fn call(api: &FirehoseApi, op: &str, body: Value) -> (StatusCode, Value) {

@@ -10,22 +10,21 @@
 pub mod admin;
 pub mod durable;
 pub mod firehose;
+pub mod listener;
 pub mod queue;
 pub mod sigv4;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_engine::record::RecordBatch;
-use sluice_engine::traits::{Durability, OnStop, ReadStatus, Retention, SourceError, SourceReader, StopSignal};
+use sluice_engine::traits::{Durability, OnStop, ReadStatus, Retention, SourceError, SourceReader};
 
+pub use listener::{ListenerLimits, bind, serve};
 use queue::{IngestQueue, Popped};
 
-/// How long a stopping listener waits for requests in progress.
-const GRACE: Duration = Duration::from_secs(30);
 /// How soon an idle reader looks again.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
@@ -60,72 +59,6 @@ pub fn inflight_limit(
             .with_hint(format!("use {min_mb} ({why_min}) to 65536 (MB)")));
     }
     Ok((mb << 20) as usize)
-}
-
-/// Binds `address` now (so a taken address is an error before the run starts).
-pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, SourceError> {
-    let listener = std::net::TcpListener::bind(address)
-        .map_err(|source| SourceError::Io { context: format!("cannot listen on {address}"), source })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| SourceError::Io { context: format!("cannot listen on {address}"), source })?;
-    Ok(listener)
-}
-
-/// Serves `router` on `listener` (with TLS when `tls` is set) until `stop`, then lets requests in
-/// progress finish and closes `queues`. Runs on `runtime`; returns at once.
-pub fn serve(
-    runtime: &tokio::runtime::Handle,
-    listener: std::net::TcpListener,
-    router: axum::Router,
-    tls: Option<TlsFiles>,
-    stop: StopSignal,
-    queues: Vec<Arc<IngestQueue>>,
-) -> Result<(), SourceError> {
-    let address = listener.local_addr().map_err(|source| SourceError::Io { context: "listener".into(), source })?;
-    let handle = axum_server::Handle::new();
-    let shutdown = handle.clone();
-    runtime.spawn(async move {
-        stop.stopped().await;
-        shutdown.graceful_shutdown(Some(GRACE));
-    });
-    let tls_config = match &tls {
-        Some(files) => Some(
-            runtime.block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)).map_err(
-                |source| SourceError::Io {
-                    context: format!(
-                        "cannot load TLS certificate {} and key {}",
-                        files.cert.display(),
-                        files.key.display()
-                    ),
-                    source,
-                },
-            )?,
-        ),
-        None => None,
-    };
-    runtime.spawn(async move {
-        let service = router.into_make_service();
-        let served = match tls_config {
-            Some(config) => match axum_server::from_tcp_rustls(listener, config) {
-                Ok(server) => server.handle(handle).serve(service).await,
-                Err(e) => Err(e),
-            },
-            None => match axum_server::from_tcp(listener) {
-                Ok(server) => server.handle(handle).serve(service).await,
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(e) = served {
-            tracing::error!(%address, error = %e, "listener failed");
-        }
-        // Every request that was acknowledged is queued by now: let the readers drain and finish.
-        for queue in &queues {
-            queue.close();
-        }
-    });
-    tracing::info!(%address, tls = tls.is_some(), "listening");
-    Ok(())
 }
 
 /// An API source's write-ahead log, opened once (by the run's `prepare`, or earlier by a shared

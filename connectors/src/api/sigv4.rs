@@ -2,10 +2,15 @@
 //! AWS SDKs and CLI send).
 //!
 //! The canonical request is rebuilt from exactly the headers the client listed in `SignedHeaders`,
-//! so any SDK's choice of signed headers verifies. Guarantees: a request verifies only with a
-//! configured key's secret, a signature over this method, path, query, signed headers and body
-//! (the body hash is always computed here, never taken from the client), and a timestamp within 15
-//! minutes of now; the comparison is constant-time; secrets never appear in `Debug` output or errors.
+//! so any SDK's choice of signed headers verifies. Verification is in two steps: [`check_headers`]
+//! needs only the headers and refuses, before a body is read, whatever they already condemn (no or
+//! a malformed `Authorization`, an unknown key, a date more than 15 minutes off, a scope for
+//! another region or service, `host` not signed); [`check_signature`] then checks the signature
+//! over the body. Guarantees: a request verifies only with a configured key's secret, a signature
+//! over this method, path, query, signed headers (always including `host`) and body (the body
+//! hash is always computed here, never taken from the client), a scope of the configured region
+//! and service, and a timestamp within 15 minutes of now; the comparison is constant-time;
+//! secrets never appear in `Debug` output or errors.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -44,9 +49,17 @@ impl AccessKeys {
         self.0.contains_key(id)
     }
 
-    /// Adds every key of `other`.
-    pub fn extend(&mut self, other: &AccessKeys) {
-        self.0.extend(other.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+    /// Adds every key of `other`; an id `other` gives another secret is refused (named).
+    pub fn merge(&mut self, other: &AccessKeys) -> Result<(), String> {
+        for (id, secret) in &other.0 {
+            match self.0.get(id) {
+                Some(known) if known != secret => return Err(id.clone()),
+                _ => {
+                    self.0.insert(id.clone(), secret.clone());
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -75,6 +88,18 @@ pub enum AuthError {
         "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details."
     )]
     BadSignature,
+    /// The `Authorization` header is not ASCII.
+    #[error("Authorization header is not ASCII")]
+    NotAscii,
+    /// The credential scope names another region.
+    #[error("Credential should be scoped to a valid region, not '{0}'. ")]
+    WrongRegion(String),
+    /// The credential scope names another service.
+    #[error("Credential should be scoped to correct service: '{0}'. ")]
+    WrongService(&'static str),
+    /// `host` is not among the signed headers.
+    #[error("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")]
+    HostNotSigned,
 }
 
 impl AuthError {
@@ -82,9 +107,13 @@ impl AuthError {
     pub fn error_type(&self) -> &'static str {
         match self {
             AuthError::Missing => "MissingAuthenticationTokenException",
-            AuthError::Malformed(_) => "IncompleteSignatureException",
+            AuthError::Malformed(_) | AuthError::NotAscii => "IncompleteSignatureException",
             AuthError::UnknownKey => "UnrecognizedClientException",
-            AuthError::Expired { .. } | AuthError::BadSignature => "InvalidSignatureException",
+            AuthError::Expired { .. }
+            | AuthError::BadSignature
+            | AuthError::WrongRegion(_)
+            | AuthError::WrongService(_)
+            | AuthError::HostNotSigned => "InvalidSignatureException",
         }
     }
 }
@@ -109,6 +138,8 @@ struct Authorization<'a> {
     /// `date/region/service/aws4_request`.
     scope: &'a str,
     date: &'a str,
+    region: &'a str,
+    service: &'a str,
     signed_headers: &'a str,
     signature: &'a str,
 }
@@ -129,14 +160,16 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, AuthError> {
     }
     let credential = credential.ok_or_else(|| malformed("no Credential"))?;
     let (key_id, scope) = credential.split_once('/').ok_or_else(|| malformed("Credential has no scope"))?;
-    let date = scope.split('/').next().unwrap_or_default();
-    if scope.split('/').count() != 4 || !scope.ends_with("/aws4_request") {
+    let parts: Vec<&str> = scope.split('/').collect();
+    let [date, region, service, "aws4_request"] = parts[..] else {
         return Err(malformed("Credential scope must be date/region/service/aws4_request"));
-    }
+    };
     Ok(Authorization {
         key_id,
         scope,
         date,
+        region,
+        service,
         signed_headers: signed_headers.ok_or_else(|| malformed("no SignedHeaders"))?,
         signature: signature.ok_or_else(|| malformed("no Signature"))?,
     })
@@ -311,12 +344,61 @@ impl Signer<'_> {
     }
 }
 
-/// Verifies `request` against `keys`; returns the access key id it was signed with.
-pub fn verify(keys: &AccessKeys, request: &SignedRequest<'_>, now_seconds: i64) -> Result<String, AuthError> {
-    let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
-    let authorization = parse_authorization(header("authorization").ok_or(AuthError::Missing)?)?;
-    let secret = keys.0.get(authorization.key_id).ok_or(AuthError::UnknownKey)?;
-    let request_time = header("x-amz-date").ok_or_else(|| AuthError::Malformed("no X-Amz-Date header".into()))?;
+/// Where requests must be signed for: the service and region of the credential scope.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// The region, e.g. `us-east-1`.
+    pub region: &'a str,
+    /// The service, `firehose`.
+    pub service: &'static str,
+}
+
+/// A request whose headers passed [`check_headers`]: its signature is still to be checked.
+pub struct Checked<'r> {
+    authorization: Authorization<'r>,
+    secret: String,
+    request_time: &'r str,
+}
+
+impl fmt::Debug for Checked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checked").field("key_id", &self.authorization.key_id).finish()
+    }
+}
+
+impl Checked<'_> {
+    /// The access key id the request claims.
+    pub fn key_id(&self) -> &str {
+        self.authorization.key_id
+    }
+}
+
+/// Checks what the headers alone decide, so a request they condemn is refused before its body is
+/// read: an `Authorization` of the SigV4 form with a known key, a scope of `scope`'s region and
+/// service for the day of `X-Amz-Date`, `host` among the signed headers, and a time within 15
+/// minutes of `now_seconds`.
+pub fn check_headers<'r>(
+    keys: &AccessKeys,
+    headers: &'r http::HeaderMap,
+    now_seconds: i64,
+    scope: Scope<'_>,
+) -> Result<Checked<'r>, AuthError> {
+    let raw = headers.get(http::header::AUTHORIZATION).ok_or(AuthError::Missing)?;
+    let authorization = parse_authorization(raw.to_str().map_err(|_| AuthError::NotAscii)?)?;
+    let secret = keys.0.get(authorization.key_id).ok_or(AuthError::UnknownKey)?.clone();
+    if authorization.service != scope.service {
+        return Err(AuthError::WrongService(scope.service));
+    }
+    if authorization.region != scope.region {
+        return Err(AuthError::WrongRegion(authorization.region.to_string()));
+    }
+    if !authorization.signed_headers.split(';').any(|h| h == "host") {
+        return Err(AuthError::HostNotSigned);
+    }
+    let request_time = headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| AuthError::Malformed("no X-Amz-Date header".into()))?;
     let request_seconds = amz_date_seconds(request_time)
         .ok_or_else(|| AuthError::Malformed("X-Amz-Date is not yyyyMMddTHHmmssZ".into()))?;
     if (request_seconds - now_seconds).abs() > MAX_CLOCK_SKEW_SECONDS {
@@ -328,21 +410,37 @@ pub fn verify(keys: &AccessKeys, request: &SignedRequest<'_>, now_seconds: i64) 
     if !request_time.starts_with(authorization.date) {
         return Err(AuthError::Malformed("the Credential date is not the X-Amz-Date day".into()));
     }
+    Ok(Checked { authorization, secret, request_time })
+}
+
+/// Checks the signature of a request whose headers passed [`check_headers`]; returns the access
+/// key id it was signed with.
+pub fn check_signature(checked: &Checked<'_>, request: &SignedRequest<'_>) -> Result<String, AuthError> {
+    let authorization = &checked.authorization;
     let body_hash = hex(&Sha256::digest(request.body));
-    if let Some(claimed) = header("x-amz-content-sha256")
+    if let Some(claimed) = request.headers.get("x-amz-content-sha256").and_then(|v| v.to_str().ok())
         && claimed != body_hash
         && claimed != "UNSIGNED-PAYLOAD"
     {
         return Err(AuthError::BadSignature);
     }
-
     let canonical = canonical_request(request, authorization.signed_headers, &body_hash);
-    let string_to_sign = string_to_sign(request_time, authorization.scope, &canonical);
+    let string_to_sign = string_to_sign(checked.request_time, authorization.scope, &canonical);
     let provided = unhex(authorization.signature).ok_or(AuthError::BadSignature)?;
-    hmac(&signing_key(secret, authorization.scope)?, string_to_sign.as_bytes())?
+    hmac(&signing_key(&checked.secret, authorization.scope)?, string_to_sign.as_bytes())?
         .verify_slice(&provided)
         .map_err(|_| AuthError::BadSignature)?;
     Ok(authorization.key_id.to_string())
+}
+
+/// Verifies `request` against `keys` for `scope`; returns the access key id it was signed with.
+pub fn verify(
+    keys: &AccessKeys,
+    request: &SignedRequest<'_>,
+    now_seconds: i64,
+    scope: Scope<'_>,
+) -> Result<String, AuthError> {
+    check_signature(&check_headers(keys, request.headers, now_seconds, scope)?, request)
 }
 
 #[cfg(test)]
@@ -365,6 +463,8 @@ mod tests {
         );
         let request = SignedRequest { method: "GET", path: "/", query: "", headers: &headers, body: b"" };
         let now = amz_date_seconds("20150830T123600Z").unwrap();
+        let scope = Scope { region: "us-east-1", service: "service" };
+        let verify = |keys: &AccessKeys, request: &SignedRequest<'_>, now| verify(keys, request, now, scope);
         assert_eq!(verify(&keys, &request, now), Ok("AKIDEXAMPLE".to_string()));
         // Another body, another secret, an unknown key, a stale clock: each is refused as AWS does.
         let tampered = SignedRequest { body: b"x", ..request };
@@ -390,7 +490,41 @@ mod tests {
         signer.sign("20261126T120000Z", "POST", "/", &mut headers, b"{}").unwrap();
         let request = SignedRequest { method: "POST", path: "/", query: "", headers: &headers, body: b"{}" };
         let now = amz_date_seconds("20261126T120100Z").unwrap();
-        assert_eq!(verify(&keys, &request, now), Ok("AKID".to_string()));
+        let scope = Scope { region: "us-east-1", service: "firehose" };
+        assert_eq!(verify(&keys, &request, now, scope), Ok("AKID".to_string()));
+    }
+
+    /// AWS refuses a signature for another region or service, one that does not sign `host`, and
+    /// a non-ASCII header, whatever the signature itself.
+    #[test]
+    fn scope_host_and_header_form_are_checked_as_aws_does() {
+        let keys = AccessKeys::new([("AKID".to_string(), "secret".to_string())]);
+        let scope = Scope { region: "eu-west-1", service: "firehose" };
+        let now = amz_date_seconds("20261126T120100Z").unwrap();
+        let signed = |region: &str, service: &str, with_host: bool| {
+            let mut headers = http::HeaderMap::new();
+            if with_host {
+                headers.insert("host", "127.0.0.1:4573".parse().unwrap());
+            }
+            let signer = Signer { key_id: "AKID", secret: "secret", region, service };
+            signer.sign("20261126T120000Z", "POST", "/", &mut headers, b"{}").unwrap();
+            headers
+        };
+        let check = |headers: &http::HeaderMap| {
+            let request = SignedRequest { method: "POST", path: "/", query: "", headers, body: b"{}" };
+            verify(&keys, &request, now, scope)
+        };
+        assert_eq!(check(&signed("eu-west-1", "firehose", true)), Ok("AKID".to_string()));
+        assert_eq!(check(&signed("us-east-1", "firehose", true)), Err(AuthError::WrongRegion("us-east-1".into())));
+        assert_eq!(check(&signed("eu-west-1", "s3", true)), Err(AuthError::WrongService("firehose")));
+        assert_eq!(check(&signed("eu-west-1", "firehose", false)), Err(AuthError::HostNotSigned));
+        let mut headers = signed("eu-west-1", "firehose", true);
+        headers.insert("authorization", http::HeaderValue::from_bytes(b"AWS4-HMAC-SHA256 Credential=\xff").unwrap());
+        let refused = check(&headers).unwrap_err();
+        assert_eq!((refused.clone(), refused.error_type()), (AuthError::NotAscii, "IncompleteSignatureException"));
+        // Each is refused from the headers alone, before a body is read.
+        let headers = signed("us-east-1", "firehose", true);
+        assert!(check_headers(&keys, &headers, now, scope).is_err());
     }
 
     #[test]

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sluice_connectors::api::TlsFiles;
 use sluice_connectors::api::admin::{self, MonitoredPipeline};
 use sluice_connectors::api::firehose::FirehoseApi;
 use sluice_connectors::api::sigv4::AccessKeys;
+use sluice_connectors::api::{ListenerLimits, TlsFiles};
 use sluice_connectors::measure::{self, MeasuredCommand};
 use sluice_connectors::registry;
 use sluice_connectors::sources::firehose::{FirehoseSource, router as firehose_router};
@@ -39,6 +39,38 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// The shared listener's limits (each pipeline file's own are then not used).
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Concurrent connections; more are closed at once.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// MB of request bodies read at once; past it, requests get ServiceUnavailableException.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(6..=65_536))]
+    max_body_buffer_mb: u64,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout_s: u64,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_timeout_s: u64,
+    /// Seconds an idle keep-alive connection stays open.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    idle_timeout_s: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: self.max_connections as usize,
+            max_body_buffer: (self.max_body_buffer_mb as usize) << 20,
+            header_timeout: Duration::from_secs(self.header_timeout_s),
+            body_timeout: Duration::from_secs(self.body_timeout_s),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -80,6 +112,8 @@ enum Command {
         /// HTTPS: private key (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Check pipeline files and print their graphs, or every error with file:line:col.
     Validate {
@@ -157,9 +191,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { pipeline, workers, quiet, admin } => run_command(&pipeline, workers, quiet, admin),
-        Command::Serve { dir, listen, admin, workers, region, tls_cert, tls_key } => {
+        Command::Serve { dir, listen, admin, workers, region, tls_cert, tls_key, limits } => {
             let tls = tls_cert.zip(tls_key).map(|(cert, key)| TlsFiles { cert, key });
-            serve_command(&dir, listen, admin, workers, &region, tls)
+            serve_command(&dir, listen, admin, workers, &region, tls, limits.limits())
         }
         Command::Validate { files } => Ok(validate_command(&files)),
         Command::Measure { report, stdin, command } => {
@@ -353,6 +387,7 @@ fn serve_command(
     workers: Option<usize>,
     region: &str,
     tls: Option<TlsFiles>,
+    limits: ListenerLimits,
 ) -> anyhow::Result<ExitCode> {
     let registry = registry();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -392,7 +427,12 @@ fn serve_command(
                 if let Some(firehose) = any.downcast_ref::<FirehoseSource>() {
                     firehose.share();
                     let endpoint = firehose.endpoint(Arc::new(plan.stream_info(now)), Arc::clone(&metrics))?;
-                    keys.extend(&endpoint.keys);
+                    keys.merge(&endpoint.keys).map_err(|id| {
+                        anyhow::anyhow!(
+                            "access key `{id}` has two different secrets in the pipelines of {}",
+                            dir.display()
+                        )
+                    })?;
                     endpoints.push(endpoint);
                 }
             }
@@ -404,7 +444,7 @@ fn serve_command(
         tracing::warn!("some streams have access keys and some do not: every request must now be signed");
     }
     let queues = endpoints.iter().map(|e| Arc::clone(&e.queue)).collect();
-    let api = Arc::new(FirehoseApi::new(endpoints, keys, region));
+    let api = Arc::new(FirehoseApi::new(endpoints, keys, region, limits));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-api")
@@ -412,7 +452,7 @@ fn serve_command(
         .build()
         .context("cannot start the API runtime")?;
     let listener = sluice_connectors::api::bind(listen)?;
-    sluice_connectors::api::serve(runtime.handle(), listener, firehose_router(api), tls, stop.clone(), queues)?;
+    sluice_connectors::api::serve(runtime.handle(), listener, firehose_router(api), tls, limits, stop.clone(), queues)?;
     if let Some(address) = admin {
         start_admin(address, pipelines.iter().map(|(p, m)| monitored(p, m)).collect())?;
     }

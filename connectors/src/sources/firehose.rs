@@ -9,7 +9,12 @@
 //! auth = { access_keys = [{ id = "${SLUICE_KEY_ID}", secret = "${SLUICE_SECRET}" }] }  # SigV4 when set
 //! tls = { cert = "certs/server.pem", key = "certs/server.key" }                        # optional
 //! max_inflight_mb = 256     # past this, puts are throttled (ServiceUnavailableException)
-//! region = "us-east-1"      # for ARNs in DescribeDeliveryStream
+//! region = "us-east-1"      # for ARNs, and the region requests must be signed for
+//! max_connections = 4096    # the listener's limits (crate::api::listener)
+//! max_body_buffer_mb = 256
+//! header_timeout_s = 10
+//! body_timeout_s = 60
+//! idle_timeout_s = 60
 //! ```
 //!
 //! A stream source: the run lasts until SIGINT/SIGTERM, then stops accepting, drains what it
@@ -24,10 +29,11 @@ use serde::Deserialize;
 use sluice_engine::config::Diagnostic;
 use sluice_engine::traits::{ConnectorConfig, PrepareContext, Source, SourceContext, SourceError, SourceReader};
 
+use crate::api::firehose::MAX_REQUEST_BYTES;
 use crate::api::firehose::{FirehoseApi, StreamEndpoint};
 use crate::api::queue::IngestQueue;
 use crate::api::sigv4::AccessKeys;
-use crate::api::{LogSlot, QueueReader, TlsFiles, bind, inflight_limit, serve};
+use crate::api::{ListenerLimits, LogSlot, QueueReader, TlsFiles, bind, inflight_limit, serve};
 
 /// Default listen address (sluice's port for the Firehose API).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4573";
@@ -62,7 +68,7 @@ struct FirehoseConfig {
     tls: Option<TlsFiles>,
     /// Bytes accepted but not yet taken by the workers before puts are throttled (default 256).
     max_inflight_mb: Option<u64>,
-    /// Region for ARNs (default `us-east-1`).
+    /// Region for ARNs and of the signatures' scope (default `us-east-1`).
     region: Option<String>,
 }
 
@@ -76,6 +82,7 @@ pub struct FirehoseSource {
     region: String,
     queue: Arc<IngestQueue>,
     log: LogSlot,
+    limits: ListenerLimits,
     /// Served by `sluice serve`'s shared listener instead of its own.
     shared: AtomicBool,
 }
@@ -90,19 +97,23 @@ pub fn parse_listen(text: Option<&str>, default: &str, span: std::ops::Range<usi
 }
 
 /// Builds the source from `[sources.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
+pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
     let span = config.table.span.clone();
     let listen_span = config.table.value_span("listen").unwrap_or(span.clone());
     let inflight_span = config.table.value_span("max_inflight_mb").unwrap_or(span.clone());
     let auth_span = config.table.value_span("auth").unwrap_or(span);
+    let limits = ListenerLimits::take_from(&mut config.table, (MAX_REQUEST_BYTES >> 20) as u64 + 1)?;
     let c: FirehoseConfig = config.table.deserialize()?;
     let listen = parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span)?;
     let inflight = inflight_limit(c.max_inflight_mb, 8, "a PutRecordBatch alone can carry 4 MiB", inflight_span)?;
-    let keys = c.auth.map(|a| AccessKeys::new(a.access_keys.into_iter().map(|k| (k.id, k.secret))));
-    if keys.as_ref().is_some_and(AccessKeys::is_empty) {
-        return Err(Diagnostic::new(auth_span, "`auth.access_keys` is empty")
-            .with_hint("list at least one { id = \"...\", secret = \"...\" }, or leave `auth` out"));
-    }
+    let keys = match c.auth {
+        None => None,
+        Some(auth) => Some(access_keys(auth.access_keys).map_err(|message| {
+            Diagnostic::new(auth_span, message).with_hint(
+                "each key needs its own id and a non-empty secret, e.g. { id = \"${KEY_ID}\", secret = \"${SECRET}\" }",
+            )
+        })?),
+    };
     Ok(Arc::new(FirehoseSource {
         stream: config.pipeline,
         listen,
@@ -111,8 +122,26 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>
         region: c.region.unwrap_or_else(|| "us-east-1".into()),
         queue: Arc::new(IngestQueue::new(inflight)),
         log: LogSlot::new(config.data_dir.join(&config.name), config.durability, config.retention),
+        limits,
         shared: AtomicBool::new(false),
     }))
+}
+
+/// The configured keys, refusing none at all, an empty secret and an id listed twice.
+fn access_keys(keys: Vec<AccessKeyConfig>) -> Result<AccessKeys, String> {
+    if keys.is_empty() {
+        return Err("`auth.access_keys` is empty; list at least one key, or leave `auth` out".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for key in &keys {
+        if key.id.is_empty() || key.secret.is_empty() {
+            return Err(format!("access key `{}` has an empty id or secret", key.id));
+        }
+        if !seen.insert(key.id.as_str()) {
+            return Err(format!("access key `{}` is listed twice", key.id));
+        }
+    }
+    Ok(AccessKeys::new(keys.into_iter().map(|k| (k.id, k.secret))))
 }
 
 impl FirehoseSource {
@@ -157,9 +186,10 @@ impl Source for FirehoseSource {
             return Ok(());
         }
         let endpoint = self.endpoint(Arc::clone(&ctx.stream), Arc::clone(&ctx.metrics))?;
-        let api = Arc::new(FirehoseApi::new(vec![endpoint], self.keys.clone(), &self.region));
+        let api = Arc::new(FirehoseApi::new(vec![endpoint], self.keys.clone(), &self.region, self.limits));
         let listener = bind(self.listen)?;
-        serve(&ctx.runtime, listener, router(api), self.tls.clone(), ctx.stop.clone(), vec![Arc::clone(&self.queue)])
+        let queues = vec![Arc::clone(&self.queue)];
+        serve(&ctx.runtime, listener, router(api), self.tls.clone(), self.limits, ctx.stop.clone(), queues)
     }
 
     fn finish(&self, _stopped: bool) {

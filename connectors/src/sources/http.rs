@@ -8,20 +8,30 @@
 //! max_body_mb = 16                       # larger bodies get 413 (before they are read)
 //! max_inflight_mb = 256                  # past this, requests get 503 with Retry-After
 //! tls = { cert = "...", key = "..." }    # optional
+//! max_connections = 4096                 # the listener's limits (crate::api::listener)
+//! max_body_buffer_mb = 256
+//! header_timeout_s = 10
+//! body_timeout_s = 60
+//! idle_timeout_s = 60
 //! ```
 //!
-//! `POST` any path with one record per line (`Content-Encoding: gzip` allowed); empty lines are
-//! skipped. Answers `200 {"accepted": n}` once the records are queued for the pipeline, or an error
-//! `{"error": "..."}` with 400 (bad gzip, a record over 1,000 KiB), 401 (token), 413 (body too
-//! large) or 503 (throttled or stopping). A request is accepted whole or not at all.
+//! `POST` any path with one record per line, the body plain or with `Content-Encoding` `gzip`,
+//! `deflate` (zlib, or raw deflate as some clients send it) or `br`; empty lines are skipped.
+//! Answers `200 {"accepted": n}` once the records are queued for the pipeline, or an error
+//! `{"error": "..."}` with 400 (a body that does not decode, a record over 1,000 KiB), 401
+//! (token), 408 (the body did not arrive in time), 413 (body too large), 415 (another encoding:
+//! its bytes are never stored as records) or 503 (throttled, too many bodies being read, or
+//! stopping). A request is accepted whole or not at all; the token is checked before the body is
+//! read.
 
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -34,8 +44,9 @@ use sluice_engine::traits::{ConnectorConfig, PrepareContext, Source, SourceConte
 
 use super::firehose::parse_listen;
 use crate::api::firehose::MAX_RECORD_BYTES;
+use crate::api::listener::{BodyBudget, BodyError, declared_length, read_body};
 use crate::api::queue::IngestQueue;
-use crate::api::{LogSlot, QueueReader, Rejected, TlsFiles, accept, bind, inflight_limit, serve};
+use crate::api::{ListenerLimits, LogSlot, QueueReader, Rejected, TlsFiles, accept, bind, inflight_limit, serve};
 
 /// The http source's own keys.
 #[derive(Debug, Deserialize)]
@@ -59,23 +70,27 @@ pub struct HttpSource {
     listen: SocketAddr,
     endpoint: Arc<Endpoint>,
     tls: Option<TlsFiles>,
+    limits: ListenerLimits,
 }
 
 #[derive(Debug)]
 struct Endpoint {
     token: Option<String>,
     max_body: usize,
+    bodies: Arc<BodyBudget>,
+    body_timeout: Duration,
     queue: Arc<IngestQueue>,
     log: LogSlot,
     metrics: std::sync::OnceLock<Arc<PipelineMetrics>>,
 }
 
 /// Builds the source from `[sources.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
+pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
     let span = config.table.span.clone();
     let listen_span = config.table.value_span("listen").unwrap_or(span.clone());
     let body_span = config.table.value_span("max_body_mb").unwrap_or(span.clone());
     let inflight_span = config.table.value_span("max_inflight_mb").unwrap_or(span);
+    let limits = ListenerLimits::take_from(&mut config.table, 1)?;
     let c: HttpConfig = config.table.deserialize()?;
     let listen = parse_listen(c.listen.as_deref(), "127.0.0.1:4574", listen_span)?;
     let max_body_mb = c.max_body_mb.unwrap_or(16);
@@ -89,11 +104,14 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>
         endpoint: Arc::new(Endpoint {
             token: c.bearer_token,
             max_body: (max_body_mb << 20) as usize,
+            bodies: BodyBudget::new(limits.max_body_buffer),
+            body_timeout: limits.body_timeout,
             queue: Arc::new(IngestQueue::new(inflight)),
             log: LogSlot::new(config.data_dir.join(&config.name), config.durability, config.retention),
             metrics: std::sync::OnceLock::new(),
         }),
         tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
+        limits,
     }))
 }
 
@@ -119,7 +137,7 @@ impl Source for HttpSource {
             .with_state(Arc::clone(&self.endpoint));
         let listener = bind(self.listen)?;
         let queue = Arc::clone(&self.endpoint.queue);
-        serve(&ctx.runtime, listener, router, self.tls.clone(), ctx.stop.clone(), vec![queue])
+        serve(&ctx.runtime, listener, router, self.tls.clone(), self.limits, ctx.stop.clone(), vec![queue])
     }
 
     fn finish(&self, _stopped: bool) {
@@ -140,6 +158,70 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
     response
+}
+
+/// A request body's `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContentEncoding {
+    Identity,
+    Gzip,
+    Deflate,
+    Brotli,
+}
+
+/// Why a body did not decode.
+#[derive(Debug)]
+enum DecodeError {
+    /// It decodes to more than the limit.
+    TooLarge,
+    /// It is not what its encoding says.
+    Invalid(std::io::Error),
+}
+
+impl ContentEncoding {
+    /// The encoding the headers name, or the name of one not supported.
+    fn of(headers: &HeaderMap) -> Result<Self, String> {
+        let Some(value) = headers.get(header::CONTENT_ENCODING) else { return Ok(ContentEncoding::Identity) };
+        let name = String::from_utf8_lossy(value.as_bytes()).trim().to_ascii_lowercase();
+        match name.as_str() {
+            "" | "identity" => Ok(ContentEncoding::Identity),
+            "gzip" | "x-gzip" => Ok(ContentEncoding::Gzip),
+            "deflate" => Ok(ContentEncoding::Deflate),
+            "br" => Ok(ContentEncoding::Brotli),
+            _ => Err(name),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ContentEncoding::Identity => "identity",
+            ContentEncoding::Gzip => "gzip",
+            ContentEncoding::Deflate => "deflate",
+            ContentEncoding::Brotli => "br",
+        }
+    }
+
+    /// The decoded body (`None`: it is not encoded), at most `limit` bytes.
+    fn decode(self, raw: &[u8], limit: usize) -> Result<Option<Vec<u8>>, DecodeError> {
+        let read_all = |reader: &mut dyn Read| {
+            let mut out = Vec::new();
+            // Decompress no further than the limit allows.
+            match reader.take(limit as u64 + 1).read_to_end(&mut out) {
+                Ok(_) if out.len() > limit => Err(DecodeError::TooLarge),
+                Ok(_) => Ok(out),
+                Err(e) => Err(DecodeError::Invalid(e)),
+            }
+        };
+        match self {
+            ContentEncoding::Identity => Ok(None),
+            ContentEncoding::Gzip => read_all(&mut flate2::read::MultiGzDecoder::new(raw)).map(Some),
+            // HTTP's deflate is zlib-wrapped; some clients send raw deflate.
+            ContentEncoding::Deflate => read_all(&mut flate2::read::ZlibDecoder::new(raw))
+                .or_else(|_| read_all(&mut flate2::read::DeflateDecoder::new(raw)))
+                .map(Some),
+            ContentEncoding::Brotli => read_all(&mut brotli_decompressor::Decompressor::new(raw, 4096)).map(Some),
+        }
+    }
 }
 
 /// Splits `body` into records (one per line, empty lines skipped).
@@ -167,29 +249,33 @@ async fn receive(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body
             return refuse(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` header is required");
         }
     }
+    let encoding = match ContentEncoding::of(&headers) {
+        Ok(encoding) => encoding,
+        Err(name) => {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding `{name}` is not supported; send the body plain, gzip, deflate or br"),
+            );
+        }
+    };
     let too_large =
         || refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", endpoint.max_body));
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > endpoint.max_body) {
-        return too_large();
-    }
-    let Ok(raw): Result<Bytes, _> = axum::body::to_bytes(body, endpoint.max_body).await else { return too_large() };
-    let gzip = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-    let body: std::borrow::Cow<'_, [u8]> = if gzip {
-        let mut out = Vec::new();
-        // Decompress no further than the limit allows.
-        let limit = endpoint.max_body as u64 + 1;
-        match flate2::read::MultiGzDecoder::new(&raw[..]).take(limit).read_to_end(&mut out) {
-            Ok(_) if out.len() > endpoint.max_body => return too_large(),
-            Ok(_) => out.into(),
-            Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the body is not valid gzip: {e}")),
+    let read =
+        read_body(body, declared_length(&headers), endpoint.max_body, &endpoint.bodies, endpoint.body_timeout).await;
+    let (raw, _room) = match read {
+        Ok(read) => read,
+        Err(BodyError::TooLarge(_)) => return too_large(),
+        Err(e @ BodyError::Busy) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e @ BodyError::TimedOut(_)) => return refuse(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        Err(e @ BodyError::Broken(_)) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let body: std::borrow::Cow<'_, [u8]> = match encoding.decode(&raw, endpoint.max_body) {
+        Ok(Some(decoded)) => decoded.into(),
+        Ok(None) => raw[..].into(),
+        Err(DecodeError::TooLarge) => return too_large(),
+        Err(DecodeError::Invalid(e)) => {
+            return refuse(StatusCode::BAD_REQUEST, format!("the body is not valid {}: {e}", encoding.name()));
         }
-    } else {
-        raw[..].into()
     };
     let batch = match records(&body) {
         Ok(b) => b,
