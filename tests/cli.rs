@@ -74,3 +74,83 @@ fn the_ci_script_calls_the_readme_test_command() {
     let command = "scripts/test.sh";
     assert!(readme.contains(command) && ci.contains(command), "README and .ci/run must share the test command");
 }
+
+/// Issue 11, item 8: secrets written in a pipeline file (a URL's password and token, inline keys)
+/// appear nowhere sluice prints the config: `validate`'s graph, config errors with their quoted
+/// lines, DescribeDeliveryStream.
+#[test]
+fn secrets_in_a_pipeline_are_never_printed() {
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let pipeline = |extra: &str| {
+        format!(
+            "[pipeline]\nname = \"secrets\"\ndata_dir = \"data\"\n\
+             [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n\
+             auth = {{ access_keys = [{{ id = \"AKIDSECRETS\", secret = \"sekr1t-inline\" }}] }}\n\
+             [sinks.siem]\ntype = \"http_endpoint\"\ninputs = [\"api\"]\n\
+             url = \"https://user:hunter2-pass@127.0.0.1:9/in?token=t0ken-value&env=prod\"\n\
+             access_key = \"access-inline\"\n{extra}\
+             backup_store = {{ url = \"file://./failed\" }}\n"
+        )
+    };
+    let good = work.path().join("good.toml");
+    std::fs::write(&good, pipeline("")).unwrap();
+    // Errors on the lines of the secrets, and messages that echo the URL.
+    let bad = work.path().join("bad.toml");
+    let text = pipeline("")
+        .replace("secret = \"sekr1t-inline\"", "secret = \"sekr1t-inline\", bogus = 1")
+        .replace("https://", "ftp://");
+    std::fs::write(&bad, text).unwrap();
+    let bad_backup = work.path().join("bad-backup.toml");
+    let text = pipeline("").replace("url = \"file://./failed\"", "url = \"file://./failed\", password = \"pw-inline\"");
+    std::fs::write(&bad_backup, text).unwrap();
+    let secrets = ["sekr1t-inline", "hunter2-pass", "t0ken-value", "access-inline", "pw-inline"];
+    let (code, text) = run_in(work.path(), &["validate"], &good);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("https://user:****@127.0.0.1:9/in?token=****&env=prod"), "{text}");
+    let (code, errors) = run_in(work.path(), &["validate"], &bad);
+    assert_eq!(code, Some(1), "{errors}");
+    assert!(errors.contains("bogus") && errors.contains("ftp://user:****@"), "{errors}");
+    let (code, backup_errors) = run_in(work.path(), &["validate"], &bad_backup);
+    assert_eq!(code, Some(1), "{backup_errors}");
+    assert!(backup_errors.contains("password = \"****\""), "{backup_errors}");
+    for printed in [&text, &errors, &backup_errors] {
+        for secret in secrets {
+            assert!(!printed.contains(secret), "`{secret}` printed:\n{printed}");
+        }
+    }
+    // DescribeDeliveryStream, answered by a running stream.
+    let child = sluice().current_dir(work.path()).args(["run", "--quiet"]).arg(&good).spawn().unwrap();
+    let started = std::time::Instant::now();
+    let describe = loop {
+        let body = "{\"DeliveryStreamName\":\"secrets\"}";
+        let mut headers = http::HeaderMap::new();
+        headers.insert("host", format!("127.0.0.1:{port}").parse().unwrap());
+        headers.insert("x-amz-target", "Firehose_20150804.DescribeDeliveryStream".parse().unwrap());
+        headers.insert("content-type", "application/x-amz-json-1.1".parse().unwrap());
+        let signer = sluice_connectors::api::sigv4::Signer {
+            key_id: "AKIDSECRETS",
+            secret: "sekr1t-inline",
+            region: "us-east-1",
+            service: "firehose",
+        };
+        let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        signer.sign(&now, "POST", "/", &mut headers, body.as_bytes()).unwrap();
+        let sent = reqwest::blocking::Client::new()
+            .post(format!("http://127.0.0.1:{port}/"))
+            .headers(headers)
+            .body(body)
+            .send();
+        if let Ok(response) = sent {
+            break response.text().unwrap();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "no API");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let _ = child.wait_with_output();
+    assert!(describe.contains("https://user:****@127.0.0.1:9/in?token=****&env=prod"), "{describe}");
+    for secret in secrets {
+        assert!(!describe.contains(secret), "`{secret}` in DescribeDeliveryStream: {describe}");
+    }
+}

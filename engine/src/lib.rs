@@ -14,6 +14,7 @@ pub mod keys;
 pub mod metrics;
 pub mod operators;
 pub mod record;
+pub mod redact;
 pub mod retry;
 pub mod runtime;
 pub mod testkit;

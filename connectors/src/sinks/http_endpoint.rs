@@ -176,10 +176,15 @@ impl HttpEndpointSink {
     /// Sends one request; `Ok` only for 200 with a matching `requestId`.
     async fn send(request: reqwest::RequestBuilder, request_id: String) -> Result<(), DeliveryError> {
         let retryable = |code: &str, message: String| DeliveryError::Retryable { code: code.into(), message };
-        let mut response = request.send().await.map_err(|e| retryable(send_error(&e), e.to_string()))?;
+        let mut response =
+            request.send().await.map_err(|e| retryable(send_error(&e), sluice_engine::redact::text(&e.to_string())))?;
         let status = response.status();
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| retryable(send_error(&e), e.to_string()))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| retryable(send_error(&e), sluice_engine::redact::text(&e.to_string())))?
+        {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_RESPONSE_BYTES {
                 return Err(retryable("HttpEndpoint.ResponseTooLarge", format!("{status}: response over 1 MiB")));
@@ -216,13 +221,14 @@ impl HttpEndpointSink {
 impl Sink for HttpEndpointSink {
     fn describe(&self) -> String {
         match &self.name {
-            Some(name) => format!("http_endpoint {name} {}", self.url),
-            None => format!("http_endpoint {}", self.url),
+            Some(name) => format!("http_endpoint {name} {}", self.location()),
+            None => format!("http_endpoint {}", self.location()),
         }
     }
 
+    /// The URL without its secrets (a userinfo password, credential-like query values).
     fn location(&self) -> String {
-        self.url.to_string()
+        sluice_engine::redact::url(self.url.as_str())
     }
 
     fn destination_kind(&self) -> &'static str {

@@ -51,6 +51,7 @@ fn default_true() -> bool {
 
 /// A configured object-store sink.
 pub struct ObjectStoreSink {
+    /// The URL as shown (secrets masked).
     url: String,
     store: Arc<dyn ObjectStore>,
     /// The same store's numbered-part API, where it has one (parts can then be retried).
@@ -205,7 +206,9 @@ impl ObjectStoreSink {
             }
         };
         let healthcheck = !matches!(scheme, "file" | "memory");
-        Ok(ObjectStoreSink { url: url.to_string(), store, parts, base, local_dir, code_prefix, healthcheck })
+        // The URL is kept only to be shown: without its secrets.
+        let url = sluice_engine::redact::url(url);
+        Ok(ObjectStoreSink { url, store, parts, base, local_dir, code_prefix, healthcheck })
     }
 
     /// Skips the credentials check before the run.

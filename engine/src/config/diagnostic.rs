@@ -1,7 +1,9 @@
 //! Config diagnostics: one error with where it is (file:line:col), what was expected and a hint.
 //!
 //! Every config problem becomes a [`Diagnostic`]; resolution collects all of them instead of stopping
-//! at the first, and [`Diagnostics`] renders them the way compilers do, with the offending source line.
+//! at the first, and [`Diagnostics`] renders them the way compilers do, with the offending source
+//! line. What it renders goes through [`crate::redact`]: a secret written in the file (or echoed in
+//! a message, such as a URL's password) is never printed.
 
 use std::fmt;
 use std::ops::Range;
@@ -79,7 +81,7 @@ impl Diagnostics {
             .iter()
             .map(|d| {
                 let p = self.position(d);
-                format!("{}:{}:{}: {}", self.file, p.line, p.col, d.message)
+                format!("{}:{}:{}: {}", self.file, p.line, p.col, crate::redact::text(&d.message))
             })
             .collect()
     }
@@ -89,17 +91,21 @@ impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for d in &self.items {
             let p = self.position(d);
-            writeln!(f, "error: {}", d.message)?;
+            writeln!(f, "error: {}", crate::redact::text(&d.message))?;
             writeln!(f, "  --> {}:{}:{}", self.file, p.line, p.col)?;
             if let Some(text) = self.source.lines().nth(p.line - 1) {
                 let gutter = p.line.to_string();
-                let width = self.source[d.span.clone()].lines().next().map_or(1, |l| l.chars().count().max(1));
+                let pointed = crate::redact::text(self.source[d.span.clone()].lines().next().unwrap_or(""));
+                let width = pointed.chars().count().max(1);
+                // The caret's column in the line as printed, secrets masked.
+                let before: String = text.chars().take(p.col - 1).collect();
+                let col = crate::redact::text(&before).chars().count();
                 writeln!(f, "{} |", " ".repeat(gutter.len()))?;
-                writeln!(f, "{gutter} | {text}")?;
-                writeln!(f, "{} | {}{}", " ".repeat(gutter.len()), " ".repeat(p.col - 1), "^".repeat(width))?;
+                writeln!(f, "{gutter} | {}", crate::redact::text(text))?;
+                writeln!(f, "{} | {}{}", " ".repeat(gutter.len()), " ".repeat(col), "^".repeat(width))?;
             }
             if let Some(h) = &d.hint {
-                writeln!(f, "  = hint: {h}")?;
+                writeln!(f, "  = hint: {}", crate::redact::text(h))?;
             }
             writeln!(f)?;
         }

@@ -1,0 +1,210 @@
+//! Redaction of secrets in what sluice prints about a config: URLs (a userinfo password, query
+//! parameters that look like credentials) and the values of keys that hold secrets (`secret`,
+//! `secret_access_key`, `access_key`, `token`, `password`, `bearer_token`, …).
+//!
+//! Guarantees: [`text`] leaves everything but those values as it was (positions in a line shift
+//! only where a value was replaced), and never panics on any input; a redacted value becomes
+//! `****`. Every place that prints config text — diagnostics and their quoted source lines,
+//! `sluice validate`, the run summary, DescribeDeliveryStream — goes through here.
+
+/// What a redacted value is replaced with.
+pub const MASK: &str = "****";
+
+/// Key names (in config files) whose values are secrets, and endings that mark one.
+const SECRET_KEYS: &[&str] = &["secret", "token", "password", "passwd", "apikey"];
+const SECRET_ENDINGS: &[&str] = &[
+    "_secret",
+    "_token",
+    "_password",
+    "access_key",
+    "account_key",
+    "sas_key",
+    "hash_key",
+    "api_key",
+    "private_key",
+    "_credentials",
+];
+/// Query parameter names (lowercased) that look like credentials, and parts that mark one.
+const SECRET_PARAMETER_PARTS: &[&str] =
+    &["token", "key", "secret", "password", "passwd", "pwd", "sig", "credential", "auth", "session"];
+
+/// Whether a config key holds a secret.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_KEYS.contains(&key.as_str()) || SECRET_ENDINGS.iter().any(|e| key.ends_with(e))
+}
+
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PARAMETER_PARTS.iter().any(|p| name.contains(p))
+}
+
+/// `text` with every URL's password and credential-like query values, and every quoted value of a
+/// secret key (`secret = "..."`, also inside inline tables), replaced by [`MASK`].
+pub fn text(text: &str) -> String {
+    urls(&values_of_secret_keys(text))
+}
+
+/// One URL with its password and credential-like query values masked.
+pub fn url(url: &str) -> String {
+    urls(url)
+}
+
+/// Masks the URLs found in `text` (a URL runs from its scheme to whitespace, a quote or a backtick).
+fn urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let scheme_start =
+            rest[..at].rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c))).map_or(0, |i| i + 1);
+        let end =
+            rest[at + 3..].find(|c: char| c.is_whitespace() || "\"'`<>".contains(c)).map_or(rest.len(), |i| at + 3 + i);
+        out.push_str(&rest[..scheme_start]);
+        out.push_str(&rest[scheme_start..at + 3]);
+        out.push_str(&mask_url_rest(&rest[at + 3..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Masks the password of an authority's userinfo and the credential-like query values of what
+/// follows a URL's `://`.
+fn mask_url_rest(rest: &str) -> String {
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let mut out = String::with_capacity(rest.len());
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push(':');
+                    out.push_str(MASK);
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let Some(query_at) = path.find('?') else {
+        out.push_str(path);
+        return out;
+    };
+    out.push_str(&path[..=query_at]);
+    let query = &path[query_at + 1..];
+    let (query, fragment) = query.split_at(query.find('#').unwrap_or(query.len()));
+    let masked: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if is_secret_parameter(name) && !value.is_empty() => format!("{name}={MASK}"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    out.push_str(&masked.join("&"));
+    out.push_str(fragment);
+    out
+}
+
+/// Masks the quoted value after `key =` wherever `key` is a secret key.
+fn values_of_secret_keys(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        // A key: a run of key characters not preceded by one.
+        let is_key_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+        if !is_key_char(bytes[i]) || i > 0 && is_key_char(bytes[i - 1]) {
+            i += 1;
+            continue;
+        }
+        let key_end = (i..bytes.len()).find(|&j| !is_key_char(bytes[j])).unwrap_or(bytes.len());
+        let key = &text[i..key_end];
+        let mut j = key_end;
+        // Allow a closing quote of a quoted key, spaces, `=` or `:`, spaces.
+        while j < bytes.len() && (bytes[j] == b'"' || bytes[j] == b' ' || bytes[j] == b'\t') {
+            j += 1;
+        }
+        if j >= bytes.len() || !(bytes[j] == b'=' || bytes[j] == b':') || !is_secret_key(key) {
+            i = key_end;
+            continue;
+        }
+        j += 1;
+        while j < bytes.len() && (bytes[j] == b' ' || bytes[j] == b'\t') {
+            j += 1;
+        }
+        let Some(&quote) = bytes.get(j) else { break };
+        if quote != b'"' && quote != b'\'' {
+            i = key_end;
+            continue;
+        }
+        // Find the closing quote (a basic string may escape one).
+        let mut k = j + 1;
+        while k < bytes.len() && bytes[k] != quote {
+            k += if quote == b'"' && bytes[k] == b'\\' { 2 } else { 1 };
+        }
+        let value_end = k.min(bytes.len());
+        // `${NAME}` names a variable, not a secret: it stays readable.
+        let value = &text[j + 1..value_end];
+        let reference =
+            value.starts_with("${") && value.ends_with('}') && !value[2..value.len() - 1].contains(['$', '{', '}']);
+        if value_end > j + 1 && !reference {
+            out.push_str(&text[copied..=j]);
+            out.push_str(MASK);
+            copied = value_end;
+        }
+        i = value_end.max(key_end);
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn masks_url_passwords_and_credential_parameters() {
+        assert_eq!(
+            url("https://user:hunter2@collector.example.com:8443/in?token=abc&env=prod&X-Amz-Signature=f00#top"),
+            "https://user:****@collector.example.com:8443/in?token=****&env=prod&X-Amz-Signature=****#top"
+        );
+        assert_eq!(url("s3://bucket/prefix?region=eu"), "s3://bucket/prefix?region=eu");
+        assert_eq!(url("https://user@host/p"), "https://user@host/p");
+        assert_eq!(
+            text("bad url `https://a:b@h/x?sig=1`: no scheme"),
+            "bad url `https://a:****@h/x?sig=****`: no scheme"
+        );
+    }
+
+    #[test]
+    fn masks_the_values_of_secret_keys_only() {
+        let line =
+            r#"auth = { access_keys = [{ id = "AKID", secret = "s3cr\"et" }] }, bearer_token = 't0k', json_key = "ts""#;
+        assert_eq!(
+            text(line),
+            r#"auth = { access_keys = [{ id = "AKID", secret = "****" }] }, bearer_token = '****', json_key = "ts""#
+        );
+        assert_eq!(
+            text(r#"secret_access_key = "x", access_key_id = "AKID""#),
+            r#"secret_access_key = "****", access_key_id = "AKID""#
+        );
+        assert_eq!(text(r#"password="p" hash_key = "${KEY}""#), r#"password="****" hash_key = "${KEY}""#);
+        assert_eq!(text("secret = 5"), "secret = 5");
+        assert_eq!(text("tokens are fine"), "tokens are fine");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_leaves_text_without_secrets_alone(s in "\\PC{0,80}") {
+            let masked = text(&s);
+            if !s.contains("://") && !s.contains('=') && !s.contains(':') {
+                prop_assert_eq!(masked, s);
+            }
+        }
+    }
+}
