@@ -195,3 +195,64 @@ fn a_store_stopped_past_the_retry_duration_loses_nothing_the_error_output_waits_
     let missing: Vec<_> = expected.iter().filter(|r| all.binary_search(r).is_err()).take(3).collect();
     assert!(missing.is_empty(), "{} of {records_in} records lost, e.g. {missing:?}", missing.len());
 }
+
+/// A sink whose store takes data objects but refuses every error-output key as invalid (what an
+/// object store answers for a key it can never hold).
+struct RefusingErrorKeys;
+
+impl sluice_engine::traits::Sink for RefusingErrorKeys {
+    fn describe(&self) -> String {
+        "refusing error keys".into()
+    }
+
+    fn destination_kind(&self) -> &'static str {
+        "S3"
+    }
+
+    fn deliver(
+        &self,
+        payload: sluice_engine::traits::Payload,
+    ) -> futures::future::BoxFuture<'static, Result<(), sluice_engine::traits::DeliveryError>> {
+        let refused = payload.key.contains("format-conversion-failed");
+        Box::pin(async move {
+            if refused {
+                Err(sluice_engine::traits::DeliveryError::Unstorable {
+                    code: "S3.InvalidKey".into(),
+                    message: format!("`{}` is not a valid key", payload.key),
+                })
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+fn refusing_error_keys(
+    config: sluice_engine::traits::ConnectorConfig,
+) -> Result<Arc<dyn sluice_engine::traits::Sink>, sluice_engine::config::Diagnostic> {
+    config.table.deserialize::<std::collections::BTreeMap<String, toml::Value>>()?;
+    Ok(Arc::new(RefusingErrorKeys))
+}
+
+/// Issue 11, item 9: an error output whose keys can never be stored stops the run with the reason
+/// instead of retrying forever (and a batch run does not hang).
+#[test]
+fn an_unstorable_error_output_key_stops_the_run_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, "{\"a\":1}\nnot json\n{\"a\":2}\n").unwrap();
+    let mut registry = registry();
+    registry.sinks.push(sluice_engine::traits::SinkType { name: "refusing_keys", configure: refusing_error_keys });
+    let toml = format!(
+        "[pipeline]\nname = \"unstorable\"\n[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\n\
+         [sinks.out]\ntype = \"refusing_keys\"\ninputs = [\"in\"]\nformat = \"csv\"\ncolumns = [\"a\"]\n",
+        input.display()
+    );
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(run_pipeline(&toml, &registry, 1).map(|_| ()));
+    });
+    let result = finished.recv_timeout(Duration::from_secs(60)).expect("the run did not stop");
+    let error = result.unwrap_err();
+    assert!(error.contains("the run had to stop") && error.contains("no retry can"), "{error}");
+}

@@ -85,6 +85,8 @@ pub enum Segment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectKeyTemplate {
     segments: Vec<Segment>,
+    /// Where each segment starts in the template text (for errors).
+    offsets: Vec<usize>,
 }
 
 /// The pattern letters we accept inside `!{timestamp:...}`.
@@ -189,6 +191,7 @@ impl ObjectKeyTemplate {
             ));
         }
         let mut segments = Vec::new();
+        let mut offsets = Vec::new();
         let mut rest = template;
         let mut offset = 0;
         while let Some(start) = rest.find("!{") {
@@ -202,6 +205,7 @@ impl ObjectKeyTemplate {
             }
             if !literal.is_empty() {
                 segments.push(Segment::Literal(literal.to_string()));
+                offsets.push(offset);
             }
             let expr_start = offset + start;
             let after = &rest[start + 2..];
@@ -244,6 +248,7 @@ impl ObjectKeyTemplate {
                 }
             };
             segments.push(segment);
+            offsets.push(expr_start);
             offset = expr_start + 2 + end + 1;
             rest = &after[end + 1..];
         }
@@ -256,8 +261,9 @@ impl ObjectKeyTemplate {
         }
         if !rest.is_empty() {
             segments.push(Segment::Literal(rest.to_string()));
+            offsets.push(offset);
         }
-        Ok(ObjectKeyTemplate { segments })
+        Ok(ObjectKeyTemplate { segments, offsets })
     }
 
     /// Whether any `!{...}` expression is used.
@@ -277,8 +283,59 @@ impl ObjectKeyTemplate {
 
     /// Appends the Firehose default time part `yyyy/MM/dd/HH/`.
     fn with_default_time(mut self) -> Self {
+        let end = self.offsets.last().copied().unwrap_or(0);
         self.segments.push(Segment::Timestamp(parse_date_pattern("yyyy/MM/dd/HH/", 0).unwrap_or_default()));
+        self.offsets.push(end);
         self
+    }
+
+    /// Checks that every rendering makes keys object stores take: no leading `/`, no empty, `.`
+    /// or `..` path segment, no control character. Date fields render digits and random strings
+    /// hex, so one rendering on a fixed date (with `error_output_type`) shows what the literal
+    /// text, quoted pattern text included, makes of every key; an error points at the segment of
+    /// the template that made the problem.
+    fn check_storable(&self, error_output_type: &str) -> Result<(), KeyTemplateError> {
+        let instant = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().unwrap_or_default();
+        let mut rendered = String::new();
+        // The template segment each rendered byte came from.
+        let mut owner = Vec::new();
+        for (i, segment) in self.segments.iter().enumerate() {
+            ObjectKeyTemplate { segments: vec![segment.clone()], offsets: vec![0] }.render(
+                &instant,
+                error_output_type,
+                &mut rendered,
+            );
+            owner.resize(rendered.len(), i);
+        }
+        let at = |byte: usize| owner.get(byte).and_then(|&i| self.offsets.get(i)).copied().unwrap_or(0);
+        let storable = "keys are relative to the sink's url; object stores refuse `.` and `..` segments, empty segments (`//`) and control characters";
+        if let Some((byte, c)) = rendered.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(template_error(at(byte), format!("the key would hold the control character {c:?}"), storable));
+        }
+        if rendered.starts_with('/') {
+            return Err(template_error(at(0), format!("the key `{rendered}…` would start with `/`"), storable));
+        }
+        let mut start = 0;
+        for (byte, c) in rendered.char_indices() {
+            if c != '/' {
+                continue;
+            }
+            let segment = &rendered[start..byte];
+            if segment.is_empty() || segment == "." || segment == ".." {
+                let what = if segment.is_empty() {
+                    "an empty path segment (`//`)".to_string()
+                } else {
+                    format!("a `{segment}` path segment")
+                };
+                return Err(template_error(
+                    at(start.min(byte)),
+                    format!("the key `{rendered}…` would have {what}"),
+                    storable,
+                ));
+            }
+            start = byte + 1;
+        }
+        Ok(())
     }
 
     /// Renders the template for `instant`; `error_output_type` fills `!{firehose:error-output-type}`.
@@ -413,7 +470,8 @@ impl ObjectKeys {
                 }
                 segments.push(Segment::ErrorOutputType);
                 segments.push(Segment::Literal("/".into()));
-                ObjectKeyTemplate { segments }.with_default_time()
+                let offsets = vec![0; segments.len()];
+                ObjectKeyTemplate { segments, offsets }.with_default_time()
             }
         };
         let prefix_template = if parsed.has_timestamp() { parsed } else { parsed.with_default_time() };
@@ -425,6 +483,12 @@ impl ObjectKeys {
             version: 1,
             time_zone,
         };
+        keys.prefix.check_storable("").map_err(|error| PrefixRuleError { field: "prefix", error })?;
+        // A default error prefix is made of the prefix: its problems are the prefix's.
+        let error_field = if error_prefix.is_some() { "error_prefix" } else { "prefix" };
+        keys.error_prefix
+            .check_storable(crate::error_output::output_type::FORMAT_CONVERSION_FAILED)
+            .map_err(|error| PrefixRuleError { field: error_field, error })?;
         // The longest a rendering can be: every field at its widest on a fixed date.
         let widest = Utc.with_ymd_and_hms(2099, 12, 31, 23, 59, 59).single().unwrap_or_default();
         for (field, template) in [("prefix", &keys.prefix), ("error_prefix", &keys.error_prefix)] {
@@ -516,6 +580,26 @@ mod tests {
         assert!(ObjectKeyTemplate::parse("!{nope:x}").is_err());
         assert!(ObjectKeyTemplate::parse("!{firehose:nope}").is_err());
         assert!(ObjectKeyTemplate::parse("!{timestamp:'x'}").is_err());
+    }
+
+    #[test]
+    fn prefixes_that_make_unstorable_keys_are_refused_where_they_go_wrong() {
+        let refused = |prefix: &str| {
+            ObjectKeys::new(Some(prefix), Some("e/!{firehose:error-output-type}/"), "s", Tz::UTC)
+                .map(|_| ())
+                .map_err(|e| (e.field, e.error.offset))
+        };
+        assert_eq!(refused("../../escape/"), Err(("prefix", 0)));
+        assert_eq!(refused("/abs/"), Err(("prefix", 0)));
+        assert_eq!(refused("a/./b/"), Err(("prefix", 0)));
+        assert_eq!(refused("a//b/"), Err(("prefix", 0)));
+        assert_eq!(refused("logs/!{timestamp:'../../'yyyy}/"), Err(("prefix", 5)));
+        assert_eq!(refused("!{timestamp:yyyy}/../../"), Err(("prefix", 17)));
+        assert_eq!(refused("a\tb/"), Err(("prefix", 0)));
+        assert_eq!(refused("logs/!{timestamp:yyyy}/.."), Ok(()), "a last segment is joined to the object name");
+        assert_eq!(refused("logs/..data/!{timestamp:yyyy}/"), Ok(()));
+        let error = ObjectKeys::new(Some("ok/"), Some("../!{firehose:error-output-type}/"), "s", Tz::UTC).unwrap_err();
+        assert_eq!(error.field, "error_prefix");
     }
 
     #[test]

@@ -200,6 +200,9 @@ pub struct PipelineMetrics {
     pub sinks: Vec<SinkMetrics>,
     /// Errors that stopped a source early.
     pub source_errors: Mutex<Vec<String>>,
+    /// Why the run had to stop (records it holds can be stored nowhere): set once; the workers
+    /// leave the dataflow without releasing what is undelivered.
+    pub fatal: std::sync::OnceLock<String>,
     /// API ingest counters (zero without an API source).
     pub api: ApiMetrics,
 }
@@ -257,6 +260,7 @@ impl PipelineMetrics {
             sources: (0..sources).map(|_| SourceMetrics::default()).collect(),
             sinks: (0..sinks).map(|_| SinkMetrics::default()).collect(),
             source_errors: Mutex::new(Vec::new()),
+            fatal: std::sync::OnceLock::new(),
             api: ApiMetrics::default(),
         }
     }

@@ -4,7 +4,9 @@
 //! [`DeliveryError::Retryable`] is retried, and only while the retry duration (counted from the first
 //! failure) has not run out; a permanent error ends at once. The error output is the exception:
 //! [`until_stored`] retries it whatever the error and for as long as it takes (FIREHOSE.md §6: "if
-//! writing that error record fails, Firehose retries forever and delivery is blocked").
+//! writing that error record fails, Firehose retries forever and delivery is blocked"), except an
+//! [`DeliveryError::Unstorable`] payload, which no retry can store: that is returned, for the run to
+//! stop loudly. "Retry forever" is for destinations that are down, not for keys that are invalid.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,10 +94,15 @@ where
     }
 }
 
-/// Runs `attempt` until it succeeds, whatever the errors, with the policy's back-off; returns the
-/// attempts made. Every failure is logged and counted in `failures`: this is the path where giving
-/// up would drop records, so it blocks instead.
-pub async fn until_stored<F, Fut>(policy: RetryPolicy, what: &str, failures: &AtomicU64, mut attempt: F) -> u32
+/// Runs `attempt` until it succeeds, whatever the errors but [`DeliveryError::Unstorable`], with
+/// the policy's back-off; returns the attempts made. Every failure is logged and counted in
+/// `failures`: this is the path where giving up would drop records, so it blocks instead.
+pub async fn until_stored<F, Fut>(
+    policy: RetryPolicy,
+    what: &str,
+    failures: &AtomicU64,
+    mut attempt: F,
+) -> Result<u32, DeliveryError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), DeliveryError>>,
@@ -104,7 +111,11 @@ where
     loop {
         attempts += 1;
         match attempt().await {
-            Ok(()) => return attempts,
+            Ok(()) => return Ok(attempts),
+            Err(e @ DeliveryError::Unstorable { .. }) => {
+                failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
             Err(e) => {
                 failures.fetch_add(1, Ordering::Relaxed);
                 let wait = policy.backoff(attempts);
@@ -173,7 +184,14 @@ mod tests {
             }
         })
         .await;
-        assert_eq!(attempts, 6);
+        assert_eq!(attempts.ok(), Some(6));
         assert_eq!(failures.load(Ordering::Relaxed), 5);
+
+        // A payload no retry can store is given back at once, for the run to stop.
+        let unstorable = until_stored(RetryPolicy::default(), "the backup", &failures, || async {
+            Err(DeliveryError::Unstorable { code: "S3.InvalidKey".into(), message: "bad key".into() })
+        })
+        .await;
+        assert!(matches!(unstorable, Err(DeliveryError::Unstorable { .. })));
     }
 }

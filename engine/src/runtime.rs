@@ -70,6 +70,10 @@ pub enum RunError {
     /// Timely could not start or a worker failed.
     #[error("dataflow failed: {0}")]
     Dataflow(String),
+    /// Records can be stored nowhere (e.g. the error output's keys are invalid): the run stopped
+    /// without releasing them, so logs and checkpoints keep them for the next start.
+    #[error("the run had to stop: {0}")]
+    Fatal(String),
 }
 
 /// What a finished run reports.
@@ -161,6 +165,14 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
             }
         });
         while !probe.done() {
+            if context.metrics.fatal.get().is_some() {
+                // Leave what is undelivered held: the delivered frontier stays where it is. The
+                // dataflow is dropped, or timely would step it until it completes.
+                for dataflow in worker.installed_dataflows() {
+                    worker.drop_dataflow(dataflow);
+                }
+                return;
+            }
             worker.step_or_park(Some(Duration::from_millis(50)));
             if worker.index() == 0 {
                 let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
@@ -172,6 +184,11 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
     .map_err(RunError::Dataflow)?;
     for result in guards.join() {
         result.map_err(RunError::Dataflow)?;
+    }
+    if let Some(reason) = metrics.fatal.get() {
+        // No final checkpoint: what was not delivered is read again at the next start.
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return Err(RunError::Fatal(reason.clone()));
     }
     let stopped = options.stop.is_stopped();
     for source in &sources {

@@ -187,13 +187,25 @@ pub enum DeliveryError {
         /// What the destination said.
         message: String,
     },
+    /// This payload can never be stored as it is, whatever the destination's state (an invalid
+    /// object key): a data object goes to the error output at once; an error-output object that
+    /// cannot be stored stops the run instead of blocking it forever.
+    #[error("unstorable: {message}")]
+    Unstorable {
+        /// Firehose-style code, e.g. `S3.InvalidKey`.
+        code: String,
+        /// Why.
+        message: String,
+    },
 }
 
 impl DeliveryError {
     /// The Firehose-style code.
     pub fn code(&self) -> &str {
         match self {
-            DeliveryError::Retryable { code, .. } | DeliveryError::Permanent { code, .. } => code,
+            DeliveryError::Retryable { code, .. }
+            | DeliveryError::Permanent { code, .. }
+            | DeliveryError::Unstorable { code, .. } => code,
         }
     }
 

@@ -237,7 +237,7 @@ impl ObjectStoreSink {
     /// The full path of `key` under the sink's location.
     pub fn location(&self, key: &str) -> Result<Path, DeliveryError> {
         let joined = if self.base.as_ref().is_empty() { key.to_string() } else { format!("{}/{key}", self.base) };
-        Path::parse(&joined).map_err(|e| DeliveryError::Permanent {
+        Path::parse(&joined).map_err(|e| DeliveryError::Unstorable {
             code: format!("{}.InvalidKey", self.code_prefix),
             message: format!("object key `{joined}` is not valid: {e}"),
         })
@@ -375,7 +375,9 @@ fn classify(code_prefix: &str, e: object_store::Error) -> DeliveryError {
         _ => (false, "InternalError"),
     };
     let code = format!("{code_prefix}.{code}");
-    if permanent {
+    if matches!(e, E::InvalidPath { .. }) {
+        DeliveryError::Unstorable { code, message: e.to_string() }
+    } else if permanent {
         DeliveryError::Permanent { code, message: e.to_string() }
     } else {
         DeliveryError::Retryable { code, message: e.to_string() }

@@ -297,6 +297,10 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
         ),
         Some(mut p) => {
             match p.take_string("name", &mut problems) {
+                Some(n) if n.get_ref().bytes().all(|b| b == b'.') && !n.get_ref().is_empty() => problems.push(
+                    Diagnostic::new(n.span(), format!("pipeline name `{}` is not usable", n.get_ref()))
+                        .with_hint("the name names folders (data/<name>) and objects: use letters, digits, `_`, `.` and `-`, not only dots"),
+                ),
                 Some(n) if valid_stream_name(n.get_ref()) => name = n.into_inner(),
                 Some(n) => problems.push(
                     Diagnostic::new(
@@ -345,7 +349,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
     }
 
     // What every connector is told about its pipeline.
-    let data_dir = data_dir.unwrap_or_else(|| default_data_dir(&name));
+    let data_dir = resolve_data_dir(base_dir, data_dir.unwrap_or_else(|| PathBuf::from("data").join(&name)));
     let connector_config = |component: String, table: Section| ConnectorConfig {
         pipeline: name.clone(),
         data_dir: data_dir.clone(),
@@ -459,9 +463,20 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
     if problems.is_empty() { Ok(Plan { name, workers, sources, sinks }) } else { Err(problems) }
 }
 
-/// `./data/<pipeline>` when `data_dir` is not set.
-fn default_data_dir(pipeline: &str) -> PathBuf {
-    PathBuf::from("data").join(pipeline)
+/// `data_dir` (default `data/<pipeline>`) resolved against the pipeline file's folder. Before, a
+/// relative `data_dir` was taken from the current directory: a log found only there is used (with
+/// a warning), so an upgrade does not leave acknowledged records behind.
+fn resolve_data_dir(base_dir: &Path, configured: PathBuf) -> PathBuf {
+    let dir = base_dir.join(&configured);
+    if configured.is_relative() && !dir.exists() && configured.exists() {
+        tracing::warn!(
+            used = %configured.display(),
+            resolved = %dir.display(),
+            "a relative data_dir is now relative to the pipeline file's folder; using the log found in the current directory: make data_dir absolute to keep it"
+        );
+        return configured;
+    }
+    dir
 }
 
 fn check_component_name(name: &str, span: std::ops::Range<usize>, problems: &mut Vec<Diagnostic>) {

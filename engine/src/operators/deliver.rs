@@ -91,6 +91,8 @@ impl Outcome {
 
 /// Where one sink's objects go, shared by its delivery tasks.
 struct Target {
+    /// The sink's name in the pipeline.
+    name: String,
     sink: Arc<dyn Sink>,
     /// Where the error output goes: the sink itself, or its backup store.
     error_sink: Arc<dyn Sink>,
@@ -100,18 +102,34 @@ struct Target {
 }
 
 impl Target {
-    /// Stores an error-output object, retrying whatever the error until it is stored.
-    async fn store_error_output(&self, payload: Payload) -> u32 {
+    /// Stores an error-output object, retrying whatever the error until it is stored; `None` when
+    /// it can never be stored (an invalid key): the run is then told to stop, and the object's
+    /// epoch stays held, so nothing of it is taken for delivered.
+    async fn store_error_output(&self, payload: Payload) -> Option<u32> {
         let failures = &self.metrics.sinks[self.index].error_output_failures;
-        until_stored(self.settings.retry, "the error output", failures, || self.error_sink.deliver(payload.clone()))
-            .await
+        let stored = until_stored(self.settings.retry, "the error output", failures, || {
+            self.error_sink.deliver(payload.clone())
+        })
+        .await;
+        match stored {
+            Ok(attempts) => Some(attempts),
+            Err(e) => {
+                let reason = format!(
+                    "sink `{}`: the error output cannot store `{}`, and no retry can: {e}",
+                    self.name, payload.key
+                );
+                tracing::error!("{reason}; stopping the run");
+                let _ = self.metrics.fatal.set(reason);
+                None
+            }
+        }
     }
 
     /// Delivers a whole data object; if the destination does not take it, backs up its records.
-    async fn deliver_or_back_up(&self, payload: Payload, oldest_arrival_ms: i64) -> Outcome {
+    async fn deliver_or_back_up(&self, payload: Payload, oldest_arrival_ms: i64) -> Option<Outcome> {
         let out = deliver_with_retries(self.settings.retry, || self.sink.deliver(payload.clone())).await;
         match out.result {
-            Ok(()) => Outcome::stored(out.attempts),
+            Ok(()) => Some(Outcome::stored(out.attempts)),
             Err(error) => {
                 let failed = FailedObject {
                     body: payload.body,
@@ -125,14 +143,15 @@ impl Target {
         }
     }
 
-    /// Writes a failed object's records to the error output as error documents.
-    async fn back_up(&self, failed: FailedObject) -> Outcome {
+    /// Writes a failed object's records to the error output as error documents (`None`: they
+    /// cannot be stored there either, and the run stops).
+    async fn back_up(&self, failed: FailedObject) -> Option<Outcome> {
         let output_type = output_type::delivery_failed(self.sink.destination_kind());
         // Decoding the object is CPU work: off the I/O threads' event loop.
         let payload = tokio::task::block_in_place(|| backup::error_payload(&self.settings, output_type, &failed));
         let key = payload.key.clone();
-        self.store_error_output(payload).await;
-        Outcome { attempts: failed.attempts, ending: Ending::BackedUp { error: failed.error, key } }
+        self.store_error_output(payload).await?;
+        Some(Outcome { attempts: failed.attempts, ending: Ending::BackedUp { error: failed.error, key } })
     }
 }
 
@@ -222,14 +241,17 @@ impl Session {
                 (Err(e), _) => Err(e.clone()),
             };
             let outcome = match result {
-                Ok(()) => Outcome::stored(attempts),
+                Ok(()) => Some(Outcome::stored(attempts)),
                 Err(error) => {
                     let body = Bytes::from(kept.concat());
                     target.back_up(FailedObject { body, records, oldest_arrival_ms, attempts, error }).await
                 }
             };
             self.budget.release(kept_part_bytes);
-            let _ = done.send((ticket, outcome));
+            // Without an outcome the run stops: the object's epoch is never released.
+            if let Some(outcome) = outcome {
+                let _ = done.send((ticket, outcome));
+            }
             let _ = wake.activate();
             return;
         }
@@ -266,7 +288,14 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
     ) -> Stream<'scope, Epoch, Vec<DeliveryReceipt>> {
         let DeliveryContext { runtime, budget, metrics } = context.clone();
         let error_sink = sink.error_output().unwrap_or_else(|| Arc::clone(&sink));
-        let target = Arc::new(Target { sink, error_sink, settings, metrics: Arc::clone(&metrics), index });
+        let target = Arc::new(Target {
+            name: name.to_string(),
+            sink,
+            error_sink,
+            settings,
+            metrics: Arc::clone(&metrics),
+            index,
+        });
         let worker = self.scope().worker();
         let worker_index = self.scope().index();
         let sink_name = name.to_string();
@@ -342,9 +371,12 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                         runtime.spawn(async move {
                             let outcome = match kind {
                                 ObjectKind::Data => target.deliver_or_back_up(payload, oldest_arrival_ms).await,
-                                ObjectKind::ErrorOutput { .. } => Outcome::stored(target.store_error_output(payload).await),
+                                ObjectKind::ErrorOutput { .. } => target.store_error_output(payload).await.map(Outcome::stored),
                             };
-                            let _ = tx.send((ticket, outcome));
+                            // Without an outcome the run stops: the object's epoch is never released.
+                            if let Some(outcome) = outcome {
+                                let _ = tx.send((ticket, outcome));
+                            }
                             let _ = wake.activate();
                         });
                     }
