@@ -17,7 +17,7 @@ use s3s::{S3Error, S3ErrorCode, S3Result};
 use sluice_connectors::registry;
 use sluice_connectors::sinks::object_store::ObjectStoreSink;
 use sluice_connectors::synth::Profile;
-use sluice_engine::testkit::{run_pipeline, sink_conformance};
+use sluice_engine::testkit::{plan_from_str, run_pipeline, sink_conformance};
 
 use super::support::{all_lines, folder_objects, generated, sluice};
 
@@ -256,4 +256,39 @@ fn large_objects_are_uploaded_in_parts_while_they_grow() {
     let mut expected = generated(Profile::Cloudtrail, 5, 30000);
     expected.sort();
     assert_eq!(all_lines(&objects), expected);
+}
+
+/// Issue 11, item 3: a multipart upload a killed run left open is aborted by the sink at the next
+/// start (S3 keeps, and bills, open uploads that no listing shows).
+#[test]
+fn multipart_uploads_an_interrupted_run_left_open_are_aborted_at_the_next_start() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("stale")).unwrap();
+    let server = S3Server::start(root.path());
+    let toml = format!(
+        "[pipeline]\nname = \"stale\"\ndata_dir = \"{}\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 1\n\
+         [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\n{}\n",
+        root.path().join("data").display(),
+        server.sink_toml("stale", SECRET_KEY)
+    );
+    // s3s-fs keeps an open upload as `.upload-<id>.json` in its root.
+    let open_uploads = || {
+        std::fs::read_dir(root.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".upload-"))
+            .count()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let sink = Arc::clone(&plan_from_str(&toml, &registry()).unwrap().sinks[0].sink);
+    runtime.block_on(async {
+        sink.prepare().await.unwrap();
+        let upload = sink.start_upload("big/object", "application/x-ndjson", None).await.unwrap();
+        upload.put_part(0, bytes::Bytes::from(vec![b'x'; 5 << 20])).await.unwrap();
+        // The process dies here: the upload is neither completed nor aborted.
+    });
+    assert_eq!(open_uploads(), 1);
+    let restarted = Arc::clone(&plan_from_str(&toml, &registry()).unwrap().sinks[0].sink);
+    runtime.block_on(restarted.prepare()).unwrap();
+    assert_eq!(open_uploads(), 0, "the stale upload was not aborted");
 }

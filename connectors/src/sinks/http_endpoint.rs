@@ -133,7 +133,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         ));
     };
     let backup = ObjectStoreSink::from_config(&backup.url, &backup.options)
-        .map_err(|(message, hint)| Diagnostic::new(backup_span, format!("backup_store: {message}")).with_hint(hint))?;
+        .map_err(|(message, hint)| Diagnostic::new(backup_span, format!("backup_store: {message}")).with_hint(hint))?
+        .owned_by(&pipeline, &format!("{}-backup", config.name), &config.data_dir);
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())

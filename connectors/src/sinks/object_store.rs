@@ -7,8 +7,11 @@
 //! Guarantees: an object is reported delivered only after the store acknowledged the PUT (local
 //! files are fsynced before that); failures are classified by error variant, never by message:
 //! authentication, permission, missing bucket and bad path are permanent, the rest retryable.
-//! `file://` paths may be relative (to the current directory); `memory://NAME/...` stores live in
-//! this process and are shared by name (tests, dry runs).
+//! `file://` paths may be relative (to the current directory); objects there are staged beside the
+//! folder and renamed into place ([`super::staged_files`]), so a listing never sees a partial one.
+//! Multipart uploads a killed run left open on S3, GCS or Azure are aborted at the next start
+//! ([`super::upload_journal`]). `memory://NAME/...` stores live in this process and are shared by
+//! name (tests, dry runs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -30,6 +33,9 @@ use object_store::{
 use serde::Deserialize;
 use sluice_engine::config::Diagnostic;
 use sluice_engine::traits::{ConnectorConfig, DeliveryError, PartUpload, Payload, Sink, UploadStart};
+
+use super::staged_files::StagedFiles;
+use super::upload_journal::UploadJournal;
 
 /// The sink's own keys.
 #[derive(Debug, Deserialize)]
@@ -57,7 +63,10 @@ pub struct ObjectStoreSink {
     /// The same store's numbered-part API, where it has one (parts can then be retried).
     parts: Option<Arc<dyn MultipartStore>>,
     base: Path,
-    local_dir: Option<std::path::PathBuf>,
+    /// `file://`: objects staged and renamed into place.
+    local: Option<StagedFiles>,
+    /// Remote multipart uploads started and not yet ended (aborted at the next start if left open).
+    journal: Option<Arc<UploadJournal>>,
     /// Error-code prefix, `S3` for s3:// (Firehose's `S3.AccessDenied` style).
     code_prefix: &'static str,
     /// Whether `prepare` checks that the store takes our credentials (remote stores).
@@ -97,6 +106,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         let span = if message.contains("option `") { options_span.clone() } else { url_span.clone() };
         Diagnostic::new(span, message).with_hint(hint)
     })?;
+    let sink = sink.owned_by(&config.pipeline, &config.name, &config.data_dir);
     Ok(Arc::new(if c.healthcheck { sink } else { sink.without_healthcheck() }))
 }
 
@@ -149,7 +159,7 @@ impl ObjectStoreSink {
                 let base =
                     Path::from_filesystem_path(&dir).unwrap_or_else(|_| Path::from(dir.to_string_lossy().as_ref()));
                 let store = LocalFileSystem::new().with_fsync(true);
-                (Arc::new(store), base, Some(dir), "Local")
+                (Arc::new(store), base, Some(StagedFiles::new(dir, "sink")), "Local")
             }
             "memory" => {
                 if let Some((k, _)) = options.first() {
@@ -208,7 +218,20 @@ impl ObjectStoreSink {
         let healthcheck = !matches!(scheme, "file" | "memory");
         // The URL is kept only to be shown: without its secrets.
         let url = sluice_engine::redact::url(url);
-        Ok(ObjectStoreSink { url, store, parts, base, local_dir, code_prefix, healthcheck })
+        Ok(ObjectStoreSink { url, store, parts, base, local: local_dir, journal: None, code_prefix, healthcheck })
+    }
+
+    /// Names what the sink keeps for itself after its pipeline and name: its staging folder
+    /// (`file://`) and its journal of open uploads under `data_dir` (stores with multipart uploads
+    /// that outlive the process).
+    pub fn owned_by(mut self, pipeline: &str, sink: &str, data_dir: &std::path::Path) -> Self {
+        if let Some(local) = &self.local {
+            self.local = Some(StagedFiles::new(local.root().to_path_buf(), &format!("{pipeline}.{sink}")));
+        }
+        if self.parts.is_some() && self.code_prefix != "Memory" {
+            self.journal = Some(Arc::new(UploadJournal::new(data_dir.join(sink).join("uploads.json"))));
+        }
+        self
     }
 
     /// Skips the credentials check before the run.
@@ -225,7 +248,7 @@ impl ObjectStoreSink {
         content_encoding: Option<&'static str>,
     ) -> object_store::Attributes {
         let mut attributes = object_store::Attributes::new();
-        if self.local_dir.is_none() {
+        if self.local.is_none() {
             attributes.insert(object_store::Attribute::ContentType, content_type.into());
             if let Some(encoding) = content_encoding {
                 attributes.insert(object_store::Attribute::ContentEncoding, encoding.into());
@@ -253,6 +276,7 @@ struct NumberedUpload {
     /// The ids of the parts stored, by number.
     done: Arc<Mutex<Vec<Option<PartId>>>>,
     code_prefix: &'static str,
+    journal: Option<Arc<UploadJournal>>,
 }
 
 impl PartUpload for NumberedUpload {
@@ -283,19 +307,34 @@ impl PartUpload for NumberedUpload {
         let (store, path, id, code_prefix) =
             (Arc::clone(&self.store), self.path.clone(), self.id.clone(), self.code_prefix);
         let parts: Option<Vec<PartId>> = self.done.lock().ok().and_then(|d| d.iter().cloned().collect());
+        let journal = self.journal.clone();
         Box::pin(async move {
             let parts = parts.ok_or_else(|| DeliveryError::Retryable {
                 code: format!("{code_prefix}.InternalError"),
                 message: "a part of the upload is missing".into(),
             })?;
-            store.complete_multipart(&path, &id, parts).await.map(|_| ()).map_err(|e| classify(code_prefix, e))
+            store.complete_multipart(&path, &id, parts).await.map_err(|e| classify(code_prefix, e))?;
+            ended(journal, id).await;
+            Ok(())
         })
     }
 
     fn abort(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let (store, path, id, code_prefix) =
             (Arc::clone(&self.store), self.path.clone(), self.id.clone(), self.code_prefix);
-        Box::pin(async move { store.abort_multipart(&path, &id).await.map_err(|e| classify(code_prefix, e)) })
+        let journal = self.journal.clone();
+        Box::pin(async move {
+            store.abort_multipart(&path, &id).await.map_err(|e| classify(code_prefix, e))?;
+            ended(journal, id).await;
+            Ok(())
+        })
+    }
+}
+
+/// Forgets an ended upload in the journal (off the async threads: the journal is synced).
+async fn ended(journal: Option<Arc<UploadJournal>>, id: MultipartId) {
+    if let Some(journal) = journal {
+        let _ = tokio::task::spawn_blocking(move || journal.ended(&id)).await;
     }
 }
 
@@ -397,22 +436,36 @@ impl Sink for ObjectStoreSink {
         self.url.to_string()
     }
 
-    /// Creates a local folder; for remote stores (unless `healthcheck = false`) checks that the
-    /// store takes our credentials with a HEAD under the prefix. Refused credentials stop the run
-    /// before anything is read (otherwise every object would go to an error output that refuses
-    /// them too, and delivery would block); an unreachable store only warns, since a stream run
-    /// should take data while its destination is down.
+    /// Creates a local folder and removes what an interrupted run left staged; aborts the
+    /// multipart uploads an interrupted run left open; for remote stores (unless `healthcheck =
+    /// false`) checks that the store takes our credentials with a HEAD under the prefix. Refused
+    /// credentials stop the run before anything is read (otherwise every object would go to an
+    /// error output that refuses them too, and delivery would block); an unreachable store only
+    /// warns, since a stream run should take data while its destination is down.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let dir = self.local_dir.clone();
+        let local = self.local.clone();
+        let stale = self.parts.clone().zip(self.journal.clone());
         let probe =
             if self.healthcheck { Some((Arc::clone(&self.store), self.location(".sluice-healthcheck"))) } else { None };
         let (code_prefix, url) = (self.code_prefix, self.url.clone());
         Box::pin(async move {
-            if let Some(dir) = dir {
-                tokio::fs::create_dir_all(&dir).await.map_err(|e| DeliveryError::Permanent {
-                    code: "Local.AccessDenied".into(),
-                    message: format!("cannot create {}: {e}", dir.display()),
-                })?;
+            if let Some(local) = local {
+                let removed = local.prepare().await?;
+                if removed > 0 {
+                    tracing::info!(url = %url, files = removed, staging = %local.staging().display(), "removed what an interrupted run left staged");
+                }
+            }
+            if let Some((parts, journal)) = stale {
+                for (id, path) in tokio::task::spawn_blocking(move || journal.take_stale()).await.unwrap_or_default() {
+                    match parts.abort_multipart(&Path::from(path.as_str()), &id).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                            tracing::info!(url = %url, object = %path, "aborted a multipart upload an interrupted run left open");
+                        }
+                        Err(e) => {
+                            tracing::warn!(url = %url, object = %path, error = %e, "cannot abort a multipart upload an interrupted run left open")
+                        }
+                    }
+                }
             }
             let Some((store, location)) = probe else { return Ok(()) };
             match store.head(&location?).await {
@@ -451,8 +504,13 @@ impl Sink for ObjectStoreSink {
         let location = self.location(key);
         let code_prefix = self.code_prefix;
         let attributes = self.attributes(content_type, content_encoding);
+        let local = self.local.clone().map(|local| (local, key.to_string()));
+        let journal = self.journal.clone();
         Box::pin(async move {
             let path = location?;
+            if let Some((local, key)) = local {
+                return local.start(&key);
+            }
             let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
             if let Some(parts) = parts {
                 let id = match parts.create_multipart_opts(&path, options).await {
@@ -461,7 +519,14 @@ impl Sink for ObjectStoreSink {
                     other => other,
                 }
                 .map_err(|e| classify(code_prefix, e))?;
-                let upload = NumberedUpload { store: parts, path, id, done: Arc::default(), code_prefix };
+                if let Some(journal) = journal.clone() {
+                    let (id, object) = (id.clone(), path.to_string());
+                    let recorded = tokio::task::spawn_blocking(move || journal.started(&id, &object)).await;
+                    if let Ok(Err(e)) | Err(e) = recorded.map_err(std::io::Error::other) {
+                        tracing::warn!(object = %path, error = %e, "cannot record an upload in the journal; a crash would leave it open");
+                    }
+                }
+                let upload = NumberedUpload { store: parts, path, id, done: Arc::default(), code_prefix, journal };
                 return Ok(Box::new(upload) as Box<dyn PartUpload>);
             }
             let upload = store.put_multipart_opts(&path, options).await.map_err(|e| classify(code_prefix, e))?;
@@ -472,8 +537,14 @@ impl Sink for ObjectStoreSink {
     }
 
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let store = Arc::clone(&self.store);
         let location = self.location(&payload.key);
+        if let Some(local) = &self.local {
+            return match location {
+                Ok(_) => local.put(&payload.key, payload.body),
+                Err(e) => Box::pin(async move { Err(e) }),
+            };
+        }
+        let store = Arc::clone(&self.store);
         let code_prefix = self.code_prefix;
         let attributes = self.attributes(payload.content_type, payload.content_encoding);
         Box::pin(async move {

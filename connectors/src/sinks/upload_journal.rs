@@ -1,0 +1,69 @@
+//! The multipart uploads an `object_store` sink has started and not yet completed or aborted, kept
+//! in a file under the pipeline's `data_dir`, so that the uploads a killed run left open (invisible
+//! to listings, but billed by S3 until aborted) are aborted at the next start.
+//!
+//! Guarantees: an upload is written to the journal (synced) before its first part is sent, and
+//! leaves it only once completed or aborted; a journal that cannot be read is reported and
+//! replaced, never a reason not to start.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Open uploads: upload id → object path.
+#[derive(Debug)]
+pub struct UploadJournal {
+    path: PathBuf,
+    open: Mutex<BTreeMap<String, String>>,
+}
+
+impl UploadJournal {
+    /// The journal in `path` (read when [`UploadJournal::take_stale`] is called).
+    pub fn new(path: PathBuf) -> Self {
+        UploadJournal { path, open: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The uploads a previous run left open (upload id, object path), forgotten from the journal.
+    pub fn take_stale(&self) -> Vec<(String, String)> {
+        let stale: BTreeMap<String, String> = match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %self.path.display(), error = %e, "unreadable upload journal; replacing it");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        if let Err(e) = self.write(&BTreeMap::new()) {
+            tracing::warn!(file = %self.path.display(), error = %e, "cannot write the upload journal");
+        }
+        stale.into_iter().collect()
+    }
+
+    /// Records an upload before its first part is sent.
+    pub fn started(&self, id: &str, path: &str) -> std::io::Result<()> {
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.insert(id.to_string(), path.to_string());
+        self.write(&open)
+    }
+
+    /// Forgets an upload that was completed or aborted.
+    pub fn ended(&self, id: &str) {
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if open.remove(id).is_some()
+            && let Err(e) = self.write(&open)
+        {
+            tracing::warn!(file = %self.path.display(), error = %e, "cannot write the upload journal");
+        }
+    }
+
+    fn write(&self, open: &BTreeMap<String, String>) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let temporary = self.path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&serde_json::to_vec(open).map_err(std::io::Error::other)?)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &self.path)
+    }
+}
