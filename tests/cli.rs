@@ -53,6 +53,41 @@ fn conversion_failures_exit_2_and_the_summary_says_how_many_why_and_where() {
     assert_eq!(all_lines(data), ["1", "2", "a"]);
 }
 
+/// Issue 11, item 15: a file source whose globs match nothing stops the run at start, also when
+/// another source (a generator streaming forever) would keep it running.
+#[test]
+fn a_glob_matching_nothing_stops_the_run_beside_a_stream_source() {
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = work.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "[pipeline]\nname = \"missing\"\n[sources.in]\ntype = \"file\"\npaths = [\"nothing-here/*.ndjson\"]\n\
+         [sources.tick]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrate = 10\n\
+         [sinks.out]\ntype = \"object_store\"\ninputs = [\"in\", \"tick\"]\nurl = \"file://./out\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut child = sluice()
+        .current_dir(work.path())
+        .args(["run", "--quiet"])
+        .arg(&pipeline)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the run went on without its file source");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("no file matches nothing-here/*.ndjson"), "{text}");
+}
+
 #[test]
 fn a_missing_input_file_exits_1_with_the_reason() {
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -120,7 +155,14 @@ fn secrets_in_a_pipeline_are_never_printed() {
         }
     }
     // DescribeDeliveryStream, answered by a running stream.
-    let child = sluice().current_dir(work.path()).args(["run", "--quiet"]).arg(&good).spawn().unwrap();
+    let child = sluice()
+        .current_dir(work.path())
+        .args(["run", "--quiet"])
+        .arg(&good)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let started = std::time::Instant::now();
     let describe = loop {
         let body = "{\"DeliveryStreamName\":\"secrets\"}";

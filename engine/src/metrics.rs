@@ -200,6 +200,9 @@ pub struct PipelineMetrics {
     pub sinks: Vec<SinkMetrics>,
     /// Errors that stopped a source early.
     pub source_errors: Mutex<Vec<String>>,
+    /// Partial records a source found and did not deliver (the cut last line of a file truncated
+    /// while it was read).
+    pub partial_records: AtomicU64,
     /// Why the run had to stop (records it holds can be stored nowhere): set once; the workers
     /// leave the dataflow without releasing what is undelivered.
     pub fatal: std::sync::OnceLock<String>,
@@ -260,6 +263,7 @@ impl PipelineMetrics {
             sources: (0..sources).map(|_| SourceMetrics::default()).collect(),
             sinks: (0..sinks).map(|_| SinkMetrics::default()).collect(),
             source_errors: Mutex::new(Vec::new()),
+            partial_records: AtomicU64::new(0),
             fatal: std::sync::OnceLock::new(),
             api: ApiMetrics::default(),
         }
@@ -270,7 +274,7 @@ impl PipelineMetrics {
     pub fn render_prometheus(&self, text: &mut PrometheusText, stream: &str, sinks: &[SinkLabel], now_ms: i64) {
         let stream_label = format!("stream=\"{}\"", label_value(stream));
         let api = &self.api;
-        let counters: [(&str, u64); 16] = [
+        let counters: [(&str, u64); 17] = [
             ("IncomingBytes", api.incoming_bytes.load(Relaxed).max(self.bytes_in())),
             ("IncomingRecords", api.incoming_records.load(Relaxed).max(self.records_in())),
             ("IncomingPutRequests", api.incoming_put_requests.load(Relaxed)),
@@ -283,6 +287,7 @@ impl PipelineMetrics {
             ("DescribeDeliveryStream_Requests", api.describe_requests.load(Relaxed)),
             ("ListDeliveryStreams_Requests", api.list_requests.load(Relaxed)),
             ("SourceErrors", self.source_errors.lock().map_or(0, |e| e.len() as u64)),
+            ("PartialRecords", self.partial_records.load(Relaxed)),
             ("LogExpiredRecords", api.log_expired_records.load(Relaxed)),
             ("LogCorruptRecords", api.log_corrupt_records.load(Relaxed)),
             ("LogCorruptEntries", api.log_corrupt_entries.load(Relaxed)),

@@ -577,6 +577,13 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
             let _ = writeln!(out, "    UNDELIVERED {undelivered} records: {last}");
         }
     }
+    let partial = metrics.partial_records.load(Relaxed);
+    if partial > 0 {
+        let _ = writeln!(
+            out,
+            "  WARNING    {partial} partial records not delivered: files were truncated while read (see the log)"
+        );
+    }
     if let Ok(errors) = metrics.source_errors.lock() {
         for e in errors.iter() {
             any_undelivered = true;

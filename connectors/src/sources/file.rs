@@ -5,7 +5,9 @@
 //! among the workers, so one large file is read by all of them; a compressed file is read whole by
 //! one worker. Guarantees: for any split, every line is read exactly once (a line belongs to the
 //! range its first byte is in); a file that cannot be read stops the source with its path in the
-//! error. Relative paths are relative to the current directory.
+//! error; a plain file found shorter than it was when the run planned it (truncated while read)
+//! is warned about, and the partial line it ends with is counted (`PartialRecords`), never
+//! delivered as a record. Relative paths are relative to the current directory.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -14,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 use sluice_engine::config::Diagnostic;
+use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::RecordBatch;
 use sluice_engine::traits::{
     ConnectorConfig, PrepareContext, ReadStatus, Source, SourceContext, SourceError, SourceReader,
@@ -43,6 +46,8 @@ pub struct FileSource {
     /// Where read progress is checkpointed (none: every run reads everything).
     checkpoint_dir: Option<PathBuf>,
     checkpoints: OnceLock<Arc<FileCheckpoints>>,
+    /// The run's counters (for partial lines), from `prepare`.
+    metrics: OnceLock<Arc<PipelineMetrics>>,
 }
 
 /// How a file is stored.
@@ -67,6 +72,8 @@ pub struct WorkUnit {
     pub end: Option<u64>,
     /// How it is compressed.
     pub compression: FileCompression,
+    /// The file's size when the run planned it.
+    pub file_size: u64,
 }
 
 /// Builds a file source from `[sources.<name>]`.
@@ -100,7 +107,14 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>
 impl FileSource {
     /// A source over `patterns`, splitting plain files into ranges of at least `min_split` bytes.
     pub fn new(patterns: Vec<String>, min_split: u64) -> Self {
-        FileSource { patterns, units: OnceLock::new(), min_split, checkpoint_dir: None, checkpoints: OnceLock::new() }
+        FileSource {
+            patterns,
+            units: OnceLock::new(),
+            min_split,
+            checkpoint_dir: None,
+            checkpoints: OnceLock::new(),
+            metrics: OnceLock::new(),
+        }
     }
 
     fn units(&self, workers: usize) -> Result<&Vec<WorkUnit>, SourceError> {
@@ -119,9 +133,9 @@ fn compression_of(path: &std::path::Path) -> FileCompression {
     }
 }
 
-/// Expands the globs and cuts the files into work units: plain files into about `4 × workers`
-/// ranges in all (each at least `min_split` bytes), compressed files whole.
-pub fn plan_units(patterns: &[String], workers: usize, min_split: u64) -> Result<Vec<WorkUnit>, String> {
+/// The files the globs match, sorted, each once; an error when none matches (a pattern that
+/// matches nothing alone is a warning).
+pub fn matching_files(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
     for pattern in patterns {
         let matches = glob::glob(pattern).map_err(|e| format!("bad glob `{pattern}`: {e}"))?;
@@ -141,6 +155,13 @@ pub fn plan_units(patterns: &[String], workers: usize, min_split: u64) -> Result
         return Err(format!("no file matches {}", patterns.join(", ")));
     }
     files.sort();
+    Ok(files)
+}
+
+/// Expands the globs and cuts the files into work units: plain files into about `4 × workers`
+/// ranges in all (each at least `min_split` bytes), compressed files whole.
+pub fn plan_units(patterns: &[String], workers: usize, min_split: u64) -> Result<Vec<WorkUnit>, String> {
+    let files = matching_files(patterns)?;
     let mut sizes = Vec::new();
     for f in &files {
         let len = std::fs::metadata(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?.len();
@@ -153,7 +174,7 @@ pub fn plan_units(patterns: &[String], workers: usize, min_split: u64) -> Result
     for (path, size) in files.into_iter().zip(sizes) {
         let compression = compression_of(&path);
         if compression != FileCompression::None || size <= target {
-            units.push(WorkUnit { path, start: 0, end: None, compression });
+            units.push(WorkUnit { path, start: 0, end: None, compression, file_size: size });
             continue;
         }
         let pieces = size.div_ceil(target);
@@ -166,6 +187,7 @@ pub fn plan_units(patterns: &[String], workers: usize, min_split: u64) -> Result
                 start,
                 end: if end >= size { None } else { Some(end) },
                 compression,
+                file_size: size,
             });
             start = end;
         }
@@ -182,7 +204,11 @@ impl Source for FileSource {
         true
     }
 
+    /// Checks that the globs match a file (else the run stops before it starts, whatever its other
+    /// sources), and starts following the delivered frontier for checkpoints.
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        matching_files(&self.patterns).map_err(SourceError::Setup)?;
+        let _ = self.metrics.set(Arc::clone(&ctx.metrics));
         if let Some(dir) = &self.checkpoint_dir {
             let checkpoints = FileCheckpoints::load(dir.clone());
             checkpoints.follow(Arc::clone(&ctx.delivered));
@@ -201,7 +227,8 @@ impl Source for FileSource {
         let units = self.units(ctx.workers)?;
         let mine: Vec<WorkUnit> = units.iter().skip(ctx.worker).step_by(ctx.workers.max(1)).cloned().collect();
         let checkpoints = self.checkpoints.get().cloned();
-        Ok(Box::new(FileReader { units: mine.into_iter(), current: None, checkpoints, epoch: 0 }))
+        let metrics = self.metrics.get().cloned();
+        Ok(Box::new(FileReader { units: mine.into_iter(), current: None, checkpoints, metrics, epoch: 0 }))
     }
 }
 
@@ -212,6 +239,7 @@ struct FileReader {
     units: std::vec::IntoIter<WorkUnit>,
     current: Option<CurrentUnit>,
     checkpoints: Option<Arc<FileCheckpoints>>,
+    metrics: Option<Arc<PipelineMetrics>>,
     epoch: u64,
 }
 
@@ -234,7 +262,13 @@ pub fn open_unit_at(unit: &WorkUnit, offset: u64) -> std::io::Result<LineReader<
             reader
         }
     };
-    Ok(LineReader::new(reader, offset, unit.end))
+    Ok(LineReader::new(reader, offset, unit.end).expecting(planned_length(unit)))
+}
+
+/// The length a unit's stream must reach: the planned size of a plain file (a compressed file's
+/// decompressed length is not known in advance).
+fn planned_length(unit: &WorkUnit) -> Option<u64> {
+    (unit.compression == FileCompression::None).then_some(unit.file_size)
 }
 
 /// Opens a unit positioned at the first line that starts in its range.
@@ -251,7 +285,7 @@ pub fn open_unit(unit: &WorkUnit) -> std::io::Result<LineReader<Box<dyn Read>>> 
             Box::new(file)
         }
     };
-    let mut lines = LineReader::new(reader, unit.start.saturating_sub(1), unit.end);
+    let mut lines = LineReader::new(reader, unit.start.saturating_sub(1), unit.end).expecting(planned_length(unit));
     if unit.start > 0 {
         lines.skip_partial_line()?;
     } else {
@@ -284,6 +318,20 @@ impl SourceReader for FileReader {
                 continue;
             };
             let finished = lines.fill(batch, max_bytes).map_err(|e| io_error(unit, e))?;
+            if let Some(shrunk) = lines.take_shrinking() {
+                tracing::warn!(
+                    file = %unit.path.display(),
+                    planned_bytes = unit.file_size,
+                    found_bytes = shrunk.length,
+                    partial_line_bytes = shrunk.partial_line,
+                    "the file was truncated while it was read; its partial last line is not delivered"
+                );
+                if shrunk.partial_line > 0
+                    && let Some(m) = &self.metrics
+                {
+                    m.partial_records.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
             if let Some(c) = &self.checkpoints {
                 c.read(key, self.epoch, lines.offset, finished);
             }
@@ -299,6 +347,15 @@ impl SourceReader for FileReader {
 
 const READ_CHUNK: usize = 1 << 20;
 
+/// A stream that ended before the length it was expected to have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shrunk {
+    /// Where it ended.
+    pub length: u64,
+    /// Bytes of the line it ended in the middle of (not delivered; 0 when it ended between lines).
+    pub partial_line: u64,
+}
+
 /// Cuts a byte stream into lines, stopping at the first line that starts at or after `limit`.
 pub struct LineReader<R> {
     inner: R,
@@ -308,12 +365,35 @@ pub struct LineReader<R> {
     offset: u64,
     limit: Option<u64>,
     eof: bool,
+    /// The stream's length when planned: ending before it means it was truncated meanwhile.
+    expected_len: Option<u64>,
+    shrunk: Option<Shrunk>,
 }
 
 impl<R: Read> LineReader<R> {
     /// Lines of `inner`, whose first byte is at stream offset `offset`.
     pub fn new(inner: R, offset: u64, limit: Option<u64>) -> Self {
-        LineReader { inner, buf: Vec::with_capacity(READ_CHUNK), head: 0, offset, limit, eof: false }
+        LineReader {
+            inner,
+            buf: Vec::with_capacity(READ_CHUNK),
+            head: 0,
+            offset,
+            limit,
+            eof: false,
+            expected_len: None,
+            shrunk: None,
+        }
+    }
+
+    /// The same reader, expecting the stream to be at least `length` bytes long (when known).
+    pub fn expecting(mut self, length: Option<u64>) -> Self {
+        self.expected_len = length;
+        self
+    }
+
+    /// Whether the stream turned out shorter than expected (once).
+    pub fn take_shrinking(&mut self) -> Option<Shrunk> {
+        self.shrunk.take()
     }
 
     fn read_more(&mut self) -> std::io::Result<()> {
@@ -379,9 +459,16 @@ impl<R: Read> LineReader<R> {
                 }
             }
             if self.eof {
-                if self.head < self.buf.len() && !self.past_limit() {
+                let rest = (self.buf.len() - self.head) as u64;
+                let end = self.offset + rest;
+                let partial = if self.past_limit() { 0 } else { rest };
+                if self.expected_len.is_some_and(|expected| end < expected) {
+                    // Truncated while read: a last line without its newline is cut, not a record.
+                    self.shrunk = Some(Shrunk { length: end, partial_line: partial });
+                } else if partial > 0 {
                     batch.push(&self.buf[self.head..]);
                 }
+                self.offset = end;
                 self.head = self.buf.len();
                 return Ok(true);
             }
@@ -430,6 +517,37 @@ mod tests {
             let expected: Vec<Vec<u8>> = data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
             prop_assert_eq!(got, expected);
         }
+    }
+
+    /// Issue 11, item 4: a file cut while the run reads it does not deliver the half line it
+    /// now ends with; the cut is warned about and counted.
+    #[test]
+    fn a_file_truncated_while_read_does_not_deliver_its_cut_line_and_counts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.ndjson");
+        std::fs::write(&path, "aaaa\nbbbb\ncccccccc\n").unwrap();
+        let source = FileSource::new(vec![path.display().to_string()], MIN_SPLIT_BYTES);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let metrics = Arc::new(PipelineMetrics::new(1, 0));
+        let ctx = PrepareContext {
+            runtime: runtime.handle().clone(),
+            stop: sluice_engine::traits::StopSignal::default(),
+            metrics: Arc::clone(&metrics),
+            stream: Arc::new(sluice_engine::config::StreamInfo {
+                name: "t".into(),
+                created_ms: 0,
+                destinations: vec![],
+            }),
+            delivered: Arc::default(),
+        };
+        source.prepare(&ctx).unwrap();
+        let mut reader = source.open(&SourceContext { worker: 0, workers: 1 }).unwrap();
+        // The run planned 19 bytes; the file is cut in its third line before it is read.
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(13).unwrap();
+        let mut batch = RecordBatch::default();
+        while reader.read(&mut batch, 1 << 20).unwrap() == ReadStatus::Ready {}
+        assert_eq!(batch.iter().collect::<Vec<_>>(), vec![&b"aaaa"[..], b"bbbb"]);
+        assert_eq!(metrics.partial_records.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[test]
