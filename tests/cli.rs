@@ -196,3 +196,28 @@ fn secrets_in_a_pipeline_are_never_printed() {
         assert!(!describe.contains(secret), "`{secret}` in DescribeDeliveryStream: {describe}");
     }
 }
+
+/// Issue 11, item 15: an s3:// destination with no credentials anywhere (options, environment,
+/// instance role) stops the run at start with what to do, instead of retrying for minutes.
+#[test]
+fn a_remote_store_without_any_credentials_stops_the_run_at_start() {
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = work.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "[pipeline]\nname = \"nocreds\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 10\n\
+         [sinks.archive]\ntype = \"object_store\"\ninputs = [\"demo\"]\nurl = \"s3://amzn-s3-demo-bucket/logs\"\n\
+         options = { region = \"us-east-1\" }\n",
+    )
+    .unwrap();
+    let mut command = sluice();
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("AWS_")) {
+        command.env_remove(name);
+    }
+    let started = std::time::Instant::now();
+    let out = command.current_dir(work.path()).args(["run", "--quiet"]).arg(&pipeline).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("no credentials were found for s3://amzn-s3-demo-bucket/logs"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(90), "it took {:?}", started.elapsed());
+}

@@ -256,3 +256,79 @@ fn an_unstorable_error_output_key_stops_the_run_with_the_reason() {
     let error = result.unwrap_err();
     assert!(error.contains("the run had to stop") && error.contains("no retry can"), "{error}");
 }
+
+/// A first SIGTERM ends a run in bounded time even while its destination is down (issue 11, item
+/// 14): past `stop_timeout_s` the run exits 1 saying so, and what it acknowledged and did not
+/// deliver stays in the log, delivered by the next start.
+#[test]
+fn a_stop_while_the_destination_is_down_ends_in_bounded_time_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Nothing listens on the endpoint's port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let pipeline = |sink: &str| {
+        let config = dir.path().join("down.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[pipeline]\nname = \"down\"\ndata_dir = \"{}\"\nstop_timeout_s = 2\n\
+                 [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n{sink}",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        config
+    };
+    let down = pipeline(&format!(
+        "[sinks.siem]\ntype = \"http_endpoint\"\ninputs = [\"api\"]\nurl = \"http://127.0.0.1:{closed}/\"\n\
+         buffer = {{ size_mb = 1, interval_s = 0 }}\nbackup_store = {{ url = \"file://{}\" }}\n",
+        dir.path().join("backup").display()
+    ));
+    let start = |config: &std::path::Path| {
+        let child = super::support::sluice()
+            .args(["run", "--quiet", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "sluice did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    };
+    let child = start(&down);
+    let records: Vec<serde_json::Value> = (0..50)
+        .map(
+            |i| serde_json::json!({"Data": base64::engine::general_purpose::STANDARD.encode(format!("{{\"n\":{i}}}"))}),
+        )
+        .collect();
+    let response = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
+        .body(serde_json::json!({"DeliveryStreamName": "down", "Records": records}).to_string())
+        .send()
+        .unwrap();
+    assert!(response.status().is_success());
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = std::time::Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let output = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(stopping.elapsed() < Duration::from_secs(20), "the stop took {:?}", stopping.elapsed());
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("STOPPED"), "{text}");
+    // The next start, to a destination that works, delivers what the log kept.
+    let out = dir.path().join("out");
+    let up = pipeline(&format!(
+        "[sinks.archive]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n",
+        out.display()
+    ));
+    let child = start(&up);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait_with_output().unwrap().status.success());
+    let delivered = super::support::all_lines(&folder_objects(&out));
+    assert_eq!(delivered.len(), 50, "{delivered:?}");
+}

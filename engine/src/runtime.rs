@@ -26,6 +26,10 @@ pub struct RunOptions {
     pub stop: StopSignal,
     /// Compressed bytes in flight to sinks before sources pause.
     pub max_inflight_bytes: u64,
+    /// How long a stopped run waits for its deliveries (a destination may be down). Past it the
+    /// run ends with what was not delivered left undelivered: not checkpointed, so sources that
+    /// keep their input (API logs, file checkpoints) hand it over again at the next start.
+    pub stop_grace: Duration,
 }
 
 impl RunOptions {
@@ -35,7 +39,13 @@ impl RunOptions {
             workers: plan.workers.unwrap_or_else(default_workers),
             stop: StopSignal::default(),
             max_inflight_bytes: 256 << 20,
+            stop_grace: plan.stop_timeout.unwrap_or_else(Self::default_stop_grace),
         }
+    }
+
+    /// How long a stopped run waits for its deliveries unless told otherwise: 30 s.
+    pub fn default_stop_grace() -> Duration {
+        Duration::from_secs(30)
     }
 }
 
@@ -83,6 +93,9 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Workers used.
     pub workers: usize,
+    /// Stopped, the run did not deliver everything within [`RunOptions::stop_grace`]: what it
+    /// read and did not deliver was left for the next start.
+    pub abandoned: bool,
 }
 
 /// Runs `plan` to completion, counting into `metrics` (built with
@@ -120,6 +133,9 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
     let sources: Vec<_> = plan.sources.iter().map(|s| Arc::clone(&s.source)).collect();
     let plan = plan.clone();
     let stop = options.stop.clone();
+    let grace = options.stop_grace;
+    let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gave_up = Arc::clone(&abandoned);
     let workers = options.workers.max(1);
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let probe = ProbeHandle::new();
@@ -165,11 +181,15 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
             }
         });
         while !probe.done() {
-            if context.metrics.fatal.get().is_some() {
+            let out_of_time = stop.stopped_for().is_some_and(|d| d > grace);
+            if context.metrics.fatal.get().is_some() || out_of_time {
                 // Leave what is undelivered held: the delivered frontier stays where it is. The
                 // dataflow is dropped, or timely would step it until it completes.
                 for dataflow in worker.installed_dataflows() {
                     worker.drop_dataflow(dataflow);
+                }
+                if out_of_time {
+                    gave_up.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
                 return;
             }
@@ -190,10 +210,18 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
         runtime.shutdown_timeout(Duration::from_secs(1));
         return Err(RunError::Fatal(reason.clone()));
     }
+    if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+        tracing::error!(
+            grace_s = grace.as_secs(),
+            "stopped with deliveries still failing; what was not delivered is left for the next start"
+        );
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return Ok(RunReport { elapsed: started.elapsed(), workers, abandoned: true });
+    }
     let stopped = options.stop.is_stopped();
     for source in &sources {
         source.finish(stopped);
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
-    Ok(RunReport { elapsed: started.elapsed(), workers })
+    Ok(RunReport { elapsed: started.elapsed(), workers, abandoned: false })
 }

@@ -22,14 +22,22 @@ pub struct StopSignal(Arc<StopState>);
 #[derive(Debug, Default)]
 struct StopState {
     stopped: AtomicBool,
+    /// When the stop was first asked for.
+    since: std::sync::OnceLock<std::time::Instant>,
     waiters: tokio::sync::Notify,
 }
 
 impl StopSignal {
     /// Asks everything to stop.
     pub fn stop(&self) {
+        let _ = self.0.since.set(std::time::Instant::now());
         self.0.stopped.store(true, Ordering::SeqCst);
         self.0.waiters.notify_waiters();
+    }
+
+    /// How long ago the stop was asked for, if it was.
+    pub fn stopped_for(&self) -> Option<Duration> {
+        self.0.since.get().map(std::time::Instant::elapsed)
     }
 
     /// Whether a stop was asked for.

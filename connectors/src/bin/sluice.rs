@@ -290,7 +290,7 @@ fn gen_command(profile: Profile, records: u64, seed: u64, output: Option<PathBuf
 }
 
 /// Stops the run on SIGINT or SIGTERM (a second signal exits at once).
-fn stop_on_signals(stop: StopSignal) {
+fn stop_on_signals(stop: StopSignal, grace: Duration) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
             return;
@@ -306,7 +306,8 @@ fn stop_on_signals(stop: StopSignal) {
                 }
                 if round == 0 {
                     eprintln!(
-                        "sluice: stopping: no new input; flushing and delivering what was read (signal again to abort)"
+                        "sluice: stopping: no new input; flushing and delivering what was read, for up to {} s (signal again to abort)",
+                        grace.as_secs()
                     );
                     stop.stop();
                 } else {
@@ -368,7 +369,7 @@ fn run_command(
     if let Some(address) = admin {
         start_admin(address, vec![monitored(&plan, &metrics)])?;
     }
-    stop_on_signals(options.stop.clone());
+    stop_on_signals(options.stop.clone(), options.stop_grace);
     let progress = (!quiet && std::io::stderr().is_terminal()).then(|| progress_bar(&metrics));
     let result = run(&plan, &options, Arc::clone(&metrics));
     if let Some((bar, handle)) = progress {
@@ -456,7 +457,7 @@ fn serve_command(
     if let Some(address) = admin {
         start_admin(address, pipelines.iter().map(|(p, m)| monitored(p, m)).collect())?;
     }
-    stop_on_signals(stop.clone());
+    stop_on_signals(stop.clone(), RunOptions::default_stop_grace());
     let per_pipeline = (sluice_engine::runtime::default_workers() / pipelines.len()).max(1);
     let runs: Vec<_> = pipelines
         .into_iter()
@@ -576,6 +577,14 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
             let last = m.last_error.lock().ok().and_then(|l| l.clone()).unwrap_or_default();
             let _ = writeln!(out, "    UNDELIVERED {undelivered} records: {last}");
         }
+    }
+    if report.abandoned {
+        any_undelivered = true;
+        let _ = writeln!(
+            out,
+            "  STOPPED    deliveries were still failing when the stop's grace period ended: what was read and not \
+             delivered is not checkpointed, and API logs and file sources hand it over again at the next start"
+        );
     }
     let partial = metrics.partial_records.load(Relaxed);
     if partial > 0 {

@@ -71,6 +71,22 @@ pub struct ObjectStoreSink {
     code_prefix: &'static str,
     /// Whether `prepare` checks that the store takes our credentials (remote stores).
     healthcheck: bool,
+    /// Fetches credentials the way the store will (S3, GCS, Azure): `prepare` fails when none can
+    /// be found at all, instead of every delivery failing for minutes.
+    credentials: Option<CredentialCheck>,
+}
+
+/// A store's own way of finding credentials, run once at start.
+type CredentialCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The check for a store whose credentials come from `provider`.
+fn credential_check<C: Send + Sync + 'static>(
+    provider: Arc<dyn object_store::CredentialProvider<Credential = C>>,
+) -> CredentialCheck {
+    Arc::new(move || {
+        let provider = Arc::clone(&provider);
+        Box::pin(async move { provider.get_credential().await.map(|_| ()).map_err(|e| e.to_string()) })
+    })
 }
 
 /// The process-wide `memory://NAME` stores.
@@ -144,6 +160,7 @@ impl ObjectStoreSink {
         let build_error =
             |e: object_store::Error| (format!("cannot use `{url}`: {e}"), "check the url and options".to_string());
         let mut parts: Option<Arc<dyn MultipartStore>> = None;
+        let mut credentials = None;
         let (store, base, local_dir, code_prefix): (Arc<dyn ObjectStore>, Path, _, _) = match scheme {
             "file" => {
                 if let Some((k, _)) = options.first() {
@@ -176,8 +193,10 @@ impl ObjectStoreSink {
                     let key = AmazonS3ConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
+                let anonymous = b.get_config_value(&AmazonS3ConfigKey::SkipSignature).is_some_and(|v| v == "true");
                 let s3 = Arc::new(b.build().map_err(build_error)?);
                 parts = Some(Arc::clone(&s3) as Arc<dyn MultipartStore>);
+                credentials = (!anonymous).then(|| credential_check(Arc::clone(s3.credentials())));
                 (s3, url_path(rest), None, "S3")
             }
             "gs" => {
@@ -186,8 +205,10 @@ impl ObjectStoreSink {
                     let key = GoogleConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
+                let anonymous = b.get_config_value(&GoogleConfigKey::SkipSignature).is_some_and(|v| v == "true");
                 let gcs = Arc::new(b.build().map_err(build_error)?);
                 parts = Some(Arc::clone(&gcs) as Arc<dyn MultipartStore>);
+                credentials = (!anonymous).then(|| credential_check(Arc::clone(gcs.credentials())));
                 (gcs, url_path(rest), None, "GCS")
             }
             "az" | "abfs" | "abfss" | "azure" => {
@@ -196,8 +217,10 @@ impl ObjectStoreSink {
                     let key = AzureConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
+                let anonymous = b.get_config_value(&AzureConfigKey::SkipSignature).is_some_and(|v| v == "true");
                 let azure = Arc::new(b.build().map_err(build_error)?);
                 parts = Some(Arc::clone(&azure) as Arc<dyn MultipartStore>);
+                credentials = (!anonymous).then(|| credential_check(Arc::clone(azure.credentials())));
                 (azure, url_path(rest), None, "Azure")
             }
             "http" | "https" => {
@@ -218,7 +241,17 @@ impl ObjectStoreSink {
         let healthcheck = !matches!(scheme, "file" | "memory");
         // The URL is kept only to be shown: without its secrets.
         let url = sluice_engine::redact::url(url);
-        Ok(ObjectStoreSink { url, store, parts, base, local: local_dir, journal: None, code_prefix, healthcheck })
+        Ok(ObjectStoreSink {
+            url,
+            store,
+            parts,
+            base,
+            local: local_dir,
+            journal: None,
+            code_prefix,
+            healthcheck,
+            credentials,
+        })
     }
 
     /// Names what the sink keeps for itself after its pipeline and name: its staging folder
@@ -436,19 +469,34 @@ impl Sink for ObjectStoreSink {
         self.url.to_string()
     }
 
-    /// Creates a local folder and removes what an interrupted run left staged; aborts the
-    /// multipart uploads an interrupted run left open; for remote stores (unless `healthcheck =
-    /// false`) checks that the store takes our credentials with a HEAD under the prefix. Refused
+    /// Creates a local folder and removes what an interrupted run left staged; for remote stores
+    /// finds credentials as the store will (none at all stops the run: every delivery would fail),
+    /// aborts the multipart uploads an interrupted run left open, and (unless `healthcheck =
+    /// false`) checks that the store takes the credentials with a HEAD under the prefix. Refused
     /// credentials stop the run before anything is read (otherwise every object would go to an
     /// error output that refuses them too, and delivery would block); an unreachable store only
     /// warns, since a stream run should take data while its destination is down.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let credentials = self.credentials.clone();
         let local = self.local.clone();
         let stale = self.parts.clone().zip(self.journal.clone());
         let probe =
             if self.healthcheck { Some((Arc::clone(&self.store), self.location(".sluice-healthcheck"))) } else { None };
         let (code_prefix, url) = (self.code_prefix, self.url.clone());
         Box::pin(async move {
+            if let Some(check) = credentials
+                && let Err(e) = check().await
+            {
+                return Err(DeliveryError::Permanent {
+                    code: format!("{code_prefix}.MissingCredentials"),
+                    message: format!(
+                        "no credentials were found for {url} ({e}); give them in `options` (access_key_id and \
+                         secret_access_key for s3://) or the usual environment variables (AWS_ACCESS_KEY_ID and \
+                         AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_KEY), run with an \
+                         instance or task role, or set options.skip_signature = true for a public bucket"
+                    ),
+                });
+            }
             if let Some(local) = local {
                 let removed = local.prepare().await?;
                 if removed > 0 {

@@ -163,6 +163,8 @@ pub struct Plan {
     pub name: String,
     /// Configured worker count, if any.
     pub workers: Option<usize>,
+    /// How long a stopped run waits for its deliveries (`stop_timeout_s`), if configured.
+    pub stop_timeout: Option<Duration>,
     /// Sources, in file order.
     pub sources: Vec<SourcePlan>,
     /// Sinks, in file order.
@@ -273,7 +275,7 @@ pub const SINK_ENGINE_KEYS: &[&str] = &[
     "parquet",
     "json",
 ];
-const PIPELINE_KEYS: &[&str] = &["name", "workers", "data_dir", "durability", "retention"];
+const PIPELINE_KEYS: &[&str] = &["name", "workers", "data_dir", "durability", "retention", "stop_timeout_s"];
 
 fn valid_stream_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
@@ -288,7 +290,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
     root.deny_unknown(TOP_LEVEL_KEYS, &mut problems);
 
     // [pipeline]
-    let (mut name, mut workers) = (String::new(), None);
+    let (mut name, mut workers, mut stop_timeout) = (String::new(), None, None);
     let (mut data_dir, mut durability, mut retention) = (None, Durability::Fsync, Retention::default());
     match pipeline {
         None => problems.push(
@@ -324,6 +326,14 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                 )
                 .map(|w| w.into_inner() as usize);
             data_dir = p.take_string("data_dir", &mut problems).map(|d| PathBuf::from(d.into_inner()));
+            stop_timeout = p
+                .take_int_in(
+                    "stop_timeout_s",
+                    1..=3600,
+                    "seconds a stopped run waits for deliveries before leaving the rest for the next start",
+                    &mut problems,
+                )
+                .map(|s| Duration::from_secs(s.into_inner() as u64));
             if let Some(mode) = p.take_string("durability", &mut problems) {
                 match Durability::from_name(mode.get_ref()) {
                     Some(d) => durability = d,
@@ -460,7 +470,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
     }
     let sources: Vec<SourcePlan> = declared.into_iter().filter_map(|(_, _, plan)| plan).collect();
 
-    if problems.is_empty() { Ok(Plan { name, workers, sources, sinks }) } else { Err(problems) }
+    if problems.is_empty() { Ok(Plan { name, workers, stop_timeout, sources, sinks }) } else { Err(problems) }
 }
 
 /// `data_dir` (default `data/<pipeline>`) resolved against the pipeline file's folder. Before, a
