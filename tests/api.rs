@@ -388,3 +388,60 @@ fn the_api_serves_https_with_the_configured_certificate() {
     let (code, printed) = running.stop();
     assert_eq!(code, 0, "{printed}");
 }
+
+/// Issue 11, item 14: `sluice serve DIR` serves the stream pipelines of a folder whatever the
+/// others do: a batch pipeline is skipped with a note, a file with an unset variable and a
+/// pipeline whose source cannot start are reported without stopping the rest, and the first
+/// SIGTERM ends the process in bounded time with the summary.
+#[test]
+fn serve_serves_the_good_stream_pipelines_and_reports_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    let (port, unused) = (free_port(), free_port());
+    let out = dir.path().join("good");
+    api_pipeline(&pipelines, "good", unused, false, &out);
+    std::fs::write(
+        pipelines.join("batch.toml"),
+        "[pipeline]\nname = \"batch\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 5\n\
+         [sinks.out]\ntype = \"object_store\"\ninputs = [\"demo\"]\nurl = \"memory://batch\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pipelines.join("unset.toml"),
+        "[pipeline]\nname = \"unset\"\n[sources.api]\ntype = \"firehose\"\n\
+         auth = { access_keys = [{ id = \"k\", secret = \"${SLUICE_TEST_SURELY_UNSET}\" }] }\n\
+         [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"memory://unset\"\n",
+    )
+    .unwrap();
+    // Its http source's address is taken.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        pipelines.join("taken.toml"),
+        format!(
+            "[pipeline]\nname = \"taken\"\ndata_dir = \"{}\"\n[sources.in]\ntype = \"http\"\nlisten = \"{}\"\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"memory://taken\"\n",
+            dir.path().join("data/taken").display(),
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let running = Running::start(&["serve", pipelines.to_str().unwrap(), "--listen", &listen], port, 0);
+    let sent = strings(&client(&["put", &running.api, "good", "30"])["sent"]);
+    let stopping = Instant::now();
+    let (code, printed) = running.stop();
+    assert!(stopping.elapsed() < Duration::from_secs(40), "the stop took {:?}", stopping.elapsed());
+    assert_eq!(code, 0, "{printed}");
+    assert!(
+        printed.contains("skipping") && printed.contains("batch.toml") && printed.contains("a batch pipeline"),
+        "{printed}"
+    );
+    assert!(printed.contains("SLUICE_TEST_SURELY_UNSET") && printed.contains("unset.toml"), "{printed}");
+    assert!(printed.contains("pipeline taken could not start"), "{printed}");
+    assert!(printed.contains("pipeline good finished"), "{printed}");
+    let mut sent = sent;
+    sent.sort();
+    assert_eq!(all_lines(&folder_objects(&out)), sent);
+    drop(taken);
+}

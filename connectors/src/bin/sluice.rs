@@ -25,7 +25,7 @@ use sluice_connectors::sources::firehose::{FirehoseSource, router as firehose_ro
 use sluice_connectors::synth::{Profile, write_ndjson};
 use sluice_engine::config::{Plan, load_file};
 use sluice_engine::metrics::{PipelineMetrics, SinkLabel, peak_rss_bytes};
-use sluice_engine::runtime::{RunOptions, RunReport, run};
+use sluice_engine::runtime::{RunError, RunOptions, RunReport, run};
 use sluice_engine::traits::StopSignal;
 
 // With `--features mimalloc` (musl/static builds); the system allocator otherwise (README: Performance).
@@ -289,6 +289,16 @@ fn gen_command(profile: Profile, records: u64, seed: u64, output: Option<PathBuf
     }
 }
 
+/// Says where a stream pipeline takes its input (listen addresses), before it starts.
+fn announce(plan: &Plan) {
+    if plan.is_batch() {
+        return;
+    }
+    for source in plan.sources.iter().filter(|s| !s.source.is_finite()) {
+        eprintln!("sluice: {}: source {}: {}", plan.name, source.name, source.source.describe());
+    }
+}
+
 /// Stops the run on SIGINT or SIGTERM (a second signal exits at once).
 fn stop_on_signals(stop: StopSignal, grace: Duration) {
     std::thread::spawn(move || {
@@ -368,7 +378,9 @@ fn run_command(
     }
     if let Some(address) = admin {
         start_admin(address, vec![monitored(&plan, &metrics)])?;
+        eprintln!("sluice: metrics on http://{address}/metrics");
     }
+    announce(&plan);
     stop_on_signals(options.stop.clone(), options.stop_grace);
     let progress = (!quiet && std::io::stderr().is_terminal()).then(|| progress_bar(&metrics));
     let result = run(&plan, &options, Arc::clone(&metrics));
@@ -397,67 +409,96 @@ fn serve_command(
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
-    let mut plans = Vec::new();
-    let mut failed = false;
+    // Each file on its own: a bad one is reported and left out, the others are served.
+    let mut plans: Vec<Plan> = Vec::new();
     for file in &files {
         match load_file(file, &registry) {
+            Ok(plan) if plan.is_batch() => eprintln!(
+                "sluice serve: skipping {}: a batch pipeline (its sources end by themselves); run it with `sluice run`",
+                file.display()
+            ),
+            Ok(plan) if plans.iter().any(|p| p.name == plan.name) => eprintln!(
+                "sluice serve: skipping {}: another pipeline in {} is already named `{}`",
+                file.display(),
+                dir.display(),
+                plan.name
+            ),
             Ok(plan) => plans.push(plan),
-            Err(diagnostics) => {
-                failed = true;
-                eprintln!("{diagnostics}\n");
-            }
+            Err(diagnostics) => eprintln!("{diagnostics}\nsluice serve: skipping {}\n", file.display()),
         }
-    }
-    if failed {
-        return Ok(ExitCode::from(1));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for plan in &plans {
-        anyhow::ensure!(seen.insert(plan.name.clone()), "two pipelines in {} are named {}", dir.display(), plan.name);
     }
     let now = sluice_engine::record::now_ms();
     let stop = StopSignal::default();
     let mut endpoints = Vec::new();
     let mut keys = AccessKeys::default();
-    let pipelines: Vec<(Plan, Arc<PipelineMetrics>)> = plans
-        .into_iter()
-        .map(|plan| -> anyhow::Result<_> {
-            let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
-            for source in &plan.sources {
-                let any: &dyn std::any::Any = &*source.source;
-                if let Some(firehose) = any.downcast_ref::<FirehoseSource>() {
-                    firehose.share();
-                    let endpoint = firehose.endpoint(Arc::new(plan.stream_info(now)), Arc::clone(&metrics))?;
-                    keys.merge(&endpoint.keys).map_err(|id| {
-                        anyhow::anyhow!(
-                            "access key `{id}` has two different secrets in the pipelines of {}",
-                            dir.display()
-                        )
-                    })?;
-                    endpoints.push(endpoint);
+    let mut pipelines: Vec<(Plan, Arc<PipelineMetrics>)> = Vec::new();
+    for plan in plans {
+        let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+        let mut mine = Vec::new();
+        let mut problem = None;
+        for source in &plan.sources {
+            let any: &dyn std::any::Any = &*source.source;
+            if let Some(firehose) = any.downcast_ref::<FirehoseSource>() {
+                firehose.share();
+                match firehose.endpoint(Arc::new(plan.stream_info(now)), Arc::clone(&metrics)) {
+                    Ok(endpoint) => mine.push(endpoint),
+                    Err(e) => problem = Some(format!("source `{}` cannot start: {e}", source.name)),
                 }
             }
-            Ok((plan, metrics))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    anyhow::ensure!(!endpoints.is_empty(), "no pipeline in {} has a `type = \"firehose\"` source", dir.display());
+        }
+        let mut merged = keys.clone();
+        for endpoint in &mine {
+            if let Err(id) = merged.merge(&endpoint.keys) {
+                problem = Some(format!("access key `{id}` has another secret in another pipeline"));
+            }
+        }
+        match problem {
+            Some(why) => eprintln!("sluice serve: skipping pipeline {}: {why}", plan.name),
+            None => {
+                keys = merged;
+                endpoints.extend(mine);
+                pipelines.push((plan, metrics));
+            }
+        }
+    }
+    if pipelines.is_empty() {
+        eprintln!("error: no stream pipeline in {} can be served", dir.display());
+        return Ok(ExitCode::from(1));
+    }
     if endpoints.iter().any(|e| e.keys.is_empty()) && !keys.is_empty() {
         tracing::warn!("some streams have access keys and some do not: every request must now be signed");
     }
-    let queues = endpoints.iter().map(|e| Arc::clone(&e.queue)).collect();
-    let api = Arc::new(FirehoseApi::new(endpoints, keys, region, limits));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-api")
         .enable_all()
         .build()
         .context("cannot start the API runtime")?;
-    let listener = sluice_connectors::api::bind(listen)?;
-    sluice_connectors::api::serve(runtime.handle(), listener, firehose_router(api), tls, limits, stop.clone(), queues)?;
+    if !endpoints.is_empty() {
+        let names: Vec<String> = endpoints.iter().map(|e| e.info.name.clone()).collect();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let queues = endpoints.iter().map(|e| Arc::clone(&e.queue)).collect();
+        let api = Arc::new(FirehoseApi::new(endpoints, keys, region, limits));
+        let listener = sluice_connectors::api::bind(listen)?;
+        sluice_connectors::api::serve(
+            runtime.handle(),
+            listener,
+            firehose_router(api),
+            tls,
+            limits,
+            stop.clone(),
+            queues,
+        )?;
+        eprintln!("sluice serve: Firehose API on {scheme}://{listen} for {}", names.join(", "));
+    }
     if let Some(address) = admin {
         start_admin(address, pipelines.iter().map(|(p, m)| monitored(p, m)).collect())?;
+        eprintln!("sluice serve: metrics on http://{address}/metrics");
     }
     stop_on_signals(stop.clone(), RunOptions::default_stop_grace());
+    for (plan, _) in &pipelines {
+        announce(plan);
+    }
     let per_pipeline = (sluice_engine::runtime::default_workers() / pipelines.len()).max(1);
     let runs: Vec<_> = pipelines
         .into_iter()
@@ -473,6 +514,7 @@ fn serve_command(
         .collect();
     let mut code = ExitCode::SUCCESS;
     let mut worst = 0;
+    let mut started = runs.len();
     for handle in runs {
         let Ok((plan, metrics, result)) = handle.join() else {
             worst = 1;
@@ -493,6 +535,11 @@ fn serve_command(
                     code = c;
                 }
             }
+            // One that could not start is left out like a bad file: the others were served.
+            Err(e @ (RunError::Prepare { .. } | RunError::PrepareSource { .. })) => {
+                eprintln!("sluice serve: pipeline {} could not start: {e}", plan.name);
+                started -= 1;
+            }
             Err(e) => {
                 eprintln!("error: pipeline {}: {e}", plan.name);
                 worst = 2;
@@ -501,6 +548,10 @@ fn serve_command(
         }
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
+    if started == 0 {
+        eprintln!("error: no pipeline in {} could be served", dir.display());
+        return Ok(ExitCode::from(1));
+    }
     Ok(code)
 }
 

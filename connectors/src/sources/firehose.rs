@@ -166,10 +166,14 @@ impl Source for FirehoseSource {
     fn describe(&self) -> String {
         let auth = if self.keys.is_empty() { "no auth" } else { "SigV4" };
         let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let place = if self.shared.load(Ordering::SeqCst) {
+            "the shared listener of `sluice serve`".to_string()
+        } else {
+            format!("{scheme}://{}", self.listen)
+        };
         format!(
-            "firehose API: stream {} on {scheme}://{} ({auth}, throttles past {} MB)",
+            "firehose API: stream {} on {place} ({auth}, throttles past {} MiB)",
             self.stream,
-            self.listen,
             self.queue.limit() >> 20
         )
     }
