@@ -62,3 +62,43 @@ fn the_bench_harness_runs_every_scenario_and_writes_its_three_reports() {
     // The generated input stays for the next run; the work outputs are gone.
     assert!(out.path().join("data").read_dir().unwrap().count() >= 2);
 }
+
+/// Issue 11, item 13: a relative `--out` (what the README runs) and baselines that fail or exit at
+/// once: the bench notes each failed baseline and finishes, instead of waiting for it, and leaves
+/// only its results and its input cache behind.
+#[test]
+fn failing_baselines_are_noted_and_a_relative_out_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for (name, script) in [("pigz", "#!/bin/sh\necho broken >&2\nexit 1\n"), ("rsyslogd", "#!/bin/sh\nexit 3\n")] {
+        let path = bin.join(name);
+        std::fs::write(&path, script).unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(&path).status().unwrap();
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let started = std::time::Instant::now();
+    let run = sluice()
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .args(["bench", "--scenario", "gzip", "--size", "100KB", "--runs", "1", "--out", "results"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(started.elapsed() < std::time::Duration::from_secs(120), "took {:?}", started.elapsed());
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("results/results.json")).unwrap()).unwrap();
+    let notes: Vec<&str> = json["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    for baseline in ["pigz", "rsyslog"] {
+        assert!(notes.iter().any(|n| n.contains(baseline) && n.contains("failed")), "{baseline}: {notes:?}");
+    }
+    let cases: Vec<&str> = json["cases"].as_array().unwrap().iter().map(|c| c["case"].as_str().unwrap()).collect();
+    assert!(cases.contains(&"sluice gzip") && !cases.iter().any(|c| c.starts_with("pigz")), "{cases:?}");
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("results"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!left.contains(&"work".to_string()), "{left:?}");
+}

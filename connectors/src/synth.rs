@@ -249,6 +249,10 @@ fn uuid_like<R: Rng>(rng: &mut R) -> String {
     format!("{}-{}-{}-{}-{}", hex_id(rng, 8), hex_id(rng, 4), hex_id(rng, 4), hex_id(rng, 4), hex_id(rng, 12))
 }
 
+/// The seed `sluice gen` and the generator source use when none is given (one default for both,
+/// so `sluice gen` prints what a generator source without `seed` produces).
+pub const DEFAULT_SEED: u64 = 42;
+
 /// Writes records `0..records` as NDJSON to `out` (what `sluice gen` does).
 pub fn write_ndjson(profile: Profile, seed: u64, records: u64, out: &mut impl Write) -> std::io::Result<()> {
     let mut synth = Synthesizer::new(profile, seed);

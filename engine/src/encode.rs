@@ -104,6 +104,16 @@ impl Compression {
     /// Names accepted in config.
     pub const NAMES: &'static [&'static str] = &["none", "gzip", "zstd", "snappy"];
 
+    /// Its config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::Snappy => "snappy",
+        }
+    }
+
     /// Parses a config name.
     pub fn from_name(name: &str) -> Option<Self> {
         match name {

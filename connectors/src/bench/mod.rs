@@ -63,13 +63,13 @@ pub enum BenchError {
         /// The error.
         source: io::Error,
     },
-    /// A measured process exited with an error.
-    #[error("case `{case}` failed (exit code {code:?}); run it by hand to see why: {command}")]
+    /// A sluice case failed (a baseline that fails is noted and left out instead).
+    #[error("case `{case}` failed ({why}); run it by hand to see why: {command}")]
     CaseFailed {
         /// The case.
         case: String,
-        /// Its exit code.
-        code: Option<i32>,
+        /// How it failed: its exit code, or why it could not be measured.
+        why: String,
         /// The command line.
         command: String,
     },
@@ -765,9 +765,15 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
     }
     let wants = |s: &str| options.scenarios.iter().any(|x| x == s);
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let work = options.out.join("work");
+    // Every path handed to a tool is absolute: some (rsyslogd) change directory when they start.
+    let out =
+        std::path::absolute(&options.out).map_err(io_error(format!("cannot resolve {}", options.out.display())))?;
+    let options = &BenchOptions { out: out.clone(), ..options.clone() };
+    let work = out.join("work");
     std::fs::create_dir_all(&work).map_err(io_error(format!("cannot create {}", work.display())))?;
-    let data = options.out.join("data");
+    // The outputs are removed however the bench ends; the generated inputs stay as a cache.
+    let _work = RemoveOnDrop(work.clone());
+    let data = out.join("data");
     let mut planner = Planner {
         options,
         work,
@@ -811,8 +817,12 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
     let Planner { cases, comparisons, mut notes, .. } = planner;
 
     let mut usages: Vec<Vec<Usage>> = vec![Vec::new(); cases.len()];
+    let mut failed = vec![false; cases.len()];
     for run in 0..options.runs {
-        for (case, runs) in cases.iter().zip(usages.iter_mut()) {
+        for ((case, runs), failed) in cases.iter().zip(usages.iter_mut()).zip(failed.iter_mut()) {
+            if *failed {
+                continue;
+            }
             progress(&format!("run {}/{}: {} / {}", run + 1, options.runs, case.scenario, case.name));
             let _ = std::fs::remove_dir_all(&case.output);
             let received = receiver.as_ref().map(|r| {
@@ -833,7 +843,7 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
                     }),
                     Drive::Ingest(server) => {
                         let requests = Arc::new(load::requests(&bodies, server.port, server.signed)?);
-                        measure_until(&options.sluice, &case.command, || {
+                        measure_until(&options.sluice, &case.command, |_| {
                             load::wait_for(server.port)?;
                             let outcome = load::send(
                                 server.port,
@@ -855,9 +865,10 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
                             std::fs::create_dir_all(dir)?;
                         }
                         std::fs::write(config, text)?;
-                        measure_until(&options.sluice, &case.command, || {
+                        measure_until(&options.sluice, &case.command, |running| {
                             let started = std::time::Instant::now();
                             while std::fs::metadata(done).map_or(true, |m| m.len() == 0) {
+                                running()?;
                                 if started.elapsed() > std::time::Duration::from_secs(600) {
                                     return Err(io::Error::other("the end of the input was not reached in 10 minutes"));
                                 }
@@ -884,9 +895,10 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
                         let _ = std::fs::remove_file(persist);
                         std::fs::write(config, text)?;
                         let counter = received.clone().unwrap_or_default();
-                        measure_until(&options.sluice, &case.command, || {
+                        measure_until(&options.sluice, &case.command, |running| {
                             let started = std::time::Instant::now();
                             while counter.load(std::sync::atomic::Ordering::SeqCst) < expected {
+                                running()?;
                                 if started.elapsed() > std::time::Duration::from_secs(600) {
                                     return Err(io::Error::other(format!(
                                         "the receiver got {} of {expected} records in 10 minutes",
@@ -900,22 +912,42 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
                     }
                 }
             };
-            let measured = run_case().map_err(io_error(format!("cannot run case `{}`", case.name)))?;
-            if measured.code != Some(0) {
+            let outcome = run_case();
+            let _ = std::fs::remove_dir_all(&case.output);
+            let failure = match outcome {
+                Ok(measured) if measured.code == Some(0) => {
+                    runs.push(measured.usage);
+                    continue;
+                }
+                Ok(measured) => format!("exited with {:?}", measured.code),
+                Err(e) => e.to_string(),
+            };
+            if case.sluice {
                 return Err(BenchError::CaseFailed {
                     case: case.name.clone(),
-                    code: measured.code,
+                    why: failure,
                     command: command_line(&case.command),
                 });
             }
-            runs.push(measured.usage);
+            // A baseline that fails is a noted failure of that case, never the end of the bench.
+            notes.push(format!(
+                "{}: baseline `{}` failed on run {} ({failure}); left out. Command: {}",
+                case.scenario,
+                case.name,
+                run + 1,
+                command_line(&case.command)
+            ));
+            *failed = true;
         }
     }
-    for case in &cases {
-        let _ = std::fs::remove_dir_all(&case.output);
-    }
 
-    let results: Vec<CaseResult> = cases.iter().zip(usages).map(|(case, runs)| case_result(case, runs)).collect();
+    let results: Vec<CaseResult> = cases
+        .iter()
+        .zip(usages)
+        .zip(&failed)
+        .filter(|(_, failed)| !**failed)
+        .map(|((case, runs), _)| case_result(case, runs))
+        .collect();
     let by_name: BTreeMap<(&str, &str), &CaseResult> =
         results.iter().map(|r| ((r.scenario.as_str(), r.case.as_str()), r)).collect();
     let comparisons = comparisons
@@ -957,7 +989,7 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
 fn measure_until(
     sluice: &Path,
     command: &MeasuredCommand,
-    until: impl FnOnce() -> io::Result<Option<std::time::Duration>>,
+    until: impl FnOnce(&mut dyn FnMut() -> io::Result<()>) -> io::Result<Option<std::time::Duration>>,
 ) -> io::Result<crate::measure::Measured> {
     let report = tempfile::NamedTempFile::new()?;
     let mut child = Command::new(sluice)
@@ -971,7 +1003,14 @@ fn measure_until(
         .args(&command.args)
         .stdout(Stdio::null())
         .spawn()?;
-    let wall = until();
+    let wall = {
+        // What `until` calls while it waits: an error as soon as the process has exited.
+        let mut running = || match child.try_wait()? {
+            None => Ok(()),
+            Some(status) => Err(io::Error::other(format!("it exited ({status}) before the end of its input"))),
+        };
+        until(&mut running)
+    };
     // The measured process is the only child of `sluice measure`.
     let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))?;
     for pid in children.split_whitespace() {
@@ -986,6 +1025,15 @@ fn measure_until(
         measured.usage.wall = wall;
     }
     Ok(measured)
+}
+
+/// A folder removed when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn command_line(c: &MeasuredCommand) -> String {
@@ -1099,17 +1147,40 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// Where `value` falls on a log axis from `low` to `high` (both decades), as a fraction.
+fn log_fraction(value: f64, low: f64, high: f64) -> f64 {
+    ((value.max(low).log10() - low.log10()) / (high.log10() - low.log10()).max(1e-9)).clamp(0.0, 1.0)
+}
+
+/// The decades around `values`: from the one at or below the smallest to the one at or above the
+/// largest.
+fn decades(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (low, high) = values.filter(|v| *v > 0.0).fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(v), h.max(v)));
+    if low > high {
+        return (1.0, 10.0);
+    }
+    let low = 10f64.powf(low.log10().floor());
+    let high = 10f64.powf(high.log10().ceil()).max(low * 10.0);
+    (low, high)
+}
+
 /// Two bar charts side by side: MB/s and peak RSS per case, grouped by scenario, sluice in one
-/// colour and baselines in another.
+/// colour and baselines in another. Both axes are logarithmic (marked at each decade): the cases
+/// span three orders of magnitude (a trivial server reads 1.5 GB/s; gzip compresses 50 MB/s), and
+/// a linear axis would squeeze most bars to nothing. The label column is as wide as its longest
+/// label.
 pub fn svg(report: &BenchReport) -> String {
     let row = 22.0;
-    let label_width = 300.0;
-    let panel = 300.0;
-    let top = 50.0;
-    let height = top + row * report.cases.len() as f64 + 40.0;
-    let width = label_width + 2.0 * panel + 80.0;
-    let max_speed = report.cases.iter().map(|c| c.mb_per_s.median).fold(1e-9, f64::max);
-    let max_rss = report.cases.iter().map(|c| c.peak_rss_mib.median).fold(1e-9, f64::max);
+    let labels: Vec<String> = report.cases.iter().map(|c| format!("{} · {}", c.scenario, c.case)).collect();
+    // ~7 px per character at 12 px sans-serif, plus margins.
+    let label_width = 20.0 + 7.0 * labels.iter().map(|l| l.chars().count()).max().unwrap_or(10) as f64;
+    let panel = 320.0;
+    let gap = 70.0;
+    let top = 58.0;
+    let height = top + row * report.cases.len() as f64 + 44.0;
+    let width = label_width + 2.0 * panel + gap + 70.0;
+    let speed_axis = decades(report.cases.iter().map(|c| c.mb_per_s.median));
+    let rss_axis = decades(report.cases.iter().map(|c| c.peak_rss_mib.median));
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -1122,34 +1193,45 @@ pub fn svg(report: &BenchReport) -> String {
         xml_escape(&report.machine)
     );
     let panels = [
-        (label_width, "throughput, MB/s (longer is better)"),
-        (label_width + panel + 40.0, "peak RSS, MiB (shorter is better)"),
+        (label_width, "throughput, MB/s, log scale (longer is better)", speed_axis),
+        (label_width + panel + gap, "peak RSS, MiB, log scale (shorter is better)", rss_axis),
     ];
-    for (x, title) in panels {
-        let _ = writeln!(svg, r#"<text x="{x:.0}" y="40">{title}</text>"#);
+    let bottom = top + row * report.cases.len() as f64;
+    for (x, title, (low, high)) in panels {
+        let _ = writeln!(svg, r#"<text x="{x:.0}" y="38">{title}</text>"#);
+        // A gridline and a label at each decade.
+        let mut decade = low;
+        while decade <= high * 1.0001 {
+            let gx = x + log_fraction(decade, low, high) * panel;
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{gx:.1}" y1="{:.0}" x2="{gx:.1}" y2="{bottom:.0}" stroke="#dddddd"/><text x="{gx:.1}" y="{:.0}" fill="#777" text-anchor="middle" font-size="10">{}</text>"##,
+                top - 4.0,
+                top - 8.0,
+                if decade >= 1.0 { format!("{decade:.0}") } else { format!("{decade}") }
+            );
+            decade *= 10.0;
+        }
     }
-    for (i, c) in report.cases.iter().enumerate() {
+    for (i, (c, label)) in report.cases.iter().zip(&labels).enumerate() {
         let y = top + row * i as f64;
         let colour = if c.sluice { "#1f77b4" } else { "#aaaaaa" };
         let _ = writeln!(
             svg,
-            r#"<text x="{:.0}" y="{:.0}" text-anchor="end">{} · {}</text>"#,
+            r#"<text x="{:.0}" y="{:.0}" text-anchor="end">{}</text>"#,
             label_width - 8.0,
             y + 14.0,
-            xml_escape(&c.scenario),
-            xml_escape(&c.case)
+            xml_escape(label)
         );
-        for (x, value, max, unit) in
-            [(panels[0].0, c.mb_per_s.median, max_speed, ""), (panels[1].0, c.peak_rss_mib.median, max_rss, "")]
-        {
-            let w = (value / max * (panel - 60.0)).max(1.0);
+        for ((x, _, (low, high)), value) in panels.iter().zip([c.mb_per_s.median, c.peak_rss_mib.median]) {
+            let w = (log_fraction(value, *low, *high) * panel).max(1.0);
             let _ = writeln!(
                 svg,
                 r#"<rect x="{x:.0}" y="{:.0}" width="{w:.1}" height="{:.0}" fill="{colour}"/>"#,
                 y + 3.0,
                 row - 6.0
             );
-            let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.0}">{value:.0}{unit}</text>"#, x + w + 4.0, y + 14.0);
+            let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.0}">{value:.0}</text>"#, x + w + 4.0, y + 14.0);
         }
     }
     let _ = writeln!(

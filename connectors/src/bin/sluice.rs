@@ -33,9 +33,14 @@ use sluice_engine::traits::StopSignal;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// sluice: a self-hosted streaming delivery engine (what Kinesis Data Firehose does, as one binary).
+/// sluice: a self-hosted streaming delivery engine (what Amazon Kinesis Data Firehose does, as one binary)
+///
+/// It takes records from the Firehose API, HTTP, files or a generator, buffers them by size and
+/// time, encodes and compresses them (NDJSON, CSV, Parquet; gzip, zstd, snappy) and delivers them to
+/// object stores and HTTP endpoints, backing up whatever a destination does not take. Pipelines are
+/// TOML files: see README.md.
 #[derive(Parser)]
-#[command(name = "sluice", version, about)]
+#[command(name = "sluice", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -151,8 +156,8 @@ enum Command {
         /// How many records.
         #[arg(long, default_value_t = 1000)]
         records: u64,
-        /// Seed.
-        #[arg(long, default_value_t = 42)]
+        /// Seed (the generator source's default too).
+        #[arg(long, default_value_t = sluice_connectors::synth::DEFAULT_SEED)]
         seed: u64,
         /// Output file (default: standard output).
         #[arg(long, short)]
@@ -187,6 +192,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

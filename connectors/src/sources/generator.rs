@@ -24,9 +24,13 @@ struct GeneratorConfig {
     records: Option<u64>,
     /// Records per second (stream run).
     rate: Option<u64>,
-    /// Seed; the same seed gives the same records.
-    #[serde(default)]
+    /// Seed; the same seed gives the same records (default 42, as `sluice gen`'s).
+    #[serde(default = "default_seed")]
     seed: u64,
+}
+
+fn default_seed() -> u64 {
+    crate::synth::DEFAULT_SEED
 }
 
 /// A configured generator.

@@ -225,7 +225,7 @@ impl Plan {
             let inputs: Vec<&str> = s.inputs.iter().map(|&i| self.sources[i].name.as_str()).collect();
             let st = &s.settings;
             out.push_str(&format!(
-                "  sink   {:<16} {} <- [{}]\n         {:<16} format {} compression {:?}, buffer {} MiB / {} s, retry {} s, backup {}\n",
+                "  sink   {:<16} {} <- [{}]\n         {:<16} format {} compression {}, buffer {} MiB / {} s, retry {} s, backup {}\n",
                 s.name,
                 s.sink.describe(),
                 inputs.join(", "),
@@ -240,7 +240,7 @@ impl Plan {
                         None => "parquet(schema inferred per object)".to_string(),
                     },
                 },
-                st.compression,
+                st.compression.name(),
                 st.hints.size_bytes / (1024 * 1024),
                 st.hints.interval.as_secs(),
                 st.retry.duration.as_secs(),
