@@ -55,8 +55,11 @@ fn urls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
-        let scheme_start =
-            rest[..at].rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c))).map_or(0, |i| i + 1);
+        let scheme_start = rest[..at]
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let end =
             rest[at + 3..].find(|c: char| c.is_whitespace() || "\"'`<>".contains(c)).map_or(rest.len(), |i| at + 3 + i);
         out.push_str(&rest[..scheme_start]);
@@ -175,6 +178,9 @@ mod tests {
         );
         assert_eq!(url("s3://bucket/prefix?region=eu"), "s3://bucket/prefix?region=eu");
         assert_eq!(url("https://user@host/p"), "https://user@host/p");
+        // Found by tests/fuzz.rs: a multi-byte character right before the scheme.
+        assert_eq!(text("scheme `memo\u{fffd}y://x`"), "scheme `memo\u{fffd}y://x`");
+        assert_eq!(text("é://a:b@h"), "é://a:****@h");
         assert_eq!(
             text("bad url `https://a:b@h/x?sig=1`: no scheme"),
             "bad url `https://a:****@h/x?sig=****`: no scheme"
