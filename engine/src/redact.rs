@@ -150,14 +150,25 @@ fn values_of_secret_keys(text: &str) -> String {
             k += if quote == b'"' && bytes[k] == b'\\' { 2 } else { 1 };
         }
         let value_end = k.min(bytes.len());
-        // `${NAME}` names a variable, not a secret: it stays readable.
+        // `${NAME}` names a variable, not a secret: it stays readable (a default after `:-` does not).
         let value = &text[j + 1..value_end];
-        let reference =
-            value.starts_with("${") && value.ends_with('}') && !value[2..value.len() - 1].contains(['$', '{', '}']);
-        if value_end > j + 1 && !reference {
-            out.push_str(&text[copied..=j]);
-            out.push_str(MASK);
-            copied = value_end;
+        let inner = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')).filter(|v| !v.contains(['$', '{', '}']));
+        match inner {
+            Some(inner) => {
+                if let Some((name, default)) = inner.split_once(":-")
+                    && !default.is_empty()
+                {
+                    out.push_str(&text[copied..=j]);
+                    out.push_str(&format!("${{{name}:-{MASK}}}"));
+                    copied = value_end;
+                }
+            }
+            None if value_end > j + 1 => {
+                out.push_str(&text[copied..=j]);
+                out.push_str(MASK);
+                copied = value_end;
+            }
+            None => {}
         }
         i = value_end.max(key_end);
     }
@@ -200,6 +211,7 @@ mod tests {
             r#"secret_access_key = "****", access_key_id = "AKID""#
         );
         assert_eq!(text(r#"password="p" hash_key = "${KEY}""#), r#"password="****" hash_key = "${KEY}""#);
+        assert_eq!(text(r#"token = "${T:-s3cr3t}""#), r#"token = "${T:-****}""#);
         assert_eq!(text("secret = 5"), "secret = 5");
         assert_eq!(text("tokens are fine"), "tokens are fine");
     }

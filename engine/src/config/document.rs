@@ -2,7 +2,7 @@
 //! as [`Diagnostic`]s pointing at the offending key or value.
 //!
 //! Guarantees: every string has had `${VAR}` replaced from the environment (an unset variable is an
-//! error at that string, never an empty string); every read that fails says where and what was
+//! error at that string, never an empty string, unless it gives a default: `${VAR:-default}`); every read that fails says where and what was
 //! expected; keys nobody read are reported as unknown, with the nearest known key as a hint.
 
 use std::ops::Range;
@@ -63,8 +63,8 @@ fn expand_env(value: &mut Value, problems: &mut Vec<Diagnostic>) {
     }
 }
 
-/// `Ok(None)` when the string has no `${`; an error (message, hint) for an unset variable or an
-/// unclosed `${`. `$${` is a literal `${`.
+/// `Ok(None)` when the string has no `${`; an error (message, hint) for an unset variable without
+/// a default (`${NAME:-default}`) or an unclosed `${`. `$${` is a literal `${`.
 fn expand_env_in(s: &str) -> Result<Option<String>, (String, String)> {
     if !s.contains("${") {
         return Ok(None);
@@ -83,14 +83,18 @@ fn expand_env_in(s: &str) -> Result<Option<String>, (String, String)> {
         let Some(end) = after.find('}') else {
             return Err(("unclosed `${` in string".into(), "write `${NAME}`, or `$${` for a literal `${`".into()));
         };
-        let name = &after[..end];
-        match std::env::var(name) {
-            Ok(v) => out.push_str(&v),
-            Err(_) => {
+        let (name, default) = match after[..end].split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (&after[..end], None),
+        };
+        match (std::env::var(name), default) {
+            (Ok(v), _) => out.push_str(&v),
+            (Err(_), Some(default)) => out.push_str(default),
+            (Err(_), None) => {
                 return Err((
                     format!("environment variable `{name}` is not set"),
                     format!(
-                        "export {name}=... before running sluice; an unset variable is an error, never an empty string"
+                        "export {name}=... before running sluice, or give a default: ${{{name}:-value}}; an unset variable is an error, never an empty string"
                     ),
                 ));
             }
@@ -426,5 +430,7 @@ mod tests {
         assert!(unset.0.contains("SLUICE_TEST_SURELY_UNSET_VARIABLE"));
         let home = std::env::var("PATH").unwrap_or_default();
         assert_eq!(expand_env_in("x${PATH}y"), Ok(Some(format!("x{home}y"))));
+        assert_eq!(expand_env_in("${SLUICE_TEST_SURELY_UNSET_VARIABLE:-fallback}/x"), Ok(Some("fallback/x".into())));
+        assert_eq!(expand_env_in("${PATH:-fallback}"), Ok(Some(home)));
     }
 }
