@@ -11,15 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::support::{all_lines, folder_objects, python, repo_root, sluice};
+use super::support::{all_lines, folder_objects, free_port, python, repo_root, start_listening, terminate};
 
 const KEY: &str = "AKIDSLUICETEST";
 const SECRET: &str = "test-secret/with+chars";
-
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A `sluice` process serving an API, stopped with SIGTERM.
 struct Running {
@@ -31,19 +26,13 @@ struct Running {
 impl Running {
     /// Starts `sluice <args>` and waits until `port` accepts connections.
     fn start(args: &[&str], port: u16, admin_port: u16) -> Running {
-        let child = sluice().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "sluice did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = start_listening(args, port, Stdio::piped(), Stdio::piped());
         Running { child, api: format!("http://127.0.0.1:{port}"), admin: format!("http://127.0.0.1:{admin_port}") }
     }
 
     /// SIGTERM, then the exit code and what it printed.
     fn stop(mut self) -> (i32, String) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
+        terminate(&self.child);
         let code = self.child.wait().unwrap().code().unwrap_or(-1);
         let mut out = String::new();
         self.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();

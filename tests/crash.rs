@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,23 +13,16 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rand::{Rng, SeedableRng};
 
-use super::support::sluice;
+use super::support::{firehose_to_files, free_port, sluice, start_listening, terminate};
 
 const KILLS: usize = 20;
 const PER_REQUEST: u64 = 50;
 
-/// Starts `sluice run config`, its output appended to `log` next to the config (a pipe nobody reads
-/// would block the process once full), and waits until it listens on `port`.
+/// Starts `sluice run config`, its output appended to `log` next to the config, and waits until
+/// it listens on `port`.
 fn start(config: &Path, port: u16) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(config.with_extension("log")).unwrap();
-    let child =
-        sluice().args(["run", config.to_str().unwrap()]).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "sluice did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    start_listening(&["run", config.to_str().unwrap()], port, log.try_clone().unwrap().into(), log.into())
 }
 
 /// Sends numbered records until `stop`; returns the numbers acknowledged.
@@ -101,20 +93,11 @@ fn delivered(dir: &Path) -> BTreeMap<u64, usize> {
 fn records_acknowledged_before_any_of_twenty_kill_9s_are_all_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let config = dir.path().join("crash.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"crash\"\nworkers = 2\ndata_dir = \"{}\"\ndurability = \"fsync\"\n\
-             [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n\
-             [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
-             buffer = {{ size_mb = 1, interval_s = 1 }}\n",
-            dir.path().join("data").display(),
-            out.display()
-        ),
-    )
-    .unwrap();
+    let (pipeline, sink) = ("workers = 2\ndurability = \"fsync\"", "buffer = { size_mb = 1, interval_s = 1 }");
+    std::fs::write(&config, firehose_to_files("crash", port, &dir.path().join("data"), &out, pipeline, "", sink))
+        .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261126);
     let next = Arc::new(AtomicU64::new(0));
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
@@ -141,7 +124,7 @@ fn records_acknowledged_before_any_of_twenty_kill_9s_are_all_delivered() {
     // A last run with a clean stop delivers whatever the log still holds.
     let mut child = start(&config, port);
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    terminate(&child);
     let status = child.wait().unwrap();
     let log = std::fs::read_to_string(config.with_extension("log")).unwrap();
     assert!(status.success(), "{log}");
@@ -174,22 +157,11 @@ fn a_corrupt_log_entry_costs_only_its_own_records_and_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let data = dir.path().join("data");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let admin = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, admin) = (free_port(), free_port());
     let config = dir.path().join("crash.toml");
     // Nothing is delivered before the kill: everything acknowledged is only in the log.
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"crash\"\nworkers = 1\ndata_dir = \"{}\"\n\
-             [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n\
-             [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
-             buffer = {{ size_mb = 64, interval_s = 900 }}\n",
-            data.display(),
-            out.display()
-        ),
-    )
-    .unwrap();
+    let sink = "buffer = { size_mb = 64, interval_s = 900 }";
+    std::fs::write(&config, firehose_to_files("crash", port, &data, &out, "workers = 1", "", sink)).unwrap();
     let mut child = start(&config, port);
     let http = reqwest::blocking::Client::new();
     let mut acknowledged = Vec::new();
@@ -233,7 +205,7 @@ fn a_corrupt_log_entry_costs_only_its_own_records_and_is_reported() {
     };
     assert!(metrics.contains("sluice_LogCorruptRecords{stream=\"crash\"} 50"), "{metrics}");
     assert!(metrics.contains("sluice_LogCorruptEntries{stream=\"crash\"} 1"), "{metrics}");
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    terminate(&child);
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");

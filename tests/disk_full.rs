@@ -6,14 +6,13 @@
 //! everywhere.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 
-use super::support::{folder_objects, sluice};
+use super::support::{firehose_to_files, folder_objects, free_port, start_listening, terminate};
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -43,14 +42,7 @@ impl Drop for Tmpfs {
 }
 
 fn start(config: &Path, port: u16) -> Child {
-    let child =
-        sluice().args(["run", config.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "sluice did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    start_listening(&["run", config.to_str().unwrap()], port, Stdio::null(), Stdio::null())
 }
 
 /// One PutRecordBatch of records `first..first + n` (about 1 KB each); returns the acknowledged
@@ -97,20 +89,10 @@ fn a_full_disk_refuses_puts_and_loses_nothing_acknowledged_after_a_kill() {
         return;
     };
     let out = dir.path().join("out");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let config = dir.path().join("full.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"full\"\nworkers = 1\ndata_dir = \"{}\"\n\
-             [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n\
-             [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
-             buffer = {{ size_mb = 1, interval_s = 1 }}\n",
-            tmpfs.0.display(),
-            out.display()
-        ),
-    )
-    .unwrap();
+    let sink = "buffer = { size_mb = 1, interval_s = 1 }";
+    std::fs::write(&config, firehose_to_files("full", port, &tmpfs.0, &out, "workers = 1", "", sink)).unwrap();
     let mut child = start(&config, port);
     let mut acknowledged = BTreeSet::new();
     let mut next = 0;
@@ -141,7 +123,7 @@ fn a_full_disk_refuses_puts_and_loses_nothing_acknowledged_after_a_kill() {
     // A restart replays the log; a clean stop delivers everything.
     let child = start(&config, port);
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    terminate(&child);
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
     let delivered: BTreeSet<u64> = folder_objects(&out)

@@ -5,48 +5,28 @@
 //! process on 127.0.0.1.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
 use sluice_connectors::api::sigv4::Signer;
 
-use super::support::sluice;
+use super::support::{firehose_to_files, free_port, start_listening, terminate};
 
 const KEY: &str = "AKIDLISTENER";
 const SECRET: &str = "listener-secret";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// `sluice run` of a firehose pipeline on `port` with `source_keys` added to its source.
 fn start(dir: &Path, port: u16, source_keys: &str) -> Child {
     let config = dir.join("listener.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"limits\"\ndata_dir = \"{}\"\n\
-             [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n{source_keys}\n\
-             [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{}\"\n",
-            dir.join("data").display(),
-            dir.join("out").display()
-        ),
-    )
-    .unwrap();
-    let child =
-        sluice().args(["run", config.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "sluice did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    let text = firehose_to_files("limits", port, &dir.join("data"), &dir.join("out"), "", source_keys, "");
+    std::fs::write(&config, text).unwrap();
+    start_listening(&["run", config.to_str().unwrap()], port, Stdio::null(), Stdio::null())
 }
 
 fn stop(child: Child) {
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    terminate(&child);
     assert!(child.wait_with_output().unwrap().status.success());
 }
 

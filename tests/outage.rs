@@ -263,9 +263,9 @@ fn an_unstorable_error_output_key_stops_the_run_with_the_reason() {
 #[test]
 fn a_stop_while_the_destination_is_down_ends_in_bounded_time_and_keeps_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = super::support::free_port();
     // Nothing listens on the endpoint's port.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = super::support::free_port();
     let pipeline = |sink: &str| {
         let config = dir.path().join("down.toml");
         std::fs::write(
@@ -285,18 +285,8 @@ fn a_stop_while_the_destination_is_down_ends_in_bounded_time_and_keeps_the_rest(
         dir.path().join("backup").display()
     ));
     let start = |config: &std::path::Path| {
-        let child = super::support::sluice()
-            .args(["run", "--quiet", config.to_str().unwrap()])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "sluice did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
+        let args = ["run", "--quiet", config.to_str().unwrap()];
+        super::support::start_listening(&args, port, std::process::Stdio::piped(), std::process::Stdio::piped())
     };
     let child = start(&down);
     let records: Vec<serde_json::Value> = (0..50)
@@ -313,7 +303,7 @@ fn a_stop_while_the_destination_is_down_ends_in_bounded_time_and_keeps_the_rest(
     assert!(response.status().is_success());
     std::thread::sleep(Duration::from_millis(500));
     let stopping = std::time::Instant::now();
-    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    super::support::terminate(&child);
     let output = child.wait_with_output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(stopping.elapsed() < Duration::from_secs(20), "the stop took {:?}", stopping.elapsed());
@@ -327,7 +317,7 @@ fn a_stop_while_the_destination_is_down_ends_in_bounded_time_and_keeps_the_rest(
     ));
     let child = start(&up);
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    super::support::terminate(&child);
     assert!(child.wait_with_output().unwrap().status.success());
     let delivered = super::support::all_lines(&folder_objects(&out));
     assert_eq!(delivered.len(), 50, "{delivered:?}");

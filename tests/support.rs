@@ -86,3 +86,51 @@ pub fn python() -> PathBuf {
     let venv = repo_root().join("target/test-venv/bin/python");
     if venv.exists() { venv } else { PathBuf::from("python3") }
 }
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A pipeline `name` whose `firehose` source listens on `port` (its log under `data`), delivered as
+/// NDJSON to `file://<out>`; `pipeline_keys`, `source_keys` and `sink_keys` are added lines.
+pub fn firehose_to_files(
+    name: &str,
+    port: u16,
+    data: &Path,
+    out: &Path,
+    pipeline_keys: &str,
+    source_keys: &str,
+    sink_keys: &str,
+) -> String {
+    format!(
+        "[pipeline]\nname = \"{name}\"\ndata_dir = \"{}\"\n{pipeline_keys}\n\
+         [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n{source_keys}\n\
+         [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n{sink_keys}\n",
+        data.display(),
+        out.display()
+    )
+}
+
+/// Starts `sluice <args>` with its output going to `output` (a pipe nobody reads would block it
+/// once full), and waits until `port` accepts connections.
+pub fn start_listening(
+    args: &[&str],
+    port: u16,
+    output: std::process::Stdio,
+    errors: std::process::Stdio,
+) -> std::process::Child {
+    let child = sluice().args(args).stdout(output).stderr(errors).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "sluice did not listen on {port}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+/// SIGTERM to `child`.
+pub fn terminate(child: &std::process::Child) {
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
