@@ -200,23 +200,23 @@ fn a_store_stopped_past_the_retry_duration_loses_nothing_the_error_output_waits_
 /// object store answers for a key it can never hold).
 struct RefusingErrorKeys;
 
-impl sluice_engine::traits::Sink for RefusingErrorKeys {
+impl sluice_engine::contract::Sink for RefusingErrorKeys {
     fn describe(&self) -> String {
         "refusing error keys".into()
     }
 
-    fn destination_kind(&self) -> &'static str {
-        "S3"
+    fn destination(&self) -> sluice_engine::contract::DestinationKind {
+        sluice_engine::contract::DestinationKind::S3
     }
 
     fn deliver(
         &self,
-        payload: sluice_engine::traits::Payload,
-    ) -> futures::future::BoxFuture<'static, Result<(), sluice_engine::traits::DeliveryError>> {
+        payload: sluice_engine::contract::Payload,
+    ) -> futures::future::BoxFuture<'static, Result<(), sluice_engine::contract::DeliveryError>> {
         let refused = payload.key.contains("format-conversion-failed");
         Box::pin(async move {
             if refused {
-                Err(sluice_engine::traits::DeliveryError::Unstorable {
+                Err(sluice_engine::contract::DeliveryError::Unstorable {
                     code: "S3.InvalidKey".into(),
                     message: format!("`{}` is not a valid key", payload.key),
                 })
@@ -228,8 +228,8 @@ impl sluice_engine::traits::Sink for RefusingErrorKeys {
 }
 
 fn refusing_error_keys(
-    config: sluice_engine::traits::ConnectorConfig,
-) -> Result<Arc<dyn sluice_engine::traits::Sink>, sluice_engine::config::Diagnostic> {
+    config: sluice_engine::config::ConnectorConfig,
+) -> Result<Arc<dyn sluice_engine::contract::Sink>, sluice_engine::config::Diagnostic> {
     config.table.deserialize::<std::collections::BTreeMap<String, toml::Value>>()?;
     Ok(Arc::new(RefusingErrorKeys))
 }
@@ -242,7 +242,7 @@ fn an_unstorable_error_output_key_stops_the_run_with_the_reason() {
     let input = dir.path().join("in.ndjson");
     std::fs::write(&input, "{\"a\":1}\nnot json\n{\"a\":2}\n").unwrap();
     let mut registry = registry();
-    registry.sinks.push(sluice_engine::traits::SinkType { name: "refusing_keys", configure: refusing_error_keys });
+    registry.sinks.push(sluice_engine::config::SinkType { name: "refusing_keys", configure: refusing_error_keys });
     let toml = format!(
         "[pipeline]\nname = \"unstorable\"\n[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\n\
          [sinks.out]\ntype = \"refusing_keys\"\ninputs = [\"in\"]\nformat = \"csv\"\ncolumns = [\"a\"]\n",

@@ -187,8 +187,8 @@ mod flaky {
 
     use bytes::Bytes;
     use futures::future::BoxFuture;
-    use sluice_engine::config::Diagnostic;
-    use sluice_engine::traits::{ConnectorConfig, DeliveryError, PartUpload, Payload, Sink, UploadStart};
+    use sluice_engine::config::{ConnectorConfig, Diagnostic};
+    use sluice_engine::contract::{DeliveryError, DestinationKind, PartSink, PartUpload, Payload, Sink, UploadStart};
 
     /// Attempts at part 1, and the objects completed: key → bytes.
     pub static PART_ONE_ATTEMPTS: AtomicU32 = AtomicU32::new(0);
@@ -201,8 +201,8 @@ mod flaky {
     }
 
     impl Sink for FlakySink {
-        fn destination_kind(&self) -> &'static str {
-            "S3"
+        fn destination(&self) -> DestinationKind {
+            DestinationKind::S3
         }
 
         fn describe(&self) -> String {
@@ -212,9 +212,12 @@ mod flaky {
             OBJECTS.lock().unwrap().insert(payload.key, payload.body.to_vec());
             Box::pin(async { Ok(()) })
         }
-        fn supports_parts(&self) -> bool {
-            true
+        fn parts(&self) -> Option<&dyn PartSink> {
+            Some(self)
         }
+    }
+
+    impl PartSink for FlakySink {
         fn start_upload(&self, key: &str, _: &'static str, _: Option<&'static str>) -> UploadStart {
             let upload = Upload { key: key.to_string(), parts: Arc::default() };
             Box::pin(async move { Ok(Box::new(upload) as Box<dyn PartUpload>) })
@@ -254,7 +257,7 @@ mod flaky {
 #[test]
 fn a_failed_part_is_retried_under_its_number_and_the_object_completes() {
     let mut registry = registry();
-    registry.sinks.push(sluice_engine::traits::SinkType { name: "flaky", configure: flaky::configure });
+    registry.sinks.push(sluice_engine::config::SinkType { name: "flaky", configure: flaky::configure });
     let toml = r#"
 [pipeline]
 name = "flaky-parts"

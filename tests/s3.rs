@@ -283,7 +283,7 @@ fn multipart_uploads_an_interrupted_run_left_open_are_aborted_at_the_next_start(
     let sink = Arc::clone(&plan_from_str(&toml, &registry()).unwrap().sinks[0].sink);
     runtime.block_on(async {
         sink.prepare().await.unwrap();
-        let upload = sink.start_upload("big/object", "application/x-ndjson", None).await.unwrap();
+        let upload = sink.parts().unwrap().start_upload("big/object", "application/x-ndjson", None).await.unwrap();
         upload.put_part(0, bytes::Bytes::from(vec![b'x'; 5 << 20])).await.unwrap();
         // The process dies here: the upload is neither completed nor aborted.
     });

@@ -1,6 +1,6 @@
 //! The explicit list of connectors: one line per source or sink type. Nothing registers itself.
 
-use sluice_engine::traits::{Registry, SinkType, SourceType};
+use sluice_engine::config::{Registry, SinkType, SourceType};
 
 use crate::{sinks, sources};
 

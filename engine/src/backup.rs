@@ -1,21 +1,22 @@
 //! Backing up what a destination did not take: a failed object is turned back into its records and
-//! written to the error output as Firehose error documents (FIREHOSE.md §7 shape, `errorCode` with the
-//! destination's code, `attemptsMade`, timestamps), under `error_prefix` with the error-output type
-//! of the destination (`s3-failed`, `http-endpoint-failed`, …).
+//! written to the error output as Firehose error documents (docs/firehose.md: error output;
+//! `errorCode` with the destination's code, `attemptsMade`, timestamps), under `error_prefix` with
+//! the error-output type of the destination (`s3-failed`, `http-endpoint-failed`, …).
 //!
-//! Guarantees: every record of the failed object is in the documents, as the sink encoded it —
-//! NDJSON lines, CSV rows (the header dropped), Parquet rows as JSON objects, the records of an HTTP
-//! endpoint request as they were received. An object that cannot
-//! be split (format `raw` has no delimiter, or the bytes do not decode) becomes one document holding
-//! the whole object, so nothing is lost either way. Building the payload cannot fail.
+//! Guarantees: every record of the failed object is in the documents, as the sink's format encoded
+//! it ([`crate::format::ObjectFormat::records_of`]: NDJSON lines, CSV rows without the header,
+//! Parquet rows as JSON objects, the records of an HTTP endpoint request as they were received). An
+//! object that cannot be split (format `raw` has no delimiter, or the bytes do not decode) becomes
+//! one document holding the whole object, so nothing is lost either way. Building the payload
+//! cannot fail.
 
 use bytes::Bytes;
 
+use crate::compression::{Compression, compress};
 use crate::config::SinkSettings;
-use crate::encode::{Compression, Format, ObjectWriter, decompress};
-use crate::error_output::{ErrorDocument, Reason};
+use crate::contract::{DeliveryError, Payload};
+use crate::error_output::{ErrorDocument, ErrorOutputType, Reason};
 use crate::record::now_ms;
-use crate::traits::{DeliveryError, Payload};
 
 /// A data object whose delivery failed for good.
 #[derive(Debug, Clone)]
@@ -32,79 +33,9 @@ pub struct FailedObject {
     pub error: DeliveryError,
 }
 
-/// The records of an encoded object, or why it cannot be split into them.
-pub fn records_of(format: &Format, compression: Compression, body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    match format {
-        Format::Raw => Err("format `raw` has no record delimiter".into()),
-        Format::Parquet(_) => parquet_rows(body),
-        Format::Ndjson => {
-            let text = decompress(compression, body).map_err(|e| e.to_string())?;
-            Ok(text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect())
-        }
-        Format::Csv { .. } => {
-            let text = decompress(compression, body).map_err(|e| e.to_string())?;
-            csv_rows(&text)
-        }
-        Format::FirehoseHttp => {
-            let text = decompress(compression, body).map_err(|e| e.to_string())?;
-            request_records(&text)
-        }
-    }
-}
-
-/// The records of a Firehose HTTP request body, base64-decoded.
-fn request_records(body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    use base64::Engine;
-    #[derive(serde::Deserialize)]
-    struct Request {
-        records: Vec<Record>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Record {
-        data: String,
-    }
-    let request: Request = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    request
-        .records
-        .iter()
-        .map(|r| base64::engine::general_purpose::STANDARD.decode(&r.data).map_err(|e| e.to_string()))
-        .collect()
-}
-
-/// Each CSV row after the header as the exact bytes of its line(s) (quoted fields may hold newlines).
-fn csv_rows(text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text);
-    // The header is read lazily: read it now so the first row's position is after it.
-    reader.byte_headers().map_err(|e| e.to_string())?;
-    let mut starts = Vec::new();
-    let mut row = csv::ByteRecord::new();
-    loop {
-        let start = reader.position().byte() as usize;
-        match reader.read_byte_record(&mut row) {
-            Ok(true) => starts.push(start),
-            Ok(false) => break,
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    starts.push(text.len());
-    Ok(starts.windows(2).map(|w| text[w[0]..w[1]].strip_suffix(b"\n").unwrap_or(&text[w[0]..w[1]]).to_vec()).collect())
-}
-
-/// Each row of a Parquet file as a JSON object.
-fn parquet_rows(body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let reader = SerializedFileReader::new(Bytes::copy_from_slice(body)).map_err(|e| e.to_string())?;
-    let mut rows = Vec::new();
-    for row in reader.get_row_iter(None).map_err(|e| e.to_string())? {
-        let row = row.map_err(|e| e.to_string())?;
-        rows.push(row.to_json_value().to_string().into_bytes());
-    }
-    Ok(rows)
-}
-
 /// The error-output object for `failed`: one document per record, compressed as the sink's
 /// objects are, keyed under the error prefix with `output_type`.
-pub fn error_payload(settings: &SinkSettings, output_type: &str, failed: &FailedObject) -> Payload {
+pub fn error_payload(settings: &SinkSettings, output_type: ErrorOutputType, failed: &FailedObject) -> Payload {
     let ended = now_ms();
     let (code, message) = (failed.error.code(), failed.error.to_string());
     let mut text = Vec::new();
@@ -112,28 +43,23 @@ pub fn error_payload(settings: &SinkSettings, output_type: &str, failed: &Failed
         let reason = Reason::Delivery { error_code: code, error_message: message };
         ErrorDocument::new(raw, failed.oldest_arrival_ms, reason, failed.attempts, ended).write_line(&mut text);
     };
-    match records_of(&settings.format, settings.compression, &failed.body) {
+    match settings.format.records_of(&failed.body) {
         Ok(records) => records.iter().for_each(|r| document(r, &message)),
         Err(why) => document(&failed.body, &format!("{message} (the object is kept whole: {why})")),
     }
     // Compression into memory does not fail in practice; if it did, the documents go uncompressed.
-    let (compression, body) = match compress(settings.compression, &text) {
-        Ok(body) => (settings.compression, body),
+    let compression = settings.format.compression();
+    let (compression, body) = match compress(compression, &text) {
+        Ok(body) => (compression, body),
         Err(_) => (Compression::None, text),
     };
     Payload {
-        key: settings.keys.error_key(failed.oldest_arrival_ms, output_type, compression.extension()),
+        key: settings.keys.error_key(failed.oldest_arrival_ms, output_type.name(), compression.extension()),
         body: Bytes::from(body),
         content_type: "application/x-ndjson",
         content_encoding: compression.content_encoding(),
         records: failed.records,
     }
-}
-
-fn compress(compression: Compression, text: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut writer = ObjectWriter::new(compression)?;
-    writer.write(text)?;
-    writer.finish()
 }
 
 #[cfg(test)]
@@ -144,15 +70,19 @@ mod tests {
     use super::*;
     use crate::buffer::ObjectBatcher;
     use crate::columnar::{JsonOptions, ParquetOptions, ParquetSpec, SchemaSource};
+    use crate::compression::decompress;
     use crate::config::{BackupMode, BufferingHints};
+    use crate::contract::DestinationKind;
+    use crate::format::{self, ObjectFormat};
     use crate::keys::ObjectKeys;
     use crate::record::RecordBatch;
     use crate::retry::RetryPolicy;
 
-    fn settings(format: Format, compression: Compression) -> SinkSettings {
+    const S3_FAILED: ErrorOutputType = ErrorOutputType::DeliveryFailed(DestinationKind::S3);
+
+    fn settings(format: std::sync::Arc<dyn ObjectFormat>) -> SinkSettings {
         SinkSettings {
             format,
-            compression,
             hints: BufferingHints { size_bytes: 1 << 30, interval: Duration::from_secs(60) },
             keys: ObjectKeys::new(
                 Some("data/"),
@@ -200,9 +130,9 @@ mod tests {
 
     #[test]
     fn ndjson_objects_come_back_record_by_record_as_delivery_error_documents() {
-        let s = settings(Format::Ndjson, Compression::Gzip);
+        let s = settings(format::ndjson(Compression::Gzip));
         let records = [r#"{"a":1}"#, r#"{"a":2}"#, r#"{"b":"x y"}"#];
-        let payload = error_payload(&s, "s3-failed", &failed(object(&s, &records), 3));
+        let payload = error_payload(&s, S3_FAILED, &failed(object(&s, &records), 3));
         assert!(payload.key.starts_with("errors/s3-failed/1970/01/01/00/s-1-1970-01-01-00-00-01-"), "{}", payload.key);
         assert!(payload.key.ends_with(".gz"));
         assert_eq!(payload.records, 3);
@@ -215,9 +145,9 @@ mod tests {
 
     #[test]
     fn csv_rows_keep_their_quoted_newlines_and_lose_the_header() {
-        let s = settings(Format::Csv { columns: vec!["a".into(), "b".into()] }, Compression::Zstd);
+        let s = settings(format::csv(vec!["a".into(), "b".into()], Compression::Zstd));
         let body = object(&s, &[r#"{"a":"line\nbreak","b":1}"#, r#"{"a":"plain","b":2}"#]);
-        let rows = records_of(&s.format, s.compression, &body).unwrap_or_else(|e| panic!("{e}"));
+        let rows = s.format.records_of(&body).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(rows, [b"\"line\nbreak\",1".to_vec(), b"plain,2".to_vec()]);
     }
 
@@ -233,25 +163,25 @@ mod tests {
                 compression: Compression::Snappy,
             },
         };
-        let s = settings(Format::Parquet(spec), Compression::None);
+        let s = settings(Arc::new(format::parquet::Parquet::new(spec)));
         let body = object(&s, &[r#"{"a":1,"b":"x"}"#, r#"{"a":2,"b":"y"}"#]);
-        let rows = records_of(&s.format, s.compression, &body).unwrap_or_else(|e| panic!("{e}"));
+        let rows = s.format.records_of(&body).unwrap_or_else(|e| panic!("{e}"));
         let rows: Vec<serde_json::Value> = rows.iter().map(|r| serde_json::from_slice(r).unwrap_or_default()).collect();
         assert_eq!(rows, [serde_json::json!({"a":1,"b":"x"}), serde_json::json!({"a":2,"b":"y"})]);
     }
 
     #[test]
     fn an_object_that_cannot_be_split_is_kept_whole() {
-        let s = settings(Format::Raw, Compression::None);
-        let payload = error_payload(&s, "s3-failed", &failed(Bytes::from_static(b"abcdef"), 2));
+        let s = settings(format::raw(Compression::None));
+        let payload = error_payload(&s, S3_FAILED, &failed(Bytes::from_static(b"abcdef"), 2));
         let docs = documents(&payload, Compression::None);
         assert_eq!(docs.len(), 1);
         assert_eq!(raw_data(&docs[0]), "abcdef");
         assert!(docs[0]["errorMessage"].as_str().unwrap_or_default().contains("kept whole"), "{}", docs[0]);
         // Bytes that do not decompress are kept whole too.
-        let s = settings(Format::Ndjson, Compression::Gzip);
+        let s = settings(format::ndjson(Compression::Gzip));
         let docs =
-            documents(&error_payload(&s, "s3-failed", &failed(Bytes::from_static(b"not gzip"), 1)), Compression::Gzip);
+            documents(&error_payload(&s, S3_FAILED, &failed(Bytes::from_static(b"not gzip"), 1)), Compression::Gzip);
         assert_eq!(docs.iter().map(raw_data).collect::<Vec<_>>(), ["not gzip"]);
     }
 }

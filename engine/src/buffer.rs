@@ -1,12 +1,14 @@
 //! Buffering: records become objects, encoded and compressed as they arrive, closed by size or age.
 //!
-//! One [`ObjectBatcher`] per (sink, worker). It keeps at most one open data object and one open
-//! error-output object per error type. An object is sealed when its bytes before compression reach
-//! the size hint, when its oldest record has waited the interval, or at end of input. Memory is the
-//! compressed bytes of the open objects, never the input. Records that cannot be encoded go, alone,
-//! to the error output as Firehose error documents. Guarantees: every appended record ends up in
-//! exactly one sealed object (data or error output), and a sealed object records the oldest epoch
-//! of its records so the dataflow can hold that epoch until it is stored.
+//! One [`ObjectBatcher`] per (sink, worker). It keeps at most one open data object (encoded with the
+//! sink's [`ObjectFormat`]) and one open error-output object per [`ErrorOutputType`] (NDJSON error
+//! documents, compressed like the data). An object is sealed when its bytes before compression
+//! reach the size hint, when it holds the format's most records, when its oldest record has waited
+//! the interval, or at end of input. Memory is the compressed bytes of the open objects, never the
+//! input. Records the format refuses go, alone, to the error output as Firehose error documents.
+//! Guarantees: every appended record ends up in exactly one sealed object (data or error output),
+//! and a sealed object records the oldest epoch of its records so the dataflow can hold that epoch
+//! until it is stored.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,12 +16,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::columnar::ParquetObjectWriter;
 use crate::config::{BackupMode, SinkSettings};
-use crate::encode::{Format, ObjectWriter, RecordEncoder};
-use crate::error_output::{ErrorDocument, Reason, output_type};
+use crate::contract::Payload;
+use crate::error_output::{ErrorDocument, ErrorOutputType, Reason};
+use crate::format::{self, EncodeError, ObjectEncoder, ObjectFormat};
 use crate::record::{RecordBatch, now_ms};
-use crate::traits::Payload;
 
 /// Firehose-style error code of a record that could not be converted to the sink's format.
 pub const MALFORMED_DATA: &str = "DataFormatConversion.MalformedData";
@@ -29,10 +30,10 @@ pub const MALFORMED_DATA: &str = "DataFormatConversion.MalformedData";
 pub enum ObjectKind {
     /// Records in the sink's format.
     Data,
-    /// Error documents, under the error prefix.
+    /// Error documents (or backed-up source records), under the error prefix.
     ErrorOutput {
-        /// The `!{firehose:error-output-type}` value.
-        output_type: &'static str,
+        /// Why its records are there (`!{firehose:error-output-type}`).
+        output_type: ErrorOutputType,
     },
 }
 
@@ -75,49 +76,8 @@ pub enum UploadStep {
 /// Size of the parts of an object uploaded while it grows (S3 wants at least 5 MiB but the last).
 pub const PART_BYTES: usize = 8 << 20;
 
-/// What an open object is written with.
-#[derive(Debug)]
-enum DataWriter {
-    /// Encoded bytes through a stream compressor (raw, NDJSON, CSV, error documents).
-    Text(Box<ObjectWriter>),
-    /// Rows into a Parquet file.
-    Parquet(Box<ParquetObjectWriter>),
-}
-
-impl DataWriter {
-    /// Bytes counted against the size hint (before compression).
-    fn size(&self) -> u64 {
-        match self {
-            DataWriter::Text(w) => w.uncompressed_len(),
-            DataWriter::Parquet(w) => w.input_bytes(),
-        }
-    }
-
-    fn finish(self) -> std::io::Result<Vec<u8>> {
-        match self {
-            DataWriter::Text(w) => w.finish(),
-            DataWriter::Parquet(w) => Ok(w.finish()?),
-        }
-    }
-
-    fn output_len(&mut self) -> usize {
-        match self {
-            DataWriter::Text(w) => w.output_len(),
-            DataWriter::Parquet(w) => w.output_len(),
-        }
-    }
-
-    fn take_output(&mut self) -> Vec<u8> {
-        match self {
-            DataWriter::Text(w) => w.take_output(),
-            DataWriter::Parquet(w) => w.take_output(),
-        }
-    }
-}
-
-#[derive(Debug)]
 struct OpenObject {
-    writer: DataWriter,
+    encoder: Box<dyn ObjectEncoder>,
     opened: Instant,
     oldest_arrival_ms: i64,
     epoch: u64,
@@ -129,8 +89,16 @@ struct OpenObject {
 }
 
 impl OpenObject {
-    fn new(writer: DataWriter, epoch: u64, arrival_ms: i64, now: Instant) -> Self {
-        OpenObject { writer, opened: now, oldest_arrival_ms: arrival_ms, epoch, records: 0, streaming: None, sent: 0 }
+    fn open(format: &dyn ObjectFormat, epoch: u64, arrival_ms: i64, now: Instant) -> std::io::Result<Self> {
+        Ok(OpenObject {
+            encoder: format.open()?,
+            opened: now,
+            oldest_arrival_ms: arrival_ms,
+            epoch,
+            records: 0,
+            streaming: None,
+            sent: 0,
+        })
     }
 
     fn include(&mut self, epoch: u64, arrival_ms: i64) {
@@ -141,27 +109,36 @@ impl OpenObject {
 }
 
 /// Builds one sink's objects on one worker.
-#[derive(Debug)]
 pub struct ObjectBatcher {
     settings: Arc<SinkSettings>,
+    /// The error output's format: NDJSON documents, compressed like the sink's data.
+    error_format: Arc<dyn ObjectFormat>,
     /// Upload objects in parts of this size while they grow (sinks that support it).
     part_bytes: Option<usize>,
     objects_streamed: u64,
-    encoder: RecordEncoder,
     data: Option<OpenObject>,
-    errors: BTreeMap<&'static str, OpenObject>,
+    errors: BTreeMap<ErrorOutputType, OpenObject>,
     scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for ObjectBatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectBatcher")
+            .field("format", &self.settings.format.describe())
+            .field("buffered_records", &self.buffered_records())
+            .finish()
+    }
 }
 
 impl ObjectBatcher {
     /// A batcher for a sink's settings.
     pub fn new(settings: Arc<SinkSettings>) -> Self {
-        let encoder = RecordEncoder::new(settings.format.clone());
+        let error_format = format::ndjson(settings.format.compression());
         ObjectBatcher {
             settings,
+            error_format,
             part_bytes: None,
             objects_streamed: 0,
-            encoder,
             data: None,
             errors: BTreeMap::new(),
             scratch: Vec::new(),
@@ -178,15 +155,15 @@ impl ObjectBatcher {
     fn send_part_if_full(&mut self, sealed: &mut Vec<SealedObject>) {
         let Some(part_bytes) = self.part_bytes else { return };
         let Some(object) = self.data.as_mut() else { return };
-        if object.writer.output_len() < part_bytes {
+        if object.encoder.ready_len() < part_bytes {
             return;
         }
         let s = &self.settings;
         let (key, id) = object.streaming.get_or_insert_with(|| {
             self.objects_streamed += 1;
-            (s.keys.data_key(object.oldest_arrival_ms, &s.data_extension()), self.objects_streamed)
+            (data_key(s, object.oldest_arrival_ms), self.objects_streamed)
         });
-        let body = object.writer.take_output();
+        let body = object.encoder.take_ready();
         object.sent += body.len() as u64;
         sealed.push(SealedObject {
             kind: ObjectKind::Data,
@@ -197,31 +174,15 @@ impl ObjectBatcher {
                 key: key.clone(),
                 body: Bytes::from(body),
                 content_type: s.format.content_type(),
-                content_encoding: data_encoding(s),
+                content_encoding: s.format.content_encoding(),
                 records: 0,
             },
             upload: UploadStep::Part { object: *id },
         });
     }
 
-    fn open_text(&self, epoch: u64, arrival_ms: i64, now: Instant, header: &[u8]) -> std::io::Result<OpenObject> {
-        let mut writer = ObjectWriter::new(self.settings.compression)?;
-        writer.write(header)?;
-        Ok(OpenObject::new(DataWriter::Text(Box::new(writer)), epoch, arrival_ms, now))
-    }
-
-    fn open_data(&self, epoch: u64, arrival_ms: i64, now: Instant) -> std::io::Result<OpenObject> {
-        match &self.settings.format {
-            Format::Parquet(spec) => {
-                let writer = ParquetObjectWriter::new(&spec.schema, spec.options.clone())?;
-                Ok(OpenObject::new(DataWriter::Parquet(Box::new(writer)), epoch, arrival_ms, now))
-            }
-            _ => self.open_text(epoch, arrival_ms, now, &self.encoder.header()),
-        }
-    }
-
     /// Adds one record to the open data object (opening one if needed); `Ok(Err(reason))` when the
-    /// record cannot be converted, in which case nothing of it was added.
+    /// format refuses the record, in which case nothing of it was added.
     fn append_data(
         &mut self,
         record: &[u8],
@@ -229,32 +190,27 @@ impl ObjectBatcher {
         arrival_ms: i64,
         now: Instant,
     ) -> std::io::Result<Result<(), String>> {
-        if !self.settings.format.is_columnar() {
-            self.scratch.clear();
-            if let Err(e) = self.encoder.encode(record, &mut self.scratch) {
-                return Ok(Err(e.to_string()));
+        let object = match &mut self.data {
+            Some(object) => object,
+            empty => empty.insert(OpenObject::open(self.settings.format.as_ref(), epoch, arrival_ms, now)?),
+        };
+        match object.encoder.append(record) {
+            Ok(()) => {
+                object.include(epoch, arrival_ms);
+                Ok(Ok(()))
             }
-        }
-        if self.data.is_none() {
-            self.data = Some(self.open_data(epoch, arrival_ms, now)?);
-        }
-        let Some(object) = self.data.as_mut() else { return Ok(Ok(())) };
-        match &mut object.writer {
-            DataWriter::Text(w) => {
-                let separator = self.settings.format.record_separator();
-                if !separator.is_empty() && object.records > 0 {
-                    w.write(separator)?;
+            Err(e) => {
+                // An object opened for a refused record holds nothing: it must not hold the
+                // record's epoch or start an interval.
+                if object.records == 0 {
+                    self.data = None;
                 }
-                w.write(&self.scratch)?
-            }
-            DataWriter::Parquet(w) => {
-                if let Err(e) = w.append(record)? {
-                    return Ok(Err(e.to_string()));
+                match e {
+                    EncodeError::Record(reason) => Ok(Err(reason)),
+                    EncodeError::Io(e) => Err(e),
                 }
             }
         }
-        object.include(epoch, arrival_ms);
-        Ok(Ok(()))
     }
 
     /// Encodes every record of `batch` (which arrived at `epoch`) into the open objects; objects
@@ -271,7 +227,7 @@ impl ObjectBatcher {
         for record in batch.iter() {
             match self.append_data(record, epoch, batch.arrival_ms, now)? {
                 Ok(()) => {
-                    if self.data.as_ref().is_some_and(|o| o.writer.size() >= size_limit || o.records >= max_records) {
+                    if self.data.as_ref().is_some_and(|o| o.encoder.size() >= size_limit || o.records >= max_records) {
                         self.seal_data(sealed)?;
                     } else {
                         self.send_part_if_full(sealed);
@@ -287,73 +243,74 @@ impl ObjectBatcher {
                         now_ms(),
                     )
                     .write_line(&mut self.scratch);
-                    self.write_error_output(
-                        output_type::FORMAT_CONVERSION_FAILED,
+                    let document = std::mem::take(&mut self.scratch);
+                    let written = self.write_error_output(
+                        ErrorOutputType::FormatConversionFailed,
+                        &document,
                         epoch,
                         batch.arrival_ms,
                         now,
                         sealed,
-                    )?;
+                    );
+                    self.scratch = document;
+                    written?;
                 }
             }
             if self.settings.backup == BackupMode::All {
-                self.scratch.clear();
-                self.scratch.extend_from_slice(record);
-                if record.last() != Some(&b'\n') {
-                    self.scratch.push(b'\n');
-                }
-                self.write_error_output(output_type::SOURCE_RECORD_BACKUP, epoch, batch.arrival_ms, now, sealed)?;
+                self.write_error_output(
+                    ErrorOutputType::SourceRecordBackup,
+                    record,
+                    epoch,
+                    batch.arrival_ms,
+                    now,
+                    sealed,
+                )?;
             }
         }
         Ok(())
     }
 
-    /// Adds the bytes in `scratch` (one record's document) to the open error-output object of
-    /// `kind`, opening one if needed and sealing it at the size hint.
+    /// Adds `line` (one record's document, or a backed-up record) to the open error-output object
+    /// of `kind`, opening one if needed and sealing it at the size hint.
     fn write_error_output(
         &mut self,
-        kind: &'static str,
+        kind: ErrorOutputType,
+        line: &[u8],
         epoch: u64,
         arrival_ms: i64,
         now: Instant,
         sealed: &mut Vec<SealedObject>,
     ) -> std::io::Result<()> {
-        if !self.errors.contains_key(kind) {
-            let object = self.open_text(epoch, arrival_ms, now, &[])?;
-            self.errors.insert(kind, object);
-        }
-        if let Some(object) = self.errors.get_mut(kind) {
-            object.include(epoch, arrival_ms);
-            if let DataWriter::Text(w) = &mut object.writer {
-                w.write(&self.scratch)?;
+        let object = match self.errors.entry(kind) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(OpenObject::open(self.error_format.as_ref(), epoch, arrival_ms, now)?)
             }
-            if object.writer.size() >= self.settings.hints.size_bytes {
-                self.seal_errors(kind, sealed)?;
-            }
+        };
+        object.encoder.append(line).map_err(|e| match e {
+            EncodeError::Io(e) => e,
+            // NDJSON takes every line.
+            EncodeError::Record(reason) => std::io::Error::other(reason),
+        })?;
+        object.include(epoch, arrival_ms);
+        if object.encoder.size() >= self.settings.hints.size_bytes {
+            self.seal_errors(kind, sealed)?;
         }
         Ok(())
     }
 
     fn seal_data(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
-        // An object whose every record failed conversion holds nothing worth storing.
-        // (A streamed object has records: parts are only cut after a record was added.)
+        // A streamed object has records: parts are only cut after a record was added.
         if let Some(mut object) = self.data.take().filter(|o| o.records > 0) {
             let s = &self.settings;
             let streaming = object.streaming.take();
-            let key = match (&streaming, &s.format) {
-                (Some((key, _)), _) => key.clone(),
-                // A request, not an object: its key is the request id.
-                (None, Format::FirehoseHttp) => uuid::Uuid::new_v4().to_string(),
-                (None, _) => s.keys.data_key(object.oldest_arrival_ms, &s.data_extension()),
+            let key = match &streaming {
+                Some((key, _)) => key.clone(),
+                None => data_key(s, object.oldest_arrival_ms),
             };
-            let trailer = s.format.trailer(&key, now_ms());
-            if let DataWriter::Text(w) = &mut object.writer
-                && !trailer.is_empty()
-            {
-                w.write(&trailer)?;
-            }
             let sent = object.sent;
-            let mut sealed_object = seal(object, key, ObjectKind::Data, s.format.content_type(), data_encoding(s))?;
+            let mut sealed_object =
+                seal(object, key, ObjectKind::Data, s.format.content_type(), s.format.content_encoding())?;
             if let Some((_, id)) = streaming {
                 sealed_object.upload = UploadStep::Last { object: id, sent };
             }
@@ -362,16 +319,16 @@ impl ObjectBatcher {
         Ok(())
     }
 
-    fn seal_errors(&mut self, kind: &'static str, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
-        if let Some(object) = self.errors.remove(kind) {
+    fn seal_errors(&mut self, kind: ErrorOutputType, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
+        if let Some(object) = self.errors.remove(&kind) {
             let s = &self.settings;
-            let key = s.keys.error_key(object.oldest_arrival_ms, kind, s.compression.extension());
+            let key = s.keys.error_key(object.oldest_arrival_ms, kind.name(), &self.error_format.extension());
             sealed.push(seal(
                 object,
                 key,
                 ObjectKind::ErrorOutput { output_type: kind },
-                "application/x-ndjson",
-                s.compression.content_encoding(),
+                self.error_format.content_type(),
+                self.error_format.content_encoding(),
             )?);
         }
         Ok(())
@@ -383,7 +340,7 @@ impl ObjectBatcher {
         if self.data.as_ref().is_some_and(|o| now.duration_since(o.opened) >= interval) {
             self.seal_data(sealed)?;
         }
-        let expired: Vec<&'static str> =
+        let expired: Vec<ErrorOutputType> =
             self.errors.iter().filter(|(_, o)| now.duration_since(o.opened) >= interval).map(|(k, _)| *k).collect();
         for kind in expired {
             self.seal_errors(kind, sealed)?;
@@ -394,7 +351,7 @@ impl ObjectBatcher {
     /// Seals everything (end of input).
     pub fn seal_all(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
         self.seal_data(sealed)?;
-        let kinds: Vec<&'static str> = self.errors.keys().copied().collect();
+        let kinds: Vec<ErrorOutputType> = self.errors.keys().copied().collect();
         for kind in kinds {
             self.seal_errors(kind, sealed)?;
         }
@@ -423,10 +380,9 @@ impl ObjectBatcher {
     }
 }
 
-/// Extension of a sink's data objects: `.parquet`, or the format's and the compression's.
-/// `Content-Encoding` of a sink's data objects (none for Parquet: it compresses inside).
-fn data_encoding(s: &SinkSettings) -> Option<&'static str> {
-    if s.format.is_columnar() { None } else { s.compression.content_encoding() }
+/// The key of a data object: the name its format gives it (a request id), or the sink's key.
+fn data_key(s: &SinkSettings, oldest_arrival_ms: i64) -> String {
+    s.format.object_key().unwrap_or_else(|| s.keys.data_key(oldest_arrival_ms, &s.format.extension()))
 }
 
 fn seal(
@@ -436,8 +392,8 @@ fn seal(
     content_type: &'static str,
     content_encoding: Option<&'static str>,
 ) -> std::io::Result<SealedObject> {
-    let raw_bytes = object.writer.size();
-    let body = object.writer.finish()?;
+    let raw_bytes = object.encoder.size();
+    let body = object.encoder.finish(&key)?;
     Ok(SealedObject {
         kind,
         epoch: object.epoch,
@@ -453,15 +409,14 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::compression::{Compression, decompress};
     use crate::config::BufferingHints;
-    use crate::encode::{Compression, Format, decompress};
     use crate::keys::ObjectKeys;
     use crate::retry::RetryPolicy;
 
-    fn settings(format: Format, size_bytes: u64, interval_s: u64) -> Arc<SinkSettings> {
+    fn settings(format: Arc<dyn ObjectFormat>, size_bytes: u64, interval_s: u64) -> Arc<SinkSettings> {
         Arc::new(SinkSettings {
             format,
-            compression: Compression::Gzip,
             hints: BufferingHints { size_bytes, interval: Duration::from_secs(interval_s) },
             keys: ObjectKeys::new(Some("p/"), None, "s", chrono_tz::Tz::UTC).unwrap_or_else(|e| panic!("{e}")),
             retry: RetryPolicy::default(),
@@ -482,7 +437,7 @@ mod tests {
 
     #[test]
     fn seals_by_size_before_compression() {
-        let mut b = ObjectBatcher::new(settings(Format::Ndjson, 10, 300));
+        let mut b = ObjectBatcher::new(settings(format::ndjson(Compression::Gzip), 10, 300));
         let mut sealed = Vec::new();
         let now = Instant::now();
         b.append(&batch(1, &["aaaa", "bbbb", "cccc", "dddd"]), 3, now, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
@@ -496,7 +451,7 @@ mod tests {
 
     #[test]
     fn seals_by_age_and_at_end_and_keeps_the_oldest_epoch_and_arrival() {
-        let mut b = ObjectBatcher::new(settings(Format::Ndjson, 1 << 20, 60));
+        let mut b = ObjectBatcher::new(settings(format::ndjson(Compression::Gzip), 1 << 20, 60));
         let mut sealed = Vec::new();
         let t0 = Instant::now();
         b.append(&batch(2_000, &["x"]), 5, t0, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
@@ -518,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_record_that_cannot_be_encoded_goes_alone_to_the_error_output() {
-        let mut b = ObjectBatcher::new(settings(Format::Csv { columns: vec!["a".into()] }, 1 << 20, 60));
+        let mut b = ObjectBatcher::new(settings(format::csv(vec!["a".into()], Compression::Gzip), 1 << 20, 60));
         let mut sealed = Vec::new();
         b.append(&batch(7, &[r#"{"a":1}"#, "oops", r#"{"a":2}"#]), 1, Instant::now(), &mut sealed)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -526,7 +481,7 @@ mod tests {
         assert_eq!(sealed.len(), 2);
         assert_eq!(lines(&sealed[0]), ["a", "1", "2"]);
         assert!(sealed[0].payload.key.ends_with(".csv.gz"));
-        assert_eq!(sealed[1].kind, ObjectKind::ErrorOutput { output_type: "format-conversion-failed" });
+        assert_eq!(sealed[1].kind, ObjectKind::ErrorOutput { output_type: ErrorOutputType::FormatConversionFailed });
         assert!(sealed[1].payload.key.starts_with("p/format-conversion-failed/1970/01/01/00/"));
         let doc: serde_json::Value = serde_json::from_str(&lines(&sealed[1])[0]).unwrap_or_default();
         assert_eq!(doc["rawData"], "b29wcw==");

@@ -1,5 +1,5 @@
 //! The error output's documents: one Firehose-style JSON object per failed record
-//! (FIREHOSE.md §6 and §7), written newline-delimited under the sink's `error_prefix`.
+//! (docs/firehose.md: error output), written newline-delimited under the sink's `error_prefix`.
 //!
 //! Guarantees: `rawData` is the record's exact bytes in base64, so nothing of a failed record is
 //! lost; `arrivalTimestamp` and `attemptEndingTimestamp` are epoch milliseconds. A record that
@@ -10,23 +10,29 @@
 use base64::Engine;
 use serde::Serialize;
 
-/// The `!{firehose:error-output-type}` values sluice produces.
-pub mod output_type {
-    /// A record that could not be converted to the sink's format (Firehose's name).
-    pub const FORMAT_CONVERSION_FAILED: &str = "format-conversion-failed";
-    /// Every source record, kept with `backup = "all"` (Firehose's `S3BackupMode` all-data).
-    pub const SOURCE_RECORD_BACKUP: &str = "source-record-backup";
+use crate::destination::DestinationKind;
 
-    /// Records a destination of Firehose kind `destination_kind` did not take before its retry
-    /// duration ran out or with a permanent error. Firehose documents `elasticsearch-failed` and
-    /// `splunk-failed`; the S3 and HTTP endpoint names are sluice's (Firehose has none for S3).
-    pub fn delivery_failed(destination_kind: &str) -> &'static str {
-        match destination_kind {
-            "S3" => "s3-failed",
-            "HttpEndpoint" => "http-endpoint-failed",
-            "AmazonOpenSearchService" | "Elasticsearch" => "elasticsearch-failed",
-            "Splunk" => "splunk-failed",
-            _ => "delivery-failed",
+/// The `!{firehose:error-output-type}` of an error-output object: why its records are there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorOutputType {
+    /// Records that could not be converted to the sink's format (`format-conversion-failed`,
+    /// Firehose's name).
+    FormatConversionFailed,
+    /// Every source record, kept with `backup = "all"` (`source-record-backup`; Firehose's
+    /// `S3BackupMode` all-data).
+    SourceRecordBackup,
+    /// Records a destination of this kind did not take before its retry duration ran out or with a
+    /// permanent error (`s3-failed`, `http-endpoint-failed`, `elasticsearch-failed`, …).
+    DeliveryFailed(DestinationKind),
+}
+
+impl ErrorOutputType {
+    /// The value of `!{firehose:error-output-type}` in object keys (and of the `reason` label).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorOutputType::FormatConversionFailed => "format-conversion-failed",
+            ErrorOutputType::SourceRecordBackup => "source-record-backup",
+            ErrorOutputType::DeliveryFailed(kind) => kind.failed_output_type(),
         }
     }
 }

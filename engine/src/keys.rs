@@ -487,7 +487,7 @@ impl ObjectKeys {
         // A default error prefix is made of the prefix: its problems are the prefix's.
         let error_field = if error_prefix.is_some() { "error_prefix" } else { "prefix" };
         keys.error_prefix
-            .check_storable(crate::error_output::output_type::FORMAT_CONVERSION_FAILED)
+            .check_storable(crate::error_output::ErrorOutputType::FormatConversionFailed.name())
             .map_err(|error| PrefixRuleError { field: error_field, error })?;
         // The longest a rendering can be: every field at its widest on a fixed date.
         let widest = Utc.with_ymd_and_hms(2099, 12, 31, 23, 59, 59).single().unwrap_or_default();

@@ -1,15 +1,19 @@
 //! sluice's engine: records, pipeline config (parse → resolve → plan), the timely dataflow and its
-//! operators, buffering, encoders and compression, object keys, retries, metrics, the traits
-//! connectors implement, and a testkit.
+//! operators, buffering, object formats and compression, object keys, retries, metrics, the
+//! connector contract, and (behind the `testkit` feature) the conformance testkit.
 //!
-//! Connectors (sources and sinks) live in `sluice-connectors`; they never batch, encode or compress.
+//! Connectors (sources and sinks) live in `sluice-connectors`; they never batch or compress, and a
+//! sink that needs its own request body provides its format through the contract.
 
 pub mod backup;
 pub mod buffer;
 pub mod columnar;
+pub mod compression;
 pub mod config;
-pub mod encode;
+pub mod contract;
+pub mod destination;
 pub mod error_output;
+pub mod format;
 pub mod keys;
 pub mod metrics;
 pub mod operators;
@@ -17,6 +21,6 @@ pub mod record;
 pub mod redact;
 pub mod retry;
 pub mod runtime;
+#[cfg(feature = "testkit")]
 pub mod testkit;
-pub mod traits;
 pub mod wal;

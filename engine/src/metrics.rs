@@ -215,8 +215,8 @@ pub struct PipelineMetrics {
 pub struct SinkLabel {
     /// The sink's name in the pipeline.
     pub name: String,
-    /// Its Firehose destination kind (`S3`, `HttpEndpoint`, …).
-    pub kind: &'static str,
+    /// Its Firehose destination kind.
+    pub kind: crate::destination::DestinationKind,
 }
 
 /// Metrics in the Prometheus text format, grouped by family (one `# TYPE` line each), so several
@@ -306,7 +306,7 @@ impl PipelineMetrics {
         }
         for (sink, label) in self.sinks.iter().zip(sinks) {
             let labels = format!("{stream_label},destination=\"{}\"", label_value(&label.name));
-            let family = |name: &str| format!("sluice_DeliveryTo{}_{name}", label.kind);
+            let family = |name: &str| format!("sluice_DeliveryTo{}_{name}", label.kind.metric_name());
             let attempts = sink.attempts.load(Relaxed);
             let success = if attempts == 0 { 1.0 } else { sink.stored.load(Relaxed) as f64 / attempts as f64 };
             let freshness = sink.pending.oldest().map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);

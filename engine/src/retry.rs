@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::traits::DeliveryError;
+use crate::contract::DeliveryError;
 
 /// How long and how fast to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

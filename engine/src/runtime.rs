@@ -13,12 +13,12 @@ use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::{Concatenate, Probe};
 
 use crate::config::Plan;
+use crate::contract::{PrepareContext, SharedListener, SourceContext, StopSignal};
 use crate::metrics::PipelineMetrics;
 use crate::operators::{BuildObjects, Deliver, DeliveryContext, InflightBudget, read_source};
-use crate::traits::{PrepareContext, SourceContext, StopSignal};
 
 /// How to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// Timely worker threads.
     pub workers: usize,
@@ -30,6 +30,19 @@ pub struct RunOptions {
     /// run ends with what was not delivered left undelivered: not checkpointed, so sources that
     /// keep their input (API logs, file checkpoints) hand it over again at the next start.
     pub stop_grace: Duration,
+    /// A listener the process shares among its pipelines (`sluice serve`), handed to every source.
+    pub shared: Option<Arc<dyn SharedListener>>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("workers", &self.workers)
+            .field("max_inflight_bytes", &self.max_inflight_bytes)
+            .field("stop_grace", &self.stop_grace)
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
 }
 
 impl RunOptions {
@@ -40,6 +53,7 @@ impl RunOptions {
             stop: StopSignal::default(),
             max_inflight_bytes: 256 << 20,
             stop_grace: plan.stop_timeout.unwrap_or_else(Self::default_stop_grace),
+            shared: None,
         }
     }
 
@@ -67,7 +81,7 @@ pub enum RunError {
         /// The sink.
         sink: String,
         /// Why.
-        error: crate::traits::DeliveryError,
+        error: crate::contract::DeliveryError,
     },
     /// A source could not start (e.g. its listener address is taken).
     #[error("source `{name}` cannot start: {error}")]
@@ -75,7 +89,7 @@ pub enum RunError {
         /// The source.
         name: String,
         /// Why.
-        error: crate::traits::SourceError,
+        error: crate::contract::SourceError,
     },
     /// Timely could not start or a worker failed.
     #[error("dataflow failed: {0}")]
@@ -99,8 +113,33 @@ pub struct RunReport {
 }
 
 /// Runs `plan` to completion, counting into `metrics` (built with
-/// `PipelineMetrics::new(plan.sources.len(), plan.sinks.len())`).
+/// `PipelineMetrics::new(plan.sources.len(), plan.sinks.len())`): [`prepare`], then
+/// [`PreparedRun::run`].
 pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> Result<RunReport, RunError> {
+    prepare(plan, options, metrics)?.run()
+}
+
+/// A run whose sinks and sources are prepared (folders made, listeners bound or registered with
+/// the shared one, logs recovered) and that has not read anything yet.
+pub struct PreparedRun {
+    started: Instant,
+    runtime: tokio::runtime::Runtime,
+    plan: Plan,
+    options: RunOptions,
+    metrics: Arc<PipelineMetrics>,
+    delivered: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for PreparedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedRun").field("pipeline", &self.plan.name).finish()
+    }
+}
+
+/// Prepares `plan`'s sinks, then its sources; nothing is read yet. A process that serves several
+/// pipelines through one listener prepares them all (each registers its streams) before it opens
+/// the listener, then runs them.
+pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> Result<PreparedRun, RunError> {
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -117,7 +156,7 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
         runtime: runtime.handle().clone(),
         stop: options.stop.clone(),
         metrics: Arc::clone(&metrics),
-        stream: Arc::new(plan.stream_info(crate::record::now_ms())),
+        shared: options.shared.clone(),
     };
     for source in &plan.sources {
         source
@@ -125,13 +164,36 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
             .prepare(&prepare)
             .map_err(|error| RunError::PrepareSource { name: source.name.clone(), error })?;
     }
+    Ok(PreparedRun { started, runtime, plan: plan.clone(), options: options.clone(), metrics, delivered })
+}
+
+impl PreparedRun {
+    /// The pipeline.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Runs the pipeline to completion.
+    pub fn run(self) -> Result<RunReport, RunError> {
+        let PreparedRun { started, runtime, plan, options, metrics, delivered } = self;
+        execute(started, runtime, plan, &options, metrics, delivered)
+    }
+}
+
+fn execute(
+    started: Instant,
+    runtime: tokio::runtime::Runtime,
+    plan: Plan,
+    options: &RunOptions,
+    metrics: Arc<PipelineMetrics>,
+    delivered: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<RunReport, RunError> {
     let context = DeliveryContext {
         runtime: runtime.handle().clone(),
         budget: InflightBudget::new(options.max_inflight_bytes),
         metrics: Arc::clone(&metrics),
     };
     let sources: Vec<_> = plan.sources.iter().map(|s| Arc::clone(&s.source)).collect();
-    let plan = plan.clone();
     let stop = options.stop.clone();
     let grace = options.stop_grace;
     let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -173,7 +235,7 @@ pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> 
                         &sink.name,
                         j,
                         Arc::clone(&sink.settings),
-                        sink.sink.supports_parts(),
+                        sink.sink.parts().is_some(),
                         Arc::clone(&context.metrics),
                     )
                     .deliver(&sink.name, j, Arc::clone(&sink.sink), Arc::clone(&sink.settings), &context)

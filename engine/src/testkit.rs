@@ -7,11 +7,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::compression::{Compression, decompress};
+use crate::config::Registry;
 use crate::config::{Diagnostics, Plan, load_str};
-use crate::encode::{Compression, decompress};
+use crate::contract::{Payload, Sink};
 use crate::metrics::PipelineMetrics;
 use crate::runtime::{RunOptions, RunReport, run};
-use crate::traits::{Payload, Registry, Sink};
 
 /// Resolves `toml` (named `pipeline.toml` in messages).
 pub fn plan_from_str(toml: &str, registry: &Registry) -> Result<Plan, Diagnostics> {

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use sluice_engine::config::{Durability, Retention};
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::{RecordBatch, now_ms};
-use sluice_engine::traits::{Durability, Retention};
 use sluice_engine::wal::{ENTRY_OVERHEAD, EntryAt, Position, Recovery, Wal, WalError};
 
 /// Segment size of an API source's log.

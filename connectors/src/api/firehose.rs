@@ -26,6 +26,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_engine::config::StreamInfo;
+use sluice_engine::contract::DestinationKind;
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::{RecordBatch, now_ms};
 
@@ -594,7 +595,7 @@ fn refusal(rejected: Rejected) -> ApiError {
 fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value {
     let hints = json!({"SizeInMBs": d.size_mb, "IntervalInSeconds": d.interval_s});
     match d.kind {
-        "S3" => {
+        DestinationKind::S3 => {
             // An S3 bucket's ARN; other object stores report their URL.
             let bucket_arn = match d.location.strip_prefix("s3://") {
                 Some(rest) => format!("arn:aws:s3:::{}", rest.split('/').next().unwrap_or(rest)),
@@ -613,11 +614,20 @@ fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value 
                 "DataFormatConversionConfiguration": {"Enabled": d.format_conversion},
             }})
         }
-        _ => json!({"HttpEndpointDestinationDescription": {
-            "EndpointConfiguration": {"Url": d.location, "Name": d.sink},
-            "BufferingHints": hints,
-            "S3BackupMode": "FailedDataOnly",
-        }}),
+        // An endpoint that sluice delivers to over HTTP: its URL, as Firehose shows an HTTP
+        // endpoint (the kinds that have their own shape in Firehose add it here).
+        kind => {
+            let mut description = serde_json::Map::new();
+            description.insert(
+                kind.description_key().to_string(),
+                json!({
+                    "EndpointConfiguration": {"Url": d.location, "Name": d.sink},
+                    "BufferingHints": hints,
+                    "S3BackupMode": "FailedDataOnly",
+                }),
+            );
+            Value::Object(description)
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use axum_server::accept::{Accept, DefaultAcceptor};
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use sluice_engine::config::{Diagnostic, Section};
-use sluice_engine::traits::{SourceError, StopSignal};
+use sluice_engine::contract::{SourceError, StopSignal};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 

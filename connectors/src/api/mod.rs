@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use sluice_engine::config::{Durability, Retention};
+use sluice_engine::contract::{OnStop, ReadStatus, SourceError, SourceReader};
 use sluice_engine::record::RecordBatch;
-use sluice_engine::traits::{Durability, OnStop, ReadStatus, Retention, SourceError, SourceReader};
 
 pub use listener::{ListenerLimits, bind, serve};
 use queue::{IngestQueue, Popped};

@@ -881,8 +881,10 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
                             // every record.
                             let out = config.with_file_name("out.gz");
                             let gz = std::fs::read(&out)?;
-                            let text =
-                                sluice_engine::encode::decompress(sluice_engine::encode::Compression::Gzip, &gz)?;
+                            let text = sluice_engine::compression::decompress(
+                                sluice_engine::compression::Compression::Gzip,
+                                &gz,
+                            )?;
                             let lines = memchr::memchr_iter(b'\n', &text).count() as u64;
                             if lines == expected {
                                 Ok(measured)

@@ -16,17 +16,15 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_connectors::api::admin::{self, MonitoredPipeline};
-use sluice_connectors::api::firehose::FirehoseApi;
-use sluice_connectors::api::sigv4::AccessKeys;
 use sluice_connectors::api::{ListenerLimits, TlsFiles};
 use sluice_connectors::measure::{self, MeasuredCommand};
 use sluice_connectors::registry;
-use sluice_connectors::sources::firehose::{FirehoseSource, router as firehose_router};
+use sluice_connectors::sources::firehose::{SharedFirehose, router as firehose_router};
 use sluice_connectors::synth::{Profile, write_ndjson};
 use sluice_engine::config::{Plan, load_file};
+use sluice_engine::contract::{SharedListener, StopSignal};
 use sluice_engine::metrics::{PipelineMetrics, SinkLabel, peak_rss_bytes};
-use sluice_engine::runtime::{RunError, RunOptions, RunReport, run};
-use sluice_engine::traits::StopSignal;
+use sluice_engine::runtime::{RunOptions, RunReport, run};
 
 // With `--features mimalloc` (musl/static builds); the system allocator otherwise (README: Performance).
 #[cfg(feature = "mimalloc")]
@@ -360,7 +358,7 @@ fn monitored(plan: &Plan, metrics: &Arc<PipelineMetrics>) -> MonitoredPipeline {
     MonitoredPipeline {
         stream: plan.name.clone(),
         metrics: Arc::clone(metrics),
-        sinks: plan.sinks.iter().map(|s| SinkLabel { name: s.name.clone(), kind: s.sink.destination_kind() }).collect(),
+        sinks: plan.sinks.iter().map(|s| SinkLabel { name: s.name.clone(), kind: s.sink.destination() }).collect(),
     }
 }
 
@@ -434,46 +432,35 @@ fn serve_command(
             Err(diagnostics) => eprintln!("{diagnostics}\nsluice serve: skipping {}\n", file.display()),
         }
     }
-    let now = sluice_engine::record::now_ms();
-    let stop = StopSignal::default();
-    let mut endpoints = Vec::new();
-    let mut keys = AccessKeys::default();
-    let mut pipelines: Vec<(Plan, Arc<PipelineMetrics>)> = Vec::new();
-    for plan in plans {
-        let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
-        let mut mine = Vec::new();
-        let mut problem = None;
-        for source in &plan.sources {
-            let any: &dyn std::any::Any = &*source.source;
-            if let Some(firehose) = any.downcast_ref::<FirehoseSource>() {
-                firehose.share();
-                match firehose.endpoint(Arc::new(plan.stream_info(now)), Arc::clone(&metrics)) {
-                    Ok(endpoint) => mine.push(endpoint),
-                    Err(e) => problem = Some(format!("source `{}` cannot start: {e}", source.name)),
-                }
-            }
-        }
-        let mut merged = keys.clone();
-        for endpoint in &mine {
-            if let Err(id) = merged.merge(&endpoint.keys) {
-                problem = Some(format!("access key `{id}` has another secret in another pipeline"));
-            }
-        }
-        match problem {
-            Some(why) => eprintln!("sluice serve: skipping pipeline {}: {why}", plan.name),
-            None => {
-                keys = merged;
-                endpoints.extend(mine);
-                pipelines.push((plan, metrics));
-            }
-        }
-    }
-    if pipelines.is_empty() {
+    if plans.is_empty() {
         eprintln!("error: no stream pipeline in {} can be served", dir.display());
         return Ok(ExitCode::from(1));
     }
-    if endpoints.iter().any(|e| e.keys.is_empty()) && !keys.is_empty() {
-        tracing::warn!("some streams have access keys and some do not: every request must now be signed");
+    let stop = StopSignal::default();
+    // The address is taken before anything starts; connections wait until every pipeline is
+    // prepared and its stream registered with the shared listener.
+    let listener = sluice_connectors::api::bind(listen)?;
+    let shared = Arc::new(SharedFirehose::default());
+    let per_pipeline = (sluice_engine::runtime::default_workers() / plans.len().max(1)).max(1);
+    let mut prepared = Vec::new();
+    for plan in plans {
+        let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+        let mut options = RunOptions::for_plan(&plan);
+        options.workers = workers.or(plan.workers).unwrap_or(per_pipeline).max(1);
+        options.stop = stop.clone();
+        options.shared = Some(Arc::clone(&shared) as Arc<dyn SharedListener>);
+        // One that cannot start is left out like a bad file: the others are served.
+        match sluice_engine::runtime::prepare(&plan, &options, Arc::clone(&metrics)) {
+            Ok(run) => prepared.push((run, metrics)),
+            Err(e) => {
+                shared.withdraw(&plan.name);
+                eprintln!("sluice serve: pipeline {} could not start: {e}", plan.name);
+            }
+        }
+    }
+    if prepared.is_empty() {
+        eprintln!("error: no stream pipeline in {} can be served", dir.display());
+        return Ok(ExitCode::from(1));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -481,16 +468,13 @@ fn serve_command(
         .enable_all()
         .build()
         .context("cannot start the API runtime")?;
-    if !endpoints.is_empty() {
-        let names: Vec<String> = endpoints.iter().map(|e| e.info.name.clone()).collect();
+    if let Some((api, queues)) = shared.api(region, limits) {
+        let names: Vec<String> = api.streams().map(|e| e.info.name.clone()).collect();
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let queues = endpoints.iter().map(|e| Arc::clone(&e.queue)).collect();
-        let api = Arc::new(FirehoseApi::new(endpoints, keys, region, limits));
-        let listener = sluice_connectors::api::bind(listen)?;
         sluice_connectors::api::serve(
             runtime.handle(),
             listener,
-            firehose_router(api),
+            firehose_router(Arc::new(api)),
             tls,
             limits,
             stop.clone(),
@@ -499,29 +483,25 @@ fn serve_command(
         eprintln!("sluice serve: Firehose API on {scheme}://{listen} for {}", names.join(", "));
     }
     if let Some(address) = admin {
-        start_admin(address, pipelines.iter().map(|(p, m)| monitored(p, m)).collect())?;
+        start_admin(address, prepared.iter().map(|(run, m)| monitored(run.plan(), m)).collect())?;
         eprintln!("sluice serve: metrics on http://{address}/metrics");
     }
     stop_on_signals(stop.clone(), RunOptions::default_stop_grace());
-    for (plan, _) in &pipelines {
-        announce(plan);
+    for (run, _) in &prepared {
+        announce(run.plan());
     }
-    let per_pipeline = (sluice_engine::runtime::default_workers() / pipelines.len()).max(1);
-    let runs: Vec<_> = pipelines
+    let runs: Vec<_> = prepared
         .into_iter()
-        .map(|(plan, metrics)| {
-            let mut options = RunOptions::for_plan(&plan);
-            options.workers = workers.or(plan.workers).unwrap_or(per_pipeline).max(1);
-            options.stop = stop.clone();
+        .map(|(run, metrics)| {
             std::thread::spawn(move || {
-                let result = run(&plan, &options, Arc::clone(&metrics));
+                let plan = run.plan().clone();
+                let result = run.run();
                 (plan, metrics, result)
             })
         })
         .collect();
     let mut code = ExitCode::SUCCESS;
     let mut worst = 0;
-    let mut started = runs.len();
     for handle in runs {
         let Ok((plan, metrics, result)) = handle.join() else {
             worst = 1;
@@ -542,11 +522,6 @@ fn serve_command(
                     code = c;
                 }
             }
-            // One that could not start is left out like a bad file: the others were served.
-            Err(e @ (RunError::Prepare { .. } | RunError::PrepareSource { .. })) => {
-                eprintln!("sluice serve: pipeline {} could not start: {e}", plan.name);
-                started -= 1;
-            }
             Err(e) => {
                 eprintln!("error: pipeline {}: {e}", plan.name);
                 worst = 2;
@@ -555,10 +530,6 @@ fn serve_command(
         }
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
-    if started == 0 {
-        eprintln!("error: no pipeline in {} could be served", dir.display());
-        return Ok(ExitCode::from(1));
-    }
     Ok(code)
 }
 

@@ -1,5 +1,5 @@
 //! `type = "http_endpoint"`: delivers to an HTTP endpoint with Firehose's HTTP endpoint protocol 1.0
-//! (FIREHOSE.md §7), the one Datadog, New Relic, Sumo Logic, Coralogix, Elastic and other partners
+//! (docs/firehose.md: HTTP endpoint delivery), the one Datadog, New Relic, Sumo Logic, Coralogix, Elastic and other partners
 //! take, and what a custom receiver written for Firehose expects.
 //!
 //! ```toml
@@ -17,9 +17,10 @@
 //! backup_store = { url = "s3://bucket/backup", options = { region = "eu-west-1" } }
 //! ```
 //!
-//! Each request is `{"records":[{"data":"<base64>"},…],"requestId":"<uuid>","timestamp":<ms>}` with
-//! the protocol's headers; only 200 with a JSON body whose `requestId` matches is success. Failures
-//! are classified as FIREHOSE.md gives them (`HttpEndpoint.RequestTimeout`, `.ConnectionFailed`,
+//! Each request is `{"records":[{"data":"<base64>"},…],"requestId":"<uuid>","timestamp":<ms>}` (at
+//! most 10,000 records; [`FirehoseRequest`], this sink's wire format) with the protocol's headers;
+//! only 200 with a JSON body whose `requestId` matches is success. Failures
+//! are classified as docs/firehose.md gives them (`HttpEndpoint.RequestTimeout`, `.ConnectionFailed`,
 //! `.ConnectionReset`, `.ResponseTooLarge`, `.InvalidResponseFromDestination`,
 //! `.DestinationException`); only 413 is permanent, every other status is retried (Firehose
 //! retries 4xx too). What is not delivered goes to the error output in `backup_store` (required,
@@ -32,15 +33,92 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::Deserialize;
-use sluice_engine::config::Diagnostic;
-use sluice_engine::encode::{Compression, Format};
-use sluice_engine::traits::{ConnectorConfig, DeliveryError, Payload, Sink};
+use sluice_engine::compression::Compression;
+use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, Sink};
+use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 
 use crate::api::firehose::{ACCOUNT, stream_arn};
 use crate::sinks::object_store::ObjectStoreSink;
 
 /// A response body larger than this is an error (`HttpEndpoint.ResponseTooLarge`).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// Most records in one request (Firehose's HTTP endpoint protocol).
+const MAX_REQUEST_RECORDS: u64 = 10_000;
+/// Largest request body before compression: Firehose's HTTP endpoint buffer range ends at 64 MB.
+const MAX_REQUEST_BYTES: u64 = 64 << 20;
+
+/// The body of a Firehose HTTP endpoint request, as a record codec: the engine streams records
+/// into it (compressed when `content_encoding = "gzip"`), names each request with a fresh id, and
+/// splits a refused request back into its records for the backup.
+#[derive(Debug, Clone, Copy)]
+pub struct FirehoseRequest;
+
+impl RecordCodec for FirehoseRequest {
+    fn describe(&self) -> String {
+        "firehose-http-request".into()
+    }
+
+    fn content_type(&self) -> &'static str {
+        "application/json"
+    }
+
+    fn header(&self) -> Vec<u8> {
+        b"{\"records\":[".to_vec()
+    }
+
+    fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        use base64::Engine;
+        out.extend_from_slice(b"{\"data\":\"");
+        let start = out.len();
+        out.resize(start + base64::encoded_len(record.len(), true).unwrap_or(0), 0);
+        // The slice has exactly the encoded length, so this cannot fail.
+        let _ = base64::engine::general_purpose::STANDARD.encode_slice(record, &mut out[start..]);
+        out.extend_from_slice(b"\"}");
+        Ok(())
+    }
+
+    fn separator(&self) -> &'static [u8] {
+        b","
+    }
+
+    /// Closes the record array and adds the request id (the object's key) and the time it was sealed.
+    fn trailer(&self, request_id: &str) -> Vec<u8> {
+        format!("],\"requestId\":\"{request_id}\",\"timestamp\":{}}}", sluice_engine::record::now_ms()).into_bytes()
+    }
+
+    fn max_records(&self) -> u64 {
+        MAX_REQUEST_RECORDS
+    }
+
+    fn max_object_bytes(&self) -> Option<u64> {
+        Some(MAX_REQUEST_BYTES)
+    }
+
+    /// A request is named by a fresh id, sent again unchanged on every retry.
+    fn object_key(&self) -> Option<String> {
+        Some(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The records of a request body, base64-decoded.
+    fn records_of(&self, body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        use base64::Engine;
+        #[derive(Deserialize)]
+        struct Request {
+            records: Vec<Record>,
+        }
+        #[derive(Deserialize)]
+        struct Record {
+            data: String,
+        }
+        let request: Request = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        request
+            .records
+            .iter()
+            .map(|r| base64::engine::general_purpose::STANDARD.decode(&r.data).map_err(|e| e.to_string()))
+            .collect()
+    }
+}
 
 /// The sink's own keys.
 #[derive(Debug, Deserialize)]
@@ -76,7 +154,8 @@ pub struct HttpEndpointSink {
     url: reqwest::Url,
     name: Option<String>,
     access_key: Option<String>,
-    compression: Compression,
+    /// Request bodies, compressed with `content_encoding`.
+    wire: Arc<dyn ObjectFormat>,
     /// `{"commonAttributes":{…}}`, when any are set.
     common_attributes: Option<String>,
     source_arn: String,
@@ -145,7 +224,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         url,
         name: c.name,
         access_key: c.access_key,
-        compression,
+        wire: Arc::new(TextFormat::new(FirehoseRequest, compression)),
         common_attributes,
         source_arn: stream_arn(&region, ACCOUNT, &pipeline),
         client,
@@ -232,16 +311,16 @@ impl Sink for HttpEndpointSink {
         sluice_engine::redact::url(self.url.as_str())
     }
 
-    fn destination_kind(&self) -> &'static str {
-        "HttpEndpoint"
+    fn destination(&self) -> DestinationKind {
+        DestinationKind::HttpEndpoint
     }
 
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         self.backup.prepare()
     }
 
-    fn request_format(&self) -> Option<(Format, Compression)> {
-        Some((Format::FirehoseHttp, self.compression))
+    fn wire_format(&self) -> Option<Arc<dyn ObjectFormat>> {
+        Some(Arc::clone(&self.wire))
     }
 
     fn error_output(&self) -> Option<Arc<dyn Sink>> {
@@ -265,7 +344,7 @@ impl Sink for HttpEndpointSink {
         if let Some(attributes) = &self.common_attributes {
             request = request.header("X-Amz-Firehose-Common-Attributes", attributes.as_str());
         }
-        if let Some(encoding) = self.compression.content_encoding() {
+        if let Some(encoding) = payload.content_encoding {
             request = request.header(reqwest::header::CONTENT_ENCODING, encoding);
         }
         Box::pin(HttpEndpointSink::send(request, payload.key))

@@ -31,8 +31,8 @@ use object_store::{
     PutPayload, RetryConfig,
 };
 use serde::Deserialize;
-use sluice_engine::config::Diagnostic;
-use sluice_engine::traits::{ConnectorConfig, DeliveryError, PartUpload, Payload, Sink, UploadStart};
+use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::contract::{DeliveryError, DestinationKind, PartSink, PartUpload, Payload, Sink, UploadStart};
 
 use super::staged_files::StagedFiles;
 use super::upload_journal::UploadJournal;
@@ -456,9 +456,55 @@ fn classify(code_prefix: &str, e: object_store::Error) -> DeliveryError {
     }
 }
 
+/// Every store takes an object in parts: multipart uploads (S3, GCS, Azure), or a staged file.
+impl PartSink for ObjectStoreSink {
+    fn start_upload(
+        &self,
+        key: &str,
+        content_type: &'static str,
+        content_encoding: Option<&'static str>,
+    ) -> UploadStart {
+        let store = Arc::clone(&self.store);
+        let parts = self.parts.clone();
+        let location = self.location(key);
+        let code_prefix = self.code_prefix;
+        let attributes = self.attributes(content_type, content_encoding);
+        let local = self.local.clone().map(|local| (local, key.to_string()));
+        let journal = self.journal.clone();
+        Box::pin(async move {
+            let path = location?;
+            if let Some((local, key)) = local {
+                return local.start(&key);
+            }
+            let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
+            if let Some(parts) = parts {
+                let id = match parts.create_multipart_opts(&path, options).await {
+                    // A store that cannot take attributes on multipart uploads still takes the bytes.
+                    Err(object_store::Error::NotSupported { .. }) => parts.create_multipart(&path).await,
+                    other => other,
+                }
+                .map_err(|e| classify(code_prefix, e))?;
+                if let Some(journal) = journal.clone() {
+                    let (id, object) = (id.clone(), path.to_string());
+                    let recorded = tokio::task::spawn_blocking(move || journal.started(&id, &object)).await;
+                    if let Ok(Err(e)) | Err(e) = recorded.map_err(std::io::Error::other) {
+                        tracing::warn!(object = %path, error = %e, "cannot record an upload in the journal; a crash would leave it open");
+                    }
+                }
+                let upload = NumberedUpload { store: parts, path, id, done: Arc::default(), code_prefix, journal };
+                return Ok(Box::new(upload) as Box<dyn PartUpload>);
+            }
+            let upload = store.put_multipart_opts(&path, options).await.map_err(|e| classify(code_prefix, e))?;
+            let upload =
+                OrderedUpload { upload: Arc::new(tokio::sync::Mutex::new(upload)), sent: Mutex::new(0), code_prefix };
+            Ok(Box::new(upload) as Box<dyn PartUpload>)
+        })
+    }
+}
+
 impl Sink for ObjectStoreSink {
-    fn destination_kind(&self) -> &'static str {
-        "S3"
+    fn destination(&self) -> DestinationKind {
+        DestinationKind::S3
     }
 
     fn describe(&self) -> String {
@@ -537,51 +583,8 @@ impl Sink for ObjectStoreSink {
         })
     }
 
-    fn supports_parts(&self) -> bool {
-        true
-    }
-
-    fn start_upload(
-        &self,
-        key: &str,
-        content_type: &'static str,
-        content_encoding: Option<&'static str>,
-    ) -> UploadStart {
-        let store = Arc::clone(&self.store);
-        let parts = self.parts.clone();
-        let location = self.location(key);
-        let code_prefix = self.code_prefix;
-        let attributes = self.attributes(content_type, content_encoding);
-        let local = self.local.clone().map(|local| (local, key.to_string()));
-        let journal = self.journal.clone();
-        Box::pin(async move {
-            let path = location?;
-            if let Some((local, key)) = local {
-                return local.start(&key);
-            }
-            let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
-            if let Some(parts) = parts {
-                let id = match parts.create_multipart_opts(&path, options).await {
-                    // A store that cannot take attributes on multipart uploads still takes the bytes.
-                    Err(object_store::Error::NotSupported { .. }) => parts.create_multipart(&path).await,
-                    other => other,
-                }
-                .map_err(|e| classify(code_prefix, e))?;
-                if let Some(journal) = journal.clone() {
-                    let (id, object) = (id.clone(), path.to_string());
-                    let recorded = tokio::task::spawn_blocking(move || journal.started(&id, &object)).await;
-                    if let Ok(Err(e)) | Err(e) = recorded.map_err(std::io::Error::other) {
-                        tracing::warn!(object = %path, error = %e, "cannot record an upload in the journal; a crash would leave it open");
-                    }
-                }
-                let upload = NumberedUpload { store: parts, path, id, done: Arc::default(), code_prefix, journal };
-                return Ok(Box::new(upload) as Box<dyn PartUpload>);
-            }
-            let upload = store.put_multipart_opts(&path, options).await.map_err(|e| classify(code_prefix, e))?;
-            let upload =
-                OrderedUpload { upload: Arc::new(tokio::sync::Mutex::new(upload)), sent: Mutex::new(0), code_prefix };
-            Ok(Box::new(upload) as Box<dyn PartUpload>)
-        })
+    fn parts(&self) -> Option<&dyn PartSink> {
+        Some(self)
     }
 
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use sluice_engine::traits::{DeliveryError, PartUpload};
+use sluice_engine::contract::{DeliveryError, PartUpload};
 
 /// Where a sink's objects go on the local file system, and where they are staged.
 #[derive(Debug, Clone)]

@@ -15,14 +15,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
-use sluice_engine::config::Diagnostic;
+use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::contract::{PrepareContext, ReadStatus, Source, SourceContext, SourceError, SourceReader};
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::RecordBatch;
-use sluice_engine::traits::{
-    ConnectorConfig, PrepareContext, ReadStatus, Source, SourceContext, SourceError, SourceReader,
-};
 
-use super::file_checkpoint::{self, FileCheckpoints, Saved};
+use super::file_checkpoint::{FileCheckpoints, Saved};
 
 /// The file source's own keys.
 #[derive(Debug, Deserialize)]
@@ -305,7 +303,7 @@ impl SourceReader for FileReader {
                 let Some(unit) = self.units.next() else {
                     return Ok(ReadStatus::Finished);
                 };
-                let key = file_checkpoint::unit_key(&unit);
+                let key = unit_key(&unit);
                 let lines = match self.checkpoints.as_ref().and_then(|c| c.saved(&key)) {
                     Some(Saved::Done) => continue,
                     Some(Saved::Offset(offset)) => open_unit_at(&unit, offset),
@@ -477,6 +475,13 @@ impl<R: Read> LineReader<R> {
     }
 }
 
+/// The key a unit is saved under: its file, range and the file's size (a changed file starts over).
+fn unit_key(unit: &WorkUnit) -> String {
+    let size = std::fs::metadata(&unit.path).map_or(0, |m| m.len());
+    let end = unit.end.map_or("end".to_string(), |e| e.to_string());
+    format!("{}@{}-{end}#{size}", unit.path.display(), unit.start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,14 +536,10 @@ mod tests {
         let metrics = Arc::new(PipelineMetrics::new(1, 0));
         let ctx = PrepareContext {
             runtime: runtime.handle().clone(),
-            stop: sluice_engine::traits::StopSignal::default(),
+            stop: sluice_engine::contract::StopSignal::default(),
             metrics: Arc::clone(&metrics),
-            stream: Arc::new(sluice_engine::config::StreamInfo {
-                name: "t".into(),
-                created_ms: 0,
-                destinations: vec![],
-            }),
             delivered: Arc::default(),
+            shared: None,
         };
         source.prepare(&ctx).unwrap();
         let mut reader = source.open(&SourceContext { worker: 0, workers: 1 }).unwrap();

@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::file::WorkUnit;
-
 /// How often the checkpoint follows the delivered frontier.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
@@ -49,13 +47,6 @@ pub struct FileCheckpoints {
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The key a unit is saved under: its file, range and the file's size (a changed file starts over).
-pub fn unit_key(unit: &WorkUnit) -> String {
-    let size = std::fs::metadata(&unit.path).map_or(0, |m| m.len());
-    let end = unit.end.map_or("end".to_string(), |e| e.to_string());
-    format!("{}@{}-{end}#{size}", unit.path.display(), unit.start)
 }
 
 impl FileCheckpoints {

@@ -18,16 +18,17 @@
 //! ```
 //!
 //! A stream source: the run lasts until SIGINT/SIGTERM, then stops accepting, drains what it
-//! acknowledged, flushes and delivers. Under `sluice serve` the pipeline's stream is served by the
-//! shared listener instead of `listen`.
+//! acknowledged, flushes and delivers. Under `sluice serve` the run is handed a [`SharedFirehose`]:
+//! the source registers its stream there instead of binding `listen`, and the process serves every
+//! registered stream on one listener once all its pipelines are prepared.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
-use sluice_engine::config::Diagnostic;
-use sluice_engine::traits::{ConnectorConfig, PrepareContext, Source, SourceContext, SourceError, SourceReader};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, StreamDescription, StreamInfo};
+use sluice_engine::contract::{PrepareContext, SharedListener, Source, SourceContext, SourceError, SourceReader};
 
 use crate::api::firehose::MAX_REQUEST_BYTES;
 use crate::api::firehose::{FirehoseApi, StreamEndpoint};
@@ -76,6 +77,8 @@ struct FirehoseConfig {
 #[derive(Debug)]
 pub struct FirehoseSource {
     stream: String,
+    /// The pipeline as DescribeDeliveryStream shows it (set once the pipeline file is resolved).
+    description: StreamDescription,
     listen: SocketAddr,
     keys: AccessKeys,
     tls: Option<TlsFiles>,
@@ -116,6 +119,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnos
     };
     Ok(Arc::new(FirehoseSource {
         stream: config.pipeline,
+        description: config.stream,
         listen,
         keys: keys.unwrap_or_default(),
         tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
@@ -145,20 +149,79 @@ fn access_keys(keys: Vec<AccessKeyConfig>) -> Result<AccessKeys, String> {
 }
 
 impl FirehoseSource {
-    /// Marks the source as served by a shared listener (`sluice serve`): `prepare` then starts
-    /// nothing, and the caller serves [`Self::endpoint`].
-    pub fn share(&self) {
-        self.shared.store(true, Ordering::SeqCst);
+    /// The stream this source serves (opens the source's log).
+    fn endpoint(&self, metrics: Arc<sluice_engine::metrics::PipelineMetrics>) -> Result<StreamEndpoint, SourceError> {
+        let log = self.log.open(&self.queue, &metrics)?;
+        let info = Arc::new(self.description.get().cloned().unwrap_or_else(|| StreamInfo {
+            name: self.stream.clone(),
+            created_ms: sluice_engine::record::now_ms(),
+            destinations: Vec::new(),
+        }));
+        Ok(StreamEndpoint { info, queue: Arc::clone(&self.queue), log, metrics, keys: self.keys.clone() })
+    }
+}
+
+/// The Firehose listener `sluice serve` shares among its pipelines: each pipeline's firehose source
+/// registers its stream while the pipeline is prepared; once every pipeline is prepared the process
+/// builds one [`FirehoseApi`] of them ([`SharedFirehose::api`]) and serves it on one address.
+///
+/// Guarantees: an access key id is given one secret only (a stream whose key has another secret in
+/// an already registered stream is refused, and its pipeline does not start); a stream whose
+/// pipeline could not start is withdrawn before the API is built, so nothing is acknowledged that
+/// no run would deliver.
+#[derive(Debug, Default)]
+pub struct SharedFirehose {
+    streams: Mutex<Vec<StreamEndpoint>>,
+}
+
+impl SharedListener for SharedFirehose {
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+impl SharedFirehose {
+    /// The keys of every registered stream, or the id that has two secrets.
+    fn merged_keys<'a>(streams: impl Iterator<Item = &'a StreamEndpoint>) -> Result<AccessKeys, String> {
+        let mut keys = AccessKeys::default();
+        for stream in streams {
+            keys.merge(&stream.keys)?;
+        }
+        Ok(keys)
     }
 
-    /// The stream this source serves, for a shared listener (opens the source's log).
-    pub fn endpoint(
-        &self,
-        info: Arc<sluice_engine::config::StreamInfo>,
-        metrics: Arc<sluice_engine::metrics::PipelineMetrics>,
-    ) -> Result<StreamEndpoint, SourceError> {
-        let log = self.log.open(&self.queue, &metrics)?;
-        Ok(StreamEndpoint { info, queue: Arc::clone(&self.queue), log, metrics, keys: self.keys.clone() })
+    fn register(&self, endpoint: StreamEndpoint) -> Result<(), SourceError> {
+        let mut streams = self.streams.lock().map_err(|_| SourceError::Setup("the shared listener failed".into()))?;
+        if streams.iter().any(|s| s.info.name == endpoint.info.name) {
+            return Err(SourceError::Setup(format!("another pipeline already serves stream `{}`", endpoint.info.name)));
+        }
+        Self::merged_keys(streams.iter().chain([&endpoint]))
+            .map_err(|id| SourceError::Setup(format!("access key `{id}` has another secret in another pipeline")))?;
+        streams.push(endpoint);
+        Ok(())
+    }
+
+    /// Withdraws `stream` (its pipeline could not start).
+    pub fn withdraw(&self, stream: &str) {
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.retain(|s| s.info.name != stream);
+        }
+    }
+
+    /// The API serving every registered stream in `region` within `limits`, and each stream's
+    /// queue (closed when the listener shuts down); `None` when no stream registered.
+    pub fn api(&self, region: &str, limits: ListenerLimits) -> Option<(FirehoseApi, Vec<Arc<IngestQueue>>)> {
+        let streams = self.streams.lock().ok()?.clone();
+        if streams.is_empty() {
+            return None;
+        }
+        // Conflicts were refused at registration.
+        let keys = Self::merged_keys(streams.iter()).unwrap_or_default();
+        if !keys.is_empty() && streams.iter().any(|s| s.keys.is_empty()) {
+            tracing::warn!("some streams have access keys and some do not: every request must now be signed");
+        }
+        let queues = streams.iter().map(|s| Arc::clone(&s.queue)).collect();
+        Some((FirehoseApi::new(streams, keys, region, limits), queues))
     }
 }
 
@@ -186,10 +249,12 @@ impl Source for FirehoseSource {
         if let Some(log) = self.log.open(&self.queue, &ctx.metrics)? {
             log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
         }
-        if self.shared.load(Ordering::SeqCst) {
+        let endpoint = self.endpoint(Arc::clone(&ctx.metrics))?;
+        if let Some(shared) = ctx.shared.as_ref().and_then(|s| s.as_any().downcast_ref::<SharedFirehose>()) {
+            shared.register(endpoint)?;
+            self.shared.store(true, Ordering::SeqCst);
             return Ok(());
         }
-        let endpoint = self.endpoint(Arc::clone(&ctx.stream), Arc::clone(&ctx.metrics))?;
         let api = Arc::new(FirehoseApi::new(vec![endpoint], self.keys.clone(), &self.region, self.limits));
         let listener = bind(self.listen)?;
         let queues = vec![Arc::clone(&self.queue)];

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use sluice_engine::config::ConnectorConfig;
 use sluice_engine::config::Diagnostic;
+use sluice_engine::contract::{ReadStatus, Source, SourceContext, SourceError, SourceReader};
 use sluice_engine::record::RecordBatch;
-use sluice_engine::traits::{ConnectorConfig, ReadStatus, Source, SourceContext, SourceError, SourceReader};
 
 use crate::synth::{Profile, Synthesizer};
 

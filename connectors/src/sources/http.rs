@@ -37,10 +37,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
+use sluice_engine::config::ConnectorConfig;
 use sluice_engine::config::Diagnostic;
+use sluice_engine::contract::{PrepareContext, Source, SourceContext, SourceError, SourceReader};
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::{RecordBatch, now_ms};
-use sluice_engine::traits::{ConnectorConfig, PrepareContext, Source, SourceContext, SourceError, SourceReader};
 
 use super::firehose::parse_listen;
 use crate::api::firehose::MAX_RECORD_BYTES;

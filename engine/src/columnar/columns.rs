@@ -8,6 +8,7 @@
 //! no trace; [`Columns::take_arrays`] returns arrays of the schema's Arrow types, one per column, all
 //! of the same length.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::types::{
@@ -18,8 +19,84 @@ use arrow_array::{ArrayRef, BinaryArray, BooleanArray, ListArray, MapArray, Prim
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{ArrowError, Field};
 
-use super::convert::{Cell, Leaf};
 use super::schema::{ColumnType, TableSchema, map_entries_field, struct_fields};
+
+/// One converted value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// Null.
+    Null,
+    /// Boolean.
+    Bool(bool),
+    /// Any integer type.
+    Int(i64),
+    /// float or double.
+    Float(f64),
+    /// string, varchar, char.
+    Str(String),
+    /// binary.
+    Bytes(Vec<u8>),
+    /// decimal, unscaled.
+    Decimal(i128),
+    /// date: days since 1970-01-01.
+    Date(i32),
+    /// timestamp: microseconds since the epoch, UTC.
+    Micros(i64),
+    /// array.
+    List(Vec<Cell>),
+    /// struct, one cell per field.
+    Struct(Vec<Cell>),
+    /// map entries.
+    Map(Vec<(Cell, Cell)>),
+}
+
+/// A converted scalar value, borrowed from the record where it can be: what a column buffer
+/// stores, and the leaves of [`Cell`] trees.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Leaf<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(Cow<'a, str>),
+    Bytes(Cow<'a, [u8]>),
+    Decimal(i128),
+    Date(i32),
+    Micros(i64),
+}
+
+impl Leaf<'_> {
+    /// A leaf of a cell (nested cells read as null: callers pass scalar cells).
+    pub(crate) fn from_cell(cell: &Cell) -> Leaf<'_> {
+        match cell {
+            Cell::Bool(b) => Leaf::Bool(*b),
+            Cell::Int(i) => Leaf::Int(*i),
+            Cell::Float(f) => Leaf::Float(*f),
+            Cell::Str(s) => Leaf::Text(Cow::Borrowed(s)),
+            Cell::Bytes(b) => Leaf::Bytes(Cow::Borrowed(b)),
+            Cell::Decimal(d) => Leaf::Decimal(*d),
+            Cell::Date(d) => Leaf::Date(*d),
+            Cell::Micros(m) => Leaf::Micros(*m),
+            Cell::Null | Cell::List(_) | Cell::Struct(_) | Cell::Map(_) => Leaf::Null,
+        }
+    }
+}
+
+impl From<Leaf<'_>> for Cell {
+    fn from(leaf: Leaf<'_>) -> Cell {
+        match leaf {
+            Leaf::Null => Cell::Null,
+            Leaf::Bool(b) => Cell::Bool(b),
+            Leaf::Int(i) => Cell::Int(i),
+            Leaf::Float(f) => Cell::Float(f),
+            Leaf::Text(s) => Cell::Str(s.into_owned()),
+            Leaf::Bytes(b) => Cell::Bytes(b.into_owned()),
+            Leaf::Decimal(d) => Cell::Decimal(d),
+            Leaf::Date(d) => Cell::Date(d),
+            Leaf::Micros(m) => Cell::Micros(m),
+        }
+    }
+}
 
 /// One column's values.
 #[derive(Debug)]

@@ -11,8 +11,9 @@ pub mod writer;
 
 use std::sync::Arc;
 
+pub use columns::Cell;
 pub use columns::Columns;
-pub use convert::{Cell, ConversionError, JsonOptions, KeyMemo, RowConverter};
+pub use convert::{ConversionError, JsonOptions, KeyMemo, RowConverter};
 pub use schema::{Column, ColumnType, TableSchema, TimestampFormat};
 pub use writer::{ParquetObjectWriter, ParquetOptions, ParquetWriteError, SchemaSource};
 

@@ -37,7 +37,7 @@ pub struct ParquetOptions {
     /// `writer_version = "v2"` (default `v1`).
     pub v2: bool,
     /// Page compression: `snappy` (default), `zstd`, `gzip` or `none`.
-    pub compression: crate::encode::Compression,
+    pub compression: crate::compression::Compression,
 }
 
 impl Default for ParquetOptions {
@@ -47,14 +47,14 @@ impl Default for ParquetOptions {
             page_bytes: 1 << 20,
             dictionary: true,
             v2: false,
-            compression: crate::encode::Compression::Snappy,
+            compression: crate::compression::Compression::Snappy,
         }
     }
 }
 
 impl ParquetOptions {
     fn properties(&self) -> WriterProperties {
-        use crate::encode::Compression as C;
+        use crate::compression::Compression as C;
         let compression = match self.compression {
             C::None => ParquetCompression::UNCOMPRESSED,
             C::Snappy => ParquetCompression::SNAPPY,

@@ -18,7 +18,7 @@ use crate::columnar::{
     Column, ColumnType, JsonOptions, ParquetOptions, ParquetSpec, RowConverter, SchemaSource, TableSchema,
     TimestampFormat,
 };
-use crate::encode::Compression;
+use crate::compression::Compression;
 
 const COLUMN_KEYS: &[&str] = &["name", "type", "nullable", "json_key", "formats", "comment"];
 

@@ -38,7 +38,7 @@ pub fn parse_document(source: &'static str) -> Result<Section, Vec<Diagnostic>> 
         expand_env(value, &mut problems);
     }
     if problems.is_empty() {
-        Ok(Section { path: String::new(), span, engine_keys: &[], entries: table })
+        Ok(Section { path: String::new(), span, engine_keys: &[], asked: Vec::new(), entries: table })
     } else {
         Err(problems)
     }
@@ -125,8 +125,11 @@ pub struct Section {
     pub path: String,
     /// Where the table is in the source.
     pub span: Range<usize>,
-    /// Keys the engine already took from this table: also suggested for typos the connector rejects.
+    /// Keys the engine reads from this table whether or not they are present: also accepted keys
+    /// when the connector rejects one.
     pub engine_keys: &'static [&'static str],
+    /// Keys already asked for (by the engine or a connector's helper): accepted keys too.
+    asked: Vec<String>,
     entries: DeTable<'static>,
 }
 
@@ -159,6 +162,9 @@ impl Section {
 
     /// Takes `key` out of the table.
     pub fn take(&mut self, key: &str) -> Option<Value> {
+        if !self.asked.iter().any(|k| k == key) {
+            self.asked.push(key.to_string());
+        }
         self.entries.remove(key)
     }
 
@@ -168,7 +174,7 @@ impl Section {
         let span = value.span();
         let path = if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) };
         match value.into_inner() {
-            DeValue::Table(entries) => Some(Section { path, span, engine_keys: &[], entries }),
+            DeValue::Table(entries) => Some(Section { path, span, engine_keys: &[], asked: Vec::new(), entries }),
             other => {
                 problems.push(Diagnostic::new(
                     span,
@@ -346,39 +352,61 @@ impl Section {
     }
 
     /// Deserializes what is left of the table into a connector's own `deny_unknown_fields` struct;
-    /// a failure points at the key or value serde rejected.
+    /// a failure points at the key or value serde rejected. An unknown key is reported like the
+    /// engine's own ([`Section::deny_unknown`]): its hint lists every key the table accepts, the
+    /// engine's included.
     pub fn deserialize<T: DeserializeOwned>(self) -> Result<T, Diagnostic> {
         let whole = self.span.clone();
         let path = self.path.clone();
-        let engine_keys = self.engine_keys;
+        let asked: Vec<&str> = self.engine_keys.iter().copied().chain(self.asked.iter().map(String::as_str)).collect();
         let value: Value = Spanned::new(self.span, DeValue::Table(self.entries));
         T::deserialize(toml::de::ValueDeserializer::from(value)).map_err(|e| {
             let message = e.message().trim().to_string();
             let span = e.span().unwrap_or(whole);
-            let mut d = Diagnostic::new(span, format!("in `{path}`: {message}"));
-            if let Some(hint) = hint_for_serde_message(&message, engine_keys) {
-                d = d.with_hint(hint);
+            match explain_serde_message(&message, &asked) {
+                Some(SerdeProblem::UnknownKey { key, hint }) => {
+                    Diagnostic::new(span, format!("unknown key `{path}.{key}`")).with_hint(hint)
+                }
+                Some(SerdeProblem::Other { hint }) => {
+                    Diagnostic::new(span, format!("in `{path}`: {message}")).with_hint(hint)
+                }
+                None => Diagnostic::new(span, format!("in `{path}`: {message}")),
             }
-            d
         })
     }
 }
 
-/// serde says "unknown field `x`, expected one of `a`, `b`": turn that into a "did you mean".
-fn hint_for_serde_message(message: &str, engine_keys: &[&str]) -> Option<String> {
+/// What a serde message about a table means to the user.
+enum SerdeProblem {
+    /// `unknown field `x``: a key nobody reads.
+    UnknownKey { key: String, hint: String },
+    /// Another message with a hint (an unknown variant's "did you mean").
+    Other { hint: String },
+}
+
+/// serde says "unknown field `x`, expected one of `a`, `b`" (or "expected `a`", or "there are no
+/// fields"): name the key, and suggest from the connector's keys and the engine's.
+fn explain_serde_message(message: &str, engine_keys: &[&str]) -> Option<SerdeProblem> {
     let ticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
     let (unknown, expected) = ticked.split_first()?;
-    let candidates: Vec<&str> = if message.starts_with("unknown field") {
-        expected.iter().chain(engine_keys).copied().collect()
-    } else if message.starts_with("unknown variant") {
-        expected.to_vec()
-    } else {
-        return None;
-    };
-    match did_you_mean(unknown, candidates) {
-        Some(k) => Some(format!("did you mean `{k}`?")),
-        None => Some(format!("expected one of {}", join_ticked(expected))),
+    if message.starts_with("unknown field") {
+        let mut accepted: Vec<&str> = expected.iter().chain(engine_keys).copied().collect();
+        accepted.sort_unstable();
+        accepted.dedup();
+        let hint = match did_you_mean(unknown, accepted.iter().copied()) {
+            Some(k) => format!("did you mean `{k}`? accepted keys here: {}", join_ticked(&accepted)),
+            None => format!("accepted keys here: {}", join_ticked(&accepted)),
+        };
+        return Some(SerdeProblem::UnknownKey { key: (*unknown).to_string(), hint });
     }
+    if message.starts_with("unknown variant") {
+        let hint = match did_you_mean(unknown, expected.iter().copied()) {
+            Some(k) => format!("did you mean `{k}`?"),
+            None => format!("expected one of {}", join_ticked(expected)),
+        };
+        return Some(SerdeProblem::Other { hint });
+    }
+    None
 }
 
 /// `a`, `b`, `c`
@@ -405,7 +433,7 @@ impl Section {
     pub fn from_value(path: String, value: Value, problems: &mut Vec<Diagnostic>) -> Option<Section> {
         let span = value.span();
         match value.into_inner() {
-            DeValue::Table(entries) => Some(Section { path, span, engine_keys: &[], entries }),
+            DeValue::Table(entries) => Some(Section { path, span, engine_keys: &[], asked: Vec::new(), entries }),
             other => {
                 problems.push(
                     Diagnostic::new(span, format!("`{path}` must be a table, found {}", type_name(&other)))

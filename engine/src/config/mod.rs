@@ -7,15 +7,15 @@
 mod columnar;
 pub mod diagnostic;
 pub mod document;
+mod registry;
 mod resolve;
 
 use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use document::Section;
+pub use registry::{ConnectorConfig, Durability, Registry, Retention, SinkType, SourceType, StreamDescription};
 pub use resolve::{BackupMode, BufferingHints, DestinationInfo, Plan, SinkPlan, SinkSettings, SourcePlan, StreamInfo};
-
-use crate::traits::Registry;
 
 /// Reads and resolves a pipeline file.
 pub fn load_file(path: &Path, registry: &Registry) -> Result<Plan, Diagnostics> {

@@ -13,10 +13,12 @@ use toml::Spanned;
 use super::columnar::take_parquet_spec;
 use super::diagnostic::{Diagnostic, did_you_mean};
 use super::document::{Section, join_ticked};
-use crate::encode::{Compression, Format};
+use super::registry::{ConnectorConfig, Durability, Registry, Retention};
+use crate::compression::Compression;
+use crate::contract::{DestinationKind, Sink, Source};
+use crate::format::{self, ObjectFormat};
 use crate::keys::ObjectKeys;
 use crate::retry::RetryPolicy;
-use crate::traits::{ConnectorConfig, Durability, Registry, Retention, Sink, Source};
 
 /// Firehose `BufferingHints`: deliver at `size_bytes` (before compression) or `interval`, whichever
 /// comes first.
@@ -44,10 +46,9 @@ impl BufferingHints {
 /// Everything the engine needs to build a sink's objects.
 #[derive(Debug, Clone)]
 pub struct SinkSettings {
-    /// Object format.
-    pub format: Format,
-    /// Object compression.
-    pub compression: Compression,
+    /// Object format, compression included: the pipeline's `format` and `compression`, or the
+    /// sink's own wire format.
+    pub format: Arc<dyn ObjectFormat>,
     /// When to close an object.
     pub hints: BufferingHints,
     /// How objects are named.
@@ -82,17 +83,6 @@ impl BackupMode {
     }
 }
 
-impl SinkSettings {
-    /// Extension of the sink's data objects: `.parquet`, or the format's and the compression's.
-    pub fn data_extension(&self) -> String {
-        if self.format.is_columnar() {
-            self.format.extension().to_string()
-        } else {
-            format!("{}{}", self.format.extension(), self.compression.extension())
-        }
-    }
-}
-
 /// A pipeline as the Firehose API describes it (DescribeDeliveryStream).
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
@@ -109,8 +99,8 @@ pub struct StreamInfo {
 pub struct DestinationInfo {
     /// The sink's name.
     pub sink: String,
-    /// Its Firehose destination kind (`S3`, `HttpEndpoint`, …).
-    pub kind: &'static str,
+    /// Its Firehose destination kind.
+    pub kind: DestinationKind,
     /// Where it delivers (the sink's own description, e.g. its URL).
     pub location: String,
     /// Buffering size hint in MB.
@@ -174,31 +164,29 @@ pub struct Plan {
 impl Plan {
     /// The pipeline as a Firehose delivery stream, created at `created_ms`.
     pub fn stream_info(&self, created_ms: i64) -> StreamInfo {
-        use crate::encode::Compression as C;
         let destinations = self
             .sinks
             .iter()
             .map(|s| {
                 let settings = &s.settings;
                 let (prefix, error_prefix) = settings.keys.configured();
-                let compression_format = match settings.compression {
-                    _ if settings.format.is_columnar() => "UNCOMPRESSED",
-                    C::None => "UNCOMPRESSED",
-                    C::Gzip => "GZIP",
-                    C::Snappy => "Snappy",
-                    C::Zstd => "ZSTD",
-                };
+                let converts = settings.format.converts();
                 DestinationInfo {
                     sink: s.name.clone(),
-                    kind: s.sink.destination_kind(),
+                    kind: s.sink.destination(),
                     location: s.sink.location(),
                     size_mb: settings.hints.size_bytes >> 20,
                     interval_s: settings.hints.interval.as_secs(),
-                    compression_format,
-                    format_conversion: settings.format.is_columnar(),
+                    // A converted object compresses inside its file: Firehose says UNCOMPRESSED.
+                    compression_format: if converts {
+                        Compression::None.firehose_name()
+                    } else {
+                        settings.format.compression().firehose_name()
+                    },
+                    format_conversion: converts,
                     prefix: prefix.to_string(),
                     error_prefix: error_prefix.map(str::to_string),
-                    file_extension: settings.data_extension(),
+                    file_extension: settings.format.extension(),
                 }
             })
             .collect();
@@ -230,17 +218,8 @@ impl Plan {
                 s.sink.describe(),
                 inputs.join(", "),
                 "",
-                match &st.format {
-                    Format::Raw => "raw".to_string(),
-                    Format::Ndjson => "ndjson".to_string(),
-                    Format::FirehoseHttp => "firehose-http-request".to_string(),
-                    Format::Csv { columns } => format!("csv({})", columns.join(",")),
-                    Format::Parquet(spec) => match spec.declared_columns() {
-                        Some(n) => format!("parquet({n} columns)"),
-                        None => "parquet(schema inferred per object)".to_string(),
-                    },
-                },
-                st.compression.name(),
+                st.format.describe(),
+                st.format.compression().name(),
                 st.hints.size_bytes / (1024 * 1024),
                 st.hints.interval.as_secs(),
                 st.retry.duration.as_secs(),
@@ -255,8 +234,8 @@ impl Plan {
 }
 
 const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "sources", "sinks"];
-/// Largest request body a request sink may be given (Firehose's HTTP endpoint limit, before compression).
-const HTTP_REQUEST_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Keys of a source table that the engine reads.
+const SOURCE_ENGINE_KEYS: &[&str] = &["type"];
 
 /// Keys of a sink table that the engine reads (the rest belong to the connector).
 pub const SINK_ENGINE_KEYS: &[&str] = &[
@@ -360,6 +339,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
 
     // What every connector is told about its pipeline.
     let data_dir = resolve_data_dir(base_dir, data_dir.unwrap_or_else(|| PathBuf::from("data").join(&name)));
+    let stream = super::StreamDescription::default();
     let connector_config = |component: String, table: Section| ConnectorConfig {
         pipeline: name.clone(),
         data_dir: data_dir.clone(),
@@ -368,6 +348,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
         name: component,
         table,
         base_dir: base_dir.to_path_buf(),
+        stream: Arc::clone(&stream),
     };
 
     // [sources.*] Every declared source keeps its slot, valid or not, so that sinks naming an
@@ -382,6 +363,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                     let known = registry.sources.iter().map(|s| s.name).collect();
                     let type_name = take_type(&mut section, known, "source", &mut problems)?;
                     let source_type = registry.source(&type_name)?;
+                    section.engine_keys = SOURCE_ENGINE_KEYS;
                     let config = connector_config(source_name.clone(), section);
                     match (source_type.configure)(config) {
                         Ok(source) => Some(SourcePlan { name: source_name.clone(), type_name, source }),
@@ -423,34 +405,43 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
             let chosen_format = ["format", "compression"].iter().find_map(|k| section.key_span(k).map(|s| (*k, s)));
             let buffer_span = section.key_span("buffer").unwrap_or(section.span.clone());
             let settings = take_sink_settings(&mut section, &name, base_dir, &mut problems);
+            // The connector reads its keys whatever else is wrong, so every problem is reported at once.
+            let Some(sink_type) = type_name.as_deref().and_then(|t| registry.sink(t)) else { continue };
+            section.engine_keys = SINK_ENGINE_KEYS;
+            let sink = match (sink_type.configure)(connector_config(sink_name.clone(), section)) {
+                Ok(sink) => sink,
+                Err(d) => {
+                    problems.push(d);
+                    continue;
+                }
+            };
             let (Some(type_name), Some(inputs), Some(mut settings)) = (type_name, inputs, settings) else {
                 continue;
             };
-            let Some(sink_type) = registry.sink(&type_name) else { continue };
-            section.engine_keys = SINK_ENGINE_KEYS;
-            let config = connector_config(sink_name.clone(), section);
-            match (sink_type.configure)(config) {
-                Ok(sink) => {
-                    if let Some((format, compression)) = sink.request_format() {
-                        if let Some((key, span)) = chosen_format {
-                            problems.push(
-                                Diagnostic::new(span, format!("a sink of type `{type_name}` has no `{key}`"))
-                                    .with_hint("it sends Firehose's HTTP request JSON; `content_encoding = \"gzip\"` compresses the requests"),
-                            );
-                        }
-                        if settings.hints.size_bytes > HTTP_REQUEST_MAX_BYTES {
-                            problems.push(
-                                Diagnostic::new(buffer_span, "`buffer.size_mb` is at most 64 for a request sink")
-                                    .with_hint("Firehose's HTTP endpoint range is 1..=64 MB (a request body is at most 64 MiB)"),
-                            );
-                        }
-                        settings.format = format;
-                        settings.compression = compression;
-                    }
-                    sinks.push(SinkPlan { name: sink_name, type_name, inputs, settings: Arc::new(settings), sink })
+            if let Some(wire_format) = sink.wire_format() {
+                if let Some((key, span)) = chosen_format {
+                    problems.push(
+                        Diagnostic::new(span, format!("a sink of type `{type_name}` has no `{key}`"))
+                            .with_hint(format!(
+                                "its destination fixes the body ({}); where the sink can compress, it has its own key for it (e.g. `content_encoding`)",
+                                wire_format.describe()
+                            )),
+                    );
                 }
-                Err(d) => problems.push(d),
+                if let Some(max) = wire_format.max_object_bytes()
+                    && settings.hints.size_bytes > max
+                {
+                    problems.push(
+                        Diagnostic::new(
+                            buffer_span,
+                            format!("`buffer.size_mb` is at most {} for a sink of type `{type_name}`", max >> 20),
+                        )
+                        .with_hint(format!("its destination takes a body of at most {} MiB", max >> 20)),
+                    );
+                }
+                settings.format = wire_format;
             }
+            sinks.push(SinkPlan { name: sink_name, type_name, inputs, settings: Arc::new(settings), sink });
         }
     }
     if !sinks_declared {
@@ -470,7 +461,13 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
     }
     let sources: Vec<SourcePlan> = declared.into_iter().filter_map(|(_, _, plan)| plan).collect();
 
-    if problems.is_empty() { Ok(Plan { name, workers, stop_timeout, sources, sinks }) } else { Err(problems) }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let plan = Plan { name, workers, stop_timeout, sources, sinks };
+    // The stream is created when its pipeline is loaded.
+    let _ = stream.set(plan.stream_info(crate::record::now_ms()));
+    Ok(plan)
 }
 
 /// `data_dir` (default `data/<pipeline>`) resolved against the pipeline file's folder. Before, a
@@ -599,12 +596,18 @@ fn take_sink_settings(
     };
     let format_name = section.take_string("format", problems);
     let columns = section.take_string_list("columns", problems);
+    // Built once the compression is known; `None` is a problem already reported.
+    enum Chosen {
+        Text(fn(Compression) -> Arc<dyn ObjectFormat>),
+        Csv(Vec<String>),
+        Parquet(crate::columnar::ParquetSpec),
+    }
     let format = match format_name.as_ref().map(|f| f.get_ref().as_str()) {
-        None | Some("raw") => Some(Format::Raw),
-        Some("ndjson") => Some(Format::Ndjson),
+        None | Some("raw") => Some(Chosen::Text(format::raw)),
+        Some("ndjson") => Some(Chosen::Text(format::ndjson)),
         Some("csv") => match &columns {
             Some(c) if !c.get_ref().is_empty() => {
-                Some(Format::Csv { columns: c.get_ref().iter().map(|s| s.get_ref().clone()).collect() })
+                Some(Chosen::Csv(c.get_ref().iter().map(|s| s.get_ref().clone()).collect()))
             }
             _ => {
                 let span = format_name.as_ref().map(|f| f.span()).unwrap_or_default();
@@ -617,19 +620,19 @@ fn take_sink_settings(
         },
         Some("parquet") => {
             let span = format_name.as_ref().map(|f| f.span()).unwrap_or_default();
-            take_parquet_spec(section, compression, base_dir, span, problems).map(Format::Parquet)
+            take_parquet_spec(section, compression, base_dir, span, problems).map(Chosen::Parquet)
         }
         Some(other) => {
             let span = format_name.as_ref().map(|f| f.span()).unwrap_or_default();
             problems.push(
                 Diagnostic::new(span, format!("unknown format `{other}`"))
-                    .with_hint(format!("use one of {}", join_ticked(Format::NAMES))),
+                    .with_hint(format!("use one of {}", join_ticked(format::NAMES))),
             );
             None
         }
     };
     if let (Some(c), Some(f)) = (&columns, &format)
-        && !matches!(f, Format::Csv { .. })
+        && !matches!(f, Chosen::Csv(_))
     {
         problems.push(
             Diagnostic::new(c.span(), "`columns` applies only to format = \"csv\"")
@@ -759,12 +762,11 @@ fn take_sink_settings(
             None
         }),
     };
-    Some(SinkSettings {
-        format: format?,
-        compression: compression?,
-        hints: hints?,
-        keys: keys?,
-        retry: retry?,
-        backup: backup?,
-    })
+    let compression = compression?;
+    let format = match format? {
+        Chosen::Text(open) => open(compression),
+        Chosen::Csv(columns) => format::csv(columns, compression),
+        Chosen::Parquet(spec) => Arc::new(format::parquet::Parquet::new(spec)),
+    };
+    Some(SinkSettings { format, hints: hints?, keys: keys?, retry: retry?, backup: backup? })
 }

@@ -26,10 +26,10 @@ use timely::scheduling::SyncActivator;
 use crate::backup::{self, FailedObject};
 use crate::buffer::{ObjectKind, SealedObject, UploadStep};
 use crate::config::SinkSettings;
-use crate::error_output::output_type;
+use crate::contract::{DeliveryError, PartUpload, Payload, Sink};
+use crate::error_output::ErrorOutputType;
 use crate::metrics::PipelineMetrics;
 use crate::retry::{deliver_with_retries, until_stored, with_retries};
-use crate::traits::{DeliveryError, PartUpload, Payload, Sink};
 
 /// What came back for one object.
 #[derive(Debug, Clone)]
@@ -146,7 +146,7 @@ impl Target {
     /// Writes a failed object's records to the error output as error documents (`None`: they
     /// cannot be stored there either, and the run stops).
     async fn back_up(&self, failed: FailedObject) -> Option<Outcome> {
-        let output_type = output_type::delivery_failed(self.sink.destination_kind());
+        let output_type = ErrorOutputType::DeliveryFailed(self.sink.destination());
         // Decoding the object is CPU work: off the I/O threads' event loop.
         let payload = tokio::task::block_in_place(|| backup::error_payload(&self.settings, output_type, &failed));
         let key = payload.key.clone();
@@ -182,8 +182,19 @@ impl Session {
     ) {
         let target = &self.target;
         let retry = target.settings.retry;
-        let (attempts, started) =
-            with_retries(retry, || target.sink.start_upload(&self.key, self.content_type, self.content_encoding)).await;
+        // Sessions are only opened for a sink that offers parts (the runtime checks).
+        let (attempts, started) = match target.sink.parts() {
+            Some(parts) => {
+                with_retries(retry, || parts.start_upload(&self.key, self.content_type, self.content_encoding)).await
+            }
+            None => (
+                0,
+                Err(DeliveryError::Permanent {
+                    code: "InternalError".into(),
+                    message: "the sink takes no uploads in parts".into(),
+                }),
+            ),
+        };
         let upload: Result<Arc<dyn PartUpload>, DeliveryError> = started.map(Arc::from);
         let mut failure: Option<DeliveryError> = None;
         let mut uploads = Vec::new();
@@ -402,13 +413,13 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                             m.bytes_stored.fetch_add(done.body_bytes, Relaxed);
                             m.objects.fetch_add(1, Relaxed);
                         }
-                        (Ending::Stored, ObjectKind::ErrorOutput { output_type }) if output_type == output_type::SOURCE_RECORD_BACKUP => {
+                        (Ending::Stored, ObjectKind::ErrorOutput { output_type: ErrorOutputType::SourceRecordBackup }) => {
                             m.records_source_backup.fetch_add(done.records, Relaxed);
                         }
                         (Ending::Stored, ObjectKind::ErrorOutput { output_type }) => {
                             m.records_failed.fetch_add(done.records, Relaxed);
                             m.error_objects.fetch_add(1, Relaxed);
-                            m.count_reason(output_type, done.records);
+                            m.count_reason(output_type.name(), done.records);
                             note_error_key(&done.key);
                         }
                         (Ending::BackedUp { error, key }, _) => {

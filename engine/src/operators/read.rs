@@ -15,9 +15,9 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
 use super::{Epoch, InflightBudget};
+use crate::contract::{OnStop, ReadStatus, SourceReader, StopSignal};
 use crate::metrics::PipelineMetrics;
 use crate::record::{RecordBatch, now_ms};
-use crate::traits::{OnStop, ReadStatus, SourceReader, StopSignal};
 
 /// How often the epoch advances. Finer epochs do not make checkpoints follow deliveries sooner:
 /// each worker's objects span about `interval_s` of epochs, and the frontier waits for the slowest

@@ -1,0 +1,113 @@
+//! The connectors a build knows and what each is told when it is configured: a source or sink
+//! `type` maps to a `configure` function that gets its own keys (the engine's taken out) and what
+//! it must know of its pipeline.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use super::{Diagnostic, Section, StreamInfo};
+use crate::contract::{Sink, Source};
+
+/// When an API source acknowledges a request (`[pipeline] durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After the records are in the write-ahead log and fsynced (group commit: concurrent requests
+    /// share one fsync). Survives a power loss.
+    Fsync,
+    /// After the records are written to the log (no fsync). Survives a process crash, not a power
+    /// loss.
+    Buffered,
+    /// No log: after the records are queued in memory. A crash loses what was not delivered.
+    None,
+}
+
+impl Durability {
+    /// The config name's mode.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "fsync" => Some(Durability::Fsync),
+            "buffered" => Some(Durability::Buffered),
+            "none" => Some(Durability::None),
+            _ => None,
+        }
+    }
+}
+
+/// How much an API source's write-ahead log may hold (`[pipeline] retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Bytes on disk; past this, puts are throttled (`max_gb`, default 50).
+    pub max_bytes: u64,
+    /// Age of the oldest undelivered record kept; older ones leave the log, counted and logged
+    /// (`max_hours`, default 24, as Firehose keeps undelivered data).
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { max_bytes: 50 << 30, max_age: Duration::from_secs(24 * 3600) }
+    }
+}
+
+/// The pipeline as a delivery stream (what DescribeDeliveryStream shows), set once the whole file
+/// is resolved: a source that serves the Firehose API describes it, and at configure time the
+/// sinks are not known yet.
+pub type StreamDescription = Arc<OnceLock<StreamInfo>>;
+
+/// What a connector's `configure` gets: its own keys (engine-owned keys already taken out).
+#[derive(Debug)]
+pub struct ConnectorConfig {
+    /// The pipeline (delivery stream) name.
+    pub pipeline: String,
+    /// `[pipeline] data_dir`: where the pipeline keeps its state (logs, checkpoints).
+    pub data_dir: std::path::PathBuf,
+    /// `[pipeline] durability`.
+    pub durability: Durability,
+    /// `[pipeline] retention`.
+    pub retention: Retention,
+    /// The component's name, e.g. `logs` for `[sources.logs]`.
+    pub name: String,
+    /// Its remaining keys.
+    pub table: Section,
+    /// Folder of the pipeline file, for relative paths.
+    pub base_dir: std::path::PathBuf,
+    /// The pipeline as a delivery stream, set once the file is resolved.
+    pub stream: StreamDescription,
+}
+
+/// A source `type`.
+pub struct SourceType {
+    /// The `type` value.
+    pub name: &'static str,
+    /// Builds the source from its keys.
+    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>,
+}
+
+/// A sink `type`.
+pub struct SinkType {
+    /// The `type` value.
+    pub name: &'static str,
+    /// Builds the sink from its keys.
+    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic>,
+}
+
+/// Every connector the binary knows, listed explicitly.
+#[derive(Default)]
+pub struct Registry {
+    /// Source types.
+    pub sources: Vec<SourceType>,
+    /// Sink types.
+    pub sinks: Vec<SinkType>,
+}
+
+impl Registry {
+    /// The source type called `name`.
+    pub fn source(&self, name: &str) -> Option<&SourceType> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// The sink type called `name`.
+    pub fn sink(&self, name: &str) -> Option<&SinkType> {
+        self.sinks.iter().find(|s| s.name == name)
+    }
+}

@@ -1,0 +1,244 @@
+//! The connector contract: what a source and a sink are to the engine, and nothing else.
+//!
+//! A [`Source`] opens a [`SourceReader`] on each timely worker; a [`Sink`] stores finished
+//! [`Payload`]s and answers delivered or a classified [`DeliveryError`]. Connectors never batch,
+//! encode or compress: the engine buffers records, encodes them with the sink's
+//! [`crate::format::ObjectFormat`] and compresses them. Optional capabilities are separate: a sink
+//! that can take an object in parts while it grows offers a [`PartSink`]; a sink whose destination
+//! takes its own body offers its [`Sink::wire_format`]; a source that serves through a listener the
+//! process shares finds it in its [`PrepareContext`]. Adding a connector is one file plus one
+//! registry line ([`crate::config::Registry`]) plus its tests, and it runs the conformance testkit.
+
+mod errors;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+pub use crate::destination::DestinationKind;
+pub use errors::{DeliveryError, SourceError};
+
+use crate::format::ObjectFormat;
+use crate::record::RecordBatch;
+
+/// Set once when the run should stop (SIGINT/SIGTERM): sources finish, buffers flush, deliveries end.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Arc<StopState>);
+
+#[derive(Debug, Default)]
+struct StopState {
+    stopped: AtomicBool,
+    /// When the stop was first asked for.
+    since: std::sync::OnceLock<std::time::Instant>,
+    waiters: tokio::sync::Notify,
+}
+
+impl StopSignal {
+    /// Asks everything to stop.
+    pub fn stop(&self) {
+        let _ = self.0.since.set(std::time::Instant::now());
+        self.0.stopped.store(true, Ordering::SeqCst);
+        self.0.waiters.notify_waiters();
+    }
+
+    /// How long ago the stop was asked for, if it was.
+    pub fn stopped_for(&self) -> Option<Duration> {
+        self.0.since.get().map(std::time::Instant::elapsed)
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopped(&self) -> bool {
+        self.0.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Completes once a stop was asked for (for async tasks such as a listener).
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.0.waiters.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a stop between the check and the wait is not missed.
+            notified.as_mut().enable();
+            if self.is_stopped() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What a source reader does when the run is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStop {
+    /// Stop reading at once (a file or generator: what was not read is simply not part of the run).
+    Finish,
+    /// Keep reading until the reader says [`ReadStatus::Finished`]: records already acknowledged to
+    /// a producer (an API source's queue) are drained into the pipeline first.
+    Drain,
+}
+
+/// Where a source reader runs.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// This worker's index, `0..workers`.
+    pub worker: usize,
+    /// How many workers share the source.
+    pub workers: usize,
+}
+
+/// What a read produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// Records were added to the batch (or more are ready now).
+    Ready,
+    /// Nothing available now; ask again after this long.
+    Pending(Duration),
+    /// No more records, ever.
+    Finished,
+}
+
+/// One worker's share of a source. It lives on that worker's thread.
+pub trait SourceReader {
+    /// Adds records to `batch` (up to about `max_bytes`) and says what happened.
+    fn read(&mut self, batch: &mut RecordBatch, max_bytes: usize) -> Result<ReadStatus, SourceError>;
+
+    /// The epoch the next [`SourceReader::read`] stamps its records with (for sources that track
+    /// when what they read is delivered).
+    fn set_epoch(&mut self, epoch: u64) {
+        let _ = epoch;
+    }
+
+    /// Called once when the run is asked to stop; says whether to keep reading until finished.
+    fn on_stop(&mut self) -> OnStop {
+        OnStop::Finish
+    }
+}
+
+/// A listener one process shares among its pipelines (`sluice serve`'s Firehose API). It is handed
+/// to every source; a source that serves through such a listener registers with it instead of
+/// binding its own address. The connector that defines the listener knows its type.
+pub trait SharedListener: Send + Sync + 'static {
+    /// The listener, for the connector that knows its type.
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync);
+}
+
+/// What a source gets before the run starts, to start what it serves (e.g. a listener).
+#[derive(Clone)]
+pub struct PrepareContext {
+    /// The run's async runtime.
+    pub runtime: tokio::runtime::Handle,
+    /// The run's stop signal.
+    pub stop: StopSignal,
+    /// The run's counters.
+    pub metrics: Arc<crate::metrics::PipelineMetrics>,
+    /// The delivered frontier: every record read in an epoch below it is delivered (or counted as
+    /// failed); `u64::MAX` once the run has delivered everything.
+    pub delivered: Arc<std::sync::atomic::AtomicU64>,
+    /// The listener the process shares among its pipelines, if any.
+    pub shared: Option<Arc<dyn SharedListener>>,
+}
+
+impl std::fmt::Debug for PrepareContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrepareContext").field("shared", &self.shared.is_some()).finish()
+    }
+}
+
+/// A configured source.
+pub trait Source: Send + Sync + 'static {
+    /// One line for `sluice validate`, e.g. `file: 3 paths`.
+    fn describe(&self) -> String;
+    /// Whether the source ends by itself (batch) or runs until stopped (stream).
+    fn is_finite(&self) -> bool;
+    /// Opens this worker's share; every worker calls it with the same `workers`.
+    fn open(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError>;
+    /// Called once before the workers start (e.g. bind a listener); an error stops the run.
+    fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        let _ = ctx;
+        Ok(())
+    }
+    /// Called once after the run delivered everything it read (`stopped`: it was asked to stop
+    /// before its input ended), before the process may exit: write final checkpoints here.
+    fn finish(&self, stopped: bool) {
+        let _ = stopped;
+    }
+}
+
+/// A finished object or request body, ready to store or send.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// Object key under the sink's location (object stores); ignored by request sinks.
+    pub key: String,
+    /// The bytes, already encoded and compressed.
+    pub body: Bytes,
+    /// MIME type of the decoded body.
+    pub content_type: &'static str,
+    /// `Content-Encoding`, when compressed.
+    pub content_encoding: Option<&'static str>,
+    /// Records in the body.
+    pub records: u64,
+}
+
+/// A configured sink.
+pub trait Sink: Send + Sync + 'static {
+    /// One line for `sluice validate` and the run summary, e.g. `s3://bucket/prefix`.
+    fn describe(&self) -> String;
+    /// The Firehose destination kind it is (its metrics' names, the error-output type of what it
+    /// does not take, how DescribeDeliveryStream shows it).
+    fn destination(&self) -> DestinationKind;
+    /// Stores one payload. Must be safe to call again with the same payload after an error.
+    fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>>;
+    /// Where it delivers, for DescribeDeliveryStream (e.g. its URL); by default [`Sink::describe`].
+    fn location(&self) -> String {
+        self.describe()
+    }
+    /// Called once before the run (e.g. create a local folder); an error stops the run.
+    fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The format its destination takes, when the sink fixes it (an HTTP endpoint's request JSON);
+    /// `None` lets the pipeline's `format` and `compression` choose (and when set, those keys are
+    /// refused in the sink's table).
+    fn wire_format(&self) -> Option<Arc<dyn ObjectFormat>> {
+        None
+    }
+    /// Where its error output goes (records it did not take, records that could not be converted,
+    /// `backup = "all"`), when that is not the sink itself (an HTTP endpoint's backup bucket).
+    fn error_output(&self) -> Option<Arc<dyn Sink>> {
+        None
+    }
+    /// The sink's uploads in parts, when it can take an object in parts while it grows.
+    fn parts(&self) -> Option<&dyn PartSink> {
+        None
+    }
+}
+
+/// A sink's capability to take an object in parts while it grows.
+pub trait PartSink: Send + Sync {
+    /// Starts an upload of `key` in parts.
+    fn start_upload(
+        &self,
+        key: &str,
+        content_type: &'static str,
+        content_encoding: Option<&'static str>,
+    ) -> UploadStart;
+}
+
+/// A started upload in parts, or why it could not start.
+pub type UploadStart = BoxFuture<'static, Result<Box<dyn PartUpload>, DeliveryError>>;
+
+/// An object being uploaded in parts. Parts are numbered from 0 in the order they are sent; a part
+/// may be sent again under the same number to retry it, where the store allows (see
+/// [`PartUpload::retries_parts`]).
+pub trait PartUpload: Send + Sync {
+    /// Uploads part `index` (all but the last at least 5 MiB for S3).
+    fn put_part(&self, index: usize, part: Bytes) -> BoxFuture<'static, Result<(), DeliveryError>>;
+    /// Whether a failed part can be sent again under its number.
+    fn retries_parts(&self) -> bool;
+    /// Makes the object visible once every part is uploaded.
+    fn complete(&self) -> BoxFuture<'static, Result<(), DeliveryError>>;
+    /// Gives up, removing what was uploaded.
+    fn abort(&self) -> BoxFuture<'static, Result<(), DeliveryError>>;
+}

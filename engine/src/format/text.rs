@@ -1,0 +1,150 @@
+//! Text formats: a [`RecordCodec`] turns each record into bytes (with a header, separators and a
+//! trailer around them), and [`TextFormat`] streams them through the sink's compressor, so an open
+//! object holds compressed bytes only.
+//!
+//! Guarantees: a record the codec refuses adds nothing; [`ObjectEncoder::size`] counts bytes before
+//! compression; the trailer is written at [`ObjectEncoder::finish`] with the object's key.
+
+use std::sync::Arc;
+
+use super::{EncodeError, ObjectEncoder, ObjectFormat};
+use crate::compression::{Compression, ObjectWriter, decompress};
+
+/// How one text format encodes records, and reads them back.
+pub trait RecordCodec: Send + Sync + std::fmt::Debug + 'static {
+    /// How `sluice validate` shows it.
+    fn describe(&self) -> String;
+    /// MIME type of the uncompressed content.
+    fn content_type(&self) -> &'static str;
+    /// Extension before the compression's (`.csv`; Firehose adds none for raw and NDJSON).
+    fn extension(&self) -> &'static str {
+        ""
+    }
+    /// Bytes that start every object (a CSV header row, `{"records":[`).
+    fn header(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Appends `record`'s encoded form to `out`; on error `out` is as it was.
+    fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String>;
+    /// Bytes between two records (the comma between JSON array elements).
+    fn separator(&self) -> &'static [u8] {
+        b""
+    }
+    /// Bytes that end the object named `key`.
+    fn trailer(&self, key: &str) -> Vec<u8> {
+        let _ = key;
+        Vec::new()
+    }
+    /// Most records in one object.
+    fn max_records(&self) -> u64 {
+        u64::MAX
+    }
+    /// Largest object before compression, when the destination limits it.
+    fn max_object_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// A name the codec gives each object itself.
+    fn object_key(&self) -> Option<String> {
+        None
+    }
+    /// The records of a decompressed object, as encoded.
+    fn records_of(&self, text: &[u8]) -> Result<Vec<Vec<u8>>, String>;
+}
+
+/// A text format: a codec and the compression its objects are streamed through.
+#[derive(Debug)]
+pub struct TextFormat<C> {
+    codec: Arc<C>,
+    compression: Compression,
+}
+
+impl<C: RecordCodec> TextFormat<C> {
+    /// `codec`'s objects compressed with `compression`.
+    pub fn new(codec: C, compression: Compression) -> Self {
+        TextFormat { codec: Arc::new(codec), compression }
+    }
+}
+
+impl<C: RecordCodec> ObjectFormat for TextFormat<C> {
+    fn describe(&self) -> String {
+        self.codec.describe()
+    }
+
+    fn open(&self) -> std::io::Result<Box<dyn ObjectEncoder>> {
+        let mut writer = ObjectWriter::new(self.compression)?;
+        writer.write(&self.codec.header())?;
+        Ok(Box::new(TextEncoder { codec: Arc::clone(&self.codec), writer, records: 0, scratch: Vec::new() }))
+    }
+
+    fn content_type(&self) -> &'static str {
+        self.codec.content_type()
+    }
+
+    fn content_encoding(&self) -> Option<&'static str> {
+        self.compression.content_encoding()
+    }
+
+    fn extension(&self) -> String {
+        format!("{}{}", self.codec.extension(), self.compression.extension())
+    }
+
+    fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    fn max_records(&self) -> u64 {
+        self.codec.max_records()
+    }
+
+    fn max_object_bytes(&self) -> Option<u64> {
+        self.codec.max_object_bytes()
+    }
+
+    fn object_key(&self) -> Option<String> {
+        self.codec.object_key()
+    }
+
+    fn records_of(&self, object: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        let text = decompress(self.compression, object).map_err(|e| e.to_string())?;
+        self.codec.records_of(&text)
+    }
+}
+
+/// One text object being written.
+struct TextEncoder<C> {
+    codec: Arc<C>,
+    writer: ObjectWriter,
+    records: u64,
+    scratch: Vec<u8>,
+}
+
+impl<C: RecordCodec> ObjectEncoder for TextEncoder<C> {
+    fn append(&mut self, record: &[u8]) -> Result<(), EncodeError> {
+        self.scratch.clear();
+        self.codec.encode(record, &mut self.scratch).map_err(EncodeError::Record)?;
+        if self.records > 0 {
+            self.writer.write(self.codec.separator())?;
+        }
+        self.writer.write(&self.scratch)?;
+        self.records += 1;
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.writer.uncompressed_len()
+    }
+
+    fn ready_len(&mut self) -> usize {
+        self.writer.output_len()
+    }
+
+    fn take_ready(&mut self) -> Vec<u8> {
+        self.writer.take_output()
+    }
+
+    fn finish(mut self: Box<Self>, key: &str) -> std::io::Result<Vec<u8>> {
+        let trailer = self.codec.trailer(key);
+        self.writer.write(&trailer)?;
+        self.writer.finish()
+    }
+}
