@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use sluice_connectors::registry;
 use sluice_connectors::synth::Profile;
+use sluice_engine::testkit::sink::{Check, Destination, Fault, conformance};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::support::{folder_objects, generated};
@@ -27,6 +28,8 @@ enum Answer {
 #[derive(Default)]
 struct Seen {
     records: Vec<String>,
+    /// The body of each request answered 200, as sent (compressed or not), by request id.
+    bodies: BTreeMap<String, Vec<u8>>,
     /// Request id of each request, in arrival order.
     request_ids: Vec<String>,
     headers: Vec<BTreeMap<String, String>>,
@@ -36,6 +39,8 @@ struct Seen {
 struct Receiver {
     url: String,
     seen: Arc<Mutex<Seen>>,
+    /// What it answers from now on.
+    answer: Arc<Mutex<Answer>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -43,10 +48,13 @@ fn receiver(answer: Answer) -> Receiver {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let state = Arc::clone(&seen);
+    let answer = Arc::new(Mutex::new(answer));
+    let answering = Arc::clone(&answer);
     let app = axum::Router::new().route(
         "/firehose",
         axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
             let seen = Arc::clone(&state);
+            let answer = *answering.lock().unwrap();
             async move {
                 let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                 let mut text = Vec::new();
@@ -69,6 +77,7 @@ fn receiver(answer: Answer) -> Receiver {
                     Answer::Always(s) => s,
                 };
                 if status == 200 {
+                    seen.bodies.insert(id.clone(), body.to_vec());
                     let records = request["records"].as_array().unwrap();
                     assert!(records.len() <= 10_000);
                     for r in records {
@@ -84,7 +93,7 @@ fn receiver(answer: Answer) -> Receiver {
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     runtime.spawn(async move { axum::serve(listener, app).await });
-    Receiver { url: format!("http://{addr}/firehose"), seen, _runtime: runtime }
+    Receiver { url: format!("http://{addr}/firehose"), seen, answer, _runtime: runtime }
 }
 
 fn pipeline(url: &str, backup: &std::path::Path, records: u64, extra: &str) -> String {
@@ -175,4 +184,57 @@ fn an_http_endpoint_sink_refuses_format_keys_and_needs_a_backup_store() {
         with_format.replace("format = \"ndjson\"\n", "").replace("backup_store = { url = \"memory://b\" }\n", "");
     let error = plan_from_str(&without_backup, &registry()).err().unwrap().to_string();
     assert!(error.contains("needs `backup_store`"), "{error}");
+}
+
+/// The receiver as the conformance kit sees it: a request is stored when answered 200 (its body as
+/// sent, by request id); unavailable is a 500, refused a 413 (the one final status); the error
+/// output is the backup folder.
+struct EndpointDestination {
+    endpoint: Receiver,
+    backup: tempfile::TempDir,
+}
+
+impl Destination for EndpointDestination {
+    fn sink(&self) -> Arc<dyn sluice_engine::contract::Sink> {
+        let toml = pipeline(&self.endpoint.url, self.backup.path(), 10, "content_encoding = \"gzip\"\n");
+        Arc::clone(&plan_from_str(&toml, &registry()).unwrap().sinks[0].sink)
+    }
+
+    fn stored(&self, key: &str) -> futures::future::BoxFuture<'static, Option<Vec<u8>>> {
+        let body = self.endpoint.seen.lock().unwrap().bodies.get(key).cloned();
+        Box::pin(async move { body })
+    }
+
+    fn stored_error_output(&self, key: &str) -> futures::future::BoxFuture<'static, Option<Vec<u8>>> {
+        let path = self.backup.path().join(key);
+        Box::pin(async move { std::fs::read(path).ok() })
+    }
+
+    fn inject(&self, fault: Option<Fault>) -> bool {
+        *self.endpoint.answer.lock().unwrap() = match fault {
+            None => Answer::OkAfter(0),
+            Some(Fault::Unavailable) => Answer::Always(500),
+            Some(Fault::Refused) => Answer::Always(413),
+        };
+        true
+    }
+}
+
+#[test]
+fn the_http_endpoint_sink_passes_the_conformance_kit() {
+    let destination =
+        EndpointDestination { endpoint: receiver(Answer::OkAfter(0)), backup: tempfile::tempdir().unwrap() };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let report = runtime.block_on(conformance(&destination)).unwrap_or_else(|e| panic!("{e}"));
+    for check in [
+        Check::Deliver,
+        Check::Redeliver,
+        Check::RetryableThenDelivered,
+        Check::PermanentRefusal,
+        Check::BackupOfRefused,
+    ] {
+        assert!(report.passed(check), "{check:?}: {report:?}");
+    }
+    // A request is not an object: it is never sent in parts.
+    assert_eq!(report.skipped.len(), 3, "{report:?}");
 }

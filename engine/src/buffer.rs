@@ -488,4 +488,126 @@ mod tests {
         assert_eq!(doc["lastErrorCode"], "DataFormatConversion.MalformedData");
         assert_eq!(sealed[1].payload.records, 1);
     }
+
+    /// The reference the batcher is checked against: "an object is sealed when its bytes before
+    /// compression reach the size hint, or when it has been open for the interval".
+    #[derive(Debug, Default, Clone)]
+    struct ModelObject {
+        body: Vec<u8>,
+        records: u64,
+        opened_ms: u64,
+        epoch: u64,
+        oldest_arrival_ms: i64,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A batch of records arriving at `arrival_ms`, in epoch `epoch_step` after the last one.
+        Append { records: Vec<String>, arrival_ms: i64, epoch_step: u64 },
+        /// The clock moves on by `ms`, then expired objects are sealed.
+        Tick { ms: u64 },
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (proptest::collection::vec("[a-z0-9{}\":, ]{0,120}\n?", 0..12), 0i64..5_000, 0u64..2)
+                .prop_map(|(records, arrival_ms, epoch_step)| Step::Append { records, arrival_ms, epoch_step }),
+            1 => (0u64..4_000).prop_map(|ms| Step::Tick { ms }),
+        ]
+    }
+
+    /// What a sealed object is, compared field by field with the model's.
+    fn observed(o: &SealedObject, compression: Compression) -> (ObjectKind, Vec<u8>, u64, u64, i64) {
+        let body = decompress(compression, &o.payload.body).unwrap_or_else(|e| panic!("{e}"));
+        (o.kind, body, o.payload.records, o.epoch, o.oldest_arrival_ms)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Random records, sizes and clock steps: the batcher seals exactly what the reference
+        /// seals, in the same order, with the same bytes, epochs and arrival times; and what it
+        /// holds open is what the reference holds open.
+        #[test]
+        fn seals_exactly_when_size_or_age_is_reached(
+            steps in proptest::collection::vec(step(), 1..60),
+            size_bytes in 1u64..2_000,
+            interval_ms in 1u64..6_000,
+            gzip in proptest::prelude::any::<bool>(),
+            backup_all in proptest::prelude::any::<bool>(),
+        ) {
+            let compression = if gzip { Compression::Gzip } else { Compression::None };
+            let settings = Arc::new(SinkSettings {
+                format: format::ndjson(compression),
+                hints: BufferingHints { size_bytes, interval: Duration::from_millis(interval_ms) },
+                keys: ObjectKeys::new(Some("p/"), None, "s", chrono_tz::Tz::UTC).unwrap_or_else(|e| panic!("{e}")),
+                retry: RetryPolicy::default(),
+                backup: if backup_all { BackupMode::All } else { BackupMode::Failed },
+            });
+            let mut batcher = ObjectBatcher::new(Arc::clone(&settings));
+            let start = Instant::now();
+            let (mut clock_ms, mut epoch) = (0u64, 0u64);
+            let mut sealed = Vec::new();
+            // The reference: the data object and the backup object, and what each sealed.
+            let mut open: [Option<ModelObject>; 2] = [None, None];
+            let kinds = [ObjectKind::Data, ObjectKind::ErrorOutput { output_type: ErrorOutputType::SourceRecordBackup }];
+            let mut expected = Vec::new();
+            let seal = |slot: &mut Option<ModelObject>, kind: ObjectKind, out: &mut Vec<_>| {
+                if let Some(o) = slot.take() {
+                    out.push((kind, o.body, o.records, o.epoch, o.oldest_arrival_ms));
+                }
+            };
+            for step in steps {
+                match step {
+                    Step::Append { records, arrival_ms, epoch_step } => {
+                        epoch += epoch_step;
+                        let mut batch = RecordBatch::with_capacity(arrival_ms, 0);
+                        records.iter().for_each(|r| batch.push(r.as_bytes()));
+                        batcher.append(&batch, epoch, start + Duration::from_millis(clock_ms), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+                        for r in &records {
+                            for (i, slot) in open.iter_mut().enumerate() {
+                                if i == 1 && !backup_all {
+                                    continue;
+                                }
+                                let o = slot.get_or_insert_with(|| ModelObject { opened_ms: clock_ms, epoch, oldest_arrival_ms: arrival_ms, ..ModelObject::default() });
+                                o.body.extend_from_slice(r.as_bytes());
+                                if !r.ends_with('\n') {
+                                    o.body.push(b'\n');
+                                }
+                                o.records += 1;
+                                o.epoch = o.epoch.min(epoch);
+                                o.oldest_arrival_ms = o.oldest_arrival_ms.min(arrival_ms);
+                                if o.body.len() as u64 >= size_bytes {
+                                    seal(slot, kinds[i], &mut expected);
+                                }
+                            }
+                        }
+                    }
+                    Step::Tick { ms } => {
+                        clock_ms += ms;
+                        batcher.seal_expired(start + Duration::from_millis(clock_ms), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+                        for (i, slot) in open.iter_mut().enumerate() {
+                            if slot.as_ref().is_some_and(|o| clock_ms - o.opened_ms >= interval_ms) {
+                                seal(slot, kinds[i], &mut expected);
+                            }
+                        }
+                    }
+                }
+                let got: Vec<_> = sealed.iter().map(|o| observed(o, compression)).collect();
+                proptest::prop_assert_eq!(&got, &expected);
+                let held: u64 = open.iter().flatten().map(|o| o.records).sum();
+                proptest::prop_assert_eq!(batcher.buffered_records(), held);
+                proptest::prop_assert_eq!(batcher.oldest_epoch(), open.iter().flatten().map(|o| o.epoch).min());
+                let deadline = open.iter().flatten().map(|o| start + Duration::from_millis(o.opened_ms + interval_ms)).min();
+                proptest::prop_assert_eq!(batcher.next_deadline(), deadline);
+            }
+            batcher.seal_all(&mut sealed).unwrap_or_else(|e| panic!("{e}"));
+            for (i, slot) in open.iter_mut().enumerate() {
+                seal(slot, kinds[i], &mut expected);
+            }
+            let got: Vec<_> = sealed.iter().map(|o| observed(o, compression)).collect();
+            proptest::prop_assert_eq!(got, expected);
+            proptest::prop_assert_eq!(batcher.buffered_records(), 0);
+        }
+    }
 }

@@ -609,3 +609,71 @@ impl Sink for ObjectStoreSink {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sluice_engine::testkit::sink::{Check, Destination, conformance};
+
+    use super::*;
+
+    /// A `memory://` store, read back through the process-wide store the sink writes to.
+    struct Memory {
+        name: String,
+    }
+
+    impl Destination for Memory {
+        fn sink(&self) -> Arc<dyn Sink> {
+            Arc::new(ObjectStoreSink::from_url(&format!("memory://{}/base", self.name), &[]).unwrap())
+        }
+
+        fn stored(&self, key: &str) -> BoxFuture<'static, Option<Vec<u8>>> {
+            let (store, path) = (memory_store(&self.name), Path::from(format!("base/{key}")));
+            Box::pin(async move { store.get(&path).await.ok()?.bytes().await.ok().map(|b| b.to_vec()) })
+        }
+    }
+
+    /// A `file://` folder, read back from the file system.
+    struct Folder {
+        dir: tempfile::TempDir,
+    }
+
+    impl Destination for Folder {
+        fn sink(&self) -> Arc<dyn Sink> {
+            let url = format!("file://{}", self.dir.path().display());
+            Arc::new(ObjectStoreSink::from_url(&url, &[]).unwrap())
+        }
+
+        fn stored(&self, key: &str) -> BoxFuture<'static, Option<Vec<u8>>> {
+            let path = self.dir.path().join(key);
+            Box::pin(async move { std::fs::read(path).ok() })
+        }
+    }
+
+    fn passes(destination: &dyn Destination) -> sluice_engine::testkit::sink::Report {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let report = runtime.block_on(conformance(destination)).unwrap_or_else(|e| panic!("{e}"));
+        for check in [Check::Deliver, Check::Redeliver, Check::Parts, Check::Abort, Check::BackupOfRefused] {
+            assert!(report.passed(check), "{check:?} did not run: {report:?}");
+        }
+        report
+    }
+
+    #[test]
+    fn memory_stores_pass_the_sink_conformance_kit() {
+        passes(&Memory { name: format!("conformance-{}", uuid::Uuid::new_v4()) });
+    }
+
+    #[test]
+    fn local_folders_pass_the_sink_conformance_kit_and_leave_nothing_staged() {
+        let folder = Folder { dir: tempfile::tempdir().unwrap() };
+        passes(&folder);
+        let staging = folder.dir.path().join(".sluice-staging");
+        let left: Vec<_> = walk(&staging);
+        assert!(left.is_empty(), "staged files left behind: {left:?}");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        entries.flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
+    }
+}

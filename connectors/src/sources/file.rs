@@ -566,4 +566,39 @@ mod tests {
         assert_eq!(units.iter().filter(|u| u.path == gz).count(), 1);
         assert!(plan_units(&[format!("{}/*.none", dir.path().display())], 2, 1000).is_err());
     }
+
+    /// The file source through the real runtime: a plain file cut into 1 MiB ranges, a gzip file
+    /// and a small file, every line exactly once at 1, 2 and 4 workers, a stop ends the run at once
+    /// without repeating a line, and a stopped run resumes from its checkpoint.
+    #[test]
+    fn passes_the_source_conformance_kit() {
+        use std::io::Write;
+
+        use sluice_engine::testkit::source::{Check, SourceCase, conformance};
+
+        let dir = tempfile::tempdir().unwrap();
+        let line = |file: usize, i: usize| format!(r#"{{"file":{file},"line":{i},"pad":"{}"}}"#, "x".repeat(i % 90));
+        let mut expected = Vec::new();
+        let plain: String = (0..150_000).map(|i| line(0, i) + "\n").collect();
+        std::fs::write(dir.path().join("a.ndjson"), &plain).unwrap();
+        expected.extend((0..150_000).map(|i| line(0, i).into_bytes()));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for i in 0..60_000 {
+            writeln!(gz, "{}", line(1, i)).unwrap();
+        }
+        std::fs::write(dir.path().join("b.ndjson.gz"), gz.finish().unwrap()).unwrap();
+        expected.extend((0..60_000).map(|i| line(1, i).into_bytes()));
+        // No newline at the end: the last line is a record all the same.
+        std::fs::write(dir.path().join("c.ndjson"), format!("{}\n\n{}", line(2, 0), line(2, 1))).unwrap();
+        expected.extend((0..2).map(|i| line(2, i).into_bytes()));
+        let case = SourceCase {
+            table: format!("type = \"file\"\npaths = [\"{}/*.ndjson*\"]\nsplit_mb = 1\n", dir.path().display()),
+            expected,
+            produce: None,
+            keeps_its_place: true,
+            dir: dir.path().join("runs"),
+        };
+        let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
+    }
 }

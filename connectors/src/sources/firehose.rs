@@ -280,3 +280,61 @@ pub fn router(api: Arc<FirehoseApi>) -> axum::Router {
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(api)
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use sluice_engine::testkit::source::{Check, SourceCase, conformance};
+
+    /// A free port on 127.0.0.1.
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// The Firehose source through the real runtime, fed by PutRecordBatch over HTTP: every
+    /// acknowledged record exactly once at 1, 2 and 4 workers, all of them delivered when the stop
+    /// comes right after the last acknowledgement, and a restarted stream does not replay what its
+    /// log already delivered.
+    #[test]
+    fn passes_the_source_conformance_kit() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let expected: Vec<Vec<u8>> =
+            (0..3_000).map(|i| format!(r#"{{"put":{i},"text":"é \"q\""}}"#).into_bytes()).collect();
+        let records = expected.clone();
+        let produce = move || -> Result<(), String> {
+            let client = reqwest::blocking::Client::new();
+            for chunk in records.chunks(500) {
+                let body = serde_json::json!({
+                    "DeliveryStreamName": "conformance",
+                    "Records": chunk
+                        .iter()
+                        .map(|r| serde_json::json!({"Data": base64::engine::general_purpose::STANDARD.encode(r)}))
+                        .collect::<Vec<_>>(),
+                });
+                let answer = client
+                    .post(format!("http://127.0.0.1:{port}/"))
+                    .header("X-Amz-Target", "Firehose_20150804.PutRecordBatch")
+                    .header("Content-Type", "application/x-amz-json-1.1")
+                    .body(body.to_string())
+                    .send()
+                    .and_then(reqwest::blocking::Response::bytes)
+                    .map_err(|e| e.to_string())?;
+                let answer: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
+                if answer["FailedPutCount"] != 0 {
+                    return Err(format!("records refused: {answer}"));
+                }
+            }
+            Ok(())
+        };
+        let case = SourceCase {
+            table: format!("type = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n"),
+            expected,
+            produce: Some(Box::new(produce)),
+            keeps_its_place: true,
+            dir: dir.path().to_path_buf(),
+        };
+        let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
+    }
+}

@@ -147,3 +147,34 @@ impl SourceReader for GeneratorReader {
         Ok(ReadStatus::Ready)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sluice_engine::testkit::source::{Check, SourceCase, conformance};
+
+    use super::*;
+
+    /// Records by index, split among workers: each once at 1, 2 and 4 workers; a stop ends it.
+    #[test]
+    fn passes_the_source_conformance_kit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut synth = Synthesizer::new(Profile::Vpcflow, 7);
+        let expected = (0..20_000)
+            .map(|i| {
+                let mut record = Vec::new();
+                synth.write(i, &mut record);
+                record
+            })
+            .collect();
+        let case = SourceCase {
+            table: "type = \"generator\"\nprofile = \"vpcflow\"\nrecords = 20000\nseed = 7\n".into(),
+            expected,
+            produce: None,
+            keeps_its_place: false,
+            dir: dir.path().to_path_buf(),
+        };
+        let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.passed.contains(&Check::ExactlyOnce { workers: 4 }), "{report:?}");
+        assert!(report.passed.contains(&Check::DrainOnStop), "{report:?}");
+    }
+}

@@ -325,4 +325,41 @@ mod tests {
         let big = vec![b'x'; MAX_RECORD_BYTES + 1];
         assert!(records(&big).unwrap_err().contains("line 1"));
     }
+
+    /// The http source through the real runtime, fed by POSTs of newline-delimited records: every
+    /// accepted record exactly once at 1, 2 and 4 workers, all delivered when the stop comes right
+    /// after the last acceptance, and a restarted source does not replay what its log delivered.
+    #[test]
+    fn passes_the_source_conformance_kit() {
+        use sluice_engine::testkit::source::{Check, SourceCase, conformance};
+
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let expected: Vec<Vec<u8>> = (0..5_000).map(|i| format!(r#"{{"post":{i}}}"#).into_bytes()).collect();
+        let records = expected.clone();
+        let produce = move || -> Result<(), String> {
+            let client = reqwest::blocking::Client::new();
+            for chunk in records.chunks(700) {
+                let body: Vec<u8> = chunk.iter().flat_map(|r| r.iter().copied().chain([b'\n'])).collect();
+                let response = client
+                    .post(format!("http://127.0.0.1:{port}/logs"))
+                    .body(body)
+                    .send()
+                    .map_err(|e| e.to_string())?;
+                if !response.status().is_success() {
+                    return Err(format!("refused: {}", response.status()));
+                }
+            }
+            Ok(())
+        };
+        let case = SourceCase {
+            table: format!("type = \"http\"\nlisten = \"127.0.0.1:{port}\"\n"),
+            expected,
+            produce: Some(Box::new(produce)),
+            keeps_its_place: true,
+            dir: dir.path().to_path_buf(),
+        };
+        let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
+    }
 }

@@ -1,16 +1,23 @@
-//! Testkit: helpers every connector's tests and the integration tests share.
+//! Testkit (the `testkit` feature; never in the product): the conformance checks every connector
+//! runs, and helpers the connectors' and integration tests share.
 //!
+//! [`sink::conformance`] is what every sink must pass against its real destination (deliver,
+//! redeliver, a retryable failure then the redelivery, a permanent refusal, uploads in parts and
+//! their abort, the backup of a refused object); [`source::conformance`] is what every source must
+//! pass through the real runtime (each record exactly once at 1, 2 and 4 workers, drained on stop,
+//! resumed after a stop where it keeps its place), delivering into [`capture`]'s sink.
 //! [`run_pipeline`] resolves TOML text and runs it to completion; [`read_lines`] decompresses and
-//! splits delivered objects; [`sink_conformance`] is the check every sink must pass (deliver, then
-//! find the exact bytes under the key, repeatedly and concurrently).
+//! splits delivered objects.
+
+pub mod capture;
+pub mod sink;
+pub mod source;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::compression::{Compression, decompress};
-use crate::config::Registry;
-use crate::config::{Diagnostics, Plan, load_str};
-use crate::contract::{Payload, Sink};
+use crate::config::{Diagnostics, Plan, Registry, load_str};
 use crate::metrics::PipelineMetrics;
 use crate::runtime::{RunOptions, RunReport, run};
 
@@ -60,35 +67,4 @@ pub fn compression_of_key(key: &str) -> Compression {
 pub fn read_lines(key: &str, body: &[u8]) -> std::io::Result<Vec<String>> {
     let bytes = decompress(compression_of_key(key), body)?;
     Ok(String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect())
-}
-
-/// The conformance check for sinks: `fetch(key)` must return exactly what was delivered.
-pub async fn sink_conformance<F, Fut>(sink: Arc<dyn Sink>, fetch: F) -> Result<(), String>
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = Option<Vec<u8>>>,
-{
-    sink.prepare().await.map_err(|e| format!("prepare: {e}"))?;
-    let payloads: Vec<Payload> = (0..8)
-        .map(|i| Payload {
-            key: format!("conformance/{i}/obj-{i}.bin"),
-            body: bytes::Bytes::from(vec![i as u8; 1000 * (i + 1)]),
-            content_type: "application/octet-stream",
-            content_encoding: None,
-            records: 1,
-        })
-        .collect();
-    let deliveries = payloads.iter().map(|p| sink.deliver(p.clone()));
-    for result in futures::future::join_all(deliveries).await {
-        result.map_err(|e| format!("deliver: {e}"))?;
-    }
-    // Delivering the same payload again (a retry) must succeed and leave the same bytes.
-    sink.deliver(payloads[0].clone()).await.map_err(|e| format!("redeliver: {e}"))?;
-    for p in &payloads {
-        let got = fetch(p.key.clone()).await.ok_or_else(|| format!("{} not found", p.key))?;
-        if got != p.body.as_ref() {
-            return Err(format!("{}: stored {} bytes, delivered {}", p.key, got.len(), p.body.len()));
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,218 @@
+//! Source conformance: what every source must do, checked through the real runtime (prepare, the
+//! timely workers, buffering, delivery) into the [`super::capture`] sink.
+//!
+//! A test describes its source with a [`SourceCase`]: the source's table, the records it must
+//! deliver, and for a stream source how to produce them once the run is listening. [`conformance`]
+//! returns a [`Report`] of the checks that passed and those skipped with the reason:
+//! - [`Check::ExactlyOnce`] at 1, 2 and 4 workers: every expected record is delivered once, none
+//!   twice, nothing else.
+//! - [`Check::DrainOnStop`]: a stop asked at once (a finite source) ends the run with no record
+//!   twice and none that was not in the input; a stop asked right after a stream source
+//!   acknowledged its records still delivers every one of them.
+//! - [`Check::Resume`] (sources that keep their place): a run stopped after its first delivery,
+//!   then started again on the same data, delivers every record at least once across the two runs,
+//!   and the second run does not deliver again everything the first did.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{capture, plan_from_str};
+use crate::config::Registry;
+use crate::metrics::PipelineMetrics;
+use crate::runtime::{RunOptions, prepare};
+
+/// Sends a stream source's records once its run is prepared; `Ok` once all are acknowledged.
+pub type Producer = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// A source under test.
+pub struct SourceCase {
+    /// The source's keys as TOML lines (`type = "file"` and the rest), for `[sources.in]`.
+    pub table: String,
+    /// Every record the source must deliver, as delivered (without a line's newline).
+    pub expected: Vec<Vec<u8>>,
+    /// For a stream source: sends `expected` once the run is prepared.
+    pub produce: Option<Producer>,
+    /// Whether the source keeps its place across runs (file checkpoints, a write-ahead log).
+    pub keeps_its_place: bool,
+    /// Where the runs keep their data (each run its own folder in it).
+    pub dir: PathBuf,
+}
+
+/// One conformance check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Every record once at this many workers.
+    ExactlyOnce {
+        /// Workers.
+        workers: usize,
+    },
+    /// A stop drains what was acknowledged and never duplicates.
+    DrainOnStop,
+    /// A stopped run resumes.
+    Resume,
+}
+
+/// What [`conformance`] checked.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The checks that passed.
+    pub passed: Vec<Check>,
+    /// The checks not run, and why.
+    pub skipped: Vec<(Check, String)>,
+}
+
+/// When a run is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopWhen {
+    /// Never: a finite source ends by itself.
+    Never,
+    /// Before anything is read.
+    AtOnce,
+    /// Right after the producer's records are acknowledged.
+    AfterProducing,
+    /// Once every expected record is delivered.
+    AfterAll,
+    /// Once a first object is delivered.
+    AfterFirst,
+}
+
+/// How long a check waits for deliveries before it fails.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+fn multiset(records: &[Vec<u8>]) -> BTreeMap<&[u8], usize> {
+    let mut counts = BTreeMap::new();
+    for r in records {
+        *counts.entry(r.as_slice()).or_default() += 1;
+    }
+    counts
+}
+
+/// What `got` has that `want` has not (records, as text, at most three), and the reverse.
+fn difference(got: &[Vec<u8>], want: &[Vec<u8>]) -> String {
+    let (got, want) = (multiset(got), multiset(want));
+    let show = |a: &BTreeMap<&[u8], usize>, b: &BTreeMap<&[u8], usize>| {
+        a.iter()
+            .filter(|(r, n)| b.get(*r).copied().unwrap_or(0) < **n)
+            .take(3)
+            .map(|(r, n)| format!("{} ×{n}", String::from_utf8_lossy(r)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    format!("extra or repeated: [{}]; missing: [{}]", show(&got, &want), show(&want, &got))
+}
+
+impl SourceCase {
+    /// Runs the source once with `workers` into a fresh capture; returns what it delivered.
+    fn run(
+        &self,
+        registry: &Registry,
+        data_dir: &std::path::Path,
+        workers: usize,
+        when: StopWhen,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        let capture = format!("source-{:016x}", rand::random::<u64>());
+        let toml = format!(
+            "[pipeline]\nname = \"conformance\"\ndata_dir = \"{}\"\nstop_timeout_s = 60\n\n[sources.in]\n{}\n\n\
+             [sinks.capture]\ntype = \"{}\"\ninputs = [\"in\"]\nname = \"{capture}\"\nformat = \"ndjson\"\n\
+             buffer = {{ size_mb = 1, interval_s = 1 }}\n",
+            data_dir.display(),
+            self.table,
+            capture::TYPE
+        );
+        let plan = plan_from_str(&toml, registry).map_err(|d| d.to_string())?;
+        let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+        let mut options = RunOptions::for_plan(&plan);
+        options.workers = workers;
+        let stop = options.stop.clone();
+        let prepared = prepare(&plan, &options, metrics).map_err(|e| e.to_string())?;
+        let running = std::thread::spawn(move || prepared.run());
+        let wait_for = |n: usize| {
+            let started = Instant::now();
+            while capture::count(&capture) < n {
+                if started.elapsed() > PATIENCE || running.is_finished() {
+                    return Err(format!("{} of {n} records delivered", capture::count(&capture)));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        };
+        let produced = match (when, &self.produce) {
+            (StopWhen::Never | StopWhen::AtOnce, _) | (_, None) => Ok(()),
+            (_, Some(produce)) => produce(),
+        };
+        let waited = match when {
+            _ if produced.is_err() => Ok(()),
+            StopWhen::AfterAll => wait_for(self.expected.len()),
+            StopWhen::AfterFirst => wait_for(1),
+            StopWhen::Never | StopWhen::AtOnce | StopWhen::AfterProducing => Ok(()),
+        };
+        if when != StopWhen::Never || produced.is_err() || waited.is_err() {
+            stop.stop();
+        }
+        let report = running.join().map_err(|_| "the run panicked".to_string())?;
+        produced.map_err(|e| format!("producing: {e}"))?;
+        waited?;
+        let report = report.map_err(|e| e.to_string())?;
+        if report.abandoned {
+            return Err("the run stopped with deliveries left undone".into());
+        }
+        Ok(capture::records(&capture))
+    }
+}
+
+/// Runs every check `case` allows; the first failure is the error.
+pub fn conformance(registry: Registry, case: &SourceCase) -> Result<Report, String> {
+    let registry = capture::with_capture(registry);
+    let stream = case.produce.is_some();
+    let mut report = Report::default();
+    let mut expected = case.expected.clone();
+    expected.sort();
+
+    for workers in [1, 2, 4] {
+        let when = if stream { StopWhen::AfterAll } else { StopWhen::Never };
+        let dir = case.dir.join(format!("exactly-once-{workers}"));
+        let mut got = case.run(&registry, &dir, workers, when).map_err(|e| format!("{workers} workers: {e}"))?;
+        got.sort();
+        if got != expected {
+            return Err(format!("{workers} workers: {}", difference(&got, &expected)));
+        }
+        report.passed.push(Check::ExactlyOnce { workers });
+    }
+
+    let when = if stream { StopWhen::AfterProducing } else { StopWhen::AtOnce };
+    let got = case.run(&registry, &case.dir.join("drain"), 2, when).map_err(|e| format!("drain on stop: {e}"))?;
+    let (got_counts, want_counts) = (multiset(&got), multiset(&expected));
+    let surplus = got_counts.iter().any(|(r, n)| want_counts.get(r).copied().unwrap_or(0) < *n);
+    if surplus || (stream && got.len() != expected.len()) {
+        return Err(format!("drain on stop: {}", difference(&got, &expected)));
+    }
+    report.passed.push(Check::DrainOnStop);
+
+    if !case.keeps_its_place {
+        report.skipped.push((Check::Resume, "the source does not keep its place".into()));
+        return Ok(report);
+    }
+    let dir = case.dir.join("resume");
+    let first = case.run(&registry, &dir, 2, StopWhen::AfterFirst).map_err(|e| format!("resume, first run: {e}"))?;
+    if !stream && first.len() >= expected.len() {
+        return Err("resume: the first run read everything before it was stopped; give the case more input".into());
+    }
+    let when = if stream { StopWhen::AtOnce } else { StopWhen::Never };
+    let second = case.run(&registry, &dir, 2, when).map_err(|e| format!("resume, second run: {e}"))?;
+    let both: Vec<Vec<u8>> = first.iter().chain(&second).cloned().collect();
+    let both_counts = multiset(&both);
+    if want_counts.iter().any(|(r, n)| both_counts.get(r).copied().unwrap_or(0) < *n) {
+        return Err(format!("resume: records lost across the two runs: {}", difference(&both, &expected)));
+    }
+    let (first_counts, second_counts) = (multiset(&first), multiset(&second));
+    let again: usize = first_counts.iter().map(|(r, n)| (*n).min(second_counts.get(r).copied().unwrap_or(0))).sum();
+    if again >= first.len() {
+        return Err(format!(
+            "resume: the second run delivered again all {again} records of the first: it started over"
+        ));
+    }
+    report.passed.push(Check::Resume);
+    Ok(report)
+}
