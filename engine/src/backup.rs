@@ -1,5 +1,5 @@
 //! Backing up what a destination did not take: a failed object is turned back into its records and
-//! written to the error output as Firehose error documents (docs/firehose.md: error output;
+//! written to the error output as Firehose error documents (docs/firehose.md §6;
 //! `errorCode` with the destination's code, `attemptsMade`, timestamps), under `error_prefix` with
 //! the error-output type of the destination (`s3-failed`, `http-endpoint-failed`, …).
 //!

@@ -46,7 +46,7 @@ impl Compression {
         }
     }
 
-    /// File extension (FIREHOSE.md §3).
+    /// File extension (docs/firehose.md §3).
     pub fn extension(self) -> &'static str {
         match self {
             Compression::None => "",

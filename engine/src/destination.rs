@@ -1,6 +1,6 @@
 //! The kinds of destination a sink can be, as Firehose names them: what a sink's delivery metrics
 //! are called (`DeliveryTo<Kind>.Records`), which error-output type holds what it did not take, and
-//! how DescribeDeliveryStream describes it (FIREHOSE.md §3, §7, §8, §9, §10).
+//! how DescribeDeliveryStream describes it (docs/firehose.md §7).
 //!
 //! Guarantees: one place maps a kind to each of its names; a new sink picks its kind here and adds
 //! nothing elsewhere in the engine.

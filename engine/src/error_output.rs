@@ -1,5 +1,5 @@
 //! The error output's documents: one Firehose-style JSON object per failed record
-//! (docs/firehose.md: error output), written newline-delimited under the sink's `error_prefix`.
+//! (docs/firehose.md §6), written newline-delimited under the sink's `error_prefix`.
 //!
 //! Guarantees: `rawData` is the record's exact bytes in base64, so nothing of a failed record is
 //! lost; `arrivalTimestamp` and `attemptEndingTimestamp` are epoch milliseconds. A record that

@@ -1,4 +1,4 @@
-//! Object keys: Firehose's prefix expressions and object names (FIREHOSE.md §3).
+//! Object keys: Firehose's prefix expressions and object names (docs/firehose.md §3).
 //!
 //! An [`ObjectKeyTemplate`] is parsed and checked once, when the config is resolved; rendering it
 //! cannot fail. Keys are `<evaluated prefix><stream>-<version>-<yyyy-MM-dd-HH-mm-ss>-<uuid><ext>`,
@@ -181,7 +181,7 @@ fn parse_date_pattern(pattern: &str, base: usize) -> Result<Vec<DatePart>, KeyTe
 }
 
 impl ObjectKeyTemplate {
-    /// Parses a template, checking the syntax of every `!{...}` (FIREHOSE.md §3).
+    /// Parses a template, checking the syntax of every `!{...}` (docs/firehose.md §3).
     pub fn parse(template: &str) -> Result<Self, KeyTemplateError> {
         if template.len() > MAX_CONFIGURED_PREFIX {
             return Err(template_error(
@@ -412,7 +412,7 @@ impl ObjectKeys {
         (&self.configured.0, self.configured.1.as_deref())
     }
 
-    /// Applies Firehose's prefix rules (FIREHOSE.md §3) to the configured prefixes.
+    /// Applies Firehose's prefix rules (docs/firehose.md §3) to the configured prefixes.
     ///
     /// - A prefix without a timestamp expression gets `!{timestamp:yyyy/MM/dd/HH/}` appended.
     /// - The prefix must not use `error-output-type`; a set error prefix must use it.

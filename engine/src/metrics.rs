@@ -4,7 +4,7 @@
 //!
 //! Guarantees: every record a source produced is counted once in `records_in`, and for each sink
 //! that reads it exactly once in `delivered`, `failed` (error output) or `undelivered`, once the run
-//! has ended. [`PipelineMetrics::render_prometheus`] names families after FIREHOSE.md §10
+//! has ended. [`PipelineMetrics::render_prometheus`] names families after docs/firehose.md §8
 //! (`IncomingBytes`, `DeliveryToS3.Records`, … with `.` as `_`), labelled by stream and destination.
 
 use std::collections::BTreeMap;
@@ -131,7 +131,7 @@ impl LatencyHistogram {
     }
 }
 
-/// Firehose's ingest counters (FIREHOSE.md §10), for pipelines with an API source.
+/// Firehose's ingest counters (docs/firehose.md §8), for pipelines with an API source.
 #[derive(Debug, Default)]
 pub struct ApiMetrics {
     /// Bytes accepted (record data, after throttling).

@@ -1,10 +1,10 @@
-//! Retrying a delivery: Firehose's back-off (FIREHOSE.md §7) for the sink's retry duration.
+//! Retrying a delivery: Firehose's back-off (docs/firehose.md §5) for the sink's retry duration.
 //!
 //! Back-off starts at 1 s, doubles, has ±15 % jitter and is capped at 120 s. Only
 //! [`DeliveryError::Retryable`] is retried, and only while the retry duration (counted from the first
 //! failure) has not run out; a permanent error ends at once. The error output is the exception:
-//! [`until_stored`] retries it whatever the error and for as long as it takes (FIREHOSE.md §6: "if
-//! writing that error record fails, Firehose retries forever and delivery is blocked"), except an
+//! [`until_stored`] retries it whatever the error and for as long as it takes (docs/firehose.md §4: an
+//! error output that cannot be written is retried forever and delivery waits), except an
 //! [`DeliveryError::Unstorable`] payload, which no retry can store: that is returned, for the run to
 //! stop loudly. "Retry forever" is for destinations that are down, not for keys that are invalid.
 

@@ -1,4 +1,4 @@
-//! The Firehose ingest API over AWS JSON 1.1 (FIREHOSE.md §1): `POST /` with
+//! The Firehose ingest API over AWS JSON 1.1 (docs/firehose.md §1): `POST /` with
 //! `X-Amz-Target: Firehose_20150804.<Op>`, for PutRecord, PutRecordBatch, ListDeliveryStreams and
 //! DescribeDeliveryStream, so the AWS SDKs and CLI send to sluice unchanged.
 //!

@@ -1,5 +1,5 @@
 //! `type = "http_endpoint"`: delivers to an HTTP endpoint with Firehose's HTTP endpoint protocol 1.0
-//! (docs/firehose.md: HTTP endpoint delivery), the one Datadog, New Relic, Sumo Logic, Coralogix, Elastic and other partners
+//! (docs/firehose.md §5), the one Datadog, New Relic, Sumo Logic, Coralogix, Elastic and other partners
 //! take, and what a custom receiver written for Firehose expects.
 //!
 //! ```toml
@@ -20,7 +20,7 @@
 //! Each request is `{"records":[{"data":"<base64>"},…],"requestId":"<uuid>","timestamp":<ms>}` (at
 //! most 10,000 records; [`FirehoseRequest`], this sink's wire format) with the protocol's headers;
 //! only 200 with a JSON body whose `requestId` matches is success. Failures
-//! are classified as docs/firehose.md gives them (`HttpEndpoint.RequestTimeout`, `.ConnectionFailed`,
+//! are classified as docs/firehose.md §5 gives them (`HttpEndpoint.RequestTimeout`, `.ConnectionFailed`,
 //! `.ConnectionReset`, `.ResponseTooLarge`, `.InvalidResponseFromDestination`,
 //! `.DestinationException`); only 413 is permanent, every other status is retried (Firehose
 //! retries 4xx too). What is not delivered goes to the error output in `backup_store` (required,

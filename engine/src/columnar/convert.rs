@@ -1,4 +1,4 @@
-//! JSON records to typed rows, with the semantics of Firehose's OpenX JSON SerDe (FIREHOSE.md §6).
+//! JSON records to typed rows, with the semantics of Firehose's OpenX JSON SerDe (docs/firehose.md §4).
 //!
 //! Keys match case-insensitively by default (`case_insensitive`), dots in keys can become
 //! underscores (`dots_to_underscores`), and columns can read another key (`column_to_json_key`).

@@ -31,7 +31,7 @@ pub struct BufferingHints {
 }
 
 impl BufferingHints {
-    /// S3 range and default for `size_mb` (FIREHOSE.md §2).
+    /// S3 range and default for `size_mb` (docs/firehose.md §2).
     pub const SIZE_MB: std::ops::RangeInclusive<i64> = 1..=128;
     /// S3 range and default for `interval_s`.
     pub const INTERVAL_S: std::ops::RangeInclusive<i64> = 0..=900;
@@ -603,8 +603,8 @@ fn take_sink_settings(
         Parquet(crate::columnar::ParquetSpec),
     }
     let format = match format_name.as_ref().map(|f| f.get_ref().as_str()) {
-        None | Some("raw") => Some(Chosen::Text(format::raw)),
-        Some("ndjson") => Some(Chosen::Text(format::ndjson)),
+        None => Some(Chosen::Text(format::raw)),
+        Some(name) if let Some(open) = format::plain(name) => Some(Chosen::Text(open)),
         Some("csv") => match &columns {
             Some(c) if !c.get_ref().is_empty() => {
                 Some(Chosen::Csv(c.get_ref().iter().map(|s| s.get_ref().clone()).collect()))

@@ -88,6 +88,16 @@ pub trait ObjectEncoder {
 /// The config names of the generic formats.
 pub const NAMES: &[&str] = &["raw", "ndjson", "csv", "parquet"];
 
+/// The formats that take no keys of their own, by config name, given the sink's compression
+/// (`csv` needs `columns` and `parquet` a schema: the config reads those itself).
+pub fn plain(name: &str) -> Option<fn(Compression) -> Arc<dyn ObjectFormat>> {
+    match name {
+        "raw" => Some(raw),
+        "ndjson" => Some(ndjson),
+        _ => None,
+    }
+}
+
 /// `format = "raw"` compressed with `compression`.
 pub fn raw(compression: Compression) -> Arc<dyn ObjectFormat> {
     Arc::new(TextFormat::new(raw::Raw, compression))
