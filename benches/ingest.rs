@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use sluice_connectors::bench::load::{
+use sluice_connectors::load::{
     ACCESS_KEY, LoadOutcome, RECORDS_PER_REQUEST, SECRET_KEY, Until, bodies, free_port, requests, send, trivial_server,
     wait_for,
 };

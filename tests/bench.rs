@@ -43,8 +43,9 @@ fn the_bench_harness_runs_every_scenario_and_writes_its_three_reports() {
         "zstd -3",
         "duckdb snappy",
         "duckdb zstd",
-        "pyarrow snappy",
-        "pyarrow zstd",
+        "pyarrow snappy, same schema",
+        "pyarrow zstd, same schema",
+        "pyarrow snappy, inferred schema",
         "syslog-ng",
     ] {
         let measured = comparisons.iter().any(|c| c["against"].as_str().unwrap().starts_with(baseline));
@@ -52,6 +53,12 @@ fn the_bench_harness_runs_every_scenario_and_writes_its_three_reports() {
         assert!(measured || noted, "{baseline}: neither measured nor noted");
     }
     assert!(comparisons.iter().any(|c| c["about"] == "memory" && c["case"] == "sluice parquet workers=1 10x input"));
+    // The headline Parquet baselines are given sluice's schema; the inferring ones say they differ.
+    for c in comparisons.iter().filter(|c| c["scenario"] == "parquet") {
+        let (against, meaning) = (c["against"].as_str().unwrap(), c["meaning"].as_str().unwrap());
+        assert_eq!(against.ends_with("same schema"), meaning.contains("declared schema"), "{c}");
+        assert_eq!(against.ends_with("inferred schema"), meaning.contains("not the same work"), "{c}");
+    }
 
     let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(md.contains("## Ratios") && md.contains("| gzip | **sluice gzip** |"), "{md}");
@@ -71,7 +78,13 @@ fn failing_baselines_are_noted_and_a_relative_out_works() {
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
-    for (name, script) in [("pigz", "#!/bin/sh\necho broken >&2\nexit 1\n"), ("rsyslogd", "#!/bin/sh\nexit 3\n")] {
+    // pigz fails, rsyslogd exits at once, and gzip "succeeds" but writes half its output: each is a
+    // noted failure, none a figure.
+    for (name, script) in [
+        ("pigz", "#!/bin/sh\necho broken >&2\nexit 1\n"),
+        ("rsyslogd", "#!/bin/sh\nexit 3\n"),
+        ("gzip", "#!/bin/sh\nhead -c 20000 | /bin/gzip \"$@\"\n"),
+    ] {
         let path = bin.join(name);
         std::fs::write(&path, script).unwrap();
         std::process::Command::new("chmod").arg("+x").arg(&path).status().unwrap();
@@ -90,11 +103,13 @@ fn failing_baselines_are_noted_and_a_relative_out_works() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("results/results.json")).unwrap()).unwrap();
     let notes: Vec<&str> = json["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
-    for baseline in ["pigz", "rsyslog"] {
+    for baseline in ["pigz", "rsyslog", "gzip -6"] {
         assert!(notes.iter().any(|n| n.contains(baseline) && n.contains("failed")), "{baseline}: {notes:?}");
     }
+    assert!(notes.iter().any(|n| n.contains("gzip -6") && n.contains("records")), "the short output: {notes:?}");
     let cases: Vec<&str> = json["cases"].as_array().unwrap().iter().map(|c| c["case"].as_str().unwrap()).collect();
     assert!(cases.contains(&"sluice gzip") && !cases.iter().any(|c| c.starts_with("pigz")), "{cases:?}");
+    assert!(!cases.contains(&"gzip -6"), "{cases:?}");
     let left: Vec<String> = std::fs::read_dir(dir.path().join("results"))
         .unwrap()
         .flatten()

@@ -5,6 +5,8 @@
 //! output (the summary says how many, why and where); 1 when anything was left undelivered or the
 //! run could not start. `validate` exits 1 when any file has an error.
 
+mod bench;
+
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -169,7 +171,7 @@ enum Command {
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
         /// Input size, e.g. 200MB, 2GB (the `scale` scenario also uses ten times this).
-        #[arg(long, default_value = "200MB", value_parser = sluice_connectors::bench::parse_size)]
+        #[arg(long, default_value = "200MB", value_parser = bench::parse_size)]
         size: u64,
         /// Where the data, work files and results go.
         #[arg(long, default_value = "bench-results")]
@@ -231,7 +233,7 @@ fn trivial_server_command(listen: SocketAddr) -> anyhow::Result<ExitCode> {
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            served = sluice_connectors::bench::load::trivial_server(listener) => served?,
+            served = sluice_connectors::load::trivial_server(listener) => served?,
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
@@ -247,7 +249,7 @@ fn bench_command(
     runs: usize,
     threads: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
-    use sluice_connectors::bench::{BenchOptions, SCENARIOS, markdown, run_bench};
+    use bench::{BenchOptions, SCENARIOS, markdown, run_bench};
     let options = BenchOptions {
         scenarios: if scenarios.is_empty() { SCENARIOS.iter().map(|s| s.to_string()).collect() } else { scenarios },
         size_bytes: size,

@@ -1,0 +1,656 @@
+//! The scenarios: for each, the cases (sluice runs and the baselines that do the same work on the
+//! same input) and the comparisons the report gives between them. A baseline that is not installed
+//! is a note, not a case.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_schema::DataType;
+use sluice_engine::columnar::ColumnType;
+
+use sluice_connectors::load;
+use sluice_connectors::measure::MeasuredCommand;
+
+use super::check::OutputCheck;
+use super::stats::About;
+use super::tools::{find_program, python_with_pyarrow, shell, shell_quote, venv_roots};
+use super::workload::Workload;
+use super::{BenchError, BenchOptions, io_error};
+
+/// The CloudFront schema the Parquet cases declare (the same file as `pipelines/schemas`).
+pub(crate) const CLOUDFRONT_SCHEMA: &str = include_str!("../../../../../pipelines/schemas/cloudfront.toml");
+
+/// One thing measured: a sluice run or a baseline.
+#[derive(Debug, Clone)]
+pub(crate) struct Case {
+    pub(crate) scenario: &'static str,
+    pub(crate) name: String,
+    /// Whether this is sluice (else a baseline).
+    pub(crate) sluice: bool,
+    pub(crate) command: MeasuredCommand,
+    pub(crate) input: Workload,
+    /// Emptied before each run.
+    pub(crate) output: PathBuf,
+    /// How the process is run to its end.
+    pub(crate) drive: Drive,
+    /// What its output must hold for a run to count.
+    pub(crate) check: OutputCheck,
+}
+
+/// How a case's process is run and when its run ends.
+#[derive(Debug, Clone)]
+pub(crate) enum Drive {
+    /// It ends by itself; its wall time is the process's.
+    Batch,
+    /// It ends by itself, and the receiver must then have counted its input's records.
+    BatchIntoReceiver,
+    /// A server sent PutRecordBatch load, then stopped.
+    Ingest(ServerLoad),
+    /// A shipper that never ends by itself: stopped once the receiver counted its input's records;
+    /// its wall time is from start to that moment. `text` is written to `config` and `persist` (its
+    /// state file) removed before each run, so it reads the file from its start.
+    UntilReceived { config: PathBuf, text: String, persist: PathBuf },
+    /// A daemon that never ends by itself: `text` is written to `config` (in the emptied output
+    /// folder), and once `done` is written it is stopped with SIGTERM; its wall time is the
+    /// process's, start to exit (it finishes its output file on the way out).
+    UntilFile { config: PathBuf, text: String, done: PathBuf },
+}
+
+/// The last line of rsyslog's copy of the input, which tells that it read everything.
+pub(crate) const END_MARKER: &str = "SLUICE-BENCH-END-OF-INPUT";
+
+/// A server case: started, sent `requests` PutRecordBatch requests, stopped with SIGTERM. Its wall
+/// time is the load's (first request to last answer); CPU and peak RSS are the whole process's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServerLoad {
+    pub(crate) port: u16,
+    pub(crate) signed: bool,
+    pub(crate) requests: usize,
+}
+
+/// Concurrent clients of the `ingest` scenario.
+pub(crate) const INGEST_CLIENTS: usize = 8;
+
+/// A ratio the report gives: `a` against `b`.
+#[derive(Debug, Clone)]
+pub(crate) struct Comparison {
+    pub(crate) scenario: &'static str,
+    pub(crate) a: String,
+    pub(crate) b: String,
+    /// What the ratio means, for the report.
+    pub(crate) meaning: &'static str,
+    /// Which ratio the comparison is about.
+    pub(crate) about: About,
+}
+
+/// Builds every case and comparison of the chosen scenarios.
+pub(crate) struct Planner<'a> {
+    pub(crate) options: &'a BenchOptions,
+    pub(crate) work: PathBuf,
+    pub(crate) dirs: Vec<PathBuf>,
+    pub(crate) cases: Vec<Case>,
+    pub(crate) comparisons: Vec<Comparison>,
+    pub(crate) notes: Vec<String>,
+}
+
+impl Planner<'_> {
+    fn output(&self, scenario: &str, name: &str) -> PathBuf {
+        let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        self.work.join(format!("{scenario}-{slug}"))
+    }
+
+    /// A sluice case: a pipeline reading `input` into a `file://` sink with `sink_keys`.
+    fn sluice(
+        &mut self,
+        scenario: &'static str,
+        name: &str,
+        input: &Workload,
+        workers: usize,
+        sink_keys: &str,
+        check: OutputCheck,
+    ) -> Result<String, BenchError> {
+        let output = self.output(scenario, name);
+        let sink = format!("type = \"object_store\"\nurl = \"file://{}\"\n{sink_keys}", output.display());
+        self.sluice_into(scenario, name, input, workers, &sink, check)
+    }
+
+    /// A sluice case: a pipeline reading `input` into the sink described by `sink` (its type and keys).
+    fn sluice_into(
+        &mut self,
+        scenario: &'static str,
+        name: &str,
+        input: &Workload,
+        workers: usize,
+        sink: &str,
+        check: OutputCheck,
+    ) -> Result<String, BenchError> {
+        let output = self.output(scenario, name);
+        let pipeline = self.work.join(format!("{}.toml", output.file_name().and_then(|n| n.to_str()).unwrap_or("p")));
+        let toml = format!(
+            "[pipeline]\nname = \"bench\"\ndata_dir = {data:?}\n\n[sources.in]\ntype = \"file\"\npaths = [{input:?}]\n\n\
+             [sinks.out]\ninputs = [\"in\"]\n{sink}\n",
+            data = self.work.join("state").display().to_string(),
+            input = input.path.display().to_string(),
+        );
+        std::fs::write(&pipeline, toml).map_err(io_error(format!("cannot write {}", pipeline.display())))?;
+        let command = MeasuredCommand::new(
+            self.options.sluice.as_os_str(),
+            [OsString::from("run"), "--quiet".into(), "--workers".into(), workers.to_string().into(), pipeline.into()],
+        );
+        self.cases.push(Case {
+            scenario,
+            name: name.to_string(),
+            sluice: true,
+            command,
+            input: input.clone(),
+            output,
+            drive: Drive::Batch,
+            check,
+        });
+        Ok(name.to_string())
+    }
+
+    /// A baseline, if its program is installed (otherwise a note).
+    fn baseline(
+        &mut self,
+        scenario: &'static str,
+        name: &str,
+        program: &str,
+        input: &Workload,
+        check: OutputCheck,
+        line: impl FnOnce(&Path, &Path) -> String,
+    ) -> Option<String> {
+        let Some(found) = find_program(program, &self.dirs) else {
+            self.notes.push(format!("{scenario}: baseline `{name}` skipped: `{program}` is not installed"));
+            return None;
+        };
+        let output = self.output(scenario, name);
+        let command = shell(line(&found, &output));
+        self.cases.push(Case {
+            scenario,
+            name: name.to_string(),
+            sluice: false,
+            command,
+            input: input.clone(),
+            output,
+            drive: Drive::Batch,
+            check,
+        });
+        Some(name.to_string())
+    }
+
+    /// A command-line compressor (`program flags -c`) from the input into `<output>/out<extension>`.
+    fn compressor(
+        &mut self,
+        scenario: &'static str,
+        name: &str,
+        program: &str,
+        flags: &str,
+        extension: &str,
+        input: &Workload,
+    ) -> Option<String> {
+        self.baseline(scenario, name, program, input, OutputCheck::Lines, |found, out| {
+            format!(
+                "mkdir -p {o} && {} {flags} -c < {} > {o}/out{extension}",
+                shell_quote(found),
+                shell_quote(&input.path),
+                o = shell_quote(out)
+            )
+        })
+    }
+
+    fn compare(&mut self, scenario: &'static str, a: &str, b: Option<String>, meaning: &'static str) {
+        self.compare_on(scenario, a, b, meaning, About::Both);
+    }
+
+    fn compare_on(&mut self, scenario: &'static str, a: &str, b: Option<String>, meaning: &'static str, about: About) {
+        if let Some(b) = b {
+            self.comparisons.push(Comparison { scenario, a: a.to_string(), b, meaning, about });
+        }
+    }
+
+    fn text_sink(compression: &str) -> String {
+        format!("format = \"ndjson\"\ncompression = \"{compression}\"\nbuffer = {{ size_mb = 64, interval_s = 900 }}\n")
+    }
+
+    fn parquet_sink(&self, codec: &str) -> Result<String, BenchError> {
+        let schema = self.work.join("cloudfront-schema.toml");
+        std::fs::write(&schema, CLOUDFRONT_SCHEMA).map_err(io_error("cannot write the Parquet schema"))?;
+        Ok(format!(
+            "format = \"parquet\"\ncompression = \"{codec}\"\nschema = {:?}\nparquet = {{ row_group_mb = 128 }}\nbuffer = {{ size_mb = 128, interval_s = 900 }}\n",
+            schema.display().to_string()
+        ))
+    }
+
+    pub(crate) fn gzip(&mut self, ct: &Workload) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let sluice = self.sluice("gzip", "sluice gzip", ct, n, &Self::text_sink("gzip"), OutputCheck::Lines)?;
+        let pigz = self.compressor("gzip", &format!("pigz -6 -p {n}"), "pigz", &format!("-6 -p {n}"), ".gz", ct);
+        self.compare("gzip", &sluice, pigz, "same bytes compressed by pigz across all cores");
+        let gzip = self.compressor("gzip", "gzip -6", "gzip", "-6", ".gz", ct);
+        self.compare("gzip", &sluice, gzip, "single-threaded gzip");
+        let rsyslog = self.rsyslog(ct)?;
+        self.compare(
+            "gzip",
+            &sluice,
+            rsyslog,
+            "rsyslog tailing the file into a gzip file (imfile → omfile zipLevel=6)",
+        );
+        Ok(())
+    }
+
+    /// rsyslog reading `input` with imfile into a gzip-6 file, as a process from start to exit. Its
+    /// copy of the input ends with a marker line that a rule writes to a `done` file (rsyslog keeps
+    /// the order of one file's lines), after which it is stopped with SIGTERM and closes the gzip
+    /// file. rsyslogd comes from the PATH or from Debian's package unpacked in
+    /// target/bench-tools/rsyslog (Debian's rsyslog and syslog-ng packages conflict).
+    fn rsyslog(&mut self, input: &Workload) -> Result<Option<String>, BenchError> {
+        let unpacked: Vec<PathBuf> = venv_roots(&self.options.sluice)
+            .iter()
+            .map(|t| t.join("bench-tools/rsyslog"))
+            .filter(|r| r.join("usr/sbin/rsyslogd").is_file())
+            // rsyslogd changes directory: its module path must be absolute.
+            .filter_map(|r| std::fs::canonicalize(r).ok())
+            .collect();
+        let (program, libraries) = match (find_program("rsyslogd", &[PathBuf::from("/usr/sbin")]), unpacked.first()) {
+            (Some(p), _) => (p, None),
+            (None, Some(root)) => (root.join("usr/sbin/rsyslogd"), Some(root.join("usr/lib/x86_64-linux-gnu"))),
+            (None, None) => {
+                self.notes.push(
+                    "gzip: baseline `rsyslog` skipped: `rsyslogd` is not installed (scripts/test.sh unpacks Debian's package into target/bench-tools/rsyslog)".into(),
+                );
+                return Ok(None);
+            }
+        };
+        let marked = input.path.with_extension("marked.ndjson");
+        if !marked.exists() {
+            std::fs::copy(&input.path, &marked).map_err(io_error("cannot copy the input for rsyslog"))?;
+            let mut file =
+                std::fs::OpenOptions::new().append(true).open(&marked).map_err(io_error("cannot mark the input"))?;
+            file.write_all(format!("{END_MARKER}\n").as_bytes()).map_err(io_error("cannot mark the input"))?;
+        }
+        let name = "rsyslog imfile → omfile zipLevel=6".to_string();
+        let output = self.output("gzip", "rsyslog");
+        let (config, done) = (output.join("rsyslog.conf"), output.join("done"));
+        let text = format!(
+            "global(workDirectory=\"{out}\" maxMessageSize=\"1m\")\n\
+             module(load=\"imfile\" mode=\"polling\" PollingInterval=\"1\")\n\
+             input(type=\"imfile\" File=\"{input}\" Tag=\"bench\" ruleset=\"bench\" freshStartTail=\"off\")\n\
+             template(name=\"raw\" type=\"string\" string=\"%msg%\\n\")\n\
+             main_queue(queue.timeoutShutdown=\"600000\")\n\
+             ruleset(name=\"bench\" queue.type=\"Direct\") {{\n\
+               if $msg == \"{END_MARKER}\" then {{ action(type=\"omfile\" file=\"{done}\" template=\"raw\") stop }}\n\
+               action(type=\"omfile\" file=\"{out}/out.gz\" template=\"raw\" zipLevel=\"6\" ioBufferSize=\"256k\")\n\
+             }}\n",
+            out = output.display(),
+            input = marked.display(),
+            done = done.display(),
+        );
+        let mut line = String::new();
+        if let Some(libraries) = &libraries {
+            line.push_str(&format!("LD_LIBRARY_PATH={} ", shell_quote(libraries)));
+        }
+        line.push_str(&format!(
+            "exec {} -n -f {} -i {}",
+            shell_quote(&program),
+            shell_quote(&config),
+            shell_quote(&output.join("pid"))
+        ));
+        if let Some(libraries) = &libraries {
+            line.push_str(&format!(" -M {}", shell_quote(&libraries.join("rsyslog"))));
+        }
+        self.cases.push(Case {
+            scenario: "gzip",
+            name: name.clone(),
+            sluice: false,
+            command: shell(line),
+            input: input.clone(),
+            output,
+            drive: Drive::UntilFile { config, text, done },
+            // The drive reads the daemon's gzip file back itself.
+            check: OutputCheck::Elsewhere,
+        });
+        Ok(Some(name))
+    }
+
+    pub(crate) fn zstd(&mut self, ct: &Workload) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let sluice = self.sluice("zstd", "sluice zstd", ct, n, &Self::text_sink("zstd"), OutputCheck::Lines)?;
+        let zstd = self.compressor("zstd", &format!("zstd -3 -T{n}"), "zstd", &format!("-q -3 -T{n}"), ".zst", ct);
+        self.compare("zstd", &sluice, zstd, "same bytes compressed by the zstd CLI across all cores");
+        Ok(())
+    }
+
+    /// JSON → Parquet. The headline baselines are given the schema sluice declares (DuckDB's
+    /// `read_json(..., columns = {...})`, pyarrow's `ParseOptions(explicit_schema = ...)`), write the
+    /// same codec at the same level (zstd 1, parquet-rs's default) and are checked for the same
+    /// columns and types; the same tools inferring their schema are extra rows.
+    pub(crate) fn parquet(&mut self, cf: &Workload) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let declared = declared_schema()?;
+        let same = OutputCheck::Parquet {
+            columns: Some(Arc::new(declared.iter().map(|c| (c.name.clone(), c.arrow.clone())).collect())),
+        };
+        let duckdb_columns =
+            declared.iter().map(|c| format!("'{}': '{}'", c.name, c.duckdb)).collect::<Vec<_>>().join(", ");
+        let pyarrow_columns = self.work.join("cloudfront-columns.json");
+        let columns: Vec<_> = declared.iter().map(|c| serde_json::json!({"name": c.name, "type": c.pyarrow})).collect();
+        std::fs::write(&pyarrow_columns, serde_json::Value::Array(columns).to_string())
+            .map_err(io_error("cannot write the pyarrow schema"))?;
+        let script = self.work.join("pyarrow-parquet.py");
+        std::fs::write(&script, PYARROW_SCRIPT).map_err(io_error("cannot write the pyarrow script"))?;
+        let python = python_with_pyarrow(&self.dirs);
+        for codec in ["snappy", "zstd"] {
+            let sink = self.parquet_sink(codec)?;
+            let sluice = self.sluice("parquet", &format!("sluice parquet {codec}"), cf, n, &sink, same.clone())?;
+            // parquet-rs writes zstd at level 1 by default; DuckDB's default is 3.
+            let level = if codec == "zstd" { ", COMPRESSION_LEVEL 1" } else { "" };
+            for (inferred, read) in [
+                (
+                    false,
+                    format!(
+                        "read_json('{}', format = 'newline_delimited', columns = {{{duckdb_columns}}})",
+                        cf.path.display()
+                    ),
+                ),
+                (true, format!("read_json('{}', format = 'newline_delimited')", cf.path.display())),
+            ] {
+                let name = if inferred {
+                    format!("duckdb {codec} threads={n}, inferred schema")
+                } else {
+                    format!("duckdb {codec} threads={n}, same schema")
+                };
+                let check = if inferred { OutputCheck::Parquet { columns: None } } else { same.clone() };
+                let duckdb = self.baseline("parquet", &name, "duckdb", cf, check, |duckdb, out| {
+                    let sql = format!(
+                        "SET threads = {n}; COPY (SELECT * FROM {read}) TO '{}/out.parquet' (FORMAT parquet, COMPRESSION {codec}{level});",
+                        out.display()
+                    );
+                    format!("mkdir -p {} && {} -c \"{sql}\" > /dev/null", shell_quote(out), shell_quote(duckdb))
+                });
+                let meaning = if inferred {
+                    "DuckDB inferring the schema (other column types: not the same work)"
+                } else {
+                    "DuckDB CLI reading the NDJSON with the declared schema and writing Parquet"
+                };
+                self.compare("parquet", &sluice, duckdb, meaning);
+            }
+            let Some(python) = &python else {
+                self.notes.push(format!(
+                    "parquet: baselines `pyarrow {codec}` skipped: no python with pyarrow (scripts/bench-tools.sh installs it in target/bench-venv)"
+                ));
+                continue;
+            };
+            for inferred in [false, true] {
+                let (name, check, columns, meaning) = if inferred {
+                    (
+                        format!("pyarrow {codec}, inferred schema"),
+                        OutputCheck::Parquet { columns: None },
+                        "infer".to_string(),
+                        "pyarrow inferring the schema (other column types: not the same work)",
+                    )
+                } else {
+                    (
+                        format!("pyarrow {codec}, same schema"),
+                        same.clone(),
+                        pyarrow_columns.display().to_string(),
+                        "pyarrow's JSON reader with the declared schema and its Parquet writer",
+                    )
+                };
+                let output = self.output("parquet", &name);
+                let line = format!(
+                    "mkdir -p {o} && {} {} {} {o}/out.parquet {codec} {}",
+                    shell_quote(python),
+                    shell_quote(&script),
+                    shell_quote(&cf.path),
+                    shell_quote(Path::new(&columns)),
+                    o = shell_quote(&output)
+                );
+                self.cases.push(Case {
+                    scenario: "parquet",
+                    name: name.clone(),
+                    sluice: false,
+                    command: shell(line),
+                    input: cf.clone(),
+                    output,
+                    drive: Drive::Batch,
+                    check,
+                });
+                self.compare("parquet", &sluice, Some(name), meaning);
+            }
+        }
+        Ok(())
+    }
+
+    /// The file into a receiver over HTTP: sluice's `http_endpoint` sink (Firehose protocol, gzip
+    /// requests of at most 4 MiB) against syslog-ng tailing the file into its `http()` destination
+    /// (batches of 500 lines).
+    pub(crate) fn http(&mut self, ct: &Workload, port: u16) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let backup = self.output("http", "sluice-backup");
+        let mut names = Vec::new();
+        for encoding in ["gzip", "none"] {
+            let sink = format!(
+                "type = \"http_endpoint\"\nurl = \"http://127.0.0.1:{port}/firehose\"\ncontent_encoding = \"{encoding}\"\n\
+                 buffer = {{ size_mb = 4, interval_s = 60 }}\nbackup_store = {{ url = \"file://{}\" }}\n",
+                backup.display()
+            );
+            names.push(self.sluice_into(
+                "http",
+                &format!("sluice http_endpoint {encoding}"),
+                ct,
+                n,
+                &sink,
+                OutputCheck::Elsewhere,
+            )?);
+            if let Some(case) = self.cases.last_mut() {
+                case.drive = Drive::BatchIntoReceiver;
+            }
+        }
+        let extra = [PathBuf::from("/usr/sbin")];
+        let Some(syslog_ng) = find_program("syslog-ng", &extra) else {
+            self.notes.push("http: baseline `syslog-ng` skipped: `syslog-ng` is not installed (Debian: syslog-ng-core, syslog-ng-mod-http)".into());
+            return Ok(());
+        };
+        let dir = self.output("http", "syslog-ng");
+        std::fs::create_dir_all(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        let (config, persist) = (dir.join("syslog-ng.conf"), dir.join("persist"));
+        let text = format!(
+            "@version: 3.38\noptions {{ threaded(yes); stats-freq(0); log-msg-size(1048576); }};\n\
+             source s_in {{ file(\"{input}\" flags(no-parse) follow-freq(1) log-fetch-limit(1000) log-iw-size(10000)); }};\n\
+             destination d_http {{ http(url(\"http://127.0.0.1:{port}/lines\") method(\"POST\") body(\"${{MESSAGE}}\") body-suffix(\"\\n\") \
+             batch-lines(500) batch-bytes(4194304) batch-timeout(200) workers({n}) headers(\"Content-Type: application/x-ndjson\")); }};\n\
+             log {{ source(s_in); destination(d_http); }};\n",
+            input = ct.path.display()
+        );
+        let command = MeasuredCommand::new(
+            syslog_ng.into_os_string(),
+            [
+                OsString::from("-F"),
+                "--no-caps".into(),
+                "-f".into(),
+                config.clone().into(),
+                "-R".into(),
+                persist.clone().into(),
+                "-p".into(),
+                dir.join("pid").into(),
+                "-c".into(),
+                dir.join("ctl").into(),
+            ],
+        );
+        let baseline = format!("syslog-ng http() batches of 500, workers={n}");
+        self.cases.push(Case {
+            scenario: "http",
+            name: baseline.clone(),
+            sluice: false,
+            command,
+            input: ct.clone(),
+            output: self.output("http", "syslog-ng-output"),
+            drive: Drive::UntilReceived { config, text, persist },
+            check: OutputCheck::Elsewhere,
+        });
+        self.compare(
+            "http",
+            &names[0],
+            Some(baseline.clone()),
+            "syslog-ng tailing the file into the same receiver (it does not compress)",
+        );
+        self.compare(
+            "http",
+            &names[1],
+            Some(baseline),
+            "the same, both uncompressed (sluice's requests are base64 JSON)",
+        );
+        Ok(())
+    }
+
+    /// PutRecordBatch requests of `--size` bytes of records (SigV4-signed) into sluice (write-ahead
+    /// log with fsync, zstd NDJSON objects), and the same requests into the trivial server.
+    pub(crate) fn ingest(&mut self, bodies: &[(Vec<u8>, u64)]) -> Result<Workload, BenchError> {
+        let per_request = bodies.iter().map(|b| b.1).sum::<u64>() / bodies.len().max(1) as u64;
+        let requests = (self.options.size_bytes / per_request.max(1)).max(INGEST_CLIENTS as u64) as usize;
+        let input = Workload {
+            path: PathBuf::from("PutRecordBatch"),
+            bytes: requests as u64 * per_request,
+            records: (requests * load::RECORDS_PER_REQUEST) as u64,
+        };
+        let port = load::free_port().map_err(io_error("cannot find a free port"))?;
+        let output = self.output("ingest", "sluice");
+        let pipeline = self.work.join("ingest-sluice.toml");
+        let toml = format!(
+            "[pipeline]\nname = \"bench\"\ndata_dir = {data:?}\ndurability = \"fsync\"\n\n\
+             [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n\
+             auth = {{ access_keys = [{{ id = \"{key}\", secret = \"{secret}\" }}] }}\n\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{out}\"\nformat = \"ndjson\"\n\
+             compression = \"zstd\"\nbuffer = {{ size_mb = 64, interval_s = 60 }}\n",
+            data = self.work.join("state-ingest").display().to_string(),
+            key = load::ACCESS_KEY,
+            secret = load::SECRET_KEY,
+            out = output.display(),
+        );
+        std::fs::write(&pipeline, toml).map_err(io_error(format!("cannot write {}", pipeline.display())))?;
+        let n = self.options.threads.to_string();
+        let name = "sluice ingest (SigV4, fsync log, zstd)";
+        let command = MeasuredCommand::new(
+            self.options.sluice.as_os_str(),
+            [OsString::from("run"), "--quiet".into(), "--workers".into(), n.into(), pipeline.into()],
+        );
+        let drive = Drive::Ingest(ServerLoad { port, signed: true, requests });
+        self.cases.push(Case {
+            scenario: "ingest",
+            name: name.into(),
+            sluice: true,
+            command,
+            input: input.clone(),
+            output,
+            drive,
+            // Its objects hold every record it acknowledged.
+            check: OutputCheck::Lines,
+        });
+        let port = load::free_port().map_err(io_error("cannot find a free port"))?;
+        let trivial = "trivial server (reads the body)";
+        let command = MeasuredCommand::new(
+            self.options.sluice.as_os_str(),
+            ["trivial-server".to_string(), "--listen".into(), format!("127.0.0.1:{port}")],
+        );
+        let drive = Drive::Ingest(ServerLoad { port, signed: false, requests });
+        let output = self.output("ingest", trivial);
+        self.cases.push(Case {
+            scenario: "ingest",
+            name: trivial.into(),
+            sluice: false,
+            command,
+            input: input.clone(),
+            output,
+            drive,
+            check: OutputCheck::Elsewhere,
+        });
+        self.compare("ingest", name, Some(trivial.to_string()), "the same requests into a server that only reads them");
+        Ok(input)
+    }
+
+    pub(crate) fn scale(&mut self, cf: &Workload, big: &Workload) -> Result<(), BenchError> {
+        let gzip = (Self::text_sink("gzip"), OutputCheck::Lines);
+        let declared = declared_schema()?;
+        let columns = Arc::new(declared.iter().map(|c| (c.name.clone(), c.arrow.clone())).collect());
+        let parquet = (self.parquet_sink("snappy")?, OutputCheck::Parquet { columns: Some(columns) });
+        for (kind, (sink, check)) in [("gzip", gzip), ("parquet", parquet)] {
+            let one = self.sluice("scale", &format!("sluice {kind} workers=1"), cf, 1, &sink, check.clone())?;
+            let two = self.sluice("scale", &format!("sluice {kind} workers=2"), cf, 2, &sink, check.clone())?;
+            self.compare_on("scale", &two, Some(one.clone()), "speed-up from a second worker (ideal 2)", About::Speed);
+            let ten = self.sluice("scale", &format!("sluice {kind} workers=1 10x input"), big, 1, &sink, check)?;
+            self.compare_on("scale", &ten, Some(one), "peak RSS with ten times the input (flat is 1)", About::Memory);
+        }
+        Ok(())
+    }
+}
+
+/// The pyarrow baseline: `python pyarrow-parquet.py INPUT OUTPUT CODEC COLUMNS`, where COLUMNS is a
+/// JSON file of `{"name", "type"}` (the declared schema) or `infer`. zstd at level 1, as sluice.
+const PYARROW_SCRIPT: &str = r#"import json, sys
+import pyarrow as pa, pyarrow.json as pj, pyarrow.parquet as pq
+source, target, codec, columns = sys.argv[1:5]
+types = {"string": pa.string(), "boolean": pa.bool_(), "tinyint": pa.int8(), "smallint": pa.int16(),
+         "int": pa.int32(), "bigint": pa.int64(), "float": pa.float32(), "double": pa.float64(),
+         "date": pa.date32(), "timestamp": pa.timestamp("us", tz="UTC")}
+options = pj.ParseOptions()
+if columns != "infer":
+    with open(columns) as f:
+        schema = pa.schema([(c["name"], types[c["type"]]) for c in json.load(f)])
+    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+table = pj.read_json(source, parse_options=options)
+pq.write_table(table, target, compression=codec, compression_level=1 if codec == "zstd" else None)
+"#;
+
+/// One declared column as each tool names its type.
+struct DeclaredColumn {
+    name: String,
+    /// The Arrow type sluice writes.
+    arrow: DataType,
+    /// DuckDB's type.
+    duckdb: &'static str,
+    /// The key of `PYARROW_SCRIPT`'s type table.
+    pyarrow: &'static str,
+}
+
+/// The CloudFront schema the Parquet cases declare, for the baselines given the same schema.
+fn declared_schema() -> Result<Vec<DeclaredColumn>, BenchError> {
+    #[derive(serde::Deserialize)]
+    struct SchemaFile {
+        columns: Vec<ColumnEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ColumnEntry {
+        name: String,
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    let bad = |why: String| BenchError::Io {
+        what: "the bench's CloudFront schema".into(),
+        source: std::io::Error::other(why),
+    };
+    let file: SchemaFile = toml::from_str(CLOUDFRONT_SCHEMA).map_err(|e| bad(e.to_string()))?;
+    file.columns
+        .into_iter()
+        .map(|c| {
+            let parsed = ColumnType::parse(&c.kind).map_err(|e| bad(e.message))?;
+            let (duckdb, pyarrow) = match parsed {
+                ColumnType::String | ColumnType::Varchar(_) | ColumnType::Char(_) => ("VARCHAR", "string"),
+                ColumnType::Boolean => ("BOOLEAN", "boolean"),
+                ColumnType::TinyInt => ("TINYINT", "tinyint"),
+                ColumnType::SmallInt => ("SMALLINT", "smallint"),
+                ColumnType::Int => ("INTEGER", "int"),
+                ColumnType::BigInt => ("BIGINT", "bigint"),
+                ColumnType::Float => ("FLOAT", "float"),
+                ColumnType::Double => ("DOUBLE", "double"),
+                ColumnType::Date => ("DATE", "date"),
+                // sluice's timestamps are UTC instants (Arrow `Timestamp(us, "UTC")`).
+                ColumnType::Timestamp => ("TIMESTAMPTZ", "timestamp"),
+                other => return Err(bad(format!("column `{}`: the baselines are not given type {other:?}", c.name))),
+            };
+            Ok(DeclaredColumn { name: c.name, arrow: parsed.arrow_type(), duckdb, pyarrow })
+        })
+        .collect()
+}

@@ -1,0 +1,80 @@
+//! The bench's inputs: generated once per profile and size with `sluice gen`'s synthesizer (fixed
+//! seeds), kept under `<out>/data` with their record count so later runs reuse them.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sluice_connectors::synth::{Profile, write_ndjson};
+
+use super::{BenchError, io_error};
+
+/// One generated input file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Workload {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// Its records (lines).
+    pub records: u64,
+}
+
+/// Parses `200MB`, `50MiB`, `2GB`, `1048576`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a size; e.g. 200MB, 2GB, 512KiB"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit `{other}` in `{text}`; use B, KB, MB, GB, KiB, MiB or GiB")),
+    };
+    Ok((number * scale) as u64)
+}
+
+/// Generates (or reuses) `<data>/<profile>-<bytes>.ndjson` of about `bytes`.
+pub(crate) fn workload(data: &Path, profile: Profile, seed: u64, bytes: u64) -> Result<Workload, BenchError> {
+    let name = format!("{profile:?}").to_lowercase();
+    let path = data.join(format!("{name}-{bytes}.ndjson"));
+    let count = data.join(format!("{name}-{bytes}.records"));
+    if let (Ok(meta), Ok(records)) = (std::fs::metadata(&path), std::fs::read_to_string(&count))
+        && let Ok(records) = records.trim().parse()
+    {
+        return Ok(Workload { path, bytes: meta.len(), records });
+    }
+    std::fs::create_dir_all(data).map_err(io_error(format!("cannot create {}", data.display())))?;
+    // The mean record size from a sample, then as many records as make `bytes`.
+    let mut sample = Vec::new();
+    write_ndjson(profile, seed, 1000, &mut sample).map_err(io_error("cannot generate records"))?;
+    let records = (bytes * 1000 / sample.len().max(1) as u64).max(1);
+    let file = std::fs::File::create(&path).map_err(io_error(format!("cannot create {}", path.display())))?;
+    let mut writer = io::BufWriter::new(file);
+    write_ndjson(profile, seed, records, &mut writer).map_err(io_error("cannot generate records"))?;
+    writer.flush().map_err(io_error(format!("cannot write {}", path.display())))?;
+    std::fs::write(&count, records.to_string()).map_err(io_error("cannot write the record count"))?;
+    let bytes = std::fs::metadata(&path).map_err(io_error("cannot read the workload"))?.len();
+    Ok(Workload { path, bytes, records })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_reject_nonsense() {
+        assert_eq!(parse_size("200MB"), Ok(200_000_000));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("1.5MiB"), Ok(1_572_864));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").unwrap_err().contains("unknown size unit"));
+    }
+}
