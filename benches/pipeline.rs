@@ -3,7 +3,8 @@
 //! - `file → ndjson + gzip(6) → file://` and `+ zstd(3)`, 1 and 2 workers, vs `pigz -6 -p 2` and
 //!   `zstd -3 -T2`;
 //! - `file → parquet (snappy | zstd) → file://`, 1 and 2 workers, vs the DuckDB CLI's
-//!   `COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet)` with 2 threads.
+//!   `COPY (SELECT * FROM read_json(..., columns = {...})) TO ... (FORMAT parquet)` with 2 threads,
+//!   given the schema sluice declares and zstd at sluice's level (1).
 //!
 //! Whole processes side by side (wall, CPU and peak RSS of `sluice run` against each tool, alternating
 //! runs, more baselines) are `sluice bench`.
@@ -50,7 +51,7 @@ fn input_file() -> (PathBuf, u64) {
 }
 
 fn pipeline(input: &Path, out: &Path, format: &str, compression: &str) -> String {
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/schemas/cloudfront.toml");
+    let schema = cloudfront_schema();
     let (size_mb, extra) = if format == "parquet" {
         (128, format!("schema = \"{}\"\nparquet = {{ row_group_mb = 128 }}\n", schema.display()))
     } else {
@@ -71,9 +72,23 @@ fn duckdb() -> Option<PathBuf> {
     have("duckdb").then(|| PathBuf::from("duckdb"))
 }
 
+/// How `sluice bench` tells its baselines sluice's schema (the same file, not a copy).
+#[allow(dead_code)]
+#[path = "../connectors/src/bin/sluice/bench/schema.rs"]
+mod schema;
+
+/// The schema sluice's Parquet cases declare.
+fn cloudfront_schema() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/schemas/cloudfront.toml")
+}
+
 fn run_duckdb(duckdb: &Path, input: &Path, out: &Path, codec: &str) {
+    let cloudfront = std::fs::read_to_string(cloudfront_schema()).expect("the CloudFront schema");
+    let columns = schema::duckdb_columns(&schema::declared(&cloudfront).expect("the CloudFront schema"));
+    // parquet-rs (sluice) writes zstd at level 1; DuckDB's default is 3.
+    let level = if codec == "zstd" { ", COMPRESSION_LEVEL 1" } else { "" };
     let sql = format!(
-        "SET threads = 2; COPY (SELECT * FROM read_json('{}', format = 'newline_delimited')) TO '{}' (FORMAT parquet, COMPRESSION {codec});",
+        "SET threads = 2; COPY (SELECT * FROM read_json('{}', format = 'newline_delimited', columns = {columns})) TO '{}' (FORMAT parquet, COMPRESSION {codec}{level});",
         input.display(),
         out.join("duckdb.parquet").display()
     );

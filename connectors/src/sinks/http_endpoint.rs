@@ -49,8 +49,8 @@ const MAX_REQUEST_RECORDS: u64 = 10_000;
 const MAX_REQUEST_BYTES: u64 = 64 << 20;
 
 /// The body of a Firehose HTTP endpoint request, as a record codec: the engine streams records
-/// into it (compressed when `content_encoding = "gzip"`), names each request with a fresh id, and
-/// splits a refused request back into its records for the backup.
+/// into it (compressed when `content_encoding = "gzip"`, at most 10,000 records and 64 MiB, each
+/// request named with a fresh id) and splits a refused request back into its records for the backup.
 #[derive(Debug, Clone, Copy)]
 pub struct FirehoseRequest;
 
@@ -85,19 +85,6 @@ impl RecordCodec for FirehoseRequest {
     /// Closes the record array and adds the request id (the object's key) and the time it was sealed.
     fn trailer(&self, request_id: &str) -> Vec<u8> {
         format!("],\"requestId\":\"{request_id}\",\"timestamp\":{}}}", sluice_engine::record::now_ms()).into_bytes()
-    }
-
-    fn max_records(&self) -> u64 {
-        MAX_REQUEST_RECORDS
-    }
-
-    fn max_object_bytes(&self) -> Option<u64> {
-        Some(MAX_REQUEST_BYTES)
-    }
-
-    /// A request is named by a fresh id, sent again unchanged on every retry.
-    fn object_key(&self) -> Option<String> {
-        Some(uuid::Uuid::new_v4().to_string())
     }
 
     /// The records of a request body, base64-decoded.
@@ -224,7 +211,12 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         url,
         name: c.name,
         access_key: c.access_key,
-        wire: Arc::new(TextFormat::new(FirehoseRequest, compression)),
+        // A request is named by a fresh id, sent again unchanged on every retry.
+        wire: Arc::new(
+            TextFormat::new(FirehoseRequest, compression)
+                .limited(MAX_REQUEST_RECORDS, MAX_REQUEST_BYTES)
+                .named_by(|| uuid::Uuid::new_v4().to_string()),
+        ),
         common_attributes,
         source_arn: stream_arn(&region, ACCOUNT, &pipeline),
         client,

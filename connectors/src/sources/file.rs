@@ -591,13 +591,8 @@ mod tests {
         // No newline at the end: the last line is a record all the same.
         std::fs::write(dir.path().join("c.ndjson"), format!("{}\n\n{}", line(2, 0), line(2, 1))).unwrap();
         expected.extend((0..2).map(|i| line(2, i).into_bytes()));
-        let case = SourceCase {
-            table: format!("type = \"file\"\npaths = [\"{}/*.ndjson*\"]\nsplit_mb = 1\n", dir.path().display()),
-            expected,
-            produce: None,
-            keeps_its_place: true,
-            dir: dir.path().join("runs"),
-        };
+        let table = format!("type = \"file\"\npaths = [\"{}/*.ndjson*\"]\nsplit_mb = 1\n", dir.path().display());
+        let case = SourceCase::finite(table, expected, true, &dir.path().join("runs"));
         let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
     }

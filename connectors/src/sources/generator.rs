@@ -166,13 +166,8 @@ mod tests {
                 record
             })
             .collect();
-        let case = SourceCase {
-            table: "type = \"generator\"\nprofile = \"vpcflow\"\nrecords = 20000\nseed = 7\n".into(),
-            expected,
-            produce: None,
-            keeps_its_place: false,
-            dir: dir.path().to_path_buf(),
-        };
+        let table = "type = \"generator\"\nprofile = \"vpcflow\"\nrecords = 20000\nseed = 7\n".to_string();
+        let case = SourceCase::finite(table, expected, false, dir.path());
         let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.passed.contains(&Check::ExactlyOnce { workers: 4 }), "{report:?}");
         assert!(report.passed.contains(&Check::DrainOnStop), "{report:?}");

@@ -352,13 +352,8 @@ mod tests {
             }
             Ok(())
         };
-        let case = SourceCase {
-            table: format!("type = \"http\"\nlisten = \"127.0.0.1:{port}\"\n"),
-            expected,
-            produce: Some(Box::new(produce)),
-            keeps_its_place: true,
-            dir: dir.path().to_path_buf(),
-        };
+        let table = format!("type = \"http\"\nlisten = \"127.0.0.1:{port}\"\n");
+        let case = SourceCase::stream(table, expected, Box::new(produce), dir.path());
         let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
     }

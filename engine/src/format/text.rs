@@ -35,33 +35,39 @@ pub trait RecordCodec: Send + Sync + std::fmt::Debug + 'static {
         let _ = key;
         Vec::new()
     }
-    /// Most records in one object.
-    fn max_records(&self) -> u64 {
-        u64::MAX
-    }
-    /// Largest object before compression, when the destination limits it.
-    fn max_object_bytes(&self) -> Option<u64> {
-        None
-    }
-    /// A name the codec gives each object itself.
-    fn object_key(&self) -> Option<String> {
-        None
-    }
     /// The records of a decompressed object, as encoded.
     fn records_of(&self, text: &[u8]) -> Result<Vec<Vec<u8>>, String>;
 }
 
-/// A text format: a codec and the compression its objects are streamed through.
+/// A text format: a codec, the compression its objects are streamed through, and what the
+/// destination imposes on an object (a request's record and byte limits, its own name).
 #[derive(Debug)]
 pub struct TextFormat<C> {
     codec: Arc<C>,
     compression: Compression,
+    max_records: u64,
+    max_object_bytes: Option<u64>,
+    /// Names each object (a request id) instead of the sink's keys.
+    name: Option<fn() -> String>,
 }
 
 impl<C: RecordCodec> TextFormat<C> {
-    /// `codec`'s objects compressed with `compression`.
+    /// `codec`'s objects compressed with `compression`, named by the sink's keys, without limits.
     pub fn new(codec: C, compression: Compression) -> Self {
-        TextFormat { codec: Arc::new(codec), compression }
+        TextFormat { codec: Arc::new(codec), compression, max_records: u64::MAX, max_object_bytes: None, name: None }
+    }
+
+    /// Objects of at most `records` records and `bytes` bytes before compression (a request).
+    pub fn limited(mut self, records: u64, bytes: u64) -> Self {
+        self.max_records = records;
+        self.max_object_bytes = Some(bytes);
+        self
+    }
+
+    /// Each object named by `name` (a fresh request id) instead of the sink's keys.
+    pub fn named_by(mut self, name: fn() -> String) -> Self {
+        self.name = Some(name);
+        self
     }
 }
 
@@ -93,15 +99,15 @@ impl<C: RecordCodec> ObjectFormat for TextFormat<C> {
     }
 
     fn max_records(&self) -> u64 {
-        self.codec.max_records()
+        self.max_records
     }
 
     fn max_object_bytes(&self) -> Option<u64> {
-        self.codec.max_object_bytes()
+        self.max_object_bytes
     }
 
     fn object_key(&self) -> Option<String> {
-        self.codec.object_key()
+        self.name.map(|name| name())
     }
 
     fn records_of(&self, object: &[u8]) -> Result<Vec<Vec<u8>>, String> {

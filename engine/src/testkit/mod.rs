@@ -21,6 +21,29 @@ use crate::config::{Diagnostics, Plan, Registry, load_str};
 use crate::metrics::PipelineMetrics;
 use crate::runtime::{RunOptions, RunReport, run};
 
+/// What a conformance run checked: the checks that passed, and those not run with the reason (a
+/// test asserts which ran, so it cannot pass by skipping).
+#[derive(Debug)]
+pub struct Report<C> {
+    /// The checks that passed.
+    pub passed: Vec<C>,
+    /// The checks not run, and why.
+    pub skipped: Vec<(C, String)>,
+}
+
+impl<C> Default for Report<C> {
+    fn default() -> Self {
+        Report { passed: Vec::new(), skipped: Vec::new() }
+    }
+}
+
+impl<C: PartialEq> Report<C> {
+    /// Whether `check` ran and passed.
+    pub fn passed(&self, check: C) -> bool {
+        self.passed.contains(&check)
+    }
+}
+
 /// Resolves `toml` (named `pipeline.toml` in messages).
 pub fn plan_from_str(toml: &str, registry: &Registry) -> Result<Plan, Diagnostics> {
     load_str("pipeline.toml", toml.to_string(), Path::new("."), registry)

@@ -88,20 +88,7 @@ pub enum Check {
 }
 
 /// What [`conformance`] checked.
-#[derive(Debug, Default)]
-pub struct Report {
-    /// The checks that passed.
-    pub passed: Vec<Check>,
-    /// The checks not run, and why.
-    pub skipped: Vec<(Check, String)>,
-}
-
-impl Report {
-    /// Whether `check` ran and passed.
-    pub fn passed(&self, check: Check) -> bool {
-        self.passed.contains(&check)
-    }
-}
+pub type Report = super::Report<Check>;
 
 /// One payload and the records encoded in it.
 struct Sample {

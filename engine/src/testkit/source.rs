@@ -40,6 +40,18 @@ pub struct SourceCase {
     pub dir: PathBuf,
 }
 
+impl SourceCase {
+    /// A source that ends by itself, reading the records its table names.
+    pub fn finite(table: String, expected: Vec<Vec<u8>>, keeps_its_place: bool, dir: &std::path::Path) -> Self {
+        SourceCase { table, expected, produce: None, keeps_its_place, dir: dir.to_path_buf() }
+    }
+
+    /// A stream source fed by `produce`, which keeps its place (a write-ahead log) across runs.
+    pub fn stream(table: String, expected: Vec<Vec<u8>>, produce: Producer, dir: &std::path::Path) -> Self {
+        SourceCase { table, expected, produce: Some(produce), keeps_its_place: true, dir: dir.to_path_buf() }
+    }
+}
+
 /// One conformance check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -55,13 +67,7 @@ pub enum Check {
 }
 
 /// What [`conformance`] checked.
-#[derive(Debug, Default)]
-pub struct Report {
-    /// The checks that passed.
-    pub passed: Vec<Check>,
-    /// The checks not run, and why.
-    pub skipped: Vec<(Check, String)>,
-}
+pub type Report = super::Report<Check>;
 
 /// When a run is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 //! - [`tools`]: finding the baselines (the PATH, the repository's virtualenvs) and command lines.
 //! - [`plan`]: the scenarios, each a list of cases (sluice runs and baselines doing the same work:
 //!   the same input, the same schema, the same compression level) and the comparisons between them.
+//! - [`schema`]: the schema sluice declares, as each baseline is told it.
 //! - [`check`]: what each case's output must hold for its run to count.
 //! - [`run`]: running the cases alternately (A B C A B C …, so a noisy neighbour hits all alike), each
 //!   a process measured through `sluice measure` (wall, CPU, peak RSS of that process alone); the
@@ -22,6 +23,7 @@ mod check;
 mod plan;
 mod report;
 mod run;
+mod schema;
 mod stats;
 mod svg;
 mod tools;
@@ -83,4 +85,18 @@ pub enum BenchError {
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> BenchError {
     let what = what.into();
     move |source| BenchError::Io { what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schema::{declared, duckdb_columns};
+
+    #[test]
+    fn the_cloudfront_schema_is_given_to_duckdb_with_its_types() {
+        let columns = declared(include_str!("../../../../../pipelines/schemas/cloudfront.toml")).unwrap();
+        let text = duckdb_columns(&columns);
+        assert!(text.starts_with("{'timestamp': 'TIMESTAMPTZ', "), "{text}");
+        assert!(text.contains("'sc_status': 'SMALLINT'") && text.ends_with("'ssl_protocol': 'VARCHAR'}"), "{text}");
+        assert!(declared("[[columns]]\nname = \"m\"\ntype = \"map<string,int>\"\n").is_err());
+    }
 }

@@ -7,13 +7,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_schema::DataType;
-use sluice_engine::columnar::ColumnType;
-
 use sluice_connectors::load;
 use sluice_connectors::measure::MeasuredCommand;
 
 use super::check::OutputCheck;
+use super::schema::{PYARROW_SCRIPT, declared, duckdb_columns};
 use super::stats::About;
 use super::tools::{find_program, python_with_pyarrow, shell, shell_quote, venv_roots};
 use super::workload::Workload;
@@ -329,14 +327,13 @@ impl Planner<'_> {
     /// columns and types; the same tools inferring their schema are extra rows.
     pub(crate) fn parquet(&mut self, cf: &Workload) -> Result<(), BenchError> {
         let n = self.options.threads;
-        let declared = declared_schema()?;
+        let schema = declared(CLOUDFRONT_SCHEMA).map_err(bad_schema)?;
         let same = OutputCheck::Parquet {
-            columns: Some(Arc::new(declared.iter().map(|c| (c.name.clone(), c.arrow.clone())).collect())),
+            columns: Some(Arc::new(schema.iter().map(|c| (c.name.clone(), c.arrow.clone())).collect())),
         };
-        let duckdb_columns =
-            declared.iter().map(|c| format!("'{}': '{}'", c.name, c.duckdb)).collect::<Vec<_>>().join(", ");
+        let duckdb_columns = duckdb_columns(&schema);
         let pyarrow_columns = self.work.join("cloudfront-columns.json");
-        let columns: Vec<_> = declared.iter().map(|c| serde_json::json!({"name": c.name, "type": c.pyarrow})).collect();
+        let columns: Vec<_> = schema.iter().map(|c| serde_json::json!({"name": c.name, "type": c.pyarrow})).collect();
         std::fs::write(&pyarrow_columns, serde_json::Value::Array(columns).to_string())
             .map_err(io_error("cannot write the pyarrow schema"))?;
         let script = self.work.join("pyarrow-parquet.py");
@@ -351,7 +348,7 @@ impl Planner<'_> {
                 (
                     false,
                     format!(
-                        "read_json('{}', format = 'newline_delimited', columns = {{{duckdb_columns}}})",
+                        "read_json('{}', format = 'newline_delimited', columns = {duckdb_columns})",
                         cf.path.display()
                     ),
                 ),
@@ -573,8 +570,8 @@ impl Planner<'_> {
 
     pub(crate) fn scale(&mut self, cf: &Workload, big: &Workload) -> Result<(), BenchError> {
         let gzip = (Self::text_sink("gzip"), OutputCheck::Lines);
-        let declared = declared_schema()?;
-        let columns = Arc::new(declared.iter().map(|c| (c.name.clone(), c.arrow.clone())).collect());
+        let schema = declared(CLOUDFRONT_SCHEMA).map_err(bad_schema)?;
+        let columns = Arc::new(schema.iter().map(|c| (c.name.clone(), c.arrow.clone())).collect());
         let parquet = (self.parquet_sink("snappy")?, OutputCheck::Parquet { columns: Some(columns) });
         for (kind, (sink, check)) in [("gzip", gzip), ("parquet", parquet)] {
             let one = self.sluice("scale", &format!("sluice {kind} workers=1"), cf, 1, &sink, check.clone())?;
@@ -587,70 +584,7 @@ impl Planner<'_> {
     }
 }
 
-/// The pyarrow baseline: `python pyarrow-parquet.py INPUT OUTPUT CODEC COLUMNS`, where COLUMNS is a
-/// JSON file of `{"name", "type"}` (the declared schema) or `infer`. zstd at level 1, as sluice.
-const PYARROW_SCRIPT: &str = r#"import json, sys
-import pyarrow as pa, pyarrow.json as pj, pyarrow.parquet as pq
-source, target, codec, columns = sys.argv[1:5]
-types = {"string": pa.string(), "boolean": pa.bool_(), "tinyint": pa.int8(), "smallint": pa.int16(),
-         "int": pa.int32(), "bigint": pa.int64(), "float": pa.float32(), "double": pa.float64(),
-         "date": pa.date32(), "timestamp": pa.timestamp("us", tz="UTC")}
-options = pj.ParseOptions()
-if columns != "infer":
-    with open(columns) as f:
-        schema = pa.schema([(c["name"], types[c["type"]]) for c in json.load(f)])
-    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-table = pj.read_json(source, parse_options=options)
-pq.write_table(table, target, compression=codec, compression_level=1 if codec == "zstd" else None)
-"#;
-
-/// One declared column as each tool names its type.
-struct DeclaredColumn {
-    name: String,
-    /// The Arrow type sluice writes.
-    arrow: DataType,
-    /// DuckDB's type.
-    duckdb: &'static str,
-    /// The key of `PYARROW_SCRIPT`'s type table.
-    pyarrow: &'static str,
-}
-
-/// The CloudFront schema the Parquet cases declare, for the baselines given the same schema.
-fn declared_schema() -> Result<Vec<DeclaredColumn>, BenchError> {
-    #[derive(serde::Deserialize)]
-    struct SchemaFile {
-        columns: Vec<ColumnEntry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct ColumnEntry {
-        name: String,
-        #[serde(rename = "type")]
-        kind: String,
-    }
-    let bad = |why: String| BenchError::Io {
-        what: "the bench's CloudFront schema".into(),
-        source: std::io::Error::other(why),
-    };
-    let file: SchemaFile = toml::from_str(CLOUDFRONT_SCHEMA).map_err(|e| bad(e.to_string()))?;
-    file.columns
-        .into_iter()
-        .map(|c| {
-            let parsed = ColumnType::parse(&c.kind).map_err(|e| bad(e.message))?;
-            let (duckdb, pyarrow) = match parsed {
-                ColumnType::String | ColumnType::Varchar(_) | ColumnType::Char(_) => ("VARCHAR", "string"),
-                ColumnType::Boolean => ("BOOLEAN", "boolean"),
-                ColumnType::TinyInt => ("TINYINT", "tinyint"),
-                ColumnType::SmallInt => ("SMALLINT", "smallint"),
-                ColumnType::Int => ("INTEGER", "int"),
-                ColumnType::BigInt => ("BIGINT", "bigint"),
-                ColumnType::Float => ("FLOAT", "float"),
-                ColumnType::Double => ("DOUBLE", "double"),
-                ColumnType::Date => ("DATE", "date"),
-                // sluice's timestamps are UTC instants (Arrow `Timestamp(us, "UTC")`).
-                ColumnType::Timestamp => ("TIMESTAMPTZ", "timestamp"),
-                other => return Err(bad(format!("column `{}`: the baselines are not given type {other:?}", c.name))),
-            };
-            Ok(DeclaredColumn { name: c.name, arrow: parsed.arrow_type(), duckdb, pyarrow })
-        })
-        .collect()
+/// The schema file could not be read: a bug in the bench, said as such.
+fn bad_schema(why: String) -> BenchError {
+    BenchError::Io { what: "the bench's CloudFront schema".into(), source: std::io::Error::other(why) }
 }
