@@ -415,8 +415,30 @@ fn serve_serves_the_good_stream_pipelines_and_reports_the_rest() {
         ),
     )
     .unwrap();
+    // A firehose stream whose pipeline cannot start (its other source's address is taken): before,
+    // the shared listener served its stream anyway and acknowledged records no run would deliver.
+    std::fs::write(
+        pipelines.join("halfway.toml"),
+        format!(
+            "[pipeline]\nname = \"halfway\"\ndata_dir = \"{}\"\n[sources.api]\ntype = \"firehose\"\n\
+             [sources.in]\ntype = \"http\"\nlisten = \"{}\"\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\", \"in\"]\nurl = \"memory://halfway\"\n",
+            dir.path().join("data/halfway").display(),
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
     let listen = format!("127.0.0.1:{port}");
     let running = Running::start(&["serve", pipelines.to_str().unwrap(), "--listen", &listen], port, 0);
+    let listed = reqwest::blocking::Client::new()
+        .post(format!("http://{listen}/"))
+        .header("x-amz-target", "Firehose_20150804.ListDeliveryStreams")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body("{}")
+        .send()
+        .unwrap();
+    let listed: Value = serde_json::from_str(&listed.text().unwrap()).unwrap();
+    assert_eq!(listed["DeliveryStreamNames"], serde_json::json!(["good"]), "only the pipeline that runs is served");
     let sent = strings(&client(&["put", &running.api, "good", "30"])["sent"]);
     let stopping = Instant::now();
     let (code, printed) = running.stop();
@@ -428,6 +450,7 @@ fn serve_serves_the_good_stream_pipelines_and_reports_the_rest() {
     );
     assert!(printed.contains("SLUICE_TEST_SURELY_UNSET") && printed.contains("unset.toml"), "{printed}");
     assert!(printed.contains("pipeline taken could not start"), "{printed}");
+    assert!(printed.contains("pipeline halfway could not start"), "{printed}");
     assert!(printed.contains("pipeline good finished"), "{printed}");
     let mut sent = sent;
     sent.sort();
