@@ -6,8 +6,9 @@
 //! [`crate::format::ObjectFormat`] and compresses them. Optional capabilities are separate: a sink
 //! that can take an object in parts while it grows offers a [`PartSink`]; a sink whose destination
 //! takes its own body offers its [`Sink::wire_format`]; a source that serves through a listener the
-//! process shares finds it in its [`PrepareContext`]. Adding a connector is one file plus one
-//! registry line ([`crate::config::Registry`]) plus its tests, and it runs the conformance testkit.
+//! process shares finds it in its [`PrepareContext`]. Adding a connector is one file, its `mod`
+//! line and one registry line ([`crate::config::Registry`]), plus its tests, which run the
+//! conformance testkit (ARCHITECTURE.md: Recipes).
 
 mod errors;
 
