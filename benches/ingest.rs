@@ -29,7 +29,6 @@ use sluice_connectors::load::{
     wait_for,
 };
 use sluice_connectors::registry;
-use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::runtime::{RunOptions, run};
 use sluice_engine::testkit::plan_from_str;
 
@@ -97,7 +96,7 @@ fn main() {
             out.path().join("objects").display()
         );
         let plan = plan_from_str(&toml, &registry()).expect("bench pipeline");
-        let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+        let metrics = Arc::new(plan.new_metrics());
         let mut options = RunOptions::for_plan(&plan);
         options.workers = 2;
         let stop = options.stop.clone();

@@ -31,7 +31,6 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 use sluice_connectors::registry;
 use sluice_connectors::synth::{Profile, write_ndjson};
-use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::runtime::{RunOptions, run};
 use sluice_engine::testkit::{file_pipeline_toml, plan_from_str};
 
@@ -98,7 +97,7 @@ fn run_duckdb(duckdb: &Path, input: &Path, out: &Path, codec: &str) {
 
 fn run_sluice(toml: &str, workers: usize) {
     let plan = plan_from_str(toml, &registry()).expect("bench pipeline");
-    let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+    let metrics = Arc::new(plan.new_metrics());
     let mut options = RunOptions::for_plan(&plan);
     options.workers = workers;
     run(&plan, &options, metrics).expect("bench run");

@@ -4,6 +4,8 @@ happened as JSON, for the integration tests in tests/api.rs.
     firehose_client.py put ENDPOINT STREAM COUNT [KEY SECRET]   -> {"sent": [...records acknowledged...]}
     firehose_client.py errors ENDPOINT STREAM [KEY SECRET]      -> {"case": "ErrorType", ...}
     firehose_client.py auth ENDPOINT STREAM KEY SECRET          -> {"case": "ErrorType", ...}
+    firehose_client.py put_b64 ENDPOINT STREAM FILE              -> {"sent": N} (one base64 record per line,
+                                                                    sent as bytes in one PutRecordBatch)
 """
 
 import base64
@@ -195,6 +197,14 @@ def auth(endpoint, stream, key, secret):
     }
 
 
+def put_b64(endpoint, stream, path):
+    with open(path) as f:
+        records = [base64.b64decode(line) for line in f.read().split("\n") if line]
+    r = client(endpoint).put_record_batch(DeliveryStreamName=stream, Records=[{"Data": d} for d in records])
+    assert r["FailedPutCount"] == 0, r
+    return {"sent": len(records)}
+
+
 if __name__ == "__main__":
     command, endpoint, stream, *rest = sys.argv[1:]
     if command == "put":
@@ -203,6 +213,8 @@ if __name__ == "__main__":
         result = errors(endpoint, stream, *rest)
     elif command == "auth":
         result = auth(endpoint, stream, *rest)
+    elif command == "put_b64":
+        result = put_b64(endpoint, stream, rest[0])
     else:
         raise SystemExit(f"unknown command {command}")
     print(json.dumps(result, ensure_ascii=False))

@@ -20,3 +20,4 @@ mod pipelines;
 mod resume;
 mod s3;
 mod support;
+mod transforms;

@@ -12,7 +12,6 @@ use base64::Engine;
 use s3s::S3ErrorCode;
 use sluice_connectors::registry;
 use sluice_connectors::synth::Profile;
-use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::runtime::{RunOptions, run};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
@@ -161,7 +160,7 @@ fn a_store_stopped_past_the_retry_duration_loses_nothing_the_error_output_waits_
         ),
     );
     let plan = plan_from_str(&toml, &registry()).unwrap();
-    let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+    let metrics = Arc::new(plan.new_metrics());
     let mut options = RunOptions::for_plan(&plan);
     options.workers = 1;
     let stop = options.stop.clone();

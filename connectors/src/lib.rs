@@ -1,4 +1,4 @@
-//! sluice's connectors: sources and sinks, one file each behind the engine's traits, the explicit
+//! sluice's connectors: sources, transforms and sinks, one file each behind the engine's traits, the explicit
 //! [`registry`], and the synthetic log profiles used by the generator source and `sluice gen`.
 
 pub mod api;
@@ -8,5 +8,6 @@ pub mod registry;
 pub mod sinks;
 pub mod sources;
 pub mod synth;
+pub mod transforms;
 
 pub use registry::registry;

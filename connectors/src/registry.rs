@@ -1,8 +1,8 @@
-//! The explicit list of connectors: one line per source or sink type. Nothing registers itself.
+//! The explicit list of connectors: one line per source, transform or sink type. Nothing registers itself.
 
-use sluice_engine::config::{Registry, SinkType, SourceType};
+use sluice_engine::config::{Registry, SinkType, SourceType, TransformType};
 
-use crate::{sinks, sources};
+use crate::{sinks, sources, transforms};
 
 /// Every connector this build knows.
 pub fn registry() -> Registry {
@@ -12,6 +12,12 @@ pub fn registry() -> Registry {
             SourceType { name: "firehose", configure: sources::firehose::configure },
             SourceType { name: "generator", configure: sources::generator::configure },
             SourceType { name: "http", configure: sources::http::configure },
+        ],
+        transforms: vec![
+            TransformType { name: "cloudwatch_logs", configure: transforms::cloudwatch_logs::configure },
+            TransformType { name: "jq", configure: transforms::jq::configure },
+            TransformType { name: "lambda", configure: transforms::lambda::configure },
+            TransformType { name: "redact", configure: transforms::redact::configure },
         ],
         sinks: vec![
             SinkType { name: "http_endpoint", configure: sinks::http_endpoint::configure },

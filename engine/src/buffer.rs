@@ -18,9 +18,9 @@ use bytes::Bytes;
 
 use crate::config::{BackupMode, SinkSettings};
 use crate::contract::Payload;
-use crate::error_output::{ErrorDocument, ErrorOutputType, Reason};
+use crate::error_output::{ErrorDocument, ErrorOutputType, Processing, Reason};
 use crate::format::{self, EncodeError, ObjectEncoder, ObjectFormat};
-use crate::record::{RecordBatch, now_ms};
+use crate::record::{FailedRecords, RecordBatch, now_ms};
 
 /// Firehose-style error code of a record that could not be converted to the sink's format.
 pub const MALFORMED_DATA: &str = "DataFormatConversion.MalformedData";
@@ -266,6 +266,33 @@ impl ObjectBatcher {
                     sealed,
                 )?;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes the records a transform failed to the error output of their type, one error document
+    /// each (the record as it entered the transform, with its reason).
+    pub fn append_failed(
+        &mut self,
+        failed: &FailedRecords,
+        epoch: u64,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+    ) -> std::io::Result<()> {
+        let ended = now_ms();
+        let arrival_ms = failed.records.arrival_ms;
+        for (record, failure) in failed.records.iter().zip(&failed.failures) {
+            self.scratch.clear();
+            let reason = Reason::Processing(Processing {
+                error_code: &failure.code,
+                error_message: &failure.message,
+                lambda_arn: failure.lambda_arn.as_deref(),
+            });
+            ErrorDocument::new(record, arrival_ms, reason, failure.attempts, ended).write_line(&mut self.scratch);
+            let document = std::mem::take(&mut self.scratch);
+            let written = self.write_error_output(failed.output_type, &document, epoch, arrival_ms, now, sealed);
+            self.scratch = document;
+            written?;
         }
         Ok(())
     }

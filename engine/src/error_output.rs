@@ -5,7 +5,9 @@
 //! lost; `arrivalTimestamp` and `attemptEndingTimestamp` are epoch milliseconds. A record that
 //! could not be converted carries `lastErrorCode`/`lastErrorMessage` (Firehose's
 //! `format-conversion-failed` shape); a record whose delivery failed carries
-//! `errorCode`/`errorMessage` (the HTTP endpoint destination's shape).
+//! `errorCode`/`errorMessage` (the HTTP endpoint destination's shape); a record a transform failed
+//! carries `errorCode`/`errorMessage` and, for a Lambda function, `lambdaArn` (the
+//! `processing-failed` shape).
 
 use base64::Engine;
 use serde::Serialize;
@@ -18,6 +20,12 @@ pub enum ErrorOutputType {
     /// Records that could not be converted to the sink's format (`format-conversion-failed`,
     /// Firehose's name).
     FormatConversionFailed,
+    /// Records a transform could not process (`processing-failed`, Firehose's name for records a
+    /// Lambda function failed; sluice's transforms use it too).
+    ProcessingFailed,
+    /// Records that could not be decompressed (`decompression-failed`: CloudWatch Logs payloads
+    /// that are not gzip or not a subscription document), kept still compressed.
+    DecompressionFailed,
     /// Every source record, kept with `backup = "all"` (`source-record-backup`; Firehose's
     /// `S3BackupMode` all-data).
     SourceRecordBackup,
@@ -31,6 +39,8 @@ impl ErrorOutputType {
     pub fn name(self) -> &'static str {
         match self {
             ErrorOutputType::FormatConversionFailed => "format-conversion-failed",
+            ErrorOutputType::ProcessingFailed => "processing-failed",
+            ErrorOutputType::DecompressionFailed => "decompression-failed",
             ErrorOutputType::SourceRecordBackup => "source-record-backup",
             ErrorOutputType::DeliveryFailed(kind) => kind.failed_output_type(),
         }
@@ -57,6 +67,22 @@ pub enum Reason<'a> {
         /// What the destination said.
         error_message: &'a str,
     },
+    /// A transform failed it (`errorCode`, `errorMessage`, `lambdaArn`).
+    Processing(Processing<'a>),
+}
+
+/// A record a transform failed (`errorCode`, `errorMessage`, and `lambdaArn` for a Lambda
+/// function), written by [`ErrorDocument::write_line`] in Firehose's `processing-failed` shape.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Processing<'a> {
+    /// Machine-readable reason, e.g. `Lambda.ProcessingFailed`.
+    pub error_code: &'a str,
+    /// Human-readable reason.
+    pub error_message: &'a str,
+    /// The function's ARN (or URL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda_arn: Option<&'a str>,
 }
 
 /// One failed record as written to the error output.
@@ -124,5 +150,18 @@ mod tests {
         assert_eq!(v["errorMessage"], "no");
         assert_eq!(v["attemptsMade"], 3);
         assert!(v.get("lastErrorCode").is_none());
+
+        let processing = Reason::Processing(Processing {
+            error_code: "Lambda.ProcessingFailed",
+            error_message: "m",
+            lambda_arn: Some("a"),
+        });
+        let v = line(&ErrorDocument::new(b"{}", 5, processing, 4, 9));
+        assert_eq!(v["errorCode"], "Lambda.ProcessingFailed");
+        assert_eq!(v["lambdaArn"], "a");
+        assert_eq!(v["attemptsMade"], 4);
+        let local =
+            Reason::Processing(Processing { error_code: "Jq.ProcessingFailed", error_message: "m", lambda_arn: None });
+        assert!(line(&ErrorDocument::new(b"{}", 5, local, 1, 9)).get("lambdaArn").is_none());
     }
 }

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Counters of one source.
@@ -58,6 +58,46 @@ pub struct SinkMetrics {
     pub stored: AtomicU64,
     /// Arrival times of the oldest record each stage still holds, for `DataFreshness`.
     pub pending: OldestPending,
+}
+
+/// Counters of one transform.
+#[derive(Debug, Default)]
+pub struct TransformMetrics {
+    /// Records handed to it.
+    pub records_in: AtomicU64,
+    /// Records it sent on (a query may make several of one, or none).
+    pub records_out: AtomicU64,
+    /// Records it dropped on purpose (`select`, `empty`, a function's `Dropped`, control messages).
+    pub records_dropped: AtomicU64,
+    /// Records it failed (to the error output).
+    pub records_failed: AtomicU64,
+    /// Counts by family, label name and label value, e.g. (`RedactedValues`, `detector`, `ssn`).
+    pub labelled: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
+    /// Invocations of a function (`lambda`), started.
+    pub invocations: AtomicU64,
+    /// Invocations answered with a well-formed response (Firehose's `ExecuteProcessing.Success`
+    /// is this over `invocations`).
+    pub invocations_succeeded: AtomicU64,
+    /// How long invocations took, retries included (`ExecuteProcessing.Duration`).
+    pub invocation_duration: LatencyHistogram,
+}
+
+impl TransformMetrics {
+    /// Adds `n` to `family{label=value}`.
+    pub fn count(&self, family: &'static str, label: &'static str, value: &str, n: u64) {
+        if let Ok(mut labelled) = self.labelled.lock() {
+            *labelled.entry((family, label, value.to_string())).or_default() += n;
+        }
+    }
+}
+
+/// A transform as the Prometheus endpoint labels it.
+#[derive(Debug, Clone)]
+pub struct TransformLabel {
+    /// The transform's name in the pipeline.
+    pub name: String,
+    /// Its `type`.
+    pub type_name: String,
 }
 
 /// The oldest arrival time held by each stage of each worker (open objects, deliveries in flight).
@@ -116,6 +156,11 @@ impl LatencyHistogram {
     /// Observations so far.
     pub fn count(&self) -> u64 {
         self.count.load(Relaxed)
+    }
+
+    /// The mean observation in seconds (0 without any).
+    pub fn mean_seconds(&self) -> f64 {
+        self.sum_micros.load(Relaxed) as f64 / 1e6 / self.count().max(1) as f64
     }
 
     fn render(&self, text: &mut PrometheusText, family: &str, labels: &str) {
@@ -198,6 +243,8 @@ pub struct PipelineMetrics {
     pub sources: Vec<SourceMetrics>,
     /// Per sink, in plan order.
     pub sinks: Vec<SinkMetrics>,
+    /// Per transform, in plan order (see [`PipelineMetrics::with_transforms`]).
+    pub transforms: Vec<Arc<TransformMetrics>>,
     /// Errors that stopped a source early.
     pub source_errors: Mutex<Vec<String>>,
     /// Partial records a source found and did not deliver (the cut last line of a file truncated
@@ -262,10 +309,51 @@ impl PipelineMetrics {
         PipelineMetrics {
             sources: (0..sources).map(|_| SourceMetrics::default()).collect(),
             sinks: (0..sinks).map(|_| SinkMetrics::default()).collect(),
+            transforms: Vec::new(),
             source_errors: Mutex::new(Vec::new()),
             partial_records: AtomicU64::new(0),
             fatal: std::sync::OnceLock::new(),
             api: ApiMetrics::default(),
+        }
+    }
+
+    /// With counters for `transforms` transforms.
+    pub fn with_transforms(mut self, transforms: usize) -> Self {
+        self.transforms = (0..transforms).map(|_| Arc::default()).collect();
+        self
+    }
+
+    /// Adds the transforms' counters to `text`: `TransformRecords{transform,type,outcome}` (in, out,
+    /// dropped, failed), their labelled counts (e.g. `RedactedValues{detector}`), and for a
+    /// function Firehose's `ExecuteProcessing_Duration` and `ExecuteProcessing_Success`.
+    pub fn render_transforms(&self, text: &mut PrometheusText, stream: &str, transforms: &[TransformLabel]) {
+        for (t, label) in self.transforms.iter().zip(transforms) {
+            let labels = format!("stream=\"{}\",transform=\"{}\"", label_value(stream), label_value(&label.name));
+            for (outcome, counter) in [
+                ("in", &t.records_in),
+                ("out", &t.records_out),
+                ("dropped", &t.records_dropped),
+                ("failed", &t.records_failed),
+            ] {
+                let labels = format!("{labels},type=\"{}\",outcome=\"{outcome}\"", label_value(&label.type_name));
+                text.sample("sluice_TransformRecords", "counter", &labels, counter.load(Relaxed));
+            }
+            if let Ok(labelled) = t.labelled.lock() {
+                for ((family, name, value), n) in labelled.iter() {
+                    let labels = format!("{labels},{name}=\"{}\"", label_value(value));
+                    text.sample(&format!("sluice_{family}"), "counter", &labels, n);
+                }
+            }
+            if label.type_name == "lambda" {
+                let invocations = t.invocations.load(Relaxed);
+                let success = if invocations == 0 {
+                    1.0
+                } else {
+                    t.invocations_succeeded.load(Relaxed) as f64 / invocations as f64
+                };
+                text.sample("sluice_ExecuteProcessing_Success", "gauge", &labels, success);
+                t.invocation_duration.render(text, "sluice_ExecuteProcessing_Duration_seconds", &labels);
+            }
         }
     }
 

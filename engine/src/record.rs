@@ -4,6 +4,18 @@
 //! [`RecordBatch`] keeps many records in one contiguous buffer with an end offset per record, so a
 //! timely message carries thousands of records and one allocation, not one allocation per record.
 //! Guarantees: records keep their bytes exactly and their order within a batch.
+//!
+//! Between the stages of the dataflow records travel as [`Records`]: a batch on its way to the
+//! sinks, or [`FailedRecords`] that a transform could not process, on their way to the error output
+//! of every sink they would have reached, each with its reason.
+
+use std::sync::Arc;
+
+use crate::error_output::ErrorOutputType;
+
+/// Partition keys a transform gave a record (a Lambda function's `metadata.partitionKeys`), in
+/// key order.
+pub type PartitionKeys = Arc<[(String, String)]>;
 
 /// Many records, stored back to back, with the arrival time they share.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -13,12 +25,15 @@ pub struct RecordBatch {
     pub arrival_ms: i64,
     data: Vec<u8>,
     ends: Vec<u32>,
+    /// Partition keys per record, when any record has some (empty otherwise; shorter than `ends`
+    /// when the last records have none).
+    keys: Vec<Option<PartitionKeys>>,
 }
 
 impl RecordBatch {
     /// An empty batch stamped with `arrival_ms`, with room for `bytes` of record data.
     pub fn with_capacity(arrival_ms: i64, bytes: usize) -> Self {
-        RecordBatch { arrival_ms, data: Vec::with_capacity(bytes), ends: Vec::new() }
+        RecordBatch { arrival_ms, data: Vec::with_capacity(bytes), ends: Vec::new(), keys: Vec::new() }
     }
 
     /// Appends one record. A batch holds at most 4 GiB (offsets are `u32`); sources cut batches at
@@ -44,6 +59,20 @@ impl RecordBatch {
         }
     }
 
+    /// Appends one record with the partition keys a transform gave it.
+    pub fn push_with_keys(&mut self, record: &[u8], keys: Option<PartitionKeys>) {
+        if keys.is_some() {
+            self.keys.resize(self.ends.len(), None);
+            self.keys.push(keys);
+        }
+        self.push(record);
+    }
+
+    /// The partition keys of record `index`, if a transform gave it some.
+    pub fn partition_keys(&self, index: usize) -> Option<&PartitionKeys> {
+        self.keys.get(index).and_then(Option::as_ref)
+    }
+
     /// The batch as bytes (for the write-ahead log): arrival time, record ends, record bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(12 + self.ends.len() * 4 + self.data.len());
@@ -63,7 +92,7 @@ impl RecordBatch {
             bytes.get(12..ends_end)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let data = bytes.get(ends_end..)?.to_vec();
         let ordered = ends.windows(2).all(|w| w[0] <= w[1]) && ends.last().is_none_or(|&e| e as usize == data.len());
-        ordered.then_some(RecordBatch { data, ends, arrival_ms })
+        ordered.then_some(RecordBatch { data, ends, arrival_ms, keys: Vec::new() })
     }
 
     /// Number of records.
@@ -92,11 +121,85 @@ impl RecordBatch {
         })
     }
 
+    /// Keeps the first `len` records (no-op when it has no more).
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.ends.len() {
+            let end = if len == 0 { 0 } else { self.ends[len - 1] as usize };
+            self.ends.truncate(len);
+            self.data.truncate(end);
+            self.keys.truncate(len);
+        }
+    }
+
     /// Removes every record, keeping the allocation.
     pub fn clear(&mut self) {
         self.data.clear();
         self.ends.clear();
+        self.keys.clear();
     }
+}
+
+/// What travels between the stages of the dataflow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Records {
+    /// Records on their way to the sinks.
+    Deliver(RecordBatch),
+    /// Records a transform could not process, on their way to the error output of every sink they
+    /// would have reached.
+    Failed(FailedRecords),
+}
+
+impl Records {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        match self {
+            Records::Deliver(batch) => batch.len(),
+            Records::Failed(failed) => failed.records.len(),
+        }
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Records a transform could not process, as they entered it, each with why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedRecords {
+    /// `processing-failed` or `decompression-failed`.
+    pub output_type: ErrorOutputType,
+    /// The records as they entered the transform that failed (with their arrival time).
+    pub records: RecordBatch,
+    /// One per record, in order.
+    pub failures: Vec<RecordFailure>,
+}
+
+impl FailedRecords {
+    /// No failed records yet, of `output_type`, that arrived at `arrival_ms`.
+    pub fn new(output_type: ErrorOutputType, arrival_ms: i64) -> Self {
+        FailedRecords { output_type, records: RecordBatch::with_capacity(arrival_ms, 0), failures: Vec::new() }
+    }
+
+    /// Adds `record` with its failure.
+    pub fn push(&mut self, record: &[u8], failure: RecordFailure) {
+        self.records.push(record);
+        self.failures.push(failure);
+    }
+}
+
+/// Why one record failed in a transform: the error document's `errorCode`, `errorMessage`,
+/// `attemptsMade` and, for a Lambda function, `lambdaArn`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordFailure {
+    /// Machine-readable, e.g. `Lambda.ProcessingFailed`.
+    pub code: Arc<str>,
+    /// What went wrong.
+    pub message: Arc<str>,
+    /// Attempts made (invocations of a function; 1 for a local transform).
+    pub attempts: u32,
+    /// The function's ARN or URL, for a `lambda` transform.
+    pub lambda_arn: Option<Arc<str>>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -118,5 +221,20 @@ mod tests {
         assert_eq!(records, vec![&b"one"[..], b"", b"three\n"]);
         assert_eq!(batch.len(), 3);
         assert_eq!(batch.byte_len(), 9);
+        batch.truncate(1);
+        assert_eq!(batch.iter().collect::<Vec<_>>(), vec![&b"one"[..]]);
+        assert_eq!(batch.byte_len(), 3);
+    }
+
+    #[test]
+    fn keeps_partition_keys_beside_their_records() {
+        let mut batch = RecordBatch::with_capacity(7, 0);
+        batch.push(b"a");
+        let keys: PartitionKeys = Arc::from(vec![("k".to_string(), "v".to_string())]);
+        batch.push_with_keys(b"b", Some(Arc::clone(&keys)));
+        batch.push(b"c");
+        assert_eq!(batch.partition_keys(0), None);
+        assert_eq!(batch.partition_keys(1), Some(&keys));
+        assert_eq!(batch.partition_keys(2), None);
     }
 }

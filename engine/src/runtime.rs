@@ -1,7 +1,7 @@
 //! The runtime: compiles a [`Plan`] into a timely dataflow on every worker and runs it to the end.
 //!
-//! Each worker builds the same graph: every source's share → (concatenated per sink) →
-//! `build_objects` → `deliver` → one probe. Deliveries run on a small tokio runtime beside the
+//! Each worker builds the same graph: every source's share → the transforms, each reading its
+//! inputs concatenated → (concatenated per sink) → `build_objects` → `deliver` → one probe. Deliveries run on a small tokio runtime beside the
 //! workers. A batch run ends when the probe's frontier is empty (every record delivered or counted);
 //! a stream run ends the same way after a [`StopSignal`] makes the sources finish. Guarantees: the
 //! delivered output does not depend on the number of workers; a run never ends with data buffered.
@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::{Concatenate, Probe};
 
+use crate::config::Input;
 use crate::config::Plan;
 use crate::contract::{PrepareContext, SharedListener, SourceContext, StopSignal};
 use crate::metrics::PipelineMetrics;
-use crate::operators::{BuildObjects, Deliver, DeliveryContext, InflightBudget, read_source};
+use crate::operators::{BuildObjects, Deliver, DeliveryContext, InflightBudget, TransformRecords, read_source};
 
 /// How to run.
 #[derive(Clone)]
@@ -112,8 +113,8 @@ pub struct RunReport {
     pub abandoned: bool,
 }
 
-/// Runs `plan` to completion, counting into `metrics` (built with
-/// `PipelineMetrics::new(plan.sources.len(), plan.sinks.len())`): [`prepare`], then
+/// Runs `plan` to completion, counting into `metrics` (built with [`Plan::new_metrics`]):
+/// [`prepare`], then
 /// [`PreparedRun::run`].
 pub fn run(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> Result<RunReport, RunError> {
     prepare(plan, options, metrics)?.run()
@@ -141,6 +142,9 @@ impl std::fmt::Debug for PreparedRun {
 /// the listener, then runs them.
 pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>) -> Result<PreparedRun, RunError> {
     let started = Instant::now();
+    if metrics.transforms.len() != plan.transforms.len() {
+        return Err(RunError::Dataflow("the run's counters were not made for this plan (Plan::new_metrics)".into()));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-io")
@@ -224,8 +228,26 @@ fn execute(
                     }
                 })
                 .collect();
+            let mut transformed = Vec::with_capacity(plan.transforms.len());
+            let stream_of = |input: Input, transformed: &Vec<Option<_>>| match input {
+                Input::Source(i) => streams[i].clone(),
+                Input::Transform(i) => transformed.get(i).cloned().flatten(),
+            };
+            for (t, transform) in plan.transforms.iter().enumerate() {
+                let inputs: Vec<_> = transform.inputs.iter().filter_map(|&i| stream_of(i, &transformed)).collect();
+                let stream = (!inputs.is_empty()).then(|| {
+                    scope.concatenate(inputs).transform(
+                        &transform.name,
+                        Arc::clone(&transform.transform),
+                        Arc::clone(&context.metrics.transforms[t]),
+                        context.runtime.clone(),
+                        Arc::clone(&context.metrics),
+                    )
+                });
+                transformed.push(stream);
+            }
             for (j, sink) in plan.sinks.iter().enumerate() {
-                let inputs: Vec<_> = sink.inputs.iter().filter_map(|&i| streams[i].clone()).collect();
+                let inputs: Vec<_> = sink.inputs.iter().filter_map(|&i| stream_of(i, &transformed)).collect();
                 if inputs.is_empty() {
                     continue;
                 }

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use sluice_engine::metrics::{PipelineMetrics, PrometheusText, SinkLabel};
+use sluice_engine::metrics::{PipelineMetrics, PrometheusText, SinkLabel, TransformLabel};
 use sluice_engine::record::now_ms;
 
 /// One pipeline as the admin endpoint shows it.
@@ -24,6 +24,8 @@ pub struct MonitoredPipeline {
     pub metrics: Arc<PipelineMetrics>,
     /// Its sinks, in plan order.
     pub sinks: Vec<SinkLabel>,
+    /// Its transforms, in plan order.
+    pub transforms: Vec<TransformLabel>,
 }
 
 /// The admin routes for `pipelines`.
@@ -40,6 +42,7 @@ pub fn render(pipelines: &[MonitoredPipeline]) -> String {
     let now = now_ms();
     for p in pipelines {
         p.metrics.render_prometheus(&mut text, &p.stream, &p.sinks, now);
+        p.metrics.render_transforms(&mut text, &p.stream, &p.transforms);
     }
     text.finish()
 }

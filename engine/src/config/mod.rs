@@ -12,10 +12,15 @@ mod resolve;
 
 use std::path::Path;
 
-pub use diagnostic::{Diagnostic, Diagnostics};
+pub use diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 pub use document::Section;
-pub use registry::{ConnectorConfig, Durability, Registry, Retention, SinkType, SourceType, StreamDescription};
-pub use resolve::{BackupMode, BufferingHints, DestinationInfo, Plan, SinkPlan, SinkSettings, SourcePlan, StreamInfo};
+pub use registry::{
+    ConnectorConfig, Durability, Registry, Retention, SinkType, SourceType, StreamDescription, TransformType,
+};
+pub use resolve::{
+    BackupMode, BufferingHints, DestinationInfo, Input, Plan, SinkPlan, SinkSettings, SourcePlan, StreamInfo,
+    TransformPlan,
+};
 
 /// Reads and resolves a pipeline file.
 pub fn load_file(path: &Path, registry: &Registry) -> Result<Plan, Diagnostics> {

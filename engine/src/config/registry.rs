@@ -1,12 +1,12 @@
-//! The connectors a build knows and what each is told when it is configured: a source or sink
-//! `type` maps to a `configure` function that gets its own keys (the engine's taken out) and what
+//! The connectors a build knows and what each is told when it is configured: a source, transform
+//! or sink `type` maps to a `configure` function that gets its own keys (the engine's taken out) and what
 //! it must know of its pipeline.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::{Diagnostic, Section, StreamInfo};
-use crate::contract::{Sink, Source};
+use crate::contract::{Sink, Source, Transform};
 
 /// When an API source acknowledges a request (`[pipeline] durability`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,11 +91,21 @@ pub struct SinkType {
     pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic>,
 }
 
+/// A transform `type`.
+pub struct TransformType {
+    /// The `type` value.
+    pub name: &'static str,
+    /// Builds the transform from its keys.
+    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnostic>,
+}
+
 /// Every connector the binary knows, listed explicitly.
 #[derive(Default)]
 pub struct Registry {
     /// Source types.
     pub sources: Vec<SourceType>,
+    /// Transform types.
+    pub transforms: Vec<TransformType>,
     /// Sink types.
     pub sinks: Vec<SinkType>,
 }
@@ -104,6 +114,11 @@ impl Registry {
     /// The source type called `name`.
     pub fn source(&self, name: &str) -> Option<&SourceType> {
         self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// The transform type called `name`.
+    pub fn transform(&self, name: &str) -> Option<&TransformType> {
+        self.transforms.iter().find(|t| t.name == name)
     }
 
     /// The sink type called `name`.

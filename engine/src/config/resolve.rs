@@ -1,5 +1,9 @@
 //! Resolution: from the spanned TOML tree to a [`Plan`], collecting every problem.
 //!
+//! Sources, transforms and sinks form a graph through `inputs`: an input names a source or a
+//! transform; a cycle, an unknown input, or a source or transform nothing reads is a problem. The
+//! plan lists transforms in an order where each comes after its inputs.
+//!
 //! Engine-owned keys (`type`, `inputs`, `format`, `compression`, `columns`, `buffer`, `prefix`,
 //! `error_prefix`, `time_zone`, `retry`) are read here; what is left of a component's table goes to
 //! its connector, which deserializes it into its own `deny_unknown_fields` struct.
@@ -15,7 +19,7 @@ use super::diagnostic::{Diagnostic, did_you_mean};
 use super::document::{Section, join_ticked};
 use super::registry::{ConnectorConfig, Durability, Registry, Retention};
 use crate::compression::Compression;
-use crate::contract::{DestinationKind, Sink, Source};
+use crate::contract::{DestinationKind, Sink, Source, Transform};
 use crate::format::{self, ObjectFormat};
 use crate::keys::ObjectKeys;
 use crate::retry::RetryPolicy;
@@ -131,6 +135,28 @@ pub struct SourcePlan {
     pub source: Arc<dyn Source>,
 }
 
+/// What a transform or sink reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The source at this index of [`Plan::sources`].
+    Source(usize),
+    /// The transform at this index of [`Plan::transforms`].
+    Transform(usize),
+}
+
+/// A resolved transform.
+#[derive(Clone)]
+pub struct TransformPlan {
+    /// Its name in `[transforms.<name>]`.
+    pub name: String,
+    /// Its `type`.
+    pub type_name: String,
+    /// What it reads: sources, or transforms earlier in [`Plan::transforms`].
+    pub inputs: Vec<Input>,
+    /// The connector.
+    pub transform: Arc<dyn Transform>,
+}
+
 /// A resolved sink.
 #[derive(Clone)]
 pub struct SinkPlan {
@@ -138,8 +164,8 @@ pub struct SinkPlan {
     pub name: String,
     /// Its `type`.
     pub type_name: String,
-    /// Indices into [`Plan::sources`] of the sink's inputs.
-    pub inputs: Vec<usize>,
+    /// What it reads.
+    pub inputs: Vec<Input>,
     /// Engine-owned settings.
     pub settings: Arc<SinkSettings>,
     /// The connector.
@@ -157,6 +183,8 @@ pub struct Plan {
     pub stop_timeout: Option<Duration>,
     /// Sources, in file order.
     pub sources: Vec<SourcePlan>,
+    /// Transforms, each after its inputs.
+    pub transforms: Vec<TransformPlan>,
     /// Sinks, in file order.
     pub sinks: Vec<SinkPlan>,
 }
@@ -193,6 +221,28 @@ impl Plan {
         StreamInfo { name: self.name.clone(), created_ms, destinations }
     }
 
+    /// Fresh counters for a run of this plan.
+    pub fn new_metrics(&self) -> crate::metrics::PipelineMetrics {
+        crate::metrics::PipelineMetrics::new(self.sources.len(), self.sinks.len())
+            .with_transforms(self.transforms.len())
+    }
+
+    /// How the Prometheus endpoint labels the transforms.
+    pub fn transform_labels(&self) -> Vec<crate::metrics::TransformLabel> {
+        self.transforms
+            .iter()
+            .map(|t| crate::metrics::TransformLabel { name: t.name.clone(), type_name: t.type_name.clone() })
+            .collect()
+    }
+
+    /// The name of what `input` reads.
+    pub fn input_name(&self, input: Input) -> &str {
+        match input {
+            Input::Source(i) => &self.sources[i].name,
+            Input::Transform(i) => &self.transforms[i].name,
+        }
+    }
+
     /// Whether every source ends by itself (a batch run).
     pub fn is_batch(&self) -> bool {
         self.sources.iter().all(|s| s.source.is_finite())
@@ -209,8 +259,17 @@ impl Plan {
         for s in &self.sources {
             out.push_str(&format!("  source {:<16} {}\n", s.name, s.source.describe()));
         }
+        for t in &self.transforms {
+            let inputs: Vec<&str> = t.inputs.iter().map(|&i| self.input_name(i)).collect();
+            out.push_str(&format!(
+                "  transform {:<13} {} <- [{}]\n",
+                t.name,
+                t.transform.describe(),
+                inputs.join(", ")
+            ));
+        }
         for s in &self.sinks {
-            let inputs: Vec<&str> = s.inputs.iter().map(|&i| self.sources[i].name.as_str()).collect();
+            let inputs: Vec<&str> = s.inputs.iter().map(|&i| self.input_name(i)).collect();
             let st = &s.settings;
             out.push_str(&format!(
                 "  sink   {:<16} {} <- [{}]\n         {:<16} format {} compression {}, buffer {} MiB / {} s, retry {} s, backup {}\n",
@@ -233,9 +292,11 @@ impl Plan {
     }
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "sources", "sinks"];
+const TOP_LEVEL_KEYS: &[&str] = &["pipeline", "sources", "transforms", "sinks"];
 /// Keys of a source table that the engine reads.
 const SOURCE_ENGINE_KEYS: &[&str] = &["type"];
+/// Keys of a transform table that the engine reads.
+const TRANSFORM_ENGINE_KEYS: &[&str] = &["type", "inputs"];
 
 /// Keys of a sink table that the engine reads (the rest belong to the connector).
 pub const SINK_ENGINE_KEYS: &[&str] = &[
@@ -264,6 +325,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
     let mut problems = Vec::new();
     let pipeline = root.take_table("pipeline", &mut problems);
     let sources_table = root.take_table("sources", &mut problems);
+    let transforms_table = root.take_table("transforms", &mut problems);
     let sinks_table = root.take_table("sinks", &mut problems);
     let root_span = root.span.clone();
     root.deny_unknown(TOP_LEVEL_KEYS, &mut problems);
@@ -382,12 +444,58 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                 .with_hint("add a [sources.<name>] table, e.g. type = \"file\" or type = \"generator\""),
         );
     }
-    let names: Vec<&str> = declared.iter().map(|(n, _, _)| n.as_str()).collect();
+    // [transforms.*] Every name is known before any is read: a transform may read one declared
+    // later in the file. A name is a source's or a transform's, never both.
+    let transform_entries = transforms_table.map(|t| t.into_entries()).unwrap_or_default();
+    let mut all_names: Vec<String> = declared.iter().map(|(n, _, _)| n.clone()).collect();
+    for (transform_name, key_span, _) in &transform_entries {
+        check_component_name(transform_name, key_span.clone(), &mut problems);
+        if all_names.contains(transform_name) {
+            problems.push(
+                Diagnostic::new(key_span.clone(), format!("`{transform_name}` names both a source and a transform"))
+                    .with_hint("inputs name sources and transforms alike: give each a name of its own"),
+            );
+        }
+        // Kept even when repeated, so that names and transforms keep their positions.
+        all_names.push(transform_name.clone());
+    }
+    let names: Vec<&str> = all_names.iter().map(String::as_str).collect();
+    let source_count = declared.len();
+    let as_input = |i: usize| if i < source_count { Input::Source(i) } else { Input::Transform(i - source_count) };
+    let mut used = vec![false; names.len()];
+    let mut unresolved_inputs = false;
+    // (name, key span, inputs as indices into `names`, the connector)
+    let mut transforms_declared: Vec<DeclaredTransform> = Vec::new();
+    for (transform_name, key_span, value) in transform_entries {
+        let Some(mut section) = Section::from_value(format!("transforms.{transform_name}"), value, &mut problems)
+        else {
+            transforms_declared.push((transform_name, key_span, None, None));
+            continue;
+        };
+        let known = registry.transforms.iter().map(|t| t.name).collect();
+        let type_name = take_type(&mut section, known, "transform", &mut problems);
+        let inputs = take_inputs(&mut section, &names, key_span.clone(), &mut problems);
+        unresolved_inputs |= inputs.is_none();
+        for &i in inputs.iter().flatten() {
+            used[i] = true;
+        }
+        let connector = type_name.and_then(|type_name| {
+            let transform_type = registry.transform(&type_name)?;
+            section.engine_keys = TRANSFORM_ENGINE_KEYS;
+            match (transform_type.configure)(connector_config(transform_name.clone(), section)) {
+                Ok(transform) => Some((type_name, transform)),
+                Err(d) => {
+                    problems.push(d);
+                    None
+                }
+            }
+        });
+        transforms_declared.push((transform_name, key_span, inputs, connector));
+    }
+    let transform_order = order_transforms(&transforms_declared, source_count, &mut problems);
 
     // [sinks.*]
     let mut sinks = Vec::new();
-    let mut used = vec![false; declared.len()];
-    let mut unresolved_inputs = false;
     let sinks_declared = sinks_table.as_ref().is_some_and(|t| !t.keys().is_empty());
     if let Some(table) = sinks_table {
         for (sink_name, key_span, value) in table.into_entries() {
@@ -441,6 +549,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                 }
                 settings.format = wire_format;
             }
+            let inputs = inputs.into_iter().map(as_input).collect();
             sinks.push(SinkPlan { name: sink_name, type_name, inputs, settings: Arc::new(settings), sink });
         }
     }
@@ -453,8 +562,22 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
         for (i, (source_name, span, plan)) in declared.iter().enumerate() {
             if !used[i] && plan.is_some() {
                 problems.push(
-                    Diagnostic::new(span.clone(), format!("source `{source_name}` is not an input of any sink"))
-                        .with_hint("its records would be read and dropped: list it in a sink's inputs, or remove it"),
+                    Diagnostic::new(
+                        span.clone(),
+                        format!("source `{source_name}` is not an input of any sink or transform"),
+                    )
+                    .with_hint("its records would be read and dropped: list it in a sink's inputs, or remove it"),
+                );
+            }
+        }
+        for (i, (transform_name, span, _, connector)) in transforms_declared.iter().enumerate() {
+            if !used[source_count + i] && connector.is_some() {
+                problems.push(
+                    Diagnostic::new(
+                        span.clone(),
+                        format!("transform `{transform_name}` is not an input of any sink or transform"),
+                    )
+                    .with_hint("its output would be dropped: list it in a sink's inputs, or remove it"),
                 );
             }
         }
@@ -464,10 +587,102 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
     if !problems.is_empty() {
         return Err(problems);
     }
-    let plan = Plan { name, workers, stop_timeout, sources, sinks };
+    // Without problems every transform resolved and `transform_order` is a topological order.
+    let mut position = vec![0; transforms_declared.len()];
+    for (at, &i) in transform_order.iter().enumerate() {
+        position[i] = at;
+    }
+    let renumber = |input: Input| match input {
+        Input::Transform(i) => Input::Transform(position[i]),
+        source => source,
+    };
+    let mut slots: Vec<Option<_>> = transforms_declared.into_iter().map(Some).collect();
+    let transforms: Vec<TransformPlan> = transform_order
+        .iter()
+        .filter_map(|&i| slots[i].take())
+        .filter_map(|(name, _, inputs, connector)| {
+            let (type_name, transform) = connector?;
+            let inputs = inputs?.into_iter().map(|i| renumber(as_input(i))).collect();
+            Some(TransformPlan { name, type_name, inputs, transform })
+        })
+        .collect();
+    for sink in &mut sinks {
+        sink.inputs = sink.inputs.iter().map(|&i| renumber(i)).collect();
+    }
+    let plan = Plan { name, workers, stop_timeout, sources, transforms, sinks };
     // The stream is created when its pipeline is loaded.
     let _ = stream.set(plan.stream_info(crate::record::now_ms()));
     Ok(plan)
+}
+
+/// A `[transforms.<name>]` as read: its name, key span, inputs (indices into the names of sources
+/// then transforms) and its type with the connector, each `None` when it had a problem.
+type DeclaredTransform = (String, std::ops::Range<usize>, Option<Vec<usize>>, Option<(String, Arc<dyn Transform>)>);
+
+/// The transforms in an order where each comes after the transforms it reads (indices into
+/// `declared`); a cycle is a problem at each transform on it, naming the whole cycle.
+fn order_transforms(declared: &[DeclaredTransform], source_count: usize, problems: &mut Vec<Diagnostic>) -> Vec<usize> {
+    let reads = |t: usize| -> Vec<usize> {
+        declared[t].2.iter().flatten().filter(|&&i| i >= source_count).map(|&i| i - source_count).collect()
+    };
+    // Depth-first, with the path kept to name a cycle when one is closed.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut marks = vec![Mark::New; declared.len()];
+    let mut order = Vec::new();
+    let mut reported = vec![false; declared.len()];
+    for start in 0..declared.len() {
+        if marks[start] != Mark::New {
+            continue;
+        }
+        let mut path: Vec<(usize, Vec<usize>)> = vec![(start, reads(start))];
+        marks[start] = Mark::OnPath;
+        while let Some((node, next)) = path.last_mut() {
+            let node = *node;
+            match next.pop() {
+                Some(child) if marks[child] == Mark::New => {
+                    marks[child] = Mark::OnPath;
+                    let child_reads = reads(child);
+                    path.push((child, child_reads));
+                }
+                Some(child) if marks[child] == Mark::OnPath => {
+                    let from = path.iter().position(|(n, _)| *n == child).unwrap_or(0);
+                    let cycle: Vec<usize> = path[from..].iter().map(|(n, _)| *n).collect();
+                    if cycle.iter().all(|&n| !reported[n]) {
+                        // In the direction records flow, from the transform declared first.
+                        let mut flow: Vec<usize> = cycle.iter().rev().copied().collect();
+                        let first = flow.iter().enumerate().min_by_key(|(_, n)| **n).map_or(0, |(i, _)| i);
+                        flow.rotate_left(first);
+                        let names: Vec<&str> =
+                            flow.iter().chain(flow.first()).map(|&n| declared[n].0.as_str()).collect();
+                        for &n in &cycle {
+                            reported[n] = true;
+                            problems.push(
+                                Diagnostic::new(
+                                    declared[n].1.clone(),
+                                    format!("transforms read each other in a cycle: {}", names.join(" -> ")),
+                                )
+                                .with_hint(
+                                    "records would go round forever: a transform's inputs must lead back to sources",
+                                ),
+                            );
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    marks[node] = Mark::Done;
+                    order.push(node);
+                    path.pop();
+                }
+            }
+        }
+    }
+    order
 }
 
 /// `data_dir` (default `data/<pipeline>`) resolved against the pipeline file's folder. Before, a
@@ -531,12 +746,10 @@ fn take_inputs(
 ) -> Option<Vec<usize>> {
     let Some(list) = section.take_string_list("inputs", problems) else {
         if !section.contains("inputs") {
+            let (kind, name) = section.path.split_once('.').unwrap_or(("", section.path.as_str()));
             problems.push(
-                Diagnostic::new(
-                    key_span,
-                    format!("sink `{}` has no inputs", section.path.trim_start_matches("sinks.")),
-                )
-                .with_hint(format!("add inputs = [...] naming sources: {}", join_ticked(names))),
+                Diagnostic::new(key_span, format!("{} `{name}` has no inputs", kind.trim_end_matches('s')))
+                    .with_hint(format!("add inputs = [...] naming sources or transforms: {}", join_ticked(names))),
             );
         }
         return None;
@@ -544,7 +757,7 @@ fn take_inputs(
     if list.get_ref().is_empty() {
         problems.push(
             Diagnostic::new(list.span(), "`inputs` is empty")
-                .with_hint(format!("name at least one source: {}", join_ticked(names))),
+                .with_hint(format!("name at least one source or transform: {}", join_ticked(names))),
         );
         return None;
     }
@@ -563,7 +776,7 @@ fn take_inputs(
                 d = match did_you_mean(input.get_ref(), names.iter().copied()) {
                     Some(n) => d.with_hint(format!("did you mean `{n}`?")),
                     None if names.is_empty() => d.with_hint("no sources are defined"),
-                    None => d.with_hint(format!("inputs name sources: {}", join_ticked(names))),
+                    None => d.with_hint(format!("inputs name sources and transforms: {}", join_ticked(names))),
                 };
                 problems.push(d);
             }

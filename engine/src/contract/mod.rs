@@ -1,6 +1,7 @@
-//! The connector contract: what a source and a sink are to the engine, and nothing else.
+//! The connector contract: what a source, a transform and a sink are to the engine, and nothing else.
 //!
-//! A [`Source`] opens a [`SourceReader`] on each timely worker; a [`Sink`] stores finished
+//! A [`Source`] opens a [`SourceReader`] on each timely worker; a [`Transform`] opens a
+//! [`TransformWorker`] on each worker (its contract is in `transform.rs`); a [`Sink`] stores finished
 //! [`Payload`]s and answers delivered or a classified [`DeliveryError`]. Connectors never batch,
 //! encode or compress: the engine buffers records, encodes them with the sink's
 //! [`crate::format::ObjectFormat`] and compresses them. Optional capabilities are separate: a sink
@@ -11,6 +12,7 @@
 //! conformance testkit (ARCHITECTURE.md: Recipes).
 
 mod errors;
+mod transform;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +23,10 @@ use futures::future::BoxFuture;
 
 pub use crate::destination::DestinationKind;
 pub use errors::{DeliveryError, SourceError};
+pub use transform::{
+    Emit, Holding, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError, TransformFailure,
+    TransformOutput, TransformWorker,
+};
 
 use crate::format::ObjectFormat;
 use crate::record::RecordBatch;

@@ -19,7 +19,7 @@ use super::{Epoch, Stage, pending_slot};
 use crate::buffer::{ObjectBatcher, PART_BYTES, SealedObject};
 use crate::config::SinkSettings;
 use crate::metrics::PipelineMetrics;
-use crate::record::RecordBatch;
+use crate::record::Records;
 
 /// Extension trait for the buffer operator.
 pub trait BuildObjects<'scope> {
@@ -34,7 +34,7 @@ pub trait BuildObjects<'scope> {
     ) -> Stream<'scope, Epoch, Vec<SealedObject>>;
 }
 
-impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<RecordBatch>> {
+impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
     fn build_objects(
         self,
         sink: &str,
@@ -65,12 +65,16 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<RecordBatch>> {
                         if held.as_ref().is_none_or(|h| time < *h.time()) {
                             held = cap.retain_least(0);
                         }
-                        for batch in data.drain(..) {
-                            if let Err(e) = batcher.append(&batch, time, now, &mut sealed) {
+                        for records in data.drain(..) {
+                            let appended = match &records {
+                                Records::Deliver(batch) => batcher.append(batch, time, now, &mut sealed),
+                                Records::Failed(failed) => batcher.append_failed(failed, time, now, &mut sealed),
+                            };
+                            if let Err(e) = appended {
                                 tracing::error!(sink = %sink_name, error = %e, "cannot encode a batch");
                                 let m = &metrics.sinks[index];
-                                m.records_undelivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                                m.count_reason("EncodingFailed", batch.len() as u64);
+                                m.records_undelivered.fetch_add(records.len() as u64, Ordering::Relaxed);
+                                m.count_reason("EncodingFailed", records.len() as u64);
                             }
                         }
                     });

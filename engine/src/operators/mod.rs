@@ -1,5 +1,6 @@
 //! The timely operators of a delivery pipeline, one file each, each behind a small extension trait:
-//! [`read_source`] (a source's share on this worker), [`BuildObjects::build_objects`] (buffer, encode,
+//! [`read_source`] (a source's share on this worker), [`TransformRecords::transform`] (a transform's
+//! worker, holding the epochs of what it keeps), [`BuildObjects::build_objects`] (buffer, encode,
 //! compress) and [`Deliver::deliver`] (hand objects to the async sink, hold their epoch until stored).
 //!
 //! Time is an epoch counter (`u64`). Capabilities are delivery promises: the buffer operator holds
@@ -10,6 +11,7 @@
 mod build_objects;
 mod deliver;
 mod read;
+mod transform;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use build_objects::BuildObjects;
 pub use deliver::{Deliver, DeliveryContext, DeliveryReceipt};
 pub use read::read_source;
+pub use transform::TransformRecords;
 
 /// The dataflow's timestamp: an epoch counter.
 pub type Epoch = u64;

@@ -17,7 +17,7 @@ use timely::dataflow::{Scope, Stream};
 use super::{Epoch, InflightBudget};
 use crate::contract::{OnStop, ReadStatus, SourceReader, StopSignal};
 use crate::metrics::PipelineMetrics;
-use crate::record::{RecordBatch, now_ms};
+use crate::record::{RecordBatch, Records, now_ms};
 
 /// How often the epoch advances. Finer epochs do not make checkpoints follow deliveries sooner:
 /// each worker's objects span about `interval_s` of epochs, and the frontier waits for the slowest
@@ -37,9 +37,9 @@ pub fn read_source<'scope>(
     metrics: Arc<PipelineMetrics>,
     budget: Arc<InflightBudget>,
     stop: StopSignal,
-) -> Stream<'scope, Epoch, Vec<RecordBatch>> {
+) -> Stream<'scope, Epoch, Vec<Records>> {
     let source_name = name.to_string();
-    source::<Epoch, CapacityContainerBuilder<Vec<RecordBatch>>, _, _>(
+    source::<Epoch, CapacityContainerBuilder<Vec<Records>>, _, _>(
         scope,
         &format!("Read({name})"),
         move |capability, info| {
@@ -77,7 +77,7 @@ pub fn read_source<'scope>(
                         let counters = &metrics.sources[index];
                         counters.records.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         counters.bytes.fetch_add(batch.byte_len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        output.session(&*cap).give(batch);
+                        output.session(&*cap).give(Records::Deliver(batch));
                     }
                     match status {
                         Ok(ReadStatus::Ready) => {}

@@ -5,13 +5,16 @@
 //! redeliver, a retryable failure then the redelivery, a permanent refusal, uploads in parts and
 //! their abort, the backup of a refused object); [`source::conformance`] is what every source must
 //! pass through the real runtime (each record exactly once at 1, 2 and 4 workers, drained on stop,
-//! resumed after a stop where it keeps its place), delivering into [`capture`]'s sink.
+//! resumed after a stop where it keeps its place), delivering into [`capture`]'s sink;
+//! [`transform::conformance`] is what every transform must pass (everything answered once the input
+//! ends, epochs kept, failures as records entered, independent of batching).
 //! [`run_pipeline`] resolves TOML text and runs it to completion; [`read_lines`] decompresses and
 //! splits delivered objects.
 
 pub mod capture;
 pub mod sink;
 pub mod source;
+pub mod transform;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -66,7 +69,7 @@ pub fn run_pipeline(
     workers: usize,
 ) -> Result<(RunReport, Arc<PipelineMetrics>), String> {
     let plan = plan_from_str(toml, registry).map_err(|d| d.to_string())?;
-    let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+    let metrics = Arc::new(plan.new_metrics());
     let mut options = RunOptions::for_plan(&plan);
     options.workers = workers;
     let report = run(&plan, &options, Arc::clone(&metrics)).map_err(|e| e.to_string())?;

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use super::{capture, plan_from_str};
 use crate::config::Registry;
-use crate::metrics::PipelineMetrics;
 use crate::runtime::{RunOptions, prepare};
 
 /// Sends a stream source's records once its run is prepared; `Ok` once all are acknowledged.
@@ -128,7 +127,7 @@ impl SourceCase {
             capture::TYPE
         );
         let plan = plan_from_str(&toml, registry).map_err(|d| d.to_string())?;
-        let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+        let metrics = Arc::new(plan.new_metrics());
         let mut options = RunOptions::for_plan(&plan);
         options.workers = workers;
         let stop = options.stop.clone();

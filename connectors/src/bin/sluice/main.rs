@@ -361,6 +361,7 @@ fn monitored(plan: &Plan, metrics: &Arc<PipelineMetrics>) -> MonitoredPipeline {
         stream: plan.name.clone(),
         metrics: Arc::clone(metrics),
         sinks: plan.sinks.iter().map(|s| SinkLabel { name: s.name.clone(), kind: s.sink.destination() }).collect(),
+        transforms: plan.transform_labels(),
     }
 }
 
@@ -378,7 +379,7 @@ fn run_command(
             return Ok(ExitCode::from(1));
         }
     };
-    let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+    let metrics = Arc::new(plan.new_metrics());
     let mut options = RunOptions::for_plan(&plan);
     if let Some(w) = workers {
         options.workers = w.max(1);
@@ -446,7 +447,7 @@ fn serve_command(
     let per_pipeline = (sluice_engine::runtime::default_workers() / plans.len().max(1)).max(1);
     let mut prepared = Vec::new();
     for plan in plans {
-        let metrics = Arc::new(PipelineMetrics::new(plan.sources.len(), plan.sinks.len()));
+        let metrics = Arc::new(plan.new_metrics());
         let mut options = RunOptions::for_plan(&plan);
         options.workers = workers.or(plan.workers).unwrap_or(per_pipeline).max(1);
         options.stop = stop.clone();
@@ -576,6 +577,33 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
         indicatif::HumanBytes(bytes_in),
         bytes_in as f64 / 1e6 / secs
     );
+    for (transform, m) in plan.transforms.iter().zip(&metrics.transforms) {
+        let _ = writeln!(
+            out,
+            "  transform {}  {} in, {} out, {} dropped, {} failed",
+            transform.name,
+            m.records_in.load(Relaxed),
+            m.records_out.load(Relaxed),
+            m.records_dropped.load(Relaxed),
+            m.records_failed.load(Relaxed),
+        );
+        if let Ok(labelled) = m.labelled.lock()
+            && !labelled.is_empty()
+        {
+            let counts: Vec<String> = labelled.iter().map(|((_, _, value), n)| format!("{value} {n}")).collect();
+            let family = labelled.keys().next().map_or("", |(f, _, _)| *f);
+            let _ = writeln!(out, "    {family}  {}", counts.join(", "));
+        }
+        let invocations = m.invocations.load(Relaxed);
+        if invocations > 0 {
+            let _ = writeln!(
+                out,
+                "    invocations  {invocations}, {} answered well-formed, mean {:.0} ms",
+                m.invocations_succeeded.load(Relaxed),
+                m.invocation_duration.mean_seconds() * 1000.0
+            );
+        }
+    }
     let mut any_failed = false;
     let mut any_undelivered = false;
     for (sink, m) in plan.sinks.iter().zip(&metrics.sinks) {

@@ -1,0 +1,806 @@
+//! `type = "lambda"`: calls a function with Firehose's data-transformation contract
+//! (docs/firehose.md §5): any HTTP server or Lambda function URL (`url`), or a Lambda function
+//! through the Invoke API (`function`, SigV4).
+//!
+//! ```toml
+//! [transforms.fn]
+//! type = "lambda"
+//! inputs = ["api"]
+//! url = "http://127.0.0.1:9000/"      # POST the event JSON, or:
+//! # function = "arn:aws:lambda:us-east-1:123456789012:function:mask"
+//! # endpoint = "http://127.0.0.1:9001" # the Lambda API's address (default https://lambda.<region>.amazonaws.com)
+//! buffer = { size_mb = 1, interval_s = 60 }   # Firehose: 0.2-3 MB, 60-900 s; default 1 MB / 60 s
+//! retries = 3                          # NumberOfRetries, 0-300 (default 3)
+//! timeout_s = 60                       # per invocation, 1-900 (default 60)
+//! max_concurrency = 4                  # invocations in flight per worker, 1-64 (default 4)
+//! ```
+//!
+//! Each worker buffers records until `size_mb` of record data, `interval_s` since the first, 6 MB of
+//! request (Lambda's synchronous payload limit) or the end of the input, then sends
+//! `{invocationId, deliveryStreamArn, region, records:[{recordId, approximateArrivalTimestamp, data}]}`.
+//! The answer must list every recordId once: `Ok` replaces the record's data (its
+//! `metadata.partitionKeys` stay on the record), `Dropped` drops it (counted), `ProcessingFailed`
+//! sends the record as it entered to the error output (`processing-failed`,
+//! `Lambda.ProcessingFailed`). A response that misses a recordId, repeats one or is not the
+//! contract's JSON fails the whole batch at once (`Lambda.MissingRecordId`,
+//! `Lambda.DuplicatedRecordId`, `Lambda.JsonProcessingException`). Connection errors, timeouts
+//! (`Lambda.FunctionTimedOut`), 429 (`Lambda.InvokeLimitExceeded`), 5xx (`Lambda.ServiceException`)
+//! and function errors (`X-Amz-Function-Error`: `Lambda.FunctionError`) are retried `retries` times
+//! with exponential back-off; other 4xx are not (`Lambda.InvokeAccessDenied`,
+//! `Lambda.ResourceNotFound`, `Lambda.InvalidRequest`). A batch that fails sends every record to the
+//! error output with the last error, the attempts made and `lambdaArn` (the ARN or the URL).
+//!
+//! Up to `max_concurrency` invocations of a worker run at once; records leave in their input order
+//! whatever order the answers come in. Until a record is answered, the worker holds its epoch, so
+//! the write-ahead log and file checkpoints keep it: a crash re-sends it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde::Deserialize;
+use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::contract::{Holding, Transform, TransformContext, TransformError, TransformOutput, TransformWorker};
+use sluice_engine::error_output::ErrorOutputType;
+use sluice_engine::record::{FailedRecords, PartitionKeys, RecordBatch, RecordFailure, Records};
+
+use crate::api::firehose::{ACCOUNT, stream_arn};
+use crate::api::sigv4::Signer;
+
+/// Lambda's synchronous invocation payload limit.
+const MAX_REQUEST_BYTES: usize = 6_000_000;
+/// A response body larger than this is an error.
+const MAX_RESPONSE_BYTES: usize = 6 << 20;
+/// JSON around one record besides its base64 data: `{"recordId":"…","approximateArrivalTimestamp":…,"data":""},`.
+const RECORD_OVERHEAD: usize = 120;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LambdaConfig {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    function: Option<String>,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    buffer: Option<BufferConfig>,
+    #[serde(default)]
+    retries: Option<u32>,
+    #[serde(default)]
+    timeout_s: Option<u64>,
+    #[serde(default)]
+    max_concurrency: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BufferConfig {
+    size_mb: f64,
+    interval_s: u64,
+}
+
+/// Where invocations go.
+#[derive(Debug, Clone)]
+enum Target {
+    /// POST the event to this URL.
+    Url(reqwest::Url),
+    /// The Lambda Invoke API.
+    Function {
+        /// `https://lambda.<region>.amazonaws.com/2015-03-31/functions/<name>/invocations`.
+        url: reqwest::Url,
+        /// The path as SigV4 canonicalizes it for Lambda (each segment encoded twice).
+        signed_path: String,
+        region: String,
+    },
+}
+
+/// A configured lambda transform.
+#[derive(Debug)]
+pub struct LambdaTransform {
+    shared: Arc<Invoker>,
+    size_bytes: usize,
+    interval: Duration,
+    max_concurrency: usize,
+}
+
+/// What every invocation of the transform shares.
+#[derive(Debug)]
+struct Invoker {
+    target: Target,
+    /// The ARN or URL, as error documents name it (`lambdaArn`).
+    lambda_arn: Arc<str>,
+    stream_arn: String,
+    region: String,
+    retries: u32,
+    client: reqwest::Client,
+}
+
+/// Builds a lambda transform from `[transforms.<name>]`.
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnostic> {
+    let span = config.table.span.clone();
+    let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
+    let (url_span, function_span, endpoint_span, buffer_span) =
+        (spans("url"), spans("function"), spans("endpoint"), spans("buffer"));
+    let (retries_span, timeout_span, concurrency_span) =
+        (spans("retries"), spans("timeout_s"), spans("max_concurrency"));
+    let pipeline = config.pipeline.clone();
+    let c: LambdaConfig = config.table.deserialize()?;
+    let http_url = |text: &str, at: std::ops::Range<usize>, what: &str| {
+        reqwest::Url::parse(text).ok().filter(|u| matches!(u.scheme(), "http" | "https")).ok_or_else(|| {
+            Diagnostic::new(at, format!("`{text}` is not an http(s) URL"))
+                .with_hint(format!("{what}, e.g. \"http://127.0.0.1:9000/\""))
+        })
+    };
+    let (target, lambda_arn, region) = match (c.url, c.function) {
+        (Some(url), None) => {
+            if c.endpoint.is_some() {
+                return Err(Diagnostic::new(endpoint_span, "`endpoint` goes with `function`, not `url`")
+                    .with_hint("with `url`, the event is POSTed to that URL"));
+            }
+            let parsed = http_url(&url, url_span, "the function's URL (any HTTP server, or a Lambda function URL)")?;
+            (Target::Url(parsed), url, "us-east-1".to_string())
+        }
+        (None, Some(function)) => {
+            let Some((region, _)) = parse_function_arn(&function) else {
+                return Err(Diagnostic::new(function_span, format!("`{function}` is not a Lambda function ARN"))
+                    .with_hint("e.g. function = \"arn:aws:lambda:us-east-1:123456789012:function:mask\" (a version or alias may follow: `:live`)"));
+            };
+            let base = match &c.endpoint {
+                Some(e) => http_url(e, endpoint_span, "the Lambda API's address")?,
+                None => http_url(&format!("https://lambda.{region}.amazonaws.com"), function_span, "")?,
+            };
+            // The endpoint's own path (a proxy's prefix) is kept in front of the API's.
+            let once = uri_encode(&function);
+            let prefix = base.path().trim_end_matches('/').to_string();
+            let url = base
+                .join(&format!("{prefix}/2015-03-31/functions/{once}/invocations"))
+                .map_err(|e| Diagnostic::new(span.clone(), format!("cannot build the Invoke URL: {e}")))?;
+            let signed_path = format!("{prefix}/2015-03-31/functions/{}/invocations", uri_encode(&once));
+            (Target::Function { url, signed_path, region: region.clone() }, function, region)
+        }
+        (Some(_), Some(_)) => {
+            return Err(Diagnostic::new(function_span, "a lambda transform has `url` or `function`, not both")
+                .with_hint("`url` POSTs the event to any HTTP server; `function` calls the Lambda Invoke API"));
+        }
+        (None, None) => {
+            return Err(Diagnostic::new(span, "a lambda transform needs `url` or `function`").with_hint(
+                "url = \"http://127.0.0.1:9000/\", or function = \"arn:aws:lambda:<region>:<account>:function:<name>\"",
+            ));
+        }
+    };
+    let (size_bytes, interval) = match c.buffer {
+        None => (1_000_000, Duration::from_secs(60)),
+        Some(b) if (0.2..=3.0).contains(&b.size_mb) && (60..=900).contains(&b.interval_s) => {
+            ((b.size_mb * 1_000_000.0) as usize, Duration::from_secs(b.interval_s))
+        }
+        Some(_) => {
+            return Err(Diagnostic::new(buffer_span, "`buffer` is out of Firehose's range for a Lambda processor")
+                .with_hint("size_mb in 0.2..=3 (default 1), interval_s in 60..=900 (default 60)"));
+        }
+    };
+    let retries = match c.retries {
+        None => 3,
+        Some(r) if r <= 300 => r,
+        Some(_) => {
+            return Err(Diagnostic::new(retries_span, "`retries` must be in 0..=300")
+                .with_hint("Firehose's NumberOfRetries (default 3); then the whole batch is processing-failed"));
+        }
+    };
+    let timeout = match c.timeout_s {
+        None => Duration::from_secs(60),
+        Some(s) if (1..=900).contains(&s) => Duration::from_secs(s),
+        Some(_) => {
+            return Err(Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=900")
+                .with_hint("how long one invocation may take (a Lambda function runs at most 15 minutes)"));
+        }
+    };
+    let max_concurrency = match c.max_concurrency {
+        None => 4,
+        Some(n) if (1..=64).contains(&n) => n,
+        Some(_) => {
+            return Err(Diagnostic::new(concurrency_span, "`max_concurrency` must be in 1..=64")
+                .with_hint("invocations in flight per worker (Firehose runs at most 5 per shard)"));
+        }
+    };
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| Diagnostic::new(span, format!("cannot build the HTTP client: {e}")))?;
+    Ok(Arc::new(LambdaTransform {
+        shared: Arc::new(Invoker {
+            target,
+            lambda_arn: lambda_arn.into(),
+            stream_arn: stream_arn(&region, ACCOUNT, &pipeline),
+            region,
+            retries,
+            client,
+        }),
+        size_bytes,
+        interval,
+        max_concurrency,
+    }))
+}
+
+/// The region and the function part of `arn:aws:lambda:<region>:<account>:function:<name>[:qualifier]`.
+fn parse_function_arn(arn: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let valid_name = |s: &str| {
+        !s.is_empty() && s.len() <= 140 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_$".contains(&b))
+    };
+    match parts.as_slice() {
+        ["arn", partition, "lambda", region, account, "function", name, rest @ ..]
+            if partition.starts_with("aws")
+                && !region.is_empty()
+                && account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && valid_name(name)
+                && rest.len() <= 1
+                && rest.iter().all(|q| valid_name(q)) =>
+        {
+            Some(((*region).to_string(), (*name).to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn uri_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Transform for LambdaTransform {
+    fn describe(&self) -> String {
+        format!(
+            "lambda: {} (buffer {:.1} MB / {} s, {} retries, {} in flight per worker)",
+            self.shared.lambda_arn,
+            self.size_bytes as f64 / 1e6,
+            self.interval.as_secs(),
+            self.shared.retries,
+            self.max_concurrency
+        )
+    }
+
+    fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
+        let credentials = match &self.shared.target {
+            Target::Url(_) => None,
+            Target::Function { .. } => Some(Credentials::from_env().ok_or_else(|| {
+                TransformError(
+                    "calling a Lambda function needs AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                     (and AWS_SESSION_TOKEN for temporary ones)"
+                        .into(),
+                )
+            })?),
+        };
+        Ok(Box::new(LambdaWorker {
+            invoker: Arc::clone(&self.shared),
+            credentials: credentials.map(Arc::new),
+            context: context.clone(),
+            size_bytes: self.size_bytes,
+            interval: self.interval,
+            max_concurrency: self.max_concurrency,
+            open: None,
+            queue: VecDeque::new(),
+            invocations: 0,
+        }))
+    }
+}
+
+/// AWS credentials from the environment.
+#[derive(Debug)]
+struct Credentials {
+    key_id: String,
+    secret: String,
+    session_token: Option<String>,
+}
+
+impl Credentials {
+    fn from_env() -> Option<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Some(Credentials {
+            key_id: var("AWS_ACCESS_KEY_ID")?,
+            secret: var("AWS_SECRET_ACCESS_KEY")?,
+            session_token: var("AWS_SESSION_TOKEN"),
+        })
+    }
+}
+
+/// Records waiting to be sent together.
+struct Batch {
+    /// The oldest epoch of its records.
+    epoch: u64,
+    opened: Instant,
+    /// Records, grouped as they arrived (each group shares an arrival time).
+    inputs: Vec<RecordBatch>,
+    data_bytes: usize,
+    request_bytes: usize,
+    records: usize,
+}
+
+impl Batch {
+    fn new(epoch: u64, now: Instant) -> Self {
+        Batch { epoch, opened: now, inputs: Vec::new(), data_bytes: 0, request_bytes: 200, records: 0 }
+    }
+}
+
+/// What one record became.
+#[derive(Debug)]
+enum Answer {
+    Ok(Vec<u8>, Option<PartitionKeys>),
+    Dropped,
+    Failed(String),
+}
+
+/// Why a whole batch failed.
+#[derive(Debug, Clone)]
+struct BatchFailure {
+    code: &'static str,
+    message: String,
+    /// Invocations made.
+    attempts: u32,
+}
+
+type Outcome = Result<Vec<Answer>, BatchFailure>;
+
+/// A batch sent (or waiting to be), in input order.
+struct Invocation {
+    batch: Batch,
+    state: InvocationState,
+}
+
+enum InvocationState {
+    Waiting,
+    Running(tokio::sync::oneshot::Receiver<Outcome>),
+    Done(Outcome),
+}
+
+/// One worker's buffer and invocations.
+struct LambdaWorker {
+    invoker: Arc<Invoker>,
+    credentials: Option<Arc<Credentials>>,
+    context: TransformContext,
+    size_bytes: usize,
+    interval: Duration,
+    max_concurrency: usize,
+    open: Option<Batch>,
+    queue: VecDeque<Invocation>,
+    invocations: u64,
+}
+
+impl LambdaWorker {
+    fn seal(&mut self) {
+        if let Some(batch) = self.open.take().filter(|b| b.records > 0) {
+            self.queue.push_back(Invocation { batch, state: InvocationState::Waiting });
+        }
+    }
+
+    /// Starts waiting invocations while fewer than `max_concurrency` run.
+    fn start(&mut self) {
+        let mut running = self.queue.iter().filter(|i| matches!(i.state, InvocationState::Running(_))).count();
+        for invocation in self.queue.iter_mut() {
+            if running >= self.max_concurrency {
+                break;
+            }
+            if !matches!(invocation.state, InvocationState::Waiting) {
+                continue;
+            }
+            self.invocations += 1;
+            let id = format!("{}-{}", self.context.worker, self.invocations);
+            let body = event(&self.invoker, &id, &invocation.batch);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let invoker = Arc::clone(&self.invoker);
+            let credentials = self.credentials.clone();
+            let metrics = Arc::clone(&self.context.metrics);
+            let wake = Arc::clone(&self.context.wake);
+            let records = invocation.batch.records;
+            self.context.runtime.spawn(async move {
+                let started = Instant::now();
+                let outcome = invoker.invoke(body, &id, records, credentials.as_deref(), &metrics).await;
+                metrics.invocation_duration.observe(started.elapsed());
+                let _ = tx.send(outcome);
+                wake();
+            });
+            invocation.state = InvocationState::Running(rx);
+            running += 1;
+        }
+    }
+
+    /// Sends on the answers of finished invocations at the front of the queue, in order.
+    fn answer(&mut self, out: &mut TransformOutput) {
+        for invocation in self.queue.iter_mut() {
+            if let InvocationState::Running(rx) = &mut invocation.state {
+                match rx.try_recv() {
+                    Ok(outcome) => invocation.state = InvocationState::Done(outcome),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                        invocation.state = InvocationState::Done(Err(BatchFailure {
+                            code: "Lambda.ServiceException",
+                            message: "the invocation was cancelled".into(),
+                            attempts: 0,
+                        }))
+                    }
+                }
+            }
+        }
+        while self.queue.front().is_some_and(|i| matches!(i.state, InvocationState::Done(_))) {
+            let Some(Invocation { batch, state: InvocationState::Done(outcome) }) = self.queue.pop_front() else {
+                break;
+            };
+            self.emit(batch, outcome, out);
+        }
+    }
+
+    fn emit(&self, batch: Batch, outcome: Outcome, out: &mut TransformOutput) {
+        let arn = Some(Arc::clone(&self.invoker.lambda_arn));
+        match outcome {
+            Err(failure) => {
+                let record_failure = RecordFailure {
+                    code: failure.code.into(),
+                    message: failure.message.into(),
+                    attempts: failure.attempts,
+                    lambda_arn: arn,
+                };
+                for input in batch.inputs {
+                    let failures = vec![record_failure.clone(); input.len()];
+                    out.give(
+                        batch.epoch,
+                        Records::Failed(FailedRecords {
+                            output_type: ErrorOutputType::ProcessingFailed,
+                            records: input,
+                            failures,
+                        }),
+                    );
+                }
+            }
+            Ok(answers) => {
+                let mut answers = answers.into_iter();
+                for input in batch.inputs {
+                    let mut delivered = RecordBatch::with_capacity(input.arrival_ms, input.byte_len());
+                    let mut failed = FailedRecords::new(ErrorOutputType::ProcessingFailed, input.arrival_ms);
+                    let mut dropped = 0;
+                    for record in input.iter() {
+                        match answers.next() {
+                            Some(Answer::Ok(data, keys)) => delivered.push_with_keys(&data, keys),
+                            Some(Answer::Dropped) => dropped += 1,
+                            Some(Answer::Failed(message)) => failed.push(
+                                record,
+                                RecordFailure {
+                                    code: "Lambda.ProcessingFailed".into(),
+                                    message: message.into(),
+                                    attempts: 1,
+                                    lambda_arn: arn.clone(),
+                                },
+                            ),
+                            None => failed.push(
+                                record,
+                                RecordFailure {
+                                    code: "Lambda.MissingRecordId".into(),
+                                    message: "no answer for the record".into(),
+                                    attempts: 1,
+                                    lambda_arn: arn.clone(),
+                                },
+                            ),
+                        }
+                    }
+                    out.dropped(dropped);
+                    out.give(batch.epoch, Records::Deliver(delivered));
+                    out.give(batch.epoch, Records::Failed(failed));
+                }
+            }
+        }
+    }
+}
+
+impl TransformWorker for LambdaWorker {
+    fn push(&mut self, batch: RecordBatch, epoch: u64, _out: &mut TransformOutput) {
+        let now = Instant::now();
+        for record in batch.iter() {
+            let request_bytes = base64::encoded_len(record.len(), true).unwrap_or(usize::MAX) + RECORD_OVERHEAD;
+            let full = self.open.as_ref().is_some_and(|b| {
+                b.records > 0
+                    && (b.data_bytes >= self.size_bytes || b.request_bytes + request_bytes > MAX_REQUEST_BYTES)
+            });
+            if full {
+                self.seal();
+            }
+            let open = self.open.get_or_insert_with(|| Batch::new(epoch, now));
+            open.epoch = open.epoch.min(epoch);
+            if open.inputs.last().is_none_or(|b| b.arrival_ms != batch.arrival_ms) {
+                open.inputs.push(RecordBatch::with_capacity(batch.arrival_ms, 0));
+            }
+            if let Some(group) = open.inputs.last_mut() {
+                group.push(record);
+            }
+            open.data_bytes += record.len();
+            open.request_bytes += request_bytes;
+            open.records += 1;
+        }
+        if self.open.as_ref().is_some_and(|b| b.data_bytes >= self.size_bytes) {
+            self.seal();
+        }
+        self.start();
+    }
+
+    fn poll(&mut self, now: Instant, end_of_input: bool, out: &mut TransformOutput) -> Holding {
+        if end_of_input || self.open.as_ref().is_some_and(|b| now.duration_since(b.opened) >= self.interval) {
+            self.seal();
+        }
+        self.answer(out);
+        self.start();
+        let oldest_epoch = self.open.iter().map(|b| b.epoch).chain(self.queue.iter().map(|i| i.batch.epoch)).min();
+        Holding { oldest_epoch, next_deadline: self.open.as_ref().map(|b| b.opened + self.interval) }
+    }
+}
+
+/// The event sent to the function (Firehose's transformation event).
+fn event(invoker: &Invoker, invocation_id: &str, batch: &Batch) -> Vec<u8> {
+    let mut body = Vec::with_capacity(batch.request_bytes);
+    body.extend_from_slice(b"{\"invocationId\":");
+    let _ = serde_json::to_writer(&mut body, invocation_id);
+    body.extend_from_slice(b",\"deliveryStreamArn\":");
+    let _ = serde_json::to_writer(&mut body, &invoker.stream_arn);
+    body.extend_from_slice(b",\"region\":");
+    let _ = serde_json::to_writer(&mut body, &invoker.region);
+    body.extend_from_slice(b",\"records\":[");
+    let mut index = 0usize;
+    for group in &batch.inputs {
+        for record in group.iter() {
+            if index > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(
+                format!("{{\"recordId\":\"{index}\",\"approximateArrivalTimestamp\":{},\"data\":\"", group.arrival_ms)
+                    .as_bytes(),
+            );
+            let start = body.len();
+            body.resize(start + base64::encoded_len(record.len(), true).unwrap_or(0), 0);
+            let _ = base64::engine::general_purpose::STANDARD.encode_slice(record, &mut body[start..]);
+            body.extend_from_slice(b"\"}");
+            index += 1;
+        }
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+/// Whether another attempt may succeed.
+enum Attempt {
+    Retry(BatchFailure),
+    Fail(BatchFailure),
+}
+
+impl Invoker {
+    /// Invokes the function with `body` (retrying what may succeed later) and reads its answers.
+    async fn invoke(
+        &self,
+        body: Vec<u8>,
+        invocation_id: &str,
+        records: usize,
+        credentials: Option<&Credentials>,
+        metrics: &sluice_engine::metrics::TransformMetrics,
+    ) -> Outcome {
+        let body = bytes::Bytes::from(body);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            metrics.invocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let result = self.attempt(body.clone(), records, credentials).await;
+            let failure = match result {
+                Ok(answers) => {
+                    metrics.invocations_succeeded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(answers);
+                }
+                Err(Attempt::Fail(mut failure)) => {
+                    failure.attempts = attempts;
+                    return Err(failure);
+                }
+                Err(Attempt::Retry(failure)) => failure,
+            };
+            if attempts > self.retries {
+                tracing::warn!(invocation = invocation_id, code = failure.code, error = %failure.message, attempts, "function invocation failed; its records go to the error output");
+                return Err(BatchFailure { attempts, ..failure });
+            }
+            let backoff =
+                Duration::from_millis(500).saturating_mul(1 << (attempts - 1).min(6)).min(Duration::from_secs(20));
+            let jitter = rand::random_range(0.75..1.25);
+            tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        body: bytes::Bytes,
+        records: usize,
+        credentials: Option<&Credentials>,
+    ) -> Result<Vec<Answer>, Attempt> {
+        let retry = |code: &'static str, message: String| Attempt::Retry(BatchFailure { code, message, attempts: 0 });
+        let fail = |code: &'static str, message: String| Attempt::Fail(BatchFailure { code, message, attempts: 0 });
+        let request = match &self.target {
+            Target::Url(url) => self.client.post(url.clone()).header("content-type", "application/json"),
+            Target::Function { url, signed_path, region } => {
+                let Some(credentials) = credentials else {
+                    return Err(fail("Lambda.InvokeAccessDenied", "no AWS credentials".into()));
+                };
+                let mut headers = http::HeaderMap::new();
+                let host = match url.port() {
+                    Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+                    None => url.host_str().unwrap_or_default().to_string(),
+                };
+                let value =
+                    |v: &str| http::HeaderValue::from_str(v).map_err(|e| fail("Lambda.InvalidRequest", e.to_string()));
+                headers.insert("host", value(&host)?);
+                headers.insert("content-type", http::HeaderValue::from_static("application/json"));
+                if let Some(token) = &credentials.session_token {
+                    headers.insert("x-amz-security-token", value(token)?);
+                }
+                let signer =
+                    Signer { key_id: &credentials.key_id, secret: &credentials.secret, region, service: "lambda" };
+                let amz_date = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+                signer
+                    .sign(&amz_date, "POST", signed_path, &mut headers, &body)
+                    .map_err(|e| fail("Lambda.InvalidRequest", e.to_string()))?;
+                headers.remove("host");
+                self.client.post(url.clone()).headers(headers)
+            }
+        };
+        let response = request.body(body).send().await.map_err(|e| {
+            if e.is_timeout() {
+                retry("Lambda.FunctionTimedOut", format!("no answer in time: {e}"))
+            } else {
+                retry("Lambda.ServiceException", format!("cannot reach the function: {e}"))
+            }
+        })?;
+        let status = response.status();
+        let function_error =
+            response.headers().get("x-amz-function-error").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let mut response = response;
+        let mut answer = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            if e.is_timeout() {
+                retry("Lambda.FunctionTimedOut", format!("no whole answer in time: {e}"))
+            } else {
+                retry("Lambda.ServiceException", format!("the answer was cut: {e}"))
+            }
+        })? {
+            if answer.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(fail("Lambda.JsonProcessingException", "the response is larger than 6 MB".into()));
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        let said = || String::from_utf8_lossy(&answer[..answer.len().min(512)]).into_owned();
+        match status.as_u16() {
+            200 if function_error.is_some() => {
+                return Err(retry(
+                    "Lambda.FunctionError",
+                    format!("the function failed ({}): {}", function_error.unwrap_or_default(), said()),
+                ));
+            }
+            200 => {}
+            429 => return Err(retry("Lambda.InvokeLimitExceeded", format!("HTTP 429: {}", said()))),
+            s if s >= 500 => return Err(retry("Lambda.ServiceException", format!("HTTP {s}: {}", said()))),
+            401 | 403 => return Err(fail("Lambda.InvokeAccessDenied", format!("HTTP {status}: {}", said()))),
+            404 => return Err(fail("Lambda.ResourceNotFound", format!("HTTP {status}: {}", said()))),
+            s => return Err(fail("Lambda.InvalidRequest", format!("HTTP {s}: {}", said()))),
+        }
+        read_answers(&answer, records).map_err(|(code, message)| fail(code, message))
+    }
+}
+
+#[derive(Deserialize)]
+struct Response {
+    records: Vec<ResponseRecord>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseRecord {
+    record_id: String,
+    result: String,
+    #[serde(default)]
+    data: Option<String>,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Metadata {
+    #[serde(default)]
+    partition_keys: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+}
+
+/// The answers of a response, by record index; or why the response breaks the contract.
+fn read_answers(body: &[u8], records: usize) -> Result<Vec<Answer>, (&'static str, String)> {
+    let response: Response = serde_json::from_slice(body).map_err(|e| {
+        ("Lambda.JsonProcessingException", format!("the response is not the transformation contract's JSON: {e}"))
+    })?;
+    let mut answers: Vec<Option<Answer>> = (0..records).map(|_| None).collect();
+    for r in response.records {
+        let Some(slot) = r.record_id.parse::<usize>().ok().and_then(|i| answers.get_mut(i)) else {
+            return Err((
+                "Lambda.JsonProcessingException",
+                format!("the response has recordId `{}`, which was not sent", r.record_id),
+            ));
+        };
+        if slot.is_some() {
+            return Err((
+                "Lambda.DuplicatedRecordId",
+                format!("recordId `{}` is answered more than once", r.record_id),
+            ));
+        }
+        *slot = Some(match r.result.as_str() {
+            "Ok" => {
+                let data = r.data.unwrap_or_default();
+                match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
+                    Ok(data) => {
+                        let keys = r.metadata.and_then(|m| m.partition_keys).filter(|k| !k.is_empty()).map(|k| {
+                            let pairs: Vec<(String, String)> = k
+                                .into_iter()
+                                .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                                .collect();
+                            PartitionKeys::from(pairs)
+                        });
+                        Answer::Ok(data, keys)
+                    }
+                    Err(e) => Answer::Failed(format!("the function returned data that is not base64: {e}")),
+                }
+            }
+            "Dropped" => Answer::Dropped,
+            "ProcessingFailed" => Answer::Failed("the function returned ProcessingFailed for the record".into()),
+            other => Answer::Failed(format!("the function returned an unknown result `{other}`")),
+        });
+    }
+    if let Some(missing) = answers.iter().position(Option::is_none) {
+        return Err(("Lambda.MissingRecordId", format!("the response has no answer for recordId `{missing}`")));
+    }
+    Ok(answers.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_contract_and_refuses_what_breaks_it() {
+        let ok = br#"{"records":[{"recordId":"1","result":"Dropped"},{"recordId":"0","result":"Ok","data":"aGk=","metadata":{"partitionKeys":{"a":"x","n":3}}},{"recordId":"2","result":"ProcessingFailed"}]}"#;
+        let answers = read_answers(ok, 3).unwrap_or_else(|e| panic!("{e:?}"));
+        match &answers[0] {
+            Answer::Ok(data, Some(keys)) => {
+                assert_eq!(data, b"hi");
+                assert_eq!(keys.as_ref(), &[("a".to_string(), "x".to_string()), ("n".to_string(), "3".to_string())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(answers[1], Answer::Dropped));
+        assert!(matches!(answers[2], Answer::Failed(_)));
+        let code = |body: &[u8]| read_answers(body, 2).err().map(|e| e.0);
+        assert_eq!(code(br#"{"records":[{"recordId":"0","result":"Ok","data":""}]}"#), Some("Lambda.MissingRecordId"));
+        assert_eq!(
+            code(br#"{"records":[{"recordId":"0","result":"Dropped"},{"recordId":"0","result":"Dropped"}]}"#),
+            Some("Lambda.DuplicatedRecordId")
+        );
+        assert_eq!(code(b"not json"), Some("Lambda.JsonProcessingException"));
+    }
+
+    #[test]
+    fn function_arns() {
+        assert_eq!(
+            parse_function_arn("arn:aws:lambda:us-east-1:123456789012:function:mask"),
+            Some(("us-east-1".into(), "mask".into()))
+        );
+        assert!(parse_function_arn("arn:aws:lambda:us-east-1:123456789012:function:mask:live").is_some());
+        assert!(parse_function_arn("arn:aws:s3:::bucket").is_none());
+        assert!(parse_function_arn("mask").is_none());
+        assert_eq!(uri_encode("a:b"), "a%3Ab");
+    }
+}

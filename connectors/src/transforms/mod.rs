@@ -1,0 +1,7 @@
+//! Transforms, one file each: what runs between sources and sinks (contract:
+//! `sluice_engine::contract::Transform`), listed in [`crate::registry`].
+
+pub mod cloudwatch_logs;
+pub mod jq;
+pub mod lambda;
+pub mod redact;

@@ -1,0 +1,200 @@
+//! The transform contract: what a transform is to the engine.
+//!
+//! A [`Transform`] is configured once and opens a [`TransformWorker`] on each timely worker, on that
+//! worker's thread (so its state need not be `Send`: a jq filter compiled for one thread). The engine's
+//! transform operator hands the worker record batches with the epoch they arrived at; the worker
+//! answers with what they became — records on their way to the sinks, [`FailedRecords`] on their way
+//! to the error output, or nothing (dropped, counted with [`TransformOutput::dropped`]) — now, or later
+//! from [`TransformWorker::poll`] when its work is asynchronous (a Lambda function's invocations).
+//!
+//! A transform that answers each record at once implements the smaller [`RecordTransform`] and is
+//! wrapped in [`RecordByRecord`]. Guarantees the engine builds on: every record handed to a worker is
+//! answered exactly once (delivered, failed or dropped); a worker that keeps records across calls
+//! says which epoch it still holds ([`Holding::oldest_epoch`]), and the operator holds that epoch's
+//! capability until they are answered, so the delivered frontier never passes a record still in a
+//! transform; a worker told `end_of_input` answers everything it holds (it may take several polls).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error_output::ErrorOutputType;
+use crate::metrics::TransformMetrics;
+use crate::record::{FailedRecords, RecordBatch, RecordFailure, Records};
+
+/// A configured transform.
+pub trait Transform: Send + Sync + 'static {
+    /// One line for `sluice validate` and the run summary, e.g. `jq: {time: .eventTime}`.
+    fn describe(&self) -> String;
+    /// Opens this transform on one worker (called on the worker's thread).
+    fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError>;
+}
+
+/// A transform could not start on a worker. The run stops: records cannot pass it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TransformError(pub String);
+
+/// What a transform's worker is given.
+#[derive(Clone)]
+pub struct TransformContext {
+    /// This worker's index, `0..workers`.
+    pub worker: usize,
+    /// How many workers run the transform.
+    pub workers: usize,
+    /// The run's async runtime, for I/O (a function's invocations).
+    pub runtime: tokio::runtime::Handle,
+    /// Wakes the transform operator from another thread (an invocation finished): it then polls.
+    pub wake: Arc<dyn Fn() + Send + Sync>,
+    /// The transform's counters (records in/out/dropped/failed are counted by the operator).
+    pub metrics: Arc<TransformMetrics>,
+}
+
+impl std::fmt::Debug for TransformContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransformContext").field("worker", &self.worker).field("workers", &self.workers).finish()
+    }
+}
+
+/// What a worker still holds after a call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holding {
+    /// The oldest epoch of a record it holds, if any.
+    pub oldest_epoch: Option<u64>,
+    /// When it wants to be polled again (a buffer's interval), if it does.
+    pub next_deadline: Option<Instant>,
+}
+
+/// What a worker answered, in order, each at an epoch no later than its records arrived at.
+#[derive(Debug, Default)]
+pub struct TransformOutput {
+    items: Vec<(u64, Records)>,
+    dropped: u64,
+}
+
+impl TransformOutput {
+    /// Sends `records` on at `epoch` (empty ones are skipped).
+    pub fn give(&mut self, epoch: u64, records: Records) {
+        if !records.is_empty() {
+            self.items.push((epoch, records));
+        }
+    }
+
+    /// Counts `n` records the transform dropped on purpose (a `select`, a function's `Dropped`).
+    pub fn dropped(&mut self, n: u64) {
+        self.dropped += n;
+    }
+
+    /// Takes what was answered, and the count of dropped records, leaving it empty.
+    pub fn take(&mut self) -> (Vec<(u64, Records)>, u64) {
+        (std::mem::take(&mut self.items), std::mem::take(&mut self.dropped))
+    }
+}
+
+/// One worker's instance of a transform; it lives on that worker's thread.
+pub trait TransformWorker {
+    /// Transforms `batch`, which arrived at `epoch`; answers what it can now in `out`.
+    fn push(&mut self, batch: RecordBatch, epoch: u64, out: &mut TransformOutput);
+
+    /// Called at every activation after the input: answers finished work in `out` and says what it
+    /// still holds. `end_of_input`: no more input will come; hold nothing longer than needed.
+    fn poll(&mut self, now: Instant, end_of_input: bool, out: &mut TransformOutput) -> Holding {
+        let _ = (now, end_of_input, out);
+        Holding::default()
+    }
+}
+
+/// Why one record could not be transformed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransformFailure {
+    /// The error output it goes to: `processing-failed` or `decompression-failed`.
+    pub output_type: ErrorOutputType,
+    /// Machine-readable, e.g. `Jq.ProcessingFailed`.
+    pub code: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl TransformFailure {
+    /// A `processing-failed` failure.
+    pub fn processing(code: &'static str, message: impl Into<String>) -> Self {
+        TransformFailure { output_type: ErrorOutputType::ProcessingFailed, code, message: message.into() }
+    }
+}
+
+/// Where a [`RecordTransform`] writes what one record became.
+#[derive(Debug)]
+pub struct Emit<'a> {
+    batch: &'a mut RecordBatch,
+}
+
+impl<'a> Emit<'a> {
+    /// Emits into `batch` (for a transform's own tests; the engine makes one per record).
+    pub fn new(batch: &'a mut RecordBatch) -> Self {
+        Emit { batch }
+    }
+
+    /// Emits one record.
+    pub fn record(&mut self, bytes: &[u8]) {
+        self.batch.push(bytes);
+    }
+
+    /// Emits one record written by `write` into the batch's buffer; nothing if `write` fails.
+    pub fn record_with<E>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        self.batch.push_with(write)
+    }
+}
+
+/// A transform that answers each record at once: zero records (dropped), one, or many; or a failure,
+/// in which case whatever it emitted for that record is discarded.
+pub trait RecordTransform {
+    /// Transforms one record.
+    fn transform(&mut self, record: &[u8], emit: &mut Emit<'_>) -> Result<(), TransformFailure>;
+
+    /// Called after each batch (e.g. to add what it counted to the metrics).
+    fn end_of_batch(&mut self) {}
+}
+
+/// A [`RecordTransform`] as a [`TransformWorker`]: each batch is answered at once, in one batch of
+/// records to deliver and one batch of failed records per error output.
+#[derive(Debug)]
+pub struct RecordByRecord<T>(pub T);
+
+impl<T: RecordTransform> TransformWorker for RecordByRecord<T> {
+    fn push(&mut self, batch: RecordBatch, epoch: u64, out: &mut TransformOutput) {
+        let mut delivered = RecordBatch::with_capacity(batch.arrival_ms, batch.byte_len());
+        let mut failed: Vec<FailedRecords> = Vec::new();
+        let mut dropped = 0;
+        for record in batch.iter() {
+            let before = delivered.len();
+            match self.0.transform(record, &mut Emit { batch: &mut delivered }) {
+                Ok(()) if delivered.len() == before => dropped += 1,
+                Ok(()) => {}
+                Err(failure) => {
+                    delivered.truncate(before);
+                    let at = match failed.iter().position(|f| f.output_type == failure.output_type) {
+                        Some(at) => at,
+                        None => {
+                            failed.push(FailedRecords::new(failure.output_type, batch.arrival_ms));
+                            failed.len() - 1
+                        }
+                    };
+                    failed[at].push(
+                        record,
+                        RecordFailure {
+                            code: failure.code.into(),
+                            message: failure.message.into(),
+                            attempts: 1,
+                            lambda_arn: None,
+                        },
+                    );
+                }
+            }
+        }
+        self.0.end_of_batch();
+        out.dropped(dropped);
+        out.give(epoch, Records::Deliver(delivered));
+        for f in failed {
+            out.give(epoch, Records::Failed(f));
+        }
+    }
+}

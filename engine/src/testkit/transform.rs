@@ -1,0 +1,169 @@
+//! The conformance checks every transform runs, and [`run_transform`]: a transform run on one
+//! worker, in sequence, outside the dataflow (the oracle a test compares the dataflow with).
+//!
+//! Checks ([`TransformCheck`]): every record handed over is answered once the input ends (nothing
+//! still held); what comes out is at an epoch no later than its records went in, and the worker
+//! holds the oldest epoch it keeps; failed records are records as they entered; the answer does not
+//! depend on how the input is cut into batches; a one-to-one transform accounts for every record
+//! (sent on, dropped or failed).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Report;
+use crate::contract::{Transform, TransformContext, TransformOutput};
+use crate::metrics::TransformMetrics;
+use crate::record::{RecordBatch, Records};
+
+/// What a transform's run answered: records sent on (in order), records failed (as they entered,
+/// with their error code), and how many were dropped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TransformRun {
+    /// Records sent on, in the order they came out.
+    pub delivered: Vec<Vec<u8>>,
+    /// Failed records: the record as it entered, its error-output type and code.
+    pub failed: Vec<(Vec<u8>, &'static str, String)>,
+    /// Records dropped on purpose.
+    pub dropped: u64,
+    /// The partition keys of each delivered record (`key=value` joined by `,`), when it has some.
+    pub partition_keys: Vec<Option<String>>,
+}
+
+/// Runs `transform` on one worker over `batches` (batch `i` at epoch `i`), then ends the input and
+/// polls until it holds nothing (or `timeout` passes: an error).
+pub fn run_transform(
+    transform: &Arc<dyn Transform>,
+    batches: Vec<RecordBatch>,
+    timeout: Duration,
+) -> Result<TransformRun, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let context = TransformContext {
+        worker: 0,
+        workers: 1,
+        runtime: runtime.handle().clone(),
+        wake: Arc::new(|| {}),
+        metrics: Arc::new(TransformMetrics::default()),
+    };
+    let mut worker = transform.open(&context).map_err(|e| e.to_string())?;
+    let mut out = TransformOutput::default();
+    let mut run = TransformRun::default();
+    let mut answered: Vec<(u64, Records)> = Vec::new();
+    let last_epoch = batches.len() as u64;
+    for (epoch, batch) in batches.into_iter().enumerate() {
+        worker.push(batch, epoch as u64, &mut out);
+        let holding = worker.poll(Instant::now(), false, &mut out);
+        let (items, dropped) = out.take();
+        run.dropped += dropped;
+        for (at, _) in &items {
+            if *at > epoch as u64 {
+                return Err(format!("records of epoch {epoch} came out at the later epoch {at}"));
+            }
+        }
+        if let Some(oldest) = holding.oldest_epoch
+            && oldest > epoch as u64
+        {
+            // It may hold only what it was given: the oldest epoch it holds is one it received.
+            return Err(format!("holds epoch {oldest}, later than any it was given ({epoch})"));
+        }
+        answered.extend(items);
+    }
+    let started = Instant::now();
+    loop {
+        let holding = worker.poll(Instant::now(), true, &mut out);
+        let (items, dropped) = out.take();
+        run.dropped += dropped;
+        if items.iter().any(|(at, _)| *at > last_epoch) {
+            return Err("records came out at an epoch later than the input's".into());
+        }
+        answered.extend(items);
+        if holding.oldest_epoch.is_none() {
+            break;
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("still holds records of epoch {:?} after the input ended", holding.oldest_epoch));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (_, records) in answered {
+        match records {
+            Records::Deliver(batch) => {
+                for (i, record) in batch.iter().enumerate() {
+                    run.delivered.push(record.to_vec());
+                    run.partition_keys.push(
+                        batch
+                            .partition_keys(i)
+                            .map(|keys| keys.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")),
+                    );
+                }
+            }
+            Records::Failed(failed) => {
+                for (record, failure) in failed.records.iter().zip(&failed.failures) {
+                    run.failed.push((record.to_vec(), failed.output_type.name(), failure.code.to_string()));
+                }
+            }
+        }
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(run)
+}
+
+/// A conformance check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransformCheck {
+    /// Everything is answered once the input ends; nothing comes out later than it went in.
+    DrainsAndKeepsEpochs,
+    /// Failed records are records of the input, as they entered.
+    FailsRecordsAsTheyEntered,
+    /// One batch or one batch per record: the same answer.
+    IndependentOfBatching,
+    /// Sent on + dropped + failed = records in (for a one-to-one transform).
+    AccountsForEveryRecord,
+}
+
+/// Runs the checks on `transform` with `records` (which should include records it sends on, and
+/// ones it fails or drops where it can). `one_to_one`: each record becomes at most one.
+pub fn conformance(
+    transform: &Arc<dyn Transform>,
+    records: &[Vec<u8>],
+    one_to_one: bool,
+    timeout: Duration,
+) -> Result<Report<TransformCheck>, String> {
+    let mut report = Report::default();
+    let batch_of = |records: &[Vec<u8>]| {
+        let mut batch = RecordBatch::with_capacity(1_000, 0);
+        records.iter().for_each(|r| batch.push(r));
+        batch
+    };
+    let whole = run_transform(transform, vec![batch_of(records)], timeout)?;
+    report.passed.push(TransformCheck::DrainsAndKeepsEpochs);
+    if let Some((record, _, _)) = whole.failed.iter().find(|(r, _, _)| !records.contains(r)) {
+        return Err(format!("failed record {:?} is not a record of the input", String::from_utf8_lossy(record)));
+    }
+    if whole.failed.is_empty() {
+        report.skipped.push((TransformCheck::FailsRecordsAsTheyEntered, "no record failed".into()));
+    } else {
+        report.passed.push(TransformCheck::FailsRecordsAsTheyEntered);
+    }
+    let one_by_one =
+        run_transform(transform, records.iter().map(|r| batch_of(std::slice::from_ref(r))).collect(), timeout)?;
+    if (&one_by_one.delivered, &one_by_one.failed, one_by_one.dropped)
+        != (&whole.delivered, &whole.failed, whole.dropped)
+    {
+        return Err("the answer depends on how the input is cut into batches".into());
+    }
+    report.passed.push(TransformCheck::IndependentOfBatching);
+    if one_to_one {
+        let accounted = whole.delivered.len() as u64 + whole.dropped + whole.failed.len() as u64;
+        if accounted != records.len() as u64 {
+            return Err(format!("{} records in, {accounted} accounted for", records.len()));
+        }
+        report.passed.push(TransformCheck::AccountsForEveryRecord);
+    } else {
+        report.skipped.push((TransformCheck::AccountsForEveryRecord, "a record may become several".into()));
+    }
+    Ok(report)
+}

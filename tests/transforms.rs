@@ -1,0 +1,520 @@
+//! Transforms in whole pipelines: the same records at 1, 2 and 4 workers through redact → jq and in
+//! a fan-out; jq against the jq 1.6 CLI; a real function server with Firehose's transformation
+//! contract (dropped, failed and missing records, slow answers, 500s then success, partition keys,
+//! the Invoke API's signature); CloudWatch Logs payloads sent through the Firehose API by boto3;
+//! config errors for graphs and transform keys; every transform through the conformance kit.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use sluice_connectors::registry;
+use sluice_connectors::synth::Profile;
+use sluice_engine::contract::Transform;
+use sluice_engine::record::RecordBatch;
+use sluice_engine::testkit::transform::{TransformCheck, TransformRun, conformance, run_transform};
+use sluice_engine::testkit::{plan_from_str, run_pipeline};
+
+use super::support::{
+    all_lines, folder_objects, free_port, generated, memory_objects, python, repo_root, start_listening, terminate,
+};
+
+const CHAIN: &str = r#"{time: .eventTime, user: .userIdentity.userName, event: .eventName, ip: .sourceIPAddress} | select(.event != "GetObject")"#;
+
+/// The transform `name` of a pipeline made of `toml` (resolved, not run).
+fn transform_of(toml: &str, name: &str) -> Arc<dyn Transform> {
+    let plan = plan_from_str(toml, &registry()).unwrap_or_else(|e| panic!("{e}"));
+    let t = plan.transforms.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no transform {name}"));
+    Arc::clone(&t.transform)
+}
+
+/// A pipeline with one generator source `gen`, the transforms `transforms` (TOML) and `sinks`.
+fn pipeline(name: &str, records: u64, transforms: &str, sinks: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"{name}\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = {records}\nseed = 7\n{transforms}\n{sinks}"
+    )
+}
+
+fn memory_sink(name: &str, input: &str, store: &str) -> String {
+    format!(
+        "[sinks.{name}]\ntype = \"object_store\"\ninputs = [\"{input}\"]\nurl = \"memory://{store}/{name}\"\nformat = \"ndjson\"\ncompression = \"gzip\"\n"
+    )
+}
+
+fn batch(records: &[String]) -> RecordBatch {
+    let mut b = RecordBatch::with_capacity(1_000, 0);
+    records.iter().for_each(|r| b.push(r.as_bytes()));
+    b
+}
+
+fn text(run: &TransformRun) -> Vec<String> {
+    run.delivered.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect()
+}
+
+#[test]
+fn redact_then_jq_and_a_fan_out_deliver_the_same_records_at_1_2_and_4_workers() {
+    const RECORDS: u64 = 3_000;
+    let transforms = format!(
+        "[transforms.mask]\ntype = \"redact\"\ninputs = [\"gen\"]\n[transforms.shape]\ntype = \"jq\"\ninputs = [\"mask\"]\nquery = '{CHAIN}'\n"
+    );
+    // The oracle: the same transforms, one after the other, on one worker outside the dataflow.
+    let source = generated(Profile::Cloudtrail, 7, RECORDS);
+    let toml = |store: &str| {
+        pipeline(
+            "oracle",
+            RECORDS,
+            &transforms,
+            &(memory_sink("shaped", "shape", store) + &memory_sink("raw", "gen", store)),
+        )
+    };
+    let masked =
+        run_transform(&transform_of(&toml("x"), "mask"), vec![batch(&source)], Duration::from_secs(10)).unwrap();
+    assert_eq!(masked.delivered.len(), source.len());
+    let shaped =
+        run_transform(&transform_of(&toml("x"), "shape"), vec![batch(&text(&masked))], Duration::from_secs(10))
+            .unwrap();
+    let mut expected = text(&shaped);
+    expected.sort();
+    assert!(expected.len() > RECORDS as usize / 2 && expected.len() < RECORDS as usize, "the select drops some");
+    assert!(expected.iter().all(|r| r.contains("[REDACTED:ipv4]")), "every source IP is masked");
+    let mut raw = source.clone();
+    raw.sort();
+    for workers in [1, 2, 4] {
+        let store = format!("transform-oracle-{workers}");
+        let (_, metrics) = run_pipeline(&toml(&store), &registry(), workers).unwrap();
+        let objects = memory_objects(&store);
+        let shaped: BTreeMap<_, _> = objects.iter().filter(|(k, _)| k.starts_with("shaped/")).collect();
+        let untouched: BTreeMap<_, _> = objects.iter().filter(|(k, _)| k.starts_with("raw/")).collect();
+        assert_eq!(all_lines(shaped), expected, "{workers} workers: transformed sink");
+        assert_eq!(all_lines(untouched), raw, "{workers} workers: untransformed sink of the fan-out");
+        let shape = &metrics.transforms[1];
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(load(&metrics.transforms[0].records_in), RECORDS);
+        assert_eq!(load(&shape.records_out) + load(&shape.records_dropped), RECORDS);
+    }
+}
+
+#[test]
+fn jq_answers_as_the_jq_1_6_cli_does() {
+    let records = generated(Profile::Cloudtrail, 11, 300);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, records.join("\n") + "\n").unwrap();
+    let queries = [
+        ".",
+        CHAIN,
+        ".userIdentity | {type, userName}",
+        "select(.readOnly) | .eventName",
+        "[.eventName, .awsRegion] | join(\"/\")",
+        ".requestParameters // {} | keys",
+        "{n: (.eventName | length), up: (.eventName | ascii_upcase), src: (.eventSource | split(\".\")[0])}",
+        ".tags[]?",
+        "to_entries | map(select(.value | type == \"string\")) | length",
+        "if .eventName | test(\"^Describe\") then {d: .eventName} else empty end",
+        ".userIdentity.arn | sub(\"arn:aws:iam::\"; \"\")",
+        "[paths | length] | max",
+    ];
+    for query in queries {
+        let cli = Command::new("jq").arg("-c").arg(query).arg(&input).output().expect("the jq CLI (Debian jq 1.6)");
+        assert!(cli.status.success(), "jq {query}: {}", String::from_utf8_lossy(&cli.stderr));
+        let expected: Vec<serde_json::Value> =
+            String::from_utf8_lossy(&cli.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let toml = format!(
+            "[pipeline]\nname = \"jq\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 1\n\
+             [transforms.q]\ntype = \"jq\"\ninputs = [\"gen\"]\nquery = '{query}'\n{}",
+            memory_sink("out", "q", "jq-unused")
+        );
+        let run = run_transform(&transform_of(&toml, "q"), vec![batch(&records)], Duration::from_secs(10)).unwrap();
+        assert!(run.failed.is_empty(), "{query}: {:?}", run.failed.first());
+        let got: Vec<serde_json::Value> = text(&run).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(got, expected, "query {query}");
+    }
+}
+
+/// The function server of tests/lambda_function.py on a free port.
+struct FunctionServer {
+    child: Child,
+    port: u16,
+}
+
+impl FunctionServer {
+    fn start() -> FunctionServer {
+        let port = free_port();
+        let child = Command::new(python())
+            .arg(repo_root().join("tests/lambda_function.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "the function server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        FunctionServer { child, port }
+    }
+
+    fn url(&self, mode: &str) -> String {
+        format!("http://127.0.0.1:{}/{mode}", self.port)
+    }
+
+    /// The events it received.
+    fn events(&self) -> Vec<serde_json::Value> {
+        let body = reqwest::blocking::get(self.url("events")).unwrap().text().unwrap();
+        body.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+impl Drop for FunctionServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lambda_toml(keys: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"fn-stream\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 1\n\
+         [transforms.fn]\ntype = \"lambda\"\ninputs = [\"gen\"]\n{keys}\n{}",
+        memory_sink("out", "fn", "lambda-unused")
+    )
+}
+
+fn lambda_run(keys: &str, records: &[String]) -> TransformRun {
+    run_transform(&transform_of(&lambda_toml(keys), "fn"), vec![batch(records)], Duration::from_secs(60)).unwrap()
+}
+
+#[test]
+fn a_function_with_the_transformation_contract_replaces_drops_and_fails_records_in_order() {
+    let server = FunctionServer::start();
+    let records: Vec<String> = (0..40)
+        .map(|i| match i % 10 {
+            3 => format!("{{\"n\":{i},\"drop\":true}}"),
+            7 => format!("{{\"n\":{i},\"fail\":true}}"),
+            _ => format!("{{\"n\":{i}}}"),
+        })
+        .collect();
+    let run = lambda_run(&format!("url = \"{}\"\nmax_concurrency = 3", server.url("ok")), &records);
+    let expected: Vec<String> =
+        records.iter().filter(|r| !r.contains("drop") && !r.contains("fail")).map(|r| r.to_uppercase()).collect();
+    assert_eq!(text(&run), expected, "Ok records replaced, in input order");
+    assert_eq!(run.dropped, 4);
+    let failed: Vec<String> =
+        run.failed.iter().map(|(r, t, c)| format!("{} {t} {c}", String::from_utf8_lossy(r))).collect();
+    assert_eq!(failed.len(), 4);
+    assert!(
+        failed.iter().all(|f| f.contains("fail") && f.ends_with("processing-failed Lambda.ProcessingFailed")),
+        "{failed:?}"
+    );
+    assert_eq!(run.partition_keys[0].as_deref(), Some("first={,size=7"), "partition keys stay on the record");
+    let events = server.events();
+    let event = &events[0]["event"];
+    assert!(event["deliveryStreamArn"].as_str().unwrap().ends_with(":deliverystream/fn-stream"));
+    assert_eq!(event["region"], "us-east-1");
+    assert_eq!(event["records"][0]["approximateArrivalTimestamp"], 1_000);
+    let first =
+        base64::engine::general_purpose::STANDARD.decode(event["records"][0]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(first, records[0].as_bytes());
+
+    let report = conformance(
+        &transform_of(&lambda_toml(&format!("url = \"{}\"", server.url("ok"))), "fn"),
+        &records.iter().map(|r| r.as_bytes().to_vec()).collect::<Vec<_>>(),
+        true,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(
+        report.passed(TransformCheck::AccountsForEveryRecord)
+            && report.passed(TransformCheck::FailsRecordsAsTheyEntered)
+    );
+}
+
+#[test]
+fn a_function_that_breaks_the_contract_fails_the_batch_and_retries_only_what_may_succeed() {
+    let server = FunctionServer::start();
+    let records: Vec<String> = (0..5).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let codes = |run: &TransformRun| run.failed.iter().map(|(_, _, c)| c.clone()).collect::<Vec<_>>();
+    for (mode, code) in [
+        ("missing", "Lambda.MissingRecordId"),
+        ("duplicate", "Lambda.DuplicatedRecordId"),
+        ("notjson", "Lambda.JsonProcessingException"),
+    ] {
+        let run = lambda_run(&format!("url = \"{}\"\nretries = 2", server.url(mode)), &records);
+        assert!(run.delivered.is_empty(), "{mode}");
+        assert_eq!(codes(&run), vec![code.to_string(); 5], "{mode}");
+    }
+    // A malformed answer is not retried: one invocation each.
+    assert_eq!(server.events().len(), 3);
+
+    // Slower than timeout_s: retried, then every record fails with the timeout.
+    let run = lambda_run(&format!("url = \"{}\"\nretries = 1\ntimeout_s = 1", server.url("slow")), &records);
+    assert_eq!(codes(&run), vec!["Lambda.FunctionTimedOut".to_string(); 5]);
+    assert_eq!(server.events().len(), 5, "the first attempt and one retry");
+
+    // 500 twice, then success: retried with back-off.
+    let run = lambda_run(&format!("url = \"{}\"\nretries = 3", server.url("flaky")), &records);
+    assert!(run.failed.is_empty(), "{:?}", run.failed);
+    assert_eq!(run.delivered.len(), 5);
+    // 500s past the retries: the whole batch fails with the last error.
+    let server = FunctionServer::start();
+    let run = lambda_run(&format!("url = \"{}\"\nretries = 1", server.url("flaky")), &records);
+    assert_eq!(codes(&run), vec!["Lambda.ServiceException".to_string(); 5]);
+}
+
+#[test]
+fn the_invoke_api_is_called_with_a_sigv4_signature_for_lambda() {
+    let server = FunctionServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, "{\"a\":1}\n").unwrap();
+    let out = dir.path().join("out");
+    let config = dir.path().join("invoke.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"invoke\"\n[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\n\
+             [transforms.fn]\ntype = \"lambda\"\ninputs = [\"in\"]\n\
+             function = \"arn:aws:lambda:eu-west-1:123456789012:function:mask\"\nendpoint = \"http://127.0.0.1:{}/invoke\"\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"fn\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n",
+            input.display(),
+            server.port,
+            out.display()
+        ),
+    )
+    .unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = super::support::sluice();
+        cmd.args(["run", config.to_str().unwrap(), "--quiet"])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY");
+        cmd.envs(env.iter().copied()).output().unwrap()
+    };
+    let without = run(&[]);
+    assert!(!without.status.success());
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("needs AWS credentials"),
+        "{}",
+        String::from_utf8_lossy(&without.stderr)
+    );
+    let with = run(&[("AWS_ACCESS_KEY_ID", "AKIDLAMBDATEST"), ("AWS_SECRET_ACCESS_KEY", "lambda-test-secret")]);
+    assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
+    assert_eq!(all_lines(&folder_objects(&out)), vec!["{\"A\":1}".to_string()]);
+    let events = server.events();
+    assert_eq!(
+        events[0]["path"],
+        "/invoke/2015-03-31/functions/arn%3Aaws%3Alambda%3Aeu-west-1%3A123456789012%3Afunction%3Amask/invocations"
+    );
+    let auth = events[0]["authorization"].as_str().unwrap();
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDLAMBDATEST/")
+            && auth.contains("/eu-west-1/lambda/aws4_request"),
+        "{auth}"
+    );
+}
+
+#[test]
+fn redact_and_cloudwatch_logs_pass_the_conformance_kit() {
+    let records: Vec<Vec<u8>> = generated(Profile::Cloudtrail, 3, 50)
+        .into_iter()
+        .chain(["not json, mail me at a@example.com".to_string(), "{\"ssn\":\"123-45-6789\"}".to_string()])
+        .map(String::into_bytes)
+        .collect();
+    let toml = pipeline(
+        "kit",
+        1,
+        "[transforms.mask]\ntype = \"redact\"\ninputs = [\"gen\"]\nmode = \"mask\"\n",
+        &memory_sink("o", "mask", "kit"),
+    );
+    let report = conformance(&transform_of(&toml, "mask"), &records, true, Duration::from_secs(10)).unwrap();
+    assert!(
+        report.passed(TransformCheck::AccountsForEveryRecord) && report.passed(TransformCheck::IndependentOfBatching)
+    );
+
+    let toml = pipeline(
+        "kit",
+        1,
+        "[transforms.q]\ntype = \"jq\"\ninputs = [\"gen\"]\nquery = '.tags[]?, .eventName'\n",
+        &memory_sink("o", "q", "kit"),
+    );
+    let report = conformance(&transform_of(&toml, "q"), &records, false, Duration::from_secs(10)).unwrap();
+    assert!(report.passed(TransformCheck::FailsRecordsAsTheyEntered), "the text record fails");
+
+    let toml = pipeline(
+        "kit",
+        1,
+        "[transforms.cwl]\ntype = \"cloudwatch_logs\"\ninputs = [\"gen\"]\n",
+        &memory_sink("o", "cwl", "kit"),
+    );
+    let payloads: Vec<Vec<u8>> =
+        vec![gzip(data_message(&["one", "two"]).as_bytes()), b"plain".to_vec(), gzip(CONTROL.as_bytes())];
+    let report = conformance(&transform_of(&toml, "cwl"), &payloads, false, Duration::from_secs(10)).unwrap();
+    assert!(report.passed(TransformCheck::FailsRecordsAsTheyEntered));
+}
+
+const CONTROL: &str = r#"{"messageType":"CONTROL_MESSAGE","owner":"CloudwatchLogs","logGroup":"","logStream":"","subscriptionFilters":[],"logEvents":[{"id":"","timestamp":1680683189085,"message":"CWL CONTROL MESSAGE: Checking health of destination Firehose."}]}"#;
+
+fn data_message(messages: &[&str]) -> String {
+    let events: Vec<serde_json::Value> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| serde_json::json!({"id": i.to_string(), "timestamp": 1_680_683_189_085u64 + i as u64, "message": m}))
+        .collect();
+    serde_json::json!({"messageType": "DATA_MESSAGE", "owner": "123456789012", "logGroup": "/aws/lambda/app",
+        "logStream": "2026/12/02/[$LATEST]abc", "subscriptionFilters": ["to-firehose"], "logEvents": events})
+    .to_string()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn cloudwatch_logs_subscription_records_sent_by_boto3_are_unpacked_and_bad_ones_kept_compressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let out = dir.path().join("out");
+    let config = dir.path().join("cwl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"cwl\"\nworkers = 2\ndata_dir = \"{}\"\n[sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n\
+             [transforms.cwl]\ntype = \"cloudwatch_logs\"\ninputs = [\"api\"]\nextract_messages = true\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"cwl\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
+             error_prefix = \"errors/!{{firehose:error-output-type}}/\"\nbuffer = {{ size_mb = 1, interval_s = 1 }}\n",
+            dir.path().join("data").display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let payloads: Vec<Vec<u8>> = vec![
+        gzip(data_message(&["GET /index.html 200", "héllo \"quoted\" line"]).as_bytes()),
+        gzip(CONTROL.as_bytes()),
+        b"not gzip at all".to_vec(),
+        gzip(b"{\"some\":\"json\"}"),
+        gzip(data_message(&["third"]).as_bytes()),
+    ];
+    let file = dir.path().join("payloads.b64");
+    let lines: Vec<String> = payloads.iter().map(|p| base64::engine::general_purpose::STANDARD.encode(p)).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let child = start_listening(&["run", config.to_str().unwrap()], port, Stdio::null(), Stdio::null());
+    let sent = Command::new(python())
+        .arg(repo_root().join("tests/firehose_client.py"))
+        .args(["put_b64", &format!("http://127.0.0.1:{port}"), "cwl", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    std::thread::sleep(Duration::from_millis(2500));
+    terminate(&child);
+    let code = wait(child);
+    assert_eq!(code, Some(2), "records went to the error output");
+    let objects = folder_objects(&out);
+    let data: BTreeMap<_, _> = objects.iter().filter(|(k, _)| !k.starts_with("errors/")).collect();
+    let mut expected =
+        vec!["GET /index.html 200".to_string(), "héllo \"quoted\" line".to_string(), "third".to_string()];
+    expected.sort();
+    assert_eq!(all_lines(data), expected);
+    let errors: BTreeMap<_, _> =
+        objects.iter().filter(|(k, _)| k.starts_with("errors/decompression-failed/")).collect();
+    let documents: Vec<serde_json::Value> =
+        all_lines(errors).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(documents.len(), 2);
+    let mut raw: Vec<String> = documents.iter().map(|d| d["rawData"].as_str().unwrap().to_string()).collect();
+    raw.sort();
+    let mut kept = vec![lines[2].clone(), lines[3].clone()];
+    kept.sort();
+    assert_eq!(raw, kept, "kept still compressed, as it arrived");
+    let codes: Vec<&str> = documents.iter().map(|d| d["errorCode"].as_str().unwrap()).collect();
+    assert!(codes.contains(&"CloudWatchLogs.DecompressionFailed") && codes.contains(&"CloudWatchLogs.InvalidDocument"));
+}
+
+fn wait(mut child: Child) -> Option<i32> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "sluice did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn transform_config_errors_point_at_what_is_wrong() {
+    let check = |transforms: &str, sinks_input: &str, expected: &[&str]| {
+        let toml = pipeline("bad", 1, transforms, &memory_sink("out", sinks_input, "bad"));
+        let errors = match plan_from_str(&toml, &registry()) {
+            Ok(_) => panic!("accepted:\n{toml}"),
+            Err(d) => d.to_string(),
+        };
+        for e in expected {
+            assert!(errors.contains(e), "expected `{e}` in:\n{errors}");
+        }
+        assert!(errors.contains("pipeline.toml:"), "{errors}");
+    };
+    check(
+        "[transforms.a]\ntype = \"jq\"\ninputs = [\"b\"]\nquery = \".\"\n[transforms.b]\ntype = \"jq\"\ninputs = [\"a\"]\nquery = \".\"\n",
+        "a",
+        &["transforms read each other in a cycle: a -> b -> a", "source `gen` is not an input"],
+    );
+    check(
+        "[transforms.a]\ntype = \"jq\"\ninputs = [\"gne\"]\nquery = \".\"\n",
+        "a",
+        &["unknown input `gne`", "inputs name sources and transforms: `gen`, `a`"],
+    );
+    check(
+        "[transforms.a]\ntype = \"jq\"\ninputs = [\"gen\"]\nquery = \".\"\n",
+        "gen",
+        &["transform `a` is not an input of any sink or transform"],
+    );
+    check(
+        "[transforms.a]\ntype = \"jq\"\ninputs = [\"gen\"]\nquery = \".a | nosuch(1)\"\n",
+        "a",
+        &["the jq query does not compile: undefined filter `nosuch`"],
+    );
+    check(
+        "[transforms.a]\ntype = \"redact\"\ninputs = [\"gen\"]\npatterns = [{ name = \"x\", regex = \"EMP-[0-9\" }]\n",
+        "a",
+        &["pattern `x`: invalid regex"],
+    );
+    check(
+        "[transforms.a]\ntype = \"redact\"\ninputs = [\"gen\"]\nmode = \"hash\"\n",
+        "a",
+        &["mode = \"hash\" needs `hash_key`"],
+    );
+    check(
+        "[transforms.a]\ntype = \"redact\"\ninputs = [\"gen\"]\ndetectors = [\"ssm\"]\n",
+        "a",
+        &["unknown detector `ssm`", "did you mean `ssn`?"],
+    );
+    check("[transforms.a]\ntype = \"lambda\"\ninputs = [\"gen\"]\n", "a", &["needs `url` or `function`"]);
+    check(
+        "[transforms.gen]\ntype = \"jq\"\ninputs = [\"gen\"]\nquery = \".\"\n",
+        "gen",
+        &["`gen` names both a source and a transform"],
+    );
+}
+
+#[test]
+fn the_example_mask_pii_pipeline_runs_and_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo_root().join("pipelines/mask-pii.toml")).unwrap();
+    let out = dir.path().join("out");
+    let text = text.replace("file://./out/mask-pii", &format!("file://{}", out.display()));
+    let config = dir.path().join("mask-pii.toml");
+    std::fs::write(&config, text).unwrap();
+    let run = super::support::sluice().args(["run", config.to_str().unwrap(), "--quiet"]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let summary = String::from_utf8_lossy(&run.stdout);
+    assert!(summary.contains("transform mask") && summary.contains("transform shape"), "{summary}");
+    let lines = all_lines(&folder_objects(&out));
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["source_ip"].as_str().is_some_and(|ip| ip == "[REDACTED:ipv4]"), "{line}");
+    }
+}
