@@ -5,7 +5,7 @@
 POST /<mode> with the transformation event. Per record (by its decoded data):
   contains "drop" -> Dropped; contains "fail" -> ProcessingFailed; else Ok with the data upper-cased
   and metadata.partitionKeys {"first": <its first character>, "size": <its length>}.
-Modes: /ok; /missing (the last recordId is left out); /duplicate (the first answered twice);
+Modes: /ok; /echo (every record Ok and unchanged, after 0.2 s); /missing (the last recordId is left out); /duplicate (the first answered twice);
 /notjson; /slow (sleeps 3 s, then answers); /flaky (HTTP 500 for the first 2 requests, then /ok);
 /invoke/... (the Lambda Invoke API path: checks an AWS4 Authorization for service `lambda`).
 Every event received is appended to the log at GET /events (JSON lines).
@@ -76,6 +76,9 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(500, {"message": "try again"})
         if mode == "slow":
             time.sleep(3)
+        if mode == "echo":
+            time.sleep(0.2)
+            return self.reply(200, {"records": [{"recordId": r["recordId"], "result": "Ok", "data": r["data"]} for r in event["records"]]})
         if mode == "notjson":
             return self.reply(200, None, raw=b"this is not json")
         self.reply(200, answer(event, mode))

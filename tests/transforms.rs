@@ -134,13 +134,14 @@ fn jq_answers_as_the_jq_1_6_cli_does() {
 }
 
 /// The function server of tests/lambda_function.py on a free port.
-struct FunctionServer {
+pub struct FunctionServer {
     child: Child,
     port: u16,
 }
 
 impl FunctionServer {
-    fn start() -> FunctionServer {
+    /// Starts it and waits until it listens.
+    pub fn start() -> FunctionServer {
         let port = free_port();
         let child = Command::new(python())
             .arg(repo_root().join("tests/lambda_function.py"))
@@ -156,12 +157,13 @@ impl FunctionServer {
         FunctionServer { child, port }
     }
 
-    fn url(&self, mode: &str) -> String {
+    /// The URL of one of its modes.
+    pub fn url(&self, mode: &str) -> String {
         format!("http://127.0.0.1:{}/{mode}", self.port)
     }
 
     /// The events it received.
-    fn events(&self) -> Vec<serde_json::Value> {
+    pub fn events(&self) -> Vec<serde_json::Value> {
         let body = reqwest::blocking::get(self.url("events")).unwrap().text().unwrap();
         body.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
