@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: formatting, lints, unit and integration tests.
-# It installs what the tests use, pinned: pyarrow and DuckDB (to read Parquet back), boto3 and the
+# It installs what the tests use, pinned: Debian's jq (1.6, the jq transform's reference), pyarrow and DuckDB (to read Parquet back), boto3 and the
 # AWS CLI (Firehose API producers) into target/test-venv, and the AWS SDK for JavaScript into
 # tests/js/node_modules (npm ci). Every server the tests use is started by the tests themselves on
 # 127.0.0.1 (an in-process S3 server, s3s-fs with SigV4 checking; the `sluice` binary; as root, a
@@ -18,6 +18,15 @@ for tool in python3 node npm; do
     exit 1
   fi
 done
+# The jq transform is checked against the jq 1.6 CLI (Debian's `jq`, the engine Firehose names).
+if ! command -v jq >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -qq jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
+  else
+    echo "jq (1.6, Debian's package) is required by the tests: apt-get install jq" >&2
+    exit 1
+  fi
+fi
 venv=target/test-venv
 # Reinstall whenever tests/requirements.txt changes.
 stamp="$venv/.installed-$(sha256sum tests/requirements.txt | cut -c1-16)"

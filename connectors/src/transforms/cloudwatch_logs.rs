@@ -1,5 +1,5 @@
 //! `type = "cloudwatch_logs"`: unpacks CloudWatch Logs subscription records, as Firehose's
-//! `Decompression` (GZIP) and `CloudWatchLogProcessing` processors do (docs/firehose.md §5).
+//! `Decompression` (GZIP) and `CloudWatchLogProcessing` processors do (docs/firehose.md §12).
 //!
 //! ```toml
 //! [transforms.cwl]

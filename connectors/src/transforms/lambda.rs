@@ -1,5 +1,5 @@
 //! `type = "lambda"`: calls a function with Firehose's data-transformation contract
-//! (docs/firehose.md §5): any HTTP server or Lambda function URL (`url`), or a Lambda function
+//! (docs/firehose.md §12): any HTTP server or Lambda function URL (`url`), or a Lambda function
 //! through the Invoke API (`function`, SigV4).
 //!
 //! ```toml

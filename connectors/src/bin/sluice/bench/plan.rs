@@ -20,6 +20,9 @@ use super::{BenchError, BenchOptions, io_error};
 /// The CloudFront schema the Parquet cases declare (the same file as `pipelines/schemas`).
 pub(crate) const CLOUDFRONT_SCHEMA: &str = include_str!("../../../../../pipelines/schemas/cloudfront.toml");
 
+/// The `transform` scenario's jq reshape (one output per record, so outputs are checked by count).
+pub(crate) const TRANSFORM_RESHAPE: &str = "{time: .eventTime, user: .userIdentity.userName, event: .eventName, ip: .sourceIPAddress, region: .awsRegion, key: .userIdentity.accessKeyId}";
+
 /// One thing measured: a sluice run or a baseline.
 #[derive(Debug, Clone)]
 pub(crate) struct Case {
@@ -111,24 +114,28 @@ impl Planner<'_> {
     ) -> Result<String, BenchError> {
         let output = self.output(scenario, name);
         let sink = format!("type = \"object_store\"\nurl = \"file://{}\"\n{sink_keys}", output.display());
-        self.sluice_into(scenario, name, input, workers, &sink, check)
+        self.sluice_into(scenario, name, input, workers, None, &sink, check)
     }
 
-    /// A sluice case: a pipeline reading `input` into the sink described by `sink` (its type and keys).
+    /// A sluice case: a pipeline reading `input` (source `in`), through `transforms` when given (their
+    /// TOML, and the name of the last, which the sink reads), into the sink described by `sink`.
+    #[allow(clippy::too_many_arguments)]
     fn sluice_into(
         &mut self,
         scenario: &'static str,
         name: &str,
         input: &Workload,
         workers: usize,
+        transforms: Option<(&str, &str)>,
         sink: &str,
         check: OutputCheck,
     ) -> Result<String, BenchError> {
         let output = self.output(scenario, name);
         let pipeline = self.work.join(format!("{}.toml", output.file_name().and_then(|n| n.to_str()).unwrap_or("p")));
+        let (transforms, read) = transforms.unwrap_or(("", "in"));
         let toml = format!(
             "[pipeline]\nname = \"bench\"\ndata_dir = {data:?}\n\n[sources.in]\ntype = \"file\"\npaths = [{input:?}]\n\n\
-             [sinks.out]\ninputs = [\"in\"]\n{sink}\n",
+             {transforms}\n[sinks.out]\ninputs = [\"{read}\"]\n{sink}\n",
             data = self.work.join("state").display().to_string(),
             input = input.path.display().to_string(),
         );
@@ -313,6 +320,54 @@ impl Planner<'_> {
         Ok(Some(name))
     }
 
+    /// CloudTrail → redact (every built-in detector) → jq reshape → gzip objects, against the same
+    /// pipeline without transforms (same input, same sink) and against `jq -c` running the same
+    /// reshape alone on the same file (no redaction, no compression: less work than sluice does).
+    pub(crate) fn transform(&mut self, ct: &Workload) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let sink = |output: &Path| {
+            format!("type = \"object_store\"\nurl = \"file://{}\"\n{}", output.display(), Self::text_sink("gzip"))
+        };
+        let transforms = format!(
+            "[transforms.mask]\ntype = \"redact\"\ninputs = [\"in\"]\n\n[transforms.shape]\ntype = \"jq\"\ninputs = [\"mask\"]\nquery = '{TRANSFORM_RESHAPE}'\n"
+        );
+        let name = "sluice redact+jq gzip";
+        let transformed = self.sluice_into(
+            "transform",
+            name,
+            ct,
+            n,
+            Some((&transforms, "shape")),
+            &sink(&self.output("transform", name)),
+            OutputCheck::Lines,
+        )?;
+        let plain = self.sluice(
+            "transform",
+            "sluice gzip, no transforms",
+            ct,
+            n,
+            &Self::text_sink("gzip"),
+            OutputCheck::Lines,
+        )?;
+        self.compare(
+            "transform",
+            &transformed,
+            Some(plain),
+            "the same pipeline without transforms (target: speed ≥ 0.6, RSS ≤ 1.5)",
+        );
+        let jq = self.baseline("transform", "jq -c (reshape only)", "jq", ct, OutputCheck::Lines, |found, out| {
+            format!(
+                "mkdir -p {o} && {} -c {} < {} > {o}/out.ndjson",
+                shell_quote(found),
+                shell_quote(Path::new(TRANSFORM_RESHAPE)),
+                shell_quote(&ct.path),
+                o = shell_quote(out)
+            )
+        });
+        self.compare("transform", &transformed, jq, "jq 1.6 running the reshape alone on the same file (target: ≥ 10)");
+        Ok(())
+    }
+
     pub(crate) fn zstd(&mut self, ct: &Workload) -> Result<(), BenchError> {
         let n = self.options.threads;
         let sluice = self.sluice("zstd", "sluice zstd", ct, n, &Self::text_sink("zstd"), OutputCheck::Lines)?;
@@ -439,6 +494,7 @@ impl Planner<'_> {
                 &format!("sluice http_endpoint {encoding}"),
                 ct,
                 n,
+                None,
                 &sink,
                 OutputCheck::Elsewhere,
             )?);

@@ -46,13 +46,16 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
         notes: Vec::new(),
     };
     progress("generating the workload");
-    if wants("gzip") || wants("zstd") {
+    if wants("gzip") || wants("zstd") || wants("transform") {
         let ct = workload(&data, Profile::Cloudtrail, 7, options.size_bytes)?;
         if wants("gzip") {
             planner.gzip(&ct)?;
         }
         if wants("zstd") {
             planner.zstd(&ct)?;
+        }
+        if wants("transform") {
+            planner.transform(&ct)?;
         }
     }
     if wants("parquet") || wants("scale") {
