@@ -119,6 +119,12 @@ mod tests {
         assert_eq!(measured.code, Some(0));
         assert!(measured.usage.max_rss_bytes > 30_000_000, "{measured:?}");
         let quiet = measure_child(&MeasuredCommand::new("true", Vec::<String>::new())).unwrap();
-        assert!(quiet.usage.max_rss_bytes < measured.usage.max_rss_bytes);
+        // A forked child starts with this process's resident set counted in its peak until it
+        // execs: when the test process (other tests run beside this one) is larger than `sh` was,
+        // `true` cannot be told from it, and only the absolute figure above is checked.
+        let parent = sluice_engine::metrics::peak_rss_bytes().unwrap_or(u64::MAX);
+        if parent < measured.usage.max_rss_bytes {
+            assert!(quiet.usage.max_rss_bytes < measured.usage.max_rss_bytes, "{quiet:?}");
+        }
     }
 }

@@ -95,7 +95,16 @@ impl fmt::Display for Diagnostics {
             writeln!(f, "  --> {}:{}:{}", self.file, p.line, p.col)?;
             if let Some(text) = self.source.lines().nth(p.line - 1) {
                 let gutter = p.line.to_string();
-                let pointed = crate::redact::text(self.source[d.span.clone()].lines().next().unwrap_or(""));
+                // A span a connector computed (an offset inside a string value) may end inside a
+                // character: widen it to whole characters.
+                let (mut start, mut end) = (d.span.start.min(self.source.len()), d.span.end.min(self.source.len()));
+                while !self.source.is_char_boundary(start) {
+                    start -= 1;
+                }
+                while !self.source.is_char_boundary(end) {
+                    end += 1;
+                }
+                let pointed = crate::redact::text(self.source[start..end.max(start)].lines().next().unwrap_or(""));
                 let width = pointed.chars().count().max(1);
                 // The caret's column in the line as printed, secrets masked.
                 let before: String = text.chars().take(p.col - 1).collect();
