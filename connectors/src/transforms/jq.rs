@@ -14,6 +14,13 @@
 //! several records, in order. A record that is not JSON, a runtime error (jaq's message), or an
 //! output that is not JSON (a byte string, NaN or an infinity) sends the record, as it entered, to
 //! the error output as `processing-failed` with code `Jq.ProcessingFailed`, and nothing of it goes on.
+//!
+//! The most common query shape — an object built from paths, optionally followed by one
+//! `select(.key == literal)` or `!=` on it — is also compiled into a [`Projection`] that reads the
+//! record's raw bytes without building jaq's values (about ten times faster). It answers only when
+//! its answer is exactly jaq's: the record is valid JSON, every path runs through objects or null,
+//! and every value it copies is written the same way by jaq (a string without escapes, an integer
+//! of at most 15 digits, `true`, `false`, `null`); any other record goes through jaq.
 
 use std::sync::Arc;
 
@@ -22,6 +29,8 @@ use jaq_core::{Ctx, Vars, data, unwrap_valr};
 use jaq_json::Val;
 use serde::Deserialize;
 use sluice_engine::config::{ConnectorConfig, Diagnostic};
+
+use super::json::{self, Member, Scanned};
 use sluice_engine::contract::{
     Emit, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError, TransformFailure,
     TransformWorker,
@@ -42,6 +51,7 @@ struct JqConfig {
 #[derive(Debug)]
 pub struct JqTransform {
     query: String,
+    projection: Option<Projection>,
 }
 
 /// Builds a jq transform from `[transforms.<name>]`.
@@ -57,7 +67,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
         return Err(Diagnostic::new(span, format!("the jq query does not compile: {message}"))
             .with_hint("jq syntax (jaq): e.g. query = '{time: .eventTime, user: .userIdentity.userName}'"));
     }
-    Ok(Arc::new(JqTransform { query: c.query }))
+    let projection = Projection::parse(&c.query);
+    Ok(Arc::new(JqTransform { query: c.query, projection }))
 }
 
 /// Compiles `query` with jq's standard library; on failure, each problem with its byte offset in the
@@ -99,18 +110,36 @@ impl Transform for JqTransform {
 
     fn open(&self, _context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
         let filter = compile(&self.query).map_err(|p| TransformError(format!("jq query does not compile: {p:?}")))?;
-        Ok(Box::new(RecordByRecord(JqWorker { filter, out: Vec::new() })))
+        Ok(Box::new(RecordByRecord(JqWorker {
+            filter,
+            projection: self.projection.clone(),
+            members: Vec::new(),
+            out: Vec::new(),
+        })))
     }
 }
 
 /// The query compiled for one worker.
 struct JqWorker {
     filter: Filter,
+    projection: Option<Projection>,
+    members: Vec<Member>,
     out: Vec<u8>,
 }
 
 impl RecordTransform for JqWorker {
     fn transform(&mut self, record: &[u8], emit: &mut Emit<'_>) -> Result<(), TransformFailure> {
+        if let Some(projection) = &self.projection {
+            self.out.clear();
+            match projection.run(record, &mut self.members, &mut self.out) {
+                Some(true) => {
+                    emit.record(&self.out);
+                    return Ok(());
+                }
+                Some(false) => return Ok(()),
+                None => {}
+            }
+        }
         let input = jaq_json::read::parse_single(record)
             .map_err(|e| TransformFailure::processing(PROCESSING_FAILED, format!("the record is not JSON: {e}")))?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
@@ -128,6 +157,230 @@ impl RecordTransform for JqWorker {
             emit.record(&self.out);
         }
         Ok(())
+    }
+}
+
+/// jq's keywords, which are not plain identifiers.
+const KEYWORDS: &[&str] = &[
+    "and", "or", "not", "if", "then", "elif", "else", "end", "as", "def", "reduce", "foreach", "try", "catch", "label",
+    "import", "include", "__loc__", "true", "false", "null",
+];
+
+/// `{key: .path.to.value, …}` optionally followed by `| select(.key == literal)` (or `!=`): the
+/// query shape answered without jaq when the record allows (module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Projection {
+    /// Output keys (as JSON strings, quotes included) and the path each reads.
+    fields: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
+    /// The output field compared, whether it must equal the literal, and the literal as JSON.
+    select: Option<(usize, bool, Vec<u8>)>,
+}
+
+/// A cursor over a query's text.
+struct QueryText<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl QueryText<'_> {
+    fn ws(&mut self) {
+        while self.text.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, token: &str) -> bool {
+        self.ws();
+        if self.text[self.at..].starts_with(token.as_bytes()) {
+            self.at += token.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn ident(&mut self) -> Option<String> {
+        self.ws();
+        let start = self.at;
+        while self.text.get(self.at).is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_') {
+            self.at += 1;
+        }
+        let ident = std::str::from_utf8(&self.text[start..self.at]).ok()?;
+        let valid = ident.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+        (valid && !KEYWORDS.contains(&ident)).then(|| ident.to_string())
+    }
+
+    /// `.a.b.c`, with no space inside.
+    fn path(&mut self) -> Option<Vec<Vec<u8>>> {
+        self.ws();
+        let mut segments = Vec::new();
+        while self.text.get(self.at) == Some(&b'.') {
+            self.at += 1;
+            if self.text.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+                return None;
+            }
+            segments.push(self.ident()?.into_bytes());
+        }
+        (!segments.is_empty()).then_some(segments)
+    }
+
+    /// A string without escapes, an integer, `true`, `false` or `null`, as canonical JSON.
+    fn literal(&mut self) -> Option<Vec<u8>> {
+        self.ws();
+        let rest = &self.text[self.at..];
+        for word in ["true", "false", "null"] {
+            if rest.starts_with(word.as_bytes()) {
+                self.at += word.len();
+                return Some(word.as_bytes().to_vec());
+            }
+        }
+        if rest.first() == Some(&b'"') {
+            let end = rest[1..].iter().position(|&b| b == b'"' || b == b'\\')? + 1;
+            if rest[end] != b'"' || rest[1..end].iter().any(|&b| b < 0x20 || b == 0x7f) {
+                return None;
+            }
+            self.at += end + 1;
+            return Some(rest[..=end].to_vec());
+        }
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit() || **b == b'-').count();
+        let number = std::str::from_utf8(&rest[..digits]).ok()?;
+        let value: i64 = number.parse().ok()?;
+        if number.len() > 15 || value.to_string() != number || number == "-0" {
+            return None;
+        }
+        self.at += digits;
+        Some(number.as_bytes().to_vec())
+    }
+}
+
+impl Projection {
+    /// The projection `query` is, if it has the shape.
+    fn parse(query: &str) -> Option<Projection> {
+        let mut q = QueryText { text: query.as_bytes(), at: 0 };
+        if !q.eat("{") {
+            return None;
+        }
+        let mut fields: Vec<(Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
+        loop {
+            let key = q.ident()?;
+            let path = if q.eat(":") { q.path()? } else { vec![key.clone().into_bytes()] };
+            let key_json = format!("\"{key}\"").into_bytes();
+            if fields.iter().any(|(k, _)| *k == key_json) {
+                return None;
+            }
+            fields.push((key_json, path));
+            if q.eat("}") {
+                break;
+            }
+            if !q.eat(",") {
+                return None;
+            }
+        }
+        let mut select = None;
+        if q.eat("|") {
+            if !q.eat("select") || !q.eat("(") {
+                return None;
+            }
+            let path = q.path()?;
+            let [key] = path.as_slice() else { return None };
+            let key_json = [b"\"".as_slice(), key, b"\""].concat();
+            let field = fields.iter().position(|(k, _)| *k == key_json)?;
+            let equal = if q.eat("==") {
+                true
+            } else if q.eat("!=") {
+                false
+            } else {
+                return None;
+            };
+            let literal = q.literal()?;
+            if !q.eat(")") {
+                return None;
+            }
+            select = Some((field, equal, literal));
+        }
+        q.ws();
+        (q.at == q.text.len()).then_some(Projection { fields, select })
+    }
+
+    /// Writes the output for `record` into `out`: `Some(true)` one record, `Some(false)` none (the
+    /// select dropped it), `None` when only jaq can answer.
+    fn run(&self, record: &[u8], members: &mut Vec<Member>, out: &mut Vec<u8>) -> Option<bool> {
+        if json::validate(record) != Scanned::Valid {
+            return None;
+        }
+        let top = 0..record.len();
+        json::members(record, top.clone(), members)?;
+        if members.iter().any(|m| m.key_escaped) {
+            return None;
+        }
+        let mut values: Vec<&[u8]> = Vec::with_capacity(self.fields.len());
+        for (_, path) in &self.fields {
+            values.push(resolve(record, members, path)?);
+        }
+        if let Some((field, equal, literal)) = &self.select
+            && (values[*field] == literal.as_slice()) != *equal
+        {
+            return Some(false);
+        }
+        out.push(b'{');
+        for (i, ((key, _), value)) in self.fields.iter().zip(&values).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key);
+            out.push(b':');
+            out.extend_from_slice(value);
+        }
+        out.push(b'}');
+        Some(true)
+    }
+}
+
+/// The raw value at `path` in the object whose members are `top` (`null` where a key is missing or
+/// a value on the way is null), when jaq would write it exactly as it is.
+fn resolve<'r>(record: &'r [u8], top: &[Member], path: &[Vec<u8>]) -> Option<&'r [u8]> {
+    let find = |members: &[Member], segment: &[u8]| -> Option<Option<std::ops::Range<usize>>> {
+        if members.iter().any(|m| m.key_escaped) {
+            return None;
+        }
+        Some(
+            members
+                .iter()
+                .rev()
+                .find(|m| m.key.len() == segment.len() + 2 && &record[m.key.start + 1..m.key.end - 1] == segment)
+                .map(|m| m.value.clone()),
+        )
+    };
+    let mut current = find(top, &path[0])?;
+    let mut nested = Vec::new();
+    for segment in &path[1..] {
+        let Some(range) = current else { break };
+        match record[range.start] {
+            b'n' => {
+                current = None;
+                break;
+            }
+            b'{' => {
+                json::members(record, range, &mut nested)?;
+                current = find(&nested, segment)?;
+            }
+            _ => return None,
+        }
+    }
+    let Some(range) = current else { return Some(b"null") };
+    let value = &record[range];
+    match value[0] {
+        b'"' => {
+            let mut at = 0;
+            let escaped = json::skip_string(value, &mut at).ok()?;
+            (!escaped && !value.contains(&0x7f)).then_some(value)
+        }
+        b't' | b'f' | b'n' => Some(value),
+        b'-' | b'0'..=b'9' => {
+            let integer = value.iter().all(|b| b.is_ascii_digit() || *b == b'-');
+            (integer && value.len() <= 15 && value != b"-0").then_some(value)
+        }
+        _ => None,
     }
 }
 
@@ -150,8 +403,71 @@ mod tests {
     use super::*;
     use sluice_engine::contract::Emit;
 
+    fn worker(query: &str, fast: bool) -> JqWorker {
+        JqWorker {
+            filter: compile(query).unwrap_or_else(|e| panic!("{e:?}")),
+            projection: if fast { Projection::parse(query) } else { None },
+            members: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    fn run_with(worker: &mut JqWorker, record: &str) -> Result<Vec<String>, TransformFailure> {
+        let mut batch = sluice_engine::record::RecordBatch::default();
+        worker.transform(record.as_bytes(), &mut Emit::new(&mut batch))?;
+        Ok(batch.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect())
+    }
+
+    #[test]
+    fn the_projection_answers_exactly_as_jaq_or_not_at_all() {
+        let queries = [
+            r#"{time: .eventTime, user: .userIdentity.userName, event: .eventName} | select(.event != "GetObject")"#,
+            r#"{a, b: .b.c.d, n: .n} | select(.n == 3)"#,
+            r#"{x: .a.b}"#,
+            r#"{e: .e} | select(.e == null)"#,
+        ];
+        for q in queries {
+            assert!(Projection::parse(q).is_some(), "{q}");
+        }
+        for q in [
+            ".",
+            "{a: .a[0]}",
+            "{a: .a} | select(.b == 1)",
+            "{if: .a}",
+            "{a: .a} | .a",
+            "{a: .a, a: .b}",
+            "{a: .a} | select(.a == 1.5)",
+        ] {
+            assert!(Projection::parse(q).is_none(), "{q}");
+        }
+        let records = [
+            r#"{"eventTime":"t","userIdentity":{"userName":"alice"},"eventName":"PutObject"}"#,
+            r#"{"eventTime":"t","userIdentity":null,"eventName":"GetObject"}"#,
+            r#"{"eventTime":1,"userIdentity":{"userName":"a"b"},"eventName":"X"}"#,
+            r#"{"eventTime":1.5,"userIdentity":{"userName":"é"},"eventName":"X"}"#,
+            r#"{"eventTime":"t","userIdentity":"string","eventName":"X"}"#,
+            r#"{"eventTime":"t","userIdentity":{"userName":[1, 2]},"eventName":"X"}"#,
+            r#"{"a":1,"a":2,"b":{"c":{"d":true}},"n":3}"#,
+            r#"{"a":-0,"b":{"c":null},"n":"3"}"#,
+            r#"{"a":123456789012345678,"b":{},"n":3,"e":null}"#,
+            r#"{"aA":1}"#,
+            r#" { "a" : "x" , "b" : { "c" : { "d" : false } } , "n" : 3 } "#,
+            r#"[1,2]"#,
+            r#"not json"#,
+            r#""str""#,
+        ];
+        for q in queries {
+            let (mut fast, mut slow) = (worker(q, true), worker(q, false));
+            for r in records {
+                let (a, b) = (run_with(&mut fast, r), run_with(&mut slow, r));
+                assert_eq!(a.as_ref().ok(), b.as_ref().ok(), "{q} on {r}");
+                assert_eq!(a.is_err(), b.is_err(), "{q} on {r}");
+            }
+        }
+    }
+
     fn run(query: &str, record: &str) -> Result<Vec<String>, TransformFailure> {
-        let mut worker = JqWorker { filter: compile(query).unwrap_or_else(|e| panic!("{e:?}")), out: Vec::new() };
+        let mut worker = worker(query, true);
         let mut batch = sluice_engine::record::RecordBatch::default();
         worker.transform(record.as_bytes(), &mut Emit::new(&mut batch))?;
         Ok(batch.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect())

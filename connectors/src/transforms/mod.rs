@@ -1,7 +1,9 @@
 //! Transforms, one file each: what runs between sources and sinks (contract:
-//! `sluice_engine::contract::Transform`), listed in [`crate::registry`].
+//! `sluice_engine::contract::Transform`), listed in [`crate::registry`]; [`json`] is the scanner
+//! the JSON transforms share.
 
 pub mod cloudwatch_logs;
 pub mod jq;
+pub mod json;
 pub mod lambda;
 pub mod redact;

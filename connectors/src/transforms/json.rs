@@ -1,0 +1,288 @@
+//! A small strict JSON scanner shared by the transforms: it validates a document while it walks it
+//! and hands out the raw byte ranges of values and object members, without building a tree.
+//!
+//! Guarantees: [`validate`] accepts exactly RFC 8259 JSON texts (one value, surrounding whitespace)
+//! nested at most [`MAX_DEPTH`] deep, except that it does not check that strings are UTF-8 (the
+//! transforms work on bytes and keep what they do not change as it was); ranges always cover whole
+//! values of the scanned text.
+
+use std::ops::Range;
+
+/// Deepest nesting scanned (deeper documents are reported as [`Scanned::TooDeep`]).
+pub const MAX_DEPTH: usize = 128;
+
+/// What [`validate`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scanned {
+    /// One JSON value.
+    Valid,
+    /// Not JSON.
+    Invalid,
+    /// Nested deeper than [`MAX_DEPTH`] (not judged).
+    TooDeep,
+}
+
+/// Whether `bytes` is one JSON value.
+pub fn validate(bytes: &[u8]) -> Scanned {
+    value_strings(bytes, &mut |_, _| {})
+}
+
+/// Whether `bytes` is one JSON value, telling `string` the range (quotes included) of every string
+/// that is a value (not an object key), in order, and whether it holds an escape.
+pub fn value_strings(bytes: &[u8], string: &mut dyn FnMut(Range<usize>, bool)) -> Scanned {
+    let mut at = skip_ws(bytes, 0);
+    match skip_value(bytes, &mut at, 0, string) {
+        Err(e) => e,
+        Ok(()) if skip_ws(bytes, at) == bytes.len() => Scanned::Valid,
+        Ok(()) => Scanned::Invalid,
+    }
+}
+
+/// No-op string visitor.
+fn ignore(_: Range<usize>, _: bool) {}
+
+/// The index of the first byte at or after `at` that is not JSON whitespace.
+pub fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
+    while at < bytes.len() && matches!(bytes[at], b' ' | b'\t' | b'\n' | b'\r') {
+        at += 1;
+    }
+    at
+}
+
+/// Skips one value starting at `*at` (no leading whitespace), validating it.
+fn skip_value(
+    bytes: &[u8],
+    at: &mut usize,
+    depth: usize,
+    string: &mut dyn FnMut(Range<usize>, bool),
+) -> Result<(), Scanned> {
+    match bytes.get(*at) {
+        Some(b'"') => {
+            let start = *at;
+            let escaped = skip_string(bytes, at)?;
+            string(start..*at, escaped);
+            Ok(())
+        }
+        Some(b'{') => skip_container(bytes, at, depth, true, string),
+        Some(b'[') => skip_container(bytes, at, depth, false, string),
+        Some(b't') => literal(bytes, at, b"true"),
+        Some(b'f') => literal(bytes, at, b"false"),
+        Some(b'n') => literal(bytes, at, b"null"),
+        Some(b'-' | b'0'..=b'9') => skip_number(bytes, at),
+        _ => Err(Scanned::Invalid),
+    }
+}
+
+fn literal(bytes: &[u8], at: &mut usize, word: &[u8]) -> Result<(), Scanned> {
+    if bytes.get(*at..*at + word.len()) == Some(word) {
+        *at += word.len();
+        Ok(())
+    } else {
+        Err(Scanned::Invalid)
+    }
+}
+
+fn skip_number(bytes: &[u8], at: &mut usize) -> Result<(), Scanned> {
+    let digits = |at: &mut usize| {
+        let start = *at;
+        while bytes.get(*at).is_some_and(u8::is_ascii_digit) {
+            *at += 1;
+        }
+        *at > start
+    };
+    if bytes.get(*at) == Some(&b'-') {
+        *at += 1;
+    }
+    match bytes.get(*at) {
+        Some(b'0') => *at += 1,
+        Some(b'1'..=b'9') => {
+            digits(at);
+        }
+        _ => return Err(Scanned::Invalid),
+    }
+    if bytes.get(*at) == Some(&b'.') {
+        *at += 1;
+        if !digits(at) {
+            return Err(Scanned::Invalid);
+        }
+    }
+    if matches!(bytes.get(*at), Some(b'e' | b'E')) {
+        *at += 1;
+        if matches!(bytes.get(*at), Some(b'+' | b'-')) {
+            *at += 1;
+        }
+        if !digits(at) {
+            return Err(Scanned::Invalid);
+        }
+    }
+    Ok(())
+}
+
+/// Skips a string starting at its quote; whether it holds an escape.
+pub fn skip_string(bytes: &[u8], at: &mut usize) -> Result<bool, Scanned> {
+    let mut escaped = false;
+    let mut i = *at + 1;
+    loop {
+        // The next quote or backslash (memchr), then no control character before it.
+        let rest = bytes.get(i..).ok_or(Scanned::Invalid)?;
+        let step = memchr::memchr2(b'"', b'\\', rest).ok_or(Scanned::Invalid)?;
+        if rest[..step].iter().any(|&b| b < 0x20) {
+            return Err(Scanned::Invalid);
+        }
+        i += step;
+        match bytes[i] {
+            b'"' => {
+                *at = i + 1;
+                return Ok(escaped);
+            }
+            b'\\' => {
+                escaped = true;
+                match bytes.get(i + 1) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                    Some(b'u') if bytes.get(i + 2..i + 6).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) => {
+                        i += 6
+                    }
+                    _ => return Err(Scanned::Invalid),
+                }
+            }
+            _ => return Err(Scanned::Invalid),
+        }
+    }
+}
+
+fn skip_container(
+    bytes: &[u8],
+    at: &mut usize,
+    depth: usize,
+    object: bool,
+    string: &mut dyn FnMut(Range<usize>, bool),
+) -> Result<(), Scanned> {
+    if depth >= MAX_DEPTH {
+        return Err(Scanned::TooDeep);
+    }
+    let close = if object { b'}' } else { b']' };
+    *at = skip_ws(bytes, *at + 1);
+    if bytes.get(*at) == Some(&close) {
+        *at += 1;
+        return Ok(());
+    }
+    loop {
+        if object {
+            if bytes.get(*at) != Some(&b'"') {
+                return Err(Scanned::Invalid);
+            }
+            skip_string(bytes, at)?;
+            *at = skip_ws(bytes, *at);
+            if bytes.get(*at) != Some(&b':') {
+                return Err(Scanned::Invalid);
+            }
+            *at = skip_ws(bytes, *at + 1);
+        }
+        skip_value(bytes, at, depth + 1, string)?;
+        *at = skip_ws(bytes, *at);
+        match bytes.get(*at) {
+            Some(b',') => *at = skip_ws(bytes, *at + 1),
+            Some(&c) if c == close => {
+                *at += 1;
+                return Ok(());
+            }
+            _ => return Err(Scanned::Invalid),
+        }
+    }
+}
+
+/// One member of an object: the raw key (with its quotes), whether the key has an escape, and the
+/// raw value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The key as written, quotes included.
+    pub key: Range<usize>,
+    /// Whether the key holds an escape (then its raw bytes are not its text).
+    pub key_escaped: bool,
+    /// The value as written.
+    pub value: Range<usize>,
+}
+
+/// The members of the object `bytes[range]` (which must be valid JSON, e.g. after [`validate`]), in
+/// order; `None` if it is not an object.
+pub fn members(bytes: &[u8], range: Range<usize>, out: &mut Vec<Member>) -> Option<()> {
+    out.clear();
+    let end = range.end;
+    let mut at = skip_ws(bytes, range.start);
+    if bytes.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = skip_ws(bytes, at + 1);
+    if bytes.get(at) == Some(&b'}') {
+        return Some(());
+    }
+    while at < end {
+        let key_start = at;
+        let key_escaped = skip_string(bytes, &mut at).ok()?;
+        let key = key_start..at;
+        at = skip_ws(bytes, at);
+        at = skip_ws(bytes, at + 1); // the colon
+        let value_start = at;
+        skip_value(bytes, &mut at, 0, &mut ignore).ok()?;
+        out.push(Member { key, key_escaped, value: value_start..at });
+        at = skip_ws(bytes, at);
+        match bytes.get(at) {
+            Some(b',') => at = skip_ws(bytes, at + 1),
+            _ => return Some(()),
+        }
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn validates_like_serde_json() {
+        for text in [
+            "{}",
+            " [1, -0.5e+3, \"a\\u00e9\\n\", true, false, null, {\"k\": []}] ",
+            "\"x\"",
+            "0",
+            "{\"a\":1,\"b\":[{\"c\":\"\\\"\"}]}",
+        ] {
+            assert_eq!(validate(text.as_bytes()), Scanned::Valid, "{text}");
+        }
+        for text in
+            ["", "{", "{\"a\"}", "[1,]", "01", "1.", "-", "\"\\x\"", "\"a\nb\"", "{} {}", "tru", "{'a':1}", "[1 2]"]
+        {
+            assert_eq!(validate(text.as_bytes()), Scanned::Invalid, "{text}");
+        }
+        assert_eq!(validate("[".repeat(200).as_bytes()), Scanned::TooDeep);
+    }
+
+    #[test]
+    fn lists_members_with_their_raw_ranges() {
+        let text = br#"{ "a" : 1, "b\n": {"c": [1, 2]}, "d":"x" }"#;
+        let mut out = Vec::new();
+        assert!(members(text, 0..text.len(), &mut out).is_some());
+        let raw = |r: &Range<usize>| String::from_utf8_lossy(&text[r.clone()]).into_owned();
+        let got: Vec<(String, bool, String)> =
+            out.iter().map(|m| (raw(&m.key), m.key_escaped, raw(&m.value))).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("\"a\"".into(), false, "1".into()),
+                ("\"b\\n\"".into(), true, "{\"c\": [1, 2]}".into()),
+                ("\"d\"".into(), false, "\"x\"".into())
+            ]
+        );
+        assert!(members(b"[1]", 0..3, &mut out).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_serde_json_on_any_bytes(bytes in proptest::collection::vec(proptest::sample::select(b"{}[]\":,0123456789.-+eEtrufalsn \\/u\nab".to_vec()), 0..40)) {
+            let serde = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+            prop_assert_eq!(validate(&bytes) == Scanned::Valid, serde, "{:?}", String::from_utf8_lossy(&bytes));
+        }
+    }
+}
