@@ -18,12 +18,14 @@
 //! `records`); a path scans the string at it and every string nested under it. A record that is not
 //! JSON is scanned as one text (with `drop_field` it is masked: there is no field to drop).
 //!
-//! One `RegexSet` pass over the whole record says which detectors can match in it (a record no
-//! detector can match is passed on untouched, unparsed); each string is then scanned by those only,
-//! on its raw bytes when it has no escape (a string with escapes is decoded and scanned by every
-//! detector the set picks for it); candidates are validated (an SSN's area is not 000, 666 or 9xx; a card number has
-//! 13-19 digits in a row or grouped by spaces or dashes and passes the Luhn check; an IP address parses; a match does not continue a longer
-//! run of digits or key characters), overlaps go to the earliest, longest match. `mask` writes
+//! The built-in detectors are found in one hand-written pass over the whole record (`scan`; none
+//! of their matches contains a quote, so each lies inside one string) and validated there (an SSN's
+//! area is not 000, 666 or 9xx; a card number has 13-19 digits in a row or grouped by spaces or
+//! dashes and passes the Luhn check; an IP address parses and stands alone; no match continues a
+//! longer run of digits or key characters); a record without a match is passed on unparsed. A
+//! string with escapes is decoded and scanned alone, and `patterns` (regular expressions whose
+//! anchors must see a string's own start and end) run on each string alone, after a `RegexSet`
+//! says which can match. Overlaps go to the earliest, longest match. `mask` writes
 //! `[REDACTED:<detector>]`; `hash` writes the first 16 hex digits of HMAC-SHA256(`hash_key`, match),
 //! so equal values stay joinable without being readable; `drop_field` removes the object member
 //! (an array element becomes `null`). Counted per detector in `RedactedValues{detector}`.
