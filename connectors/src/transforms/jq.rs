@@ -305,11 +305,10 @@ impl Projection {
     /// Writes the output for `record` into `out`: `Some(true)` one record, `Some(false)` none (the
     /// select dropped it), `None` when only jaq can answer.
     fn run(&self, record: &[u8], members: &mut Vec<Member>, out: &mut Vec<u8>) -> Option<bool> {
-        if json::validate(record) != Scanned::Valid {
+        // One pass validates the record and lists its members.
+        if json::object_members(record, members) != Scanned::Valid || members.is_empty() {
             return None;
         }
-        let top = 0..record.len();
-        json::members(record, top.clone(), members)?;
         if members.iter().any(|m| m.key_escaped) {
             return None;
         }

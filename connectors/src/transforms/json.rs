@@ -123,13 +123,11 @@ pub fn skip_string(bytes: &[u8], at: &mut usize) -> Result<bool, Scanned> {
     let mut escaped = false;
     let mut i = *at + 1;
     loop {
-        // The next quote or backslash (memchr), then no control character before it.
-        let rest = bytes.get(i..).ok_or(Scanned::Invalid)?;
-        let step = memchr::memchr2(b'"', b'\\', rest).ok_or(Scanned::Invalid)?;
-        if rest[..step].iter().any(|&b| b < 0x20) {
+        // The next quote, backslash or control character, eight bytes at a time.
+        i = next_special(bytes, i);
+        if i >= bytes.len() {
             return Err(Scanned::Invalid);
         }
-        i += step;
         match bytes[i] {
             b'"' => {
                 *at = i + 1;
@@ -146,6 +144,73 @@ pub fn skip_string(bytes: &[u8], at: &mut usize) -> Result<bool, Scanned> {
                 }
             }
             _ => return Err(Scanned::Invalid),
+        }
+    }
+}
+
+/// The index of the first byte at or after `i` that is a quote, a backslash or a control character
+/// (`bytes.len()` if none): eight bytes per step with word-wide tests (the lowest flagged byte of a
+/// word is always exact, which is the one taken).
+fn next_special(bytes: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        let special = zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\'))) | below_space;
+        if special != 0 {
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < bytes.len() && !(bytes[i] == b'"' || bytes[i] == b'\\' || bytes[i] < 0x20) {
+        i += 1;
+    }
+    i
+}
+
+/// Validates `bytes` as one JSON value and, when it is an object, lists its members into `out`
+/// (one pass; `out` is left empty for any other value).
+pub fn object_members(bytes: &[u8], out: &mut Vec<Member>) -> Scanned {
+    out.clear();
+    let mut at = skip_ws(bytes, 0);
+    if bytes.get(at) != Some(&b'{') {
+        return validate(bytes);
+    }
+    at = skip_ws(bytes, at + 1);
+    if bytes.get(at) == Some(&b'}') {
+        return if skip_ws(bytes, at + 1) == bytes.len() { Scanned::Valid } else { Scanned::Invalid };
+    }
+    loop {
+        if bytes.get(at) != Some(&b'"') {
+            return Scanned::Invalid;
+        }
+        let key_start = at;
+        let key_escaped = match skip_string(bytes, &mut at) {
+            Ok(e) => e,
+            Err(e) => return e,
+        };
+        let key = key_start..at;
+        at = skip_ws(bytes, at);
+        if bytes.get(at) != Some(&b':') {
+            return Scanned::Invalid;
+        }
+        at = skip_ws(bytes, at + 1);
+        let value_start = at;
+        if let Err(e) = skip_value(bytes, &mut at, 1, &mut ignore) {
+            return e;
+        }
+        out.push(Member { key, key_escaped, value: value_start..at });
+        at = skip_ws(bytes, at);
+        match bytes.get(at) {
+            Some(b',') => at = skip_ws(bytes, at + 1),
+            Some(b'}') => {
+                return if skip_ws(bytes, at + 1) == bytes.len() { Scanned::Valid } else { Scanned::Invalid };
+            }
+            _ => return Scanned::Invalid,
         }
     }
 }
@@ -278,7 +343,42 @@ mod tests {
         assert!(members(b"[1]", 0..3, &mut out).is_none());
     }
 
+    #[test]
+    fn finds_special_bytes_in_any_position() {
+        for len in 0..20 {
+            for at in 0..=len {
+                let mut text = vec![b'a'; len];
+                if at < len {
+                    text[at] = b'"';
+                }
+                assert_eq!(next_special(&text, 0), at, "{len} {at}");
+                if at < len {
+                    text[at] = 0x1f;
+                    assert_eq!(next_special(&text, 0), at);
+                    text[at] = b'\\';
+                    assert_eq!(next_special(&text, 0), at);
+                    text[at] = 0x7f;
+                    assert_eq!(next_special(&text, 0), len, "DEL is not special");
+                }
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn object_members_agree_with_validate_and_members(
+            bytes in proptest::collection::vec(proptest::sample::select(b"{}[]\":,01.-tn \\ua".to_vec()), 0..40)
+        ) {
+            let mut one = Vec::new();
+            let scanned = object_members(&bytes, &mut one);
+            prop_assert_eq!(scanned, validate(&bytes));
+            if scanned == Scanned::Valid {
+                let mut two = Vec::new();
+                let object = members(&bytes, 0..bytes.len(), &mut two).is_some();
+                prop_assert_eq!(if object { two } else { Vec::new() }, one);
+            }
+        }
+
         #[test]
         fn agrees_with_serde_json_on_any_bytes(bytes in proptest::collection::vec(proptest::sample::select(b"{}[]\":,0123456789.-+eEtrufalsn \\/u\nab".to_vec()), 0..40)) {
             let serde = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();

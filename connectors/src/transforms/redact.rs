@@ -124,20 +124,18 @@ fn scan(text: &[u8], wanted: &[Option<usize>; 8], out: &mut Vec<(Range<usize>, u
     starts[usize::from(b'(')] = wanted[PHONE].is_some();
     starts[usize::from(b'@')] = wanted[EMAIL].is_some();
     starts[usize::from(b':')] = wanted[IPV6].is_some();
-    starts[usize::from(b'A')] = wanted[AWS_ACCESS_KEY].is_some()
-        && (memchr::memmem::find(text, b"AKIA").is_some() || memchr::memmem::find(text, b"ASIA").is_some());
-    starts[usize::from(b'e')] = wanted[JWT].is_some() && memchr::memmem::find(text, b"eyJ").is_some();
+    starts[usize::from(b'A')] =
+        wanted[AWS_ACCESS_KEY].is_some() && (FINDERS.akia.find(text).is_some() || FINDERS.asia.find(text).is_some());
+    starts[usize::from(b'e')] = wanted[JWT].is_some() && FINDERS.jwt.find(text).is_some();
     let n = text.len();
     let at = |i: usize| text.get(i).copied().unwrap_or(0);
     // IPv6 runs already looked at end before this.
     let mut v6_done = 0;
     let mut i = 0;
     while i < n {
-        while i < n && !starts[usize::from(text[i])] {
-            i += 1;
-        }
-        if i >= n {
-            break;
+        match text[i..].iter().position(|&b| starts[usize::from(b)]) {
+            Some(skip) => i += skip,
+            None => break,
         }
         let b = text[i];
         let prev = if i == 0 { 0 } else { text[i - 1] };
@@ -234,6 +232,19 @@ fn scan(text: &[u8], wanted: &[Option<usize>; 8], out: &mut Vec<(Range<usize>, u
         i = next.max(i + 1);
     }
 }
+
+/// Substring finders built once (building one per record cost more than the search).
+struct Finders {
+    akia: memchr::memmem::Finder<'static>,
+    asia: memchr::memmem::Finder<'static>,
+    jwt: memchr::memmem::Finder<'static>,
+}
+
+static FINDERS: std::sync::LazyLock<Finders> = std::sync::LazyLock::new(|| Finders {
+    akia: memchr::memmem::Finder::new(b"AKIA").into_owned(),
+    asia: memchr::memmem::Finder::new(b"ASIA").into_owned(),
+    jwt: memchr::memmem::Finder::new(b"eyJ").into_owned(),
+});
 
 fn is_v6(b: u8) -> bool {
     b.is_ascii_hexdigit() || b == b':' || b == b'.'

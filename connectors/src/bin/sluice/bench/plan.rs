@@ -322,7 +322,8 @@ impl Planner<'_> {
 
     /// CloudTrail → redact (every built-in detector) → jq reshape → gzip objects, against the same
     /// pipeline without transforms (same input, same sink) and against `jq -c` running the same
-    /// reshape alone on the same file (no redaction, no compression: less work than sluice does).
+    /// reshape alone on the same file (no redaction, no compression: less work than sluice does);
+    /// and sluice doing only the reshape (and the gzip) against that same `jq -c`.
     pub(crate) fn transform(&mut self, ct: &Workload) -> Result<(), BenchError> {
         let n = self.options.threads;
         let sink = |output: &Path| {
@@ -364,7 +365,26 @@ impl Planner<'_> {
                 o = shell_quote(out)
             )
         });
-        self.compare("transform", &transformed, jq, "jq 1.6 running the reshape alone on the same file (target: ≥ 10)");
+        self.compare(
+            "transform",
+            &transformed,
+            jq.clone(),
+            "jq 1.6 running the reshape alone on the same file (target: ≥ 10)",
+        );
+        // The same work as jq's: the reshape alone (sluice still gzips its output).
+        let shape_only =
+            format!("[transforms.shape]\ntype = \"jq\"\ninputs = [\"in\"]\nquery = '{TRANSFORM_RESHAPE}'\n");
+        let name = "sluice jq gzip";
+        let reshaped = self.sluice_into(
+            "transform",
+            name,
+            ct,
+            n,
+            Some((&shape_only, "shape")),
+            &sink(&self.output("transform", name)),
+            OutputCheck::Lines,
+        )?;
+        self.compare("transform", &reshaped, jq, "jq 1.6 doing the same reshape (sluice also gzips its output)");
         Ok(())
     }
 
