@@ -520,3 +520,23 @@ fn the_example_mask_pii_pipeline_runs_and_masks() {
         assert!(v["source_ip"].as_str().is_some_and(|ip| ip == "[REDACTED:ipv4]"), "{line}");
     }
 }
+
+#[test]
+fn backup_all_keeps_the_source_records_as_they_arrived_before_any_transform() {
+    const RECORDS: u64 = 500;
+    let transforms = "[transforms.shape]\ntype = \"jq\"\ninputs = [\"gen\"]\nquery = '{event: .eventName}'\n";
+    let sinks = "[sinks.out]\ntype = \"object_store\"\ninputs = [\"shape\", \"gen\"]\nurl = \"memory://transform-backup/out\"\nformat = \"ndjson\"\n\
+                 backup = \"all\"\nerror_prefix = \"errors/!{firehose:error-output-type}/\"\n";
+    let (_, metrics) = run_pipeline(&pipeline("backup", RECORDS, transforms, sinks), &registry(), 2).unwrap();
+    let objects = memory_objects("transform-backup");
+    let backups: BTreeMap<_, _> =
+        objects.iter().filter(|(k, _)| k.starts_with("out/errors/source-record-backup/")).collect();
+    let data: BTreeMap<_, _> = objects.iter().filter(|(k, _)| !k.starts_with("out/errors/")).collect();
+    let mut source = generated(Profile::Cloudtrail, 7, RECORDS);
+    source.sort();
+    // The sink reads the source twice (directly and through the transform): each source record is
+    // backed up once, as it arrived.
+    assert_eq!(all_lines(backups), source);
+    assert_eq!(all_lines(data).len() as u64, 2 * RECORDS);
+    assert_eq!(metrics.sinks[0].records_source_backup.load(std::sync::atomic::Ordering::Relaxed), RECORDS);
+}

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::config::{BackupMode, SinkSettings};
+use crate::config::SinkSettings;
 use crate::contract::Payload;
 use crate::error_output::{ErrorDocument, ErrorOutputType, Processing, Reason};
 use crate::format::{self, EncodeError, ObjectEncoder, ObjectFormat};
@@ -256,16 +256,21 @@ impl ObjectBatcher {
                     written?;
                 }
             }
-            if self.settings.backup == BackupMode::All {
-                self.write_error_output(
-                    ErrorOutputType::SourceRecordBackup,
-                    record,
-                    epoch,
-                    batch.arrival_ms,
-                    now,
-                    sealed,
-                )?;
-            }
+        }
+        Ok(())
+    }
+
+    /// Writes source records, as they arrived, to the `source-record-backup` error output (a sink
+    /// with `backup = "all"`; the runtime sends it every source record it reads, before transforms).
+    pub fn append_backup(
+        &mut self,
+        batch: &RecordBatch,
+        epoch: u64,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+    ) -> std::io::Result<()> {
+        for record in batch.iter() {
+            self.write_error_output(ErrorOutputType::SourceRecordBackup, record, epoch, batch.arrival_ms, now, sealed)?;
         }
         Ok(())
     }
@@ -437,7 +442,7 @@ mod tests {
 
     use super::*;
     use crate::compression::{Compression, decompress};
-    use crate::config::BufferingHints;
+    use crate::config::{BackupMode, BufferingHints};
     use crate::keys::ObjectKeys;
     use crate::retry::RetryPolicy;
 
@@ -591,11 +596,14 @@ mod tests {
                         let mut batch = RecordBatch::with_capacity(arrival_ms, 0);
                         records.iter().for_each(|r| batch.push(r.as_bytes()));
                         batcher.append(&batch, epoch, start + Duration::from_millis(clock_ms), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
-                        for r in &records {
-                            for (i, slot) in open.iter_mut().enumerate() {
-                                if i == 1 && !backup_all {
-                                    continue;
-                                }
+                        if backup_all {
+                            batcher.append_backup(&batch, epoch, start + Duration::from_millis(clock_ms), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+                        }
+                        for (i, slot) in open.iter_mut().enumerate() {
+                            if i == 1 && !backup_all {
+                                continue;
+                            }
+                            for r in &records {
                                 let o = slot.get_or_insert_with(|| ModelObject { opened_ms: clock_ms, epoch, oldest_arrival_ms: arrival_ms, ..ModelObject::default() });
                                 o.body.extend_from_slice(r.as_bytes());
                                 if !r.ends_with('\n') {

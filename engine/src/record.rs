@@ -6,8 +6,9 @@
 //! Guarantees: records keep their bytes exactly and their order within a batch.
 //!
 //! Between the stages of the dataflow records travel as [`Records`]: a batch on its way to the
-//! sinks, or [`FailedRecords`] that a transform could not process, on their way to the error output
-//! of every sink they would have reached, each with its reason.
+//! sinks, [`FailedRecords`] that a transform could not process, on their way to the error output
+//! of every sink they would have reached, each with its reason, or source records as they arrived
+//! for a sink that backs up everything.
 
 use std::sync::Arc;
 
@@ -147,13 +148,16 @@ pub enum Records {
     /// Records a transform could not process, on their way to the error output of every sink they
     /// would have reached.
     Failed(FailedRecords),
+    /// Source records as they arrived, before any transform, for a sink with `backup = "all"`
+    /// (Firehose's source-record backup).
+    Backup(RecordBatch),
 }
 
 impl Records {
     /// Number of records.
     pub fn len(&self) -> usize {
         match self {
-            Records::Deliver(batch) => batch.len(),
+            Records::Deliver(batch) | Records::Backup(batch) => batch.len(),
             Records::Failed(failed) => failed.records.len(),
         }
     }

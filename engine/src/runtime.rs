@@ -1,7 +1,8 @@
 //! The runtime: compiles a [`Plan`] into a timely dataflow on every worker and runs it to the end.
 //!
 //! Each worker builds the same graph: every source's share → the transforms, each reading its
-//! inputs concatenated → (concatenated per sink) → `build_objects` → `deliver` → one probe. Deliveries run on a small tokio runtime beside the
+//! inputs concatenated → (concatenated per sink, with, for `backup = "all"`, a copy of every source
+//! record the sink reads as it arrived) → `build_objects` → `deliver` → one probe. Deliveries run on a small tokio runtime beside the
 //! workers. A batch run ends when the probe's frontier is empty (every record delivered or counted);
 //! a stream run ends the same way after a [`StopSignal`] makes the sources finish. Guarantees: the
 //! delivered output does not depend on the number of workers; a run never ends with data buffered.
@@ -10,13 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use timely::dataflow::ProbeHandle;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concatenate, Probe};
 
-use crate::config::Input;
 use crate::config::Plan;
+use crate::config::{BackupMode, Input};
 use crate::contract::{PrepareContext, SharedListener, SourceContext, StopSignal};
 use crate::metrics::PipelineMetrics;
 use crate::operators::{BuildObjects, Deliver, DeliveryContext, InflightBudget, TransformRecords, read_source};
+use crate::record::Records;
 
 /// How to run.
 #[derive(Clone)]
@@ -247,7 +250,18 @@ fn execute(
                 transformed.push(stream);
             }
             for (j, sink) in plan.sinks.iter().enumerate() {
-                let inputs: Vec<_> = sink.inputs.iter().filter_map(|&i| stream_of(i, &transformed)).collect();
+                let mut inputs: Vec<_> = sink.inputs.iter().filter_map(|&i| stream_of(i, &transformed)).collect();
+                if sink.settings.backup == BackupMode::All {
+                    // Every source record the sink reads, as it arrived (before any transform).
+                    for source in plan.sources_upstream_of(&sink.inputs) {
+                        if let Some(stream) = &streams[source] {
+                            inputs.push(stream.clone().map(|records| match records {
+                                Records::Deliver(batch) => Records::Backup(batch),
+                                other => other,
+                            }));
+                        }
+                    }
+                }
                 if inputs.is_empty() {
                     continue;
                 }

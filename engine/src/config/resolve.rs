@@ -235,6 +235,20 @@ impl Plan {
             .collect()
     }
 
+    /// The sources whose records reach `inputs`, directly or through transforms, each once, in
+    /// plan order.
+    pub fn sources_upstream_of(&self, inputs: &[Input]) -> Vec<usize> {
+        let mut seen = vec![false; self.sources.len()];
+        let mut pending: Vec<Input> = inputs.to_vec();
+        while let Some(input) = pending.pop() {
+            match input {
+                Input::Source(i) => seen[i] = true,
+                Input::Transform(t) => pending.extend(self.transforms[t].inputs.iter().copied()),
+            }
+        }
+        (0..seen.len()).filter(|&i| seen[i]).collect()
+    }
+
     /// The name of what `input` reads.
     pub fn input_name(&self, input: Input) -> &str {
         match input {

@@ -69,6 +69,7 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                             let appended = match &records {
                                 Records::Deliver(batch) => batcher.append(batch, time, now, &mut sealed),
                                 Records::Failed(failed) => batcher.append_failed(failed, time, now, &mut sealed),
+                                Records::Backup(batch) => batcher.append_backup(batch, time, now, &mut sealed),
                             };
                             if let Err(e) = appended {
                                 tracing::error!(sink = %sink_name, error = %e, "cannot encode a batch");

@@ -1,6 +1,6 @@
 //! The transform operator: `stream.transform(...)` runs one transform's worker over record batches.
 //!
-//! Records a transform failed upstream pass through untouched (they go to the error output of every
+//! Records a transform failed upstream (and source-record backups) pass through untouched (they go to the error output of every
 //! sink they would have reached). Guarantees: the operator holds the capability of the oldest epoch
 //! the worker still holds (a function's buffer, invocations in flight), so the delivered frontier
 //! never passes a record inside a transform; what the worker answers is sent at an epoch no later
@@ -92,7 +92,7 @@ impl<'scope> TransformRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                     counters.records_in.fetch_add(batch.len() as u64, Relaxed);
                                     state.push(batch, time, &mut out);
                                 }
-                                failed @ Records::Failed(_) => passed.push((time, failed)),
+                                other @ (Records::Failed(_) | Records::Backup(_)) => passed.push((time, other)),
                             }
                         }
                     });
@@ -105,6 +105,7 @@ impl<'scope> TransformRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                         match records {
                             Records::Deliver(batch) => counters.records_out.fetch_add(batch.len() as u64, Relaxed),
                             Records::Failed(f) => counters.records_failed.fetch_add(f.records.len() as u64, Relaxed),
+                            Records::Backup(_) => 0,
                         };
                     }
                     if let Some(h) = held.as_ref() {

@@ -105,6 +105,7 @@ pub fn run_transform(
                     run.failed.push((record.to_vec(), failed.output_type.name(), failure.code.to_string()));
                 }
             }
+            Records::Backup(_) => return Err("a transform answered with source-record backups".into()),
         }
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
