@@ -410,6 +410,22 @@ fn cloudwatch_logs_subscription_records_sent_by_boto3_are_unpacked_and_bad_ones_
         .output()
         .unwrap();
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    // DescribeDeliveryStream shows the transform as Firehose's processors.
+    let described = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("x-amz-target", "Firehose_20150804.DescribeDeliveryStream")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(r#"{"DeliveryStreamName":"cwl"}"#)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let described: serde_json::Value = serde_json::from_str(&described).unwrap();
+    let processing = &described["DeliveryStreamDescription"]["Destinations"][0]["ExtendedS3DestinationDescription"]["ProcessingConfiguration"];
+    assert_eq!(processing["Enabled"], true, "{described}");
+    assert_eq!(processing["Processors"][0]["Type"], "Decompression");
+    assert_eq!(processing["Processors"][1]["Type"], "CloudWatchLogProcessing");
+    assert_eq!(processing["Processors"][1]["Parameters"][0]["ParameterValue"], "true");
     std::thread::sleep(Duration::from_millis(2500));
     terminate(&child);
     let code = wait(child);

@@ -591,9 +591,23 @@ fn refusal(rejected: Rejected) -> ApiError {
 }
 
 /// One destination as DescribeDeliveryStream reports it (`ExtendedS3DestinationDescription` for
-/// object stores, `HttpEndpointDestinationDescription` otherwise).
+/// object stores, `HttpEndpointDestinationDescription` otherwise), with the Firehose processors
+/// of the transforms upstream of it in `ProcessingConfiguration`.
 fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value {
     let hints = json!({"SizeInMBs": d.size_mb, "IntervalInSeconds": d.interval_s});
+    let processors: Vec<Value> = d
+        .processors
+        .iter()
+        .map(|p| {
+            let parameters: Vec<Value> = p
+                .parameters
+                .iter()
+                .map(|(name, value)| json!({"ParameterName": name, "ParameterValue": value}))
+                .collect();
+            json!({"Type": p.kind, "Parameters": parameters})
+        })
+        .collect();
+    let processing = json!({"Enabled": !processors.is_empty(), "Processors": processors});
     match d.kind {
         DestinationKind::S3 => {
             // An S3 bucket's ARN; other object stores report their URL.
@@ -612,6 +626,7 @@ fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value 
                 "S3BackupMode": "Disabled",
                 "FileExtension": d.file_extension,
                 "DataFormatConversionConfiguration": {"Enabled": d.format_conversion},
+                "ProcessingConfiguration": processing,
             }})
         }
         // An endpoint that sluice delivers to over HTTP: its URL, as Firehose shows an HTTP
@@ -624,6 +639,7 @@ fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value 
                     "EndpointConfiguration": {"Url": d.location, "Name": d.sink},
                     "BufferingHints": hints,
                     "S3BackupMode": "FailedDataOnly",
+                    "ProcessingConfiguration": processing,
                 }),
             );
             Value::Object(description)

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sluice_engine::config::{ConnectorConfig, Diagnostic};
 use sluice_engine::contract::{
-    Emit, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError, TransformFailure,
+    Emit, Processor, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError, TransformFailure,
     TransformWorker,
 };
 use sluice_engine::error_output::ErrorOutputType;
@@ -56,6 +56,16 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
 }
 
 impl Transform for CloudWatchLogsTransform {
+    fn processors(&self) -> Vec<Processor> {
+        vec![
+            Processor { kind: "Decompression", parameters: vec![("CompressionFormat", "GZIP".into())] },
+            Processor {
+                kind: "CloudWatchLogProcessing",
+                parameters: vec![("DataMessageExtraction", self.extract_messages.to_string())],
+            },
+        ]
+    }
+
     fn describe(&self) -> String {
         format!(
             "cloudwatch_logs: gunzip{}",

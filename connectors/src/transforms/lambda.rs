@@ -41,7 +41,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde::Deserialize;
 use sluice_engine::config::{ConnectorConfig, Diagnostic};
-use sluice_engine::contract::{Holding, Transform, TransformContext, TransformError, TransformOutput, TransformWorker};
+use sluice_engine::contract::{
+    Holding, Processor, Transform, TransformContext, TransformError, TransformOutput, TransformWorker,
+};
 use sluice_engine::error_output::ErrorOutputType;
 use sluice_engine::record::{FailedRecords, PartitionKeys, RecordBatch, RecordFailure, Records};
 
@@ -260,6 +262,16 @@ fn uri_encode(text: &str) -> String {
 }
 
 impl Transform for LambdaTransform {
+    fn processors(&self) -> Vec<Processor> {
+        let parameters = vec![
+            ("LambdaArn", self.shared.lambda_arn.to_string()),
+            ("NumberOfRetries", self.shared.retries.to_string()),
+            ("BufferSizeInMBs", format!("{}", self.size_bytes as f64 / 1e6)),
+            ("BufferIntervalInSeconds", self.interval.as_secs().to_string()),
+        ];
+        vec![Processor { kind: "Lambda", parameters }]
+    }
+
     fn describe(&self) -> String {
         format!(
             "lambda: {} (buffer {:.1} MB / {} s, {} retries, {} in flight per worker)",

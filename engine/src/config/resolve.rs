@@ -122,6 +122,8 @@ pub struct DestinationInfo {
     pub error_prefix: Option<String>,
     /// Extension of data objects.
     pub file_extension: String,
+    /// The Firehose processors of the transforms upstream of the sink, sources first.
+    pub processors: Vec<crate::contract::Processor>,
 }
 
 /// A resolved source.
@@ -215,6 +217,11 @@ impl Plan {
                     prefix: prefix.to_string(),
                     error_prefix: error_prefix.map(str::to_string),
                     file_extension: settings.format.extension(),
+                    processors: self
+                        .transforms_upstream_of(&s.inputs)
+                        .iter()
+                        .flat_map(|&t| self.transforms[t].transform.processors())
+                        .collect(),
                 }
             })
             .collect();
@@ -247,6 +254,22 @@ impl Plan {
             }
         }
         (0..seen.len()).filter(|&i| seen[i]).collect()
+    }
+
+    /// The transforms whose output reaches `inputs`, directly or through other transforms, each
+    /// once, in plan order (inputs before what reads them).
+    pub fn transforms_upstream_of(&self, inputs: &[Input]) -> Vec<usize> {
+        let mut seen = vec![false; self.transforms.len()];
+        let mut pending: Vec<Input> = inputs.to_vec();
+        while let Some(input) = pending.pop() {
+            if let Input::Transform(t) = input
+                && !seen[t]
+            {
+                seen[t] = true;
+                pending.extend(self.transforms[t].inputs.iter().copied());
+            }
+        }
+        (0..seen.len()).filter(|&t| seen[t]).collect()
     }
 
     /// The name of what `input` reads.

@@ -25,8 +25,22 @@ use crate::record::{FailedRecords, RecordBatch, RecordFailure, Records};
 pub trait Transform: Send + Sync + 'static {
     /// One line for `sluice validate` and the run summary, e.g. `jq: {time: .eventTime}`.
     fn describe(&self) -> String;
+    /// The Firehose processors it is, for DescribeDeliveryStream's `ProcessingConfiguration`
+    /// (none for a transform Firehose does not have).
+    fn processors(&self) -> Vec<Processor> {
+        Vec::new()
+    }
     /// Opens this transform on one worker (called on the worker's thread).
     fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError>;
+}
+
+/// A Firehose processor (`Type` and `Parameters`, as DescribeDeliveryStream shows them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Processor {
+    /// `Lambda`, `Decompression`, `CloudWatchLogProcessing`, …
+    pub kind: &'static str,
+    /// `ParameterName` → `ParameterValue`.
+    pub parameters: Vec<(&'static str, String)>,
 }
 
 /// A transform could not start on a worker. The run stops: records cannot pass it.
