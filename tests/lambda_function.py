@@ -5,7 +5,8 @@
 POST /<mode> with the transformation event. Per record (by its decoded data):
   contains "drop" -> Dropped; contains "fail" -> ProcessingFailed; else Ok with the data upper-cased
   and metadata.partitionKeys {"first": <its first character>, "size": <its length>}.
-Modes: /ok; /echo (every record Ok and unchanged, after 0.2 s); /missing (the last recordId is left out); /duplicate (the first answered twice);
+Modes: /ok; /echo (every record Ok and unchanged, after 0.2 s); /concurrent (as /ok after 0.5 s,
+counting the invocations in flight: GET /peak gives the most at once); /missing (the last recordId is left out); /duplicate (the first answered twice);
 /notjson; /slow (sleeps 3 s, then answers); /flaky (HTTP 500 for the first 2 requests, then /ok);
 /invoke/... (the Lambda Invoke API path: checks an AWS4 Authorization for service `lambda`).
 Every event received is appended to the log at GET /events (JSON lines).
@@ -21,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 EVENTS = []
 LOCK = threading.Lock()
 FLAKY = {"left": 2}
+FLIGHT = {"now": 0, "peak": 0}
 
 
 def answer(event, mode):
@@ -51,7 +53,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         with LOCK:
-            body = "".join(json.dumps(e) + "\n" for e in EVENTS).encode()
+            if self.path == "/peak":
+                body = str(FLIGHT["peak"]).encode()
+            else:
+                body = "".join(json.dumps(e) + "\n" for e in EVENTS).encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -76,6 +81,13 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(500, {"message": "try again"})
         if mode == "slow":
             time.sleep(3)
+        if mode == "concurrent":
+            with LOCK:
+                FLIGHT["now"] += 1
+                FLIGHT["peak"] = max(FLIGHT["peak"], FLIGHT["now"])
+            time.sleep(0.5)
+            with LOCK:
+                FLIGHT["now"] -= 1
         if mode == "echo":
             time.sleep(0.2)
             return self.reply(200, {"records": [{"recordId": r["recordId"], "result": "Ok", "data": r["data"]} for r in event["records"]]})

@@ -234,6 +234,23 @@ fn a_function_with_the_transformation_contract_replaces_drops_and_fails_records_
 }
 
 #[test]
+fn invocations_run_up_to_max_concurrency_at_once_and_records_leave_in_input_order() {
+    let server = FunctionServer::start();
+    // 3,000 records of ~200 bytes: 0.6 MB, three batches of `size_mb = 0.2`.
+    let records: Vec<String> = (0..3_000).map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(180))).collect();
+    let keys = format!(
+        "url = \"{}\"\nbuffer = {{ size_mb = 0.2, interval_s = 60 }}\nmax_concurrency = 2",
+        server.url("concurrent")
+    );
+    let run = lambda_run(&keys, &records);
+    let expected: Vec<String> = records.iter().map(|r| r.to_uppercase()).collect();
+    assert_eq!(text(&run), expected, "in input order");
+    assert!(server.events().len() >= 3, "{} invocations", server.events().len());
+    let peak: usize = reqwest::blocking::get(server.url("peak")).unwrap().text().unwrap().trim().parse().unwrap();
+    assert_eq!(peak, 2, "at most max_concurrency invocations at once, and that many used");
+}
+
+#[test]
 fn a_function_that_breaks_the_contract_fails_the_batch_and_retries_only_what_may_succeed() {
     let server = FunctionServer::start();
     let records: Vec<String> = (0..5).map(|i| format!("{{\"n\":{i}}}")).collect();
