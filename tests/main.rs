@@ -16,6 +16,7 @@ mod http_endpoint;
 mod listener;
 mod outage;
 mod parquet;
+mod partitioning;
 mod pipelines;
 mod resume;
 mod s3;

@@ -19,6 +19,7 @@ pub fn registry() -> Registry {
             TransformType { name: "lambda", configure: transforms::lambda::configure },
             TransformType { name: "redact", configure: transforms::redact::configure },
         ],
+        key_query: Some(transforms::jq::key_query),
         sinks: vec![
             SinkType { name: "http_endpoint", configure: sinks::http_endpoint::configure },
             SinkType { name: "object_store", configure: sinks::object_store::configure },

@@ -93,6 +93,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}")),
             retry: RetryPolicy::default(),
             backup: BackupMode::Failed,
+            partitioning: None,
         }
     }
 

@@ -119,6 +119,8 @@ pub struct ObjectBatcher {
     data: Option<OpenObject>,
     errors: BTreeMap<ErrorOutputType, OpenObject>,
     scratch: Vec<u8>,
+    /// The partition key values its data objects are named with (dynamic partitioning).
+    partition: Vec<String>,
 }
 
 impl std::fmt::Debug for ObjectBatcher {
@@ -142,7 +144,21 @@ impl ObjectBatcher {
             data: None,
             errors: BTreeMap::new(),
             scratch: Vec::new(),
+            partition: Vec::new(),
         }
+    }
+
+    /// A batcher for one partition of a partitioned sink: its data objects are named with the
+    /// partition key `values` (in the order of the prefix's partition keys).
+    pub fn for_partition(settings: Arc<SinkSettings>, values: Vec<String>) -> Self {
+        let mut batcher = ObjectBatcher::new(settings);
+        batcher.partition = values;
+        batcher
+    }
+
+    /// Bytes (before compression) of its open objects.
+    pub fn open_bytes(&self) -> u64 {
+        self.data.iter().chain(self.errors.values()).map(|o| o.encoder.size()).sum()
     }
 
     /// Uploads data objects in parts of `part_bytes` while they grow (the sink must support it).
@@ -161,7 +177,7 @@ impl ObjectBatcher {
         let s = &self.settings;
         let (key, id) = object.streaming.get_or_insert_with(|| {
             self.objects_streamed += 1;
-            (data_key(s, object.oldest_arrival_ms), self.objects_streamed)
+            (data_key(s, &self.partition, object.oldest_arrival_ms), self.objects_streamed)
         });
         let body = object.encoder.take_ready();
         object.sent += body.len() as u64;
@@ -338,7 +354,7 @@ impl ObjectBatcher {
             let streaming = object.streaming.take();
             let key = match &streaming {
                 Some((key, _)) => key.clone(),
-                None => data_key(s, object.oldest_arrival_ms),
+                None => data_key(s, &self.partition, object.oldest_arrival_ms),
             };
             let sent = object.sent;
             let mut sealed_object =
@@ -413,8 +429,14 @@ impl ObjectBatcher {
 }
 
 /// The key of a data object: the name its format gives it (a request id), or the sink's key.
-fn data_key(s: &SinkSettings, oldest_arrival_ms: i64) -> String {
-    s.format.object_key().unwrap_or_else(|| s.keys.data_key(oldest_arrival_ms, &s.format.extension()))
+fn data_key(s: &SinkSettings, partition: &[String], oldest_arrival_ms: i64) -> String {
+    s.format.object_key().unwrap_or_else(|| {
+        if partition.is_empty() {
+            s.keys.data_key(oldest_arrival_ms, &s.format.extension())
+        } else {
+            s.keys.partition_data_key(oldest_arrival_ms, partition, &s.format.extension())
+        }
+    })
 }
 
 fn seal(
@@ -453,6 +475,7 @@ mod tests {
             keys: ObjectKeys::new(Some("p/"), None, "s", chrono_tz::Tz::UTC).unwrap_or_else(|e| panic!("{e}")),
             retry: RetryPolicy::default(),
             backup: BackupMode::Failed,
+            partitioning: None,
         })
     }
 
@@ -575,6 +598,7 @@ mod tests {
                 keys: ObjectKeys::new(Some("p/"), None, "s", chrono_tz::Tz::UTC).unwrap_or_else(|e| panic!("{e}")),
                 retry: RetryPolicy::default(),
                 backup: if backup_all { BackupMode::All } else { BackupMode::Failed },
+                partitioning: None,
             });
             let mut batcher = ObjectBatcher::new(Arc::clone(&settings));
             let start = Instant::now();

@@ -6,7 +6,7 @@
 //! nothing elsewhere in the engine.
 
 /// A Firehose destination kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum DestinationKind {
     /// An object store (S3 and every store `object_store` speaks).

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::destination::DestinationKind;
 
 /// The `!{firehose:error-output-type}` of an error-output object: why its records are there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum ErrorOutputType {
     /// Records that could not be converted to the sink's format (`format-conversion-failed`,
     /// Firehose's name).
@@ -26,6 +26,9 @@ pub enum ErrorOutputType {
     /// Records that could not be decompressed (`decompression-failed`: CloudWatch Logs payloads
     /// that are not gzip or not a subscription document), kept still compressed.
     DecompressionFailed,
+    /// Records whose partition keys could not be found or used (`partitioning-failed`, Firehose's
+    /// name for dynamic partitioning failures).
+    PartitioningFailed,
     /// Every source record, kept with `backup = "all"` (`source-record-backup`; Firehose's
     /// `S3BackupMode` all-data).
     SourceRecordBackup,
@@ -41,6 +44,7 @@ impl ErrorOutputType {
             ErrorOutputType::FormatConversionFailed => "format-conversion-failed",
             ErrorOutputType::ProcessingFailed => "processing-failed",
             ErrorOutputType::DecompressionFailed => "decompression-failed",
+            ErrorOutputType::PartitioningFailed => "partitioning-failed",
             ErrorOutputType::SourceRecordBackup => "source-record-backup",
             ErrorOutputType::DeliveryFailed(kind) => kind.failed_output_type(),
         }

@@ -79,6 +79,18 @@ pub enum Segment {
     RandomString,
     /// `!{firehose:error-output-type}`: the reason records were sent to the error output.
     ErrorOutputType,
+    /// `!{partitionKeyFromQuery:name}` or `!{partitionKeyFromLambda:name}`: a record's partition
+    /// key value (dynamic partitioning).
+    PartitionKey(PartitionKeyRef),
+}
+
+/// Where a partition key comes from, and its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PartitionKeyRef {
+    /// From a lambda transform's `metadata.partitionKeys` (else from the sink's partitioning query).
+    pub from_lambda: bool,
+    /// The key's name.
+    pub name: String,
 }
 
 /// A parsed, checked prefix (`Prefix` or `ErrorOutputPrefix`).
@@ -232,18 +244,24 @@ impl ObjectKeyTemplate {
                         "use firehose:random-string or firehose:error-output-type",
                     ));
                 }
-                ("partitionKeyFromQuery" | "partitionKeyFromLambda", _) => {
-                    return Err(template_error(
-                        expr_start,
-                        format!("`{namespace}` needs dynamic partitioning, which sluice does not have yet"),
-                        "remove the expression",
-                    ));
+                ("partitionKeyFromQuery" | "partitionKeyFromLambda", name) => {
+                    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)) {
+                        return Err(template_error(
+                            value_offset,
+                            format!("`{name}` is not a partition key name"),
+                            "use letters, digits, `_` and `-`, e.g. !{partitionKeyFromQuery:account}",
+                        ));
+                    }
+                    Segment::PartitionKey(PartitionKeyRef {
+                        from_lambda: namespace == "partitionKeyFromLambda",
+                        name: name.to_string(),
+                    })
                 }
                 (other, _) => {
                     return Err(template_error(
                         expr_start,
                         format!("unknown expression namespace `{other}`"),
-                        "use timestamp or firehose",
+                        "use timestamp, firehose, partitionKeyFromQuery or partitionKeyFromLambda",
                     ));
                 }
             };
@@ -274,6 +292,19 @@ impl ObjectKeyTemplate {
     /// Whether a `!{timestamp:...}` is used.
     pub fn has_timestamp(&self) -> bool {
         self.segments.iter().any(|s| matches!(s, Segment::Timestamp(_)))
+    }
+
+    /// The partition keys the template uses, in order (each once).
+    pub fn partition_keys(&self) -> Vec<PartitionKeyRef> {
+        let mut keys: Vec<PartitionKeyRef> = Vec::new();
+        for segment in &self.segments {
+            if let Segment::PartitionKey(k) = segment
+                && !keys.contains(k)
+            {
+                keys.push(k.clone());
+            }
+        }
+        keys
     }
 
     /// Whether `!{firehose:error-output-type}` is used.
@@ -338,14 +369,32 @@ impl ObjectKeyTemplate {
         Ok(())
     }
 
-    /// Renders the template for `instant`; `error_output_type` fills `!{firehose:error-output-type}`.
+    /// Renders the template for `instant`; `error_output_type` fills `!{firehose:error-output-type}`
+    /// (a partition key renders as `value`: see [`ObjectKeyTemplate::render_partition`]).
     pub fn render<Z: TimeZone>(&self, instant: &DateTime<Z>, error_output_type: &str, out: &mut String) {
+        self.render_partition(instant, error_output_type, &[], out);
+    }
+
+    /// Renders the template with `values`, the partition key values in the order of
+    /// [`ObjectKeyTemplate::partition_keys`] (a missing one renders as `value`).
+    pub fn render_partition<Z: TimeZone>(
+        &self,
+        instant: &DateTime<Z>,
+        error_output_type: &str,
+        values: &[String],
+        out: &mut String,
+    ) {
+        let keys = if values.is_empty() { Vec::new() } else { self.partition_keys() };
         for segment in &self.segments {
             match segment {
                 Segment::Literal(s) => out.push_str(s),
                 Segment::Timestamp(parts) => render_date(parts, instant, out),
                 Segment::RandomString => out.push_str(&random_string()),
                 Segment::ErrorOutputType => out.push_str(error_output_type),
+                Segment::PartitionKey(k) => {
+                    let value = keys.iter().position(|x| x == k).and_then(|i| values.get(i));
+                    out.push_str(value.map_or("value", String::as_str));
+                }
             }
         }
     }
@@ -441,6 +490,16 @@ impl ObjectKeys {
             Some(text) => {
                 let t =
                     ObjectKeyTemplate::parse(text).map_err(|error| PrefixRuleError { field: "error_prefix", error })?;
+                if !t.partition_keys().is_empty() {
+                    return Err(PrefixRuleError {
+                        field: "error_prefix",
+                        error: template_error(
+                            text.find("!{partitionKey").unwrap_or(0),
+                            "partition keys are not allowed in error_prefix",
+                            "records that fail partitioning have no keys: keep them in prefix only",
+                        ),
+                    });
+                }
                 if !t.has_error_output_type() {
                     return Err(PrefixRuleError {
                         field: "error_prefix",
@@ -513,18 +572,59 @@ impl ObjectKeys {
 
     /// Key of a data object whose oldest record arrived at `oldest_arrival_ms`.
     pub fn data_key(&self, oldest_arrival_ms: i64, extension: &str) -> String {
-        self.key(&self.prefix, oldest_arrival_ms, "", extension)
+        self.key(&self.prefix, oldest_arrival_ms, "", &[], extension)
+    }
+
+    /// Key of a data object of the partition with key `values` (in the order of
+    /// [`ObjectKeys::partition_keys`]).
+    pub fn partition_data_key(&self, oldest_arrival_ms: i64, values: &[String], extension: &str) -> String {
+        self.key(&self.prefix, oldest_arrival_ms, "", values, extension)
+    }
+
+    /// The partition keys `prefix` uses, in order.
+    pub fn partition_keys(&self) -> Vec<PartitionKeyRef> {
+        self.prefix.partition_keys()
+    }
+
+    /// Why a partition with key `values` cannot name objects, if it cannot: a value holding `/`
+    /// or a control character, a path segment left empty, `.` or `..`, or an evaluated prefix over
+    /// [`MAX_EVALUATED_PREFIX`] characters. Such a record goes to the error output.
+    pub fn check_partition(&self, values: &[String]) -> Result<(), String> {
+        if let Some(v) = values.iter().find(|v| v.contains('/') || v.chars().any(char::is_control)) {
+            return Err(format!("the partition key value {v:?} holds `/` or a control character"));
+        }
+        let widest = Utc.with_ymd_and_hms(2099, 12, 31, 23, 59, 59).single().unwrap_or_default();
+        let mut rendered = String::new();
+        self.prefix.render_partition(&widest, "", values, &mut rendered);
+        if rendered.chars().count() > MAX_EVALUATED_PREFIX {
+            return Err(format!(
+                "the prefix evaluates to {} characters; Firehose allows {MAX_EVALUATED_PREFIX}",
+                rendered.chars().count()
+            ));
+        }
+        let bad = rendered.split('/').rev().skip(1).find(|s| s.is_empty() || *s == "." || *s == "..");
+        if let Some(segment) = bad {
+            return Err(format!("the prefix would hold the path segment {segment:?} (`{rendered}`)"));
+        }
+        Ok(())
     }
 
     /// Key of an error-output object.
     pub fn error_key(&self, oldest_arrival_ms: i64, error_output_type: &str, extension: &str) -> String {
-        self.key(&self.error_prefix, oldest_arrival_ms, error_output_type, extension)
+        self.key(&self.error_prefix, oldest_arrival_ms, error_output_type, &[], extension)
     }
 
-    fn key(&self, template: &ObjectKeyTemplate, ms: i64, error_type: &str, extension: &str) -> String {
+    fn key(
+        &self,
+        template: &ObjectKeyTemplate,
+        ms: i64,
+        error_type: &str,
+        values: &[String],
+        extension: &str,
+    ) -> String {
         let instant = Utc.timestamp_millis_opt(ms).single().unwrap_or_default().with_timezone(&self.time_zone);
         let mut key = String::with_capacity(128);
-        template.render(&instant, error_type, &mut key);
+        template.render_partition(&instant, error_type, values, &mut key);
         use std::fmt::Write;
         let _ = write!(
             key,

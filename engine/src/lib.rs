@@ -17,6 +17,7 @@ pub mod format;
 pub mod keys;
 pub mod metrics;
 pub mod operators;
+pub mod partitions;
 pub mod record;
 pub mod redact;
 pub mod retry;

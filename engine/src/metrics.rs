@@ -58,6 +58,14 @@ pub struct SinkMetrics {
     pub stored: AtomicU64,
     /// Arrival times of the oldest record each stage still holds, for `DataFreshness`.
     pub pending: OldestPending,
+    /// Open partitions per worker (dynamic partitioning), for `PartitionCount`.
+    pub open_partitions: Mutex<Vec<u64>>,
+    /// Partitions sealed before their size or interval to keep within `max_open_mb`.
+    pub partitions_sealed_early: AtomicU64,
+    /// Records sent to `partitioning-failed` by the partition operator.
+    pub partitioning_failed: AtomicU64,
+    /// Records buffered per partition (its key values joined by `/`), for the run summary.
+    pub partition_records: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// Counters of one transform.
@@ -123,6 +131,16 @@ impl OldestPending {
 }
 
 impl SinkMetrics {
+    /// Sets how many partitions worker `worker` holds open.
+    pub fn set_open_partitions(&self, worker: usize, open: u64) {
+        if let Ok(mut slots) = self.open_partitions.lock() {
+            if slots.len() <= worker {
+                slots.resize(worker + 1, 0);
+            }
+            slots[worker] = open;
+        }
+    }
+
     /// Adds `n` records to a reason's count.
     pub fn count_reason(&self, reason: &str, n: u64) {
         if let Ok(mut reasons) = self.reasons.lock() {
@@ -409,6 +427,10 @@ impl PipelineMetrics {
             text.sample(&family("UndeliveredRecords"), "counter", &labels, sink.records_undelivered.load(Relaxed));
             text.sample(&family("ErrorOutputFailures"), "counter", &labels, sink.error_output_failures.load(Relaxed));
             text.sample("sluice_BackupToS3_Records", "counter", &labels, sink.records_source_backup.load(Relaxed));
+            let open: u64 = sink.open_partitions.lock().map(|p| p.iter().sum()).unwrap_or(0);
+            text.sample("sluice_PartitionCount", "gauge", &labels, open);
+            text.sample("sluice_PartitionsSealedEarly", "counter", &labels, sink.partitions_sealed_early.load(Relaxed));
+            text.sample("sluice_PartitioningFailedRecords", "counter", &labels, sink.partitioning_failed.load(Relaxed));
             if let Ok(reasons) = sink.reasons.lock() {
                 for (reason, n) in reasons.iter() {
                     let labels = format!("{labels},reason=\"{}\"", label_value(reason));

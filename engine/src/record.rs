@@ -19,7 +19,7 @@ use crate::error_output::ErrorOutputType;
 pub type PartitionKeys = Arc<[(String, String)]>;
 
 /// Many records, stored back to back, with the arrival time they share.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecordBatch {
     /// Approximate arrival time of the records (milliseconds since the Unix epoch, UTC), the
     /// instant the source read or received them; Firehose's `ApproximateArrivalTimestamp`.
@@ -140,8 +140,9 @@ impl RecordBatch {
     }
 }
 
-/// What travels between the stages of the dataflow.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What travels between the stages of the dataflow (serializable: records are exchanged between
+/// workers by partition).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Records {
     /// Records on their way to the sinks.
     Deliver(RecordBatch),
@@ -169,7 +170,7 @@ impl Records {
 }
 
 /// Records a transform could not process, as they entered it, each with why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FailedRecords {
     /// `processing-failed` or `decompression-failed`.
     pub output_type: ErrorOutputType,
@@ -194,7 +195,7 @@ impl FailedRecords {
 
 /// Why one record failed in a transform: the error document's `errorCode`, `errorMessage`,
 /// `attemptsMade` and, for a Lambda function, `lambdaArn`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecordFailure {
     /// Machine-readable, e.g. `Lambda.ProcessingFailed`.
     pub code: Arc<str>,

@@ -18,7 +18,9 @@ use crate::config::Plan;
 use crate::config::{BackupMode, Input};
 use crate::contract::{PrepareContext, SharedListener, SourceContext, StopSignal};
 use crate::metrics::PipelineMetrics;
-use crate::operators::{BuildObjects, Deliver, DeliveryContext, InflightBudget, TransformRecords, read_source};
+use crate::operators::{
+    BuildObjects, Deliver, DeliveryContext, InflightBudget, PartitionRecords, TransformRecords, read_source,
+};
 use crate::record::Records;
 
 /// How to run.
@@ -265,8 +267,17 @@ fn execute(
                 if inputs.is_empty() {
                     continue;
                 }
-                scope
-                    .concatenate(inputs)
+                let mut stream = scope.concatenate(inputs);
+                if let Some(partitioning) = &sink.settings.partitioning {
+                    stream = stream.partition(
+                        &sink.name,
+                        j,
+                        Arc::clone(&sink.settings),
+                        Arc::clone(partitioning),
+                        Arc::clone(&context.metrics),
+                    );
+                }
+                stream
                     .build_objects(
                         &sink.name,
                         j,

@@ -32,8 +32,8 @@ use sluice_engine::config::{ConnectorConfig, Diagnostic};
 
 use super::json::{self, Member, Scanned};
 use sluice_engine::contract::{
-    Emit, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError, TransformFailure,
-    TransformWorker,
+    Emit, KeyQuery, KeyQueryWorker, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError,
+    TransformFailure, TransformWorker,
 };
 
 /// The error code of a record the query failed.
@@ -155,6 +155,71 @@ impl RecordTransform for JqWorker {
             // Writing into a Vec cannot fail.
             let _ = jaq_json::write::write(&mut self.out, &jaq_json::write::Pp::default(), 0, &value);
             emit.record(&self.out);
+        }
+        Ok(())
+    }
+}
+
+/// A sink's `partitioning.query`: the registry's key-query compiler (the same jq as the transform).
+pub fn key_query(query: &str) -> Result<Arc<dyn KeyQuery>, (usize, String)> {
+    if let Err(problems) = compile(query) {
+        return Err(problems.into_iter().next().unwrap_or((0, "does not compile".into())));
+    }
+    Ok(Arc::new(JqKeyQuery { query: query.to_string(), projection: Projection::parse(query) }))
+}
+
+/// A partitioning query.
+#[derive(Debug)]
+struct JqKeyQuery {
+    query: String,
+    projection: Option<Projection>,
+}
+
+impl KeyQuery for JqKeyQuery {
+    fn describe(&self) -> String {
+        self.query.clone()
+    }
+
+    fn static_keys(&self) -> Option<Vec<String>> {
+        let projection = self.projection.as_ref()?;
+        let names = projection.fields.iter().map(|(k, _)| String::from_utf8_lossy(&k[1..k.len() - 1]).into_owned());
+        Some(names.collect())
+    }
+
+    fn open(&self) -> Result<Box<dyn KeyQueryWorker>, TransformError> {
+        let filter = compile(&self.query).map_err(|p| TransformError(format!("jq query does not compile: {p:?}")))?;
+        Ok(Box::new(JqKeys {
+            worker: JqWorker { filter, projection: self.projection.clone(), members: Vec::new(), out: Vec::new() },
+            answers: sluice_engine::record::RecordBatch::default(),
+        }))
+    }
+}
+
+/// One worker's partitioning query: the jq worker, then the answer read as keys.
+struct JqKeys {
+    worker: JqWorker,
+    answers: sluice_engine::record::RecordBatch,
+}
+
+impl KeyQueryWorker for JqKeys {
+    fn keys(&mut self, record: &[u8], out: &mut Vec<(String, String)>) -> Result<(), String> {
+        out.clear();
+        self.answers.clear();
+        self.worker.transform(record, &mut Emit::new(&mut self.answers)).map_err(|f| f.message)?;
+        let mut answers = self.answers.iter();
+        let (Some(answer), None) = (answers.next(), answers.next()) else {
+            return Err(format!("the query gave {} values; a partitioning query gives one object", self.answers.len()));
+        };
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(answer)
+            .map_err(|_| format!("the query gave `{}`, not an object", String::from_utf8_lossy(answer)))?;
+        for (name, value) in object {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                other => return Err(format!("key `{name}` is {other}, not a string, number or boolean")),
+            };
+            out.push((name, text));
         }
         Ok(())
     }

@@ -15,11 +15,12 @@ use std::path::Path;
 pub use diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 pub use document::Section;
 pub use registry::{
-    ConnectorConfig, Durability, Registry, Retention, SinkType, SourceType, StreamDescription, TransformType,
+    ConnectorConfig, Durability, KeyQueryCompiler, Registry, Retention, SinkType, SourceType, StreamDescription,
+    TransformType,
 };
 pub use resolve::{
-    BackupMode, BufferingHints, DestinationInfo, Input, Plan, SinkPlan, SinkSettings, SourcePlan, StreamInfo,
-    TransformPlan,
+    BackupMode, BufferingHints, DestinationInfo, Input, Partitioning, Plan, SinkPlan, SinkSettings, SourcePlan,
+    StreamInfo, TransformPlan,
 };
 
 /// Reads and resolves a pipeline file.

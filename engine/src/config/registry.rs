@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::{Diagnostic, Section, StreamInfo};
-use crate::contract::{Sink, Source, Transform};
+use crate::contract::{KeyQuery, Sink, Source, Transform};
 
 /// When an API source acknowledges a request (`[pipeline] durability`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,12 @@ pub struct Registry {
     pub transforms: Vec<TransformType>,
     /// Sink types.
     pub sinks: Vec<SinkType>,
+    /// Compiles a partitioning query (jq); on failure, the byte offset in the query and why.
+    pub key_query: Option<KeyQueryCompiler>,
 }
+
+/// Compiles a partitioning query.
+pub type KeyQueryCompiler = fn(&str) -> Result<Arc<dyn KeyQuery>, (usize, String)>;
 
 impl Registry {
     /// The source type called `name`.

@@ -61,6 +61,30 @@ pub struct SinkSettings {
     pub retry: RetryPolicy,
     /// What goes to the error output besides records that could not be converted.
     pub backup: BackupMode,
+    /// Dynamic partitioning, when the prefix uses partition keys.
+    pub partitioning: Option<Arc<Partitioning>>,
+}
+
+/// A sink's dynamic partitioning: where each partition key of its prefix comes from, and the
+/// memory its open partitions may hold on one worker.
+#[derive(Clone)]
+pub struct Partitioning {
+    /// `partitioning.query`, for `!{partitionKeyFromQuery:…}` keys.
+    pub query: Option<Arc<dyn crate::contract::KeyQuery>>,
+    /// The prefix's partition keys, in order.
+    pub keys: Vec<crate::keys::PartitionKeyRef>,
+    /// `partitioning.max_open_mb` in bytes: past it the largest open partition is sealed early.
+    pub max_open_bytes: u64,
+}
+
+impl std::fmt::Debug for Partitioning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partitioning")
+            .field("query", &self.query.as_ref().map(|q| q.describe()))
+            .field("keys", &self.keys)
+            .field("max_open_bytes", &self.max_open_bytes)
+            .finish()
+    }
 }
 
 /// `backup` of a sink: what is written under `error_prefix` (Firehose's `S3BackupMode`).
@@ -324,6 +348,20 @@ impl Plan {
                     BackupMode::All => "all",
                 },
             ));
+            if let Some(p) = &st.partitioning {
+                let keys: Vec<String> = p
+                    .keys
+                    .iter()
+                    .map(|k| format!("{}:{}", if k.from_lambda { "lambda" } else { "query" }, k.name))
+                    .collect();
+                out.push_str(&format!(
+                    "         {:<16} partitioned by {} (max_open_mb {}){}\n",
+                    "",
+                    keys.join(", "),
+                    p.max_open_bytes >> 20,
+                    p.query.as_ref().map_or(String::new(), |q| format!(", query {}", q.describe()))
+                ));
+            }
         }
         out
     }
@@ -351,6 +389,7 @@ pub const SINK_ENGINE_KEYS: &[&str] = &[
     "schema",
     "parquet",
     "json",
+    "partitioning",
 ];
 const PIPELINE_KEYS: &[&str] = &["name", "workers", "data_dir", "durability", "retention", "stop_timeout_s"];
 
@@ -542,6 +581,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
             };
             let known = registry.sinks.iter().map(|s| s.name).collect();
             let type_name = take_type(&mut section, known, "sink", &mut problems);
+            let sink_key_span = key_span.clone();
             let inputs = take_inputs(&mut section, &names, key_span, &mut problems);
             unresolved_inputs |= inputs.is_none();
             for &i in inputs.iter().flatten() {
@@ -549,7 +589,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
             }
             let chosen_format = ["format", "compression"].iter().find_map(|k| section.key_span(k).map(|s| (*k, s)));
             let buffer_span = section.key_span("buffer").unwrap_or(section.span.clone());
-            let settings = take_sink_settings(&mut section, &name, base_dir, &mut problems);
+            let settings = take_sink_settings(&mut section, &name, base_dir, registry, &mut problems);
             // The connector reads its keys whatever else is wrong, so every problem is reported at once.
             let Some(sink_type) = type_name.as_deref().and_then(|t| registry.sink(t)) else { continue };
             section.engine_keys = SINK_ENGINE_KEYS;
@@ -563,6 +603,13 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
             let (Some(type_name), Some(inputs), Some(mut settings)) = (type_name, inputs, settings) else {
                 continue;
             };
+            if settings.partitioning.is_some() && sink.destination() != DestinationKind::S3 {
+                problems.push(
+                    Diagnostic::new(sink_key_span.clone(), format!("a sink of type `{type_name}` cannot partition"))
+                        .with_hint("dynamic partitioning names objects; only object store sinks have them"),
+                );
+                continue;
+            }
             if let Some(wire_format) = sink.wire_format() {
                 if let Some((key, span)) = chosen_format {
                     problems.push(
@@ -722,6 +769,109 @@ fn order_transforms(declared: &[DeclaredTransform], source_count: usize, problem
     order
 }
 
+/// `partitioning = { query, max_open_mb }` and the prefix's partition keys (Firehose's dynamic
+/// partitioning rules, docs/firehose.md §4): `None` inside when the prefix uses no partition key;
+/// the outer `None` when something is wrong (reported).
+fn take_partitioning(
+    table: Option<Section>,
+    table_span: Option<std::ops::Range<usize>>,
+    keys: &ObjectKeys,
+    prefix: Option<&Spanned<String>>,
+    sink_span: std::ops::Range<usize>,
+    registry: &Registry,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<Option<Arc<Partitioning>>> {
+    let before = problems.len();
+    let partition_keys = keys.partition_keys();
+    let prefix_span = prefix.map_or(sink_span.clone(), |p| p.span());
+    let (mut query, mut max_open_mb) = (None, 512u64);
+    if let Some(mut t) = table {
+        if let Some(q) = t.take_string("query", problems) {
+            match registry.key_query.map(|compile| compile(q.get_ref())) {
+                Some(Ok(compiled)) => query = Some((compiled, q.span())),
+                Some(Err((offset, message))) => {
+                    let at = q.span().start + 1 + offset;
+                    let span = if at < q.span().end { at..at + 1 } else { q.span() };
+                    problems.push(
+                        Diagnostic::new(span, format!("the partitioning query does not compile: {message}")).with_hint(
+                            "a jq expression giving an object, e.g. query = '{account: .recipientAccountId}'",
+                        ),
+                    );
+                }
+                None => problems.push(Diagnostic::new(q.span(), "this build has no query language for partitioning")),
+            }
+        }
+        if let Some(m) = t.take_int_in(
+            "max_open_mb",
+            1..=1_000_000,
+            "the memory the open partitions of this sink may hold on one worker (default 512)",
+            problems,
+        ) {
+            max_open_mb = m.into_inner() as u64;
+        }
+        t.deny_unknown(&["query", "max_open_mb"], problems);
+        if partition_keys.is_empty() {
+            problems.push(
+                Diagnostic::new(
+                    table_span.unwrap_or(sink_span.clone()),
+                    "`partitioning` has no effect: the prefix uses no partition key",
+                )
+                .with_hint(
+                    "reference the query's keys in prefix, e.g. prefix = \"account=!{partitionKeyFromQuery:account}/\"",
+                ),
+            );
+        }
+    }
+    let query_keys: Vec<&str> = partition_keys.iter().filter(|k| !k.from_lambda).map(|k| k.name.as_str()).collect();
+    match &query {
+        None if !query_keys.is_empty() && problems.len() == before => problems.push(
+            Diagnostic::new(
+                prefix_span.clone(),
+                format!(
+                    "prefix uses !{{partitionKeyFromQuery:{}}} but the sink has no partitioning query",
+                    query_keys[0]
+                ),
+            )
+            .with_hint(
+                "add partitioning = { query = '{account: .recipientAccountId}' } (a jq expression giving the keys)",
+            ),
+        ),
+        Some((q, q_span)) => {
+            if let Some(produced) = q.static_keys() {
+                for name in &query_keys {
+                    if !produced.iter().any(|p| p == name) {
+                        problems.push(
+                            Diagnostic::new(
+                                prefix_span.clone(),
+                                format!("the partitioning query gives no key `{name}`"),
+                            )
+                            .with_hint(format!("its keys: {}", produced.join(", "))),
+                        );
+                    }
+                }
+            }
+            if query_keys.is_empty() && !partition_keys.is_empty() {
+                problems.push(
+                    Diagnostic::new(q_span.clone(), "the partitioning query's keys are not used in prefix")
+                        .with_hint("reference them as !{partitionKeyFromQuery:<key>}"),
+                );
+            }
+        }
+        None => {}
+    }
+    if problems.len() > before {
+        return None;
+    }
+    if partition_keys.is_empty() {
+        return Some(None);
+    }
+    Some(Some(Arc::new(Partitioning {
+        query: query.map(|(q, _)| q),
+        keys: partition_keys,
+        max_open_bytes: max_open_mb << 20,
+    })))
+}
+
 /// `data_dir` (default `data/<pipeline>`) resolved against the pipeline file's folder. Before, a
 /// relative `data_dir` was taken from the current directory: a log found only there is used (with
 /// a warning), so an upgrade does not leave acknowledged records behind.
@@ -826,6 +976,7 @@ fn take_sink_settings(
     section: &mut Section,
     stream: &str,
     base_dir: &Path,
+    registry: &Registry,
     problems: &mut Vec<Diagnostic>,
 ) -> Option<SinkSettings> {
     // `compression` is read before the format: Parquet's default (snappy) differs from the others (none).
@@ -989,6 +1140,19 @@ fn take_sink_settings(
         },
         None => None,
     };
+    let partitioning_span = section.key_span("partitioning");
+    let partitioning_table = section.take_table("partitioning", problems);
+    let partitioning = keys.as_ref().and_then(|keys| {
+        take_partitioning(
+            partitioning_table,
+            partitioning_span,
+            keys,
+            prefix.as_ref(),
+            section.span.clone(),
+            registry,
+            problems,
+        )
+    });
     let retry = match section.take_table("retry", problems) {
         None => Some(RetryPolicy::default()),
         Some(mut r) => {
@@ -1018,5 +1182,12 @@ fn take_sink_settings(
         Chosen::Csv(columns) => format::csv(columns, compression),
         Chosen::Parquet(spec) => Arc::new(format::parquet::Parquet::new(spec)),
     };
-    Some(SinkSettings { format, hints: hints?, keys: keys?, retry: retry?, backup: backup? })
+    Some(SinkSettings {
+        format,
+        hints: hints?,
+        keys: keys?,
+        retry: retry?,
+        backup: backup?,
+        partitioning: partitioning?,
+    })
 }

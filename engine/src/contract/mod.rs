@@ -24,8 +24,8 @@ use futures::future::BoxFuture;
 pub use crate::destination::DestinationKind;
 pub use errors::{DeliveryError, SourceError};
 pub use transform::{
-    Emit, Holding, Processor, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError,
-    TransformFailure, TransformOutput, TransformWorker,
+    Emit, Holding, KeyQuery, KeyQueryWorker, Processor, RecordByRecord, RecordTransform, Transform, TransformContext,
+    TransformError, TransformFailure, TransformOutput, TransformWorker,
 };
 
 use crate::format::ObjectFormat;

@@ -212,3 +212,22 @@ impl<T: RecordTransform> TransformWorker for RecordByRecord<T> {
         }
     }
 }
+
+/// A compiled query that gives a record's partition keys (a sink's `partitioning.query`): an object
+/// whose values are strings, numbers or booleans. Compiled by the registry's
+/// [`crate::config::Registry::key_query`] (jq, in the connectors).
+pub trait KeyQuery: Send + Sync + 'static {
+    /// The query as configured.
+    fn describe(&self) -> String;
+    /// The names every answer has, when the query shows them (an object built from paths).
+    fn static_keys(&self) -> Option<Vec<String>>;
+    /// The query for one worker (called on its thread).
+    fn open(&self) -> Result<Box<dyn KeyQueryWorker>, TransformError>;
+}
+
+/// One worker's [`KeyQuery`].
+pub trait KeyQueryWorker {
+    /// The record's keys into `out` (cleared first): names and values, strings as they are and
+    /// numbers and booleans as their JSON text; an error says why the record has none.
+    fn keys(&mut self, record: &[u8], out: &mut Vec<(String, String)>) -> Result<(), String>;
+}

@@ -19,6 +19,7 @@ use super::{Epoch, Stage, pending_slot};
 use crate::buffer::{ObjectBatcher, PART_BYTES, SealedObject};
 use crate::config::SinkSettings;
 use crate::metrics::PipelineMetrics;
+use crate::partitions::PartitionedBatchers;
 use crate::record::Records;
 
 /// Extension trait for the buffer operator.
@@ -51,13 +52,21 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
             move |initial, info| {
                 drop(initial);
                 let activator = scope.activator_for(info.address);
-                let mut batcher = ObjectBatcher::new(settings);
-                if in_parts {
-                    batcher = batcher.with_parts(PART_BYTES);
-                }
+                let mut batcher = match &settings.partitioning {
+                    Some(p) => Buffers::Partitioned(PartitionedBatchers::new(
+                        Arc::clone(&settings),
+                        p.max_open_bytes,
+                        in_parts.then_some(PART_BYTES),
+                    )),
+                    None if in_parts => {
+                        Buffers::Plain(ObjectBatcher::new(Arc::clone(&settings)).with_parts(PART_BYTES))
+                    }
+                    None => Buffers::Plain(ObjectBatcher::new(Arc::clone(&settings))),
+                };
                 let mut held: Option<Capability<Epoch>> = None;
                 let mut sealed = Vec::new();
-                let pending_slot = pending_slot(scope.index(), Stage::Buffering);
+                let worker_index = scope.index();
+                let pending_slot = pending_slot(worker_index, Stage::Buffering);
                 move |(input, frontier), output| {
                     let now = Instant::now();
                     input.for_each(|cap, data| {
@@ -66,11 +75,7 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                             held = cap.retain_least(0);
                         }
                         for records in data.drain(..) {
-                            let appended = match &records {
-                                Records::Deliver(batch) => batcher.append(batch, time, now, &mut sealed),
-                                Records::Failed(failed) => batcher.append_failed(failed, time, now, &mut sealed),
-                                Records::Backup(batch) => batcher.append_backup(batch, time, now, &mut sealed),
-                            };
+                            let appended = batcher.append(&records, time, now, &mut sealed);
                             if let Err(e) = appended {
                                 tracing::error!(sink = %sink_name, error = %e, "cannot encode a batch");
                                 let m = &metrics.sinks[index];
@@ -100,11 +105,83 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                         _ => {}
                     }
                     metrics.sinks[index].pending.set(pending_slot, batcher.oldest_arrival_ms());
+                    if let Buffers::Partitioned(p) = &mut batcher {
+                        let m = &metrics.sinks[index];
+                        m.set_open_partitions(worker_index, p.open_partitions() as u64);
+                        let (early, written) = p.take_counts();
+                        m.partitions_sealed_early.fetch_add(early, Ordering::Relaxed);
+                        if !written.is_empty()
+                            && let Ok(mut records) = m.partition_records.lock()
+                        {
+                            for (keys, n) in written {
+                                let name: Vec<&str> = keys.iter().map(|(_, v)| v.as_str()).collect();
+                                *records.entry(name.join("/")).or_default() += n;
+                            }
+                        }
+                    }
                     if let Some(deadline) = batcher.next_deadline() {
                         activator.activate_after(deadline.saturating_duration_since(now));
                     }
                 }
             },
         )
+    }
+}
+
+/// A sink's buffers on one worker: one batcher, or one per open partition.
+enum Buffers {
+    Plain(ObjectBatcher),
+    Partitioned(PartitionedBatchers),
+}
+
+impl Buffers {
+    fn append(
+        &mut self,
+        records: &Records,
+        epoch: u64,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+    ) -> std::io::Result<()> {
+        match (self, records) {
+            (Buffers::Partitioned(p), records) => p.append(records, epoch, now, sealed),
+            (Buffers::Plain(b), Records::Deliver(batch)) => b.append(batch, epoch, now, sealed),
+            (Buffers::Plain(b), Records::Failed(failed)) => b.append_failed(failed, epoch, now, sealed),
+            (Buffers::Plain(b), Records::Backup(batch)) => b.append_backup(batch, epoch, now, sealed),
+        }
+    }
+
+    fn seal_all(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
+        match self {
+            Buffers::Plain(b) => b.seal_all(sealed),
+            Buffers::Partitioned(p) => p.seal_all(sealed),
+        }
+    }
+
+    fn seal_expired(&mut self, now: Instant, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
+        match self {
+            Buffers::Plain(b) => b.seal_expired(now, sealed),
+            Buffers::Partitioned(p) => p.seal_expired(now, sealed),
+        }
+    }
+
+    fn oldest_epoch(&self) -> Option<u64> {
+        match self {
+            Buffers::Plain(b) => b.oldest_epoch(),
+            Buffers::Partitioned(p) => p.oldest_epoch(),
+        }
+    }
+
+    fn oldest_arrival_ms(&self) -> Option<i64> {
+        match self {
+            Buffers::Plain(b) => b.oldest_arrival_ms(),
+            Buffers::Partitioned(p) => p.oldest_arrival_ms(),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match self {
+            Buffers::Plain(b) => b.next_deadline(),
+            Buffers::Partitioned(p) => p.next_deadline(),
+        }
     }
 }

@@ -10,6 +10,7 @@
 
 mod build_objects;
 mod deliver;
+mod partition;
 mod read;
 mod transform;
 
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use build_objects::BuildObjects;
 pub use deliver::{Deliver, DeliveryContext, DeliveryReceipt};
+pub use partition::PartitionRecords;
 pub use read::read_source;
 pub use transform::TransformRecords;
 

@@ -279,6 +279,7 @@ async fn backup_of_refused(
         keys,
         retry: RetryPolicy::default(),
         backup: BackupMode::Failed,
+        partitioning: None,
     };
     let failed = FailedObject {
         body: refused.payload.body.clone(),

@@ -1,0 +1,181 @@
+//! The partition operator: `stream.partition(...)` finds each record's partition key values for a
+//! partitioned sink and sends every partition to one worker (a timely exchange), so each partition
+//! is buffered by exactly one worker.
+//!
+//! Guarantees: each record either goes on with its key values attached (in the order of the
+//! prefix's partition keys) to the worker its values hash to, or goes to the sink's error output as
+//! `partitioning-failed` with the reason (the query failed or gave a non-object, a key is missing,
+//! a value has `/` or a control character, or the prefix would be unusable or over 512 characters);
+//! failed records and source backups stay on their worker. Nothing is held across activations, so
+//! epochs pass through unchanged.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Exchange;
+use timely::dataflow::operators::generic::Operator;
+
+use super::Epoch;
+use crate::config::{Partitioning, SinkSettings};
+use crate::contract::KeyQueryWorker;
+use crate::error_output::ErrorOutputType;
+use crate::metrics::PipelineMetrics;
+use crate::record::{FailedRecords, PartitionKeys, RecordBatch, RecordFailure, Records};
+
+/// Extension trait for the partition operator.
+pub trait PartitionRecords<'scope> {
+    /// Partitions the stream for sink `index` by `partitioning` and exchanges it.
+    fn partition(
+        self,
+        sink: &str,
+        index: usize,
+        settings: Arc<SinkSettings>,
+        partitioning: Arc<Partitioning>,
+        metrics: Arc<PipelineMetrics>,
+    ) -> Stream<'scope, Epoch, Vec<Records>>;
+}
+
+/// The worker-independent route of a partition: a hash of its key values.
+fn route(keys: &PartitionKeys) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    keys.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
+    fn partition(
+        self,
+        sink: &str,
+        index: usize,
+        settings: Arc<SinkSettings>,
+        partitioning: Arc<Partitioning>,
+        metrics: Arc<PipelineMetrics>,
+    ) -> Stream<'scope, Epoch, Vec<Records>> {
+        let worker = self.scope().index() as u64;
+        let sink_name = sink.to_string();
+        let keyed = self.unary::<CapacityContainerBuilder<Vec<Records>>, _, _, _>(
+            Pipeline,
+            &format!("Partition({sink})"),
+            move |_, _| {
+                let mut query: Option<Box<dyn KeyQueryWorker>> = None;
+                if let Some(q) = &partitioning.query {
+                    match q.open() {
+                        Ok(w) => query = Some(w),
+                        Err(e) => {
+                            let _ = metrics
+                                .fatal
+                                .set(format!("sink `{sink_name}`: the partitioning query cannot start: {e}"));
+                        }
+                    }
+                }
+                let mut found: Vec<(String, String)> = Vec::new();
+                let mut values: Vec<String> = Vec::new();
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        let mut session = output.session(&cap);
+                        for records in data.drain(..) {
+                            let batch = match records {
+                                Records::Deliver(batch) => batch,
+                                other => {
+                                    session.give(other);
+                                    continue;
+                                }
+                            };
+                            let mut keyed: std::collections::HashMap<PartitionKeys, RecordBatch> =
+                                std::collections::HashMap::new();
+                            let mut failed = FailedRecords::new(ErrorOutputType::PartitioningFailed, batch.arrival_ms);
+                            for (i, record) in batch.iter().enumerate() {
+                                let result = key_values(
+                                    &partitioning.keys,
+                                    query.as_deref_mut(),
+                                    record,
+                                    batch.partition_keys(i),
+                                    &mut found,
+                                    &mut values,
+                                )
+                                .and_then(|()| settings.keys.check_partition(&values));
+                                match result {
+                                    Ok(()) => {
+                                        let pairs: Vec<(String, String)> = partitioning
+                                            .keys
+                                            .iter()
+                                            .zip(values.drain(..))
+                                            .map(|(k, v)| (k.name.clone(), v))
+                                            .collect();
+                                        let keys: PartitionKeys = Arc::from(pairs);
+                                        keyed
+                                            .entry(Arc::clone(&keys))
+                                            .or_insert_with(|| RecordBatch::with_capacity(batch.arrival_ms, 0))
+                                            .push_with_keys(record, Some(keys));
+                                    }
+                                    Err(reason) => failed.push(
+                                        record,
+                                        RecordFailure {
+                                            code: "DynamicPartitioning.MetadataExtractionFailed".into(),
+                                            message: reason.into(),
+                                            attempts: 1,
+                                            lambda_arn: None,
+                                        },
+                                    ),
+                                }
+                            }
+                            if !failed.records.is_empty() {
+                                metrics.sinks[index]
+                                    .partitioning_failed
+                                    .fetch_add(failed.records.len() as u64, Relaxed);
+                                session.give(Records::Failed(failed));
+                            }
+                            for (_, b) in keyed {
+                                session.give(Records::Deliver(b));
+                            }
+                        }
+                    });
+                }
+            },
+        );
+        // A keyed batch holds one partition: it goes to that partition's worker; the rest stays.
+        keyed.exchange(move |records| match records {
+            Records::Deliver(b) => b.partition_keys(0).map_or(worker, route),
+            _ => worker,
+        })
+    }
+}
+
+/// The values of `keys` for `record` into `values`: from the query's answer or the record's
+/// Lambda-supplied keys.
+fn key_values(
+    keys: &[crate::keys::PartitionKeyRef],
+    query: Option<&mut (dyn KeyQueryWorker + '_)>,
+    record: &[u8],
+    lambda: Option<&PartitionKeys>,
+    found: &mut Vec<(String, String)>,
+    values: &mut Vec<String>,
+) -> Result<(), String> {
+    values.clear();
+    found.clear();
+    if let Some(q) = query
+        && keys.iter().any(|k| !k.from_lambda)
+    {
+        q.keys(record, found).map_err(|e| format!("the partitioning query failed: {e}"))?;
+    }
+    for key in keys {
+        let value = if key.from_lambda {
+            lambda
+                .and_then(|l| l.iter().find(|(n, _)| *n == key.name))
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| format!("the record has no partition key `{}` from a lambda transform", key.name))?
+        } else {
+            found
+                .iter()
+                .find(|(n, _)| *n == key.name)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| format!("the partitioning query gave no key `{}`", key.name))?
+        };
+        values.push(value);
+    }
+    Ok(())
+}

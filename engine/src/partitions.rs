@@ -1,0 +1,180 @@
+//! Buffering for a partitioned sink: one [`ObjectBatcher`] per open partition on this worker, within
+//! a memory budget.
+//!
+//! Records reach it with their partition key values attached (the partition operator put them on
+//! each record and sent every partition to one worker). Guarantees: each partition buffers by size
+//! and interval on its own (Firehose's per-partition buffering), so its objects are named by their
+//! own oldest record; the open objects of all partitions together stay within `max_open_bytes`
+//! (before compression): when a batch takes them over it, the largest partitions are sealed early
+//! until they fit; a partition that holds nothing is forgotten, so memory follows the open
+//! partitions, not all partitions ever seen. Failed records, source backups and records without
+//! keys go through one shared batcher to the sink's error output.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::buffer::{ObjectBatcher, SealedObject};
+use crate::config::SinkSettings;
+use crate::error_output::ErrorOutputType;
+use crate::record::{FailedRecords, PartitionKeys, RecordBatch, RecordFailure, Records};
+
+/// Every open partition of one sink on one worker.
+pub struct PartitionedBatchers {
+    settings: Arc<SinkSettings>,
+    part_bytes: Option<usize>,
+    max_open_bytes: u64,
+    shared: ObjectBatcher,
+    partitions: HashMap<PartitionKeys, ObjectBatcher>,
+    /// Partitions sealed early to stay within the budget, since the last [`Self::take_counts`].
+    sealed_early: u64,
+    /// Records per partition written since the last [`Self::take_counts`] (for the summary).
+    written: HashMap<PartitionKeys, u64>,
+}
+
+impl std::fmt::Debug for PartitionedBatchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionedBatchers").field("open", &self.partitions.len()).finish()
+    }
+}
+
+impl PartitionedBatchers {
+    /// Batchers for a sink with `max_open_bytes` for its open partitions; objects are uploaded in
+    /// parts of `part_bytes` when the sink takes parts.
+    pub fn new(settings: Arc<SinkSettings>, max_open_bytes: u64, part_bytes: Option<usize>) -> Self {
+        let mut shared = ObjectBatcher::new(Arc::clone(&settings));
+        if let Some(p) = part_bytes {
+            shared = shared.with_parts(p);
+        }
+        PartitionedBatchers {
+            settings,
+            part_bytes,
+            max_open_bytes,
+            shared,
+            partitions: HashMap::new(),
+            sealed_early: 0,
+            written: HashMap::new(),
+        }
+    }
+
+    /// Adds what arrived at `epoch`.
+    pub fn append(
+        &mut self,
+        records: &Records,
+        epoch: u64,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+    ) -> std::io::Result<()> {
+        match records {
+            Records::Failed(failed) => self.shared.append_failed(failed, epoch, now, sealed),
+            Records::Backup(batch) => self.shared.append_backup(batch, epoch, now, sealed),
+            Records::Deliver(batch) => {
+                let mut groups: HashMap<PartitionKeys, RecordBatch> = HashMap::new();
+                let mut unkeyed = FailedRecords::new(ErrorOutputType::PartitioningFailed, batch.arrival_ms);
+                for (i, record) in batch.iter().enumerate() {
+                    match batch.partition_keys(i) {
+                        Some(keys) => groups
+                            .entry(Arc::clone(keys))
+                            .or_insert_with(|| RecordBatch::with_capacity(batch.arrival_ms, 0))
+                            .push(record),
+                        None => unkeyed.push(
+                            record,
+                            RecordFailure {
+                                code: "DynamicPartitioning.MissingKeys".into(),
+                                message: "the record reached a partitioned sink without partition keys".into(),
+                                attempts: 1,
+                                lambda_arn: None,
+                            },
+                        ),
+                    }
+                }
+                if !unkeyed.records.is_empty() {
+                    self.shared.append_failed(&unkeyed, epoch, now, sealed)?;
+                }
+                for (keys, group) in groups {
+                    *self.written.entry(Arc::clone(&keys)).or_default() += group.len() as u64;
+                    let batcher = self.partitions.entry(Arc::clone(&keys)).or_insert_with(|| {
+                        let values = keys.iter().map(|(_, v)| v.clone()).collect();
+                        let b = ObjectBatcher::for_partition(Arc::clone(&self.settings), values);
+                        match self.part_bytes {
+                            Some(p) => b.with_parts(p),
+                            None => b,
+                        }
+                    });
+                    batcher.append(&group, epoch, now, sealed)?;
+                }
+                self.keep_within_budget(sealed)
+            }
+        }
+    }
+
+    /// Seals the largest open partitions until all of them fit in the budget.
+    fn keep_within_budget(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
+        let mut open: u64 = self.partitions.values().map(ObjectBatcher::open_bytes).sum();
+        while open > self.max_open_bytes {
+            let Some((keys, bytes)) =
+                self.partitions.iter().map(|(k, b)| (Arc::clone(k), b.open_bytes())).max_by_key(|(_, bytes)| *bytes)
+            else {
+                break;
+            };
+            if bytes == 0 {
+                break;
+            }
+            if let Some(mut batcher) = self.partitions.remove(&keys) {
+                batcher.seal_all(sealed)?;
+            }
+            self.sealed_early += 1;
+            open -= bytes;
+        }
+        Ok(())
+    }
+
+    /// Seals what has waited the interval, and forgets partitions that hold nothing.
+    pub fn seal_expired(&mut self, now: Instant, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
+        self.shared.seal_expired(now, sealed)?;
+        for batcher in self.partitions.values_mut() {
+            batcher.seal_expired(now, sealed)?;
+        }
+        self.partitions.retain(|_, b| b.buffered_records() > 0);
+        Ok(())
+    }
+
+    /// Seals everything (end of input).
+    pub fn seal_all(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
+        self.shared.seal_all(sealed)?;
+        for batcher in self.partitions.values_mut() {
+            batcher.seal_all(sealed)?;
+        }
+        self.partitions.clear();
+        Ok(())
+    }
+
+    fn all(&self) -> impl Iterator<Item = &ObjectBatcher> {
+        std::iter::once(&self.shared).chain(self.partitions.values())
+    }
+
+    /// The oldest epoch of any open object.
+    pub fn oldest_epoch(&self) -> Option<u64> {
+        self.all().filter_map(ObjectBatcher::oldest_epoch).min()
+    }
+
+    /// The arrival time of the oldest record in an open object.
+    pub fn oldest_arrival_ms(&self) -> Option<i64> {
+        self.all().filter_map(ObjectBatcher::oldest_arrival_ms).min()
+    }
+
+    /// When the next open object expires.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.all().filter_map(ObjectBatcher::next_deadline).min()
+    }
+
+    /// Open partitions.
+    pub fn open_partitions(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// Partitions sealed early and records written per partition since the last call.
+    pub fn take_counts(&mut self) -> (u64, HashMap<PartitionKeys, u64>) {
+        (std::mem::take(&mut self.sealed_early), std::mem::take(&mut self.written))
+    }
+}

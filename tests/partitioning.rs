@@ -1,0 +1,254 @@
+//! Dynamic partitioning: records exchanged by partition across 1, 2 and 4 workers (every record
+//! once, one object per partition, every object's records evaluating with the jq 1.6 CLI to the
+//! key values in its prefix), hostile key values to `partitioning-failed`, keys from a lambda
+//! transform through a real function server, the open-partition memory budget, partitioned Parquet
+//! read by DuckDB with hive partitioning, and the config rules.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use sluice_connectors::registry;
+use sluice_connectors::synth::Profile;
+use sluice_engine::testkit::{plan_from_str, run_pipeline};
+
+use super::support::{all_lines, folder_objects, generated, memory_objects, python};
+use super::transforms::FunctionServer;
+
+const QUERY: &str = "{account: .recipientAccountId, region: .awsRegion, event: .eventName}";
+
+/// The key values in an object key `…/account=A/region=R/event=E/…`.
+fn values_in(key: &str) -> BTreeMap<String, String> {
+    key.split('/').filter_map(|segment| segment.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn each_partition_is_one_object_holding_only_its_records_at_1_2_and_4_workers() {
+    const RECORDS: u64 = 3_000;
+    let mut expected = generated(Profile::Cloudtrail, 5, RECORDS);
+    expected.sort();
+    for workers in [1, 2, 4] {
+        let store = format!("partitioned-{workers}");
+        let toml = format!(
+            "[pipeline]\nname = \"lake\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = {RECORDS}\nseed = 5\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"gen\"]\nurl = \"memory://{store}/lake\"\nformat = \"ndjson\"\n\
+             buffer = {{ size_mb = 64, interval_s = 60 }}\npartitioning = {{ query = '{QUERY}' }}\n\
+             prefix = \"account=!{{partitionKeyFromQuery:account}}/region=!{{partitionKeyFromQuery:region}}/event=!{{partitionKeyFromQuery:event}}/\"\n\
+             error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n"
+        );
+        let (_, metrics) = run_pipeline(&toml, &registry(), workers).unwrap();
+        let objects = memory_objects(&store);
+        assert!(objects.keys().all(|k| !k.contains("/errors/")), "{workers} workers: nothing failed");
+        assert_eq!(all_lines(&objects), expected, "{workers} workers: every record exactly once");
+        let mut partitions: BTreeMap<String, usize> = BTreeMap::new();
+        for (key, lines) in &objects {
+            let values = values_in(key);
+            let partition = format!("{}/{}/{}", values["account"], values["region"], values["event"]);
+            *partitions.entry(partition).or_default() += 1;
+            // The reference evaluator: the jq 1.6 CLI on the object's records.
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("object.ndjson");
+            std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+            let jq = Command::new("jq").arg("-c").arg(QUERY).arg(&file).output().expect("the jq CLI");
+            for answer in String::from_utf8_lossy(&jq.stdout).lines() {
+                let v: serde_json::Value = serde_json::from_str(answer).unwrap();
+                assert_eq!(v["account"], values["account"].as_str(), "{key}");
+                assert_eq!(v["region"], values["region"].as_str(), "{key}");
+                assert_eq!(v["event"], values["event"].as_str(), "{key}");
+            }
+        }
+        assert!(partitions.len() > 10, "{partitions:?}");
+        assert!(partitions.values().all(|&n| n == 1), "{workers} workers: one object per partition: {partitions:?}");
+        assert_eq!(metrics.sinks[0].partition_records.lock().unwrap().len(), partitions.len());
+    }
+}
+
+#[test]
+fn hostile_key_values_go_to_partitioning_failed_and_never_change_the_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    let long = "L".repeat(600);
+    let records = [
+        r#"{"a":"x/y"}"#.to_string(),
+        r#"{"a":".."}"#.to_string(),
+        r#"{"a":"."}"#.to_string(),
+        r#"{"a":""}"#.to_string(),
+        r#"{"a":"line\nbreak"}"#.to_string(),
+        format!(r#"{{"a":"{long}"}}"#),
+        r#"{"a":null}"#.to_string(),
+        r#"{"b":1}"#.to_string(),
+        "not json".to_string(),
+        r#"{"a":"é🦀"}"#.to_string(),
+        r#"{"a":5}"#.to_string(),
+        r#"{"a":true}"#.to_string(),
+    ];
+    std::fs::write(&input, records.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+    let toml = format!(
+        "[pipeline]\nname = \"hostile\"\n[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\n\
+         [sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
+         partitioning = {{ query = '{{a: .a}}' }}\nprefix = \"!{{partitionKeyFromQuery:a}}/\"\n\
+         error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n",
+        input.display(),
+        out.display()
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap();
+    let objects = folder_objects(&out);
+    let folders: Vec<String> = objects
+        .keys()
+        .filter(|k| !k.starts_with("errors/"))
+        .map(|k| k.split('/').next().unwrap_or("").to_string())
+        .collect();
+    let mut folders_sorted = folders.clone();
+    folders_sorted.sort();
+    assert_eq!(folders_sorted, vec!["5".to_string(), "true".to_string(), "é🦀".to_string()]);
+    let failed: BTreeMap<_, _> = objects.iter().filter(|(k, _)| k.starts_with("errors/partitioning-failed/")).collect();
+    let documents: Vec<serde_json::Value> =
+        all_lines(failed).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(documents.len(), 9, "{documents:?}");
+    use base64::Engine as _;
+    let mut raw: Vec<String> = documents
+        .iter()
+        .map(|d| {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(d["rawData"].as_str().unwrap()).unwrap();
+            String::from_utf8(bytes).unwrap()
+        })
+        .collect();
+    raw.sort();
+    let mut expected: Vec<String> = records[..9].to_vec();
+    expected.sort();
+    assert_eq!(raw, expected);
+    assert!(documents.iter().all(|d| d["errorCode"] == "DynamicPartitioning.MetadataExtractionFailed"));
+    assert_eq!(metrics.sinks[0].partitioning_failed.load(std::sync::atomic::Ordering::Relaxed), 9);
+}
+
+#[test]
+fn keys_from_a_lambda_transform_name_the_partitions() {
+    let server = FunctionServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "apple\navocado\nbanana\nblueberry\ncherry\n").unwrap();
+    let out = dir.path().join("out");
+    let toml = format!(
+        "[pipeline]\nname = \"fruit\"\n[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\n\
+         [transforms.fn]\ntype = \"lambda\"\ninputs = [\"in\"]\nurl = \"{}\"\n\
+         [sinks.out]\ntype = \"object_store\"\ninputs = [\"fn\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
+         prefix = \"first=!{{partitionKeyFromLambda:first}}/size=!{{partitionKeyFromLambda:size}}/\"\n\
+         error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n\
+         [sinks.missing]\ntype = \"object_store\"\ninputs = [\"fn\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
+         prefix = \"!{{partitionKeyFromLambda:colour}}/\"\nerror_prefix = \"errors/!{{firehose:error-output-type}}/\"\n",
+        input.display(),
+        server.url("ok"),
+        out.display(),
+        dir.path().join("missing").display()
+    );
+    run_pipeline(&toml, &registry(), 2).unwrap();
+    let objects = folder_objects(&out);
+    let by_folder: BTreeMap<String, Vec<String>> =
+        objects.iter().map(|(k, lines)| (k.split('/').take(2).collect::<Vec<_>>().join("/"), lines.clone())).collect();
+    let folders: Vec<&String> = by_folder.keys().collect();
+    assert_eq!(
+        folders,
+        vec!["first=a/size=5", "first=a/size=7", "first=b/size=6", "first=b/size=9", "first=c/size=6"],
+        "{objects:?}"
+    );
+    assert_eq!(by_folder["first=b/size=9"], vec!["BLUEBERRY".to_string()]);
+    // A key the function does not give: every record to partitioning-failed.
+    let missing = folder_objects(&dir.path().join("missing"));
+    assert!(missing.keys().all(|k| k.starts_with("errors/partitioning-failed/")), "{missing:?}");
+    assert_eq!(all_lines(&missing).len(), 5);
+}
+
+#[test]
+fn many_partitions_stay_within_max_open_mb_by_sealing_the_largest_early() {
+    const RECORDS: u64 = 4_000;
+    let toml = format!(
+        "[pipeline]\nname = \"many\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = {RECORDS}\nseed = 9\n\
+         [sinks.lake]\ntype = \"object_store\"\ninputs = [\"gen\"]\nurl = \"memory://many-partitions/lake\"\nformat = \"ndjson\"\n\
+         buffer = {{ size_mb = 64, interval_s = 900 }}\npartitioning = {{ query = '{{id: .eventID}}', max_open_mb = 1 }}\n\
+         prefix = \"id=!{{partitionKeyFromQuery:id}}/\"\nerror_prefix = \"errors/!{{firehose:error-output-type}}/\"\n"
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap();
+    let objects = memory_objects("many-partitions");
+    let mut expected = generated(Profile::Cloudtrail, 9, RECORDS);
+    expected.sort();
+    assert_eq!(all_lines(&objects), expected);
+    // ~3 MB of records in 4,000 partitions within 1 MiB per worker: partitions were sealed early.
+    assert!(metrics.sinks[0].partitions_sealed_early.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    for (key, lines) in &objects {
+        let id = values_in(key)["id"].clone();
+        assert!(lines.iter().all(|l| l.contains(&format!("\"eventID\":\"{id}\""))), "{key}");
+    }
+}
+
+#[test]
+fn partitioned_parquet_reads_back_with_duckdb_hive_partitioning() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let toml = format!(
+        "[pipeline]\nname = \"pq\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 2000\nseed = 4\n\
+         [sinks.lake]\ntype = \"object_store\"\ninputs = [\"gen\"]\nurl = \"file://{}\"\nformat = \"parquet\"\nschema = \"infer\"\n\
+         partitioning = {{ query = '{{account: .recipientAccountId, region: .awsRegion}}' }}\n\
+         prefix = \"account=!{{partitionKeyFromQuery:account}}/region=!{{partitionKeyFromQuery:region}}/\"\n\
+         error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n",
+        out.display()
+    );
+    run_pipeline(&toml, &registry(), 2).unwrap();
+    let script = format!(
+        "import duckdb, json\n\
+         c = duckdb.connect()\n\
+         q = \"select count(*) from read_parquet('{root}/**/*.parquet', hive_partitioning = true, hive_types_autocast = false)\"\n\
+         total = c.execute(q).fetchone()[0]\n\
+         wrong = c.execute(q + \" where account != recipientAccountId or region != awsRegion\").fetchone()[0]\n\
+         regions = c.execute(\"select count(distinct region) from read_parquet('{root}/**/*.parquet', hive_partitioning = true, hive_types_autocast = false)\").fetchone()[0]\n\
+         print(json.dumps({{'total': total, 'wrong': wrong, 'regions': regions}}))\n",
+        root = out.display()
+    );
+    let output = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(v["total"], 2000);
+    assert_eq!(v["wrong"], 0, "the partition columns match the rows");
+    assert!(v["regions"].as_u64().unwrap() > 1);
+}
+
+#[test]
+fn partitioning_config_errors_follow_firehose_rules() {
+    let sink = |keys: &str| {
+        format!(
+            "[pipeline]\nname = \"bad\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 1\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"gen\"]\nurl = \"memory://bad/out\"\n{keys}\n"
+        )
+    };
+    let check = |keys: &str, expected: &str| {
+        let toml = sink(keys);
+        let errors = match plan_from_str(&toml, &registry()) {
+            Ok(_) => panic!("accepted:\n{toml}"),
+            Err(d) => d.to_string(),
+        };
+        assert!(errors.contains(expected), "expected `{expected}` in:\n{errors}");
+    };
+    let prefix = "prefix = \"a=!{partitionKeyFromQuery:a}/\"";
+    let error_prefix = "error_prefix = \"errors/!{firehose:error-output-type}/\"";
+    check(&format!("partitioning = {{ query = '{{a: .a}}' }}\n{prefix}"), "error_prefix is required");
+    check(
+        &format!(
+            "partitioning = {{ query = '{{a: .a}}' }}\n{prefix}\nerror_prefix = \"e/!{{firehose:error-output-type}}/!{{partitionKeyFromQuery:a}}/\""
+        ),
+        "partition keys are not allowed in error_prefix",
+    );
+    check(
+        &format!("partitioning = {{ query = '{{b: .b}}' }}\n{prefix}\n{error_prefix}"),
+        "the partitioning query gives no key `a`",
+    );
+    check(
+        &format!("partitioning = {{ query = '{{a: .a' }}\n{prefix}\n{error_prefix}"),
+        "the partitioning query does not compile",
+    );
+    check(&format!("{prefix}\n{error_prefix}"), "but the sink has no partitioning query");
+    check(&format!("partitioning = {{ query = '{{a: .a}}' }}\n{error_prefix}"), "`partitioning` has no effect");
+    let http = "[pipeline]\nname = \"bad\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 1\n\
+                [sinks.out]\ntype = \"http_endpoint\"\ninputs = [\"gen\"]\nurl = \"http://127.0.0.1:1/\"\nbackup_store = { url = \"memory://bad/b\" }\n\
+                partitioning = { query = '{a: .a}' }\nprefix = \"a=!{partitionKeyFromQuery:a}/\"\nerror_prefix = \"errors/!{firehose:error-output-type}/\"\n";
+    let errors = plan_from_str(http, &registry()).err().map(|d| d.to_string()).unwrap_or_default();
+    assert!(errors.contains("cannot partition"), "{errors}");
+}
