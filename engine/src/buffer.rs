@@ -156,9 +156,9 @@ impl ObjectBatcher {
         batcher
     }
 
-    /// Bytes (before compression) of its open objects.
+    /// About how much memory its open objects hold (their buffers and compressors).
     pub fn open_bytes(&self) -> u64 {
-        self.data.iter().chain(self.errors.values()).map(|o| o.encoder.size()).sum()
+        self.data.iter().chain(self.errors.values()).map(|o| o.encoder.memory()).sum()
     }
 
     /// Uploads data objects in parts of `part_bytes` while they grow (the sink must support it).

@@ -4,9 +4,9 @@
 //! Records reach it with their partition key values attached (the partition operator put them on
 //! each record and sent every partition to one worker). Guarantees: each partition buffers by size
 //! and interval on its own (Firehose's per-partition buffering), so its objects are named by their
-//! own oldest record; the open objects of all partitions together stay within `max_open_bytes`
-//! (before compression): when a batch takes them over it, the largest partitions are sealed early
-//! until they fit; a partition that holds nothing is forgotten, so memory follows the open
+//! own oldest record; the open objects of all partitions together (their buffers and compressors)
+//! stay within `max_open_bytes`: when a partition's records take them over it, the largest
+//! partitions are sealed early until they fit; a partition that holds nothing is forgotten, so memory follows the open
 //! partitions, not all partitions ever seen. Failed records, source backups and records without
 //! keys go through one shared batcher to the sink's error output.
 
@@ -26,6 +26,8 @@ pub struct PartitionedBatchers {
     max_open_bytes: u64,
     shared: ObjectBatcher,
     partitions: HashMap<PartitionKeys, ObjectBatcher>,
+    /// About the memory of the open partitions' objects.
+    open_bytes: u64,
     /// Partitions sealed early to stay within the budget, since the last [`Self::take_counts`].
     sealed_early: u64,
     /// Records per partition written since the last [`Self::take_counts`] (for the summary).
@@ -52,6 +54,7 @@ impl PartitionedBatchers {
             max_open_bytes,
             shared,
             partitions: HashMap::new(),
+            open_bytes: 0,
             sealed_early: 0,
             written: HashMap::new(),
         }
@@ -91,6 +94,8 @@ impl PartitionedBatchers {
                 if !unkeyed.records.is_empty() {
                     self.shared.append_failed(&unkeyed, epoch, now, sealed)?;
                 }
+                // The budget is checked after each partition's records, so a batch that opens many
+                // partitions never holds more than the budget at once.
                 for (keys, group) in groups {
                     *self.written.entry(Arc::clone(&keys)).or_default() += group.len() as u64;
                     let batcher = self.partitions.entry(Arc::clone(&keys)).or_insert_with(|| {
@@ -101,32 +106,37 @@ impl PartitionedBatchers {
                             None => b,
                         }
                     });
+                    let before = batcher.open_bytes();
                     batcher.append(&group, epoch, now, sealed)?;
+                    self.open_bytes = (self.open_bytes + batcher.open_bytes()).saturating_sub(before);
+                    self.keep_within_budget(sealed)?;
                 }
-                self.keep_within_budget(sealed)
+                Ok(())
             }
         }
     }
 
     /// Seals the largest open partitions until all of them fit in the budget.
     fn keep_within_budget(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
-        let mut open: u64 = self.partitions.values().map(ObjectBatcher::open_bytes).sum();
-        while open > self.max_open_bytes {
+        while self.open_bytes > self.max_open_bytes {
             let Some((keys, bytes)) =
                 self.partitions.iter().map(|(k, b)| (Arc::clone(k), b.open_bytes())).max_by_key(|(_, bytes)| *bytes)
             else {
+                self.open_bytes = 0;
                 break;
             };
-            if bytes == 0 {
-                break;
-            }
             if let Some(mut batcher) = self.partitions.remove(&keys) {
                 batcher.seal_all(sealed)?;
             }
             self.sealed_early += 1;
-            open -= bytes;
+            self.open_bytes = self.open_bytes.saturating_sub(bytes);
         }
         Ok(())
+    }
+
+    /// Recounts the open partitions' memory (after objects were sealed by size or age).
+    fn recount(&mut self) {
+        self.open_bytes = self.partitions.values().map(ObjectBatcher::open_bytes).sum();
     }
 
     /// Seals what has waited the interval, and forgets partitions that hold nothing.
@@ -136,6 +146,7 @@ impl PartitionedBatchers {
             batcher.seal_expired(now, sealed)?;
         }
         self.partitions.retain(|_, b| b.buffered_records() > 0);
+        self.recount();
         Ok(())
     }
 
@@ -146,6 +157,7 @@ impl PartitionedBatchers {
             batcher.seal_all(sealed)?;
         }
         self.partitions.clear();
+        self.open_bytes = 0;
         Ok(())
     }
 

@@ -19,8 +19,8 @@ pub use registry::{
     TransformType,
 };
 pub use resolve::{
-    BackupMode, BufferingHints, DestinationInfo, Input, Partitioning, Plan, SinkPlan, SinkSettings, SourcePlan,
-    StreamInfo, TransformPlan,
+    BackupMode, BufferingHints, Deaggregation, DestinationInfo, Input, Partitioning, Plan, SinkPlan, SinkSettings,
+    SourcePlan, StreamInfo, TransformPlan,
 };
 
 /// Reads and resolves a pipeline file.

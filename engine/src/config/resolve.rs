@@ -75,6 +75,52 @@ pub struct Partitioning {
     pub keys: Vec<crate::keys::PartitionKeyRef>,
     /// `partitioning.max_open_mb` in bytes: past it the largest open partition is sealed early.
     pub max_open_bytes: u64,
+    /// `deaggregation`: how a record holding several records is split before partitioning.
+    pub deaggregation: Option<Deaggregation>,
+}
+
+/// Firehose's record de-aggregation (`deaggregation`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deaggregation {
+    /// `"json"`: JSON values one after another (concatenated or one per line).
+    Json,
+    /// `{ delimiter = "…" }`: records separated by this text.
+    Delimiter(Vec<u8>),
+}
+
+impl Deaggregation {
+    /// The records `record` holds, appended to `out`; an error says why it cannot be split.
+    pub fn split<'r>(&self, record: &'r [u8], out: &mut Vec<&'r [u8]>) -> Result<(), String> {
+        match self {
+            Deaggregation::Json => {
+                let mut values = serde_json::Deserializer::from_slice(record).into_iter::<serde::de::IgnoredAny>();
+                let mut start = 0;
+                while let Some(value) = values.next() {
+                    value.map_err(|e| format!("the record is not JSON values one after another: {e}"))?;
+                    let end = values.byte_offset();
+                    let piece = record[start..end].trim_ascii();
+                    if !piece.is_empty() {
+                        out.push(piece);
+                    }
+                    start = end;
+                }
+                Ok(())
+            }
+            Deaggregation::Delimiter(delimiter) => {
+                let mut start = 0;
+                for at in memchr::memmem::find_iter(record, delimiter) {
+                    if at > start {
+                        out.push(&record[start..at]);
+                    }
+                    start = at + delimiter.len();
+                }
+                if start < record.len() {
+                    out.push(&record[start..]);
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Partitioning {
@@ -390,6 +436,7 @@ pub const SINK_ENGINE_KEYS: &[&str] = &[
     "parquet",
     "json",
     "partitioning",
+    "deaggregation",
 ];
 const PIPELINE_KEYS: &[&str] = &["name", "workers", "data_dir", "durability", "retention", "stop_timeout_s"];
 
@@ -770,7 +817,7 @@ fn order_transforms(declared: &[DeclaredTransform], source_count: usize, problem
 }
 
 /// `partitioning = { query, max_open_mb }` and the prefix's partition keys (Firehose's dynamic
-/// partitioning rules, docs/firehose.md §4): `None` inside when the prefix uses no partition key;
+/// partitioning rules, docs/firehose.md §13): `None` inside when the prefix uses no partition key;
 /// the outer `None` when something is wrong (reported).
 fn take_partitioning(
     table: Option<Section>,
@@ -869,6 +916,7 @@ fn take_partitioning(
         query: query.map(|(q, _)| q),
         keys: partition_keys,
         max_open_bytes: max_open_mb << 20,
+        deaggregation: None,
     })))
 }
 
@@ -1153,6 +1201,40 @@ fn take_sink_settings(
             problems,
         )
     });
+    let deaggregation_span = section.value_span("deaggregation").unwrap_or(section.span.clone());
+    let deaggregation = match section.take("deaggregation") {
+        None => Some(None),
+        Some(value) => {
+            let chosen = match value.get_ref() {
+                toml::de::DeValue::String(s) if s.as_ref() == "json" => Some(Deaggregation::Json),
+                toml::de::DeValue::Table(t) if t.len() == 1 => match t.get("delimiter").map(|v| v.get_ref()) {
+                    Some(toml::de::DeValue::String(d)) if !d.is_empty() => {
+                        Some(Deaggregation::Delimiter(d.as_bytes().to_vec()))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            if chosen.is_none() {
+                problems.push(
+                    Diagnostic::new(deaggregation_span.clone(), "`deaggregation` is \"json\" or { delimiter = \"…\" }")
+                        .with_hint("Firehose's RecordDeAggregation: JSON values one after another, or records split on a delimiter"),
+                );
+            }
+            chosen.map(Some)
+        }
+    };
+    let partitioning = match (partitioning, deaggregation) {
+        (Some(Some(p)), Some(d)) => Some(Some(Arc::new(Partitioning { deaggregation: d, ..Partitioning::clone(&p) }))),
+        (Some(None), Some(Some(_))) => {
+            problems.push(Diagnostic::new(deaggregation_span, "`deaggregation` needs dynamic partitioning").with_hint(
+                "as in Firehose, records are split before they are partitioned: use partition keys in prefix",
+            ));
+            None
+        }
+        (p, Some(_)) => p,
+        (_, None) => None,
+    };
     let retry = match section.take_table("retry", problems) {
         None => Some(RetryPolicy::default()),
         Some(mut r) => {

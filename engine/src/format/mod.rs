@@ -77,6 +77,11 @@ pub trait ObjectEncoder {
     fn append(&mut self, record: &[u8]) -> Result<(), EncodeError>;
     /// Bytes counted against the size hint (before compression).
     fn size(&self) -> u64;
+    /// About how much memory the open object holds (what a partitioned sink's budget counts); by
+    /// default its size before compression.
+    fn memory(&self) -> u64 {
+        self.size()
+    }
     /// Finished output bytes not yet taken (what can be sent as a part while the object grows).
     fn ready_len(&mut self) -> usize;
     /// Takes the finished output so far; the object continues after it.

@@ -140,6 +140,10 @@ impl<C: RecordCodec> ObjectEncoder for TextEncoder<C> {
         self.writer.uncompressed_len()
     }
 
+    fn memory(&self) -> u64 {
+        self.writer.memory() + self.scratch.capacity() as u64
+    }
+
     fn ready_len(&mut self) -> usize {
         self.writer.output_len()
     }

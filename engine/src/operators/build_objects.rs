@@ -94,9 +94,20 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                         tracing::error!(sink = %sink_name, error = %e, "cannot finish an object");
                     }
                     if let Some(h) = held.as_ref() {
-                        for object in sealed.drain(..) {
-                            let at = h.delayed(&object.epoch.max(*h.time()));
-                            output.session(&at).give(object);
+                        // One session (one container) per epoch, not per object: a partitioned
+                        // sink may seal thousands of objects in one step. The sort is stable, so
+                        // the parts of an object keep their order.
+                        let floor = *h.time();
+                        sealed.sort_by_key(|o| o.epoch.max(floor));
+                        let mut objects = sealed.drain(..).peekable();
+                        while let Some(first) = objects.next() {
+                            let epoch = first.epoch.max(floor);
+                            let at = h.delayed(&epoch);
+                            let mut session = output.session(&at);
+                            session.give(first);
+                            while let Some(next) = objects.next_if(|o| o.epoch.max(floor) == epoch) {
+                                session.give(next);
+                            }
                         }
                     }
                     match (batcher.oldest_epoch(), held.as_mut()) {

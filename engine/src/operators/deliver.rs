@@ -64,7 +64,13 @@ struct InFlight {
     body_bytes: u64,
     /// Bytes of the in-flight budget this delivery holds.
     budget_bytes: u64,
+    /// The last step of an object uploaded in parts (its session runs on its own, not counted in
+    /// the whole objects being delivered).
+    in_parts: bool,
 }
+
+/// Whole objects one deliver operator stores at once.
+const MAX_DELIVERIES: usize = 256;
 
 /// How one object's delivery ended: every object ends stored or backed up (the error output is
 /// retried until it is stored, blocking delivery meanwhile).
@@ -317,6 +323,9 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
             let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
             let mut sessions: HashMap<u64, tokio::sync::mpsc::UnboundedSender<SessionMessage>> = HashMap::new();
             let mut next_ticket = 0u64;
+            let mut waiting: std::collections::VecDeque<(u64, Payload, ObjectKind, i64)> = std::collections::VecDeque::new();
+            let mut delivering = 0usize;
+            let activator_local = worker.sync_activator_for(info.address.to_vec());
             let pending_slot = pending_slot(worker_index, Stage::Delivering);
             move |(input, _frontier), output| {
                 input.for_each(|cap, data| {
@@ -363,6 +372,7 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                             raw_bytes: object.raw_bytes,
                             body_bytes: sent + part_len,
                             budget_bytes: part_len,
+                            in_parts: id.is_some(),
                         });
                         if let Some(id) = id {
                             let session = session_for(id);
@@ -375,25 +385,38 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                             });
                             continue;
                         }
-                        let target = Arc::clone(&target);
-                        let (payload, kind, oldest_arrival_ms) = (object.payload, object.kind, object.oldest_arrival_ms);
-                        let tx = done_tx.clone();
-                        let wake = activator.clone();
-                        runtime.spawn(async move {
-                            let outcome = match kind {
-                                ObjectKind::Data => target.deliver_or_back_up(payload, oldest_arrival_ms).await,
-                                ObjectKind::ErrorOutput { .. } => target.store_error_output(payload).await.map(Outcome::stored),
-                            };
-                            // Without an outcome the run stops: the object's epoch is never released.
-                            if let Some(outcome) = outcome {
-                                let _ = tx.send((ticket, outcome));
-                            }
-                            let _ = wake.activate();
-                        });
+                        waiting.push_back((ticket, object.payload, object.kind, object.oldest_arrival_ms));
                     }
                 });
+                // At most MAX_DELIVERIES whole objects are being stored at once (a partitioned sink
+                // may seal thousands of small objects in one step); the rest wait here, held.
+                while delivering < MAX_DELIVERIES {
+                    let Some((ticket, payload, kind, oldest_arrival_ms)) = waiting.pop_front() else { break };
+                    delivering += 1;
+                    let target = Arc::clone(&target);
+                    let tx = done_tx.clone();
+                    let wake = activator.clone();
+                    runtime.spawn(async move {
+                        let outcome = match kind {
+                            ObjectKind::Data => target.deliver_or_back_up(payload, oldest_arrival_ms).await,
+                            ObjectKind::ErrorOutput { .. } => target.store_error_output(payload).await.map(Outcome::stored),
+                        };
+                        // Without an outcome the run stops: the object's epoch is never released.
+                        if let Some(outcome) = outcome {
+                            let _ = tx.send((ticket, outcome));
+                        }
+                        let _ = wake.activate();
+                    });
+                }
                 while let Ok((ticket, outcome)) = done_rx.try_recv() {
                     let Some(done) = in_flight.remove(&ticket) else { continue };
+                    if !done.in_parts {
+                        delivering -= 1;
+                        // A slot is free: the next activation starts a waiting object.
+                        if !waiting.is_empty() {
+                            let _ = activator_local.activate();
+                        }
+                    }
                     budget.release(done.budget_bytes);
                     let m = &metrics.sinks[index];
                     m.attempts.fetch_add(u64::from(outcome.attempts), Relaxed);

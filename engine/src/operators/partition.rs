@@ -2,7 +2,8 @@
 //! partitioned sink and sends every partition to one worker (a timely exchange), so each partition
 //! is buffered by exactly one worker.
 //!
-//! Guarantees: each record either goes on with its key values attached (in the order of the
+//! With `deaggregation`, a record is first split into the records it holds (a record that cannot
+//! be split goes to `partitioning-failed` whole). Guarantees: each record either goes on with its key values attached (in the order of the
 //! prefix's partition keys) to the worker its values hash to, or goes to the sink's error output as
 //! `partitioning-failed` with the reason (the query failed or gave a non-object, a key is missing,
 //! a value has `/` or a control character, or the prefix would be unusable or over 512 characters);
@@ -88,39 +89,62 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                             let mut keyed: std::collections::HashMap<PartitionKeys, RecordBatch> =
                                 std::collections::HashMap::new();
                             let mut failed = FailedRecords::new(ErrorOutputType::PartitioningFailed, batch.arrival_ms);
-                            for (i, record) in batch.iter().enumerate() {
-                                let result = key_values(
-                                    &partitioning.keys,
-                                    query.as_deref_mut(),
-                                    record,
-                                    batch.partition_keys(i),
-                                    &mut found,
-                                    &mut values,
-                                )
-                                .and_then(|()| settings.keys.check_partition(&values));
-                                match result {
-                                    Ok(()) => {
-                                        let pairs: Vec<(String, String)> = partitioning
-                                            .keys
-                                            .iter()
-                                            .zip(values.drain(..))
-                                            .map(|(k, v)| (k.name.clone(), v))
-                                            .collect();
-                                        let keys: PartitionKeys = Arc::from(pairs);
-                                        keyed
-                                            .entry(Arc::clone(&keys))
-                                            .or_insert_with(|| RecordBatch::with_capacity(batch.arrival_ms, 0))
-                                            .push_with_keys(record, Some(keys));
+                            let mut pieces: Vec<&[u8]> = Vec::new();
+                            for (i, whole) in batch.iter().enumerate() {
+                                pieces.clear();
+                                let split = match &partitioning.deaggregation {
+                                    Some(d) => d.split(whole, &mut pieces),
+                                    None => {
+                                        pieces.push(whole);
+                                        Ok(())
                                     }
-                                    Err(reason) => failed.push(
-                                        record,
+                                };
+                                if let Err(reason) = split {
+                                    failed.push(
+                                        whole,
                                         RecordFailure {
-                                            code: "DynamicPartitioning.MetadataExtractionFailed".into(),
+                                            code: "DynamicPartitioning.DeAggregationFailed".into(),
                                             message: reason.into(),
                                             attempts: 1,
                                             lambda_arn: None,
                                         },
-                                    ),
+                                    );
+                                    continue;
+                                }
+                                for &record in &pieces {
+                                    let result = key_values(
+                                        &partitioning.keys,
+                                        query.as_deref_mut(),
+                                        record,
+                                        batch.partition_keys(i),
+                                        &mut found,
+                                        &mut values,
+                                    )
+                                    .and_then(|()| settings.keys.check_partition(&values));
+                                    match result {
+                                        Ok(()) => {
+                                            let pairs: Vec<(String, String)> = partitioning
+                                                .keys
+                                                .iter()
+                                                .zip(values.drain(..))
+                                                .map(|(k, v)| (k.name.clone(), v))
+                                                .collect();
+                                            let keys: PartitionKeys = Arc::from(pairs);
+                                            keyed
+                                                .entry(Arc::clone(&keys))
+                                                .or_insert_with(|| RecordBatch::with_capacity(batch.arrival_ms, 0))
+                                                .push_with_keys(record, Some(keys));
+                                        }
+                                        Err(reason) => failed.push(
+                                            record,
+                                            RecordFailure {
+                                                code: "DynamicPartitioning.MetadataExtractionFailed".into(),
+                                                message: reason.into(),
+                                                attempts: 1,
+                                                lambda_arn: None,
+                                            },
+                                        ),
+                                    }
                                 }
                             }
                             if !failed.records.is_empty() {

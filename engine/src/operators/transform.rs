@@ -109,9 +109,17 @@ impl<'scope> TransformRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                         };
                     }
                     if let Some(h) = held.as_ref() {
-                        for (epoch, records) in answered.into_iter().chain(passed) {
-                            let at = h.delayed(&epoch.max(*h.time()));
-                            output.session(&at).give(records);
+                        // One session per run of equal epochs (order kept).
+                        let floor = *h.time();
+                        let mut items = answered.into_iter().chain(passed).peekable();
+                        while let Some((epoch, records)) = items.next() {
+                            let epoch = epoch.max(floor);
+                            let at = h.delayed(&epoch);
+                            let mut session = output.session(&at);
+                            session.give(records);
+                            while let Some((_, next)) = items.next_if(|(e, _)| (*e).max(floor) == epoch) {
+                                session.give(next);
+                            }
                         }
                     }
                     match (holding.oldest_epoch, held.as_mut()) {
