@@ -328,6 +328,9 @@ pub struct TimedStream<S> {
     deadline: Pin<Box<tokio::time::Sleep>>,
     limits: ListenerLimits,
     _permit: OwnedSemaphorePermit,
+    /// The task that last found nothing to read during a request: woken when the response is
+    /// flushed, so that the idle timeout starts even if the server does not read again by itself.
+    reader: Option<std::task::Waker>,
 }
 
 impl<S> TimedStream<S> {
@@ -341,6 +344,7 @@ impl<S> TimedStream<S> {
             deadline: Box::pin(tokio::time::sleep(limits.header_timeout)),
             limits,
             _permit: permit,
+            reader: None,
         }
     }
 
@@ -392,6 +396,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for TimedStream<S> {
                     let what = if this.phase == Phase::Idle { "idle" } else { "request headers" };
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))));
                 }
+                this.reader = Some(cx.waker().clone());
                 Poll::Pending
             }
         }
@@ -409,7 +414,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedStream<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        // The response is out: the connection is idle from now, whether or not a read is pending
+        // (a read that was pending during the request is woken to start the idle timeout).
+        if this.phase == Phase::Request && this.responded {
+            this.restart(Phase::Idle, this.limits.idle_timeout);
+            if let Some(reader) = this.reader.take() {
+                reader.wake();
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

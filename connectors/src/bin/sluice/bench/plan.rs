@@ -23,6 +23,10 @@ pub(crate) const CLOUDFRONT_SCHEMA: &str = include_str!("../../../../../pipeline
 /// The `transform` scenario's jq reshape (one output per record, so outputs are checked by count).
 pub(crate) const TRANSFORM_RESHAPE: &str = "{time: .eventTime, user: .userIdentity.userName, event: .eventName, ip: .sourceIPAddress, region: .awsRegion, key: .userIdentity.accessKeyId}";
 
+/// The `partition` scenario's partitioning query (plain paths: the projection path answers it).
+pub(crate) const PARTITION_QUERY: &str =
+    "{user: .userIdentity.userName, event: .eventName, region: .awsRegion, bucket: .requestParameters.bucketName}";
+
 /// One thing measured: a sluice run or a baseline.
 #[derive(Debug, Clone)]
 pub(crate) struct Case {
@@ -385,6 +389,29 @@ impl Planner<'_> {
             OutputCheck::Lines,
         )?;
         self.compare("transform", &reshaped, jq, "jq 1.6 doing the same reshape (sluice also gzips its output)");
+        Ok(())
+    }
+
+    /// CloudTrail → partitioned by user, event, region and bucket (a few hundred partitions) →
+    /// gzip objects, against the same pipeline unpartitioned (same input, same codec and level).
+    pub(crate) fn partition(&mut self, ct: &Workload) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let partitioned = format!(
+            "{}partitioning = {{ query = '{PARTITION_QUERY}' }}\n\
+             prefix = \"user=!{{partitionKeyFromQuery:user}}/event=!{{partitionKeyFromQuery:event}}/region=!{{partitionKeyFromQuery:region}}/bucket=!{{partitionKeyFromQuery:bucket}}/\"\n\
+             error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n",
+            Self::text_sink("gzip")
+        );
+        let sluice = self.sluice("partition", "sluice partitioned gzip", ct, n, &partitioned, OutputCheck::Lines)?;
+        let plain = self.sluice(
+            "partition",
+            "sluice gzip, unpartitioned",
+            ct,
+            n,
+            &Self::text_sink("gzip"),
+            OutputCheck::Lines,
+        )?;
+        self.compare("partition", &sluice, Some(plain), "the same pipeline unpartitioned (target: speed ≥ 0.8)");
         Ok(())
     }
 
