@@ -10,7 +10,7 @@
 //! partitions, not all partitions ever seen. Failed records, source backups and records without
 //! keys go through one shared batcher to the sink's error output.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,10 +53,10 @@ impl PartitionedBatchers {
             part_bytes,
             max_open_bytes,
             shared,
-            partitions: HashMap::new(),
+            partitions: HashMap::default(),
             open_bytes: 0,
             sealed_early: 0,
-            written: HashMap::new(),
+            written: HashMap::default(),
         }
     }
 
@@ -72,7 +72,7 @@ impl PartitionedBatchers {
             Records::Failed(failed) => self.shared.append_failed(failed, epoch, now, sealed),
             Records::Backup(batch) => self.shared.append_backup(batch, epoch, now, sealed),
             Records::Deliver(batch) => {
-                let mut groups: HashMap<PartitionKeys, RecordBatch> = HashMap::new();
+                let mut groups: HashMap<PartitionKeys, RecordBatch> = HashMap::default();
                 let mut unkeyed = FailedRecords::new(ErrorOutputType::PartitioningFailed, batch.arrival_ms);
                 for (i, record) in batch.iter().enumerate() {
                     match batch.partition_keys(i) {

@@ -204,6 +204,20 @@ struct JqKeys {
 impl KeyQueryWorker for JqKeys {
     fn keys(&mut self, record: &[u8], out: &mut Vec<(String, String)>) -> Result<(), String> {
         out.clear();
+        // The projection's raw values, when it answers: strings without their quotes, numbers and
+        // booleans as written (null is not a key value).
+        if let Some(projection) = &self.worker.projection
+            && projection.select.is_none()
+            && let Some(values) = projection.resolve_all(record, &mut self.worker.members)
+            && values.iter().all(|v| v.first() != Some(&b'n'))
+        {
+            for ((key, _), value) in projection.fields.iter().zip(values) {
+                let name = String::from_utf8_lossy(&key[1..key.len() - 1]).into_owned();
+                let text = if value.first() == Some(&b'"') { &value[1..value.len() - 1] } else { value };
+                out.push((name, String::from_utf8_lossy(text).into_owned()));
+            }
+            return Ok(());
+        }
         self.answers.clear();
         self.worker.transform(record, &mut Emit::new(&mut self.answers)).map_err(|f| f.message)?;
         let mut answers = self.answers.iter();
@@ -370,17 +384,7 @@ impl Projection {
     /// Writes the output for `record` into `out`: `Some(true)` one record, `Some(false)` none (the
     /// select dropped it), `None` when only jaq can answer.
     fn run(&self, record: &[u8], members: &mut Vec<Member>, out: &mut Vec<u8>) -> Option<bool> {
-        // One pass validates the record and lists its members.
-        if json::object_members(record, members) != Scanned::Valid || members.is_empty() {
-            return None;
-        }
-        if members.iter().any(|m| m.key_escaped) {
-            return None;
-        }
-        let mut values: Vec<&[u8]> = Vec::with_capacity(self.fields.len());
-        for (_, path) in &self.fields {
-            values.push(resolve(record, members, path)?);
-        }
+        let values = self.resolve_all(record, members)?;
         if let Some((field, equal, literal)) = &self.select
             && (values[*field] == literal.as_slice()) != *equal
         {
@@ -397,6 +401,24 @@ impl Projection {
         }
         out.push(b'}');
         Some(true)
+    }
+}
+
+impl Projection {
+    /// The raw value of each field for `record`, when jaq would write each exactly so (else `None`).
+    fn resolve_all<'r>(&self, record: &'r [u8], members: &mut Vec<Member>) -> Option<Vec<&'r [u8]>> {
+        // One pass validates the record and lists its members.
+        if json::object_members(record, members) != Scanned::Valid || members.is_empty() {
+            return None;
+        }
+        if members.iter().any(|m| m.key_escaped) {
+            return None;
+        }
+        let mut values: Vec<&[u8]> = Vec::with_capacity(self.fields.len());
+        for (_, path) in &self.fields {
+            values.push(resolve(record, members, path)?);
+        }
+        Some(values)
     }
 }
 

@@ -42,7 +42,7 @@ pub trait PartitionRecords<'scope> {
 
 /// The worker-independent route of a partition: a hash of its key values.
 fn route(keys: &PartitionKeys) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut hasher = rustc_hash::FxHasher::default();
     keys.hash(&mut hasher);
     hasher.finish()
 }
@@ -86,8 +86,8 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                     continue;
                                 }
                             };
-                            let mut keyed: std::collections::HashMap<PartitionKeys, RecordBatch> =
-                                std::collections::HashMap::new();
+                            let mut keyed: rustc_hash::FxHashMap<PartitionKeys, RecordBatch> =
+                                rustc_hash::FxHashMap::default();
                             let mut failed = FailedRecords::new(ErrorOutputType::PartitioningFailed, batch.arrival_ms);
                             let mut pieces: Vec<&[u8]> = Vec::new();
                             for (i, whole) in batch.iter().enumerate() {
