@@ -16,7 +16,7 @@ use sluice_engine::runtime::{RunOptions, run};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::s3::{S3Server, SECRET_KEY};
-use super::support::{folder_objects, generated};
+use super::support::{folder_objects, generated, raw_data};
 
 /// A bucket on a fresh server.
 fn server_with_bucket(root: &std::path::Path, bucket: &str) -> S3Server {
@@ -52,11 +52,6 @@ fn stored(server: &S3Server, bucket: &str) -> Stored {
         }
     }
     out
-}
-
-fn raw_data(doc: &serde_json::Value) -> String {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(doc["rawData"].as_str().unwrap()).unwrap();
-    String::from_utf8(bytes).unwrap()
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {

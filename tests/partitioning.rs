@@ -11,7 +11,7 @@ use sluice_connectors::registry;
 use sluice_connectors::synth::Profile;
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
-use super::support::{all_lines, folder_objects, generated, memory_objects, python};
+use super::support::{all_lines, folder_objects, generated, memory_objects, python, raw_data};
 use super::transforms::FunctionServer;
 
 const QUERY: &str = "{account: .recipientAccountId, region: .awsRegion, event: .eventName}";
@@ -105,14 +105,7 @@ fn hostile_key_values_go_to_partitioning_failed_and_never_change_the_folders() {
     let documents: Vec<serde_json::Value> =
         all_lines(failed).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(documents.len(), 9, "{documents:?}");
-    use base64::Engine as _;
-    let mut raw: Vec<String> = documents
-        .iter()
-        .map(|d| {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(d["rawData"].as_str().unwrap()).unwrap();
-            String::from_utf8(bytes).unwrap()
-        })
-        .collect();
+    let mut raw: Vec<String> = documents.iter().map(raw_data).collect();
     raw.sort();
     let mut expected: Vec<String> = records[..9].to_vec();
     expected.sort();

@@ -134,3 +134,10 @@ pub fn terminate(child: &std::process::Child) {
     let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }
+
+/// The record an error document holds (`rawData`, base64), as text.
+pub fn raw_data(doc: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(doc["rawData"].as_str().unwrap()).unwrap();
+    String::from_utf8(bytes).unwrap()
+}

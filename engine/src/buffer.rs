@@ -20,7 +20,7 @@ use crate::config::SinkSettings;
 use crate::contract::Payload;
 use crate::error_output::{ErrorDocument, ErrorOutputType, Processing, Reason};
 use crate::format::{self, EncodeError, ObjectEncoder, ObjectFormat};
-use crate::record::{FailedRecords, RecordBatch, now_ms};
+use crate::record::{FailedRecords, RecordBatch, Records, now_ms};
 
 /// Firehose-style error code of a record that could not be converted to the sink's format.
 pub const MALFORMED_DATA: &str = "DataFormatConversion.MalformedData";
@@ -250,26 +250,14 @@ impl ObjectBatcher {
                     }
                 }
                 Err(message) => {
-                    self.scratch.clear();
-                    ErrorDocument::new(
+                    let document = ErrorDocument::new(
                         record,
                         batch.arrival_ms,
                         Reason::Conversion { last_error_code: MALFORMED_DATA, last_error_message: &message },
                         1,
                         now_ms(),
-                    )
-                    .write_line(&mut self.scratch);
-                    let document = std::mem::take(&mut self.scratch);
-                    let written = self.write_error_output(
-                        ErrorOutputType::FormatConversionFailed,
-                        &document,
-                        epoch,
-                        batch.arrival_ms,
-                        now,
-                        sealed,
                     );
-                    self.scratch = document;
-                    written?;
+                    self.write_document(ErrorOutputType::FormatConversionFailed, &document, epoch, now, sealed)?;
                 }
             }
         }
@@ -303,19 +291,47 @@ impl ObjectBatcher {
         let ended = now_ms();
         let arrival_ms = failed.records.arrival_ms;
         for (record, failure) in failed.records.iter().zip(&failed.failures) {
-            self.scratch.clear();
             let reason = Reason::Processing(Processing {
                 error_code: &failure.code,
                 error_message: &failure.message,
                 lambda_arn: failure.lambda_arn.as_deref(),
             });
-            ErrorDocument::new(record, arrival_ms, reason, failure.attempts, ended).write_line(&mut self.scratch);
-            let document = std::mem::take(&mut self.scratch);
-            let written = self.write_error_output(failed.output_type, &document, epoch, arrival_ms, now, sealed);
-            self.scratch = document;
-            written?;
+            let document = ErrorDocument::new(record, arrival_ms, reason, failure.attempts, ended);
+            self.write_document(failed.output_type, &document, epoch, now, sealed)?;
         }
         Ok(())
+    }
+
+    /// Adds whatever `records` are (records to encode, failed records, source backups).
+    pub fn append_records(
+        &mut self,
+        records: &Records,
+        epoch: u64,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+    ) -> std::io::Result<()> {
+        match records {
+            Records::Deliver(batch) => self.append(batch, epoch, now, sealed),
+            Records::Failed(failed) => self.append_failed(failed, epoch, now, sealed),
+            Records::Backup(batch) => self.append_backup(batch, epoch, now, sealed),
+        }
+    }
+
+    /// Writes one error document as a line of the error output of `kind`.
+    fn write_document(
+        &mut self,
+        kind: ErrorOutputType,
+        document: &ErrorDocument<'_>,
+        epoch: u64,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+    ) -> std::io::Result<()> {
+        let mut line = std::mem::take(&mut self.scratch);
+        line.clear();
+        document.write_line(&mut line);
+        let written = self.write_error_output(kind, &line, epoch, document.arrival_timestamp, now, sealed);
+        self.scratch = line;
+        written
     }
 
     /// Adds `line` (one record's document, or a backed-up record) to the open error-output object

@@ -68,52 +68,70 @@ impl PartitionedBatchers {
         now: Instant,
         sealed: &mut Vec<SealedObject>,
     ) -> std::io::Result<()> {
-        match records {
-            Records::Failed(failed) => self.shared.append_failed(failed, epoch, now, sealed),
-            Records::Backup(batch) => self.shared.append_backup(batch, epoch, now, sealed),
-            Records::Deliver(batch) => {
-                let mut groups: HashMap<PartitionKeys, RecordBatch> = HashMap::default();
-                let mut unkeyed = FailedRecords::new(ErrorOutputType::PartitioningFailed, batch.arrival_ms);
-                for (i, record) in batch.iter().enumerate() {
-                    match batch.partition_keys(i) {
-                        Some(keys) => groups
-                            .entry(Arc::clone(keys))
-                            .or_insert_with(|| RecordBatch::with_capacity(batch.arrival_ms, 0))
-                            .push(record),
-                        None => unkeyed.push(
+        let Records::Deliver(batch) = records else {
+            return self.shared.append_records(records, epoch, now, sealed);
+        };
+        // The partition operator sends each partition's records as one batch sharing one set of
+        // keys: a batch is taken in runs of records with the same keys (usually one run, whole).
+        let mut start = 0;
+        while start < batch.len() {
+            let keys = batch.partition_keys(start).cloned();
+            let same = |i: usize| match (&keys, batch.partition_keys(i)) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (None, None) => true,
+                _ => false,
+            };
+            let end = (start + 1..batch.len()).find(|&i| !same(i)).unwrap_or(batch.len());
+            let run = if start == 0 && end == batch.len() {
+                std::borrow::Cow::Borrowed(batch)
+            } else {
+                let mut run = RecordBatch::with_capacity(batch.arrival_ms, 0);
+                batch.iter().skip(start).take(end - start).for_each(|r| run.push(r));
+                std::borrow::Cow::Owned(run)
+            };
+            match keys {
+                Some(keys) => self.append_partition(keys, &run, epoch, now, sealed)?,
+                None => {
+                    let mut unkeyed = FailedRecords::new(ErrorOutputType::PartitioningFailed, batch.arrival_ms);
+                    for record in run.iter() {
+                        unkeyed.push(
                             record,
-                            RecordFailure {
-                                code: "DynamicPartitioning.MissingKeys".into(),
-                                message: "the record reached a partitioned sink without partition keys".into(),
-                                attempts: 1,
-                                lambda_arn: None,
-                            },
-                        ),
+                            RecordFailure::local(
+                                "DynamicPartitioning.MissingKeys",
+                                "the record reached a partitioned sink without partition keys",
+                            ),
+                        );
                     }
-                }
-                if !unkeyed.records.is_empty() {
                     self.shared.append_failed(&unkeyed, epoch, now, sealed)?;
                 }
-                // The budget is checked after each partition's records, so a batch that opens many
-                // partitions never holds more than the budget at once.
-                for (keys, group) in groups {
-                    *self.written.entry(Arc::clone(&keys)).or_default() += group.len() as u64;
-                    let batcher = self.partitions.entry(Arc::clone(&keys)).or_insert_with(|| {
-                        let values = keys.iter().map(|(_, v)| v.clone()).collect();
-                        let b = ObjectBatcher::for_partition(Arc::clone(&self.settings), values);
-                        match self.part_bytes {
-                            Some(p) => b.with_parts(p),
-                            None => b,
-                        }
-                    });
-                    let before = batcher.open_bytes();
-                    batcher.append(&group, epoch, now, sealed)?;
-                    self.open_bytes = (self.open_bytes + batcher.open_bytes()).saturating_sub(before);
-                    self.keep_within_budget(sealed)?;
-                }
-                Ok(())
             }
+            start = end;
         }
+        Ok(())
+    }
+
+    /// Adds `records` of the partition `keys`, then keeps the open partitions within the budget.
+    fn append_partition(
+        &mut self,
+        keys: PartitionKeys,
+        records: &RecordBatch,
+        epoch: u64,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+    ) -> std::io::Result<()> {
+        *self.written.entry(Arc::clone(&keys)).or_default() += records.len() as u64;
+        let batcher = self.partitions.entry(Arc::clone(&keys)).or_insert_with(|| {
+            let values = keys.iter().map(|(_, v)| v.clone()).collect();
+            let b = ObjectBatcher::for_partition(Arc::clone(&self.settings), values);
+            match self.part_bytes {
+                Some(p) => b.with_parts(p),
+                None => b,
+            }
+        });
+        let before = batcher.open_bytes();
+        batcher.append(records, epoch, now, sealed)?;
+        self.open_bytes = (self.open_bytes + batcher.open_bytes()).saturating_sub(before);
+        self.keep_within_budget(sealed)
     }
 
     /// Seals the largest open partitions until all of them fit in the budget.

@@ -207,6 +207,13 @@ pub struct RecordFailure {
     pub lambda_arn: Option<Arc<str>>,
 }
 
+impl RecordFailure {
+    /// A failure found in this process, at the first attempt (not a function's).
+    pub fn local(code: impl Into<Arc<str>>, message: impl Into<Arc<str>>) -> Self {
+        RecordFailure { code: code.into(), message: message.into(), attempts: 1, lambda_arn: None }
+    }
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

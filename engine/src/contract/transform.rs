@@ -192,15 +192,7 @@ impl<T: RecordTransform> TransformWorker for RecordByRecord<T> {
                             failed.len() - 1
                         }
                     };
-                    failed[at].push(
-                        record,
-                        RecordFailure {
-                            code: failure.code.into(),
-                            message: failure.message.into(),
-                            attempts: 1,
-                            lambda_arn: None,
-                        },
-                    );
+                    failed[at].push(record, RecordFailure::local(failure.code, failure.message));
                 }
             }
         }

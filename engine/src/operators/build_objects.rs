@@ -153,11 +153,9 @@ impl Buffers {
         now: Instant,
         sealed: &mut Vec<SealedObject>,
     ) -> std::io::Result<()> {
-        match (self, records) {
-            (Buffers::Partitioned(p), records) => p.append(records, epoch, now, sealed),
-            (Buffers::Plain(b), Records::Deliver(batch)) => b.append(batch, epoch, now, sealed),
-            (Buffers::Plain(b), Records::Failed(failed)) => b.append_failed(failed, epoch, now, sealed),
-            (Buffers::Plain(b), Records::Backup(batch)) => b.append_backup(batch, epoch, now, sealed),
+        match self {
+            Buffers::Partitioned(p) => p.append(records, epoch, now, sealed),
+            Buffers::Plain(b) => b.append_records(records, epoch, now, sealed),
         }
     }
 

@@ -40,6 +40,12 @@ pub trait PartitionRecords<'scope> {
     ) -> Stream<'scope, Epoch, Vec<Records>>;
 }
 
+/// A partition met in a batch: its keys and records, or why its key values cannot name objects.
+type Partition = Result<(PartitionKeys, RecordBatch), Arc<str>>;
+
+/// The error code of a record whose partition keys cannot be found or used.
+const METADATA_EXTRACTION_FAILED: &str = "DynamicPartitioning.MetadataExtractionFailed";
+
 /// The worker-independent route of a partition: a hash of its key values.
 fn route(keys: &PartitionKeys) -> u64 {
     let mut hasher = rustc_hash::FxHasher::default();
@@ -86,7 +92,9 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                     continue;
                                 }
                             };
-                            let mut keyed: rustc_hash::FxHashMap<PartitionKeys, RecordBatch> =
+                            // Per distinct key values in the batch: checked once, and their
+                            // records (or why they cannot be partitioned).
+                            let mut keyed: rustc_hash::FxHashMap<Vec<String>, Partition> =
                                 rustc_hash::FxHashMap::default();
                             let mut failed = FailedRecords::new(ErrorOutputType::PartitioningFailed, batch.arrival_ms);
                             let mut pieces: Vec<&[u8]> = Vec::new();
@@ -102,48 +110,44 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                 if let Err(reason) = split {
                                     failed.push(
                                         whole,
-                                        RecordFailure {
-                                            code: "DynamicPartitioning.DeAggregationFailed".into(),
-                                            message: reason.into(),
-                                            attempts: 1,
-                                            lambda_arn: None,
-                                        },
+                                        RecordFailure::local("DynamicPartitioning.DeAggregationFailed", reason),
                                     );
                                     continue;
                                 }
                                 for &record in &pieces {
-                                    let result = key_values(
+                                    let found_values = key_values(
                                         &partitioning.keys,
                                         query.as_deref_mut(),
                                         record,
                                         batch.partition_keys(i),
                                         &mut found,
                                         &mut values,
-                                    )
-                                    .and_then(|()| settings.keys.check_partition(&values));
-                                    match result {
-                                        Ok(()) => {
-                                            let pairs: Vec<(String, String)> = partitioning
-                                                .keys
-                                                .iter()
-                                                .zip(values.drain(..))
-                                                .map(|(k, v)| (k.name.clone(), v))
-                                                .collect();
-                                            let keys: PartitionKeys = Arc::from(pairs);
-                                            keyed
-                                                .entry(Arc::clone(&keys))
-                                                .or_insert_with(|| RecordBatch::with_capacity(batch.arrival_ms, 0))
-                                                .push_with_keys(record, Some(keys));
-                                        }
-                                        Err(reason) => failed.push(
+                                    );
+                                    if let Err(reason) = found_values {
+                                        failed.push(record, RecordFailure::local(METADATA_EXTRACTION_FAILED, reason));
+                                        continue;
+                                    }
+                                    if !keyed.contains_key(values.as_slice()) {
+                                        let partition =
+                                            settings.keys.check_partition(&values).map_err(Arc::from).map(|()| {
+                                                let pairs: Vec<(String, String)> = partitioning
+                                                    .keys
+                                                    .iter()
+                                                    .zip(values.iter())
+                                                    .map(|(k, v)| (k.name.clone(), v.clone()))
+                                                    .collect();
+                                                let keys: PartitionKeys = Arc::from(pairs);
+                                                (keys, RecordBatch::with_capacity(batch.arrival_ms, 0))
+                                            });
+                                        keyed.insert(values.clone(), partition);
+                                    }
+                                    match keyed.get_mut(values.as_slice()) {
+                                        Some(Ok((keys, b))) => b.push_with_keys(record, Some(Arc::clone(keys))),
+                                        Some(Err(reason)) => failed.push(
                                             record,
-                                            RecordFailure {
-                                                code: "DynamicPartitioning.MetadataExtractionFailed".into(),
-                                                message: reason.into(),
-                                                attempts: 1,
-                                                lambda_arn: None,
-                                            },
+                                            RecordFailure::local(METADATA_EXTRACTION_FAILED, Arc::clone(reason)),
                                         ),
+                                        None => {}
                                     }
                                 }
                             }
@@ -153,7 +157,7 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                     .fetch_add(failed.records.len() as u64, Relaxed);
                                 session.give(Records::Failed(failed));
                             }
-                            for (_, b) in keyed {
+                            for (_, b) in keyed.into_values().flatten() {
                                 session.give(Records::Deliver(b));
                             }
                         }

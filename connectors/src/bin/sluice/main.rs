@@ -587,12 +587,18 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
             m.records_dropped.load(Relaxed),
             m.records_failed.load(Relaxed),
         );
-        if let Ok(labelled) = m.labelled.lock()
-            && !labelled.is_empty()
-        {
-            let counts: Vec<String> = labelled.iter().map(|((_, _, value), n)| format!("{value} {n}")).collect();
-            let family = labelled.keys().next().map_or("", |(f, _, _)| *f);
-            let _ = writeln!(out, "    {family}  {}", counts.join(", "));
+        if let Ok(labelled) = m.labelled.lock() {
+            // One line per family (the map is ordered by family first).
+            let mut families: Vec<(&str, Vec<String>)> = Vec::new();
+            for ((family, _, value), n) in labelled.iter() {
+                match families.last_mut() {
+                    Some((f, counts)) if f == family => counts.push(format!("{value} {n}")),
+                    _ => families.push((family, vec![format!("{value} {n}")])),
+                }
+            }
+            for (family, counts) in families {
+                let _ = writeln!(out, "    {family}  {}", counts.join(", "));
+            }
         }
         let invocations = m.invocations.load(Relaxed);
         if invocations > 0 {
