@@ -20,7 +20,7 @@ use crate::config::SinkSettings;
 use crate::contract::Payload;
 use crate::error_output::{ErrorDocument, ErrorOutputType, Processing, Reason};
 use crate::format::{self, EncodeError, ObjectEncoder, ObjectFormat};
-use crate::record::{FailedRecords, RecordBatch, Records, now_ms};
+use crate::record::{FailedRecords, PartitionKeys, RecordBatch, Records, now_ms};
 
 /// Firehose-style error code of a record that could not be converted to the sink's format.
 pub const MALFORMED_DATA: &str = "DataFormatConversion.MalformedData";
@@ -82,8 +82,9 @@ struct OpenObject {
     oldest_arrival_ms: i64,
     epoch: u64,
     records: u64,
-    /// Set when the first part is sent: the key and this object's number.
-    streaming: Option<(String, u64)>,
+    /// Set when the first part is sent: the key and this object's number (boxed: few objects
+    /// are streamed, and a partitioned sink keeps thousands open).
+    streaming: Option<Box<(String, u64)>>,
     /// Bytes sent in parts.
     sent: u64,
 }
@@ -108,25 +109,30 @@ impl OpenObject {
     }
 }
 
-/// Builds one sink's objects on one worker.
-pub struct ObjectBatcher {
+/// What the batchers of one sink on one worker share (a partitioned sink has one per partition).
+#[derive(Clone)]
+struct BatcherConfig {
     settings: Arc<SinkSettings>,
     /// The error output's format: NDJSON documents, compressed like the sink's data.
     error_format: Arc<dyn ObjectFormat>,
     /// Upload objects in parts of this size while they grow (sinks that support it).
     part_bytes: Option<usize>,
+}
+
+/// Builds one sink's objects on one worker.
+pub struct ObjectBatcher {
+    config: Arc<BatcherConfig>,
     objects_streamed: u64,
     data: Option<OpenObject>,
     errors: BTreeMap<ErrorOutputType, OpenObject>,
-    scratch: Vec<u8>,
-    /// The partition key values its data objects are named with (dynamic partitioning).
-    partition: Vec<String>,
+    /// The partition keys its data objects are named with (dynamic partitioning).
+    partition: Option<PartitionKeys>,
 }
 
 impl std::fmt::Debug for ObjectBatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectBatcher")
-            .field("format", &self.settings.format.describe())
+            .field("format", &self.config.settings.format.describe())
             .field("buffered_records", &self.buffered_records())
             .finish()
     }
@@ -137,23 +143,24 @@ impl ObjectBatcher {
     pub fn new(settings: Arc<SinkSettings>) -> Self {
         let error_format = format::ndjson(settings.format.compression());
         ObjectBatcher {
-            settings,
-            error_format,
-            part_bytes: None,
+            config: Arc::new(BatcherConfig { settings, error_format, part_bytes: None }),
             objects_streamed: 0,
             data: None,
             errors: BTreeMap::new(),
-            scratch: Vec::new(),
-            partition: Vec::new(),
+            partition: None,
         }
     }
 
-    /// A batcher for one partition of a partitioned sink: its data objects are named with the
-    /// partition key `values` (in the order of the prefix's partition keys).
-    pub fn for_partition(settings: Arc<SinkSettings>, values: Vec<String>) -> Self {
-        let mut batcher = ObjectBatcher::new(settings);
-        batcher.partition = values;
-        batcher
+    /// A batcher like this one for one partition of a partitioned sink: its data objects are
+    /// named with the values of `keys` (in the order of the prefix's partition keys).
+    pub fn for_partition(&self, keys: PartitionKeys) -> Self {
+        ObjectBatcher {
+            config: Arc::clone(&self.config),
+            objects_streamed: 0,
+            data: None,
+            errors: BTreeMap::new(),
+            partition: Some(keys),
+        }
     }
 
     /// About how much memory its open objects hold (their buffers and compressors).
@@ -161,23 +168,28 @@ impl ObjectBatcher {
         self.data.iter().chain(self.errors.values()).map(|o| o.encoder.memory()).sum()
     }
 
+    /// The bytes of its partition key names and values.
+    pub fn partition_key_bytes(&self) -> u64 {
+        self.partition.iter().flat_map(|keys| keys.iter()).map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    }
+
     /// Uploads data objects in parts of `part_bytes` while they grow (the sink must support it).
     pub fn with_parts(mut self, part_bytes: usize) -> Self {
-        self.part_bytes = Some(part_bytes.max(1));
+        Arc::make_mut(&mut self.config).part_bytes = Some(part_bytes.max(1));
         self
     }
 
     /// Sends the data object's finished bytes as a part once they reach the part size.
     fn send_part_if_full(&mut self, sealed: &mut Vec<SealedObject>) {
-        let Some(part_bytes) = self.part_bytes else { return };
+        let Some(part_bytes) = self.config.part_bytes else { return };
         let Some(object) = self.data.as_mut() else { return };
         if object.encoder.ready_len() < part_bytes {
             return;
         }
-        let s = &self.settings;
-        let (key, id) = object.streaming.get_or_insert_with(|| {
+        let s = &self.config.settings;
+        let (key, id) = &mut **object.streaming.get_or_insert_with(|| {
             self.objects_streamed += 1;
-            (data_key(s, &self.partition, object.oldest_arrival_ms), self.objects_streamed)
+            Box::new((data_key(s, self.partition.as_ref(), object.oldest_arrival_ms), self.objects_streamed))
         });
         let body = object.encoder.take_ready();
         object.sent += body.len() as u64;
@@ -208,7 +220,7 @@ impl ObjectBatcher {
     ) -> std::io::Result<Result<(), String>> {
         let object = match &mut self.data {
             Some(object) => object,
-            empty => empty.insert(OpenObject::open(self.settings.format.as_ref(), epoch, arrival_ms, now)?),
+            empty => empty.insert(OpenObject::open(self.config.settings.format.as_ref(), epoch, arrival_ms, now)?),
         };
         match object.encoder.append(record) {
             Ok(()) => {
@@ -238,10 +250,22 @@ impl ObjectBatcher {
         now: Instant,
         sealed: &mut Vec<SealedObject>,
     ) -> std::io::Result<()> {
-        let size_limit = self.settings.hints.size_bytes;
-        let max_records = self.settings.format.max_records();
-        for record in batch.iter() {
-            match self.append_data(record, epoch, batch.arrival_ms, now)? {
+        self.append_from(batch.iter(), batch.arrival_ms, epoch, now, sealed)
+    }
+
+    /// [`Self::append`] for `records` that arrived at `arrival_ms` (a run of a batch).
+    pub fn append_from<'r>(
+        &mut self,
+        records: impl Iterator<Item = &'r [u8]>,
+        arrival_ms: i64,
+        epoch: u64,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+    ) -> std::io::Result<()> {
+        let size_limit = self.config.settings.hints.size_bytes;
+        let max_records = self.config.settings.format.max_records();
+        for record in records {
+            match self.append_data(record, epoch, arrival_ms, now)? {
                 Ok(()) => {
                     if self.data.as_ref().is_some_and(|o| o.encoder.size() >= size_limit || o.records >= max_records) {
                         self.seal_data(sealed)?;
@@ -252,7 +276,7 @@ impl ObjectBatcher {
                 Err(message) => {
                     let document = ErrorDocument::new(
                         record,
-                        batch.arrival_ms,
+                        arrival_ms,
                         Reason::Conversion { last_error_code: MALFORMED_DATA, last_error_message: &message },
                         1,
                         now_ms(),
@@ -326,12 +350,9 @@ impl ObjectBatcher {
         now: Instant,
         sealed: &mut Vec<SealedObject>,
     ) -> std::io::Result<()> {
-        let mut line = std::mem::take(&mut self.scratch);
-        line.clear();
+        let mut line = Vec::new();
         document.write_line(&mut line);
-        let written = self.write_error_output(kind, &line, epoch, document.arrival_timestamp, now, sealed);
-        self.scratch = line;
-        written
+        self.write_error_output(kind, &line, epoch, document.arrival_timestamp, now, sealed)
     }
 
     /// Adds `line` (one record's document, or a backed-up record) to the open error-output object
@@ -348,7 +369,7 @@ impl ObjectBatcher {
         let object = match self.errors.entry(kind) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(OpenObject::open(self.error_format.as_ref(), epoch, arrival_ms, now)?)
+                v.insert(OpenObject::open(self.config.error_format.as_ref(), epoch, arrival_ms, now)?)
             }
         };
         object.encoder.append(line).map_err(|e| match e {
@@ -357,7 +378,7 @@ impl ObjectBatcher {
             EncodeError::Record(reason) => std::io::Error::other(reason),
         })?;
         object.include(epoch, arrival_ms);
-        if object.encoder.size() >= self.settings.hints.size_bytes {
+        if object.encoder.size() >= self.config.settings.hints.size_bytes {
             self.seal_errors(kind, sealed)?;
         }
         Ok(())
@@ -366,17 +387,17 @@ impl ObjectBatcher {
     fn seal_data(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
         // A streamed object has records: parts are only cut after a record was added.
         if let Some(mut object) = self.data.take().filter(|o| o.records > 0) {
-            let s = &self.settings;
+            let s = &self.config.settings;
             let streaming = object.streaming.take();
-            let key = match &streaming {
+            let key = match streaming.as_deref() {
                 Some((key, _)) => key.clone(),
-                None => data_key(s, &self.partition, object.oldest_arrival_ms),
+                None => data_key(s, self.partition.as_ref(), object.oldest_arrival_ms),
             };
             let sent = object.sent;
             let mut sealed_object =
                 seal(object, key, ObjectKind::Data, s.format.content_type(), s.format.content_encoding())?;
-            if let Some((_, id)) = streaming {
-                sealed_object.upload = UploadStep::Last { object: id, sent };
+            if let Some((_, id)) = streaming.as_deref() {
+                sealed_object.upload = UploadStep::Last { object: *id, sent };
             }
             sealed.push(sealed_object);
         }
@@ -385,14 +406,14 @@ impl ObjectBatcher {
 
     fn seal_errors(&mut self, kind: ErrorOutputType, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
         if let Some(object) = self.errors.remove(&kind) {
-            let s = &self.settings;
-            let key = s.keys.error_key(object.oldest_arrival_ms, kind.name(), &self.error_format.extension());
+            let s = &self.config.settings;
+            let key = s.keys.error_key(object.oldest_arrival_ms, kind.name(), &self.config.error_format.extension());
             sealed.push(seal(
                 object,
                 key,
                 ObjectKind::ErrorOutput { output_type: kind },
-                self.error_format.content_type(),
-                self.error_format.content_encoding(),
+                self.config.error_format.content_type(),
+                self.config.error_format.content_encoding(),
             )?);
         }
         Ok(())
@@ -400,7 +421,7 @@ impl ObjectBatcher {
 
     /// Seals every object whose oldest record has waited the interval hint.
     pub fn seal_expired(&mut self, now: Instant, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
-        let interval = self.settings.hints.interval;
+        let interval = self.config.settings.hints.interval;
         if self.data.as_ref().is_some_and(|o| now.duration_since(o.opened) >= interval) {
             self.seal_data(sealed)?;
         }
@@ -434,7 +455,7 @@ impl ObjectBatcher {
 
     /// When the next open object expires.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let interval = self.settings.hints.interval;
+        let interval = self.config.settings.hints.interval;
         self.data.iter().chain(self.errors.values()).map(|o| o.opened + interval).min()
     }
 
@@ -445,12 +466,12 @@ impl ObjectBatcher {
 }
 
 /// The key of a data object: the name its format gives it (a request id), or the sink's key.
-fn data_key(s: &SinkSettings, partition: &[String], oldest_arrival_ms: i64) -> String {
-    s.format.object_key().unwrap_or_else(|| {
-        if partition.is_empty() {
-            s.keys.data_key(oldest_arrival_ms, &s.format.extension())
-        } else {
-            s.keys.partition_data_key(oldest_arrival_ms, partition, &s.format.extension())
+fn data_key(s: &SinkSettings, partition: Option<&PartitionKeys>, oldest_arrival_ms: i64) -> String {
+    s.format.object_key().unwrap_or_else(|| match partition {
+        None => s.keys.data_key(oldest_arrival_ms, &s.format.extension()),
+        Some(keys) => {
+            let values: Vec<&str> = keys.iter().map(|(_, v)| v.as_str()).collect();
+            s.keys.partition_data_key(oldest_arrival_ms, &values, &s.format.extension())
         }
     })
 }

@@ -1,11 +1,16 @@
 //! Compression of objects: a streaming compressor that encoded bytes go through as an object grows
 //! ([`ObjectWriter`]), and its inverse ([`decompress`]).
 //!
-//! Guarantees: an open object holds compressed bytes only (small writes are staged in blocks so the
-//! compressor is called per block, not per record); the compressed bytes produced so far can be
-//! taken while the object continues (a part of an object uploaded while it grows); what
+//! Guarantees: an open object holds at most one staging block of uncompressed bytes plus compressed
+//! bytes (small writes are staged in blocks so the compressor is called per block, not per
+//! record); an object smaller than one block has no compressor of its own: it is compressed whole
+//! when it is finished, by a compressor kept per thread and reset between objects, so thousands of
+//! small open objects (a partitioned sink's) cost their bytes, not a compressor's state each (zlib
+//! level 6 holds ~400 KiB, zstd level 3 ~1.4 MiB). The compressed bytes produced so far can be taken
+//! while the object continues (a part of an object uploaded while it grows); what
 //! [`ObjectWriter::finish`] returns decompresses to exactly what was written.
 
+use std::cell::RefCell;
 use std::io::Write;
 
 /// Object compression.
@@ -85,12 +90,84 @@ enum Compressor {
     Snappy(Box<snap::write::FrameEncoder<Vec<u8>>>),
 }
 
+impl Compressor {
+    fn new(compression: Compression) -> std::io::Result<Self> {
+        Ok(match compression {
+            Compression::None => Compressor::None(Vec::new()),
+            Compression::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(Vec::new(), GZIP_LEVEL)),
+            Compression::Zstd => Compressor::Zstd(zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)?),
+            Compression::Snappy => Compressor::Snappy(Box::new(snap::write::FrameEncoder::new(Vec::new()))),
+        })
+    }
+}
+
+const GZIP_LEVEL: flate2::Compression = flate2::Compression::new(6);
+const ZSTD_LEVEL: i32 = 3;
+
+/// The header flate2's `GzEncoder` writes at level 6: no name, no time, OS unknown.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+thread_local! {
+    /// Raw deflate state reused by the objects finished on this thread (reset between them).
+    static DEFLATE: RefCell<Option<flate2::write::DeflateEncoder<Vec<u8>>>> = const { RefCell::new(None) };
+    /// zstd context reused by the objects finished on this thread.
+    static ZSTD: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Compresses a whole small object with this thread's reused compressor: the same stream format
+/// (one gzip member, one zstd frame, a Snappy frame stream) a streaming compressor writes.
+fn compress_whole(compression: Compression, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    match compression {
+        Compression::None => Ok(bytes.to_vec()),
+        Compression::Gzip => DEFLATE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let mut out = Vec::with_capacity(bytes.len() / 2 + 64);
+            out.extend_from_slice(&GZIP_HEADER);
+            let encoder = match slot.as_mut() {
+                Some(encoder) => {
+                    encoder.reset(out)?;
+                    encoder
+                }
+                None => slot.insert(flate2::write::DeflateEncoder::new(out, GZIP_LEVEL)),
+            };
+            encoder.write_all(bytes)?;
+            encoder.try_finish()?;
+            let mut out = encoder.reset(Vec::new())?;
+            let mut crc = flate2::Crc::new();
+            crc.update(bytes);
+            out.extend_from_slice(&crc.sum().to_le_bytes());
+            // ISIZE: the length modulo 2^32 (RFC 1952).
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            Ok(out)
+        }),
+        Compression::Zstd => ZSTD.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let compressor = match slot.as_mut() {
+                Some(c) => c,
+                None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+            };
+            compressor.compress(bytes)
+        }),
+        Compression::Snappy => {
+            // Snappy's state is small and has no reset: a fresh frame encoder per object.
+            let mut w = snap::write::FrameEncoder::new(Vec::with_capacity(bytes.len() + 64));
+            w.write_all(bytes)?;
+            w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))
+        }
+    }
+}
+
 /// An object being written: encoded bytes go in, compressed bytes accumulate.
 ///
 /// Small writes (one record each) are staged and handed to the compressor in blocks of
-/// [`STAGING_BYTES`]: compressors pay a cost per call, and a record is a few hundred bytes.
+/// [`STAGING_BYTES`]: compressors pay a cost per call, and a record is a few hundred bytes. The
+/// object's own compressor is made with its first full block; an object finished before that is
+/// compressed whole by the thread's reused compressor.
 pub struct ObjectWriter {
-    compressor: Compressor,
+    compression: Compression,
+    /// `None` until the first block is full (always `Some` without compression); boxed, so an
+    /// object without one is a few words.
+    compressor: Option<Box<Compressor>>,
     staged: Vec<u8>,
     /// Bytes written before compression.
     uncompressed: u64,
@@ -109,27 +186,24 @@ impl ObjectWriter {
     /// A new, empty object.
     pub fn new(compression: Compression) -> std::io::Result<Self> {
         let compressor = match compression {
-            Compression::None => Compressor::None(Vec::new()),
-            Compression::Gzip => {
-                Compressor::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6)))
-            }
-            Compression::Zstd => Compressor::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 3)?),
-            Compression::Snappy => Compressor::Snappy(Box::new(snap::write::FrameEncoder::new(Vec::new()))),
+            Compression::None => Some(Box::new(Compressor::None(Vec::new()))),
+            _ => None,
         };
         // The staging buffer grows with what is written (a partitioned sink may hold thousands of
         // small open objects).
-        Ok(ObjectWriter { compressor, staged: Vec::new(), uncompressed: 0 })
+        Ok(ObjectWriter { compression, compressor, staged: Vec::new(), uncompressed: 0 })
     }
 
-    /// About how much memory the open object holds: its staged and compressed bytes and the
-    /// compressor's state (zlib's window and hash tables; zstd's context at level 3).
+    /// About how much memory the open object holds: its staged and compressed bytes and its
+    /// compressor's state once it has one (zlib's window and hash tables; zstd's context).
     pub fn memory(&self) -> u64 {
-        let (state, output) = match &self.compressor {
-            Compressor::None(v) => (0, v.capacity()),
+        let (state, output) = match self.compressor.as_deref() {
+            None => (0, 0),
+            Some(Compressor::None(v)) => (0, v.capacity()),
             // Measured with massif: zlib-rs's level-6 state ~380 KiB plus flate2's 32 KiB buffer.
-            Compressor::Gzip(w) => (416 << 10, w.get_ref().capacity()),
-            Compressor::Zstd(w) => (1_400 << 10, w.get_ref().capacity()),
-            Compressor::Snappy(w) => (132 << 10, w.get_ref().capacity()),
+            Some(Compressor::Gzip(w)) => (416 << 10, w.get_ref().capacity()),
+            Some(Compressor::Zstd(w)) => (1_400 << 10, w.get_ref().capacity()),
+            Some(Compressor::Snappy(w)) => (132 << 10, w.get_ref().capacity()),
         };
         (state + output + self.staged.capacity()) as u64
     }
@@ -137,7 +211,7 @@ impl ObjectWriter {
     /// Adds `bytes` to the object.
     pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.uncompressed += bytes.len() as u64;
-        if let Compressor::None(v) = &mut self.compressor {
+        if let Some(Compressor::None(v)) = self.compressor.as_deref_mut() {
             v.extend_from_slice(bytes);
             return Ok(());
         }
@@ -145,8 +219,34 @@ impl ObjectWriter {
         if self.staged.len() >= STAGING_BYTES { self.compress_staged() } else { Ok(()) }
     }
 
+    /// Adds what `encode` appends to the buffer it is given (a record encoded in place, without a
+    /// copy); when it fails, nothing is added and its error is returned.
+    pub fn write_with<E>(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> std::io::Result<Result<(), E>> {
+        let buf = match self.compressor.as_deref_mut() {
+            Some(Compressor::None(v)) => v,
+            _ => &mut self.staged,
+        };
+        let start = buf.len();
+        if let Err(e) = encode(buf) {
+            buf.truncate(start);
+            return Ok(Err(e));
+        }
+        self.uncompressed += (buf.len() - start) as u64;
+        if self.staged.len() >= STAGING_BYTES {
+            self.compress_staged()?;
+        }
+        Ok(Ok(()))
+    }
+
     fn compress_staged(&mut self) -> std::io::Result<()> {
-        let result = match &mut self.compressor {
+        let compressor = match &mut self.compressor {
+            Some(c) => c,
+            empty => empty.insert(Box::new(Compressor::new(self.compression)?)),
+        };
+        let result = match compressor.as_mut() {
             Compressor::None(v) => {
                 v.extend_from_slice(&self.staged);
                 Ok(())
@@ -164,34 +264,38 @@ impl ObjectWriter {
         self.uncompressed
     }
 
-    fn output(&mut self) -> &mut Vec<u8> {
-        match &mut self.compressor {
+    fn output(&mut self) -> Option<&mut Vec<u8>> {
+        Some(match self.compressor.as_deref_mut()? {
             Compressor::None(v) => v,
             Compressor::Gzip(w) => w.get_mut(),
             Compressor::Zstd(w) => w.get_mut(),
             Compressor::Snappy(w) => w.get_mut(),
-        }
+        })
     }
 
     /// Compressed bytes produced and not yet taken.
     pub fn output_len(&mut self) -> usize {
-        self.output().len()
+        self.output().map_or(0, |o| o.len())
     }
 
     /// Takes the compressed bytes produced so far (the object continues after them): a part of an
     /// object uploaded while it grows.
     pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(self.output())
+        self.output().map(std::mem::take).unwrap_or_default()
     }
 
     /// Finishes the stream and returns the compressed object.
     pub fn finish(mut self) -> std::io::Result<Vec<u8>> {
+        if self.compressor.is_none() {
+            return compress_whole(self.compression, &self.staged);
+        }
         self.compress_staged()?;
-        match self.compressor {
-            Compressor::None(v) => Ok(v),
-            Compressor::Gzip(w) => w.finish(),
-            Compressor::Zstd(w) => w.finish(),
-            Compressor::Snappy(w) => w.into_inner().map_err(|e| std::io::Error::other(e.to_string())),
+        match self.compressor.map(|c| *c) {
+            None => Ok(Vec::new()),
+            Some(Compressor::None(v)) => Ok(v),
+            Some(Compressor::Gzip(w)) => w.finish(),
+            Some(Compressor::Zstd(w)) => w.finish(),
+            Some(Compressor::Snappy(w)) => w.into_inner().map_err(|e| std::io::Error::other(e.to_string())),
         }
     }
 }
@@ -241,6 +345,34 @@ mod tests {
                 assert!(compressed.len() < payload.len() / 2, "{name} did not compress: {}", compressed.len());
             }
             assert_eq!(decompress(c, &compressed).unwrap_or_default(), payload, "{name}");
+        }
+    }
+
+    /// Objects smaller than a block are compressed whole by the thread's reused compressor: each
+    /// is a complete stream on its own (state reset between them), readable by the standard
+    /// decoders, and a gzip member is byte for byte what the streaming encoder writes.
+    #[test]
+    fn small_objects_compressed_whole_are_complete_streams() {
+        for name in Compression::NAMES {
+            let c = Compression::from_name(name).unwrap_or(Compression::None);
+            for n in [0usize, 1, 10, 5_000, 1_000] {
+                let payload: Vec<u8> = (0..n).flat_map(|i| format!("{{\"n\":{i}}}\n").into_bytes()).collect();
+                let mut w = ObjectWriter::new(c).unwrap_or_else(|e| panic!("{e}"));
+                w.write(&payload).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(w.memory(), payload.len().max(w.staged.capacity()) as u64, "{name}: no compressor state");
+                let compressed = w.finish().unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(decompress(c, &compressed).unwrap_or_default(), payload, "{name} {n}");
+                if c == Compression::Gzip {
+                    let mut streamed = flate2::write::GzEncoder::new(Vec::new(), GZIP_LEVEL);
+                    streamed.write_all(&payload).unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(compressed, streamed.finish().unwrap_or_default(), "gzip {n}");
+                    // One member: the single-member decoder reads all of it.
+                    let mut single = Vec::new();
+                    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut single)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(single, payload);
+                }
+            }
         }
     }
 }

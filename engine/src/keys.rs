@@ -372,7 +372,7 @@ impl ObjectKeyTemplate {
     /// Renders the template for `instant`; `error_output_type` fills `!{firehose:error-output-type}`
     /// (a partition key renders as `value`: see [`ObjectKeyTemplate::render_partition`]).
     pub fn render<Z: TimeZone>(&self, instant: &DateTime<Z>, error_output_type: &str, out: &mut String) {
-        self.render_partition(instant, error_output_type, &[], out);
+        self.render_partition(instant, error_output_type, &[] as &[&str], out);
     }
 
     /// Renders the template with `values`, the partition key values in the order of
@@ -381,7 +381,7 @@ impl ObjectKeyTemplate {
         &self,
         instant: &DateTime<Z>,
         error_output_type: &str,
-        values: &[String],
+        values: &[impl AsRef<str>],
         out: &mut String,
     ) {
         let keys = if values.is_empty() { Vec::new() } else { self.partition_keys() };
@@ -393,7 +393,7 @@ impl ObjectKeyTemplate {
                 Segment::ErrorOutputType => out.push_str(error_output_type),
                 Segment::PartitionKey(k) => {
                     let value = keys.iter().position(|x| x == k).and_then(|i| values.get(i));
-                    out.push_str(value.map_or("value", String::as_str));
+                    out.push_str(value.map_or("value", AsRef::as_ref));
                 }
             }
         }
@@ -572,12 +572,12 @@ impl ObjectKeys {
 
     /// Key of a data object whose oldest record arrived at `oldest_arrival_ms`.
     pub fn data_key(&self, oldest_arrival_ms: i64, extension: &str) -> String {
-        self.key(&self.prefix, oldest_arrival_ms, "", &[], extension)
+        self.key(&self.prefix, oldest_arrival_ms, "", &[] as &[&str], extension)
     }
 
     /// Key of a data object of the partition with key `values` (in the order of
     /// [`ObjectKeys::partition_keys`]).
-    pub fn partition_data_key(&self, oldest_arrival_ms: i64, values: &[String], extension: &str) -> String {
+    pub fn partition_data_key(&self, oldest_arrival_ms: i64, values: &[impl AsRef<str>], extension: &str) -> String {
         self.key(&self.prefix, oldest_arrival_ms, "", values, extension)
     }
 
@@ -611,7 +611,7 @@ impl ObjectKeys {
 
     /// Key of an error-output object.
     pub fn error_key(&self, oldest_arrival_ms: i64, error_output_type: &str, extension: &str) -> String {
-        self.key(&self.error_prefix, oldest_arrival_ms, error_output_type, &[], extension)
+        self.key(&self.error_prefix, oldest_arrival_ms, error_output_type, &[] as &[&str], extension)
     }
 
     fn key(
@@ -619,7 +619,7 @@ impl ObjectKeys {
         template: &ObjectKeyTemplate,
         ms: i64,
         error_type: &str,
-        values: &[String],
+        values: &[impl AsRef<str>],
         extension: &str,
     ) -> String {
         let instant = Utc.timestamp_millis_opt(ms).single().unwrap_or_default().with_timezone(&self.time_zone);

@@ -64,8 +64,50 @@ pub struct SinkMetrics {
     pub partitions_sealed_early: AtomicU64,
     /// Records sent to `partitioning-failed` by the partition operator.
     pub partitioning_failed: AtomicU64,
-    /// Records buffered per partition (its key values joined by `/`), for the run summary.
-    pub partition_records: Mutex<std::collections::HashMap<String, u64>>,
+    /// Records buffered per partition, for the run summary.
+    pub partition_records: Mutex<PartitionTally>,
+}
+
+/// Records written per partition, for the run summary: how many partitions there were and the
+/// largest three. It keeps 16 bytes per partition (a 64-bit hash of its key values and a count)
+/// and the names of the largest only, so a run with millions of partitions does not keep their
+/// names.
+#[derive(Debug, Default)]
+pub struct PartitionTally {
+    counts: rustc_hash::FxHashMap<u64, u64>,
+    /// (records, key values joined by `/`, hash), most records first.
+    largest: Vec<(u64, String, u64)>,
+}
+
+impl PartitionTally {
+    /// Adds `records` to the partition with key `values`.
+    pub fn add(&mut self, values: &[(String, String)], records: u64) {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = rustc_hash::FxHasher::default();
+        values.hash(&mut hasher);
+        let hash = hasher.finish();
+        let count = self.counts.entry(hash).or_default();
+        *count += records;
+        let count = *count;
+        if let Some(known) = self.largest.iter_mut().find(|(_, _, h)| *h == hash) {
+            known.0 = count;
+        } else if self.largest.len() < 3 || self.largest.last().is_some_and(|(n, _, _)| *n < count) {
+            let name: Vec<&str> = values.iter().map(|(_, v)| v.as_str()).collect();
+            self.largest.push((count, name.join("/"), hash));
+        }
+        self.largest.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        self.largest.truncate(3);
+    }
+
+    /// Partitions written to.
+    pub fn partitions(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// The largest partitions: their key values joined by `/` and their records, most first.
+    pub fn largest(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.largest.iter().map(|(n, name, _)| (name.as_str(), *n))
+    }
 }
 
 /// Counters of one transform.

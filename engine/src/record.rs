@@ -122,6 +122,21 @@ impl RecordBatch {
         })
     }
 
+    /// The records at positions `range`, in order (none past the end).
+    pub fn range(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = &[u8]> + '_ {
+        let ends = self.ends.get(range.start..range.end.min(self.ends.len())).unwrap_or_default();
+        let mut start = match range.start.checked_sub(1) {
+            Some(before) => self.ends.get(before).map_or(0, |&e| e as usize),
+            None => 0,
+        };
+        ends.iter().map(move |&end| {
+            let end = end as usize;
+            let record = &self.data[start..end];
+            start = end;
+            record
+        })
+    }
+
     /// Keeps the first `len` records (no-op when it has no more).
     pub fn truncate(&mut self, len: usize) {
         if len < self.ends.len() {

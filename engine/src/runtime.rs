@@ -19,7 +19,8 @@ use crate::config::{BackupMode, Input};
 use crate::contract::{PrepareContext, SharedListener, SourceContext, StopSignal};
 use crate::metrics::PipelineMetrics;
 use crate::operators::{
-    BuildObjects, Deliver, DeliveryContext, InflightBudget, PartitionRecords, TransformRecords, read_source,
+    BuildObjects, Deliver, DeliveryContext, DeliveryQueue, InflightBudget, PartitionRecords, TransformRecords,
+    read_source,
 };
 use crate::record::Records;
 
@@ -277,6 +278,7 @@ fn execute(
                         Arc::clone(&context.metrics),
                     );
                 }
+                let queue = std::rc::Rc::new(DeliveryQueue::default());
                 stream
                     .build_objects(
                         &sink.name,
@@ -284,8 +286,9 @@ fn execute(
                         Arc::clone(&sink.settings),
                         sink.sink.parts().is_some(),
                         Arc::clone(&context.metrics),
+                        std::rc::Rc::clone(&queue),
                     )
-                    .deliver(&sink.name, j, Arc::clone(&sink.sink), Arc::clone(&sink.settings), &context)
+                    .deliver(&sink.name, j, Arc::clone(&sink.sink), Arc::clone(&sink.settings), &context, queue)
                     .probe_with(&probe);
             }
         });

@@ -203,21 +203,34 @@ struct JqKeys {
 
 impl KeyQueryWorker for JqKeys {
     fn keys(&mut self, record: &[u8], out: &mut Vec<(String, String)>) -> Result<(), String> {
-        out.clear();
-        // The projection's raw values, when it answers: strings without their quotes, numbers and
-        // booleans as written (null is not a key value).
+        // The projection's raw values, when it answers: strings without their quotes (it answers
+        // only strings without escapes), numbers and booleans as written (null is not a key
+        // value). The strings of `out` are reused: no allocation per record.
         if let Some(projection) = &self.worker.projection
             && projection.select.is_none()
             && let Some(values) = projection.resolve_all(record, &mut self.worker.members)
             && values.iter().all(|v| v.first() != Some(&b'n'))
         {
-            for ((key, _), value) in projection.fields.iter().zip(values) {
-                let name = String::from_utf8_lossy(&key[1..key.len() - 1]).into_owned();
+            out.truncate(projection.fields.len());
+            for (i, ((key, _), value)) in projection.fields.iter().zip(values).enumerate() {
+                let name = String::from_utf8_lossy(&key[1..key.len() - 1]);
                 let text = if value.first() == Some(&b'"') { &value[1..value.len() - 1] } else { value };
-                out.push((name, String::from_utf8_lossy(text).into_owned()));
+                let text = String::from_utf8_lossy(text);
+                match out.get_mut(i) {
+                    Some((n, v)) => {
+                        if *n != name {
+                            n.clear();
+                            n.push_str(&name);
+                        }
+                        v.clear();
+                        v.push_str(&text);
+                    }
+                    None => out.push((name.into_owned(), text.into_owned())),
+                }
             }
             return Ok(());
         }
+        out.clear();
         self.answers.clear();
         self.worker.transform(record, &mut Emit::new(&mut self.answers)).map_err(|f| f.message)?;
         let mut answers = self.answers.iter();

@@ -219,7 +219,8 @@ pub trait KeyQuery: Send + Sync + 'static {
 
 /// One worker's [`KeyQuery`].
 pub trait KeyQueryWorker {
-    /// The record's keys into `out` (cleared first): names and values, strings as they are and
-    /// numbers and booleans as their JSON text; an error says why the record has none.
+    /// The record's keys into `out` (whose entries it replaces; it may reuse their strings):
+    /// names and values, strings as they are and numbers and booleans as their JSON text; an
+    /// error says why the record has none.
     fn keys(&mut self, record: &[u8], out: &mut Vec<(String, String)>) -> Result<(), String>;
 }

@@ -79,7 +79,7 @@ impl<C: RecordCodec> ObjectFormat for TextFormat<C> {
     fn open(&self) -> std::io::Result<Box<dyn ObjectEncoder>> {
         let mut writer = ObjectWriter::new(self.compression)?;
         writer.write(&self.codec.header())?;
-        Ok(Box::new(TextEncoder { codec: Arc::clone(&self.codec), writer, records: 0, scratch: Vec::new() }))
+        Ok(Box::new(TextEncoder { codec: Arc::clone(&self.codec), writer, records: 0 }))
     }
 
     fn content_type(&self) -> &'static str {
@@ -121,17 +121,18 @@ struct TextEncoder<C> {
     codec: Arc<C>,
     writer: ObjectWriter,
     records: u64,
-    scratch: Vec<u8>,
 }
 
 impl<C: RecordCodec> ObjectEncoder for TextEncoder<C> {
     fn append(&mut self, record: &[u8]) -> Result<(), EncodeError> {
-        self.scratch.clear();
-        self.codec.encode(record, &mut self.scratch).map_err(EncodeError::Record)?;
-        if self.records > 0 {
-            self.writer.write(self.codec.separator())?;
-        }
-        self.writer.write(&self.scratch)?;
+        let separator = if self.records > 0 { self.codec.separator() } else { b"" };
+        let codec = &self.codec;
+        self.writer
+            .write_with(|out| {
+                out.extend_from_slice(separator);
+                codec.encode(record, out)
+            })?
+            .map_err(EncodeError::Record)?;
         self.records += 1;
         Ok(())
     }
@@ -141,7 +142,7 @@ impl<C: RecordCodec> ObjectEncoder for TextEncoder<C> {
     }
 
     fn memory(&self) -> u64 {
-        self.writer.memory() + self.scratch.capacity() as u64
+        self.writer.memory()
     }
 
     fn ready_len(&mut self) -> usize {

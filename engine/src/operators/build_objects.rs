@@ -3,8 +3,12 @@
 //!
 //! Guarantees: objects are sealed by size or interval while the input runs (a timer activation is
 //! set for the next deadline) and all at end of input; each sealed object is sent at its own oldest
-//! epoch; no capability is held when nothing is buffered.
+//! epoch; no capability is held when nothing is buffered. A partitioned sink seals its due
+//! partitions only while the sink's [`DeliveryQueue`] has room (the rest stay open, their epochs
+//! held, until the deliver operator wakes it), so memory follows the open partitions' bytes, not a
+//! sealed object per partition.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -15,7 +19,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
-use super::{Epoch, Stage, pending_slot};
+use super::{DeliveryQueue, Epoch, Stage, pending_slot};
 use crate::buffer::{ObjectBatcher, PART_BYTES, SealedObject};
 use crate::config::SinkSettings;
 use crate::metrics::PipelineMetrics;
@@ -32,6 +36,7 @@ pub trait BuildObjects<'scope> {
         settings: Arc<SinkSettings>,
         in_parts: bool,
         metrics: Arc<PipelineMetrics>,
+        queue: Rc<DeliveryQueue>,
     ) -> Stream<'scope, Epoch, Vec<SealedObject>>;
 }
 
@@ -43,6 +48,7 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
         settings: Arc<SinkSettings>,
         in_parts: bool,
         metrics: Arc<PipelineMetrics>,
+        queue: Rc<DeliveryQueue>,
     ) -> Stream<'scope, Epoch, Vec<SealedObject>> {
         let scope = self.scope();
         let sink_name = sink.to_string();
@@ -85,13 +91,16 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                         }
                     });
                     let end_of_input = frontier.frontier().is_empty();
+                    let room = queue.room();
                     let result = if end_of_input {
-                        batcher.seal_all(&mut sealed)
+                        batcher.seal_all(&mut sealed, room)
                     } else {
-                        batcher.seal_expired(now, &mut sealed)
+                        batcher.seal_expired(now, &mut sealed, room)
                     };
-                    if let Err(e) = result {
-                        tracing::error!(sink = %sink_name, error = %e, "cannot finish an object");
+                    match result {
+                        Ok(true) => {}
+                        Ok(false) => queue.block(activator.clone()),
+                        Err(e) => tracing::error!(sink = %sink_name, error = %e, "cannot finish an object"),
                     }
                     if let Some(h) = held.as_ref() {
                         // One session (one container) per epoch, not per object: a partitioned
@@ -125,12 +134,14 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                             && let Ok(mut records) = m.partition_records.lock()
                         {
                             for (keys, n) in written {
-                                let name: Vec<&str> = keys.iter().map(|(_, v)| v.as_str()).collect();
-                                *records.entry(name.join("/")).or_default() += n;
+                                records.add(&keys, n);
                             }
                         }
                     }
-                    if let Some(deadline) = batcher.next_deadline() {
+                    // Due objects left open wait for the deliver operator's wake, not a timer.
+                    if let Some(deadline) = batcher.next_deadline()
+                        && !queue.is_blocked()
+                    {
                         activator.activate_after(deadline.saturating_duration_since(now));
                     }
                 }
@@ -159,17 +170,19 @@ impl Buffers {
         }
     }
 
-    fn seal_all(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
+    /// Seals everything, or (partitioned) at most `room` partitions: `Ok(false)` when some are left.
+    fn seal_all(&mut self, sealed: &mut Vec<SealedObject>, room: usize) -> std::io::Result<bool> {
         match self {
-            Buffers::Plain(b) => b.seal_all(sealed),
-            Buffers::Partitioned(p) => p.seal_all(sealed),
+            Buffers::Plain(b) => b.seal_all(sealed).map(|()| true),
+            Buffers::Partitioned(p) => p.seal_all(sealed, room),
         }
     }
 
-    fn seal_expired(&mut self, now: Instant, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
+    /// Seals what is due, or (partitioned) at most `room` partitions: `Ok(false)` when some are left.
+    fn seal_expired(&mut self, now: Instant, sealed: &mut Vec<SealedObject>, room: usize) -> std::io::Result<bool> {
         match self {
-            Buffers::Plain(b) => b.seal_expired(now, sealed),
-            Buffers::Partitioned(p) => p.seal_expired(now, sealed),
+            Buffers::Plain(b) => b.seal_expired(now, sealed).map(|()| true),
+            Buffers::Partitioned(p) => p.seal_expired(now, sealed, room),
         }
     }
 

@@ -10,6 +10,7 @@
 //! nothing acknowledged is passed over while a destination and its backup are both down.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -19,7 +20,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
-use super::{Epoch, InflightBudget, Stage, pending_slot};
+use super::{DeliveryQueue, Epoch, InflightBudget, Stage, pending_slot};
 use bytes::Bytes;
 use timely::scheduling::SyncActivator;
 
@@ -70,7 +71,7 @@ struct InFlight {
 }
 
 /// Whole objects one deliver operator stores at once.
-const MAX_DELIVERIES: usize = 256;
+pub(super) const MAX_DELIVERIES: usize = 256;
 
 /// How one object's delivery ended: every object ends stored or backed up (the error output is
 /// retried until it is stored, blocking delivery meanwhile).
@@ -291,6 +292,7 @@ pub trait Deliver<'scope> {
         sink: Arc<dyn Sink>,
         settings: Arc<SinkSettings>,
         context: &DeliveryContext,
+        queue: Rc<DeliveryQueue>,
     ) -> Stream<'scope, Epoch, Vec<DeliveryReceipt>>;
 }
 
@@ -302,6 +304,7 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
         sink: Arc<dyn Sink>,
         settings: Arc<SinkSettings>,
         context: &DeliveryContext,
+        queue: Rc<DeliveryQueue>,
     ) -> Stream<'scope, Epoch, Vec<DeliveryReceipt>> {
         let DeliveryContext { runtime, budget, metrics } = context.clone();
         let error_sink = sink.error_output().unwrap_or_else(|| Arc::clone(&sink));
@@ -359,6 +362,7 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                             UploadStep::Whole => None,
                         };
                         let Some(capability) = cap.retain_least(0) else { continue };
+                        queue.add();
                         let ticket = next_ticket;
                         next_ticket += 1;
                         budget.acquire(part_len);
@@ -410,6 +414,7 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                 }
                 while let Ok((ticket, outcome)) = done_rx.try_recv() {
                     let Some(done) = in_flight.remove(&ticket) else { continue };
+                    queue.done();
                     if !done.in_parts {
                         delivering -= 1;
                         // A slot is free: the next activation starts a waiting object.

@@ -14,8 +14,11 @@ mod partition;
 mod read;
 mod transform;
 
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use timely::scheduling::Activator;
 
 pub use build_objects::BuildObjects;
 pub use deliver::{Deliver, DeliveryContext, DeliveryReceipt};
@@ -51,6 +54,69 @@ impl InflightBudget {
 
     fn release(&self, n: u64) {
         self.bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// The whole objects one sink's deliver operator holds on this worker and has not finished
+/// (waiting for a slot or being stored), shared with the sink's buffer operator on the same worker.
+///
+/// The buffer operator seals objects that are merely due (their interval passed, or the input
+/// ended) only while the queue has room: a partitioned sink with thousands of due partitions keeps
+/// them in their compact open form (bytes, no compressor) instead of turning them all at once into
+/// sealed objects that wait here. When it leaves due objects open it says so ([`Self::block`]), and
+/// the deliver operator wakes it once half the room is free. Objects sealed by size, or to keep a
+/// partitioned sink within `max_open_mb`, are sealed whatever the queue holds.
+#[derive(Default)]
+pub struct DeliveryQueue {
+    objects: Cell<usize>,
+    blocked: Cell<bool>,
+    buffer: RefCell<Option<Activator>>,
+}
+
+impl DeliveryQueue {
+    /// Objects the queue takes before due objects wait in the buffer operator.
+    pub const LIMIT: usize = 16 * deliver::MAX_DELIVERIES;
+
+    /// How many more objects the buffer operator may seal now: none until half the queue is free,
+    /// so due objects are sealed in steps of hundreds, not one at a time.
+    pub(crate) fn room(&self) -> usize {
+        let room = Self::LIMIT.saturating_sub(self.objects.get());
+        if room >= Self::LIMIT / 2 { room } else { 0 }
+    }
+
+    /// The buffer operator left due objects open for want of room: wake it through `activator`.
+    pub(crate) fn block(&self, activator: Activator) {
+        self.blocked.set(true);
+        *self.buffer.borrow_mut() = Some(activator);
+    }
+
+    /// Whether the buffer operator is waiting for room.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked.get()
+    }
+
+    pub(crate) fn add(&self) {
+        self.objects.set(self.objects.get() + 1);
+    }
+
+    /// An object is finished; wakes a waiting buffer operator when half the room is free.
+    pub(crate) fn done(&self) {
+        self.objects.set(self.objects.get().saturating_sub(1));
+        if self.blocked.get() && self.objects.get() <= Self::LIMIT / 2 {
+            self.blocked.set(false);
+            if let Some(activator) = self.buffer.borrow_mut().take() {
+                activator.activate();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for DeliveryQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryQueue")
+            .field("objects", &self.objects.get())
+            .field("blocked", &self.blocked.get())
+            .finish()
     }
 }
 

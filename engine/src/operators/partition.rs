@@ -40,8 +40,12 @@ pub trait PartitionRecords<'scope> {
     ) -> Stream<'scope, Epoch, Vec<Records>>;
 }
 
-/// A partition met in a batch: its keys and records, or why its key values cannot name objects.
-type Partition = Result<(PartitionKeys, RecordBatch), Arc<str>>;
+/// A partition's keys and the worker that buffers it, or why its key values cannot name objects.
+type Partition = Result<(PartitionKeys, u32), Arc<str>>;
+
+/// Distinct key values remembered between batches (then forgotten all at once): enough for
+/// Firehose-like partition counts, bounded with any number.
+const MAX_INTERNED: usize = 16_384;
 
 /// The error code of a record whose partition keys cannot be found or used.
 const METADATA_EXTRACTION_FAILED: &str = "DynamicPartitioning.MetadataExtractionFailed";
@@ -63,6 +67,7 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
         metrics: Arc<PipelineMetrics>,
     ) -> Stream<'scope, Epoch, Vec<Records>> {
         let worker = self.scope().index() as u64;
+        let peers = self.scope().peers() as u64;
         let sink_name = sink.to_string();
         let keyed = self.unary::<CapacityContainerBuilder<Vec<Records>>, _, _, _>(
             Pipeline,
@@ -81,6 +86,8 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                 }
                 let mut found: Vec<(String, String)> = Vec::new();
                 let mut values: Vec<String> = Vec::new();
+                // Key values met recently: checked once, their keys shared by all their records.
+                let mut interned: rustc_hash::FxHashMap<Vec<String>, Partition> = rustc_hash::FxHashMap::default();
                 move |input, output| {
                     input.for_each(|cap, data| {
                         let mut session = output.session(&cap);
@@ -92,11 +99,13 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                     continue;
                                 }
                             };
-                            // Per distinct key values in the batch: checked once, and their
-                            // records (or why they cannot be partitioned).
-                            let mut keyed: rustc_hash::FxHashMap<Vec<String>, Partition> =
-                                rustc_hash::FxHashMap::default();
                             let mut failed = FailedRecords::new(ErrorOutputType::PartitioningFailed, batch.arrival_ms);
+                            // (worker, partition, record): sorted, one batch per worker, grouped
+                            // by partition, records in arrival order within a partition.
+                            let mut routed: Vec<(u32, u32, &[u8])> = Vec::with_capacity(batch.len());
+                            let mut partitions: Vec<PartitionKeys> = Vec::new();
+                            let mut seen: rustc_hash::FxHashMap<*const (String, String), u32> =
+                                rustc_hash::FxHashMap::default();
                             let mut pieces: Vec<&[u8]> = Vec::new();
                             for (i, whole) in batch.iter().enumerate() {
                                 pieces.clear();
@@ -127,7 +136,12 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                         failed.push(record, RecordFailure::local(METADATA_EXTRACTION_FAILED, reason));
                                         continue;
                                     }
-                                    if !keyed.contains_key(values.as_slice()) {
+                                    if !interned.contains_key(values.as_slice()) {
+                                        // Forgetting is safe mid-batch: a partition met again gets
+                                        // new, equal keys (the buffer operator compares values).
+                                        if interned.len() >= MAX_INTERNED {
+                                            interned.clear();
+                                        }
                                         let partition =
                                             settings.keys.check_partition(&values).map_err(Arc::from).map(|()| {
                                                 let pairs: Vec<(String, String)> = partitioning
@@ -137,12 +151,20 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                                     .map(|(k, v)| (k.name.clone(), v.clone()))
                                                     .collect();
                                                 let keys: PartitionKeys = Arc::from(pairs);
-                                                (keys, RecordBatch::with_capacity(batch.arrival_ms, 0))
+                                                let worker = (route(&keys) % peers) as u32;
+                                                (keys, worker)
                                             });
-                                        keyed.insert(values.clone(), partition);
+                                        interned.insert(values.clone(), partition);
                                     }
-                                    match keyed.get_mut(values.as_slice()) {
-                                        Some(Ok((keys, b))) => b.push_with_keys(record, Some(Arc::clone(keys))),
+                                    match interned.get(values.as_slice()) {
+                                        Some(Ok((keys, worker))) => {
+                                            let next = partitions.len() as u32;
+                                            let id = *seen.entry(keys.as_ptr()).or_insert_with(|| {
+                                                partitions.push(Arc::clone(keys));
+                                                next
+                                            });
+                                            routed.push((*worker, id, record));
+                                        }
                                         Some(Err(reason)) => failed.push(
                                             record,
                                             RecordFailure::local(METADATA_EXTRACTION_FAILED, Arc::clone(reason)),
@@ -157,15 +179,22 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                     .fetch_add(failed.records.len() as u64, Relaxed);
                                 session.give(Records::Failed(failed));
                             }
-                            for (_, b) in keyed.into_values().flatten() {
-                                session.give(Records::Deliver(b));
+                            routed.sort_by_key(|&(worker, id, _)| (worker, id));
+                            let mut routed = routed.into_iter().peekable();
+                            while let Some(&(worker, _, _)) = routed.peek() {
+                                let mut out = RecordBatch::with_capacity(batch.arrival_ms, 0);
+                                while let Some((_, id, record)) = routed.next_if(|r| r.0 == worker) {
+                                    let keys = partitions.get(id as usize).map(Arc::clone);
+                                    out.push_with_keys(record, keys);
+                                }
+                                session.give(Records::Deliver(out));
                             }
                         }
                     });
                 }
             },
         );
-        // A keyed batch holds one partition: it goes to that partition's worker; the rest stays.
+        // A keyed batch holds the partitions of one worker: it goes there; the rest stays.
         keyed.exchange(move |records| match records {
             Records::Deliver(b) => b.partition_keys(0).map_or(worker, route),
             _ => worker,
@@ -183,27 +212,35 @@ fn key_values(
     found: &mut Vec<(String, String)>,
     values: &mut Vec<String>,
 ) -> Result<(), String> {
-    values.clear();
-    found.clear();
     if let Some(q) = query
         && keys.iter().any(|k| !k.from_lambda)
     {
         q.keys(record, found).map_err(|e| format!("the partitioning query failed: {e}"))?;
+    } else {
+        found.clear();
     }
-    for key in keys {
+    // The strings of `values` are reused: no allocation per record.
+    values.truncate(keys.len());
+    for (i, key) in keys.iter().enumerate() {
         let value = if key.from_lambda {
             lambda
                 .and_then(|l| l.iter().find(|(n, _)| *n == key.name))
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| v.as_str())
                 .ok_or_else(|| format!("the record has no partition key `{}` from a lambda transform", key.name))?
         } else {
             found
                 .iter()
                 .find(|(n, _)| *n == key.name)
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| v.as_str())
                 .ok_or_else(|| format!("the partitioning query gave no key `{}`", key.name))?
         };
-        values.push(value);
+        match values.get_mut(i) {
+            Some(slot) => {
+                slot.clear();
+                slot.push_str(value);
+            }
+            None => values.push(value.to_string()),
+        }
     }
     Ok(())
 }

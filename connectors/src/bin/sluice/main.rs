@@ -626,15 +626,13 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
             raw as f64 / 1e6 / secs
         );
         if let Ok(partitions) = m.partition_records.lock()
-            && !partitions.is_empty()
+            && partitions.partitions() > 0
         {
-            let mut largest: Vec<(&String, &u64)> = partitions.iter().collect();
-            largest.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-            let top: Vec<String> = largest.iter().take(3).map(|(k, n)| format!("{k} ({n})")).collect();
+            let top: Vec<String> = partitions.largest().map(|(k, n)| format!("{k} ({n})")).collect();
             let _ = writeln!(
                 out,
                 "    partitions {} written, {} sealed early; largest: {}",
-                partitions.len(),
+                partitions.partitions(),
                 m.partitions_sealed_early.load(Relaxed),
                 top.join(", ")
             );
