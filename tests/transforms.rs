@@ -479,6 +479,21 @@ fn wait(mut child: Child) -> Option<i32> {
 }
 
 #[test]
+fn a_query_error_in_a_multi_line_string_points_at_its_line_and_column() {
+    let transforms = "[transforms.a]\ntype = \"jq\"\ninputs = [\"gen\"]\nquery = '''\n.a\n  | nosuch(1)'''\n";
+    let toml = pipeline("bad", 1, transforms, &memory_sink("out", "a", "bad"));
+    let Err(d) = plan_from_str(&toml, &registry()) else { panic!("accepted:\n{toml}") };
+    let at = toml.find("nosuch(1)").unwrap();
+    let line = toml[..at].matches('\n').count() + 1;
+    let col = at - toml[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+    let short = d.short();
+    assert!(
+        short.iter().any(|l| l.contains(&format!(":{line}:{col}: the jq query does not compile"))),
+        "expected {line}:{col} in {short:?}"
+    );
+}
+
+#[test]
 fn transform_config_errors_point_at_what_is_wrong() {
     let check = |transforms: &str, sinks_input: &str, expected: &[&str]| {
         let toml = pipeline("bad", 1, transforms, &memory_sink("out", sinks_input, "bad"));

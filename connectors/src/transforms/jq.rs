@@ -61,10 +61,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
     let c: JqConfig = config.table.deserialize()?;
     if let Err(problems) = compile(&c.query) {
         let (offset, message) = problems.into_iter().next().unwrap_or((0, "does not compile".into()));
-        // Inside the string when the offset falls in it (+1 skips a basic string's opening quote).
-        let at = query_span.start + 1 + offset;
-        let span = if at < query_span.end { at..at + 1 } else { query_span };
-        return Err(Diagnostic::new(span, format!("the jq query does not compile: {message}"))
+        return Err(Diagnostic::in_string(query_span, offset, format!("the jq query does not compile: {message}"))
             .with_hint("jq syntax (jaq): e.g. query = '{time: .eventTime, user: .userIdentity.userName}'"));
     }
     let projection = Projection::parse(&c.query);

@@ -63,10 +63,13 @@ fn read_columns(mut table: Section, problems: &mut Vec<Diagnostic>) -> Option<Ta
         let ty = match ColumnType::parse(ty_text.get_ref()) {
             Ok(t) => t,
             Err(e) => {
-                let at = ty_text.span().start + 1 + e.offset;
                 problems.push(
-                    Diagnostic::new(at..at + 1, format!("column `{}`: {}", name.get_ref(), e.message))
-                        .with_hint(format!("types: {TYPE_NAMES}")),
+                    Diagnostic::in_string(
+                        ty_text.span(),
+                        e.offset,
+                        format!("column `{}`: {}", name.get_ref(), e.message),
+                    )
+                    .with_hint(format!("types: {TYPE_NAMES}")),
                 );
                 continue;
             }
@@ -122,8 +125,7 @@ fn load_schema_file(
     if inner.is_empty() {
         return schema;
     }
-    inner.sort_by_key(|d| d.span.start);
-    let rendered = Diagnostics { file: as_written.to_string(), source: text.to_string(), items: inner };
+    let rendered = Diagnostics::new(as_written, text, inner);
     let lines: Vec<String> = rendered
         .short()
         .into_iter()

@@ -17,12 +17,21 @@ pub struct Diagnostic {
     pub message: String,
     /// How to fix it, e.g. "did you mean `paths`?".
     pub hint: Option<String>,
+    /// The problem is at this byte of the decoded string written at `span` (a query's or a
+    /// pattern's own error offset); [`Diagnostics::new`] points it at the source character.
+    pub in_string: Option<usize>,
 }
 
 impl Diagnostic {
     /// A problem at `span`.
     pub fn new(span: Range<usize>, message: impl Into<String>) -> Self {
-        Diagnostic { span, message: message.into(), hint: None }
+        Diagnostic { span, message: message.into(), hint: None, in_string: None }
+    }
+
+    /// A problem at byte `offset` of the string value written at `value_span` (any of TOML's four
+    /// string kinds: quotes, escapes and line-ending backslashes are accounted for).
+    pub fn in_string(value_span: Range<usize>, offset: usize, message: impl Into<String>) -> Self {
+        Diagnostic { span: value_span, message: message.into(), hint: None, in_string: Some(offset) }
     }
 
     /// Adds a hint.
@@ -41,6 +50,71 @@ pub struct Diagnostics {
     pub source: String,
     /// The problems, in source order.
     pub items: Vec<Diagnostic>,
+}
+
+/// The source span of the character at byte `offset` of the decoded string written at `span` in
+/// `source` (a TOML basic, literal, multi-line basic or multi-line literal string); `span` itself
+/// when the offset is not inside it (a string changed by `${VAR}` expansion may not map exactly).
+pub fn span_in_string(source: &str, span: Range<usize>, offset: usize) -> Range<usize> {
+    let Some(raw) = source.get(span.clone()) else { return span };
+    let (delimiter, basic) = match raw.as_bytes() {
+        [b'\'', b'\'', b'\'', ..] => (3, false),
+        [b'"', b'"', b'"', ..] => (3, true),
+        [b'\'', ..] => (1, false),
+        [b'"', ..] => (1, true),
+        _ => return span,
+    };
+    let bytes = raw.as_bytes();
+    let end = bytes.len().saturating_sub(delimiter);
+    let mut at = delimiter;
+    // A newline right after a multi-line string's opening delimiter is not part of the string.
+    if delimiter == 3 {
+        if bytes.get(at) == Some(&b'\n') {
+            at += 1;
+        } else if bytes.get(at..at + 2) == Some(b"\r\n") {
+            at += 2;
+        }
+    }
+    let mut decoded = 0;
+    while at < end {
+        // Bytes this source character stands for in the decoded string, and its length here.
+        let (stands_for, written) = match bytes[at] {
+            b'\\' if basic => match bytes.get(at + 1) {
+                Some(b'u') => (unicode_escape_len(raw.get(at + 2..at + 6)), 6),
+                Some(b'U') => (unicode_escape_len(raw.get(at + 2..at + 10)), 10),
+                // A line-ending backslash: it and the whitespace after it stand for nothing.
+                Some(b' ' | b'\t' | b'\r' | b'\n') => {
+                    let skipped = bytes[at + 1..end].iter().take_while(|b| b.is_ascii_whitespace()).count();
+                    (0, 1 + skipped)
+                }
+                _ => (1, 2),
+            },
+            b => {
+                let n = if b < 0x80 { 1 } else { utf8_len(b) };
+                (n, n)
+            }
+        };
+        if offset < decoded + stands_for {
+            return span.start + at..span.start + at + written;
+        }
+        decoded += stands_for;
+        at += written;
+    }
+    span
+}
+
+/// Bytes of the character a `\uXXXX` or `\UXXXXXXXX` escape decodes to (1 when malformed).
+fn unicode_escape_len(hex: Option<&str>) -> usize {
+    hex.and_then(|h| u32::from_str_radix(h, 16).ok()).and_then(char::from_u32).map_or(1, char::len_utf8)
+}
+
+/// Bytes of the UTF-8 character starting with `first`.
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xf0.. => 4,
+        0xe0.. => 3,
+        _ => 2,
+    }
 }
 
 /// A 1-based line and column.
@@ -70,6 +144,18 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 }
 
 impl Diagnostics {
+    /// The problems found in `source` (named `file`), in source order, each pointing at its
+    /// character inside a string value when it says which.
+    pub fn new(file: &str, source: &str, mut items: Vec<Diagnostic>) -> Self {
+        for d in &mut items {
+            if let Some(offset) = d.in_string.take() {
+                d.span = span_in_string(source, d.span.clone(), offset);
+            }
+        }
+        items.sort_by_key(|d| d.span.start);
+        Diagnostics { file: file.to_string(), source: source.to_string(), items }
+    }
+
     /// Position of one diagnostic.
     pub fn position(&self, d: &Diagnostic) -> LineCol {
         line_col(&self.source, d.span.start)
@@ -151,5 +237,28 @@ mod tests {
     fn suggests_close_names_only() {
         assert_eq!(did_you_mean("pathz", ["paths", "url"]), Some("paths"));
         assert_eq!(did_you_mean("zzz", ["paths", "url"]), None);
+    }
+
+    /// The character pointed at for byte `offset` of each kind of string.
+    #[test]
+    fn offsets_in_every_kind_of_string_point_at_their_source_character() {
+        let cases: &[(&str, usize, &str)] = &[
+            // (the value as written, the offset in the decoded string, the source text pointed at)
+            (r"'{a: .b | }'", 9, "}"),
+            (r#""x\ty | z""#, 6, "z"),
+            (r#""\u00e9 | z""#, 5, "z"),
+            (r#""\u00e9 | z""#, 1, r"\u00e9"),
+            ("'''\n{a: .b,\n  c: }'''", 13, "}"),
+            ("\"\"\"\n.a | \\\n    bad(\"\"\"", 5, "b"),
+            ("'é | z'", 5, "z"),
+        ];
+        for (value, offset, expected) in cases {
+            let source = format!("query = {value}\n");
+            let start = "query = ".len();
+            let span = span_in_string(&source, start..start + value.len(), *offset);
+            assert_eq!(&source[span], *expected, "{value} at {offset}");
+        }
+        // An offset past the end points at the whole value.
+        assert_eq!(span_in_string("q = 'ab'", 4..8, 9), 4..8);
     }
 }

@@ -39,10 +39,7 @@ pub fn load_file(path: &Path, registry: &Registry) -> Result<Plan, Diagnostics> 
 pub fn load_str(file: &str, text: String, base_dir: &Path, registry: &Registry) -> Result<Plan, Diagnostics> {
     // The spanned tree borrows the text; a config is loaded once, so its text lives for the process.
     let text: &'static str = Box::leak(text.into_boxed_str());
-    let fail = |items: Vec<Diagnostic>| Diagnostics { file: file.to_string(), source: text.to_string(), items };
+    let fail = |items: Vec<Diagnostic>| Diagnostics::new(file, text, items);
     let root = document::parse_document(text).map_err(fail)?;
-    resolve::resolve(root, base_dir, registry).map_err(|mut items| {
-        items.sort_by_key(|d| d.span.start);
-        fail(items)
-    })
+    resolve::resolve(root, base_dir, registry).map_err(fail)
 }

@@ -837,12 +837,13 @@ fn take_partitioning(
             match registry.key_query.map(|compile| compile(q.get_ref())) {
                 Some(Ok(compiled)) => query = Some((compiled, q.span())),
                 Some(Err((offset, message))) => {
-                    let at = q.span().start + 1 + offset;
-                    let span = if at < q.span().end { at..at + 1 } else { q.span() };
                     problems.push(
-                        Diagnostic::new(span, format!("the partitioning query does not compile: {message}")).with_hint(
-                            "a jq expression giving an object, e.g. query = '{account: .recipientAccountId}'",
-                        ),
+                        Diagnostic::in_string(
+                            q.span(),
+                            offset,
+                            format!("the partitioning query does not compile: {message}"),
+                        )
+                        .with_hint("a jq expression giving an object, e.g. query = '{account: .recipientAccountId}'"),
                     );
                 }
                 None => problems.push(Diagnostic::new(q.span(), "this build has no query language for partitioning")),
@@ -1170,19 +1171,14 @@ fn take_sink_settings(
             Err(e) => {
                 let value: Option<&Spanned<String>> =
                     if e.field == "prefix" { prefix.as_ref() } else { error_prefix.as_ref() };
-                // Point inside the string when we can: +1 skips the opening quote.
-                let span = match value {
-                    Some(v) if e.error.offset > 0 => {
-                        let at = v.span().start + 1 + e.error.offset;
-                        at..at + 1
-                    }
-                    Some(v) => v.span(),
-                    None => section.span.clone(),
+                // Point inside the string when we can.
+                let message = format!("bad {}: {}", e.field, e.error.message);
+                let diagnostic = match value {
+                    Some(v) if e.error.offset > 0 => Diagnostic::in_string(v.span(), e.error.offset, message),
+                    Some(v) => Diagnostic::new(v.span(), message),
+                    None => Diagnostic::new(section.span.clone(), message),
                 };
-                problems.push(
-                    Diagnostic::new(span, format!("bad {}: {}", e.field, e.error.message))
-                        .with_hint(e.error.hint.clone()),
-                );
+                problems.push(diagnostic.with_hint(e.error.hint.clone()));
                 None
             }
         },
