@@ -1,8 +1,9 @@
 //! Dynamic partitioning: records exchanged by partition across 1, 2 and 4 workers (every record
 //! once, one object per partition, every object's records evaluating with the jq 1.6 CLI to the
 //! key values in its prefix), hostile key values to `partitioning-failed`, keys from a lambda
-//! transform through a real function server, the open-partition memory budget, partitioned Parquet
-//! read by DuckDB with hive partitioning, and the config rules.
+//! transform through a real function server, the open-partition memory budget (100,000 partitions
+//! in `max_open_mb = 64`), partitioned CSV, raw and Parquet objects (Parquet read by DuckDB with hive
+//! partitioning), and the config rules.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -264,6 +265,73 @@ fn summary_figures(output: &std::process::Output) -> (f64, u64) {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no delivered count in {text}"));
     (rss, delivered)
+}
+
+#[test]
+fn csv_and_raw_objects_are_partitioned_too() {
+    const RECORDS: u64 = 2_000;
+    let expected: std::collections::BTreeSet<String> = generated(Profile::Cloudtrail, 7, RECORDS)
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["eventID"].as_str().unwrap().to_string())
+        .collect();
+    for (format, compression, extra) in [
+        ("csv", "gzip", "columns = [\"recipientAccountId\", \"awsRegion\", \"eventName\", \"eventID\"]\n"),
+        ("raw", "zstd", ""),
+    ] {
+        let store = format!("partitioned-{format}");
+        let toml = format!(
+            "[pipeline]\nname = \"lake\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = {RECORDS}\nseed = 7\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"gen\"]\nurl = \"memory://{store}/lake\"\nformat = \"{format}\"\n\
+             compression = \"{compression}\"\n{extra}buffer = {{ size_mb = 64, interval_s = 60 }}\npartitioning = {{ query = '{QUERY}' }}\n\
+             prefix = \"account=!{{partitionKeyFromQuery:account}}/region=!{{partitionKeyFromQuery:region}}/event=!{{partitionKeyFromQuery:event}}/\"\n\
+             error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n"
+        );
+        run_pipeline(&toml, &registry(), 2).unwrap();
+        let objects = memory_objects(&store);
+        assert!(
+            objects.len() > 10 && objects.keys().all(|k| !k.contains("/errors/")),
+            "{format}: {:?}",
+            objects.keys()
+        );
+        let mut ids = Vec::new();
+        for (key, lines) in &objects {
+            let values = values_in(key);
+            // Each record as (account, region, event, id).
+            let records: Vec<[String; 4]> = if format == "csv" {
+                assert!(key.ends_with(".csv.gz"), "{key}");
+                assert_eq!(lines[0], "recipientAccountId,awsRegion,eventName,eventID", "{key}");
+                lines[1..]
+                    .iter()
+                    .map(|row| {
+                        let f: Vec<&str> = row.split(',').collect();
+                        [f[0].to_string(), f[1].to_string(), f[2].to_string(), f[3].to_string()]
+                    })
+                    .collect()
+            } else {
+                assert!(key.ends_with(".zst"), "{key}");
+                // Raw: the records' bytes back to back, as received.
+                let text = lines.join("\n");
+                serde_json::Deserializer::from_str(&text)
+                    .into_iter::<serde_json::Value>()
+                    .map(|v| {
+                        let v = v.unwrap();
+                        let field = |name: &str| v[name].as_str().unwrap_or_default().to_string();
+                        [field("recipientAccountId"), field("awsRegion"), field("eventName"), field("eventID")]
+                    })
+                    .collect()
+            };
+            for [account, region, event, id] in records {
+                assert_eq!(
+                    (&account, &region, &event),
+                    (&values["account"], &values["region"], &values["event"]),
+                    "{key}"
+                );
+                ids.push(id);
+            }
+        }
+        let delivered: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+        assert_eq!((ids.len(), delivered), (RECORDS as usize, expected.clone()), "{format}: every record once");
+    }
 }
 
 #[test]
