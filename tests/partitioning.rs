@@ -207,6 +207,40 @@ fn partitioned_parquet_reads_back_with_duckdb_hive_partitioning() {
     assert!(v["regions"].as_u64().unwrap() > 1);
 }
 
+/// A partition's object holds no compressor of its own: each 256 KiB block is its own gzip member.
+/// The readers users point at a lake read such objects whole: DuckDB, pyarrow and Python's gzip.
+#[test]
+fn partitioned_gzip_objects_of_several_members_read_back_whole() {
+    const RECORDS: u64 = 6_000;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let toml = format!(
+        "[pipeline]\nname = \"gz\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = {RECORDS}\nseed = 9\n\
+         [sinks.lake]\ntype = \"object_store\"\ninputs = [\"gen\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\ncompression = \"gzip\"\n\
+         partitioning = {{ query = '{{account: .recipientAccountId}}' }}\nprefix = \"account=!{{partitionKeyFromQuery:account}}/\"\n\
+         error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n",
+        out.display()
+    );
+    run_pipeline(&toml, &registry(), 2).unwrap();
+    let script = format!(
+        "import duckdb, glob, gzip, json, pyarrow.json as pj\n\
+         files = sorted(glob.glob('{root}/**/*.gz', recursive=True))\n\
+         members = sum(open(f, 'rb').read().count(bytes([0x1f, 0x8b, 8])) for f in files)\n\
+         lines = sum(gzip.decompress(open(f, 'rb').read()).count(b'\\n') for f in files)\n\
+         arrow = sum(pj.read_json(f).num_rows for f in files)\n\
+         duck = duckdb.sql(\"select count(*) from read_json('{root}/**/*.gz', format='newline_delimited')\").fetchone()[0]\n\
+         print(json.dumps({{'files': len(files), 'members': members, 'lines': lines, 'arrow': arrow, 'duckdb': duck}}))\n",
+        root = out.display()
+    );
+    let output = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(v["members"].as_u64().unwrap() > v["files"].as_u64().unwrap(), "several members per object: {v}");
+    for reader in ["lines", "arrow", "duckdb"] {
+        assert_eq!(v[reader], RECORDS, "{reader}: {v}");
+    }
+}
+
 #[test]
 fn partitioning_config_errors_follow_firehose_rules() {
     let sink = |keys: &str| {

@@ -90,9 +90,16 @@ struct OpenObject {
 }
 
 impl OpenObject {
-    fn open(format: &dyn ObjectFormat, epoch: u64, arrival_ms: i64, now: Instant) -> std::io::Result<Self> {
+    /// An object of `format`; `one_of_many` for a partition's (see [`ObjectFormat::open_one_of_many`]).
+    fn open(
+        format: &dyn ObjectFormat,
+        one_of_many: bool,
+        epoch: u64,
+        arrival_ms: i64,
+        now: Instant,
+    ) -> std::io::Result<Self> {
         Ok(OpenObject {
-            encoder: format.open()?,
+            encoder: if one_of_many { format.open_one_of_many()? } else { format.open()? },
             opened: now,
             oldest_arrival_ms: arrival_ms,
             epoch,
@@ -220,7 +227,16 @@ impl ObjectBatcher {
     ) -> std::io::Result<Result<(), String>> {
         let object = match &mut self.data {
             Some(object) => object,
-            empty => empty.insert(OpenObject::open(self.config.settings.format.as_ref(), epoch, arrival_ms, now)?),
+            empty => {
+                let one_of_many = self.partition.is_some();
+                empty.insert(OpenObject::open(
+                    self.config.settings.format.as_ref(),
+                    one_of_many,
+                    epoch,
+                    arrival_ms,
+                    now,
+                )?)
+            }
         };
         match object.encoder.append(record) {
             Ok(()) => {
@@ -369,7 +385,7 @@ impl ObjectBatcher {
         let object = match self.errors.entry(kind) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(OpenObject::open(self.config.error_format.as_ref(), epoch, arrival_ms, now)?)
+                v.insert(OpenObject::open(self.config.error_format.as_ref(), false, epoch, arrival_ms, now)?)
             }
         };
         object.encoder.append(line).map_err(|e| match e {

@@ -88,6 +88,9 @@ enum Compressor {
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
     Snappy(Box<snap::write::FrameEncoder<Vec<u8>>>),
+    /// No state: each block is compressed whole, as its own member, by the thread's compressor;
+    /// the members so far.
+    Blocks(Vec<u8>),
 }
 
 impl Compressor {
@@ -171,6 +174,8 @@ pub struct ObjectWriter {
     staged: Vec<u8>,
     /// Bytes written before compression.
     uncompressed: u64,
+    /// Full blocks become independent members instead of going through a compressor of its own.
+    in_blocks: bool,
 }
 
 /// Size of the blocks handed to the compressor: 256 KiB stays in L2 (2 MiB measured 10-28 % slower).
@@ -191,7 +196,20 @@ impl ObjectWriter {
         };
         // The staging buffer grows with what is written (a partitioned sink may hold thousands of
         // small open objects).
-        Ok(ObjectWriter { compression, compressor, staged: Vec::new(), uncompressed: 0 })
+        Ok(ObjectWriter { compression, compressor, staged: Vec::new(), uncompressed: 0, in_blocks: false })
+    }
+
+    /// A new, empty object that never holds a compressor: each block of [`STAGING_BYTES`] is
+    /// compressed whole as an independent member (a gzip member, a zstd frame, a Snappy stream) by
+    /// the thread's compressor. The object is its members back to back, which the format's readers
+    /// read as one stream (RFC 1952 §2.2; zstd frames; Snappy's framing format allows a repeated
+    /// stream identifier); each member starts without the previous block's dictionary.
+    pub fn in_blocks(compression: Compression) -> Self {
+        let compressor = match compression {
+            Compression::None => Some(Box::new(Compressor::None(Vec::new()))),
+            _ => None,
+        };
+        ObjectWriter { compression, compressor, staged: Vec::new(), uncompressed: 0, in_blocks: true }
     }
 
     /// About how much memory the open object holds: its staged and compressed bytes and its
@@ -204,6 +222,7 @@ impl ObjectWriter {
             Some(Compressor::Gzip(w)) => (416 << 10, w.get_ref().capacity()),
             Some(Compressor::Zstd(w)) => (1_400 << 10, w.get_ref().capacity()),
             Some(Compressor::Snappy(w)) => (132 << 10, w.get_ref().capacity()),
+            Some(Compressor::Blocks(v)) => (0, v.capacity()),
         };
         (state + output + self.staged.capacity()) as u64
     }
@@ -244,6 +263,7 @@ impl ObjectWriter {
     fn compress_staged(&mut self) -> std::io::Result<()> {
         let compressor = match &mut self.compressor {
             Some(c) => c,
+            empty if self.in_blocks => empty.insert(Box::new(Compressor::Blocks(Vec::new()))),
             empty => empty.insert(Box::new(Compressor::new(self.compression)?)),
         };
         let result = match compressor.as_mut() {
@@ -254,6 +274,10 @@ impl ObjectWriter {
             Compressor::Gzip(w) => w.write_all(&self.staged),
             Compressor::Zstd(w) => w.write_all(&self.staged),
             Compressor::Snappy(w) => w.write_all(&self.staged),
+            Compressor::Blocks(_) if self.staged.is_empty() => Ok(()),
+            Compressor::Blocks(members) => {
+                compress_whole(self.compression, &self.staged).map(|member| members.extend_from_slice(&member))
+            }
         };
         self.staged.clear();
         result
@@ -270,6 +294,7 @@ impl ObjectWriter {
             Compressor::Gzip(w) => w.get_mut(),
             Compressor::Zstd(w) => w.get_mut(),
             Compressor::Snappy(w) => w.get_mut(),
+            Compressor::Blocks(v) => v,
         })
     }
 
@@ -296,6 +321,7 @@ impl ObjectWriter {
             Some(Compressor::Gzip(w)) => w.finish(),
             Some(Compressor::Zstd(w)) => w.finish(),
             Some(Compressor::Snappy(w)) => w.into_inner().map_err(|e| std::io::Error::other(e.to_string())),
+            Some(Compressor::Blocks(members)) => Ok(members),
         }
     }
 }
@@ -372,6 +398,31 @@ mod tests {
                         .unwrap_or_else(|e| panic!("{e}"));
                     assert_eq!(single, payload);
                 }
+            }
+        }
+    }
+
+    /// An object written in blocks is its blocks' members back to back: every decoder of the
+    /// format reads it whole, and it holds no compressor state while open.
+    #[test]
+    fn objects_in_blocks_are_members_back_to_back() {
+        let payload: Vec<u8> = (0..120_000u32).flat_map(|i| format!("{{\"n\":{i}}}\n").into_bytes()).collect();
+        for name in Compression::NAMES {
+            let c = Compression::from_name(name).unwrap_or(Compression::None);
+            let mut w = ObjectWriter::in_blocks(c);
+            for chunk in payload.chunks(1000) {
+                w.write(chunk).unwrap_or_else(|e| panic!("{e}"));
+                // Its staged block and its members, never a compressor's state.
+                let state_free =
+                    matches!(w.compressor.as_deref(), None | Some(Compressor::Blocks(_) | Compressor::None(_)));
+                assert!(state_free, "{name}");
+            }
+            let compressed = w.finish().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(decompress(c, &compressed).unwrap_or_default(), payload, "{name}");
+            if c == Compression::Gzip {
+                // Several members (the payload is more than four blocks).
+                let members = compressed.windows(3).filter(|w| w == &[0x1f, 0x8b, 8]).count();
+                assert!(members >= 4, "{members} members");
             }
         }
     }

@@ -41,6 +41,13 @@ pub trait ObjectFormat: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
     /// A new, empty object.
     fn open(&self) -> std::io::Result<Box<dyn ObjectEncoder>>;
+    /// A new, empty object that is one of many open at once (a partition's): where the format can,
+    /// it holds no compressor of its own and compresses each block as an independent member (gzip
+    /// members, zstd frames, Snappy streams, which every reader of the format reads back to back)
+    /// with the thread's compressor, so its memory is its bytes. By default [`Self::open`].
+    fn open_one_of_many(&self) -> std::io::Result<Box<dyn ObjectEncoder>> {
+        self.open()
+    }
     /// MIME type of an object's content (before any `Content-Encoding`).
     fn content_type(&self) -> &'static str;
     /// `Content-Encoding` of the stored bytes, when the object is compressed as a stream.

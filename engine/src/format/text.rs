@@ -71,15 +71,24 @@ impl<C: RecordCodec> TextFormat<C> {
     }
 }
 
+impl<C: RecordCodec> TextFormat<C> {
+    fn open_with(&self, mut writer: ObjectWriter) -> std::io::Result<Box<dyn ObjectEncoder>> {
+        writer.write(&self.codec.header())?;
+        Ok(Box::new(TextEncoder { codec: Arc::clone(&self.codec), writer, records: 0 }))
+    }
+}
+
 impl<C: RecordCodec> ObjectFormat for TextFormat<C> {
     fn describe(&self) -> String {
         self.codec.describe()
     }
 
     fn open(&self) -> std::io::Result<Box<dyn ObjectEncoder>> {
-        let mut writer = ObjectWriter::new(self.compression)?;
-        writer.write(&self.codec.header())?;
-        Ok(Box::new(TextEncoder { codec: Arc::clone(&self.codec), writer, records: 0 }))
+        self.open_with(ObjectWriter::new(self.compression)?)
+    }
+
+    fn open_one_of_many(&self) -> std::io::Result<Box<dyn ObjectEncoder>> {
+        self.open_with(ObjectWriter::in_blocks(self.compression))
     }
 
     fn content_type(&self) -> &'static str {
