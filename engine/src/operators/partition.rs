@@ -40,8 +40,18 @@ pub trait PartitionRecords<'scope> {
     ) -> Stream<'scope, Epoch, Vec<Records>>;
 }
 
-/// A partition's keys and the worker that buffers it, or why its key values cannot name objects.
-type Partition = Result<(PartitionKeys, u32), Arc<str>>;
+/// A partition met: its keys, the worker that buffers it, and its number in the batch that last
+/// met it; or why its key values cannot name objects.
+type Partition = Result<Known, Arc<str>>;
+
+/// A partition whose key values were checked.
+struct Known {
+    keys: PartitionKeys,
+    worker: u32,
+    /// The batch that last met it, and its number there.
+    batch: u64,
+    id: u32,
+}
 
 /// Distinct key values remembered between batches (then forgotten all at once): enough for
 /// Firehose-like partition counts, bounded with any number.
@@ -87,7 +97,9 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                 let mut found: Vec<(String, String)> = Vec::new();
                 let mut values: Vec<String> = Vec::new();
                 // Key values met recently: checked once, their keys shared by all their records.
-                let mut interned: rustc_hash::FxHashMap<Vec<String>, Partition> = rustc_hash::FxHashMap::default();
+                let mut interned: rustc_hash::FxHashMap<u64, Vec<(Vec<String>, Partition)>> =
+                    rustc_hash::FxHashMap::default();
+                let mut batch_number = 0u64;
                 move |input, output| {
                     input.for_each(|cap, data| {
                         let mut session = output.session(&cap);
@@ -104,8 +116,7 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                             // by partition, records in arrival order within a partition.
                             let mut routed: Vec<(u32, u32, &[u8])> = Vec::with_capacity(batch.len());
                             let mut partitions: Vec<PartitionKeys> = Vec::new();
-                            let mut seen: rustc_hash::FxHashMap<*const (String, String), u32> =
-                                rustc_hash::FxHashMap::default();
+                            batch_number += 1;
                             let mut pieces: Vec<&[u8]> = Vec::new();
                             for (i, whole) in batch.iter().enumerate() {
                                 pieces.clear();
@@ -136,40 +147,49 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                         failed.push(record, RecordFailure::local(METADATA_EXTRACTION_FAILED, reason));
                                         continue;
                                     }
-                                    if !interned.contains_key(values.as_slice()) {
-                                        // Forgetting is safe mid-batch: a partition met again gets
-                                        // new, equal keys (the buffer operator compares values).
-                                        if interned.len() >= MAX_INTERNED {
-                                            interned.clear();
-                                        }
-                                        let partition =
-                                            settings.keys.check_partition(&values).map_err(Arc::from).map(|()| {
-                                                let pairs: Vec<(String, String)> = partitioning
-                                                    .keys
-                                                    .iter()
-                                                    .zip(values.iter())
-                                                    .map(|(k, v)| (k.name.clone(), v.clone()))
-                                                    .collect();
-                                                let keys: PartitionKeys = Arc::from(pairs);
-                                                let worker = (route(&keys) % peers) as u32;
-                                                (keys, worker)
-                                            });
-                                        interned.insert(values.clone(), partition);
+                                    // One hash of the values finds their partition (and
+                                    // whether this batch met it already).
+                                    let mut hasher = rustc_hash::FxHasher::default();
+                                    values.hash(&mut hasher);
+                                    let hash = hasher.finish();
+                                    // Forgetting is safe mid-batch: a partition met again gets
+                                    // new, equal keys (the buffer operator compares values).
+                                    if interned.len() >= MAX_INTERNED && !interned.contains_key(&hash) {
+                                        interned.clear();
                                     }
-                                    match interned.get(values.as_slice()) {
-                                        Some(Ok((keys, worker))) => {
-                                            let next = partitions.len() as u32;
-                                            let id = *seen.entry(keys.as_ptr()).or_insert_with(|| {
-                                                partitions.push(Arc::clone(keys));
-                                                next
-                                            });
-                                            routed.push((*worker, id, record));
+                                    let bucket = interned.entry(hash).or_default();
+                                    let slot = match bucket.iter().position(|(v, _)| *v == values) {
+                                        Some(slot) => slot,
+                                        None => {
+                                            let partition =
+                                                settings.keys.check_partition(&values).map_err(Arc::from).map(|()| {
+                                                    let pairs: Vec<(String, String)> = partitioning
+                                                        .keys
+                                                        .iter()
+                                                        .zip(values.iter())
+                                                        .map(|(k, v)| (k.name.clone(), v.clone()))
+                                                        .collect();
+                                                    let keys: PartitionKeys = Arc::from(pairs);
+                                                    let worker = (route(&keys) % peers) as u32;
+                                                    Known { keys, worker, batch: u64::MAX, id: 0 }
+                                                });
+                                            bucket.push((values.clone(), partition));
+                                            bucket.len() - 1
                                         }
-                                        Some(Err(reason)) => failed.push(
+                                    };
+                                    match &mut bucket[slot].1 {
+                                        Ok(known) => {
+                                            if known.batch != batch_number {
+                                                known.batch = batch_number;
+                                                known.id = partitions.len() as u32;
+                                                partitions.push(Arc::clone(&known.keys));
+                                            }
+                                            routed.push((known.worker, known.id, record));
+                                        }
+                                        Err(reason) => failed.push(
                                             record,
                                             RecordFailure::local(METADATA_EXTRACTION_FAILED, Arc::clone(reason)),
                                         ),
-                                        None => {}
                                     }
                                 }
                             }
@@ -180,9 +200,16 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                 session.give(Records::Failed(failed));
                             }
                             routed.sort_by_key(|&(worker, id, _)| (worker, id));
+                            let mut bytes_per_worker = vec![0usize; peers as usize];
+                            for (worker, _, record) in &routed {
+                                if let Some(b) = bytes_per_worker.get_mut(*worker as usize) {
+                                    *b += record.len();
+                                }
+                            }
                             let mut routed = routed.into_iter().peekable();
                             while let Some(&(worker, _, _)) = routed.peek() {
-                                let mut out = RecordBatch::with_capacity(batch.arrival_ms, 0);
+                                let bytes = bytes_per_worker.get(worker as usize).copied().unwrap_or(0);
+                                let mut out = RecordBatch::with_capacity(batch.arrival_ms, bytes);
                                 while let Some((_, id, record)) = routed.next_if(|r| r.0 == worker) {
                                     let keys = partitions.get(id as usize).map(Arc::clone);
                                     out.push_with_keys(record, keys);
