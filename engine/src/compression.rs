@@ -6,7 +6,9 @@
 //! record); an object smaller than one block has no compressor of its own: it is compressed whole
 //! when it is finished, by a compressor kept per thread and reset between objects, so thousands of
 //! small open objects (a partitioned sink's) cost their bytes, not a compressor's state each (zlib
-//! level 6 holds ~400 KiB, zstd level 3 ~1.4 MiB). The compressed bytes produced so far can be taken
+//! level 6 holds ~400 KiB, zstd level 3 ~1.4 MiB). An object written [`ObjectWriter::in_blocks`]
+//! never has one: each full block becomes an independent member (gzip member, zstd frame, Snappy
+//! stream) of the same stream format. The compressed bytes produced so far can be taken
 //! while the object continues (a part of an object uploaded while it grows); what
 //! [`ObjectWriter::finish`] returns decompresses to exactly what was written.
 
