@@ -286,9 +286,13 @@ mod tests {
     use crate::retry::RetryPolicy;
 
     fn partitioned(max_open_bytes: u64) -> PartitionedBatchers {
+        partitioned_every(max_open_bytes, Duration::from_secs(900))
+    }
+
+    fn partitioned_every(max_open_bytes: u64, interval: Duration) -> PartitionedBatchers {
         let settings = Arc::new(SinkSettings {
             format: crate::format::ndjson(Compression::Gzip),
-            hints: BufferingHints { size_bytes: 64 << 20, interval: Duration::from_secs(900) },
+            hints: BufferingHints { size_bytes: 64 << 20, interval },
             keys: ObjectKeys::new(
                 Some("k=!{partitionKeyFromQuery:k}/"),
                 Some("e/!{firehose:error-output-type}/"),
@@ -339,6 +343,25 @@ mod tests {
             let k = object.payload.key.strip_prefix("k=").and_then(|r| r.split('/').next()).unwrap_or_default();
             assert_eq!(String::from_utf8_lossy(&text), format!("{{\"k\":{k}}}\n"));
         }
+    }
+
+    #[test]
+    fn partitions_due_by_interval_are_sealed_at_most_room_at_a_time() {
+        let mut p = partitioned_every(1 << 30, Duration::from_millis(10));
+        let mut sealed = Vec::new();
+        let opened = Instant::now();
+        p.append(&one_record_per_partition(1000), 3, opened, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        // Not due yet: nothing sealed, whatever the room.
+        assert!(p.seal_expired(opened, &mut sealed, 5000).unwrap_or_else(|e| panic!("{e}")));
+        assert!(sealed.is_empty());
+        let later = opened + Duration::from_millis(20);
+        let mut calls = 1;
+        while !p.seal_expired(later, &mut sealed, 400).unwrap_or_else(|e| panic!("{e}")) {
+            assert_eq!(sealed.len(), 400 * calls);
+            assert_eq!(p.oldest_epoch(), Some(3), "what waits still holds its epoch");
+            calls += 1;
+        }
+        assert_eq!((calls, sealed.len(), p.open_partitions(), p.oldest_epoch()), (3, 1000, 0, None));
     }
 
     #[test]
