@@ -71,30 +71,19 @@ mod tests {
     use crate::buffer::ObjectBatcher;
     use crate::columnar::{JsonOptions, ParquetOptions, ParquetSpec, SchemaSource};
     use crate::compression::decompress;
-    use crate::config::{BackupMode, BufferingHints};
+    use crate::config::BufferingHints;
     use crate::contract::DestinationKind;
     use crate::format::{self, ObjectFormat};
     use crate::keys::ObjectKeys;
     use crate::record::RecordBatch;
-    use crate::retry::RetryPolicy;
 
     const S3_FAILED: ErrorOutputType = ErrorOutputType::DeliveryFailed(DestinationKind::S3);
 
     fn settings(format: std::sync::Arc<dyn ObjectFormat>) -> SinkSettings {
-        SinkSettings {
-            format,
-            hints: BufferingHints { size_bytes: 1 << 30, interval: Duration::from_secs(60) },
-            keys: ObjectKeys::new(
-                Some("data/"),
-                Some("errors/!{firehose:error-output-type}/"),
-                "s",
-                chrono_tz::Tz::UTC,
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
-            retry: RetryPolicy::default(),
-            backup: BackupMode::Failed,
-            partitioning: None,
-        }
+        let keys =
+            ObjectKeys::new(Some("data/"), Some("errors/!{firehose:error-output-type}/"), "s", chrono_tz::Tz::UTC)
+                .unwrap_or_else(|e| panic!("{e}"));
+        SinkSettings::new(format, BufferingHints { size_bytes: 1 << 30, interval: Duration::from_secs(60) }, keys)
     }
 
     /// The one object the batcher makes of `records`.

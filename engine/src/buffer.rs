@@ -519,17 +519,14 @@ mod tests {
     use crate::compression::{Compression, decompress};
     use crate::config::{BackupMode, BufferingHints};
     use crate::keys::ObjectKeys;
-    use crate::retry::RetryPolicy;
 
     fn settings(format: Arc<dyn ObjectFormat>, size_bytes: u64, interval_s: u64) -> Arc<SinkSettings> {
-        Arc::new(SinkSettings {
+        let keys = ObjectKeys::new(Some("p/"), None, "s", chrono_tz::Tz::UTC).unwrap_or_else(|e| panic!("{e}"));
+        Arc::new(SinkSettings::new(
             format,
-            hints: BufferingHints { size_bytes, interval: Duration::from_secs(interval_s) },
-            keys: ObjectKeys::new(Some("p/"), None, "s", chrono_tz::Tz::UTC).unwrap_or_else(|e| panic!("{e}")),
-            retry: RetryPolicy::default(),
-            backup: BackupMode::Failed,
-            partitioning: None,
-        })
+            BufferingHints { size_bytes, interval: Duration::from_secs(interval_s) },
+            keys,
+        ))
     }
 
     fn batch(arrival: i64, records: &[&str]) -> RecordBatch {
@@ -645,13 +642,11 @@ mod tests {
             backup_all in proptest::prelude::any::<bool>(),
         ) {
             let compression = if gzip { Compression::Gzip } else { Compression::None };
+            let keys = ObjectKeys::new(Some("p/"), None, "s", chrono_tz::Tz::UTC).unwrap_or_else(|e| panic!("{e}"));
+            let hints = BufferingHints { size_bytes, interval: Duration::from_millis(interval_ms) };
             let settings = Arc::new(SinkSettings {
-                format: format::ndjson(compression),
-                hints: BufferingHints { size_bytes, interval: Duration::from_millis(interval_ms) },
-                keys: ObjectKeys::new(Some("p/"), None, "s", chrono_tz::Tz::UTC).unwrap_or_else(|e| panic!("{e}")),
-                retry: RetryPolicy::default(),
                 backup: if backup_all { BackupMode::All } else { BackupMode::Failed },
-                partitioning: None,
+                ..SinkSettings::new(format::ndjson(compression), hints, keys)
             });
             let mut batcher = ObjectBatcher::new(Arc::clone(&settings));
             let start = Instant::now();

@@ -192,13 +192,7 @@ impl std::fmt::Debug for ObjectWriter {
 impl ObjectWriter {
     /// A new, empty object.
     pub fn new(compression: Compression) -> std::io::Result<Self> {
-        let compressor = match compression {
-            Compression::None => Some(Box::new(Compressor::None(Vec::new()))),
-            _ => None,
-        };
-        // The staging buffer grows with what is written (a partitioned sink may hold thousands of
-        // small open objects).
-        Ok(ObjectWriter { compression, compressor, staged: Vec::new(), uncompressed: 0, in_blocks: false })
+        Ok(Self::empty(compression, false))
     }
 
     /// A new, empty object that never holds a compressor: each block of [`STAGING_BYTES`] is
@@ -207,11 +201,18 @@ impl ObjectWriter {
     /// read as one stream (RFC 1952 §2.2; zstd frames; Snappy's framing format allows a repeated
     /// stream identifier); each member starts without the previous block's dictionary.
     pub fn in_blocks(compression: Compression) -> Self {
+        Self::empty(compression, true)
+    }
+
+    fn empty(compression: Compression, in_blocks: bool) -> Self {
+        // Without compression the bytes go straight to the output; with it, the compressor (or the
+        // members) come with the first full block. The staging buffer grows with what is written
+        // (a partitioned sink may hold thousands of small open objects).
         let compressor = match compression {
             Compression::None => Some(Box::new(Compressor::None(Vec::new()))),
             _ => None,
         };
-        ObjectWriter { compression, compressor, staged: Vec::new(), uncompressed: 0, in_blocks: true }
+        ObjectWriter { compression, compressor, staged: Vec::new(), uncompressed: 0, in_blocks }
     }
 
     /// About how much memory the open object holds: its staged and compressed bytes and its

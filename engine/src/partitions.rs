@@ -281,29 +281,23 @@ mod tests {
 
     use super::*;
     use crate::compression::Compression;
-    use crate::config::{BackupMode, BufferingHints};
+    use crate::config::BufferingHints;
     use crate::keys::ObjectKeys;
-    use crate::retry::RetryPolicy;
 
     fn partitioned(max_open_bytes: u64) -> PartitionedBatchers {
         partitioned_every(max_open_bytes, Duration::from_secs(900))
     }
 
     fn partitioned_every(max_open_bytes: u64, interval: Duration) -> PartitionedBatchers {
-        let settings = Arc::new(SinkSettings {
-            format: crate::format::ndjson(Compression::Gzip),
-            hints: BufferingHints { size_bytes: 64 << 20, interval },
-            keys: ObjectKeys::new(
-                Some("k=!{partitionKeyFromQuery:k}/"),
-                Some("e/!{firehose:error-output-type}/"),
-                "s",
-                chrono_tz::Tz::UTC,
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
-            retry: RetryPolicy::default(),
-            backup: BackupMode::Failed,
-            partitioning: None,
-        });
+        let keys = ObjectKeys::new(
+            Some("k=!{partitionKeyFromQuery:k}/"),
+            Some("e/!{firehose:error-output-type}/"),
+            "s",
+            chrono_tz::Tz::UTC,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let hints = BufferingHints { size_bytes: 64 << 20, interval };
+        let settings = Arc::new(SinkSettings::new(crate::format::ndjson(Compression::Gzip), hints, keys));
         PartitionedBatchers::new(settings, max_open_bytes, None)
     }
 

@@ -65,6 +65,21 @@ pub struct SinkSettings {
     pub partitioning: Option<Arc<Partitioning>>,
 }
 
+impl SinkSettings {
+    /// Settings for objects of `format`, buffered by `hints` and named by `keys`, with the default
+    /// retry policy, `backup = "failed"` and no partitioning (tests and the conformance testkit).
+    pub fn new(format: Arc<dyn ObjectFormat>, hints: BufferingHints, keys: ObjectKeys) -> Self {
+        SinkSettings {
+            format,
+            hints,
+            keys,
+            retry: RetryPolicy::default(),
+            backup: BackupMode::Failed,
+            partitioning: None,
+        }
+    }
+}
+
 /// A sink's dynamic partitioning: where each partition key of its prefix comes from, and the
 /// memory its open partitions may hold on one worker.
 #[derive(Clone)]

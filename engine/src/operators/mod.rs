@@ -69,8 +69,8 @@ impl InflightBudget {
 #[derive(Default)]
 pub struct DeliveryQueue {
     objects: Cell<usize>,
-    blocked: Cell<bool>,
-    buffer: RefCell<Option<Activator>>,
+    /// The buffer operator's activator while it waits for room.
+    waiting: RefCell<Option<Activator>>,
 }
 
 impl DeliveryQueue {
@@ -86,13 +86,12 @@ impl DeliveryQueue {
 
     /// The buffer operator left due objects open for want of room: wake it through `activator`.
     pub(crate) fn block(&self, activator: Activator) {
-        self.blocked.set(true);
-        *self.buffer.borrow_mut() = Some(activator);
+        *self.waiting.borrow_mut() = Some(activator);
     }
 
     /// Whether the buffer operator is waiting for room.
     pub(crate) fn is_blocked(&self) -> bool {
-        self.blocked.get()
+        self.waiting.borrow().is_some()
     }
 
     pub(crate) fn add(&self) {
@@ -102,11 +101,10 @@ impl DeliveryQueue {
     /// An object is finished; wakes a waiting buffer operator when half the room is free.
     pub(crate) fn done(&self) {
         self.objects.set(self.objects.get().saturating_sub(1));
-        if self.blocked.get() && self.objects.get() <= Self::LIMIT / 2 {
-            self.blocked.set(false);
-            if let Some(activator) = self.buffer.borrow_mut().take() {
-                activator.activate();
-            }
+        if self.objects.get() <= Self::LIMIT / 2
+            && let Some(activator) = self.waiting.borrow_mut().take()
+        {
+            activator.activate();
         }
     }
 }
@@ -115,7 +113,7 @@ impl std::fmt::Debug for DeliveryQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeliveryQueue")
             .field("objects", &self.objects.get())
-            .field("blocked", &self.blocked.get())
+            .field("blocked", &self.is_blocked())
             .finish()
     }
 }

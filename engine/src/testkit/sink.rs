@@ -29,13 +29,12 @@ use futures::future::BoxFuture;
 
 use crate::backup::{FailedObject, error_payload};
 use crate::compression::{Compression, decompress};
-use crate::config::{BackupMode, BufferingHints, SinkSettings};
+use crate::config::{BufferingHints, SinkSettings};
 use crate::contract::{DeliveryError, Payload, Sink};
 use crate::error_output::ErrorOutputType;
 use crate::format::{self, ObjectFormat};
 use crate::keys::ObjectKeys;
 use crate::record::now_ms;
-use crate::retry::RetryPolicy;
 
 /// How a destination can be made to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,14 +272,7 @@ async fn backup_of_refused(
     )
     .map_err(|e| format!("{e:?}"))?;
     let compression = format.compression();
-    let settings = SinkSettings {
-        format,
-        hints: BufferingHints::DEFAULT,
-        keys,
-        retry: RetryPolicy::default(),
-        backup: BackupMode::Failed,
-        partitioning: None,
-    };
+    let settings = SinkSettings::new(format, BufferingHints::DEFAULT, keys);
     let failed = FailedObject {
         body: refused.payload.body.clone(),
         records: refused.payload.records,
