@@ -1,5 +1,6 @@
 //! Destination outages against the real S3-protocol server: a store stopped for longer than the
-//! retry duration, a store answering 500, a store answering 403. Every record must end in the
+//! retry duration, a store answering 500 (also to a partitioned sink with more partitions than the
+//! delivery queue takes), a store answering 403. Every record must end in the
 //! destination or in the error output (as Firehose error documents with the destination's code and
 //! the attempts made), and be counted; the error output blocks and retries while it is down too.
 
@@ -315,4 +316,35 @@ fn a_stop_while_the_destination_is_down_ends_in_bounded_time_and_keeps_the_rest(
     assert!(child.wait_with_output().unwrap().status.success());
     let delivered = super::support::all_lines(&folder_objects(&out));
     assert_eq!(delivered.len(), 50, "{delivered:?}");
+}
+
+/// A partitioned sink whose store refuses every data object: more partitions end at once than the
+/// delivery queue takes (4,096), so the buffer operator waits for failed deliveries and their
+/// backups to finish before it seals the rest. Every record ends in the error output exactly once.
+#[test]
+fn a_partitioned_sink_whose_store_refuses_everything_backs_up_every_partition_once() {
+    const RECORDS: u64 = 5_000;
+    let root = tempfile::tempdir().unwrap();
+    let server = server_with_bucket(root.path(), "bkt");
+    server.faults.fail_writes(&["archive/data/"], S3ErrorCode::InternalError);
+    let toml = format!(
+        "[pipeline]\nname = \"refused-partitions\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = {RECORDS}\nseed = 12\n{}",
+        sink(
+            &server,
+            "lake",
+            "bkt",
+            "prefix = \"data/id=!{partitionKeyFromQuery:id}/\"\npartitioning = { query = '{id: .eventID}' }\n\
+             format = \"ndjson\"\ncompression = \"gzip\"\nbuffer = { size_mb = 64, interval_s = 900 }\nretry = { duration_s = 0 }"
+        ),
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
+    let out = stored(&server, "bkt");
+    assert!(out.data.is_empty(), "{} data lines stored", out.data.len());
+    let docs = &out.errors["s3-failed"];
+    assert_eq!(sorted(docs.iter().map(raw_data).collect()), sorted(generated(Profile::Cloudtrail, 12, RECORDS)));
+    assert!(docs.iter().all(|d| d["errorCode"] == "S3.InternalError"));
+    let m = &metrics.sinks[0];
+    assert_eq!((m.records_failed.load(Relaxed), m.records_delivered.load(Relaxed)), (RECORDS, 0));
+    assert_eq!(m.partition_records.lock().unwrap().partitions(), RECORDS as usize);
+    assert!(server.faults.refused.load(Relaxed) >= RECORDS, "every partition's object was tried");
 }
