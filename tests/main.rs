@@ -14,6 +14,7 @@ mod disk_full;
 mod fuzz;
 mod http_endpoint;
 mod listener;
+mod opensearch;
 mod outage;
 mod parquet;
 mod partitioning;

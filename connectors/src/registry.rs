@@ -23,6 +23,7 @@ pub fn registry() -> Registry {
         sinks: vec![
             SinkType { name: "http_endpoint", configure: sinks::http_endpoint::configure },
             SinkType { name: "object_store", configure: sinks::object_store::configure },
+            SinkType { name: "opensearch", configure: sinks::opensearch::configure },
         ],
     }
 }

@@ -1,7 +1,9 @@
 //! Backing up what a destination did not take: a failed object is turned back into its records and
 //! written to the error output as Firehose error documents (docs/firehose.md §6;
 //! `errorCode` with the destination's code, `attemptsMade`, timestamps), under `error_prefix` with
-//! the error-output type of the destination (`s3-failed`, `http-endpoint-failed`, …).
+//! the error-output type of the destination (`s3-failed`, `http-endpoint-failed`, …). Records a
+//! destination refused one by one ([`crate::contract::DeliveryError::Partly`]) get documents with
+//! the destination's own code, message and fields ([`refused_payload`]).
 //!
 //! Guarantees: every record of the failed object is in the documents, as the sink's format encoded
 //! it ([`crate::format::ObjectFormat::records_of`]: NDJSON lines, CSV rows without the header,
@@ -14,7 +16,7 @@ use bytes::Bytes;
 
 use crate::compression::{Compression, compress};
 use crate::config::SinkSettings;
-use crate::contract::{DeliveryError, Payload};
+use crate::contract::{DeliveryError, Payload, RefusedRecord};
 use crate::error_output::{ErrorDocument, ErrorOutputType, Reason};
 use crate::record::now_ms;
 
@@ -47,6 +49,38 @@ pub fn error_payload(settings: &SinkSettings, output_type: ErrorOutputType, fail
         Ok(records) => records.iter().for_each(|r| document(r, &message)),
         Err(why) => document(&failed.body, &format!("{message} (the object is kept whole: {why})")),
     }
+    documents_payload(settings, output_type, text, failed.records, failed.oldest_arrival_ms)
+}
+
+/// The error-output object for records a destination refused one by one (per-item errors of a
+/// request it otherwise took): one document per record with the destination's own code, message
+/// and fields.
+pub fn refused_payload(
+    settings: &SinkSettings,
+    output_type: ErrorOutputType,
+    refused: &[RefusedRecord],
+    oldest_arrival_ms: i64,
+    attempts: u32,
+) -> Payload {
+    let ended = now_ms();
+    let mut text = Vec::new();
+    for r in refused {
+        let reason = Reason::Delivery { error_code: &r.code, error_message: &r.message };
+        ErrorDocument::new(&r.record, oldest_arrival_ms, reason, attempts, ended)
+            .with_details(&r.details)
+            .write_line(&mut text);
+    }
+    documents_payload(settings, output_type, text, refused.len() as u64, oldest_arrival_ms)
+}
+
+/// Error documents compressed as the sink's objects are, keyed under the error prefix.
+fn documents_payload(
+    settings: &SinkSettings,
+    output_type: ErrorOutputType,
+    text: Vec<u8>,
+    records: u64,
+    oldest_arrival_ms: i64,
+) -> Payload {
     // Compression into memory does not fail in practice; if it did, the documents go uncompressed.
     let compression = settings.format.compression();
     let (compression, body) = match compress(compression, &text) {
@@ -54,11 +88,11 @@ pub fn error_payload(settings: &SinkSettings, output_type: ErrorOutputType, fail
         Err(_) => (Compression::None, text),
     };
     Payload {
-        key: settings.keys.error_key(failed.oldest_arrival_ms, output_type.name(), compression.extension()),
+        key: settings.keys.error_key(oldest_arrival_ms, output_type.name(), compression.extension()),
         body: Bytes::from(body),
         content_type: "application/x-ndjson",
         content_encoding: compression.content_encoding(),
-        records: failed.records,
+        records,
     }
 }
 

@@ -238,7 +238,7 @@ impl ObjectBatcher {
                 )?)
             }
         };
-        match object.encoder.append(record) {
+        match object.encoder.append_arrived(record, arrival_ms) {
             Ok(()) => {
                 object.include(epoch, arrival_ms);
                 Ok(Ok(()))

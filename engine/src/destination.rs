@@ -34,13 +34,14 @@ impl DestinationKind {
     }
 
     /// The `!{firehose:error-output-type}` of records this kind of destination did not take.
-    /// Firehose documents `elasticsearch-failed` and `splunk-failed`; the S3 and HTTP endpoint
-    /// names are sluice's (Firehose has none for S3).
+    /// Firehose appends `AmazonOpenSearchService-failed/` (older guides: `elasticsearch_failed/`)
+    /// and documents `splunk-failed`; the S3 and HTTP endpoint names are sluice's (Firehose has none
+    /// for S3).
     pub fn failed_output_type(self) -> &'static str {
         match self {
             DestinationKind::S3 => "s3-failed",
             DestinationKind::HttpEndpoint => "http-endpoint-failed",
-            DestinationKind::OpenSearch => "elasticsearch-failed",
+            DestinationKind::OpenSearch => "AmazonOpenSearchService-failed",
             DestinationKind::Splunk => "splunk-failed",
             DestinationKind::Redshift => "redshift-failed",
         }

@@ -33,7 +33,7 @@ pub enum ErrorOutputType {
     /// `S3BackupMode` all-data).
     SourceRecordBackup,
     /// Records a destination of this kind did not take before its retry duration ran out or with a
-    /// permanent error (`s3-failed`, `http-endpoint-failed`, `elasticsearch-failed`, …).
+    /// permanent error (`s3-failed`, `http-endpoint-failed`, `AmazonOpenSearchService-failed`, …).
     DeliveryFailed(DestinationKind),
 }
 
@@ -102,6 +102,10 @@ pub struct ErrorDocument<'a> {
     pub reason: Reason<'a>,
     /// When the last attempt ended (epoch ms).
     pub attempt_ending_timestamp: i64,
+    /// Fields the destination adds for a record it refused itself (`esDocumentId`,
+    /// `esIndexName`, `esTypeName` for OpenSearch), in the sink's order.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub details: Option<&'a serde_json::Map<String, serde_json::Value>>,
     /// The record, base64.
     pub raw_data: String,
 }
@@ -114,8 +118,15 @@ impl<'a> ErrorDocument<'a> {
             arrival_timestamp: arrival_ms,
             reason,
             attempt_ending_timestamp: ended_ms,
+            details: None,
             raw_data: base64::engine::general_purpose::STANDARD.encode(record),
         }
+    }
+
+    /// The document with the destination's own fields for the record.
+    pub fn with_details(mut self, details: &'a serde_json::Map<String, serde_json::Value>) -> Self {
+        self.details = Some(details);
+        self
     }
 
     /// Appends the document and a newline to `out`.

@@ -39,7 +39,7 @@ use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 
 use crate::api::firehose::{ACCOUNT, stream_arn};
-use crate::sinks::object_store::ObjectStoreSink;
+use crate::sinks::object_store::{BackupOwner, BackupStore};
 
 /// A response body larger than this is an error (`HttpEndpoint.ResponseTooLarge`).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -127,15 +127,6 @@ struct HttpEndpointConfig {
     backup_store: Option<BackupStore>,
 }
 
-/// Where the error output goes.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackupStore {
-    url: String,
-    #[serde(default)]
-    options: BTreeMap<String, toml::Value>,
-}
-
 /// A configured HTTP endpoint sink.
 pub struct HttpEndpointSink {
     url: reqwest::Url,
@@ -156,7 +147,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (url_span, encoding_span, attributes_span, timeout_span) =
         (spans("url"), spans("content_encoding"), spans("common_attributes"), spans("timeout_s"));
-    let (backup_span, key_span) = (spans("backup_store"), spans("access_key"));
+    let key_span = spans("access_key");
+    let owner = BackupOwner::of(&config);
     let pipeline = config.pipeline.clone();
     let c: HttpEndpointConfig = config.table.deserialize()?;
     let url = reqwest::Url::parse(&c.url)
@@ -192,15 +184,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
                 .with_hint("Firehose waits 3 minutes for an endpoint's answer"));
         }
     };
-    let Some(backup) = c.backup_store else {
-        return Err(Diagnostic::new(span, "an `http_endpoint` sink needs `backup_store`").with_hint(
-            "where records the endpoint does not take are kept, as Firehose's S3Configuration: \
-             backup_store = { url = \"s3://bucket/prefix\" } (or file://./failed)",
-        ));
-    };
-    let backup = ObjectStoreSink::from_config(&backup.url, &backup.options)
-        .map_err(|(message, hint)| Diagnostic::new(backup_span, format!("backup_store: {message}")).with_hint(hint))?
-        .owned_by(&pipeline, &format!("{}-backup", config.name), &config.data_dir);
+    let backup = owner.required(c.backup_store, "http_endpoint")?;
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -220,7 +204,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         common_attributes,
         source_arn: stream_arn(&region, ACCOUNT, &pipeline),
         client,
-        backup: Arc::new(backup),
+        backup,
     }))
 }
 

@@ -4,5 +4,6 @@
 
 pub mod http_endpoint;
 pub mod object_store;
+pub mod opensearch;
 mod staged_files;
 mod upload_journal;

@@ -126,6 +126,59 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
     Ok(Arc::new(if c.healthcheck { sink } else { sink.without_healthcheck() }))
 }
 
+/// `backup_store = { url = "...", options = {...} }` of a sink that sends requests (Firehose's
+/// required S3Configuration): the object store its error output goes to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupStore {
+    url: String,
+    #[serde(default)]
+    options: BTreeMap<String, toml::Value>,
+}
+
+/// What a sink's backup store needs to know of the sink, taken from its config before its keys are
+/// read.
+#[derive(Debug, Clone)]
+pub struct BackupOwner {
+    sink_span: std::ops::Range<usize>,
+    store_span: std::ops::Range<usize>,
+    pipeline: String,
+    name: String,
+    data_dir: std::path::PathBuf,
+}
+
+impl BackupOwner {
+    /// The sink `config` describes.
+    pub fn of(config: &ConnectorConfig) -> Self {
+        let sink_span = config.table.span.clone();
+        BackupOwner {
+            store_span: config.table.value_span("backup_store").unwrap_or(sink_span.clone()),
+            sink_span,
+            pipeline: config.pipeline.clone(),
+            name: config.name.clone(),
+            data_dir: config.data_dir.clone(),
+        }
+    }
+
+    /// Its store, which a sink of type `type_name` must have: its absence is an error at the sink's
+    /// table, a bad URL or option one at `backup_store`.
+    pub fn required(&self, store: Option<BackupStore>, type_name: &str) -> Result<Arc<dyn Sink>, Diagnostic> {
+        let Some(store) = store else {
+            return Err(Diagnostic::new(self.sink_span.clone(), format!("an `{type_name}` sink needs `backup_store`"))
+                .with_hint(
+                    "where records the destination does not take are kept, as Firehose's S3Configuration: \
+                     backup_store = { url = \"s3://bucket/prefix\" } (or file://./failed)",
+                ));
+        };
+        let sink = ObjectStoreSink::from_config(&store.url, &store.options)
+            .map_err(|(message, hint)| {
+                Diagnostic::new(self.store_span.clone(), format!("backup_store: {message}")).with_hint(hint)
+            })?
+            .owned_by(&self.pipeline, &format!("{}-backup", self.name), &self.data_dir);
+        Ok(Arc::new(sink))
+    }
+}
+
 impl ObjectStoreSink {
     /// Builds the store for `url` with `options` as written in a pipeline file; an error is
     /// (message, hint).

@@ -48,7 +48,7 @@ use sluice_engine::error_output::ErrorOutputType;
 use sluice_engine::record::{FailedRecords, PartitionKeys, RecordBatch, RecordFailure, Records};
 
 use crate::api::firehose::{ACCOUNT, stream_arn};
-use crate::api::sigv4::Signer;
+use crate::api::sigv4::Credentials;
 
 /// Lambda's synchronous invocation payload limit.
 const MAX_REQUEST_BYTES: usize = 6_000_000;
@@ -305,25 +305,6 @@ impl Transform for LambdaTransform {
             queue: VecDeque::new(),
             invocations: 0,
         }))
-    }
-}
-
-/// AWS credentials from the environment.
-#[derive(Debug)]
-struct Credentials {
-    key_id: String,
-    secret: String,
-    session_token: Option<String>,
-}
-
-impl Credentials {
-    fn from_env() -> Option<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        Some(Credentials {
-            key_id: var("AWS_ACCESS_KEY_ID")?,
-            secret: var("AWS_SECRET_ACCESS_KEY")?,
-            session_token: var("AWS_SESSION_TOKEN"),
-        })
     }
 }
 
@@ -644,24 +625,10 @@ impl Invoker {
                     return Err(fail("Lambda.InvokeAccessDenied", "no AWS credentials".into()));
                 };
                 let mut headers = http::HeaderMap::new();
-                let host = match url.port() {
-                    Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-                    None => url.host_str().unwrap_or_default().to_string(),
-                };
-                let value =
-                    |v: &str| http::HeaderValue::from_str(v).map_err(|e| fail("Lambda.InvalidRequest", e.to_string()));
-                headers.insert("host", value(&host)?);
                 headers.insert("content-type", http::HeaderValue::from_static("application/json"));
-                if let Some(token) = &credentials.session_token {
-                    headers.insert("x-amz-security-token", value(token)?);
-                }
-                let signer =
-                    Signer { key_id: &credentials.key_id, secret: &credentials.secret, region, service: "lambda" };
-                let amz_date = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-                signer
-                    .sign(&amz_date, "POST", signed_path, &mut headers, &body)
+                let headers = credentials
+                    .sign_request("POST", url, signed_path, (region, "lambda"), headers, &body)
                     .map_err(|e| fail("Lambda.InvalidRequest", e.to_string()))?;
-                headers.remove("host");
                 self.client.post(url.clone()).headers(headers)
             }
         };

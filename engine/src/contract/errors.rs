@@ -1,5 +1,8 @@
-//! How connectors fail: a sink's [`DeliveryError`] (retry it, not, or never) and a source's
+//! How connectors fail: a sink's [`DeliveryError`] (retry it, not, or never, or — for a
+//! destination that answers record by record — which records it did not take) and a source's
 //! [`SourceError`]. Callers match on variants, never on messages.
+
+use super::Payload;
 
 /// Why a delivery failed. Callers match on the variant, never on the message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -31,6 +34,37 @@ pub enum DeliveryError {
         /// Why.
         message: String,
     },
+    /// The destination answered record by record and took only some of the payload's records (an
+    /// OpenSearch `_bulk` response with per-item errors). The engine writes `refused` to the error
+    /// output at once and sends `retry` (a payload the sink made of the records worth sending
+    /// again, such as items answered 429 or 5xx) with back-off within the retry duration, backing it
+    /// up when the duration runs out; every other record of the payload is stored.
+    #[error("partly stored: {message}")]
+    Partly {
+        /// Firehose-style code of why the rest was not stored, e.g. `OpenSearch.ItemErrors`.
+        code: String,
+        /// A summary of the per-record answers.
+        message: String,
+        /// Records to send again, as a payload of the sink's own wire format.
+        retry: Option<Box<Payload>>,
+        /// Records the destination refused for good.
+        refused: Vec<RefusedRecord>,
+    },
+}
+
+/// One record a destination refused for good, with its own answer (an OpenSearch item's status and
+/// error) and the fields its error document carries besides Firehose's common ones
+/// (`esDocumentId`, `esIndexName`, `esTypeName` for OpenSearch).
+#[derive(Debug, Clone)]
+pub struct RefusedRecord {
+    /// The record as it was received.
+    pub record: Vec<u8>,
+    /// Its error code (an OpenSearch item's HTTP status, e.g. `400`).
+    pub code: String,
+    /// What the destination said about it.
+    pub message: String,
+    /// Destination-specific fields of its error document.
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl DeliveryError {
@@ -39,11 +73,13 @@ impl DeliveryError {
         match self {
             DeliveryError::Retryable { code, .. }
             | DeliveryError::Permanent { code, .. }
-            | DeliveryError::Unstorable { code, .. } => code,
+            | DeliveryError::Unstorable { code, .. }
+            | DeliveryError::Partly { code, .. } => code,
         }
     }
 
-    /// Whether another attempt may succeed.
+    /// Whether another attempt of the same payload may succeed (a partly stored payload is not sent
+    /// again whole: its `retry` payload is).
     pub fn is_retryable(&self) -> bool {
         matches!(self, DeliveryError::Retryable { .. })
     }

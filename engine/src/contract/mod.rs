@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 pub use crate::destination::DestinationKind;
-pub use errors::{DeliveryError, SourceError};
+pub use errors::{DeliveryError, RefusedRecord, SourceError};
 pub use transform::{
     Emit, Holding, KeyQuery, KeyQueryWorker, Processor, RecordByRecord, RecordTransform, Transform, TransformContext,
     TransformError, TransformFailure, TransformOutput, TransformWorker,

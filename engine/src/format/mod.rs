@@ -82,6 +82,12 @@ pub trait ObjectFormat: Send + Sync + std::fmt::Debug {
 pub trait ObjectEncoder {
     /// Adds one record; a refused record adds nothing.
     fn append(&mut self, record: &[u8]) -> Result<(), EncodeError>;
+    /// [`Self::append`] for a record that arrived at `arrival_ms` (epoch ms), which is what the
+    /// engine calls; a format whose encoding names the arrival passes it on to its codec.
+    fn append_arrived(&mut self, record: &[u8], arrival_ms: i64) -> Result<(), EncodeError> {
+        let _ = arrival_ms;
+        self.append(record)
+    }
     /// Bytes counted against the size hint (before compression).
     fn size(&self) -> u64;
     /// About how much memory the open object holds (what a partitioned sink's budget counts); by

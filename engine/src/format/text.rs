@@ -26,6 +26,14 @@ pub trait RecordCodec: Send + Sync + std::fmt::Debug + 'static {
     }
     /// Appends `record`'s encoded form to `out`; on error `out` is as it was.
     fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String>;
+    /// [`Self::encode`] for a record that arrived at `arrival_ms` (epoch ms), which is what the
+    /// engine calls: a codec whose encoding names when a record arrived (an OpenSearch index
+    /// rotated by arrival day, a Splunk event's `time`) overrides this one; by default the arrival
+    /// is not part of the encoding.
+    fn encode_arrived(&self, record: &[u8], arrival_ms: i64, out: &mut Vec<u8>) -> Result<(), String> {
+        let _ = arrival_ms;
+        self.encode(record, out)
+    }
     /// Bytes between two records (the comma between JSON array elements).
     fn separator(&self) -> &'static [u8] {
         b""
@@ -132,18 +140,29 @@ struct TextEncoder<C> {
     records: u64,
 }
 
-impl<C: RecordCodec> ObjectEncoder for TextEncoder<C> {
-    fn append(&mut self, record: &[u8]) -> Result<(), EncodeError> {
+impl<C: RecordCodec> TextEncoder<C> {
+    /// Writes the separator (after the first record) and what `encode` appends, or nothing.
+    fn push(&mut self, encode: impl FnOnce(&C, &mut Vec<u8>) -> Result<(), String>) -> Result<(), EncodeError> {
         let separator = if self.records > 0 { self.codec.separator() } else { b"" };
         let codec = &self.codec;
         self.writer
             .write_with(|out| {
                 out.extend_from_slice(separator);
-                codec.encode(record, out)
+                encode(codec, out)
             })?
             .map_err(EncodeError::Record)?;
         self.records += 1;
         Ok(())
+    }
+}
+
+impl<C: RecordCodec> ObjectEncoder for TextEncoder<C> {
+    fn append(&mut self, record: &[u8]) -> Result<(), EncodeError> {
+        self.push(|codec, out| codec.encode(record, out))
+    }
+
+    fn append_arrived(&mut self, record: &[u8], arrival_ms: i64) -> Result<(), EncodeError> {
+        self.push(|codec, out| codec.encode_arrived(record, arrival_ms, out))
     }
 
     fn size(&self) -> u64 {

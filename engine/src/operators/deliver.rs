@@ -30,7 +30,7 @@ use crate::config::SinkSettings;
 use crate::contract::{DeliveryError, PartUpload, Payload, Sink};
 use crate::error_output::ErrorOutputType;
 use crate::metrics::PipelineMetrics;
-use crate::retry::{deliver_with_retries, until_stored, with_retries};
+use crate::retry::{until_stored, with_retries};
 
 /// What came back for one object.
 #[derive(Debug, Clone)]
@@ -88,6 +88,9 @@ enum Ending {
     Stored,
     /// The destination did not take it; its records are in the error output under `key`.
     BackedUp { error: DeliveryError, key: String },
+    /// The destination took all but `failed` of its records (it answers record by record); those
+    /// are in the error output, the last of them under `key`.
+    Partly { failed: u64, error: DeliveryError, key: String },
 }
 
 impl Outcome {
@@ -132,22 +135,59 @@ impl Target {
         }
     }
 
-    /// Delivers a whole data object; if the destination does not take it, backs up its records.
+    /// Delivers a whole data object; if the destination does not take it, backs up its records. A
+    /// destination that answers record by record may take part of it: the records it refused go
+    /// to the error output at once, and the ones it asks for again are sent again, alone, with the
+    /// same back-off and within the same retry duration (counted from the first failure) as a whole
+    /// object.
     async fn deliver_or_back_up(&self, payload: Payload, oldest_arrival_ms: i64) -> Option<Outcome> {
-        let out = deliver_with_retries(self.settings.retry, || self.sink.deliver(payload.clone())).await;
-        match out.result {
-            Ok(()) => Some(Outcome::stored(out.attempts)),
-            Err(error) => {
-                let failed = FailedObject {
-                    body: payload.body,
-                    records: payload.records,
-                    oldest_arrival_ms,
-                    attempts: out.attempts,
-                    error,
-                };
-                self.back_up(failed).await
+        let policy = self.settings.retry;
+        let mut payload = payload;
+        let (mut attempts, mut first_failure, mut refused_records) = (0u32, None, 0u64);
+        let mut refused_at: Option<(DeliveryError, String)> = None;
+        loop {
+            attempts += 1;
+            let error = match self.sink.deliver(payload.clone()).await {
+                Ok(()) => break,
+                Err(DeliveryError::Partly { code, message, retry, refused }) => {
+                    if !refused.is_empty() {
+                        let output_type = ErrorOutputType::DeliveryFailed(self.sink.destination());
+                        let backup = tokio::task::block_in_place(|| {
+                            backup::refused_payload(&self.settings, output_type, &refused, oldest_arrival_ms, attempts)
+                        });
+                        let key = backup.key.clone();
+                        self.store_error_output(backup).await?;
+                        refused_records += refused.len() as u64;
+                        let error = DeliveryError::Permanent { code: code.clone(), message: message.clone() };
+                        refused_at = Some((error, key));
+                    }
+                    let Some(retry) = retry else { break };
+                    payload = *retry;
+                    DeliveryError::Retryable { code, message }
+                }
+                Err(error) => error,
+            };
+            let since = *first_failure.get_or_insert_with(std::time::Instant::now);
+            let wait = policy.backoff(attempts);
+            if !error.is_retryable() || since.elapsed() + wait > policy.duration {
+                let failed =
+                    FailedObject { body: payload.body, records: payload.records, oldest_arrival_ms, attempts, error };
+                let backed_up = self.back_up(failed).await?;
+                return Some(match (backed_up.ending, refused_records) {
+                    (ending, 0) => Outcome { attempts, ending },
+                    (Ending::BackedUp { error, key }, refused) => {
+                        Outcome { attempts, ending: Ending::Partly { failed: refused + payload.records, error, key } }
+                    }
+                    (ending, _) => Outcome { attempts, ending },
+                });
             }
+            tracing::debug!(attempts, error = %error, ?wait, "delivery failed; retrying");
+            tokio::time::sleep(wait).await;
         }
+        Some(match refused_at {
+            None => Outcome::stored(attempts),
+            Some((error, key)) => Outcome { attempts, ending: Ending::Partly { failed: refused_records, error, key } },
+        })
     }
 
     /// Writes a failed object's records to the error output as error documents (`None`: they
@@ -449,6 +489,21 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                             m.error_objects.fetch_add(1, Relaxed);
                             m.count_reason(output_type.name(), done.records);
                             note_error_key(&done.key);
+                        }
+                        (Ending::Partly { failed, error, key }, _) => {
+                            tracing::error!(sink = %sink_name, key = %done.key, attempts = outcome.attempts, error = %error, backup = %key, failed, "records refused by the destination; they are in the error output");
+                            m.stored.fetch_add(1, Relaxed);
+                            m.records_delivered.fetch_add(done.records.saturating_sub(failed), Relaxed);
+                            m.bytes_delivered.fetch_add(done.raw_bytes, Relaxed);
+                            m.bytes_stored.fetch_add(done.body_bytes, Relaxed);
+                            m.objects.fetch_add(1, Relaxed);
+                            m.records_failed.fetch_add(failed, Relaxed);
+                            m.error_objects.fetch_add(1, Relaxed);
+                            m.count_reason(error.code(), failed);
+                            note_error_key(&key);
+                            if let Ok(mut last) = m.last_error.lock() {
+                                *last = Some(format!("{error} (after {} attempts)", outcome.attempts));
+                            }
                         }
                         (Ending::BackedUp { error, key }, _) => {
                             tracing::error!(sink = %sink_name, key = %done.key, attempts = outcome.attempts, error = %error, backup = %key, "object not delivered; its records are in the error output");
