@@ -21,5 +21,6 @@ mod partitioning;
 mod pipelines;
 mod resume;
 mod s3;
+mod splunk;
 mod support;
 mod transforms;

@@ -24,6 +24,7 @@ pub fn registry() -> Registry {
             SinkType { name: "http_endpoint", configure: sinks::http_endpoint::configure },
             SinkType { name: "object_store", configure: sinks::object_store::configure },
             SinkType { name: "opensearch", configure: sinks::opensearch::configure },
+            SinkType { name: "splunk", configure: sinks::splunk::configure },
         ],
     }
 }

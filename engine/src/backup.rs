@@ -23,6 +23,8 @@ use crate::record::now_ms;
 /// A data object whose delivery failed for good.
 #[derive(Debug, Clone)]
 pub struct FailedObject {
+    /// Its key or request id.
+    pub key: String,
     /// The object as it was to be stored (all its parts).
     pub body: Bytes,
     /// Records in it.
@@ -41,13 +43,20 @@ pub fn error_payload(settings: &SinkSettings, output_type: ErrorOutputType, fail
     let ended = now_ms();
     let (code, message) = (failed.error.code(), failed.error.to_string());
     let mut text = Vec::new();
-    let mut document = |raw: &[u8], message: &str| {
+    let mut document = |raw: &[u8], message: &str, details: Option<&serde_json::Map<String, serde_json::Value>>| {
         let reason = Reason::Delivery { error_code: code, error_message: message };
-        ErrorDocument::new(raw, failed.oldest_arrival_ms, reason, failed.attempts, ended).write_line(&mut text);
+        let document = ErrorDocument::new(raw, failed.oldest_arrival_ms, reason, failed.attempts, ended);
+        match details {
+            Some(details) => document.with_details(details).write_line(&mut text),
+            None => document.write_line(&mut text),
+        }
     };
     match settings.format.records_of(&failed.body) {
-        Ok(records) => records.iter().for_each(|r| document(r, &message)),
-        Err(why) => document(&failed.body, &format!("{message} (the object is kept whole: {why})")),
+        Ok(records) => records.iter().enumerate().for_each(|(index, r)| {
+            let details = settings.format.record_details(&failed.key, index);
+            document(r, &message, details.as_ref());
+        }),
+        Err(why) => document(&failed.body, &format!("{message} (the object is kept whole: {why})"), None),
     }
     documents_payload(settings, output_type, text, failed.records, failed.oldest_arrival_ms)
 }
@@ -134,7 +143,7 @@ mod tests {
 
     fn failed(body: Bytes, records: u64) -> FailedObject {
         let error = DeliveryError::Permanent { code: "S3.AccessDenied".into(), message: "Access Denied".into() };
-        FailedObject { body, records, oldest_arrival_ms: 1_000, attempts: 1, error }
+        FailedObject { key: "object-1".into(), body, records, oldest_arrival_ms: 1_000, attempts: 1, error }
     }
 
     /// The documents of an error payload, decompressed.

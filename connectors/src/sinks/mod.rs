@@ -5,5 +5,6 @@
 pub mod http_endpoint;
 pub mod object_store;
 pub mod opensearch;
+pub mod splunk;
 mod staged_files;
 mod upload_journal;

@@ -650,6 +650,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                 used[i] = true;
             }
             let chosen_format = ["format", "compression"].iter().find_map(|k| section.key_span(k).map(|s| (*k, s)));
+            let buffer_given = section.key_span("buffer").is_some();
             let buffer_span = section.key_span("buffer").unwrap_or(section.span.clone());
             let settings = take_sink_settings(&mut section, &name, base_dir, registry, &mut problems);
             // The connector reads its keys whatever else is wrong, so every problem is reported at once.
@@ -671,6 +672,26 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                         .with_hint("dynamic partitioning names objects; only object store sinks have them"),
                 );
                 continue;
+            }
+            if let Some(rules) = sink.buffering() {
+                if !buffer_given {
+                    settings.hints = rules.default;
+                } else if settings.hints.interval > rules.max_interval {
+                    problems.push(
+                        Diagnostic::new(
+                            buffer_span.clone(),
+                            format!(
+                                "`buffer.interval_s` is at most {} for a sink of type `{type_name}`",
+                                rules.max_interval.as_secs()
+                            ),
+                        )
+                        .with_hint(format!(
+                            "Firehose's range for this destination (default {} MB / {} s)",
+                            rules.default.size_bytes >> 20,
+                            rules.default.interval.as_secs()
+                        )),
+                    );
+                }
             }
             if let Some(wire_format) = sink.wire_format() {
                 if let Some((key, span)) = chosen_format {

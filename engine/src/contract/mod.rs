@@ -220,6 +220,21 @@ pub trait Sink: Send + Sync + 'static {
     fn parts(&self) -> Option<&dyn PartSink> {
         None
     }
+    /// Its destination's buffering rules, when they are not S3's (docs/firehose.md §2): the
+    /// default `buffer` and the longest `interval_s` (the largest `size_mb` follows from its wire
+    /// format's byte limit).
+    fn buffering(&self) -> Option<BufferingRules> {
+        None
+    }
+}
+
+/// A destination's buffering default and longest interval (Splunk: 5 MB / 60 s, at most 60 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferingRules {
+    /// `buffer` when the sink's table has none.
+    pub default: crate::config::BufferingHints,
+    /// The longest `interval_s` the destination allows.
+    pub max_interval: Duration,
 }
 
 /// A sink's capability to take an object in parts while it grows.

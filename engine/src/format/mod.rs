@@ -76,6 +76,12 @@ pub trait ObjectFormat: Send + Sync + std::fmt::Debug {
     }
     /// The records an object of this format holds, as they were encoded (the backup's inverse).
     fn records_of(&self, object: &[u8]) -> Result<Vec<Vec<u8>>, String>;
+    /// Fields the error document of record `index` of the object or request `key` carries
+    /// besides Firehose's common ones, when the destination names records (Splunk's `EventId`).
+    fn record_details(&self, key: &str, index: usize) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let _ = (key, index);
+        None
+    }
 }
 
 /// One object being encoded.

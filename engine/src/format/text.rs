@@ -45,6 +45,11 @@ pub trait RecordCodec: Send + Sync + std::fmt::Debug + 'static {
     }
     /// The records of a decompressed object, as encoded.
     fn records_of(&self, text: &[u8]) -> Result<Vec<Vec<u8>>, String>;
+    /// See [`ObjectFormat::record_details`].
+    fn record_details(&self, key: &str, index: usize) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let _ = (key, index);
+        None
+    }
 }
 
 /// A text format: a codec, the compression its objects are streamed through, and what the
@@ -130,6 +135,10 @@ impl<C: RecordCodec> ObjectFormat for TextFormat<C> {
     fn records_of(&self, object: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         let text = decompress(self.compression, object).map_err(|e| e.to_string())?;
         self.codec.records_of(&text)
+    }
+
+    fn record_details(&self, key: &str, index: usize) -> Option<serde_json::Map<String, serde_json::Value>> {
+        self.codec.record_details(key, index)
     }
 }
 

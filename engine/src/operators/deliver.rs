@@ -170,8 +170,14 @@ impl Target {
             let since = *first_failure.get_or_insert_with(std::time::Instant::now);
             let wait = policy.backoff(attempts);
             if !error.is_retryable() || since.elapsed() + wait > policy.duration {
-                let failed =
-                    FailedObject { body: payload.body, records: payload.records, oldest_arrival_ms, attempts, error };
+                let failed = FailedObject {
+                    key: payload.key,
+                    body: payload.body,
+                    records: payload.records,
+                    oldest_arrival_ms,
+                    attempts,
+                    error,
+                };
                 let backed_up = self.back_up(failed).await?;
                 return Some(match (backed_up.ending, refused_records) {
                     (ending, 0) => Outcome { attempts, ending },
@@ -302,7 +308,8 @@ impl Session {
                 Ok(()) => Some(Outcome::stored(attempts)),
                 Err(error) => {
                     let body = Bytes::from(kept.concat());
-                    target.back_up(FailedObject { body, records, oldest_arrival_ms, attempts, error }).await
+                    let key = self.key.clone();
+                    target.back_up(FailedObject { key, body, records, oldest_arrival_ms, attempts, error }).await
                 }
             };
             self.budget.release(kept_part_bytes);

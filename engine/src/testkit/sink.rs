@@ -274,6 +274,7 @@ async fn backup_of_refused(
     let compression = format.compression();
     let settings = SinkSettings::new(format, BufferingHints::DEFAULT, keys);
     let failed = FailedObject {
+        key: refused.payload.key.clone(),
         body: refused.payload.body.clone(),
         records: refused.payload.records,
         oldest_arrival_ms: now_ms(),
