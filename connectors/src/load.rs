@@ -293,13 +293,13 @@ fn elasticsearch(body: &'static str) -> ([(&'static str, &'static str); 2], &'st
     ([("content-type", "application/json"), ("x-elastic-product", "Elasticsearch")], body)
 }
 
+/// An answer of the Elasticsearch endpoints: status, headers, JSON.
+type ElasticsearchAnswer = (http::StatusCode, [(&'static str, &'static str); 2], String);
+
 /// A `_bulk` handler counting documents into `records`.
 fn bulk_handler(
     records: Arc<std::sync::atomic::AtomicU64>,
-) -> impl Fn(http::HeaderMap, Bytes) -> std::future::Ready<(http::StatusCode, [(&'static str, &'static str); 2], String)>
-+ Clone
-+ Send
-+ 'static {
+) -> impl Fn(http::HeaderMap, Bytes) -> std::future::Ready<ElasticsearchAnswer> + Clone + Send + 'static {
     move |headers: http::HeaderMap, body: Bytes| {
         let answer = bulk_answer(&headers, &body);
         if let Ok((documents, _)) = &answer {
