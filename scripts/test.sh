@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: formatting, lints, unit and integration tests.
 # It installs what the tests use, pinned: Debian's jq (1.6, the jq transform's reference), pyarrow and DuckDB (to read Parquet back), boto3 and the
-# AWS CLI (Firehose API producers) and osmem-server (an in-memory OpenSearch API server the opensearch tests start) into target/test-venv, and the AWS SDK for JavaScript into
+# AWS CLI (Firehose API producers) and osmem-server (an in-memory OpenSearch API server the opensearch tests start) into target/test-venv,
+# Debian's PostgreSQL 15 when its server binaries are missing (the postgres tests start their own clusters), and the AWS SDK for JavaScript into
 # tests/js/node_modules (npm ci). Every server the tests use is started by the tests themselves on
 # 127.0.0.1 (an in-process S3 server, s3s-fs with SigV4 checking; the `sluice` binary; as root, a
 # small tmpfs for the full-disk test). The baselines `sluice bench` compares with are not needed:
@@ -24,6 +25,17 @@ if ! command -v jq >/dev/null; then
     apt-get install -y -qq jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
   else
     echo "jq (1.6, Debian's package) is required by the tests: apt-get install jq" >&2
+    exit 1
+  fi
+fi
+# The postgres sink's tests start throwaway clusters from PostgreSQL's server binaries (initdb,
+# pg_ctl; as root they run them as the `postgres` user) and use psql.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null \
+      || { apt-get update -qq && apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null; }
+  else
+    echo "PostgreSQL's server binaries are required by the tests: apt-get install postgresql-15" >&2
     exit 1
   fi
 fi

@@ -19,6 +19,7 @@ mod outage;
 mod parquet;
 mod partitioning;
 mod pipelines;
+mod postgres;
 mod resume;
 mod s3;
 mod splunk;

@@ -237,7 +237,11 @@ fn an_unstorable_error_output_key_stops_the_run_with_the_reason() {
     let input = dir.path().join("in.ndjson");
     std::fs::write(&input, "{\"a\":1}\nnot json\n{\"a\":2}\n").unwrap();
     let mut registry = registry();
-    registry.sinks.push(sluice_engine::config::SinkType { name: "refusing_keys", configure: refusing_error_keys });
+    registry.sinks.push(sluice_engine::config::SinkType {
+        name: "refusing_keys",
+        configure: refusing_error_keys,
+        reads: &[],
+    });
     let toml = format!(
         "[pipeline]\nname = \"unstorable\"\n[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\n\
          [sinks.out]\ntype = \"refusing_keys\"\ninputs = [\"in\"]\nformat = \"csv\"\ncolumns = [\"a\"]\n",

@@ -21,10 +21,11 @@ pub fn registry() -> Registry {
         ],
         key_query: Some(transforms::jq::key_query),
         sinks: vec![
-            SinkType { name: "http_endpoint", configure: sinks::http_endpoint::configure },
-            SinkType { name: "object_store", configure: sinks::object_store::configure },
-            SinkType { name: "opensearch", configure: sinks::opensearch::configure },
-            SinkType { name: "splunk", configure: sinks::splunk::configure },
+            SinkType { name: "http_endpoint", configure: sinks::http_endpoint::configure, reads: &[] },
+            SinkType { name: "object_store", configure: sinks::object_store::configure, reads: &[] },
+            SinkType { name: "opensearch", configure: sinks::opensearch::configure, reads: &[] },
+            SinkType { name: "postgres", configure: sinks::postgres::configure, reads: &["format", "columns"] },
+            SinkType { name: "splunk", configure: sinks::splunk::configure, reads: &[] },
         ],
     }
 }

@@ -5,6 +5,7 @@
 pub mod http_endpoint;
 pub mod object_store;
 pub mod opensearch;
+pub mod postgres;
 pub mod splunk;
 mod staged_files;
 mod upload_journal;

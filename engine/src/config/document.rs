@@ -168,6 +168,19 @@ impl Section {
         self.entries.remove(key)
     }
 
+    /// Takes `keys` out of the table as they are written, to put them back with
+    /// [`Self::restore`] (a connector reading a key the engine also knows keeps it from the engine).
+    pub fn set_aside(&mut self, keys: &[&str]) -> Vec<(toml::Spanned<std::borrow::Cow<'static, str>>, Value)> {
+        keys.iter().filter_map(|k| self.entries.remove_entry(*k)).collect()
+    }
+
+    /// Puts back what [`Self::set_aside`] took.
+    pub fn restore(&mut self, entries: Vec<(toml::Spanned<std::borrow::Cow<'static, str>>, Value)>) {
+        for (key, value) in entries {
+            self.entries.insert(key, value);
+        }
+    }
+
     /// Takes a sub-table.
     pub fn take_table(&mut self, key: &str, problems: &mut Vec<Diagnostic>) -> Option<Section> {
         let value = self.take(key)?;

@@ -89,6 +89,9 @@ pub struct SinkType {
     pub name: &'static str,
     /// Builds the sink from its keys.
     pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic>,
+    /// Keys the engine reads for other sinks that this sink reads itself, with its own meaning
+    /// (the `postgres` sink's `format` and `columns`): the engine leaves them to the connector.
+    pub reads: &'static [&'static str],
 }
 
 /// A transform `type`.

@@ -652,7 +652,11 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
             let chosen_format = ["format", "compression"].iter().find_map(|k| section.key_span(k).map(|s| (*k, s)));
             let buffer_given = section.key_span("buffer").is_some();
             let buffer_span = section.key_span("buffer").unwrap_or(section.span.clone());
+            let reads = type_name.as_deref().and_then(|t| registry.sink(t)).map_or(&[][..], |t| t.reads);
+            let lent = section.set_aside(reads);
+            let chosen_format = chosen_format.filter(|(key, _)| !reads.contains(key));
             let settings = take_sink_settings(&mut section, &name, base_dir, registry, &mut problems);
+            section.restore(lent);
             // The connector reads its keys whatever else is wrong, so every problem is reported at once.
             let Some(sink_type) = type_name.as_deref().and_then(|t| registry.sink(t)) else { continue };
             section.engine_keys = SINK_ENGINE_KEYS;

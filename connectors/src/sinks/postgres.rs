@@ -1,0 +1,593 @@
+//! `type = "postgres"`: the Redshift-style warehouse sink. Each buffer is staged as an object and
+//! loaded into a PostgreSQL table with `COPY`, exactly once per object (docs/firehose.md §16).
+//!
+//! ```toml
+//! [sinks.warehouse]
+//! type = "postgres"
+//! inputs = ["trail"]
+//! url = "postgres://loader:${PG_PASS}@127.0.0.1:5432/security"   # sslmode=require|verify-full: TLS, verified
+//! table = "cloudtrail_events"            # schema-qualified allowed
+//! columns = ["event_time", "event_name", "user_name", "source_ip"]   # Firehose's DataTableColumns
+//! mapping = { user_name = "userIdentity.userName", source_ip = "sourceIPAddress" }  # JSON path per column (default: its name)
+//! format = "csv"                         # csv (default): a column per path | json: the record in one jsonb column
+//! staging = { url = "s3://bucket/staging", prefix = "cloudtrail/" }  # Firehose's intermediate S3 (any object store URL)
+//! healthcheck = true                     # at start: connect, check the table and its columns
+//! buffer = { size_mb = 5, interval_s = 300 }
+//! retry = { duration_s = 3600 }          # Firehose's Redshift default
+//! ```
+//!
+//! The staged object is this sink's wire format ([`StagedRecords`]): the records as they arrived, one
+//! JSON object per line, gzip-compressed, as Firehose's intermediate S3 holds them (a record that is
+//! not a JSON object is refused before it is staged: `format-conversion-failed`). At load each
+//! becomes a CSV row of the columns' values ([`Mapping`]: a string as it is, a number or boolean as
+//! its JSON text, an object or array as JSON, a missing key or null as SQL NULL), sent to COPY 1 MiB
+//! at a time. Delivering a
+//! payload stores it in `staging` under `prefix` and its key (what the error output and Firehose's
+//! manifests name), then loads it in one transaction: the load ledger `sluice_loads(pipeline,
+//! sink, object_key, rows, loaded_at)` (created if missing) is checked first and an object it holds
+//! is not loaded again; else `COPY table (columns) FROM STDIN (FORMAT csv)` takes the rows and the
+//! ledger row is inserted before `COMMIT`. So a payload sent
+//! again after a lost answer, a retry or a crash after the commit is never loaded twice.
+//! A data error (SQLSTATE classes 22 and 23: a wrong type, a value too long, a NOT NULL) does not
+//! fail the batch: the rows are loaded again in halves under savepoints, in the same transaction,
+//! down to the single rows that fail; their records go to the error output (`redshift-failed`,
+//! `errorCode` the SQLSTATE, `errorMessage` PostgreSQL's message) and the rest commits. Connection failures,
+//! serialization failures, shutdowns (57P01) and resource errors are retried; a missing table or
+//! column, refused credentials or privileges are permanent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::SinkExt;
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use sluice_engine::compression::{Compression, decompress};
+use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, RefusedRecord, Sink};
+use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
+use tokio_postgres::error::SqlState;
+
+use crate::sinks::object_store::ObjectStoreSink;
+
+/// The load ledger's table.
+const LEDGER: &str = "sluice_loads";
+
+/// How records become rows of the table (module docs).
+#[derive(Debug, Clone)]
+pub enum Mapping {
+    /// A column per JSON path (each path's keys).
+    Columns(Vec<Vec<String>>),
+    /// The record in one column.
+    Json,
+}
+
+/// Appends `text` as a quoted CSV field.
+fn quoted(text: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for b in text.bytes() {
+        if b == b'"' {
+            out.push(b'"');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
+impl Mapping {
+    /// Appends the CSV row of `record` (a JSON object) to `out`.
+    fn row(&self, record: &serde_json::Value, out: &mut Vec<u8>) {
+        match self {
+            Mapping::Json => quoted(&record.to_string(), out),
+            Mapping::Columns(paths) => {
+                for (i, path) in paths.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    match path.iter().try_fold(record, |v, key| v.get(key)) {
+                        None | Some(serde_json::Value::Null) => {}
+                        Some(serde_json::Value::String(s)) => quoted(s, out),
+                        Some(other) => quoted(&other.to_string(), out),
+                    }
+                }
+            }
+        }
+        out.push(b'\n');
+    }
+}
+
+/// The staged objects' records: each a JSON object on one line, as it arrived (line breaks, which
+/// valid JSON holds only between tokens, become spaces), so the stage, the backup and every error
+/// document hold the records themselves, as Firehose's intermediate S3 does.
+#[derive(Debug, Clone, Copy)]
+pub struct StagedRecords;
+
+impl RecordCodec for StagedRecords {
+    fn describe(&self) -> String {
+        "ndjson (staged for COPY)".into()
+    }
+
+    fn content_type(&self) -> &'static str {
+        "application/x-ndjson"
+    }
+
+    fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        match serde_json::from_slice::<serde::de::IgnoredAny>(record) {
+            Err(e) => return Err(format!("DataFormatConversion.MalformedData: the record is not JSON: {e}")),
+            Ok(_) if record.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') => {
+                return Err("DataFormatConversion.MalformedData: the record is not a JSON object".into());
+            }
+            Ok(_) => {}
+        }
+        let start = out.len();
+        out.extend_from_slice(record.trim_ascii());
+        for b in &mut out[start..] {
+            if matches!(*b, b'\n' | b'\r') {
+                *b = b' ';
+            }
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+
+    fn records_of(&self, text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        Ok(lines(text).map(<[u8]>::to_vec).collect())
+    }
+}
+
+/// The non-empty lines of `text`.
+fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    text.split(|&b| b == b'\n').filter(|l| !l.is_empty())
+}
+
+/// The sink's own keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresConfig {
+    url: String,
+    table: String,
+    columns: Vec<String>,
+    #[serde(default)]
+    mapping: BTreeMap<String, String>,
+    #[serde(default)]
+    format: Option<String>,
+    staging: Option<Staging>,
+    #[serde(default = "yes")]
+    healthcheck: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Staging {
+    url: String,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    options: BTreeMap<String, toml::Value>,
+}
+
+/// A configured PostgreSQL sink.
+pub struct PostgresSink {
+    load: Arc<Loader>,
+    wire: Arc<dyn ObjectFormat>,
+    staging: Arc<dyn Sink>,
+    /// Where it loads, without the password.
+    location: String,
+}
+
+/// What loading a staged object needs.
+struct Loader {
+    mapping: Mapping,
+    config: tokio_postgres::Config,
+    tls: bool,
+    /// `table (col, …)`, quoted.
+    target: String,
+    table: String,
+    columns: Vec<String>,
+    staging_prefix: String,
+    staging: Arc<dyn Sink>,
+    pipeline: String,
+    sink: String,
+    healthcheck: bool,
+}
+
+/// Quotes a column or a dotted table name as SQL identifiers.
+fn identifier(name: &str) -> String {
+    name.split('.').map(|part| format!("\"{}\"", part.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+}
+
+/// Builds a PostgreSQL sink from `[sinks.<name>]`.
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
+    let span = config.table.span.clone();
+    let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
+    let (url_span, columns_span, mapping_span, format_span, staging_span) =
+        (spans("url"), spans("columns"), spans("mapping"), spans("format"), spans("staging"));
+    let (pipeline, name, data_dir) = (config.pipeline.clone(), config.name.clone(), config.data_dir.clone());
+    let c: PostgresConfig = config.table.deserialize()?;
+    // rustls always verifies the server's certificate and name: `verify-full` and `verify-ca` are
+    // what `require` does here.
+    let url = c.url.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require");
+    let pg: tokio_postgres::Config = url.parse().map_err(|e| {
+        Diagnostic::new(url_span.clone(), format!("not a PostgreSQL URL: {e}"))
+            .with_hint("postgres://user:password@host:5432/database, optionally ?sslmode=require")
+    })?;
+    let tls = pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+    if c.columns.is_empty() || c.columns.iter().any(|col| col.is_empty()) {
+        return Err(Diagnostic::new(columns_span, "`columns` must name at least one column, none empty")
+            .with_hint("the table's columns to load, in order, as Firehose's DataTableColumns"));
+    }
+    if let Some(unknown) = c.mapping.keys().find(|k| !c.columns.contains(k)) {
+        return Err(Diagnostic::new(mapping_span, format!("`mapping` names `{unknown}`, which is not in `columns`"))
+            .with_hint("mapping = { column = \"json.path\" } for columns listed in `columns`"));
+    }
+    let mapping = match c.format.as_deref() {
+        None | Some("csv") => Mapping::Columns(
+            c.columns
+                .iter()
+                .map(|col| c.mapping.get(col).unwrap_or(col).split('.').map(str::to_string).collect())
+                .collect(),
+        ),
+        Some("json") if c.columns.len() == 1 && c.mapping.is_empty() => Mapping::Json,
+        Some("json") => {
+            return Err(Diagnostic::new(format_span, "format = \"json\" loads one jsonb column")
+                .with_hint("columns = [\"record\"] and no `mapping`"));
+        }
+        Some(other) => {
+            return Err(Diagnostic::new(format_span, format!("unknown format `{other}`"))
+                .with_hint("`csv` (a column per path, default) or `json` (the record in one jsonb column)"));
+        }
+    };
+    let Some(staging) = c.staging else {
+        return Err(Diagnostic::new(span, "a `postgres` sink needs `staging`").with_hint(
+            "where batches are staged before COPY (and the error output goes), as Firehose's intermediate S3: \
+             staging = { url = \"s3://bucket/staging\" } (or file://./staging)",
+        ));
+    };
+    let store = ObjectStoreSink::from_config(&staging.url, &staging.options)
+        .map_err(|(message, hint)| Diagnostic::new(staging_span, format!("staging: {message}")).with_hint(hint))?
+        .owned_by(&pipeline, &format!("{name}-staging"), &data_dir);
+    let staging_store: Arc<dyn Sink> = Arc::new(store);
+    let target = format!(
+        "{} ({})",
+        identifier(&c.table),
+        c.columns.iter().map(|col| identifier(col)).collect::<Vec<_>>().join(", ")
+    );
+    let location = format!(
+        "postgres://{}:{}/{} {}",
+        pg.get_hosts().first().map_or("?".into(), |h| format!("{h:?}")),
+        pg.get_ports().first().copied().unwrap_or(5432),
+        pg.get_dbname().unwrap_or(""),
+        c.table
+    );
+    let load = Loader {
+        mapping,
+        config: pg,
+        tls,
+        target,
+        table: c.table,
+        columns: c.columns,
+        staging_prefix: staging.prefix,
+        staging: Arc::clone(&staging_store),
+        pipeline,
+        sink: name,
+        healthcheck: c.healthcheck,
+    };
+    Ok(Arc::new(PostgresSink {
+        load: Arc::new(load),
+        wire: Arc::new(TextFormat::new(StagedRecords, Compression::Gzip)),
+        staging: staging_store,
+        location,
+    }))
+}
+
+/// The delivery error `e` means.
+fn classify(e: &tokio_postgres::Error, what: &str) -> DeliveryError {
+    let Some(db) = e.as_db_error() else {
+        return DeliveryError::Retryable {
+            code: "Redshift.ConnectionFailed".into(),
+            message: format!("{what}: {}", sluice_engine::redact::text(&e.to_string())),
+        };
+    };
+    let message = format!("{what}: {} (SQLSTATE {})", db.message(), db.code().code());
+    let permanent = |code: &str| DeliveryError::Permanent { code: code.into(), message: message.clone() };
+    match db.code() {
+        c if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+            permanent("Redshift.AuthenticationFailed")
+        }
+        c if *c == SqlState::UNDEFINED_TABLE => permanent("Redshift.TableNotFound"),
+        c if *c == SqlState::UNDEFINED_COLUMN => permanent("Redshift.ColumnNotFound"),
+        c if *c == SqlState::INSUFFICIENT_PRIVILEGE => permanent("Redshift.InsufficientPrivilege"),
+        c if *c == SqlState::INVALID_CATALOG_NAME => permanent("Redshift.DatabaseNotFound"),
+        _ => DeliveryError::Retryable { code: "Redshift.ServerError".into(), message },
+    }
+}
+
+/// Whether `e` is about the rows' values (SQLSTATE classes 22 and 23), which splitting isolates.
+fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23"))
+}
+
+impl Loader {
+    async fn connect(&self) -> Result<tokio_postgres::Client, DeliveryError> {
+        let connected = if self.tls {
+            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+            let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+            let (client, connection) = self
+                .config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+                .await
+                .map_err(|e| classify(&e, "cannot connect"))?;
+            tokio::spawn(connection);
+            client
+        } else {
+            let (client, connection) =
+                self.config.connect(tokio_postgres::NoTls).await.map_err(|e| classify(&e, "cannot connect"))?;
+            tokio::spawn(connection);
+            client
+        };
+        Ok(connected)
+    }
+
+    /// Creates the ledger if missing and, with the health check on, checks the table and columns.
+    async fn prepare(&self) -> Result<(), DeliveryError> {
+        let client = self.connect().await?;
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {LEDGER} (pipeline text NOT NULL, sink text NOT NULL, \
+                 object_key text NOT NULL, rows bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), \
+                 PRIMARY KEY (pipeline, sink, object_key))"
+            ))
+            .await
+            .map_err(|e| classify(&e, &format!("cannot create the load ledger {LEDGER}")))?;
+        if !self.healthcheck {
+            return Ok(());
+        }
+        let found = client
+            .query_opt("SELECT to_regclass($1)::oid", &[&identifier(&self.table)])
+            .await
+            .map_err(|e| classify(&e, "cannot look up the table"))?
+            .and_then(|row| row.get::<_, Option<u32>>(0));
+        let Some(oid) = found else {
+            return Err(DeliveryError::Permanent {
+                code: "Redshift.TableNotFound".into(),
+                message: format!("the table `{}` does not exist (or this user cannot see it)", self.table),
+            });
+        };
+        let present: Vec<String> = client
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| classify(&e, "cannot read the table's columns"))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if let Some(missing) = self.columns.iter().find(|c| !present.contains(c)) {
+            return Err(DeliveryError::Permanent {
+                code: "Redshift.ColumnNotFound".into(),
+                message: format!(
+                    "the table `{}` has no column `{missing}` (it has {})",
+                    self.table,
+                    present.join(", ")
+                ),
+            });
+        }
+        let privileged: bool = client
+            .query_one("SELECT has_table_privilege($1::oid, 'INSERT')", &[&oid])
+            .await
+            .map_err(|e| classify(&e, "cannot check privileges"))?
+            .get(0);
+        if !privileged {
+            return Err(DeliveryError::Permanent {
+                code: "Redshift.InsufficientPrivilege".into(),
+                message: format!("this user may not INSERT into `{}`", self.table),
+            });
+        }
+        Ok(())
+    }
+
+    /// COPYs the rows of `records` (staged lines) in one statement, sent 1 MiB at a time.
+    async fn copy<'r>(
+        &self,
+        transaction: &tokio_postgres::Transaction<'_>,
+        records: impl Iterator<Item = &'r [u8]>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let sink = transaction.copy_in::<_, Bytes>(&format!("COPY {} FROM STDIN (FORMAT csv)", self.target)).await?;
+        futures::pin_mut!(sink);
+        let mut rows = Vec::with_capacity(1 << 20);
+        for record in records {
+            // Staged lines were checked to be JSON objects when they were encoded.
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(record) {
+                self.mapping.row(&value, &mut rows);
+            }
+            if rows.len() >= 1 << 20 {
+                sink.send(Bytes::from(std::mem::take(&mut rows))).await?;
+            }
+        }
+        if !rows.is_empty() {
+            sink.send(Bytes::from(rows)).await?;
+        }
+        sink.finish().await
+    }
+
+    /// Loads `records` under savepoints, splitting them on data errors down to the records whose
+    /// rows fail, which are returned with their SQLSTATE and message.
+    async fn load_isolating(
+        &self,
+        transaction: &mut tokio_postgres::Transaction<'_>,
+        records: &[&[u8]],
+        refused: &mut Vec<RefusedRecord>,
+    ) -> Result<u64, DeliveryError> {
+        let mut pending = vec![records];
+        let mut loaded = 0;
+        while let Some(part) = pending.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            let savepoint = transaction.savepoint("sluice_rows").await.map_err(|e| classify(&e, "SAVEPOINT"))?;
+            match self.copy(&savepoint, part.iter().copied()).await {
+                Ok(n) => {
+                    savepoint.commit().await.map_err(|e| classify(&e, "RELEASE SAVEPOINT"))?;
+                    loaded += n;
+                }
+                Err(e) if is_data_error(&e) => {
+                    savepoint.rollback().await.map_err(|e| classify(&e, "ROLLBACK TO SAVEPOINT"))?;
+                    if let [record] = part {
+                        let db = e.as_db_error();
+                        refused.push(RefusedRecord {
+                            record: record.to_vec(),
+                            code: db.map_or("22000".into(), |d| d.code().code().to_string()),
+                            message: db.map_or_else(|| e.to_string(), |d| d.message().to_string()),
+                            details: serde_json::Map::new(),
+                        });
+                    } else {
+                        let (a, b) = part.split_at(part.len() / 2);
+                        pending.push(b);
+                        pending.push(a);
+                    }
+                }
+                Err(e) => return Err(classify(&e, "COPY")),
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Stages and loads one payload, exactly once per key (module docs).
+    async fn deliver(&self, payload: Payload) -> Result<(), DeliveryError> {
+        let key = format!("{}{}", self.staging_prefix, payload.key);
+        self.staging.deliver(Payload { key: key.clone(), ..payload.clone() }).await?;
+        let mut client = self.connect().await?;
+        let mut transaction = client.transaction().await.map_err(|e| classify(&e, "BEGIN"))?;
+        let done = transaction
+            .query_opt(
+                &format!("SELECT rows FROM {LEDGER} WHERE pipeline = $1 AND sink = $2 AND object_key = $3 FOR UPDATE"),
+                &[&self.pipeline, &self.sink, &key],
+            )
+            .await
+            .map_err(|e| classify(&e, "cannot read the load ledger"))?;
+        if done.is_some() {
+            // Loaded before (a retry after a lost answer, or a crash after the commit).
+            return transaction.commit().await.map_err(|e| classify(&e, "COMMIT"));
+        }
+        let text = decompress(Compression::Gzip, &payload.body)
+            .map_err(|e| DeliveryError::Unstorable { code: "Redshift.InvalidObject".into(), message: e.to_string() })?;
+        let mut refused = Vec::new();
+        let started = std::time::Instant::now();
+        let loaded = match self.copy(&transaction, lines(&text)).await {
+            Ok(n) => n,
+            Err(e) if is_data_error(&e) => {
+                // The failed COPY aborted the transaction: start again and isolate the bad rows.
+                drop(transaction);
+                transaction = client.transaction().await.map_err(|e| classify(&e, "BEGIN"))?;
+                let records: Vec<&[u8]> = lines(&text).collect();
+                self.load_isolating(&mut transaction, &records, &mut refused).await?
+            }
+            Err(e) => return Err(classify(&e, "COPY")),
+        };
+        transaction
+            .execute(
+                &format!("INSERT INTO {LEDGER} (pipeline, sink, object_key, rows) VALUES ($1, $2, $3, $4)"),
+                &[&self.pipeline, &self.sink, &key, &(loaded as i64)],
+            )
+            .await
+            .map_err(|e| classify(&e, "cannot write the load ledger"))?;
+        transaction.commit().await.map_err(|e| classify(&e, "COMMIT"))?;
+        tracing::debug!(key, loaded, refused = refused.len(), elapsed = ?started.elapsed(), "COPY done");
+        if refused.is_empty() {
+            return Ok(());
+        }
+        Err(DeliveryError::Partly {
+            code: "Redshift.DataErrors".into(),
+            message: format!(
+                "{} of {} rows refused by PostgreSQL; first: {} ({})",
+                refused.len(),
+                loaded as usize + refused.len(),
+                refused[0].message,
+                refused[0].code
+            ),
+            retry: None,
+            refused,
+        })
+    }
+}
+
+impl Sink for PostgresSink {
+    fn describe(&self) -> String {
+        format!("postgres {} ({})", self.location, self.wire.describe())
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn destination(&self) -> DestinationKind {
+        DestinationKind::Redshift
+    }
+
+    fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let (load, staging) = (Arc::clone(&self.load), Arc::clone(&self.staging));
+        Box::pin(async move {
+            staging.prepare().await?;
+            load.prepare().await
+        })
+    }
+
+    fn wire_format(&self) -> Option<Arc<dyn ObjectFormat>> {
+        Some(Arc::clone(&self.wire))
+    }
+
+    fn error_output(&self) -> Option<Arc<dyn Sink>> {
+        Some(Arc::clone(&self.staging))
+    }
+
+    fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let load = Arc::clone(&self.load);
+        Box::pin(async move { load.deliver(payload).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(mapping: &Mapping, record: &str) -> String {
+        let mut out = Vec::new();
+        mapping.row(&serde_json::from_str(record).unwrap_or_default(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn records_become_csv_rows_of_their_paths() {
+        let paths =
+            |p: &[&str]| Mapping::Columns(p.iter().map(|p| p.split('.').map(str::to_string).collect()).collect());
+        let m = paths(&["a", "b.c", "missing", "n", "flag", "obj", "none"]);
+        assert_eq!(
+            row(&m, r#"{"a":"say \"hi\", then\nbye","b":{"c":""},"n":1.5,"flag":true,"obj":{"x":[1]},"none":null}"#),
+            "\"say \"\"hi\"\", then\nbye\",\"\",,\"1.5\",\"true\",\"{\"\"x\"\":[1]}\",\n"
+        );
+        assert_eq!(row(&Mapping::Json, r#"{"k": "v"}"#), "\"{\"\"k\"\":\"\"v\"\"}\"\n");
+    }
+
+    #[test]
+    fn only_json_objects_are_staged_each_on_one_line() {
+        let mut out = Vec::new();
+        StagedRecords.encode(b"{\n \"a\": 1\r\n}\n", &mut out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out, b"{  \"a\": 1  }\n");
+        for bad in [&b"not json"[..], b"[1]", b"\"s\"", b"{\"a\":1} {"] {
+            assert!(StagedRecords.encode(bad, &mut Vec::new()).is_err(), "{bad:?}");
+        }
+        assert_eq!(StagedRecords.records_of(b"{\"a\":1}\n{\"b\":2}\n").unwrap_or_default().len(), 2);
+    }
+
+    #[test]
+    fn names_are_quoted_as_identifiers() {
+        assert_eq!(identifier("events"), "\"events\"");
+        assert_eq!(identifier("lake.events"), "\"lake\".\"events\"");
+        assert_eq!(identifier("we\"ird"), "\"we\"\"ird\"");
+    }
+}

@@ -1,0 +1,393 @@
+//! The `postgres` sink against a real PostgreSQL: each test starts a throwaway cluster from
+//! Debian's server binaries (`initdb` into a temporary folder, `pg_ctl start` on a free port on
+//! 127.0.0.1, as the `postgres` user when the tests run as root), with password authentication
+//! over TCP, and stops it afterwards. A CloudTrail run is loaded exactly once (row for row against
+//! the input, one ledger row per staged object); rows PostgreSQL refuses are isolated into the
+//! error output while the rest load; a missing table, a missing column and a wrong password stop
+//! the run at start with what is wrong; and the conformance kit runs with PostgreSQL stopped
+//! (unavailable) and the loader's password changed (refused).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use sluice_connectors::registry;
+use sluice_connectors::synth::Profile;
+use sluice_engine::testkit::sink::{Check, Destination, Fault, conformance};
+use sluice_engine::testkit::{plan_from_str, run_pipeline};
+
+use super::support::{folder_objects, free_port, generated, raw_data};
+
+const LOADER_PASSWORD: &str = "loader-pw-1";
+
+/// A throwaway PostgreSQL cluster, stopped when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+/// The newest PostgreSQL server binaries of the machine.
+fn server_binaries() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's server binaries (Debian: postgresql-15) are needed")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("no initdb under /usr/lib/postgresql/*/bin")
+}
+
+fn as_root() -> bool {
+    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap().trim() == "0"
+}
+
+impl Cluster {
+    /// `program` of the server binaries, run as `postgres` when we are root.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn start(&self) {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c full_page_writes=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .args(["-w", "-o", &options, "start"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn stop(&self) {
+        let _ = self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "fast", "-w", "stop"]).output();
+    }
+
+    fn url(&self, password: &str) -> String {
+        format!("postgres://loader:{password}@127.0.0.1:{}/security", self.port)
+    }
+
+    /// Runs `sql` as the superuser in `database` with psql; the rows, each a list of fields.
+    fn psql(&self, database: &str, sql: &[&str]) -> Vec<Vec<String>> {
+        let mut command = Command::new("psql");
+        command
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", database])
+            .args(["-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1"])
+            .env("PGPASSWORD", "super-pw");
+        for statement in sql {
+            command.args(["-c", statement]);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect()
+    }
+
+    /// Runs `sql` as the superuser in `security`.
+    fn sql(&self, sql: &str) -> Vec<Vec<String>> {
+        self.psql("security", &[sql])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A new cluster with database `security`, a `loader` role (password auth over TCP) and `schema`.
+fn cluster(schema: &str) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    if as_root() {
+        let status = Command::new("chown").arg("postgres:").arg(dir.path()).status().unwrap();
+        assert!(status.success());
+    }
+    let cluster = Cluster { dir, bin: server_binaries(), port: free_port() };
+    let pwfile = cluster.dir.path().join("pw");
+    std::fs::write(&pwfile, "super-pw\n").unwrap();
+    if as_root() {
+        Command::new("chown").arg("postgres:").arg(&pwfile).status().unwrap();
+    }
+    let out = cluster
+        .command("initdb")
+        .arg("-D")
+        .arg(cluster.data())
+        .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8"])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    cluster.start();
+    cluster.psql(
+        "postgres",
+        &[&format!("CREATE ROLE loader LOGIN PASSWORD '{LOADER_PASSWORD}'"), "CREATE DATABASE security OWNER loader"],
+    );
+    cluster.sql(&format!(
+        "{schema}; GRANT ALL ON ALL TABLES IN SCHEMA public TO loader; GRANT CREATE ON SCHEMA public TO loader;"
+    ));
+    cluster
+}
+
+const CLOUDTRAIL_TABLE: &str = "CREATE TABLE cloudtrail_events (event_time timestamptz NOT NULL, event_name text, \
+    user_name text, source_ip text)";
+
+/// A pipeline from `source` into the `postgres` sink of `cluster`, staging under `staging`.
+fn pipeline(source: &str, url: &str, staging: &Path, extra: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"to-pg\"\n[sources.in]\n{source}\n\
+         [sinks.warehouse]\ntype = \"postgres\"\ninputs = [\"in\"]\nurl = \"{url}\"\n\
+         staging = {{ url = \"file://{}\", prefix = \"cloudtrail/\" }}\n\
+         error_prefix = \"errors/!{{firehose:error-output-type}}/\"\nbuffer = {{ size_mb = 1, interval_s = 60 }}\n{extra}\n",
+        staging.display()
+    )
+}
+
+const CLOUDTRAIL_SINK: &str = "table = \"cloudtrail_events\"\ncolumns = [\"event_time\", \"event_name\", \"user_name\", \"source_ip\"]\n\
+    mapping = { event_time = \"eventTime\", event_name = \"eventName\", user_name = \"userIdentity.userName\", source_ip = \"sourceIPAddress\" }";
+
+fn generator(records: u64) -> String {
+    format!("type = \"generator\"\nprofile = \"cloudtrail\"\nrecords = {records}\nseed = 21")
+}
+
+#[test]
+fn a_cloudtrail_run_is_loaded_exactly_once() {
+    let pg = cluster(CLOUDTRAIL_TABLE);
+    let staging = tempfile::tempdir().unwrap();
+    let toml = pipeline(&generator(3_000), &pg.url(LOADER_PASSWORD), staging.path(), CLOUDTRAIL_SINK);
+    let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap();
+    assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 3_000);
+    let loaded: Vec<String> = pg
+        .sql(
+            "SELECT to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') || '|' || \
+             coalesce(event_name, '') || '|' || coalesce(user_name, '<null>') || '|' || source_ip FROM cloudtrail_events",
+        )
+        .into_iter()
+        .map(|row| row[0].clone())
+        .collect();
+    let mut expected: Vec<String> = generated(Profile::Cloudtrail, 21, 3_000)
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r).unwrap();
+            let user = v["userIdentity"]["userName"].as_str().unwrap_or("<null>").to_string();
+            format!(
+                "{}|{}|{user}|{}",
+                v["eventTime"].as_str().unwrap(),
+                v["eventName"].as_str().unwrap(),
+                v["sourceIPAddress"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let mut loaded = loaded;
+    loaded.sort();
+    expected.sort();
+    assert_eq!(loaded.len(), 3_000);
+    assert_eq!(loaded, expected, "every record once, as it was");
+    // One ledger row per staged object, their rows adding up to the run.
+    let ledger = pg.sql("SELECT count(*), sum(rows) FROM sluice_loads WHERE pipeline = 'to-pg' AND sink = 'warehouse'");
+    let staged: Vec<String> =
+        folder_objects(staging.path()).into_keys().filter(|k| k.starts_with("cloudtrail/")).collect();
+    assert_eq!(ledger[0][0], staged.len().to_string(), "{staged:?}");
+    assert_eq!(ledger[0][1], "3000");
+}
+
+#[test]
+fn rows_postgres_refuses_go_to_the_error_output_and_the_rest_loads() {
+    let pg = cluster("CREATE TABLE events (n integer NOT NULL, name varchar(8), at timestamptz)");
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = Vec::new();
+    for i in 0..60 {
+        let record = match i % 20 {
+            3 => serde_json::json!({"n": i, "name": "much-too-long-a-name", "at": "2026-11-26T10:00:00Z"}),
+            7 => serde_json::json!({"n": i, "name": "ok", "at": "not a time"}),
+            11 => serde_json::json!({"name": "no n"}),
+            _ => serde_json::json!({"n": i, "name": format!("r{i}"), "at": "2026-11-26T10:00:00Z"}),
+        };
+        records.push(record.to_string());
+    }
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, records.join("\n") + "\nnot json\n").unwrap();
+    let staging = dir.path().join("staging");
+    let toml = pipeline(
+        &format!("type = \"file\"\npaths = [\"{}\"]", input.display()),
+        &pg.url(LOADER_PASSWORD),
+        &staging,
+        "table = \"events\"\ncolumns = [\"n\", \"name\", \"at\"]",
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
+    let m = &metrics.sinks[0];
+    assert_eq!((m.records_delivered.load(Relaxed), m.records_failed.load(Relaxed)), (51, 10));
+    assert_eq!(pg.sql("SELECT count(*) FROM events")[0][0], "51");
+    let objects = folder_objects(&staging);
+    let refused: Vec<serde_json::Value> = objects
+        .iter()
+        .filter(|(key, _)| key.starts_with("errors/redshift-failed/"))
+        .flat_map(|(_, lines)| lines.iter().map(|l| serde_json::from_str(l).unwrap()))
+        .collect();
+    assert_eq!(refused.len(), 9, "{objects:?}");
+    let mut codes: Vec<String> = refused.iter().map(|d| d["errorCode"].as_str().unwrap().to_string()).collect();
+    codes.sort();
+    codes.dedup();
+    // value too long, invalid datetime syntax, not null violation.
+    assert_eq!(codes, ["22001", "22007", "23502"]);
+    for doc in &refused {
+        let row = raw_data(doc);
+        let message = doc["errorMessage"].as_str().unwrap();
+        match doc["errorCode"].as_str().unwrap() {
+            "22001" => assert!(row.contains("much-too-long") && message.contains("too long"), "{doc}"),
+            "22007" => assert!(row.contains("not a time") && message.contains("timestamp"), "{doc}"),
+            _ => assert!(row.contains("no n") && message.contains("null"), "{doc}"),
+        }
+    }
+    let malformed = objects.iter().filter(|(key, _)| key.starts_with("errors/format-conversion-failed/")).count();
+    assert_eq!(malformed, 1, "the record that is not JSON: {objects:?}");
+}
+
+#[test]
+fn a_missing_table_a_missing_column_and_a_wrong_password_stop_the_run_at_start() {
+    let pg = cluster(CLOUDTRAIL_TABLE);
+    let staging = tempfile::tempdir().unwrap();
+    for (url, sink, says) in [
+        (
+            pg.url(LOADER_PASSWORD),
+            CLOUDTRAIL_SINK.replace("\"cloudtrail_events\"", "\"missing_table\""),
+            "does not exist",
+        ),
+        (
+            pg.url(LOADER_PASSWORD),
+            CLOUDTRAIL_SINK.replace("\"source_ip\"]", "\"source_ip\", \"region\"]"),
+            "has no column `region`",
+        ),
+        (pg.url("wrong"), CLOUDTRAIL_SINK.to_string(), "password authentication failed"),
+    ] {
+        let toml = pipeline(&generator(10), &url, staging.path(), &sink);
+        let error = run_pipeline(&toml, &registry(), 1).err().unwrap_or_default();
+        assert!(error.contains(says), "{says}: {error}");
+        assert!(!error.contains(LOADER_PASSWORD), "{error}");
+    }
+    assert_eq!(pg.sql("SELECT count(*) FROM cloudtrail_events")[0][0], "0");
+}
+
+#[test]
+fn postgres_config_errors_point_at_the_value() {
+    let staging = tempfile::tempdir().unwrap();
+    let base = pipeline(&generator(1), "postgres://loader:pw@127.0.0.1:1/security", staging.path(), CLOUDTRAIL_SINK);
+    assert!(plan_from_str(&base, &registry()).is_ok());
+    for (change, says) in [
+        (("columns = [", "columns = [\"\", "), "none empty"),
+        (("event_time = \"eventTime\"", "when = \"eventTime\""), "`mapping` names `when`"),
+        (
+            ("table = \"cloudtrail_events\"", "table = \"cloudtrail_events\"\nformat = \"parquet\""),
+            "unknown format `parquet`",
+        ),
+        (("table = \"cloudtrail_events\"", "table = \"cloudtrail_events\"\nformat = \"json\""), "one jsonb column"),
+        (("url = \"postgres://", "url = \"mysql://"), "not a PostgreSQL URL"),
+    ] {
+        let toml = base.replace(change.0, change.1);
+        let error = plan_from_str(&toml, &registry()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains(says) && error.contains("pipeline.toml:"), "{change:?}: {error}");
+    }
+    let without_staging = base.lines().filter(|l| !l.starts_with("staging")).collect::<Vec<_>>().join("\n");
+    let error = plan_from_str(&without_staging, &registry()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("needs `staging`"), "{error}");
+}
+
+/// The cluster as the conformance kit sees it: a payload is stored once its staged object is in
+/// the load ledger (loaded); unavailable is the server stopped, refused the loader's password
+/// changed.
+struct WarehouseDestination {
+    pg: Cluster,
+    staging: tempfile::TempDir,
+    /// Whether the server is stopped.
+    down: Mutex<bool>,
+}
+
+impl Destination for WarehouseDestination {
+    fn sink(&self) -> Arc<dyn sluice_engine::contract::Sink> {
+        let toml = pipeline(
+            &generator(10),
+            &self.pg.url(LOADER_PASSWORD),
+            self.staging.path(),
+            "table = \"kit\"\ncolumns = [\"object\", \"record\", \"text\"]",
+        );
+        Arc::clone(&plan_from_str(&toml, &registry()).unwrap().sinks[0].sink)
+    }
+
+    fn stored(&self, key: &str) -> futures::future::BoxFuture<'static, Option<Vec<u8>>> {
+        let staged = format!("cloudtrail/{key}");
+        let loaded = !*self.down.lock().unwrap()
+            && self.pg.sql(&format!("SELECT 1 FROM sluice_loads WHERE object_key = '{staged}'")).len() == 1;
+        let body = loaded.then(|| std::fs::read(self.staging.path().join(&staged)).ok()).flatten();
+        Box::pin(async move { body })
+    }
+
+    fn stored_error_output(&self, key: &str) -> futures::future::BoxFuture<'static, Option<Vec<u8>>> {
+        let path = self.staging.path().join(key);
+        Box::pin(async move { std::fs::read(path).ok() })
+    }
+
+    fn inject(&self, fault: Option<Fault>) -> bool {
+        let mut down = self.down.lock().unwrap();
+        match fault {
+            Some(Fault::Unavailable) => {
+                self.pg.stop();
+                *down = true;
+            }
+            Some(Fault::Refused) => {
+                self.pg.sql("ALTER ROLE loader PASSWORD 'changed'");
+            }
+            None => {
+                if *down {
+                    self.pg.start();
+                    *down = false;
+                }
+                self.pg.sql(&format!("ALTER ROLE loader PASSWORD '{LOADER_PASSWORD}'"));
+            }
+        }
+        true
+    }
+}
+
+#[test]
+fn the_postgres_sink_passes_the_conformance_kit() {
+    let pg = cluster("CREATE TABLE kit (object integer, record integer, text text)");
+    let destination = WarehouseDestination { pg, staging: tempfile::tempdir().unwrap(), down: Mutex::new(false) };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let report = runtime.block_on(conformance(&destination)).unwrap_or_else(|e| panic!("{e}"));
+    for check in [
+        Check::Deliver,
+        Check::Redeliver,
+        Check::RetryableThenDelivered,
+        Check::PermanentRefusal,
+        Check::BackupOfRefused,
+    ] {
+        assert!(report.passed(check), "{check:?}: {report:?}");
+    }
+    assert_eq!(report.skipped.len(), 3, "{report:?}");
+    // Delivered twice (Redeliver), loaded once.
+    let rows = destination.pg.sql("SELECT count(*), count(DISTINCT (object, record)) FROM kit");
+    assert_eq!(rows[0][0], rows[0][1], "no row loaded twice");
+}
