@@ -23,6 +23,7 @@ fn the_bench_harness_runs_every_scenario_and_writes_its_three_reports() {
         "sluice gzip workers=2",
         "sluice http_endpoint gzip",
         "sluice opensearch gzip",
+        "sluice postgres (staged, COPY)",
         "sluice redact+jq gzip",
         "sluice partitioned gzip",
         "sluice ingest (SigV4, fsync log, zstd)",
@@ -52,6 +53,7 @@ fn the_bench_harness_runs_every_scenario_and_writes_its_three_reports() {
         "syslog-ng",
         "filebeat",
         "jq -c",
+        "psql \\copy",
     ] {
         let measured = comparisons.iter().any(|c| c["against"].as_str().unwrap().starts_with(baseline));
         let noted = notes.iter().any(|n| n.contains(baseline) && n.contains("skipped"));

@@ -75,6 +75,18 @@ fn quoted(text: &str, out: &mut Vec<u8>) {
 }
 
 impl Mapping {
+    /// A column per dotted JSON path.
+    pub fn columns(paths: &[&str]) -> Self {
+        Mapping::Columns(paths.iter().map(|p| p.split('.').map(str::to_string).collect()).collect())
+    }
+
+    /// Appends the CSV row COPY gets for `record` to `out` (what the bench's baseline loads too).
+    pub fn append_row(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let value: serde_json::Value = serde_json::from_slice(record).map_err(|e| e.to_string())?;
+        self.row(&value, out);
+        Ok(())
+    }
+
     /// Appends the CSV row of `record` (a JSON object) to `out`.
     fn row(&self, record: &serde_json::Value, out: &mut Vec<u8>) {
         match self {

@@ -167,8 +167,8 @@ enum Command {
     /// pyarrow), alternating runs on the same generated data; writes results.md, results.json and
     /// results.svg.
     Bench {
-        /// Scenarios to run (repeatable): gzip, zstd, transform, partition, parquet, http, opensearch, ingest,
-        /// scale (default: all).
+        /// Scenarios to run (repeatable): gzip, zstd, transform, partition, parquet, http, opensearch,
+        /// postgres, ingest, scale (default: all).
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
         /// Input size, e.g. 200MB, 2GB (the `scale` scenario also uses ten times this).

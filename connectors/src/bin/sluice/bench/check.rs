@@ -26,6 +26,8 @@ pub(crate) enum OutputCheck {
         /// The declared columns, or `None` for a tool that infers its schema.
         columns: Option<Arc<Vec<(String, DataType)>>>,
     },
+    /// Rows loaded into the `postgres` scenario's table (emptied again after the count).
+    Table(Arc<super::pg::PgServer>),
 }
 
 /// Every file under `dir`, except in hidden folders (a sink's staging).
@@ -83,6 +85,7 @@ fn comparable(t: &DataType) -> DataType {
 pub(crate) fn verify(check: &OutputCheck, output: &Path, records: u64) -> io::Result<()> {
     let found = match check {
         OutputCheck::Elsewhere => return Ok(()),
+        OutputCheck::Table(server) => server.take_rows()?,
         OutputCheck::Lines => files(output)?.iter().map(|p| count_lines(p)).sum::<io::Result<u64>>()?,
         OutputCheck::Parquet { columns } => {
             let mut rows = 0;

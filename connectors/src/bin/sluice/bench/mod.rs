@@ -20,6 +20,7 @@
 //! asserted.
 
 mod check;
+mod pg;
 mod plan;
 mod report;
 mod run;
@@ -38,7 +39,7 @@ pub use workload::parse_size;
 
 /// Every scenario the harness knows, in report order.
 pub const SCENARIOS: &[&str] =
-    &["gzip", "zstd", "transform", "partition", "parquet", "http", "opensearch", "ingest", "scale"];
+    &["gzip", "zstd", "transform", "partition", "parquet", "http", "opensearch", "postgres", "ingest", "scale"];
 
 /// What to run.
 #[derive(Debug, Clone)]

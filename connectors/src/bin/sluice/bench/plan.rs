@@ -694,6 +694,69 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// CloudTrail → the `postgres` sink (4 columns, staged on `file://`, 64 MB buffers) into a
+    /// throwaway PostgreSQL cluster, against `psql \\copy` of the same rows already converted to
+    /// CSV (by the sink's own mapping, before the runs): the server's raw COPY speed. Each run
+    /// starts with an empty table and must leave every record in it.
+    pub(crate) fn postgres(&mut self, ct: &Workload) -> Result<(), BenchError> {
+        let (Some(bin), Some(psql)) = (super::pg::server_binaries(), find_program("psql", &[])) else {
+            self.notes.push(
+                "postgres: scenario and its baseline `psql \\copy` skipped: PostgreSQL's server binaries and psql are not installed (Debian: postgresql-15)"
+                    .into(),
+            );
+            return Ok(());
+        };
+        let server =
+            super::pg::PgServer::start(bin).map_err(io_error("cannot start PostgreSQL for the postgres scenario"))?;
+        let server = std::sync::Arc::new(server);
+        let csv = self.work.join("cloudtrail-postgres.csv");
+        let paths: Vec<&str> = super::pg::COLUMNS.iter().map(|(_, path)| *path).collect();
+        let mapping = sluice_connectors::sinks::postgres::Mapping::columns(&paths);
+        let text = std::fs::read(&ct.path).map_err(io_error("cannot read the workload"))?;
+        let mut rows = Vec::with_capacity(text.len() / 3);
+        for record in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            mapping.append_row(record, &mut rows).map_err(|e| BenchError::Io {
+                what: "cannot convert the workload to CSV".into(),
+                source: std::io::Error::other(e),
+            })?;
+        }
+        std::fs::write(&csv, rows).map_err(io_error(format!("cannot write {}", csv.display())))?;
+        let n = self.options.threads;
+        let name = "sluice postgres (staged, COPY)";
+        let output = self.output("postgres", name);
+        let columns: Vec<String> = super::pg::COLUMNS.iter().map(|(c, _)| format!("{c:?}")).collect();
+        let mapping: Vec<String> = super::pg::COLUMNS.iter().map(|(c, p)| format!("{c} = {p:?}")).collect();
+        let sink = format!(
+            "type = \"postgres\"\nurl = \"{}\"\ntable = \"{}\"\ncolumns = [{}]\nmapping = {{ {} }}\n\
+             staging = {{ url = \"file://{}\" }}\nbuffer = {{ size_mb = 64, interval_s = 900 }}\n",
+            server.url(),
+            super::pg::TABLE,
+            columns.join(", "),
+            mapping.join(", "),
+            output.join("staging").display()
+        );
+        let check = OutputCheck::Table(std::sync::Arc::clone(&server));
+        let sluice = self.sluice_into("postgres", name, ct, n, None, &sink, check)?;
+        let baseline = "psql \\copy of the same rows as CSV".to_string();
+        self.cases.push(Case {
+            scenario: "postgres",
+            name: baseline.clone(),
+            sluice: false,
+            command: MeasuredCommand::new(psql.into_os_string(), server.copy_arguments(&csv)),
+            input: ct.clone(),
+            output: self.output("postgres", "psql"),
+            drive: Drive::Batch,
+            check: OutputCheck::Table(server),
+        });
+        self.compare(
+            "postgres",
+            &sluice,
+            Some(baseline),
+            "the server's raw COPY of the same rows, already CSV; sluice stages, converts and loads (target: ≥ 0.7)",
+        );
+        Ok(())
+    }
+
     /// PutRecordBatch requests of `--size` bytes of records (SigV4-signed) into sluice (write-ahead
     /// log with fsync, zstd NDJSON objects), and the same requests into the trivial server.
     pub(crate) fn ingest(&mut self, bodies: &[(Vec<u8>, u64)]) -> Result<Workload, BenchError> {

@@ -46,7 +46,7 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
         notes: Vec::new(),
     };
     progress("generating the workload");
-    if wants("gzip") || wants("zstd") || wants("transform") || wants("partition") {
+    if wants("gzip") || wants("zstd") || wants("transform") || wants("partition") || wants("postgres") {
         let ct = workload(&data, Profile::Cloudtrail, 7, options.size_bytes)?;
         if wants("gzip") {
             planner.gzip(&ct)?;
@@ -59,6 +59,9 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
         }
         if wants("partition") {
             planner.partition(&ct)?;
+        }
+        if wants("postgres") {
+            planner.postgres(&ct)?;
         }
     }
     if wants("parquet") || wants("scale") {
