@@ -391,3 +391,45 @@ fn the_postgres_sink_passes_the_conformance_kit() {
     let rows = destination.pg.sql("SELECT count(*), count(DISTINCT (object, record)) FROM kit");
     assert_eq!(rows[0][0], rows[0][1], "no row loaded twice");
 }
+
+#[test]
+fn postgres_down_past_the_retry_duration_loses_nothing_and_writes_a_manifest_of_what_it_skipped() {
+    let pg = cluster(CLOUDTRAIL_TABLE);
+    // The server is down from the start: the run begins anyway (only a refusal stops it) and retries.
+    let staging = tempfile::tempdir().unwrap();
+    let toml = pipeline(
+        &generator(300),
+        &pg.url(LOADER_PASSWORD),
+        staging.path(),
+        &format!("{CLOUDTRAIL_SINK}\nretry = {{ duration_s = 3 }}\nhealthcheck = false"),
+    );
+    pg.stop();
+    let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
+    let m = &metrics.sinks[0];
+    assert_eq!((m.records_delivered.load(Relaxed), m.records_failed.load(Relaxed)), (0, 300));
+    assert!(m.attempts.load(Relaxed) >= 2, "retried before giving up");
+    let objects = folder_objects(staging.path());
+    let backed_up: Vec<String> = objects
+        .iter()
+        .filter(|(key, _)| key.starts_with("errors/redshift-failed/"))
+        .flat_map(|(_, lines)| lines.iter().map(|l| raw_data(&serde_json::from_str(l).unwrap())))
+        .collect();
+    let mut expected = generated(Profile::Cloudtrail, 21, 300);
+    let mut got = backed_up.clone();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected, "every record kept");
+    // The manifest names the staged object, which holds the records: it can be loaded later.
+    let manifests: Vec<&String> = objects.keys().filter(|k| k.starts_with("errors/manifests/")).collect();
+    assert_eq!(manifests.len(), 1, "{:?}", objects.keys().collect::<Vec<_>>());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(staging.path().join(manifests[0])).unwrap()).unwrap();
+    let url = manifest["entries"][0]["url"].as_str().unwrap();
+    assert_eq!(manifest["entries"][0]["mandatory"], true);
+    assert_eq!(manifest["skipped"]["errorCode"], "Redshift.ConnectionFailed", "{manifest}");
+    let staged = url.strip_prefix(&format!("file://{}/", staging.path().display())).unwrap();
+    assert!(staged.starts_with("cloudtrail/") && objects[staged].len() == 300, "{url}");
+    // The server back: nothing was loaded meanwhile.
+    pg.start();
+    assert_eq!(pg.sql("SELECT count(*) FROM cloudtrail_events")[0][0], "0");
+}

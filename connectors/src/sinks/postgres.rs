@@ -33,7 +33,10 @@
 //! down to the single rows that fail; their records go to the error output (`redshift-failed`,
 //! `errorCode` the SQLSTATE, `errorMessage` PostgreSQL's message) and the rest commits. Connection failures,
 //! serialization failures, shutdowns (57P01) and resource errors are retried; a missing table or
-//! column, refused credentials or privileges are permanent.
+//! column, refused credentials or privileges are permanent. An object given up on (retries run out,
+//! or a permanent error) gets a COPY manifest naming its staged object under
+//! `errors/manifests/` in the staging store (Firehose's manifest of skipped objects) before its
+//! records are backed up.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -201,10 +204,14 @@ struct Loader {
     table: String,
     columns: Vec<String>,
     staging_prefix: String,
+    /// The staging store's URL, as written (what a manifest names objects by).
+    staging_url: String,
     staging: Arc<dyn Sink>,
     pipeline: String,
     sink: String,
     healthcheck: bool,
+    /// Whether the ledger is known to exist.
+    ledger_ready: std::sync::atomic::AtomicBool,
 }
 
 /// Quotes a column or a dotted table name as SQL identifiers.
@@ -283,10 +290,12 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         table: c.table,
         columns: c.columns,
         staging_prefix: staging.prefix,
+        staging_url: staging.url.trim_end_matches('/').to_string(),
         staging: Arc::clone(&staging_store),
         pipeline,
         sink: name,
         healthcheck: c.healthcheck,
+        ledger_ready: std::sync::atomic::AtomicBool::new(false),
     };
     Ok(Arc::new(PostgresSink {
         load: Arc::new(load),
@@ -344,9 +353,11 @@ impl Loader {
         Ok(connected)
     }
 
-    /// Creates the ledger if missing and, with the health check on, checks the table and columns.
-    async fn prepare(&self) -> Result<(), DeliveryError> {
-        let client = self.connect().await?;
+    /// Creates the load ledger if it is missing (once per run).
+    async fn ensure_ledger(&self, client: &tokio_postgres::Client) -> Result<(), DeliveryError> {
+        if self.ledger_ready.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         client
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {LEDGER} (pipeline text NOT NULL, sink text NOT NULL, \
@@ -355,6 +366,22 @@ impl Loader {
             ))
             .await
             .map_err(|e| classify(&e, &format!("cannot create the load ledger {LEDGER}")))?;
+        self.ledger_ready.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Creates the ledger if missing and, with the health check on, checks the table and columns.
+    /// A server that cannot be reached only warns (deliveries retry); one that refuses stops the run.
+    async fn prepare(&self) -> Result<(), DeliveryError> {
+        let client = match self.connect().await {
+            Ok(client) => client,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(sink = %self.sink, error = %e, "PostgreSQL cannot be reached now; deliveries will retry");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        self.ensure_ledger(&client).await?;
         if !self.healthcheck {
             return Ok(());
         }
@@ -474,6 +501,7 @@ impl Loader {
         let key = format!("{}{}", self.staging_prefix, payload.key);
         self.staging.deliver(Payload { key: key.clone(), ..payload.clone() }).await?;
         let mut client = self.connect().await?;
+        self.ensure_ledger(&client).await?;
         let mut transaction = client.transaction().await.map_err(|e| classify(&e, "BEGIN"))?;
         let done = transaction
             .query_opt(
@@ -528,6 +556,28 @@ impl Loader {
     }
 }
 
+impl Loader {
+    /// Writes a COPY manifest naming the staged object of `key` under `errors/manifests/` in the
+    /// staging store, as Firehose does for Redshift loads it skipped: `COPY … FROM '<manifest>'
+    /// MANIFEST` (Redshift) or a script reading its entries can load it later.
+    async fn skipped(&self, key: &str, error: &DeliveryError) -> Result<(), DeliveryError> {
+        let staged = format!("{}{key}", self.staging_prefix);
+        let manifest = serde_json::json!({
+            "entries": [{ "url": format!("{}/{staged}", self.staging_url), "mandatory": true }],
+            "skipped": { "errorCode": error.code(), "errorMessage": error.to_string(), "table": self.table },
+        });
+        let body = Bytes::from(serde_json::to_vec_pretty(&manifest).unwrap_or_default());
+        let payload = Payload {
+            key: format!("errors/manifests/{staged}.manifest"),
+            body,
+            content_type: "application/json",
+            content_encoding: None,
+            records: 0,
+        };
+        self.staging.deliver(payload).await
+    }
+}
+
 impl Sink for PostgresSink {
     fn describe(&self) -> String {
         format!("postgres {} ({})", self.location, self.wire.describe())
@@ -560,6 +610,11 @@ impl Sink for PostgresSink {
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let load = Arc::clone(&self.load);
         Box::pin(async move { load.deliver(payload).await })
+    }
+
+    fn skipped(&self, key: &str, error: &DeliveryError) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let (load, key, error) = (Arc::clone(&self.load), key.to_string(), error.clone());
+        Box::pin(async move { load.skipped(&key, &error).await })
     }
 }
 

@@ -220,6 +220,14 @@ pub trait Sink: Send + Sync + 'static {
     fn parts(&self) -> Option<&dyn PartSink> {
         None
     }
+    /// Called when delivery of the data payload `key` is given up (retry duration run out, or a
+    /// permanent error), before its records go to the error output: a sink whose destination keeps
+    /// its own record of what it skipped (Firehose's manifest of skipped objects for Redshift)
+    /// writes it here. A failure is logged, not retried: the records are backed up either way.
+    fn skipped(&self, key: &str, error: &DeliveryError) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let _ = (key, error);
+        Box::pin(async { Ok(()) })
+    }
     /// Its destination's buffering rules, when they are not S3's (docs/firehose.md §2): the
     /// default `buffer` and the longest `interval_s` (the largest `size_mb` follows from its wire
     /// format's byte limit).

@@ -199,6 +199,9 @@ impl Target {
     /// Writes a failed object's records to the error output as error documents (`None`: they
     /// cannot be stored there either, and the run stops).
     async fn back_up(&self, failed: FailedObject) -> Option<Outcome> {
+        if let Err(e) = self.sink.skipped(&failed.key, &failed.error).await {
+            tracing::error!(sink = %self.name, key = %failed.key, error = %e, "cannot record the skipped object; its records are backed up");
+        }
         let output_type = ErrorOutputType::DeliveryFailed(self.sink.destination());
         // Decoding the object is CPU work: off the I/O threads' event loop.
         let payload = tokio::task::block_in_place(|| backup::error_payload(&self.settings, output_type, &failed));
