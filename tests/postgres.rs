@@ -180,6 +180,8 @@ fn a_cloudtrail_run_is_loaded_exactly_once() {
     let toml = pipeline(&generator(3_000), &pg.url(LOADER_PASSWORD), staging.path(), CLOUDTRAIL_SINK);
     let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap();
     assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 3_000);
+    assert_eq!(metrics.sinks[0].own_counts.lock().unwrap().get("CopyRows"), Some(&3_000));
+    assert!(metrics.sinks[0].own_durations.lock().unwrap().get("CopyDuration").is_some_and(|h| h.count() >= 1));
     let loaded: Vec<String> = pg
         .sql(
             "SELECT to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') || '|' || \

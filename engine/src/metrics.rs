@@ -66,6 +66,44 @@ pub struct SinkMetrics {
     pub partitioning_failed: AtomicU64,
     /// Records buffered per partition, for the run summary.
     pub partition_records: Mutex<PartitionTally>,
+    /// What the sink counts itself, by family (`CopyRows`), through a [`SinkMeter`].
+    pub own_counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// What the sink times itself, by family (`CopyDuration`), through a [`SinkMeter`].
+    pub own_durations: Mutex<BTreeMap<&'static str, Arc<LatencyHistogram>>>,
+}
+
+/// A sink's handle on its own counters: what it counts and times besides what the engine does
+/// (a warehouse sink's rows copied and COPY durations), rendered as `sluice_<family>` and
+/// `sluice_<family>_seconds` with the sink's labels.
+#[derive(Debug, Clone)]
+pub struct SinkMeter {
+    metrics: Arc<PipelineMetrics>,
+    index: usize,
+}
+
+impl SinkMeter {
+    /// The meter of sink number `index` of `metrics`.
+    pub fn new(metrics: Arc<PipelineMetrics>, index: usize) -> Self {
+        SinkMeter { metrics, index }
+    }
+
+    /// Adds `n` to `family`.
+    pub fn count(&self, family: &'static str, n: u64) {
+        if let Some(sink) = self.metrics.sinks.get(self.index)
+            && let Ok(mut counts) = sink.own_counts.lock()
+        {
+            *counts.entry(family).or_default() += n;
+        }
+    }
+
+    /// Observes one `duration` of `family`.
+    pub fn observe(&self, family: &'static str, duration: Duration) {
+        if let Some(sink) = self.metrics.sinks.get(self.index)
+            && let Ok(mut durations) = sink.own_durations.lock()
+        {
+            durations.entry(family).or_default().observe(duration);
+        }
+    }
 }
 
 /// Records written per partition, for the run summary: how many partitions there were and the
@@ -477,6 +515,16 @@ impl PipelineMetrics {
                 for (reason, n) in reasons.iter() {
                     let labels = format!("{labels},reason=\"{}\"", label_value(reason));
                     text.sample("sluice_DeliveryErrors", "counter", &labels, n);
+                }
+            }
+            if let Ok(counts) = sink.own_counts.lock() {
+                for (family, n) in counts.iter() {
+                    text.sample(&format!("sluice_{family}"), "counter", &labels, n);
+                }
+            }
+            if let Ok(durations) = sink.own_durations.lock() {
+                for (family, histogram) in durations.iter() {
+                    histogram.render(text, &format!("sluice_{family}_seconds"), &labels);
                 }
             }
         }

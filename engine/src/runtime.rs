@@ -157,7 +157,8 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    for sink in &plan.sinks {
+    for (index, sink) in plan.sinks.iter().enumerate() {
+        sink.sink.measure_with(crate::metrics::SinkMeter::new(Arc::clone(&metrics), index));
         runtime.block_on(sink.sink.prepare()).map_err(|error| RunError::Prepare { sink: sink.name.clone(), error })?;
     }
     let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -36,7 +36,8 @@
 //! column, refused credentials or privileges are permanent. An object given up on (retries run out,
 //! or a permanent error) gets a COPY manifest naming its staged object under
 //! `errors/manifests/` in the staging store (Firehose's manifest of skipped objects) before its
-//! records are backed up.
+//! records are backed up. Besides `DeliveryToRedshift_*`, it counts `CopyRows` (rows committed)
+//! and times `CopyDuration` (from the COPY to the commit).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ use sluice_engine::compression::{Compression, decompress};
 use sluice_engine::config::{ConnectorConfig, Diagnostic};
 use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, RefusedRecord, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
+use sluice_engine::metrics::SinkMeter;
 use tokio_postgres::error::SqlState;
 
 use crate::sinks::object_store::ObjectStoreSink;
@@ -212,6 +214,8 @@ struct Loader {
     healthcheck: bool,
     /// Whether the ledger is known to exist.
     ledger_ready: std::sync::atomic::AtomicBool,
+    /// `CopyRows` and `CopyDuration`, once the run hands them over.
+    meter: std::sync::OnceLock<SinkMeter>,
 }
 
 /// Quotes a column or a dotted table name as SQL identifiers.
@@ -296,6 +300,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         sink: name,
         healthcheck: c.healthcheck,
         ledger_ready: std::sync::atomic::AtomicBool::new(false),
+        meter: std::sync::OnceLock::new(),
     };
     Ok(Arc::new(PostgresSink {
         load: Arc::new(load),
@@ -537,6 +542,10 @@ impl Loader {
             .await
             .map_err(|e| classify(&e, "cannot write the load ledger"))?;
         transaction.commit().await.map_err(|e| classify(&e, "COMMIT"))?;
+        if let Some(meter) = self.meter.get() {
+            meter.count("CopyRows", loaded);
+            meter.observe("CopyDuration", started.elapsed());
+        }
         tracing::debug!(key, loaded, refused = refused.len(), elapsed = ?started.elapsed(), "COPY done");
         if refused.is_empty() {
             return Ok(());
@@ -610,6 +619,10 @@ impl Sink for PostgresSink {
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let load = Arc::clone(&self.load);
         Box::pin(async move { load.deliver(payload).await })
+    }
+
+    fn measure_with(&self, meter: SinkMeter) {
+        let _ = self.load.meter.set(meter);
     }
 
     fn skipped(&self, key: &str, error: &DeliveryError) -> BoxFuture<'static, Result<(), DeliveryError>> {

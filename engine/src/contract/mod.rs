@@ -205,6 +205,11 @@ pub trait Sink: Send + Sync + 'static {
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         Box::pin(async { Ok(()) })
     }
+    /// Hands the sink its own counters before [`Sink::prepare`], for what it counts or times
+    /// besides what the engine does (a warehouse sink's `CopyRows`, `CopyDuration`).
+    fn measure_with(&self, meter: crate::metrics::SinkMeter) {
+        let _ = meter;
+    }
     /// The format its destination takes, when the sink fixes it (an HTTP endpoint's request JSON);
     /// `None` lets the pipeline's `format` and `compression` choose (and when set, those keys are
     /// refused in the sink's table).
