@@ -47,23 +47,28 @@ impl RetryPolicy {
     }
 }
 
-/// How a delivery ended.
+/// The policy applied to one delivery: after each failure, how long to wait before trying again,
+/// or that it is time to give up (a permanent error, or the duration, counted from the first
+/// failure, would run out).
 #[derive(Debug, Clone)]
-pub struct DeliveryOutcome {
-    /// Attempts made.
-    pub attempts: u32,
-    /// `Ok` when stored; the last error otherwise.
-    pub result: Result<(), DeliveryError>,
+pub struct RetryClock {
+    policy: RetryPolicy,
+    first_failure: Option<Instant>,
 }
 
-/// Runs `attempt` until it succeeds, fails permanently, or the policy's duration runs out.
-pub async fn deliver_with_retries<F, Fut>(policy: RetryPolicy, attempt: F) -> DeliveryOutcome
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), DeliveryError>>,
-{
-    let (attempts, result) = with_retries(policy, attempt).await;
-    DeliveryOutcome { attempts, result }
+impl RetryClock {
+    /// A delivery that has not failed yet.
+    pub fn new(policy: RetryPolicy) -> Self {
+        RetryClock { policy, first_failure: None }
+    }
+
+    /// After failed attempt number `attempts` (1-based) with `error`: the wait before the next
+    /// attempt, or `None` to give up.
+    pub fn after_failure(&mut self, attempts: u32, error: &DeliveryError) -> Option<Duration> {
+        let since = *self.first_failure.get_or_insert_with(Instant::now);
+        let wait = self.policy.backoff(attempts);
+        (error.is_retryable() && since.elapsed() + wait <= self.policy.duration).then_some(wait)
+    }
 }
 
 /// Runs `attempt` until it succeeds, fails permanently, or the policy's duration runs out; returns
@@ -73,23 +78,22 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, DeliveryError>>,
 {
-    let mut attempts = 0;
-    let mut first_failure: Option<Instant> = None;
+    let (mut attempts, mut clock) = (0, RetryClock::new(policy));
     loop {
         attempts += 1;
         match attempt().await {
             Ok(v) => return (attempts, Ok(v)),
-            Err(e) if !e.is_retryable() => return (attempts, Err(e)),
-            Err(e) => {
-                let since = *first_failure.get_or_insert_with(Instant::now);
-                let wait = policy.backoff(attempts);
-                if since.elapsed() + wait > policy.duration {
+            Err(e) => match clock.after_failure(attempts, &e) {
+                None if e.is_retryable() => {
                     tracing::warn!(attempts, error = %e, "delivery failed and its retry duration ran out");
                     return (attempts, Err(e));
                 }
-                tracing::debug!(attempts, error = %e, ?wait, "delivery failed; retrying");
-                tokio::time::sleep(wait).await;
-            }
+                None => return (attempts, Err(e)),
+                Some(wait) => {
+                    tracing::debug!(attempts, error = %e, ?wait, "delivery failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            },
         }
     }
 }
@@ -143,7 +147,7 @@ mod tests {
     async fn retries_retryable_errors_and_stops_at_permanent_ones() {
         let policy = RetryPolicy { duration: Duration::from_secs(10), ..RetryPolicy::default() };
         let mut calls = 0;
-        let out = deliver_with_retries(policy, || {
+        let (attempts, result) = with_retries(policy, || {
             calls += 1;
             let n = calls;
             async move {
@@ -151,21 +155,21 @@ mod tests {
             }
         })
         .await;
-        assert_eq!(out.attempts, 3);
-        assert!(out.result.is_ok());
+        assert_eq!(attempts, 3);
+        assert!(result.is_ok());
 
-        let out = deliver_with_retries(policy, || async {
-            Err(DeliveryError::Permanent { code: "p".into(), message: "no".into() })
+        let (attempts, _) = with_retries(policy, || async {
+            Err::<(), _>(DeliveryError::Permanent { code: "p".into(), message: "no".into() })
         })
         .await;
-        assert_eq!(out.attempts, 1);
+        assert_eq!(attempts, 1);
 
-        let out = deliver_with_retries(policy, || async {
-            Err(DeliveryError::Retryable { code: "r".into(), message: "down".into() })
+        let (attempts, result) = with_retries(policy, || async {
+            Err::<(), _>(DeliveryError::Retryable { code: "r".into(), message: "down".into() })
         })
         .await;
-        assert!(out.result.is_err());
-        assert!((3..=5).contains(&out.attempts), "{}", out.attempts);
+        assert!(result.is_err());
+        assert!((3..=5).contains(&attempts), "{attempts}");
     }
 
     #[tokio::test(start_paused = true)]

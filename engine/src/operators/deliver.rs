@@ -30,7 +30,7 @@ use crate::config::SinkSettings;
 use crate::contract::{DeliveryError, PartUpload, Payload, Sink};
 use crate::error_output::ErrorOutputType;
 use crate::metrics::PipelineMetrics;
-use crate::retry::{until_stored, with_retries};
+use crate::retry::{RetryClock, until_stored, with_retries};
 
 /// What came back for one object.
 #[derive(Debug, Clone)]
@@ -141,9 +141,9 @@ impl Target {
     /// same back-off and within the same retry duration (counted from the first failure) as a whole
     /// object.
     async fn deliver_or_back_up(&self, payload: Payload, oldest_arrival_ms: i64) -> Option<Outcome> {
-        let policy = self.settings.retry;
+        let mut clock = RetryClock::new(self.settings.retry);
         let mut payload = payload;
-        let (mut attempts, mut first_failure, mut refused_records) = (0u32, None, 0u64);
+        let (mut attempts, mut refused_records) = (0u32, 0u64);
         let mut refused_at: Option<(DeliveryError, String)> = None;
         loop {
             attempts += 1;
@@ -167,9 +167,7 @@ impl Target {
                 }
                 Err(error) => error,
             };
-            let since = *first_failure.get_or_insert_with(std::time::Instant::now);
-            let wait = policy.backoff(attempts);
-            if !error.is_retryable() || since.elapsed() + wait > policy.duration {
+            let Some(wait) = clock.after_failure(attempts, &error) else {
                 let failed = FailedObject {
                     key: payload.key,
                     body: payload.body,
@@ -186,7 +184,7 @@ impl Target {
                     }
                     (ending, _) => Outcome { attempts, ending },
                 });
-            }
+            };
             tracing::debug!(attempts, error = %error, ?wait, "delivery failed; retrying");
             tokio::time::sleep(wait).await;
         }

@@ -392,13 +392,14 @@ impl Planner<'_> {
         Ok(())
     }
 
-    /// CloudTrail → partitioned by user, event, region and bucket (a few hundred partitions) →
-    /// gzip objects, against the same pipeline unpartitioned (same input, same codec and level).
+    /// CloudTrail → partitioned by user, event, region and bucket (a few hundred partitions) under a
+    /// Hive-style lake layout ending in `dt=yyyy-MM-dd/` (issue 14's example) → gzip objects,
+    /// against the same pipeline unpartitioned (same input, same codec and level).
     pub(crate) fn partition(&mut self, ct: &Workload) -> Result<(), BenchError> {
         let n = self.options.threads;
         let partitioned = format!(
             "{}partitioning = {{ query = '{PARTITION_QUERY}' }}\n\
-             prefix = \"user=!{{partitionKeyFromQuery:user}}/event=!{{partitionKeyFromQuery:event}}/region=!{{partitionKeyFromQuery:region}}/bucket=!{{partitionKeyFromQuery:bucket}}/\"\n\
+             prefix = \"user=!{{partitionKeyFromQuery:user}}/event=!{{partitionKeyFromQuery:event}}/region=!{{partitionKeyFromQuery:region}}/bucket=!{{partitionKeyFromQuery:bucket}}/dt=!{{timestamp:yyyy-MM-dd}}/\"\n\
              error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n",
             Self::text_sink("gzip")
         );
