@@ -30,7 +30,7 @@ use jaq_json::Val;
 use serde::Deserialize;
 use sluice_engine::config::{ConnectorConfig, Diagnostic};
 
-use super::json::{self, Member, Scanned};
+use super::json::{self, Scanned};
 use sluice_engine::contract::{
     Emit, KeyQuery, KeyQueryWorker, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError,
     TransformFailure, TransformWorker,
@@ -110,7 +110,7 @@ impl Transform for JqTransform {
         Ok(Box::new(RecordByRecord(JqWorker {
             filter,
             projection: self.projection.clone(),
-            members: Vec::new(),
+            found: Vec::new(),
             out: Vec::new(),
         })))
     }
@@ -120,7 +120,8 @@ impl Transform for JqTransform {
 struct JqWorker {
     filter: Filter,
     projection: Option<Projection>,
-    members: Vec<Member>,
+    /// What the projection found, reused.
+    found: Vec<json::Found>,
     out: Vec<u8>,
 }
 
@@ -128,7 +129,7 @@ impl RecordTransform for JqWorker {
     fn transform(&mut self, record: &[u8], emit: &mut Emit<'_>) -> Result<(), TransformFailure> {
         if let Some(projection) = &self.projection {
             self.out.clear();
-            match projection.run(record, &mut self.members, &mut self.out) {
+            match projection.run(record, &mut self.found, &mut self.out) {
                 Some(true) => {
                     emit.record(&self.out);
                     return Ok(());
@@ -186,7 +187,7 @@ impl KeyQuery for JqKeyQuery {
     fn open(&self) -> Result<Box<dyn KeyQueryWorker>, TransformError> {
         let filter = compile(&self.query).map_err(|p| TransformError(format!("jq query does not compile: {p:?}")))?;
         Ok(Box::new(JqKeys {
-            worker: JqWorker { filter, projection: self.projection.clone(), members: Vec::new(), out: Vec::new() },
+            worker: JqWorker { filter, projection: self.projection.clone(), found: Vec::new(), out: Vec::new() },
             answers: sluice_engine::record::RecordBatch::default(),
         }))
     }
@@ -205,24 +206,25 @@ impl KeyQueryWorker for JqKeys {
         // value). The strings of `out` are reused: no allocation per record.
         if let Some(projection) = &self.worker.projection
             && projection.select.is_none()
-            && let Some(values) = projection.resolve_all(record, &mut self.worker.members)
+            && let Some(values) = projection.resolve_all(record, &mut self.worker.found)
             && values.iter().all(|v| v.first() != Some(&b'n'))
         {
             out.truncate(projection.fields.len());
             for (i, ((key, _), value)) in projection.fields.iter().zip(values).enumerate() {
-                let name = String::from_utf8_lossy(&key[1..key.len() - 1]);
+                let name = &key[1..key.len() - 1];
                 let text = if value.first() == Some(&b'"') { &value[1..value.len() - 1] } else { value };
-                let text = String::from_utf8_lossy(text);
+                // UTF-8 is checked, not assumed: the record's bytes were only validated as JSON.
+                let text = std::str::from_utf8(text).map_or_else(|_| String::from_utf8_lossy(text), Into::into);
                 match out.get_mut(i) {
                     Some((n, v)) => {
-                        if *n != name {
+                        if n.as_bytes() != name {
                             n.clear();
-                            n.push_str(&name);
+                            n.push_str(&String::from_utf8_lossy(name));
                         }
                         v.clear();
                         v.push_str(&text);
                     }
-                    None => out.push((name.into_owned(), text.into_owned())),
+                    None => out.push((String::from_utf8_lossy(name).into_owned(), text.into_owned())),
                 }
             }
             return Ok(());
@@ -263,6 +265,8 @@ struct Projection {
     fields: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
     /// The output field compared, whether it must equal the literal, and the literal as JSON.
     select: Option<(usize, bool, Vec<u8>)>,
+    /// The fields' paths, found in one validating pass.
+    tree: json::PathTree,
 }
 
 /// A cursor over a query's text.
@@ -388,13 +392,14 @@ impl Projection {
             select = Some((field, equal, literal));
         }
         q.ws();
-        (q.at == q.text.len()).then_some(Projection { fields, select })
+        let tree = json::PathTree::new(&fields.iter().map(|(_, path)| path.clone()).collect::<Vec<_>>());
+        (q.at == q.text.len()).then_some(Projection { fields, select, tree })
     }
 
     /// Writes the output for `record` into `out`: `Some(true)` one record, `Some(false)` none (the
     /// select dropped it), `None` when only jaq can answer.
-    fn run(&self, record: &[u8], members: &mut Vec<Member>, out: &mut Vec<u8>) -> Option<bool> {
-        let values = self.resolve_all(record, members)?;
+    fn run(&self, record: &[u8], found: &mut Vec<json::Found>, out: &mut Vec<u8>) -> Option<bool> {
+        let values = self.resolve_all(record, found)?;
         if let Some((field, equal, literal)) = &self.select
             && (values[*field] == literal.as_slice()) != *equal
         {
@@ -415,56 +420,27 @@ impl Projection {
 }
 
 impl Projection {
-    /// The raw value of each field for `record`, when jaq would write each exactly so (else `None`).
-    fn resolve_all<'r>(&self, record: &'r [u8], members: &mut Vec<Member>) -> Option<Vec<&'r [u8]>> {
-        // One pass validates the record and lists its members.
-        if json::object_members(record, members) != Scanned::Valid || members.is_empty() {
+    /// The raw value of each field for `record`, when jaq would write each exactly so (else `None`):
+    /// one pass validates the record and finds every path (a missing key or a null on the way is
+    /// `null`, as jq says).
+    fn resolve_all<'r>(&self, record: &'r [u8], found: &mut Vec<json::Found>) -> Option<Vec<&'r [u8]>> {
+        if json::find_paths(record, &self.tree, found)? != Scanned::Valid {
             return None;
         }
-        if members.iter().any(|m| m.key_escaped) {
-            return None;
-        }
-        let mut values: Vec<&[u8]> = Vec::with_capacity(self.fields.len());
-        for (_, path) in &self.fields {
-            values.push(resolve(record, members, path)?);
-        }
-        Some(values)
+        found
+            .iter()
+            .map(|f| match f {
+                json::Found::At(range) => as_written(&record[range.clone()]),
+                json::Found::Missing => Some(&b"null"[..]),
+                json::Found::Blocked => None,
+            })
+            .collect()
     }
 }
 
-/// The raw value at `path` in the object whose members are `top` (`null` where a key is missing or
-/// a value on the way is null), when jaq would write it exactly as it is.
-fn resolve<'r>(record: &'r [u8], top: &[Member], path: &[Vec<u8>]) -> Option<&'r [u8]> {
-    let find = |members: &[Member], segment: &[u8]| -> Option<Option<std::ops::Range<usize>>> {
-        if members.iter().any(|m| m.key_escaped) {
-            return None;
-        }
-        Some(
-            members
-                .iter()
-                .rev()
-                .find(|m| m.key.len() == segment.len() + 2 && &record[m.key.start + 1..m.key.end - 1] == segment)
-                .map(|m| m.value.clone()),
-        )
-    };
-    let mut current = find(top, &path[0])?;
-    let mut nested = Vec::new();
-    for segment in &path[1..] {
-        let Some(range) = current else { break };
-        match record[range.start] {
-            b'n' => {
-                current = None;
-                break;
-            }
-            b'{' => {
-                json::members(record, range, &mut nested)?;
-                current = find(&nested, segment)?;
-            }
-            _ => return None,
-        }
-    }
-    let Some(range) = current else { return Some(b"null") };
-    let value = &record[range];
+/// `value` when jaq would write it exactly as it is: a string without escapes or DEL, a literal,
+/// an integer of at most 15 digits (not `-0`); else `None`.
+fn as_written(value: &[u8]) -> Option<&[u8]> {
     match value[0] {
         b'"' => {
             let mut at = 0;
@@ -503,7 +479,7 @@ mod tests {
         JqWorker {
             filter: compile(query).unwrap_or_else(|e| panic!("{e:?}")),
             projection: if fast { Projection::parse(query) } else { None },
-            members: Vec::new(),
+            found: Vec::new(),
             out: Vec::new(),
         }
     }

@@ -299,6 +299,163 @@ pub fn members(bytes: &[u8], range: Range<usize>, out: &mut Vec<Member>) -> Opti
     Some(())
 }
 
+/// Object-key paths to find in one validating pass ([`find_paths`]), as a tree: node 0 is the
+/// record, each other node one key under its parent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathTree {
+    nodes: Vec<PathNode>,
+    paths: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PathNode {
+    /// The key, as written between its quotes (keys with escapes are never matched).
+    key: Vec<u8>,
+    children: Vec<usize>,
+    /// The path that ends here, if any.
+    path: Option<usize>,
+}
+
+impl PathTree {
+    /// The tree of `paths` (each a list of keys); path `i` is reported in `found[i]`.
+    pub fn new(paths: &[Vec<Vec<u8>>]) -> Self {
+        let mut tree = PathTree { nodes: vec![PathNode::default()], paths: paths.len() };
+        for (index, path) in paths.iter().enumerate() {
+            let mut node = 0;
+            for key in path {
+                node = match tree.nodes[node].children.iter().copied().find(|&c| tree.nodes[c].key == *key) {
+                    Some(child) => child,
+                    None => {
+                        tree.nodes.push(PathNode { key: key.clone(), ..PathNode::default() });
+                        let child = tree.nodes.len() - 1;
+                        tree.nodes[node].children.push(child);
+                        child
+                    }
+                };
+            }
+            tree.nodes[node].path = Some(index);
+        }
+        tree
+    }
+
+    /// The child of `node` for `key` (length and first byte compared first: most keys differ
+    /// there, without a call to memcmp).
+    fn child(&self, node: usize, key: &[u8]) -> Option<usize> {
+        self.nodes[node].children.iter().copied().find(|&c| {
+            let want = &self.nodes[c].key;
+            want.len() == key.len() && want.first() == key.first() && want.as_slice() == key
+        })
+    }
+
+    /// Marks every path at or below `node` as `state`.
+    fn mark(&self, node: usize, state: &Found, found: &mut [Found]) {
+        if let Some(path) = self.nodes[node].path {
+            found[path] = state.clone();
+        }
+        for &child in &self.nodes[node].children {
+            self.mark(child, state, found);
+        }
+    }
+}
+
+/// What [`find_paths`] found for one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// A key on the way is missing, or a value on the way is `null`.
+    Missing,
+    /// The value's range (the last of duplicate keys, as jq reads them).
+    At(Range<usize>),
+    /// A value on the way is neither an object nor `null` (jq would fail to index it).
+    Blocked,
+}
+
+/// Validates `bytes` as one JSON object and finds the value of each path of `tree` in the same
+/// pass into `found`. `None` when the record is not an object, or a key on a searched level holds
+/// an escape (the caller then takes the slow way); else what the validation found.
+pub fn find_paths(bytes: &[u8], tree: &PathTree, found: &mut Vec<Found>) -> Option<Scanned> {
+    found.clear();
+    found.resize(tree.paths, Found::Missing);
+    let mut at = skip_ws(bytes, 0);
+    if bytes.get(at) != Some(&b'{') {
+        return None;
+    }
+    let mut escaped_key = false;
+    let scanned = match find_in_object(bytes, &mut at, 0, tree, 0, found, &mut escaped_key) {
+        Err(e) => e,
+        Ok(()) if skip_ws(bytes, at) == bytes.len() => Scanned::Valid,
+        Ok(()) => Scanned::Invalid,
+    };
+    (!escaped_key).then_some(scanned)
+}
+
+/// [`skip_container`] for an object whose keys are searched under `node`.
+fn find_in_object(
+    bytes: &[u8],
+    at: &mut usize,
+    depth: usize,
+    tree: &PathTree,
+    node: usize,
+    found: &mut [Found],
+    escaped_key: &mut bool,
+) -> Result<(), Scanned> {
+    if depth >= MAX_DEPTH {
+        return Err(Scanned::TooDeep);
+    }
+    *at = skip_ws(bytes, *at + 1);
+    if bytes.get(*at) == Some(&b'}') {
+        *at += 1;
+        return Ok(());
+    }
+    loop {
+        if bytes.get(*at) != Some(&b'"') {
+            return Err(Scanned::Invalid);
+        }
+        let key_start = *at;
+        let escaped = skip_string(bytes, at)?;
+        let key = &bytes[key_start + 1..*at - 1];
+        *escaped_key |= escaped;
+        *at = skip_ws(bytes, *at);
+        if bytes.get(*at) != Some(&b':') {
+            return Err(Scanned::Invalid);
+        }
+        *at = skip_ws(bytes, *at + 1);
+        let child = if escaped { None } else { tree.child(node, key) };
+        let value_start = *at;
+        match child {
+            Some(child) if bytes.get(*at) == Some(&b'{') && !tree.nodes[child].children.is_empty() => {
+                // A later duplicate key replaces what an earlier one gave.
+                tree.mark(child, &Found::Missing, found);
+                find_in_object(bytes, at, depth + 1, tree, child, found, escaped_key)?;
+            }
+            Some(child) => {
+                skip_value(bytes, at, depth + 1, &mut ignore)?;
+                let inner = if bytes[value_start] == b'n' { Found::Missing } else { Found::Blocked };
+                for &grandchild in &tree.nodes[child].children {
+                    tree.mark(grandchild, &inner, found);
+                }
+                if let Some(path) = tree.nodes[child].path {
+                    found[path] = Found::At(value_start..*at);
+                }
+            }
+            None => skip_value(bytes, at, depth + 1, &mut ignore)?,
+        }
+        if let (Some(child), Some(b'{')) = (child, bytes.get(value_start))
+            && let Some(path) = tree.nodes[child].path
+        {
+            found[path] = Found::At(value_start..*at);
+        }
+        *at = skip_ws(bytes, *at);
+        match bytes.get(*at) {
+            Some(b',') => *at = skip_ws(bytes, *at + 1),
+            Some(b'}') => {
+                *at += 1;
+                return Ok(());
+            }
+            _ => return Err(Scanned::Invalid),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -364,7 +521,99 @@ mod tests {
         }
     }
 
+    /// What jq's `.a.b` reads in `value`, as [`find_paths`] reports it.
+    fn expected(value: &serde_json::Value, path: &[&str]) -> Result<Option<serde_json::Value>, ()> {
+        let mut current = value;
+        for key in path {
+            match current {
+                serde_json::Value::Object(map) => match map.get(*key) {
+                    Some(v) => current = v,
+                    None => return Ok(None),
+                },
+                serde_json::Value::Null => return Ok(None),
+                _ => return Err(()),
+            }
+        }
+        Ok(if current.is_null() { None } else { Some(current.clone()) })
+    }
+
+    fn check_paths(text: &[u8], paths: &[&[&str]]) {
+        let owned: Vec<Vec<Vec<u8>>> =
+            paths.iter().map(|p| p.iter().map(|k| k.as_bytes().to_vec()).collect()).collect();
+        let tree = PathTree::new(&owned);
+        let mut found = Vec::new();
+        let scanned = find_paths(text, &tree, &mut found);
+        let value: Option<serde_json::Value> = serde_json::from_slice(text).ok();
+        match value {
+            Some(value) if value.is_object() => {
+                assert_eq!(scanned, Some(Scanned::Valid), "{}", String::from_utf8_lossy(text));
+                for (path, got) in paths.iter().zip(&found) {
+                    let got = match got {
+                        Found::At(r) => Ok(serde_json::from_slice::<serde_json::Value>(&text[r.clone()])
+                            .ok()
+                            .filter(|v| !v.is_null())),
+                        Found::Missing => Ok(None),
+                        Found::Blocked => Err(()),
+                    };
+                    assert_eq!(got, expected(&value, path), "{path:?} in {}", String::from_utf8_lossy(text));
+                }
+            }
+            Some(_) => assert_eq!(scanned, None),
+            None => assert!(scanned.is_none_or(|s| s != Scanned::Valid), "{}", String::from_utf8_lossy(text)),
+        }
+    }
+
+    #[test]
+    fn paths_are_found_in_one_pass_as_jq_reads_them() {
+        let paths: &[&[&str]] = &[&["a"], &["a", "b"], &["c", "d", "e"], &["x"]];
+        for text in [
+            r#"{"a":{"b":1},"c":{"d":{"e":"deep"}}}"#,
+            r#"{"a":null,"c":{"d":null}}"#,
+            r#"{"a":"text","c":[1]}"#,
+            r#"{"a":{"b":1},"a":{"z":2}}"#,
+            r#"{"a":{"b":1},"a":null}"#,
+            r#"{"a":"x","a":{"b":[1,{"c":2}]}}"#,
+            r#" { "x" : true , "a" : { } } "#,
+            r#"{}"#,
+            r#"{"a":1} trailing"#,
+            r#"[{"a":1}]"#,
+        ] {
+            check_paths(text.as_bytes(), paths);
+        }
+        // An escaped key on a searched level: the slow way.
+        let tree = PathTree::new(&[vec![b"a".to_vec()]]);
+        assert_eq!(find_paths(br#"{"\u0061":1}"#, &tree, &mut Vec::new()), None);
+        assert_eq!(find_paths(br#"{"a":1,"z":{"\u0061":1}}"#, &tree, &mut Vec::new()), Some(Scanned::Valid));
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            (-5i64..5).prop_map(serde_json::Value::from),
+            "[a-c\\\"é]{0,3}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-d]", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
+        #[test]
+        fn find_paths_agrees_with_a_parsed_tree(
+            members in proptest::collection::btree_map("[a-d]", json_value(), 0..5),
+            pretty in any::<bool>(),
+        ) {
+            let value = serde_json::Value::Object(members.into_iter().collect());
+            let text = if pretty { serde_json::to_vec_pretty(&value) } else { serde_json::to_vec(&value) };
+            let text = text.unwrap_or_default();
+            check_paths(&text, &[&["a"], &["a", "b"], &["b", "c", "d"], &["d"], &["c", "a"]]);
+        }
+
         #[test]
         fn object_members_agree_with_validate_and_members(
             bytes in proptest::collection::vec(proptest::sample::select(b"{}[]\":,01.-tn \\ua".to_vec()), 0..40)
