@@ -266,6 +266,14 @@ fn every_record_is_indexed_once_and_delivered_only_when_acknowledged() {
     let (_, metrics) = run_pipeline(&pipeline(&hec.url, backup.path(), 4_000, ""), &registry(), 2).unwrap();
     let m = &metrics.sinks[0];
     assert_eq!((m.records_delivered.load(Relaxed), m.records_failed.load(Relaxed)), (4_000, 0));
+    // Acks turn true 700 ms after indexing: DataAckLatency saw every request wait that long.
+    let latency = m.own_durations.lock().unwrap().get("DeliveryToSplunk_DataAckLatency").cloned().unwrap();
+    assert!(
+        latency.count() >= 3 && latency.mean_seconds() >= 0.7,
+        "{} acks, mean {}",
+        latency.count(),
+        latency.mean_seconds()
+    );
     let seen = hec.hec.lock().unwrap();
     assert_eq!(sorted(seen.events.clone()), as_events(generated(Profile::Cloudtrail, 8, 4_000)));
     // 4,000 records of ~700 bytes in 1 MB requests: several requests, each acknowledged before the run

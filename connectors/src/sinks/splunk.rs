@@ -32,7 +32,9 @@
 //! permanent; a busy server (9, 503), an internal error (8, 5xx) and connection failures are
 //! retried (`Splunk.ServerError`, `Splunk.ConnectionFailed`, `Splunk.RequestTimeout`). Error
 //! documents carry Firehose's `EventId` (the request id and the event's position in it); the request
-//! id is also sent as `X-Request-Id`, for proxies' and load balancers' logs.
+//! id is also sent as `X-Request-Id`, for proxies' and load balancers' logs. The time from a
+//! request's answer to its acknowledgement is Firehose's `DeliveryToSplunk.DataAckLatency`
+//! (`sluice_DeliveryToSplunk_DataAckLatency_seconds`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,7 @@ use sluice_engine::compression::Compression;
 use sluice_engine::config::{BufferingHints, ConnectorConfig, Diagnostic};
 use sluice_engine::contract::{BufferingRules, DeliveryError, DestinationKind, Payload, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
+use sluice_engine::metrics::SinkMeter;
 
 use crate::sinks::object_store::{BackupOwner, BackupStore};
 use crate::transforms::json;
@@ -202,6 +205,8 @@ struct Hec {
     channel_seed: uuid::Uuid,
     ack_timeout: Duration,
     client: reqwest::Client,
+    /// `DeliveryToSplunk_DataAckLatency`, once the run hands the meter over.
+    meter: std::sync::OnceLock<SinkMeter>,
 }
 
 /// Builds a Splunk sink from `[sinks.<name>]`.
@@ -256,7 +261,15 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| Diagnostic::new(span, format!("cannot build the HTTP client: {e}")))?;
-    let hec = Hec { send_url, ack_url, authorization, channel_seed: uuid::Uuid::new_v4(), ack_timeout, client };
+    let hec = Hec {
+        send_url,
+        ack_url,
+        authorization,
+        channel_seed: uuid::Uuid::new_v4(),
+        ack_timeout,
+        client,
+        meter: std::sync::OnceLock::new(),
+    };
     Ok(Arc::new(SplunkSink { base, hec: Arc::new(hec), wire: codec, backup }))
 }
 
@@ -353,6 +366,9 @@ impl Hec {
                 Ok((200, _, text)) => {
                     let acks: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                     if acks["acks"][ack_id.to_string()] == true {
+                        if let Some(meter) = self.meter.get() {
+                            meter.observe("DeliveryToSplunk_DataAckLatency", started.elapsed());
+                        }
                         return Ok(());
                     }
                     last = format!("ack {ack_id} not yet true: {text}");
@@ -430,6 +446,10 @@ impl Sink for SplunkSink {
         Some(BUFFERING)
     }
 
+    fn measure_with(&self, meter: SinkMeter) {
+        let _ = self.hec.meter.set(meter);
+    }
+
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let hec = Arc::clone(&self.hec);
         Box::pin(async move { hec.send(payload).await })
@@ -493,6 +513,7 @@ mod tests {
             channel_seed: seed,
             ack_timeout: Duration::from_secs(180),
             client: reqwest::Client::new(),
+            meter: std::sync::OnceLock::new(),
         };
         let (a, b) = (hec(uuid::Uuid::new_v4()), hec(uuid::Uuid::new_v4()));
         let (one, two) = (request_id(), request_id());
