@@ -84,4 +84,29 @@ fn validate_exits_1_with_positions_and_0_with_the_graph() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("source demo") && stdout.contains("<- [demo]"), "{stdout}");
+
+    // The example with the OpenSearch, Splunk and PostgreSQL sinks, its secrets set.
+    let out = super::support::sluice()
+        .arg("validate")
+        .arg(super::support::repo_root().join("pipelines/security-destinations.toml"))
+        .envs([
+            ("API_KEY", "k"),
+            ("API_SECRET", "s"),
+            ("OS_USER", "u"),
+            ("OS_PASS", "p"),
+            ("HEC_TOKEN", "t"),
+            ("PG_PASS", "pw"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for sink in [
+        "sink   search           opensearch",
+        "sink   siem             splunk",
+        "postgres://db.example.com:5432/security",
+    ] {
+        assert!(stdout.contains(sink), "{sink}: {stdout}");
+    }
+    assert!(!stdout.contains("pw"), "{stdout}");
 }

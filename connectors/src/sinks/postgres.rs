@@ -358,7 +358,10 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
     );
     let location = format!(
         "postgres://{}:{}/{} {}",
-        pg.get_hosts().first().map_or("?".into(), |h| format!("{h:?}")),
+        pg.get_hosts().first().map_or("?".into(), |h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        }),
         pg.get_ports().first().copied().unwrap_or(5432),
         pg.get_dbname().unwrap_or(""),
         c.table
