@@ -62,8 +62,13 @@ impl Cluster {
     }
 
     fn start(&self) {
+        self.start_with("");
+    }
+
+    /// Starts the server with `extra` server options.
+    fn start_with(&self, extra: &str) {
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c full_page_writes=off",
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c full_page_writes=off {extra}",
             self.port,
             self.dir.path().display()
         );
@@ -77,6 +82,71 @@ impl Cluster {
             .output()
             .unwrap();
         assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Restarts the server with TLS required over TCP (`hostssl` rules only), its certificate for
+    /// 127.0.0.1 signed by a new authority; returns the authority's PEM file.
+    fn require_tls(&self) -> PathBuf {
+        let dir = self.dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let days = ["-days", "2"];
+        for ca in ["ca", "other-ca"] {
+            let (key, pem, subject) = (format!("{ca}.key"), format!("{ca}.pem"), format!("/CN=sluice {ca}"));
+            openssl(&[
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem, "-subj", &subject,
+                days[0], days[1],
+            ]);
+        }
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            days[0],
+            days[1],
+            "-extfile",
+            "san.ext",
+        ]);
+        let key = dir.join("server.key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        if as_root() {
+            for file in ["server.key", "server.pem"] {
+                Command::new("chown").arg("postgres:").arg(dir.join(file)).status().unwrap();
+            }
+        }
+        let hba = self.data().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap().replace("\nhost ", "\nhostssl ");
+        std::fs::write(&hba, rules).unwrap();
+        self.stop();
+        self.start_with(&format!(
+            "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            dir.join("server.pem").display(),
+            key.display()
+        ));
+        dir.join("ca.pem")
     }
 
     fn stop(&self) {
@@ -434,4 +504,29 @@ fn postgres_down_past_the_retry_duration_loses_nothing_and_writes_a_manifest_of_
     // The server back: nothing was loaded meanwhile.
     pg.start();
     assert_eq!(pg.sql("SELECT count(*) FROM cloudtrail_events")[0][0], "0");
+}
+
+#[test]
+fn tls_is_required_and_verified_against_the_given_authority() {
+    let pg = cluster(CLOUDTRAIL_TABLE);
+    let ca = pg.require_tls();
+    let staging = tempfile::tempdir().unwrap();
+    let url = |query: &str| format!("{}?{query}", pg.url(LOADER_PASSWORD));
+    let verified = url(&format!("sslmode=verify-full&sslrootcert={}", ca.display()));
+    let (_, metrics) =
+        run_pipeline(&pipeline(&generator(200), &verified, staging.path(), CLOUDTRAIL_SINK), &registry(), 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 200);
+    assert_eq!(pg.sql("SELECT count(*) FROM cloudtrail_events")[0][0], "200");
+    // The server takes no connection without TLS; a certificate from another authority is refused.
+    let other = ca.with_file_name("other-ca.pem");
+    for (query, says) in [
+        ("sslmode=disable".to_string(), "no encryption"),
+        (format!("sslmode=verify-full&sslrootcert={}", other.display()), "not trusted"),
+    ] {
+        let toml = pipeline(&generator(10), &url(&query), staging.path(), CLOUDTRAIL_SINK);
+        let error = run_pipeline(&toml, &registry(), 1).err().unwrap_or_default();
+        assert!(error.contains(says), "{query}: {error}");
+    }
+    assert_eq!(pg.sql("SELECT count(*) FROM cloudtrail_events")[0][0], "200");
 }

@@ -6,6 +6,7 @@
 //! type = "postgres"
 //! inputs = ["trail"]
 //! url = "postgres://loader:${PG_PASS}@127.0.0.1:5432/security"   # sslmode=require|verify-full: TLS, verified
+//!                                        # (against sslrootcert=<PEM file> when given, else the web PKI)
 //! table = "cloudtrail_events"            # schema-qualified allowed
 //! columns = ["event_time", "event_name", "user_name", "source_ip"]   # Firehose's DataTableColumns
 //! mapping = { user_name = "userIdentity.userName", source_ip = "sourceIPAddress" }  # JSON path per column (default: its name)
@@ -278,6 +279,8 @@ struct Loader {
     mapping: Mapping,
     config: tokio_postgres::Config,
     tls: bool,
+    /// `sslrootcert`: the only authority the server's certificate may chain to (else the web PKI's).
+    root: Option<std::path::PathBuf>,
     /// `table (col, …)`, quoted.
     target: String,
     table: String,
@@ -307,15 +310,21 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
     let (url_span, columns_span, mapping_span, format_span, staging_span) =
         (spans("url"), spans("columns"), spans("mapping"), spans("format"), spans("staging"));
     let (pipeline, name, data_dir) = (config.pipeline.clone(), config.name.clone(), config.data_dir.clone());
+    let base_dir = config.base_dir.clone();
     let c: PostgresConfig = config.table.deserialize()?;
-    // rustls always verifies the server's certificate and name: `verify-full` and `verify-ca` are
-    // what `require` does here.
-    let url = c.url.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require");
+    let (url, root) = tls_options(&c.url);
+    let root = root.map(|r| base_dir.join(r));
     let pg: tokio_postgres::Config = url.parse().map_err(|e| {
         Diagnostic::new(url_span.clone(), format!("not a PostgreSQL URL: {e}"))
             .with_hint("postgres://user:password@host:5432/database, optionally ?sslmode=require")
     })?;
     let tls = pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+    if let Some(root) = &root
+        && !root.is_file()
+    {
+        return Err(Diagnostic::new(url_span, format!("sslrootcert `{}` is not a file", root.display()))
+            .with_hint("the PEM file of the certificate authority the server's certificate is checked against"));
+    }
     if c.columns.is_empty() || c.columns.iter().any(|col| col.is_empty()) {
         return Err(Diagnostic::new(columns_span, "`columns` must name at least one column, none empty")
             .with_hint("the table's columns to load, in order, as Firehose's DataTableColumns"));
@@ -370,6 +379,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         mapping,
         config: pg,
         tls,
+        root,
         target,
         table: c.table,
         columns: c.columns,
@@ -388,6 +398,53 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         staging: staging_store,
         location,
     }))
+}
+
+/// The URL as tokio-postgres reads it, and its `sslrootcert` (libpq's name, which tokio-postgres
+/// does not read). rustls always checks the server's certificate and name, so `sslmode=verify-full`
+/// and `verify-ca` become `require`, which does the same here.
+fn tls_options(url: &str) -> (String, Option<String>) {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return (
+            url.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require"),
+            None,
+        );
+    };
+    let mut root = None;
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter_map(|(k, v)| match k.as_ref() {
+            "sslrootcert" => {
+                root = Some(v.into_owned());
+                None
+            }
+            "sslmode" if v == "verify-full" || v == "verify-ca" => Some((k.into_owned(), "require".into())),
+            _ => Some((k.into_owned(), v.into_owned())),
+        })
+        .collect();
+    if pairs.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    (parsed.to_string(), root)
+}
+
+/// Why the TLS handshake refused the server, if that is what `e` is.
+fn tls_failure(e: &tokio_postgres::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(error) = source {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls.to_string());
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// The delivery error `e` means.
@@ -420,13 +477,18 @@ fn is_data_error(e: &tokio_postgres::Error) -> bool {
 impl Loader {
     async fn connect(&self) -> Result<tokio_postgres::Client, DeliveryError> {
         let connected = if self.tls {
-            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+            let roots = self.roots()?;
             let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-            let (client, connection) = self
-                .config
-                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-                .await
-                .map_err(|e| classify(&e, "cannot connect"))?;
+            let (client, connection) =
+                self.config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(config)).await.map_err(|e| {
+                    match tls_failure(&e) {
+                        Some(why) => DeliveryError::Permanent {
+                            code: "Redshift.TlsFailed".into(),
+                            message: format!("the server's certificate is not trusted: {why}"),
+                        },
+                        None => classify(&e, "cannot connect"),
+                    }
+                })?;
             tokio::spawn(connection);
             client
         } else {
@@ -436,6 +498,23 @@ impl Loader {
             client
         };
         Ok(connected)
+    }
+
+    /// The authorities a server's certificate may chain to: `sslrootcert`'s, else the web PKI's.
+    fn roots(&self) -> Result<rustls::RootCertStore, DeliveryError> {
+        use rustls::pki_types::pem::PemObject;
+        let Some(path) = &self.root else {
+            return Ok(rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() });
+        };
+        let unreadable = |why: String| DeliveryError::Permanent {
+            code: "Redshift.TlsFailed".into(),
+            message: format!("cannot read sslrootcert {}: {why}", path.display()),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| unreadable(e.to_string()))? {
+            roots.add(cert.map_err(|e| unreadable(e.to_string()))?).map_err(|e| unreadable(e.to_string()))?;
+        }
+        Ok(roots)
     }
 
     /// Creates the load ledger if it is missing (once per run).
@@ -759,6 +838,20 @@ mod tests {
             assert!(StagedRecords.encode(bad, &mut Vec::new()).is_err(), "{bad:?}");
         }
         assert_eq!(StagedRecords.records_of(b"{\"a\":1}\n{\"b\":2}\n").unwrap_or_default().len(), 2);
+    }
+
+    #[test]
+    fn libpq_tls_options_become_what_tokio_postgres_reads() {
+        let (url, root) =
+            tls_options("postgres://u:p%40ss@h:5432/db?sslmode=verify-full&sslrootcert=ca.pem&application_name=x");
+        assert_eq!(url, "postgres://u:p%40ss@h:5432/db?sslmode=require&application_name=x");
+        assert_eq!(root.as_deref(), Some("ca.pem"));
+        assert_eq!(
+            tls_options("postgres://h/db?sslrootcert=/c.pem"),
+            ("postgres://h/db".to_string(), Some("/c.pem".into()))
+        );
+        assert_eq!(tls_options("host=h sslmode=verify-ca").0, "host=h sslmode=require");
+        assert!(tls_options("postgres://h/db").1.is_none());
     }
 
     #[test]
