@@ -85,7 +85,8 @@ fn validate_exits_1_with_positions_and_0_with_the_graph() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("source demo") && stdout.contains("<- [demo]"), "{stdout}");
 
-    // The example with the OpenSearch, Splunk and PostgreSQL sinks, its secrets set.
+    // The example with the OpenSearch, Splunk and PostgreSQL sinks, its secrets set (they replace
+    // its placeholders and are never printed).
     let out = super::support::sluice()
         .arg("validate")
         .arg(super::support::repo_root().join("pipelines/security-destinations.toml"))
