@@ -19,10 +19,10 @@ use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::support::{folder_objects, free_port, generated, raw_data};
 
-const LOADER_PASSWORD: &str = "loader-pw-1";
+pub(super) const LOADER_PASSWORD: &str = "loader-pw-1";
 
 /// A throwaway PostgreSQL cluster, stopped when dropped.
-struct Cluster {
+pub(super) struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
@@ -153,7 +153,7 @@ impl Cluster {
         let _ = self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "fast", "-w", "stop"]).output();
     }
 
-    fn url(&self, password: &str) -> String {
+    pub(super) fn url(&self, password: &str) -> String {
         format!("postgres://loader:{password}@127.0.0.1:{}/security", self.port)
     }
 
@@ -178,7 +178,7 @@ impl Cluster {
     }
 
     /// Runs `sql` as the superuser in `security`.
-    fn sql(&self, sql: &str) -> Vec<Vec<String>> {
+    pub(super) fn sql(&self, sql: &str) -> Vec<Vec<String>> {
         self.psql("security", &[sql])
     }
 }
@@ -190,7 +190,7 @@ impl Drop for Cluster {
 }
 
 /// A new cluster with database `security`, a `loader` role (password auth over TCP) and `schema`.
-fn cluster(schema: &str) -> Cluster {
+pub(super) fn cluster(schema: &str) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     if as_root() {
         let status = Command::new("chown").arg("postgres:").arg(dir.path()).status().unwrap();
