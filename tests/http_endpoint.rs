@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use sluice_connectors::registry;
 use sluice_connectors::synth::Profile;
-use sluice_engine::testkit::sink::{Check, Destination, Fault, conformance};
+use sluice_engine::testkit::sink::{Destination, Fault};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::support::{folder_objects, generated};
@@ -206,8 +206,7 @@ impl Destination for EndpointDestination {
     }
 
     fn stored_error_output(&self, key: &str) -> futures::future::BoxFuture<'static, Option<Vec<u8>>> {
-        let path = self.backup.path().join(key);
-        Box::pin(async move { std::fs::read(path).ok() })
+        super::support::file_when_read(self.backup.path().join(key))
     }
 
     fn inject(&self, fault: Option<Fault>) -> bool {
@@ -224,17 +223,5 @@ impl Destination for EndpointDestination {
 fn the_http_endpoint_sink_passes_the_conformance_kit() {
     let destination =
         EndpointDestination { endpoint: receiver(Answer::OkAfter(0)), backup: tempfile::tempdir().unwrap() };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let report = runtime.block_on(conformance(&destination)).unwrap_or_else(|e| panic!("{e}"));
-    for check in [
-        Check::Deliver,
-        Check::Redeliver,
-        Check::RetryableThenDelivered,
-        Check::PermanentRefusal,
-        Check::BackupOfRefused,
-    ] {
-        assert!(report.passed(check), "{check:?}: {report:?}");
-    }
-    // A request is not an object: it is never sent in parts.
-    assert_eq!(report.skipped.len(), 3, "{report:?}");
+    super::support::request_sink_conformance(&destination);
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use sluice_connectors::registry;
 use sluice_connectors::synth::Profile;
-use sluice_engine::testkit::sink::{Check, Destination, Fault, conformance};
+use sluice_engine::testkit::sink::{Destination, Fault};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::support::{folder_objects, free_port, generated, raw_data};
@@ -417,8 +417,7 @@ impl Destination for WarehouseDestination {
     }
 
     fn stored_error_output(&self, key: &str) -> futures::future::BoxFuture<'static, Option<Vec<u8>>> {
-        let path = self.staging.path().join(key);
-        Box::pin(async move { std::fs::read(path).ok() })
+        super::support::file_when_read(self.staging.path().join(key))
     }
 
     fn inject(&self, fault: Option<Fault>) -> bool {
@@ -447,18 +446,7 @@ impl Destination for WarehouseDestination {
 fn the_postgres_sink_passes_the_conformance_kit() {
     let pg = cluster("CREATE TABLE kit (object integer, record integer, text text)");
     let destination = WarehouseDestination { pg, staging: tempfile::tempdir().unwrap(), down: Mutex::new(false) };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let report = runtime.block_on(conformance(&destination)).unwrap_or_else(|e| panic!("{e}"));
-    for check in [
-        Check::Deliver,
-        Check::Redeliver,
-        Check::RetryableThenDelivered,
-        Check::PermanentRefusal,
-        Check::BackupOfRefused,
-    ] {
-        assert!(report.passed(check), "{check:?}: {report:?}");
-    }
-    assert_eq!(report.skipped.len(), 3, "{report:?}");
+    super::support::request_sink_conformance(&destination);
     // Delivered twice (Redeliver), loaded once.
     let rows = destination.pg.sql("SELECT count(*), count(DISTINCT (object, record)) FROM kit");
     assert_eq!(rows[0][0], rows[0][1], "no row loaded twice");

@@ -141,3 +141,27 @@ pub fn raw_data(doc: &serde_json::Value) -> String {
     let bytes = base64::engine::general_purpose::STANDARD.decode(doc["rawData"].as_str().unwrap()).unwrap();
     String::from_utf8(bytes).unwrap()
 }
+
+/// Runs the sink conformance kit against `destination`, a sink that sends requests: every check
+/// passes but the three about uploads in parts, which a request never is.
+pub fn request_sink_conformance(destination: &dyn sluice_engine::testkit::sink::Destination) {
+    use sluice_engine::testkit::sink::{Check, conformance};
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let report = runtime.block_on(conformance(destination)).unwrap_or_else(|e| panic!("{e}"));
+    for check in [
+        Check::Deliver,
+        Check::Redeliver,
+        Check::RetryableThenDelivered,
+        Check::PermanentRefusal,
+        Check::BackupOfRefused,
+    ] {
+        assert!(report.passed(check), "{check:?}: {report:?}");
+    }
+    let skipped: Vec<Check> = report.skipped.iter().map(|(check, _)| *check).collect();
+    assert_eq!(skipped, [Check::Parts, Check::PartRetried, Check::Abort], "{report:?}");
+}
+
+/// The file at `path` as the conformance kit reads a stored object (`None` when there is none).
+pub fn file_when_read(path: PathBuf) -> futures::future::BoxFuture<'static, Option<Vec<u8>>> {
+    Box::pin(async move { std::fs::read(path).ok() })
+}

@@ -150,20 +150,6 @@ pub struct BulkRequest {
     document_ids: bool,
 }
 
-impl BulkRequest {
-    /// Why `record` cannot be a document, if it cannot.
-    fn refusal(record: &[u8]) -> Option<&'static str> {
-        if std::str::from_utf8(record).is_err() {
-            return Some("OpenSearch.MalformedData: the record is not UTF-8");
-        }
-        let first = record.iter().find(|b| !b.is_ascii_whitespace());
-        if first != Some(&b'{') || json::validate(record) != json::Scanned::Valid {
-            return Some("OpenSearch.MalformedData: the record is not one JSON object");
-        }
-        None
-    }
-}
-
 impl RecordCodec for BulkRequest {
     fn describe(&self) -> String {
         "opensearch-bulk".into()
@@ -178,9 +164,7 @@ impl RecordCodec for BulkRequest {
     }
 
     fn encode_arrived(&self, record: &[u8], arrival_ms: i64, out: &mut Vec<u8>) -> Result<(), String> {
-        if let Some(why) = Self::refusal(record) {
-            return Err(why.to_string());
-        }
+        let start = out.len();
         let index = self.rotation.index_name(&self.index, arrival_ms);
         // The index name is checked when configured, and the suffix is digits and dashes: no
         // escaping is needed; neither is the id (hex digits).
@@ -191,16 +175,11 @@ impl RecordCodec for BulkRequest {
             out.extend_from_slice(document_id().as_bytes());
         }
         out.extend_from_slice(b"\"}}\n");
-        // A valid JSON text has line breaks only as whitespace between tokens: they become spaces,
-        // so the document is one line.
-        let start = out.len();
-        out.extend_from_slice(record.trim_ascii());
-        for b in &mut out[start..] {
-            if matches!(*b, b'\n' | b'\r') {
-                *b = b' ';
-            }
+        // The document, one line; a record that cannot be one leaves nothing, its action neither.
+        if let Err(why) = json::push_object_line(record, out) {
+            out.truncate(start);
+            return Err(format!("OpenSearch.MalformedData: {why}"));
         }
-        out.push(b'\n');
         Ok(())
     }
 

@@ -206,23 +206,7 @@ impl RecordCodec for StagedRecords {
     }
 
     fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        if std::str::from_utf8(record).is_err() {
-            return Err("DataFormatConversion.MalformedData: the record is not UTF-8".into());
-        }
-        if record.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
-            || json::validate(record) != json::Scanned::Valid
-        {
-            return Err("DataFormatConversion.MalformedData: the record is not one JSON object".into());
-        }
-        let start = out.len();
-        out.extend_from_slice(record.trim_ascii());
-        for b in &mut out[start..] {
-            if matches!(*b, b'\n' | b'\r') {
-                *b = b' ';
-            }
-        }
-        out.push(b'\n');
-        Ok(())
+        json::push_object_line(record, out).map_err(|why| format!("DataFormatConversion.MalformedData: {why}"))
     }
 
     fn records_of(&self, text: &[u8]) -> Result<Vec<Vec<u8>>, String> {

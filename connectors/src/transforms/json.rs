@@ -299,6 +299,27 @@ pub fn members(bytes: &[u8], range: Range<usize>, out: &mut Vec<Member>) -> Opti
     Some(())
 }
 
+/// Appends `record`, which must be one UTF-8 JSON object, to `out` on one line (the line breaks
+/// valid JSON can hold only between tokens become spaces) followed by a newline; else says why
+/// not and leaves `out` as it was. What a destination taking one JSON document per line needs.
+pub fn push_object_line(record: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
+    if std::str::from_utf8(record).is_err() {
+        return Err("the record is not UTF-8");
+    }
+    if record.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') || validate(record) != Scanned::Valid {
+        return Err("the record is not one JSON object");
+    }
+    let start = out.len();
+    out.extend_from_slice(record.trim_ascii());
+    for b in &mut out[start..] {
+        if matches!(*b, b'\n' | b'\r') {
+            *b = b' ';
+        }
+    }
+    out.push(b'\n');
+    Ok(())
+}
+
 /// Object-key paths to find in one validating pass ([`find_paths`]), as a tree: node 0 is the
 /// record, each other node one key under its parent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
