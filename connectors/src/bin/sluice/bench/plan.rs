@@ -611,8 +611,8 @@ impl Planner<'_> {
     /// does (counting documents), gzip and uncompressed, against filebeat 8.1.3 shipping the same
     /// file to the same receiver with the same compression (gzip level 6, sluice's level, or none),
     /// two output workers and 4,096-event bulks, timed until the receiver has every document.
-    /// filebeat wraps each line in its event (`message`, `@timestamp` and its metadata), sluice sends
-    /// the record itself: the same records, differently dressed.
+    /// filebeat's metadata fields are dropped, so its documents are each line as `message` and a
+    /// `@timestamp`, the nearest filebeat comes to sending the record itself as sluice does.
     pub(crate) fn opensearch(&mut self, ct: &Workload, port: u16) -> Result<(), BenchError> {
         let n = self.options.threads;
         let backup = self.output("opensearch", "sluice-backup");
@@ -653,7 +653,8 @@ impl Planner<'_> {
                  output.elasticsearch:\n  hosts: [\"http://127.0.0.1:{port}\"]\n  index: \"bench\"\n  worker: {n}\n\
                  \x20 bulk_max_size: 4096\n  compression_level: {level}\n\
                  setup.template.enabled: false\nsetup.template.name: \"bench\"\nsetup.template.pattern: \"bench*\"\n\
-                 setup.ilm.enabled: false\nlogging.level: error\nlogging.to_files: false\n",
+                 setup.ilm.enabled: false\nlogging.level: error\nlogging.to_files: false\n\
+                 processors:\n- drop_fields:\n    fields: [\"agent\", \"ecs\", \"host\", \"input\", \"log\"]\n    ignore_missing: true\n",
                 input = ct.path.display()
             );
             let command = MeasuredCommand::new(
