@@ -120,7 +120,12 @@ pub fn start_listening(
     output: std::process::Stdio,
     errors: std::process::Stdio,
 ) -> std::process::Child {
-    let child = sluice().args(args).stdout(output).stderr(errors).spawn().unwrap();
+    start_listening_with(sluice().args(args).stdout(output).stderr(errors), port)
+}
+
+/// Spawns `command` (a `sluice` command) and waits until it listens on `port`.
+pub fn start_listening_with(command: &mut std::process::Command, port: u16) -> std::process::Child {
+    let child = command.spawn().unwrap();
     let started = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(started.elapsed() < std::time::Duration::from_secs(20), "sluice did not listen on {port}");

@@ -102,6 +102,7 @@ fn documents_payload(
         content_type: "application/x-ndjson",
         content_encoding: compression.content_encoding(),
         records,
+        origins: None,
     }
 }
 

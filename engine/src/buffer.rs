@@ -17,10 +17,10 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::config::SinkSettings;
-use crate::contract::Payload;
+use crate::contract::{Payload, PayloadOrigins, RecordPosition};
 use crate::error_output::{ErrorDocument, ErrorOutputType, Processing, Reason};
 use crate::format::{self, EncodeError, ObjectEncoder, ObjectFormat};
-use crate::record::{FailedRecords, PartitionKeys, RecordBatch, Records, now_ms};
+use crate::record::{FailedRecords, Origin, PartitionKeys, RecordBatch, Records, now_ms};
 
 /// Firehose-style error code of a record that could not be converted to the sink's format.
 pub const MALFORMED_DATA: &str = "DataFormatConversion.MalformedData";
@@ -134,6 +134,19 @@ pub struct ObjectBatcher {
     errors: BTreeMap<ErrorOutputType, OpenObject>,
     /// The partition keys its data objects are named with (dynamic partitioning).
     partition: Option<PartitionKeys>,
+    /// Where the open data object's records came from, once a record read from a log arrived
+    /// (boxed: a partitioned sink keeps thousands of batchers).
+    origins: Option<Box<OriginState>>,
+}
+
+/// The origins of a batcher's open data object.
+#[derive(Debug, Default)]
+struct OriginState {
+    /// The open data object's record positions.
+    open: PayloadOrigins,
+    /// The origin of the last record appended and which part of it it was (a transform may have
+    /// made several records of one, and they may span two objects): the next position follows.
+    last: Option<(Origin, u32)>,
 }
 
 impl std::fmt::Debug for ObjectBatcher {
@@ -155,6 +168,7 @@ impl ObjectBatcher {
             data: None,
             errors: BTreeMap::new(),
             partition: None,
+            origins: None,
         }
     }
 
@@ -167,6 +181,7 @@ impl ObjectBatcher {
             data: None,
             errors: BTreeMap::new(),
             partition: Some(keys),
+            origins: None,
         }
     }
 
@@ -211,6 +226,7 @@ impl ObjectBatcher {
                 content_type: s.format.content_type(),
                 content_encoding: s.format.content_encoding(),
                 records: 0,
+                origins: None,
             },
             upload: UploadStep::Part { object: *id },
         });
@@ -221,10 +237,18 @@ impl ObjectBatcher {
     fn append_data(
         &mut self,
         record: &[u8],
+        origin: Option<Origin>,
         epoch: u64,
         arrival_ms: i64,
         now: Instant,
     ) -> std::io::Result<Result<(), String>> {
+        let position = origin.map(|o| {
+            let state = self.origins.get_or_insert_default();
+            let same = |(last, _): &(Origin, u32)| (last.log, last.seq, last.index) == (o.log, o.seq, o.index);
+            let part = state.last.filter(same).map_or(0, |(_, part)| part.saturating_add(1));
+            state.last = Some((o, part));
+            RecordPosition::new(o, part)
+        });
         let object = match &mut self.data {
             Some(object) => object,
             empty => {
@@ -240,6 +264,9 @@ impl ObjectBatcher {
         };
         match object.encoder.append_arrived(record, arrival_ms) {
             Ok(()) => {
+                if let Some(state) = self.origins.as_deref_mut() {
+                    state.open.record(object.records as usize, position);
+                }
                 object.include(epoch, arrival_ms);
                 Ok(Ok(()))
             }
@@ -266,22 +293,23 @@ impl ObjectBatcher {
         now: Instant,
         sealed: &mut Vec<SealedObject>,
     ) -> std::io::Result<()> {
-        self.append_from(batch.iter(), batch.arrival_ms, epoch, now, sealed)
+        self.append_from(batch, 0..batch.len(), epoch, now, sealed)
     }
 
-    /// [`Self::append`] for `records` that arrived at `arrival_ms` (a run of a batch).
-    pub fn append_from<'r>(
+    /// [`Self::append`] for the records at `run` in `batch`.
+    pub fn append_from(
         &mut self,
-        records: impl Iterator<Item = &'r [u8]>,
-        arrival_ms: i64,
+        batch: &RecordBatch,
+        run: std::ops::Range<usize>,
         epoch: u64,
         now: Instant,
         sealed: &mut Vec<SealedObject>,
     ) -> std::io::Result<()> {
         let size_limit = self.config.settings.hints.size_bytes;
         let max_records = self.config.settings.format.max_records();
-        for record in records {
-            match self.append_data(record, epoch, arrival_ms, now)? {
+        let arrival_ms = batch.arrival_ms;
+        for (index, record) in run.clone().zip(batch.range(run)) {
+            match self.append_data(record, batch.origin(index), epoch, arrival_ms, now)? {
                 Ok(()) => {
                     if self.data.as_ref().is_some_and(|o| o.encoder.size() >= size_limit || o.records >= max_records) {
                         self.seal_data(sealed)?;
@@ -412,6 +440,10 @@ impl ObjectBatcher {
             let sent = object.sent;
             let mut sealed_object =
                 seal(object, key, ObjectKind::Data, s.format.content_type(), s.format.content_encoding())?;
+            if let Some(state) = self.origins.as_deref_mut() {
+                let origins = std::mem::take(&mut state.open);
+                sealed_object.payload.origins = (!origins.is_empty()).then(|| Arc::new(origins));
+            }
             if let Some((_, id)) = streaming.as_deref() {
                 sealed_object.upload = UploadStep::Last { object: *id, sent };
             }
@@ -506,7 +538,14 @@ fn seal(
         epoch: object.epoch,
         oldest_arrival_ms: object.oldest_arrival_ms,
         raw_bytes,
-        payload: Payload { key, body: Bytes::from(body), content_type, content_encoding, records: object.records },
+        payload: Payload {
+            key,
+            body: Bytes::from(body),
+            content_type,
+            content_encoding,
+            records: object.records,
+            origins: None,
+        },
         upload: UploadStep::Whole,
     })
 }
@@ -538,6 +577,36 @@ mod tests {
     fn lines(o: &SealedObject) -> Vec<String> {
         let text = decompress(Compression::Gzip, &o.payload.body).unwrap_or_default();
         String::from_utf8_lossy(&text).lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn sealed_data_objects_carry_their_records_log_positions_with_parts_counted() {
+        let mut b = ObjectBatcher::new(settings(format::ndjson(Compression::Gzip), 12, 300));
+        let (mut sealed, now) = (Vec::new(), Instant::now());
+        let mut logged = batch(1, &["a", "b", "c"]);
+        logged.set_log_entry(9, 5, 2);
+        b.append(&logged, 1, now, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        // What a transform made of entry 5's record 2 (two records) and of an unlogged record.
+        let mut made = RecordBatch::with_capacity(1, 0);
+        let record_2 = logged.origin(2);
+        made.push_carrying(b"c1", record_2, None);
+        made.push_carrying(b"c2", record_2, None);
+        made.push_carrying(b"plain", None, None);
+        b.append(&made, 1, now, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        b.seal_all(&mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        let positions: Vec<Vec<Option<u64>>> = sealed
+            .iter()
+            .map(|o| {
+                let origins = o.payload.origins.as_deref().cloned().unwrap_or_default();
+                (0..o.payload.records as usize).map(|i| origins.get(i).map(|p| p.position)).collect()
+            })
+            .collect();
+        let at = |index: u64, part: u64| Some((index << 32) | part);
+        // The first object seals at 12 bytes: a, b, c, c1 and c2.
+        assert_eq!(positions, [vec![at(0, 0), at(1, 0), at(2, 0), at(2, 1), at(2, 2)], vec![None]]);
+        assert!(sealed[1].payload.origins.is_none(), "an object of unlogged records has no origins");
+        let first = sealed[0].payload.origins.as_deref().and_then(|o| o.get(0)).unwrap_or_else(|| panic!("none"));
+        assert_eq!((first.log, first.seq, first.replay_floor), (9, 5, 2));
     }
 
     #[test]

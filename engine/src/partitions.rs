@@ -144,7 +144,7 @@ impl PartitionedBatchers {
                 (v.insert(Box::new(self.shared.for_partition(Arc::clone(&keys)))), 0)
             }
         };
-        batcher.append_from(batch.range(run), batch.arrival_ms, epoch, now, sealed)?;
+        batcher.append_from(batch, run, epoch, now, sealed)?;
         self.open_bytes = (self.open_bytes + partition_bytes(batcher)).saturating_sub(before);
         self.keep_within_budget(sealed)
     }

@@ -9,6 +9,12 @@
 //! sinks, [`FailedRecords`] that a transform could not process, on their way to the error output
 //! of every sink they would have reached, each with its reason, or source records as they arrived
 //! for a sink that backs up everything.
+//!
+//! A record read from a write-ahead log carries its [`Origin`]: which log, which entry, which
+//! record of it. Origins travel with records through every transform and exchange (a transform's
+//! outputs carry the origin of the record they came from), so a sink can tell, after a restart
+//! replays an entry, which of its records it already stored (the postgres sink's exactly-once
+//! loads).
 
 use std::sync::Arc;
 
@@ -17,6 +23,22 @@ use crate::error_output::ErrorOutputType;
 /// Partition keys a transform gave a record (a Lambda function's `metadata.partitionKeys`), in
 /// key order.
 pub type PartitionKeys = Arc<[(String, String)]>;
+
+/// Where a record came from: record `index` of entry `seq` of write-ahead log `log`. A restart
+/// replays an undelivered entry whole, so a record has the same origin every time it is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    /// The log's identity, drawn at random when the log was created (a log recreated empty has
+    /// another, so its sequence numbers never meet an older log's).
+    pub log: u64,
+    /// The entry's sequence number in the log.
+    pub seq: u64,
+    /// The record's place in the entry.
+    pub index: u32,
+    /// Entries of this log below this sequence number are never replayed (its checkpoint when
+    /// the record was read): what a sink remembers about them may be forgotten.
+    pub replay_floor: u64,
+}
 
 /// Many records, stored back to back, with the arrival time they share.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -29,12 +51,21 @@ pub struct RecordBatch {
     /// Partition keys per record, when any record has some (empty otherwise; shorter than `ends`
     /// when the last records have none).
     keys: Vec<Option<PartitionKeys>>,
+    /// Origin per record, when any record has one (empty otherwise; shorter than `ends` when the
+    /// last records have none).
+    origins: Vec<Option<Origin>>,
 }
 
 impl RecordBatch {
     /// An empty batch stamped with `arrival_ms`, with room for `bytes` of record data.
     pub fn with_capacity(arrival_ms: i64, bytes: usize) -> Self {
-        RecordBatch { arrival_ms, data: Vec::with_capacity(bytes), ends: Vec::new(), keys: Vec::new() }
+        RecordBatch {
+            arrival_ms,
+            data: Vec::with_capacity(bytes),
+            ends: Vec::new(),
+            keys: Vec::new(),
+            origins: Vec::new(),
+        }
     }
 
     /// Appends one record. A batch holds at most 4 GiB (offsets are `u32`); sources cut batches at
@@ -69,6 +100,39 @@ impl RecordBatch {
         self.push(record);
     }
 
+    /// Appends one record with its origin and partition keys (what a stage passing records on
+    /// keeps of them).
+    pub fn push_carrying(&mut self, record: &[u8], origin: Option<Origin>, keys: Option<PartitionKeys>) {
+        let at = self.ends.len();
+        self.push_with_keys(record, keys);
+        self.set_origin_from(at, origin);
+    }
+
+    /// Gives records `from..` (those pushed since `from`) the origin `origin`, e.g. what a
+    /// transform emitted for one input record.
+    pub fn set_origin_from(&mut self, from: usize, origin: Option<Origin>) {
+        if origin.is_none() && self.origins.is_empty() {
+            return;
+        }
+        self.origins.resize(self.ends.len(), None);
+        if let Some(emitted) = self.origins.get_mut(from..) {
+            emitted.iter_mut().for_each(|o| *o = origin);
+        }
+    }
+
+    /// Marks every record as read from entry `seq` of log `log` (record `i` is its record `i`),
+    /// whose replay floor is `replay_floor`.
+    pub fn set_log_entry(&mut self, log: u64, seq: u64, replay_floor: u64) {
+        self.origins = (0..self.ends.len())
+            .map(|i| Some(Origin { log, seq, index: u32::try_from(i).unwrap_or(u32::MAX), replay_floor }))
+            .collect();
+    }
+
+    /// The origin of record `index`, if it has one.
+    pub fn origin(&self, index: usize) -> Option<Origin> {
+        self.origins.get(index).copied().flatten()
+    }
+
     /// The partition keys of record `index`, if a transform gave it some.
     pub fn partition_keys(&self, index: usize) -> Option<&PartitionKeys> {
         self.keys.get(index).and_then(Option::as_ref)
@@ -93,7 +157,7 @@ impl RecordBatch {
             bytes.get(12..ends_end)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let data = bytes.get(ends_end..)?.to_vec();
         let ordered = ends.windows(2).all(|w| w[0] <= w[1]) && ends.last().is_none_or(|&e| e as usize == data.len());
-        ordered.then_some(RecordBatch { data, ends, arrival_ms, keys: Vec::new() })
+        ordered.then_some(RecordBatch { data, ends, arrival_ms, keys: Vec::new(), origins: Vec::new() })
     }
 
     /// Number of records.
@@ -144,6 +208,7 @@ impl RecordBatch {
             self.ends.truncate(len);
             self.data.truncate(end);
             self.keys.truncate(len);
+            self.origins.truncate(len);
         }
     }
 
@@ -152,6 +217,7 @@ impl RecordBatch {
         self.data.clear();
         self.ends.clear();
         self.keys.clear();
+        self.origins.clear();
     }
 }
 
@@ -237,6 +303,24 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_follow_their_records_through_pushes_and_truncation() {
+        let mut batch = RecordBatch::with_capacity(7, 0);
+        batch.push(b"unlogged");
+        assert_eq!(batch.origin(0), None);
+        let origin = Origin { log: 1, seq: 2, index: 3, replay_floor: 0 };
+        batch.push_carrying(b"logged", Some(origin), None);
+        batch.push(b"after");
+        assert_eq!((batch.origin(0), batch.origin(1), batch.origin(2)), (None, Some(origin), None));
+        batch.truncate(1);
+        batch.push(b"again");
+        assert_eq!(batch.origin(1), None, "a truncated record's origin is gone");
+        batch.set_log_entry(4, 5, 6);
+        assert_eq!(batch.origin(1), Some(Origin { log: 4, seq: 5, index: 1, replay_floor: 6 }));
+        // The log holds records, not origins: a replayed entry gets them again when read.
+        assert_eq!(RecordBatch::from_bytes(&batch.to_bytes()).and_then(|b| b.origin(0)), None);
+    }
 
     #[test]
     fn keeps_records_exactly_and_in_order() {

@@ -57,6 +57,10 @@ pub struct DurableLog {
     retention: Retention,
     /// Bytes of the log on disk (as of the last checkpoint, plus what was appended since).
     disk_bytes: AtomicU64,
+    /// The log's identity (records' [`sluice_engine::record::Origin`]).
+    id: u64,
+    /// The durable checkpoint: entries below it are never replayed.
+    replay_floor: AtomicU64,
 }
 
 /// A committed batch on its way.
@@ -106,6 +110,7 @@ impl DurableLog {
         let replay = entries;
         let synced = wal.next_seq();
         let disk_bytes = AtomicU64::new(wal.disk_bytes());
+        let (id, replay_floor) = (wal.id(), AtomicU64::new(wal.checkpoint()));
         // Replayed batches count their age from the restart.
         let now = now_ms();
         let replayed = |e: &EntryAt| Pending {
@@ -122,6 +127,8 @@ impl DurableLog {
             pending: Mutex::new(replay.iter().map(|e| (e.seq, replayed(e))).collect()),
             retention,
             disk_bytes,
+            id,
+            replay_floor,
         };
         Ok((Arc::new(log), replay))
     }
@@ -253,7 +260,12 @@ impl DurableLog {
         }
         if let Some(plan) = plan {
             plan.write()?;
-            let below = locked(&self.wal).checkpointed(&plan);
+            let below = {
+                let mut wal = locked(&self.wal);
+                let below = wal.checkpointed(&plan);
+                self.replay_floor.store(wal.checkpoint(), Ordering::SeqCst);
+                below
+            };
             plan.remove_segments(&below)?;
         }
         self.disk_bytes.store(locked(&self.wal).disk_bytes(), Ordering::SeqCst);
@@ -265,6 +277,11 @@ impl DurableLog {
         if let Err(e) = self.truncate(u64::MAX) {
             tracing::error!(error = %e, "cannot advance the log checkpoint");
         }
+    }
+
+    /// Marks `batch`, logged as entry `seq`, with its records' origins in this log.
+    pub fn mark_origins(&self, batch: &mut RecordBatch, seq: u64) {
+        batch.set_log_entry(self.id, seq, self.replay_floor.load(Ordering::SeqCst));
     }
 
     /// Bytes of the log on disk.

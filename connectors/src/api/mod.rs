@@ -209,12 +209,15 @@ impl SourceReader for QueueReader {
             Popped::Batch(mut accepted, seq) => {
                 if let (Some(log), Some(seq)) = (&self.log, seq) {
                     log.read_at(seq, self.epoch);
+                    log.mark_origins(&mut accepted, seq);
                 }
                 if batch.is_empty() {
                     // One request's records, as the request brought them (no copy).
                     std::mem::swap(batch, &mut accepted);
                 } else {
-                    accepted.iter().for_each(|r| batch.push(r));
+                    (0..accepted.len())
+                        .zip(accepted.iter())
+                        .for_each(|(i, r)| batch.push_carrying(r, accepted.origin(i), None));
                 }
                 Ok(ReadStatus::Ready)
             }

@@ -525,6 +525,7 @@ fn answer(
             content_type: payload.content_type,
             content_encoding: payload.content_encoding,
             records: retried,
+            origins: None,
         }))
     };
     Err(DeliveryError::Partly {
@@ -688,6 +689,7 @@ mod tests {
             content_type: "application/x-ndjson",
             content_encoding: Some("gzip"),
             records: n as u64,
+            origins: None,
         };
         (text, payload)
     }

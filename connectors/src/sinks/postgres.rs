@@ -29,6 +29,12 @@
 //! is not loaded again; else `COPY table (columns) FROM STDIN (FORMAT csv)` takes the rows and the
 //! ledger row is inserted before `COMMIT`. So a payload sent
 //! again after a lost answer, a retry or a crash after the commit is never loaded twice.
+//! Records read from a write-ahead log are loaded once across crashes too: a crash after the
+//! COMMIT but before the log's checkpoint replays them in another object, so each load also
+//! records, in the same transaction, the log entry ranges it answered (the payload's
+//! [`PayloadOrigins`]) in `sluice_load_ranges(pipeline, sink, log, seq, first, last, object_key)`,
+//! and leaves out of its COPY the records whose positions an earlier load's ranges hold; ranges of
+//! entries below a log's replay floor are deleted as loads go on.
 //! A data error (SQLSTATE classes 22 and 23: a wrong type, a value too long, a NOT NULL) does not
 //! fail the batch: the rows are loaded again in halves under savepoints, in the same transaction,
 //! down to the single rows that fail; their records go to the error output (`redshift-failed`,
@@ -49,7 +55,9 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use sluice_engine::compression::{Compression, decompress};
 use sluice_engine::config::{ConnectorConfig, Diagnostic};
-use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, RefusedRecord, Sink};
+use sluice_engine::contract::{
+    DeliveryError, DestinationKind, EntryRange, Payload, PayloadOrigins, RefusedRecord, Sink,
+};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 use sluice_engine::metrics::SinkMeter;
 use tokio_postgres::error::SqlState;
@@ -59,6 +67,8 @@ use crate::transforms::json;
 
 /// The load ledger's table.
 const LEDGER: &str = "sluice_loads";
+/// The ledger of log entry ranges loaded (exactly once per record read from a write-ahead log).
+const RANGES: &str = "sluice_load_ranges";
 
 /// How records become rows of the table (module docs).
 #[derive(Debug, Clone)]
@@ -514,6 +524,14 @@ impl Loader {
             ))
             .await
             .map_err(|e| classify(&e, &format!("cannot create the load ledger {LEDGER}")))?;
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {RANGES} (pipeline text NOT NULL, sink text NOT NULL, \
+                 log bigint NOT NULL, seq bigint NOT NULL, first bigint NOT NULL, last bigint NOT NULL, \
+                 object_key text NOT NULL, PRIMARY KEY (pipeline, sink, log, seq, first))"
+            ))
+            .await
+            .map_err(|e| classify(&e, &format!("cannot create the load ledger {RANGES}")))?;
         self.ledger_ready.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
@@ -643,6 +661,77 @@ impl Loader {
         Ok(loaded)
     }
 
+    /// Which of the payload's records an earlier load already stored (by their log positions),
+    /// one flag per record.
+    async fn loaded_before(
+        &self,
+        transaction: &tokio_postgres::Transaction<'_>,
+        origins: &PayloadOrigins,
+    ) -> Result<Vec<bool>, DeliveryError> {
+        let mut entries: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+        for range in origins.ranges() {
+            entries.entry(range.log).or_default().push(range.seq as i64);
+        }
+        let mut loaded: Vec<EntryRange> = Vec::new();
+        for (log, seqs) in entries {
+            let rows = transaction
+                .query(
+                    &format!(
+                        "SELECT seq, first, last FROM {RANGES} \
+                         WHERE pipeline = $1 AND sink = $2 AND log = $3 AND seq = ANY($4)"
+                    ),
+                    &[&self.pipeline, &self.sink, &(log as i64), &seqs],
+                )
+                .await
+                .map_err(|e| classify(&e, "cannot read the load ledger"))?;
+            loaded.extend(rows.iter().map(|row| EntryRange {
+                log,
+                seq: row.get::<_, i64>(0) as u64,
+                first: row.get::<_, i64>(1) as u64,
+                last: row.get::<_, i64>(2) as u64,
+            }));
+        }
+        Ok((0..origins.len())
+            .map(|i| origins.get(i).is_some_and(|p| loaded.iter().any(|range| range.holds(&p))))
+            .collect())
+    }
+
+    /// Records in the ledger the log entry ranges this load answers, and forgets ranges of
+    /// entries below the logs' replay floors (never replayed again).
+    async fn remember_ranges(
+        &self,
+        transaction: &tokio_postgres::Transaction<'_>,
+        origins: &PayloadOrigins,
+        key: &str,
+    ) -> Result<(), DeliveryError> {
+        let ranges = origins.ranges();
+        let column = |f: fn(&EntryRange) -> u64| ranges.iter().map(|r| f(r) as i64).collect::<Vec<i64>>();
+        let (logs, seqs, firsts, lasts) =
+            (column(|r| r.log), column(|r| r.seq), column(|r| r.first), column(|r| r.last));
+        transaction
+            .execute(
+                &format!(
+                    "INSERT INTO {RANGES} (pipeline, sink, log, seq, first, last, object_key) \
+                     SELECT $1, $2, * , $7 FROM unnest($3::int8[], $4::int8[], $5::int8[], $6::int8[]) \
+                     ON CONFLICT (pipeline, sink, log, seq, first) \
+                     DO UPDATE SET last = GREATEST({RANGES}.last, EXCLUDED.last), object_key = EXCLUDED.object_key"
+                ),
+                &[&self.pipeline, &self.sink, &logs, &seqs, &firsts, &lasts, &key],
+            )
+            .await
+            .map_err(|e| classify(&e, "cannot write the load ledger"))?;
+        for (log, floor) in origins.replay_floors() {
+            transaction
+                .execute(
+                    &format!("DELETE FROM {RANGES} WHERE pipeline = $1 AND sink = $2 AND log = $3 AND seq < $4"),
+                    &[&self.pipeline, &self.sink, &(log as i64), &(floor as i64)],
+                )
+                .await
+                .map_err(|e| classify(&e, "cannot prune the load ledger"))?;
+        }
+        Ok(())
+    }
+
     /// Stages and loads one payload, exactly once per key (module docs).
     async fn deliver(&self, payload: Payload) -> Result<(), DeliveryError> {
         let key = format!("{}{}", self.staging_prefix, payload.key);
@@ -663,15 +752,21 @@ impl Loader {
         }
         let text = decompress(Compression::Gzip, &payload.body)
             .map_err(|e| DeliveryError::Unstorable { code: "Redshift.InvalidObject".into(), message: e.to_string() })?;
+        let origins = payload.origins.as_deref();
+        let loaded_before = match origins {
+            Some(origins) => self.loaded_before(&transaction, origins).await?,
+            None => Vec::new(),
+        };
+        let fresh = |(i, _): &(usize, &[u8])| !loaded_before.get(*i).copied().unwrap_or(false);
         let mut refused = Vec::new();
         let started = std::time::Instant::now();
-        let loaded = match self.copy(&transaction, lines(&text)).await {
+        let loaded = match self.copy(&transaction, lines(&text).enumerate().filter(fresh).map(|(_, r)| r)).await {
             Ok(n) => n,
             Err(e) if is_data_error(&e) => {
                 // The failed COPY aborted the transaction: start again and isolate the bad rows.
                 drop(transaction);
                 transaction = client.transaction().await.map_err(|e| classify(&e, "BEGIN"))?;
-                let records: Vec<&[u8]> = lines(&text).collect();
+                let records: Vec<&[u8]> = lines(&text).enumerate().filter(fresh).map(|(_, r)| r).collect();
                 self.load_isolating(&mut transaction, &records, &mut refused).await?
             }
             Err(e) => return Err(classify(&e, "COPY")),
@@ -683,7 +778,14 @@ impl Loader {
             )
             .await
             .map_err(|e| classify(&e, "cannot write the load ledger"))?;
+        if let Some(origins) = origins {
+            self.remember_ranges(&transaction, origins, &key).await?;
+        }
         transaction.commit().await.map_err(|e| classify(&e, "COMMIT"))?;
+        let skipped = loaded_before.iter().filter(|&&b| b).count();
+        if skipped > 0 {
+            tracing::info!(key, skipped, "records replayed from the log were loaded before; not loaded again");
+        }
         if let Some(meter) = self.meter.get() {
             meter.count("CopyRows", loaded);
             meter.observe("CopyDuration", started.elapsed());
@@ -724,6 +826,7 @@ impl Loader {
             content_type: "application/json",
             content_encoding: None,
             records: 0,
+            origins: None,
         };
         self.staging.deliver(payload).await
     }

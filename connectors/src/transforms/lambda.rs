@@ -461,9 +461,9 @@ impl LambdaWorker {
                     let mut delivered = RecordBatch::with_capacity(input.arrival_ms, input.byte_len());
                     let mut failed = FailedRecords::new(ErrorOutputType::ProcessingFailed, input.arrival_ms);
                     let mut dropped = 0;
-                    for record in input.iter() {
+                    for (index, record) in input.iter().enumerate() {
                         match answers.next() {
-                            Some(Answer::Ok(data, keys)) => delivered.push_with_keys(&data, keys),
+                            Some(Answer::Ok(data, keys)) => delivered.push_carrying(&data, input.origin(index), keys),
                             Some(Answer::Dropped) => dropped += 1,
                             Some(Answer::Failed(message)) => failed.push(
                                 record,
@@ -497,7 +497,7 @@ impl LambdaWorker {
 impl TransformWorker for LambdaWorker {
     fn push(&mut self, batch: RecordBatch, epoch: u64, _out: &mut TransformOutput) {
         let now = Instant::now();
-        for record in batch.iter() {
+        for (index, record) in batch.iter().enumerate() {
             let request_bytes = base64::encoded_len(record.len(), true).unwrap_or(usize::MAX) + RECORD_OVERHEAD;
             let full = self.open.as_ref().is_some_and(|b| {
                 b.records > 0
@@ -512,7 +512,7 @@ impl TransformWorker for LambdaWorker {
                 open.inputs.push(RecordBatch::with_capacity(batch.arrival_ms, 0));
             }
             if let Some(group) = open.inputs.last_mut() {
-                group.push(record);
+                group.push_carrying(record, batch.origin(index), None);
             }
             open.data_bytes += record.len();
             open.request_bytes += request_bytes;

@@ -7,11 +7,13 @@
 //! [`crate::format::ObjectFormat`] and compresses them. Optional capabilities are separate: a sink
 //! that can take an object in parts while it grows offers a [`PartSink`]; a sink whose destination
 //! takes its own body offers its [`Sink::wire_format`]; a source that serves through a listener the
-//! process shares finds it in its [`PrepareContext`]. Adding a connector is one file, its `mod`
+//! process shares finds it in its [`PrepareContext`]; a sink that stores exactly once reads where
+//! each record came from in [`Payload::origins`]. Adding a connector is one file, its `mod`
 //! line and one registry line ([`crate::config::Registry`]), plus its tests, which run the
 //! conformance testkit (ARCHITECTURE.md: Recipes).
 
 mod errors;
+mod origins;
 mod transform;
 
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use futures::future::BoxFuture;
 
 pub use crate::destination::DestinationKind;
 pub use errors::{DeliveryError, RefusedRecord, SourceError};
+pub use origins::{EntryRange, PayloadOrigins, RecordPosition};
 pub use transform::{
     Emit, Holding, KeyQuery, KeyQueryWorker, Processor, RecordByRecord, RecordTransform, Transform, TransformContext,
     TransformError, TransformFailure, TransformOutput, TransformWorker,
@@ -186,6 +189,9 @@ pub struct Payload {
     pub content_encoding: Option<&'static str>,
     /// Records in the body.
     pub records: u64,
+    /// Where its records came from, when some were read from a write-ahead log (a data object's
+    /// records, in order; for sinks that store exactly once).
+    pub origins: Option<Arc<PayloadOrigins>>,
 }
 
 /// A configured sink.

@@ -169,7 +169,8 @@ pub trait RecordTransform {
 }
 
 /// A [`RecordTransform`] as a [`TransformWorker`]: each batch is answered at once, in one batch of
-/// records to deliver and one batch of failed records per error output.
+/// records to deliver and one batch of failed records per error output. What a record became
+/// carries its [`crate::record::Origin`].
 #[derive(Debug)]
 pub struct RecordByRecord<T>(pub T);
 
@@ -178,11 +179,11 @@ impl<T: RecordTransform> TransformWorker for RecordByRecord<T> {
         let mut delivered = RecordBatch::with_capacity(batch.arrival_ms, batch.byte_len());
         let mut failed: Vec<FailedRecords> = Vec::new();
         let mut dropped = 0;
-        for record in batch.iter() {
+        for (index, record) in batch.iter().enumerate() {
             let before = delivered.len();
             match self.0.transform(record, &mut Emit { batch: &mut delivered }) {
                 Ok(()) if delivered.len() == before => dropped += 1,
-                Ok(()) => {}
+                Ok(()) => delivered.set_origin_from(before, batch.origin(index)),
                 Err(failure) => {
                     delivered.truncate(before);
                     let at = match failed.iter().position(|f| f.output_type == failure.output_type) {
@@ -223,4 +224,43 @@ pub trait KeyQueryWorker {
     /// names and values, strings as they are and numbers and booleans as their JSON text; an
     /// error says why the record has none.
     fn keys(&mut self, record: &[u8], out: &mut Vec<(String, String)>) -> Result<(), String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Emits each record twice, drops `drop`, fails `fail`.
+    struct Twice;
+
+    impl RecordTransform for Twice {
+        fn transform(&mut self, record: &[u8], emit: &mut Emit<'_>) -> Result<(), TransformFailure> {
+            match record {
+                b"drop" => Ok(()),
+                b"fail" => {
+                    emit.record(b"half-made");
+                    Err(TransformFailure::processing("Test.Failed", "asked to"))
+                }
+                _ => {
+                    emit.record(record);
+                    emit.record(record);
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn what_a_record_became_carries_its_origin() {
+        let mut batch = RecordBatch::with_capacity(1, 0);
+        ["a", "drop", "fail", "b"].iter().for_each(|r| batch.push(r.as_bytes()));
+        batch.set_log_entry(3, 8, 1);
+        let mut out = TransformOutput::default();
+        RecordByRecord(Twice).push(batch, 0, &mut out);
+        let (items, dropped) = out.take();
+        assert_eq!(dropped, 1);
+        let Some((_, Records::Deliver(delivered))) = items.first() else { panic!("{items:?}") };
+        let indices: Vec<Option<u32>> = (0..delivered.len()).map(|i| delivered.origin(i).map(|o| o.index)).collect();
+        assert_eq!(indices, [Some(0), Some(0), Some(3), Some(3)]);
+    }
 }

@@ -114,7 +114,7 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                             let mut failed = FailedRecords::new(ErrorOutputType::PartitioningFailed, batch.arrival_ms);
                             // (worker, partition, record): sorted, one batch per worker, grouped
                             // by partition, records in arrival order within a partition.
-                            let mut routed: Vec<(u32, u32, &[u8])> = Vec::with_capacity(batch.len());
+                            let mut routed: Vec<(u32, u32, &[u8], u32)> = Vec::with_capacity(batch.len());
                             let mut partitions: Vec<PartitionKeys> = Vec::new();
                             batch_number += 1;
                             let mut pieces: Vec<&[u8]> = Vec::new();
@@ -184,7 +184,7 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                                 known.id = partitions.len() as u32;
                                                 partitions.push(Arc::clone(&known.keys));
                                             }
-                                            routed.push((known.worker, known.id, record));
+                                            routed.push((known.worker, known.id, record, i as u32));
                                         }
                                         Err(reason) => failed.push(
                                             record,
@@ -199,20 +199,20 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                     .fetch_add(failed.records.len() as u64, Relaxed);
                                 session.give(Records::Failed(failed));
                             }
-                            routed.sort_by_key(|&(worker, id, _)| (worker, id));
+                            routed.sort_by_key(|&(worker, id, _, _)| (worker, id));
                             let mut bytes_per_worker = vec![0usize; peers as usize];
-                            for (worker, _, record) in &routed {
+                            for (worker, _, record, _) in &routed {
                                 if let Some(b) = bytes_per_worker.get_mut(*worker as usize) {
                                     *b += record.len();
                                 }
                             }
                             let mut routed = routed.into_iter().peekable();
-                            while let Some(&(worker, _, _)) = routed.peek() {
+                            while let Some(&(worker, _, _, _)) = routed.peek() {
                                 let bytes = bytes_per_worker.get(worker as usize).copied().unwrap_or(0);
                                 let mut out = RecordBatch::with_capacity(batch.arrival_ms, bytes);
-                                while let Some((_, id, record)) = routed.next_if(|r| r.0 == worker) {
+                                while let Some((_, id, record, from)) = routed.next_if(|r| r.0 == worker) {
                                     let keys = partitions.get(id as usize).map(Arc::clone);
-                                    out.push_with_keys(record, keys);
+                                    out.push_carrying(record, batch.origin(from as usize), keys);
                                 }
                                 session.give(Records::Deliver(out));
                             }

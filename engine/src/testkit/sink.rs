@@ -110,6 +110,7 @@ fn sample(format: &dyn ObjectFormat, prefix: &str, index: usize, records: Vec<Ve
         content_type: format.content_type(),
         content_encoding: format.content_encoding(),
         records: records.len() as u64,
+        origins: None,
     };
     Ok(Sample { payload, records })
 }

@@ -1,7 +1,8 @@
 //! The write-ahead log: what the API acknowledges is first appended here and made durable, and a
 //! restart replays what was not yet delivered.
 //!
-//! Layout in `dir`: segment files `<first sequence number, 20 digits>.wal`, each a header and
+//! Layout in `dir`: `id`, the log's identity (16 hex digits, drawn at random when the log is
+//! created; records carry it in their [`crate::record::Origin`]); segment files `<first sequence number, 20 digits>.wal`, each a header and
 //! framed entries ([`format`]); a `checkpoint` file (JSON) with the delivered frontier, how far the
 //! log was acknowledged, and the sealed segments it expects; and `quarantine/`, where recovery
 //! keeps damaged bytes and a report ([`recovery`]). A segment rolls when it reaches its size
@@ -133,6 +134,7 @@ struct Segment {
 #[derive(Debug)]
 pub struct Wal {
     dir: PathBuf,
+    id: u64,
     segment_bytes: u64,
     /// Segments in order; the last is the one appended to.
     segments: Vec<Segment>,
@@ -173,6 +175,27 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
 
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(format!("cannot sync {}", dir.display())))
+}
+
+/// The log's identity from `dir/id`, or a new one written durably (temporary file, synced,
+/// renamed, folder synced) when there is none. An unreadable one is replaced: the log's entries
+/// then look new to sinks that remember origins (replayed again, never lost).
+fn read_or_create_id(dir: &Path) -> Result<u64, WalError> {
+    let path = dir.join("id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        match u64::from_str_radix(text.trim(), 16) {
+            Ok(id) => return Ok(id),
+            Err(_) => tracing::warn!(file = %path.display(), "the log's id is unreadable; drawing a new one"),
+        }
+    }
+    let id: u64 = rand::random();
+    let temporary = dir.join("id.tmp");
+    let written = File::create(&temporary)
+        .and_then(|mut f| f.write_all(format!("{id:016x}\n").as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&temporary, &path));
+    written.map_err(io_error(format!("cannot write {}", path.display())))?;
+    sync_dir(dir)?;
+    Ok(id)
 }
 
 /// Writes `bytes` to `file`, or as much of them as `faults` lets through before failing.
@@ -260,6 +283,7 @@ impl Wal {
     /// Opens (creating if needed) the log in `dir`, recovering what it holds.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Wal, Recovery), WalError> {
         std::fs::create_dir_all(dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        let id = read_or_create_id(dir)?;
         let (checkpoint, unreadable) = read_checkpoint(dir)?;
         let _ = std::fs::remove_file(dir.join("checkpoint.tmp"));
         let on_disk = scan_segments(dir)?;
@@ -333,6 +357,7 @@ impl Wal {
         let sealed_changed = findings.iter().any(|f| !f.known);
         let wal = Wal {
             dir: dir.to_path_buf(),
+            id,
             segment_bytes: segment_bytes.max(1),
             segments,
             sealed,
@@ -383,6 +408,11 @@ impl Wal {
             return Err(e);
         }
         Ok(file)
+    }
+
+    /// The log's identity (see the module docs).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Injects write faults (tests).
@@ -971,6 +1001,19 @@ mod tests {
                 prop_assert!(entry.read().is_ok());
             }
         }
+    }
+
+    #[test]
+    fn a_log_keeps_its_identity_across_restarts_and_a_new_log_draws_another() {
+        let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let id = Wal::open(dir.path(), 1 << 20).unwrap().0.id();
+        assert_eq!(Wal::open(dir.path(), 1 << 20).unwrap().0.id(), id);
+        assert_ne!(Wal::open(other.path(), 1 << 20).unwrap().0.id(), id);
+        // An unreadable identity is replaced (entries look new: replayed again, not lost).
+        std::fs::write(dir.path().join("id"), "not hex").unwrap();
+        let replaced = Wal::open(dir.path(), 1 << 20).unwrap().0.id();
+        assert_ne!(replaced, id);
+        assert_eq!(Wal::open(dir.path(), 1 << 20).unwrap().0.id(), replaced);
     }
 
     #[test]
