@@ -17,12 +17,13 @@
 //! retry = { duration_s = 3600 }          # Firehose's Redshift default
 //! ```
 //!
-//! The staged object is this sink's wire format ([`StagedRecords`]): the records as they arrived, one
-//! JSON object per line, gzip-compressed, as Firehose's intermediate S3 holds them (a record that is
-//! not a JSON object is refused before it is staged: `format-conversion-failed`). At load each
-//! becomes a CSV row of the columns' values ([`Mapping`]: a string as it is, a number or boolean as
-//! its JSON text, an object or array as JSON, a missing key or null as SQL NULL), sent to COPY 1 MiB
-//! at a time. Delivering a
+//! The staged object is this sink's wire format ([`StagedRows`]): `format = "csv"` means records
+//! are staged and copied as CSV rows, so each record becomes, as it is buffered on the workers, the
+//! row of its columns' values ([`Mapping`]: a string as it is, a number or boolean as its JSON text,
+//! an object or array as JSON, a missing key or null as SQL NULL; `format = "json"`: the record in
+//! one field), gzip-compressed; a record that is not a JSON object is refused before it is staged
+//! (`format-conversion-failed`). The stage holds what is loaded, and a load streams it to COPY
+//! 1 MiB at a time without converting anything. Delivering a
 //! payload stores it in `staging` under `prefix` and its key (what the error output and Firehose's
 //! manifests name), then loads it in one transaction: the load ledger `sluice_loads(pipeline,
 //! sink, object_key, rows, loaded_at)` (created if missing) is checked first and an object it holds
@@ -110,75 +111,6 @@ impl Mapping {
         Ok(())
     }
 
-    /// [`Self::append_row`] the way a load makes it, for a record known to be one JSON object.
-    pub fn append_staged_row(&self, record: &[u8], out: &mut Vec<u8>) {
-        self.row_of_staged(record, &mut (Vec::new(), Vec::new()), out);
-    }
-
-    /// Appends the CSV row of the staged `record` (one valid JSON object) to `out`, reading the
-    /// values' raw text where they are (no tree is built); a record whose keys hold escapes goes
-    /// the slow way, through a parsed tree, with the same result.
-    fn row_of_staged(&self, record: &[u8], scratch: &mut (Vec<json::Member>, Vec<json::Member>), out: &mut Vec<u8>) {
-        let paths = match self {
-            Mapping::Json => {
-                quoted_raw(record, out);
-                out.push(b'\n');
-                return;
-            }
-            Mapping::Columns(paths) => paths,
-        };
-        let (top, nested) = scratch;
-        let fast = json::members(record, 0..record.len(), top).is_some() && !top.iter().any(|m| m.key_escaped);
-        if !fast {
-            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(record) {
-                self.row(&value, out);
-            }
-            return;
-        }
-        let find = |members: &[json::Member], key: &str| {
-            members
-                .iter()
-                .rev()
-                .find(|m| m.key.len() == key.len() + 2 && &record[m.key.start + 1..m.key.end - 1] == key.as_bytes())
-                .map(|m| m.value.clone())
-        };
-        let start = out.len();
-        for (i, path) in paths.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            let mut value = path.first().and_then(|key| find(top, key));
-            for key in path.iter().skip(1) {
-                value = match value {
-                    Some(range) if record[range.start] == b'{' => {
-                        if json::members(record, range, nested).is_none() || nested.iter().any(|m| m.key_escaped) {
-                            // Escaped keys below: the slow way for the whole row.
-                            out.truncate(start);
-                            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(record) {
-                                self.row(&v, out);
-                            }
-                            return;
-                        }
-                        find(nested, key)
-                    }
-                    _ => None,
-                };
-            }
-            let Some(range) = value else { continue };
-            let raw = &record[range];
-            match raw[0] {
-                b'n' => {}
-                b'"' if !raw.contains(&b'\\') => quoted_raw(&raw[1..raw.len() - 1], out),
-                b'"' => match serde_json::from_slice::<String>(raw) {
-                    Ok(text) => quoted(&text, out),
-                    Err(_) => quoted_raw(raw, out),
-                },
-                _ => quoted_raw(raw, out),
-            }
-        }
-        out.push(b'\n');
-    }
-
     /// Appends the CSV row of `record` (a JSON object) to `out`.
     fn row(&self, record: &serde_json::Value, out: &mut Vec<u8>) {
         match self {
@@ -200,33 +132,137 @@ impl Mapping {
     }
 }
 
-/// The staged objects' records: each a JSON object on one line, as it arrived (line breaks, which
-/// valid JSON holds only between tokens, become spaces), so the stage, the backup and every error
-/// document hold the records themselves, as Firehose's intermediate S3 does.
-#[derive(Debug, Clone, Copy)]
-pub struct StagedRecords;
+/// The staged objects' rows: each record becomes, when it is encoded (on the workers, as it is
+/// buffered), the CSV row COPY takes ([`Mapping`]), so the stage holds what is loaded (`COPY …
+/// FROM 's3://…' CSV GZIP` can load it again from a manifest) and a load only streams it. A record
+/// that is not one UTF-8 JSON object is refused (`format-conversion-failed`). A record is read
+/// once: one validating pass finds the columns' values where they are (no tree is built; a record
+/// whose keys on a searched level hold escapes goes through a parsed tree, with the same row).
+/// What the object decodes to ([`RecordCodec::records_of`], for the error output) is its rows.
+#[derive(Debug, Clone)]
+pub struct StagedRows {
+    mapping: Mapping,
+    /// The columns' paths, for the one-pass search.
+    paths: json::PathTree,
+}
 
-impl RecordCodec for StagedRecords {
-    fn describe(&self) -> String {
-        "ndjson (staged for COPY)".into()
-    }
-
-    fn content_type(&self) -> &'static str {
-        "application/x-ndjson"
-    }
-
-    fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        json::push_object_line(record, out).map_err(|why| format!("DataFormatConversion.MalformedData: {why}"))
-    }
-
-    fn records_of(&self, text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-        Ok(lines(text).map(<[u8]>::to_vec).collect())
+impl StagedRows {
+    /// Rows of `mapping`.
+    pub fn new(mapping: Mapping) -> Self {
+        let paths = match &mapping {
+            Mapping::Columns(paths) => {
+                let keys: Vec<Vec<Vec<u8>>> =
+                    paths.iter().map(|path| path.iter().map(|key| key.as_bytes().to_vec()).collect()).collect();
+                json::PathTree::new(&keys)
+            }
+            Mapping::Json => json::PathTree::new(&[]),
+        };
+        StagedRows { mapping, paths }
     }
 }
 
-/// The non-empty lines of `text`.
-fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
-    text.split(|&b| b == b'\n').filter(|l| !l.is_empty())
+thread_local! {
+    /// What [`StagedRows::encode`] found, reused on each worker thread.
+    static FOUND: std::cell::RefCell<Vec<json::Found>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Appends a column's raw JSON value as a CSV field: nothing (NULL) for `null`, a string's text,
+/// any other value as its JSON text.
+fn field(raw: &[u8], out: &mut Vec<u8>) {
+    match raw.first() {
+        None | Some(b'n') => {}
+        Some(b'"') if !raw.contains(&b'\\') => quoted_raw(&raw[1..raw.len() - 1], out),
+        Some(b'"') => match serde_json::from_slice::<String>(raw) {
+            Ok(text) => quoted(&text, out),
+            Err(_) => quoted_raw(raw, out),
+        },
+        Some(_) => quoted_raw(raw, out),
+    }
+}
+
+impl RecordCodec for StagedRows {
+    fn describe(&self) -> String {
+        "csv rows (staged for COPY)".into()
+    }
+
+    fn content_type(&self) -> &'static str {
+        "text/csv"
+    }
+
+    fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let not_an_object = || "DataFormatConversion.MalformedData: the record is not one JSON object".to_string();
+        if std::str::from_utf8(record).is_err() {
+            return Err("DataFormatConversion.MalformedData: the record is not UTF-8".into());
+        }
+        if let Mapping::Json = self.mapping {
+            if record.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+                || json::validate(record) != json::Scanned::Valid
+            {
+                return Err(not_an_object());
+            }
+            quoted_raw(record, out);
+            out.push(b'\n');
+            return Ok(());
+        }
+        let mut found = FOUND.with(|f| f.take());
+        let scanned = json::find_paths(record, &self.paths, &mut found);
+        let written = match scanned {
+            Some(json::Scanned::Valid) => {
+                for (i, value) in found.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    if let json::Found::At(range) = value {
+                        field(&record[range.clone()], out);
+                    }
+                }
+                out.push(b'\n');
+                Ok(())
+            }
+            Some(_) => Err(not_an_object()),
+            // Not an object, or escaped keys on the way: through a parsed tree.
+            None => match serde_json::from_slice::<serde_json::Value>(record) {
+                Ok(value) if value.is_object() => {
+                    self.mapping.row(&value, out);
+                    Ok(())
+                }
+                _ => Err(not_an_object()),
+            },
+        };
+        FOUND.with(|f| f.replace(found));
+        written
+    }
+
+    fn records_of(&self, text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        Ok(rows(text).map(<[u8]>::to_vec).collect())
+    }
+}
+
+/// The CSV rows of `text` (made by [`Mapping`]: every field empty or quoted), without their line
+/// breaks; a line break inside quotes belongs to its field.
+fn rows(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let mut quoted = false;
+        let mut at = start;
+        while let Some(found) = memchr::memchr2(b'"', b'\n', text.get(at..)?) {
+            let end = at + found;
+            if text[end] == b'"' {
+                quoted = !quoted;
+                at = end + 1;
+            } else if quoted {
+                at = end + 1;
+            } else {
+                let row = &text[start..end];
+                start = end + 1;
+                return Some(row);
+            }
+        }
+        // A last row without its line break.
+        let row = text.get(start..).filter(|r| !r.is_empty())?;
+        start = text.len();
+        Some(row)
+    })
 }
 
 /// The sink's own keys.
@@ -270,7 +306,6 @@ pub struct PostgresSink {
 
 /// What loading a staged object needs.
 struct Loader {
-    mapping: Mapping,
     config: tokio_postgres::Config,
     tls: bool,
     /// `sslrootcert`: the only authority the server's certificate may chain to (else the web PKI's).
@@ -370,7 +405,6 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         c.table
     );
     let load = Loader {
-        mapping,
         config: pg,
         tls,
         root,
@@ -388,7 +422,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
     };
     Ok(Arc::new(PostgresSink {
         load: Arc::new(load),
-        wire: Arc::new(TextFormat::new(StagedRecords, Compression::Gzip)),
+        wire: Arc::new(TextFormat::new(StagedRows::new(mapping.clone()), Compression::Gzip)),
         staging: staging_store,
         location,
     }))
@@ -596,7 +630,7 @@ impl Loader {
         Ok(())
     }
 
-    /// COPYs the rows of `records` (staged lines) in one statement, sent 1 MiB at a time.
+    /// COPYs `records` (staged rows) in one statement, sent 1 MiB at a time.
     async fn copy<'r>(
         &self,
         transaction: &tokio_postgres::Transaction<'_>,
@@ -605,10 +639,9 @@ impl Loader {
         let sink = transaction.copy_in::<_, Bytes>(&format!("COPY {} FROM STDIN (FORMAT csv)", self.target)).await?;
         futures::pin_mut!(sink);
         let mut rows = Vec::with_capacity(1 << 20);
-        let mut scratch = (Vec::new(), Vec::new());
-        for record in records {
-            // Staged lines were checked to be JSON objects when they were encoded.
-            self.mapping.row_of_staged(record, &mut scratch, &mut rows);
+        for row in records {
+            rows.extend_from_slice(row);
+            rows.push(b'\n');
             if rows.len() >= 1 << 20 {
                 sink.send(Bytes::from(std::mem::take(&mut rows))).await?;
             }
@@ -760,13 +793,13 @@ impl Loader {
         let fresh = |(i, _): &(usize, &[u8])| !loaded_before.get(*i).copied().unwrap_or(false);
         let mut refused = Vec::new();
         let started = std::time::Instant::now();
-        let loaded = match self.copy(&transaction, lines(&text).enumerate().filter(fresh).map(|(_, r)| r)).await {
+        let loaded = match self.copy(&transaction, rows(&text).enumerate().filter(fresh).map(|(_, r)| r)).await {
             Ok(n) => n,
             Err(e) if is_data_error(&e) => {
                 // The failed COPY aborted the transaction: start again and isolate the bad rows.
                 drop(transaction);
                 transaction = client.transaction().await.map_err(|e| classify(&e, "BEGIN"))?;
-                let records: Vec<&[u8]> = lines(&text).enumerate().filter(fresh).map(|(_, r)| r).collect();
+                let records: Vec<&[u8]> = rows(&text).enumerate().filter(fresh).map(|(_, r)| r).collect();
                 self.load_isolating(&mut transaction, &records, &mut refused).await?
             }
             Err(e) => return Err(classify(&e, "COPY")),
@@ -901,6 +934,7 @@ mod tests {
     #[test]
     fn rows_read_in_place_equal_rows_from_a_tree() {
         let m = Mapping::columns(&["a", "b.c", "missing", "n", "flag", "obj", "none", "b.d.e"]);
+        let staged = StagedRows::new(m.clone());
         for record in [
             r#"{"a":"say \"hi\", then\nbye","b":{"c":"","d":{"e":"deep"}},"n":1.5,"flag":true,"obj":{"x":[1]},"none":null}"#,
             r#"{"a":"plain","b":"not an object","n":-2}"#,
@@ -911,20 +945,28 @@ mod tests {
             let mut slow = Vec::new();
             m.row(&serde_json::from_str(record).unwrap_or_default(), &mut slow);
             let mut fast = Vec::new();
-            m.append_staged_row(record.as_bytes(), &mut fast);
+            staged.encode(record.as_bytes(), &mut fast).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&slow), "{record}");
         }
     }
 
     #[test]
-    fn only_json_objects_are_staged_each_on_one_line() {
+    fn only_json_objects_are_staged_each_as_one_row_and_rows_split_outside_quotes() {
+        let staged = StagedRows::new(Mapping::columns(&["a", "b"]));
         let mut out = Vec::new();
-        StagedRecords.encode(b"{\n \"a\": 1\r\n}\n", &mut out).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(out, b"{  \"a\": 1  }\n");
-        for bad in [&b"not json"[..], b"[1]", b"\"s\"", b"{\"a\":1} {"] {
-            assert!(StagedRecords.encode(bad, &mut Vec::new()).is_err(), "{bad:?}");
+        staged.encode(b"{\n \"a\": 1\r\n}\n", &mut out).unwrap_or_else(|e| panic!("{e}"));
+        staged.encode(br#"{"a":"two\nlines, \"quoted\"","b":null}"#, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(String::from_utf8_lossy(&out), "\"1\",\n\"two\nlines, \"\"quoted\"\"\",\n");
+        for bad in [&b"not json"[..], b"[1]", b"\"s\"", b"{\"a\":1} {", b"{\"a\":\"\xff\"}"] {
+            assert!(staged.encode(bad, &mut Vec::new()).is_err(), "{bad:?}");
         }
-        assert_eq!(StagedRecords.records_of(b"{\"a\":1}\n{\"b\":2}\n").unwrap_or_default().len(), 2);
+        let rows = staged.records_of(&out).unwrap_or_default();
+        assert_eq!(rows, [b"\"1\",".to_vec(), b"\"two\nlines, \"\"quoted\"\"\",".to_vec()]);
+        assert_eq!(super::rows(b"\"x\"\n\"y\"").count(), 2, "a last row without its line break");
+        let json = StagedRows::new(Mapping::Json);
+        let mut row = Vec::new();
+        json.encode(br#"{"k":"v"}"#, &mut row).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(row, b"\"{\"\"k\"\":\"\"v\"\"}\"\n");
     }
 
     #[test]

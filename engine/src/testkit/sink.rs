@@ -19,7 +19,9 @@
 //!   object sent in parts is stored as their concatenation; a part that failed is sent again under
 //!   its number where the store allows; an aborted upload leaves nothing.
 //! - [`Check::BackupOfRefused`]: the engine's backup of an object the destination refused, sent to
-//!   the sink's error output, holds one error document per record with the record's exact bytes.
+//!   the sink's error output, holds one error document per record with the record's exact bytes
+//!   as the object holds it (its format's `records_of`: the record itself for every format that
+//!   stores records as they are; the row for one that stores what a warehouse loads).
 
 use std::sync::Arc;
 
@@ -309,7 +311,14 @@ async fn backup_of_refused(
             base64::engine::general_purpose::STANDARD.decode(raw).map_err(|e| format!("rawData is not base64: {e}"))?,
         );
     }
-    if backed_up != refused.records {
+    let held = settings
+        .format
+        .records_of(&refused.payload.body)
+        .map_err(|e| format!("the refused object does not decode: {e}"))?;
+    if held.len() != refused.records.len() {
+        return Err(format!("the object decodes to {} records, not the {} encoded", held.len(), refused.records.len()));
+    }
+    if backed_up != held {
         return Err(format!(
             "the backup holds {} records, not the {} of the refused object, as they were",
             backed_up.len(),

@@ -696,7 +696,8 @@ impl Planner<'_> {
         Ok(())
     }
 
-    /// CloudTrail → the `postgres` sink (4 columns, staged on `file://`, 64 MB buffers) into a
+    /// CloudTrail → the `postgres` sink (4 columns, staged on `file://`, the issue's and Firehose's
+    /// Redshift default 5 MB buffers) into a
     /// throwaway PostgreSQL cluster, against `psql \\copy` of the same rows already converted to
     /// CSV (by the sink's own mapping, before the runs): the server's raw COPY speed. Each run
     /// starts with an empty table and must leave every record in it.
@@ -730,7 +731,7 @@ impl Planner<'_> {
         let mapping: Vec<String> = super::pg::COLUMNS.iter().map(|(c, p)| format!("{c} = {p:?}")).collect();
         let sink = format!(
             "type = \"postgres\"\nurl = \"{}\"\ntable = \"{}\"\ncolumns = [{}]\nmapping = {{ {} }}\n\
-             staging = {{ url = \"file://{}\" }}\nbuffer = {{ size_mb = 64, interval_s = 900 }}\n",
+             staging = {{ url = \"file://{}\" }}\nbuffer = {{ size_mb = 5, interval_s = 300 }}\n",
             server.url(),
             super::pg::TABLE,
             columns.join(", "),
