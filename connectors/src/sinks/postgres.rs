@@ -22,8 +22,9 @@
 //! row of its columns' values ([`Mapping`]: a string as it is, a number or boolean as its JSON text,
 //! an object or array as JSON, a missing key or null as SQL NULL; `format = "json"`: the record in
 //! one field), gzip-compressed; a record that is not a JSON object is refused before it is staged
-//! (`format-conversion-failed`). The stage holds what is loaded, and a load streams it to COPY
-//! 1 MiB at a time without converting anything. Delivering a
+//! (`format-conversion-failed`). The stage holds what is loaded, and a load streams it to COPY,
+//! decompressed 1 MiB at a time as it is sent, converting nothing (the rows are split out one by
+//! one only when some must be left out or PostgreSQL refuses some). Delivering a
 //! payload stores it in `staging` under `prefix` and its key (what the error output and Firehose's
 //! manifests name), then loads it in one transaction: the load ledger `sluice_loads(pipeline,
 //! sink, object_key, rows, loaded_at)` (created if missing) is checked first and an object it holds
@@ -325,6 +326,14 @@ struct Loader {
     ledger_ready: std::sync::atomic::AtomicBool,
     /// `CopyRows` and `CopyDuration`, once the run hands them over.
     meter: std::sync::OnceLock<SinkMeter>,
+}
+
+/// Why a streamed COPY failed.
+enum CopyFailure {
+    /// The server refused or the connection failed.
+    Server(tokio_postgres::Error),
+    /// The staged object does not decompress.
+    Body(std::io::Error),
 }
 
 /// Quotes a column or a dotted table name as SQL identifiers.
@@ -630,6 +639,30 @@ impl Loader {
         Ok(())
     }
 
+    /// COPYs the rows of the gzip object `body`, decompressed 1 MiB at a time as they are sent.
+    async fn copy_compressed(
+        &self,
+        transaction: &tokio_postgres::Transaction<'_>,
+        body: &[u8],
+    ) -> Result<u64, CopyFailure> {
+        use std::io::Read as _;
+        let sink = transaction
+            .copy_in::<_, Bytes>(&format!("COPY {} FROM STDIN (FORMAT csv)", self.target))
+            .await
+            .map_err(CopyFailure::Server)?;
+        futures::pin_mut!(sink);
+        let mut rows = flate2::read::MultiGzDecoder::new(body);
+        loop {
+            let mut chunk = Vec::with_capacity(1 << 20);
+            (&mut rows).take(1 << 20).read_to_end(&mut chunk).map_err(CopyFailure::Body)?;
+            if chunk.is_empty() {
+                break;
+            }
+            sink.send(Bytes::from(chunk)).await.map_err(CopyFailure::Server)?;
+        }
+        sink.finish().await.map_err(CopyFailure::Server)
+    }
+
     /// COPYs `records` (staged rows) in one statement, sent 1 MiB at a time.
     async fn copy<'r>(
         &self,
@@ -783,26 +816,42 @@ impl Loader {
             // Loaded before (a retry after a lost answer, or a crash after the commit).
             return transaction.commit().await.map_err(|e| classify(&e, "COMMIT"));
         }
-        let text = decompress(Compression::Gzip, &payload.body)
-            .map_err(|e| DeliveryError::Unstorable { code: "Redshift.InvalidObject".into(), message: e.to_string() })?;
+        let invalid = |e: std::io::Error| DeliveryError::Unstorable {
+            code: "Redshift.InvalidObject".into(),
+            message: format!("the staged object does not decompress: {e}"),
+        };
         let origins = payload.origins.as_deref();
         let loaded_before = match origins {
             Some(origins) => self.loaded_before(&transaction, origins).await?,
             None => Vec::new(),
         };
-        let fresh = |(i, _): &(usize, &[u8])| !loaded_before.get(*i).copied().unwrap_or(false);
         let mut refused = Vec::new();
         let started = std::time::Instant::now();
-        let loaded = match self.copy(&transaction, rows(&text).enumerate().filter(fresh).map(|(_, r)| r)).await {
-            Ok(n) => n,
-            Err(e) if is_data_error(&e) => {
-                // The failed COPY aborted the transaction: start again and isolate the bad rows.
-                drop(transaction);
-                transaction = client.transaction().await.map_err(|e| classify(&e, "BEGIN"))?;
+        // Usually every row is new: the object is decompressed into COPY as it goes, 1 MiB at a
+        // time. Rows to leave out, or rows PostgreSQL refuses, need the rows one by one.
+        let streamed = if loaded_before.contains(&true) {
+            None
+        } else {
+            match self.copy_compressed(&transaction, &payload.body).await {
+                Ok(n) => Some(n),
+                Err(CopyFailure::Body(e)) => return Err(invalid(e)),
+                Err(CopyFailure::Server(e)) if is_data_error(&e) => {
+                    // The failed COPY aborted the transaction: start again, row by row.
+                    drop(transaction);
+                    transaction = client.transaction().await.map_err(|e| classify(&e, "BEGIN"))?;
+                    None
+                }
+                Err(CopyFailure::Server(e)) => return Err(classify(&e, "COPY")),
+            }
+        };
+        let loaded = match streamed {
+            Some(n) => n,
+            None => {
+                let text = decompress(Compression::Gzip, &payload.body).map_err(invalid)?;
+                let fresh = |(i, _): &(usize, &[u8])| !loaded_before.get(*i).copied().unwrap_or(false);
                 let records: Vec<&[u8]> = rows(&text).enumerate().filter(fresh).map(|(_, r)| r).collect();
                 self.load_isolating(&mut transaction, &records, &mut refused).await?
             }
-            Err(e) => return Err(classify(&e, "COPY")),
         };
         transaction
             .execute(
