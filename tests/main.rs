@@ -11,6 +11,7 @@ mod cli;
 mod config_errors;
 mod crash;
 mod disk_full;
+mod enrich;
 mod fuzz;
 mod http_endpoint;
 mod listener;

@@ -15,6 +15,7 @@ pub fn registry() -> Registry {
         ],
         transforms: vec![
             TransformType { name: "cloudwatch_logs", configure: transforms::cloudwatch_logs::configure },
+            TransformType { name: "enrich", configure: transforms::enrich::configure },
             TransformType { name: "jq", configure: transforms::jq::configure },
             TransformType { name: "lambda", configure: transforms::lambda::configure },
             TransformType { name: "redact", configure: transforms::redact::configure },

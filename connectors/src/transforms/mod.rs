@@ -3,6 +3,7 @@
 //! the JSON transforms share.
 
 pub mod cloudwatch_logs;
+pub mod enrich;
 pub mod jq;
 pub mod json;
 pub mod lambda;
