@@ -79,31 +79,34 @@ fn geo_and_asn_values_match_the_python_maxminddb_reader_on_every_test_network() 
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let expected: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
     assert!(expected.len() > 600, "{} addresses", expected.len());
-    let transform = enrich(&format!(
-        "geoip = {{ database = \"{city}\", field = \"c_ip\", target = \"geo\" }}\n\
-         asn = {{ database = \"{asn}\", field = \"c_ip\", target = \"net.asn\" }}"
-    ));
-    let records: Vec<String> =
-        expected.iter().map(|e| serde_json::json!({"c_ip": e["ip"], "n": 1}).to_string()).collect();
-    let got = enriched(&transform, &records);
-    assert_eq!(got.len(), expected.len());
-    let (mut geo_hits, mut asn_hits) = (0, 0);
-    for (record, want) in got.iter().zip(&expected) {
-        let geo = record.get("geo").cloned().unwrap_or(Value::Null);
-        let asn = record.pointer("/net/asn").cloned().unwrap_or(Value::Null);
-        assert_eq!((&geo, &asn), (&want["geo"], &want["asn"]), "{}", want["ip"]);
-        assert_eq!(record["n"], 1, "the record's own fields stay");
-        geo_hits += usize::from(!geo.is_null());
-        asn_hits += usize::from(!asn.is_null());
+    // Top-level targets are appended to the record's bytes; a nested one goes through a parsed tree.
+    for (geo_target, asn_target, asn_pointer) in [("geo", "asn", "/asn"), ("geo", "net.asn", "/net/asn")] {
+        let transform = enrich(&format!(
+            "geoip = {{ database = \"{city}\", field = \"c_ip\", target = \"{geo_target}\" }}\n\
+             asn = {{ database = \"{asn}\", field = \"c_ip\", target = \"{asn_target}\" }}"
+        ));
+        let records: Vec<String> =
+            expected.iter().map(|e| serde_json::json!({"c_ip": e["ip"], "n": 1}).to_string()).collect();
+        let got = enriched(&transform, &records);
+        assert_eq!(got.len(), expected.len());
+        let (mut geo_hits, mut asn_hits) = (0, 0);
+        for (record, want) in got.iter().zip(&expected) {
+            let geo = record.get("geo").cloned().unwrap_or(Value::Null);
+            let asn = record.pointer(asn_pointer).cloned().unwrap_or(Value::Null);
+            assert_eq!((&geo, &asn), (&want["geo"], &want["asn"]), "{asn_target}: {} {record}", want["ip"]);
+            assert_eq!(record["n"], 1, "the record's own fields stay");
+            geo_hits += usize::from(!geo.is_null());
+            asn_hits += usize::from(!asn.is_null());
+        }
+        assert!(geo_hits > 100 && asn_hits > 100, "{geo_hits} geo, {asn_hits} asn");
     }
-    assert!(geo_hits > 100 && asn_hits > 100, "{geo_hits} geo, {asn_hits} asn");
 }
 
 /// uap-core's test cases: `user_agent_string` with the browser (`family`, `major`, `minor`,
 /// `patch`) or, for the OS files, the OS it must be parsed as.
 #[test]
 fn user_agents_match_uap_core_test_cases() {
-    let transform = enrich("user_agent = { field = \"ua\", target = \"ua\" }");
+    let transform = enrich("user_agent = { field = \"agent\", target = \"ua\" }");
     let dir = repo_root().join("tests/fixtures/uap");
     let version = |case: &Value, keys: &[&str]| {
         let parts: Vec<&str> = keys.iter().map_while(|k| case[*k].as_str().filter(|s| !s.is_empty())).collect();
@@ -119,7 +122,7 @@ fn user_agents_match_uap_core_test_cases() {
         let cases: Value = serde_json::from_slice(&std::fs::read(dir.join(file)).unwrap()).unwrap();
         let cases = cases["test_cases"].as_array().unwrap();
         let records: Vec<String> =
-            cases.iter().map(|c| serde_json::json!({"ua": c["user_agent_string"]}).to_string()).collect();
+            cases.iter().map(|c| serde_json::json!({"agent": c["user_agent_string"]}).to_string()).collect();
         for (record, case) in enriched(&transform, &records).iter().zip(cases) {
             let ua = &record["ua"];
             let (name, version_key) = if os { ("os", "os_version") } else { ("browser", "browser_version") };

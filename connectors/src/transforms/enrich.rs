@@ -55,12 +55,16 @@ use sluice_engine::contract::{
 use sluice_engine::metrics::TransformMetrics;
 use sluice_engine::record::now_ms;
 
+use super::json;
+
 /// uap-core's regexes, converted once from its `regexes.yaml` to JSON (scripts/uap-core-json.sh).
 const UAP_REGEXES: &str = include_str!("../../uap-core/regexes.json");
 /// How often a worker looks at a database file for a change.
 const RELOAD_CHECK_MS: i64 = 1_000;
 /// Distinct user agents a worker remembers the answer for.
 const UA_CACHE: usize = 4_096;
+/// Database records a worker remembers the decoded answer of.
+const DECODED_CACHE: usize = 65_536;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -222,6 +226,7 @@ pub struct EnrichTransform {
     asn: Option<DatabaseLookup>,
     user_agent: Option<UserAgentLookup>,
     extractor: Option<&'static ua_parser::Extractor<'static>>,
+    search: Arc<Search>,
 }
 
 /// uap-core's extractor, compiled once per process.
@@ -280,7 +285,17 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
         target: dotted(&u.target),
         url_decoded: u.url_decoded,
     });
-    Ok(Arc::new(EnrichTransform { geoip, asn, user_agent, extractor }))
+    let mut parts: Vec<(usize, &[String], &[String])> = Vec::new();
+    for (part, lookup) in [(0, &geoip), (1, &asn)] {
+        if let Some(l) = lookup {
+            parts.push((part, &l.field, &l.target));
+        }
+    }
+    if let Some(u) = &user_agent {
+        parts.push((2, &u.field, &u.target));
+    }
+    let search = Arc::new(Search::new(&parts));
+    Ok(Arc::new(EnrichTransform { geoip, asn, user_agent, extractor, search }))
 }
 
 impl Transform for EnrichTransform {
@@ -315,6 +330,11 @@ impl Transform for EnrichTransform {
             }),
             extractor: self.extractor,
             agents: HashMap::new(),
+            search: Arc::clone(&self.search),
+            decoded: [None, None],
+            found: Vec::new(),
+            scratch: Vec::new(),
+            counts: Counts::default(),
             metrics: Arc::clone(&context.metrics),
         })))
     }
@@ -326,9 +346,59 @@ struct Enricher {
     asn: Option<DatabaseLookup>,
     user_agent: Option<UserAgentLookup>,
     extractor: Option<&'static ua_parser::Extractor<'static>>,
-    /// Answers for user agents seen lately.
-    agents: HashMap<String, Value>,
+    /// Answers (JSON objects) for user agents seen lately.
+    agents: HashMap<String, Vec<u8>>,
+    search: Arc<Search>,
+    /// Per database part: the answers decoded from the database it holds, by data record.
+    decoded: [Option<DecodedCache>; 2],
+    /// What the last search found, and the last answer (buffers kept between records).
+    found: Vec<json::Found>,
+    scratch: Vec<u8>,
+    counts: Counts,
     metrics: Arc<TransformMetrics>,
+}
+
+/// Answers decoded from one loaded database, by data record offset (`None`: the record has none
+/// of the values the part writes).
+type DecodedCache = (Arc<maxminddb::Reader<Vec<u8>>>, HashMap<usize, Option<Vec<u8>>>);
+
+/// The paths one validating pass over a record looks for: each part's field and target.
+struct Search {
+    tree: json::PathTree,
+    /// Per part: its index in [`PARTS`], the slot of its field, and of its target key.
+    fields: Vec<(usize, usize, usize)>,
+    /// The slots of the targets (a record that has one takes the slow way).
+    targets: Vec<usize>,
+    /// The targets' keys, when every target is one top-level key (else the slow way always).
+    target_keys: Vec<String>,
+    top_level_targets: bool,
+}
+
+impl Search {
+    fn new(parts: &[(usize, &[String], &[String])]) -> Self {
+        // One slot per distinct path: parts often read the same field (geoip and asn of `c_ip`).
+        let mut paths: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut slot = |path: &[String]| {
+            let keys: Vec<Vec<u8>> = path.iter().map(|key| key.as_bytes().to_vec()).collect();
+            match paths.iter().position(|p| *p == keys) {
+                Some(at) => at,
+                None => {
+                    paths.push(keys);
+                    paths.len() - 1
+                }
+            }
+        };
+        let (mut fields, mut targets, mut target_keys) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, (part, field, target)) in parts.iter().enumerate() {
+            fields.push((*part, slot(field), k));
+            targets.push(slot(target));
+            target_keys.push(target.join("."));
+        }
+        let distinct: std::collections::BTreeSet<&String> = target_keys.iter().collect();
+        let top_level_targets =
+            parts.iter().all(|(_, _, target)| target.len() == 1) && distinct.len() == target_keys.len();
+        Search { tree: json::PathTree::new(&paths), fields, targets, target_keys, top_level_targets }
+    }
 }
 
 /// Why a part added nothing to a record.
@@ -371,39 +441,97 @@ fn put(record: &mut Value, path: &[String], value: Value) {
     }
 }
 
-/// What a City (or Country) database says of `ip`.
-fn geo(reader: &maxminddb::Reader<Vec<u8>>, ip: IpAddr) -> Result<Value, Miss> {
-    let found = reader.lookup(ip).map_err(|_| Miss::NotFound)?;
-    let city: maxminddb::geoip2::City = found.decode().ok().flatten().ok_or(Miss::NotFound)?;
-    let mut out = Map::new();
-    if let Some(code) = city.country.iso_code {
-        out.insert("country_code".into(), code.into());
-    }
-    if let Some(name) = city.country.names.english {
-        out.insert("country".into(), name.into());
-    }
-    if let Some(name) = city.city.names.english {
-        out.insert("city".into(), name.into());
-    }
-    if let (Some(lat), Some(lon)) = (city.location.latitude, city.location.longitude) {
-        out.insert("lat".into(), lat.into());
-        out.insert("lon".into(), lon.into());
-    }
-    if out.is_empty() { Err(Miss::NotFound) } else { Ok(Value::Object(out)) }
+/// The part of a City or Country record the transform writes (the decoder skips the rest).
+#[derive(Deserialize)]
+struct GeoRecord<'a> {
+    #[serde(borrow, default)]
+    country: Option<Place<'a>>,
+    #[serde(borrow, default)]
+    city: Option<Place<'a>>,
+    #[serde(default)]
+    location: Option<Location>,
 }
 
-/// What an ASN database says of `ip`.
-fn asn(reader: &maxminddb::Reader<Vec<u8>>, ip: IpAddr) -> Result<Value, Miss> {
-    let found = reader.lookup(ip).map_err(|_| Miss::NotFound)?;
-    let asn: maxminddb::geoip2::Asn = found.decode().ok().flatten().ok_or(Miss::NotFound)?;
-    let mut out = Map::new();
-    if let Some(number) = asn.autonomous_system_number {
-        out.insert("number".into(), number.into());
+#[derive(Deserialize)]
+struct Place<'a> {
+    #[serde(borrow, default)]
+    iso_code: Option<&'a str>,
+    #[serde(borrow, default)]
+    names: Option<EnglishName<'a>>,
+}
+
+#[derive(Deserialize)]
+struct EnglishName<'a> {
+    #[serde(borrow, default)]
+    en: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Location {
+    #[serde(default)]
+    latitude: Option<f64>,
+    #[serde(default)]
+    longitude: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct AsnRecord<'a> {
+    #[serde(default)]
+    autonomous_system_number: Option<u32>,
+    #[serde(borrow, default)]
+    autonomous_system_organization: Option<&'a str>,
+}
+
+/// Writes a JSON object of `members` (in key order, as a `serde_json::Value` would be written) to
+/// `out`; nothing when there is none. Returns whether it wrote.
+fn write_object(members: &[(&str, Option<Value>)], out: &mut Vec<u8>) -> bool {
+    let mut first = true;
+    for (key, value) in members {
+        let Some(value) = value else { continue };
+        out.push(if first { b'{' } else { b',' });
+        first = false;
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, value);
     }
-    if let Some(org) = asn.autonomous_system_organization {
-        out.insert("org".into(), org.into());
+    if !first {
+        out.push(b'}');
     }
-    if out.is_empty() { Err(Miss::NotFound) } else { Ok(Value::Object(out)) }
+    !first
+}
+
+/// A lookup's answer from a database of this transform.
+type Found<'a> = maxminddb::LookupResult<'a, Vec<u8>>;
+
+/// What a City (or Country) database's record says, as JSON into `out`.
+fn geo(found: &Found<'_>, out: &mut Vec<u8>) -> Result<(), Miss> {
+    let record: GeoRecord = found.decode().ok().flatten().ok_or(Miss::NotFound)?;
+    let name = |p: &Option<Place>| p.as_ref().and_then(|p| p.names.as_ref()).and_then(|n| n.en).map(Value::from);
+    let (lat, lon) = match &record.location {
+        Some(Location { latitude: Some(lat), longitude: Some(lon) }) => {
+            (Some(Value::from(*lat)), Some(Value::from(*lon)))
+        }
+        _ => (None, None),
+    };
+    let members = [
+        ("city", name(&record.city)),
+        ("country", name(&record.country)),
+        ("country_code", record.country.as_ref().and_then(|c| c.iso_code).map(Value::from)),
+        ("lat", lat),
+        ("lon", lon),
+    ];
+    if write_object(&members, out) { Ok(()) } else { Err(Miss::NotFound) }
+}
+
+/// What an ASN database's record says, as JSON into `out`.
+fn asn(found: &Found<'_>, out: &mut Vec<u8>) -> Result<(), Miss> {
+    let record: AsnRecord = found.decode().ok().flatten().ok_or(Miss::NotFound)?;
+    let members = [
+        ("number", record.autonomous_system_number.map(Value::from)),
+        ("org", record.autonomous_system_organization.map(Value::from)),
+    ];
+    if write_object(&members, out) { Ok(()) } else { Err(Miss::NotFound) }
 }
 
 /// A version from its parts, as far as they go.
@@ -412,116 +540,228 @@ fn version<'a>(parts: impl IntoIterator<Item = Option<&'a str>>) -> Option<Strin
     (!parts.is_empty()).then(|| parts.join("."))
 }
 
-/// What uap-core says of a user agent.
-pub fn parse_user_agent(extractor: &ua_parser::Extractor<'_>, agent: &str) -> Value {
+/// What uap-core says of a user agent, as a JSON object.
+pub fn parse_user_agent(extractor: &ua_parser::Extractor<'_>, agent: &str) -> Vec<u8> {
     let (browser, os, device) = extractor.extract(agent);
-    let mut out = Map::new();
-    match browser {
-        Some(b) => {
-            out.insert("browser".into(), b.family.as_ref().into());
-            if let Some(v) = version([b.major, b.minor, b.patch]) {
-                out.insert("browser_version".into(), v.into());
-            }
-        }
-        None => {
-            out.insert("browser".into(), "Other".into());
-        }
-    }
-    match os {
-        Some(o) => {
-            out.insert("os".into(), o.os.as_ref().into());
-            if let Some(v) =
-                version([o.major.as_deref(), o.minor.as_deref(), o.patch.as_deref(), o.patch_minor.as_deref()])
-            {
-                out.insert("os_version".into(), v.into());
-            }
-        }
-        None => {
-            out.insert("os".into(), "Other".into());
-        }
-    }
-    out.insert("device".into(), device.map_or("Other".into(), |d| d.device.as_ref().into()));
-    Value::Object(out)
+    let members = [
+        ("browser", Some(browser.as_ref().map_or("Other".into(), |b| Value::from(b.family.as_ref())))),
+        ("browser_version", browser.as_ref().and_then(|b| version([b.major, b.minor, b.patch])).map(Value::from)),
+        ("device", Some(device.as_ref().map_or("Other".into(), |d| Value::from(d.device.as_ref())))),
+        ("os", Some(os.as_ref().map_or("Other".into(), |o| Value::from(o.os.as_ref())))),
+        (
+            "os_version",
+            os.as_ref()
+                .and_then(|o| {
+                    version([o.major.as_deref(), o.minor.as_deref(), o.patch.as_deref(), o.patch_minor.as_deref()])
+                })
+                .map(Value::from),
+        ),
+    ];
+    let mut out = Vec::new();
+    write_object(&members, &mut out);
+    out
+}
+
+/// The parts, in the order they are applied and counted.
+const PARTS: [&str; 3] = ["geoip", "asn", "user_agent"];
+
+/// Counts kept on the worker and added to the metrics after each batch.
+#[derive(Default)]
+struct Counts {
+    hits: [u64; 3],
+    misses: [[u64; 3]; 3],
+    not_json: u64,
 }
 
 impl Enricher {
-    fn count_miss(&self, part: &'static str, miss: Miss) {
-        self.metrics.count("EnrichmentMisses", "reason", &format!("{part}.{}", miss.reason()), 1);
+    /// The JSON object part `part` adds for the field's text `text`, into `out`.
+    fn answer(&mut self, part: usize, text: Option<&str>, out: &mut Vec<u8>) -> Result<(), Miss> {
+        let text = text.ok_or(Miss::FieldMissing)?;
+        if part == 2 {
+            let (Some(lookup), Some(extractor)) = (&self.user_agent, self.extractor) else {
+                return Err(Miss::FieldMissing);
+            };
+            let agent = if lookup.url_decoded {
+                percent_encoding::percent_decode_str(text).decode_utf8_lossy()
+            } else {
+                std::borrow::Cow::Borrowed(text)
+            };
+            if let Some(known) = self.agents.get(agent.as_ref()) {
+                out.extend_from_slice(known);
+                return Ok(());
+            }
+            let parsed = parse_user_agent(extractor, &agent);
+            out.extend_from_slice(&parsed);
+            if self.agents.len() >= UA_CACHE {
+                self.agents.clear();
+            }
+            self.agents.insert(agent.into_owned(), parsed);
+            return Ok(());
+        }
+        let lookup = if part == 0 { &self.geoip } else { &self.asn };
+        let Some(lookup) = lookup else { return Err(Miss::FieldMissing) };
+        let ip: IpAddr = text.trim().parse().map_err(|_| Miss::NotAnAddress)?;
+        let reader = lookup.database.current(&self.metrics);
+        let found = reader.lookup(ip).map_err(|_| Miss::NotFound)?;
+        let offset = found.offset().ok_or(Miss::NotFound)?;
+        // Many networks share one data record: its answer is decoded once per worker (and again
+        // after a reload: the cache belongs to the database it was filled from).
+        let cache = self.decoded[part].get_or_insert_with(|| (Arc::clone(&reader), HashMap::new()));
+        if !Arc::ptr_eq(&cache.0, &reader) {
+            *cache = (Arc::clone(&reader), HashMap::new());
+        }
+        if let Some(answer) = cache.1.get(&offset) {
+            return match answer {
+                Some(bytes) => {
+                    out.extend_from_slice(bytes);
+                    Ok(())
+                }
+                None => Err(Miss::NotFound),
+            };
+        }
+        let start = out.len();
+        let answer = match lookup.database.kind {
+            Kind::Geoip => geo(&found, out),
+            Kind::Asn => asn(&found, out),
+        };
+        if cache.1.len() >= DECODED_CACHE {
+            cache.1.clear();
+        }
+        cache.1.insert(offset, answer.is_ok().then(|| out[start..].to_vec()));
+        answer
     }
 
-    fn database_part(&self, record: &mut Value, lookup: &DatabaseLookup) {
-        let part = lookup.database.kind.name();
-        let answer = match string_at(record, &lookup.field) {
-            None => Err(Miss::FieldMissing),
-            Some(text) => match text.trim().parse::<IpAddr>() {
-                Err(_) => Err(Miss::NotAnAddress),
-                Ok(ip) => {
-                    let reader = lookup.database.current(&self.metrics);
-                    match lookup.database.kind {
-                        Kind::Geoip => geo(&reader, ip),
-                        Kind::Asn => asn(&reader, ip),
-                    }
-                }
-            },
-        };
+    /// The configured parts: (index, field, target).
+    fn parts(&self) -> Vec<(usize, Vec<String>, Vec<String>)> {
+        let mut parts = Vec::new();
+        if let Some(l) = &self.geoip {
+            parts.push((0, l.field.clone(), l.target.clone()));
+        }
+        if let Some(l) = &self.asn {
+            parts.push((1, l.field.clone(), l.target.clone()));
+        }
+        if let Some(u) = &self.user_agent {
+            parts.push((2, u.field.clone(), u.target.clone()));
+        }
+        parts
+    }
+
+    fn counted(&mut self, part: usize, answer: Result<(), Miss>) {
         match answer {
-            Ok(value) => {
-                put(record, &lookup.target, value);
-                self.metrics.count("EnrichmentHits", "part", part, 1);
-            }
-            Err(miss) => self.count_miss(part, miss),
+            Ok(()) => self.counts.hits[part] += 1,
+            Err(miss) => self.counts.misses[part][miss as usize] += 1,
         }
     }
 
-    fn user_agent_part(&mut self, record: &mut Value) {
-        let (Some(lookup), Some(extractor)) = (&self.user_agent, self.extractor) else { return };
-        let Some(raw) = string_at(record, &lookup.field) else {
-            self.count_miss("user_agent", Miss::FieldMissing);
-            return;
-        };
-        let agent = if lookup.url_decoded {
-            percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned()
-        } else {
-            raw.to_string()
-        };
-        let value = match self.agents.get(&agent) {
-            Some(value) => value.clone(),
-            None => {
-                let value = parse_user_agent(extractor, &agent);
-                if self.agents.len() >= UA_CACHE {
-                    self.agents.clear();
-                }
-                self.agents.insert(agent, value.clone());
-                value
+    /// The fast way: one validating pass finds the fields, and the answers are appended to the
+    /// record's own bytes before its closing brace (targets are top-level keys the record lacks).
+    /// `None` when the record needs the slow way.
+    fn in_place(&mut self, record: &[u8], emit: &mut Emit<'_>) -> Option<()> {
+        let mut found = std::mem::take(&mut self.found);
+        let scanned = json::find_paths(record, &self.search.tree, &mut found);
+        let usable = scanned == Some(json::Scanned::Valid)
+            && self.search.top_level_targets
+            && self.search.targets.iter().all(|&t| matches!(found.get(t), Some(json::Found::Missing)));
+        if !usable {
+            self.found = found;
+            return None;
+        }
+        let text = |slot: usize| -> Option<std::borrow::Cow<'_, str>> {
+            let json::Found::At(range) = found.get(slot)? else { return None };
+            let raw = record.get(range.clone())?;
+            match raw {
+                [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => std::str::from_utf8(inner).ok().map(Into::into),
+                [b'"', ..] => serde_json::from_slice::<String>(raw).ok().map(Into::into),
+                _ => None,
             }
         };
-        let target = lookup.target.clone();
-        put(record, &target, value);
-        self.metrics.count("EnrichmentHits", "part", "user_agent", 1);
+        let fields: Vec<(usize, Option<String>, usize)> = self
+            .search
+            .fields
+            .iter()
+            .map(|&(part, field, target_key)| (part, text(field).map(std::borrow::Cow::into_owned), target_key))
+            .collect();
+        self.found = found;
+        let trimmed = record.trim_ascii_end();
+        let close = trimmed.len().checked_sub(1)?;
+        let open = json::skip_ws(record, 0);
+        let mut members_before = json::skip_ws(record, open + 1) < close;
+        let mut answer = std::mem::take(&mut self.scratch);
+        let result = emit.record_with(|out| {
+            out.extend_from_slice(&trimmed[..close]);
+            for (part, text, target) in &fields {
+                answer.clear();
+                let result = self.answer(*part, text.as_deref(), &mut answer);
+                if result.is_ok() {
+                    if members_before {
+                        out.push(b',');
+                    }
+                    members_before = true;
+                    let _ = serde_json::to_writer(&mut *out, &self.search.target_keys[*target]);
+                    out.push(b':');
+                    out.extend_from_slice(&answer);
+                }
+                self.counted(*part, result);
+            }
+            out.push(b'}');
+            Ok::<(), ()>(())
+        });
+        self.scratch = answer;
+        result.ok()
+    }
+
+    /// The slow way, through a parsed tree: nested or present targets, escaped keys.
+    fn through_tree(&mut self, record: &[u8], emit: &mut Emit<'_>) {
+        let mut value = match serde_json::from_slice::<Value>(record) {
+            Ok(value @ Value::Object(_)) => value,
+            _ => {
+                self.counts.not_json += 1;
+                emit.record(record);
+                return;
+            }
+        };
+        for (part, field, target) in self.parts() {
+            let text = string_at(&value, &field).map(str::to_string);
+            let mut answer = Vec::new();
+            let result = self.answer(part, text.as_deref(), &mut answer);
+            if result.is_ok()
+                && let Ok(object) = serde_json::from_slice::<Value>(&answer)
+            {
+                put(&mut value, &target, object);
+            }
+            self.counted(part, result);
+        }
+        // Serializing a Value cannot fail; the record passes unchanged if it did.
+        if emit.record_with(|out| serde_json::to_writer(out, &value)).is_err() {
+            emit.record(record);
+        }
     }
 }
 
 impl RecordTransform for Enricher {
     fn transform(&mut self, record: &[u8], emit: &mut Emit<'_>) -> Result<(), TransformFailure> {
-        let mut value = match serde_json::from_slice::<Value>(record) {
-            Ok(value @ Value::Object(_)) => value,
-            _ => {
-                self.metrics.count("EnrichmentMisses", "reason", "record.not_json", 1);
-                emit.record(record);
-                return Ok(());
-            }
-        };
-        let parts = [self.geoip.take(), self.asn.take()];
-        for lookup in parts.iter().flatten() {
-            self.database_part(&mut value, lookup);
-        }
-        [self.geoip, self.asn] = parts;
-        self.user_agent_part(&mut value);
-        // Serializing a Value cannot fail; the record passes unchanged if it did.
-        if emit.record_with(|out| serde_json::to_writer(out, &value)).is_err() {
-            emit.record(record);
+        if self.in_place(record, emit).is_none() {
+            self.through_tree(record, emit);
         }
         Ok(())
+    }
+
+    fn end_of_batch(&mut self) {
+        let counts = std::mem::take(&mut self.counts);
+        for (part, name) in PARTS.iter().enumerate() {
+            if counts.hits[part] > 0 {
+                self.metrics.count("EnrichmentHits", "part", name, counts.hits[part]);
+            }
+            for miss in [Miss::FieldMissing, Miss::NotAnAddress, Miss::NotFound] {
+                let n = counts.misses[part][miss as usize];
+                if n > 0 {
+                    self.metrics.count("EnrichmentMisses", "reason", &format!("{name}.{}", miss.reason()), n);
+                }
+            }
+        }
+        if counts.not_json > 0 {
+            self.metrics.count("EnrichmentMisses", "reason", "record.not_json", counts.not_json);
+        }
     }
 }
 

@@ -38,8 +38,19 @@ pub use run::run_bench;
 pub use workload::parse_size;
 
 /// Every scenario the harness knows, in report order.
-pub const SCENARIOS: &[&str] =
-    &["gzip", "zstd", "transform", "partition", "parquet", "http", "opensearch", "postgres", "ingest", "scale"];
+pub const SCENARIOS: &[&str] = &[
+    "gzip",
+    "zstd",
+    "transform",
+    "partition",
+    "parquet",
+    "enrich",
+    "http",
+    "opensearch",
+    "postgres",
+    "ingest",
+    "scale",
+];
 
 /// What to run.
 #[derive(Debug, Clone)]

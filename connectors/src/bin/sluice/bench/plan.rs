@@ -424,6 +424,49 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// CloudFront → enrich (Geo-IP, ASN, user agent) → gzip NDJSON, against the same pipeline
+    /// without the transform. The databases are GeoLite2-City.mmdb and GeoLite2-ASN.mmdb from
+    /// `SLUICE_BENCH_GEO_DIR` when set (MaxMind's databases are not redistributable: bring your own,
+    /// or DB-IP's lite ones under those names), else MaxMind's test databases from the repository's
+    /// fixtures, which hold a few hundred networks (most lookups miss: a note says so).
+    pub(crate) fn enrich(&mut self, cf: &Workload) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mmdb");
+        let (city, asn) = match std::env::var_os("SLUICE_BENCH_GEO_DIR").map(PathBuf::from) {
+            Some(dir) => (dir.join("GeoLite2-City.mmdb"), dir.join("GeoLite2-ASN.mmdb")),
+            None => {
+                self.notes.push(
+                    "enrich: MaxMind's test databases (a few hundred networks: most lookups miss); set SLUICE_BENCH_GEO_DIR to a folder with GeoLite2-City.mmdb and GeoLite2-ASN.mmdb for real ones"
+                        .into(),
+                );
+                (fixtures.join("GeoIP2-City-Test.mmdb"), fixtures.join("GeoLite2-ASN-Test.mmdb"))
+            }
+        };
+        let transforms = format!(
+            "[transforms.geo]\ntype = \"enrich\"\ninputs = [\"in\"]\n\
+             geoip = {{ database = {city:?}, field = \"c_ip\", target = \"geo\" }}\n\
+             asn = {{ database = {asn:?}, field = \"c_ip\", target = \"asn\" }}\n\
+             user_agent = {{ field = \"cs_user_agent\", target = \"ua\", url_decoded = true }}\n"
+        );
+        let name = "sluice enrich gzip";
+        let sink = format!(
+            "type = \"object_store\"\nurl = \"file://{}\"\n{}",
+            self.output("enrich", name).display(),
+            Self::text_sink("gzip")
+        );
+        let enriched =
+            self.sluice_into("enrich", name, cf, n, Some((&transforms, "geo")), &sink, OutputCheck::Lines)?;
+        let plain =
+            self.sluice("enrich", "sluice gzip, not enriched", cf, n, &Self::text_sink("gzip"), OutputCheck::Lines)?;
+        self.compare(
+            "enrich",
+            &enriched,
+            Some(plain),
+            "the same pipeline without enrich (geoip + asn + user_agent; target: speed ≥ 0.5)",
+        );
+        Ok(())
+    }
+
     /// JSON → Parquet. The headline baselines are given the schema sluice declares (DuckDB's
     /// `read_json(..., columns = {...})`, pyarrow's `ParseOptions(explicit_schema = ...)`), write the
     /// same codec at the same level (zstd 1, parquet-rs's default) and are checked for the same

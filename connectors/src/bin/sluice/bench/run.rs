@@ -64,10 +64,13 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
             planner.postgres(&ct)?;
         }
     }
-    if wants("parquet") || wants("scale") {
+    if wants("parquet") || wants("enrich") || wants("scale") {
         let cf = workload(&data, Profile::Cloudfront, 1, options.size_bytes)?;
         if wants("parquet") {
             planner.parquet(&cf)?;
+        }
+        if wants("enrich") {
+            planner.enrich(&cf)?;
         }
         if wants("scale") {
             let big = workload(&data, Profile::Cloudfront, 1, options.size_bytes * 10)?;
