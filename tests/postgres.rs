@@ -439,7 +439,10 @@ impl Destination for WarehouseDestination {
                 *down = true;
             }
             Some(Fault::Refused) => {
+                // Access taken away: the password changed and the loader's sessions ended (an open
+                // session outlives a password change).
                 self.pg.sql("ALTER ROLE loader PASSWORD 'changed'");
+                self.pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'loader'");
             }
             None => {
                 if *down {
@@ -599,4 +602,7 @@ fn records_replayed_from_the_log_in_another_object_are_loaded_once() {
         pg.sql("SELECT DISTINCT seq FROM sluice_load_ranges ORDER BY seq").into_iter().map(|r| r[0].clone()).collect();
     assert_eq!(seqs, ["6", "7"]);
     assert_eq!(pg.sql("SELECT rows FROM sluice_loads ORDER BY object_key").concat(), ["3", "3", "1"]);
+    // The three loads, one after the other, used one session, kept open between them.
+    let sessions = pg.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'loader'");
+    assert_eq!(sessions[0][0], "1", "one pooled session");
 }

@@ -45,7 +45,9 @@
 //! column, refused credentials or privileges are permanent. An object given up on (retries run out,
 //! or a permanent error) gets a COPY manifest naming its staged object under
 //! `errors/manifests/` in the staging store (Firehose's manifest of skipped objects) before its
-//! records are backed up. Besides `DeliveryToRedshift_*`, it counts `CopyRows` (rows committed)
+//! records are backed up. Connections are kept between loads (at most four idle; one whose load
+//! failed is dropped, an idle one is checked with a round trip before it is used). Besides
+//! `DeliveryToRedshift_*`, it counts `CopyRows` (rows committed)
 //! and times `CopyDuration` (from the COPY to the commit).
 
 use std::collections::BTreeMap;
@@ -67,6 +69,8 @@ use tokio_postgres::error::SqlState;
 use crate::sinks::object_store::ObjectStoreSink;
 use crate::transforms::json;
 
+/// Connections kept idle between loads, at most.
+const MAX_IDLE_CONNECTIONS: usize = 4;
 /// The load ledger's table.
 const LEDGER: &str = "sluice_loads";
 /// The ledger of log entry ranges loaded (exactly once per record read from a write-ahead log).
@@ -324,6 +328,8 @@ struct Loader {
     healthcheck: bool,
     /// Whether the ledger is known to exist.
     ledger_ready: std::sync::atomic::AtomicBool,
+    /// Connections kept between loads.
+    idle: std::sync::Mutex<Vec<tokio_postgres::Client>>,
     /// `CopyRows` and `CopyDuration`, once the run hands them over.
     meter: std::sync::OnceLock<SinkMeter>,
 }
@@ -427,6 +433,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         sink: name,
         healthcheck: c.healthcheck,
         ledger_ready: std::sync::atomic::AtomicBool::new(false),
+        idle: std::sync::Mutex::new(Vec::new()),
         meter: std::sync::OnceLock::new(),
     };
     Ok(Arc::new(PostgresSink {
@@ -535,6 +542,30 @@ impl Loader {
             client
         };
         Ok(connected)
+    }
+
+    /// An idle connection of an earlier load, else a new one (a server process per connection is
+    /// started by PostgreSQL: reusing it spares that and the authentication per load).
+    async fn pooled(&self) -> Result<tokio_postgres::Client, DeliveryError> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+            match idle {
+                // A session the server ended while idle (a restart, an administrator) is noticed
+                // here, by one round trip, not in the middle of a load.
+                Some(client) if !client.is_closed() && client.batch_execute("").await.is_ok() => return Ok(client),
+                Some(_) => continue,
+                None => return self.connect().await,
+            }
+        }
+    }
+
+    /// Keeps `client`, after a load that ended cleanly, for the next one. A connection whose load
+    /// failed is dropped instead: its state is not known.
+    fn give_back(&self, client: tokio_postgres::Client) {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_CONNECTIONS {
+            idle.push(client);
+        }
     }
 
     /// The authorities a server's certificate may chain to: `sslrootcert`'s, else the web PKI's.
@@ -802,7 +833,7 @@ impl Loader {
     async fn deliver(&self, payload: Payload) -> Result<(), DeliveryError> {
         let key = format!("{}{}", self.staging_prefix, payload.key);
         self.staging.deliver(Payload { key: key.clone(), ..payload.clone() }).await?;
-        let mut client = self.connect().await?;
+        let mut client = self.pooled().await?;
         self.ensure_ledger(&client).await?;
         let mut transaction = client.transaction().await.map_err(|e| classify(&e, "BEGIN"))?;
         let done = transaction
@@ -864,6 +895,7 @@ impl Loader {
             self.remember_ranges(&transaction, origins, &key).await?;
         }
         transaction.commit().await.map_err(|e| classify(&e, "COMMIT"))?;
+        self.give_back(client);
         let skipped = loaded_before.iter().filter(|&&b| b).count();
         if skipped > 0 {
             tracing::info!(key, skipped, "records replayed from the log were loaded before; not loaded again");
