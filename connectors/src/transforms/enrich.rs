@@ -15,14 +15,20 @@
 //! missing, not a string, not an address, or not in the database is passed on without that part,
 //! counted in `EnrichmentMisses{reason}` (`<part>.field_missing`, `<part>.not_an_address`,
 //! `<part>.not_found`, or `record.not_json`), never failed; enriched parts count
-//! `EnrichmentHits{part}`. A record that is not a
-//! JSON object passes unchanged. A part that finds nothing writes nothing (no empty object); of a
-//! found address only the values the database has are written.
+//! `EnrichmentHits{part}` (counted on the worker, added to the metrics after each batch). A record
+//! that is not a JSON object passes unchanged. A part that finds nothing writes nothing (no empty
+//! object); of a found address only the values the database has are written, keys in order.
+//!
+//! A record is read once: one validating pass finds every part's field, and when every target is a
+//! top-level key the record does not have, the answers are appended to the record's own bytes before
+//! its closing brace (its keys, order and formatting stay as they were); otherwise (nested or
+//! existing targets, escaped keys) it goes through a parsed tree, with the same values.
 //!
 //! Databases are MaxMind DB files (GeoIP2/GeoLite2 City and ASN, or any database with their
 //! layout, e.g. DB-IP's), checked at validation (the file opens, with the database type in the
 //! error), read into memory once per process and shared by every worker: a lookup is a tree walk in
-//! that memory. (A memory map would avoid the copy, but maxminddb's is `unsafe`: a file written in
+//! that memory, and each worker decodes a database record once (many networks share one) and keeps
+//! the answer. (A memory map would avoid the copy, but maxminddb's is `unsafe`: a file written in
 //! place under the map is undefined behaviour, and this workspace forbids unsafe code.) **Live
 //! reload**: a worker looks at the file's size, modification time and inode at most once a second;
 //! when they change (an updater's atomic rename, or a copy) the file is read again and swapped in for
