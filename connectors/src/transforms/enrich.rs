@@ -30,9 +30,9 @@
 //! that memory, and each worker decodes a database record once (many networks share one) and keeps
 //! the answer. (A memory map would avoid the copy, but maxminddb's is `unsafe`: a file written in
 //! place under the map is undefined behaviour, and this workspace forbids unsafe code.) **Live
-//! reload**: a worker looks at the file's size, modification time and inode at most once a second;
-//! when they change (an updater's atomic rename, or a copy) the file is read again and swapped in for
-//! records that arrive afterwards (`EnrichmentReloads{part}`); a file that does not open (truncated,
+//! reload**: after each batch a worker looks at the file's size, modification time and inode (at
+//! most once a second for the process); when they change (an updater's atomic rename, or a copy)
+//! the file is read again and every worker's next batch reads the new data (`EnrichmentReloads{part}`); a file that does not open (truncated,
 //! half written) keeps the loaded data and counts `EnrichmentReloadFailures{part}`, logged once per
 //! change of the file.
 //!
@@ -226,14 +226,41 @@ struct UserAgentLookup {
     url_decoded: bool,
 }
 
-/// A configured enrich transform.
-pub struct EnrichTransform {
+/// What every worker of one enrich transform shares: its parts and the search over a record.
+struct Lookups {
     geoip: Option<DatabaseLookup>,
     asn: Option<DatabaseLookup>,
     user_agent: Option<UserAgentLookup>,
     extractor: Option<&'static ua_parser::Extractor<'static>>,
-    search: Arc<Search>,
+    search: Search,
 }
+
+/// The configured parts, in [`PARTS`] order: (index in [`PARTS`], field, target).
+fn parts_of<'a>(
+    geoip: &'a Option<DatabaseLookup>,
+    asn: &'a Option<DatabaseLookup>,
+    user_agent: &'a Option<UserAgentLookup>,
+) -> impl Iterator<Item = (usize, &'a [String], &'a [String])> {
+    let database = |part: usize, l: &'a Option<DatabaseLookup>| l.as_ref().map(|l| (part, &l.field[..], &l.target[..]));
+    database(0, geoip)
+        .into_iter()
+        .chain(database(1, asn))
+        .chain(user_agent.as_ref().map(|u| (2, &u.field[..], &u.target[..])))
+}
+
+impl Lookups {
+    fn parts(&self) -> impl Iterator<Item = (usize, &[String], &[String])> {
+        parts_of(&self.geoip, &self.asn, &self.user_agent)
+    }
+
+    /// The database part `part` (0: geoip, 1: asn), if configured.
+    fn database(&self, part: usize) -> Option<&DatabaseLookup> {
+        [&self.geoip, &self.asn].get(part).and_then(|l| l.as_ref())
+    }
+}
+
+/// A configured enrich transform.
+pub struct EnrichTransform(Arc<Lookups>);
 
 /// uap-core's extractor, compiled once per process.
 fn uap_extractor() -> Result<&'static ua_parser::Extractor<'static>, String> {
@@ -291,77 +318,57 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
         target: dotted(&u.target),
         url_decoded: u.url_decoded,
     });
-    let mut parts: Vec<(usize, &[String], &[String])> = Vec::new();
-    for (part, lookup) in [(0, &geoip), (1, &asn)] {
-        if let Some(l) = lookup {
-            parts.push((part, &l.field, &l.target));
-        }
-    }
-    if let Some(u) = &user_agent {
-        parts.push((2, &u.field, &u.target));
-    }
-    let search = Arc::new(Search::new(&parts));
-    Ok(Arc::new(EnrichTransform { geoip, asn, user_agent, extractor, search }))
+    let search = Search::new(parts_of(&geoip, &asn, &user_agent));
+    Ok(Arc::new(EnrichTransform(Arc::new(Lookups { geoip, asn, user_agent, extractor, search }))))
 }
 
 impl Transform for EnrichTransform {
     fn describe(&self) -> String {
+        let lookups = &self.0;
         let mut parts = Vec::new();
-        for (name, lookup) in [("geoip", &self.geoip), ("asn", &self.asn)] {
+        for (name, lookup) in [("geoip", &lookups.geoip), ("asn", &lookups.asn)] {
             if let Some(l) = lookup {
                 parts.push(format!("{name} {} → {}", l.database.path.display(), l.target.join(".")));
             }
         }
-        if let Some(u) = &self.user_agent {
+        if let Some(u) = &lookups.user_agent {
             parts.push(format!("user agent {} → {}", u.field.join("."), u.target.join(".")));
         }
         format!("enrich: {}", parts.join(", "))
     }
 
     fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
-        let lookup = |l: &Option<DatabaseLookup>| {
-            l.as_ref().map(|l| DatabaseLookup {
-                database: Arc::clone(&l.database),
-                field: l.field.clone(),
-                target: l.target.clone(),
-            })
-        };
-        Ok(Box::new(RecordByRecord(Enricher {
-            geoip: lookup(&self.geoip),
-            asn: lookup(&self.asn),
-            user_agent: self.user_agent.as_ref().map(|u| UserAgentLookup {
-                field: u.field.clone(),
-                target: u.target.clone(),
-                url_decoded: u.url_decoded,
-            }),
-            extractor: self.extractor,
+        let metrics = Arc::clone(&context.metrics);
+        let decoded = [0, 1].map(|part| self.0.database(part).map(|l| (l.database.current(&metrics), HashMap::new())));
+        let state = WorkerState {
             agents: HashMap::new(),
-            search: Arc::clone(&self.search),
-            decoded: [None, None],
+            decoded,
             found: Vec::new(),
             scratch: Vec::new(),
             counts: Counts::default(),
-            metrics: Arc::clone(&context.metrics),
-        })))
+        };
+        Ok(Box::new(RecordByRecord(Enricher { lookups: Arc::clone(&self.0), state, metrics })))
     }
 }
 
 /// One worker's enricher.
 struct Enricher {
-    geoip: Option<DatabaseLookup>,
-    asn: Option<DatabaseLookup>,
-    user_agent: Option<UserAgentLookup>,
-    extractor: Option<&'static ua_parser::Extractor<'static>>,
+    lookups: Arc<Lookups>,
+    state: WorkerState,
+    metrics: Arc<TransformMetrics>,
+}
+
+/// What a worker keeps between records.
+struct WorkerState {
     /// Answers (JSON objects) for user agents seen lately.
     agents: HashMap<String, Vec<u8>>,
-    search: Arc<Search>,
-    /// Per database part: the answers decoded from the database it holds, by data record.
+    /// Per database part: the database this batch reads (taken again after each batch, so a
+    /// reload is seen by the next one) and the answers decoded from it, by data record.
     decoded: [Option<DecodedCache>; 2],
     /// What the last search found, and the last answer (buffers kept between records).
     found: Vec<json::Found>,
     scratch: Vec<u8>,
     counts: Counts,
-    metrics: Arc<TransformMetrics>,
 }
 
 /// Answers decoded from one loaded database, by data record offset (`None`: the record has none
@@ -381,7 +388,7 @@ struct Search {
 }
 
 impl Search {
-    fn new(parts: &[(usize, &[String], &[String])]) -> Self {
+    fn new<'a>(parts: impl Iterator<Item = (usize, &'a [String], &'a [String])>) -> Self {
         // One slot per distinct path: parts often read the same field (geoip and asn of `c_ip`).
         let mut paths: Vec<Vec<Vec<u8>>> = Vec::new();
         let mut slot = |path: &[String]| {
@@ -395,14 +402,15 @@ impl Search {
             }
         };
         let (mut fields, mut targets, mut target_keys) = (Vec::new(), Vec::new(), Vec::new());
-        for (k, (part, field, target)) in parts.iter().enumerate() {
-            fields.push((*part, slot(field), k));
+        let mut all_top_level = true;
+        for (k, (part, field, target)) in parts.enumerate() {
+            fields.push((part, slot(field), k));
             targets.push(slot(target));
             target_keys.push(target.join("."));
+            all_top_level &= target.len() == 1;
         }
         let distinct: std::collections::BTreeSet<&String> = target_keys.iter().collect();
-        let top_level_targets =
-            parts.iter().all(|(_, _, target)| target.len() == 1) && distinct.len() == target_keys.len();
+        let top_level_targets = all_top_level && distinct.len() == target_keys.len();
         Search { tree: json::PathTree::new(&paths), fields, targets, target_keys, top_level_targets }
     }
 }
@@ -579,12 +587,24 @@ struct Counts {
     not_json: u64,
 }
 
-impl Enricher {
+/// The text of the string at `slot` of what a search found in `record` (`None`: missing or not
+/// a string).
+fn text_at<'r>(record: &'r [u8], found: &[json::Found], slot: usize) -> Option<std::borrow::Cow<'r, str>> {
+    let json::Found::At(range) = found.get(slot)? else { return None };
+    let raw = record.get(range.clone())?;
+    match raw {
+        [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => std::str::from_utf8(inner).ok().map(Into::into),
+        [b'"', ..] => serde_json::from_slice::<String>(raw).ok().map(Into::into),
+        _ => None,
+    }
+}
+
+impl WorkerState {
     /// The JSON object part `part` adds for the field's text `text`, into `out`.
-    fn answer(&mut self, part: usize, text: Option<&str>, out: &mut Vec<u8>) -> Result<(), Miss> {
+    fn answer(&mut self, lookups: &Lookups, part: usize, text: Option<&str>, out: &mut Vec<u8>) -> Result<(), Miss> {
         let text = text.ok_or(Miss::FieldMissing)?;
         if part == 2 {
-            let (Some(lookup), Some(extractor)) = (&self.user_agent, self.extractor) else {
+            let (Some(lookup), Some(extractor)) = (&lookups.user_agent, lookups.extractor) else {
                 return Err(Miss::FieldMissing);
             };
             let agent = if lookup.url_decoded {
@@ -604,19 +624,13 @@ impl Enricher {
             self.agents.insert(agent.into_owned(), parsed);
             return Ok(());
         }
-        let lookup = if part == 0 { &self.geoip } else { &self.asn };
-        let Some(lookup) = lookup else { return Err(Miss::FieldMissing) };
+        let Some(Some((reader, cache))) = self.decoded.get_mut(part) else { return Err(Miss::FieldMissing) };
         let ip: IpAddr = text.trim().parse().map_err(|_| Miss::NotAnAddress)?;
-        let reader = lookup.database.current(&self.metrics);
         let found = reader.lookup(ip).map_err(|_| Miss::NotFound)?;
         let offset = found.offset().ok_or(Miss::NotFound)?;
         // Many networks share one data record: its answer is decoded once per worker (and again
         // after a reload: the cache belongs to the database it was filled from).
-        let cache = self.decoded[part].get_or_insert_with(|| (Arc::clone(&reader), HashMap::new()));
-        if !Arc::ptr_eq(&cache.0, &reader) {
-            *cache = (Arc::clone(&reader), HashMap::new());
-        }
-        if let Some(answer) = cache.1.get(&offset) {
+        if let Some(answer) = cache.get(&offset) {
             return match answer {
                 Some(bytes) => {
                     out.extend_from_slice(bytes);
@@ -626,30 +640,12 @@ impl Enricher {
             };
         }
         let start = out.len();
-        let answer = match lookup.database.kind {
-            Kind::Geoip => geo(&found, out),
-            Kind::Asn => asn(&found, out),
-        };
-        if cache.1.len() >= DECODED_CACHE {
-            cache.1.clear();
+        let answer = if part == 0 { geo(&found, out) } else { asn(&found, out) };
+        if cache.len() >= DECODED_CACHE {
+            cache.clear();
         }
-        cache.1.insert(offset, answer.is_ok().then(|| out[start..].to_vec()));
+        cache.insert(offset, answer.is_ok().then(|| out[start..].to_vec()));
         answer
-    }
-
-    /// The configured parts: (index, field, target).
-    fn parts(&self) -> Vec<(usize, Vec<String>, Vec<String>)> {
-        let mut parts = Vec::new();
-        if let Some(l) = &self.geoip {
-            parts.push((0, l.field.clone(), l.target.clone()));
-        }
-        if let Some(l) = &self.asn {
-            parts.push((1, l.field.clone(), l.target.clone()));
-        }
-        if let Some(u) = &self.user_agent {
-            parts.push((2, u.field.clone(), u.target.clone()));
-        }
-        parts
     }
 
     fn counted(&mut self, part: usize, answer: Result<(), Miss>) {
@@ -658,84 +654,77 @@ impl Enricher {
             Err(miss) => self.counts.misses[part][miss as usize] += 1,
         }
     }
+}
 
+impl Enricher {
     /// The fast way: one validating pass finds the fields, and the answers are appended to the
     /// record's own bytes before its closing brace (targets are top-level keys the record lacks).
     /// `None` when the record needs the slow way.
     fn in_place(&mut self, record: &[u8], emit: &mut Emit<'_>) -> Option<()> {
-        let mut found = std::mem::take(&mut self.found);
-        let scanned = json::find_paths(record, &self.search.tree, &mut found);
+        let Enricher { lookups, state, .. } = self;
+        let search = &lookups.search;
+        let mut found = std::mem::take(&mut state.found);
+        let scanned = json::find_paths(record, &search.tree, &mut found);
         let usable = scanned == Some(json::Scanned::Valid)
-            && self.search.top_level_targets
-            && self.search.targets.iter().all(|&t| matches!(found.get(t), Some(json::Found::Missing)));
-        if !usable {
-            self.found = found;
-            return None;
-        }
-        let text = |slot: usize| -> Option<std::borrow::Cow<'_, str>> {
-            let json::Found::At(range) = found.get(slot)? else { return None };
-            let raw = record.get(range.clone())?;
-            match raw {
-                [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => std::str::from_utf8(inner).ok().map(Into::into),
-                [b'"', ..] => serde_json::from_slice::<String>(raw).ok().map(Into::into),
-                _ => None,
-            }
-        };
-        let fields: Vec<(usize, Option<String>, usize)> = self
-            .search
-            .fields
-            .iter()
-            .map(|&(part, field, target_key)| (part, text(field).map(std::borrow::Cow::into_owned), target_key))
-            .collect();
-        self.found = found;
+            && search.top_level_targets
+            && search.targets.iter().all(|&t| matches!(found.get(t), Some(json::Found::Missing)));
         let trimmed = record.trim_ascii_end();
-        let close = trimmed.len().checked_sub(1)?;
-        let open = json::skip_ws(record, 0);
-        let mut members_before = json::skip_ws(record, open + 1) < close;
-        let mut answer = std::mem::take(&mut self.scratch);
-        let result = emit.record_with(|out| {
-            out.extend_from_slice(&trimmed[..close]);
-            for (part, text, target) in &fields {
-                answer.clear();
-                let result = self.answer(*part, text.as_deref(), &mut answer);
-                if result.is_ok() {
-                    if members_before {
-                        out.push(b',');
+        let written = match trimmed.len().checked_sub(1) {
+            Some(close) if usable => {
+                let open = json::skip_ws(record, 0);
+                let mut members_before = json::skip_ws(record, open + 1) < close;
+                let mut answer = std::mem::take(&mut state.scratch);
+                let written = emit.record_with(|out| {
+                    out.extend_from_slice(&trimmed[..close]);
+                    for &(part, field, target) in &search.fields {
+                        answer.clear();
+                        let text = text_at(record, &found, field);
+                        let result = state.answer(lookups, part, text.as_deref(), &mut answer);
+                        if result.is_ok() {
+                            if members_before {
+                                out.push(b',');
+                            }
+                            members_before = true;
+                            let _ = serde_json::to_writer(&mut *out, &search.target_keys[target]);
+                            out.push(b':');
+                            out.extend_from_slice(&answer);
+                        }
+                        state.counted(part, result);
                     }
-                    members_before = true;
-                    let _ = serde_json::to_writer(&mut *out, &self.search.target_keys[*target]);
-                    out.push(b':');
-                    out.extend_from_slice(&answer);
-                }
-                self.counted(*part, result);
+                    out.push(b'}');
+                    Ok::<(), ()>(())
+                });
+                state.scratch = answer;
+                written.ok()
             }
-            out.push(b'}');
-            Ok::<(), ()>(())
-        });
-        self.scratch = answer;
-        result.ok()
+            _ => None,
+        };
+        state.found = found;
+        written
     }
 
     /// The slow way, through a parsed tree: nested or present targets, escaped keys.
     fn through_tree(&mut self, record: &[u8], emit: &mut Emit<'_>) {
+        let Enricher { lookups, state, .. } = self;
         let mut value = match serde_json::from_slice::<Value>(record) {
             Ok(value @ Value::Object(_)) => value,
             _ => {
-                self.counts.not_json += 1;
+                state.counts.not_json += 1;
                 emit.record(record);
                 return;
             }
         };
-        for (part, field, target) in self.parts() {
-            let text = string_at(&value, &field).map(str::to_string);
-            let mut answer = Vec::new();
-            let result = self.answer(part, text.as_deref(), &mut answer);
+        let mut answer = Vec::new();
+        for (part, field, target) in lookups.parts() {
+            let text = string_at(&value, field).map(str::to_string);
+            answer.clear();
+            let result = state.answer(lookups, part, text.as_deref(), &mut answer);
             if result.is_ok()
                 && let Ok(object) = serde_json::from_slice::<Value>(&answer)
             {
-                put(&mut value, &target, object);
+                put(&mut value, target, object);
             }
-            self.counted(part, result);
+            state.counted(part, result);
         }
         // Serializing a Value cannot fail; the record passes unchanged if it did.
         if emit.record_with(|out| serde_json::to_writer(out, &value)).is_err() {
@@ -753,7 +742,17 @@ impl RecordTransform for Enricher {
     }
 
     fn end_of_batch(&mut self) {
-        let counts = std::mem::take(&mut self.counts);
+        // The next batch reads the database as it is now (reloaded if its file changed).
+        for (part, slot) in self.state.decoded.iter_mut().enumerate() {
+            if let (Some(lookup), Some((reader, cache))) = (self.lookups.database(part), slot.as_mut()) {
+                let current = lookup.database.current(&self.metrics);
+                if !Arc::ptr_eq(reader, &current) {
+                    *reader = current;
+                    cache.clear();
+                }
+            }
+        }
+        let counts = std::mem::take(&mut self.state.counts);
         for (part, name) in PARTS.iter().enumerate() {
             if counts.hits[part] > 0 {
                 self.metrics.count("EnrichmentHits", "part", name, counts.hits[part]);
