@@ -195,20 +195,16 @@ impl RecordCodec for StagedRows {
     }
 
     fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        let not_an_object = || "DataFormatConversion.MalformedData: the record is not one JSON object".to_string();
-        if std::str::from_utf8(record).is_err() {
-            return Err("DataFormatConversion.MalformedData: the record is not UTF-8".into());
-        }
+        let malformed = |why: &str| format!("DataFormatConversion.MalformedData: {why}");
+        let not_an_object = || malformed("the record is not one JSON object");
         if let Mapping::Json = self.mapping {
-            if record.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
-                || json::validate(record) != json::Scanned::Valid
-            {
-                return Err(not_an_object());
-            }
+            json::check_object(record).map_err(malformed)?;
             quoted_raw(record, out);
             out.push(b'\n');
             return Ok(());
         }
+        // The search below validates the JSON, not the encoding.
+        json::check_utf8(record).map_err(malformed)?;
         let mut found = FOUND.with(|f| f.take());
         let scanned = json::find_paths(record, &self.paths, &mut found);
         let written = match scanned {

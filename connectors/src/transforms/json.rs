@@ -299,16 +299,25 @@ pub fn members(bytes: &[u8], range: Range<usize>, out: &mut Vec<Member>) -> Opti
     Some(())
 }
 
+/// Whether `record` is one UTF-8 JSON object; else why not.
+pub fn check_object(record: &[u8]) -> Result<(), &'static str> {
+    check_utf8(record)?;
+    if record.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') || validate(record) != Scanned::Valid {
+        return Err("the record is not one JSON object");
+    }
+    Ok(())
+}
+
+/// Whether `record` is UTF-8; else why not.
+pub fn check_utf8(record: &[u8]) -> Result<(), &'static str> {
+    std::str::from_utf8(record).map(|_| ()).map_err(|_| "the record is not UTF-8")
+}
+
 /// Appends `record`, which must be one UTF-8 JSON object, to `out` on one line (the line breaks
 /// valid JSON can hold only between tokens become spaces) followed by a newline; else says why
 /// not and leaves `out` as it was. What a destination taking one JSON document per line needs.
 pub fn push_object_line(record: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
-    if std::str::from_utf8(record).is_err() {
-        return Err("the record is not UTF-8");
-    }
-    if record.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') || validate(record) != Scanned::Valid {
-        return Err("the record is not one JSON object");
-    }
+    check_object(record)?;
     let start = out.len();
     out.extend_from_slice(record.trim_ascii());
     for b in &mut out[start..] {
