@@ -275,11 +275,116 @@ fn enrich_config_errors_say_what_is_wrong() {
     ));
     assert!(asn_as_city.contains("GeoLite2-ASN") && asn_as_city.contains("City"), "{asn_as_city}");
     let tables = error("tables = [{ path = \"t.csv\", field = \"ip\", key = \"ip\", target = \"t\" }]");
-    assert!(tables.contains("not supported yet"), "{tables}");
+    assert!(tables.contains("10:10") && tables.contains("cannot read") && tables.contains("t.csv"), "{tables}");
+    let dir = tempfile::tempdir().unwrap();
+    let assets = dir.path().join("assets.csv");
+    std::fs::write(&assets, "addr,owner\n1.1.1.1,ann\n").unwrap();
+    let no_key = error(&format!(
+        "tables = [{{ path = \"{}\", field = \"ip\", key = \"ip\", target = \"t\" }}]",
+        assets.display()
+    ));
+    assert!(no_key.contains("no column `ip`") && no_key.contains("`addr`, `owner`"), "{no_key}");
     let nothing = error("");
     assert!(nothing.contains("changes nothing"), "{nothing}");
     let unknown = error("geoip = { database = \"x\", field = \"ip\", target = \"geo\", extra = 1 }");
     assert!(unknown.contains("extra"), "{unknown}");
+}
+
+/// Edge locations of the generator's CloudFront records, with `version` as the table's version.
+fn edges_table(version: &str) -> String {
+    let mut text = "location,city,version\n".to_string();
+    for (location, city) in [
+        ("IAD89-C1", "Ashburn"),
+        ("FRA56-P7", "Frankfurt"),
+        ("NRT57-C3", "Tokyo"),
+        ("SFO5-P2", "San Francisco"),
+        ("LHR61-P4", "London"),
+        ("GRU3-C1", "São Paulo, \"Guarulhos\""),
+    ] {
+        text.push_str(&format!("{location},\"{}\",{version}\n", city.replace('"', "\"\"")));
+    }
+    text
+}
+
+/// Writes `text` next to `path` and renames it into place, as updaters do.
+fn replace_file(path: &Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+#[test]
+fn a_table_replaced_mid_stream_is_seen_from_then_on_and_a_truncated_one_keeps_the_loaded_rows() {
+    use std::sync::atomic::Ordering::Relaxed;
+    for workers in [1, 2, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let table = dir.path().join("edges.csv");
+        std::fs::write(&table, edges_table("1")).unwrap();
+        // `seen` stamps each record with the wall clock as it passes, to compare with the renames.
+        let toml = format!(
+            "[pipeline]\nname = \"t\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudfront\"\nrate = 2000\n\
+             [transforms.stamp]\ntype = \"jq\"\ninputs = [\"gen\"]\nquery = '. + {{seen: now}}'\n\
+             [transforms.e]\ntype = \"enrich\"\ninputs = [\"stamp\"]\n\
+             tables = [{{ path = \"{}\", field = \"x_edge_location\", key = \"location\", target = \"edge\" }}]\n\
+             [sinks.o]\ntype = \"object_store\"\ninputs = [\"e\"]\nurl = \"memory://tables-{workers}/o\"\nformat = \"ndjson\"\n",
+            table.display()
+        );
+        let plan = plan_from_str(&toml, &registry()).unwrap_or_else(|e| panic!("{e}"));
+        let metrics = Arc::new(plan.new_metrics());
+        let mut options = sluice_engine::runtime::RunOptions::for_plan(&plan);
+        options.workers = workers;
+        let stop = options.stop.clone();
+        let counters = Arc::clone(&metrics);
+        let run = std::thread::spawn(move || sluice_engine::runtime::run(&plan, &options, counters));
+        let clock = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        std::thread::sleep(Duration::from_secs(3));
+        let renamed = clock();
+        replace_file(&table, &edges_table("2"));
+        std::thread::sleep(Duration::from_secs(4));
+        let truncated = clock();
+        let whole = edges_table("3");
+        replace_file(&table, &whole[..whole.len() - 12]);
+        std::thread::sleep(Duration::from_secs(3));
+        stop.stop();
+        run.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+
+        let lines: Vec<Value> = memory_objects(&format!("tables-{workers}"))
+            .into_values()
+            .flatten()
+            .map(|l| serde_json::from_str(&l).unwrap())
+            .collect();
+        assert_eq!(lines.len() as u64, metrics.sources[0].records.load(Relaxed), "every record delivered");
+        let (mut before, mut after) = (0, 0);
+        for record in &lines {
+            let seen = record["seen"].as_f64().unwrap();
+            let version = record["edge"]["version"].as_str().unwrap_or_else(|| panic!("not enriched: {record}"));
+            assert_eq!(record["edge"]["location"], record["x_edge_location"]);
+            // Around the rename either version is right (the change is stamped with the epoch the
+            // records had reached when it was seen); well before and well after, only one.
+            if seen < renamed - 2.5 {
+                assert_eq!(version, "1", "{workers} workers, {:.1} s before the rename: {record}", renamed - seen);
+                before += 1;
+            } else if seen > renamed + 2.5 {
+                assert_eq!(version, "2", "{workers} workers, {:.1} s after the rename: {record}", seen - renamed);
+                after += 1;
+            }
+        }
+        assert!(before > 0 && after > 0, "{before} before, {after} after");
+        assert!(lines.iter().any(|r| r["seen"].as_f64().unwrap() > truncated + 1.0), "records after the truncation");
+        let t = &metrics.transforms[1];
+        let count = |family: &str| {
+            t.labelled
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|((f, _, v), _)| *f == family && v == "table:edge")
+                .map(|(_, n)| *n)
+                .sum::<u64>()
+        };
+        assert_eq!((count("EnrichmentReloads"), count("EnrichmentReloadFailures")), (1, 1), "{workers} workers");
+        assert_eq!(count("EnrichmentHits"), lines.len() as u64);
+        assert_eq!(t.keys_held.load(Relaxed), 6);
+    }
 }
 
 #[test]

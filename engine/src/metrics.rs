@@ -168,6 +168,9 @@ pub struct TransformMetrics {
     pub invocations_succeeded: AtomicU64,
     /// How long invocations took, retries included (`ExecuteProcessing.Duration`).
     pub invocation_duration: LatencyHistogram,
+    /// Entries of state it holds across workers (a table's rows, a dedup window's keys), as a
+    /// gauge `TransformKeysHeld`; each worker adds and subtracts its own.
+    pub keys_held: std::sync::atomic::AtomicI64,
 }
 
 impl TransformMetrics {
@@ -441,6 +444,10 @@ impl PipelineMetrics {
                     let labels = format!("{labels},{name}=\"{}\"", label_value(value));
                     text.sample(&format!("sluice_{family}"), "counter", &labels, n);
                 }
+            }
+            let keys_held = t.keys_held.load(Relaxed);
+            if keys_held != 0 {
+                text.sample("sluice_TransformKeysHeld", "gauge", &labels, keys_held);
             }
             if label.type_name == "lambda" {
                 let invocations = t.invocations.load(Relaxed);

@@ -16,11 +16,10 @@ use timely::dataflow::operators::{Concatenate, Probe};
 
 use crate::config::Plan;
 use crate::config::{BackupMode, Input};
-use crate::contract::{PrepareContext, SharedListener, SourceContext, StopSignal};
+use crate::contract::{PrepareContext, SharedListener, SourceContext, StageContext, StopSignal};
 use crate::metrics::PipelineMetrics;
 use crate::operators::{
-    BuildObjects, Deliver, DeliveryContext, DeliveryQueue, InflightBudget, PartitionRecords, TransformRecords,
-    read_source,
+    BuildObjects, Deliver, DeliveryContext, DeliveryQueue, InflightBudget, PartitionRecords, read_source,
 };
 use crate::record::Records;
 
@@ -243,13 +242,18 @@ fn execute(
             for (t, transform) in plan.transforms.iter().enumerate() {
                 let inputs: Vec<_> = transform.inputs.iter().filter_map(|&i| stream_of(i, &transformed)).collect();
                 let stream = (!inputs.is_empty()).then(|| {
-                    scope.concatenate(inputs).transform(
-                        &transform.name,
-                        Arc::clone(&transform.transform),
-                        Arc::clone(&context.metrics.transforms[t]),
-                        context.runtime.clone(),
-                        Arc::clone(&context.metrics),
-                    )
+                    let stage = StageContext {
+                        name: transform.name.clone(),
+                        transform: Arc::clone(&transform.transform),
+                        metrics: Arc::clone(&context.metrics.transforms[t]),
+                        pipeline: Arc::clone(&context.metrics),
+                        runtime: context.runtime.clone(),
+                    };
+                    let records = scope.concatenate(inputs);
+                    match transform.transform.dataflow() {
+                        Some(dataflow) => dataflow.build(records, &stage),
+                        None => stage.per_worker(records),
+                    }
                 });
                 transformed.push(stream);
             }

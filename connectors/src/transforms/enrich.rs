@@ -42,8 +42,9 @@
 //! `%XX` escapes first (CloudFront's logs write `Mozilla/5.0%20(Windows…`). A user agent uap-core
 //! does not know is written as `Other`, as every uap port does.
 //!
-//! Reference tables (`tables = [...]`, differential-dataflow arrangements updated by differences)
-//! are refused with a clear error until they are built.
+//! Reference tables (`tables = [{ path, field, key, target }]`) are differential-dataflow
+//! collections arranged by key across workers, reloaded by differences and read as of each
+//! record's epoch: [`super::tables`]. They run after the parts above, in the configured order.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -55,13 +56,17 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sluice_engine::config::{ConnectorConfig, Diagnostic};
 use sluice_engine::contract::{
-    Emit, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError, TransformFailure,
-    TransformWorker,
+    DataflowTransform, Emit, PassThrough, RecordByRecord, RecordTransform, StageContext, Transform, TransformContext,
+    TransformError, TransformFailure, TransformWorker,
 };
 use sluice_engine::metrics::TransformMetrics;
+use sluice_engine::operators::Epoch;
+use sluice_engine::record::Records;
 use sluice_engine::record::now_ms;
+use timely::dataflow::Stream;
 
 use super::json;
+use super::tables::{Table, TableSpec};
 
 /// uap-core's regexes, converted once from its `regexes.yaml` to JSON (scripts/uap-core-json.sh).
 const UAP_REGEXES: &str = include_str!("../../uap-core/regexes.json");
@@ -78,7 +83,8 @@ struct EnrichConfig {
     geoip: Option<DatabasePart>,
     asn: Option<DatabasePart>,
     user_agent: Option<UserAgentPart>,
-    tables: Option<toml::Value>,
+    #[serde(default)]
+    tables: Vec<TableSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,13 +133,13 @@ struct Database {
 
 /// What tells that a file changed: its size, modification time and inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
+pub(super) struct FileStamp {
     len: u64,
     modified: Option<std::time::SystemTime>,
     inode: u64,
 }
 
-fn stamp(path: &Path) -> Option<FileStamp> {
+pub(super) fn stamp(path: &Path) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt as _;
     let m = std::fs::metadata(path).ok()?;
     Some(FileStamp { len: m.len(), modified: m.modified().ok(), inode: m.ino() })
@@ -208,7 +214,7 @@ impl Database {
 }
 
 /// A dotted path, split into its keys.
-fn dotted(path: &str) -> Vec<String> {
+pub(super) fn dotted(path: &str) -> Vec<String> {
     path.split('.').map(str::to_string).collect()
 }
 
@@ -259,8 +265,11 @@ impl Lookups {
     }
 }
 
-/// A configured enrich transform.
-pub struct EnrichTransform(Arc<Lookups>);
+/// A configured enrich transform: its parts read on each worker, and its reference tables.
+pub struct EnrichTransform {
+    lookups: Arc<Lookups>,
+    tables: Vec<Arc<Table>>,
+}
 
 /// uap-core's extractor, compiled once per process.
 fn uap_extractor() -> Result<&'static ua_parser::Extractor<'static>, String> {
@@ -282,14 +291,20 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
     let (geoip_span, asn_span, tables_span) = (spans("geoip"), spans("asn"), spans("tables"));
     let base_dir = config.base_dir.clone();
     let c: EnrichConfig = config.table.deserialize()?;
-    if c.tables.is_some() {
-        return Err(Diagnostic::new(tables_span, "reference `tables` are not supported yet")
-            .with_hint("enrich from `geoip`, `asn` and `user_agent` for now (issue 17 tracks tables)"));
+    if c.geoip.is_none() && c.asn.is_none() && c.user_agent.is_none() && c.tables.is_empty() {
+        return Err(Diagnostic::new(span, "an enrich transform with nothing to add changes nothing").with_hint(
+            "add geoip = { database, field, target }, asn = { … }, user_agent = { field, target } or tables = [{ path, field, key, target }]",
+        ));
     }
-    if c.geoip.is_none() && c.asn.is_none() && c.user_agent.is_none() {
-        return Err(Diagnostic::new(span, "an enrich transform with nothing to add changes nothing")
-            .with_hint("add geoip = { database, field, target }, asn = { … } or user_agent = { field, target }"));
-    }
+    let tables = c
+        .tables
+        .into_iter()
+        .map(|spec| Table::configure(spec, &base_dir).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Diagnostic::new(tables_span.clone(), format!("tables: {e}"))
+                .with_hint("a CSV file with a header row, or NDJSON, relative to the pipeline file")
+        })?;
     let database = |part: Option<DatabasePart>, kind: Kind, span: std::ops::Range<usize>| {
         part.map(|p| {
             let path = base_dir.join(&p.database);
@@ -319,12 +334,12 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
         url_decoded: u.url_decoded,
     });
     let search = Search::new(parts_of(&geoip, &asn, &user_agent));
-    Ok(Arc::new(EnrichTransform(Arc::new(Lookups { geoip, asn, user_agent, extractor, search }))))
+    Ok(Arc::new(EnrichTransform { lookups: Arc::new(Lookups { geoip, asn, user_agent, extractor, search }), tables }))
 }
 
 impl Transform for EnrichTransform {
     fn describe(&self) -> String {
-        let lookups = &self.0;
+        let lookups = &self.lookups;
         let mut parts = Vec::new();
         for (name, lookup) in [("geoip", &lookups.geoip), ("asn", &lookups.asn)] {
             if let Some(l) = lookup {
@@ -334,12 +349,18 @@ impl Transform for EnrichTransform {
         if let Some(u) = &lookups.user_agent {
             parts.push(format!("user agent {} → {}", u.field.join("."), u.target.join(".")));
         }
+        parts.extend(self.tables.iter().map(|t| t.describe()));
         format!("enrich: {}", parts.join(", "))
     }
 
     fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
+        if self.lookups.parts().next().is_none() {
+            // Tables only: the records are counted through, and enriched in the tables' operators.
+            return Ok(Box::new(PassThrough));
+        }
         let metrics = Arc::clone(&context.metrics);
-        let decoded = [0, 1].map(|part| self.0.database(part).map(|l| (l.database.current(&metrics), HashMap::new())));
+        let decoded =
+            [0, 1].map(|part| self.lookups.database(part).map(|l| (l.database.current(&metrics), HashMap::new())));
         let state = WorkerState {
             agents: HashMap::new(),
             decoded,
@@ -347,7 +368,25 @@ impl Transform for EnrichTransform {
             scratch: Vec::new(),
             counts: Counts::default(),
         };
-        Ok(Box::new(RecordByRecord(Enricher { lookups: Arc::clone(&self.0), state, metrics })))
+        Ok(Box::new(RecordByRecord(Enricher { lookups: Arc::clone(&self.lookups), state, metrics })))
+    }
+
+    fn dataflow(&self) -> Option<&dyn DataflowTransform> {
+        (!self.tables.is_empty()).then_some(self as &dyn DataflowTransform)
+    }
+}
+
+impl DataflowTransform for EnrichTransform {
+    fn build<'scope>(
+        &self,
+        records: Stream<'scope, Epoch, Vec<Records>>,
+        stage: &StageContext,
+    ) -> Stream<'scope, Epoch, Vec<Records>> {
+        let mut records = stage.per_worker(records);
+        for table in &self.tables {
+            records = table.build(records, stage);
+        }
+        records
     }
 }
 
@@ -439,7 +478,7 @@ fn string_at<'v>(record: &'v Value, path: &[String]) -> Option<&'v str> {
 }
 
 /// Puts `value` at `path` in `record`, making objects on the way (replacing what is not one).
-fn put(record: &mut Value, path: &[String], value: Value) {
+pub(super) fn put(record: &mut Value, path: &[String], value: Value) {
     let Some((last, parents)) = path.split_last() else { return };
     let mut at = record;
     for key in parents {

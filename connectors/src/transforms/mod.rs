@@ -6,5 +6,7 @@ pub mod cloudwatch_logs;
 pub mod enrich;
 pub mod jq;
 pub mod json;
+pub mod keyed;
 pub mod lambda;
 pub mod redact;
+pub mod tables;

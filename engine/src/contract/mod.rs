@@ -27,8 +27,9 @@ pub use crate::destination::DestinationKind;
 pub use errors::{DeliveryError, RefusedRecord, SourceError};
 pub use origins::{EntryRange, PayloadOrigins, RecordPosition};
 pub use transform::{
-    Emit, Holding, KeyQuery, KeyQueryWorker, Processor, RecordByRecord, RecordTransform, Transform, TransformContext,
-    TransformError, TransformFailure, TransformOutput, TransformWorker,
+    DataflowTransform, Emit, Holding, KeyQuery, KeyQueryWorker, PassThrough, Processor, RecordByRecord,
+    RecordTransform, StageContext, Transform, TransformContext, TransformError, TransformFailure, TransformOutput,
+    TransformWorker,
 };
 
 use crate::format::ObjectFormat;

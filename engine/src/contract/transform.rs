@@ -17,8 +17,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use timely::dataflow::Stream;
+
 use crate::error_output::ErrorOutputType;
-use crate::metrics::TransformMetrics;
+use crate::metrics::{PipelineMetrics, TransformMetrics};
+use crate::operators::{Epoch, TransformRecords};
 use crate::record::{FailedRecords, RecordBatch, RecordFailure, Records};
 
 /// A configured transform.
@@ -32,6 +35,71 @@ pub trait Transform: Send + Sync + 'static {
     }
     /// Opens this transform on one worker (called on the worker's thread).
     fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError>;
+    /// The operators it builds itself, when its state spans workers (none: the engine runs
+    /// [`Self::open`]'s workers in its transform operator).
+    fn dataflow(&self) -> Option<&dyn DataflowTransform> {
+        None
+    }
+}
+
+/// A transform that builds its own operators over the record stream (see the module's notes).
+pub trait DataflowTransform: Send + Sync + 'static {
+    /// Builds this worker's operators between `records` and what goes on to the sinks.
+    fn build<'scope>(
+        &self,
+        records: Stream<'scope, Epoch, Vec<Records>>,
+        stage: &StageContext,
+    ) -> Stream<'scope, Epoch, Vec<Records>>;
+}
+
+/// What a [`DataflowTransform`] is given to build with.
+#[derive(Clone)]
+pub struct StageContext {
+    /// The transform's name in the pipeline.
+    pub name: String,
+    /// The transform itself (its worker part runs through [`Self::per_worker`]).
+    pub transform: Arc<dyn Transform>,
+    /// Its counters. [`Self::per_worker`] counts records in, out, dropped and failed there; the
+    /// stage counts what its own operators drop, and keeps [`TransformMetrics::keys_held`].
+    pub metrics: Arc<TransformMetrics>,
+    /// The pipeline's metrics (`fatal`: a stage that cannot start stops the run).
+    pub pipeline: Arc<PipelineMetrics>,
+    /// The run's async runtime.
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl StageContext {
+    /// Runs the transform's [`Transform::open`] workers over `records` in the engine's transform
+    /// operator (capabilities held for what they hold; records counted).
+    pub fn per_worker<'scope>(
+        &self,
+        records: Stream<'scope, Epoch, Vec<Records>>,
+    ) -> Stream<'scope, Epoch, Vec<Records>> {
+        records.transform(
+            &self.name,
+            Arc::clone(&self.transform),
+            Arc::clone(&self.metrics),
+            self.runtime.clone(),
+            Arc::clone(&self.pipeline),
+        )
+    }
+
+    /// Stops the run: the stage cannot start on this worker (`what` says why).
+    pub fn fail(&self, what: impl std::fmt::Display) {
+        tracing::error!(transform = %self.name, error = %what, "transform cannot start");
+        let _ = self.pipeline.fatal.set(format!("transform `{}` cannot start: {what}", self.name));
+    }
+}
+
+/// A worker part that passes every batch on as it is (a [`DataflowTransform`] whose work is all
+/// in its own operators counts its records through it).
+#[derive(Debug, Default)]
+pub struct PassThrough;
+
+impl TransformWorker for PassThrough {
+    fn push(&mut self, batch: RecordBatch, epoch: u64, out: &mut TransformOutput) {
+        out.give(epoch, Records::Deliver(batch));
+    }
 }
 
 /// A Firehose processor (`Type` and `Parameters`, as DescribeDeliveryStream shows them).

@@ -1,0 +1,198 @@
+//! Keyed state across workers, on differential dataflow: what the `enrich` transform's reference
+//! tables and the `dedup` transform share (ARCHITECTURE.md: "Where transform state lives").
+//!
+//! A key has one owner among the workers ([`owner`], the same function on every worker, for
+//! records and for state updates alike). Records are split by their keys' owners and exchanged
+//! ([`exchange_by_key`]); state updates are differences `((key, value), time, diff)` arranged by key
+//! on the owner ([`arrange_owned`]: a differential-dataflow trace that each worker holds its share
+//! of and that compacts as the frontier moves). An owner reads its trace **as of** a record's epoch
+//! ([`read_as_of`]): the values whose differences up to and including that epoch add up to a
+//! positive count, once the trace's frontier has passed the epoch, so a record sees the state as it
+//! was at its epoch whatever the number of workers and however late it is looked up.
+
+use std::hash::{Hash, Hasher};
+
+use differential_dataflow::ExchangeData;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
+use serde::{Deserialize, Serialize};
+use sluice_engine::operators::Epoch;
+use sluice_engine::record::{RecordBatch, Records};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Exchange as _;
+use timely::dataflow::operators::generic::Operator;
+use timely::progress::Antichain;
+
+/// A trace of `(key, value)` with epochs as times and counts as differences.
+pub type KeyedTrace<K, V> = TraceAgent<ValSpine<K, V, Epoch, isize>>;
+
+/// One difference to keyed state: `((key, value), epoch, +1 | -1)`.
+pub type Update<K, V> = ((K, V), Epoch, isize);
+
+/// The worker (of `peers`) that owns `key`.
+pub fn owner<K: Hash + ?Sized>(key: &K, peers: usize) -> u64 {
+    let mut hasher = rustc_hash::FxHasher::default();
+    key.hash(&mut hasher);
+    // Fx's low bits are weak: fold the high half in before taking the remainder.
+    let hash = hasher.finish();
+    (hash ^ (hash >> 32)) % peers.max(1) as u64
+}
+
+/// Records on their way to the owner of their keys: a batch and each record's key (`None`: the
+/// record has none, and is passed on where it is). Failed records and backups travel with no keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Keyed<K> {
+    /// The records.
+    pub records: Records,
+    /// Per record of a `Deliver` batch, its key.
+    pub keys: Vec<Option<K>>,
+}
+
+/// Splits every batch by the owners of its records' keys (`key_of`, called once per record on
+/// this worker) and sends each part to its owner. Records without a key, failed records and
+/// backups stay on this worker. Nothing is held: epochs pass through unchanged.
+pub fn exchange_by_key<'scope, K>(
+    records: Stream<'scope, Epoch, Vec<Records>>,
+    name: &str,
+    mut key_of: impl FnMut(&[u8]) -> Option<K> + 'static,
+) -> Stream<'scope, Epoch, Vec<(u64, Keyed<K>)>>
+where
+    K: Hash + Clone + Serialize + for<'a> Deserialize<'a> + Send + 'static,
+{
+    let worker = records.scope().index() as u64;
+    let peers = records.scope().peers();
+    records
+        .unary::<CapacityContainerBuilder<Vec<(u64, Keyed<K>)>>, _, _, _>(
+            Pipeline,
+            &format!("KeyBy({name})"),
+            move |_, _| {
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        let mut session = output.session(&cap);
+                        for records in data.drain(..) {
+                            let batch = match records {
+                                Records::Deliver(batch) => batch,
+                                other => {
+                                    session.give((worker, Keyed { records: other, keys: Vec::new() }));
+                                    continue;
+                                }
+                            };
+                            let mut routed: Vec<(u64, usize, Option<K>)> = batch
+                                .iter()
+                                .enumerate()
+                                .map(|(i, record)| {
+                                    let key = key_of(record);
+                                    let to = key.as_ref().map_or(worker, |k| owner(k, peers));
+                                    (to, i, key)
+                                })
+                                .collect();
+                            if routed.iter().all(|(to, _, _)| *to == worker) {
+                                let keys = routed.into_iter().map(|(_, _, k)| k).collect();
+                                session.give((worker, Keyed { records: Records::Deliver(batch), keys }));
+                                continue;
+                            }
+                            routed.sort_by_key(|(to, i, _)| (*to, *i));
+                            let mut routed = routed.into_iter().peekable();
+                            while let Some(&(to, _, _)) = routed.peek() {
+                                let mut part = RecordBatch::with_capacity(batch.arrival_ms, 0);
+                                let mut keys = Vec::new();
+                                while let Some((_, i, key)) = routed.next_if(|r| r.0 == to) {
+                                    let record = batch.range(i..i + 1).next().unwrap_or_default();
+                                    part.push_carrying(record, batch.origin(i), batch.partition_keys(i).cloned());
+                                    keys.push(key);
+                                }
+                                session.give((to, Keyed { records: Records::Deliver(part), keys }));
+                            }
+                        }
+                    });
+                }
+            },
+        )
+        .exchange(|(to, _)| *to)
+}
+
+/// Arranges `updates` by key on the keys' owners: each worker's trace holds its share.
+pub fn arrange_owned<'scope, K, V>(
+    updates: Stream<'scope, Epoch, Vec<Update<K, V>>>,
+    name: &str,
+) -> Arranged<'scope, KeyedTrace<K, V>>
+where
+    K: ExchangeData + Hash,
+    V: ExchangeData,
+{
+    let peers = updates.scope().peers();
+    differential_dataflow::operators::arrange::arrangement::arrange_core::<_, _, ValBatcher<K, V, Epoch, isize>, _>(
+        updates,
+        Exchange::new(move |((key, _), _, _): &Update<K, V>| owner(key, peers)),
+        name,
+        ValBatcher::new,
+    )
+}
+
+/// Whether `trace` is complete through `epoch` (no update at or before it can still arrive).
+pub fn complete_through(frontier: &[Epoch], epoch: Epoch) -> bool {
+    frontier.iter().all(|&f| f > epoch)
+}
+
+/// For each `(key, tag)` of `keys` (sorted by key), calls `found(tag, value)` with the smallest
+/// value whose count at epochs up to and including `at` is positive; keys with none are skipped.
+/// The trace must be complete through `at` ([`complete_through`]).
+pub fn read_as_of<K, V>(trace: &mut KeyedTrace<K, V>, keys: &[(K, usize)], at: Epoch, mut found: impl FnMut(usize, &V))
+where
+    K: ExchangeData,
+    V: ExchangeData,
+{
+    let mut upper = Antichain::new();
+    trace.read_upper(&mut upper);
+    let Some(batches) = trace.batches_through(upper.borrow()) else { return };
+    let (mut cursor, storage) = cursor_list(batches);
+    // Records often share keys: the answer for the previous key is kept.
+    let mut previous: Option<(&K, Option<V>)> = None;
+    for (key, tag) in keys {
+        if let Some((k, value)) = &previous
+            && *k == key
+        {
+            if let Some(v) = value {
+                found(*tag, v);
+            }
+            continue;
+        }
+        cursor.seek_key(&storage, key);
+        let mut value = None;
+        if cursor.get_key(&storage) == Some(key) {
+            while let Some(v) = cursor.get_val(&storage) {
+                let mut count = 0isize;
+                cursor.map_times(&storage, |time, diff| {
+                    if *time <= at {
+                        count += *diff;
+                    }
+                });
+                if count > 0 {
+                    value = Some(v.clone());
+                    break;
+                }
+                cursor.step_val(&storage);
+            }
+        }
+        if let Some(v) = &value {
+            found(*tag, v);
+        }
+        previous = Some((key, value));
+    }
+}
+
+/// Lets `trace` forget distinctions between epochs before `through` (no read will ask for one)
+/// and merge its batches up to there.
+pub fn compact<K, V>(trace: &mut KeyedTrace<K, V>, through: Epoch)
+where
+    K: ExchangeData,
+    V: ExchangeData,
+{
+    let frontier = [through];
+    trace.set_logical_compaction(timely::progress::frontier::AntichainRef::new(&frontier));
+    trace.set_physical_compaction(timely::progress::frontier::AntichainRef::new(&frontier));
+}
