@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod config_errors;
 mod crash;
+mod dedup;
 mod disk_full;
 mod enrich;
 mod fuzz;

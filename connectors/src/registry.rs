@@ -15,6 +15,7 @@ pub fn registry() -> Registry {
         ],
         transforms: vec![
             TransformType { name: "cloudwatch_logs", configure: transforms::cloudwatch_logs::configure },
+            TransformType { name: "dedup", configure: transforms::dedup::configure },
             TransformType { name: "enrich", configure: transforms::enrich::configure },
             TransformType { name: "jq", configure: transforms::jq::configure },
             TransformType { name: "lambda", configure: transforms::lambda::configure },

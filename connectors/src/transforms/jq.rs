@@ -251,6 +251,53 @@ impl KeyQueryWorker for JqKeys {
     }
 }
 
+/// A query whose answer is a value, not records (the dedup transform's `key`): the same jq, and
+/// the same projection fast path.
+#[derive(Debug)]
+pub struct ValueQuery {
+    query: String,
+    projection: Option<Projection>,
+}
+
+impl ValueQuery {
+    /// Compiles `query`; on failure, the first problem with its byte offset in the query.
+    pub fn new(query: &str) -> Result<Self, (usize, String)> {
+        if let Err(problems) = compile(query) {
+            return Err(problems.into_iter().next().unwrap_or((0, "does not compile".into())));
+        }
+        Ok(ValueQuery { query: query.to_string(), projection: Projection::parse(query) })
+    }
+
+    /// The query as configured.
+    pub fn describe(&self) -> &str {
+        &self.query
+    }
+
+    /// The query for one worker (called on its thread).
+    pub fn open(&self) -> Result<ValueWorker, TransformError> {
+        let filter = compile(&self.query).map_err(|p| TransformError(format!("jq query does not compile: {p:?}")))?;
+        Ok(ValueWorker {
+            worker: JqWorker { filter, projection: self.projection.clone(), found: Vec::new(), out: Vec::new() },
+            answers: sluice_engine::record::RecordBatch::default(),
+        })
+    }
+}
+
+/// One worker's [`ValueQuery`].
+pub struct ValueWorker {
+    worker: JqWorker,
+    answers: sluice_engine::record::RecordBatch,
+}
+
+impl ValueWorker {
+    /// The query's first output for `record`, as compact JSON (`None`: it gave none), or jq's error.
+    pub fn first_value(&mut self, record: &[u8]) -> Result<Option<&[u8]>, String> {
+        self.answers.clear();
+        self.worker.transform(record, &mut Emit::new(&mut self.answers)).map_err(|f| f.message)?;
+        Ok(self.answers.iter().next())
+    }
+}
+
 /// jq's keywords, which are not plain identifiers.
 const KEYWORDS: &[&str] = &[
     "and", "or", "not", "if", "then", "elif", "else", "end", "as", "def", "reduce", "foreach", "try", "catch", "label",

@@ -11,6 +11,8 @@
 //! was at its epoch whatever the number of workers and however late it is looked up.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use differential_dataflow::ExchangeData;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
@@ -18,8 +20,10 @@ use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::cursor::{Cursor, cursor_list};
 use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
 use serde::{Deserialize, Serialize};
+use sluice_engine::error_output::ErrorOutputType;
+use sluice_engine::metrics::TransformMetrics;
 use sluice_engine::operators::Epoch;
-use sluice_engine::record::{RecordBatch, Records};
+use sluice_engine::record::{FailedRecords, RecordBatch, RecordFailure, Records};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -54,11 +58,15 @@ pub struct Keyed<K> {
 
 /// Splits every batch by the owners of its records' keys (`key_of`, called once per record on
 /// this worker) and sends each part to its owner. Records without a key, failed records and
-/// backups stay on this worker. Nothing is held: epochs pass through unchanged.
+/// backups stay on this worker; a record whose key cannot be found (`key_of`'s error) goes to
+/// `processing-failed` with `failure_code` and the reason. With `counters`, records in and failed
+/// are counted here. Nothing is held: epochs pass through unchanged.
 pub fn exchange_by_key<'scope, K>(
     records: Stream<'scope, Epoch, Vec<Records>>,
     name: &str,
-    mut key_of: impl FnMut(&[u8]) -> Option<K> + 'static,
+    failure_code: &'static str,
+    counters: Option<Arc<TransformMetrics>>,
+    mut key_of: impl FnMut(&[u8]) -> Result<Option<K>, String> + 'static,
 ) -> Stream<'scope, Epoch, Vec<(u64, Keyed<K>)>>
 where
     K: Hash + Clone + Serialize + for<'a> Deserialize<'a> + Send + 'static,
@@ -81,16 +89,25 @@ where
                                     continue;
                                 }
                             };
-                            let mut routed: Vec<(u64, usize, Option<K>)> = batch
-                                .iter()
-                                .enumerate()
-                                .map(|(i, record)| {
-                                    let key = key_of(record);
-                                    let to = key.as_ref().map_or(worker, |k| owner(k, peers));
-                                    (to, i, key)
-                                })
-                                .collect();
-                            if routed.iter().all(|(to, _, _)| *to == worker) {
+                            let mut failed = FailedRecords::new(ErrorOutputType::ProcessingFailed, batch.arrival_ms);
+                            let mut routed: Vec<(u64, usize, Option<K>)> = Vec::with_capacity(batch.len());
+                            for (i, record) in batch.iter().enumerate() {
+                                match key_of(record) {
+                                    Ok(key) => {
+                                        let to = key.as_ref().map_or(worker, |k| owner(k, peers));
+                                        routed.push((to, i, key));
+                                    }
+                                    Err(reason) => failed.push(record, RecordFailure::local(failure_code, reason)),
+                                }
+                            }
+                            if let Some(counters) = &counters {
+                                counters.records_in.fetch_add(batch.len() as u64, Relaxed);
+                                counters.records_failed.fetch_add(failed.records.len() as u64, Relaxed);
+                            }
+                            if !failed.records.is_empty() {
+                                session.give((worker, Keyed { records: Records::Failed(failed), keys: Vec::new() }));
+                            }
+                            if routed.len() == batch.len() && routed.iter().all(|(to, _, _)| *to == worker) {
                                 let keys = routed.into_iter().map(|(_, _, k)| k).collect();
                                 session.give((worker, Keyed { records: Records::Deliver(batch), keys }));
                                 continue;

@@ -3,6 +3,7 @@
 //! the JSON transforms share.
 
 pub mod cloudwatch_logs;
+pub mod dedup;
 pub mod enrich;
 pub mod jq;
 pub mod json;

@@ -329,9 +329,8 @@ impl Table {
         let key_tree = tree.clone();
         let mut found = Vec::new();
         let probe = ProbeHandle::new();
-        let keyed = keyed::exchange_by_key(records, &self.part, move |record| {
-            json::find_paths(record, &key_tree, &mut found)?;
-            key_text(record, found.first()?)
+        let keyed = keyed::exchange_by_key(records, &self.part, "Enrich.KeyFailed", None, move |record| {
+            Ok(json::find_paths(record, &key_tree, &mut found).and_then(|_| key_text(record, found.first()?)))
         })
         .probe_with(&probe);
         let table = Arc::clone(self);

@@ -30,12 +30,16 @@ pub struct TransformRun {
 }
 
 /// Runs `transform` on one worker over `batches` (batch `i` at epoch `i`), then ends the input and
-/// polls until it holds nothing (or `timeout` passes: an error).
+/// polls until it holds nothing (or `timeout` passes: an error). A [`crate::contract::DataflowTransform`]
+/// runs in a timely dataflow of its own instead ([`run_in_dataflow`]).
 pub fn run_transform(
     transform: &Arc<dyn Transform>,
     batches: Vec<RecordBatch>,
     timeout: Duration,
 ) -> Result<TransformRun, String> {
+    if transform.dataflow().is_some() {
+        return run_in_dataflow(transform, batches, 1, timeout);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -88,6 +92,12 @@ pub fn run_transform(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    collect(answered, run)
+}
+
+/// What came out of a run, into `run`.
+fn collect(answered: Vec<(u64, Records)>, mut run: TransformRun) -> Result<TransformRun, String> {
     for (_, records) in answered {
         match records {
             Records::Deliver(batch) => {
@@ -108,8 +118,103 @@ pub fn run_transform(
             Records::Backup(_) => return Err("a transform answered with source-record backups".into()),
         }
     }
-    runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(run)
+}
+
+/// Runs a transform that builds its own operators in a timely dataflow of `workers` workers:
+/// `batches` enter on worker 0 (batch `i` at epoch `i`), the input closes, and the run ends when
+/// everything came out (or `timeout` passes: an error). Records come out in epoch order; what
+/// came out at an epoch later than the last input's is an error, and so is a transform that
+/// cannot start.
+pub fn run_in_dataflow(
+    transform: &Arc<dyn Transform>,
+    batches: Vec<RecordBatch>,
+    workers: usize,
+    timeout: Duration,
+) -> Result<TransformRun, String> {
+    use timely::dataflow::InputHandle;
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::generic::Operator;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let metrics = Arc::new(TransformMetrics::default());
+    let pipeline = Arc::new(crate::metrics::PipelineMetrics::default());
+    let answered: Arc<std::sync::Mutex<Vec<(u64, Records)>>> = Arc::default();
+    let last_epoch = batches.len() as u64;
+    let input_batches = std::sync::Mutex::new(Some(batches));
+    let stage = crate::contract::StageContext {
+        name: "kit".into(),
+        transform: Arc::clone(transform),
+        metrics: Arc::clone(&metrics),
+        pipeline: Arc::clone(&pipeline),
+        runtime: runtime.handle().clone(),
+    };
+    let out = Arc::clone(&answered);
+    let started = Instant::now();
+    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gave_up = Arc::clone(&timed_out);
+    let guards = timely::execute(timely::Config::process(workers.max(1)), move |worker| {
+        let mut input = InputHandle::<u64, timely::container::CapacityContainerBuilder<Vec<Records>>>::new();
+        let done = std::rc::Rc::new(std::cell::Cell::new(false));
+        let finished = std::rc::Rc::clone(&done);
+        let out = Arc::clone(&out);
+        worker.dataflow::<u64, _, _>(|scope| {
+            let records = input.to_stream(scope);
+            let built = match stage.transform.dataflow() {
+                Some(dataflow) => dataflow.build(records, &stage),
+                None => stage.per_worker(records),
+            };
+            built.sink(Pipeline, "Collect", move |(input, frontier)| {
+                input.for_each(|cap, data| {
+                    let epoch = cap.least().copied().unwrap_or(u64::MAX);
+                    if let Ok(mut out) = out.lock() {
+                        out.extend(data.drain(..).map(|r| (epoch, r)));
+                    }
+                });
+                finished.set(frontier.is_empty());
+            });
+        });
+        if worker.index() == 0 {
+            let batches = input_batches.lock().ok().and_then(|mut b| b.take()).unwrap_or_default();
+            for (epoch, batch) in batches.into_iter().enumerate() {
+                input.advance_to(epoch as u64);
+                input.send(Records::Deliver(batch));
+            }
+        }
+        input.close();
+        while !done.get() {
+            if started.elapsed() > timeout || stage.pipeline.fatal.get().is_some() {
+                gave_up.store(true, std::sync::atomic::Ordering::SeqCst);
+                for dataflow in worker.installed_dataflows() {
+                    worker.drop_dataflow(dataflow);
+                }
+                return;
+            }
+            worker.step_or_park(Some(Duration::from_millis(10)));
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    for result in guards.join() {
+        result.map_err(|e| e.to_string())?;
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Some(reason) = pipeline.fatal.get() {
+        return Err(reason.clone());
+    }
+    if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(format!("still holds records {timeout:?} after the input ended"));
+    }
+    let mut answered = std::mem::take(&mut *answered.lock().map_err(|e| e.to_string())?);
+    if answered.iter().any(|(at, _)| *at > last_epoch) {
+        return Err("records came out at an epoch later than the input's".into());
+    }
+    answered.sort_by_key(|(epoch, _)| *epoch);
+    let dropped = metrics.records_dropped.load(std::sync::atomic::Ordering::Relaxed);
+    collect(answered, TransformRun { dropped, ..TransformRun::default() })
 }
 
 /// A conformance check.

@@ -1,0 +1,390 @@
+//! `type = "dedup"`: drops records whose key was seen within a window, with the keys kept as a
+//! differential-dataflow collection partitioned by key across workers (issue 17; beyond Firehose,
+//! which has no de-duplication; Vector's `dedup` keeps an LRU cache per process).
+//!
+//! ```toml
+//! [transforms.once]
+//! type = "dedup"
+//! inputs = ["api"]
+//! key = ".eventID"          # jq expression (default: the whole record's bytes)
+//! window_s = 600            # a key seen again within this many seconds of arrival is dropped
+//! max_keys = 10000000       # bound on remembered keys per pipeline; beyond it the oldest windows are forgotten early
+//! ```
+//!
+//! **What is dropped.** Time is the dataflow's epoch (one a second). A record whose key was *kept*
+//! at epoch `e` makes the key present from epoch `e + 1` until its window ends: windows end on
+//! multiples of `window_s / 16` (at least one epoch), the first one at least `window_s` epochs
+//! after `e`. A record whose key is present is dropped; among records of one epoch with the same
+//! key (from any worker), the one with the earliest arrival time (then the smallest bytes) is
+//! kept and the others are dropped. So a duplicate within `window_s` seconds of the record kept is
+//! always dropped, one more than `window_s + window_s / 16` seconds later is always kept, and the
+//! outcome is the same at any number of workers for the same epochs. Dropped duplicates are
+//! counted (`DuplicatesDropped{window_s}` and the transform's `dropped`), never written anywhere.
+//!
+//! **The key** is the first output of the `key` query, as compact JSON, or the record's bytes;
+//! 128 bits of two independent hashes of it are kept (a false match is about as likely as
+//! 2⁻¹²⁸ per pair). A record the query fails on goes to `processing-failed`
+//! (`Dedup.KeyFailed`); a record it gives no output for passes, never de-duplicated.
+//!
+//! **State** is a collection of keys arranged by key on the worker that owns each key (records
+//! are exchanged to their key's owner, [`super::keyed`]); a kept key is a `+1` difference at
+//! `e + 1` and a `-1` at its window's end, so expired windows are retracted and the trace compacts
+//! them away. A record is decided once the collection is complete through its epoch, reading it as
+//! of that epoch. Each worker remembers the keys of its windows to forget them early: past
+//! `max_keys / workers` keys it retracts its oldest windows whole, then the oldest keys of the
+//! next (`DedupKeysForgotten`), so memory
+//! stays flat under any number of distinct keys. `TransformKeysHeld` is the keys remembered. State is
+//! in memory: after a restart the window starts empty, and a record the write-ahead log replays
+//! may be delivered again.
+//!
+//! Guarantees kept: a record is held with its epoch's capability until decided; failed records
+//! and backups pass on at once.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde::Deserialize;
+use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::contract::{
+    DataflowTransform, PassThrough, StageContext, Transform, TransformContext, TransformError, TransformWorker,
+};
+use sluice_engine::operators::Epoch;
+use sluice_engine::record::{RecordBatch, Records};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::operator::source;
+use timely::scheduling::Activator;
+
+use super::jq::ValueQuery;
+use super::keyed::{self, Keyed, Update};
+
+/// A key: two independent 64-bit hashes of its bytes.
+type Key = u128;
+
+/// The error code of a record whose key query failed.
+const KEY_FAILED: &str = "Dedup.KeyFailed";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DedupConfig {
+    key: Option<String>,
+    #[serde(default = "default_window_s")]
+    window_s: u64,
+    #[serde(default = "default_max_keys")]
+    max_keys: u64,
+}
+
+fn default_window_s() -> u64 {
+    600
+}
+
+fn default_max_keys() -> u64 {
+    10_000_000
+}
+
+/// A configured dedup transform.
+pub struct DedupTransform {
+    key: Option<Arc<ValueQuery>>,
+    window_s: u64,
+    max_keys: u64,
+}
+
+/// Builds the transform from `[transforms.<name>]`.
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnostic> {
+    let span = config.table.span.clone();
+    let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
+    let (key_span, window_span, max_span) = (spans("key"), spans("window_s"), spans("max_keys"));
+    let c: DedupConfig = config.table.deserialize()?;
+    let key = match &c.key {
+        Some(query) => Some(Arc::new(ValueQuery::new(query).map_err(|(offset, message)| {
+            Diagnostic::in_string(key_span, offset, format!("the key query does not compile: {message}"))
+                .with_hint("a jq expression giving the key, e.g. key = '.eventID' or key = '[.requestID, .eventName]'")
+        })?)),
+        None => None,
+    };
+    if c.window_s == 0 || c.window_s > 7 * 24 * 3600 {
+        return Err(Diagnostic::new(window_span, format!("window_s = {} is out of range", c.window_s))
+            .with_hint("1 to 604800 seconds (a week); e.g. window_s = 600"));
+    }
+    if c.max_keys == 0 {
+        return Err(Diagnostic::new(max_span, "max_keys = 0 would remember nothing")
+            .with_hint("the keys to remember across all workers, e.g. max_keys = 10000000"));
+    }
+    Ok(Arc::new(DedupTransform { key, window_s: c.window_s, max_keys: c.max_keys }))
+}
+
+impl Transform for DedupTransform {
+    fn describe(&self) -> String {
+        let key = self.key.as_ref().map_or("the whole record", |k| k.describe());
+        format!("dedup: {key} within {} s, at most {} keys", self.window_s, self.max_keys)
+    }
+
+    fn open(&self, _context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
+        Ok(Box::new(PassThrough))
+    }
+
+    fn dataflow(&self) -> Option<&dyn DataflowTransform> {
+        Some(self)
+    }
+}
+
+/// The two hashes of a key's bytes.
+fn key_of(bytes: &[u8]) -> Key {
+    let low = rustc_hash::FxBuildHasher.hash_one(bytes);
+    let mut high = std::hash::DefaultHasher::new();
+    high.write(bytes);
+    (u128::from(high.finish()) << 64) | u128::from(low)
+}
+
+/// When the window of a key kept at `epoch` ends: the first multiple of the step at least
+/// `window` epochs after `epoch + 1`.
+fn window_end(epoch: Epoch, window: u64) -> Epoch {
+    let step = (window / 16).max(1);
+    (epoch + 1 + window).div_ceil(step) * step
+}
+
+/// What the decisions send to the key collection, and the epoch it may still be written at: a
+/// source operator feeds them to the arrangement (a loop through shared memory on one worker, not
+/// a dataflow cycle: the source's capability follows the decisions' frontier).
+#[derive(Default)]
+struct Feed {
+    updates: Vec<Update<Key, ()>>,
+    /// The earliest epoch an update may still carry (`None`: no more will come).
+    floor: Option<Epoch>,
+    /// Wakes the source.
+    activator: Option<Activator>,
+}
+
+impl DataflowTransform for DedupTransform {
+    fn build<'scope>(
+        &self,
+        records: Stream<'scope, Epoch, Vec<Records>>,
+        stage: &StageContext,
+    ) -> Stream<'scope, Epoch, Vec<Records>> {
+        let scope = records.scope();
+        let mut query = match self.key.as_ref().map(|k| k.open()).transpose() {
+            Ok(query) => query,
+            Err(e) => {
+                stage.fail(e);
+                None
+            }
+        };
+        let keyed =
+            keyed::exchange_by_key(records, "dedup", KEY_FAILED, Some(Arc::clone(&stage.metrics)), move |record| {
+                match query.as_mut() {
+                    Some(q) => Ok(q.first_value(record)?.map(key_of)),
+                    None => Ok(Some(key_of(record))),
+                }
+            });
+        let feed = Rc::new(RefCell::new(Feed { floor: Some(0), ..Feed::default() }));
+        let source_feed = Rc::clone(&feed);
+        let updates = source::<Epoch, CapacityContainerBuilder<Vec<Update<Key, ()>>>, _, _>(
+            scope,
+            "DedupKeys",
+            move |capability, info| {
+                source_feed.borrow_mut().activator = Some(scope.activator_for(info.address));
+                let mut capability = Some(capability);
+                move |output| {
+                    let Some(cap) = capability.as_mut() else { return };
+                    let mut feed = source_feed.borrow_mut();
+                    let updates = std::mem::take(&mut feed.updates);
+                    if !updates.is_empty() {
+                        output.session(&*cap).give_iterator(updates.into_iter());
+                    }
+                    match feed.floor {
+                        None => capability = None,
+                        Some(floor) if floor > *cap.time() => cap.downgrade(&floor),
+                        Some(_) => {}
+                    }
+                }
+            },
+        );
+        let arranged = keyed::arrange_owned(updates, "Arrange(dedup)");
+        let window = self.window_s;
+        let per_worker = self.max_keys.div_ceil(scope.peers() as u64).max(1) as usize;
+        let metrics = Arc::clone(&stage.metrics);
+        let window_label = window.to_string();
+        let mut trace = arranged.trace;
+        keyed.binary_frontier::<_, CapacityContainerBuilder<Vec<Records>>, _, _, _, _>(
+            arranged.stream,
+            Pipeline,
+            Pipeline,
+            "Dedup",
+            move |_, _| {
+                let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<Keyed<Key>>)> = BTreeMap::new();
+                // The keys kept in each window, by the epoch it ends.
+                let mut windows: BTreeMap<Epoch, Vec<Key>> = BTreeMap::new();
+                let mut held = 0usize;
+                // What this worker last added to the `keys_held` gauge.
+                let mut reported = 0i64;
+                move |(records, records_frontier), (batches, keys_frontier), output| {
+                    records.for_each(|cap, data| {
+                        for (_, keyed) in data.drain(..) {
+                            if !matches!(keyed.records, Records::Deliver(_)) {
+                                output.session(&cap).give(keyed.records);
+                                continue;
+                            }
+                            let Some(&time) = cap.least() else { continue };
+                            match pending.get_mut(&time) {
+                                Some((_, waiting)) => waiting.push(keyed),
+                                None => {
+                                    if let Some(c) = cap.retain_least(0) {
+                                        pending.insert(time, (c, vec![keyed]));
+                                    }
+                                }
+                            }
+                        }
+                    });
+                    batches.for_each(|_, data| data.clear());
+                    let mut feed = feed.borrow_mut();
+                    while let Some((&epoch, _)) = pending.first_key_value() {
+                        // Every record of the epoch is here (they are decided together), and the
+                        // keys are complete through it.
+                        if !keyed::complete_through(&records_frontier.frontier(), epoch)
+                            || !keyed::complete_through(&keys_frontier.frontier(), epoch)
+                        {
+                            break;
+                        }
+                        let Some((cap, batches)) = pending.remove(&epoch) else { break };
+                        // Expired windows were retracted by their -1 at their end: forget them.
+                        while let Some(entry) = windows.first_entry() {
+                            if *entry.key() > epoch {
+                                break;
+                            }
+                            held -= entry.remove().len();
+                        }
+                        let decided = decide(&mut trace, &batches, epoch);
+                        let end = window_end(epoch, window);
+                        let mut kept_keys = Vec::new();
+                        let (mut kept, mut dropped) = (0u64, 0u64);
+                        let mut session = output.session(&cap);
+                        for (b, keyed) in batches.into_iter().enumerate() {
+                            let Records::Deliver(batch) = keyed.records else { continue };
+                            let mut out = RecordBatch::with_capacity(batch.arrival_ms, batch.byte_len());
+                            for (i, record) in batch.iter().enumerate() {
+                                match decided.get(&(b, i)) {
+                                    Some(Decision::Duplicate) => dropped += 1,
+                                    Some(Decision::First(key)) => {
+                                        kept_keys.push(*key);
+                                        out.push_carrying(record, batch.origin(i), batch.partition_keys(i).cloned());
+                                    }
+                                    None => {
+                                        out.push_carrying(record, batch.origin(i), batch.partition_keys(i).cloned())
+                                    }
+                                }
+                            }
+                            kept += out.len() as u64;
+                            if !out.is_empty() {
+                                session.give(Records::Deliver(out));
+                            }
+                        }
+                        for &key in &kept_keys {
+                            feed.updates.push(((key, ()), epoch + 1, 1));
+                            feed.updates.push(((key, ()), end, -1));
+                        }
+                        held += kept_keys.len();
+                        windows.entry(end).or_default().extend(kept_keys);
+                        // Past the bound, the oldest keys are forgotten from the next epoch:
+                        // the oldest windows whole, and of the last one its oldest keys.
+                        let mut forgotten = 0u64;
+                        while held > per_worker {
+                            let Some(mut window) = windows.first_entry() else { break };
+                            let end = *window.key();
+                            let excess = held - per_worker;
+                            let keys: Vec<Key> = if excess >= window.get().len() {
+                                window.remove()
+                            } else {
+                                window.get_mut().drain(..excess).collect()
+                            };
+                            for key in &keys {
+                                feed.updates.push(((*key, ()), epoch + 1, -1));
+                                feed.updates.push(((*key, ()), end, 1));
+                            }
+                            held -= keys.len();
+                            forgotten += keys.len() as u64;
+                        }
+                        metrics.records_out.fetch_add(kept, Relaxed);
+                        metrics.records_dropped.fetch_add(dropped, Relaxed);
+                        if dropped > 0 {
+                            metrics.count("DuplicatesDropped", "window_s", &window_label, dropped);
+                        }
+                        if forgotten > 0 {
+                            metrics.count("DedupKeysForgotten", "window_s", &window_label, forgotten);
+                        }
+                    }
+                    // Decisions still to come are at the oldest epoch held or yet to arrive; what
+                    // they send is stamped an epoch later.
+                    let undecided = pending
+                        .keys()
+                        .next()
+                        .copied()
+                        .into_iter()
+                        .chain(records_frontier.frontier().iter().copied())
+                        .min();
+                    let floor = undecided.map(|e| e + 1);
+                    if floor != feed.floor || !feed.updates.is_empty() {
+                        feed.floor = floor;
+                        if let Some(activator) = &feed.activator {
+                            activator.activate();
+                        }
+                    }
+                    if let Some(e) = undecided {
+                        keyed::compact(&mut trace, e);
+                    }
+                    metrics.keys_held.fetch_add(held as i64 - reported, Relaxed);
+                    reported = held as i64;
+                }
+            },
+        )
+    }
+}
+
+/// The decision for a keyed record: the first of its key (kept, its key remembered) or a duplicate.
+enum Decision {
+    First(Key),
+    Duplicate,
+}
+
+/// Decides the records of `batches` (all of epoch `epoch`): by (batch, record), those with keys.
+fn decide(
+    trace: &mut keyed::KeyedTrace<Key, ()>,
+    batches: &[Keyed<Key>],
+    epoch: Epoch,
+) -> std::collections::HashMap<(usize, usize), Decision> {
+    // (key, arrival, bytes, batch, record): the first of each key is the earliest, then smallest.
+    let mut keyed: Vec<(Key, i64, &[u8], usize, usize)> = Vec::new();
+    for (b, k) in batches.iter().enumerate() {
+        let Records::Deliver(batch) = &k.records else { continue };
+        for (i, (record, key)) in batch.iter().zip(&k.keys).enumerate() {
+            if let Some(key) = key {
+                keyed.push((*key, batch.arrival_ms, record, b, i));
+            }
+        }
+    }
+    keyed.sort_unstable();
+    let mut unique: Vec<Key> = keyed.iter().map(|k| k.0).collect();
+    unique.dedup();
+    let distinct: Vec<(Key, usize)> = unique.into_iter().enumerate().map(|(i, k)| (k, i)).collect();
+    let mut present: HashSet<Key> = HashSet::new();
+    // As of this epoch: what decisions of earlier epochs kept (they are stamped an epoch later).
+    keyed::read_as_of(trace, &distinct, epoch, |at, _| {
+        if let Some((key, _)) = distinct.get(at) {
+            present.insert(*key);
+        }
+    });
+    let mut decided = std::collections::HashMap::with_capacity(keyed.len());
+    let mut previous: Option<Key> = None;
+    for (key, _, _, b, i) in keyed {
+        let first = previous != Some(key) && !present.contains(&key);
+        previous = Some(key);
+        decided.insert((b, i), if first { Decision::First(key) } else { Decision::Duplicate });
+    }
+    decided
+}
