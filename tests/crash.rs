@@ -148,6 +148,28 @@ fn records_in_a_lambda_transform_when_killed_are_not_lost() {
     assert!(!server.events().is_empty(), "the function was called");
 }
 
+/// The same through stateful transforms (issue 17): a reference table (enrich) and dedup, whose
+/// records wait for their epoch's state, hold nothing back from a restart: nothing acknowledged is
+/// lost, and dedup drops none of the distinct records.
+#[test]
+fn records_in_enrich_and_dedup_when_killed_are_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("numbers.csv");
+    let mut text = "n,hundred\n".to_string();
+    (0..1000).for_each(|n| text.push_str(&format!("{n},{}\n", n / 100)));
+    std::fs::write(&table, text).unwrap();
+    let transforms = format!(
+        "[transforms.tag]\ntype = \"enrich\"\ninputs = [\"api\"]\n\
+         tables = [{{ path = \"{}\", field = \"n\", key = \"n\", target = \"t\" }}]\n\
+         [transforms.fn]\ntype = \"dedup\"\ninputs = [\"tag\"]\nkey = \".n\"\nwindow_s = 60\n",
+        table.display()
+    );
+    let out = dir.path().join("out");
+    survive_kills(dir.path(), 8, Some(&transforms), None, &|| delivered(&out));
+    let log = std::fs::read_to_string(dir.path().join("crash.log")).unwrap();
+    assert!(!log.contains("cannot start"), "{log}");
+}
+
 /// Kills `sluice run` `kills` times under load (a transform `fn` between the source and the sink
 /// when given; `sink_table`, a whole `[sinks.out]` table, instead of NDJSON files under `dir/out` when
 /// given), then stops it cleanly: every acknowledged record is in what `delivered` reads. Returns

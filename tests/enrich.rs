@@ -394,4 +394,22 @@ fn the_example_pipeline_runs_on_the_test_databases() {
     assert!(Path::new(&example).exists() && text.contains("type = \"enrich\""));
     let plan = sluice_engine::config::load_file(&example, &registry());
     assert!(plan.is_ok(), "{:?}", plan.err().map(|e| e.to_string()));
+    // Run it, smaller and into memory, from the pipelines folder (its paths are relative to it).
+    let copy = repo_root().join("pipelines").join(format!(".test-{}.toml", std::process::id()));
+    let text = text
+        .replace("records = 100000", "records = 2000")
+        .replace("file://./out/cloudfront-enriched", "memory://example/o");
+    std::fs::write(&copy, &text).unwrap();
+    let plan = sluice_engine::config::load_file(&copy, &registry());
+    let _ = std::fs::remove_file(&copy);
+    let plan = plan.unwrap_or_else(|e| panic!("{e}"));
+    let metrics = Arc::new(plan.new_metrics());
+    let mut options = sluice_engine::runtime::RunOptions::for_plan(&plan);
+    options.workers = 2;
+    sluice_engine::runtime::run(&plan, &options, Arc::clone(&metrics)).unwrap_or_else(|e| panic!("{e}"));
+    let lines: Vec<Value> =
+        memory_objects("example").into_values().flatten().map(|l| serde_json::from_str(&l).unwrap()).collect();
+    assert_eq!(lines.len(), 2000);
+    assert!(lines.iter().all(|r| r["edge"]["location"] == r["x_edge_location"] && r["ua"]["browser"].is_string()));
+    assert!(lines.iter().any(|r| r["edge"]["city"] == "São Paulo, Guarulhos"));
 }

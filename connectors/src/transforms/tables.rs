@@ -394,6 +394,32 @@ impl Table {
     }
 }
 
+/// A table file read by differences outside a dataflow: what `sluice bench` times (a reload that
+/// changes a few rows of a large table against one that changes every row).
+pub struct TableLoader {
+    table: Table,
+    loaded: Loaded,
+}
+
+impl TableLoader {
+    /// Opens `spec` (checked as in a pipeline) with nothing loaded yet.
+    pub fn open(spec: TableSpec, base_dir: &Path) -> Result<Self, TableError> {
+        Ok(TableLoader { table: Table::configure(spec, base_dir)?, loaded: Loaded::default() })
+    }
+
+    /// Reads the file again: its differences from what was loaded, as (key, row, +1 | -1).
+    pub fn reload(&mut self) -> Result<Vec<(String, String, isize)>, TableError> {
+        self.table.reload(&mut self.loaded)
+    }
+}
+
+impl TableSpec {
+    /// A table at `path` whose `key` column is looked up by the record's `field`, under `target`.
+    pub fn new(path: &str, field: &str, key: &str, target: &str) -> Self {
+        TableSpec { path: path.into(), field: field.into(), key: key.into(), target: target.into() }
+    }
+}
+
 /// The text of a key value found in `record`: a string's contents, or a number's or boolean's
 /// JSON text.
 fn key_text(record: &[u8], found: &json::Found) -> Option<String> {

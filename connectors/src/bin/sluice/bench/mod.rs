@@ -27,6 +27,7 @@ mod run;
 mod schema;
 mod stats;
 mod svg;
+mod tables;
 mod tools;
 mod workload;
 
@@ -45,6 +46,8 @@ pub const SCENARIOS: &[&str] = &[
     "partition",
     "parquet",
     "enrich",
+    "tables",
+    "dedup",
     "http",
     "opensearch",
     "postgres",
@@ -57,7 +60,7 @@ pub const SCENARIOS: &[&str] = &[
 pub struct BenchOptions {
     /// Scenario names (from [`SCENARIOS`]).
     pub scenarios: Vec<String>,
-    /// Input size in bytes (the `scale` scenario also uses ten times this).
+    /// Input size in bytes (the `scale` and `dedup` scenarios also use ten times this).
     pub size_bytes: u64,
     /// Where data, work files and results go.
     pub out: PathBuf,

@@ -467,6 +467,47 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// CloudFront → dedup on `x_edge_request_id` (every key distinct: every record is looked up,
+    /// kept and remembered) → gzip, against the same pipeline without dedup; and with ten times the
+    /// input, whose keys are ten times `max_keys`: peak RSS should stay flat.
+    pub(crate) fn dedup(&mut self, cf: &Workload, big: &Workload) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let transforms = format!(
+            "[transforms.once]\ntype = \"dedup\"\ninputs = [\"in\"]\nkey = \".x_edge_request_id\"\nmax_keys = {DEDUP_MAX_KEYS}\n"
+        );
+        let sink = |planner: &Self, name: &str| {
+            format!(
+                "type = \"object_store\"\nurl = \"file://{}\"\n{}",
+                planner.output("dedup", name).display(),
+                Self::text_sink("gzip")
+            )
+        };
+        let name = "sluice dedup gzip";
+        let once =
+            self.sluice_into("dedup", name, cf, n, Some((&transforms, "once")), &sink(self, name), OutputCheck::Lines)?;
+        let plain =
+            self.sluice("dedup", "sluice gzip, no dedup", cf, n, &Self::text_sink("gzip"), OutputCheck::Lines)?;
+        self.compare("dedup", &once, Some(plain), "the same pipeline without dedup (every key distinct)");
+        let name = "sluice dedup gzip 10x input";
+        let ten = self.sluice_into(
+            "dedup",
+            name,
+            big,
+            n,
+            Some((&transforms, "once")),
+            &sink(self, name),
+            OutputCheck::Lines,
+        )?;
+        self.compare_on(
+            "dedup",
+            &ten,
+            Some(once),
+            "peak RSS with ten times the distinct keys, max_keys = 500000 (flat is 1)",
+            About::Memory,
+        );
+        Ok(())
+    }
+
     /// JSON → Parquet. The headline baselines are given the schema sluice declares (DuckDB's
     /// `read_json(..., columns = {...})`, pyarrow's `ParseOptions(explicit_schema = ...)`), write the
     /// same codec at the same level (zstd 1, parquet-rs's default) and are checked for the same
@@ -883,6 +924,10 @@ impl Planner<'_> {
         Ok(())
     }
 }
+
+/// The dedup scenario's bound on keys: below the keys of a 200 MB CloudFront input, far below ten
+/// times it.
+const DEDUP_MAX_KEYS: u64 = 500_000;
 
 /// The schema file could not be read: a bug in the bench, said as such.
 fn bad_schema(why: String) -> BenchError {

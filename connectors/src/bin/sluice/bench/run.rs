@@ -64,7 +64,7 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
             planner.postgres(&ct)?;
         }
     }
-    if wants("parquet") || wants("enrich") || wants("scale") {
+    if wants("parquet") || wants("enrich") || wants("scale") || wants("dedup") {
         let cf = workload(&data, Profile::Cloudfront, 1, options.size_bytes)?;
         if wants("parquet") {
             planner.parquet(&cf)?;
@@ -72,10 +72,20 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
         if wants("enrich") {
             planner.enrich(&cf)?;
         }
-        if wants("scale") {
+        if wants("scale") || wants("dedup") {
             let big = workload(&data, Profile::Cloudfront, 1, options.size_bytes * 10)?;
-            planner.scale(&cf, &big)?;
+            if wants("scale") {
+                planner.scale(&cf, &big)?;
+            }
+            if wants("dedup") {
+                planner.dedup(&cf, &big)?;
+            }
         }
+    }
+    if wants("tables") {
+        progress("timing reference-table reloads");
+        let figures = super::tables::reload_figures(&planner.work, 1_000_000, 10, options.threads)?;
+        planner.notes.push(figures);
     }
     let receiver = if wants("http") || wants("opensearch") {
         let receiver = load::Receiver::start().map_err(io_error("cannot start the HTTP receiver"))?;
