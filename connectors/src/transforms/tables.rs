@@ -48,7 +48,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sluice_engine::contract::StageContext;
 use sluice_engine::metrics::TransformMetrics;
 use sluice_engine::operators::Epoch;
@@ -195,10 +195,9 @@ impl Table {
         let before = stamp(&self.path);
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(read_error)?;
-        let rows: Vec<(usize, usize)> = match self.format {
-            TableFormat::Csv => csv_rows(&bytes).collect(),
-            TableFormat::Ndjson => lines(&bytes).collect(),
-        };
+        // Without a quote anywhere, CSV rows are lines (the quote-aware split is the slower one).
+        let quoted = self.format == TableFormat::Csv && memchr::memchr(b'"', &bytes).is_some();
+        let rows: Vec<(usize, usize)> = if quoted { csv_rows(&bytes).collect() } else { lines(&bytes).collect() };
         let (columns, data_rows) = match self.format {
             TableFormat::Csv => {
                 let Some(&(start, end)) = rows.first() else {
@@ -290,15 +289,23 @@ impl Table {
                 if fields.len() != columns.len() {
                     return Err(format!("{} fields where the header has {}", fields.len(), columns.len()));
                 }
+                // The object is written as it is read: columns in the header's order.
                 let mut key = String::new();
-                let mut object = Map::new();
-                for (column, field) in columns.iter().zip(fields) {
-                    if *column == self.key {
-                        key = field.clone();
+                let mut object = Vec::with_capacity(row.len() + 8 * columns.len());
+                object.push(b'{');
+                for (i, (column, field)) in columns.iter().zip(fields).enumerate() {
+                    if i > 0 {
+                        object.push(b',');
                     }
-                    object.insert(column.clone(), Value::String(field));
+                    serde_json::to_writer(&mut object, column).map_err(|e| e.to_string())?;
+                    object.push(b':');
+                    serde_json::to_writer(&mut object, &field).map_err(|e| e.to_string())?;
+                    if *column == self.key {
+                        key = field;
+                    }
                 }
-                Ok((key, Value::Object(object).to_string()))
+                object.push(b'}');
+                Ok((key, String::from_utf8(object).map_err(|e| e.to_string())?))
             }
             TableFormat::Ndjson => {
                 let value: Value = serde_json::from_slice(row).map_err(|e| format!("not JSON: {e}"))?;
@@ -638,23 +645,50 @@ fn trim_cr(text: &[u8], start: usize, end: usize) -> usize {
     if end > start && text[end - 1] == b'\r' { end - 1 } else { end }
 }
 
-/// The fields of one CSV row.
+/// The fields of one CSV row (RFC 4180: a quoted field may hold commas, line breaks and `""` for a
+/// quote). A quote left open (a truncated row), text after a closing quote, a quote inside an
+/// unquoted field or bytes that are not UTF-8 are errors.
 fn parse_csv_row(row: &[u8]) -> Result<Vec<String>, String> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(row);
-    let mut record = csv::StringRecord::new();
-    match reader.read_record(&mut record) {
-        Ok(true) => {}
-        Ok(false) => return Err("an empty row".into()),
-        Err(e) => return Err(e.to_string()),
+    let mut fields = Vec::new();
+    let mut at = 0;
+    loop {
+        let mut field = Vec::new();
+        if row.get(at) == Some(&b'"') {
+            at += 1;
+            loop {
+                match row.get(at) {
+                    None => return Err("an unbalanced quote (a truncated row?)".into()),
+                    Some(b'"') if row.get(at + 1) == Some(&b'"') => {
+                        field.push(b'"');
+                        at += 2;
+                    }
+                    Some(b'"') => {
+                        at += 1;
+                        break;
+                    }
+                    Some(&b) => {
+                        field.push(b);
+                        at += 1;
+                    }
+                }
+            }
+            if !matches!(row.get(at), None | Some(b',')) {
+                return Err(format!("text after the closing quote of field {}", fields.len() + 1));
+            }
+        } else {
+            let end = memchr::memchr(b',', &row[at..]).map_or(row.len(), |p| at + p);
+            field.extend_from_slice(&row[at..end]);
+            if field.contains(&b'"') {
+                return Err(format!("a quote inside unquoted field {}", fields.len() + 1));
+            }
+            at = end;
+        }
+        fields.push(String::from_utf8(field).map_err(|_| format!("field {} is not UTF-8", fields.len() + 1))?);
+        if at >= row.len() {
+            return Ok(fields);
+        }
+        at += 1; // the comma
     }
-    // A row is one record: anything after it (an unbalanced quote's tail) is an error.
-    if reader.read_record(&mut csv::StringRecord::new()).map_err(|e| e.to_string())? {
-        return Err("more than one row (an unbalanced quote?)".into());
-    }
-    if row.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
-        return Err("an unbalanced quote (a truncated row?)".into());
-    }
-    Ok(record.iter().map(str::to_string).collect())
 }
 
 #[cfg(test)]
@@ -715,6 +749,18 @@ mod tests {
         t.reload(&mut loaded).unwrap();
         std::fs::write(&path, "{\"ip\":\"1.1.1.1\",\"n\":2}\n").unwrap();
         assert!(matches!(t.reload(&mut loaded), Err(TableError::RewrittenInPlace(_))));
+    }
+
+    #[test]
+    fn csv_rows_parse_as_rfc_4180_says() {
+        assert_eq!(parse_csv_row(b"a,,\"b,\"\"c\"\"\nd\",").unwrap(), ["a", "", "b,\"c\"\nd", ""]);
+        assert_eq!(parse_csv_row(b"").unwrap(), [""]);
+        assert!(parse_csv_row(b"a,\"b").is_err());
+        assert!(parse_csv_row(b"a,\"b\"c").is_err());
+        assert!(parse_csv_row(b"a,b\"c").is_err());
+        let text = b"h1,h2\r\n\"x\ny\",2\n\n3,4";
+        let rows: Vec<&[u8]> = csv_rows(text).map(|(s, e)| &text[s..e]).collect();
+        assert_eq!(rows, [&b"h1,h2"[..], b"\"x\ny\",2", b"3,4"]);
     }
 
     #[test]

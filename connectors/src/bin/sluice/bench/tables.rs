@@ -77,7 +77,7 @@ pub(crate) fn reload_figures(work: &Path, rows: usize, changed: usize, workers: 
         }
         input.close();
         while !probe.done() {
-            worker.step();
+            worker.step_or_park(Some(Duration::from_millis(1)));
         }
     })
     .map_err(|e| BenchError::Io { what: "the tables scenario's dataflow".into(), source: std::io::Error::other(e) })?;
