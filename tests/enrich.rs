@@ -314,6 +314,44 @@ fn replace_file(path: &Path, text: &str) {
 }
 
 #[test]
+fn a_table_lookup_passes_the_conformance_kit_with_keys_found_missing_and_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("owners.ndjson");
+    std::fs::write(&table, "{\"id\":7,\"owner\":\"ann\"}\n{\"id\":\"x\",\"owner\":\"bob\",\"tags\":[1]}\n").unwrap();
+    let transform = enrich(&format!(
+        "tables = [{{ path = \"{}\", field = \"who.id\", key = \"id\", target = \"meta.owner\" }}]",
+        table.display()
+    ));
+    let records: Vec<Vec<u8>> = [
+        r#"{"who":{"id":7}}"#,
+        r#"{"who":{"id":"x"},"meta":{"keep":1}}"#,
+        r#"{"who":{"id":"nobody"}}"#,
+        r#"{"other":1}"#,
+        "not json",
+    ]
+    .iter()
+    .map(|r| r.as_bytes().to_vec())
+    .collect();
+    let report = conformance(&transform, &records, true, Duration::from_secs(20)).unwrap();
+    assert!(
+        report.passed(TransformCheck::AccountsForEveryRecord) && report.passed(TransformCheck::IndependentOfBatching)
+    );
+    let run = run_transform(
+        &transform,
+        vec![batch(&records.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect::<Vec<_>>())],
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let out: Vec<String> = run.delivered.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+    let value = |i: usize| serde_json::from_str::<Value>(&out[i]).unwrap();
+    assert_eq!(value(0)["meta"]["owner"], serde_json::json!({"id": 7, "owner": "ann"}));
+    assert_eq!(value(1)["meta"], serde_json::json!({"keep": 1, "owner": {"id": "x", "owner": "bob", "tags": [1]}}));
+    assert_eq!(out[2], r#"{"who":{"id":"nobody"}}"#);
+    assert_eq!(out[3], r#"{"other":1}"#);
+    assert_eq!(out[4], "not json");
+}
+
+#[test]
 fn a_table_replaced_mid_stream_is_seen_from_then_on_and_a_truncated_one_keeps_the_loaded_rows() {
     use std::sync::atomic::Ordering::Relaxed;
     for workers in [1, 2, 4] {

@@ -15,10 +15,13 @@
 //! at epoch `e` makes the key present from epoch `e + 1` until its window ends: windows end on
 //! multiples of `window_s / 16` (at least one epoch), the first one at least `window_s` epochs
 //! after `e`. A record whose key is present is dropped; among records of one epoch with the same
-//! key (from any worker), the one with the earliest arrival time (then the smallest bytes) is
-//! kept and the others are dropped. So a duplicate within `window_s` seconds of the record kept is
-//! always dropped, one more than `window_s + window_s / 16` seconds later is always kept, and the
-//! outcome is the same at any number of workers for the same epochs. Dropped duplicates are
+//! key (from any worker), the first to reach the key's owner is kept (within one batch, the
+//! earliest to arrive, then the smallest) and the others are dropped. So a duplicate within
+//! `window_s` seconds of the record kept is always dropped, one more than `window_s + window_s / 16`
+//! seconds later is always kept, and the keys kept are the same at any number of workers for the
+//! same epochs. Records are decided as they come: a record of the records' current epoch needs
+//! only the earlier epochs' keys, which are complete (only records of a worker ahead of the
+//! others by an epoch wait for them). Dropped duplicates are
 //! counted (`DuplicatesDropped{window_s}` and the transform's `dropped`), never written anywhere.
 //!
 //! **The key** is the first output of the `key` query, as compact JSON, or the record's bytes;
@@ -30,7 +33,7 @@
 //! are exchanged to their key's owner, [`super::keyed`]); a kept key is a `+1` difference at
 //! `e + 1` and a `-1` at its window's end, so expired windows are retracted and the trace compacts
 //! them away. A record is decided once the collection is complete through its epoch, reading it as
-//! of that epoch. Each worker remembers the keys of its windows to forget them early: past
+//! of that epoch, and against the keys its epoch kept so far. Each worker remembers the keys of its windows to forget them early: past
 //! `max_keys / workers` keys it retracts its oldest windows whole, then the oldest keys of the
 //! next (`DedupKeysForgotten`), so memory
 //! stays flat under any number of distinct keys. `TransformKeysHeld` is the keys remembered. State is
@@ -41,7 +44,7 @@
 //! and backups pass on at once.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -222,6 +225,8 @@ impl DataflowTransform for DedupTransform {
                 // The keys kept in each window, by the epoch it ends.
                 let mut windows: BTreeMap<Epoch, Vec<Key>> = BTreeMap::new();
                 let mut held = 0usize;
+                // Keys kept at epochs whose records may still come.
+                let mut open: BTreeMap<Epoch, rustc_hash::FxHashSet<Key>> = BTreeMap::new();
                 // What this worker last added to the `keys_held` gauge.
                 let mut reported = 0i64;
                 move |(records, records_frontier), (batches, keys_frontier), output| {
@@ -245,11 +250,10 @@ impl DataflowTransform for DedupTransform {
                     batches.for_each(|_, data| data.clear());
                     let mut feed = feed.borrow_mut();
                     while let Some((&epoch, _)) = pending.first_key_value() {
-                        // Every record of the epoch is here (they are decided together), and the
-                        // keys are complete through it.
-                        if !keyed::complete_through(&records_frontier.frontier(), epoch)
-                            || !keyed::complete_through(&keys_frontier.frontier(), epoch)
-                        {
+                        // The keys are complete through the epoch: what earlier epochs kept is
+                        // known; what this epoch kept so far is in `open` (its records may come in
+                        // several rounds while the epoch is the records' current one).
+                        if !keyed::complete_through(&keys_frontier.frontier(), epoch) {
                             break;
                         }
                         let Some((cap, batches)) = pending.remove(&epoch) else { break };
@@ -260,27 +264,30 @@ impl DataflowTransform for DedupTransform {
                             }
                             held -= entry.remove().len();
                         }
-                        let decided = decide(&mut trace, &batches, epoch);
+                        let decided = decide(&mut trace, &batches, epoch, open.entry(epoch).or_default());
                         let end = window_end(epoch, window);
                         let mut kept_keys = Vec::new();
                         let (mut kept, mut dropped) = (0u64, 0u64);
                         let mut session = output.session(&cap);
-                        for (b, keyed) in batches.into_iter().enumerate() {
+                        for (keyed, decisions) in batches.into_iter().zip(decided) {
                             let Records::Deliver(batch) = keyed.records else { continue };
+                            kept_keys.extend(decisions.iter().filter_map(|d| match d {
+                                Decision::First(key) => Some(*key),
+                                _ => None,
+                            }));
+                            let duplicates = decisions.iter().filter(|d| **d == Decision::Duplicate).count();
+                            dropped += duplicates as u64;
+                            kept += (batch.len() - duplicates) as u64;
+                            if duplicates == 0 {
+                                session.give(Records::Deliver(batch));
+                                continue;
+                            }
                             let mut out = RecordBatch::with_capacity(batch.arrival_ms, batch.byte_len());
-                            for (i, record) in batch.iter().enumerate() {
-                                match decided.get(&(b, i)) {
-                                    Some(Decision::Duplicate) => dropped += 1,
-                                    Some(Decision::First(key)) => {
-                                        kept_keys.push(*key);
-                                        out.push_carrying(record, batch.origin(i), batch.partition_keys(i).cloned());
-                                    }
-                                    None => {
-                                        out.push_carrying(record, batch.origin(i), batch.partition_keys(i).cloned())
-                                    }
+                            for (i, (record, decision)) in batch.iter().zip(&decisions).enumerate() {
+                                if *decision != Decision::Duplicate {
+                                    out.push_carrying(record, batch.origin(i), batch.partition_keys(i).cloned());
                                 }
                             }
-                            kept += out.len() as u64;
                             if !out.is_empty() {
                                 session.give(Records::Deliver(out));
                             }
@@ -321,6 +328,9 @@ impl DataflowTransform for DedupTransform {
                     }
                     // Decisions still to come are at the oldest epoch held or yet to arrive; what
                     // they send is stamped an epoch later.
+                    // An epoch the records have passed is whole: its keys are in the trace.
+                    let whole = records_frontier.frontier().iter().copied().min().unwrap_or(Epoch::MAX);
+                    open.retain(|&epoch, _| epoch >= whole);
                     let undecided = pending
                         .keys()
                         .next()
@@ -346,20 +356,25 @@ impl DataflowTransform for DedupTransform {
     }
 }
 
-/// The decision for a keyed record: the first of its key (kept, its key remembered) or a duplicate.
+/// The decision for a record: it has no key (passed, not remembered), it is the first of its key
+/// (kept, its key remembered) or a duplicate (dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Decision {
+    NoKey,
     First(Key),
     Duplicate,
 }
 
-/// Decides the records of `batches` (all of epoch `epoch`): by (batch, record), those with keys.
+/// Decides the records of `batches` (all of epoch `epoch`): per batch, per record.
 fn decide(
     trace: &mut keyed::KeyedTrace<Key, ()>,
     batches: &[Keyed<Key>],
     epoch: Epoch,
-) -> std::collections::HashMap<(usize, usize), Decision> {
+    open: &mut rustc_hash::FxHashSet<Key>,
+) -> Vec<Vec<Decision>> {
+    let mut decided: Vec<Vec<Decision>> = batches.iter().map(|k| vec![Decision::NoKey; k.keys.len()]).collect();
     // (key, arrival, bytes, batch, record): the first of each key is the earliest, then smallest.
-    let mut keyed: Vec<(Key, i64, &[u8], usize, usize)> = Vec::new();
+    let mut keyed: Vec<(Key, i64, &[u8], usize, usize)> = Vec::with_capacity(decided.iter().map(Vec::len).sum());
     for (b, k) in batches.iter().enumerate() {
         let Records::Deliver(batch) = &k.records else { continue };
         for (i, (record, key)) in batch.iter().zip(&k.keys).enumerate() {
@@ -369,22 +384,29 @@ fn decide(
         }
     }
     keyed.sort_unstable();
-    let mut unique: Vec<Key> = keyed.iter().map(|k| k.0).collect();
-    unique.dedup();
-    let distinct: Vec<(Key, usize)> = unique.into_iter().enumerate().map(|(i, k)| (k, i)).collect();
-    let mut present: HashSet<Key> = HashSet::new();
+    let mut distinct: Vec<(Key, usize)> = Vec::with_capacity(keyed.len());
+    for (key, ..) in &keyed {
+        if distinct.last().is_none_or(|(last, _)| last != key) {
+            distinct.push((*key, distinct.len()));
+        }
+    }
     // As of this epoch: what decisions of earlier epochs kept (they are stamped an epoch later).
+    let mut present = vec![false; distinct.len()];
     keyed::read_as_of(trace, &distinct, epoch, |at, _| {
-        if let Some((key, _)) = distinct.get(at) {
-            present.insert(*key);
+        if let Some(p) = present.get_mut(at) {
+            *p = true;
         }
     });
-    let mut decided = std::collections::HashMap::with_capacity(keyed.len());
+    let mut at = 0;
     let mut previous: Option<Key> = None;
     for (key, _, _, b, i) in keyed {
-        let first = previous != Some(key) && !present.contains(&key);
+        let first_of_key = previous != Some(key);
+        if first_of_key && previous.is_some() {
+            at += 1;
+        }
         previous = Some(key);
-        decided.insert((b, i), if first { Decision::First(key) } else { Decision::Duplicate });
+        let first = first_of_key && !present.get(at).copied().unwrap_or(false) && open.insert(key);
+        decided[b][i] = if first { Decision::First(key) } else { Decision::Duplicate };
     }
     decided
 }

@@ -252,11 +252,21 @@ impl KeyQueryWorker for JqKeys {
 }
 
 /// A query whose answer is a value, not records (the dedup transform's `key`): the same jq, and
-/// the same projection fast path.
+/// the same fast paths: the projection, and a plain path (`.a.b`) read from the record's bytes
+/// when its value is written as jaq writes it.
 #[derive(Debug)]
 pub struct ValueQuery {
     query: String,
     projection: Option<Projection>,
+    path: Option<json::PathTree>,
+}
+
+/// `.a.b.c` and nothing else: the path's keys.
+fn plain_path(query: &str) -> Option<Vec<Vec<u8>>> {
+    let mut text = QueryText { text: query.as_bytes(), at: 0 };
+    let path = text.path()?;
+    text.ws();
+    (text.at == query.len()).then_some(path)
 }
 
 impl ValueQuery {
@@ -265,7 +275,8 @@ impl ValueQuery {
         if let Err(problems) = compile(query) {
             return Err(problems.into_iter().next().unwrap_or((0, "does not compile".into())));
         }
-        Ok(ValueQuery { query: query.to_string(), projection: Projection::parse(query) })
+        let path = plain_path(query).map(|p| json::PathTree::new(&[p]));
+        Ok(ValueQuery { query: query.to_string(), projection: Projection::parse(query), path })
     }
 
     /// The query as configured.
@@ -279,6 +290,7 @@ impl ValueQuery {
         Ok(ValueWorker {
             worker: JqWorker { filter, projection: self.projection.clone(), found: Vec::new(), out: Vec::new() },
             answers: sluice_engine::record::RecordBatch::default(),
+            path: self.path.clone(),
         })
     }
 }
@@ -287,11 +299,25 @@ impl ValueQuery {
 pub struct ValueWorker {
     worker: JqWorker,
     answers: sluice_engine::record::RecordBatch,
+    path: Option<json::PathTree>,
 }
 
 impl ValueWorker {
     /// The query's first output for `record`, as compact JSON (`None`: it gave none), or jq's error.
-    pub fn first_value(&mut self, record: &[u8]) -> Result<Option<&[u8]>, String> {
+    pub fn first_value<'r>(&'r mut self, record: &'r [u8]) -> Result<Option<&'r [u8]>, String> {
+        if let Some(tree) = &self.path
+            && json::find_paths(record, tree, &mut self.worker.found) == Some(Scanned::Valid)
+        {
+            match self.worker.found.first() {
+                Some(json::Found::Missing) => return Ok(Some(b"null")),
+                Some(json::Found::At(range)) => {
+                    if let Some(value) = record.get(range.clone()).and_then(as_written) {
+                        return Ok(Some(value));
+                    }
+                }
+                _ => {}
+            }
+        }
         self.answers.clear();
         self.worker.transform(record, &mut Emit::new(&mut self.answers)).map_err(|f| f.message)?;
         Ok(self.answers.iter().next())
@@ -612,6 +638,30 @@ mod tests {
         assert!(run(".a + 1", r#"{"a":"x"}"#).is_err_and(|f| f.message.contains("cannot")));
         assert!(run("nan", "{}").is_err_and(|f| f.message.contains("NaN")));
         assert!(run("error(\"boom\")", "{}").is_err_and(|f| f.message.contains("boom")));
+    }
+
+    #[test]
+    fn a_plain_path_answers_as_jaq_does() {
+        let query = ValueQuery::new(".a.b").unwrap();
+        let mut fast = query.open().unwrap();
+        let mut slow = ValueQuery { path: None, ..ValueQuery::new(".a.b").unwrap() }.open().unwrap();
+        for record in [
+            r#"{"a":{"b":"x"}}"#,
+            r#"{"a":{"b":"\u0041"}}"#,
+            r#"{"a":{"b":1.50}}"#,
+            r#"{"a":{"b":12}}"#,
+            r#"{"a":{"c":1}}"#,
+            r#"{"a":null}"#,
+            r#"{"a":"s"}"#,
+            r#"{"a":{"b":[1, 2]}}"#,
+            r#"not json"#,
+        ] {
+            let f = fast.first_value(record.as_bytes()).map(|v| v.map(<[u8]>::to_vec));
+            let s = slow.first_value(record.as_bytes()).map(|v| v.map(<[u8]>::to_vec));
+            assert_eq!(f.is_ok(), s.is_ok(), "{record}");
+            assert_eq!(f.ok(), s.ok(), "{record}");
+        }
+        assert!(plain_path(".a | .b").is_none() && plain_path(".a.b ").is_some() && plain_path(".").is_none());
     }
 
     #[test]

@@ -30,12 +30,13 @@
 //! renamed) loses the rows the differences need; that reload fails the same way, with a hint.
 //!
 //! **Lookups are as of the record's epoch.** The table's differences are stamped with the epoch
-//! the records had reached when the change was seen (the table's source follows the records'
-//! frontier), and a record is looked up once the table is complete through its epoch, reading the
-//! rows as they were at that epoch: records of earlier epochs see the old rows, records of that
-//! epoch and later the new, whatever the number of workers. Records wait for that at most about
-//! an epoch (a second). Guarantees kept: a record is held with its epoch's capability until it is
-//! answered; failed records and backups pass on at once.
+//! after the one the records had reached when the change was seen (the table's source follows the
+//! records' frontier, one ahead), and a record is looked up once the table is complete through its
+//! epoch, reading the rows as they were at that epoch: records of earlier epochs see the old rows,
+//! records of later epochs the new, whatever the number of workers. Records of the records'
+//! current epoch are looked up as they come; only those a worker ahead of the others sends wait,
+//! until the others reach its epoch. Guarantees kept: a record is held with its epoch's capability
+//! until it is answered; failed records and backups pass on at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -353,16 +354,6 @@ impl Table {
                 let mut tried = false;
                 move |output| {
                     let Some(cap) = capability.as_mut() else { return };
-                    // The table's epoch follows the records': a change is stamped with the epoch
-                    // they have reached, and the table ends with them.
-                    match probe.with_frontier(|f| f.first().copied()) {
-                        None => {
-                            capability = None;
-                            return;
-                        }
-                        Some(at) if at > *cap.time() => cap.downgrade(&at),
-                        Some(_) => {}
-                    }
                     if let Some(loaded) = loaded.as_mut()
                         && checked.is_none_or(|c| c.elapsed() >= RELOAD_CHECK)
                     {
@@ -391,6 +382,15 @@ impl Table {
                                 }
                             }
                         }
+                    }
+                    // The table's epoch follows the records', one ahead: a change is stamped with
+                    // the epoch after the one they have reached, so the table is complete through
+                    // their current epoch (its records are looked up as they come, not an epoch
+                    // later); the first load is at epoch 0. The table ends with the records.
+                    match probe.with_frontier(|f| f.first().copied()) {
+                        None => capability = None,
+                        Some(at) if at + 1 > *cap.time() && (tried || worker != 0) => cap.downgrade(&(at + 1)),
+                        Some(_) => {}
                     }
                     activator.activate_after(Duration::from_millis(100));
                 }

@@ -502,7 +502,7 @@ impl Planner<'_> {
             "dedup",
             &ten,
             Some(once),
-            "peak RSS with ten times the distinct keys, max_keys = 500000 (flat is 1)",
+            "peak RSS with ten times the distinct keys, max_keys = 100000 (flat is 1)",
             About::Memory,
         );
         Ok(())
@@ -927,7 +927,7 @@ impl Planner<'_> {
 
 /// The dedup scenario's bound on keys: below the keys of a 200 MB CloudFront input, far below ten
 /// times it.
-const DEDUP_MAX_KEYS: u64 = 500_000;
+const DEDUP_MAX_KEYS: u64 = 100_000;
 
 /// The schema file could not be read: a bug in the bench, said as such.
 fn bad_schema(why: String) -> BenchError {
