@@ -248,6 +248,7 @@ fn execute(
                         metrics: Arc::clone(&context.metrics.transforms[t]),
                         pipeline: Arc::clone(&context.metrics),
                         runtime: context.runtime.clone(),
+                        budget: Arc::clone(&context.budget),
                     };
                     let records = scope.concatenate(inputs);
                     match transform.transform.dataflow() {

@@ -29,13 +29,15 @@
 //! 2⁻¹²⁸ per pair). A record the query fails on goes to `processing-failed`
 //! (`Dedup.KeyFailed`); a record it gives no output for passes, never de-duplicated.
 //!
-//! **State** is a collection of keys arranged by key on the worker that owns each key (records
-//! are exchanged to their key's owner, [`super::keyed`]); a kept key is a `+1` difference at
-//! `e + 1` and a `-1` at its window's end, so expired windows are retracted and the trace compacts
-//! them away. A record is decided once the collection is complete through its epoch, reading it as
-//! of that epoch, and against the keys its epoch kept so far. Each worker remembers the keys of its windows to forget them early: past
-//! `max_keys / workers` keys it retracts its oldest windows whole, then the oldest keys of the
-//! next (`DedupKeysForgotten`), so memory
+//! **State** is a collection of `(key, end of its window)` arranged by key on the worker that owns
+//! each key (records are exchanged to their key's owner, [`super::keyed`]): a kept key is a `+1`
+//! an epoch later; a lookup counts only windows that have not ended; a window that ended is
+//! retracted (`-1`) as soon as no decision can come before its end, and the trace compacts it
+//! away, so nothing is written at future epochs and nothing waits in the arrangement's batcher. A
+//! record is decided once the collection is complete through its epoch, reading it as of that
+//! epoch, and against the keys its epoch kept so far. Each worker remembers the keys of its
+//! windows to retract them: past `max_keys / workers` keys it retracts its oldest windows whole,
+//! then the oldest keys of the next (`DedupKeysForgotten`), so memory
 //! stays flat under any number of distinct keys. `TransformKeysHeld` is the keys remembered. State is
 //! in memory: after a restart the window starts empty, and a record the write-ahead log replays
 //! may be delivered again.
@@ -158,7 +160,7 @@ fn window_end(epoch: Epoch, window: u64) -> Epoch {
 /// a dataflow cycle: the source's capability follows the decisions' frontier).
 #[derive(Default)]
 struct Feed {
-    updates: Vec<Update<Key, ()>>,
+    updates: Vec<Update<Key, Epoch>>,
     /// The earliest epoch an update may still carry (`None`: no more will come).
     floor: Option<Epoch>,
     /// Wakes the source.
@@ -179,8 +181,10 @@ impl DataflowTransform for DedupTransform {
                 None
             }
         };
+        let budget = Arc::clone(&stage.budget);
+        let counters = Some(Arc::clone(&stage.metrics));
         let keyed =
-            keyed::exchange_by_key(records, "dedup", KEY_FAILED, Some(Arc::clone(&stage.metrics)), move |record| {
+            keyed::exchange_by_key(records, "dedup", KEY_FAILED, counters, Arc::clone(&budget), move |record| {
                 match query.as_mut() {
                     Some(q) => Ok(q.first_value(record)?.map(key_of)),
                     None => Ok(Some(key_of(record))),
@@ -188,7 +192,7 @@ impl DataflowTransform for DedupTransform {
             });
         let feed = Rc::new(RefCell::new(Feed { floor: Some(0), ..Feed::default() }));
         let source_feed = Rc::clone(&feed);
-        let updates = source::<Epoch, CapacityContainerBuilder<Vec<Update<Key, ()>>>, _, _>(
+        let updates = source::<Epoch, CapacityContainerBuilder<Vec<Update<Key, Epoch>>>, _, _>(
             scope,
             "DedupKeys",
             move |capability, info| {
@@ -233,6 +237,7 @@ impl DataflowTransform for DedupTransform {
                     records.for_each(|cap, data| {
                         for (_, keyed) in data.drain(..) {
                             if !matches!(keyed.records, Records::Deliver(_)) {
+                                budget.release(keyed.byte_len());
                                 output.session(&cap).give(keyed.records);
                                 continue;
                             }
@@ -257,13 +262,7 @@ impl DataflowTransform for DedupTransform {
                             break;
                         }
                         let Some((cap, batches)) = pending.remove(&epoch) else { break };
-                        // Expired windows were retracted by their -1 at their end: forget them.
-                        while let Some(entry) = windows.first_entry() {
-                            if *entry.key() > epoch {
-                                break;
-                            }
-                            held -= entry.remove().len();
-                        }
+                        budget.release(batches.iter().map(Keyed::byte_len).sum());
                         let decided = decide(&mut trace, &batches, epoch, open.entry(epoch).or_default());
                         let end = window_end(epoch, window);
                         let mut kept_keys = Vec::new();
@@ -293,8 +292,7 @@ impl DataflowTransform for DedupTransform {
                             }
                         }
                         for &key in &kept_keys {
-                            feed.updates.push(((key, ()), epoch + 1, 1));
-                            feed.updates.push(((key, ()), end, -1));
+                            feed.updates.push(((key, end), epoch + 1, 1));
                         }
                         held += kept_keys.len();
                         windows.entry(end).or_default().extend(kept_keys);
@@ -311,8 +309,7 @@ impl DataflowTransform for DedupTransform {
                                 window.get_mut().drain(..excess).collect()
                             };
                             for key in &keys {
-                                feed.updates.push(((*key, ()), epoch + 1, -1));
-                                feed.updates.push(((*key, ()), end, 1));
+                                feed.updates.push(((*key, end), epoch + 1, -1));
                             }
                             held -= keys.len();
                             forgotten += keys.len() as u64;
@@ -339,6 +336,19 @@ impl DataflowTransform for DedupTransform {
                         .chain(records_frontier.frontier().iter().copied())
                         .min();
                     let floor = undecided.map(|e| e + 1);
+                    // Windows that ended are retracted as soon as no decision can be before their
+                    // end (a lookup ignores an ended window anyway: retracting it is for memory).
+                    if let Some(floor) = floor {
+                        while let Some(entry) = windows.first_entry() {
+                            if *entry.key() > floor {
+                                break;
+                            }
+                            let end = *entry.key();
+                            let keys = entry.remove();
+                            held -= keys.len();
+                            feed.updates.extend(keys.into_iter().map(|key| ((key, end), floor, -1)));
+                        }
+                    }
                     if floor != feed.floor || !feed.updates.is_empty() {
                         feed.floor = floor;
                         if let Some(activator) = &feed.activator {
@@ -367,7 +377,7 @@ enum Decision {
 
 /// Decides the records of `batches` (all of epoch `epoch`): per batch, per record.
 fn decide(
-    trace: &mut keyed::KeyedTrace<Key, ()>,
+    trace: &mut keyed::KeyedTrace<Key, Epoch>,
     batches: &[Keyed<Key>],
     epoch: Epoch,
     open: &mut rustc_hash::FxHashSet<Key>,
@@ -392,10 +402,12 @@ fn decide(
     }
     // As of this epoch: what decisions of earlier epochs kept (they are stamped an epoch later).
     let mut present = vec![false; distinct.len()];
-    keyed::read_as_of(trace, &distinct, epoch, |at, _| {
-        if let Some(p) = present.get_mut(at) {
+    keyed::read_as_of(trace, &distinct, epoch, |at, end| {
+        let live = *end > epoch;
+        if live && let Some(p) = present.get_mut(at) {
             *p = true;
         }
+        !live
     });
     let mut at = 0;
     let mut previous: Option<Key> = None;

@@ -22,7 +22,7 @@ use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
 use serde::{Deserialize, Serialize};
 use sluice_engine::error_output::ErrorOutputType;
 use sluice_engine::metrics::TransformMetrics;
-use sluice_engine::operators::Epoch;
+use sluice_engine::operators::{Epoch, InflightBudget};
 use sluice_engine::record::{FailedRecords, RecordBatch, RecordFailure, Records};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -56,16 +56,29 @@ pub struct Keyed<K> {
     pub keys: Vec<Option<K>>,
 }
 
+impl<K> Keyed<K> {
+    /// The bytes of its records (what a stage holding it counts in the in-flight budget).
+    pub fn byte_len(&self) -> u64 {
+        match &self.records {
+            Records::Deliver(batch) | Records::Backup(batch) => batch.byte_len() as u64,
+            Records::Failed(failed) => failed.records.iter().map(|r| r.len() as u64).sum(),
+        }
+    }
+}
+
 /// Splits every batch by the owners of its records' keys (`key_of`, called once per record on
 /// this worker) and sends each part to its owner. Records without a key, failed records and
 /// backups stay on this worker; a record whose key cannot be found (`key_of`'s error) goes to
 /// `processing-failed` with `failure_code` and the reason. With `counters`, records in and failed
-/// are counted here. Nothing is held: epochs pass through unchanged.
+/// are counted here. Nothing is held: epochs pass through unchanged. What it sends is counted in
+/// `budget` until the receiving stage lets it go ([`Keyed::byte_len`]): records queued for another
+/// worker count, so sources wait instead of piling records up in the exchange.
 pub fn exchange_by_key<'scope, K>(
     records: Stream<'scope, Epoch, Vec<Records>>,
     name: &str,
     failure_code: &'static str,
     counters: Option<Arc<TransformMetrics>>,
+    budget: Arc<InflightBudget>,
     mut key_of: impl FnMut(&[u8]) -> Result<Option<K>, String> + 'static,
 ) -> Stream<'scope, Epoch, Vec<(u64, Keyed<K>)>>
 where
@@ -85,7 +98,9 @@ where
                             let batch = match records {
                                 Records::Deliver(batch) => batch,
                                 other => {
-                                    session.give((worker, Keyed { records: other, keys: Vec::new() }));
+                                    let keyed = Keyed { records: other, keys: Vec::new() };
+                                    budget.acquire(keyed.byte_len());
+                                    session.give((worker, keyed));
                                     continue;
                                 }
                             };
@@ -105,10 +120,13 @@ where
                                 counters.records_failed.fetch_add(failed.records.len() as u64, Relaxed);
                             }
                             if !failed.records.is_empty() {
-                                session.give((worker, Keyed { records: Records::Failed(failed), keys: Vec::new() }));
+                                let keyed = Keyed { records: Records::Failed(failed), keys: Vec::new() };
+                                budget.acquire(keyed.byte_len());
+                                session.give((worker, keyed));
                             }
                             if routed.len() == batch.len() && routed.iter().all(|(to, _, _)| *to == worker) {
                                 let keys = routed.into_iter().map(|(_, _, k)| k).collect();
+                                budget.acquire(batch.byte_len() as u64);
                                 session.give((worker, Keyed { records: Records::Deliver(batch), keys }));
                                 continue;
                             }
@@ -122,6 +140,7 @@ where
                                     part.push_carrying(record, batch.origin(i), batch.partition_keys(i).cloned());
                                     keys.push(key);
                                 }
+                                budget.acquire(part.byte_len() as u64);
                                 session.give((to, Keyed { records: Records::Deliver(part), keys }));
                             }
                         }
@@ -155,11 +174,16 @@ pub fn complete_through(frontier: &[Epoch], epoch: Epoch) -> bool {
     frontier.iter().all(|&f| f > epoch)
 }
 
-/// For each `(key, tag)` of `keys` (sorted by key), calls `found(tag, value)` with the smallest
-/// value whose count at epochs up to and including `at` is positive; keys with none are skipped.
-/// The trace must be complete through `at` ([`complete_through`]).
-pub fn read_as_of<K, V>(trace: &mut KeyedTrace<K, V>, keys: &[(K, usize)], at: Epoch, mut found: impl FnMut(usize, &V))
-where
+/// For each `(key, tag)` of `keys` (sorted by key), calls `found(tag, value)` with the values
+/// whose count at epochs up to and including `at` is positive, smallest first, until it answers
+/// `false`; keys with none are skipped. The trace must be complete through `at`
+/// ([`complete_through`]).
+pub fn read_as_of<K, V>(
+    trace: &mut KeyedTrace<K, V>,
+    keys: &[(K, usize)],
+    at: Epoch,
+    mut found: impl FnMut(usize, &V) -> bool,
+) where
     K: ExchangeData,
     V: ExchangeData,
 {
@@ -167,38 +191,34 @@ where
     trace.read_upper(&mut upper);
     let Some(batches) = trace.batches_through(upper.borrow()) else { return };
     let (mut cursor, storage) = cursor_list(batches);
-    // Records often share keys: the answer for the previous key is kept.
-    let mut previous: Option<(&K, Option<V>)> = None;
+    // Records often share keys: the values found for the previous key are kept.
+    let mut previous: Option<&K> = None;
+    let mut values: Vec<V> = Vec::new();
     for (key, tag) in keys {
-        if let Some((k, value)) = &previous
-            && *k == key
-        {
-            if let Some(v) = value {
-                found(*tag, v);
-            }
-            continue;
-        }
-        cursor.seek_key(&storage, key);
-        let mut value = None;
-        if cursor.get_key(&storage) == Some(key) {
-            while let Some(v) = cursor.get_val(&storage) {
-                let mut count = 0isize;
-                cursor.map_times(&storage, |time, diff| {
-                    if *time <= at {
-                        count += *diff;
+        if previous != Some(key) {
+            previous = Some(key);
+            values.clear();
+            cursor.seek_key(&storage, key);
+            if cursor.get_key(&storage) == Some(key) {
+                while let Some(v) = cursor.get_val(&storage) {
+                    let mut count = 0isize;
+                    cursor.map_times(&storage, |time, diff| {
+                        if *time <= at {
+                            count += *diff;
+                        }
+                    });
+                    if count > 0 {
+                        values.push(v.clone());
                     }
-                });
-                if count > 0 {
-                    value = Some(v.clone());
-                    break;
+                    cursor.step_val(&storage);
                 }
-                cursor.step_val(&storage);
             }
         }
-        if let Some(v) = &value {
-            found(*tag, v);
+        for v in &values {
+            if !found(*tag, v) {
+                break;
+            }
         }
-        previous = Some((key, value));
     }
 }
 

@@ -52,7 +52,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sluice_engine::contract::StageContext;
 use sluice_engine::metrics::TransformMetrics;
-use sluice_engine::operators::Epoch;
+use sluice_engine::operators::{Epoch, InflightBudget};
 use sluice_engine::record::{RecordBatch, Records};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -337,7 +337,8 @@ impl Table {
         let key_tree = tree.clone();
         let mut found = Vec::new();
         let probe = ProbeHandle::new();
-        let keyed = keyed::exchange_by_key(records, &self.part, "Enrich.KeyFailed", None, move |record| {
+        let budget = Arc::clone(&stage.budget);
+        let keyed = keyed::exchange_by_key(records, &self.part, "Enrich.KeyFailed", None, budget, move |record| {
             Ok(json::find_paths(record, &key_tree, &mut found).and_then(|_| key_text(record, found.first()?)))
         })
         .probe_with(&probe);
@@ -397,7 +398,7 @@ impl Table {
             },
         );
         let arranged = keyed::arrange_owned(updates, &format!("Arrange({})", self.part));
-        lookup(keyed, arranged, Arc::clone(self), tree, Arc::clone(&stage.metrics))
+        lookup(keyed, arranged, Arc::clone(self), tree, Arc::clone(&stage.metrics), Arc::clone(&stage.budget))
     }
 }
 
@@ -447,6 +448,7 @@ fn lookup<'scope>(
     table: Arc<Table>,
     tree: json::PathTree,
     metrics: Arc<TransformMetrics>,
+    budget: Arc<InflightBudget>,
 ) -> Stream<'scope, Epoch, Vec<Records>> {
     let mut trace = arranged.trace;
     let single_target = (table.target.len() == 1).then(|| table.target[0].clone());
@@ -465,6 +467,7 @@ fn lookup<'scope>(
                             if let Records::Deliver(b) = &keyed.records {
                                 count(&metrics, &table.part, "field_missing", b.len() as u64);
                             }
+                            budget.release(keyed.byte_len());
                             output.session(&cap).give(keyed.records);
                             continue;
                         }
@@ -487,6 +490,7 @@ fn lookup<'scope>(
                     .collect();
                 for epoch in complete {
                     let Some((cap, keyed_batches)) = pending.remove(&epoch) else { continue };
+                    budget.release(keyed_batches.iter().map(Keyed::byte_len).sum());
                     let mut session = output.session(&cap);
                     for keyed in keyed_batches {
                         let Records::Deliver(batch) = keyed.records else {
@@ -503,7 +507,10 @@ fn lookup<'scope>(
                         }
                         keys.sort();
                         let mut rows: Vec<Option<String>> = vec![None; batch.len()];
-                        keyed::read_as_of(&mut trace, &keys, epoch, |i, row| rows[i] = Some(row.clone()));
+                        keyed::read_as_of(&mut trace, &keys, epoch, |i, row| {
+                            rows[i] = Some(row.clone());
+                            false
+                        });
                         let hits = rows.iter().filter(|r| r.is_some()).count() as u64;
                         count(&metrics, &table.part, "field_missing", missing);
                         count(&metrics, &table.part, "not_found", keys.len() as u64 - hits);

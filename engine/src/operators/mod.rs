@@ -29,8 +29,9 @@ pub use transform::TransformRecords;
 /// The dataflow's timestamp: an epoch counter.
 pub type Epoch = u64;
 
-/// Compressed bytes handed to sinks and not yet answered. Sources stop reading while it is over its
-/// limit: the backpressure that bounds memory when a destination is slower than the input.
+/// Compressed bytes handed to sinks and not yet answered, and records held by dataflow transforms.
+/// Sources stop reading while it is over its limit: the backpressure that bounds memory when a
+/// destination (or a transform waiting for another worker) is slower than the input.
 #[derive(Debug)]
 pub struct InflightBudget {
     bytes: AtomicU64,
@@ -43,16 +44,24 @@ impl InflightBudget {
         Arc::new(InflightBudget { bytes: AtomicU64::new(0), limit })
     }
 
+    /// The bytes counted now.
+    pub fn held(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Whether sources should wait.
     pub fn is_exhausted(&self) -> bool {
         self.bytes.load(Ordering::Relaxed) >= self.limit
     }
 
-    fn acquire(&self, n: u64) {
+    /// Counts `n` more bytes held: an object handed to a sink, or records a transform holds
+    /// across workers (a dataflow transform waiting for its state to be complete).
+    pub fn acquire(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn release(&self, n: u64) {
+    /// Counts `n` bytes no longer held.
+    pub fn release(&self, n: u64) {
         self.bytes.fetch_sub(n, Ordering::Relaxed);
     }
 }

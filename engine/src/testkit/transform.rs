@@ -124,8 +124,8 @@ fn collect(answered: Vec<(u64, Records)>, mut run: TransformRun) -> Result<Trans
 /// Runs a transform that builds its own operators in a timely dataflow of `workers` workers:
 /// `batches` enter on worker 0 (batch `i` at epoch `i`), the input closes, and the run ends when
 /// everything came out (or `timeout` passes: an error). Records come out in epoch order; what
-/// came out at an epoch later than the last input's is an error, and so is a transform that
-/// cannot start.
+/// came out at an epoch later than the last input's is an error, and so are a transform that
+/// cannot start and one that leaves bytes counted in the in-flight budget.
 pub fn run_in_dataflow(
     transform: &Arc<dyn Transform>,
     batches: Vec<RecordBatch>,
@@ -152,7 +152,9 @@ pub fn run_in_dataflow(
         metrics: Arc::clone(&metrics),
         pipeline: Arc::clone(&pipeline),
         runtime: runtime.handle().clone(),
+        budget: crate::operators::InflightBudget::new(u64::MAX),
     };
+    let budget = Arc::clone(&stage.budget);
     let out = Arc::clone(&answered);
     let started = Instant::now();
     let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -207,6 +209,9 @@ pub fn run_in_dataflow(
     }
     if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(format!("still holds records {timeout:?} after the input ended"));
+    }
+    if budget.held() != 0 {
+        return Err(format!("left {} bytes counted in the in-flight budget", budget.held()));
     }
     let mut answered = std::mem::take(&mut *answered.lock().map_err(|e| e.to_string())?);
     if answered.iter().any(|(at, _)| *at > last_epoch) {
