@@ -46,7 +46,7 @@
 //! collections arranged by key across workers, reloaded by differences and read as of each
 //! record's epoch: [`super::tables`]. They run after the parts above, in the configured order.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -359,10 +359,10 @@ impl Transform for EnrichTransform {
             return Ok(Box::new(PassThrough));
         }
         let metrics = Arc::clone(&context.metrics);
-        let decoded =
-            [0, 1].map(|part| self.lookups.database(part).map(|l| (l.database.current(&metrics), HashMap::new())));
+        let decoded = [0, 1]
+            .map(|part| self.lookups.database(part).map(|l| (l.database.current(&metrics), FxHashMap::default())));
         let state = WorkerState {
-            agents: HashMap::new(),
+            agents: FxHashMap::default(),
             decoded,
             found: Vec::new(),
             scratch: Vec::new(),
@@ -400,7 +400,7 @@ struct Enricher {
 /// What a worker keeps between records.
 struct WorkerState {
     /// Answers (JSON objects) for user agents seen lately.
-    agents: HashMap<String, Vec<u8>>,
+    agents: FxHashMap<String, Vec<u8>>,
     /// Per database part: the database this batch reads (taken again after each batch, so a
     /// reload is seen by the next one) and the answers decoded from it, by data record.
     decoded: [Option<DecodedCache>; 2],
@@ -412,7 +412,7 @@ struct WorkerState {
 
 /// Answers decoded from one loaded database, by data record offset (`None`: the record has none
 /// of the values the part writes).
-type DecodedCache = (Arc<maxminddb::Reader<Vec<u8>>>, HashMap<usize, Option<Vec<u8>>>);
+type DecodedCache = (Arc<maxminddb::Reader<Vec<u8>>>, FxHashMap<usize, Option<Vec<u8>>>);
 
 /// The paths one validating pass over a record looks for: each part's field and target.
 struct Search {
@@ -646,21 +646,23 @@ impl WorkerState {
             let (Some(lookup), Some(extractor)) = (&lookups.user_agent, lookups.extractor) else {
                 return Err(Miss::FieldMissing);
             };
+            // Remembered by the field's text as written (before any decoding): a repeat costs one
+            // hash lookup.
+            if let Some(known) = self.agents.get(text) {
+                out.extend_from_slice(known);
+                return Ok(());
+            }
             let agent = if lookup.url_decoded {
                 percent_encoding::percent_decode_str(text).decode_utf8_lossy()
             } else {
                 std::borrow::Cow::Borrowed(text)
             };
-            if let Some(known) = self.agents.get(agent.as_ref()) {
-                out.extend_from_slice(known);
-                return Ok(());
-            }
             let parsed = parse_user_agent(extractor, &agent);
             out.extend_from_slice(&parsed);
             if self.agents.len() >= UA_CACHE {
                 self.agents.clear();
             }
-            self.agents.insert(agent.into_owned(), parsed);
+            self.agents.insert(text.to_string(), parsed);
             return Ok(());
         }
         let Some(Some((reader, cache))) = self.decoded.get_mut(part) else { return Err(Miss::FieldMissing) };
