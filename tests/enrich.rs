@@ -397,8 +397,8 @@ fn a_table_replaced_mid_stream_is_seen_from_then_on_and_a_truncated_one_keeps_th
             let seen = record["seen"].as_f64().unwrap();
             let version = record["edge"]["version"].as_str().unwrap_or_else(|| panic!("not enriched: {record}"));
             assert_eq!(record["edge"]["location"], record["x_edge_location"]);
-            // Around the rename either version is right (the change is stamped with the epoch the
-            // records had reached when it was seen); well before and well after, only one.
+            // Around the rename either version is right (the change is stamped with the epoch after
+            // the one the records had reached when it was seen); well before and well after, only one.
             if seen < renamed - 2.5 {
                 assert_eq!(version, "1", "{workers} workers, {:.1} s before the rename: {record}", renamed - seen);
                 before += 1;

@@ -62,13 +62,12 @@ use sluice_engine::record::{RecordBatch, Records};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::generic::operator::source;
 use timely::scheduling::Activator;
 
 use super::jq::ValueQuery;
-use super::keyed::{self, Keyed, Update};
+use super::keyed::{self, Held, Keyed, Update};
 
 /// A key: two independent 64-bit hashes of its bytes.
 type Key = u128;
@@ -225,7 +224,7 @@ impl DataflowTransform for DedupTransform {
             Pipeline,
             "Dedup",
             move |_, _| {
-                let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<Keyed<Key>>)> = BTreeMap::new();
+                let mut held_records = Held::new(Arc::clone(&budget));
                 // The keys kept in each window, by the epoch it ends.
                 let mut windows: BTreeMap<Epoch, Vec<Key>> = BTreeMap::new();
                 let mut held = 0usize;
@@ -236,33 +235,19 @@ impl DataflowTransform for DedupTransform {
                 move |(records, records_frontier), (batches, keys_frontier), output| {
                     records.for_each(|cap, data| {
                         for (_, keyed) in data.drain(..) {
-                            if !matches!(keyed.records, Records::Deliver(_)) {
-                                budget.release(keyed.byte_len());
-                                output.session(&cap).give(keyed.records);
-                                continue;
-                            }
-                            let Some(&time) = cap.least() else { continue };
-                            match pending.get_mut(&time) {
-                                Some((_, waiting)) => waiting.push(keyed),
-                                None => {
-                                    if let Some(c) = cap.retain_least(0) {
-                                        pending.insert(time, (c, vec![keyed]));
-                                    }
-                                }
+                            if matches!(keyed.records, Records::Deliver(_)) {
+                                held_records.hold(&cap, keyed);
+                            } else {
+                                output.session(&cap).give(held_records.pass(keyed));
                             }
                         }
                     });
                     batches.for_each(|_, data| data.clear());
                     let mut feed = feed.borrow_mut();
-                    while let Some((&epoch, _)) = pending.first_key_value() {
-                        // The keys are complete through the epoch: what earlier epochs kept is
-                        // known; what this epoch kept so far is in `open` (its records may come in
-                        // several rounds while the epoch is the records' current one).
-                        if !keyed::complete_through(&keys_frontier.frontier(), epoch) {
-                            break;
-                        }
-                        let Some((cap, batches)) = pending.remove(&epoch) else { break };
-                        budget.release(batches.iter().map(Keyed::byte_len).sum());
+                    // Once the keys are complete through an epoch, what earlier epochs kept is
+                    // known; what this epoch kept so far is in `open` (its records may come in
+                    // several rounds while the epoch is the records' current one).
+                    while let Some((epoch, cap, batches)) = held_records.next_complete(&keys_frontier.frontier()) {
                         let decided = decide(&mut trace, &batches, epoch, open.entry(epoch).or_default());
                         let end = window_end(epoch, window);
                         let mut kept_keys = Vec::new();
@@ -328,13 +313,7 @@ impl DataflowTransform for DedupTransform {
                     // An epoch the records have passed is whole: its keys are in the trace.
                     let whole = records_frontier.frontier().iter().copied().min().unwrap_or(Epoch::MAX);
                     open.retain(|&epoch, _| epoch >= whole);
-                    let undecided = pending
-                        .keys()
-                        .next()
-                        .copied()
-                        .into_iter()
-                        .chain(records_frontier.frontier().iter().copied())
-                        .min();
+                    let undecided = held_records.oldest(&records_frontier.frontier());
                     let floor = undecided.map(|e| e + 1);
                     // Windows that ended are retracted as soon as no decision can be before their
                     // end (a lookup ignores an ended window anyway: retracting it is for memory).
@@ -375,7 +354,8 @@ enum Decision {
     Duplicate,
 }
 
-/// Decides the records of `batches` (all of epoch `epoch`): per batch, per record.
+/// Decides the records of `batches` (all of epoch `epoch`): per batch, per record. `open` holds
+/// the keys this epoch kept in earlier rounds, and takes the ones it keeps now.
 fn decide(
     trace: &mut keyed::KeyedTrace<Key, Epoch>,
     batches: &[Keyed<Key>],
@@ -383,42 +363,56 @@ fn decide(
     open: &mut rustc_hash::FxHashSet<Key>,
 ) -> Vec<Vec<Decision>> {
     let mut decided: Vec<Vec<Decision>> = batches.iter().map(|k| vec![Decision::NoKey; k.keys.len()]).collect();
-    // (key, arrival, bytes, batch, record): the first of each key is the earliest, then smallest.
-    let mut keyed: Vec<(Key, i64, &[u8], usize, usize)> = Vec::with_capacity(decided.iter().map(Vec::len).sum());
-    for (b, k) in batches.iter().enumerate() {
-        let Records::Deliver(batch) = &k.records else { continue };
-        for (i, (record, key)) in batch.iter().zip(&k.keys).enumerate() {
-            if let Some(key) = key {
-                keyed.push((*key, batch.arrival_ms, record, b, i));
-            }
-        }
-    }
-    keyed.sort_unstable();
-    let mut distinct: Vec<(Key, usize)> = Vec::with_capacity(keyed.len());
-    for (key, ..) in &keyed {
-        if distinct.last().is_none_or(|(last, _)| last != key) {
-            distinct.push((*key, distinct.len()));
-        }
-    }
-    // As of this epoch: what decisions of earlier epochs kept (they are stamped an epoch later).
+    // Every record with a key, across the batches: (batch, record, key).
+    let places: Vec<(usize, usize, Key)> = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(b, k)| k.keys.iter().enumerate().filter_map(move |(i, key)| Some((b, i, (*key)?))))
+        .collect();
+    let (distinct, key_of) = keyed::distinct(places.iter().map(|&(_, _, key)| Some(key)).collect());
+    // As of this epoch, windows that have not ended: what earlier epochs kept (stamped an epoch
+    // after their decision).
     let mut present = vec![false; distinct.len()];
-    keyed::read_as_of(trace, &distinct, epoch, |at, end| {
+    keyed::read_as_of(trace, &distinct, epoch, |d, end| {
         let live = *end > epoch;
-        if live && let Some(p) = present.get_mut(at) {
+        if live && let Some(p) = present.get_mut(d) {
             *p = true;
         }
         !live
     });
-    let mut at = 0;
-    let mut previous: Option<Key> = None;
-    for (key, _, _, b, i) in keyed {
-        let first_of_key = previous != Some(key);
-        if first_of_key && previous.is_some() {
-            at += 1;
+    // The first record of each key: the earliest to arrive, then the smallest.
+    let order = |&(b, i, _): &(usize, usize, Key)| match &batches[b].records {
+        Records::Deliver(batch) => (batch.arrival_ms, batch.range(i..i + 1).next().unwrap_or_default()),
+        _ => (i64::MAX, &[][..]),
+    };
+    let mut first: Vec<Option<usize>> = vec![None; distinct.len()];
+    for (p, d) in key_of.iter().enumerate() {
+        let Some(d) = *d else { continue };
+        if first[d].is_none_or(|f| order(&places[p]) < order(&places[f])) {
+            first[d] = Some(p);
         }
-        previous = Some(key);
-        let first = first_of_key && !present.get(at).copied().unwrap_or(false) && open.insert(key);
-        decided[b][i] = if first { Decision::First(key) } else { Decision::Duplicate };
+    }
+    for (p, &(b, i, key)) in places.iter().enumerate() {
+        let Some(d) = key_of[p] else { continue };
+        let kept = first[d] == Some(p) && !present[d] && open.insert(key);
+        decided[b][i] = if kept { Decision::First(key) } else { Decision::Duplicate };
     }
     decided
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_ends_between_window_s_and_window_s_plus_two_steps_after_the_next_epoch() {
+        for window in [1, 4, 15, 16, 600, 604_800] {
+            let step = (window / 16).max(1);
+            for epoch in [0, 1, 7, 1_000, 123_457] {
+                let end = window_end(epoch, window);
+                assert!(end > epoch + window && end <= epoch + 1 + window + step, "{epoch} {window} {end}");
+                assert_eq!(end % step, 0);
+            }
+        }
+    }
 }

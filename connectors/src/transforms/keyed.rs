@@ -10,6 +10,7 @@
 //! positive count, once the trace's frontier has passed the epoch, so a record sees the state as it
 //! was at its epoch whatever the number of workers and however late it is looked up.
 
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,6 +30,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Exchange as _;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{Capability, InputCapability};
 use timely::progress::Antichain;
 
 /// A trace of `(key, value)` with epochs as times and counts as differences.
@@ -174,10 +176,10 @@ pub fn complete_through(frontier: &[Epoch], epoch: Epoch) -> bool {
     frontier.iter().all(|&f| f > epoch)
 }
 
-/// For each `(key, tag)` of `keys` (sorted by key), calls `found(tag, value)` with the values
-/// whose count at epochs up to and including `at` is positive, smallest first, until it answers
-/// `false`; keys with none are skipped. The trace must be complete through `at`
-/// ([`complete_through`]).
+/// For each `(key, tag)` of `keys` (distinct and sorted by key, as [`distinct`] makes them), calls
+/// `found(tag, value)` with the values whose count at epochs up to and including `at` is
+/// positive, smallest first, until it answers `false`; keys with none are skipped. The trace must
+/// be complete through `at` ([`complete_through`]).
 pub fn read_as_of<K, V>(
     trace: &mut KeyedTrace<K, V>,
     keys: &[(K, usize)],
@@ -191,34 +193,91 @@ pub fn read_as_of<K, V>(
     trace.read_upper(&mut upper);
     let Some(batches) = trace.batches_through(upper.borrow()) else { return };
     let (mut cursor, storage) = cursor_list(batches);
-    // Records often share keys: the values found for the previous key are kept.
-    let mut previous: Option<&K> = None;
-    let mut values: Vec<V> = Vec::new();
     for (key, tag) in keys {
-        if previous != Some(key) {
-            previous = Some(key);
-            values.clear();
-            cursor.seek_key(&storage, key);
-            if cursor.get_key(&storage) == Some(key) {
-                while let Some(v) = cursor.get_val(&storage) {
-                    let mut count = 0isize;
-                    cursor.map_times(&storage, |time, diff| {
-                        if *time <= at {
-                            count += *diff;
-                        }
-                    });
-                    if count > 0 {
-                        values.push(v.clone());
-                    }
-                    cursor.step_val(&storage);
+        cursor.seek_key(&storage, key);
+        if cursor.get_key(&storage) != Some(key) {
+            continue;
+        }
+        while let Some(value) = cursor.get_val(&storage) {
+            let mut count = 0isize;
+            cursor.map_times(&storage, |time, diff| {
+                if *time <= at {
+                    count += *diff;
+                }
+            });
+            if count > 0 && !found(*tag, value) {
+                break;
+            }
+            cursor.step_val(&storage);
+        }
+    }
+}
+
+/// The distinct keys of a batch's records, sorted and tagged with their place in the answer (what
+/// [`read_as_of`] reads, each key once), and for each record the place of its key.
+pub fn distinct<K: Ord>(keys: Vec<Option<K>>) -> (Vec<(K, usize)>, Vec<Option<usize>>) {
+    let mut at = vec![None; keys.len()];
+    let mut sorted: Vec<(K, usize)> = keys.into_iter().enumerate().filter_map(|(i, k)| Some((k?, i))).collect();
+    sorted.sort_unstable();
+    let mut distinct: Vec<(K, usize)> = Vec::with_capacity(sorted.len());
+    for (key, record) in sorted {
+        if distinct.last().is_none_or(|(last, _)| *last != key) {
+            distinct.push((key, distinct.len()));
+        }
+        at[record] = Some(distinct.len() - 1);
+    }
+    (distinct, at)
+}
+
+/// The records a keyed stage holds until its state is complete through their epoch, by epoch, each
+/// epoch with its capability (the delivered frontier waits for them). Their bytes were counted in
+/// the in-flight budget by [`exchange_by_key`]; they leave it when they go on.
+pub struct Held<K> {
+    by_epoch: BTreeMap<Epoch, (Capability<Epoch>, Vec<Keyed<K>>)>,
+    budget: Arc<InflightBudget>,
+}
+
+impl<K> Held<K> {
+    /// Nothing held yet; bytes released into `budget`.
+    pub fn new(budget: Arc<InflightBudget>) -> Self {
+        Held { by_epoch: BTreeMap::new(), budget }
+    }
+
+    /// Holds `keyed`, which arrived with `cap`.
+    pub fn hold(&mut self, cap: &InputCapability<Epoch>, keyed: Keyed<K>) {
+        let Some(&time) = cap.least() else { return };
+        match self.by_epoch.get_mut(&time) {
+            Some((_, held)) => held.push(keyed),
+            None => {
+                if let Some(capability) = cap.retain_least(0) {
+                    self.by_epoch.insert(time, (capability, vec![keyed]));
                 }
             }
         }
-        for v in &values {
-            if !found(*tag, v) {
-                break;
-            }
+    }
+
+    /// Lets `keyed` go on at once: its records.
+    pub fn pass(&self, keyed: Keyed<K>) -> Records {
+        self.budget.release(keyed.byte_len());
+        keyed.records
+    }
+
+    /// The oldest epoch held, with its capability and records, when the state is complete through
+    /// it (`state` is the state's frontier).
+    pub fn next_complete(&mut self, state: &[Epoch]) -> Option<(Epoch, Capability<Epoch>, Vec<Keyed<K>>)> {
+        let (&epoch, _) = self.by_epoch.first_key_value()?;
+        if !complete_through(state, epoch) {
+            return None;
         }
+        let (capability, records) = self.by_epoch.remove(&epoch)?;
+        self.budget.release(records.iter().map(Keyed::byte_len).sum());
+        Some((epoch, capability, records))
+    }
+
+    /// The oldest epoch a record may still be answered at: the oldest held, or the oldest still to
+    /// come (`records` is the records' frontier); `None` when neither.
+    pub fn oldest(&self, records: &[Epoch]) -> Option<Epoch> {
+        self.by_epoch.keys().next().copied().into_iter().chain(records.iter().copied()).min()
     }
 }
 

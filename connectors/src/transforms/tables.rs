@@ -38,7 +38,7 @@
 //! until the others reach its epoch. Guarantees kept: a record is held with its epoch's capability
 //! until it is answered; failed records and backups pass on at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::hash::BuildHasher;
 use std::io::Read;
@@ -56,14 +56,14 @@ use sluice_engine::operators::{Epoch, InflightBudget};
 use sluice_engine::record::{RecordBatch, Records};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Probe;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::operators::{Capability, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
 
 use super::enrich::{FileStamp, dotted, put, stamp};
 use super::json;
-use super::keyed::{self, Keyed, Update};
+use super::keyed::{self, Held, Keyed, Update};
 
 /// How often worker 0 looks at a table file for a change.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -198,7 +198,7 @@ impl Table {
         file.read_to_end(&mut bytes).map_err(read_error)?;
         // Without a quote anywhere, CSV rows are lines (the quote-aware split is the slower one).
         let quoted = self.format == TableFormat::Csv && memchr::memchr(b'"', &bytes).is_some();
-        let rows: Vec<(usize, usize)> = if quoted { csv_rows(&bytes).collect() } else { lines(&bytes).collect() };
+        let rows: Vec<(usize, usize)> = rows(&bytes, quoted).collect();
         let (columns, data_rows) = match self.format {
             TableFormat::Csv => {
                 let Some(&(start, end)) = rows.first() else {
@@ -458,8 +458,9 @@ fn lookup<'scope>(
         Pipeline,
         &format!("Lookup({})", table.part),
         move |_, _| {
-            let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<Keyed<String>>)> = BTreeMap::new();
+            let mut held = Held::new(budget);
             let mut found = Vec::new();
+            let mut scratch = Vec::new();
             move |(records, records_frontier), (batches, table_frontier), output| {
                 records.for_each(|cap, data| {
                     for (_, keyed) in data.drain(..) {
@@ -467,61 +468,39 @@ fn lookup<'scope>(
                             if let Records::Deliver(b) = &keyed.records {
                                 count(&metrics, &table.part, "field_missing", b.len() as u64);
                             }
-                            budget.release(keyed.byte_len());
-                            output.session(&cap).give(keyed.records);
+                            output.session(&cap).give(held.pass(keyed));
                             continue;
                         }
-                        let Some(&time) = cap.least() else { continue };
-                        match pending.get_mut(&time) {
-                            Some((_, held)) => held.push(keyed),
-                            None => {
-                                if let Some(held) = cap.retain_least(0) {
-                                    pending.insert(time, (held, vec![keyed]));
-                                }
-                            }
-                        }
+                        held.hold(&cap, keyed);
                     }
                 });
                 batches.for_each(|_, data| data.clear());
-                let complete: Vec<Epoch> = pending
-                    .keys()
-                    .copied()
-                    .take_while(|&e| keyed::complete_through(&table_frontier.frontier(), e))
-                    .collect();
-                for epoch in complete {
-                    let Some((cap, keyed_batches)) = pending.remove(&epoch) else { continue };
-                    budget.release(keyed_batches.iter().map(Keyed::byte_len).sum());
+                while let Some((epoch, cap, keyed_batches)) = held.next_complete(&table_frontier.frontier()) {
                     let mut session = output.session(&cap);
                     for keyed in keyed_batches {
                         let Records::Deliver(batch) = keyed.records else {
                             session.give(keyed.records);
                             continue;
                         };
-                        let mut keys: Vec<(String, usize)> = Vec::with_capacity(batch.len());
-                        let mut missing = 0;
-                        for (i, key) in keyed.keys.into_iter().enumerate() {
-                            match key {
-                                Some(k) => keys.push((k, i)),
-                                None => missing += 1,
-                            }
-                        }
-                        keys.sort();
-                        let mut rows: Vec<Option<String>> = vec![None; batch.len()];
-                        keyed::read_as_of(&mut trace, &keys, epoch, |i, row| {
-                            rows[i] = Some(row.clone());
+                        let missing = keyed.keys.iter().filter(|k| k.is_none()).count() as u64;
+                        let (keys, key_of_record) = keyed::distinct(keyed.keys);
+                        // The row of each distinct key, read once.
+                        let mut rows: Vec<Option<String>> = vec![None; keys.len()];
+                        keyed::read_as_of(&mut trace, &keys, epoch, |k, row| {
+                            rows[k] = Some(row.clone());
                             false
                         });
-                        let hits = rows.iter().filter(|r| r.is_some()).count() as u64;
+                        let row_of = |i: usize| key_of_record[i].and_then(|k| rows[k].as_deref());
+                        let hits = (0..batch.len()).filter(|&i| row_of(i).is_some()).count() as u64;
                         count(&metrics, &table.part, "field_missing", missing);
-                        count(&metrics, &table.part, "not_found", keys.len() as u64 - hits);
+                        count(&metrics, &table.part, "not_found", batch.len() as u64 - missing - hits);
                         if hits > 0 {
                             metrics.count("EnrichmentHits", "part", &table.part, hits);
                         }
                         let mut out =
                             RecordBatch::with_capacity(batch.arrival_ms, batch.byte_len() + batch.byte_len() / 2);
-                        let mut scratch = Vec::new();
                         for (i, record) in batch.iter().enumerate() {
-                            let enriched = rows[i].as_deref().and_then(|row| {
+                            let enriched = row_of(i).and_then(|row| {
                                 scratch.clear();
                                 with_row(
                                     record,
@@ -543,10 +522,8 @@ fn lookup<'scope>(
                         session.give(Records::Deliver(out));
                     }
                 }
-                // No read will ask for an epoch before the oldest record still to come or held.
-                let oldest =
-                    pending.keys().next().copied().into_iter().chain(records_frontier.frontier().iter().copied()).min();
-                if let Some(oldest) = oldest {
+                // No read will ask for an epoch before the oldest record held or still to come.
+                if let Some(oldest) = held.oldest(&records_frontier.frontier()) {
                     keyed::compact(&mut trace, oldest);
                 }
             }
@@ -598,53 +575,43 @@ fn with_row(
     serde_json::to_writer(&mut *out, &value).is_ok()
 }
 
-/// The rows of a CSV text: `(start, end)` of each, quote-aware (a quoted field may hold line
-/// breaks), without line breaks (and a `\r` before one); blank lines skipped.
-fn csv_rows(text: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+/// The rows of a table file: `(start, end)` of each, without its line break (and a `\r` before
+/// one); blank lines skipped. `quoted`: a row ends at a line break outside double quotes (a quoted
+/// CSV field may hold line breaks); else at every line break (NDJSON, CSV without quotes).
+fn rows(text: &[u8], quoted: bool) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut start = 0;
     std::iter::from_fn(move || {
-        loop {
-            if start >= text.len() {
-                return None;
-            }
-            let mut quoted = false;
-            let mut at = start;
-            let mut end = text.len();
-            while let Some(found) = memchr::memchr2(b'"', b'\n', &text[at..]) {
-                let i = at + found;
-                if text[i] == b'"' {
-                    quoted = !quoted;
-                } else if !quoted {
-                    end = i;
-                    break;
-                }
-                at = i + 1;
-            }
-            let row = (start, trim_cr(text, start, end));
-            start = end + 1;
-            if row.1 > row.0 {
-                return Some(row);
-            }
-        }
-    })
-}
-
-/// The non-blank lines of a text, without their line breaks.
-fn lines(text: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut start = 0;
-    std::iter::from_fn(move || {
-        loop {
-            if start >= text.len() {
-                return None;
-            }
-            let end = memchr::memchr(b'\n', &text[start..]).map_or(text.len(), |i| start + i);
+        while start < text.len() {
+            let end = if quoted { quoted_row_end(text, start) } else { line_end(text, start) };
             let row = (start, trim_cr(text, start, end));
             start = end + 1;
             if text[row.0..row.1].iter().any(|b| !b.is_ascii_whitespace()) {
                 return Some(row);
             }
         }
+        None
     })
+}
+
+/// Where the line from `start` ends (its line break, or the end of the text).
+fn line_end(text: &[u8], start: usize) -> usize {
+    memchr::memchr(b'\n', &text[start..]).map_or(text.len(), |i| start + i)
+}
+
+/// Where the CSV row from `start` ends: the first line break outside double quotes.
+fn quoted_row_end(text: &[u8], start: usize) -> usize {
+    let mut quoted = false;
+    let mut at = start;
+    while let Some(found) = memchr::memchr2(b'"', b'\n', &text[at..]) {
+        let i = at + found;
+        if text[i] == b'"' {
+            quoted = !quoted;
+        } else if !quoted {
+            return i;
+        }
+        at = i + 1;
+    }
+    text.len()
 }
 
 /// `end`, less a `\r` just before it.
@@ -746,6 +713,12 @@ mod tests {
         replace(&path, "ip,owner\n1.1.1.1,ann\n2.2.");
         assert!(matches!(t.reload(&mut loaded), Err(TableError::Row { row: 2, .. })));
         assert_eq!(loaded.rows.len(), 2);
+        // A file removed: nothing changes until one is back.
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(t.reload(&mut loaded), Err(TableError::Read { .. })));
+        assert_eq!(loaded.rows.len(), 2);
+        replace(&path, "ip,owner\n1.1.1.1,ann\n2.2.2.2,\"bob\"\n");
+        assert_eq!(t.reload(&mut loaded).unwrap(), vec![]);
     }
 
     #[test]
@@ -766,8 +739,10 @@ mod tests {
         assert!(parse_csv_row(b"a,\"b\"c").is_err());
         assert!(parse_csv_row(b"a,b\"c").is_err());
         let text = b"h1,h2\r\n\"x\ny\",2\n\n3,4";
-        let rows: Vec<&[u8]> = csv_rows(text).map(|(s, e)| &text[s..e]).collect();
-        assert_eq!(rows, [&b"h1,h2"[..], b"\"x\ny\",2", b"3,4"]);
+        let split: Vec<&[u8]> = rows(text, true).map(|(s, e)| &text[s..e]).collect();
+        assert_eq!(split, [&b"h1,h2"[..], b"\"x\ny\",2", b"3,4"]);
+        let split: Vec<&[u8]> = rows(b"{}\r\n \n{}", false).map(|(s, e)| &b"{}\r\n \n{}"[s..e]).collect();
+        assert_eq!(split, [&b"{}"[..], b"{}"]);
     }
 
     #[test]
