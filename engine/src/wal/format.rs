@@ -1,8 +1,10 @@
 //! The log's bytes on disk: segment headers, framed entries, the first (legacy) entry layout, and
 //! the scan that reads a segment back.
 //!
-//! A segment starts with a 48-byte header (`sluicewl`, version 2, a checksum, the position it
-//! starts at, and how far the log was acknowledged when it was created). Each
+//! A segment starts with a 48-byte header (`sluicewl`, version 2, or 3 when its entries are
+//! encrypted ([`super::seal`]), a checksum, the position it starts at, and how far the log was
+//! acknowledged when it was created; a version 3 checksum differs, so a flipped version is a
+//! damaged header, never an encrypted segment read as plain). Each
 //! entry is framed so that a reader can find the next one after damage:
 //! `[magic 4][header crc 4][len 4][records 4][seq 8][first record 8][payload crc 4][payload]`, the
 //! header checksum covering bytes 8..36. Guarantees of [`scan`]: it never fails on content; every
@@ -15,8 +17,12 @@ use std::ops::Range;
 
 /// First bytes of a current segment.
 pub(super) const SEGMENT_MAGIC: [u8; 8] = *b"sluicewl";
-/// The layout version written.
+/// The layout version written for plain entries.
 const SEGMENT_VERSION: u32 = 2;
+/// The layout version written for sealed (encrypted) entries.
+const SEALED_SEGMENT_VERSION: u32 = 3;
+/// Mixed into a sealed segment header's checksum.
+const SEALED_CRC_SALT: u32 = 0x5EA1_ED03;
 /// Bytes of a segment header.
 pub(super) const SEGMENT_HEADER: usize = 48;
 /// First bytes of an entry (a value that starts no UTF-8 text or JSON: resynchronisation looks for it).
@@ -45,6 +51,13 @@ pub(super) struct SegmentHeader {
     pub first: Position,
     /// Every entry before this was acknowledged when the segment was created.
     pub acked_before: Position,
+    /// Its entries are sealed (see [`super::seal`]).
+    pub sealed: bool,
+}
+
+fn header_crc(bytes: &[u8], sealed: bool) -> u32 {
+    let crc = crc32c::crc32c(&bytes[16..SEGMENT_HEADER]);
+    if sealed { crc ^ SEALED_CRC_SALT } else { crc }
 }
 
 fn word(bytes: &[u8], at: usize) -> u32 {
@@ -63,27 +76,33 @@ fn long(bytes: &[u8], at: usize) -> u64 {
 pub(super) fn encode_segment_header(header: &SegmentHeader) -> [u8; SEGMENT_HEADER] {
     let mut out = [0u8; SEGMENT_HEADER];
     out[..8].copy_from_slice(&SEGMENT_MAGIC);
-    out[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    let version = if header.sealed { SEALED_SEGMENT_VERSION } else { SEGMENT_VERSION };
+    out[8..12].copy_from_slice(&version.to_le_bytes());
     out[16..24].copy_from_slice(&header.first.seq.to_le_bytes());
     out[24..32].copy_from_slice(&header.first.record.to_le_bytes());
     out[32..40].copy_from_slice(&header.acked_before.seq.to_le_bytes());
     out[40..48].copy_from_slice(&header.acked_before.record.to_le_bytes());
-    let crc = crc32c::crc32c(&out[16..SEGMENT_HEADER]);
+    let crc = header_crc(&out, header.sealed);
     out[12..16].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
 /// Reads a segment header; `None` when the bytes are not a valid current header.
 fn decode_segment_header(bytes: &[u8]) -> Option<SegmentHeader> {
-    if bytes.len() < SEGMENT_HEADER || bytes[..8] != SEGMENT_MAGIC || word(bytes, 8) != SEGMENT_VERSION {
+    if bytes.len() < SEGMENT_HEADER || bytes[..8] != SEGMENT_MAGIC {
         return None;
     }
-    if crc32c::crc32c(&bytes[16..SEGMENT_HEADER]) != word(bytes, 12) {
+    let sealed = match word(bytes, 8) {
+        SEGMENT_VERSION => false,
+        SEALED_SEGMENT_VERSION => true,
+        _ => return None,
+    };
+    if header_crc(bytes, sealed) != word(bytes, 12) {
         return None;
     }
     let first = Position { seq: long(bytes, 16), record: long(bytes, 24) };
     let acked_before = Position { seq: long(bytes, 32), record: long(bytes, 40) };
-    Some(SegmentHeader { first, acked_before })
+    Some(SegmentHeader { first, acked_before, sealed })
 }
 
 /// Appends one framed entry to `out`.
@@ -273,7 +292,7 @@ mod tests {
 
     fn segment(entries: &[(&[u8], u32)]) -> Vec<u8> {
         let start = Position { seq: 10, record: 100 };
-        let mut out = encode_segment_header(&SegmentHeader { first: start, acked_before: start }).to_vec();
+        let mut out = encode_segment_header(&SegmentHeader { first: start, acked_before: start, sealed: false }).to_vec();
         let mut record = start.record;
         for (i, (payload, records)) in entries.iter().enumerate() {
             encode_entry(10 + i as u64, record, *records, payload, &mut out);
@@ -293,6 +312,7 @@ mod tests {
             Layout::Current(Some(SegmentHeader {
                 first: Position { seq: 10, record: 100 },
                 acked_before: Position { seq: 10, record: 100 },
+                sealed: false,
             }))
         );
         // Flip a payload byte of the second entry, then a header byte of the third.

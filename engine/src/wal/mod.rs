@@ -27,9 +27,15 @@
 //!   segment's header is synced and the directory synced before entries go in; the checkpoint is
 //!   written to a temporary file, synced, renamed, and the directory synced, before any segment
 //!   below it is unlinked. Appends after a restart always go to a new segment.
+//!
+//! With a log key ([`Wal::open_sealed`]), every segment has its own data key and every payload is
+//! sealed with AES-256-GCM before it is framed ([`seal`]); a key that cannot be had is an error at
+//! open ([`WalError::Key`]), and an entry whose checksums agree but whose seal does not is a
+//! finding ([`FindingKind::TamperedEntry`]) like any damage.
 
 mod format;
 mod recovery;
+pub mod seal;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -66,6 +72,30 @@ pub enum WalError {
         /// Bytes on disk.
         bytes: u64,
     },
+    /// A segment's key cannot be had (another key, no key file, KMS refused): nothing is read,
+    /// deleted or quarantined until a start with the right key.
+    #[error("segment {segment}{}: {reason}", offset.map_or(String::new(), |o| format!(" (first entry at offset {o})")))]
+    Key {
+        /// The segment file.
+        segment: String,
+        /// Its first entry's offset, when it has one.
+        offset: Option<u64>,
+        /// Why.
+        reason: String,
+    },
+    /// An encrypted entry failed authentication when read.
+    #[error("the entry at offset {offset} of {segment}: {reason}")]
+    Unsealed {
+        /// The segment file.
+        segment: String,
+        /// The entry's offset.
+        offset: u64,
+        /// Why.
+        reason: seal::Unsealed,
+    },
+    /// Sealing an entry or a segment key failed.
+    #[error("cannot encrypt: {0}")]
+    Seal(String),
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> WalError {
@@ -89,18 +119,32 @@ pub struct EntryAt {
     pub offset: u64,
     /// Payload length.
     pub len: u32,
+    /// The key its payload is sealed with and the log's id (`None`: stored plain).
+    pub sealed: Option<(seal::SegmentCipher, u64)>,
 }
 
 impl EntryAt {
-    /// The entry's payload (checked against its checksum at recovery; its segment is kept until the
-    /// entry is below the checkpoint).
+    /// The entry's payload, decrypted when sealed (checked against its checksum and seal at
+    /// recovery; its segment is kept until the entry is below the checkpoint).
     pub fn read(&self) -> Result<Vec<u8>, WalError> {
         use std::io::{Seek, SeekFrom};
         let mut payload = vec![0; self.len as usize];
         File::open(&self.segment)
             .and_then(|mut f| f.seek(SeekFrom::Start(self.offset)).and_then(|_| f.read_exact(&mut payload)))
             .map_err(io_error(format!("cannot read {}", self.segment.display())))?;
-        Ok(payload)
+        self.open(payload)
+    }
+
+    /// The payload from the entry's stored bytes.
+    fn open(&self, stored: Vec<u8>) -> Result<Vec<u8>, WalError> {
+        match &self.sealed {
+            None => Ok(stored),
+            Some((cipher, log_id)) => cipher.open(*log_id, self.seq, stored).map_err(|reason| WalError::Unsealed {
+                segment: file_name(&self.segment),
+                offset: self.offset - ENTRY_HEADER as u64,
+                reason,
+            }),
+        }
     }
 }
 
@@ -162,6 +206,10 @@ pub struct Wal {
     /// A sync failed: the next append starts a new segment.
     roll_before_append: bool,
     faults: Option<Arc<dyn WriteFaults>>,
+    /// Makes segment keys (an encrypted log).
+    sealer: Option<Arc<seal::Sealer>>,
+    /// The active segment's key (an encrypted log).
+    cipher: Option<seal::SegmentCipher>,
 }
 
 /// A path's file name as text.
@@ -232,9 +280,97 @@ impl Checkpoint {
     pub fn remove_segments(&self, segments: &[PathBuf]) -> Result<(), WalError> {
         for path in segments {
             std::fs::remove_file(path).map_err(io_error(format!("cannot delete {}", path.display())))?;
+            remove_key_file(path)?;
         }
         if segments.is_empty() { Ok(()) } else { sync_dir(&self.dir) }
     }
+}
+
+/// Deletes the key file of the segment at `segment`, if it has one.
+fn remove_key_file(segment: &Path) -> Result<(), WalError> {
+    let key = seal::key_path(segment);
+    match std::fs::remove_file(&key) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(format!("cannot delete {}", key.display()))(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the segment's entries are sealed: as its header says, or, when the header is damaged,
+/// whether it has a key file.
+fn is_sealed(segment: &SegmentOnDisk) -> bool {
+    match segment.scan.layout {
+        Layout::Current(Some(header)) => header.sealed,
+        Layout::Current(None) => seal::key_path(&segment.path).exists(),
+        Layout::Legacy => false,
+    }
+}
+
+/// Gives every recovered entry of an encrypted segment its key and opens it: an entry whose seal
+/// fails becomes a [`FindingKind::TamperedEntry`] (and is not replayed); a segment whose key
+/// cannot be had is an error, before anything is changed on disk.
+fn open_sealed_entries(
+    log_id: u64,
+    sealer: Option<&seal::Sealer>,
+    on_disk: &[SegmentOnDisk],
+    analysis: &mut recovery::Analysis,
+) -> Result<(), WalError> {
+    let mut ciphers = std::collections::HashMap::new();
+    for segment in on_disk.iter().filter(|s| is_sealed(s)) {
+        let entries: Vec<&EntryAt> = analysis.entries.iter().filter(|e| e.segment == segment.path).collect();
+        let Some(first) = entries.first() else { continue };
+        let key_error = |reason: String| WalError::Key {
+            segment: file_name(&segment.path),
+            offset: Some(first.offset - ENTRY_HEADER as u64),
+            reason,
+        };
+        let Some(sealer) = sealer else {
+            return Err(key_error(
+                "its entries are encrypted, but the pipeline configures no `encryption`; configure the key it was written with"
+                    .into(),
+            ));
+        };
+        match sealer.open(&segment.path) {
+            Ok(Some(cipher)) => {
+                ciphers.insert(segment.path.clone(), cipher);
+            }
+            Ok(None) => return Err(key_error(format!("its entries are encrypted and {} is missing", file_name(&seal::key_path(&segment.path))))),
+            Err(reason) => return Err(key_error(reason)),
+        }
+    }
+    let mut kept = Vec::with_capacity(analysis.entries.len());
+    let mut bytes: Option<(PathBuf, Vec<u8>)> = None;
+    for mut entry in std::mem::take(&mut analysis.entries) {
+        let Some(cipher) = ciphers.get(&entry.segment) else {
+            kept.push(entry);
+            continue;
+        };
+        entry.sealed = Some((cipher.clone(), log_id));
+        if bytes.as_ref().is_none_or(|(path, _)| *path != entry.segment) {
+            let mut whole = Vec::new();
+            File::open(&entry.segment)
+                .and_then(|mut f| f.read_to_end(&mut whole))
+                .map_err(io_error(format!("cannot read {}", entry.segment.display())))?;
+            bytes = Some((entry.segment.clone(), whole));
+        }
+        let stored = bytes
+            .as_ref()
+            .and_then(|(_, whole)| whole.get(entry.offset as usize..entry.offset as usize + entry.len as usize))
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        match entry.open(stored) {
+            Ok(_) => kept.push(entry),
+            Err(WalError::Unsealed { .. }) => analysis.findings.push(Finding::tampered(
+                &entry.segment,
+                entry.offset - ENTRY_HEADER as u64,
+                u64::from(entry.len) + ENTRY_HEADER as u64,
+                entry.seq,
+                entry.records,
+            )),
+            Err(e) => return Err(e),
+        }
+    }
+    analysis.entries = kept;
+    Ok(())
 }
 
 /// The checkpoint file as read at start: its state, or why it could not be read.
@@ -282,6 +418,16 @@ fn scan_segments(dir: &Path) -> Result<Vec<SegmentOnDisk>, WalError> {
 impl Wal {
     /// Opens (creating if needed) the log in `dir`, recovering what it holds.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Wal, Recovery), WalError> {
+        Self::open_sealed(dir, segment_bytes, None)
+    }
+
+    /// Opens the log in `dir`, encrypting what is appended with segment keys wrapped by `keys`
+    /// when given (see [`seal`]); encrypted segments need it to be read.
+    pub fn open_sealed(
+        dir: &Path,
+        segment_bytes: u64,
+        keys: Option<Arc<dyn seal::LogKeys>>,
+    ) -> Result<(Wal, Recovery), WalError> {
         std::fs::create_dir_all(dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
         let id = read_or_create_id(dir)?;
         let (checkpoint, unreadable) = read_checkpoint(dir)?;
@@ -291,6 +437,8 @@ impl Wal {
         if let Some(detail) = unreadable {
             analysis.findings.insert(0, Finding::unreadable_checkpoint(detail));
         }
+        let sealer = keys.map(|keys| Arc::new(seal::Sealer::new(keys)));
+        open_sealed_entries(id, sealer.as_deref(), &on_disk, &mut analysis)?;
         recovery::quarantine(dir, &mut analysis.findings);
         let next = analysis.next;
         let mut segments: Vec<Segment> = on_disk
@@ -305,19 +453,25 @@ impl Wal {
             .collect();
         let mut sealed = analysis.sealed;
         // Appends go to a new segment unless the last one is an untouched header.
+        // (With the same encryption: a sealed header with its key, or a plain one without.)
         let reusable = on_disk.last().filter(|s| {
             s.scan.entries.is_empty()
                 && s.scan.damaged.is_empty()
                 && s.scan.len == SEGMENT_HEADER as u64
-                && matches!(s.scan.layout, Layout::Current(Some(h)) if h.first == next)
+                && matches!(s.scan.layout, Layout::Current(Some(h)) if h.first == next && h.sealed == sealer.is_some())
         });
-        let (active, active_len) = match reusable {
+        let reused_cipher = match (reusable, &sealer) {
+            (Some(last), Some(sealer)) => sealer.open(&last.path).ok().flatten(),
+            _ => None,
+        };
+        let reusable = reusable.filter(|_| sealer.is_none() || reused_cipher.is_some());
+        let (active, active_len, cipher) = match reusable {
             Some(last) => {
                 let file = OpenOptions::new()
                     .append(true)
                     .open(&last.path)
                     .map_err(io_error(format!("cannot open {}", last.path.display())))?;
-                (file, SEGMENT_HEADER as u64)
+                (file, SEGMENT_HEADER as u64, reused_cipher)
             }
             None => {
                 let path = segment_path(dir, next.seq);
@@ -327,6 +481,7 @@ impl Wal {
                     let mut whole = Finding::replaced_segment(&on_disk[i].path, on_disk[i].scan.len);
                     recovery::quarantine(dir, std::slice::from_mut(&mut whole));
                     std::fs::remove_file(&path).map_err(io_error(format!("cannot replace {}", path.display())))?;
+                    remove_key_file(&path)?;
                     segments.remove(i);
                     sealed.retain(|s| s.name != whole.segment);
                 }
@@ -347,10 +502,10 @@ impl Wal {
                         });
                     }
                 }
-                let header = SegmentHeader { first: next, acked_before: next };
-                let file = Self::create_segment(dir, &path, &header, None)?;
+                let header = SegmentHeader { first: next, acked_before: next, sealed: sealer.is_some() };
+                let (file, cipher) = Self::create_segment(dir, &path, &header, None, sealer.as_deref())?;
                 segments.push(Segment { first: next, path });
-                (file, SEGMENT_HEADER as u64)
+                (file, SEGMENT_HEADER as u64, cipher)
             }
         };
         let findings = std::mem::take(&mut analysis.findings);
@@ -374,6 +529,8 @@ impl Wal {
             broken: None,
             roll_before_append: false,
             faults: None,
+            sealer,
+            cipher,
         };
         if sealed_changed {
             // Forget what was reported: a later start compares against what is left.
@@ -386,13 +543,16 @@ impl Wal {
         Ok((wal, Recovery { entries: analysis.entries, findings, checkpoint: checkpoint.frontier }))
     }
 
-    /// Creates a segment file with its header, synced, and syncs the folder.
+    /// Creates a segment file with its header, synced, and syncs the folder; with a sealer, its
+    /// key file first.
     fn create_segment(
         dir: &Path,
         path: &Path,
         header: &SegmentHeader,
         faults: Option<&Arc<dyn WriteFaults>>,
-    ) -> Result<File, WalError> {
+        sealer: Option<&seal::Sealer>,
+    ) -> Result<(File, Option<seal::SegmentCipher>), WalError> {
+        let cipher = sealer.map(|sealer| sealer.create(path)).transpose().map_err(WalError::Seal)?;
         let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
@@ -405,9 +565,10 @@ impl Wal {
         if let Err(e) = written {
             drop(file);
             let _ = std::fs::remove_file(path);
+            let _ = remove_key_file(path);
             return Err(e);
         }
-        Ok(file)
+        Ok((file, cipher))
     }
 
     /// The log's identity (see the module docs).
@@ -443,6 +604,11 @@ impl Wal {
             self.roll()?;
         }
         let at = self.next;
+        let sealed = match &self.cipher {
+            Some(cipher) => Some(cipher.seal(self.id, at.seq, payload).map_err(WalError::Seal)?),
+            None => None,
+        };
+        let payload = sealed.as_deref().unwrap_or(payload);
         let mut entry = Vec::with_capacity(ENTRY_HEADER + payload.len());
         format::encode_entry(at.seq, at.record, records, payload, &mut entry);
         if let Err(e) = write_with_faults(&mut self.active, &entry, self.faults.as_ref()) {
@@ -522,8 +688,9 @@ impl Wal {
             self.sync()?;
         }
         let path = segment_path(&self.dir, self.next.seq);
-        let header = SegmentHeader { first: self.next, acked_before: self.acked() };
-        let file = Self::create_segment(&self.dir, &path, &header, self.faults.as_ref())?;
+        let header = SegmentHeader { first: self.next, acked_before: self.acked(), sealed: self.sealer.is_some() };
+        let (file, cipher) =
+            Self::create_segment(&self.dir, &path, &header, self.faults.as_ref(), self.sealer.as_deref())?;
         if let Some(last) = self.segments.last() {
             self.sealed.push(SealedSegment {
                 name: file_name(&last.path),
@@ -536,6 +703,7 @@ impl Wal {
             self.sealed_changed = true;
         }
         self.active = file;
+        self.cipher = cipher;
         self.segments.push(Segment { first: self.next, path });
         self.active_len = SEGMENT_HEADER as u64;
         self.synced_len = self.active_len;
@@ -1166,5 +1334,108 @@ mod tests {
         assert_eq!(recovery.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![6, 7, 8, 9]);
         assert!(recovery.findings.is_empty(), "{:?}", recovery.findings);
         assert_eq!(wal.next_seq(), 10);
+    }
+
+    fn key_file(dir: &Path, byte: u8) -> Option<Arc<dyn seal::LogKeys>> {
+        use base64::Engine as _;
+        let path = dir.join(format!("key-{byte}"));
+        std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode([byte; 32])).unwrap();
+        Some(Arc::new(seal::KeyFile::load(&path).unwrap()))
+    }
+
+    fn payloads(recovery: &Recovery) -> Vec<Vec<u8>> {
+        recovery.entries.iter().map(|e| e.read().unwrap()).collect()
+    }
+
+    /// Sealed entries: no plaintext on disk, one key file per segment (deleted with it), read back
+    /// only with the key they were written with; without it the open fails naming the segment and
+    /// changes nothing, so the right key still reads everything.
+    #[test]
+    fn an_encrypted_log_reads_back_only_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let (mut wal, _) = Wal::open_sealed(&log, 200, key_file(dir.path(), 1)).unwrap();
+        let written: Vec<Vec<u8>> = (0..6).map(|i| format!("MARKER-{i}-secret").into_bytes()).collect();
+        for payload in &written {
+            wal.append(payload, 1).unwrap();
+        }
+        wal.sync().unwrap();
+        let segments = wal.segments();
+        assert!(segments.len() >= 3, "{segments:?}");
+        for segment in &segments {
+            let bytes = std::fs::read(segment).unwrap();
+            assert!(!bytes.windows(6).any(|w| w == b"MARKER"), "plaintext in {}", segment.display());
+            assert!(seal::key_path(segment).exists());
+        }
+        drop(wal);
+        for (keys, why) in [(None, "configures no `encryption`"), (key_file(dir.path(), 2), "does not unwrap")] {
+            let error = Wal::open_sealed(&log, 200, keys).unwrap_err();
+            assert!(matches!(&error, WalError::Key { segment, offset: Some(48), .. } if segment.ends_with(".wal")), "{error}");
+            assert!(error.to_string().contains(why), "{error}");
+        }
+        let (mut wal, recovery) = Wal::open_sealed(&log, 200, key_file(dir.path(), 1)).unwrap();
+        assert_eq!(payloads(&recovery), written);
+        assert!(recovery.findings.is_empty(), "{:?}", recovery.findings);
+        wal.truncate_below(wal.next(), &[]).unwrap();
+        for segment in &segments {
+            assert!(!segment.exists() && !seal::key_path(segment).exists());
+        }
+    }
+
+    /// An entry changed on disk with its checksums made to agree fails its seal: a finding with
+    /// its segment, offset and records; the entries around it are replayed.
+    #[test]
+    fn a_tampered_entry_is_reported_and_the_rest_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let (mut wal, _) = Wal::open_sealed(&log, 1 << 20, key_file(dir.path(), 1)).unwrap();
+        let offsets: Vec<u64> = (0..3u8)
+            .map(|i| {
+                let before = wal.active_lengths().0;
+                wal.append(&[i; 20], 2).unwrap();
+                before
+            })
+            .collect();
+        wal.sync().unwrap();
+        let segment = wal.segments()[0].clone();
+        drop(wal);
+        // Flip a ciphertext byte of the middle entry and recompute both checksums.
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let at = offsets[1] as usize;
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        bytes[at + ENTRY_HEADER + 20] ^= 0x40;
+        let payload_crc = crc32c::crc32c(&bytes[at + ENTRY_HEADER..at + ENTRY_HEADER + len]);
+        bytes[at + 32..at + 36].copy_from_slice(&payload_crc.to_le_bytes());
+        let header_crc = crc32c::crc32c(&bytes[at + 8..at + ENTRY_HEADER]);
+        bytes[at + 4..at + 8].copy_from_slice(&header_crc.to_le_bytes());
+        std::fs::write(&segment, bytes).unwrap();
+        let (_, recovery) = Wal::open_sealed(&log, 1 << 20, key_file(dir.path(), 1)).unwrap();
+        assert_eq!(payloads(&recovery), vec![vec![0u8; 20], vec![2u8; 20]]);
+        let [tampered] = recovery.findings.as_slice() else { panic!("{:?}", recovery.findings) };
+        assert_eq!(
+            (tampered.kind, tampered.offset, tampered.lost_records, tampered.seqs.clone()),
+            (FindingKind::TamperedEntry, Some(offsets[1]), Some(2), Some(1..2))
+        );
+        assert!(tampered.to_string().contains(&format!("tampered entry in {}", file_name(&segment))), "{tampered}");
+        assert!(tampered.quarantined.is_some());
+    }
+
+    /// Turning encryption on keeps the plain entries readable and seals what comes after.
+    #[test]
+    fn plain_entries_stay_readable_when_encryption_is_turned_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), 1 << 20).unwrap();
+        wal.append(b"plain MARKER", 1).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let (mut wal, recovery) = Wal::open_sealed(dir.path(), 1 << 20, key_file(dir.path(), 1)).unwrap();
+        assert_eq!(payloads(&recovery), vec![b"plain MARKER".to_vec()]);
+        wal.append(b"sealed MARKER", 1).unwrap();
+        wal.sync().unwrap();
+        let sealed_segment = wal.segments().last().unwrap().clone();
+        assert!(!std::fs::read(&sealed_segment).unwrap().windows(6).any(|w| w == b"MARKER"));
+        drop(wal);
+        let (_, recovery) = Wal::open_sealed(dir.path(), 1 << 20, key_file(dir.path(), 1)).unwrap();
+        assert_eq!(payloads(&recovery), vec![b"plain MARKER".to_vec(), b"sealed MARKER".to_vec()]);
     }
 }

@@ -122,6 +122,8 @@ pub enum FindingKind {
     MissingEntries,
     /// The checkpoint could not be read: everything the log holds is replayed.
     UnreadableCheckpoint,
+    /// An encrypted entry whose checksums agree fails authentication: tampered with.
+    TamperedEntry,
 }
 
 /// One thing recovery found, with what it cost.
@@ -187,6 +189,18 @@ impl Finding {
         finding
     }
 
+    /// An encrypted entry at `offset` (its frame) of `segment` that failed authentication.
+    pub(super) fn tampered(segment: &Path, offset: u64, bytes: u64, seq: u64, records: u32) -> Self {
+        let mut finding = Finding::new(FindingKind::TamperedEntry, super::file_name(segment));
+        finding.offset = Some(offset);
+        finding.bytes = Some(bytes);
+        finding.seqs = Some(seq..seq + 1);
+        finding.lost_entries = 1;
+        finding.lost_records = Some(u64::from(records));
+        finding.detail = Some("its checksums agree but its encryption tag does not: changed on disk".into());
+        finding
+    }
+
     /// Whether acknowledged entries were lost.
     pub fn is_loss(&self) -> bool {
         self.lost_entries > 0
@@ -207,6 +221,7 @@ impl fmt::Display for Finding {
             FindingKind::ShortenedSegment => "segment shortened",
             FindingKind::MissingEntries => "entries missing",
             FindingKind::UnreadableCheckpoint => "checkpoint unreadable",
+            FindingKind::TamperedEntry => "tampered entry",
         };
         write!(f, "{what} in {}", self.segment)?;
         if let Some(offset) = self.offset {
@@ -318,6 +333,7 @@ pub fn analyze(checkpoint: &CheckpointState, segments: &[SegmentOnDisk]) -> Anal
                     segment: segment.path.clone(),
                     offset: e.offset,
                     len: e.len,
+                    sealed: None,
                 });
             }
         }
@@ -475,7 +491,11 @@ pub fn quarantine(dir: &Path, findings: &mut [Finding]) {
             finding.known = true;
             continue;
         }
-        if let (FindingKind::DamagedBytes | FindingKind::ShortenedSegment, Some(offset), Some(bytes)) =
+        if let (
+            FindingKind::DamagedBytes | FindingKind::ShortenedSegment | FindingKind::TamperedEntry,
+            Some(offset),
+            Some(bytes),
+        ) =
             (finding.kind, finding.offset, finding.bytes)
         {
             let stem = finding.segment.trim_end_matches(".wal");
