@@ -33,6 +33,7 @@ fn api(keys: bool) -> FirehoseApi {
         log: None,
         metrics: Arc::new(PipelineMetrics::new(1, 0)),
         keys: keys.clone(),
+        encryption: None,
     };
     FirehoseApi::new(vec![endpoint], keys, "us-east-1", ListenerLimits::default())
 }

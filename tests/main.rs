@@ -24,6 +24,7 @@ mod pipelines;
 mod postgres;
 mod resume;
 mod s3;
+mod security;
 mod splunk;
 mod support;
 mod transforms;

@@ -2,6 +2,7 @@
 //! [`registry`], and the synthetic log profiles used by the generator source and `sluice gen`.
 
 pub mod api;
+pub mod kms;
 pub mod load;
 pub mod measure;
 pub mod registry;

@@ -22,6 +22,7 @@ use std::time::Duration;
 use sluice_engine::config::{Durability, Retention};
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::{RecordBatch, now_ms};
+use sluice_engine::wal::seal::LogKeys;
 use sluice_engine::wal::{ENTRY_OVERHEAD, EntryAt, Position, Recovery, Wal, WalError};
 
 /// Segment size of an API source's log.
@@ -81,16 +82,17 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl DurableLog {
-    /// Opens the log in `dir`; returns it and the batches to replay (committed, not delivered),
-    /// with their sequence numbers.
+    /// Opens the log in `dir`, encrypted with segment keys wrapped by `keys` when given; returns it
+    /// and the batches to replay (committed, not delivered), with their sequence numbers.
     /// What recovery found is logged and counted into `metrics`.
     pub fn open(
         dir: &Path,
         mode: Durability,
         retention: Retention,
+        keys: Option<Arc<dyn LogKeys>>,
         metrics: &PipelineMetrics,
     ) -> Result<(Arc<DurableLog>, Replay), WalError> {
-        let (mut wal, Recovery { entries, findings, .. }) = Wal::open(dir, SEGMENT_BYTES)?;
+        let (mut wal, Recovery { entries, findings, .. }) = Wal::open_sealed(dir, SEGMENT_BYTES, keys)?;
         wal.set_buffered(mode == Durability::Buffered);
         for finding in &findings {
             let log = dir.display();
@@ -336,7 +338,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let retention = Retention { max_bytes: 2500, max_age: Duration::from_secs(3600) };
         let metrics = PipelineMetrics::new(1, 1);
-        let (log, _) = DurableLog::open(dir.path(), Durability::Fsync, retention, &metrics).unwrap();
+        let (log, _) = DurableLog::open(dir.path(), Durability::Fsync, retention, None, &metrics).unwrap();
         let now = now_ms();
         let first = log.commit(&batch(10, now - 2 * 3600 * 1000)).unwrap();
         let second = log.commit(&batch(10, now)).unwrap();
@@ -347,7 +349,7 @@ mod tests {
         assert_eq!(log.truncate(6).unwrap(), 0);
         assert!(first < second);
         drop(log);
-        let (_, replay) = DurableLog::open(dir.path(), Durability::Fsync, retention, &metrics).unwrap();
+        let (_, replay) = DurableLog::open(dir.path(), Durability::Fsync, retention, None, &metrics).unwrap();
         assert!(replay.is_empty(), "{replay:?}");
     }
 }

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_engine::config::StreamInfo;
+use sluice_engine::config::{LogEncryption, StreamInfo};
 use sluice_engine::contract::DestinationKind;
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::{RecordBatch, now_ms};
@@ -69,6 +69,27 @@ pub struct StreamEndpoint {
     pub metrics: Arc<PipelineMetrics>,
     /// Keys allowed to put to this stream (empty: any key the API accepts).
     pub keys: AccessKeys,
+    /// How the stream's write-ahead log is encrypted at rest (`None`: not encrypted, or no log).
+    pub encryption: Option<LogEncryption>,
+}
+
+impl StreamEndpoint {
+    /// `Encrypted` in put responses: whether what was accepted is encrypted at rest.
+    fn encrypted(&self) -> bool {
+        self.encryption.is_some()
+    }
+
+    /// `DeliveryStreamEncryptionConfiguration` as DescribeDeliveryStream shows it.
+    fn encryption_description(&self) -> Value {
+        match &self.encryption {
+            None => json!({"Status": "DISABLED"}),
+            Some(LogEncryption::Kms { key_id, .. }) => {
+                json!({"Status": "ENABLED", "KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": key_id})
+            }
+            // A key sluice holds itself: the nearest Firehose key type.
+            Some(LogEncryption::KeyFile(_)) => json!({"Status": "ENABLED", "KeyType": "AWS_OWNED_CMK"}),
+        }
+    }
 }
 
 /// The API behind one listener: its streams by name and the keys requests must be signed with.
@@ -413,7 +434,7 @@ impl FirehoseApi {
         api.put_record_bytes.fetch_add(bytes, Relaxed);
         api.put_record_latency.observe(started.elapsed());
         let id = self.record_ids.take(1);
-        Ok(json!({"RecordId": self.record_ids.format(id), "Encrypted": false}).to_string())
+        Ok(json!({"RecordId": self.record_ids.format(id), "Encrypted": endpoint.encrypted()}).to_string())
     }
 
     fn put_record_batch(&self, body: &[u8], key_id: Option<&str>, started: Instant) -> Result<String, ApiError> {
@@ -466,7 +487,10 @@ impl FirehoseApi {
         // Written directly: 500 small objects through `serde_json::Value` cost more than the rest.
         let first = self.record_ids.take(accepted);
         let mut out = String::with_capacity(64 + total * 52);
-        out.push_str(&format!("{{\"FailedPutCount\":{refused},\"Encrypted\":false,\"RequestResponses\":["));
+        out.push_str(&format!(
+            "{{\"FailedPutCount\":{refused},\"Encrypted\":{},\"RequestResponses\":[",
+            endpoint.encrypted()
+        ));
         for i in 0..total {
             if i > 0 {
                 out.push(',');
@@ -526,7 +550,7 @@ impl FirehoseApi {
                 "DeliveryStreamName": info.name,
                 "DeliveryStreamARN": self.arn(&info.name),
                 "DeliveryStreamStatus": "ACTIVE",
-                "DeliveryStreamEncryptionConfiguration": {"Status": "DISABLED"},
+                "DeliveryStreamEncryptionConfiguration": endpoint.encryption_description(),
                 "DeliveryStreamType": "DirectPut",
                 "VersionId": "1",
                 "CreateTimestamp": created,
@@ -725,6 +749,7 @@ mod tests {
             log: None,
             metrics: Arc::clone(&metrics),
             keys: AccessKeys::default(),
+            encryption: None,
         };
         (
             FirehoseApi::new(vec![endpoint], AccessKeys::default(), "us-east-1", ListenerLimits::default()),

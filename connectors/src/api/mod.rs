@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sluice_engine::config::{Durability, Retention};
+use sluice_engine::config::{ConnectorConfig, Durability, LogEncryption, Retention};
 use sluice_engine::contract::{OnStop, ReadStatus, SourceError, SourceReader};
 use sluice_engine::record::RecordBatch;
 
@@ -69,13 +69,28 @@ pub struct LogSlot {
     dir: PathBuf,
     mode: Durability,
     retention: Retention,
+    encryption: Option<LogEncryption>,
+    pipeline: String,
     opened: std::sync::Mutex<Option<Option<Arc<durable::DurableLog>>>>,
 }
 
 impl LogSlot {
-    /// The log of a source in `dir` with `mode` and `retention` (nothing is opened yet).
-    pub fn new(dir: PathBuf, mode: Durability, retention: Retention) -> Self {
-        LogSlot { dir, mode, retention, opened: std::sync::Mutex::new(None) }
+    /// The log of the source `config` configures, in `<data_dir>/<source name>`, with the
+    /// pipeline's durability, retention and encryption (nothing is opened yet).
+    pub fn for_source(config: &ConnectorConfig) -> Self {
+        LogSlot {
+            dir: config.data_dir.join(&config.name),
+            mode: config.durability,
+            retention: config.retention,
+            encryption: config.encryption.clone(),
+            pipeline: config.pipeline.clone(),
+            opened: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// How the log is encrypted at rest (`None`: plain, or no log).
+    pub fn encryption(&self) -> Option<LogEncryption> {
+        self.encryption.clone().filter(|_| self.mode != Durability::None)
     }
 
     /// Opens the log (once) and starts queueing into `queue` what it replays: batches acknowledged
@@ -94,8 +109,10 @@ impl LogSlot {
         let log = if self.mode == Durability::None {
             None
         } else {
-            let (log, replay) = durable::DurableLog::open(&self.dir, self.mode, self.retention, metrics)
-                .map_err(|e| SourceError::Setup(format!("write-ahead log in {}: {e}", self.dir.display())))?;
+            let failed = |e: String| SourceError::Setup(format!("write-ahead log in {}: {e}", self.dir.display()));
+            let keys = crate::kms::log_keys(self.encryption.as_ref(), &self.pipeline).map_err(failed)?;
+            let (log, replay) = durable::DurableLog::open(&self.dir, self.mode, self.retention, keys, metrics)
+                .map_err(|e| failed(e.to_string()))?;
             if !replay.is_empty() {
                 tracing::info!(batches = replay.len(), dir = %self.dir.display(), "replaying acknowledged records not yet delivered");
                 let queue = Arc::clone(queue);

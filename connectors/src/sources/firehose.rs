@@ -106,6 +106,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnos
     let inflight_span = config.table.value_span("max_inflight_mb").unwrap_or(span.clone());
     let auth_span = config.table.value_span("auth").unwrap_or(span);
     let limits = ListenerLimits::take_from(&mut config.table, (MAX_REQUEST_BYTES >> 20) as u64 + 1)?;
+    let log = LogSlot::for_source(&config);
     let c: FirehoseConfig = config.table.deserialize()?;
     let listen = parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span)?;
     let inflight = inflight_limit(c.max_inflight_mb, 8, "a PutRecordBatch alone can carry 4 MiB", inflight_span)?;
@@ -125,7 +126,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnos
         tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
         region: c.region.unwrap_or_else(|| "us-east-1".into()),
         queue: Arc::new(IngestQueue::new(inflight)),
-        log: LogSlot::new(config.data_dir.join(&config.name), config.durability, config.retention),
+        log,
         limits,
         shared: AtomicBool::new(false),
     }))
@@ -157,7 +158,14 @@ impl FirehoseSource {
             created_ms: sluice_engine::record::now_ms(),
             destinations: Vec::new(),
         }));
-        Ok(StreamEndpoint { info, queue: Arc::clone(&self.queue), log, metrics, keys: self.keys.clone() })
+        Ok(StreamEndpoint {
+            info,
+            queue: Arc::clone(&self.queue),
+            log,
+            metrics,
+            keys: self.keys.clone(),
+            encryption: self.log.encryption(),
+        })
     }
 }
 

@@ -92,6 +92,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnos
     let body_span = config.table.value_span("max_body_mb").unwrap_or(span.clone());
     let inflight_span = config.table.value_span("max_inflight_mb").unwrap_or(span);
     let limits = ListenerLimits::take_from(&mut config.table, 1)?;
+    let log = LogSlot::for_source(&config);
     let c: HttpConfig = config.table.deserialize()?;
     let listen = parse_listen(c.listen.as_deref(), "127.0.0.1:4574", listen_span)?;
     let max_body_mb = c.max_body_mb.unwrap_or(16);
@@ -108,7 +109,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnos
             bodies: BodyBudget::new(limits.max_body_buffer),
             body_timeout: limits.body_timeout,
             queue: Arc::new(IngestQueue::new(inflight)),
-            log: LogSlot::new(config.data_dir.join(&config.name), config.durability, config.retention),
+            log,
             metrics: std::sync::OnceLock::new(),
         }),
         tls: c.tls.map(|t| t.relative_to(&config.base_dir)),

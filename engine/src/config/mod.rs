@@ -15,8 +15,8 @@ use std::path::Path;
 pub use diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 pub use document::Section;
 pub use registry::{
-    ConnectorConfig, Durability, KeyQueryCompiler, Registry, Retention, SinkType, SourceType, StreamDescription,
-    TransformType,
+    ConnectorConfig, Durability, KeyQueryCompiler, LogEncryption, Registry, Retention, SinkType, SourceType,
+    StreamDescription, TransformType,
 };
 pub use resolve::{
     BackupMode, BufferingHints, Deaggregation, DestinationInfo, Input, Partitioning, Plan, SinkPlan, SinkSettings,

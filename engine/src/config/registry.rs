@@ -8,6 +8,24 @@ use std::time::Duration;
 use super::{Diagnostic, Section, StreamInfo};
 use crate::contract::{KeyQuery, Sink, Source, Transform};
 
+/// `[pipeline] encryption`: how an API source's write-ahead log is encrypted at rest (see
+/// [`crate::wal::seal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEncryption {
+    /// `key_file`: 32 random bytes, base64 (read and checked at validation).
+    KeyFile(std::path::PathBuf),
+    /// `kms_key_id`: a data key from KMS `GenerateDataKey` wraps the segment keys; it is stored
+    /// encrypted with them and unwrapped with `Decrypt` at a later start.
+    Kms {
+        /// The KMS key id, ARN or alias.
+        key_id: String,
+        /// `kms_endpoint` (default `https://kms.<region>.amazonaws.com`).
+        endpoint: String,
+        /// `region` (default: the ARN's, else `AWS_REGION`, else `us-east-1`).
+        region: String,
+    },
+}
+
 /// When an API source acknowledges a request (`[pipeline] durability`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -65,6 +83,8 @@ pub struct ConnectorConfig {
     pub durability: Durability,
     /// `[pipeline] retention`.
     pub retention: Retention,
+    /// `[pipeline] encryption` (none: the log is written plain).
+    pub encryption: Option<LogEncryption>,
     /// The component's name, e.g. `logs` for `[sources.logs]`.
     pub name: String,
     /// Its remaining keys.

@@ -17,7 +17,7 @@ use toml::Spanned;
 use super::columnar::take_parquet_spec;
 use super::diagnostic::{Diagnostic, did_you_mean};
 use super::document::{Section, join_ticked};
-use super::registry::{ConnectorConfig, Durability, Registry, Retention};
+use super::registry::{ConnectorConfig, Durability, LogEncryption, Registry, Retention};
 use crate::compression::Compression;
 use crate::contract::{DestinationKind, Sink, Source, Transform};
 use crate::format::{self, ObjectFormat};
@@ -453,7 +453,83 @@ pub const SINK_ENGINE_KEYS: &[&str] = &[
     "partitioning",
     "deaggregation",
 ];
-const PIPELINE_KEYS: &[&str] = &["name", "workers", "data_dir", "durability", "retention", "stop_timeout_s"];
+const PIPELINE_KEYS: &[&str] =
+    &["name", "workers", "data_dir", "durability", "retention", "stop_timeout_s", "encryption"];
+
+/// `[pipeline] encryption = { key_file = "..." }` or `{ kms_key_id = "...", kms_endpoint, region }`.
+fn log_encryption(mut e: Section, base_dir: &Path, problems: &mut Vec<Diagnostic>) -> Option<LogEncryption> {
+    let span = e.span.clone();
+    let key_file = e.take_string("key_file", problems);
+    let key_id = e.take_string("kms_key_id", problems);
+    let endpoint = e.take_string("kms_endpoint", problems);
+    let region = e.take_string("region", problems);
+    e.deny_unknown(&["key_file", "kms_key_id", "kms_endpoint", "region"], problems);
+    let generate = "make one with: head -c 32 /dev/urandom | base64 > keys/wal.key (and keep a copy: without it the log cannot be read)";
+    match (key_file, key_id) {
+        (Some(file), None) => {
+            if let Some(extra) = endpoint.as_ref().or(region.as_ref()) {
+                problems.push(
+                    Diagnostic::new(extra.span(), "`kms_endpoint` and `region` belong to `kms_key_id`")
+                        .with_hint("a key file needs only `key_file`"),
+                );
+            }
+            let path = base_dir.join(file.get_ref());
+            match crate::wal::seal::KeyFile::load(&path) {
+                Ok(_) => Some(LogEncryption::KeyFile(path)),
+                Err(why) => {
+                    problems.push(Diagnostic::new(file.span(), why).with_hint(generate));
+                    None
+                }
+            }
+        }
+        (None, Some(key_id)) => {
+            if key_id.get_ref().is_empty() {
+                problems.push(
+                    Diagnostic::new(key_id.span(), "`kms_key_id` is empty")
+                        .with_hint("a KMS key id, ARN or alias, e.g. \"arn:aws:kms:us-east-1:123456789012:key/…\""),
+                );
+                return None;
+            }
+            let from_arn =
+                key_id.get_ref().strip_prefix("arn:aws:kms:").and_then(|r| r.split(':').next()).map(str::to_string);
+            let region = region
+                .map(Spanned::into_inner)
+                .or(from_arn.filter(|r| !r.is_empty()))
+                .or_else(|| std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()))
+                .unwrap_or_else(|| "us-east-1".into());
+            let endpoint = match endpoint {
+                Some(url) if url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://") => {
+                    url.into_inner()
+                }
+                Some(url) => {
+                    problems.push(
+                        Diagnostic::new(url.span(), format!("`{}` is not an http(s) URL", url.get_ref()))
+                            .with_hint("e.g. kms_endpoint = \"http://127.0.0.1:5000\""),
+                    );
+                    return None;
+                }
+                None => format!("https://kms.{region}.amazonaws.com"),
+            };
+            Some(LogEncryption::Kms { key_id: key_id.into_inner(), endpoint, region })
+        }
+        (Some(file), Some(key_id)) => {
+            problems.push(
+                Diagnostic::new(
+                    key_id.span().start..file.span().end.max(key_id.span().end),
+                    "`key_file` and `kms_key_id` are both set",
+                )
+                .with_hint("choose one: a local key file, or a KMS key"),
+            );
+            None
+        }
+        (None, None) => {
+            problems.push(Diagnostic::new(span, "`encryption` names no key").with_hint(format!(
+                "use {{ key_file = \"keys/wal.key\" }} ({generate}) or {{ kms_key_id = \"arn:aws:kms:...\" }}"
+            )));
+            None
+        }
+    }
+}
 
 fn valid_stream_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
@@ -471,6 +547,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
     // [pipeline]
     let (mut name, mut workers, mut stop_timeout) = (String::new(), None, None);
     let (mut data_dir, mut durability, mut retention) = (None, Durability::Fsync, Retention::default());
+    let mut encryption = None;
     match pipeline {
         None => problems.push(
             Diagnostic::new(root_span.start..root_span.start, "missing [pipeline] table")
@@ -533,6 +610,9 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                 }
                 r.deny_unknown(&["max_gb", "max_hours"], &mut problems);
             }
+            if let Some(e) = p.take_table("encryption", &mut problems) {
+                encryption = log_encryption(e, base_dir, &mut problems);
+            }
             p.deny_unknown(PIPELINE_KEYS, &mut problems);
         }
     }
@@ -545,6 +625,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
         data_dir: data_dir.clone(),
         durability,
         retention,
+        encryption: encryption.clone(),
         name: component,
         table,
         base_dir: base_dir.to_path_buf(),

@@ -292,7 +292,8 @@ mod tests {
 
     fn segment(entries: &[(&[u8], u32)]) -> Vec<u8> {
         let start = Position { seq: 10, record: 100 };
-        let mut out = encode_segment_header(&SegmentHeader { first: start, acked_before: start, sealed: false }).to_vec();
+        let mut out =
+            encode_segment_header(&SegmentHeader { first: start, acked_before: start, sealed: false }).to_vec();
         let mut record = start.record;
         for (i, (payload, records)) in entries.iter().enumerate() {
             encode_entry(10 + i as u64, record, *records, payload, &mut out);

@@ -333,7 +333,12 @@ fn open_sealed_entries(
             Ok(Some(cipher)) => {
                 ciphers.insert(segment.path.clone(), cipher);
             }
-            Ok(None) => return Err(key_error(format!("its entries are encrypted and {} is missing", file_name(&seal::key_path(&segment.path))))),
+            Ok(None) => {
+                return Err(key_error(format!(
+                    "its entries are encrypted and {} is missing",
+                    file_name(&seal::key_path(&segment.path))
+                )));
+            }
             Err(reason) => return Err(key_error(reason)),
         }
     }
@@ -1370,7 +1375,10 @@ mod tests {
         drop(wal);
         for (keys, why) in [(None, "configures no `encryption`"), (key_file(dir.path(), 2), "does not unwrap")] {
             let error = Wal::open_sealed(&log, 200, keys).unwrap_err();
-            assert!(matches!(&error, WalError::Key { segment, offset: Some(48), .. } if segment.ends_with(".wal")), "{error}");
+            assert!(
+                matches!(&error, WalError::Key { segment, offset: Some(48), .. } if segment.ends_with(".wal")),
+                "{error}"
+            );
             assert!(error.to_string().contains(why), "{error}");
         }
         let (mut wal, recovery) = Wal::open_sealed(&log, 200, key_file(dir.path(), 1)).unwrap();

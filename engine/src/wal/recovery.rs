@@ -495,8 +495,7 @@ pub fn quarantine(dir: &Path, findings: &mut [Finding]) {
             FindingKind::DamagedBytes | FindingKind::ShortenedSegment | FindingKind::TamperedEntry,
             Some(offset),
             Some(bytes),
-        ) =
-            (finding.kind, finding.offset, finding.bytes)
+        ) = (finding.kind, finding.offset, finding.bytes)
         {
             let stem = finding.segment.trim_end_matches(".wal");
             let target = folder.join(format!("{stem}-{offset}.bin"));

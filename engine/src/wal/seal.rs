@@ -165,7 +165,11 @@ impl SegmentCipher {
         let head = SEALED_MAGIC.len() + NONCE_LEN;
         let tag = self
             .0
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(log_id, seq)), &mut out[head..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(log_id, seq)),
+                &mut out[head..],
+            )
             .map_err(|_| "sealing a log entry failed".to_string())?;
         out.extend_from_slice(tag.as_ref());
         Ok(out)

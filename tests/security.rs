@@ -1,0 +1,306 @@
+//! Security (issue 18): the write-ahead log encrypted at rest with a key file or a KMS data key
+//! (moto_server's KMS on 127.0.0.1), replayed after a kill, refused with a wrong key, and a
+//! tampered entry reported while the rest is replayed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::support::{firehose_to_files, free_port, python, sluice, start_listening_with, terminate};
+
+/// Records per request.
+const PER_REQUEST: usize = 20;
+
+/// moto_server (KMS, S3) on a free port of 127.0.0.1, stopped when dropped.
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let server = python().with_file_name("moto_server");
+        let child = Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} (scripts/test.sh installs it): {e}", server.display()));
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "moto_server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// Runs `script` with boto3, `ENDPOINT` bound; its stdout, trimmed.
+    pub fn boto3(&self, script: &str) -> String {
+        let output = Command::new(python())
+            .args(["-c", &format!("import boto3\nENDPOINT = {:?}\n{script}", self.endpoint)])
+            .envs(aws_env())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// A new KMS key's ARN.
+    pub fn kms_key(&self) -> String {
+        self.boto3(
+            "print(boto3.client('kms', endpoint_url=ENDPOINT, region_name='us-east-1').create_key()['KeyMetadata']['Arn'])",
+        )
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Test credentials for moto (it does not check them).
+pub fn aws_env() -> [(&'static str, &'static str); 5] {
+    [
+        ("AWS_ACCESS_KEY_ID", "AKIAMOTOTEST"),
+        ("AWS_SECRET_ACCESS_KEY", "moto-secret-never-logged"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_CONFIG_FILE", "/dev/null"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+    ]
+}
+
+/// `sluice run config`, output appended beside the config, started once it listens on `port`.
+fn start(config: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(config.with_extension("log")).unwrap();
+    let mut command = sluice();
+    command
+        .args(["run", config.to_str().unwrap()])
+        .env("SLUICE_LOG", "warn")
+        .envs(aws_env())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    start_listening_with(&mut command, port)
+}
+
+/// One PutRecordBatch of marked records `first..first + PER_REQUEST`; the answer.
+fn put(port: u16, first: usize) -> Value {
+    let records: Vec<Value> = (first..first + PER_REQUEST)
+        .map(|n| {
+            let data = format!("{{\"n\":{n},\"note\":\"PLAINTEXT-MARKER-{n}\"}}");
+            serde_json::json!({"Data": base64::engine::general_purpose::STANDARD.encode(data)})
+        })
+        .collect();
+    let body = serde_json::json!({"DeliveryStreamName": "sealed", "Records": records}).to_string();
+    let answer = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(body)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    serde_json::from_str(&answer).unwrap()
+}
+
+/// Every file under `dir` (recursively).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+/// The `n` of every delivered record under `out`, sorted.
+fn delivered(out: &Path) -> Vec<usize> {
+    let mut numbers: Vec<usize> = files(out)
+        .iter()
+        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_string).collect::<Vec<_>>())
+        .map(|line| serde_json::from_str::<Value>(&line).unwrap()["n"].as_u64().unwrap() as usize)
+        .collect();
+    numbers.sort_unstable();
+    numbers
+}
+
+/// A sealed pipeline: acknowledged records are only in the log when it is killed (the sink's
+/// buffer holds them), so the restart must unwrap the key and replay them.
+fn sealed_pipeline(dir: &Path, port: u16, encryption: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (data, out) = (dir.join("data"), dir.join("out"));
+    let config = dir.join("sealed.toml");
+    let sink = "buffer = { size_mb = 64, interval_s = 900 }";
+    let pipeline = format!("workers = 1\nencryption = {encryption}");
+    std::fs::write(&config, firehose_to_files("sealed", port, &data, &out, &pipeline, "", sink)).unwrap();
+    (config, data, out)
+}
+
+/// Sends `requests` batches, checks each is acknowledged encrypted, and kills the process.
+fn put_and_kill(mut child: Child, port: u16, requests: usize) {
+    for request in 0..requests {
+        let answer = put(port, request * PER_REQUEST);
+        assert_eq!(
+            (answer["FailedPutCount"].as_u64(), answer["Encrypted"].as_bool()),
+            (Some(0), Some(true)),
+            "{answer}"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Restarts, stops cleanly, and returns the exit status and what the run printed.
+fn restart_and_stop(config: &Path, port: u16) -> (bool, String) {
+    let child = start(config, port);
+    std::thread::sleep(Duration::from_millis(500));
+    terminate(&child);
+    let mut child = child;
+    let status = child.wait().unwrap();
+    (status.success(), std::fs::read_to_string(config.with_extension("log")).unwrap_or_default())
+}
+
+#[test]
+fn a_kms_encrypted_log_holds_no_plaintext_replays_after_a_kill_and_refuses_another_key() {
+    let moto = Moto::start();
+    let (key, other_key) = (moto.kms_key(), moto.kms_key());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let encryption = |key: &str| format!("{{ kms_key_id = \"{key}\", kms_endpoint = \"{}\" }}", moto.endpoint);
+    let (config, data, out) = sealed_pipeline(dir.path(), port, &encryption(&key));
+    put_and_kill(start(&config, port), port, 10);
+
+    // Nothing of a record is on disk in the clear; each segment has its key file (KMS's copy).
+    let on_disk = files(&data);
+    assert!(on_disk.iter().any(|f| f.extension().is_some_and(|e| e == "key")), "{on_disk:?}");
+    for file in &on_disk {
+        let bytes = std::fs::read(file).unwrap();
+        assert!(!bytes.windows(9).any(|w| w == b"PLAINTEXT"), "plaintext in {}", file.display());
+    }
+    assert!(delivered(&out).is_empty());
+
+    // Another KMS key: a clear start-up error naming the segment; nothing is lost or moved.
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace(&key, &other_key)).unwrap();
+    let mut refused = sluice()
+        .args(["run", config.to_str().unwrap()])
+        .envs(aws_env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while refused.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "a run with another key did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = refused.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(".wal") && stderr.contains("KMS Decrypt") && stderr.contains("AccessDeniedException"),
+        "{stderr}"
+    );
+    assert!(!data.join("api/quarantine").exists(), "nothing is quarantined for a wrong key");
+
+    // The right key: everything acknowledged is delivered, and DescribeDeliveryStream says so.
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace(&other_key, &key)).unwrap();
+    let child = start(&config, port);
+    let described = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("x-amz-target", "Firehose_20150804.DescribeDeliveryStream")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(r#"{"DeliveryStreamName":"sealed"}"#)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let described: Value = serde_json::from_str(&described).unwrap();
+    let encryption = &described["DeliveryStreamDescription"]["DeliveryStreamEncryptionConfiguration"];
+    assert_eq!(*encryption, serde_json::json!({"Status": "ENABLED", "KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": key}));
+    terminate(&child);
+    let mut child = child;
+    assert!(child.wait().unwrap().success(), "{}", std::fs::read_to_string(config.with_extension("log")).unwrap());
+    assert_eq!(delivered(&out), (0..10 * PER_REQUEST).collect::<Vec<_>>());
+}
+
+/// An attacker's change to an encrypted entry, checksums recomputed: the start reports the
+/// tampered entry with its segment and offset, and replays every other record.
+#[test]
+fn a_tampered_entry_in_a_key_file_encrypted_log_is_reported_and_the_rest_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    std::fs::write(dir.path().join("keys/wal.key"), base64::engine::general_purpose::STANDARD.encode([7u8; 32]))
+        .unwrap();
+    let port = free_port();
+    let (config, data, out) = sealed_pipeline(dir.path(), port, "{ key_file = \"keys/wal.key\" }");
+    put_and_kill(start(&config, port), port, 8);
+
+    let segment = files(&data.join("api")).into_iter().find(|p| p.extension().is_some_and(|x| x == "wal")).unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let magic = [0xE7, b'S', b'L', b'W'];
+    let starts: Vec<usize> = bytes.windows(4).enumerate().filter(|(_, w)| *w == magic).map(|(i, _)| i).collect();
+    assert_eq!(starts.len(), 8);
+    // Entry 3: one ciphertext byte, then both checksums made to agree again.
+    let at = starts[3];
+    let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+    bytes[at + 36 + 40] ^= 0x01;
+    let payload_crc = crc32c::crc32c(&bytes[at + 36..at + 36 + len]);
+    bytes[at + 32..at + 36].copy_from_slice(&payload_crc.to_le_bytes());
+    let header_crc = crc32c::crc32c(&bytes[at + 8..at + 36]);
+    bytes[at + 4..at + 8].copy_from_slice(&header_crc.to_le_bytes());
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let (stopped, log) = restart_and_stop(&config, port);
+    assert!(stopped, "{log}");
+    let name = segment.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        log.contains(&format!("tampered entry in {name} at offset {at}")) && log.contains("ACKNOWLEDGED RECORDS LOST"),
+        "{log}"
+    );
+    let expected: Vec<usize> = (0..8 * PER_REQUEST).filter(|n| n / PER_REQUEST != 3).collect();
+    assert_eq!(delivered(&out), expected);
+}
+
+#[test]
+fn encryption_config_errors_point_at_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("short.key"), base64::engine::general_purpose::STANDARD.encode([1u8; 16])).unwrap();
+    let cases = [
+        ("{ key_file = \"short.key\" }", "holds 16 bytes", "head -c 32 /dev/urandom"),
+        ("{ key_file = \"missing.key\" }", "cannot read", "head -c 32 /dev/urandom"),
+        ("{ key_file = \"short.key\", kms_key_id = \"k\" }", "both set", "choose one"),
+        ("{ }", "names no key", "kms_key_id"),
+        ("{ kms_key_id = \"k\", kms_endpoint = \"127.0.0.1:1\" }", "not an http(s) URL", "http://127.0.0.1:5000"),
+    ];
+    for (encryption, error, hint) in cases {
+        let config = dir.path().join("p.toml");
+        let text = firehose_to_files(
+            "p",
+            1,
+            &dir.path().join("d"),
+            &dir.path().join("o"),
+            &format!("encryption = {encryption}"),
+            "",
+            "",
+        );
+        std::fs::write(&config, text).unwrap();
+        let output = sluice().args(["validate", config.to_str().unwrap()]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains("p.toml:4:") && stderr.contains(error) && stderr.contains(hint),
+            "{encryption}: {stderr}"
+        );
+    }
+}
