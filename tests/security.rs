@@ -303,4 +303,64 @@ fn encryption_config_errors_point_at_the_key() {
             "{encryption}: {stderr}"
         );
     }
+    // Server-side encryption is S3's: asked of a file:// sink, it is an error at its value.
+    let config = dir.path().join("p.toml");
+    let sse = "encryption = { sse = \"aws:kms\" }";
+    std::fs::write(&config, firehose_to_files("p", 1, &dir.path().join("d"), &dir.path().join("o"), "", "", sse))
+        .unwrap();
+    let output = sluice().args(["validate", config.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("p.toml:14:14") && stderr.contains("is not an s3:// URL"),
+        "{stderr}"
+    );
+}
+
+/// `encryption = { sse, kms_key_id }` on S3 sinks: moto's S3 echoes the headers it was sent, and
+/// every object, single PUT and multipart alike, carries them.
+#[test]
+fn s3_objects_carry_the_server_side_encryption_asked_for_single_and_multipart() {
+    let moto = Moto::start();
+    let key = moto.kms_key();
+    moto.boto3("boto3.client('s3', endpoint_url=ENDPOINT, region_name='us-east-1').create_bucket(Bucket='lake')");
+    let dir = tempfile::tempdir().unwrap();
+    let options = format!(
+        "options = {{ endpoint = \"{}\", allow_http = true, region = \"us-east-1\", access_key_id = \"AKIAMOTOTEST\", secret_access_key = \"moto-secret-never-logged\" }}",
+        moto.endpoint
+    );
+    // ~27 MB uncompressed into one object (multipart), and the same gzip'd (one PUT each).
+    let config = dir.path().join("sse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"sse\"\ndata_dir = \"{}\"\n\
+             [sources.demo]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 30000\nseed = 5\n\
+             [sinks.big]\ntype = \"object_store\"\ninputs = [\"demo\"]\nurl = \"s3://lake/big\"\n{options}\n\
+             encryption = {{ sse = \"aws:kms\", kms_key_id = \"{key}\" }}\nformat = \"ndjson\"\nbuffer = {{ size_mb = 128, interval_s = 900 }}\n\
+             [sinks.small]\ntype = \"object_store\"\ninputs = [\"demo\"]\nurl = \"s3://lake/small\"\n{options}\n\
+             encryption = {{ sse = \"AES256\" }}\nformat = \"ndjson\"\ncompression = \"gzip\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let output = sluice().args(["run", config.to_str().unwrap()]).envs(aws_env()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let heads: Value = serde_json::from_str(&moto.boto3(
+        "import json\ns3 = boto3.client('s3', endpoint_url=ENDPOINT, region_name='us-east-1')\n\
+         keys = [o['Key'] for o in s3.list_objects_v2(Bucket='lake').get('Contents', [])]\n\
+         heads = [s3.head_object(Bucket='lake', Key=k) for k in keys]\n\
+         print(json.dumps([[k, h.get('ServerSideEncryption'), h.get('SSEKMSKeyId'), h['ETag']] for k, h in zip(keys, heads)]))",
+    ))
+    .unwrap();
+    let heads = heads.as_array().unwrap();
+    let (big, small): (Vec<&Value>, Vec<&Value>) =
+        heads.iter().partition(|h| h[0].as_str().unwrap().starts_with("big/"));
+    assert!(!big.is_empty() && !small.is_empty(), "{heads:?}");
+    for head in big {
+        assert!(head[3].as_str().unwrap().contains('-'), "not a multipart upload: {heads:?}");
+        assert_eq!((head[1].as_str(), head[2].as_str()), (Some("aws:kms"), Some(key.as_str())), "{heads:?}");
+    }
+    for head in small {
+        assert_eq!((head[1].as_str(), head[2].as_str()), (Some("AES256"), None), "{heads:?}");
+    }
 }

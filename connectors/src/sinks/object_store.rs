@@ -4,6 +4,9 @@
 //! Options (`options = { ... }`) use object_store's own names (`region`, `endpoint`,
 //! `access_key_id`, `secret_access_key`, `virtual_hosted_style_request`, `allow_http`, …), and the
 //! builders read the usual environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) first.
+//! `encryption = { sse = "aws:kms", kms_key_id = "..." }` (or `"aws:kms:dsse"`, or
+//! `{ sse = "AES256" }`) asks S3 for server-side encryption: object_store sends the headers on every
+//! PUT and on every multipart upload's creation; it is refused for other stores.
 //! Guarantees: an object is reported delivered only after the store acknowledged the PUT (local
 //! files are fsynced before that); failures are classified by error variant, never by message:
 //! authentication, permission, missing bucket and bad path are permanent, the rest retryable.
@@ -49,6 +52,48 @@ struct ObjectStoreConfig {
     /// Check the credentials before the run (a HEAD under the prefix); off for write-only roles.
     #[serde(default = "default_true")]
     healthcheck: bool,
+    /// S3 server-side encryption.
+    encryption: Option<SseConfig>,
+}
+
+/// `encryption = { sse, kms_key_id }` of an S3 sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SseConfig {
+    /// `AES256` (SSE-S3), `aws:kms` (SSE-KMS) or `aws:kms:dsse`.
+    sse: String,
+    /// The KMS key for `aws:kms` (default: the bucket's or the account's default key).
+    kms_key_id: Option<String>,
+}
+
+impl SseConfig {
+    /// The object_store options these ask for, or (message, hint).
+    fn options(&self, url: &str) -> Result<Vec<(String, String)>, (String, String)> {
+        if !(url.starts_with("s3://") || url.starts_with("s3a://")) {
+            return Err((
+                format!("`encryption` is S3 server-side encryption, and `{url}` is not an s3:// URL"),
+                "leave it out for other stores (they encrypt at rest by their own settings)".into(),
+            ));
+        }
+        if !["AES256", "aws:kms", "aws:kms:dsse"].contains(&self.sse.as_str()) {
+            return Err((
+                format!("unknown server-side encryption `{}`", self.sse),
+                "use sse = \"aws:kms\" (with kms_key_id), \"aws:kms:dsse\" or \"AES256\"".into(),
+            ));
+        }
+        let mut options = vec![("aws_server_side_encryption".to_string(), self.sse.clone())];
+        match &self.kms_key_id {
+            Some(key) if self.sse == "AES256" => {
+                return Err((
+                    format!("`kms_key_id = \"{key}\"` needs sse = \"aws:kms\""),
+                    "AES256 (SSE-S3) uses S3's own keys".into(),
+                ));
+            }
+            Some(key) => options.push(("aws_sse_kms_key_id".to_string(), key.clone())),
+            None => {}
+        }
+        Ok(options)
+    }
 }
 
 fn default_true() -> bool {
@@ -117,8 +162,15 @@ fn no_client_retries() -> RetryConfig {
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
     let url_span = config.table.key_span("url").unwrap_or(config.table.span.clone());
     let options_span = config.table.key_span("options").unwrap_or(url_span.clone());
+    let encryption_span = config.table.value_span("encryption").unwrap_or(url_span.clone());
     let c: ObjectStoreConfig = config.table.deserialize()?;
-    let sink = ObjectStoreSink::from_config(&c.url, &c.options).map_err(|(message, hint)| {
+    let sse = match &c.encryption {
+        Some(sse) => {
+            sse.options(&c.url).map_err(|(message, hint)| Diagnostic::new(encryption_span, message).with_hint(hint))?
+        }
+        None => Vec::new(),
+    };
+    let sink = ObjectStoreSink::from_config_with(&c.url, &c.options, sse).map_err(|(message, hint)| {
         let span = if message.contains("option `") { options_span.clone() } else { url_span.clone() };
         Diagnostic::new(span, message).with_hint(hint)
     })?;
@@ -183,6 +235,15 @@ impl ObjectStoreSink {
     /// Builds the store for `url` with `options` as written in a pipeline file; an error is
     /// (message, hint).
     pub fn from_config(url: &str, options: &BTreeMap<String, toml::Value>) -> Result<Self, (String, String)> {
+        Self::from_config_with(url, options, Vec::new())
+    }
+
+    /// [`ObjectStoreSink::from_config`] with `extra` options (already checked) after the written ones.
+    fn from_config_with(
+        url: &str,
+        options: &BTreeMap<String, toml::Value>,
+        extra: Vec<(String, String)>,
+    ) -> Result<Self, (String, String)> {
         let mut texts = Vec::new();
         for (key, value) in options {
             let Some(text) = option_text(value) else {
@@ -193,6 +254,7 @@ impl ObjectStoreSink {
             };
             texts.push((key.clone(), text));
         }
+        texts.extend(extra);
         ObjectStoreSink::from_url(url, &texts)
     }
 
