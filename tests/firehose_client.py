@@ -6,6 +6,8 @@ happened as JSON, for the integration tests in tests/api.rs.
     firehose_client.py auth ENDPOINT STREAM KEY SECRET          -> {"case": "ErrorType", ...}
     firehose_client.py put_b64 ENDPOINT STREAM FILE              -> {"sent": N} (one base64 record per line,
                                                                     sent as bytes in one PutRecordBatch)
+    firehose_client.py access ENDPOINT STREAM KEY SECRET        -> {"Operation": {"ok": ...} | {"error",
+                                                                    "message", "status"}} for all four
 """
 
 import base64
@@ -197,6 +199,30 @@ def auth(endpoint, stream, key, secret):
     }
 
 
+def access(endpoint, stream, key, secret):
+    c = client(endpoint, key, secret)
+    calls = {
+        "PutRecord": lambda: c.put_record(DeliveryStreamName=stream, Record={"Data": b'{"access":"PutRecord"}'}),
+        "PutRecordBatch": lambda: c.put_record_batch(
+            DeliveryStreamName=stream, Records=[{"Data": b'{"access":"PutRecordBatch"}'}]
+        ),
+        "DescribeDeliveryStream": lambda: c.describe_delivery_stream(DeliveryStreamName=stream),
+        "ListDeliveryStreams": lambda: c.list_delivery_streams(),
+    }
+    out = {}
+    for name, call in calls.items():
+        try:
+            answer = call()
+            out[name] = {"ok": answer.get("DeliveryStreamNames", True)}
+        except ClientError as e:
+            out[name] = {
+                "error": e.response["Error"]["Code"],
+                "message": e.response["Error"]["Message"],
+                "status": e.response["ResponseMetadata"]["HTTPStatusCode"],
+            }
+    return out
+
+
 def put_b64(endpoint, stream, path):
     with open(path) as f:
         records = [base64.b64decode(line) for line in f.read().split("\n") if line]
@@ -213,6 +239,8 @@ if __name__ == "__main__":
         result = errors(endpoint, stream, *rest)
     elif command == "auth":
         result = auth(endpoint, stream, *rest)
+    elif command == "access":
+        result = access(endpoint, stream, *rest)
     elif command == "put_b64":
         result = put_b64(endpoint, stream, rest[0])
     else:

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, HeaderValue, Method, Uri};
 use proptest::prelude::*;
 use sluice_connectors::api::ListenerLimits;
-use sluice_connectors::api::firehose::{FirehoseApi, StreamEndpoint};
+use sluice_connectors::api::firehose::{FirehoseApi, Grants, StreamEndpoint};
 use sluice_connectors::api::queue::IngestQueue;
 use sluice_connectors::api::sigv4::{AccessKeys, Signer};
 use sluice_connectors::registry;
@@ -22,7 +22,9 @@ const NOW: i64 = 1_796_000_000;
 const AMZ_DATE: &str = "20261130T051320Z";
 
 fn api(keys: bool) -> FirehoseApi {
+    let mut grants = Grants::default();
     let keys = if keys {
+        grants.allow("AKIDFUZZ", None).unwrap();
         AccessKeys::new([("AKIDFUZZ".to_string(), "fuzz-secret".to_string())])
     } else {
         AccessKeys::default()
@@ -33,6 +35,7 @@ fn api(keys: bool) -> FirehoseApi {
         log: None,
         metrics: Arc::new(PipelineMetrics::new(1, 0)),
         keys: keys.clone(),
+        grants,
         encryption: None,
     };
     FirehoseApi::new(vec![endpoint], keys, "us-east-1", ListenerLimits::default())

@@ -364,3 +364,158 @@ fn s3_objects_carry_the_server_side_encryption_asked_for_single_and_multipart() 
         assert_eq!((head[1].as_str(), head[2].as_str()), (Some("AES256"), None), "{heads:?}");
     }
 }
+
+const APP: (&str, &str) = ("AKIAAPPPRODUCER", "app-secret-never-logged");
+const OPS: (&str, &str) = ("AKIAOPSREADER", "ops-secret-never-logged");
+
+/// boto3's outcome of each of the four operations on `stream` signed with `key`.
+fn access(endpoint: &str, stream: &str, key: (&str, &str)) -> Value {
+    let script = super::support::repo_root().join("tests/firehose_client.py");
+    let output = Command::new(python()).arg(script).args(["access", endpoint, stream, key.0, key.1]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn denied(key: &str, operation: &str, resource: &str) -> Value {
+    serde_json::json!({
+        "error": "AccessDeniedException",
+        "message": format!("User: {key} is not authorized to perform: firehose:{operation} on resource: arn:aws:firehose:us-east-1:000000000000:deliverystream/{resource}"),
+        "status": 400,
+    })
+}
+
+/// A pipeline `name` whose firehose source (on `port`, or the shared listener) lists `keys`.
+fn keyed_pipeline(dir: &Path, name: &str, port: u16, keys: &str) -> PathBuf {
+    let config = dir.join(format!("{name}.toml"));
+    let auth = format!("auth = {{ access_keys = [{keys}] }}");
+    let text = firehose_to_files(name, port, &dir.join("data").join(name), &dir.join("out").join(name), "", &auth, "");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn key_entry(key: (&str, &str), allow: &str) -> String {
+    format!("{{ id = \"{}\", secret = \"{}\"{allow} }}", key.0, key.1)
+}
+
+/// Stops `child` cleanly and returns what it printed.
+fn stop(mut child: Child) -> String {
+    terminate(&child);
+    assert!(child.wait().unwrap().success());
+    let mut out = String::new();
+    use std::io::Read as _;
+    child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Issue 18 §1 under `run`: each key may call exactly what its `allow` lists; the rest is
+/// AccessDeniedException in AWS's shape (boto3 and the AWS CLI read it), counted in ApiErrors.
+#[test]
+fn access_keys_may_call_only_the_operations_they_are_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let keys = format!(
+        "{}, {}",
+        key_entry(APP, ", allow = [\"PutRecord\", \"PutRecordBatch\"]"),
+        key_entry(OPS, ", allow = [\"DescribeDeliveryStream\", \"ListDeliveryStreams\"]")
+    );
+    let config = keyed_pipeline(dir.path(), "app", port, &keys);
+    let child = start_listening_with(
+        sluice()
+            .args(["run", config.to_str().unwrap(), "--admin", &format!("127.0.0.1:{admin}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+        port,
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let app = access(&endpoint, "app", APP);
+    assert_eq!(app["PutRecord"], serde_json::json!({"ok": true}), "{app}");
+    assert_eq!(app["PutRecordBatch"], serde_json::json!({"ok": true}), "{app}");
+    assert_eq!(app["DescribeDeliveryStream"], denied(APP.0, "DescribeDeliveryStream", "app"));
+    assert_eq!(app["ListDeliveryStreams"], denied(APP.0, "ListDeliveryStreams", "*"));
+    let ops = access(&endpoint, "app", OPS);
+    assert_eq!(ops["PutRecord"], denied(OPS.0, "PutRecord", "app"));
+    assert_eq!(ops["PutRecordBatch"], denied(OPS.0, "PutRecordBatch", "app"));
+    assert!(ops["DescribeDeliveryStream"]["ok"] == true, "{ops}");
+    assert_eq!(ops["ListDeliveryStreams"], serde_json::json!({"ok": ["app"]}));
+    // The AWS CLI shows the same refusal.
+    let cli = Command::new(python().with_file_name("aws"))
+        .args(["firehose", "put-record", "--delivery-stream-name", "app", "--record", "Data=e30="])
+        .args(["--endpoint-url", &endpoint, "--region", "us-east-1"])
+        .env("AWS_ACCESS_KEY_ID", OPS.0)
+        .env("AWS_SECRET_ACCESS_KEY", OPS.1)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(
+        !cli.status.success()
+            && stderr.contains(
+                "(AccessDeniedException) when calling the PutRecord operation: User: AKIAOPSREADER is not authorized"
+            ),
+        "{stderr}"
+    );
+    let metrics = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")).unwrap().text().unwrap();
+    assert!(metrics.contains("sluice_ApiErrors{stream=\"app\",type=\"AccessDeniedException\"} 5"), "{metrics}");
+    stop(child);
+    let mut delivered: Vec<String> = files(&dir.path().join("out"))
+        .iter()
+        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, ["{\"access\":\"PutRecord\"}", "{\"access\":\"PutRecordBatch\"}"]);
+}
+
+/// Issue 18 §1 under `serve`: a key is valid only for the pipelines whose files list it.
+#[test]
+fn under_serve_a_key_reaches_only_the_streams_that_list_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    let port = free_port();
+    keyed_pipeline(&pipelines, "orders", port, &key_entry(APP, ""));
+    keyed_pipeline(&pipelines, "audit", port, &key_entry(OPS, ", allow = [\"PutRecordBatch\"]"));
+    let listen = format!("127.0.0.1:{port}");
+    let child = start_listening_with(
+        sluice()
+            .args(["serve", pipelines.to_str().unwrap(), "--listen", &listen])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+        port,
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let app_on_orders = access(&endpoint, "orders", APP);
+    assert!(
+        ["PutRecord", "PutRecordBatch", "DescribeDeliveryStream"].iter().all(|op| app_on_orders[op]["ok"] == true),
+        "{app_on_orders}"
+    );
+    assert_eq!(
+        app_on_orders["ListDeliveryStreams"],
+        serde_json::json!({"ok": ["orders"]}),
+        "only the streams the key may list"
+    );
+    let app_on_audit = access(&endpoint, "audit", APP);
+    assert_eq!(app_on_audit["PutRecordBatch"], denied(APP.0, "PutRecordBatch", "audit"));
+    assert_eq!(app_on_audit["DescribeDeliveryStream"], denied(APP.0, "DescribeDeliveryStream", "audit"));
+    let ops_on_audit = access(&endpoint, "audit", OPS);
+    assert_eq!(ops_on_audit["PutRecordBatch"], serde_json::json!({"ok": true}));
+    assert_eq!(ops_on_audit["PutRecord"], denied(OPS.0, "PutRecord", "audit"));
+    assert_eq!(ops_on_audit["ListDeliveryStreams"], denied(OPS.0, "ListDeliveryStreams", "*"));
+    assert_eq!(access(&endpoint, "orders", OPS)["PutRecord"], denied(OPS.0, "PutRecord", "orders"));
+    stop(child);
+}
+
+#[test]
+fn an_unknown_operation_in_allow_is_a_config_error_with_the_nearest_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keyed_pipeline(dir.path(), "p", 1, &key_entry(APP, ", allow = [\"PutRecords\"]"));
+    let output = sluice().args(["validate", config.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("allows `PutRecords`")
+            && stderr.contains("did you mean `PutRecord`?"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(APP.1), "a secret in an error: {stderr}");
+}

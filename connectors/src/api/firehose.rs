@@ -56,6 +56,39 @@ pub const MAX_REQUEST_BYTES: usize = MAX_BATCH_BYTES / 3 * 4 + 8 + MAX_BATCH_REC
 pub const TARGET_PREFIX: &str = "Firehose_20150804.";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 
+/// The operations an access key may be allowed (`allow`), the default being all of them.
+pub const OPERATIONS: [&str; 4] = ["PutRecord", "PutRecordBatch", "DescribeDeliveryStream", "ListDeliveryStreams"];
+
+/// What each access key of one stream may call on it (`allow`). A key not listed may do nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants(BTreeMap<String, Vec<&'static str>>);
+
+impl Grants {
+    /// Allows `id` the operations named in `allow` (all of [`OPERATIONS`] when `None`); an unknown
+    /// name is returned.
+    pub fn allow(&mut self, id: &str, allow: Option<&[String]>) -> Result<(), String> {
+        let operations = match allow {
+            None => OPERATIONS.to_vec(),
+            Some(names) => names
+                .iter()
+                .map(|name| OPERATIONS.iter().copied().find(|op| op == name).ok_or_else(|| name.clone()))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        self.0.insert(id.to_string(), operations);
+        Ok(())
+    }
+
+    /// Whether `id` may call `operation`.
+    pub fn allows(&self, id: &str, operation: &str) -> bool {
+        self.0.get(id).is_some_and(|ops| ops.contains(&operation))
+    }
+
+    /// Whether `id` is one of the stream's keys.
+    pub fn knows(&self, id: &str) -> bool {
+        self.0.contains_key(id)
+    }
+}
+
 /// One delivery stream the API serves: a pipeline with an API source.
 #[derive(Debug, Clone)]
 pub struct StreamEndpoint {
@@ -69,6 +102,8 @@ pub struct StreamEndpoint {
     pub metrics: Arc<PipelineMetrics>,
     /// Keys allowed to put to this stream (empty: any key the API accepts).
     pub keys: AccessKeys,
+    /// What each of `keys` may do (`allow`).
+    pub grants: Grants,
     /// How the stream's write-ahead log is encrypted at rest (`None`: not encrypted, or no log).
     pub encryption: Option<LogEncryption>,
 }
@@ -261,7 +296,16 @@ impl FirehoseApi {
         stream_arn(&self.region, &self.account, name)
     }
 
-    fn stream(&self, name: Option<&str>, key_id: Option<&str>) -> Result<&StreamEndpoint, ApiError> {
+    /// AWS's refusal of `operation` on `resource` to the key `key_id`.
+    fn access_denied(key_id: &str, operation: &str, resource: &str) -> ApiError {
+        ApiError::client(
+            "AccessDeniedException",
+            format!("User: {key_id} is not authorized to perform: firehose:{operation} on resource: {resource}"),
+        )
+    }
+
+    /// The stream `name` names, if the request's key (`key_id`, when signed) may call `operation` on it.
+    fn stream(&self, name: Option<&str>, key_id: Option<&str>, operation: &str) -> Result<&StreamEndpoint, ApiError> {
         let name = name.ok_or_else(|| {
             ApiError::validation(
                 "Value null at 'deliveryStreamName' failed to satisfy constraint: Member must not be null",
@@ -280,12 +324,9 @@ impl FirehoseApi {
         })?;
         if let Some(id) = key_id
             && !endpoint.keys.is_empty()
-            && !endpoint.keys.contains(id)
+            && !endpoint.grants.allows(id, operation)
         {
-            return Err(ApiError::client(
-                "AccessDeniedException",
-                format!("access key {id} is not allowed to use delivery stream {name}"),
-            ));
+            return Err(Self::access_denied(id, operation, &self.arn(name)));
         }
         Ok(endpoint)
     }
@@ -302,7 +343,7 @@ impl FirehoseApi {
             "PutRecord" => self.put_record(body, key_id.as_deref(), started),
             "PutRecordBatch" => self.put_record_batch(body, key_id.as_deref(), started),
             "DescribeDeliveryStream" => self.describe(body, key_id.as_deref()),
-            "ListDeliveryStreams" => self.list(body),
+            "ListDeliveryStreams" => self.list(body, key_id.as_deref()),
             "CreateDeliveryStream"
             | "DeleteDeliveryStream"
             | "UpdateDestination"
@@ -416,7 +457,7 @@ impl FirehoseApi {
 
     fn put_record(&self, body: &[u8], key_id: Option<&str>, started: Instant) -> Result<String, ApiError> {
         let input: PutRecordInput = parse(body)?;
-        let endpoint = self.stream(input.stream.as_deref(), key_id)?;
+        let endpoint = self.stream(input.stream.as_deref(), key_id, "PutRecord")?;
         let api = &endpoint.metrics.api;
         api.put_record_requests.fetch_add(1, Relaxed);
         let record = input.record.ok_or_else(|| {
@@ -439,7 +480,7 @@ impl FirehoseApi {
 
     fn put_record_batch(&self, body: &[u8], key_id: Option<&str>, started: Instant) -> Result<String, ApiError> {
         let input: PutRecordBatchInput = parse(body)?;
-        let endpoint = self.stream(input.stream.as_deref(), key_id)?;
+        let endpoint = self.stream(input.stream.as_deref(), key_id, "PutRecordBatch")?;
         let api = &endpoint.metrics.api;
         api.put_record_batch_requests.fetch_add(1, Relaxed);
         let records = input.records.ok_or_else(|| {
@@ -517,7 +558,7 @@ impl FirehoseApi {
                 "Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 10000"
             )));
         }
-        let endpoint = self.stream(input.stream.as_deref(), key_id)?;
+        let endpoint = self.stream(input.stream.as_deref(), key_id, "DescribeDeliveryStream")?;
         endpoint.metrics.api.describe_requests.fetch_add(1, Relaxed);
         let info = &endpoint.info;
         let limit = input.limit.unwrap_or(10_000) as usize;
@@ -563,7 +604,8 @@ impl FirehoseApi {
         .to_string())
     }
 
-    fn list(&self, body: &[u8]) -> Result<String, ApiError> {
+    /// ListDeliveryStreams: the streams the request's key may list (all of them unsigned).
+    fn list(&self, body: &[u8], key_id: Option<&str>) -> Result<String, ApiError> {
         let input: ListInput = parse(body)?;
         let limit = input.limit.unwrap_or(10);
         if !(1..=10_000).contains(&limit) {
@@ -571,14 +613,30 @@ impl FirehoseApi {
                 "Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 10000"
             )));
         }
-        for endpoint in self.streams.values() {
+        let visible = |e: &StreamEndpoint| {
+            key_id.is_none_or(|id| e.keys.is_empty() || e.grants.allows(id, "ListDeliveryStreams"))
+        };
+        if let Some(id) = key_id
+            && !self.streams.values().any(visible)
+        {
+            // Counted against the streams the key belongs to (the request names none).
+            self.streams
+                .values()
+                .filter(|e| e.grants.knows(id))
+                .for_each(|e| e.metrics.api.count_error("AccessDeniedException"));
+            let resource = format!("{}*", self.arn(""));
+            return Err(Self::access_denied(id, "ListDeliveryStreams", &resource));
+        }
+        for endpoint in self.streams.values().filter(|e| visible(e)) {
             endpoint.metrics.api.list_requests.fetch_add(1, Relaxed);
         }
         // Every sluice stream is DirectPut.
         let direct = input.stream_type.as_deref().is_none_or(|t| t == "DirectPut");
         let names: Vec<&String> = self
             .streams
-            .keys()
+            .iter()
+            .filter(|(_, e)| visible(e))
+            .map(|(name, _)| name)
             .filter(|_| direct)
             .filter(|n| input.exclusive_start.as_ref().is_none_or(|s| n.as_str() > s.as_str()))
             .collect();
@@ -749,6 +807,7 @@ mod tests {
             log: None,
             metrics: Arc::clone(&metrics),
             keys: AccessKeys::default(),
+            grants: Grants::default(),
             encryption: None,
         };
         (

@@ -6,7 +6,10 @@
 //! [sources.api]
 //! type = "firehose"
 //! listen = "127.0.0.1:4573"
-//! auth = { access_keys = [{ id = "${SLUICE_KEY_ID}", secret = "${SLUICE_SECRET}" }] }  # SigV4 when set
+//! auth = { access_keys = [                                                            # SigV4 when set
+//!   { id = "${APP_KEY}", secret = "${APP_SECRET}", allow = ["PutRecord", "PutRecordBatch"] },
+//!   { id = "${OPS_KEY}", secret = "${OPS_SECRET}", allow = ["DescribeDeliveryStream", "ListDeliveryStreams"] },
+//! ] }                       # `allow` defaults to all four operations
 //! tls = { cert = "certs/server.pem", key = "certs/server.key" }                        # optional
 //! max_inflight_mb = 256     # past this, puts are throttled (ServiceUnavailableException)
 //! region = "us-east-1"      # for ARNs, and the region requests must be signed for
@@ -27,11 +30,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
-use sluice_engine::config::{ConnectorConfig, Diagnostic, StreamDescription, StreamInfo};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, StreamDescription, StreamInfo, did_you_mean};
 use sluice_engine::contract::{PrepareContext, SharedListener, Source, SourceContext, SourceError, SourceReader};
 
 use crate::api::firehose::MAX_REQUEST_BYTES;
-use crate::api::firehose::{FirehoseApi, StreamEndpoint};
+use crate::api::firehose::{FirehoseApi, Grants, OPERATIONS, StreamEndpoint};
 use crate::api::queue::IngestQueue;
 use crate::api::sigv4::AccessKeys;
 use crate::api::{ListenerLimits, LogSlot, QueueReader, TlsFiles, bind, inflight_limit, serve};
@@ -47,6 +50,8 @@ struct AccessKeyConfig {
     id: String,
     /// Secret access key.
     secret: String,
+    /// The operations the key may call on this stream (default: all four).
+    allow: Option<Vec<String>>,
 }
 
 /// `auth = { access_keys = [...] }`.
@@ -81,6 +86,7 @@ pub struct FirehoseSource {
     description: StreamDescription,
     listen: SocketAddr,
     keys: AccessKeys,
+    grants: Grants,
     tls: Option<TlsFiles>,
     region: String,
     queue: Arc<IngestQueue>,
@@ -110,19 +116,21 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnos
     let c: FirehoseConfig = config.table.deserialize()?;
     let listen = parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span)?;
     let inflight = inflight_limit(c.max_inflight_mb, 8, "a PutRecordBatch alone can carry 4 MiB", inflight_span)?;
-    let keys = match c.auth {
-        None => None,
-        Some(auth) => Some(access_keys(auth.access_keys).map_err(|message| {
-            Diagnostic::new(auth_span, message).with_hint(
-                "each key needs its own id and a non-empty secret, e.g. { id = \"${KEY_ID}\", secret = \"${SECRET}\" }",
-            )
-        })?),
+    let (keys, grants) = match c.auth {
+        None => (AccessKeys::default(), Grants::default()),
+        Some(auth) => access_keys(auth.access_keys).map_err(|(message, hint)| {
+            Diagnostic::new(auth_span, message).with_hint(hint.unwrap_or_else(|| {
+                "each key needs its own id and a non-empty secret, e.g. { id = \"${KEY_ID}\", secret = \"${SECRET}\" }"
+                    .into()
+            }))
+        })?,
     };
     Ok(Arc::new(FirehoseSource {
         stream: config.pipeline,
         description: config.stream,
         listen,
-        keys: keys.unwrap_or_default(),
+        keys,
+        grants,
         tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
         region: c.region.unwrap_or_else(|| "us-east-1".into()),
         queue: Arc::new(IngestQueue::new(inflight)),
@@ -132,21 +140,40 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnos
     }))
 }
 
-/// The configured keys, refusing none at all, an empty secret and an id listed twice.
-fn access_keys(keys: Vec<AccessKeyConfig>) -> Result<AccessKeys, String> {
+/// The configured keys and what each may do, refusing none at all, an empty secret, an id listed
+/// twice, an empty `allow` and an unknown operation; an error is (message, hint).
+fn access_keys(keys: Vec<AccessKeyConfig>) -> Result<(AccessKeys, Grants), (String, Option<String>)> {
     if keys.is_empty() {
-        return Err("`auth.access_keys` is empty; list at least one key, or leave `auth` out".into());
+        return Err(("`auth.access_keys` is empty; list at least one key, or leave `auth` out".into(), None));
     }
     let mut seen = std::collections::BTreeSet::new();
+    let mut grants = Grants::default();
+    let operations = OPERATIONS.join(", ");
     for key in &keys {
         if key.id.is_empty() || key.secret.is_empty() {
-            return Err(format!("access key `{}` has an empty id or secret", key.id));
+            return Err((format!("access key `{}` has an empty id or secret", key.id), None));
         }
         if !seen.insert(key.id.as_str()) {
-            return Err(format!("access key `{}` is listed twice", key.id));
+            return Err((format!("access key `{}` is listed twice", key.id), None));
         }
+        if key.allow.as_ref().is_some_and(Vec::is_empty) {
+            return Err((
+                format!("access key `{}` allows nothing", key.id),
+                Some(format!("list what it may call ({operations}), or remove the key")),
+            ));
+        }
+        grants.allow(&key.id, key.allow.as_deref()).map_err(|unknown| {
+            let hint = match did_you_mean(&unknown, OPERATIONS) {
+                Some(near) => format!("did you mean `{near}`? The operations are {operations}"),
+                None => format!("the operations are {operations}"),
+            };
+            (
+                format!("access key `{}` allows `{unknown}`, which is not a Firehose operation sluice serves", key.id),
+                Some(hint),
+            )
+        })?;
     }
-    Ok(AccessKeys::new(keys.into_iter().map(|k| (k.id, k.secret))))
+    Ok((AccessKeys::new(keys.into_iter().map(|k| (k.id, k.secret))), grants))
 }
 
 impl FirehoseSource {
@@ -164,6 +191,7 @@ impl FirehoseSource {
             log,
             metrics,
             keys: self.keys.clone(),
+            grants: self.grants.clone(),
             encryption: self.log.encryption(),
         })
     }
