@@ -5,6 +5,8 @@
 //! type = "http"
 //! listen = "127.0.0.1:4574"
 //! bearer_token = "${SLUICE_HTTP_TOKEN}"   # optional: then `Authorization: Bearer <token>` is required
+//! # or several, each named (the name, never the token, is what the audit log shows):
+//! # bearer_tokens = [{ name = "shipper-a", token = "${TOKEN_A}" }, { name = "shipper-b", token = "${TOKEN_B}" }]
 //! max_body_mb = 16                       # larger bodies get 413 (before they are read)
 //! max_inflight_mb = 256                  # past this, requests get 503 with Retry-After
 //! tls = { cert = "...", key = "..." }    # optional
@@ -22,7 +24,7 @@
 //! (token), 408 (the body did not arrive in time), 413 (body too large), 415 (another encoding:
 //! its bytes are never stored as records) or 503 (throttled, too many bodies being read, or
 //! stopping). A request is accepted whole or not at all; the token is checked before the body is
-//! read.
+//! read, in constant time (digests compared), against every configured token.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -57,12 +59,79 @@ struct HttpConfig {
     listen: Option<String>,
     /// When set, requests need `Authorization: Bearer <token>`.
     bearer_token: Option<String>,
+    /// Several tokens, each with a name.
+    bearer_tokens: Option<Vec<NamedToken>>,
     /// Largest request body in MB, after decompression (default 16).
     max_body_mb: Option<u64>,
     /// Bytes accepted but not yet taken by the workers before requests get 503 (default 256).
     max_inflight_mb: Option<u64>,
     /// HTTPS with these PEM files.
     tls: Option<TlsFiles>,
+}
+
+/// `{ name, token }` of `bearer_tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedToken {
+    /// Who holds it (shown in the audit log).
+    name: String,
+    /// The token.
+    token: String,
+}
+
+/// The configured bearer tokens: names and SHA-256 digests (the tokens themselves are not kept).
+#[derive(Debug, Default)]
+struct Tokens(Vec<(String, [u8; 32])>);
+
+impl Tokens {
+    fn digest(token: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// The tokens of `bearer_token` (named `default`) or `bearer_tokens`; an error is (message, hint).
+    fn from_config(single: Option<String>, named: Option<Vec<NamedToken>>) -> Result<Tokens, (String, String)> {
+        let named = match (single, named) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    "`bearer_token` and `bearer_tokens` are both set".into(),
+                    "keep one: bearer_tokens = [{ name = \"...\", token = \"...\" }] names each holder".into(),
+                ));
+            }
+            (Some(token), None) => vec![NamedToken { name: "default".into(), token }],
+            (None, Some(named)) if named.is_empty() => {
+                return Err(("`bearer_tokens` is empty".into(), "list at least one, or leave it out".into()));
+            }
+            (None, Some(named)) => named,
+            (None, None) => Vec::new(),
+        };
+        let mut tokens = Tokens::default();
+        for NamedToken { name, token } in named {
+            let hint = "each token needs a name of its own and a non-empty token of its own, e.g. { name = \"shipper-a\", token = \"${TOKEN_A}\" }";
+            if name.is_empty() || token.is_empty() {
+                return Err((format!("bearer token `{name}` has an empty name or token"), hint.into()));
+            }
+            let digest = Self::digest(&token);
+            if let Some((other, _)) = tokens.0.iter().find(|(n, d)| *n == name || *d == digest) {
+                return Err((format!("bearer tokens `{other}` and `{name}` share a name or a token"), hint.into()));
+            }
+            tokens.0.push((name, digest));
+        }
+        Ok(tokens)
+    }
+
+    /// The name of the token `given` is, comparing digests in constant time against all of them.
+    fn holder(&self, given: &str) -> Option<&str> {
+        let given = Self::digest(given);
+        let mut found = None;
+        for (name, digest) in &self.0 {
+            let differs = digest.iter().zip(given.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if differs == 0 {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
 }
 
 /// A configured HTTP source.
@@ -76,7 +145,7 @@ pub struct HttpSource {
 
 #[derive(Debug)]
 struct Endpoint {
-    token: Option<String>,
+    tokens: Tokens,
     max_body: usize,
     bodies: Arc<BodyBudget>,
     body_timeout: Duration,
@@ -90,7 +159,9 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnos
     let span = config.table.span.clone();
     let listen_span = config.table.value_span("listen").unwrap_or(span.clone());
     let body_span = config.table.value_span("max_body_mb").unwrap_or(span.clone());
-    let inflight_span = config.table.value_span("max_inflight_mb").unwrap_or(span);
+    let inflight_span = config.table.value_span("max_inflight_mb").unwrap_or(span.clone());
+    let tokens_span =
+        config.table.value_span("bearer_tokens").or(config.table.value_span("bearer_token")).unwrap_or(span);
     let limits = ListenerLimits::take_from(&mut config.table, 1)?;
     let log = LogSlot::for_source(&config);
     let c: HttpConfig = config.table.deserialize()?;
@@ -101,10 +172,12 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnos
             .with_hint("use 1 to 1024 (MB)"));
     }
     let inflight = inflight_limit(c.max_inflight_mb, max_body_mb, "max_body_mb", inflight_span)?;
+    let tokens = Tokens::from_config(c.bearer_token, c.bearer_tokens)
+        .map_err(|(message, hint)| Diagnostic::new(tokens_span, message).with_hint(hint))?;
     Ok(Arc::new(HttpSource {
         listen,
         endpoint: Arc::new(Endpoint {
-            token: c.bearer_token,
+            tokens,
             max_body: (max_body_mb << 20) as usize,
             bodies: BodyBudget::new(limits.max_body_buffer),
             body_timeout: limits.body_timeout,
@@ -120,7 +193,14 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnos
 impl Source for HttpSource {
     fn describe(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let auth = if self.endpoint.token.is_some() { "bearer token" } else { "no auth" };
+        let auth = match self.endpoint.tokens.0.as_slice() {
+            [] => "no auth".to_string(),
+            [(name, _)] => format!("bearer token `{name}`"),
+            tokens => format!(
+                "bearer tokens {}",
+                tokens.iter().map(|(name, _)| format!("`{name}`")).collect::<Vec<_>>().join(", ")
+            ),
+        };
         format!("http: NDJSON on {scheme}://{} ({auth})", self.listen)
     }
 
@@ -244,10 +324,10 @@ fn records(body: &[u8]) -> Result<RecordBatch, String> {
 
 async fn receive(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    if let Some(token) = &endpoint.token {
+    if !endpoint.tokens.0.is_empty() {
         let given =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+        if given.and_then(|token| endpoint.tokens.holder(token)).is_none() {
             return refuse(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` header is required");
         }
     }
@@ -357,5 +437,27 @@ mod tests {
         let case = SourceCase::stream(table, expected, Box::new(produce), dir.path());
         let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
+    }
+
+    #[test]
+    fn each_named_token_is_known_by_its_holder_and_nothing_else_is() {
+        use super::{NamedToken, Tokens};
+        let named = |name: &str, token: &str| NamedToken { name: name.into(), token: token.into() };
+        let tokens = Tokens::from_config(None, Some(vec![named("shipper-a", "tok-a"), named("shipper-b", "tok-b")]))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(tokens.holder("tok-a"), Some("shipper-a"));
+        assert_eq!(tokens.holder("tok-b"), Some("shipper-b"));
+        assert_eq!(tokens.holder("tok-"), None);
+        assert_eq!(tokens.holder(""), None);
+        let single = Tokens::from_config(Some("t".into()), None).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(single.holder("t"), Some("default"));
+        let refused = |single: Option<&str>, named: Option<Vec<NamedToken>>| {
+            Tokens::from_config(single.map(str::to_string), named).err().map(|(message, _)| message)
+        };
+        assert!(refused(Some("t"), Some(vec![named("a", "x")])).is_some_and(|m| m.contains("both set")));
+        assert!(refused(None, Some(vec![])).is_some_and(|m| m.contains("is empty")));
+        assert!(refused(None, Some(vec![named("a", "x"), named("a", "y")])).is_some_and(|m| m.contains("share")));
+        assert!(refused(None, Some(vec![named("a", "x"), named("b", "x")])).is_some_and(|m| m.contains("share")));
+        assert!(refused(None, Some(vec![named("", "x")])).is_some_and(|m| m.contains("empty name or token")));
     }
 }
