@@ -397,14 +397,14 @@ fn key_entry(key: (&str, &str), allow: &str) -> String {
     format!("{{ id = \"{}\", secret = \"{}\"{allow} }}", key.0, key.1)
 }
 
-/// Stops `child` cleanly and returns what it printed.
-fn stop(mut child: Child) -> String {
+/// Stops `child` cleanly and returns what it printed; its exit code must be `code` (2: some
+/// records went to the error output).
+fn stop(child: Child, code: i32) -> String {
     terminate(&child);
-    assert!(child.wait().unwrap().success());
-    let mut out = String::new();
-    use std::io::Read as _;
-    child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
-    out
+    let output = child.wait_with_output().unwrap();
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(code), "{printed}");
+    printed
 }
 
 /// Issue 18 §1 under `run`: each key may call exactly what its `allow` lists; the rest is
@@ -457,7 +457,7 @@ fn access_keys_may_call_only_the_operations_they_are_allowed() {
     );
     let metrics = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")).unwrap().text().unwrap();
     assert!(metrics.contains("sluice_ApiErrors{stream=\"app\",type=\"AccessDeniedException\"} 5"), "{metrics}");
-    stop(child);
+    stop(child, 0);
     let mut delivered: Vec<String> = files(&dir.path().join("out"))
         .iter()
         .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_string).collect::<Vec<_>>())
@@ -502,7 +502,7 @@ fn under_serve_a_key_reaches_only_the_streams_that_list_it() {
     assert_eq!(ops_on_audit["PutRecord"], denied(OPS.0, "PutRecord", "audit"));
     assert_eq!(ops_on_audit["ListDeliveryStreams"], denied(OPS.0, "ListDeliveryStreams", "*"));
     assert_eq!(access(&endpoint, "orders", OPS)["PutRecord"], denied(OPS.0, "PutRecord", "orders"));
-    stop(child);
+    stop(child, 0);
 }
 
 #[test]
@@ -518,4 +518,202 @@ fn an_unknown_operation_in_allow_is_a_config_error_with_the_nearest_name() {
         "{stderr}"
     );
     assert!(!stderr.contains(APP.1), "a secret in an error: {stderr}");
+}
+
+/// Every line of every object under `dir`, parsed.
+fn audit_lines(dir: &Path) -> Vec<Value> {
+    files(dir)
+        .iter()
+        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_string).collect::<Vec<_>>())
+        .map(|line| serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// Issue 18 §2: one CloudTrail-shaped line per API request (accepted and refused, Firehose and
+/// http), per delivered object and per transform failure, stored through an object store by a
+/// clean stop; no secret, signature or record data in any of them.
+#[test]
+fn the_audit_log_records_every_request_delivery_and_failure_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, http_port) = (free_port(), free_port());
+    let (audit, out) = (dir.path().join("audit"), dir.path().join("out"));
+    let keys = format!(
+        "{}, {}",
+        key_entry(APP, ", allow = [\"PutRecord\", \"PutRecordBatch\"]"),
+        key_entry(OPS, ", allow = [\"DescribeDeliveryStream\", \"ListDeliveryStreams\"]")
+    );
+    let config = dir.path().join("audited.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[pipeline]
+name = "app"
+data_dir = "{data}"
+audit_log = {{ url = "file://{audit}", buffer = {{ size_mb = 1, interval_s = 1 }} }}
+
+[sources.api]
+type = "firehose"
+listen = "127.0.0.1:{port}"
+auth = {{ access_keys = [{keys}] }}
+
+[sources.ndjson]
+type = "http"
+listen = "127.0.0.1:{http_port}"
+bearer_tokens = [{{ name = "shipper-a", token = "token-a-never-logged" }}]
+
+[transforms.check]
+type = "jq"
+inputs = ["api", "ndjson"]
+query = 'if .fail then error("refused record SECRET-DATA-\(.n)") else . end'
+
+[sinks.out]
+type = "object_store"
+inputs = ["check"]
+url = "file://{out}"
+format = "ndjson"
+buffer = {{ size_mb = 1, interval_s = 1 }}
+"#,
+            data = dir.path().join("data").display(),
+            audit = audit.display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let child = start_listening_with(
+        sluice()
+            .args(["run", config.to_str().unwrap()])
+            .env("SLUICE_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        port,
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    access(&endpoint, "app", APP);
+    access(&endpoint, "app", OPS);
+    // Unsigned: refused before its body is read.
+    let unsigned = reqwest::blocking::Client::new()
+        .post(&endpoint)
+        .header("x-amz-target", "Firehose_20150804.PutRecord")
+        .header("user-agent", "unsigned-probe/1.0")
+        .body(r#"{"DeliveryStreamName":"app","Record":{"Data":"e30="}}"#)
+        .send()
+        .unwrap();
+    assert_eq!(unsigned.status().as_u16(), 400);
+    let http = reqwest::blocking::Client::new();
+    let post = |token: &str, body: &'static str| {
+        http.post(format!("http://127.0.0.1:{http_port}/logs"))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post("token-a-never-logged", "{\"n\":1,\"note\":\"SECRET-DATA-ok\"}\n{\"n\":2,\"fail\":true}\n"), 200);
+    assert_eq!(post("wrong-token", "{\"n\":3}\n"), 401);
+    std::thread::sleep(Duration::from_millis(1500));
+    let printed = stop(child, 2);
+
+    let lines = audit_lines(&audit);
+    assert!(
+        files(&audit)
+            .iter()
+            .all(|f| f.to_string_lossy().contains("app-audit-") && f.extension().is_some_and(|e| e == "jsonl"))
+    );
+    let firehose: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["eventSource"] == "firehose.amazonaws.com" && l["eventType"] == "AwsApiCall")
+        .collect();
+    assert_eq!(firehose.len(), 9, "{firehose:#?}");
+    for line in &firehose {
+        for field in ["eventTime", "eventName", "requestID", "eventID", "userAgent"] {
+            assert!(line[field].is_string(), "{field} missing: {line}");
+        }
+        assert_eq!(
+            (line["awsRegion"].as_str(), line["sourceIPAddress"].as_str()),
+            (Some("us-east-1"), Some("127.0.0.1")),
+            "{line}"
+        );
+    }
+    let find = |name: &str, key: &str| {
+        firehose
+            .iter()
+            .find(|l| l["eventName"] == name && l["userIdentity"]["accessKeyId"] == key)
+            .unwrap_or_else(|| panic!("no {name} by {key}: {firehose:#?}"))
+    };
+    let batch = find("PutRecordBatch", APP.0);
+    assert_eq!(
+        batch["requestParameters"],
+        serde_json::json!({"deliveryStreamName": "app", "recordCount": 1, "bytes": 27})
+    );
+    assert_eq!(batch["responseElements"], serde_json::json!({"failedPutCount": 0}));
+    assert!(batch.get("errorCode").is_none(), "{batch}");
+    let denied = find("PutRecord", OPS.0);
+    assert_eq!(denied["errorCode"], "AccessDeniedException");
+    assert!(denied["errorMessage"].as_str().unwrap().starts_with("User: AKIAOPSREADER is not authorized"), "{denied}");
+    assert_eq!(find("ListDeliveryStreams", APP.0)["errorCode"], "AccessDeniedException");
+    let anonymous: Vec<_> = firehose.iter().filter(|l| l["userIdentity"]["type"] == "Unknown").collect();
+    assert_eq!(anonymous.len(), 1, "{firehose:#?}");
+    assert_eq!(anonymous[0]["errorCode"], "MissingAuthenticationTokenException");
+
+    let http_lines: Vec<&Value> = lines.iter().filter(|l| l["eventSource"] == "http.sluice").collect();
+    assert_eq!(http_lines.len(), 2, "{http_lines:#?}");
+    assert!(http_lines.iter().any(|l| l["userIdentity"]["tokenName"] == "shipper-a"
+        && l["requestParameters"]["recordCount"] == 2
+        && l.get("errorCode").is_none()));
+    assert!(http_lines.iter().any(|l| l["errorCode"] == "Unauthorized" && l["userIdentity"]["type"] == "Unknown"));
+
+    let failed: Vec<&Value> = lines.iter().filter(|l| l["eventName"] == "TransformRecords").collect();
+    assert_eq!(failed.len(), 1, "{lines:#?}");
+    assert_eq!(failed[0]["errorCode"], "Jq.ProcessingFailed");
+    assert_eq!(failed[0]["serviceEventDetails"]["transform"], "check");
+    assert_eq!(failed[0]["serviceEventDetails"]["records"], 1);
+    let delivered: Vec<&Value> = lines.iter().filter(|l| l["eventName"] == "DeliverObject").collect();
+    assert!(!delivered.is_empty(), "{lines:#?}");
+    for line in &delivered {
+        let key = line["serviceEventDetails"]["objectKey"].as_str().unwrap();
+        assert!(files(&out).iter().any(|f| f.to_string_lossy().ends_with(key)), "{key} not stored");
+        assert_eq!(line["serviceEventDetails"]["destination"], "out");
+    }
+    let stored_records: u64 = delivered.iter().map(|l| l["serviceEventDetails"]["records"].as_u64().unwrap()).sum();
+    assert_eq!(stored_records, 3, "PutRecord, PutRecordBatch and one http record: {delivered:#?}");
+    assert!(
+        lines.iter().any(|l| l["eventName"] == "StoreErrorOutput"
+            && l["serviceEventDetails"]["errorOutputType"] == "processing-failed")
+    );
+
+    // Nothing secret, signed or carried in a record, anywhere the run wrote or printed.
+    let everything = format!("{}{printed}", lines.iter().map(Value::to_string).collect::<String>());
+    for secret in [APP.1, OPS.1, "token-a-never-logged", "wrong-token", "Signature=", "SECRET-DATA"] {
+        assert!(!everything.contains(secret), "`{secret}` appears in the audit log or the output");
+    }
+    assert!(
+        !files(&dir.path().join("data/audit")).iter().any(|f| f.to_string_lossy().contains("sending-")),
+        "lines left unsent"
+    );
+}
+
+/// An answered request's audit line is in the spool before the answer: a kill -9 loses none, and
+/// the next start stores them.
+#[test]
+fn audit_lines_of_answered_requests_survive_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let audit = dir.path().join("audit");
+    let (config, _, _) = sealed_pipeline(dir.path(), port, "{ key_file = \"k\" }");
+    std::fs::write(dir.path().join("k"), base64::engine::general_purpose::STANDARD.encode([3u8; 32])).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "encryption = ",
+        &format!(
+            "audit_log = {{ url = \"file://{}\", buffer = {{ interval_s = 900 }} }}\nencryption = ",
+            audit.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    put_and_kill(start(&config, port), port, 5);
+    assert!(files(&audit).is_empty(), "nothing stored before the kill");
+    let (stopped, log) = restart_and_stop(&config, port);
+    assert!(stopped, "{log}");
+    let puts = audit_lines(&audit).into_iter().filter(|l| l["eventName"] == "PutRecordBatch").count();
+    assert_eq!(puts, 5, "{log}");
 }

@@ -5,6 +5,7 @@
 //! Connectors (sources and sinks) live in `sluice-connectors`; they never batch or compress, and a
 //! sink that needs its own request body provides its format through the contract.
 
+pub mod audit;
 pub mod backup;
 pub mod buffer;
 pub mod columnar;

@@ -171,6 +171,39 @@ pub struct TransformMetrics {
     /// Entries of state it holds across workers (a table's rows, a dedup window's keys), as a
     /// gauge `TransformKeysHeld`; each worker adds and subtracts its own.
     pub keys_held: std::sync::atomic::AtomicI64,
+    /// The transform's name and the pipeline's audit trail, when the run has one.
+    pub audit: std::sync::OnceLock<(String, Arc<crate::audit::AuditTrail>)>,
+}
+
+impl TransformMetrics {
+    /// Counts records the transform failed (to the error output) and records the failure in
+    /// the audit trail: one line per error code, with how many records and attempts.
+    pub fn count_failed(&self, failed: &crate::record::FailedRecords) {
+        let n = failed.records.len() as u64;
+        if n == 0 {
+            return;
+        }
+        self.records_failed.fetch_add(n, Relaxed);
+        let Some((name, trail)) = self.audit.get() else { return };
+        let mut by_code: BTreeMap<&str, (u64, u32)> = BTreeMap::new();
+        for failure in &failed.failures {
+            let entry = by_code.entry(&failure.code).or_insert((0, 0));
+            entry.0 += 1;
+            entry.1 = entry.1.max(failure.attempts);
+        }
+        // The code only: a failure's message may quote the record (a jq error does).
+        let message = format!("records went to the error output ({})", failed.output_type.name());
+        for (code, (records, attempts)) in by_code {
+            let details = serde_json::json!({
+                "transform": name,
+                "records": records,
+                "attempts": attempts,
+                "errorOutputType": failed.output_type.name(),
+            });
+            let event = crate::audit::AuditEvent::service_event("TransformRecords", trail.region(), details);
+            trail.record(&event.error(code, &message));
+        }
+    }
 }
 
 impl TransformMetrics {
@@ -356,6 +389,20 @@ pub struct PipelineMetrics {
     pub fatal: std::sync::OnceLock<String>,
     /// API ingest counters (zero without an API source).
     pub api: ApiMetrics,
+    /// The pipeline's audit trail (`[pipeline] audit_log`), set when the run is prepared. It lives
+    /// with the counters because whatever counts a request, a delivery or a failure is also what
+    /// audits it.
+    pub audit: std::sync::OnceLock<Arc<crate::audit::AuditTrail>>,
+}
+
+impl PipelineMetrics {
+    /// Records the event `event` makes (given the trail, for its region) in the audit trail, if
+    /// the pipeline has one.
+    pub fn audit(&self, event: impl FnOnce(&crate::audit::AuditTrail) -> crate::audit::AuditEvent) {
+        if let Some(trail) = self.audit.get() {
+            trail.record(&event(trail));
+        }
+    }
 }
 
 /// A sink as the Prometheus endpoint labels it.
@@ -415,6 +462,7 @@ impl PipelineMetrics {
             partial_records: AtomicU64::new(0),
             fatal: std::sync::OnceLock::new(),
             api: ApiMetrics::default(),
+            audit: std::sync::OnceLock::new(),
         }
     }
 
@@ -490,6 +538,10 @@ impl PipelineMetrics {
             text.sample(&format!("sluice_{name}"), "counter", &stream_label, value);
         }
         text.sample("sluice_LogBytes", "gauge", &stream_label, api.log_bytes.load(Relaxed));
+        if let Some(trail) = self.audit.get() {
+            text.sample("sluice_AuditEvents", "counter", &stream_label, trail.events.load(Relaxed));
+            text.sample("sluice_AuditDeliveryFailures", "counter", &stream_label, trail.failures.load(Relaxed));
+        }
         api.put_record_latency.render(text, "sluice_PutRecord_Latency_seconds", &stream_label);
         api.put_record_batch_latency.render(text, "sluice_PutRecordBatch_Latency_seconds", &stream_label);
         if let Ok(errors) = api.errors.lock() {

@@ -100,6 +100,9 @@ pub enum RunError {
     /// Timely could not start or a worker failed.
     #[error("dataflow failed: {0}")]
     Dataflow(String),
+    /// The audit trail could not start (its folder).
+    #[error("{0}")]
+    Audit(String),
     /// Records can be stored nowhere (e.g. the error output's keys are invalid): the run stopped
     /// without releasing them, so logs and checkpoints keep them for the next start.
     #[error("the run had to stop: {0}")]
@@ -160,6 +163,19 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
         sink.sink.measure_with(crate::metrics::SinkMeter::new(Arc::clone(&metrics), index));
         runtime.block_on(sink.sink.prepare()).map_err(|error| RunError::Prepare { sink: sink.name.clone(), error })?;
     }
+    if let Some(audit) = &plan.audit {
+        if let crate::audit::AuditTarget::Store(sink) = &audit.target {
+            runtime.block_on(sink.prepare()).map_err(|error| RunError::Prepare { sink: "audit_log".into(), error })?;
+        }
+        let trail = crate::audit::AuditTrail::start(&plan.name, audit.clone(), &plan.data_dir)
+            .map_err(|e| RunError::Audit(e.to_string()))?;
+        for (transform, counters) in plan.transforms.iter().zip(&metrics.transforms) {
+            let _ = counters.audit.set((transform.name.clone(), Arc::clone(&trail)));
+        }
+        if let Err(trail) = metrics.audit.set(trail) {
+            trail.close();
+        }
+    }
     let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let prepare = PrepareContext {
         delivered: Arc::clone(&delivered),
@@ -169,10 +185,12 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
         shared: options.shared.clone(),
     };
     for source in &plan.sources {
-        source
-            .source
-            .prepare(&prepare)
-            .map_err(|error| RunError::PrepareSource { name: source.name.clone(), error })?;
+        if let Err(error) = source.source.prepare(&prepare) {
+            if let Some(trail) = metrics.audit.get() {
+                trail.close();
+            }
+            return Err(RunError::PrepareSource { name: source.name.clone(), error });
+        }
     }
     Ok(PreparedRun { started, runtime, plan: plan.clone(), options: options.clone(), metrics, delivered })
 }
@@ -323,8 +341,16 @@ fn execute(
     for result in guards.join() {
         result.map_err(RunError::Dataflow)?;
     }
+    // Every line recorded so far is stored before the run ends (requests were answered: the
+    // listeners stopped before the dataflow could finish).
+    let close_audit = || {
+        if let Some(trail) = metrics.audit.get() {
+            trail.close();
+        }
+    };
     if let Some(reason) = metrics.fatal.get() {
         // No final checkpoint: what was not delivered is read again at the next start.
+        close_audit();
         runtime.shutdown_timeout(Duration::from_secs(1));
         return Err(RunError::Fatal(reason.clone()));
     }
@@ -333,6 +359,7 @@ fn execute(
             grace_s = grace.as_secs(),
             "stopped with deliveries still failing; what was not delivered is left for the next start"
         );
+        close_audit();
         runtime.shutdown_timeout(Duration::from_secs(1));
         return Ok(RunReport { elapsed: started.elapsed(), workers, abandoned: true });
     }
@@ -340,6 +367,7 @@ fn execute(
     for source in &sources {
         source.finish(stopped);
     }
+    close_audit();
     runtime.shutdown_timeout(Duration::from_secs(5));
     Ok(RunReport { elapsed: started.elapsed(), workers, abandoned: false })
 }

@@ -14,17 +14,19 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice_engine::audit::{AuditEvent, FIREHOSE_EVENT_SOURCE};
 use sluice_engine::config::{LogEncryption, StreamInfo};
 use sluice_engine::contract::DestinationKind;
 use sluice_engine::metrics::PipelineMetrics;
@@ -35,6 +37,38 @@ use super::listener::{BodyBudget, BodyError, ListenerLimits, declared_length, re
 use super::queue::IngestQueue;
 use super::sigv4::{AccessKeys, Scope, SignedRequest, check_headers, verify};
 use super::{Rejected, accept};
+
+/// What the audit trail records of a request, filled in as it is handled.
+#[derive(Debug, Default)]
+struct Facts {
+    /// The delivery stream it names.
+    stream: Option<String>,
+    /// Records it carries.
+    records: Option<usize>,
+    /// Data bytes accepted.
+    bytes: Option<u64>,
+    /// Records refused (PutRecordBatch's `FailedPutCount`).
+    failed: Option<usize>,
+}
+
+/// The operation `X-Amz-Target` names (empty when none).
+fn operation_of(headers: &HeaderMap) -> &str {
+    headers.get("x-amz-target").and_then(|v| v.to_str().ok()).and_then(|t| t.strip_prefix(TARGET_PREFIX)).unwrap_or("")
+}
+
+/// The access key id of a SigV4 `Authorization` header (`Credential=<id>/...`), whether or not
+/// it verifies.
+fn access_key_id(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let credential = value.split("Credential=").nth(1)?;
+    let id = credential.split('/').next()?.trim();
+    (!id.is_empty() && id.len() <= 128).then(|| id.to_string())
+}
+
+/// The `DeliveryStreamName` a request body names, if it is JSON that names one.
+fn stream_named_in(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(body).ok()?.get("DeliveryStreamName")?.as_str().map(str::to_string)
+}
 
 /// The account id in sluice's ARNs (there is no AWS account behind them).
 pub const ACCOUNT: &str = "000000000000";
@@ -333,16 +367,26 @@ impl FirehoseApi {
 
     /// Handles one request; `now_seconds` is the clock SigV4 timestamps are checked against.
     pub fn handle(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8], now_seconds: i64) -> Response {
+        self.handle_from(None, method, uri, headers, body, now_seconds)
+    }
+
+    /// [`FirehoseApi::handle`] for a request from `caller` (recorded in the audit trail).
+    pub fn handle_from(
+        &self,
+        caller: Option<SocketAddr>,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_seconds: i64,
+    ) -> Response {
         let started = Instant::now();
-        let operation = headers
-            .get("x-amz-target")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|t| t.strip_prefix(TARGET_PREFIX))
-            .unwrap_or("");
+        let operation = operation_of(headers);
+        let mut facts = Facts::default();
         let result = self.authenticate(method, uri, headers, body, now_seconds).and_then(|key_id| match operation {
-            "PutRecord" => self.put_record(body, key_id.as_deref(), started),
-            "PutRecordBatch" => self.put_record_batch(body, key_id.as_deref(), started),
-            "DescribeDeliveryStream" => self.describe(body, key_id.as_deref()),
+            "PutRecord" => self.put_record(body, key_id.as_deref(), started, &mut facts),
+            "PutRecordBatch" => self.put_record_batch(body, key_id.as_deref(), started, &mut facts),
+            "DescribeDeliveryStream" => self.describe(body, key_id.as_deref(), &mut facts),
             "ListDeliveryStreams" => self.list(body, key_id.as_deref()),
             "CreateDeliveryStream"
             | "DeleteDeliveryStream"
@@ -363,13 +407,90 @@ impl FirehoseApi {
                 ),
             )),
         });
-        match result {
+        if result.is_err() && facts.stream.is_none() {
+            facts.stream = stream_named_in(body);
+        }
+        let request_id = uuid::Uuid::new_v4().to_string();
+        self.audit(caller, headers, &facts, result.as_ref().err(), &request_id);
+        let mut response = match result {
             Ok(body) => {
                 let mut response = (StatusCode::OK, body).into_response();
                 response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
                 response
             }
             Err(e) => self.refuse(e, Some(body)),
+        };
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-amzn-requestid", id);
+        }
+        response
+    }
+
+    /// Refuses a request before its body was read (recorded in the audit trail).
+    fn refuse_unread(&self, caller: Option<SocketAddr>, headers: &HeaderMap, e: ApiError) -> Response {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        self.audit(caller, headers, &Facts::default(), Some(&e), &request_id);
+        let mut response = self.refuse(e, None);
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-amzn-requestid", id);
+        }
+        response
+    }
+
+    /// Records the request in the audit trail of the stream it names, or of every stream of the
+    /// listener when it names none that is known. Only what the headers and `facts` say: the key
+    /// id (never the secret or the signature), counts and sizes (never record data).
+    fn audit(
+        &self,
+        caller: Option<SocketAddr>,
+        headers: &HeaderMap,
+        facts: &Facts,
+        error: Option<&ApiError>,
+        request_id: &str,
+    ) {
+        let named = facts.stream.as_deref().and_then(|s| self.streams.get(s));
+        let endpoints: Vec<&StreamEndpoint> = match named {
+            Some(endpoint) => vec![endpoint],
+            None => self.streams.values().collect(),
+        };
+        let operation = operation_of(headers);
+        let event = |_: &sluice_engine::audit::AuditTrail| {
+            let name = if operation.is_empty() { "Unknown" } else { operation };
+            let identity = match access_key_id(headers) {
+                Some(id) => json!({"type": "IAMUser", "accessKeyId": id}),
+                None => json!({"type": "Unknown"}),
+            };
+            let mut parameters = serde_json::Map::new();
+            if let Some(stream) = &facts.stream {
+                parameters.insert("deliveryStreamName".into(), stream.as_str().into());
+            }
+            if let Some(records) = facts.records {
+                parameters.insert("recordCount".into(), records.into());
+            }
+            if let Some(bytes) = facts.bytes {
+                parameters.insert("bytes".into(), bytes.into());
+            }
+            let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+            let mut event = AuditEvent::api_call(FIREHOSE_EVENT_SOURCE, name, &self.region, request_id)
+                .from_caller(caller.map(|c| c.ip().to_string()), user_agent)
+                .identity(identity)
+                .parameters(Value::Object(parameters));
+            if let Some(failed) = facts.failed {
+                event = event.response(json!({"failedPutCount": failed}));
+            }
+            if let Some(e) = error {
+                // A parser's message may quote the body: record data never goes to the trail.
+                let message = if e.error_type == "SerializationException" {
+                    "the request body is not valid input"
+                } else {
+                    e.message.as_str()
+                };
+                event = event.error(e.error_type, message);
+            }
+            event
+        };
+        for endpoint in endpoints {
+            endpoint.metrics.audit(event);
         }
     }
 
@@ -378,10 +499,7 @@ impl FirehoseApi {
     fn refuse(&self, e: ApiError, body: Option<&[u8]>) -> Response {
         match body {
             Some(body) => {
-                let stream = serde_json::from_slice::<Value>(body)
-                    .ok()
-                    .and_then(|v| v.get("DeliveryStreamName").and_then(Value::as_str).map(str::to_string));
-                if let Some(endpoint) = stream.as_deref().and_then(|s| self.streams.get(s)) {
+                if let Some(endpoint) = stream_named_in(body).as_deref().and_then(|s| self.streams.get(s)) {
                     endpoint.metrics.api.count_error(e.error_type);
                 }
             }
@@ -455,8 +573,16 @@ impl FirehoseApi {
         Ok(batch)
     }
 
-    fn put_record(&self, body: &[u8], key_id: Option<&str>, started: Instant) -> Result<String, ApiError> {
+    fn put_record(
+        &self,
+        body: &[u8],
+        key_id: Option<&str>,
+        started: Instant,
+        facts: &mut Facts,
+    ) -> Result<String, ApiError> {
         let input: PutRecordInput = parse(body)?;
+        facts.stream = input.stream.as_deref().map(str::to_string);
+        facts.records = Some(1);
         let endpoint = self.stream(input.stream.as_deref(), key_id, "PutRecord")?;
         let api = &endpoint.metrics.api;
         api.put_record_requests.fetch_add(1, Relaxed);
@@ -465,6 +591,7 @@ impl FirehoseApi {
         })?;
         let batch = Self::decode(std::slice::from_ref(&record.0), |_| "record.data".to_string())?;
         let bytes = batch.byte_len() as u64;
+        facts.bytes = Some(bytes);
         if let Err(rejected) = accept(&endpoint.queue, endpoint.log.as_ref(), batch) {
             if rejected == Rejected::Full {
                 api.throttled_records.fetch_add(1, Relaxed);
@@ -478,8 +605,16 @@ impl FirehoseApi {
         Ok(json!({"RecordId": self.record_ids.format(id), "Encrypted": endpoint.encrypted()}).to_string())
     }
 
-    fn put_record_batch(&self, body: &[u8], key_id: Option<&str>, started: Instant) -> Result<String, ApiError> {
+    fn put_record_batch(
+        &self,
+        body: &[u8],
+        key_id: Option<&str>,
+        started: Instant,
+        facts: &mut Facts,
+    ) -> Result<String, ApiError> {
         let input: PutRecordBatchInput = parse(body)?;
+        facts.stream = input.stream.as_deref().map(str::to_string);
+        facts.records = input.records.as_ref().map(Vec::len);
         let endpoint = self.stream(input.stream.as_deref(), key_id, "PutRecordBatch")?;
         let api = &endpoint.metrics.api;
         api.put_record_batch_requests.fetch_add(1, Relaxed);
@@ -519,6 +654,7 @@ impl FirehoseApi {
             Err(rejected) => return Err(refusal(rejected)),
         };
         let refused = total - accepted;
+        (facts.bytes, facts.failed) = (Some(bytes), Some(refused));
         api.throttled_records.fetch_add(refused as u64, Relaxed);
         if accepted > 0 {
             api.count_accepted(accepted as u64, bytes);
@@ -549,8 +685,9 @@ impl FirehoseApi {
         Ok(out)
     }
 
-    fn describe(&self, body: &[u8], key_id: Option<&str>) -> Result<String, ApiError> {
+    fn describe(&self, body: &[u8], key_id: Option<&str>, facts: &mut Facts) -> Result<String, ApiError> {
         let input: DescribeInput = parse(body)?;
+        facts.stream = input.stream.clone();
         if let Some(limit) = input.limit
             && !(1..=10_000).contains(&limit)
         {
@@ -734,14 +871,16 @@ fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value 
 /// through [`FirehoseApi::handle`].
 pub async fn serve_request(
     State(api): State<Arc<FirehoseApi>>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let caller = Some(caller);
     let now = chrono::Utc::now().timestamp();
     if let Err(refused) = api.check_headers(&headers, now) {
-        return api.refuse(refused, None);
+        return api.refuse_unread(caller, &headers, refused);
     }
     let read =
         read_body(body, declared_length(&headers), MAX_REQUEST_BYTES, &api.bodies, api.limits.body_timeout).await;
@@ -751,7 +890,7 @@ pub async fn serve_request(
         Err(BodyError::TooLarge(_)) => {
             let message =
                 format!("Records size exceeds 4 MB limit (the request body is over {MAX_REQUEST_BYTES} bytes)");
-            return api.refuse(ApiError::client("InvalidArgumentException", message), None);
+            return api.refuse_unread(caller, &headers, ApiError::client("InvalidArgumentException", message));
         }
         Err(e @ BodyError::Busy) => {
             let error = ApiError {
@@ -759,7 +898,7 @@ pub async fn serve_request(
                 error_type: "ServiceUnavailableException",
                 message: e.to_string(),
             };
-            return api.refuse(error, None);
+            return api.refuse_unread(caller, &headers, error);
         }
         Err(e @ BodyError::TimedOut(_)) => {
             let error = ApiError {
@@ -767,14 +906,16 @@ pub async fn serve_request(
                 error_type: "RequestTimeoutException",
                 message: e.to_string(),
             };
-            return api.refuse(error, None);
+            return api.refuse_unread(caller, &headers, error);
         }
-        Err(e @ BodyError::Broken(_)) => return api.refuse(ApiError::serialization(e.to_string()), None),
+        Err(e @ BodyError::Broken(_)) => {
+            return api.refuse_unread(caller, &headers, ApiError::serialization(e.to_string()));
+        }
     };
     let handled = if api.logs {
         // With a log, a request waits for its group commit: on a blocking thread, so that many
         // requests wait (and share one fsync) at once.
-        match tokio::task::spawn_blocking(move || api.handle(&method, &uri, &headers, &body, now)).await {
+        match tokio::task::spawn_blocking(move || api.handle_from(caller, &method, &uri, &headers, &body, now)).await {
             Ok(response) => response,
             Err(e) => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -786,7 +927,7 @@ pub async fn serve_request(
     } else {
         // Decoding and hashing run here, on the I/O thread: a few milliseconds for the largest
         // body, cheaper than handing each request to another thread.
-        api.handle(&method, &uri, &headers, &body, now)
+        api.handle_from(caller, &method, &uri, &headers, &body, now)
     };
     drop(room);
     handled

@@ -227,7 +227,8 @@ pub fn serve(
     };
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     runtime.spawn(async move {
-        let service = router.into_make_service();
+        // Handlers may ask who is calling (the audit trail records it).
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let served = match tls_config {
             Some(config) => match axum_server::from_tcp_rustls(listener, config) {
                 Ok(server) => {

@@ -282,6 +282,9 @@ impl Source for FirehoseSource {
     }
 
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        if let Some(trail) = ctx.metrics.audit.get() {
+            trail.set_region(&self.region);
+        }
         if let Some(log) = self.log.open(&self.queue, &ctx.metrics)? {
             log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
         }

@@ -34,11 +34,12 @@ use std::time::Duration;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
+use sluice_engine::audit::{AuditEvent, HTTP_EVENT_SOURCE};
 use sluice_engine::config::ConnectorConfig;
 use sluice_engine::config::Diagnostic;
 use sluice_engine::contract::{PrepareContext, Source, SourceContext, SourceError, SourceReader};
@@ -322,52 +323,115 @@ fn records(body: &[u8]) -> Result<RecordBatch, String> {
     Ok(batch)
 }
 
-async fn receive(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body: Body) -> Response {
+/// A refused request: its status and why.
+type Refusal = (StatusCode, String);
+
+/// What the audit trail records of a request to the http source.
+#[derive(Debug, Default)]
+struct Facts {
+    /// The name of the token it carried.
+    token: Option<String>,
+    /// Records in its body.
+    records: Option<usize>,
+    /// Their bytes.
+    bytes: Option<usize>,
+}
+
+async fn receive(
+    State(endpoint): State<Arc<Endpoint>>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut facts = Facts::default();
+    let outcome = take(&endpoint, &headers, body, &mut facts).await;
+    if let Some(metrics) = endpoint.metrics.get() {
+        metrics.audit(|trail| {
+            let identity = match &facts.token {
+                Some(name) => json!({"type": "Token", "tokenName": name}),
+                None => json!({"type": "Unknown"}),
+            };
+            let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+            let event = AuditEvent::api_call(
+                HTTP_EVENT_SOURCE,
+                "PostRecords",
+                trail.region(),
+                &uuid::Uuid::new_v4().to_string(),
+            )
+            .from_caller(Some(caller.ip().to_string()), user_agent)
+            .identity(identity)
+            .parameters(json!({"path": uri.path(), "recordCount": facts.records, "bytes": facts.bytes}));
+            match &outcome {
+                Ok(_) => event,
+                Err((status, message)) => event.error(status.canonical_reason().unwrap_or("Error"), message),
+            }
+        });
+    }
+    match outcome {
+        Ok(count) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({"accepted": count}).to_string())
+                .into_response()
+        }
+        Err((status, message)) => refuse(status, message),
+    }
+}
+
+/// Takes one request's records: how many, or why not (status and message).
+async fn take(endpoint: &Arc<Endpoint>, headers: &HeaderMap, body: Body, facts: &mut Facts) -> Result<usize, Refusal> {
+    let no = |status: StatusCode, message: String| Err((status, message));
     let started = Instant::now();
     if !endpoint.tokens.0.is_empty() {
         let given =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if given.and_then(|token| endpoint.tokens.holder(token)).is_none() {
-            return refuse(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` header is required");
+        match given.and_then(|token| endpoint.tokens.holder(token)) {
+            Some(holder) => facts.token = Some(holder.to_string()),
+            None => {
+                return no(
+                    StatusCode::UNAUTHORIZED,
+                    "a valid `Authorization: Bearer <token>` header is required".into(),
+                );
+            }
         }
     }
-    let encoding = match ContentEncoding::of(&headers) {
+    let encoding = match ContentEncoding::of(headers) {
         Ok(encoding) => encoding,
         Err(name) => {
-            return refuse(
+            return no(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!("Content-Encoding `{name}` is not supported; send the body plain, gzip, deflate or br"),
             );
         }
     };
     let too_large =
-        || refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", endpoint.max_body));
+        || no(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", endpoint.max_body));
     let read =
-        read_body(body, declared_length(&headers), endpoint.max_body, &endpoint.bodies, endpoint.body_timeout).await;
+        read_body(body, declared_length(headers), endpoint.max_body, &endpoint.bodies, endpoint.body_timeout).await;
     let (raw, _room) = match read {
         Ok(read) => read,
         Err(BodyError::TooLarge(_)) => return too_large(),
-        Err(e @ BodyError::Busy) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Err(e @ BodyError::TimedOut(_)) => return refuse(StatusCode::REQUEST_TIMEOUT, e.to_string()),
-        Err(e @ BodyError::Broken(_)) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ BodyError::Busy) => return no(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e @ BodyError::TimedOut(_)) => return no(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        Err(e @ BodyError::Broken(_)) => return no(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let body: std::borrow::Cow<'_, [u8]> = match encoding.decode(&raw, endpoint.max_body) {
         Ok(Some(decoded)) => decoded.into(),
         Ok(None) => raw[..].into(),
         Err(DecodeError::TooLarge) => return too_large(),
         Err(DecodeError::Invalid(e)) => {
-            return refuse(StatusCode::BAD_REQUEST, format!("the body is not valid {}: {e}", encoding.name()));
+            return no(StatusCode::BAD_REQUEST, format!("the body is not valid {}: {e}", encoding.name()));
         }
     };
     let batch = match records(&body) {
         Ok(b) => b,
-        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+        Err(message) => return no(StatusCode::BAD_REQUEST, message),
     };
     let (count, bytes) = (batch.len(), batch.byte_len());
+    (facts.records, facts.bytes) = (Some(count), Some(bytes));
     let metrics = endpoint.metrics.get();
     if count > 0 {
         // With a log this waits for a group commit: on a blocking thread.
-        let target = Arc::clone(&endpoint);
+        let target = Arc::clone(endpoint);
         let accepted =
             tokio::task::spawn_blocking(move || accept(&target.queue, target.log.get().as_ref(), batch)).await;
         match accepted {
@@ -376,14 +440,14 @@ async fn receive(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body
                 if let Some(m) = metrics {
                     m.api.throttled_records.fetch_add(count as u64, Relaxed);
                 }
-                return refuse(StatusCode::SERVICE_UNAVAILABLE, "too much data in flight; retry later");
+                return no(StatusCode::SERVICE_UNAVAILABLE, "too much data in flight; retry later".into());
             }
-            Ok(Err(Rejected::Closed)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping"),
+            Ok(Err(Rejected::Closed)) => return no(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping".into()),
             Ok(Err(Rejected::Log(e))) => {
-                return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("the records could not be made durable: {e}"));
+                return no(StatusCode::SERVICE_UNAVAILABLE, format!("the records could not be made durable: {e}"));
             }
             Err(e) => {
-                return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("the request could not be handled: {e}"));
+                return no(StatusCode::INTERNAL_SERVER_ERROR, format!("the request could not be handled: {e}"));
             }
         }
     }
@@ -391,8 +455,7 @@ async fn receive(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap, body
         m.api.count_accepted(count as u64, bytes as u64);
         m.api.put_record_batch_latency.observe(started.elapsed());
     }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({"accepted": count}).to_string())
-        .into_response()
+    Ok(count)
 }
 
 #[cfg(test)]

@@ -119,7 +119,7 @@ where
                             }
                             if let Some(counters) = &counters {
                                 counters.records_in.fetch_add(batch.len() as u64, Relaxed);
-                                counters.records_failed.fetch_add(failed.records.len() as u64, Relaxed);
+                                counters.count_failed(&failed);
                             }
                             if !failed.records.is_empty() {
                                 let keyed = Keyed { records: Records::Failed(failed), keys: Vec::new() };

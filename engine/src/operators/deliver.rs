@@ -481,6 +481,7 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                         }
                     };
                     let stored = matches!(outcome.ending, Ending::Stored);
+                    metrics.audit(|trail| delivery_event(trail, &sink_name, &done, &outcome));
                     match (outcome.ending, done.kind) {
                         (Ending::Stored, ObjectKind::Data) => {
                             m.stored.fetch_add(1, Relaxed);
@@ -529,5 +530,49 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                 metrics.sinks[index].pending.set(pending_slot, in_flight.values().map(|f| f.oldest_arrival_ms).min());
             }
         })
+    }
+}
+
+/// The audit trail's line for one object's outcome: `DeliverObject` (data) or `StoreErrorOutput`,
+/// with the sink, the object key, records, bytes and attempts, and the error code when the object
+/// (or some of its records) went to the error output.
+fn delivery_event(
+    trail: &crate::audit::AuditTrail,
+    sink: &str,
+    done: &InFlight,
+    outcome: &Outcome,
+) -> crate::audit::AuditEvent {
+    let mut details = serde_json::json!({
+        "destination": sink,
+        "objectKey": done.key,
+        "records": done.records,
+        "bytes": done.body_bytes,
+        "attempts": outcome.attempts,
+    });
+    let name = match done.kind {
+        ObjectKind::Data => "DeliverObject",
+        ObjectKind::ErrorOutput { output_type } => {
+            details["errorOutputType"] = output_type.name().into();
+            "StoreErrorOutput"
+        }
+    };
+    let failed = match &outcome.ending {
+        Ending::Stored => None,
+        Ending::Partly { failed, error, key } => {
+            details["failedRecords"] = (*failed).into();
+            details["backupKey"] = key.as_str().into();
+            Some(error)
+        }
+        Ending::BackedUp { error, key } => {
+            details["failedRecords"] = done.records.into();
+            details["backupKey"] = key.as_str().into();
+            Some(error)
+        }
+    };
+    let event = crate::audit::AuditEvent::service_event(name, trail.region(), details);
+    // The code only: a destination's message may quote the records it refused.
+    match failed {
+        Some(error) => event.error(error.code(), "records went to the error output (see backupKey)"),
+        None => event,
     }
 }

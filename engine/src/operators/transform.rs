@@ -104,7 +104,10 @@ impl<'scope> TransformRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                     for (_, records) in &answered {
                         match records {
                             Records::Deliver(batch) => counters.records_out.fetch_add(batch.len() as u64, Relaxed),
-                            Records::Failed(f) => counters.records_failed.fetch_add(f.records.len() as u64, Relaxed),
+                            Records::Failed(f) => {
+                                counters.count_failed(f);
+                                0
+                            }
                             Records::Backup(_) => 0,
                         };
                     }
