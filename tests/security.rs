@@ -717,3 +717,170 @@ fn audit_lines_of_answered_requests_survive_a_kill() {
     let puts = audit_lines(&audit).into_iter().filter(|l| l["eventName"] == "PutRecordBatch").count();
     assert_eq!(puts, 5, "{log}");
 }
+
+/// Every kind of secret a pipeline can hold, each a distinct marker.
+const SECRETS: [(&str, &str); 7] = [
+    ("API_SECRET", "leak-marker-api-secret"),
+    ("HTTP_TOKEN", "leak-marker-http-token"),
+    ("REDACT_KEY", "leak-marker-hash-key"),
+    ("OS_PASS", "leak-marker-os-password"),
+    ("HEC_TOKEN", "leak-marker-hec-token"),
+    ("PG_PASS", "leak-marker-pg-password"),
+    ("S3_SECRET", "leak-marker-s3-secret"),
+];
+
+/// Every file under `dir` and `printed`, with no marker of [`SECRETS`] in any of them.
+fn assert_no_secret(dir: &Path, printed: &str, skip: &[&Path]) {
+    for (_, secret) in SECRETS {
+        assert!(!printed.contains(secret), "`{secret}` printed:\n{printed}");
+        for file in files(dir).iter().filter(|f| !skip.iter().any(|s| f.starts_with(s))) {
+            let bytes = std::fs::read(file).unwrap();
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "`{secret}` in {}", file.display());
+        }
+    }
+}
+
+/// Issue 18 §4: a pipeline holding every kind of secret, at debug level, its destinations down
+/// (so that retries, error documents and backups happen): no secret in stdout, stderr, metrics,
+/// the audit log, error documents or anything else it wrote; and `validate` of every example
+/// pipeline shows none either.
+#[test]
+fn no_configured_secret_appears_in_output_metrics_audit_or_error_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, http_port, admin, down) = (free_port(), free_port(), free_port(), free_port());
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let config = dir.path().join("secrets.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[pipeline]
+name = "secrets"
+data_dir = "{work}/data"
+stop_timeout_s = 3
+audit_log = {{ url = "file://{work}/audit", buffer = {{ interval_s = 1 }} }}
+
+[sources.api]
+type = "firehose"
+listen = "127.0.0.1:{port}"
+auth = {{ access_keys = [{{ id = "AKIALEAKTEST", secret = "${{API_SECRET}}" }}] }}
+
+[sources.ndjson]
+type = "http"
+listen = "127.0.0.1:{http_port}"
+bearer_token = "${{HTTP_TOKEN}}"
+
+[transforms.mask]
+type = "redact"
+inputs = ["api", "ndjson"]
+mode = "hash"
+hash_key = "${{REDACT_KEY}}"
+
+[sinks.search]
+type = "opensearch"
+inputs = ["mask"]
+url = "http://127.0.0.1:{down}"
+index = "logs"
+auth = {{ username = "admin", password = "${{OS_PASS}}" }}
+retry = {{ duration_s = 0 }}
+buffer = {{ size_mb = 1, interval_s = 1 }}
+backup_store = {{ url = "file://{work}/backup" }}
+
+[sinks.siem]
+type = "splunk"
+inputs = ["mask"]
+url = "http://127.0.0.1:{down}"
+token = "${{HEC_TOKEN}}"
+retry = {{ duration_s = 0 }}
+buffer = {{ size_mb = 1, interval_s = 1 }}
+backup_store = {{ url = "file://{work}/backup" }}
+
+[sinks.warehouse]
+type = "postgres"
+inputs = ["mask"]
+url = "postgres://loader:${{PG_PASS}}@127.0.0.1:{down}/security"
+table = "events"
+columns = ["n"]
+mapping = {{ n = "n" }}
+staging = {{ url = "file://{work}/staging" }}
+retry = {{ duration_s = 0 }}
+buffer = {{ size_mb = 1, interval_s = 1 }}
+
+[sinks.lake]
+type = "object_store"
+inputs = ["mask"]
+url = "s3://lake/raw"
+options = {{ endpoint = "http://127.0.0.1:{down}", allow_http = true, region = "us-east-1", access_key_id = "AKIALAKE", secret_access_key = "${{S3_SECRET}}" }}
+healthcheck = false
+retry = {{ duration_s = 0 }}
+buffer = {{ size_mb = 1, interval_s = 1 }}
+"#,
+            work = work.display()
+        ),
+    )
+    .unwrap();
+    let child = start_listening_with(
+        sluice()
+            .args(["run", config.to_str().unwrap(), "--admin", &format!("127.0.0.1:{admin}")])
+            .envs(SECRETS)
+            .env("SLUICE_LOG", "debug")
+            .current_dir(&work)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        port,
+    );
+    let put = Command::new(python())
+        .arg(super::support::repo_root().join("tests/firehose_client.py"))
+        .args(["put", &format!("http://127.0.0.1:{port}"), "secrets", "20", "AKIALEAKTEST", SECRETS[0].1])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let posted = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{http_port}/"))
+        .bearer_auth(SECRETS[1].1)
+        .body("{\"n\":1,\"email\":\"someone@example.com\"}\n")
+        .send()
+        .unwrap();
+    assert_eq!(posted.status().as_u16(), 200);
+    // Every sink gives up on its first object (nothing listens): error documents are written.
+    let started = Instant::now();
+    while files(&work.join("backup")).len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no error documents: {:?}", files(&work));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")).unwrap().text().unwrap();
+    terminate(&child);
+    let output = child.wait_with_output().unwrap();
+    let printed =
+        format!("{}{}{metrics}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(printed.contains("DEBUG"), "not at debug level: {printed}");
+    assert!(!files(&work.join("audit")).is_empty() && !files(&work.join("backup")).is_empty());
+    assert_no_secret(&work, &printed, &[&work.join("data")]);
+
+    // `validate` of every example pipeline, with its secrets set: shown as ***.
+    let examples = super::support::repo_root().join("pipelines");
+    for example in std::fs::read_dir(&examples).unwrap().flatten().map(|e| e.path()) {
+        if example.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let envs = [
+            ("API_KEY", "AKIAEXAMPLE"),
+            ("API_SECRET", SECRETS[0].1),
+            ("SLUICE_KEY_ID", "AKIAEXAMPLE"),
+            ("SLUICE_SECRET", SECRETS[0].1),
+            ("HEC_TOKEN", SECRETS[4].1),
+            ("OS_PASS", SECRETS[3].1),
+            ("PG_PASS", SECRETS[5].1),
+            ("SIEM_ACCESS_KEY", SECRETS[6].1),
+        ];
+        let output = sluice()
+            .args(["validate", example.to_str().unwrap()])
+            .envs(envs)
+            .env("SLUICE_LOG", "debug")
+            .output()
+            .unwrap();
+        let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "{}: {printed}", example.display());
+        assert_no_secret(dir.path().join("nothing").as_path(), &printed, &[]);
+    }
+}

@@ -65,7 +65,7 @@ fn expand_env(value: &mut Value, problems: &mut Vec<Diagnostic>) {
 
 /// `Ok(None)` when the string has no `${`; an error (message, hint) for an unset variable without
 /// a default (`${NAME:-default}`) or an unclosed `${`. `$${` is a literal `${`.
-fn expand_env_in(s: &str) -> Result<Option<String>, (String, String)> {
+pub(super) fn expand_env_in(s: &str) -> Result<Option<String>, (String, String)> {
     if !s.contains("${") {
         return Ok(None);
     }

@@ -7,6 +7,7 @@
 mod columnar;
 pub mod diagnostic;
 pub mod document;
+mod masked;
 mod registry;
 mod resolve;
 
@@ -14,6 +15,7 @@ use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Diagnostics, did_you_mean};
 pub use document::Section;
+pub use masked::masked;
 pub use registry::{
     ConnectorConfig, Durability, KeyQueryCompiler, LogEncryption, Registry, Retention, SinkType, SourceType,
     StreamDescription, TransformType,

@@ -23,7 +23,7 @@ use sluice_connectors::measure::{self, MeasuredCommand};
 use sluice_connectors::registry;
 use sluice_connectors::sources::firehose::{SharedFirehose, router as firehose_router};
 use sluice_connectors::synth::{Profile, write_ndjson};
-use sluice_engine::config::{Plan, load_file};
+use sluice_engine::config::{Plan, load_file, masked};
 use sluice_engine::contract::{SharedListener, StopSignal};
 use sluice_engine::metrics::{PipelineMetrics, SinkLabel, peak_rss_bytes};
 use sluice_engine::runtime::{RunOptions, RunReport, run};
@@ -270,7 +270,13 @@ fn validate_command(files: &[PathBuf]) -> ExitCode {
     let mut failed = false;
     for file in files {
         match load_file(file, &registry) {
-            Ok(plan) => println!("{}: ok\n{}", file.display(), plan.render()),
+            Ok(plan) => {
+                println!("{}: ok\n{}", file.display(), plan.render());
+                // The file as it runs (variables expanded), secrets shown as ***.
+                if let Some(shown) = std::fs::read_to_string(file).ok().as_deref().and_then(masked) {
+                    println!("resolved configuration (secrets masked):\n{shown}");
+                }
+            }
             Err(diagnostics) => {
                 failed = true;
                 eprintln!("{diagnostics}\n");
