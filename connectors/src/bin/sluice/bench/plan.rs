@@ -851,39 +851,50 @@ impl Planner<'_> {
             bytes: requests as u64 * per_request,
             records: (requests * load::RECORDS_PER_REQUEST) as u64,
         };
-        let port = load::free_port().map_err(io_error("cannot find a free port"))?;
-        let output = self.output("ingest", "sluice");
-        let pipeline = self.work.join("ingest-sluice.toml");
-        let toml = format!(
-            "[pipeline]\nname = \"bench\"\ndata_dir = {data:?}\ndurability = \"fsync\"\n\n\
-             [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n\
-             auth = {{ access_keys = [{{ id = \"{key}\", secret = \"{secret}\" }}] }}\n\n\
-             [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{out}\"\nformat = \"ndjson\"\n\
-             compression = \"zstd\"\nbuffer = {{ size_mb = 64, interval_s = 60 }}\n",
-            data = self.work.join("state-ingest").display().to_string(),
-            key = load::ACCESS_KEY,
-            secret = load::SECRET_KEY,
-            out = output.display(),
-        );
-        std::fs::write(&pipeline, toml).map_err(io_error(format!("cannot write {}", pipeline.display())))?;
-        let n = self.options.threads.to_string();
+        // The same pipeline with its write-ahead log plain and encrypted (a key file): the second
+        // case is the cost of encryption at rest.
+        let key_file = self.work.join("ingest-wal.key");
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand::random::<[u8; 32]>());
+        std::fs::write(&key_file, key)
+            .map_err(io_error(format!("cannot write {}", key_file.display())))?;
+        let encryption = format!("encryption = {{ key_file = {:?} }}\n", key_file.display().to_string());
         let name = "sluice ingest (SigV4, fsync log, zstd)";
-        let command = MeasuredCommand::new(
-            self.options.sluice.as_os_str(),
-            [OsString::from("run"), "--quiet".into(), "--workers".into(), n.into(), pipeline.into()],
-        );
-        let drive = Drive::Ingest(ServerLoad { port, signed: true, requests });
-        self.cases.push(Case {
-            scenario: "ingest",
-            name: name.into(),
-            sluice: true,
-            command,
-            input: input.clone(),
-            output,
-            drive,
-            // Its objects hold every record it acknowledged.
-            check: OutputCheck::Lines,
-        });
+        let sealed = "sluice ingest, log encrypted (AES-256-GCM)";
+        for (case, label, extra) in [(name, "sluice", String::new()), (sealed, "sluice-encrypted", encryption)] {
+            let port = load::free_port().map_err(io_error("cannot find a free port"))?;
+            let output = self.output("ingest", label);
+            let pipeline = self.work.join(format!("ingest-{label}.toml"));
+            let toml = format!(
+                "[pipeline]\nname = \"bench\"\ndata_dir = {data:?}\ndurability = \"fsync\"\n{extra}\n\
+                 [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n\
+                 auth = {{ access_keys = [{{ id = \"{key}\", secret = \"{secret}\" }}] }}\n\n\
+                 [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{out}\"\nformat = \"ndjson\"\n\
+                 compression = \"zstd\"\nbuffer = {{ size_mb = 64, interval_s = 60 }}\n",
+                data = self.work.join(format!("state-ingest-{label}")).display().to_string(),
+                key = load::ACCESS_KEY,
+                secret = load::SECRET_KEY,
+                out = output.display(),
+            );
+            std::fs::write(&pipeline, toml).map_err(io_error(format!("cannot write {}", pipeline.display())))?;
+            let n = self.options.threads.to_string();
+            let command = MeasuredCommand::new(
+                self.options.sluice.as_os_str(),
+                [OsString::from("run"), "--quiet".into(), "--workers".into(), n.into(), pipeline.into()],
+            );
+            let drive = Drive::Ingest(ServerLoad { port, signed: true, requests });
+            self.cases.push(Case {
+                scenario: "ingest",
+                name: case.into(),
+                sluice: true,
+                command,
+                input: input.clone(),
+                output,
+                drive,
+                // Its objects hold every record it acknowledged.
+                check: OutputCheck::Lines,
+            });
+        }
+        self.compare("ingest", sealed, Some(name.to_string()), "the same pipeline with its log unencrypted (target: ≥ 0.9)");
         let port = load::free_port().map_err(io_error("cannot find a free port"))?;
         let trivial = "trivial server (reads the body)";
         let command = MeasuredCommand::new(
