@@ -855,8 +855,7 @@ impl Planner<'_> {
         // case is the cost of encryption at rest.
         let key_file = self.work.join("ingest-wal.key");
         let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand::random::<[u8; 32]>());
-        std::fs::write(&key_file, key)
-            .map_err(io_error(format!("cannot write {}", key_file.display())))?;
+        std::fs::write(&key_file, key).map_err(io_error(format!("cannot write {}", key_file.display())))?;
         let encryption = format!("encryption = {{ key_file = {:?} }}\n", key_file.display().to_string());
         let name = "sluice ingest (SigV4, fsync log, zstd)";
         let sealed = "sluice ingest, log encrypted (AES-256-GCM)";
@@ -894,7 +893,12 @@ impl Planner<'_> {
                 check: OutputCheck::Lines,
             });
         }
-        self.compare("ingest", sealed, Some(name.to_string()), "the same pipeline with its log unencrypted (target: ≥ 0.9)");
+        self.compare(
+            "ingest",
+            sealed,
+            Some(name.to_string()),
+            "the same pipeline with its log unencrypted (target: ≥ 0.9)",
+        );
         let port = load::free_port().map_err(io_error("cannot find a free port"))?;
         let trivial = "trivial server (reads the body)";
         let command = MeasuredCommand::new(
