@@ -4,11 +4,11 @@
 //!
 //! Guarantees: [`text`] leaves everything but those values as it was (positions in a line shift
 //! only where a value was replaced), and never panics on any input; a redacted value becomes
-//! `****`. Every place that prints config text — diagnostics and their quoted source lines,
+//! `***`. Every place that prints config text — diagnostics and their quoted source lines,
 //! `sluice validate`, the run summary, DescribeDeliveryStream — goes through here.
 
 /// What a redacted value is replaced with.
-pub const MASK: &str = "****";
+pub const MASK: &str = "***";
 
 /// Key names (in config files) whose values are secrets, and endings that mark one.
 const SECRET_KEYS: &[&str] = &["secret", "token", "password", "passwd", "apikey"];
@@ -185,16 +185,16 @@ mod tests {
     fn masks_url_passwords_and_credential_parameters() {
         assert_eq!(
             url("https://user:hunter2@collector.example.com:8443/in?token=abc&env=prod&X-Amz-Signature=f00#top"),
-            "https://user:****@collector.example.com:8443/in?token=****&env=prod&X-Amz-Signature=****#top"
+            "https://user:***@collector.example.com:8443/in?token=***&env=prod&X-Amz-Signature=***#top"
         );
         assert_eq!(url("s3://bucket/prefix?region=eu"), "s3://bucket/prefix?region=eu");
         assert_eq!(url("https://user@host/p"), "https://user@host/p");
         // Found by tests/fuzz.rs: a multi-byte character right before the scheme.
         assert_eq!(text("scheme `memo\u{fffd}y://x`"), "scheme `memo\u{fffd}y://x`");
-        assert_eq!(text("é://a:b@h"), "é://a:****@h");
+        assert_eq!(text("é://a:b@h"), "é://a:***@h");
         assert_eq!(
             text("bad url `https://a:b@h/x?sig=1`: no scheme"),
-            "bad url `https://a:****@h/x?sig=****`: no scheme"
+            "bad url `https://a:***@h/x?sig=***`: no scheme"
         );
     }
 
@@ -204,14 +204,14 @@ mod tests {
             r#"auth = { access_keys = [{ id = "AKID", secret = "s3cr\"et" }] }, bearer_token = 't0k', json_key = "ts""#;
         assert_eq!(
             text(line),
-            r#"auth = { access_keys = [{ id = "AKID", secret = "****" }] }, bearer_token = '****', json_key = "ts""#
+            r#"auth = { access_keys = [{ id = "AKID", secret = "***" }] }, bearer_token = '***', json_key = "ts""#
         );
         assert_eq!(
             text(r#"secret_access_key = "x", access_key_id = "AKID""#),
-            r#"secret_access_key = "****", access_key_id = "AKID""#
+            r#"secret_access_key = "***", access_key_id = "AKID""#
         );
-        assert_eq!(text(r#"password="p" hash_key = "${KEY}""#), r#"password="****" hash_key = "${KEY}""#);
-        assert_eq!(text(r#"token = "${T:-s3cr3t}""#), r#"token = "${T:-****}""#);
+        assert_eq!(text(r#"password="p" hash_key = "${KEY}""#), r#"password="***" hash_key = "${KEY}""#);
+        assert_eq!(text(r#"token = "${T:-s3cr3t}""#), r#"token = "${T:-***}""#);
         assert_eq!(text("secret = 5"), "secret = 5");
         assert_eq!(text("tokens are fine"), "tokens are fine");
     }
