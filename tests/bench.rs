@@ -27,6 +27,7 @@ fn the_bench_harness_runs_every_scenario_and_writes_its_three_reports() {
         "sluice redact+jq gzip",
         "sluice partitioned gzip",
         "sluice ingest (SigV4, fsync log, zstd)",
+        "sluice ingest, log encrypted (AES-256-GCM)",
     ] {
         assert!(names.contains(&expected), "{expected} missing from {names:?}");
     }
