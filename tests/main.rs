@@ -13,6 +13,7 @@ mod crash;
 mod dedup;
 mod disk_full;
 mod enrich;
+mod error_log;
 mod fuzz;
 mod http_endpoint;
 mod listener;

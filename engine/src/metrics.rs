@@ -171,8 +171,8 @@ pub struct TransformMetrics {
     /// Entries of state it holds across workers (a table's rows, a dedup window's keys), as a
     /// gauge `TransformKeysHeld`; each worker adds and subtracts its own.
     pub keys_held: std::sync::atomic::AtomicI64,
-    /// The transform's name and the pipeline's audit trail, when the run has one.
-    pub audit: std::sync::OnceLock<(String, Arc<crate::audit::AuditTrail>)>,
+    /// The transform's name and its pipeline's counters (for the audit trail and the error log).
+    pub owner: std::sync::OnceLock<(String, std::sync::Weak<PipelineMetrics>)>,
 }
 
 impl TransformMetrics {
@@ -184,7 +184,8 @@ impl TransformMetrics {
             return;
         }
         self.records_failed.fetch_add(n, Relaxed);
-        let Some((name, trail)) = self.audit.get() else { return };
+        let Some((name, pipeline)) = self.owner.get() else { return };
+        let Some(pipeline) = pipeline.upgrade() else { return };
         let mut by_code: BTreeMap<&str, (u64, u32)> = BTreeMap::new();
         for failure in &failed.failures {
             let entry = by_code.entry(&failure.code).or_insert((0, 0));
@@ -194,6 +195,16 @@ impl TransformMetrics {
         // The code only: a failure's message may quote the record (a jq error does).
         let message = format!("records went to the error output ({})", failed.output_type.name());
         for (code, (records, attempts)) in by_code {
+            let first = failed.failures.iter().find(|f| &*f.code == code).map_or("", |f| &f.message);
+            pipeline.report_error(crate::error_log::ErrorEvent {
+                level: crate::error_log::Level::Error,
+                component: name,
+                error_code: code,
+                message: &format!("{records} records to the error output ({}): {first}", failed.output_type.name()),
+                attempts: Some(attempts),
+                key: None,
+            });
+            let Some(trail) = pipeline.audit.get() else { continue };
             let details = serde_json::json!({
                 "transform": name,
                 "records": records,
@@ -393,9 +404,19 @@ pub struct PipelineMetrics {
     /// with the counters because whatever counts a request, a delivery or a failure is also what
     /// audits it.
     pub audit: std::sync::OnceLock<Arc<crate::audit::AuditTrail>>,
+    /// The pipeline's error log (`[pipeline] error_log`, `--log-format json`), set when the run is
+    /// prepared.
+    pub errors: std::sync::OnceLock<Arc<crate::error_log::ErrorLog>>,
 }
 
 impl PipelineMetrics {
+    /// Reports `event` to the error log, if the pipeline has one.
+    pub fn report_error(&self, event: crate::error_log::ErrorEvent<'_>) {
+        if let Some(log) = self.errors.get() {
+            log.report(event);
+        }
+    }
+
     /// Records the event `event` makes (given the trail, for its region) in the audit trail, if
     /// the pipeline has one.
     pub fn audit(&self, event: impl FnOnce(&crate::audit::AuditTrail) -> crate::audit::AuditEvent) {
@@ -463,6 +484,7 @@ impl PipelineMetrics {
             fatal: std::sync::OnceLock::new(),
             api: ApiMetrics::default(),
             audit: std::sync::OnceLock::new(),
+            errors: std::sync::OnceLock::new(),
         }
     }
 
@@ -538,9 +560,13 @@ impl PipelineMetrics {
             text.sample(&format!("sluice_{name}"), "counter", &stream_label, value);
         }
         text.sample("sluice_LogBytes", "gauge", &stream_label, api.log_bytes.load(Relaxed));
+        if let Some(log) = self.errors.get() {
+            text.sample("sluice_ErrorLogLines", "counter", &stream_label, log.written.load(Relaxed));
+            text.sample("sluice_ErrorLogSuppressed", "counter", &stream_label, log.suppressed.load(Relaxed));
+        }
         if let Some(trail) = self.audit.get() {
-            text.sample("sluice_AuditEvents", "counter", &stream_label, trail.events.load(Relaxed));
-            text.sample("sluice_AuditDeliveryFailures", "counter", &stream_label, trail.failures.load(Relaxed));
+            text.sample("sluice_AuditEvents", "counter", &stream_label, trail.lines.lines.load(Relaxed));
+            text.sample("sluice_AuditDeliveryFailures", "counter", &stream_label, trail.lines.failures.load(Relaxed));
         }
         api.put_record_latency.render(text, "sluice_PutRecord_Latency_seconds", &stream_label);
         api.put_record_batch_latency.render(text, "sluice_PutRecordBatch_Latency_seconds", &stream_label);

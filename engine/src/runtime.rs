@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub stop_grace: Duration,
     /// A listener the process shares among its pipelines (`sluice serve`), handed to every source.
     pub shared: Option<Arc<dyn SharedListener>>,
+    /// `--log-format json`: the error log is written to stderr as JSON lines.
+    pub json_error_log: bool,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -60,6 +62,7 @@ impl RunOptions {
             max_inflight_bytes: 256 << 20,
             stop_grace: plan.stop_timeout.unwrap_or_else(Self::default_stop_grace),
             shared: None,
+            json_error_log: false,
         }
     }
 
@@ -164,17 +167,33 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
         runtime.block_on(sink.sink.prepare()).map_err(|error| RunError::Prepare { sink: sink.name.clone(), error })?;
     }
     if let Some(audit) = &plan.audit {
-        if let crate::audit::AuditTarget::Store(sink) = &audit.target {
+        if let crate::line_store::LineTarget::Store(sink) = &audit.target {
             runtime.block_on(sink.prepare()).map_err(|error| RunError::Prepare { sink: "audit_log".into(), error })?;
         }
         let trail = crate::audit::AuditTrail::start(&plan.name, audit.clone(), &plan.data_dir)
             .map_err(|e| RunError::Audit(e.to_string()))?;
-        for (transform, counters) in plan.transforms.iter().zip(&metrics.transforms) {
-            let _ = counters.audit.set((transform.name.clone(), Arc::clone(&trail)));
-        }
         if let Err(trail) = metrics.audit.set(trail) {
             trail.close();
         }
+    }
+    if plan.error_log.is_some() || options.json_error_log {
+        let store = match &plan.error_log {
+            Some(lines @ crate::line_store::LinePlan { target: crate::line_store::LineTarget::Store(sink), .. }) => {
+                runtime
+                    .block_on(sink.prepare())
+                    .map_err(|error| RunError::Prepare { sink: "error_log".into(), error })?;
+                let store = crate::line_store::LineStore::start(&plan.name, "errors", lines.clone(), &plan.data_dir)
+                    .map_err(|e| RunError::Audit(e.to_string()))?;
+                Some(store)
+            }
+            _ => None,
+        };
+        // `error_log = "stderr"` and `--log-format json` write to stderr.
+        let stderr = options.json_error_log || store.is_none();
+        let _ = metrics.errors.set(Arc::new(crate::error_log::ErrorLog::new(&plan.name, store, stderr)));
+    }
+    for (transform, counters) in plan.transforms.iter().zip(&metrics.transforms) {
+        let _ = counters.owner.set((transform.name.clone(), Arc::downgrade(&metrics)));
     }
     let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let prepare = PrepareContext {
@@ -344,6 +363,9 @@ fn execute(
     // Every line recorded so far is stored before the run ends (requests were answered: the
     // listeners stopped before the dataflow could finish).
     let close_audit = || {
+        if let Some(log) = metrics.errors.get() {
+            log.close();
+        }
         if let Some(trail) = metrics.audit.get() {
             trail.close();
         }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use sluice_engine::config::{Durability, Retention};
+use sluice_engine::error_log::{ErrorEvent, Level};
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::{RecordBatch, now_ms};
 use sluice_engine::wal::seal::LogKeys;
@@ -305,6 +306,18 @@ impl DurableLog {
                     match log.truncate(frontier) {
                         Ok(expired) => {
                             metrics.api.log_expired_records.fetch_add(expired, Ordering::Relaxed);
+                            if expired > 0 {
+                                metrics.report_error(ErrorEvent {
+                                    level: Level::Error,
+                                    component: "write-ahead log",
+                                    error_code: "LogExpiredRecords",
+                                    message: &format!(
+                                        "{expired} undelivered records older than retention.max_hours left the log"
+                                    ),
+                                    attempts: None,
+                                    key: None,
+                                });
+                            }
                         }
                         Err(e) => tracing::error!(error = %e, "cannot advance the log checkpoint"),
                     }

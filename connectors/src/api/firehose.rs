@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use sluice_engine::audit::{AuditEvent, FIREHOSE_EVENT_SOURCE};
 use sluice_engine::config::{LogEncryption, StreamInfo};
 use sluice_engine::contract::DestinationKind;
+use sluice_engine::error_log::{ErrorEvent, Level};
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::{RecordBatch, now_ms};
 
@@ -595,6 +596,14 @@ impl FirehoseApi {
         if let Err(rejected) = accept(&endpoint.queue, endpoint.log.as_ref(), batch) {
             if rejected == Rejected::Full {
                 api.throttled_records.fetch_add(1, Relaxed);
+                endpoint.metrics.report_error(ErrorEvent {
+                    level: Level::Warn,
+                    component: &endpoint.info.name,
+                    error_code: "ServiceUnavailableException",
+                    message: "a PutRecord throttled: max_inflight_mb is reached",
+                    attempts: None,
+                    key: None,
+                });
             }
             return Err(refusal(rejected));
         }
@@ -655,6 +664,16 @@ impl FirehoseApi {
         };
         let refused = total - accepted;
         (facts.bytes, facts.failed) = (Some(bytes), Some(refused));
+        if refused > 0 {
+            endpoint.metrics.report_error(ErrorEvent {
+                level: Level::Warn,
+                component: &endpoint.info.name,
+                error_code: "ServiceUnavailableException",
+                message: &format!("{refused} of {total} records throttled: max_inflight_mb is reached"),
+                attempts: None,
+                key: None,
+            });
+        }
         api.throttled_records.fetch_add(refused as u64, Relaxed);
         if accepted > 0 {
             api.count_accepted(accepted as u64, bytes);

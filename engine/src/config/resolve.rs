@@ -275,7 +275,9 @@ pub struct Plan {
     /// Sinks, in file order.
     pub sinks: Vec<SinkPlan>,
     /// `[pipeline] audit_log`, if set.
-    pub audit: Option<crate::audit::AuditPlan>,
+    pub audit: Option<crate::line_store::LinePlan>,
+    /// `[pipeline] error_log`, if set.
+    pub error_log: Option<crate::line_store::LinePlan>,
     /// `[pipeline] data_dir` (resolved): where the pipeline keeps its state.
     pub data_dir: PathBuf,
 }
@@ -457,23 +459,35 @@ pub const SINK_ENGINE_KEYS: &[&str] = &[
     "partitioning",
     "deaggregation",
 ];
-const PIPELINE_KEYS: &[&str] =
-    &["name", "workers", "data_dir", "durability", "retention", "stop_timeout_s", "encryption", "audit_log"];
+const PIPELINE_KEYS: &[&str] = &[
+    "name",
+    "workers",
+    "data_dir",
+    "durability",
+    "retention",
+    "stop_timeout_s",
+    "encryption",
+    "audit_log",
+    "error_log",
+];
 
-/// `[pipeline] audit_log = "stderr" | "<object_store URL>" | { url, options, buffer = { size_mb,
-/// interval_s } }`: the store is the `object_store` sink for the URL (its options, checks and
-/// errors), so any URL a sink takes works here.
-fn audit_log(
+/// `[pipeline] audit_log` or `error_log` (`key`) `= "stderr" | "<object_store URL>" | { url,
+/// options, buffer = { size_mb, interval_s } }`: the store is the `object_store` sink for the URL
+/// (its options, checks and errors), so any URL a sink takes works here.
+fn line_plan(
     value: super::document::Value,
+    key: &str,
     connector_config: &dyn Fn(String, Section) -> ConnectorConfig,
     registry: &Registry,
     problems: &mut Vec<Diagnostic>,
-) -> Option<crate::audit::AuditPlan> {
-    use crate::audit::{AuditPlan, AuditTarget};
+) -> Option<crate::line_store::LinePlan> {
+    use crate::line_store::{LinePlan, LineTarget};
     use toml::de::DeValue;
     let span = value.span();
-    let mut plan = AuditPlan { target: AuditTarget::Stderr, size_bytes: 5 << 20, interval: Duration::from_secs(60) };
-    let hint = "audit_log = \"stderr\", an object store URL (\"file://./audit\", \"s3://bucket/audit\"), or { url = \"...\", options = { ... }, buffer = { size_mb = 5, interval_s = 60 } }";
+    let mut plan = LinePlan { target: LineTarget::Stderr, size_bytes: 5 << 20, interval: Duration::from_secs(60) };
+    let hint = format!(
+        "{key} = \"stderr\", an object store URL (\"file://./{key}\", \"s3://bucket/{key}\"), or {{ url = \"...\", options = {{ ... }}, buffer = {{ size_mb = 5, interval_s = 60 }} }}"
+    );
     let mut section = match value.get_ref() {
         DeValue::String(url) if url.as_ref() == "stderr" => return Some(plan),
         DeValue::String(url) => {
@@ -482,33 +496,29 @@ fn audit_log(
                 Spanned::new(span.clone(), std::borrow::Cow::Borrowed("url")),
                 Spanned::new(span.clone(), DeValue::String(std::borrow::Cow::Owned(url.to_string()))),
             );
-            Section::from_value(
-                "pipeline.audit_log".into(),
-                Spanned::new(span.clone(), DeValue::Table(table)),
-                problems,
-            )?
+            Section::from_value(format!("pipeline.{key}"), Spanned::new(span.clone(), DeValue::Table(table)), problems)?
         }
-        DeValue::Table(_) => Section::from_value("pipeline.audit_log".into(), value, problems)?,
+        DeValue::Table(_) => Section::from_value(format!("pipeline.{key}"), value, problems)?,
         _ => {
-            problems.push(Diagnostic::new(span, "`audit_log` must be a string or a table").with_hint(hint));
+            problems.push(Diagnostic::new(span, format!("`{key}` must be a string or a table")).with_hint(hint));
             return None;
         }
     };
     if let Some(mut buffer) = section.take_table("buffer", problems) {
-        let size_hint = "MB of audit lines per object (1-128)";
+        let size_hint = "MB of lines per object (1-128)";
         if let Some(mb) = buffer.take_int_in("size_mb", 1..=128, size_hint, problems) {
             plan.size_bytes = (mb.into_inner() as usize) << 20;
         }
-        let interval_hint = "seconds the oldest audit line may wait (1-900)";
+        let interval_hint = "seconds the oldest line may wait (1-900)";
         if let Some(s) = buffer.take_int_in("interval_s", 1..=900, interval_hint, problems) {
             plan.interval = Duration::from_secs(s.into_inner() as u64);
         }
         buffer.deny_unknown(&["size_mb", "interval_s"], problems);
     }
     let sink_type = registry.sink("object_store")?;
-    match (sink_type.configure)(connector_config("audit_log".into(), section)) {
+    match (sink_type.configure)(connector_config(key.into(), section)) {
         Ok(sink) => {
-            plan.target = AuditTarget::Store(sink);
+            plan.target = LineTarget::Store(sink);
             Some(plan)
         }
         Err(d) => {
@@ -610,7 +620,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
     let (mut name, mut workers, mut stop_timeout) = (String::new(), None, None);
     let (mut data_dir, mut durability, mut retention) = (None, Durability::Fsync, Retention::default());
     let mut encryption = None;
-    let mut audit_value = None;
+    let (mut audit_value, mut error_log_value) = (None, None);
     match pipeline {
         None => problems.push(
             Diagnostic::new(root_span.start..root_span.start, "missing [pipeline] table")
@@ -677,6 +687,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
                 encryption = log_encryption(e, base_dir, &mut problems);
             }
             audit_value = p.take("audit_log");
+            error_log_value = p.take("error_log");
             p.deny_unknown(PIPELINE_KEYS, &mut problems);
         }
     }
@@ -696,7 +707,8 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
         stream: Arc::clone(&stream),
     };
 
-    let audit = audit_value.and_then(|value| audit_log(value, &connector_config, registry, &mut problems));
+    let audit = audit_value.and_then(|v| line_plan(v, "audit_log", &connector_config, registry, &mut problems));
+    let error_log = error_log_value.and_then(|v| line_plan(v, "error_log", &connector_config, registry, &mut problems));
 
     // [sources.*] Every declared source keeps its slot, valid or not, so that sinks naming an
     // invalid source get no second, misleading "unknown input" error.
@@ -927,7 +939,7 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
     for sink in &mut sinks {
         sink.inputs = sink.inputs.iter().map(|&i| renumber(i)).collect();
     }
-    let plan = Plan { name, workers, stop_timeout, sources, transforms, sinks, audit, data_dir };
+    let plan = Plan { name, workers, stop_timeout, sources, transforms, sinks, audit, error_log, data_dir };
     // The stream is created when its pipeline is loaded.
     let _ = stream.set(plan.stream_info(crate::record::now_ms()));
     Ok(plan)

@@ -28,6 +28,7 @@ use crate::backup::{self, FailedObject};
 use crate::buffer::{ObjectKind, SealedObject, UploadStep};
 use crate::config::SinkSettings;
 use crate::contract::{DeliveryError, PartUpload, Payload, Sink};
+use crate::error_log::{ErrorEvent, Level};
 use crate::error_output::ErrorOutputType;
 use crate::metrics::PipelineMetrics;
 use crate::retry::{RetryClock, until_stored, with_retries};
@@ -186,6 +187,14 @@ impl Target {
                 });
             };
             tracing::debug!(attempts, error = %error, ?wait, "delivery failed; retrying");
+            self.metrics.report_error(ErrorEvent {
+                level: Level::Warn,
+                component: &self.name,
+                error_code: error.code(),
+                message: &format!("delivery failed; retrying in {} ms: {error}", wait.as_millis()),
+                attempts: Some(attempts),
+                key: Some(&payload.key),
+            });
             tokio::time::sleep(wait).await;
         }
         Some(match refused_at {
@@ -482,6 +491,16 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                     };
                     let stored = matches!(outcome.ending, Ending::Stored);
                     metrics.audit(|trail| delivery_event(trail, &sink_name, &done, &outcome));
+                    if let Ending::Partly { error, key, .. } | Ending::BackedUp { error, key } = &outcome.ending {
+                        metrics.report_error(ErrorEvent {
+                            level: Level::Error,
+                            component: &sink_name,
+                            error_code: error.code(),
+                            message: &format!("retries exhausted; records backed up to the error output ({key}): {error}"),
+                            attempts: Some(outcome.attempts),
+                            key: Some(&done.key),
+                        });
+                    }
                     match (outcome.ending, done.kind) {
                         (Ending::Stored, ObjectKind::Data) => {
                             m.stored.fetch_add(1, Relaxed);

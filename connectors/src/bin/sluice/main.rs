@@ -44,6 +44,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// `json`: the error log (delivery failures, backups, transform failures, throttling, log
+    /// truncation) is written to stderr as JSON lines, rate-limited per error code.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Errors as log text only.
+    Text,
+    /// The error log as JSON lines on stderr too.
+    Json,
 }
 
 /// The shared listener's limits (each pipeline file's own are then not used).
@@ -197,11 +210,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    let json = cli.log_format == LogFormat::Json;
     let result = match cli.command {
-        Command::Run { pipeline, workers, quiet, admin } => run_command(&pipeline, workers, quiet, admin),
+        Command::Run { pipeline, workers, quiet, admin } => run_command(&pipeline, workers, quiet, admin, json),
         Command::Serve { dir, listen, admin, workers, region, tls_cert, tls_key, limits } => {
             let tls = tls_cert.zip(tls_key).map(|(cert, key)| TlsFiles { cert, key });
-            serve_command(&dir, listen, admin, workers, &region, tls, limits.limits())
+            let limits = limits.limits();
+            let serve = ServeOptions { listen, admin, workers, region, tls, limits, json_error_log: json };
+            serve_command(&dir, serve)
         }
         Command::Validate { files } => Ok(validate_command(&files)),
         Command::Measure { report, stdin, command } => {
@@ -377,6 +393,7 @@ fn run_command(
     workers: Option<usize>,
     quiet: bool,
     admin: Option<SocketAddr>,
+    json_error_log: bool,
 ) -> anyhow::Result<ExitCode> {
     let registry = registry();
     let plan = match load_file(pipeline, &registry) {
@@ -388,6 +405,7 @@ fn run_command(
     };
     let metrics = Arc::new(plan.new_metrics());
     let mut options = RunOptions::for_plan(&plan);
+    options.json_error_log = json_error_log;
     if let Some(w) = workers {
         options.workers = w.max(1);
     }
@@ -408,15 +426,20 @@ fn run_command(
 }
 
 /// `sluice serve DIR`: every pipeline of `dir`, one shared Firehose listener.
-fn serve_command(
-    dir: &std::path::Path,
+/// What `sluice serve` is told besides its folder.
+struct ServeOptions {
     listen: SocketAddr,
     admin: Option<SocketAddr>,
     workers: Option<usize>,
-    region: &str,
+    region: String,
     tls: Option<TlsFiles>,
     limits: ListenerLimits,
-) -> anyhow::Result<ExitCode> {
+    json_error_log: bool,
+}
+
+fn serve_command(dir: &std::path::Path, serve: ServeOptions) -> anyhow::Result<ExitCode> {
+    let ServeOptions { listen, admin, workers, region, tls, limits, json_error_log } = serve;
+    let region = region.as_str();
     let registry = registry();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
@@ -459,6 +482,7 @@ fn serve_command(
         options.workers = workers.or(plan.workers).unwrap_or(per_pipeline).max(1);
         options.stop = stop.clone();
         options.shared = Some(Arc::clone(&shared) as Arc<dyn SharedListener>);
+        options.json_error_log = json_error_log;
         // One that cannot start is left out like a bad file: the others are served.
         match sluice_engine::runtime::prepare(&plan, &options, Arc::clone(&metrics)) {
             Ok(run) => prepared.push((run, metrics)),

@@ -1,0 +1,289 @@
+//! Lines stored as objects (`[pipeline] audit_log`, `error_log`): buffered by size and time,
+//! stored through the `object_store` sink for a URL, or written to stderr.
+//!
+//! Guarantees: a line is appended to a spool file under the pipeline's data folder before
+//! [`LineStore::write`] returns, so a process kill loses no line written; a clean stop
+//! ([`LineStore::close`]) stores every line before the run ends; a store that refuses keeps the
+//! lines on disk (`sending-*.jsonl`) and they are stored, first, by the next start. Objects are
+//! `YYYY/MM/DD/HH/<pipeline>-<kind>-<YYYY-MM-DD-HH-MM-SS>-<uuid>.jsonl` under the URL.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::contract::{Payload, Sink};
+
+/// Where lines go.
+#[derive(Clone)]
+pub enum LineTarget {
+    /// One line at a time to stderr.
+    Stderr,
+    /// Objects through a sink (the `object_store` sink for the URL).
+    Store(Arc<dyn Sink>),
+}
+
+impl std::fmt::Debug for LineTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LineTarget::Stderr => f.write_str("stderr"),
+            LineTarget::Store(sink) => f.write_str(&sink.describe()),
+        }
+    }
+}
+
+/// `[pipeline] audit_log` or `error_log` as resolved.
+#[derive(Debug, Clone)]
+pub struct LinePlan {
+    /// Where lines go.
+    pub target: LineTarget,
+    /// An object is stored once this many bytes are buffered…
+    pub size_bytes: usize,
+    /// …or its oldest line is this old.
+    pub interval: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Lines not yet handed to the store, in order.
+    lines: Vec<u8>,
+    /// When the first of them was recorded.
+    since: Option<Instant>,
+    /// The spool file they are also in.
+    spool: Option<std::fs::File>,
+    closing: bool,
+}
+
+/// A pipeline's lines of one kind (`audit`, `errors`).
+#[derive(Debug)]
+pub struct LineStore {
+    pipeline: String,
+    kind: &'static str,
+    plan: LinePlan,
+    /// `<data_dir>/<kind>`: the spool and lines waiting to be stored.
+    dir: PathBuf,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Lines written.
+    pub lines: AtomicU64,
+    /// Objects a store refused at least once.
+    pub failures: AtomicU64,
+}
+
+/// Why the store could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} log in {dir}: {source}")]
+pub struct LineStoreError {
+    kind: &'static str,
+    dir: String,
+    source: std::io::Error,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+const SPOOL: &str = "spool.jsonl";
+
+impl LineStore {
+    /// Starts the `kind` lines of `pipeline` with their spool in `data_dir/<kind>`; lines an
+    /// earlier run left there are stored first.
+    pub fn start(
+        pipeline: &str,
+        kind: &'static str,
+        plan: LinePlan,
+        data_dir: &Path,
+    ) -> Result<Arc<LineStore>, LineStoreError> {
+        let dir = data_dir.join(kind);
+        let shown = dir.display().to_string();
+        let io = |source| LineStoreError { kind, dir: shown.clone(), source };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        // What a killed run spooled is sent as it is (it was never handed to the store).
+        let spool_path = dir.join(SPOOL);
+        if std::fs::metadata(&spool_path).is_ok_and(|m| m.len() > 0) {
+            let leftover = dir.join(format!("sending-{}.jsonl", uuid::Uuid::new_v4()));
+            std::fs::rename(&spool_path, leftover).map_err(io)?;
+        }
+        let spool = match plan.target {
+            LineTarget::Stderr => None,
+            LineTarget::Store(_) => {
+                Some(std::fs::OpenOptions::new().create(true).append(true).open(&spool_path).map_err(io)?)
+            }
+        };
+        let trail = Arc::new(LineStore {
+            pipeline: pipeline.to_string(),
+            kind,
+            plan,
+            dir,
+            pending: Mutex::new(Pending { spool, ..Pending::default() }),
+            wake: Condvar::new(),
+            flusher: Mutex::new(None),
+            lines: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        });
+        if matches!(trail.plan.target, LineTarget::Store(_)) {
+            let flusher = Arc::clone(&trail);
+            let handle = std::thread::Builder::new()
+                .name(format!("sluice-{kind}"))
+                .spawn(move || flusher.flush_until_closed())
+                .map_err(io)?;
+            *lock(&trail.flusher) = Some(handle);
+        }
+        Ok(trail)
+    }
+
+    /// Writes `line` (one JSON line, its `\n` included; in the spool before this returns).
+    pub fn write(&self, line: &[u8]) {
+        self.lines.fetch_add(1, Relaxed);
+        if matches!(self.plan.target, LineTarget::Stderr) {
+            let _ = std::io::stderr().lock().write_all(line);
+            return;
+        }
+        let mut pending = lock(&self.pending);
+        if let Some(spool) = pending.spool.as_mut()
+            && let Err(e) = spool.write_all(line)
+        {
+            tracing::error!(kind = self.kind, error = %e, "cannot write the spool; the line is kept in memory only");
+        }
+        pending.lines.extend_from_slice(line);
+        pending.since.get_or_insert_with(Instant::now);
+        if pending.lines.len() >= self.plan.size_bytes {
+            self.wake.notify_all();
+        }
+    }
+
+    /// Stores every line recorded so far and stops the flusher (a clean stop).
+    pub fn close(&self) {
+        lock(&self.pending).closing = true;
+        self.wake.notify_all();
+        if let Some(handle) = lock(&self.flusher).take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// Hands the pending lines over: the spool becomes a `sending-*` file (kept until stored).
+    fn take_pending(&self, pending: &mut Pending) -> Option<PathBuf> {
+        if pending.lines.is_empty() {
+            return None;
+        }
+        let sending = self.dir.join(format!("sending-{}.jsonl", uuid::Uuid::new_v4()));
+        let spool = self.dir.join(SPOOL);
+        pending.spool = None;
+        let moved = std::fs::rename(&spool, &sending)
+            .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(&spool));
+        match moved {
+            Ok(file) => pending.spool = Some(file),
+            Err(e) => {
+                tracing::error!(kind = self.kind, error = %e, "cannot rotate the spool; writing the pending lines aside");
+                let _ = std::fs::write(&sending, &pending.lines);
+            }
+        }
+        pending.lines.clear();
+        pending.since = None;
+        Some(sending)
+    }
+
+    fn flush_until_closed(self: Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            tracing::error!(kind = self.kind, "cannot start the writer; lines stay in its spool");
+            return;
+        };
+        let LineTarget::Store(sink) = self.plan.target.clone() else { return };
+        loop {
+            // Earlier runs' lines and lines a refusal left, oldest first.
+            let mut waiting: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("sending-")))
+                .collect();
+            waiting.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+            let closing = {
+                let mut pending = lock(&self.pending);
+                if waiting.is_empty() && !pending.closing {
+                    let full = |p: &Pending| p.lines.len() >= self.plan.size_bytes;
+                    let due = |p: &Pending| p.since.is_some_and(|s| s.elapsed() >= self.plan.interval);
+                    while !pending.closing && !full(&pending) && !due(&pending) {
+                        let wait = pending
+                            .since
+                            .map_or(self.plan.interval, |s| self.plan.interval.saturating_sub(s.elapsed()));
+                        pending = self
+                            .wake
+                            .wait_timeout(pending, wait.max(Duration::from_millis(10)))
+                            .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+                    }
+                }
+                let closing = pending.closing;
+                waiting.extend(self.take_pending(&mut pending));
+                closing
+            };
+            let mut refused = false;
+            for file in waiting {
+                if !self.store(&runtime, &sink, &file, closing) {
+                    refused = true;
+                    break;
+                }
+            }
+            if closing {
+                if refused {
+                    tracing::error!(kind = self.kind, dir = %self.dir.display(), "the store refused; the lines are kept for the next start");
+                }
+                return;
+            }
+            if refused {
+                // Wait a little before trying again (new lines keep going to the spool).
+                let pending = lock(&self.pending);
+                let _ = self.wake.wait_timeout(pending, Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Stores the lines of `file` as one object and deletes it; `false` if the store refused
+    /// (after a few attempts when `closing`).
+    fn store(&self, runtime: &tokio::runtime::Runtime, sink: &Arc<dyn Sink>, file: &Path, closing: bool) -> bool {
+        let Ok(body) = std::fs::read(file) else { return true };
+        if body.is_empty() {
+            let _ = std::fs::remove_file(file);
+            return true;
+        }
+        let now = chrono::Utc::now();
+        let key = format!(
+            "{}/{}-{}-{}-{}.jsonl",
+            now.format("%Y/%m/%d/%H"),
+            self.pipeline,
+            self.kind,
+            now.format("%Y-%m-%d-%H-%M-%S"),
+            uuid::Uuid::new_v4()
+        );
+        let attempts = if closing { 5 } else { 1 };
+        for attempt in 0..attempts {
+            let payload = Payload {
+                key: key.clone(),
+                body: Bytes::from(body.clone()),
+                content_type: "application/x-ndjson",
+                content_encoding: None,
+                records: body.iter().filter(|&&b| b == b'\n').count() as u64,
+                origins: None,
+            };
+            match runtime.block_on(sink.deliver(payload)) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(file);
+                    return true;
+                }
+                Err(e) => {
+                    self.failures.fetch_add(1, Relaxed);
+                    tracing::warn!(kind = self.kind, error = %e, attempt = attempt + 1, "the store refused an object");
+                    if attempt + 1 < attempts {
+                        std::thread::sleep(Duration::from_millis(200 << attempt));
+                    }
+                }
+            }
+        }
+        false
+    }
+}
