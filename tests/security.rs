@@ -473,8 +473,16 @@ fn under_serve_a_key_reaches_only_the_streams_that_list_it() {
     let pipelines = dir.path().join("pipelines");
     std::fs::create_dir(&pipelines).unwrap();
     let port = free_port();
-    keyed_pipeline(&pipelines, "orders", port, &key_entry(APP, ""));
-    keyed_pipeline(&pipelines, "audit", port, &key_entry(OPS, ", allow = [\"PutRecordBatch\"]"));
+    let orders = keyed_pipeline(&pipelines, "orders", port, &key_entry(APP, ""));
+    let audit = keyed_pipeline(&pipelines, "audit", port, &key_entry(OPS, ", allow = [\"PutRecordBatch\"]"));
+    // Each pipeline keeps its own audit trail.
+    for config in [&orders, &audit] {
+        let stream = config.file_stem().unwrap().to_string_lossy().to_string();
+        let trail =
+            format!("audit_log = \"file://{}\"\n[sources.api]", dir.path().join(format!("trail-{stream}")).display());
+        let text = std::fs::read_to_string(config).unwrap().replacen("[sources.api]", &trail, 1);
+        std::fs::write(config, text).unwrap();
+    }
     let listen = format!("127.0.0.1:{port}");
     let child = start_listening_with(
         sluice()
@@ -503,6 +511,15 @@ fn under_serve_a_key_reaches_only_the_streams_that_list_it() {
     assert_eq!(ops_on_audit["ListDeliveryStreams"], denied(OPS.0, "ListDeliveryStreams", "*"));
     assert_eq!(access(&endpoint, "orders", OPS)["PutRecord"], denied(OPS.0, "PutRecord", "orders"));
     stop(child, 0);
+    // A request naming a stream is in that stream's trail only; ListDeliveryStreams names none and
+    // is in both.
+    for (stream, other) in [("orders", "audit"), ("audit", "orders")] {
+        let lines = audit_lines(&dir.path().join(format!("trail-{stream}")));
+        let named = |name: &str| lines.iter().filter(|l| l["requestParameters"]["deliveryStreamName"] == name).count();
+        assert_eq!((named(stream), named(other)), (6, 0), "{stream}: {lines:#?}");
+        let lists = lines.iter().filter(|l| l["eventName"] == "ListDeliveryStreams").count();
+        assert_eq!(lists, 4, "{stream}: {lines:#?}");
+    }
 }
 
 #[test]
