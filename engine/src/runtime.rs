@@ -205,6 +205,9 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
     };
     for source in &plan.sources {
         if let Err(error) = source.source.prepare(&prepare) {
+            if let Some(log) = metrics.errors.get() {
+                log.close();
+            }
             if let Some(trail) = metrics.audit.get() {
                 trail.close();
             }
