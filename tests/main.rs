@@ -28,4 +28,5 @@ mod s3;
 mod security;
 mod splunk;
 mod support;
+mod top;
 mod transforms;

@@ -6,6 +6,7 @@
 //! run could not start. `validate` exits 1 when any file has an error.
 
 mod bench;
+mod top;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -161,6 +162,12 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// A terminal view of a running sluice's figures (its `--admin` address), redrawn every
+    /// second; `q` or Ctrl-C quits.
+    Top {
+        /// The `--admin` address of `run` or `serve`, e.g. 127.0.0.1:4580.
+        admin: SocketAddr,
+    },
     /// Write synthetic logs as NDJSON (deterministic for a seed).
     Gen {
         /// Log shape.
@@ -227,6 +234,7 @@ fn main() -> ExitCode {
                 .with_context(|| format!("cannot run {:?}", command.program))
                 .map(|()| ExitCode::SUCCESS)
         }
+        Command::Top { admin } => top::top_command(admin),
         Command::Gen { profile, records, seed, output } => {
             gen_command(profile, records, seed, output).map(|()| ExitCode::SUCCESS)
         }
