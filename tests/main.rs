@@ -5,6 +5,7 @@
 // A failed set-up or check should stop a test with its reason: panicking is the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod alerts;
 mod api;
 mod bench;
 mod cli;

@@ -25,6 +25,8 @@ pub struct SourceMetrics {
 /// Counters of one sink.
 #[derive(Debug, Default)]
 pub struct SinkMetrics {
+    /// `buffer.interval_s` (the `BufferInterval_seconds` gauge alert rules compare freshness with).
+    pub buffer_interval_s: AtomicU64,
     /// Records stored in data objects.
     pub records_delivered: AtomicU64,
     /// Their bytes before compression.
@@ -354,6 +356,8 @@ pub struct ApiMetrics {
     pub errors: Mutex<BTreeMap<&'static str, u64>>,
     /// Bytes of the write-ahead log on disk.
     pub log_bytes: AtomicU64,
+    /// `retention.max_gb` in bytes, once a log is open (the `LogRetentionBytes` gauge).
+    pub log_retention_bytes: AtomicU64,
     /// Undelivered records that left the log because they were older than `retention.max_hours`.
     pub log_expired_records: AtomicU64,
     /// Acknowledged records the log could not read back at start (damaged, missing or shortened
@@ -560,6 +564,10 @@ impl PipelineMetrics {
             text.sample(&format!("sluice_{name}"), "counter", &stream_label, value);
         }
         text.sample("sluice_LogBytes", "gauge", &stream_label, api.log_bytes.load(Relaxed));
+        let retention = api.log_retention_bytes.load(Relaxed);
+        if retention > 0 {
+            text.sample("sluice_LogRetentionBytes", "gauge", &stream_label, retention);
+        }
         if let Some(log) = self.errors.get() {
             text.sample("sluice_ErrorLogLines", "counter", &stream_label, log.written.load(Relaxed));
             text.sample("sluice_ErrorLogSuppressed", "counter", &stream_label, log.suppressed.load(Relaxed));
@@ -588,6 +596,7 @@ impl PipelineMetrics {
             text.sample(&family("Attempts"), "counter", &labels, attempts);
             text.sample(&family("Success"), "gauge", &labels, success);
             text.sample(&family("DataFreshness_seconds"), "gauge", &labels, freshness);
+            text.sample("sluice_BufferInterval_seconds", "gauge", &labels, sink.buffer_interval_s.load(Relaxed));
             text.sample(&family("FailedRecords"), "counter", &labels, sink.records_failed.load(Relaxed));
             text.sample(&family("UndeliveredRecords"), "counter", &labels, sink.records_undelivered.load(Relaxed));
             text.sample(&family("ErrorOutputFailures"), "counter", &labels, sink.error_output_failures.load(Relaxed));

@@ -164,6 +164,11 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
         .map_err(RunError::Runtime)?;
     for (index, sink) in plan.sinks.iter().enumerate() {
         sink.sink.measure_with(crate::metrics::SinkMeter::new(Arc::clone(&metrics), index));
+        if let Some(counters) = metrics.sinks.get(index) {
+            counters
+                .buffer_interval_s
+                .store(sink.settings.hints.interval.as_secs(), std::sync::atomic::Ordering::Relaxed);
+        }
         runtime.block_on(sink.sink.prepare()).map_err(|error| RunError::Prepare { sink: sink.name.clone(), error })?;
     }
     if let Some(audit) = &plan.audit {

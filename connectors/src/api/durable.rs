@@ -94,6 +94,7 @@ impl DurableLog {
         metrics: &PipelineMetrics,
     ) -> Result<(Arc<DurableLog>, Replay), WalError> {
         let (mut wal, Recovery { entries, findings, .. }) = Wal::open_sealed(dir, SEGMENT_BYTES, keys)?;
+        metrics.api.log_retention_bytes.store(retention.max_bytes, Ordering::Relaxed);
         wal.set_buffered(mode == Durability::Buffered);
         for finding in &findings {
             let log = dir.display();
