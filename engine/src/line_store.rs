@@ -14,16 +14,26 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 
-use crate::contract::{Payload, Sink};
+/// Where objects of lines are stored: the config wraps the `object_store` sink for the URL (so
+/// this module needs nothing of the connector contract).
+pub trait LineSink: Send + Sync {
+    /// Checks the store before the run (credentials, folders); why not, as text.
+    fn prepare(&self) -> BoxFuture<'static, Result<(), String>>;
+    /// Stores `body` (JSON lines) as the object `key`; why not, as text.
+    fn put(&self, key: String, body: Bytes) -> BoxFuture<'static, Result<(), String>>;
+    /// Where, for messages (secrets masked).
+    fn describe(&self) -> String;
+}
 
 /// Where lines go.
 #[derive(Clone)]
 pub enum LineTarget {
     /// One line at a time to stderr.
     Stderr,
-    /// Objects through a sink (the `object_store` sink for the URL).
-    Store(Arc<dyn Sink>),
+    /// Objects through a store.
+    Store(Arc<dyn LineSink>),
 }
 
 impl std::fmt::Debug for LineTarget {
@@ -245,7 +255,7 @@ impl LineStore {
 
     /// Stores the lines of `file` as one object and deletes it; `false` if the store refused
     /// (after a few attempts when `closing`).
-    fn store(&self, runtime: &tokio::runtime::Runtime, sink: &Arc<dyn Sink>, file: &Path, closing: bool) -> bool {
+    fn store(&self, runtime: &tokio::runtime::Runtime, sink: &Arc<dyn LineSink>, file: &Path, closing: bool) -> bool {
         let Ok(body) = std::fs::read(file) else { return true };
         if body.is_empty() {
             let _ = std::fs::remove_file(file);
@@ -262,15 +272,7 @@ impl LineStore {
         );
         let attempts = if closing { 5 } else { 1 };
         for attempt in 0..attempts {
-            let payload = Payload {
-                key: key.clone(),
-                body: Bytes::from(body.clone()),
-                content_type: "application/x-ndjson",
-                content_encoding: None,
-                records: body.iter().filter(|&&b| b == b'\n').count() as u64,
-                origins: None,
-            };
-            match runtime.block_on(sink.deliver(payload)) {
+            match runtime.block_on(sink.put(key.clone(), Bytes::from(body.clone()))) {
                 Ok(()) => {
                     let _ = std::fs::remove_file(file);
                     return true;

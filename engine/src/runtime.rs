@@ -103,7 +103,7 @@ pub enum RunError {
     /// Timely could not start or a worker failed.
     #[error("dataflow failed: {0}")]
     Dataflow(String),
-    /// The audit trail could not start (its folder).
+    /// The audit trail or the error log could not start (its folder, its store).
     #[error("{0}")]
     Audit(String),
     /// Records can be stored nowhere (e.g. the error output's keys are invalid): the run stopped
@@ -173,7 +173,7 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
     }
     if let Some(audit) = &plan.audit {
         if let crate::line_store::LineTarget::Store(sink) = &audit.target {
-            runtime.block_on(sink.prepare()).map_err(|error| RunError::Prepare { sink: "audit_log".into(), error })?;
+            runtime.block_on(sink.prepare()).map_err(|e| RunError::Audit(format!("audit_log is not usable: {e}")))?;
         }
         let trail = crate::audit::AuditTrail::start(&plan.name, audit.clone(), &plan.data_dir)
             .map_err(|e| RunError::Audit(e.to_string()))?;
@@ -186,7 +186,7 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
             Some(lines @ crate::line_store::LinePlan { target: crate::line_store::LineTarget::Store(sink), .. }) => {
                 runtime
                     .block_on(sink.prepare())
-                    .map_err(|error| RunError::Prepare { sink: "error_log".into(), error })?;
+                    .map_err(|e| RunError::Audit(format!("error_log is not usable: {e}")))?;
                 let store = crate::line_store::LineStore::start(&plan.name, "errors", lines.clone(), &plan.data_dir)
                     .map_err(|e| RunError::Audit(e.to_string()))?;
                 Some(store)

@@ -471,6 +471,34 @@ const PIPELINE_KEYS: &[&str] = &[
     "error_log",
 ];
 
+/// Lines stored through a sink (the `object_store` sink of `audit_log`/`error_log`'s URL).
+struct SinkLines(Arc<dyn Sink>);
+
+impl crate::line_store::LineSink for SinkLines {
+    fn prepare(&self) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let prepared = self.0.prepare();
+        Box::pin(async move { prepared.await.map_err(|e| e.to_string()) })
+    }
+
+    fn put(&self, key: String, body: bytes::Bytes) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let records = body.iter().filter(|&&b| b == b'\n').count() as u64;
+        let payload = crate::contract::Payload {
+            key,
+            body,
+            content_type: "application/x-ndjson",
+            content_encoding: None,
+            records,
+            origins: None,
+        };
+        let delivered = self.0.deliver(payload);
+        Box::pin(async move { delivered.await.map_err(|e| e.to_string()) })
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
 /// `[pipeline] audit_log` or `error_log` (`key`) `= "stderr" | "<object_store URL>" | { url,
 /// options, buffer = { size_mb, interval_s } }`: the store is the `object_store` sink for the URL
 /// (its options, checks and errors), so any URL a sink takes works here.
@@ -518,7 +546,7 @@ fn line_plan(
     let sink_type = registry.sink("object_store")?;
     match (sink_type.configure)(connector_config(key.into(), section)) {
         Ok(sink) => {
-            plan.target = LineTarget::Store(sink);
+            plan.target = LineTarget::Store(Arc::new(SinkLines(sink)));
             Some(plan)
         }
         Err(d) => {
