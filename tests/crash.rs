@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rand::{Rng, SeedableRng};
 
-use super::support::{firehose_to_files, free_port, sluice, start_listening_with, terminate};
+use super::support::{firehose_to_files, free_port, logged_run, sluice, start_listening_with, terminate};
 
 const KILLS: usize = 20;
 const PER_REQUEST: u64 = 50;
@@ -22,14 +22,8 @@ const PER_REQUEST: u64 = 50;
 /// Starts `sluice run config`, its output appended to `log` next to the config (with what the log
 /// replays and what loads recognise as loaded before), and waits until it listens on `port`.
 fn start(config: &Path, port: u16) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(config.with_extension("log")).unwrap();
-    let mut command = sluice();
-    command
-        .args(["run", config.to_str().unwrap()])
-        .env("SLUICE_LOG", "warn,sluice_connectors::api=info,sluice_connectors::sinks::postgres=info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    start_listening_with(&mut command, port)
+    let filter = "warn,sluice_connectors::api=info,sluice_connectors::sinks::postgres=info";
+    start_listening_with(&mut logged_run(config, filter), port)
 }
 
 /// Sends numbered records until `stop`; returns the numbers acknowledged.

@@ -2,29 +2,9 @@
 //! rate-limited per error code with what was held back counted, to `[pipeline] error_log` and, with
 //! `--log-format json`, to stderr; no configured secret in any line.
 
-use std::path::Path;
-
 use serde_json::Value;
 
-use super::support::{free_port, sluice};
-
-fn lines_under(dir: &Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if entry.path().is_dir() {
-                stack.push(entry.path());
-            } else {
-                let text = std::fs::read_to_string(entry.path()).unwrap();
-                out.extend(
-                    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))),
-                );
-            }
-        }
-    }
-    out
-}
+use super::support::{free_port, json_lines_under, sluice};
 
 #[test]
 fn failures_are_json_lines_rate_limited_per_code_in_the_error_log_and_on_stderr() {
@@ -70,7 +50,7 @@ backup_store = {{ url = "file://{backup}" }}
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "records went to the error output: {stderr}");
 
-    let mut stored = lines_under(&errors);
+    let mut stored = json_lines_under(&errors);
     let mut printed: Vec<Value> =
         stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
     stored.sort_by_key(Value::to_string);

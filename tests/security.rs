@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::support::{firehose_to_files, free_port, python, sluice, start_listening_with, terminate};
+use super::support::{
+    all_lines, files_under, firehose_call, firehose_to_files, folder_objects, free_port, json_lines_under, logged_run,
+    python, sluice, start_listening_with, terminate,
+};
 
 /// Records per request.
 const PER_REQUEST: usize = 20;
@@ -78,15 +81,7 @@ pub fn aws_env() -> [(&'static str, &'static str); 5] {
 
 /// `sluice run config`, output appended beside the config, started once it listens on `port`.
 fn start(config: &Path, port: u16) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(config.with_extension("log")).unwrap();
-    let mut command = sluice();
-    command
-        .args(["run", config.to_str().unwrap()])
-        .env("SLUICE_LOG", "warn")
-        .envs(aws_env())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    start_listening_with(&mut command, port)
+    start_listening_with(logged_run(config, "warn").envs(aws_env()), port)
 }
 
 /// One PutRecordBatch of marked records `first..first + PER_REQUEST`; the answer.
@@ -98,41 +93,13 @@ fn put(port: u16, first: usize) -> Value {
         })
         .collect();
     let body = serde_json::json!({"DeliveryStreamName": "sealed", "Records": records}).to_string();
-    let answer = reqwest::blocking::Client::new()
-        .post(format!("http://127.0.0.1:{port}/"))
-        .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
-        .header("content-type", "application/x-amz-json-1.1")
-        .body(body)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    serde_json::from_str(&answer).unwrap()
-}
-
-/// Every file under `dir` (recursively).
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if entry.path().is_dir() {
-                stack.push(entry.path());
-            } else {
-                out.push(entry.path());
-            }
-        }
-    }
-    out
+    firehose_call(port, "PutRecordBatch", body)
 }
 
 /// The `n` of every delivered record under `out`, sorted.
 fn delivered(out: &Path) -> Vec<usize> {
-    let mut numbers: Vec<usize> = files(out)
-        .iter()
-        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_string).collect::<Vec<_>>())
-        .map(|line| serde_json::from_str::<Value>(&line).unwrap()["n"].as_u64().unwrap() as usize)
-        .collect();
+    let mut numbers: Vec<usize> =
+        json_lines_under(out).iter().map(|line| line["n"].as_u64().unwrap() as usize).collect();
     numbers.sort_unstable();
     numbers
 }
@@ -183,7 +150,7 @@ fn a_kms_encrypted_log_holds_no_plaintext_replays_after_a_kill_and_refuses_anoth
     put_and_kill(start(&config, port), port, 10);
 
     // Nothing of a record is on disk in the clear; each segment has its key file (KMS's copy).
-    let on_disk = files(&data);
+    let on_disk = files_under(&data);
     assert!(on_disk.iter().any(|f| f.extension().is_some_and(|e| e == "key")), "{on_disk:?}");
     for file in &on_disk {
         let bytes = std::fs::read(file).unwrap();
@@ -217,16 +184,7 @@ fn a_kms_encrypted_log_holds_no_plaintext_replays_after_a_kill_and_refuses_anoth
     // The right key: everything acknowledged is delivered, and DescribeDeliveryStream says so.
     std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace(&other_key, &key)).unwrap();
     let child = start(&config, port);
-    let described = reqwest::blocking::Client::new()
-        .post(format!("http://127.0.0.1:{port}/"))
-        .header("x-amz-target", "Firehose_20150804.DescribeDeliveryStream")
-        .header("content-type", "application/x-amz-json-1.1")
-        .body(r#"{"DeliveryStreamName":"sealed"}"#)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let described: Value = serde_json::from_str(&described).unwrap();
+    let described = firehose_call(port, "DescribeDeliveryStream", r#"{"DeliveryStreamName":"sealed"}"#.into());
     let encryption = &described["DeliveryStreamDescription"]["DeliveryStreamEncryptionConfiguration"];
     assert_eq!(*encryption, serde_json::json!({"Status": "ENABLED", "KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": key}));
     terminate(&child);
@@ -247,7 +205,8 @@ fn a_tampered_entry_in_a_key_file_encrypted_log_is_reported_and_the_rest_replaye
     let (config, data, out) = sealed_pipeline(dir.path(), port, "{ key_file = \"keys/wal.key\" }");
     put_and_kill(start(&config, port), port, 8);
 
-    let segment = files(&data.join("api")).into_iter().find(|p| p.extension().is_some_and(|x| x == "wal")).unwrap();
+    let segment =
+        files_under(&data.join("api")).into_iter().find(|p| p.extension().is_some_and(|x| x == "wal")).unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     let magic = [0xE7, b'S', b'L', b'W'];
     let starts: Vec<usize> = bytes.windows(4).enumerate().filter(|(_, w)| *w == magic).map(|(i, _)| i).collect();
@@ -458,11 +417,7 @@ fn access_keys_may_call_only_the_operations_they_are_allowed() {
     let metrics = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")).unwrap().text().unwrap();
     assert!(metrics.contains("sluice_ApiErrors{stream=\"app\",type=\"AccessDeniedException\"} 5"), "{metrics}");
     stop(child, 0);
-    let mut delivered: Vec<String> = files(&dir.path().join("out"))
-        .iter()
-        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_string).collect::<Vec<_>>())
-        .collect();
-    delivered.sort();
+    let delivered = all_lines(&folder_objects(&dir.path().join("out")));
     assert_eq!(delivered, ["{\"access\":\"PutRecord\"}", "{\"access\":\"PutRecordBatch\"}"]);
 }
 
@@ -514,7 +469,7 @@ fn under_serve_a_key_reaches_only_the_streams_that_list_it() {
     // A request naming a stream is in that stream's trail only; ListDeliveryStreams names none and
     // is in both.
     for (stream, other) in [("orders", "audit"), ("audit", "orders")] {
-        let lines = audit_lines(&dir.path().join(format!("trail-{stream}")));
+        let lines = json_lines_under(&dir.path().join(format!("trail-{stream}")));
         let named = |name: &str| lines.iter().filter(|l| l["requestParameters"]["deliveryStreamName"] == name).count();
         assert_eq!((named(stream), named(other)), (6, 0), "{stream}: {lines:#?}");
         let lists = lines.iter().filter(|l| l["eventName"] == "ListDeliveryStreams").count();
@@ -535,15 +490,6 @@ fn an_unknown_operation_in_allow_is_a_config_error_with_the_nearest_name() {
         "{stderr}"
     );
     assert!(!stderr.contains(APP.1), "a secret in an error: {stderr}");
-}
-
-/// Every line of every object under `dir`, parsed.
-fn audit_lines(dir: &Path) -> Vec<Value> {
-    files(dir)
-        .iter()
-        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_string).collect::<Vec<_>>())
-        .map(|line| serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
 }
 
 /// Issue 18 §2: one CloudTrail-shaped line per API request (accepted and refused, Firehose and
@@ -631,9 +577,9 @@ buffer = {{ size_mb = 1, interval_s = 1 }}
     std::thread::sleep(Duration::from_millis(1500));
     let printed = stop(child, 2);
 
-    let lines = audit_lines(&audit);
+    let lines = json_lines_under(&audit);
     assert!(
-        files(&audit)
+        files_under(&audit)
             .iter()
             .all(|f| f.to_string_lossy().contains("app-audit-") && f.extension().is_some_and(|e| e == "jsonl"))
     );
@@ -689,7 +635,7 @@ buffer = {{ size_mb = 1, interval_s = 1 }}
     assert!(!delivered.is_empty(), "{lines:#?}");
     for line in &delivered {
         let key = line["serviceEventDetails"]["objectKey"].as_str().unwrap();
-        assert!(files(&out).iter().any(|f| f.to_string_lossy().ends_with(key)), "{key} not stored");
+        assert!(files_under(&out).iter().any(|f| f.to_string_lossy().ends_with(key)), "{key} not stored");
         assert_eq!(line["serviceEventDetails"]["destination"], "out");
     }
     let stored_records: u64 = delivered.iter().map(|l| l["serviceEventDetails"]["records"].as_u64().unwrap()).sum();
@@ -705,7 +651,7 @@ buffer = {{ size_mb = 1, interval_s = 1 }}
         assert!(!everything.contains(secret), "`{secret}` appears in the audit log or the output");
     }
     assert!(
-        !files(&dir.path().join("data/audit")).iter().any(|f| f.to_string_lossy().contains("sending-")),
+        !files_under(&dir.path().join("data/audit")).iter().any(|f| f.to_string_lossy().contains("sending-")),
         "lines left unsent"
     );
 }
@@ -728,10 +674,10 @@ fn audit_lines_of_answered_requests_survive_a_kill() {
     );
     std::fs::write(&config, text).unwrap();
     put_and_kill(start(&config, port), port, 5);
-    assert!(files(&audit).is_empty(), "nothing stored before the kill");
+    assert!(files_under(&audit).is_empty(), "nothing stored before the kill");
     let (stopped, log) = restart_and_stop(&config, port);
     assert!(stopped, "{log}");
-    let puts = audit_lines(&audit).into_iter().filter(|l| l["eventName"] == "PutRecordBatch").count();
+    let puts = json_lines_under(&audit).into_iter().filter(|l| l["eventName"] == "PutRecordBatch").count();
     assert_eq!(puts, 5, "{log}");
 }
 
@@ -750,7 +696,7 @@ const SECRETS: [(&str, &str); 7] = [
 fn assert_no_secret(dir: &Path, printed: &str, skip: &[&Path]) {
     for (_, secret) in SECRETS {
         assert!(!printed.contains(secret), "`{secret}` printed:\n{printed}");
-        for file in files(dir).iter().filter(|f| !skip.iter().any(|s| f.starts_with(s))) {
+        for file in files_under(dir).iter().filter(|f| !skip.iter().any(|s| f.starts_with(s))) {
             let bytes = std::fs::read(file).unwrap();
             assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "`{secret}` in {}", file.display());
         }
@@ -861,8 +807,8 @@ buffer = {{ size_mb = 1, interval_s = 1 }}
     assert_eq!(posted.status().as_u16(), 200);
     // Every sink gives up on its first object (nothing listens): error documents are written.
     let started = Instant::now();
-    while files(&work.join("backup")).len() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(60), "no error documents: {:?}", files(&work));
+    while files_under(&work.join("backup")).len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no error documents: {:?}", files_under(&work));
         std::thread::sleep(Duration::from_millis(200));
     }
     let metrics = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")).unwrap().text().unwrap();
@@ -871,7 +817,7 @@ buffer = {{ size_mb = 1, interval_s = 1 }}
     let printed =
         format!("{}{}{metrics}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(printed.contains("DEBUG"), "not at debug level: {printed}");
-    assert!(!files(&work.join("audit")).is_empty() && !files(&work.join("backup")).is_empty());
+    assert!(!files_under(&work.join("audit")).is_empty() && !files_under(&work.join("backup")).is_empty());
     assert_no_secret(&work, &printed, &[&work.join("data")]);
 
     // `validate` of every example pipeline, with its secrets set: shown as ***.
@@ -900,4 +846,23 @@ buffer = {{ size_mb = 1, interval_s = 1 }}
         assert!(output.status.success(), "{}: {printed}", example.display());
         assert_no_secret(dir.path().join("nothing").as_path(), &printed, &[]);
     }
+}
+
+/// KMS that cannot be reached at start: the run does not start, and says which call failed where.
+#[test]
+fn an_unreachable_kms_stops_the_start_with_the_call_that_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, kms) = (free_port(), free_port());
+    let encryption = format!(
+        "{{ kms_key_id = \"arn:aws:kms:us-east-1:123456789012:key/k\", kms_endpoint = \"http://127.0.0.1:{kms}\" }}"
+    );
+    let (config, _, _) = sealed_pipeline(dir.path(), port, &encryption);
+    let output = sluice().args(["run", config.to_str().unwrap()]).envs(aws_env()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("write-ahead log") && stderr.contains("KMS GenerateDataKey could not be reached"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("moto-secret-never-logged"), "{stderr}");
 }

@@ -26,29 +26,43 @@ pub fn memory_objects(name: &str) -> BTreeMap<String, Vec<String>> {
     })
 }
 
-/// Every file under `dir`: path relative to `dir` → decompressed lines.
-pub fn folder_objects(dir: &Path) -> BTreeMap<String, Vec<String>> {
-    let mut out = BTreeMap::new();
+/// Every file under `dir` (recursively; none when `dir` does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let key = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().to_string();
-                let bytes = match std::fs::read(&path) {
-                    Ok(bytes) => bytes,
-                    // A store's staging file, renamed between the listing and the read (a run in progress).
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => panic!("{}: {e}", path.display()),
-                };
-                out.insert(key.clone(), read_lines(&key, &bytes).unwrap_or_else(|e| panic!("{key}: {e}")));
-            }
+            if path.is_dir() { stack.push(path) } else { out.push(path) }
         }
     }
     out
+}
+
+/// Every file under `dir`: path relative to `dir` → decompressed lines.
+pub fn folder_objects(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for path in files_under(dir) {
+        let key = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().to_string();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            // A store's staging file, renamed between the listing and the read (a run in progress).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", path.display()),
+        };
+        out.insert(key.clone(), read_lines(&key, &bytes).unwrap_or_else(|e| panic!("{key}: {e}")));
+    }
+    out
+}
+
+/// Every line of every file under `dir`, each parsed as JSON (in no particular order).
+pub fn json_lines_under(dir: &Path) -> Vec<serde_json::Value> {
+    folder_objects(dir)
+        .into_values()
+        .flatten()
+        .map(|line| serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
 }
 
 /// All lines of all objects, sorted (a multiset).
@@ -132,6 +146,34 @@ pub fn start_listening_with(command: &mut std::process::Command, port: u16) -> s
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child
+}
+
+/// `sluice run config` with `SLUICE_LOG=log_filter`, its stdout and stderr appended to the
+/// config's `.log` beside it (read it after the run); add environment, then start it.
+pub fn logged_run(config: &Path, log_filter: &str) -> std::process::Command {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(config.with_extension("log")).unwrap();
+    let mut command = sluice();
+    command
+        .args(["run", config.to_str().unwrap()])
+        .env("SLUICE_LOG", log_filter)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    command
+}
+
+/// A Firehose API call `operation` (`PutRecordBatch`, …) with `body` to sluice on `port`, unsigned;
+/// the answer's JSON.
+pub fn firehose_call(port: u16, operation: &str, body: String) -> serde_json::Value {
+    let answer = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("x-amz-target", format!("Firehose_20150804.{operation}"))
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(body)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"))
 }
 
 /// SIGTERM to `child`.

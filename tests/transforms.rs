@@ -18,7 +18,8 @@ use sluice_engine::testkit::transform::{TransformCheck, TransformRun, conformanc
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::support::{
-    all_lines, folder_objects, free_port, generated, memory_objects, python, repo_root, start_listening, terminate,
+    all_lines, firehose_call, folder_objects, free_port, generated, memory_objects, python, repo_root, start_listening,
+    terminate,
 };
 
 const CHAIN: &str = r#"{time: .eventTime, user: .userIdentity.userName, event: .eventName, ip: .sourceIPAddress} | select(.event != "GetObject")"#;
@@ -428,16 +429,7 @@ fn cloudwatch_logs_subscription_records_sent_by_boto3_are_unpacked_and_bad_ones_
         .unwrap();
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
     // DescribeDeliveryStream shows the transform as Firehose's processors.
-    let described = reqwest::blocking::Client::new()
-        .post(format!("http://127.0.0.1:{port}/"))
-        .header("x-amz-target", "Firehose_20150804.DescribeDeliveryStream")
-        .header("content-type", "application/x-amz-json-1.1")
-        .body(r#"{"DeliveryStreamName":"cwl"}"#)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let described: serde_json::Value = serde_json::from_str(&described).unwrap();
+    let described = firehose_call(port, "DescribeDeliveryStream", r#"{"DeliveryStreamName":"cwl"}"#.into());
     let processing = &described["DeliveryStreamDescription"]["Destinations"][0]["ExtendedS3DestinationDescription"]["ProcessingConfiguration"];
     assert_eq!(processing["Enabled"], true, "{described}");
     assert_eq!(processing["Processors"][0]["Type"], "Decompression");

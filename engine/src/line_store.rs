@@ -289,3 +289,70 @@ impl LineStore {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// A store that refuses while `down` is set and keeps what it takes.
+    #[derive(Default)]
+    struct Store {
+        down: AtomicBool,
+        objects: Mutex<Vec<(String, Bytes)>>,
+    }
+
+    impl LineSink for Store {
+        fn prepare(&self) -> BoxFuture<'static, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn put(&self, key: String, body: Bytes) -> BoxFuture<'static, Result<(), String>> {
+            let refused = self.down.load(Relaxed);
+            if !refused {
+                lock(&self.objects).push((key, body));
+            }
+            Box::pin(async move { if refused { Err("503 Slow Down".into()) } else { Ok(()) } })
+        }
+
+        fn describe(&self) -> String {
+            "test store".into()
+        }
+    }
+
+    fn plan(store: &Arc<Store>) -> LinePlan {
+        LinePlan {
+            target: LineTarget::Store(Arc::clone(store) as Arc<dyn LineSink>),
+            size_bytes: 1 << 20,
+            interval: Duration::from_secs(900),
+        }
+    }
+
+    /// A store that refuses at the stop: the lines stay on disk, counted, and the next start
+    /// stores them first, whole, under the pipeline's key layout.
+    #[test]
+    fn lines_a_store_refuses_are_kept_and_stored_by_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::default());
+        store.down.store(true, Relaxed);
+        let lines = LineStore::start("p", "errors", plan(&store), dir.path()).unwrap();
+        lines.write(b"{\"n\":1}\n");
+        lines.write(b"{\"n\":2}\n");
+        lines.close();
+        assert!(lock(&store.objects).is_empty());
+        assert!(lines.failures.load(Relaxed) >= 1);
+        let kept: Vec<_> = std::fs::read_dir(dir.path().join("errors")).unwrap().flatten().collect();
+        assert!(kept.iter().any(|e| e.file_name().to_string_lossy().starts_with("sending-")), "{kept:?}");
+
+        store.down.store(false, Relaxed);
+        let lines = LineStore::start("p", "errors", plan(&store), dir.path()).unwrap();
+        lines.write(b"{\"n\":3}\n");
+        lines.close();
+        let objects = lock(&store.objects).clone();
+        let bodies: Vec<&[u8]> = objects.iter().map(|(_, body)| body.as_ref()).collect();
+        assert_eq!(bodies, [&b"{\"n\":1}\n{\"n\":2}\n"[..], &b"{\"n\":3}\n"[..]], "the refused lines first");
+        assert!(objects.iter().all(|(key, _)| key.contains("/p-errors-") && key.ends_with(".jsonl")), "{objects:?}");
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("errors")).unwrap().flatten().collect();
+        assert!(left.iter().all(|e| !e.file_name().to_string_lossy().starts_with("sending-")), "{left:?}");
+    }
+}

@@ -66,6 +66,13 @@ fn access_key_id(headers: &HeaderMap) -> Option<String> {
     (!id.is_empty() && id.len() <= 128).then(|| id.to_string())
 }
 
+/// Adds AWS's `x-amzn-RequestId` header (the audit trail's `requestID`) to `response`.
+fn with_request_id(response: &mut Response, request_id: &str) {
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("x-amzn-requestid", id);
+    }
+}
+
 /// The `DeliveryStreamName` a request body names, if it is JSON that names one.
 fn stream_named_in(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<Value>(body).ok()?.get("DeliveryStreamName")?.as_str().map(str::to_string)
@@ -144,6 +151,20 @@ pub struct StreamEndpoint {
 }
 
 impl StreamEndpoint {
+    /// Counts `refused` of a request's `total` records as throttled (`ThrottledRecords`) and says
+    /// so in the error log.
+    fn throttled(&self, refused: usize, total: usize) {
+        self.metrics.api.throttled_records.fetch_add(refused as u64, Relaxed);
+        self.metrics.report_error(ErrorEvent {
+            level: Level::Warn,
+            component: &self.info.name,
+            error_code: "ServiceUnavailableException",
+            message: &format!("{refused} of {total} records throttled: max_inflight_mb is reached"),
+            attempts: None,
+            key: None,
+        });
+    }
+
     /// `Encrypted` in put responses: whether what was accepted is encrypted at rest.
     fn encrypted(&self) -> bool {
         self.encryption.is_some()
@@ -419,11 +440,9 @@ impl FirehoseApi {
                 response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
                 response
             }
-            Err(e) => self.refuse(e, Some(body)),
+            Err(e) => self.refuse(e, Some(facts.stream.as_deref())),
         };
-        if let Ok(id) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert("x-amzn-requestid", id);
-        }
+        with_request_id(&mut response, &request_id);
         response
     }
 
@@ -432,9 +451,7 @@ impl FirehoseApi {
         let request_id = uuid::Uuid::new_v4().to_string();
         self.audit(caller, headers, &Facts::default(), Some(&e), &request_id);
         let mut response = self.refuse(e, None);
-        if let Ok(id) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert("x-amzn-requestid", id);
-        }
+        with_request_id(&mut response, &request_id);
         response
     }
 
@@ -495,12 +512,13 @@ impl FirehoseApi {
         }
     }
 
-    /// Answers a refused request, counted against the stream its `body` names (when read), or
-    /// against every stream of the listener when it was refused before its body was read.
-    fn refuse(&self, e: ApiError, body: Option<&[u8]>) -> Response {
-        match body {
-            Some(body) => {
-                if let Some(endpoint) = stream_named_in(body).as_deref().and_then(|s| self.streams.get(s)) {
+    /// Answers a refused request, counted against the stream its body named (`Some`: the body was
+    /// read; nothing is counted when it names no stream the API serves), or against every stream of
+    /// the listener (`None`: refused before its body was read).
+    fn refuse(&self, e: ApiError, named: Option<Option<&str>>) -> Response {
+        match named {
+            Some(stream) => {
+                if let Some(endpoint) = stream.and_then(|s| self.streams.get(s)) {
                     endpoint.metrics.api.count_error(e.error_type);
                 }
             }
@@ -595,15 +613,7 @@ impl FirehoseApi {
         facts.bytes = Some(bytes);
         if let Err(rejected) = accept(&endpoint.queue, endpoint.log.as_ref(), batch) {
             if rejected == Rejected::Full {
-                api.throttled_records.fetch_add(1, Relaxed);
-                endpoint.metrics.report_error(ErrorEvent {
-                    level: Level::Warn,
-                    component: &endpoint.info.name,
-                    error_code: "ServiceUnavailableException",
-                    message: "a PutRecord throttled: max_inflight_mb is reached",
-                    attempts: None,
-                    key: None,
-                });
+                endpoint.throttled(1, 1);
             }
             return Err(refusal(rejected));
         }
@@ -665,16 +675,8 @@ impl FirehoseApi {
         let refused = total - accepted;
         (facts.bytes, facts.failed) = (Some(bytes), Some(refused));
         if refused > 0 {
-            endpoint.metrics.report_error(ErrorEvent {
-                level: Level::Warn,
-                component: &endpoint.info.name,
-                error_code: "ServiceUnavailableException",
-                message: &format!("{refused} of {total} records throttled: max_inflight_mb is reached"),
-                attempts: None,
-                key: None,
-            });
+            endpoint.throttled(refused, total);
         }
-        api.throttled_records.fetch_add(refused as u64, Relaxed);
         if accepted > 0 {
             api.count_accepted(accepted as u64, bytes);
             api.put_record_batch_records.fetch_add(accepted as u64, Relaxed);

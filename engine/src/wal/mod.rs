@@ -343,6 +343,8 @@ fn open_sealed_entries(
         }
     }
     let mut kept = Vec::with_capacity(analysis.entries.len());
+    // One segment in memory at a time (the scan read them too, one at a time, and kept none: holding
+    // every segment from the scan would cost the whole log in memory).
     let mut bytes: Option<(PathBuf, Vec<u8>)> = None;
     for mut entry in std::mem::take(&mut analysis.entries) {
         let Some(cipher) = ciphers.get(&entry.segment) else {

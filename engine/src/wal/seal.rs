@@ -33,7 +33,7 @@ const SEALED_MAGIC: [u8; 4] = *b"SLE1";
 /// Bytes of the GCM tag.
 const TAG_LEN: usize = 16;
 /// Bytes sealing adds to a payload.
-pub const SEAL_OVERHEAD: usize = SEALED_MAGIC.len() + NONCE_LEN + TAG_LEN;
+const SEAL_OVERHEAD: usize = SEALED_MAGIC.len() + NONCE_LEN + TAG_LEN;
 
 /// A 256-bit key. `Debug` shows nothing of it.
 #[derive(Clone, PartialEq, Eq)]
@@ -127,9 +127,6 @@ pub enum Unsealed {
     /// Its tag does not verify: tampered, or sealed for another place or key.
     #[error("the entry fails authentication (tampered, or sealed under another key)")]
     Unauthentic,
-    /// It is sealed but no key is known for its segment.
-    #[error("the entry is encrypted and its segment has no key")]
-    NoKey,
 }
 
 fn aad(log_id: u64, seq: u64) -> [u8; 16] {
@@ -150,7 +147,7 @@ fn cipher_of(key: &KeyBytes) -> Result<LessSafeKey, String> {
 }
 
 /// Whether a payload is sealed.
-pub fn is_sealed(payload: &[u8]) -> bool {
+fn is_sealed(payload: &[u8]) -> bool {
     payload.starts_with(&SEALED_MAGIC)
 }
 
