@@ -3,7 +3,8 @@
 # It installs what the tests use, pinned: Debian's jq (1.6, the jq transform's reference), pyarrow and DuckDB (to read Parquet back), boto3 and the
 # AWS CLI (Firehose API producers), osmem-server (an in-memory OpenSearch API server the opensearch tests start) and moto_server
 # (KMS and S3 on 127.0.0.1 for the encryption tests) into target/test-venv,
-# Debian's prometheus for promtool (the alert rules' tests), Debian's PostgreSQL 15 when its server binaries are missing (the postgres tests start their own clusters), and the AWS SDK for JavaScript into
+# Debian's prometheus for promtool (the alert rules' tests), Debian's chromium and PyPI's playwright (the dashboard's
+# browser test), Debian's PostgreSQL 15 when its server binaries are missing (the postgres tests start their own clusters), and the AWS SDK for JavaScript into
 # tests/js/node_modules (npm ci). Every server the tests use is started by the tests themselves on
 # 127.0.0.1 (an in-process S3 server, s3s-fs with SigV4 checking; the `sluice` binary; as root, a
 # small tmpfs for the full-disk test). The baselines `sluice bench` compares with are not needed:
@@ -48,6 +49,17 @@ if ! command -v promtool >/dev/null; then
       || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
   else
     echo "promtool is required by the tests: apt-get install prometheus" >&2
+    exit 1
+  fi
+fi
+# The dashboard's test drives Debian's Chromium with Playwright (tests/requirements.txt); Playwright's
+# own browser download is not used.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+  else
+    echo "Chromium is required by the dashboard's test: apt-get install chromium" >&2
     exit 1
   fi
 fi

@@ -11,6 +11,7 @@ mod bench;
 mod cli;
 mod config_errors;
 mod crash;
+mod dashboard;
 mod dedup;
 mod disk_full;
 mod enrich;

@@ -507,6 +507,12 @@ impl ObjectBatcher {
         self.data.iter().chain(self.errors.values()).map(|o| o.opened + interval).min()
     }
 
+    /// Bytes in open objects, measured as `size_mb` is (encoded records before compression),
+    /// parts already sent included.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.data.iter().chain(self.errors.values()).map(|o| o.encoder.size()).sum()
+    }
+
     /// Records in open objects.
     pub fn buffered_records(&self) -> u64 {
         self.data.iter().chain(self.errors.values()).map(|o| o.records).sum()

@@ -27,6 +27,11 @@ pub struct SourceMetrics {
 pub struct SinkMetrics {
     /// `buffer.interval_s` (the `BufferInterval_seconds` gauge alert rules compare freshness with).
     pub buffer_interval_s: AtomicU64,
+    /// `buffer.size_mb` in bytes (the `BufferSize_bytes` gauge the dashboard fills a bar against).
+    pub buffer_size_bytes: AtomicU64,
+    /// What each worker's buffer operator holds in open objects: (bytes, arrival time in ms of
+    /// the oldest record), for `BufferedBytes` and `BufferOldestRecordAge_seconds`.
+    pub buffered: Mutex<Vec<(u64, Option<i64>)>>,
     /// Records stored in data objects.
     pub records_delivered: AtomicU64,
     /// Their bytes before compression.
@@ -58,6 +63,11 @@ pub struct SinkMetrics {
     pub attempts: AtomicU64,
     /// Objects (data or error output) stored.
     pub stored: AtomicU64,
+    /// Attempts that failed, counted when they fail (whether retried or not), so a live success
+    /// ratio (stored ÷ (stored + failed attempts) over a window) shows an outage at once.
+    pub failed_attempts: AtomicU64,
+    /// Failed attempts that were tried again (`Retries`).
+    pub retries: AtomicU64,
     /// Arrival times of the oldest record each stage still holds, for `DataFreshness`.
     pub pending: OldestPending,
     /// Open partitions per worker (dynamic partitioning), for `PartitionCount`.
@@ -260,6 +270,32 @@ impl OldestPending {
 }
 
 impl SinkMetrics {
+    /// Sets what worker `worker`'s buffer operator holds: `bytes` in open objects, the oldest of
+    /// their records having arrived at `oldest_arrival_ms`.
+    pub fn set_buffered(&self, worker: usize, bytes: u64, oldest_arrival_ms: Option<i64>) {
+        if let Ok(mut slots) = self.buffered.lock() {
+            if slots.len() <= worker {
+                slots.resize(worker + 1, (0, None));
+            }
+            slots[worker] = (bytes, oldest_arrival_ms);
+        }
+    }
+
+    /// Bytes in open objects on every worker, and the arrival time of their oldest record.
+    pub fn buffered(&self) -> (u64, Option<i64>) {
+        self.buffered
+            .lock()
+            .map_or((0, None), |slots| (slots.iter().map(|s| s.0).sum(), slots.iter().filter_map(|s| s.1).min()))
+    }
+
+    /// Counts a failed delivery attempt; `retried` when it will be tried again.
+    pub fn count_failed_attempt(&self, retried: bool) {
+        self.failed_attempts.fetch_add(1, Relaxed);
+        if retried {
+            self.retries.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Sets how many partitions worker `worker` holds open.
     pub fn set_open_partitions(&self, worker: usize, open: u64) {
         if let Ok(mut slots) = self.open_partitions.lock() {
@@ -408,9 +444,12 @@ pub struct PipelineMetrics {
     /// with the counters because whatever counts a request, a delivery or a failure is also what
     /// audits it.
     pub audit: std::sync::OnceLock<Arc<crate::audit::AuditTrail>>,
-    /// The pipeline's error log (`[pipeline] error_log`, `--log-format json`), set when the run is
-    /// prepared.
+    /// The pipeline's error log (`[pipeline] error_log`, `--log-format json`, and the dashboard's
+    /// last errors), set when the run is prepared.
     pub errors: std::sync::OnceLock<Arc<crate::error_log::ErrorLog>>,
+    /// The bytes of sealed objects handed to sinks and not yet stored, against the run's limit
+    /// (past it, sources wait and API sources throttle): set when the dataflow starts.
+    pub inflight: std::sync::OnceLock<Arc<crate::operators::InflightBudget>>,
 }
 
 impl PipelineMetrics {
@@ -489,6 +528,7 @@ impl PipelineMetrics {
             api: ApiMetrics::default(),
             audit: std::sync::OnceLock::new(),
             errors: std::sync::OnceLock::new(),
+            inflight: std::sync::OnceLock::new(),
         }
     }
 
@@ -568,6 +608,10 @@ impl PipelineMetrics {
         if retention > 0 {
             text.sample("sluice_LogRetentionBytes", "gauge", &stream_label, retention);
         }
+        if let Some(budget) = self.inflight.get() {
+            text.sample("sluice_InFlightBytes", "gauge", &stream_label, budget.held());
+            text.sample("sluice_InFlightLimitBytes", "gauge", &stream_label, budget.limit());
+        }
         if let Some(log) = self.errors.get() {
             text.sample("sluice_ErrorLogLines", "counter", &stream_label, log.written.load(Relaxed));
             text.sample("sluice_ErrorLogSuppressed", "counter", &stream_label, log.suppressed.load(Relaxed));
@@ -594,9 +638,16 @@ impl PipelineMetrics {
             text.sample(&family("StoredBytes"), "counter", &labels, sink.bytes_stored.load(Relaxed));
             text.sample(&family("Objects"), "counter", &labels, sink.objects.load(Relaxed));
             text.sample(&family("Attempts"), "counter", &labels, attempts);
+            text.sample(&family("FailedAttempts"), "counter", &labels, sink.failed_attempts.load(Relaxed));
+            text.sample(&family("Retries"), "counter", &labels, sink.retries.load(Relaxed));
             text.sample(&family("Success"), "gauge", &labels, success);
             text.sample(&family("DataFreshness_seconds"), "gauge", &labels, freshness);
             text.sample("sluice_BufferInterval_seconds", "gauge", &labels, sink.buffer_interval_s.load(Relaxed));
+            text.sample("sluice_BufferSize_bytes", "gauge", &labels, sink.buffer_size_bytes.load(Relaxed));
+            let (buffered, oldest) = sink.buffered();
+            let age = oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+            text.sample("sluice_BufferedBytes", "gauge", &labels, buffered);
+            text.sample("sluice_BufferOldestRecordAge_seconds", "gauge", &labels, age);
             text.sample(&family("FailedRecords"), "counter", &labels, sink.records_failed.load(Relaxed));
             text.sample(&family("UndeliveredRecords"), "counter", &labels, sink.records_undelivered.load(Relaxed));
             text.sample(&family("ErrorOutputFailures"), "counter", &labels, sink.error_output_failures.load(Relaxed));

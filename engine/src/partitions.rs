@@ -250,6 +250,12 @@ impl PartitionedBatchers {
         self.aggregates().next_deadline
     }
 
+    /// About the memory the open partitions hold (kept as records arrive: a pass over every
+    /// partition's objects each activation would cost more than the records).
+    pub fn buffered_bytes(&self) -> u64 {
+        self.open_bytes
+    }
+
     /// Open partitions.
     pub fn open_partitions(&self) -> usize {
         self.partitions.len()

@@ -72,8 +72,12 @@ impl RetryClock {
 }
 
 /// Runs `attempt` until it succeeds, fails permanently, or the policy's duration runs out; returns
-/// the attempts made and the last result.
-pub async fn with_retries<T, F, Fut>(policy: RetryPolicy, mut attempt: F) -> (u32, Result<T, DeliveryError>)
+/// the attempts made and the last result. Each failed attempt is counted in `counts` as it fails.
+pub async fn with_retries<T, F, Fut>(
+    policy: RetryPolicy,
+    counts: &crate::metrics::SinkMetrics,
+    mut attempt: F,
+) -> (u32, Result<T, DeliveryError>)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, DeliveryError>>,
@@ -83,12 +87,16 @@ where
         attempts += 1;
         match attempt().await {
             Ok(v) => return (attempts, Ok(v)),
-            Err(e) => match clock.after_failure(attempts, &e) {
+            Err(e) => match clock.after_failure(attempts, &e).inspect(|_| counts.count_failed_attempt(true)) {
                 None if e.is_retryable() => {
+                    counts.count_failed_attempt(false);
                     tracing::warn!(attempts, error = %e, "delivery failed and its retry duration ran out");
                     return (attempts, Err(e));
                 }
-                None => return (attempts, Err(e)),
+                None => {
+                    counts.count_failed_attempt(false);
+                    return (attempts, Err(e));
+                }
                 Some(wait) => {
                     tracing::debug!(attempts, error = %e, ?wait, "delivery failed; retrying");
                     tokio::time::sleep(wait).await;
@@ -147,7 +155,7 @@ mod tests {
     async fn retries_retryable_errors_and_stops_at_permanent_ones() {
         let policy = RetryPolicy { duration: Duration::from_secs(10), ..RetryPolicy::default() };
         let mut calls = 0;
-        let (attempts, result) = with_retries(policy, || {
+        let (attempts, result) = with_retries(policy, &crate::metrics::SinkMetrics::default(), || {
             calls += 1;
             let n = calls;
             async move {
@@ -158,13 +166,13 @@ mod tests {
         assert_eq!(attempts, 3);
         assert!(result.is_ok());
 
-        let (attempts, _) = with_retries(policy, || async {
+        let (attempts, _) = with_retries(policy, &crate::metrics::SinkMetrics::default(), || async {
             Err::<(), _>(DeliveryError::Permanent { code: "p".into(), message: "no".into() })
         })
         .await;
         assert_eq!(attempts, 1);
 
-        let (attempts, result) = with_retries(policy, || async {
+        let (attempts, result) = with_retries(policy, &crate::metrics::SinkMetrics::default(), || async {
             Err::<(), _>(DeliveryError::Retryable { code: "r".into(), message: "down".into() })
         })
         .await;

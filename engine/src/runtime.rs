@@ -168,6 +168,7 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
             counters
                 .buffer_interval_s
                 .store(sink.settings.hints.interval.as_secs(), std::sync::atomic::Ordering::Relaxed);
+            counters.buffer_size_bytes.store(sink.settings.hints.size_bytes, std::sync::atomic::Ordering::Relaxed);
         }
         runtime.block_on(sink.sink.prepare()).map_err(|error| RunError::Prepare { sink: sink.name.clone(), error })?;
     }
@@ -181,7 +182,8 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
             trail.close();
         }
     }
-    if plan.error_log.is_some() || options.json_error_log {
+    // Always kept: without an output it still holds the last errors for the dashboard.
+    {
         let store = match &plan.error_log {
             Some(lines @ crate::line_store::LinePlan { target: crate::line_store::LineTarget::Store(sink), .. }) => {
                 runtime
@@ -194,7 +196,7 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
             _ => None,
         };
         // `error_log = "stderr"` and `--log-format json` write to stderr.
-        let stderr = options.json_error_log || store.is_none();
+        let stderr = options.json_error_log || (plan.error_log.is_some() && store.is_none());
         let _ = metrics.errors.set(Arc::new(crate::error_log::ErrorLog::new(&plan.name, store, stderr)));
     }
     for (transform, counters) in plan.transforms.iter().zip(&metrics.transforms) {
@@ -245,7 +247,7 @@ fn execute(
 ) -> Result<RunReport, RunError> {
     let context = DeliveryContext {
         runtime: runtime.handle().clone(),
-        budget: InflightBudget::new(options.max_inflight_bytes),
+        budget: Arc::clone(metrics.inflight.get_or_init(|| InflightBudget::new(options.max_inflight_bytes))),
         metrics: Arc::clone(&metrics),
     };
     let sources: Vec<_> = plan.sources.iter().map(|s| Arc::clone(&s.source)).collect();

@@ -1,6 +1,7 @@
 //! The admin endpoint: `GET /metrics` (Prometheus text, Firehose's metric names per stream and
-//! destination, see [`sluice_engine::metrics::PipelineMetrics::render_prometheus`]) and
-//! `GET /health` (`ok` while the process serves).
+//! destination, see [`sluice_engine::metrics::PipelineMetrics::render_prometheus`]),
+//! `GET /health` (`ok` while the process serves), and the dashboard (`GET /`, `GET /events`,
+//! [`super::dashboard`]).
 //!
 //! Guarantees: reading metrics never blocks the pipelines (atomics and short locks only); every
 //! pipeline of the process appears in one exposition, each family once.
@@ -28,12 +29,13 @@ pub struct MonitoredPipeline {
     pub transforms: Vec<TransformLabel>,
 }
 
-/// The admin routes for `pipelines`.
+/// The admin routes for `pipelines`. Called on a tokio runtime: the dashboard's sampler runs on it.
 pub fn router(pipelines: Vec<MonitoredPipeline>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
-        .with_state(Arc::new(pipelines))
+        .with_state(Arc::new(pipelines.clone()))
+        .merge(super::dashboard::router(pipelines))
 }
 
 /// Every pipeline's metrics in one exposition.

@@ -366,4 +366,30 @@ mod tests {
         let (_, replay) = DurableLog::open(dir.path(), Durability::Fsync, retention, None, &metrics).unwrap();
         assert!(replay.is_empty(), "{replay:?}");
     }
+
+    /// Records leaving the log by age are an ERROR line in the error log (and so on the dashboard).
+    #[test]
+    fn records_leaving_the_log_by_age_are_in_the_error_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention { max_bytes: 1 << 20, max_age: Duration::from_secs(3600) };
+        let metrics = Arc::new(PipelineMetrics::new(1, 1));
+        let _ = metrics.errors.set(Arc::new(sluice_engine::error_log::ErrorLog::new("s", None, false)));
+        let (log, _) = DurableLog::open(dir.path(), Durability::Fsync, retention, None, &metrics).unwrap();
+        log.commit(&batch(10, now_ms() - 2 * 3600 * 1000)).unwrap();
+        let delivered = Arc::new(AtomicU64::new(0));
+        Arc::new(log).follow(Arc::clone(&delivered), Arc::clone(&metrics));
+        let started = std::time::Instant::now();
+        let line = loop {
+            let recent = metrics.errors.get().unwrap().recent();
+            if let Some(line) = recent.into_iter().find(|l| l["errorCode"] == "LogExpiredRecords") {
+                break line;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no LogExpiredRecords line");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        delivered.store(u64::MAX, Ordering::SeqCst);
+        assert_eq!((line["level"].as_str(), line["component"].as_str()), (Some("ERROR"), Some("write-ahead log")));
+        assert!(line["message"].as_str().unwrap().starts_with("10 undelivered records"), "{line}");
+        assert_eq!(metrics.api.log_expired_records.load(Ordering::Relaxed), 10);
+    }
 }

@@ -996,6 +996,7 @@ mod tests {
     #[test]
     fn past_the_inflight_limit_puts_are_throttled_record_by_record_in_order() {
         let (api, queue, metrics) = api(100);
+        let _ = metrics.errors.set(Arc::new(sluice_engine::error_log::ErrorLog::new("s", None, false)));
         let (status, body) = call(&api, "PutRecordBatch", records(5, 30));
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["FailedPutCount"], 2);
@@ -1004,6 +1005,13 @@ mod tests {
         assert!(responses[3..].iter().all(|r| r["ErrorCode"] == "ServiceUnavailableException"));
         assert_eq!(metrics.api.throttled_records.load(Relaxed), 2);
         assert_eq!(metrics.api.incoming_records.load(Relaxed), 3);
+        // A throttled put is a WARN line in the error log, counting what was refused.
+        let line = metrics.errors.get().unwrap().recent().pop().unwrap();
+        assert_eq!(
+            (line["level"].as_str(), line["errorCode"].as_str()),
+            (Some("WARN"), Some("ServiceUnavailableException"))
+        );
+        assert!(line["message"].as_str().unwrap().starts_with("2 of 5 records throttled"), "{line}");
 
         let data = base64::engine::general_purpose::STANDARD.encode([b'r'; 30]);
         let one = json!({"DeliveryStreamName": "s", "Record": {"Data": data}});

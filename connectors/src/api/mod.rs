@@ -1,5 +1,5 @@
 //! Listeners that take records from producers: the Firehose API ([`firehose`]), the plain NDJSON
-//! HTTP endpoint (`type = "http"`), and the admin endpoint (`/metrics`, `/health`).
+//! HTTP endpoint (`type = "http"`), and the admin endpoint (`/metrics`, `/health`, the dashboard).
 //!
 //! A listener hands accepted records to an [`queue::IngestQueue`] per stream; each timely worker's
 //! [`QueueReader`] takes them into the dataflow. Guarantees: a listener is bound before the run
@@ -8,6 +8,7 @@
 //! so the readers drain every acknowledged record before the run ends.
 
 pub mod admin;
+pub mod dashboard;
 pub mod durable;
 pub mod firehose;
 pub mod listener;

@@ -124,7 +124,9 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                         (Some(oldest), Some(h)) if oldest > *h.time() => h.downgrade(&oldest),
                         _ => {}
                     }
-                    metrics.sinks[index].pending.set(pending_slot, batcher.oldest_arrival_ms());
+                    let oldest_arrival_ms = batcher.oldest_arrival_ms();
+                    metrics.sinks[index].pending.set(pending_slot, oldest_arrival_ms);
+                    metrics.sinks[index].set_buffered(worker_index, batcher.buffered_bytes(), oldest_arrival_ms);
                     if let Buffers::Partitioned(p) = &mut batcher {
                         let m = &metrics.sinks[index];
                         m.set_open_partitions(worker_index, p.open_partitions() as u64);
@@ -190,6 +192,13 @@ impl Buffers {
         match self {
             Buffers::Plain(b) => b.oldest_epoch(),
             Buffers::Partitioned(p) => p.oldest_epoch(),
+        }
+    }
+
+    fn buffered_bytes(&self) -> u64 {
+        match self {
+            Buffers::Plain(b) => b.buffered_bytes(),
+            Buffers::Partitioned(p) => p.buffered_bytes(),
         }
     }
 

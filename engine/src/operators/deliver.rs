@@ -168,7 +168,9 @@ impl Target {
                 }
                 Err(error) => error,
             };
-            let Some(wait) = clock.after_failure(attempts, &error) else {
+            let wait = clock.after_failure(attempts, &error);
+            self.metrics.sinks[self.index].count_failed_attempt(wait.is_some());
+            let Some(wait) = wait else {
                 let failed = FailedObject {
                     key: payload.key,
                     body: payload.body,
@@ -248,7 +250,10 @@ impl Session {
         // Sessions are only opened for a sink that offers parts (the runtime checks).
         let (attempts, started) = match target.sink.parts() {
             Some(parts) => {
-                with_retries(retry, || parts.start_upload(&self.key, self.content_type, self.content_encoding)).await
+                with_retries(retry, &target.metrics.sinks[target.index], || {
+                    parts.start_upload(&self.key, self.content_type, self.content_encoding)
+                })
+                .await
             }
             None => (
                 0,
@@ -285,11 +290,18 @@ impl Session {
                 let first_attempt = u.put_part(index, body.clone());
                 let (metrics, sink_index) = (Arc::clone(&target.metrics), target.index);
                 uploads.push(tokio::spawn(async move {
+                    let counts = &metrics.sinks[sink_index];
                     let result = match first_attempt.await {
                         Err(e) if e.is_retryable() && u.retries_parts() => {
-                            with_retries(retry, || u.put_part(index, body.clone())).await.1
+                            counts.count_failed_attempt(true);
+                            with_retries(retry, counts, || u.put_part(index, body.clone())).await.1
                         }
-                        result => result,
+                        result => {
+                            if result.is_err() {
+                                counts.count_failed_attempt(false);
+                            }
+                            result
+                        }
                     };
                     if result.is_ok() {
                         metrics.sinks[sink_index].parts.fetch_add(1, Relaxed);
@@ -307,7 +319,7 @@ impl Session {
                 failure.get_or_insert(error);
             }
             let result = match (&upload, failure.take()) {
-                (Ok(u), None) => with_retries(retry, || u.complete()).await.1,
+                (Ok(u), None) => with_retries(retry, &target.metrics.sinks[target.index], || u.complete()).await.1,
                 (Ok(u), Some(e)) => {
                     let _ = u.abort().await;
                     Err(e)

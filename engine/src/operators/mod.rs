@@ -44,6 +44,11 @@ impl InflightBudget {
         Arc::new(InflightBudget { bytes: AtomicU64::new(0), limit })
     }
 
+    /// The limit in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// The bytes counted now.
     pub fn held(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)

@@ -1,8 +1,8 @@
 //! `sluice top ADDR`: the admin endpoint's figures as a terminal view, for an ssh session where no
 //! browser reaches the dashboard. It scrapes `GET /metrics` once a second and redraws: per stream
-//! incoming records/s and MB/s, throttled records/s and the write-ahead log's size; per sink
-//! delivered records/s, the success ratio, attempts/s, data freshness and records sent to the error
-//! output; per transform records in/out/dropped/failed per second.
+//! incoming records/s and MB/s, throttled records/s, in-flight bytes and the write-ahead log's
+//! size; per sink delivered records/s, the success ratio, retries/s, bytes buffered, data freshness
+//! and records sent to the error output; per transform records in/out/dropped/failed per second.
 //!
 //! Guarantees: it only reads `/metrics`; an address that does not answer is shown as such and
 //! retried, never fatal; `q` (read without Enter on a terminal) or Ctrl-C ends it with exit code 0
@@ -112,8 +112,8 @@ fn frame(address: SocketAddr, now: &Scrape, before: Option<&Scrape>) -> String {
     out.push_str(&format!("sluice top  {address}  {clock}  (every 1 s; q or Ctrl-C to quit)\n\n"));
     let streams = now.labels(|f| f == "sluice_IncomingRecords", &["stream"]);
     out.push_str(&format!(
-        "{:<28} {:>12} {:>10} {:>13} {:>10}\n",
-        "STREAM", "IN rec/s", "IN MB/s", "THROTTLED/s", "LOG MiB"
+        "{:<28} {:>12} {:>10} {:>13} {:>13} {:>10}\n",
+        "STREAM", "IN rec/s", "IN MB/s", "THROTTLED/s", "IN FLIGHT MiB", "LOG MiB"
     ));
     if streams.is_empty() {
         out.push_str("  (no stream reports yet)\n");
@@ -125,11 +125,15 @@ fn frame(address: SocketAddr, now: &Scrape, before: Option<&Scrape>) -> String {
         let bytes = rate(now, before, |x| x.value(|f| f == "sluice_IncomingBytes", &with));
         let throttled = rate(now, before, |x| x.value(|f| f == "sluice_ThrottledRecords", &with));
         let log = now.value(|f| f == "sluice_LogBytes", &with) / f64::from(1 << 20);
-        out.push_str(&format!("{s:<28} {records:>12.0} {:>10.2} {throttled:>13.0} {log:>10.1}\n", bytes / 1e6));
+        let inflight = now.value(|f| f == "sluice_InFlightBytes", &with) / f64::from(1 << 20);
+        out.push_str(&format!(
+            "{s:<28} {records:>12.0} {:>10.2} {throttled:>13.0} {inflight:>13.1} {log:>10.1}\n",
+            bytes / 1e6
+        ));
     }
     out.push_str(&format!(
-        "\n{:<28} {:>12} {:>8} {:>11} {:>12} {:>13}\n",
-        "SINK (stream/sink)", "DELIVERED/s", "SUCCESS", "ATTEMPTS/s", "FRESHNESS s", "ERROR OUTPUT"
+        "\n{:<28} {:>12} {:>8} {:>10} {:>12} {:>12} {:>13}\n",
+        "SINK (stream/sink)", "DELIVERED/s", "SUCCESS", "RETRIES/s", "BUFFER MiB", "FRESHNESS s", "ERROR OUTPUT"
     ));
     let sinks = now.labels(|f| is_delivery(f, "_Records"), &["stream", "destination"]);
     if sinks.is_empty() {
@@ -138,13 +142,14 @@ fn frame(address: SocketAddr, now: &Scrape, before: Option<&Scrape>) -> String {
     for sink in &sinks {
         let with = [("stream", sink[0].as_str()), ("destination", sink[1].as_str())];
         let delivered = rate(now, before, |x| x.value(|f| is_delivery(f, "_Records"), &with));
-        let attempts = rate(now, before, |x| x.value(|f| is_delivery(f, "_Attempts"), &with));
+        let retries = rate(now, before, |x| x.value(|f| is_delivery(f, "_Retries"), &with));
+        let buffered = now.value(|f| f == "sluice_BufferedBytes", &with) / f64::from(1 << 20);
         let success = now.value(|f| is_delivery(f, "_Success"), &with);
         let freshness = now.value(|f| is_delivery(f, "_DataFreshness_seconds"), &with);
         let failed = now.value(|f| is_delivery(f, "_FailedRecords"), &with);
         let name = format!("{}/{}", sink[0], sink[1]);
         out.push_str(&format!(
-            "{name:<28} {delivered:>12.0} {success:>8.3} {attempts:>11.1} {freshness:>12.1} {failed:>13.0}\n"
+            "{name:<28} {delivered:>12.0} {success:>8.3} {retries:>10.1} {buffered:>12.2} {freshness:>12.1} {failed:>13.0}\n"
         ));
     }
     let transforms = now.labels(|f| f == "sluice_TransformRecords", &["stream", "transform"]);

@@ -1,0 +1,126 @@
+//! The dashboard on the admin address (issue 19 §1): in a real browser (Debian's Chromium driven by
+//! Playwright, tests/dashboard_check.py) during a run with a producer and an injected destination
+//! outage; and under `serve`, where one page shows every stream of the process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::support::{firehose_call, firehose_to_files, free_port, python, repo_root, sluice, start_listening_with};
+
+/// The page's figures move and match /metrics, its layout holds still, an outage shows in the
+/// success ratio and the error list, it loads nothing from elsewhere; the screenshot lands in
+/// target/test-output/dashboard/.
+#[test]
+fn the_dashboard_in_chromium_follows_a_run_and_shows_an_outage() {
+    let work = tempfile::tempdir().unwrap();
+    let out = repo_root().join("target/test-output/dashboard");
+    let _ = std::fs::remove_file(out.join("dashboard.png"));
+    let checked = Command::new(python())
+        .arg(repo_root().join("tests/dashboard_check.py"))
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .arg(work.path())
+        .arg(&out)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success(),
+        "{report}\n{}\nsluice's log: {}",
+        String::from_utf8_lossy(&checked.stderr),
+        std::fs::read_to_string(out.join("sluice.log")).unwrap_or_default()
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let checks = report["checks"].as_object().unwrap();
+    assert!(checks.len() >= 15 && checks.values().all(|ok| ok == true), "{report}");
+    let screenshot = std::fs::read(out.join("dashboard.png")).unwrap();
+    assert!(screenshot.starts_with(b"\x89PNG"), "a PNG screenshot");
+}
+
+/// Reads server-sent events from `url` until `done` says so (or 20 s pass): (event, data) pairs.
+fn events_until(url: &str, mut done: impl FnMut(&str, &serde_json::Value) -> bool) -> Vec<(String, serde_json::Value)> {
+    let response =
+        reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().unwrap().get(url).send().unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let started = Instant::now();
+    let (mut seen, mut event) = (Vec::new(), String::new());
+    for line in BufReader::new(response).lines() {
+        let line = line.unwrap();
+        if let Some(name) = line.strip_prefix("event: ") {
+            event = name.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let data: serde_json::Value = serde_json::from_str(data).unwrap();
+            let stop = done(&event, &data);
+            seen.push((event.clone(), data));
+            if stop {
+                return seen;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "events never satisfied the test: {seen:?}");
+    }
+    seen
+}
+
+/// Under `serve`, one page and one event stream cover every pipeline of the process; a record put
+/// into one stream shows in that stream's frame only.
+#[test]
+fn under_serve_the_dashboard_shows_every_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    for name in ["orders", "audit"] {
+        let config = firehose_to_files(
+            name,
+            port,
+            &dir.path().join(format!("data-{name}")),
+            &dir.path().join(format!("out-{name}")),
+            "",
+            "",
+            "buffer = { size_mb = 1, interval_s = 1 }",
+        );
+        std::fs::write(pipelines.join(format!("{name}.toml")), config).unwrap();
+    }
+    let mut child = start_listening_with(
+        sluice()
+            .args(["serve", pipelines.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        port,
+    );
+    let page = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/")).unwrap();
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().starts_with("default-src 'none'"));
+    assert!(page.text().unwrap().contains("new EventSource(\"events\")"));
+
+    let answer = firehose_call(
+        port,
+        "PutRecordBatch",
+        r#"{"DeliveryStreamName":"audit","Records":[{"Data":"eyJhIjoxfQo="},{"Data":"eyJhIjoyfQo="}]}"#.into(),
+    );
+    assert_eq!(answer["FailedPutCount"], 0, "{answer}");
+    let streams = |data: &serde_json::Value| -> Vec<(String, u64, u64)> {
+        data["frame"]["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let delivered = s["sinks"][0]["delivered_records"].as_u64().unwrap();
+                (s["stream"].as_str().unwrap().to_string(), s["records_in"].as_u64().unwrap(), delivered)
+            })
+            .collect()
+    };
+    let seen = events_until(&format!("http://127.0.0.1:{admin}/events"), |event, data| {
+        event == "frame" && streams(data).iter().any(|(name, _, delivered)| name == "audit" && *delivered == 2)
+    });
+    assert_eq!(seen[0].0, "history", "the first event is the history");
+    assert!(seen[0].1.is_array());
+    let (_, last) = seen.last().unwrap();
+    let mut shown = streams(last);
+    shown.sort();
+    assert_eq!(shown, [("audit".to_string(), 2, 2), ("orders".to_string(), 0, 0)]);
+    assert!(last["errors"].as_array().unwrap().is_empty(), "{last}");
+    super::support::terminate(&child);
+    assert!(child.wait().unwrap().success());
+}

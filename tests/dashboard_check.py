@@ -1,0 +1,281 @@
+"""The dashboard (issue 19 §1) in a real browser: Debian's Chromium driven by Playwright.
+
+    dashboard_check.py SLUICE WORKDIR OUTDIR
+
+Starts a Firehose HTTP endpoint receiver (Firehose's HTTP endpoint protocol: 200 with the request's
+requestId, or 503 while an outage is injected), runs `SLUICE run --admin` on a pipeline whose
+Firehose API source feeds a jq transform and an http_endpoint sink, produces records with boto3
+the whole time, and checks in the page:
+  - it loads nothing from anywhere but the admin address;
+  - its numbers move, and match /metrics (scraped just before and just after the page is read)
+    within a second's tolerance;
+  - the layout does not jump as numbers change;
+  - an outage of the destination shows in the success ratio, the retries and the error list;
+then takes a screenshot into OUTDIR. Prints a JSON report; exits non-zero when a check fails.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import boto3
+from botocore.config import Config
+from playwright.sync_api import sync_playwright
+
+STREAM = "dash"
+CHROMIUM = os.environ.get("SLUICE_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """Firehose's HTTP endpoint protocol: answer 200 with the request's id; 503 during an outage."""
+
+    down = threading.Event()
+    records = 0
+    lock = threading.Lock()
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if Receiver.down.is_set():
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"errorMessage":"injected outage"}')
+            return
+        request = json.loads(body)
+        with Receiver.lock:
+            Receiver.records += len(request["records"])
+        answer = json.dumps({"requestId": request["requestId"], "timestamp": int(time.time() * 1000)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
+
+
+def produce(endpoint, stop, sent):
+    """PutRecordBatch of 50 records every 50 ms until `stop`: about 1,000 records/s."""
+    client = boto3.client(
+        "firehose",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDDASHBOARD",
+        aws_secret_access_key="secret",
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+    )
+    n = 0
+    while not stop.is_set():
+        batch = []
+        for _ in range(50):
+            level = "debug" if n % 5 == 0 else "info"
+            batch.append({"Data": json.dumps({"n": n, "level": level, "msg": "request served"}).encode() + b"\n"})
+            n += 1
+        client.put_record_batch(DeliveryStreamName=STREAM, Records=batch)
+        sent[0] = n
+        time.sleep(0.05)
+
+
+def scrape(admin):
+    """/metrics as {(family, frozenset(labels)): value}."""
+    text = urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        series, value = line.rsplit(" ", 1)
+        name, _, labels = series.partition("{")
+        pairs = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels))
+        samples[(name, pairs)] = float(value)
+    return samples
+
+
+def metric(samples, family, **labels):
+    want = set(labels.items())
+    return sum(v for (name, pairs), v in samples.items() if name == family and want <= set(pairs))
+
+
+def main():
+    sluice, workdir, outdir = sys.argv[1:4]
+    os.makedirs(outdir, exist_ok=True)
+    receiver_port, api_port, admin_port = free_port(), free_port(), free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", receiver_port), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = os.path.join(workdir, "dashboard.toml")
+    with open(config, "w") as f:
+        f.write(f"""[pipeline]
+name = "{STREAM}"
+data_dir = "{workdir}/data"
+stop_timeout_s = 2
+
+[sources.api]
+type = "firehose"
+listen = "127.0.0.1:{api_port}"
+
+[transforms.no_debug]
+type = "jq"
+inputs = ["api"]
+query = 'select(.level != "debug")'
+
+[sinks.collector]
+type = "http_endpoint"
+inputs = ["no_debug"]
+url = "http://127.0.0.1:{receiver_port}/in"
+buffer = {{ size_mb = 1, interval_s = 1 }}
+retry = {{ duration_s = 3 }}
+backup_store = {{ url = "file://{workdir}/backup" }}
+""")
+    admin = f"127.0.0.1:{admin_port}"
+    log = open(os.path.join(outdir, "sluice.log"), "w")
+    run = subprocess.Popen([sluice, "run", "--quiet", config, "--admin", admin], stdout=log, stderr=log)
+    report = {"checks": {}}
+    stop = threading.Event()
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://{admin}/health", timeout=1)
+                with socket.create_connection(("127.0.0.1", api_port), timeout=1):
+                    break
+            except OSError:
+                if time.time() > deadline or run.poll() is not None:
+                    raise SystemExit(f"sluice did not start; see {outdir}/sluice.log")
+                time.sleep(0.2)
+        sent = [0]
+        producer = threading.Thread(target=produce, args=(f"http://127.0.0.1:{api_port}", stop, sent), daemon=True)
+        producer.start()
+        run_checks(admin, outdir, report)
+        stop.set()
+        producer.join(timeout=10)
+        report["sent"] = sent[0]
+    finally:
+        stop.set()
+        run.terminate()
+        try:
+            run.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            run.kill()
+        server.shutdown()
+    print(json.dumps(report, indent=1))
+    if not all(report["checks"].values()):
+        sys.exit(1)
+
+
+def run_checks(admin, outdir, report):
+    checks = report["checks"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        requested = []
+        page.on("request", lambda r: requested.append(r.url))
+        page.goto(f"http://{admin}/")
+
+        def value(selector):
+            raw = page.locator(selector).first.get_attribute("data-value")
+            return float(raw) if raw not in (None, "") else None
+
+        stream = f'[data-stream="{STREAM}"]'
+        records_in = f'{stream}[data-metric="records_in"]'
+        page.wait_for_function(
+            "s => { const e = document.querySelector(s); return e && Number(e.dataset.value) > 0; }",
+            arg=records_in,
+            timeout=20_000,
+        )
+        # The numbers move.
+        first = value(records_in)
+        page.wait_for_timeout(2500)
+        second = value(records_in)
+        checks["incoming records move"] = second > first
+        report["incoming"] = [first, second]
+        checks["incoming rate shown"] = (value(f'{stream}[data-metric="records_in_per_s"]') or 0) > 0
+
+        # The page matches /metrics: each figure between a scrape a second before the page's frame
+        # was read (minus a second of its rate) and a scrape taken just after.
+        compared = {}
+        page.wait_for_timeout(1000)
+        sink = f'{stream}[data-sink="collector"]'
+        transform = f'{stream}[data-transform="no_debug"]'
+        pairs = [
+            ("records_in", records_in, "sluice_IncomingRecords", {}, f'{stream}[data-metric="records_in_per_s"]'),
+            ("bytes_in", f'{stream}[data-metric="bytes_in"]', "sluice_IncomingBytes", {}, f'{stream}[data-metric="bytes_in_per_s"]'),
+            ("delivered", f'{sink}[data-metric="delivered_records"]', "sluice_DeliveryToHttpEndpoint_Records",
+             {"destination": "collector"}, f'{sink}[data-metric="delivered_per_s"]'),
+            ("transform in", f'{transform}[data-metric="records_in"]', "sluice_TransformRecords",
+             {"transform": "no_debug", "outcome": "in"}, f'{transform}[data-metric="records_in_per_s"]'),
+            ("transform dropped", f'{transform}[data-metric="dropped"]', "sluice_TransformRecords",
+             {"transform": "no_debug", "outcome": "dropped"}, f'{transform}[data-metric="dropped_per_s"]'),
+        ]
+        before = scrape(admin)
+        shown = {name: (value(sel), value(rate_sel) or 0) for name, sel, _, _, rate_sel in pairs}
+        after = scrape(admin)
+        for name, _, family, labels, _ in pairs:
+            low = metric(before, family, stream=STREAM, **labels)
+            high = metric(after, family, stream=STREAM, **labels)
+            on_page, rate = shown[name]
+            ok = on_page is not None and low - 1.5 * rate - 1 <= on_page <= high
+            compared[name] = {"page": on_page, "metrics_before": low, "metrics_after": high, "rate": rate, "ok": ok}
+            checks[f"{name} matches /metrics"] = ok
+        report["compared"] = compared
+        checks["transform drops the debug records"] = (compared["transform dropped"]["page"] or 0) > 0
+
+        # No layout jump: the tiles and tables keep their boxes while numbers change.
+        boxes = "() => [...document.querySelectorAll('.tile, table, .errors')].map(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height].map(Math.round).join(','); })"
+        layout_before = page.evaluate(boxes)
+        page.wait_for_timeout(2200)
+        layout_after = page.evaluate(boxes)
+        checks["layout does not jump"] = layout_before == layout_after
+        checks["healthy success ratio is 100 %"] = value(f'{sink}[data-metric="success"]') == 1.0
+        checks["no errors listed while healthy"] = page.locator("tr.error").count() == 0
+
+        # An outage: the destination answers 503.
+        Receiver.down.set()
+        try:
+            page.wait_for_function(
+                "s => { const e = document.querySelector(s); return e && e.dataset.value !== '' && Number(e.dataset.value) < 1; }",
+                arg=f'{sink}[data-metric="success"]',
+                timeout=20_000,
+            )
+            checks["outage shows in the success ratio"] = True
+        except Exception as e:  # noqa: BLE001 (the report says which check failed)
+            checks["outage shows in the success ratio"] = False
+            report["outage error"] = str(e)
+        try:
+            page.wait_for_selector('tr.error[data-component="collector"]', timeout=20_000)
+            checks["outage shows in the error list"] = True
+        except Exception as e:  # noqa: BLE001
+            checks["outage shows in the error list"] = False
+            report["error list error"] = str(e)
+        codes = page.eval_on_selector_all('tr.error[data-component="collector"]', "rs => rs.map(r => r.dataset.code)")
+        report["error codes"] = sorted(set(codes))
+        checks["errors carry Firehose's HTTP endpoint codes"] = any(c.startswith("HttpEndpoint.") for c in codes)
+        report["success during outage"] = value(f'{sink}[data-metric="success"]')
+        page.wait_for_timeout(4000)
+        reasons = page.eval_on_selector_all(f'{sink}[data-metric="error_output_records"] .chip', "cs => cs.map(c => c.dataset.reason)")
+        report["error output reasons"] = reasons
+        checks["retries shown"] = (metric(scrape(admin), "sluice_DeliveryToHttpEndpoint_Retries", stream=STREAM) > 0)
+        page.screenshot(path=os.path.join(outdir, "dashboard.png"))
+        Receiver.down.clear()
+
+        origin = f"http://{admin}/"
+        outside = [u for u in requested if not u.startswith(origin)]
+        report["requests"] = sorted(set(requested))
+        checks["nothing loaded from elsewhere"] = not outside and any(u.endswith("/events") for u in requested)
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
