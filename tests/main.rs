@@ -9,6 +9,7 @@ mod alerts;
 mod api;
 mod bench;
 mod cli;
+mod cluster;
 mod config_errors;
 mod crash;
 mod dashboard;

@@ -12,6 +12,7 @@ pub fn registry() -> Registry {
             SourceType { name: "firehose", configure: sources::firehose::configure },
             SourceType { name: "generator", configure: sources::generator::configure },
             SourceType { name: "http", configure: sources::http::configure },
+            SourceType { name: "object_store", configure: sources::object_store::configure },
         ],
         transforms: vec![
             TransformType { name: "cloudwatch_logs", configure: transforms::cloudwatch_logs::configure },

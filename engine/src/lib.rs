@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod backup;
 pub mod buffer;
+pub mod cluster;
 pub mod columnar;
 pub mod compression;
 pub mod config;

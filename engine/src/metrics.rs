@@ -450,6 +450,8 @@ pub struct PipelineMetrics {
     /// The bytes of sealed objects handed to sinks and not yet stored, against the run's limit
     /// (past it, sources wait and API sources throttle): set when the dataflow starts.
     pub inflight: std::sync::OnceLock<Arc<crate::operators::InflightBudget>>,
+    /// This process's index when it runs as part of a cluster: a `process` label on every family.
+    pub process: std::sync::OnceLock<usize>,
 }
 
 impl PipelineMetrics {
@@ -529,6 +531,7 @@ impl PipelineMetrics {
             audit: std::sync::OnceLock::new(),
             errors: std::sync::OnceLock::new(),
             inflight: std::sync::OnceLock::new(),
+            process: std::sync::OnceLock::new(),
         }
     }
 
@@ -538,12 +541,20 @@ impl PipelineMetrics {
         self
     }
 
+    /// `stream="<stream>"`, and `process="<N>"` in a cluster.
+    fn stream_label(&self, stream: &str) -> String {
+        match self.process.get() {
+            Some(n) => format!("stream=\"{}\",process=\"{n}\"", label_value(stream)),
+            None => format!("stream=\"{}\"", label_value(stream)),
+        }
+    }
+
     /// Adds the transforms' counters to `text`: `TransformRecords{transform,type,outcome}` (in, out,
     /// dropped, failed), their labelled counts (e.g. `RedactedValues{detector}`), and for a
     /// function Firehose's `ExecuteProcessing_Duration` and `ExecuteProcessing_Success`.
     pub fn render_transforms(&self, text: &mut PrometheusText, stream: &str, transforms: &[TransformLabel]) {
         for (t, label) in self.transforms.iter().zip(transforms) {
-            let labels = format!("stream=\"{}\",transform=\"{}\"", label_value(stream), label_value(&label.name));
+            let labels = format!("{},transform=\"{}\"", self.stream_label(stream), label_value(&label.name));
             for (outcome, counter) in [
                 ("in", &t.records_in),
                 ("out", &t.records_out),
@@ -579,7 +590,7 @@ impl PipelineMetrics {
     /// Adds this pipeline's metrics to `text`, labelled `stream="<stream>"` (and
     /// `destination="<sink>"` for delivery families). `now_ms` is the clock for `DataFreshness`.
     pub fn render_prometheus(&self, text: &mut PrometheusText, stream: &str, sinks: &[SinkLabel], now_ms: i64) {
-        let stream_label = format!("stream=\"{}\"", label_value(stream));
+        let stream_label = self.stream_label(stream);
         let api = &self.api;
         let counters: [(&str, u64); 17] = [
             ("IncomingBytes", api.incoming_bytes.load(Relaxed).max(self.bytes_in())),

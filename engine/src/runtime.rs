@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub shared: Option<Arc<dyn SharedListener>>,
     /// `--log-format json`: the error log is written to stderr as JSON lines.
     pub json_error_log: bool,
+    /// `--cluster`/`--process`: run as one process of a cluster (`workers` is then per process).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -49,6 +51,7 @@ impl std::fmt::Debug for RunOptions {
             .field("max_inflight_bytes", &self.max_inflight_bytes)
             .field("stop_grace", &self.stop_grace)
             .field("shared", &self.shared.is_some())
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -63,6 +66,7 @@ impl RunOptions {
             stop_grace: plan.stop_timeout.unwrap_or_else(Self::default_stop_grace),
             shared: None,
             json_error_log: false,
+            cluster: None,
         }
     }
 
@@ -103,6 +107,9 @@ pub enum RunError {
     /// Timely could not start or a worker failed.
     #[error("dataflow failed: {0}")]
     Dataflow(String),
+    /// The cluster could not agree, or lost a process.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The audit trail or the error log could not start (its folder, its store).
     #[error("{0}")]
     Audit(String),
@@ -256,10 +263,34 @@ fn execute(
     let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gave_up = Arc::clone(&abandoned);
     let workers = options.workers.max(1);
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let cluster = options.cluster.clone();
+    let config = match &cluster {
+        Some(c) => {
+            crate::cluster::watch_peers(c);
+            let _ = metrics.process.set(c.process);
+            c.timely_config(workers)
+        }
+        None => timely::Config::process(workers),
+    };
+    let disagreement: Arc<std::sync::OnceLock<crate::cluster::ClusterError>> = Arc::default();
+    let disagreed = Arc::clone(&disagreement);
+    // The plan, and the input each splitting source found: processes must agree on both.
+    let inputs: Vec<u8> = plan.sources.iter().flat_map(|s| s.source.input_fingerprint().to_le_bytes()).collect();
+    let fingerprint = plan.fingerprint() ^ crate::contract::fingerprint(&inputs).rotate_left(1);
+    let guards = timely::execute(config, move |worker| {
+        if let Some(c) = &cluster
+            && let Err(e) = crate::cluster::handshake(worker, (c.process, fingerprint, workers))
+        {
+            let _ = disagreed.set(e);
+            return;
+        }
         let probe = ProbeHandle::new();
         let ctx = SourceContext { worker: worker.index(), workers: worker.peers() };
+        let pipeline_done = std::rc::Rc::new(std::cell::Cell::new(false));
         worker.dataflow::<u64, _, _>(|scope| {
+            if cluster.is_some() {
+                crate::cluster::relay_stop(scope, stop.clone(), std::rc::Rc::clone(&pipeline_done));
+            }
             let streams: Vec<_> = plan
                 .sources
                 .iter()
@@ -359,16 +390,31 @@ fn execute(
                 return;
             }
             worker.step_or_park(Some(Duration::from_millis(50)));
-            if worker.index() == 0 {
+            // The frontier is the cluster's: each process's first worker publishes it for the
+            // process's logs and checkpoints.
+            if worker.index() % workers == 0 {
                 let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
                 delivered.store(frontier, std::sync::atomic::Ordering::SeqCst);
             }
         }
+        pipeline_done.set(true);
         delivered.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
     })
     .map_err(RunError::Dataflow)?;
-    for result in guards.join() {
-        result.map_err(RunError::Dataflow)?;
+    // A lost peer makes timely's communication threads panic, and joining them (when the guards
+    // are dropped) panics again: caught here, and reported as the lost peer below.
+    let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guards.join()));
+    let joined: Result<Vec<()>, String> = match joined {
+        Ok(results) => results.into_iter().collect(),
+        Err(_) => Err("the dataflow's communication threads failed".into()),
+    };
+    if let Err(e) = joined {
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return Err(crate::cluster::lost_peer().map_or(RunError::Dataflow(e), RunError::Cluster));
+    }
+    if let Some(e) = disagreement.get() {
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return Err(RunError::Cluster(e.clone()));
     }
     // Every line recorded so far is stored before the run ends (requests were answered: the
     // listeners stopped before the dataflow could finish).

@@ -59,6 +59,8 @@ pub struct Frame {
 pub struct StreamFrame {
     /// Delivery stream (pipeline) name.
     pub stream: String,
+    /// This process's index when it runs as part of a cluster (its figures are its own).
+    pub process: Option<usize>,
     /// Records in (all sources, or accepted by the API), bytes in, records throttled: totals.
     pub records_in: u64,
     /// Bytes in.
@@ -259,6 +261,7 @@ fn stream_frame(
     let (inflight_bytes, inflight_limit_bytes) = m.inflight.get().map_or((0, 0), |b| (b.held(), b.limit()));
     StreamFrame {
         stream: p.stream.clone(),
+        process: m.process.get().copied(),
         records_in,
         bytes_in,
         throttled_records,

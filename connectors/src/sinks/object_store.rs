@@ -382,6 +382,12 @@ impl ObjectStoreSink {
         self
     }
 
+    /// The store, the base path under it, and the URL as shown (secrets masked): for the
+    /// `object_store` source, which reads where this sink would write.
+    pub fn into_store(self) -> (Arc<dyn ObjectStore>, Path, String) {
+        (self.store, self.base, self.url)
+    }
+
     /// Skips the credentials check before the run.
     pub fn without_healthcheck(mut self) -> Self {
         self.healthcheck = false;

@@ -221,6 +221,17 @@ impl Source for FileSource {
         }
     }
 
+    /// The files and their sizes as this process sees them.
+    fn input_fingerprint(&self) -> u64 {
+        let Ok(files) = matching_files(&self.patterns) else { return 0 };
+        let mut seen = String::new();
+        for f in files {
+            let size = std::fs::metadata(&f).map_or(0, |m| m.len());
+            seen.push_str(&format!("{}\t{size}\n", f.display()));
+        }
+        sluice_engine::contract::fingerprint(seen.as_bytes())
+    }
+
     fn open(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
         let units = self.units(ctx.workers)?;
         let mine: Vec<WorkUnit> = units.iter().skip(ctx.worker).step_by(ctx.workers.max(1)).cloned().collect();
@@ -387,6 +398,11 @@ impl<R: Read> LineReader<R> {
     pub fn expecting(mut self, length: Option<u64>) -> Self {
         self.expected_len = length;
         self
+    }
+
+    /// The stream offset of the next unread line.
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// Whether the stream turned out shorter than expected (once).

@@ -5,3 +5,4 @@ pub mod file_checkpoint;
 pub mod firehose;
 pub mod generator;
 pub mod http;
+pub mod object_store;

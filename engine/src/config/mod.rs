@@ -27,6 +27,13 @@ pub use resolve::{
 
 /// Reads and resolves a pipeline file.
 pub fn load_file(path: &Path, registry: &Registry) -> Result<Plan, Diagnostics> {
+    load_file_for(path, registry, None)
+}
+
+/// Reads and resolves a pipeline file for process `process` of a cluster (`--cluster`, `--process`):
+/// the pipeline's state then lives in `<data_dir>/process-<N>`, so processes sharing a host (or a
+/// network folder) never share a write-ahead log or a checkpoint.
+pub fn load_file_for(path: &Path, registry: &Registry, process: Option<usize>) -> Result<Plan, Diagnostics> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| Diagnostics {
         file: file.clone(),
@@ -34,14 +41,25 @@ pub fn load_file(path: &Path, registry: &Registry) -> Result<Plan, Diagnostics> 
         items: vec![Diagnostic::new(0..0, format!("cannot read the file: {e}"))],
     })?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    load_str(&file, text, &base_dir, registry)
+    load_str_for(&file, text, &base_dir, registry, process)
 }
 
 /// Resolves pipeline text; `file` names it in messages, `base_dir` anchors relative paths.
 pub fn load_str(file: &str, text: String, base_dir: &Path, registry: &Registry) -> Result<Plan, Diagnostics> {
+    load_str_for(file, text, base_dir, registry, None)
+}
+
+/// [`load_str`] for process `process` of a cluster (see [`load_file_for`]).
+pub fn load_str_for(
+    file: &str,
+    text: String,
+    base_dir: &Path,
+    registry: &Registry,
+    process: Option<usize>,
+) -> Result<Plan, Diagnostics> {
     // The spanned tree borrows the text; a config is loaded once, so its text lives for the process.
     let text: &'static str = Box::leak(text.into_boxed_str());
     let fail = |items: Vec<Diagnostic>| Diagnostics::new(file, text, items);
     let root = document::parse_document(text).map_err(fail)?;
-    resolve::resolve(root, base_dir, registry).map_err(fail)
+    resolve::resolve(root, base_dir, registry, process).map_err(fail)
 }

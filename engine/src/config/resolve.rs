@@ -376,6 +376,28 @@ impl Plan {
         self.sources.iter().all(|s| s.source.is_finite())
     }
 
+    /// What every process of a cluster must agree on: the graph and every setting that shapes
+    /// it or what it writes (transforms, sinks, formats, buffers, keys, partitioning), as a
+    /// 64-bit FNV-1a hash. Per-host settings are left out: a source's own settings (listen
+    /// addresses, paths as mounted) and `data_dir` (each process keeps its own state).
+    pub fn fingerprint(&self) -> u64 {
+        let mut shape = format!("pipeline {}\n", self.name);
+        for s in &self.sources {
+            shape.push_str(&format!("source {} {}\n", s.name, s.type_name));
+        }
+        // The transforms and sinks as `validate` shows them.
+        let rendered = self.render();
+        for line in rendered.lines().skip(1).filter(|l| !l.trim_start().starts_with("source ")) {
+            shape.push_str(line);
+            shape.push('\n');
+        }
+        for s in &self.sinks {
+            let (prefix, error_prefix) = s.settings.keys.configured();
+            shape.push_str(&format!("keys {} {prefix:?} {error_prefix:?}\n", s.name));
+        }
+        crate::contract::fingerprint(shape.as_bytes())
+    }
+
     /// The graph as text, for `sluice validate`.
     pub fn render(&self) -> String {
         let mut out = format!(
@@ -635,7 +657,12 @@ fn valid_stream_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -> Result<Plan, Vec<Diagnostic>> {
+pub(super) fn resolve(
+    mut root: Section,
+    base_dir: &Path,
+    registry: &Registry,
+    process: Option<usize>,
+) -> Result<Plan, Vec<Diagnostic>> {
     let mut problems = Vec::new();
     let pipeline = root.take_table("pipeline", &mut problems);
     let sources_table = root.take_table("sources", &mut problems);
@@ -722,6 +749,10 @@ pub(super) fn resolve(mut root: Section, base_dir: &Path, registry: &Registry) -
 
     // What every connector is told about its pipeline.
     let data_dir = resolve_data_dir(base_dir, data_dir.unwrap_or_else(|| PathBuf::from("data").join(&name)));
+    let data_dir = match process {
+        Some(n) => data_dir.join(format!("process-{n}")),
+        None => data_dir,
+    };
     let stream = super::StreamDescription::default();
     let connector_config = |component: String, table: Section| ConnectorConfig {
         pipeline: name.clone(),

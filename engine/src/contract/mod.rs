@@ -175,6 +175,19 @@ pub trait Source: Send + Sync + 'static {
     fn finish(&self, stopped: bool) {
         let _ = stopped;
     }
+    /// For a source that splits a fixed input among the workers (files, objects): a hash of the
+    /// input as this process found it at `prepare` (names and sizes). The processes of a cluster
+    /// compare theirs before reading, so none splits a different list. `0` (the default): nothing
+    /// to compare.
+    fn input_fingerprint(&self) -> u64 {
+        0
+    }
+}
+
+/// A stable 64-bit FNV-1a hash of `bytes` (the same in every process and build), for
+/// [`Source::input_fingerprint`] and plan fingerprints.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A finished object or request body, ready to store or send.

@@ -24,7 +24,8 @@ use sluice_connectors::measure::{self, MeasuredCommand};
 use sluice_connectors::registry;
 use sluice_connectors::sources::firehose::{SharedFirehose, router as firehose_router};
 use sluice_connectors::synth::{Profile, write_ndjson};
-use sluice_engine::config::{Plan, load_file, masked};
+use sluice_engine::cluster::Cluster;
+use sluice_engine::config::{Plan, load_file, load_file_for, masked};
 use sluice_engine::contract::{SharedListener, StopSignal};
 use sluice_engine::metrics::{PipelineMetrics, SinkLabel, peak_rss_bytes};
 use sluice_engine::runtime::{RunOptions, RunReport, run};
@@ -92,6 +93,28 @@ impl LimitArgs {
     }
 }
 
+/// `--cluster hosts.txt --process N`: one process of a cluster running the pipeline as one dataflow.
+#[derive(clap::Args, Debug, Clone)]
+struct ClusterArgs {
+    /// Run as one process of a cluster: a file with one host:port per process (the same file on
+    /// every process); every process runs the same pipeline file with the same --workers.
+    #[arg(long, requires = "process", value_name = "HOSTS_FILE")]
+    cluster: Option<PathBuf>,
+    /// This process's line in the --cluster file, from 0.
+    #[arg(long, requires = "cluster", value_name = "N")]
+    process: Option<usize>,
+}
+
+impl ClusterArgs {
+    /// The cluster, if asked for.
+    fn cluster(&self) -> anyhow::Result<Option<Cluster>> {
+        match (&self.cluster, self.process) {
+            (Some(file), Some(process)) => Ok(Some(Cluster::from_file(file, process)?)),
+            _ => Ok(None),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline: a batch run ends when its input is delivered; a stream run ends on Ctrl-C/SIGTERM.
@@ -107,6 +130,8 @@ enum Command {
         /// Serve `/metrics` (Prometheus) and `/health` on this address, e.g. 127.0.0.1:4580.
         #[arg(long)]
         admin: Option<SocketAddr>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Run every pipeline in a directory as one delivery stream each, behind one Firehose API
     /// listener (requests are routed by `DeliveryStreamName`), until Ctrl-C/SIGTERM.
@@ -133,6 +158,8 @@ enum Command {
         tls_key: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Check pipeline files and print their graphs, or every error with file:line:col.
     Validate {
@@ -219,12 +246,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.log_format == LogFormat::Json;
     let result = match cli.command {
-        Command::Run { pipeline, workers, quiet, admin } => run_command(&pipeline, workers, quiet, admin, json),
-        Command::Serve { dir, listen, admin, workers, region, tls_cert, tls_key, limits } => {
+        Command::Run { pipeline, workers, quiet, admin, cluster } => {
+            cluster.cluster().and_then(|cluster| run_command(&pipeline, workers, quiet, admin, json, cluster))
+        }
+        Command::Serve { dir, listen, admin, workers, region, tls_cert, tls_key, limits, cluster } => {
             let tls = tls_cert.zip(tls_key).map(|(cert, key)| TlsFiles { cert, key });
             let limits = limits.limits();
-            let serve = ServeOptions { listen, admin, workers, region, tls, limits, json_error_log: json };
-            serve_command(&dir, serve)
+            cluster.cluster().and_then(|cluster| {
+                let serve = ServeOptions { listen, admin, workers, region, tls, limits, json_error_log: json, cluster };
+                serve_command(&dir, serve)
+            })
         }
         Command::Validate { files } => Ok(validate_command(&files)),
         Command::Measure { report, stdin, command } => {
@@ -402,9 +433,10 @@ fn run_command(
     quiet: bool,
     admin: Option<SocketAddr>,
     json_error_log: bool,
+    cluster: Option<Cluster>,
 ) -> anyhow::Result<ExitCode> {
     let registry = registry();
-    let plan = match load_file(pipeline, &registry) {
+    let plan = match load_file_for(pipeline, &registry, cluster.as_ref().map(|c| c.process)) {
         Ok(plan) => plan,
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
@@ -417,6 +449,16 @@ fn run_command(
     if let Some(w) = workers {
         options.workers = w.max(1);
     }
+    if let Some(c) = &cluster {
+        eprintln!(
+            "sluice: process {} of a cluster of {} ({} workers each): connecting to {}",
+            c.process,
+            c.addresses.len(),
+            options.workers,
+            c.addresses.join(", ")
+        );
+    }
+    options.cluster = cluster;
     if let Some(address) = admin {
         start_admin(address, vec![monitored(&plan, &metrics)])?;
         eprintln!("sluice: metrics on http://{address}/metrics");
@@ -443,10 +485,13 @@ struct ServeOptions {
     tls: Option<TlsFiles>,
     limits: ListenerLimits,
     json_error_log: bool,
+    /// `--cluster`: pipeline number i (file-name order) runs its timely cluster on the ports
+    /// of the hosts file plus i.
+    cluster: Option<Cluster>,
 }
 
 fn serve_command(dir: &std::path::Path, serve: ServeOptions) -> anyhow::Result<ExitCode> {
-    let ServeOptions { listen, admin, workers, region, tls, limits, json_error_log } = serve;
+    let ServeOptions { listen, admin, workers, region, tls, limits, json_error_log, cluster } = serve;
     let region = region.as_str();
     let registry = registry();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -458,7 +503,7 @@ fn serve_command(dir: &std::path::Path, serve: ServeOptions) -> anyhow::Result<E
     // Each file on its own: a bad one is reported and left out, the others are served.
     let mut plans: Vec<Plan> = Vec::new();
     for file in &files {
-        match load_file(file, &registry) {
+        match load_file_for(file, &registry, cluster.as_ref().map(|c| c.process)) {
             Ok(plan) if plan.is_batch() => eprintln!(
                 "sluice serve: skipping {}: a batch pipeline (its sources end by themselves); run it with `sluice run`",
                 file.display()
@@ -484,10 +529,11 @@ fn serve_command(dir: &std::path::Path, serve: ServeOptions) -> anyhow::Result<E
     let shared = Arc::new(SharedFirehose::default());
     let per_pipeline = (sluice_engine::runtime::default_workers() / plans.len().max(1)).max(1);
     let mut prepared = Vec::new();
-    for plan in plans {
+    for (i, plan) in plans.into_iter().enumerate() {
         let metrics = Arc::new(plan.new_metrics());
         let mut options = RunOptions::for_plan(&plan);
         options.workers = workers.or(plan.workers).unwrap_or(per_pipeline).max(1);
+        options.cluster = cluster.as_ref().map(|c| c.shifted(u16::try_from(i).unwrap_or(u16::MAX)));
         options.stop = stop.clone();
         options.shared = Some(Arc::clone(&shared) as Arc<dyn SharedListener>);
         options.json_error_log = json_error_log;
