@@ -394,3 +394,55 @@ fn processes_with_different_pipelines_refuse_to_start() {
     }
     assert!(folder_objects(&dir.path().join("out")).is_empty(), "nothing ran");
 }
+
+/// The object-store source checkpoints at the delivered frontier: a batch run stopped part-way and
+/// run again delivers every record, and does not read again what the first run delivered.
+#[test]
+fn a_stopped_object_store_run_resumes_after_what_it_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = generated(Profile::Vpcflow, 21, 120_000);
+    let archive = dir.path().join("s3/flows/raw");
+    std::fs::create_dir_all(&archive).unwrap();
+    for (i, chunk) in records.chunks(2_000).enumerate() {
+        let ext = if i % 2 == 0 { "log" } else { "log.gz" };
+        write_lines(&archive.join(format!("{i:03}.{ext}")), chunk);
+    }
+    let server = S3Server::start(&dir.path().join("s3"));
+    let out = dir.path().join("out");
+    let config = dir.path().join("resume.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"resume\"\ndata_dir = \"{data}\"\n\n[sources.flows]\ntype = \"object_store\"\n{store}\n\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"flows\"]\nurl = \"file://{out}\"\nformat = \"ndjson\"\n\
+             buffer = {{ size_mb = 1, interval_s = 1 }}\n",
+            data = dir.path().join("data").display(),
+            store = server.sink_toml("flows", SECRET_KEY).replace("s3://flows/archive", "s3://flows/raw"),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let mut first = sluice().args(["run", "--quiet", "--workers", "1", config.to_str().unwrap()]).spawn().unwrap();
+    let started = Instant::now();
+    while folder_objects(&out).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "nothing delivered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    terminate(&first);
+    assert!(first.wait().unwrap().code().is_some());
+    let after_first = lines_under(&out).len();
+    assert!(after_first > 0 && after_first < records.len(), "stopped part-way: {after_first}");
+    let second = sluice().args(["run", "--quiet", "--workers", "1", config.to_str().unwrap()]).output().unwrap();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let mut delivered = lines_under(&out);
+    let read_again = delivered.len() - records.len();
+    delivered.dedup();
+    let mut expected = records.clone();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(delivered, expected, "every record, after the second run");
+    assert!(
+        read_again < after_first,
+        "the second run read again {read_again} of the {after_first} the first delivered"
+    );
+}

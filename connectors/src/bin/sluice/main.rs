@@ -215,7 +215,7 @@ enum Command {
     /// results.svg.
     Bench {
         /// Scenarios to run (repeatable): gzip, zstd, transform, partition, parquet, http, opensearch,
-        /// postgres, ingest, scale (default: all).
+        /// postgres, ingest, scale, cluster (default: all).
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
         /// Input size, e.g. 200MB, 2GB (the `scale` scenario also uses ten times this).

@@ -53,6 +53,7 @@ pub const SCENARIOS: &[&str] = &[
     "postgres",
     "ingest",
     "scale",
+    "cluster",
 ];
 
 /// What to run.

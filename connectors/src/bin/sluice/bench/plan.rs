@@ -135,15 +135,7 @@ impl Planner<'_> {
         check: OutputCheck,
     ) -> Result<String, BenchError> {
         let output = self.output(scenario, name);
-        let pipeline = self.work.join(format!("{}.toml", output.file_name().and_then(|n| n.to_str()).unwrap_or("p")));
-        let (transforms, read) = transforms.unwrap_or(("", "in"));
-        let toml = format!(
-            "[pipeline]\nname = \"bench\"\ndata_dir = {data:?}\n\n[sources.in]\ntype = \"file\"\npaths = [{input:?}]\n\n\
-             {transforms}\n[sinks.out]\ninputs = [\"{read}\"]\n{sink}\n",
-            data = self.work.join("state").display().to_string(),
-            input = input.path.display().to_string(),
-        );
-        std::fs::write(&pipeline, toml).map_err(io_error(format!("cannot write {}", pipeline.display())))?;
+        let pipeline = self.pipeline_file(&output, input, transforms, sink)?;
         let command = MeasuredCommand::new(
             self.options.sluice.as_os_str(),
             [OsString::from("run"), "--quiet".into(), "--workers".into(), workers.to_string().into(), pipeline.into()],
@@ -153,6 +145,85 @@ impl Planner<'_> {
             name: name.to_string(),
             sluice: true,
             command,
+            input: input.clone(),
+            output,
+            drive: Drive::Batch,
+            check,
+        });
+        Ok(name.to_string())
+    }
+
+    /// Writes the pipeline of a sluice case writing to `output`: `input` (source `in`), through
+    /// `transforms` when given, into `sink`.
+    fn pipeline_file(
+        &self,
+        output: &Path,
+        input: &Workload,
+        transforms: Option<(&str, &str)>,
+        sink: &str,
+    ) -> Result<PathBuf, BenchError> {
+        let pipeline = self.work.join(format!("{}.toml", output.file_name().and_then(|n| n.to_str()).unwrap_or("p")));
+        let (transforms, read) = transforms.unwrap_or(("", "in"));
+        let toml = format!(
+            "[pipeline]\nname = \"bench\"\ndata_dir = {data:?}\n\n[sources.in]\ntype = \"file\"\npaths = [{input:?}]\n\n\
+             {transforms}\n[sinks.out]\ninputs = [\"{read}\"]\n{sink}\n",
+            data = self.work.join("state").display().to_string(),
+            input = input.path.display().to_string(),
+        );
+        std::fs::write(&pipeline, toml).map_err(io_error(format!("cannot write {}", pipeline.display())))?;
+        Ok(pipeline)
+    }
+
+    /// A sluice case run as a cluster of `processes` processes of one worker each on 127.0.0.1
+    /// (`--cluster`), started together by `sh` and measured together (CPU of both, wall until
+    /// both exit; the peak RSS is the larger one's).
+    fn sluice_cluster(
+        &mut self,
+        scenario: &'static str,
+        name: &str,
+        input: &Workload,
+        processes: usize,
+        sink_keys: &str,
+        check: OutputCheck,
+    ) -> Result<String, BenchError> {
+        let output = self.output(scenario, name);
+        let sink = format!("type = \"object_store\"\nurl = \"file://{}\"\n{sink_keys}", output.display());
+        let pipeline = self.pipeline_file(&output, input, None, &sink)?;
+        let hosts = pipeline.with_extension("hosts");
+        let mut addresses = Vec::new();
+        for _ in 0..processes {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(io_error("cannot find a free port for the cluster"))?
+                .port();
+            addresses.push(format!("127.0.0.1:{port}"));
+        }
+        std::fs::write(&hosts, addresses.join("\n") + "\n")
+            .map_err(io_error(format!("cannot write {}", hosts.display())))?;
+        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+        let run = |i: usize| {
+            format!(
+                "{} run --quiet --workers 1 --cluster {} --process {i} {} >/dev/null",
+                quote(&self.options.sluice),
+                quote(&hosts),
+                quote(&pipeline)
+            )
+        };
+        // Every process in the background, then each one's exit code; the worst is the script's.
+        let mut script = String::new();
+        for i in 0..processes {
+            script.push_str(&format!("{} & p{i}=$!; ", run(i)));
+        }
+        script.push_str("code=0; ");
+        for i in 0..processes {
+            script.push_str(&format!("wait $p{i} || code=$?; "));
+        }
+        script.push_str("exit $code");
+        self.cases.push(Case {
+            scenario,
+            name: name.to_string(),
+            sluice: true,
+            command: MeasuredCommand::new("sh", ["-c".to_string(), script]),
             input: input.clone(),
             output,
             drive: Drive::Batch,
@@ -395,14 +466,51 @@ impl Planner<'_> {
     /// CloudTrail → partitioned by user, event, region and bucket (a few hundred partitions) under a
     /// Hive-style lake layout ending in `dt=yyyy-MM-dd/` (issue 14's example) → gzip objects,
     /// against the same pipeline unpartitioned (same input, same codec and level).
-    pub(crate) fn partition(&mut self, ct: &Workload) -> Result<(), BenchError> {
-        let n = self.options.threads;
-        let partitioned = format!(
+    /// The partitioned gzip sink of the `partition` scenario.
+    fn partitioned_sink() -> String {
+        format!(
             "{}partitioning = {{ query = '{PARTITION_QUERY}' }}\n\
              prefix = \"user=!{{partitionKeyFromQuery:user}}/event=!{{partitionKeyFromQuery:event}}/region=!{{partitionKeyFromQuery:region}}/bucket=!{{partitionKeyFromQuery:bucket}}/dt=!{{timestamp:yyyy-MM-dd}}/\"\n\
              error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n",
             Self::text_sink("gzip")
-        );
+        )
+    }
+
+    /// The gzip and partition pipelines as a cluster of two processes with one worker each, against
+    /// one process with two workers: what exchanging over TCP between processes costs (the
+    /// partitioned sink exchanges every record by its key; the plain one exchanges nothing).
+    pub(crate) fn cluster(&mut self, ct: &Workload) -> Result<(), BenchError> {
+        for (kind, sink) in [("gzip", Self::text_sink("gzip")), ("partitioned gzip", Self::partitioned_sink())] {
+            let one = self.sluice(
+                "cluster",
+                &format!("sluice {kind}, 1 process x 2 workers"),
+                ct,
+                2,
+                &sink,
+                OutputCheck::Lines,
+            )?;
+            let two = self.sluice_cluster(
+                "cluster",
+                &format!("sluice {kind}, 2 processes x 1 worker"),
+                ct,
+                2,
+                &sink,
+                OutputCheck::Lines,
+            )?;
+            self.compare_on(
+                "cluster",
+                &two,
+                Some(one),
+                "one process with two workers (target: speed ≥ 0.9)",
+                About::Speed,
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn partition(&mut self, ct: &Workload) -> Result<(), BenchError> {
+        let n = self.options.threads;
+        let partitioned = Self::partitioned_sink();
         let sluice = self.sluice("partition", "sluice partitioned gzip", ct, n, &partitioned, OutputCheck::Lines)?;
         let plain = self.sluice(
             "partition",

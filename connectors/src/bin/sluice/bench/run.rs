@@ -46,7 +46,13 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
         notes: Vec::new(),
     };
     progress("generating the workload");
-    if wants("gzip") || wants("zstd") || wants("transform") || wants("partition") || wants("postgres") {
+    if wants("gzip")
+        || wants("zstd")
+        || wants("transform")
+        || wants("partition")
+        || wants("postgres")
+        || wants("cluster")
+    {
         let ct = workload(&data, Profile::Cloudtrail, 7, options.size_bytes)?;
         if wants("gzip") {
             planner.gzip(&ct)?;
@@ -62,6 +68,9 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
         }
         if wants("postgres") {
             planner.postgres(&ct)?;
+        }
+        if wants("cluster") {
+            planner.cluster(&ct)?;
         }
     }
     if wants("parquet") || wants("enrich") || wants("scale") || wants("dedup") {
