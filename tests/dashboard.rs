@@ -89,6 +89,12 @@ fn under_serve_the_dashboard_shows_every_stream() {
             .stderr(Stdio::null()),
         port,
     );
+    // The admin address opens after the API's (every pipeline is prepared first).
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the admin address never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let page = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/")).unwrap();
     assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(page.headers()["content-security-policy"].to_str().unwrap().starts_with("default-src 'none'"));
