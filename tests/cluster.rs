@@ -446,3 +446,57 @@ fn a_stopped_object_store_run_resumes_after_what_it_delivered() {
         "the second run read again {read_again} of the {after_first} the first delivered"
     );
 }
+
+/// `sluice serve --cluster`: every pipeline of the folder runs as its own cluster (pipeline i on the
+/// hosts' ports + i); records put to either process's shared listener are delivered, and a SIGTERM
+/// to one process stops both.
+#[test]
+fn serve_runs_each_pipeline_of_its_folder_as_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("pipelines");
+    std::fs::create_dir(&folder).unwrap();
+    for name in ["orders", "trail"] {
+        std::fs::write(
+            folder.join(format!("{name}.toml")),
+            format!(
+                "[pipeline]\nname = \"{name}\"\ndata_dir = \"{data}\"\n\n[sources.api]\ntype = \"firehose\"\n\
+                 listen = \"127.0.0.1:1\"\n\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\n\
+                 url = \"file://{out}\"\nformat = \"ndjson\"\nbuffer = {{ size_mb = 64, interval_s = 600 }}\n",
+                data = dir.path().join(format!("{name}-data")).display(),
+                out = dir.path().join(format!("{name}-out")).display(),
+            ),
+        )
+        .unwrap();
+    }
+    // Room for pipeline 1's cluster on the ports above each host's.
+    let hosts = dir.path().join("hosts.txt");
+    let base = free_port();
+    std::fs::write(&hosts, format!("127.0.0.1:{base}\n127.0.0.1:{}\n", base + 10)).unwrap();
+    let listen = [free_port(), free_port()];
+    let mut children: Vec<Child> = (0..2)
+        .map(|i| {
+            sluice()
+                .args(["serve", folder.to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", listen[i])])
+                .args(["--cluster", hosts.to_str().unwrap(), "--process", &i.to_string(), "--workers", "1"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join(format!("serve-{i}.log"))).unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut expected: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (i, &port) in listen.iter().enumerate() {
+        wait_listening(port);
+        for stream in ["orders", "trail"] {
+            expected.entry(stream).or_default().extend(put(port, stream, &format!("p{i}"), 50));
+        }
+    }
+    terminate(&children[0]);
+    let codes = wait_all(&mut children, Duration::from_secs(60));
+    let log = |i: usize| std::fs::read_to_string(dir.path().join(format!("serve-{i}.log"))).unwrap_or_default();
+    assert_eq!(codes, [Some(0), Some(0)], "{}\n{}", log(0), log(1));
+    for (stream, mut lines) in expected {
+        lines.sort();
+        assert_eq!(lines_under(&dir.path().join(format!("{stream}-out"))), lines, "{stream}");
+    }
+}

@@ -654,7 +654,11 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
     let secs = report.elapsed.as_secs_f64().max(1e-6);
     let mut out = std::io::stdout().lock();
     let bytes_in = metrics.bytes_in();
-    let _ = writeln!(out, "pipeline {} finished in {:.2} s with {} workers", plan.name, secs, report.workers);
+    let place = metrics
+        .process
+        .get()
+        .map_or(String::new(), |p| format!(" (process {p} of a cluster; this process's share below)"));
+    let _ = writeln!(out, "pipeline {} finished in {:.2} s with {} workers{place}", plan.name, secs, report.workers);
     let _ = writeln!(
         out,
         "  in         {} records, {} ({:.1} MB/s)",
