@@ -500,3 +500,39 @@ fn serve_runs_each_pipeline_of_its_folder_as_a_cluster() {
         assert_eq!(lines_under(&dir.path().join(format!("{stream}-out"))), lines, "{stream}");
     }
 }
+
+/// An object that cannot be read stops its share of the source with an error naming the object,
+/// in the summary and in the error log.
+#[test]
+fn an_unreadable_object_is_named_in_the_error_and_the_error_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    write_lines(&archive.join("good.ndjson"), &["{\"a\":1}".to_string()]);
+    std::fs::write(archive.join("broken.ndjson.gz"), b"this is not gzip").unwrap();
+    let config = dir.path().join("broken.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"broken\"\ndata_dir = \"{data}\"\n\n[sources.archive]\ntype = \"object_store\"\nurl = \"file://{archive}\"\n\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"archive\"]\nurl = \"file://{out}\"\n",
+            data = dir.path().join("data").display(),
+            archive = archive.display(),
+            out = dir.path().join("out").display(),
+        ),
+    )
+    .unwrap();
+    let output = sluice()
+        .args(["--log-format", "json", "run", "--quiet", "--workers", "1", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    let object = format!("{}/broken.ndjson.gz", archive.display());
+    let line = said
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["errorCode"] == "SourceReadFailed")
+        .unwrap_or_else(|| panic!("no error-log line: {said}"));
+    assert_eq!(line["component"], "archive");
+    assert!(line["message"].as_str().unwrap().contains(&object), "{line}");
+}

@@ -92,6 +92,15 @@ pub fn read_source<'scope>(
                         Err(e) => {
                             tracing::error!(source = %source_name, error = %e, "source stopped");
                             metrics.report_source_error(format!("source `{source_name}`: {e}"));
+                            // The error names what was being read (a file, an object's URL).
+                            metrics.report_error(crate::error_log::ErrorEvent {
+                                level: crate::error_log::Level::Error,
+                                component: &source_name,
+                                error_code: "SourceReadFailed",
+                                message: &format!("this worker's share of the source stopped: {e}"),
+                                attempts: None,
+                                key: None,
+                            });
                             capability = None;
                             return;
                         }
