@@ -422,7 +422,12 @@ fn a_stopped_object_store_run_resumes_after_what_it_delivered() {
         ),
     )
     .unwrap();
-    let mut first = sluice().args(["run", "--quiet", "--workers", "1", config.to_str().unwrap()]).spawn().unwrap();
+    let mut first = sluice()
+        .args(["run", "--quiet", "--workers", "1", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     while folder_objects(&out).is_empty() {
         assert!(started.elapsed() < Duration::from_secs(60), "nothing delivered");

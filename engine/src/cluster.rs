@@ -1,5 +1,7 @@
 //! Cluster mode: one pipeline run by several sluice processes as one timely dataflow, over timely's
-//! own TCP communication (`timely::CommunicationConfig::Cluster`).
+//! own TCP communication: sluice connects the processes' sockets (timely's handshake: each process
+//! dials the lower-numbered ones and sends its index; retried every 20 ms, not every second) and
+//! hands them to timely's `initialize_networking_from_sockets`; the rest is timely's protocol.
 //!
 //! `hosts.txt` lists one `host:port` per process (the same file everywhere); process N is line N
 //! and runs W workers, so worker indices are global and every source, exchange and probe spans the
@@ -23,6 +25,12 @@ use std::rc::Rc;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+
+use timely::communication::Hooks;
+use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::source;
@@ -78,6 +86,9 @@ pub enum ClusterError {
         "the cluster's processes disagree: {0}; every process must load the same pipeline file with the same --workers"
     )]
     Mismatch(String),
+    /// The processes could not connect.
+    #[error("the cluster could not form: {0}")]
+    Connect(String),
     /// A process's connection closed without a clean shutdown.
     #[error(
         "process {process} of the cluster ({address}) is gone: its connection closed without a clean stop; this process stops too. Restart every process: each replays its write-ahead log, so nothing acknowledged is lost"
@@ -135,20 +146,100 @@ impl Cluster {
         Cluster { process: self.process, addresses }
     }
 
-    /// timely's configuration for `workers` threads in this process.
-    pub fn timely_config(&self, workers: usize) -> timely::Config {
-        timely::Config {
-            communication: timely::CommunicationConfig::Cluster {
-                threads: workers,
-                process: self.process,
-                addresses: self.addresses.clone(),
-                report: false,
-                zerocopy: false,
-            },
-            worker: timely::WorkerConfig::default(),
+    /// Connects this process to every other as timely's own set-up does (a connection to each
+    /// lower-numbered process, on which this process's index is sent as a big-endian `u64`, and
+    /// one accepted from each higher-numbered process, which sends its index), but retrying every
+    /// 20 ms where timely sleeps a second between tries: a second of every batch run. Waits until
+    /// every process is up (saying on stderr every 5 s which it waits for), or until `stop`.
+    /// Position `process` of the result is `None`.
+    fn connect(&self, stop: &StopSignal) -> Result<Vec<Option<TcpStream>>, ClusterError> {
+        const RETRY: Duration = Duration::from_millis(20);
+        const SAY_EVERY: Duration = Duration::from_secs(5);
+        let me = self.process;
+        let failed = |what: String| move |e: std::io::Error| ClusterError::Connect(format!("{what}: {e}"));
+        let listener = TcpListener::bind(&self.addresses[me])
+            .map_err(failed(format!("cannot listen on {}", self.addresses[me])))?;
+        listener.set_nonblocking(true).map_err(failed("cannot listen".into()))?;
+        let later = self.addresses.len() - me - 1;
+        let accepting_stop = stop.clone();
+        let accepting = std::thread::Builder::new()
+            .name("sluice-cluster-accept".into())
+            .spawn(move || -> Result<Vec<Option<TcpStream>>, ClusterError> {
+                let mut accepted: Vec<Option<TcpStream>> = (0..later).map(|_| None).collect();
+                while accepted.iter().any(Option::is_none) {
+                    if accepting_stop.is_stopped() {
+                        return Err(ClusterError::Connect("stopped before every process connected".into()));
+                    }
+                    match listener.accept() {
+                        Ok((mut stream, _)) => {
+                            stream.set_nonblocking(false).map_err(failed("accepting a process".into()))?;
+                            stream.set_nodelay(true).map_err(failed("accepting a process".into()))?;
+                            let mut index = [0u8; 8];
+                            stream.read_exact(&mut index).map_err(failed("reading a process's index".into()))?;
+                            let index = usize::try_from(u64::from_be_bytes(index)).unwrap_or(usize::MAX);
+                            match index.checked_sub(me + 1).and_then(|i| accepted.get_mut(i)) {
+                                Some(slot) => *slot = Some(stream),
+                                None => tracing::warn!(
+                                    index,
+                                    "a connection claimed a process index this cluster has not; ignored"
+                                ),
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(RETRY),
+                        Err(e) => return Err(ClusterError::Connect(format!("accepting a process: {e}"))),
+                    }
+                }
+                Ok(accepted)
+            })
+            .map_err(failed("cannot start accepting".into()))?;
+        let mut sockets = Vec::with_capacity(self.addresses.len());
+        for (index, address) in self.addresses.iter().enumerate().take(me) {
+            let started = std::time::Instant::now();
+            let mut said = started;
+            let stream = loop {
+                match TcpStream::connect(address) {
+                    Ok(stream) => break stream,
+                    Err(e) => {
+                        if stop.is_stopped() {
+                            return Err(ClusterError::Connect("stopped before every process connected".into()));
+                        }
+                        if said.elapsed() >= SAY_EVERY {
+                            said = std::time::Instant::now();
+                            eprintln!("sluice: waiting for process {index} of the cluster ({address}): {e}");
+                        }
+                        std::thread::sleep(RETRY);
+                    }
+                }
+            };
+            let mut stream = stream;
+            stream.set_nodelay(true).map_err(failed(format!("connecting to {address}")))?;
+            stream.write_all(&(me as u64).to_be_bytes()).map_err(failed(format!("connecting to {address}")))?;
+            sockets.push(Some(stream));
         }
+        sockets.push(None);
+        let accepted = accepting.join().map_err(|_| ClusterError::Connect("accepting processes failed".into()))??;
+        sockets.extend(accepted);
+        Ok(sockets)
+    }
+
+    /// timely's allocators for `workers` threads in this process, connected to every other
+    /// process (see [`Cluster::connect`]), and the guard of timely's communication threads.
+    pub fn allocators(
+        &self,
+        workers: usize,
+        stop: &StopSignal,
+    ) -> Result<(Vec<AllocatorBuilder>, CommunicationGuard), ClusterError> {
+        let sockets = self.connect(stop)?;
+        let hooks = Hooks::default();
+        let local = ProcessBuilder::new_typed_vector(workers, hooks.refill.clone(), hooks.spill.clone());
+        let (tcp, guard) = initialize_networking_from_sockets(local, sockets, self.process, workers, hooks)
+            .map_err(|e| ClusterError::Connect(format!("cannot start the cluster's communication: {e}")))?;
+        Ok((tcp.into_iter().map(AllocatorBuilder::Tcp).collect(), Box::new(guard)))
     }
 }
+
+/// The guard of timely's communication threads (joined when dropped).
+pub type CommunicationGuard = Box<dyn std::any::Any + Send>;
 
 /// What each worker says in the handshake: (process, plan fingerprint, workers per process).
 type Hello = (usize, u64, usize);

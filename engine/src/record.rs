@@ -46,6 +46,9 @@ pub struct RecordBatch {
     /// Approximate arrival time of the records (milliseconds since the Unix epoch, UTC), the
     /// instant the source read or received them; Firehose's `ApproximateArrivalTimestamp`.
     pub arrival_ms: i64,
+    /// The records' bytes back to back; serialized as one byte string (a batch crossing to
+    /// another process is copied, not walked byte by byte).
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
     ends: Vec<u32>,
     /// Partition keys per record, when any record has some (empty otherwise; shorter than `ends`

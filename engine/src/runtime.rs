@@ -264,143 +264,150 @@ fn execute(
     let gave_up = Arc::clone(&abandoned);
     let workers = options.workers.max(1);
     let cluster = options.cluster.clone();
-    let config = match &cluster {
+    let (allocators, communication) = match &cluster {
         Some(c) => {
             crate::cluster::watch_peers(c);
             let _ = metrics.process.set(c.process);
-            c.timely_config(workers)
+            match c.allocators(workers, &stop) {
+                Ok(built) => built,
+                Err(e) => {
+                    runtime.shutdown_timeout(Duration::from_secs(1));
+                    return Err(RunError::Cluster(e));
+                }
+            }
         }
-        None => timely::Config::process(workers),
+        None => timely::CommunicationConfig::Process(workers).try_build().map_err(RunError::Dataflow)?,
     };
     let disagreement: Arc<std::sync::OnceLock<crate::cluster::ClusterError>> = Arc::default();
     let disagreed = Arc::clone(&disagreement);
     // The plan, and the input each splitting source found: processes must agree on both.
     let inputs: Vec<u8> = plan.sources.iter().flat_map(|s| s.source.input_fingerprint().to_le_bytes()).collect();
     let fingerprint = plan.fingerprint() ^ crate::contract::fingerprint(&inputs).rotate_left(1);
-    let guards = timely::execute(config, move |worker| {
-        if let Some(c) = &cluster
-            && let Err(e) = crate::cluster::handshake(worker, (c.process, fingerprint, workers))
-        {
-            let _ = disagreed.set(e);
-            return;
-        }
-        let probe = ProbeHandle::new();
-        let ctx = SourceContext { worker: worker.index(), workers: worker.peers() };
-        let pipeline_done = std::rc::Rc::new(std::cell::Cell::new(false));
-        worker.dataflow::<u64, _, _>(|scope| {
-            if cluster.is_some() {
-                crate::cluster::relay_stop(scope, stop.clone(), std::rc::Rc::clone(&pipeline_done));
-            }
-            let streams: Vec<_> = plan
-                .sources
-                .iter()
-                .enumerate()
-                .map(|(i, s)| match s.source.open(&ctx) {
-                    Ok(reader) => Some(read_source(
-                        scope,
-                        &s.name,
-                        i,
-                        reader,
-                        Arc::clone(&context.metrics),
-                        Arc::clone(&context.budget),
-                        stop.clone(),
-                    )),
-                    Err(e) => {
-                        tracing::error!(source = %s.name, error = %e, "source cannot start");
-                        context.metrics.report_source_error(format!("source `{}`: {e}", s.name));
-                        None
-                    }
-                })
-                .collect();
-            let mut transformed = Vec::with_capacity(plan.transforms.len());
-            let stream_of = |input: Input, transformed: &Vec<Option<_>>| match input {
-                Input::Source(i) => streams[i].clone(),
-                Input::Transform(i) => transformed.get(i).cloned().flatten(),
-            };
-            for (t, transform) in plan.transforms.iter().enumerate() {
-                let inputs: Vec<_> = transform.inputs.iter().filter_map(|&i| stream_of(i, &transformed)).collect();
-                let stream = (!inputs.is_empty()).then(|| {
-                    let stage = StageContext {
-                        name: transform.name.clone(),
-                        transform: Arc::clone(&transform.transform),
-                        metrics: Arc::clone(&context.metrics.transforms[t]),
-                        pipeline: Arc::clone(&context.metrics),
-                        runtime: context.runtime.clone(),
-                        budget: Arc::clone(&context.budget),
-                    };
-                    let records = scope.concatenate(inputs);
-                    match transform.transform.dataflow() {
-                        Some(dataflow) => dataflow.build(records, &stage),
-                        None => stage.per_worker(records),
-                    }
-                });
-                transformed.push(stream);
-            }
-            for (j, sink) in plan.sinks.iter().enumerate() {
-                let mut inputs: Vec<_> = sink.inputs.iter().filter_map(|&i| stream_of(i, &transformed)).collect();
-                if sink.settings.backup == BackupMode::All {
-                    // Every source record the sink reads, as it arrived (before any transform).
-                    for source in plan.sources_upstream_of(&sink.inputs) {
-                        if let Some(stream) = &streams[source] {
-                            inputs.push(stream.clone().map(|records| match records {
-                                Records::Deliver(batch) => Records::Backup(batch),
-                                other => other,
-                            }));
-                        }
-                    }
-                }
-                if inputs.is_empty() {
-                    continue;
-                }
-                let mut stream = scope.concatenate(inputs);
-                if let Some(partitioning) = &sink.settings.partitioning {
-                    stream = stream.partition(
-                        &sink.name,
-                        j,
-                        Arc::clone(&sink.settings),
-                        Arc::clone(partitioning),
-                        Arc::clone(&context.metrics),
-                    );
-                }
-                let queue = std::rc::Rc::new(DeliveryQueue::default());
-                stream
-                    .build_objects(
-                        &sink.name,
-                        j,
-                        Arc::clone(&sink.settings),
-                        sink.sink.parts().is_some(),
-                        Arc::clone(&context.metrics),
-                        std::rc::Rc::clone(&queue),
-                    )
-                    .deliver(&sink.name, j, Arc::clone(&sink.sink), Arc::clone(&sink.settings), &context, queue)
-                    .probe_with(&probe);
-            }
-        });
-        while !probe.done() {
-            let out_of_time = stop.stopped_for().is_some_and(|d| d > grace);
-            if context.metrics.fatal.get().is_some() || out_of_time {
-                // Leave what is undelivered held: the delivered frontier stays where it is. The
-                // dataflow is dropped, or timely would step it until it completes.
-                for dataflow in worker.installed_dataflows() {
-                    worker.drop_dataflow(dataflow);
-                }
-                if out_of_time {
-                    gave_up.store(true, std::sync::atomic::Ordering::SeqCst);
-                }
+    let guards =
+        timely::execute::execute_from(allocators, communication, timely::WorkerConfig::default(), move |worker| {
+            if let Some(c) = &cluster
+                && let Err(e) = crate::cluster::handshake(worker, (c.process, fingerprint, workers))
+            {
+                let _ = disagreed.set(e);
                 return;
             }
-            worker.step_or_park(Some(Duration::from_millis(50)));
-            // The frontier is the cluster's: each process's first worker publishes it for the
-            // process's logs and checkpoints.
-            if worker.index() % workers == 0 {
-                let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
-                delivered.store(frontier, std::sync::atomic::Ordering::SeqCst);
+            let probe = ProbeHandle::new();
+            let ctx = SourceContext { worker: worker.index(), workers: worker.peers() };
+            let pipeline_done = std::rc::Rc::new(std::cell::Cell::new(false));
+            worker.dataflow::<u64, _, _>(|scope| {
+                if cluster.is_some() {
+                    crate::cluster::relay_stop(scope, stop.clone(), std::rc::Rc::clone(&pipeline_done));
+                }
+                let streams: Vec<_> = plan
+                    .sources
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| match s.source.open(&ctx) {
+                        Ok(reader) => Some(read_source(
+                            scope,
+                            &s.name,
+                            i,
+                            reader,
+                            Arc::clone(&context.metrics),
+                            Arc::clone(&context.budget),
+                            stop.clone(),
+                        )),
+                        Err(e) => {
+                            tracing::error!(source = %s.name, error = %e, "source cannot start");
+                            context.metrics.report_source_error(format!("source `{}`: {e}", s.name));
+                            None
+                        }
+                    })
+                    .collect();
+                let mut transformed = Vec::with_capacity(plan.transforms.len());
+                let stream_of = |input: Input, transformed: &Vec<Option<_>>| match input {
+                    Input::Source(i) => streams[i].clone(),
+                    Input::Transform(i) => transformed.get(i).cloned().flatten(),
+                };
+                for (t, transform) in plan.transforms.iter().enumerate() {
+                    let inputs: Vec<_> = transform.inputs.iter().filter_map(|&i| stream_of(i, &transformed)).collect();
+                    let stream = (!inputs.is_empty()).then(|| {
+                        let stage = StageContext {
+                            name: transform.name.clone(),
+                            transform: Arc::clone(&transform.transform),
+                            metrics: Arc::clone(&context.metrics.transforms[t]),
+                            pipeline: Arc::clone(&context.metrics),
+                            runtime: context.runtime.clone(),
+                            budget: Arc::clone(&context.budget),
+                        };
+                        let records = scope.concatenate(inputs);
+                        match transform.transform.dataflow() {
+                            Some(dataflow) => dataflow.build(records, &stage),
+                            None => stage.per_worker(records),
+                        }
+                    });
+                    transformed.push(stream);
+                }
+                for (j, sink) in plan.sinks.iter().enumerate() {
+                    let mut inputs: Vec<_> = sink.inputs.iter().filter_map(|&i| stream_of(i, &transformed)).collect();
+                    if sink.settings.backup == BackupMode::All {
+                        // Every source record the sink reads, as it arrived (before any transform).
+                        for source in plan.sources_upstream_of(&sink.inputs) {
+                            if let Some(stream) = &streams[source] {
+                                inputs.push(stream.clone().map(|records| match records {
+                                    Records::Deliver(batch) => Records::Backup(batch),
+                                    other => other,
+                                }));
+                            }
+                        }
+                    }
+                    if inputs.is_empty() {
+                        continue;
+                    }
+                    let mut stream = scope.concatenate(inputs);
+                    if let Some(partitioning) = &sink.settings.partitioning {
+                        stream = stream.partition(
+                            &sink.name,
+                            j,
+                            Arc::clone(&sink.settings),
+                            Arc::clone(partitioning),
+                            Arc::clone(&context.metrics),
+                        );
+                    }
+                    let queue = std::rc::Rc::new(DeliveryQueue::default());
+                    stream
+                        .build_objects(
+                            &sink.name,
+                            j,
+                            Arc::clone(&sink.settings),
+                            sink.sink.parts().is_some(),
+                            Arc::clone(&context.metrics),
+                            std::rc::Rc::clone(&queue),
+                        )
+                        .deliver(&sink.name, j, Arc::clone(&sink.sink), Arc::clone(&sink.settings), &context, queue)
+                        .probe_with(&probe);
+                }
+            });
+            while !probe.done() {
+                let out_of_time = stop.stopped_for().is_some_and(|d| d > grace);
+                if context.metrics.fatal.get().is_some() || out_of_time {
+                    // Leave what is undelivered held: the delivered frontier stays where it is. The
+                    // dataflow is dropped, or timely would step it until it completes.
+                    for dataflow in worker.installed_dataflows() {
+                        worker.drop_dataflow(dataflow);
+                    }
+                    if out_of_time {
+                        gave_up.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    return;
+                }
+                worker.step_or_park(Some(Duration::from_millis(50)));
+                // The frontier is the cluster's: each process's first worker publishes it for the
+                // process's logs and checkpoints.
+                if worker.index() % workers == 0 {
+                    let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(u64::MAX));
+                    delivered.store(frontier, std::sync::atomic::Ordering::SeqCst);
+                }
             }
-        }
-        pipeline_done.set(true);
-        delivered.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
-    })
-    .map_err(RunError::Dataflow)?;
+            pipeline_done.set(true);
+            delivered.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+        })
+        .map_err(RunError::Dataflow)?;
     // A lost peer makes timely's communication threads panic, and joining them (when the guards
     // are dropped) panics again: caught here, and reported as the lost peer below.
     let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guards.join()));
