@@ -288,3 +288,55 @@ retry = { duration_s = 30 }
     expected.sort();
     assert_eq!(lines, expected);
 }
+
+/// gzip objects are libdeflate members of 256 KiB back to back: every reader users point at them
+/// reads each object whole — zcat, Python's `gzip`, DuckDB's `read_json`, pyarrow's JSON reader
+/// over a gzip stream — one record per input line, in order.
+#[test]
+fn gzip_objects_of_many_members_are_read_whole_by_every_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = generated(Profile::Cloudtrail, 5, 20_000);
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, records.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+    let config = dir.path().join("gzip.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"gz\"\ndata_dir = \"{data}\"\n\n[sources.in]\ntype = \"file\"\npaths = [\"{input}\"]\n\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"file://{out}\"\nformat = \"ndjson\"\n\
+             compression = \"gzip\"\nbuffer = {{ size_mb = 64, interval_s = 900 }}\n",
+            data = dir.path().join("data").display(),
+            input = input.display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let ran =
+        super::support::sluice().args(["run", "--quiet", "--workers", "1", config.to_str().unwrap()]).output().unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let objects = super::support::files_under(&out);
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let object = &objects[0];
+    let bytes = std::fs::read(object).unwrap();
+    let members = bytes.windows(4).filter(|w| w == &[0x1f, 0x8b, 8, 0]).count();
+    assert!(members >= 20, "{members} members");
+    let zcat = std::process::Command::new("zcat").arg(object).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&zcat.stdout).lines().collect::<Vec<_>>(), records, "zcat");
+    let script = r#"
+import gzip, json, sys
+import duckdb, pyarrow as pa, pyarrow.json as pj
+path = sys.argv[1]
+with gzip.open(path, "rt") as f:
+    python = [line.rstrip("\n") for line in f]
+duck = duckdb.sql(f"select count(*) from read_json('{path}', format='newline_delimited', compression='gzip')").fetchone()[0]
+arrow = pj.read_json(pa.input_stream(path, compression="gzip")).num_rows
+print(json.dumps({"python": python, "duckdb": duck, "pyarrow": arrow}))
+"#;
+    let read = std::process::Command::new(super::support::python()).args(["-c", script]).arg(object).output().unwrap();
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    let said: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(said["python"].as_array().unwrap().len(), records.len());
+    assert_eq!(said["python"][19_999], records[19_999].as_str());
+    assert_eq!((said["duckdb"].as_u64(), said["pyarrow"].as_u64()), (Some(20_000), Some(20_000)));
+}
