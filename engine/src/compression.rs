@@ -194,6 +194,8 @@ pub struct ObjectWriter {
     uncompressed: u64,
     /// Full blocks become independent members instead of going through a compressor of its own.
     in_blocks: bool,
+    /// Everything is staged and compressed in one piece when finished (one gzip member).
+    whole: bool,
 }
 
 /// Size of the blocks handed to the compressor: 256 KiB stays in L2 (2 MiB measured 10-28 % slower).
@@ -220,6 +222,15 @@ impl ObjectWriter {
         Self::empty(compression, true)
     }
 
+    /// A new, empty object compressed in one piece when it is finished: one gzip member, one zstd
+    /// frame, one Snappy stream (an HTTP request body, which some servers decode as one gzip member
+    /// only). It stages every byte written until then.
+    pub fn whole(compression: Compression) -> Self {
+        let mut writer = Self::empty(compression, false);
+        writer.whole = compression != Compression::None;
+        writer
+    }
+
     fn empty(compression: Compression, in_blocks: bool) -> Self {
         // Without compression the bytes go straight to the output; with it, the compressor (or the
         // members) come with the first full block. The staging buffer grows with what is written
@@ -228,7 +239,7 @@ impl ObjectWriter {
             Compression::None => Some(Box::new(Compressor::None(Vec::new()))),
             _ => None,
         };
-        ObjectWriter { compression, compressor, staged: Vec::new(), uncompressed: 0, in_blocks }
+        ObjectWriter { compression, compressor, staged: Vec::new(), uncompressed: 0, in_blocks, whole: false }
     }
 
     /// About how much memory the open object holds: its staged and compressed bytes and its
@@ -252,7 +263,7 @@ impl ObjectWriter {
             return Ok(());
         }
         self.staged.extend_from_slice(bytes);
-        if self.staged.len() >= STAGING_BYTES { self.compress_staged() } else { Ok(()) }
+        if self.staged.len() >= STAGING_BYTES && !self.whole { self.compress_staged() } else { Ok(()) }
     }
 
     /// Adds what `encode` appends to the buffer it is given (a record encoded in place, without a
@@ -271,7 +282,7 @@ impl ObjectWriter {
             return Ok(Err(e));
         }
         self.uncompressed += (buf.len() - start) as u64;
-        if self.staged.len() >= STAGING_BYTES {
+        if self.staged.len() >= STAGING_BYTES && !self.whole {
             self.compress_staged()?;
         }
         Ok(Ok(()))
@@ -412,6 +423,28 @@ mod tests {
                         .unwrap_or_else(|e| panic!("{e}"));
                     assert_eq!(single, payload);
                 }
+            }
+        }
+    }
+
+    /// An object written whole is one stream however large: a single-member gzip decoder (what
+    /// some HTTP servers use for `Content-Encoding: gzip`) reads all of it.
+    #[test]
+    fn objects_written_whole_are_one_stream() {
+        let payload: Vec<u8> = (0..120_000u32).flat_map(|i| format!("{{\"n\":{i}}}\n").into_bytes()).collect();
+        for name in Compression::NAMES {
+            let c = Compression::from_name(name).unwrap_or(Compression::None);
+            let mut w = ObjectWriter::whole(c);
+            for chunk in payload.chunks(1000) {
+                w.write(chunk).unwrap_or_else(|e| panic!("{e}"));
+            }
+            let compressed = w.finish().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(decompress(c, &compressed).unwrap_or_default(), payload, "{name}");
+            if c == Compression::Gzip {
+                let mut single = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut single)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(single, payload, "one member");
             }
         }
     }

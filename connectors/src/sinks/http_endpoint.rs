@@ -198,6 +198,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         // A request is named by a fresh id, sent again unchanged on every retry.
         wire: Arc::new(
             TextFormat::new(FirehoseRequest, compression)
+                .one_stream()
                 .limited(MAX_REQUEST_RECORDS, MAX_REQUEST_BYTES)
                 .named_by(|| uuid::Uuid::new_v4().to_string()),
         ),

@@ -370,6 +370,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
         // A request is named by a fresh id (sent as X-Opaque-Id), the same on every retry.
         wire: Arc::new(
             TextFormat::new(codec, compression)
+                .one_stream()
                 .limited(u64::MAX, MAX_REQUEST_BYTES)
                 .named_by(|| uuid::Uuid::new_v4().to_string()),
         ),

@@ -62,18 +62,35 @@ pub struct TextFormat<C> {
     max_object_bytes: Option<u64>,
     /// Names each object (a request id) instead of the sink's keys.
     name: Option<fn() -> String>,
+    /// Each object one compressed stream (an HTTP request body: not every server's decoder reads
+    /// concatenated gzip members), compressed whole when it is finished.
+    one_stream: bool,
 }
 
 impl<C: RecordCodec> TextFormat<C> {
     /// `codec`'s objects compressed with `compression`, named by the sink's keys, without limits.
     pub fn new(codec: C, compression: Compression) -> Self {
-        TextFormat { codec: Arc::new(codec), compression, max_records: u64::MAX, max_object_bytes: None, name: None }
+        TextFormat {
+            codec: Arc::new(codec),
+            compression,
+            max_records: u64::MAX,
+            max_object_bytes: None,
+            name: None,
+            one_stream: false,
+        }
     }
 
     /// Objects of at most `records` records and `bytes` bytes before compression (a request).
     pub fn limited(mut self, records: u64, bytes: u64) -> Self {
         self.max_records = records;
         self.max_object_bytes = Some(bytes);
+        self
+    }
+
+    /// Each object one compressed stream, compressed whole when finished: a request body sent
+    /// with `Content-Encoding: gzip`, which some servers decode as a single gzip member only.
+    pub fn one_stream(mut self) -> Self {
+        self.one_stream = true;
         self
     }
 
@@ -97,10 +114,16 @@ impl<C: RecordCodec> ObjectFormat for TextFormat<C> {
     }
 
     fn open(&self) -> std::io::Result<Box<dyn ObjectEncoder>> {
+        if self.one_stream {
+            return self.open_with(ObjectWriter::whole(self.compression));
+        }
         self.open_with(ObjectWriter::new(self.compression)?)
     }
 
     fn open_one_of_many(&self) -> std::io::Result<Box<dyn ObjectEncoder>> {
+        if self.one_stream {
+            return self.open_with(ObjectWriter::whole(self.compression));
+        }
         self.open_with(ObjectWriter::in_blocks(self.compression))
     }
 
