@@ -119,6 +119,8 @@ const ZSTD_LEVEL: i32 = 3;
 thread_local! {
     /// libdeflate's compressor, reused by the gzip members made on this thread.
     static DEFLATE: RefCell<Option<libdeflater::Compressor>> = const { RefCell::new(None) };
+    /// Where this thread's gzip members are compressed before they are copied to their object.
+    static GZIP_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// zstd context reused by the objects finished on this thread.
     static ZSTD: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
 }
@@ -163,18 +165,18 @@ fn gzip_member_into(bytes: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
                 slot.insert(libdeflater::Compressor::new(level))
             }
         };
-        let start = out.len();
-        out.resize(start + compressor.gzip_compress_bound(bytes.len()), 0);
-        match compressor.gzip_compress(bytes, &mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                Ok(())
-            }
-            Err(e) => {
-                out.truncate(start);
-                Err(std::io::Error::other(format!("gzip: {e}")))
-            }
-        }
+        // Into the thread's scratch buffer, sized for the worst case, then copied: an open object's
+        // own buffer grows by what the member takes, not by the bound (a partitioned sink holds
+        // thousands of them).
+        GZIP_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.resize(compressor.gzip_compress_bound(bytes.len()), 0);
+            let n = compressor
+                .gzip_compress(bytes, &mut scratch[..])
+                .map_err(|e| std::io::Error::other(format!("gzip: {e}")))?;
+            out.extend_from_slice(&scratch[..n]);
+            Ok(())
+        })
     })
 }
 
