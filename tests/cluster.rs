@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sluice_connectors::synth::Profile;
 
 use super::s3::{S3Server, SECRET_KEY};
-use super::support::{firehose_call, folder_objects, free_port, generated, sluice, terminate};
+use super::support::{firehose_call, folder_objects, free_port, generated, sluice, terminate, wait_for_port};
 
 /// A hosts file for `n` processes on free ports of 127.0.0.1.
 fn hosts_file(dir: &Path, n: usize) -> PathBuf {
@@ -24,31 +24,40 @@ fn hosts_file(dir: &Path, n: usize) -> PathBuf {
     path
 }
 
+/// What one process of a test cluster gets besides the common arguments.
+#[derive(Default)]
+struct ProcessSettings {
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+/// The environment variable `API_PORT` set to `port`.
+fn api_port(port: u16) -> ProcessSettings {
+    ProcessSettings { env: vec![("API_PORT".into(), port.to_string())], args: Vec::new() }
+}
+
 /// `sluice run config --cluster hosts --process i --workers w` for every process, each with its
-/// own environment from `env(i)`, output to `<dir>/process-<i>.log`.
+/// own settings from `settings(i)`, output to `<dir>/process-<i>.log`.
 fn start_cluster(
     config: &Path,
     hosts: &Path,
     processes: usize,
     workers: usize,
-    env: impl Fn(usize) -> Vec<(String, String)>,
+    settings: impl Fn(usize) -> ProcessSettings,
 ) -> Vec<Child> {
     (0..processes)
         .map(|i| {
             let log = std::fs::File::create(config.with_extension(format!("process-{i}.log"))).unwrap();
-            let env = env(i);
-            let mut command = sluice();
-            command.args(["run", "--quiet", config.to_str().unwrap(), "--cluster", hosts.to_str().unwrap()]).args([
-                "--process",
-                &i.to_string(),
-                "--workers",
-                &workers.to_string(),
-            ]);
-            // (Not an environment variable sluice reads: the test's way to ask for --admin.)
-            if let Some((_, admin)) = env.iter().find(|(k, _)| k == "SLUICE_TEST_ADMIN") {
-                command.args(["--admin", admin]);
-            }
-            command.envs(env).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap()
+            let ProcessSettings { env, args } = settings(i);
+            sluice()
+                .args(["run", "--quiet", config.to_str().unwrap(), "--cluster", hosts.to_str().unwrap()])
+                .args(["--process", &i.to_string(), "--workers", &workers.to_string()])
+                .args(args)
+                .envs(env)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap()
         })
         .collect()
 }
@@ -191,7 +200,7 @@ error_prefix = "errors/!{{firehose:error-output-type}}/"
             assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         } else {
             let hosts = hosts_file(dir.path(), processes);
-            let mut children = start_cluster(&file, &hosts, processes, workers, |_| Vec::new());
+            let mut children = start_cluster(&file, &hosts, processes, workers, |_| ProcessSettings::default());
             let codes = wait_all(&mut children, Duration::from_secs(120));
             for (i, code) in codes.iter().enumerate() {
                 assert_eq!(*code, Some(0), "process {i}: {}", log_of(&file, i));
@@ -265,14 +274,6 @@ fn put(port: u16, stream: &str, tag: &str, n: usize) -> Vec<String> {
     lines
 }
 
-fn wait_listening(port: u16) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// SIGTERM to one process during a stream run with producers on both processes' API ports: the
 /// stop travels to the other, both drain and deliver, both exit 0, nothing acknowledged is lost.
 #[test]
@@ -284,16 +285,16 @@ fn sigterm_to_one_process_stops_the_whole_cluster_with_everything_delivered() {
     // Process 0 also serves its own figures, labelled with its index.
     let admin = free_port();
     let mut children = start_cluster(&config, &hosts, 2, 1, |i| {
-        let mut setting = vec![("API_PORT".into(), ports[i].to_string())];
+        let mut settings = api_port(ports[i]);
         if i == 0 {
-            setting.push(("SLUICE_TEST_ADMIN".into(), format!("127.0.0.1:{admin}")));
+            settings.args = vec!["--admin".into(), format!("127.0.0.1:{admin}")];
         }
-        setting
+        settings
     });
     let mut acknowledged = Vec::new();
     for round in 0..3 {
         for (i, &port) in ports.iter().enumerate() {
-            wait_listening(port);
+            wait_for_port(port, "the API");
             acknowledged.extend(put(port, "stopping", &format!("p{i}-r{round}"), 200));
         }
     }
@@ -318,11 +319,10 @@ fn a_killed_process_stops_the_others_and_a_restart_of_all_loses_nothing() {
     let config = stream_config(dir.path(), "killed");
     let hosts = hosts_file(dir.path(), 3);
     let ports = [free_port(), free_port(), free_port()];
-    let env = |i: usize| vec![("API_PORT".to_string(), ports[i].to_string())];
-    let mut children = start_cluster(&config, &hosts, 3, 1, env);
+    let mut children = start_cluster(&config, &hosts, 3, 1, |i| api_port(ports[i]));
     let mut acknowledged = Vec::new();
     for (i, &port) in ports.iter().enumerate() {
-        wait_listening(port);
+        wait_for_port(port, "the API");
         acknowledged.extend(put(port, "killed", &format!("p{i}"), 300));
     }
     // Let the cluster form and take the records in before the kill.
@@ -339,9 +339,9 @@ fn a_killed_process_stops_the_others_and_a_restart_of_all_loses_nothing() {
     assert!(lines_under(&dir.path().join("killed-out")).is_empty(), "nothing was due before the kill");
 
     // A restart of all three: each replays its own log.
-    let mut children = start_cluster(&config, &hosts, 3, 1, env);
+    let mut children = start_cluster(&config, &hosts, 3, 1, |i| api_port(ports[i]));
     for &port in &ports {
-        wait_listening(port);
+        wait_for_port(port, "the API");
     }
     std::thread::sleep(Duration::from_secs(2));
     terminate(&children[0]);
@@ -491,7 +491,7 @@ fn serve_runs_each_pipeline_of_its_folder_as_a_cluster() {
         .collect();
     let mut expected: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (i, &port) in listen.iter().enumerate() {
-        wait_listening(port);
+        wait_for_port(port, "the API");
         for stream in ["orders", "trail"] {
             expected.entry(stream).or_default().extend(put(port, stream, &format!("p{i}"), 50));
         }

@@ -6,7 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::support::{firehose_call, firehose_to_files, free_port, python, repo_root, sluice, start_listening_with};
+use super::support::{
+    firehose_call, firehose_to_files, free_port, python, repo_root, sluice, start_listening_with, wait_for_port,
+};
 
 /// The page's figures move and match /metrics, its layout holds still, an outage shows in the
 /// success ratio and the error list, it loads nothing from elsewhere; the screenshot lands in
@@ -90,11 +92,7 @@ fn under_serve_the_dashboard_shows_every_stream() {
         port,
     );
     // The admin address opens after the API's (every pipeline is prepared first).
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "the admin address never opened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(admin, "the admin address");
     let page = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/")).unwrap();
     assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(page.headers()["content-security-policy"].to_str().unwrap().starts_with("default-src 'none'"));

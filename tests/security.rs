@@ -34,11 +34,7 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {} (scripts/test.sh installs it): {e}", server.display()));
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "moto_server did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::support::wait_for_port(port, "moto_server");
         Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
     }
 

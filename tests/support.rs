@@ -140,12 +140,18 @@ pub fn start_listening(
 /// Spawns `command` (a `sluice` command) and waits until it listens on `port`.
 pub fn start_listening_with(command: &mut std::process::Command, port: u16) -> std::process::Child {
     let child = command.spawn().unwrap();
+    wait_for_port(port, "sluice");
+    child
+}
+
+/// Waits (at most 30 s) until something accepts connections on 127.0.0.1:`port`; `what` names it
+/// when nothing does.
+pub fn wait_for_port(port: u16, what: &str) {
     let started = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "sluice did not listen on {port}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{what} did not listen on {port}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    child
 }
 
 /// `sluice run config` with `SLUICE_LOG=log_filter`, its stdout and stderr appended to the

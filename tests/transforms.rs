@@ -150,11 +150,7 @@ impl FunctionServer {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "the function server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::support::wait_for_port(port, "the function server");
         FunctionServer { child, port }
     }
 
