@@ -21,48 +21,39 @@ for tool in python3 node npm; do
     exit 1
   fi
 done
-# The jq transform is checked against the jq 1.6 CLI (Debian's `jq`, the engine Firehose names).
-if ! command -v jq >/dev/null; then
+# Installs Debian packages as root with apt-get, or says what to install ($1: why they are needed).
+install() {
+  why=$1; shift
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get install -y -qq jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
   else
-    echo "jq (1.6, Debian's package) is required by the tests: apt-get install jq" >&2
+    echo "$why: apt-get install $*" >&2
     exit 1
   fi
-fi
+}
+# Installs the packages after $2 when the command $1 is missing ($2: why it is needed).
+need() {
+  if ! command -v "$1" >/dev/null; then
+    shift
+    install "$@"
+  fi
+}
+# The jq transform is checked against the jq 1.6 CLI (Debian's `jq`, the engine Firehose names).
+need jq "jq (1.6, Debian's package) is required by the tests" jq
 # The postgres sink's tests start throwaway clusters from PostgreSQL's server binaries (initdb,
 # pg_ctl; as root they run them as the `postgres` user) and use psql.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null \
-      || { apt-get update -qq && apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null; }
-  else
-    echo "PostgreSQL's server binaries are required by the tests: apt-get install postgresql-15" >&2
-    exit 1
-  fi
+  install "PostgreSQL's server binaries are required by the tests" postgresql-15 postgresql-client-15
 fi
 # The alert rules (docs/alerts.yml) are checked and unit-tested with promtool (Debian's prometheus;
 # only promtool is used, no server is started).
-if ! command -v promtool >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
-      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
-  else
-    echo "promtool is required by the tests: apt-get install prometheus" >&2
-    exit 1
-  fi
-fi
+need promtool "promtool is required by the tests" prometheus
 # The dashboard's test drives Debian's Chromium with Playwright (tests/requirements.txt); Playwright's
 # own browser download is not used.
-if ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get install -y -qq --no-install-recommends chromium >/dev/null \
-      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
-  else
-    echo "Chromium is required by the dashboard's test: apt-get install chromium" >&2
-    exit 1
-  fi
-fi
+need chromium "Chromium is required by the dashboard's test" chromium
+# zstd objects are read back with the zstd CLI (zstdcat) as well as DuckDB and pyarrow.
+need zstdcat "The zstd CLI is required by the tests" zstd
 venv=target/test-venv
 # Reinstall whenever tests/requirements.txt changes.
 stamp="$venv/.installed-$(sha256sum tests/requirements.txt | cut -c1-16)"
