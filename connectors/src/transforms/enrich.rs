@@ -28,7 +28,9 @@
 //! layout, e.g. DB-IP's), checked at validation (the file opens, with the database type in the
 //! error), read into memory once per process and shared by every worker: a lookup is a tree walk in
 //! that memory, and each worker decodes a database record once (many networks share one) and keeps
-//! the answer. (A memory map would avoid the copy, but maxminddb's is `unsafe`: a file written in
+//! the answer. Before a batch's records are enriched, one pass scans them all and walks the search
+//! trees for all their addresses together ([`super::mmdb`]: a walk in a database larger than the
+//! caches waits on memory at nearly every node, and walks side by side wait together). (A memory map would avoid the copy, but maxminddb's is `unsafe`: a file written in
 //! place under the map is undefined behaviour, and this workspace forbids unsafe code.) **Live
 //! reload**: after each batch a worker looks at the file's size, modification time and inode (at
 //! most once a second for the process); when they change (an updater's atomic rename, or a copy)
@@ -61,11 +63,12 @@ use sluice_engine::contract::{
 };
 use sluice_engine::metrics::TransformMetrics;
 use sluice_engine::operators::Epoch;
-use sluice_engine::record::Records;
 use sluice_engine::record::now_ms;
+use sluice_engine::record::{RecordBatch, Records};
 use timely::dataflow::Stream;
 
 use super::json;
+use super::mmdb;
 use super::tables::{Table, TableSpec};
 
 /// uap-core's regexes, converted once from its `regexes.yaml` to JSON (scripts/uap-core-json.sh).
@@ -124,7 +127,7 @@ impl Kind {
 struct Database {
     kind: Kind,
     path: PathBuf,
-    loaded: Mutex<Arc<maxminddb::Reader<Vec<u8>>>>,
+    loaded: Mutex<Arc<mmdb::Loaded>>,
     /// The file's stamp when it was last read (or last found unreadable).
     stamp: Mutex<Option<FileStamp>>,
     /// When a worker last looked at the file (ms since the epoch).
@@ -146,8 +149,9 @@ pub(super) fn stamp(path: &Path) -> Option<FileStamp> {
 }
 
 /// Opens a database, checking it has the layout `kind` reads.
-fn open_database(kind: Kind, path: &Path) -> Result<maxminddb::Reader<Vec<u8>>, String> {
-    let reader = maxminddb::Reader::open_readfile(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+fn open_database(kind: Kind, path: &Path) -> Result<mmdb::Loaded, String> {
+    let loaded = mmdb::Loaded::open(path)?;
+    let reader = &loaded.reader;
     let database_type = reader.metadata().database_type.to_ascii_lowercase();
     let fits = match kind {
         Kind::Geoip => database_type.contains("city") || database_type.contains("country"),
@@ -162,7 +166,7 @@ fn open_database(kind: Kind, path: &Path) -> Result<maxminddb::Reader<Vec<u8>>, 
             if kind == Kind::Geoip { "a City or Country database" } else { "an ASN database" }
         ));
     }
-    Ok(reader)
+    Ok(loaded)
 }
 
 impl Database {
@@ -180,7 +184,7 @@ impl Database {
 
     /// The database to use now, read again first if the file changed (looked at at most once a
     /// second, by one worker at a time).
-    fn current(&self, metrics: &TransformMetrics) -> Arc<maxminddb::Reader<Vec<u8>>> {
+    fn current(&self, metrics: &TransformMetrics) -> Arc<mmdb::Loaded> {
         let now = now_ms();
         let last = self.checked_ms.load(Ordering::Relaxed);
         if now - last >= RELOAD_CHECK_MS
@@ -393,7 +397,8 @@ impl Transform for EnrichTransform {
             scratch: Vec::new(),
             counts: Counts::default(),
         };
-        Ok(Box::new(RecordByRecord(Enricher { lookups: Arc::clone(&self.lookups), state, metrics })))
+        let lookahead = Lookahead::default();
+        Ok(Box::new(RecordByRecord(Enricher { lookups: Arc::clone(&self.lookups), state, lookahead, metrics })))
     }
 
     fn dataflow(&self) -> Option<&dyn DataflowTransform> {
@@ -419,7 +424,49 @@ impl DataflowTransform for EnrichTransform {
 struct Enricher {
     lookups: Arc<Lookups>,
     state: WorkerState,
+    lookahead: Lookahead,
     metrics: Arc<TransformMetrics>,
+}
+
+/// Where a database part's address was found, or why it has no answer (`None`: not worked out).
+type Ahead = [Option<Result<mmdb::Located, Miss>>; 2];
+
+/// What [`RecordTransform::begin_batch`] worked out for the records of a batch before they are
+/// enriched one by one: each record's scan and, for the database parts, where each address's data
+/// is, every address of the batch walked together ([`mmdb::SearchTree::locate_many`]: the walks'
+/// cache misses overlap). A record it does not recognise is worked out as it comes.
+#[derive(Default)]
+struct Lookahead {
+    /// Per record, in order: its bytes' address and length (to recognise it), what its scan said,
+    /// and where its found values start in `found`.
+    records: Vec<(usize, usize, Option<json::Scanned>, usize)>,
+    found: Vec<json::Found>,
+    located: Vec<Ahead>,
+    /// The next record expected.
+    next: usize,
+    /// Per database part: the batch's addresses and the records they came from.
+    addresses: [Vec<IpAddr>; 2],
+    owners: [Vec<usize>; 2],
+    walked: Vec<mmdb::Located>,
+}
+
+impl Lookahead {
+    /// The index of `record` among the batch's records if it is the next one expected.
+    fn take(&mut self, record: &[u8]) -> Option<usize> {
+        let &(at, len, ..) = self.records.get(self.next)?;
+        if at != record.as_ptr() as usize || len != record.len() {
+            return None;
+        }
+        self.next += 1;
+        Some(self.next - 1)
+    }
+
+    /// The found values of the batch's record `i`.
+    fn found(&self, i: usize) -> &[json::Found] {
+        let start = self.records[i].3;
+        let end = self.records.get(i + 1).map_or(self.found.len(), |r| r.3);
+        &self.found[start..end]
+    }
 }
 
 /// What a worker keeps between records.
@@ -435,9 +482,9 @@ struct WorkerState {
     counts: Counts,
 }
 
-/// Answers decoded from one loaded database, by data record offset (`None`: the record has none
-/// of the values the part writes).
-type DecodedCache = (Arc<maxminddb::Reader<Vec<u8>>>, FxHashMap<usize, Option<Vec<u8>>>);
+/// Answers decoded from one loaded database, by data record (`None`: the record has none of the
+/// values the part writes).
+type DecodedCache = (Arc<mmdb::Loaded>, FxHashMap<usize, Option<Vec<u8>>>);
 
 /// The paths one validating pass over a record looks for: each part's field and target.
 struct Search {
@@ -495,6 +542,11 @@ impl Miss {
             Miss::NotFound => "not_found",
         }
     }
+}
+
+/// The address a field's text holds (surrounding spaces allowed).
+fn address(text: &str) -> Result<IpAddr, Miss> {
+    text.trim().parse().map_err(|_| Miss::NotAnAddress)
 }
 
 /// The string at `path` in `record`.
@@ -580,7 +632,7 @@ fn write_object(members: &[(&str, Option<Value>)], out: &mut Vec<u8>) -> bool {
 }
 
 /// A lookup's answer from a database of this transform.
-type Found<'a> = maxminddb::LookupResult<'a, Vec<u8>>;
+type Found<'a> = maxminddb::LookupResult<'a, bytes::Bytes>;
 
 /// What a City (or Country) database's record says, as JSON into `out`.
 fn geo(found: &Found<'_>, out: &mut Vec<u8>) -> Result<(), Miss> {
@@ -664,8 +716,16 @@ fn text_at<'r>(record: &'r [u8], found: &[json::Found], slot: usize) -> Option<s
 }
 
 impl WorkerState {
-    /// The JSON object part `part` adds for the field's text `text`, into `out`.
-    fn answer(&mut self, lookups: &Lookups, part: usize, text: Option<&str>, out: &mut Vec<u8>) -> Result<(), Miss> {
+    /// The JSON object part `part` adds for the field's text `text`, into `out`; `located`: where
+    /// a database part's address was found already (by the batch's lookahead), if it was.
+    fn answer(
+        &mut self,
+        lookups: &Lookups,
+        part: usize,
+        text: Option<&str>,
+        located: Option<Result<mmdb::Located, Miss>>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Miss> {
         let text = text.ok_or(Miss::FieldMissing)?;
         if part == 2 {
             let (Some(lookup), Some(extractor)) = (&lookups.user_agent, lookups.extractor) else {
@@ -690,13 +750,15 @@ impl WorkerState {
             self.agents.insert(text.to_string(), parsed);
             return Ok(());
         }
-        let Some(Some((reader, cache))) = self.decoded.get_mut(part) else { return Err(Miss::FieldMissing) };
-        let ip: IpAddr = text.trim().parse().map_err(|_| Miss::NotAnAddress)?;
-        let found = reader.lookup(ip).map_err(|_| Miss::NotFound)?;
-        let offset = found.offset().ok_or(Miss::NotFound)?;
+        let Some(Some((loaded, cache))) = self.decoded.get_mut(part) else { return Err(Miss::FieldMissing) };
+        let located = match located {
+            Some(located) => located?,
+            None => loaded.tree.locate(address(text)?),
+        };
+        let record = located.ok_or(Miss::NotFound)?;
         // Many networks share one data record: its answer is decoded once per worker (and again
         // after a reload: the cache belongs to the database it was filled from).
-        if let Some(answer) = cache.get(&offset) {
+        if let Some(answer) = cache.get(&record) {
             return match answer {
                 Some(bytes) => {
                     out.extend_from_slice(bytes);
@@ -705,12 +767,14 @@ impl WorkerState {
                 None => Err(Miss::NotFound),
             };
         }
+        // Decoded by the crate, whose lookup finds the same record (the tree is warm by now).
+        let found = loaded.reader.lookup(address(text)?).map_err(|_| Miss::NotFound)?;
         let start = out.len();
         let answer = if part == 0 { geo(&found, out) } else { asn(&found, out) };
         if cache.len() >= DECODED_CACHE {
             cache.clear();
         }
-        cache.insert(offset, answer.is_ok().then(|| out[start..].to_vec()));
+        cache.insert(record, answer.is_ok().then(|| out[start..].to_vec()));
         answer
     }
 
@@ -727,10 +791,13 @@ impl Enricher {
     /// record's own bytes before its closing brace (targets are top-level keys the record lacks).
     /// `None` when the record needs the slow way.
     fn in_place(&mut self, record: &[u8], emit: &mut Emit<'_>) -> Option<()> {
-        let Enricher { lookups, state, .. } = self;
+        let Enricher { lookups, state, lookahead, .. } = self;
         let search = &lookups.search;
-        let mut found = std::mem::take(&mut state.found);
-        let scanned = json::find_paths(record, &search.tree, &mut found);
+        let mut own = std::mem::take(&mut state.found);
+        let (scanned, found, ahead): (_, &[json::Found], Ahead) = match lookahead.take(record) {
+            Some(i) => (lookahead.records[i].2, lookahead.found(i), lookahead.located[i]),
+            None => (json::find_paths(record, &search.tree, &mut own), &own, [None, None]),
+        };
         let usable = scanned == Some(json::Scanned::Valid)
             && search.top_level_targets
             && search.targets.iter().all(|&t| matches!(found.get(t), Some(json::Found::Missing)));
@@ -744,8 +811,9 @@ impl Enricher {
                     out.extend_from_slice(&trimmed[..close]);
                     for &(part, field, target) in &search.fields {
                         answer.clear();
-                        let text = text_at(record, &found, field);
-                        let result = state.answer(lookups, part, text.as_deref(), &mut answer);
+                        let text = text_at(record, found, field);
+                        let located = ahead.get(part).copied().flatten();
+                        let result = state.answer(lookups, part, text.as_deref(), located, &mut answer);
                         if result.is_ok() {
                             if members_before {
                                 out.push(b',');
@@ -765,7 +833,7 @@ impl Enricher {
             }
             _ => None,
         };
-        state.found = found;
+        state.found = own;
         written
     }
 
@@ -784,7 +852,7 @@ impl Enricher {
         for (part, field, target) in lookups.parts() {
             let text = string_at(&value, field).map(str::to_string);
             answer.clear();
-            let result = state.answer(lookups, part, text.as_deref(), &mut answer);
+            let result = state.answer(lookups, part, text.as_deref(), None, &mut answer);
             if result.is_ok()
                 && let Ok(object) = serde_json::from_slice::<Value>(&answer)
             {
@@ -800,6 +868,47 @@ impl Enricher {
 }
 
 impl RecordTransform for Enricher {
+    /// Scans every record of the batch and walks the search trees for all their addresses at
+    /// once; `transform` then takes each record's scan and walk from here.
+    fn begin_batch(&mut self, batch: &RecordBatch) {
+        let Enricher { lookups, state, lookahead: ahead, .. } = self;
+        let search = &lookups.search;
+        ahead.records.clear();
+        ahead.found.clear();
+        ahead.located.clear();
+        ahead.next = 0;
+        for part in 0..2 {
+            ahead.addresses[part].clear();
+            ahead.owners[part].clear();
+        }
+        for (i, record) in batch.iter().enumerate() {
+            let scanned = json::find_paths(record, &search.tree, &mut state.found);
+            ahead.records.push((record.as_ptr() as usize, record.len(), scanned, ahead.found.len()));
+            ahead.found.extend_from_slice(&state.found);
+            let mut located: Ahead = [None, None];
+            if scanned == Some(json::Scanned::Valid) {
+                for &(part, field, _) in search.fields.iter().filter(|f| f.0 < 2) {
+                    located[part] = Some(match text_at(record, &state.found, field) {
+                        None => Err(Miss::FieldMissing),
+                        Some(text) => address(&text).map(|ip| {
+                            ahead.addresses[part].push(ip);
+                            ahead.owners[part].push(i);
+                            None
+                        }),
+                    });
+                }
+            }
+            ahead.located.push(located);
+        }
+        for (part, slot) in state.decoded.iter().enumerate() {
+            let Some((loaded, _)) = slot else { continue };
+            loaded.tree.locate_many(&ahead.addresses[part], &mut ahead.walked);
+            for (&owner, &walked) in ahead.owners[part].iter().zip(&ahead.walked) {
+                ahead.located[owner][part] = Some(Ok(walked));
+            }
+        }
+    }
+
     fn transform(&mut self, record: &[u8], emit: &mut Emit<'_>) -> Result<(), TransformFailure> {
         if self.in_place(record, emit).is_none() {
             self.through_tree(record, emit);

@@ -1,6 +1,6 @@
 //! Transforms, one file each: what runs between sources and sinks (contract:
 //! `sluice_engine::contract::Transform`), listed in [`crate::registry`]; [`json`] is the scanner
-//! the JSON transforms share.
+//! the JSON transforms share, [`mmdb`] the MaxMind DB search the enrich transform walks.
 
 pub mod cloudwatch_logs;
 pub mod dedup;
@@ -9,5 +9,6 @@ pub mod jq;
 pub mod json;
 pub mod keyed;
 pub mod lambda;
+pub mod mmdb;
 pub mod redact;
 pub mod tables;

@@ -232,6 +232,12 @@ impl<'a> Emit<'a> {
 /// A transform that answers each record at once: zero records (dropped), one, or many; or a failure,
 /// in which case whatever it emitted for that record is discarded.
 pub trait RecordTransform {
+    /// Called with each batch before its records are transformed, which then happens one by one,
+    /// in the batch's order: a transform may look ahead, e.g. start the lookups of every record of
+    /// the batch together so that their memory accesses overlap. What it prepares is only a head
+    /// start: `transform` gets each record as usual.
+    fn begin_batch(&mut self, _batch: &RecordBatch) {}
+
     /// Transforms one record.
     fn transform(&mut self, record: &[u8], emit: &mut Emit<'_>) -> Result<(), TransformFailure>;
 
@@ -250,6 +256,7 @@ impl<T: RecordTransform> TransformWorker for RecordByRecord<T> {
         let mut delivered = RecordBatch::with_capacity(batch.arrival_ms, batch.byte_len());
         let mut failed: Vec<FailedRecords> = Vec::new();
         let mut dropped = 0;
+        self.0.begin_batch(&batch);
         for (index, record) in batch.iter().enumerate() {
             let before = delivered.len();
             match self.0.transform(record, &mut Emit { batch: &mut delivered }) {
