@@ -19,7 +19,7 @@
 //! pipeline runs; the stop relay holds no capability the delivered frontier waits for (it is not
 //! upstream of any probe) and lets the dataflow complete once the worker's pipeline is done.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::{Mutex, OnceLock};
@@ -37,6 +37,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Inspect, Operator, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle, Scope};
+use timely::scheduling::Activator;
 
 use crate::contract::StopSignal;
 
@@ -273,20 +274,39 @@ pub fn handshake(worker: &mut timely::worker::Worker, hello: Hello) -> Result<()
     Err(ClusterError::Mismatch(said.join("; ")))
 }
 
+/// Lets a worker's stop relay go when the worker's pipeline is delivered: at once, not at the
+/// relay's next look at the stop signal (a tenth of a second later, at the end of every run).
+#[derive(Default)]
+pub struct RelayRelease {
+    done: Cell<bool>,
+    activator: RefCell<Option<Activator>>,
+}
+
+impl RelayRelease {
+    /// The pipeline is delivered: the relay lets go now.
+    pub fn release(&self) {
+        self.done.set(true);
+        if let Some(activator) = self.activator.borrow().as_ref() {
+            activator.activate();
+        }
+    }
+}
+
 /// Builds the stop relay in `scope`: when `stop` is asked on this worker's process, every worker
-/// of the cluster hears it and asks its own process's `stop`. The relay lets go once `done` is set
-/// (the worker's pipeline is delivered) or once it has spoken.
-pub fn relay_stop(scope: Scope<'_, u64>, stop: StopSignal, done: Rc<Cell<bool>>) {
+/// of the cluster hears it and asks its own process's `stop`. The relay lets go once `release` is
+/// released (the worker's pipeline is delivered) or once it has spoken.
+pub fn relay_stop(scope: Scope<'_, u64>, stop: StopSignal, release: Rc<RelayRelease>) {
     let heard = stop.clone();
     source::<u64, CapacityContainerBuilder<Vec<u8>>, _, _>(scope, "StopRelay", move |capability, info| {
         let activator = scope.activator_for(info.address);
+        *release.activator.borrow_mut() = Some(activator.clone());
         let mut capability = Some(capability);
         move |output| {
             let Some(cap) = capability.as_ref() else { return };
             if stop.is_stopped() {
                 output.session(cap).give(1u8);
                 capability = None;
-            } else if done.get() {
+            } else if release.done.get() {
                 capability = None;
             } else {
                 activator.activate_after(Duration::from_millis(100));

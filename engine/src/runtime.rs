@@ -293,7 +293,7 @@ fn execute(
             }
             let probe = ProbeHandle::new();
             let ctx = SourceContext { worker: worker.index(), workers: worker.peers() };
-            let pipeline_done = std::rc::Rc::new(std::cell::Cell::new(false));
+            let pipeline_done = std::rc::Rc::new(crate::cluster::RelayRelease::default());
             worker.dataflow::<u64, _, _>(|scope| {
                 if cluster.is_some() {
                     crate::cluster::relay_stop(scope, stop.clone(), std::rc::Rc::clone(&pipeline_done));
@@ -404,7 +404,7 @@ fn execute(
                     delivered.store(frontier, std::sync::atomic::Ordering::SeqCst);
                 }
             }
-            pipeline_done.set(true);
+            pipeline_done.release();
             delivered.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
         })
         .map_err(RunError::Dataflow)?;
