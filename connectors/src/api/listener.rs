@@ -172,7 +172,11 @@ pub async fn read_body(
     budget: &Arc<BodyBudget>,
     timeout: Duration,
 ) -> Result<(Bytes, BodyRoom), BodyError> {
-    if declared.is_some_and(|n| n > max) {
+    if let Some(declared) = declared.filter(|&n| n > max) {
+        // Refused before it is read; the body the client is still sending is read and dropped
+        // beside the answer (up to LINGER_BYTES, within `timeout`), so that the client finishes
+        // writing and reads the 413 instead of a broken pipe (which it would retry).
+        tokio::spawn(linger(body, declared.min(LINGER_BYTES), timeout));
         return Err(BodyError::TooLarge(max));
     }
     let room = budget.take(declared.unwrap_or(max)).ok_or(BodyError::Busy)?;
@@ -183,6 +187,16 @@ pub async fn read_body(
         Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
         Err(_) => Err(BodyError::TimedOut(timeout.as_secs())),
     }
+}
+
+/// How much of a refused oversize body is read and dropped after the answer, at most.
+const LINGER_BYTES: usize = 64 << 20;
+
+/// Reads and drops up to `bytes` of a refused body within `timeout`, then lets the connection go.
+async fn linger(body: Body, bytes: usize, timeout: Duration) {
+    use http_body_util::BodyExt as _;
+    let mut body = http_body_util::Limited::new(body, bytes);
+    let _ = tokio::time::timeout(timeout, async { while let Some(Ok(_frame)) = body.frame().await {} }).await;
 }
 
 /// The `Content-Length` a request declares, if any.

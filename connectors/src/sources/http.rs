@@ -7,7 +7,7 @@
 //! bearer_token = "${SLUICE_HTTP_TOKEN}"   # optional: then `Authorization: Bearer <token>` is required
 //! # or several, each named (the name, never the token, is what the audit log shows):
 //! # bearer_tokens = [{ name = "shipper-a", token = "${TOKEN_A}" }, { name = "shipper-b", token = "${TOKEN_B}" }]
-//! max_body_mb = 16                       # larger bodies get 413 (before they are read)
+//! max_body_mb = 16                       # larger bodies get 413 (from their declared length)
 //! max_inflight_mb = 256                  # past this, requests get 503 with Retry-After
 //! tls = { cert = "...", key = "..." }    # optional
 //! max_connections = 4096                 # the listener's limits (crate::api::listener)
