@@ -101,10 +101,35 @@ pub fn python() -> PathBuf {
     if venv.exists() { venv } else { PathBuf::from("python3") }
 }
 
-/// A free port on 127.0.0.1.
+/// A free port on 127.0.0.1, with the [`PORT_STRIDE`] − 1 ports above it free for the caller too
+/// (`serve --cluster` uses port + i for pipeline i).
+///
+/// Ports come from below Linux's ephemeral range (32768–60999): a port the kernel picks for
+/// `bind(0)` is released before the process under test binds it, and in between any outgoing
+/// connection of the tests running beside it may take it as its source port (the suite saw
+/// `Address already in use` that way). Below that range only listeners take ports, and each block
+/// is handed out once per run, from an offset that differs between runs.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const HIGH: u32 = 32_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let blocks = (HIGH - LOW) / PORT_STRIDE;
+    let seed = (std::process::id().wrapping_mul(2_654_435_761) >> 8) % blocks;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let block = (seed + n) % blocks;
+        let port = (LOW + block * PORT_STRIDE) as u16;
+        let room = (0..PORT_STRIDE as u16).all(|i| std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok());
+        if room {
+            return port;
+        }
+        assert!(n < blocks, "no free block of {PORT_STRIDE} ports below {HIGH} on 127.0.0.1");
+    }
 }
+
+/// Ports [`free_port`] keeps free above the one it returns, itself included.
+pub const PORT_STRIDE: u32 = 16;
 
 /// A pipeline `name` whose `firehose` source listens on `port` (its log under `data`), delivered as
 /// NDJSON to `file://<out>`; `pipeline_keys`, `source_keys` and `sink_keys` are added lines.
