@@ -85,21 +85,27 @@ struct Walk {
 }
 
 impl SearchTree {
-    /// The child `side` (0: left, 1: right) of `node`; `None` past the end of the file.
+    /// The child `side` (0: left, 1: right) of `node`; `None` past the end of the file (or for a
+    /// record size the format does not have).
     #[inline(always)]
     fn child(&self, node: usize, side: usize) -> Option<usize> {
         let at = node * self.node_bytes;
         let b = self.bytes.get(at..at + self.node_bytes)?;
-        let be = |b: &[u8]| b.iter().fold(0usize, |v, &x| (v << 8) | usize::from(x));
-        Some(match (self.record_bits, side) {
-            (24, 0) => be(&b[..3]),
-            (24, _) => be(&b[3..6]),
-            // 28 bits: the middle byte's high nibble tops the left record, its low nibble the right.
-            (28, 0) => (usize::from(b[3] >> 4) << 24) | be(&b[..3]),
-            (28, _) => (usize::from(b[3] & 0x0f) << 24) | be(&b[4..7]),
-            (_, 0) => be(&b[..4]),
-            _ => be(&b[4..8]),
-        })
+        let be = |range: std::ops::Range<usize>| {
+            b.get(range).map(|b| b.iter().fold(0usize, |v, &x| (v << 8) | usize::from(x)))
+        };
+        // 28 bits: the middle byte's high nibble tops the left record, its low nibble the right.
+        let nibble = |shift: u8| b.get(3).map(|&m| usize::from((m >> shift) & 0x0f) << 24);
+        match (self.record_bits, side) {
+            (24, 0) => be(0..3),
+            (24, _) => be(3..6),
+            (28, 0) => Some(nibble(4)? | be(0..3)?),
+            (28, _) => Some(nibble(0)? | be(4..7)?),
+            (32, 0) => be(0..4),
+            (32, _) => be(4..8),
+            // The crate opens no other record size.
+            _ => None,
+        }
     }
 
     /// Where a walk of `address` starts; `None` for an IPv6 address in an IPv4 database.
