@@ -321,11 +321,27 @@ format = "ndjson"
     assert_eq!(post(b"{\"z\":1}".to_vec(), Some("t0ken"), Some("zstd")), 415);
     // Refused from its declared length; the listener reads the rest and drops it, so the client,
     // still writing the body, reads the 413 rather than a broken pipe it would retry (CI once saw
-    // the broken pipe, before the listener lingered; the race is too rare to force here).
+    // the broken pipe, before the listener lingered; the raw connection below forces the case).
     assert_eq!(post(vec![b'x'; (1 << 20) + 1], Some("t0ken"), None), 413);
     for _ in 0..3 {
         assert_eq!(post(vec![b'x'; 8 << 20], Some("t0ken"), None), 413);
     }
+    // The same without the race: the 413 is read before a byte of the body is sent, and the whole
+    // body can still be written afterwards (a listener that closed at once would reset it).
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nauthorization: Bearer t0ken\r\ncontent-length: {}\r\n\r\n",
+        8 << 20
+    );
+    std::io::Write::write_all(&mut raw, head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") && raw.read(&mut byte).unwrap() == 1 {
+        answer.push(byte[0]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 413"), "{}", String::from_utf8_lossy(&answer));
+    std::io::Write::write_all(&mut raw, &vec![b'x'; 8 << 20]).expect("the rest of a refused body is read, not reset");
     let (code, printed) = running.stop();
     assert_eq!(code, 0, "{printed}");
     let expected: Vec<String> = [
