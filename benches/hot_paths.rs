@@ -3,6 +3,9 @@
 //!   compression (the work a worker does per record for text formats);
 //! - `json_to_parquet`: CloudFront-style records into Parquet objects against the declared schema
 //!   (JSON → Arrow columns → Parquet pages), snappy and zstd;
+//! - `transforms`: CloudTrail records through one transform worker (`redact` with every built-in
+//!   detector, the `jq` reshape of `sluice bench`'s transform scenario), the per-record work of the
+//!   transform stage;
 //! - `object_keys`: rendering a Firehose prefix with timestamp expressions into an object key;
 //! - `log_append`: write-ahead log entries of one PutRecordBatch (~140 KB), without a sync and with
 //!   one fsync per 16 entries (group commit).
@@ -22,6 +25,8 @@ use sluice_connectors::registry;
 use sluice_connectors::synth::{Profile, write_ndjson};
 use sluice_engine::buffer::ObjectBatcher;
 use sluice_engine::config::SinkSettings;
+use sluice_engine::contract::{TransformContext, TransformOutput};
+use sluice_engine::metrics::TransformMetrics;
 use sluice_engine::record::RecordBatch;
 use sluice_engine::testkit::plan_from_str;
 use sluice_engine::wal::Wal;
@@ -92,6 +97,43 @@ fn json_to_parquet(c: &mut Criterion) {
     group.finish();
 }
 
+/// One worker of the transform `[transforms.t]` (`keys` its table) over every batch.
+fn transforms(c: &mut Criterion) {
+    let (records, bytes) = batches(Profile::Cloudtrail, 20_000);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut group = c.benchmark_group("transforms");
+    group.throughput(Throughput::Bytes(bytes)).sample_size(10).measurement_time(Duration::from_secs(5));
+    let reshape = "{time: .eventTime, user: .userIdentity.userName, event: .eventName, ip: .sourceIPAddress, region: .awsRegion, key: .userIdentity.accessKeyId}";
+    for (name, keys) in [
+        ("redact, every detector", "type = \"redact\"".to_string()),
+        ("jq reshape", format!("type = \"jq\"\nquery = '{reshape}'")),
+    ] {
+        let toml = format!(
+            "[pipeline]\nname = \"bench\"\n[sources.in]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 1\n\
+             [transforms.t]\ninputs = [\"in\"]\n{keys}\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"t\"]\nurl = \"memory://bench\"\n"
+        );
+        let plan = plan_from_str(&toml, &registry()).expect("bench pipeline");
+        let context = TransformContext {
+            worker: 0,
+            workers: 1,
+            runtime: runtime.handle().clone(),
+            wake: Arc::new(|| {}),
+            metrics: Arc::new(TransformMetrics::default()),
+        };
+        let mut worker = plan.transforms[0].transform.open(&context).expect("open the transform");
+        let mut out = TransformOutput::default();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for (epoch, batch) in records.iter().enumerate() {
+                    worker.push(batch.clone(), epoch as u64, &mut out);
+                    out.take();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 fn object_keys(c: &mut Criterion) {
     let settings = sink_settings(
         "format = \"ndjson\"\nprefix = \"logs/!{timestamp:'year='yyyy'/month='MM'/day='dd'/hour='HH}/\"\nerror_prefix = \"errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/\"",
@@ -134,5 +176,5 @@ fn log_append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(hot_paths, encode_compress, json_to_parquet, object_keys, log_append);
+criterion_group!(hot_paths, encode_compress, json_to_parquet, transforms, object_keys, log_append);
 criterion_main!(hot_paths);

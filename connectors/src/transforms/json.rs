@@ -8,6 +8,8 @@
 
 use std::ops::Range;
 
+use super::words;
+
 /// Deepest nesting scanned (deeper documents are reported as [`Scanned::TooDeep`]).
 pub const MAX_DEPTH: usize = 128;
 
@@ -149,27 +151,18 @@ pub fn skip_string(bytes: &[u8], at: &mut usize) -> Result<bool, Scanned> {
 }
 
 /// The index of the first byte at or after `i` that is a quote, a backslash or a control character
-/// (`bytes.len()` if none): eight bytes per step with word-wide tests (the lowest flagged byte of a
-/// word is always exact, which is the one taken).
+/// (`bytes.len()` if none), sixteen bytes per step.
 fn next_special(bytes: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-        let special = zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\'))) | below_space;
+    while i < bytes.len() {
+        let block = words::block_at(bytes, i);
+        let special = words::equal(block, b'"') | words::equal(block, b'\\') | words::below(block, 0x20);
         if special != 0 {
-            return i + (special.trailing_zeros() / 8) as usize;
+            // Past the end the block reads zero, which is below 0x20: clamp to the end.
+            return (i + special.trailing_zeros() as usize).min(bytes.len());
         }
-        i += 8;
+        i += words::BLOCK;
     }
-    while i < bytes.len() && !(bytes[i] == b'"' || bytes[i] == b'\\' || bytes[i] < 0x20) {
-        i += 1;
-    }
-    i
+    bytes.len()
 }
 
 /// Validates `bytes` as one JSON value and, when it is an object, lists its members into `out`

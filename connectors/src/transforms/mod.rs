@@ -1,6 +1,7 @@
 //! Transforms, one file each: what runs between sources and sinks (contract:
 //! `sluice_engine::contract::Transform`), listed in [`crate::registry`]; [`json`] is the scanner
-//! the JSON transforms share, [`mmdb`] the MaxMind DB search the enrich transform walks.
+//! the JSON transforms share, [`mmdb`] the MaxMind DB search the enrich transform walks, [`words`]
+//! the eight-bytes-at-a-time byte tests the scanners use.
 
 pub mod cloudwatch_logs;
 pub mod dedup;
@@ -12,3 +13,4 @@ pub mod lambda;
 pub mod mmdb;
 pub mod redact;
 pub mod tables;
+pub mod words;
