@@ -121,6 +121,7 @@ fn skip_number(bytes: &[u8], at: &mut usize) -> Result<(), Scanned> {
 }
 
 /// Skips a string starting at its quote; whether it holds an escape.
+#[inline]
 pub fn skip_string(bytes: &[u8], at: &mut usize) -> Result<bool, Scanned> {
     let mut escaped = false;
     let mut i = *at + 1;
@@ -152,6 +153,7 @@ pub fn skip_string(bytes: &[u8], at: &mut usize) -> Result<bool, Scanned> {
 
 /// The index of the first byte at or after `i` that is a quote, a backslash or a control character
 /// (`bytes.len()` if none), sixteen bytes per step.
+#[inline]
 fn next_special(bytes: &[u8], mut i: usize) -> usize {
     while i < bytes.len() {
         let block = words::block_at(bytes, i);

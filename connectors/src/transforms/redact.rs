@@ -117,27 +117,61 @@ pub fn luhn(digits: &[u32]) -> bool {
 /// `wanted[k]` is the detector index that built-in `k` reports as, if it runs.
 fn scan(text: &[u8], wanted: &[Option<usize>; 8], out: &mut Vec<(Range<usize>, usize)>) {
     // Each detector is looked for from the bytes it must start with (or, for e-mail addresses and
-    // IPv6 addresses, contain); where they are is found eight bytes at a time (`memchr`, `memmem`,
-    // `words`), so the bytes between them cost no branch each. The matches come out in any order:
-    // every caller settles them (`settle`).
+    // IPv6 addresses, contain): digits, `+`, `(`, `@` and `:` are located sixteen bytes at a time
+    // (`words`), `AKIA`, `ASIA` and `eyJ` by `memmem`, so the bytes between them cost no branch
+    // each. The matches come out in any order, a match possibly twice: every caller settles them
+    // (`settle`).
     let at = |i: usize| text.get(i).copied().unwrap_or(0);
     let before = |i: usize| if i == 0 { 0 } else { text[i - 1] };
-    if [SSN, CREDIT_CARD, PHONE, IPV4].iter().any(|&k| wanted[k].is_some()) {
-        for i in digit_runs_worth_a_look(text) {
-            digit_shapes_at(text, i, wanted, out);
-        }
-    }
-    if let Some(d) = wanted[PHONE] {
-        for i in memchr::memchr2_iter(b'+', b'(', text).filter(|&i| !before(i).is_ascii_digit()) {
-            let end =
-                if text[i] == b'+' { e164_at(text, i).or_else(|| us_phone_at(text, i)) } else { us_phone_at(text, i) };
-            if let Some(end) = end {
-                out.push((i..end, d));
+    let digit_based = [SSN, CREDIT_CARD, PHONE, IPV4].iter().any(|&k| wanted[k].is_some());
+    // IPv6 runs already looked at end before this.
+    let mut v6_done = 0;
+    for block_start in (0..text.len()).step_by(words::BLOCK) {
+        let block = words::block_at(text, block_start);
+        if digit_based {
+            for i in digit_runs_worth_a_look(text, block_start, block) {
+                digit_shapes_at(text, i, wanted, out);
             }
         }
-    }
-    if let Some(d) = wanted[EMAIL] {
-        out.extend(memchr::memchr_iter(b'@', text).filter_map(|i| email_around(text, i)).map(|range| (range, d)));
+        let mut marks = 0;
+        if wanted[PHONE].is_some() {
+            marks |= words::equal(block, b'+') | words::equal(block, b'(');
+        }
+        if wanted[EMAIL].is_some() {
+            marks |= words::equal(block, b'@');
+        }
+        if wanted[IPV6].is_some() {
+            marks |= words::equal(block, b':');
+        }
+        for i in words::offsets(marks).map(|k| block_start + k) {
+            match (text[i], wanted[PHONE], wanted[EMAIL], wanted[IPV6]) {
+                (b'+' | b'(', Some(d), _, _) if !before(i).is_ascii_digit() => {
+                    let end = if text[i] == b'+' {
+                        e164_at(text, i).or_else(|| us_phone_at(text, i))
+                    } else {
+                        us_phone_at(text, i)
+                    };
+                    if let Some(end) = end {
+                        out.push((i..end, d));
+                    }
+                }
+                (b'@', _, Some(d), _) => {
+                    if let Some(range) = email_around(text, i) {
+                        out.push((range, d));
+                    }
+                }
+                // A colon with neither neighbour in a run of hex digits, colons and dots (`":"`
+                // between a JSON key and its value) is no IPv6 address.
+                (b':', _, _, Some(d)) if i >= v6_done && (is_v6(before(i)) || is_v6(at(i + 1))) => {
+                    let (range, end) = ipv6_around(text, i);
+                    v6_done = end;
+                    if let Some(range) = range {
+                        out.push((range, d));
+                    }
+                }
+                _ => {}
+            }
+        }
     }
     if let Some(d) = wanted[AWS_ACCESS_KEY] {
         for finder in [&FINDERS.akia, &FINDERS.asia] {
@@ -161,34 +195,26 @@ fn scan(text: &[u8], wanted: &[Option<usize>; 8], out: &mut Vec<(Range<usize>, u
             }
         }
     }
-    if let Some(d) = wanted[IPV6] {
-        // An IPv6 address is a run of hex digits, colons and dots around a colon; a colon with
-        // neither neighbour in such a run (`":"` between a JSON key and its value) is not one.
-        let mut v6_done = 0;
-        for i in memchr::memchr_iter(b':', text) {
-            if i < v6_done || !(is_v6(before(i)) || is_v6(at(i + 1))) {
-                continue;
-            }
-            let start = i - text[..i].iter().rev().take_while(|&&c| is_v6(c)).count();
-            let end = i + text[i..].iter().take_while(|&&c| is_v6(c)).count();
-            v6_done = end;
-            let glued_before = start > 0 && text[start - 1].is_ascii_alphanumeric();
-            if glued_before || at(end).is_ascii_alphanumeric() {
-                continue;
-            }
-            let mut last = end;
-            while last > start && text[last - 1] == b'.' {
-                last -= 1;
-            }
-            let run = &text[start..last];
-            let parses = run.iter().filter(|&&c| c == b':').count() >= 2
-                && run.iter().any(u8::is_ascii_hexdigit)
-                && std::str::from_utf8(run).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
-            if parses {
-                out.push((start..last, d));
-            }
-        }
+}
+
+/// The IPv6 address in the run of hex digits, colons and dots around the colon at `i`, if the run
+/// is one standing alone (trailing dots dropped); and where the run ends.
+fn ipv6_around(text: &[u8], i: usize) -> (Option<Range<usize>>, usize) {
+    let start = i - text[..i].iter().rev().take_while(|&&c| is_v6(c)).count();
+    let end = i + text[i..].iter().take_while(|&&c| is_v6(c)).count();
+    let glued_before = start > 0 && text[start - 1].is_ascii_alphanumeric();
+    if glued_before || text.get(end).is_some_and(u8::is_ascii_alphanumeric) {
+        return (None, end);
     }
+    let mut last = end;
+    while last > start && text[last - 1] == b'.' {
+        last -= 1;
+    }
+    let run = &text[start..last];
+    let parses = run.iter().filter(|&&c| c == b':').count() >= 2
+        && run.iter().any(u8::is_ascii_hexdigit)
+        && std::str::from_utf8(run).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+    (parses.then_some(start..last), end)
 }
 
 /// The digit-based detectors' matches starting at the digit run at `i` (not preceded by a digit).
@@ -218,36 +244,28 @@ fn digit_shapes_at(text: &[u8], i: usize, wanted: &[Option<usize>; 8], out: &mut
     }
 }
 
-/// The starts of the digit runs a digit-based detector may begin with, ascending: every shape
-/// [`scan`] looks for starts with a run followed by `-`, `.`, ` ` or `(` (an SSN's area, a card's
-/// or a phone number's first group, an IPv4 address's first octet, a phone number's `1`), or with
-/// 13 digits or more in a row (an ungrouped card number). Found sixteen bytes at a time: a block
-/// without a digit costs a few instructions, and a run of 13 digits puts 7 or more of them in one
-/// block (it touches two blocks at most), so only such blocks are looked at closely.
-fn digit_runs_worth_a_look(text: &[u8]) -> impl Iterator<Item = usize> {
-    let mut starts = Vec::new();
-    let start_of = |end: usize| end - text[..end].iter().rev().take_while(|b| b.is_ascii_digit()).count();
-    for block_start in (0..text.len()).step_by(words::BLOCK) {
-        let digits = words::within(words::block_at(text, block_start), b'0', b'9');
-        if digits == 0 {
-            continue;
-        }
+/// The starts of the digit runs in the sixteen bytes `block` at `block_start` that a digit-based
+/// detector may begin with (one run possibly twice): every shape [`scan`] looks for starts with a
+/// run followed by `-`, `.`, ` ` or `(` (an SSN's area, a card's or a phone number's first group,
+/// an IPv4 address's first octet, a phone number's `1`), or with 13 digits or more in a row (an
+/// ungrouped card number). A block without a digit costs a few instructions, and a run of 13
+/// digits puts 7 or more of them in one block (it touches two at most), so only such blocks are
+/// looked at closely for long runs.
+fn digit_runs_worth_a_look(text: &[u8], block_start: usize, block: wide::u8x16) -> impl Iterator<Item = usize> {
+    let digits = words::within(block, b'0', b'9');
+    let start_of = move |end: usize| end - text[..end].iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let separated = if digits == 0 {
+        0
+    } else {
         let next = words::block_at(text, block_start + 1);
-        let separated = words::within(next, b'-', b'.') | words::equal(next, b' ') | words::equal(next, b'(');
-        starts.extend(words::offsets(digits & separated).map(|k| start_of(block_start + k)));
-        if digits.count_ones() >= 7 {
-            // The runs starting in this block, and the one running into it.
-            for k in words::offsets(digits & !(digits << 1)) {
-                let start = start_of(block_start + k);
-                if digit_run(text, start, 13) == 13 {
-                    starts.push(start);
-                }
-            }
-        }
-    }
-    starts.sort_unstable();
-    starts.dedup();
-    starts.into_iter()
+        words::within(next, b'-', b'.') | words::equal(next, b' ') | words::equal(next, b'(')
+    };
+    // The runs starting in this block, and the one running into it, when they may be long.
+    let firsts = if digits.count_ones() >= 7 { digits & !(digits << 1) } else { 0 };
+    let long = words::offsets(firsts)
+        .map(move |k| start_of(block_start + k))
+        .filter(move |&start| digit_run(text, start, 13) == 13);
+    words::offsets(digits & separated).map(move |k| start_of(block_start + k)).chain(long)
 }
 
 /// Substring finders built once (building one per record cost more than the search).
@@ -1137,6 +1155,21 @@ mod tests {
         found
     }
 
+    /// What [`digit_shapes_at`] finds at the runs the scan looks at.
+    fn digit_shapes_looked_at(text: &[u8], wanted: &[Option<usize>; 8]) -> Vec<(Range<usize>, usize)> {
+        let mut starts: Vec<usize> = (0..text.len())
+            .step_by(words::BLOCK)
+            .flat_map(|at| digit_runs_worth_a_look(text, at, words::block_at(text, at)))
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        let mut found = Vec::new();
+        for i in starts {
+            digit_shapes_at(text, i, wanted, &mut found);
+        }
+        found
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -1144,11 +1177,7 @@ mod tests {
         #[test]
         fn the_digit_runs_looked_at_miss_no_match(text in "[0-9 .()+x-]{0,120}|[0-9]{0,30}[ .-][0-9]{0,30}|[x ]{0,9}1[ .(-]{0,2}[2-9][0-9]{2}[) .-]{0,2}[2-9][0-9]{2}[ .-][0-9]{4}") {
             let wanted = [None, None, None, Some(3), Some(4), None, Some(6), Some(7)];
-            let mut found = Vec::new();
-            for i in digit_runs_worth_a_look(text.as_bytes()) {
-                digit_shapes_at(text.as_bytes(), i, &wanted, &mut found);
-            }
-            prop_assert_eq!(found, digit_shapes_everywhere(text.as_bytes(), &wanted));
+            prop_assert_eq!(digit_shapes_looked_at(text.as_bytes(), &wanted), digit_shapes_everywhere(text.as_bytes(), &wanted));
         }
     }
 
@@ -1159,11 +1188,12 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let wanted = [None, None, None, Some(3), Some(4), None, Some(6), Some(7)];
         for record in text.split(|&b| b == b'\n') {
-            let mut found = Vec::new();
-            for i in digit_runs_worth_a_look(record) {
-                digit_shapes_at(record, i, &wanted, &mut found);
-            }
-            assert_eq!(found, digit_shapes_everywhere(record, &wanted), "{}", String::from_utf8_lossy(record));
+            assert_eq!(
+                digit_shapes_looked_at(record, &wanted),
+                digit_shapes_everywhere(record, &wanted),
+                "{}",
+                String::from_utf8_lossy(record)
+            );
         }
     }
 
