@@ -126,7 +126,7 @@ pub fn skip_string(bytes: &[u8], at: &mut usize) -> Result<bool, Scanned> {
     let mut escaped = false;
     let mut i = *at + 1;
     loop {
-        // The next quote, backslash or control character, eight bytes at a time.
+        // The next quote, backslash or control character, sixteen bytes at a time.
         i = next_special(bytes, i);
         if i >= bytes.len() {
             return Err(Scanned::Invalid);
