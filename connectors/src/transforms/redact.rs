@@ -1181,6 +1181,35 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The colons the scan skips (no neighbour in a hex/colon/dot run) are in no IPv6 address:
+        /// it finds what looking around every colon finds.
+        #[test]
+        fn the_colons_looked_at_miss_no_ipv6_address(
+            text in "[0-9a-fA-Fg:. x\"]{0,70}|[ x\"]{0,3}([0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}[ x\"]{0,3}|[ x\"]{0,3}[0-9a-f]{0,4}::[0-9a-f]{0,4}(:[0-9a-f]{1,4}){0,3}|x?([0-9]{1,4}:){7}[0-9]{1,4}|x?([a-f]{1,4}:){7}[a-f]{1,4}|x?([A-F]{1,4}:){7}[A-F]{1,4}|x?::ffff:[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}"
+        ) {
+            let text = text.as_bytes();
+            let wanted = [None, None, None, None, None, Some(5), None, None];
+            let mut found = Vec::new();
+            scan(text, &wanted, &mut found);
+            settle(&mut found);
+            let mut everywhere = Vec::new();
+            let mut v6_done = 0;
+            for i in (0..text.len()).filter(|&i| text[i] == b':') {
+                if i < v6_done {
+                    continue;
+                }
+                let (range, end) = ipv6_around(text, i);
+                v6_done = end;
+                everywhere.extend(range.map(|r| (r, 5)));
+            }
+            settle(&mut everywhere);
+            prop_assert_eq!(found, everywhere);
+        }
+    }
+
     #[test]
     fn the_digit_runs_looked_at_miss_no_match_in_cloudtrail() {
         let mut text = Vec::new();
