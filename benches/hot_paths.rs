@@ -25,10 +25,11 @@ use sluice_connectors::registry;
 use sluice_connectors::synth::{Profile, write_ndjson};
 use sluice_engine::buffer::ObjectBatcher;
 use sluice_engine::config::SinkSettings;
-use sluice_engine::contract::{TransformContext, TransformOutput};
+use sluice_engine::contract::TransformOutput;
 use sluice_engine::metrics::TransformMetrics;
 use sluice_engine::record::RecordBatch;
 use sluice_engine::testkit::plan_from_str;
+use sluice_engine::testkit::transform::lone_worker;
 use sluice_engine::wal::Wal;
 
 /// `records` generated records of `profile` as batches of 500 (one PutRecordBatch each), and their bytes.
@@ -113,13 +114,7 @@ fn transforms(c: &mut Criterion) {
              [transforms.t]\ninputs = [\"in\"]\n{keys}\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"t\"]\nurl = \"memory://bench\"\n"
         );
         let plan = plan_from_str(&toml, &registry()).expect("bench pipeline");
-        let context = TransformContext {
-            worker: 0,
-            workers: 1,
-            runtime: runtime.handle().clone(),
-            wake: Arc::new(|| {}),
-            metrics: Arc::new(TransformMetrics::default()),
-        };
+        let context = lone_worker(runtime.handle().clone(), Arc::new(TransformMetrics::default()));
         let mut worker = plan.transforms[0].transform.open(&context).expect("open the transform");
         let mut out = TransformOutput::default();
         group.bench_function(name, |b| {

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sluice_connectors::registry;
 use sluice_connectors::synth::Profile;
-use sluice_engine::contract::{Transform, TransformContext, TransformOutput};
+use sluice_engine::contract::{Transform, TransformOutput};
 use sluice_engine::metrics::TransformMetrics;
 use sluice_engine::record::{RecordBatch, Records};
-use sluice_engine::testkit::transform::{TransformCheck, conformance, run_transform};
+use sluice_engine::testkit::transform::{TransformCheck, conformance, lone_worker, run_transform};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::support::{memory_objects, python, repo_root};
@@ -147,13 +147,7 @@ fn worker(
     metrics: &Arc<TransformMetrics>,
 ) -> (Box<dyn sluice_engine::contract::TransformWorker>, tokio::runtime::Runtime) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let context = TransformContext {
-        worker: 0,
-        workers: 1,
-        runtime: runtime.handle().clone(),
-        wake: Arc::new(|| {}),
-        metrics: Arc::clone(metrics),
-    };
+    let context = lone_worker(runtime.handle().clone(), Arc::clone(metrics));
     (transform.open(&context).unwrap(), runtime)
 }
 

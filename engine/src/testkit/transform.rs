@@ -45,13 +45,7 @@ pub fn run_transform(
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let context = TransformContext {
-        worker: 0,
-        workers: 1,
-        runtime: runtime.handle().clone(),
-        wake: Arc::new(|| {}),
-        metrics: Arc::new(TransformMetrics::default()),
-    };
+    let context = lone_worker(runtime.handle().clone(), Arc::new(TransformMetrics::default()));
     let mut worker = transform.open(&context).map_err(|e| e.to_string())?;
     let mut out = TransformOutput::default();
     let mut run = TransformRun::default();
@@ -94,6 +88,12 @@ pub fn run_transform(
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     collect(answered, run)
+}
+
+/// The context of worker 0 of 1 (a transform opened by hand: tests, benchmarks): its async tasks
+/// on `runtime`, nothing to wake, its counters in `metrics`.
+pub fn lone_worker(runtime: tokio::runtime::Handle, metrics: Arc<TransformMetrics>) -> TransformContext {
+    TransformContext { worker: 0, workers: 1, runtime, wake: Arc::new(|| {}), metrics }
 }
 
 /// What came out of a run, into `run`.
