@@ -8,7 +8,8 @@
 //! stay within `max_open_bytes`: when a partition's records take them over it, the largest
 //! partitions are sealed early until they fit; a partition that holds nothing is forgotten, so
 //! memory follows the open partitions, not all partitions ever seen. Due partitions (interval,
-//! end of input) are sealed at most `room` at a time, as the caller's delivery queue allows.
+//! end of input) are sealed within the caller's [`SealRoom`]: as many objects as its delivery queue
+//! takes, about as many bytes as it wants compressed before it hands them on.
 //! Failed records, source backups and records without keys go through one shared batcher to the
 //! sink's error output.
 
@@ -50,6 +51,53 @@ struct Aggregates {
     oldest_epoch: Option<u64>,
     oldest_arrival_ms: Option<i64>,
     next_deadline: Option<Instant>,
+}
+
+/// How much one call may seal: objects the sink's delivery queue still takes, and bytes of open
+/// partitions to finish (each sealed partition's last block is compressed then). The bytes bound
+/// lets a worker hand its first sealed objects to the deliver operator, whose writes then overlap
+/// the compression of the rest, instead of finishing hundreds of partitions before any is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealRoom {
+    /// Objects (at most one per partition).
+    pub objects: usize,
+    /// Bytes of open partitions; at least one partition is sealed whatever its size.
+    pub bytes: u64,
+}
+
+impl SealRoom {
+    /// Room for `objects` objects, however large.
+    pub fn objects(objects: usize) -> Self {
+        SealRoom { objects, bytes: u64::MAX }
+    }
+
+    /// Why nothing more may be sealed, if so.
+    fn exhausted(&self) -> Option<Sealing> {
+        if self.objects == 0 {
+            Some(Sealing::QueueFull)
+        } else if self.bytes == 0 {
+            Some(Sealing::SliceFull)
+        } else {
+            None
+        }
+    }
+
+    /// Counts one partition of `bytes` sealed.
+    fn take(&mut self, bytes: u64) {
+        self.objects -= 1;
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+}
+
+/// Whether a seal call left due partitions open, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sealing {
+    /// Everything due is sealed.
+    Done,
+    /// The delivery queue is full: wait until it has room.
+    QueueFull,
+    /// This call's bytes are sealed: call again once the sealed objects are handed on.
+    SliceFull,
 }
 
 impl std::fmt::Debug for PartitionedBatchers {
@@ -177,48 +225,63 @@ impl PartitionedBatchers {
         self.open_bytes = self.partitions.values().map(|b| partition_bytes(b)).sum();
     }
 
-    /// Seals what has waited the interval, at most `room` partitions' worth, and forgets
-    /// partitions that hold nothing; `Ok(false)` when due partitions were left open.
-    pub fn seal_expired(&mut self, now: Instant, sealed: &mut Vec<SealedObject>, room: usize) -> std::io::Result<bool> {
+    /// Seals what has waited the interval, within `room`, and forgets partitions that hold
+    /// nothing; says whether due partitions were left open, and why.
+    pub fn seal_expired(
+        &mut self,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+        room: SealRoom,
+    ) -> std::io::Result<Sealing> {
         if self.next_deadline().is_none_or(|d| d > now) {
-            return Ok(true);
+            return Ok(Sealing::Done);
         }
         self.aggregates.set(None);
         self.shared.seal_expired(now, sealed)?;
         let mut left = room;
-        let mut all = true;
+        let mut outcome = Sealing::Done;
         for batcher in self.partitions.values_mut() {
             if batcher.next_deadline().is_none_or(|d| d > now) {
                 continue;
             }
-            if left == 0 {
-                all = false;
+            if let Some(stop) = left.exhausted() {
+                outcome = stop;
                 break;
             }
+            left.take(partition_bytes(batcher));
             batcher.seal_expired(now, sealed)?;
-            left -= 1;
         }
         self.partitions.retain(|_, b| b.buffered_records() > 0);
         self.recount();
-        Ok(all)
+        Ok(outcome)
     }
 
-    /// Seals everything (end of input), at most `room` partitions at a time: `Ok(false)` when
-    /// partitions are left open for a later call.
-    pub fn seal_all(&mut self, sealed: &mut Vec<SealedObject>, room: usize) -> std::io::Result<bool> {
-        if room == 0 && self.shared.buffered_records() == 0 {
-            return Ok(self.partitions.is_empty());
+    /// Seals everything (end of input) within `room`; says whether partitions were left open for
+    /// a later call, and why.
+    pub fn seal_all(&mut self, sealed: &mut Vec<SealedObject>, room: SealRoom) -> std::io::Result<Sealing> {
+        if room.objects == 0 && self.shared.buffered_records() == 0 {
+            return Ok(if self.partitions.is_empty() { Sealing::Done } else { Sealing::QueueFull });
         }
         self.aggregates.set(None);
         self.shared.seal_all(sealed)?;
-        let keys: Vec<PartitionKeys> = self.partitions.keys().take(room).cloned().collect();
-        for keys in keys {
+        let mut left = room;
+        let mut outcome = Sealing::Done;
+        let mut chosen = Vec::new();
+        for (keys, batcher) in &self.partitions {
+            if let Some(stop) = left.exhausted() {
+                outcome = stop;
+                break;
+            }
+            left.take(partition_bytes(batcher));
+            chosen.push(Arc::clone(keys));
+        }
+        for keys in chosen {
             if let Some(mut batcher) = self.partitions.remove(&keys) {
                 self.open_bytes = self.open_bytes.saturating_sub(partition_bytes(&batcher));
                 batcher.seal_all(sealed)?;
             }
         }
-        Ok(self.partitions.is_empty())
+        Ok(outcome)
     }
 
     fn aggregates(&self) -> Aggregates {
@@ -325,7 +388,7 @@ mod tests {
         assert!(sealed.is_empty());
         assert_eq!(p.open_partitions(), 1000);
         let mut rounds = 0;
-        while !p.seal_all(&mut sealed, 300).unwrap_or_else(|e| panic!("{e}")) {
+        while p.seal_all(&mut sealed, SealRoom::objects(300)).unwrap_or_else(|e| panic!("{e}")) == Sealing::QueueFull {
             rounds += 1;
             assert!(sealed.len() <= 300 * rounds, "{} sealed after {rounds} rounds", sealed.len());
             // What is still open still holds its epoch.
@@ -335,7 +398,7 @@ mod tests {
         // Nothing is sealed while the queue has no room.
         let mut p = partitioned(1 << 30);
         p.append(&one_record_per_partition(10), 1, Instant::now(), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!p.seal_all(&mut sealed, 0).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(p.seal_all(&mut sealed, SealRoom::objects(0)).unwrap_or_else(|e| panic!("{e}")), Sealing::QueueFull);
         assert_eq!(p.open_partitions(), 10);
         // Every sealed object is a complete gzip member holding its partition's one record.
         for object in &sealed {
@@ -352,16 +415,60 @@ mod tests {
         let opened = Instant::now();
         p.append(&one_record_per_partition(1000), 3, opened, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
         // Not due yet: nothing sealed, whatever the room.
-        assert!(p.seal_expired(opened, &mut sealed, 5000).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(
+            p.seal_expired(opened, &mut sealed, SealRoom::objects(5000)).unwrap_or_else(|e| panic!("{e}")),
+            Sealing::Done
+        );
         assert!(sealed.is_empty());
         let later = opened + Duration::from_millis(20);
         let mut calls = 1;
-        while !p.seal_expired(later, &mut sealed, 400).unwrap_or_else(|e| panic!("{e}")) {
+        while p.seal_expired(later, &mut sealed, SealRoom::objects(400)).unwrap_or_else(|e| panic!("{e}"))
+            == Sealing::QueueFull
+        {
             assert_eq!(sealed.len(), 400 * calls);
             assert_eq!(p.oldest_epoch(), Some(3), "what waits still holds its epoch");
             calls += 1;
         }
         assert_eq!((calls, sealed.len(), p.open_partitions(), p.oldest_epoch()), (3, 1000, 0, None));
+    }
+
+    #[test]
+    fn due_partitions_are_sealed_in_slices_of_about_the_room_in_bytes() {
+        let mut sealed = Vec::new();
+        let mut p = partitioned(1 << 30);
+        p.append(&one_record_per_partition(1000), 5, Instant::now(), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        let each = p.buffered_bytes() / 1000;
+        // Room for 1,000 objects but the bytes of about 100 partitions: ten slices.
+        let room = SealRoom { objects: 1000, bytes: 100 * each };
+        let mut slices = vec![];
+        loop {
+            let before = sealed.len();
+            let outcome = p.seal_all(&mut sealed, room).unwrap_or_else(|e| panic!("{e}"));
+            slices.push(sealed.len() - before);
+            if outcome == Sealing::Done {
+                break;
+            }
+            assert_eq!(outcome, Sealing::SliceFull);
+            assert_eq!(p.oldest_epoch(), Some(5), "what waits still holds its epoch");
+        }
+        assert_eq!(sealed.len(), 1000);
+        assert!(slices.iter().all(|&n| n <= 101), "{slices:?}");
+        assert!((10..=11).contains(&slices.len()), "{slices:?}");
+        // One partition larger than the slice is still sealed, alone.
+        let mut p = partitioned(1 << 30);
+        p.append(&one_record_per_partition(3), 5, Instant::now(), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        let tiny = SealRoom { objects: 1000, bytes: 1 };
+        let outcomes: Vec<Sealing> =
+            (0..3).map(|_| p.seal_all(&mut sealed, tiny).unwrap_or_else(|e| panic!("{e}"))).collect();
+        assert_eq!(outcomes, [Sealing::SliceFull, Sealing::SliceFull, Sealing::Done]);
+        // Interval-due partitions are sliced the same way.
+        let mut p = partitioned_every(1 << 30, Duration::from_millis(10));
+        let opened = Instant::now();
+        p.append(&one_record_per_partition(1000), 5, opened, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        let later = opened + Duration::from_millis(20);
+        let before = sealed.len();
+        assert_eq!(p.seal_expired(later, &mut sealed, room).unwrap_or_else(|e| panic!("{e}")), Sealing::SliceFull);
+        assert!((100..=101).contains(&(sealed.len() - before)), "{}", sealed.len() - before);
     }
 
     #[test]

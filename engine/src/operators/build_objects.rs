@@ -6,7 +6,8 @@
 //! epoch; no capability is held when nothing is buffered. A partitioned sink seals its due
 //! partitions only while the sink's [`DeliveryQueue`] has room (the rest stay open, their epochs
 //! held, until the deliver operator wakes it), so memory follows the open partitions' bytes, not a
-//! sealed object per partition.
+//! sealed object per partition; and it seals them in slices of [`SEAL_SLICE_BYTES`], handing each
+//! slice on before it compresses the next, so the stores of the first objects overlap the rest.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,8 +24,14 @@ use super::{DeliveryQueue, Epoch, Stage, pending_slot};
 use crate::buffer::{ObjectBatcher, PART_BYTES, SealedObject};
 use crate::config::SinkSettings;
 use crate::metrics::PipelineMetrics;
-use crate::partitions::PartitionedBatchers;
+use crate::partitions::{PartitionedBatchers, SealRoom, Sealing};
 use crate::record::Records;
+
+/// Open partitions' bytes one activation seals before it hands the sealed objects on: at
+/// end of input (or when many partitions fall due together) a worker finishing hundreds of
+/// partitions would otherwise compress all their last blocks before the first object's write and
+/// fsync began; in slices, the stores of one slice run while the next is compressed.
+const SEAL_SLICE_BYTES: u64 = 4 << 20;
 
 /// Extension trait for the buffer operator.
 pub trait BuildObjects<'scope> {
@@ -91,15 +98,17 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                         }
                     });
                     let end_of_input = frontier.frontier().is_empty();
-                    let room = queue.room();
+                    let room = SealRoom { objects: queue.room(), bytes: SEAL_SLICE_BYTES };
                     let result = if end_of_input {
                         batcher.seal_all(&mut sealed, room)
                     } else {
                         batcher.seal_expired(now, &mut sealed, room)
                     };
                     match result {
-                        Ok(true) => {}
-                        Ok(false) => queue.block(activator.clone()),
+                        Ok(Sealing::Done) => {}
+                        Ok(Sealing::QueueFull) => queue.block(activator.clone()),
+                        // The deliver operator runs before this one is scheduled again.
+                        Ok(Sealing::SliceFull) => activator.activate(),
                         Err(e) => tracing::error!(sink = %sink_name, error = %e, "cannot finish an object"),
                     }
                     if let Some(h) = held.as_ref() {
@@ -172,18 +181,23 @@ impl Buffers {
         }
     }
 
-    /// Seals everything, or (partitioned) at most `room` partitions: `Ok(false)` when some are left.
-    fn seal_all(&mut self, sealed: &mut Vec<SealedObject>, room: usize) -> std::io::Result<bool> {
+    /// Seals everything, or (partitioned) what fits in `room`.
+    fn seal_all(&mut self, sealed: &mut Vec<SealedObject>, room: SealRoom) -> std::io::Result<Sealing> {
         match self {
-            Buffers::Plain(b) => b.seal_all(sealed).map(|()| true),
+            Buffers::Plain(b) => b.seal_all(sealed).map(|()| Sealing::Done),
             Buffers::Partitioned(p) => p.seal_all(sealed, room),
         }
     }
 
-    /// Seals what is due, or (partitioned) at most `room` partitions: `Ok(false)` when some are left.
-    fn seal_expired(&mut self, now: Instant, sealed: &mut Vec<SealedObject>, room: usize) -> std::io::Result<bool> {
+    /// Seals what is due, or (partitioned) what of it fits in `room`.
+    fn seal_expired(
+        &mut self,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+        room: SealRoom,
+    ) -> std::io::Result<Sealing> {
         match self {
-            Buffers::Plain(b) => b.seal_expired(now, sealed).map(|()| true),
+            Buffers::Plain(b) => b.seal_expired(now, sealed).map(|()| Sealing::Done),
             Buffers::Partitioned(p) => p.seal_expired(now, sealed, room),
         }
     }
