@@ -39,10 +39,12 @@
 //! change of the file.
 //!
 //! User agents are parsed by the `ua-parser` crate with uap-core 0.18.0's regexes (embedded,
-//! `connectors/uap-core/`), compiled once per process; each worker remembers the answers for
-//! the last few thousand distinct user agents (logs repeat them). `url_decoded = true` decodes
-//! `%XX` escapes first (CloudFront's logs write `Mozilla/5.0%20(Windows…`). A user agent uap-core
-//! does not know is written as `Other`, as every uap port does.
+//! `connectors/uap-core/`), compiled once per process, in parallel (browser, OS and two slices of
+//! the device parsers, while the databases are read: [`UserAgentParser`]); each worker remembers
+//! the answers for the last few thousand distinct user agents (logs repeat them).
+//! `url_decoded = true` decodes `%XX` escapes first (CloudFront's logs write
+//! `Mozilla/5.0%20(Windows…`). A user agent uap-core does not know is written as `Other`, as every
+//! uap port does.
 //!
 //! Reference tables (`tables = [{ path, field, key, target }]`) are differential-dataflow
 //! collections arranged by key across workers, reloaded by differences and read as of each
@@ -241,7 +243,7 @@ struct Lookups {
     geoip: Option<DatabaseLookup>,
     asn: Option<DatabaseLookup>,
     user_agent: Option<UserAgentLookup>,
-    extractor: Option<&'static ua_parser::Extractor<'static>>,
+    extractor: Option<&'static UserAgentParser>,
     search: Search,
 }
 
@@ -275,42 +277,83 @@ pub struct EnrichTransform {
     tables: Vec<Arc<Table>>,
 }
 
-/// uap-core's extractor, compiled once per process.
-fn uap_extractor() -> Result<&'static ua_parser::Extractor<'static>, String> {
-    static EXTRACTOR: OnceLock<Result<ua_parser::Extractor<'static>, String>> = OnceLock::new();
-    EXTRACTOR
-        .get_or_init(|| {
-            let regexes: ua_parser::Regexes<'static> =
-                serde_json::from_str(UAP_REGEXES).map_err(|e| format!("uap-core's regexes do not load: {e}"))?;
-            // The three extractors compile ~1,000 regexes between them (a quarter of a second on
-            // one core, before the first record is enriched): each on a core of its own.
-            let failed = |e: &dyn std::fmt::Display| format!("uap-core's regexes do not compile: {e}");
-            let ua_parser::Regexes { user_agent_parsers, os_parsers, device_parsers } = regexes;
-            std::thread::scope(|scope| {
-                let os = scope.spawn(|| {
-                    ua_parser::os::Builder::new()
-                        .push_all(os_parsers)
-                        .map_err(|e| failed(&e))?
-                        .build()
-                        .map_err(|e| failed(&e))
-                });
-                let dev = scope.spawn(|| {
-                    let builder = ua_parser::device::Builder::new().push_all(device_parsers).map_err(|e| failed(&e))?;
-                    builder.build().map_err(|e| failed(&e))
-                });
-                let ua = ua_parser::user_agent::Builder::new()
-                    .push_all(user_agent_parsers)
+/// uap-core's regexes, compiled: what [`ua_parser::Extractor`] holds, with the device parsers (the
+/// slowest quarter-second of the compile) in consecutive slices, each compiled on a thread of its
+/// own. Each slice answers with its first matching parser (regex-filtered yields matches in
+/// ascending order), so the first slice that answers gives the first matching parser of the
+/// whole list: what one extractor over the whole list gives.
+pub struct UserAgentParser {
+    ua: ua_parser::user_agent::Extractor<'static>,
+    os: ua_parser::os::Extractor<'static>,
+    devices: Vec<ua_parser::device::Extractor<'static>>,
+}
+
+/// Slices the device parsers are compiled in (their compile takes about as long as the
+/// browser and OS parsers' together).
+const DEVICE_SLICES: usize = 2;
+
+impl UserAgentParser {
+    /// What uap-core says of `agent`: its browser, OS and device, as `ua_parser::Extractor::extract`.
+    pub fn extract<'a>(
+        &'a self,
+        agent: &'a str,
+    ) -> (
+        Option<ua_parser::user_agent::ValueRef<'a>>,
+        Option<ua_parser::os::ValueRef<'a>>,
+        Option<ua_parser::device::ValueRef<'a>>,
+    ) {
+        (self.ua.extract(agent), self.os.extract(agent), self.devices.iter().find_map(|d| d.extract(agent)))
+    }
+
+    /// The process's parser, compiled on first use (the browser, OS and device slices each on a
+    /// core of its own).
+    pub fn shared() -> Result<&'static UserAgentParser, String> {
+        static PARSER: OnceLock<Result<UserAgentParser, String>> = OnceLock::new();
+        PARSER.get_or_init(Self::compile).as_ref().map_err(Clone::clone)
+    }
+
+    fn compile() -> Result<UserAgentParser, String> {
+        let regexes: ua_parser::Regexes<'static> =
+            serde_json::from_str(UAP_REGEXES).map_err(|e| format!("uap-core's regexes do not load: {e}"))?;
+        let failed = |e: &dyn std::fmt::Display| format!("uap-core's regexes do not compile: {e}");
+        let joined = |name: &str| format!("compiling uap-core's {name} regexes failed");
+        let ua_parser::Regexes { user_agent_parsers, os_parsers, mut device_parsers } = regexes;
+        let per_slice = device_parsers.len().div_ceil(DEVICE_SLICES).max(1);
+        let mut slices = Vec::new();
+        while !device_parsers.is_empty() {
+            let rest = device_parsers.split_off(per_slice.min(device_parsers.len()));
+            slices.push(std::mem::replace(&mut device_parsers, rest));
+        }
+        std::thread::scope(|scope| {
+            let os = scope.spawn(|| {
+                ua_parser::os::Builder::new()
+                    .push_all(os_parsers)
                     .map_err(|e| failed(&e))?
                     .build()
-                    .map_err(|e| failed(&e))?;
-                let joined = |name: &str| format!("compiling uap-core's {name} regexes failed");
-                let os = os.join().map_err(|_| joined("os"))??;
-                let dev = dev.join().map_err(|_| joined("device"))??;
-                Ok(ua_parser::Extractor { ua, os, dev })
-            })
+                    .map_err(|e| failed(&e))
+            });
+            let devices: Vec<_> = slices
+                .into_iter()
+                .map(|slice| {
+                    scope.spawn(move || {
+                        let builder = ua_parser::device::Builder::new().push_all(slice).map_err(|e| failed(&e))?;
+                        builder.build().map_err(|e| failed(&e))
+                    })
+                })
+                .collect();
+            let ua = ua_parser::user_agent::Builder::new()
+                .push_all(user_agent_parsers)
+                .map_err(|e| failed(&e))?
+                .build()
+                .map_err(|e| failed(&e))?;
+            let os = os.join().map_err(|_| joined("os"))??;
+            let devices = devices
+                .into_iter()
+                .map(|d| d.join().map_err(|_| joined("device"))?)
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok(UserAgentParser { ua, os, devices })
         })
-        .as_ref()
-        .map_err(Clone::clone)
+    }
 }
 
 /// Builds the transform from `[transforms.<name>]`.
@@ -351,12 +394,18 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
         })
         .transpose()
     };
-    let geoip = database(c.geoip, Kind::Geoip, geoip_span)?;
-    let asn = database(c.asn, Kind::Asn, asn_span)?;
-    let extractor = match &c.user_agent {
-        Some(_) => Some(uap_extractor().map_err(|e| Diagnostic::new(span.clone(), e))?),
-        None => None,
-    };
+    // The user agent parser compiles (a quarter of a CPU-second) while the databases are read.
+    let (geoip, asn, extractor) = std::thread::scope(|scope| {
+        let extractor = c.user_agent.is_some().then(|| scope.spawn(UserAgentParser::shared));
+        let geoip = database(c.geoip, Kind::Geoip, geoip_span);
+        let asn = database(c.asn, Kind::Asn, asn_span);
+        let extractor = extractor
+            .map(|compiling| compiling.join().unwrap_or_else(|_| Err("compiling uap-core's regexes failed".into())))
+            .transpose()
+            .map_err(|e| Diagnostic::new(span.clone(), e));
+        (geoip, asn, extractor)
+    });
+    let (geoip, asn, extractor) = (geoip?, asn?, extractor?);
     let user_agent = c.user_agent.map(|u| UserAgentLookup {
         field: dotted(&u.field),
         target: dotted(&u.target),
@@ -671,7 +720,7 @@ fn version<'a>(parts: impl IntoIterator<Item = Option<&'a str>>) -> Option<Strin
 }
 
 /// What uap-core says of a user agent, as a JSON object.
-pub fn parse_user_agent(extractor: &ua_parser::Extractor<'_>, agent: &str) -> Vec<u8> {
+pub fn parse_user_agent(extractor: &UserAgentParser, agent: &str) -> Vec<u8> {
     let (browser, os, device) = extractor.extract(agent);
     let members = [
         ("browser", Some(browser.as_ref().map_or("Other".into(), |b| Value::from(b.family.as_ref())))),
@@ -955,6 +1004,63 @@ mod tests {
         put(&mut record, &dotted("b.c.d"), Value::from(7));
         put(&mut record, &dotted("top"), Value::from("x"));
         assert_eq!(record, serde_json::json!({"a": 1, "b": {"c": {"d": 7}}, "top": "x"}));
+    }
+
+    /// The device parsers compiled in slices answer as one extractor over the whole list does, for
+    /// uap-core's test user agents (fixtures) and device-heavy ones written here.
+    #[test]
+    fn device_slices_answer_as_one_extractor_does() {
+        let regexes: ua_parser::Regexes<'static> = serde_json::from_str(UAP_REGEXES).unwrap_or_else(|e| panic!("{e}"));
+        let whole = ua_parser::device::Builder::new()
+            .push_all(regexes.device_parsers)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let parser = UserAgentParser::shared().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parser.devices.len(), DEVICE_SLICES);
+        let mut agents: Vec<String> = [
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+            "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko)",
+            "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 Chrome/119.0 Mobile Safari/537.36",
+            "Mozilla/5.0 (Linux; Android 13; Pixel 7 Pro) AppleWebKit/537.36 Chrome/118.0 Mobile Safari/537.36",
+            "Mozilla/5.0 (Linux; U; Android 4.0.3; ko-kr; LG-L160L Build/IML74K) AppleWebkit/534.30",
+            "Mozilla/5.0 (Linux; Android 9; KFTRWI) AppleWebKit/537.36 Silk/118.4.1 like Chrome/118.0",
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+            "Mozilla/5.0 (PlayStation 5 3.20) AppleWebKit/605.1.15 (KHTML, like Gecko)",
+            "Dalvik/2.1.0 (Linux; U; Android 11; Redmi Note 8 Pro MIUI/V12.5.1.0.RGGMIXM)",
+            "curl/8.4.0",
+            "",
+        ]
+        .map(String::from)
+        .to_vec();
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/uap");
+        for file in [
+            "firefox_user_agent_strings.json",
+            "opera_mini_user_agent_strings.json",
+            "podcasting_user_agent_strings.json",
+        ] {
+            let text = std::fs::read(fixtures.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let cases: Value = serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let strings = cases["test_cases"].as_array().into_iter().flatten();
+            agents.extend(strings.filter_map(|c| c["user_agent_string"].as_str().map(String::from)));
+        }
+        let mut devices_found = 0;
+        for agent in &agents {
+            let (_, _, sliced) = parser.extract(agent);
+            assert_eq!(sliced, whole.extract(agent), "{agent}");
+            devices_found += usize::from(sliced.is_some());
+        }
+        // Matches come from both slices, not only the first.
+        let from_second = agents
+            .iter()
+            .filter(|a| parser.devices[0].extract(a).is_none() && parser.devices[1].extract(a).is_some())
+            .count();
+        assert!(
+            agents.len() > 300 && devices_found > 100 && from_second > 0,
+            "{} agents, {devices_found} devices, {from_second} from the second slice",
+            agents.len()
+        );
     }
 
     #[test]
