@@ -31,9 +31,10 @@ use serde::Deserialize;
 use sluice_engine::config::{ConnectorConfig, Diagnostic};
 
 use super::json::{self, Scanned};
+use super::words;
 use sluice_engine::contract::{
-    Emit, KeyQuery, KeyQueryWorker, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError,
-    TransformFailure, TransformWorker,
+    Emit, KeyQuery, KeyQueryError, KeyQueryWorker, RecordByRecord, RecordTransform, Transform, TransformContext,
+    TransformError, TransformFailure, TransformWorker,
 };
 
 /// The error code of a record the query failed.
@@ -184,11 +185,20 @@ impl KeyQuery for JqKeyQuery {
         Some(names.collect())
     }
 
-    fn open(&self) -> Result<Box<dyn KeyQueryWorker>, TransformError> {
+    fn open(&self, wanted: &[String]) -> Result<Box<dyn KeyQueryWorker>, TransformError> {
         let filter = compile(&self.query).map_err(|p| TransformError(format!("jq query does not compile: {p:?}")))?;
+        // Where each wanted key is among the projection's fields (a key it lacks: jaq answers).
+        let projected = self.projection.as_ref().and_then(|projection| {
+            let field = |name: &String| {
+                projection.fields.iter().position(|(key, _)| key.get(1..key.len() - 1) == Some(name.as_bytes()))
+            };
+            wanted.iter().map(field).collect::<Option<Vec<usize>>>()
+        });
         Ok(Box::new(JqKeys {
             worker: JqWorker { filter, projection: self.projection.clone(), found: Vec::new(), out: Vec::new() },
             answers: sluice_engine::record::RecordBatch::default(),
+            wanted: wanted.to_vec(),
+            projected,
         }))
     }
 }
@@ -197,55 +207,75 @@ impl KeyQuery for JqKeyQuery {
 struct JqKeys {
     worker: JqWorker,
     answers: sluice_engine::record::RecordBatch,
+    /// The keys asked for, in order.
+    wanted: Vec<String>,
+    /// Each wanted key's field in the projection, when the projection has them all.
+    projected: Option<Vec<usize>>,
+}
+
+/// `value` into `slot` of `values` (its buffer reused).
+fn put_value(values: &mut Vec<Vec<u8>>, slot: usize, value: &[u8]) {
+    match values.get_mut(slot) {
+        Some(buffer) => {
+            buffer.clear();
+            buffer.extend_from_slice(value);
+        }
+        None => values.push(value.to_vec()),
+    }
 }
 
 impl KeyQueryWorker for JqKeys {
-    fn keys(&mut self, record: &[u8], out: &mut Vec<(String, String)>) -> Result<(), String> {
+    fn values(&mut self, record: &[u8], values: &mut Vec<Vec<u8>>) -> Result<(), KeyQueryError> {
         // The projection's raw values, when it answers: strings without their quotes (it answers
         // only strings without escapes), numbers and booleans as written (null is not a key
-        // value). The strings of `out` are reused: no allocation per record.
-        if let Some(projection) = &self.worker.projection
+        // value, in any field).
+        if let (Some(projection), Some(projected)) = (&self.worker.projection, &self.projected)
             && projection.select.is_none()
-            && let Some(values) = projection.resolve_all(record, &mut self.worker.found)
-            && values.iter().all(|v| v.first() != Some(&b'n'))
+            && let Some(raw) = projection.resolve_all(record, &mut self.worker.found)
+            && raw.iter().all(|v| v.first() != Some(&b'n'))
         {
-            out.truncate(projection.fields.len());
-            for (i, ((key, _), value)) in projection.fields.iter().zip(values).enumerate() {
-                let name = &key[1..key.len() - 1];
+            values.truncate(projected.len());
+            for (slot, &field) in projected.iter().enumerate() {
+                let value = raw[field];
                 let text = if value.first() == Some(&b'"') { &value[1..value.len() - 1] } else { value };
-                // UTF-8 is checked, not assumed: the record's bytes were only validated as JSON.
-                let text = std::str::from_utf8(text).map_or_else(|_| String::from_utf8_lossy(text), Into::into);
-                match out.get_mut(i) {
-                    Some((n, v)) => {
-                        if n.as_bytes() != name {
-                            n.clear();
-                            n.push_str(&String::from_utf8_lossy(name));
-                        }
-                        v.clear();
-                        v.push_str(&text);
-                    }
-                    None => out.push((String::from_utf8_lossy(name).into_owned(), text.into_owned())),
-                }
+                put_value(values, slot, text);
             }
             return Ok(());
         }
-        out.clear();
         self.answers.clear();
-        self.worker.transform(record, &mut Emit::new(&mut self.answers)).map_err(|f| f.message)?;
+        self.worker
+            .transform(record, &mut Emit::new(&mut self.answers))
+            .map_err(|f| KeyQueryError::Failed(f.message))?;
         let mut answers = self.answers.iter();
         let (Some(answer), None) = (answers.next(), answers.next()) else {
-            return Err(format!("the query gave {} values; a partitioning query gives one object", self.answers.len()));
+            return Err(KeyQueryError::Failed(format!(
+                "the query gave {} values; a partitioning query gives one object",
+                self.answers.len()
+            )));
         };
-        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(answer)
-            .map_err(|_| format!("the query gave `{}`, not an object", String::from_utf8_lossy(answer)))?;
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(answer).map_err(|_| {
+            KeyQueryError::Failed(format!("the query gave `{}`, not an object", String::from_utf8_lossy(answer)))
+        })?;
+        // Every member must be a possible key value, used in the prefix or not.
+        let mut texts = Vec::with_capacity(object.len());
         for (name, value) in object {
             let text = match value {
                 serde_json::Value::String(s) => s,
                 serde_json::Value::Number(n) => n.to_string(),
                 serde_json::Value::Bool(b) => b.to_string(),
-                other => return Err(format!("key `{name}` is {other}, not a string, number or boolean")),
+                other => {
+                    return Err(KeyQueryError::Failed(format!(
+                        "key `{name}` is {other}, not a string, number or boolean"
+                    )));
+                }
             };
-            out.push((name, text));
+            texts.push((name, text));
+        }
+        values.truncate(self.wanted.len());
+        for (slot, name) in self.wanted.iter().enumerate() {
+            let (_, text) =
+                texts.iter().find(|(n, _)| n == name).ok_or_else(|| KeyQueryError::MissingKey(name.clone()))?;
+            put_value(values, slot, text.as_bytes());
         }
         Ok(())
     }
@@ -511,14 +541,19 @@ impl Projection {
     }
 }
 
-/// `value` when jaq would write it exactly as it is: a string without escapes or DEL, a literal,
-/// an integer of at most 15 digits (not `-0`); else `None`.
+/// `value`, one whole value of a document [`json::find_paths`] validated, when jaq would write it
+/// exactly as it is: a string without escapes or DEL, a literal, an integer of at most 15 digits
+/// (not `-0`); else `None`.
 fn as_written(value: &[u8]) -> Option<&[u8]> {
-    match value[0] {
+    match value.first()? {
+        // A validated string holds a backslash exactly when it holds an escape. Sixteen bytes at a
+        // time: most values are one block.
         b'"' => {
-            let mut at = 0;
-            let escaped = json::skip_string(value, &mut at).ok()?;
-            (!escaped && !value.contains(&0x7f)).then_some(value)
+            let plain = (0..value.len()).step_by(words::BLOCK).all(|at| {
+                let block = words::block_at(value, at);
+                words::equal(block, b'\\') | words::equal(block, 0x7f) == 0
+            });
+            plain.then_some(value)
         }
         b't' | b'f' | b'n' => Some(value),
         b'-' | b'0'..=b'9' => {
@@ -596,6 +631,9 @@ mod tests {
             r#"{"a":-0,"b":{"c":null},"n":"3"}"#,
             r#"{"a":123456789012345678,"b":{},"n":3,"e":null}"#,
             r#"{"aA":1}"#,
+            // Escapes (in the first block of a string, and past it) and DEL, which jaq rewrites.
+            r#"{"eventTime":"\u0041","userIdentity":{"userName":"a\"b"},"eventName":"X","a":"\n","n":3}"#,
+            "{\"eventTime\":\"0123456789abcdefghij\\tk\",\"eventName\":\"0123456789abcdefghij\\u00e9\",\"a\":\"x\u{7f}\",\"n\":3}",
             r#" { "a" : "x" , "b" : { "c" : { "d" : false } } , "n" : 3 } "#,
             r#"[1,2]"#,
             r#"not json"#,
@@ -609,6 +647,47 @@ mod tests {
                 assert_eq!(a.is_err(), b.is_err(), "{q} on {r}");
             }
         }
+    }
+
+    /// A partitioning query's values come in the order the prefix asks for them, and the same
+    /// whether the projection or jaq answers; a record without a wanted key, or whose query gives
+    /// a value that cannot be a key, says so.
+    #[test]
+    fn key_values_come_in_the_order_asked_the_same_by_the_projection_and_by_jaq() {
+        let wanted = ["region".to_string(), "account".to_string(), "region".to_string()];
+        let fast_query = r#"{account: .recipientAccountId, region: .awsRegion, user: .userIdentity.userName}"#;
+        let fast = JqKeyQuery { query: fast_query.into(), projection: Projection::parse(fast_query) };
+        let slow = JqKeyQuery { query: fast_query.into(), projection: None };
+        assert!(fast.projection.is_some());
+        let (mut fast, mut slow) = (fast.open(&wanted).unwrap(), slow.open(&wanted).unwrap());
+        let answers = |worker: &mut Box<dyn KeyQueryWorker>, record: &str| {
+            let mut values = vec![b"stale".to_vec(); 5];
+            worker.values(record.as_bytes(), &mut values).map(|()| values)
+        };
+        let records = [
+            r#"{"recipientAccountId":"123","awsRegion":"eu-west-1","userIdentity":{"userName":"alice"}}"#,
+            r#"{"recipientAccountId":123,"awsRegion":true,"userIdentity":{"userName":"b\u00e9"}}"#,
+            r#"{"recipientAccountId":"1\"2","awsRegion":"r","userIdentity":{}}"#,
+            r#"{"recipientAccountId":"1","awsRegion":{"nested":1},"userIdentity":{"userName":"x"}}"#,
+            r#"{"recipientAccountId":"1","userIdentity":{"userName":"x"}}"#,
+            "not json",
+        ];
+        for record in records {
+            assert_eq!(answers(&mut fast, record), answers(&mut slow, record), "{record}");
+        }
+        let ok = |v: &[&str]| Ok(v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>());
+        assert_eq!(answers(&mut fast, records[0]), ok(&["eu-west-1", "123", "eu-west-1"]));
+        assert_eq!(answers(&mut fast, records[1]), ok(&["true", "123", "true"]));
+        assert_eq!(
+            answers(&mut fast, records[2]),
+            Err(KeyQueryError::Failed("key `user` is null, not a string, number or boolean".into()))
+        );
+        assert!(matches!(answers(&mut fast, records[3]), Err(KeyQueryError::Failed(_))));
+        assert!(matches!(answers(&mut fast, records[5]), Err(KeyQueryError::Failed(_))));
+        // A key the query does not give at all.
+        let other = JqKeyQuery { query: "{a: .a} + {b: .b}".into(), projection: None };
+        let mut other = other.open(&["c".to_string()]).unwrap();
+        assert_eq!(answers(&mut other, r#"{"a":"1","b":"2"}"#), Err(KeyQueryError::MissingKey("c".into())));
     }
 
     fn run(query: &str, record: &str) -> Result<Vec<String>, TransformFailure> {

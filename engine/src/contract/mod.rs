@@ -27,7 +27,7 @@ pub use crate::destination::DestinationKind;
 pub use errors::{DeliveryError, RefusedRecord, SourceError};
 pub use origins::{EntryRange, PayloadOrigins, RecordPosition};
 pub use transform::{
-    DataflowTransform, Emit, Holding, KeyQuery, KeyQueryWorker, PassThrough, Processor, RecordByRecord,
+    DataflowTransform, Emit, Holding, KeyQuery, KeyQueryError, KeyQueryWorker, PassThrough, Processor, RecordByRecord,
     RecordTransform, StageContext, Transform, TransformContext, TransformError, TransformFailure, TransformOutput,
     TransformWorker,
 };

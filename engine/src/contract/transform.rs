@@ -292,16 +292,30 @@ pub trait KeyQuery: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// The names every answer has, when the query shows them (an object built from paths).
     fn static_keys(&self) -> Option<Vec<String>>;
-    /// The query for one worker (called on its thread).
-    fn open(&self) -> Result<Box<dyn KeyQueryWorker>, TransformError>;
+    /// The query for one worker (called on its thread), answering the keys named `wanted` (the
+    /// prefix's `partitionKeyFromQuery` names), in that order.
+    fn open(&self, wanted: &[String]) -> Result<Box<dyn KeyQueryWorker>, TransformError>;
 }
 
 /// One worker's [`KeyQuery`].
 pub trait KeyQueryWorker {
-    /// The record's keys into `out` (whose entries it replaces; it may reuse their strings):
-    /// names and values, strings as they are and numbers and booleans as their JSON text; an
-    /// error says why the record has none.
-    fn keys(&mut self, record: &[u8], out: &mut Vec<(String, String)>) -> Result<(), String>;
+    /// The values of the wanted keys for `record`, in the order they were asked for, into `values`
+    /// (whose entries it replaces, reusing their buffers): strings as their characters (escapes
+    /// decoded; UTF-8 not checked, which the caller does once per partition, not per record),
+    /// numbers and booleans as their JSON text.
+    fn values(&mut self, record: &[u8], values: &mut Vec<Vec<u8>>) -> Result<(), KeyQueryError>;
+}
+
+/// Why a record has no partition keys from the query.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyQueryError {
+    /// The query failed on the record, or gave something other than one object of strings,
+    /// numbers and booleans.
+    #[error("the partitioning query failed: {0}")]
+    Failed(String),
+    /// The query's object lacks a key the prefix uses.
+    #[error("the partitioning query gave no key `{0}`")]
+    MissingKey(String),
 }
 
 #[cfg(test)]

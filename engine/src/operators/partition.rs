@@ -22,7 +22,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use super::Epoch;
 use crate::config::{Partitioning, SinkSettings};
-use crate::contract::KeyQueryWorker;
+use crate::contract::{KeyQueryError, KeyQueryWorker};
 use crate::error_output::ErrorOutputType;
 use crate::metrics::PipelineMetrics;
 use crate::record::{FailedRecords, PartitionKeys, RecordBatch, RecordFailure, Records};
@@ -43,6 +43,10 @@ pub trait PartitionRecords<'scope> {
 /// A partition met: its keys, the worker that buffers it, and its number in the batch that last
 /// met it; or why its key values cannot name objects.
 type Partition = Result<Known, Arc<str>>;
+
+/// A record's partition key values, in the prefix's order, as bytes (checked to be UTF-8 once per
+/// partition, when it is first met).
+type KeyValues = Vec<Vec<u8>>;
 
 /// A partition whose key values were checked.
 struct Known {
@@ -85,7 +89,9 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
             move |_, _| {
                 let mut query: Option<Box<dyn KeyQueryWorker>> = None;
                 if let Some(q) = &partitioning.query {
-                    match q.open() {
+                    let wanted: Vec<String> =
+                        partitioning.keys.iter().filter(|k| !k.from_lambda).map(|k| k.name.clone()).collect();
+                    match q.open(&wanted) {
                         Ok(w) => query = Some(w),
                         Err(e) => {
                             let _ = metrics
@@ -94,10 +100,11 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                         }
                     }
                 }
-                let mut found: Vec<(String, String)> = Vec::new();
-                let mut values: Vec<String> = Vec::new();
-                // Key values met recently: checked once, their keys shared by all their records.
-                let mut interned: rustc_hash::FxHashMap<u64, Vec<(Vec<String>, Partition)>> =
+                let mut from_query: Vec<Vec<u8>> = Vec::new();
+                let mut values: KeyValues = Vec::new();
+                // Key values met recently: checked once (UTF-8 included), their keys shared by all
+                // their records.
+                let mut interned: rustc_hash::FxHashMap<u64, Vec<(KeyValues, Partition)>> =
                     rustc_hash::FxHashMap::default();
                 let mut batch_number = 0u64;
                 move |input, output| {
@@ -140,7 +147,7 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                         query.as_deref_mut(),
                                         record,
                                         batch.partition_keys(i),
-                                        &mut found,
+                                        &mut from_query,
                                         &mut values,
                                     );
                                     if let Err(reason) = found_values {
@@ -161,13 +168,18 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                     let slot = match bucket.iter().position(|(v, _)| *v == values) {
                                         Some(slot) => slot,
                                         None => {
+                                            // Bytes that are not UTF-8 become U+FFFD, as jq reads them.
+                                            let text: Vec<String> = values
+                                                .iter()
+                                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                                                .collect();
                                             let partition =
-                                                settings.keys.check_partition(&values).map_err(Arc::from).map(|()| {
+                                                settings.keys.check_partition(&text).map_err(Arc::from).map(|()| {
                                                     let pairs: Vec<(String, String)> = partitioning
                                                         .keys
                                                         .iter()
-                                                        .zip(values.iter())
-                                                        .map(|(k, v)| (k.name.clone(), v.clone()))
+                                                        .zip(text)
+                                                        .map(|(k, v)| (k.name.clone(), v))
                                                         .collect();
                                                     let keys: PartitionKeys = Arc::from(pairs);
                                                     let worker = (route(&keys) % peers) as u32;
@@ -229,44 +241,41 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
     }
 }
 
-/// The values of `keys` for `record` into `values`: from the query's answer or the record's
-/// Lambda-supplied keys.
+/// The values of `keys` for `record` into `values`: from the query's answer (`from_query`, in the
+/// order of the query keys among `keys`) or the record's Lambda-supplied keys.
 fn key_values(
     keys: &[crate::keys::PartitionKeyRef],
     query: Option<&mut (dyn KeyQueryWorker + '_)>,
     record: &[u8],
     lambda: Option<&PartitionKeys>,
-    found: &mut Vec<(String, String)>,
-    values: &mut Vec<String>,
+    from_query: &mut Vec<Vec<u8>>,
+    values: &mut Vec<Vec<u8>>,
 ) -> Result<(), String> {
     if let Some(q) = query
         && keys.iter().any(|k| !k.from_lambda)
     {
-        q.keys(record, found).map_err(|e| format!("the partitioning query failed: {e}"))?;
+        q.values(record, from_query).map_err(|e| e.to_string())?;
     } else {
-        found.clear();
+        from_query.clear();
     }
-    // The strings of `values` are reused: no allocation per record.
+    // The buffers of `values` are reused: no allocation per record.
     values.truncate(keys.len());
+    let mut answers = from_query.iter();
     for (i, key) in keys.iter().enumerate() {
         let value = if key.from_lambda {
             lambda
                 .and_then(|l| l.iter().find(|(n, _)| *n == key.name))
-                .map(|(_, v)| v.as_str())
+                .map(|(_, v)| v.as_bytes())
                 .ok_or_else(|| format!("the record has no partition key `{}` from a lambda transform", key.name))?
         } else {
-            found
-                .iter()
-                .find(|(n, _)| *n == key.name)
-                .map(|(_, v)| v.as_str())
-                .ok_or_else(|| format!("the partitioning query gave no key `{}`", key.name))?
+            answers.next().map(Vec::as_slice).ok_or_else(|| KeyQueryError::MissingKey(key.name.clone()).to_string())?
         };
         match values.get_mut(i) {
             Some(slot) => {
                 slot.clear();
-                slot.push_str(value);
+                slot.extend_from_slice(value);
             }
-            None => values.push(value.to_string()),
+            None => values.push(value.to_vec()),
         }
     }
     Ok(())
