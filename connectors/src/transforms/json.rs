@@ -126,16 +126,18 @@ pub fn skip_string(bytes: &[u8], at: &mut usize) -> Result<bool, Scanned> {
     let mut escaped = false;
     let mut i = *at + 1;
     loop {
-        // The next quote, backslash or control character, sixteen bytes at a time.
-        i = next_special(bytes, i);
-        if i >= bytes.len() {
+        // The next quote, backslash or control character, sixteen bytes at a time; which of them
+        // it is comes from the masks, without reading the byte again.
+        let (next, quote) = next_special(bytes, i);
+        if next >= bytes.len() {
             return Err(Scanned::Invalid);
         }
+        if quote {
+            *at = next + 1;
+            return Ok(escaped);
+        }
+        i = next;
         match bytes[i] {
-            b'"' => {
-                *at = i + 1;
-                return Ok(escaped);
-            }
             b'\\' => {
                 escaped = true;
                 match bytes.get(i + 1) {
@@ -152,19 +154,21 @@ pub fn skip_string(bytes: &[u8], at: &mut usize) -> Result<bool, Scanned> {
 }
 
 /// The index of the first byte at or after `i` that is a quote, a backslash or a control character
-/// (`bytes.len()` if none), sixteen bytes per step.
+/// (`bytes.len()` if none), sixteen bytes per step, and whether it is a quote.
 #[inline]
-fn next_special(bytes: &[u8], mut i: usize) -> usize {
+fn next_special(bytes: &[u8], mut i: usize) -> (usize, bool) {
     while i < bytes.len() {
         let block = words::block_at(bytes, i);
-        let special = words::equal(block, b'"') | words::equal(block, b'\\') | words::below(block, 0x20);
+        let quotes = words::equal(block, b'"');
+        let special = quotes | words::equal(block, b'\\') | words::below(block, 0x20);
         if special != 0 {
+            let first = special.trailing_zeros();
             // Past the end the block reads zero, which is below 0x20: clamp to the end.
-            return (i + special.trailing_zeros() as usize).min(bytes.len());
+            return ((i + first as usize).min(bytes.len()), quotes & (1 << first) != 0);
         }
         i += words::BLOCK;
     }
-    bytes.len()
+    (bytes.len(), false)
 }
 
 /// Validates `bytes` as one JSON value and, when it is an object, lists its members into `out`
@@ -526,21 +530,27 @@ mod tests {
     }
 
     #[test]
-    fn finds_special_bytes_in_any_position() {
-        for len in 0..20 {
+    fn finds_special_bytes_in_any_position_and_tells_quotes_apart() {
+        for len in 0..40 {
             for at in 0..=len {
                 let mut text = vec![b'a'; len];
                 if at < len {
                     text[at] = b'"';
                 }
-                assert_eq!(next_special(&text, 0), at, "{len} {at}");
+                assert_eq!(next_special(&text, 0), (at, at < len), "{len} {at}");
                 if at < len {
                     text[at] = 0x1f;
-                    assert_eq!(next_special(&text, 0), at);
+                    assert_eq!(next_special(&text, 0), (at, false));
                     text[at] = b'\\';
-                    assert_eq!(next_special(&text, 0), at);
+                    assert_eq!(next_special(&text, 0), (at, false));
+                    // A quote after the first special byte is not the one reported.
+                    if at + 1 < len {
+                        text[at + 1] = b'"';
+                        assert_eq!(next_special(&text, 0), (at, false));
+                        text[at + 1] = b'a';
+                    }
                     text[at] = 0x7f;
-                    assert_eq!(next_special(&text, 0), len, "DEL is not special");
+                    assert_eq!(next_special(&text, 0), (len, false), "DEL is not special");
                 }
             }
         }

@@ -11,25 +11,28 @@ use wide::u8x16;
 /// Bytes per block.
 pub const BLOCK: usize = 16;
 
-/// The sixteen bytes at `at` (zero where they run past the end).
+/// The sixteen bytes at `at` (zero where they run past the end). Inside the slice it is one
+/// unaligned load (a zeroed array copied into first went through the stack on every call).
+#[inline(always)]
 pub fn block_at(bytes: &[u8], at: usize) -> u8x16 {
-    let mut block = [0u8; BLOCK];
-    match bytes.get(at..at + BLOCK) {
-        Some(chunk) => block.copy_from_slice(chunk),
-        None => {
-            let tail = bytes.get(at..).unwrap_or_default();
-            block[..tail.len()].copy_from_slice(tail);
-        }
+    if let Some(chunk) = bytes.get(at..at.saturating_add(BLOCK)).and_then(|c| <[u8; BLOCK]>::try_from(c).ok()) {
+        return u8x16::new(chunk);
     }
+    let mut block = [0u8; BLOCK];
+    let tail = bytes.get(at..).unwrap_or_default();
+    let n = tail.len().min(BLOCK);
+    block[..n].copy_from_slice(&tail[..n]);
     u8x16::new(block)
 }
 
 /// The bytes of `block` equal to `byte`.
+#[inline(always)]
 pub fn equal(block: u8x16, byte: u8) -> u32 {
     block.simd_eq(u8x16::splat(byte)).to_bitmask()
 }
 
 /// The bytes of `block` from `low` to `high` inclusive.
+#[inline(always)]
 pub fn within(block: u8x16, low: u8, high: u8) -> u32 {
     if high.wrapping_sub(low) == u8::MAX {
         return (1 << BLOCK) - 1;
@@ -39,6 +42,7 @@ pub fn within(block: u8x16, low: u8, high: u8) -> u32 {
 }
 
 /// The bytes of `block` below `bound`.
+#[inline(always)]
 pub fn below(block: u8x16, bound: u8) -> u32 {
     block.simd_lt(u8x16::splat(bound)).to_bitmask()
 }
