@@ -121,7 +121,7 @@ fn skip_number(bytes: &[u8], at: &mut usize) -> Result<(), Scanned> {
 }
 
 /// Skips a string starting at its quote; whether it holds an escape.
-#[inline]
+#[inline(always)]
 pub fn skip_string(bytes: &[u8], at: &mut usize) -> Result<bool, Scanned> {
     let mut escaped = false;
     let mut i = *at + 1;
