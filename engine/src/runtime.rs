@@ -283,6 +283,8 @@ fn execute(
     // The plan, and the input each splitting source found: processes must agree on both.
     let inputs: Vec<u8> = plan.sources.iter().flat_map(|s| s.source.input_fingerprint().to_le_bytes()).collect();
     let fingerprint = plan.fingerprint() ^ crate::contract::fingerprint(&inputs).rotate_left(1);
+    let process = cluster.as_ref().map_or(0, |c| c.process);
+    let local = process * workers..(process + 1) * workers;
     let guards =
         timely::execute::execute_from(allocators, communication, timely::WorkerConfig::default(), move |worker| {
             if let Some(c) = &cluster
@@ -292,7 +294,8 @@ fn execute(
                 return;
             }
             let probe = ProbeHandle::new();
-            let ctx = SourceContext { worker: worker.index(), workers: worker.peers() };
+            // Timely numbers workers process by process: this process's are one range.
+            let ctx = SourceContext { worker: worker.index(), workers: worker.peers(), local_workers: local.clone() };
             let pipeline_done = std::rc::Rc::new(crate::cluster::RelayRelease::default());
             worker.dataflow::<u64, _, _>(|scope| {
                 if cluster.is_some() {

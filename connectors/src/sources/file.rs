@@ -3,7 +3,8 @@
 //! Each line (without its `\n`) is one record; empty lines are skipped. `.gz` and `.zst` files are
 //! decompressed as they are read. Plain files are split into newline-aligned byte ranges shared out
 //! among the workers, so one large file is read by all of them; a compressed file is read whole by
-//! one worker. Guarantees: for any split, every line is read exactly once (a line belongs to the
+//! one worker. The ranges are dealt to processes (by worker) and, within a process, taken by
+//! whichever of its workers is free next. Guarantees: for any split, every line is read exactly once (a line belongs to the
 //! range its first byte is in); a file that cannot be read stops the source with its path in the
 //! error; a plain file found shorter than it was when the run planned it (truncated while read)
 //! is warned about, and the partial line it ends with is counted (`PartialRecords`), never
@@ -12,6 +13,7 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
@@ -40,6 +42,8 @@ pub const MIN_SPLIT_BYTES: u64 = 16 << 20;
 pub struct FileSource {
     patterns: Vec<String>,
     units: OnceLock<Result<Vec<WorkUnit>, String>>,
+    /// This process's units, claimed by its workers as each becomes free.
+    claims: std::sync::Mutex<Option<Arc<Claims>>>,
     min_split: u64,
     /// Where read progress is checkpointed (none: every run reads everything).
     checkpoint_dir: Option<PathBuf>,
@@ -108,6 +112,7 @@ impl FileSource {
         FileSource {
             patterns,
             units: OnceLock::new(),
+            claims: std::sync::Mutex::new(None),
             min_split,
             checkpoint_dir: None,
             checkpoints: OnceLock::new(),
@@ -156,8 +161,9 @@ pub fn matching_files(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// Expands the globs and cuts the files into work units: plain files into about `4 × workers`
-/// ranges in all (each at least `min_split` bytes), compressed files whole.
+/// Expands the globs and cuts the files into work units: plain files into about `8 × workers`
+/// ranges in all (each at least `min_split` bytes), compressed files whole. Workers claim units as
+/// they become free, so more, smaller units end a run with the workers finishing closer together.
 pub fn plan_units(patterns: &[String], workers: usize, min_split: u64) -> Result<Vec<WorkUnit>, String> {
     let files = matching_files(patterns)?;
     let mut sizes = Vec::new();
@@ -167,7 +173,7 @@ pub fn plan_units(patterns: &[String], workers: usize, min_split: u64) -> Result
     }
     let plain_total: u64 =
         files.iter().zip(&sizes).filter(|(f, _)| compression_of(f) == FileCompression::None).map(|(_, s)| *s).sum();
-    let target = (plain_total / (4 * workers.max(1) as u64)).max(min_split).max(1);
+    let target = (plain_total / (8 * workers.max(1) as u64)).max(min_split).max(1);
     let mut units = Vec::new();
     for (path, size) in files.into_iter().zip(sizes) {
         let compression = compression_of(&path);
@@ -234,18 +240,60 @@ impl Source for FileSource {
 
     fn open(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
         let units = self.units(ctx.workers)?;
-        let mine: Vec<WorkUnit> = units.iter().skip(ctx.worker).step_by(ctx.workers.max(1)).cloned().collect();
+        let claims = {
+            let mut shared = self.claims.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Each run opens the source once on every worker: once all of this process's workers
+            // opened the current claims, the next open starts a new run's.
+            let local = ctx.local_workers.len().max(1);
+            let current = shared.as_ref().filter(|c| c.opened.load(Ordering::Relaxed) < local);
+            let claims = match current {
+                Some(c) => Arc::clone(c),
+                None => {
+                    // Unit `i` belongs to worker `i % workers`; this process's workers share theirs.
+                    let workers = ctx.workers.max(1);
+                    let mine = units.iter().enumerate().filter(|(i, _)| ctx.local_workers.contains(&(i % workers)));
+                    let claims = Arc::new(Claims {
+                        units: mine.map(|(_, u)| u.clone()).collect(),
+                        next: AtomicUsize::new(0),
+                        opened: AtomicUsize::new(0),
+                    });
+                    *shared = Some(Arc::clone(&claims));
+                    claims
+                }
+            };
+            claims.opened.fetch_add(1, Ordering::Relaxed);
+            claims
+        };
         let checkpoints = self.checkpoints.get().cloned();
         let metrics = self.metrics.get().cloned();
-        Ok(Box::new(FileReader { units: mine.into_iter(), current: None, checkpoints, metrics, epoch: 0 }))
+        Ok(Box::new(FileReader { claims, current: None, checkpoints, metrics, epoch: 0 }))
     }
 }
 
 /// The unit being read: the unit, its checkpoint key, its lines.
 type CurrentUnit = (WorkUnit, String, LineReader<Box<dyn Read>>);
 
+/// A process's units for one run, each taken by the first of its workers to ask: a worker slowed
+/// down (a busier core, slower records) takes fewer, so the workers finish together instead of
+/// one reading its fixed share alone at the end.
+#[derive(Debug)]
+struct Claims {
+    units: Vec<WorkUnit>,
+    /// The next unit not yet taken.
+    next: AtomicUsize,
+    /// Readers opened on these claims.
+    opened: AtomicUsize,
+}
+
+impl Claims {
+    /// The next unit nobody took, if any.
+    fn take(&self) -> Option<WorkUnit> {
+        self.units.get(self.next.fetch_add(1, Ordering::Relaxed)).cloned()
+    }
+}
+
 struct FileReader {
-    units: std::vec::IntoIter<WorkUnit>,
+    claims: Arc<Claims>,
     current: Option<CurrentUnit>,
     checkpoints: Option<Arc<FileCheckpoints>>,
     metrics: Option<Arc<PipelineMetrics>>,
@@ -311,7 +359,7 @@ impl SourceReader for FileReader {
     fn read(&mut self, batch: &mut RecordBatch, max_bytes: usize) -> Result<ReadStatus, SourceError> {
         loop {
             if self.current.is_none() {
-                let Some(unit) = self.units.next() else {
+                let Some(unit) = self.claims.take() else {
                     return Ok(ReadStatus::Finished);
                 };
                 let key = unit_key(&unit);
@@ -558,7 +606,7 @@ mod tests {
             shared: None,
         };
         source.prepare(&ctx).unwrap();
-        let mut reader = source.open(&SourceContext { worker: 0, workers: 1 }).unwrap();
+        let mut reader = source.open(&SourceContext::single_process(0, 1)).unwrap();
         // The run planned 19 bytes; the file is cut in its third line before it is read.
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(13).unwrap();
         let mut batch = RecordBatch::default();
@@ -576,11 +624,54 @@ mod tests {
         std::fs::write(&gz, b"").unwrap_or_else(|e| panic!("{e}"));
         let units = plan_units(&[format!("{}/*", dir.path().display())], 2, 1000).unwrap_or_default();
         let plain_units: Vec<_> = units.iter().filter(|u| u.path == plain).collect();
-        assert_eq!(plain_units.len(), 8, "{units:?}");
+        assert_eq!(plain_units.len(), 10, "{units:?}");
         assert_eq!(plain_units[0].start, 0);
-        assert_eq!(plain_units[7].end, None);
+        assert_eq!(plain_units[9].end, None);
         assert_eq!(units.iter().filter(|u| u.path == gz).count(), 1);
         assert!(plan_units(&[format!("{}/*.none", dir.path().display())], 2, 1000).is_err());
+    }
+
+    /// Every line of `reader`'s share, read to the end.
+    fn read_all(reader: &mut Box<dyn SourceReader>) -> Vec<Vec<u8>> {
+        let mut batch = RecordBatch::default();
+        while reader.read(&mut batch, 1 << 20).unwrap_or_else(|e| panic!("{e}")) == ReadStatus::Ready {}
+        batch.iter().map(<[u8]>::to_vec).collect()
+    }
+
+    /// A process's workers take its ranges as each becomes free (a worker that reads first takes
+    /// what the others have not), every line once; in a cluster each process reads only its share;
+    /// the source opened again (a new run) deals its ranges again.
+    #[test]
+    fn the_workers_of_a_process_take_its_ranges_as_they_become_free() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("a.ndjson");
+        let lines: Vec<Vec<u8>> = (0..20_000).map(|i| format!("line {i:05}").into_bytes()).collect();
+        std::fs::write(&path, lines.iter().flat_map(|l| [l.as_slice(), b"\n"].concat()).collect::<Vec<u8>>())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let source = FileSource::new(vec![path.display().to_string()], 1000);
+        for run in 0..2 {
+            let mut first = source.open(&SourceContext::single_process(0, 2)).unwrap_or_else(|e| panic!("{e}"));
+            let mut second = source.open(&SourceContext::single_process(1, 2)).unwrap_or_else(|e| panic!("{e}"));
+            // The first worker reads before the second asks: it takes every range.
+            assert_eq!(read_all(&mut first), lines, "run {run}");
+            assert!(read_all(&mut second).is_empty(), "run {run}");
+        }
+        // Two processes of one worker each: each reads the ranges dealt to its worker, together
+        // every line once.
+        let mut shares = Vec::new();
+        for process in 0..2 {
+            let source = FileSource::new(vec![path.display().to_string()], 1000);
+            let ctx = SourceContext { worker: process, workers: 2, local_workers: process..process + 1 };
+            shares.push(read_all(&mut source.open(&ctx).unwrap_or_else(|e| panic!("{e}"))));
+        }
+        assert!(
+            shares.iter().all(|s| !s.is_empty() && s.len() < lines.len()),
+            "{:?}",
+            shares.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        let mut both = shares.concat();
+        both.sort();
+        assert_eq!(both, lines);
     }
 
     /// The file source through the real runtime: a plain file cut into 1 MiB ranges, a gzip file

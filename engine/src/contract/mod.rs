@@ -97,6 +97,16 @@ pub struct SourceContext {
     pub worker: usize,
     /// How many workers share the source.
     pub workers: usize,
+    /// The workers of this process, `worker` among them (in a cluster each process has a
+    /// contiguous range; they share the process's memory, so they can share work as it comes).
+    pub local_workers: std::ops::Range<usize>,
+}
+
+impl SourceContext {
+    /// The context of worker `worker` of `workers`, all in one process.
+    pub fn single_process(worker: usize, workers: usize) -> Self {
+        SourceContext { worker, workers, local_workers: 0..workers }
+    }
 }
 
 /// What a read produced.
