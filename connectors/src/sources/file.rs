@@ -4,8 +4,8 @@
 //! decompressed as they are read. Plain files are split into newline-aligned byte ranges shared out
 //! among the workers, so one large file is read by all of them; a compressed file is read whole by
 //! one worker. The ranges are dealt to processes (by worker) and, within a process, taken by
-//! whichever of its workers is free next. Guarantees: for any split, every line is read exactly once (a line belongs to the
-//! range its first byte is in); a file that cannot be read stops the source with its path in the
+//! whichever of its workers is free next. Guarantees: for any split, every line is read exactly
+//! once (a line belongs to the range its first byte is in); a file that cannot be read stops the source with its path in the
 //! error; a plain file found shorter than it was when the run planned it (truncated while read)
 //! is warned about, and the partial line it ends with is counted (`PartialRecords`), never
 //! delivered as a record. Relative paths are relative to the current directory.

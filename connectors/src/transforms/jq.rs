@@ -34,7 +34,7 @@ use super::json::{self, Scanned};
 use super::words;
 use sluice_engine::contract::{
     Emit, KeyQuery, KeyQueryError, KeyQueryWorker, RecordByRecord, RecordTransform, Transform, TransformContext,
-    TransformError, TransformFailure, TransformWorker,
+    TransformError, TransformFailure, TransformWorker, put_key_value,
 };
 
 /// The error code of a record the query failed.
@@ -213,17 +213,6 @@ struct JqKeys {
     projected: Option<Vec<usize>>,
 }
 
-/// `value` into `slot` of `values` (its buffer reused).
-fn put_value(values: &mut Vec<Vec<u8>>, slot: usize, value: &[u8]) {
-    match values.get_mut(slot) {
-        Some(buffer) => {
-            buffer.clear();
-            buffer.extend_from_slice(value);
-        }
-        None => values.push(value.to_vec()),
-    }
-}
-
 impl KeyQueryWorker for JqKeys {
     fn values(&mut self, record: &[u8], values: &mut Vec<Vec<u8>>) -> Result<(), KeyQueryError> {
         // The projection's raw values, when it answers: strings without their quotes (it answers
@@ -238,7 +227,7 @@ impl KeyQueryWorker for JqKeys {
             for (slot, &field) in projected.iter().enumerate() {
                 let value = raw[field];
                 let text = if value.first() == Some(&b'"') { &value[1..value.len() - 1] } else { value };
-                put_value(values, slot, text);
+                put_key_value(values, slot, text);
             }
             return Ok(());
         }
@@ -275,7 +264,7 @@ impl KeyQueryWorker for JqKeys {
         for (slot, name) in self.wanted.iter().enumerate() {
             let (_, text) =
                 texts.iter().find(|(n, _)| n == name).ok_or_else(|| KeyQueryError::MissingKey(name.clone()))?;
-            put_value(values, slot, text.as_bytes());
+            put_key_value(values, slot, text.as_bytes());
         }
         Ok(())
     }

@@ -29,7 +29,7 @@ pub use origins::{EntryRange, PayloadOrigins, RecordPosition};
 pub use transform::{
     DataflowTransform, Emit, Holding, KeyQuery, KeyQueryError, KeyQueryWorker, PassThrough, Processor, RecordByRecord,
     RecordTransform, StageContext, Transform, TransformContext, TransformError, TransformFailure, TransformOutput,
-    TransformWorker,
+    TransformWorker, put_key_value,
 };
 
 use crate::format::ObjectFormat;

@@ -306,6 +306,18 @@ pub trait KeyQueryWorker {
     fn values(&mut self, record: &[u8], values: &mut Vec<Vec<u8>>) -> Result<(), KeyQueryError>;
 }
 
+/// Puts `value` in `values[slot]`, reusing that entry's buffer (or appending it at the end): how
+/// key values are filled in without an allocation per record.
+pub fn put_key_value(values: &mut Vec<Vec<u8>>, slot: usize, value: &[u8]) {
+    match values.get_mut(slot) {
+        Some(buffer) => {
+            buffer.clear();
+            buffer.extend_from_slice(value);
+        }
+        None => values.push(value.to_vec()),
+    }
+}
+
 /// Why a record has no partition keys from the query.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyQueryError {

@@ -22,7 +22,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use super::Epoch;
 use crate::config::{Partitioning, SinkSettings};
-use crate::contract::{KeyQueryError, KeyQueryWorker};
+use crate::contract::{KeyQueryError, KeyQueryWorker, put_key_value};
 use crate::error_output::ErrorOutputType;
 use crate::metrics::PipelineMetrics;
 use crate::record::{FailedRecords, PartitionKeys, RecordBatch, RecordFailure, Records};
@@ -241,8 +241,9 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
     }
 }
 
-/// The values of `keys` for `record` into `values`: from the query's answer (`from_query`, in the
-/// order of the query keys among `keys`) or the record's Lambda-supplied keys.
+/// The values of `keys` for `record` into `values`: from the query's answer or the record's
+/// Lambda-supplied keys. With only query keys the query fills `values` itself; mixed with Lambda
+/// keys, its answers (in the order of the query keys among `keys`) go through `from_query`.
 fn key_values(
     keys: &[crate::keys::PartitionKeyRef],
     query: Option<&mut (dyn KeyQueryWorker + '_)>,
@@ -251,17 +252,16 @@ fn key_values(
     from_query: &mut Vec<Vec<u8>>,
     values: &mut Vec<Vec<u8>>,
 ) -> Result<(), String> {
-    if let Some(q) = query
-        && keys.iter().any(|k| !k.from_lambda)
-    {
-        q.values(record, from_query).map_err(|e| e.to_string())?;
-    } else {
-        from_query.clear();
+    let from_lambda = keys.iter().filter(|k| k.from_lambda).count();
+    match query {
+        Some(q) if from_lambda == 0 && !keys.is_empty() => return q.values(record, values).map_err(|e| e.to_string()),
+        Some(q) if from_lambda < keys.len() => q.values(record, from_query).map_err(|e| e.to_string())?,
+        _ => from_query.clear(),
     }
     // The buffers of `values` are reused: no allocation per record.
     values.truncate(keys.len());
     let mut answers = from_query.iter();
-    for (i, key) in keys.iter().enumerate() {
+    for (slot, key) in keys.iter().enumerate() {
         let value = if key.from_lambda {
             lambda
                 .and_then(|l| l.iter().find(|(n, _)| *n == key.name))
@@ -270,13 +270,7 @@ fn key_values(
         } else {
             answers.next().map(Vec::as_slice).ok_or_else(|| KeyQueryError::MissingKey(key.name.clone()).to_string())?
         };
-        match values.get_mut(i) {
-            Some(slot) => {
-                slot.clear();
-                slot.extend_from_slice(value);
-            }
-            None => values.push(value.to_vec()),
-        }
+        put_key_value(values, slot, value);
     }
     Ok(())
 }
