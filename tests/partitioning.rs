@@ -381,7 +381,7 @@ fn a_hundred_thousand_partitions_complete_within_max_open_mb() {
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let run = |partitioned: bool| {
         let keys = if partitioned {
-            "partitioning = { query = '{k: .k}', max_open_mb = 64 }\nprefix = \"k=!{partitionKeyFromQuery:k}/\"\n\
+            "partitioning = { query = '{k: .k}', max_open_mb = 16 }\nprefix = \"k=!{partitionKeyFromQuery:k}/\"\n\
              error_prefix = \"errors/!{firehose:error-output-type}/\"\n"
         } else {
             ""
@@ -407,11 +407,18 @@ fn a_hundred_thousand_partitions_complete_within_max_open_mb() {
     let (rss, delivered) = summary_figures(&output);
     assert_eq!((base_delivered, delivered), (RECORDS, RECORDS));
     let summary = String::from_utf8_lossy(&output.stdout);
-    assert!(summary.contains("partitions 100000 written"), "{summary}");
+    // The budget binds: 100,000 partitions take ~50 MiB of bookkeeping alone.
+    let early = summary
+        .split("partitions 100000 written, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(early.is_some_and(|n| n > 10_000), "{summary}");
     // Open gzip objects would take 100,000 × ~400 KiB of compressor state (1.6 GiB was measured
     // before small objects were compressed whole at sealing); the partitions' bookkeeping and
-    // buffers are held to max_open_mb, and sealed objects wait in their compact open form while
-    // the delivery queue is full (measured +62 MiB, release build).
+    // buffers are held to max_open_mb (16), objects sealed early or due wait for room in the
+    // delivery queue instead of piling up there (+100 MiB was measured when early seals did not
+    // wait), and what remains is the allocator's (its heap peaks at ~24 MB: heaptrack).
     assert!(rss < base_rss + 64.0, "peak RSS {rss} MiB against {base_rss} MiB without partitions");
     let objects = folder_objects(&out.path().join("true"));
     assert_eq!(objects.len(), RECORDS as usize, "one object per partition");

@@ -20,7 +20,7 @@
 //! upstream of any probe) and lets the dataflow complete once the worker's pipeline is done.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -90,16 +90,37 @@ pub enum ClusterError {
     /// The processes could not connect.
     #[error("the cluster could not form: {0}")]
     Connect(String),
-    /// A process's connection closed without a clean shutdown.
+    /// Processes whose connections closed without a clean shutdown. When one process is killed
+    /// the others stop too, so a process may see several go: every one it saw is named (the one
+    /// killed among them), in process order.
     #[error(
-        "process {process} of the cluster ({address}) is gone: its connection closed without a clean stop; this process stops too. Restart every process: each replays its write-ahead log, so nothing acknowledged is lost"
+        "{} of the cluster {} gone: {} closed without a clean stop; this process stops too. Restart every process: each replays its write-ahead log, so nothing acknowledged is lost",
+        LostPeers(lost),
+        if lost.len() == 1 { "is" } else { "are" },
+        if lost.len() == 1 { "its connection" } else { "their connections" }
     )]
     PeerLost {
-        /// The process index.
-        process: usize,
-        /// Its address.
-        address: String,
+        /// Each lost process's index and address, in index order (at least one).
+        lost: Vec<(usize, String)>,
     },
+}
+
+/// Names lost processes: `process 2 (10.0.0.7:4600)` or `processes 1 (…) and 2 (…)`.
+struct LostPeers<'a>(&'a [(usize, String)]);
+
+impl std::fmt::Display for LostPeers<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.len() == 1 { "process " } else { "processes " })?;
+        for (i, (process, address)) in self.0.iter().enumerate() {
+            let separator = match i {
+                0 => "",
+                _ if i + 1 == self.0.len() => " and ",
+                _ => ", ",
+            };
+            write!(f, "{separator}{process} ({address})")?;
+        }
+        Ok(())
+    }
 }
 
 impl Cluster {
@@ -324,8 +345,10 @@ pub fn relay_stop(scope: Scope<'_, u64>, stop: StopSignal, release: Rc<RelayRele
     });
 }
 
-/// The process whose connection closed, noted by the panic hook [`watch_peers`] installs.
-static LOST_PEER: OnceLock<usize> = OnceLock::new();
+/// The processes whose connections closed, noted by the panic hook [`watch_peers`] installs (each
+/// peer's receive and send threads panic on their own, so every lost peer is noted by the time
+/// the communication threads are joined).
+static LOST_PEERS: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
 /// The addresses the hook names processes by.
 static PEERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -352,11 +375,14 @@ pub fn watch_peers(cluster: &Cluster) {
             if let Some(peer) = peer.and_then(|p| p.parse::<usize>().ok())
                 && message.starts_with("timely communication error")
             {
-                let _ = LOST_PEER.set(peer);
+                if let Ok(mut lost) = LOST_PEERS.lock() {
+                    lost.insert(peer);
+                }
                 return;
             }
             let cascade = ["MergeQueue", "timely communication", "Send thread panic", "Recv thread panic"];
-            if LOST_PEER.get().is_some() && cascade.iter().any(|c| message.contains(c)) {
+            let any_lost = LOST_PEERS.lock().is_ok_and(|lost| !lost.is_empty());
+            if any_lost && cascade.iter().any(|c| message.contains(c)) {
                 return;
             }
             previous(info);
@@ -364,11 +390,14 @@ pub fn watch_peers(cluster: &Cluster) {
     });
 }
 
-/// The peer whose connection closed during this process's run, if one did.
+/// The peers whose connections closed during this process's run, if any did. Called after the
+/// communication threads are joined, so it names every peer this process lost.
 pub fn lost_peer() -> Option<ClusterError> {
-    let process = *LOST_PEER.get()?;
-    let address = PEERS.lock().ok().and_then(|p| p.get(process).cloned()).unwrap_or_default();
-    Some(ClusterError::PeerLost { process, address })
+    let lost = LOST_PEERS.lock().ok()?.clone();
+    let addresses = PEERS.lock().map(|p| p.clone()).unwrap_or_default();
+    let lost: Vec<(usize, String)> =
+        lost.into_iter().map(|p| (p, addresses.get(p).cloned().unwrap_or_default())).collect();
+    (!lost.is_empty()).then_some(ClusterError::PeerLost { lost })
 }
 
 #[cfg(test)]
@@ -386,6 +415,25 @@ mod tests {
         );
         assert!(matches!(Cluster::parse("h", "a:1\n", 1), Err(ClusterError::NoSuchProcess { processes: 1, .. })));
         assert!(matches!(Cluster::parse("h", "a:0\n", 0), Err(ClusterError::BadLine { .. })));
+    }
+
+    #[test]
+    fn every_lost_process_is_named_with_its_address() {
+        let lost = |peers: &[usize]| {
+            ClusterError::PeerLost { lost: peers.iter().map(|&p| (p, format!("10.0.0.{p}:4600"))).collect() }
+                .to_string()
+        };
+        assert!(lost(&[2]).starts_with("process 2 (10.0.0.2:4600) of the cluster is gone: its connection closed"));
+        assert!(
+            lost(&[1, 2]).starts_with(
+                "processes 1 (10.0.0.1:4600) and 2 (10.0.0.2:4600) of the cluster are gone: their connections closed"
+            ),
+            "{}",
+            lost(&[1, 2])
+        );
+        assert!(
+            lost(&[0, 1, 3]).starts_with("processes 0 (10.0.0.0:4600), 1 (10.0.0.1:4600) and 3 (10.0.0.3:4600) of")
+        );
     }
 
     /// One process with two workers agreeing, and disagreeing workers (as processes would), each

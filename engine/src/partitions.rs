@@ -125,22 +125,36 @@ impl PartitionedBatchers {
         }
     }
 
-    /// Adds what arrived at `epoch`.
+    /// Adds what arrived at `epoch`, from record `from` of `records` on. To stay within the budget
+    /// it seals the largest partitions early, at most `room` objects (the delivery queue's room,
+    /// taken from as it seals): when the budget is spent and so is the room, it stops and says at
+    /// which record, and the caller offers the rest again once the queue has room. So neither the
+    /// open partitions nor the objects waiting for delivery outgrow their bounds (by more than one
+    /// partition's run of records) however fast records come and however slowly objects are
+    /// stored. `None`: every record was added.
     pub fn append(
         &mut self,
         records: &Records,
+        from: usize,
         epoch: u64,
         now: Instant,
         sealed: &mut Vec<SealedObject>,
-    ) -> std::io::Result<()> {
+        room: &mut usize,
+    ) -> std::io::Result<Option<usize>> {
         self.aggregates.set(None);
         let Records::Deliver(batch) = records else {
-            return self.shared.append_records(records, epoch, now, sealed);
+            return self.shared.append_records(records, epoch, now, sealed).map(|()| None);
         };
         // The partition operator sends each worker one batch, its records grouped by partition
         // and each partition's records sharing one set of keys: a batch is taken in runs.
-        let mut start = 0;
+        let mut start = from;
         while start < batch.len() {
+            if self.open_bytes > self.max_open_bytes {
+                self.keep_within_budget(sealed, room)?;
+                if self.open_bytes > self.max_open_bytes {
+                    return Ok(Some(start));
+                }
+            }
             let keys = batch.partition_keys(start).cloned();
             let same = |i: usize| match (&keys, batch.partition_keys(i)) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
@@ -166,11 +180,11 @@ impl PartitionedBatchers {
             }
             start = end;
         }
-        Ok(())
+        self.keep_within_budget(sealed, room)?;
+        Ok(None)
     }
 
-    /// Adds the records at `run` in `batch`, of the partition `keys`, then keeps the open
-    /// partitions within the budget.
+    /// Adds the records at `run` in `batch`, of the partition `keys`.
     fn append_partition(
         &mut self,
         keys: PartitionKeys,
@@ -194,13 +208,14 @@ impl PartitionedBatchers {
         };
         batcher.append_from(batch, run, epoch, now, sealed)?;
         self.open_bytes = (self.open_bytes + partition_bytes(batcher)).saturating_sub(before);
-        self.keep_within_budget(sealed)
+        Ok(())
     }
 
     /// Seals the largest open partitions until all of them fit in the budget, with an eighth of it
-    /// to spare: one pass over the open partitions frees room for many records, not for one.
-    fn keep_within_budget(&mut self, sealed: &mut Vec<SealedObject>) -> std::io::Result<()> {
-        if self.open_bytes <= self.max_open_bytes {
+    /// to spare (one pass over the open partitions frees room for many records, not for one), or
+    /// until `room` objects are sealed.
+    fn keep_within_budget(&mut self, sealed: &mut Vec<SealedObject>, room: &mut usize) -> std::io::Result<()> {
+        if self.open_bytes <= self.max_open_bytes || *room == 0 {
             return Ok(());
         }
         let target = self.max_open_bytes - self.max_open_bytes / 8;
@@ -208,12 +223,13 @@ impl PartitionedBatchers {
             self.partitions.iter().map(|(k, b)| (partition_bytes(b), Arc::clone(k))).collect();
         sizes.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
         for (bytes, keys) in sizes {
-            if self.open_bytes <= target {
+            if self.open_bytes <= target || *room == 0 {
                 break;
             }
             if let Some(mut batcher) = self.partitions.remove(&keys) {
                 batcher.seal_all(sealed)?;
             }
+            *room -= 1;
             self.sealed_early += 1;
             self.open_bytes = self.open_bytes.saturating_sub(bytes);
         }
@@ -380,11 +396,24 @@ mod tests {
         Records::Deliver(batch)
     }
 
+    /// Appends every record of `records`, with unlimited room for early seals.
+    fn add_all(
+        p: &mut PartitionedBatchers,
+        records: &Records,
+        epoch: u64,
+        now: Instant,
+        sealed: &mut Vec<SealedObject>,
+    ) {
+        let mut unlimited = usize::MAX;
+        let stopped = p.append(records, 0, epoch, now, sealed, &mut unlimited).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stopped, None, "unlimited room never stops an append");
+    }
+
     #[test]
     fn due_partitions_are_sealed_at_most_room_at_a_time_and_hold_their_epoch_meanwhile() {
         let mut p = partitioned(1 << 30);
         let mut sealed = Vec::new();
-        p.append(&one_record_per_partition(1000), 7, Instant::now(), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        add_all(&mut p, &one_record_per_partition(1000), 7, Instant::now(), &mut sealed);
         assert!(sealed.is_empty());
         assert_eq!(p.open_partitions(), 1000);
         let mut rounds = 0;
@@ -397,7 +426,7 @@ mod tests {
         assert_eq!((rounds, sealed.len(), p.oldest_epoch()), (3, 1000, None));
         // Nothing is sealed while the queue has no room.
         let mut p = partitioned(1 << 30);
-        p.append(&one_record_per_partition(10), 1, Instant::now(), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        add_all(&mut p, &one_record_per_partition(10), 1, Instant::now(), &mut sealed);
         assert_eq!(p.seal_all(&mut sealed, SealRoom::objects(0)).unwrap_or_else(|e| panic!("{e}")), Sealing::QueueFull);
         assert_eq!(p.open_partitions(), 10);
         // Every sealed object is a complete gzip member holding its partition's one record.
@@ -413,7 +442,7 @@ mod tests {
         let mut p = partitioned_every(1 << 30, Duration::from_millis(10));
         let mut sealed = Vec::new();
         let opened = Instant::now();
-        p.append(&one_record_per_partition(1000), 3, opened, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        add_all(&mut p, &one_record_per_partition(1000), 3, opened, &mut sealed);
         // Not due yet: nothing sealed, whatever the room.
         assert_eq!(
             p.seal_expired(opened, &mut sealed, SealRoom::objects(5000)).unwrap_or_else(|e| panic!("{e}")),
@@ -436,7 +465,7 @@ mod tests {
     fn due_partitions_are_sealed_in_slices_of_about_the_room_in_bytes() {
         let mut sealed = Vec::new();
         let mut p = partitioned(1 << 30);
-        p.append(&one_record_per_partition(1000), 5, Instant::now(), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        add_all(&mut p, &one_record_per_partition(1000), 5, Instant::now(), &mut sealed);
         let each = p.buffered_bytes() / 1000;
         // Room for 1,000 objects but the bytes of about 100 partitions: ten slices.
         let room = SealRoom { objects: 1000, bytes: 100 * each };
@@ -456,7 +485,7 @@ mod tests {
         assert!((10..=11).contains(&slices.len()), "{slices:?}");
         // One partition larger than the slice is still sealed, alone.
         let mut p = partitioned(1 << 30);
-        p.append(&one_record_per_partition(3), 5, Instant::now(), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        add_all(&mut p, &one_record_per_partition(3), 5, Instant::now(), &mut sealed);
         let tiny = SealRoom { objects: 1000, bytes: 1 };
         let outcomes: Vec<Sealing> =
             (0..3).map(|_| p.seal_all(&mut sealed, tiny).unwrap_or_else(|e| panic!("{e}"))).collect();
@@ -464,7 +493,7 @@ mod tests {
         // Interval-due partitions are sliced the same way.
         let mut p = partitioned_every(1 << 30, Duration::from_millis(10));
         let opened = Instant::now();
-        p.append(&one_record_per_partition(1000), 5, opened, &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        add_all(&mut p, &one_record_per_partition(1000), 5, opened, &mut sealed);
         let later = opened + Duration::from_millis(20);
         let before = sealed.len();
         assert_eq!(p.seal_expired(later, &mut sealed, room).unwrap_or_else(|e| panic!("{e}")), Sealing::SliceFull);
@@ -476,7 +505,7 @@ mod tests {
         // Room for about 100 small partitions.
         let mut p = partitioned(100 * (PARTITION_BOOKKEEPING + 64));
         let mut sealed = Vec::new();
-        p.append(&one_record_per_partition(1000), 0, Instant::now(), &mut sealed).unwrap_or_else(|e| panic!("{e}"));
+        add_all(&mut p, &one_record_per_partition(1000), 0, Instant::now(), &mut sealed);
         assert!((80..=120).contains(&p.open_partitions()), "{} open", p.open_partitions());
         assert!(p.open_bytes <= p.max_open_bytes);
         assert!(p.open_bytes >= p.open_partitions() as u64 * PARTITION_BOOKKEEPING);
@@ -484,5 +513,50 @@ mod tests {
         assert_eq!(early as usize, sealed.len());
         assert_eq!(written.len(), 1000);
         assert_eq!(sealed.len() + p.open_partitions(), 1000);
+    }
+
+    #[test]
+    fn early_seals_wait_for_room_and_the_append_resumes_where_it_stopped() {
+        let budget = 100 * (PARTITION_BOOKKEEPING + 64);
+        let mut p = partitioned(budget);
+        let mut sealed = Vec::new();
+        let records = one_record_per_partition(1000);
+        let mut from = 0;
+        let mut stops = 0;
+        loop {
+            // Room for 30 objects per call: the queue takes that many before the append waits.
+            let mut room = 30;
+            let before = sealed.len();
+            let stopped =
+                p.append(&records, from, 4, Instant::now(), &mut sealed, &mut room).unwrap_or_else(|e| panic!("{e}"));
+            assert!(sealed.len() - before <= 30, "{} sealed with room for 30", sealed.len() - before);
+            // Over the budget by at most the one partition added before the check.
+            assert!(p.open_bytes <= budget + PARTITION_BOOKKEEPING + 64, "{} open bytes", p.open_bytes);
+            match stopped {
+                Some(at) => {
+                    assert_eq!(room, 0, "an append stops only when the room is spent");
+                    assert!(at > from || (at == from && sealed.len() > before), "progress from {from}");
+                    from = at;
+                    stops += 1;
+                }
+                None => break,
+            }
+        }
+        assert!(stops >= 20, "{stops} stops: 900 early seals at 30 a call");
+        assert_eq!(p.oldest_epoch(), Some(4));
+        // Every record is in exactly one object or open partition, once.
+        let mut keys: Vec<String> = sealed.iter().map(|o| o.payload.key.clone()).collect();
+        assert_eq!(sealed.len() + p.open_partitions(), 1000);
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), sealed.len(), "no partition sealed twice");
+        // Without room, nothing is sealed early: records are added until the budget is spent.
+        let mut none = 0;
+        let sealed_before = sealed.len();
+        let more = p.append(&one_record_per_partition(2000), 1500, 5, Instant::now(), &mut sealed, &mut none);
+        let stopped_at = more.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("a full budget stops"));
+        assert!((1500..2000).contains(&stopped_at), "{stopped_at}");
+        assert_eq!(sealed.len(), sealed_before);
+        assert!(p.open_bytes > budget && p.open_bytes <= budget + PARTITION_BOOKKEEPING + 64, "{}", p.open_bytes);
     }
 }

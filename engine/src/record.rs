@@ -251,6 +251,14 @@ impl Records {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Total bytes of record data.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Records::Deliver(batch) | Records::Backup(batch) => batch.byte_len(),
+            Records::Failed(failed) => failed.records.byte_len(),
+        }
+    }
 }
 
 /// Records a transform could not process, as they entered it, each with why.

@@ -8,6 +8,9 @@
 //! held, until the deliver operator wakes it), so memory follows the open partitions' bytes, not a
 //! sealed object per partition; and it seals them in slices of [`SEAL_SLICE_BYTES`], handing each
 //! slice on before it compresses the next, so the stores of the first objects overlap the rest.
+//! Early seals (past `max_open_mb`) take the queue's room too: when neither the budget nor the
+//! queue has room, the records not yet added are parked in order, their epochs held and their bytes
+//! counted in the in-flight budget (sources pause), and added once the deliver operator wakes it.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -78,27 +81,74 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                 };
                 let mut held: Option<Capability<Epoch>> = None;
                 let mut sealed = Vec::new();
+                // Records a partitioned sink could not add yet (its budget and its delivery queue
+                // were both full), oldest first, with the record to resume from; their bytes are
+                // counted in the in-flight budget, so sources pause while they wait.
+                let mut parked: std::collections::VecDeque<(Epoch, Records, usize)> = std::collections::VecDeque::new();
+                let budget = metrics.inflight.get().cloned();
                 let worker_index = scope.index();
                 let pending_slot = pending_slot(worker_index, Stage::Buffering);
                 move |(input, frontier), output| {
                     let now = Instant::now();
+                    let mut room = queue.room();
+                    let mut add = |time: Epoch, records: Records, from: usize, room: &mut usize| match batcher.append(
+                        &records,
+                        from,
+                        time,
+                        now,
+                        &mut sealed,
+                        room,
+                    ) {
+                        Ok(None) => None,
+                        Ok(Some(at)) => Some((time, records, at)),
+                        Err(e) => {
+                            tracing::error!(sink = %sink_name, error = %e, "cannot encode a batch");
+                            let m = &metrics.sinks[index];
+                            let lost = records.len().saturating_sub(from) as u64;
+                            m.records_undelivered.fetch_add(lost, Ordering::Relaxed);
+                            m.count_reason("EncodingFailed", lost);
+                            None
+                        }
+                    };
+                    while room > 0
+                        && let Some((time, records, from)) = parked.pop_front()
+                    {
+                        if let Some(b) = &budget {
+                            b.release(parked_bytes(&records));
+                        }
+                        if let Some(rest) = add(time, records, from, &mut room) {
+                            if let Some(b) = &budget {
+                                b.acquire(parked_bytes(&rest.1));
+                            }
+                            parked.push_front(rest);
+                        }
+                    }
                     input.for_each(|cap, data| {
                         let Some(&time) = cap.least() else { return };
                         if held.as_ref().is_none_or(|h| time < *h.time()) {
                             held = cap.retain_least(0);
                         }
                         for records in data.drain(..) {
-                            let appended = batcher.append(&records, time, now, &mut sealed);
-                            if let Err(e) = appended {
-                                tracing::error!(sink = %sink_name, error = %e, "cannot encode a batch");
-                                let m = &metrics.sinks[index];
-                                m.records_undelivered.fetch_add(records.len() as u64, Ordering::Relaxed);
-                                m.count_reason("EncodingFailed", records.len() as u64);
+                            // Behind parked records, records wait their turn (a partition's
+                            // records stay in order).
+                            let waiting = if parked.is_empty() {
+                                add(time, records, 0, &mut room)
+                            } else {
+                                Some((time, records, 0))
+                            };
+                            if let Some(rest) = waiting {
+                                if let Some(b) = &budget {
+                                    b.acquire(parked_bytes(&rest.1));
+                                }
+                                parked.push_back(rest);
                             }
                         }
                     });
-                    let end_of_input = frontier.frontier().is_empty();
-                    let room = SealRoom { objects: queue.room(), bytes: SEAL_SLICE_BYTES };
+                    if !parked.is_empty() {
+                        queue.block(activator.clone());
+                    }
+                    let end_of_input = frontier.frontier().is_empty() && parked.is_empty();
+                    let room = SealRoom { objects: room, bytes: SEAL_SLICE_BYTES };
                     let result = if end_of_input {
                         batcher.seal_all(&mut sealed, room)
                     } else {
@@ -128,7 +178,8 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                             }
                         }
                     }
-                    match (batcher.oldest_epoch(), held.as_mut()) {
+                    let oldest_parked = parked.iter().map(|(time, _, _)| *time).min();
+                    match (min_epoch(batcher.oldest_epoch(), oldest_parked), held.as_mut()) {
                         (None, _) => held = None,
                         (Some(oldest), Some(h)) if oldest > *h.time() => h.downgrade(&oldest),
                         _ => {}
@@ -161,6 +212,19 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
     }
 }
 
+/// What parked records are counted for in the in-flight budget.
+fn parked_bytes(records: &Records) -> u64 {
+    records.byte_len() as u64
+}
+
+/// The earlier of two optional epochs.
+fn min_epoch(a: Option<Epoch>, b: Option<Epoch>) -> Option<Epoch> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A sink's buffers on one worker: one batcher, or one per open partition.
 enum Buffers {
     Plain(ObjectBatcher),
@@ -168,16 +232,20 @@ enum Buffers {
 }
 
 impl Buffers {
+    /// Adds `records` from record `from` on; says where it stopped if a partitioned sink's budget
+    /// and `room` were both spent ([`PartitionedBatchers::append`]).
     fn append(
         &mut self,
         records: &Records,
+        from: usize,
         epoch: u64,
         now: Instant,
         sealed: &mut Vec<SealedObject>,
-    ) -> std::io::Result<()> {
+        room: &mut usize,
+    ) -> std::io::Result<Option<usize>> {
         match self {
-            Buffers::Partitioned(p) => p.append(records, epoch, now, sealed),
-            Buffers::Plain(b) => b.append_records(records, epoch, now, sealed),
+            Buffers::Partitioned(p) => p.append(records, from, epoch, now, sealed, room),
+            Buffers::Plain(b) => b.append_records(records, epoch, now, sealed).map(|()| None),
         }
     }
 

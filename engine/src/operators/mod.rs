@@ -78,8 +78,10 @@ impl InflightBudget {
 /// ended) only while the queue has room: a partitioned sink with thousands of due partitions keeps
 /// them in their compact open form (bytes, no compressor) instead of turning them all at once into
 /// sealed objects that wait here. When it leaves due objects open it says so ([`Self::block`]), and
-/// the deliver operator wakes it once half the room is free. Objects sealed by size, or to keep a
-/// partitioned sink within `max_open_mb`, are sealed whatever the queue holds.
+/// the deliver operator wakes it once half the room is free. Partitions sealed early to keep a
+/// partitioned sink within `max_open_mb` take room too: with none left, the records that would
+/// need them wait in the buffer operator (counted in the [`InflightBudget`], so sources pause).
+/// Objects sealed by size are sealed whatever the queue holds.
 #[derive(Default)]
 pub struct DeliveryQueue {
     objects: Cell<usize>,
