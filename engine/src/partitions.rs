@@ -151,7 +151,10 @@ impl PartitionedBatchers {
         while start < batch.len() {
             if self.open_bytes > self.max_open_bytes {
                 self.keep_within_budget(sealed, room)?;
-                if self.open_bytes > self.max_open_bytes {
+                // Only a spent room stops it: the objects already given to the queue free it
+                // again, so the caller is woken (over the budget with room left means nothing
+                // is open to seal).
+                if self.open_bytes > self.max_open_bytes && *room == 0 {
                     return Ok(Some(start));
                 }
             }
