@@ -356,7 +356,7 @@ fn partition_bytes(batcher: &ObjectBatcher) -> u64 {
 }
 
 /// The smaller of two optional values (either when the other is `None`).
-fn min<T: Ord>(x: Option<T>, y: Option<T>) -> Option<T> {
+pub(crate) fn min<T: Ord>(x: Option<T>, y: Option<T>) -> Option<T> {
     match (x, y) {
         (Some(x), Some(y)) => Some(std::cmp::min(x, y)),
         (x, y) => x.or(y),

@@ -179,7 +179,7 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                         }
                     }
                     let oldest_parked = parked.iter().map(|(time, _, _)| *time).min();
-                    match (min_epoch(batcher.oldest_epoch(), oldest_parked), held.as_mut()) {
+                    match (crate::partitions::min(batcher.oldest_epoch(), oldest_parked), held.as_mut()) {
                         (None, _) => held = None,
                         (Some(oldest), Some(h)) if oldest > *h.time() => h.downgrade(&oldest),
                         _ => {}
@@ -215,14 +215,6 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
 /// What parked records are counted for in the in-flight budget.
 fn parked_bytes(records: &Records) -> u64 {
     records.byte_len() as u64
-}
-
-/// The earlier of two optional epochs.
-fn min_epoch(a: Option<Epoch>, b: Option<Epoch>) -> Option<Epoch> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 /// A sink's buffers on one worker: one batcher, or one per open partition.

@@ -463,9 +463,6 @@ impl Planner<'_> {
         Ok(())
     }
 
-    /// CloudTrail → partitioned by user, event, region and bucket (a few hundred partitions) under a
-    /// Hive-style lake layout ending in `dt=yyyy-MM-dd/` (issue 14's example) → gzip objects,
-    /// against the same pipeline unpartitioned (same input, same codec and level).
     /// The partitioned gzip sink of the `partition` scenario.
     fn partitioned_sink() -> String {
         format!(
@@ -508,6 +505,9 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// CloudTrail → partitioned by user, event, region and bucket (a few hundred partitions) under a
+    /// Hive-style lake layout ending in `dt=yyyy-MM-dd/` (issue 14's example) → gzip objects,
+    /// against the same pipeline unpartitioned (same input, same codec and level).
     pub(crate) fn partition(&mut self, ct: &Workload) -> Result<(), BenchError> {
         let n = self.options.threads;
         let partitioned = Self::partitioned_sink();
