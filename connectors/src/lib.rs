@@ -5,6 +5,7 @@ pub mod api;
 pub mod kms;
 pub mod load;
 pub mod measure;
+pub mod record_data;
 pub mod registry;
 pub mod sinks;
 pub mod sources;

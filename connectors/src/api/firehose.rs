@@ -580,7 +580,7 @@ impl FirehoseApi {
                 ))
             })?;
             batch
-                .push_with(|buf| base64::engine::general_purpose::STANDARD.decode_vec(data.as_bytes(), buf))
+                .push_with(|buf| crate::record_data::decode_append(data.as_bytes(), buf))
                 .map_err(|e| ApiError::serialization(format!("{} is not valid base64: {e}", member(i))))?;
             if batch.byte_len() - before > MAX_RECORD_BYTES {
                 return Err(ApiError::validation(format!(

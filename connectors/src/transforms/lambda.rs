@@ -720,7 +720,7 @@ fn read_answers(body: &[u8], records: usize) -> Result<Vec<Answer>, (&'static st
         *slot = Some(match r.result.as_str() {
             "Ok" => {
                 let data = r.data.unwrap_or_default();
-                match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
+                match crate::record_data::decode(data.as_bytes()) {
                     Ok(data) => {
                         let keys = r.metadata.and_then(|m| m.partition_keys).filter(|k| !k.is_empty()).map(|k| {
                             let pairs: Vec<(String, String)> = k
