@@ -23,7 +23,6 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_engine::audit::{AuditEvent, FIREHOSE_EVENT_SOURCE};
@@ -956,6 +955,8 @@ pub async fn serve_request(
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+
     use super::*;
     use crate::api::queue::Popped;
 
