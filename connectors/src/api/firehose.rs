@@ -210,7 +210,15 @@ impl RecordIds {
     }
 
     fn format(&self, n: u64) -> String {
-        format!("{:016x}{:016x}", self.prefix, n)
+        let mut out = String::with_capacity(32);
+        self.write(n, &mut out);
+        out
+    }
+
+    /// Appends id `n` (32 hex digits) to `out`.
+    fn write(&self, n: u64, out: &mut String) {
+        super::sigv4::push_hex(out, &self.prefix.to_be_bytes());
+        super::sigv4::push_hex(out, &n.to_be_bytes());
     }
 }
 
@@ -694,7 +702,7 @@ impl FirehoseApi {
             }
             if i < accepted {
                 out.push_str("{\"RecordId\":\"");
-                out.push_str(&self.record_ids.format(first + i as u64));
+                self.record_ids.write(first + i as u64, &mut out);
                 out.push_str("\"}");
             } else {
                 out.push_str("{\"ErrorCode\":\"ServiceUnavailableException\",\"ErrorMessage\":\"Slow down.\"}");
@@ -987,6 +995,17 @@ mod tests {
         let status = response.status();
         let bytes = futures::executor::block_on(axum::body::to_bytes(response.into_body(), usize::MAX)).unwrap();
         (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[test]
+    fn record_ids_are_the_prefix_and_the_counter_in_32_hex_digits() {
+        let ids = RecordIds { prefix: 0x0123_4567_89ab_cdef, next: AtomicU64::new(0) };
+        for n in [0, 1, 0xff, 0x1234_5678_9abc_def0, u64::MAX] {
+            assert_eq!(ids.format(n), format!("{:016x}{n:016x}", 0x0123_4567_89ab_cdef_u64));
+        }
+        let mut out = "x".to_string();
+        ids.write(10, &mut out);
+        assert_eq!(out, "x0123456789abcdef000000000000000a");
     }
 
     fn records(n: usize, len: usize) -> Value {
