@@ -238,9 +238,17 @@ fn hex(bytes: &[u8]) -> String {
 /// the Firehose API writes a record id per record this way.
 pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    // Digits are gathered 32 bytes at a time and appended as one ASCII string (a `push` per
+    // character encodes each as UTF-8).
+    let mut digits = [0u8; 64];
+    for chunk in bytes.chunks(32) {
+        for (pair, &b) in digits.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        if let Ok(text) = std::str::from_utf8(&digits[..chunk.len() * 2]) {
+            out.push_str(text);
+        }
     }
 }
 
@@ -519,6 +527,19 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_two_lowercase_digits_per_byte_at_every_length() {
+        for len in [0usize, 1, 31, 32, 33, 64, 70] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 5) as u8).collect();
+            let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let mut out = "x".to_string();
+            push_hex(&mut out, &bytes);
+            assert_eq!(out, format!("x{expected}"), "{len} bytes");
+            assert_eq!(hex(&bytes), expected);
+            assert_eq!(unhex(&expected), Some(bytes));
+        }
+    }
 
     /// The `get-vanilla` case of AWS's SigV4 test suite (example key, `service`/`us-east-1`).
     #[test]
