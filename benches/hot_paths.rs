@@ -8,7 +8,10 @@
 //!   transform stage;
 //! - `object_keys`: rendering a Firehose prefix with timestamp expressions into an object key;
 //! - `log_append`: write-ahead log entries of one PutRecordBatch (~140 KB), without a sync and with
-//!   one fsync per 16 entries (group commit).
+//!   one fsync per 16 entries (group commit);
+//! - `record_data`: the base64 `Data` of 500 CloudTrail records (one PutRecordBatch) decoded as the
+//!   Firehose API does (`record_data::decode_append`, base64-simd) and, for the same bytes into the
+//!   same buffer, with the `base64` crate's STANDARD engine it replaced.
 //!
 //! `cargo bench --bench hot_paths` (a filter after `--` picks groups, e.g. `-- object_keys`).
 //! Whole-pipeline comparisons with other tools are `sluice bench`.
@@ -171,5 +174,30 @@ fn log_append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(hot_paths, encode_compress, json_to_parquet, transforms, object_keys, log_append);
+fn record_data(c: &mut Criterion) {
+    use base64::Engine as _;
+    let (batches, _) = batches(Profile::Cloudtrail, 500);
+    let records = &batches[0];
+    let encoded: Vec<String> = records.iter().map(|r| base64::engine::general_purpose::STANDARD.encode(r)).collect();
+    let mut group = c.benchmark_group("record_data");
+    group.throughput(Throughput::Bytes(records.byte_len() as u64));
+    let mut out = Vec::with_capacity(records.byte_len());
+    let mut decode_all = |decode: &dyn Fn(&[u8], &mut Vec<u8>)| {
+        out.clear();
+        encoded.iter().for_each(|text| decode(text.as_bytes(), &mut out));
+        // The same output both ways: every record's bytes back to back.
+        assert_eq!(out.len(), records.byte_len());
+    };
+    group.bench_function("base64-simd (the API's)", |b| {
+        b.iter(|| decode_all(&|text, out| sluice_connectors::record_data::decode_append(text, out).expect("base64")))
+    });
+    group.bench_function("base64 STANDARD", |b| {
+        b.iter(|| {
+            decode_all(&|text, out| base64::engine::general_purpose::STANDARD.decode_vec(text, out).expect("base64"))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(hot_paths, encode_compress, json_to_parquet, transforms, object_keys, log_append, record_data);
 criterion_main!(hot_paths);

@@ -23,7 +23,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
-use super::{DeliveryQueue, Epoch, Stage, pending_slot};
+use super::{DeliveryQueue, Epoch, InflightBudget, Stage, pending_slot};
 use crate::buffer::{ObjectBatcher, PART_BYTES, SealedObject};
 use crate::config::SinkSettings;
 use crate::metrics::PipelineMetrics;
@@ -81,11 +81,8 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                 };
                 let mut held: Option<Capability<Epoch>> = None;
                 let mut sealed = Vec::new();
-                // Records a partitioned sink could not add yet (its budget and its delivery queue
-                // were both full), oldest first, with the record to resume from; their bytes are
-                // counted in the in-flight budget, so sources pause while they wait.
-                let mut parked: std::collections::VecDeque<(Epoch, Records, usize)> = std::collections::VecDeque::new();
-                let budget = metrics.inflight.get().cloned();
+                let mut parked =
+                    Parked { waiting: std::collections::VecDeque::new(), budget: metrics.inflight.get().cloned() };
                 let worker_index = scope.index();
                 let pending_slot = pending_slot(worker_index, Stage::Buffering);
                 move |(input, frontier), output| {
@@ -111,16 +108,10 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                         }
                     };
                     while room > 0
-                        && let Some((time, records, from)) = parked.pop_front()
+                        && let Some((time, records, from)) = parked.take()
                     {
-                        if let Some(b) = &budget {
-                            b.release(parked_bytes(&records));
-                        }
                         if let Some(rest) = add(time, records, from, &mut room) {
-                            if let Some(b) = &budget {
-                                b.acquire(parked_bytes(&rest.1));
-                            }
-                            parked.push_front(rest);
+                            parked.put_back(rest);
                         }
                     }
                     input.for_each(|cap, data| {
@@ -137,10 +128,7 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                 Some((time, records, 0))
                             };
                             if let Some(rest) = waiting {
-                                if let Some(b) = &budget {
-                                    b.acquire(parked_bytes(&rest.1));
-                                }
-                                parked.push_back(rest);
+                                parked.park(rest);
                             }
                         }
                     });
@@ -178,7 +166,7 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                             }
                         }
                     }
-                    let oldest_parked = parked.iter().map(|(time, _, _)| *time).min();
+                    let oldest_parked = parked.oldest_epoch();
                     match (crate::partitions::min(batcher.oldest_epoch(), oldest_parked), held.as_mut()) {
                         (None, _) => held = None,
                         (Some(oldest), Some(h)) if oldest > *h.time() => h.downgrade(&oldest),
@@ -212,9 +200,48 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
     }
 }
 
-/// What parked records are counted for in the in-flight budget.
-fn parked_bytes(records: &Records) -> u64 {
-    records.byte_len() as u64
+/// Records a partitioned sink could not add yet (its budget and its delivery queue were both
+/// full), oldest first, each with the record to resume from. Their bytes are counted in the
+/// in-flight budget while they wait here, so sources pause.
+struct Parked {
+    waiting: std::collections::VecDeque<(Epoch, Records, usize)>,
+    budget: Option<Arc<InflightBudget>>,
+}
+
+impl Parked {
+    /// Parks `rest` behind what waits.
+    fn park(&mut self, rest: (Epoch, Records, usize)) {
+        self.count(&rest, true);
+        self.waiting.push_back(rest);
+    }
+
+    /// Puts back in front what an append stopped in again.
+    fn put_back(&mut self, rest: (Epoch, Records, usize)) {
+        self.count(&rest, true);
+        self.waiting.push_front(rest);
+    }
+
+    /// The oldest parked records, no longer counted.
+    fn take(&mut self) -> Option<(Epoch, Records, usize)> {
+        let first = self.waiting.pop_front()?;
+        self.count(&first, false);
+        Some(first)
+    }
+
+    fn count(&self, (_, records, _): &(Epoch, Records, usize), held: bool) {
+        if let Some(budget) = &self.budget {
+            let bytes = records.byte_len() as u64;
+            if held { budget.acquire(bytes) } else { budget.release(bytes) }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    fn oldest_epoch(&self) -> Option<Epoch> {
+        self.waiting.iter().map(|(epoch, _, _)| *epoch).min()
+    }
 }
 
 /// A sink's buffers on one worker: one batcher, or one per open partition.
