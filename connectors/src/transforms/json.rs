@@ -369,6 +369,9 @@ struct PathNode {
     /// The key's first eight bytes ([`prefix`]): compared before the key itself.
     prefix: u64,
     children: Vec<usize>,
+    /// One bit per child, at [`filter_bit`] of its prefix and length: a key whose bit is clear
+    /// is no child, found without comparing it with each.
+    filter: u64,
     /// The path that ends here, if any.
     path: Option<usize>,
 }
@@ -386,6 +389,7 @@ impl PathTree {
                         tree.nodes.push(PathNode { key: key.clone(), prefix: prefix(key), ..PathNode::default() });
                         let child = tree.nodes.len() - 1;
                         tree.nodes[node].children.push(child);
+                        tree.nodes[node].filter |= filter_bit(prefix(key), key.len());
                         child
                     }
                 };
@@ -400,11 +404,13 @@ impl PathTree {
     /// `event…` keys do).
     #[inline]
     fn child(&self, node: usize, key: &[u8]) -> Option<usize> {
-        let children = &self.nodes[node].children;
-        if children.is_empty() {
+        let PathNode { children, filter, .. } = &self.nodes[node];
+        let start = prefix(key);
+        // Most keys of a record are no child of a searched level (CloudTrail: 17 keys, 5 of them
+        // asked for): one bit test turns nearly all of them away.
+        if filter & filter_bit(start, key.len()) == 0 {
             return None;
         }
-        let start = prefix(key);
         children.iter().copied().find(|&c| {
             let want = &self.nodes[c];
             want.prefix == start && want.key.len() == key.len() && (key.len() <= 8 || want.key.as_slice() == key)
@@ -420,6 +426,13 @@ impl PathTree {
             self.mark(child, state, found);
         }
     }
+}
+
+/// The bit of a [`PathNode`]'s filter for a key with this prefix and length (a multiplicative
+/// hash's top six bits).
+#[inline]
+fn filter_bit(prefix: u64, len: usize) -> u64 {
+    1 << ((prefix ^ len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58)
 }
 
 /// The first eight bytes of `key` as an integer (zero past its end).

@@ -176,17 +176,17 @@ fn scan(text: &[u8], wanted: &[Option<usize>; 8], out: &mut Vec<(Range<usize>, u
         }
     }
     if let Some(d) = wanted[AWS_ACCESS_KEY] {
-        for finder in [&FINDERS.akia, &FINDERS.asia] {
-            for i in finder.find_iter(text) {
-                let alone = |b: u8| !(b.is_ascii_uppercase() || b.is_ascii_digit());
-                let key = alone(before(i))
-                    && text
-                        .get(i + 4..i + 20)
-                        .is_some_and(|k| k.iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
-                    && alone(at(i + 20));
-                if key {
-                    out.push((i..i + 20, d));
-                }
+        // `AKIA` and `ASIA` in one pass: their common `IA`, then the two bytes before it.
+        let starts = FINDERS.ia.find_iter(text).filter_map(|i| i.checked_sub(2));
+        for i in starts.filter(|&i| matches!(&text[i..i + 2], b"AK" | b"AS")) {
+            let alone = |b: u8| !(b.is_ascii_uppercase() || b.is_ascii_digit());
+            let key = alone(before(i))
+                && text
+                    .get(i + 4..i + 20)
+                    .is_some_and(|k| k.iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
+                && alone(at(i + 20));
+            if key {
+                out.push((i..i + 20, d));
             }
         }
     }
@@ -264,15 +264,22 @@ fn digit_runs_worth_a_look(text: &[u8], block_start: usize, block: wide::u8x16) 
     } else {
         let next = words::block_at(text, block_start + 1);
         let separated = words::within(next, b'-', b'.') | words::equal(next, b' ') | words::equal(next, b'(');
-        // Bit k of `thirteen`: bytes k to k + 12 are digits, from the digits of this block and
-        // the next one, each mask ANDed with itself shifted (2, 4, 8, then 8 + 4 + 1).
-        let window =
-            digits | words::within(words::block_at(text, block_start + words::BLOCK), b'0', b'9') << words::BLOCK;
-        let two = window & window >> 1;
-        let four = two & two >> 2;
-        let eight = four & four >> 4;
-        let thirteen = eight & four >> 8 & window >> 12;
-        (separated, starts & thirteen)
+        // A run of 13 starting here lies in this block (13 digits in it) or runs past its last
+        // byte: only then is the next block looked at.
+        let long = if digits >> (words::BLOCK - 1) == 0 && digits.count_ones() < 13 {
+            0
+        } else {
+            // Bit k of `thirteen`: bytes k to k + 12 are digits, from the digits of this block
+            // and the next one, each mask ANDed with itself shifted (2, 4, 8, then 8 + 4 + 1).
+            let window =
+                digits | words::within(words::block_at(text, block_start + words::BLOCK), b'0', b'9') << words::BLOCK;
+            let two = window & window >> 1;
+            let four = two & two >> 2;
+            let eight = four & four >> 4;
+            let thirteen = eight & four >> 8 & window >> 12;
+            starts & thirteen
+        };
+        (separated, long)
     };
     // A run's start from its last digit: in this block from the masks, else looked for.
     let start_of = move |k: usize| {
@@ -289,14 +296,12 @@ fn digit_runs_worth_a_look(text: &[u8], block_start: usize, block: wide::u8x16) 
 
 /// Substring finders built once (building one per record cost more than the search).
 struct Finders {
-    akia: memchr::memmem::Finder<'static>,
-    asia: memchr::memmem::Finder<'static>,
+    ia: memchr::memmem::Finder<'static>,
     jwt: memchr::memmem::Finder<'static>,
 }
 
 static FINDERS: std::sync::LazyLock<Finders> = std::sync::LazyLock::new(|| Finders {
-    akia: memchr::memmem::Finder::new(b"AKIA").into_owned(),
-    asia: memchr::memmem::Finder::new(b"ASIA").into_owned(),
+    ia: memchr::memmem::Finder::new(b"IA").into_owned(),
     jwt: memchr::memmem::Finder::new(b"eyJ").into_owned(),
 });
 
@@ -1328,6 +1333,31 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Access key ids are found wherever `AKIA` or `ASIA` starts one (looking at every byte).
+        #[test]
+        fn access_keys_are_found_at_every_akia_and_asia(text in "[AKSI0Z x]{0,60}|x?(AKIA|ASIA|AS|AK)[A-Z0-9]{14,18}[ x]?(ASIA|AKIA)?[A-Z]{0,17}") {
+            let bytes = text.as_bytes();
+            let wanted = [None, Some(1), None, None, None, None, None, None];
+            let mut found = Vec::new();
+            scan(bytes, &wanted, &mut found);
+            found.sort_by_key(|(r, _)| r.start);
+            let key_byte = |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit();
+            let expected: Vec<(Range<usize>, usize)> = (0..bytes.len())
+                .filter(|&i| matches!(bytes.get(i..i + 4), Some(b"AKIA" | b"ASIA")))
+                .filter(|&i| {
+                    (i == 0 || !key_byte(&bytes[i - 1]))
+                        && bytes.get(i + 4..i + 20).is_some_and(|k| k.iter().all(key_byte))
+                        && !bytes.get(i + 20).is_some_and(key_byte)
+                })
+                .map(|i| (i..i + 20, 1))
+                .collect();
+            prop_assert_eq!(found, expected, "{}", text);
+        }
+    }
+
     /// An IPv4 address's end the way [`ipv4_at`] once found it: the shape, then std's parser.
     fn ipv4_by_std_parser(text: &[u8], i: usize) -> Option<usize> {
         let mut at = i;
@@ -1401,6 +1431,24 @@ mod tests {
             }
             settle(&mut everywhere);
             prop_assert_eq!(found, everywhere);
+        }
+    }
+
+    #[test]
+    fn long_runs_are_looked_at_wherever_they_lie_in_the_blocks() {
+        let wanted = [None, None, None, Some(3), Some(4), None, Some(6), Some(7)];
+        for offset in 0..2 * words::BLOCK {
+            for len in 12..=20 {
+                // A card number that passes the Luhn check, so the run is a match.
+                let digits: String =
+                    luhn_complete(&vec![4; len - 1]).iter().map(|d| char::from(b'0' + *d as u8)).collect();
+                for after in ["", "x", "xxxx\"", "-", " 1"] {
+                    let text = format!("{}{digits}{after}", "x".repeat(offset));
+                    let found = digit_shapes_looked_at(text.as_bytes(), &wanted);
+                    assert_eq!(found.is_empty(), !(13..=19).contains(&len), "{text}");
+                    assert_eq!(found, digit_shapes_everywhere(text.as_bytes(), &wanted), "{text}");
+                }
+            }
         }
     }
 
