@@ -399,9 +399,9 @@ impl PathTree {
         tree
     }
 
-    /// The child of `node` for `key` (length and first eight bytes compared first, as two
-    /// integers: most keys differ there, and many share their first letter, as CloudTrail's
-    /// `event…` keys do).
+    /// The child of `node` for `key` (the node's filter first, then length and first eight bytes
+    /// compared as two integers: most keys differ there, and many share their first letter, as
+    /// CloudTrail's `event…` keys do).
     #[inline]
     fn child(&self, node: usize, key: &[u8]) -> Option<usize> {
         let PathNode { children, filter, .. } = &self.nodes[node];

@@ -968,19 +968,11 @@ impl RecordTransform for Redactor {
         // as JSON the record gets every match replaced, and as text too, so it is not walked.
         if !escapes
             && self.patterns.is_empty()
-            && self.fields.is_none()
-            && self.mode != Mode::DropField
+            && self.splices_every_string()
             && all_in_value_strings(record, &self.candidates)
         {
             std::mem::swap(&mut self.found, &mut self.candidates);
-            let mut out = std::mem::take(&mut self.out);
-            out.clear();
-            if self.write_replaced(record, &mut out) {
-                emit.record(&out);
-            } else {
-                emit.record(record);
-            }
-            self.out = out;
+            self.emit_replaced(record, emit);
             std::mem::swap(&mut self.found, &mut self.candidates);
             return Ok(());
         }
@@ -1005,7 +997,7 @@ impl Redactor {
     fn redact_walked(&mut self, record: &[u8], emit: &mut Emit<'_>) {
         let json_like =
             record.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| matches!(b, b'{' | b'[' | b'"'));
-        if json_like && self.fields.is_none() && self.mode != Mode::DropField {
+        if json_like && self.splices_every_string() {
             // Every string value is scanned and none is removed: splice the replacements in.
             let mut strings = std::mem::take(&mut self.strings);
             strings.clear();
@@ -1023,9 +1015,20 @@ impl Redactor {
             return;
         }
         // Not JSON: the whole record is one text.
+        self.find_all(record);
+        self.emit_replaced(record, emit);
+    }
+
+    /// Whether every string value is scanned and none is removed (no `fields`, not
+    /// `drop_field`): a record's matches can then be spliced in where they are.
+    fn splices_every_string(&self) -> bool {
+        self.fields.is_none() && self.mode != Mode::DropField
+    }
+
+    /// Emits `record` with the matches in `self.found` replaced (or as it is, with none).
+    fn emit_replaced(&mut self, record: &[u8], emit: &mut Emit<'_>) {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        self.find_all(record);
         if self.write_replaced(record, &mut out) {
             emit.record(&out);
         } else {
@@ -1358,26 +1361,15 @@ mod tests {
         }
     }
 
-    /// An IPv4 address's end the way [`ipv4_at`] once found it: the shape, then std's parser.
+    /// An IPv4 address's end by std's parser alone: the one end within 15 bytes where the text
+    /// from `i` parses as an `Ipv4Addr` and neither a digit nor a dot and a digit follow.
     fn ipv4_by_std_parser(text: &[u8], i: usize) -> Option<usize> {
-        let mut at = i;
-        for octet in 0..4 {
-            if octet > 0 {
-                if text.get(at) != Some(&b'.') {
-                    return None;
-                }
-                at += 1;
-            }
-            let run = digit_run(text, at, 3);
-            if run == 0 {
-                return None;
-            }
-            at += run;
-        }
-        let continued = text.get(at).is_some_and(u8::is_ascii_digit)
-            || (text.get(at) == Some(&b'.') && text.get(at + 1).is_some_and(u8::is_ascii_digit));
-        let parses = std::str::from_utf8(&text[i..at]).is_ok_and(|s| s.parse::<std::net::Ipv4Addr>().is_ok());
-        (!continued && parses).then_some(at)
+        let digit = |k: usize| text.get(k).is_some_and(u8::is_ascii_digit);
+        (i + 1..=text.len().min(i + 15)).find(|&end| {
+            std::str::from_utf8(&text[i..end]).is_ok_and(|s| s.parse::<std::net::Ipv4Addr>().is_ok())
+                && !digit(end)
+                && !(text.get(end) == Some(&b'.') && digit(end + 1))
+        })
     }
 
     proptest! {
