@@ -290,12 +290,15 @@ fn a_corrupt_log_entry_costs_only_its_own_records_and_is_reported() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The admin endpoint answers from the start, before the log's recovery has counted what it
+    // found: wait for the count (a loaded CI machine once read the metrics in between).
     let started = Instant::now();
     let metrics = loop {
-        if let Ok(r) = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")) {
-            break r.text().unwrap();
+        let text = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")).and_then(|r| r.text());
+        match text {
+            Ok(text) if text.contains("sluice_LogCorruptEntries{stream=\"crash\"} 1") => break text,
+            text => assert!(started.elapsed() < Duration::from_secs(20), "no corruption counted: {text:?}"),
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "no admin endpoint");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(metrics.contains("sluice_LogCorruptRecords{stream=\"crash\"} 50"), "{metrics}");
