@@ -64,8 +64,11 @@ fn install(staged: &Path, target: &Path) -> Result<(), DeliveryError> {
 /// all at once past [`MAX_DURABLE_FOLDERS`] (which only costs syncing their holders again).
 static DURABLE_FOLDERS: std::sync::LazyLock<Mutex<HashSet<PathBuf>>> = std::sync::LazyLock::new(Mutex::default);
 
-/// Folders remembered in [`DURABLE_FOLDERS`] (a partitioned sink makes one per partition).
-const MAX_DURABLE_FOLDERS: usize = 100_000;
+/// Folders remembered in [`DURABLE_FOLDERS`]: about 1 MiB of paths. A partitioned sink makes a
+/// folder per partition; past this many, folders met again cost a failed `mkdir` and a sync of
+/// their holder once more (remembering 100,000 took 10 MiB: the sink's memory follows its open
+/// partitions, not every partition it ever wrote).
+const MAX_DURABLE_FOLDERS: usize = 8192;
 
 /// Forgets that `dir` and its ancestors were made.
 fn forget_folders(dir: &Path) {
