@@ -158,14 +158,8 @@ impl PartitionedBatchers {
                     return Ok(Some(start));
                 }
             }
-            let keys = batch.partition_keys(start).cloned();
-            let same = |i: usize| match (&keys, batch.partition_keys(i)) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-                (None, None) => true,
-                _ => false,
-            };
-            let end = (start + 1..batch.len()).find(|&i| !same(i)).unwrap_or(batch.len());
-            match keys {
+            let (keys, end) = batch.partition_key_run(start);
+            match keys.cloned() {
                 Some(keys) => self.append_partition(keys, batch, start..end, epoch, now, sealed)?,
                 None => {
                     let mut unkeyed = FailedRecords::new(ErrorOutputType::PartitioningFailed, batch.arrival_ms);
@@ -394,7 +388,7 @@ mod tests {
         let mut batch = RecordBatch::with_capacity(0, 0);
         for i in 0..n {
             let keys: PartitionKeys = Arc::from(vec![("k".to_string(), i.to_string())]);
-            batch.push_with_keys(format!("{{\"k\":{i}}}").as_bytes(), Some(keys));
+            batch.push_with_keys(format!("{{\"k\":{i}}}").as_bytes(), Some(&keys));
         }
         Records::Deliver(batch)
     }

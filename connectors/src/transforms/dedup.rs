@@ -269,7 +269,7 @@ impl DataflowTransform for DedupTransform {
                             let mut out = RecordBatch::with_capacity(batch.arrival_ms, batch.byte_len());
                             for (i, (record, decision)) in batch.iter().zip(&decisions).enumerate() {
                                 if *decision != Decision::Duplicate {
-                                    out.push_carrying(record, batch.origin(i), batch.partition_keys(i).cloned());
+                                    out.push_carrying(record, batch.origin(i), batch.partition_keys(i));
                                 }
                             }
                             if !out.is_empty() {

@@ -139,7 +139,7 @@ where
                                 let mut keys = Vec::new();
                                 while let Some((_, i, key)) = routed.next_if(|r| r.0 == to) {
                                     let record = batch.range(i..i + 1).next().unwrap_or_default();
-                                    part.push_carrying(record, batch.origin(i), batch.partition_keys(i).cloned());
+                                    part.push_carrying(record, batch.origin(i), batch.partition_keys(i));
                                     keys.push(key);
                                 }
                                 budget.acquire(part.byte_len() as u64);

@@ -463,7 +463,9 @@ impl LambdaWorker {
                     let mut dropped = 0;
                     for (index, record) in input.iter().enumerate() {
                         match answers.next() {
-                            Some(Answer::Ok(data, keys)) => delivered.push_carrying(&data, input.origin(index), keys),
+                            Some(Answer::Ok(data, keys)) => {
+                                delivered.push_carrying(&data, input.origin(index), keys.as_ref())
+                            }
                             Some(Answer::Dropped) => dropped += 1,
                             Some(Answer::Failed(message)) => failed.push(
                                 record,

@@ -516,7 +516,7 @@ fn lookup<'scope>(
                             out.push_carrying(
                                 enriched.map_or(record, |s| s.as_slice()),
                                 batch.origin(i),
-                                batch.partition_keys(i).cloned(),
+                                batch.partition_keys(i),
                             );
                         }
                         session.give(Records::Deliver(out));
