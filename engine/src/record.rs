@@ -77,22 +77,15 @@ impl RecordBatch {
     /// Appends one record. A batch holds at most 4 GiB (offsets are `u32`); sources cut batches at
     /// about 1 MiB, and a single record is at most one line of input.
     pub fn push(&mut self, record: &[u8]) {
-        if !self.keys.is_empty() {
-            self.mark_keys(None);
-        }
-        self.data.extend_from_slice(record);
-        self.ends.push(u32::try_from(self.data.len()).unwrap_or(u32::MAX));
+        self.push_with_keys(record, None);
     }
 
     /// The record about to be pushed has `keys`: starts a run unless the last run has the same.
     fn mark_keys(&mut self, keys: Option<&PartitionKeys>) {
         let same = match (self.keys.last(), keys) {
-            (None, None) => true,
-            (None, Some(_)) => false,
-            (Some((_, last)), keys) => match (last, keys) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-                (a, b) => a.is_none() && b.is_none(),
-            },
+            (None | Some((_, None)), None) => true,
+            (Some((_, Some(last))), Some(keys)) => Arc::ptr_eq(last, keys) || last == keys,
+            _ => false,
         };
         if !same {
             self.keys.push((u32::try_from(self.ends.len()).unwrap_or(u32::MAX), keys.cloned()));
