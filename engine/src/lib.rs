@@ -16,6 +16,7 @@ pub mod contract;
 pub mod destination;
 pub mod error_log;
 pub mod error_output;
+pub mod folders;
 pub mod format;
 pub mod keys;
 pub mod line_store;

@@ -9,7 +9,7 @@
 //! sink alone); a part of an object uploaded in parts is written at its own offset, so parts can be
 //! retried under their number and written concurrently.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -46,73 +46,19 @@ async fn blocking<T: Send + 'static>(
 /// Makes `staged` (synced) the file at `target`: creates its folders, renames, syncs the folder.
 fn install(staged: &Path, target: &Path) -> Result<(), DeliveryError> {
     let parent = target.parent().unwrap_or(Path::new("/"));
-    create_dir_synced(parent).map_err(io_error(format!("cannot create {}", parent.display())))?;
+    sluice_engine::folders::create_dir_synced(parent)
+        .map_err(io_error(format!("cannot create {}", parent.display())))?;
     let moved = std::fs::rename(staged, target).or_else(|e| {
         if e.kind() != std::io::ErrorKind::NotFound || !staged.exists() {
             return Err(e);
         }
         // A folder remembered as made was removed behind the sink's back: made again.
-        forget_folders(parent);
-        create_dir_synced(parent)?;
+        sluice_engine::folders::forget(parent);
+        sluice_engine::folders::create_dir_synced(parent)?;
         std::fs::rename(staged, target)
     });
     moved.map_err(io_error(format!("cannot move an object into {}", target.display())))?;
     File::open(parent).and_then(|d| d.sync_all()).map_err(io_error(format!("cannot sync {}", parent.display())))
-}
-
-/// Folders known to be durable: made (or first met) by this process, their holders synced. Forgotten
-/// all at once past [`MAX_DURABLE_FOLDERS`] (which only costs syncing their holders again).
-static DURABLE_FOLDERS: std::sync::LazyLock<Mutex<HashSet<PathBuf>>> = std::sync::LazyLock::new(Mutex::default);
-
-/// Folders remembered in [`DURABLE_FOLDERS`]: about 1 MiB of paths. A partitioned sink makes a
-/// folder per partition; past this many, folders met again cost a failed `mkdir` and a sync of
-/// their holder once more (remembering 100,000 took 10 MiB: the sink's memory follows its open
-/// partitions, not every partition it ever wrote).
-const MAX_DURABLE_FOLDERS: usize = 8192;
-
-/// Forgets that `dir` and its ancestors were made.
-fn forget_folders(dir: &Path) {
-    let mut known = DURABLE_FOLDERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    for folder in dir.ancestors() {
-        known.remove(folder);
-    }
-}
-
-/// Creates `dir` and its missing ancestors so that they survive a crash of the machine: a folder's
-/// entry is durable only once the folder holding it is synced (ext4 without a journal orders
-/// nothing), and an object renamed into a new folder whose entry was lost would be
-/// lost after it was counted stored. So the holder of each folder is synced once per process, when
-/// this process makes the folder or first meets it (another delivery may have made it a moment ago
-/// and not synced its holder yet); after that the folder costs a set lookup.
-fn create_dir_synced(dir: &Path) -> std::io::Result<()> {
-    if DURABLE_FOLDERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(dir) {
-        return Ok(());
-    }
-    let exists = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir();
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if exists(&e) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let Some(parent) = dir.parent() else { return Err(e) };
-            create_dir_synced(parent)?;
-            match std::fs::create_dir(dir) {
-                Ok(()) => {}
-                Err(e) if exists(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Err(e) => return Err(e),
-    }
-    if let Some(parent) = dir.parent() {
-        create_dir_synced(parent)?;
-        File::open(parent)?.sync_all()?;
-    }
-    let mut known = DURABLE_FOLDERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if known.len() >= MAX_DURABLE_FOLDERS {
-        known.clear();
-    }
-    known.insert(dir.to_path_buf());
-    Ok(())
 }
 
 impl StagedFiles {
@@ -138,8 +84,8 @@ impl StagedFiles {
     pub async fn prepare(&self) -> Result<usize, DeliveryError> {
         let (root, staging) = (self.root.clone(), self.staging.clone());
         let created = move || -> std::io::Result<usize> {
-            create_dir_synced(&root)?;
-            create_dir_synced(&staging)?;
+            sluice_engine::folders::create_dir_synced(&root)?;
+            sluice_engine::folders::create_dir_synced(&staging)?;
             let mut removed = 0;
             for entry in std::fs::read_dir(&staging)?.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_file()) {
@@ -276,36 +222,22 @@ mod tests {
     }
 
     #[test]
-    fn folders_are_made_by_concurrent_deliveries_and_again_when_removed_behind_the_sink() {
+    fn folders_removed_behind_the_sink_are_made_again_and_a_file_in_the_way_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let store = StagedFiles::new(dir.path().join("out"), "p.sink");
         tokio::runtime::Runtime::new().unwrap().block_on(store.prepare()).unwrap();
-        // Eight deliveries into overlapping new folders at once all succeed.
-        std::thread::scope(|s| {
-            for t in 0..8 {
-                let store = &store;
-                s.spawn(move || {
-                    for i in 0..20 {
-                        let staged = store.staged_path();
-                        std::fs::write(&staged, b"x").unwrap();
-                        let target = store.root().join(format!("user={}/event={}/t{t}-{i}", i % 3, i % 5));
-                        install(&staged, &target).unwrap();
-                    }
-                });
-            }
-        });
-        assert_eq!(files(store.root()).len(), 160);
+        let put = |key: &str, body: &[u8]| {
+            let staged = store.staged_path();
+            std::fs::write(&staged, body).unwrap();
+            install(&staged, &store.root().join(key))
+        };
+        put("user=1/event=1/first", b"x").unwrap();
         // The folders are removed while the sink runs: the next object makes them again.
         std::fs::remove_dir_all(store.root().join("user=1")).unwrap();
-        let staged = store.staged_path();
-        std::fs::write(&staged, b"y").unwrap();
-        install(&staged, &store.root().join("user=1/event=1/again")).unwrap();
+        put("user=1/event=1/again", b"y").unwrap();
         assert_eq!(std::fs::read(store.root().join("user=1/event=1/again")).unwrap(), b"y");
-        // A file where a folder must go is an error, not a panic.
         std::fs::write(store.root().join("blocked"), b"").unwrap();
-        let staged = store.staged_path();
-        std::fs::write(&staged, b"z").unwrap();
-        assert!(install(&staged, &store.root().join("blocked/x")).is_err());
+        assert!(put("blocked/x", b"z").is_err());
     }
 
     #[tokio::test(flavor = "multi_thread")]

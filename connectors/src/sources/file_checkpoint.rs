@@ -119,7 +119,7 @@ impl FileCheckpoints {
         let saved: BTreeMap<String, Saved> =
             locked(&self.units).iter().filter_map(|(k, u)| u.saved.map(|s| (k.clone(), s))).collect();
         let dir = self.path.parent().map(PathBuf::from).unwrap_or_default();
-        std::fs::create_dir_all(&dir)?;
+        sluice_engine::folders::create_dir_synced(&dir)?;
         let temporary = self.path.with_extension("json.tmp");
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(&serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?)?;

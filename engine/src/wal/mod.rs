@@ -435,7 +435,9 @@ impl Wal {
         segment_bytes: u64,
         keys: Option<Arc<dyn seal::LogKeys>>,
     ) -> Result<(Wal, Recovery), WalError> {
-        std::fs::create_dir_all(dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        // Synced into its holder: a log folder lost in a crash of the machine would take every
+        // acknowledged record with it.
+        crate::folders::create_dir_synced(dir).map_err(io_error(format!("cannot create {}", dir.display())))?;
         let id = read_or_create_id(dir)?;
         let (checkpoint, unreadable) = read_checkpoint(dir)?;
         let _ = std::fs::remove_file(dir.join("checkpoint.tmp"));

@@ -1,0 +1,122 @@
+//! Folders that survive a crash of the machine, not only of the process: a folder's entry is
+//! durable only once the folder holding it is synced, and a file system without a journal (ext4
+//! without one, as on the machines sluice is measured on) orders nothing, so a log segment, a
+//! checkpoint or an object renamed into a new folder could be lost with the folder after it was
+//! counted durable.
+//!
+//! Guarantees: when [`create_dir_synced`] returns, the folder exists and its entry, and those of
+//! its ancestors, are on disk; a folder is synced into its holder once per process (a set lookup
+//! after that), remembering at most [`MAX_DURABLE_FOLDERS`] folders.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Folders known to be durable: made (or first met) by this process, their holders synced. Forgotten
+/// all at once past [`MAX_DURABLE_FOLDERS`] (which only costs syncing their holders again).
+static DURABLE_FOLDERS: std::sync::LazyLock<Mutex<HashSet<PathBuf>>> = std::sync::LazyLock::new(Mutex::default);
+
+/// Folders remembered in [`DURABLE_FOLDERS`]: about 1 MiB of paths. A partitioned sink makes a
+/// folder per partition; past this many, folders met again cost a failed `mkdir` and a sync of
+/// their holder once more (remembering 100,000 took 10 MiB: the sink's memory follows its open
+/// partitions, not every partition it ever wrote).
+const MAX_DURABLE_FOLDERS: usize = 8192;
+
+/// Forgets that `dir` and its ancestors were made: a folder removed behind the process's back is
+/// made (and synced into its holder) again.
+pub fn forget(dir: &Path) {
+    let Ok(dir) = std::path::absolute(dir) else { return };
+    let mut known = DURABLE_FOLDERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for folder in dir.ancestors() {
+        known.remove(folder);
+    }
+}
+
+/// Creates `dir` (relative to the current folder unless absolute) and its missing ancestors, each
+/// synced into its holder once per process: when this process makes it, or first meets it
+/// (another thread may have made it a moment ago and not synced its holder yet).
+pub fn create_dir_synced(dir: &Path) -> std::io::Result<()> {
+    synced(&std::path::absolute(dir)?)
+}
+
+fn synced(dir: &Path) -> std::io::Result<()> {
+    if DURABLE_FOLDERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(dir) {
+        return Ok(());
+    }
+    let exists = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir();
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if exists(&e) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let Some(parent) = dir.parent() else { return Err(e) };
+            synced(parent)?;
+            match std::fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if exists(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent() {
+        synced(parent)?;
+        File::open(parent)?.sync_all()?;
+    }
+    let mut known = DURABLE_FOLDERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if known.len() >= MAX_DURABLE_FOLDERS {
+        known.clear();
+    }
+    known.insert(dir.to_path_buf());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_are_made_with_their_ancestors_concurrently_and_again_when_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let root = dir.path();
+                s.spawn(move || {
+                    for i in 0..20 {
+                        create_dir_synced(&root.join(format!("a={}/b={}/t{t}-{i}", i % 3, i % 5))).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(std::fs::read_dir(dir.path().join("a=1/b=1")).unwrap().count(), 8 * 2);
+        // Removed behind the process's back: remembered as made until forgotten.
+        std::fs::remove_dir_all(dir.path().join("a=1")).unwrap();
+        create_dir_synced(&dir.path().join("a=1/b=1")).unwrap();
+        assert!(!dir.path().join("a=1").exists());
+        forget(&dir.path().join("a=1/b=1"));
+        create_dir_synced(&dir.path().join("a=1/b=1")).unwrap();
+        assert!(dir.path().join("a=1/b=1").is_dir());
+        // A relative path is made relative to the current folder; `..` is followed.
+        let here = std::env::current_dir().unwrap();
+        let relative = pathdiff(dir.path(), &here).join("rel/../made");
+        create_dir_synced(&relative).unwrap();
+        assert!(dir.path().join("made").is_dir());
+        // A file where a folder must go is an error.
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        assert!(create_dir_synced(&dir.path().join("file/x")).is_err());
+    }
+
+    /// `target` relative to `base` (both absolute), through `..` as far as needed.
+    fn pathdiff(target: &Path, base: &Path) -> PathBuf {
+        let (t, b): (Vec<_>, Vec<_>) = (target.components().collect(), base.components().collect());
+        let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        let mut out = PathBuf::new();
+        for _ in common..b.len() {
+            out.push("..");
+        }
+        for c in &t[common..] {
+            out.push(c);
+        }
+        out
+    }
+}
