@@ -676,20 +676,36 @@ fn write_object(members: &[(&str, Option<Value>)], out: &mut Vec<u8>) -> bool {
 /// A lookup's answer from a database of this transform.
 type Found<'a> = maxminddb::LookupResult<'a, bytes::Bytes>;
 
-/// What a City (or Country) database's record says, as JSON into `out`.
-fn geo(found: &Found<'_>, out: &mut Vec<u8>) -> Result<(), Miss> {
+/// A City (or Country) record's fields as the crate decodes them.
+fn geo_by_crate<'a>(found: &Found<'a>) -> Result<mmdb::GeoFields<'a>, Miss> {
     let record: GeoRecord = found.decode().ok().flatten().ok_or(Miss::NotFound)?;
-    let name = |p: &Option<Place>| p.as_ref().and_then(|p| p.names.as_ref()).and_then(|n| n.en).map(Value::from);
-    let (lat, lon) = match &record.location {
-        Some(Location { latitude: Some(lat), longitude: Some(lon) }) => {
-            (Some(Value::from(*lat)), Some(Value::from(*lon)))
-        }
+    let name = |p: &Option<Place<'a>>| p.as_ref().and_then(|p| p.names.as_ref()).and_then(|n| n.en);
+    let location = record.location.as_ref();
+    Ok(mmdb::GeoFields {
+        city: name(&record.city),
+        country: name(&record.country),
+        country_code: record.country.as_ref().and_then(|c| c.iso_code),
+        latitude: location.and_then(|l| l.latitude),
+        longitude: location.and_then(|l| l.longitude),
+    })
+}
+
+/// An ASN record's fields as the crate decodes them.
+fn asn_by_crate<'a>(found: &Found<'a>) -> Result<mmdb::AsnFields<'a>, Miss> {
+    let record: AsnRecord = found.decode().ok().flatten().ok_or(Miss::NotFound)?;
+    Ok(mmdb::AsnFields { number: record.autonomous_system_number, organization: record.autonomous_system_organization })
+}
+
+/// What a City (or Country) database's record says, as JSON into `out`.
+fn geo(fields: &mmdb::GeoFields<'_>, out: &mut Vec<u8>) -> Result<(), Miss> {
+    let (lat, lon) = match (fields.latitude, fields.longitude) {
+        (Some(lat), Some(lon)) => (Some(Value::from(lat)), Some(Value::from(lon))),
         _ => (None, None),
     };
     let members = [
-        ("city", name(&record.city)),
-        ("country", name(&record.country)),
-        ("country_code", record.country.as_ref().and_then(|c| c.iso_code).map(Value::from)),
+        ("city", fields.city.map(Value::from)),
+        ("country", fields.country.map(Value::from)),
+        ("country_code", fields.country_code.map(Value::from)),
         ("lat", lat),
         ("lon", lon),
     ];
@@ -697,13 +713,33 @@ fn geo(found: &Found<'_>, out: &mut Vec<u8>) -> Result<(), Miss> {
 }
 
 /// What an ASN database's record says, as JSON into `out`.
-fn asn(found: &Found<'_>, out: &mut Vec<u8>) -> Result<(), Miss> {
-    let record: AsnRecord = found.decode().ok().flatten().ok_or(Miss::NotFound)?;
-    let members = [
-        ("number", record.autonomous_system_number.map(Value::from)),
-        ("org", record.autonomous_system_organization.map(Value::from)),
-    ];
+fn asn(fields: &mmdb::AsnFields<'_>, out: &mut Vec<u8>) -> Result<(), Miss> {
+    let members = [("number", fields.number.map(Value::from)), ("org", fields.organization.map(Value::from))];
     if write_object(&members, out) { Ok(()) } else { Err(Miss::NotFound) }
+}
+
+/// What database part `part` (0: City, 1: ASN) of `loaded` says of the record at `record`, as JSON
+/// into `out`: read by hand, or by the crate (a second walk down the tree to the same record, for
+/// the address in `text`) when the record is laid out unusually.
+fn database_answer(
+    loaded: &mmdb::Loaded,
+    part: usize,
+    record: usize,
+    text: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), Miss> {
+    let by_crate = || loaded.reader.lookup(address(text)?).map_err(|_| Miss::NotFound);
+    if part == 0 {
+        match loaded.tree.geo_fields(record) {
+            Ok(fields) => geo(&fields, out),
+            Err(mmdb::Unusual) => geo(&geo_by_crate(&by_crate()?)?, out),
+        }
+    } else {
+        match loaded.tree.asn_fields(record) {
+            Ok(fields) => asn(&fields, out),
+            Err(mmdb::Unusual) => asn(&asn_by_crate(&by_crate()?)?, out),
+        }
+    }
 }
 
 /// A version from its parts, as far as they go.
@@ -809,10 +845,8 @@ impl WorkerState {
                 None => Err(Miss::NotFound),
             };
         }
-        // Decoded by the crate, whose lookup finds the same record (the tree is warm by now).
-        let found = loaded.reader.lookup(address(text)?).map_err(|_| Miss::NotFound)?;
         let start = out.len();
-        let answer = if part == 0 { geo(&found, out) } else { asn(&found, out) };
+        let answer = database_answer(loaded, part, record, text, out);
         if cache.len() >= DECODED_CACHE {
             cache.clear();
         }
@@ -992,6 +1026,62 @@ impl RecordTransform for Enricher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture(name: &str) -> mmdb::Loaded {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mmdb").join(name);
+        mmdb::Loaded::open(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Every network of MaxMind's test databases: the fields read by hand are the crate's, and
+    /// the JSON written from them is the same.
+    #[test]
+    fn records_read_by_hand_say_what_the_crate_decodes() {
+        for (name, part) in [("GeoIP2-City-Test.mmdb", 0), ("GeoLite2-ASN-Test.mmdb", 1)] {
+            let loaded = fixture(name);
+            let mut compared = 0;
+            for network in loaded.reader.networks(Default::default()).unwrap_or_else(|e| panic!("{e}")).flatten() {
+                let Ok(net) = network.network() else { continue };
+                let address = net.network();
+                let Some(record) = loaded.tree.locate(address) else { continue };
+                let found = loaded.reader.lookup(address).unwrap_or_else(|e| panic!("{e}"));
+                let (mut by_hand, mut by_crate) = (Vec::new(), Vec::new());
+                if part == 0 {
+                    let hand = loaded.tree.geo_fields(record).unwrap_or_else(|_| panic!("{name} {address}"));
+                    assert_eq!(Ok(hand), geo_by_crate(&found), "{name} {address}");
+                    let _ = geo(&hand, &mut by_hand);
+                } else {
+                    let hand = loaded.tree.asn_fields(record).unwrap_or_else(|_| panic!("{name} {address}"));
+                    assert_eq!(Ok(hand), asn_by_crate(&found), "{name} {address}");
+                    let _ = asn(&hand, &mut by_hand);
+                }
+                let text = address.to_string();
+                assert_eq!(database_answer(&loaded, part, record, &text, &mut by_crate).is_ok(), !by_hand.is_empty());
+                assert_eq!(by_hand, by_crate, "{name} {address}");
+                compared += 1;
+            }
+            assert!(compared > 100, "{name}: {compared} records compared");
+        }
+    }
+
+    /// A record read by hand at any place of the data section (most are no record at all) is
+    /// read or found unusual, never a panic; so is a damaged database's.
+    #[test]
+    fn records_read_anywhere_are_read_or_unusual() {
+        for name in ["GeoIP2-City-Test.mmdb", "GeoLite2-ASN-Test.mmdb"] {
+            let loaded = fixture(name);
+            let (mut read, mut unusual) = (0, 0);
+            for located in 0..loaded.tree_bytes() {
+                let geo = loaded.tree.geo_fields(located).is_ok();
+                let asn = loaded.tree.asn_fields(located).is_ok();
+                if geo || asn {
+                    read += 1;
+                } else {
+                    unusual += 1;
+                }
+            }
+            assert!(read > 0 && unusual > 0, "{name}: {read} read, {unusual} unusual");
+        }
+    }
 
     #[test]
     fn targets_are_made_where_they_are_asked_for() {
