@@ -471,8 +471,9 @@ struct Enricher {
     metrics: Arc<TransformMetrics>,
 }
 
-/// Where a database part's address was found, or why it has no answer (`None`: not worked out).
-type Ahead = [Option<Result<mmdb::Located, Miss>>; 2];
+/// Where a database part's address was found, and the address, or why it has no answer (`None`:
+/// not worked out).
+type Ahead = [Option<Result<(mmdb::Located, IpAddr), Miss>>; 2];
 
 /// What [`RecordTransform::begin_batch`] worked out for the records of a batch before they are
 /// enriched one by one: each record's scan and, for the database parts, where each address's data
@@ -720,15 +721,15 @@ fn asn(fields: &mmdb::AsnFields<'_>, out: &mut Vec<u8>) -> Result<(), Miss> {
 
 /// What database part `part` (0: City, 1: ASN) of `loaded` says of the record at `record`, as JSON
 /// into `out`: read by hand, or by the crate (a second walk down the tree to the same record, for
-/// the address in `text`) when the record is laid out unusually.
+/// `address`) when the record is laid out unusually.
 fn database_answer(
     loaded: &mmdb::Loaded,
     part: usize,
     record: usize,
-    text: &str,
+    address: IpAddr,
     out: &mut Vec<u8>,
 ) -> Result<(), Miss> {
-    let by_crate = || loaded.reader.lookup(address(text)?).map_err(|_| Miss::NotFound);
+    let by_crate = || loaded.reader.lookup(address).map_err(|_| Miss::NotFound);
     if part == 0 {
         match loaded.tree.geo_fields(record) {
             Ok(fields) => geo(&fields, out),
@@ -801,11 +802,11 @@ impl WorkerState {
         lookups: &Lookups,
         part: usize,
         text: Option<&str>,
-        located: Option<Result<mmdb::Located, Miss>>,
+        located: Option<Result<(mmdb::Located, IpAddr), Miss>>,
         out: &mut Vec<u8>,
     ) -> Result<(), Miss> {
-        let text = text.ok_or(Miss::FieldMissing)?;
         if part == 2 {
+            let text = text.ok_or(Miss::FieldMissing)?;
             let (Some(lookup), Some(extractor)) = (&lookups.user_agent, lookups.extractor) else {
                 return Err(Miss::FieldMissing);
             };
@@ -829,9 +830,12 @@ impl WorkerState {
             return Ok(());
         }
         let Some(Some((loaded, cache))) = self.decoded.get_mut(part) else { return Err(Miss::FieldMissing) };
-        let located = match located {
+        let (located, address) = match located {
             Some(located) => located?,
-            None => loaded.tree.locate(address(text)?),
+            None => {
+                let address = address(text.ok_or(Miss::FieldMissing)?)?;
+                (loaded.tree.locate(address), address)
+            }
         };
         let record = located.ok_or(Miss::NotFound)?;
         // Many networks share one data record: its answer is decoded once per worker (and again
@@ -846,7 +850,7 @@ impl WorkerState {
             };
         }
         let start = out.len();
-        let answer = database_answer(loaded, part, record, text, out);
+        let answer = database_answer(loaded, part, record, address, out);
         if cache.len() >= DECODED_CACHE {
             cache.clear();
         }
@@ -894,8 +898,9 @@ impl Enricher {
                         }
                         let _ = serde_json::to_writer(&mut *out, &search.target_keys[target]);
                         out.push(b':');
-                        let text = text_at(record, found, field);
                         let located = ahead.get(part).copied().flatten();
+                        // A database part worked out ahead needs no text (its address was parsed).
+                        let text = if located.is_none() { text_at(record, found, field) } else { None };
                         let result = state.answer(lookups, part, text.as_deref(), located, out);
                         if result.is_ok() {
                             members_before = true;
@@ -965,15 +970,24 @@ impl RecordTransform for Enricher {
             ahead.found.extend_from_slice(&state.found);
             let mut located: Ahead = [None, None];
             if scanned == Some(json::Scanned::Valid) {
+                // The address of each field, parsed once (Geo-IP and ASN usually read the same).
+                let mut parsed: Option<(usize, Result<IpAddr, Miss>)> = None;
                 for &(part, field, _) in search.fields.iter().filter(|f| f.0 < 2) {
-                    located[part] = Some(match text_at(record, &state.found, field) {
-                        None => Err(Miss::FieldMissing),
-                        Some(text) => address(&text).map(|ip| {
-                            ahead.addresses[part].push(ip);
-                            ahead.owners[part].push(i);
-                            None
-                        }),
-                    });
+                    let ip = match parsed {
+                        Some((same, ip)) if same == field => ip,
+                        _ => {
+                            let ip = text_at(record, &state.found, field)
+                                .ok_or(Miss::FieldMissing)
+                                .and_then(|text| address(&text));
+                            parsed = Some((field, ip));
+                            ip
+                        }
+                    };
+                    located[part] = Some(ip.map(|ip| {
+                        ahead.addresses[part].push(ip);
+                        ahead.owners[part].push(i);
+                        (None, ip)
+                    }));
                 }
             }
             ahead.located.push(located);
@@ -981,8 +995,8 @@ impl RecordTransform for Enricher {
         for (part, slot) in state.decoded.iter().enumerate() {
             let Some((loaded, _)) = slot else { continue };
             loaded.tree.locate_many(&ahead.addresses[part], &mut ahead.walked);
-            for (&owner, &walked) in ahead.owners[part].iter().zip(&ahead.walked) {
-                ahead.located[owner][part] = Some(Ok(walked));
+            for ((&owner, &walked), &ip) in ahead.owners[part].iter().zip(&ahead.walked).zip(&ahead.addresses[part]) {
+                ahead.located[owner][part] = Some(Ok((walked, ip)));
             }
         }
     }
@@ -1044,19 +1058,21 @@ mod tests {
                 let address = net.network();
                 let Some(record) = loaded.tree.locate(address) else { continue };
                 let found = loaded.reader.lookup(address).unwrap_or_else(|e| panic!("{e}"));
-                let (mut by_hand, mut by_crate) = (Vec::new(), Vec::new());
+                let (mut answered, mut by_crate) = (Vec::new(), Vec::new());
                 if part == 0 {
                     let hand = loaded.tree.geo_fields(record).unwrap_or_else(|_| panic!("{name} {address}"));
-                    assert_eq!(Ok(hand), geo_by_crate(&found), "{name} {address}");
-                    let _ = geo(&hand, &mut by_hand);
+                    let crate_fields = geo_by_crate(&found);
+                    assert_eq!(Ok(hand), crate_fields, "{name} {address}");
+                    let _ = crate_fields.and_then(|f| geo(&f, &mut by_crate));
                 } else {
                     let hand = loaded.tree.asn_fields(record).unwrap_or_else(|_| panic!("{name} {address}"));
-                    assert_eq!(Ok(hand), asn_by_crate(&found), "{name} {address}");
-                    let _ = asn(&hand, &mut by_hand);
+                    let crate_fields = asn_by_crate(&found);
+                    assert_eq!(Ok(hand), crate_fields, "{name} {address}");
+                    let _ = crate_fields.and_then(|f| asn(&f, &mut by_crate));
                 }
-                let text = address.to_string();
-                assert_eq!(database_answer(&loaded, part, record, &text, &mut by_crate).is_ok(), !by_hand.is_empty());
-                assert_eq!(by_hand, by_crate, "{name} {address}");
+                let answer = database_answer(&loaded, part, record, address, &mut answered);
+                assert_eq!(answer.is_ok(), !by_crate.is_empty(), "{name} {address}");
+                assert_eq!(answered, by_crate, "{name} {address}");
                 compared += 1;
             }
             assert!(compared > 100, "{name}: {compared} records compared");
