@@ -406,7 +406,11 @@ impl<'a> Data<'a> {
     /// The field at `at`, or the one it points to (one pointer is followed; a pointer to a
     /// pointer is unusual).
     fn resolved(&self, at: usize) -> Result<Field, Unusual> {
-        let field = self.field(at)?;
+        self.resolve(at, self.field(at)?)
+    }
+
+    /// `field`, read at `at`, or the field it points to.
+    fn resolve(&self, at: usize, field: Field) -> Result<Field, Unusual> {
         if field.kind != POINTER {
             return Ok(field);
         }
@@ -424,10 +428,14 @@ impl<'a> Data<'a> {
 
     /// Where the field at `at` ends (a pointer ends after its own bytes).
     fn skip(&self, at: usize, depth: usize) -> Result<usize, Unusual> {
+        self.end(self.field(at)?, depth)
+    }
+
+    /// Where `field` ends.
+    fn end(&self, field: Field, depth: usize) -> Result<usize, Unusual> {
         if depth > MAX_DATA_DEPTH {
             return Err(Unusual);
         }
-        let field = self.field(at)?;
         match field.kind {
             MAP => (0..field.size * 2).try_fold(field.payload, |next, _| self.skip(next, depth + 1)),
             ARRAY => (0..field.size).try_fold(field.payload, |next, _| self.skip(next, depth + 1)),
@@ -453,12 +461,15 @@ impl<'a> Data<'a> {
         }
         let mut next = map.payload;
         for _ in 0..map.size {
-            let key = self.resolved(next)?;
+            // Each field's control byte read once here (a key is most often a pointer to a string
+            // shared by every record).
+            let written = self.field(next)?;
+            let value = self.end(written, 0)?;
+            let key = self.resolve(next, written)?;
             if key.kind != UTF8 {
                 return Err(Unusual);
             }
             let key = self.0.get(key.payload..key.payload + key.size).ok_or(Unusual)?;
-            let value = self.skip(next, 0)?;
             next = self.skip(value, 0)?;
             member(key, value)?;
         }
