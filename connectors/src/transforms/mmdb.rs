@@ -1,18 +1,25 @@
 //! A MaxMind DB file loaded once, with its search tree walked for many addresses at once.
 //!
-//! The `maxminddb` crate decodes the data records; finding an address's record is a walk down the
+//! The fields the enrich transform writes are read from the data records by hand
+//! ([`SearchTree::geo_fields`], [`SearchTree::asn_fields`]: the crate's serde decoder skipped the
+//! same fields more slowly and needed a second walk to the record); a record laid out otherwise
+//! than MaxMind's writers lay theirs out is [`Unusual`], and the caller asks the `maxminddb` crate.
+//! Finding an address's record is a walk down the
 //! file's binary search tree, one node per bit of the address, and in a database larger than the
 //! CPU's caches (GeoLite2 City is 60 MB) nearly every node below the first levels is a cache miss:
 //! measured on the enrich bench, three quarters of the lookup's time sat on the loads of the next
 //! node. [`SearchTree::locate_many`] walks up to [`LANES`] addresses in lockstep, one level of each
 //! per round, so their misses overlap instead of following one another.
 //!
-//! Guarantees: [`SearchTree::locate`] and [`SearchTree::locate_many`] find the same data record as
+//! Guarantees: the fields read by hand are the crate's for every record of MaxMind's test
+//! databases, and reading at any place of a file is an answer or [`Unusual`], never a panic;
+//! [`SearchTree::locate`] and [`SearchTree::locate_many`] find the same data record as
 //! the crate's own `Reader::lookup` for every address (tested against it on MaxMind's test
 //! databases, IPv4 and IPv6); a node outside the file (a damaged database) is "not found", never a
 //! panic. The file's bytes are held once, shared by the crate's reader and the tree ([`Bytes`]).
 
 use std::net::IpAddr;
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -281,7 +288,7 @@ impl SearchTree {
                 b"city" => 0,
                 b"country" => 1,
                 b"location" => 2,
-                _ => return Ok(()),
+                _ => return Ok(Continue(())),
             };
             if std::mem::replace(&mut seen[which], true) {
                 return Err(Unusual);
@@ -291,7 +298,7 @@ impl SearchTree {
                 let member = match (which, key) {
                     (0 | 1, b"names") | (2, b"latitude") => 0,
                     (0 | 1, b"iso_code") | (2, b"longitude") => 1,
-                    _ => return Ok(()),
+                    _ => return Ok(Continue(())),
                 };
                 if std::mem::replace(&mut inner_seen[member], true) {
                     return Err(Unusual);
@@ -299,15 +306,12 @@ impl SearchTree {
                 match (which, member) {
                     (0 | 1, 0) => {
                         let mut english = None;
-                        let mut seen_en = false;
                         data.members(value, |key, value| {
-                            if key == b"en" {
-                                if std::mem::replace(&mut seen_en, true) {
-                                    return Err(Unusual);
-                                }
-                                english = Some(data.text(value)?);
+                            if key != b"en" {
+                                return Ok(Continue(()));
                             }
-                            Ok(())
+                            english = Some(data.text(value)?);
+                            Ok(Break(()))
                         })?;
                         if which == 0 {
                             fields.city = english;
@@ -323,8 +327,9 @@ impl SearchTree {
                     (_, 0) => fields.latitude = Some(data.double(value)?),
                     _ => fields.longitude = Some(data.double(value)?),
                 }
-                Ok(())
-            })
+                Ok(if inner_seen == [true; 2] { Break(()) } else { Continue(()) })
+            })?;
+            Ok(if seen == [true; 3] { Break(()) } else { Continue(()) })
         })?;
         Ok(fields)
     }
@@ -338,7 +343,7 @@ impl SearchTree {
             let slot = match key {
                 b"autonomous_system_number" => 0,
                 b"autonomous_system_organization" => 1,
-                _ => return Ok(()),
+                _ => return Ok(Continue(())),
             };
             if std::mem::replace(&mut seen[slot], true) {
                 return Err(Unusual);
@@ -348,7 +353,7 @@ impl SearchTree {
             } else {
                 fields.organization = Some(data.text(value)?);
             }
-            Ok(())
+            Ok(if seen == [true; 2] { Break(()) } else { Continue(()) })
         })?;
         Ok(fields)
     }
@@ -377,6 +382,7 @@ impl<'a> Data<'a> {
     }
 
     /// The field whose control byte is at `at`.
+    #[inline]
     fn field(&self, at: usize) -> Result<Field, Unusual> {
         let control = self.byte(at)?;
         let mut kind = control >> 5;
@@ -410,6 +416,7 @@ impl<'a> Data<'a> {
     }
 
     /// `field`, read at `at`, or the field it points to.
+    #[inline]
     fn resolve(&self, at: usize, field: Field) -> Result<Field, Unusual> {
         if field.kind != POINTER {
             return Ok(field);
@@ -432,6 +439,7 @@ impl<'a> Data<'a> {
     }
 
     /// Where `field` ends.
+    #[inline]
     fn end(&self, field: Field, depth: usize) -> Result<usize, Unusual> {
         if depth > MAX_DATA_DEPTH {
             return Err(Unusual);
@@ -449,11 +457,13 @@ impl<'a> Data<'a> {
     }
 
     /// Calls `member` with each key and the place of its value, of the map at `at` (a pointer to a
-    /// map is followed); a field that is not a map is unusual.
+    /// map is followed), until it breaks; a field that is not a map is unusual. A reader breaks
+    /// once it has what it writes: a key repeated after that (MaxMind's writers never repeat
+    /// one) is not looked for, and the members after it are not skipped through.
     fn members(
         &self,
         at: usize,
-        mut member: impl FnMut(&'a [u8], usize) -> Result<(), Unusual>,
+        mut member: impl FnMut(&'a [u8], usize) -> Result<ControlFlow<()>, Unusual>,
     ) -> Result<(), Unusual> {
         let map = self.resolved(at)?;
         if map.kind != MAP {
@@ -470,8 +480,10 @@ impl<'a> Data<'a> {
                 return Err(Unusual);
             }
             let key = self.0.get(key.payload..key.payload + key.size).ok_or(Unusual)?;
+            if member(key, value)?.is_break() {
+                break;
+            }
             next = self.skip(value, 0)?;
-            member(key, value)?;
         }
         Ok(())
     }
