@@ -4,9 +4,11 @@
 //! checkpoint or an object renamed into a new folder could be lost with the folder after it was
 //! counted durable.
 //!
-//! Guarantees: when [`create_dir_synced`] returns, the folder exists and its entry, and those of
-//! its ancestors, are on disk; a folder is synced into its holder once per process (a set lookup
-//! after that), remembering at most [`MAX_DURABLE_FOLDERS`] folders.
+//! Guarantees: when [`create_dir_synced`] returns, the folder exists, and it and every ancestor
+//! the call made are synced into their holders (an error otherwise); ancestors that were there
+//! are synced into theirs where the file system can sync folders (a read-only root cannot, and
+//! needs not). A folder is synced once per process (a set lookup after that), remembering at most
+//! [`MAX_DURABLE_FOLDERS`] folders.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -45,23 +47,30 @@ fn synced(dir: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     let exists = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir();
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if exists(&e) => {}
+    // Whether this call made the folder (else it was there, maybe made a moment ago).
+    let made = match std::fs::create_dir(dir) {
+        Ok(()) => true,
+        Err(e) if exists(&e) => false,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let Some(parent) = dir.parent() else { return Err(e) };
             synced(parent)?;
             match std::fs::create_dir(dir) {
-                Ok(()) => {}
-                Err(e) if exists(&e) => {}
+                Ok(()) => true,
+                Err(e) if exists(&e) => false,
                 Err(e) => return Err(e),
             }
         }
         Err(e) => return Err(e),
-    }
+    };
     if let Some(parent) = dir.parent() {
         synced(parent)?;
-        File::open(parent)?.sync_all()?;
+        // The holder of a folder made here was just written to and must sync; one found there is
+        // synced as well as the file system allows (a read-only root such as squashfs cannot
+        // sync its folders, and its entries need no sync).
+        match File::open(parent).and_then(|holder| holder.sync_all()) {
+            Err(e) if made => return Err(e),
+            _ => {}
+        }
     }
     let mut known = DURABLE_FOLDERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if known.len() >= MAX_DURABLE_FOLDERS {
