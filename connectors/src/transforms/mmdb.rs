@@ -281,37 +281,15 @@ impl SearchTree {
     pub fn geo_fields(&self, located: usize) -> Result<GeoFields<'_>, Unusual> {
         let data = Data(self.data().ok_or(Unusual)?);
         let mut fields = GeoFields::default();
-        // city, country, location; then, inside one, names (or latitude), iso_code (or longitude).
-        let mut seen = [false; 3];
-        data.members(self.record_at(located).ok_or(Unusual)?, |key, value| {
-            let which = match key {
-                b"city" => 0,
-                b"country" => 1,
-                b"location" => 2,
-                _ => return Ok(Continue(())),
-            };
-            if std::mem::replace(&mut seen[which], true) {
-                return Err(Unusual);
-            }
-            let mut inner_seen = [false; 2];
-            data.members(value, |key, value| {
-                let member = match (which, key) {
-                    (0 | 1, b"names") | (2, b"latitude") => 0,
-                    (0 | 1, b"iso_code") | (2, b"longitude") => 1,
-                    _ => return Ok(Continue(())),
-                };
-                if std::mem::replace(&mut inner_seen[member], true) {
-                    return Err(Unusual);
-                }
+        data.wanted(self.record_at(located).ok_or(Unusual)?, [b"city", b"country", b"location"], |which, value| {
+            let inner: [&[u8]; 2] = if which == 2 { [b"latitude", b"longitude"] } else { [b"names", b"iso_code"] };
+            data.wanted(value, inner, |member, value| {
                 match (which, member) {
                     (0 | 1, 0) => {
                         let mut english = None;
-                        data.members(value, |key, value| {
-                            if key != b"en" {
-                                return Ok(Continue(()));
-                            }
+                        data.wanted(value, [b"en"], |_, value| {
                             english = Some(data.text(value)?);
-                            Ok(Break(()))
+                            Ok(())
                         })?;
                         if which == 0 {
                             fields.city = english;
@@ -327,9 +305,8 @@ impl SearchTree {
                     (_, 0) => fields.latitude = Some(data.double(value)?),
                     _ => fields.longitude = Some(data.double(value)?),
                 }
-                Ok(if inner_seen == [true; 2] { Break(()) } else { Continue(()) })
-            })?;
-            Ok(if seen == [true; 3] { Break(()) } else { Continue(()) })
+                Ok(())
+            })
         })?;
         Ok(fields)
     }
@@ -338,22 +315,14 @@ impl SearchTree {
     pub fn asn_fields(&self, located: usize) -> Result<AsnFields<'_>, Unusual> {
         let data = Data(self.data().ok_or(Unusual)?);
         let mut fields = AsnFields::default();
-        let mut seen = [false; 2];
-        data.members(self.record_at(located).ok_or(Unusual)?, |key, value| {
-            let slot = match key {
-                b"autonomous_system_number" => 0,
-                b"autonomous_system_organization" => 1,
-                _ => return Ok(Continue(())),
-            };
-            if std::mem::replace(&mut seen[slot], true) {
-                return Err(Unusual);
-            }
+        let wanted: [&[u8]; 2] = [b"autonomous_system_number", b"autonomous_system_organization"];
+        data.wanted(self.record_at(located).ok_or(Unusual)?, wanted, |slot, value| {
             if slot == 0 {
                 fields.number = Some(u32::try_from(data.unsigned(value)?).map_err(|_| Unusual)?);
             } else {
                 fields.organization = Some(data.text(value)?);
             }
-            Ok(if seen == [true; 2] { Break(()) } else { Continue(()) })
+            Ok(())
         })?;
         Ok(fields)
     }
@@ -457,9 +426,8 @@ impl<'a> Data<'a> {
     }
 
     /// Calls `member` with each key and the place of its value, of the map at `at` (a pointer to a
-    /// map is followed), until it breaks; a field that is not a map is unusual. A reader breaks
-    /// once it has what it writes: a key repeated after that (MaxMind's writers never repeat
-    /// one) is not looked for, and the members after it are not skipped through.
+    /// map is followed), until it breaks (the members after that are not skipped through); a
+    /// field that is not a map is unusual.
     fn members(
         &self,
         at: usize,
@@ -486,6 +454,26 @@ impl<'a> Data<'a> {
             next = self.skip(value, 0)?;
         }
         Ok(())
+    }
+
+    /// Calls `each` with the place in `wanted` and the value of each wanted member of the map at
+    /// `at`, and stops once every wanted key was met: a key repeated before that is unusual; one
+    /// repeated after it (MaxMind's writers never repeat one) is not looked for.
+    fn wanted<const N: usize>(
+        &self,
+        at: usize,
+        wanted: [&[u8]; N],
+        mut each: impl FnMut(usize, usize) -> Result<(), Unusual>,
+    ) -> Result<(), Unusual> {
+        let mut seen = [false; N];
+        self.members(at, |key, value| {
+            let Some(slot) = wanted.iter().position(|w| *w == key) else { return Ok(Continue(())) };
+            if std::mem::replace(&mut seen[slot], true) {
+                return Err(Unusual);
+            }
+            each(slot, value)?;
+            Ok(if seen.iter().all(|s| *s) { Break(()) } else { Continue(()) })
+        })
     }
 
     /// The UTF-8 string at `at`.
@@ -571,6 +559,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Hand-made data sections: a wanted key repeated before the others were met is unusual, one
+    /// repeated after them is not looked for; a pointer to a pointer and a string in place of a
+    /// map are unusual; a pointer to a string is followed.
+    #[test]
+    fn unusual_layouts_are_told_apart_from_usual_ones() {
+        // {"a": "x", "a": "y"}: a map of 2 (0xE2), keys and values UTF-8 strings of 1 (0x41).
+        let repeated = [0xE2, 0x41, b'a', 0x41, b'x', 0x41, b'a', 0x41, b'y'];
+        let data = Data(&repeated);
+        let mut values: Vec<String> = Vec::new();
+        let mut take = |v: usize| -> Result<(), Unusual> {
+            values.push(data.text(v)?.to_string());
+            Ok(())
+        };
+        let keys: [&[u8]; 2] = [b"a", b"b"];
+        assert_eq!(data.wanted(0, keys, |_, v| take(v)), Err(Unusual));
+        assert_eq!(data.wanted(0, [b"a"], |_, v| take(v)), Ok(()));
+        // "x" before the repeat is refused (the second "a" is never taken); "x" alone when only
+        // "a" is wanted, which stops reading there.
+        assert_eq!(values, ["x", "x"]);
+        // At 0 a pointer (0x20: size 0) to 2, a pointer to 4, a string "z"; a string is no map.
+        let pointers = [0x20, 0x02, 0x20, 0x04, 0x41, b'z'];
+        let data = Data(&pointers);
+        assert_eq!(data.text(0), Err(Unusual));
+        assert_eq!(data.text(2), Ok("z"));
+        assert_eq!(data.wanted(4, [b"a"], |_, _| Ok(())), Err(Unusual));
     }
 
     /// A damaged file whose tree points past its end: not found, no panic.
