@@ -2,7 +2,7 @@
 //! in a file under the pipeline's `data_dir`, so that the uploads a killed run left open (invisible
 //! to listings, but billed by S3 until aborted) are aborted at the next start.
 //!
-//! Guarantees: an upload is written to the journal (synced) before its first part is sent, and
+//! Guarantees: an upload is written to the journal (synced, with its folder) before its first part is sent, and
 //! leaves it only once completed or aborted; a journal that cannot be read is reported and
 //! replaced, never a reason not to start.
 
@@ -56,14 +56,42 @@ impl UploadJournal {
         }
     }
 
+    /// Replaces the journal durably: a temporary file, synced, renamed over it, and the folder
+    /// synced (without a journal the file system may otherwise lose the rename in a crash, and
+    /// with it the uploads to abort).
     fn write(&self, open: &BTreeMap<String, String>) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        sluice_engine::folders::create_dir_synced(dir)?;
         let temporary = self.path.with_extension("json.tmp");
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(&serde_json::to_vec(open).map_err(std::io::Error::other)?)?;
         file.sync_all()?;
-        std::fs::rename(&temporary, &self.path)
+        std::fs::rename(&temporary, &self.path)?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_uploads_outlive_the_run_and_are_taken_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // The journal's folder does not exist yet: it is made (and synced) with the first write.
+        let path = dir.path().join("data/sink/uploads.json");
+        let journal = UploadJournal::new(path.clone());
+        assert!(journal.take_stale().is_empty());
+        journal.started("u1", "a/1.gz").unwrap_or_else(|e| panic!("{e}"));
+        journal.started("u2", "a/2.gz").unwrap_or_else(|e| panic!("{e}"));
+        journal.ended("u1");
+        assert!(!path.with_extension("json.tmp").exists(), "the temporary file is renamed over the journal");
+        // The next run finds what this one left open, and only once.
+        let next = UploadJournal::new(path.clone());
+        assert_eq!(next.take_stale(), vec![("u2".to_string(), "a/2.gz".to_string())]);
+        assert!(UploadJournal::new(path.clone()).take_stale().is_empty());
+        // An unreadable journal is replaced, never a reason not to start.
+        std::fs::write(&path, b"{not json").unwrap_or_else(|e| panic!("{e}"));
+        assert!(UploadJournal::new(path).take_stale().is_empty());
     }
 }

@@ -515,12 +515,14 @@ pub fn quarantine(dir: &Path, findings: &mut [Finding]) {
     if lines.is_empty() {
         return;
     }
-    let written = std::fs::create_dir_all(&folder).and_then(|()| {
+    // The folder is synced last: the report and the copies made above are new entries in it.
+    let written = crate::folders::create_dir_synced(&folder).and_then(|()| {
         let mut report = std::fs::OpenOptions::new().create(true).append(true).open(&report_path)?;
         for line in &lines {
             writeln!(report, "{line}")?;
         }
-        report.sync_all()
+        report.sync_all()?;
+        std::fs::File::open(&folder)?.sync_all()
     });
     if let Err(e) = written {
         tracing::error!(file = %report_path.display(), error = %e, "cannot write the log's quarantine report");
@@ -530,7 +532,7 @@ pub fn quarantine(dir: &Path, findings: &mut [Finding]) {
 /// Copies `len` bytes at `offset` of `from` (at most what is there) to a new file `to`.
 fn copy_range(from: &Path, offset: u64, len: u64, to: &Path) -> std::io::Result<()> {
     if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
+        crate::folders::create_dir_synced(parent)?;
     }
     let mut source = std::fs::File::open(from)?;
     source.seek(SeekFrom::Start(offset))?;
