@@ -220,12 +220,12 @@ impl KeyQueryWorker for JqKeys {
         // value, in any field).
         if let (Some(projection), Some(projected)) = (&self.worker.projection, &self.projected)
             && projection.select.is_none()
-            && let Some(raw) = projection.resolve_all(record, &mut self.worker.found)
-            && raw.iter().all(|v| v.first() != Some(&b'n'))
+            && projection.resolve(record, &mut self.worker.found)
+            && (0..projection.fields.len()).all(|i| raw_value(record, &self.worker.found, i).first() != Some(&b'n'))
         {
             values.truncate(projected.len());
             for (slot, &field) in projected.iter().enumerate() {
-                let value = raw[field];
+                let value = raw_value(record, &self.worker.found, field);
                 let text = if value.first() == Some(&b'"') { &value[1..value.len() - 1] } else { value };
                 put_key_value(values, slot, text);
             }
@@ -491,20 +491,22 @@ impl Projection {
     /// Writes the output for `record` into `out`: `Some(true)` one record, `Some(false)` none (the
     /// select dropped it), `None` when only jaq can answer.
     fn run(&self, record: &[u8], found: &mut Vec<json::Found>, out: &mut Vec<u8>) -> Option<bool> {
-        let values = self.resolve_all(record, found)?;
+        if !self.resolve(record, found) {
+            return None;
+        }
         if let Some((field, equal, literal)) = &self.select
-            && (values[*field] == literal.as_slice()) != *equal
+            && (raw_value(record, found, *field) == literal.as_slice()) != *equal
         {
             return Some(false);
         }
         out.push(b'{');
-        for (i, ((key, _), value)) in self.fields.iter().zip(&values).enumerate() {
+        for (i, (key, _)) in self.fields.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(key);
             out.push(b':');
-            out.extend_from_slice(value);
+            out.extend_from_slice(raw_value(record, found, i));
         }
         out.push(b'}');
         Some(true)
@@ -512,21 +514,26 @@ impl Projection {
 }
 
 impl Projection {
-    /// The raw value of each field for `record`, when jaq would write each exactly so (else `None`):
-    /// one pass validates the record and finds every path (a missing key or a null on the way is
-    /// `null`, as jq says).
-    fn resolve_all<'r>(&self, record: &'r [u8], found: &mut Vec<json::Found>) -> Option<Vec<&'r [u8]>> {
-        if json::find_paths(record, &self.tree, found)? != Scanned::Valid {
-            return None;
-        }
-        found
-            .iter()
-            .map(|f| match f {
-                json::Found::At(range) => as_written(&record[range.clone()]),
-                json::Found::Missing => Some(&b"null"[..]),
-                json::Found::Blocked => None,
+    /// Whether jaq would write the value of every field for `record` exactly as the record holds
+    /// it: one pass validates the record and finds every path into `found` (a missing key or a
+    /// null on the way is `null`, as jq says); [`raw_value`] then reads each field's value. No
+    /// allocation per record (collecting the values had been one).
+    fn resolve(&self, record: &[u8], found: &mut Vec<json::Found>) -> bool {
+        json::find_paths(record, &self.tree, found) == Some(Scanned::Valid)
+            && found.iter().all(|f| match f {
+                json::Found::At(range) => record.get(range.clone()).and_then(as_written).is_some(),
+                json::Found::Missing => true,
+                json::Found::Blocked => false,
             })
-            .collect()
+    }
+}
+
+/// Field `field`'s value in `record` as written, once [`Projection::resolve`] said jaq writes it
+/// so: its bytes, or `null` for a missing one.
+fn raw_value<'r>(record: &'r [u8], found: &[json::Found], field: usize) -> &'r [u8] {
+    match found.get(field) {
+        Some(json::Found::At(range)) => record.get(range.clone()).unwrap_or(b"null"),
+        _ => b"null",
     }
 }
 
