@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -24,6 +25,27 @@ static DURABLE_FOLDERS: std::sync::LazyLock<Mutex<HashSet<PathBuf>>> = std::sync
 /// their holder once more (remembering 100,000 took 10 MiB: the sink's memory follows its open
 /// partitions, not every partition it ever wrote).
 const MAX_DURABLE_FOLDERS: usize = 8192;
+
+/// Syncs the folder `dir` itself: what was created, renamed or removed in it is durable once this
+/// returns (a file system without a journal orders nothing without it).
+pub fn sync(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Replaces the file at `path` with `bytes` durably: written to `<path>.tmp` beside it, synced,
+/// renamed over it, and its folder synced. A reader sees the old contents or the new, never part of
+/// them, and after a crash of the machine the new contents once this returns. The folder must exist.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let temporary = path.with_file_name(name);
+    let mut file = File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    sync(dir)
+}
 
 /// Forgets that `dir` and its ancestors were made: a folder removed behind the process's back is
 /// made (and synced into its holder) again.
@@ -67,7 +89,7 @@ fn synced(dir: &Path) -> std::io::Result<()> {
         // The holder of a folder made here was just written to and must sync; one found there is
         // synced as well as the file system allows (a read-only root such as squashfs cannot
         // sync its folders, and its entries need no sync).
-        match File::open(parent).and_then(|holder| holder.sync_all()) {
+        match sync(parent) {
             Err(e) if made => return Err(e),
             _ => {}
         }
@@ -113,6 +135,19 @@ mod tests {
         // A file where a folder must go is an error.
         std::fs::write(dir.path().join("file"), b"").unwrap();
         assert!(create_dir_synced(&dir.path().join("file/x")).is_err());
+    }
+
+    #[test]
+    fn a_file_is_replaced_whole_and_its_temporary_does_not_remain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        replace_file(&path, b"first").unwrap();
+        replace_file(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the file, no `.tmp` beside it");
+        // Its folder must exist: nothing is made, the error says so.
+        let missing = dir.path().join("absent/state.json");
+        assert_eq!(replace_file(&missing, b"x").unwrap_err().kind(), std::io::ErrorKind::NotFound);
     }
 
     /// `target` relative to `base` (both absolute), through `..` as far as needed.

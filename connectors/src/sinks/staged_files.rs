@@ -58,7 +58,7 @@ fn install(staged: &Path, target: &Path) -> Result<(), DeliveryError> {
         std::fs::rename(staged, target)
     });
     moved.map_err(io_error(format!("cannot move an object into {}", target.display())))?;
-    File::open(parent).and_then(|d| d.sync_all()).map_err(io_error(format!("cannot sync {}", parent.display())))
+    sluice_engine::folders::sync(parent).map_err(io_error(format!("cannot sync {}", parent.display())))
 }
 
 impl StagedFiles {

@@ -7,7 +7,6 @@
 //! replaced, never a reason not to start.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -62,12 +61,8 @@ impl UploadJournal {
     fn write(&self, open: &BTreeMap<String, String>) -> std::io::Result<()> {
         let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
         sluice_engine::folders::create_dir_synced(dir)?;
-        let temporary = self.path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&serde_json::to_vec(open).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &self.path)?;
-        std::fs::File::open(dir)?.sync_all()
+        let text = serde_json::to_vec(open).map_err(std::io::Error::other)?;
+        sluice_engine::folders::replace_file(&self.path, &text)
     }
 }
 
@@ -93,5 +88,10 @@ mod tests {
         // An unreadable journal is replaced, never a reason not to start.
         std::fs::write(&path, b"{not json").unwrap_or_else(|e| panic!("{e}"));
         assert!(UploadJournal::new(path).take_stale().is_empty());
+        // A journal that cannot be written says so (the sink then warns that a crash would leave
+        // that upload open, and goes on).
+        std::fs::write(dir.path().join("blocked"), b"").unwrap_or_else(|e| panic!("{e}"));
+        let blocked = UploadJournal::new(dir.path().join("blocked/uploads.json"));
+        assert!(blocked.started("u3", "a/3.gz").is_err());
     }
 }

@@ -10,7 +10,6 @@
 //! A run that delivers all its input without being stopped removes it, so the next run starts over.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,12 +119,8 @@ impl FileCheckpoints {
             locked(&self.units).iter().filter_map(|(k, u)| u.saved.map(|s| (k.clone(), s))).collect();
         let dir = self.path.parent().map(PathBuf::from).unwrap_or_default();
         sluice_engine::folders::create_dir_synced(&dir)?;
-        let temporary = self.path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &self.path)?;
-        std::fs::File::open(&dir)?.sync_all()
+        let text = serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?;
+        sluice_engine::folders::replace_file(&self.path, &text)
     }
 
     /// Follows the delivered frontier on a thread of its own while the run goes on.

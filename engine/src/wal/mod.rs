@@ -222,7 +222,7 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(format!("cannot sync {}", dir.display())))
+    crate::folders::sync(dir).map_err(io_error(format!("cannot sync {}", dir.display())))
 }
 
 /// The log's identity from `dir/id`, or a new one written durably (temporary file, synced,
@@ -237,12 +237,8 @@ fn read_or_create_id(dir: &Path) -> Result<u64, WalError> {
         }
     }
     let id: u64 = rand::random();
-    let temporary = dir.join("id.tmp");
-    let written = File::create(&temporary)
-        .and_then(|mut f| f.write_all(format!("{id:016x}\n").as_bytes()).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&temporary, &path));
-    written.map_err(io_error(format!("cannot write {}", path.display())))?;
-    sync_dir(dir)?;
+    crate::folders::replace_file(&path, format!("{id:016x}\n").as_bytes())
+        .map_err(io_error(format!("cannot write {}", path.display())))?;
     Ok(id)
 }
 
@@ -267,12 +263,9 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Writes it durably: a temporary file, synced, renamed over the old one, the folder synced.
     pub fn write(&self) -> Result<(), WalError> {
-        let temporary = self.dir.join("checkpoint.tmp");
         let text = serde_json::to_vec(&self.state).map_err(|e| io_error("cannot write the checkpoint")(e.into()))?;
-        let mut file = File::create(&temporary).map_err(io_error("cannot write the checkpoint"))?;
-        file.write_all(&text).and_then(|()| file.sync_all()).map_err(io_error("cannot write the checkpoint"))?;
-        std::fs::rename(&temporary, self.dir.join("checkpoint")).map_err(io_error("cannot write the checkpoint"))?;
-        sync_dir(&self.dir)
+        crate::folders::replace_file(&self.dir.join("checkpoint"), &text)
+            .map_err(io_error("cannot write the checkpoint"))
     }
 
     /// Deletes `segments` (those [`Wal::checkpointed`] returned, below this written checkpoint),

@@ -522,7 +522,7 @@ pub fn quarantine(dir: &Path, findings: &mut [Finding]) {
             writeln!(report, "{line}")?;
         }
         report.sync_all()?;
-        std::fs::File::open(&folder)?.sync_all()
+        crate::folders::sync(&folder)
     });
     if let Err(e) = written {
         tracing::error!(file = %report_path.display(), error = %e, "cannot write the log's quarantine report");
