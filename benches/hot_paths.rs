@@ -6,6 +6,9 @@
 //! - `transforms`: CloudTrail records through one transform worker (`redact` with every built-in
 //!   detector, the `jq` reshape of `sluice bench`'s transform scenario), the per-record work of the
 //!   transform stage;
+//! - `key_query`: the partition scenario's partitioning query (`sluice bench --scenario partition`:
+//!   user, event, region, bucket) answered for every CloudTrail record, as the partition operator
+//!   asks it (one validating JSON walk finds the four paths);
 //! - `object_keys`: rendering a Firehose prefix with timestamp expressions into an object key;
 //! - `log_append`: write-ahead log entries of one PutRecordBatch (~140 KB), without a sync and with
 //!   one fsync per 16 entries (group commit);
@@ -132,6 +135,31 @@ fn transforms(c: &mut Criterion) {
     group.finish();
 }
 
+/// One worker of the partition scenario's key query over every record.
+fn key_query(c: &mut Criterion) {
+    let (records, bytes) = batches(Profile::Cloudtrail, 20_000);
+    let mut group = c.benchmark_group("key_query");
+    group.throughput(Throughput::Bytes(bytes)).sample_size(10).measurement_time(Duration::from_secs(5));
+    let query =
+        "{user: .userIdentity.userName, event: .eventName, region: .awsRegion, bucket: .requestParameters.bucketName}";
+    let wanted: Vec<String> = ["user", "event", "region", "bucket"].map(String::from).to_vec();
+    let mut worker = sluice_connectors::transforms::jq::key_query(query)
+        .expect("the query compiles")
+        .open(&wanted)
+        .expect("open the query");
+    let mut values = Vec::new();
+    group.bench_function("partition scenario's four paths", |b| {
+        b.iter(|| {
+            for batch in &records {
+                for record in batch.iter() {
+                    worker.values(record, &mut values).expect("every generated record has the keys");
+                }
+            }
+        })
+    });
+    group.finish();
+}
+
 fn object_keys(c: &mut Criterion) {
     let settings = sink_settings(
         "format = \"ndjson\"\nprefix = \"logs/!{timestamp:'year='yyyy'/month='MM'/day='dd'/hour='HH}/\"\nerror_prefix = \"errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/\"",
@@ -199,5 +227,14 @@ fn record_data(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(hot_paths, encode_compress, json_to_parquet, transforms, object_keys, log_append, record_data);
+criterion_group!(
+    hot_paths,
+    encode_compress,
+    json_to_parquet,
+    transforms,
+    key_query,
+    object_keys,
+    log_append,
+    record_data
+);
 criterion_main!(hot_paths);
