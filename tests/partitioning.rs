@@ -476,3 +476,57 @@ fn deaggregation_splits_records_before_partitioning() {
     assert_eq!(by_partition(&delimited, "a=x/"), vec![r#"{"a":"x"}"#]);
     assert_eq!(by_partition(&delimited, "a=y/"), vec![r#"{"a":"y"}"#]);
 }
+
+/// Records on their way to the worker that buffers their partition count in the run's in-flight
+/// budget until that worker takes them in, so a worker owning the busiest partitions pauses the
+/// sources instead of letting the others' records pile up in its channel. Every record here is in
+/// one partition (one worker buffers all of them; the other reads half the file and sends it
+/// over), the budget is 256 KiB: the run completes with every record once, counted the batches
+/// it exchanged (a compressed object is a few KiB: what the peak holds beyond it is exchanged
+/// records), stayed within the budget but for what the two workers' reads between two checks
+/// add, and released everything it counted.
+#[test]
+fn records_crossing_to_their_partitions_worker_count_in_the_inflight_budget() {
+    use sluice_engine::operators::InflightBudget;
+    use sluice_engine::runtime::{RunOptions, run};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    const RECORDS: usize = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("one-partition.ndjson");
+    // ~20 MB: above the size the file source splits between workers at (16 MiB).
+    let pad = "x".repeat(300);
+    let lines: Vec<String> = (0..RECORDS).map(|n| format!("{{\"k\":\"one\",\"n\":{n},\"pad\":\"{pad}\"}}")).collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+    let toml = sluice_engine::testkit::file_pipeline_toml(
+        "exchange",
+        &input,
+        &format!("file://{}", out.display()),
+        "format = \"ndjson\"\ncompression = \"zstd\"\nbuffer = { size_mb = 64, interval_s = 900 }\n\
+         partitioning = { query = '{k: .k}' }\nprefix = \"k=!{partitionKeyFromQuery:k}/\"\n\
+         error_prefix = \"errors/!{firehose:error-output-type}/\"",
+    );
+    let plan = plan_from_str(&toml, &registry::registry()).unwrap();
+    let metrics = std::sync::Arc::new(plan.new_metrics());
+    const LIMIT: u64 = 256 << 10;
+    let budget = InflightBudget::new(LIMIT);
+    assert!(metrics.inflight.set(std::sync::Arc::clone(&budget)).is_ok());
+    let mut options = RunOptions::for_plan(&plan);
+    options.workers = 2;
+    run(&plan, &options, std::sync::Arc::clone(&metrics)).unwrap();
+
+    assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), RECORDS as u64);
+    let objects = folder_objects(&out);
+    assert_eq!(objects.len(), 1, "one partition, one object: {:?}", objects.keys().collect::<Vec<_>>());
+    let mut expected = lines;
+    expected.sort();
+    assert!(all_lines(&objects) == expected, "every record exactly once");
+    assert_eq!(budget.held(), 0, "every byte counted was released");
+    // A source batch is about 1 MiB: its records were counted on their way.
+    assert!(budget.peak() >= 512 << 10, "exchanged records were not counted: peak {} bytes", budget.peak());
+    // Each worker checks the budget, then reads up to four batches of ~1.1 MiB before it checks
+    // again; the one object, compressed, is a few KiB.
+    let bound = LIMIT + 2 * 4 * (1 << 20) * 9 / 8 + (1 << 20);
+    assert!(budget.peak() <= bound, "peak {} bytes against a bound of {bound}", budget.peak());
+}

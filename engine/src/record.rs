@@ -19,6 +19,7 @@
 use std::sync::Arc;
 
 use crate::error_output::ErrorOutputType;
+use crate::operators::{BudgetClaim, InflightBudget};
 
 /// Partition keys a transform gave a record (a Lambda function's `metadata.partitionKeys`), in
 /// key order.
@@ -60,6 +61,11 @@ pub struct RecordBatch {
     /// Origin per record, when any record has one (empty otherwise; shorter than `ends` when the
     /// last records have none).
     origins: Vec<Option<Origin>>,
+    /// This batch's bytes counted in its process's in-flight budget while it crosses to another
+    /// worker of the process (the partition operator's exchange). Never serialized: a batch that
+    /// arrives from another process was not counted in this one.
+    #[serde(skip)]
+    claim: BudgetClaim,
 }
 
 impl RecordBatch {
@@ -71,6 +77,7 @@ impl RecordBatch {
             ends: Vec::new(),
             keys: Vec::new(),
             origins: Vec::new(),
+            claim: BudgetClaim::default(),
         }
     }
 
@@ -189,7 +196,14 @@ impl RecordBatch {
             bytes.get(12..ends_end)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let data = bytes.get(ends_end..)?.to_vec();
         let ordered = ends.windows(2).all(|w| w[0] <= w[1]) && ends.last().is_none_or(|&e| e as usize == data.len());
-        ordered.then_some(RecordBatch { data, ends, arrival_ms, keys: Vec::new(), origins: Vec::new() })
+        ordered.then_some(RecordBatch {
+            data,
+            ends,
+            arrival_ms,
+            keys: Vec::new(),
+            origins: Vec::new(),
+            claim: BudgetClaim::default(),
+        })
     }
 
     /// Number of records.
@@ -205,6 +219,23 @@ impl RecordBatch {
     /// Total bytes of record data.
     pub fn byte_len(&self) -> usize {
         self.data.len()
+    }
+
+    /// Counts the batch's bytes in `budget` until [`Self::release_budget`] (or until it is
+    /// dropped): a batch sent to another worker of this process.
+    pub fn claim_budget(&mut self, budget: &Arc<InflightBudget>) {
+        self.claim.release();
+        self.claim = BudgetClaim::new(budget, self.data.len() as u64);
+    }
+
+    /// Releases what [`Self::claim_budget`] counted: the receiving worker took the batch in.
+    pub fn release_budget(&mut self) {
+        self.claim.release();
+    }
+
+    /// The bytes this batch counts in a budget now.
+    pub fn claimed_bytes(&self) -> u64 {
+        self.claim.bytes()
     }
 
     /// The records, in order.
@@ -343,6 +374,32 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claimed_batch_counts_its_bytes_once_until_taken_in_or_dropped() {
+        let budget = InflightBudget::new(1 << 20);
+        let mut batch = RecordBatch::with_capacity(7, 0);
+        batch.push(b"twelve bytes");
+        batch.claim_budget(&budget);
+        assert_eq!((budget.held(), batch.claimed_bytes()), (12, 12));
+        // Claiming again replaces the claim; it does not add to it.
+        batch.claim_budget(&budget);
+        assert_eq!(budget.held(), 12);
+        // A copy, or the batch as another process receives it, holds nothing.
+        let copy = batch.clone();
+        assert_eq!((copy.claimed_bytes(), copy == batch), (0, true));
+        let sent: RecordBatch = serde_json::from_str(&serde_json::to_string(&batch).unwrap()).unwrap();
+        assert_eq!((sent.claimed_bytes(), sent == batch), (0, true));
+        drop((copy, sent));
+        assert_eq!(budget.held(), 12, "only the batch that was counted releases");
+        batch.release_budget();
+        batch.release_budget();
+        assert_eq!((budget.held(), batch.claimed_bytes()), (0, 0), "released once");
+        batch.claim_budget(&budget);
+        drop(batch);
+        assert_eq!(budget.held(), 0, "a dropped batch releases what it counted");
+        assert_eq!(budget.peak(), 12);
+    }
 
     #[test]
     fn origins_follow_their_records_through_pushes_and_truncation() {

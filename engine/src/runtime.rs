@@ -19,7 +19,8 @@ use crate::config::{BackupMode, Input};
 use crate::contract::{PrepareContext, SharedListener, SourceContext, StageContext, StopSignal};
 use crate::metrics::PipelineMetrics;
 use crate::operators::{
-    BuildObjects, Deliver, DeliveryContext, DeliveryQueue, InflightBudget, PartitionRecords, read_source,
+    BuildObjects, Deliver, DeliveryContext, DeliveryQueue, ExchangeBudget, InflightBudget, PartitionRecords,
+    read_source,
 };
 use crate::record::Records;
 
@@ -370,6 +371,7 @@ fn execute(
                             Arc::clone(&sink.settings),
                             Arc::clone(partitioning),
                             Arc::clone(&context.metrics),
+                            ExchangeBudget { budget: Arc::clone(&context.budget), local_workers: local.clone() },
                         );
                     }
                     let queue = std::rc::Rc::new(DeliveryQueue::default());

@@ -119,7 +119,12 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                         if held.as_ref().is_none_or(|h| time < *h.time()) {
                             held = cap.retain_least(0);
                         }
-                        for records in data.drain(..) {
+                        for mut records in data.drain(..) {
+                            // Taken in: what the sender counted for the way here is released (a
+                            // parked batch is counted again, as parked).
+                            if let Records::Deliver(batch) = &mut records {
+                                batch.release_budget();
+                            }
                             // Behind parked records, records wait their turn (a partition's
                             // records stay in order).
                             let waiting = if parked.is_empty() {

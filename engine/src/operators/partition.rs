@@ -8,7 +8,10 @@
 //! `partitioning-failed` with the reason (the query failed or gave a non-object, a key is missing,
 //! a value has `/` or a control character, or the prefix would be unusable or over 512 characters);
 //! failed records and source backups stay on their worker. Nothing is held across activations, so
-//! epochs pass through unchanged.
+//! epochs pass through unchanged. A batch bound for a worker of this process counts its bytes in
+//! the in-flight budget until that worker takes it in (a [`super::BudgetClaim`]), so a worker that
+//! owns the busiest partitions pauses the sources instead of letting the others' records pile up
+//! in its channel.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
-use super::Epoch;
+use super::{Epoch, InflightBudget};
 use crate::config::{Partitioning, SinkSettings};
 use crate::contract::{KeyQueryError, KeyQueryWorker, put_key_value};
 use crate::error_output::ErrorOutputType;
@@ -37,7 +40,19 @@ pub trait PartitionRecords<'scope> {
         settings: Arc<SinkSettings>,
         partitioning: Arc<Partitioning>,
         metrics: Arc<PipelineMetrics>,
+        exchange: ExchangeBudget,
     ) -> Stream<'scope, Epoch, Vec<Records>>;
+}
+
+/// What the batches a worker sends count in, and to whom: the run's in-flight budget, and the
+/// workers of this process (timely numbers workers process by process; a batch for another
+/// process is not counted here, since it is released there).
+#[derive(Clone)]
+pub struct ExchangeBudget {
+    /// The run's in-flight budget.
+    pub budget: Arc<InflightBudget>,
+    /// This process's workers.
+    pub local_workers: std::ops::Range<usize>,
 }
 
 /// A partition met: its keys, the worker that buffers it, and its number in the batch that last
@@ -79,6 +94,7 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
         settings: Arc<SinkSettings>,
         partitioning: Arc<Partitioning>,
         metrics: Arc<PipelineMetrics>,
+        exchange: ExchangeBudget,
     ) -> Stream<'scope, Epoch, Vec<Records>> {
         let worker = self.scope().index() as u64;
         let peers = self.scope().peers() as u64;
@@ -233,6 +249,9 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                 let mut out = RecordBatch::with_capacity(batch.arrival_ms, bytes);
                                 while let Some((_, id, record, from)) = routed.next_if(|r| r.0 == worker) {
                                     out.push_carrying(record, batch.origin(from as usize), partitions.get(id as usize));
+                                }
+                                if exchange.local_workers.contains(&(worker as usize)) {
+                                    out.claim_budget(&exchange.budget);
                                 }
                                 session.give(Records::Deliver(out));
                             }
