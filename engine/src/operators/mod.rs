@@ -63,8 +63,9 @@ impl InflightBudget {
         self.bytes.load(Ordering::Relaxed) >= self.limit
     }
 
-    /// Counts `n` more bytes held: an object handed to a sink, or records a transform holds
-    /// across workers (a dataflow transform waiting for its state to be complete).
+    /// Counts `n` more bytes held: an object handed to a sink, records a transform holds across
+    /// workers (a dataflow transform waiting for its state to be complete), or a batch on its way
+    /// to another worker ([`BudgetClaim`]).
     pub fn acquire(&self, n: u64) {
         let held = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
         self.peak.fetch_max(held, Ordering::Relaxed);
