@@ -3,7 +3,8 @@
 //! from the in-process S3 server, a partitioned sink with one object per partition); a SIGTERM to
 //! one process stopping all of them with everything acknowledged delivered; a kill -9 stopping the
 //! others with an error naming it, and a restart of all replaying what was acknowledged; processes
-//! given different pipelines refusing to start.
+//! given different pipelines refusing to start; a `dedup` transform exchanging records between
+//! processes.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -545,4 +546,41 @@ fn an_unreadable_object_is_named_in_the_error_and_the_error_log() {
         .unwrap_or_else(|| panic!("no error-log line: {said}"));
     assert_eq!(line["component"], "archive");
     assert!(line["message"].as_str().unwrap().contains(&object), "{line}");
+}
+
+/// A `dedup` transform across two processes: records are exchanged to their key's owner in the
+/// other process and back (the in-flight budget counts only what stays within a process, so
+/// neither process's budget drifts), and the cluster keeps each distinct record once, as one
+/// process does.
+#[test]
+fn dedup_across_processes_keeps_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let distinct = generated(Profile::Cloudtrail, 21, 6_000);
+    // Every record twice, the copy far from the original (likely read by the other process).
+    let mut lines = distinct.clone();
+    lines.extend(distinct.iter().rev().cloned());
+    write_lines(&dir.path().join("logs/twice.ndjson"), &lines);
+    let config = |out: &Path| {
+        format!(
+            "[pipeline]\nname = \"once\"\ndata_dir = \"{data}\"\n\n[sources.logs]\ntype = \"file\"\n\
+             paths = [\"{logs}/*\"]\nsplit_mb = 1\n\n[transforms.once]\ntype = \"dedup\"\ninputs = [\"logs\"]\n\
+             window_s = 600\n\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"once\"]\nurl = \"file://{out}/out\"\n\
+             format = \"ndjson\"\n",
+            data = out.join("data").display(),
+            logs = dir.path().join("logs").display(),
+            out = out.display(),
+        )
+    };
+    let out = dir.path().join("two-by-one");
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join("pipeline.toml");
+    std::fs::write(&file, config(&out)).unwrap();
+    let hosts = hosts_file(dir.path(), 2);
+    let mut children = start_cluster(&file, &hosts, 2, 1, |_| ProcessSettings::default());
+    for (i, code) in wait_all(&mut children, Duration::from_secs(120)).iter().enumerate() {
+        assert_eq!(*code, Some(0), "process {i}: {}", log_of(&file, i));
+    }
+    let mut expected = distinct;
+    expected.sort();
+    assert!(lines_under(&out.join("out")) == expected, "each distinct record exactly once");
 }

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 
 use crate::error_output::ErrorOutputType;
-use crate::operators::{BudgetClaim, InflightBudget};
+use crate::operators::{BudgetClaim, ExchangeBudget};
 
 /// Partition keys a transform gave a record (a Lambda function's `metadata.partitionKeys`), in
 /// key order.
@@ -221,11 +221,11 @@ impl RecordBatch {
         self.data.len()
     }
 
-    /// Counts the batch's bytes in `budget` until [`Self::release_budget`] (or until it is
-    /// dropped): a batch sent to another worker of this process.
-    pub fn claim_budget(&mut self, budget: &Arc<InflightBudget>) {
+    /// Counts the batch's bytes in the in-flight budget until [`Self::release_budget`] (or until
+    /// it is dropped) when it is sent to worker `to` of this process ([`ExchangeBudget::claim`]).
+    pub fn claim_budget(&mut self, exchange: &ExchangeBudget, to: usize) {
         self.claim.release();
-        self.claim = BudgetClaim::new(budget, self.data.len() as u64);
+        self.claim = exchange.claim(to, self.data.len() as u64);
     }
 
     /// Releases what [`Self::claim_budget`] counted: the receiving worker took the batch in.
@@ -377,13 +377,18 @@ mod tests {
 
     #[test]
     fn a_claimed_batch_counts_its_bytes_once_until_taken_in_or_dropped() {
-        let budget = InflightBudget::new(1 << 20);
+        let budget = crate::operators::InflightBudget::new(1 << 20);
+        // This process runs workers 2 and 3.
+        let exchange = ExchangeBudget { inflight: std::sync::Arc::clone(&budget), local_workers: 2..4 };
         let mut batch = RecordBatch::with_capacity(7, 0);
         batch.push(b"twelve bytes");
-        batch.claim_budget(&budget);
+        // Bound for another process: not counted here.
+        batch.claim_budget(&exchange, 0);
+        assert_eq!((budget.held(), batch.claimed_bytes()), (0, 0));
+        batch.claim_budget(&exchange, 3);
         assert_eq!((budget.held(), batch.claimed_bytes()), (12, 12));
         // Claiming again replaces the claim; it does not add to it.
-        batch.claim_budget(&budget);
+        batch.claim_budget(&exchange, 2);
         assert_eq!(budget.held(), 12);
         // A copy, or the batch as another process receives it, holds nothing.
         let copy = batch.clone();
@@ -395,7 +400,7 @@ mod tests {
         batch.release_budget();
         batch.release_budget();
         assert_eq!((budget.held(), batch.claimed_bytes()), (0, 0), "released once");
-        batch.claim_budget(&budget);
+        batch.claim_budget(&exchange, 2);
         drop(batch);
         assert_eq!(budget.held(), 0, "a dropped batch releases what it counted");
         assert_eq!(budget.peak(), 12);

@@ -297,6 +297,7 @@ fn execute(
             let probe = ProbeHandle::new();
             // Timely numbers workers process by process: this process's are one range.
             let ctx = SourceContext { worker: worker.index(), workers: worker.peers(), local_workers: local.clone() };
+            let exchange = ExchangeBudget { inflight: Arc::clone(&context.budget), local_workers: local.clone() };
             let pipeline_done = std::rc::Rc::new(crate::cluster::RelayRelease::default());
             worker.dataflow::<u64, _, _>(|scope| {
                 if cluster.is_some() {
@@ -337,7 +338,7 @@ fn execute(
                             metrics: Arc::clone(&context.metrics.transforms[t]),
                             pipeline: Arc::clone(&context.metrics),
                             runtime: context.runtime.clone(),
-                            budget: Arc::clone(&context.budget),
+                            budget: exchange.clone(),
                         };
                         let records = scope.concatenate(inputs);
                         match transform.transform.dataflow() {
@@ -371,7 +372,7 @@ fn execute(
                             Arc::clone(&sink.settings),
                             Arc::clone(partitioning),
                             Arc::clone(&context.metrics),
-                            ExchangeBudget { budget: Arc::clone(&context.budget), local_workers: local.clone() },
+                            exchange.clone(),
                         );
                     }
                     let queue = std::rc::Rc::new(DeliveryQueue::default());

@@ -180,10 +180,9 @@ impl DataflowTransform for DedupTransform {
                 None
             }
         };
-        let budget = Arc::clone(&stage.budget);
         let counters = Some(Arc::clone(&stage.metrics));
         let keyed =
-            keyed::exchange_by_key(records, "dedup", KEY_FAILED, counters, Arc::clone(&budget), move |record| {
+            keyed::exchange_by_key(records, "dedup", KEY_FAILED, counters, stage.budget.clone(), move |record| {
                 match query.as_mut() {
                     Some(q) => Ok(q.first_value(record)?.map(key_of)),
                     None => Ok(Some(key_of(record))),
@@ -224,7 +223,7 @@ impl DataflowTransform for DedupTransform {
             Pipeline,
             "Dedup",
             move |_, _| {
-                let mut held_records = Held::new(Arc::clone(&budget));
+                let mut held_records = Held::new();
                 // The keys kept in each window, by the epoch it ends.
                 let mut windows: BTreeMap<Epoch, Vec<Key>> = BTreeMap::new();
                 let mut held = 0usize;

@@ -23,7 +23,7 @@ use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
 use serde::{Deserialize, Serialize};
 use sluice_engine::error_output::ErrorOutputType;
 use sluice_engine::metrics::TransformMetrics;
-use sluice_engine::operators::{Epoch, InflightBudget};
+use sluice_engine::operators::{BudgetClaim, Epoch, ExchangeBudget};
 use sluice_engine::record::{FailedRecords, RecordBatch, RecordFailure, Records};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -50,21 +50,27 @@ pub fn owner<K: Hash + ?Sized>(key: &K, peers: usize) -> u64 {
 
 /// Records on their way to the owner of their keys: a batch and each record's key (`None`: the
 /// record has none, and is passed on where it is). Failed records and backups travel with no keys.
+/// Sent to a worker of this process, its bytes count in the in-flight budget until the receiving
+/// stage lets the records go ([`Held`]); a copy, or one from another process, counts nothing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Keyed<K> {
     /// The records.
     pub records: Records,
     /// Per record of a `Deliver` batch, its key.
     pub keys: Vec<Option<K>>,
+    #[serde(skip)]
+    claim: BudgetClaim,
 }
 
 impl<K> Keyed<K> {
-    /// The bytes of its records (what a stage holding it counts in the in-flight budget).
-    pub fn byte_len(&self) -> u64 {
-        match &self.records {
+    /// `records` with their `keys`, sent to worker `to`: counted in `exchange`'s budget when `to`
+    /// is a worker of this process.
+    fn sent(records: Records, keys: Vec<Option<K>>, exchange: &ExchangeBudget, to: u64) -> Self {
+        let bytes = match &records {
             Records::Deliver(batch) | Records::Backup(batch) => batch.byte_len() as u64,
             Records::Failed(failed) => failed.records.iter().map(|r| r.len() as u64).sum(),
-        }
+        };
+        Keyed { records, keys, claim: exchange.claim(to as usize, bytes) }
     }
 }
 
@@ -72,15 +78,16 @@ impl<K> Keyed<K> {
 /// this worker) and sends each part to its owner. Records without a key, failed records and
 /// backups stay on this worker; a record whose key cannot be found (`key_of`'s error) goes to
 /// `processing-failed` with `failure_code` and the reason. With `counters`, records in and failed
-/// are counted here. Nothing is held: epochs pass through unchanged. What it sends is counted in
-/// `budget` until the receiving stage lets it go ([`Keyed::byte_len`]): records queued for another
-/// worker count, so sources wait instead of piling records up in the exchange.
+/// are counted here. Nothing is held: epochs pass through unchanged. What it sends to a worker of
+/// this process is counted in the in-flight budget until the receiving stage lets it go ([`Keyed`],
+/// [`Held`]): records queued for another worker count, so sources wait instead of piling records up
+/// in the exchange.
 pub fn exchange_by_key<'scope, K>(
     records: Stream<'scope, Epoch, Vec<Records>>,
     name: &str,
     failure_code: &'static str,
     counters: Option<Arc<TransformMetrics>>,
-    budget: Arc<InflightBudget>,
+    budget: ExchangeBudget,
     mut key_of: impl FnMut(&[u8]) -> Result<Option<K>, String> + 'static,
 ) -> Stream<'scope, Epoch, Vec<(u64, Keyed<K>)>>
 where
@@ -100,9 +107,7 @@ where
                             let batch = match records {
                                 Records::Deliver(batch) => batch,
                                 other => {
-                                    let keyed = Keyed { records: other, keys: Vec::new() };
-                                    budget.acquire(keyed.byte_len());
-                                    session.give((worker, keyed));
+                                    session.give((worker, Keyed::sent(other, Vec::new(), &budget, worker)));
                                     continue;
                                 }
                             };
@@ -122,14 +127,12 @@ where
                                 counters.count_failed(&failed);
                             }
                             if !failed.records.is_empty() {
-                                let keyed = Keyed { records: Records::Failed(failed), keys: Vec::new() };
-                                budget.acquire(keyed.byte_len());
+                                let keyed = Keyed::sent(Records::Failed(failed), Vec::new(), &budget, worker);
                                 session.give((worker, keyed));
                             }
                             if routed.len() == batch.len() && routed.iter().all(|(to, _, _)| *to == worker) {
                                 let keys = routed.into_iter().map(|(_, _, k)| k).collect();
-                                budget.acquire(batch.byte_len() as u64);
-                                session.give((worker, Keyed { records: Records::Deliver(batch), keys }));
+                                session.give((worker, Keyed::sent(Records::Deliver(batch), keys, &budget, worker)));
                                 continue;
                             }
                             routed.sort_by_key(|(to, i, _)| (*to, *i));
@@ -142,8 +145,7 @@ where
                                     part.push_carrying(record, batch.origin(i), batch.partition_keys(i));
                                     keys.push(key);
                                 }
-                                budget.acquire(part.byte_len() as u64);
-                                session.give((to, Keyed { records: Records::Deliver(part), keys }));
+                                session.give((to, Keyed::sent(Records::Deliver(part), keys, &budget, to)));
                             }
                         }
                     });
@@ -234,13 +236,18 @@ pub fn distinct<K: Ord>(keys: Vec<Option<K>>) -> (Vec<(K, usize)>, Vec<Option<us
 /// the in-flight budget by [`exchange_by_key`]; they leave it when they go on.
 pub struct Held<K> {
     by_epoch: BTreeMap<Epoch, (Capability<Epoch>, Vec<Keyed<K>>)>,
-    budget: Arc<InflightBudget>,
+}
+
+impl<K> Default for Held<K> {
+    fn default() -> Self {
+        Held { by_epoch: BTreeMap::new() }
+    }
 }
 
 impl<K> Held<K> {
-    /// Nothing held yet; bytes released into `budget`.
-    pub fn new(budget: Arc<InflightBudget>) -> Self {
-        Held { by_epoch: BTreeMap::new(), budget }
+    /// Nothing held yet.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Holds `keyed`, which arrived with `cap`.
@@ -257,8 +264,8 @@ impl<K> Held<K> {
     }
 
     /// Lets `keyed` go on at once: its records.
-    pub fn pass(&self, keyed: Keyed<K>) -> Records {
-        self.budget.release(keyed.byte_len());
+    pub fn pass(&self, mut keyed: Keyed<K>) -> Records {
+        keyed.claim.release();
         keyed.records
     }
 
@@ -269,8 +276,8 @@ impl<K> Held<K> {
         if !complete_through(state, epoch) {
             return None;
         }
-        let (capability, records) = self.by_epoch.remove(&epoch)?;
-        self.budget.release(records.iter().map(Keyed::byte_len).sum());
+        let (capability, mut records) = self.by_epoch.remove(&epoch)?;
+        records.iter_mut().for_each(|keyed| keyed.claim.release());
         Some((epoch, capability, records))
     }
 
@@ -291,4 +298,38 @@ where
     let frontier = [through];
     trace.set_logical_compaction(timely::progress::frontier::AntichainRef::new(&frontier));
     trace.set_physical_compaction(timely::progress::frontier::AntichainRef::new(&frontier));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_engine::operators::InflightBudget;
+
+    /// Records sent to a worker of this process count until the receiving stage lets them go;
+    /// records sent to another process, and what arrives from one, count nothing here (the budget
+    /// of the process that receives them never counted them).
+    #[test]
+    fn keyed_records_count_in_the_budget_only_within_the_process() {
+        let budget = InflightBudget::new(1 << 20);
+        // This process runs workers 0 and 1 of four.
+        let exchange = ExchangeBudget { inflight: Arc::clone(&budget), local_workers: 0..2 };
+        let batch = |text: &[u8]| {
+            let mut batch = RecordBatch::with_capacity(0, 0);
+            batch.push(text);
+            Records::Deliver(batch)
+        };
+        let remote = Keyed::sent(batch(b"to another process"), vec![Some(1u64)], &exchange, 3);
+        assert_eq!(budget.held(), 0);
+        let local = Keyed::sent(batch(b"to worker one"), vec![Some(2u64)], &exchange, 1);
+        assert_eq!(budget.held(), 13);
+        // As another process would receive it: nothing to release there.
+        let text = serde_json::to_string(&local).unwrap_or_else(|e| panic!("{e}"));
+        let arrived: Keyed<u64> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((arrived.claim.bytes(), local.clone().claim.bytes()), (0, 0));
+        drop((remote, arrived));
+        assert_eq!(budget.held(), 13);
+        // The receiving stage lets it go: released once.
+        let records = Held::<u64>::new().pass(local);
+        assert_eq!((budget.held(), records.len()), (0, 1));
+    }
 }

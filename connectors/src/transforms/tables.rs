@@ -52,7 +52,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sluice_engine::contract::StageContext;
 use sluice_engine::metrics::TransformMetrics;
-use sluice_engine::operators::{Epoch, InflightBudget};
+use sluice_engine::operators::Epoch;
 use sluice_engine::record::{RecordBatch, Records};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -337,7 +337,7 @@ impl Table {
         let key_tree = tree.clone();
         let mut found = Vec::new();
         let probe = ProbeHandle::new();
-        let budget = Arc::clone(&stage.budget);
+        let budget = stage.budget.clone();
         let keyed = keyed::exchange_by_key(records, &self.part, "Enrich.KeyFailed", None, budget, move |record| {
             Ok(json::find_paths(record, &key_tree, &mut found).and_then(|_| key_text(record, found.first()?)))
         })
@@ -398,7 +398,7 @@ impl Table {
             },
         );
         let arranged = keyed::arrange_owned(updates, &format!("Arrange({})", self.part));
-        lookup(keyed, arranged, Arc::clone(self), tree, Arc::clone(&stage.metrics), Arc::clone(&stage.budget))
+        lookup(keyed, arranged, Arc::clone(self), tree, Arc::clone(&stage.metrics))
     }
 }
 
@@ -448,7 +448,6 @@ fn lookup<'scope>(
     table: Arc<Table>,
     tree: json::PathTree,
     metrics: Arc<TransformMetrics>,
-    budget: Arc<InflightBudget>,
 ) -> Stream<'scope, Epoch, Vec<Records>> {
     let mut trace = arranged.trace;
     let single_target = (table.target.len() == 1).then(|| table.target[0].clone());
@@ -458,7 +457,7 @@ fn lookup<'scope>(
         Pipeline,
         &format!("Lookup({})", table.part),
         move |_, _| {
-            let mut held = Held::new(budget);
+            let mut held = Held::new();
             let mut found = Vec::new();
             let mut scratch = Vec::new();
             move |(records, records_frontier), (batches, table_frontier), output| {

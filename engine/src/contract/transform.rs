@@ -21,7 +21,7 @@ use timely::dataflow::Stream;
 
 use crate::error_output::ErrorOutputType;
 use crate::metrics::{PipelineMetrics, TransformMetrics};
-use crate::operators::{Epoch, InflightBudget, TransformRecords};
+use crate::operators::{Epoch, ExchangeBudget, TransformRecords};
 use crate::record::{FailedRecords, RecordBatch, RecordFailure, Records};
 
 /// A configured transform.
@@ -66,9 +66,10 @@ pub struct StageContext {
     pub pipeline: Arc<PipelineMetrics>,
     /// The run's async runtime.
     pub runtime: tokio::runtime::Handle,
-    /// The run's in-flight budget: a stage that holds records counts their bytes in it while it
-    /// holds them, so sources wait instead of piling records up behind it.
-    pub budget: Arc<InflightBudget>,
+    /// The run's in-flight budget, with the workers of this process: a stage that sends records to
+    /// other workers or holds them counts their bytes in it until they go on
+    /// ([`ExchangeBudget::claim`]), so sources wait instead of piling records up behind it.
+    pub budget: ExchangeBudget,
 }
 
 impl StageContext {

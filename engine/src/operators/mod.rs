@@ -22,7 +22,7 @@ use timely::scheduling::Activator;
 
 pub use build_objects::BuildObjects;
 pub use deliver::{Deliver, DeliveryContext, DeliveryReceipt};
-pub use partition::{ExchangeBudget, PartitionRecords};
+pub use partition::PartitionRecords;
 pub use read::read_source;
 pub use transform::TransformRecords;
 
@@ -141,6 +141,25 @@ impl Eq for BudgetClaim {}
 impl std::fmt::Debug for BudgetClaim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("BudgetClaim").field(&self.bytes()).finish()
+    }
+}
+
+/// The in-flight budget as a stage that sends records to other workers uses it: the budget, and
+/// the workers of this process (timely numbers workers process by process). What goes to a worker
+/// of this process is counted until that worker takes it in; what goes to another process is not
+/// counted here, since this process never sees it taken in (and the other never counted it).
+#[derive(Clone)]
+pub struct ExchangeBudget {
+    /// The run's in-flight budget.
+    pub inflight: Arc<InflightBudget>,
+    /// This process's workers.
+    pub local_workers: std::ops::Range<usize>,
+}
+
+impl ExchangeBudget {
+    /// A claim on `bytes` sent to worker `to`: counted when `to` is a worker of this process.
+    pub fn claim(&self, to: usize, bytes: u64) -> BudgetClaim {
+        if self.local_workers.contains(&to) { BudgetClaim::new(&self.inflight, bytes) } else { BudgetClaim::default() }
     }
 }
 

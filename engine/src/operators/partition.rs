@@ -23,7 +23,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
-use super::{Epoch, InflightBudget};
+use super::{Epoch, ExchangeBudget};
 use crate::config::{Partitioning, SinkSettings};
 use crate::contract::{KeyQueryError, KeyQueryWorker, put_key_value};
 use crate::error_output::ErrorOutputType;
@@ -42,17 +42,6 @@ pub trait PartitionRecords<'scope> {
         metrics: Arc<PipelineMetrics>,
         exchange: ExchangeBudget,
     ) -> Stream<'scope, Epoch, Vec<Records>>;
-}
-
-/// What the batches a worker sends count in, and to whom: the run's in-flight budget, and the
-/// workers of this process (timely numbers workers process by process; a batch for another
-/// process is not counted here, since it is released there).
-#[derive(Clone)]
-pub struct ExchangeBudget {
-    /// The run's in-flight budget.
-    pub budget: Arc<InflightBudget>,
-    /// This process's workers.
-    pub local_workers: std::ops::Range<usize>,
 }
 
 /// A partition met: its keys, the worker that buffers it, and its number in the batch that last
@@ -250,9 +239,7 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                 while let Some((_, id, record, from)) = routed.next_if(|r| r.0 == worker) {
                                     out.push_carrying(record, batch.origin(from as usize), partitions.get(id as usize));
                                 }
-                                if exchange.local_workers.contains(&(worker as usize)) {
-                                    out.claim_budget(&exchange.budget);
-                                }
+                                out.claim_budget(&exchange, worker as usize);
                                 session.give(Records::Deliver(out));
                             }
                         }

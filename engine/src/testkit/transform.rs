@@ -152,9 +152,12 @@ pub fn run_in_dataflow(
         metrics: Arc::clone(&metrics),
         pipeline: Arc::clone(&pipeline),
         runtime: runtime.handle().clone(),
-        budget: crate::operators::InflightBudget::new(u64::MAX),
+        budget: crate::operators::ExchangeBudget {
+            inflight: crate::operators::InflightBudget::new(u64::MAX),
+            local_workers: 0..workers.max(1),
+        },
     };
-    let budget = Arc::clone(&stage.budget);
+    let budget = Arc::clone(&stage.budget.inflight);
     let out = Arc::clone(&answered);
     let started = Instant::now();
     let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
