@@ -233,11 +233,6 @@ impl RecordBatch {
         self.claim.release();
     }
 
-    /// The bytes this batch counts in a budget now.
-    pub fn claimed_bytes(&self) -> u64 {
-        self.claim.bytes()
-    }
-
     /// The records, in order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let mut start = 0usize;
@@ -384,22 +379,22 @@ mod tests {
         batch.push(b"twelve bytes");
         // Bound for another process: not counted here.
         batch.claim_budget(&exchange, 0);
-        assert_eq!((budget.held(), batch.claimed_bytes()), (0, 0));
+        assert_eq!((budget.held(), batch.claim.bytes()), (0, 0));
         batch.claim_budget(&exchange, 3);
-        assert_eq!((budget.held(), batch.claimed_bytes()), (12, 12));
+        assert_eq!((budget.held(), batch.claim.bytes()), (12, 12));
         // Claiming again replaces the claim; it does not add to it.
         batch.claim_budget(&exchange, 2);
         assert_eq!(budget.held(), 12);
         // A copy, or the batch as another process receives it, holds nothing.
         let copy = batch.clone();
-        assert_eq!((copy.claimed_bytes(), copy == batch), (0, true));
+        assert_eq!((copy.claim.bytes(), copy == batch), (0, true));
         let sent: RecordBatch = serde_json::from_str(&serde_json::to_string(&batch).unwrap()).unwrap();
-        assert_eq!((sent.claimed_bytes(), sent == batch), (0, true));
+        assert_eq!((sent.claim.bytes(), sent == batch), (0, true));
         drop((copy, sent));
         assert_eq!(budget.held(), 12, "only the batch that was counted releases");
         batch.release_budget();
         batch.release_budget();
-        assert_eq!((budget.held(), batch.claimed_bytes()), (0, 0), "released once");
+        assert_eq!((budget.held(), batch.claim.bytes()), (0, 0), "released once");
         batch.claim_budget(&exchange, 2);
         drop(batch);
         assert_eq!(budget.held(), 0, "a dropped batch releases what it counted");
