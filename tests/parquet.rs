@@ -205,7 +205,8 @@ fn the_parquet_example_runs_and_writes_row_groups_with_statistics() {
     let all: Vec<&Value> = files.iter().flat_map(|f| f["rows"].as_array().unwrap().iter()).collect();
     let found = all.iter().find(|r| r["eventid"] == first["eventID"]).expect("first record present");
     assert_eq!(found["useridentity"]["username"], first["userIdentity"]["userName"]);
-    assert_eq!(found["recipientaccountid"], 123456789012i64);
+    let account: i64 = first["recipientAccountId"].as_str().unwrap().parse().unwrap();
+    assert_eq!(found["recipientaccountid"], account, "the declared bigint holds the account id");
 }
 
 #[test]

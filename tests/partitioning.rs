@@ -41,21 +41,32 @@ fn each_partition_is_one_object_holding_only_its_records_at_1_2_and_4_workers() 
         assert!(objects.keys().all(|k| !k.contains("/errors/")), "{workers} workers: nothing failed");
         assert_eq!(all_lines(&objects), expected, "{workers} workers: every record exactly once");
         let mut partitions: BTreeMap<String, usize> = BTreeMap::new();
+        // The reference evaluator: the jq 1.6 CLI, run once on every object's records in turn (one
+        // answer per record, in the same order), each answer checked against its object's key.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("objects.ndjson");
+        let mut owners = Vec::new();
+        let mut text = String::new();
         for (key, lines) in &objects {
             let values = values_in(key);
             let partition = format!("{}/{}/{}", values["account"], values["region"], values["event"]);
             *partitions.entry(partition).or_default() += 1;
-            // The reference evaluator: the jq 1.6 CLI on the object's records.
-            let dir = tempfile::tempdir().unwrap();
-            let file = dir.path().join("object.ndjson");
-            std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-            let jq = Command::new("jq").arg("-c").arg(QUERY).arg(&file).output().expect("the jq CLI");
-            for answer in String::from_utf8_lossy(&jq.stdout).lines() {
-                let v: serde_json::Value = serde_json::from_str(answer).unwrap();
-                assert_eq!(v["account"], values["account"].as_str(), "{key}");
-                assert_eq!(v["region"], values["region"].as_str(), "{key}");
-                assert_eq!(v["event"], values["event"].as_str(), "{key}");
+            for line in lines {
+                text.push_str(line);
+                text.push('\n');
+                owners.push((key, values.clone()));
             }
+        }
+        std::fs::write(&file, text).unwrap();
+        let jq = Command::new("jq").arg("-c").arg(QUERY).arg(&file).output().expect("the jq CLI");
+        assert!(jq.status.success(), "{}", String::from_utf8_lossy(&jq.stderr));
+        let answers: Vec<String> = String::from_utf8_lossy(&jq.stdout).lines().map(str::to_string).collect();
+        assert_eq!(answers.len(), owners.len(), "one jq answer per record");
+        for (answer, (key, values)) in answers.iter().zip(&owners) {
+            let v: serde_json::Value = serde_json::from_str(answer).unwrap();
+            assert_eq!(v["account"], values["account"].as_str(), "{key}");
+            assert_eq!(v["region"], values["region"].as_str(), "{key}");
+            assert_eq!(v["event"], values["event"].as_str(), "{key}");
         }
         assert!(partitions.len() > 10, "{partitions:?}");
         assert!(partitions.values().all(|&n| n == 1), "{workers} workers: one object per partition: {partitions:?}");

@@ -17,13 +17,21 @@ use serde::Serialize;
 pub enum Profile {
     /// CloudFront access logs (~330 bytes).
     Cloudfront,
-    /// CloudTrail management events (~900 bytes).
+    /// CloudTrail management events of an organization trail (~900 bytes).
     Cloudtrail,
     /// VPC Flow Logs (~250 bytes).
     Vpcflow,
 }
 
 const BASE_MS: i64 = 1_793_491_200_000; // 2026-11-01T00:00:00Z
+
+/// The CloudTrail profile is an organization trail: this (busy) account receives half the events,
+/// the other half spread evenly over [`MEMBER_ACCOUNTS`] member accounts, so account × region (three
+/// regions) makes about a thousand partitions, the layout a security lake is partitioned by.
+const MAIN_ACCOUNT: u64 = 123_456_789_012;
+
+/// Member accounts of the organization trail besides [`MAIN_ACCOUNT`].
+const MEMBER_ACCOUNTS: u64 = 339;
 
 /// Writes record `index` of `profile` for `seed` (JSON, no trailing newline) into `out`.
 #[derive(Debug, Clone)]
@@ -78,7 +86,7 @@ struct UserIdentity<'a> {
     kind: &'a str,
     principal_id: String,
     arn: String,
-    account_id: &'a str,
+    account_id: String,
     user_name: &'a str,
 }
 
@@ -103,7 +111,7 @@ struct CloudTrail<'a> {
     read_only: bool,
     event_type: &'a str,
     management_event: bool,
-    recipient_account_id: &'a str,
+    recipient_account_id: String,
     tags: Vec<&'a str>,
 }
 
@@ -190,13 +198,13 @@ impl Synthesizer {
                 .get(rng.random_range(0..6))
                 .unwrap_or(&("s3.amazonaws.com", "GetObject", true));
                 let bucket = pick(rng, &["prod-logs", "billing-exports", "ml-datasets"]);
-                let record = CloudTrail {
+                let mut record = CloudTrail {
                     event_version: "1.09",
                     user_identity: UserIdentity {
                         kind: "IAMUser",
                         principal_id: format!("AIDA{}", hex_id(rng, 16).to_uppercase()),
-                        arn: format!("arn:aws:iam::123456789012:user/{user}"),
-                        account_id: "123456789012",
+                        arn: String::new(),
+                        account_id: String::new(),
                         user_name: user,
                     },
                     event_time: iso(ms, false),
@@ -216,9 +224,18 @@ impl Synthesizer {
                     read_only,
                     event_type: "AwsApiCall",
                     management_event: !source.starts_with("s3"),
-                    recipient_account_id: "123456789012",
+                    recipient_account_id: String::new(),
                     tags: if rng.random_bool(0.3) { vec!["prod", "pci"] } else { Vec::new() },
                 };
+                // Drawn last, so the other fields are what they were before accounts varied.
+                let account = if rng.random_bool(0.5) {
+                    MAIN_ACCOUNT
+                } else {
+                    210_000_000_000 + rng.random_range(0..MEMBER_ACCOUNTS) * 7_919
+                };
+                record.user_identity.arn = format!("arn:aws:iam::{account}:user/{user}");
+                record.user_identity.account_id = account.to_string();
+                record.recipient_account_id = account.to_string();
                 serde_json::to_writer(&mut *out, &record)
             }
             Profile::Vpcflow => {
@@ -290,5 +307,24 @@ mod tests {
             Synthesizer::new(profile, 43).write(5, &mut other_seed);
             assert_ne!(x, other_seed);
         }
+    }
+
+    #[test]
+    fn cloudtrail_spreads_over_about_a_thousand_account_region_pairs() {
+        let mut synth = Synthesizer::new(Profile::Cloudtrail, 42);
+        let (mut pairs, mut main) = (std::collections::BTreeSet::new(), 0);
+        for i in 0..20_000 {
+            let mut out = Vec::new();
+            synth.write(i, &mut out);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+            let account = v["recipientAccountId"].as_str().unwrap_or_default().to_string();
+            assert_eq!(account.len(), 12, "{account}");
+            assert_eq!(v["userIdentity"]["accountId"], account.as_str());
+            assert!(v["userIdentity"]["arn"].as_str().unwrap_or_default().contains(&format!("::{account}:")));
+            main += usize::from(account == MAIN_ACCOUNT.to_string());
+            pairs.insert((account, v["awsRegion"].to_string()));
+        }
+        assert_eq!(pairs.len(), (MEMBER_ACCOUNTS as usize + 1) * 3);
+        assert!((9_000..11_000).contains(&main), "{main} of 20,000 in the main account");
     }
 }

@@ -23,9 +23,9 @@ pub(crate) const CLOUDFRONT_SCHEMA: &str = include_str!("../../../../../pipeline
 /// The `transform` scenario's jq reshape (one output per record, so outputs are checked by count).
 pub(crate) const TRANSFORM_RESHAPE: &str = "{time: .eventTime, user: .userIdentity.userName, event: .eventName, ip: .sourceIPAddress, region: .awsRegion, key: .userIdentity.accessKeyId}";
 
-/// The `partition` scenario's partitioning query (plain paths: the projection path answers it).
-pub(crate) const PARTITION_QUERY: &str =
-    "{user: .userIdentity.userName, event: .eventName, region: .awsRegion, bucket: .requestParameters.bucketName}";
+/// The `partition` scenario's partitioning query, issue 14's layout (plain paths: the projection
+/// path answers it): the generator's organization trail gives about a thousand partitions.
+pub(crate) const PARTITION_QUERY: &str = "{account: .recipientAccountId, region: .awsRegion}";
 
 /// One thing measured: a sluice run or a baseline.
 #[derive(Debug, Clone)]
@@ -467,7 +467,7 @@ impl Planner<'_> {
     fn partitioned_sink() -> String {
         format!(
             "{}partitioning = {{ query = '{PARTITION_QUERY}' }}\n\
-             prefix = \"user=!{{partitionKeyFromQuery:user}}/event=!{{partitionKeyFromQuery:event}}/region=!{{partitionKeyFromQuery:region}}/bucket=!{{partitionKeyFromQuery:bucket}}/dt=!{{timestamp:yyyy-MM-dd}}/\"\n\
+             prefix = \"account=!{{partitionKeyFromQuery:account}}/region=!{{partitionKeyFromQuery:region}}/dt=!{{timestamp:yyyy-MM-dd}}/\"\n\
              error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n",
             Self::text_sink("gzip")
         )
@@ -505,8 +505,8 @@ impl Planner<'_> {
         Ok(())
     }
 
-    /// CloudTrail → partitioned by user, event, region and bucket (a few hundred partitions) under a
-    /// Hive-style lake layout ending in `dt=yyyy-MM-dd/` (issue 14's example) → gzip objects,
+    /// CloudTrail → partitioned by account and region (about a thousand partitions) under issue 14's
+    /// Hive-style lake layout `account=…/region=…/dt=yyyy-MM-dd/` → gzip objects,
     /// against the same pipeline unpartitioned (same input, same codec and level).
     pub(crate) fn partition(&mut self, ct: &Workload) -> Result<(), BenchError> {
         let n = self.options.threads;

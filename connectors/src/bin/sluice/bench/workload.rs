@@ -39,26 +39,37 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok((number * scale) as u64)
 }
 
-/// Generates (or reuses) `<data>/<profile>-<bytes>.ndjson` of about `bytes`.
+/// Generates (or reuses) `<data>/<profile>-<bytes>.ndjson` of about `bytes`. A kept file is reused
+/// only when it was made by this build's synthesizer: its record count is stored with a
+/// fingerprint of the first thousand records, so a changed generator regenerates the input
+/// instead of measuring a stale one.
 pub(crate) fn workload(data: &Path, profile: Profile, seed: u64, bytes: u64) -> Result<Workload, BenchError> {
     let name = format!("{profile:?}").to_lowercase();
     let path = data.join(format!("{name}-{bytes}.ndjson"));
     let count = data.join(format!("{name}-{bytes}.records"));
-    if let (Ok(meta), Ok(records)) = (std::fs::metadata(&path), std::fs::read_to_string(&count))
-        && let Ok(records) = records.trim().parse()
+    // The mean record size from a sample, then as many records as make `bytes`.
+    let mut sample = Vec::new();
+    write_ndjson(profile, seed, 1000, &mut sample).map_err(io_error("cannot generate records"))?;
+    let fingerprint = {
+        let mut hasher = rustc_hash::FxHasher::default();
+        std::hash::Hasher::write(&mut hasher, &sample);
+        std::hash::Hasher::finish(&hasher)
+    };
+    if let (Ok(meta), Ok(kept)) = (std::fs::metadata(&path), std::fs::read_to_string(&count))
+        && let Some((records, made_by)) = kept.trim().split_once(' ')
+        && let Ok(records) = records.parse()
+        && made_by == format!("{fingerprint:016x}")
     {
         return Ok(Workload { path, bytes: meta.len(), records });
     }
     std::fs::create_dir_all(data).map_err(io_error(format!("cannot create {}", data.display())))?;
-    // The mean record size from a sample, then as many records as make `bytes`.
-    let mut sample = Vec::new();
-    write_ndjson(profile, seed, 1000, &mut sample).map_err(io_error("cannot generate records"))?;
     let records = (bytes * 1000 / sample.len().max(1) as u64).max(1);
     let file = std::fs::File::create(&path).map_err(io_error(format!("cannot create {}", path.display())))?;
     let mut writer = io::BufWriter::new(file);
     write_ndjson(profile, seed, records, &mut writer).map_err(io_error("cannot generate records"))?;
     writer.flush().map_err(io_error(format!("cannot write {}", path.display())))?;
-    std::fs::write(&count, records.to_string()).map_err(io_error("cannot write the record count"))?;
+    std::fs::write(&count, format!("{records} {fingerprint:016x}"))
+        .map_err(io_error("cannot write the record count"))?;
     let bytes = std::fs::metadata(&path).map_err(io_error("cannot read the workload"))?.len();
     Ok(Workload { path, bytes, records })
 }
@@ -76,5 +87,24 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5 parsecs").unwrap_err().contains("unknown size unit"));
+    }
+
+    #[test]
+    fn a_kept_input_is_reused_only_when_this_synthesizer_made_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = workload(dir.path(), Profile::Cloudtrail, 7, 50_000).unwrap();
+        let text = std::fs::read_to_string(&first.path).unwrap();
+        assert_eq!(text.lines().count() as u64, first.records);
+        // Reused as it is: a marker appended to the file survives.
+        std::fs::write(&first.path, format!("{text}marker\n")).unwrap();
+        let again = workload(dir.path(), Profile::Cloudtrail, 7, 50_000).unwrap();
+        assert!(std::fs::read_to_string(&again.path).unwrap().ends_with("marker\n"));
+        // Counted by an older generator (no fingerprint, or another one): made again.
+        for stale in [format!("{}", first.records), format!("{} 0123456789abcdef", first.records)] {
+            std::fs::write(dir.path().join("cloudtrail-50000.records"), stale).unwrap();
+            let remade = workload(dir.path(), Profile::Cloudtrail, 7, 50_000).unwrap();
+            assert_eq!(std::fs::read_to_string(&remade.path).unwrap(), text);
+            assert_eq!(remade.records, first.records);
+        }
     }
 }
