@@ -49,8 +49,7 @@ pub struct RecordBatch {
     pub arrival_ms: i64,
     /// The records' bytes back to back; serialized as one byte string (a batch crossing to
     /// another process is copied, not walked byte by byte).
-    #[serde(with = "serde_bytes")]
-    data: Vec<u8>,
+    data: BatchBytes,
     ends: Vec<u32>,
     /// Partition keys as runs: each run's first record and the keys of its records, up to the next
     /// run (empty when no record has keys; records before the first run have none). One entry per
@@ -68,12 +67,89 @@ pub struct RecordBatch {
     claim: BudgetClaim,
 }
 
+/// A batch's record bytes. A buffer of about a source batch's size goes back to its thread when
+/// the batch is dropped, and that thread's next batch of that size starts in it: a source cuts a
+/// batch every MiB, and a buffer freed and allocated again is pages given back to the kernel and
+/// faulted in again (or, kept by the allocator, a heap that grows in pieces over a long run).
+/// Guarantees: a thread keeps at most [`SPARE_BUFFERS`] buffers, each empty, of a capacity in
+/// [`RECYCLED`]; a batch starts empty whichever buffer it gets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct BatchBytes(Vec<u8>);
+
+/// Buffers a thread keeps for its next batches: a worker reads a batch while its last is taken in.
+const SPARE_BUFFERS: usize = 2;
+
+/// Capacities of buffers kept and handed out again: a source batch's (about 1 MiB) and an
+/// exchange batch's, not a few records' or a whole object's.
+const RECYCLED: std::ops::RangeInclusive<usize> = (256 << 10)..=(4 << 20);
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl BatchBytes {
+    /// An empty buffer of at least `bytes`: one of the thread's spares when one fits.
+    fn with_capacity(bytes: usize) -> Self {
+        let spare = RECYCLED.contains(&bytes).then(|| {
+            SPARE.try_with(|spare| {
+                let mut spare = spare.try_borrow_mut().ok()?;
+                let at = spare.iter().position(|b| b.capacity() >= bytes)?;
+                Some(spare.swap_remove(at))
+            })
+        });
+        BatchBytes(spare.and_then(|s| s.ok().flatten()).unwrap_or_else(|| Vec::with_capacity(bytes)))
+    }
+}
+
+impl Drop for BatchBytes {
+    fn drop(&mut self) {
+        if !RECYCLED.contains(&self.0.capacity()) {
+            return;
+        }
+        let mut buffer = std::mem::take(&mut self.0);
+        buffer.clear();
+        // A thread being torn down has no spares any more: the buffer is freed.
+        let _ = SPARE.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut()
+                && spare.len() < SPARE_BUFFERS
+            {
+                spare.push(buffer);
+            }
+        });
+    }
+}
+
+impl std::ops::Deref for BatchBytes {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for BatchBytes {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl serde::Serialize for BatchBytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::serialize(&self.0, serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BatchBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde_bytes::deserialize(deserializer).map(BatchBytes)
+    }
+}
+
 impl RecordBatch {
     /// An empty batch stamped with `arrival_ms`, with room for `bytes` of record data.
     pub fn with_capacity(arrival_ms: i64, bytes: usize) -> Self {
         RecordBatch {
             arrival_ms,
-            data: Vec::with_capacity(bytes),
+            data: BatchBytes::with_capacity(bytes),
             ends: Vec::new(),
             keys: Vec::new(),
             origins: Vec::new(),
@@ -194,7 +270,8 @@ impl RecordBatch {
         let ends_end = 12usize.checked_add(count.checked_mul(4)?)?;
         let ends: Vec<u32> =
             bytes.get(12..ends_end)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        let data = bytes.get(ends_end..)?.to_vec();
+        let mut data = BatchBytes::with_capacity(bytes.len() - ends_end);
+        data.extend_from_slice(bytes.get(ends_end..)?);
         let ordered = ends.windows(2).all(|w| w[0] <= w[1]) && ends.last().is_none_or(|&e| e as usize == data.len());
         ordered.then_some(RecordBatch {
             data,
@@ -369,6 +446,52 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dropped_batchs_buffer_starts_the_threads_next_batch_empty() {
+        // Each test runs on its own thread: its spares are its own.
+        let mut first = RecordBatch::with_capacity(1, 1 << 20);
+        first.push(b"left behind");
+        let buffer = first.data.as_ptr();
+        drop(first);
+        let second = RecordBatch::with_capacity(2, 1 << 20);
+        assert_eq!(second.data.as_ptr(), buffer, "the spare was used");
+        assert!(second.is_empty() && second.data.is_empty());
+        // A larger batch than the spare holds gets a buffer of its own, the spare stays.
+        let larger = RecordBatch::with_capacity(3, 2 << 20);
+        assert_ne!(larger.data.as_ptr(), buffer);
+        assert!(larger.data.capacity() >= 2 << 20);
+        drop(second);
+        // A small batch neither takes a spare nor leaves one.
+        let small = RecordBatch::with_capacity(4, 100);
+        assert_ne!(small.data.as_ptr(), buffer);
+        drop(small);
+        drop(larger);
+        SPARE.with(|spare| {
+            let spare = spare.borrow();
+            assert_eq!(spare.len(), SPARE_BUFFERS, "two kept, the small one not");
+            assert!(spare.iter().all(|b| b.is_empty() && RECYCLED.contains(&b.capacity())));
+        });
+        // No more than SPARE_BUFFERS are kept, whatever is dropped.
+        let many: Vec<RecordBatch> = (0..5).map(|i| RecordBatch::with_capacity(i, 512 << 10)).collect();
+        drop(many);
+        SPARE.with(|spare| assert_eq!(spare.borrow().len(), SPARE_BUFFERS));
+        // Another thread does not see this one's spares.
+        let elsewhere = std::thread::spawn(|| SPARE.with(|spare| spare.borrow().len())).join().unwrap();
+        assert_eq!(elsewhere, 0);
+    }
+
+    #[test]
+    fn a_batch_survives_serde_and_the_log_format_whole() {
+        let mut batch = RecordBatch::with_capacity(9, 1 << 20);
+        batch.push(b"{\"a\":1}");
+        batch.push(b"");
+        batch.push(&[0xff, 0x00, b'\n']);
+        let json = serde_json::to_vec(&batch).unwrap();
+        let back: RecordBatch = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, batch);
+        assert_eq!(RecordBatch::from_bytes(&batch.to_bytes()), Some(batch));
+    }
 
     #[test]
     fn a_claimed_batch_counts_its_bytes_once_until_taken_in_or_dropped() {

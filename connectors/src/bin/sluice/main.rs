@@ -239,7 +239,8 @@ enum Command {
 /// 32 MiB), after which a Parquet object's column buffers come from the heap and their freed space
 /// stays in the process: one worker writing 128 MiB Parquet objects held 141 MiB at its peak over
 /// 2 GB of CloudFront records against 82 MiB over 200 MB; set so, 85 MiB against 73 MiB (gzip: 40
-/// against 37 MiB), for ~3 % more CPU over the 2 GB runs (pages mapped again for each object) and
+/// against 37 MiB, 36 against 35 since batch buffers are reused), for ~3 % more CPU over the 2 GB
+/// runs (pages mapped again for each object) and
 /// no difference measured on the 200 MB two-worker runs (README: Performance, footnote 13). An operator's own
 /// `GLIBC_TUNABLES` is left to decide instead.
 #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
