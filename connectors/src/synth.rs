@@ -231,6 +231,7 @@ impl Synthesizer {
                 let account = if rng.random_bool(0.5) {
                     MAIN_ACCOUNT
                 } else {
+                    // Twelve-digit ids, spread out as an organization's accounts are.
                     210_000_000_000 + rng.random_range(0..MEMBER_ACCOUNTS) * 7_919
                 };
                 record.user_identity.arn = format!("arn:aws:iam::{account}:user/{user}");
