@@ -270,7 +270,7 @@ impl RecordBatch {
         let ends_end = 12usize.checked_add(count.checked_mul(4)?)?;
         let ends: Vec<u32> =
             bytes.get(12..ends_end)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        let mut data = BatchBytes::with_capacity(bytes.len() - ends_end);
+        let mut data = BatchBytes::with_capacity(bytes.len().saturating_sub(ends_end));
         data.extend_from_slice(bytes.get(ends_end..)?);
         let ordered = ends.windows(2).all(|w| w[0] <= w[1]) && ends.last().is_none_or(|&e| e as usize == data.len());
         ordered.then_some(RecordBatch {
