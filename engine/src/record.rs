@@ -90,14 +90,22 @@ thread_local! {
 impl BatchBytes {
     /// An empty buffer of at least `bytes`: one of the thread's spares when one fits.
     fn with_capacity(bytes: usize) -> Self {
-        let spare = RECYCLED.contains(&bytes).then(|| {
-            SPARE.try_with(|spare| {
+        BatchBytes(Self::spare(bytes).unwrap_or_else(|| Vec::with_capacity(bytes)))
+    }
+
+    /// One of the thread's spares holding at least `bytes`, for a batch of a recycled size.
+    fn spare(bytes: usize) -> Option<Vec<u8>> {
+        if !RECYCLED.contains(&bytes) {
+            return None;
+        }
+        SPARE
+            .try_with(|spare| {
                 let mut spare = spare.try_borrow_mut().ok()?;
                 let at = spare.iter().position(|b| b.capacity() >= bytes)?;
                 Some(spare.swap_remove(at))
             })
-        });
-        BatchBytes(spare.and_then(|s| s.ok().flatten()).unwrap_or_else(|| Vec::with_capacity(bytes)))
+            .ok()
+            .flatten()
     }
 }
 
@@ -301,6 +309,8 @@ impl RecordBatch {
     /// Counts the batch's bytes in the in-flight budget until [`Self::release_budget`] (or until
     /// it is dropped) when it is sent to worker `to` of this process ([`ExchangeBudget::claim`]).
     pub fn claim_budget(&mut self, exchange: &ExchangeBudget, to: usize) {
+        // The claim held before is released first: replaced, it would be dropped only after the
+        // new one counted, and the budget would see the batch twice for a moment.
         self.claim.release();
         self.claim = exchange.claim(to, self.data.len() as u64);
     }
