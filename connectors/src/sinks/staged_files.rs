@@ -1,10 +1,14 @@
 //! The `file://` backend of the `object_store` sink: each object is written in a hidden staging
-//! folder beside the sink's folder (`<parent>/.sluice-staging/<folder>/<pipeline>.<sink>/`),
-//! fsynced, and renamed into place, and the folder it lands in is fsynced, as is the folder holding
-//! each folder made for it (once per folder and process).
+//! folder beside the sink's folder (`<parent>/.sluice-staging/<folder>/<pipeline>.<sink>/`), made
+//! durable, renamed into place (its folders made as needed), and made durable there: each of the
+//! two steps waits for a sync of the file system shared with the objects finished at about the same
+//! time ([`FileSystemSync`]: a partitioned sink's 1,020 objects in new folders took 4,429 `fsync`s
+//! one by one, and 8 % more time).
 //!
 //! Guarantees: an object appears under the sink's folder whole or not at all, so a listing of the
-//! prefix (DuckDB, Athena-style readers, `find`) never sees a partial file, even after a SIGKILL;
+//! prefix (DuckDB, Athena-style readers, `find`) never sees a partial file, even after a SIGKILL or
+//! a crash of the machine (its contents are durable before its name); it is durable (contents,
+//! name, folders) when its delivery succeeds;
 //! staging files left by an interrupted run are removed at the next start (they belong to this
 //! sink alone); a part of an object uploaded in parts is written at its own offset, so parts can be
 //! retried under their number and written concurrently.
@@ -19,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use sluice_engine::contract::{DeliveryError, PartUpload};
+use sluice_engine::folders::FileSystemSync;
 
 /// Where a sink's objects go on the local file system, and where they are staged.
 #[derive(Debug, Clone)]
@@ -27,6 +32,8 @@ pub struct StagedFiles {
     root: PathBuf,
     /// Its staging folder.
     staging: PathBuf,
+    /// The syncs of the file system both are on, shared by the sink's deliveries.
+    sync: Arc<FileSystemSync>,
 }
 
 fn io_error(what: String) -> impl FnOnce(std::io::Error) -> DeliveryError {
@@ -43,22 +50,22 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-/// Makes `staged` (synced) the file at `target`: creates its folders, renames, syncs the folder.
-fn install(staged: &Path, target: &Path) -> Result<(), DeliveryError> {
-    let parent = target.parent().unwrap_or(Path::new("/"));
-    sluice_engine::folders::create_dir_synced(parent)
-        .map_err(io_error(format!("cannot create {}", parent.display())))?;
+/// Makes `staged` (written, not yet synced) the file at `target` durably: the file system is synced
+/// so the contents are stored before the name, the folders are made, the file is renamed into
+/// place, and the file system is synced again so the name and the folders are stored. The syncs are
+/// shared with every object finished at about the same time (see [`FileSystemSync`]).
+fn install(sync: &FileSystemSync, staged: &Path, target: &Path) -> Result<(), DeliveryError> {
+    sync.sync().map_err(io_error(format!("cannot store {}", target.display())))?;
     let moved = std::fs::rename(staged, target).or_else(|e| {
         if e.kind() != std::io::ErrorKind::NotFound || !staged.exists() {
             return Err(e);
         }
-        // A folder remembered as made was removed behind the sink's back: made again.
-        sluice_engine::folders::forget(parent);
-        sluice_engine::folders::create_dir_synced(parent)?;
+        // The first object of its folder (or its folders were removed behind the sink's back).
+        std::fs::create_dir_all(target.parent().unwrap_or(Path::new("/")))?;
         std::fs::rename(staged, target)
     });
     moved.map_err(io_error(format!("cannot move an object into {}", target.display())))?;
-    sluice_engine::folders::sync(parent).map_err(io_error(format!("cannot sync {}", parent.display())))
+    sync.sync().map_err(io_error(format!("cannot store {}", target.display())))
 }
 
 impl StagedFiles {
@@ -67,7 +74,8 @@ impl StagedFiles {
         let folder = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
         let parent = root.parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
         let staging = parent.join(".sluice-staging").join(folder).join(name);
-        StagedFiles { root, staging }
+        let sync = Arc::new(FileSystemSync::new(&staging));
+        StagedFiles { root, staging, sync }
     }
 
     /// The sink's folder.
@@ -112,14 +120,14 @@ impl StagedFiles {
 
     /// Stores `body` as `key` (a key the sink has checked).
     pub fn put(&self, key: &str, body: Bytes) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let (staged, target) = (self.staged_path(), self.root.join(key));
+        let (staged, target, sync) = (self.staged_path(), self.root.join(key), Arc::clone(&self.sync));
         Box::pin(blocking(move || {
-            let written = File::create(&staged).and_then(|mut f| f.write_all(&body).and_then(|()| f.sync_all()));
+            let written = File::create(&staged).and_then(|mut f| f.write_all(&body));
             if let Err(e) = written {
                 let _ = std::fs::remove_file(&staged);
                 return Err(io_error(format!("cannot stage {}", target.display()))(e));
             }
-            install(&staged, &target).inspect_err(|_| {
+            install(&sync, &staged, &target).inspect_err(|_| {
                 let _ = std::fs::remove_file(&staged);
             })
         }))
@@ -129,7 +137,13 @@ impl StagedFiles {
     pub fn start(&self, key: &str) -> Result<Box<dyn PartUpload>, DeliveryError> {
         let (staged, target) = (self.staged_path(), self.root.join(key));
         let file = File::create(&staged).map_err(io_error(format!("cannot stage {}", target.display())))?;
-        Ok(Box::new(StagedUpload { file: Arc::new(file), staged, target, parts: Arc::default() }))
+        Ok(Box::new(StagedUpload {
+            file: Arc::new(file),
+            staged,
+            target,
+            parts: Arc::default(),
+            sync: Arc::clone(&self.sync),
+        }))
     }
 }
 
@@ -140,6 +154,7 @@ struct StagedUpload {
     target: PathBuf,
     /// Each part's offset and length, by number (parts are handed over in order).
     parts: Arc<Mutex<BTreeMap<usize, (u64, u64)>>>,
+    sync: Arc<FileSystemSync>,
 }
 
 impl PartUpload for StagedUpload {
@@ -179,14 +194,13 @@ impl PartUpload for StagedUpload {
 
     fn complete(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let (file, staged, target) = (Arc::clone(&self.file), self.staged.clone(), self.target.clone());
+        let sync = Arc::clone(&self.sync);
         let length: u64 =
             self.parts.lock().map(|p| p.values().map(|(offset, len)| offset + len).max().unwrap_or(0)).unwrap_or(0);
         Box::pin(blocking(move || {
             // A retried part may have been longer before; the object ends with its last part.
-            file.set_len(length)
-                .and_then(|()| file.sync_all())
-                .map_err(io_error(format!("cannot finish {}", target.display())))?;
-            install(&staged, &target)
+            file.set_len(length).map_err(io_error(format!("cannot finish {}", target.display())))?;
+            install(&sync, &staged, &target)
         }))
     }
 
@@ -229,7 +243,7 @@ mod tests {
         let put = |key: &str, body: &[u8]| {
             let staged = store.staged_path();
             std::fs::write(&staged, body).unwrap();
-            install(&staged, &store.root().join(key))
+            install(&store.sync, &staged, &store.root().join(key))
         };
         put("user=1/event=1/first", b"x").unwrap();
         // The folders are removed while the sink runs: the next object makes them again.
