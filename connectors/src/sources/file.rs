@@ -182,7 +182,7 @@ pub fn plan_units(patterns: &[String], workers: usize, min_split: u64) -> Result
         files.iter().zip(&sizes).filter(|(f, _)| compression_of(f) == FileCompression::None).map(|(_, s)| *s).sum();
     let workers = workers.max(1) as u64;
     let largest = (plain_total / (8 * workers)).max(min_split).max(1);
-    let smallest = min_split.min(TAIL_SPLIT_BYTES).max(1);
+    let smallest = min_split.clamp(1, TAIL_SPLIT_BYTES);
     let mut left = plain_total;
     let mut units = Vec::new();
     for (path, size) in files.into_iter().zip(sizes) {
