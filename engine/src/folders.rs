@@ -260,6 +260,27 @@ mod tests {
         HeldSyncs { calls, end_round, sync }
     }
 
+    type Caller<'scope> = std::thread::ScopedJoinHandle<'scope, std::io::Result<()>>;
+
+    impl HeldSyncs {
+        fn rounds(&self) -> std::sync::MutexGuard<'_, SyncRounds> {
+            self.sync.rounds.lock().unwrap()
+        }
+
+        /// In `scope`: a caller whose sync is running, then `later` callers waiting behind it.
+        fn callers<'scope, 'env: 'scope>(
+            &'env self,
+            scope: &'scope std::thread::Scope<'scope, 'env>,
+            later: usize,
+        ) -> (Caller<'scope>, Vec<Caller<'scope>>) {
+            let first = scope.spawn(|| self.sync.sync());
+            wait_until(|| self.rounds().running);
+            let waiting: Vec<_> = (0..later).map(|_| scope.spawn(|| self.sync.sync())).collect();
+            wait_until(|| self.rounds().waiting == later);
+            (first, waiting)
+        }
+    }
+
     fn wait_until(condition: impl Fn() -> bool) {
         while !condition() {
             std::thread::sleep(std::time::Duration::from_millis(1));
@@ -269,17 +290,13 @@ mod tests {
     #[test]
     fn callers_arriving_during_a_sync_wait_for_the_next_one_and_share_it() {
         let held = held_syncs();
-        let rounds = || held.sync.rounds.lock().unwrap();
         std::thread::scope(|s| {
-            let first = s.spawn(|| held.sync.sync());
-            wait_until(|| rounds().running);
-            let later: Vec<_> = (0..3).map(|_| s.spawn(|| held.sync.sync())).collect();
-            wait_until(|| rounds().waiting == 3);
+            let (first, later) = held.callers(s, 3);
             held.end_round.send(Ok(())).unwrap();
             first.join().unwrap().unwrap();
             // The sync that was running when they called may have missed their writes: they wait
             // for the next, which one of them runs for all three.
-            wait_until(|| rounds().running && rounds().started == 2);
+            wait_until(|| held.rounds().running && held.rounds().started == 2);
             assert!(later.iter().all(|caller| !caller.is_finished()));
             held.end_round.send(Ok(())).unwrap();
             for caller in later {
@@ -292,12 +309,8 @@ mod tests {
     #[test]
     fn a_failed_sync_fails_every_caller_it_finished_for_and_the_next_sync_stands_alone() {
         let held = held_syncs();
-        let rounds = || held.sync.rounds.lock().unwrap();
         std::thread::scope(|s| {
-            let first = s.spawn(|| held.sync.sync());
-            wait_until(|| rounds().running);
-            let during = s.spawn(|| held.sync.sync());
-            wait_until(|| rounds().waiting == 1);
+            let (first, mut during) = held.callers(s, 1);
             held.end_round.send(Err(std::io::Error::other("write-back failed"))).unwrap();
             let error = first.join().unwrap().unwrap_err();
             assert_eq!(error.kind(), std::io::ErrorKind::Other);
@@ -305,7 +318,7 @@ mod tests {
             // Its own sync succeeds, but the failed one may have been about its writes (the
             // kernel reports a write-back error once): it fails too.
             held.end_round.send(Ok(())).unwrap();
-            assert!(during.join().unwrap().is_err());
+            assert!(during.remove(0).join().unwrap().is_err());
         });
         // A caller after both: its own sync's result.
         held.end_round.send(Ok(())).unwrap();
