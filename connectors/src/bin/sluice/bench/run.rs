@@ -33,9 +33,19 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
         std::path::absolute(&options.out).map_err(io_error(format!("cannot resolve {}", options.out.display())))?;
     let options = &BenchOptions { out: out.clone(), ..options.clone() };
     let work = out.join("work");
+    let marker = out.join(REMOVED_MARKER);
+    if let Some(wait) = wait_after_removal(&marker, std::time::SystemTime::now()) {
+        progress(&format!(
+            "waiting {} s: the last invocation removed its outputs {} s ago, and ext4 without a journal \
+             skips inodes freed in the last minute when it makes files (the runs would pay for it)",
+            wait.as_secs(),
+            (FREED_INODES_SETTLE - wait).as_secs()
+        ));
+        std::thread::sleep(wait);
+    }
     std::fs::create_dir_all(&work).map_err(io_error(format!("cannot create {}", work.display())))?;
     // The outputs are removed however the bench ends; the generated inputs stay as a cache.
-    let _work = RemoveOnDrop(work.clone());
+    let _work = WorkFolder { path: work.clone(), marker };
     let data = out.join("data");
     let mut planner = Planner {
         options,
@@ -353,11 +363,94 @@ fn set_aside(output: &Path, spent: &Path) {
     }
 }
 
-/// A folder removed when dropped.
-pub(crate) struct RemoveOnDrop(PathBuf);
+/// Where an invocation notes when it removed many files (`<out>/.outputs-removed`: seconds since
+/// the Unix epoch), so the next one can wait for ext4 to stop skipping their inodes.
+const REMOVED_MARKER: &str = ".outputs-removed";
 
-impl Drop for RemoveOnDrop {
+/// How long after removing [`MANY_FILES`] an invocation waits before its runs: ext4 without a
+/// journal (as on these machines) passes over inodes freed in the last 60 s when it allocates new
+/// ones (`recently_deleted` in fs/ext4/ialloc.c), so a partitioned run started 20 s after the
+/// previous invocation removed its outputs took 1.16 s against 0.81 s a minute later (README:
+/// Performance, footnote 18). Five seconds more for the removal's own writes to reach the disk.
+const FREED_INODES_SETTLE: std::time::Duration = std::time::Duration::from_secs(65);
+
+/// Files and folders removed at once from which the next invocation waits (the partition scenario
+/// leaves ~3,400 a run; the others a few).
+const MANY_FILES: usize = 1_000;
+
+/// How long to wait before the runs, given `marker` (written by the previous invocation's
+/// [`WorkFolder`]) and the time now: nothing if it removed few files or long enough ago.
+fn wait_after_removal(marker: &Path, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    let text = std::fs::read_to_string(marker).ok()?;
+    let removed = std::time::UNIX_EPOCH + std::time::Duration::from_secs(text.trim().parse().ok()?);
+    let since = now.duration_since(removed).unwrap_or_default();
+    FREED_INODES_SETTLE.checked_sub(since).filter(|wait| !wait.is_zero())
+}
+
+/// Entries (files and folders) under `dir`, counted up to `limit`.
+fn entries_under(dir: &Path, limit: usize) -> usize {
+    let mut count = 0;
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            count += 1;
+            if count >= limit {
+                return count;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                folders.push(entry.path());
+            }
+        }
+    }
+    count
+}
+
+/// The bench's work folder (pipelines, outputs set aside), removed when dropped; when it held
+/// [`MANY_FILES`] or more, the time is noted in `marker` for the next invocation.
+struct WorkFolder {
+    path: PathBuf,
+    marker: PathBuf,
+}
+
+impl Drop for WorkFolder {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let many = entries_under(&self.path, MANY_FILES) >= MANY_FILES;
+        let _ = std::fs::remove_dir_all(&self.path);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        if many {
+            let _ = std::fs::write(&self.marker, now.as_secs().to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_run_waits_out_the_minute_after_many_files_were_removed_and_no_longer() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let work = dir.path().join("work");
+        let marker = dir.path().join(REMOVED_MARKER);
+        // A few files: removed without a note.
+        std::fs::create_dir_all(work.join("spent")).expect("folders");
+        std::fs::write(work.join("spent/object"), b"x").expect("file");
+        drop(WorkFolder { path: work.clone(), marker: marker.clone() });
+        assert!(!work.exists());
+        assert_eq!(wait_after_removal(&marker, std::time::SystemTime::now()), None);
+        // A partitioned run's worth: noted, and the next invocation waits for the rest of the minute.
+        for i in 0..MANY_FILES {
+            std::fs::create_dir_all(work.join(format!("spent/p={i}"))).expect("folders");
+        }
+        drop(WorkFolder { path: work.clone(), marker: marker.clone() });
+        assert!(!work.exists());
+        let noted: u64 = std::fs::read_to_string(&marker).expect("marker").parse().expect("seconds");
+        let removed = UNIX_EPOCH + Duration::from_secs(noted);
+        assert_eq!(wait_after_removal(&marker, removed + Duration::from_secs(20)), Some(Duration::from_secs(45)));
+        assert_eq!(wait_after_removal(&marker, removed + FREED_INODES_SETTLE), None);
+        assert_eq!(wait_after_removal(&marker, removed + Duration::from_secs(3600)), None);
+        // A marker from the future (a clock set back) waits the whole settle time, not forever.
+        assert_eq!(wait_after_removal(&marker, removed - Duration::from_secs(30)), Some(FREED_INODES_SETTLE));
     }
 }
