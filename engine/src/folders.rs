@@ -144,8 +144,9 @@ impl FileSystemSync {
         Self::with(folder, move || file_system_sync(&File::open(&opened)?))
     }
 
-    /// Syncs by running `sync_once` (tests count and fail syncs with it).
-    fn with(folder: &Path, sync_once: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) -> Self {
+    /// Syncs by running `sync_once` instead of syncing a file system: tests count syncs and make
+    /// them fail with it (a failed `syncfs` cannot be caused on purpose).
+    pub fn with(folder: &Path, sync_once: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) -> Self {
         FileSystemSync {
             folder: folder.to_path_buf(),
             sync_once: Box::new(sync_once),

@@ -254,6 +254,35 @@ mod tests {
         assert!(put("blocked/x", b"z").is_err());
     }
 
+    /// A sync that fails (the disk's write-back error): the delivery fails, retryable, and leaves
+    /// nothing staged; if the contents could not be stored no object appears, and once the file
+    /// system syncs again the retried delivery stores it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_sync_fails_the_delivery_and_its_retry_stores_the_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StagedFiles::new(dir.path().join("out"), "p.sink");
+        store.prepare().await.unwrap();
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let fails = Arc::clone(&failing);
+        store.sync = Arc::new(FileSystemSync::with(store.staging(), move || {
+            if fails.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(std::io::Error::other("write-back failed"))
+            } else {
+                Ok(())
+            }
+        }));
+        let error = store.put("a/one.gz", Bytes::from_static(b"records")).await.unwrap_err();
+        assert!(
+            matches!(&error, DeliveryError::Retryable { message, .. } if message.contains("write-back failed")),
+            "{error:?}"
+        );
+        assert!(files(store.root()).is_empty(), "no object before its contents are stored");
+        assert!(files(store.staging()).is_empty(), "nothing left staged");
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        store.put("a/one.gz", Bytes::from_static(b"records")).await.unwrap();
+        assert_eq!(std::fs::read(store.root().join("a/one.gz")).unwrap(), b"records");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn objects_appear_whole_and_interrupted_ones_are_cleaned_at_the_next_start() {
         let dir = tempfile::tempdir().unwrap();

@@ -31,7 +31,7 @@ pub(crate) enum OutputCheck {
 }
 
 /// Every file under `dir`, except in hidden folders (a sink's staging).
-fn files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+pub(super) fn files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {

@@ -11,7 +11,7 @@ use sluice_connectors::load;
 use sluice_connectors::measure::{MeasuredCommand, Usage, measure_via};
 use sluice_connectors::synth::Profile;
 
-use super::check::verify;
+use super::check::{files, verify};
 use super::plan::{Drive, INGEST_CLIENTS, Planner};
 use super::report::{machine, write_results};
 use super::stats::{BenchReport, CaseResult, ComparisonResult, case_result};
@@ -374,8 +374,8 @@ const REMOVED_MARKER: &str = ".outputs-removed";
 /// Performance, footnote 18). Five seconds more for the removal's own writes to reach the disk.
 const FREED_INODES_SETTLE: std::time::Duration = std::time::Duration::from_secs(65);
 
-/// Files and folders removed at once from which the next invocation waits (the partition scenario
-/// leaves ~3,400 a run; the others a few).
+/// Files removed at once from which the next invocation waits (the partition scenario leaves
+/// 1,020 a run, in ~2,400 folders; the others a few).
 const MANY_FILES: usize = 1_000;
 
 /// How long to wait before the runs, given `marker` (written by the previous invocation's
@@ -387,24 +387,6 @@ fn wait_after_removal(marker: &Path, now: std::time::SystemTime) -> Option<std::
     FREED_INODES_SETTLE.checked_sub(since).filter(|wait| !wait.is_zero())
 }
 
-/// Entries (files and folders) under `dir`, counted up to `limit`.
-fn entries_under(dir: &Path, limit: usize) -> usize {
-    let mut count = 0;
-    let mut folders = vec![dir.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
-            count += 1;
-            if count >= limit {
-                return count;
-            }
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                folders.push(entry.path());
-            }
-        }
-    }
-    count
-}
-
 /// The bench's work folder (pipelines, outputs set aside), removed when dropped; when it held
 /// [`MANY_FILES`] or more, the time is noted in `marker` for the next invocation.
 struct WorkFolder {
@@ -414,10 +396,10 @@ struct WorkFolder {
 
 impl Drop for WorkFolder {
     fn drop(&mut self) {
-        let many = entries_under(&self.path, MANY_FILES) >= MANY_FILES;
+        let many = files(&self.path).is_ok_and(|files| files.len() >= MANY_FILES);
         let _ = std::fs::remove_dir_all(&self.path);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         if many {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             let _ = std::fs::write(&self.marker, now.as_secs().to_string());
         }
     }
@@ -441,7 +423,9 @@ mod tests {
         assert_eq!(wait_after_removal(&marker, std::time::SystemTime::now()), None);
         // A partitioned run's worth: noted, and the next invocation waits for the rest of the minute.
         for i in 0..MANY_FILES {
-            std::fs::create_dir_all(work.join(format!("spent/p={i}"))).expect("folders");
+            let folder = work.join(format!("spent/p={i}"));
+            std::fs::create_dir_all(&folder).expect("folders");
+            std::fs::write(folder.join("object"), b"x").expect("file");
         }
         drop(WorkFolder { path: work.clone(), marker: marker.clone() });
         assert!(!work.exists());
