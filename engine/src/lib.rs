@@ -29,4 +29,5 @@ pub mod retry;
 pub mod runtime;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod unbuffered;
 pub mod wal;
