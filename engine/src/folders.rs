@@ -175,7 +175,10 @@ impl FileSystemSync {
             rounds.running = true;
             rounds.started += 1;
             drop(rounds);
-            let result = (self.sync_once)();
+            // A panicking sync (a bug) fails its callers instead of leaving `running` set and
+            // everyone after it waiting forever.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.sync_once)()))
+                .unwrap_or_else(|_| Err(std::io::Error::other("the sync panicked")));
             rounds = lock();
             rounds.running = false;
             rounds.finished += 1;
@@ -376,6 +379,22 @@ mod tests {
         held.end_round.send(Ok(())).unwrap();
         held.sync.sync().unwrap();
         assert_eq!(held.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_sync_that_panics_fails_its_caller_and_the_next_caller_gets_a_sync_of_its_own() {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&calls);
+        let sync = FileSystemSync::with(Path::new("/lake"), move || {
+            if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                panic!("a bug in the sync");
+            }
+            Ok(())
+        });
+        let error = sync.sync().unwrap_err();
+        assert!(error.to_string().contains("panicked"), "{error}");
+        sync.sync().unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]
