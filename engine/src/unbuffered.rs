@@ -65,13 +65,17 @@ impl UnbufferedFile {
         let (middle_bytes, tail_bytes) = rest.split_at(middle);
         let middle_at = offset + head as u64;
         self.buffered.write_all_at(head_bytes, offset)?;
-        match write_direct(direct, middle_bytes, middle_at) {
-            Ok(()) => {}
-            // The file system took the file but not the alignment: through the page cache.
-            Err(e) if e.kind() == ErrorKind::InvalidInput => self.buffered.write_all_at(middle_bytes, middle_at)?,
-            Err(e) => return Err(e),
-        }
+        self.write_middle(direct, middle_bytes, middle_at)?;
         self.buffered.write_all_at(tail_bytes, middle_at + middle as u64)
+    }
+
+    /// Writes `bytes` at `offset` through `direct`, or through the page cache where the file
+    /// system took the file but refuses the write's alignment (`EINVAL`).
+    fn write_middle(&self, direct: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        match write_direct(direct, bytes, offset) {
+            Err(e) if e.kind() == ErrorKind::InvalidInput => self.buffered.write_all_at(bytes, offset),
+            done => done,
+        }
     }
 
     /// Truncates or extends the file to `length` bytes.
@@ -160,6 +164,21 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(file.direct_handle().is_some(), "O_DIRECT was refused here");
         }
+    }
+
+    /// A direct write the file system refuses for its alignment (here: an offset off the page
+    /// boundary, which ext4 refuses with `EINVAL`) lands through the page cache instead.
+    #[test]
+    fn a_direct_write_refused_for_its_alignment_goes_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("object");
+        let file = UnbufferedFile::create(&path).unwrap();
+        let Some(direct) = file.direct_handle() else { return };
+        let bytes = pattern(2 * DIRECT_ALIGN, 6);
+        let refused = write_direct(direct, &bytes, 100);
+        assert_eq!(refused.map_err(|e| e.kind()), Err(ErrorKind::InvalidInput), "the refusal the fallback matches");
+        file.write_middle(direct, &bytes, 100).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), [vec![0; 100], bytes].concat());
     }
 
     /// A file system that refuses `O_DIRECT` (here: the handle is made to be missing) gets the
