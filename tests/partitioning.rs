@@ -286,6 +286,23 @@ fn partitioning_config_errors_follow_firehose_rules() {
         "the partitioning query does not compile",
     );
     check(&format!("{prefix}\n{error_prefix}"), "but the sink has no partitioning query");
+    // Every error at once: the prefixes' and the partitioning table's, each pointed at.
+    let all = sink(
+        "partitioning = { query = '{a: .a', max_open_mb = 0 }\n\
+         prefix = \"a=!{partitionKeyFromQuery:a}/!{firehose:error-output-type}/\"\n\
+         error_prefix = \"e/!{partitionKeyFromQuery:a}/\"",
+    );
+    let errors = plan_from_str(&all, &registry()).err().map(|d| d.to_string()).unwrap_or_default();
+    for expected in [
+        "the partitioning query does not compile",
+        "max_open_mb` = 0 is out of range",
+        "`!{firehose:error-output-type}` is allowed only in error_prefix",
+        "error_prefix must contain `!{firehose:error-output-type}`",
+        "partition keys are not allowed in error_prefix",
+        "5 errors",
+    ] {
+        assert!(errors.contains(expected), "expected `{expected}` in:\n{errors}");
+    }
     check(&format!("partitioning = {{ query = '{{a: .a}}' }}\n{error_prefix}"), "`partitioning` has no effect");
     let http = "[pipeline]\nname = \"bad\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 1\n\
                 [sinks.out]\ntype = \"http_endpoint\"\ninputs = [\"gen\"]\nurl = \"http://127.0.0.1:1/\"\nbackup_store = { url = \"memory://bad/b\" }\n\

@@ -445,7 +445,7 @@ pub struct ObjectKeys {
     time_zone: Tz,
 }
 
-/// The `prefix`/`error_prefix` pair failed Firehose's rules; `field` names which key to point at.
+/// One of Firehose's rules the `prefix`/`error_prefix` pair breaks; `field` names which key to point at.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{error}")]
 pub struct PrefixRuleError {
@@ -455,13 +455,19 @@ pub struct PrefixRuleError {
     pub error: KeyTemplateError,
 }
 
+/// Every rule the `prefix`/`error_prefix` pair breaks (at least one), so a config shows them all at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct PrefixRuleErrors(pub Vec<PrefixRuleError>);
+
 impl ObjectKeys {
     /// The `prefix` and `error_prefix` as configured (before the default time was appended).
     pub fn configured(&self) -> (&str, Option<&str>) {
         (&self.configured.0, self.configured.1.as_deref())
     }
 
-    /// Applies Firehose's prefix rules (docs/firehose.md §3) to the configured prefixes.
+    /// Applies Firehose's prefix rules (docs/firehose.md §3) to the configured prefixes, and
+    /// reports every rule broken, in each of the two fields.
     ///
     /// - A prefix without a timestamp expression gets `!{timestamp:yyyy/MM/dd/HH/}` appended.
     /// - The prefix must not use `error-output-type`; a set error prefix must use it.
@@ -472,12 +478,18 @@ impl ObjectKeys {
         error_prefix: Option<&str>,
         stream: &str,
         time_zone: Tz,
-    ) -> Result<Self, PrefixRuleError> {
+    ) -> Result<Self, PrefixRuleErrors> {
+        let mut errors = Vec::new();
         let prefix_text = prefix.unwrap_or("");
-        let parsed =
-            ObjectKeyTemplate::parse(prefix_text).map_err(|error| PrefixRuleError { field: "prefix", error })?;
-        if parsed.has_error_output_type() {
-            return Err(PrefixRuleError {
+        let parsed = match ObjectKeyTemplate::parse(prefix_text) {
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                errors.push(PrefixRuleError { field: "prefix", error });
+                None
+            }
+        };
+        if parsed.as_ref().is_some_and(ObjectKeyTemplate::has_error_output_type) {
+            errors.push(PrefixRuleError {
                 field: "prefix",
                 error: template_error(
                     prefix_text.find("!{firehose:error-output-type}").unwrap_or(0),
@@ -487,33 +499,38 @@ impl ObjectKeys {
             });
         }
         let error_template = match error_prefix {
-            Some(text) => {
-                let t =
-                    ObjectKeyTemplate::parse(text).map_err(|error| PrefixRuleError { field: "error_prefix", error })?;
-                if !t.partition_keys().is_empty() {
-                    return Err(PrefixRuleError {
-                        field: "error_prefix",
-                        error: template_error(
-                            text.find("!{partitionKey").unwrap_or(0),
-                            "partition keys are not allowed in error_prefix",
-                            "records that fail partitioning have no keys: keep them in prefix only",
-                        ),
-                    });
+            Some(text) => match ObjectKeyTemplate::parse(text) {
+                Err(error) => {
+                    errors.push(PrefixRuleError { field: "error_prefix", error });
+                    None
                 }
-                if !t.has_error_output_type() {
-                    return Err(PrefixRuleError {
-                        field: "error_prefix",
-                        error: template_error(
-                            0,
-                            "error_prefix must contain `!{firehose:error-output-type}`",
-                            "e.g. error_prefix = \"errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/\"",
-                        ),
-                    });
+                Ok(t) => {
+                    let before = errors.len();
+                    if !t.partition_keys().is_empty() {
+                        errors.push(PrefixRuleError {
+                            field: "error_prefix",
+                            error: template_error(
+                                text.find("!{partitionKey").unwrap_or(0),
+                                "partition keys are not allowed in error_prefix",
+                                "records that fail partitioning have no keys: keep them in prefix only",
+                            ),
+                        });
+                    }
+                    if !t.has_error_output_type() {
+                        errors.push(PrefixRuleError {
+                            field: "error_prefix",
+                            error: template_error(
+                                0,
+                                "error_prefix must contain `!{firehose:error-output-type}`",
+                                "e.g. error_prefix = \"errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/\"",
+                            ),
+                        });
+                    }
+                    (errors.len() == before).then(|| if t.has_timestamp() { t } else { t.with_default_time() })
                 }
-                if t.has_timestamp() { t } else { t.with_default_time() }
-            }
-            None if parsed.has_expressions() => {
-                return Err(PrefixRuleError {
+            },
+            None if parsed.as_ref().is_some_and(ObjectKeyTemplate::has_expressions) => {
+                errors.push(PrefixRuleError {
                     field: "prefix",
                     error: template_error(
                         0,
@@ -521,6 +538,7 @@ impl ObjectKeys {
                         "add error_prefix = \"errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/\"",
                     ),
                 });
+                None
             }
             None => {
                 let mut segments = Vec::new();
@@ -530,36 +548,40 @@ impl ObjectKeys {
                 segments.push(Segment::ErrorOutputType);
                 segments.push(Segment::Literal("/".into()));
                 let offsets = vec![0; segments.len()];
-                ObjectKeyTemplate { segments, offsets }.with_default_time()
+                Some(ObjectKeyTemplate { segments, offsets }.with_default_time())
             }
         };
-        let prefix_template = if parsed.has_timestamp() { parsed } else { parsed.with_default_time() };
-        let keys = ObjectKeys {
-            prefix: prefix_template,
-            error_prefix: error_template,
-            configured: (prefix_text.to_string(), error_prefix.map(str::to_string)),
-            stream: stream.into(),
-            version: 1,
-            time_zone,
-        };
-        keys.prefix.check_storable("").map_err(|error| PrefixRuleError { field: "prefix", error })?;
+        let prefix_template = parsed.map(|p| if p.has_timestamp() { p } else { p.with_default_time() });
         // A default error prefix is made of the prefix: its problems are the prefix's.
         let error_field = if error_prefix.is_some() { "error_prefix" } else { "prefix" };
-        keys.error_prefix
-            .check_storable(crate::error_output::ErrorOutputType::FormatConversionFailed.name())
-            .map_err(|error| PrefixRuleError { field: error_field, error })?;
         // The longest a rendering can be: every field at its widest on a fixed date.
         let widest = Utc.with_ymd_and_hms(2099, 12, 31, 23, 59, 59).single().unwrap_or_default();
-        for (field, template) in [("prefix", &keys.prefix), ("error_prefix", &keys.error_prefix)] {
+        let checks = [
+            ("prefix", "prefix", "", prefix_template.as_ref()),
+            (
+                error_field,
+                "error_prefix",
+                crate::error_output::ErrorOutputType::FormatConversionFailed.name(),
+                error_template.as_ref(),
+            ),
+        ];
+        for (field, what, error_type, template) in checks {
+            // A field that broke a rule gets no follow-on errors (a default error prefix is the
+            // prefix and more: its field is the prefix's).
+            let Some(template) = template.filter(|_| !errors.iter().any(|e| e.field == field)) else { continue };
+            if let Err(error) = template.check_storable(error_type) {
+                errors.push(PrefixRuleError { field, error });
+                continue;
+            }
             let mut rendered = String::new();
             template.render(&widest, "format-conversion-failed", &mut rendered);
             if rendered.chars().count() > MAX_EVALUATED_PREFIX {
-                return Err(PrefixRuleError {
+                errors.push(PrefixRuleError {
                     field,
                     error: template_error(
                         0,
                         format!(
-                            "{field} evaluates to {} characters; Firehose allows {MAX_EVALUATED_PREFIX}",
+                            "{what} evaluates to {} characters; Firehose allows {MAX_EVALUATED_PREFIX}",
                             rendered.chars().count()
                         ),
                         "shorten it",
@@ -567,7 +589,17 @@ impl ObjectKeys {
                 });
             }
         }
-        Ok(keys)
+        match (prefix_template, error_template) {
+            (Some(prefix_template), Some(error_template)) if errors.is_empty() => Ok(ObjectKeys {
+                prefix: prefix_template,
+                error_prefix: error_template,
+                configured: (prefix_text.to_string(), error_prefix.map(str::to_string)),
+                stream: stream.into(),
+                version: 1,
+                time_zone,
+            }),
+            _ => Err(PrefixRuleErrors(errors)),
+        }
     }
 
     /// Key of a data object whose oldest record arrived at `oldest_arrival_ms`.
@@ -683,11 +715,37 @@ mod tests {
     }
 
     #[test]
+    fn every_rule_the_two_prefixes_break_is_reported_without_follow_on_errors() {
+        let fields = |prefix: Option<&str>, error_prefix: Option<&str>| match ObjectKeys::new(
+            prefix,
+            error_prefix,
+            "s",
+            Tz::UTC,
+        ) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(|e| (e.field, e.error.message.clone())).collect(),
+        };
+        let broken = fields(Some("a/!{firehose:error-output-type}/"), Some("e/!{partitionKeyFromQuery:k}/"));
+        assert_eq!(broken.len(), 3, "{broken:?}");
+        assert_eq!(broken[0].0, "prefix");
+        assert!(broken[0].1.contains("allowed only in error_prefix"), "{broken:?}");
+        assert_eq!(broken.iter().filter(|(field, _)| *field == "error_prefix").count(), 2, "{broken:?}");
+        // A default error prefix repeats nothing the prefix already broke.
+        let long = format!("{}/", "x".repeat(600));
+        let broken = fields(Some(&long), None);
+        assert_eq!(broken.len(), 1, "{broken:?}");
+        assert!(broken[0].1.starts_with("prefix evaluates to"), "{broken:?}");
+        // A prefix that does not parse still lets the error prefix be checked.
+        let broken = fields(Some("a/!{nope:x}/"), Some("e/"));
+        assert_eq!(broken.iter().map(|(field, _)| *field).collect::<Vec<_>>(), ["prefix", "error_prefix"]);
+    }
+
+    #[test]
     fn prefixes_that_make_unstorable_keys_are_refused_where_they_go_wrong() {
         let refused = |prefix: &str| {
             ObjectKeys::new(Some(prefix), Some("e/!{firehose:error-output-type}/"), "s", Tz::UTC)
                 .map(|_| ())
-                .map_err(|e| (e.field, e.error.offset))
+                .map_err(|e| (e.0[0].field, e.0[0].error.offset))
         };
         assert_eq!(refused("../../escape/"), Err(("prefix", 0)));
         assert_eq!(refused("/abs/"), Err(("prefix", 0)));
@@ -699,7 +757,7 @@ mod tests {
         assert_eq!(refused("logs/!{timestamp:yyyy}/.."), Ok(()), "a last segment is joined to the object name");
         assert_eq!(refused("logs/..data/!{timestamp:yyyy}/"), Ok(()));
         let error = ObjectKeys::new(Some("ok/"), Some("../!{firehose:error-output-type}/"), "s", Tz::UTC).unwrap_err();
-        assert_eq!(error.field, "error_prefix");
+        assert_eq!(error.0[0].field, "error_prefix");
     }
 
     #[test]
@@ -711,8 +769,8 @@ mod tests {
         let e = keys.error_key(1_535_371_200_000, "format-conversion-failed", "");
         assert!(e.starts_with("logs/format-conversion-failed/2018/08/27/12/s-1-"), "{e}");
 
-        assert_eq!(ObjectKeys::new(Some("x/!{timestamp:yyyy}/"), None, "s", Tz::UTC).unwrap_err().field, "prefix");
-        assert_eq!(ObjectKeys::new(Some("x/"), Some("errors/"), "s", Tz::UTC).unwrap_err().field, "error_prefix");
+        assert_eq!(ObjectKeys::new(Some("x/!{timestamp:yyyy}/"), None, "s", Tz::UTC).unwrap_err().0[0].field, "prefix");
+        assert_eq!(ObjectKeys::new(Some("x/"), Some("errors/"), "s", Tz::UTC).unwrap_err().0[0].field, "error_prefix");
         assert!(
             ObjectKeys::new(
                 Some("!{firehose:error-output-type}"),

@@ -21,7 +21,7 @@ use super::registry::{ConnectorConfig, Durability, LogEncryption, Registry, Rete
 use crate::compression::Compression;
 use crate::contract::{DestinationKind, Sink, Source, Transform};
 use crate::format::{self, ObjectFormat};
-use crate::keys::ObjectKeys;
+use crate::keys::{ObjectKeyTemplate, ObjectKeys, PartitionKeyRef};
 use crate::retry::RetryPolicy;
 
 /// Firehose `BufferingHints`: deliver at `size_bytes` (before compression) or `interval`, whichever
@@ -87,7 +87,7 @@ pub struct Partitioning {
     /// `partitioning.query`, for `!{partitionKeyFromQuery:…}` keys.
     pub query: Option<Arc<dyn crate::contract::KeyQuery>>,
     /// The prefix's partition keys, in order.
-    pub keys: Vec<crate::keys::PartitionKeyRef>,
+    pub keys: Vec<PartitionKeyRef>,
     /// `partitioning.max_open_mb` in bytes: past it the largest open partition is sealed early.
     pub max_open_bytes: u64,
     /// `deaggregation`: how a record holding several records is split before partitioning.
@@ -1076,18 +1076,20 @@ fn order_transforms(declared: &[DeclaredTransform], source_count: usize, problem
 
 /// `partitioning = { query, max_open_mb }` and the prefix's partition keys (Firehose's dynamic
 /// partitioning rules, docs/firehose.md §13): `None` inside when the prefix uses no partition key;
-/// the outer `None` when something is wrong (reported).
+/// the outer `None` when something is wrong (reported). `prefix_keys` is `None` when the prefix
+/// does not parse: the table is then checked on its own.
 fn take_partitioning(
     table: Option<Section>,
     table_span: Option<std::ops::Range<usize>>,
-    keys: &ObjectKeys,
+    prefix_keys: Option<Vec<PartitionKeyRef>>,
     prefix: Option<&Spanned<String>>,
     sink_span: std::ops::Range<usize>,
     registry: &Registry,
     problems: &mut Vec<Diagnostic>,
 ) -> Option<Option<Arc<Partitioning>>> {
     let before = problems.len();
-    let partition_keys = keys.partition_keys();
+    let prefix_parsed = prefix_keys.is_some();
+    let partition_keys = prefix_keys.unwrap_or_default();
     let prefix_span = prefix.map_or(sink_span.clone(), |p| p.span());
     let (mut query, mut max_open_mb) = (None, 512u64);
     if let Some(mut t) = table {
@@ -1116,7 +1118,7 @@ fn take_partitioning(
             max_open_mb = m.into_inner() as u64;
         }
         t.deny_unknown(&["query", "max_open_mb"], problems);
-        if partition_keys.is_empty() {
+        if prefix_parsed && partition_keys.is_empty() {
             problems.push(
                 Diagnostic::new(
                     table_span.unwrap_or(sink_span.clone()),
@@ -1426,17 +1428,19 @@ fn take_sink_settings(
             tz,
         ) {
             Ok(k) => Some(k),
-            Err(e) => {
-                let value: Option<&Spanned<String>> =
-                    if e.field == "prefix" { prefix.as_ref() } else { error_prefix.as_ref() };
-                // Point inside the string when we can.
-                let message = format!("bad {}: {}", e.field, e.error.message);
-                let diagnostic = match value {
-                    Some(v) if e.error.offset > 0 => Diagnostic::in_string(v.span(), e.error.offset, message),
-                    Some(v) => Diagnostic::new(v.span(), message),
-                    None => Diagnostic::new(section.span.clone(), message),
-                };
-                problems.push(diagnostic.with_hint(e.error.hint.clone()));
+            Err(errors) => {
+                for e in errors.0 {
+                    let value: Option<&Spanned<String>> =
+                        if e.field == "prefix" { prefix.as_ref() } else { error_prefix.as_ref() };
+                    // Point inside the string when we can.
+                    let message = format!("bad {}: {}", e.field, e.error.message);
+                    let diagnostic = match value {
+                        Some(v) if e.error.offset > 0 => Diagnostic::in_string(v.span(), e.error.offset, message),
+                        Some(v) => Diagnostic::new(v.span(), message),
+                        None => Diagnostic::new(section.span.clone(), message),
+                    };
+                    problems.push(diagnostic.with_hint(e.error.hint.clone()));
+                }
                 None
             }
         },
@@ -1444,17 +1448,24 @@ fn take_sink_settings(
     };
     let partitioning_span = section.key_span("partitioning");
     let partitioning_table = section.take_table("partitioning", problems);
-    let partitioning = keys.as_ref().and_then(|keys| {
-        take_partitioning(
-            partitioning_table,
-            partitioning_span,
-            keys,
-            prefix.as_ref(),
-            section.span.clone(),
-            registry,
-            problems,
-        )
-    });
+    // The prefix's partition keys, from the prefix alone when the pair broke a rule, so the
+    // partitioning table's own problems are reported with the prefixes' (every error at once).
+    let prefix_keys = match &keys {
+        Some(keys) => Some(keys.partition_keys()),
+        None => ObjectKeyTemplate::parse(prefix.as_ref().map_or("", |p| p.get_ref().as_str()))
+            .ok()
+            .map(|template| template.partition_keys()),
+    };
+    let partitioning = take_partitioning(
+        partitioning_table,
+        partitioning_span,
+        prefix_keys,
+        prefix.as_ref(),
+        section.span.clone(),
+        registry,
+        problems,
+    )
+    .filter(|_| keys.is_some());
     let deaggregation_span = section.value_span("deaggregation").unwrap_or(section.span.clone());
     let deaggregation = match section.take("deaggregation") {
         None => Some(None),
