@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use sluice_connectors::registry;
-use sluice_engine::config::load_file;
+use sluice_engine::config::{load_file, load_str};
 
 fn rendered(path: &Path) -> String {
     let registry = registry();
@@ -110,4 +110,78 @@ fn validate_exits_1_with_positions_and_0_with_the_graph() {
         assert!(stdout.contains(sink), "{sink}: {stdout}");
     }
     assert!(!stdout.contains("pw"), "{stdout}");
+}
+
+/// Every connector type's tables, valid as written: the examples, and the types they do not use.
+const EVERY_OTHER_TYPE: &str = r#"[pipeline]
+name = "every-type"
+
+[sources.api]
+type = "http"
+
+[sources.bucket]
+type = "object_store"
+url = "memory://bucket/in"
+
+[transforms.unpack]
+type = "cloudwatch_logs"
+inputs = ["api", "bucket"]
+
+[transforms.call]
+type = "lambda"
+inputs = ["unpack"]
+url = "http://127.0.0.1:9/"
+
+[transforms.once]
+type = "dedup"
+inputs = ["call"]
+key = ".id"
+
+[sinks.out]
+type = "object_store"
+inputs = ["once"]
+url = "memory://out/x"
+"#;
+
+/// A connector reports its problems itself (`Problems`): one that went on past an unknown key in
+/// its table and returned its connector anyway would accept any typo. Each table of each valid
+/// example gets one unknown key in turn: that key, and only it, is reported.
+#[test]
+fn every_connector_type_refuses_an_unknown_key_in_an_otherwise_valid_table() {
+    let dir = super::support::repo_root().join("pipelines");
+    let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| (p.display().to_string(), std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{e}"))))
+        .collect();
+    files.push(("every-type.toml".into(), EVERY_OTHER_TYPE.into()));
+    let registry = registry();
+    let mut types = std::collections::BTreeSet::new();
+    for (file, text) in &files {
+        assert!(load_str(file, text.clone(), &dir, &registry).is_ok(), "{file} does not validate as it is");
+        let lines: Vec<&str> = text.lines().collect();
+        for (at, header) in lines.iter().enumerate() {
+            let Some(path) = header.strip_prefix('[').and_then(|h| h.strip_suffix(']')) else { continue };
+            if !["sources.", "transforms.", "sinks."].iter().any(|kind| path.starts_with(kind)) {
+                continue;
+            }
+            let kind = lines[at + 1..]
+                .iter()
+                .take_while(|l| !l.starts_with('['))
+                .find_map(|l| l.strip_prefix("type = "))
+                .unwrap_or_else(|| panic!("{file}: [{path}] has no type"));
+            types.insert(format!("{}{kind}", &path[..path.find('.').unwrap_or(0)]));
+            let mut changed = lines.clone();
+            changed.insert(at + 1, "bogus_key_for_the_test = 1");
+            let errors = match load_str(file, changed.join("\n"), &dir, &registry) {
+                Ok(_) => panic!("{file}: [{path}] (type {kind}) took an unknown key"),
+                Err(d) => d.items.iter().map(|i| i.message.clone()).collect::<Vec<_>>(),
+            };
+            assert_eq!(errors, [format!("unknown key `{path}.bogus_key_for_the_test`")], "{file}: [{path}]");
+        }
+    }
+    let registry_types = registry.sources.len() + registry.transforms.len() + registry.sinks.len();
+    assert_eq!(types.len(), registry_types, "every registered type is checked: {types:?}");
 }

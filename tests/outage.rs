@@ -232,9 +232,10 @@ impl sluice_engine::contract::Sink for RefusingErrorKeys {
 
 fn refusing_error_keys(
     config: sluice_engine::config::ConnectorConfig,
-) -> Result<Arc<dyn sluice_engine::contract::Sink>, sluice_engine::config::Diagnostic> {
-    config.table.deserialize::<std::collections::BTreeMap<String, toml::Value>>()?;
-    Ok(Arc::new(RefusingErrorKeys))
+) -> Result<Arc<dyn sluice_engine::contract::Sink>, sluice_engine::config::Problems> {
+    let mut problems = sluice_engine::config::Problems::default();
+    let keys = config.table.deserialize::<std::collections::BTreeMap<String, toml::Value>>(&mut problems);
+    problems.finish(keys.map(|_| Arc::new(RefusingErrorKeys) as Arc<dyn sluice_engine::contract::Sink>))
 }
 
 /// Issue 11, item 9: an error output whose keys can never be stored stops the run with the reason

@@ -187,7 +187,7 @@ mod flaky {
 
     use bytes::Bytes;
     use futures::future::BoxFuture;
-    use sluice_engine::config::{ConnectorConfig, Diagnostic};
+    use sluice_engine::config::{ConnectorConfig, Problems};
     use sluice_engine::contract::{DeliveryError, DestinationKind, PartSink, PartUpload, Payload, Sink, UploadStart};
 
     /// Attempts at part 1, and the objects completed: key → bytes.
@@ -196,7 +196,7 @@ mod flaky {
 
     pub struct FlakySink;
 
-    pub fn configure(_: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
+    pub fn configure(_: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
         Ok(Arc::new(FlakySink))
     }
 

@@ -23,7 +23,7 @@ use axum::body::{Body, Bytes};
 use axum_server::accept::{Accept, DefaultAcceptor};
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
-use sluice_engine::config::{Diagnostic, Section};
+use sluice_engine::config::{Problems, Section};
 use sluice_engine::contract::{SourceError, StopSignal};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -68,9 +68,10 @@ pub const LIMIT_KEYS: &[&str] =
 
 impl ListenerLimits {
     /// Takes the listener keys out of a source's table (the rest is the source's own); a bad value
-    /// is an error pointing at it. `min_body_mb` is the smallest body buffer that can hold one
+    /// is a problem pointing at it (every one is added to `found`; then `None`). `min_body_mb` is
+    /// the smallest body buffer that can hold one
     /// request of this listener.
-    pub fn take_from(table: &mut Section, min_body_mb: u64) -> Result<Self, Diagnostic> {
+    pub fn take_from(table: &mut Section, min_body_mb: u64, found: &mut Problems) -> Option<Self> {
         let mut problems = Vec::new();
         let mut limits = ListenerLimits::default();
         let connections =
@@ -81,8 +82,9 @@ impl ListenerLimits {
         let header = table.take_int_in("header_timeout_s", 1..=3600, seconds, &mut problems);
         let body_timeout = table.take_int_in("body_timeout_s", 1..=3600, seconds, &mut problems);
         let idle = table.take_int_in("idle_timeout_s", 1..=3600, seconds, &mut problems);
-        if let Some(problem) = problems.into_iter().next() {
-            return Err(problem);
+        if !problems.is_empty() {
+            found.0.extend(problems);
+            return None;
         }
         let secs = |v: toml::Spanned<i64>| Duration::from_secs(v.into_inner() as u64);
         if let Some(n) = connections {
@@ -94,7 +96,7 @@ impl ListenerLimits {
         limits.header_timeout = header.map_or(limits.header_timeout, secs);
         limits.body_timeout = body_timeout.map_or(limits.body_timeout, secs);
         limits.idle_timeout = idle.map_or(limits.idle_timeout, secs);
-        Ok(limits)
+        Some(limits)
     }
 }
 

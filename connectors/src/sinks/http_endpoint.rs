@@ -34,7 +34,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use sluice_engine::compression::Compression;
-use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 
@@ -142,7 +142,7 @@ pub struct HttpEndpointSink {
 }
 
 /// Builds an HTTP endpoint sink from `[sinks.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (url_span, encoding_span, attributes_span, timeout_span) =
@@ -150,41 +150,52 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
     let key_span = spans("access_key");
     let owner = BackupOwner::of(&config);
     let pipeline = config.pipeline.clone();
-    let c: HttpEndpointConfig = config.table.deserialize()?;
-    let url = reqwest::Url::parse(&c.url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && c.url.len() <= 1000)
-        .ok_or_else(|| {
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<HttpEndpointConfig>(&mut problems) else { return Err(problems) };
+    let url =
+        reqwest::Url::parse(&c.url).ok().filter(|u| matches!(u.scheme(), "http" | "https") && c.url.len() <= 1000);
+    if url.is_none() {
+        problems.push(
             Diagnostic::new(url_span, format!("`{}` is not an http(s) URL of at most 1000 characters", c.url))
-                .with_hint("e.g. url = \"https://collector.example.com/firehose\"")
-        })?;
+                .with_hint("e.g. url = \"https://collector.example.com/firehose\""),
+        );
+    }
     let compression = match c.content_encoding.as_deref() {
-        None | Some("none") => Compression::None,
-        Some("gzip") => Compression::Gzip,
+        None | Some("none") => Some(Compression::None),
+        Some("gzip") => Some(Compression::Gzip),
         Some(other) => {
-            return Err(Diagnostic::new(encoding_span, format!("unknown content_encoding `{other}`"))
-                .with_hint("Firehose's ContentEncoding is `none` or `gzip`"));
+            problems.push(
+                Diagnostic::new(encoding_span, format!("unknown content_encoding `{other}`"))
+                    .with_hint("Firehose's ContentEncoding is `none` or `gzip`"),
+            );
+            None
         }
     };
     if c.access_key.as_ref().is_some_and(|k| k.len() > 4096 || http::HeaderValue::from_str(k).is_err()) {
-        return Err(Diagnostic::new(key_span, "`access_key` must be at most 4096 printable characters"));
+        problems.push(Diagnostic::new(key_span, "`access_key` must be at most 4096 printable characters"));
     }
     let bad_attribute = c.common_attributes.iter().find(|(k, v)| !(1..=256).contains(&k.len()) || v.len() > 1024);
     if c.common_attributes.len() > 50 || bad_attribute.is_some() {
-        return Err(Diagnostic::new(attributes_span, "too many or too long common attributes")
-            .with_hint("Firehose allows 50, names of 1-256 characters and values of at most 1024"));
+        problems.push(
+            Diagnostic::new(attributes_span, "too many or too long common attributes")
+                .with_hint("Firehose allows 50, names of 1-256 characters and values of at most 1024"),
+        );
     }
     let common_attributes = (!c.common_attributes.is_empty())
         .then(|| serde_json::json!({ "commonAttributes": c.common_attributes }).to_string());
     let timeout = match c.timeout_s {
-        None => Duration::from_secs(180),
-        Some(s) if (1..=180).contains(&s) => Duration::from_secs(s),
+        None => Some(Duration::from_secs(180)),
+        Some(s) if (1..=180).contains(&s) => Some(Duration::from_secs(s)),
         Some(_) => {
-            return Err(Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=180")
-                .with_hint("Firehose waits 3 minutes for an endpoint's answer"));
+            problems.push(
+                Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=180")
+                    .with_hint("Firehose waits 3 minutes for an endpoint's answer"),
+            );
+            None
         }
     };
-    let backup = owner.required(c.backup_store, "http_endpoint")?;
+    let backup = problems.take(owner.required(c.backup_store, "http_endpoint"));
+    let (url, compression, timeout, backup) = problems.finish((|| Some((url?, compression?, timeout?, backup?)))())?;
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())

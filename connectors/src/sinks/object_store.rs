@@ -34,7 +34,7 @@ use object_store::{
     PutPayload, RetryConfig,
 };
 use serde::Deserialize;
-use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{DeliveryError, DestinationKind, PartSink, PartUpload, Payload, Sink, UploadStart};
 
 use super::staged_files::StagedFiles;
@@ -159,21 +159,25 @@ fn no_client_retries() -> RetryConfig {
 }
 
 /// Builds an object-store sink from `[sinks.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let url_span = config.table.key_span("url").unwrap_or(config.table.span.clone());
     let options_span = config.table.key_span("options").unwrap_or(url_span.clone());
     let encryption_span = config.table.value_span("encryption").unwrap_or(url_span.clone());
-    let c: ObjectStoreConfig = config.table.deserialize()?;
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<ObjectStoreConfig>(&mut problems) else { return Err(problems) };
     let sse = match &c.encryption {
-        Some(sse) => {
-            sse.options(&c.url).map_err(|(message, hint)| Diagnostic::new(encryption_span, message).with_hint(hint))?
-        }
-        None => Vec::new(),
+        Some(sse) => problems.take(
+            sse.options(&c.url).map_err(|(message, hint)| Diagnostic::new(encryption_span, message).with_hint(hint)),
+        ),
+        None => Some(Vec::new()),
     };
-    let sink = ObjectStoreSink::from_config_with(&c.url, &c.options, sse).map_err(|(message, hint)| {
-        let span = if message.contains("option `") { options_span.clone() } else { url_span.clone() };
-        Diagnostic::new(span, message).with_hint(hint)
-    })?;
+    let sink = sse.and_then(|sse| {
+        problems.take(ObjectStoreSink::from_config_with(&c.url, &c.options, sse).map_err(|(message, hint)| {
+            let span = if message.contains("option `") { options_span.clone() } else { url_span.clone() };
+            Diagnostic::new(span, message).with_hint(hint)
+        }))
+    });
+    let sink = problems.finish(sink)?;
     let sink = sink.owned_by(&config.pipeline, &config.name, &config.data_dir);
     Ok(Arc::new(if c.healthcheck { sink } else { sink.without_healthcheck() }))
 }

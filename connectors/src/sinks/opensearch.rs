@@ -47,7 +47,7 @@ use chrono::{Datelike, TimeZone};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use sluice_engine::compression::{Compression, compress, decompress};
-use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, RefusedRecord, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 
@@ -274,89 +274,97 @@ pub struct OpenSearchSink {
 }
 
 /// Builds an OpenSearch sink from `[sinks.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (url_span, index_span, rotation_span, id_span) =
         (spans("url"), spans("index"), spans("index_rotation"), spans("document_id"));
     let (auth_span, encoding_span, timeout_span) = (spans("aws_sigv4"), spans("content_encoding"), spans("timeout_s"));
     let owner = BackupOwner::of(&config);
-    let c: OpenSearchConfig = config.table.deserialize()?;
-    let url = reqwest::Url::parse(&c.url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-        .ok_or_else(|| {
-            Diagnostic::new(url_span.clone(), format!("`{}` is not an http(s) URL", c.url))
-                .with_hint("the cluster's endpoint, e.g. url = \"https://search.example.com:9200\"")
-        })?;
-    let bulk_url = url
-        .join(&format!("{}/_bulk", url.path().trim_end_matches('/')))
-        .map_err(|e| Diagnostic::new(url_span, format!("cannot make the _bulk URL of `{}`: {e}", c.url)))?;
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<OpenSearchConfig>(&mut problems) else { return Err(problems) };
+    let urls = problems.take(
+        reqwest::Url::parse(&c.url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| {
+                Diagnostic::new(url_span.clone(), format!("`{}` is not an http(s) URL", c.url))
+                    .with_hint("the cluster's endpoint, e.g. url = \"https://search.example.com:9200\"")
+            })
+            .and_then(|url| {
+                let bulk_url = url.join(&format!("{}/_bulk", url.path().trim_end_matches('/'))).map_err(|e| {
+                    Diagnostic::new(url_span.clone(), format!("cannot make the _bulk URL of `{}`: {e}", c.url))
+                })?;
+                Ok((url, bulk_url))
+            }),
+    );
     if !valid_index_name(&c.index) {
-        return Err(Diagnostic::new(index_span, format!("`{}` is not an index name OpenSearch takes", c.index))
-            .with_hint(
+        problems.push(
+            Diagnostic::new(index_span, format!("`{}` is not an index name OpenSearch takes", c.index)).with_hint(
                 "1-80 lowercase characters, none of \\ / * ? \" < > | , # : or a space, not starting with _ - +",
-            ));
+            ),
+        );
     }
-    let rotation = match c.index_rotation.as_deref() {
-        None => Rotation::Day,
+    let rotation = problems.take(match c.index_rotation.as_deref() {
+        None => Ok(Rotation::Day),
         Some(name) => Rotation::from_name(name).ok_or_else(|| {
             Diagnostic::new(rotation_span, format!("unknown index_rotation `{name}`")).with_hint(format!(
                 "one of {} (Firehose's IndexRotationPeriod; default day)",
                 Rotation::NAMES.join(", ")
             ))
-        })?,
-    };
-    let document_ids = match c.document_id.as_deref() {
-        None | Some("firehose") => true,
-        Some("none") => false,
-        Some(other) => {
-            return Err(Diagnostic::new(id_span, format!("unknown document_id `{other}`")).with_hint(
-                "`firehose` (an id per record, the same on every retry: no duplicates) or `none` (the cluster assigns ids)",
-            ));
-        }
-    };
-    let compression = match c.content_encoding.as_deref() {
-        None | Some("gzip") => Compression::Gzip,
-        Some("none") => Compression::None,
-        Some(other) => {
-            return Err(Diagnostic::new(encoding_span, format!("unknown content_encoding `{other}`"))
-                .with_hint("`gzip` (default) or `none`"));
-        }
-    };
-    let auth = match (c.auth, c.aws_sigv4) {
-        (Some(_), Some(_)) => {
-            return Err(Diagnostic::new(auth_span, "`auth` and `aws_sigv4` exclude each other")
-                .with_hint("basic auth for a self-managed cluster, SigV4 for Amazon OpenSearch Service"));
-        }
+        }),
+    });
+    let document_ids = problems.take(match c.document_id.as_deref() {
+        None | Some("firehose") => Ok(true),
+        Some("none") => Ok(false),
+        Some(other) => Err(Diagnostic::new(id_span, format!("unknown document_id `{other}`")).with_hint(
+            "`firehose` (an id per record, the same on every retry: no duplicates) or `none` (the cluster assigns ids)",
+        )),
+    });
+    let compression = problems.take(match c.content_encoding.as_deref() {
+        None | Some("gzip") => Ok(Compression::Gzip),
+        Some("none") => Ok(Compression::None),
+        Some(other) => Err(Diagnostic::new(encoding_span, format!("unknown content_encoding `{other}`"))
+            .with_hint("`gzip` (default) or `none`")),
+    });
+    let auth = problems.take(match (c.auth, c.aws_sigv4) {
+        (Some(_), Some(_)) => Err(Diagnostic::new(auth_span, "`auth` and `aws_sigv4` exclude each other")
+            .with_hint("basic auth for a self-managed cluster, SigV4 for Amazon OpenSearch Service")),
         (Some(basic), None) => {
             let token =
                 base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", basic.username, basic.password));
-            let mut value = http::HeaderValue::from_str(&format!("Basic {token}"))
-                .map_err(|_| Diagnostic::new(span.clone(), "`auth` holds characters a header cannot"))?;
-            value.set_sensitive(true);
-            Auth::Basic(value)
+            http::HeaderValue::from_str(&format!("Basic {token}"))
+                .map_err(|_| Diagnostic::new(span.clone(), "`auth` holds characters a header cannot"))
+                .map(|mut value| {
+                    value.set_sensitive(true);
+                    Auth::Basic(value)
+                })
         }
-        (None, Some(aws)) => {
-            if !matches!(aws.service.as_str(), "es" | "aoss") {
-                return Err(Diagnostic::new(auth_span, format!("unknown SigV4 service `{}`", aws.service))
-                    .with_hint("`es` for Amazon OpenSearch Service domains, `aoss` for OpenSearch Serverless"));
-            }
-            let credentials = Credentials::from_env().ok_or_else(|| {
+        (None, Some(aws)) if !matches!(aws.service.as_str(), "es" | "aoss") => {
+            Err(Diagnostic::new(auth_span, format!("unknown SigV4 service `{}`", aws.service))
+                .with_hint("`es` for Amazon OpenSearch Service domains, `aoss` for OpenSearch Serverless"))
+        }
+        (None, Some(aws)) => Credentials::from_env()
+            .ok_or_else(|| {
                 Diagnostic::new(auth_span, "`aws_sigv4` needs AWS credentials").with_hint(
                     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary ones)",
                 )
-            })?;
-            Auth::SigV4 { credentials: Arc::new(credentials), region: aws.region, service: aws.service }
-        }
-        (None, None) => Auth::None,
-    };
-    let timeout = match c.timeout_s {
-        None => Duration::from_secs(180),
-        Some(s) if (1..=900).contains(&s) => Duration::from_secs(s),
-        Some(_) => return Err(Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=900")),
-    };
-    let backup = owner.required(c.backup_store, "opensearch")?;
+            })
+            .map(|credentials| Auth::SigV4 {
+                credentials: Arc::new(credentials),
+                region: aws.region,
+                service: aws.service,
+            }),
+        (None, None) => Ok(Auth::None),
+    });
+    let timeout = problems.take(match c.timeout_s {
+        None => Ok(Duration::from_secs(180)),
+        Some(s) if (1..=900).contains(&s) => Ok(Duration::from_secs(s)),
+        Some(_) => Err(Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=900")),
+    });
+    let backup = problems.take(owner.required(c.backup_store, "opensearch"));
+    let ((url, bulk_url), rotation, document_ids, compression, auth, timeout, backup) =
+        problems.finish((|| Some((urls?, rotation?, document_ids?, compression?, auth?, timeout?, backup?)))())?;
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())

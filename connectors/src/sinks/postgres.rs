@@ -58,7 +58,7 @@ use futures::SinkExt;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use sluice_engine::compression::{Compression, decompress};
-use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{
     DeliveryError, DestinationKind, EntryRange, Payload, PayloadOrigins, RefusedRecord, Sink,
 };
@@ -344,61 +344,65 @@ fn identifier(name: &str) -> String {
 }
 
 /// Builds a PostgreSQL sink from `[sinks.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (url_span, columns_span, mapping_span, format_span, staging_span) =
         (spans("url"), spans("columns"), spans("mapping"), spans("format"), spans("staging"));
     let (pipeline, name, data_dir) = (config.pipeline.clone(), config.name.clone(), config.data_dir.clone());
     let base_dir = config.base_dir.clone();
-    let c: PostgresConfig = config.table.deserialize()?;
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<PostgresConfig>(&mut problems) else { return Err(problems) };
     let (url, root) = tls_options(&c.url);
     let root = root.map(|r| base_dir.join(r));
-    let pg: tokio_postgres::Config = url.parse().map_err(|e| {
+    let pg = problems.take(url.parse::<tokio_postgres::Config>().map_err(|e| {
         Diagnostic::new(url_span.clone(), format!("not a PostgreSQL URL: {e}"))
             .with_hint("postgres://user:password@host:5432/database, optionally ?sslmode=require")
-    })?;
-    let tls = pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+    }));
     if let Some(root) = &root
         && !root.is_file()
     {
-        return Err(Diagnostic::new(url_span, format!("sslrootcert `{}` is not a file", root.display()))
-            .with_hint("the PEM file of the certificate authority the server's certificate is checked against"));
+        problems.push(
+            Diagnostic::new(url_span, format!("sslrootcert `{}` is not a file", root.display()))
+                .with_hint("the PEM file of the certificate authority the server's certificate is checked against"),
+        );
     }
     if c.columns.is_empty() || c.columns.iter().any(|col| col.is_empty()) {
-        return Err(Diagnostic::new(columns_span, "`columns` must name at least one column, none empty")
-            .with_hint("the table's columns to load, in order, as Firehose's DataTableColumns"));
+        problems.push(
+            Diagnostic::new(columns_span, "`columns` must name at least one column, none empty")
+                .with_hint("the table's columns to load, in order, as Firehose's DataTableColumns"),
+        );
     }
     if let Some(unknown) = c.mapping.keys().find(|k| !c.columns.contains(k)) {
-        return Err(Diagnostic::new(mapping_span, format!("`mapping` names `{unknown}`, which is not in `columns`"))
-            .with_hint("mapping = { column = \"json.path\" } for columns listed in `columns`"));
+        problems.push(
+            Diagnostic::new(mapping_span, format!("`mapping` names `{unknown}`, which is not in `columns`"))
+                .with_hint("mapping = { column = \"json.path\" } for columns listed in `columns`"),
+        );
     }
-    let mapping = match c.format.as_deref() {
-        None | Some("csv") => Mapping::Columns(
+    let mapping = problems.take(match c.format.as_deref() {
+        None | Some("csv") => Ok(Mapping::Columns(
             c.columns
                 .iter()
                 .map(|col| c.mapping.get(col).unwrap_or(col).split('.').map(str::to_string).collect())
                 .collect(),
-        ),
-        Some("json") if c.columns.len() == 1 && c.mapping.is_empty() => Mapping::Json,
-        Some("json") => {
-            return Err(Diagnostic::new(format_span, "format = \"json\" loads one jsonb column")
-                .with_hint("columns = [\"record\"] and no `mapping`"));
-        }
-        Some(other) => {
-            return Err(Diagnostic::new(format_span, format!("unknown format `{other}`"))
-                .with_hint("`csv` (a column per path, default) or `json` (the record in one jsonb column)"));
-        }
-    };
-    let Some(staging) = c.staging else {
-        return Err(Diagnostic::new(span, "a `postgres` sink needs `staging`").with_hint(
+        )),
+        Some("json") if c.columns.len() == 1 && c.mapping.is_empty() => Ok(Mapping::Json),
+        Some("json") => Err(Diagnostic::new(format_span, "format = \"json\" loads one jsonb column")
+            .with_hint("columns = [\"record\"] and no `mapping`")),
+        Some(other) => Err(Diagnostic::new(format_span, format!("unknown format `{other}`"))
+            .with_hint("`csv` (a column per path, default) or `json` (the record in one jsonb column)")),
+    });
+    let staging = problems.take(match c.staging {
+        None => Err(Diagnostic::new(span, "a `postgres` sink needs `staging`").with_hint(
             "where batches are staged before COPY (and the error output goes), as Firehose's intermediate S3: \
              staging = { url = \"s3://bucket/staging\" } (or file://./staging)",
-        ));
-    };
-    let store = ObjectStoreSink::from_config(&staging.url, &staging.options)
-        .map_err(|(message, hint)| Diagnostic::new(staging_span, format!("staging: {message}")).with_hint(hint))?
-        .owned_by(&pipeline, &format!("{name}-staging"), &data_dir);
+        )),
+        Some(staging) => ObjectStoreSink::from_config(&staging.url, &staging.options)
+            .map_err(|(message, hint)| Diagnostic::new(staging_span, format!("staging: {message}")).with_hint(hint))
+            .map(|store| (store.owned_by(&pipeline, &format!("{name}-staging"), &data_dir), staging)),
+    });
+    let (pg, mapping, (store, staging)) = problems.finish((|| Some((pg?, mapping?, staging?)))())?;
+    let tls = pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
     let staging_store: Arc<dyn Sink> = Arc::new(store);
     let target = format!(
         "{} ({})",

@@ -42,7 +42,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use sluice_engine::compression::Compression;
-use sluice_engine::config::{BufferingHints, ConnectorConfig, Diagnostic};
+use sluice_engine::config::{BufferingHints, ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{BufferingRules, DeliveryError, DestinationKind, Payload, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 use sluice_engine::metrics::SinkMeter;
@@ -210,52 +210,66 @@ struct Hec {
 }
 
 /// Builds a Splunk sink from `[sinks.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (url_span, token_span, endpoint_span, ack_span, timeout_span) =
         (spans("url"), spans("token"), spans("endpoint"), spans("ack_timeout_s"), spans("timeout_s"));
     let owner = BackupOwner::of(&config);
-    let c: SplunkConfig = config.table.deserialize()?;
-    let base = reqwest::Url::parse(&c.url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-        .ok_or_else(|| {
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<SplunkConfig>(&mut problems) else { return Err(problems) };
+    let base =
+        reqwest::Url::parse(&c.url).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+    if base.is_none() {
+        problems.push(
             Diagnostic::new(url_span.clone(), format!("`{}` is not an http(s) URL", c.url))
-                .with_hint("HEC's base URL, e.g. url = \"https://splunk.example.com:8088\"")
-        })?;
-    let (codec, path): (Arc<dyn ObjectFormat>, &str) = match c.endpoint.as_deref() {
-        None | Some("event") => (Arc::new(wire(HecEvents)), "services/collector/event"),
-        Some("raw") => (Arc::new(wire(HecRaw)), "services/collector/raw"),
+                .with_hint("HEC's base URL, e.g. url = \"https://splunk.example.com:8088\""),
+        );
+    }
+    let endpoint: Option<(Arc<dyn ObjectFormat>, &str)> = match c.endpoint.as_deref() {
+        None | Some("event") => Some((Arc::new(wire(HecEvents)), "services/collector/event")),
+        Some("raw") => Some((Arc::new(wire(HecRaw)), "services/collector/raw")),
         Some(other) => {
-            return Err(Diagnostic::new(endpoint_span, format!("unknown endpoint `{other}`"))
-                .with_hint("`event` (HEC events, default) or `raw` (Firehose's HECEndpointType)"));
+            problems.push(
+                Diagnostic::new(endpoint_span, format!("unknown endpoint `{other}`"))
+                    .with_hint("`event` (HEC events, default) or `raw` (Firehose's HECEndpointType)"),
+            );
+            None
         }
     };
+    let authorization =
+        http::HeaderValue::from_str(&format!("Splunk {}", c.token)).ok().filter(|_| !c.token.is_empty());
+    if authorization.is_none() {
+        problems.push(Diagnostic::new(token_span, "`token` must be a HEC token (printable, not empty)"));
+    }
+    let ack_timeout = match c.ack_timeout_s {
+        None => Some(Duration::from_secs(180)),
+        Some(s) if (180..=600).contains(&s) => Some(Duration::from_secs(s)),
+        Some(_) => {
+            problems.push(
+                Diagnostic::new(ack_span, "`ack_timeout_s` must be in 180..=600")
+                    .with_hint("Firehose's HECAcknowledgmentTimeoutInSeconds range (default 180)"),
+            );
+            None
+        }
+    };
+    let timeout = match c.timeout_s {
+        None => Some(Duration::from_secs(60)),
+        Some(s) if (1..=600).contains(&s) => Some(Duration::from_secs(s)),
+        Some(_) => {
+            problems.push(Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=600"));
+            None
+        }
+    };
+    let backup = problems.take(owner.required(c.backup_store, "splunk"));
+    let (base, (codec, path), mut authorization, ack_timeout, timeout, backup) =
+        problems.finish((|| Some((base?, endpoint?, authorization?, ack_timeout?, timeout?, backup?)))())?;
+    authorization.set_sensitive(true);
     let join = |path: &str| {
         base.join(&format!("{}/{path}", base.path().trim_end_matches('/')))
             .map_err(|e| Diagnostic::new(url_span.clone(), format!("cannot make the HEC URLs of `{}`: {e}", c.url)))
     };
     let (send_url, ack_url) = (join(path)?, join("services/collector/ack")?);
-    let mut authorization = http::HeaderValue::from_str(&format!("Splunk {}", c.token))
-        .ok()
-        .filter(|_| !c.token.is_empty())
-        .ok_or_else(|| Diagnostic::new(token_span, "`token` must be a HEC token (printable, not empty)"))?;
-    authorization.set_sensitive(true);
-    let ack_timeout = match c.ack_timeout_s {
-        None => Duration::from_secs(180),
-        Some(s) if (180..=600).contains(&s) => Duration::from_secs(s),
-        Some(_) => {
-            return Err(Diagnostic::new(ack_span, "`ack_timeout_s` must be in 180..=600")
-                .with_hint("Firehose's HECAcknowledgmentTimeoutInSeconds range (default 180)"));
-        }
-    };
-    let timeout = match c.timeout_s {
-        None => Duration::from_secs(60),
-        Some(s) if (1..=600).contains(&s) => Duration::from_secs(s),
-        Some(_) => return Err(Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=600")),
-    };
-    let backup = owner.required(c.backup_store, "splunk")?;
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
-use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{PrepareContext, ReadStatus, Source, SourceContext, SourceError, SourceReader};
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::RecordBatch;
@@ -79,28 +79,31 @@ pub struct WorkUnit {
 }
 
 /// Builds a file source from `[sources.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let span = config.table.key_span("paths").unwrap_or(config.table.span.clone());
     let split_span = config.table.key_span("split_mb");
-    let c: FileConfig = config.table.deserialize()?;
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<FileConfig>(&mut problems) else { return Err(problems) };
     if c.paths.is_empty() {
-        return Err(
-            Diagnostic::new(span, "`paths` is empty").with_hint("list at least one glob, e.g. [\"data/*.ndjson\"]")
+        problems.push(
+            Diagnostic::new(span.clone(), "`paths` is empty")
+                .with_hint("list at least one glob, e.g. [\"data/*.ndjson\"]"),
         );
     }
     for p in &c.paths {
         if let Err(e) = glob::Pattern::new(p) {
-            return Err(Diagnostic::new(span, format!("bad glob `{p}`: {e}")));
+            problems.push(Diagnostic::new(span.clone(), format!("bad glob `{p}`: {e}")));
         }
     }
-    let min_split = match c.split_mb {
-        None => MIN_SPLIT_BYTES,
-        Some(mb @ 1..=4096) => mb << 20,
-        Some(mb) => {
-            let at = split_span.unwrap_or(span);
-            return Err(Diagnostic::new(at, format!("`split_mb` = {mb} is out of range: expected 1..=4096")));
-        }
-    };
+    let min_split = problems.take(match c.split_mb {
+        None => Ok(MIN_SPLIT_BYTES),
+        Some(mb @ 1..=4096) => Ok(mb << 20),
+        Some(mb) => Err(Diagnostic::new(
+            split_span.unwrap_or(span),
+            format!("`split_mb` = {mb} is out of range: expected 1..=4096"),
+        )),
+    });
+    let min_split = problems.finish(min_split)?;
     let mut source = FileSource::new(c.paths, min_split);
     source.checkpoint_dir = Some(config.data_dir.join(&config.name));
     Ok(Arc::new(source))

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
-use sluice_engine::config::{ConnectorConfig, Diagnostic, StreamDescription, StreamInfo, did_you_mean};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems, StreamDescription, StreamInfo, did_you_mean};
 use sluice_engine::contract::{PrepareContext, SharedListener, Source, SourceContext, SourceError, SourceReader};
 
 use crate::api::firehose::MAX_REQUEST_BYTES;
@@ -106,25 +106,29 @@ pub fn parse_listen(text: Option<&str>, default: &str, span: std::ops::Range<usi
 }
 
 /// Builds the source from `[sources.<name>]`.
-pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
+pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let span = config.table.span.clone();
     let listen_span = config.table.value_span("listen").unwrap_or(span.clone());
     let inflight_span = config.table.value_span("max_inflight_mb").unwrap_or(span.clone());
     let auth_span = config.table.value_span("auth").unwrap_or(span);
-    let limits = ListenerLimits::take_from(&mut config.table, (MAX_REQUEST_BYTES >> 20) as u64 + 1)?;
+    let mut problems = Problems::default();
+    let limits = ListenerLimits::take_from(&mut config.table, (MAX_REQUEST_BYTES >> 20) as u64 + 1, &mut problems);
     let log = LogSlot::for_source(&config);
-    let c: FirehoseConfig = config.table.deserialize()?;
-    let listen = parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span)?;
-    let inflight = inflight_limit(c.max_inflight_mb, 8, "a PutRecordBatch alone can carry 4 MiB", inflight_span)?;
-    let (keys, grants) = match c.auth {
-        None => (AccessKeys::default(), Grants::default()),
+    let Some(c) = config.table.deserialize::<FirehoseConfig>(&mut problems) else { return Err(problems) };
+    let listen = problems.take(parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span));
+    let inflight =
+        problems.take(inflight_limit(c.max_inflight_mb, 8, "a PutRecordBatch alone can carry 4 MiB", inflight_span));
+    let access = problems.take(match c.auth {
+        None => Ok((AccessKeys::default(), Grants::default())),
         Some(auth) => access_keys(auth.access_keys).map_err(|(message, hint)| {
             Diagnostic::new(auth_span, message).with_hint(hint.unwrap_or_else(|| {
                 "each key needs its own id and a non-empty secret, e.g. { id = \"${KEY_ID}\", secret = \"${SECRET}\" }"
                     .into()
             }))
-        })?,
-    };
+        }),
+    });
+    let (limits, listen, inflight, (keys, grants)) =
+        problems.finish((|| Some((limits?, listen?, inflight?, access?)))())?;
     Ok(Arc::new(FirehoseSource {
         stream: config.pipeline,
         description: config.stream,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use sluice_engine::config::ConnectorConfig;
-use sluice_engine::config::Diagnostic;
+use sluice_engine::config::{Diagnostic, Problems};
 use sluice_engine::contract::{ReadStatus, Source, SourceContext, SourceError, SourceReader};
 use sluice_engine::record::RecordBatch;
 
@@ -49,27 +49,27 @@ enum Amount {
 }
 
 /// Builds a generator from `[sources.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let span = config.table.span.clone();
     let records_span = config.table.key_span("records");
     let rate_span = config.table.key_span("rate");
-    let c: GeneratorConfig = config.table.deserialize()?;
-    let amount = match (c.records, c.rate) {
-        (Some(n), None) => Amount::Records(n),
-        (None, Some(r)) if r > 0 => Amount::Rate(r),
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<GeneratorConfig>(&mut problems) else { return Err(problems) };
+    let amount = problems.take(match (c.records, c.rate) {
+        (Some(n), None) => Ok(Amount::Records(n)),
+        (None, Some(r)) if r > 0 => Ok(Amount::Rate(r)),
         (None, Some(_)) => {
-            return Err(Diagnostic::new(rate_span.unwrap_or(span), "`rate` must be at least 1 record per second")
-                .with_hint("or use records = N for a finite run"));
+            Err(Diagnostic::new(rate_span.unwrap_or(span), "`rate` must be at least 1 record per second")
+                .with_hint("or use records = N for a finite run"))
         }
         (Some(_), Some(_)) => {
-            return Err(Diagnostic::new(rate_span.unwrap_or(span), "set either `records` or `rate`, not both")
-                .with_hint("records = N ends after N records; rate = R runs until stopped"));
+            Err(Diagnostic::new(rate_span.unwrap_or(span), "set either `records` or `rate`, not both")
+                .with_hint("records = N ends after N records; rate = R runs until stopped"))
         }
-        (None, None) => {
-            return Err(Diagnostic::new(records_span.unwrap_or(span), "the generator needs `records` or `rate`")
-                .with_hint("records = 1000000 for a batch run, or rate = 5000 (per second) for a stream"));
-        }
-    };
+        (None, None) => Err(Diagnostic::new(records_span.unwrap_or(span), "the generator needs `records` or `rate`")
+            .with_hint("records = 1000000 for a batch run, or rate = 5000 (per second) for a stream")),
+    });
+    let amount = problems.finish(amount)?;
     Ok(Arc::new(Generator { profile: c.profile, amount, seed: c.seed }))
 }
 

@@ -41,7 +41,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sluice_engine::audit::{AuditEvent, HTTP_EVENT_SOURCE};
 use sluice_engine::config::ConnectorConfig;
-use sluice_engine::config::Diagnostic;
+use sluice_engine::config::{Diagnostic, Problems};
 use sluice_engine::contract::{PrepareContext, Source, SourceContext, SourceError, SourceReader};
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::{RecordBatch, now_ms};
@@ -156,25 +156,33 @@ struct Endpoint {
 }
 
 /// Builds the source from `[sources.<name>]`.
-pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
+pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let span = config.table.span.clone();
     let listen_span = config.table.value_span("listen").unwrap_or(span.clone());
     let body_span = config.table.value_span("max_body_mb").unwrap_or(span.clone());
     let inflight_span = config.table.value_span("max_inflight_mb").unwrap_or(span.clone());
     let tokens_span =
         config.table.value_span("bearer_tokens").or(config.table.value_span("bearer_token")).unwrap_or(span);
-    let limits = ListenerLimits::take_from(&mut config.table, 1)?;
+    let mut problems = Problems::default();
+    let limits = ListenerLimits::take_from(&mut config.table, 1, &mut problems);
     let log = LogSlot::for_source(&config);
-    let c: HttpConfig = config.table.deserialize()?;
-    let listen = parse_listen(c.listen.as_deref(), "127.0.0.1:4574", listen_span)?;
+    let Some(c) = config.table.deserialize::<HttpConfig>(&mut problems) else { return Err(problems) };
+    let listen = problems.take(parse_listen(c.listen.as_deref(), "127.0.0.1:4574", listen_span));
     let max_body_mb = c.max_body_mb.unwrap_or(16);
-    if !(1..=1024).contains(&max_body_mb) {
-        return Err(Diagnostic::new(body_span, format!("max_body_mb = {max_body_mb} is out of range"))
-            .with_hint("use 1 to 1024 (MB)"));
-    }
-    let inflight = inflight_limit(c.max_inflight_mb, max_body_mb, "max_body_mb", inflight_span)?;
-    let tokens = Tokens::from_config(c.bearer_token, c.bearer_tokens)
-        .map_err(|(message, hint)| Diagnostic::new(tokens_span, message).with_hint(hint))?;
+    let inflight = if (1..=1024).contains(&max_body_mb) {
+        problems.take(inflight_limit(c.max_inflight_mb, max_body_mb, "max_body_mb", inflight_span))
+    } else {
+        problems.push(
+            Diagnostic::new(body_span, format!("max_body_mb = {max_body_mb} is out of range"))
+                .with_hint("use 1 to 1024 (MB)"),
+        );
+        None
+    };
+    let tokens = problems.take(
+        Tokens::from_config(c.bearer_token, c.bearer_tokens)
+            .map_err(|(message, hint)| Diagnostic::new(tokens_span, message).with_hint(hint)),
+    );
+    let (limits, listen, inflight, tokens) = problems.finish((|| Some((limits?, listen?, inflight?, tokens?)))())?;
     Ok(Arc::new(HttpSource {
         listen,
         endpoint: Arc::new(Endpoint {

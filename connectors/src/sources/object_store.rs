@@ -32,7 +32,7 @@ use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use serde::Deserialize;
-use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{PrepareContext, ReadStatus, Source, SourceContext, SourceError, SourceReader};
 use sluice_engine::record::RecordBatch;
 
@@ -102,21 +102,23 @@ impl std::fmt::Debug for ObjectStoreSource {
 }
 
 /// Builds an object-store source from `[sources.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let url_span = config.table.key_span("url").unwrap_or(config.table.span.clone());
     let options_span = config.table.key_span("options").unwrap_or(url_span.clone());
     let pattern_span = config.table.value_span("pattern").unwrap_or(url_span.clone());
-    let c: ObjectSourceConfig = config.table.deserialize()?;
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<ObjectSourceConfig>(&mut problems) else { return Err(problems) };
     let pattern = match &c.pattern {
-        Some(p) => Some(glob::Pattern::new(p).map_err(|e| {
+        Some(p) => problems.take(glob::Pattern::new(p).map(Some).map_err(|e| {
             Diagnostic::new(pattern_span, format!("bad glob `{p}`: {e}")).with_hint("e.g. pattern = \"*.gz\"")
-        })?),
-        None => None,
+        })),
+        None => Some(None),
     };
-    let store = ObjectStoreSink::from_config(&c.url, &c.options).map_err(|(message, hint)| {
+    let store = problems.take(ObjectStoreSink::from_config(&c.url, &c.options).map_err(|(message, hint)| {
         let span = if message.contains("option `") { options_span.clone() } else { url_span.clone() };
         Diagnostic::new(span, message).with_hint(hint)
-    })?;
+    }));
+    let (pattern, store) = problems.finish((|| Some((pattern?, store?)))())?;
     let (store, base, url) = store.into_store();
     Ok(Arc::new(ObjectStoreSource {
         store,

@@ -22,7 +22,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::config::{ConnectorConfig, Problems};
 use sluice_engine::contract::{
     Emit, Processor, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError, TransformFailure,
     TransformWorker,
@@ -50,9 +50,11 @@ pub struct CloudWatchLogsTransform {
 }
 
 /// Builds the transform from `[transforms.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnostic> {
-    let c: CloudWatchLogsConfig = config.table.deserialize()?;
-    Ok(Arc::new(CloudWatchLogsTransform { extract_messages: c.extract_messages }))
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems> {
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<CloudWatchLogsConfig>(&mut problems) else { return Err(problems) };
+    problems
+        .finish(Some(Arc::new(CloudWatchLogsTransform { extract_messages: c.extract_messages }) as Arc<dyn Transform>))
 }
 
 impl Transform for CloudWatchLogsTransform {

@@ -53,7 +53,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use serde::Deserialize;
-use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{
     DataflowTransform, PassThrough, StageContext, Transform, TransformContext, TransformError, TransformWorker,
 };
@@ -101,26 +101,32 @@ pub struct DedupTransform {
 }
 
 /// Builds the transform from `[transforms.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (key_span, window_span, max_span) = (spans("key"), spans("window_s"), spans("max_keys"));
-    let c: DedupConfig = config.table.deserialize()?;
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<DedupConfig>(&mut problems) else { return Err(problems) };
     let key = match &c.key {
-        Some(query) => Some(Arc::new(ValueQuery::new(query).map_err(|(offset, message)| {
+        Some(query) => problems.take(ValueQuery::new(query).map(|q| Some(Arc::new(q))).map_err(|(offset, message)| {
             Diagnostic::in_string(key_span, offset, format!("the key query does not compile: {message}"))
                 .with_hint("a jq expression giving the key, e.g. key = '.eventID' or key = '[.requestID, .eventName]'")
-        })?)),
-        None => None,
+        })),
+        None => Some(None),
     };
     if c.window_s == 0 || c.window_s > 7 * 24 * 3600 {
-        return Err(Diagnostic::new(window_span, format!("window_s = {} is out of range", c.window_s))
-            .with_hint("1 to 604800 seconds (a week); e.g. window_s = 600"));
+        problems.push(
+            Diagnostic::new(window_span, format!("window_s = {} is out of range", c.window_s))
+                .with_hint("1 to 604800 seconds (a week); e.g. window_s = 600"),
+        );
     }
     if c.max_keys == 0 {
-        return Err(Diagnostic::new(max_span, "max_keys = 0 would remember nothing")
-            .with_hint("the keys to remember across all workers, e.g. max_keys = 10000000"));
+        problems.push(
+            Diagnostic::new(max_span, "max_keys = 0 would remember nothing")
+                .with_hint("the keys to remember across all workers, e.g. max_keys = 10000000"),
+        );
     }
+    let key = problems.finish(key)?;
     Ok(Arc::new(DedupTransform { key, window_s: c.window_s, max_keys: c.max_keys }))
 }
 

@@ -58,7 +58,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{
     DataflowTransform, Emit, PassThrough, RecordByRecord, RecordTransform, StageContext, Transform, TransformContext,
     TransformError, TransformFailure, TransformWorker,
@@ -357,26 +357,30 @@ impl UserAgentParser {
 }
 
 /// Builds the transform from `[transforms.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (geoip_span, asn_span, tables_span) = (spans("geoip"), spans("asn"), spans("tables"));
     let base_dir = config.base_dir.clone();
-    let c: EnrichConfig = config.table.deserialize()?;
-    if c.geoip.is_none() && c.asn.is_none() && c.user_agent.is_none() && c.tables.is_empty() {
-        return Err(Diagnostic::new(span, "an enrich transform with nothing to add changes nothing").with_hint(
+    // Whether anything to add was written, however wrong (then its own problem is reported, not this one).
+    let writes_any = ["geoip", "asn", "user_agent", "tables"].iter().any(|key| config.table.contains(key));
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<EnrichConfig>(&mut problems) else { return Err(problems) };
+    if !writes_any {
+        problems.push(Diagnostic::new(span.clone(), "an enrich transform with nothing to add changes nothing").with_hint(
             "add geoip = { database, field, target }, asn = { … }, user_agent = { field, target } or tables = [{ path, field, key, target }]",
         ));
     }
-    let tables = c
-        .tables
-        .into_iter()
-        .map(|spec| Table::configure(spec, &base_dir).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            Diagnostic::new(tables_span.clone(), format!("tables: {e}"))
-                .with_hint("a CSV file with a header row, or NDJSON, relative to the pipeline file")
-        })?;
+    let mut tables = Vec::new();
+    for spec in c.tables {
+        match Table::configure(spec, &base_dir) {
+            Ok(table) => tables.push(Arc::new(table)),
+            Err(e) => problems.push(
+                Diagnostic::new(tables_span.clone(), format!("tables: {e}"))
+                    .with_hint("a CSV file with a header row, or NDJSON, relative to the pipeline file"),
+            ),
+        }
+    }
     let database = |part: Option<DatabasePart>, kind: Kind, span: std::ops::Range<usize>| {
         part.map(|p| {
             let path = base_dir.join(&p.database);
@@ -405,7 +409,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
             .map_err(|e| Diagnostic::new(span.clone(), e));
         (geoip, asn, extractor)
     });
-    let (geoip, asn, extractor) = (geoip?, asn?, extractor?);
+    let (geoip, asn, extractor) = (problems.take(geoip), problems.take(asn), problems.take(extractor));
+    let (geoip, asn, extractor) = problems.finish((|| Some((geoip?, asn?, extractor?)))())?;
     let user_agent = c.user_agent.map(|u| UserAgentLookup {
         field: dotted(&u.field),
         target: dotted(&u.target),

@@ -28,7 +28,7 @@ use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{Ctx, Vars, data, unwrap_valr};
 use jaq_json::Val;
 use serde::Deserialize;
-use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 
 use super::json::{self, Scanned};
 use super::words;
@@ -56,17 +56,24 @@ pub struct JqTransform {
 }
 
 /// Builds a jq transform from `[transforms.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems> {
     let span = config.table.span.clone();
     let query_span = config.table.value_span("query").unwrap_or(span.clone());
-    let c: JqConfig = config.table.deserialize()?;
-    if let Err(problems) = compile(&c.query) {
-        let (offset, message) = problems.into_iter().next().unwrap_or((0, "does not compile".into()));
-        return Err(Diagnostic::in_string(query_span, offset, format!("the jq query does not compile: {message}"))
-            .with_hint("jq syntax (jaq): e.g. query = '{time: .eventTime, user: .userIdentity.userName}'"));
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<JqConfig>(&mut problems) else { return Err(problems) };
+    if let Err(errors) = compile(&c.query) {
+        for (offset, message) in errors {
+            problems.push(
+                Diagnostic::in_string(query_span.clone(), offset, format!("the jq query does not compile: {message}"))
+                    .with_hint("jq syntax (jaq): e.g. query = '{time: .eventTime, user: .userIdentity.userName}'"),
+            );
+        }
+        if problems.0.is_empty() {
+            problems.push(Diagnostic::new(query_span, "the jq query does not compile"));
+        }
     }
     let projection = Projection::parse(&c.query);
-    Ok(Arc::new(JqTransform { query: c.query, projection }))
+    problems.finish(Some(Arc::new(JqTransform { query: c.query, projection }) as Arc<dyn Transform>))
 }
 
 /// Compiles `query` with jq's standard library; on failure, each problem with its byte offset in the

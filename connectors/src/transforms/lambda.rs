@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::Deserialize;
-use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{
     Holding, Processor, Transform, TransformContext, TransformError, TransformOutput, TransformWorker,
 };
@@ -120,7 +120,7 @@ struct Invoker {
 }
 
 /// Builds a lambda transform from `[transforms.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (url_span, function_span, endpoint_span, buffer_span) =
@@ -128,28 +128,30 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
     let (retries_span, timeout_span, concurrency_span) =
         (spans("retries"), spans("timeout_s"), spans("max_concurrency"));
     let pipeline = config.pipeline.clone();
-    let c: LambdaConfig = config.table.deserialize()?;
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<LambdaConfig>(&mut problems) else { return Err(problems) };
     let http_url = |text: &str, at: std::ops::Range<usize>, what: &str| {
         reqwest::Url::parse(text).ok().filter(|u| matches!(u.scheme(), "http" | "https")).ok_or_else(|| {
             Diagnostic::new(at, format!("`{text}` is not an http(s) URL"))
                 .with_hint(format!("{what}, e.g. \"http://127.0.0.1:9000/\""))
         })
     };
-    let (target, lambda_arn, region) = match (c.url, c.function) {
+    let endpoint = c.endpoint;
+    let target = problems.take((|| match (c.url, c.function) {
         (Some(url), None) => {
-            if c.endpoint.is_some() {
+            if endpoint.is_some() {
                 return Err(Diagnostic::new(endpoint_span, "`endpoint` goes with `function`, not `url`")
                     .with_hint("with `url`, the event is POSTed to that URL"));
             }
             let parsed = http_url(&url, url_span, "the function's URL (any HTTP server, or a Lambda function URL)")?;
-            (Target::Url(parsed), url, "us-east-1".to_string())
+            Ok((Target::Url(parsed), url, "us-east-1".to_string()))
         }
         (None, Some(function)) => {
             let Some((region, _)) = parse_function_arn(&function) else {
                 return Err(Diagnostic::new(function_span, format!("`{function}` is not a Lambda function ARN"))
                     .with_hint("e.g. function = \"arn:aws:lambda:us-east-1:123456789012:function:mask\" (a version or alias may follow: `:live`)"));
             };
-            let base = match &c.endpoint {
+            let base = match &endpoint {
                 Some(e) => http_url(e, endpoint_span, "the Lambda API's address")?,
                 None => http_url(&format!("https://lambda.{region}.amazonaws.com"), function_span, "")?,
             };
@@ -160,52 +162,46 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
                 .join(&format!("{prefix}/2015-03-31/functions/{once}/invocations"))
                 .map_err(|e| Diagnostic::new(span.clone(), format!("cannot build the Invoke URL: {e}")))?;
             let signed_path = format!("{prefix}/2015-03-31/functions/{}/invocations", uri_encode(&once));
-            (Target::Function { url, signed_path, region: region.clone() }, function, region)
+            Ok((Target::Function { url, signed_path, region: region.clone() }, function, region))
         }
         (Some(_), Some(_)) => {
-            return Err(Diagnostic::new(function_span, "a lambda transform has `url` or `function`, not both")
-                .with_hint("`url` POSTs the event to any HTTP server; `function` calls the Lambda Invoke API"));
+            Err(Diagnostic::new(function_span, "a lambda transform has `url` or `function`, not both")
+                .with_hint("`url` POSTs the event to any HTTP server; `function` calls the Lambda Invoke API"))
         }
         (None, None) => {
-            return Err(Diagnostic::new(span, "a lambda transform needs `url` or `function`").with_hint(
+            Err(Diagnostic::new(span.clone(), "a lambda transform needs `url` or `function`").with_hint(
                 "url = \"http://127.0.0.1:9000/\", or function = \"arn:aws:lambda:<region>:<account>:function:<name>\"",
-            ));
+            ))
         }
-    };
-    let (size_bytes, interval) = match c.buffer {
-        None => (1_000_000, Duration::from_secs(60)),
+    })());
+    let buffer = problems.take(match c.buffer {
+        None => Ok((1_000_000, Duration::from_secs(60))),
         Some(b) if (0.2..=3.0).contains(&b.size_mb) && (60..=900).contains(&b.interval_s) => {
-            ((b.size_mb * 1_000_000.0) as usize, Duration::from_secs(b.interval_s))
+            Ok(((b.size_mb * 1_000_000.0) as usize, Duration::from_secs(b.interval_s)))
         }
-        Some(_) => {
-            return Err(Diagnostic::new(buffer_span, "`buffer` is out of Firehose's range for a Lambda processor")
-                .with_hint("size_mb in 0.2..=3 (default 1), interval_s in 60..=900 (default 60)"));
-        }
-    };
-    let retries = match c.retries {
-        None => 3,
-        Some(r) if r <= 300 => r,
-        Some(_) => {
-            return Err(Diagnostic::new(retries_span, "`retries` must be in 0..=300")
-                .with_hint("Firehose's NumberOfRetries (default 3); then the whole batch is processing-failed"));
-        }
-    };
-    let timeout = match c.timeout_s {
-        None => Duration::from_secs(60),
-        Some(s) if (1..=900).contains(&s) => Duration::from_secs(s),
-        Some(_) => {
-            return Err(Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=900")
-                .with_hint("how long one invocation may take (a Lambda function runs at most 15 minutes)"));
-        }
-    };
-    let max_concurrency = match c.max_concurrency {
-        None => 4,
-        Some(n) if (1..=64).contains(&n) => n,
-        Some(_) => {
-            return Err(Diagnostic::new(concurrency_span, "`max_concurrency` must be in 1..=64")
-                .with_hint("invocations in flight per worker (Firehose runs at most 5 per shard)"));
-        }
-    };
+        Some(_) => Err(Diagnostic::new(buffer_span, "`buffer` is out of Firehose's range for a Lambda processor")
+            .with_hint("size_mb in 0.2..=3 (default 1), interval_s in 60..=900 (default 60)")),
+    });
+    let retries = problems.take(match c.retries {
+        None => Ok(3),
+        Some(r) if r <= 300 => Ok(r),
+        Some(_) => Err(Diagnostic::new(retries_span, "`retries` must be in 0..=300")
+            .with_hint("Firehose's NumberOfRetries (default 3); then the whole batch is processing-failed")),
+    });
+    let timeout = problems.take(match c.timeout_s {
+        None => Ok(Duration::from_secs(60)),
+        Some(s) if (1..=900).contains(&s) => Ok(Duration::from_secs(s)),
+        Some(_) => Err(Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=900")
+            .with_hint("how long one invocation may take (a Lambda function runs at most 15 minutes)")),
+    });
+    let max_concurrency = problems.take(match c.max_concurrency {
+        None => Ok(4),
+        Some(n) if (1..=64).contains(&n) => Ok(n),
+        Some(_) => Err(Diagnostic::new(concurrency_span, "`max_concurrency` must be in 1..=64")
+            .with_hint("invocations in flight per worker (Firehose runs at most 5 per shard)")),
+    });
+    let ((target, lambda_arn, region), (size_bytes, interval), retries, timeout, max_concurrency) =
+        problems.finish((|| Some((target?, buffer?, retries?, timeout?, max_concurrency?)))())?;
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())

@@ -40,7 +40,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use regex::bytes::{Regex, RegexSet};
 use serde::Deserialize;
 use sha2::Sha256;
-use sluice_engine::config::{ConnectorConfig, Diagnostic};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{
     Emit, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError, TransformFailure,
     TransformWorker,
@@ -514,30 +514,33 @@ impl std::fmt::Debug for RedactTransform {
 }
 
 /// Builds a redact transform from `[transforms.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnostic> {
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (detectors_span, patterns_span, hash_span, fields_span) =
         (spans("detectors"), spans("patterns"), spans("hash_key"), spans("fields"));
-    let c: RedactConfig = config.table.deserialize()?;
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<RedactConfig>(&mut problems) else { return Err(problems) };
     let mut detectors = Vec::new();
     let chosen: Vec<String> = c.detectors.unwrap_or_else(|| DETECTORS.iter().map(|d| d.to_string()).collect());
     for pattern in &c.patterns {
         if pattern.name.is_empty() || DETECTORS.contains(&pattern.name.as_str()) {
-            return Err(Diagnostic::new(patterns_span, format!("pattern name `{}` is not usable", pattern.name))
+            problems.push(Diagnostic::new(patterns_span.clone(), format!("pattern name `{}` is not usable", pattern.name))
                 .with_hint("give each pattern a name of its own (it is written as [REDACTED:<name>]), not a built-in detector's"));
         }
-        let regex = Regex::new(&pattern.regex).map_err(|e| {
-            Diagnostic::new(patterns_span.clone(), format!("pattern `{}`: invalid regex: {e}", pattern.name))
-                .with_hint("Rust `regex` syntax (no look-around or backreferences), e.g. regex = \"EMP-[0-9]{6}\"")
-        })?;
-        detectors.push(Detector { name: pattern.name.as_str().into(), kind: Kind::Pattern(regex) });
+        match Regex::new(&pattern.regex) {
+            Ok(regex) => detectors.push(Detector { name: pattern.name.as_str().into(), kind: Kind::Pattern(regex) }),
+            Err(e) => problems.push(
+                Diagnostic::new(patterns_span.clone(), format!("pattern `{}`: invalid regex: {e}", pattern.name))
+                    .with_hint("Rust `regex` syntax (no look-around or backreferences), e.g. regex = \"EMP-[0-9]{6}\""),
+            ),
+        }
     }
     // Built-ins in tie order, whatever order they are listed in.
     for name in &chosen {
         if !DETECTORS.contains(&name.as_str()) {
             let d = Diagnostic::new(detectors_span.clone(), format!("unknown detector `{name}`"));
-            return Err(match sluice_engine::config::did_you_mean(name, DETECTORS.iter().copied()) {
+            problems.push(match sluice_engine::config::did_you_mean(name, DETECTORS.iter().copied()) {
                 Some(k) => d.with_hint(format!("did you mean `{k}`? built-in detectors: {}", DETECTORS.join(", "))),
                 None => {
                     d.with_hint(format!("built-in detectors: {}; add your own with `patterns`", DETECTORS.join(", ")))
@@ -548,9 +551,11 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
     for (k, name) in DETECTORS.iter().enumerate().filter(|(_, d)| chosen.iter().any(|c| c == *d)) {
         detectors.push(Detector { name: (*name).into(), kind: Kind::BuiltIn(k) });
     }
-    if detectors.is_empty() {
-        return Err(Diagnostic::new(detectors_span, "a redact transform with no detectors changes nothing")
-            .with_hint(format!("list built-in detectors ({}) or add `patterns`", DETECTORS.join(", "))));
+    if detectors.is_empty() && c.patterns.is_empty() {
+        problems.push(
+            Diagnostic::new(detectors_span, "a redact transform with no detectors changes nothing")
+                .with_hint(format!("list built-in detectors ({}) or add `patterns`", DETECTORS.join(", "))),
+        );
     }
     let patterns: Vec<&str> = detectors
         .iter()
@@ -559,37 +564,33 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnost
             Kind::BuiltIn(_) => None,
         })
         .collect();
-    let set = RegexSet::new(patterns)
-        .map_err(|e| Diagnostic::new(patterns_span, format!("the patterns cannot be combined: {e}")))?;
+    let set = problems.take(
+        RegexSet::new(patterns)
+            .map_err(|e| Diagnostic::new(patterns_span, format!("the patterns cannot be combined: {e}"))),
+    );
     let mode = c.mode.unwrap_or(Mode::Mask);
-    let hash_key = match (mode, c.hash_key) {
-        (Mode::Hash, None) => {
-            return Err(Diagnostic::new(span, "mode = \"hash\" needs `hash_key`")
-                .with_hint("hash_key = \"${REDACT_KEY}\": the HMAC-SHA256 key; keep it secret, or hashes of guessable values can be reversed"));
-        }
-        (Mode::Hash, Some(key)) if key.len() < 16 => {
-            return Err(Diagnostic::new(hash_span, "`hash_key` must be at least 16 bytes")
-                .with_hint("use a long random secret, e.g. from `openssl rand -hex 32`"));
-        }
-        (Mode::Hash, Some(key)) => Some(
-            Hmac::<Sha256>::new_from_slice(key.as_bytes())
-                .map_err(|e| Diagnostic::new(hash_span, format!("`hash_key`: {e}")))?,
-        ),
-        (_, Some(_)) => {
-            return Err(Diagnostic::new(hash_span, "`hash_key` is only used with mode = \"hash\"")
-                .with_hint("remove it, or set mode = \"hash\""));
-        }
-        (_, None) => None,
-    };
-    let fields = match c.fields {
+    let hash_key = problems.take(match (mode, c.hash_key) {
+        (Mode::Hash, None) => Err(Diagnostic::new(span, "mode = \"hash\" needs `hash_key`")
+            .with_hint("hash_key = \"${REDACT_KEY}\": the HMAC-SHA256 key; keep it secret, or hashes of guessable values can be reversed")),
+        (Mode::Hash, Some(key)) if key.len() < 16 => Err(Diagnostic::new(hash_span, "`hash_key` must be at least 16 bytes")
+            .with_hint("use a long random secret, e.g. from `openssl rand -hex 32`")),
+        (Mode::Hash, Some(key)) => Hmac::<Sha256>::new_from_slice(key.as_bytes())
+            .map(Some)
+            .map_err(|e| Diagnostic::new(hash_span, format!("`hash_key`: {e}"))),
+        (_, Some(_)) => Err(Diagnostic::new(hash_span, "`hash_key` is only used with mode = \"hash\"")
+            .with_hint("remove it, or set mode = \"hash\"")),
+        (_, None) => Ok(None),
+    });
+    let fields = problems.take(match c.fields {
         Some(fields) if fields.is_empty() || fields.iter().any(|f| f.is_empty() || f.split('.').any(str::is_empty)) => {
-            return Err(Diagnostic::new(fields_span, "`fields` must list dotted key paths").with_hint(
+            Err(Diagnostic::new(fields_span, "`fields` must list dotted key paths").with_hint(
                 "e.g. fields = [\"ssn_note\", \"userIdentity.userName\"]; leave it out to scan every string",
-            ));
+            ))
         }
-        Some(fields) => Some(fields.iter().map(|f| f.split('.').map(str::to_string).collect()).collect()),
-        None => None,
-    };
+        Some(fields) => Ok(Some(fields.iter().map(|f| f.split('.').map(str::to_string).collect()).collect())),
+        None => Ok(None),
+    });
+    let (set, hash_key, fields) = problems.finish((|| Some((set?, hash_key?, fields?)))())?;
     Ok(Arc::new(RedactTransform { detectors, set, fields, mode, hash_key }))
 }
 

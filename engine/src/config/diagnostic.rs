@@ -41,6 +41,48 @@ impl Diagnostic {
     }
 }
 
+/// Every problem a connector found in its own keys (at least one when returned as an error): a
+/// `configure` reports them all at once, as the engine does for its keys, instead of the first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Problems(pub Vec<Diagnostic>);
+
+impl From<Diagnostic> for Problems {
+    fn from(diagnostic: Diagnostic) -> Self {
+        Problems(vec![diagnostic])
+    }
+}
+
+impl Problems {
+    /// Adds a problem.
+    pub fn push(&mut self, diagnostic: Diagnostic) {
+        self.0.push(diagnostic);
+    }
+
+    /// The value of a check, or `None` with its problems kept: checks go on past a failed one.
+    pub fn take<T>(&mut self, checked: Result<T, impl Into<Problems>>) -> Option<T> {
+        match checked {
+            Ok(value) => Some(value),
+            Err(problems) => {
+                self.0.extend(problems.into().0);
+                None
+            }
+        }
+    }
+
+    /// `value` when no problem was found, else every problem found (an `Err` when `value` is `None`
+    /// too, though nothing was recorded: a check that failed without saying why is a bug, reported).
+    pub fn finish<T>(self, value: Option<T>) -> Result<T, Problems> {
+        match value {
+            Some(value) if self.0.is_empty() => Ok(value),
+            Some(_) => Err(self),
+            None if self.0.is_empty() => {
+                Err(Diagnostic::new(0..0, "the configuration was refused without a reason (a bug in sluice)").into())
+            }
+            None => Err(self),
+        }
+    }
+}
+
 /// Every problem found in one file, with the text needed to print positions.
 #[derive(Debug, Clone)]
 pub struct Diagnostics {

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::diagnostic::{Diagnostic, did_you_mean};
+use super::diagnostic::{Diagnostic, Problems, did_you_mean};
 
 /// A spanned TOML value that owns its data.
 pub type Value = Spanned<DeValue<'static>>;
@@ -367,32 +367,55 @@ impl Section {
     /// Deserializes what is left of the table into a connector's own `deny_unknown_fields` struct;
     /// a failure points at the key or value serde rejected. An unknown key is reported like the
     /// engine's own ([`Section::deny_unknown`]): its hint lists every key the table accepts, the
-    /// engine's included.
-    pub fn deserialize<T: DeserializeOwned>(self) -> Result<T, Diagnostic> {
+    /// engine's included. Every problem is reported at once, into `problems`: the key a problem is
+    /// at is left out and the rest deserialized again, until serde takes it (the config without the
+    /// keys left out is returned, so the connector checks what is left and reports its own problems
+    /// too) or a problem is at no key (a missing required key, reported unless it was one left out:
+    /// then `None`).
+    pub fn deserialize<T: DeserializeOwned>(self, problems: &mut Problems) -> Option<T> {
         let whole = self.span.clone();
         let path = self.path.clone();
         let asked: Vec<&str> = self.engine_keys.iter().copied().chain(self.asked.iter().map(String::as_str)).collect();
-        let value: Value = Spanned::new(self.span, DeValue::Table(self.entries));
-        T::deserialize(toml::de::ValueDeserializer::from(value)).map_err(|e| {
-            let message = e.message().trim().to_string();
-            let span = e.span().unwrap_or(whole);
-            match explain_serde_message(&message, &asked) {
-                Some(SerdeProblem::UnknownKey { key, hint }) => {
-                    Diagnostic::new(span, format!("unknown key `{path}.{key}`")).with_hint(hint)
+        let mut entries = self.entries;
+        let (mut left_out, mut misspelt): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+        loop {
+            let value: Value = Spanned::new(whole.clone(), DeValue::Table(entries.clone()));
+            let error = match T::deserialize(toml::de::ValueDeserializer::from(value)) {
+                Ok(config) => return Some(config),
+                Err(error) => error,
+            };
+            let message = error.message().trim().to_string();
+            let span = error.span().unwrap_or(whole.clone());
+            let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next());
+            // A key missing because it was left out, or misspelt (as the unknown key said), is said once.
+            if missing.is_some_and(|key| left_out.iter().chain(&misspelt).any(|k| k == key)) {
+                return None;
+            }
+            problems.push(match explain_serde_message(&message, &asked) {
+                Some(SerdeProblem::UnknownKey { key, hint, near }) => {
+                    misspelt.extend(near);
+                    Diagnostic::new(span.clone(), format!("unknown key `{path}.{key}`")).with_hint(hint)
                 }
                 Some(SerdeProblem::Other { hint }) => {
-                    Diagnostic::new(span, format!("in `{path}`: {message}")).with_hint(hint)
+                    Diagnostic::new(span.clone(), format!("in `{path}`: {message}")).with_hint(hint)
                 }
-                None => Diagnostic::new(span, format!("in `{path}`: {message}")),
-            }
-        })
+                None => Diagnostic::new(span.clone(), format!("in `{path}`: {message}")),
+            });
+            let at = |s: Range<usize>| s.start <= span.start && span.end <= s.end;
+            let culprit = (span != whole)
+                .then(|| entries.iter().find(|(k, v)| at(k.span()) || at(v.span())).map(|(k, _)| k.clone()))
+                .flatten();
+            let key = culprit?;
+            left_out.push(key.get_ref().to_string());
+            entries.remove(&key);
+        }
     }
 }
 
 /// What a serde message about a table means to the user.
 enum SerdeProblem {
     /// `unknown field `x``: a key nobody reads.
-    UnknownKey { key: String, hint: String },
+    UnknownKey { key: String, hint: String, near: Option<String> },
     /// Another message with a hint (an unknown variant's "did you mean").
     Other { hint: String },
 }
@@ -406,11 +429,12 @@ fn explain_serde_message(message: &str, engine_keys: &[&str]) -> Option<SerdePro
         let mut accepted: Vec<&str> = expected.iter().chain(engine_keys).copied().collect();
         accepted.sort_unstable();
         accepted.dedup();
-        let hint = match did_you_mean(unknown, accepted.iter().copied()) {
+        let near = did_you_mean(unknown, accepted.iter().copied());
+        let hint = match &near {
             Some(k) => format!("did you mean `{k}`? accepted keys here: {}", join_ticked(&accepted)),
             None => format!("accepted keys here: {}", join_ticked(&accepted)),
         };
-        return Some(SerdeProblem::UnknownKey { key: (*unknown).to_string(), hint });
+        return Some(SerdeProblem::UnknownKey { key: (*unknown).to_string(), hint, near: near.map(str::to_string) });
     }
     if message.starts_with("unknown variant") {
         let hint = match did_you_mean(unknown, expected.iter().copied()) {
@@ -473,5 +497,52 @@ mod tests {
         assert_eq!(expand_env_in("x${PATH}y"), Ok(Some(format!("x{home}y"))));
         assert_eq!(expand_env_in("${SLUICE_TEST_SURELY_UNSET_VARIABLE:-fallback}/x"), Ok(Some("fallback/x".into())));
         assert_eq!(expand_env_in("${PATH:-fallback}"), Ok(Some(home)));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // read through Debug
+    struct ConnectorKeys {
+        url: String,
+        timeout_s: Option<u64>,
+        name: Option<String>,
+    }
+
+    /// What a connector's `deserialize` of the table `[t]` written as `text` gives, and the messages.
+    fn connector_keys(text: &'static str) -> (Option<ConnectorKeys>, Vec<String>) {
+        let mut root = parse_document(text).unwrap_or_else(|e| panic!("{e:?}"));
+        let table = root.take_table("t", &mut Vec::new()).unwrap_or_else(|| panic!("no [t] in {text}"));
+        let mut found = Problems::default();
+        let keys = table.deserialize::<ConnectorKeys>(&mut found);
+        (keys, found.0.into_iter().map(|d| d.message).collect())
+    }
+
+    #[test]
+    fn a_connector_table_reports_every_serde_problem_and_keeps_what_is_right() {
+        let (keys, mut messages) = connector_keys("[t]\nurl = \"u\"\ntimeot_s = 3\nname = 7\nextra = true\n");
+        messages.sort();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert!(messages[0].contains("invalid type: integer `7`"), "{messages:?}");
+        assert!(messages[1].contains("unknown key `t.extra`"), "{messages:?}");
+        assert!(messages[2].contains("unknown key `t.timeot_s`"), "{messages:?}");
+        // The keys left out are as if unwritten, so the connector checks the rest.
+        let keys = keys.unwrap_or_else(|| panic!("{messages:?}"));
+        assert_eq!((keys.url.as_str(), keys.timeout_s, keys.name), ("u", None, None));
+    }
+
+    #[test]
+    fn a_required_key_misspelt_or_of_the_wrong_type_is_reported_once() {
+        let (keys, messages) = connector_keys("[t]\nuri = \"u\"\n");
+        assert!(keys.is_none());
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(messages[0].contains("unknown key `t.uri`"), "{messages:?}");
+        let (keys, messages) = connector_keys("[t]\nurl = 5\ntimeout_s = \"x\"\n");
+        assert!(keys.is_none());
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages.iter().all(|m| m.contains("invalid type")), "{messages:?}");
+        // A required key never written is reported (it is no follow-on of another problem).
+        let (keys, messages) = connector_keys("[t]\nname = \"n\"\n");
+        assert!(keys.is_none());
+        assert_eq!(messages, ["in `t`: missing field `url`"]);
     }
 }

@@ -13,7 +13,7 @@ mod resolve;
 
 use std::path::Path;
 
-pub use diagnostic::{Diagnostic, Diagnostics, did_you_mean};
+pub use diagnostic::{Diagnostic, Diagnostics, Problems, did_you_mean};
 pub use document::Section;
 pub use masked::masked;
 pub use registry::{

@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::{Diagnostic, Section, StreamInfo};
+use super::{Problems, Section, StreamInfo};
 use crate::contract::{KeyQuery, Sink, Source, Transform};
 
 /// `[pipeline] encryption`: how an API source's write-ahead log is encrypted at rest (see
@@ -99,16 +99,16 @@ pub struct ConnectorConfig {
 pub struct SourceType {
     /// The `type` value.
     pub name: &'static str,
-    /// Builds the source from its keys.
-    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Source>, Diagnostic>,
+    /// Builds the source from its keys, or says every problem in them.
+    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Source>, Problems>,
 }
 
 /// A sink `type`.
 pub struct SinkType {
     /// The `type` value.
     pub name: &'static str,
-    /// Builds the sink from its keys.
-    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic>,
+    /// Builds the sink from its keys, or says every problem in them.
+    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Sink>, Problems>,
     /// Keys the engine reads for other sinks that this sink reads itself, with its own meaning
     /// (the `postgres` sink's `format` and `columns`): the engine leaves them to the connector.
     pub reads: &'static [&'static str],
@@ -118,8 +118,8 @@ pub struct SinkType {
 pub struct TransformType {
     /// The `type` value.
     pub name: &'static str,
-    /// Builds the transform from its keys.
-    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Transform>, Diagnostic>,
+    /// Builds the transform from its keys, or says every problem in them.
+    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Transform>, Problems>,
 }
 
 /// Every connector the binary knows, listed explicitly.

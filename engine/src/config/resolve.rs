@@ -571,8 +571,8 @@ fn line_plan(
             plan.target = LineTarget::Store(Arc::new(SinkLines(sink)));
             Some(plan)
         }
-        Err(d) => {
-            problems.push(d);
+        Err(found) => {
+            problems.extend(found.0);
             None
         }
     }
@@ -785,8 +785,8 @@ pub(super) fn resolve(
                     let config = connector_config(source_name.clone(), section);
                     match (source_type.configure)(config) {
                         Ok(source) => Some(SourcePlan { name: source_name.clone(), type_name, source }),
-                        Err(d) => {
-                            problems.push(d);
+                        Err(found) => {
+                            problems.extend(found.0);
                             None
                         }
                     }
@@ -840,8 +840,8 @@ pub(super) fn resolve(
             section.engine_keys = TRANSFORM_ENGINE_KEYS;
             match (transform_type.configure)(connector_config(transform_name.clone(), section)) {
                 Ok(transform) => Some((type_name, transform)),
-                Err(d) => {
-                    problems.push(d);
+                Err(found) => {
+                    problems.extend(found.0);
                     None
                 }
             }
@@ -880,8 +880,8 @@ pub(super) fn resolve(
             section.engine_keys = SINK_ENGINE_KEYS;
             let sink = match (sink_type.configure)(connector_config(sink_name.clone(), section)) {
                 Ok(sink) => sink,
-                Err(d) => {
-                    problems.push(d);
+                Err(found) => {
+                    problems.extend(found.0);
                     continue;
                 }
             };

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use futures::future::BoxFuture;
 
 use crate::compression::decompress;
-use crate::config::{ConnectorConfig, Diagnostic, Registry, SinkType};
+use crate::config::{ConnectorConfig, Problems, Registry, SinkType};
 use crate::contract::{DeliveryError, DestinationKind, Payload, Sink};
 
 /// The sink type's name.
@@ -51,9 +51,10 @@ struct CaptureConfig {
     name: String,
 }
 
-fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Diagnostic> {
-    let c: CaptureConfig = config.table.deserialize()?;
-    Ok(Arc::new(CaptureSink { name: c.name.clone(), records: capture(&c.name) }))
+fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<CaptureConfig>(&mut problems) else { return Err(problems) };
+    problems.finish(Some(Arc::new(CaptureSink { name: c.name.clone(), records: capture(&c.name) }) as Arc<dyn Sink>))
 }
 
 struct CaptureSink {
