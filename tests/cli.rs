@@ -221,3 +221,24 @@ fn a_remote_store_without_any_credentials_stops_the_run_at_start() {
     assert!(text.contains("no credentials were found for s3://amzn-s3-demo-bucket/logs"), "{text}");
     assert!(started.elapsed() < std::time::Duration::from_secs(90), "it took {:?}", started.elapsed());
 }
+
+/// `sluice validate … | head`: a reader that stops early closes the pipe; the command's output
+/// ends there, with its exit code (0: valid, 1: invalid) and no panic. The pipe's read end is closed
+/// before the command starts, so every write fails with `EPIPE`.
+#[test]
+fn validate_into_a_closed_pipe_keeps_its_exit_code_and_does_not_panic() {
+    let closed_pipe = || {
+        let (reader, writer) = std::io::pipe().unwrap_or_else(|e| panic!("{e}"));
+        drop(reader);
+        writer
+    };
+    let valid = repo_root().join("pipelines/quickstart.toml");
+    let out = sluice().arg("validate").arg(&valid).stdout(closed_pipe()).output().unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let invalid = repo_root().join("tests/fixtures/config/unknown_keys.toml");
+    let out = sluice().arg("validate").arg(&invalid).stderr(closed_pipe()).output().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+}

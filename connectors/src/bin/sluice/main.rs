@@ -344,27 +344,33 @@ fn bench_command(
         sluice: std::env::current_exe().context("cannot find the sluice binary")?,
         threads: threads.unwrap_or_else(sluice_engine::runtime::default_workers),
     };
-    let report = run_bench(&options, |line| eprintln!("sluice bench: {line}"))?;
-    print!("{}", markdown(&report));
-    eprintln!("sluice bench: results in {}/results.{{md,json,svg}}", out.display());
+    let report = run_bench(&options, |line| {
+        let _ = writeln!(std::io::stderr(), "sluice bench: {line}");
+    })?;
+    // A reader that stopped early (`| head`) ends the output, not the run: the files hold it all.
+    let _ = write!(std::io::stdout(), "{}", markdown(&report));
+    let _ = writeln!(std::io::stderr(), "sluice bench: results in {}/results.{{md,json,svg}}", out.display());
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks each file; the exit code says whether all are valid. Output a reader stopped taking
+/// (`sluice validate … | head`) is dropped, never a panic: the exit code still says what was found.
 fn validate_command(files: &[PathBuf]) -> ExitCode {
     let registry = registry();
     let mut failed = false;
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
     for file in files {
         match load_file(file, &registry) {
             Ok(plan) => {
-                println!("{}: ok\n{}", file.display(), plan.render());
+                let _ = writeln!(out, "{}: ok\n{}", file.display(), plan.render());
                 // The file as it runs (variables expanded), secrets shown as ***.
                 if let Some(shown) = std::fs::read_to_string(file).ok().as_deref().and_then(masked) {
-                    println!("resolved configuration (secrets masked):\n{shown}");
+                    let _ = writeln!(out, "resolved configuration (secrets masked):\n{shown}");
                 }
             }
             Err(diagnostics) => {
                 failed = true;
-                eprintln!("{diagnostics}\n");
+                let _ = writeln!(err, "{diagnostics}\n");
             }
         }
     }
