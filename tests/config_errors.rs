@@ -48,8 +48,8 @@ fn every_fixture_reports_its_expected_errors() {
     assert!(checked >= 8, "only {checked} fixtures");
 }
 
-#[test]
-fn every_example_pipeline_validates() {
+/// The example pipelines, `pipelines/*.toml`.
+fn example_pipelines() -> Vec<std::path::PathBuf> {
     let dir = super::support::repo_root().join("pipelines");
     let files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{e}"))
@@ -58,6 +58,12 @@ fn every_example_pipeline_validates() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     assert!(files.len() >= 5, "{files:?}");
+    files
+}
+
+#[test]
+fn every_example_pipeline_validates() {
+    let files = example_pipelines();
     // As a user runs them on a fresh machine: nothing set in the environment.
     let out = super::support::sluice()
         .arg("validate")
@@ -149,11 +155,8 @@ url = "memory://out/x"
 #[test]
 fn every_connector_type_refuses_an_unknown_key_in_an_otherwise_valid_table() {
     let dir = super::support::repo_root().join("pipelines");
-    let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+    let mut files: Vec<(String, String)> = example_pipelines()
+        .into_iter()
         .map(|p| (p.display().to_string(), std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{e}"))))
         .collect();
     files.push(("every-type.toml".into(), EVERY_OTHER_TYPE.into()));
