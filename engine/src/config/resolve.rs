@@ -1234,6 +1234,14 @@ fn take_type(
     None
 }
 
+/// The hint for a value that is none of `names`: the nearest, if it looks like a typo of one, and all.
+fn choose_from(value: &str, names: &[&str]) -> String {
+    match did_you_mean(value, names.iter().copied()) {
+        Some(near) => format!("did you mean `{near}`? use one of {}", join_ticked(names)),
+        None => format!("use one of {}", join_ticked(names)),
+    }
+}
+
 fn take_inputs(
     section: &mut Section,
     names: &[&str],
@@ -1298,7 +1306,7 @@ fn take_sink_settings(
                 compression_ok = false;
                 problems.push(
                     Diagnostic::new(c.span(), format!("unknown compression `{}`", c.get_ref()))
-                        .with_hint(format!("use one of {}", join_ticked(Compression::NAMES))),
+                        .with_hint(choose_from(c.get_ref(), Compression::NAMES)),
                 );
                 None
             }
@@ -1335,8 +1343,7 @@ fn take_sink_settings(
         Some(other) => {
             let span = format_name.as_ref().map(|f| f.span()).unwrap_or_default();
             problems.push(
-                Diagnostic::new(span, format!("unknown format `{other}`"))
-                    .with_hint(format!("use one of {}", join_ticked(format::NAMES))),
+                Diagnostic::new(span, format!("unknown format `{other}`")).with_hint(choose_from(other, format::NAMES)),
             );
             None
         }
@@ -1420,31 +1427,29 @@ fn take_sink_settings(
     };
     let prefix = section.take_string("prefix", problems);
     let error_prefix = section.take_string("error_prefix", problems);
-    let keys = match time_zone {
-        Some(tz) => match ObjectKeys::new(
-            prefix.as_ref().map(|p| p.get_ref().as_str()),
-            error_prefix.as_ref().map(|p| p.get_ref().as_str()),
-            stream,
-            tz,
-        ) {
-            Ok(k) => Some(k),
-            Err(errors) => {
-                for e in errors.0 {
-                    let value: Option<&Spanned<String>> =
-                        if e.field == "prefix" { prefix.as_ref() } else { error_prefix.as_ref() };
-                    // Point inside the string when we can.
-                    let message = format!("bad {}: {}", e.field, e.error.message);
-                    let diagnostic = match value {
-                        Some(v) if e.error.offset > 0 => Diagnostic::in_string(v.span(), e.error.offset, message),
-                        Some(v) => Diagnostic::new(v.span(), message),
-                        None => Diagnostic::new(section.span.clone(), message),
-                    };
-                    problems.push(diagnostic.with_hint(e.error.hint.clone()));
-                }
-                None
+    // An unknown time zone (reported) still lets the prefixes be checked, under UTC.
+    let keys = match ObjectKeys::new(
+        prefix.as_ref().map(|p| p.get_ref().as_str()),
+        error_prefix.as_ref().map(|p| p.get_ref().as_str()),
+        stream,
+        time_zone.unwrap_or(chrono_tz::Tz::UTC),
+    ) {
+        Ok(k) => time_zone.map(|_| k),
+        Err(errors) => {
+            for e in errors.0 {
+                let value: Option<&Spanned<String>> =
+                    if e.field == "prefix" { prefix.as_ref() } else { error_prefix.as_ref() };
+                // Point inside the string when we can.
+                let message = format!("bad {}: {}", e.field, e.error.message);
+                let diagnostic = match value {
+                    Some(v) if e.error.offset > 0 => Diagnostic::in_string(v.span(), e.error.offset, message),
+                    Some(v) => Diagnostic::new(v.span(), message),
+                    None => Diagnostic::new(section.span.clone(), message),
+                };
+                problems.push(diagnostic.with_hint(e.error.hint.clone()));
             }
-        },
-        None => None,
+            None
+        }
     };
     let partitioning_span = section.key_span("partitioning");
     let partitioning_table = section.take_table("partitioning", problems);
