@@ -45,6 +45,24 @@ pub fn text(text: &str) -> String {
     urls(&values_of_secret_keys(text))
 }
 
+/// `error` and each of its causes (`error sending request …: client error (Connect): tcp connect
+/// error: Connection refused (os error 111)`), each said once, redacted as [`text`] does: what a
+/// delivery failure logs and its error documents carry. An HTTP client's own message often names
+/// only the request; the reason is in its causes.
+pub fn error(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut said = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let message = inner.to_string();
+        if !said.contains(&message) {
+            said.push_str(": ");
+            said.push_str(&message);
+        }
+        cause = inner.source();
+    }
+    text(&said)
+}
+
 /// One URL with its password and credential-like query values masked.
 pub fn url(url: &str) -> String {
     urls(url)
@@ -179,6 +197,35 @@ fn values_of_secret_keys(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Failure(&'static str, Option<Box<Failure>>);
+
+    impl std::fmt::Display for Failure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Failure {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        }
+    }
+
+    #[test]
+    fn an_error_is_said_with_each_cause_once_and_redacted() {
+        let refused = Failure("connection refused", None);
+        let connect = Failure("connect to https://user:pw@host/ failed", Some(Box::new(refused)));
+        // A cause whose message the error already holds is not said again.
+        let repeated = Failure("connect to https://user:pw@host/ failed", Some(Box::new(connect)));
+        let sending = Failure("error sending request", Some(Box::new(repeated)));
+        assert_eq!(
+            error(&sending),
+            "error sending request: connect to https://user:***@host/ failed: connection refused"
+        );
+        assert_eq!(error(&Failure("alone", None)), "alone");
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -245,13 +245,11 @@ impl HttpEndpointSink {
     async fn send(request: reqwest::RequestBuilder, request_id: String) -> Result<(), DeliveryError> {
         let retryable = |code: &str, message: String| DeliveryError::Retryable { code: code.into(), message };
         let mut response =
-            request.send().await.map_err(|e| retryable(send_error(&e), sluice_engine::redact::text(&e.to_string())))?;
+            request.send().await.map_err(|e| retryable(send_error(&e), sluice_engine::redact::error(&e)))?;
         let status = response.status();
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| retryable(send_error(&e), sluice_engine::redact::text(&e.to_string())))?
+        while let Some(chunk) =
+            response.chunk().await.map_err(|e| retryable(send_error(&e), sluice_engine::redact::error(&e)))?
         {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_RESPONSE_BYTES {

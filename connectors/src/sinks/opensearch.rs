@@ -581,16 +581,12 @@ impl Sink for OpenSearchSink {
         let (request, compression) = (self.request(&payload), self.compression);
         Box::pin(async move {
             let retryable = |code: &str, message: String| DeliveryError::Retryable { code: code.into(), message };
-            let mut response = request?
-                .send()
-                .await
-                .map_err(|e| retryable(send_error(&e), sluice_engine::redact::text(&e.to_string())))?;
+            let mut response =
+                request?.send().await.map_err(|e| retryable(send_error(&e), sluice_engine::redact::error(&e)))?;
             let status = response.status();
             let mut body = Vec::new();
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|e| retryable(send_error(&e), sluice_engine::redact::text(&e.to_string())))?
+            while let Some(chunk) =
+                response.chunk().await.map_err(|e| retryable(send_error(&e), sluice_engine::redact::error(&e)))?
             {
                 if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
                     return Err(retryable("OpenSearch.ResponseTooLarge", format!("{status}: an answer over 128 MiB")));

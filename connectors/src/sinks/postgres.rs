@@ -496,7 +496,7 @@ fn classify(e: &tokio_postgres::Error, what: &str) -> DeliveryError {
     let Some(db) = e.as_db_error() else {
         return DeliveryError::Retryable {
             code: "Redshift.ConnectionFailed".into(),
-            message: format!("{what}: {}", sluice_engine::redact::text(&e.to_string())),
+            message: format!("{what}: {}", sluice_engine::redact::error(e)),
         };
     };
     let message = format!("{what}: {} (SQLSTATE {})", db.message(), db.code().code());

@@ -632,9 +632,12 @@ impl Invoker {
         };
         let response = request.body(body).send().await.map_err(|e| {
             if e.is_timeout() {
-                retry("Lambda.FunctionTimedOut", format!("no answer in time: {e}"))
+                retry("Lambda.FunctionTimedOut", format!("no answer in time: {}", sluice_engine::redact::error(&e)))
             } else {
-                retry("Lambda.ServiceException", format!("cannot reach the function: {e}"))
+                retry(
+                    "Lambda.ServiceException",
+                    format!("cannot reach the function: {}", sluice_engine::redact::error(&e)),
+                )
             }
         })?;
         let status = response.status();
