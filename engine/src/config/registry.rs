@@ -1,6 +1,7 @@
 //! The connectors a build knows and what each is told when it is configured: a source, transform
 //! or sink `type` maps to a `configure` function that gets its own keys (the engine's taken out) and what
-//! it must know of its pipeline.
+//! it must know of its pipeline, and answers with the connector or every problem in its keys
+//! ([`Problems`]), so a file's errors are all reported in one run.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
