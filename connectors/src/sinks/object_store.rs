@@ -198,6 +198,8 @@ pub struct BackupStore {
 pub struct BackupOwner {
     sink_span: std::ops::Range<usize>,
     store_span: std::ops::Range<usize>,
+    /// `backup_store` is in the table (when deserializing leaves it out, its problem is reported).
+    written: bool,
     pipeline: String,
     name: String,
     data_dir: std::path::PathBuf,
@@ -209,6 +211,7 @@ impl BackupOwner {
         let sink_span = config.table.span.clone();
         BackupOwner {
             store_span: config.table.value_span("backup_store").unwrap_or(sink_span.clone()),
+            written: config.table.contains("backup_store"),
             sink_span,
             pipeline: config.pipeline.clone(),
             name: config.name.clone(),
@@ -217,14 +220,20 @@ impl BackupOwner {
     }
 
     /// Its store, which a sink of type `type_name` must have: its absence is an error at the sink's
-    /// table, a bad URL or option one at `backup_store`.
-    pub fn required(&self, store: Option<BackupStore>, type_name: &str) -> Result<Arc<dyn Sink>, Diagnostic> {
+    /// table, a bad URL or option one at `backup_store`. A `backup_store` that was written but that
+    /// deserializing left out (its problem reported there) gives an `Err` adding no problem.
+    pub fn required(&self, store: Option<BackupStore>, type_name: &str) -> Result<Arc<dyn Sink>, Problems> {
         let Some(store) = store else {
+            if self.written {
+                // Written but refused: that problem is reported already.
+                return Err(Problems::default());
+            }
             return Err(Diagnostic::new(self.sink_span.clone(), format!("an `{type_name}` sink needs `backup_store`"))
                 .with_hint(
                     "where records the destination does not take are kept, as Firehose's S3Configuration: \
                      backup_store = { url = \"s3://bucket/prefix\" } (or file://./failed)",
-                ));
+                )
+                .into());
         };
         let sink = ObjectStoreSink::from_config(&store.url, &store.options)
             .map_err(|(message, hint)| {

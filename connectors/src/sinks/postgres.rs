@@ -351,6 +351,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
         (spans("url"), spans("columns"), spans("mapping"), spans("format"), spans("staging"));
     let (pipeline, name, data_dir) = (config.pipeline.clone(), config.name.clone(), config.data_dir.clone());
     let base_dir = config.base_dir.clone();
+    // Written but left out by deserializing: its problem is reported already.
+    let staging_written = config.table.contains("staging");
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<PostgresConfig>(&mut problems) else { return Err(problems) };
     let (url, root) = tls_options(&c.url);
@@ -393,12 +395,17 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
             .with_hint("`csv` (a column per path, default) or `json` (the record in one jsonb column)")),
     });
     let staging = problems.take(match c.staging {
-        None => Err(Diagnostic::new(span, "a `postgres` sink needs `staging`").with_hint(
-            "where batches are staged before COPY (and the error output goes), as Firehose's intermediate S3: \
-             staging = { url = \"s3://bucket/staging\" } (or file://./staging)",
-        )),
+        None if staging_written => Err(Problems::default()),
+        None => Err(Diagnostic::new(span, "a `postgres` sink needs `staging`")
+            .with_hint(
+                "where batches are staged before COPY (and the error output goes), as Firehose's intermediate S3: \
+                 staging = { url = \"s3://bucket/staging\" } (or file://./staging)",
+            )
+            .into()),
         Some(staging) => ObjectStoreSink::from_config(&staging.url, &staging.options)
-            .map_err(|(message, hint)| Diagnostic::new(staging_span, format!("staging: {message}")).with_hint(hint))
+            .map_err(|(message, hint)| {
+                Diagnostic::new(staging_span, format!("staging: {message}")).with_hint(hint).into()
+            })
             .map(|store| (store.owned_by(&pipeline, &format!("{name}-staging"), &data_dir), staging)),
     });
     let (pg, mapping, (store, staging)) = problems.finish((|| Some((pg?, mapping?, staging?)))())?;

@@ -128,6 +128,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     let (retries_span, timeout_span, concurrency_span) =
         (spans("retries"), spans("timeout_s"), spans("max_concurrency"));
     let pipeline = config.pipeline.clone();
+    // Written but left out by deserializing: its problem is reported already.
+    let target_written = config.table.contains("url") || config.table.contains("function");
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<LambdaConfig>(&mut problems) else { return Err(problems) };
     let http_url = |text: &str, at: std::ops::Range<usize>, what: &str| {
@@ -137,11 +139,12 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         })
     };
     let endpoint = c.endpoint;
-    let target = problems.take((|| match (c.url, c.function) {
+    let target = problems.take((|| -> Result<_, Problems> { match (c.url, c.function) {
         (Some(url), None) => {
             if endpoint.is_some() {
                 return Err(Diagnostic::new(endpoint_span, "`endpoint` goes with `function`, not `url`")
-                    .with_hint("with `url`, the event is POSTed to that URL"));
+                    .with_hint("with `url`, the event is POSTed to that URL")
+                    .into());
             }
             let parsed = http_url(&url, url_span, "the function's URL (any HTTP server, or a Lambda function URL)")?;
             Ok((Target::Url(parsed), url, "us-east-1".to_string()))
@@ -149,7 +152,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         (None, Some(function)) => {
             let Some((region, _)) = parse_function_arn(&function) else {
                 return Err(Diagnostic::new(function_span, format!("`{function}` is not a Lambda function ARN"))
-                    .with_hint("e.g. function = \"arn:aws:lambda:us-east-1:123456789012:function:mask\" (a version or alias may follow: `:live`)"));
+                    .with_hint("e.g. function = \"arn:aws:lambda:us-east-1:123456789012:function:mask\" (a version or alias may follow: `:live`)")
+                    .into());
             };
             let base = match &endpoint {
                 Some(e) => http_url(e, endpoint_span, "the Lambda API's address")?,
@@ -166,14 +170,16 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         }
         (Some(_), Some(_)) => {
             Err(Diagnostic::new(function_span, "a lambda transform has `url` or `function`, not both")
-                .with_hint("`url` POSTs the event to any HTTP server; `function` calls the Lambda Invoke API"))
+                .with_hint("`url` POSTs the event to any HTTP server; `function` calls the Lambda Invoke API")
+                .into())
         }
+        (None, None) if target_written => Err(Problems::default()),
         (None, None) => {
             Err(Diagnostic::new(span.clone(), "a lambda transform needs `url` or `function`").with_hint(
                 "url = \"http://127.0.0.1:9000/\", or function = \"arn:aws:lambda:<region>:<account>:function:<name>\"",
-            ))
+            ).into())
         }
-    })());
+    }})());
     let buffer = problems.take(match c.buffer {
         None => Ok((1_000_000, Duration::from_secs(60))),
         Some(b) if (0.2..=3.0).contains(&b.size_mb) && (60..=900).contains(&b.interval_s) => {

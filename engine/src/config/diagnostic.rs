@@ -41,8 +41,10 @@ impl Diagnostic {
     }
 }
 
-/// Every problem a connector found in its own keys (at least one when returned as an error): a
-/// `configure` reports them all at once, as the engine does for its keys, instead of the first.
+/// Every problem a connector found in its own keys: a `configure` reports them all at once, as the
+/// engine does for its keys, instead of the first. A check may fail with none when its problem was
+/// reported already (a key deserializing left out); a `configure` that fails with none at all is a
+/// bug the resolver reports as such.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Problems(pub Vec<Diagnostic>);
 
@@ -69,16 +71,12 @@ impl Problems {
         }
     }
 
-    /// `value` when no problem was found, else every problem found (an `Err` when `value` is `None`
-    /// too, though nothing was recorded: a check that failed without saying why is a bug, reported).
+    /// `value` when no problem was found, else every problem found (`Err` too when `value` is
+    /// `None`: a check that failed added its problem, or said it was reported already).
     pub fn finish<T>(self, value: Option<T>) -> Result<T, Problems> {
         match value {
             Some(value) if self.0.is_empty() => Ok(value),
-            Some(_) => Err(self),
-            None if self.0.is_empty() => {
-                Err(Diagnostic::new(0..0, "the configuration was refused without a reason (a bug in sluice)").into())
-            }
-            None => Err(self),
+            _ => Err(self),
         }
     }
 }

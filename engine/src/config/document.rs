@@ -392,21 +392,30 @@ impl Section {
             if missing.is_some_and(|key| left_out.iter().chain(&misspelt).any(|k| k == key)) {
                 return None;
             }
-            problems.push(match explain_serde_message(&message, &asked) {
-                Some(SerdeProblem::UnknownKey { key, hint, near }) => {
-                    misspelt.extend(near);
-                    Diagnostic::new(span.clone(), format!("unknown key `{path}.{key}`")).with_hint(hint)
-                }
-                Some(SerdeProblem::Other { hint }) => {
-                    Diagnostic::new(span.clone(), format!("in `{path}`: {message}")).with_hint(hint)
-                }
-                None => Diagnostic::new(span.clone(), format!("in `{path}`: {message}")),
-            });
+            // The key the problem is at: its name, or somewhere in its value (then the problem is
+            // said of that key, as `sinks.hook.backup_store`, with the keys accepted there).
             let at = |s: Range<usize>| s.start <= span.start && span.end <= s.end;
             let culprit = (span != whole)
-                .then(|| entries.iter().find(|(k, v)| at(k.span()) || at(v.span())).map(|(k, _)| k.clone()))
-                .flatten();
-            let key = culprit?;
+                .then(|| entries.iter().find(|(k, v)| at(k.span()) || at(v.span())))
+                .flatten()
+                .map(|(k, v)| (k.clone(), at(v.span()) && !at(k.span())));
+            let (place, accepted_here, nested) = match &culprit {
+                Some((key, true)) => (format!("{path}.{}", key.get_ref()), &[][..], true),
+                _ => (path.clone(), &asked[..], false),
+            };
+            problems.push(match explain_serde_message(&message, accepted_here) {
+                Some(SerdeProblem::UnknownKey { key, hint, near }) => {
+                    if !nested {
+                        misspelt.extend(near);
+                    }
+                    Diagnostic::new(span.clone(), format!("unknown key `{place}.{key}`")).with_hint(hint)
+                }
+                Some(SerdeProblem::Other { hint }) => {
+                    Diagnostic::new(span.clone(), format!("in `{place}`: {message}")).with_hint(hint)
+                }
+                None => Diagnostic::new(span.clone(), format!("in `{place}`: {message}")),
+            });
+            let (key, _) = culprit?;
             left_out.push(key.get_ref().to_string());
             entries.remove(&key);
         }
@@ -507,6 +516,14 @@ mod tests {
         url: String,
         timeout_s: Option<u64>,
         name: Option<String>,
+        store: Option<StoreKeys>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // read through Debug
+    struct StoreKeys {
+        url: String,
     }
 
     /// What a connector's `deserialize` of the table `[t]` written as `text` gives, and the messages.
@@ -529,6 +546,18 @@ mod tests {
         // The keys left out are as if unwritten, so the connector checks the rest.
         let keys = keys.unwrap_or_else(|| panic!("{messages:?}"));
         assert_eq!((keys.url.as_str(), keys.timeout_s, keys.name), ("u", None, None));
+    }
+
+    #[test]
+    fn a_problem_inside_a_value_is_said_of_its_key_with_the_keys_accepted_there() {
+        let (keys, messages) = connector_keys("[t]\nurl = \"u\"\nstore = { url = \"s\", utl = 3 }\ntimeout_s = -1\n");
+        let keys = keys.unwrap_or_else(|| panic!("{messages:?}"));
+        assert!(keys.store.is_none() && keys.timeout_s.is_none(), "{keys:?}");
+        let mut messages = messages;
+        messages.sort();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].starts_with("in `t.timeout_s`: invalid value"), "{messages:?}");
+        assert_eq!(messages[1], "unknown key `t.store.utl`");
     }
 
     #[test]

@@ -572,7 +572,7 @@ fn line_plan(
             Some(plan)
         }
         Err(found) => {
-            problems.extend(found.0);
+            problems.extend(refusal(found));
             None
         }
     }
@@ -786,7 +786,7 @@ pub(super) fn resolve(
                     match (source_type.configure)(config) {
                         Ok(source) => Some(SourcePlan { name: source_name.clone(), type_name, source }),
                         Err(found) => {
-                            problems.extend(found.0);
+                            problems.extend(refusal(found));
                             None
                         }
                     }
@@ -841,7 +841,7 @@ pub(super) fn resolve(
             match (transform_type.configure)(connector_config(transform_name.clone(), section)) {
                 Ok(transform) => Some((type_name, transform)),
                 Err(found) => {
-                    problems.extend(found.0);
+                    problems.extend(refusal(found));
                     None
                 }
             }
@@ -881,7 +881,7 @@ pub(super) fn resolve(
             let sink = match (sink_type.configure)(connector_config(sink_name.clone(), section)) {
                 Ok(sink) => sink,
                 Err(found) => {
-                    problems.extend(found.0);
+                    problems.extend(refusal(found));
                     continue;
                 }
             };
@@ -1232,6 +1232,15 @@ fn take_type(
     };
     problems.push(d);
     None
+}
+
+/// What a connector that refused its keys reported; a refusal without a reason is said as one (a
+/// connector's bug), never taken for success or left silent.
+fn refusal(found: super::Problems) -> Vec<Diagnostic> {
+    if found.0.is_empty() {
+        return vec![Diagnostic::new(0..0, "a connector refused its keys without saying why (a bug in sluice)")];
+    }
+    found.0
 }
 
 /// The hint for a value that is none of `names`: the nearest, if it looks like a typo of one, and all.
