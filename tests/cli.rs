@@ -242,3 +242,25 @@ fn validate_into_a_closed_pipe_keeps_its_exit_code_and_does_not_panic() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
 }
+
+/// The README's CLI summary names every `sluice bench` scenario the binary takes (its `--help` lists
+/// them from the one list the bench runs).
+#[test]
+fn the_readme_names_every_bench_scenario() {
+    let help = sluice().args(["bench", "--help"]).output().unwrap_or_else(|e| panic!("{e}"));
+    let help = String::from_utf8_lossy(&help.stdout);
+    let scenarios: Vec<&str> = help
+        .split("[possible values: ")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .unwrap_or_else(|| panic!("no possible values in {help}"))
+        .split(", ")
+        .collect();
+    assert!(scenarios.len() >= 10, "{scenarios:?}");
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap_or_else(|e| panic!("{e}"));
+    let line =
+        readme.lines().find(|l| l.starts_with("sluice bench [--scenario ")).unwrap_or_else(|| panic!("no bench line"));
+    let listed: Vec<&str> =
+        line.trim_start_matches("sluice bench [--scenario ").split(' ').next().unwrap_or_default().split('|').collect();
+    assert_eq!(listed, scenarios, "README: {line}");
+}

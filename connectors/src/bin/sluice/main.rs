@@ -214,9 +214,8 @@ enum Command {
     /// pyarrow), alternating runs on the same generated data; writes results.md, results.json and
     /// results.svg.
     Bench {
-        /// Scenarios to run (repeatable): gzip, zstd, transform, partition, parquet, http, opensearch,
-        /// postgres, ingest, scale, cluster (default: all).
-        #[arg(long = "scenario")]
+        /// Scenarios to run (repeatable; default: all).
+        #[arg(long = "scenario", value_parser = clap::builder::PossibleValuesParser::new(bench::SCENARIOS))]
         scenarios: Vec<String>,
         /// Input size, e.g. 200MB, 2GB (the `scale` scenario also uses ten times this).
         #[arg(long, default_value = "200MB", value_parser = bench::parse_size)]
