@@ -264,3 +264,15 @@ fn the_readme_names_every_bench_scenario() {
         line.trim_start_matches("sluice bench [--scenario ").split(' ').next().unwrap_or_default().split('|').collect();
     assert_eq!(listed, scenarios, "README: {line}");
 }
+
+/// `--workers 0` is refused as `[pipeline] workers = 0` is (it ran with one worker, silently).
+#[test]
+fn a_count_of_zero_on_the_command_line_is_refused_with_the_range() {
+    let quickstart = repo_root().join("pipelines/quickstart.toml");
+    let out = sluice().args(["run", "--workers", "0"]).arg(&quickstart).output().unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("0 is out of range: expected 1..=1024"), "{stderr}");
+    let out = sluice().args(["bench", "--runs", "0"]).output().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(2));
+}

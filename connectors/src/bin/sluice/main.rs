@@ -121,8 +121,8 @@ enum Command {
     Run {
         /// The pipeline file.
         pipeline: PathBuf,
-        /// Timely worker threads (default: `workers` in the file, else one per core).
-        #[arg(long)]
+        /// Timely worker threads, 1–1024 (default: `workers` in the file, else one per core).
+        #[arg(long, value_parser = positive_count)]
         workers: Option<usize>,
         /// No progress bar.
         #[arg(long)]
@@ -144,8 +144,8 @@ enum Command {
         /// Serve `/metrics` (Prometheus) and `/health` on this address.
         #[arg(long)]
         admin: Option<SocketAddr>,
-        /// Timely workers per pipeline (default: `workers` in the file, else cores ÷ pipelines).
-        #[arg(long)]
+        /// Timely workers per pipeline, 1–1024 (default: `workers` in the file, else cores ÷ pipelines).
+        #[arg(long, value_parser = positive_count)]
         workers: Option<usize>,
         /// Region in stream ARNs.
         #[arg(long, default_value = "us-east-1")]
@@ -223,13 +223,23 @@ enum Command {
         /// Where the data, work files and results go.
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
-        /// Runs of each case (odd numbers give a true median).
-        #[arg(long, default_value_t = 3)]
+        /// Runs of each case, 1–1024 (odd numbers give a true median).
+        #[arg(long, default_value_t = 3, value_parser = positive_count)]
         runs: usize,
-        /// Threads for sluice and the baselines that take a count (default: one per core).
-        #[arg(long)]
+        /// Threads for sluice and the baselines that take a count, 1–1024 (default: one per core).
+        #[arg(long, value_parser = positive_count)]
         threads: Option<usize>,
     },
+}
+
+/// A count on the command line (workers, threads, runs): 1–1024, as `[pipeline] workers` (0 was
+/// taken as 1 before).
+fn positive_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1..=1024) => Ok(n),
+        Ok(n) => Err(format!("{n} is out of range: expected 1..=1024")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// glibc's allocator set for a process that runs indefinitely: blocks of 2 MiB and more are mapped
@@ -339,7 +349,7 @@ fn bench_command(
         scenarios: if scenarios.is_empty() { SCENARIOS.iter().map(|s| s.to_string()).collect() } else { scenarios },
         size_bytes: size,
         out: out.clone(),
-        runs: runs.max(1),
+        runs,
         sluice: std::env::current_exe().context("cannot find the sluice binary")?,
         threads: threads.unwrap_or_else(sluice_engine::runtime::default_workers),
     };
@@ -482,7 +492,7 @@ fn run_command(
     let mut options = RunOptions::for_plan(&plan);
     options.json_error_log = json_error_log;
     if let Some(w) = workers {
-        options.workers = w.max(1);
+        options.workers = w;
     }
     if let Some(c) = &cluster {
         eprintln!(
