@@ -369,28 +369,54 @@ impl Section {
     /// a failure points at the key or value serde rejected. An unknown key is reported like the
     /// engine's own ([`Section::deny_unknown`]): its hint lists every key the table accepts, the
     /// engine's included. Every problem is reported at once, into `problems`: the key a problem is
-    /// at is left out and the rest deserialized again, until serde takes it (the config without the
+    /// at is left out and the rest deserialized again until serde takes it; the config without the
     /// keys left out is returned, so the connector checks what is left and reports its own problems
-    /// too) or a problem is at no key (a missing required key, reported unless it was one left out:
-    /// then `None`).
+    /// too. A required key that is absent is reported (unless it was left out, or misspelt as an
+    /// unknown key said) and stood in for, so the rest is still read, but then `None`: no
+    /// connector is built on a stand-in.
     pub fn deserialize<T: DeserializeOwned>(self, problems: &mut Problems) -> Option<T> {
         let whole = self.span.clone();
         let path = self.path.clone();
         let asked: Vec<&str> = self.engine_keys.iter().copied().chain(self.asked.iter().map(String::as_str)).collect();
         let mut entries = self.entries;
         let (mut left_out, mut misspelt): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+        // A required key that is absent is reported, then stood in for by a placeholder (of each
+        // kind in turn, until serde takes one) so the rest of the table is still read; the
+        // connector is then not built. The placeholder's span is no key's: serde's complaint about
+        // it means "another kind".
+        let stand_in_span = whole.end..whole.end;
+        let mut stand_in: Option<(Spanned<std::borrow::Cow<'static, str>>, usize)> = None;
+        let mut incomplete = false;
         loop {
             let value: Value = Spanned::new(whole.clone(), DeValue::Table(entries.clone()));
             let error = match T::deserialize(toml::de::ValueDeserializer::from(value)) {
-                Ok(config) => return Some(config),
+                Ok(config) => return (!incomplete).then_some(config),
                 Err(error) => error,
             };
             let message = error.message().trim().to_string();
             let span = error.span().unwrap_or(whole.clone());
-            let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next());
-            // A key missing because it was left out, or misspelt (as the unknown key said), is said once.
-            if missing.is_some_and(|key| left_out.iter().chain(&misspelt).any(|k| k == key)) {
-                return None;
+            // A problem anywhere else means the stand-in was taken.
+            if let Some((key, kind)) = stand_in.take()
+                && span == stand_in_span
+            {
+                let next = STAND_INS.get(kind + 1)?;
+                entries.insert(key.clone(), stand_in_value(next, &stand_in_span));
+                stand_in = Some((key, kind + 1));
+                continue;
+            }
+            // (A key missing from a table inside a value is said of that value, below.)
+            if let Some(missing) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next())
+                && span == whole
+            {
+                // A key missing because it was left out, or misspelt (as the unknown key said), is said once.
+                if !left_out.iter().chain(&misspelt).any(|k| k == missing) {
+                    problems.push(Diagnostic::new(span.clone(), format!("in `{path}`: {message}")));
+                }
+                incomplete = true;
+                let key = Spanned::new(stand_in_span.clone(), std::borrow::Cow::Owned(missing.to_string()));
+                entries.insert(key.clone(), stand_in_value(STAND_INS[0], &stand_in_span));
+                stand_in = Some((key, 0));
+                continue;
             }
             // The key the problem is at: its name, or somewhere in its value (then the problem is
             // said of that key, as `sinks.hook.backup_store`, with the keys accepted there).
@@ -420,6 +446,15 @@ impl Section {
             entries.remove(&key);
         }
     }
+}
+
+/// What stands in for an absent required key, of each kind a connector's key can be.
+const STAND_INS: &[&str] = &["\"\"", "0", "false", "[]", "{}"];
+
+/// The value `text` (one of [`STAND_INS`]) at `span`.
+fn stand_in_value(text: &'static str, span: &Range<usize>) -> Value {
+    let value = DeValue::parse(text).map(Spanned::into_inner).unwrap_or(DeValue::Boolean(false));
+    Spanned::new(span.clone(), value)
 }
 
 /// What a serde message about a table means to the user.
@@ -570,9 +605,12 @@ mod tests {
         assert!(keys.is_none());
         assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages.iter().all(|m| m.contains("invalid type")), "{messages:?}");
-        // A required key never written is reported (it is no follow-on of another problem).
-        let (keys, messages) = connector_keys("[t]\nname = \"n\"\n");
+        // A required key never written is reported (it is no follow-on of another problem), and
+        // the rest is still read: every problem of the table at once.
+        let (keys, messages) = connector_keys("[t]\nname = 7\n");
         assert!(keys.is_none());
-        assert_eq!(messages, ["in `t`: missing field `url`"]);
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages.contains(&"in `t`: missing field `url`".to_string()), "{messages:?}");
+        assert!(messages.iter().any(|m| m.starts_with("in `t.name`: invalid type")), "{messages:?}");
     }
 }
