@@ -74,6 +74,15 @@ backup_store = {{ url = "file://{backup}" }}
         assert!(line["errorCode"] == "HttpEndpoint.ConnectionFailed" && line["key"].is_string(), "{line}");
         assert!(line["attempts"].is_u64() && line["message"].as_str().unwrap().contains("retrying"), "{line}");
     }
+    // Each backed-up record says why, down to the cause: reqwest's own message names only the request.
+    let documents = json_lines_under(&dir.path().join("backup"));
+    let undelivered: Vec<&Value> =
+        documents.iter().filter(|d| d["errorCode"] == "HttpEndpoint.ConnectionFailed").collect();
+    assert!(!undelivered.is_empty(), "{documents:#?}");
+    for document in undelivered {
+        let message = document["errorMessage"].as_str().unwrap_or_default();
+        assert!(message.contains("error sending request") && message.contains("Connection refused"), "{document}");
+    }
     let backups = of("siem", "ERROR");
     assert!(!backups.is_empty(), "{stored:#?}");
     assert!(backups.iter().all(|l| l["message"].as_str().unwrap().contains("backed up") && l["key"].is_string()));

@@ -575,15 +575,13 @@ impl ObjectKeys {
             }
             let mut rendered = String::new();
             template.render(&widest, "format-conversion-failed", &mut rendered);
-            if rendered.chars().count() > MAX_EVALUATED_PREFIX {
+            let characters = rendered.chars().count();
+            if characters > MAX_EVALUATED_PREFIX {
                 errors.push(PrefixRuleError {
                     field,
                     error: template_error(
                         0,
-                        format!(
-                            "{what} evaluates to {} characters; Firehose allows {MAX_EVALUATED_PREFIX}",
-                            rendered.chars().count()
-                        ),
+                        format!("{what} evaluates to {characters} characters; Firehose allows {MAX_EVALUATED_PREFIX}"),
                         "shorten it",
                     ),
                 });

@@ -197,6 +197,7 @@ fn values_of_secret_keys(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[derive(Debug)]
     struct Failure(&'static str, Option<Box<Failure>>);
@@ -226,7 +227,6 @@ mod tests {
         );
         assert_eq!(error(&Failure("alone", None)), "alone");
     }
-    use proptest::prelude::*;
 
     #[test]
     fn masks_url_passwords_and_credential_parameters() {

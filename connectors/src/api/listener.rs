@@ -69,8 +69,7 @@ pub const LIMIT_KEYS: &[&str] =
 impl ListenerLimits {
     /// Takes the listener keys out of a source's table (the rest is the source's own); a bad value
     /// is a problem pointing at it (every one is added to `found`; then `None`). `min_body_mb` is
-    /// the smallest body buffer that can hold one
-    /// request of this listener.
+    /// the smallest body buffer that can hold one request of this listener.
     pub fn take_from(table: &mut Section, min_body_mb: u64, found: &mut Problems) -> Option<Self> {
         let mut problems = Vec::new();
         let mut limits = ListenerLimits::default();

@@ -53,8 +53,8 @@ pub struct CloudWatchLogsTransform {
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems> {
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<CloudWatchLogsConfig>(&mut problems) else { return Err(problems) };
-    problems
-        .finish(Some(Arc::new(CloudWatchLogsTransform { extract_messages: c.extract_messages }) as Arc<dyn Transform>))
+    let c = problems.finish(Some(c))?;
+    Ok(Arc::new(CloudWatchLogsTransform { extract_messages: c.extract_messages }))
 }
 
 impl Transform for CloudWatchLogsTransform {

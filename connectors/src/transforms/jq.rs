@@ -62,18 +62,19 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<JqConfig>(&mut problems) else { return Err(problems) };
     if let Err(errors) = compile(&c.query) {
+        if errors.is_empty() {
+            problems.push(Diagnostic::new(query_span.clone(), "the jq query does not compile"));
+        }
         for (offset, message) in errors {
             problems.push(
                 Diagnostic::in_string(query_span.clone(), offset, format!("the jq query does not compile: {message}"))
                     .with_hint("jq syntax (jaq): e.g. query = '{time: .eventTime, user: .userIdentity.userName}'"),
             );
         }
-        if problems.0.is_empty() {
-            problems.push(Diagnostic::new(query_span, "the jq query does not compile"));
-        }
     }
+    let c = problems.finish(Some(c))?;
     let projection = Projection::parse(&c.query);
-    problems.finish(Some(Arc::new(JqTransform { query: c.query, projection }) as Arc<dyn Transform>))
+    Ok(Arc::new(JqTransform { query: c.query, projection }))
 }
 
 /// Compiles `query` with jq's standard library; on failure, each problem with its byte offset in the

@@ -54,7 +54,8 @@ struct CaptureConfig {
 fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<CaptureConfig>(&mut problems) else { return Err(problems) };
-    problems.finish(Some(Arc::new(CaptureSink { name: c.name.clone(), records: capture(&c.name) }) as Arc<dyn Sink>))
+    let c = problems.finish(Some(c))?;
+    Ok(Arc::new(CaptureSink { name: c.name.clone(), records: capture(&c.name) }))
 }
 
 struct CaptureSink {
