@@ -250,6 +250,7 @@ fn an_unstorable_error_output_key_stops_the_run_with_the_reason() {
         name: "refusing_keys",
         configure: refusing_error_keys,
         reads: &[],
+        fixed_body: None,
     });
     let toml = format!(
         "[pipeline]\nname = \"unstorable\"\n[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\n\

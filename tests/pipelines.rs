@@ -257,7 +257,12 @@ mod flaky {
 #[test]
 fn a_failed_part_is_retried_under_its_number_and_the_object_completes() {
     let mut registry = registry();
-    registry.sinks.push(sluice_engine::config::SinkType { name: "flaky", configure: flaky::configure, reads: &[] });
+    registry.sinks.push(sluice_engine::config::SinkType {
+        name: "flaky",
+        configure: flaky::configure,
+        reads: &[],
+        fixed_body: None,
+    });
     let toml = r#"
 [pipeline]
 name = "flaky-parts"

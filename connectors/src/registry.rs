@@ -24,11 +24,31 @@ pub fn registry() -> Registry {
         ],
         key_query: Some(transforms::jq::key_query),
         sinks: vec![
-            SinkType { name: "http_endpoint", configure: sinks::http_endpoint::configure, reads: &[] },
-            SinkType { name: "object_store", configure: sinks::object_store::configure, reads: &[] },
-            SinkType { name: "opensearch", configure: sinks::opensearch::configure, reads: &[] },
-            SinkType { name: "postgres", configure: sinks::postgres::configure, reads: &["format", "columns"] },
-            SinkType { name: "splunk", configure: sinks::splunk::configure, reads: &[] },
+            SinkType {
+                name: "http_endpoint",
+                configure: sinks::http_endpoint::configure,
+                reads: &[],
+                fixed_body: Some(sinks::http_endpoint::BODY),
+            },
+            SinkType { name: "object_store", configure: sinks::object_store::configure, reads: &[], fixed_body: None },
+            SinkType {
+                name: "opensearch",
+                configure: sinks::opensearch::configure,
+                reads: &[],
+                fixed_body: Some(sinks::opensearch::BODY),
+            },
+            SinkType {
+                name: "postgres",
+                configure: sinks::postgres::configure,
+                reads: &["format", "columns"],
+                fixed_body: Some(sinks::postgres::BODY),
+            },
+            SinkType {
+                name: "splunk",
+                configure: sinks::splunk::configure,
+                reads: &[],
+                fixed_body: Some(sinks::splunk::BODY),
+            },
         ],
     }
 }

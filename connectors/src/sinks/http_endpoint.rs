@@ -34,7 +34,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use sluice_engine::compression::Compression;
-use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, FixedBody, Problems};
 use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 
@@ -45,8 +45,10 @@ use crate::sinks::object_store::{BackupOwner, BackupStore};
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// Most records in one request (Firehose's HTTP endpoint protocol).
 const MAX_REQUEST_RECORDS: u64 = 10_000;
-/// Largest request body before compression: Firehose's HTTP endpoint buffer range ends at 64 MB.
-const MAX_REQUEST_BYTES: u64 = 64 << 20;
+/// What the sink type's destination takes (the registry's line): Firehose HTTP endpoint requests
+/// of at most 64 MiB before compression (its buffer range ends at 64 MB).
+pub const BODY: FixedBody =
+    FixedBody { describe: "Firehose HTTP endpoint request JSON", max_bytes: Some(64 << 20), buffering: None };
 
 /// The body of a Firehose HTTP endpoint request, as a record codec: the engine streams records
 /// into it (compressed when `content_encoding = "gzip"`, at most 10,000 records and 64 MiB, each
@@ -210,7 +212,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
         wire: Arc::new(
             TextFormat::new(FirehoseRequest, compression)
                 .one_stream()
-                .limited(MAX_REQUEST_RECORDS, MAX_REQUEST_BYTES)
+                .at_most_records(MAX_REQUEST_RECORDS)
                 .named_by(|| uuid::Uuid::new_v4().to_string()),
         ),
         common_attributes,

@@ -47,7 +47,7 @@ use chrono::{Datelike, TimeZone};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use sluice_engine::compression::{Compression, compress, decompress};
-use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, FixedBody, Problems};
 use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, RefusedRecord, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 
@@ -55,8 +55,10 @@ use crate::api::sigv4::Credentials;
 use crate::sinks::object_store::{BackupOwner, BackupStore};
 use crate::transforms::json;
 
-/// Largest request body before compression: Firehose's OpenSearch buffer range ends at 100 MB.
-const MAX_REQUEST_BYTES: u64 = 100 << 20;
+/// What the sink type's destination takes (the registry's line): `_bulk` requests of at most
+/// 100 MiB before compression (Firehose's OpenSearch buffer range ends at 100 MB).
+pub const BODY: FixedBody =
+    FixedBody { describe: "`_bulk` request NDJSON", max_bytes: Some(100 << 20), buffering: None };
 /// A bulk answer larger than this is an error (about 2 KiB per item for 50,000 items).
 const MAX_RESPONSE_BYTES: usize = 128 << 20;
 /// The longest index name (Firehose's `IndexName`), before the rotation suffix.
@@ -376,12 +378,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
         bulk_url,
         auth,
         // A request is named by a fresh id (sent as X-Opaque-Id), the same on every retry.
-        wire: Arc::new(
-            TextFormat::new(codec, compression)
-                .one_stream()
-                .limited(u64::MAX, MAX_REQUEST_BYTES)
-                .named_by(|| uuid::Uuid::new_v4().to_string()),
-        ),
+        wire: Arc::new(TextFormat::new(codec, compression).one_stream().named_by(|| uuid::Uuid::new_v4().to_string())),
         compression,
         client,
         backup,

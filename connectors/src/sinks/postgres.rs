@@ -58,7 +58,7 @@ use futures::SinkExt;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use sluice_engine::compression::{Compression, decompress};
-use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, FixedBody, Problems};
 use sluice_engine::contract::{
     DeliveryError, DestinationKind, EntryRange, Payload, PayloadOrigins, RefusedRecord, Sink,
 };
@@ -69,6 +69,10 @@ use tokio_postgres::error::SqlState;
 use crate::sinks::object_store::ObjectStoreSink;
 use crate::transforms::json;
 
+/// What the sink type's destination takes (the registry's line): rows staged as gzip CSV for
+/// `COPY`, in the sink's own `format` and `columns`.
+pub const BODY: FixedBody =
+    FixedBody { describe: "rows staged as gzip CSV for COPY", max_bytes: None, buffering: None };
 /// Connections kept idle between loads, at most.
 const MAX_IDLE_CONNECTIONS: usize = 4;
 /// The load ledger's table.

@@ -42,7 +42,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use sluice_engine::compression::Compression;
-use sluice_engine::config::{BufferingHints, ConnectorConfig, Diagnostic, Problems};
+use sluice_engine::config::{BufferingHints, ConnectorConfig, Diagnostic, FixedBody, Problems};
 use sluice_engine::contract::{BufferingRules, DeliveryError, DestinationKind, Payload, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 use sluice_engine::metrics::SinkMeter;
@@ -50,15 +50,18 @@ use sluice_engine::metrics::SinkMeter;
 use crate::sinks::object_store::{BackupOwner, BackupStore};
 use crate::transforms::json;
 
-/// Largest request before compression: Firehose's Splunk buffer range ends at 5 MB.
-const MAX_REQUEST_BYTES: u64 = 5 << 20;
+/// What the sink type's destination takes (the registry's line): HEC requests of at most 5 MB
+/// (Firehose's Splunk buffer range ends there), buffered by default 5 MB / 60 s, at most 60 s.
+pub const BODY: FixedBody = FixedBody {
+    describe: "Splunk HEC events or raw lines",
+    max_bytes: Some(5 << 20),
+    buffering: Some(BufferingRules {
+        default: BufferingHints { size_bytes: 5 << 20, interval: Duration::from_secs(60) },
+        max_interval: Duration::from_secs(60),
+    }),
+};
 /// A HEC answer larger than this is an error.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
-/// Firehose's Splunk buffering: default 5 MB / 60 s, at most 60 s.
-const BUFFERING: BufferingRules = BufferingRules {
-    default: BufferingHints { size_bytes: 5 << 20, interval: Duration::from_secs(60) },
-    max_interval: Duration::from_secs(60),
-};
 /// How often an acknowledgement is asked for: from the first wait, doubling up to the last.
 const ACK_POLL: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
@@ -289,7 +292,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
 
 /// Requests of `codec`: at most 5 MB, uncompressed, named on the worker that seals them.
 fn wire<C: RecordCodec>(codec: C) -> TextFormat<C> {
-    TextFormat::new(codec, Compression::None).limited(u64::MAX, MAX_REQUEST_BYTES).named_by(request_id)
+    TextFormat::new(codec, Compression::None).named_by(request_id)
 }
 
 /// HEC's answer to a request or an ack query.
@@ -454,10 +457,6 @@ impl Sink for SplunkSink {
 
     fn error_output(&self) -> Option<Arc<dyn Sink>> {
         Some(Arc::clone(&self.backup))
-    }
-
-    fn buffering(&self) -> Option<BufferingRules> {
-        Some(BUFFERING)
     }
 
     fn measure_with(&self, meter: SinkMeter) {

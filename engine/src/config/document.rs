@@ -127,8 +127,8 @@ pub struct Section {
     /// Where the table is in the source.
     pub span: Range<usize>,
     /// Keys the engine reads from this table whether or not they are present: also accepted keys
-    /// when the connector rejects one.
-    pub engine_keys: &'static [&'static str],
+    /// when the connector rejects one ([`Self::accept_engine_keys`]).
+    engine_keys: &'static [&'static str],
     /// Keys already asked for (by the engine or a connector's helper): accepted keys too.
     asked: Vec<String>,
     entries: DeTable<'static>,
@@ -159,6 +159,14 @@ impl Section {
 
     fn label(&self, key: &str) -> String {
         if self.path.is_empty() { format!("`{key}`") } else { format!("`{}.{key}`", self.path) }
+    }
+
+    /// Says which of the engine's keys this table takes, before its connector reads the rest:
+    /// they are listed as accepted when the connector rejects a key, and a key the engine asked
+    /// for but refuses here (a fixed-body sink's `format`) no longer is.
+    pub fn accept_engine_keys(&mut self, keys: &'static [&'static str]) {
+        self.engine_keys = keys;
+        self.asked.retain(|asked| keys.contains(&asked.as_str()));
     }
 
     /// Takes `key` out of the table.

@@ -17,7 +17,7 @@ pub use diagnostic::{Diagnostic, Diagnostics, Problems, did_you_mean};
 pub use document::Section;
 pub use masked::masked;
 pub use registry::{
-    ConnectorConfig, Durability, KeyQueryCompiler, LogEncryption, Registry, Retention, SinkType, SourceType,
+    ConnectorConfig, Durability, FixedBody, KeyQueryCompiler, LogEncryption, Registry, Retention, SinkType, SourceType,
     StreamDescription, TransformType,
 };
 pub use resolve::{

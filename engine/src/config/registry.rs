@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::{Problems, Section, StreamInfo};
-use crate::contract::{KeyQuery, Sink, Source, Transform};
+use crate::contract::{BufferingRules, KeyQuery, Sink, Source, Transform};
 
 /// `[pipeline] encryption`: how an API source's write-ahead log is encrypted at rest (see
 /// [`crate::wal::seal`]).
@@ -113,6 +113,26 @@ pub struct SinkType {
     /// Keys the engine reads for other sinks that this sink reads itself, with its own meaning
     /// (the `postgres` sink's `format` and `columns`): the engine leaves them to the connector.
     pub reads: &'static [&'static str],
+    /// The body its destination takes, when the destination fixes it (`None`: objects in the
+    /// sink's `format` and `compression`, named by its keys, which it may partition). Known
+    /// before the sink's keys are read, so the engine checks its own keys (`format`,
+    /// `partitioning`, `buffer`) beside the connector's problems, and lists only the keys the
+    /// type takes; the sink built then gives the body's encoding ([`Sink::wire_format`]).
+    pub fixed_body: Option<FixedBody>,
+}
+
+/// What a destination that takes its own body (a `_bulk` request, HEC events, rows for `COPY`)
+/// imposes on a sink's engine keys: no `format`, `compression` or partitioning, and a bound on
+/// `buffer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedBody {
+    /// What the body is, for the error refusing `format` (e.g. "Splunk HEC events").
+    pub describe: &'static str,
+    /// The largest body before compression, when the destination limits a request:
+    /// `buffer.size_mb` may not be larger.
+    pub max_bytes: Option<u64>,
+    /// Its buffering rules when they are not S3's (docs/firehose.md §2).
+    pub buffering: Option<BufferingRules>,
 }
 
 /// A transform `type`.

@@ -17,7 +17,7 @@ use toml::Spanned;
 use super::columnar::take_parquet_spec;
 use super::diagnostic::{Diagnostic, did_you_mean};
 use super::document::{Section, join_ticked};
-use super::registry::{ConnectorConfig, Durability, LogEncryption, Registry, Retention};
+use super::registry::{ConnectorConfig, Durability, FixedBody, LogEncryption, Registry, Retention};
 use crate::compression::Compression;
 use crate::contract::{DestinationKind, Sink, Source, Transform};
 use crate::format::{self, ObjectFormat};
@@ -466,21 +466,28 @@ const TRANSFORM_ENGINE_KEYS: &[&str] = &["type", "inputs"];
 pub const SINK_ENGINE_KEYS: &[&str] = &[
     "type",
     "inputs",
-    "format",
-    "compression",
-    "columns",
     "buffer",
     "prefix",
     "error_prefix",
     "time_zone",
     "retry",
     "backup",
+    "format",
+    "compression",
+    "columns",
     "schema",
     "parquet",
     "json",
     "partitioning",
     "deaggregation",
 ];
+/// The engine's keys of a sink whose type has a fixed body: the first of [`SINK_ENGINE_KEYS`],
+/// without those that encode and partition objects ([`OBJECT_BODY_KEYS`]).
+const FIXED_BODY_SINK_ENGINE_KEYS: &[&str] = SINK_ENGINE_KEYS.split_at(8).0;
+/// How the engine encodes a sink's objects: refused for a type whose destination fixes the body.
+const OBJECT_BODY_KEYS: &[&str] = &["format", "compression", "columns", "schema", "parquet", "json"];
+/// How the engine partitions a sink's objects: refused for a type whose destination fixes the body.
+const PARTITIONING_KEYS: &[&str] = &["partitioning", "deaggregation"];
 const PIPELINE_KEYS: &[&str] = &[
     "name",
     "workers",
@@ -781,7 +788,7 @@ pub(super) fn resolve(
                     let known = registry.sources.iter().map(|s| s.name).collect();
                     let type_name = take_type(&mut section, known, "source", &mut problems)?;
                     let source_type = registry.source(&type_name)?;
-                    section.engine_keys = SOURCE_ENGINE_KEYS;
+                    section.accept_engine_keys(SOURCE_ENGINE_KEYS);
                     let config = connector_config(source_name.clone(), section);
                     match (source_type.configure)(config) {
                         Ok(source) => Some(SourcePlan { name: source_name.clone(), type_name, source }),
@@ -837,7 +844,7 @@ pub(super) fn resolve(
         }
         let connector = type_name.and_then(|type_name| {
             let transform_type = registry.transform(&type_name)?;
-            section.engine_keys = TRANSFORM_ENGINE_KEYS;
+            section.accept_engine_keys(TRANSFORM_ENGINE_KEYS);
             match (transform_type.configure)(connector_config(transform_name.clone(), section)) {
                 Ok(transform) => Some((type_name, transform)),
                 Err(found) => {
@@ -867,17 +874,18 @@ pub(super) fn resolve(
             for &i in inputs.iter().flatten() {
                 used[i] = true;
             }
-            let chosen_format = ["format", "compression"].iter().find_map(|k| section.key_span(k).map(|s| (*k, s)));
-            let buffer_given = section.key_span("buffer").is_some();
-            let buffer_span = section.key_span("buffer").unwrap_or(section.span.clone());
-            let reads = type_name.as_deref().and_then(|t| registry.sink(t)).map_or(&[][..], |t| t.reads);
-            let lent = section.set_aside(reads);
-            let chosen_format = chosen_format.filter(|(key, _)| !reads.contains(key));
-            let settings = take_sink_settings(&mut section, &name, base_dir, registry, &mut problems);
+            let sink_type = type_name.as_deref().and_then(|t| registry.sink(t));
+            let fixed_body = sink_type.and_then(|t| t.fixed_body.map(|body| (t.name, body)));
+            let lent = section.set_aside(sink_type.map_or(&[][..], |t| t.reads));
+            let settings = take_sink_settings(&mut section, &name, base_dir, registry, fixed_body, &mut problems);
             section.restore(lent);
             // The connector reads its keys whatever else is wrong, so every problem is reported at once.
-            let Some(sink_type) = type_name.as_deref().and_then(|t| registry.sink(t)) else { continue };
-            section.engine_keys = SINK_ENGINE_KEYS;
+            let Some(sink_type) = sink_type else { continue };
+            section.accept_engine_keys(if fixed_body.is_some() {
+                FIXED_BODY_SINK_ENGINE_KEYS
+            } else {
+                SINK_ENGINE_KEYS
+            });
             let sink = match (sink_type.configure)(connector_config(sink_name.clone(), section)) {
                 Ok(sink) => sink,
                 Err(found) => {
@@ -888,55 +896,20 @@ pub(super) fn resolve(
             let (Some(type_name), Some(inputs), Some(mut settings)) = (type_name, inputs, settings) else {
                 continue;
             };
-            if settings.partitioning.is_some() && sink.destination() != DestinationKind::S3 {
-                problems.push(
-                    Diagnostic::new(sink_key_span.clone(), format!("a sink of type `{type_name}` cannot partition"))
-                        .with_hint("dynamic partitioning names objects; only object store sinks have them"),
-                );
-                continue;
-            }
-            if let Some(rules) = sink.buffering() {
-                if !buffer_given {
-                    settings.hints = rules.default;
-                } else if settings.hints.interval > rules.max_interval {
-                    problems.push(
-                        Diagnostic::new(
-                            buffer_span.clone(),
-                            format!(
-                                "`buffer.interval_s` is at most {} for a sink of type `{type_name}`",
-                                rules.max_interval.as_secs()
-                            ),
-                        )
-                        .with_hint(format!(
-                            "Firehose's range for this destination (default {} MB / {} s)",
-                            rules.default.size_bytes >> 20,
-                            rules.default.interval.as_secs()
-                        )),
-                    );
+            match (fixed_body, sink.wire_format()) {
+                (Some(_), Some(wire_format)) => settings.format = wire_format,
+                (None, None) => {}
+                (declared, _) => {
+                    problems.push(Diagnostic::new(
+                        sink_key_span,
+                        format!(
+                            "sink type `{type_name}` is registered {} a fixed body but its sink {} one (a bug in sluice)",
+                            if declared.is_some() { "with" } else { "without" },
+                            if declared.is_some() { "gives no" } else { "gives" },
+                        ),
+                    ));
+                    continue;
                 }
-            }
-            if let Some(wire_format) = sink.wire_format() {
-                if let Some((key, span)) = chosen_format {
-                    problems.push(
-                        Diagnostic::new(span, format!("a sink of type `{type_name}` has no `{key}`"))
-                            .with_hint(format!(
-                                "its destination fixes the body ({}); where the sink can compress, it has its own key for it (e.g. `content_encoding`)",
-                                wire_format.describe()
-                            )),
-                    );
-                }
-                if let Some(max) = wire_format.max_object_bytes()
-                    && settings.hints.size_bytes > max
-                {
-                    problems.push(
-                        Diagnostic::new(
-                            buffer_span,
-                            format!("`buffer.size_mb` is at most {} for a sink of type `{type_name}`", max >> 20),
-                        )
-                        .with_hint(format!("its destination takes a body of at most {} MiB", max >> 20)),
-                    );
-                }
-                settings.format = wire_format;
             }
             let inputs = inputs.into_iter().map(as_input).collect();
             sinks.push(SinkPlan { name: sink_name, type_name, inputs, settings: Arc::new(settings), sink });
@@ -1298,13 +1271,45 @@ fn take_inputs(
     ok.then_some(indices)
 }
 
+/// The engine's keys of a sink. `fixed_body` (its type's name and body, when its destination
+/// fixes the body) refuses the keys that encode or partition objects, each at once, and bounds
+/// `buffer` by the destination's rules.
 fn take_sink_settings(
     section: &mut Section,
     stream: &str,
     base_dir: &Path,
     registry: &Registry,
+    fixed_body: Option<(&str, FixedBody)>,
     problems: &mut Vec<Diagnostic>,
 ) -> Option<SinkSettings> {
+    // A refused `partitioning` is the one error about it: a prefix using partition keys is not another.
+    let mut partitioning_refused = false;
+    if let Some((type_name, body)) = fixed_body {
+        for key in OBJECT_BODY_KEYS {
+            if let Some(span) = section.key_span(key) {
+                section.take(key);
+                let why = if matches!(*key, "format" | "compression") {
+                    "where the sink can compress, it has its own key for it (e.g. `content_encoding`)".to_string()
+                } else {
+                    format!("`{key}` belongs to the formats of object store sinks")
+                };
+                problems.push(
+                    Diagnostic::new(span, format!("a sink of type `{type_name}` has no `{key}`"))
+                        .with_hint(format!("its destination fixes the body ({}); {why}", body.describe)),
+                );
+            }
+        }
+        let refused: Vec<_> =
+            PARTITIONING_KEYS.iter().filter_map(|key| section.key_span(key).map(|s| (*key, s))).collect();
+        partitioning_refused = !refused.is_empty();
+        for (key, span) in refused {
+            section.take(key);
+            problems.push(
+                Diagnostic::new(span, format!("a sink of type `{type_name}` cannot partition: it has no `{key}`"))
+                    .with_hint("dynamic partitioning names objects; only object store sinks have them"),
+            );
+        }
+    }
     // `compression` is read before the format: Parquet's default (snappy) differs from the others (none).
     let mut compression_ok = true;
     let compression = match section.take_string("compression", problems) {
@@ -1373,9 +1378,10 @@ fn take_sink_settings(
         None
     };
     let buffer_span = section.key_span("buffer");
+    let rules = fixed_body.and_then(|(_, body)| body.buffering);
     let hints = match section.take_table("buffer", problems) {
         None if columnar => Some(BufferingHints::DEFAULT_FOR_CONVERSION),
-        None => Some(BufferingHints::DEFAULT),
+        None => Some(rules.map_or(BufferingHints::DEFAULT, |r| r.default)),
         Some(mut b) => {
             let before = problems.len();
             let span = b.span.clone();
@@ -1407,6 +1413,37 @@ fn take_sink_settings(
             }
         }
     };
+    if let (Some((type_name, body)), Some(h), Some(span)) = (fixed_body, hints, &buffer_span) {
+        if let Some(rules) = body.buffering
+            && h.interval > rules.max_interval
+        {
+            problems.push(
+                Diagnostic::new(
+                    span.clone(),
+                    format!(
+                        "`buffer.interval_s` is at most {} for a sink of type `{type_name}`",
+                        rules.max_interval.as_secs()
+                    ),
+                )
+                .with_hint(format!(
+                    "Firehose's range for this destination (default {} MB / {} s)",
+                    rules.default.size_bytes >> 20,
+                    rules.default.interval.as_secs()
+                )),
+            );
+        }
+        if let Some(max) = body.max_bytes
+            && h.size_bytes > max
+        {
+            problems.push(
+                Diagnostic::new(
+                    span.clone(),
+                    format!("`buffer.size_mb` is at most {} for a sink of type `{type_name}`", max >> 20),
+                )
+                .with_hint(format!("its destination takes a body of at most {} MiB", max >> 20)),
+            );
+        }
+    }
     if columnar
         && let Some(h) = hints
         && h.size_bytes < BufferingHints::DEFAULT_FOR_CONVERSION.size_bytes / 2
@@ -1470,15 +1507,28 @@ fn take_sink_settings(
             .ok()
             .map(|template| template.partition_keys()),
     };
-    let partitioning = take_partitioning(
-        partitioning_table,
-        partitioning_span,
-        prefix_keys,
-        prefix.as_ref(),
-        section.span.clone(),
-        registry,
-        problems,
-    )
+    let partitioning = match fixed_body {
+        // Its `partitioning` and `deaggregation` are refused above; its prefix names only backups.
+        Some((type_name, _)) => match (&prefix_keys, &prefix) {
+            (Some(used), Some(prefix)) if !used.is_empty() && !partitioning_refused => {
+                problems.push(
+                    Diagnostic::new(prefix.span(), format!("a sink of type `{type_name}` cannot partition: its prefix uses a partition key"))
+                        .with_hint("its prefix names only the backups of what its destination does not take; partition keys name objects of object store sinks"),
+                );
+                None
+            }
+            _ => Some(None),
+        },
+        None => take_partitioning(
+            partitioning_table,
+            partitioning_span,
+            prefix_keys,
+            prefix.as_ref(),
+            section.span.clone(),
+            registry,
+            problems,
+        ),
+    }
     .filter(|_| keys.is_some());
     let deaggregation_span = section.value_span("deaggregation").unwrap_or(section.span.clone());
     let deaggregation = match section.take("deaggregation") {
@@ -1551,4 +1601,16 @@ fn take_sink_settings(
         backup: backup?,
         partitioning: partitioning?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fixed_body_sink_takes_every_engine_key_but_those_that_encode_or_partition_objects() {
+        let refused: Vec<&str> = OBJECT_BODY_KEYS.iter().chain(PARTITIONING_KEYS).copied().collect();
+        assert_eq!(&SINK_ENGINE_KEYS[..FIXED_BODY_SINK_ENGINE_KEYS.len()], FIXED_BODY_SINK_ENGINE_KEYS);
+        assert_eq!(&SINK_ENGINE_KEYS[FIXED_BODY_SINK_ENGINE_KEYS.len()..], &refused[..]);
+    }
 }

@@ -240,9 +240,9 @@ pub trait Sink: Send + Sync + 'static {
     fn measure_with(&self, meter: crate::metrics::SinkMeter) {
         let _ = meter;
     }
-    /// The format its destination takes, when the sink fixes it (an HTTP endpoint's request JSON);
-    /// `None` lets the pipeline's `format` and `compression` choose (and when set, those keys are
-    /// refused in the sink's table).
+    /// The format its destination takes, when its type has a fixed body
+    /// ([`crate::config::SinkType::fixed_body`]: an HTTP endpoint's request JSON); `None` for a
+    /// type without one, whose objects the pipeline's `format` and `compression` encode.
     fn wire_format(&self) -> Option<Arc<dyn ObjectFormat>> {
         None
     }
@@ -263,15 +263,10 @@ pub trait Sink: Send + Sync + 'static {
         let _ = (key, error);
         Box::pin(async { Ok(()) })
     }
-    /// Its destination's buffering rules, when they are not S3's (docs/firehose.md §2): the
-    /// default `buffer` and the longest `interval_s` (the largest `size_mb` follows from its wire
-    /// format's byte limit).
-    fn buffering(&self) -> Option<BufferingRules> {
-        None
-    }
 }
 
-/// A destination's buffering default and longest interval (Splunk: 5 MB / 60 s, at most 60 s).
+/// A destination's buffering default and longest interval (Splunk: 5 MB / 60 s, at most 60 s), in
+/// its sink type's [`crate::config::FixedBody`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufferingRules {
     /// `buffer` when the sink's table has none.

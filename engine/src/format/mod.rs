@@ -65,11 +65,6 @@ pub trait ObjectFormat: Send + Sync + std::fmt::Debug {
     fn max_records(&self) -> u64 {
         u64::MAX
     }
-    /// Largest object, in bytes before compression, when the destination limits it (a request):
-    /// `buffer.size_mb` may not be larger.
-    fn max_object_bytes(&self) -> Option<u64> {
-        None
-    }
     /// A name the format gives each object itself (a request id), instead of the sink's object key.
     fn object_key(&self) -> Option<String> {
         None

@@ -53,13 +53,12 @@ pub trait RecordCodec: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// A text format: a codec, the compression its objects are streamed through, and what the
-/// destination imposes on an object (a request's record and byte limits, its own name).
+/// destination imposes on an object (a request's record limit, its own name).
 #[derive(Debug)]
 pub struct TextFormat<C> {
     codec: Arc<C>,
     compression: Compression,
     max_records: u64,
-    max_object_bytes: Option<u64>,
     /// Names each object (a request id) instead of the sink's keys.
     name: Option<fn() -> String>,
     /// Each object one compressed stream (an HTTP request body: not every server's decoder reads
@@ -70,20 +69,13 @@ pub struct TextFormat<C> {
 impl<C: RecordCodec> TextFormat<C> {
     /// `codec`'s objects compressed with `compression`, named by the sink's keys, without limits.
     pub fn new(codec: C, compression: Compression) -> Self {
-        TextFormat {
-            codec: Arc::new(codec),
-            compression,
-            max_records: u64::MAX,
-            max_object_bytes: None,
-            name: None,
-            one_stream: false,
-        }
+        TextFormat { codec: Arc::new(codec), compression, max_records: u64::MAX, name: None, one_stream: false }
     }
 
-    /// Objects of at most `records` records and `bytes` bytes before compression (a request).
-    pub fn limited(mut self, records: u64, bytes: u64) -> Self {
+    /// Objects of at most `records` records (a request; its byte limit is the sink type's,
+    /// [`crate::config::FixedBody::max_bytes`], which bounds `buffer.size_mb`).
+    pub fn at_most_records(mut self, records: u64) -> Self {
         self.max_records = records;
-        self.max_object_bytes = Some(bytes);
         self
     }
 
@@ -145,10 +137,6 @@ impl<C: RecordCodec> ObjectFormat for TextFormat<C> {
 
     fn max_records(&self) -> u64 {
         self.max_records
-    }
-
-    fn max_object_bytes(&self) -> Option<u64> {
-        self.max_object_bytes
     }
 
     fn object_key(&self) -> Option<String> {

@@ -40,7 +40,7 @@ pub fn count(name: &str) -> usize {
 /// `registry` with the capture sink added.
 pub fn with_capture(mut registry: Registry) -> Registry {
     if registry.sink(TYPE).is_none() {
-        registry.sinks.push(SinkType { name: TYPE, configure, reads: &[] });
+        registry.sinks.push(SinkType { name: TYPE, configure, reads: &[], fixed_body: None });
     }
     registry
 }
