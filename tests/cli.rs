@@ -276,3 +276,52 @@ fn a_count_of_zero_on_the_command_line_is_refused_with_the_range() {
     let out = sluice().args(["bench", "--runs", "0"]).output().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// An object store that cannot be reached is said with the cause (object_store's own message
+/// stops at "error sending request"): a source that cannot list it, and a sink whose objects and
+/// error output cannot be stored (its error lines, until the stop's grace period ends).
+#[test]
+fn an_unreachable_object_store_is_reported_with_the_cause() {
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // Port 1 on the loopback: nothing listens there.
+    let store = "url = \"s3://bucket/p\"\noptions = { endpoint = \"http://127.0.0.1:1\", access_key_id = \"a\", \
+                 secret_access_key = \"b\", region = \"us-east-1\", allow_http = \"true\" }\n";
+    let source = work.path().join("source.toml");
+    std::fs::write(
+        &source,
+        format!(
+            "[pipeline]\nname = \"unreachable-source\"\n[sources.in]\ntype = \"object_store\"\n{store}\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"memory://out\"\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, text) = run_in(work.path(), &["run", "--quiet"], &source);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("cannot list s3://bucket/p") && text.contains("Connection refused"), "{text}");
+
+    let sink = work.path().join("sink.toml");
+    std::fs::write(
+        &sink,
+        format!(
+            "[pipeline]\nname = \"unreachable-sink\"\nstop_timeout_s = 1\n[sources.in]\ntype = \"generator\"\n\
+             profile = \"cloudtrail\"\nrecords = 10\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\n{store}\
+             retry = {{ duration_s = 0 }}\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let child = sluice()
+        .current_dir(work.path())
+        .args(["run", "--quiet"])
+        .arg(&sink)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(killed.is_ok_and(|s| s.success()));
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("cannot store the error output") && text.contains("Connection refused"), "{text}");
+}

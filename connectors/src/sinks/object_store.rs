@@ -581,12 +581,14 @@ fn classify(code_prefix: &str, e: object_store::Error) -> DeliveryError {
         _ => (false, "InternalError"),
     };
     let code = format!("{code_prefix}.{code}");
+    // With its causes: the store's own message says "error sending request", its cause why.
+    let message = sluice_engine::redact::error(&e);
     if matches!(e, E::InvalidPath { .. }) {
-        DeliveryError::Unstorable { code, message: e.to_string() }
+        DeliveryError::Unstorable { code, message }
     } else if permanent {
-        DeliveryError::Permanent { code, message: e.to_string() }
+        DeliveryError::Permanent { code, message }
     } else {
-        DeliveryError::Retryable { code, message: e.to_string() }
+        DeliveryError::Retryable { code, message }
     }
 }
 
@@ -710,7 +712,8 @@ impl Sink for ObjectStoreSink {
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(url = %url, error = %e, "the destination did not answer the start-up check; delivering anyway");
+                    let error = sluice_engine::redact::error(&e);
+                    tracing::warn!(url = %url, error = %error, "the destination did not answer the start-up check; delivering anyway");
                     Ok(())
                 }
             }

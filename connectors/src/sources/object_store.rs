@@ -144,7 +144,9 @@ impl ObjectStoreSource {
         let mut listing = self.store.list(prefix);
         let mut found = Vec::new();
         while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(|e| SourceError::Setup(format!("cannot list {}: {e}", self.url)))?;
+            let meta = meta.map_err(|e| {
+                SourceError::Setup(format!("cannot list {}: {}", self.url, sluice_engine::redact::error(&e)))
+            })?;
             let key = self.key_of(&meta.location);
             if self.pattern.as_ref().is_none_or(|p| p.matches(key)) {
                 found.push(Listed { location: meta.location, size: meta.size });
