@@ -37,10 +37,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// sluice: a self-hosted streaming delivery engine (what Amazon Kinesis Data Firehose does, as one binary)
 ///
-/// It takes records from the Firehose API, HTTP, files or a generator, buffers them by size and
-/// time, encodes and compresses them (NDJSON, CSV, Parquet; gzip, zstd, snappy) and delivers them to
-/// object stores and HTTP endpoints, backing up whatever a destination does not take. Pipelines are
-/// TOML files: see README.md.
+/// It takes records from the Firehose API, HTTP, files, object stores or a generator, transforms
+/// them (redact, jq, a Lambda function, enrich, dedup, CloudWatch Logs), buffers them by size and
+/// time, partitions them by content, encodes and compresses them (NDJSON, CSV, Parquet; gzip, zstd,
+/// snappy) and delivers them to object stores, HTTP endpoints, OpenSearch, Splunk and PostgreSQL,
+/// backing up whatever a destination does not take. Pipelines are TOML files: see README.md.
 #[derive(Parser)]
 #[command(name = "sluice", version)]
 struct Cli {
@@ -127,7 +128,8 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
-        /// Serve `/metrics` (Prometheus) and `/health` on this address, e.g. 127.0.0.1:4580.
+        /// Serve the dashboard (`/`), `/metrics` (Prometheus) and `/health` on this address, e.g.
+        /// 127.0.0.1:4580.
         #[arg(long)]
         admin: Option<SocketAddr>,
         #[command(flatten)]
@@ -141,7 +143,7 @@ enum Command {
         /// The shared Firehose API address (replaces each firehose source's `listen`).
         #[arg(long, default_value = "127.0.0.1:4573")]
         listen: SocketAddr,
-        /// Serve `/metrics` (Prometheus) and `/health` on this address.
+        /// Serve the dashboard (`/`), `/metrics` (Prometheus) and `/health` on this address.
         #[arg(long)]
         admin: Option<SocketAddr>,
         /// Timely workers per pipeline, 1–1024 (default: `workers` in the file, else cores ÷ pipelines).
