@@ -353,7 +353,10 @@ fn splunk_config_errors_point_at_the_value() {
             ("buffer = { size_mb = 1, interval_s = 60 }", "buffer = { size_mb = 6, interval_s = 60 }"),
             "`buffer.size_mb` is at most 5",
         ),
-        (("buffer = { size_mb = 1, interval_s = 60 }", "ack_timeout_s = 30"), "`ack_timeout_s` must be in 180..=600"),
+        (
+            ("buffer = { size_mb = 1, interval_s = 60 }", "ack_timeout_s = 30"),
+            "`sinks.siem.ack_timeout_s` = 30 is out of range: expected 180..=600",
+        ),
         (("buffer = { size_mb = 1, interval_s = 60 }", "endpoint = \"collector\""), "unknown endpoint `collector`"),
         (("buffer = { size_mb = 1, interval_s = 60 }", "compression = \"gzip\""), "has no `compression`"),
     ] {

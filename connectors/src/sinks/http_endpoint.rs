@@ -147,8 +147,9 @@ pub struct HttpEndpointSink {
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
-    let (url_span, encoding_span, attributes_span, timeout_span) =
-        (spans("url"), spans("content_encoding"), spans("common_attributes"), spans("timeout_s"));
+    let (url_span, encoding_span, attributes_span) =
+        (spans("url"), spans("content_encoding"), spans("common_attributes"));
+    let timeout_at = config.table.key_at("timeout_s");
     let key_span = spans("access_key");
     let owner = BackupOwner::of(&config);
     let pipeline = config.pipeline.clone();
@@ -185,17 +186,11 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     }
     let common_attributes = (!c.common_attributes.is_empty())
         .then(|| serde_json::json!({ "commonAttributes": c.common_attributes }).to_string());
-    let timeout = match c.timeout_s {
-        None => Some(Duration::from_secs(180)),
-        Some(s) if (1..=180).contains(&s) => Some(Duration::from_secs(s)),
-        Some(_) => {
-            problems.push(
-                Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=180")
-                    .with_hint("Firehose waits 3 minutes for an endpoint's answer"),
-            );
-            None
-        }
-    };
+    let timeout = problems.take(
+        timeout_at
+            .within(c.timeout_s, 180, 1..=180, "Firehose waits 3 minutes for an endpoint's answer (default 180)")
+            .map(Duration::from_secs),
+    );
     let backup = problems.take(owner.required(c.backup_store, "http_endpoint"));
     let (url, compression, timeout, backup) = problems.finish((|| Some((url?, compression?, timeout?, backup?)))())?;
     let client = reqwest::Client::builder()

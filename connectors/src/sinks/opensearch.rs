@@ -281,7 +281,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (url_span, index_span, rotation_span, id_span) =
         (spans("url"), spans("index"), spans("index_rotation"), spans("document_id"));
-    let (auth_span, encoding_span, timeout_span) = (spans("aws_sigv4"), spans("content_encoding"), spans("timeout_s"));
+    let (auth_span, encoding_span) = (spans("aws_sigv4"), spans("content_encoding"));
+    let timeout_at = config.table.key_at("timeout_s");
     let owner = BackupOwner::of(&config);
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<OpenSearchConfig>(&mut problems) else { return Err(problems) };
@@ -359,11 +360,11 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
             }),
         (None, None) => Ok(Auth::None),
     });
-    let timeout = problems.take(match c.timeout_s {
-        None => Ok(Duration::from_secs(180)),
-        Some(s) if (1..=900).contains(&s) => Ok(Duration::from_secs(s)),
-        Some(_) => Err(Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=900")),
-    });
+    let timeout = problems.take(
+        timeout_at
+            .within(c.timeout_s, 180, 1..=900, "how long one `_bulk` request may take (default 180)")
+            .map(Duration::from_secs),
+    );
     let backup = problems.take(owner.required(c.backup_store, "opensearch"));
     let ((url, bulk_url), rotation, document_ids, compression, auth, timeout, backup) =
         problems.finish((|| Some((urls?, rotation?, document_ids?, compression?, auth?, timeout?, backup?)))())?;

@@ -216,8 +216,8 @@ struct Hec {
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
-    let (url_span, token_span, endpoint_span, ack_span, timeout_span) =
-        (spans("url"), spans("token"), spans("endpoint"), spans("ack_timeout_s"), spans("timeout_s"));
+    let (url_span, token_span, endpoint_span) = (spans("url"), spans("token"), spans("endpoint"));
+    let (ack_at, timeout_at) = (config.table.key_at("ack_timeout_s"), config.table.key_at("timeout_s"));
     let owner = BackupOwner::of(&config);
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<SplunkConfig>(&mut problems) else { return Err(problems) };
@@ -245,25 +245,16 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     if authorization.is_none() {
         problems.push(Diagnostic::new(token_span, "`token` must be a HEC token (printable, not empty)"));
     }
-    let ack_timeout = match c.ack_timeout_s {
-        None => Some(Duration::from_secs(180)),
-        Some(s) if (180..=600).contains(&s) => Some(Duration::from_secs(s)),
-        Some(_) => {
-            problems.push(
-                Diagnostic::new(ack_span, "`ack_timeout_s` must be in 180..=600")
-                    .with_hint("Firehose's HECAcknowledgmentTimeoutInSeconds range (default 180)"),
-            );
-            None
-        }
-    };
-    let timeout = match c.timeout_s {
-        None => Some(Duration::from_secs(60)),
-        Some(s) if (1..=600).contains(&s) => Some(Duration::from_secs(s)),
-        Some(_) => {
-            problems.push(Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=600"));
-            None
-        }
-    };
+    let ack_timeout = problems.take(
+        ack_at
+            .within(c.ack_timeout_s, 180, 180..=600, "Firehose's HECAcknowledgmentTimeoutInSeconds range (default 180)")
+            .map(Duration::from_secs),
+    );
+    let timeout = problems.take(
+        timeout_at
+            .within(c.timeout_s, 60, 1..=600, "how long one HEC request may take (default 60)")
+            .map(Duration::from_secs),
+    );
     let backup = problems.take(owner.required(c.backup_store, "splunk"));
     let (base, (codec, path), mut authorization, ack_timeout, timeout, backup) =
         problems.finish((|| Some((base?, endpoint?, authorization?, ack_timeout?, timeout?, backup?)))())?;

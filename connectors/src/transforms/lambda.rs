@@ -125,8 +125,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (url_span, function_span, endpoint_span, buffer_span) =
         (spans("url"), spans("function"), spans("endpoint"), spans("buffer"));
-    let (retries_span, timeout_span, concurrency_span) =
-        (spans("retries"), spans("timeout_s"), spans("max_concurrency"));
+    let (retries_at, timeout_at, concurrency_at) =
+        (config.table.key_at("retries"), config.table.key_at("timeout_s"), config.table.key_at("max_concurrency"));
     let pipeline = config.pipeline.clone();
     // Written but left out by deserializing: its problem is reported already.
     let target_written = config.table.contains("url") || config.table.contains("function");
@@ -188,24 +188,28 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         Some(_) => Err(Diagnostic::new(buffer_span, "`buffer` is out of Firehose's range for a Lambda processor")
             .with_hint("size_mb in 0.2..=3 (default 1), interval_s in 60..=900 (default 60)")),
     });
-    let retries = problems.take(match c.retries {
-        None => Ok(3),
-        Some(r) if r <= 300 => Ok(r),
-        Some(_) => Err(Diagnostic::new(retries_span, "`retries` must be in 0..=300")
-            .with_hint("Firehose's NumberOfRetries (default 3); then the whole batch is processing-failed")),
-    });
-    let timeout = problems.take(match c.timeout_s {
-        None => Ok(Duration::from_secs(60)),
-        Some(s) if (1..=900).contains(&s) => Ok(Duration::from_secs(s)),
-        Some(_) => Err(Diagnostic::new(timeout_span, "`timeout_s` must be in 1..=900")
-            .with_hint("how long one invocation may take (a Lambda function runs at most 15 minutes)")),
-    });
-    let max_concurrency = problems.take(match c.max_concurrency {
-        None => Ok(4),
-        Some(n) if (1..=64).contains(&n) => Ok(n),
-        Some(_) => Err(Diagnostic::new(concurrency_span, "`max_concurrency` must be in 1..=64")
-            .with_hint("invocations in flight per worker (Firehose runs at most 5 per shard)")),
-    });
+    let retries = problems.take(retries_at.within(
+        c.retries,
+        3,
+        0..=300,
+        "Firehose's NumberOfRetries (default 3); then the whole batch is processing-failed",
+    ));
+    let timeout = problems.take(
+        timeout_at
+            .within(
+                c.timeout_s,
+                60,
+                1..=900,
+                "how long one invocation may take, default 60 (a Lambda function runs at most 15 minutes)",
+            )
+            .map(Duration::from_secs),
+    );
+    let max_concurrency = problems.take(concurrency_at.within(
+        c.max_concurrency,
+        4,
+        1..=64,
+        "invocations in flight per worker, default 4 (Firehose runs at most 5 per shard)",
+    ));
     let ((target, lambda_arn, region), (size_bytes, interval), retries, timeout, max_concurrency) =
         problems.finish((|| Some((target?, buffer?, retries?, timeout?, max_concurrency?)))())?;
     let client = reqwest::Client::builder()

@@ -134,6 +134,38 @@ pub struct Section {
     entries: DeTable<'static>,
 }
 
+/// A key of a table and where its value is ([`Section::key_at`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAt {
+    /// Its name in messages, e.g. `` `sinks.siem.timeout_s` ``.
+    pub label: String,
+    /// Its value's span.
+    pub span: Range<usize>,
+}
+
+impl KeyAt {
+    /// An optional number's value: `default` when absent, the value when within `range`, else the
+    /// problem in the words the engine uses for its own keys ("`sinks.siem.timeout_s` = 0 is out
+    /// of range: expected 1..=600") with `why` (its meaning and default) as the hint.
+    pub fn within<T: PartialOrd + std::fmt::Display + Copy>(
+        &self,
+        value: Option<T>,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+        why: &str,
+    ) -> Result<T, Diagnostic> {
+        match value {
+            None => Ok(default),
+            Some(v) if range.contains(&v) => Ok(v),
+            Some(v) => Err(Diagnostic::new(
+                self.span.clone(),
+                format!("{} = {v} is out of range: expected {}..={}", self.label, range.start(), range.end()),
+            )
+            .with_hint(why.to_string())),
+        }
+    }
+}
+
 impl Section {
     /// Whether the table has `key`.
     pub fn contains(&self, key: &str) -> bool {
@@ -159,6 +191,12 @@ impl Section {
 
     fn label(&self, key: &str) -> String {
         if self.path.is_empty() { format!("`{key}`") } else { format!("`{}.{key}`", self.path) }
+    }
+
+    /// `key` as a connector's checks of its value point at it: its value's span (the table's when
+    /// it is absent) and its name in messages. Taken before the table is deserialized.
+    pub fn key_at(&self, key: &str) -> KeyAt {
+        KeyAt { label: self.label(key), span: self.value_span(key).unwrap_or(self.span.clone()) }
     }
 
     /// Says which of the engine's keys this table takes, before its connector reads the rest:
@@ -576,6 +614,22 @@ mod tests {
         let mut found = Problems::default();
         let keys = table.deserialize::<ConnectorKeys>(&mut found);
         (keys, found.0.into_iter().map(|d| d.message).collect())
+    }
+
+    #[test]
+    fn a_connector_checks_a_number_against_its_range_in_the_engine_s_words() {
+        let text = "[t]\ntimeout_s = 0\n";
+        let mut root = parse_document(text).unwrap_or_else(|e| panic!("{e:?}"));
+        let table = root.take_table("t", &mut Vec::new()).unwrap_or_else(|| panic!("no [t]"));
+        let (timeout, retries) = (table.key_at("timeout_s"), table.key_at("retries"));
+        assert_eq!(retries.within(None, 3, 0..=300, "why"), Ok(3));
+        assert_eq!(retries.within(Some(300), 3, 0..=300, "why"), Ok(300));
+        let refused = timeout.within(Some(0), 60, 1..=900, "default 60").unwrap_err();
+        assert_eq!(refused.message, "`t.timeout_s` = 0 is out of range: expected 1..=900");
+        assert_eq!(&text[refused.span.clone()], "0");
+        assert_eq!(refused.hint.as_deref(), Some("default 60"));
+        // An absent key's problems point at its table.
+        assert_eq!(retries.span, table.span);
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod resolve;
 use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Problems, did_you_mean};
-pub use document::Section;
+pub use document::{KeyAt, Section};
 pub use masked::masked;
 pub use registry::{
     ConnectorConfig, Durability, FixedBody, KeyQueryCompiler, LogEncryption, Registry, Retention, SinkType, SourceType,
