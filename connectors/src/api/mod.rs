@@ -47,20 +47,15 @@ impl TlsFiles {
     }
 }
 
-/// `max_inflight_mb` of an API source (default 256), at least `min_mb`, as bytes; the error points
-/// at `span`.
+/// `max_inflight_mb` of an API source (default 256), at least `min_mb`, as bytes.
 pub fn inflight_limit(
     configured: Option<u64>,
     min_mb: u64,
     why_min: &str,
-    span: std::ops::Range<usize>,
+    at: &sluice_engine::config::KeyAt,
 ) -> Result<usize, sluice_engine::config::Diagnostic> {
-    let mb = configured.unwrap_or(256);
-    if !(min_mb..=65_536).contains(&mb) {
-        return Err(sluice_engine::config::Diagnostic::new(span, format!("max_inflight_mb = {mb} is out of range"))
-            .with_hint(format!("use {min_mb} ({why_min}) to 65536 (MB)")));
-    }
-    Ok((mb << 20) as usize)
+    let why = format!("MB of records taken and not yet delivered, default 256, at least {min_mb} ({why_min})");
+    at.within(configured, 256, min_mb..=65_536, &why).map(|mb| (mb << 20) as usize)
 }
 
 /// An API source's write-ahead log, opened once (by the run's `prepare`, or earlier by a shared

@@ -81,7 +81,7 @@ pub struct WorkUnit {
 /// Builds a file source from `[sources.<name>]`.
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let span = config.table.key_span("paths").unwrap_or(config.table.span.clone());
-    let split_span = config.table.key_span("split_mb");
+    let split_at = config.table.key_at("split_mb");
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<FileConfig>(&mut problems) else { return Err(problems) };
     if c.paths.is_empty() {
@@ -95,14 +95,16 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
             problems.push(Diagnostic::new(span.clone(), format!("bad glob `{p}`: {e}")));
         }
     }
-    let min_split = problems.take(match c.split_mb {
-        None => Ok(MIN_SPLIT_BYTES),
-        Some(mb @ 1..=4096) => Ok(mb << 20),
-        Some(mb) => Err(Diagnostic::new(
-            split_span.unwrap_or(span),
-            format!("`split_mb` = {mb} is out of range: expected 1..=4096"),
-        )),
-    });
+    let min_split = problems.take(
+        split_at
+            .within(
+                c.split_mb,
+                MIN_SPLIT_BYTES >> 20,
+                1..=4096,
+                "MB a file's ranges start from, shared by the workers (default 16)",
+            )
+            .map(|mb| mb << 20),
+    );
     let min_split = problems.finish(min_split)?;
     let mut source = FileSource::new(c.paths, min_split);
     source.checkpoint_dir = Some(config.data_dir.join(&config.name));

@@ -109,7 +109,7 @@ pub fn parse_listen(text: Option<&str>, default: &str, span: std::ops::Range<usi
 pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let span = config.table.span.clone();
     let listen_span = config.table.value_span("listen").unwrap_or(span.clone());
-    let inflight_span = config.table.value_span("max_inflight_mb").unwrap_or(span.clone());
+    let inflight_at = config.table.key_at("max_inflight_mb");
     let auth_span = config.table.value_span("auth").unwrap_or(span);
     let mut problems = Problems::default();
     let limits = ListenerLimits::take_from(&mut config.table, (MAX_REQUEST_BYTES >> 20) as u64 + 1, &mut problems);
@@ -117,7 +117,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     let Some(c) = config.table.deserialize::<FirehoseConfig>(&mut problems) else { return Err(problems) };
     let listen = problems.take(parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span));
     let inflight =
-        problems.take(inflight_limit(c.max_inflight_mb, 8, "a PutRecordBatch alone can carry 4 MiB", inflight_span));
+        problems.take(inflight_limit(c.max_inflight_mb, 8, "a PutRecordBatch alone can carry 4 MiB", &inflight_at));
     let access = problems.take(match c.auth {
         None => Ok((AccessKeys::default(), Grants::default())),
         Some(auth) => access_keys(auth.access_keys).map_err(|(message, hint)| {

@@ -159,8 +159,7 @@ struct Endpoint {
 pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let span = config.table.span.clone();
     let listen_span = config.table.value_span("listen").unwrap_or(span.clone());
-    let body_span = config.table.value_span("max_body_mb").unwrap_or(span.clone());
-    let inflight_span = config.table.value_span("max_inflight_mb").unwrap_or(span.clone());
+    let (body_at, inflight_at) = (config.table.key_at("max_body_mb"), config.table.key_at("max_inflight_mb"));
     let tokens_span =
         config.table.value_span("bearer_tokens").or(config.table.value_span("bearer_token")).unwrap_or(span);
     let mut problems = Problems::default();
@@ -168,21 +167,17 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     let log = LogSlot::for_source(&config);
     let Some(c) = config.table.deserialize::<HttpConfig>(&mut problems) else { return Err(problems) };
     let listen = problems.take(parse_listen(c.listen.as_deref(), "127.0.0.1:4574", listen_span));
-    let max_body_mb = c.max_body_mb.unwrap_or(16);
-    let inflight = if (1..=1024).contains(&max_body_mb) {
-        problems.take(inflight_limit(c.max_inflight_mb, max_body_mb, "max_body_mb", inflight_span))
-    } else {
-        problems.push(
-            Diagnostic::new(body_span, format!("max_body_mb = {max_body_mb} is out of range"))
-                .with_hint("use 1 to 1024 (MB)"),
-        );
-        None
-    };
+    let max_body_mb =
+        problems.take(body_at.within(c.max_body_mb, 16, 1..=1024, "MB of one request's body (default 16)"));
+    // Checked against its own range too when `max_body_mb` is wrong: both are reported at once.
+    let inflight =
+        problems.take(inflight_limit(c.max_inflight_mb, max_body_mb.unwrap_or(1), "max_body_mb", &inflight_at));
     let tokens = problems.take(
         Tokens::from_config(c.bearer_token, c.bearer_tokens)
             .map_err(|(message, hint)| Diagnostic::new(tokens_span, message).with_hint(hint)),
     );
-    let (limits, listen, inflight, tokens) = problems.finish((|| Some((limits?, listen?, inflight?, tokens?)))())?;
+    let (limits, listen, max_body_mb, inflight, tokens) =
+        problems.finish((|| Some((limits?, listen?, max_body_mb?, inflight?, tokens?)))())?;
     Ok(Arc::new(HttpSource {
         listen,
         endpoint: Arc::new(Endpoint {

@@ -104,7 +104,8 @@ pub struct DedupTransform {
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
-    let (key_span, window_span, max_span) = (spans("key"), spans("window_s"), spans("max_keys"));
+    let (key_span, max_span) = (spans("key"), spans("max_keys"));
+    let window_at = config.table.key_at("window_s");
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<DedupConfig>(&mut problems) else { return Err(problems) };
     let key = match &c.key {
@@ -114,12 +115,12 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         })),
         None => Some(None),
     };
-    if c.window_s == 0 || c.window_s > 7 * 24 * 3600 {
-        problems.push(
-            Diagnostic::new(window_span, format!("window_s = {} is out of range", c.window_s))
-                .with_hint("1 to 604800 seconds (a week); e.g. window_s = 600"),
-        );
-    }
+    problems.take(window_at.within(
+        Some(c.window_s),
+        default_window_s(),
+        1..=7 * 24 * 3600,
+        "seconds a key is remembered, at most a week (default 600)",
+    ));
     if c.max_keys == 0 {
         problems.push(
             Diagnostic::new(max_span, "max_keys = 0 would remember nothing")
