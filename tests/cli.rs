@@ -2,7 +2,7 @@
 
 use sluice_connectors::synth::Profile;
 
-use super::support::{all_lines, folder_objects, generated, repo_root, sluice};
+use super::support::{all_lines, folder_objects, generated, repo_root, sluice, terminate};
 
 fn run_in(dir: &std::path::Path, args: &[&str], pipeline: &std::path::Path) -> (Option<i32>, String) {
     let out = sluice().current_dir(dir).args(args).arg(pipeline).output().unwrap_or_else(|e| panic!("{e}"));
@@ -309,17 +309,12 @@ fn an_unreachable_object_store_is_reported_with_the_cause() {
         ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let child = sluice()
-        .current_dir(work.path())
-        .args(["run", "--quiet"])
-        .arg(&sink)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (piped, also_piped) = (std::process::Stdio::piped(), std::process::Stdio::piped());
+    let run =
+        sluice().current_dir(work.path()).args(["run", "--quiet"]).arg(&sink).stdout(piped).stderr(also_piped).spawn();
+    let child = run.unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    assert!(killed.is_ok_and(|s| s.success()));
+    terminate(&child);
     let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{text}");
