@@ -610,7 +610,7 @@ impl PartSink for ObjectStoreSink {
         Box::pin(async move {
             let path = location?;
             if let Some((local, key)) = local {
-                return local.start(&key);
+                return local.start(&key).await;
             }
             let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
             if let Some(parts) = parts {

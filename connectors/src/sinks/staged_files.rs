@@ -133,16 +133,15 @@ impl StagedFiles {
         }))
     }
 
-    /// Starts an object `key` uploaded in parts.
-    pub fn start(&self, key: &str) -> Result<Box<dyn PartUpload>, DeliveryError> {
-        let (staged, target) = (self.staged_path(), self.root.join(key));
-        let file = UnbufferedFile::create(&staged).map_err(io_error(format!("cannot stage {}", target.display())))?;
-        Ok(Box::new(StagedUpload {
-            file: Arc::new(file),
-            staged,
-            target,
-            parts: Arc::default(),
-            sync: Arc::clone(&self.sync),
+    /// Starts an object `key` uploaded in parts (its staging file made off the async threads).
+    pub fn start(&self, key: &str) -> BoxFuture<'static, Result<Box<dyn PartUpload>, DeliveryError>> {
+        let (staged, target, sync) = (self.staged_path(), self.root.join(key), Arc::clone(&self.sync));
+        Box::pin(blocking(move || {
+            let file =
+                UnbufferedFile::create(&staged).map_err(io_error(format!("cannot stage {}", target.display())))?;
+            let upload: Box<dyn PartUpload> =
+                Box::new(StagedUpload { file: Arc::new(file), staged, target, parts: Arc::default(), sync });
+            Ok(upload)
         }))
     }
 }
@@ -290,13 +289,13 @@ mod tests {
         assert_eq!(files_store.prepare().await.unwrap(), 0);
         files_store.put("a/b/one.gz", Bytes::from_static(b"whole")).await.unwrap();
         // Parts, one retried, then completed.
-        let upload = files_store.start("a/two").unwrap();
+        let upload = files_store.start("a/two").await.unwrap();
         upload.put_part(0, Bytes::from_static(b"first-")).await.unwrap();
         upload.put_part(1, Bytes::from_static(b"sec")).await.unwrap();
         upload.put_part(1, Bytes::from_static(b"second")).await.unwrap();
         upload.complete().await.unwrap();
         // An upload a crash interrupts: staged only.
-        let interrupted = files_store.start("a/three").unwrap();
+        let interrupted = files_store.start("a/three").await.unwrap();
         interrupted.put_part(0, Bytes::from_static(b"partial")).await.unwrap();
         drop(interrupted);
         assert_eq!(files(&dir.path().join("out")), vec!["a/b/one.gz", "a/two"]);
