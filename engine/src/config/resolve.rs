@@ -482,7 +482,8 @@ pub const SINK_ENGINE_KEYS: &[&str] = &[
     "deaggregation",
 ];
 /// The engine's keys of a sink whose type has a fixed body: the first of [`SINK_ENGINE_KEYS`],
-/// without those that encode and partition objects ([`OBJECT_BODY_KEYS`]).
+/// without those that encode objects ([`OBJECT_BODY_KEYS`]) and partition them
+/// ([`PARTITIONING_KEYS`]); a unit test keeps the three lists in step.
 const FIXED_BODY_SINK_ENGINE_KEYS: &[&str] = SINK_ENGINE_KEYS.split_at(8).0;
 /// How the engine encodes a sink's objects: refused for a type whose destination fixes the body.
 const OBJECT_BODY_KEYS: &[&str] = &["format", "compression", "columns", "schema", "parquet", "json"];
