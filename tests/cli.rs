@@ -279,7 +279,9 @@ fn a_count_of_zero_on_the_command_line_is_refused_with_the_range() {
 
 /// An object store that cannot be reached is said with the cause (object_store's own message
 /// stops at "error sending request"): a source that cannot list it, and a sink whose objects and
-/// error output cannot be stored (its error lines, until the stop's grace period ends).
+/// error output cannot be stored (its error lines, until the stop's grace period ends). The sink's
+/// failed attempts show on stderr at once, without `--log-format json` (they were only in the
+/// JSON error log, so a terminal showed nothing for the whole retry duration).
 #[test]
 fn an_unreachable_object_store_is_reported_with_the_cause() {
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -305,13 +307,19 @@ fn an_unreachable_object_store_is_reported_with_the_cause() {
         format!(
             "[pipeline]\nname = \"unreachable-sink\"\nstop_timeout_s = 1\n[sources.in]\ntype = \"generator\"\n\
              profile = \"cloudtrail\"\nrecords = 10\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\n{store}\
-             retry = {{ duration_s = 0 }}\n"
+             retry = {{ duration_s = 2 }}\n"
         ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let (piped, also_piped) = (std::process::Stdio::piped(), std::process::Stdio::piped());
-    let run =
-        sluice().current_dir(work.path()).args(["run", "--quiet"]).arg(&sink).stdout(piped).stderr(also_piped).spawn();
+    let run = sluice()
+        .env("SLUICE_LOG", "warn")
+        .current_dir(work.path())
+        .args(["run", "--quiet"])
+        .arg(&sink)
+        .stdout(piped)
+        .stderr(also_piped)
+        .spawn();
     let child = run.unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(std::time::Duration::from_secs(3));
     terminate(&child);
@@ -319,4 +327,6 @@ fn an_unreachable_object_store_is_reported_with_the_cause() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("cannot store the error output") && text.contains("Connection refused"), "{text}");
+    assert!(text.contains("delivery failed; retrying in"), "{text}");
+    assert!(text.contains("(out, S3.InternalError, 1 attempt, key "), "{text}");
 }

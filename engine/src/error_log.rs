@@ -2,8 +2,10 @@
 //! delivery stream. Every delivery failure, retry exhaustion, backup, transform failure, throttle
 //! burst and log truncation is one JSON line: `time, level, stream, component, errorCode, message`
 //! and, when known, `attempts` and `key` (the object or request), written through a
-//! [`LineStore`] (`error_log = "<URL>"`) and/or to stderr (`--log-format json`); the last
-//! [`RECENT`] lines are kept in memory for the dashboard.
+//! [`LineStore`] (`error_log = "<URL>"`) and/or to stderr (`--log-format json`); without JSON on
+//! stderr, each line is also a log line at its level (`WARN`, `ERROR`), so a destination that
+//! fails shows in the terminal at its first failed attempt, not only when its retry duration runs
+//! out; the last [`RECENT`] lines are kept in memory for the dashboard.
 //!
 //! Guarantees: at most [`PER_WINDOW`] lines per component, error code and level per [`WINDOW`]
 //! (a flood of retries never hides a backup), so a
@@ -69,7 +71,8 @@ struct Window {
 pub struct ErrorLog {
     stream: String,
     store: Option<Arc<LineStore>>,
-    stderr: bool,
+    /// Lines go to stderr as JSON (else as log lines).
+    json_on_stderr: bool,
     windows: Mutex<HashMap<(String, String, Level), Window>>,
     recent: Mutex<VecDeque<Value>>,
     /// Lines written.
@@ -83,12 +86,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ErrorLog {
-    /// The error log of `stream`, into `store` and/or stderr.
-    pub fn new(stream: &str, store: Option<Arc<LineStore>>, stderr: bool) -> Self {
+    /// The error log of `stream`, into `store` and to stderr: as JSON lines when
+    /// `json_on_stderr`, else as log lines.
+    pub fn new(stream: &str, store: Option<Arc<LineStore>>, json_on_stderr: bool) -> Self {
         ErrorLog {
             stream: stream.to_string(),
             store,
-            stderr,
+            json_on_stderr,
             windows: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             written: AtomicU64::new(0),
@@ -143,8 +147,10 @@ impl ErrorLog {
         }
         let mut text = line.to_string().into_bytes();
         text.push(b'\n');
-        if self.stderr {
+        if self.json_on_stderr {
             let _ = std::io::stderr().lock().write_all(&text);
+        } else {
+            log_line(&line, event, held);
         }
         if let Some(store) = &self.store {
             store.write(&text);
@@ -184,6 +190,25 @@ impl ErrorLog {
         if let Some(store) = &self.store {
             store.close();
         }
+    }
+}
+
+/// `line` (an error-log line) as a log line at its level: the message, then what else it says.
+fn log_line(line: &Value, event: ErrorEvent<'_>, held: u64) {
+    let message = line["message"].as_str().unwrap_or_default();
+    let mut details = format!("{}, {}", event.component, event.error_code);
+    if let Some(attempts) = event.attempts {
+        details.push_str(&format!(", {attempts} attempt{}", if attempts == 1 { "" } else { "s" }));
+    }
+    if let Some(key) = event.key {
+        details.push_str(&format!(", key {key}"));
+    }
+    if held > 0 {
+        details.push_str(&format!(", {held} lines like it held back since the last"));
+    }
+    match event.level {
+        Level::Warn => tracing::warn!(target: "sluice::error_log", "{message} ({details})"),
+        Level::Error => tracing::error!(target: "sluice::error_log", "{message} ({details})"),
     }
 }
 

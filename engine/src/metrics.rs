@@ -204,15 +204,18 @@ impl TransformMetrics {
             entry.0 += 1;
             entry.1 = entry.1.max(failure.attempts);
         }
-        // The code only: a failure's message may quote the record (a jq error does).
+        // The code only, in the audit trail and the error log alike: a failure's message may quote
+        // the record (a jq error does), and records stay out of logs; each error document says why.
         let message = format!("records went to the error output ({})", failed.output_type.name());
         for (code, (records, attempts)) in by_code {
-            let first = failed.failures.iter().find(|f| &*f.code == code).map_or("", |f| &f.message);
             pipeline.report_error(crate::error_log::ErrorEvent {
                 level: crate::error_log::Level::Error,
                 component: name,
                 error_code: code,
-                message: &format!("{records} records to the error output ({}): {first}", failed.output_type.name()),
+                message: &format!(
+                    "{records} records to the error output ({}); each error document says why",
+                    failed.output_type.name()
+                ),
                 attempts: Some(attempts),
                 key: None,
             });

@@ -90,9 +90,9 @@ pub fn read_source<'scope>(
                             return;
                         }
                         Err(e) => {
-                            tracing::error!(source = %source_name, error = %e, "source stopped");
                             metrics.report_source_error(format!("source `{source_name}`: {e}"));
-                            // The error names what was being read (a file, an object's URL).
+                            // The error names what was being read (a file, an object's URL); the
+                            // error log says it on stderr too.
                             metrics.report_error(crate::error_log::ErrorEvent {
                                 level: crate::error_log::Level::Error,
                                 component: &source_name,
