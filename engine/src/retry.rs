@@ -107,12 +107,13 @@ where
 }
 
 /// Runs `attempt` until it succeeds, whatever the errors but [`DeliveryError::Unstorable`], with
-/// the policy's back-off; returns the attempts made. Every failure is logged and counted in
-/// `failures`: this is the path where giving up would drop records, so it blocks instead.
+/// the policy's back-off; returns the attempts made. Every failure is counted in `failures` and
+/// told to `failed` (attempts so far, the error, the wait before the next), which reports it: this
+/// is the path where giving up would drop records, so it blocks instead.
 pub async fn until_stored<F, Fut>(
     policy: RetryPolicy,
-    what: &str,
     failures: &AtomicU64,
+    mut failed: impl FnMut(u32, &DeliveryError, Duration),
     mut attempt: F,
 ) -> Result<u32, DeliveryError>
 where
@@ -131,7 +132,7 @@ where
             Err(e) => {
                 failures.fetch_add(1, Ordering::Relaxed);
                 let wait = policy.backoff(attempts);
-                tracing::error!(attempts, error = %e, ?wait, "cannot store {what}; delivery is blocked until it is stored");
+                failed(attempts, &e, wait);
                 tokio::time::sleep(wait).await;
             }
         }
@@ -184,25 +185,35 @@ mod tests {
     async fn the_error_output_is_retried_through_permanent_errors_until_stored() {
         let failures = AtomicU64::new(0);
         let mut calls = 0;
-        let attempts = until_stored(RetryPolicy::default(), "the backup", &failures, || {
-            calls += 1;
-            let n = calls;
-            async move {
-                if n < 6 {
-                    Err(DeliveryError::Permanent { code: "S3.AccessDenied".into(), message: "no".into() })
-                } else {
-                    Ok(())
+        let mut told = Vec::new();
+        let attempts = until_stored(
+            RetryPolicy::default(),
+            &failures,
+            |n, e, _| told.push((n, e.code().to_string())),
+            || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n < 6 {
+                        Err(DeliveryError::Permanent { code: "S3.AccessDenied".into(), message: "no".into() })
+                    } else {
+                        Ok(())
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
         assert_eq!(attempts.ok(), Some(6));
         assert_eq!(failures.load(Ordering::Relaxed), 5);
+        assert_eq!(told, (1..=5).map(|n| (n, "S3.AccessDenied".to_string())).collect::<Vec<_>>());
 
         // A payload no retry can store is given back at once, for the run to stop.
-        let unstorable = until_stored(RetryPolicy::default(), "the backup", &failures, || async {
-            Err(DeliveryError::Unstorable { code: "S3.InvalidKey".into(), message: "bad key".into() })
-        })
+        let unstorable = until_stored(
+            RetryPolicy::default(),
+            &failures,
+            |_, _, _| {},
+            || async { Err(DeliveryError::Unstorable { code: "S3.InvalidKey".into(), message: "bad key".into() }) },
+        )
         .await;
         assert!(matches!(unstorable, Err(DeliveryError::Unstorable { .. })));
     }

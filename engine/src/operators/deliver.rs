@@ -118,10 +118,23 @@ impl Target {
     /// epoch stays held, so nothing of it is taken for delivered.
     async fn store_error_output(&self, payload: Payload) -> Option<u32> {
         let failures = &self.metrics.sinks[self.index].error_output_failures;
-        let stored = until_stored(self.settings.retry, "the error output", failures, || {
-            self.error_sink.deliver(payload.clone())
-        })
-        .await;
+        // Through the error log, rate-limited: a store that is down blocks every object's error
+        // output at once (a partitioned sink's thousand), and each would log every attempt.
+        let blocked = |attempts: u32, error: &DeliveryError, wait: std::time::Duration| {
+            self.metrics.report_error(ErrorEvent {
+                level: Level::Error,
+                component: &self.name,
+                error_code: error.code(),
+                message: &format!(
+                    "cannot store the error output; delivery is blocked until it is stored (next try in {} ms): {error}",
+                    wait.as_millis()
+                ),
+                attempts: Some(attempts),
+                key: Some(&payload.key),
+            });
+        };
+        let stored =
+            until_stored(self.settings.retry, failures, blocked, || self.error_sink.deliver(payload.clone())).await;
         match stored {
             Ok(attempts) => Some(attempts),
             Err(e) => {
