@@ -516,12 +516,24 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                     };
                     let stored = matches!(outcome.ending, Ending::Stored);
                     metrics.audit(|trail| delivery_event(trail, &sink_name, &done, &outcome));
-                    if let Ending::Partly { error, key, .. } | Ending::BackedUp { error, key } = &outcome.ending {
+                    // One place says it, rate-limited: the error log (JSON, or log lines on stderr).
+                    let backed_up = match &outcome.ending {
+                        Ending::Partly { failed, error, key } => Some((
+                            error,
+                            format!("{failed} records refused by the destination, backed up to the error output ({key}): {error}"),
+                        )),
+                        Ending::BackedUp { error, key } => Some((
+                            error,
+                            format!("object not delivered; its records are backed up to the error output ({key}): {error}"),
+                        )),
+                        Ending::Stored => None,
+                    };
+                    if let Some((error, message)) = backed_up {
                         metrics.report_error(ErrorEvent {
                             level: Level::Error,
                             component: &sink_name,
                             error_code: error.code(),
-                            message: &format!("retries exhausted; records backed up to the error output ({key}): {error}"),
+                            message: &message,
                             attempts: Some(outcome.attempts),
                             key: Some(&done.key),
                         });
@@ -544,7 +556,6 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                             note_error_key(&done.key);
                         }
                         (Ending::Partly { failed, error, key }, _) => {
-                            tracing::error!(sink = %sink_name, key = %done.key, attempts = outcome.attempts, error = %error, backup = %key, failed, "records refused by the destination; they are in the error output");
                             m.stored.fetch_add(1, Relaxed);
                             m.records_delivered.fetch_add(done.records.saturating_sub(failed), Relaxed);
                             m.bytes_delivered.fetch_add(done.raw_bytes, Relaxed);
@@ -559,7 +570,6 @@ impl<'scope> Deliver<'scope> for Stream<'scope, Epoch, Vec<SealedObject>> {
                             }
                         }
                         (Ending::BackedUp { error, key }, _) => {
-                            tracing::error!(sink = %sink_name, key = %done.key, attempts = outcome.attempts, error = %error, backup = %key, "object not delivered; its records are in the error output");
                             m.records_failed.fetch_add(done.records, Relaxed);
                             m.error_objects.fetch_add(1, Relaxed);
                             m.count_reason(error.code(), done.records);
