@@ -123,10 +123,12 @@ impl ErrorLog {
             window.written += 1;
             std::mem::take(&mut window.held)
         };
-        self.write(event, held);
+        self.write(event, held, false);
     }
 
-    fn write(&self, event: ErrorEvent<'_>, held: u64) {
+    /// Writes `event`'s line; `held`: lines of its code held back before it; `at_stop`: the stop's
+    /// last line for its code, whose message says the count.
+    fn write(&self, event: ErrorEvent<'_>, held: u64, at_stop: bool) {
         let mut line = json!({
             "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "level": match event.level { Level::Warn => "WARN", Level::Error => "ERROR" },
@@ -150,7 +152,7 @@ impl ErrorLog {
         if self.json_on_stderr {
             let _ = std::io::stderr().lock().write_all(&text);
         } else {
-            log_line(&line, event, held);
+            log_line(&line, event, if at_stop { 0 } else { held });
         }
         if let Some(store) = &self.store {
             store.write(&text);
@@ -176,7 +178,7 @@ impl ErrorLog {
             .map(|(k, w)| (k.clone(), std::mem::take(&mut w.held)))
             .collect();
         for ((component, code, level), n) in held {
-            let message = format!("{n} more lines of this error were held back by the rate limit");
+            let message = format!("the rate limit held back {n} more lines of this error until the stop");
             let event = ErrorEvent {
                 level,
                 component: &component,
@@ -185,7 +187,7 @@ impl ErrorLog {
                 attempts: None,
                 key: None,
             };
-            self.write(event, n);
+            self.write(event, n, true);
         }
         if let Some(store) = &self.store {
             store.close();
@@ -204,7 +206,7 @@ fn log_line(line: &Value, event: ErrorEvent<'_>, held: u64) {
         details.push_str(&format!(", key {key}"));
     }
     if held > 0 {
-        details.push_str(&format!(", {held} lines like it held back since the last"));
+        details.push_str(&format!(", {held} more held back before this line"));
     }
     match event.level {
         Level::Warn => tracing::warn!(target: "sluice::error_log", "{message} ({details})"),
