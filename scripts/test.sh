@@ -70,4 +70,6 @@ fi
 export SLUICE_TEST_PYTHON="$PWD/$venv/bin/python"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+# The API docs build without a warning (broken or ambiguous links).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
 cargo test --workspace --no-fail-fast

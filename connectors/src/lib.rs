@@ -1,5 +1,5 @@
 //! sluice's connectors: sources, transforms and sinks, one file each behind the engine's traits, the explicit
-//! [`registry`], and the synthetic log profiles used by the generator source and `sluice gen`.
+//! [`mod@registry`], and the synthetic log profiles used by the generator source and `sluice gen`.
 
 pub mod api;
 pub mod kms;

@@ -245,7 +245,7 @@ impl Cluster {
     }
 
     /// timely's allocators for `workers` threads in this process, connected to every other
-    /// process (see [`Cluster::connect`]), and the guard of timely's communication threads.
+    /// process (see `Cluster::connect`), and the guard of timely's communication threads.
     pub fn allocators(
         &self,
         workers: usize,
@@ -266,7 +266,7 @@ pub type CommunicationGuard = Box<dyn std::any::Any + Send>;
 /// What each worker says in the handshake: (process, plan fingerprint, workers per process).
 type Hello = (usize, u64, usize);
 
-/// Runs the handshake on `worker`: every worker learns every other's [`Hello`]. `Err` (the same
+/// Runs the handshake on `worker`: every worker learns every other's `Hello`. `Err` (the same
 /// on every worker) when they disagree.
 pub fn handshake(worker: &mut timely::worker::Worker, hello: Hello) -> Result<(), ClusterError> {
     let heard: Rc<std::cell::RefCell<Vec<Hello>>> = Rc::default();

@@ -8,7 +8,7 @@
 //! the call made are synced into their holders (an error otherwise); ancestors that were there
 //! are synced into theirs where the file system can sync folders (a read-only root cannot, and
 //! needs not). A folder is synced once per process (a set lookup after that), remembering at most
-//! [`MAX_DURABLE_FOLDERS`] folders. When [`FileSystemSync::sync`] returns, everything written to
+//! `MAX_DURABLE_FOLDERS` folders. When [`FileSystemSync::sync`] returns, everything written to
 //! its file system before the call (files, folders, renames) is durable, the sync shared with the
 //! callers that came at about the same time.
 

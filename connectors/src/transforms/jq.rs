@@ -16,7 +16,7 @@
 //! the error output as `processing-failed` with code `Jq.ProcessingFailed`, and nothing of it goes on.
 //!
 //! The most common query shape — an object built from paths, optionally followed by one
-//! `select(.key == literal)` or `!=` on it — is also compiled into a [`Projection`] that reads the
+//! `select(.key == literal)` or `!=` on it — is also compiled into a `Projection` that reads the
 //! record's raw bytes without building jaq's values (about ten times faster). It answers only when
 //! its answer is exactly jaq's: the record is valid JSON, every path runs through objects or null,
 //! and every value it copies is written the same way by jaq (a string without escapes, an integer

@@ -1,5 +1,5 @@
 //! Transforms, one file each: what runs between sources and sinks (contract:
-//! `sluice_engine::contract::Transform`), listed in [`crate::registry`]; [`json`] is the scanner
+//! `sluice_engine::contract::Transform`), listed in [`mod@crate::registry`]; [`json`] is the scanner
 //! the JSON transforms share, [`mmdb`] the MaxMind DB search the enrich transform walks, [`words`]
 //! the eight-bytes-at-a-time byte tests the scanners use.
 

@@ -3,7 +3,7 @@
 //! An [`ObjectFormat`] opens [`ObjectEncoder`]s (one per object: append records, bytes so far, the
 //! finished output ready to be sent as a part, finish) and turns an encoded object back into its
 //! records (the backup of an object a destination refused). The generic formats are one file each:
-//! [`raw`], [`ndjson`], [`csv`] (record codecs streamed through a compressor by [`text`]) and
+//! [`mod@raw`], [`mod@ndjson`], [`mod@csv`] (record codecs streamed through a compressor by [`text`]) and
 //! [`parquet`]. A sink whose destination takes its own body (an HTTP endpoint's request JSON, a
 //! `_bulk` body) provides its format from its own file through the same contract
 //! ([`crate::contract::Sink::wire_format`]); the engine never names a sink.

@@ -169,7 +169,7 @@ impl ExchangeBudget {
 /// The buffer operator seals objects that are merely due (their interval passed, or the input
 /// ended) only while the queue has room: a partitioned sink with thousands of due partitions keeps
 /// them in their compact open form (bytes, no compressor) instead of turning them all at once into
-/// sealed objects that wait here. When it leaves due objects open it says so ([`Self::block`]), and
+/// sealed objects that wait here. When it leaves due objects open it says so (`block`), and
 /// the deliver operator wakes it once half the room is free. Partitions sealed early to keep a
 /// partitioned sink within `max_open_mb` take room too: with none left, the records that would
 /// need them wait in the buffer operator (counted in the [`InflightBudget`], so sources pause).

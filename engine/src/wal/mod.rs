@@ -5,7 +5,7 @@
 //! created; records carry it in their [`crate::record::Origin`]); segment files `<first sequence number, 20 digits>.wal`, each a header and
 //! framed entries ([`format`]); a `checkpoint` file (JSON) with the delivered frontier, how far the
 //! log was acknowledged, and the sealed segments it expects; and `quarantine/`, where recovery
-//! keeps damaged bytes and a report ([`recovery`]). A segment rolls when it reaches its size
+//! keeps damaged bytes and a report (`recovery`). A segment rolls when it reaches its size
 //! limit; segments wholly below the checkpoint are deleted.
 //!
 //! Guarantees, under crashes at any instant (unsynced bytes may be lost or torn; a rename or unlink

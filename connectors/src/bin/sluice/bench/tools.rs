@@ -13,7 +13,7 @@ pub(crate) fn find_program(name: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf
 }
 
 /// The `target` folders where `scripts/test.sh` puts the baselines: the working directory's and the
-/// binary's (target/<profile>/sluice).
+/// binary's (`target/<profile>/sluice`).
 pub(crate) fn venv_roots(sluice: &Path) -> Vec<PathBuf> {
     let mut roots = vec![PathBuf::from("target")];
     if let Some(target) = sluice.parent().and_then(Path::parent) {
