@@ -152,7 +152,7 @@ impl ErrorLog {
         if self.json_on_stderr {
             let _ = std::io::stderr().lock().write_all(&text);
         } else {
-            log_line(&line, event, if at_stop { 0 } else { held });
+            log_line(&self.stream, &line, event, if at_stop { 0 } else { held });
         }
         if let Some(store) = &self.store {
             store.write(&text);
@@ -195,8 +195,9 @@ impl ErrorLog {
     }
 }
 
-/// `line` (an error-log line) as a log line at its level: the message, then what else it says.
-fn log_line(line: &Value, event: ErrorEvent<'_>, held: u64) {
+/// `line` (an error-log line of `stream`) as a log line at its level: the message, then what else
+/// it says.
+fn log_line(stream: &str, line: &Value, event: ErrorEvent<'_>, held: u64) {
     let message = line["message"].as_str().unwrap_or_default();
     let mut details = format!("{}, {}", event.component, event.error_code);
     if let Some(attempts) = event.attempts {
@@ -209,8 +210,8 @@ fn log_line(line: &Value, event: ErrorEvent<'_>, held: u64) {
         details.push_str(&format!(", {held} more held back before this line"));
     }
     match event.level {
-        Level::Warn => tracing::warn!(target: "sluice::error_log", "{message} ({details})"),
-        Level::Error => tracing::error!(target: "sluice::error_log", "{message} ({details})"),
+        Level::Warn => tracing::warn!(target: "sluice::error_log", stream, "{message} ({details})"),
+        Level::Error => tracing::error!(target: "sluice::error_log", stream, "{message} ({details})"),
     }
 }
 
