@@ -104,6 +104,20 @@ fn a_store_answering_500_is_retried_with_backoff_then_backed_up_whole_objects_an
     }
     // Three 4 MiB objects of `small`, each tried at least twice.
     assert!(server.faults.refused.load(Relaxed) >= 2 * 3, "{}", server.faults.refused.load(Relaxed));
+    // Failed attempts that are tried again are in the error log (rate-limited), and each backup
+    // after them.
+    let lines = metrics.errors.get().map(|log| log.recent()).unwrap_or_default();
+    for sink in ["small", "big"] {
+        let of = |level: &str, says: &str| {
+            lines.iter().any(|l| {
+                l["component"] == sink
+                    && l["level"] == level
+                    && l["message"].as_str().is_some_and(|m| m.starts_with(says))
+            })
+        };
+        assert!(of("WARN", "delivery failed; retrying in"), "{sink}: {lines:#?}");
+        assert!(of("ERROR", "object not delivered; its records are backed up"), "{sink}: {lines:#?}");
+    }
 }
 
 #[test]

@@ -72,10 +72,13 @@ impl RetryClock {
 }
 
 /// Runs `attempt` until it succeeds, fails permanently, or the policy's duration runs out; returns
-/// the attempts made and the last result. Each failed attempt is counted in `counts` as it fails.
+/// the attempts made and the last result. Each failed attempt is counted in `counts` as it fails,
+/// and one that will be tried again is told to `retrying` (attempts so far, the error, the wait),
+/// which reports it; the last failure is the caller's to say.
 pub async fn with_retries<T, F, Fut>(
     policy: RetryPolicy,
     counts: &crate::metrics::SinkMetrics,
+    mut retrying: impl FnMut(u32, &DeliveryError, Duration),
     mut attempt: F,
 ) -> (u32, Result<T, DeliveryError>)
 where
@@ -88,17 +91,12 @@ where
         match attempt().await {
             Ok(v) => return (attempts, Ok(v)),
             Err(e) => match clock.after_failure(attempts, &e).inspect(|_| counts.count_failed_attempt(true)) {
-                None if e.is_retryable() => {
-                    counts.count_failed_attempt(false);
-                    tracing::warn!(attempts, error = %e, "delivery failed and its retry duration ran out");
-                    return (attempts, Err(e));
-                }
                 None => {
                     counts.count_failed_attempt(false);
                     return (attempts, Err(e));
                 }
                 Some(wait) => {
-                    tracing::debug!(attempts, error = %e, ?wait, "delivery failed; retrying");
+                    retrying(attempts, &e, wait);
                     tokio::time::sleep(wait).await;
                 }
             },
@@ -155,27 +153,43 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_retryable_errors_and_stops_at_permanent_ones() {
         let policy = RetryPolicy { duration: Duration::from_secs(10), ..RetryPolicy::default() };
-        let mut calls = 0;
-        let (attempts, result) = with_retries(policy, &crate::metrics::SinkMetrics::default(), || {
-            calls += 1;
-            let n = calls;
-            async move {
-                if n < 3 { Err(DeliveryError::Retryable { code: "x".into(), message: "busy".into() }) } else { Ok(()) }
-            }
-        })
+        let (mut calls, mut told) = (0, 0);
+        let (attempts, result) = with_retries(
+            policy,
+            &crate::metrics::SinkMetrics::default(),
+            |_, _, _| told += 1,
+            || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n < 3 {
+                        Err(DeliveryError::Retryable { code: "x".into(), message: "busy".into() })
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        )
         .await;
         assert_eq!(attempts, 3);
         assert!(result.is_ok());
+        assert_eq!(told, 2, "each failure tried again is told");
 
-        let (attempts, _) = with_retries(policy, &crate::metrics::SinkMetrics::default(), || async {
-            Err::<(), _>(DeliveryError::Permanent { code: "p".into(), message: "no".into() })
-        })
+        let (attempts, _) = with_retries(
+            policy,
+            &crate::metrics::SinkMetrics::default(),
+            |_, _, _| {},
+            || async { Err::<(), _>(DeliveryError::Permanent { code: "p".into(), message: "no".into() }) },
+        )
         .await;
         assert_eq!(attempts, 1);
 
-        let (attempts, result) = with_retries(policy, &crate::metrics::SinkMetrics::default(), || async {
-            Err::<(), _>(DeliveryError::Retryable { code: "r".into(), message: "down".into() })
-        })
+        let (attempts, result) = with_retries(
+            policy,
+            &crate::metrics::SinkMetrics::default(),
+            |_, _, _| {},
+            || async { Err::<(), _>(DeliveryError::Retryable { code: "r".into(), message: "down".into() }) },
+        )
         .await;
         assert!(result.is_err());
         assert!((3..=5).contains(&attempts), "{attempts}");

@@ -113,6 +113,18 @@ struct Target {
 }
 
 impl Target {
+    /// Says in the error log (rate-limited) that an attempt on `key` failed and will be tried again.
+    fn report_retry(&self, key: &str, attempts: u32, error: &DeliveryError, wait: std::time::Duration) {
+        self.metrics.report_error(ErrorEvent {
+            level: Level::Warn,
+            component: &self.name,
+            error_code: error.code(),
+            message: &format!("delivery failed; retrying in {} ms: {error}", wait.as_millis()),
+            attempts: Some(attempts),
+            key: Some(key),
+        });
+    }
+
     /// Stores an error-output object, retrying whatever the error until it is stored; `None` when
     /// it can never be stored (an invalid key): the run is then told to stop, and the object's
     /// epoch stays held, so nothing of it is taken for delivered.
@@ -201,15 +213,7 @@ impl Target {
                     (ending, _) => Outcome { attempts, ending },
                 });
             };
-            tracing::debug!(attempts, error = %error, ?wait, "delivery failed; retrying");
-            self.metrics.report_error(ErrorEvent {
-                level: Level::Warn,
-                component: &self.name,
-                error_code: error.code(),
-                message: &format!("delivery failed; retrying in {} ms: {error}", wait.as_millis()),
-                attempts: Some(attempts),
-                key: Some(&payload.key),
-            });
+            self.report_retry(&payload.key, attempts, &error, wait);
             tokio::time::sleep(wait).await;
         }
         Some(match refused_at {
@@ -263,7 +267,8 @@ impl Session {
         // Sessions are only opened for a sink that offers parts (the runtime checks).
         let (attempts, started) = match target.sink.parts() {
             Some(parts) => {
-                with_retries(retry, &target.metrics.sinks[target.index], || {
+                let retrying = |n, e: &DeliveryError, wait| target.report_retry(&self.key, n, e, wait);
+                with_retries(retry, &target.metrics.sinks[target.index], retrying, || {
                     parts.start_upload(&self.key, self.content_type, self.content_encoding)
                 })
                 .await
@@ -301,13 +306,18 @@ impl Session {
                 // are handed over here, in order (spawned tasks start in any order), and cannot be
                 // sent again: one attempt. A store with numbered parts retries each on its own.
                 let first_attempt = u.put_part(index, body.clone());
-                let (metrics, sink_index) = (Arc::clone(&target.metrics), target.index);
+                let (part_target, key) = (Arc::clone(target), self.key.clone());
                 uploads.push(tokio::spawn(async move {
+                    let (metrics, sink_index) = (&part_target.metrics, part_target.index);
                     let counts = &metrics.sinks[sink_index];
                     let result = match first_attempt.await {
                         Err(e) if e.is_retryable() && u.retries_parts() => {
                             counts.count_failed_attempt(true);
-                            with_retries(retry, counts, || u.put_part(index, body.clone())).await.1
+                            // Tried again at once (the first attempt was handed over in order).
+                            part_target.report_retry(&key, 1, &e, std::time::Duration::ZERO);
+                            let retrying =
+                                |n: u32, e: &DeliveryError, wait| part_target.report_retry(&key, n + 1, e, wait);
+                            with_retries(retry, counts, retrying, || u.put_part(index, body.clone())).await.1
                         }
                         result => {
                             if result.is_err() {
@@ -332,7 +342,10 @@ impl Session {
                 failure.get_or_insert(error);
             }
             let result = match (&upload, failure.take()) {
-                (Ok(u), None) => with_retries(retry, &target.metrics.sinks[target.index], || u.complete()).await.1,
+                (Ok(u), None) => {
+                    let retrying = |n, e: &DeliveryError, wait| target.report_retry(&self.key, n, e, wait);
+                    with_retries(retry, &target.metrics.sinks[target.index], retrying, || u.complete()).await.1
+                }
                 (Ok(u), Some(e)) => {
                     let _ = u.abort().await;
                     Err(e)
