@@ -150,27 +150,26 @@ mod tests {
         }
     }
 
+    /// An attempt that fails with `error` until its `succeeds_at`th call.
+    fn fails_until(
+        succeeds_at: u32,
+        error: DeliveryError,
+    ) -> impl FnMut() -> std::future::Ready<Result<(), DeliveryError>> {
+        let mut calls = 0;
+        move || {
+            calls += 1;
+            std::future::ready(if calls < succeeds_at { Err(error.clone()) } else { Ok(()) })
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retries_retryable_errors_and_stops_at_permanent_ones() {
         let policy = RetryPolicy { duration: Duration::from_secs(10), ..RetryPolicy::default() };
-        let (mut calls, mut told) = (0, 0);
-        let (attempts, result) = with_retries(
-            policy,
-            &crate::metrics::SinkMetrics::default(),
-            |_, _, _| told += 1,
-            || {
-                calls += 1;
-                let n = calls;
-                async move {
-                    if n < 3 {
-                        Err(DeliveryError::Retryable { code: "x".into(), message: "busy".into() })
-                    } else {
-                        Ok(())
-                    }
-                }
-            },
-        )
-        .await;
+        let mut told = 0;
+        let busy = DeliveryError::Retryable { code: "x".into(), message: "busy".into() };
+        let (attempts, result) =
+            with_retries(policy, &crate::metrics::SinkMetrics::default(), |_, _, _| told += 1, fails_until(3, busy))
+                .await;
         assert_eq!(attempts, 3);
         assert!(result.is_ok());
         assert_eq!(told, 2, "each failure tried again is told");
@@ -198,23 +197,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_error_output_is_retried_through_permanent_errors_until_stored() {
         let failures = AtomicU64::new(0);
-        let mut calls = 0;
         let mut told = Vec::new();
+        let denied = DeliveryError::Permanent { code: "S3.AccessDenied".into(), message: "no".into() };
         let attempts = until_stored(
             RetryPolicy::default(),
             &failures,
             |n, e, _| told.push((n, e.code().to_string())),
-            || {
-                calls += 1;
-                let n = calls;
-                async move {
-                    if n < 6 {
-                        Err(DeliveryError::Permanent { code: "S3.AccessDenied".into(), message: "no".into() })
-                    } else {
-                        Ok(())
-                    }
-                }
-            },
+            fails_until(6, denied),
         )
         .await;
         assert_eq!(attempts.ok(), Some(6));
