@@ -188,3 +188,38 @@ fn every_connector_type_refuses_an_unknown_key_in_an_otherwise_valid_table() {
     let registry_types = registry.sources.len() + registry.transforms.len() + registry.sinks.len();
     assert_eq!(types.len(), registry_types, "every registered type is checked: {types:?}");
 }
+
+/// A sink type whose registration and built sink disagree about the body, or whose `configure`
+/// refuses its keys without a reason, is reported as a bug in sluice, never taken silently.
+#[test]
+fn a_connector_at_odds_with_its_registration_is_reported_as_a_bug() {
+    use std::sync::Arc;
+
+    use sluice_engine::config::{ConnectorConfig, Problems, SinkType};
+    use sluice_engine::contract::Sink;
+
+    fn refuses_without_a_reason(_: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
+        Err(Problems::default())
+    }
+    let mut registry = registry();
+    // Registered with Splunk's body, built as an object store (which takes the engine's objects).
+    registry.sinks.push(SinkType {
+        name: "mislabelled",
+        configure: sluice_connectors::sinks::object_store::configure,
+        reads: &[],
+        fixed_body: Some(sluice_connectors::sinks::splunk::BODY),
+    });
+    registry.sinks.push(SinkType { name: "mute", configure: refuses_without_a_reason, reads: &[], fixed_body: None });
+    for (type_name, says) in [
+        ("mislabelled", "is registered with a fixed body but its sink gives no one (a bug in sluice)"),
+        ("mute", "a connector refused its keys without saying why (a bug in sluice)"),
+    ] {
+        let toml = format!(
+            "[pipeline]\nname = \"bug\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 1\n\
+             [sinks.out]\ntype = \"{type_name}\"\ninputs = [\"gen\"]\nurl = \"memory://bug\"\n"
+        );
+        let errors =
+            load_str("bug.toml", toml, Path::new("."), &registry).err().map(|d| d.to_string()).unwrap_or_default();
+        assert!(errors.contains(says), "{type_name}: {errors}");
+    }
+}

@@ -308,22 +308,14 @@ impl Section {
         match value.into_inner() {
             DeValue::Integer(i) => {
                 let n = i64_of(&i).unwrap_or(i64::MAX);
-                if range.contains(&n) {
-                    Some(Spanned::new(span, n))
-                } else {
-                    problems.push(
-                        Diagnostic::new(
-                            span,
-                            format!(
-                                "{} = {n} is out of range: expected {}..={}",
-                                self.label(key),
-                                range.start(),
-                                range.end()
-                            ),
-                        )
-                        .with_hint(why.to_string()),
-                    );
-                    None
+                // The one place a number out of range is said, for the engine's keys and connectors'.
+                let at = KeyAt { label: self.label(key), span: span.clone() };
+                match at.within(Some(n), n, range, why) {
+                    Ok(n) => Some(Spanned::new(span, n)),
+                    Err(problem) => {
+                        problems.push(problem);
+                        None
+                    }
                 }
             }
             other => {

@@ -1286,29 +1286,23 @@ fn take_sink_settings(
     // A refused `partitioning` is the one error about it: a prefix using partition keys is not another.
     let mut partitioning_refused = false;
     if let Some((type_name, body)) = fixed_body {
-        for key in OBJECT_BODY_KEYS {
-            if let Some(span) = section.key_span(key) {
-                section.take(key);
+        for key in OBJECT_BODY_KEYS.iter().chain(PARTITIONING_KEYS) {
+            let Some(span) = section.key_span(key) else { continue };
+            section.take(key);
+            let problem = if PARTITIONING_KEYS.contains(key) {
+                partitioning_refused = true;
+                Diagnostic::new(span, format!("a sink of type `{type_name}` cannot partition: it has no `{key}`"))
+                    .with_hint("dynamic partitioning names objects; only object store sinks have them")
+            } else {
                 let why = if matches!(*key, "format" | "compression") {
                     "where the sink can compress, it has its own key for it (e.g. `content_encoding`)".to_string()
                 } else {
                     format!("`{key}` belongs to the formats of object store sinks")
                 };
-                problems.push(
-                    Diagnostic::new(span, format!("a sink of type `{type_name}` has no `{key}`"))
-                        .with_hint(format!("its destination fixes the body ({}); {why}", body.describe)),
-                );
-            }
-        }
-        let refused: Vec<_> =
-            PARTITIONING_KEYS.iter().filter_map(|key| section.key_span(key).map(|s| (*key, s))).collect();
-        partitioning_refused = !refused.is_empty();
-        for (key, span) in refused {
-            section.take(key);
-            problems.push(
-                Diagnostic::new(span, format!("a sink of type `{type_name}` cannot partition: it has no `{key}`"))
-                    .with_hint("dynamic partitioning names objects; only object store sinks have them"),
-            );
+                Diagnostic::new(span, format!("a sink of type `{type_name}` has no `{key}`"))
+                    .with_hint(format!("its destination fixes the body ({}); {why}", body.describe))
+            };
+            problems.push(problem);
         }
     }
     // `compression` is read before the format: Parquet's default (snappy) differs from the others (none).
@@ -1415,7 +1409,7 @@ fn take_sink_settings(
         }
     };
     if let (Some((type_name, body)), Some(h), Some(span)) = (fixed_body, hints, &buffer_span) {
-        if let Some(rules) = body.buffering
+        if let Some(rules) = rules
             && h.interval > rules.max_interval
         {
             problems.push(
