@@ -1,6 +1,6 @@
 //! Destination outages against the real S3-protocol server: a store stopped for longer than the
 //! retry duration, a store answering 500 (also to a partitioned sink with more partitions than the
-//! delivery queue takes), a store answering 403. Every record must end in the
+//! delivery queue takes), a store answering 403, a store refusing parts of an upload for a while. Every record must end in the
 //! destination or in the error output (as Firehose error documents with the destination's code and
 //! the attempts made), and be counted; the error output blocks and retries while it is down too.
 
@@ -65,9 +65,9 @@ fn a_store_answering_500_is_retried_with_backoff_then_backed_up_whole_objects_an
     let root = tempfile::tempdir().unwrap();
     let server = server_with_bucket(root.path(), "bkt");
     server.faults.fail_writes(&["archive/data/", "archive/big/"], S3ErrorCode::InternalError);
-    // `small` makes whole 4 MiB objects; `big` one ~11 MB object uploaded in parts.
+    // `small` makes whole 4 MiB objects; `big` one ~27 MB object uploaded in 8 MiB parts.
     let toml = format!(
-        "[pipeline]\nname = \"five-hundreds\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 12000\nseed = 8\n{}{}",
+        "[pipeline]\nname = \"five-hundreds\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 30000\nseed = 8\n{}{}",
         sink(
             &server,
             "small",
@@ -82,7 +82,7 @@ fn a_store_answering_500_is_retried_with_backoff_then_backed_up_whole_objects_an
         ),
     );
     let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
-    let expected = sorted(generated(Profile::Cloudtrail, 8, 12000));
+    let expected = sorted(generated(Profile::Cloudtrail, 8, 30000));
     let out = stored(&server, "bkt");
     assert!(out.data.is_empty(), "{} data lines stored", out.data.len());
     let docs = &out.errors["s3-failed"];
@@ -98,12 +98,12 @@ fn a_store_answering_500_is_retried_with_backoff_then_backed_up_whole_objects_an
         assert!(doc["attemptEndingTimestamp"].as_i64() >= doc["arrivalTimestamp"].as_i64());
     }
     for m in &metrics.sinks {
-        assert_eq!(m.records_failed.load(Relaxed), 12000);
+        assert_eq!(m.records_failed.load(Relaxed), 30000);
         assert_eq!(m.records_delivered.load(Relaxed) + m.records_undelivered.load(Relaxed), 0);
-        assert_eq!(m.reasons.lock().unwrap().get("S3.InternalError"), Some(&12000));
+        assert_eq!(m.reasons.lock().unwrap().get("S3.InternalError"), Some(&30000));
     }
-    // Three 4 MiB objects of `small`, each tried at least twice.
-    assert!(server.faults.refused.load(Relaxed) >= 2 * 3, "{}", server.faults.refused.load(Relaxed));
+    // Six 4 MiB objects of `small`, each tried at least twice.
+    assert!(server.faults.refused.load(Relaxed) >= 2 * 6, "{}", server.faults.refused.load(Relaxed));
     // Failed attempts that are tried again are in the error log (rate-limited), and each backup
     // after them.
     let lines = metrics.errors.get().map(|log| log.recent()).unwrap_or_default();
@@ -117,6 +117,47 @@ fn a_store_answering_500_is_retried_with_backoff_then_backed_up_whole_objects_an
         };
         assert!(of("WARN", "delivery failed; retrying in"), "{sink}: {lines:#?}");
         assert!(of("ERROR", "object not delivered; its records are backed up"), "{sink}: {lines:#?}");
+    }
+}
+
+#[test]
+fn a_part_the_store_refuses_is_sent_again_under_its_number_and_said_in_the_error_log() {
+    let root = tempfile::tempdir().unwrap();
+    let server = server_with_bucket(root.path(), "bkt");
+    // The upload starts and completes; two of its part uploads fail (one part twice, or two once).
+    server.faults.fail_next("UploadPart", 2, S3ErrorCode::InternalError);
+    let toml = format!(
+        "[pipeline]\nname = \"parts\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 30000\nseed = 8\n{}",
+        sink(
+            &server,
+            "big",
+            "bkt",
+            "prefix = \"big/\"\nformat = \"ndjson\"\nbuffer = { size_mb = 128, interval_s = 60 }\nretry = { duration_s = 30 }"
+        ),
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
+    assert_eq!(server.faults.refused.load(Relaxed), 2);
+    let objects = folder_objects(&server.root.join("bkt"));
+    assert_eq!(objects.len(), 1, "{:?}", objects.keys().collect::<Vec<_>>());
+    let (key, lines) = objects.into_iter().next().unwrap();
+    assert_eq!(sorted(lines), sorted(generated(Profile::Cloudtrail, 8, 30000)), "{key}");
+    let m = &metrics.sinks[0];
+    assert_eq!(m.records_delivered.load(Relaxed), 30000);
+    assert_eq!(m.records_failed.load(Relaxed), 0);
+    assert!(m.parts.load(Relaxed) >= 2, "a ~27 MB object goes in 8 MiB parts");
+    // The parts' retried attempts are in the error log, under the object's key: nothing else failed.
+    let lines = metrics.errors.get().map(|log| log.recent()).unwrap_or_default();
+    let retried: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            l["level"] == "WARN" && l["message"].as_str().is_some_and(|m| m.starts_with("delivery failed; retrying in"))
+        })
+        .collect();
+    assert!(!retried.is_empty(), "{lines:#?}");
+    for line in retried {
+        assert_eq!(line["component"], "big", "{line}");
+        assert_eq!(line["errorCode"], "S3.InternalError", "{line}");
+        assert_eq!(format!("archive/{}", line["key"].as_str().unwrap()), key, "{line}");
     }
 }
 

@@ -37,10 +37,15 @@ pub struct S3Server {
 /// Key prefixes whose writes fail, and the S3 error they get.
 type FaultRule = (Vec<String>, S3ErrorCode);
 
+/// An operation whose next calls fail, how many more will, and the S3 error they get.
+type NextFailures = (&'static str, u64, S3ErrorCode);
+
 /// Writes (PutObject and the multipart calls) under these key prefixes fail with this S3 error.
 #[derive(Clone, Default)]
 pub struct Faults {
     rule: Arc<Mutex<Option<FaultRule>>>,
+    /// Calls that fail whatever their key ([`Faults::fail_next`]).
+    next: Arc<Mutex<Option<NextFailures>>>,
     /// Writes refused so far.
     pub refused: Arc<AtomicU64>,
 }
@@ -50,9 +55,26 @@ impl Faults {
         *self.rule.lock().unwrap() = Some((prefixes.iter().map(|p| p.to_string()).collect(), code));
     }
 
+    /// The next `times` calls of `operation` (e.g. "UploadPart") fail with `code`, whatever the key.
+    pub fn fail_next(&self, operation: &'static str, times: u64, code: S3ErrorCode) {
+        *self.next.lock().unwrap() = Some((operation, times, code));
+    }
+
     /// Writes succeed again.
     pub fn heal(&self) {
         *self.rule.lock().unwrap() = None;
+        *self.next.lock().unwrap() = None;
+    }
+
+    /// The error the call of `operation` gets from [`Faults::fail_next`], counting it.
+    fn next_failure(&self, operation: &str) -> Option<S3ErrorCode> {
+        let mut next = self.next.lock().unwrap();
+        let (named, left, code) = next.as_mut()?;
+        if *named != operation || *left == 0 {
+            return None;
+        }
+        *left -= 1;
+        Some(code.clone())
     }
 }
 
@@ -63,6 +85,10 @@ impl S3Access for FaultyAccess {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         if cx.credentials().is_none() {
             return Err(s3s::s3_error!(AccessDenied, "Signature required"));
+        }
+        if let Some(code) = self.0.next_failure(cx.s3_op().name()) {
+            self.0.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(S3Error::with_message(code, "injected by the test"));
         }
         let write = matches!(
             cx.s3_op().name(),
