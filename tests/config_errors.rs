@@ -149,11 +149,9 @@ inputs = ["once"]
 url = "memory://out/x"
 "#;
 
-/// A connector reports its problems itself (`Problems`): one that went on past an unknown key in
-/// its table and returned its connector anyway would accept any typo. Each table of each valid
-/// example gets one unknown key in turn: that key, and only it, is reported.
-#[test]
-fn every_connector_type_refuses_an_unknown_key_in_an_otherwise_valid_table() {
+/// Calls `check(file, lines, header, path, type)` for each connector table of each valid example
+/// (and [`EVERY_OTHER_TYPE`]), which each validate as they are; every registered type is among them.
+fn for_each_connector_table(mut check: impl FnMut(&str, &[&str], usize, &str, &str)) {
     let dir = super::support::repo_root().join("pipelines");
     let mut files: Vec<(String, String)> = example_pipelines()
         .into_iter()
@@ -176,17 +174,69 @@ fn every_connector_type_refuses_an_unknown_key_in_an_otherwise_valid_table() {
                 .find_map(|l| l.strip_prefix("type = "))
                 .unwrap_or_else(|| panic!("{file}: [{path}] has no type"));
             types.insert(format!("{}{kind}", &path[..path.find('.').unwrap_or(0)]));
-            let mut changed = lines.clone();
-            changed.insert(at + 1, "bogus_key_for_the_test = 1");
-            let errors = match load_str(file, changed.join("\n"), &dir, &registry) {
-                Ok(_) => panic!("{file}: [{path}] (type {kind}) took an unknown key"),
-                Err(d) => d.items.iter().map(|i| i.message.clone()).collect::<Vec<_>>(),
-            };
-            assert_eq!(errors, [format!("unknown key `{path}.bogus_key_for_the_test`")], "{file}: [{path}]");
+            check(file, &lines, at, path, kind);
         }
     }
     let registry_types = registry.sources.len() + registry.transforms.len() + registry.sinks.len();
     assert_eq!(types.len(), registry_types, "every registered type is checked: {types:?}");
+}
+
+/// The messages of `lines` loaded as `file`, none when it validates.
+fn messages(file: &str, lines: &[&str]) -> Vec<String> {
+    let dir = super::support::repo_root().join("pipelines");
+    match load_str(file, lines.join("\n"), &dir, &registry()) {
+        Ok(_) => Vec::new(),
+        Err(d) => d.items.iter().map(|i| i.message.clone()).collect(),
+    }
+}
+
+/// A connector reports its problems itself (`Problems`): one that went on past an unknown key in
+/// its table and returned its connector anyway would accept any typo. Each table of each valid
+/// example gets one unknown key in turn: that key, and only it, is reported.
+#[test]
+fn every_connector_type_refuses_an_unknown_key_in_an_otherwise_valid_table() {
+    for_each_connector_table(|file, lines, at, path, kind| {
+        let mut changed = lines.to_vec();
+        changed.insert(at + 1, "bogus_key_for_the_test = 1");
+        let errors = messages(file, &changed);
+        assert!(!errors.is_empty(), "{file}: [{path}] (type {kind}) took an unknown key");
+        assert_eq!(errors, [format!("unknown key `{path}.bogus_key_for_the_test`")], "{file}: [{path}]");
+    });
+}
+
+/// A required key that is absent or of the wrong type is reported, and the connector's checks of
+/// its other keys still run on a stand-in for it (so they are reported at once too): the stand-in
+/// itself must never come out as a problem, nor a check comparing another key with it. Each key
+/// of each table of each valid example is left out in turn, then given a number of another type:
+/// when that makes a required key missing, or a key of the wrong type, that is the only problem.
+#[test]
+fn a_required_key_left_out_of_a_valid_table_is_its_only_problem() {
+    let mut required = std::collections::BTreeSet::new();
+    for_each_connector_table(|file, lines, at, path, kind| {
+        let table = lines[at + 1..].iter().take_while(|l| !l.starts_with('[')).count();
+        for line in at + 1..=at + table {
+            let Some((key, _)) = lines[line].split_once(" = ") else { continue };
+            let mut changed = lines.to_vec();
+            changed.remove(line);
+            let errors = messages(file, &changed);
+            let missing = format!("in `{path}`: missing field `{key}`");
+            if errors.contains(&missing) {
+                assert_eq!(errors, [missing], "{file}: [{path}] without `{key}`");
+                required.insert(format!("{kind}.{key}"));
+            }
+            let wrong = format!("{key} = 1.5");
+            changed.insert(line, &wrong);
+            let errors = messages(file, &changed);
+            let said = format!("in `{path}.{key}`: invalid type: floating point `1.5`");
+            if errors.iter().any(|e| e.starts_with(&said)) {
+                assert_eq!(errors.len(), 1, "{file}: [{path}] with {wrong}: {errors:?}");
+            }
+        }
+    });
+    // The examples' required keys: a change that stops reporting them is caught too.
+    for key in ["\"object_store\".url", "\"jq\".query", "\"file\".paths", "\"opensearch\".index", "\"splunk\".token"] {
+        assert!(required.contains(key), "{key} not found required: {required:?}");
+    }
 }
 
 /// A sink type whose registration and built sink disagree about the body, or whose `configure`

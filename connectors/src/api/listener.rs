@@ -82,7 +82,9 @@ impl ListenerLimits {
         let body_timeout = table.take_int_in("body_timeout_s", 1..=3600, seconds, &mut problems);
         let idle = table.take_int_in("idle_timeout_s", 1..=3600, seconds, &mut problems);
         if !problems.is_empty() {
-            found.0.extend(problems);
+            for problem in problems {
+                found.push(problem);
+            }
             return None;
         }
         let secs = |v: toml::Spanned<i64>| Duration::from_secs(v.into_inner() as u64);

@@ -166,6 +166,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<ObjectStoreConfig>(&mut problems) else { return Err(problems) };
     let sse = match &c.encryption {
+        // Without a URL (its absence reported) there is no store to check the encryption against.
+        Some(_) if problems.said("url") => Some(Vec::new()),
         Some(sse) => problems.take(
             sse.options(&c.url).map_err(|(message, hint)| Diagnostic::new(encryption_span, message).with_hint(hint)),
         ),
@@ -228,12 +230,15 @@ impl BackupOwner {
                 // Written but refused: that problem is reported already.
                 return Err(Problems::default());
             }
-            return Err(Diagnostic::new(self.sink_span.clone(), format!("an `{type_name}` sink needs `backup_store`"))
-                .with_hint(
-                    "where records the destination does not take are kept, as Firehose's S3Configuration: \
+            return Err(Diagnostic::new(
+                self.sink_span.clone(),
+                format!("a sink of type `{type_name}` needs `backup_store`"),
+            )
+            .with_hint(
+                "where records the destination does not take are kept, as Firehose's S3Configuration: \
                      backup_store = { url = \"s3://bucket/prefix\" } (or file://./failed)",
-                )
-                .into());
+            )
+            .into());
         };
         let sink = ObjectStoreSink::from_config(&store.url, &store.options)
             .map_err(|(message, hint)| {

@@ -379,7 +379,9 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
                 .with_hint("the table's columns to load, in order, as Firehose's DataTableColumns"),
         );
     }
-    if let Some(unknown) = c.mapping.keys().find(|k| !c.columns.contains(k)) {
+    // Without `columns` (its absence reported) neither `mapping` nor a jsonb load has columns to check.
+    let columns_given = !problems.said("columns");
+    if let Some(unknown) = c.mapping.keys().find(|k| columns_given && !c.columns.contains(k)) {
         problems.push(
             Diagnostic::new(mapping_span, format!("`mapping` names `{unknown}`, which is not in `columns`"))
                 .with_hint("mapping = { column = \"json.path\" } for columns listed in `columns`"),
@@ -392,7 +394,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
                 .map(|col| c.mapping.get(col).unwrap_or(col).split('.').map(str::to_string).collect())
                 .collect(),
         )),
-        Some("json") if c.columns.len() == 1 && c.mapping.is_empty() => Ok(Mapping::Json),
+        Some("json") if (c.columns.len() == 1 || !columns_given) && c.mapping.is_empty() => Ok(Mapping::Json),
         Some("json") => Err(Diagnostic::new(format_span, "format = \"json\" loads one jsonb column")
             .with_hint("columns = [\"record\"] and no `mapping`")),
         Some(other) => Err(Diagnostic::new(format_span, format!("unknown format `{other}`"))

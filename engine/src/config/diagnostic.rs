@@ -45,19 +45,35 @@ impl Diagnostic {
 /// engine does for its keys, instead of the first. A check may fail with none when its problem was
 /// reported already (a key deserializing left out); a `configure` that fails with none at all is a
 /// bug the resolver reports as such.
+///
+/// A required key that is absent is reported by [`crate::config::Section::deserialize`], which
+/// then stands in for it so that the connector's checks of its other keys still run, and a key
+/// written wrong is reported there and left out: a check of either is a follow-on of what was
+/// said and is not kept when it points where their problems do (the table, for a stand-in; where
+/// the key was written); a check that needs such a key's value (comparing another key with it,
+/// or asking for one of two keys) asks [`Problems::said`] first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Problems(pub Vec<Diagnostic>);
+pub struct Problems {
+    found: Vec<Diagnostic>,
+    /// The keys whose problem is said already (absent though required, or written wrong).
+    said: Vec<String>,
+    /// Where a check of those keys is a follow-on (see [`Problems`]).
+    follow_ons_at: Vec<Range<usize>>,
+}
 
 impl From<Diagnostic> for Problems {
     fn from(diagnostic: Diagnostic) -> Self {
-        Problems(vec![diagnostic])
+        Problems { found: vec![diagnostic], ..Problems::default() }
     }
 }
 
 impl Problems {
-    /// Adds a problem.
+    /// Adds a problem (unless it is a follow-on of one said already: see [`Problems`]).
     pub fn push(&mut self, diagnostic: Diagnostic) {
-        self.0.push(diagnostic);
+        if self.follow_ons_at.contains(&diagnostic.span) {
+            return;
+        }
+        self.found.push(diagnostic);
     }
 
     /// The value of a check, or `None` with its problems kept: checks go on past a failed one.
@@ -65,7 +81,9 @@ impl Problems {
         match checked {
             Ok(value) => Some(value),
             Err(problems) => {
-                self.0.extend(problems.into().0);
+                for diagnostic in problems.into().found {
+                    self.push(diagnostic);
+                }
                 None
             }
         }
@@ -75,9 +93,33 @@ impl Problems {
     /// `None`: a check that failed added its problem, or said it was reported already).
     pub fn finish<T>(self, value: Option<T>) -> Result<T, Problems> {
         match value {
-            Some(value) if self.0.is_empty() => Ok(value),
+            Some(value) if self.found.is_empty() => Ok(value),
             _ => Err(self),
         }
+    }
+
+    /// Whether a problem of `key` is said already (a required key absent, its value a stand-in;
+    /// a key written wrong and left out, its value as if unwritten): a check that needs its value
+    /// has none to check.
+    pub fn said(&self, key: &str) -> bool {
+        self.said.iter().any(|k| k == key)
+    }
+
+    /// Says that the problems of `keys` are said already, and that checks pointing `at` these
+    /// spans are their follow-ons.
+    pub(crate) fn said_already(&mut self, keys: Vec<String>, at: Vec<Range<usize>>) {
+        self.said.extend(keys);
+        self.follow_ons_at.extend(at);
+    }
+
+    /// Whether no problem was found.
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    /// The problems found.
+    pub fn into_diagnostics(self) -> Vec<Diagnostic> {
+        self.found
     }
 }
 

@@ -410,25 +410,40 @@ impl Section {
     /// at is left out and the rest deserialized again until serde takes it; the config without the
     /// keys left out is returned, so the connector checks what is left and reports its own problems
     /// too. A required key that is absent is reported (unless it was left out, or misspelt as an
-    /// unknown key said) and stood in for, so the rest is still read, but then `None`: no
-    /// connector is built on a stand-in.
+    /// unknown key said) and stood in for (an empty string, 0, false, an empty list or table,
+    /// whichever serde takes), so the rest is still read and the connector's checks of its other
+    /// keys still run: `problems` knows which keys' problems it holds ([`Problems::said`]), keeps
+    /// no check of a stand-in or of a key left out, and holds the key's absence, so no connector
+    /// is built on a stand-in. `None` when no stand-in fits.
     pub fn deserialize<T: DeserializeOwned>(self, problems: &mut Problems) -> Option<T> {
         let whole = self.span.clone();
         let path = self.path.clone();
         let asked: Vec<&str> = self.engine_keys.iter().copied().chain(self.asked.iter().map(String::as_str)).collect();
         let mut entries = self.entries;
         let (mut left_out, mut misspelt): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+        // Where each key left out was written (its name's span and its value's).
+        let mut written_at: Vec<Range<usize>> = Vec::new();
         // A required key that is absent is reported, then stood in for by a placeholder (of each
         // kind in turn, until serde takes one) so the rest of the table is still read; the
         // connector is then not built. The placeholder's span is no key's: serde's complaint about
         // it means "another kind".
         let stand_in_span = whole.end..whole.end;
         let mut stand_in: Option<(Spanned<std::borrow::Cow<'static, str>>, usize)> = None;
-        let mut incomplete = false;
+        let mut stood_in: Vec<String> = Vec::new();
         loop {
             let value: Value = Spanned::new(whole.clone(), DeValue::Table(entries.clone()));
             let error = match T::deserialize(toml::de::ValueDeserializer::from(value)) {
-                Ok(config) => return (!incomplete).then_some(config),
+                Ok(config) => {
+                    // The connector's checks of what was said here are follow-ons: of a stand-in,
+                    // at the table (where an absent key's problems point); of a key written
+                    // wrong, where it was written.
+                    if !stood_in.is_empty() {
+                        written_at.push(whole);
+                    }
+                    let said = stood_in.into_iter().chain(left_out).chain(misspelt).collect();
+                    problems.said_already(said, written_at);
+                    return Some(config);
+                }
                 Err(error) => error,
             };
             let message = error.message().trim().to_string();
@@ -450,7 +465,7 @@ impl Section {
                 if !left_out.iter().chain(&misspelt).any(|k| k == missing) {
                     problems.push(Diagnostic::new(span.clone(), format!("in `{path}`: {message}")));
                 }
-                incomplete = true;
+                stood_in.push(missing.to_string());
                 let key = Spanned::new(stand_in_span.clone(), std::borrow::Cow::Owned(missing.to_string()));
                 entries.insert(key.clone(), stand_in_value(STAND_INS[0], &stand_in_span));
                 stand_in = Some((key, 0));
@@ -481,6 +496,9 @@ impl Section {
             });
             let (key, _) = culprit?;
             left_out.push(key.get_ref().to_string());
+            if let Some(value) = entries.get(&key) {
+                written_at.extend([key.span(), value.span()]);
+            }
             entries.remove(&key);
         }
     }
@@ -601,11 +619,17 @@ mod tests {
 
     /// What a connector's `deserialize` of the table `[t]` written as `text` gives, and the messages.
     fn connector_keys(text: &'static str) -> (Option<ConnectorKeys>, Vec<String>) {
+        let (keys, found) = connector_problems(text);
+        (keys, found.into_diagnostics().into_iter().map(|d| d.message).collect())
+    }
+
+    /// What a connector's `deserialize` of the table `[t]` written as `text` gives, and its problems.
+    fn connector_problems(text: &'static str) -> (Option<ConnectorKeys>, Problems) {
         let mut root = parse_document(text).unwrap_or_else(|e| panic!("{e:?}"));
         let table = root.take_table("t", &mut Vec::new()).unwrap_or_else(|| panic!("no [t] in {text}"));
         let mut found = Problems::default();
         let keys = table.deserialize::<ConnectorKeys>(&mut found);
-        (keys, found.0.into_iter().map(|d| d.message).collect())
+        (keys, found)
     }
 
     #[test]
@@ -651,20 +675,50 @@ mod tests {
 
     #[test]
     fn a_required_key_misspelt_or_of_the_wrong_type_is_reported_once() {
+        // Misspelt: the unknown key is the problem; a stand-in takes the required key's place.
         let (keys, messages) = connector_keys("[t]\nuri = \"u\"\n");
-        assert!(keys.is_none());
+        assert_eq!(keys.map(|k| k.url), Some(String::new()));
         assert_eq!(messages.len(), 1, "{messages:?}");
         assert!(messages[0].contains("unknown key `t.uri`"), "{messages:?}");
-        let (keys, messages) = connector_keys("[t]\nurl = 5\ntimeout_s = \"x\"\n");
-        assert!(keys.is_none());
+        // Of the wrong type: said once; a check of its stand-in, pointing where it was written, is
+        // not kept.
+        let text = "[t]\nurl = 5\ntimeout_s = \"x\"\n";
+        let (keys, mut found) = connector_problems(text);
+        assert!(keys.is_some() && found.said("url"));
+        let written = text.find('5').unwrap_or_default();
+        found.push(Diagnostic::new(written..written + 1, "`` is not a URL"));
+        let messages: Vec<String> = found.into_diagnostics().into_iter().map(|d| d.message).collect();
         assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages.iter().all(|m| m.contains("invalid type")), "{messages:?}");
         // A required key never written is reported (it is no follow-on of another problem), and
         // the rest is still read: every problem of the table at once.
         let (keys, messages) = connector_keys("[t]\nname = 7\n");
-        assert!(keys.is_none());
+        assert!(keys.is_some());
         assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages.contains(&"in `t`: missing field `url`".to_string()), "{messages:?}");
         assert!(messages.iter().any(|m| m.starts_with("in `t.name`: invalid type")), "{messages:?}");
+    }
+
+    #[test]
+    fn a_stand_in_for_a_missing_key_is_never_a_problem_of_its_own_and_the_other_checks_run() {
+        let text = "[t]\ntimeout_s = 0\n";
+        let mut root = parse_document(text).unwrap_or_else(|e| panic!("{e:?}"));
+        let table = root.take_table("t", &mut Vec::new()).unwrap_or_else(|| panic!("no [t]"));
+        let (url, timeout) = (table.key_at("url"), table.key_at("timeout_s"));
+        let mut found = Problems::default();
+        let keys = table.deserialize::<ConnectorKeys>(&mut found).unwrap_or_else(|| panic!("{found:?}"));
+        assert!(found.said("url") && !found.said("timeout_s"));
+        // The connector's checks: of the stand-in (at the table, where an absent key's problems
+        // point), not kept; of the key written, kept; and no connector is built.
+        found.push(Diagnostic::new(url.span, format!("`{}` is not a URL", keys.url)));
+        found.take(timeout.within(keys.timeout_s, 60, 1..=900, "default 60"));
+        let messages: Vec<String> = found.clone().into_diagnostics().into_iter().map(|d| d.message).collect();
+        assert_eq!(messages, ["in `t`: missing field `url`", "`t.timeout_s` = 0 is out of range: expected 1..=900"]);
+        assert!(found.finish(Some(keys)).is_err());
+        // Nothing stood in for: a problem at the table is kept.
+        let (keys, mut found) = connector_problems("[t]\nurl = \"u\"\n");
+        assert!(keys.is_some() && !found.said("url"));
+        found.push(Diagnostic::new(0..text.len(), "a problem of the whole table"));
+        assert!(!found.is_empty());
     }
 }

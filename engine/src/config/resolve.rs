@@ -1211,10 +1211,10 @@ fn take_type(
 /// What a connector that refused its keys reported; a refusal without a reason is said as one (a
 /// connector's bug), never taken for success or left silent.
 fn refusal(found: super::Problems) -> Vec<Diagnostic> {
-    if found.0.is_empty() {
+    if found.is_empty() {
         return vec![Diagnostic::new(0..0, "a connector refused its keys without saying why (a bug in sluice)")];
     }
-    found.0
+    found.into_diagnostics()
 }
 
 /// The hint for a value that is none of `names`: the nearest, if it looks like a typo of one, and all.
