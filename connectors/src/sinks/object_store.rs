@@ -174,10 +174,10 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
         None => Some(Vec::new()),
     };
     let sink = sse.and_then(|sse| {
-        problems.take(ObjectStoreSink::from_config_with(&c.url, &c.options, sse).map_err(|(message, hint)| {
-            let span = if message.contains("option `") { options_span.clone() } else { url_span.clone() };
-            Diagnostic::new(span, message).with_hint(hint)
-        }))
+        problems.take(
+            ObjectStoreSink::from_config_with(&c.url, &c.options, sse)
+                .map_err(|e| e.at(if e.is_about_an_option() { &options_span } else { &url_span })),
+        )
     });
     let sink = problems.finish(sink)?;
     let sink = sink.owned_by(&config.pipeline, &config.name, &config.data_dir);
@@ -241,18 +241,81 @@ impl BackupOwner {
             .into());
         };
         let sink = ObjectStoreSink::from_config(&store.url, &store.options)
-            .map_err(|(message, hint)| {
-                Diagnostic::new(self.store_span.clone(), format!("backup_store: {message}")).with_hint(hint)
-            })?
+            .map_err(|e| Diagnostic::new(self.store_span.clone(), format!("backup_store: {e}")).with_hint(e.hint()))?
             .owned_by(&self.pipeline, &format!("{}-backup", self.name), &self.data_dir);
         Ok(Arc::new(sink))
     }
 }
 
+/// What is wrong with a store's URL or options as written in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreConfigError {
+    /// The URL cannot be read (no scheme, or a relative path without a current folder).
+    #[error("bad url `{url}`: {reason}")]
+    BadUrl {
+        /// The URL as written.
+        url: String,
+        /// Why it cannot be read.
+        reason: String,
+    },
+    /// A scheme no store speaks.
+    #[error("unsupported object store scheme `{scheme}://`")]
+    UnsupportedScheme {
+        /// The scheme as written.
+        scheme: String,
+    },
+    /// An option the scheme's store does not know.
+    #[error("unknown option `{key}` for {scheme}:// stores")]
+    UnknownOption {
+        /// The option's name.
+        key: String,
+        /// The URL's scheme.
+        scheme: String,
+    },
+    /// An option whose value is no string, boolean or integer.
+    #[error("option `{key}` must be a string, boolean or integer")]
+    OptionType {
+        /// The option's name.
+        key: String,
+    },
+    /// The store's builder refused the URL with its options.
+    #[error("cannot use `{url}`: {cause}")]
+    Refused {
+        /// The URL as written.
+        url: String,
+        /// What the builder said.
+        cause: String,
+    },
+}
+
+impl StoreConfigError {
+    /// How to put it right.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            StoreConfigError::BadUrl { .. } => "e.g. s3://bucket/prefix, file://./out, memory://test",
+            StoreConfigError::UnsupportedScheme { .. } => "use s3://, gs://, az://, http(s)://, file:// or memory://",
+            StoreConfigError::UnknownOption { .. } => {
+                "use object_store's option names, e.g. region, endpoint, access_key_id, allow_http"
+            }
+            StoreConfigError::OptionType { .. } => "e.g. allow_http = true, region = \"eu-west-1\"",
+            StoreConfigError::Refused { .. } => "check the url and options",
+        }
+    }
+
+    /// The problem pointing at `span`.
+    pub fn at(&self, span: &std::ops::Range<usize>) -> Diagnostic {
+        Diagnostic::new(span.clone(), self.to_string()).with_hint(self.hint())
+    }
+
+    /// Whether it is about `options` (else about the URL).
+    pub fn is_about_an_option(&self) -> bool {
+        matches!(self, StoreConfigError::UnknownOption { .. } | StoreConfigError::OptionType { .. })
+    }
+}
+
 impl ObjectStoreSink {
-    /// Builds the store for `url` with `options` as written in a pipeline file; an error is
-    /// (message, hint).
-    pub fn from_config(url: &str, options: &BTreeMap<String, toml::Value>) -> Result<Self, (String, String)> {
+    /// Builds the store for `url` with `options` as written in a pipeline file; or what is wrong.
+    pub fn from_config(url: &str, options: &BTreeMap<String, toml::Value>) -> Result<Self, StoreConfigError> {
         Self::from_config_with(url, options, Vec::new())
     }
 
@@ -261,14 +324,11 @@ impl ObjectStoreSink {
         url: &str,
         options: &BTreeMap<String, toml::Value>,
         extra: Vec<(String, String)>,
-    ) -> Result<Self, (String, String)> {
+    ) -> Result<Self, StoreConfigError> {
         let mut texts = Vec::new();
         for (key, value) in options {
             let Some(text) = option_text(value) else {
-                return Err((
-                    format!("option `{key}` must be a string, boolean or integer"),
-                    "e.g. allow_http = true, region = \"eu-west-1\"".to_string(),
-                ));
+                return Err(StoreConfigError::OptionType { key: key.clone() });
             };
             texts.push((key.clone(), text));
         }
@@ -276,22 +336,18 @@ impl ObjectStoreSink {
         ObjectStoreSink::from_url(url, &texts)
     }
 
-    /// Builds the store for `url`; an error is (message, hint).
-    pub fn from_url(url: &str, options: &[(String, String)]) -> Result<Self, (String, String)> {
-        let bad_url = |e: String| {
-            (format!("bad url `{url}`: {e}"), "e.g. s3://bucket/prefix, file://./out, memory://test".to_string())
-        };
+    /// Builds the store for `url`, or says what is wrong.
+    pub fn from_url(url: &str, options: &[(String, String)]) -> Result<Self, StoreConfigError> {
+        let bad_url = |reason: String| StoreConfigError::BadUrl { url: url.to_string(), reason };
         let Some((scheme, rest)) = url.split_once("://") else {
             return Err(bad_url("no scheme".into()));
         };
-        let unknown = |key: &str, scheme: &str| {
-            (
-                format!("unknown option `{key}` for {scheme}:// stores"),
-                "use object_store's option names, e.g. region, endpoint, access_key_id, allow_http".to_string(),
-            )
+        let unknown = |key: &str, scheme: &str| StoreConfigError::UnknownOption {
+            key: key.to_string(),
+            scheme: scheme.to_string(),
         };
         let build_error =
-            |e: object_store::Error| (format!("cannot use `{url}`: {e}"), "check the url and options".to_string());
+            |e: object_store::Error| StoreConfigError::Refused { url: url.to_string(), cause: e.to_string() };
         let mut parts: Option<Arc<dyn MultipartStore>> = None;
         let mut credentials = None;
         let (store, base, local_dir, code_prefix): (Arc<dyn ObjectStore>, Path, _, _) = match scheme {
@@ -364,12 +420,7 @@ impl ObjectStoreSink {
                 }
                 (Arc::new(b.build().map_err(build_error)?), Path::default(), None, "Http")
             }
-            other => {
-                return Err((
-                    format!("unsupported object store scheme `{other}://`"),
-                    "use s3://, gs://, az://, http(s)://, file:// or memory://".to_string(),
-                ));
-            }
+            other => return Err(StoreConfigError::UnsupportedScheme { scheme: other.to_string() }),
         };
         let healthcheck = !matches!(scheme, "file" | "memory");
         // The URL is kept only to be shown: without its secrets.

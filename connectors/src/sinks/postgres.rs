@@ -409,9 +409,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
             )
             .into()),
         Some(staging) => ObjectStoreSink::from_config(&staging.url, &staging.options)
-            .map_err(|(message, hint)| {
-                Diagnostic::new(staging_span, format!("staging: {message}")).with_hint(hint).into()
-            })
+            .map_err(|e| Diagnostic::new(staging_span, format!("staging: {e}")).with_hint(e.hint()).into())
             .map(|store| (store.owned_by(&pipeline, &format!("{name}-staging"), &data_dir), staging)),
     });
     let (pg, mapping, (store, staging)) = problems.finish((|| Some((pg?, mapping?, staging?)))())?;

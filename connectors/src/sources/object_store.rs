@@ -114,10 +114,10 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
         })),
         None => Some(None),
     };
-    let store = problems.take(ObjectStoreSink::from_config(&c.url, &c.options).map_err(|(message, hint)| {
-        let span = if message.contains("option `") { options_span.clone() } else { url_span.clone() };
-        Diagnostic::new(span, message).with_hint(hint)
-    }));
+    let store = problems.take(
+        ObjectStoreSink::from_config(&c.url, &c.options)
+            .map_err(|e| e.at(if e.is_about_an_option() { &options_span } else { &url_span })),
+    );
     let (pattern, store) = problems.finish((|| Some((pattern?, store?)))())?;
     let (store, base, url) = store.into_store();
     Ok(Arc::new(ObjectStoreSource {
