@@ -690,6 +690,8 @@ pub(super) fn resolve(
                 .with_hint("start the file with [pipeline] and name = \"my-stream\""),
         ),
         Some(mut p) => {
+            // A name written but not a string is reported as such, not as missing too.
+            let name_written = p.contains("name");
             match p.take_string("name", &mut problems) {
                 Some(n) if n.get_ref().bytes().all(|b| b == b'.') && !n.get_ref().is_empty() => problems.push(
                     Diagnostic::new(n.span(), format!("pipeline name `{}` is not usable", n.get_ref()))
@@ -703,7 +705,7 @@ pub(super) fn resolve(
                     )
                     .with_hint("use 1-64 characters of a-z, A-Z, 0-9, `_`, `.` and `-`"),
                 ),
-                None if !problems.iter().any(|d| d.message.contains("pipeline.name")) => problems.push(
+                None if !name_written => problems.push(
                     Diagnostic::new(p.span.clone(), "`pipeline.name` is missing")
                         .with_hint("add name = \"my-stream\" (it is the Firehose delivery stream name)"),
                 ),
