@@ -623,10 +623,15 @@ mod tests {
         (keys, found.into_diagnostics().into_iter().map(|d| d.message).collect())
     }
 
+    /// The table `[t]` of `text`.
+    fn table_t(text: &'static str) -> Section {
+        let mut root = parse_document(text).unwrap_or_else(|e| panic!("{e:?}"));
+        root.take_table("t", &mut Vec::new()).unwrap_or_else(|| panic!("no [t] in {text}"))
+    }
+
     /// What a connector's `deserialize` of the table `[t]` written as `text` gives, and its problems.
     fn connector_problems(text: &'static str) -> (Option<ConnectorKeys>, Problems) {
-        let mut root = parse_document(text).unwrap_or_else(|e| panic!("{e:?}"));
-        let table = root.take_table("t", &mut Vec::new()).unwrap_or_else(|| panic!("no [t] in {text}"));
+        let table = table_t(text);
         let mut found = Problems::default();
         let keys = table.deserialize::<ConnectorKeys>(&mut found);
         (keys, found)
@@ -635,8 +640,7 @@ mod tests {
     #[test]
     fn a_connector_checks_a_number_against_its_range_in_the_engine_s_words() {
         let text = "[t]\ntimeout_s = 0\n";
-        let mut root = parse_document(text).unwrap_or_else(|e| panic!("{e:?}"));
-        let table = root.take_table("t", &mut Vec::new()).unwrap_or_else(|| panic!("no [t]"));
+        let table = table_t(text);
         let (timeout, retries) = (table.key_at("timeout_s"), table.key_at("retries"));
         assert_eq!(retries.within(None, 3, 0..=300, "why"), Ok(3));
         assert_eq!(retries.within(Some(300), 3, 0..=300, "why"), Ok(300));
@@ -702,8 +706,7 @@ mod tests {
     #[test]
     fn a_stand_in_for_a_missing_key_is_never_a_problem_of_its_own_and_the_other_checks_run() {
         let text = "[t]\ntimeout_s = 0\n";
-        let mut root = parse_document(text).unwrap_or_else(|e| panic!("{e:?}"));
-        let table = root.take_table("t", &mut Vec::new()).unwrap_or_else(|| panic!("no [t]"));
+        let table = table_t(text);
         let (url, timeout) = (table.key_at("url"), table.key_at("timeout_s"));
         let mut found = Problems::default();
         let keys = table.deserialize::<ConnectorKeys>(&mut found).unwrap_or_else(|| panic!("{found:?}"));
