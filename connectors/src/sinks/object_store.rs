@@ -271,6 +271,8 @@ pub enum StoreConfigError {
         key: String,
         /// The URL's scheme.
         scheme: String,
+        /// The option it looks like a typo of, if any.
+        near: Option<&'static str>,
     },
     /// An option whose value is no string, boolean or integer.
     #[error("option `{key}` must be a string, boolean or integer")]
@@ -288,17 +290,117 @@ pub enum StoreConfigError {
     },
 }
 
+/// Options every store but `file://` and `memory://` takes (object_store's client options).
+const CLIENT_OPTIONS: &[&str] = &[
+    "allow_http",
+    "allow_invalid_certificates",
+    "connect_timeout",
+    "default_content_type",
+    "http1_only",
+    "http2_only",
+    "pool_idle_timeout",
+    "pool_max_idle_per_host",
+    "proxy_url",
+    "proxy_ca_certificate",
+    "proxy_excludes",
+    "read_timeout",
+    "timeout",
+    "user_agent",
+];
+
+/// The names an unknown option is compared with, by scheme: object_store's short names (a test
+/// checks that the scheme's store takes each; one it adds later is only not suggested).
+fn option_names(scheme: &str) -> &'static [&'static str] {
+    match scheme {
+        "s3" | "s3a" => &[
+            "access_key_id",
+            "secret_access_key",
+            "session_token",
+            "region",
+            "default_region",
+            "bucket",
+            "endpoint",
+            "virtual_hosted_style_request",
+            "skip_signature",
+            "imdsv1_fallback",
+            "metadata_endpoint",
+            "unsigned_payload",
+            "checksum_algorithm",
+            "role_arn",
+            "role_session_name",
+            "web_identity_token_file",
+            "endpoint_url_sts",
+            "request_payer",
+            "s3_express",
+            "conditional_put",
+            "copy_if_not_exists",
+            "disable_tagging",
+            "server_side_encryption",
+            "sse_kms_key_id",
+            "sse_bucket_key_enabled",
+        ],
+        "gs" => &[
+            "service_account",
+            "service_account_path",
+            "service_account_key",
+            "bucket",
+            "base_url",
+            "application_credentials",
+            "bearer_token",
+            "skip_signature",
+        ],
+        "az" | "abfs" | "abfss" | "azure" => &[
+            "account_name",
+            "account_key",
+            "client_id",
+            "client_secret",
+            "tenant_id",
+            "authority_host",
+            "sas_key",
+            "token",
+            "use_emulator",
+            "endpoint",
+            "msi_endpoint",
+            "object_id",
+            "msi_resource_id",
+            "federated_token_file",
+            "use_fabric_endpoint",
+            "use_azure_cli",
+            "skip_signature",
+            "container_name",
+            "disable_tagging",
+        ],
+        _ => &[],
+    }
+}
+
+/// The option of `scheme`'s store that `key` looks like a typo of.
+fn near_option(scheme: &str, key: &str) -> Option<&'static str> {
+    if matches!(scheme, "file" | "memory") {
+        return None;
+    }
+    sluice_engine::config::did_you_mean(key, option_names(scheme).iter().chain(CLIENT_OPTIONS).copied())
+}
+
 impl StoreConfigError {
     /// How to put it right.
-    pub fn hint(&self) -> &'static str {
+    pub fn hint(&self) -> String {
         match self {
-            StoreConfigError::BadUrl { .. } => "e.g. s3://bucket/prefix, file://./out, memory://test",
-            StoreConfigError::UnsupportedScheme { .. } => "use s3://, gs://, az://, http(s)://, file:// or memory://",
-            StoreConfigError::UnknownOption { .. } => {
-                "use object_store's option names, e.g. region, endpoint, access_key_id, allow_http"
+            StoreConfigError::BadUrl { .. } => "e.g. s3://bucket/prefix, file://./out, memory://test".into(),
+            StoreConfigError::UnsupportedScheme { .. } => {
+                "use s3://, gs://, az://, http(s)://, file:// or memory://".into()
             }
-            StoreConfigError::OptionType { .. } => "e.g. allow_http = true, region = \"eu-west-1\"",
-            StoreConfigError::Refused { .. } => "check the url and options",
+            StoreConfigError::UnknownOption { near: Some(near), .. } => {
+                format!("did you mean `{near}`? (object_store's option names)")
+            }
+            StoreConfigError::UnknownOption { scheme, .. } if matches!(scheme.as_str(), "file" | "memory") => {
+                format!("{scheme}:// stores take no options")
+            }
+            StoreConfigError::UnknownOption { .. } => {
+                "use object_store's option names, e.g. region, endpoint, access_key_id, allow_http".into()
+            }
+            StoreConfigError::OptionType { .. } => "e.g. allow_http = true, region = \"eu-west-1\"".into(),
+            StoreConfigError::Refused { .. } => "check the url and options".into(),
         }
     }
 
@@ -345,6 +447,7 @@ impl ObjectStoreSink {
         let unknown = |key: &str, scheme: &str| StoreConfigError::UnknownOption {
             key: key.to_string(),
             scheme: scheme.to_string(),
+            near: near_option(scheme, key),
         };
         let build_error =
             |e: object_store::Error| StoreConfigError::Refused { url: url.to_string(), cause: e.to_string() };
@@ -805,6 +908,28 @@ impl Sink for ObjectStoreSink {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_option_name_suggested_is_one_its_store_takes() {
+        use object_store::aws::AmazonS3ConfigKey;
+        for (scheme, takes) in [
+            ("s3", (|k| AmazonS3ConfigKey::from_str(k).is_ok()) as fn(&str) -> bool),
+            ("gs", |k| GoogleConfigKey::from_str(k).is_ok()),
+            ("az", |k| AzureConfigKey::from_str(k).is_ok()),
+            ("https", |k| ClientConfigKey::from_str(k).is_ok()),
+        ] {
+            for name in option_names(scheme).iter().chain(CLIENT_OPTIONS) {
+                assert!(takes(name), "{scheme}:// does not take `{name}`");
+            }
+        }
+        assert_eq!(near_option("s3", "regoin"), Some("region"));
+        assert_eq!(near_option("az", "acount_name"), Some("account_name"));
+        assert_eq!(near_option("https", "alow_http"), Some("allow_http"));
+        assert_eq!(near_option("file", "region"), None);
+        let refused = ObjectStoreSink::from_url("s3://bucket/x", &[("regoin".into(), "eu-west-1".into())]).err();
+        let hint = refused.as_ref().map(StoreConfigError::hint);
+        assert_eq!(hint.as_deref(), Some("did you mean `region`? (object_store's option names)"));
+    }
+
     use sluice_engine::testkit::sink::{Check, Destination, conformance};
 
     use super::*;
