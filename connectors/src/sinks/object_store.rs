@@ -928,6 +928,8 @@ mod tests {
         let refused = ObjectStoreSink::from_url("s3://bucket/x", &[("regoin".into(), "eu-west-1".into())]).err();
         let hint = refused.as_ref().map(StoreConfigError::hint);
         assert_eq!(hint.as_deref(), Some("did you mean `region`? (object_store's option names)"));
+        let refused = ObjectStoreSink::from_url("file://./x", &[("region".into(), "eu-west-1".into())]).err();
+        assert_eq!(refused.as_ref().map(StoreConfigError::hint).as_deref(), Some("file:// stores take no options"));
     }
 
     use sluice_engine::testkit::sink::{Check, Destination, conformance};
