@@ -44,13 +44,39 @@ fn conversion_failures_exit_2_and_the_summary_says_how_many_why_and_where() {
     .unwrap_or_else(|e| panic!("{e}"));
     let (code, text) = run_in(work.path(), &["run", "--quiet", "--workers", "1"], &pipeline);
     assert_eq!(code, Some(2), "{text}");
-    assert!(text.contains("1 records went to the error output"), "{text}");
+    assert!(text.contains("1 records went to the error output in object_store file://"), "{text}");
     assert!(text.contains("format-conversion-failed"), "{text}");
     let objects = folder_objects(&work.path().join("out"));
     let errors: Vec<_> = objects.keys().filter(|k| k.starts_with("format-conversion-failed/")).collect();
     assert_eq!(errors.len(), 1, "{:?}", objects.keys());
     let data: Vec<_> = objects.iter().filter(|(k, _)| k.ends_with(".csv")).collect();
     assert_eq!(all_lines(data), ["1", "2", "a"]);
+}
+
+/// An HTTP endpoint that takes nothing: the summary says where its records went (its backup
+/// store, not the endpoint) and gives no compression ratio for nothing stored.
+#[test]
+fn records_an_endpoint_refused_are_said_to_be_in_its_backup_store() {
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
+    let port = port.unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = work.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nname = \"hook\"\n[sources.in]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 50\n\
+             [sinks.hook]\ntype = \"http_endpoint\"\ninputs = [\"in\"]\nurl = \"http://127.0.0.1:{port}/\"\n\
+             retry = {{ duration_s = 1 }}\nbackup_store = {{ url = \"file://./failed\" }}\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, text) = run_in(work.path(), &["run", "--quiet", "--workers", "1"], &pipeline);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("0 B stored, "), "{text}");
+    assert!(text.contains("50 records went to the error output in object_store file://./failed"), "{text}");
+    let objects = folder_objects(&work.path().join("failed"));
+    assert!(objects.keys().all(|k| k.starts_with("http-endpoint-failed/")), "{:?}", objects.keys());
 }
 
 /// Issue 11, item 15: a file source whose globs match nothing stops the run at start, also when

@@ -752,13 +752,13 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
         let (raw, stored) = (m.bytes_delivered.load(Relaxed), m.bytes_stored.load(Relaxed));
         let _ = writeln!(
             out,
-            "  sink {}  delivered {} records in {} objects, {} before compression, {} stored ({:.2}x), {:.1} MB/s",
+            "  sink {}  delivered {} records in {} objects, {} before compression, {} stored{}, {:.1} MB/s",
             sink.name,
             m.records_delivered.load(Relaxed),
             m.objects.load(Relaxed),
             indicatif::HumanBytes(raw),
             indicatif::HumanBytes(stored),
-            raw as f64 / stored.max(1) as f64,
+            if stored > 0 { format!(" ({:.2}x)", raw as f64 / stored as f64) } else { String::new() },
             raw as f64 / 1e6 / secs
         );
         if let Ok(partitions) = m.partition_records.lock()
@@ -778,10 +778,11 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
             any_failed = true;
             let reasons = m.reasons.lock().map(|r| format!("{r:?}")).unwrap_or_default();
             let keys = m.error_keys.lock().map(|k| k.join(", ")).unwrap_or_default();
+            // The error output is the sink's own store, or its backup store (an HTTP endpoint's).
+            let store = sink.sink.error_output().map_or_else(|| sink.sink.describe(), |backup| backup.describe());
             let _ = writeln!(
                 out,
-                "    failed   {failed} records went to the error output {} (reasons {reasons}); e.g. {keys}",
-                sink.sink.describe()
+                "    failed   {failed} records went to the error output in {store} (reasons {reasons}); e.g. {keys}"
             );
         }
         let undelivered = m.records_undelivered.load(Relaxed);
