@@ -238,6 +238,7 @@ impl BackupOwner {
                 "where records the destination does not take are kept, as Firehose's S3Configuration: \
                      backup_store = { url = \"s3://bucket/prefix\" } (or file://./failed)",
             )
+            .of_the_table()
             .into());
         };
         let sink = ObjectStoreSink::from_config(&store.url, &store.options)

@@ -402,11 +402,12 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     });
     let staging = problems.take(match c.staging {
         None if staging_written => Err(Problems::default()),
-        None => Err(Diagnostic::new(span, "a `postgres` sink needs `staging`")
+        None => Err(Diagnostic::new(span, "a sink of type `postgres` needs `staging`")
             .with_hint(
                 "where batches are staged before COPY (and the error output goes), as Firehose's intermediate S3: \
                  staging = { url = \"s3://bucket/staging\" } (or file://./staging)",
             )
+            .of_the_table()
             .into()),
         Some(staging) => ObjectStoreSink::from_config(&staging.url, &staging.options)
             .map_err(|e| Diagnostic::new(staging_span, format!("staging: {e}")).with_hint(e.hint()).into())

@@ -20,23 +20,38 @@ pub struct Diagnostic {
     /// The problem is at this byte of the decoded string written at `span` (a query's or a
     /// pattern's own error offset); [`Diagnostics::new`] points it at the source character.
     pub in_string: Option<usize>,
+    /// It is about the connector's table as a whole (a key the table lacks that its type needs),
+    /// so it is never taken for a follow-on of a stand-in (see [`Problems`]).
+    pub of_the_table: bool,
 }
 
 impl Diagnostic {
     /// A problem at `span`.
     pub fn new(span: Range<usize>, message: impl Into<String>) -> Self {
-        Diagnostic { span, message: message.into(), hint: None, in_string: None }
+        Diagnostic { span, message: message.into(), hint: None, in_string: None, of_the_table: false }
     }
 
     /// A problem at byte `offset` of the string value written at `value_span` (any of TOML's four
     /// string kinds: quotes, escapes and line-ending backslashes are accounted for).
     pub fn in_string(value_span: Range<usize>, offset: usize, message: impl Into<String>) -> Self {
-        Diagnostic { span: value_span, message: message.into(), hint: None, in_string: Some(offset) }
+        Diagnostic {
+            span: value_span,
+            message: message.into(),
+            hint: None,
+            in_string: Some(offset),
+            of_the_table: false,
+        }
     }
 
     /// Adds a hint.
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+
+    /// Says it is about the whole table (a key the table lacks), not about a key's value.
+    pub fn of_the_table(mut self) -> Self {
+        self.of_the_table = true;
         self
     }
 }
@@ -50,8 +65,10 @@ impl Diagnostic {
 /// then stands in for it so that the connector's checks of its other keys still run, and a key
 /// written wrong is reported there and left out: a check of either is a follow-on of what was
 /// said and is not kept when it points where their problems do (the table, for a stand-in; where
-/// the key was written); a check that needs such a key's value (comparing another key with it,
-/// or asking for one of two keys) asks [`Problems::said`] first.
+/// the key was written), unless it says it is about the table itself
+/// ([`Diagnostic::of_the_table`]: a sink lacking its `backup_store`); a check that needs such a
+/// key's value (comparing another key with it, or asking for one of two keys) asks
+/// [`Problems::said`] first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Problems {
     found: Vec<Diagnostic>,
@@ -70,7 +87,7 @@ impl From<Diagnostic> for Problems {
 impl Problems {
     /// Adds a problem (unless it is a follow-on of one said already: see [`Problems`]).
     pub fn push(&mut self, diagnostic: Diagnostic) {
-        if self.follow_ons_at.contains(&diagnostic.span) {
+        if !diagnostic.of_the_table && self.follow_ons_at.contains(&diagnostic.span) {
             return;
         }
         self.found.push(diagnostic);

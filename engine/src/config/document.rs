@@ -713,10 +713,19 @@ mod tests {
         assert!(found.said("url") && !found.said("timeout_s"));
         // The connector's checks: of the stand-in (at the table, where an absent key's problems
         // point), not kept; of the key written, kept; and no connector is built.
-        found.push(Diagnostic::new(url.span, format!("`{}` is not a URL", keys.url)));
+        found.push(Diagnostic::new(url.span.clone(), format!("`{}` is not a URL", keys.url)));
         found.take(timeout.within(keys.timeout_s, 60, 1..=900, "default 60"));
+        // A problem of the table itself, where the stand-in's checks point too, is kept.
+        found.push(Diagnostic::new(url.span, "a `t` needs `store`").of_the_table());
         let messages: Vec<String> = found.clone().into_diagnostics().into_iter().map(|d| d.message).collect();
-        assert_eq!(messages, ["in `t`: missing field `url`", "`t.timeout_s` = 0 is out of range: expected 1..=900"]);
+        assert_eq!(
+            messages,
+            [
+                "in `t`: missing field `url`",
+                "`t.timeout_s` = 0 is out of range: expected 1..=900",
+                "a `t` needs `store`"
+            ]
+        );
         assert!(found.finish(Some(keys)).is_err());
         // Nothing stood in for: a problem at the table is kept.
         let (keys, mut found) = connector_problems("[t]\nurl = \"u\"\n");
