@@ -10,6 +10,13 @@ fn run_in(dir: &std::path::Path, args: &[&str], pipeline: &std::path::Path) -> (
     (out.status.code(), text)
 }
 
+/// Writes the pipeline `toml` as `p.toml` in `dir`; its path.
+fn pipeline_in(dir: &std::path::Path, toml: &str) -> std::path::PathBuf {
+    let pipeline = dir.join("p.toml");
+    std::fs::write(&pipeline, toml).unwrap_or_else(|e| panic!("{e}"));
+    pipeline
+}
+
 #[test]
 fn the_quickstart_writes_gzip_objects_holding_exactly_the_generated_records() {
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -36,12 +43,10 @@ fn gen_is_deterministic_and_matches_the_generator_source() {
 fn conversion_failures_exit_2_and_the_summary_says_how_many_why_and_where() {
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(work.path().join("in.ndjson"), "{\"a\":1}\nbroken\n{\"a\":2}\n").unwrap_or_else(|e| panic!("{e}"));
-    let pipeline = work.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
+    let pipeline = pipeline_in(
+        work.path(),
         "[pipeline]\nname = \"csv\"\n[sources.in]\ntype = \"file\"\npaths = [\"in.ndjson\"]\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"file://./out\"\nformat = \"csv\"\ncolumns = [\"a\"]\n",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let (code, text) = run_in(work.path(), &["run", "--quiet", "--workers", "1"], &pipeline);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("1 records went to the error output in object_store file://"), "{text}");
@@ -61,16 +66,14 @@ fn records_an_endpoint_refused_are_said_to_be_in_its_backup_store() {
     // A port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
     let port = port.unwrap_or_else(|e| panic!("{e}"));
-    let pipeline = work.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
+    let pipeline = pipeline_in(
+        work.path(),
+        &format!(
             "[pipeline]\nname = \"hook\"\n[sources.in]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 50\n\
              [sinks.hook]\ntype = \"http_endpoint\"\ninputs = [\"in\"]\nurl = \"http://127.0.0.1:{port}/\"\n\
              retry = {{ duration_s = 1 }}\nbackup_store = {{ url = \"file://./failed\" }}\n"
         ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let (code, text) = run_in(work.path(), &["run", "--quiet", "--workers", "1"], &pipeline);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("0 B stored, "), "{text}");
@@ -84,14 +87,12 @@ fn records_an_endpoint_refused_are_said_to_be_in_its_backup_store() {
 #[test]
 fn a_glob_matching_nothing_stops_the_run_beside_a_stream_source() {
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let pipeline = work.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
+    let pipeline = pipeline_in(
+        work.path(),
         "[pipeline]\nname = \"missing\"\n[sources.in]\ntype = \"file\"\npaths = [\"nothing-here/*.ndjson\"]\n\
          [sources.tick]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrate = 10\n\
          [sinks.out]\ntype = \"object_store\"\ninputs = [\"in\", \"tick\"]\nurl = \"file://./out\"\n",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let mut child = sluice()
         .current_dir(work.path())
         .args(["run", "--quiet"])
@@ -117,12 +118,10 @@ fn a_glob_matching_nothing_stops_the_run_beside_a_stream_source() {
 #[test]
 fn a_missing_input_file_exits_1_with_the_reason() {
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let pipeline = work.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
+    let pipeline = pipeline_in(
+        work.path(),
         "[pipeline]\nname = \"missing\"\n[sources.in]\ntype = \"file\"\npaths = [\"nothing-here/*.ndjson\"]\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"file://./out\"\n",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let (code, text) = run_in(work.path(), &["run", "--quiet"], &pipeline);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("no file matches nothing-here/*.ndjson"), "{text}");
@@ -228,14 +227,12 @@ fn secrets_in_a_pipeline_are_never_printed() {
 #[test]
 fn a_remote_store_without_any_credentials_stops_the_run_at_start() {
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let pipeline = work.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
+    let pipeline = pipeline_in(
+        work.path(),
         "[pipeline]\nname = \"nocreds\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 10\n\
          [sinks.archive]\ntype = \"object_store\"\ninputs = [\"demo\"]\nurl = \"s3://amzn-s3-demo-bucket/logs\"\n\
          options = { region = \"us-east-1\" }\n",
-    )
-    .unwrap();
+    );
     let mut command = sluice();
     for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("AWS_")) {
         command.env_remove(name);
