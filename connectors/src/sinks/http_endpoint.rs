@@ -191,7 +191,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
             .within(c.timeout_s, 180, 1..=180, "Firehose waits 3 minutes for an endpoint's answer (default 180)")
             .map(Duration::from_secs),
     );
-    let backup = problems.take(owner.required(c.backup_store, "http_endpoint"));
+    let backup = owner.required(c.backup_store, "http_endpoint", &problems);
+    let backup = problems.take(backup);
     let (url, compression, timeout, backup) = problems.finish((|| Some((url?, compression?, timeout?, backup?)))())?;
     let client = reqwest::Client::builder()
         .timeout(timeout)

@@ -200,8 +200,6 @@ pub struct BackupStore {
 pub struct BackupOwner {
     sink_span: std::ops::Range<usize>,
     store_span: std::ops::Range<usize>,
-    /// `backup_store` is in the table (when deserializing leaves it out, its problem is reported).
-    written: bool,
     pipeline: String,
     name: String,
     data_dir: std::path::PathBuf,
@@ -213,7 +211,6 @@ impl BackupOwner {
         let sink_span = config.table.span.clone();
         BackupOwner {
             store_span: config.table.value_span("backup_store").unwrap_or(sink_span.clone()),
-            written: config.table.contains("backup_store"),
             sink_span,
             pipeline: config.pipeline.clone(),
             name: config.name.clone(),
@@ -222,12 +219,16 @@ impl BackupOwner {
     }
 
     /// Its store, which a sink of type `type_name` must have: its absence is an error at the sink's
-    /// table, a bad URL or option one at `backup_store`. A `backup_store` that was written but that
-    /// deserializing left out (its problem reported there) gives an `Err` adding no problem.
-    pub fn required(&self, store: Option<BackupStore>, type_name: &str) -> Result<Arc<dyn Sink>, Problems> {
+    /// table, a bad URL or option one at `backup_store`. A `backup_store` whose problem `found`
+    /// holds already (written wrong, or misspelt) gives an `Err` adding no problem.
+    pub fn required(
+        &self,
+        store: Option<BackupStore>,
+        type_name: &str,
+        found: &Problems,
+    ) -> Result<Arc<dyn Sink>, Problems> {
         let Some(store) = store else {
-            if self.written {
-                // Written but refused: that problem is reported already.
+            if found.said("backup_store") {
                 return Err(Problems::default());
             }
             return Err(Diagnostic::new(

@@ -365,7 +365,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
             .within(c.timeout_s, 180, 1..=900, "how long one `_bulk` request may take (default 180)")
             .map(Duration::from_secs),
     );
-    let backup = problems.take(owner.required(c.backup_store, "opensearch"));
+    let backup = owner.required(c.backup_store, "opensearch", &problems);
+    let backup = problems.take(backup);
     let ((url, bulk_url), rotation, document_ids, compression, auth, timeout, backup) =
         problems.finish((|| Some((urls?, rotation?, document_ids?, compression?, auth?, timeout?, backup?)))())?;
     let client = reqwest::Client::builder()

@@ -355,8 +355,6 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
         (spans("url"), spans("columns"), spans("mapping"), spans("format"), spans("staging"));
     let (pipeline, name, data_dir) = (config.pipeline.clone(), config.name.clone(), config.data_dir.clone());
     let base_dir = config.base_dir.clone();
-    // Written but left out by deserializing: its problem is reported already.
-    let staging_written = config.table.contains("staging");
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<PostgresConfig>(&mut problems) else { return Err(problems) };
     let (url, root) = tls_options(&c.url);
@@ -401,7 +399,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
             .with_hint("`csv` (a column per path, default) or `json` (the record in one jsonb column)")),
     });
     let staging = problems.take(match c.staging {
-        None if staging_written => Err(Problems::default()),
+        // Written wrong or misspelt: its problem is reported already.
+        None if problems.said("staging") => Err(Problems::default()),
         None => Err(Diagnostic::new(span, "a sink of type `postgres` needs `staging`")
             .with_hint(
                 "where batches are staged before COPY (and the error output goes), as Firehose's intermediate S3: \

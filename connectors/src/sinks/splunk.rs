@@ -255,7 +255,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
             .within(c.timeout_s, 60, 1..=600, "how long one HEC request may take (default 60)")
             .map(Duration::from_secs),
     );
-    let backup = problems.take(owner.required(c.backup_store, "splunk"));
+    let backup = owner.required(c.backup_store, "splunk", &problems);
+    let backup = problems.take(backup);
     let (base, (codec, path), mut authorization, ack_timeout, timeout, backup) =
         problems.finish((|| Some((base?, endpoint?, authorization?, ack_timeout?, timeout?, backup?)))())?;
     authorization.set_sensitive(true);

@@ -128,8 +128,6 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     let (retries_at, timeout_at, concurrency_at) =
         (config.table.key_at("retries"), config.table.key_at("timeout_s"), config.table.key_at("max_concurrency"));
     let pipeline = config.pipeline.clone();
-    // Written but left out by deserializing: its problem is reported already.
-    let target_written = config.table.contains("url") || config.table.contains("function");
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<LambdaConfig>(&mut problems) else { return Err(problems) };
     let http_url = |text: &str, at: std::ops::Range<usize>, what: &str| {
@@ -173,9 +171,10 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
                 .with_hint("`url` POSTs the event to any HTTP server; `function` calls the Lambda Invoke API")
                 .into())
         }
-        (None, None) if target_written => Err(Problems::default()),
+        // Written wrong or misspelt: its problem is reported already.
+        (None, None) if problems.said("url") || problems.said("function") => Err(Problems::default()),
         (None, None) => {
-            Err(Diagnostic::new(span.clone(), "a lambda transform needs `url` or `function`").with_hint(
+            Err(Diagnostic::new(span.clone(), "a lambda transform needs `url` or `function`").of_the_table().with_hint(
                 "url = \"http://127.0.0.1:9000/\", or function = \"arn:aws:lambda:<region>:<account>:function:<name>\"",
             ).into())
         }
