@@ -39,7 +39,14 @@ pub fn parse_document(source: &'static str) -> Result<Section, Vec<Diagnostic>> 
         expand_env(value, &mut problems);
     }
     if problems.is_empty() {
-        Ok(Section { path: String::new(), span, engine_keys: &[], asked: Vec::new(), entries: table })
+        Ok(Section {
+            path: String::new(),
+            span,
+            engine_keys: &[],
+            asked: Vec::new(),
+            misread: Vec::new(),
+            entries: table,
+        })
     } else {
         Err(problems)
     }
@@ -131,6 +138,8 @@ pub struct Section {
     engine_keys: &'static [&'static str],
     /// Keys already asked for (by the engine or a connector's helper): accepted keys too.
     asked: Vec<String>,
+    /// Keys taken whose value a `take_*` refused, with the problem reported ([`Self::misread`]).
+    misread: Vec<String>,
     entries: DeTable<'static>,
 }
 
@@ -207,6 +216,20 @@ impl Section {
         self.asked.retain(|asked| keys.contains(&asked.as_str()));
     }
 
+    /// Whether `key` was written but a `take_*` refused its value (and reported why): a check that
+    /// needs the key is then skipped, not made as if it were absent (which would report a
+    /// follow-on, "needs `key`", of the problem already said).
+    pub fn misread(&self, key: &str) -> bool {
+        self.misread.iter().any(|k| k == key)
+    }
+
+    /// Reports `problem` of `key`'s value and remembers the key as [`Self::misread`].
+    fn refuse<T>(&mut self, key: &str, problem: Diagnostic, problems: &mut Vec<Diagnostic>) -> Option<T> {
+        self.misread.push(key.to_string());
+        problems.push(problem);
+        None
+    }
+
     /// Takes `key` out of the table.
     pub fn take(&mut self, key: &str) -> Option<Value> {
         if !self.asked.iter().any(|k| k == key) {
@@ -234,13 +257,13 @@ impl Section {
         let span = value.span();
         let path = if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) };
         match value.into_inner() {
-            DeValue::Table(entries) => Some(Section { path, span, engine_keys: &[], asked: Vec::new(), entries }),
+            DeValue::Table(entries) => {
+                Some(Section { path, span, engine_keys: &[], asked: Vec::new(), misread: Vec::new(), entries })
+            }
             other => {
-                problems.push(Diagnostic::new(
-                    span,
-                    format!("{} must be a table, found {}", self.label(key), type_name(&other)),
-                ));
-                None
+                let problem =
+                    Diagnostic::new(span, format!("{} must be a table, found {}", self.label(key), type_name(&other)));
+                self.refuse(key, problem, problems)
             }
         }
     }
@@ -252,11 +275,9 @@ impl Section {
         match value.into_inner() {
             DeValue::String(s) => Some(Spanned::new(span, s.into_owned())),
             other => {
-                problems.push(Diagnostic::new(
-                    span,
-                    format!("{} must be a string, found {}", self.label(key), type_name(&other)),
-                ));
-                None
+                let problem =
+                    Diagnostic::new(span, format!("{} must be a string, found {}", self.label(key), type_name(&other)));
+                self.refuse(key, problem, problems)
             }
         }
     }
@@ -286,11 +307,10 @@ impl Section {
                 Some(Spanned::new(span, out))
             }
             other => {
-                problems.push(
+                let problem =
                     Diagnostic::new(span, format!("{label} must be an array of strings, found {}", type_name(&other)))
-                        .with_hint(format!("write {label} = [\"...\"]")),
-                );
-                None
+                        .with_hint(format!("write {label} = [\"...\"]"));
+                self.refuse(key, problem, problems)
             }
         }
     }
@@ -312,18 +332,15 @@ impl Section {
                 let at = KeyAt { label: self.label(key), span: span.clone() };
                 match at.within(Some(n), n, range, why) {
                     Ok(n) => Some(Spanned::new(span, n)),
-                    Err(problem) => {
-                        problems.push(problem);
-                        None
-                    }
+                    Err(problem) => self.refuse(key, problem, problems),
                 }
             }
             other => {
-                problems.push(Diagnostic::new(
+                let problem = Diagnostic::new(
                     span,
                     format!("{} must be an integer, found {}", self.label(key), type_name(&other)),
-                ));
-                None
+                );
+                self.refuse(key, problem, problems)
             }
         }
     }
@@ -335,14 +352,12 @@ impl Section {
         match value.into_inner() {
             DeValue::Boolean(b) => Some(Spanned::new(span, b)),
             other => {
-                problems.push(
-                    Diagnostic::new(
-                        span,
-                        format!("{} must be true or false, found {}", self.label(key), type_name(&other)),
-                    )
-                    .with_hint("write true or false, without quotes"),
-                );
-                None
+                let problem = Diagnostic::new(
+                    span,
+                    format!("{} must be true or false, found {}", self.label(key), type_name(&other)),
+                )
+                .with_hint("write true or false, without quotes");
+                self.refuse(key, problem, problems)
             }
         }
     }
@@ -362,11 +377,10 @@ impl Section {
                     .collect(),
             ),
             other => {
-                problems.push(
+                let problem =
                     Diagnostic::new(span, format!("{label} must be an array of tables, found {}", type_name(&other)))
-                        .with_hint(format!("write each entry as [[{path}]]")),
-                );
-                None
+                        .with_hint(format!("write each entry as [[{path}]]"));
+                self.refuse(key, problem, problems)
             }
         }
     }
@@ -463,7 +477,7 @@ impl Section {
             {
                 // A key missing because it was left out, or misspelt (as the unknown key said), is said once.
                 if !left_out.iter().chain(&misspelt).any(|k| k == missing) {
-                    problems.push(Diagnostic::new(span.clone(), format!("in `{path}`: {message}")));
+                    problems.push(Diagnostic::new(span.clone(), in_toml_words(&message, &path, None)));
                 }
                 stood_in.push(missing.to_string());
                 let key = Spanned::new(stand_in_span.clone(), std::borrow::Cow::Owned(missing.to_string()));
@@ -478,9 +492,14 @@ impl Section {
                 .then(|| entries.iter().find(|(k, v)| at(k.span()) || at(v.span())))
                 .flatten()
                 .map(|(k, v)| (k.clone(), at(v.span()) && !at(k.span())));
-            let (place, accepted_here, nested) = match &culprit {
-                Some((key, true)) => (format!("{path}.{}", key.get_ref()), &[][..], true),
-                _ => (path.clone(), &asked[..], false),
+            // Said of the innermost key the problem is at (`sinks.hook.store.url`, `….patterns[1]`).
+            let (place, accepted_here, nested, found) = match &culprit {
+                Some((key, true)) => {
+                    let value = entries.get(key);
+                    let (below, found) = value.map(|v| path_within(v, &span)).unwrap_or_default();
+                    (format!("{path}.{}{below}", key.get_ref()), &[][..], true, found)
+                }
+                _ => (path.clone(), &asked[..], false, None),
             };
             problems.push(match explain_serde_message(&message, accepted_here) {
                 Some(SerdeProblem::UnknownKey { key, hint, near }) => {
@@ -490,9 +509,33 @@ impl Section {
                     Diagnostic::new(span.clone(), format!("unknown key `{place}.{key}`")).with_hint(hint)
                 }
                 Some(SerdeProblem::Other { hint }) => {
-                    Diagnostic::new(span.clone(), format!("in `{place}`: {message}")).with_hint(hint)
+                    Diagnostic::new(span.clone(), in_toml_words(&message, &place, found)).with_hint(hint)
                 }
-                None => Diagnostic::new(span.clone(), format!("in `{place}`: {message}")),
+                None => {
+                    let said = Diagnostic::new(span.clone(), in_toml_words(&message, &place, found));
+                    // A table written as something else: its keys, asked of serde by a probe.
+                    let table_keys = match &culprit {
+                        Some((key, true))
+                            if expects_a_table(&message) && place == format!("{path}.{}", key.get_ref()) =>
+                        {
+                            let mut probe = entries.clone();
+                            probe.insert(key.clone(), stand_in_value(KEYS_PROBE, &span));
+                            let probed = T::deserialize(toml::de::ValueDeserializer::from(Spanned::new(
+                                whole.clone(),
+                                DeValue::Table(probe),
+                            )));
+                            probed.err().and_then(|e| keys_of_probed_table(e.message()))
+                        }
+                        _ => None,
+                    };
+                    match (table_keys, &culprit) {
+                        (Some(keys), Some((key, _))) => {
+                            let written = entries.get(key).map(|v| v.get_ref());
+                            said.with_hint(table_hint(key.get_ref(), &keys, written))
+                        }
+                        _ => said,
+                    }
+                }
             });
             let (key, _) = culprit?;
             left_out.push(key.get_ref().to_string());
@@ -547,6 +590,144 @@ fn explain_serde_message(message: &str, engine_keys: &[&str]) -> Option<SerdePro
     None
 }
 
+/// What is written for a key whose value should be a table, to learn its keys from serde: no
+/// struct has a field of this name, so serde answers "unknown field, expected one of" its fields.
+const KEYS_PROBE: &str = "{ \"\\u0001\" = 0 }";
+
+/// The fields serde listed when refusing [`KEYS_PROBE`] (none for any other answer).
+fn keys_of_probed_table(message: &str) -> Option<Vec<String>> {
+    let rest = message.strip_prefix("unknown field `\u{1}`")?;
+    let keys: Vec<String> = rest.split('`').skip(1).step_by(2).map(str::to_string).collect();
+    (!keys.is_empty()).then_some(keys)
+}
+
+/// How to write `key`'s table: with a URL when a string was written for a table that takes `url`.
+fn table_hint(key: &str, keys: &[String], written: Option<&DeValue<'_>>) -> String {
+    let listed = join_ticked(&keys.iter().map(String::as_str).collect::<Vec<_>>());
+    match written {
+        Some(DeValue::String(s)) if keys.iter().any(|k| k == "url") => {
+            format!("write `{key} = {{ url = {:?} }}` (its keys: {listed})", s.as_ref())
+        }
+        _ => format!("write `{key} = {{ {} = … }}` (its keys: {listed})", keys[0]),
+    }
+}
+
+/// Whether serde's message says a table (a struct or a map) was expected.
+fn expects_a_table(message: &str) -> bool {
+    let expected = message.rsplit_once(", expected ").map_or("", |(_, e)| e);
+    expected.starts_with("struct ") || expected == "a map"
+}
+
+/// The path below `value` to the innermost value `span` is in (`.url`, `[1].name`; empty for
+/// `value` itself), and that value's kind in the engine's words.
+fn path_within(value: &Value, span: &Range<usize>) -> (String, Option<&'static str>) {
+    let holds = |v: &Value| v.span().start <= span.start && span.end <= v.span().end;
+    let (mut below, mut at) = (String::new(), value);
+    while at.span() != *span {
+        let inner = match at.get_ref() {
+            DeValue::Table(table) => {
+                table.iter().find(|(_, v)| holds(v)).map(|(k, v)| (format!(".{}", k.get_ref()), v))
+            }
+            DeValue::Array(items) => {
+                items.iter().enumerate().find(|(_, v)| holds(v)).map(|(i, v)| (format!("[{i}]"), v))
+            }
+            _ => None,
+        };
+        let Some((step, v)) = inner else { break };
+        below.push_str(&step);
+        at = v;
+    }
+    (below, Some(type_name(at.get_ref())))
+}
+
+/// serde's (and toml's) message about the value at `place` in the words the engine uses for its
+/// own keys ("`sinks.siem.timeout_s` must be an integer, found a string", "… = -1 is out of
+/// range: expected 0 or more", "`sinks.siem` needs `url`"): serde speaks of Rust's types (`u64`,
+/// `struct BackupStore`, `sequence`), which the user never wrote. `found` is the kind of value
+/// written there, for toml's messages that do not say it. Any other message is kept, after
+/// "in `place`:".
+fn in_toml_words(message: &str, place: &str, found: Option<&'static str>) -> String {
+    let reworded = (|| {
+        if let Some(key) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+            return Some(format!("`{place}` needs `{key}`"));
+        }
+        if let Some((written, expected)) =
+            message.strip_prefix("invalid type: ").and_then(|m| m.rsplit_once(", expected "))
+        {
+            return Some(format!("`{place}` must be {}, found {}", expected_words(expected), found_words(written)));
+        }
+        if let Some((written, expected)) =
+            message.strip_prefix("invalid value: ").and_then(|m| m.rsplit_once(", expected "))
+        {
+            let number = written.strip_prefix("integer `").and_then(|n| n.strip_suffix('`'));
+            return match (number, integer_range(expected)) {
+                (Some(n), Some(range)) => Some(format!("`{place}` = {n} is out of range: expected {range}")),
+                _ => Some(format!("`{place}` must be {}, found {written}", expected_words(expected))),
+            };
+        }
+        if let Some(expected) = message.strip_prefix("invalid length ").and_then(|m| m.split_once(", expected ")) {
+            return expected.1.starts_with("struct ").then(|| format!("`{place}` must be a table, found an array"));
+        }
+        if let Some(name) = message.strip_prefix("unknown variant `").and_then(|m| m.split('`').next())
+            && let Some(key) = place.rsplit('.').next().filter(|k| !k.ends_with(']'))
+        {
+            return Some(format!("unknown {key} `{name}`"));
+        }
+        if message == "wanted string or table" {
+            return Some(format!("`{place}` must be a string or a table, found {}", found.unwrap_or("another kind")));
+        }
+        if message.starts_with("wanted exactly 1 element") {
+            return Some(format!("`{place}` must be a string, or a table of one key"));
+        }
+        None
+    })();
+    reworded.unwrap_or_else(|| format!("in `{place}`: {message}"))
+}
+
+/// A Rust type serde expected, as a kind of TOML value.
+fn expected_words(expected: &str) -> &str {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" | "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => {
+            "an integer"
+        }
+        "f32" | "f64" => "a number",
+        "a string" | "a borrowed string" | "string" => "a string",
+        "a boolean" => "true or false",
+        "a sequence" => "an array",
+        "a map" => "a table",
+        "a character" | "a char" => "a single character",
+        e if e.starts_with("struct ") => "a table",
+        other => other,
+    }
+}
+
+/// What serde says was written (`sequence`, `integer `5``), as a kind of TOML value.
+fn found_words(written: &str) -> &str {
+    match written {
+        "sequence" => "an array",
+        "map" => "a table",
+        w if w.starts_with("string ") => "a string",
+        w if w.starts_with("integer `") => "an integer",
+        w if w.starts_with("floating point `") => "a float",
+        w if w.starts_with("boolean `") => "a boolean",
+        other => other,
+    }
+}
+
+/// The values an integer type takes, as the engine's range messages say them.
+fn integer_range(expected: &str) -> Option<&'static str> {
+    Some(match expected {
+        "u8" => "0..=255",
+        "u16" => "0..=65535",
+        "u32" => "0..=4294967295",
+        "u64" | "u128" | "usize" => "0 or more",
+        "i8" => "-128..=127",
+        "i16" => "-32768..=32767",
+        "i32" => "-2147483648..=2147483647",
+        _ => return None,
+    })
+}
+
 /// `a`, `b`, `c`
 pub fn join_ticked(words: &[&str]) -> String {
     words.iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(", ")
@@ -571,7 +752,9 @@ impl Section {
     pub fn from_value(path: String, value: Value, problems: &mut Vec<Diagnostic>) -> Option<Section> {
         let span = value.span();
         match value.into_inner() {
-            DeValue::Table(entries) => Some(Section { path, span, engine_keys: &[], asked: Vec::new(), entries }),
+            DeValue::Table(entries) => {
+                Some(Section { path, span, engine_keys: &[], asked: Vec::new(), misread: Vec::new(), entries })
+            }
             other => {
                 problems.push(
                     Diagnostic::new(span, format!("`{path}` must be a table, found {}", type_name(&other)))
@@ -657,7 +840,7 @@ mod tests {
         let (keys, mut messages) = connector_keys("[t]\nurl = \"u\"\ntimeot_s = 3\nname = 7\nextra = true\n");
         messages.sort();
         assert_eq!(messages.len(), 3, "{messages:?}");
-        assert!(messages[0].contains("invalid type: integer `7`"), "{messages:?}");
+        assert_eq!(messages[0], "`t.name` must be a string, found an integer");
         assert!(messages[1].contains("unknown key `t.extra`"), "{messages:?}");
         assert!(messages[2].contains("unknown key `t.timeot_s`"), "{messages:?}");
         // The keys left out are as if unwritten, so the connector checks the rest.
@@ -673,7 +856,7 @@ mod tests {
         let mut messages = messages;
         messages.sort();
         assert_eq!(messages.len(), 2, "{messages:?}");
-        assert!(messages[0].starts_with("in `t.timeout_s`: invalid value"), "{messages:?}");
+        assert_eq!(messages[0], "`t.timeout_s` = -1 is out of range: expected 0 or more");
         assert_eq!(messages[1], "unknown key `t.store.utl`");
     }
 
@@ -693,14 +876,82 @@ mod tests {
         found.push(Diagnostic::new(written..written + 1, "`` is not a URL"));
         let messages: Vec<String> = found.into_diagnostics().into_iter().map(|d| d.message).collect();
         assert_eq!(messages.len(), 2, "{messages:?}");
-        assert!(messages.iter().all(|m| m.contains("invalid type")), "{messages:?}");
+        assert!(messages.iter().all(|m| m.contains("must be")), "{messages:?}");
         // A required key never written is reported (it is no follow-on of another problem), and
         // the rest is still read: every problem of the table at once.
         let (keys, messages) = connector_keys("[t]\nname = 7\n");
         assert!(keys.is_some());
         assert_eq!(messages.len(), 2, "{messages:?}");
-        assert!(messages.contains(&"in `t`: missing field `url`".to_string()), "{messages:?}");
-        assert!(messages.iter().any(|m| m.starts_with("in `t.name`: invalid type")), "{messages:?}");
+        assert!(messages.contains(&"`t` needs `url`".to_string()), "{messages:?}");
+        assert!(messages.contains(&"`t.name` must be a string, found an integer".to_string()), "{messages:?}");
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // read through Debug
+    struct KeysOfEveryKind {
+        port: Option<u16>,
+        count: Option<u64>,
+        on: Option<bool>,
+        store: Option<StoreKeys>,
+        stores: Option<Vec<StoreKeys>>,
+        profile: Option<Profile>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Profile {
+        Cloudfront,
+        Cloudtrail,
+    }
+
+    /// The messages (sorted) and hints of `deserialize` of `[t]` written as `text`.
+    fn every_kind(text: &'static str) -> Vec<(String, Option<String>)> {
+        let mut found = Problems::default();
+        table_t(text).deserialize::<KeysOfEveryKind>(&mut found);
+        let mut said: Vec<_> = found.into_diagnostics().into_iter().map(|d| (d.message, d.hint)).collect();
+        said.sort();
+        said
+    }
+
+    #[test]
+    fn serde_s_rust_types_are_said_as_toml_s_kinds_of_value_of_the_innermost_key() {
+        let said = every_kind(
+            "[t]\nport = 70000\ncount = -1\non = \"yes\"\nstore = \"s3://b/p\"\n\
+             stores = [{ url = \"u\" }, { url = 5 }]\nprofile = \"cloudfrnt\"\n",
+        );
+        let messages: Vec<&str> = said.iter().map(|(m, _)| m.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "`t.count` = -1 is out of range: expected 0 or more",
+                "`t.on` must be true or false, found a string",
+                "`t.port` = 70000 is out of range: expected 0..=65535",
+                "`t.store` must be a table, found a string",
+                "`t.stores[1].url` must be a string, found an integer",
+                "unknown profile `cloudfrnt`",
+            ]
+        );
+        // A table written as a string: how to write it, with its keys (asked of serde).
+        assert_eq!(said[3].1.as_deref(), Some("write `store = { url = \"s3://b/p\" }` (its keys: `url`)"));
+        assert_eq!(said[5].1.as_deref(), Some("did you mean `cloudfront`?"));
+        let said = every_kind("[t]\nstores = [{ url = \"u\" }, {}]\n");
+        assert_eq!(said, [("`t.stores[1]` needs `url`".to_string(), None)]);
+        let said = every_kind("[t]\nport = [1]\nstore = []\nstores = {}\nprofile = 3\ncount = 1.5\n");
+        let messages: Vec<&str> = said.iter().map(|(m, _)| m.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "`t.count` must be an integer, found a float",
+                "`t.port` must be an integer, found an array",
+                "`t.profile` must be a string or a table, found an integer",
+                "`t.store` must be a table, found an array",
+                "`t.stores` must be an array, found a table",
+            ]
+        );
+        assert_eq!(said[3].1.as_deref(), Some("write `store = { url = … }` (its keys: `url`)"));
+        // A message in no shape known is kept as serde gave it.
+        assert_eq!(in_toml_words("trailing characters", "t.x", None), "in `t.x`: trailing characters");
     }
 
     #[test]
@@ -720,11 +971,7 @@ mod tests {
         let messages: Vec<String> = found.clone().into_diagnostics().into_iter().map(|d| d.message).collect();
         assert_eq!(
             messages,
-            [
-                "in `t`: missing field `url`",
-                "`t.timeout_s` = 0 is out of range: expected 1..=900",
-                "a `t` needs `store`"
-            ]
+            ["`t` needs `url`", "`t.timeout_s` = 0 is out of range: expected 1..=900", "a `t` needs `store`"]
         );
         assert!(found.finish(Some(keys)).is_err());
         // Nothing stood in for: a problem at the table is kept.

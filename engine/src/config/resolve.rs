@@ -487,6 +487,9 @@ pub const SINK_ENGINE_KEYS: &[&str] = &[
 const FIXED_BODY_SINK_ENGINE_KEYS: &[&str] = SINK_ENGINE_KEYS.split_at(8).0;
 /// How the engine encodes a sink's objects: refused for a type whose destination fixes the body.
 const OBJECT_BODY_KEYS: &[&str] = &["format", "compression", "columns", "schema", "parquet", "json"];
+
+/// The keys of `format = "parquet"` (read by [`take_parquet_spec`]).
+const PARQUET_KEYS: &[&str] = &["schema", "parquet", "json"];
 /// How the engine partitions a sink's objects: refused for a type whose destination fixes the body.
 const PARTITIONING_KEYS: &[&str] = &["partitioning", "deaggregation"];
 const PIPELINE_KEYS: &[&str] = &[
@@ -879,7 +882,13 @@ pub(super) fn resolve(
             }
             let sink_type = type_name.as_deref().and_then(|t| registry.sink(t));
             let fixed_body = sink_type.and_then(|t| t.fixed_body.map(|body| (t.name, body)));
-            let lent = section.set_aside(sink_type.map_or(&[][..], |t| t.reads));
+            // Of a sink of unknown type, no key any sink type reads itself is judged as the engine's:
+            // what it means is the type's.
+            let lent_keys: Vec<&str> = match sink_type {
+                Some(t) => t.reads.to_vec(),
+                None => registry.sinks.iter().flat_map(|t| t.reads.iter().copied()).collect(),
+            };
+            let lent = section.set_aside(&lent_keys);
             let settings = take_sink_settings(&mut section, &name, base_dir, registry, fixed_body, &mut problems);
             section.restore(lent);
             // The connector reads its keys whatever else is wrong, so every problem is reported at once.
@@ -1190,7 +1199,8 @@ fn take_type(
 ) -> Option<String> {
     let missing_span = section.span.clone();
     let Some(t) = section.take_string("type", problems) else {
-        if !section.contains("type") {
+        // A `type` of the wrong kind is said by `take_string`, not also missing.
+        if !section.misread("type") {
             problems.push(
                 Diagnostic::new(missing_span, format!("`{}` has no `type`", section.path))
                     .with_hint(format!("known {what} types: {}", join_ticked(&known))),
@@ -1234,7 +1244,8 @@ fn take_inputs(
     problems: &mut Vec<Diagnostic>,
 ) -> Option<Vec<usize>> {
     let Some(list) = section.take_string_list("inputs", problems) else {
-        if !section.contains("inputs") {
+        // `inputs` of the wrong kind is said by `take_string_list`, not also missing.
+        if !section.misread("inputs") {
             let (kind, name) = section.path.split_once('.').unwrap_or(("", section.path.as_str()));
             problems.push(
                 Diagnostic::new(key_span, format!("{} `{name}` has no inputs", kind.trim_end_matches('s')))
@@ -1332,12 +1343,21 @@ fn take_sink_settings(
         Parquet(crate::columnar::ParquetSpec),
     }
     let format = match format_name.as_ref().map(|f| f.get_ref().as_str()) {
+        // Of the wrong kind: said by `take_string`; no format, nor its keys, is judged.
+        None if section.misread("format") => {
+            for key in PARQUET_KEYS {
+                section.take(key);
+            }
+            None
+        }
         None => Some(Chosen::Text(format::raw)),
         Some(name) if let Some(open) = format::plain(name) => Some(Chosen::Text(open)),
         Some("csv") => match &columns {
             Some(c) if !c.get_ref().is_empty() => {
                 Some(Chosen::Csv(c.get_ref().iter().map(|s| s.get_ref().clone()).collect()))
             }
+            // Of the wrong kind: said by `take_string_list`.
+            _ if section.misread("columns") => None,
             _ => {
                 let span = format_name.as_ref().map(|f| f.span()).unwrap_or_default();
                 problems.push(
@@ -1470,6 +1490,8 @@ fn take_sink_settings(
     };
     let prefix = section.take_string("prefix", problems);
     let error_prefix = section.take_string("error_prefix", problems);
+    // A prefix of the wrong kind is said by `take_string`: the pair's rules are not judged without it.
+    let pair_read = !section.misread("prefix") && !section.misread("error_prefix");
     // An unknown time zone (reported) still lets the prefixes be checked, under UTC.
     let keys = match ObjectKeys::new(
         prefix.as_ref().map(|p| p.get_ref().as_str()),
@@ -1478,6 +1500,7 @@ fn take_sink_settings(
         time_zone.unwrap_or(chrono_tz::Tz::UTC),
     ) {
         Ok(k) => time_zone.map(|_| k),
+        Err(_) if !pair_read => None,
         Err(errors) => {
             for e in errors.0 {
                 let value: Option<&Spanned<String>> =
