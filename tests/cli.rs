@@ -77,7 +77,12 @@ fn records_an_endpoint_refused_are_said_to_be_in_its_backup_store() {
     let (code, text) = run_in(work.path(), &["run", "--quiet", "--workers", "1"], &pipeline);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("0 B stored, "), "{text}");
-    assert!(text.contains("50 records went to the error output in object_store file://./failed"), "{text}");
+    assert!(
+        text.contains(
+            "50 records went to the error output in object_store file://./failed (HttpEndpoint.ConnectionFailed: 50)"
+        ),
+        "{text}"
+    );
     let objects = folder_objects(&work.path().join("failed"));
     assert!(objects.keys().all(|k| k.starts_with("http-endpoint-failed/")), "{:?}", objects.keys());
 }

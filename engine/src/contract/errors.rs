@@ -4,12 +4,14 @@
 
 use super::Payload;
 
-/// Why a delivery failed. Callers match on the variant, never on the message.
+/// Why a delivery failed. Callers match on the variant, never on the message. Its text is what the
+/// destination said (the message alone: it becomes an error document's `errorMessage`, where
+/// Firehose puts the destination's answer, and the logs say what is done about it).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeliveryError {
     /// May succeed if tried again (timeouts, connection errors, throttling, 5xx).
-    #[error("retryable: {message}")]
+    #[error("{message}")]
     Retryable {
         /// Firehose-style code, e.g. `S3.InternalError`.
         code: String,
@@ -17,7 +19,7 @@ pub enum DeliveryError {
         message: String,
     },
     /// Will fail again the same way (bad credentials, missing bucket, other 4xx).
-    #[error("permanent: {message}")]
+    #[error("{message}")]
     Permanent {
         /// Firehose-style code, e.g. `S3.AccessDenied`.
         code: String,
@@ -27,7 +29,7 @@ pub enum DeliveryError {
     /// This payload can never be stored as it is, whatever the destination's state (an invalid
     /// object key): a data object goes to the error output at once; an error-output object that
     /// cannot be stored stops the run instead of blocking it forever.
-    #[error("unstorable: {message}")]
+    #[error("{message}")]
     Unstorable {
         /// Firehose-style code, e.g. `S3.InvalidKey`.
         code: String,
@@ -39,7 +41,7 @@ pub enum DeliveryError {
     /// output at once and sends `retry` (a payload the sink made of the records worth sending
     /// again, such as items answered 429 or 5xx) with back-off within the retry duration, backing it
     /// up when the duration runs out; every other record of the payload is stored.
-    #[error("partly stored: {message}")]
+    #[error("{message}")]
     Partly {
         /// Firehose-style code of why the rest was not stored, e.g. `OpenSearch.ItemErrors`.
         code: String,

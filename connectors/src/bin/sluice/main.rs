@@ -776,13 +776,17 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
         let failed = m.records_failed.load(Relaxed);
         if failed > 0 {
             any_failed = true;
-            let reasons = m.reasons.lock().map(|r| format!("{r:?}")).unwrap_or_default();
+            let reasons = m
+                .reasons
+                .lock()
+                .map(|r| r.iter().map(|(why, n)| format!("{why}: {n}")).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
             let keys = m.error_keys.lock().map(|k| k.join(", ")).unwrap_or_default();
             // The error output is the sink's own store, or its backup store (an HTTP endpoint's).
             let store = sink.sink.error_output().map_or_else(|| sink.sink.describe(), |backup| backup.describe());
             let _ = writeln!(
                 out,
-                "    failed   {failed} records went to the error output in {store} (reasons {reasons}); e.g. {keys}"
+                "    failed   {failed} records went to the error output in {store} ({reasons}); e.g. {keys}"
             );
         }
         let undelivered = m.records_undelivered.load(Relaxed);
