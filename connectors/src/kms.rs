@@ -76,15 +76,14 @@ impl KmsKeys {
                 .map_err(|e| format!("cannot start a KMS call: {e}"))?;
             runtime.block_on(async move {
                 let client = reqwest::Client::builder().timeout(CALL_TIMEOUT).build().map_err(|e| e.to_string())?;
-                let response = client
-                    .post(url)
-                    .headers(headers)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| format!("KMS {operation} could not be reached: {e}"))?;
+                let response = client.post(url).headers(headers).body(body).send().await.map_err(|e| {
+                    format!("KMS {operation} could not be reached: {}", sluice_engine::redact::error(&e))
+                })?;
                 let status = response.status();
-                let text = response.text().await.map_err(|e| format!("KMS {operation}: {e}"))?;
+                let text = response
+                    .text()
+                    .await
+                    .map_err(|e| format!("KMS {operation}: {}", sluice_engine::redact::error(&e)))?;
                 let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 if status.is_success() {
                     return Ok(answer);

@@ -86,10 +86,10 @@ async fn scrape(client: &reqwest::Client, address: SocketAddr) -> Result<Scrape,
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| sluice_engine::redact::error(&e))?
         .text()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| sluice_engine::redact::error(&e))?;
     Ok(Scrape { at: Instant::now(), samples: parse(&text) })
 }
 
