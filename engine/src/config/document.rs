@@ -495,8 +495,8 @@ impl Section {
             // Said of the innermost key the problem is at (`sinks.hook.store.url`, `….patterns[1]`).
             let (place, accepted_here, nested, found) = match &culprit {
                 Some((key, true)) => {
-                    let value = entries.get(key);
-                    let (below, found) = value.map(|v| path_within(v, &span)).unwrap_or_default();
+                    let (below, found) = entries.get(key).map(|v| path_within(v, &span)).unzip();
+                    let below = below.unwrap_or_default();
                     (format!("{path}.{}{below}", key.get_ref()), &[][..], true, found)
                 }
                 _ => (path.clone(), &asked[..], false, None),
@@ -513,27 +513,18 @@ impl Section {
                 }
                 None => {
                     let said = Diagnostic::new(span.clone(), in_toml_words(&message, &place, found));
-                    // A table written as something else: its keys, asked of serde by a probe.
-                    let table_keys = match &culprit {
+                    // A key's whole value written where a table belongs: how to write the table.
+                    let hint = match &culprit {
                         Some((key, true))
-                            if expects_a_table(&message) && place == format!("{path}.{}", key.get_ref()) =>
+                            if expects_a_table(&message) && entries.get(key).is_some_and(|v| v.span() == span) =>
                         {
-                            let mut probe = entries.clone();
-                            probe.insert(key.clone(), stand_in_value(KEYS_PROBE, &span));
-                            let probed = T::deserialize(toml::de::ValueDeserializer::from(Spanned::new(
-                                whole.clone(),
-                                DeValue::Table(probe),
-                            )));
-                            probed.err().and_then(|e| keys_of_probed_table(e.message()))
+                            table_hint::<T>(&entries, key, &whole)
                         }
                         _ => None,
                     };
-                    match (table_keys, &culprit) {
-                        (Some(keys), Some((key, _))) => {
-                            let written = entries.get(key).map(|v| v.get_ref());
-                            said.with_hint(table_hint(key.get_ref(), &keys, written))
-                        }
-                        _ => said,
+                    match hint {
+                        Some(hint) => said.with_hint(hint),
+                        None => said,
                     }
                 }
             });
@@ -594,22 +585,30 @@ fn explain_serde_message(message: &str, engine_keys: &[&str]) -> Option<SerdePro
 /// struct has a field of this name, so serde answers "unknown field, expected one of" its fields.
 const KEYS_PROBE: &str = "{ \"\\u0001\" = 0 }";
 
-/// The fields serde listed when refusing [`KEYS_PROBE`] (none for any other answer).
-fn keys_of_probed_table(message: &str) -> Option<Vec<String>> {
-    let rest = message.strip_prefix("unknown field `\u{1}`")?;
-    let keys: Vec<String> = rest.split('`').skip(1).step_by(2).map(str::to_string).collect();
-    (!keys.is_empty()).then_some(keys)
-}
-
-/// How to write `key`'s table: with a URL when a string was written for a table that takes `url`.
-fn table_hint(key: &str, keys: &[String], written: Option<&DeValue<'_>>) -> String {
-    let listed = join_ticked(&keys.iter().map(String::as_str).collect::<Vec<_>>());
-    match written {
-        Some(DeValue::String(s)) if keys.iter().any(|k| k == "url") => {
-            format!("write `{key} = {{ url = {:?} }}` (its keys: {listed})", s.as_ref())
+/// How to write `key`'s value as the table `T` expects there, with its keys, learnt by reading
+/// `entries` (the table of `T`, spanning `whole`) again with [`KEYS_PROBE`] as the key's value: with
+/// its `url` when a string was written for a table that takes one. `None` when serde does not list
+/// the keys (a table of any keys, or one that takes unknown keys).
+fn table_hint<T: DeserializeOwned>(
+    entries: &DeTable<'static>,
+    key: &Spanned<std::borrow::Cow<'static, str>>,
+    whole: &Range<usize>,
+) -> Option<String> {
+    let written = entries.get(key)?;
+    let mut probe = entries.clone();
+    probe.insert(key.clone(), stand_in_value(KEYS_PROBE, &written.span()));
+    let refused = T::deserialize(toml::de::ValueDeserializer::from(Spanned::new(whole.clone(), DeValue::Table(probe))));
+    let error = refused.err()?;
+    let listed = error.message().strip_prefix("unknown field `\u{1}`")?;
+    let keys: Vec<&str> = listed.split('`').skip(1).step_by(2).collect();
+    let first = keys.first()?;
+    let (key, keys) = (key.get_ref(), join_ticked(&keys));
+    Some(match written.get_ref() {
+        DeValue::String(url) if listed.contains("`url`") => {
+            format!("write `{key} = {{ url = {url:?} }}` (its keys: {keys})")
         }
-        _ => format!("write `{key} = {{ {} = … }}` (its keys: {listed})", keys[0]),
-    }
+        _ => format!("write `{key} = {{ {first} = … }}` (its keys: {keys})"),
+    })
 }
 
 /// Whether serde's message says a table (a struct or a map) was expected.
@@ -620,7 +619,7 @@ fn expects_a_table(message: &str) -> bool {
 
 /// The path below `value` to the innermost value `span` is in (`.url`, `[1].name`; empty for
 /// `value` itself), and that value's kind in the engine's words.
-fn path_within(value: &Value, span: &Range<usize>) -> (String, Option<&'static str>) {
+fn path_within(value: &Value, span: &Range<usize>) -> (String, &'static str) {
     let holds = |v: &Value| v.span().start <= span.start && span.end <= v.span().end;
     let (mut below, mut at) = (String::new(), value);
     while at.span() != *span {
@@ -637,7 +636,7 @@ fn path_within(value: &Value, span: &Range<usize>) -> (String, Option<&'static s
         below.push_str(&step);
         at = v;
     }
-    (below, Some(type_name(at.get_ref())))
+    (below, type_name(at.get_ref()))
 }
 
 /// serde's (and toml's) message about the value at `place` in the words the engine uses for its
@@ -647,41 +646,42 @@ fn path_within(value: &Value, span: &Range<usize>) -> (String, Option<&'static s
 /// written there, for toml's messages that do not say it. Any other message is kept, after
 /// "in `place`:".
 fn in_toml_words(message: &str, place: &str, found: Option<&'static str>) -> String {
-    let reworded = (|| {
-        if let Some(key) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
-            return Some(format!("`{place}` needs `{key}`"));
-        }
-        if let Some((written, expected)) =
-            message.strip_prefix("invalid type: ").and_then(|m| m.rsplit_once(", expected "))
-        {
-            return Some(format!("`{place}` must be {}, found {}", expected_words(expected), found_words(written)));
-        }
-        if let Some((written, expected)) =
-            message.strip_prefix("invalid value: ").and_then(|m| m.rsplit_once(", expected "))
-        {
-            let number = written.strip_prefix("integer `").and_then(|n| n.strip_suffix('`'));
-            return match (number, integer_range(expected)) {
-                (Some(n), Some(range)) => Some(format!("`{place}` = {n} is out of range: expected {range}")),
-                _ => Some(format!("`{place}` must be {}, found {written}", expected_words(expected))),
-            };
-        }
-        if let Some(expected) = message.strip_prefix("invalid length ").and_then(|m| m.split_once(", expected ")) {
-            return expected.1.starts_with("struct ").then(|| format!("`{place}` must be a table, found an array"));
-        }
-        if let Some(name) = message.strip_prefix("unknown variant `").and_then(|m| m.split('`').next())
-            && let Some(key) = place.rsplit('.').next().filter(|k| !k.ends_with(']'))
-        {
-            return Some(format!("unknown {key} `{name}`"));
-        }
-        if message == "wanted string or table" {
-            return Some(format!("`{place}` must be a string or a table, found {}", found.unwrap_or("another kind")));
-        }
-        if message.starts_with("wanted exactly 1 element") {
-            return Some(format!("`{place}` must be a string, or a table of one key"));
-        }
-        None
-    })();
-    reworded.unwrap_or_else(|| format!("in `{place}`: {message}"))
+    reworded(message, place, found).unwrap_or_else(|| format!("in `{place}`: {message}"))
+}
+
+/// [`in_toml_words`] for the messages whose shape it knows.
+fn reworded(message: &str, place: &str, found: Option<&'static str>) -> Option<String> {
+    if let Some(key) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+        return Some(format!("`{place}` needs `{key}`"));
+    }
+    if let Some((written, expected)) = message.strip_prefix("invalid type: ").and_then(|m| m.rsplit_once(", expected "))
+    {
+        return Some(format!("`{place}` must be {}, found {}", expected_words(expected), found_words(written)));
+    }
+    if let Some((written, expected)) =
+        message.strip_prefix("invalid value: ").and_then(|m| m.rsplit_once(", expected "))
+    {
+        let number = written.strip_prefix("integer `").and_then(|n| n.strip_suffix('`'));
+        return match (number, integer_range(expected)) {
+            (Some(n), Some(range)) => Some(format!("`{place}` = {n} is out of range: expected {range}")),
+            _ => Some(format!("`{place}` must be {}, found {written}", expected_words(expected))),
+        };
+    }
+    if let Some(expected) = message.strip_prefix("invalid length ").and_then(|m| m.split_once(", expected ")) {
+        return expected.1.starts_with("struct ").then(|| format!("`{place}` must be a table, found an array"));
+    }
+    if let Some(name) = message.strip_prefix("unknown variant `").and_then(|m| m.split('`').next())
+        && let Some(key) = place.rsplit('.').next().filter(|k| !k.ends_with(']'))
+    {
+        return Some(format!("unknown {key} `{name}`"));
+    }
+    if message == "wanted string or table" {
+        return Some(format!("`{place}` must be a string or a table, found {}", found.unwrap_or("another kind")));
+    }
+    if message.starts_with("wanted exactly 1 element") {
+        return Some(format!("`{place}` must be a string, or a table of one key"));
+    }
+    None
 }
 
 /// A Rust type serde expected, as a kind of TOML value.
