@@ -146,8 +146,16 @@ fn every_type_round_trips_through_pyarrow_and_duckdb_and_misfits_go_to_the_error
         assert!(f["created_by"].as_str().is_some_and(|c| c.starts_with("sluice")));
     }
 
-    // The five misfits, each alone, with the column and the value named.
+    // The five misfits, each alone, with the column and the value named, as plain NDJSON (as
+    // Firehose writes them: its CompressionFormat is UNCOMPRESSED with conversion), not compressed
+    // with the file's page codec.
     let objects = folder_objects(&out);
+    let error_objects: Vec<&String> = objects.keys().filter(|k| k.starts_with("t/format-conversion-failed/")).collect();
+    assert!(!error_objects.is_empty(), "{:?}", objects.keys());
+    for key in error_objects {
+        let stored = std::fs::read(out.join(key)).unwrap_or_default();
+        assert!(stored.starts_with(b"{\"") && !key.ends_with(".zst"), "{key}");
+    }
     let docs: Vec<Value> = objects
         .iter()
         .filter(|(k, _)| k.starts_with("t/format-conversion-failed/"))

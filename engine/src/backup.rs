@@ -82,7 +82,8 @@ pub fn refused_payload(
     documents_payload(settings, output_type, text, refused.len() as u64, oldest_arrival_ms)
 }
 
-/// Error documents compressed as the sink's objects are, keyed under the error prefix.
+/// Error documents compressed with the format's `compression_format` (as the sink's objects are;
+/// not at all for a converted format's), keyed under the error prefix.
 fn documents_payload(
     settings: &SinkSettings,
     output_type: ErrorOutputType,
@@ -91,7 +92,7 @@ fn documents_payload(
     oldest_arrival_ms: i64,
 ) -> Payload {
     // Compression into memory does not fail in practice; if it did, the documents go uncompressed.
-    let compression = settings.format.compression();
+    let compression = settings.format.compression_format();
     let (compression, body) = match compress(compression, &text) {
         Ok(body) => (compression, body),
         Err(_) => (Compression::None, text),

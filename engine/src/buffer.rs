@@ -2,7 +2,8 @@
 //!
 //! One [`ObjectBatcher`] per (sink, worker). It keeps at most one open data object (encoded with the
 //! sink's [`ObjectFormat`]) and one open error-output object per [`ErrorOutputType`] (NDJSON error
-//! documents, compressed like the data). An object is sealed when its bytes before compression
+//! documents, compressed with the format's `compression_format`: as the data objects are, and not
+//! at all beside Parquet's). An object is sealed when its bytes before compression
 //! reach the size hint, when it holds the format's most records, when its oldest record has waited
 //! the interval, or at end of input. Memory is the compressed bytes of the open objects, never the
 //! input. Records the format refuses go, alone, to the error output as Firehose error documents.
@@ -161,7 +162,7 @@ impl std::fmt::Debug for ObjectBatcher {
 impl ObjectBatcher {
     /// A batcher for a sink's settings.
     pub fn new(settings: Arc<SinkSettings>) -> Self {
-        let error_format = format::ndjson(settings.format.compression());
+        let error_format = format::ndjson(settings.format.compression_format());
         ObjectBatcher {
             config: Arc::new(BatcherConfig { settings, error_format, part_bytes: None }),
             objects_streamed: 0,

@@ -298,12 +298,7 @@ impl Plan {
                     location: s.sink.location(),
                     size_mb: settings.hints.size_bytes >> 20,
                     interval_s: settings.hints.interval.as_secs(),
-                    // A converted object compresses inside its file: Firehose says UNCOMPRESSED.
-                    compression_format: if converts {
-                        Compression::None.firehose_name()
-                    } else {
-                        settings.format.compression().firehose_name()
-                    },
+                    compression_format: settings.format.compression_format().firehose_name(),
                     format_conversion: converts,
                     prefix: prefix.to_string(),
                     error_prefix: error_prefix.map(str::to_string),

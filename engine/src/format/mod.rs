@@ -54,12 +54,18 @@ pub trait ObjectFormat: Send + Sync + std::fmt::Debug {
     fn content_encoding(&self) -> Option<&'static str>;
     /// Extension of its objects, compression included (`.csv.gz`, `.parquet`).
     fn extension(&self) -> String;
-    /// The stream compression, or the page codec inside (Parquet): the sink's error documents are
-    /// compressed with it too.
+    /// The stream compression, or the page codec inside (Parquet).
     fn compression(&self) -> Compression;
     /// Whether records are converted to a table format (Firehose's DataFormatConversion).
     fn converts(&self) -> bool {
         false
+    }
+    /// Firehose's `CompressionFormat`: the compression of the object as a whole, none for a
+    /// converted object (it compresses inside its file, and Firehose requires `UNCOMPRESSED`
+    /// then). The sink's error output is compressed with it, as Firehose's is: a Parquet sink's
+    /// error documents are plain NDJSON.
+    fn compression_format(&self) -> Compression {
+        if self.converts() { Compression::None } else { self.compression() }
     }
     /// Most records in one object.
     fn max_records(&self) -> u64 {
