@@ -59,7 +59,8 @@ fn conversion_failures_exit_2_and_the_summary_says_how_many_why_and_where() {
 }
 
 /// An HTTP endpoint that takes nothing: the summary says where its records went (its backup
-/// store, not the endpoint) and gives no compression ratio for nothing stored.
+/// store, given as its URL alone, not the endpoint) and gives no compression ratio for nothing
+/// stored.
 #[test]
 fn records_an_endpoint_refused_are_said_to_be_in_its_backup_store() {
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -71,7 +72,7 @@ fn records_an_endpoint_refused_are_said_to_be_in_its_backup_store() {
         &format!(
             "[pipeline]\nname = \"hook\"\n[sources.in]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 50\n\
              [sinks.hook]\ntype = \"http_endpoint\"\ninputs = [\"in\"]\nurl = \"http://127.0.0.1:{port}/\"\n\
-             retry = {{ duration_s = 1 }}\nbackup_store = {{ url = \"file://./failed\" }}\n"
+             retry = {{ duration_s = 1 }}\nbackup_store = \"file://./failed\"\n"
         ),
     );
     let (code, text) = run_in(work.path(), &["run", "--quiet", "--workers", "1"], &pipeline);

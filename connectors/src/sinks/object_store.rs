@@ -184,14 +184,61 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     Ok(Arc::new(if c.healthcheck { sink } else { sink.without_healthcheck() }))
 }
 
-/// `backup_store = { url = "...", options = {...} }` of a sink that sends requests (Firehose's
-/// required S3Configuration): the object store its error output goes to.
+/// `backup_store = "s3://bucket/prefix"` or `{ url = "...", options = {...} }` of a sink that sends
+/// requests (Firehose's required S3Configuration): the object store its error output goes to.
+#[derive(Debug, Deserialize)]
+#[serde(from = "UrlOrTable<BackupStoreTable>")]
+pub struct BackupStore {
+    url: String,
+    options: BTreeMap<String, toml::Value>,
+}
+
+/// [`BackupStore`] written as a table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackupStore {
+pub struct BackupStoreTable {
     url: String,
     #[serde(default)]
     options: BTreeMap<String, toml::Value>,
+}
+
+impl From<UrlOrTable<BackupStoreTable>> for BackupStore {
+    fn from(written: UrlOrTable<BackupStoreTable>) -> Self {
+        match written {
+            UrlOrTable::Url(url) => BackupStore { url, options: BTreeMap::new() },
+            UrlOrTable::Table(BackupStoreTable { url, options }) => BackupStore { url, options },
+        }
+    }
+}
+
+/// A store a connector's key names, written as its URL alone (`"s3://bucket/prefix"`, as the
+/// engine's `error_log` and `audit_log` may be) or as its table (`{ url = "…", options = {…} }`,
+/// read as `T`, whose unknown keys are refused by name).
+#[derive(Debug)]
+pub enum UrlOrTable<T> {
+    /// The URL alone.
+    Url(String),
+    /// The table.
+    Table(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for UrlOrTable<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Written<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Written<T> {
+            type Value = UrlOrTable<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a URL or a table")
+            }
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<Self::Value, E> {
+                Ok(UrlOrTable::Url(url.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(UrlOrTable::Table)
+            }
+        }
+        deserializer.deserialize_any(Written(std::marker::PhantomData))
+    }
 }
 
 /// What a sink's backup store needs to know of the sink, taken from its config before its keys are
@@ -237,7 +284,7 @@ impl BackupOwner {
             )
             .with_hint(
                 "where records the destination does not take are kept, as Firehose's S3Configuration: \
-                     backup_store = { url = \"s3://bucket/prefix\" } (or file://./failed)",
+                     backup_store = \"s3://bucket/prefix\" (or \"file://./failed\", or a table { url, options })",
             )
             .of_the_table()
             .into());
@@ -910,6 +957,26 @@ impl Sink for ObjectStoreSink {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_backup_store_is_its_url_alone_or_its_table_whose_unknown_keys_are_refused() {
+        use super::{BTreeMap, BackupStore};
+        #[derive(Debug, serde::Deserialize)]
+        struct Sink {
+            backup_store: BackupStore,
+        }
+        let read =
+            |text: &str| toml::from_str::<Sink>(text).map(|s| s.backup_store).map_err(|e| e.message().to_string());
+        let alone = read("backup_store = \"s3://bucket/failed\"").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((alone.url.as_str(), alone.options), ("s3://bucket/failed", BTreeMap::new()));
+        let table = read("backup_store = { url = \"s3://b/p\", options = { region = \"eu-west-1\" } }");
+        let table = table.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((table.url.as_str(), table.options.len()), ("s3://b/p", 1));
+        let misspelt = read("backup_store = { url = \"s3://b/p\", optoins = {} }").map(|s| s.url);
+        assert!(misspelt.as_ref().is_err_and(|e| e.starts_with("unknown field `optoins`")), "{misspelt:?}");
+        let number = read("backup_store = 5").map(|s| s.url);
+        assert_eq!(number, Err("invalid type: integer `5`, expected a URL or a table".to_string()));
+    }
+
     #[test]
     fn every_option_name_suggested_is_one_its_store_takes() {
         use object_store::aws::AmazonS3ConfigKey;

@@ -66,7 +66,7 @@ use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 use sluice_engine::metrics::SinkMeter;
 use tokio_postgres::error::SqlState;
 
-use crate::sinks::object_store::ObjectStoreSink;
+use crate::sinks::object_store::{ObjectStoreSink, UrlOrTable};
 use crate::transforms::json;
 
 /// What the sink type's destination takes (the registry's line): rows staged as gzip CSV for
@@ -290,14 +290,33 @@ fn yes() -> bool {
     true
 }
 
+/// `staging = "s3://bucket/staging"` or `{ url, prefix, options }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(from = "UrlOrTable<StagingTable>")]
+struct Staging {
+    url: String,
+    prefix: String,
+    options: BTreeMap<String, toml::Value>,
+}
+
+/// [`Staging`] written as a table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Staging {
+struct StagingTable {
     url: String,
     #[serde(default)]
     prefix: String,
     #[serde(default)]
     options: BTreeMap<String, toml::Value>,
+}
+
+impl From<UrlOrTable<StagingTable>> for Staging {
+    fn from(written: UrlOrTable<StagingTable>) -> Self {
+        match written {
+            UrlOrTable::Url(url) => Staging { url, ..Staging::default() },
+            UrlOrTable::Table(StagingTable { url, prefix, options }) => Staging { url, prefix, options },
+        }
+    }
 }
 
 /// A configured PostgreSQL sink.
@@ -404,7 +423,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
         None => Err(Diagnostic::new(span, "a sink of type `postgres` needs `staging`")
             .with_hint(
                 "where batches are staged before COPY (and the error output goes), as Firehose's intermediate S3: \
-                 staging = { url = \"s3://bucket/staging\" } (or file://./staging)",
+                 staging = \"s3://bucket/staging\" (or \"file://./staging\", or a table { url, prefix, options })",
             )
             .of_the_table()
             .into()),

@@ -518,7 +518,7 @@ impl Section {
                         Some((key, true))
                             if expects_a_table(&message) && entries.get(key).is_some_and(|v| v.span() == span) =>
                         {
-                            table_hint::<T>(&entries, key, &whole)
+                            table_hint::<T>(&entries, key, &whole, message.ends_with(" or a table"))
                         }
                         _ => None,
                     };
@@ -587,12 +587,14 @@ const KEYS_PROBE: &str = "{ \"\\u0001\" = 0 }";
 
 /// How to write `key`'s value as the table `T` expects there, with its keys, learnt by reading
 /// `entries` (the table of `T`, spanning `whole`) again with [`KEYS_PROBE`] as the key's value: with
-/// its `url` when a string was written for a table that takes one. `None` when serde does not list
-/// the keys (a table of any keys, or one that takes unknown keys).
+/// its `url` when a string was written for a table that takes one, or its URL alone when that is
+/// taken too (`url_alone`). `None` when serde does not list the keys (a table of any keys, or one
+/// that takes unknown keys).
 fn table_hint<T: DeserializeOwned>(
     entries: &DeTable<'static>,
     key: &Spanned<std::borrow::Cow<'static, str>>,
     whole: &Range<usize>,
+    url_alone: bool,
 ) -> Option<String> {
     let written = entries.get(key)?;
     let mut probe = entries.clone();
@@ -604,6 +606,7 @@ fn table_hint<T: DeserializeOwned>(
     let first = keys.first()?;
     let (key, keys) = (key.get_ref(), join_ticked(&keys));
     Some(match written.get_ref() {
+        _ if url_alone => format!("write `{key} = \"s3://bucket/prefix\"` (a URL), or a table of its keys: {keys}"),
         DeValue::String(url) if listed.contains("`url`") => {
             format!("write `{key} = {{ url = {url:?} }}` (its keys: {keys})")
         }
@@ -611,10 +614,10 @@ fn table_hint<T: DeserializeOwned>(
     })
 }
 
-/// Whether serde's message says a table (a struct or a map) was expected.
+/// Whether serde's message says a table (a struct or a map, or "a URL or a table") was expected.
 fn expects_a_table(message: &str) -> bool {
     let expected = message.rsplit_once(", expected ").map_or("", |(_, e)| e);
-    expected.starts_with("struct ") || expected == "a map"
+    expected.starts_with("struct ") || expected == "a map" || expected.ends_with(" or a table")
 }
 
 /// The path below `value` to the innermost value `span` is in (`.url`, `[1].name`; empty for
