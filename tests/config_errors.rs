@@ -86,6 +86,11 @@ fn validate_exits_1_with_positions_and_0_with_the_graph() {
     assert!(stderr.contains("did you mean `workers`?"), "{stderr}");
     assert!(stderr.contains("3 errors"), "{stderr}");
 
+    // A folder given for a pipeline: `serve` is what takes one.
+    let out = validate("pipelines");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`sluice serve DIR`"), "{out:?}");
+
     let out = validate("pipelines/quickstart.toml");
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -35,10 +35,15 @@ pub fn load_file(path: &Path, registry: &Registry) -> Result<Plan, Diagnostics> 
 /// network folder) never share a write-ahead log or a checkpoint.
 pub fn load_file_for(path: &Path, registry: &Registry, process: Option<usize>) -> Result<Plan, Diagnostics> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Diagnostics {
-        file: file.clone(),
-        source: String::new(),
-        items: vec![Diagnostic::new(0..0, format!("cannot read the file: {e}"))],
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let problem = Diagnostic::new(0..0, format!("cannot read the file: {e}"));
+        let problem = if e.kind() == std::io::ErrorKind::IsADirectory {
+            problem
+                .with_hint("a pipeline is one TOML file; `sluice serve DIR` serves every stream pipeline of a folder")
+        } else {
+            problem
+        };
+        Diagnostics { file: file.clone(), source: String::new(), items: vec![problem] }
     })?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     load_str_for(&file, text, &base_dir, registry, process)
