@@ -84,7 +84,7 @@ fn validate_exits_1_with_positions_and_0_with_the_graph() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown_keys.toml:3:1"), "{stderr}");
     assert!(stderr.contains("did you mean `workers`?"), "{stderr}");
-    assert!(stderr.contains("3 errors"), "{stderr}");
+    assert!(stderr.contains("6 errors"), "{stderr}");
 
     // A folder given for a pipeline: `serve` is what takes one.
     let out = validate("pipelines");

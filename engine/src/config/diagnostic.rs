@@ -310,6 +310,60 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
+/// How to say a key of Firehose's API (`BucketARN`, `CustomTimeZone`, … in any case, with or
+/// without underscores) that is not a key of sluice's: where its setting is here, if anywhere.
+/// Names that are only a typo away from sluice's (`compression_format`, `error_output_prefix`)
+/// are left to [`did_you_mean`].
+pub fn firehose_key_hint(key: &str) -> Option<&'static str> {
+    const FIREHOSE_KEYS: &[(&str, &str)] = &[
+        ("bucketarn", "Firehose's BucketARN is the bucket of `url` here: url = \"s3://bucket/prefix\""),
+        ("bucket", "the bucket is part of `url`: url = \"s3://bucket/prefix\""),
+        (
+            "rolearn",
+            "there is no role to name: credentials come from the environment (AWS_* variables, the \
+             instance's or a web identity's role) or the store's `options`",
+        ),
+        ("customtimezone", "Firehose's CustomTimeZone is `time_zone` here"),
+        (
+            "fileextension",
+            "the extension follows `format` and `compression` (`.csv.gz`, `.parquet`); no other is written",
+        ),
+        (
+            "dynamicpartitioningconfiguration",
+            "Firehose's dynamic partitioning is `partitioning = { query = \"…\" }` here, its keys used in `prefix`",
+        ),
+        (
+            "dynamicpartitioning",
+            "Firehose's dynamic partitioning is `partitioning = { query = \"…\" }` here, its keys used in `prefix`",
+        ),
+        (
+            "processingconfiguration",
+            "processors are transforms here: a [transforms.<name>] table of their own, named in this sink's `inputs`",
+        ),
+        (
+            "dataformatconversionconfiguration",
+            "Firehose's record format conversion is `format = \"parquet\"` with a `schema` here",
+        ),
+        ("s3backupmode", "Firehose's S3BackupMode is `backup` here: \"failed\" (default) or \"all\""),
+    ];
+    let normalized: String = key.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_lowercase();
+    FIREHOSE_KEYS.iter().find(|(name, _)| *name == normalized).map(|(_, hint)| *hint)
+}
+
+/// The hint for `key`, which no reader of its table takes: Firehose's name for a setting said as
+/// sluice's ([`firehose_key_hint`]), else the nearest key ([`did_you_mean`]), and the keys
+/// `accepted` there; with the nearest key, if any.
+pub fn unknown_key_hint<'a>(key: &str, accepted: &[&'a str]) -> (String, Option<&'a str>) {
+    let near = did_you_mean(key, accepted.iter().copied());
+    let listed = format!("accepted keys here: {}", super::document::join_ticked(accepted));
+    let hint = match (firehose_key_hint(key), near) {
+        (Some(firehose), _) => format!("{firehose}; {listed}"),
+        (None, Some(k)) => format!("did you mean `{k}`? {listed}"),
+        (None, None) => listed,
+    };
+    (hint, near)
+}
+
 /// The closest of `candidates` to `word`, if close enough to be a plausible typo.
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
@@ -330,6 +384,21 @@ mod tests {
         assert_eq!(line_col(src, 0), LineCol { line: 1, col: 1 });
         assert_eq!(line_col(src, 6), LineCol { line: 2, col: 1 });
         assert_eq!(line_col(src, 9), LineCol { line: 2, col: 3 });
+    }
+
+    #[test]
+    fn a_firehose_key_is_said_as_sluice_s_in_any_case_and_spelling() {
+        for key in ["BucketARN", "bucket_arn", "bucketArn", "bucket-arn"] {
+            assert!(firehose_key_hint(key).is_some_and(|h| h.contains("url = ")), "{key}");
+        }
+        assert!(firehose_key_hint("CustomTimeZone").is_some_and(|h| h.contains("`time_zone`")));
+        // A typo of sluice's own key is did_you_mean's.
+        assert_eq!(firehose_key_hint("compression_format"), None);
+        let (hint, near) = unknown_key_hint("custom_time_zone", &["time_zone", "url"]);
+        assert_eq!(hint, "Firehose's CustomTimeZone is `time_zone` here; accepted keys here: `time_zone`, `url`");
+        assert_eq!(near, None);
+        let (hint, near) = unknown_key_hint("urll", &["time_zone", "url"]);
+        assert_eq!((hint.as_str(), near), ("did you mean `url`? accepted keys here: `time_zone`, `url`", Some("url")));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::diagnostic::{Diagnostic, Problems, did_you_mean};
+use super::diagnostic::{Diagnostic, Problems, did_you_mean, unknown_key_hint};
 
 /// A spanned TOML value that owns its data.
 pub type Value = Spanned<DeValue<'static>>;
@@ -408,12 +408,8 @@ impl Section {
     /// Reports every key still in the table as unknown; `known` lists the accepted keys for hints.
     pub fn deny_unknown(self, known: &[&str], problems: &mut Vec<Diagnostic>) {
         for (key, span) in self.keys() {
-            let mut d = Diagnostic::new(span, format!("unknown key {}", self.label(&key)));
-            d = match did_you_mean(&key, known.iter().copied()) {
-                Some(k) => d.with_hint(format!("did you mean `{k}`?")),
-                None => d.with_hint(format!("accepted keys here: {}", join_ticked(known))),
-            };
-            problems.push(d);
+            let (hint, _) = unknown_key_hint(&key, known);
+            problems.push(Diagnostic::new(span, format!("unknown key {}", self.label(&key))).with_hint(hint));
         }
     }
 
@@ -564,11 +560,7 @@ fn explain_serde_message(message: &str, engine_keys: &[&str]) -> Option<SerdePro
         let mut accepted: Vec<&str> = expected.iter().chain(engine_keys).copied().collect();
         accepted.sort_unstable();
         accepted.dedup();
-        let near = did_you_mean(unknown, accepted.iter().copied());
-        let hint = match &near {
-            Some(k) => format!("did you mean `{k}`? accepted keys here: {}", join_ticked(&accepted)),
-            None => format!("accepted keys here: {}", join_ticked(&accepted)),
-        };
+        let (hint, near) = unknown_key_hint(unknown, &accepted);
         return Some(SerdeProblem::UnknownKey { key: (*unknown).to_string(), hint, near: near.map(str::to_string) });
     }
     if message.starts_with("unknown variant") {
