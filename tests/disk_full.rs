@@ -6,40 +6,13 @@
 //! everywhere.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
 
-use super::support::{firehose_to_files, folder_objects, free_port, start_listening, terminate};
-
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(path).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        mounted.then(|| Tmpfs(path.to_path_buf()))
-    }
-
-    fn resize(&self, size: &str) {
-        let status = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status().unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+use super::support::{Tmpfs, firehose_to_files, folder_objects, free_port, start_listening, terminate};
 
 fn start(config: &Path, port: u16) -> Child {
     start_listening(&["run", config.to_str().unwrap()], port, Stdio::null(), Stdio::null())

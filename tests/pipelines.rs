@@ -369,3 +369,45 @@ print(json.dumps({"python": python, "duckdb": duck, "pyarrow": arrow}))
     }
     assert_eq!((said["duckdb"].as_u64(), said["pyarrow"].as_u64()), (Some(20_000), Some(20_000)));
 }
+
+/// A `file://` sink whose folder is a file system of its own (a mount point, as a container's
+/// volume is): objects are staged inside it, since no rename crosses into a mount point (staged
+/// beside it, every delivery failed with "Invalid cross-device link" and was retried forever), and
+/// a source reading the folder skips them. Needs a tmpfs mounted for the test (as root, as CI runs).
+#[test]
+fn a_file_sink_on_a_mount_point_of_its_own_stages_inside_it_and_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(volume) = super::support::Tmpfs::mount(&dir.path().join("volume"), "64m") else {
+        eprintln!("note: cannot mount a tmpfs here (not root?); the mount-point case is not run");
+        return;
+    };
+    let toml = format!(
+        "[pipeline]\nname = \"vol\"\ndata_dir = \"{data}\"\n[sources.in]\ntype = \"generator\"\nprofile = \"cloudtrail\"\n\
+         records = 3000\nseed = 9\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"file://{root}\"\n\
+         format = \"ndjson\"\ncompression = \"gzip\"\nbuffer = {{ size_mb = 1, interval_s = 900 }}\n",
+        data = dir.path().join("data").display(),
+        root = volume.0.display(),
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap();
+    assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 3000);
+    let objects = super::support::folder_objects(&volume.0);
+    let mut delivered: Vec<String> = objects.values().flatten().cloned().collect();
+    let mut expected = generated(Profile::Cloudtrail, 9, 3000);
+    delivered.sort();
+    expected.sort();
+    assert_eq!(delivered, expected, "every record once, in objects under the mount point");
+    // Staged inside (a hidden folder, left empty), nothing beside.
+    let staging = volume.0.join(".sluice-staging/vol.out");
+    assert!(staging.is_dir() && std::fs::read_dir(&staging).unwrap().next().is_none(), "{}", staging.display());
+    assert!(!dir.path().join(".sluice-staging").exists());
+    // An object_store source reading the folder skips what is being staged in it.
+    std::fs::write(staging.join("being-written"), "{\"partial\":").unwrap();
+    let reread = format!(
+        "[pipeline]\nname = \"reread\"\ndata_dir = \"{data}\"\n[sources.vol]\ntype = \"object_store\"\nurl = \"file://{root}\"\n\
+         [sinks.out]\ntype = \"object_store\"\ninputs = [\"vol\"]\nurl = \"memory://reread/\"\nformat = \"ndjson\"\n",
+        data = dir.path().join("data2").display(),
+        root = volume.0.display(),
+    );
+    let (_, metrics) = run_pipeline(&reread, &registry(), 2).unwrap();
+    assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 3000);
+}

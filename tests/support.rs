@@ -243,3 +243,36 @@ pub fn request_sink_conformance(destination: &dyn sluice_engine::testkit::sink::
 pub fn file_when_read(path: PathBuf) -> futures::future::BoxFuture<'static, Option<Vec<u8>>> {
     Box::pin(async move { std::fs::read(path).ok() })
 }
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` at `path` (made first), if this process may (as root, as CI runs).
+    pub fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| Tmpfs(path.to_path_buf()))
+    }
+
+    /// Gives the tmpfs another size.
+    pub fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

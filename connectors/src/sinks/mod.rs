@@ -7,5 +7,5 @@ pub mod object_store;
 pub mod opensearch;
 pub mod postgres;
 pub mod splunk;
-mod staged_files;
+pub(crate) mod staged_files;
 mod upload_journal;

@@ -11,7 +11,8 @@
 //! files are fsynced before that); failures are classified by error variant, never by message:
 //! authentication, permission, missing bucket and bad path are permanent, the rest retryable.
 //! `file://` paths may be relative (to the current directory); objects there are staged beside the
-//! folder and renamed into place (`super::staged_files`), so a listing never sees a partial one.
+//! folder (inside it when it is a mount point of its own) and renamed into place
+//! (`super::staged_files`), so a listing never sees a partial one.
 //! Multipart uploads a killed run left open on S3, GCS or Azure are aborted at the next start
 //! (`super::upload_journal`). `memory://NAME/...` stores live in this process and are shared by
 //! name (tests, dry runs).

@@ -1,23 +1,28 @@
 //! The `file://` backend of the `object_store` sink: each object is written in a hidden staging
-//! folder beside the sink's folder (`<parent>/.sluice-staging/<folder>/<pipeline>.<sink>/`), made
-//! durable, renamed into place (its folders made as needed), and made durable there: each of the
-//! two steps waits for a sync of the file system shared with the objects finished at about the same
-//! time ([`FileSystemSync`]: a partitioned sink's 1,020 objects in new folders took 4,429 `fsync`s
-//! one by one, and 8 % more time). Writes of a megabyte or more bypass the page cache
+//! folder on the file system of the sink's folder, made durable, renamed into place (its folders
+//! made as needed), and made durable there: each of the two steps waits for a sync of that file
+//! system shared with the objects finished at about the same time ([`FileSystemSync`]: a
+//! partitioned sink's 1,020 objects in new folders took 4,429 `fsync`s one by one, and 8 % more
+//! time). The staging folder is beside the sink's folder
+//! (`<parent>/.sluice-staging/<folder>/<pipeline>.<sink>/`), so that a listing of the sink's folder
+//! never sees it; when it cannot be there, because the sink's folder is a file system of its own (a
+//! mount point, such as a container's volume: no rename crosses into it) or the sink cannot write
+//! its parent, it is inside it (`<folder>/.sluice-staging/<pipeline>.<sink>/`, a hidden folder,
+//! its files without extension). Writes of a megabyte or more bypass the page cache
 //! ([`UnbufferedFile`]: `O_DIRECT` where the file system takes it), since the sync writes them out
 //! at once anyway and the copy into fresh cache pages was the largest kernel cost of a Parquet run.
 //!
 //! Guarantees: an object appears under the sink's folder whole or not at all, so a listing of the
-//! prefix (DuckDB, Athena-style readers, `find`) never sees a partial file, even after a SIGKILL or
-//! a crash of the machine (its contents are durable before its name); it is durable (contents,
-//! name, folders) when its delivery succeeds;
+//! prefix (DuckDB, Athena-style readers, `find`) never sees a partial file under the object's name,
+//! even after a SIGKILL or a crash of the machine (its contents are durable before its name); it is
+//! durable (contents, name, folders) when its delivery succeeds;
 //! staging files left by an interrupted run are removed at the next start (they belong to this
 //! sink alone); a part of an object uploaded in parts is written at its own offset, so parts can be
 //! retried under their number and written concurrently.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -25,15 +30,40 @@ use sluice_engine::contract::{DeliveryError, PartUpload};
 use sluice_engine::folders::FileSystemSync;
 use sluice_engine::unbuffered::UnbufferedFile;
 
+/// The name of staging folders: a reader of a sink's folder (the `object_store` source) skips it.
+pub const STAGING_FOLDER: &str = ".sluice-staging";
+
 /// Where a sink's objects go on the local file system, and where they are staged.
 #[derive(Debug, Clone)]
 pub struct StagedFiles {
     /// The sink's folder.
     root: PathBuf,
-    /// Its staging folder.
-    staging: PathBuf,
-    /// The syncs of the file system both are on, shared by the sink's deliveries.
+    /// The staging folder beside the sink's folder.
+    beside: Staging,
+    /// The staging folder inside it, for when beside cannot be used.
+    inside: Staging,
+    /// Whether [`Self::prepare`] chose the one inside (beside until it has run).
+    chose_inside: Arc<OnceLock<bool>>,
+}
+
+/// A staging folder and the syncs of its file system (the sink folder's), shared by the sink's
+/// deliveries.
+#[derive(Debug, Clone)]
+struct Staging {
+    folder: PathBuf,
     sync: Arc<FileSystemSync>,
+}
+
+impl Staging {
+    fn at(folder: PathBuf) -> Self {
+        Staging { sync: Arc::new(FileSystemSync::new(&folder)), folder }
+    }
+}
+
+/// Whether `a` and `b` (both existing) are on one file system, so a rename between them works.
+fn same_file_system(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(a)?.dev() == std::fs::metadata(b)?.dev())
 }
 
 fn io_error(what: String) -> impl FnOnce(std::io::Error) -> DeliveryError {
@@ -73,9 +103,14 @@ impl StagedFiles {
     pub fn new(root: PathBuf, name: &str) -> Self {
         let folder = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
         let parent = root.parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
-        let staging = parent.join(".sluice-staging").join(folder).join(name);
-        let sync = Arc::new(FileSystemSync::new(&staging));
-        StagedFiles { root, staging, sync }
+        let beside = Staging::at(parent.join(STAGING_FOLDER).join(folder).join(name));
+        let inside = Staging::at(root.join(STAGING_FOLDER).join(name));
+        StagedFiles { root, beside, inside, chose_inside: Arc::default() }
+    }
+
+    /// The staging folder in use.
+    fn chosen(&self) -> &Staging {
+        if self.chose_inside.get() == Some(&true) { &self.inside } else { &self.beside }
     }
 
     /// The sink's folder.
@@ -83,29 +118,56 @@ impl StagedFiles {
         &self.root
     }
 
-    /// The staging folder.
+    /// The staging folder in use.
     pub fn staging(&self) -> &Path {
-        &self.staging
+        &self.chosen().folder
     }
 
-    /// Creates both folders and removes what an interrupted run left staged; returns how many.
+    /// Creates the sink's folder, chooses its staging folder (beside it, unless it is a file system
+    /// of its own or its parent cannot be written) and creates it, and removes what an interrupted
+    /// run left staged in either; returns how many files.
     pub async fn prepare(&self) -> Result<usize, DeliveryError> {
-        let (root, staging) = (self.root.clone(), self.staging.clone());
-        let created = move || -> std::io::Result<usize> {
-            sluice_engine::folders::create_dir_synced(&root)?;
-            sluice_engine::folders::create_dir_synced(&staging)?;
+        let (root, beside, inside) = (self.root.clone(), self.beside.folder.clone(), self.inside.folder.clone());
+        let chose_inside = Arc::clone(&self.chose_inside);
+        let prepared = move || -> Result<usize, String> {
+            fn cannot(what: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
+                move |e| format!("cannot create {}: {e}", what.display())
+            }
+            sluice_engine::folders::create_dir_synced(&root).map_err(cannot(&root))?;
+            let parent = root.parent().unwrap_or(&root);
+            let own_file_system = !same_file_system(&root, parent).map_err(cannot(&root))?;
+            let use_inside = own_file_system
+                || match sluice_engine::folders::create_dir_synced(&beside) {
+                    Ok(()) => false,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                        ) =>
+                    {
+                        true
+                    }
+                    Err(e) => return Err(cannot(&beside)(e)),
+                };
+            if use_inside {
+                sluice_engine::folders::create_dir_synced(&inside).map_err(cannot(&inside))?;
+            }
+            let _ = chose_inside.set(use_inside);
             let mut removed = 0;
-            for entry in std::fs::read_dir(&staging)?.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_file()) {
-                    std::fs::remove_file(entry.path())?;
-                    removed += 1;
+            for folder in [&beside, &inside] {
+                for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_file()) {
+                        let path = entry.path();
+                        std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+                        removed += 1;
+                    }
                 }
             }
             Ok(removed)
         };
         let root = self.root.clone();
         blocking(move || {
-            created().map_err(|e| DeliveryError::Permanent {
+            prepared().map_err(|e| DeliveryError::Permanent {
                 code: "Local.AccessDenied".into(),
                 message: format!("cannot prepare {}: {e}", root.display()),
             })
@@ -115,12 +177,12 @@ impl StagedFiles {
 
     /// A new staging file's path.
     fn staged_path(&self) -> PathBuf {
-        self.staging.join(uuid::Uuid::new_v4().to_string())
+        self.staging().join(uuid::Uuid::new_v4().to_string())
     }
 
     /// Stores `body` as `key` (a key the sink has checked).
     pub fn put(&self, key: &str, body: Bytes) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let (staged, target, sync) = (self.staged_path(), self.root.join(key), Arc::clone(&self.sync));
+        let (staged, target, sync) = (self.staged_path(), self.root.join(key), Arc::clone(&self.chosen().sync));
         Box::pin(blocking(move || {
             let written = UnbufferedFile::create(&staged).and_then(|f| f.write_all_at(&body, 0));
             if let Err(e) = written {
@@ -135,7 +197,7 @@ impl StagedFiles {
 
     /// Starts an object `key` uploaded in parts (its staging file made off the async threads).
     pub fn start(&self, key: &str) -> BoxFuture<'static, Result<Box<dyn PartUpload>, DeliveryError>> {
-        let (staged, target, sync) = (self.staged_path(), self.root.join(key), Arc::clone(&self.sync));
+        let (staged, target, sync) = (self.staged_path(), self.root.join(key), Arc::clone(&self.chosen().sync));
         Box::pin(blocking(move || {
             let file =
                 UnbufferedFile::create(&staged).map_err(io_error(format!("cannot stage {}", target.display())))?;
@@ -242,7 +304,7 @@ mod tests {
         let put = |key: &str, body: &[u8]| {
             let staged = store.staged_path();
             std::fs::write(&staged, body).unwrap();
-            install(&store.sync, &staged, &store.root().join(key))
+            install(&store.chosen().sync, &staged, &store.root().join(key))
         };
         put("user=1/event=1/first", b"x").unwrap();
         // The folders are removed while the sink runs: the next object makes them again.
@@ -263,7 +325,7 @@ mod tests {
         store.prepare().await.unwrap();
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let fails = Arc::clone(&failing);
-        store.sync = Arc::new(FileSystemSync::with(store.staging(), move || {
+        store.beside.sync = Arc::new(FileSystemSync::with(store.staging(), move || {
             if fails.load(std::sync::atomic::Ordering::SeqCst) {
                 Err(std::io::Error::other("write-back failed"))
             } else {

@@ -20,7 +20,8 @@
 //! done), so a batch run that is stopped or dies resumes where its delivered records end and skips
 //! the objects it finished; a plain object resumes with a ranged GET. Errors name the object
 //! (`url/key`), and each object's key is logged as it is started, so where a record came from is
-//! never in doubt. A listing that finds nothing stops the run before it starts.
+//! never in doubt. A listing that finds nothing stops the run before it starts. Files a `file://`
+//! sink is staging inside the folder (under `.sluice-staging/`) are not objects and are skipped.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -148,7 +149,9 @@ impl ObjectStoreSource {
                 SourceError::Setup(format!("cannot list {}: {}", self.url, sluice_engine::redact::error(&e)))
             })?;
             let key = self.key_of(&meta.location);
-            if self.pattern.as_ref().is_none_or(|p| p.matches(key)) {
+            // What a `file://` sink is writing into this folder (staged inside it) is no object yet.
+            let staged = meta.location.parts().any(|part| part.as_ref() == crate::sinks::staged_files::STAGING_FOLDER);
+            if !staged && self.pattern.as_ref().is_none_or(|p| p.matches(key)) {
                 found.push(Listed { location: meta.location, size: meta.size });
             }
         }
