@@ -388,7 +388,10 @@ fn a_file_sink_on_a_mount_point_of_its_own_stages_inside_it_and_delivers_everyth
         data = dir.path().join("data").display(),
         root = volume.0.display(),
     );
-    let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap();
+    // A delivery that cannot succeed is retried forever: a run that does not end is the failure.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(run_pipeline(&toml, &registry(), 2).map(|(_, metrics)| metrics)));
+    let metrics = finished.recv_timeout(Duration::from_secs(120)).expect("the run ends").unwrap();
     assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 3000);
     let objects = super::support::folder_objects(&volume.0);
     let mut delivered: Vec<String> = objects.values().flatten().cloned().collect();
