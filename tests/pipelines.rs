@@ -414,3 +414,46 @@ fn a_file_sink_on_a_mount_point_of_its_own_stages_inside_it_and_delivers_everyth
     let (_, metrics) = run_pipeline(&reread, &registry(), 2).unwrap();
     assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 3000);
 }
+
+/// A `file://` sink whose folder the sink may write but not its parent (a folder given to the
+/// service's user inside one it does not own): objects are staged inside the folder. Run as
+/// `nobody` (`runuser`, when the suite runs as root, as CI does), since root writes anywhere.
+#[test]
+fn a_file_sink_whose_parent_it_cannot_write_stages_inside_its_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let as_root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if !as_root {
+        eprintln!("note: not root: the unwritable-parent case (run as nobody) is not run");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The parent: root's, readable by all; the sink's folder and the run's state: nobody's.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (root, data) = (dir.path().join("lake"), dir.path().join("data"));
+    for folder in [&root, &data] {
+        std::fs::create_dir(folder).unwrap();
+        let owned = std::process::Command::new("chown").arg("nobody").arg(folder).status().unwrap();
+        assert!(owned.success());
+    }
+    let pipeline = dir.path().join("p.toml");
+    let toml = format!(
+        "[pipeline]\nname = \"owned\"\ndata_dir = \"{data}\"\n[sources.in]\ntype = \"generator\"\nprofile = \"vpcflow\"\n\
+         records = 500\nseed = 4\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"file://{root}\"\n\
+         format = \"ndjson\"\n",
+        data = data.display(),
+        root = root.display(),
+    );
+    std::fs::write(&pipeline, toml).unwrap();
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_sluice"), "run", "--quiet"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut delivered: Vec<String> = super::support::folder_objects(&root).into_values().flatten().collect();
+    let mut expected = generated(Profile::Vpcflow, 4, 500);
+    delivered.sort();
+    expected.sort();
+    assert_eq!(delivered, expected);
+    assert!(root.join(".sluice-staging/owned.out").is_dir() && !dir.path().join(".sluice-staging").exists());
+}
