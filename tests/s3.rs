@@ -287,6 +287,29 @@ fn a_wrong_secret_is_refused_and_the_run_exits_1() {
     assert!(folder_objects(&server.root.join("bkt")).is_empty());
 }
 
+/// A bucket that does not exist stops the run at start with what to do, as refused credentials
+/// do (its error output, in the same bucket, could not be stored either: delivery would block).
+#[test]
+fn a_missing_bucket_stops_the_run_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let server = S3Server::start(root.path());
+    let work = tempfile::tempdir().unwrap();
+    let pipeline = work.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nname = \"nobucket\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 10\n\
+             [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\n{}\n",
+            server.sink_toml("no-such-bucket", SECRET_KEY)
+        ),
+    )
+    .unwrap();
+    let out = sluice().args(["run", "--quiet"]).arg(&pipeline).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the bucket of s3://no-such-bucket/archive does not exist; create it"), "{stderr}");
+}
+
 #[test]
 fn large_objects_are_uploaded_in_parts_while_they_grow() {
     let root = tempfile::tempdir().unwrap();

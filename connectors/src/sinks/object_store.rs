@@ -863,10 +863,11 @@ impl Sink for ObjectStoreSink {
     /// Creates a local folder and removes what an interrupted run left staged; for remote stores
     /// finds credentials as the store will (none at all stops the run: every delivery would fail),
     /// aborts the multipart uploads an interrupted run left open, and (unless `healthcheck =
-    /// false`) checks that the store takes the credentials with a HEAD under the prefix. Refused
-    /// credentials stop the run before anything is read (otherwise every object would go to an
-    /// error output that refuses them too, and delivery would block); an unreachable store only
-    /// warns, since a stream run should take data while its destination is down.
+    /// false`) checks that the store takes the credentials with a HEAD under the prefix, and that
+    /// its bucket exists. Refused credentials and a missing bucket stop the run before anything is
+    /// read (otherwise every object would go to an error output in the same store, which refuses
+    /// it too, and delivery would block); an unreachable store only warns, since a stream run
+    /// should take data while its destination is down.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let credentials = self.credentials.clone();
         let local = self.local.clone();
@@ -907,8 +908,23 @@ impl Sink for ObjectStoreSink {
                 }
             }
             let Some((store, location)) = probe else { return Ok(()) };
-            match store.head(&location?).await {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            let location = location?;
+            match store.head(&location).await {
+                Ok(_) => Ok(()),
+                // No such object, or no such bucket (a HEAD's answer has no body to tell which). On
+                // S3 a HEAD of the bucket's root is HeadBucket, whose 404 says the bucket is
+                // missing: that stops the run, as refused credentials do (its answer when the
+                // bucket exists, which lacks an object's headers, and a 403 are not judged).
+                Err(object_store::Error::NotFound { .. }) if code_prefix == "S3" => {
+                    match store.head(&Path::from("")).await {
+                        Err(object_store::Error::NotFound { .. }) => Err(DeliveryError::Permanent {
+                            code: format!("{code_prefix}.NoSuchBucket"),
+                            message: format!("the bucket of {url} does not exist; create it, or correct the URL"),
+                        }),
+                        _ => Ok(()),
+                    }
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(
                     e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }),
                 ) => {
