@@ -133,6 +133,9 @@ impl StagedFiles {
             fn cannot(what: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
                 move |e| format!("cannot create {}: {e}", what.display())
             }
+            if root.exists() && !root.is_dir() {
+                return Err("it is a file: a file:// URL names the folder objects are written under".to_string());
+            }
             sluice_engine::folders::create_dir_synced(&root).map_err(cannot(&root))?;
             let parent = root.parent().unwrap_or(&root);
             let own_file_system = !same_file_system(&root, parent).map_err(cannot(&root))?;
@@ -313,6 +316,13 @@ mod tests {
         assert_eq!(std::fs::read(store.root().join("user=1/event=1/again")).unwrap(), b"y");
         std::fs::write(store.root().join("blocked"), b"").unwrap();
         assert!(put("blocked/x", b"z").is_err());
+        // A file where the folder should be: said so at start.
+        let file = StagedFiles::new(dir.path().join("out/blocked"), "p.sink");
+        let refused = tokio::runtime::Runtime::new().unwrap().block_on(file.prepare()).unwrap_err();
+        assert!(
+            matches!(&refused, DeliveryError::Permanent { message, .. } if message.contains("it is a file: a file:// URL names the folder")),
+            "{refused:?}"
+        );
     }
 
     /// A sync that fails (the disk's write-back error): the delivery fails, retryable, and leaves
