@@ -337,7 +337,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
             let token =
                 base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", basic.username, basic.password));
             http::HeaderValue::from_str(&format!("Basic {token}"))
-                .map_err(|_| Diagnostic::new(span.clone(), "`auth` holds characters a header cannot"))
+                .map_err(|_| Diagnostic::new(auth_span, "`auth` holds characters a header cannot"))
                 .map(|mut value| {
                     value.set_sensitive(true);
                     Auth::Basic(value)
