@@ -421,8 +421,7 @@ fn a_file_sink_on_a_mount_point_of_its_own_stages_inside_it_and_delivers_everyth
 #[test]
 fn a_file_sink_whose_parent_it_cannot_write_stages_inside_its_folder() {
     use std::os::unix::fs::PermissionsExt;
-    let as_root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    if !as_root {
+    if !super::support::as_root() {
         eprintln!("note: not root: the unwritable-parent case (run as nobody) is not run");
         return;
     }

@@ -17,7 +17,7 @@ use sluice_connectors::synth::Profile;
 use sluice_engine::testkit::sink::{Destination, Fault};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
-use super::support::{folder_objects, free_port, generated, raw_data};
+use super::support::{as_root, folder_objects, free_port, generated, raw_data};
 
 pub(super) const LOADER_PASSWORD: &str = "loader-pw-1";
 
@@ -38,10 +38,6 @@ fn server_binaries() -> PathBuf {
         .collect();
     versions.sort();
     versions.pop().expect("no initdb under /usr/lib/postgresql/*/bin")
-}
-
-fn as_root() -> bool {
-    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap().trim() == "0"
 }
 
 impl Cluster {

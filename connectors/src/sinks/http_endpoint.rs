@@ -126,6 +126,7 @@ struct HttpEndpointConfig {
     timeout_s: Option<u64>,
     #[serde(default)]
     region: Option<String>,
+    #[serde(default, deserialize_with = "crate::sinks::object_store::url_or_table")]
     backup_store: Option<BackupStore>,
 }
 

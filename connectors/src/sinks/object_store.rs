@@ -187,59 +187,44 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
 
 /// `backup_store = "s3://bucket/prefix"` or `{ url = "...", options = {...} }` of a sink that sends
 /// requests (Firehose's required S3Configuration): the object store its error output goes to.
-#[derive(Debug, Deserialize)]
-#[serde(from = "UrlOrTable<BackupStoreTable>")]
-pub struct BackupStore {
-    url: String,
-    options: BTreeMap<String, toml::Value>,
-}
-
-/// [`BackupStore`] written as a table.
+/// Read with [`url_or_table`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackupStoreTable {
+pub struct BackupStore {
     url: String,
     #[serde(default)]
     options: BTreeMap<String, toml::Value>,
 }
 
-impl From<UrlOrTable<BackupStoreTable>> for BackupStore {
-    fn from(written: UrlOrTable<BackupStoreTable>) -> Self {
-        match written {
-            UrlOrTable::Url(url) => BackupStore { url, options: BTreeMap::new() },
-            UrlOrTable::Table(BackupStoreTable { url, options }) => BackupStore { url, options },
-        }
+impl From<String> for BackupStore {
+    fn from(url: String) -> Self {
+        BackupStore { url, options: BTreeMap::new() }
     }
 }
 
-/// A store a connector's key names, written as its URL alone (`"s3://bucket/prefix"`, as the
-/// engine's `error_log` and `audit_log` may be) or as its table (`{ url = "…", options = {…} }`,
-/// read as `T`, whose unknown keys are refused by name).
-#[derive(Debug)]
-pub enum UrlOrTable<T> {
-    /// The URL alone.
-    Url(String),
-    /// The table.
-    Table(T),
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for UrlOrTable<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Written<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Written<T> {
-            type Value = UrlOrTable<T>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a URL or a table")
-            }
-            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<Self::Value, E> {
-                Ok(UrlOrTable::Url(url.to_string()))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(UrlOrTable::Table)
-            }
+/// Reads a connector's optional store key (`#[serde(default, deserialize_with = "url_or_table")]`)
+/// written as its URL alone (`"s3://bucket/prefix"`, as the engine's `error_log` and `audit_log`
+/// may be) or as its table (`{ url = "…", options = {…} }`, read as `T`, whose unknown keys are
+/// refused by name).
+pub fn url_or_table<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + From<String>,
+{
+    struct Written<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de> + From<String>> serde::de::Visitor<'de> for Written<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a URL or a table")
         }
-        deserializer.deserialize_any(Written(std::marker::PhantomData))
+        fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<T, E> {
+            Ok(T::from(url.to_string()))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
     }
+    deserializer.deserialize_any(Written(std::marker::PhantomData)).map(Some)
 }
 
 /// What a sink's backup store needs to know of the sink, taken from its config before its keys are
@@ -979,10 +964,13 @@ mod tests {
         use super::{BTreeMap, BackupStore};
         #[derive(Debug, serde::Deserialize)]
         struct Sink {
-            backup_store: BackupStore,
+            #[serde(default, deserialize_with = "super::url_or_table")]
+            backup_store: Option<BackupStore>,
         }
-        let read =
-            |text: &str| toml::from_str::<Sink>(text).map(|s| s.backup_store).map_err(|e| e.message().to_string());
+        let read = |text: &str| {
+            let sink = toml::from_str::<Sink>(text).map_err(|e| e.message().to_string())?;
+            sink.backup_store.ok_or_else(|| "no backup_store".to_string())
+        };
         let alone = read("backup_store = \"s3://bucket/failed\"").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((alone.url.as_str(), alone.options), ("s3://bucket/failed", BTreeMap::new()));
         let table = read("backup_store = { url = \"s3://b/p\", options = { region = \"eu-west-1\" } }");

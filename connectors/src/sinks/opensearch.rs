@@ -227,6 +227,7 @@ struct OpenSearchConfig {
     content_encoding: Option<String>,
     #[serde(default)]
     timeout_s: Option<u64>,
+    #[serde(default, deserialize_with = "crate::sinks::object_store::url_or_table")]
     backup_store: Option<BackupStore>,
 }
 

@@ -66,7 +66,7 @@ use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 use sluice_engine::metrics::SinkMeter;
 use tokio_postgres::error::SqlState;
 
-use crate::sinks::object_store::{ObjectStoreSink, UrlOrTable};
+use crate::sinks::object_store::{ObjectStoreSink, url_or_table};
 use crate::transforms::json;
 
 /// What the sink type's destination takes (the registry's line): rows staged as gzip CSV for
@@ -281,6 +281,7 @@ struct PostgresConfig {
     mapping: BTreeMap<String, String>,
     #[serde(default)]
     format: Option<String>,
+    #[serde(default, deserialize_with = "url_or_table")]
     staging: Option<Staging>,
     #[serde(default = "yes")]
     healthcheck: bool,
@@ -290,19 +291,10 @@ fn yes() -> bool {
     true
 }
 
-/// `staging = "s3://bucket/staging"` or `{ url, prefix, options }`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(from = "UrlOrTable<StagingTable>")]
-struct Staging {
-    url: String,
-    prefix: String,
-    options: BTreeMap<String, toml::Value>,
-}
-
-/// [`Staging`] written as a table.
+/// `staging = "s3://bucket/staging"` or `{ url, prefix, options }` (read with [`url_or_table`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StagingTable {
+struct Staging {
     url: String,
     #[serde(default)]
     prefix: String,
@@ -310,12 +302,9 @@ struct StagingTable {
     options: BTreeMap<String, toml::Value>,
 }
 
-impl From<UrlOrTable<StagingTable>> for Staging {
-    fn from(written: UrlOrTable<StagingTable>) -> Self {
-        match written {
-            UrlOrTable::Url(url) => Staging { url, ..Staging::default() },
-            UrlOrTable::Table(StagingTable { url, prefix, options }) => Staging { url, prefix, options },
-        }
+impl From<String> for Staging {
+    fn from(url: String) -> Self {
+        Staging { url, prefix: String::new(), options: BTreeMap::new() }
     }
 }
 

@@ -187,6 +187,7 @@ struct SplunkConfig {
     ack_timeout_s: Option<u64>,
     #[serde(default)]
     timeout_s: Option<u64>,
+    #[serde(default, deserialize_with = "crate::sinks::object_store::url_or_table")]
     backup_store: Option<BackupStore>,
 }
 

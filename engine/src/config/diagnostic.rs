@@ -315,6 +315,8 @@ impl std::error::Error for Diagnostics {}
 /// Names that are only a typo away from sluice's (`compression_format`, `error_output_prefix`)
 /// are left to [`did_you_mean`].
 pub fn firehose_key_hint(key: &str) -> Option<&'static str> {
+    const PARTITIONING: &str =
+        "Firehose's dynamic partitioning is `partitioning = { query = \"…\" }` here, its keys used in `prefix`";
     const FIREHOSE_KEYS: &[(&str, &str)] = &[
         ("bucketarn", "Firehose's BucketARN is the bucket of `url` here: url = \"s3://bucket/prefix\""),
         ("bucket", "the bucket is part of `url`: url = \"s3://bucket/prefix\""),
@@ -328,14 +330,8 @@ pub fn firehose_key_hint(key: &str) -> Option<&'static str> {
             "fileextension",
             "the extension follows `format` and `compression` (`.csv.gz`, `.parquet`); no other is written",
         ),
-        (
-            "dynamicpartitioningconfiguration",
-            "Firehose's dynamic partitioning is `partitioning = { query = \"…\" }` here, its keys used in `prefix`",
-        ),
-        (
-            "dynamicpartitioning",
-            "Firehose's dynamic partitioning is `partitioning = { query = \"…\" }` here, its keys used in `prefix`",
-        ),
+        ("dynamicpartitioningconfiguration", PARTITIONING),
+        ("dynamicpartitioning", PARTITIONING),
         (
             "processingconfiguration",
             "processors are transforms here: a [transforms.<name>] table of their own, named in this sink's `inputs`",

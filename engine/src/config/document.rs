@@ -554,7 +554,7 @@ enum SerdeProblem {
 /// serde says "unknown field `x`, expected one of `a`, `b`" (or "expected `a`", or "there are no
 /// fields"): name the key, and suggest from the connector's keys and the engine's.
 fn explain_serde_message(message: &str, engine_keys: &[&str]) -> Option<SerdeProblem> {
-    let ticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+    let ticked = ticked(message);
     let (unknown, expected) = ticked.split_first()?;
     if message.starts_with("unknown field") {
         let mut accepted: Vec<&str> = expected.iter().chain(engine_keys).copied().collect();
@@ -594,7 +594,7 @@ fn table_hint<T: DeserializeOwned>(
     let refused = T::deserialize(toml::de::ValueDeserializer::from(Spanned::new(whole.clone(), DeValue::Table(probe))));
     let error = refused.err()?;
     let listed = error.message().strip_prefix("unknown field `\u{1}`")?;
-    let keys: Vec<&str> = listed.split('`').skip(1).step_by(2).collect();
+    let keys = ticked(listed);
     let first = keys.first()?;
     let (key, keys) = (key.get_ref(), join_ticked(&keys));
     Some(match written.get_ref() {
@@ -721,6 +721,11 @@ fn integer_range(expected: &str) -> Option<&'static str> {
         "i32" => "-2147483648..=2147483647",
         _ => return None,
     })
+}
+
+/// The names between backticks in serde's `message` (`` unknown field `x`, expected `a` ``).
+fn ticked(message: &str) -> Vec<&str> {
+    message.split('`').skip(1).step_by(2).collect()
 }
 
 /// `a`, `b`, `c`
