@@ -14,7 +14,7 @@ use sluice_connectors::synth::Profile;
 use sluice_engine::testkit::sink::{Destination, Fault};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
-use super::support::{folder_objects, generated};
+use super::support::{TestCertificates, folder_objects, generated, serve};
 
 /// What the receiver answers.
 #[derive(Clone, Copy)]
@@ -45,6 +45,11 @@ struct Receiver {
 }
 
 fn receiver(answer: Answer) -> Receiver {
+    receiver_over(answer, None)
+}
+
+/// A receiver serving HTTPS with `tls` (plain HTTP without).
+fn receiver_over(answer: Answer, tls: Option<axum_server::tls_rustls::RustlsConfig>) -> Receiver {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let state = Arc::clone(&seen);
@@ -90,10 +95,8 @@ fn receiver(answer: Answer) -> Receiver {
             }
         }),
     );
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    Receiver { url: format!("http://{addr}/firehose"), seen, answer, _runtime: runtime }
+    let url = format!("{}/firehose", serve(&runtime, app, tls));
+    Receiver { url, seen, answer, _runtime: runtime }
 }
 
 fn pipeline(url: &str, backup: &std::path::Path, records: u64, extra: &str) -> String {
@@ -227,4 +230,65 @@ fn the_http_endpoint_sink_passes_the_conformance_kit() {
     let destination =
         EndpointDestination { endpoint: receiver(Answer::OkAfter(0)), backup: tempfile::tempdir().unwrap() };
     super::support::request_sink_conformance(&destination);
+}
+
+/// One pipeline of 300 records to `endpoint` with `tls` (no retrying): how many records it
+/// delivered, and the error messages of the records backed up.
+fn deliver_over_tls(endpoint: &Receiver, tls: &str) -> (u64, Vec<String>) {
+    let backup = tempfile::tempdir().unwrap();
+    let toml = pipeline(&endpoint.url, backup.path(), 300, &format!("retry = {{ duration_s = 0 }}\n{tls}"));
+    let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
+    let messages = folder_objects(backup.path())
+        .values()
+        .flatten()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["errorMessage"].as_str().unwrap().to_string()
+        })
+        .collect();
+    (metrics.sinks[0].records_delivered.load(Relaxed), messages)
+}
+
+#[test]
+fn an_endpoint_with_a_certificate_of_a_private_ca_takes_records_when_tls_names_the_ca() {
+    let certs = TestCertificates::make();
+    let ca = format!("tls = {{ ca = \"{}\" }}", certs.path("ca.pem"));
+    let endpoint = receiver_over(Answer::OkAfter(0), Some(certs.server("server", false)));
+    assert_eq!(deliver_over_tls(&endpoint, &ca), (300, vec![]));
+    assert_eq!(sorted(endpoint.seen.lock().unwrap().records.clone()), sorted(generated(Profile::Cloudtrail, 6, 300)));
+    // Without the CA, the system's roots do not know it: nothing is sent, everything is backed up
+    // with the reason.
+    let (delivered, messages) = deliver_over_tls(&endpoint, "");
+    assert_eq!((delivered, messages.len()), (0, 300));
+    assert!(messages.iter().all(|m| m.contains("UnknownIssuer")), "{:?}", messages.first());
+    // The CA is added to the system's roots, not put in their place: only with
+    // `verify_hostname = false` is it trusted alone, and then the name is not checked.
+    let elsewhere = receiver_over(Answer::OkAfter(0), Some(certs.server("elsewhere", false)));
+    let (delivered, messages) = deliver_over_tls(&elsewhere, &ca);
+    assert_eq!(delivered, 0);
+    assert!(messages.iter().all(|m| m.contains("not valid for name")), "{:?}", messages.first());
+    let any_name = format!("tls = {{ ca = \"{}\", verify_hostname = false }}", certs.path("ca.pem"));
+    assert_eq!(deliver_over_tls(&elsewhere, &any_name), (300, vec![]));
+    // A certificate of no CA at all is taken only with verify_certificate = false.
+    let self_signed = receiver_over(Answer::OkAfter(0), Some(certs.server("self-signed", false)));
+    assert_eq!(deliver_over_tls(&self_signed, &ca).0, 0);
+    assert_eq!(deliver_over_tls(&self_signed, "tls = { verify_certificate = false }"), (300, vec![]));
+}
+
+#[test]
+fn an_endpoint_that_asks_for_a_client_certificate_gets_the_one_tls_names() {
+    let certs = TestCertificates::make();
+    let endpoint = receiver_over(Answer::OkAfter(0), Some(certs.server("server", true)));
+    let (ca, cert, key) = (certs.path("ca.pem"), certs.path("client.pem"), certs.path("client.key"));
+    let (delivered, messages) = deliver_over_tls(&endpoint, &format!("tls = {{ ca = \"{ca}\" }}"));
+    assert_eq!((delivered, messages.len()), (0, 300), "refused without a client certificate");
+    let mutual = format!("tls = {{ ca = \"{ca}\", cert = \"{cert}\", key = \"{key}\" }}");
+    assert_eq!(deliver_over_tls(&endpoint, &mutual), (300, vec![]));
+    assert_eq!(endpoint.seen.lock().unwrap().records.len(), 300);
+    // A key that is not the certificate's is said when the pipeline is configured.
+    let other_key = mutual.replace("client.key", "server.key");
+    let error = plan_from_str(&pipeline(&endpoint.url, std::path::Path::new("/tmp"), 1, &other_key), &registry())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("`sinks.siem.tls.key` is not the private key of `cert`'s certificate"), "{error}");
 }

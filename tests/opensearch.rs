@@ -146,10 +146,7 @@ fn proxy(upstream: &str, mode: Mode) -> Proxy {
             }
         },
     );
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    Proxy { url: format!("http://{addr}"), seen, mode, _runtime: runtime }
+    Proxy { url: super::support::serve(&runtime, app, None), seen, mode, _runtime: runtime }
 }
 
 /// A pipeline from `source` (TOML lines of `[sources.in]`) into an `opensearch` sink at `url`.

@@ -127,6 +127,11 @@ fn events(body: &[u8]) -> Result<Vec<String>, Answer> {
 }
 
 fn receiver(behaviour: Behaviour) -> Receiver {
+    receiver_over(behaviour, None)
+}
+
+/// A HEC receiver serving HTTPS with `tls` (plain HTTP without).
+fn receiver_over(behaviour: Behaviour, tls: Option<axum_server::tls_rustls::RustlsConfig>) -> Receiver {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let hec = Arc::new(Mutex::new(Hec::default()));
     let behaviour = Arc::new(Mutex::new(behaviour));
@@ -224,10 +229,7 @@ fn receiver(behaviour: Behaviour) -> Receiver {
         .route("/services/collector/raw", axum::routing::post(send(true)))
         .route("/services/collector/ack", axum::routing::post(ack))
         .route("/services/collector/health", axum::routing::get(|| async { answer(200, "HEC is healthy", 17) }));
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    Receiver { url: format!("http://{addr}"), hec, behaviour, _runtime: runtime }
+    Receiver { url: super::support::serve(&runtime, app, tls), hec, behaviour, _runtime: runtime }
 }
 
 fn pipeline(url: &str, backup: &std::path::Path, records: u64, extra: &str) -> String {
@@ -295,6 +297,25 @@ fn a_busy_server_is_retried_and_raw_requests_concatenate_records() {
     assert!(seen.requests >= 3, "two refused, then taken: {}", seen.requests);
     // Raw: the records' bytes with no delimiter (Firehose's behaviour), in one request.
     assert_eq!(seen.events, vec![generated(Profile::Cloudtrail, 8, 500).concat()]);
+}
+
+#[test]
+fn a_hec_with_a_certificate_of_its_own_ca_under_another_name_takes_events_with_that_ca_alone() {
+    // Splunk's default HEC certificate is signed by its own CA (`SplunkCommonCA`) and named
+    // `SplunkServerDefaultCert`, not the host: `ca` with `verify_hostname = false` is how it is reached.
+    let certs = super::support::TestCertificates::make();
+    let hec = receiver_over(Behaviour::AckAfter(Duration::ZERO), Some(certs.server("elsewhere", false)));
+    let backup = tempfile::tempdir().unwrap();
+    let tls = format!("tls = {{ ca = \"{}\", verify_hostname = false }}", certs.path("ca.pem"));
+    let (_, metrics) = run_pipeline(&pipeline(&hec.url, backup.path(), 200, &tls), &registry(), 1).unwrap();
+    assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 200);
+    assert_eq!(sorted(hec.hec.lock().unwrap().events.clone()), as_events(generated(Profile::Cloudtrail, 8, 200)));
+    // With the name checked, the same certificate is refused, and the events are backed up.
+    let tls = format!("tls = {{ ca = \"{}\" }}\nretry = {{ duration_s = 0 }}", certs.path("ca.pem"));
+    let (_, metrics) = run_pipeline(&pipeline(&hec.url, backup.path(), 200, &tls), &registry(), 1).unwrap();
+    assert_eq!(metrics.sinks[0].records_failed.load(Relaxed), 200);
+    let docs = backed_up(backup.path());
+    assert!(docs.iter().all(|d| d["errorCode"] == "Splunk.ConnectionFailed"), "{:?}", docs.first());
 }
 
 #[test]

@@ -281,3 +281,122 @@ impl Drop for Tmpfs {
 pub fn as_root() -> bool {
     std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
+
+/// Certificates for the TLS tests, made by the `openssl` CLI in a temporary folder: a private CA
+/// (`ca.pem`), server certificates it signs for 127.0.0.1 (`server`) and for another name only
+/// (`elsewhere`, `elsewhere.test`), a client certificate it signs (`client`), and a self-signed
+/// certificate for 127.0.0.1 (`self-signed`); each `<name>.pem` with its key `<name>.key`.
+pub struct TestCertificates(pub tempfile::TempDir);
+
+impl TestCertificates {
+    pub fn make() -> TestCertificates {
+        let dir = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            let made = std::process::Command::new("openssl").current_dir(dir.path()).args(args).output().unwrap();
+            assert!(made.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&made.stderr));
+        };
+        let new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let self_signed = |name: &str, subject: &str, extensions: &[&str]| {
+            let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
+            let mut args = vec!["req", "-x509"];
+            args.extend(new_key);
+            args.extend(["-days", "2", "-subj", subject, "-keyout", &key, "-out", &pem]);
+            args.extend(extensions);
+            openssl(&args);
+        };
+        self_signed("ca", "/CN=sluice test CA", &[]);
+        self_signed("self-signed", "/CN=127.0.0.1", &["-addext", "subjectAltName=IP:127.0.0.1"]);
+        for (name, extensions) in [
+            ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+            ("elsewhere", "subjectAltName=DNS:elsewhere.test\nextendedKeyUsage=serverAuth"),
+            ("client", "extendedKeyUsage=clientAuth"),
+        ] {
+            let (pem, key, request, ext) =
+                (format!("{name}.pem"), format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"));
+            std::fs::write(dir.path().join(&ext), format!("basicConstraints=CA:FALSE\n{extensions}\n")).unwrap();
+            let mut args = vec!["req", "-new"];
+            args.extend(new_key);
+            args.extend(["-subj", "/CN=sluice test", "-keyout", &key, "-out", &request]);
+            openssl(&args);
+            let serial = format!("{}", rand::random::<u32>());
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &request,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                &serial,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ]);
+        }
+        TestCertificates(dir)
+    }
+
+    /// The file `name` (`ca.pem`, `client.key`, …).
+    pub fn path(&self, name: &str) -> String {
+        self.0.path().join(name).display().to_string()
+    }
+
+    /// A TLS server presenting `name`'s certificate, asking for a client certificate the CA signs
+    /// when `clients_signed` (else for none).
+    pub fn server(&self, name: &str, clients_signed: bool) -> axum_server::tls_rustls::RustlsConfig {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let chain: Vec<_> =
+            CertificateDer::pem_file_iter(self.path(&format!("{name}.pem"))).unwrap().map(Result::unwrap).collect();
+        let key = PrivateKeyDer::from_pem_file(self.path(&format!("{name}.key"))).unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(std::sync::Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if clients_signed {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(self.path("ca.pem")).unwrap() {
+                roots.add(ca.unwrap()).unwrap();
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_single_cert(chain, key).unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        axum_server::tls_rustls::RustlsConfig::from_config(std::sync::Arc::new(config))
+    }
+}
+
+/// Serves `app` on a free port of 127.0.0.1 on `runtime`, over HTTPS with `tls` (plain HTTP
+/// without): its base URL, `http(s)://127.0.0.1:<port>`.
+pub fn serve(
+    runtime: &tokio::runtime::Runtime,
+    app: axum::Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _entered = runtime.enter();
+    match tls {
+        Some(tls) => {
+            runtime.spawn(axum_server::from_tcp_rustls(listener, tls).unwrap().serve(app.into_make_service()));
+            format!("https://{addr}")
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            runtime.spawn(async move { axum::serve(listener, app).await });
+            format!("http://{addr}")
+        }
+    }
+}

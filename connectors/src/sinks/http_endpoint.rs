@@ -15,6 +15,7 @@
 //! retry = { duration_s = 300 }
 //! error_prefix = "http-failed/!{firehose:error-output-type}/"
 //! backup_store = { url = "s3://bucket/backup", options = { region = "eu-west-1" } }
+//! tls = { ca = "certs/private-ca.pem" }     # optional: crate::http_client
 //! ```
 //!
 //! Each request is `{"records":[{"data":"<base64>"},…],"requestId":"<uuid>","timestamp":<ms>}` (at
@@ -39,6 +40,7 @@ use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 
 use crate::api::firehose::{ACCOUNT, stream_arn};
+use crate::http_client::ClientTls;
 use crate::sinks::object_store::{BackupOwner, BackupStore};
 
 /// A response body larger than this is an error (`HttpEndpoint.ResponseTooLarge`).
@@ -145,7 +147,7 @@ pub struct HttpEndpointSink {
 }
 
 /// Builds an HTTP endpoint sink from `[sinks.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
+pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (url_span, encoding_span, attributes_span) =
@@ -155,6 +157,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let owner = BackupOwner::of(&config);
     let pipeline = config.pipeline.clone();
     let mut problems = Problems::default();
+    let tls = ClientTls::take_from(&mut config.table, &config.base_dir, &mut problems);
     let Some(c) = config.table.deserialize::<HttpEndpointConfig>(&mut problems) else { return Err(problems) };
     let url =
         reqwest::Url::parse(&c.url).ok().filter(|u| matches!(u.scheme(), "http" | "https") && c.url.len() <= 1000);
@@ -194,12 +197,9 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     );
     let backup = owner.required(c.backup_store, "http_endpoint", &problems);
     let backup = problems.take(backup);
-    let (url, compression, timeout, backup) = problems.finish((|| Some((url?, compression?, timeout?, backup?)))())?;
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Diagnostic::new(span.clone(), format!("cannot build the HTTP client: {e}")))?;
+    let (url, compression, timeout, backup, tls) =
+        problems.finish((|| Some((url?, compression?, timeout?, backup?, tls?)))())?;
+    let client = tls.client(timeout)?;
     let region = c.region.unwrap_or_else(|| "us-east-1".to_string());
     Ok(Arc::new(HttpEndpointSink {
         url,

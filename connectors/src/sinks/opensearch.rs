@@ -16,6 +16,7 @@
 //! retry = { duration_s = 300 }
 //! backup = "failed"                         # failed (FailedDocumentsOnly) | all (AllDocuments)
 //! backup_store = { url = "s3://bucket/os-backup" }   # required, as Firehose's S3Configuration
+//! tls = { cert = "client.pem", key = "client.key" }  # optional (client certificates): crate::http_client
 //! ```
 //!
 //! The request body is this sink's wire format ([`BulkRequest`]): for each record an `index` action
@@ -52,6 +53,7 @@ use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, RefusedRe
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 
 use crate::api::sigv4::Credentials;
+use crate::http_client::ClientTls;
 use crate::sinks::object_store::{BackupOwner, BackupStore};
 use crate::transforms::json;
 
@@ -277,7 +279,7 @@ pub struct OpenSearchSink {
 }
 
 /// Builds an OpenSearch sink from `[sinks.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
+pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (url_span, index_span, rotation_span, id_span) =
@@ -286,6 +288,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let timeout_at = config.table.key_at("timeout_s");
     let owner = BackupOwner::of(&config);
     let mut problems = Problems::default();
+    let tls = ClientTls::take_from(&mut config.table, &config.base_dir, &mut problems);
     let Some(c) = config.table.deserialize::<OpenSearchConfig>(&mut problems) else { return Err(problems) };
     let urls = problems.take(
         reqwest::Url::parse(&c.url)
@@ -368,13 +371,9 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     );
     let backup = owner.required(c.backup_store, "opensearch", &problems);
     let backup = problems.take(backup);
-    let ((url, bulk_url), rotation, document_ids, compression, auth, timeout, backup) =
-        problems.finish((|| Some((urls?, rotation?, document_ids?, compression?, auth?, timeout?, backup?)))())?;
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Diagnostic::new(span, format!("cannot build the HTTP client: {e}")))?;
+    let ((url, bulk_url), rotation, document_ids, compression, auth, timeout, backup, tls) =
+        problems.finish((|| Some((urls?, rotation?, document_ids?, compression?, auth?, timeout?, backup?, tls?)))())?;
+    let client = tls.client(timeout)?;
     let codec = BulkRequest { index: c.index, rotation, document_ids };
     Ok(Arc::new(OpenSearchSink {
         url,

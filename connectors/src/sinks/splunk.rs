@@ -13,6 +13,7 @@
 //! retry = { duration_s = 3600 }
 //! backup = "failed"                         # failed (FailedEventsOnly) | all (AllEvents)
 //! backup_store = { url = "s3://bucket/splunk-backup" }
+//! tls = { ca = "cacert.pem", verify_hostname = false } # optional (Splunk's default certificate): crate::http_client
 //! ```
 //!
 //! A request is one buffer: to `/services/collector/event`, each record as `{"time":…,"event":…}`
@@ -47,6 +48,7 @@ use sluice_engine::contract::{BufferingRules, DeliveryError, DestinationKind, Pa
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 use sluice_engine::metrics::SinkMeter;
 
+use crate::http_client::ClientTls;
 use crate::sinks::object_store::{BackupOwner, BackupStore};
 use crate::transforms::json;
 
@@ -214,13 +216,14 @@ struct Hec {
 }
 
 /// Builds a Splunk sink from `[sinks.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
+pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (url_span, token_span, endpoint_span) = (spans("url"), spans("token"), spans("endpoint"));
     let (ack_at, timeout_at) = (config.table.key_at("ack_timeout_s"), config.table.key_at("timeout_s"));
     let owner = BackupOwner::of(&config);
     let mut problems = Problems::default();
+    let tls = ClientTls::take_from(&mut config.table, &config.base_dir, &mut problems);
     let Some(c) = config.table.deserialize::<SplunkConfig>(&mut problems) else { return Err(problems) };
     let base =
         reqwest::Url::parse(&c.url).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
@@ -258,19 +261,15 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     );
     let backup = owner.required(c.backup_store, "splunk", &problems);
     let backup = problems.take(backup);
-    let (base, (codec, path), mut authorization, ack_timeout, timeout, backup) =
-        problems.finish((|| Some((base?, endpoint?, authorization?, ack_timeout?, timeout?, backup?)))())?;
+    let (base, (codec, path), mut authorization, ack_timeout, timeout, backup, tls) =
+        problems.finish((|| Some((base?, endpoint?, authorization?, ack_timeout?, timeout?, backup?, tls?)))())?;
     authorization.set_sensitive(true);
     let join = |path: &str| {
         base.join(&format!("{}/{path}", base.path().trim_end_matches('/')))
             .map_err(|e| Diagnostic::new(url_span.clone(), format!("cannot make the HEC URLs of `{}`: {e}", c.url)))
     };
     let (send_url, ack_url) = (join(path)?, join("services/collector/ack")?);
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Diagnostic::new(span, format!("cannot build the HTTP client: {e}")))?;
+    let client = tls.client(timeout)?;
     let hec = Hec {
         send_url,
         ack_url,

@@ -13,6 +13,7 @@
 //! retries = 3                          # NumberOfRetries, 0-300 (default 3)
 //! timeout_s = 60                       # per invocation, 1-900 (default 60)
 //! max_concurrency = 4                  # invocations in flight per worker, 1-64 (default 4)
+//! tls = { ca = "private-ca.pem" }      # optional: crate::http_client
 //! ```
 //!
 //! Each worker buffers records until `size_mb` of record data, `interval_s` since the first, 6 MB of
@@ -49,6 +50,7 @@ use sluice_engine::record::{FailedRecords, PartitionKeys, RecordBatch, RecordFai
 
 use crate::api::firehose::{ACCOUNT, stream_arn};
 use crate::api::sigv4::Credentials;
+use crate::http_client::ClientTls;
 
 /// Lambda's synchronous invocation payload limit.
 const MAX_REQUEST_BYTES: usize = 6_000_000;
@@ -120,7 +122,7 @@ struct Invoker {
 }
 
 /// Builds a lambda transform from `[transforms.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems> {
+pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems> {
     let span = config.table.span.clone();
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (url_span, function_span, endpoint_span, buffer_span) =
@@ -129,6 +131,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         (config.table.key_at("retries"), config.table.key_at("timeout_s"), config.table.key_at("max_concurrency"));
     let pipeline = config.pipeline.clone();
     let mut problems = Problems::default();
+    let tls = ClientTls::take_from(&mut config.table, &config.base_dir, &mut problems);
     let Some(c) = config.table.deserialize::<LambdaConfig>(&mut problems) else { return Err(problems) };
     let http_url = |text: &str, at: std::ops::Range<usize>, what: &str| {
         reqwest::Url::parse(text).ok().filter(|u| matches!(u.scheme(), "http" | "https")).ok_or_else(|| {
@@ -209,13 +212,9 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         1..=64,
         "invocations in flight per worker, default 4 (Firehose runs at most 5 per shard)",
     ));
-    let ((target, lambda_arn, region), (size_bytes, interval), retries, timeout, max_concurrency) =
-        problems.finish((|| Some((target?, buffer?, retries?, timeout?, max_concurrency?)))())?;
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Diagnostic::new(span, format!("cannot build the HTTP client: {e}")))?;
+    let ((target, lambda_arn, region), (size_bytes, interval), retries, timeout, max_concurrency, tls) =
+        problems.finish((|| Some((target?, buffer?, retries?, timeout?, max_concurrency?, tls?)))())?;
+    let client = tls.client(timeout)?;
     Ok(Arc::new(LambdaTransform {
         shared: Arc::new(Invoker {
             target,

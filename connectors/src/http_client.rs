@@ -1,0 +1,217 @@
+//! The HTTP client of the connectors that send requests (`http_endpoint`, `splunk`, `opensearch`
+//! and `lambda`), and the `tls` table they share:
+//!
+//! ```toml
+//! tls = { ca = "certs/private-ca.pem" }                            # trust a private CA too
+//! tls = { ca = "splunk-ca.pem", verify_hostname = false }          # that CA alone, any name
+//! tls = { cert = "certs/sluice.pem", key = "certs/sluice.key" }    # a client certificate (mutual TLS)
+//! tls = { verify_certificate = false }                             # accept any certificate (tests only)
+//! ```
+//!
+//! Beyond Firehose, whose endpoints must present a publicly trusted certificate: a self-hosted
+//! Splunk, OpenSearch or collector usually presents one of a private CA (Splunk's default HEC
+//! certificate is signed by its own `SplunkCommonCA` and named `SplunkServerDefaultCert`, the
+//! OpenSearch image's by its demo CA). Paths are taken from the pipeline file's folder.
+//!
+//! Guarantees: every file is read and checked when the pipeline is configured (`sluice validate`
+//! says what is wrong with it, at its key: unreadable, no PEM certificate in it, a key that is
+//! not a private key, a client certificate without its key, a key not of that certificate), so a
+//! run never starts with TLS settings it cannot use. `ca` adds to the system's trusted roots, never
+//! replaces them, except with `verify_hostname = false`, which trusts `ca` alone (a name check
+//! skipped against every public CA would accept any site's certificate). `verify_certificate =
+//! false` is logged as a warning when the sink is configured. One builder makes every client:
+//! redirects are never followed (a redirected delivery would send records where nobody asked), and
+//! each request is bounded by the connector's timeout.
+
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_engine::config::document::join_ticked;
+use sluice_engine::config::{Diagnostic, Problems, Section};
+
+/// The keys of the `tls` table.
+pub const TLS_KEYS: &[&str] = &["ca", "cert", "key", "verify_certificate", "verify_hostname"];
+
+/// A connector's `tls` table, its files read and checked (the default: the system's roots, full
+/// verification, no client certificate).
+#[derive(Default)]
+pub struct ClientTls {
+    /// `ca`'s certificates.
+    roots: Vec<reqwest::Certificate>,
+    /// `cert` and `key`.
+    identity: Option<reqwest::Identity>,
+    verify_certificate: bool,
+    verify_hostname: bool,
+    /// Where problems building the client point (the `tls` table, or the connector's).
+    at: Range<usize>,
+}
+
+impl ClientTls {
+    /// Takes `tls` out of a connector's table before the connector reads its own keys (files are
+    /// relative to `base_dir`); every problem in it is added to `found` (then `None`).
+    pub fn take_from(table: &mut Section, base_dir: &Path, found: &mut Problems) -> Option<ClientTls> {
+        let mut problems = Vec::new();
+        let mut tls =
+            ClientTls { verify_certificate: true, verify_hostname: true, at: table.span.clone(), ..Default::default() };
+        let Some(mut section) = table.take_table("tls", &mut problems) else {
+            if !table.misread("tls") {
+                return Some(tls);
+            }
+            if let Some(problem) = problems.last_mut() {
+                problem.hint =
+                    Some(format!("write `tls = {{ ca = \"private-ca.pem\" }}` (its keys: {})", join_ticked(TLS_KEYS)));
+            }
+            return report(problems, found);
+        };
+        tls.at = section.span.clone();
+        let label = table.key_at("tls").label;
+        let key_label = |key: &str| section.key_at(key).label;
+        let (ca_label, cert_label, key_label) = (key_label("ca"), key_label("cert"), key_label("key"));
+        let ca = section.take_string("ca", &mut problems);
+        let cert = section.take_string("cert", &mut problems);
+        let key = section.take_string("key", &mut problems);
+        let verify_certificate = section.take_bool("verify_certificate", &mut problems);
+        let verify_hostname = section.take_bool("verify_hostname", &mut problems);
+        // Written, even if written wrong (its problem said already): no follow-on is reported.
+        let written = |key: &str, given: bool| given || section.misread(key);
+        let (ca_written, cert_written, key_written) =
+            (written("ca", ca.is_some()), written("cert", cert.is_some()), written("key", key.is_some()));
+        let hostname_written = written("verify_hostname", verify_hostname.is_some());
+        section.deny_unknown(TLS_KEYS, &mut problems);
+        tls.verify_certificate = verify_certificate.as_ref().is_none_or(|v| *v.get_ref());
+        tls.verify_hostname = verify_hostname.as_ref().is_none_or(|v| *v.get_ref());
+        let files = "a relative path is taken from the pipeline file's folder";
+        if let Some(ca) = &ca {
+            match read(base_dir, ca.get_ref()).and_then(|pem| roots(&pem)) {
+                Ok(roots) => tls.roots = roots,
+                Err(why) => problems.push(Diagnostic::new(ca.span(), format!("{ca_label} {why}")).with_hint(format!(
+                    "a PEM file of the CA certificates that sign the server's (`-----BEGIN CERTIFICATE-----`); {files}"
+                ))),
+            }
+        }
+        match (&cert, &key) {
+            (Some(cert), Some(key)) => match identity(base_dir, cert.get_ref(), key.get_ref()) {
+                Ok(identity) => tls.identity = Some(identity),
+                Err((on_key, why)) => {
+                    let (span, name) = if on_key { (key.span(), &key_label) } else { (cert.span(), &cert_label) };
+                    problems.push(Diagnostic::new(span, format!("{name} {why}")).with_hint(format!(
+                        "`cert`: the client certificate (and its chain), `key`: its private key, both PEM; {files}"
+                    )));
+                }
+            },
+            (Some(given), None) | (None, Some(given)) if !(cert_written && key_written) => {
+                let (has, lacks) = if cert.is_some() { ("cert", "key") } else { ("key", "cert") };
+                problems.push(
+                    Diagnostic::new(given.span(), format!("{label} has `{has}` without `{lacks}`")).with_hint(
+                        "a client certificate is `cert` (its PEM chain) and `key` (its PEM private key) together",
+                    ),
+                );
+            }
+            _ => {}
+        }
+        if let Some(hostname) = verify_hostname.as_ref().filter(|v| !*v.get_ref())
+            && !ca_written
+            && verify_certificate.is_none()
+        {
+            problems.push(
+                Diagnostic::new(hostname.span(), format!("{label} has `verify_hostname = false` without `ca`")).with_hint(
+                    "the certificate is then checked against `ca` alone, its name not at all: give the CA that signs it",
+                ),
+            );
+        }
+        if let Some(off) = verify_certificate.as_ref().filter(|v| !*v.get_ref()) {
+            if ca_written || hostname_written {
+                let other = if ca_written { "ca" } else { "verify_hostname" };
+                problems.push(
+                    Diagnostic::new(off.span(), format!("{label} has `verify_certificate = false` with `{other}`"))
+                        .with_hint(format!(
+                            "accepting any certificate leaves nothing for `{other}` to do: keep one of the two"
+                        )),
+                );
+            } else {
+                tracing::warn!(
+                    "{label}: verify_certificate = false: any certificate is accepted, so anyone on the way can read and change what is sent"
+                );
+            }
+        }
+        if problems.is_empty() { Some(tls) } else { report(problems, found) }
+    }
+
+    /// The client of a connector: requests bounded by `timeout`, no redirects, this TLS. A client
+    /// the TLS settings cannot make (a key that is not the certificate's) is a problem at `tls`.
+    pub fn client(&self, timeout: Duration) -> Result<reqwest::Client, Diagnostic> {
+        let mut builder = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none());
+        if !self.verify_certificate {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        } else if !self.verify_hostname {
+            builder = builder.tls_certs_only(self.roots.iter().cloned()).tls_danger_accept_invalid_hostnames(true);
+        } else if !self.roots.is_empty() {
+            builder = builder.tls_certs_merge(self.roots.iter().cloned());
+        }
+        if let Some(identity) = &self.identity {
+            builder = builder.identity(identity.clone());
+        }
+        builder.build().map_err(|e| {
+            Diagnostic::new(
+                self.at.clone(),
+                format!("cannot build the HTTP client: {}", sluice_engine::redact::error(&e)),
+            )
+        })
+    }
+}
+
+/// Adds `problems` to `found`; nothing to build.
+fn report(problems: Vec<Diagnostic>, found: &mut Problems) -> Option<ClientTls> {
+    for problem in problems {
+        found.push(problem);
+    }
+    None
+}
+
+/// The bytes of `path` (relative to `base_dir`), or why not (the path said as written).
+fn read(base_dir: &Path, path: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(base_dir.join(path)).map_err(|e| format!("= \"{path}\" cannot be read: {e}"))
+}
+
+/// The certificates of a PEM text, at least one.
+fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs =
+        CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| format!("is not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(certs)
+}
+
+/// The certificates of a PEM text as roots a client trusts.
+fn roots(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
+    certificates(pem)?
+        .iter()
+        .map(|der| {
+            reqwest::Certificate::from_der(der).map_err(|e| format!("holds a certificate that cannot be used: {e}"))
+        })
+        .collect()
+}
+
+/// The client identity of `cert` and `key`; else whether the problem is the key's, and what it is.
+fn identity(base_dir: &Path, cert: &str, key: &str) -> Result<reqwest::Identity, (bool, String)> {
+    let chain = read(base_dir, cert).map_err(|why| (false, why))?;
+    let certs = certificates(&chain).map_err(|why| (false, why))?;
+    let private = read(base_dir, key).map_err(|why| (true, why))?;
+    let parsed =
+        PrivateKeyDer::from_pem_slice(&private).map_err(|e| (true, format!("holds no PEM private key: {e}")))?;
+    // The key must be the certificate's (reqwest would say so only as "builder error").
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    rustls::sign::CertifiedKey::from_der(certs, parsed, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => (true, "is not the private key of `cert`'s certificate".to_string()),
+        other => (true, format!("cannot be used: {other}")),
+    })?;
+    let mut both = chain;
+    both.push(b'\n');
+    both.extend_from_slice(&private);
+    reqwest::Identity::from_pem(&both)
+        .map_err(|e| (true, format!("cannot be used with `cert`: {}", sluice_engine::redact::error(&e))))
+}
