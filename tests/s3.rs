@@ -20,7 +20,7 @@ use sluice_connectors::synth::Profile;
 use sluice_engine::testkit::sink::{Check, Destination, Fault, conformance};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
-use super::support::{all_lines, folder_objects, generated, sluice};
+use super::support::{all_lines, files_under, folder_objects, generated, sluice};
 
 const ACCESS_KEY: &str = "AKIDSLUICETEST";
 pub const SECRET_KEY: &str = "sluice-test-secret-key";
@@ -32,6 +32,8 @@ pub struct S3Server {
     pub root: PathBuf,
     pub faults: Faults,
     runtime: Option<tokio::runtime::Runtime>,
+    /// Served over HTTPS with these settings (plain HTTP without).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Key prefixes whose writes fail, and the S3 error they get.
@@ -107,11 +109,17 @@ impl S3Access for FaultyAccess {
 
 impl S3Server {
     pub fn start(root: &Path) -> Self {
+        Self::start_over(root, None)
+    }
+
+    /// An S3 server serving HTTPS with `tls` (plain HTTP without).
+    pub fn start_over(root: &Path, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let mut server = S3Server {
             addr: "127.0.0.1:0".parse().unwrap(),
             root: root.to_path_buf(),
             faults: Faults::default(),
             runtime: None,
+            tls,
         };
         server.resume();
         server
@@ -138,13 +146,20 @@ impl S3Server {
         let service = builder.build();
         let listener = runtime.block_on(tokio::net::TcpListener::bind(self.addr)).unwrap_or_else(|e| panic!("{e}"));
         self.addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let tls = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         runtime.spawn(async move {
             let http = ConnBuilder::new(TokioExecutor::new());
             loop {
                 let Ok((socket, _)) = listener.accept().await else { continue };
-                let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+                let (http, service, tls) = (http.clone(), service.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let _ = match tls {
+                        Some(tls) => match tls.accept(socket).await {
+                            Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                            Err(_) => return,
+                        },
+                        None => http.serve_connection(TokioIo::new(socket), service).await,
+                    };
                 });
             }
         });
@@ -308,6 +323,43 @@ fn a_missing_bucket_stops_the_run_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("the bucket of s3://no-such-bucket/archive does not exist; create it"), "{stderr}");
+}
+
+#[test]
+fn an_s3_server_with_a_certificate_of_a_private_ca_stops_the_run_at_start_until_the_ca_is_trusted() {
+    let certs = super::support::TestCertificates::make();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("lake")).unwrap();
+    let server = S3Server::start_over(root.path(), Some(certs.server_config("server", false)));
+    let work = tempfile::tempdir().unwrap();
+    let pipeline = work.path().join("p.toml");
+    let sink = server.sink_toml("lake", SECRET_KEY).replace("http://", "https://").replace(", allow_http = true", "");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nname = \"privateca\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 100\n\
+             [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\nformat = \"ndjson\"\n{sink}\n"
+        ),
+    )
+    .unwrap();
+    // The system's roots do not know the CA: every delivery would fail, so the run does not start.
+    let out = sluice().args(["run", "--quiet"]).arg(&pipeline).env_remove("SSL_CERT_FILE").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the server's certificate is not trusted (invalid peer certificate: UnknownIssuer)")
+            && stderr.contains("SSL_CERT_FILE"),
+        "{stderr}"
+    );
+    // The library's own log line of the refusal is not shown besides sluice's.
+    assert!(!stderr.contains("rustls_platform_verifier"), "{stderr}");
+    assert!(files_under(&root.path().join("lake")).is_empty());
+    // Trusted as the error says: everything is delivered.
+    let out =
+        sluice().args(["run", "--quiet"]).arg(&pipeline).env("SSL_CERT_FILE", certs.path("ca.pem")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: usize = folder_objects(&root.path().join("lake")).values().map(Vec::len).sum();
+    assert_eq!(lines, 100);
 }
 
 #[test]

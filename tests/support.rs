@@ -346,9 +346,14 @@ impl TestCertificates {
         self.0.path().join(name).display().to_string()
     }
 
+    /// An axum TLS server's settings: [`Self::server_config`].
+    pub fn server(&self, name: &str, clients_signed: bool) -> axum_server::tls_rustls::RustlsConfig {
+        axum_server::tls_rustls::RustlsConfig::from_config(self.server_config(name, clients_signed))
+    }
+
     /// A TLS server presenting `name`'s certificate, asking for a client certificate the CA signs
     /// when `clients_signed` (else for none).
-    pub fn server(&self, name: &str, clients_signed: bool) -> axum_server::tls_rustls::RustlsConfig {
+    pub fn server_config(&self, name: &str, clients_signed: bool) -> std::sync::Arc<rustls::ServerConfig> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -373,7 +378,7 @@ impl TestCertificates {
         };
         let mut config = builder.with_single_cert(chain, key).unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        axum_server::tls_rustls::RustlsConfig::from_config(std::sync::Arc::new(config))
+        std::sync::Arc::new(config)
     }
 }
 

@@ -163,6 +163,25 @@ impl ClientTls {
     }
 }
 
+/// Why a TLS handshake refused the server, if that is what `error` (or one of its causes) is:
+/// rustls's own words (`invalid peer certificate: UnknownIssuer`), wherever the client that
+/// reports it (reqwest, object_store, tokio-postgres) put it in its chain of causes.
+pub fn tls_refusal(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // An I/O error's `source` is its inner error's source, skipping the inner error itself
+        // (tokio-rustls's rustls::Error, itself wrapped in another I/O error by hyper's connector).
+        next = match error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
+}
+
 /// Adds `problems` to `found`; nothing to build.
 fn report(problems: Vec<Diagnostic>, found: &mut Problems) -> Option<ClientTls> {
     for problem in problems {

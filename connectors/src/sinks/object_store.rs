@@ -921,6 +921,14 @@ impl Sink for ObjectStoreSink {
                         ),
                     })
                 }
+                // A certificate the store's client does not trust is refused at every delivery too,
+                // and no retry heals it: the run stops, saying how to trust it.
+                Err(e) if let Some(why) = crate::http_client::tls_refusal(&e) => Err(DeliveryError::Permanent {
+                    code: format!("{code_prefix}.TlsFailed"),
+                    message: format!(
+                        "{url}: the server's certificate is not trusted ({why}); add its CA to the system's trust store, or point SSL_CERT_FILE at a PEM bundle holding it (with the system's CAs)"
+                    ),
+                }),
                 Err(e) => {
                     let error = sluice_engine::redact::error(&e);
                     tracing::warn!(url = %url, error = %error, "the destination did not answer the start-up check; delivering anyway");

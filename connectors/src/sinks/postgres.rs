@@ -493,23 +493,6 @@ fn tls_options(url: &str) -> (String, Option<String>) {
     (parsed.to_string(), root)
 }
 
-/// Why the TLS handshake refused the server, if that is what `e` is.
-fn tls_failure(e: &tokio_postgres::Error) -> Option<String> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(error) = source {
-        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
-            return Some(tls.to_string());
-        }
-        if let Some(io) = error.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(tls.to_string());
-        }
-        source = error.source();
-    }
-    None
-}
-
 /// The delivery error `e` means.
 fn classify(e: &tokio_postgres::Error, what: &str) -> DeliveryError {
     let Some(db) = e.as_db_error() else {
@@ -544,7 +527,7 @@ impl Loader {
             let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
             let (client, connection) =
                 self.config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(config)).await.map_err(|e| {
-                    match tls_failure(&e) {
+                    match crate::http_client::tls_refusal(&e) {
                         Some(why) => DeliveryError::Permanent {
                             code: "Redshift.TlsFailed".into(),
                             message: format!("the server's certificate is not trusted: {why}"),

@@ -273,13 +273,22 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
 fn tune_allocator() {}
 
+/// The log filter: `SLUICE_LOG` (any `tracing` filter), else warnings and errors. rustls's platform
+/// verifier logs each certificate it refuses as an error of its own, which the refusal's error
+/// (with the connector, and what to do) says already: it is silent unless `SLUICE_LOG` names it.
+fn log_filter(configured: Option<String>) -> tracing_subscriber::EnvFilter {
+    let configured = configured.filter(|c| !c.trim().is_empty());
+    let names_verifier = configured.as_deref().is_some_and(|c| c.contains("rustls_platform_verifier"));
+    let filter = configured.as_deref().unwrap_or("warn");
+    let filter = if names_verifier { filter.to_string() } else { format!("{filter},rustls_platform_verifier=off") };
+    tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off"))
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(log_filter(std::env::var("SLUICE_LOG").ok()))
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal: a log file or a pipe gets plain text.
         .with_ansi(std::io::stderr().is_terminal())
@@ -826,5 +835,28 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn the_verifier_s_own_refusal_lines_are_off_unless_sluice_log_names_it() {
+        for (configured, shown) in [
+            (None, "warn,rustls_platform_verifier=off"),
+            (Some(""), "warn,rustls_platform_verifier=off"),
+            (Some("debug"), "debug,rustls_platform_verifier=off"),
+            (Some("rustls_platform_verifier=debug"), "rustls_platform_verifier=debug"),
+            (Some("no=such=level"), "warn,rustls_platform_verifier=off"),
+        ] {
+            let filter = log_filter(configured.map(String::from)).to_string();
+            let mut got: Vec<&str> = filter.split(',').collect();
+            let mut want: Vec<&str> = shown.split(',').collect();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{configured:?}");
+        }
     }
 }
