@@ -381,7 +381,7 @@ fn the_api_serves_https_with_the_configured_certificate() {
         "type = \"firehose\"",
         &format!("type = \"firehose\"\ntls = {{ cert = \"{}\", key = \"{}\" }}", cert.display(), key.display()),
     );
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(&config, &text).unwrap();
     let running = Running::start(&["run", config.to_str().unwrap()], port, 0);
     let https = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
     let response = https
@@ -398,6 +398,20 @@ fn the_api_serves_https_with_the_configured_certificate() {
     assert!(reqwest::blocking::get(format!("http://127.0.0.1:{port}/")).map_or(true, |r| !r.status().is_success()));
     let (code, printed) = running.stop();
     assert_eq!(code, 0, "{printed}");
+    // A key that is not the certificate's is said by `validate`, at the source's `tls`, not when
+    // the listener starts.
+    let other_key = dir.path().join("other.key");
+    let made = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+        .arg(&other_key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    std::fs::write(&config, text.replace(&key.display().to_string(), &other_key.display().to_string())).unwrap();
+    let out = super::support::sluice().arg("validate").arg(&config).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(".tls.key` is not the private key of `cert`'s certificate"), "{said}");
 }
 
 /// Issue 11, item 14: `sluice serve DIR` serves the stream pipelines of a folder whatever the

@@ -2,7 +2,6 @@
 //! [`mod@registry`], and the synthetic log profiles used by the generator source and `sluice gen`.
 
 pub mod api;
-pub mod http_client;
 pub mod kms;
 pub mod load;
 pub mod measure;
@@ -11,6 +10,7 @@ pub mod registry;
 pub mod sinks;
 pub mod sources;
 pub mod synth;
+pub mod tls;
 pub mod transforms;
 
 pub use registry::registry;

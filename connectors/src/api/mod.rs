@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sluice_engine::config::{ConnectorConfig, Durability, LogEncryption, Retention};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Durability, LogEncryption, Retention};
 use sluice_engine::contract::{OnStop, ReadStatus, SourceError, SourceReader};
 use sluice_engine::record::RecordBatch;
 
@@ -44,6 +44,19 @@ impl TlsFiles {
     /// The same files, relative paths taken from `base`.
     pub fn relative_to(&self, base: &std::path::Path) -> TlsFiles {
         TlsFiles { cert: base.join(&self.cert), key: base.join(&self.key) }
+    }
+
+    /// The files relative to `base`, checked when the pipeline is configured (readable PEM, the
+    /// key the certificate's: [`crate::tls::key_pair`]), so `sluice validate` says what is wrong
+    /// with them, at `at` (the `tls` key), rather than the listener when it starts.
+    pub fn checked(&self, base: &std::path::Path, at: &sluice_engine::config::KeyAt) -> Result<TlsFiles, Diagnostic> {
+        crate::tls::key_pair(base, &self.cert, &self.key).map_err(|(on_key, why)| {
+            let key = if on_key { "key" } else { "cert" };
+            Diagnostic::new(at.span.clone(), format!("{}.{key}` {why}", at.label.trim_end_matches('`'))).with_hint(
+                "`cert`: the server's certificate chain, `key`: its private key, both PEM; a relative path is taken from the pipeline file's folder",
+            )
+        })?;
+        Ok(self.relative_to(base))
     }
 }
 

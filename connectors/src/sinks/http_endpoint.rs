@@ -15,7 +15,7 @@
 //! retry = { duration_s = 300 }
 //! error_prefix = "http-failed/!{firehose:error-output-type}/"
 //! backup_store = { url = "s3://bucket/backup", options = { region = "eu-west-1" } }
-//! tls = { ca = "certs/private-ca.pem" }     # optional: crate::http_client
+//! tls = { ca = "certs/private-ca.pem" }     # optional: crate::tls
 //! ```
 //!
 //! Each request is `{"records":[{"data":"<base64>"},…],"requestId":"<uuid>","timestamp":<ms>}` (at
@@ -40,8 +40,8 @@ use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 
 use crate::api::firehose::{ACCOUNT, stream_arn};
-use crate::http_client::ClientTls;
 use crate::sinks::object_store::{BackupOwner, BackupStore};
+use crate::tls::ClientTls;
 
 /// A response body larger than this is an error (`HttpEndpoint.ResponseTooLarge`).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;

@@ -923,7 +923,7 @@ impl Sink for ObjectStoreSink {
                 }
                 // A certificate the store's client does not trust is refused at every delivery too,
                 // and no retry heals it: the run stops, saying how to trust it.
-                Err(e) if let Some(why) = crate::http_client::tls_refusal(&e) => Err(DeliveryError::Permanent {
+                Err(e) if let Some(why) = crate::tls::refusal(&e) => Err(DeliveryError::Permanent {
                     code: format!("{code_prefix}.TlsFailed"),
                     message: format!(
                         "{url}: the server's certificate is not trusted ({why}); add its CA to the system's trust store, or point SSL_CERT_FILE at a PEM bundle holding it (with the system's CAs)"

@@ -16,7 +16,7 @@
 //! retry = { duration_s = 300 }
 //! backup = "failed"                         # failed (FailedDocumentsOnly) | all (AllDocuments)
 //! backup_store = { url = "s3://bucket/os-backup" }   # required, as Firehose's S3Configuration
-//! tls = { cert = "client.pem", key = "client.key" }  # optional (client certificates): crate::http_client
+//! tls = { cert = "client.pem", key = "client.key" }  # optional (client certificates): crate::tls
 //! ```
 //!
 //! The request body is this sink's wire format ([`BulkRequest`]): for each record an `index` action
@@ -53,8 +53,8 @@ use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, RefusedRe
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 
 use crate::api::sigv4::Credentials;
-use crate::http_client::ClientTls;
 use crate::sinks::object_store::{BackupOwner, BackupStore};
+use crate::tls::ClientTls;
 use crate::transforms::json;
 
 /// What the sink type's destination takes (the registry's line): `_bulk` requests of at most

@@ -527,7 +527,7 @@ impl Loader {
             let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
             let (client, connection) =
                 self.config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(config)).await.map_err(|e| {
-                    match crate::http_client::tls_refusal(&e) {
+                    match crate::tls::refusal(&e) {
                         Some(why) => DeliveryError::Permanent {
                             code: "Redshift.TlsFailed".into(),
                             message: format!("the server's certificate is not trusted: {why}"),

@@ -13,7 +13,7 @@
 //! retry = { duration_s = 3600 }
 //! backup = "failed"                         # failed (FailedEventsOnly) | all (AllEvents)
 //! backup_store = { url = "s3://bucket/splunk-backup" }
-//! tls = { ca = "cacert.pem", verify_hostname = false } # optional (Splunk's default certificate): crate::http_client
+//! tls = { ca = "cacert.pem", verify_hostname = false } # optional (Splunk's default certificate): crate::tls
 //! ```
 //!
 //! A request is one buffer: to `/services/collector/event`, each record as `{"time":…,"event":…}`
@@ -48,8 +48,8 @@ use sluice_engine::contract::{BufferingRules, DeliveryError, DestinationKind, Pa
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 use sluice_engine::metrics::SinkMeter;
 
-use crate::http_client::ClientTls;
 use crate::sinks::object_store::{BackupOwner, BackupStore};
+use crate::tls::ClientTls;
 use crate::transforms::json;
 
 /// What the sink type's destination takes (the registry's line): HEC requests of at most 5 MB

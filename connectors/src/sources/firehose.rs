@@ -109,7 +109,7 @@ pub fn parse_listen(text: Option<&str>, default: &str, span: std::ops::Range<usi
 pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let span = config.table.span.clone();
     let listen_span = config.table.value_span("listen").unwrap_or(span.clone());
-    let inflight_at = config.table.key_at("max_inflight_mb");
+    let (inflight_at, tls_at) = (config.table.key_at("max_inflight_mb"), config.table.key_at("tls"));
     let auth_span = config.table.value_span("auth").unwrap_or(span);
     let mut problems = Problems::default();
     let limits = ListenerLimits::take_from(&mut config.table, (MAX_REQUEST_BYTES >> 20) as u64 + 1, &mut problems);
@@ -127,15 +127,16 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
             }))
         }),
     });
-    let (limits, listen, inflight, (keys, grants)) =
-        problems.finish((|| Some((limits?, listen?, inflight?, access?)))())?;
+    let tls = problems.take(c.tls.as_ref().map(|t| t.checked(&config.base_dir, &tls_at)).transpose());
+    let (limits, listen, inflight, (keys, grants), tls) =
+        problems.finish((|| Some((limits?, listen?, inflight?, access?, tls?)))())?;
     Ok(Arc::new(FirehoseSource {
         stream: config.pipeline,
         description: config.stream,
         listen,
         keys,
         grants,
-        tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
+        tls,
         region: c.region.unwrap_or_else(|| "us-east-1".into()),
         queue: Arc::new(IngestQueue::new(inflight)),
         log,

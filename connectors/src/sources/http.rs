@@ -160,6 +160,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     let span = config.table.span.clone();
     let listen_span = config.table.value_span("listen").unwrap_or(span.clone());
     let (body_at, inflight_at) = (config.table.key_at("max_body_mb"), config.table.key_at("max_inflight_mb"));
+    let tls_at = config.table.key_at("tls");
     let tokens_span =
         config.table.value_span("bearer_tokens").or(config.table.value_span("bearer_token")).unwrap_or(span);
     let mut problems = Problems::default();
@@ -176,8 +177,9 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         Tokens::from_config(c.bearer_token, c.bearer_tokens)
             .map_err(|(message, hint)| Diagnostic::new(tokens_span, message).with_hint(hint)),
     );
-    let (limits, listen, max_body_mb, inflight, tokens) =
-        problems.finish((|| Some((limits?, listen?, max_body_mb?, inflight?, tokens?)))())?;
+    let tls = problems.take(c.tls.as_ref().map(|t| t.checked(&config.base_dir, &tls_at)).transpose());
+    let (limits, listen, max_body_mb, inflight, tokens, tls) =
+        problems.finish((|| Some((limits?, listen?, max_body_mb?, inflight?, tokens?, tls?)))())?;
     Ok(Arc::new(HttpSource {
         listen,
         endpoint: Arc::new(Endpoint {
@@ -189,7 +191,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
             log,
             metrics: std::sync::OnceLock::new(),
         }),
-        tls: c.tls.map(|t| t.relative_to(&config.base_dir)),
+        tls,
         limits,
     }))
 }

@@ -13,7 +13,7 @@
 //! retries = 3                          # NumberOfRetries, 0-300 (default 3)
 //! timeout_s = 60                       # per invocation, 1-900 (default 60)
 //! max_concurrency = 4                  # invocations in flight per worker, 1-64 (default 4)
-//! tls = { ca = "private-ca.pem" }      # optional: crate::http_client
+//! tls = { ca = "private-ca.pem" }      # optional: crate::tls
 //! ```
 //!
 //! Each worker buffers records until `size_mb` of record data, `interval_s` since the first, 6 MB of
@@ -50,7 +50,7 @@ use sluice_engine::record::{FailedRecords, PartitionKeys, RecordBatch, RecordFai
 
 use crate::api::firehose::{ACCOUNT, stream_arn};
 use crate::api::sigv4::Credentials;
-use crate::http_client::ClientTls;
+use crate::tls::ClientTls;
 
 /// Lambda's synchronous invocation payload limit.
 const MAX_REQUEST_BYTES: usize = 6_000_000;

@@ -1,5 +1,6 @@
-//! The HTTP client of the connectors that send requests (`http_endpoint`, `splunk`, `opensearch`
-//! and `lambda`), and the `tls` table they share:
+//! TLS settings of the connectors. The client side: one builder of the HTTP client of the
+//! connectors that send requests (`http_endpoint`, `splunk`, `opensearch` and `lambda`), and the
+//! `tls` table they share:
 //!
 //! ```toml
 //! tls = { ca = "certs/private-ca.pem" }                            # trust a private CA too
@@ -11,7 +12,9 @@
 //! Beyond Firehose, whose endpoints must present a publicly trusted certificate: a self-hosted
 //! Splunk, OpenSearch or collector usually presents one of a private CA (Splunk's default HEC
 //! certificate is signed by its own `SplunkCommonCA` and named `SplunkServerDefaultCert`, the
-//! OpenSearch image's by its demo CA). Paths are taken from the pipeline file's folder.
+//! OpenSearch image's by its demo CA). Paths are taken from the pipeline file's folder. The server
+//! side (the API sources' `tls = { cert, key }`) has its files checked by [`key_pair`] too, and
+//! [`refusal`] finds a refused certificate among any client's error causes.
 //!
 //! Guarantees: every file is read and checked when the pipeline is configured (`sluice validate`
 //! says what is wrong with it, at its key: unreadable, no PEM certificate in it, a key that is
@@ -85,7 +88,7 @@ impl ClientTls {
         tls.verify_hostname = verify_hostname.as_ref().is_none_or(|v| *v.get_ref());
         let files = "a relative path is taken from the pipeline file's folder";
         if let Some(ca) = &ca {
-            match read(base_dir, ca.get_ref()).and_then(|pem| roots(&pem)) {
+            match read(base_dir, Path::new(ca.get_ref())).and_then(|pem| roots(&pem)) {
                 Ok(roots) => tls.roots = roots,
                 Err(why) => problems.push(Diagnostic::new(ca.span(), format!("{ca_label} {why}")).with_hint(format!(
                     "a PEM file of the CA certificates that sign the server's (`-----BEGIN CERTIFICATE-----`); {files}"
@@ -93,7 +96,7 @@ impl ClientTls {
             }
         }
         match (&cert, &key) {
-            (Some(cert), Some(key)) => match identity(base_dir, cert.get_ref(), key.get_ref()) {
+            (Some(cert), Some(key)) => match identity(base_dir, Path::new(cert.get_ref()), Path::new(key.get_ref())) {
                 Ok(identity) => tls.identity = Some(identity),
                 Err((on_key, why)) => {
                     let (span, name) = if on_key { (key.span(), &key_label) } else { (cert.span(), &cert_label) };
@@ -166,7 +169,7 @@ impl ClientTls {
 /// Why a TLS handshake refused the server, if that is what `error` (or one of its causes) is:
 /// rustls's own words (`invalid peer certificate: UnknownIssuer`), wherever the client that
 /// reports it (reqwest, object_store, tokio-postgres) put it in its chain of causes.
-pub fn tls_refusal(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+pub fn refusal(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut next = Some(error);
     while let Some(error) = next {
         if let Some(tls) = error.downcast_ref::<rustls::Error>() {
@@ -191,8 +194,8 @@ fn report(problems: Vec<Diagnostic>, found: &mut Problems) -> Option<ClientTls> 
 }
 
 /// The bytes of `path` (relative to `base_dir`), or why not (the path said as written).
-fn read(base_dir: &Path, path: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(base_dir.join(path)).map_err(|e| format!("= \"{path}\" cannot be read: {e}"))
+fn read(base_dir: &Path, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(base_dir.join(path)).map_err(|e| format!("= \"{}\" cannot be read: {e}", path.display()))
 }
 
 /// The certificates of a PEM text, at least one.
@@ -216,21 +219,31 @@ fn roots(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
 }
 
 /// The client identity of `cert` and `key`; else whether the problem is the key's, and what it is.
-fn identity(base_dir: &Path, cert: &str, key: &str) -> Result<reqwest::Identity, (bool, String)> {
-    let chain = read(base_dir, cert).map_err(|why| (false, why))?;
-    let certs = certificates(&chain).map_err(|why| (false, why))?;
-    let private = read(base_dir, key).map_err(|why| (true, why))?;
-    let parsed =
-        PrivateKeyDer::from_pem_slice(&private).map_err(|e| (true, format!("holds no PEM private key: {e}")))?;
-    // The key must be the certificate's (reqwest would say so only as "builder error").
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    rustls::sign::CertifiedKey::from_der(certs, parsed, &provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => (true, "is not the private key of `cert`'s certificate".to_string()),
-        other => (true, format!("cannot be used: {other}")),
-    })?;
+fn identity(base_dir: &Path, cert: &Path, key: &Path) -> Result<reqwest::Identity, (bool, String)> {
+    let (chain, private) = key_pair(base_dir, cert, key)?;
     let mut both = chain;
     both.push(b'\n');
     both.extend_from_slice(&private);
     reqwest::Identity::from_pem(&both)
         .map_err(|e| (true, format!("cannot be used with `cert`: {}", sluice_engine::redact::error(&e))))
+}
+
+/// A certificate chain and its private key, PEM files relative to `base_dir` (a client's identity,
+/// or what an API source serves with), checked: both readable, at least one certificate, a private
+/// key, and the key the first certificate's. Their bytes; else whether the problem is the key's,
+/// and what it is (said of the key, after `key`'s name).
+pub fn key_pair(base_dir: &Path, cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), (bool, String)> {
+    let chain = read(base_dir, cert).map_err(|why| (false, why))?;
+    let certs = certificates(&chain).map_err(|why| (false, why))?;
+    let private = read(base_dir, key).map_err(|why| (true, why))?;
+    let parsed =
+        PrivateKeyDer::from_pem_slice(&private).map_err(|e| (true, format!("holds no PEM private key: {e}")))?;
+    // The key must be the certificate's (reqwest and rustls would say so only when serving or
+    // building a client, as "builder error" or a handshake failure).
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    rustls::sign::CertifiedKey::from_der(certs, parsed, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => (true, "is not the private key of `cert`'s certificate".to_string()),
+        other => (true, format!("cannot be used: {other}")),
+    })?;
+    Ok((chain, private))
 }
