@@ -450,7 +450,27 @@ fn aws_sigv4_requests_verify_for_the_service_and_region() {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let verified = Arc::new(Mutex::new((0usize, Vec::<String>::new())));
         let state = Arc::clone(&verified);
+        let root_state = Arc::clone(&verified);
         let app = axum::Router::new().route(
+            "/",
+            // The start-up check: the cluster's root, signed as `_bulk` requests are.
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let state = Arc::clone(&root_state);
+                async move {
+                    let keys = AccessKeys::new([("AKIDSEARCHTEST".to_string(), "search-test-secret".to_string())]);
+                    let request = SignedRequest { method: "GET", path: "/", query: "", headers: &headers, body: &[] };
+                    let scope = Scope { region: "eu-west-1", service: if service == "es" { "es" } else { "aoss" } };
+                    match verify(&keys, &request, chrono::Utc::now().timestamp(), scope) {
+                        Ok(_) => (axum::http::StatusCode::OK, r#"{"version":{"number":"2.19.0"}}"#.to_string()),
+                        Err(e) => {
+                            state.lock().unwrap().1.push(format!("GET /: {e}"));
+                            (axum::http::StatusCode::FORBIDDEN, "{}".to_string())
+                        }
+                    }
+                }
+            }),
+        );
+        let app = app.route(
             "/_bulk",
             axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let state = Arc::clone(&state);
@@ -502,9 +522,21 @@ fn aws_sigv4_requests_verify_for_the_service_and_region() {
         let (documents, problems) = verified.lock().unwrap().clone();
         assert!(problems.is_empty(), "{service}: {problems:?}");
         assert_eq!(documents, 100, "{service}");
-        // A wrong secret is refused (403): permanent, so the records are backed up, not retried.
+        // A wrong secret is refused (403) by the start-up check: the run stops before it reads.
+        let wrong = run(&[("AWS_ACCESS_KEY_ID", "AKIDSEARCHTEST"), ("AWS_SECRET_ACCESS_KEY", "wrong")]);
+        let said = String::from_utf8_lossy(&wrong.stderr);
+        assert_eq!(wrong.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains("refused our credentials (403 Forbidden)") && said.contains("healthcheck = false"),
+            "{said}"
+        );
+        assert!(verified.lock().unwrap().1.iter().all(|p| p.starts_with("GET /")), "no _bulk request was sent");
+        // Without the check, `_bulk` refuses it (403): permanent, so the records are backed up,
+        // not retried.
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, format!("{text}healthcheck = false\n")).unwrap();
         let wrong = run(&[("AWS_ACCESS_KEY_ID", "AKIDSEARCHTEST"), ("AWS_SECRET_ACCESS_KEY", "wrong")]);
         assert_eq!(wrong.status.code(), Some(2), "{}", String::from_utf8_lossy(&wrong.stderr));
-        assert!(!verified.lock().unwrap().1.is_empty());
+        assert!(verified.lock().unwrap().1.iter().any(|p| !p.starts_with("GET /")));
     }
 }

@@ -310,12 +310,27 @@ fn a_hec_with_a_certificate_of_its_own_ca_under_another_name_takes_events_with_t
     let (_, metrics) = run_pipeline(&pipeline(&hec.url, backup.path(), 200, &tls), &registry(), 1).unwrap();
     assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 200);
     assert_eq!(sorted(hec.hec.lock().unwrap().events.clone()), as_events(generated(Profile::Cloudtrail, 8, 200)));
-    // With the name checked, the same certificate is refused, and the events are backed up.
+    // With the name checked, the same certificate is refused by the start-up check (HEC's health
+    // endpoint), with what to do: nothing is read.
     let tls = format!("tls = {{ ca = \"{}\" }}\nretry = {{ duration_s = 0 }}", certs.path("ca.pem"));
-    let (_, metrics) = run_pipeline(&pipeline(&hec.url, backup.path(), 200, &tls), &registry(), 1).unwrap();
+    let error = run_pipeline(&pipeline(&hec.url, backup.path(), 200, &tls), &registry(), 1).err().unwrap();
+    assert!(
+        error.contains(
+            "the server's certificate is not trusted (invalid peer certificate: certificate not valid for name"
+        ) && error.contains("verify_hostname = false"),
+        "{error}"
+    );
+    // Without the check, each request is refused the same way, and the events are backed up.
+    let unchecked = format!("{tls}\nhealthcheck = false");
+    let (_, metrics) = run_pipeline(&pipeline(&hec.url, backup.path(), 200, &unchecked), &registry(), 1).unwrap();
     assert_eq!(metrics.sinks[0].records_failed.load(Relaxed), 200);
     let docs = backed_up(backup.path());
     assert!(docs.iter().all(|d| d["errorCode"] == "Splunk.ConnectionFailed"), "{:?}", docs.first());
+    assert!(
+        docs.iter().all(|d| d["errorMessage"].as_str().unwrap().contains("not valid for name")),
+        "{:?}",
+        docs.first()
+    );
 }
 
 #[test]

@@ -185,6 +185,33 @@ pub fn refusal(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
+/// Sends a connector's start-up check (`what`: its URL as shown): the answer's status; `None`
+/// (warned) when the destination cannot be reached now, since deliveries retry; a certificate the
+/// client refuses stops the run with `code`, since no retry heals it.
+pub async fn start_up_check(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    code: &str,
+) -> Result<Option<reqwest::StatusCode>, sluice_engine::contract::DeliveryError> {
+    match request.send().await {
+        Ok(answer) => Ok(Some(answer.status())),
+        Err(e) => match refusal(&e) {
+            Some(why) => Err(sluice_engine::contract::DeliveryError::Permanent {
+                code: code.into(),
+                message: format!(
+                    "{what}: the server's certificate is not trusted ({why}); give the CA that signs it as `tls = {{ ca = \"…\" }}`, \
+                     with `verify_hostname = false` when the certificate is not of this host's name"
+                ),
+            }),
+            None => {
+                let error = sluice_engine::redact::error(&e);
+                tracing::warn!(url = %what, error = %error, "the destination did not answer the start-up check; delivering anyway");
+                Ok(None)
+            }
+        },
+    }
+}
+
 /// Adds `problems` to `found`; nothing to build.
 fn report(problems: Vec<Diagnostic>, found: &mut Problems) -> Option<ClientTls> {
     for problem in problems {
@@ -195,6 +222,9 @@ fn report(problems: Vec<Diagnostic>, found: &mut Problems) -> Option<ClientTls> 
 
 /// The bytes of `path` (relative to `base_dir`), or why not (the path said as written).
 fn read(base_dir: &Path, path: &Path) -> Result<Vec<u8>, String> {
+    if path.as_os_str().is_empty() {
+        return Err("is empty: name a PEM file".into());
+    }
     std::fs::read(base_dir.join(path)).map_err(|e| format!("= \"{}\" cannot be read: {e}", path.display()))
 }
 

@@ -17,6 +17,7 @@
 //! backup = "failed"                         # failed (FailedDocumentsOnly) | all (AllDocuments)
 //! backup_store = { url = "s3://bucket/os-backup" }   # required, as Firehose's S3Configuration
 //! tls = { cert = "client.pem", key = "client.key" }  # optional (client certificates): crate::tls
+//! healthcheck = true                        # default: GET / at start, authenticated (prepare)
 //! ```
 //!
 //! The request body is this sink's wire format ([`BulkRequest`]): for each record an `index` action
@@ -229,6 +230,8 @@ struct OpenSearchConfig {
     content_encoding: Option<String>,
     #[serde(default)]
     timeout_s: Option<u64>,
+    #[serde(default)]
+    healthcheck: Option<bool>,
     #[serde(default, deserialize_with = "crate::sinks::object_store::url_or_table")]
     backup_store: Option<BackupStore>,
 }
@@ -276,6 +279,8 @@ pub struct OpenSearchSink {
     compression: Compression,
     client: reqwest::Client,
     backup: Arc<dyn Sink>,
+    /// Whether `prepare` asks the cluster's root (`GET /`) first.
+    healthcheck: bool,
 }
 
 /// Builds an OpenSearch sink from `[sinks.<name>]`.
@@ -384,6 +389,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems>
         compression,
         client,
         backup,
+        healthcheck: c.healthcheck.unwrap_or(true),
     }))
 }
 
@@ -436,20 +442,30 @@ impl OpenSearchSink {
         if let Ok(id) = http::HeaderValue::from_str(&payload.key) {
             headers.insert("x-opaque-id", id);
         }
-        let headers = match &self.auth {
+        let headers = self.authorized("POST", &self.bulk_url, headers, &payload.body)?;
+        Ok(self.client.post(self.bulk_url.clone()).headers(headers).body(payload.body.clone()))
+    }
+
+    /// `headers` with the request's authentication: basic auth, or SigV4 over `method`, `url` and `body`.
+    fn authorized(
+        &self,
+        method: &str,
+        url: &reqwest::Url,
+        mut headers: http::HeaderMap,
+        body: &[u8],
+    ) -> Result<http::HeaderMap, DeliveryError> {
+        Ok(match &self.auth {
             Auth::None => headers,
             Auth::Basic(value) => {
                 headers.insert(http::header::AUTHORIZATION, value.clone());
                 headers
             }
-            Auth::SigV4 { credentials, region, service } => credentials
-                .sign_request("POST", &self.bulk_url, self.bulk_url.path(), (region, service), headers, &payload.body)
-                .map_err(|e| DeliveryError::Permanent {
-                    code: "OpenSearch.SigningFailed".into(),
-                    message: e.to_string(),
-                })?,
-        };
-        Ok(self.client.post(self.bulk_url.clone()).headers(headers).body(payload.body.clone()))
+            Auth::SigV4 { credentials, region, service } => {
+                credentials.sign_request(method, url, url.path(), (region, service), headers, body).map_err(|e| {
+                    DeliveryError::Permanent { code: "OpenSearch.SigningFailed".into(), message: e.to_string() }
+                })?
+            }
+        })
     }
 }
 
@@ -564,8 +580,34 @@ impl Sink for OpenSearchSink {
         DestinationKind::OpenSearch
     }
 
+    /// Prepares the backup store, then (unless `healthcheck = false`) asks the cluster's root
+    /// (`GET /`, authenticated as `_bulk` requests are): credentials it refuses (401, 403) and a
+    /// certificate the client refuses stop the run; no answer, or another status, is warned.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        self.backup.prepare()
+        let backup = self.backup.prepare();
+        let check = self
+            .healthcheck
+            .then(|| self.authorized("GET", &self.url, http::HeaderMap::new(), &[]))
+            .transpose()
+            .map(|headers| headers.map(|h| self.client.get(self.url.clone()).headers(h)));
+        let url = sluice_engine::redact::url(self.url.as_str());
+        Box::pin(async move {
+            backup.await?;
+            let Some(request) = check? else { return Ok(()) };
+            match crate::tls::start_up_check(request, &url, "OpenSearch.ConnectionFailed").await? {
+                Some(status) if matches!(status.as_u16(), 401 | 403) => Err(DeliveryError::Permanent {
+                    code: "OpenSearch.AccessDenied".into(),
+                    message: format!(
+                        "{url} refused our credentials ({status}); check `auth` or `aws_sigv4`, or set healthcheck = false if they may only write to `_bulk`"
+                    ),
+                }),
+                Some(status) if !status.is_success() => {
+                    tracing::warn!(url = %url, %status, "the cluster's root did not answer 2xx at start; delivering anyway");
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        })
     }
 
     fn wire_format(&self) -> Option<Arc<dyn ObjectFormat>> {

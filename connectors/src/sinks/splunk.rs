@@ -14,6 +14,7 @@
 //! backup = "failed"                         # failed (FailedEventsOnly) | all (AllEvents)
 //! backup_store = { url = "s3://bucket/splunk-backup" }
 //! tls = { ca = "cacert.pem", verify_hostname = false } # optional (Splunk's default certificate): crate::tls
+//! healthcheck = true                        # default: GET /services/collector/health at start (prepare)
 //! ```
 //!
 //! A request is one buffer: to `/services/collector/event`, each record as `{"time":…,"event":…}`
@@ -189,6 +190,8 @@ struct SplunkConfig {
     ack_timeout_s: Option<u64>,
     #[serde(default)]
     timeout_s: Option<u64>,
+    #[serde(default)]
+    healthcheck: Option<bool>,
     #[serde(default, deserialize_with = "crate::sinks::object_store::url_or_table")]
     backup_store: Option<BackupStore>,
 }
@@ -196,6 +199,8 @@ struct SplunkConfig {
 /// A configured Splunk HEC sink.
 pub struct SplunkSink {
     base: reqwest::Url,
+    /// Whether `prepare` asks HEC's health endpoint first.
+    healthcheck: bool,
     hec: Arc<Hec>,
     wire: Arc<dyn ObjectFormat>,
     backup: Arc<dyn Sink>,
@@ -279,7 +284,8 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems>
         client,
         meter: std::sync::OnceLock::new(),
     };
-    Ok(Arc::new(SplunkSink { base, hec: Arc::new(hec), wire: codec, backup }))
+    let healthcheck = c.healthcheck.unwrap_or(true);
+    Ok(Arc::new(SplunkSink { base, healthcheck, hec: Arc::new(hec), wire: codec, backup }))
 }
 
 /// Requests of `codec`: at most 5 MB, uncompressed, named on the worker that seals them.
@@ -439,8 +445,29 @@ impl Sink for SplunkSink {
         DestinationKind::Splunk
     }
 
+    /// Prepares the backup store, then (unless `healthcheck = false`) asks HEC's health endpoint
+    /// (`GET /services/collector/health`, which takes no token): a certificate the client
+    /// refuses stops the run; no answer, or one other than 200 ("HEC is healthy"), is warned.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        self.backup.prepare()
+        let backup = self.backup.prepare();
+        let health = self.base.join(&format!("{}/services/collector/health", self.base.path().trim_end_matches('/')));
+        let check = match health {
+            Ok(url) if self.healthcheck => {
+                Some((self.hec.client.get(url), sluice_engine::redact::url(self.base.as_str())))
+            }
+            _ => None,
+        };
+        Box::pin(async move {
+            backup.await?;
+            let Some((request, url)) = check else { return Ok(()) };
+            match crate::tls::start_up_check(request, &url, "Splunk.ConnectionFailed").await? {
+                Some(status) if status != reqwest::StatusCode::OK => {
+                    tracing::warn!(url = %url, %status, "HEC's health endpoint did not answer 200; delivering anyway");
+                }
+                _ => {}
+            }
+            Ok(())
+        })
     }
 
     fn wire_format(&self) -> Option<Arc<dyn ObjectFormat>> {
