@@ -83,6 +83,7 @@ impl ClientTls {
         let (ca_written, cert_written, key_written) =
             (written("ca", ca.is_some()), written("cert", cert.is_some()), written("key", key.is_some()));
         let hostname_written = written("verify_hostname", verify_hostname.is_some());
+        let certificate_misread = section.misread("verify_certificate");
         section.deny_unknown(TLS_KEYS, &mut problems);
         tls.verify_certificate = verify_certificate.as_ref().is_none_or(|v| *v.get_ref());
         tls.verify_hostname = verify_hostname.as_ref().is_none_or(|v| *v.get_ref());
@@ -115,9 +116,11 @@ impl ClientTls {
             }
             _ => {}
         }
+        // (With `verify_certificate = false` the next check says what is wrong.)
         if let Some(hostname) = verify_hostname.as_ref().filter(|v| !*v.get_ref())
             && !ca_written
-            && verify_certificate.is_none()
+            && tls.verify_certificate
+            && !certificate_misread
         {
             problems.push(
                 Diagnostic::new(hostname.span(), format!("{label} has `verify_hostname = false` without `ca`")).with_hint(
