@@ -256,10 +256,15 @@ fn an_endpoint_with_a_certificate_of_a_private_ca_takes_records_when_tls_names_t
     assert_eq!(deliver_over_tls(&endpoint, &ca), (300, vec![]));
     assert_eq!(sorted(endpoint.seen.lock().unwrap().records.clone()), sorted(generated(Profile::Cloudtrail, 6, 300)));
     // Without the CA, the system's roots do not know it: nothing is sent, everything is backed up
-    // with the reason.
+    // with the reason
     let (delivered, messages) = deliver_over_tls(&endpoint, "");
     assert_eq!((delivered, messages.len()), (0, 300));
-    assert!(messages.iter().all(|m| m.contains("UnknownIssuer")), "{:?}", messages.first());
+    // with what to set, as Firehose's messages of refused certificates say what to check.
+    assert!(
+        messages.iter().all(|m| m.contains("UnknownIssuer") && m.contains("not trusted: give the CA that signs it as `tls = { ca")),
+        "{:?}",
+        messages.first()
+    );
     // The CA is added to the system's roots, not put in their place: only with
     // `verify_hostname = false` is it trusted alone, and then the name is not checked.
     let elsewhere = receiver_over(Answer::OkAfter(0), Some(certs.server("elsewhere", false)));

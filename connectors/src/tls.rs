@@ -188,6 +188,20 @@ pub fn refusal(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
+/// What to do about a server certificate the client refused.
+const TRUST_ADVICE: &str = "give the CA that signs it as `tls = { ca = \"…\" }`, with `verify_hostname = false` when \
+     the certificate is not of this host's name";
+
+/// The text of a request that got no answer: its causes, and, when the server's certificate was
+/// refused, what to set (as Firehose's own messages of refused certificates say what to check).
+pub fn send_failure(error: &reqwest::Error) -> String {
+    let said = sluice_engine::redact::error(error);
+    match refusal(error) {
+        Some(_) => format!("{said}; the server's certificate is not trusted: {TRUST_ADVICE}"),
+        None => said,
+    }
+}
+
 /// Sends a connector's start-up check (`what`: its URL as shown): the answer's status; `None`
 /// (warned) when the destination cannot be reached now, since deliveries retry; a certificate the
 /// client refuses stops the run with `code`, since no retry heals it.
@@ -201,10 +215,7 @@ pub async fn start_up_check(
         Err(e) => match refusal(&e) {
             Some(why) => Err(sluice_engine::contract::DeliveryError::Permanent {
                 code: code.into(),
-                message: format!(
-                    "{what}: the server's certificate is not trusted ({why}); give the CA that signs it as `tls = {{ ca = \"…\" }}`, \
-                     with `verify_hostname = false` when the certificate is not of this host's name"
-                ),
+                message: format!("{what}: the server's certificate is not trusted ({why}); {TRUST_ADVICE}"),
             }),
             None => {
                 let error = sluice_engine::redact::error(&e);

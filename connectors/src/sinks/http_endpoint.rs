@@ -243,8 +243,7 @@ impl HttpEndpointSink {
     /// Sends one request; `Ok` only for 200 with a matching `requestId`.
     async fn send(request: reqwest::RequestBuilder, request_id: String) -> Result<(), DeliveryError> {
         let retryable = |code: &str, message: String| DeliveryError::Retryable { code: code.into(), message };
-        let mut response =
-            request.send().await.map_err(|e| retryable(send_error(&e), sluice_engine::redact::error(&e)))?;
+        let mut response = request.send().await.map_err(|e| retryable(send_error(&e), crate::tls::send_failure(&e)))?;
         let status = response.status();
         let mut body = Vec::new();
         while let Some(chunk) =

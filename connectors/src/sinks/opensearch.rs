@@ -623,7 +623,7 @@ impl Sink for OpenSearchSink {
         Box::pin(async move {
             let retryable = |code: &str, message: String| DeliveryError::Retryable { code: code.into(), message };
             let mut response =
-                request?.send().await.map_err(|e| retryable(send_error(&e), sluice_engine::redact::error(&e)))?;
+                request?.send().await.map_err(|e| retryable(send_error(&e), crate::tls::send_failure(&e)))?;
             let status = response.status();
             let mut body = Vec::new();
             while let Some(chunk) =

@@ -322,7 +322,7 @@ fn hec_error(status: u16, answer: &HecAnswer) -> DeliveryError {
 /// The error code of a request that got no answer.
 fn send_error(e: &reqwest::Error) -> DeliveryError {
     let code = if e.is_timeout() { "Splunk.RequestTimeout" } else { "Splunk.ConnectionFailed" };
-    DeliveryError::Retryable { code: code.into(), message: sluice_engine::redact::error(e) }
+    DeliveryError::Retryable { code: code.into(), message: crate::tls::send_failure(e) }
 }
 
 /// Sends `request` and reads HEC's answer (its status and JSON).

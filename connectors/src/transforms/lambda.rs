@@ -642,10 +642,7 @@ impl Invoker {
             if e.is_timeout() {
                 retry("Lambda.FunctionTimedOut", format!("no answer in time: {}", sluice_engine::redact::error(&e)))
             } else {
-                retry(
-                    "Lambda.ServiceException",
-                    format!("cannot reach the function: {}", sluice_engine::redact::error(&e)),
-                )
+                retry("Lambda.ServiceException", format!("cannot reach the function: {}", crate::tls::send_failure(&e)))
             }
         })?;
         let status = response.status();
