@@ -291,3 +291,37 @@ pub fn key_pair(base_dir: &Path, cert: &Path, key: &Path) -> Result<(Vec<u8>, Ve
     })?;
     Ok((chain, private))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::refusal;
+
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_refused_certificate_is_found_inside_i_o_errors_wrapping_each_other() {
+        use std::io::{Error, ErrorKind};
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        // As reqwest's connector reports it: an I/O error whose inner error is tokio-rustls's I/O
+        // error, whose inner error is rustls's (an I/O error's `source` skips its inner error).
+        let nested = Wrapper(Error::other(Error::new(ErrorKind::InvalidData, refused.clone())));
+        assert_eq!(refusal(&nested).as_deref(), Some("invalid peer certificate: UnknownIssuer"));
+        assert_eq!(refusal(&refused).as_deref(), Some("invalid peer certificate: UnknownIssuer"));
+        let refused_connection = Wrapper(Error::new(ErrorKind::ConnectionRefused, "connection refused"));
+        assert_eq!(refusal(&refused_connection), None);
+        assert_eq!(refusal(&Error::other("plain")), None);
+    }
+}
