@@ -334,14 +334,12 @@ fn only_the_items_answered_429_are_sent_again_with_their_ids() {
             }
         }),
     );
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move { axum::serve(listener, app).await });
+    let url = super::support::serve(&runtime, app, None);
 
     let backup = tempfile::tempdir().unwrap();
     let toml = pipeline(
         &generator(300),
-        &format!("http://{addr}"),
+        &url,
         backup.path(),
         "index = \"items\"\nindex_rotation = \"none\"\nretry = { duration_s = 60 }\nauth = { username = \"user\", password = \"secret\" }",
     );
@@ -497,14 +495,11 @@ fn aws_sigv4_requests_verify_for_the_service_and_region() {
                 }
             }),
         );
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        runtime.spawn(async move { axum::serve(listener, app).await });
+        let url = super::support::serve(&runtime, app, None);
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("signed.toml");
         let sigv4 = format!("index = \"signed\"\naws_sigv4 = {{ region = \"eu-west-1\", service = \"{service}\" }}");
-        std::fs::write(&config, pipeline(&generator(100), &format!("http://{addr}"), &dir.path().join("b"), &sigv4))
-            .unwrap();
+        std::fs::write(&config, pipeline(&generator(100), &url, &dir.path().join("b"), &sigv4)).unwrap();
         let run = |env: &[(&str, &str)]| {
             let mut cmd = super::support::sluice();
             cmd.args(["run", config.to_str().unwrap(), "--quiet"])

@@ -38,27 +38,35 @@ use sluice_engine::config::{Diagnostic, Problems, Section};
 /// The keys of the `tls` table.
 pub const TLS_KEYS: &[&str] = &["ca", "cert", "key", "verify_certificate", "verify_hostname"];
 
+/// What a client trusts.
+enum Trust {
+    /// The system's roots and these (`ca`, if any), the name checked (the default).
+    Added(Vec<reqwest::Certificate>),
+    /// These roots alone, the name not checked (`verify_hostname = false`).
+    OnlyAnyName(Vec<reqwest::Certificate>),
+    /// Any certificate (`verify_certificate = false`).
+    Any,
+}
+
 /// A connector's `tls` table, its files read and checked (the default: the system's roots, full
 /// verification, no client certificate).
-#[derive(Default)]
 pub struct ClientTls {
-    /// `ca`'s certificates.
-    roots: Vec<reqwest::Certificate>,
+    trust: Trust,
     /// `cert` and `key`.
     identity: Option<reqwest::Identity>,
-    verify_certificate: bool,
-    verify_hostname: bool,
     /// Where problems building the client point (the `tls` table, or the connector's).
     at: Range<usize>,
 }
+
+/// Where a relative path of a `tls` table is taken from (said in the hints of its files).
+pub const RELATIVE_PATHS: &str = "a relative path is taken from the pipeline file's folder";
 
 impl ClientTls {
     /// Takes `tls` out of a connector's table before the connector reads its own keys (files are
     /// relative to `base_dir`); every problem in it is added to `found` (then `None`).
     pub fn take_from(table: &mut Section, base_dir: &Path, found: &mut Problems) -> Option<ClientTls> {
         let mut problems = Vec::new();
-        let mut tls =
-            ClientTls { verify_certificate: true, verify_hostname: true, at: table.span.clone(), ..Default::default() };
+        let mut tls = ClientTls { trust: Trust::Added(Vec::new()), identity: None, at: table.span.clone() };
         let Some(mut section) = table.take_table("tls", &mut problems) else {
             if !table.misread("tls") {
                 return Some(tls);
@@ -85,24 +93,31 @@ impl ClientTls {
         let hostname_written = written("verify_hostname", verify_hostname.is_some());
         let certificate_misread = section.misread("verify_certificate");
         section.deny_unknown(TLS_KEYS, &mut problems);
-        tls.verify_certificate = verify_certificate.as_ref().is_none_or(|v| *v.get_ref());
-        tls.verify_hostname = verify_hostname.as_ref().is_none_or(|v| *v.get_ref());
-        let files = "a relative path is taken from the pipeline file's folder";
+        let off = |flag: &Option<toml::Spanned<bool>>| flag.as_ref().is_some_and(|v| !*v.get_ref());
+        let (any_certificate, any_name) = (off(&verify_certificate), off(&verify_hostname));
+        let mut roots = Vec::new();
         if let Some(ca) = &ca {
-            match read(base_dir, Path::new(ca.get_ref())).and_then(|pem| roots(&pem)) {
-                Ok(roots) => tls.roots = roots,
+            match read(base_dir, Path::new(ca.get_ref())).and_then(|pem| ca_roots(&pem)) {
+                Ok(read) => roots = read,
                 Err(why) => problems.push(Diagnostic::new(ca.span(), format!("{ca_label} {why}")).with_hint(format!(
-                    "a PEM file of the CA certificates that sign the server's (`-----BEGIN CERTIFICATE-----`); {files}"
+                    "a PEM file of the CA certificates that sign the server's (`-----BEGIN CERTIFICATE-----`); {RELATIVE_PATHS}"
                 ))),
             }
         }
+        tls.trust = if any_certificate {
+            Trust::Any
+        } else if any_name {
+            Trust::OnlyAnyName(roots)
+        } else {
+            Trust::Added(roots)
+        };
         match (&cert, &key) {
             (Some(cert), Some(key)) => match identity(base_dir, Path::new(cert.get_ref()), Path::new(key.get_ref())) {
                 Ok(identity) => tls.identity = Some(identity),
                 Err((on_key, why)) => {
                     let (span, name) = if on_key { (key.span(), &key_label) } else { (cert.span(), &cert_label) };
                     problems.push(Diagnostic::new(span, format!("{name} {why}")).with_hint(format!(
-                        "`cert`: the client certificate (and its chain), `key`: its private key, both PEM; {files}"
+                        "`cert`: the client certificate (and its chain), `key`: its private key, both PEM; {RELATIVE_PATHS}"
                     )));
                 }
             },
@@ -117,9 +132,9 @@ impl ClientTls {
             _ => {}
         }
         // (With `verify_certificate = false` the next check says what is wrong.)
-        if let Some(hostname) = verify_hostname.as_ref().filter(|v| !*v.get_ref())
+        if let Some(hostname) = verify_hostname.as_ref().filter(|_| any_name)
             && !ca_written
-            && tls.verify_certificate
+            && !any_certificate
             && !certificate_misread
         {
             problems.push(
@@ -128,7 +143,7 @@ impl ClientTls {
                 ),
             );
         }
-        if let Some(off) = verify_certificate.as_ref().filter(|v| !*v.get_ref()) {
+        if let Some(off) = verify_certificate.as_ref().filter(|_| any_certificate) {
             if ca_written || hostname_written {
                 let other = if ca_written { "ca" } else { "verify_hostname" };
                 problems.push(
@@ -150,13 +165,14 @@ impl ClientTls {
     /// the TLS settings cannot make (a key that is not the certificate's) is a problem at `tls`.
     pub fn client(&self, timeout: Duration) -> Result<reqwest::Client, Diagnostic> {
         let mut builder = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none());
-        if !self.verify_certificate {
-            builder = builder.tls_danger_accept_invalid_certs(true);
-        } else if !self.verify_hostname {
-            builder = builder.tls_certs_only(self.roots.iter().cloned()).tls_danger_accept_invalid_hostnames(true);
-        } else if !self.roots.is_empty() {
-            builder = builder.tls_certs_merge(self.roots.iter().cloned());
-        }
+        builder = match &self.trust {
+            Trust::Added(roots) if roots.is_empty() => builder,
+            Trust::Added(roots) => builder.tls_certs_merge(roots.iter().cloned()),
+            Trust::OnlyAnyName(roots) => {
+                builder.tls_certs_only(roots.iter().cloned()).tls_danger_accept_invalid_hostnames(true)
+            }
+            Trust::Any => builder.tls_danger_accept_invalid_certs(true),
+        };
         if let Some(identity) = &self.identity {
             builder = builder.identity(identity.clone());
         }
@@ -202,15 +218,20 @@ pub fn send_failure(error: &reqwest::Error) -> String {
     }
 }
 
-/// Sends a connector's start-up check (`what`: its URL as shown): the answer's status; `None`
-/// (warned) when the destination cannot be reached now, since deliveries retry; a certificate the
-/// client refuses stops the run with `code`, since no retry heals it.
+/// How long a start-up check waits for its answer, whatever the connector's own timeout (up to 15
+/// minutes): a destination that hangs delays the start by this much, then is warned about.
+const START_UP_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends a connector's start-up check (`what`: its URL as shown), waiting at most
+/// [`START_UP_CHECK_TIMEOUT`]: the answer's status; `None` (warned) when the destination cannot be
+/// reached now or does not answer in time, since deliveries retry; a certificate the client
+/// refuses stops the run with `code`, since no retry heals it.
 pub async fn start_up_check(
     request: reqwest::RequestBuilder,
     what: &str,
     code: &str,
 ) -> Result<Option<reqwest::StatusCode>, sluice_engine::contract::DeliveryError> {
-    match request.send().await {
+    match request.timeout(START_UP_CHECK_TIMEOUT).send().await {
         Ok(answer) => Ok(Some(answer.status())),
         Err(e) => match refusal(&e) {
             Some(why) => Err(sluice_engine::contract::DeliveryError::Permanent {
@@ -253,7 +274,7 @@ fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// The certificates of a PEM text as roots a client trusts.
-fn roots(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
+fn ca_roots(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
     certificates(pem)?
         .iter()
         .map(|der| {
@@ -309,6 +330,29 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.0)
         }
+    }
+
+    /// A destination that takes the connection and never answers: the start-up check gives up after
+    /// its own bound, not the connector's timeout (a minute here), and only warns.
+    #[tokio::test]
+    async fn a_start_up_check_of_a_destination_that_hangs_gives_up_and_lets_the_run_start() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("http://{}/", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap();
+        let started = std::time::Instant::now();
+        let checked = super::start_up_check(client.get(&url), &url, "Test.ConnectionFailed").await;
+        assert!(matches!(checked, Ok(None)), "{checked:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "waited {:?}", started.elapsed());
+        held.abort();
+        // Nobody listening: warned, not a stop.
+        let checked = super::start_up_check(client.get(&url), &url, "Test.ConnectionFailed").await;
+        assert!(matches!(checked, Ok(None)), "{checked:?}");
     }
 
     #[test]

@@ -53,7 +53,10 @@ impl TlsFiles {
         crate::tls::key_pair(base, &self.cert, &self.key).map_err(|(on_key, why)| {
             let key = if on_key { "key" } else { "cert" };
             Diagnostic::new(at.span.clone(), format!("{}.{key}` {why}", at.label.trim_end_matches('`'))).with_hint(
-                "`cert`: the server's certificate chain, `key`: its private key, both PEM; a relative path is taken from the pipeline file's folder",
+                format!(
+                    "`cert`: the server's certificate chain, `key`: its private key, both PEM; {}",
+                    crate::tls::RELATIVE_PATHS
+                ),
             )
         })?;
         Ok(self.relative_to(base))
