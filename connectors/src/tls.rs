@@ -223,7 +223,7 @@ pub fn send_failure(error: &reqwest::Error) -> String {
 const START_UP_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends a connector's start-up check (`what`: its URL as shown), waiting at most
-/// [`START_UP_CHECK_TIMEOUT`]: the answer's status; `None` (warned) when the destination cannot be
+/// `START_UP_CHECK_TIMEOUT` (5 s): the answer's status; `None` (warned) when the destination cannot be
 /// reached now or does not answer in time, since deliveries retry; a certificate the client
 /// refuses stops the run with `code`, since no retry heals it.
 pub async fn start_up_check(
