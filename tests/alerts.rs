@@ -1,11 +1,12 @@
 //! docs/alerts.yml (issue 19 §3): `promtool check rules` accepts it, and each rule fires, in
 //! `promtool test rules`, on series taken from real `/metrics` scrapes of a run whose destinations
-//! are down (deliveries failing, data going stale, records going to the error output).
+//! are down (deliveries failing, data going stale, records going to the error output) and whose
+//! API serves a certificate that expires within two days.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::support::{free_port, python, repo_root, sluice, start_listening_with, terminate};
+use super::support::{TestCertificates, free_port, python, repo_root, sluice, start_listening_with, terminate};
 
 fn promtool() -> Command {
     Command::new("promtool")
@@ -21,12 +22,14 @@ fn the_alert_rules_are_valid_and_each_fires_on_a_real_scrape_where_its_condition
         .expect("promtool (scripts/test.sh installs Debian's prometheus)");
     let said = String::from_utf8_lossy(&checked.stdout);
     assert!(
-        checked.status.success() && said.contains("SUCCESS: 5 rules found"),
+        checked.status.success() && said.contains("SUCCESS: 6 rules found"),
         "{said}{}",
         String::from_utf8_lossy(&checked.stderr)
     );
 
     let dir = tempfile::tempdir().unwrap();
+    // The API serves a certificate of the test CA, which lasts two days: within the expiry rule's 14.
+    let certs = TestCertificates::make();
     let (api, admin, down) = (free_port(), free_port(), free_port());
     let config = dir.path().join("alerts.toml");
     std::fs::write(
@@ -45,6 +48,7 @@ rate = 500
 [sources.api]
 type = "firehose"
 listen = "127.0.0.1:{api}"
+tls = {{ cert = "{cert}", key = "{key}" }}
 
 [sinks.stuck]
 type = "http_endpoint"
@@ -64,6 +68,8 @@ backup_store = {{ url = "file://{backup}" }}
 "#,
             data = dir.path().join("data").display(),
             backup = dir.path().join("backup").display(),
+            cert = certs.path("server.pem"),
+            key = certs.path("server.key"),
         ),
     )
     .unwrap();
@@ -110,4 +116,7 @@ backup_store = {{ url = "file://{backup}" }}
     assert_eq!(fired("SluiceDeliveryFailing"), ["failing"], "{report}");
     assert_eq!(fired("SluiceDataStale"), ["stuck"], "{report}");
     assert_eq!(fired("SluiceErrorOutputGrowing"), ["failing"], "{report}");
+    let expiring = &report["expected"]["SluiceListenerCertificateExpiring"];
+    assert_eq!(expiring.as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(expiring[0]["stream"], "alerts", "{report}");
 }

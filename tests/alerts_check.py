@@ -6,7 +6,9 @@ scrapes of a run where the conditions hold (tests/alerts.rs).
 Every series the rules read comes from the scrapes, with its real name and labels: counters grow
 at the rate seen between the scrapes, gauges keep their last value. Two conditions a short test
 cannot drive (a write-ahead log at 80 % of `retention.max_gb`, which is at least 1 GB, and
-throttled puts) are set past their thresholds on their real label sets. The rules are copied
+throttled puts) are set past their thresholds on their real label sets. A certificate's expiry, a
+Unix time, is moved to promtool's clock (which starts at 0): the time left at the evaluation is the
+time left at the check. The rules are copied
 without annotations (their text is not under test). Prints promtool's output and exits with its
 status; exits 1 as well if a rule would fire for no series at all.
 """
@@ -15,10 +17,12 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import yaml
 
 SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?P<labels>.*)\})? (?P<value>\S+)$')
+EVAL_SECONDS = 1200
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -56,6 +60,7 @@ def main():
             "sluice_LogBytes",
             "sluice_LogRetentionBytes",
             "sluice_ThrottledRecords",
+            "sluice_ListenerCertificateExpiry_seconds",
         )
 
     inputs, expected = [], {name: [] for name in severity}
@@ -80,6 +85,11 @@ def main():
             value = 0.9 * retention  # not driven by the run: set past its threshold
             if retention > 0:
                 expected["SluiceLogNearRetention"].append(dict(labels))
+        if name == "sluice_ListenerCertificateExpiry_seconds":
+            left = value - time.time()
+            value = left + EVAL_SECONDS
+            if left < 14 * 86400:
+                expected["SluiceListenerCertificateExpiring"].append(dict(labels))
         if name.endswith("_Success") and value < 1:
             expected["SluiceDeliveryFailing"].append(dict(labels))
         if name.endswith("_DataFreshness_seconds"):
@@ -98,7 +108,7 @@ def main():
                 "input_series": inputs,
                 "alert_rule_test": [
                     {
-                        "eval_time": "20m",
+                        "eval_time": f"{EVAL_SECONDS}s",
                         "alertname": name,
                         "exp_alerts": [{"exp_labels": {**labels, "severity": severity[name]}} for labels in alerts],
                     }

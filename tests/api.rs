@@ -414,6 +414,90 @@ fn the_api_serves_https_with_the_configured_certificate() {
     assert!(said.contains(".tls.key` is not the private key of `cert`'s certificate"), "{said}");
 }
 
+/// A certificate renewed in place is served without a restart (connectors/src/api/certificate.rs):
+/// a client trusting only the test CA sees the first certificate, then, once the renewed
+/// certificate is written beside the old key (as a renewal writes one file after the other), still
+/// the first (the pair is refused, said and counted), then the renewed one once its key follows.
+/// `/metrics` shows the expiry of the certificate served and the reloads taken and refused.
+#[test]
+fn the_api_serves_a_renewed_certificate_without_a_restart() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs = super::support::TestCertificates::make();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("live.pem"), dir.path().join("live.key"));
+    std::fs::copy(certs.path("server.pem"), &cert).unwrap();
+    std::fs::copy(certs.path("server.key"), &key).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = api_pipeline(dir.path(), "renewals", port, false, &dir.path().join("out"));
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "type = \"firehose\"",
+        &format!("type = \"firehose\"\ntls = {{ cert = \"{}\", key = \"{}\" }}", cert.display(), key.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    // Warnings shown (the suite's runs log only errors): the refusal is one.
+    let mut command = super::support::sluice();
+    command.args(["run", config.to_str().unwrap(), "--admin", &format!("127.0.0.1:{admin}")]).env("SLUICE_LOG", "warn");
+    let child = super::support::start_listening_with(command.stdout(Stdio::piped()).stderr(Stdio::piped()), port);
+    let running =
+        Running { child, api: format!("https://127.0.0.1:{port}"), admin: format!("http://127.0.0.1:{admin}") };
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path("ca.pem")).unwrap()).unwrap();
+    // The certificate a new connection is served (a new client each time: no connection reused).
+    let served = || {
+        let client = reqwest::blocking::Client::builder().tls_certs_only([ca.clone()]).tls_info(true).build().unwrap();
+        let response = client
+            .post(format!("{}/", running.api))
+            .header("x-amz-target", "Firehose_20150804.ListDeliveryStreams")
+            .header("content-type", "application/x-amz-json-1.1")
+            .body("{}")
+            .send()
+            .unwrap();
+        assert!(response.status().is_success());
+        let info = response.extensions().get::<reqwest::tls::TlsInfo>().unwrap();
+        info.peer_certificate().unwrap().to_vec()
+    };
+    let der = |name: &str| CertificateDer::from_pem_file(certs.path(name)).unwrap().to_vec();
+    let metric = |name: &str| -> f64 {
+        let text = reqwest::blocking::get(format!("{}/metrics", running.admin)).unwrap().text().unwrap();
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name}{{"))).unwrap_or_else(|| panic!("{name}: {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(served() == der("server.pem"));
+    // The test CA's certificates last two days.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let expiry = metric("sluice_ListenerCertificateExpiry_seconds");
+    assert!(expiry > now + 86_400.0 && expiry < now + 3.0 * 86_400.0, "{expiry} against {now}");
+    assert_eq!(metric("sluice_ListenerCertificateReloads"), 0.0);
+
+    // The renewed certificate first, its key not yet: refused, the old pair still served.
+    std::fs::copy(certs.path("renewed.pem"), &cert).unwrap();
+    let waited = Instant::now();
+    while metric("sluice_ListenerCertificateReloadFailures") < 1.0 {
+        assert!(waited.elapsed() < Duration::from_secs(30), "the changed certificate was never looked at");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(served() == der("server.pem"));
+    // Then its key: the renewed pair is served.
+    std::fs::copy(certs.path("renewed.key"), &key).unwrap();
+    let waited = Instant::now();
+    while served() != der("renewed.pem") {
+        assert!(waited.elapsed() < Duration::from_secs(30), "the renewed certificate was not served");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(metric("sluice_ListenerCertificateReloads"), 1.0);
+    assert_eq!(metric("sluice_ListenerCertificateReloadFailures"), 1.0);
+    let (code, printed) = running.stop();
+    assert_eq!(code, 0, "{printed}");
+    assert!(printed.contains("`key` is not the private key of `cert`'s certificate"), "{printed}");
+    // The test CA's two days are said at start and at the reload.
+    assert_eq!(
+        printed.matches(" days; renew it (the renewed files are served without a restart)").count(),
+        2,
+        "{printed}"
+    );
+}
+
 /// Issue 11, item 14: `sluice serve DIR` serves the stream pipelines of a folder whatever the
 /// others do: a batch pipeline is skipped with a note, a file with an unset variable and a
 /// pipeline whose source cannot start are reported without stopping the rest, and the first

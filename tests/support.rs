@@ -308,6 +308,8 @@ impl TestCertificates {
         self_signed("self-signed", "/CN=127.0.0.1", &["-addext", "subjectAltName=IP:127.0.0.1"]);
         for (name, extensions) in [
             ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+            // The same name's next certificate (a renewal), with a key of its own.
+            ("renewed", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
             ("elsewhere", "subjectAltName=DNS:elsewhere.test\nextendedKeyUsage=serverAuth"),
             ("client", "extendedKeyUsage=clientAuth"),
         ] {

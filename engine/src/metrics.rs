@@ -406,6 +406,22 @@ pub struct ApiMetrics {
     pub log_corrupt_entries: AtomicU64,
     /// Bytes of the log found damaged or missing at start (torn writes included).
     pub log_corrupt_bytes: AtomicU64,
+    /// The certificate the API listener serves, when it serves TLS.
+    pub certificate: ListenerCertificateMetrics,
+}
+
+/// The API listener's TLS certificate: when it expires, and its renewals taken or refused while
+/// the listener runs.
+#[derive(Debug, Default)]
+pub struct ListenerCertificateMetrics {
+    /// Whether the listener serves TLS (the families below are rendered only then).
+    pub served: std::sync::atomic::AtomicBool,
+    /// When the certificate served expires, Unix seconds (0: not known).
+    pub expiry_s: AtomicU64,
+    /// Changed certificate files taken without a restart.
+    pub reloads: AtomicU64,
+    /// Changed certificate files refused (the listener keeps the pair it serves).
+    pub reload_failures: AtomicU64,
 }
 
 impl ApiMetrics {
@@ -621,6 +637,21 @@ impl PipelineMetrics {
         let retention = api.log_retention_bytes.load(Relaxed);
         if retention > 0 {
             text.sample("sluice_LogRetentionBytes", "gauge", &stream_label, retention);
+        }
+        let certificate = &api.certificate;
+        if certificate.served.load(Relaxed) {
+            let expiry = certificate.expiry_s.load(Relaxed);
+            if expiry > 0 {
+                text.sample("sluice_ListenerCertificateExpiry_seconds", "gauge", &stream_label, expiry);
+            }
+            text.sample(
+                "sluice_ListenerCertificateReloads",
+                "counter",
+                &stream_label,
+                certificate.reloads.load(Relaxed),
+            );
+            let failures = certificate.reload_failures.load(Relaxed);
+            text.sample("sluice_ListenerCertificateReloadFailures", "counter", &stream_label, failures);
         }
         if let Some(budget) = self.inflight.get() {
             text.sample("sluice_InFlightBytes", "gauge", &stream_label, budget.held());

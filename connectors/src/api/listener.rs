@@ -28,7 +28,7 @@ use sluice_engine::contract::{SourceError, StopSignal};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::TlsFiles;
+use super::certificate::{ListenerTls, serve_certificate};
 use super::queue::IngestQueue;
 
 /// How long a stopping listener waits for requests in progress.
@@ -223,25 +223,33 @@ pub fn serve(
     runtime: &tokio::runtime::Handle,
     listener: std::net::TcpListener,
     router: axum::Router,
-    tls: Option<TlsFiles>,
+    tls: Option<ListenerTls>,
     limits: ListenerLimits,
     stop: StopSignal,
     queues: Vec<Arc<IngestQueue>>,
 ) -> Result<(), SourceError> {
     let address = listener.local_addr().map_err(|source| SourceError::Io { context: "listener".into(), source })?;
+    let with_tls = tls.is_some();
+    let tls_config = match tls {
+        Some(tls) => {
+            let files = tls.files.clone();
+            Some(serve_certificate(runtime, tls, stop.clone()).map_err(|why| SourceError::Io {
+                context: format!(
+                    "cannot serve TLS certificate {} and key {}",
+                    files.cert.display(),
+                    files.key.display()
+                ),
+                source: io::Error::other(why),
+            })?)
+        }
+        None => None,
+    };
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     runtime.spawn(async move {
         stop.stopped().await;
         shutdown.graceful_shutdown(Some(GRACE));
     });
-    let tls_config = match &tls {
-        Some(files) => Some(runtime.block_on(http1_tls(files)).map_err(|source| SourceError::Io {
-            context: format!("cannot load TLS certificate {} and key {}", files.cert.display(), files.key.display()),
-            source,
-        })?),
-        None => None,
-    };
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     runtime.spawn(async move {
         // Handlers may ask who is calling (the audit trail records it).
@@ -277,16 +285,8 @@ pub fn serve(
             queue.close();
         }
     });
-    tracing::info!(%address, tls = tls.is_some(), "listening");
+    tracing::info!(%address, tls = with_tls, "listening");
     Ok(())
-}
-
-/// TLS from PEM files, offering HTTP/1.1 only (the listener speaks no HTTP/2).
-async fn http1_tls(files: &TlsFiles) -> io::Result<axum_server::tls_rustls::RustlsConfig> {
-    let loaded = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key).await?;
-    let mut config = (*loaded.get_inner()).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config)))
 }
 
 /// An acceptor that refuses connections past the cap and times the ones it accepts.

@@ -8,6 +8,7 @@
 //! so the readers drain every acknowledged record before the run ends.
 
 pub mod admin;
+pub mod certificate;
 pub mod dashboard;
 pub mod durable;
 pub mod firehose;
@@ -24,6 +25,7 @@ use sluice_engine::config::{ConnectorConfig, Diagnostic, Durability, LogEncrypti
 use sluice_engine::contract::{OnStop, ReadStatus, SourceError, SourceReader};
 use sluice_engine::record::RecordBatch;
 
+pub use certificate::ListenerTls;
 pub use listener::{ListenerLimits, bind, serve};
 use queue::{IngestQueue, Popped};
 
@@ -44,6 +46,11 @@ impl TlsFiles {
     /// The same files, relative paths taken from `base`.
     pub fn relative_to(&self, base: &std::path::Path) -> TlsFiles {
         TlsFiles { cert: base.join(&self.cert), key: base.join(&self.key) }
+    }
+
+    /// A listener's TLS with these files, its certificate shown in `metrics`' families.
+    pub fn served_for(&self, metrics: Vec<Arc<sluice_engine::metrics::PipelineMetrics>>) -> ListenerTls {
+        ListenerTls { files: self.clone(), metrics }
     }
 
     /// The files relative to `base`, checked when the pipeline is configured (readable PEM, the

@@ -302,7 +302,8 @@ impl Source for FirehoseSource {
         let api = Arc::new(FirehoseApi::new(vec![endpoint], self.keys.clone(), &self.region, self.limits));
         let listener = bind(self.listen)?;
         let queues = vec![Arc::clone(&self.queue)];
-        serve(&ctx.runtime, listener, router(api), self.tls.clone(), self.limits, ctx.stop.clone(), queues)
+        let tls = self.tls.as_ref().map(|files| files.served_for(vec![Arc::clone(&ctx.metrics)]));
+        serve(&ctx.runtime, listener, router(api), tls, self.limits, ctx.stop.clone(), queues)
     }
 
     fn finish(&self, _stopped: bool) {

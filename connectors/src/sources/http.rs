@@ -225,7 +225,8 @@ impl Source for HttpSource {
             .with_state(Arc::clone(&self.endpoint));
         let listener = bind(self.listen)?;
         let queue = Arc::clone(&self.endpoint.queue);
-        serve(&ctx.runtime, listener, router, self.tls.clone(), self.limits, ctx.stop.clone(), vec![queue])
+        let tls = self.tls.as_ref().map(|files| files.served_for(vec![Arc::clone(&ctx.metrics)]));
+        serve(&ctx.runtime, listener, router, tls, self.limits, ctx.stop.clone(), vec![queue])
     }
 
     fn finish(&self, _stopped: bool) {

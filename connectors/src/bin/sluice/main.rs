@@ -152,7 +152,8 @@ enum Command {
         /// Region in stream ARNs.
         #[arg(long, default_value = "us-east-1")]
         region: String,
-        /// HTTPS: certificate chain (PEM); needs --tls-key.
+        /// HTTPS: certificate chain (PEM); needs --tls-key. Renewed files are served without a
+        /// restart (looked at every 5 s).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
         /// HTTPS: private key (PEM).
@@ -619,7 +620,7 @@ fn serve_command(dir: &std::path::Path, serve: ServeOptions) -> anyhow::Result<E
             runtime.handle(),
             listener,
             firehose_router(Arc::new(api)),
-            tls,
+            tls.map(|files| files.served_for(prepared.iter().map(|(_, metrics)| Arc::clone(metrics)).collect())),
             limits,
             stop.clone(),
             queues,

@@ -1,0 +1,205 @@
+//! The certificate an API listener serves (`tls = { cert, key }` of a `firehose` or `http` source,
+//! `sluice serve --tls-cert/--tls-key`): loaded at start and loaded again whenever its files
+//! change, so a certificate renewed in place (certbot, cert-manager's mounted secret, a script) is
+//! served without a restart. Beyond Firehose, whose endpoint's certificate is AWS's business.
+//!
+//! Guarantees: every connection gets a whole, checked pair. The files are looked at every
+//! [`LOOK_EVERY`]; a change is taken only once they have stayed as they are for one look (so a pair
+//! written one file after the other, or a file still being written, is not read half way) and
+//! passes the checks of configure time ([`crate::tls::key_pair`]: PEM, a certificate, the key the
+//! certificate's). Otherwise the pair in use stays: the reason is logged once per change of the
+//! files and counted (`ListenerCertificateReloadFailures`), and the next change is looked at
+//! again. Connections already open keep the certificate they began with. The certificate's expiry
+//! is logged at start and at each reload, warned about within [`WARN_WITHIN`] of it, and exported
+//! (`ListenerCertificateExpiry_seconds`, which docs/alerts.yml watches).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime};
+
+use axum_server::tls_rustls::RustlsConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_engine::contract::StopSignal;
+use sluice_engine::metrics::PipelineMetrics;
+use x509_cert::der::Decode;
+
+use super::TlsFiles;
+
+/// How often the files are looked at.
+pub const LOOK_EVERY: Duration = Duration::from_secs(5);
+
+/// A certificate this close to its expiry is warned about when it is loaded.
+pub const WARN_WITHIN: Duration = Duration::from_secs(14 * 86_400);
+
+/// What a listener serves TLS with: its files, and the pipelines whose metrics show them.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// The certificate chain and key (PEM).
+    pub files: TlsFiles,
+    /// Each pipeline served by the listener (one, or every stream of `sluice serve`).
+    pub metrics: Vec<Arc<PipelineMetrics>>,
+}
+
+/// A checked pair, ready to be served.
+struct Pair {
+    config: rustls::ServerConfig,
+    /// The leaf certificate's subject and expiry (Unix seconds), when they can be read.
+    leaf: Option<(String, u64)>,
+}
+
+/// Loads the pair (the error says why it cannot be served), reports it, and looks for changes
+/// of its files on `runtime` until `stop`.
+pub fn serve_certificate(
+    runtime: &tokio::runtime::Handle,
+    tls: ListenerTls,
+    stop: StopSignal,
+) -> Result<RustlsConfig, String> {
+    let state = FilesState::of(&tls.files);
+    let pair = load(&tls.files)?;
+    for metrics in &tls.metrics {
+        metrics.api.certificate.served.store(true, Relaxed);
+    }
+    report(&tls, &pair, "serving the TLS certificate");
+    let served = RustlsConfig::from_config(Arc::new(pair.config));
+    runtime.spawn(watch(tls, served.clone(), state, stop));
+    Ok(served)
+}
+
+/// Looks at the files every [`LOOK_EVERY`] and serves a changed pair once it has settled and
+/// passes the checks.
+async fn watch(tls: ListenerTls, served: RustlsConfig, mut loaded: Option<FilesState>, stop: StopSignal) {
+    let mut seen = loaded.clone();
+    // The files' state last refused (itself possibly "cannot be looked at").
+    let mut refused: Option<Option<FilesState>> = None;
+    loop {
+        tokio::select! {
+            () = stop.stopped() => return,
+            () = tokio::time::sleep(LOOK_EVERY) => {}
+        }
+        let now = FilesState::of(&tls.files);
+        let settled = now == seen;
+        seen = now.clone();
+        if now == loaded || !settled || refused.as_ref() == Some(&now) {
+            continue;
+        }
+        match load(&tls.files) {
+            Ok(pair) => {
+                report(&tls, &pair, "serving the renewed TLS certificate");
+                served.reload_from_config(Arc::new(pair.config));
+                for metrics in &tls.metrics {
+                    metrics.api.certificate.reloads.fetch_add(1, Relaxed);
+                }
+                (loaded, refused) = (now, None);
+            }
+            Err(why) => {
+                tracing::warn!(
+                    cert = %tls.files.cert.display(),
+                    key = %tls.files.key.display(),
+                    "the TLS certificate's files changed and cannot be served ({why}); still serving the one \
+                     loaded before, and looking again when they change"
+                );
+                for metrics in &tls.metrics {
+                    metrics.api.certificate.reload_failures.fetch_add(1, Relaxed);
+                }
+                refused = Some(now);
+            }
+        }
+    }
+}
+
+/// Reads and checks the pair as configure time does, as a server configuration offering
+/// HTTP/1.1 only (the listener speaks no HTTP/2).
+fn load(files: &TlsFiles) -> Result<Pair, String> {
+    let (chain, key) = crate::tls::key_pair(Path::new(""), &files.cert, &files.key)
+        .map_err(|(on_key, why)| format!("`{}` {why}", if on_key { "key" } else { "cert" }))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("`cert` is not PEM: {e}"))?;
+    let leaf = certs.first().and_then(|der| leaf(der));
+    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("`key` holds no PEM private key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| format!("the pair cannot be served: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Pair { config, leaf })
+}
+
+/// The subject and expiry (Unix seconds) of a certificate, when it parses as X.509 (an expiry not
+/// known is not a reason to refuse what rustls serves).
+fn leaf(der: &CertificateDer<'_>) -> Option<(String, u64)> {
+    let certificate = x509_cert::Certificate::from_der(der.as_ref()).ok()?;
+    let tbs = certificate.tbs_certificate;
+    Some((tbs.subject.to_string(), tbs.validity.not_after.to_unix_duration().as_secs()))
+}
+
+/// Logs what is served and when it expires (a warning when that is near or past), and sets the
+/// expiry gauge.
+fn report(tls: &ListenerTls, pair: &Pair, what: &str) {
+    let cert = tls.files.cert.display();
+    let Some((subject, expiry_s)) = &pair.leaf else {
+        tracing::info!(%cert, "{what} (its expiry cannot be read)");
+        return;
+    };
+    for metrics in &tls.metrics {
+        metrics.api.certificate.expiry_s.store(*expiry_s, Relaxed);
+    }
+    let expires = chrono::DateTime::from_timestamp(i64::try_from(*expiry_s).unwrap_or(i64::MAX), 0)
+        .map_or_else(|| format!("{expiry_s} (Unix seconds)"), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if *expiry_s <= now {
+        tracing::warn!(%cert, %subject, "{what}: it expired at {expires}, so clients refuse it; renew it (the renewed files are served without a restart)");
+    } else if expiry_s - now < WARN_WITHIN.as_secs() {
+        let days = (expiry_s - now) as f64 / 86_400.0;
+        tracing::warn!(%cert, %subject, "{what}: it expires at {expires}, in {days:.1} days; renew it (the renewed files are served without a restart)");
+    } else {
+        tracing::info!(%cert, %subject, %expires, "{what}");
+    }
+}
+
+/// What identifies the contents of the two files without reading them: device, inode, size and
+/// modification time of each, symbolic links followed (so a mounted secret's link swapped to a new
+/// folder is a change). `None` when either cannot be looked at (being replaced, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FilesState([(u64, u64, u64, Option<SystemTime>); 2]);
+
+impl FilesState {
+    fn of(files: &TlsFiles) -> Option<FilesState> {
+        use std::os::unix::fs::MetadataExt as _;
+        let state = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino(), m.len(), m.modified().ok()));
+        Some(FilesState([state(&files.cert)?, state(&files.key)?]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mounted secret is renewed by pointing a link at a new folder: the link's target is what
+    /// is compared, so that is a change, and the same files looked at again are not.
+    #[test]
+    fn a_link_swapped_to_new_files_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        for (folder, text) in [("a", "one"), ("b", "two")] {
+            std::fs::create_dir(dir.path().join(folder)).unwrap();
+            std::fs::write(dir.path().join(folder).join("tls.crt"), text).unwrap();
+            std::fs::write(dir.path().join(folder).join("tls.key"), text).unwrap();
+        }
+        let data = dir.path().join("..data");
+        std::os::unix::fs::symlink("a", &data).unwrap();
+        let files = TlsFiles { cert: data.join("tls.crt"), key: data.join("tls.key") };
+        let before = FilesState::of(&files);
+        assert!(before.is_some());
+        assert_eq!(FilesState::of(&files), before);
+        let swapped = dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink("b", &swapped).unwrap();
+        std::fs::rename(&swapped, &data).unwrap();
+        let after = FilesState::of(&files);
+        assert!(after.is_some() && after != before);
+        std::fs::remove_file(dir.path().join("b").join("tls.key")).unwrap();
+        assert_eq!(FilesState::of(&files), None);
+    }
+}
