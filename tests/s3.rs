@@ -348,7 +348,7 @@ fn an_s3_server_with_a_certificate_of_a_private_ca_stops_the_run_at_start_until_
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("the server's certificate is not trusted (invalid peer certificate: UnknownIssuer)")
-            && stderr.contains("SSL_CERT_FILE"),
+            && stderr.contains("trust its CA with `tls = { ca = \"ca.pem\" }`"),
         "{stderr}"
     );
     // The library's own log line of the refusal is not shown besides sluice's.
@@ -360,6 +360,57 @@ fn an_s3_server_with_a_certificate_of_a_private_ca_stops_the_run_at_start_until_
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: usize = folder_objects(&root.path().join("lake")).values().map(Vec::len).sum();
     assert_eq!(lines, 100);
+    // Or trusted by the sink's own `tls = { ca }`, the system's roots as they were: 100 more.
+    let with_ca = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace("[sinks.s3]\n", &format!("[sinks.s3]\ntls = {{ ca = \"{}\" }}\n", certs.path("ca.pem")));
+    std::fs::write(&pipeline, &with_ca).unwrap();
+    let out = sluice().args(["run", "--quiet"]).arg(&pipeline).env_remove("SSL_CERT_FILE").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: usize = folder_objects(&root.path().join("lake")).values().map(Vec::len).sum();
+    assert_eq!(lines, 200);
+    // The object_store source reads them back over the same TLS with its own `tls = { ca }`.
+    let store =
+        sink.lines().filter(|l| l.starts_with("url") || l.starts_with("options")).collect::<Vec<_>>().join("\n");
+    let copied = work.path().join("copied");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nname = \"readback\"\ndata_dir = \"{data}\"\n[sources.lake]\ntype = \"object_store\"\n{store}\n\
+             tls = {{ ca = \"{ca}\" }}\n[sinks.copy]\ntype = \"object_store\"\ninputs = [\"lake\"]\nurl = \"file://{copied}\"\n\
+             format = \"ndjson\"\n",
+            data = work.path().join("data").display(),
+            ca = certs.path("ca.pem"),
+            copied = copied.display(),
+        ),
+    )
+    .unwrap();
+    let out = sluice().args(["run", "--quiet"]).arg(&pipeline).env_remove("SSL_CERT_FILE").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut read_back = all_lines(&folder_objects(&copied));
+    let mut stored = all_lines(&folder_objects(&root.path().join("lake")));
+    read_back.sort();
+    stored.sort();
+    assert_eq!(read_back.len(), 200);
+    assert_eq!(read_back, stored);
+    // A request sink's `backup_store` table takes the same `tls`: what an endpoint that is down does
+    // not take is backed up there, as error documents.
+    let options = sink.lines().find(|l| l.starts_with("options")).unwrap().trim_start_matches("options = ");
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nname = \"backup\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 10\n\
+             [sinks.hook]\ntype = \"http_endpoint\"\ninputs = [\"demo\"]\nurl = \"http://{down}/in\"\nretry = {{ duration_s = 0 }}\n\
+             backup_store = {{ url = \"s3://lake/failed\", options = {options}, tls = {{ ca = \"{ca}\" }} }}\n",
+            ca = certs.path("ca.pem"),
+        ),
+    )
+    .unwrap();
+    let out = sluice().args(["run", "--quiet"]).arg(&pipeline).env_remove("SSL_CERT_FILE").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let documents: usize = folder_objects(&root.path().join("lake").join("failed")).values().map(Vec::len).sum();
+    assert_eq!(documents, 10);
 }
 
 #[test]

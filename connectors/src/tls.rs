@@ -12,7 +12,10 @@
 //! Beyond Firehose, whose endpoints must present a publicly trusted certificate: a self-hosted
 //! Splunk, OpenSearch or collector usually presents one of a private CA (Splunk's default HEC
 //! certificate is signed by its own `SplunkCommonCA` and named `SplunkServerDefaultCert`, the
-//! OpenSearch image's by its demo CA). Paths are taken from the pipeline file's folder. The server
+//! OpenSearch image's by its demo CA). Object stores (`object_store` sinks and sources,
+//! `backup_store`, `staging`) take `tls = { ca }` alone ([`take_store_roots`], [`store_roots`]):
+//! object_store's client adds roots and presents no certificate. Paths are taken from the
+//! pipeline file's folder. The server
 //! side (the API sources' `tls = { cert, key }`) has its files checked by [`key_pair`] too, and
 //! [`refusal`] finds a refused certificate among any client's error causes.
 //!
@@ -248,6 +251,75 @@ pub async fn start_up_check(
 }
 
 /// Adds `problems` to `found`; nothing to build.
+/// An object store's `tls` table (`object_store` sinks and sources over `s3://`, `gs://`, `az://`
+/// or `https://`): `ca` only, the CAs its client trusts besides the system's (a MinIO or Ceph
+/// gateway with a certificate of a private CA). Taken out of `table` before the connector reads its
+/// own keys; `None` when there is none, or when it has a problem (added to `found`).
+pub fn take_store_roots(
+    table: &mut Section,
+    base_dir: &Path,
+    found: &mut Problems,
+) -> Option<(Vec<object_store::Certificate>, Range<usize>)> {
+    let mut problems = Vec::new();
+    let Some(mut section) = table.take_table("tls", &mut problems) else {
+        if let Some(problem) = problems.last_mut() {
+            problem.hint = Some(STORE_TLS.into());
+        }
+        return report_store(problems, found);
+    };
+    let (label, span) = (section.key_at("ca").label, section.span.clone());
+    let ca = section.take_string("ca", &mut problems);
+    let before = problems.len();
+    section.deny_unknown(&["ca"], &mut problems);
+    for unknown in &mut problems[before..] {
+        unknown.hint = Some(format!(
+            "an object store's `tls` takes `ca` only: its client presents no certificate, and `options = {{ \
+             allow_invalid_certificates = true }}` accepts any (tests only); {STORE_TLS}"
+        ));
+    }
+    let Some(ca) = ca else {
+        // (Not said again when `ca` is written wrong or beside an unknown key.)
+        if problems.is_empty() {
+            problems.push(Diagnostic::new(span, "an object store's `tls` needs `ca`".to_string()).with_hint(STORE_TLS));
+        }
+        return report_store(problems, found);
+    };
+    match store_roots(base_dir, ca.get_ref()) {
+        Ok(roots) if problems.is_empty() => Some((roots, span)),
+        Ok(_) => report_store(problems, found),
+        Err(why) => {
+            problems.push(Diagnostic::new(ca.span(), format!("{label} {why}")).with_hint(STORE_CA_FILE));
+            report_store(problems, found)
+        }
+    }
+}
+
+/// The CA certificates of an object store's `tls.ca` file (relative to `base_dir`), or why not
+/// (said after the key).
+pub fn store_roots(base_dir: &Path, ca: &str) -> Result<Vec<object_store::Certificate>, String> {
+    let pem = read(base_dir, Path::new(ca))?;
+    certificates(&pem)?;
+    object_store::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("holds a certificate that cannot be used: {e}"))
+}
+
+/// What an object store's `tls.ca` file must be.
+pub const STORE_CA_FILE: &str = "a PEM file of the CA certificates that sign the store's (`-----BEGIN CERTIFICATE-----`); a relative path is taken from the pipeline file's folder";
+
+/// What an object store's `tls` table looks like.
+const STORE_TLS: &str = "write `tls = { ca = \"private-ca.pem\" }`: the CAs that sign the store's certificate, trusted besides the system's";
+
+/// Adds `problems` to `found`: no roots.
+fn report_store(
+    problems: Vec<Diagnostic>,
+    found: &mut Problems,
+) -> Option<(Vec<object_store::Certificate>, Range<usize>)> {
+    for problem in problems {
+        found.push(problem);
+    }
+    None
+}
+
 fn report(problems: Vec<Diagnostic>, found: &mut Problems) -> Option<ClientTls> {
     for problem in problems {
         found.push(problem);

@@ -4,6 +4,7 @@
 //! Options (`options = { ... }`) use object_store's own names (`region`, `endpoint`,
 //! `access_key_id`, `secret_access_key`, `virtual_hosted_style_request`, `allow_http`, …), and the
 //! builders read the usual environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) first.
+//! `tls = { ca = "minio-ca.pem" }` trusts a private CA's certificates besides the system's.
 //! `encryption = { sse = "aws:kms", kms_key_id = "..." }` (or `"aws:kms:dsse"`, or
 //! `{ sse = "AES256" }`) asks S3 for server-side encryption: object_store sends the headers on every
 //! PUT and on every multipart upload's creation; it is refused for other stores.
@@ -31,8 +32,8 @@ use object_store::memory::InMemory;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
-    ClientConfigKey, MultipartId, MultipartUpload, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions,
-    PutPayload, RetryConfig,
+    Certificate, ClientConfigKey, ClientOptions, MultipartId, MultipartUpload, ObjectStore, ObjectStoreExt,
+    PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
 use serde::Deserialize;
 use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
@@ -154,17 +155,44 @@ fn option_text(v: &toml::Value) -> Option<String> {
     }
 }
 
+/// The client options written for a store (the client keys set by its environment variables,
+/// `env_prefix…`, and by `options`), read back from its builder through `value`, with `roots`
+/// trusted besides the system's CAs: object_store takes roots only in a whole `ClientOptions`,
+/// which replaces the one its builder holds.
+fn client_trusting(
+    roots: &[Certificate],
+    env_prefix: &str,
+    options: &[(String, String)],
+    client_key: impl Fn(&str) -> Option<ClientConfigKey>,
+    value: impl Fn(ClientConfigKey) -> Option<String>,
+) -> ClientOptions {
+    let from_env = std::env::vars().filter(|(k, _)| k.starts_with(env_prefix)).map(|(k, _)| k.to_ascii_lowercase());
+    let written = from_env.chain(options.iter().map(|(k, _)| k.clone())).filter_map(|k| client_key(&k));
+    let mut client = ClientOptions::new();
+    for key in written {
+        if let Some(v) = value(key) {
+            client = client.with_config(key, v);
+        }
+    }
+    for root in roots {
+        client = client.with_root_certificate(root.clone());
+    }
+    client
+}
+
 /// No retries inside object_store: the engine's retry policy is the one that counts.
 fn no_client_retries() -> RetryConfig {
     RetryConfig { max_retries: 0, ..RetryConfig::default() }
 }
 
 /// Builds an object-store sink from `[sinks.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
+pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let url_span = config.table.key_span("url").unwrap_or(config.table.span.clone());
     let options_span = config.table.key_span("options").unwrap_or(url_span.clone());
     let encryption_span = config.table.value_span("encryption").unwrap_or(url_span.clone());
     let mut problems = Problems::default();
+    let (roots, tls_span) = crate::tls::take_store_roots(&mut config.table, &config.base_dir, &mut problems)
+        .unwrap_or_else(|| (Vec::new(), url_span.clone()));
     let Some(c) = config.table.deserialize::<ObjectStoreConfig>(&mut problems) else { return Err(problems) };
     let sse = match &c.encryption {
         // Without a URL (its absence reported) there is no store to check the encryption against.
@@ -176,8 +204,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     };
     let sink = sse.and_then(|sse| {
         problems.take(
-            ObjectStoreSink::from_config_with(&c.url, &c.options, sse)
-                .map_err(|e| e.at(if e.is_about_an_option() { &options_span } else { &url_span })),
+            ObjectStoreSink::from_config_with(&c.url, &c.options, sse, &roots)
+                .map_err(|e| e.at_its_key(&url_span, &options_span, &tls_span)),
         )
     });
     let sink = problems.finish(sink)?;
@@ -185,7 +213,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     Ok(Arc::new(if c.healthcheck { sink } else { sink.without_healthcheck() }))
 }
 
-/// `backup_store = "s3://bucket/prefix"` or `{ url = "...", options = {...} }` of a sink that sends
+/// `backup_store = "s3://bucket/prefix"` or `{ url = "...", options = {...}, tls = { ca } }` of a sink that sends
 /// requests (Firehose's required S3Configuration): the object store its error output goes to.
 /// Read with [`url_or_table`].
 #[derive(Debug, Deserialize)]
@@ -194,12 +222,23 @@ pub struct BackupStore {
     url: String,
     #[serde(default)]
     options: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    tls: Option<StoreTls>,
 }
 
 impl From<String> for BackupStore {
     fn from(url: String) -> Self {
-        BackupStore { url, options: BTreeMap::new() }
+        BackupStore { url, options: BTreeMap::new(), tls: None }
     }
+}
+
+/// `tls = { ca = "..." }` of a store written as a table inside another key (`backup_store`, a
+/// `postgres` sink's `staging`): the CAs its client trusts besides the system's.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreTls {
+    /// A PEM file of CA certificates, relative to the pipeline file.
+    pub ca: String,
 }
 
 /// Reads a connector's optional store key (`#[serde(default, deserialize_with = "url_or_table")]`)
@@ -236,6 +275,7 @@ pub struct BackupOwner {
     pipeline: String,
     name: String,
     data_dir: std::path::PathBuf,
+    base_dir: std::path::PathBuf,
 }
 
 impl BackupOwner {
@@ -248,6 +288,7 @@ impl BackupOwner {
             pipeline: config.pipeline.clone(),
             name: config.name.clone(),
             data_dir: config.data_dir.clone(),
+            base_dir: config.base_dir.clone(),
         }
     }
 
@@ -275,7 +316,7 @@ impl BackupOwner {
             .of_the_table()
             .into());
         };
-        let sink = ObjectStoreSink::from_config(&store.url, &store.options)
+        let sink = ObjectStoreSink::from_nested(&store.url, &store.options, store.tls.as_ref(), &self.base_dir)
             .map_err(|e| Diagnostic::new(self.store_span.clone(), format!("backup_store: {e}")).with_hint(e.hint()))?
             .owned_by(&self.pipeline, &format!("{}-backup", self.name), &self.data_dir);
         Ok(Arc::new(sink))
@@ -322,6 +363,18 @@ pub enum StoreConfigError {
         url: String,
         /// What the builder said.
         cause: String,
+    },
+    /// A `tls.ca` file that cannot be used.
+    #[error("`tls.ca` {why}")]
+    CaFile {
+        /// Why (the file said as written).
+        why: String,
+    },
+    /// A `tls` table for a store that makes no requests.
+    #[error("{scheme}:// stores make no requests: `tls` is not used")]
+    TlsUnused {
+        /// The URL's scheme.
+        scheme: String,
     },
 }
 
@@ -436,12 +489,31 @@ impl StoreConfigError {
             }
             StoreConfigError::OptionType { .. } => "e.g. allow_http = true, region = \"eu-west-1\"".into(),
             StoreConfigError::Refused { .. } => "check the url and options".into(),
+            StoreConfigError::CaFile { .. } => crate::tls::STORE_CA_FILE.into(),
+            StoreConfigError::TlsUnused { .. } => {
+                "`tls = { ca }` is for s3://, gs://, az:// and https:// stores behind a certificate of a private CA: remove it"
+                    .into()
+            }
         }
     }
 
     /// The problem pointing at `span`.
     pub fn at(&self, span: &std::ops::Range<usize>) -> Diagnostic {
         Diagnostic::new(span.clone(), self.to_string()).with_hint(self.hint())
+    }
+
+    /// The problem pointing at the key it is about: `url`, `options` or `tls` (their spans).
+    pub fn at_its_key(
+        &self,
+        url: &std::ops::Range<usize>,
+        options: &std::ops::Range<usize>,
+        tls: &std::ops::Range<usize>,
+    ) -> Diagnostic {
+        match self {
+            StoreConfigError::TlsUnused { .. } | StoreConfigError::CaFile { .. } => self.at(tls),
+            _ if self.is_about_an_option() => self.at(options),
+            _ => self.at(url),
+        }
     }
 
     /// Whether it is about `options` (else about the URL).
@@ -453,14 +525,16 @@ impl StoreConfigError {
 impl ObjectStoreSink {
     /// Builds the store for `url` with `options` as written in a pipeline file; or what is wrong.
     pub fn from_config(url: &str, options: &BTreeMap<String, toml::Value>) -> Result<Self, StoreConfigError> {
-        Self::from_config_with(url, options, Vec::new())
+        Self::from_config_with(url, options, Vec::new(), &[])
     }
 
-    /// [`ObjectStoreSink::from_config`] with `extra` options (already checked) after the written ones.
-    fn from_config_with(
+    /// [`ObjectStoreSink::from_config`] with `extra` options (already checked) after the written
+    /// ones, its client trusting `roots` besides the system's CAs (`tls = { ca }`).
+    pub fn from_config_with(
         url: &str,
         options: &BTreeMap<String, toml::Value>,
         extra: Vec<(String, String)>,
+        roots: &[Certificate],
     ) -> Result<Self, StoreConfigError> {
         let mut texts = Vec::new();
         for (key, value) in options {
@@ -470,11 +544,35 @@ impl ObjectStoreSink {
             texts.push((key.clone(), text));
         }
         texts.extend(extra);
-        ObjectStoreSink::from_url(url, &texts)
+        ObjectStoreSink::from_url_trusting(url, &texts, roots)
+    }
+
+    /// The store of a table nested in a connector's keys (`backup_store`, `staging`): its `url`,
+    /// `options` and `tls` (`ca` relative to `base_dir`).
+    pub fn from_nested(
+        url: &str,
+        options: &BTreeMap<String, toml::Value>,
+        tls: Option<&StoreTls>,
+        base_dir: &std::path::Path,
+    ) -> Result<Self, StoreConfigError> {
+        let roots = match tls {
+            Some(tls) => crate::tls::store_roots(base_dir, &tls.ca).map_err(|why| StoreConfigError::CaFile { why })?,
+            None => Vec::new(),
+        };
+        Self::from_config_with(url, options, Vec::new(), &roots)
     }
 
     /// Builds the store for `url`, or says what is wrong.
     pub fn from_url(url: &str, options: &[(String, String)]) -> Result<Self, StoreConfigError> {
+        Self::from_url_trusting(url, options, &[])
+    }
+
+    /// [`ObjectStoreSink::from_url`], its client trusting `roots` besides the system's CAs.
+    fn from_url_trusting(
+        url: &str,
+        options: &[(String, String)],
+        roots: &[Certificate],
+    ) -> Result<Self, StoreConfigError> {
         let bad_url = |reason: String| StoreConfigError::BadUrl { url: url.to_string(), reason };
         let Some((scheme, rest)) = url.split_once("://") else {
             return Err(bad_url("no scheme".into()));
@@ -489,6 +587,9 @@ impl ObjectStoreSink {
         let mut parts: Option<Arc<dyn MultipartStore>> = None;
         let mut credentials = None;
         let (store, base, local_dir, code_prefix): (Arc<dyn ObjectStore>, Path, _, _) = match scheme {
+            "file" | "memory" if !roots.is_empty() => {
+                return Err(StoreConfigError::TlsUnused { scheme: scheme.to_string() });
+            }
             "file" => {
                 if let Some((k, _)) = options.first() {
                     return Err(unknown(k, scheme));
@@ -520,6 +621,15 @@ impl ObjectStoreSink {
                     let key = AmazonS3ConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
+                if !roots.is_empty() {
+                    let client_key = |k: &str| match AmazonS3ConfigKey::from_str(k) {
+                        Ok(AmazonS3ConfigKey::Client(key)) => Some(key),
+                        _ => None,
+                    };
+                    let read = |key| b.get_config_value(&AmazonS3ConfigKey::Client(key));
+                    let client = client_trusting(roots, "AWS_", options, client_key, read);
+                    b = b.with_client_options(client);
+                }
                 let anonymous = b.get_config_value(&AmazonS3ConfigKey::SkipSignature).is_some_and(|v| v == "true");
                 let s3 = Arc::new(b.build().map_err(build_error)?);
                 parts = Some(Arc::clone(&s3) as Arc<dyn MultipartStore>);
@@ -531,6 +641,15 @@ impl ObjectStoreSink {
                 for (k, v) in options {
                     let key = GoogleConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
+                }
+                if !roots.is_empty() {
+                    let client_key = |k: &str| match GoogleConfigKey::from_str(k) {
+                        Ok(GoogleConfigKey::Client(key)) => Some(key),
+                        _ => None,
+                    };
+                    let read = |key| b.get_config_value(&GoogleConfigKey::Client(key));
+                    let client = client_trusting(roots, "GOOGLE_", options, client_key, read);
+                    b = b.with_client_options(client);
                 }
                 let anonymous = b.get_config_value(&GoogleConfigKey::SkipSignature).is_some_and(|v| v == "true");
                 let gcs = Arc::new(b.build().map_err(build_error)?);
@@ -544,6 +663,15 @@ impl ObjectStoreSink {
                     let key = AzureConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
+                if !roots.is_empty() {
+                    let client_key = |k: &str| match AzureConfigKey::from_str(k) {
+                        Ok(AzureConfigKey::Client(key)) => Some(key),
+                        _ => None,
+                    };
+                    let read = |key| b.get_config_value(&AzureConfigKey::Client(key));
+                    let client = client_trusting(roots, "AZURE_", options, client_key, read);
+                    b = b.with_client_options(client);
+                }
                 let anonymous = b.get_config_value(&AzureConfigKey::SkipSignature).is_some_and(|v| v == "true");
                 let azure = Arc::new(b.build().map_err(build_error)?);
                 parts = Some(Arc::clone(&azure) as Arc<dyn MultipartStore>);
@@ -551,11 +679,15 @@ impl ObjectStoreSink {
                 (azure, url_path(rest), None, "Azure")
             }
             "http" | "https" => {
-                let mut b = HttpBuilder::new().with_url(url).with_retry(no_client_retries());
+                let mut client = ClientOptions::new();
                 for (k, v) in options {
                     let key = ClientConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
-                    b = b.with_config(key, v);
+                    client = client.with_config(key, v);
                 }
+                for root in roots {
+                    client = client.with_root_certificate(root.clone());
+                }
+                let b = HttpBuilder::new().with_url(url).with_retry(no_client_retries()).with_client_options(client);
                 (Arc::new(b.build().map_err(build_error)?), Path::default(), None, "Http")
             }
             other => return Err(StoreConfigError::UnsupportedScheme { scheme: other.to_string() }),
@@ -926,7 +1058,7 @@ impl Sink for ObjectStoreSink {
                 Err(e) if let Some(why) = crate::tls::refusal(&e) => Err(DeliveryError::Permanent {
                     code: format!("{code_prefix}.TlsFailed"),
                     message: format!(
-                        "{url}: the server's certificate is not trusted ({why}); add its CA to the system's trust store, or point SSL_CERT_FILE at a PEM bundle holding it (with the system's CAs)"
+                        "{url}: the server's certificate is not trusted ({why}); trust its CA with `tls = {{ ca = \"ca.pem\" }}` (a PEM file of the CA certificates; or the system's trust store, or SSL_CERT_FILE naming a bundle that holds it)"
                     ),
                 }),
                 Err(e) => {
@@ -984,10 +1116,42 @@ mod tests {
         let table = read("backup_store = { url = \"s3://b/p\", options = { region = \"eu-west-1\" } }");
         let table = table.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((table.url.as_str(), table.options.len()), ("s3://b/p", 1));
+        let trusting = read("backup_store = { url = \"s3://b/p\", tls = { ca = \"minio-ca.pem\" } }");
+        let trusting = trusting.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(trusting.tls, Some(super::StoreTls { ca: "minio-ca.pem".into() }));
         let misspelt = read("backup_store = { url = \"s3://b/p\", optoins = {} }").map(|s| s.url);
         assert!(misspelt.as_ref().is_err_and(|e| e.starts_with("unknown field `optoins`")), "{misspelt:?}");
         let number = read("backup_store = 5").map(|s| s.url);
         assert_eq!(number, Err("invalid type: integer `5`, expected a URL or a table".to_string()));
+    }
+
+    /// Trusting a CA replaces the builder's client options: the client keys written in `options`
+    /// are kept (the S3 key is not a client key and stays the builder's).
+    #[test]
+    fn a_store_trusting_a_ca_keeps_the_client_options_written() {
+        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+        let options: Vec<(String, String)> = [("allow_http", "true"), ("timeout", "7s"), ("region", "eu-west-1")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut builder = AmazonS3Builder::new();
+        for (k, v) in &options {
+            builder = builder.with_config(AmazonS3ConfigKey::from_str(k).unwrap(), v);
+        }
+        let client_key = |k: &str| match AmazonS3ConfigKey::from_str(k) {
+            Ok(AmazonS3ConfigKey::Client(key)) => Some(key),
+            _ => None,
+        };
+        let read = |key| builder.get_config_value(&AmazonS3ConfigKey::Client(key));
+        let client = super::client_trusting(&[], "SLUICE_TEST_NO_SUCH_PREFIX_", &options, client_key, read);
+        assert_eq!(client.get_config_value(&ClientConfigKey::AllowHttp).as_deref(), Some("true"));
+        assert_eq!(client.get_config_value(&ClientConfigKey::Timeout).as_deref(), Some("7s"));
+        let builder = builder.with_client_options(client);
+        assert_eq!(builder.get_config_value(&AmazonS3ConfigKey::Region).as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            builder.get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp)).as_deref(),
+            Some("true")
+        );
     }
 
     #[test]

@@ -291,7 +291,7 @@ fn yes() -> bool {
     true
 }
 
-/// `staging = "s3://bucket/staging"` or `{ url, prefix, options }` (read with [`url_or_table`]).
+/// `staging = "s3://bucket/staging"` or `{ url, prefix, options, tls }` (read with [`url_or_table`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Staging {
@@ -300,11 +300,13 @@ struct Staging {
     prefix: String,
     #[serde(default)]
     options: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    tls: Option<super::object_store::StoreTls>,
 }
 
 impl From<String> for Staging {
     fn from(url: String) -> Self {
-        Staging { url, prefix: String::new(), options: BTreeMap::new() }
+        Staging { url, prefix: String::new(), options: BTreeMap::new(), tls: None }
     }
 }
 
@@ -416,7 +418,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
             )
             .of_the_table()
             .into()),
-        Some(staging) => ObjectStoreSink::from_config(&staging.url, &staging.options)
+        Some(staging) => ObjectStoreSink::from_nested(&staging.url, &staging.options, staging.tls.as_ref(), &base_dir)
             .map_err(|e| Diagnostic::new(staging_span, format!("staging: {e}")).with_hint(e.hint()).into())
             .map(|store| (store.owned_by(&pipeline, &format!("{name}-staging"), &data_dir), staging)),
     });

@@ -103,11 +103,13 @@ impl std::fmt::Debug for ObjectStoreSource {
 }
 
 /// Builds an object-store source from `[sources.<name>]`.
-pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
+pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let url_span = config.table.key_span("url").unwrap_or(config.table.span.clone());
     let options_span = config.table.key_span("options").unwrap_or(url_span.clone());
     let pattern_span = config.table.value_span("pattern").unwrap_or(url_span.clone());
     let mut problems = Problems::default();
+    let (roots, tls_span) = crate::tls::take_store_roots(&mut config.table, &config.base_dir, &mut problems)
+        .unwrap_or_else(|| (Vec::new(), url_span.clone()));
     let Some(c) = config.table.deserialize::<ObjectSourceConfig>(&mut problems) else { return Err(problems) };
     let pattern = match &c.pattern {
         Some(p) => problems.take(glob::Pattern::new(p).map(Some).map_err(|e| {
@@ -116,8 +118,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
         None => Some(None),
     };
     let store = problems.take(
-        ObjectStoreSink::from_config(&c.url, &c.options)
-            .map_err(|e| e.at(if e.is_about_an_option() { &options_span } else { &url_span })),
+        ObjectStoreSink::from_config_with(&c.url, &c.options, Vec::new(), &roots)
+            .map_err(|e| e.at_its_key(&url_span, &options_span, &tls_span)),
     );
     let (pattern, store) = problems.finish((|| Some((pattern?, store?)))())?;
     let (store, base, url) = store.into_store();
