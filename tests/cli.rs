@@ -28,6 +28,10 @@ fn the_quickstart_writes_gzip_objects_holding_exactly_the_generated_records() {
     let mut expected = generated(Profile::Cloudfront, 42, 200_000);
     expected.sort();
     assert_eq!(all_lines(&objects), expected);
+    // The staging folder the objects were written in is gone once everything is stored: the run
+    // leaves `out/` as it found it but for the objects.
+    let left: Vec<_> = std::fs::read_dir(work.path().join("out")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, ["quickstart"], "{left:?}");
 }
 
 #[test]

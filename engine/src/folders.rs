@@ -93,6 +93,28 @@ fn synced(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes `dir` when it is empty, then each of its ancestors up to and including `top` while they
+/// are empty too, and forgets them as made; stops at the first that holds something (or cannot be
+/// removed). For folders made for one run alone (a sink's staging folder and the folders holding
+/// it), tidied when the run ends; a folder another writer still uses is never empty, so it stays.
+pub fn remove_empty(dir: &Path, top: &Path) {
+    let (Ok(dir), Ok(top)) = (std::path::absolute(dir), std::path::absolute(top)) else { return };
+    if !dir.starts_with(&top) {
+        return;
+    }
+    let mut folder = dir.as_path();
+    loop {
+        if std::fs::remove_dir(folder).is_err() {
+            return;
+        }
+        DURABLE_FOLDERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(folder);
+        match folder.parent() {
+            Some(parent) if folder != top => folder = parent,
+            _ => return,
+        }
+    }
+}
+
 /// Makes what was written to one file system durable together (group commit): every caller waits
 /// for one sync of the whole file system that started after it called, so objects finished at about
 /// the same time share one sync instead of paying an `fsync` per file and per folder each (a

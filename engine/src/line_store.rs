@@ -25,6 +25,12 @@ pub trait LineSink: Send + Sync {
     fn put(&self, key: String, body: Bytes) -> BoxFuture<'static, Result<(), String>>;
     /// Where, for messages (secrets masked).
     fn describe(&self) -> String;
+    /// Tidies what `prepare` made for the run alone, once every line is stored ([`Sink::finish`]).
+    ///
+    /// [`Sink::finish`]: crate::contract::Sink::finish
+    fn finish(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Where lines go.

@@ -286,6 +286,9 @@ fn execute(
     let fingerprint = plan.fingerprint() ^ crate::contract::fingerprint(&inputs).rotate_left(1);
     let process = cluster.as_ref().map_or(0, |c| c.process);
     let local = process * workers..(process + 1) * workers;
+    // The workers share the plan; the run keeps it for the end (each sink's `finish`).
+    let plan = Arc::new(plan);
+    let kept = Arc::clone(&plan);
     let guards =
         timely::execute::execute_from(allocators, communication, timely::WorkerConfig::default(), move |worker| {
             if let Some(c) = &cluster
@@ -459,6 +462,15 @@ fn execute(
         source.finish(stopped);
     }
     close_audit();
+    // Everything is stored: what the sinks made for this run alone goes (an empty staging folder).
+    for sink in kept.sinks.iter().flat_map(|s| [Some(Arc::clone(&s.sink)), s.sink.error_output()]).flatten() {
+        runtime.block_on(sink.finish());
+    }
+    for target in [kept.audit.as_ref().map(|a| &a.target), kept.error_log.as_ref().map(|l| &l.target)] {
+        if let Some(crate::line_store::LineTarget::Store(lines)) = target {
+            runtime.block_on(lines.finish());
+        }
+    }
     runtime.shutdown_timeout(Duration::from_secs(5));
     Ok(RunReport { elapsed: started.elapsed(), workers, abandoned: false })
 }

@@ -985,6 +985,15 @@ impl Sink for ObjectStoreSink {
     /// read (otherwise every object would go to an error output in the same store, which refuses
     /// it too, and delivery would block); an unreachable store only warns, since a stream run
     /// should take data while its destination is down.
+    fn finish(&self) -> BoxFuture<'static, ()> {
+        let local = self.local.clone();
+        Box::pin(async move {
+            if let Some(local) = local {
+                local.finish().await;
+            }
+        })
+    }
+
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let credentials = self.credentials.clone();
         let local = self.local.clone();

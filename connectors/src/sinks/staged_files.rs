@@ -18,7 +18,9 @@
 //! durable (contents, name, folders) when its delivery succeeds;
 //! staging files left by an interrupted run are removed at the next start (they belong to this
 //! sink alone); a part of an object uploaded in parts is written at its own offset, so parts can be
-//! retried under their number and written concurrently.
+//! retried under their number and written concurrently. A run that ends with everything stored
+//! removes its staging folder ([`StagedFiles::finish`]), and the folders holding it while nothing
+//! else stages in them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -176,6 +178,19 @@ impl StagedFiles {
             })
         })
         .await
+    }
+
+    /// Removes the staging folder once a run has stored everything (it is then empty), with the
+    /// folders made to hold it while they are empty too (another sink's staging keeps them), so a
+    /// finished run leaves no `.sluice-staging` behind.
+    pub async fn finish(&self) {
+        let (staging, top) = if self.chose_inside.get() == Some(&true) {
+            (self.inside.folder.clone(), self.root.join(STAGING_FOLDER))
+        } else {
+            let parent = self.root.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+            (self.beside.folder.clone(), parent.join(STAGING_FOLDER))
+        };
+        let _ = tokio::task::spawn_blocking(move || sluice_engine::folders::remove_empty(&staging, &top)).await;
     }
 
     /// A new staging file's path.
@@ -378,5 +393,33 @@ mod tests {
         assert_eq!(again.prepare().await.unwrap(), 1);
         assert!(files(again.staging()).is_empty());
         assert_eq!(files(&dir.path().join("out")), vec!["a/b/one.gz", "a/two"]);
+    }
+
+    /// A finished run leaves no staging folder, nor the folders made to hold it; another sink's
+    /// staging beside it keeps the folders they share, and a run started after the tidy-up stages
+    /// again (the folders made again, not taken as still there).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_finished_run_leaves_no_staging_folder_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = StagedFiles::new(dir.path().join("out"), "p.sink");
+        let theirs = StagedFiles::new(dir.path().join("out"), "q.sink");
+        ours.prepare().await.unwrap();
+        theirs.prepare().await.unwrap();
+        ours.put("a/one", Bytes::from_static(b"one")).await.unwrap();
+        ours.finish().await;
+        assert!(!ours.staging().exists());
+        assert!(theirs.staging().exists(), "the other sink's staging stays");
+        theirs.finish().await;
+        assert!(!dir.path().join(STAGING_FOLDER).exists(), "{:?}", std::fs::read_dir(dir.path()).unwrap().count());
+        assert_eq!(files(dir.path()), vec!["out/a/one"]);
+        let again = StagedFiles::new(dir.path().join("out"), "p.sink");
+        again.prepare().await.unwrap();
+        again.put("a/two", Bytes::from_static(b"two")).await.unwrap();
+        assert_eq!(files(&dir.path().join("out")), vec!["a/one", "a/two"]);
+        // A staging file still there (a run is never finished with one in flight) keeps the folder.
+        let upload = again.start("a/three").await.unwrap();
+        upload.put_part(0, Bytes::from_static(b"partial")).await.unwrap();
+        again.finish().await;
+        assert_eq!(files(again.staging()).len(), 1);
     }
 }

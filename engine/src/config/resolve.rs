@@ -525,6 +525,10 @@ impl crate::line_store::LineSink for SinkLines {
     fn describe(&self) -> String {
         self.0.describe()
     }
+
+    fn finish(&self) -> futures::future::BoxFuture<'static, ()> {
+        self.0.finish()
+    }
 }
 
 /// `[pipeline] audit_log` or `error_log` (`key`) `= "stderr" | "<object_store URL>" | { url,

@@ -235,6 +235,14 @@ pub trait Sink: Send + Sync + 'static {
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         Box::pin(async { Ok(()) })
     }
+    /// Called once after a run that stored everything it took (not after one stopped with
+    /// deliveries still failing, whose state the next start needs), with nothing in flight: tidies
+    /// what [`Sink::prepare`] made for the run alone (a `file://` store's empty staging folder).
+    /// The engine calls it for each sink and for its [`Sink::error_output`], so a sink holding
+    /// another need not forward it.
+    fn finish(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
     /// Hands the sink its own counters before [`Sink::prepare`], for what it counts or times
     /// besides what the engine does (a warehouse sink's `CopyRows`, `CopyDuration`).
     fn measure_with(&self, meter: crate::metrics::SinkMeter) {
