@@ -75,6 +75,19 @@ buffer = {{ size_mb = 1, interval_s = 1 }}
     path
 }
 
+/// A ListDeliveryStreams request to the API at `api` (`http(s)://host:port`), answered with success.
+fn list_delivery_streams(client: &reqwest::blocking::Client, api: &str) -> reqwest::blocking::Response {
+    let response = client
+        .post(format!("{api}/"))
+        .header("x-amz-target", "Firehose_20150804.ListDeliveryStreams")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response
+}
+
 /// Runs tests/firehose_client.py and parses its JSON.
 fn client(args: &[&str]) -> Value {
     let output = Command::new(python()).arg(repo_root().join("tests/firehose_client.py")).args(args).output().unwrap();
@@ -384,14 +397,7 @@ fn the_api_serves_https_with_the_configured_certificate() {
     std::fs::write(&config, &text).unwrap();
     let running = Running::start(&["run", config.to_str().unwrap()], port, 0);
     let https = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
-    let response = https
-        .post(format!("https://127.0.0.1:{port}/"))
-        .header("x-amz-target", "Firehose_20150804.ListDeliveryStreams")
-        .header("content-type", "application/x-amz-json-1.1")
-        .body("{}")
-        .send()
-        .unwrap();
-    assert!(response.status().is_success());
+    let response = list_delivery_streams(&https, &format!("https://127.0.0.1:{port}"));
     let body: Value = serde_json::from_str(&response.text().unwrap()).unwrap();
     assert_eq!(body["DeliveryStreamNames"], serde_json::json!(["tls"]));
     // Plain HTTP on the TLS port is not served.
@@ -445,14 +451,7 @@ fn the_api_serves_a_renewed_certificate_without_a_restart() {
     // The certificate a new connection is served (a new client each time: no connection reused).
     let served = || {
         let client = reqwest::blocking::Client::builder().tls_certs_only([ca.clone()]).tls_info(true).build().unwrap();
-        let response = client
-            .post(format!("{}/", running.api))
-            .header("x-amz-target", "Firehose_20150804.ListDeliveryStreams")
-            .header("content-type", "application/x-amz-json-1.1")
-            .body("{}")
-            .send()
-            .unwrap();
-        assert!(response.status().is_success());
+        let response = list_delivery_streams(&client, &running.api);
         let info = response.extensions().get::<reqwest::tls::TlsInfo>().unwrap();
         info.peer_certificate().unwrap().to_vec()
     };

@@ -155,6 +155,25 @@ fn option_text(v: &toml::Value) -> Option<String> {
     }
 }
 
+/// `$builder` (a cloud store's, its keys of type `$key`, its environment variables `$prefix…`)
+/// trusting `$roots` besides the system's CAs, the client options written kept: [`client_trusting`].
+macro_rules! trusting {
+    ($builder:expr, $key:ident, $prefix:literal, $roots:expr, $options:expr) => {{
+        let builder = $builder;
+        if $roots.is_empty() {
+            builder
+        } else {
+            let client_key = |k: &str| match $key::from_str(k) {
+                Ok($key::Client(key)) => Some(key),
+                _ => None,
+            };
+            let read = |key| builder.get_config_value(&$key::Client(key));
+            let client = client_trusting($roots, $prefix, $options, client_key, read);
+            builder.with_client_options(client)
+        }
+    }};
+}
+
 /// The client options written for a store (the client keys set by its environment variables,
 /// `env_prefix…`, and by `options`), read back from its builder through `value`, with `roots`
 /// trusted besides the system's CAs: object_store takes roots only in a whole `ClientOptions`,
@@ -621,15 +640,7 @@ impl ObjectStoreSink {
                     let key = AmazonS3ConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
-                if !roots.is_empty() {
-                    let client_key = |k: &str| match AmazonS3ConfigKey::from_str(k) {
-                        Ok(AmazonS3ConfigKey::Client(key)) => Some(key),
-                        _ => None,
-                    };
-                    let read = |key| b.get_config_value(&AmazonS3ConfigKey::Client(key));
-                    let client = client_trusting(roots, "AWS_", options, client_key, read);
-                    b = b.with_client_options(client);
-                }
+                let b = trusting!(b, AmazonS3ConfigKey, "AWS_", roots, options);
                 let anonymous = b.get_config_value(&AmazonS3ConfigKey::SkipSignature).is_some_and(|v| v == "true");
                 let s3 = Arc::new(b.build().map_err(build_error)?);
                 parts = Some(Arc::clone(&s3) as Arc<dyn MultipartStore>);
@@ -642,15 +653,7 @@ impl ObjectStoreSink {
                     let key = GoogleConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
-                if !roots.is_empty() {
-                    let client_key = |k: &str| match GoogleConfigKey::from_str(k) {
-                        Ok(GoogleConfigKey::Client(key)) => Some(key),
-                        _ => None,
-                    };
-                    let read = |key| b.get_config_value(&GoogleConfigKey::Client(key));
-                    let client = client_trusting(roots, "GOOGLE_", options, client_key, read);
-                    b = b.with_client_options(client);
-                }
+                let b = trusting!(b, GoogleConfigKey, "GOOGLE_", roots, options);
                 let anonymous = b.get_config_value(&GoogleConfigKey::SkipSignature).is_some_and(|v| v == "true");
                 let gcs = Arc::new(b.build().map_err(build_error)?);
                 parts = Some(Arc::clone(&gcs) as Arc<dyn MultipartStore>);
@@ -663,15 +666,7 @@ impl ObjectStoreSink {
                     let key = AzureConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
-                if !roots.is_empty() {
-                    let client_key = |k: &str| match AzureConfigKey::from_str(k) {
-                        Ok(AzureConfigKey::Client(key)) => Some(key),
-                        _ => None,
-                    };
-                    let read = |key| b.get_config_value(&AzureConfigKey::Client(key));
-                    let client = client_trusting(roots, "AZURE_", options, client_key, read);
-                    b = b.with_client_options(client);
-                }
+                let b = trusting!(b, AzureConfigKey, "AZURE_", roots, options);
                 let anonymous = b.get_config_value(&AzureConfigKey::SkipSignature).is_some_and(|v| v == "true");
                 let azure = Arc::new(b.build().map_err(build_error)?);
                 parts = Some(Arc::clone(&azure) as Arc<dyn MultipartStore>);
