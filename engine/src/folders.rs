@@ -8,7 +8,9 @@
 //! the call made are synced into their holders (an error otherwise); ancestors that were there
 //! are synced into theirs where the file system can sync folders (a read-only root cannot, and
 //! needs not). A folder is synced once per process (a set lookup after that), remembering at most
-//! `MAX_DURABLE_FOLDERS` folders. When [`FileSystemSync::sync`] returns, everything written to
+//! `MAX_DURABLE_FOLDERS` folders; one remembered and then removed behind the process's back (an
+//! empty staging folder another process tidied, [`remove_empty`]) is made again when a folder is
+//! made in it. When [`FileSystemSync::sync`] returns, everything written to
 //! its file system before the call (files, folders, renames) is durable, the sync shared with the
 //! callers that came at about the same time.
 
@@ -70,6 +72,17 @@ fn synced(dir: &Path) -> std::io::Result<()> {
             match std::fs::create_dir(dir) {
                 Ok(()) => true,
                 Err(e) if exists(&e) => false,
+                // The holder was known and is gone (another process tidied an empty staging
+                // folder a moment ago, or someone removed it): forgotten and made again, once.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    forget(parent);
+                    synced(parent)?;
+                    match std::fs::create_dir(dir) {
+                        Ok(()) => true,
+                        Err(e) if exists(&e) => false,
+                        Err(e) => return Err(e),
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -93,6 +106,11 @@ fn synced(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Forgets `dir` and the folders under it as made (they were removed, or may have been).
+fn forget(dir: &Path) {
+    DURABLE_FOLDERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|known| !known.starts_with(dir));
+}
+
 /// Removes `dir` when it is empty, then each of its ancestors up to and including `top` while they
 /// are empty too, and forgets them as made; stops at the first that holds something (or cannot be
 /// removed). For folders made for one run alone (a sink's staging folder and the folders holding
@@ -107,7 +125,7 @@ pub fn remove_empty(dir: &Path, top: &Path) {
         if std::fs::remove_dir(folder).is_err() {
             return;
         }
-        DURABLE_FOLDERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(folder);
+        forget(folder);
         match folder.parent() {
             Some(parent) if folder != top => folder = parent,
             _ => return,
@@ -238,6 +256,24 @@ fn file_system_sync(_handle: &File) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A folder known as made and removed behind the process's back (another process tidied it):
+    /// a folder made in it is made, the holder made again.
+    #[test]
+    fn a_known_folder_removed_by_another_is_made_again_for_what_goes_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let holder = dir.path().join("staging").join("out");
+        create_dir_synced(&holder).unwrap();
+        std::fs::remove_dir(&holder).unwrap();
+        std::fs::remove_dir(dir.path().join("staging")).unwrap();
+        create_dir_synced(&holder.join("p.sink")).unwrap();
+        assert!(holder.join("p.sink").is_dir());
+        // And a tidy-up forgets what it removed: made again when asked for.
+        remove_empty(&holder.join("p.sink"), &dir.path().join("staging"));
+        assert!(!dir.path().join("staging").exists());
+        create_dir_synced(&holder).unwrap();
+        assert!(holder.is_dir());
+    }
 
     #[test]
     fn folders_are_made_with_their_ancestors_concurrently() {
