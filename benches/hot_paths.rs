@@ -80,7 +80,7 @@ fn encode_compress(c: &mut Criterion) {
     let (records, bytes) = batches(Profile::Cloudtrail, 20_000);
     let mut group = c.benchmark_group("encode_compress");
     group.throughput(Throughput::Bytes(bytes)).sample_size(10).measurement_time(Duration::from_secs(5));
-    for compression in ["none", "gzip", "zstd", "snappy"] {
+    for compression in ["none", "gzip", "zstd", "snappy", "hadoop_snappy"] {
         let settings = sink_settings(&format!(
             "format = \"ndjson\"\ncompression = \"{compression}\"\nbuffer = {{ size_mb = 64, interval_s = 900 }}"
         ));

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: formatting, lints, unit and integration tests.
-# It installs what the tests use, pinned: Debian's jq (1.6, the jq transform's reference), pyarrow and DuckDB (to read Parquet back), boto3 and the
+# It installs what the tests use, pinned: Debian's jq (1.6, the jq transform's reference), pyarrow and DuckDB (to read Parquet back), python-snappy (Hadoop-framed Snappy), boto3 and the
 # AWS CLI (Firehose API producers), osmem-server (an in-memory OpenSearch API server the opensearch tests start) and moto_server
 # (KMS and S3 on 127.0.0.1 for the encryption tests) into target/test-venv,
 # Debian's prometheus for promtool (the alert rules' tests), Debian's chromium and PyPI's playwright (the dashboard's

@@ -87,6 +87,53 @@ prefix = "only-logs/"
     }
 }
 
+/// `compression = "hadoop_snappy"` (Firehose's HADOOP_SNAPPY): `.snappy` objects in Hadoop's block
+/// framing, read back whole by python-snappy's Hadoop stream decompressor, and by the
+/// `object_store` source, which tells the framing by the first byte.
+#[test]
+fn hadoop_snappy_objects_are_read_by_a_hadoop_framing_reader_and_by_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let toml = format!(
+        "[pipeline]\nname = \"hadoop\"\ndata_dir = \"{data}\"\n[sources.demo]\ntype = \"generator\"\n\
+         profile = \"cloudtrail\"\nrecords = 4000\nseed = 3\n[sinks.lake]\ntype = \"object_store\"\ninputs = [\"demo\"]\n\
+         url = \"file://{out}\"\nformat = \"ndjson\"\ncompression = \"hadoop_snappy\"\nbuffer = {{ size_mb = 1, interval_s = 900 }}\n",
+        data = dir.path().join("data").display(),
+        out = out.display(),
+    );
+    run_pipeline(&toml, &registry(), 2).unwrap();
+    let files = super::support::files_under(&out);
+    assert!(files.len() >= 2 && files.iter().all(|f| f.to_string_lossy().ends_with(".snappy")), "{files:?}");
+    let read = std::process::Command::new(super::support::python())
+        .arg(super::support::repo_root().join("tests/read_hadoop_snappy.py"))
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{} (scripts/test.sh installs python-snappy)",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let mut lines: Vec<String> = serde_json::from_slice(&read.stdout).unwrap();
+    let mut expected = generated(Profile::Cloudtrail, 3, 4000);
+    lines.sort();
+    expected.sort();
+    assert_eq!(lines, expected);
+    // Read back by the object_store source, into plain NDJSON.
+    let reread = format!(
+        "[pipeline]\nname = \"reread\"\ndata_dir = \"{data}\"\n[sources.lake]\ntype = \"object_store\"\nurl = \"file://{out}\"\n\
+         [sinks.copy]\ntype = \"object_store\"\ninputs = [\"lake\"]\nurl = \"memory://hadoop-reread/\"\nformat = \"ndjson\"\n",
+        data = dir.path().join("data2").display(),
+        out = out.display(),
+    );
+    run_pipeline(&reread, &registry(), 2).unwrap();
+    assert_eq!(all_lines(&memory_objects("hadoop-reread")), expected);
+    // Parquet compresses its own pages: Hadoop's framing is refused there.
+    let parquet = toml.replace("format = \"ndjson\"", "format = \"parquet\"\nschema = \"infer\"");
+    let refused = plan_from_str(&parquet, &registry()).map(|_| ()).unwrap_err().to_string();
+    assert!(refused.contains("compression = \"hadoop_snappy\" frames text objects for Hadoop's readers"), "{refused}");
+}
+
 #[test]
 fn a_record_that_is_not_json_goes_to_the_error_output_and_the_rest_is_delivered() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

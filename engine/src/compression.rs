@@ -18,6 +18,15 @@
 //! frames of an object as one stream (the zstd format, RFC 8878 §3.1); python-zstandard's
 //! one-shot `decompress` reads the first frame only unless told `read_across_frames=True`.
 //!
+//! Hadoop-framed Snappy (`hadoop_snappy`, Firehose's `HADOOP_SNAPPY`) is what Hadoop's
+//! `SnappyCodec` writes and reads (its `BlockCompressorStream`): blocks of a 4-byte big-endian
+//! uncompressed length, then a 4-byte big-endian compressed length and one raw Snappy block. Hive,
+//! Spark and Athena read text objects so compressed under the `.snappy` extension (Firehose's
+//! documentation points at that framing for Athena); the framed format of `snappy` is another, which
+//! Hadoop's codec does not read. Each block holds at most [`HADOOP_SNAPPY_BLOCK_BYTES`], the most
+//! Hadoop's codec puts in one with its default 256 KiB buffer, so its decompressor's buffers hold
+//! every block, compressed or not.
+//!
 //! Guarantees: an open object holds at most one staging block of uncompressed bytes plus compressed
 //! bytes (small writes are staged in blocks so the compressor is called per block, not per
 //! record); an object smaller than one block has no compressor of its own: it is compressed whole
@@ -43,11 +52,13 @@ pub enum Compression {
     Zstd,
     /// Snappy, framed format.
     Snappy,
+    /// Snappy in Hadoop's block framing (Firehose's `HADOOP_SNAPPY`).
+    HadoopSnappy,
 }
 
 impl Compression {
     /// Names accepted in config.
-    pub const NAMES: &'static [&'static str] = &["none", "gzip", "zstd", "snappy"];
+    pub const NAMES: &'static [&'static str] = &["none", "gzip", "zstd", "snappy", "hadoop_snappy"];
 
     /// Its config name.
     pub fn name(self) -> &'static str {
@@ -56,6 +67,7 @@ impl Compression {
             Compression::Gzip => "gzip",
             Compression::Zstd => "zstd",
             Compression::Snappy => "snappy",
+            Compression::HadoopSnappy => "hadoop_snappy",
         }
     }
 
@@ -66,6 +78,7 @@ impl Compression {
             "gzip" => Some(Compression::Gzip),
             "zstd" => Some(Compression::Zstd),
             "snappy" => Some(Compression::Snappy),
+            "hadoop_snappy" => Some(Compression::HadoopSnappy),
             _ => None,
         }
     }
@@ -76,7 +89,8 @@ impl Compression {
             Compression::None => "",
             Compression::Gzip => ".gz",
             Compression::Zstd => ".zst",
-            Compression::Snappy => ".snappy",
+            // Hadoop's codec is chosen by this extension (`SnappyCodec`'s own).
+            Compression::Snappy | Compression::HadoopSnappy => ".snappy",
         }
     }
 
@@ -87,6 +101,7 @@ impl Compression {
             Compression::Gzip => "GZIP",
             Compression::Zstd => "ZSTD",
             Compression::Snappy => "Snappy",
+            Compression::HadoopSnappy => "HADOOP_SNAPPY",
         }
     }
 
@@ -97,6 +112,8 @@ impl Compression {
             Compression::Gzip => Some("gzip"),
             Compression::Zstd => Some("zstd"),
             Compression::Snappy => Some("x-snappy-framed"),
+            // No HTTP coding names it: readers go by the extension.
+            Compression::HadoopSnappy => None,
         }
     }
 }
@@ -115,7 +132,7 @@ impl Compressor {
         Ok(match compression {
             Compression::None => Compressor::None(Vec::new()),
             // Never streamed: members compressed whole (see the module's documentation).
-            Compression::Gzip | Compression::Zstd => Compressor::Blocks(Vec::new()),
+            Compression::Gzip | Compression::Zstd | Compression::HadoopSnappy => Compressor::Blocks(Vec::new()),
             Compression::Snappy => Compressor::Snappy(Box::new(snap::write::FrameEncoder::new(Vec::new()))),
         })
     }
@@ -124,11 +141,22 @@ impl Compressor {
 const GZIP_LEVEL: i32 = 6;
 const ZSTD_LEVEL: i32 = 3;
 
+/// The most uncompressed bytes in one block of Hadoop-framed Snappy: what Hadoop's `SnappyCodec`
+/// puts in one with its default buffer of 256 KiB (the buffer less Snappy's worst-case growth,
+/// `buffer / 6 + 32`), so that its decompressor's 256 KiB buffers hold any block we write.
+pub const HADOOP_SNAPPY_BLOCK_BYTES: usize = 256 * 1024 - (256 * 1024 / 6 + 32);
+
+/// The largest uncompressed block a Hadoop-framed Snappy reader here accepts (a length past it is
+/// taken as a damaged stream, not allocated).
+const HADOOP_SNAPPY_MAX_BLOCK: usize = 64 << 20;
+
 thread_local! {
     /// libdeflate's compressor, reused by the gzip members made on this thread.
     static DEFLATE: RefCell<Option<libdeflater::Compressor>> = const { RefCell::new(None) };
     /// zstd's context, reused by the zstd frames made on this thread.
     static ZSTD: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    /// Snappy's raw encoder (its hash table), reused by the Hadoop blocks made on this thread.
+    static SNAPPY_RAW: RefCell<Option<snap::raw::Encoder>> = const { RefCell::new(None) };
     /// Where this thread's members are compressed before they are copied to their object.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -138,7 +166,7 @@ thread_local! {
 fn compress_whole(compression: Compression, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     match compression {
         Compression::None => Ok(bytes.to_vec()),
-        Compression::Gzip | Compression::Zstd => {
+        Compression::Gzip | Compression::Zstd | Compression::HadoopSnappy => {
             let mut out = Vec::new();
             member_into(compression, bytes, &mut out)?;
             Ok(out)
@@ -154,8 +182,12 @@ fn compress_whole(compression: Compression, bytes: &[u8]) -> std::io::Result<Vec
 
 /// Appends `bytes` to `out` as one member compressed whole by this thread's compressor: a gzip
 /// member (header, deflate at level 6 by libdeflate, CRC-32 and length) or a zstd frame (level 3,
-/// with its content size). Snappy and no compression are streams of their own (`compress_whole`).
+/// with its content size), or Hadoop-framed Snappy blocks (at most [`HADOOP_SNAPPY_BLOCK_BYTES`]
+/// each). Framed Snappy and no compression are streams of their own (`compress_whole`).
 fn member_into(compression: Compression, bytes: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    if compression == Compression::HadoopSnappy {
+        return hadoop_snappy_into(bytes, out);
+    }
     // Into the thread's scratch buffer, sized for the worst case, then copied: an open object's
     // own buffer grows by what the member takes, not by the bound (a partitioned sink holds
     // thousands of them).
@@ -193,6 +225,113 @@ fn member_into(compression: Compression, bytes: &[u8], out: &mut Vec<u8>) -> std
         out.extend_from_slice(&scratch[..n]);
         Ok(())
     })
+}
+
+/// Appends `bytes` to `out` as Hadoop-framed Snappy blocks: per piece of at most
+/// [`HADOOP_SNAPPY_BLOCK_BYTES`], its length, its compressed length (both 4 bytes, big-endian) and
+/// one raw Snappy block.
+fn hadoop_snappy_into(bytes: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    SNAPPY_RAW.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let encoder = slot.get_or_insert_with(snap::raw::Encoder::new);
+        for piece in bytes.chunks(HADOOP_SNAPPY_BLOCK_BYTES) {
+            let header = out.len();
+            out.resize(header + 8 + snap::raw::max_compress_len(piece.len()), 0);
+            let n = encoder.compress(piece, &mut out[header + 8..]).map_err(std::io::Error::other)?;
+            out.truncate(header + 8 + n);
+            // Both lengths fit: a piece is at most HADOOP_SNAPPY_BLOCK_BYTES.
+            out[header..header + 4].copy_from_slice(&(piece.len() as u32).to_be_bytes());
+            out[header + 4..header + 8].copy_from_slice(&(n as u32).to_be_bytes());
+        }
+        Ok(())
+    })
+}
+
+/// Which Snappy framing a `.snappy` object (both framings take that extension) whose first byte is
+/// `first` has: the framed format opens with its stream identifier, a chunk of type 0xff; Hadoop's
+/// with a block's length, which is under 16 MiB (a zero byte). An empty object is either.
+pub fn snappy_framing(first: Option<u8>) -> Compression {
+    if first == Some(0xff) { Compression::Snappy } else { Compression::HadoopSnappy }
+}
+
+/// Reads Hadoop-framed Snappy (blocks of chunks, as Hadoop's `BlockDecompressorStream` does: a
+/// block's uncompressed length, then chunks of a compressed length and a raw Snappy block until
+/// that length is reached), giving the uncompressed bytes.
+pub struct HadoopSnappyReader<R> {
+    inner: R,
+    decoder: snap::raw::Decoder,
+    /// The current block's uncompressed bytes, and how many of them were read.
+    block: Vec<u8>,
+    read: usize,
+    compressed: Vec<u8>,
+}
+
+impl<R: std::io::Read> HadoopSnappyReader<R> {
+    /// Reads the stream `inner`.
+    pub fn new(inner: R) -> Self {
+        HadoopSnappyReader {
+            inner,
+            decoder: snap::raw::Decoder::new(),
+            block: Vec::new(),
+            read: 0,
+            compressed: Vec::new(),
+        }
+    }
+
+    /// A big-endian length, or `None` at the end of the stream (before its first byte).
+    fn length(&mut self) -> std::io::Result<Option<usize>> {
+        let mut bytes = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match self.inner.read(&mut bytes[got..])? {
+                0 if got == 0 => return Ok(None),
+                0 => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "a cut Hadoop Snappy length")),
+                n => got += n,
+            }
+        }
+        Ok(Some(u32::from_be_bytes(bytes) as usize))
+    }
+
+    /// The next block, decompressed; `false` at the end of the stream.
+    fn next_block(&mut self) -> std::io::Result<bool> {
+        let damaged = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("Hadoop Snappy: {why}"));
+        let Some(size) = self.length()? else { return Ok(false) };
+        if size > HADOOP_SNAPPY_MAX_BLOCK {
+            return Err(damaged("a block longer than 64 MiB"));
+        }
+        self.block.clear();
+        self.read = 0;
+        while self.block.len() < size {
+            let chunk = self.length()?.ok_or_else(|| damaged("a block cut before its data"))?;
+            if chunk > snap::raw::max_compress_len(HADOOP_SNAPPY_MAX_BLOCK) {
+                return Err(damaged("a chunk longer than any block"));
+            }
+            self.compressed.resize(chunk, 0);
+            std::io::Read::read_exact(&mut self.inner, &mut self.compressed)?;
+            let length = snap::raw::decompress_len(&self.compressed).map_err(|e| damaged(&e.to_string()))?;
+            if self.block.len() + length > size {
+                return Err(damaged("a chunk longer than its block"));
+            }
+            let start = self.block.len();
+            self.block.resize(start + length, 0);
+            self.decoder.decompress(&self.compressed, &mut self.block[start..]).map_err(|e| damaged(&e.to_string()))?;
+        }
+        Ok(true)
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HadoopSnappyReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.read == self.block.len() {
+            if !self.next_block()? {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.block.len() - self.read);
+        buf[..n].copy_from_slice(&self.block[self.read..self.read + n]);
+        self.read += n;
+        Ok(n)
+    }
 }
 
 /// An object being written: encoded bytes go in, compressed bytes accumulate.
@@ -325,7 +464,9 @@ impl ObjectWriter {
             }
             Compressor::Snappy(w) => w.write_all(&self.staged),
             Compressor::Blocks(_) if self.staged.is_empty() => Ok(()),
-            Compressor::Blocks(members) if matches!(self.compression, Compression::Gzip | Compression::Zstd) => {
+            Compressor::Blocks(members)
+                if matches!(self.compression, Compression::Gzip | Compression::Zstd | Compression::HadoopSnappy) =>
+            {
                 member_into(self.compression, &self.staged, members)
             }
             Compressor::Blocks(members) => {
@@ -390,6 +531,9 @@ pub fn decompress(compression: Compression, bytes: &[u8]) -> std::io::Result<Vec
         Compression::Snappy => {
             snap::read::FrameDecoder::new(bytes).read_to_end(&mut out)?;
         }
+        Compression::HadoopSnappy => {
+            HadoopSnappyReader::new(bytes).read_to_end(&mut out)?;
+        }
     }
     Ok(out)
 }
@@ -419,6 +563,58 @@ mod tests {
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(compressed), &mut single)
             .unwrap_or_else(|e| panic!("{e}"));
         single
+    }
+
+    /// Hadoop's framing as its codec reads it: every block one chunk of at most
+    /// HADOOP_SNAPPY_BLOCK_BYTES (so compressed within its 256 KiB buffer, even for bytes that do not
+    /// compress), and blocks of several chunks (what Hadoop writes for a large write) read too;
+    /// a cut or damaged stream is an error, never a short read taken as the end.
+    #[test]
+    fn hadoop_snappy_is_blocks_hadoops_codec_reads() {
+        let mut noise = vec![0u8; 700_000];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for b in &mut noise {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let mut payload = numbered_lines(30_000);
+        payload.extend_from_slice(&noise);
+        let compressed = compress(Compression::HadoopSnappy, &payload).unwrap();
+        let mut at = 0;
+        let mut blocks = 0;
+        while at < compressed.len() {
+            let length = u32::from_be_bytes(compressed[at..at + 4].try_into().unwrap()) as usize;
+            let chunk = u32::from_be_bytes(compressed[at + 4..at + 8].try_into().unwrap()) as usize;
+            assert!(length <= HADOOP_SNAPPY_BLOCK_BYTES && chunk <= 256 * 1024, "{length} {chunk}");
+            let mut inner = vec![0u8; length];
+            let n = snap::raw::Decoder::new().decompress(&compressed[at + 8..at + 8 + chunk], &mut inner).unwrap();
+            assert_eq!(n, length, "one chunk per block");
+            (at, blocks) = (at + 8 + chunk, blocks + 1);
+        }
+        assert!(blocks >= payload.len().div_ceil(HADOOP_SNAPPY_BLOCK_BYTES), "{blocks}");
+        assert_eq!(decompress(Compression::HadoopSnappy, &compressed).unwrap(), payload);
+        // A block of two chunks.
+        let (first, second) = payload.split_at(100_000);
+        let second = &second[..50_000];
+        let mut stream = ((first.len() + second.len()) as u32).to_be_bytes().to_vec();
+        for part in [first, second] {
+            let chunk = snap::raw::Encoder::new().compress_vec(part).unwrap();
+            stream.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+            stream.extend_from_slice(&chunk);
+        }
+        assert_eq!(decompress(Compression::HadoopSnappy, &stream).unwrap(), payload[..150_000]);
+        // Cut in a length, in a chunk, or claiming 2 GiB: errors.
+        for damaged in [&compressed[..compressed.len() - 1], &compressed[..6], &[0x80, 0, 0, 0, 0, 0, 0, 1][..]] {
+            assert!(decompress(Compression::HadoopSnappy, damaged).is_err());
+        }
+        assert_eq!(decompress(Compression::HadoopSnappy, &[]).unwrap(), b"");
+        // `.snappy` is either framing: the first byte tells which.
+        for (framing, payload) in [(Compression::Snappy, &b"{}"[..]), (Compression::HadoopSnappy, &payload[..])] {
+            let compressed = compress(framing, payload).unwrap();
+            assert_eq!(snappy_framing(compressed.first().copied()), framing);
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Each line of an object (without its `\n`) is one record; empty lines are skipped; `.gz`, `.zst`
-//! and `.snappy` (framed) objects are decompressed by their extension. The objects are listed once,
+//! and `.snappy` (framed, or Hadoop's framing) objects are decompressed by their extension. The objects are listed once,
 //! at start, sorted by key, and shared out among every worker of every process (object i to worker
 //! i mod workers); processes of a cluster compare the lists they found before reading
 //! ([`Source::input_fingerprint`]).
@@ -33,6 +33,7 @@ use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use serde::Deserialize;
+use sluice_engine::compression::{Compression, HadoopSnappyReader, snappy_framing};
 use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{PrepareContext, ReadStatus, Source, SourceContext, SourceError, SourceReader};
 use sluice_engine::record::RecordBatch;
@@ -65,6 +66,7 @@ impl Encoding {
         match key.rsplit_once('.').map(|(_, ext)| ext) {
             Some("gz") => Encoding::Gzip,
             Some("zst") => Encoding::Zstd,
+            // Framed or Hadoop's framing: told apart by the first byte when the object is opened.
             Some("snappy") => Encoding::Snappy,
             _ => Encoding::Plain,
         }
@@ -278,12 +280,16 @@ impl ObjectReader {
         let got =
             self.runtime.block_on(self.store.get_opts(&object.location, options)).map_err(std::io::Error::other)?;
         let body = StreamReader { chunks: got.into_stream(), runtime: self.runtime.clone(), chunk: Bytes::new() };
-        let buffered = std::io::BufReader::with_capacity(1 << 20, body);
+        let mut buffered = std::io::BufReader::with_capacity(1 << 20, body);
         let mut reader: Box<dyn Read> = match encoding {
             Encoding::Plain => Box::new(buffered),
             Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
             Encoding::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
-            Encoding::Snappy => Box::new(snap::read::FrameDecoder::new(buffered)),
+            // `.snappy` is either framing, told apart by the first byte.
+            Encoding::Snappy => match snappy_framing(std::io::BufRead::fill_buf(&mut buffered)?.first().copied()) {
+                Compression::HadoopSnappy => Box::new(HadoopSnappyReader::new(buffered)),
+                _ => Box::new(snap::read::FrameDecoder::new(buffered)),
+            },
         };
         if encoding != Encoding::Plain && offset > 0 {
             std::io::copy(&mut (&mut reader).take(offset), &mut std::io::sink())?;

@@ -57,7 +57,8 @@ impl ParquetOptions {
         use crate::compression::Compression as C;
         let compression = match self.compression {
             C::None => ParquetCompression::UNCOMPRESSED,
-            C::Snappy => ParquetCompression::SNAPPY,
+            // (Hadoop's framing is for text objects; a Parquet sink refuses it at configure time.)
+            C::Snappy | C::HadoopSnappy => ParquetCompression::SNAPPY,
             C::Gzip => ParquetCompression::GZIP(GzipLevel::default()),
             C::Zstd => ParquetCompression::ZSTD(ZstdLevel::default()),
         };

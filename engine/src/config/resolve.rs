@@ -1319,6 +1319,7 @@ fn take_sink_settings(
     }
     // `compression` is read before the format: Parquet's default (snappy) differs from the others (none).
     let mut compression_ok = true;
+    let compression_span = section.value_span("compression");
     let compression = match section.take_string("compression", problems) {
         None => None,
         Some(c) => match Compression::from_name(c.get_ref()) {
@@ -1388,6 +1389,12 @@ fn take_sink_settings(
     }
     // By name: a Parquet sink whose schema failed still gets Parquet's buffering rules checked.
     let columnar = format_name.as_ref().is_some_and(|f| f.get_ref() == "parquet");
+    if let (true, Some(Compression::HadoopSnappy), Some(span)) = (columnar, compression, compression_span) {
+        problems.push(
+            Diagnostic::new(span, "compression = \"hadoop_snappy\" frames text objects for Hadoop's readers; Parquet compresses its own pages")
+                .with_hint("compression = \"snappy\" (Parquet's default), \"zstd\", \"gzip\" or \"none\""),
+        );
+    }
     let compression = if compression_ok {
         Some(compression.unwrap_or(if columnar { Compression::Snappy } else { Compression::None }))
     } else {

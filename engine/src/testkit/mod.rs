@@ -91,6 +91,10 @@ pub fn compression_of_key(key: &str) -> Compression {
 
 /// Decompresses an object (by its key's extension) and returns its lines.
 pub fn read_lines(key: &str, body: &[u8]) -> std::io::Result<Vec<String>> {
-    let bytes = decompress(compression_of_key(key), body)?;
+    let compression = match compression_of_key(key) {
+        Compression::Snappy => crate::compression::snappy_framing(body.first().copied()),
+        other => other,
+    };
+    let bytes = decompress(compression, body)?;
     Ok(String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect())
 }
