@@ -75,7 +75,7 @@ impl Sink for CaptureSink {
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let records = Arc::clone(&self.records);
         Box::pin(async move {
-            let compression = crate::testkit::compression_of_key(&payload.key);
+            let compression = crate::testkit::compression_of_object(&payload.key, &payload.body);
             let text = decompress(compression, &payload.body)
                 .map_err(|e| DeliveryError::Permanent { code: "Capture.Decompress".into(), message: e.to_string() })?;
             let mut held = records.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

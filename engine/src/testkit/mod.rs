@@ -76,14 +76,15 @@ pub fn run_pipeline(
     Ok((report, metrics))
 }
 
-/// The compression an object key's extension says.
-pub fn compression_of_key(key: &str) -> Compression {
+/// The compression of the object `key` holding `body`: its key's extension says which, and for
+/// `.snappy` its first byte which framing.
+pub fn compression_of_object(key: &str, body: &[u8]) -> Compression {
     if key.ends_with(".gz") {
         Compression::Gzip
     } else if key.ends_with(".zst") {
         Compression::Zstd
     } else if key.ends_with(".snappy") {
-        Compression::Snappy
+        crate::compression::snappy_framing(body.first().copied())
     } else {
         Compression::None
     }
@@ -91,10 +92,6 @@ pub fn compression_of_key(key: &str) -> Compression {
 
 /// Decompresses an object (by its key's extension) and returns its lines.
 pub fn read_lines(key: &str, body: &[u8]) -> std::io::Result<Vec<String>> {
-    let compression = match compression_of_key(key) {
-        Compression::Snappy => crate::compression::snappy_framing(body.first().copied()),
-        other => other,
-    };
-    let bytes = decompress(compression, body)?;
+    let bytes = decompress(compression_of_object(key, body), body)?;
     Ok(String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect())
 }
