@@ -148,6 +148,7 @@ fn boto3_and_the_aws_cli_deliver_every_acknowledged_record_exactly_and_metrics_c
     let s3 = &d["Destinations"][0]["ExtendedS3DestinationDescription"];
     assert_eq!(s3["BufferingHints"], serde_json::json!({"SizeInMBs": 1, "IntervalInSeconds": 1}));
     assert_eq!(s3["CompressionFormat"], "GZIP");
+    assert_eq!(s3["FileExtension"], ".gz");
     let listed = aws(&["firehose", "list-delivery-streams"], &running.api);
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed["DeliveryStreamNames"], serde_json::json!(["app-logs"]));

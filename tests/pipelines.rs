@@ -87,6 +87,32 @@ prefix = "only-logs/"
     }
 }
 
+/// `file_extension` (Firehose's FileExtension) names every data object, partitioned ones too, in
+/// place of its format's extension; DescribeDeliveryStream shows it.
+#[test]
+fn a_file_extension_ends_every_data_object_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let toml = format!(
+        "[pipeline]\nname = \"named\"\ndata_dir = \"{data}\"\n[sources.demo]\ntype = \"generator\"\n\
+         profile = \"cloudtrail\"\nrecords = 3000\nseed = 5\n[sinks.lake]\ntype = \"object_store\"\ninputs = [\"demo\"]\n\
+         url = \"file://{out}\"\nformat = \"ndjson\"\ncompression = \"gzip\"\nfile_extension = \".jsonl.gz\"\n\
+         partitioning = {{ query = '{{region: .awsRegion}}' }}\nprefix = \"region=!{{partitionKeyFromQuery:region}}/\"\n\
+         error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n",
+        data = dir.path().join("data").display(),
+        out = out.display(),
+    );
+    let plan = plan_from_str(&toml, &registry()).unwrap();
+    assert_eq!(plan.stream_info(0).destinations[0].file_extension, ".jsonl.gz");
+    run_pipeline(&toml, &registry(), 2).unwrap();
+    let objects = super::support::folder_objects(&out);
+    assert!(objects.len() >= 2, "{:?}", objects.keys());
+    assert!(objects.keys().all(|k| k.starts_with("region=") && k.ends_with(".jsonl.gz")), "{:?}", objects.keys());
+    let mut expected = generated(Profile::Cloudtrail, 5, 3000);
+    expected.sort();
+    assert_eq!(all_lines(&objects), expected);
+}
+
 /// `compression = "hadoop_snappy"` (Firehose's HADOOP_SNAPPY): `.snappy` objects in Hadoop's block
 /// framing, read back whole by python-snappy's Hadoop stream decompressor, and by the
 /// `object_store` source, which tells the framing by the first byte.

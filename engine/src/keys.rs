@@ -443,6 +443,37 @@ pub struct ObjectKeys {
     stream: String,
     version: u32,
     time_zone: Tz,
+    /// `file_extension`: the data objects' extension in place of their format's (Firehose's
+    /// `FileExtension`).
+    file_extension: Option<String>,
+}
+
+/// The longest `file_extension` (Firehose's `FileExtension`: at most 128 characters).
+pub const MAX_FILE_EXTENSION: usize = 128;
+
+/// Whether `extension` is one Firehose's `FileExtension` takes (`^$|\.[0-9a-z!\-_.*'()]+`, at most
+/// [`MAX_FILE_EXTENSION`] characters: a dot, then lowercase letters, digits and `!-_.*'()`); why not.
+pub fn check_file_extension(extension: &str) -> Result<(), String> {
+    if extension.len() > MAX_FILE_EXTENSION {
+        return Err(format!(
+            "is {} characters long; Firehose's FileExtension takes at most {MAX_FILE_EXTENSION}",
+            extension.len()
+        ));
+    }
+    if !extension.is_empty() && !extension.starts_with('.') {
+        return Err("must start with `.`".into());
+    }
+    match extension
+        .chars()
+        .skip(1)
+        .find(|c| !matches!(c, '0'..='9' | 'a'..='z' | '!' | '-' | '_' | '.' | '*' | '\'' | '(' | ')'))
+    {
+        Some(c) => Err(format!(
+            "holds `{c}`: after its dot only lowercase letters, digits and !-_.*'() (Firehose's FileExtension)"
+        )),
+        None if extension == "." => Err("is a dot alone: name the extension after it".into()),
+        None => Ok(()),
+    }
 }
 
 /// One of Firehose's rules the `prefix`/`error_prefix` pair breaks; `field` names which key to point at.
@@ -595,6 +626,7 @@ impl ObjectKeys {
                 stream: stream.into(),
                 version: 1,
                 time_zone,
+                file_extension: None,
             }),
             _ => Err(PrefixRuleErrors(errors)),
         }
@@ -602,13 +634,25 @@ impl ObjectKeys {
 
     /// Key of a data object whose oldest record arrived at `oldest_arrival_ms`.
     pub fn data_key(&self, oldest_arrival_ms: i64, extension: &str) -> String {
-        self.key(&self.prefix, oldest_arrival_ms, "", &[] as &[&str], extension)
+        self.key(&self.prefix, oldest_arrival_ms, "", &[] as &[&str], self.data_extension(extension))
+    }
+
+    /// The same keys, data objects named with `extension` (`file_extension`, checked with
+    /// [`check_file_extension`]; empty: their format's, as without it) in place of their format's.
+    pub fn with_file_extension(mut self, extension: Option<String>) -> Self {
+        self.file_extension = extension.filter(|e| !e.is_empty());
+        self
+    }
+
+    /// The extension of data objects whose format's is `format_extension`: `file_extension` when set.
+    pub fn data_extension<'a>(&'a self, format_extension: &'a str) -> &'a str {
+        self.file_extension.as_deref().unwrap_or(format_extension)
     }
 
     /// Key of a data object of the partition with key `values` (in the order of
     /// [`ObjectKeys::partition_keys`]).
     pub fn partition_data_key(&self, oldest_arrival_ms: i64, values: &[impl AsRef<str>], extension: &str) -> String {
-        self.key(&self.prefix, oldest_arrival_ms, "", values, extension)
+        self.key(&self.prefix, oldest_arrival_ms, "", values, self.data_extension(extension))
     }
 
     /// The partition keys `prefix` uses, in order.
@@ -672,6 +716,27 @@ impl ObjectKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Firehose's FileExtension rule, and a data key ending with it in place of the format's
+    /// (error objects keep theirs; an empty one is the format's).
+    #[test]
+    fn a_file_extension_names_data_objects_as_firehose_allows() {
+        for good in ["", ".json.gz", ".jsonl", ".log_2-(a)*'!"] {
+            assert_eq!(check_file_extension(good), Ok(()), "{good}");
+        }
+        for bad in ["gz", ".GZ", ".json gz", ".a/b", ".", ".é"] {
+            assert!(check_file_extension(bad).is_err(), "{bad}");
+        }
+        assert!(check_file_extension(&format!(".{}", "a".repeat(MAX_FILE_EXTENSION))).is_err());
+        let keys = ObjectKeys::new(Some("logs/"), None, "s", Tz::UTC).unwrap_or_else(|e| panic!("{e}"));
+        let named = keys.clone().with_file_extension(Some(".jsonl.gz".into()));
+        assert!(named.data_key(0, ".gz").ends_with(".jsonl.gz"));
+        assert!(named.partition_data_key(0, &[] as &[&str], ".gz").ends_with(".jsonl.gz"));
+        assert!(named.error_key(0, "processing-failed", ".gz").ends_with(".gz"));
+        assert!(!named.error_key(0, "processing-failed", ".gz").ends_with(".jsonl.gz"));
+        let unset = keys.with_file_extension(Some(String::new()));
+        assert!(unset.data_key(0, ".gz").ends_with(".gz") && !unset.data_key(0, ".gz").ends_with(".jsonl.gz"));
+    }
     use proptest::prelude::*;
 
     fn utc(ms: i64) -> DateTime<Utc> {

@@ -302,7 +302,7 @@ impl Plan {
                     format_conversion: converts,
                     prefix: prefix.to_string(),
                     error_prefix: error_prefix.map(str::to_string),
-                    file_extension: settings.format.extension(),
+                    file_extension: settings.keys.data_extension(&settings.format.extension()).to_string(),
                     processors: self
                         .transforms_upstream_of(&s.inputs)
                         .iter()
@@ -473,6 +473,7 @@ pub const SINK_ENGINE_KEYS: &[&str] = &[
     "schema",
     "parquet",
     "json",
+    "file_extension",
     "partitioning",
     "deaggregation",
 ];
@@ -481,7 +482,7 @@ pub const SINK_ENGINE_KEYS: &[&str] = &[
 /// ([`PARTITIONING_KEYS`]); a unit test keeps the three lists in step.
 const FIXED_BODY_SINK_ENGINE_KEYS: &[&str] = SINK_ENGINE_KEYS.split_at(8).0;
 /// How the engine encodes a sink's objects: refused for a type whose destination fixes the body.
-const OBJECT_BODY_KEYS: &[&str] = &["format", "compression", "columns", "schema", "parquet", "json"];
+const OBJECT_BODY_KEYS: &[&str] = &["format", "compression", "columns", "schema", "parquet", "json", "file_extension"];
 
 /// The keys of `format = "parquet"` (read by [`take_parquet_spec`]).
 const PARQUET_KEYS: &[&str] = &["schema", "parquet", "json"];
@@ -1496,6 +1497,18 @@ fn take_sink_settings(
     };
     let prefix = section.take_string("prefix", problems);
     let error_prefix = section.take_string("error_prefix", problems);
+    let file_extension = section.take_string("file_extension", problems).and_then(|e| {
+        match crate::keys::check_file_extension(e.get_ref()) {
+            Ok(()) => Some(e.into_inner()),
+            Err(why) => {
+                problems.push(
+                    Diagnostic::new(e.span(), format!("file_extension `{}` {why}", e.get_ref()))
+                        .with_hint("e.g. file_extension = \".json.gz\": data objects' names end with it instead of their format's (`.gz`, `.parquet`, …)"),
+                );
+                None
+            }
+        }
+    });
     // A prefix of the wrong kind is said by `take_string`: the pair's rules are not judged without it.
     let pair_read = !section.misread("prefix") && !section.misread("error_prefix");
     // An unknown time zone (reported) still lets the prefixes be checked, under UTC.
@@ -1505,7 +1518,7 @@ fn take_sink_settings(
         stream,
         time_zone.unwrap_or(chrono_tz::Tz::UTC),
     ) {
-        Ok(k) => time_zone.map(|_| k),
+        Ok(k) => time_zone.map(|_| k.with_file_extension(file_extension)),
         Err(_) if !pair_read => None,
         Err(errors) => {
             for e in errors.0 {
