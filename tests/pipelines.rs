@@ -92,15 +92,11 @@ prefix = "only-logs/"
 #[test]
 fn a_file_extension_ends_every_data_object_name() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("lake");
-    let toml = format!(
-        "[pipeline]\nname = \"named\"\ndata_dir = \"{data}\"\n[sources.demo]\ntype = \"generator\"\n\
-         profile = \"cloudtrail\"\nrecords = 3000\nseed = 5\n[sinks.lake]\ntype = \"object_store\"\ninputs = [\"demo\"]\n\
-         url = \"file://{out}\"\nformat = \"ndjson\"\ncompression = \"gzip\"\nfile_extension = \".jsonl.gz\"\n\
-         partitioning = {{ query = '{{region: .awsRegion}}' }}\nprefix = \"region=!{{partitionKeyFromQuery:region}}/\"\n\
-         error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n",
-        data = dir.path().join("data").display(),
-        out = out.display(),
+    let (toml, out) = cloudtrail_into_a_folder(
+        dir.path(),
+        3000,
+        "compression = \"gzip\"\nfile_extension = \".jsonl.gz\"\npartitioning = { query = '{region: .awsRegion}' }\n\
+         prefix = \"region=!{partitionKeyFromQuery:region}/\"\nerror_prefix = \"errors/!{firehose:error-output-type}/\"",
     );
     let plan = plan_from_str(&toml, &registry()).unwrap();
     assert_eq!(plan.stream_info(0).destinations[0].file_extension, ".jsonl.gz");
@@ -113,19 +109,30 @@ fn a_file_extension_ends_every_data_object_name() {
     assert_eq!(all_lines(&objects), expected);
 }
 
+/// A pipeline of `records` CloudTrail records (seed 5) into an NDJSON `file://` sink `lake` under
+/// `dir` with `sink_keys` added: its text, and the sink's folder.
+fn cloudtrail_into_a_folder(dir: &std::path::Path, records: u64, sink_keys: &str) -> (String, std::path::PathBuf) {
+    let out = dir.join("lake");
+    let toml = format!(
+        "[pipeline]\nname = \"lake\"\ndata_dir = \"{data}\"\n[sources.demo]\ntype = \"generator\"\n\
+         profile = \"cloudtrail\"\nrecords = {records}\nseed = 5\n[sinks.lake]\ntype = \"object_store\"\n\
+         inputs = [\"demo\"]\nurl = \"file://{out}\"\nformat = \"ndjson\"\n{sink_keys}\n",
+        data = dir.join("data").display(),
+        out = out.display(),
+    );
+    (toml, out)
+}
+
 /// `compression = "hadoop_snappy"` (Firehose's HADOOP_SNAPPY): `.snappy` objects in Hadoop's block
 /// framing, read back whole by python-snappy's Hadoop stream decompressor, and by the
 /// `object_store` source, which tells the framing by the first byte.
 #[test]
 fn hadoop_snappy_objects_are_read_by_a_hadoop_framing_reader_and_by_the_source() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("lake");
-    let toml = format!(
-        "[pipeline]\nname = \"hadoop\"\ndata_dir = \"{data}\"\n[sources.demo]\ntype = \"generator\"\n\
-         profile = \"cloudtrail\"\nrecords = 4000\nseed = 3\n[sinks.lake]\ntype = \"object_store\"\ninputs = [\"demo\"]\n\
-         url = \"file://{out}\"\nformat = \"ndjson\"\ncompression = \"hadoop_snappy\"\nbuffer = {{ size_mb = 1, interval_s = 900 }}\n",
-        data = dir.path().join("data").display(),
-        out = out.display(),
+    let (toml, out) = cloudtrail_into_a_folder(
+        dir.path(),
+        4000,
+        "compression = \"hadoop_snappy\"\nbuffer = { size_mb = 1, interval_s = 900 }",
     );
     run_pipeline(&toml, &registry(), 2).unwrap();
     let files = super::support::files_under(&out);
@@ -141,7 +148,7 @@ fn hadoop_snappy_objects_are_read_by_a_hadoop_framing_reader_and_by_the_source()
         String::from_utf8_lossy(&read.stderr)
     );
     let mut lines: Vec<String> = serde_json::from_slice(&read.stdout).unwrap();
-    let mut expected = generated(Profile::Cloudtrail, 3, 4000);
+    let mut expected = generated(Profile::Cloudtrail, 5, 4000);
     lines.sort();
     expected.sort();
     assert_eq!(lines, expected);
