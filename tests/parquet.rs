@@ -92,6 +92,24 @@ fn every_type_round_trips_through_pyarrow_and_duckdb_and_misfits_go_to_the_error
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(m.records_delivered.load(Relaxed), 3, "three records (four rows) fit");
     assert_eq!(m.records_failed.load(Relaxed), 5);
+    // Firehose's conversion families: records converted and not, with their bytes as they came.
+    let bytes = |records: &[&str]| records.iter().map(|r| r.len() as u64).sum::<u64>();
+    let counted = [&m.converted_records, &m.converted_bytes, &m.conversion_failed_records, &m.conversion_failed_bytes];
+    assert_eq!(counted.map(|c| c.load(Relaxed)), [3, bytes(&RECORDS[..3]), 5, bytes(&RECORDS[3..])]);
+    let mut text = sluice_engine::metrics::PrometheusText::default();
+    let label =
+        sluice_engine::metrics::SinkLabel { name: "out".into(), kind: sluice_engine::destination::DestinationKind::S3 };
+    metrics.render_prometheus(&mut text, "parquet-types", &[label], 0);
+    let text = text.finish();
+    for family in
+        ["SucceedConversion_Records", "SucceedConversion_Bytes", "FailedConversion_Records", "FailedConversion_Bytes"]
+    {
+        assert!(
+            text.contains(&format!("sluice_{family}{{stream=\"parquet-types\",destination=\"out\"}}")),
+            "{family}: {text}"
+        );
+    }
+    assert!(text.contains("sluice_FailedConversion_Records{stream=\"parquet-types\",destination=\"out\"} 5"), "{text}");
 
     let files = read_back(&out);
     let mut rows: Vec<Value> = files.iter().flat_map(|f| f["rows"].as_array().cloned().unwrap_or_default()).collect();

@@ -125,6 +125,49 @@ struct BatcherConfig {
     error_format: Arc<dyn ObjectFormat>,
     /// Upload objects in parts of this size while they grow (sinks that support it).
     part_bytes: Option<usize>,
+    /// Records converted and not, since last taken (a format that converts).
+    conversions: Arc<ConversionTally>,
+}
+
+/// Records a converting format (Parquet) converted (Firehose's `SucceedConversion`) and could not
+/// convert (`FailedConversion`, sent to `format-conversion-failed`), with their bytes as they
+/// arrived.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Conversions {
+    /// Records converted.
+    pub succeeded_records: u64,
+    /// Their bytes.
+    pub succeeded_bytes: u64,
+    /// Records that could not be converted.
+    pub failed_records: u64,
+    /// Their bytes.
+    pub failed_bytes: u64,
+}
+
+/// [`Conversions`] shared by the batchers of one sink on one worker (added once per batch).
+#[derive(Debug, Default)]
+struct ConversionTally([std::sync::atomic::AtomicU64; 4]);
+
+impl ConversionTally {
+    fn add(&self, c: Conversions) {
+        let values = [c.succeeded_records, c.succeeded_bytes, c.failed_records, c.failed_bytes];
+        for (counter, value) in self.0.iter().zip(values) {
+            if value > 0 {
+                counter.fetch_add(value, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn take(&self) -> Conversions {
+        let [a, b, c, d] = &self.0;
+        let take = |x: &std::sync::atomic::AtomicU64| x.swap(0, std::sync::atomic::Ordering::Relaxed);
+        Conversions {
+            succeeded_records: take(a),
+            succeeded_bytes: take(b),
+            failed_records: take(c),
+            failed_bytes: take(d),
+        }
+    }
 }
 
 /// Builds one sink's objects on one worker.
@@ -164,7 +207,7 @@ impl ObjectBatcher {
     pub fn new(settings: Arc<SinkSettings>) -> Self {
         let error_format = format::ndjson(settings.format.compression_format());
         ObjectBatcher {
-            config: Arc::new(BatcherConfig { settings, error_format, part_bytes: None }),
+            config: Arc::new(BatcherConfig { settings, error_format, part_bytes: None, conversions: Arc::default() }),
             objects_streamed: 0,
             data: None,
             errors: BTreeMap::new(),
@@ -194,6 +237,12 @@ impl ObjectBatcher {
     /// The bytes of its partition key names and values.
     pub fn partition_key_bytes(&self) -> u64 {
         self.partition.iter().flat_map(|keys| keys.iter()).map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    }
+
+    /// What its sink's batchers on this worker converted and did not since last asked ([`Conversions`];
+    /// zero for a format that does not convert).
+    pub fn take_conversions(&self) -> Conversions {
+        self.config.conversions.take()
     }
 
     /// Uploads data objects in parts of `part_bytes` while they grow (the sink must support it).
@@ -309,9 +358,12 @@ impl ObjectBatcher {
         let size_limit = self.config.settings.hints.size_bytes;
         let max_records = self.config.settings.format.max_records();
         let arrival_ms = batch.arrival_ms;
+        let mut conversions = Conversions::default();
         for (index, record) in run.clone().zip(batch.range(run)) {
             match self.append_data(record, batch.origin(index), epoch, arrival_ms, now)? {
                 Ok(()) => {
+                    conversions.succeeded_records += 1;
+                    conversions.succeeded_bytes += record.len() as u64;
                     if self.data.as_ref().is_some_and(|o| o.encoder.size() >= size_limit || o.records >= max_records) {
                         self.seal_data(sealed)?;
                     } else {
@@ -319,6 +371,8 @@ impl ObjectBatcher {
                     }
                 }
                 Err(message) => {
+                    conversions.failed_records += 1;
+                    conversions.failed_bytes += record.len() as u64;
                     let document = ErrorDocument::new(
                         record,
                         arrival_ms,
@@ -329,6 +383,9 @@ impl ObjectBatcher {
                     self.write_document(ErrorOutputType::FormatConversionFailed, &document, epoch, now, sealed)?;
                 }
             }
+        }
+        if self.config.settings.format.converts() {
+            self.config.conversions.add(conversions);
         }
         Ok(())
     }

@@ -44,6 +44,17 @@ pub struct SinkMetrics {
     pub parts: AtomicU64,
     /// Records sent to the error output (and stored there).
     pub records_failed: AtomicU64,
+    /// Whether its format converts records (Parquet): Firehose's conversion families are shown.
+    pub format_converts: std::sync::atomic::AtomicBool,
+    /// Records converted and their bytes (`SucceedConversion.Records`, `.Bytes`), counted as they
+    /// are converted.
+    pub converted_records: AtomicU64,
+    /// Their bytes as they arrived.
+    pub converted_bytes: AtomicU64,
+    /// Records that could not be converted (`FailedConversion.Records`), counted when refused.
+    pub conversion_failed_records: AtomicU64,
+    /// Their bytes as they arrived (`FailedConversion.Bytes`).
+    pub conversion_failed_bytes: AtomicU64,
     /// Error-output objects stored.
     pub error_objects: AtomicU64,
     /// Records that reached neither the destination nor the error output.
@@ -297,6 +308,18 @@ impl SinkMetrics {
         if retried {
             self.retries.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Counts what a worker's buffer operator converted and did not (Firehose's conversion
+    /// families).
+    pub fn count_conversions(&self, c: crate::buffer::Conversions) {
+        if c == crate::buffer::Conversions::default() {
+            return;
+        }
+        self.converted_records.fetch_add(c.succeeded_records, Relaxed);
+        self.converted_bytes.fetch_add(c.succeeded_bytes, Relaxed);
+        self.conversion_failed_records.fetch_add(c.failed_records, Relaxed);
+        self.conversion_failed_bytes.fetch_add(c.failed_bytes, Relaxed);
     }
 
     /// Sets how many partitions worker `worker` holds open.
@@ -697,6 +720,17 @@ impl PipelineMetrics {
             text.sample(&family("UndeliveredRecords"), "counter", &labels, sink.records_undelivered.load(Relaxed));
             text.sample(&family("ErrorOutputFailures"), "counter", &labels, sink.error_output_failures.load(Relaxed));
             text.sample("sluice_BackupToS3_Records", "counter", &labels, sink.records_source_backup.load(Relaxed));
+            if sink.format_converts.load(Relaxed) {
+                let conversions = [
+                    ("SucceedConversion_Records", &sink.converted_records),
+                    ("SucceedConversion_Bytes", &sink.converted_bytes),
+                    ("FailedConversion_Records", &sink.conversion_failed_records),
+                    ("FailedConversion_Bytes", &sink.conversion_failed_bytes),
+                ];
+                for (family, value) in conversions {
+                    text.sample(&format!("sluice_{family}"), "counter", &labels, value.load(Relaxed));
+                }
+            }
             let open: u64 = sink.open_partitions.lock().map(|p| p.iter().sum()).unwrap_or(0);
             text.sample("sluice_PartitionCount", "gauge", &labels, open);
             text.sample("sluice_PartitionsSealedEarly", "counter", &labels, sink.partitions_sealed_early.load(Relaxed));

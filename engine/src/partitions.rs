@@ -337,6 +337,12 @@ impl PartitionedBatchers {
         self.partitions.len()
     }
 
+    /// What the sink's batchers converted and did not since the last call
+    /// ([`ObjectBatcher::take_conversions`]: the partitions share one tally).
+    pub fn take_conversions(&self) -> crate::buffer::Conversions {
+        self.shared.take_conversions()
+    }
+
     /// Partitions sealed early and records written per partition since the last call.
     pub fn take_counts(&mut self) -> (u64, HashMap<PartitionKeys, u64>) {
         (std::mem::take(&mut self.sealed_early), std::mem::take(&mut self.written))

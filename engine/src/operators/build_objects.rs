@@ -180,6 +180,7 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                     let oldest_arrival_ms = batcher.oldest_arrival_ms();
                     metrics.sinks[index].pending.set(pending_slot, oldest_arrival_ms);
                     metrics.sinks[index].set_buffered(worker_index, batcher.buffered_bytes(), oldest_arrival_ms);
+                    metrics.sinks[index].count_conversions(batcher.take_conversions());
                     if let Buffers::Partitioned(p) = &mut batcher {
                         let m = &metrics.sinks[index];
                         m.set_open_partitions(worker_index, p.open_partitions() as u64);
@@ -291,6 +292,13 @@ impl Buffers {
         match self {
             Buffers::Plain(b) => b.seal_expired(now, sealed).map(|()| Sealing::Done),
             Buffers::Partitioned(p) => p.seal_expired(now, sealed, room),
+        }
+    }
+
+    fn take_conversions(&self) -> crate::buffer::Conversions {
+        match self {
+            Buffers::Plain(b) => b.take_conversions(),
+            Buffers::Partitioned(p) => p.take_conversions(),
         }
     }
 
