@@ -217,6 +217,33 @@ fn a_function_with_the_transformation_contract_replaces_drops_and_fails_records_
         base64::engine::general_purpose::STANDARD.decode(event["records"][0]["data"].as_str().unwrap()).unwrap();
     assert_eq!(first, records[0].as_bytes());
 
+    // In a pipeline: Firehose's SucceedProcessing counts the records answered Ok and the bytes
+    // returned for them, in the lambda transform's families.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, records.join("\n")).unwrap();
+    let toml = format!(
+        "[pipeline]\nname = \"fn-stream\"\n[sources.file]\ntype = \"file\"\npaths = [\"{}\"]\n\
+         [transforms.fn]\ntype = \"lambda\"\ninputs = [\"file\"]\nurl = \"{}\"\n{}",
+        input.display(),
+        server.url("ok"),
+        memory_sink("out", "fn", "lambda-processed")
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap();
+    let t = &metrics.transforms[0];
+    let returned: u64 = expected.iter().map(|r| r.len() as u64).sum();
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    assert_eq!((t.processed_records.load(relaxed), t.processed_bytes.load(relaxed)), (32, returned));
+    let mut text = sluice_engine::metrics::PrometheusText::default();
+    let label = sluice_engine::metrics::TransformLabel { name: "fn".into(), type_name: "lambda".into() };
+    metrics.render_transforms(&mut text, "fn-stream", &[label]);
+    let text = text.finish();
+    assert!(text.contains("sluice_SucceedProcessing_Records{stream=\"fn-stream\",transform=\"fn\"} 32"), "{text}");
+    assert!(
+        text.contains(&format!("sluice_SucceedProcessing_Bytes{{stream=\"fn-stream\",transform=\"fn\"}} {returned}")),
+        "{text}"
+    );
+
     let report = conformance(
         &transform_of(&lambda_toml(&format!("url = \"{}\"", server.url("ok"))), "fn"),
         &records.iter().map(|r| r.as_bytes().to_vec()).collect::<Vec<_>>(),

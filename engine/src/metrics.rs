@@ -191,6 +191,10 @@ pub struct TransformMetrics {
     pub invocations_succeeded: AtomicU64,
     /// How long invocations took, retries included (`ExecuteProcessing.Duration`).
     pub invocation_duration: LatencyHistogram,
+    /// Records a function answered `Ok` (Firehose's `SucceedProcessing.Records`).
+    pub processed_records: AtomicU64,
+    /// The bytes it returned for them (`SucceedProcessing.Bytes`).
+    pub processed_bytes: AtomicU64,
     /// Entries of state it holds across workers (a table's rows, a dedup window's keys), as a
     /// gauge `TransformKeysHeld`; each worker adds and subtracts its own.
     pub keys_held: std::sync::atomic::AtomicI64,
@@ -593,7 +597,8 @@ impl PipelineMetrics {
 
     /// Adds the transforms' counters to `text`: `TransformRecords{transform,type,outcome}` (in, out,
     /// dropped, failed), their labelled counts (e.g. `RedactedValues{detector}`), and for a
-    /// function Firehose's `ExecuteProcessing_Duration` and `ExecuteProcessing_Success`.
+    /// function Firehose's `ExecuteProcessing_Duration`, `ExecuteProcessing_Success` and
+    /// `SucceedProcessing_{Records,Bytes}`.
     pub fn render_transforms(&self, text: &mut PrometheusText, stream: &str, transforms: &[TransformLabel]) {
         for (t, label) in self.transforms.iter().zip(transforms) {
             let labels = format!("{},transform=\"{}\"", self.stream_label(stream), label_value(&label.name));
@@ -624,6 +629,8 @@ impl PipelineMetrics {
                     t.invocations_succeeded.load(Relaxed) as f64 / invocations as f64
                 };
                 text.sample("sluice_ExecuteProcessing_Success", "gauge", &labels, success);
+                text.sample("sluice_SucceedProcessing_Records", "counter", &labels, t.processed_records.load(Relaxed));
+                text.sample("sluice_SucceedProcessing_Bytes", "counter", &labels, t.processed_bytes.load(Relaxed));
                 t.invocation_duration.render(text, "sluice_ExecuteProcessing_Duration_seconds", &labels);
             }
         }

@@ -461,6 +461,7 @@ impl LambdaWorker {
             }
             Ok(answers) => {
                 let mut answers = answers.into_iter();
+                let (mut processed, mut processed_bytes) = (0u64, 0u64);
                 for input in batch.inputs {
                     let mut delivered = RecordBatch::with_capacity(input.arrival_ms, input.byte_len());
                     let mut failed = FailedRecords::new(ErrorOutputType::ProcessingFailed, input.arrival_ms);
@@ -468,6 +469,8 @@ impl LambdaWorker {
                     for (index, record) in input.iter().enumerate() {
                         match answers.next() {
                             Some(Answer::Ok(data, keys)) => {
+                                processed += 1;
+                                processed_bytes += data.len() as u64;
                                 delivered.push_carrying(&data, input.origin(index), keys.as_ref())
                             }
                             Some(Answer::Dropped) => dropped += 1,
@@ -495,6 +498,9 @@ impl LambdaWorker {
                     out.give(batch.epoch, Records::Deliver(delivered));
                     out.give(batch.epoch, Records::Failed(failed));
                 }
+                let metrics = &self.context.metrics;
+                metrics.processed_records.fetch_add(processed, std::sync::atomic::Ordering::Relaxed);
+                metrics.processed_bytes.fetch_add(processed_bytes, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
