@@ -250,7 +250,6 @@ pub async fn start_up_check(
     }
 }
 
-/// Adds `problems` to `found`; nothing to build.
 /// An object store's `tls` table (`object_store` sinks and sources over `s3://`, `gs://`, `az://`
 /// or `https://`): `ca` only, the CAs its client trusts besides the system's (a MinIO or Ceph
 /// gateway with a certificate of a private CA). Taken out of `table` before the connector reads its
@@ -265,7 +264,7 @@ pub fn take_store_roots(
         if let Some(problem) = problems.last_mut() {
             problem.hint = Some(STORE_TLS.into());
         }
-        return report_store(problems, found);
+        return report(problems, found);
     };
     let (label, span) = (section.key_at("ca").label, section.span.clone());
     let ca = section.take_string("ca", &mut problems);
@@ -282,14 +281,14 @@ pub fn take_store_roots(
         if problems.is_empty() {
             problems.push(Diagnostic::new(span, "an object store's `tls` needs `ca`".to_string()).with_hint(STORE_TLS));
         }
-        return report_store(problems, found);
+        return report(problems, found);
     };
     match store_roots(base_dir, ca.get_ref()) {
         Ok(roots) if problems.is_empty() => Some((roots, span)),
-        Ok(_) => report_store(problems, found),
+        Ok(_) => report(problems, found),
         Err(why) => {
             problems.push(Diagnostic::new(ca.span(), format!("{label} {why}")).with_hint(STORE_CA_FILE));
-            report_store(problems, found)
+            report(problems, found)
         }
     }
 }
@@ -309,18 +308,8 @@ pub const STORE_CA_FILE: &str = "a PEM file of the CA certificates that sign the
 /// What an object store's `tls` table looks like.
 const STORE_TLS: &str = "write `tls = { ca = \"private-ca.pem\" }`: the CAs that sign the store's certificate, trusted besides the system's";
 
-/// Adds `problems` to `found`: no roots.
-fn report_store(
-    problems: Vec<Diagnostic>,
-    found: &mut Problems,
-) -> Option<(Vec<object_store::Certificate>, Range<usize>)> {
-    for problem in problems {
-        found.push(problem);
-    }
-    None
-}
-
-fn report(problems: Vec<Diagnostic>, found: &mut Problems) -> Option<ClientTls> {
+/// Adds `problems` to `found`; nothing to build.
+fn report<T>(problems: Vec<Diagnostic>, found: &mut Problems) -> Option<T> {
     for problem in problems {
         found.push(problem);
     }
@@ -357,19 +346,19 @@ fn ca_roots(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
 
 /// The client identity of `cert` and `key`; else whether the problem is the key's, and what it is.
 fn identity(base_dir: &Path, cert: &Path, key: &Path) -> Result<reqwest::Identity, (bool, String)> {
-    let (chain, private) = key_pair(base_dir, cert, key)?;
-    let mut both = chain;
+    let pair = key_pair(base_dir, cert, key)?;
+    let mut both = pair.chain_pem;
     both.push(b'\n');
-    both.extend_from_slice(&private);
+    both.extend_from_slice(&pair.key_pem);
     reqwest::Identity::from_pem(&both)
         .map_err(|e| (true, format!("cannot be used with `cert`: {}", sluice_engine::redact::error(&e))))
 }
 
 /// A certificate chain and its private key, PEM files relative to `base_dir` (a client's identity,
 /// or what an API source serves with), checked: both readable, at least one certificate, a private
-/// key, and the key the first certificate's. Their bytes; else whether the problem is the key's,
-/// and what it is (said of the key, after `key`'s name).
-pub fn key_pair(base_dir: &Path, cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), (bool, String)> {
+/// key, and the key the first certificate's. The pair; else whether the problem is the key's, and
+/// what it is (said of the key, after `key`'s name).
+pub fn key_pair(base_dir: &Path, cert: &Path, key: &Path) -> Result<KeyPair, (bool, String)> {
     let chain = read(base_dir, cert).map_err(|why| (false, why))?;
     let certs = certificates(&chain).map_err(|why| (false, why))?;
     let private = read(base_dir, key).map_err(|why| (true, why))?;
@@ -378,11 +367,24 @@ pub fn key_pair(base_dir: &Path, cert: &Path, key: &Path) -> Result<(Vec<u8>, Ve
     // The key must be the certificate's (reqwest and rustls would say so only when serving or
     // building a client, as "builder error" or a handshake failure).
     let provider = rustls::crypto::aws_lc_rs::default_provider();
-    rustls::sign::CertifiedKey::from_der(certs, parsed, &provider).map_err(|e| match e {
+    rustls::sign::CertifiedKey::from_der(certs.clone(), parsed.clone_key(), &provider).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => (true, "is not the private key of `cert`'s certificate".to_string()),
         other => (true, format!("cannot be used: {other}")),
     })?;
-    Ok((chain, private))
+    Ok(KeyPair { chain_pem: chain, key_pem: private, certs, key: parsed })
+}
+
+/// A certificate chain and its private key, read and checked by [`key_pair`]: as written (PEM),
+/// and parsed.
+pub struct KeyPair {
+    /// The chain's PEM text.
+    pub chain_pem: Vec<u8>,
+    /// The key's PEM text.
+    pub key_pem: Vec<u8>,
+    /// The chain's certificates, the leaf first.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
 }
 
 #[cfg(test)]

@@ -61,32 +61,29 @@ fn synced(dir: &Path) -> std::io::Result<()> {
     if DURABLE_FOLDERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(dir) {
         return Ok(());
     }
-    let exists = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir();
     // Whether this call made the folder (else it was there, maybe made a moment ago).
-    let made = match std::fs::create_dir(dir) {
-        Ok(()) => true,
-        Err(e) if exists(&e) => false,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let create = || match std::fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
+        Err(e) => Err(e),
+    };
+    let not_found = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let made = match create() {
+        Err(e) if not_found(&e) => {
             let Some(parent) = dir.parent() else { return Err(e) };
             synced(parent)?;
-            match std::fs::create_dir(dir) {
-                Ok(()) => true,
-                Err(e) if exists(&e) => false,
+            match create() {
                 // The holder was known and is gone (another process tidied an empty staging
                 // folder a moment ago, or someone removed it): forgotten and made again, once.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(e) if not_found(&e) => {
                     forget(parent);
                     synced(parent)?;
-                    match std::fs::create_dir(dir) {
-                        Ok(()) => true,
-                        Err(e) if exists(&e) => false,
-                        Err(e) => return Err(e),
-                    }
+                    create()?
                 }
-                Err(e) => return Err(e),
+                other => other?,
             }
         }
-        Err(e) => return Err(e),
+        other => other?,
     };
     if let Some(parent) = dir.parent() {
         synced(parent)?;

@@ -19,8 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 use axum_server::tls_rustls::RustlsConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use sluice_engine::contract::StopSignal;
 use sluice_engine::metrics::PipelineMetrics;
 use x509_cert::der::Decode;
@@ -112,13 +111,9 @@ async fn watch(tls: ListenerTls, served: RustlsConfig, mut loaded: Option<FilesS
 /// Reads and checks the pair as configure time does, as a server configuration offering
 /// HTTP/1.1 only (the listener speaks no HTTP/2).
 fn load(files: &TlsFiles) -> Result<Pair, String> {
-    let (chain, key) = crate::tls::key_pair(Path::new(""), &files.cert, &files.key)
+    let crate::tls::KeyPair { certs, key, .. } = crate::tls::key_pair(Path::new(""), &files.cert, &files.key)
         .map_err(|(on_key, why)| format!("`{}` {why}", if on_key { "key" } else { "cert" }))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("`cert` is not PEM: {e}"))?;
     let leaf = certs.first().and_then(|der| leaf(der));
-    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("`key` holds no PEM private key: {e}"))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

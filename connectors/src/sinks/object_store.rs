@@ -185,7 +185,9 @@ fn client_trusting(
     client_key: impl Fn(&str) -> Option<ClientConfigKey>,
     value: impl Fn(ClientConfigKey) -> Option<String>,
 ) -> ClientOptions {
-    let from_env = std::env::vars().filter(|(k, _)| k.starts_with(env_prefix)).map(|(k, _)| k.to_ascii_lowercase());
+    // (`vars_os`, as the builders' `from_env`: `vars` panics on a variable that is not UTF-8.)
+    let from_env = std::env::vars_os()
+        .filter_map(|(k, _)| k.to_str().filter(|k| k.starts_with(env_prefix)).map(str::to_ascii_lowercase));
     let written = from_env.chain(options.iter().map(|(k, _)| k.clone())).filter_map(|k| client_key(&k));
     let mut client = ClientOptions::new();
     for key in written {
@@ -972,14 +974,7 @@ impl Sink for ObjectStoreSink {
         self.url.to_string()
     }
 
-    /// Creates a local folder and removes what an interrupted run left staged; for remote stores
-    /// finds credentials as the store will (none at all stops the run: every delivery would fail),
-    /// aborts the multipart uploads an interrupted run left open, and (unless `healthcheck =
-    /// false`) checks that the store takes the credentials with a HEAD under the prefix, and that
-    /// its bucket exists. Refused credentials and a missing bucket stop the run before anything is
-    /// read (otherwise every object would go to an error output in the same store, which refuses
-    /// it too, and delivery would block); an unreachable store only warns, since a stream run
-    /// should take data while its destination is down.
+    /// Removes a `file://` store's staging folder once the run stored everything.
     fn finish(&self) -> BoxFuture<'static, ()> {
         let local = self.local.clone();
         Box::pin(async move {
@@ -989,6 +984,14 @@ impl Sink for ObjectStoreSink {
         })
     }
 
+    /// Creates a local folder and removes what an interrupted run left staged; for remote stores
+    /// finds credentials as the store will (none at all stops the run: every delivery would fail),
+    /// aborts the multipart uploads an interrupted run left open, and (unless `healthcheck =
+    /// false`) checks that the store takes the credentials with a HEAD under the prefix, and that
+    /// its bucket exists. Refused credentials and a missing bucket stop the run before anything is
+    /// read (otherwise every object would go to an error output in the same store, which refuses
+    /// it too, and delivery would block); an unreachable store only warns, since a stream run
+    /// should take data while its destination is down.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let credentials = self.credentials.clone();
         let local = self.local.clone();
@@ -1142,20 +1145,13 @@ mod tests {
         for (k, v) in &options {
             builder = builder.with_config(AmazonS3ConfigKey::from_str(k).unwrap(), v);
         }
-        let client_key = |k: &str| match AmazonS3ConfigKey::from_str(k) {
-            Ok(AmazonS3ConfigKey::Client(key)) => Some(key),
-            _ => None,
-        };
-        let read = |key| builder.get_config_value(&AmazonS3ConfigKey::Client(key));
-        let client = super::client_trusting(&[], "SLUICE_TEST_NO_SUCH_PREFIX_", &options, client_key, read);
-        assert_eq!(client.get_config_value(&ClientConfigKey::AllowHttp).as_deref(), Some("true"));
-        assert_eq!(client.get_config_value(&ClientConfigKey::Timeout).as_deref(), Some("7s"));
-        let builder = builder.with_client_options(client);
+        let roots = Certificate::from_pem_bundle(include_bytes!("../../../tests/fixtures/config/ca.pem")).unwrap();
+        let roots = &roots[..];
+        let builder = trusting!(builder, AmazonS3ConfigKey, "SLUICE_TEST_NO_SUCH_PREFIX_", roots, &options[..]);
+        let client = |key| builder.get_config_value(&AmazonS3ConfigKey::Client(key));
+        assert_eq!(client(ClientConfigKey::AllowHttp).as_deref(), Some("true"));
+        assert_eq!(client(ClientConfigKey::Timeout).as_deref(), Some("7s"));
         assert_eq!(builder.get_config_value(&AmazonS3ConfigKey::Region).as_deref(), Some("eu-west-1"));
-        assert_eq!(
-            builder.get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp)).as_deref(),
-            Some("true")
-        );
     }
 
     #[test]
