@@ -1,7 +1,9 @@
 //! The `http_endpoint` sink against a real HTTP receiver on 127.0.0.1 that checks Firehose's HTTP
 //! endpoint protocol 1.0 (headers, request body, requestId echo): records arrive exactly, gzip and
 //! headers as configured, a 500 is retried under the same request id, and what the endpoint never
-//! takes (500s past the retry duration, 413 at once) is in the backup store as error documents.
+//! takes (500s past the retry duration, 413 at once) is in the backup store as error documents;
+//! and the `http_endpoint` source, the protocol's receiving side, fed by that sink from another
+//! sluice and by hand-made requests that check its answers.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -14,7 +16,9 @@ use sluice_connectors::synth::Profile;
 use sluice_engine::testkit::sink::{Destination, Fault};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
-use super::support::{TestCertificates, folder_objects, generated, serve};
+use super::support::{
+    TestCertificates, folder_objects, free_port, generated, logged_run, serve, start_listening_with, terminate,
+};
 
 /// What the receiver answers.
 #[derive(Clone, Copy)]
@@ -296,4 +300,135 @@ fn an_endpoint_that_asks_for_a_client_certificate_gets_the_one_tls_names() {
         .unwrap()
         .to_string();
     assert!(error.contains("`sinks.siem.tls.key` is not the private key of `cert`'s certificate"), "{error}");
+}
+
+/// One answer of the receiving sluice: its status and JSON body.
+fn post_to(port: u16, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, serde_json::Value, String) {
+    let mut request = reqwest::blocking::Client::new().post(format!("http://127.0.0.1:{port}/from-edge")).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().unwrap();
+    let status = response.status().as_u16();
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+    let text = response.text().unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, json, content_type.unwrap_or_default())
+}
+
+/// A Firehose HTTP endpoint request body holding `records`.
+fn delivery(id: &str, records: &[&str]) -> Vec<u8> {
+    let records: Vec<_> = records
+        .iter()
+        .map(|r| serde_json::json!({"data": base64::engine::general_purpose::STANDARD.encode(r)}))
+        .collect();
+    serde_json::json!({"requestId": id, "timestamp": 1_764_000_000_000i64, "records": records}).to_string().into_bytes()
+}
+
+/// A sluice delivering with its `http_endpoint` sink to another sluice's `http_endpoint` source (a
+/// separate process, as Firehose would reach it): every record arrives exactly once, gzip bodies and
+/// common attributes included; before that, the receiver answers the protocol's refusals with its
+/// error body (no access key: 401, another protocol version: 400, a body over `max_body_mb`: 413)
+/// and takes a request sent again under its id (a retry after a lost answer) only once.
+#[test]
+fn one_sluice_delivers_to_another_through_the_http_endpoint_protocol() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let config = dir.path().join("central.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"central\"\ndata_dir = \"{}\"\naudit_log = \"file://{}\"\n\
+             [sources.edge]\ntype = \"http_endpoint\"\nlisten = \"127.0.0.1:{port}\"\nmax_body_mb = 4\n\
+             access_keys = [{{ name = \"edge-a\", access_key = \"key-a\" }}, {{ name = \"edge-b\", access_key = \"key-b\" }}]\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"edge\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
+             buffer = {{ size_mb = 64, interval_s = 900 }}\n",
+            dir.path().join("data").display(),
+            dir.path().join("audit").display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let mut central = start_listening_with(&mut logged_run(&config, "error"), port);
+
+    let protocol = [("X-Amz-Firehose-Protocol-Version", "1.0"), ("X-Amz-Firehose-Access-Key", "key-a")];
+    let with_id = |id: &'static str, headers: &[(&'static str, &'static str)]| {
+        let mut all = headers.to_vec();
+        all.push(("X-Amz-Firehose-Request-Id", id));
+        all
+    };
+    // Refusals: the protocol's error body, with the request's id.
+    let (status, answer, content_type) =
+        post_to(port, &with_id("no-key", &[("X-Amz-Firehose-Protocol-Version", "1.0")]), delivery("no-key", &["lost"]));
+    assert_eq!((status, content_type.as_str()), (401, "application/json"), "{answer}");
+    assert_eq!(answer["requestId"], "no-key");
+    assert!(answer["timestamp"].as_i64().unwrap() > 1_700_000_000_000, "{answer}");
+    assert!(answer["errorMessage"].as_str().unwrap().contains("X-Amz-Firehose-Access-Key"), "{answer}");
+    let wrong_key = [("X-Amz-Firehose-Protocol-Version", "1.0"), ("X-Amz-Firehose-Access-Key", "key-c")];
+    assert_eq!(post_to(port, &with_id("bad-key", &wrong_key), delivery("bad-key", &["lost"])).0, 401);
+    let version = [("X-Amz-Firehose-Protocol-Version", "2.0"), ("X-Amz-Firehose-Access-Key", "key-a")];
+    let (status, answer, _) = post_to(port, &with_id("v2", &version), delivery("v2", &["lost"]));
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["errorMessage"].as_str().unwrap().contains("version `2.0`"), "{answer}");
+    let (status, answer, _) = post_to(port, &with_id("other", &protocol), delivery("mismatch", &["lost"]));
+    assert_eq!(status, 400, "{answer}");
+    let large = "x".repeat(1_000_000);
+    let five_mb: Vec<&str> = vec![large.as_str(); 4];
+    assert_eq!(post_to(port, &with_id("large", &protocol), delivery("large", &five_mb)).0, 413);
+    // A request sent twice under its id is taken once.
+    for _ in 0..2 {
+        let (status, answer, content_type) = post_to(
+            port,
+            &with_id("twice", &protocol),
+            delivery("twice", &["{\"by\":\"hand\",\"n\":1}", "{\"by\":\"hand\",\"n\":2}"]),
+        );
+        assert_eq!((status, content_type.as_str()), (200, "application/json"), "{answer}");
+        assert_eq!(answer["requestId"], "twice");
+        assert!(answer.get("errorMessage").is_none(), "{answer}");
+    }
+
+    // The edge sluice's sink: gzip, common attributes, the second access key, small requests.
+    let backup = tempfile::tempdir().unwrap();
+    let toml = pipeline(
+        &format!("http://127.0.0.1:{port}/from-edge"),
+        backup.path(),
+        12_000,
+        "access_key = \"key-b\"\ncontent_encoding = \"gzip\"\ncommon_attributes = { site = \"edge-1\" }\n\
+         buffer = { size_mb = 1, interval_s = 60 }\nretry = { duration_s = 30 }",
+    );
+    let (_, metrics) = run_pipeline(&toml, &registry(), 2).unwrap();
+    let m = &metrics.sinks[0];
+    assert_eq!((m.records_delivered.load(Relaxed), m.records_failed.load(Relaxed)), (12_000, 0));
+    assert!(folder_objects(backup.path()).is_empty());
+
+    terminate(&central);
+    assert!(central.wait().unwrap().success(), "{}", std::fs::read_to_string(config.with_extension("log")).unwrap());
+    let mut expected = generated(Profile::Cloudtrail, 6, 12_000);
+    expected.extend(["{\"by\":\"hand\",\"n\":1}".to_string(), "{\"by\":\"hand\",\"n\":2}".to_string()]);
+    let objects = folder_objects(&out);
+    assert_eq!(sorted(objects.into_values().flatten().collect()), sorted(expected));
+    // The audit log: each request, by whom, from which stream, with its common attributes.
+    let events: Vec<serde_json::Value> = folder_objects(&dir.path().join("audit"))
+        .into_values()
+        .flatten()
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .filter(|e: &serde_json::Value| e["eventSource"] == "http-endpoint.sluice")
+        .collect();
+    let refused = events.iter().filter(|e| e["errorCode"].is_string()).count();
+    assert_eq!(refused, 5, "{events:?}");
+    let repeated: Vec<_> = events.iter().filter(|e| e["requestID"] == "twice").collect();
+    assert_eq!(repeated.len(), 2);
+    assert_eq!(repeated[1]["requestParameters"]["repeated"], true, "{:?}", repeated[1]);
+    assert_eq!(repeated[0]["userIdentity"], serde_json::json!({"type": "AccessKey", "accessKeyName": "edge-a"}));
+    let edge: Vec<_> = events.iter().filter(|e| e["userIdentity"]["accessKeyName"] == "edge-b").collect();
+    assert!(edge.len() >= 2, "{events:?}");
+    for e in edge {
+        assert_eq!(e["eventName"], "DeliverRecords");
+        assert_eq!(e["requestParameters"]["commonAttributes"], serde_json::json!({"site": "edge-1"}), "{e}");
+        assert_eq!(
+            e["requestParameters"]["sourceArn"], "arn:aws:firehose:us-east-1:000000000000:deliverystream/to-http",
+            "{e}"
+        );
+    }
 }

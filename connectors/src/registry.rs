@@ -12,6 +12,7 @@ pub fn registry() -> Registry {
             SourceType { name: "firehose", configure: sources::firehose::configure },
             SourceType { name: "generator", configure: sources::generator::configure },
             SourceType { name: "http", configure: sources::http::configure },
+            SourceType { name: "http_endpoint", configure: sources::http_endpoint::configure },
             SourceType { name: "object_store", configure: sources::object_store::configure },
         ],
         transforms: vec![

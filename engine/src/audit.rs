@@ -59,6 +59,8 @@ pub struct AuditEvent {
 pub const FIREHOSE_EVENT_SOURCE: &str = "firehose.amazonaws.com";
 /// `eventSource` of requests to the `http` source.
 pub const HTTP_EVENT_SOURCE: &str = "http.sluice";
+/// `eventSource` of Firehose HTTP endpoint deliveries to the `http_endpoint` source.
+pub const HTTP_ENDPOINT_EVENT_SOURCE: &str = "http-endpoint.sluice";
 
 impl AuditEvent {
     fn new(source: &'static str, name: &str, region: &str, event_type: &'static str) -> Self {

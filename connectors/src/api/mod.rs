@@ -1,5 +1,7 @@
-//! Listeners that take records from producers: the Firehose API ([`firehose`]), the plain NDJSON
-//! HTTP endpoint (`type = "http"`), and the admin endpoint (`/metrics`, `/health`, the dashboard).
+//! Listeners that take records from producers: the Firehose API ([`firehose`]), the sources that take
+//! records from POST bodies ([`post`]: the plain NDJSON endpoint `type = "http"` and Firehose's HTTP
+//! endpoint deliveries `type = "http_endpoint"`), and the admin endpoint (`/metrics`, `/health`, the
+//! dashboard).
 //!
 //! A listener hands accepted records to an [`queue::IngestQueue`] per stream; each timely worker's
 //! [`QueueReader`] takes them into the dataflow. Guarantees: a listener is bound before the run
@@ -13,6 +15,7 @@ pub mod dashboard;
 pub mod durable;
 pub mod firehose;
 pub mod listener;
+pub mod post;
 pub mod queue;
 pub mod sigv4;
 

@@ -26,11 +26,8 @@
 //! stopping). A request is accepted whole or not at all; the token is checked before the body is
 //! read, in constant time (digests compared), against every configured token.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -40,17 +37,15 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use sluice_engine::audit::{AuditEvent, HTTP_EVENT_SOURCE};
-use sluice_engine::config::ConnectorConfig;
-use sluice_engine::config::{Diagnostic, Problems};
-use sluice_engine::contract::{PrepareContext, Source, SourceContext, SourceError, SourceReader};
-use sluice_engine::metrics::PipelineMetrics;
+use sluice_engine::config::{ConnectorConfig, Problems};
+use sluice_engine::contract::Source;
 use sluice_engine::record::{RecordBatch, now_ms};
 
-use super::firehose::parse_listen;
 use crate::api::firehose::MAX_RECORD_BYTES;
-use crate::api::listener::{BodyBudget, BodyError, declared_length, read_body};
-use crate::api::queue::IngestQueue;
-use crate::api::{ListenerLimits, LogSlot, QueueReader, Rejected, TlsFiles, accept, bind, inflight_limit, serve};
+use crate::api::post::{
+    KeyPlaces, ListenerKeys, PostEndpoint, PostSource, Protocol, Refusal, SecretKeys, Secrets, enqueue, secrets_at,
+};
+use crate::api::{ListenerLimits, TlsFiles};
 
 /// The http source's own keys.
 #[derive(Debug, Deserialize)]
@@ -80,164 +75,33 @@ struct NamedToken {
     token: String,
 }
 
-/// The configured bearer tokens: names and SHA-256 digests (the tokens themselves are not kept).
-#[derive(Debug, Default)]
-struct Tokens(Vec<(String, [u8; 32])>);
-
-impl Tokens {
-    fn digest(token: &str) -> [u8; 32] {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(token.as_bytes()).into()
-    }
-
-    /// The tokens of `bearer_token` (named `default`) or `bearer_tokens`; an error is (message, hint).
-    fn from_config(single: Option<String>, named: Option<Vec<NamedToken>>) -> Result<Tokens, (String, String)> {
-        let named = match (single, named) {
-            (Some(_), Some(_)) => {
-                return Err((
-                    "`bearer_token` and `bearer_tokens` are both set".into(),
-                    "keep one: bearer_tokens = [{ name = \"...\", token = \"...\" }] names each holder".into(),
-                ));
-            }
-            (Some(token), None) => vec![NamedToken { name: "default".into(), token }],
-            (None, Some(named)) if named.is_empty() => {
-                return Err(("`bearer_tokens` is empty".into(), "list at least one, or leave it out".into()));
-            }
-            (None, Some(named)) => named,
-            (None, None) => Vec::new(),
-        };
-        let mut tokens = Tokens::default();
-        for NamedToken { name, token } in named {
-            let hint = "each token needs a name of its own and a non-empty token of its own, e.g. { name = \"shipper-a\", token = \"${TOKEN_A}\" }";
-            if name.is_empty() || token.is_empty() {
-                return Err((format!("bearer token `{name}` has an empty name or token"), hint.into()));
-            }
-            let digest = Self::digest(&token);
-            if let Some((other, _)) = tokens.0.iter().find(|(n, d)| *n == name || *d == digest) {
-                return Err((format!("bearer tokens `{other}` and `{name}` share a name or a token"), hint.into()));
-            }
-            tokens.0.push((name, digest));
-        }
-        Ok(tokens)
-    }
-
-    /// The name of the token `given` is, comparing digests in constant time against all of them.
-    fn holder(&self, given: &str) -> Option<&str> {
-        let given = Self::digest(given);
-        let mut found = None;
-        for (name, digest) in &self.0 {
-            let differs = digest.iter().zip(given.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if differs == 0 {
-                found = Some(name.as_str());
-            }
-        }
-        found
-    }
-}
-
-/// A configured HTTP source.
-#[derive(Debug)]
-pub struct HttpSource {
-    listen: SocketAddr,
-    endpoint: Arc<Endpoint>,
-    tls: Option<TlsFiles>,
-    limits: ListenerLimits,
-}
-
-#[derive(Debug)]
-struct Endpoint {
-    tokens: Tokens,
-    max_body: usize,
-    bodies: Arc<BodyBudget>,
-    body_timeout: Duration,
-    queue: Arc<IngestQueue>,
-    log: LogSlot,
-    metrics: std::sync::OnceLock<Arc<PipelineMetrics>>,
-}
+/// How the bearer tokens are called in messages.
+const TOKEN_KEYS: SecretKeys = SecretKeys {
+    single: "bearer_token",
+    named: "bearer_tokens",
+    what: "bearer token",
+    example: "{ name = \"shipper-a\", token = \"${TOKEN_A}\" }",
+};
 
 /// Builds the source from `[sources.<name>]`.
 pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
-    let span = config.table.span.clone();
-    let listen_span = config.table.value_span("listen").unwrap_or(span.clone());
-    let (body_at, inflight_at) = (config.table.key_at("max_body_mb"), config.table.key_at("max_inflight_mb"));
-    let tls_at = config.table.key_at("tls");
-    let tokens_span =
-        config.table.value_span("bearer_tokens").or(config.table.value_span("bearer_token")).unwrap_or(span);
+    let places = KeyPlaces::of(&config);
+    let tokens_at = KeyPlaces::secrets(&config, TOKEN_KEYS);
     let mut problems = Problems::default();
     let limits = ListenerLimits::take_from(&mut config.table, 1, &mut problems);
-    let log = LogSlot::for_source(&config);
     let Some(c) = config.table.deserialize::<HttpConfig>(&mut problems) else { return Err(problems) };
-    let listen = problems.take(parse_listen(c.listen.as_deref(), "127.0.0.1:4574", listen_span));
-    let max_body_mb =
-        problems.take(body_at.within(c.max_body_mb, 16, 1..=1024, "MB of one request's body (default 16)"));
-    // Checked against its own range too when `max_body_mb` is wrong: both are reported at once.
-    let inflight =
-        problems.take(inflight_limit(c.max_inflight_mb, max_body_mb.unwrap_or(1), "max_body_mb", &inflight_at));
-    let tokens = problems.take(
-        Tokens::from_config(c.bearer_token, c.bearer_tokens)
-            .map_err(|(message, hint)| Diagnostic::new(tokens_span, message).with_hint(hint)),
-    );
-    let tls = problems.take(c.tls.as_ref().map(|t| t.checked(&config.base_dir, &tls_at)).transpose());
-    let (limits, listen, max_body_mb, inflight, tokens, tls) =
-        problems.finish((|| Some((limits?, listen?, max_body_mb?, inflight?, tokens?, tls?)))())?;
-    Ok(Arc::new(HttpSource {
-        listen,
-        endpoint: Arc::new(Endpoint {
-            tokens,
-            max_body: (max_body_mb << 20) as usize,
-            bodies: BodyBudget::new(limits.max_body_buffer),
-            body_timeout: limits.body_timeout,
-            queue: Arc::new(IngestQueue::new(inflight)),
-            log,
-            metrics: std::sync::OnceLock::new(),
-        }),
-        tls,
-        limits,
-    }))
-}
-
-impl Source for HttpSource {
-    fn describe(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let auth = match self.endpoint.tokens.0.as_slice() {
-            [] => "no auth".to_string(),
-            [(name, _)] => format!("bearer token `{name}`"),
-            tokens => format!(
-                "bearer tokens {}",
-                tokens.iter().map(|(name, _)| format!("`{name}`")).collect::<Vec<_>>().join(", ")
-            ),
-        };
-        format!("http: NDJSON on {scheme}://{} ({auth})", self.listen)
-    }
-
-    fn is_finite(&self) -> bool {
-        false
-    }
-
-    fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
-        let _ = self.endpoint.metrics.set(Arc::clone(&ctx.metrics));
-        if let Some(log) = self.endpoint.log.open(&self.endpoint.queue, &ctx.metrics)? {
-            log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
-        }
-        let router = axum::Router::new()
-            .fallback(axum::routing::post(receive))
-            .layer(axum::extract::DefaultBodyLimit::disable())
-            .with_state(Arc::clone(&self.endpoint));
-        let listener = bind(self.listen)?;
-        let queue = Arc::clone(&self.endpoint.queue);
-        let tls = self.tls.as_ref().map(|files| files.served_for(vec![Arc::clone(&ctx.metrics)]));
-        serve(&ctx.runtime, listener, router, tls, self.limits, ctx.stop.clone(), vec![queue])
-    }
-
-    fn finish(&self, _stopped: bool) {
-        if let Some(log) = self.endpoint.log.get() {
-            log.finish();
-        }
-    }
-
-    fn open(&self, _ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
-        Ok(Box::new(QueueReader::new(Arc::clone(&self.endpoint.queue), self.endpoint.log.get())))
-    }
+    let named = c.bearer_tokens.map(|tokens| tokens.into_iter().map(|t| (t.name, t.token)).collect());
+    let tokens = problems.take(secrets_at(tokens_at, Secrets::from_config(c.bearer_token, named, TOKEN_KEYS)));
+    let keys =
+        ListenerKeys { listen: c.listen, max_body_mb: c.max_body_mb, max_inflight_mb: c.max_inflight_mb, tls: c.tls };
+    let protocol = Protocol {
+        what: "http: NDJSON",
+        secret: "bearer token",
+        default_listen: "127.0.0.1:4574",
+        default_body_mb: 16,
+        router: Box::new(|endpoint| axum::Router::new().fallback(axum::routing::post(receive)).with_state(endpoint)),
+    };
+    PostSource::configure(places, keys, tokens, limits, protocol, problems)
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
@@ -247,70 +111,6 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
     response
-}
-
-/// A request body's `Content-Encoding`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ContentEncoding {
-    Identity,
-    Gzip,
-    Deflate,
-    Brotli,
-}
-
-/// Why a body did not decode.
-#[derive(Debug)]
-enum DecodeError {
-    /// It decodes to more than the limit.
-    TooLarge,
-    /// It is not what its encoding says.
-    Invalid(std::io::Error),
-}
-
-impl ContentEncoding {
-    /// The encoding the headers name, or the name of one not supported.
-    fn of(headers: &HeaderMap) -> Result<Self, String> {
-        let Some(value) = headers.get(header::CONTENT_ENCODING) else { return Ok(ContentEncoding::Identity) };
-        let name = String::from_utf8_lossy(value.as_bytes()).trim().to_ascii_lowercase();
-        match name.as_str() {
-            "" | "identity" => Ok(ContentEncoding::Identity),
-            "gzip" | "x-gzip" => Ok(ContentEncoding::Gzip),
-            "deflate" => Ok(ContentEncoding::Deflate),
-            "br" => Ok(ContentEncoding::Brotli),
-            _ => Err(name),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            ContentEncoding::Identity => "identity",
-            ContentEncoding::Gzip => "gzip",
-            ContentEncoding::Deflate => "deflate",
-            ContentEncoding::Brotli => "br",
-        }
-    }
-
-    /// The decoded body (`None`: it is not encoded), at most `limit` bytes.
-    fn decode(self, raw: &[u8], limit: usize) -> Result<Option<Vec<u8>>, DecodeError> {
-        let read_all = |reader: &mut dyn Read| {
-            let mut out = Vec::new();
-            // Decompress no further than the limit allows.
-            match reader.take(limit as u64 + 1).read_to_end(&mut out) {
-                Ok(_) if out.len() > limit => Err(DecodeError::TooLarge),
-                Ok(_) => Ok(out),
-                Err(e) => Err(DecodeError::Invalid(e)),
-            }
-        };
-        match self {
-            ContentEncoding::Identity => Ok(None),
-            ContentEncoding::Gzip => read_all(&mut flate2::read::MultiGzDecoder::new(raw)).map(Some),
-            // HTTP's deflate is zlib-wrapped; some clients send raw deflate.
-            ContentEncoding::Deflate => read_all(&mut flate2::read::ZlibDecoder::new(raw))
-                .or_else(|_| read_all(&mut flate2::read::DeflateDecoder::new(raw)))
-                .map(Some),
-            ContentEncoding::Brotli => read_all(&mut brotli_decompressor::Decompressor::new(raw, 4096)).map(Some),
-        }
-    }
 }
 
 /// Splits `body` into records (one per line, empty lines skipped).
@@ -329,9 +129,6 @@ fn records(body: &[u8]) -> Result<RecordBatch, String> {
     Ok(batch)
 }
 
-/// A refused request: its status and why.
-type Refusal = (StatusCode, String);
-
 /// What the audit trail records of a request to the http source.
 #[derive(Debug, Default)]
 struct Facts {
@@ -344,7 +141,7 @@ struct Facts {
 }
 
 async fn receive(
-    State(endpoint): State<Arc<Endpoint>>,
+    State(endpoint): State<Arc<PostEndpoint>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
@@ -352,7 +149,7 @@ async fn receive(
 ) -> Response {
     let mut facts = Facts::default();
     let outcome = take(&endpoint, &headers, body, &mut facts).await;
-    if let Some(metrics) = endpoint.metrics.get() {
+    if let Some(metrics) = endpoint.metrics() {
         metrics.audit(|trail| {
             let identity = match &facts.token {
                 Some(name) => json!({"type": "Token", "tokenName": name}),
@@ -384,84 +181,31 @@ async fn receive(
 }
 
 /// Takes one request's records: how many, or why not (status and message).
-async fn take(endpoint: &Arc<Endpoint>, headers: &HeaderMap, body: Body, facts: &mut Facts) -> Result<usize, Refusal> {
-    let no = |status: StatusCode, message: String| Err((status, message));
+async fn take(
+    endpoint: &Arc<PostEndpoint>,
+    headers: &HeaderMap,
+    body: Body,
+    facts: &mut Facts,
+) -> Result<usize, Refusal> {
     let started = Instant::now();
-    if !endpoint.tokens.0.is_empty() {
+    if endpoint.secrets.required() {
         let given =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        match given.and_then(|token| endpoint.tokens.holder(token)) {
+        match given.and_then(|token| endpoint.secrets.holder(token)) {
             Some(holder) => facts.token = Some(holder.to_string()),
             None => {
-                return no(
+                return Err((
                     StatusCode::UNAUTHORIZED,
                     "a valid `Authorization: Bearer <token>` header is required".into(),
-                );
+                ));
             }
         }
     }
-    let encoding = match ContentEncoding::of(headers) {
-        Ok(encoding) => encoding,
-        Err(name) => {
-            return no(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("Content-Encoding `{name}` is not supported; send the body plain, gzip, deflate or br"),
-            );
-        }
-    };
-    let too_large =
-        || no(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", endpoint.max_body));
-    let read =
-        read_body(body, declared_length(headers), endpoint.max_body, &endpoint.bodies, endpoint.body_timeout).await;
-    let (raw, _room) = match read {
-        Ok(read) => read,
-        Err(BodyError::TooLarge(_)) => return too_large(),
-        Err(e @ BodyError::Busy) => return no(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Err(e @ BodyError::TimedOut(_)) => return no(StatusCode::REQUEST_TIMEOUT, e.to_string()),
-        Err(e @ BodyError::Broken(_)) => return no(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let body: std::borrow::Cow<'_, [u8]> = match encoding.decode(&raw, endpoint.max_body) {
-        Ok(Some(decoded)) => decoded.into(),
-        Ok(None) => raw[..].into(),
-        Err(DecodeError::TooLarge) => return too_large(),
-        Err(DecodeError::Invalid(e)) => {
-            return no(StatusCode::BAD_REQUEST, format!("the body is not valid {}: {e}", encoding.name()));
-        }
-    };
-    let batch = match records(&body) {
-        Ok(b) => b,
-        Err(message) => return no(StatusCode::BAD_REQUEST, message),
-    };
-    let (count, bytes) = (batch.len(), batch.byte_len());
-    (facts.records, facts.bytes) = (Some(count), Some(bytes));
-    let metrics = endpoint.metrics.get();
-    if count > 0 {
-        // With a log this waits for a group commit: on a blocking thread.
-        let target = Arc::clone(endpoint);
-        let accepted =
-            tokio::task::spawn_blocking(move || accept(&target.queue, target.log.get().as_ref(), batch)).await;
-        match accepted {
-            Ok(Ok(())) => {}
-            Ok(Err(Rejected::Full)) => {
-                if let Some(m) = metrics {
-                    m.api.throttled_records.fetch_add(count as u64, Relaxed);
-                }
-                return no(StatusCode::SERVICE_UNAVAILABLE, "too much data in flight; retry later".into());
-            }
-            Ok(Err(Rejected::Closed)) => return no(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping".into()),
-            Ok(Err(Rejected::Log(e))) => {
-                return no(StatusCode::SERVICE_UNAVAILABLE, format!("the records could not be made durable: {e}"));
-            }
-            Err(e) => {
-                return no(StatusCode::INTERNAL_SERVER_ERROR, format!("the request could not be handled: {e}"));
-            }
-        }
-    }
-    if let Some(m) = metrics {
-        m.api.count_accepted(count as u64, bytes as u64);
-        m.api.put_record_batch_latency.observe(started.elapsed());
-    }
-    Ok(count)
+    let body = endpoint.read(headers, body).await?;
+    let batch = records(&body).map_err(|message| (StatusCode::BAD_REQUEST, message))?;
+    let count = batch.len();
+    (facts.records, facts.bytes) = (Some(count), Some(batch.byte_len()));
+    enqueue(endpoint, batch, started).await.map(|()| count)
 }
 
 #[cfg(test)]
@@ -506,27 +250,5 @@ mod tests {
         let case = SourceCase::stream(table, expected, Box::new(produce), dir.path());
         let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
-    }
-
-    #[test]
-    fn each_named_token_is_known_by_its_holder_and_nothing_else_is() {
-        use super::{NamedToken, Tokens};
-        let named = |name: &str, token: &str| NamedToken { name: name.into(), token: token.into() };
-        let tokens = Tokens::from_config(None, Some(vec![named("shipper-a", "tok-a"), named("shipper-b", "tok-b")]))
-            .unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(tokens.holder("tok-a"), Some("shipper-a"));
-        assert_eq!(tokens.holder("tok-b"), Some("shipper-b"));
-        assert_eq!(tokens.holder("tok-"), None);
-        assert_eq!(tokens.holder(""), None);
-        let single = Tokens::from_config(Some("t".into()), None).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(single.holder("t"), Some("default"));
-        let refused = |single: Option<&str>, named: Option<Vec<NamedToken>>| {
-            Tokens::from_config(single.map(str::to_string), named).err().map(|(message, _)| message)
-        };
-        assert!(refused(Some("t"), Some(vec![named("a", "x")])).is_some_and(|m| m.contains("both set")));
-        assert!(refused(None, Some(vec![])).is_some_and(|m| m.contains("is empty")));
-        assert!(refused(None, Some(vec![named("a", "x"), named("a", "y")])).is_some_and(|m| m.contains("share")));
-        assert!(refused(None, Some(vec![named("a", "x"), named("b", "x")])).is_some_and(|m| m.contains("share")));
-        assert!(refused(None, Some(vec![named("", "x")])).is_some_and(|m| m.contains("empty name or token")));
     }
 }

@@ -5,4 +5,5 @@ pub mod file_checkpoint;
 pub mod firehose;
 pub mod generator;
 pub mod http;
+pub mod http_endpoint;
 pub mod object_store;

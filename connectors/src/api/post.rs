@@ -1,0 +1,497 @@
+//! Records taken from HTTP POST bodies: what the `http` source (newline-delimited records) and the
+//! `http_endpoint` source (Firehose's HTTP endpoint deliveries) share, so that each of them is only
+//! its wire format and its answers.
+//!
+//! [`PostSource`] is the source both configure: one listener (`listen`, `tls`, the listener limits
+//! of [`ListenerLimits`]), one queue with its write-ahead log ([`LogSlot`]), a body limit after
+//! decompression and an in-flight limit. Guarantees: a secret ([`Secrets`]) is checked before the
+//! body is read, in constant time, against every configured one, and only its digest is kept; a
+//! body is read within the listener's body budget and timeout and decompressed no further than its
+//! limit; [`enqueue`] answers only once the records are queued and, with a log, as durable as the
+//! pipeline asks, or refuses them whole, so a request answered with success is never lost and one
+//! refused is never partly taken.
+
+use std::borrow::Cow;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, KeyAt, Problems};
+use sluice_engine::contract::{PrepareContext, Source, SourceContext, SourceError, SourceReader};
+use sluice_engine::metrics::PipelineMetrics;
+use sluice_engine::record::RecordBatch;
+
+use super::listener::{BodyBudget, BodyError, declared_length, read_body};
+use super::queue::IngestQueue;
+use super::{ListenerLimits, LogSlot, QueueReader, Rejected, TlsFiles, accept, bind, inflight_limit, serve};
+use crate::sources::firehose::parse_listen;
+
+/// A refused request: its status and why.
+pub type Refusal = (StatusCode, String);
+
+/// Configured secrets (bearer tokens, access keys): names and SHA-256 digests (the secrets
+/// themselves are not kept).
+#[derive(Debug, Default)]
+pub struct Secrets(Vec<(String, [u8; 32])>);
+
+/// How a source's secret keys are called, for its messages.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretKeys {
+    /// The key holding one secret (`bearer_token`).
+    pub single: &'static str,
+    /// The key holding named ones (`bearer_tokens`).
+    pub named: &'static str,
+    /// What one is (`bearer token`).
+    pub what: &'static str,
+    /// An entry of `named` as the user writes it.
+    pub example: &'static str,
+}
+
+impl Secrets {
+    fn digest(secret: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(secret.as_bytes()).into()
+    }
+
+    /// The secrets of `single` (named `default`) or of `named` (name, secret); an error is
+    /// (message, hint).
+    pub fn from_config(
+        single: Option<String>,
+        named: Option<Vec<(String, String)>>,
+        keys: SecretKeys,
+    ) -> Result<Secrets, (String, String)> {
+        let SecretKeys { single: one, named: many, what, example } = keys;
+        let named = match (single, named) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    format!("`{one}` and `{many}` are both set"),
+                    format!("keep one: {many} = [{example}] names each holder"),
+                ));
+            }
+            (Some(secret), None) => vec![("default".to_string(), secret)],
+            (None, Some(named)) if named.is_empty() => {
+                return Err((format!("`{many}` is empty"), "list at least one, or leave it out".into()));
+            }
+            (None, Some(named)) => named,
+            (None, None) => Vec::new(),
+        };
+        let mut secrets = Secrets::default();
+        for (name, secret) in named {
+            let hint = format!("each {what} needs a name of its own and a non-empty value of its own, e.g. {example}");
+            if name.is_empty() || secret.is_empty() {
+                return Err((format!("{what} `{name}` has an empty name or value"), hint));
+            }
+            let digest = Self::digest(&secret);
+            if let Some((other, _)) = secrets.0.iter().find(|(n, d)| *n == name || *d == digest) {
+                return Err((format!("{what}s `{other}` and `{name}` share a name or a value"), hint));
+            }
+            secrets.0.push((name, digest));
+        }
+        Ok(secrets)
+    }
+
+    /// Whether any is configured (else requests need none).
+    pub fn required(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// The names of the configured secrets.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(name, _)| name.as_str())
+    }
+
+    /// The name of the secret `given` is, comparing digests in constant time against all of them.
+    pub fn holder(&self, given: &str) -> Option<&str> {
+        let given = Self::digest(given);
+        let mut found = None;
+        for (name, digest) in &self.0 {
+            let differs = digest.iter().zip(given.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if differs == 0 {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+
+    /// How the source describes its authentication (`no auth`, `bearer token `a``, …).
+    pub fn describe(&self, what: &str) -> String {
+        match self.0.as_slice() {
+            [] => "no auth".to_string(),
+            [(name, _)] => format!("{what} `{name}`"),
+            many => {
+                format!("{what}s {}", many.iter().map(|(name, _)| format!("`{name}`")).collect::<Vec<_>>().join(", "))
+            }
+        }
+    }
+}
+
+/// A request body's `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContentEncoding {
+    Identity,
+    Gzip,
+    Deflate,
+    Brotli,
+}
+
+/// Why a body did not decode.
+#[derive(Debug)]
+enum DecodeError {
+    /// It decodes to more than the limit.
+    TooLarge,
+    /// It is not what its encoding says.
+    Invalid(std::io::Error),
+}
+
+impl ContentEncoding {
+    /// The encoding the headers name, or the name of one not supported.
+    fn of(headers: &HeaderMap) -> Result<Self, String> {
+        let Some(value) = headers.get(header::CONTENT_ENCODING) else { return Ok(ContentEncoding::Identity) };
+        let name = String::from_utf8_lossy(value.as_bytes()).trim().to_ascii_lowercase();
+        match name.as_str() {
+            "" | "identity" => Ok(ContentEncoding::Identity),
+            "gzip" | "x-gzip" => Ok(ContentEncoding::Gzip),
+            "deflate" => Ok(ContentEncoding::Deflate),
+            "br" => Ok(ContentEncoding::Brotli),
+            _ => Err(name),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ContentEncoding::Identity => "identity",
+            ContentEncoding::Gzip => "gzip",
+            ContentEncoding::Deflate => "deflate",
+            ContentEncoding::Brotli => "br",
+        }
+    }
+
+    /// The decoded body (`None`: it is not encoded), at most `limit` bytes.
+    fn decode(self, raw: &[u8], limit: usize) -> Result<Option<Vec<u8>>, DecodeError> {
+        let read_all = |reader: &mut dyn Read| {
+            let mut out = Vec::new();
+            // Decompress no further than the limit allows.
+            match reader.take(limit as u64 + 1).read_to_end(&mut out) {
+                Ok(_) if out.len() > limit => Err(DecodeError::TooLarge),
+                Ok(_) => Ok(out),
+                Err(e) => Err(DecodeError::Invalid(e)),
+            }
+        };
+        match self {
+            ContentEncoding::Identity => Ok(None),
+            ContentEncoding::Gzip => read_all(&mut flate2::read::MultiGzDecoder::new(raw)).map(Some),
+            // HTTP's deflate is zlib-wrapped; some clients send raw deflate.
+            ContentEncoding::Deflate => read_all(&mut flate2::read::ZlibDecoder::new(raw))
+                .or_else(|_| read_all(&mut flate2::read::DeflateDecoder::new(raw)))
+                .map(Some),
+            ContentEncoding::Brotli => read_all(&mut brotli_decompressor::Decompressor::new(raw, 4096)).map(Some),
+        }
+    }
+}
+
+/// Where a POST source's common keys are in its table, and what else the source needs of the
+/// table besides its keys (its folder, its log), taken before the table is read.
+#[derive(Debug)]
+pub struct KeyPlaces {
+    base_dir: std::path::PathBuf,
+    log: LogSlot,
+    listen: Range<usize>,
+    max_body: KeyAt,
+    inflight: KeyAt,
+    tls: KeyAt,
+}
+
+impl KeyPlaces {
+    /// The places of `listen`, `max_body_mb`, `max_inflight_mb` and `tls` in `config`.
+    pub fn of(config: &ConnectorConfig) -> Self {
+        KeyPlaces {
+            base_dir: config.base_dir.clone(),
+            log: LogSlot::for_source(config),
+            listen: config.table.value_span("listen").unwrap_or(config.table.span.clone()),
+            max_body: config.table.key_at("max_body_mb"),
+            inflight: config.table.key_at("max_inflight_mb"),
+            tls: config.table.key_at("tls"),
+        }
+    }
+
+    /// Where the secrets are (the first of `keys` present), else the table.
+    pub fn secrets(config: &ConnectorConfig, keys: SecretKeys) -> Range<usize> {
+        config
+            .table
+            .value_span(keys.named)
+            .or(config.table.value_span(keys.single))
+            .unwrap_or(config.table.span.clone())
+    }
+}
+
+/// A POST source's common keys as its table gave them.
+#[derive(Debug)]
+pub struct ListenerKeys {
+    /// `listen`.
+    pub listen: Option<String>,
+    /// `max_body_mb`.
+    pub max_body_mb: Option<u64>,
+    /// `max_inflight_mb`.
+    pub max_inflight_mb: Option<u64>,
+    /// `tls`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// What differs between the POST sources: how they describe themselves, their defaults, and the
+/// router that answers their requests.
+pub struct Protocol {
+    /// The start of the source's description (`http: NDJSON`).
+    pub what: &'static str,
+    /// What a secret is called in the description (`bearer token`).
+    pub secret: &'static str,
+    /// The listen address when `listen` is not set.
+    pub default_listen: &'static str,
+    /// `max_body_mb` when not set.
+    pub default_body_mb: u64,
+    /// Its routes, given the endpoint they take records for.
+    pub router: Box<dyn Fn(Arc<PostEndpoint>) -> axum::Router + Send + Sync>,
+}
+
+impl std::fmt::Debug for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Protocol").field("what", &self.what).finish()
+    }
+}
+
+/// What a POST source's requests are checked against and hand their records to.
+#[derive(Debug)]
+pub struct PostEndpoint {
+    /// The secrets a request must carry one of (none: no authentication).
+    pub secrets: Secrets,
+    max_body: usize,
+    bodies: Arc<BodyBudget>,
+    body_timeout: Duration,
+    queue: Arc<IngestQueue>,
+    log: LogSlot,
+    metrics: std::sync::OnceLock<Arc<PipelineMetrics>>,
+}
+
+impl PostEndpoint {
+    /// The pipeline's metrics, once the source is prepared.
+    pub fn metrics(&self) -> Option<&Arc<PipelineMetrics>> {
+        self.metrics.get()
+    }
+
+    /// The largest body taken, after decompression.
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    /// The request's body, read within the listener's budget and timeout and decoded by its
+    /// `Content-Encoding` (plain, gzip, deflate, br), at most [`Self::max_body`] bytes.
+    pub async fn read(&self, headers: &HeaderMap, body: Body) -> Result<Cow<'static, [u8]>, Refusal> {
+        let encoding = ContentEncoding::of(headers).map_err(|name| {
+            (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding `{name}` is not supported; send the body plain, gzip, deflate or br"),
+            )
+        })?;
+        let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", self.max_body));
+        let read = read_body(body, declared_length(headers), self.max_body, &self.bodies, self.body_timeout).await;
+        let (raw, _room) = match read {
+            Ok(read) => read,
+            Err(BodyError::TooLarge(_)) => return Err(too_large()),
+            Err(e @ BodyError::Busy) => return Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+            Err(e @ BodyError::TimedOut(_)) => return Err((StatusCode::REQUEST_TIMEOUT, e.to_string())),
+            Err(e @ BodyError::Broken(_)) => return Err((StatusCode::BAD_REQUEST, e.to_string())),
+        };
+        match encoding.decode(&raw, self.max_body) {
+            Ok(Some(decoded)) => Ok(decoded.into()),
+            Ok(None) => Ok(Vec::from(raw).into()),
+            Err(DecodeError::TooLarge) => Err(too_large()),
+            Err(DecodeError::Invalid(e)) => {
+                Err((StatusCode::BAD_REQUEST, format!("the body is not valid {}: {e}", encoding.name())))
+            }
+        }
+    }
+}
+
+/// Takes `batch` into the pipeline (the records of one request, received from `started`): `Ok`
+/// once they are queued and as durable as the pipeline asks, counted as accepted; else why not,
+/// and none of them is taken.
+pub async fn enqueue(endpoint: &Arc<PostEndpoint>, batch: RecordBatch, started: Instant) -> Result<(), Refusal> {
+    let (count, bytes) = (batch.len() as u64, batch.byte_len() as u64);
+    let metrics = endpoint.metrics.get();
+    if count > 0 {
+        // With a log this waits for a group commit: on a blocking thread.
+        let target = Arc::clone(endpoint);
+        let accepted =
+            tokio::task::spawn_blocking(move || accept(&target.queue, target.log.get().as_ref(), batch)).await;
+        let unavailable = |message: String| Err((StatusCode::SERVICE_UNAVAILABLE, message));
+        match accepted {
+            Ok(Ok(())) => {}
+            Ok(Err(Rejected::Full)) => {
+                if let Some(m) = metrics {
+                    m.api.throttled_records.fetch_add(count, Relaxed);
+                }
+                return unavailable("too much data in flight; retry later".into());
+            }
+            Ok(Err(Rejected::Closed)) => return unavailable("the pipeline is stopping".into()),
+            Ok(Err(Rejected::Log(e))) => return unavailable(format!("the records could not be made durable: {e}")),
+            Err(e) => {
+                return Err((StatusCode::INTERNAL_SERVER_ERROR, format!("the request could not be handled: {e}")));
+            }
+        }
+    }
+    if let Some(m) = metrics {
+        m.api.count_accepted(count, bytes);
+        m.api.put_record_batch_latency.observe(started.elapsed());
+    }
+    Ok(())
+}
+
+/// A source that takes records from HTTP POSTs on its own listener.
+#[derive(Debug)]
+pub struct PostSource {
+    listen: SocketAddr,
+    endpoint: Arc<PostEndpoint>,
+    tls: Option<TlsFiles>,
+    limits: ListenerLimits,
+    protocol: Protocol,
+}
+
+impl PostSource {
+    /// The source of `protocol` from its table's common keys (`keys`, found at `places`), its
+    /// secrets and listener limits (already read); `problems` gets every mistake in them.
+    pub fn configure(
+        places: KeyPlaces,
+        keys: ListenerKeys,
+        secrets: Option<Secrets>,
+        limits: Option<ListenerLimits>,
+        protocol: Protocol,
+        mut problems: Problems,
+    ) -> Result<Arc<dyn Source>, Problems> {
+        let listen =
+            problems.take(parse_listen(keys.listen.as_deref(), protocol.default_listen, places.listen.clone()));
+        let hint = format!("MB of one request's body (default {})", protocol.default_body_mb);
+        let max_body_mb =
+            problems.take(places.max_body.within(keys.max_body_mb, protocol.default_body_mb, 1..=1024, &hint));
+        // Checked against its own range too when `max_body_mb` is wrong: both are reported at once.
+        let inflight = problems.take(inflight_limit(
+            keys.max_inflight_mb,
+            max_body_mb.unwrap_or(1),
+            "max_body_mb",
+            &places.inflight,
+        ));
+        let tls = problems.take(keys.tls.as_ref().map(|t| t.checked(&places.base_dir, &places.tls)).transpose());
+        let (limits, listen, max_body_mb, inflight, secrets, tls) =
+            problems.finish((|| Some((limits?, listen?, max_body_mb?, inflight?, secrets?, tls?)))())?;
+        Ok(Arc::new(PostSource {
+            listen,
+            endpoint: Arc::new(PostEndpoint {
+                secrets,
+                max_body: (max_body_mb << 20) as usize,
+                bodies: BodyBudget::new(limits.max_body_buffer),
+                body_timeout: limits.body_timeout,
+                queue: Arc::new(IngestQueue::new(inflight)),
+                log: places.log,
+                metrics: std::sync::OnceLock::new(),
+            }),
+            tls,
+            limits,
+            protocol,
+        }))
+    }
+}
+
+impl Source for PostSource {
+    fn describe(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let auth = self.endpoint.secrets.describe(self.protocol.secret);
+        format!("{} on {scheme}://{} ({auth})", self.protocol.what, self.listen)
+    }
+
+    fn is_finite(&self) -> bool {
+        false
+    }
+
+    fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        let _ = self.endpoint.metrics.set(Arc::clone(&ctx.metrics));
+        if let Some(log) = self.endpoint.log.open(&self.endpoint.queue, &ctx.metrics)? {
+            log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
+        }
+        let router =
+            (self.protocol.router)(Arc::clone(&self.endpoint)).layer(axum::extract::DefaultBodyLimit::disable());
+        let listener = bind(self.listen)?;
+        let queue = Arc::clone(&self.endpoint.queue);
+        let tls = self.tls.as_ref().map(|files| files.served_for(vec![Arc::clone(&ctx.metrics)]));
+        serve(&ctx.runtime, listener, router, tls, self.limits, ctx.stop.clone(), vec![queue])
+    }
+
+    fn finish(&self, _stopped: bool) {
+        if let Some(log) = self.endpoint.log.get() {
+            log.finish();
+        }
+    }
+
+    fn open(&self, _ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
+        Ok(Box::new(QueueReader::new(Arc::clone(&self.endpoint.queue), self.endpoint.log.get())))
+    }
+}
+
+/// A secret's mistakes at `at`.
+pub fn secrets_at(at: Range<usize>, found: Result<Secrets, (String, String)>) -> Result<Secrets, Diagnostic> {
+    found.map_err(|(message, hint)| Diagnostic::new(at, message).with_hint(hint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEYS: SecretKeys = SecretKeys {
+        single: "bearer_token",
+        named: "bearer_tokens",
+        what: "bearer token",
+        example: "{ name = \"a\", token = \"x\" }",
+    };
+
+    #[test]
+    fn each_named_secret_is_known_by_its_holder_and_nothing_else_is() {
+        let named = |name: &str, secret: &str| (name.to_string(), secret.to_string());
+        let secrets =
+            Secrets::from_config(None, Some(vec![named("shipper-a", "tok-a"), named("shipper-b", "tok-b")]), KEYS)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(secrets.holder("tok-a"), Some("shipper-a"));
+        assert_eq!(secrets.holder("tok-b"), Some("shipper-b"));
+        assert_eq!(secrets.holder("tok-"), None);
+        assert_eq!(secrets.holder(""), None);
+        assert_eq!(secrets.describe("bearer token"), "bearer tokens `shipper-a`, `shipper-b`");
+        let single = Secrets::from_config(Some("t".into()), None, KEYS).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(single.holder("t"), Some("default"));
+        assert_eq!(single.describe("access key"), "access key `default`");
+        assert_eq!(Secrets::default().describe("access key"), "no auth");
+        let refused = |single: Option<&str>, named: Option<Vec<(String, String)>>| {
+            Secrets::from_config(single.map(str::to_string), named, KEYS).err().map(|(message, _)| message)
+        };
+        assert!(refused(Some("t"), Some(vec![named("a", "x")])).is_some_and(|m| m.contains("both set")));
+        assert!(refused(None, Some(vec![])).is_some_and(|m| m.contains("is empty")));
+        assert!(refused(None, Some(vec![named("a", "x"), named("a", "y")])).is_some_and(|m| m.contains("share")));
+        assert!(refused(None, Some(vec![named("a", "x"), named("b", "x")])).is_some_and(|m| m.contains("share")));
+        assert!(refused(None, Some(vec![named("", "x")])).is_some_and(|m| m.contains("empty name or value")));
+    }
+
+    #[test]
+    fn bodies_decode_by_their_encoding_within_the_limit() {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&[b'a'; 1000]).unwrap_or_else(|e| panic!("{e}"));
+        let gz = gz.finish().unwrap_or_else(|e| panic!("{e}"));
+        let decoded = ContentEncoding::Gzip.decode(&gz, 1000).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(decoded.map(|d| d.len()), Some(1000));
+        assert!(matches!(ContentEncoding::Gzip.decode(&gz, 999), Err(DecodeError::TooLarge)));
+        assert!(matches!(ContentEncoding::Gzip.decode(b"not gzip", 999), Err(DecodeError::Invalid(_))));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("zstd"));
+        assert_eq!(ContentEncoding::of(&headers), Err("zstd".to_string()));
+    }
+}
