@@ -317,10 +317,10 @@ fn post_to(port: u16, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, serde_js
 }
 
 /// A Firehose HTTP endpoint request body holding `records`.
-fn delivery(id: &str, records: &[&str]) -> Vec<u8> {
+fn delivery(id: &str, records: &[impl AsRef<[u8]>]) -> Vec<u8> {
     let records: Vec<_> = records
         .iter()
-        .map(|r| serde_json::json!({"data": base64::engine::general_purpose::STANDARD.encode(r)}))
+        .map(|r| serde_json::json!({"data": base64::engine::general_purpose::STANDARD.encode(r.as_ref())}))
         .collect();
     serde_json::json!({"requestId": id, "timestamp": 1_764_000_000_000i64, "records": records}).to_string().into_bytes()
 }
@@ -431,4 +431,48 @@ fn one_sluice_delivers_to_another_through_the_http_endpoint_protocol() {
             "{e}"
         );
     }
+}
+
+/// The example pipeline `pipelines/from-firehose.toml` as a user runs it (its folder and port moved
+/// into the test's): a delivery of CloudWatch Logs subscription records, as Firehose forwards them,
+/// becomes one record per log event in the lake; the control message is dropped; a record that is
+/// not gzip is kept, still as it arrived, under `errors/decompression-failed/`.
+#[test]
+fn the_example_from_firehose_pipeline_unpacks_cloudwatch_logs_delivered_by_firehose() {
+    use super::transforms::{CONTROL, data_message, gzip};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let out = dir.path().join("out");
+    let text = std::fs::read_to_string(super::support::repo_root().join("pipelines/from-firehose.toml")).unwrap();
+    let text = text
+        .replace("file://./out/from-firehose", &format!("file://{}", out.display()))
+        .replace("listen = \"127.0.0.1:4575\"", &format!("listen = \"127.0.0.1:{port}\""))
+        .replace("[pipeline]\n", &format!("[pipeline]\ndata_dir = \"{}\"\n", dir.path().join("data").display()));
+    let config = dir.path().join("from-firehose.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut run = logged_run(&config, "error");
+    let mut pipeline = start_listening_with(run.env("FIREHOSE_ACCESS_KEY", "stream-key"), port);
+    let records =
+        [gzip(data_message(&["GET /a 200", "GET /b 404"]).as_bytes()), gzip(CONTROL.as_bytes()), b"not gzip".to_vec()];
+    let headers = [
+        ("X-Amz-Firehose-Protocol-Version", "1.0"),
+        ("X-Amz-Firehose-Access-Key", "stream-key"),
+        ("X-Amz-Firehose-Request-Id", "cwl-1"),
+        ("X-Amz-Firehose-Source-Arn", "arn:aws:firehose:eu-west-1:123456789012:deliverystream/cwl"),
+    ];
+    let (status, answer, _) = post_to(port, &headers, delivery("cwl-1", &records));
+    assert_eq!(status, 200, "{answer}");
+    terminate(&pipeline);
+    // 2: every record stored, some in the error output.
+    let log = || std::fs::read_to_string(config.with_extension("log")).unwrap();
+    assert_eq!(pipeline.wait().unwrap().code(), Some(2), "{}", log());
+    let objects = folder_objects(&out);
+    let events: Vec<String> =
+        objects.iter().filter(|(k, _)| k.starts_with("logs/")).flat_map(|(_, lines)| lines.clone()).collect();
+    assert_eq!(sorted(events), ["GET /a 200", "GET /b 404"]);
+    let failed: Vec<_> = objects.iter().filter(|(k, _)| k.starts_with("errors/decompression-failed/")).collect();
+    let docs: Vec<serde_json::Value> =
+        failed.iter().flat_map(|(_, lines)| lines.iter().map(|l| serde_json::from_str(l).unwrap())).collect();
+    assert_eq!(docs.len(), 1, "{objects:?}");
+    assert_eq!(super::support::raw_data(&docs[0]), "not gzip");
 }

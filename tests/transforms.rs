@@ -396,9 +396,9 @@ fn redact_and_cloudwatch_logs_pass_the_conformance_kit() {
     assert!(report.passed(TransformCheck::FailsRecordsAsTheyEntered));
 }
 
-const CONTROL: &str = r#"{"messageType":"CONTROL_MESSAGE","owner":"CloudwatchLogs","logGroup":"","logStream":"","subscriptionFilters":[],"logEvents":[{"id":"","timestamp":1680683189085,"message":"CWL CONTROL MESSAGE: Checking health of destination Firehose."}]}"#;
+pub const CONTROL: &str = r#"{"messageType":"CONTROL_MESSAGE","owner":"CloudwatchLogs","logGroup":"","logStream":"","subscriptionFilters":[],"logEvents":[{"id":"","timestamp":1680683189085,"message":"CWL CONTROL MESSAGE: Checking health of destination Firehose."}]}"#;
 
-fn data_message(messages: &[&str]) -> String {
+pub fn data_message(messages: &[&str]) -> String {
     let events: Vec<serde_json::Value> = messages
         .iter()
         .enumerate()
@@ -409,7 +409,7 @@ fn data_message(messages: &[&str]) -> String {
     .to_string()
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(bytes).unwrap();

@@ -11,7 +11,6 @@
 //! pipeline asks, or refuses them whole, so a request answered with success is never lost and one
 //! refused is never partly taken.
 
-use std::borrow::Cow;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -26,7 +25,7 @@ use sluice_engine::contract::{PrepareContext, Source, SourceContext, SourceError
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::RecordBatch;
 
-use super::listener::{BodyBudget, BodyError, declared_length, read_body};
+use super::listener::{BodyBudget, BodyError, BodyRoom, declared_length, read_body};
 use super::queue::IngestQueue;
 use super::{ListenerLimits, LogSlot, QueueReader, Rejected, TlsFiles, accept, bind, inflight_limit, serve};
 use crate::sources::firehose::parse_listen;
@@ -288,8 +287,9 @@ impl PostEndpoint {
     }
 
     /// The request's body, read within the listener's budget and timeout and decoded by its
-    /// `Content-Encoding` (plain, gzip, deflate, br), at most [`Self::max_body`] bytes.
-    pub async fn read(&self, headers: &HeaderMap, body: Body) -> Result<Cow<'static, [u8]>, Refusal> {
+    /// `Content-Encoding` (plain, gzip, deflate, br), at most [`Self::max_body`] bytes. It counts
+    /// in the listener's body budget until it is dropped.
+    pub async fn read(&self, headers: &HeaderMap, body: Body) -> Result<ReadBody, Refusal> {
         let encoding = ContentEncoding::of(headers).map_err(|name| {
             (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -298,7 +298,7 @@ impl PostEndpoint {
         })?;
         let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", self.max_body));
         let read = read_body(body, declared_length(headers), self.max_body, &self.bodies, self.body_timeout).await;
-        let (raw, _room) = match read {
+        let (raw, room) = match read {
             Ok(read) => read,
             Err(BodyError::TooLarge(_)) => return Err(too_large()),
             Err(e @ BodyError::Busy) => return Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
@@ -306,13 +306,28 @@ impl PostEndpoint {
             Err(e @ BodyError::Broken(_)) => return Err((StatusCode::BAD_REQUEST, e.to_string())),
         };
         match encoding.decode(&raw, self.max_body) {
-            Ok(Some(decoded)) => Ok(decoded.into()),
-            Ok(None) => Ok(Vec::from(raw).into()),
+            Ok(decoded) => Ok(ReadBody { raw, decoded, _room: room }),
             Err(DecodeError::TooLarge) => Err(too_large()),
             Err(DecodeError::Invalid(e)) => {
                 Err((StatusCode::BAD_REQUEST, format!("the body is not valid {}: {e}", encoding.name())))
             }
         }
+    }
+}
+
+/// A request's body as read, and decoded when it was encoded; its bytes count in the listener's
+/// body budget while it lives.
+#[derive(Debug)]
+pub struct ReadBody {
+    raw: bytes::Bytes,
+    decoded: Option<Vec<u8>>,
+    _room: BodyRoom,
+}
+
+impl ReadBody {
+    /// The body's bytes, decoded.
+    pub fn bytes(&self) -> &[u8] {
+        self.decoded.as_deref().unwrap_or(&self.raw)
     }
 }
 

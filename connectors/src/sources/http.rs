@@ -202,7 +202,7 @@ async fn take(
         }
     }
     let body = endpoint.read(headers, body).await?;
-    let batch = records(&body).map_err(|message| (StatusCode::BAD_REQUEST, message))?;
+    let batch = records(body.bytes()).map_err(|message| (StatusCode::BAD_REQUEST, message))?;
     let count = batch.len();
     (facts.records, facts.bytes) = (Some(count), Some(batch.byte_len()));
     enqueue(endpoint, batch, started).await.map(|()| count)

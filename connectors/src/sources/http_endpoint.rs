@@ -379,7 +379,7 @@ async fn take(
         }
     }
     let body = endpoint.read(headers, body).await?;
-    let batch = records(&body, request_id).map_err(|message| (StatusCode::BAD_REQUEST, message))?;
+    let batch = records(body.bytes(), request_id).map_err(|message| (StatusCode::BAD_REQUEST, message))?;
     (facts.records, facts.bytes) = (Some(batch.len()), Some(batch.byte_len()));
     let seen = receiver.recent.lock().map(|mut recent| recent.begin(request_id)).unwrap_or(Seen::New);
     match seen {
