@@ -126,6 +126,16 @@ fn hostile_key_values_go_to_partitioning_failed_and_never_change_the_folders() {
     assert_eq!(raw, expected);
     assert!(documents.iter().all(|d| d["errorCode"] == "DynamicPartitioning.MetadataExtractionFailed"));
     assert_eq!(metrics.sinks[0].partitioning_failed.load(std::sync::atomic::Ordering::Relaxed), 11);
+    // Firehose's `JQProcessing.Duration`: one observation per batch the query ran on.
+    let timed = metrics.sinks[0].jq_processing.count();
+    assert!(timed >= 1, "{timed}");
+    let mut text = sluice_engine::metrics::PrometheusText::default();
+    let label =
+        sluice_engine::metrics::SinkLabel { name: "out".into(), kind: sluice_engine::destination::DestinationKind::S3 };
+    metrics.render_prometheus(&mut text, "hostile", &[label], 0);
+    let text = text.finish();
+    let count = format!("sluice_JQProcessing_Duration_seconds_count{{stream=\"hostile\",destination=\"out\"}} {timed}");
+    assert!(text.contains(&count), "{text}");
 }
 
 #[test]

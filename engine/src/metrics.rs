@@ -87,6 +87,11 @@ pub struct SinkMetrics {
     pub partitions_sealed_early: AtomicU64,
     /// Records sent to `partitioning-failed` by the partition operator.
     pub partitioning_failed: AtomicU64,
+    /// Whether it partitions by a `partitioning.query`: `JQProcessing.Duration` is shown.
+    pub partitions_by_query: std::sync::atomic::AtomicBool,
+    /// How long finding the key values of one batch of records took, its query's evaluations
+    /// included (Firehose's `JQProcessing.Duration`, there per batch of records too).
+    pub jq_processing: LatencyHistogram,
     /// Records buffered per partition, for the run summary.
     pub partition_records: Mutex<PartitionTally>,
     /// What the sink counts itself, by family (`CopyRows`), through a [`SinkMeter`].
@@ -742,6 +747,9 @@ impl PipelineMetrics {
             text.sample("sluice_PartitionCount", "gauge", &labels, open);
             text.sample("sluice_PartitionsSealedEarly", "counter", &labels, sink.partitions_sealed_early.load(Relaxed));
             text.sample("sluice_PartitioningFailedRecords", "counter", &labels, sink.partitioning_failed.load(Relaxed));
+            if sink.partitions_by_query.load(Relaxed) {
+                sink.jq_processing.render(text, "sluice_JQProcessing_Duration_seconds", &labels);
+            }
             if let Ok(reasons) = sink.reasons.lock() {
                 for (reason, n) in reasons.iter() {
                     let labels = format!("{labels},reason=\"{}\"", label_value(reason));

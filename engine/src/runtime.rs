@@ -178,6 +178,8 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
                 .store(sink.settings.hints.interval.as_secs(), std::sync::atomic::Ordering::Relaxed);
             counters.buffer_size_bytes.store(sink.settings.hints.size_bytes, std::sync::atomic::Ordering::Relaxed);
             counters.format_converts.store(sink.settings.format.converts(), std::sync::atomic::Ordering::Relaxed);
+            let by_query = sink.settings.partitioning.as_ref().is_some_and(|p| p.query.is_some());
+            counters.partitions_by_query.store(by_query, std::sync::atomic::Ordering::Relaxed);
         }
         runtime.block_on(sink.sink.prepare()).map_err(|error| RunError::Prepare { sink: sink.name.clone(), error })?;
     }

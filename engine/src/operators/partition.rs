@@ -134,6 +134,8 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                             let mut partitions: Vec<PartitionKeys> = Vec::new();
                             batch_number += 1;
                             let mut pieces: Vec<&[u8]> = Vec::new();
+                            // `JQProcessing.Duration`: two clock reads per batch, not per record.
+                            let started = query.is_some().then(std::time::Instant::now);
                             for (i, whole) in batch.iter().enumerate() {
                                 pieces.clear();
                                 let split = match &partitioning.deaggregation {
@@ -218,6 +220,9 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                         ),
                                     }
                                 }
+                            }
+                            if let Some(started) = started {
+                                metrics.sinks[index].jq_processing.observe(started.elapsed());
                             }
                             if !failed.records.is_empty() {
                                 metrics.sinks[index]
