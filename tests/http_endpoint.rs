@@ -326,8 +326,8 @@ fn delivery(id: &str, records: &[impl AsRef<[u8]>]) -> Vec<u8> {
 }
 
 /// A sluice delivering with its `http_endpoint` sink to another sluice's `http_endpoint` source (a
-/// separate process, as Firehose would reach it): every record arrives exactly once, gzip bodies and
-/// common attributes included; before that, the receiver answers the protocol's refusals with its
+/// separate process, as Firehose would reach it, one of its access keys read from a mounted secret
+/// file): every record arrives exactly once, gzip bodies and common attributes included; before that, the receiver answers the protocol's refusals with its
 /// error body (no access key: 401, another protocol version: 400, a body over `max_body_mb`: 413)
 /// and takes a request sent again under its id (a retry after a lost answer) only once.
 #[test]
@@ -341,7 +341,7 @@ fn one_sluice_delivers_to_another_through_the_http_endpoint_protocol() {
         format!(
             "[pipeline]\nname = \"central\"\ndata_dir = \"{}\"\naudit_log = \"file://{}\"\n\
              [sources.edge]\ntype = \"http_endpoint\"\nlisten = \"127.0.0.1:{port}\"\nmax_body_mb = 4\n\
-             access_keys = [{{ name = \"edge-a\", access_key = \"key-a\" }}, {{ name = \"edge-b\", access_key = \"key-b\" }}]\n\
+             access_keys = [{{ name = \"edge-a\", access_key = \"key-a\" }}, {{ name = \"edge-b\", access_key = \"${{file:secrets/edge-b}}\" }}]\n\
              [sinks.lake]\ntype = \"object_store\"\ninputs = [\"edge\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
              buffer = {{ size_mb = 64, interval_s = 900 }}\n",
             dir.path().join("data").display(),
@@ -350,6 +350,9 @@ fn one_sluice_delivers_to_another_through_the_http_endpoint_protocol() {
         ),
     )
     .unwrap();
+    // The second key as a mounted secret: a file beside the pipeline, ending with a newline.
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(dir.path().join("secrets/edge-b"), "key-b\n").unwrap();
     let mut central = start_listening_with(&mut logged_run(&config, "error"), port);
 
     let protocol = [("X-Amz-Firehose-Protocol-Version", "1.0"), ("X-Amz-Firehose-Access-Key", "key-a")];

@@ -115,7 +115,7 @@ fn load_schema_file(
     // Like pipeline files, a schema's text is loaded once and lives for the process.
     let text: &'static str = Box::leak(text.into_boxed_str());
     let mut inner = Vec::new();
-    let schema = match parse_document(text) {
+    let schema = match parse_document(text, path.parent().unwrap_or(Path::new("."))) {
         Ok(root) => read_columns(root, &mut inner),
         Err(d) => {
             inner = d;

@@ -2,11 +2,15 @@
 //! as [`Diagnostic`]s pointing at the offending key or value.
 //!
 //! Guarantees: every string has had `${VAR}` replaced from the environment (an unset variable is an
-//! error at that string, never an empty string, unless it gives a default: `${VAR:-default}`); every read that fails says where and what was
+//! error at that string, never an empty string, unless it gives a default: `${VAR:-default}`) and
+//! `${file:PATH}` by the contents of that file (a mounted secret: a Kubernetes or Docker secret, a
+//! systemd credential), PATH relative to the pipeline file's folder, one trailing newline removed, a
+//! file that cannot be read an error at that string; every read that fails says where and what was
 //! expected; keys nobody read are reported as unknown, with the nearest known key as a hint; a
 //! connector's table read into its struct reports every key serde rejects, not the first.
 
 use std::ops::Range;
+use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use toml::Spanned;
@@ -17,11 +21,12 @@ use super::diagnostic::{Diagnostic, Problems, did_you_mean, unknown_key_hint};
 /// A spanned TOML value that owns its data.
 pub type Value = Spanned<DeValue<'static>>;
 
-/// Parses TOML text into a spanned table and expands `${VAR}` in every string.
+/// Parses TOML text into a spanned table and expands `${VAR}` and `${file:PATH}` (PATH relative to
+/// `base_dir`) in every string.
 ///
 /// The text must live for the whole process (the caller leaks it once per loaded file): the
 /// spanned tree borrows from it, and configs are loaded once.
-pub fn parse_document(source: &'static str) -> Result<Section, Vec<Diagnostic>> {
+pub fn parse_document(source: &'static str, base_dir: &Path) -> Result<Section, Vec<Diagnostic>> {
     let (table, errors) = DeTable::parse_recoverable(source);
     if !errors.is_empty() {
         return Err(errors
@@ -36,7 +41,7 @@ pub fn parse_document(source: &'static str) -> Result<Section, Vec<Diagnostic>> 
     let mut table = table.into_inner();
     let mut problems = Vec::new();
     for (_, value) in table.iter_mut() {
-        expand_env(value, &mut problems);
+        expand_env(value, base_dir, &mut problems);
     }
     if problems.is_empty() {
         Ok(Section {
@@ -56,24 +61,63 @@ fn i64_of(i: &toml::de::DeInteger<'_>) -> Option<i64> {
     i64::from_str_radix(i.as_str(), i.radix()).ok()
 }
 
-/// Replaces `${NAME}` in every string below `value` with the environment variable's value.
-fn expand_env(value: &mut Value, problems: &mut Vec<Diagnostic>) {
+/// Expands `${VAR}` and `${file:PATH}` in every string of `value`.
+fn expand_env(value: &mut Value, base_dir: &Path, problems: &mut Vec<Diagnostic>) {
     let span = value.span();
     match value.get_mut() {
-        DeValue::String(s) => match expand_env_in(s) {
+        DeValue::String(s) => match expand_env_in(s, Some(base_dir)) {
             Ok(Some(expanded)) => *s = std::borrow::Cow::Owned(expanded),
             Ok(None) => {}
             Err(e) => problems.push(Diagnostic::new(span, e.0).with_hint(e.1)),
         },
-        DeValue::Array(items) => items.iter_mut().for_each(|v| expand_env(v, problems)),
-        DeValue::Table(t) => t.iter_mut().for_each(|(_, v)| expand_env(v, problems)),
+        DeValue::Array(items) => items.iter_mut().for_each(|v| expand_env(v, base_dir, problems)),
+        DeValue::Table(t) => t.iter_mut().for_each(|(_, v)| expand_env(v, base_dir, problems)),
         _ => {}
     }
 }
 
-/// `Ok(None)` when the string has no `${`; an error (message, hint) for an unset variable without
-/// a default (`${NAME:-default}`) or an unclosed `${`. `$${` is a literal `${`.
-pub(super) fn expand_env_in(s: &str) -> Result<Option<String>, (String, String)> {
+/// What starts a file reference: `${file:PATH}`.
+const FILE_REFERENCE: &str = "file:";
+/// The largest file a `${file:…}` reads: a secret, a key or a token, not data.
+const MAX_REFERENCED_FILE_BYTES: u64 = 64 * 1024;
+
+/// The contents of the file `${file:<path>}` names (relative to `base_dir`), one trailing newline
+/// removed; `Ok(None)` when it does not exist; an error (message, hint) when it cannot be read.
+fn referenced_file(path: &str, base_dir: &Path) -> Result<Option<String>, (String, String)> {
+    use std::io::Read as _;
+    let cannot = |why: String| {
+        Err((
+            format!("cannot read `{path}` for `${{file:{path}}}`: {why}"),
+            format!(
+                "`${{file:PATH}}` is replaced by the file's contents (at most {} KiB of UTF-8, one trailing newline removed), PATH relative to the pipeline file's folder",
+                MAX_REFERENCED_FILE_BYTES / 1024
+            ),
+        ))
+    };
+    let file = match std::fs::File::open(base_dir.join(path)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return cannot(e.to_string()),
+    };
+    let mut text = String::new();
+    match file.take(MAX_REFERENCED_FILE_BYTES + 1).read_to_string(&mut text) {
+        Ok(n) if n as u64 > MAX_REFERENCED_FILE_BYTES => {
+            cannot(format!("it is larger than {} KiB", MAX_REFERENCED_FILE_BYTES / 1024))
+        }
+        Ok(_) => match text.strip_suffix('\n') {
+            Some(line) => Ok(Some(line.strip_suffix('\r').unwrap_or(line).to_string())),
+            None => Ok(Some(text)),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => cannot("it is not UTF-8 text".into()),
+        Err(e) => cannot(e.to_string()),
+    }
+}
+
+/// `Ok(None)` when the string has no `${`; an error (message, hint) for an unset variable or a
+/// missing file without a default (`${NAME:-default}`, `${file:PATH:-default}`), a file that cannot
+/// be read, or an unclosed `${`. `$${` is a literal `${`. Without `files` (a display of the
+/// config), a `${file:…}` stays as written: its contents are never shown.
+pub(super) fn expand_env_in(s: &str, files: Option<&Path>) -> Result<Option<String>, (String, String)> {
     if !s.contains("${") {
         return Ok(None);
     }
@@ -95,16 +139,27 @@ pub(super) fn expand_env_in(s: &str) -> Result<Option<String>, (String, String)>
             Some((name, default)) => (name, Some(default)),
             None => (&after[..end], None),
         };
-        match (std::env::var(name), default) {
-            (Ok(v), _) => out.push_str(&v),
-            (Err(_), Some(default)) => out.push_str(default),
-            (Err(_), None) => {
-                return Err((
-                    format!("environment variable `{name}` is not set"),
-                    format!(
-                        "export {name}=... before running sluice, or give a default: ${{{name}:-value}}; an unset variable is an error, never an empty string"
+        let value = match name.strip_prefix(FILE_REFERENCE) {
+            Some(_) if files.is_none() => Some(format!("${{{}}}", &after[..end])),
+            Some(path) => referenced_file(path, files.unwrap_or(Path::new(".")))?,
+            None => std::env::var(name).ok(),
+        };
+        match (value, default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(default)) => out.push_str(default),
+            (None, None) => {
+                return Err(match name.strip_prefix(FILE_REFERENCE) {
+                    Some(path) => (
+                        format!("`{path}` does not exist (read for `${{file:{path}}}`)"),
+                        "mount the secret there, or give a default: ${file:PATH:-value}; a relative PATH is taken from the pipeline file's folder".into(),
                     ),
-                ));
+                    None => (
+                        format!("environment variable `{name}` is not set"),
+                        format!(
+                            "export {name}=... before running sluice, or give a default: ${{{name}:-value}}; an unset variable is an error, never an empty string"
+                        ),
+                    ),
+                });
             }
         }
         rest = &after[end + 1..];
@@ -772,15 +827,48 @@ mod tests {
 
     #[test]
     fn expands_environment_variables_and_rejects_unset_ones() {
-        // SAFETY of set_var: this test's variable name is unique to it.
-        assert_eq!(expand_env_in("plain"), Ok(None));
-        assert_eq!(expand_env_in("a$${b}"), Ok(Some("a${b}".into())));
-        let unset = expand_env_in("${SLUICE_TEST_SURELY_UNSET_VARIABLE}").unwrap_err();
+        let expand = |s: &str| expand_env_in(s, Some(Path::new(".")));
+        assert_eq!(expand("plain"), Ok(None));
+        assert_eq!(expand("a$${b}"), Ok(Some("a${b}".into())));
+        let unset = expand("${SLUICE_TEST_SURELY_UNSET_VARIABLE}").unwrap_err();
         assert!(unset.0.contains("SLUICE_TEST_SURELY_UNSET_VARIABLE"));
         let home = std::env::var("PATH").unwrap_or_default();
-        assert_eq!(expand_env_in("x${PATH}y"), Ok(Some(format!("x{home}y"))));
-        assert_eq!(expand_env_in("${SLUICE_TEST_SURELY_UNSET_VARIABLE:-fallback}/x"), Ok(Some("fallback/x".into())));
-        assert_eq!(expand_env_in("${PATH:-fallback}"), Ok(Some(home)));
+        assert_eq!(expand("x${PATH}y"), Ok(Some(format!("x{home}y"))));
+        assert_eq!(expand("${SLUICE_TEST_SURELY_UNSET_VARIABLE:-fallback}/x"), Ok(Some("fallback/x".into())));
+        assert_eq!(expand("${PATH:-fallback}"), Ok(Some(home)));
+    }
+
+    #[test]
+    fn a_file_reference_is_replaced_by_the_file_s_contents_and_never_shown_unexpanded() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let write = |name: &str, bytes: &[u8]| {
+            std::fs::write(dir.path().join(name), bytes).unwrap_or_else(|e| panic!("{e}"));
+        };
+        write("token", b"s3cr3t\n");
+        write("crlf", b"line\r\n");
+        write("two", b"a\n\n");
+        write("bare", b"k");
+        write("binary", b"\xff\xfe");
+        write("large", &vec![b'x'; 64 * 1024 + 1]);
+        std::fs::create_dir(dir.path().join("secrets")).unwrap_or_else(|e| panic!("{e}"));
+        write("secrets/key", b"nested");
+        let expand = |s: &str| expand_env_in(s, Some(dir.path()));
+        assert_eq!(expand("Bearer ${file:token}!"), Ok(Some("Bearer s3cr3t!".into())));
+        assert_eq!(expand("${file:crlf}|${file:two}|${file:bare}"), Ok(Some("line|a\n|k".into())));
+        assert_eq!(expand("${file:secrets/key}"), Ok(Some("nested".into())));
+        let absolute = dir.path().join("bare").display().to_string();
+        let elsewhere = expand_env_in(&format!("${{file:{absolute}}}"), Some(Path::new("/elsewhere")));
+        assert_eq!(elsewhere, Ok(Some("k".into())));
+        assert_eq!(expand("${file:missing:-fallback}"), Ok(Some("fallback".into())));
+        let missing = expand("${file:missing}").unwrap_err();
+        assert!(missing.0.contains("`missing` does not exist"), "{missing:?}");
+        let binary = expand("${file:binary:-ignored}").unwrap_err();
+        assert!(binary.0.contains("not UTF-8"), "{binary:?}");
+        assert!(expand("${file:large}").unwrap_err().0.contains("larger than 64 KiB"));
+        assert!(expand("${file:secrets}").is_err(), "a folder is not a secret");
+        // What `sluice validate` shows: the reference as written, never the contents.
+        assert_eq!(expand_env_in("Bearer ${file:token}", None), Ok(Some("Bearer ${file:token}".into())));
+        assert_eq!(expand_env_in("${file:token:-d}", None), Ok(Some("${file:token:-d}".into())));
     }
 
     #[derive(Debug, serde::Deserialize)]
@@ -808,7 +896,7 @@ mod tests {
 
     /// The table `[t]` of `text`.
     fn table_t(text: &'static str) -> Section {
-        let mut root = parse_document(text).unwrap_or_else(|e| panic!("{e:?}"));
+        let mut root = parse_document(text, Path::new(".")).unwrap_or_else(|e| panic!("{e:?}"));
         root.take_table("t", &mut Vec::new()).unwrap_or_else(|| panic!("no [t] in {text}"))
     }
 

@@ -1,5 +1,6 @@
-//! A pipeline file as `sluice validate` shows it: `${VAR}`s expanded, every secret replaced by
-//! [`crate::redact::MASK`], so that what is printed can be pasted into a ticket.
+//! A pipeline file as `sluice validate` shows it: `${VAR}`s expanded (`${file:…}` left as written),
+//! every secret replaced by [`crate::redact::MASK`], so that what is printed can be pasted into a
+//! ticket.
 //!
 //! Guarantees: what counts as a secret is [`crate::redact`]'s (the values of secret keys, URL
 //! passwords and credential-like query parameters), so this and every other place that prints
@@ -12,7 +13,7 @@ use crate::redact::{MASK, is_secret_key};
 fn mask(value: &mut Value, key: &str) {
     match value {
         Value::String(s) => {
-            if let Ok(Some(expanded)) = super::document::expand_env_in(s) {
+            if let Ok(Some(expanded)) = super::document::expand_env_in(s, None) {
                 *s = expanded;
             }
             *s = if is_secret_key(key) && !s.is_empty() { MASK.to_string() } else { crate::redact::url(s) };
@@ -57,5 +58,13 @@ options = { secret_access_key = "sak", region = "eu-west-1" }
             assert!(shown.contains(kept), "{kept} missing: {shown}");
         }
         assert!(masked("not toml [").is_none());
+    }
+
+    #[test]
+    fn a_file_reference_is_shown_as_written() {
+        let shown =
+            masked("[sinks.s]\nname = \"${file:/etc/hostname}\"\ntoken = \"${file:/run/secrets/t}\"\n").unwrap();
+        assert!(shown.contains("name = \"${file:/etc/hostname}\""), "{shown}");
+        assert!(shown.contains("token = \"***\""), "{shown}");
     }
 }

@@ -65,6 +65,6 @@ pub fn load_str_for(
     // The spanned tree borrows the text; a config is loaded once, so its text lives for the process.
     let text: &'static str = Box::leak(text.into_boxed_str());
     let fail = |items: Vec<Diagnostic>| Diagnostics::new(file, text, items);
-    let root = document::parse_document(text).map_err(fail)?;
+    let root = document::parse_document(text, base_dir).map_err(fail)?;
     resolve::resolve(root, base_dir, registry, process).map_err(fail)
 }
