@@ -325,6 +325,25 @@ fn delivery(id: &str, records: &[impl AsRef<[u8]>]) -> Vec<u8> {
     serde_json::json!({"requestId": id, "timestamp": 1_764_000_000_000i64, "records": records}).to_string().into_bytes()
 }
 
+/// The receiving sluice's pipeline file in `dir`: an `http_endpoint` source on `port` with
+/// `source_keys`, its records as NDJSON objects in `<dir>/out`, its audit log in `<dir>/audit`;
+/// the file and the output folder.
+fn central_pipeline(dir: &std::path::Path, port: u16, source_keys: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let out = dir.join("out");
+    let config = dir.join("central.toml");
+    let text = format!(
+        "[pipeline]\nname = \"central\"\ndata_dir = \"{}\"\naudit_log = \"file://{}\"\n\
+         [sources.edge]\ntype = \"http_endpoint\"\nlisten = \"127.0.0.1:{port}\"\n{source_keys}\n\
+         [sinks.lake]\ntype = \"object_store\"\ninputs = [\"edge\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
+         buffer = {{ size_mb = 64, interval_s = 900 }}\n",
+        dir.join("data").display(),
+        dir.join("audit").display(),
+        out.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    (config, out)
+}
+
 /// A sluice delivering with its `http_endpoint` sink to another sluice's `http_endpoint` source (a
 /// separate process, as Firehose would reach it, one of its access keys read from a mounted secret
 /// file): every record arrives exactly once, gzip bodies and common attributes included; before that, the receiver answers the protocol's refusals with its
@@ -334,22 +353,9 @@ fn delivery(id: &str, records: &[impl AsRef<[u8]>]) -> Vec<u8> {
 fn one_sluice_delivers_to_another_through_the_http_endpoint_protocol() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let config = dir.path().join("central.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"central\"\ndata_dir = \"{}\"\naudit_log = \"file://{}\"\n\
-             [sources.edge]\ntype = \"http_endpoint\"\nlisten = \"127.0.0.1:{port}\"\nmax_body_mb = 4\n\
-             access_keys = [{{ name = \"edge-a\", access_key = \"key-a\" }}, {{ name = \"edge-b\", access_key = \"${{file:secrets/edge-b}}\" }}]\n\
-             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"edge\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
-             buffer = {{ size_mb = 64, interval_s = 900 }}\n",
-            dir.path().join("data").display(),
-            dir.path().join("audit").display(),
-            out.display()
-        ),
-    )
-    .unwrap();
+    let keys = "max_body_mb = 4\naccess_keys = [{ name = \"edge-a\", access_key = \"key-a\" }, \
+                { name = \"edge-b\", access_key = \"${file:secrets/edge-b}\" }]";
+    let (config, out) = central_pipeline(dir.path(), port, keys);
     // The second key as a mounted secret: a file beside the pipeline, ending with a newline.
     std::fs::create_dir(dir.path().join("secrets")).unwrap();
     std::fs::write(dir.path().join("secrets/edge-b"), "key-b\n").unwrap();
@@ -478,4 +484,25 @@ fn the_example_from_firehose_pipeline_unpacks_cloudwatch_logs_delivered_by_fireh
         failed.iter().flat_map(|(_, lines)| lines.iter().map(|l| serde_json::from_str(l).unwrap())).collect();
     assert_eq!(docs.len(), 1, "{objects:?}");
     assert_eq!(super::support::raw_data(&docs[0]), "not gzip");
+}
+
+/// Firehose reaches an HTTP endpoint over HTTPS only: the receiving source serves a certificate of
+/// a private CA (`tls = { cert, key }`), and the sending sink trusts that CA (`tls = { ca }`).
+#[test]
+fn the_http_endpoint_protocol_runs_over_tls_between_two_sluices() {
+    let certs = TestCertificates::make();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", certs.path("server.pem"), certs.path("server.key"));
+    let (config, out) = central_pipeline(dir.path(), port, &format!("access_key = \"k\"\n{tls}"));
+    let mut central = start_listening_with(&mut logged_run(&config, "error"), port);
+    let backup = tempfile::tempdir().unwrap();
+    let trust = format!("access_key = \"k\"\ntls = {{ ca = \"{}\" }}", certs.path("ca.pem"));
+    let toml = pipeline(&format!("https://127.0.0.1:{port}/"), backup.path(), 300, &trust);
+    let (_, metrics) = run_pipeline(&toml, &registry(), 1).unwrap();
+    assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 300);
+    terminate(&central);
+    assert!(central.wait().unwrap().success(), "{}", std::fs::read_to_string(config.with_extension("log")).unwrap());
+    let stored: Vec<String> = folder_objects(&out).into_values().flatten().collect();
+    assert_eq!(sorted(stored), sorted(generated(Profile::Cloudtrail, 6, 300)));
 }

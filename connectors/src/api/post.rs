@@ -281,13 +281,8 @@ impl PostEndpoint {
         self.metrics.get()
     }
 
-    /// The largest body taken, after decompression.
-    pub fn max_body(&self) -> usize {
-        self.max_body
-    }
-
     /// The request's body, read within the listener's budget and timeout and decoded by its
-    /// `Content-Encoding` (plain, gzip, deflate, br), at most [`Self::max_body`] bytes. It counts
+    /// `Content-Encoding` (plain, gzip, deflate, br), at most `max_body_mb`. It counts
     /// in the listener's body budget until it is dropped.
     pub async fn read(&self, headers: &HeaderMap, body: Body) -> Result<ReadBody, Refusal> {
         let encoding = ContentEncoding::of(headers).map_err(|name| {
