@@ -382,6 +382,8 @@ fn one_sluice_delivers_to_another_through_the_http_endpoint_protocol() {
     assert!(answer["errorMessage"].as_str().unwrap().contains("version `2.0`"), "{answer}");
     let (status, answer, _) = post_to(port, &with_id("other", &protocol), delivery("mismatch", &["lost"]));
     assert_eq!(status, 400, "{answer}");
+    let long_id: &'static str = "i".repeat(257).leak();
+    assert_eq!(post_to(port, &with_id(long_id, &protocol), delivery(long_id, &["lost"])).0, 400);
     let large = "x".repeat(1_000_000);
     let five_mb: Vec<&str> = vec![large.as_str(); 4];
     assert_eq!(post_to(port, &with_id("large", &protocol), delivery("large", &five_mb)).0, 413);
@@ -425,7 +427,7 @@ fn one_sluice_delivers_to_another_through_the_http_endpoint_protocol() {
         .filter(|e: &serde_json::Value| e["eventSource"] == "http-endpoint.sluice")
         .collect();
     let refused = events.iter().filter(|e| e["errorCode"].is_string()).count();
-    assert_eq!(refused, 5, "{events:?}");
+    assert_eq!(refused, 6, "{events:?}");
     let repeated: Vec<_> = events.iter().filter(|e| e["requestID"] == "twice").collect();
     assert_eq!(repeated.len(), 2);
     assert_eq!(repeated[1]["requestParameters"]["repeated"], true, "{:?}", repeated[1]);

@@ -23,7 +23,7 @@
 //! most 1,024,000 bytes, a request holds at most 10,000 records. It is answered `200` with
 //! `{"requestId","timestamp"}` once its records are queued (and logged as durably as the pipeline
 //! asks), and otherwise with the protocol's error body `{"requestId","timestamp","errorMessage"}`:
-//! 400 (not the protocol, a body or record that does not decode), 401 (no or another access key),
+//! 400 (not the protocol, a request id over 256 bytes, a body or record that does not decode), 401 (no or another access key),
 //! 408 (the body did not arrive in time), 413 (over `max_body_mb`, which Firehose does not retry),
 //! 415 (an encoding other than plain, gzip, deflate or br) or 503 (throttled, too many bodies being
 //! read, stopping, or the same request still being taken: Firehose retries every status but 413).
@@ -64,6 +64,9 @@ use crate::api::{ListenerLimits, TlsFiles};
 pub const MAX_REQUEST_RECORDS: usize = 10_000;
 /// The protocol version this source speaks.
 const PROTOCOL_VERSION: &str = "1.0";
+/// The longest request id taken (Firehose's are GUIDs, 36 characters): ids are remembered, so their
+/// memory stays bounded by `remember_requests`.
+const MAX_REQUEST_ID_BYTES: usize = 256;
 
 /// The source's own keys.
 #[derive(Debug, Deserialize)]
@@ -123,7 +126,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     let remember = problems.take(remember_at.within(
         c.remember_requests,
         10_000,
-        0..=10_000_000,
+        0..=1_000_000,
         "request ids remembered to take a retried request once (default 10000; 0: none)",
     ));
     let listener =
@@ -367,6 +370,11 @@ async fn take(
     }
     if request_id.is_empty() {
         return bad("no X-Amz-Firehose-Request-Id header".into());
+    }
+    if request_id.len() > MAX_REQUEST_ID_BYTES {
+        return bad(format!(
+            "X-Amz-Firehose-Request-Id is longer than {MAX_REQUEST_ID_BYTES} bytes (Firehose's is a GUID)"
+        ));
     }
     if let Some(text) = header_text(headers, "x-amz-firehose-common-attributes") {
         match serde_json::from_str::<CommonAttributes>(text) {
