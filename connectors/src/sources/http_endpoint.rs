@@ -342,7 +342,7 @@ async fn receive(
 
 /// Takes one delivery's records, or says why not (status and message).
 async fn take(
-    receiver: &Receiver,
+    receiver: &Arc<Receiver>,
     request_id: &str,
     headers: &HeaderMap,
     body: Body,
@@ -400,11 +400,22 @@ async fn take(
         }
         Seen::New => {}
     }
-    let taken = enqueue(endpoint, batch, started).await;
-    if let Ok(mut recent) = receiver.recent.lock() {
-        recent.end(request_id, taken.is_ok());
-    }
-    taken
+    // Taken in a task of its own: a handler dropped with its connection (a sender that gave up)
+    // still ends what it began, so the id is remembered as taken, or forgotten, and never stays
+    // "being taken" (which would refuse every retry of it).
+    let task = {
+        let receiver = Arc::clone(receiver);
+        let id = request_id.to_string();
+        tokio::spawn(async move {
+            let taken = enqueue(&receiver.endpoint, batch, started).await;
+            if let Ok(mut recent) = receiver.recent.lock() {
+                recent.end(&id, taken.is_ok());
+            }
+            taken
+        })
+    };
+    task.await
+        .unwrap_or_else(|e| Err((StatusCode::INTERNAL_SERVER_ERROR, format!("the request could not be handled: {e}"))))
 }
 
 #[cfg(test)]
