@@ -508,3 +508,54 @@ fn the_http_endpoint_protocol_runs_over_tls_between_two_sluices() {
     let stored: Vec<String> = folder_objects(&out).into_values().flatten().collect();
     assert_eq!(sorted(stored), sorted(generated(Profile::Cloudtrail, 6, 300)));
 }
+
+/// Senders that hang up once their requests are sent (Firehose giving up on an answer): each
+/// request's records are taken, and its retry under the same id is answered 200 and not taken
+/// again, rather than refused as "being taken" for ever. (Whether a hang-up lands while the records
+/// are being taken is a race: eight requests make it likely that one does.)
+#[test]
+fn requests_whose_senders_hung_up_are_settled_and_their_retries_answered() {
+    use std::io::Write as _;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, out) = central_pipeline(dir.path(), port, "");
+    let mut central = start_listening_with(&mut logged_run(&config, "error"), port);
+    let mut all = Vec::new();
+    let mut requests = Vec::new();
+    for n in 0..8 {
+        let records: Vec<String> =
+            (0..5_000).map(|i| format!("{{\"request\":{n},\"record\":{i},\"pad\":\"{}\"}}", "p".repeat(200))).collect();
+        let id = format!("hung-up-{n}");
+        requests.push((id.clone(), delivery(&id, &records)));
+        all.extend(records);
+    }
+    for (id, body) in &requests {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let head = format!(
+            "POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             x-amz-firehose-protocol-version: 1.0\r\nx-amz-firehose-request-id: {id}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        // Gone before the answer.
+        stream.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    let started = std::time::Instant::now();
+    for (id, body) in &requests {
+        let headers = [("X-Amz-Firehose-Protocol-Version", "1.0"), ("X-Amz-Firehose-Request-Id", id.as_str())];
+        loop {
+            let (status, answer, _) = post_to(port, &headers, body.clone());
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 503, "{answer}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "{id} stays `being taken`: {answer}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    terminate(&central);
+    assert!(central.wait().unwrap().success(), "{}", std::fs::read_to_string(config.with_extension("log")).unwrap());
+    let stored: Vec<String> = folder_objects(&out).into_values().flatten().collect();
+    assert_eq!(sorted(stored), sorted(all));
+}
