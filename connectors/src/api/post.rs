@@ -34,9 +34,12 @@ use crate::sources::firehose::parse_listen;
 pub type Refusal = (StatusCode, String);
 
 /// Configured secrets (bearer tokens, access keys): names and SHA-256 digests (the secrets
-/// themselves are not kept).
+/// themselves are not kept), and what one is called.
 #[derive(Debug, Default)]
-pub struct Secrets(Vec<(String, [u8; 32])>);
+pub struct Secrets {
+    what: &'static str,
+    digests: Vec<(String, [u8; 32])>,
+}
 
 /// How a source's secret keys are called, for its messages.
 #[derive(Debug, Clone, Copy)]
@@ -79,36 +82,31 @@ impl Secrets {
             (None, Some(named)) => named,
             (None, None) => Vec::new(),
         };
-        let mut secrets = Secrets::default();
+        let mut secrets = Secrets { what, digests: Vec::new() };
         for (name, secret) in named {
             let hint = format!("each {what} needs a name of its own and a non-empty value of its own, e.g. {example}");
             if name.is_empty() || secret.is_empty() {
                 return Err((format!("{what} `{name}` has an empty name or value"), hint));
             }
             let digest = Self::digest(&secret);
-            if let Some((other, _)) = secrets.0.iter().find(|(n, d)| *n == name || *d == digest) {
+            if let Some((other, _)) = secrets.digests.iter().find(|(n, d)| *n == name || *d == digest) {
                 return Err((format!("{what}s `{other}` and `{name}` share a name or a value"), hint));
             }
-            secrets.0.push((name, digest));
+            secrets.digests.push((name, digest));
         }
         Ok(secrets)
     }
 
     /// Whether any is configured (else requests need none).
     pub fn required(&self) -> bool {
-        !self.0.is_empty()
-    }
-
-    /// The names of the configured secrets.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(name, _)| name.as_str())
+        !self.digests.is_empty()
     }
 
     /// The name of the secret `given` is, comparing digests in constant time against all of them.
     pub fn holder(&self, given: &str) -> Option<&str> {
         let given = Self::digest(given);
         let mut found = None;
-        for (name, digest) in &self.0 {
+        for (name, digest) in &self.digests {
             let differs = digest.iter().zip(given.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
             if differs == 0 {
                 found = Some(name.as_str());
@@ -118,8 +116,9 @@ impl Secrets {
     }
 
     /// How the source describes its authentication (`no auth`, `bearer token `a``, …).
-    pub fn describe(&self, what: &str) -> String {
-        match self.0.as_slice() {
+    pub fn describe(&self) -> String {
+        let what = self.what;
+        match self.digests.as_slice() {
             [] => "no auth".to_string(),
             [(name, _)] => format!("{what} `{name}`"),
             many => {
@@ -200,15 +199,22 @@ pub struct KeyPlaces {
     base_dir: std::path::PathBuf,
     log: LogSlot,
     listen: Range<usize>,
+    /// How the source's secret keys are called, and where they are (else the table).
+    secret_keys: SecretKeys,
+    secrets: Range<usize>,
     max_body: KeyAt,
     inflight: KeyAt,
     tls: KeyAt,
 }
 
 impl KeyPlaces {
-    /// The places of `listen`, `max_body_mb`, `max_inflight_mb` and `tls` in `config`.
-    pub fn of(config: &ConnectorConfig) -> Self {
+    /// The places of `listen`, `max_body_mb`, `max_inflight_mb`, `tls` and the secrets (`keys`) in
+    /// `config`.
+    pub fn of(config: &ConnectorConfig, keys: SecretKeys) -> Self {
+        let table = &config.table;
         KeyPlaces {
+            secrets: table.value_span(keys.named).or(table.value_span(keys.single)).unwrap_or(table.span.clone()),
+            secret_keys: keys,
             base_dir: config.base_dir.clone(),
             log: LogSlot::for_source(config),
             listen: config.table.value_span("listen").unwrap_or(config.table.span.clone()),
@@ -216,15 +222,6 @@ impl KeyPlaces {
             inflight: config.table.key_at("max_inflight_mb"),
             tls: config.table.key_at("tls"),
         }
-    }
-
-    /// Where the secrets are (the first of `keys` present), else the table.
-    pub fn secrets(config: &ConnectorConfig, keys: SecretKeys) -> Range<usize> {
-        config
-            .table
-            .value_span(keys.named)
-            .or(config.table.value_span(keys.single))
-            .unwrap_or(config.table.span.clone())
     }
 }
 
@@ -239,6 +236,10 @@ pub struct ListenerKeys {
     pub max_inflight_mb: Option<u64>,
     /// `tls`.
     pub tls: Option<TlsFiles>,
+    /// The one secret (`bearer_token`, `access_key`).
+    pub secret: Option<String>,
+    /// Named secrets (`bearer_tokens`, `access_keys`): name and secret.
+    pub named_secrets: Option<Vec<(String, String)>>,
 }
 
 /// What differs between the POST sources: how they describe themselves, their defaults, and the
@@ -246,8 +247,6 @@ pub struct ListenerKeys {
 pub struct Protocol {
     /// The start of the source's description (`http: NDJSON`).
     pub what: &'static str,
-    /// What a secret is called in the description (`bearer token`).
-    pub secret: &'static str,
     /// The listen address when `listen` is not set.
     pub default_listen: &'static str,
     /// `max_body_mb` when not set.
@@ -360,6 +359,17 @@ pub async fn enqueue(endpoint: &Arc<PostEndpoint>, batch: RecordBatch, started: 
     Ok(())
 }
 
+/// A JSON answer with `status`: 503s say when to come back (`Retry-After: 1`).
+pub fn json_answer(status: StatusCode, body: &serde_json::Value) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
+}
+
 /// A source that takes records from HTTP POSTs on its own listener.
 #[derive(Debug)]
 pub struct PostSource {
@@ -371,12 +381,11 @@ pub struct PostSource {
 }
 
 impl PostSource {
-    /// The source of `protocol` from its table's common keys (`keys`, found at `places`), its
-    /// secrets and listener limits (already read); `problems` gets every mistake in them.
+    /// The source of `protocol` from its table's common keys (`keys`, found at `places`) and its
+    /// listener limits (already read); `problems` gets every mistake in them.
     pub fn configure(
         places: KeyPlaces,
         keys: ListenerKeys,
-        secrets: Option<Secrets>,
         limits: Option<ListenerLimits>,
         protocol: Protocol,
         mut problems: Problems,
@@ -394,6 +403,10 @@ impl PostSource {
             &places.inflight,
         ));
         let tls = problems.take(keys.tls.as_ref().map(|t| t.checked(&places.base_dir, &places.tls)).transpose());
+        let secrets = problems.take(
+            Secrets::from_config(keys.secret, keys.named_secrets, places.secret_keys)
+                .map_err(|(message, hint)| Diagnostic::new(places.secrets.clone(), message).with_hint(hint)),
+        );
         let (limits, listen, max_body_mb, inflight, secrets, tls) =
             problems.finish((|| Some((limits?, listen?, max_body_mb?, inflight?, secrets?, tls?)))())?;
         Ok(Arc::new(PostSource {
@@ -417,7 +430,7 @@ impl PostSource {
 impl Source for PostSource {
     fn describe(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let auth = self.endpoint.secrets.describe(self.protocol.secret);
+        let auth = self.endpoint.secrets.describe();
         format!("{} on {scheme}://{} ({auth})", self.protocol.what, self.listen)
     }
 
@@ -449,11 +462,6 @@ impl Source for PostSource {
     }
 }
 
-/// A secret's mistakes at `at`.
-pub fn secrets_at(at: Range<usize>, found: Result<Secrets, (String, String)>) -> Result<Secrets, Diagnostic> {
-    found.map_err(|(message, hint)| Diagnostic::new(at, message).with_hint(hint))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,11 +483,11 @@ mod tests {
         assert_eq!(secrets.holder("tok-b"), Some("shipper-b"));
         assert_eq!(secrets.holder("tok-"), None);
         assert_eq!(secrets.holder(""), None);
-        assert_eq!(secrets.describe("bearer token"), "bearer tokens `shipper-a`, `shipper-b`");
+        assert_eq!(secrets.describe(), "bearer tokens `shipper-a`, `shipper-b`");
         let single = Secrets::from_config(Some("t".into()), None, KEYS).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(single.holder("t"), Some("default"));
-        assert_eq!(single.describe("access key"), "access key `default`");
-        assert_eq!(Secrets::default().describe("access key"), "no auth");
+        assert_eq!(single.describe(), "bearer token `default`");
+        assert_eq!(Secrets::default().describe(), "no auth");
         let refused = |single: Option<&str>, named: Option<Vec<(String, String)>>| {
             Secrets::from_config(single.map(str::to_string), named, KEYS).err().map(|(message, _)| message)
         };

@@ -33,7 +33,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 use sluice_engine::audit::{AuditEvent, HTTP_EVENT_SOURCE};
@@ -43,7 +43,7 @@ use sluice_engine::record::{RecordBatch, now_ms};
 
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
-    KeyPlaces, ListenerKeys, PostEndpoint, PostSource, Protocol, Refusal, SecretKeys, Secrets, enqueue, secrets_at,
+    KeyPlaces, ListenerKeys, PostEndpoint, PostSource, Protocol, Refusal, SecretKeys, enqueue, json_answer,
 };
 use crate::api::{ListenerLimits, TlsFiles};
 
@@ -85,32 +85,25 @@ const TOKEN_KEYS: SecretKeys = SecretKeys {
 
 /// Builds the source from `[sources.<name>]`.
 pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
-    let places = KeyPlaces::of(&config);
-    let tokens_at = KeyPlaces::secrets(&config, TOKEN_KEYS);
+    let places = KeyPlaces::of(&config, TOKEN_KEYS);
     let mut problems = Problems::default();
     let limits = ListenerLimits::take_from(&mut config.table, 1, &mut problems);
     let Some(c) = config.table.deserialize::<HttpConfig>(&mut problems) else { return Err(problems) };
-    let named = c.bearer_tokens.map(|tokens| tokens.into_iter().map(|t| (t.name, t.token)).collect());
-    let tokens = problems.take(secrets_at(tokens_at, Secrets::from_config(c.bearer_token, named, TOKEN_KEYS)));
-    let keys =
-        ListenerKeys { listen: c.listen, max_body_mb: c.max_body_mb, max_inflight_mb: c.max_inflight_mb, tls: c.tls };
+    let keys = ListenerKeys {
+        listen: c.listen,
+        max_body_mb: c.max_body_mb,
+        max_inflight_mb: c.max_inflight_mb,
+        tls: c.tls,
+        secret: c.bearer_token,
+        named_secrets: c.bearer_tokens.map(|tokens| tokens.into_iter().map(|t| (t.name, t.token)).collect()),
+    };
     let protocol = Protocol {
         what: "http: NDJSON",
-        secret: "bearer token",
         default_listen: "127.0.0.1:4574",
         default_body_mb: 16,
         router: Box::new(|endpoint| axum::Router::new().fallback(axum::routing::post(receive)).with_state(endpoint)),
     };
-    PostSource::configure(places, keys, tokens, limits, protocol, problems)
-}
-
-fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    let mut response = (status, json!({"error": message.into()}).to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    }
-    response
+    PostSource::configure(places, keys, limits, protocol, problems)
 }
 
 /// Splits `body` into records (one per line, empty lines skipped).
@@ -172,11 +165,8 @@ async fn receive(
         });
     }
     match outcome {
-        Ok(count) => {
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({"accepted": count}).to_string())
-                .into_response()
-        }
-        Err((status, message)) => refuse(status, message),
+        Ok(count) => json_answer(StatusCode::OK, &json!({"accepted": count})),
+        Err((status, message)) => json_answer(status, &json!({"error": message})),
     }
 }
 

@@ -46,7 +46,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 use sluice_engine::audit::{AuditEvent, HTTP_ENDPOINT_EVENT_SOURCE};
@@ -56,7 +56,7 @@ use sluice_engine::record::{RecordBatch, now_ms};
 
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
-    KeyPlaces, ListenerKeys, PostEndpoint, PostSource, Protocol, Refusal, SecretKeys, Secrets, enqueue, secrets_at,
+    KeyPlaces, ListenerKeys, PostEndpoint, PostSource, Protocol, Refusal, SecretKeys, enqueue, json_answer,
 };
 use crate::api::{ListenerLimits, TlsFiles};
 
@@ -115,25 +115,27 @@ struct Receiver {
 
 /// Builds the source from `[sources.<name>]`.
 pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
-    let places = KeyPlaces::of(&config);
-    let keys_at = KeyPlaces::secrets(&config, ACCESS_KEYS);
+    let places = KeyPlaces::of(&config, ACCESS_KEYS);
     let remember_at = config.table.key_at("remember_requests");
     let mut problems = Problems::default();
     let limits = ListenerLimits::take_from(&mut config.table, 1, &mut problems);
     let Some(c) = config.table.deserialize::<HttpEndpointConfig>(&mut problems) else { return Err(problems) };
-    let named = c.access_keys.map(|keys| keys.into_iter().map(|k| (k.name, k.access_key)).collect());
-    let keys = problems.take(secrets_at(keys_at, Secrets::from_config(c.access_key, named, ACCESS_KEYS)));
     let remember = problems.take(remember_at.within(
         c.remember_requests,
         10_000,
         0..=1_000_000,
         "request ids remembered to take a retried request once (default 10000; 0: none)",
     ));
-    let listener =
-        ListenerKeys { listen: c.listen, max_body_mb: c.max_body_mb, max_inflight_mb: c.max_inflight_mb, tls: c.tls };
+    let keys = ListenerKeys {
+        listen: c.listen,
+        max_body_mb: c.max_body_mb,
+        max_inflight_mb: c.max_inflight_mb,
+        tls: c.tls,
+        secret: c.access_key,
+        named_secrets: c.access_keys.map(|keys| keys.into_iter().map(|k| (k.name, k.access_key)).collect()),
+    };
     let protocol = Protocol {
         what: "http_endpoint: Firehose HTTP endpoint deliveries",
-        secret: "access key",
         default_listen: "127.0.0.1:4575",
         default_body_mb: 64,
         router: Box::new(move |endpoint| {
@@ -143,7 +145,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
                 .with_state(Arc::new(Receiver { endpoint, recent }))
         }),
     };
-    PostSource::configure(places, listener, keys, limits, protocol, problems)
+    PostSource::configure(places, keys, limits, protocol, problems)
 }
 
 /// The ids of the requests taken lately, and of those being taken.
@@ -272,12 +274,7 @@ fn answer(status: StatusCode, request_id: &str, error: Option<&str>) -> Response
         None => json!({"requestId": request_id, "timestamp": now_ms()}),
         Some(message) => json!({"requestId": request_id, "timestamp": now_ms(), "errorMessage": message}),
     };
-    let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    }
-    response
+    json_answer(status, &body)
 }
 
 /// What the audit trail records of a delivery.

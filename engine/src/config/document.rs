@@ -139,10 +139,11 @@ pub(super) fn expand_env_in(s: &str, files: Option<&Path>) -> Result<Option<Stri
             Some((name, default)) => (name, Some(default)),
             None => (&after[..end], None),
         };
-        let value = match name.strip_prefix(FILE_REFERENCE) {
-            Some(_) if files.is_none() => Some(format!("${{{}}}", &after[..end])),
-            Some(path) => referenced_file(path, files.unwrap_or(Path::new(".")))?,
-            None => std::env::var(name).ok(),
+        let value = match (name.strip_prefix(FILE_REFERENCE), files) {
+            // A display of the config: the reference as written.
+            (Some(_), None) => Some(format!("${{{}}}", &after[..end])),
+            (Some(path), Some(base_dir)) => referenced_file(path, base_dir)?,
+            (None, _) => std::env::var(name).ok(),
         };
         match (value, default) {
             (Some(v), _) => out.push_str(&v),
