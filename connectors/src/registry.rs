@@ -13,6 +13,7 @@ pub fn registry() -> Registry {
             SourceType { name: "generator", configure: sources::generator::configure },
             SourceType { name: "http", configure: sources::http::configure },
             SourceType { name: "http_endpoint", configure: sources::http_endpoint::configure },
+            SourceType { name: "kinesis", configure: sources::kinesis::configure },
             SourceType { name: "object_store", configure: sources::object_store::configure },
         ],
         transforms: vec![

@@ -20,6 +20,44 @@ pub struct SourceMetrics {
     pub records: AtomicU64,
     /// Bytes read (record bytes).
     pub bytes: AtomicU64,
+    /// Counters the source keeps besides these (a Kinesis source's `ThrottledGetRecords`), by family.
+    pub own_counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Gauges the source keeps (a Kinesis source's `KinesisMillisBehindLatest`), by family.
+    pub own_gauges: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// A source's handle on its own counters and gauges, rendered as `sluice_<family>` with the
+/// stream's label (counters summed over the stream's sources, gauges their largest), as Firehose
+/// counts per stream.
+#[derive(Debug, Clone)]
+pub struct SourceMeter {
+    metrics: Arc<PipelineMetrics>,
+    index: usize,
+}
+
+impl SourceMeter {
+    /// The meter of source number `index` of `metrics`.
+    pub fn new(metrics: Arc<PipelineMetrics>, index: usize) -> Self {
+        SourceMeter { metrics, index }
+    }
+
+    /// Adds `n` to the counter `family`.
+    pub fn count(&self, family: &'static str, n: u64) {
+        if let Some(source) = self.metrics.sources.get(self.index)
+            && let Ok(mut counts) = source.own_counts.lock()
+        {
+            *counts.entry(family).or_default() += n;
+        }
+    }
+
+    /// Sets the gauge `family` to `value`.
+    pub fn set(&self, family: &'static str, value: u64) {
+        if let Some(source) = self.metrics.sources.get(self.index)
+            && let Ok(mut gauges) = source.own_gauges.lock()
+        {
+            gauges.insert(family, value);
+        }
+    }
 }
 
 /// Counters of one sink.
@@ -667,6 +705,19 @@ impl PipelineMetrics {
         ];
         for (name, value) in counters {
             text.sample(&format!("sluice_{name}"), "counter", &stream_label, value);
+        }
+        let mut own: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
+        for source in &self.sources {
+            for (family, n) in source.own_counts.lock().iter().flat_map(|c| c.iter()) {
+                own.entry(family).or_insert(("counter", 0)).1 += n;
+            }
+            for (family, value) in source.own_gauges.lock().iter().flat_map(|g| g.iter()) {
+                let largest = &mut own.entry(family).or_insert(("gauge", 0)).1;
+                *largest = (*largest).max(*value);
+            }
+        }
+        for (family, (kind, value)) in own {
+            text.sample(&format!("sluice_{family}"), kind, &stream_label, value);
         }
         text.sample("sluice_LogBytes", "gauge", &stream_label, api.log_bytes.load(Relaxed));
         let retention = api.log_retention_bytes.load(Relaxed);

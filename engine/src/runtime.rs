@@ -214,14 +214,15 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
         let _ = counters.owner.set((transform.name.clone(), Arc::downgrade(&metrics)));
     }
     let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let prepare = PrepareContext {
-        delivered: Arc::clone(&delivered),
-        runtime: runtime.handle().clone(),
-        stop: options.stop.clone(),
-        metrics: Arc::clone(&metrics),
-        shared: options.shared.clone(),
-    };
-    for source in &plan.sources {
+    for (index, source) in plan.sources.iter().enumerate() {
+        let prepare = PrepareContext {
+            delivered: Arc::clone(&delivered),
+            runtime: runtime.handle().clone(),
+            stop: options.stop.clone(),
+            metrics: Arc::clone(&metrics),
+            shared: options.shared.clone(),
+            meter: crate::metrics::SourceMeter::new(Arc::clone(&metrics), index),
+        };
         if let Err(error) = source.source.prepare(&prepare) {
             if let Some(log) = metrics.errors.get() {
                 log.close();

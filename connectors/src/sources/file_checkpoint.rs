@@ -1,9 +1,10 @@
-//! Where a file source has got to, kept at the delivered frontier so that a restarted batch run
-//! resumes instead of starting over.
+//! Where a source has got to in input it can read again, kept at the delivered frontier so that a
+//! restarted run resumes instead of starting over: a file source's offsets, an object-store
+//! source's, a Kinesis source's sequence number per shard.
 //!
-//! Each work unit (a file, or a byte range of one, keyed by path, range and file size) records the
-//! stream offset of its next unread line after every read, with the epoch that read was stamped
-//! with. A unit's checkpoint advances to an offset only once the delivered frontier has passed that
+//! Each work unit (a file, or a byte range of one, keyed by path, range and file size; a shard)
+//! records its position after every read (the stream offset of its next unread line; the last
+//! sequence number read), with the epoch that read was stamped with. A unit's checkpoint advances to an offset only once the delivered frontier has passed that
 //! epoch, so it never points past a line that is not delivered: a resumed run re-reads at most what
 //! was delivered after the last checkpoint (duplicates), never skips. The file
 //! (`offsets.json` in the source's data folder) is written to a temporary name, synced and renamed.
@@ -20,39 +21,49 @@ use serde::{Deserialize, Serialize};
 /// How often the checkpoint follows the delivered frontier.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
-/// A unit's saved progress.
+/// A unit's saved progress: a position `P` (a file's stream offset; a shard's sequence number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Saved {
-    /// Resume at this stream offset (a line start).
-    Offset(u64),
+pub enum Saved<P = u64> {
+    /// Resume at this position (a file: the offset of a line start; a shard: after this sequence
+    /// number).
+    Offset(P),
     /// Read and delivered whole.
     Done,
 }
 
-#[derive(Debug, Default)]
-struct UnitProgress {
-    saved: Option<Saved>,
-    /// Reads not yet known delivered: (epoch, offset after the read, the unit ended).
-    pending: VecDeque<(u64, u64, bool)>,
+#[derive(Debug)]
+struct UnitProgress<P> {
+    saved: Option<Saved<P>>,
+    /// Reads not yet known delivered: (epoch, position after the read, the unit ended).
+    pending: VecDeque<(u64, P, bool)>,
 }
 
-/// The checkpoints of one file source.
+impl<P> Default for UnitProgress<P> {
+    fn default() -> Self {
+        UnitProgress { saved: None, pending: VecDeque::new() }
+    }
+}
+
+/// The checkpoints of one source.
 #[derive(Debug)]
-pub struct FileCheckpoints {
+pub struct FileCheckpoints<P = u64> {
     path: PathBuf,
-    units: Mutex<BTreeMap<String, UnitProgress>>,
+    units: Mutex<BTreeMap<String, UnitProgress<P>>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl FileCheckpoints {
+impl<P> FileCheckpoints<P>
+where
+    P: Clone + Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
     /// The checkpoints saved in `dir` (none when the file is missing or unreadable: start over).
-    pub fn load(dir: PathBuf) -> Arc<FileCheckpoints> {
+    pub fn load(dir: PathBuf) -> Arc<FileCheckpoints<P>> {
         let path = dir.join("offsets.json");
-        let saved: BTreeMap<String, Saved> = match std::fs::read(&path) {
+        let saved: BTreeMap<String, Saved<P>> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(file = %path.display(), error = %e, "unreadable file-source checkpoint; starting over");
                 BTreeMap::new()
@@ -68,12 +79,12 @@ impl FileCheckpoints {
     }
 
     /// Where to start `key`: `None` from its beginning.
-    pub fn saved(&self, key: &str) -> Option<Saved> {
-        locked(&self.units).get(key).and_then(|u| u.saved)
+    pub fn saved(&self, key: &str) -> Option<Saved<P>> {
+        locked(&self.units).get(key).and_then(|u| u.saved.clone())
     }
 
     /// Notes a read of `key` up to `offset` in `epoch` (`done`: the unit ended).
-    pub fn read(&self, key: &str, epoch: u64, offset: u64, done: bool) {
+    pub fn read(&self, key: &str, epoch: u64, offset: P, done: bool) {
         locked(&self.units).entry(key.to_string()).or_default().pending.push_back((epoch, offset, done));
     }
 
@@ -81,11 +92,11 @@ impl FileCheckpoints {
     fn advance(&self, delivered: u64) -> bool {
         let mut changed = false;
         for unit in locked(&self.units).values_mut() {
-            while let Some(&(epoch, offset, done)) = unit.pending.front() {
-                if epoch >= delivered {
+            while let Some((epoch, _, _)) = unit.pending.front() {
+                if *epoch >= delivered {
                     break;
                 }
-                unit.pending.pop_front();
+                let Some((_, offset, done)) = unit.pending.pop_front() else { break };
                 unit.saved = Some(if done { Saved::Done } else { Saved::Offset(offset) });
                 changed = true;
             }
@@ -115,8 +126,8 @@ impl FileCheckpoints {
     }
 
     fn write(&self) -> std::io::Result<()> {
-        let saved: BTreeMap<String, Saved> =
-            locked(&self.units).iter().filter_map(|(k, u)| u.saved.map(|s| (k.clone(), s))).collect();
+        let saved: BTreeMap<String, Saved<P>> =
+            locked(&self.units).iter().filter_map(|(k, u)| u.saved.clone().map(|s| (k.clone(), s))).collect();
         let dir = self.path.parent().map(PathBuf::from).unwrap_or_default();
         sluice_engine::folders::create_dir_synced(&dir)?;
         let text = serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?;

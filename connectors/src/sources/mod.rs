@@ -6,4 +6,5 @@ pub mod firehose;
 pub mod generator;
 pub mod http;
 pub mod http_endpoint;
+pub mod kinesis;
 pub mod object_store;

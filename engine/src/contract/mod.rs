@@ -159,6 +159,8 @@ pub struct PrepareContext {
     pub delivered: Arc<std::sync::atomic::AtomicU64>,
     /// The listener the process shares among its pipelines, if any.
     pub shared: Option<Arc<dyn SharedListener>>,
+    /// The source's own counters and gauges (besides the records and bytes the engine counts).
+    pub meter: crate::metrics::SourceMeter,
 }
 
 impl std::fmt::Debug for PrepareContext {

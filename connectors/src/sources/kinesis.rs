@@ -1,0 +1,984 @@
+//! `type = "kinesis"`: reads a Kinesis Data Stream, as a Firehose stream whose source is one
+//! (`KinesisStreamAsSource`, FIREHOSE.md §12: docs/firehose.md §17).
+//!
+//! ```toml
+//! [sources.trail]
+//! type = "kinesis"
+//! stream = "arn:aws:kinesis:eu-west-1:123456789012:stream/cloudtrail"   # Firehose's KinesisStreamARN
+//! # endpoint = "http://127.0.0.1:4567"  # the Kinesis API's address (default https://kinesis.<region>.amazonaws.com)
+//! # start = "latest"                    # Firehose's (default); "trim_horizon"; or a time, "2026-11-30T00:00:00Z"
+//! # poll_ms = 1000                      # how often a shard at its tip is asked again (200..=10000)
+//! # max_buffered_mb = 64                # records fetched and not yet taken into the pipeline
+//! # tls = { ca = "private-ca.pem" }     # as for every connector that sends requests
+//! ```
+//!
+//! Each Kinesis record is one record; a record the Kinesis Producer Library aggregated (its magic
+//! bytes, a protobuf `AggregatedRecord`, an MD5 that matches) is de-aggregated into its user
+//! records, as Firehose does; one whose digest does not match is a plain record (as the KCL treats
+//! it). A batch's arrival time is the oldest Kinesis `ApproximateArrivalTimestamp` in it, so
+//! `!{timestamp:…}` prefixes and `DataFreshness` count from when the stream took the records.
+//! Requests are signed (SigV4, service `kinesis`) with the environment's AWS credentials
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+//!
+//! Guarantees:
+//! - **Where it starts.** `start = "latest"` is fixed once, at the first run of the pipeline's data
+//!   folder (`start.json`): every shard without a checkpoint is read from that instant
+//!   (`AT_TIMESTAMP`), so a shard that appears later by resharding is read from its first record
+//!   and a restart does not skip what arrived while sluice was down.
+//! - **At least once, resumed exactly.** Each shard's last sequence number taken into the
+//!   pipeline is checkpointed at the delivered frontier (`offsets.json`, as the file sources do),
+//!   so a restart resumes after the last delivered record (`AFTER_SEQUENCE_NUMBER`): records
+//!   fetched but not delivered when the run stopped or died are read again, none is skipped. A stop
+//!   does not wait to read the stream's backlog: the stream keeps it.
+//! - **Shards.** Shards are listed at start and every 10 s; each is read by one worker (a hash of
+//!   its id over every worker of every process), so its records keep their order into that worker's
+//!   objects. A child of a split or merge is read once its parents are read to their end (or
+//!   trimmed, or read by another process of a cluster, which this one cannot see). A shard is at its
+//!   end when Kinesis gives no next iterator, or when it is closed and a read at its tip finds
+//!   nothing.
+//! - **Bounded memory.** Records fetched and not yet taken by a worker hold at most
+//!   `max_buffered_mb` (plus one response per shard being read); a shard waits for room.
+//! - **Throttling and failures** are retried with backoff, never fatal after start: a
+//!   `ProvisionedThroughputExceededException` is counted (`ThrottledGetRecords`,
+//!   `ThrottledGetShardIterator`, `ThrottledListShards`), an expired iterator is renewed after the
+//!   last record read, anything else is logged and retried. A stream that is missing, or refused
+//!   with the credentials, stops the run at start with Kinesis's own error.
+//! - **Metrics** (Firehose's names, §8): `DataReadFromKinesisStream.Records` and `.Bytes`,
+//!   `KinesisMillisBehindLatest` (the largest over the shards).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use md5::Digest as _;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
+use sluice_engine::contract::{
+    OnStop, PrepareContext, ReadStatus, Source, SourceContext, SourceError, SourceReader, StopSignal, fingerprint,
+};
+use sluice_engine::metrics::SourceMeter;
+use sluice_engine::record::RecordBatch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::file_checkpoint::{FileCheckpoints, Saved};
+use crate::api::sigv4::Credentials;
+use crate::tls::ClientTls;
+
+/// How often the shards are listed again (for splits and merges).
+const LIST_EVERY: Duration = Duration::from_secs(10);
+/// The largest chunk of records handed to a worker at once (about a batch).
+const CHUNK_BYTES: usize = 1 << 20;
+/// Kinesis allows 5 GetRecords a second per shard: a shard that is behind is read this often.
+const CATCH_UP_EVERY: Duration = Duration::from_millis(200);
+/// The longest wait between retries of a failing call.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A request's timeout (GetRecords returns at most 10 MB).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The KPL's aggregated-record magic.
+const KPL_MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
+
+/// The source's own keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KinesisConfig {
+    stream: String,
+    endpoint: Option<String>,
+    start: Option<String>,
+    poll_ms: Option<u64>,
+    max_buffered_mb: Option<u64>,
+}
+
+/// Where a shard without a checkpoint starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// At the first run's start (Firehose's LATEST, fixed once).
+    Latest,
+    /// At the oldest record the stream keeps.
+    TrimHorizon,
+    /// At records that arrived at or after this time (ms since the epoch).
+    At(i64),
+}
+
+impl Start {
+    fn parse(text: &str) -> Option<Start> {
+        match text {
+            "latest" => Some(Start::Latest),
+            "trim_horizon" => Some(Start::TrimHorizon),
+            _ => chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| Start::At(t.timestamp_millis())),
+        }
+    }
+}
+
+/// The stream's name and region, from `arn:<partition>:kinesis:<region>:<account>:stream/<name>`.
+fn parse_stream_arn(arn: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    match parts.as_slice() {
+        ["arn", partition, "kinesis", region, account, resource]
+            if !partition.is_empty() && !region.is_empty() && account.len() == 12 =>
+        {
+            let name = resource.strip_prefix("stream/")?;
+            let valid = !name.is_empty()
+                && name.len() <= 128
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            valid.then(|| ((*region).to_string(), name.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Builds a Kinesis source from `[sources.<name>]`.
+pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
+    let span = config.table.span.clone();
+    let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
+    let (stream_span, endpoint_span, start_span) = (spans("stream"), spans("endpoint"), spans("start"));
+    let (poll_at, buffered_at) = (config.table.key_at("poll_ms"), config.table.key_at("max_buffered_mb"));
+    let mut problems = Problems::default();
+    let tls = ClientTls::take_from(&mut config.table, &config.base_dir, &mut problems);
+    let Some(c) = config.table.deserialize::<KinesisConfig>(&mut problems) else { return Err(problems) };
+    let arn = problems.take(parse_stream_arn(&c.stream).ok_or_else(|| {
+        Diagnostic::new(stream_span.clone(), format!("`{}` is not a Kinesis stream ARN", c.stream))
+            .with_hint("e.g. stream = \"arn:aws:kinesis:eu-west-1:123456789012:stream/cloudtrail\"")
+    }));
+    let endpoint = problems.take(match (&c.endpoint, &arn) {
+        (Some(e), _) => reqwest::Url::parse(e).ok().filter(|u| matches!(u.scheme(), "http" | "https")).ok_or_else(|| {
+            Diagnostic::new(endpoint_span, format!("`{e}` is not an http(s) URL"))
+                .with_hint("the Kinesis API's address, e.g. \"http://127.0.0.1:4567\"")
+        }),
+        (None, Some((region, _))) => reqwest::Url::parse(&format!("https://kinesis.{region}.amazonaws.com/"))
+            .map_err(|e| Diagnostic::new(stream_span, format!("no Kinesis endpoint for this region: {e}"))),
+        // The ARN's problem is reported already.
+        (None, None) => Err(Diagnostic::new(span.clone(), "")),
+    });
+    let start = problems.take(match &c.start {
+        None => Ok(Start::Latest),
+        Some(text) => Start::parse(text).ok_or_else(|| {
+            Diagnostic::new(start_span, format!("`{text}` is not where a stream can be read from"))
+                .with_hint("\"latest\" (Firehose's, the default), \"trim_horizon\", or an RFC 3339 time such as \"2026-11-30T00:00:00Z\"")
+        }),
+    });
+    let poll = problems.take(
+        poll_at
+            .within(c.poll_ms, 1_000, 200..=10_000, "how often a shard at its tip is read again, in ms (default 1000; Kinesis allows 5 reads a second per shard)")
+            .map(Duration::from_millis),
+    );
+    let buffered = problems.take(buffered_at.within(
+        c.max_buffered_mb,
+        64,
+        1..=4_096,
+        "MB of fetched records waiting for a worker (default 64)",
+    ));
+    let (arn, endpoint, start, poll, buffered, tls) =
+        problems.finish((|| Some((arn?, endpoint?, start?, poll?, buffered?, tls?)))())?;
+    let client = tls.client(REQUEST_TIMEOUT)?;
+    let (region, _) = arn;
+    // The endpoint's own path (a proxy's prefix) is signed as it is sent.
+    let path = if endpoint.path().is_empty() { "/".to_string() } else { endpoint.path().to_string() };
+    Ok(Arc::new(KinesisSource {
+        api: Arc::new(KinesisApi {
+            client,
+            url: endpoint,
+            path,
+            region,
+            stream_arn: c.stream,
+            credentials: OnceLock::new(),
+        }),
+        start,
+        poll,
+        buffered_kib: (buffered * 1_000_000 / 1024) as usize,
+        dir: config.data_dir.join(&config.name),
+        prepared: OnceLock::new(),
+    }))
+}
+
+/// Why a Kinesis call failed.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    /// `ProvisionedThroughputExceededException` or `LimitExceededException`: retry later.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// `ExpiredIteratorException`: get a new iterator.
+    #[error("the shard iterator expired")]
+    ExpiredIterator,
+    /// Any other error Kinesis answered with.
+    #[error("{code}: {message} (HTTP {status})")]
+    Refused { status: u16, code: String, message: String },
+    /// No answer, or one that is not Kinesis's.
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// The Kinesis API of one stream.
+struct KinesisApi {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    path: String,
+    region: String,
+    stream_arn: String,
+    credentials: OnceLock<Credentials>,
+}
+
+impl KinesisApi {
+    /// Calls `operation` with `body`; its answer, or why not.
+    async fn call<T: DeserializeOwned>(&self, operation: &str, body: serde_json::Value) -> Result<T, CallError> {
+        let credentials = self.credentials.get().ok_or_else(|| CallError::Transport("no credentials".into()))?;
+        let body = serde_json::to_vec(&body).map_err(|e| CallError::Transport(e.to_string()))?;
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-amz-json-1.1"));
+        let target = http::HeaderValue::from_str(&format!("Kinesis_20131202.{operation}"))
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        headers.insert("x-amz-target", target);
+        let headers = credentials
+            .sign_request("POST", &self.url, &self.path, (&self.region, "kinesis"), headers, &body)
+            .map_err(|e| CallError::Transport(format!("cannot sign the request: {e}")))?;
+        let response = self
+            .client
+            .post(self.url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| CallError::Transport(sluice_engine::redact::error(&e)))?;
+        let status = response.status();
+        let text = response.bytes().await.map_err(|e| CallError::Transport(sluice_engine::redact::error(&e)))?;
+        if status.is_success() {
+            return serde_json::from_slice(&text)
+                .map_err(|e| CallError::Transport(format!("{operation}: an answer that is not Kinesis's: {e}")));
+        }
+        #[derive(Deserialize, Default)]
+        struct ErrorBody {
+            #[serde(rename = "__type", default)]
+            kind: String,
+            #[serde(alias = "Message", default)]
+            message: String,
+        }
+        let error: ErrorBody = serde_json::from_slice(&text).unwrap_or_default();
+        // `__type` may carry a namespace: `com.amazonaws.kinesis.v20131202#ExpiredIteratorException`.
+        let code = error.kind.rsplit('#').next().unwrap_or_default().to_string();
+        Err(match code.as_str() {
+            "ProvisionedThroughputExceededException" | "LimitExceededException" => CallError::Throttled(error.message),
+            "ExpiredIteratorException" => CallError::ExpiredIterator,
+            "" => CallError::Refused {
+                status: status.as_u16(),
+                code: "UnknownError".into(),
+                message: String::from_utf8_lossy(&text).chars().take(300).collect(),
+            },
+            _ => CallError::Refused { status: status.as_u16(), code, message: error.message },
+        })
+    }
+
+    /// Every shard of the stream (ListShards, page by page).
+    async fn list_shards(&self) -> Result<Vec<Shard>, CallError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Page {
+            #[serde(default)]
+            shards: Vec<Shard>,
+            next_token: Option<String>,
+        }
+        let mut shards = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            // With a NextToken, the stream must not be named again.
+            let body = match &token {
+                Some(t) => serde_json::json!({ "NextToken": t }),
+                None => serde_json::json!({ "StreamARN": self.stream_arn }),
+            };
+            let page: Page = self.call("ListShards", body).await?;
+            shards.extend(page.shards);
+            match page.next_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(shards),
+            }
+        }
+    }
+}
+
+/// A shard as ListShards describes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Shard {
+    shard_id: String,
+    parent_shard_id: Option<String>,
+    adjacent_parent_shard_id: Option<String>,
+    sequence_number_range: SequenceRange,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SequenceRange {
+    /// Set once the shard is closed (split or merged): no record is added after.
+    ending_sequence_number: Option<String>,
+}
+
+/// A GetRecords answer.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct GotRecords {
+    #[serde(default)]
+    records: Vec<KinesisRecord>,
+    next_shard_iterator: Option<String>,
+    #[serde(default)]
+    millis_behind_latest: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct KinesisRecord {
+    sequence_number: String,
+    /// Seconds since the epoch, with a fraction.
+    #[serde(default)]
+    approximate_arrival_timestamp: f64,
+    data: String,
+}
+
+/// Records of one shard, fetched and waiting for its worker.
+struct Chunk {
+    shard: Arc<str>,
+    records: RecordBatch,
+    /// The sequence number of the last Kinesis record in it (`None`: an end marker alone).
+    last: Option<String>,
+    /// The shard is read to its end with this chunk.
+    ended: bool,
+    /// Its room in `max_buffered_mb`, given back when a worker took it.
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+/// What the shard readers of one process share.
+struct Shared {
+    api: Arc<KinesisApi>,
+    start_ms: Option<i64>,
+    start: Start,
+    poll: Duration,
+    stop: StopSignal,
+    meter: SourceMeter,
+    checkpoints: Arc<FileCheckpoints<String>>,
+    room: Arc<Semaphore>,
+    room_kib: usize,
+    /// Each local worker's queue of chunks, once it opened.
+    queues: Mutex<HashMap<usize, mpsc::UnboundedSender<Chunk>>>,
+    /// Shards read to their end by this process (or earlier runs): their children may start.
+    ended: Mutex<HashSet<String>>,
+    /// Shards closed, from the latest listing.
+    closed: Mutex<HashSet<String>>,
+    /// How far behind each shard being read is, for the gauge.
+    behind: Mutex<BTreeMap<String, u64>>,
+}
+
+/// What `prepare` set up.
+struct Prepared {
+    runtime: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+    /// Started by the first worker that opens, with the workers' layout.
+    lister: OnceLock<()>,
+}
+
+/// A configured Kinesis source.
+pub struct KinesisSource {
+    api: Arc<KinesisApi>,
+    start: Start,
+    poll: Duration,
+    buffered_kib: usize,
+    dir: std::path::PathBuf,
+    prepared: OnceLock<Prepared>,
+}
+
+impl std::fmt::Debug for KinesisSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KinesisSource").field("stream", &self.api.stream_arn).field("start", &self.start).finish()
+    }
+}
+
+/// Locks `m`, also after a panic elsewhere (the state stays consistent: every update is one step).
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl KinesisSource {
+    /// The instant `start = "latest"` means for this data folder: read from `start.json`, or now,
+    /// written there (synced) by the first run.
+    fn latest_instant(&self) -> Result<i64, SourceError> {
+        #[derive(serde::Serialize, Deserialize)]
+        struct Started {
+            at_ms: i64,
+        }
+        let path = self.dir.join("start.json");
+        if let Ok(bytes) = std::fs::read(&path) {
+            return serde_json::from_slice::<Started>(&bytes).map(|s| s.at_ms).map_err(|e| {
+                SourceError::Setup(format!("{} is not sluice's: {e}; remove it to start at the stream's tip", path.display()))
+            });
+        }
+        let at_ms = sluice_engine::record::now_ms();
+        let text = serde_json::to_vec(&Started { at_ms }).map_err(|e| SourceError::Setup(e.to_string()))?;
+        sluice_engine::folders::create_dir_synced(&self.dir)
+            .and_then(|()| sluice_engine::folders::replace_file(&path, &text))
+            .map_err(|e| SourceError::Io { context: format!("writing {}", path.display()), source: e })?;
+        Ok(at_ms)
+    }
+}
+
+impl Source for KinesisSource {
+    fn describe(&self) -> String {
+        let start = match self.start {
+            Start::Latest => "latest".to_string(),
+            Start::TrimHorizon => "trim_horizon".to_string(),
+            Start::At(ms) => chrono::DateTime::from_timestamp_millis(ms).map_or(ms.to_string(), |t| t.to_rfc3339()),
+        };
+        format!("kinesis: {} from {start} (via {})", self.api.stream_arn, self.api.url)
+    }
+
+    fn is_finite(&self) -> bool {
+        false
+    }
+
+    /// Checks the credentials and the stream (one listing), fixes where `latest` is, and starts
+    /// following the delivered frontier for checkpoints.
+    fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        let credentials = Credentials::from_env().ok_or_else(|| {
+            SourceError::Setup(
+                "reading a Kinesis stream needs AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                 (and AWS_SESSION_TOKEN for temporary ones)"
+                    .into(),
+            )
+        })?;
+        let _ = self.api.credentials.set(credentials);
+        let api = Arc::clone(&self.api);
+        let shards = ctx.runtime.block_on(api.list_shards()).map_err(|e| {
+            SourceError::Setup(format!("cannot list the shards of {} at {}: {e}", self.api.stream_arn, self.api.url))
+        })?;
+        let start_ms = match self.start {
+            Start::Latest => Some(self.latest_instant()?),
+            Start::At(ms) => Some(ms),
+            Start::TrimHorizon => None,
+        };
+        tracing::info!(stream = %self.api.stream_arn, shards = shards.len(), "kinesis stream found");
+        let checkpoints = FileCheckpoints::<String>::load(self.dir.clone());
+        checkpoints.follow(Arc::clone(&ctx.delivered));
+        let shared = Arc::new(Shared {
+            api,
+            start_ms,
+            start: self.start,
+            poll: self.poll,
+            stop: ctx.stop.clone(),
+            meter: ctx.meter.clone(),
+            checkpoints,
+            room: Arc::new(Semaphore::new(self.buffered_kib)),
+            room_kib: self.buffered_kib,
+            queues: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashSet::new()),
+            closed: Mutex::new(HashSet::new()),
+            behind: Mutex::new(BTreeMap::new()),
+        });
+        let _ = self.prepared.set(Prepared { runtime: ctx.runtime.clone(), shared, lister: OnceLock::new() });
+        Ok(())
+    }
+
+    /// The stream keeps what was not read: the checkpoint is saved as it stands, never removed.
+    fn finish(&self, _stopped: bool) {
+        if let Some(p) = self.prepared.get() {
+            p.shared.checkpoints.finish(true);
+        }
+    }
+
+    fn open(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
+        let p = self
+            .prepared
+            .get()
+            .ok_or_else(|| SourceError::Setup("the kinesis source was not prepared".into()))?;
+        let (sender, chunks) = mpsc::unbounded_channel();
+        locked(&p.shared.queues).insert(ctx.worker, sender);
+        p.lister.get_or_init(|| {
+            let (shared, workers, local) = (Arc::clone(&p.shared), ctx.workers.max(1), ctx.local_workers.clone());
+            p.runtime.spawn(follow_shards(shared, workers, local));
+        });
+        Ok(Box::new(KinesisReader { chunks, checkpoints: Arc::clone(&p.shared.checkpoints), epoch: 0, poll: p.shared.poll }))
+    }
+}
+
+/// The worker a shard belongs to, among every worker of every process.
+fn owner(shard_id: &str, workers: usize) -> usize {
+    (fingerprint(shard_id.as_bytes()) % workers as u64) as usize
+}
+
+/// Lists the shards at start and every [`LIST_EVERY`], and starts a reader for each shard this
+/// process owns once its parents are read to their end.
+async fn follow_shards(shared: Arc<Shared>, workers: usize, local: std::ops::Range<usize>) {
+    let mut started: HashSet<String> = HashSet::new();
+    let mut failures = 0u32;
+    loop {
+        match shared.api.list_shards().await {
+            Ok(shards) => {
+                failures = 0;
+                let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+                *locked(&shared.closed) = shards
+                    .iter()
+                    .filter(|s| s.sequence_number_range.ending_sequence_number.is_some())
+                    .map(|s| s.shard_id.clone())
+                    .collect();
+                for shard in &shards {
+                    if started.contains(&shard.shard_id) || !local.contains(&owner(&shard.shard_id, workers)) {
+                        continue;
+                    }
+                    let saved = shared.checkpoints.saved(&shard.shard_id);
+                    if saved == Some(Saved::Done) {
+                        locked(&shared.ended).insert(shard.shard_id.clone());
+                        started.insert(shard.shard_id.clone());
+                        continue;
+                    }
+                    let parents = [&shard.parent_shard_id, &shard.adjacent_parent_shard_id];
+                    let waiting = parents.into_iter().flatten().any(|parent| {
+                        listed.contains(parent.as_str())
+                            && local.contains(&owner(parent, workers))
+                            && !locked(&shared.ended).contains(parent)
+                            && shared.checkpoints.saved(parent) != Some(Saved::Done)
+                    });
+                    if waiting {
+                        continue;
+                    }
+                    started.insert(shard.shard_id.clone());
+                    let after = match saved {
+                        Some(Saved::Offset(sequence)) => Some(sequence),
+                        _ => None,
+                    };
+                    let worker = owner(&shard.shard_id, workers);
+                    tokio::spawn(read_shard(Arc::clone(&shared), shard.shard_id.clone(), worker, after));
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if matches!(e, CallError::Throttled(_)) {
+                    shared.meter.count("ThrottledListShards", 1);
+                } else {
+                    tracing::warn!(stream = %shared.api.stream_arn, error = %e, "cannot list the shards; trying again");
+                }
+            }
+        }
+        let wait = if failures == 0 { LIST_EVERY } else { backoff(failures).min(LIST_EVERY) };
+        tokio::select! {
+            () = shared.stop.stopped() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The wait before retry `n` (from 1): 100 ms doubling, at most [`MAX_BACKOFF`].
+fn backoff(n: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << n.min(10))).min(MAX_BACKOFF)
+}
+
+/// Reads one shard from `after` (a checkpoint) or the source's start, until its end or the stop,
+/// handing its records to `worker` in chunks.
+async fn read_shard(shared: Arc<Shared>, shard_id: String, worker: usize, mut after: Option<String>) {
+    let shard: Arc<str> = Arc::from(shard_id.as_str());
+    let mut failures = 0u32;
+    let mut iterator: Option<String> = None;
+    loop {
+        if shared.stop.is_stopped() {
+            return;
+        }
+        let result = match &iterator {
+            None => get_iterator(&shared, &shard_id, after.as_deref()).await.map(|it| {
+                iterator = Some(it);
+                None
+            }),
+            Some(it) => shared
+                .api
+                .call::<GotRecords>("GetRecords", serde_json::json!({ "ShardIterator": it, "StreamARN": shared.api.stream_arn }))
+                .await
+                .map(Some),
+        };
+        let got = match result {
+            Ok(None) => continue,
+            Ok(Some(got)) => got,
+            Err(CallError::ExpiredIterator) => {
+                iterator = None;
+                continue;
+            }
+            Err(e) => {
+                failures += 1;
+                match (&e, iterator.is_some()) {
+                    (CallError::Throttled(_), true) => shared.meter.count("ThrottledGetRecords", 1),
+                    (CallError::Throttled(_), false) => shared.meter.count("ThrottledGetShardIterator", 1),
+                    _ => tracing::warn!(shard = %shard_id, error = %e, attempt = failures, "cannot read the shard; trying again"),
+                }
+                tokio::select! {
+                    () = shared.stop.stopped() => return,
+                    () = tokio::time::sleep(backoff(failures)) => {}
+                }
+                continue;
+            }
+        };
+        failures = 0;
+        locked(&shared.behind).insert(shard_id.clone(), got.millis_behind_latest);
+        let behind = locked(&shared.behind).values().copied().max().unwrap_or(0);
+        shared.meter.set("KinesisMillisBehindLatest", behind);
+        let at_tip = got.records.is_empty() && got.millis_behind_latest == 0;
+        let ended = got.next_shard_iterator.is_none() || at_tip && locked(&shared.closed).contains(&shard_id);
+        let fetched = got.records.len();
+        if !hand_over(&shared, &shard, worker, got.records, ended, &mut after).await {
+            return;
+        }
+        if ended {
+            locked(&shared.behind).remove(&shard_id);
+            locked(&shared.ended).insert(shard_id);
+            return;
+        }
+        iterator = got.next_shard_iterator;
+        let wait = if fetched == 0 || got.millis_behind_latest == 0 { shared.poll } else { CATCH_UP_EVERY };
+        tokio::select! {
+            () = shared.stop.stopped() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// A shard iterator after `after`, or at the source's start.
+async fn get_iterator(shared: &Shared, shard_id: &str, after: Option<&str>) -> Result<String, CallError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Iterator {
+        shard_iterator: String,
+    }
+    let mut body = serde_json::json!({ "StreamARN": shared.api.stream_arn, "ShardId": shard_id });
+    match (after, shared.start_ms, shared.start) {
+        (Some(sequence), _, _) => {
+            body["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER".into();
+            body["StartingSequenceNumber"] = sequence.into();
+        }
+        (None, Some(ms), Start::Latest | Start::At(_)) => {
+            body["ShardIteratorType"] = "AT_TIMESTAMP".into();
+            body["Timestamp"] = (ms as f64 / 1000.0).into();
+        }
+        (None, _, _) => body["ShardIteratorType"] = "TRIM_HORIZON".into(),
+    }
+    let got: Iterator = shared.api.call("GetShardIterator", body).await?;
+    Ok(got.shard_iterator)
+}
+
+/// Decodes `records`, de-aggregates them and hands them to `worker` in chunks of about
+/// [`CHUNK_BYTES`], each waiting for room in `max_buffered_mb`; the last chunk says whether the
+/// shard `ended`. False when the run stops first (or the worker is gone).
+async fn hand_over(
+    shared: &Shared,
+    shard: &Arc<str>,
+    worker: usize,
+    records: Vec<KinesisRecord>,
+    ended: bool,
+    after: &mut Option<String>,
+) -> bool {
+    let count = records.len();
+    let mut records = records.into_iter().peekable();
+    let mut bytes_read = 0u64;
+    let mut user_records = 0u64;
+    while records.peek().is_some() || ended {
+        let mut chunk = RecordBatch::with_capacity(i64::MAX, 0);
+        let mut last = None;
+        for record in records.by_ref() {
+            let data = match base64::engine::general_purpose::STANDARD.decode(record.data.as_bytes()) {
+                Ok(data) => data,
+                Err(e) => {
+                    // Kinesis's own answer: not something a producer can cause.
+                    tracing::error!(shard = %shard, sequence = %record.sequence_number, error = %e, "a record whose data is not base64; skipped");
+                    continue;
+                }
+            };
+            bytes_read += data.len() as u64;
+            user_records += deaggregate(&data, |user| chunk.push(user));
+            let arrival = (record.approximate_arrival_timestamp * 1000.0) as i64;
+            if arrival > 0 {
+                chunk.arrival_ms = chunk.arrival_ms.min(arrival);
+            }
+            last = Some(record.sequence_number);
+            if chunk.byte_len() >= CHUNK_BYTES {
+                break;
+            }
+        }
+        if chunk.arrival_ms == i64::MAX {
+            chunk.arrival_ms = sluice_engine::record::now_ms();
+        }
+        let is_last = records.peek().is_none();
+        let kib = (chunk.byte_len() / 1024).clamp(1, shared.room_kib) as u32;
+        let room = tokio::select! {
+            () = shared.stop.stopped() => return false,
+            room = Arc::clone(&shared.room).acquire_many_owned(kib) => room.ok(),
+        };
+        let Some(queue) = wait_for_queue(shared, worker).await else { return false };
+        match &last {
+            Some(sequence) => *after = Some(sequence.clone()),
+            // An end marker alone keeps the shard's position.
+            None => last.clone_from(after),
+        }
+        let chunk = Chunk { shard: Arc::clone(shard), records: chunk, last, ended: ended && is_last, _room: room };
+        if queue.send(chunk).is_err() {
+            return false;
+        }
+        if is_last {
+            break;
+        }
+    }
+    if count > 0 {
+        shared.meter.count("DataReadFromKinesisStream_Records", user_records);
+        shared.meter.count("DataReadFromKinesisStream_Bytes", bytes_read);
+    }
+    true
+}
+
+/// The queue of `worker` (which opens right after the first worker did).
+async fn wait_for_queue(shared: &Shared, worker: usize) -> Option<mpsc::UnboundedSender<Chunk>> {
+    loop {
+        if let Some(queue) = locked(&shared.queues).get(&worker) {
+            return Some(queue.clone());
+        }
+        tokio::select! {
+            () = shared.stop.stopped() => return None,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
+/// Calls `take` with each user record of `data`: the records a KPL aggregated record holds, or
+/// `data` itself. How many it took.
+fn deaggregate(data: &[u8], mut take: impl FnMut(&[u8])) -> u64 {
+    if let Some(records) = kpl_records(data) {
+        let n = records.len() as u64;
+        records.into_iter().for_each(take);
+        return n;
+    }
+    take(data);
+    1
+}
+
+/// The user records of a KPL aggregated record (magic, protobuf `AggregatedRecord`, MD5 of the
+/// protobuf), or `None` when `data` is not one (or its digest does not match: then it is a plain
+/// record, as the KCL treats it).
+fn kpl_records(data: &[u8]) -> Option<Vec<&[u8]>> {
+    let body = data.strip_prefix(&KPL_MAGIC)?;
+    let (message, digest) = body.split_at_checked(body.len().checked_sub(16)?)?;
+    if md5::Md5::digest(message).as_slice() != digest {
+        return None;
+    }
+    // AggregatedRecord: 1 partition_key_table, 2 explicit_hash_key_table, 3 records (Record).
+    let mut records = Vec::new();
+    for field in Fields(message) {
+        let (number, value) = field?;
+        if number == 3 {
+            let FieldValue::Bytes(record) = value else { return None };
+            // Record: 1 partition_key_index, 2 explicit_hash_key_index, 3 data, 4 tags.
+            let mut data = &[][..];
+            for field in Fields(record) {
+                if let (3, FieldValue::Bytes(bytes)) = field? {
+                    data = bytes;
+                }
+            }
+            records.push(data);
+        }
+    }
+    Some(records)
+}
+
+/// A protobuf field's value (the wire types a KPL record uses, and the fixed ones to skip).
+enum FieldValue<'a> {
+    Varint,
+    Fixed,
+    Bytes(&'a [u8]),
+}
+
+/// The fields of a protobuf message, in order; an item is `None` where the message is malformed.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = self.0.split_first()?;
+            self.0 = rest;
+            value |= u64::from(byte & 0x7F) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn skip(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (taken, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(taken)
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Option<(u64, FieldValue<'a>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let field = (|| {
+            let key = self.varint()?;
+            let value = match key & 7 {
+                0 => self.varint().map(|_| FieldValue::Varint)?,
+                1 => self.skip(8).map(|_| FieldValue::Fixed)?,
+                2 => {
+                    let len = usize::try_from(self.varint()?).ok()?;
+                    FieldValue::Bytes(self.skip(len)?)
+                }
+                5 => self.skip(4).map(|_| FieldValue::Fixed)?,
+                _ => return None,
+            };
+            Some((key >> 3, value))
+        })();
+        if field.is_none() {
+            self.0 = &[]; // Malformed: stop after saying so.
+        }
+        Some(field)
+    }
+}
+
+/// One worker's share: the chunks of the shards it owns, taken in the order they were fetched.
+struct KinesisReader {
+    chunks: mpsc::UnboundedReceiver<Chunk>,
+    checkpoints: Arc<FileCheckpoints<String>>,
+    epoch: u64,
+    poll: Duration,
+}
+
+impl SourceReader for KinesisReader {
+    fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
+    fn read(&mut self, batch: &mut RecordBatch, max_bytes: usize) -> Result<ReadStatus, SourceError> {
+        while batch.byte_len() < max_bytes {
+            let Ok(chunk) = self.chunks.try_recv() else { break };
+            if batch.is_empty() {
+                batch.arrival_ms = chunk.records.arrival_ms;
+            } else {
+                batch.arrival_ms = batch.arrival_ms.min(chunk.records.arrival_ms);
+            }
+            for record in chunk.records.iter() {
+                batch.push(record);
+            }
+            // Recorded in the order taken, so a shard's checkpoint only moves forward; an end
+            // marker of a shard that never had a record has no position, and is done when delivered.
+            if chunk.last.is_some() || chunk.ended {
+                self.checkpoints.read(&chunk.shard, self.epoch, chunk.last.unwrap_or_default(), chunk.ended);
+            }
+        }
+        if batch.is_empty() {
+            // Chunks arrive from the shards' readers; ask again soon (well inside a poll).
+            Ok(ReadStatus::Pending(self.poll.min(Duration::from_millis(100))))
+        } else {
+            Ok(ReadStatus::Ready)
+        }
+    }
+
+    fn on_stop(&mut self) -> OnStop {
+        OnStop::Finish
+    }
+}
+
+/// Bytes of a record, for tests.
+#[cfg(test)]
+fn aggregate(records: &[&[u8]]) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn bytes_field(out: &mut Vec<u8>, number: u64, bytes: &[u8]) {
+        varint(out, number << 3 | 2);
+        varint(out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+    }
+    let mut message = Vec::new();
+    bytes_field(&mut message, 1, b"pk");
+    for data in records {
+        let mut record = Vec::new();
+        varint(&mut record, 1 << 3);
+        varint(&mut record, 0);
+        bytes_field(&mut record, 3, data);
+        bytes_field(&mut message, 3, &record);
+    }
+    let mut out = KPL_MAGIC.to_vec();
+    out.extend_from_slice(&message);
+    out.extend_from_slice(md5::Md5::digest(&message).as_slice());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(data: &[u8]) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let n = deaggregate(data, |r| got.push(r.to_vec()));
+        assert_eq!(n as usize, got.len());
+        got
+    }
+
+    #[test]
+    fn an_aggregated_record_gives_its_user_records_in_order() {
+        let data = aggregate(&[b"{\"a\":1}", b"", b"{\"a\":3}"]);
+        assert_eq!(users(&data), vec![b"{\"a\":1}".to_vec(), Vec::new(), b"{\"a\":3}".to_vec()]);
+    }
+
+    #[test]
+    fn a_record_that_only_looks_aggregated_is_a_plain_record() {
+        let mut data = aggregate(&[b"x", b"y"]);
+        let last = data.len() - 1;
+        data[last] ^= 1; // The digest no longer matches.
+        assert_eq!(users(&data), vec![data.clone()]);
+        let short = [&KPL_MAGIC[..], b"abc"].concat();
+        assert_eq!(users(&short), vec![short.clone()]);
+        assert_eq!(users(b"plain"), vec![b"plain".to_vec()]);
+    }
+
+    #[test]
+    fn a_malformed_protobuf_with_a_matching_digest_is_a_plain_record() {
+        let message = [0x1A, 0x05, 0x01]; // Field 3 says 5 bytes; 1 follows.
+        let mut data = KPL_MAGIC.to_vec();
+        data.extend_from_slice(&message);
+        data.extend_from_slice(md5::Md5::digest(message).as_slice());
+        assert_eq!(users(&data), vec![data.clone()]);
+    }
+
+    #[test]
+    fn stream_arns_and_starts_are_read_as_kinesis_writes_them() {
+        assert_eq!(
+            parse_stream_arn("arn:aws:kinesis:eu-west-1:123456789012:stream/cloud.trail-1"),
+            Some(("eu-west-1".into(), "cloud.trail-1".into()))
+        );
+        assert_eq!(parse_stream_arn("arn:aws-cn:kinesis:cn-north-1:123456789012:stream/s").map(|a| a.0), Some("cn-north-1".into()));
+        for bad in [
+            "cloudtrail",
+            "arn:aws:firehose:eu-west-1:123456789012:deliverystream/s",
+            "arn:aws:kinesis:eu-west-1:1234:stream/s",
+            "arn:aws:kinesis:eu-west-1:123456789012:stream/",
+            "arn:aws:kinesis:eu-west-1:123456789012:stream/a b",
+        ] {
+            assert_eq!(parse_stream_arn(bad), None, "{bad}");
+        }
+        assert_eq!(Start::parse("latest"), Some(Start::Latest));
+        assert_eq!(Start::parse("trim_horizon"), Some(Start::TrimHorizon));
+        assert_eq!(Start::parse("2026-11-30T00:00:00Z"), Some(Start::At(1_795_996_800_000)));
+        assert_eq!(Start::parse("yesterday"), None);
+    }
+
+    #[test]
+    fn the_owner_of_a_shard_is_the_same_everywhere_and_spreads_shards() {
+        let owners: HashSet<usize> = (0..16).map(|i| owner(&format!("shardId-{i:012}"), 4)).collect();
+        assert!(owners.len() > 1, "{owners:?}");
+        assert_eq!(owner("shardId-000000000007", 4), owner("shardId-000000000007", 4));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(2), Duration::from_millis(400));
+        assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+}
