@@ -19,6 +19,7 @@ mod enrich;
 mod error_log;
 mod fuzz;
 mod http_endpoint;
+mod kinesis;
 mod listener;
 mod opensearch;
 mod outage;

@@ -10,6 +10,8 @@
 //! # poll_ms = 1000                      # how often a shard at its tip is asked again (200..=10000)
 //! # max_buffered_mb = 64                # records fetched and not yet taken into the pipeline
 //! # tls = { ca = "private-ca.pem" }     # as for every connector that sends requests
+//! # access_key_id = "${KINESIS_KEY_ID}"  # credentials of its own (with secret_access_key and
+//! # secret_access_key = "${KINESIS_SECRET}"  # optionally session_token); default: the environment's
 //! ```
 //!
 //! Each Kinesis record is one record; a record the Kinesis Producer Library aggregated (its magic
@@ -17,8 +19,9 @@
 //! records, as Firehose does; one whose digest does not match is a plain record (as the KCL treats
 //! it). A batch's arrival time is the oldest Kinesis `ApproximateArrivalTimestamp` in it, so
 //! `!{timestamp:…}` prefixes and `DataFreshness` count from when the stream took the records.
-//! Requests are signed (SigV4, service `kinesis`) with the environment's AWS credentials
-//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+//! Requests are signed (SigV4, service `kinesis`) with the source's `access_key_id` and
+//! `secret_access_key` (and `session_token`) when it has them, else the environment's AWS
+//! credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
 //!
 //! Guarantees:
 //! - **Where it starts.** `start = "latest"` is fixed once, at the first run of the pipeline's data
@@ -76,6 +79,8 @@ const CATCH_UP_EVERY: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A request's timeout (GetRecords returns at most 10 MB).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries of the first listing before a busy or failing Kinesis stops the run at start.
+const START_ATTEMPTS: u32 = 5;
 /// The KPL's aggregated-record magic.
 const KPL_MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 
@@ -88,6 +93,9 @@ struct KinesisConfig {
     start: Option<String>,
     poll_ms: Option<u64>,
     max_buffered_mb: Option<u64>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
 }
 
 /// Where a shard without a checkpoint starts.
@@ -134,6 +142,11 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (stream_span, endpoint_span, start_span) = (spans("stream"), spans("endpoint"), spans("start"));
     let (poll_at, buffered_at) = (config.table.key_at("poll_ms"), config.table.key_at("max_buffered_mb"));
+    // Half-given credentials are pointed at where they are given.
+    let credentials_span = ["access_key_id", "secret_access_key", "session_token"]
+        .iter()
+        .find_map(|key| config.table.key_span(key))
+        .unwrap_or(span.clone());
     let mut problems = Problems::default();
     let tls = ClientTls::take_from(&mut config.table, &config.base_dir, &mut problems);
     let Some(c) = config.table.deserialize::<KinesisConfig>(&mut problems) else { return Err(problems) };
@@ -142,14 +155,18 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
             .with_hint("e.g. stream = \"arn:aws:kinesis:eu-west-1:123456789012:stream/cloudtrail\"")
     }));
     let endpoint = problems.take(match (&c.endpoint, &arn) {
-        (Some(e), _) => reqwest::Url::parse(e).ok().filter(|u| matches!(u.scheme(), "http" | "https")).ok_or_else(|| {
-            Diagnostic::new(endpoint_span, format!("`{e}` is not an http(s) URL"))
-                .with_hint("the Kinesis API's address, e.g. \"http://127.0.0.1:4567\"")
-        }),
+        (Some(e), _) => {
+            reqwest::Url::parse(e).ok().filter(|u| matches!(u.scheme(), "http" | "https")).ok_or_else(|| {
+                Problems::from(
+                    Diagnostic::new(endpoint_span, format!("`{e}` is not an http(s) URL"))
+                        .with_hint("the Kinesis API's address, e.g. \"http://127.0.0.1:4567\""),
+                )
+            })
+        }
         (None, Some((region, _))) => reqwest::Url::parse(&format!("https://kinesis.{region}.amazonaws.com/"))
-            .map_err(|e| Diagnostic::new(stream_span, format!("no Kinesis endpoint for this region: {e}"))),
+            .map_err(|e| Diagnostic::new(stream_span, format!("no Kinesis endpoint for this region: {e}")).into()),
         // The ARN's problem is reported already.
-        (None, None) => Err(Diagnostic::new(span.clone(), "")),
+        (None, None) => Err(Problems::default()),
     });
     let start = problems.take(match &c.start {
         None => Ok(Start::Latest),
@@ -169,20 +186,27 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         1..=4_096,
         "MB of fetched records waiting for a worker (default 64)",
     ));
-    let (arn, endpoint, start, poll, buffered, tls) =
-        problems.finish((|| Some((arn?, endpoint?, start?, poll?, buffered?, tls?)))())?;
+    let credentials = problems.take(match (c.access_key_id, c.secret_access_key, c.session_token) {
+        (Some(key_id), Some(secret), session_token) => Ok(Some(Credentials { key_id, secret, session_token })),
+        (None, None, None) => Ok(None),
+        _ => Err(Diagnostic::new(credentials_span, "the source's credentials need `access_key_id` and `secret_access_key`")
+            .with_hint("set both (and `session_token` for temporary credentials), or none to use the environment's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")),
+    });
+    let (arn, endpoint, start, poll, buffered, tls, credentials) =
+        problems.finish((|| Some((arn?, endpoint?, start?, poll?, buffered?, tls?, credentials?)))())?;
     let client = tls.client(REQUEST_TIMEOUT)?;
     let (region, _) = arn;
     // The endpoint's own path (a proxy's prefix) is signed as it is sent.
     let path = if endpoint.path().is_empty() { "/".to_string() } else { endpoint.path().to_string() };
     Ok(Arc::new(KinesisSource {
+        name: config.name.clone(),
         api: Arc::new(KinesisApi {
             client,
             url: endpoint,
             path,
             region,
             stream_arn: c.stream,
-            credentials: OnceLock::new(),
+            credentials: credentials.map(OnceLock::from).unwrap_or_default(),
         }),
         start,
         poll,
@@ -207,6 +231,16 @@ enum CallError {
     /// No answer, or one that is not Kinesis's.
     #[error("{0}")]
     Transport(String),
+}
+
+impl CallError {
+    /// Whether trying again may succeed (throttled, a server error, no answer), unlike a refusal.
+    fn is_transient(&self) -> bool {
+        match self {
+            CallError::Throttled(_) | CallError::Transport(_) | CallError::ExpiredIterator => true,
+            CallError::Refused { status, .. } => *status >= 500,
+        }
+    }
 }
 
 /// The Kinesis API of one stream.
@@ -333,6 +367,31 @@ struct KinesisRecord {
     data: String,
 }
 
+/// A Kinesis record, decoded.
+struct Fetched {
+    sequence_number: String,
+    /// Its `ApproximateArrivalTimestamp` in ms (0 when Kinesis gave none).
+    arrival_ms: i64,
+    data: Vec<u8>,
+}
+
+/// `records` with their data decoded, or why an answer is not Kinesis's.
+fn decode(records: Vec<KinesisRecord>) -> Result<Vec<Fetched>, CallError> {
+    records
+        .into_iter()
+        .map(|record| {
+            let data = base64::engine::general_purpose::STANDARD.decode(record.data.as_bytes()).map_err(|e| {
+                CallError::Transport(format!(
+                    "GetRecords: record {} has data that is not base64 ({e})",
+                    record.sequence_number
+                ))
+            })?;
+            let arrival_ms = (record.approximate_arrival_timestamp * 1000.0) as i64;
+            Ok(Fetched { sequence_number: record.sequence_number, arrival_ms, data })
+        })
+        .collect()
+}
+
 /// Records of one shard, fetched and waiting for its worker.
 struct Chunk {
     shard: Arc<str>,
@@ -347,6 +406,9 @@ struct Chunk {
 
 /// What the shard readers of one process share.
 struct Shared {
+    /// The source's name, for the error log.
+    name: String,
+    metrics: Arc<sluice_engine::metrics::PipelineMetrics>,
     api: Arc<KinesisApi>,
     start_ms: Option<i64>,
     start: Start,
@@ -366,6 +428,28 @@ struct Shared {
     behind: Mutex<BTreeMap<String, u64>>,
 }
 
+impl Shared {
+    /// Says in the error log (and on stderr) that a call failed and is tried again: `what` failed,
+    /// for `shard` if one, on attempt `attempt`. Its code is `Kinesis.<Kinesis's error>`.
+    fn report_retry(&self, error: &CallError, what: &str, shard: Option<&str>, attempt: u32) {
+        let code = match error {
+            CallError::Refused { code, .. } => format!("Kinesis.{code}"),
+            CallError::Throttled(_) => "Kinesis.ProvisionedThroughputExceededException".into(),
+            CallError::ExpiredIterator => "Kinesis.ExpiredIteratorException".into(),
+            CallError::Transport(_) => "Kinesis.ConnectionFailed".into(),
+        };
+        let message = format!("{what}; trying again in {:?}: {error}", backoff(attempt));
+        self.metrics.report_error(sluice_engine::error_log::ErrorEvent {
+            level: sluice_engine::error_log::Level::Warn,
+            component: &self.name,
+            error_code: &code,
+            message: &message,
+            attempts: Some(attempt),
+            key: shard,
+        });
+    }
+}
+
 /// What `prepare` set up.
 struct Prepared {
     runtime: tokio::runtime::Handle,
@@ -376,6 +460,7 @@ struct Prepared {
 
 /// A configured Kinesis source.
 pub struct KinesisSource {
+    name: String,
     api: Arc<KinesisApi>,
     start: Start,
     poll: Duration,
@@ -406,7 +491,10 @@ impl KinesisSource {
         let path = self.dir.join("start.json");
         if let Ok(bytes) = std::fs::read(&path) {
             return serde_json::from_slice::<Started>(&bytes).map(|s| s.at_ms).map_err(|e| {
-                SourceError::Setup(format!("{} is not sluice's: {e}; remove it to start at the stream's tip", path.display()))
+                SourceError::Setup(format!(
+                    "{} is not sluice's: {e}; remove it to start at the stream's tip",
+                    path.display()
+                ))
             });
         }
         let at_ms = sluice_engine::record::now_ms();
@@ -435,16 +523,33 @@ impl Source for KinesisSource {
     /// Checks the credentials and the stream (one listing), fixes where `latest` is, and starts
     /// following the delivered frontier for checkpoints.
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
-        let credentials = Credentials::from_env().ok_or_else(|| {
-            SourceError::Setup(
-                "reading a Kinesis stream needs AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
-                 (and AWS_SESSION_TOKEN for temporary ones)"
-                    .into(),
-            )
-        })?;
-        let _ = self.api.credentials.set(credentials);
+        if self.api.credentials.get().is_none() {
+            let credentials = Credentials::from_env().ok_or_else(|| {
+                SourceError::Setup(
+                    "reading a Kinesis stream needs AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                     (and AWS_SESSION_TOKEN for temporary ones), or the source's access_key_id and secret_access_key"
+                        .into(),
+                )
+            })?;
+            let _ = self.api.credentials.set(credentials);
+        }
         let api = Arc::clone(&self.api);
-        let shards = ctx.runtime.block_on(api.list_shards()).map_err(|e| {
+        let listed = ctx.runtime.block_on(async {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match api.list_shards().await {
+                    // A refusal (no such stream, not allowed) is the answer; a busy or failing
+                    // Kinesis is given a few more tries.
+                    Err(e) if e.is_transient() && attempt < START_ATTEMPTS => {
+                        tracing::warn!(stream = %api.stream_arn, error = %e, attempt, "cannot list the shards; trying again");
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    listed => return listed,
+                }
+            }
+        });
+        let shards = listed.map_err(|e| {
             SourceError::Setup(format!("cannot list the shards of {} at {}: {e}", self.api.stream_arn, self.api.url))
         })?;
         let start_ms = match self.start {
@@ -456,6 +561,8 @@ impl Source for KinesisSource {
         let checkpoints = FileCheckpoints::<String>::load(self.dir.clone());
         checkpoints.follow(Arc::clone(&ctx.delivered));
         let shared = Arc::new(Shared {
+            name: self.name.clone(),
+            metrics: Arc::clone(&ctx.metrics),
             api,
             start_ms,
             start: self.start,
@@ -482,17 +589,19 @@ impl Source for KinesisSource {
     }
 
     fn open(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
-        let p = self
-            .prepared
-            .get()
-            .ok_or_else(|| SourceError::Setup("the kinesis source was not prepared".into()))?;
+        let p = self.prepared.get().ok_or_else(|| SourceError::Setup("the kinesis source was not prepared".into()))?;
         let (sender, chunks) = mpsc::unbounded_channel();
         locked(&p.shared.queues).insert(ctx.worker, sender);
         p.lister.get_or_init(|| {
             let (shared, workers, local) = (Arc::clone(&p.shared), ctx.workers.max(1), ctx.local_workers.clone());
             p.runtime.spawn(follow_shards(shared, workers, local));
         });
-        Ok(Box::new(KinesisReader { chunks, checkpoints: Arc::clone(&p.shared.checkpoints), epoch: 0, poll: p.shared.poll }))
+        Ok(Box::new(KinesisReader {
+            chunks,
+            checkpoints: Arc::clone(&p.shared.checkpoints),
+            epoch: 0,
+            poll: p.shared.poll,
+        }))
     }
 }
 
@@ -550,7 +659,7 @@ async fn follow_shards(shared: Arc<Shared>, workers: usize, local: std::ops::Ran
                 if matches!(e, CallError::Throttled(_)) {
                     shared.meter.count("ThrottledListShards", 1);
                 } else {
-                    tracing::warn!(stream = %shared.api.stream_arn, error = %e, "cannot list the shards; trying again");
+                    shared.report_retry(&e, "cannot list the shards", None, failures);
                 }
             }
         }
@@ -584,24 +693,40 @@ async fn read_shard(shared: Arc<Shared>, shard_id: String, worker: usize, mut af
             }),
             Some(it) => shared
                 .api
-                .call::<GotRecords>("GetRecords", serde_json::json!({ "ShardIterator": it, "StreamARN": shared.api.stream_arn }))
+                .call::<GotRecords>(
+                    "GetRecords",
+                    serde_json::json!({ "ShardIterator": it, "StreamARN": shared.api.stream_arn }),
+                )
                 .await
                 .map(Some),
         };
         let got = match result {
             Ok(None) => continue,
             Ok(Some(got)) => got,
-            Err(CallError::ExpiredIterator) => {
-                iterator = None;
-                continue;
-            }
             Err(e) => {
                 failures += 1;
                 match (&e, iterator.is_some()) {
+                    // A new iterator after the last record handed over (at once, the first time).
+                    (CallError::ExpiredIterator, _) => iterator = None,
                     (CallError::Throttled(_), true) => shared.meter.count("ThrottledGetRecords", 1),
                     (CallError::Throttled(_), false) => shared.meter.count("ThrottledGetShardIterator", 1),
-                    _ => tracing::warn!(shard = %shard_id, error = %e, attempt = failures, "cannot read the shard; trying again"),
+                    _ => shared.report_retry(&e, "cannot read the shard", Some(&shard_id), failures),
                 }
+                if !matches!(e, CallError::ExpiredIterator) || failures > 1 {
+                    tokio::select! {
+                        () = shared.stop.stopped() => return,
+                        () = tokio::time::sleep(backoff(failures)) => {}
+                    }
+                }
+                continue;
+            }
+        };
+        // Kinesis's data is base64; an answer that is not is read again, never passed over.
+        let records = match decode(got.records) {
+            Ok(records) => records,
+            Err(e) => {
+                failures += 1;
+                shared.report_retry(&e, "cannot read the shard", Some(&shard_id), failures);
                 tokio::select! {
                     () = shared.stop.stopped() => return,
                     () = tokio::time::sleep(backoff(failures)) => {}
@@ -613,10 +738,10 @@ async fn read_shard(shared: Arc<Shared>, shard_id: String, worker: usize, mut af
         locked(&shared.behind).insert(shard_id.clone(), got.millis_behind_latest);
         let behind = locked(&shared.behind).values().copied().max().unwrap_or(0);
         shared.meter.set("KinesisMillisBehindLatest", behind);
-        let at_tip = got.records.is_empty() && got.millis_behind_latest == 0;
+        let at_tip = records.is_empty() && got.millis_behind_latest == 0;
         let ended = got.next_shard_iterator.is_none() || at_tip && locked(&shared.closed).contains(&shard_id);
-        let fetched = got.records.len();
-        if !hand_over(&shared, &shard, worker, got.records, ended, &mut after).await {
+        let fetched = records.len();
+        if !hand_over(&shared, &shard, worker, records, ended, &mut after).await {
             return;
         }
         if ended {
@@ -663,7 +788,7 @@ async fn hand_over(
     shared: &Shared,
     shard: &Arc<str>,
     worker: usize,
-    records: Vec<KinesisRecord>,
+    records: Vec<Fetched>,
     ended: bool,
     after: &mut Option<String>,
 ) -> bool {
@@ -675,19 +800,10 @@ async fn hand_over(
         let mut chunk = RecordBatch::with_capacity(i64::MAX, 0);
         let mut last = None;
         for record in records.by_ref() {
-            let data = match base64::engine::general_purpose::STANDARD.decode(record.data.as_bytes()) {
-                Ok(data) => data,
-                Err(e) => {
-                    // Kinesis's own answer: not something a producer can cause.
-                    tracing::error!(shard = %shard, sequence = %record.sequence_number, error = %e, "a record whose data is not base64; skipped");
-                    continue;
-                }
-            };
-            bytes_read += data.len() as u64;
-            user_records += deaggregate(&data, |user| chunk.push(user));
-            let arrival = (record.approximate_arrival_timestamp * 1000.0) as i64;
-            if arrival > 0 {
-                chunk.arrival_ms = chunk.arrival_ms.min(arrival);
+            bytes_read += record.data.len() as u64;
+            user_records += deaggregate(&record.data, |user| chunk.push(user));
+            if record.arrival_ms > 0 {
+                chunk.arrival_ms = chunk.arrival_ms.min(record.arrival_ms);
             }
             last = Some(record.sequence_number);
             if chunk.byte_len() >= CHUNK_BYTES {
@@ -952,7 +1068,10 @@ mod tests {
             parse_stream_arn("arn:aws:kinesis:eu-west-1:123456789012:stream/cloud.trail-1"),
             Some(("eu-west-1".into(), "cloud.trail-1".into()))
         );
-        assert_eq!(parse_stream_arn("arn:aws-cn:kinesis:cn-north-1:123456789012:stream/s").map(|a| a.0), Some("cn-north-1".into()));
+        assert_eq!(
+            parse_stream_arn("arn:aws-cn:kinesis:cn-north-1:123456789012:stream/s").map(|a| a.0),
+            Some("cn-north-1".into())
+        );
         for bad in [
             "cloudtrail",
             "arn:aws:firehose:eu-west-1:123456789012:deliverystream/s",

@@ -1073,6 +1073,8 @@ fn take_partitioning(
     problems: &mut Vec<Diagnostic>,
 ) -> Option<Option<Arc<Partitioning>>> {
     let before = problems.len();
+    // `partitioning` written, but not as a table: that is its one problem (reported already).
+    let written_wrong = table.is_none() && table_span.is_some();
     let prefix_parsed = prefix_keys.is_some();
     let partition_keys = prefix_keys.unwrap_or_default();
     let prefix_span = prefix.map_or(sink_span.clone(), |p| p.span());
@@ -1117,7 +1119,7 @@ fn take_partitioning(
     }
     let query_keys: Vec<&str> = partition_keys.iter().filter(|k| !k.from_lambda).map(|k| k.name.as_str()).collect();
     match &query {
-        None if !query_keys.is_empty() && problems.len() == before => problems.push(
+        None if !query_keys.is_empty() && problems.len() == before && !written_wrong => problems.push(
             Diagnostic::new(
                 prefix_span.clone(),
                 format!(
@@ -1152,7 +1154,7 @@ fn take_partitioning(
         }
         None => {}
     }
-    if problems.len() > before {
+    if problems.len() > before || written_wrong {
         return None;
     }
     if partition_keys.is_empty() {
@@ -1541,6 +1543,8 @@ fn take_sink_settings(
     // The prefix's partition keys, from the prefix alone when the pair broke a rule, so the
     // partitioning table's own problems are reported with the prefixes' (every error at once).
     let prefix_keys = match &keys {
+        // A prefix written wrong (not a string) is its one problem: its keys are unknown.
+        _ if section.misread("prefix") => None,
         Some(keys) => Some(keys.partition_keys()),
         None => ObjectKeyTemplate::parse(prefix.as_ref().map_or("", |p| p.get_ref().as_str()))
             .ok()

@@ -1,0 +1,321 @@
+//! The `kinesis` source against moto_server's Kinesis on 127.0.0.1: records put by boto3 and, as
+//! KPL aggregated records, by AWS's own aws_kinesis_agg (tests/kinesis_put.py). The source
+//! conformance kit; a run stopped and started again, with records put and a shard split while it
+//! was down; the example pipeline as it is; and a Kinesis that throttles, expires iterators and
+//! fails (a proxy in front of moto answering as Kinesis documents), which loses nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::security::{Moto, aws_env};
+use super::support::{folder_objects, free_port, logged_run, python, repo_root, start_listening_with, terminate};
+
+/// A new stream `name` of `shards` shards; its ARN once ACTIVE.
+fn create_stream(moto: &Moto, name: &str, shards: u32) -> String {
+    moto.boto3(&format!(
+        "k = boto3.client('kinesis', endpoint_url=ENDPOINT, region_name='us-east-1')\n\
+         k.create_stream(StreamName={name:?}, ShardCount={shards})\n\
+         k.get_waiter('stream_exists').wait(StreamName={name:?}, WaiterConfig={{'Delay': 0.2}})\n\
+         print(k.describe_stream_summary(StreamName={name:?})['StreamDescriptionSummary']['StreamARN'])"
+    ))
+}
+
+/// Puts `records` into `stream` through `endpoint` (every `aggregate_every`th group of 100 as one
+/// KPL aggregated record; 0: none).
+fn put(endpoint: &str, stream: &str, records: &[String], aggregate_every: usize) -> Result<(), String> {
+    let file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+    std::fs::write(file.path(), records.join("\n") + "\n").map_err(|e| e.to_string())?;
+    let output = Command::new(python())
+        .arg(repo_root().join("tests/kinesis_put.py"))
+        .args([endpoint, stream, file.path().to_str().unwrap_or_default()])
+        .args(["--aggregate-every", &aggregate_every.to_string()])
+        .envs(aws_env())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).to_string());
+    }
+    Ok(())
+}
+
+fn numbered(range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|i| format!(r#"{{"n":{i},"service":"svc-{}"}}"#, i % 3)).collect()
+}
+
+/// How many times each line was delivered under `out`.
+fn delivered(out: &Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in folder_objects(out).into_values().flatten() {
+        *counts.entry(line).or_default() += 1;
+    }
+    counts
+}
+
+/// Waits (at most 60 s) until `out` holds `n` records.
+fn wait_for_records(out: &Path, n: usize, log: &Path) {
+    let started = Instant::now();
+    loop {
+        let got: usize = delivered(out).values().sum();
+        if got >= n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{got} of {n} records delivered: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A pipeline reading `stream_arn` through `endpoint` into `file://<out>` (1 s buffers).
+fn pipeline(dir: &Path, stream_arn: &str, endpoint: &str, source_keys: &str) -> std::path::PathBuf {
+    let config = dir.join("kinesis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"from-kinesis\"\ndata_dir = \"{}\"\n\n\
+             [sources.stream]\ntype = \"kinesis\"\nstream = \"{stream_arn}\"\nendpoint = \"{endpoint}\"\npoll_ms = 200\n{source_keys}\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"stream\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
+             buffer = {{ size_mb = 1, interval_s = 1 }}\n",
+            dir.join("data").display(),
+            dir.join("out").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `sluice run config --admin 127.0.0.1:<admin>` with moto's credentials, once it serves.
+fn start(config: &Path, admin: u16) -> Child {
+    let mut run = logged_run(config, "warn");
+    run.args(["--admin", &format!("127.0.0.1:{admin}")]).envs(aws_env());
+    start_listening_with(&mut run, admin)
+}
+
+/// The value of the Prometheus sample `name` at `admin`'s `/metrics`.
+fn metric(admin: u16, name: &str) -> Option<f64> {
+    let text = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")).ok()?.text().ok()?;
+    text.lines().find(|l| l.starts_with(&format!("{name}{{"))).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The source conformance kit: every record exactly once at 1, 2 and 4 workers (a third of them
+/// put as KPL aggregated records), a stop right after the records are put repeats nothing, and a
+/// run stopped after its first delivery resumes from its checkpoint without starting over.
+#[test]
+fn the_kinesis_source_passes_the_source_conformance_kit() {
+    use sluice_engine::testkit::source::{Check, SourceCase, conformance};
+    let moto = Moto::start();
+    let arn = create_stream(&moto, "conformance", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let records = numbered(0..3_000);
+    let expected = records.iter().map(|r| r.clone().into_bytes()).collect();
+    let endpoint = moto.endpoint.clone();
+    let produce = move || put(&endpoint, "conformance", &records, 3);
+    let table = format!(
+        "type = \"kinesis\"\nstream = \"{arn}\"\nendpoint = \"{}\"\npoll_ms = 200\n\
+         access_key_id = \"AKIAMOTOTEST\"\nsecret_access_key = \"moto-secret-never-logged\"\n",
+        moto.endpoint
+    );
+    let case = SourceCase::durable_stream(table, expected, Box::new(produce), dir.path());
+    let report = conformance(sluice_connectors::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
+}
+
+/// A run delivers what was put while it ran, and counts it as Firehose does; stopped, it keeps
+/// each shard's place. Records put while it is down, before and after a shard is split, are all
+/// read by the next run (the parent to its end, then its children), and nothing delivered by the
+/// first run is delivered again. A stream that does not exist stops a run at start, saying so.
+#[test]
+fn a_restarted_kinesis_source_resumes_where_it_delivered_and_follows_a_split() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = pipeline(dir.path(), "arn:aws:kinesis:us-east-1:123456789012:stream/nowhere", &moto.endpoint, "");
+    let output = super::support::sluice().args(["run", missing.to_str().unwrap()]).envs(aws_env()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot list the shards of") && stderr.contains("ResourceNotFoundException"), "{stderr}");
+
+    let arn = create_stream(&moto, "trail", 2);
+    let config = pipeline(dir.path(), &arn, &moto.endpoint, "");
+    let (out, log) = (dir.path().join("out"), config.with_extension("log"));
+    let admin = free_port();
+    let run = start(&config, admin);
+    let first = numbered(0..2_000);
+    put(&moto.endpoint, "trail", &first, 4).unwrap();
+    wait_for_records(&out, 2_000, &log);
+    let read_records = metric(admin, "sluice_DataReadFromKinesisStream_Records");
+    assert_eq!(read_records, Some(2_000.0), "{:?}", std::fs::read_to_string(&log));
+    assert!(metric(admin, "sluice_DataReadFromKinesisStream_Bytes").unwrap_or(0.0) > 40_000.0);
+    assert!(metric(admin, "sluice_KinesisMillisBehindLatest").is_some());
+    terminate(&run);
+    let mut run = run;
+    assert_eq!(run.wait().unwrap().code(), Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+
+    // While it is down: more records, a split of a shard, more records.
+    put(&moto.endpoint, "trail", &numbered(2_000..3_000), 0).unwrap();
+    moto.boto3(
+        "k = boto3.client('kinesis', endpoint_url=ENDPOINT, region_name='us-east-1')\n\
+         s = k.list_shards(StreamName='trail')['Shards'][0]\n\
+         lo, hi = int(s['HashKeyRange']['StartingHashKey']), int(s['HashKeyRange']['EndingHashKey'])\n\
+         k.split_shard(StreamName='trail', ShardToSplit=s['ShardId'], NewStartingHashKey=str((lo + hi) // 2))",
+    );
+    put(&moto.endpoint, "trail", &numbered(3_000..4_000), 2).unwrap();
+
+    let mut run = start(&config, admin);
+    wait_for_records(&out, 4_000, &log);
+    std::thread::sleep(Duration::from_secs(3)); // Time to deliver again, were it to start over.
+    terminate(&run);
+    assert_eq!(run.wait().unwrap().code(), Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    let counts = delivered(&out);
+    let want = numbered(0..4_000);
+    assert_eq!(counts.len(), want.len(), "distinct records");
+    assert!(want.iter().all(|r| counts.get(r) == Some(&1)), "a record missing or delivered twice");
+    let offsets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("data/stream/offsets.json")).unwrap()).unwrap();
+    assert_eq!(offsets["shardId-000000000000"], "done", "the split shard is read to its end: {offsets}");
+    assert!(offsets["shardId-000000000001"]["offset"].is_string(), "{offsets}");
+}
+
+/// What the fault proxy did.
+#[derive(Default)]
+struct Faults {
+    calls: AtomicU64,
+    throttled: AtomicU64,
+    expired: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A proxy in front of moto that answers as Kinesis does when it is busy or failing (its API
+/// reference: `ProvisionedThroughputExceededException` and `ExpiredIteratorException` with HTTP
+/// 400, `InternalFailure` with 500) for a share of the calls, and passes the rest on.
+fn fault_proxy(moto: &str, faults: Arc<Faults>) -> (u16, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let port = free_port();
+    let moto = moto.to_string();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).unwrap();
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |mut headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let (client, moto, faults) = (client.clone(), moto.clone(), Arc::clone(&faults));
+        async move {
+            let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            let n = faults.calls.fetch_add(1, Ordering::SeqCst);
+            let error = |status: u16, kind: &str, message: &str| {
+                let body = serde_json::json!({ "__type": kind, "message": message }).to_string();
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    [("content-type", "application/x-amz-json-1.1")],
+                    body,
+                )
+            };
+            let fault = match n % 7 {
+                1 if target.ends_with("GetRecords") => {
+                    faults.throttled.fetch_add(1, Ordering::SeqCst);
+                    Some(error(400, "ProvisionedThroughputExceededException", "Rate exceeded for shard"))
+                }
+                3 if target.ends_with("GetRecords") => {
+                    faults.expired.fetch_add(1, Ordering::SeqCst);
+                    Some(error(400, "ExpiredIteratorException", "Iterator expired"))
+                }
+                5 => {
+                    faults.failed.fetch_add(1, Ordering::SeqCst);
+                    Some(error(500, "InternalFailure", "We encountered an internal error"))
+                }
+                _ => None,
+            };
+            if let Some(fault) = fault {
+                return fault;
+            }
+            // Passed on as sent (moto tells the service by the signature's scope).
+            headers.remove("host");
+            headers.remove("content-length");
+            let answer = client.post(&moto).headers(headers).body(body).send().await.unwrap();
+            let status = axum::http::StatusCode::from_u16(answer.status().as_u16()).unwrap();
+            (status, [("content-type", "application/x-amz-json-1.1")], answer.text().await.unwrap())
+        }
+    });
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    (port, runtime)
+}
+
+/// A Kinesis that throttles reads, expires iterators and fails a call in seven: every record is
+/// delivered once all the same, the throttling is counted (`ThrottledGetRecords`) and the failures
+/// are logged as retried, never fatal.
+#[test]
+fn a_throttling_and_failing_kinesis_loses_and_repeats_nothing() {
+    let moto = Moto::start();
+    let arn = create_stream(&moto, "busy", 2);
+    let faults = Arc::new(Faults::default());
+    let (proxy, _runtime) = fault_proxy(&moto.endpoint, Arc::clone(&faults));
+    let dir = tempfile::tempdir().unwrap();
+    let config = pipeline(dir.path(), &arn, &format!("http://127.0.0.1:{proxy}"), "start = \"trim_horizon\"\n");
+    let (out, log) = (dir.path().join("out"), config.with_extension("log"));
+    put(&moto.endpoint, "busy", &numbered(0..3_000), 3).unwrap();
+    let admin = free_port();
+    let mut run = start(&config, admin);
+    wait_for_records(&out, 3_000, &log);
+    let throttled = metric(admin, "sluice_ThrottledGetRecords").unwrap_or(0.0);
+    terminate(&run);
+    assert_eq!(run.wait().unwrap().code(), Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    let counts = delivered(&out);
+    assert_eq!(counts.len(), 3_000);
+    assert!(counts.values().all(|&n| n == 1), "a record delivered twice");
+    let (t, e, f) = (
+        faults.throttled.load(Ordering::SeqCst),
+        faults.expired.load(Ordering::SeqCst),
+        faults.failed.load(Ordering::SeqCst),
+    );
+    assert!(t > 0 && e > 0 && f > 0, "throttled {t}, expired {e}, failed {f}");
+    assert!(throttled >= 1.0, "ThrottledGetRecords {throttled}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("InternalFailure") && text.contains("trying again"), "{text}");
+}
+
+/// The example pipeline `pipelines/from-kinesis.toml` as a user runs it (its stream from
+/// `KINESIS_STREAM_ARN`; its folders, interval and Kinesis endpoint moved into the test's): records of three services land under their service's prefix,
+/// one without a service goes to the error output as `partitioning-failed`.
+#[test]
+fn the_example_from_kinesis_pipeline_partitions_a_streams_records_by_service() {
+    let moto = Moto::start();
+    let arn = create_stream(&moto, "app-logs", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let text = std::fs::read_to_string(repo_root().join("pipelines/from-kinesis.toml")).unwrap();
+    let changed = text
+        .replace("file://./out/from-kinesis", &format!("file://{}", out.display()))
+        .replace("interval_s = 300", "interval_s = 1")
+        .replace("start = \"latest\"\n", &format!("start = \"latest\"\nendpoint = \"{}\"\n", moto.endpoint))
+        .replace("[pipeline]\n", &format!("[pipeline]\ndata_dir = \"{}\"\n", dir.path().join("data").display()));
+    assert_ne!(changed, text);
+    let config = dir.path().join("from-kinesis.toml");
+    std::fs::write(&config, changed).unwrap();
+    let log = config.with_extension("log");
+    let admin = free_port();
+    let mut command = logged_run(&config, "warn");
+    command.args(["--admin", &format!("127.0.0.1:{admin}")]).envs(aws_env()).env("KINESIS_STREAM_ARN", &arn);
+    let mut run = start_listening_with(&mut command, admin);
+    let mut records = numbered(0..300);
+    records.push(r#"{"n":300}"#.to_string());
+    put(&moto.endpoint, "app-logs", &records, 0).unwrap();
+    wait_for_records(&out, 301, &log);
+    terminate(&run);
+    // 2: every record stored, one in the error output.
+    assert_eq!(run.wait().unwrap().code(), Some(2), "{}", std::fs::read_to_string(&log).unwrap());
+    let objects = folder_objects(&out);
+    for service in ["svc-0", "svc-1", "svc-2"] {
+        let lines: Vec<&String> = objects
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("service={service}/dt=")))
+            .flat_map(|(_, l)| l)
+            .collect();
+        assert_eq!(lines.len(), 100, "{service}: {:?}", objects.keys());
+        assert!(lines.iter().all(|l| l.contains(&format!("\"service\":\"{service}\""))));
+    }
+    let failed: Vec<_> = objects.iter().filter(|(k, _)| k.starts_with("errors/partitioning-failed/")).collect();
+    assert_eq!(failed.len(), 1, "{:?}", objects.keys());
+}
