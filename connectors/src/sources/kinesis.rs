@@ -33,7 +33,7 @@
 //!   so a restart resumes after the last delivered record (`AFTER_SEQUENCE_NUMBER`): records
 //!   fetched but not delivered when the run stopped or died are read again, none is skipped. A stop
 //!   does not wait to read the stream's backlog: the stream keeps it.
-//! - **Shards.** Shards are listed at start and every 10 s; each is read by one worker (a hash of
+//! - **Shards.** Shards are listed at start, every 10 s and when a shard ends; each is read by one worker (a hash of
 //!   its id over every worker of every process), so its records keep their order into that worker's
 //!   objects. A child of a split or merge is read once its parents are read to their end (or
 //!   trimmed, or read by another process of a cluster, which this one cannot see). A shard is at its
@@ -422,6 +422,8 @@ struct Shared {
     queues: Mutex<HashMap<usize, mpsc::UnboundedSender<Chunk>>>,
     /// Shards read to their end by this process (or earlier runs): their children may start.
     ended: Mutex<HashSet<String>>,
+    /// Told when a shard ends, so its children are started at once, not at the next listing.
+    relist: tokio::sync::Notify,
     /// Shards closed, from the latest listing.
     closed: Mutex<HashSet<String>>,
     /// How far behind each shard being read is, for the gauge.
@@ -574,6 +576,7 @@ impl Source for KinesisSource {
             room_kib: self.buffered_kib,
             queues: Mutex::new(HashMap::new()),
             ended: Mutex::new(HashSet::new()),
+            relist: tokio::sync::Notify::new(),
             closed: Mutex::new(HashSet::new()),
             behind: Mutex::new(BTreeMap::new()),
         });
@@ -667,6 +670,7 @@ async fn follow_shards(shared: Arc<Shared>, workers: usize, local: std::ops::Ran
         tokio::select! {
             () = shared.stop.stopped() => return,
             () = tokio::time::sleep(wait) => {}
+            () = shared.relist.notified() => {}
         }
     }
 }
@@ -747,6 +751,7 @@ async fn read_shard(shared: Arc<Shared>, shard_id: String, worker: usize, mut af
         if ended {
             locked(&shared.behind).remove(&shard_id);
             locked(&shared.ended).insert(shard_id);
+            shared.relist.notify_one();
             return;
         }
         iterator = got.next_shard_iterator;
@@ -1092,6 +1097,118 @@ mod tests {
         let owners: HashSet<usize> = (0..16).map(|i| owner(&format!("shardId-{i:012}"), 4)).collect();
         assert!(owners.len() > 1, "{owners:?}");
         assert_eq!(owner("shardId-000000000007", 4), owner("shardId-000000000007", 4));
+    }
+
+    /// A Kinesis that answers as its API reference says, for one stream: `shardId-0` was split
+    /// into `shardId-1` and `shardId-2` (closed: its last GetRecords gives no next iterator), and
+    /// each shard holds `PER_SHARD` records `<shard>/<n>`; GetRecords gives at most 3 at a time.
+    async fn fake_kinesis() -> (String, Arc<Mutex<Vec<String>>>) {
+        const PER_SHARD: usize = 7;
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&calls);
+        let app = axum::Router::new().fallback(move |headers: http::HeaderMap, body: axum::body::Bytes| {
+            let calls = Arc::clone(&seen);
+            async move {
+                let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                let operation = target.rsplit('.').next().unwrap_or_default().to_string();
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                locked(&calls).push(operation.clone());
+                let shard = |id: usize, parent: Option<&str>, closed: bool| {
+                    let mut range = serde_json::json!({ "StartingSequenceNumber": "1" });
+                    if closed {
+                        range["EndingSequenceNumber"] = PER_SHARD.to_string().into();
+                    }
+                    serde_json::json!({ "ShardId": format!("shardId-{id}"), "ParentShardId": parent,
+                        "HashKeyRange": { "StartingHashKey": "0", "EndingHashKey": "1" }, "SequenceNumberRange": range })
+                };
+                let answer = match operation.as_str() {
+                    "ListShards" => serde_json::json!({ "Shards": [
+                        shard(0, None, true), shard(1, Some("shardId-0"), false), shard(2, Some("shardId-0"), false)] }),
+                    "GetShardIterator" => {
+                        let at = match body["ShardIteratorType"].as_str() {
+                            Some("AFTER_SEQUENCE_NUMBER") => body["StartingSequenceNumber"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
+                            _ => 0usize,
+                        };
+                        serde_json::json!({ "ShardIterator": format!("{}:{at}", body["ShardId"].as_str().unwrap_or_default()) })
+                    }
+                    "GetRecords" => {
+                        let iterator = body["ShardIterator"].as_str().unwrap_or_default();
+                        let (shard, at) = iterator.rsplit_once(':').unwrap_or_default();
+                        let at: usize = at.parse().unwrap_or(0);
+                        let end = (at + 3).min(PER_SHARD);
+                        let records: Vec<serde_json::Value> = (at..end).map(|n| serde_json::json!({
+                            "SequenceNumber": (n + 1).to_string(), "ApproximateArrivalTimestamp": 1_796_000_000.5,
+                            "PartitionKey": "k", "Data": base64::engine::general_purpose::STANDARD.encode(format!("{shard}/{n}")) })).collect();
+                        let next = (shard != "shardId-0" || end < PER_SHARD).then(|| format!("{shard}:{end}"));
+                        serde_json::json!({ "Records": records, "NextShardIterator": next,
+                            "MillisBehindLatest": if end < PER_SHARD { 1000 } else { 0 } })
+                    }
+                    _ => return (http::StatusCode::BAD_REQUEST, "{\"__type\":\"UnknownOperationException\"}".to_string()),
+                };
+                (http::StatusCode::OK, answer.to_string())
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{address}"), calls)
+    }
+
+    /// A split shard's children are read only after it is read to its end, and at once after (no
+    /// wait for the next listing); every record is handed over once, each shard's in order, and
+    /// a batch's arrival time is Kinesis's.
+    #[test]
+    fn a_split_shards_children_are_read_after_it_to_its_end() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (endpoint, calls) = runtime.block_on(fake_kinesis());
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let toml = format!(
+            "[pipeline]\nname = \"p\"\ndata_dir = \"{}\"\n[sources.k]\ntype = \"kinesis\"\n\
+             stream = \"arn:aws:kinesis:us-east-1:123456789012:stream/s\"\nendpoint = \"{endpoint}\"\n\
+             start = \"trim_horizon\"\npoll_ms = 200\naccess_key_id = \"AKID\"\nsecret_access_key = \"secret\"\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"k\"]\nurl = \"memory://kinesis-split\"\n",
+            dir.path().display()
+        );
+        let plan = sluice_engine::testkit::plan_from_str(&toml, &crate::registry()).unwrap_or_else(|e| panic!("{e}"));
+        let source = &plan.sources[0].source;
+        let metrics = Arc::new(plan.new_metrics());
+        let stop = StopSignal::default();
+        let ctx = PrepareContext {
+            runtime: runtime.handle().clone(),
+            stop: stop.clone(),
+            metrics: Arc::clone(&metrics),
+            delivered: Arc::default(),
+            shared: None,
+            meter: SourceMeter::new(Arc::clone(&metrics), 0),
+        };
+        source.prepare(&ctx).unwrap_or_else(|e| panic!("{e}"));
+        let mut reader = source.open(&SourceContext::single_process(0, 1)).unwrap_or_else(|e| panic!("{e}"));
+        let (mut got, mut arrivals) = (Vec::new(), Vec::new());
+        let started = std::time::Instant::now();
+        while got.len() < 21 && started.elapsed() < Duration::from_secs(8) {
+            let mut batch = RecordBatch::with_capacity(0, 0);
+            if let Ok(ReadStatus::Pending(wait)) = reader.read(&mut batch, 1 << 20) {
+                std::thread::sleep(wait);
+            }
+            got.extend(batch.iter().map(|r| String::from_utf8_lossy(r).to_string()));
+            arrivals.extend((!batch.is_empty()).then_some(batch.arrival_ms));
+        }
+        stop.stop();
+        assert_eq!(got.len(), 21, "{got:?} after {:?}", locked(&calls));
+        let parent_last = got.iter().rposition(|r| r.starts_with("shardId-0/"));
+        let child_first = got.iter().position(|r| !r.starts_with("shardId-0/"));
+        assert!(parent_last < child_first, "{got:?}");
+        for shard in 0..3 {
+            let mine: Vec<&String> = got.iter().filter(|r| r.starts_with(&format!("shardId-{shard}/"))).collect();
+            let want: Vec<String> = (0..7).map(|n| format!("shardId-{shard}/{n}")).collect();
+            assert_eq!(mine, want.iter().collect::<Vec<_>>());
+        }
+        assert!(arrivals.iter().all(|&a| a == 1_796_000_000_500), "{arrivals:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "the children waited for the next listing");
     }
 
     #[test]
