@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: formatting, lints, unit and integration tests.
 # It installs what the tests use, pinned: Debian's jq (1.6, the jq transform's reference), pyarrow and DuckDB (to read Parquet back), python-snappy (Hadoop-framed Snappy), boto3 and the
-# AWS CLI (Firehose API producers), osmem-server (an in-memory OpenSearch API server the opensearch tests start) and moto_server
-# (KMS and S3 on 127.0.0.1 for the encryption tests) into target/test-venv,
+# AWS CLI (Firehose API producers), osmem-server (an in-memory OpenSearch API server the opensearch tests start), moto_server
+# (KMS and S3 on 127.0.0.1 for the encryption tests; Kinesis for the kinesis source's) and aws-kinesis-agg (KPL
+# aggregated records) into target/test-venv,
 # Debian's prometheus for promtool (the alert rules' tests), Debian's chromium and PyPI's playwright (the dashboard's
 # browser test), Debian's PostgreSQL 15 when its server binaries are missing (the postgres tests start their own clusters), and the AWS SDK for JavaScript into
 # tests/js/node_modules (npm ci). Every server the tests use is started by the tests themselves on

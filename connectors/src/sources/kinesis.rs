@@ -1,5 +1,5 @@
 //! `type = "kinesis"`: reads a Kinesis Data Stream, as a Firehose stream whose source is one
-//! (`KinesisStreamAsSource`, FIREHOSE.md §12: docs/firehose.md §17).
+//! (`KinesisStreamAsSource`, docs/firehose.md §17).
 //!
 //! ```toml
 //! [sources.trail]
@@ -33,12 +33,12 @@
 //!   so a restart resumes after the last delivered record (`AFTER_SEQUENCE_NUMBER`): records
 //!   fetched but not delivered when the run stopped or died are read again, none is skipped. A stop
 //!   does not wait to read the stream's backlog: the stream keeps it.
-//! - **Shards.** Shards are listed at start, every 10 s and when a shard ends; each is read by one worker (a hash of
-//!   its id over every worker of every process), so its records keep their order into that worker's
-//!   objects. A child of a split or merge is read once its parents are read to their end (or
-//!   trimmed, or read by another process of a cluster, which this one cannot see). A shard is at its
-//!   end when Kinesis gives no next iterator, or when it is closed and a read at its tip finds
-//!   nothing.
+//! - **Shards.** Shards are listed at start, every 10 s and whenever a shard ends; each is read
+//!   by one worker (a hash of its id over every worker of every process), so its records keep
+//!   their order into that worker's objects. A child of a split or merge is read once its parents
+//!   are read to their end (or trimmed, or read by another process of a cluster, which this one
+//!   cannot see). A shard is at its end when Kinesis gives no next iterator, or when it is closed
+//!   and a read at its tip finds nothing.
 //! - **Bounded memory.** Records fetched and not yet taken by a worker hold at most
 //!   `max_buffered_mb` (plus one response per shard being read); a shard waits for room.
 //! - **Throttling and failures** are retried with backoff, never fatal after start: a
@@ -46,8 +46,9 @@
 //!   `ThrottledGetShardIterator`, `ThrottledListShards`), an expired iterator is renewed after the
 //!   last record read, anything else is logged and retried. A stream that is missing, or refused
 //!   with the credentials, stops the run at start with Kinesis's own error.
-//! - **Metrics** (Firehose's names, §8): `DataReadFromKinesisStream.Records` and `.Bytes`,
-//!   `KinesisMillisBehindLatest` (the largest over the shards).
+//! - **Metrics** (Firehose's names, docs/firehose.md §17): `DataReadFromKinesisStream.Records`
+//!   and `.Bytes`, `KinesisMillisBehindLatest` (the largest over the shards). Failed calls are in
+//!   the error log as `Kinesis.<Kinesis's error>` (`Kinesis.ConnectionFailed` without an answer).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -124,7 +125,10 @@ fn parse_stream_arn(arn: &str) -> Option<(String, String)> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     match parts.as_slice() {
         ["arn", partition, "kinesis", region, account, resource]
-            if !partition.is_empty() && !region.is_empty() && account.len() == 12 =>
+            if !partition.is_empty()
+                && !region.is_empty()
+                && account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit()) =>
         {
             let name = resource.strip_prefix("stream/")?;
             let valid = !name.is_empty()
@@ -1081,6 +1085,7 @@ mod tests {
             "cloudtrail",
             "arn:aws:firehose:eu-west-1:123456789012:deliverystream/s",
             "arn:aws:kinesis:eu-west-1:1234:stream/s",
+            "arn:aws:kinesis:eu-west-1:12345678901x:stream/s",
             "arn:aws:kinesis:eu-west-1:123456789012:stream/",
             "arn:aws:kinesis:eu-west-1:123456789012:stream/a b",
         ] {

@@ -13,8 +13,8 @@
 //! - [`Check::Resume`] (sources that keep their place): a run stopped after its first delivery,
 //!   then started again on the same data, delivers every record at least once across the two runs,
 //!   and the second run does not deliver again everything the first did (for a source whose
-//!   stream keeps its records, the second run runs on for [`SETTLE`] after the missing ones came,
-//!   so a source that started over would show it).
+//!   stream keeps its records, the second run runs on for a few seconds, `SETTLE`, after the
+//!   missing ones came, so a source that started over would show it).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
