@@ -185,10 +185,14 @@ fn a_restarted_kinesis_source_resumes_where_it_delivered_and_follows_a_split() {
 /// What the fault proxy did.
 #[derive(Default)]
 struct Faults {
+    /// Whether it answers a share of the calls with failures (else it only passes calls on).
+    inject: bool,
     calls: AtomicU64,
     throttled: AtomicU64,
     expired: AtomicU64,
     failed: AtomicU64,
+    /// The access key ids and session tokens the calls were signed with.
+    signed_with: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 /// A proxy in front of moto that answers as Kinesis does when it is busy or failing (its API
@@ -205,6 +209,14 @@ fn fault_proxy(moto: &str, faults: Arc<Faults>) -> (u16, tokio::runtime::Runtime
         async move {
             let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
             let n = faults.calls.fetch_add(1, Ordering::SeqCst);
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            let key_id = header("authorization")
+                .split("Credential=")
+                .nth(1)
+                .and_then(|c| c.split('/').next())
+                .unwrap_or_default()
+                .to_string();
+            faults.signed_with.lock().unwrap().insert((key_id, header("x-amz-security-token")));
             let error = |status: u16, kind: &str, message: &str| {
                 let body = serde_json::json!({ "__type": kind, "message": message }).to_string();
                 (
@@ -214,6 +226,7 @@ fn fault_proxy(moto: &str, faults: Arc<Faults>) -> (u16, tokio::runtime::Runtime
                 )
             };
             let fault = match n % 7 {
+                _ if !faults.inject => None,
                 1 if target.ends_with("GetRecords") => {
                     faults.throttled.fetch_add(1, Ordering::SeqCst);
                     Some(error(400, "ProvisionedThroughputExceededException", "Rate exceeded for shard"))
@@ -250,7 +263,7 @@ fn fault_proxy(moto: &str, faults: Arc<Faults>) -> (u16, tokio::runtime::Runtime
 fn a_throttling_and_failing_kinesis_loses_and_repeats_nothing() {
     let moto = Moto::start();
     let arn = create_stream(&moto, "busy", 2);
-    let faults = Arc::new(Faults::default());
+    let faults = Arc::new(Faults { inject: true, ..Faults::default() });
     let (proxy, _runtime) = fault_proxy(&moto.endpoint, Arc::clone(&faults));
     let dir = tempfile::tempdir().unwrap();
     let config = pipeline(dir.path(), &arn, &format!("http://127.0.0.1:{proxy}"), "start = \"trim_horizon\"\n");
@@ -318,4 +331,106 @@ fn the_example_from_kinesis_pipeline_partitions_a_streams_records_by_service() {
     }
     let failed: Vec<_> = objects.iter().filter(|(k, _)| k.starts_with("errors/partitioning-failed/")).collect();
     assert_eq!(failed.len(), 1, "{:?}", objects.keys());
+}
+
+/// An EC2 instance metadata service (IMDSv2, as its documentation describes it): a session token
+/// from `PUT /latest/api/token`, then the role's name and its temporary credentials, each asked with
+/// that token. Counts the credential requests.
+fn instance_metadata(runtime: &tokio::runtime::Runtime, asked: Arc<AtomicU64>) -> u16 {
+    use axum::http::{HeaderMap, StatusCode};
+    const TOKEN: &str = "imds-session-for-the-test";
+    let port = free_port();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).unwrap();
+    let with_token = |headers: &HeaderMap| headers.get("x-aws-ec2-metadata-token").is_some_and(|t| t == TOKEN);
+    let app = axum::Router::new()
+        .route(
+            "/latest/api/token",
+            axum::routing::put(|headers: HeaderMap| async move {
+                match headers.get("x-aws-ec2-metadata-token-ttl-seconds") {
+                    Some(_) => (StatusCode::OK, TOKEN.to_string()),
+                    None => (StatusCode::BAD_REQUEST, String::new()),
+                }
+            }),
+        )
+        .route(
+            "/latest/meta-data/iam/security-credentials/",
+            axum::routing::get(move |headers: HeaderMap| async move {
+                if with_token(&headers) {
+                    (StatusCode::OK, "sluice-role".to_string())
+                } else {
+                    (StatusCode::UNAUTHORIZED, String::new())
+                }
+            }),
+        )
+        .route(
+            "/latest/meta-data/iam/security-credentials/sluice-role",
+            axum::routing::get(move |headers: HeaderMap| {
+                let asked = Arc::clone(&asked);
+                async move {
+                    if !with_token(&headers) {
+                        return (StatusCode::UNAUTHORIZED, String::new());
+                    }
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    let expiration = (chrono::Utc::now() + chrono::Duration::hours(6))
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    let body = serde_json::json!({ "Code": "Success", "LastUpdated": chrono::Utc::now().to_rfc3339(),
+                        "Type": "AWS-HMAC", "AccessKeyId": "ASIAIMDSROLE", "SecretAccessKey": "imds-role-secret",
+                        "Token": "imds-role-session-token", "Expiration": expiration });
+                    (StatusCode::OK, body.to_string())
+                }
+            }),
+        );
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// On an EC2 instance (or EKS, ECS) there are no keys in the environment: the source signs with
+/// the instance profile's temporary credentials (and their session token), as the AWS SDKs and
+/// sluice's S3 stores do; without them either, the run stops at start naming what it tried.
+#[test]
+fn a_kinesis_source_without_keys_signs_with_the_instance_profile() {
+    let moto = Moto::start();
+    let arn = create_stream(&moto, "profiled", 1);
+    let faults = Arc::new(Faults::default());
+    let (proxy, runtime) = fault_proxy(&moto.endpoint, Arc::clone(&faults));
+    let asked = Arc::new(AtomicU64::new(0));
+    let imds = instance_metadata(&runtime, Arc::clone(&asked));
+    let dir = tempfile::tempdir().unwrap();
+    let config = pipeline(dir.path(), &arn, &format!("http://127.0.0.1:{proxy}"), "start = \"trim_horizon\"\n");
+    let (out, log) = (dir.path().join("out"), config.with_extension("log"));
+    put(&moto.endpoint, "profiled", &numbered(0..200), 0).unwrap();
+    let without_keys = |command: &mut Command| {
+        command
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    };
+
+    let mut nowhere = super::support::sluice();
+    nowhere.args(["run", config.to_str().unwrap()]).env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9");
+    without_keys(&mut nowhere);
+    let output = nowhere.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("reading a Kinesis stream needs AWS credentials") && stderr.contains("instance profile"),
+        "{stderr}"
+    );
+
+    let admin = free_port();
+    let mut command = logged_run(&config, "warn");
+    command
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .env("AWS_METADATA_ENDPOINT", format!("http://127.0.0.1:{imds}"));
+    without_keys(&mut command);
+    let mut run = start_listening_with(&mut command, admin);
+    wait_for_records(&out, 200, &log);
+    terminate(&run);
+    assert_eq!(run.wait().unwrap().code(), Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    let signed_with = faults.signed_with.lock().unwrap().clone();
+    let profile = ("ASIAIMDSROLE".to_string(), "imds-role-session-token".to_string());
+    assert_eq!(signed_with.into_iter().collect::<Vec<_>>(), [profile], "every call signed with the profile's keys");
+    assert!(asked.load(Ordering::SeqCst) >= 1);
 }

@@ -2,6 +2,7 @@
 //! [`mod@registry`], and the synthetic log profiles used by the generator source and `sluice gen`.
 
 pub mod api;
+pub mod aws_credentials;
 pub mod kms;
 pub mod load;
 pub mod measure;

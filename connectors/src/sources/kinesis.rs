@@ -11,7 +11,7 @@
 //! # max_buffered_mb = 64                # records fetched and not yet taken into the pipeline
 //! # tls = { ca = "private-ca.pem" }     # as for every connector that sends requests
 //! # access_key_id = "${KINESIS_KEY_ID}"  # credentials of its own (with secret_access_key and
-//! # secret_access_key = "${KINESIS_SECRET}"  # optionally session_token); default: the environment's
+//! # secret_access_key = "${KINESIS_SECRET}"  # optionally session_token); default: the AWS chain
 //! ```
 //!
 //! Each Kinesis record is one record; a record the Kinesis Producer Library aggregated (its magic
@@ -20,8 +20,9 @@
 //! it). A batch's arrival time is the oldest Kinesis `ApproximateArrivalTimestamp` in it, so
 //! `!{timestamp:…}` prefixes and `DataFreshness` count from when the stream took the records.
 //! Requests are signed (SigV4, service `kinesis`) with the source's `access_key_id` and
-//! `secret_access_key` (and `session_token`) when it has them, else the environment's AWS
-//! credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+//! `secret_access_key` (and `session_token`) when it has them, else credentials from the AWS
+//! SDKs' chain (`crate::aws_credentials`: the environment, a web identity, ECS or EKS roles, the
+//! EC2 instance profile).
 //!
 //! Guarantees:
 //! - **Where it starts.** `start = "latest"` is fixed once, at the first run of the pipeline's data
@@ -68,6 +69,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::file_checkpoint::{FileCheckpoints, Saved};
 use crate::api::sigv4::Credentials;
+use crate::aws_credentials::AwsCredentials;
 use crate::tls::ClientTls;
 
 /// How often the shards are listed again (for splits and merges).
@@ -210,7 +212,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
             path,
             region,
             stream_arn: c.stream,
-            credentials: credentials.map(OnceLock::from).unwrap_or_default(),
+            credentials: credentials.map(|c| OnceLock::from(AwsCredentials::fixed(c))).unwrap_or_default(),
         }),
         start,
         poll,
@@ -254,13 +256,14 @@ struct KinesisApi {
     path: String,
     region: String,
     stream_arn: String,
-    credentials: OnceLock<Credentials>,
+    credentials: OnceLock<AwsCredentials>,
 }
 
 impl KinesisApi {
     /// Calls `operation` with `body`; its answer, or why not.
     async fn call<T: DeserializeOwned>(&self, operation: &str, body: serde_json::Value) -> Result<T, CallError> {
         let credentials = self.credentials.get().ok_or_else(|| CallError::Transport("no credentials".into()))?;
+        let credentials = credentials.current().await.map_err(CallError::Transport)?;
         let body = serde_json::to_vec(&body).map_err(|e| CallError::Transport(e.to_string()))?;
         let mut headers = http::HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-amz-json-1.1"));
@@ -530,14 +533,8 @@ impl Source for KinesisSource {
     /// following the delivered frontier for checkpoints.
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
         if self.api.credentials.get().is_none() {
-            let credentials = Credentials::from_env().ok_or_else(|| {
-                SourceError::Setup(
-                    "reading a Kinesis stream needs AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
-                     (and AWS_SESSION_TOKEN for temporary ones), or the source's access_key_id and secret_access_key"
-                        .into(),
-                )
-            })?;
-            let _ = self.api.credentials.set(credentials);
+            let chain = ctx.runtime.block_on(AwsCredentials::resolve(&self.api.region, "reading a Kinesis stream"));
+            let _ = self.api.credentials.set(chain.map_err(SourceError::Setup)?);
         }
         let api = Arc::clone(&self.api);
         let listed = ctx.runtime.block_on(async {
