@@ -333,57 +333,6 @@ fn the_example_from_kinesis_pipeline_partitions_a_streams_records_by_service() {
     assert_eq!(failed.len(), 1, "{:?}", objects.keys());
 }
 
-/// An EC2 instance metadata service (IMDSv2, as its documentation describes it): a session token
-/// from `PUT /latest/api/token`, then the role's name and its temporary credentials, each asked with
-/// that token. Counts the credential requests.
-fn instance_metadata(runtime: &tokio::runtime::Runtime, asked: Arc<AtomicU64>) -> u16 {
-    use axum::http::{HeaderMap, StatusCode};
-    const TOKEN: &str = "imds-session-for-the-test";
-    let port = free_port();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).unwrap();
-    let with_token = |headers: &HeaderMap| headers.get("x-aws-ec2-metadata-token").is_some_and(|t| t == TOKEN);
-    let app = axum::Router::new()
-        .route(
-            "/latest/api/token",
-            axum::routing::put(|headers: HeaderMap| async move {
-                match headers.get("x-aws-ec2-metadata-token-ttl-seconds") {
-                    Some(_) => (StatusCode::OK, TOKEN.to_string()),
-                    None => (StatusCode::BAD_REQUEST, String::new()),
-                }
-            }),
-        )
-        .route(
-            "/latest/meta-data/iam/security-credentials/",
-            axum::routing::get(move |headers: HeaderMap| async move {
-                if with_token(&headers) {
-                    (StatusCode::OK, "sluice-role".to_string())
-                } else {
-                    (StatusCode::UNAUTHORIZED, String::new())
-                }
-            }),
-        )
-        .route(
-            "/latest/meta-data/iam/security-credentials/sluice-role",
-            axum::routing::get(move |headers: HeaderMap| {
-                let asked = Arc::clone(&asked);
-                async move {
-                    if !with_token(&headers) {
-                        return (StatusCode::UNAUTHORIZED, String::new());
-                    }
-                    asked.fetch_add(1, Ordering::SeqCst);
-                    let expiration = (chrono::Utc::now() + chrono::Duration::hours(6))
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                    let body = serde_json::json!({ "Code": "Success", "LastUpdated": chrono::Utc::now().to_rfc3339(),
-                        "Type": "AWS-HMAC", "AccessKeyId": "ASIAIMDSROLE", "SecretAccessKey": "imds-role-secret",
-                        "Token": "imds-role-session-token", "Expiration": expiration });
-                    (StatusCode::OK, body.to_string())
-                }
-            }),
-        );
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    port
-}
-
 /// On an EC2 instance (or EKS, ECS) there are no keys in the environment: the source signs with
 /// the instance profile's temporary credentials (and their session token), as the AWS SDKs and
 /// sluice's S3 stores do; without them either, the run stops at start naming what it tried.
@@ -394,7 +343,7 @@ fn a_kinesis_source_without_keys_signs_with_the_instance_profile() {
     let faults = Arc::new(Faults::default());
     let (proxy, runtime) = fault_proxy(&moto.endpoint, Arc::clone(&faults));
     let asked = Arc::new(AtomicU64::new(0));
-    let imds = instance_metadata(&runtime, Arc::clone(&asked));
+    let imds = super::support::instance_metadata(&runtime, Arc::clone(&asked));
     let dir = tempfile::tempdir().unwrap();
     let config = pipeline(dir.path(), &arn, &format!("http://127.0.0.1:{proxy}"), "start = \"trim_horizon\"\n");
     let (out, log) = (dir.path().join("out"), config.with_extension("log"));
@@ -409,7 +358,7 @@ fn a_kinesis_source_without_keys_signs_with_the_instance_profile() {
     };
 
     let mut nowhere = super::support::sluice();
-    nowhere.args(["run", config.to_str().unwrap()]).env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9");
+    nowhere.args(["run", config.to_str().unwrap()]);
     without_keys(&mut nowhere);
     let output = nowhere.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -437,13 +437,24 @@ fn opensearch_config_errors_point_at_the_value() {
     }
 }
 
+/// The keys the SigV4 receiver below accepts: the environment's of the test, and the instance
+/// profile's ([`super::support::instance_metadata`]).
+fn signers() -> sluice_connectors::api::sigv4::AccessKeys {
+    let (profile_key, profile_secret, _) = super::support::IMDS_ROLE_KEY;
+    sluice_connectors::api::sigv4::AccessKeys::new([
+        ("AKIDSEARCHTEST".to_string(), "search-test-secret".to_string()),
+        (profile_key.to_string(), profile_secret.to_string()),
+    ])
+}
+
 /// Amazon OpenSearch Service's side of SigV4, as far as a receiver on 127.0.0.1 can be: every
 /// `_bulk` request must verify for service `es` (or `aoss`) in `eu-west-1` with the environment's
-/// key, its body hash sent as `x-amz-content-sha256` (Serverless requires it), with the verifier
-/// the Firehose API uses (itself checked against boto3, the AWS CLI and the JS SDK).
+/// key (or, without one, the EC2 instance profile's temporary key and its session token), its body
+/// hash sent as `x-amz-content-sha256` (Serverless requires it), with the verifier the Firehose API
+/// uses (itself checked against boto3, the AWS CLI and the JS SDK).
 #[test]
 fn aws_sigv4_requests_verify_for_the_service_and_region() {
-    use sluice_connectors::api::sigv4::{AccessKeys, Scope, SignedRequest, verify};
+    use sluice_connectors::api::sigv4::{Scope, SignedRequest, verify};
     for service in ["es", "aoss"] {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let verified = Arc::new(Mutex::new((0usize, Vec::<String>::new())));
@@ -455,7 +466,7 @@ fn aws_sigv4_requests_verify_for_the_service_and_region() {
             axum::routing::get(move |headers: axum::http::HeaderMap| {
                 let state = Arc::clone(&root_state);
                 async move {
-                    let keys = AccessKeys::new([("AKIDSEARCHTEST".to_string(), "search-test-secret".to_string())]);
+                    let keys = signers();
                     let request = SignedRequest { method: "GET", path: "/", query: "", headers: &headers, body: &[] };
                     let scope = Scope { region: "eu-west-1", service: if service == "es" { "es" } else { "aoss" } };
                     match verify(&keys, &request, chrono::Utc::now().timestamp(), scope) {
@@ -473,7 +484,7 @@ fn aws_sigv4_requests_verify_for_the_service_and_region() {
             axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let state = Arc::clone(&state);
                 async move {
-                    let keys = AccessKeys::new([("AKIDSEARCHTEST".to_string(), "search-test-secret".to_string())]);
+                    let keys = signers();
                     let request =
                         SignedRequest { method: "POST", path: "/_bulk", query: "", headers: &headers, body: &body };
                     let scope = Scope { region: "eu-west-1", service: if service == "es" { "es" } else { "aoss" } };
@@ -517,6 +528,14 @@ fn aws_sigv4_requests_verify_for_the_service_and_region() {
         let (documents, problems) = verified.lock().unwrap().clone();
         assert!(problems.is_empty(), "{service}: {problems:?}");
         assert_eq!(documents, 100, "{service}");
+        // No keys in the environment (an EC2 instance, an EKS pod): the instance profile's.
+        let asked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let imds = super::support::instance_metadata(&runtime, Arc::clone(&asked));
+        let profiled = run(&[("AWS_METADATA_ENDPOINT", &format!("http://127.0.0.1:{imds}"))]);
+        assert!(profiled.status.success(), "{}", String::from_utf8_lossy(&profiled.stderr));
+        let (documents, problems) = verified.lock().unwrap().clone();
+        assert!(problems.is_empty() && documents == 200, "{service}: {documents} {problems:?}");
+        assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
         // A wrong secret is refused (403) by the start-up check: the run stops before it reads.
         let wrong = run(&[("AWS_ACCESS_KEY_ID", "AKIDSEARCHTEST"), ("AWS_SECRET_ACCESS_KEY", "wrong")]);
         let said = String::from_utf8_lossy(&wrong.stderr);

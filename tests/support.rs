@@ -72,10 +72,12 @@ pub fn all_lines<'a>(objects: impl IntoIterator<Item = (&'a String, &'a Vec<Stri
     lines
 }
 
-/// The built `sluice` binary.
+/// The built `sluice` binary. Its AWS credential chain's last resort, the EC2 instance metadata
+/// service, is pointed at a closed port of 127.0.0.1 (a test that wants one starts
+/// [`instance_metadata`] and sets `AWS_METADATA_ENDPOINT`), so no test reaches 169.254.169.254.
 pub fn sluice() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.env("SLUICE_LOG", "error");
+    cmd.env("SLUICE_LOG", "error").env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9");
     cmd
 }
 
@@ -406,4 +408,61 @@ pub fn serve(
             format!("http://{addr}")
         }
     }
+}
+
+/// The access key id, secret and session token [`instance_metadata`] hands out.
+pub const IMDS_ROLE_KEY: (&str, &str, &str) = ("ASIAIMDSROLE", "imds-role-secret", "imds-role-session-token");
+
+/// An EC2 instance metadata service (IMDSv2, as its documentation describes it): a session token
+/// from `PUT /latest/api/token`, then the role's name and its temporary credentials, each asked with
+/// that token. Counts the credential requests. Its credentials: [`IMDS_ROLE_KEY`].
+pub fn instance_metadata(
+    runtime: &tokio::runtime::Runtime,
+    asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> u16 {
+    use axum::http::{HeaderMap, StatusCode};
+    const TOKEN: &str = "imds-session-for-the-test";
+    let port = free_port();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).unwrap();
+    let with_token = |headers: &HeaderMap| headers.get("x-aws-ec2-metadata-token").is_some_and(|t| t == TOKEN);
+    let app = axum::Router::new()
+        .route(
+            "/latest/api/token",
+            axum::routing::put(|headers: HeaderMap| async move {
+                match headers.get("x-aws-ec2-metadata-token-ttl-seconds") {
+                    Some(_) => (StatusCode::OK, TOKEN.to_string()),
+                    None => (StatusCode::BAD_REQUEST, String::new()),
+                }
+            }),
+        )
+        .route(
+            "/latest/meta-data/iam/security-credentials/",
+            axum::routing::get(move |headers: HeaderMap| async move {
+                if with_token(&headers) {
+                    (StatusCode::OK, "sluice-role".to_string())
+                } else {
+                    (StatusCode::UNAUTHORIZED, String::new())
+                }
+            }),
+        )
+        .route(
+            "/latest/meta-data/iam/security-credentials/sluice-role",
+            axum::routing::get(move |headers: HeaderMap| {
+                let asked = std::sync::Arc::clone(&asked);
+                async move {
+                    if !with_token(&headers) {
+                        return (StatusCode::UNAUTHORIZED, String::new());
+                    }
+                    asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let expiration = (chrono::Utc::now() + chrono::Duration::hours(6))
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    let body = serde_json::json!({ "Code": "Success", "LastUpdated": chrono::Utc::now().to_rfc3339(),
+                        "Type": "AWS-HMAC", "AccessKeyId": IMDS_ROLE_KEY.0, "SecretAccessKey": IMDS_ROLE_KEY.1,
+                        "Token": IMDS_ROLE_KEY.2, "Expiration": expiration });
+                    (StatusCode::OK, body.to_string())
+                }
+            }),
+        );
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    port
 }

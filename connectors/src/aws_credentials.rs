@@ -1,5 +1,6 @@
-//! Where the connectors that sign AWS requests themselves (the `kinesis` source; more to follow:
-//! docs/firehose.md §17) get their credentials: the chain the AWS SDKs use, and the one sluice's S3
+//! Where the connectors that sign AWS requests themselves (the `kinesis` source, the `lambda`
+//! transform's Invoke, the `opensearch` sink's `aws_sigv4`, the write-ahead log's KMS keys) get
+//! their credentials: the chain the AWS SDKs use, and the one sluice's S3
 //! stores already use (object_store's, which this module asks). In order: keys the connector was
 //! given in its table; the environment's `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and
 //! `AWS_SESSION_TOKEN`); a web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`: EKS's

@@ -1,14 +1,17 @@
 //! AWS KMS for the write-ahead log's envelope encryption (`[pipeline] encryption = { kms_key_id,
 //! kms_endpoint, region }`): `GenerateDataKey` (AES_256) once per start for the log key,
 //! `Decrypt` for a log key stored with older segments, both over KMS's JSON 1.1 API signed with
-//! SigV4 and the environment's AWS credentials, with the encryption context `{"pipeline": <name>}`
-//! (so a data key of one pipeline does not unwrap in another).
+//! SigV4 and credentials from the AWS chain (`crate::aws_credentials`: the environment, a web
+//! identity, ECS or EKS roles, the EC2 instance profile), with the encryption context
+//! `{"pipeline": <name>}` (so a data key of one pipeline does not unwrap in another).
 //!
 //! Guarantees: the plaintext data key never leaves this process (only KMS's encrypted copy is
 //! stored, as the locator `{"kind":"kms","key_id","blob"}`); a refusal names KMS's error type and
 //! message (`NotFoundException`, `InvalidCiphertextException`, `AccessDeniedException`, …) and the
-//! key id, never the key; calls run on a thread of their own, so they may be made from inside the
-//! async runtime. [`log_keys`] turns a pipeline's `encryption` into the engine's [`LogKeys`].
+//! key id, never the key; calls run on a thread of their own (on a runtime the KMS calls of the
+//! process share, which also keeps the credentials' refreshing client), so they may be made from
+//! inside the async runtime. [`log_keys`] turns a pipeline's `encryption` into the engine's
+//! [`LogKeys`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +21,7 @@ use serde_json::{Value, json};
 use sluice_engine::config::LogEncryption;
 use sluice_engine::wal::seal::{KeyBytes, KeyFile, LogKey, LogKeys};
 
-use crate::api::sigv4::Credentials;
+use crate::aws_credentials::AwsCredentials;
 
 /// How long one KMS call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,16 +32,17 @@ pub fn log_keys(encryption: Option<&LogEncryption>, pipeline: &str) -> Result<Op
         None => Ok(None),
         Some(LogEncryption::KeyFile(path)) => Ok(Some(Arc::new(KeyFile::load(path)?))),
         Some(LogEncryption::Kms { key_id, endpoint, region }) => {
-            let credentials = Credentials::from_env().ok_or_else(|| {
-                "`encryption.kms_key_id` needs AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                    .to_string()
-            })?;
+            let region_of_key = region.clone();
+            let credentials =
+                on_kms_runtime(
+                    async move { AwsCredentials::resolve(&region_of_key, "`encryption.kms_key_id`").await },
+                )?;
             Ok(Some(Arc::new(KmsKeys {
                 key_id: key_id.clone(),
                 endpoint: endpoint.clone(),
                 region: region.clone(),
                 pipeline: pipeline.to_string(),
-                credentials: Arc::new(credentials),
+                credentials,
             })))
         }
     }
@@ -51,7 +55,27 @@ pub struct KmsKeys {
     endpoint: String,
     region: String,
     pipeline: String,
-    credentials: Arc<Credentials>,
+    credentials: AwsCredentials,
+}
+
+/// Runs `work` to its end on the runtime the KMS calls share, from a thread of its own (the caller
+/// may be on another runtime's thread, where blocking on a runtime is not allowed).
+fn on_kms_runtime<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+) -> Result<T, String> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> = std::sync::OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-kms")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the KMS client: {e}"))
+    });
+    let runtime = runtime.as_ref().map_err(Clone::clone)?;
+    std::thread::scope(|scope| {
+        scope.spawn(|| runtime.block_on(work)).join().map_err(|_| "the KMS call failed".to_string())?
+    })
 }
 
 impl KmsKeys {
@@ -63,42 +87,35 @@ impl KmsKeys {
         headers.insert("content-type", http::HeaderValue::from_static("application/x-amz-json-1.1"));
         let target = http::HeaderValue::from_str(&format!("TrentService.{operation}")).map_err(|e| e.to_string())?;
         headers.insert("x-amz-target", target);
-        let headers = self
-            .credentials
-            .sign_request("POST", &url, url.path(), (&self.region, "kms"), headers, &body)
-            .map_err(|e| format!("cannot sign the KMS request: {e}"))?;
         let key_id = self.key_id.clone();
-        // A thread and a runtime of its own: callers may be on the async runtime's threads.
-        let call = std::thread::spawn(move || -> Result<Value, String> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start a KMS call: {e}"))?;
-            runtime.block_on(async move {
-                let client = reqwest::Client::builder().timeout(CALL_TIMEOUT).build().map_err(|e| e.to_string())?;
-                let response = client.post(url).headers(headers).body(body).send().await.map_err(|e| {
+        let (credentials, region) = (self.credentials.clone(), self.region.clone());
+        on_kms_runtime(async move {
+            let headers = credentials
+                .current()
+                .await?
+                .sign_request("POST", &url, url.path(), (&region, "kms"), headers, &body)
+                .map_err(|e| format!("cannot sign the KMS request: {e}"))?;
+            let client = reqwest::Client::builder().timeout(CALL_TIMEOUT).build().map_err(|e| e.to_string())?;
+            let response =
+                client.post(url).headers(headers).body(body).send().await.map_err(|e| {
                     format!("KMS {operation} could not be reached: {}", sluice_engine::redact::error(&e))
                 })?;
-                let status = response.status();
-                let text = response
-                    .text()
-                    .await
-                    .map_err(|e| format!("KMS {operation}: {}", sluice_engine::redact::error(&e)))?;
-                let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                if status.is_success() {
-                    return Ok(answer);
-                }
-                let kind = answer.get("__type").and_then(Value::as_str).unwrap_or("an error");
-                let kind = kind.rsplit('#').next().unwrap_or(kind);
-                let message = answer.get("message").or_else(|| answer.get("Message")).and_then(Value::as_str);
-                Err(format!(
-                    "KMS {operation} with key `{key_id}` failed: {kind} (HTTP {}){}",
-                    status.as_u16(),
-                    message.map(|m| format!(": {m}")).unwrap_or_default()
-                ))
-            })
-        });
-        call.join().map_err(|_| format!("the KMS {operation} call failed"))?
+            let status = response.status();
+            let text =
+                response.text().await.map_err(|e| format!("KMS {operation}: {}", sluice_engine::redact::error(&e)))?;
+            let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if status.is_success() {
+                return Ok(answer);
+            }
+            let kind = answer.get("__type").and_then(Value::as_str).unwrap_or("an error");
+            let kind = kind.rsplit('#').next().unwrap_or(kind);
+            let message = answer.get("message").or_else(|| answer.get("Message")).and_then(Value::as_str);
+            Err(format!(
+                "KMS {operation} with key `{key_id}` failed: {kind} (HTTP {}){}",
+                status.as_u16(),
+                message.map(|m| format!(": {m}")).unwrap_or_default()
+            ))
+        })
     }
 
     fn context(&self) -> Value {

@@ -364,8 +364,9 @@ impl Signer<'_> {
     }
 }
 
-/// AWS credentials for signing outgoing requests (a Lambda Invoke, an Amazon OpenSearch Service
-/// `_bulk`), from the environment as every AWS SDK reads them. `Debug` shows the key id only.
+/// AWS credentials for signing outgoing requests (a Kinesis read, a Lambda Invoke, an Amazon
+/// OpenSearch Service `_bulk`, a KMS call); where they come from is `crate::aws_credentials`'s
+/// concern. `Debug` shows the key id only.
 pub struct Credentials {
     /// `AWS_ACCESS_KEY_ID`.
     pub key_id: String,

@@ -53,7 +53,7 @@ use sluice_engine::config::{ConnectorConfig, Diagnostic, FixedBody, Problems};
 use sluice_engine::contract::{DeliveryError, DestinationKind, Payload, RefusedRecord, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 
-use crate::api::sigv4::Credentials;
+use crate::aws_credentials::AwsCredentials;
 use crate::sinks::object_store::{BackupOwner, BackupStore};
 use crate::tls::ClientTls;
 use crate::transforms::json;
@@ -256,16 +256,58 @@ fn default_service() -> String {
 }
 
 /// How requests are authenticated.
+#[derive(Clone)]
 enum Auth {
     None,
     /// `Authorization: Basic …`, made once.
     Basic(http::HeaderValue),
-    /// SigV4 with the environment's AWS credentials.
+    /// SigV4 with credentials from the AWS chain (`crate::aws_credentials`), found at start.
     SigV4 {
-        credentials: Arc<Credentials>,
+        credentials: Arc<tokio::sync::OnceCell<AwsCredentials>>,
         region: String,
         service: String,
     },
+}
+
+impl Auth {
+    /// Finds the credentials SigV4 signs with (once; an error names what was tried).
+    async fn resolve(&self) -> Result<(), DeliveryError> {
+        if let Auth::SigV4 { credentials, region, .. } = self {
+            credentials
+                .get_or_try_init(|| AwsCredentials::resolve(region, "`aws_sigv4`"))
+                .await
+                .map_err(|message| DeliveryError::Permanent { code: "OpenSearch.NoCredentials".into(), message })?;
+        }
+        Ok(())
+    }
+
+    /// `headers` with the request's authentication: basic auth, or SigV4 over `method`, `url` and
+    /// `body` with the credentials of now (temporary ones refreshed).
+    async fn authorize(
+        &self,
+        method: &str,
+        url: &reqwest::Url,
+        mut headers: http::HeaderMap,
+        body: &[u8],
+    ) -> Result<http::HeaderMap, DeliveryError> {
+        Ok(match self {
+            Auth::None => headers,
+            Auth::Basic(value) => {
+                headers.insert(http::header::AUTHORIZATION, value.clone());
+                headers
+            }
+            Auth::SigV4 { credentials, region, service } => {
+                let signing =
+                    |message: String| DeliveryError::Retryable { code: "OpenSearch.SigningFailed".into(), message };
+                self.resolve().await?;
+                let chain = credentials.get().ok_or_else(|| signing("no AWS credentials".into()))?;
+                let now = chain.current().await.map_err(signing)?;
+                now.sign_request(method, url, url.path(), (region, service), headers, body).map_err(|e| {
+                    DeliveryError::Permanent { code: "OpenSearch.SigningFailed".into(), message: e.to_string() }
+                })?
+            }
+        })
+    }
 }
 
 /// A configured OpenSearch sink.
@@ -356,17 +398,9 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems>
             Err(Diagnostic::new(auth_span, format!("unknown SigV4 service `{}`", aws.service))
                 .with_hint("`es` for Amazon OpenSearch Service domains, `aoss` for OpenSearch Serverless"))
         }
-        (None, Some(aws)) => Credentials::from_env()
-            .ok_or_else(|| {
-                Diagnostic::new(auth_span, "`aws_sigv4` needs AWS credentials").with_hint(
-                    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary ones)",
-                )
-            })
-            .map(|credentials| Auth::SigV4 {
-                credentials: Arc::new(credentials),
-                region: aws.region,
-                service: aws.service,
-            }),
+        // The credentials are found when the run starts (`prepare`): an instance profile or a web
+        // identity is there only then.
+        (None, Some(aws)) => Ok(Auth::SigV4 { credentials: Arc::default(), region: aws.region, service: aws.service }),
         (None, None) => Ok(Auth::None),
     });
     let timeout = problems.take(
@@ -432,8 +466,8 @@ fn send_error(e: &reqwest::Error) -> &'static str {
 }
 
 impl OpenSearchSink {
-    /// The request for `payload`, signed or with credentials as configured.
-    fn request(&self, payload: &Payload) -> Result<reqwest::RequestBuilder, DeliveryError> {
+    /// The headers of the `_bulk` request for `payload`, before its authentication.
+    fn bulk_headers(payload: &Payload) -> http::HeaderMap {
         let mut headers = http::HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
         if let Some(encoding) = payload.content_encoding {
@@ -442,30 +476,7 @@ impl OpenSearchSink {
         if let Ok(id) = http::HeaderValue::from_str(&payload.key) {
             headers.insert("x-opaque-id", id);
         }
-        let headers = self.authorized("POST", &self.bulk_url, headers, &payload.body)?;
-        Ok(self.client.post(self.bulk_url.clone()).headers(headers).body(payload.body.clone()))
-    }
-
-    /// `headers` with the request's authentication: basic auth, or SigV4 over `method`, `url` and `body`.
-    fn authorized(
-        &self,
-        method: &str,
-        url: &reqwest::Url,
-        mut headers: http::HeaderMap,
-        body: &[u8],
-    ) -> Result<http::HeaderMap, DeliveryError> {
-        Ok(match &self.auth {
-            Auth::None => headers,
-            Auth::Basic(value) => {
-                headers.insert(http::header::AUTHORIZATION, value.clone());
-                headers
-            }
-            Auth::SigV4 { credentials, region, service } => {
-                credentials.sign_request(method, url, url.path(), (region, service), headers, body).map_err(|e| {
-                    DeliveryError::Permanent { code: "OpenSearch.SigningFailed".into(), message: e.to_string() }
-                })?
-            }
-        })
+        headers
     }
 }
 
@@ -585,15 +596,17 @@ impl Sink for OpenSearchSink {
     /// certificate the client refuses stop the run; no answer, or another status, is warned.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let backup = self.backup.prepare();
-        let check = self
-            .healthcheck
-            .then(|| self.authorized("GET", &self.url, http::HeaderMap::new(), &[]))
-            .transpose()
-            .map(|headers| headers.map(|h| self.client.get(self.url.clone()).headers(h)));
+        let (auth, client, root, healthcheck) =
+            (self.auth.clone(), self.client.clone(), self.url.clone(), self.healthcheck);
         let url = sluice_engine::redact::url(self.url.as_str());
         Box::pin(async move {
             backup.await?;
-            let Some(request) = check? else { return Ok(()) };
+            auth.resolve().await?;
+            if !healthcheck {
+                return Ok(());
+            }
+            let headers = auth.authorize("GET", &root, http::HeaderMap::new(), &[]).await?;
+            let request = client.get(root).headers(headers);
             match crate::tls::start_up_check(request, &url, "OpenSearch.ConnectionFailed").await? {
                 Some(status) if matches!(status.as_u16(), 401 | 403) => Err(DeliveryError::Permanent {
                     code: "OpenSearch.AccessDenied".into(),
@@ -619,11 +632,14 @@ impl Sink for OpenSearchSink {
     }
 
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let (request, compression) = (self.request(&payload), self.compression);
+        let (auth, client, bulk_url, compression) =
+            (self.auth.clone(), self.client.clone(), self.bulk_url.clone(), self.compression);
         Box::pin(async move {
             let retryable = |code: &str, message: String| DeliveryError::Retryable { code: code.into(), message };
+            let headers = auth.authorize("POST", &bulk_url, Self::bulk_headers(&payload), &payload.body).await?;
+            let request = client.post(bulk_url).headers(headers).body(payload.body.clone());
             let mut response =
-                request?.send().await.map_err(|e| retryable(send_error(&e), crate::tls::send_failure(&e)))?;
+                request.send().await.map_err(|e| retryable(send_error(&e), crate::tls::send_failure(&e)))?;
             let status = response.status();
             let mut body = Vec::new();
             while let Some(chunk) =

@@ -196,7 +196,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         (Some(key_id), Some(secret), session_token) => Ok(Some(Credentials { key_id, secret, session_token })),
         (None, None, None) => Ok(None),
         _ => Err(Diagnostic::new(credentials_span, "the source's credentials need `access_key_id` and `secret_access_key`")
-            .with_hint("set both (and `session_token` for temporary credentials), or none to use the environment's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")),
+            .with_hint("set both (and `session_token` for temporary credentials), or none to find them as the AWS SDKs do (the environment's AWS_ACCESS_KEY_ID, an instance profile, …)")),
     });
     let (arn, endpoint, start, poll, buffered, tls, credentials) =
         problems.finish((|| Some((arn?, endpoint?, start?, poll?, buffered?, tls?, credentials?)))())?;

@@ -49,7 +49,7 @@ use sluice_engine::error_output::ErrorOutputType;
 use sluice_engine::record::{FailedRecords, PartitionKeys, RecordBatch, RecordFailure, Records};
 
 use crate::api::firehose::{ACCOUNT, stream_arn};
-use crate::api::sigv4::Credentials;
+use crate::aws_credentials::AwsCredentials;
 use crate::tls::ClientTls;
 
 /// Lambda's synchronous invocation payload limit.
@@ -290,17 +290,16 @@ impl Transform for LambdaTransform {
     fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
         let credentials = match &self.shared.target {
             Target::Url(_) => None,
-            Target::Function { .. } => Some(Credentials::from_env().ok_or_else(|| {
-                TransformError(
-                    "calling a Lambda function needs AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
-                     (and AWS_SESSION_TOKEN for temporary ones)"
-                        .into(),
-                )
-            })?),
+            Target::Function { region, .. } => Some(
+                context
+                    .runtime
+                    .block_on(AwsCredentials::resolve(region, "calling a Lambda function"))
+                    .map_err(TransformError)?,
+            ),
         };
         Ok(Box::new(LambdaWorker {
             invoker: Arc::clone(&self.shared),
-            credentials: credentials.map(Arc::new),
+            credentials,
             context: context.clone(),
             size_bytes: self.size_bytes,
             interval: self.interval,
@@ -364,7 +363,7 @@ enum InvocationState {
 /// One worker's buffer and invocations.
 struct LambdaWorker {
     invoker: Arc<Invoker>,
-    credentials: Option<Arc<Credentials>>,
+    credentials: Option<AwsCredentials>,
     context: TransformContext,
     size_bytes: usize,
     interval: Duration,
@@ -402,7 +401,7 @@ impl LambdaWorker {
             let records = invocation.batch.records;
             self.context.runtime.spawn(async move {
                 let started = Instant::now();
-                let outcome = invoker.invoke(body, &id, records, credentials.as_deref(), &metrics).await;
+                let outcome = invoker.invoke(body, &id, records, credentials.as_ref(), &metrics).await;
                 metrics.invocation_duration.observe(started.elapsed());
                 let _ = tx.send(outcome);
                 wake();
@@ -591,7 +590,7 @@ impl Invoker {
         body: Vec<u8>,
         invocation_id: &str,
         records: usize,
-        credentials: Option<&Credentials>,
+        credentials: Option<&AwsCredentials>,
         metrics: &sluice_engine::metrics::TransformMetrics,
     ) -> Outcome {
         let body = bytes::Bytes::from(body);
@@ -626,7 +625,7 @@ impl Invoker {
         &self,
         body: bytes::Bytes,
         records: usize,
-        credentials: Option<&Credentials>,
+        credentials: Option<&AwsCredentials>,
     ) -> Result<Vec<Answer>, Attempt> {
         let retry = |code: &'static str, message: String| Attempt::Retry(BatchFailure { code, message, attempts: 0 });
         let fail = |code: &'static str, message: String| Attempt::Fail(BatchFailure { code, message, attempts: 0 });
@@ -636,6 +635,8 @@ impl Invoker {
                 let Some(credentials) = credentials else {
                     return Err(fail("Lambda.InvokeAccessDenied", "no AWS credentials".into()));
                 };
+                // Temporary credentials being refreshed may be back at the next attempt.
+                let credentials = credentials.current().await.map_err(|e| retry("Lambda.InvokeAccessDenied", e))?;
                 let mut headers = http::HeaderMap::new();
                 headers.insert("content-type", http::HeaderValue::from_static("application/json"));
                 let headers = credentials
