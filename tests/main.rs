@@ -7,6 +7,7 @@
 
 mod alerts;
 mod api;
+mod azure;
 mod bench;
 mod cli;
 mod cluster;
