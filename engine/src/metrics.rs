@@ -26,6 +26,13 @@ pub struct SourceMetrics {
     pub own_gauges: Mutex<BTreeMap<&'static str, u64>>,
 }
 
+/// Adds `n` to the counter `family` of a connector's own counters.
+fn add_to(counts: &Mutex<BTreeMap<&'static str, u64>>, family: &'static str, n: u64) {
+    if let Ok(mut counts) = counts.lock() {
+        *counts.entry(family).or_default() += n;
+    }
+}
+
 /// A source's handle on its own counters and gauges, rendered as `sluice_<family>` with the
 /// stream's label (counters summed over the stream's sources, gauges their largest), as Firehose
 /// counts per stream.
@@ -43,10 +50,8 @@ impl SourceMeter {
 
     /// Adds `n` to the counter `family`.
     pub fn count(&self, family: &'static str, n: u64) {
-        if let Some(source) = self.metrics.sources.get(self.index)
-            && let Ok(mut counts) = source.own_counts.lock()
-        {
-            *counts.entry(family).or_default() += n;
+        if let Some(source) = self.metrics.sources.get(self.index) {
+            add_to(&source.own_counts, family, n);
         }
     }
 
@@ -155,10 +160,8 @@ impl SinkMeter {
 
     /// Adds `n` to `family`.
     pub fn count(&self, family: &'static str, n: u64) {
-        if let Some(sink) = self.metrics.sinks.get(self.index)
-            && let Ok(mut counts) = sink.own_counts.lock()
-        {
-            *counts.entry(family).or_default() += n;
+        if let Some(sink) = self.metrics.sinks.get(self.index) {
+            add_to(&sink.own_counts, family, n);
         }
     }
 
