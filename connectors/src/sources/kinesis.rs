@@ -33,7 +33,9 @@
 //!   pipeline is checkpointed at the delivered frontier (`offsets.json`, as the file sources do),
 //!   so a restart resumes after the last delivered record (`AFTER_SEQUENCE_NUMBER`): records
 //!   fetched but not delivered when the run stopped or died are read again, none is skipped. A stop
-//!   does not wait to read the stream's backlog: the stream keeps it.
+//!   does not wait to read the stream's backlog: the stream keeps it. A checkpoint the stream no
+//!   longer holds (trimmed past its retention while nothing read it) is said in the error log at
+//!   `ERROR` and the shard read on from its oldest record; a shard trimmed whole is ended.
 //! - **Shards.** Shards are listed at start, every 10 s and whenever a shard ends; each is read
 //!   by one worker (a hash of its id over every worker of every process), so its records keep
 //!   their order into that worker's objects. A child of a split or merge is read once its parents
@@ -448,12 +450,24 @@ impl Shared {
             CallError::Transport(_) => "Kinesis.ConnectionFailed".into(),
         };
         let message = format!("{what}; trying again in {:?}: {error}", backoff(attempt));
+        self.report(sluice_engine::error_log::Level::Warn, &code, &message, shard, Some(attempt));
+    }
+
+    /// Says `message` in the error log (and on stderr) at `level`, under `code`.
+    fn report(
+        &self,
+        level: sluice_engine::error_log::Level,
+        code: &str,
+        message: &str,
+        shard: Option<&str>,
+        attempts: Option<u32>,
+    ) {
         self.metrics.report_error(sluice_engine::error_log::ErrorEvent {
-            level: sluice_engine::error_log::Level::Warn,
+            level,
             component: &self.name,
-            error_code: &code,
-            message: &message,
-            attempts: Some(attempt),
+            error_code: code,
+            message,
+            attempts,
             key: shard,
         });
     }
@@ -687,12 +701,14 @@ async fn read_shard(shared: Arc<Shared>, shard_id: String, worker: usize, mut af
     let shard: Arc<str> = Arc::from(shard_id.as_str());
     let mut failures = 0u32;
     let mut iterator: Option<String> = None;
+    // Set when the checkpoint is no longer in the stream: read from the oldest record it keeps.
+    let mut from_oldest = false;
     loop {
         if shared.stop.is_stopped() {
             return;
         }
         let result = match &iterator {
-            None => get_iterator(&shared, &shard_id, after.as_deref()).await.map(|it| {
+            None => get_iterator(&shared, &shard_id, after.as_deref(), from_oldest).await.map(|it| {
                 iterator = Some(it);
                 None
             }),
@@ -708,6 +724,41 @@ async fn read_shard(shared: Arc<Shared>, shard_id: String, worker: usize, mut af
         let got = match result {
             Ok(None) => continue,
             Ok(Some(got)) => got,
+            // Kinesis's answer to a sequence number it no longer holds (trimmed past the stream's
+            // retention while nothing read it): what lay between is gone upstream; say so loudly
+            // and go on from the oldest record kept rather than stop reading the shard.
+            Err(CallError::Refused { code, message, .. })
+                if iterator.is_none() && after.is_some() && code == "InvalidArgumentException" =>
+            {
+                shared.report(
+                    sluice_engine::error_log::Level::Error,
+                    "Kinesis.InvalidArgumentException",
+                    &format!(
+                        "the shard's checkpoint (after sequence {}) is not in the stream any more ({message}); reading from the oldest record it keeps: records between were trimmed before they were read",
+                        after.as_deref().unwrap_or_default()
+                    ),
+                    Some(&shard_id),
+                    None,
+                );
+                (after, from_oldest) = (None, true);
+                continue;
+            }
+            // The shard itself is gone (trimmed whole): nothing more can be read from it.
+            Err(CallError::Refused { code, message, .. })
+                if iterator.is_none() && code == "ResourceNotFoundException" =>
+            {
+                shared.report(
+                    sluice_engine::error_log::Level::Error,
+                    "Kinesis.ResourceNotFoundException",
+                    &format!("the shard is not in the stream any more ({message}); its children are read next"),
+                    Some(&shard_id),
+                    None,
+                );
+                locked(&shared.behind).remove(&shard_id);
+                locked(&shared.ended).insert(shard_id);
+                shared.relist.notify_one();
+                return;
+            }
             Err(e) => {
                 failures += 1;
                 match (&e, iterator.is_some()) {
@@ -764,8 +815,13 @@ async fn read_shard(shared: Arc<Shared>, shard_id: String, worker: usize, mut af
     }
 }
 
-/// A shard iterator after `after`, or at the source's start.
-async fn get_iterator(shared: &Shared, shard_id: &str, after: Option<&str>) -> Result<String, CallError> {
+/// A shard iterator after `after`, or at the oldest record (`from_oldest`), or at the source's start.
+async fn get_iterator(
+    shared: &Shared,
+    shard_id: &str,
+    after: Option<&str>,
+    from_oldest: bool,
+) -> Result<String, CallError> {
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Iterator {
@@ -773,6 +829,7 @@ async fn get_iterator(shared: &Shared, shard_id: &str, after: Option<&str>) -> R
     }
     let mut body = serde_json::json!({ "StreamARN": shared.api.stream_arn, "ShardId": shard_id });
     match (after, shared.start_ms, shared.start) {
+        (None, _, _) if from_oldest => body["ShardIteratorType"] = "TRIM_HORIZON".into(),
         (Some(sequence), _, _) => {
             body["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER".into();
             body["StartingSequenceNumber"] = sequence.into();
@@ -1132,6 +1189,12 @@ mod tests {
                             Some("AFTER_SEQUENCE_NUMBER") => body["StartingSequenceNumber"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
                             _ => 0usize,
                         };
+                        // A sequence number the shard does not hold (trimmed), as Kinesis answers it.
+                        if at > PER_SHARD {
+                            let refusal = serde_json::json!({ "__type": "InvalidArgumentException",
+                                "message": format!("StartingSequenceNumber {at} used in GetShardIterator on shard {} is invalid", body["ShardId"]) });
+                            return (http::StatusCode::BAD_REQUEST, refusal.to_string());
+                        }
                         serde_json::json!({ "ShardIterator": format!("{}:{at}", body["ShardId"].as_str().unwrap_or_default()) })
                     }
                     "GetRecords" => {
@@ -1157,24 +1220,22 @@ mod tests {
         (format!("http://{address}"), calls)
     }
 
-    /// A split shard's children are read only after it is read to its end, and at once after (no
-    /// wait for the next listing); every record is handed over once, each shard's in order, and
-    /// a batch's arrival time is Kinesis's.
-    #[test]
-    fn a_split_shards_children_are_read_after_it_to_its_end() {
+    /// Runs a kinesis source on one worker against the fake Kinesis (`trim_horizon`, its data
+    /// folder `dir`, where a test may leave a checkpoint) until `want` records came or 8 s passed:
+    /// the records and batch arrival times, in the order handed over, and the calls it made.
+    fn read_fake_stream(dir: &std::path::Path, want: usize) -> (Vec<String>, Vec<i64>, Vec<String>, Duration) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
         let (endpoint, calls) = runtime.block_on(fake_kinesis());
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let toml = format!(
             "[pipeline]\nname = \"p\"\ndata_dir = \"{}\"\n[sources.k]\ntype = \"kinesis\"\n\
              stream = \"arn:aws:kinesis:us-east-1:123456789012:stream/s\"\nendpoint = \"{endpoint}\"\n\
              start = \"trim_horizon\"\npoll_ms = 200\naccess_key_id = \"AKID\"\nsecret_access_key = \"secret\"\n\
              [sinks.out]\ntype = \"object_store\"\ninputs = [\"k\"]\nurl = \"memory://kinesis-split\"\n",
-            dir.path().display()
+            dir.display()
         );
         let plan = sluice_engine::testkit::plan_from_str(&toml, &crate::registry()).unwrap_or_else(|e| panic!("{e}"));
         let source = &plan.sources[0].source;
@@ -1192,7 +1253,7 @@ mod tests {
         let mut reader = source.open(&SourceContext::single_process(0, 1)).unwrap_or_else(|e| panic!("{e}"));
         let (mut got, mut arrivals) = (Vec::new(), Vec::new());
         let started = std::time::Instant::now();
-        while got.len() < 21 && started.elapsed() < Duration::from_secs(8) {
+        while got.len() < want && started.elapsed() < Duration::from_secs(8) {
             let mut batch = RecordBatch::with_capacity(0, 0);
             if let Ok(ReadStatus::Pending(wait)) = reader.read(&mut batch, 1 << 20) {
                 std::thread::sleep(wait);
@@ -1200,8 +1261,20 @@ mod tests {
             got.extend(batch.iter().map(|r| String::from_utf8_lossy(r).to_string()));
             arrivals.extend((!batch.is_empty()).then_some(batch.arrival_ms));
         }
+        let took = started.elapsed();
         stop.stop();
-        assert_eq!(got.len(), 21, "{got:?} after {:?}", locked(&calls));
+        let calls = locked(&calls).clone();
+        (got, arrivals, calls, took)
+    }
+
+    /// A split shard's children are read only after it is read to its end, and at once after (no
+    /// wait for the next listing); every record is handed over once, each shard's in order, and
+    /// a batch's arrival time is Kinesis's.
+    #[test]
+    fn a_split_shards_children_are_read_after_it_to_its_end() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (got, arrivals, calls, took) = read_fake_stream(dir.path(), 21);
+        assert_eq!(got.len(), 21, "{got:?} after {calls:?}");
         let parent_last = got.iter().rposition(|r| r.starts_with("shardId-0/"));
         let child_first = got.iter().position(|r| !r.starts_with("shardId-0/"));
         assert!(parent_last < child_first, "{got:?}");
@@ -1211,7 +1284,24 @@ mod tests {
             assert_eq!(mine, want.iter().collect::<Vec<_>>());
         }
         assert!(arrivals.iter().all(|&a| a == 1_796_000_000_500), "{arrivals:?}");
-        assert!(started.elapsed() < Duration::from_secs(5), "the children waited for the next listing");
+        assert!(took < Duration::from_secs(5), "the children waited for the next listing");
+    }
+
+    /// A checkpoint the stream no longer holds (Kinesis refuses its sequence number as
+    /// InvalidArgumentException: trimmed past retention while nothing read it) does not stop the
+    /// shard: it is read on from the oldest record kept; a shard checkpointed done is not read.
+    #[test]
+    fn a_checkpoint_the_stream_no_longer_holds_is_read_on_from_the_oldest_record() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let checkpoint = dir.path().join("k");
+        std::fs::create_dir_all(&checkpoint).unwrap_or_else(|e| panic!("{e}"));
+        let saved = r#"{"shardId-0": "done", "shardId-1": {"offset": "999"}}"#;
+        std::fs::write(checkpoint.join("offsets.json"), saved).unwrap_or_else(|e| panic!("{e}"));
+        let (mut got, _, calls, _) = read_fake_stream(dir.path(), 14);
+        got.sort();
+        let want: Vec<String> =
+            [1, 2].iter().flat_map(|shard| (0..7).map(move |n| format!("shardId-{shard}/{n}"))).collect();
+        assert_eq!(got, want, "after {calls:?}");
     }
 
     #[test]
