@@ -18,7 +18,7 @@ use super::s3::{S3Server, SECRET_KEY};
 use super::support::{firehose_call, folder_objects, free_port, generated, sluice, terminate, wait_for_port};
 
 /// A hosts file for `n` processes on free ports of 127.0.0.1.
-fn hosts_file(dir: &Path, n: usize) -> PathBuf {
+pub fn hosts_file(dir: &Path, n: usize) -> PathBuf {
     let path = dir.join(format!("hosts-{n}-{}.txt", free_port()));
     let lines: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
@@ -27,9 +27,9 @@ fn hosts_file(dir: &Path, n: usize) -> PathBuf {
 
 /// What one process of a test cluster gets besides the common arguments.
 #[derive(Default)]
-struct ProcessSettings {
-    env: Vec<(String, String)>,
-    args: Vec<String>,
+pub struct ProcessSettings {
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
 }
 
 /// The environment variable `API_PORT` set to `port`.
@@ -39,7 +39,7 @@ fn api_port(port: u16) -> ProcessSettings {
 
 /// `sluice run config --cluster hosts --process i --workers w` for every process, each with its
 /// own settings from `settings(i)`, output to `<dir>/process-<i>.log`.
-fn start_cluster(
+pub fn start_cluster(
     config: &Path,
     hosts: &Path,
     processes: usize,
@@ -64,7 +64,7 @@ fn start_cluster(
 }
 
 /// Waits for every child, at most `limit`; their exit codes (killing what is left).
-fn wait_all(children: &mut [Child], limit: Duration) -> Vec<Option<i32>> {
+pub fn wait_all(children: &mut [Child], limit: Duration) -> Vec<Option<i32>> {
     let started = Instant::now();
     let mut codes = vec![None; children.len()];
     let mut done = vec![false; children.len()];
@@ -88,7 +88,7 @@ fn wait_all(children: &mut [Child], limit: Duration) -> Vec<Option<i32>> {
     codes
 }
 
-fn log_of(config: &Path, process: usize) -> String {
+pub fn log_of(config: &Path, process: usize) -> String {
     std::fs::read_to_string(config.with_extension(format!("process-{process}.log"))).unwrap_or_default()
 }
 

@@ -1,8 +1,9 @@
 //! The `kinesis` source against moto_server's Kinesis on 127.0.0.1: records put by boto3 and, as
 //! KPL aggregated records, by AWS's own aws_kinesis_agg (tests/kinesis_put.py). The source
 //! conformance kit; a run stopped and started again, with records put and a shard split while it
-//! was down; the example pipeline as it is; and a Kinesis that throttles, expires iterators and
-//! fails (a proxy in front of moto answering as Kinesis documents), which loses nothing.
+//! was down; the example pipeline as it is; a Kinesis that throttles, expires iterators and fails
+//! (a proxy in front of moto answering as Kinesis documents), which loses nothing; credentials
+//! from an EC2 instance profile; and a cluster of two processes sharing the shards.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -385,4 +386,47 @@ fn a_kinesis_source_without_keys_signs_with_the_instance_profile() {
     let profile = ("ASIAIMDSROLE".to_string(), "imds-role-session-token".to_string());
     assert_eq!(signed_with.into_iter().collect::<Vec<_>>(), [profile], "every call signed with the profile's keys");
     assert!(asked.load(Ordering::SeqCst) >= 1);
+}
+
+/// In a cluster (2 processes × 1 worker) each shard is read by one worker of one process: every
+/// record is delivered once, and the two processes' checkpoints hold disjoint shards that together
+/// are the stream's; a SIGTERM to one process stops both with everything taken delivered.
+#[test]
+fn a_cluster_reads_each_shard_on_one_process_and_every_record_once() {
+    use super::cluster::{ProcessSettings, hosts_file, log_of, start_cluster, wait_all};
+    let moto = Moto::start();
+    let arn = create_stream(&moto, "clustered", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let config = pipeline(
+        dir.path(),
+        &arn,
+        &moto.endpoint,
+        "start = \"trim_horizon\"\naccess_key_id = \"AKIAMOTOTEST\"\nsecret_access_key = \"moto-secret-never-logged\"\n",
+    );
+    let out = dir.path().join("out");
+    let records = numbered(0..4_000);
+    put(&moto.endpoint, "clustered", &records, 5).unwrap();
+    let hosts = hosts_file(dir.path(), 2);
+    let mut children = start_cluster(&config, &hosts, 2, 1, |_| ProcessSettings::default());
+    let started = Instant::now();
+    while delivered(&out).values().sum::<usize>() < 4_000 {
+        assert!(started.elapsed() < Duration::from_secs(60), "{}\n{}", log_of(&config, 0), log_of(&config, 1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    terminate(&children[1]);
+    let codes = wait_all(&mut children, Duration::from_secs(60));
+    assert_eq!(codes, [Some(0), Some(0)], "{}\n{}", log_of(&config, 0), log_of(&config, 1));
+    let counts = delivered(&out);
+    assert!(counts.len() == 4_000 && counts.values().all(|&n| n == 1), "each record once");
+    let shards_of = |process: usize| -> Vec<String> {
+        let path = dir.path().join(format!("data/process-{process}/stream/offsets.json"));
+        let saved: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+                .unwrap();
+        saved.into_keys().collect()
+    };
+    let (first, second) = (shards_of(0), shards_of(1));
+    assert!(!first.is_empty() && !second.is_empty(), "{first:?} {second:?}");
+    assert!(first.iter().all(|s| !second.contains(s)), "a shard read by both: {first:?} {second:?}");
+    assert_eq!(first.len() + second.len(), 4, "{first:?} {second:?}");
 }
