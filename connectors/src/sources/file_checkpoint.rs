@@ -88,6 +88,22 @@ where
         locked(&self.units).entry(key.to_string()).or_default().pending.push_back((epoch, offset, done));
     }
 
+    /// The units it knows (saved or read in this run).
+    pub fn units(&self) -> Vec<String> {
+        locked(&self.units).keys().cloned().collect()
+    }
+
+    /// Forgets `key` once it is done and nothing read of it waits for delivery (a shard trimmed
+    /// from its stream): the next write leaves it out. True if it was forgotten.
+    pub fn forget_done(&self, key: &str) -> bool {
+        let mut units = locked(&self.units);
+        let done = units.get(key).is_some_and(|u| u.pending.is_empty() && matches!(u.saved, Some(Saved::Done)));
+        if done {
+            units.remove(key);
+        }
+        done
+    }
+
     /// Advances every unit past the reads of epochs below `delivered`; true if anything changed.
     fn advance(&self, delivered: u64) -> bool {
         let mut changed = false;
@@ -172,5 +188,20 @@ mod tests {
         assert!(c.advance(6));
         assert_eq!(c.saved("a"), Some(Saved::Done));
         assert_eq!(c.saved("b"), Some(Saved::Offset(50)));
+    }
+
+    #[test]
+    fn only_a_done_unit_with_nothing_pending_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FileCheckpoints::<String>::load(dir.path().to_path_buf());
+        c.read("closed", 1, "9".into(), true);
+        c.read("open", 1, "5".into(), false);
+        assert!(!c.forget_done("closed"), "its end is not delivered yet");
+        assert!(c.advance(2));
+        assert!(!c.forget_done("open") && !c.forget_done("unknown"));
+        assert!(c.forget_done("closed"));
+        c.write().unwrap();
+        let again = FileCheckpoints::<String>::load(dir.path().to_path_buf());
+        assert_eq!((again.saved("closed"), again.saved("open")), (None, Some(Saved::Offset("5".into()))));
     }
 }

@@ -638,6 +638,14 @@ async fn follow_shards(shared: Arc<Shared>, workers: usize, local: std::ops::Ran
             Ok(shards) => {
                 failures = 0;
                 let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+                // Shards trimmed from the stream (long closed): their checkpoints go, so resharding
+                // (which an on-demand stream does by itself) does not grow them without end.
+                for id in shared.checkpoints.units() {
+                    if !listed.contains(id.as_str()) && shared.checkpoints.forget_done(&id) {
+                        started.remove(&id);
+                        locked(&shared.ended).remove(&id);
+                    }
+                }
                 *locked(&shared.closed) = shards
                     .iter()
                     .filter(|s| s.sequence_number_range.ending_sequence_number.is_some())
@@ -1241,11 +1249,12 @@ mod tests {
         let source = &plan.sources[0].source;
         let metrics = Arc::new(plan.new_metrics());
         let stop = StopSignal::default();
+        let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let ctx = PrepareContext {
             runtime: runtime.handle().clone(),
             stop: stop.clone(),
             metrics: Arc::clone(&metrics),
-            delivered: Arc::default(),
+            delivered: Arc::clone(&delivered),
             shared: None,
             meter: SourceMeter::new(Arc::clone(&metrics), 0),
         };
@@ -1262,6 +1271,9 @@ mod tests {
             arrivals.extend((!batch.is_empty()).then_some(batch.arrival_ms));
         }
         let took = started.elapsed();
+        // Everything read in epoch 0 counts as delivered: the checkpoint follows within a second.
+        delivered.store(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(1_200));
         stop.stop();
         let calls = locked(&calls).clone();
         (got, arrivals, calls, took)
@@ -1289,19 +1301,27 @@ mod tests {
 
     /// A checkpoint the stream no longer holds (Kinesis refuses its sequence number as
     /// InvalidArgumentException: trimmed past retention while nothing read it) does not stop the
-    /// shard: it is read on from the oldest record kept; a shard checkpointed done is not read.
+    /// shard: it is read on from the oldest record kept; a shard checkpointed done is not read, and
+    /// one no longer listed is forgotten.
     #[test]
     fn a_checkpoint_the_stream_no_longer_holds_is_read_on_from_the_oldest_record() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let checkpoint = dir.path().join("k");
         std::fs::create_dir_all(&checkpoint).unwrap_or_else(|e| panic!("{e}"));
-        let saved = r#"{"shardId-0": "done", "shardId-1": {"offset": "999"}}"#;
+        // shardId-7 was read to its end once and is no longer in the stream (trimmed).
+        let saved = r#"{"shardId-0": "done", "shardId-1": {"offset": "999"}, "shardId-7": "done"}"#;
         std::fs::write(checkpoint.join("offsets.json"), saved).unwrap_or_else(|e| panic!("{e}"));
         let (mut got, _, calls, _) = read_fake_stream(dir.path(), 14);
         got.sort();
         let want: Vec<String> =
             [1, 2].iter().flat_map(|shard| (0..7).map(move |n| format!("shardId-{shard}/{n}"))).collect();
         assert_eq!(got, want, "after {calls:?}");
+        // Once delivered, the checkpoint holds where each listed shard got to, and forgets the
+        // trimmed one.
+        let text = std::fs::read_to_string(checkpoint.join("offsets.json")).unwrap_or_else(|e| panic!("{e}"));
+        let saved: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let want = serde_json::json!({"shardId-0": "done", "shardId-1": {"offset": "7"}, "shardId-2": {"offset": "7"}});
+        assert_eq!(saved, want);
     }
 
     #[test]
