@@ -35,7 +35,8 @@
 //!   fetched but not delivered when the run stopped or died are read again, none is skipped. A stop
 //!   does not wait to read the stream's backlog: the stream keeps it. A checkpoint the stream no
 //!   longer holds (trimmed past its retention while nothing read it) is said in the error log at
-//!   `ERROR` and the shard read on from its oldest record; a shard trimmed whole is ended.
+//!   `ERROR` and the shard read on from its oldest record; a shard trimmed whole is ended; the
+//!   checkpoints of shards read to their end and no longer listed are forgotten.
 //! - **Shards.** Shards are listed at start, every 10 s and whenever a shard ends; each is read
 //!   by one worker (a hash of its id over every worker of every process), so its records keep
 //!   their order into that worker's objects. A child of a split or merge is read once its parents
