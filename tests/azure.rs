@@ -30,6 +30,8 @@ impl Azurite {
         let server = repo_root().join("tests/js/node_modules/.bin/azurite-blob");
         let child = Command::new(&server)
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--silent", "--skipApiVersionCheck"])
+            // Azurite reports telemetry to Azure by default: nothing here reaches beyond 127.0.0.1.
+            .arg("--disableTelemetry")
             .arg("--location")
             .arg(data.path())
             .stdout(Stdio::null())
