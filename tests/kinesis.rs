@@ -452,24 +452,25 @@ fn a_killed_kinesis_run_loses_nothing_and_resumes_after_its_checkpoints() {
         }
     };
 
+    // kill -9, start again, put `more`, and wait until every record so far is delivered.
+    let crash_and_put = |mut run: Child, more: std::ops::Range<u32>| -> Child {
+        run.kill().unwrap();
+        run.wait().unwrap();
+        let run = start(&config, admin);
+        put(&moto.endpoint, "crashing", &numbered(more.clone()), 0).unwrap();
+        wait_for_all(more.end);
+        settle();
+        run
+    };
+
     put(&moto.endpoint, "crashing", &numbered(0..6_000), 3).unwrap();
-    let mut run = start(&config, admin);
+    let run = start(&config, admin);
     wait_for_records(&out, 1, &log);
-    run.kill().unwrap();
-    run.wait().unwrap();
-    let mut run = start(&config, admin);
-    put(&moto.endpoint, "crashing", &numbered(6_000..7_000), 0).unwrap();
-    wait_for_all(7_000);
-    settle();
+    let run = crash_and_put(run, 6_000..7_000);
     let before_second_kill = delivered(&out);
     assert!(numbered(0..7_000).iter().all(|r| before_second_kill.contains_key(r)), "a record lost");
 
-    run.kill().unwrap();
-    run.wait().unwrap();
-    let mut run = start(&config, admin);
-    put(&moto.endpoint, "crashing", &numbered(7_000..7_500), 0).unwrap();
-    wait_for_all(7_500);
-    settle();
+    let mut run = crash_and_put(run, 7_000..7_500);
     terminate(&run);
     assert_eq!(run.wait().unwrap().code(), Some(0), "{}", std::fs::read_to_string(&log).unwrap());
     let after = delivered(&out);

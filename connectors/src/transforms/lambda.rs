@@ -119,6 +119,9 @@ struct Invoker {
     region: String,
     retries: u32,
     client: reqwest::Client,
+    /// For a `function`: where Invoke requests get their credentials, found once when the first
+    /// worker opens (every worker signs with them).
+    credentials: tokio::sync::OnceCell<AwsCredentials>,
 }
 
 /// Builds a lambda transform from `[transforms.<name>]`.
@@ -223,6 +226,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Transform>, Prob
             region,
             retries,
             client,
+            credentials: tokio::sync::OnceCell::new(),
         }),
         size_bytes,
         interval,
@@ -288,18 +292,12 @@ impl Transform for LambdaTransform {
     }
 
     fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
-        let credentials = match &self.shared.target {
-            Target::Url(_) => None,
-            Target::Function { region, .. } => Some(
-                context
-                    .runtime
-                    .block_on(AwsCredentials::resolve(region, "calling a Lambda function"))
-                    .map_err(TransformError)?,
-            ),
-        };
+        if let Target::Function { region, .. } = &self.shared.target {
+            let find = || AwsCredentials::resolve(region, "calling a Lambda function");
+            context.runtime.block_on(self.shared.credentials.get_or_try_init(find)).map_err(TransformError)?;
+        }
         Ok(Box::new(LambdaWorker {
             invoker: Arc::clone(&self.shared),
-            credentials,
             context: context.clone(),
             size_bytes: self.size_bytes,
             interval: self.interval,
@@ -363,7 +361,6 @@ enum InvocationState {
 /// One worker's buffer and invocations.
 struct LambdaWorker {
     invoker: Arc<Invoker>,
-    credentials: Option<AwsCredentials>,
     context: TransformContext,
     size_bytes: usize,
     interval: Duration,
@@ -395,13 +392,12 @@ impl LambdaWorker {
             let body = event(&self.invoker, &id, &invocation.batch);
             let (tx, rx) = tokio::sync::oneshot::channel();
             let invoker = Arc::clone(&self.invoker);
-            let credentials = self.credentials.clone();
             let metrics = Arc::clone(&self.context.metrics);
             let wake = Arc::clone(&self.context.wake);
             let records = invocation.batch.records;
             self.context.runtime.spawn(async move {
                 let started = Instant::now();
-                let outcome = invoker.invoke(body, &id, records, credentials.as_ref(), &metrics).await;
+                let outcome = invoker.invoke(body, &id, records, &metrics).await;
                 metrics.invocation_duration.observe(started.elapsed());
                 let _ = tx.send(outcome);
                 wake();
@@ -590,7 +586,6 @@ impl Invoker {
         body: Vec<u8>,
         invocation_id: &str,
         records: usize,
-        credentials: Option<&AwsCredentials>,
         metrics: &sluice_engine::metrics::TransformMetrics,
     ) -> Outcome {
         let body = bytes::Bytes::from(body);
@@ -598,7 +593,7 @@ impl Invoker {
         loop {
             attempts += 1;
             metrics.invocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let result = self.attempt(body.clone(), records, credentials).await;
+            let result = self.attempt(body.clone(), records).await;
             let failure = match result {
                 Ok(answers) => {
                     metrics.invocations_succeeded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -621,18 +616,13 @@ impl Invoker {
         }
     }
 
-    async fn attempt(
-        &self,
-        body: bytes::Bytes,
-        records: usize,
-        credentials: Option<&AwsCredentials>,
-    ) -> Result<Vec<Answer>, Attempt> {
+    async fn attempt(&self, body: bytes::Bytes, records: usize) -> Result<Vec<Answer>, Attempt> {
         let retry = |code: &'static str, message: String| Attempt::Retry(BatchFailure { code, message, attempts: 0 });
         let fail = |code: &'static str, message: String| Attempt::Fail(BatchFailure { code, message, attempts: 0 });
         let request = match &self.target {
             Target::Url(url) => self.client.post(url.clone()).header("content-type", "application/json"),
             Target::Function { url, signed_path, region } => {
-                let Some(credentials) = credentials else {
+                let Some(credentials) = self.credentials.get() else {
                     return Err(fail("Lambda.InvokeAccessDenied", "no AWS credentials".into()));
                 };
                 // Temporary credentials being refreshed may be back at the next attempt.
