@@ -536,6 +536,30 @@ fn aws_sigv4_requests_verify_for_the_service_and_region() {
         let (documents, problems) = verified.lock().unwrap().clone();
         assert!(problems.is_empty() && documents == 200, "{service}: {documents} {problems:?}");
         assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        // A profile of the AWS shared files, before the instance profile (the SDKs' order): static
+        // keys, then a `credential_process` with a session token.
+        let aws_config = dir.path().join("aws-config");
+        std::fs::write(
+            &aws_config,
+            "[profile search]\naws_access_key_id = AKIDSEARCHTEST\naws_secret_access_key = search-test-secret\n\
+             [profile helper]\ncredential_process = printf '{\"Version\":1,\"AccessKeyId\":\"AKIDSEARCHTEST\",\
+             \"SecretAccessKey\":\"search-test-secret\",\"SessionToken\":\"helper-token\"}'\n",
+        )
+        .unwrap();
+        let imds_asked = asked.load(std::sync::atomic::Ordering::SeqCst);
+        for (profile, documents) in [("search", 300), ("helper", 400)] {
+            let metadata = format!("http://127.0.0.1:{imds}");
+            let aws_config = aws_config.to_str().unwrap();
+            let profiled =
+                run(&[("AWS_CONFIG_FILE", aws_config), ("AWS_PROFILE", profile), ("AWS_METADATA_ENDPOINT", &metadata)]);
+            assert!(profiled.status.success(), "{profile}: {}", String::from_utf8_lossy(&profiled.stderr));
+            let (counted, problems) = verified.lock().unwrap().clone();
+            assert!(problems.is_empty() && counted == documents, "{service} {profile}: {counted} {problems:?}");
+        }
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), imds_asked, "the instance profile was asked");
+        let missing = run(&[("AWS_CONFIG_FILE", aws_config.to_str().unwrap()), ("AWS_PROFILE", "nope")]);
+        let said = String::from_utf8_lossy(&missing.stderr);
+        assert!(!missing.status.success() && said.contains("AWS_PROFILE is `nope`, but neither"), "{said}");
         // A wrong secret is refused (403) by the start-up check: the run stops before it reads.
         let wrong = run(&[("AWS_ACCESS_KEY_ID", "AKIDSEARCHTEST"), ("AWS_SECRET_ACCESS_KEY", "wrong")]);
         let said = String::from_utf8_lossy(&wrong.stderr);

@@ -302,6 +302,85 @@ fn a_wrong_secret_is_refused_and_the_run_exits_1() {
     assert!(folder_objects(&server.root.join("bkt")).is_empty());
 }
 
+/// Credentials from the AWS shared files, as `aws configure` writes them: a profile's static keys
+/// (`AWS_PROFILE`, from `AWS_SHARED_CREDENTIALS_FILE`), a `credential_process` profile of the config
+/// file, each verified by the server's SigV4 check; a profile neither file has, and a process that
+/// fails, stop the run at start saying so.
+#[test]
+fn credentials_come_from_a_profile_of_the_aws_shared_files() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("bkt")).unwrap();
+    let server = S3Server::start(root.path());
+    let work = tempfile::tempdir().unwrap();
+    let (credentials, config) = (work.path().join("credentials"), work.path().join("config"));
+    std::fs::write(
+        &credentials,
+        format!("[default]\naws_access_key_id = AKIDWRONG\naws_secret_access_key = wrong\n\n[lake]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[profile lake]\nregion = us-east-1\n\n[profile helper]\ncredential_process = printf '{{\"Version\": 1, \"AccessKeyId\": \"{ACCESS_KEY}\", \"SecretAccessKey\": \"{SECRET_KEY}\"}}'\n\n\
+             [profile expired]\ncredential_process = echo 'the SSO session has expired' >&2 && exit 2\n"
+        ),
+    )
+    .unwrap();
+    // The sink gives no keys: only the endpoint.
+    let sink = format!(
+        r#"url = "s3://bkt/archive"
+options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_request = false }}"#,
+        server.addr
+    );
+    let pipeline = work.path().join("p.toml");
+    let run = |profile: &str, name: &str| {
+        let toml = format!(
+            "[pipeline]\nname = \"{name}\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 300\nseed = 5\n\
+             [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\nformat = \"ndjson\"\nprefix = \"{name}/\"\n{sink}\n"
+        );
+        std::fs::write(&pipeline, toml).unwrap();
+        sluice()
+            .args(["run", "--quiet"])
+            .arg(&pipeline)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_PROFILE", profile)
+            .output()
+            .unwrap()
+    };
+    let lines_under = |prefix: &str| {
+        let objects = folder_objects(&server.root.join("bkt"));
+        objects
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("archive/{prefix}/")))
+            .map(|(_, v)| v.len())
+            .sum::<usize>()
+    };
+    for (profile, name) in [("lake", "keys"), ("helper", "process")] {
+        let out = run(profile, name);
+        assert!(out.status.success(), "{profile}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(lines_under(name), 300, "{profile}");
+    }
+    // The default profile's keys are refused: the profile is what chose the right ones.
+    let out = run("default", "default");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    for (profile, says) in [
+        ("nope", "AWS_PROFILE is `nope`, but neither"),
+        (
+            "expired",
+            "the `credential_process` of the AWS profile `expired` failed: it exited with exit status: 2: the SSO session has expired",
+        ),
+    ] {
+        let out = run(profile, profile);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("no credentials were found for s3://bkt/archive") && stderr.contains(says), "{stderr}");
+    }
+    assert_eq!(lines_under("default") + lines_under("nope") + lines_under("expired"), 0);
+}
+
 /// A bucket that does not exist stops the run at start with what to do, as refused credentials
 /// do (its error output, in the same bucket, could not be stored either: delivery would block).
 #[test]

@@ -77,7 +77,12 @@ pub fn all_lines<'a>(objects: impl IntoIterator<Item = (&'a String, &'a Vec<Stri
 /// [`instance_metadata`] and sets `AWS_METADATA_ENDPOINT`), so no test reaches 169.254.169.254.
 pub fn sluice() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.env("SLUICE_LOG", "error").env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9");
+    // Never the machine's instance profile or its user's ~/.aws files: a test gives its own.
+    cmd.env("SLUICE_LOG", "error")
+        .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws/credentials")
+        .env("AWS_CONFIG_FILE", "/nonexistent/aws/config")
+        .env_remove("AWS_PROFILE");
     cmd
 }
 

@@ -3,7 +3,8 @@
 //! their credentials: the chain the AWS SDKs use, and the one sluice's S3
 //! stores already use (object_store's, which this module asks). In order: keys the connector was
 //! given in its table; the environment's `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and
-//! `AWS_SESSION_TOKEN`); a web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`: EKS's
+//! `AWS_SESSION_TOKEN`); the shared config and credentials files' profile (`AWS_PROFILE`, else
+//! `default`: static keys or a `credential_process`, [`crate::aws_profile`]); a web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`: EKS's
 //! IAM roles for service accounts); ECS's task role (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`);
 //! EKS Pod Identity (`AWS_CONTAINER_CREDENTIALS_FULL_URI` with
 //! `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`); and the EC2 instance profile (IMDSv2, at
@@ -22,6 +23,7 @@ use object_store::aws::{AmazonS3Builder, AwsCredential, AwsCredentialProvider};
 use object_store::{RetryConfig, StaticCredentialProvider};
 
 use crate::api::sigv4::Credentials;
+use crate::aws_profile::SharedProfile;
 
 /// How long the first ask of the chain may take (an instance profile answers in milliseconds; a
 /// machine without one times out here).
@@ -51,11 +53,21 @@ impl AwsCredentials {
         if let Some(credentials) = Credentials::from_env() {
             return Ok(AwsCredentials::fixed(credentials));
         }
+        if let Some(provider) = SharedProfile::from_process().credentials {
+            // A profile's process has its own time limit; its failure is final, as the SDKs' is.
+            return match provider.get_credential().await {
+                Ok(_) => Ok(AwsCredentials(provider)),
+                Err(e) => {
+                    Err(format!("{needed_for} needs AWS credentials: {}", crate::aws_profile::credential_error(&e)))
+                }
+            };
+        }
         let tried = tried_source();
         let unavailable = |why: String| {
             format!(
                 "{needed_for} needs AWS credentials: none in the environment (AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY), and {tried} gave none: {why}"
+                 AWS_SECRET_ACCESS_KEY) or the shared files (~/.aws/credentials, ~/.aws/config), and {tried} \
+                 gave none: {why}"
             )
         };
         let retry = RetryConfig { max_retries: 2, retry_timeout: FIRST_ASK, ..RetryConfig::default() };

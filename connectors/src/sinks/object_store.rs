@@ -132,8 +132,32 @@ fn credential_check<C: Send + Sync + 'static>(
 ) -> CredentialCheck {
     Arc::new(move || {
         let provider = Arc::clone(&provider);
-        Box::pin(async move { provider.get_credential().await.map(|_| ()).map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            provider.get_credential().await.map(|_| ()).map_err(|e| crate::aws_profile::credential_error(&e))
+        })
     })
+}
+
+/// `builder` with what the AWS shared files' profile gives ([`crate::aws_profile`]), where neither
+/// the store's `options` nor the environment set it: its region, and its credentials unless keys
+/// were given (the SDKs' order: given keys, the environment's, the profile's, then web identity,
+/// ECS, EKS Pod Identity and the instance profile, which object_store asks).
+fn with_shared_profile(builder: AmazonS3Builder) -> AmazonS3Builder {
+    with_profile(builder, crate::aws_profile::SharedProfile::from_process())
+}
+
+fn with_profile(builder: AmazonS3Builder, profile: crate::aws_profile::SharedProfile) -> AmazonS3Builder {
+    let unset = |key| builder.get_config_value(&key).is_none_or(|v| v.is_empty());
+    let (region_unset, keys_unset) = (unset(AmazonS3ConfigKey::Region), unset(AmazonS3ConfigKey::AccessKeyId));
+    let signs = builder.get_config_value(&AmazonS3ConfigKey::SkipSignature).is_none_or(|v| v != "true");
+    let mut builder = builder;
+    if let Some(region) = profile.region.filter(|_| region_unset) {
+        builder = builder.with_region(region);
+    }
+    match profile.credentials {
+        Some(provider) if keys_unset && signs => builder.with_credentials(provider),
+        _ => builder,
+    }
 }
 
 /// The process-wide `memory://NAME` stores.
@@ -642,6 +666,7 @@ impl ObjectStoreSink {
                     let key = AmazonS3ConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     b = b.with_config(key, v);
                 }
+                let b = with_shared_profile(b);
                 let b = trusting!(b, AmazonS3ConfigKey, "AWS_", roots, options);
                 let anonymous = b.get_config_value(&AmazonS3ConfigKey::SkipSignature).is_some_and(|v| v == "true");
                 let s3 = Arc::new(b.build().map_err(build_error)?);
@@ -1152,6 +1177,37 @@ mod tests {
         assert_eq!(client(ClientConfigKey::AllowHttp).as_deref(), Some("true"));
         assert_eq!(client(ClientConfigKey::Timeout).as_deref(), Some("7s"));
         assert_eq!(builder.get_config_value(&AmazonS3ConfigKey::Region).as_deref(), Some("eu-west-1"));
+    }
+
+    /// The shared files' profile fills what `options` leave unset: its region, and its credentials
+    /// unless keys were given.
+    #[test]
+    fn a_profile_gives_the_region_and_credentials_options_leave_unset() {
+        use crate::aws_profile::SharedProfile;
+        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+        let profile = || {
+            let credential =
+                object_store::aws::AwsCredential { key_id: "AKIDPROFILE".into(), secret_key: "s".into(), token: None };
+            SharedProfile {
+                credentials: Some(Arc::new(object_store::StaticCredentialProvider::new(credential))),
+                region: Some("ap-southeast-2".into()),
+            }
+        };
+        let key_of = |builder: AmazonS3Builder| {
+            let store = builder.with_bucket_name("b").build().unwrap_or_else(|e| panic!("{e}"));
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
+            runtime.block_on(store.credentials().get_credential()).map(|c| c.key_id.clone()).unwrap_or_default()
+        };
+        let bare = with_profile(AmazonS3Builder::new(), profile());
+        assert_eq!(bare.get_config_value(&AmazonS3ConfigKey::Region).as_deref(), Some("ap-southeast-2"));
+        assert_eq!(key_of(bare), "AKIDPROFILE");
+        let given =
+            AmazonS3Builder::new().with_region("eu-west-1").with_access_key_id("AKIDGIVEN").with_secret_access_key("g");
+        let given = with_profile(given, profile());
+        assert_eq!(given.get_config_value(&AmazonS3ConfigKey::Region).as_deref(), Some("eu-west-1"));
+        assert_eq!(key_of(given), "AKIDGIVEN");
+        let nothing = with_profile(AmazonS3Builder::new(), SharedProfile::default());
+        assert_eq!(nothing.get_config_value(&AmazonS3ConfigKey::Region), None);
     }
 
     #[test]

@@ -1,0 +1,680 @@
+//! The AWS shared config and credentials files (`~/.aws/credentials`, `~/.aws/config`: what
+//! `aws configure` writes), read as the AWS SDKs read them: the profile `AWS_PROFILE` names (else
+//! `default`), from `AWS_SHARED_CREDENTIALS_FILE` and `AWS_CONFIG_FILE` when set. A profile gives
+//! credentials by static keys (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`)
+//! or by `credential_process` (a command printing the SDKs' JSON, run again before what it gave
+//! expires), and may give a `region`.
+//!
+//! Guarantees: the credentials file's keys win over the config file's for one profile, static keys
+//! in the credentials file over `credential_process`, and that over static keys in the config file
+//! (botocore's order). A profile `AWS_PROFILE` names that neither file has, a malformed line, keys
+//! without their secret, and credentials sluice does not obtain (`role_arn`, SSO) are errors that
+//! name the file, the profile and what to do, never a silent fall to the next source of the chain;
+//! without `AWS_PROFILE`, a missing `default` profile is no error. Secrets and a process's output
+//! never appear in errors or `Debug` output; the process's own error output does (trimmed).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use object_store::StaticCredentialProvider;
+use object_store::aws::{AwsCredential, AwsCredentialProvider};
+
+/// How long a `credential_process` may run.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Credentials from a process are asked again this long before they expire.
+const REFRESH_BEFORE_EXPIRY: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Why a profile gives no credentials.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProfileError {
+    /// A shared file exists but cannot be read.
+    #[error("cannot read the AWS shared file {path}: {why}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The system's reason.
+        why: String,
+    },
+    /// A line of a shared file is neither a profile line, a property nor a comment.
+    #[error("{path}:{line}: {what} (the AWS shared files take `[profile name]` lines and `key = value` lines)")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The line's number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// `AWS_PROFILE` names a profile neither file has.
+    #[error(
+        "AWS_PROFILE is `{name}`, but neither {credentials} nor {config} has that profile (in the config file \
+         it is `[profile {name}]`)"
+    )]
+    Missing {
+        /// The profile asked for.
+        name: String,
+        /// The credentials file read.
+        credentials: PathBuf,
+        /// The config file read.
+        config: PathBuf,
+    },
+    /// A key without the one it needs (an access key id without its secret).
+    #[error("the AWS profile `{name}` sets `{key}` without `{needs}`")]
+    Incomplete {
+        /// The profile.
+        name: String,
+        /// The key it sets.
+        key: &'static str,
+        /// The key it lacks.
+        needs: &'static str,
+    },
+    /// Credentials sluice does not obtain (an assumed role, SSO).
+    #[error(
+        "the AWS profile `{name}` gets its credentials by {how} (`{key}`), which sluice does not do itself: \
+         select a profile with static keys or a `credential_process` (e.g. one with `credential_process = aws \
+         configure export-credentials --profile {name} --format process`, so the AWS CLI obtains them), or set \
+         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )]
+    Unsupported {
+        /// The profile.
+        name: String,
+        /// The key that says how.
+        key: String,
+        /// How, in words.
+        how: &'static str,
+    },
+    /// The profile's `credential_process` failed or printed no usable credentials.
+    #[error("the `credential_process` of the AWS profile `{name}` failed: {why}")]
+    Process {
+        /// The profile.
+        name: String,
+        /// Why (never its output, which may hold a secret).
+        why: String,
+    },
+}
+
+/// Where the shared files are and which profile is selected: the process's environment, or given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileEnvironment {
+    /// `AWS_PROFILE`, when set.
+    pub profile: Option<String>,
+    /// The shared credentials file.
+    pub credentials_file: Option<PathBuf>,
+    /// The shared config file.
+    pub config_file: Option<PathBuf>,
+}
+
+impl ProfileEnvironment {
+    /// The process's: `AWS_PROFILE`, `AWS_SHARED_CREDENTIALS_FILE` (else `~/.aws/credentials`) and
+    /// `AWS_CONFIG_FILE` (else `~/.aws/config`); a file is `None` when neither it nor `HOME` is set.
+    pub fn from_process() -> Self {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let home = var("HOME").map(PathBuf::from);
+        let file =
+            |name: &str, default: &str| var(name).map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(default)));
+        ProfileEnvironment {
+            profile: var("AWS_PROFILE").map(|p| p.to_string_lossy().into_owned()),
+            credentials_file: file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
+            config_file: file("AWS_CONFIG_FILE", ".aws/config"),
+        }
+    }
+}
+
+/// What the selected profile gives.
+#[derive(Debug, Clone, Default)]
+pub struct SharedProfile {
+    /// Its credentials (a provider that fails with the reason when the profile is unusable); `None`
+    /// when it sets none, so the rest of the chain is asked.
+    pub credentials: Option<AwsCredentialProvider>,
+    /// Its `region`.
+    pub region: Option<String>,
+}
+
+impl SharedProfile {
+    /// The profile the process's environment selects.
+    pub fn from_process() -> Self {
+        Self::select(&ProfileEnvironment::from_process())
+    }
+
+    /// The profile `env` selects.
+    pub fn select(env: &ProfileEnvironment) -> Self {
+        match Profile::load(env) {
+            Ok(None) => SharedProfile::default(),
+            Ok(Some(profile)) => SharedProfile {
+                region: profile.get("region").map(str::to_string),
+                credentials: profile.credentials().map(|c| c.unwrap_or_else(failing)),
+            },
+            Err(e) => SharedProfile { credentials: Some(failing(e)), region: None },
+        }
+    }
+}
+
+/// A profile's properties, each with whether it came from the credentials file.
+#[derive(Debug, Default)]
+struct Profile {
+    name: String,
+    properties: HashMap<String, (String, bool)>,
+}
+
+impl Profile {
+    /// The selected profile from both files, `None` when `AWS_PROFILE` is unset and neither file has
+    /// `default`.
+    fn load(env: &ProfileEnvironment) -> Result<Option<Profile>, ProfileError> {
+        let name = env.profile.clone().unwrap_or_else(|| "default".to_string());
+        let mut found = false;
+        let mut profile = Profile { name: name.clone(), properties: HashMap::new() };
+        // The config file first, so the credentials file's keys replace its.
+        for (path, from_credentials) in [(&env.config_file, false), (&env.credentials_file, true)] {
+            let Some(path) = path else { continue };
+            let text = match std::fs::read_to_string(path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(ProfileError::Read { path: path.clone(), why: e.to_string() }),
+            };
+            if let Some(properties) = parse(path, &text, from_credentials, &name)? {
+                found = true;
+                for (key, value) in properties {
+                    profile.properties.insert(key, (value, from_credentials));
+                }
+            }
+        }
+        match (found, &env.profile) {
+            (true, _) => Ok(Some(profile)),
+            (false, None) => Ok(None),
+            (false, Some(_)) => Err(ProfileError::Missing {
+                name,
+                credentials: env.credentials_file.clone().unwrap_or_else(|| "~/.aws/credentials".into()),
+                config: env.config_file.clone().unwrap_or_else(|| "~/.aws/config".into()),
+            }),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.properties.get(key).map(|(v, _)| v.as_str()).filter(|v| !v.is_empty())
+    }
+
+    fn in_credentials_file(&self, key: &str) -> bool {
+        self.get(key).is_some() && self.properties.get(key).is_some_and(|(_, c)| *c)
+    }
+
+    /// Its credentials in botocore's order, or `None` when it sets none.
+    fn credentials(&self) -> Option<Result<AwsCredentialProvider, ProfileError>> {
+        let unsupported = |key: &str, how| {
+            Some(Err(ProfileError::Unsupported { name: self.name.clone(), key: key.to_string(), how }))
+        };
+        if self.get("role_arn").is_some() {
+            return unsupported("role_arn", "assuming a role");
+        }
+        if let Some(key) = ["sso_session", "sso_start_url"].into_iter().find(|k| self.get(k).is_some()) {
+            return unsupported(key, "IAM Identity Center (SSO)");
+        }
+        let process = self.get("credential_process").map(|command| {
+            let provider: AwsCredentialProvider = Arc::new(ProcessProvider {
+                profile: self.name.clone(),
+                command: command.to_string(),
+                cached: Default::default(),
+            });
+            Ok(provider)
+        });
+        if self.in_credentials_file("aws_access_key_id")
+            || (process.is_none() && self.get("aws_access_key_id").is_some())
+        {
+            return Some(self.static_keys());
+        }
+        if process.is_some() {
+            return process;
+        }
+        if self.get("aws_secret_access_key").is_some() {
+            return Some(Err(ProfileError::Incomplete {
+                name: self.name.clone(),
+                key: "aws_secret_access_key",
+                needs: "aws_access_key_id",
+            }));
+        }
+        None
+    }
+
+    fn static_keys(&self) -> Result<AwsCredentialProvider, ProfileError> {
+        let (Some(key_id), Some(secret_key)) = (self.get("aws_access_key_id"), self.get("aws_secret_access_key"))
+        else {
+            return Err(ProfileError::Incomplete {
+                name: self.name.clone(),
+                key: "aws_access_key_id",
+                needs: "aws_secret_access_key",
+            });
+        };
+        let credential = AwsCredential {
+            key_id: key_id.to_string(),
+            secret_key: secret_key.to_string(),
+            token: self.get("aws_session_token").map(str::to_string),
+        };
+        Ok(Arc::new(StaticCredentialProvider::new(credential)))
+    }
+}
+
+/// The properties of profile `name` in one shared file (`None` when it has no such section): in the
+/// credentials file `[name]`, in the config file `[profile name]` (or `[default]`). Keys are
+/// lower-cased; a value ends at a `#` or `;` after white space; indented lines continue the property
+/// above (sub-properties, which sluice does not use).
+fn parse(
+    path: &Path,
+    text: &str,
+    credentials_file: bool,
+    name: &str,
+) -> Result<Option<Vec<(String, String)>>, ProfileError> {
+    let syntax =
+        |line: usize, what: &str| ProfileError::Syntax { path: path.to_path_buf(), line, what: what.to_string() };
+    let mut section: Option<bool> = None; // Some(whether it is the profile asked for)
+    let mut found: Option<Vec<(String, String)>> = None;
+    for (index, raw) in text.lines().enumerate() {
+        let number = index + 1;
+        let line = raw.trim_end();
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
+            continue;
+        }
+        if let Some(header) = trimmed.strip_prefix('[') {
+            let Some((inside, after)) = header.split_once(']') else {
+                return Err(syntax(number, "a profile line without its closing `]`"));
+            };
+            let after = after.trim_start();
+            if !(after.is_empty() || after.starts_with('#') || after.starts_with(';')) {
+                return Err(syntax(number, "text after a profile line's `]`"));
+            }
+            let inside = inside.trim();
+            let this = if credentials_file {
+                Some(inside)
+            } else if inside == "default" {
+                Some("default")
+            } else {
+                match inside.split_once(char::is_whitespace) {
+                    Some(("profile", rest)) => Some(rest.trim()),
+                    _ => None, // `[sso-session x]`, `[services x]`: not profiles
+                }
+            };
+            let asked = this == Some(name);
+            if asked && found.is_none() {
+                found = Some(Vec::new());
+            }
+            section = Some(asked);
+            continue;
+        }
+        if line.starts_with(char::is_whitespace) {
+            // A sub-property of the property above.
+            if section.is_none() {
+                return Err(syntax(number, "an indented line before any profile line"));
+            }
+            continue;
+        }
+        let Some(asked) = section else {
+            return Err(syntax(number, "a property before any profile line"));
+        };
+        let Some((key, value)) = trimmed.split_once('=') else {
+            return Err(syntax(number, "a line that is neither a profile line nor `key = value`"));
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(syntax(number, "a property without a name"));
+        }
+        if asked && let Some(properties) = found.as_mut() {
+            properties.push((key.to_ascii_lowercase(), strip_comment(value).trim().to_string()));
+        }
+    }
+    Ok(found)
+}
+
+/// `value` up to a `#` or `;` that follows white space.
+fn strip_comment(value: &str) -> &str {
+    let bytes = value.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if (b == b'#' || b == b';') && i > 0 && bytes[i - 1].is_ascii_whitespace() {
+            return &value[..i];
+        }
+    }
+    value
+}
+
+/// A provider that always fails with why the profile is unusable (reported when the connector starts).
+fn failing(error: ProfileError) -> AwsCredentialProvider {
+    Arc::new(Failing(error))
+}
+
+#[derive(Debug)]
+struct Failing(ProfileError);
+
+#[async_trait::async_trait]
+impl object_store::CredentialProvider for Failing {
+    type Credential = AwsCredential;
+    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+        Err(generic(self.0.clone()))
+    }
+}
+
+/// The `store` of the errors this module's providers give.
+const PROFILE_ERRORS: &str = "AWS profile";
+
+fn generic(error: ProfileError) -> object_store::Error {
+    object_store::Error::Generic { store: PROFILE_ERRORS, source: Box::new(error) }
+}
+
+/// What a credential provider's error says: a profile's problem as this module words it, another
+/// (object_store's own providers') with its causes, secrets redacted.
+pub fn credential_error(error: &object_store::Error) -> String {
+    match error {
+        object_store::Error::Generic { store: PROFILE_ERRORS, source } => source.to_string(),
+        other => sluice_engine::redact::error(other),
+    }
+}
+
+/// Credentials and when they expire (never, when the process said no `Expiration`).
+type Expiring = (Arc<AwsCredential>, Option<DateTime<Utc>>);
+
+/// Credentials from a profile's `credential_process`, cached until shortly before they expire.
+struct ProcessProvider {
+    profile: String,
+    command: String,
+    cached: tokio::sync::Mutex<Option<Expiring>>,
+}
+
+impl std::fmt::Debug for ProcessProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessProvider").field("profile", &self.profile).finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::CredentialProvider for ProcessProvider {
+    type Credential = AwsCredential;
+    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+        let mut cached = self.cached.lock().await;
+        if let Some((credential, expires)) = cached.as_ref()
+            && expires.is_none_or(|at| Utc::now() + REFRESH_BEFORE_EXPIRY < at)
+        {
+            return Ok(Arc::clone(credential));
+        }
+        let fail = |why: String| generic(ProfileError::Process { name: self.profile.clone(), why });
+        let (credential, expires) = run_process(&self.command).await.map_err(fail)?;
+        let credential = Arc::new(credential);
+        *cached = Some((Arc::clone(&credential), expires));
+        Ok(credential)
+    }
+}
+
+/// Runs `command` with `sh -c` (as the AWS SDK for Rust does) and reads its credentials.
+async fn run_process(command: &str) -> Result<(AwsCredential, Option<DateTime<Utc>>), String> {
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start `sh -c`: {e}"))?;
+    let output = tokio::time::timeout(PROCESS_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| format!("no answer within {} s", PROCESS_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("cannot read its output: {e}"))?;
+    if !output.status.success() {
+        let said = String::from_utf8_lossy(&output.stderr);
+        let said: String = said.trim().chars().take(500).collect();
+        return Err(format!(
+            "it exited with {}{}",
+            output.status,
+            if said.is_empty() { String::new() } else { format!(": {said}") }
+        ));
+    }
+    process_credentials(&output.stdout)
+}
+
+/// The SDKs' `credential_process` output: `{"Version": 1, "AccessKeyId", "SecretAccessKey",
+/// "SessionToken"?, "Expiration"? (RFC 3339)}`. Errors never quote it (it holds the secret).
+fn process_credentials(stdout: &[u8]) -> Result<(AwsCredential, Option<DateTime<Utc>>), String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Output {
+        version: Option<i64>,
+        access_key_id: Option<String>,
+        secret_access_key: Option<String>,
+        session_token: Option<String>,
+        expiration: Option<String>,
+    }
+    let output: Output = serde_json::from_slice(stdout).map_err(|e| {
+        format!(
+            "its output is not the credentials JSON ({} at line {} column {})",
+            e.classify_kind(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    if output.version != Some(1) {
+        return Err("its output's `Version` is not 1".into());
+    }
+    let (Some(key_id), Some(secret_key)) = (output.access_key_id, output.secret_access_key) else {
+        return Err("its output lacks `AccessKeyId` or `SecretAccessKey`".into());
+    };
+    let expires = match output.expiration {
+        Some(text) => Some(
+            DateTime::parse_from_rfc3339(&text)
+                .map_err(|e| format!("its output's `Expiration` is not an RFC 3339 time: {e}"))?
+                .with_timezone(&Utc),
+        ),
+        None => None,
+    };
+    Ok((AwsCredential { key_id, secret_key, token: output.session_token }, expires))
+}
+
+/// The kind of a JSON error, without the text that caused it.
+trait ClassifyKind {
+    fn classify_kind(&self) -> &'static str;
+}
+
+impl ClassifyKind for serde_json::Error {
+    fn classify_kind(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "malformed JSON",
+            serde_json::error::Category::Data => "a value of the wrong type",
+            serde_json::error::Category::Eof => "cut short",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Files {
+        dir: tempfile::TempDir,
+    }
+
+    impl Files {
+        fn new(credentials: &str, config: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(dir.path().join("credentials"), credentials).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(dir.path().join("config"), config).unwrap_or_else(|e| panic!("{e}"));
+            Files { dir }
+        }
+
+        fn env(&self, profile: Option<&str>) -> ProfileEnvironment {
+            ProfileEnvironment {
+                profile: profile.map(str::to_string),
+                credentials_file: Some(self.dir.path().join("credentials")),
+                config_file: Some(self.dir.path().join("config")),
+            }
+        }
+    }
+
+    fn credential(env: &ProfileEnvironment) -> Result<AwsCredential, String> {
+        let provider = SharedProfile::select(env).credentials.ok_or("no credentials")?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let got = runtime.block_on(provider.get_credential()).map_err(|e| credential_error(&e))?;
+        Ok(AwsCredential { key_id: got.key_id.clone(), secret_key: got.secret_key.clone(), token: got.token.clone() })
+    }
+
+    const AWS_CONFIGURE: &str = "\
+# written by aws configure
+[default]
+aws_access_key_id = AKIDDEFAULT
+aws_secret_access_key = default/secret+key
+
+[lake]
+aws_access_key_id=AKIDLAKE   ; the lake account
+AWS_Secret_Access_Key = lake-secret
+aws_session_token = lake-token
+";
+
+    const CONFIG: &str = "\
+[default]
+region = eu-west-1
+s3 =
+  max_concurrent_requests = 20
+
+[profile lake]
+region = us-west-2
+[sso-session corp]
+sso_region = us-east-1
+[profile process]
+credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", \"SecretAccessKey\": \"s\"}'
+";
+
+    #[test]
+    fn static_keys_and_the_region_come_from_the_selected_profile() {
+        let files = Files::new(AWS_CONFIGURE, CONFIG);
+        let default = credential(&files.env(None)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (default.key_id.as_str(), default.secret_key.as_str(), default.token),
+            ("AKIDDEFAULT", "default/secret+key", None)
+        );
+        assert_eq!(SharedProfile::select(&files.env(None)).region.as_deref(), Some("eu-west-1"));
+        let lake = credential(&files.env(Some("lake"))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((lake.key_id.as_str(), lake.secret_key.as_str()), ("AKIDLAKE", "lake-secret"));
+        assert_eq!(lake.token.as_deref(), Some("lake-token"));
+        assert_eq!(SharedProfile::select(&files.env(Some("lake"))).region.as_deref(), Some("us-west-2"));
+    }
+
+    #[test]
+    fn the_credentials_file_wins_and_a_process_runs_only_without_its_keys() {
+        let config = "[profile p]\naws_access_key_id = AKIDCONFIG\naws_secret_access_key = c\ncredential_process = printf '{\"Version\":1,\"AccessKeyId\":\"AKIDPROCESS\",\"SecretAccessKey\":\"s\",\"SessionToken\":\"t\",\"Expiration\":\"2999-01-01T00:00:00Z\"}'\n";
+        // The process beats static keys of the config file...
+        let files = Files::new("", config);
+        let c = credential(&files.env(Some("p"))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.key_id.as_str(), c.token.as_deref()), ("AKIDPROCESS", Some("t")));
+        // ...and static keys of the credentials file beat the process.
+        let files = Files::new("[p]\naws_access_key_id = AKIDCREDS\naws_secret_access_key = k\n", config);
+        assert_eq!(credential(&files.env(Some("p"))).unwrap_or_else(|e| panic!("{e}")).key_id, "AKIDCREDS");
+        // Without a process, the config file's keys.
+        let files = Files::new("", "[profile p]\naws_access_key_id = AKIDCONFIG\naws_secret_access_key = c\n");
+        assert_eq!(credential(&files.env(Some("p"))).unwrap_or_else(|e| panic!("{e}")).key_id, "AKIDCONFIG");
+    }
+
+    #[test]
+    fn a_profile_that_sets_no_credentials_leaves_them_to_the_rest_of_the_chain() {
+        let files = Files::new("", CONFIG);
+        let default = SharedProfile::select(&files.env(None));
+        assert!(default.credentials.is_none());
+        assert_eq!(default.region.as_deref(), Some("eu-west-1"));
+        // No files at all, no AWS_PROFILE: nothing, and no error.
+        let none = ProfileEnvironment { profile: None, credentials_file: None, config_file: None };
+        assert!(SharedProfile::select(&none).credentials.is_none());
+        let missing = ProfileEnvironment {
+            profile: None,
+            credentials_file: Some("/nonexistent/credentials".into()),
+            config_file: Some("/nonexistent/config".into()),
+        };
+        assert!(SharedProfile::select(&missing).credentials.is_none());
+    }
+
+    #[test]
+    fn a_process_prints_the_sdks_json_and_is_asked_again_only_when_it_expires() {
+        let files = Files::new("", CONFIG);
+        assert_eq!(credential(&files.env(Some("process"))).unwrap_or_else(|e| panic!("{e}")).key_id, "AKIDPROCESS");
+        // A counter file shows how often the command ran.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let count = dir.path().join("count");
+        let script = |expiration: &str| {
+            format!(
+                "[profile p]\ncredential_process = echo x >> {c} && printf '{{\"Version\":1,\"AccessKeyId\":\"AKID\",\"SecretAccessKey\":\"s\",\"Expiration\":\"{expiration}\"}}'\n",
+                c = count.display()
+            )
+        };
+        let runs = |config: String| {
+            let files = Files::new("", &config);
+            let provider = SharedProfile::select(&files.env(Some("p"))).credentials.unwrap_or_else(|| panic!("none"));
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+            let _ = std::fs::remove_file(&count);
+            for _ in 0..3 {
+                runtime.block_on(provider.get_credential()).unwrap_or_else(|e| panic!("{e}"));
+            }
+            std::fs::read_to_string(&count).unwrap_or_default().lines().count()
+        };
+        assert_eq!(runs(script("2999-01-01T00:00:00Z")), 1);
+        // Expiring within five minutes: asked again each time.
+        let soon = (Utc::now() + chrono::Duration::minutes(2)).to_rfc3339();
+        assert_eq!(runs(script(&soon)), 3);
+    }
+
+    #[test]
+    fn a_failing_or_malformed_process_is_an_error_that_never_quotes_its_output() {
+        for (command, says) in [
+            ("echo 'token expired, run aws sso login' >&2; exit 3", "exit status: 3: token expired, run aws sso login"),
+            ("printf '{\"Version\":2,\"AccessKeyId\":\"A\",\"SecretAccessKey\":\"SECRET\"}'", "`Version` is not 1"),
+            ("printf '{\"Version\":1,\"AccessKeyId\":\"A\"}'", "lacks `AccessKeyId` or `SecretAccessKey`"),
+            ("printf 'SECRET-not-json'", "not the credentials JSON (malformed JSON at line 1"),
+            (
+                "printf '{\"Version\":1,\"AccessKeyId\":\"A\",\"SecretAccessKey\":\"SECRET\",\"Expiration\":\"tomorrow\"}'",
+                "not an RFC 3339 time",
+            ),
+        ] {
+            let files = Files::new("", &format!("[profile p]\ncredential_process = {command}\n"));
+            let error = credential(&files.env(Some("p"))).err().unwrap_or_else(|| panic!("{command}: no error"));
+            assert!(
+                error.contains("`credential_process` of the AWS profile `p` failed") && error.contains(says),
+                "{error}"
+            );
+            assert!(!error.contains("SECRET"), "{error}");
+        }
+    }
+
+    #[test]
+    fn unusable_profiles_say_why_and_what_to_do() {
+        let cases = [
+            (Some("nope"), "", "AWS_PROFILE is `nope`, but neither"),
+            (
+                Some("half"),
+                "[half]\naws_access_key_id = AKID\n",
+                "sets `aws_access_key_id` without `aws_secret_access_key`",
+            ),
+            (
+                Some("role"),
+                "[role]\nrole_arn = arn:aws:iam::1:role/r\nsource_profile = default\n",
+                "by assuming a role (`role_arn`)",
+            ),
+            (None, "[default]\nsso_session = corp\n", "IAM Identity Center (SSO) (`sso_session`)"),
+            (None, "[default]\naws_access_key_id AKID\n", "credentials:2: a line that is neither"),
+            (None, "aws_access_key_id = AKID\n", "credentials:1: a property before any profile line"),
+            (None, "[default\n", "credentials:1: a profile line without its closing `]`"),
+        ];
+        for (profile, credentials, says) in cases {
+            let files = Files::new(credentials, "");
+            let error = credential(&files.env(profile)).err().unwrap_or_else(|| panic!("{credentials}: no error"));
+            assert!(error.contains(says), "{credentials}: {error}");
+        }
+    }
+
+    #[test]
+    fn profiles_of_the_config_file_are_named_with_profile_and_comments_are_skipped() {
+        let config = "; comment\n[profile  spaced ]  # trailing\nregion = ap-south-1 # why\n[lake]\nregion = wrong\n";
+        let files = Files::new("", config);
+        assert_eq!(SharedProfile::select(&files.env(Some("spaced"))).region.as_deref(), Some("ap-south-1"));
+        // `[lake]` is not a profile in the config file (it would be `[profile lake]`).
+        let lake = SharedProfile::select(&files.env(Some("lake")));
+        let error = credential(&files.env(Some("lake"))).err().unwrap_or_default();
+        assert!(lake.region.is_none() && error.contains("`[profile lake]`"), "{error}");
+    }
+}
