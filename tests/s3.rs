@@ -315,14 +315,16 @@ fn credentials_come_from_a_profile_of_the_aws_shared_files() {
     let (credentials, config) = (work.path().join("credentials"), work.path().join("config"));
     std::fs::write(
         &credentials,
-        format!("[default]\naws_access_key_id = AKIDWRONG\naws_secret_access_key = wrong\n\n[lake]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
+        format!("[default]\naws_access_key_id = AKIDWRONG\naws_secret_access_key = wrong\n\n[lake]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n\n[base]\naws_access_key_id = AKIDBASE\naws_secret_access_key = base-secret\n"),
     )
     .unwrap();
     std::fs::write(
         &config,
         format!(
             "[profile lake]\nregion = us-east-1\n\n[profile helper]\ncredential_process = printf '{{\"Version\": 1, \"AccessKeyId\": \"{ACCESS_KEY}\", \"SecretAccessKey\": \"{SECRET_KEY}\"}}'\n\n\
-             [profile expired]\ncredential_process = echo 'the SSO session has expired' >&2 && exit 2\n"
+             [profile expired]\ncredential_process = echo 'the SSO session has expired' >&2 && exit 2\n\n\
+             [profile writer]\nrole_arn = arn:aws:iam::123456789012:role/lake-writer\nsource_profile = base\nregion = eu-west-1\nrole_session_name = nightly-load\n\n\
+             [profile denied]\nrole_arn = arn:aws:iam::123456789012:role/other\nsource_profile = base\nregion = eu-west-1\n"
         ),
     )
     .unwrap();
@@ -332,6 +334,8 @@ fn credentials_come_from_a_profile_of_the_aws_shared_files() {
 options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_request = false }}"#,
         server.addr
     );
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (sts, sessions) = security_token_service(&runtime);
     let pipeline = work.path().join("p.toml");
     let run = |profile: &str, name: &str| {
         let toml = format!(
@@ -347,6 +351,7 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
             .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
             .env("AWS_CONFIG_FILE", &config)
             .env("AWS_PROFILE", profile)
+            .env("AWS_ENDPOINT_URL_STS", &sts)
             .output()
             .unwrap()
     };
@@ -358,7 +363,7 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
             .map(|(_, v)| v.len())
             .sum::<usize>()
     };
-    for (profile, name) in [("lake", "keys"), ("helper", "process")] {
+    for (profile, name) in [("lake", "keys"), ("helper", "process"), ("writer", "role")] {
         let out = run(profile, name);
         assert!(out.status.success(), "{profile}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(lines_under(name), 300, "{profile}");
@@ -372,13 +377,73 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
             "expired",
             "the `credential_process` of the AWS profile `expired` failed: it exited with exit status: 2: the SSO session has expired",
         ),
+        (
+            "denied",
+            "the AWS profile `denied` names a role (`role_arn`) sluice cannot assume: STS answered 403 Forbidden: \
+             AccessDenied: User: arn:aws:iam::123456789012:user/base is not authorized to perform: sts:AssumeRole",
+        ),
     ] {
         let out = run(profile, profile);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("no credentials were found for s3://bkt/archive") && stderr.contains(says), "{stderr}");
     }
-    assert_eq!(lines_under("default") + lines_under("nope") + lines_under("expired"), 0);
+    assert_eq!(lines_under("default") + lines_under("nope") + lines_under("expired") + lines_under("denied"), 0);
+    // The role was asked for with the profile's session name, once per run (cached meanwhile), the
+    // denied one once; every request verified as signed by the source profile's keys.
+    let sessions = sessions.lock().unwrap().clone();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions[0], "nightly-load");
+    assert!(sessions[1].starts_with("sluice-"), "{sessions:?}");
+}
+
+/// STS's side of `AssumeRole`, as its API reference describes it: a form POST to `/`, signed with
+/// SigV4 for service `sts` in `eu-west-1` by `AKIDBASE`/`base-secret` (the source profile's keys);
+/// the role `lake-writer` is given the S3 server's keys with a session token, any other role
+/// `AccessDenied` (403, STS's error document). Returns its URL and the session names it was asked for.
+fn security_token_service(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<String>>>) {
+    use sluice_connectors::api::sigv4::{AccessKeys, Scope, SignedRequest, verify};
+    let sessions = Arc::new(Mutex::new(Vec::new()));
+    let asked = Arc::clone(&sessions);
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let asked = Arc::clone(&asked);
+            async move {
+                let keys = AccessKeys::new([("AKIDBASE".to_string(), "base-secret".to_string())]);
+                let request = SignedRequest { method: "POST", path: "/", query: "", headers: &headers, body: &body };
+                let scope = Scope { region: "eu-west-1", service: "sts" };
+                if let Err(e) = verify(&keys, &request, chrono::Utc::now().timestamp(), scope) {
+                    return (axum::http::StatusCode::FORBIDDEN, format!("<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>{e}</Message></Error></ErrorResponse>"));
+                }
+                let form: std::collections::HashMap<String, String> =
+                    url::form_urlencoded::parse(&body).into_owned().collect();
+                let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+                assert_eq!((field("Action"), field("Version"), field("DurationSeconds")), ("AssumeRole", "2011-06-15", "3600"));
+                asked.lock().unwrap().push(field("RoleSessionName").to_string());
+                if field("RoleArn") != "arn:aws:iam::123456789012:role/lake-writer" {
+                    let denied = format!(
+                        "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>AccessDenied</Code>\
+                         <Message>User: arn:aws:iam::123456789012:user/base is not authorized to perform: sts:AssumeRole on resource: {}</Message></Error>\
+                         <RequestId>1</RequestId></ErrorResponse>",
+                        field("RoleArn")
+                    );
+                    return (axum::http::StatusCode::FORBIDDEN, denied);
+                }
+                let expiration = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                let answer = format!(
+                    "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleResult>\
+                     <AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/lake-writer/{session}</Arn><AssumedRoleId>AROA:{session}</AssumedRoleId></AssumedRoleUser>\
+                     <Credentials><AccessKeyId>{ACCESS_KEY}</AccessKeyId><SecretAccessKey>{SECRET_KEY}</SecretAccessKey>\
+                     <SessionToken>assumed-session-token</SessionToken><Expiration>{expiration}</Expiration></Credentials>\
+                     </AssumeRoleResult><ResponseMetadata><RequestId>2</RequestId></ResponseMetadata></AssumeRoleResponse>",
+                    session = field("RoleSessionName")
+                );
+                (axum::http::StatusCode::OK, answer)
+            }
+        }),
+    );
+    (super::support::serve(runtime, app, None), sessions)
 }
 
 /// A bucket that does not exist stops the run at start with what to do, as refused credentials

@@ -1,17 +1,21 @@
 //! The AWS shared config and credentials files (`~/.aws/credentials`, `~/.aws/config`: what
 //! `aws configure` writes), read as the AWS SDKs read them: the profile `AWS_PROFILE` names (else
 //! `default`), from `AWS_SHARED_CREDENTIALS_FILE` and `AWS_CONFIG_FILE` when set. A profile gives
-//! credentials by static keys (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`)
-//! or by `credential_process` (a command printing the SDKs' JSON, run again before what it gave
-//! expires), and may give a `region`.
+//! credentials by static keys (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`),
+//! by `credential_process` (a command printing the SDKs' JSON), or by a role (`role_arn`: STS
+//! `AssumeRole`, signed with the credentials of its `source_profile` or `credential_source`), and
+//! may give a `region`.
 //!
-//! Guarantees: the credentials file's keys win over the config file's for one profile, static keys
-//! in the credentials file over `credential_process`, and that over static keys in the config file
-//! (botocore's order). A profile `AWS_PROFILE` names that neither file has, a malformed line, keys
-//! without their secret, and credentials sluice does not obtain (`role_arn`, SSO) are errors that
-//! name the file, the profile and what to do, never a silent fall to the next source of the chain;
-//! without `AWS_PROFILE`, a missing `default` profile is no error. Secrets and a process's output
-//! never appear in errors or `Debug` output; the process's own error output does (trimmed).
+//! Guarantees: a role outranks the profile's own keys, as in every SDK; otherwise the credentials
+//! file's keys win over the config file's for one profile, static keys in the credentials file over
+//! `credential_process`, and that over static keys in the config file (botocore's order).
+//! Credentials that expire (a process's, a role's) are obtained again five minutes before they do.
+//! A profile `AWS_PROFILE` names that neither file has, a malformed line, keys without their
+//! secret, a `source_profile` loop, a role STS refuses, and credentials sluice does not obtain
+//! (SSO, MFA) are errors that name the file or profile and what to do, never a silent fall to the
+//! next source of the chain; without `AWS_PROFILE`, a missing `default` profile is no error.
+//! Secrets and a process's output never appear in errors or `Debug` output; the process's own
+//! error output does (trimmed).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -87,6 +91,14 @@ pub enum ProfileError {
         /// How, in words.
         how: &'static str,
     },
+    /// A role profile that cannot be used as written, or whose role STS did not give.
+    #[error("the AWS profile `{name}` names a role (`role_arn`) sluice cannot assume: {why}")]
+    Role {
+        /// The profile.
+        name: String,
+        /// Why.
+        why: String,
+    },
     /// The profile's `credential_process` failed or printed no usable credentials.
     #[error("the `credential_process` of the AWS profile `{name}` failed: {why}")]
     Process {
@@ -142,14 +154,57 @@ impl SharedProfile {
 
     /// The profile `env` selects.
     pub fn select(env: &ProfileEnvironment) -> Self {
-        match Profile::load(env) {
-            Ok(None) => SharedProfile::default(),
-            Ok(Some(profile)) => SharedProfile {
+        let profiles = match Profiles::load(env) {
+            Ok(profiles) => profiles,
+            Err(e) => return SharedProfile { credentials: Some(failing(e)), region: None },
+        };
+        let name = env.profile.as_deref().unwrap_or("default");
+        match profiles.by_name.get(name) {
+            Some(profile) => SharedProfile {
                 region: profile.get("region").map(str::to_string),
-                credentials: profile.credentials().map(|c| c.unwrap_or_else(failing)),
+                credentials: profile.credentials(&profiles, &mut Vec::new()).map(|c| c.unwrap_or_else(failing)),
             },
-            Err(e) => SharedProfile { credentials: Some(failing(e)), region: None },
+            None if env.profile.is_none() => SharedProfile::default(),
+            None => SharedProfile {
+                credentials: Some(failing(ProfileError::Missing {
+                    name: name.to_string(),
+                    credentials: env.credentials_file.clone().unwrap_or_else(|| "~/.aws/credentials".into()),
+                    config: env.config_file.clone().unwrap_or_else(|| "~/.aws/config".into()),
+                })),
+                region: None,
+            },
         }
+    }
+}
+
+/// Every profile of both files.
+#[derive(Debug, Default)]
+struct Profiles {
+    by_name: HashMap<String, Profile>,
+}
+
+impl Profiles {
+    fn load(env: &ProfileEnvironment) -> Result<Profiles, ProfileError> {
+        let mut profiles = Profiles::default();
+        // The config file first, so the credentials file's keys replace its.
+        for (path, from_credentials) in [(&env.config_file, false), (&env.credentials_file, true)] {
+            let Some(path) = path else { continue };
+            let text = match std::fs::read_to_string(path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(ProfileError::Read { path: path.clone(), why: e.to_string() }),
+            };
+            for (name, properties) in parse(path, &text, from_credentials)? {
+                let profile = profiles
+                    .by_name
+                    .entry(name.clone())
+                    .or_insert_with(|| Profile { name, properties: HashMap::new() });
+                for (key, value) in properties {
+                    profile.properties.insert(key, (value, from_credentials));
+                }
+            }
+        }
+        Ok(profiles)
     }
 }
 
@@ -161,38 +216,6 @@ struct Profile {
 }
 
 impl Profile {
-    /// The selected profile from both files, `None` when `AWS_PROFILE` is unset and neither file has
-    /// `default`.
-    fn load(env: &ProfileEnvironment) -> Result<Option<Profile>, ProfileError> {
-        let name = env.profile.clone().unwrap_or_else(|| "default".to_string());
-        let mut found = false;
-        let mut profile = Profile { name: name.clone(), properties: HashMap::new() };
-        // The config file first, so the credentials file's keys replace its.
-        for (path, from_credentials) in [(&env.config_file, false), (&env.credentials_file, true)] {
-            let Some(path) = path else { continue };
-            let text = match std::fs::read_to_string(path) {
-                Ok(text) => text,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(ProfileError::Read { path: path.clone(), why: e.to_string() }),
-            };
-            if let Some(properties) = parse(path, &text, from_credentials, &name)? {
-                found = true;
-                for (key, value) in properties {
-                    profile.properties.insert(key, (value, from_credentials));
-                }
-            }
-        }
-        match (found, &env.profile) {
-            (true, _) => Ok(Some(profile)),
-            (false, None) => Ok(None),
-            (false, Some(_)) => Err(ProfileError::Missing {
-                name,
-                credentials: env.credentials_file.clone().unwrap_or_else(|| "~/.aws/credentials".into()),
-                config: env.config_file.clone().unwrap_or_else(|| "~/.aws/config".into()),
-            }),
-        }
-    }
-
     fn get(&self, key: &str) -> Option<&str> {
         self.properties.get(key).map(|(v, _)| v.as_str()).filter(|v| !v.is_empty())
     }
@@ -201,17 +224,28 @@ impl Profile {
         self.get(key).is_some() && self.properties.get(key).is_some_and(|(_, c)| *c)
     }
 
-    /// Its credentials in botocore's order, or `None` when it sets none.
-    fn credentials(&self) -> Option<Result<AwsCredentialProvider, ProfileError>> {
-        let unsupported = |key: &str, how| {
-            Some(Err(ProfileError::Unsupported { name: self.name.clone(), key: key.to_string(), how }))
-        };
+    fn unsupported<T>(&self, key: &str, how: &'static str) -> Result<T, ProfileError> {
+        Err(ProfileError::Unsupported { name: self.name.clone(), key: key.to_string(), how })
+    }
+
+    /// Its credentials in botocore's order, or `None` when it sets none; `chain` holds the role
+    /// profiles that led here (a `source_profile` loop is an error).
+    fn credentials(
+        &self,
+        profiles: &Profiles,
+        chain: &mut Vec<String>,
+    ) -> Option<Result<AwsCredentialProvider, ProfileError>> {
         if self.get("role_arn").is_some() {
-            return unsupported("role_arn", "assuming a role");
+            return Some(self.assumed_role(profiles, chain));
         }
         if let Some(key) = ["sso_session", "sso_start_url"].into_iter().find(|k| self.get(k).is_some()) {
-            return unsupported(key, "IAM Identity Center (SSO)");
+            return Some(self.unsupported(key, "IAM Identity Center (SSO)"));
         }
+        self.own_credentials()
+    }
+
+    /// Its static keys or process, ignoring `role_arn`.
+    fn own_credentials(&self) -> Option<Result<AwsCredentialProvider, ProfileError>> {
         let process = self.get("credential_process").map(|command| {
             let provider: AwsCredentialProvider = Arc::new(ProcessProvider {
                 profile: self.name.clone(),
@@ -254,22 +288,154 @@ impl Profile {
         };
         Ok(Arc::new(StaticCredentialProvider::new(credential)))
     }
+
+    /// The role `role_arn` names, assumed with STS by the credentials of `source_profile` (another
+    /// profile, or this one's own keys) or of `credential_source`.
+    fn assumed_role(
+        &self,
+        profiles: &Profiles,
+        chain: &mut Vec<String>,
+    ) -> Result<AwsCredentialProvider, ProfileError> {
+        let role_error = |why: String| ProfileError::Role { name: self.name.clone(), why };
+        if self.get("mfa_serial").is_some() {
+            return self.unsupported("mfa_serial", "assuming a role with an MFA code");
+        }
+        if self.get("web_identity_token_file").is_some() {
+            return self.unsupported("web_identity_token_file", "a web identity token");
+        }
+        chain.push(self.name.clone());
+        let source = match (self.get("source_profile"), self.get("credential_source")) {
+            (Some(_), Some(_)) => {
+                return Err(role_error("it sets both `source_profile` and `credential_source`; keep one".into()));
+            }
+            (None, None) => {
+                return Err(role_error("it sets neither `source_profile` nor `credential_source`".into()));
+            }
+            (Some(source), None) if source == self.name => match self.own_credentials() {
+                Some(own) => own?,
+                None => return Err(role_error("it is its own `source_profile` but has no keys of its own".into())),
+            },
+            (Some(source), None) => {
+                if chain.iter().any(|n| n == source) {
+                    return Err(role_error(format!(
+                        "its `source_profile` chain loops: {} → {source}",
+                        chain.join(" → ")
+                    )));
+                }
+                let Some(profile) = profiles.by_name.get(source) else {
+                    return Err(role_error(format!("its `source_profile` `{source}` is in neither shared file")));
+                };
+                match profile.credentials(profiles, chain) {
+                    Some(credentials) => credentials?,
+                    None => return Err(role_error(format!("its `source_profile` `{source}` sets no credentials"))),
+                }
+            }
+            (None, Some(kind)) => credential_source(kind).map_err(role_error)?,
+        };
+        let duration = match self.get("duration_seconds") {
+            None => 3600,
+            Some(text) => match text.parse::<u32>() {
+                Ok(seconds) if (900..=43_200).contains(&seconds) => seconds,
+                _ => {
+                    return Err(role_error(format!(
+                        "`duration_seconds` is {text}, not a number of seconds from 900 to 43200"
+                    )));
+                }
+            },
+        };
+        let region = self
+            .get("region")
+            .map(str::to_string)
+            .or_else(|| ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().find_map(|v| std::env::var(v).ok()))
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let endpoint = std::env::var("AWS_ENDPOINT_URL_STS")
+            .ok()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        let endpoint = reqwest::Url::parse(&endpoint)
+            .map_err(|e| role_error(format!("the STS endpoint {endpoint} is not a URL: {e}")))?;
+        Ok(Arc::new(AssumeRoleProvider {
+            profile: self.name.clone(),
+            source,
+            role_arn: self.get("role_arn").unwrap_or_default().to_string(),
+            session_name: self
+                .get("role_session_name")
+                .map_or_else(|| format!("sluice-{}", Utc::now().timestamp_millis()), str::to_string),
+            external_id: self.get("external_id").map(str::to_string),
+            duration,
+            region,
+            endpoint,
+            cached: Default::default(),
+        }))
+    }
 }
 
-/// The properties of profile `name` in one shared file (`None` when it has no such section): in the
-/// credentials file `[name]`, in the config file `[profile name]` (or `[default]`). Keys are
-/// lower-cased; a value ends at a `#` or `;` after white space; indented lines continue the property
-/// above (sub-properties, which sluice does not use).
-fn parse(
-    path: &Path,
-    text: &str,
-    credentials_file: bool,
-    name: &str,
-) -> Result<Option<Vec<(String, String)>>, ProfileError> {
+/// The credentials a role profile's `credential_source` names.
+fn credential_source(kind: &str) -> Result<AwsCredentialProvider, String> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    // object_store's chain, given only what leads to the source named.
+    let mut builder = AmazonS3Builder::new().with_bucket_name("sluice-credentials");
+    match kind {
+        "Environment" => {
+            let credentials = crate::api::sigv4::Credentials::from_env().ok_or_else(|| {
+                "its `credential_source` is Environment, but AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set"
+                    .to_string()
+            })?;
+            let credential = AwsCredential {
+                key_id: credentials.key_id,
+                secret_key: credentials.secret,
+                token: credentials.session_token,
+            };
+            return Ok(Arc::new(StaticCredentialProvider::new(credential)));
+        }
+        "Ec2InstanceMetadata" => {
+            if let Some(endpoint) = var("AWS_METADATA_ENDPOINT") {
+                builder = builder.with_config(AmazonS3ConfigKey::MetadataEndpoint, endpoint);
+            }
+        }
+        "EcsContainer" => {
+            let relative = var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
+            let full = var("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+            if relative.is_none() && full.is_none() {
+                return Err("its `credential_source` is EcsContainer, but neither \
+                            AWS_CONTAINER_CREDENTIALS_RELATIVE_URI nor AWS_CONTAINER_CREDENTIALS_FULL_URI is set"
+                    .to_string());
+            }
+            if let Some(uri) = relative {
+                builder = builder.with_config(AmazonS3ConfigKey::ContainerCredentialsRelativeUri, uri);
+            }
+            if let Some(uri) = full {
+                builder = builder.with_config(AmazonS3ConfigKey::ContainerCredentialsFullUri, uri);
+            }
+            if let Some(file) = var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
+                builder = builder.with_config(AmazonS3ConfigKey::ContainerAuthorizationTokenFile, file);
+            }
+        }
+        other => {
+            return Err(format!(
+                "its `credential_source` is `{other}`, not Environment, Ec2InstanceMetadata or EcsContainer"
+            ));
+        }
+    }
+    let store = builder.build().map_err(|e| sluice_engine::redact::error(&e))?;
+    Ok(Arc::clone(store.credentials()))
+}
+
+/// A profile's name and its properties (keys lower-cased) in the order one file gives them.
+type ParsedProfile = (String, Vec<(String, String)>);
+
+/// The properties of every profile in one shared file: in the credentials file `[name]`, in the
+/// config file `[profile name]` (or `[default]`). Keys are lower-cased; a value ends at a `#` or
+/// `;` after white space; indented lines continue the property above (sub-properties, which sluice
+/// does not use).
+fn parse(path: &Path, text: &str, credentials_file: bool) -> Result<Vec<ParsedProfile>, ProfileError> {
     let syntax =
         |line: usize, what: &str| ProfileError::Syntax { path: path.to_path_buf(), line, what: what.to_string() };
-    let mut section: Option<bool> = None; // Some(whether it is the profile asked for)
-    let mut found: Option<Vec<(String, String)>> = None;
+    // Some(the profile's index in `found`, or None for a section that is not a profile)
+    let mut section: Option<Option<usize>> = None;
+    let mut found: Vec<ParsedProfile> = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let number = index + 1;
         let line = raw.trim_end();
@@ -286,7 +452,7 @@ fn parse(
                 return Err(syntax(number, "text after a profile line's `]`"));
             }
             let inside = inside.trim();
-            let this = if credentials_file {
+            let name = if credentials_file {
                 Some(inside)
             } else if inside == "default" {
                 Some("default")
@@ -296,11 +462,12 @@ fn parse(
                     _ => None, // `[sso-session x]`, `[services x]`: not profiles
                 }
             };
-            let asked = this == Some(name);
-            if asked && found.is_none() {
-                found = Some(Vec::new());
-            }
-            section = Some(asked);
+            section = Some(name.map(|name| {
+                found.iter().position(|(n, _)| n == name).unwrap_or_else(|| {
+                    found.push((name.to_string(), Vec::new()));
+                    found.len() - 1
+                })
+            }));
             continue;
         }
         if line.starts_with(char::is_whitespace) {
@@ -310,7 +477,7 @@ fn parse(
             }
             continue;
         }
-        let Some(asked) = section else {
+        let Some(profile) = section else {
             return Err(syntax(number, "a property before any profile line"));
         };
         let Some((key, value)) = trimmed.split_once('=') else {
@@ -320,7 +487,7 @@ fn parse(
         if key.is_empty() {
             return Err(syntax(number, "a property without a name"));
         }
-        if asked && let Some(properties) = found.as_mut() {
+        if let Some((_, properties)) = profile.and_then(|i| found.get_mut(i)) {
             properties.push((key.to_ascii_lowercase(), strip_comment(value).trim().to_string()));
         }
     }
@@ -370,14 +537,37 @@ pub fn credential_error(error: &object_store::Error) -> String {
     }
 }
 
-/// Credentials and when they expire (never, when the process said no `Expiration`).
+/// Credentials and when they expire (never, when their source said no expiry).
 type Expiring = (Arc<AwsCredential>, Option<DateTime<Utc>>);
 
-/// Credentials from a profile's `credential_process`, cached until shortly before they expire.
+/// The credentials last obtained, given out until shortly before they expire.
+#[derive(Default)]
+struct Cached(tokio::sync::Mutex<Option<Expiring>>);
+
+impl Cached {
+    /// The cached credentials while they are fresh, else those `obtain` gives (then cached).
+    async fn get(
+        &self,
+        obtain: impl Future<Output = Result<(AwsCredential, Option<DateTime<Utc>>), ProfileError>>,
+    ) -> object_store::Result<Arc<AwsCredential>> {
+        let mut cached = self.0.lock().await;
+        if let Some((credential, expires)) = cached.as_ref()
+            && expires.is_none_or(|at| Utc::now() + REFRESH_BEFORE_EXPIRY < at)
+        {
+            return Ok(Arc::clone(credential));
+        }
+        let (credential, expires) = obtain.await.map_err(generic)?;
+        let credential = Arc::new(credential);
+        *cached = Some((Arc::clone(&credential), expires));
+        Ok(credential)
+    }
+}
+
+/// Credentials from a profile's `credential_process`.
 struct ProcessProvider {
     profile: String,
     command: String,
-    cached: tokio::sync::Mutex<Option<Expiring>>,
+    cached: Cached,
 }
 
 impl std::fmt::Debug for ProcessProvider {
@@ -390,18 +580,150 @@ impl std::fmt::Debug for ProcessProvider {
 impl object_store::CredentialProvider for ProcessProvider {
     type Credential = AwsCredential;
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
-        let mut cached = self.cached.lock().await;
-        if let Some((credential, expires)) = cached.as_ref()
-            && expires.is_none_or(|at| Utc::now() + REFRESH_BEFORE_EXPIRY < at)
-        {
-            return Ok(Arc::clone(credential));
-        }
-        let fail = |why: String| generic(ProfileError::Process { name: self.profile.clone(), why });
-        let (credential, expires) = run_process(&self.command).await.map_err(fail)?;
-        let credential = Arc::new(credential);
-        *cached = Some((Arc::clone(&credential), expires));
-        Ok(credential)
+        let run = async {
+            run_process(&self.command).await.map_err(|why| ProfileError::Process { name: self.profile.clone(), why })
+        };
+        self.cached.get(run).await
     }
+}
+
+/// A role profile's credentials: STS `AssumeRole`, signed with its source's credentials.
+struct AssumeRoleProvider {
+    profile: String,
+    source: AwsCredentialProvider,
+    role_arn: String,
+    session_name: String,
+    external_id: Option<String>,
+    duration: u32,
+    region: String,
+    endpoint: reqwest::Url,
+    cached: Cached,
+}
+
+impl std::fmt::Debug for AssumeRoleProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssumeRoleProvider")
+            .field("profile", &self.profile)
+            .field("role_arn", &self.role_arn)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::CredentialProvider for AssumeRoleProvider {
+    type Credential = AwsCredential;
+    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+        let assume =
+            async { self.assume().await.map_err(|why| ProfileError::Role { name: self.profile.clone(), why }) };
+        self.cached.get(assume).await
+    }
+}
+
+/// How long an STS request may take.
+const STS_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl AssumeRoleProvider {
+    /// The `AssumeRole` form.
+    fn request_body(&self) -> Vec<u8> {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("Action", "AssumeRole")
+            .append_pair("Version", "2011-06-15")
+            .append_pair("RoleArn", &self.role_arn)
+            .append_pair("RoleSessionName", &self.session_name)
+            .append_pair("DurationSeconds", &self.duration.to_string());
+        if let Some(id) = &self.external_id {
+            form.append_pair("ExternalId", id);
+        }
+        form.finish().into_bytes()
+    }
+
+    async fn assume(&self) -> Result<(AwsCredential, Option<DateTime<Utc>>), String> {
+        let source = self
+            .source
+            .get_credential()
+            .await
+            .map_err(|e| format!("its source credentials: {}", credential_error(&e)))?;
+        let source = crate::api::sigv4::Credentials {
+            key_id: source.key_id.clone(),
+            secret: source.secret_key.clone(),
+            session_token: source.token.clone(),
+        };
+        let body = self.request_body();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-www-form-urlencoded; charset=utf-8"),
+        );
+        let path = self.endpoint.path().to_string();
+        let headers = source
+            .sign_request("POST", &self.endpoint, &path, (&self.region, "sts"), headers, &body)
+            .map_err(|e| format!("cannot sign the AssumeRole request: {e}"))?;
+        let client = reqwest::Client::builder()
+            .timeout(STS_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {}", sluice_engine::redact::error(&e)))?;
+        let response =
+            client.post(self.endpoint.clone()).headers(headers).body(body).send().await.map_err(|e| {
+                format!("STS at {} did not answer: {}", self.endpoint, sluice_engine::redact::error(&e))
+            })?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| format!("STS's answer was cut short: {e}"))?;
+        assumed_credentials(status, &text)
+    }
+}
+
+/// The credentials in STS's `AssumeRole` answer, or its error (`AccessDenied: …`).
+fn assumed_credentials(
+    status: reqwest::StatusCode,
+    text: &str,
+) -> Result<(AwsCredential, Option<DateTime<Utc>>), String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Response {
+        assume_role_result: AssumeRoleResult,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct AssumeRoleResult {
+        credentials: StsCredentials,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct StsCredentials {
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: String,
+        expiration: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct ErrorResponse {
+        error: StsError,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct StsError {
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if !status.is_success() {
+        return Err(match quick_xml::de::from_str::<ErrorResponse>(text) {
+            Ok(ErrorResponse { error }) => format!("STS answered {status}: {}: {}", error.code, error.message),
+            Err(_) => format!("STS answered {status}"),
+        });
+    }
+    let answer: Response =
+        quick_xml::de::from_str(text).map_err(|_| "STS's answer holds no AssumeRole credentials".to_string())?;
+    let c = answer.assume_role_result.credentials;
+    let expires = DateTime::parse_from_rfc3339(&c.expiration)
+        .map_err(|e| format!("STS's `Expiration` is not an RFC 3339 time: {e}"))?
+        .with_timezone(&Utc);
+    Ok((
+        AwsCredential { key_id: c.access_key_id, secret_key: c.secret_access_key, token: Some(c.session_token) },
+        Some(expires),
+    ))
 }
 
 /// Runs `command` with `sh -c` (as the AWS SDK for Rust does) and reads its credentials.
@@ -652,8 +974,40 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
             ),
             (
                 Some("role"),
-                "[role]\nrole_arn = arn:aws:iam::1:role/r\nsource_profile = default\n",
-                "by assuming a role (`role_arn`)",
+                "[role]\nrole_arn = arn:aws:iam::1:role/r\nsource_profile = base\n",
+                "`source_profile` `base` is in neither shared file",
+            ),
+            (
+                Some("a"),
+                "[a]\nrole_arn = arn:aws:iam::1:role/a\nsource_profile = b\n[b]\nrole_arn = arn:aws:iam::1:role/b\nsource_profile = a\n",
+                "`source_profile` chain loops: a → b → a",
+            ),
+            (
+                Some("both"),
+                "[both]\nrole_arn = r\nsource_profile = x\ncredential_source = Environment\n",
+                "sets both `source_profile` and `credential_source`",
+            ),
+            (Some("neither"), "[neither]\nrole_arn = r\n", "sets neither `source_profile` nor `credential_source`"),
+            (
+                Some("mfa"),
+                "[mfa]\nrole_arn = r\nsource_profile = mfa\nmfa_serial = arn:aws:iam::1:mfa/me\n",
+                "assuming a role with an MFA code (`mfa_serial`)",
+            ),
+            (
+                Some("long"),
+                "[long]\nrole_arn = r\nsource_profile = long\naws_access_key_id = A\naws_secret_access_key = s\nduration_seconds = 99999\n",
+                "`duration_seconds` is 99999",
+            ),
+            (
+                Some("bare"),
+                "[bare]\nrole_arn = r\nsource_profile = empty\n[empty]\nregion = x\n",
+                "`source_profile` `empty` sets no credentials",
+            ),
+            (Some("self"), "[self]\nrole_arn = r\nsource_profile = self\n", "its own `source_profile` but has no keys"),
+            (
+                Some("kind"),
+                "[kind]\nrole_arn = r\ncredential_source = Lambda\n",
+                "`credential_source` is `Lambda`, not Environment",
             ),
             (None, "[default]\nsso_session = corp\n", "IAM Identity Center (SSO) (`sso_session`)"),
             (None, "[default]\naws_access_key_id AKID\n", "credentials:2: a line that is neither"),
@@ -665,6 +1019,43 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
             let error = credential(&files.env(profile)).err().unwrap_or_else(|| panic!("{credentials}: no error"));
             assert!(error.contains(says), "{credentials}: {error}");
         }
+    }
+
+    #[test]
+    fn sts_answers_are_read_as_the_sts_api_reference_shows_them() {
+        // The AssumeRole response of the STS API reference (AssumedRoleUser's details shortened).
+        let answer = r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleResult>
+    <SourceIdentity>Alice</SourceIdentity>
+    <AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/demo/TestAR</Arn><AssumedRoleId>ARO123EXAMPLE123:TestAR</AssumedRoleId></AssumedRoleUser>
+    <Credentials>
+      <AccessKeyId>ASIAIOSFODNN7EXAMPLE</AccessKeyId>
+      <SecretAccessKey>wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY</SecretAccessKey>
+      <SessionToken>AQoDYXdzEPT//////////wEXAMPLEtc764</SessionToken>
+      <Expiration>2019-11-09T13:34:41Z</Expiration>
+    </Credentials>
+    <PackedPolicySize>6</PackedPolicySize>
+  </AssumeRoleResult>
+  <ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ResponseMetadata>
+</AssumeRoleResponse>"#;
+        let (c, expires) = assumed_credentials(reqwest::StatusCode::OK, answer).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (c.key_id.as_str(), c.secret_key.as_str()),
+            ("ASIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY")
+        );
+        assert_eq!(c.token.as_deref(), Some("AQoDYXdzEPT//////////wEXAMPLEtc764"));
+        assert_eq!(expires.map(|e| e.to_rfc3339()), Some("2019-11-09T13:34:41+00:00".to_string()));
+        let refused = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User: arn:aws:iam::1:user/u is not authorized to perform: sts:AssumeRole</Message></Error>
+  <RequestId>4a3f0c0e</RequestId>
+</ErrorResponse>"#;
+        let error = assumed_credentials(reqwest::StatusCode::FORBIDDEN, refused).err().unwrap_or_default();
+        assert_eq!(
+            error,
+            "STS answered 403 Forbidden: AccessDenied: User: arn:aws:iam::1:user/u is not authorized to perform: sts:AssumeRole"
+        );
+        let error = assumed_credentials(reqwest::StatusCode::OK, "<html/>").err().unwrap_or_default();
+        assert_eq!(error, "STS's answer holds no AssumeRole credentials");
     }
 
     #[test]
