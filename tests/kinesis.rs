@@ -3,7 +3,8 @@
 //! conformance kit; a run stopped and started again, with records put and a shard split while it
 //! was down; the example pipeline as it is; a Kinesis that throttles, expires iterators and fails
 //! (a proxy in front of moto answering as Kinesis documents), which loses nothing; credentials
-//! from an EC2 instance profile; and a cluster of two processes sharing the shards.
+//! from an EC2 instance profile and from a role profile assumed through moto's STS; and a cluster
+//! of two processes sharing the shards.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -386,6 +387,47 @@ fn a_kinesis_source_without_keys_signs_with_the_instance_profile() {
     let profile = ("ASIAIMDSROLE".to_string(), "imds-role-session-token".to_string());
     assert_eq!(signed_with.into_iter().collect::<Vec<_>>(), [profile], "every call signed with the profile's keys");
     assert!(asked.load(Ordering::SeqCst) >= 1);
+}
+
+/// A profile of the AWS shared files that names a role (`role_arn` with a `source_profile`, as
+/// cross-account readers are set up): the source assumes it through STS (moto's, which implements
+/// AWS's AssumeRole API) and signs every Kinesis call with the role's temporary key and session
+/// token, never with the source profile's own key.
+#[test]
+fn a_kinesis_source_signs_with_the_role_its_profile_assumes() {
+    let moto = Moto::start();
+    let arn = create_stream(&moto, "assumed", 1);
+    let faults = Arc::new(Faults::default());
+    let (proxy, _runtime) = fault_proxy(&moto.endpoint, Arc::clone(&faults));
+    let dir = tempfile::tempdir().unwrap();
+    let config = pipeline(dir.path(), &arn, &format!("http://127.0.0.1:{proxy}"), "start = \"trim_horizon\"\n");
+    let (out, log) = (dir.path().join("out"), config.with_extension("log"));
+    put(&moto.endpoint, "assumed", &numbered(0..100), 0).unwrap();
+    let aws_config = dir.path().join("aws-config");
+    std::fs::write(
+        &aws_config,
+        "[profile base]\naws_access_key_id = AKIDBASEPROFILE\naws_secret_access_key = base-secret\n\n\
+         [profile reader]\nrole_arn = arn:aws:iam::123456789012:role/stream-reader\nsource_profile = base\nregion = us-east-1\n",
+    )
+    .unwrap();
+    let admin = free_port();
+    let mut command = logged_run(&config, "warn");
+    command
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_CONFIG_FILE", &aws_config)
+        .env("AWS_PROFILE", "reader")
+        .env("AWS_ENDPOINT_URL_STS", &moto.endpoint);
+    let mut run = start_listening_with(&mut command, admin);
+    wait_for_records(&out, 100, &log);
+    terminate(&run);
+    assert_eq!(run.wait().unwrap().code(), Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    let signed_with: Vec<_> = faults.signed_with.lock().unwrap().iter().cloned().collect();
+    assert_eq!(signed_with.len(), 1, "{signed_with:?}");
+    let (key, token) = &signed_with[0];
+    assert!(key.starts_with("ASIA") && key != "AKIDBASEPROFILE" && !token.is_empty(), "{signed_with:?}");
 }
 
 /// In a cluster (2 processes × 1 worker) each shard is read by one worker of one process: every
