@@ -1,7 +1,8 @@
 //! docs/alerts.yml (issue 19 §3): `promtool check rules` accepts it, and each rule fires, in
 //! `promtool test rules`, on series taken from real `/metrics` scrapes of a run whose destinations
-//! are down (deliveries failing, data going stale, records going to the error output) and whose
-//! API serves a certificate that expires within two days.
+//! are down (deliveries failing, data going stale, records going to the error output), whose
+//! API serves a certificate that expires within two days, and whose Kinesis source reads an hour
+//! behind its stream (moto, behind a proxy that says so as Kinesis would).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -22,12 +23,17 @@ fn the_alert_rules_are_valid_and_each_fires_on_a_real_scrape_where_its_condition
         .expect("promtool (scripts/test.sh installs Debian's prometheus)");
     let said = String::from_utf8_lossy(&checked.stdout);
     assert!(
-        checked.status.success() && said.contains("SUCCESS: 6 rules found"),
+        checked.status.success() && said.contains("SUCCESS: 7 rules found"),
         "{said}{}",
         String::from_utf8_lossy(&checked.stderr)
     );
 
     let dir = tempfile::tempdir().unwrap();
+    // A Kinesis stream the source reads an hour behind its tip (moto, behind a proxy saying so).
+    let moto = super::security::Moto::start();
+    let stream = super::kinesis::create_stream(&moto, "lagging", 1);
+    let lag = super::kinesis::Faults::behind(3_600_000);
+    let (kinesis, _proxy_runtime) = super::kinesis::fault_proxy(&moto.endpoint, std::sync::Arc::new(lag));
     // The API serves a certificate of the test CA, which lasts two days: within the expiry rule's 14.
     let certs = TestCertificates::make();
     let (api, admin, down) = (free_port(), free_port(), free_port());
@@ -50,9 +56,15 @@ type = "firehose"
 listen = "127.0.0.1:{api}"
 tls = {{ cert = "{cert}", key = "{key}" }}
 
+[sources.lagging]
+type = "kinesis"
+stream = "{stream}"
+endpoint = "http://127.0.0.1:{kinesis}"
+poll_ms = 200
+
 [sinks.stuck]
 type = "http_endpoint"
-inputs = ["gen", "api"]
+inputs = ["gen", "api", "lagging"]
 url = "http://127.0.0.1:{down}/in"
 buffer = {{ size_mb = 1, interval_s = 1 }}
 retry = {{ duration_s = 600 }}
@@ -76,6 +88,7 @@ backup_store = {{ url = "file://{backup}" }}
     let run = start_listening_with(
         sluice()
             .args(["run", "--quiet", config.to_str().unwrap(), "--admin", &format!("127.0.0.1:{admin}")])
+            .envs(super::security::aws_env())
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
         api,
@@ -116,6 +129,9 @@ backup_store = {{ url = "file://{backup}" }}
     assert_eq!(fired("SluiceDeliveryFailing"), ["failing"], "{report}");
     assert_eq!(fired("SluiceDataStale"), ["stuck"], "{report}");
     assert_eq!(fired("SluiceErrorOutputGrowing"), ["failing"], "{report}");
+    let behind = &report["expected"]["SluiceKinesisSourceBehind"];
+    assert_eq!(behind.as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(behind[0]["stream"], "alerts", "{report}");
     let expiring = &report["expected"]["SluiceListenerCertificateExpiring"];
     assert_eq!(expiring.as_array().map(Vec::len), Some(1), "{report}");
     assert_eq!(expiring[0]["stream"], "alerts", "{report}");

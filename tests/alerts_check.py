@@ -61,6 +61,7 @@ def main():
             "sluice_LogRetentionBytes",
             "sluice_ThrottledRecords",
             "sluice_ListenerCertificateExpiry_seconds",
+            "sluice_KinesisMillisBehindLatest",
         )
 
     inputs, expected = [], {name: [] for name in severity}
@@ -90,6 +91,8 @@ def main():
             value = left + EVAL_SECONDS
             if left < 14 * 86400:
                 expected["SluiceListenerCertificateExpiring"].append(dict(labels))
+        if name == "sluice_KinesisMillisBehindLatest" and value / 1000 > 300:
+            expected["SluiceKinesisSourceBehind"].append(dict(labels))
         if name.endswith("_Success") and value < 1:
             expected["SluiceDeliveryFailing"].append(dict(labels))
         if name.endswith("_DataFreshness_seconds"):

@@ -17,7 +17,7 @@ use super::security::{Moto, aws_env};
 use super::support::{folder_objects, free_port, logged_run, python, repo_root, start_listening_with, terminate};
 
 /// A new stream `name` of `shards` shards; its ARN once ACTIVE.
-fn create_stream(moto: &Moto, name: &str, shards: u32) -> String {
+pub(super) fn create_stream(moto: &Moto, name: &str, shards: u32) -> String {
     moto.boto3(&format!(
         "k = boto3.client('kinesis', endpoint_url=ENDPOINT, region_name='us-east-1')\n\
          k.create_stream(StreamName={name:?}, ShardCount={shards})\n\
@@ -187,11 +187,13 @@ fn a_restarted_kinesis_source_resumes_where_it_delivered_and_follows_a_split() {
     assert!(offsets["shardId-000000000001"]["offset"].is_string(), "{offsets}");
 }
 
-/// What the fault proxy did.
+/// What the fault proxy does and did.
 #[derive(Default)]
-struct Faults {
+pub(super) struct Faults {
     /// Whether it answers a share of the calls with failures (else it only passes calls on).
     inject: bool,
+    /// What it says GetRecords answers are behind the stream's tip (moto always says 0).
+    behind_ms: Option<u64>,
     calls: AtomicU64,
     throttled: AtomicU64,
     expired: AtomicU64,
@@ -200,10 +202,18 @@ struct Faults {
     signed_with: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
+impl Faults {
+    /// A proxy that only passes calls on, its GetRecords answers `ms` behind the stream's tip.
+    pub(super) fn behind(ms: u64) -> Self {
+        Faults { behind_ms: Some(ms), ..Faults::default() }
+    }
+}
+
 /// A proxy in front of moto that answers as Kinesis does when it is busy or failing (its API
 /// reference: `ProvisionedThroughputExceededException` and `ExpiredIteratorException` with HTTP
-/// 400, `InternalFailure` with 500) for a share of the calls, and passes the rest on.
-fn fault_proxy(moto: &str, faults: Arc<Faults>) -> (u16, tokio::runtime::Runtime) {
+/// 400, `InternalFailure` with 500) for a share of the calls, and passes the rest on (with
+/// `behind_ms`, as GetRecords answers of a reader that far behind the stream).
+pub(super) fn fault_proxy(moto: &str, faults: Arc<Faults>) -> (u16, tokio::runtime::Runtime) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let port = free_port();
     let moto = moto.to_string();
@@ -254,7 +264,13 @@ fn fault_proxy(moto: &str, faults: Arc<Faults>) -> (u16, tokio::runtime::Runtime
             headers.remove("content-length");
             let answer = client.post(&moto).headers(headers).body(body).send().await.unwrap();
             let status = axum::http::StatusCode::from_u16(answer.status().as_u16()).unwrap();
-            (status, [("content-type", "application/x-amz-json-1.1")], answer.text().await.unwrap())
+            let mut text = answer.text().await.unwrap();
+            if let Some(behind) = faults.behind_ms.filter(|_| status.is_success() && target.ends_with("GetRecords")) {
+                let mut records: serde_json::Value = serde_json::from_str(&text).unwrap();
+                records["MillisBehindLatest"] = behind.into();
+                text = records.to_string();
+            }
+            (status, [("content-type", "application/x-amz-json-1.1")], text)
         }
     });
     runtime.spawn(async move { axum::serve(listener, app).await });
