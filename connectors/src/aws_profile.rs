@@ -110,7 +110,7 @@ pub enum ProfileError {
 }
 
 /// Where the shared files are and which profile is selected: the process's environment, or given.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProfileEnvironment {
     /// `AWS_PROFILE`, when set.
     pub profile: Option<String>,
@@ -118,6 +118,11 @@ pub struct ProfileEnvironment {
     pub credentials_file: Option<PathBuf>,
     /// The shared config file.
     pub config_file: Option<PathBuf>,
+    /// `AWS_REGION` (else `AWS_DEFAULT_REGION`): STS's region for a role profile without `region`.
+    pub region: Option<String>,
+    /// `AWS_ENDPOINT_URL_STS`: where role profiles' `AssumeRole` goes instead of
+    /// `https://sts.<region>.amazonaws.com`.
+    pub sts_endpoint: Option<String>,
 }
 
 impl ProfileEnvironment {
@@ -132,6 +137,11 @@ impl ProfileEnvironment {
             profile: var("AWS_PROFILE").map(|p| p.to_string_lossy().into_owned()),
             credentials_file: file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
             config_file: file("AWS_CONFIG_FILE", ".aws/config"),
+            region: ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .find_map(|name| var(name))
+                .map(|r| r.to_string_lossy().into_owned()),
+            sts_endpoint: var("AWS_ENDPOINT_URL_STS").map(|e| e.to_string_lossy().into_owned()),
         }
     }
 }
@@ -162,7 +172,7 @@ impl SharedProfile {
         match profiles.by_name.get(name) {
             Some(profile) => SharedProfile {
                 region: profile.get("region").map(str::to_string),
-                credentials: profile.credentials(&profiles, &mut Vec::new()).map(|c| c.unwrap_or_else(failing)),
+                credentials: profile.credentials(&profiles, env, &mut Vec::new()).map(|c| c.unwrap_or_else(failing)),
             },
             None if env.profile.is_none() => SharedProfile::default(),
             None => SharedProfile {
@@ -233,10 +243,11 @@ impl Profile {
     fn credentials(
         &self,
         profiles: &Profiles,
+        env: &ProfileEnvironment,
         chain: &mut Vec<String>,
     ) -> Option<Result<AwsCredentialProvider, ProfileError>> {
         if self.get("role_arn").is_some() {
-            return Some(self.assumed_role(profiles, chain));
+            return Some(self.assumed_role(profiles, env, chain));
         }
         if let Some(key) = ["sso_session", "sso_start_url"].into_iter().find(|k| self.get(k).is_some()) {
             return Some(self.unsupported(key, "IAM Identity Center (SSO)"));
@@ -294,6 +305,7 @@ impl Profile {
     fn assumed_role(
         &self,
         profiles: &Profiles,
+        env: &ProfileEnvironment,
         chain: &mut Vec<String>,
     ) -> Result<AwsCredentialProvider, ProfileError> {
         let role_error = |why: String| ProfileError::Role { name: self.name.clone(), why };
@@ -325,7 +337,7 @@ impl Profile {
                 let Some(profile) = profiles.by_name.get(source) else {
                     return Err(role_error(format!("its `source_profile` `{source}` is in neither shared file")));
                 };
-                match profile.credentials(profiles, chain) {
+                match profile.credentials(profiles, env, chain) {
                     Some(credentials) => credentials?,
                     None => return Err(role_error(format!("its `source_profile` `{source}` sets no credentials"))),
                 }
@@ -346,11 +358,12 @@ impl Profile {
         let region = self
             .get("region")
             .map(str::to_string)
-            .or_else(|| ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().find_map(|v| std::env::var(v).ok()))
+            .or_else(|| env.region.clone())
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| "us-east-1".to_string());
-        let endpoint = std::env::var("AWS_ENDPOINT_URL_STS")
-            .ok()
+        let endpoint = env
+            .sts_endpoint
+            .clone()
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
         let endpoint = reqwest::Url::parse(&endpoint)
@@ -827,6 +840,9 @@ mod tests {
                 profile: profile.map(str::to_string),
                 credentials_file: Some(self.dir.path().join("credentials")),
                 config_file: Some(self.dir.path().join("config")),
+                // Never AWS's: a closed port on this machine.
+                sts_endpoint: Some("http://127.0.0.1:9".into()),
+                region: None,
             }
         }
     }
@@ -901,12 +917,12 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
         assert!(default.credentials.is_none());
         assert_eq!(default.region.as_deref(), Some("eu-west-1"));
         // No files at all, no AWS_PROFILE: nothing, and no error.
-        let none = ProfileEnvironment { profile: None, credentials_file: None, config_file: None };
+        let none = ProfileEnvironment::default();
         assert!(SharedProfile::select(&none).credentials.is_none());
         let missing = ProfileEnvironment {
-            profile: None,
             credentials_file: Some("/nonexistent/credentials".into()),
             config_file: Some("/nonexistent/config".into()),
+            ..ProfileEnvironment::default()
         };
         assert!(SharedProfile::select(&missing).credentials.is_none());
     }
@@ -1067,5 +1083,31 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
         let lake = SharedProfile::select(&files.env(Some("lake")));
         let error = credential(&files.env(Some("lake"))).err().unwrap_or_default();
         assert!(lake.region.is_none() && error.contains("`[profile lake]`"), "{error}");
+    }
+
+    proptest::proptest! {
+        /// Whatever the shared files hold (fragments of profile lines, properties, comments and
+        /// continuations in any order, any bytes), selecting a profile answers without panicking,
+        /// and asking its credentials gives them or an error (no process is run: none is named).
+        #[test]
+        fn any_shared_file_is_read_or_refused_without_panicking(
+            lines in proptest::collection::vec(proptest::sample::select(vec![
+                "[default]", "[profile p]", "[p]", "[profile", "[sso-session s]", "]", "", "  indented = 1",
+                "aws_access_key_id = AKID", "aws_secret_access_key = s", "region = eu-west-1 # c",
+                "role_arn = arn:aws:iam::1:role/r", "source_profile = p", "source_profile = default",
+                "credential_source = Environment", "duration_seconds = 7", "; comment", "# comment",
+                "key", "= value", "é = ü", "aws_session_token = t ;x",
+            ]), 0..12),
+            profile in proptest::option::of(proptest::sample::select(vec!["default", "p", "q"])),
+            in_credentials in proptest::bool::ANY,
+        ) {
+            let text = lines.join("\n");
+            let files = if in_credentials { Files::new(&text, "") } else { Files::new("", &text) };
+            let env = files.env(profile);
+            let chosen = SharedProfile::select(&env);
+            if chosen.credentials.is_some() {
+                let _ = credential(&env);
+            }
+        }
     }
 }
