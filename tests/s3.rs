@@ -304,8 +304,10 @@ fn a_wrong_secret_is_refused_and_the_run_exits_1() {
 
 /// Credentials from the AWS shared files, as `aws configure` writes them: a profile's static keys
 /// (`AWS_PROFILE`, from `AWS_SHARED_CREDENTIALS_FILE`), a `credential_process` profile of the config
-/// file, each verified by the server's SigV4 check; a profile neither file has, and a process that
-/// fails, stop the run at start saying so.
+/// file, and roles assumed through STS with another profile's keys (`source_profile`) and with the
+/// instance profile's (`credential_source = Ec2InstanceMetadata`), each verified by the server's
+/// SigV4 check; a profile neither file has, a process that fails and a role STS refuses stop the
+/// run at start saying so.
 #[test]
 fn credentials_come_from_a_profile_of_the_aws_shared_files() {
     let root = tempfile::tempdir().unwrap();
@@ -324,7 +326,8 @@ fn credentials_come_from_a_profile_of_the_aws_shared_files() {
             "[profile lake]\nregion = us-east-1\n\n[profile helper]\ncredential_process = printf '{{\"Version\": 1, \"AccessKeyId\": \"{ACCESS_KEY}\", \"SecretAccessKey\": \"{SECRET_KEY}\"}}'\n\n\
              [profile expired]\ncredential_process = echo 'the SSO session has expired' >&2 && exit 2\n\n\
              [profile writer]\nrole_arn = arn:aws:iam::123456789012:role/lake-writer\nsource_profile = base\nregion = eu-west-1\nrole_session_name = nightly-load\n\n\
-             [profile denied]\nrole_arn = arn:aws:iam::123456789012:role/other\nsource_profile = base\nregion = eu-west-1\n"
+             [profile denied]\nrole_arn = arn:aws:iam::123456789012:role/other\nsource_profile = base\nregion = eu-west-1\n\n\
+             [profile on-instance]\nrole_arn = arn:aws:iam::123456789012:role/lake-writer\ncredential_source = Ec2InstanceMetadata\nregion = eu-west-1\nrole_session_name = from-the-instance\n"
         ),
     )
     .unwrap();
@@ -336,6 +339,7 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
     );
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (sts, sessions) = security_token_service(&runtime);
+    let instance = super::support::instance_metadata(&runtime, Arc::new(AtomicU64::new(0)));
     let pipeline = work.path().join("p.toml");
     let run = |profile: &str, name: &str| {
         let toml = format!(
@@ -352,6 +356,7 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
             .env("AWS_CONFIG_FILE", &config)
             .env("AWS_PROFILE", profile)
             .env("AWS_ENDPOINT_URL_STS", &sts)
+            .env("AWS_METADATA_ENDPOINT", format!("http://127.0.0.1:{instance}"))
             .output()
             .unwrap()
     };
@@ -363,7 +368,7 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
             .map(|(_, v)| v.len())
             .sum::<usize>()
     };
-    for (profile, name) in [("lake", "keys"), ("helper", "process"), ("writer", "role")] {
+    for (profile, name) in [("lake", "keys"), ("helper", "process"), ("writer", "role"), ("on-instance", "instance")] {
         let out = run(profile, name);
         assert!(out.status.success(), "{profile}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(lines_under(name), 300, "{profile}");
@@ -392,13 +397,14 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
     // The role was asked for with the profile's session name, once per run (cached meanwhile), the
     // denied one once; every request verified as signed by the source profile's keys.
     let sessions = sessions.lock().unwrap().clone();
-    assert_eq!(sessions.len(), 2, "{sessions:?}");
-    assert_eq!(sessions[0], "nightly-load");
-    assert!(sessions[1].starts_with("sluice-"), "{sessions:?}");
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    assert_eq!(sessions[..2], ["nightly-load", "from-the-instance"]);
+    assert!(sessions[2].starts_with("sluice-"), "{sessions:?}");
 }
 
 /// STS's side of `AssumeRole`, as its API reference describes it: a form POST to `/`, signed with
-/// SigV4 for service `sts` in `eu-west-1` by `AKIDBASE`/`base-secret` (the source profile's keys);
+/// SigV4 for service `sts` in `eu-west-1` by `AKIDBASE`/`base-secret` (the source profile's keys)
+/// or by the instance profile's temporary key ([`super::support::IMDS_ROLE_KEY`]);
 /// the role `lake-writer` is given the S3 server's keys with a session token, any other role
 /// `AccessDenied` (403, STS's error document). Returns its URL and the session names it was asked for.
 fn security_token_service(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<String>>>) {
@@ -410,7 +416,11 @@ fn security_token_service(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mut
         axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
             let asked = Arc::clone(&asked);
             async move {
-                let keys = AccessKeys::new([("AKIDBASE".to_string(), "base-secret".to_string())]);
+                let (instance_key, instance_secret, _) = super::support::IMDS_ROLE_KEY;
+                let keys = AccessKeys::new([
+                    ("AKIDBASE".to_string(), "base-secret".to_string()),
+                    (instance_key.to_string(), instance_secret.to_string()),
+                ]);
                 let request = SignedRequest { method: "POST", path: "/", query: "", headers: &headers, body: &body };
                 let scope = Scope { region: "eu-west-1", service: "sts" };
                 if let Err(e) = verify(&keys, &request, chrono::Utc::now().timestamp(), scope) {

@@ -4,8 +4,9 @@
 //! stores already use (object_store's, which this module asks). In order: keys the connector was
 //! given in its table; the environment's `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and
 //! `AWS_SESSION_TOKEN`); the shared config and credentials files' profile (`AWS_PROFILE`, else
-//! `default`: static keys or a `credential_process`, [`crate::aws_profile`]); a web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`: EKS's
-//! IAM roles for service accounts); ECS's task role (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`);
+//! `default`: static keys, a `credential_process` or a role assumed with STS,
+//! [`crate::aws_profile`]); a web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`:
+//! EKS's IAM roles for service accounts); ECS's task role (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`);
 //! EKS Pod Identity (`AWS_CONTAINER_CREDENTIALS_FULL_URI` with
 //! `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`); and the EC2 instance profile (IMDSv2, at
 //! `AWS_METADATA_ENDPOINT` when set).
