@@ -394,27 +394,31 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
         assert!(stderr.contains("no credentials were found for s3://bkt/archive") && stderr.contains(says), "{stderr}");
     }
     assert_eq!(lines_under("default") + lines_under("nope") + lines_under("expired") + lines_under("denied"), 0);
-    // The role was asked for with the profile's session name, once per run (cached meanwhile), the
-    // denied one once; every request verified as signed by the source profile's keys.
+    // The role was asked for with the profile's session name, once per run (cached meanwhile) after
+    // the throttled first request, the denied one once; every request verified as signed by the
+    // source's keys.
     let sessions = sessions.lock().unwrap().clone();
-    assert_eq!(sessions.len(), 3, "{sessions:?}");
-    assert_eq!(sessions[..2], ["nightly-load", "from-the-instance"]);
-    assert!(sessions[2].starts_with("sluice-"), "{sessions:?}");
+    assert_eq!(sessions.len(), 4, "{sessions:?}");
+    assert_eq!(sessions[..3], ["nightly-load", "nightly-load", "from-the-instance"]);
+    assert!(sessions[3].starts_with("sluice-"), "{sessions:?}");
 }
 
 /// STS's side of `AssumeRole`, as its API reference describes it: a form POST to `/`, signed with
 /// SigV4 for service `sts` in `eu-west-1` by `AKIDBASE`/`base-secret` (the source profile's keys)
 /// or by the instance profile's temporary key ([`super::support::IMDS_ROLE_KEY`]);
-/// the role `lake-writer` is given the S3 server's keys with a session token, any other role
-/// `AccessDenied` (403, STS's error document). Returns its URL and the session names it was asked for.
+/// the role `lake-writer` is given the S3 server's keys with a session token (its first request
+/// answered `Throttling`, as a busy STS does), any other role `AccessDenied` (403, STS's error
+/// document). Returns its URL and the session names it was asked for.
 fn security_token_service(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<String>>>) {
     use sluice_connectors::api::sigv4::{AccessKeys, Scope, SignedRequest, verify};
     let sessions = Arc::new(Mutex::new(Vec::new()));
     let asked = Arc::clone(&sessions);
+    let throttled = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let app = axum::Router::new().route(
         "/",
         axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
             let asked = Arc::clone(&asked);
+            let throttled = Arc::clone(&throttled);
             async move {
                 let (instance_key, instance_secret, _) = super::support::IMDS_ROLE_KEY;
                 let keys = AccessKeys::new([
@@ -439,6 +443,10 @@ fn security_token_service(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mut
                         field("RoleArn")
                     );
                     return (axum::http::StatusCode::FORBIDDEN, denied);
+                }
+                if !throttled.swap(true, Ordering::SeqCst) {
+                    let busy = "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>";
+                    return (axum::http::StatusCode::BAD_REQUEST, busy.to_string());
                 }
                 let expiration = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                 let answer = format!(

@@ -9,7 +9,8 @@
 //! Guarantees: a role outranks the profile's own keys, as in every SDK; otherwise the credentials
 //! file's keys win over the config file's for one profile, static keys in the credentials file over
 //! `credential_process`, and that over static keys in the config file (botocore's order).
-//! Credentials that expire (a process's, a role's) are obtained again five minutes before they do.
+//! Credentials that expire (a process's, a role's) are obtained again five minutes before they do;
+//! STS's throttling and failures are tried three times (the SDKs' standard mode).
 //! A profile `AWS_PROFILE` names that neither file has, a malformed line, keys without their
 //! secret, a `source_profile` loop, a role STS refuses, and credentials sluice does not obtain
 //! (SSO, MFA) are errors that name the file or profile and what to do, never a silent fall to the
@@ -626,14 +627,44 @@ impl std::fmt::Debug for AssumeRoleProvider {
 impl object_store::CredentialProvider for AssumeRoleProvider {
     type Credential = AwsCredential;
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
-        let assume =
-            async { self.assume().await.map_err(|why| ProfileError::Role { name: self.profile.clone(), why }) };
+        let assume = async {
+            let (mut attempt, mut pause) = (1, STS_FIRST_PAUSE);
+            loop {
+                match self.assume().await {
+                    Ok(assumed) => return Ok(assumed),
+                    Err(failure) if failure.retryable && attempt < STS_ATTEMPTS => {
+                        tracing::warn!(profile = %self.profile, attempt, "AssumeRole failed, trying again: {}", failure.why);
+                        tokio::time::sleep(pause).await;
+                        (attempt, pause) = (attempt + 1, pause * 2);
+                    }
+                    Err(failure) => return Err(ProfileError::Role { name: self.profile.clone(), why: failure.why }),
+                }
+            }
+        };
         self.cached.get(assume).await
     }
 }
 
 /// How long an STS request may take.
 const STS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Attempts at `AssumeRole` when STS throttles, fails (5xx) or cannot be reached (the SDKs'
+/// standard retry mode: three), the pause before the second doubling after each.
+const STS_ATTEMPTS: u32 = 3;
+const STS_FIRST_PAUSE: Duration = Duration::from_millis(200);
+
+/// Why an `AssumeRole` call gave no credentials, and whether trying again may.
+#[derive(Debug, PartialEq, Eq)]
+struct StsFailure {
+    retryable: bool,
+    why: String,
+}
+
+impl StsFailure {
+    fn permanent(why: String) -> Self {
+        StsFailure { retryable: false, why }
+    }
+}
 
 impl AssumeRoleProvider {
     /// The `AssumeRole` form.
@@ -650,12 +681,12 @@ impl AssumeRoleProvider {
         form.finish().into_bytes()
     }
 
-    async fn assume(&self) -> Result<(AwsCredential, Option<DateTime<Utc>>), String> {
+    async fn assume(&self) -> Result<(AwsCredential, Option<DateTime<Utc>>), StsFailure> {
         let source = self
             .source
             .get_credential()
             .await
-            .map_err(|e| format!("its source credentials: {}", credential_error(&e)))?;
+            .map_err(|e| StsFailure::permanent(format!("its source credentials: {}", credential_error(&e))))?;
         let source = crate::api::sigv4::Credentials {
             key_id: source.key_id.clone(),
             secret: source.secret_key.clone(),
@@ -670,27 +701,30 @@ impl AssumeRoleProvider {
         let path = self.endpoint.path().to_string();
         let headers = source
             .sign_request("POST", &self.endpoint, &path, (&self.region, "sts"), headers, &body)
-            .map_err(|e| format!("cannot sign the AssumeRole request: {e}"))?;
+            .map_err(|e| StsFailure::permanent(format!("cannot sign the AssumeRole request: {e}")))?;
         let client = reqwest::Client::builder()
             .timeout(STS_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {}", sluice_engine::redact::error(&e)))?;
-        let response =
-            client.post(self.endpoint.clone()).headers(headers).body(body).send().await.map_err(|e| {
-                format!("STS at {} did not answer: {}", self.endpoint, sluice_engine::redact::error(&e))
+            .map_err(|e| {
+                StsFailure::permanent(format!("cannot build the HTTP client: {}", sluice_engine::redact::error(&e)))
             })?;
+        let unanswered = |why: String| StsFailure { retryable: true, why };
+        let response = client.post(self.endpoint.clone()).headers(headers).body(body).send().await.map_err(|e| {
+            unanswered(format!("STS at {} did not answer: {}", self.endpoint, sluice_engine::redact::error(&e)))
+        })?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| format!("STS's answer was cut short: {e}"))?;
+        let text = response.text().await.map_err(|e| unanswered(format!("STS's answer was cut short: {e}")))?;
         assumed_credentials(status, &text)
     }
 }
 
-/// The credentials in STS's `AssumeRole` answer, or its error (`AccessDenied: …`).
+/// The credentials in STS's `AssumeRole` answer, or its error (`AccessDenied: …`), retryable when
+/// STS throttled (`Throttling`, HTTP 400) or failed (5xx).
 fn assumed_credentials(
     status: reqwest::StatusCode,
     text: &str,
-) -> Result<(AwsCredential, Option<DateTime<Utc>>), String> {
+) -> Result<(AwsCredential, Option<DateTime<Utc>>), StsFailure> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Response {
@@ -722,16 +756,21 @@ fn assumed_credentials(
         message: String,
     }
     if !status.is_success() {
-        return Err(match quick_xml::de::from_str::<ErrorResponse>(text) {
-            Ok(ErrorResponse { error }) => format!("STS answered {status}: {}: {}", error.code, error.message),
-            Err(_) => format!("STS answered {status}"),
+        let error = quick_xml::de::from_str::<ErrorResponse>(text).ok().map(|e| e.error);
+        let throttled = error.as_ref().is_some_and(|e| matches!(e.code.as_str(), "Throttling" | "ThrottlingException"));
+        return Err(StsFailure {
+            retryable: throttled || status.is_server_error(),
+            why: match error {
+                Some(error) => format!("STS answered {status}: {}: {}", error.code, error.message),
+                None => format!("STS answered {status}"),
+            },
         });
     }
-    let answer: Response =
-        quick_xml::de::from_str(text).map_err(|_| "STS's answer holds no AssumeRole credentials".to_string())?;
+    let answer: Response = quick_xml::de::from_str(text)
+        .map_err(|_| StsFailure::permanent("STS's answer holds no AssumeRole credentials".to_string()))?;
     let c = answer.assume_role_result.credentials;
     let expires = DateTime::parse_from_rfc3339(&c.expiration)
-        .map_err(|e| format!("STS's `Expiration` is not an RFC 3339 time: {e}"))?
+        .map_err(|e| StsFailure::permanent(format!("STS's `Expiration` is not an RFC 3339 time: {e}")))?
         .with_timezone(&Utc);
     Ok((
         AwsCredential { key_id: c.access_key_id, secret_key: c.secret_access_key, token: Some(c.session_token) },
@@ -1054,7 +1093,7 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
   </AssumeRoleResult>
   <ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ResponseMetadata>
 </AssumeRoleResponse>"#;
-        let (c, expires) = assumed_credentials(reqwest::StatusCode::OK, answer).unwrap_or_else(|e| panic!("{e}"));
+        let (c, expires) = assumed_credentials(reqwest::StatusCode::OK, answer).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             (c.key_id.as_str(), c.secret_key.as_str()),
             ("ASIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY")
@@ -1065,13 +1104,24 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
   <Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User: arn:aws:iam::1:user/u is not authorized to perform: sts:AssumeRole</Message></Error>
   <RequestId>4a3f0c0e</RequestId>
 </ErrorResponse>"#;
-        let error = assumed_credentials(reqwest::StatusCode::FORBIDDEN, refused).err().unwrap_or_default();
+        let error =
+            assumed_credentials(reqwest::StatusCode::FORBIDDEN, refused).err().map(|e| e.why).unwrap_or_default();
         assert_eq!(
             error,
             "STS answered 403 Forbidden: AccessDenied: User: arn:aws:iam::1:user/u is not authorized to perform: sts:AssumeRole"
         );
-        let error = assumed_credentials(reqwest::StatusCode::OK, "<html/>").err().unwrap_or_default();
-        assert_eq!(error, "STS's answer holds no AssumeRole credentials");
+        let error = assumed_credentials(reqwest::StatusCode::OK, "<html/>").err();
+        assert_eq!(error, Some(StsFailure::permanent("STS's answer holds no AssumeRole credentials".into())));
+        // Throttling and STS's own failures are worth another attempt; a refusal is not.
+        let throttled = "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>";
+        let retryable = |status: u16, text: &str| {
+            let status = reqwest::StatusCode::from_u16(status).unwrap_or_default();
+            assumed_credentials(status, text).err().is_some_and(|e| e.retryable)
+        };
+        assert!(retryable(400, throttled));
+        assert!(retryable(503, ""));
+        assert!(!retryable(403, refused));
+        assert!(!retryable(400, "<ErrorResponse><Error><Code>ValidationError</Code></Error></ErrorResponse>"));
     }
 
     #[test]
