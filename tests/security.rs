@@ -844,7 +844,8 @@ buffer = {{ size_mb = 1, interval_s = 1 }}
     }
 }
 
-/// KMS that cannot be reached at start: the run does not start, and says which call failed where.
+/// KMS that cannot be reached at start: the run does not start, and says which call failed where;
+/// without credentials it stops before the call, and a profile of the shared files gives them.
 #[test]
 fn an_unreachable_kms_stops_the_start_with_the_call_that_failed() {
     let dir = tempfile::tempdir().unwrap();
@@ -861,4 +862,38 @@ fn an_unreachable_kms_stops_the_start_with_the_call_that_failed() {
         "{stderr}"
     );
     assert!(!stderr.contains("moto-secret-never-logged"), "{stderr}");
+    // No credentials anywhere (environment, shared files, instance profile): the start says so
+    // before any KMS call, naming what it tried.
+    let without = sluice()
+        .args(["run", config.to_str().unwrap()])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert_eq!(without.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`encryption.kms_key_id` needs AWS credentials: none in the environment")
+            && stderr.contains("the EC2 instance profile (IMDS) gave none"),
+        "{stderr}"
+    );
+    // A profile of the shared files gives them: the start goes on to the KMS call.
+    let credentials = dir.path().join("aws-credentials");
+    std::fs::write(&credentials, "[wal]\naws_access_key_id = AKIAPROFILE\naws_secret_access_key = profile-secret\n")
+        .unwrap();
+    let profiled = sluice()
+        .args(["run", config.to_str().unwrap()])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+        .env("AWS_PROFILE", "wal")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&profiled.stderr);
+    assert_eq!(profiled.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("KMS GenerateDataKey could not be reached") && !stderr.contains("profile-secret"),
+        "{stderr}"
+    );
 }
