@@ -30,7 +30,7 @@ use object_store::aws::{AwsCredential, AwsCredentialProvider};
 /// How long a `credential_process` may run.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Credentials from a process are asked again this long before they expire.
+/// Credentials that expire (a process's, a role's) are obtained again this long before they do.
 const REFRESH_BEFORE_EXPIRY: chrono::Duration = chrono::Duration::minutes(5);
 
 /// Why a profile gives no credentials.
