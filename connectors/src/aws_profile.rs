@@ -362,11 +362,7 @@ impl Profile {
             .or_else(|| env.region.clone())
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| "us-east-1".to_string());
-        let endpoint = env
-            .sts_endpoint
-            .clone()
-            .filter(|e| !e.is_empty())
-            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        let endpoint = env.sts_endpoint.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| sts_endpoint(&region));
         let endpoint = reqwest::Url::parse(&endpoint)
             .map_err(|e| role_error(format!("the STS endpoint {endpoint} is not a URL: {e}")))?;
         Ok(Arc::new(AssumeRoleProvider {
@@ -383,6 +379,12 @@ impl Profile {
             cached: Default::default(),
         }))
     }
+}
+
+/// STS's regional endpoint for `region` (the China regions' domain is `amazonaws.com.cn`).
+fn sts_endpoint(region: &str) -> String {
+    let domain = if region.starts_with("cn-") { "amazonaws.com.cn" } else { "amazonaws.com" };
+    format!("https://sts.{region}.{domain}")
 }
 
 /// The credentials a role profile's `credential_source` names.
@@ -1074,6 +1076,13 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
             let error = credential(&files.env(profile)).err().unwrap_or_else(|| panic!("{credentials}: no error"));
             assert!(error.contains(says), "{credentials}: {error}");
         }
+    }
+
+    #[test]
+    fn sts_is_asked_in_the_profiles_region_and_partition() {
+        assert_eq!(sts_endpoint("eu-west-1"), "https://sts.eu-west-1.amazonaws.com");
+        assert_eq!(sts_endpoint("us-gov-west-1"), "https://sts.us-gov-west-1.amazonaws.com");
+        assert_eq!(sts_endpoint("cn-north-1"), "https://sts.cn-north-1.amazonaws.com.cn");
     }
 
     #[test]
