@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::security::{Moto, aws_env};
+use super::support::WithoutAwsKeys;
 use super::support::{folder_objects, free_port, logged_run, python, repo_root, start_listening_with, terminate};
 
 /// A new stream `name` of `shards` shards; its ARN once ACTIVE.
@@ -369,18 +370,10 @@ fn a_kinesis_source_without_keys_signs_with_the_instance_profile() {
     let config = pipeline(dir.path(), &arn, &format!("http://127.0.0.1:{proxy}"), "start = \"trim_horizon\"\n");
     let (out, log) = (dir.path().join("out"), config.with_extension("log"));
     put(&moto.endpoint, "profiled", &numbered(0..200), 0).unwrap();
-    let without_keys = |command: &mut Command| {
-        command
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            .env_remove("AWS_SESSION_TOKEN")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
-    };
 
     let mut nowhere = super::support::sluice();
     nowhere.args(["run", config.to_str().unwrap()]);
-    without_keys(&mut nowhere);
+    nowhere.without_aws_keys();
     let output = nowhere.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -394,7 +387,7 @@ fn a_kinesis_source_without_keys_signs_with_the_instance_profile() {
     command
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .env("AWS_METADATA_ENDPOINT", format!("http://127.0.0.1:{imds}"));
-    without_keys(&mut command);
+    command.without_aws_keys();
     let mut run = start_listening_with(&mut command, admin);
     wait_for_records(&out, 200, &log);
     terminate(&run);
@@ -430,9 +423,7 @@ fn a_kinesis_source_signs_with_the_role_its_profile_assumes() {
     let mut command = logged_run(&config, "warn");
     command
         .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_SESSION_TOKEN")
+        .without_aws_keys()
         .env("AWS_CONFIG_FILE", &aws_config)
         .env("AWS_PROFILE", "reader")
         .env("AWS_ENDPOINT_URL_STS", &moto.endpoint);

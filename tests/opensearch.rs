@@ -17,6 +17,7 @@ use sluice_connectors::synth::Profile;
 use sluice_engine::testkit::sink::{Destination, Fault};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
+use super::support::WithoutAwsKeys;
 use super::support::{folder_objects, free_port, generated, python, raw_data};
 
 /// An osmem-server process, killed when dropped.
@@ -513,11 +514,7 @@ fn aws_sigv4_requests_verify_for_the_service_and_region() {
         std::fs::write(&config, pipeline(&generator(100), &url, &dir.path().join("b"), &sigv4)).unwrap();
         let run = |env: &[(&str, &str)]| {
             let mut cmd = super::support::sluice();
-            cmd.args(["run", config.to_str().unwrap(), "--quiet"])
-                .env_remove("AWS_ACCESS_KEY_ID")
-                .env_remove("AWS_SECRET_ACCESS_KEY")
-                .env_remove("AWS_SESSION_TOKEN")
-                .envs(env.iter().copied());
+            cmd.args(["run", config.to_str().unwrap(), "--quiet"]).without_aws_keys().envs(env.iter().copied());
             cmd.output().unwrap()
         };
         let without = run(&[]);

@@ -20,6 +20,7 @@ use sluice_connectors::synth::Profile;
 use sluice_engine::testkit::sink::{Check, Destination, Fault, conformance};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
+use super::support::WithoutAwsKeys;
 use super::support::{all_lines, files_under, folder_objects, generated, sluice};
 
 const ACCESS_KEY: &str = "AKIDSLUICETEST";
@@ -350,8 +351,7 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
         sluice()
             .args(["run", "--quiet"])
             .arg(&pipeline)
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .without_aws_keys()
             .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
             .env("AWS_CONFIG_FILE", &config)
             .env("AWS_PROFILE", profile)

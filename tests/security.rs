@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::Value;
 
+use super::support::WithoutAwsKeys;
 use super::support::{
     all_lines, files_under, firehose_call, firehose_to_files, folder_objects, free_port, json_lines_under, logged_run,
     python, sluice, start_listening_with, terminate,
@@ -864,13 +865,7 @@ fn an_unreachable_kms_stops_the_start_with_the_call_that_failed() {
     assert!(!stderr.contains("moto-secret-never-logged"), "{stderr}");
     // No credentials anywhere (environment, shared files, instance profile): the start says so
     // before any KMS call, naming what it tried.
-    let without = sluice()
-        .args(["run", config.to_str().unwrap()])
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_SESSION_TOKEN")
-        .output()
-        .unwrap();
+    let without = sluice().args(["run", config.to_str().unwrap()]).without_aws_keys().output().unwrap();
     let stderr = String::from_utf8_lossy(&without.stderr);
     assert_eq!(without.status.code(), Some(1), "{stderr}");
     assert!(
@@ -884,8 +879,7 @@ fn an_unreachable_kms_stops_the_start_with_the_call_that_failed() {
         .unwrap();
     let profiled = sluice()
         .args(["run", config.to_str().unwrap()])
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .without_aws_keys()
         .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
         .env("AWS_PROFILE", "wal")
         .output()

@@ -86,6 +86,19 @@ pub fn sluice() -> std::process::Command {
     cmd
 }
 
+/// A `sluice` command without the test's own AWS keys, so that the credentials come from where
+/// the test puts them (a profile, an instance profile) or from nowhere.
+pub trait WithoutAwsKeys {
+    /// Removes `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+    fn without_aws_keys(&mut self) -> &mut Self;
+}
+
+impl WithoutAwsKeys for std::process::Command {
+    fn without_aws_keys(&mut self) -> &mut Self {
+        self.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY").env_remove("AWS_SESSION_TOKEN")
+    }
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

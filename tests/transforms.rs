@@ -17,6 +17,7 @@ use sluice_engine::record::RecordBatch;
 use sluice_engine::testkit::transform::{TransformCheck, TransformRun, conformance, run_transform};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
+use super::support::WithoutAwsKeys;
 use super::support::{
     all_lines, firehose_call, folder_objects, free_port, generated, memory_objects, python, repo_root, start_listening,
     terminate,
@@ -329,9 +330,7 @@ fn the_invoke_api_is_called_with_a_sigv4_signature_for_lambda() {
     .unwrap();
     let run = |env: &[(&str, &str)]| {
         let mut cmd = super::support::sluice();
-        cmd.args(["run", config.to_str().unwrap(), "--quiet"])
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY");
+        cmd.args(["run", config.to_str().unwrap(), "--quiet"]).without_aws_keys();
         cmd.envs(env.iter().copied()).output().unwrap()
     };
     let without = run(&[]);

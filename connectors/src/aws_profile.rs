@@ -111,7 +111,7 @@ pub enum ProfileError {
 }
 
 /// Where the shared files are and which profile is selected: the process's environment, or given.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ProfileEnvironment {
     /// `AWS_PROFILE`, when set.
     pub profile: Option<String>,
@@ -158,9 +158,16 @@ pub struct SharedProfile {
 }
 
 impl SharedProfile {
-    /// The profile the process's environment selects.
+    /// The profile the process's environment selects, read once per process (per environment):
+    /// every store and connector then shares its providers, so a role is assumed and a process run
+    /// once per expiry for all of them, not once each.
     pub fn from_process() -> Self {
-        Self::select(&ProfileEnvironment::from_process())
+        static SELECTED: std::sync::OnceLock<std::sync::Mutex<HashMap<ProfileEnvironment, SharedProfile>>> =
+            std::sync::OnceLock::new();
+        let env = ProfileEnvironment::from_process();
+        let selected = SELECTED.get_or_init(Default::default);
+        let mut selected = selected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        selected.entry(env).or_insert_with_key(Self::select).clone()
     }
 
     /// The profile `env` selects.
@@ -262,6 +269,7 @@ impl Profile {
             let provider: AwsCredentialProvider = Arc::new(ProcessProvider {
                 profile: self.name.clone(),
                 command: command.to_string(),
+                timeout: PROCESS_TIMEOUT,
                 cached: Default::default(),
             });
             Ok(provider)
@@ -365,6 +373,7 @@ impl Profile {
         let endpoint = env.sts_endpoint.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| sts_endpoint(&region));
         let endpoint = reqwest::Url::parse(&endpoint)
             .map_err(|e| role_error(format!("the STS endpoint {endpoint} is not a URL: {e}")))?;
+        let client = sts_client(STS_TIMEOUT).map_err(role_error)?;
         Ok(Arc::new(AssumeRoleProvider {
             profile: self.name.clone(),
             source,
@@ -376,9 +385,19 @@ impl Profile {
             duration,
             region,
             endpoint,
+            client,
             cached: Default::default(),
         }))
     }
+}
+
+/// The HTTP client of `AssumeRole` requests: each bounded by `timeout`, redirects not followed.
+fn sts_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {}", sluice_engine::redact::error(&e)))
 }
 
 /// STS's regional endpoint for `region` (the China regions' domain is `amazonaws.com.cn`).
@@ -583,6 +602,8 @@ impl Cached {
 struct ProcessProvider {
     profile: String,
     command: String,
+    /// How long it may run ([`PROCESS_TIMEOUT`]).
+    timeout: Duration,
     cached: Cached,
 }
 
@@ -597,7 +618,9 @@ impl object_store::CredentialProvider for ProcessProvider {
     type Credential = AwsCredential;
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
         let run = async {
-            run_process(&self.command).await.map_err(|why| ProfileError::Process { name: self.profile.clone(), why })
+            run_process(&self.command, self.timeout)
+                .await
+                .map_err(|why| ProfileError::Process { name: self.profile.clone(), why })
         };
         self.cached.get(run).await
     }
@@ -613,6 +636,8 @@ struct AssumeRoleProvider {
     duration: u32,
     region: String,
     endpoint: reqwest::Url,
+    /// STS's client: requests bounded by [`STS_TIMEOUT`], no redirects.
+    client: reqwest::Client,
     cached: Cached,
 }
 
@@ -704,17 +729,11 @@ impl AssumeRoleProvider {
         let headers = source
             .sign_request("POST", &self.endpoint, &path, (&self.region, "sts"), headers, &body)
             .map_err(|e| StsFailure::permanent(format!("cannot sign the AssumeRole request: {e}")))?;
-        let client = reqwest::Client::builder()
-            .timeout(STS_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| {
-                StsFailure::permanent(format!("cannot build the HTTP client: {}", sluice_engine::redact::error(&e)))
-            })?;
         let unanswered = |why: String| StsFailure { retryable: true, why };
-        let response = client.post(self.endpoint.clone()).headers(headers).body(body).send().await.map_err(|e| {
-            unanswered(format!("STS at {} did not answer: {}", self.endpoint, sluice_engine::redact::error(&e)))
-        })?;
+        let response =
+            self.client.post(self.endpoint.clone()).headers(headers).body(body).send().await.map_err(|e| {
+                unanswered(format!("STS at {} did not answer: {}", self.endpoint, sluice_engine::redact::error(&e)))
+            })?;
         let status = response.status();
         let text = response.text().await.map_err(|e| unanswered(format!("STS's answer was cut short: {e}")))?;
         assumed_credentials(status, &text)
@@ -781,7 +800,7 @@ fn assumed_credentials(
 }
 
 /// Runs `command` with `sh -c` (as the AWS SDK for Rust does) and reads its credentials.
-async fn run_process(command: &str) -> Result<(AwsCredential, Option<DateTime<Utc>>), String> {
+async fn run_process(command: &str, timeout: Duration) -> Result<(AwsCredential, Option<DateTime<Utc>>), String> {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -791,9 +810,9 @@ async fn run_process(command: &str) -> Result<(AwsCredential, Option<DateTime<Ut
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start `sh -c`: {e}"))?;
-    let output = tokio::time::timeout(PROCESS_TIMEOUT, child.wait_with_output())
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
         .await
-        .map_err(|_| format!("no answer within {} s", PROCESS_TIMEOUT.as_secs()))?
+        .map_err(|_| format!("no answer within {timeout:?} (it was stopped)"))?
         .map_err(|e| format!("cannot read its output: {e}"))?;
     if !output.status.success() {
         let said = String::from_utf8_lossy(&output.stderr);
@@ -863,6 +882,7 @@ impl ClassifyKind for serde_json::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::CredentialProvider;
 
     struct Files {
         dir: tempfile::TempDir,
@@ -1076,6 +1096,68 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
             let error = credential(&files.env(profile)).err().unwrap_or_else(|| panic!("{credentials}: no error"));
             assert!(error.contains(says), "{credentials}: {error}");
         }
+    }
+
+    /// A `credential_process` that never answers is stopped at its time limit (killed, not left
+    /// behind) and its profile's credentials are an error that says so.
+    #[test]
+    fn a_process_that_hangs_is_stopped_at_its_limit() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let pid_file = dir.path().join("pid");
+        let provider = ProcessProvider {
+            profile: "hung".into(),
+            command: format!("echo $$ > {} && exec sleep 30", pid_file.display()),
+            timeout: Duration::from_millis(300),
+            cached: Cached::default(),
+        };
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        let started = std::time::Instant::now();
+        let error = runtime.block_on(provider.get_credential()).err().map(|e| credential_error(&e)).unwrap_or_default();
+        assert!(error.contains("`hung` failed: no answer within 300ms (it was stopped)"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let pid = std::fs::read_to_string(&pid_file).unwrap_or_default().trim().to_string();
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+        });
+        assert!(!pid.is_empty() && gone, "process {pid} left running");
+    }
+
+    /// An STS that accepts the connection and never answers: each request ends at the client's
+    /// limit, is tried [`STS_ATTEMPTS`] times, and the role is an error saying STS did not answer.
+    #[test]
+    fn an_sts_that_never_answers_is_tried_three_times_then_reported() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for socket in listener.incoming().flatten() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(socket); // read nothing, answer nothing
+            }
+        });
+        let source = AwsCredential { key_id: "AKIDSOURCE".into(), secret_key: "s".into(), token: None };
+        let provider = AssumeRoleProvider {
+            profile: "slow".into(),
+            source: Arc::new(StaticCredentialProvider::new(source)),
+            role_arn: "arn:aws:iam::123456789012:role/r".into(),
+            session_name: "s".into(),
+            external_id: None,
+            duration: 3600,
+            region: "eu-west-1".into(),
+            endpoint: reqwest::Url::parse(&format!("http://{address}/")).unwrap_or_else(|e| panic!("{e}")),
+            client: sts_client(Duration::from_millis(300)).unwrap_or_else(|e| panic!("{e}")),
+            cached: Cached::default(),
+        };
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        let error = runtime.block_on(provider.get_credential()).err().map(|e| credential_error(&e)).unwrap_or_default();
+        assert!(error.contains("the AWS profile `slow` names a role") && error.contains("did not answer"), "{error}");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), STS_ATTEMPTS as usize);
     }
 
     #[test]
