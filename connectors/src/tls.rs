@@ -258,7 +258,7 @@ pub fn take_store_roots(
     table: &mut Section,
     base_dir: &Path,
     found: &mut Problems,
-) -> Option<(Vec<object_store::Certificate>, Range<usize>)> {
+) -> Option<Vec<object_store::Certificate>> {
     let mut problems = Vec::new();
     let Some(mut section) = table.take_table("tls", &mut problems) else {
         if let Some(problem) = problems.last_mut() {
@@ -284,7 +284,7 @@ pub fn take_store_roots(
         return report(problems, found);
     };
     match store_roots(base_dir, ca.get_ref()) {
-        Ok(roots) if problems.is_empty() => Some((roots, span)),
+        Ok(roots) if problems.is_empty() => Some(roots),
         Ok(_) => report(problems, found),
         Err(why) => {
             problems.push(Diagnostic::new(ca.span(), format!("{label} {why}")).with_hint(STORE_CA_FILE));

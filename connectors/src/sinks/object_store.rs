@@ -232,12 +232,10 @@ fn no_client_retries() -> RetryConfig {
 
 /// Builds an object-store sink from `[sinks.<name>]`.
 pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
-    let url_span = config.table.key_span("url").unwrap_or(config.table.span.clone());
-    let options_span = config.table.key_span("options").unwrap_or(url_span.clone());
-    let encryption_span = config.table.value_span("encryption").unwrap_or(url_span.clone());
+    let spans = StoreKeySpans::of(&config.table);
+    let encryption_span = config.table.value_span("encryption").unwrap_or(spans.url.clone());
     let mut problems = Problems::default();
-    let (roots, tls_span) = crate::tls::take_store_roots(&mut config.table, &config.base_dir, &mut problems)
-        .unwrap_or_else(|| (Vec::new(), url_span.clone()));
+    let roots = crate::tls::take_store_roots(&mut config.table, &config.base_dir, &mut problems).unwrap_or_default();
     let Some(c) = config.table.deserialize::<ObjectStoreConfig>(&mut problems) else { return Err(problems) };
     let sse = match &c.encryption {
         // Without a URL (its absence reported) there is no store to check the encryption against.
@@ -247,11 +245,13 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems>
         ),
         None => Some(Vec::new()),
     };
-    let sink = sse.and_then(|sse| {
-        problems.take(
-            ObjectStoreSink::from_config_with(&c.url, &c.options, sse, &roots)
-                .map_err(|e| e.at_its_key(&url_span, &options_span, &tls_span)),
-        )
+    let option_problems = ObjectStoreSink::option_problems(&c.url, &c.options);
+    for problem in &option_problems {
+        problems.push(problem.at_its_key(&spans));
+    }
+    let sink = sse.filter(|_| option_problems.is_empty()).and_then(|sse| {
+        problems
+            .take(ObjectStoreSink::from_config_with(&c.url, &c.options, sse, &roots).map_err(|e| e.at_its_key(&spans)))
     });
     let sink = problems.finish(sink)?;
     let sink = sink.owned_by(&config.pipeline, &config.name, &config.data_dir);
@@ -423,6 +423,32 @@ pub enum StoreConfigError {
     },
 }
 
+/// Where a store's keys are written in its table, for [`StoreConfigError::at_its_key`].
+#[derive(Debug, Clone)]
+pub struct StoreKeySpans {
+    /// The `url` value (the table when it is absent).
+    pub url: std::ops::Range<usize>,
+    /// The `options` key (the url's when absent).
+    pub options: std::ops::Range<usize>,
+    /// Each key written in `options`.
+    pub option_keys: Vec<(String, std::ops::Range<usize>)>,
+    /// The `tls` table (the url's when absent).
+    pub tls: std::ops::Range<usize>,
+}
+
+impl StoreKeySpans {
+    /// The spans in `table`, read before its keys are taken.
+    pub fn of(table: &sluice_engine::config::Section) -> Self {
+        let url = table.value_span("url").unwrap_or(table.span.clone());
+        StoreKeySpans {
+            options: table.key_span("options").unwrap_or(url.clone()),
+            option_keys: table.member_key_spans("options"),
+            tls: table.value_span("tls").unwrap_or(url.clone()),
+            url,
+        }
+    }
+}
+
 /// Options every store but `file://` and `memory://` takes (object_store's client options).
 const CLIENT_OPTIONS: &[&str] = &[
     "allow_http",
@@ -547,23 +573,17 @@ impl StoreConfigError {
         Diagnostic::new(span.clone(), self.to_string()).with_hint(self.hint())
     }
 
-    /// The problem pointing at the key it is about: `url`, `options` or `tls` (their spans).
-    pub fn at_its_key(
-        &self,
-        url: &std::ops::Range<usize>,
-        options: &std::ops::Range<usize>,
-        tls: &std::ops::Range<usize>,
-    ) -> Diagnostic {
+    /// The problem pointing at what it is about: the url's value, the option's key (else the
+    /// `options` key), or `tls`.
+    pub fn at_its_key(&self, spans: &StoreKeySpans) -> Diagnostic {
         match self {
-            StoreConfigError::TlsUnused { .. } | StoreConfigError::CaFile { .. } => self.at(tls),
-            _ if self.is_about_an_option() => self.at(options),
-            _ => self.at(url),
+            StoreConfigError::TlsUnused { .. } | StoreConfigError::CaFile { .. } => self.at(&spans.tls),
+            StoreConfigError::UnknownOption { key, .. } | StoreConfigError::OptionType { key } => {
+                let option = spans.option_keys.iter().find(|(name, _)| name == key).map(|(_, span)| span);
+                self.at(option.unwrap_or(&spans.options))
+            }
+            _ => self.at(&spans.url),
         }
-    }
-
-    /// Whether it is about `options` (else about the URL).
-    pub fn is_about_an_option(&self) -> bool {
-        matches!(self, StoreConfigError::UnknownOption { .. } | StoreConfigError::OptionType { .. })
     }
 }
 
@@ -590,6 +610,34 @@ impl ObjectStoreSink {
         }
         texts.extend(extra);
         ObjectStoreSink::from_url_trusting(url, &texts, roots)
+    }
+
+    /// Every problem of `options` for `url`'s scheme at once (values that are no string, boolean or
+    /// integer; names its store does not take), so a pipeline file's mistakes are all said in one
+    /// pass; building the store says the first only. Empty for an unknown scheme (said by the build).
+    pub fn option_problems(url: &str, options: &BTreeMap<String, toml::Value>) -> Vec<StoreConfigError> {
+        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+        let known = |key: &str| match scheme {
+            "file" | "memory" => Some(false),
+            "s3" | "s3a" => Some(AmazonS3ConfigKey::from_str(key).is_ok()),
+            "gs" => Some(GoogleConfigKey::from_str(key).is_ok()),
+            "az" | "abfs" | "abfss" | "azure" => Some(AzureConfigKey::from_str(key).is_ok()),
+            "http" | "https" => Some(ClientConfigKey::from_str(key).is_ok()),
+            _ => None,
+        };
+        let mut problems = Vec::new();
+        for (key, value) in options {
+            if option_text(value).is_none() {
+                problems.push(StoreConfigError::OptionType { key: key.clone() });
+            } else if known(key) == Some(false) {
+                problems.push(StoreConfigError::UnknownOption {
+                    key: key.clone(),
+                    scheme: scheme.to_string(),
+                    near: near_option(scheme, key),
+                });
+            }
+        }
+        problems
     }
 
     /// The store of a table nested in a connector's keys (`backup_store`, `staging`): its `url`,

@@ -40,7 +40,7 @@ use sluice_engine::record::RecordBatch;
 
 use super::file::LineReader;
 use super::file_checkpoint::{FileCheckpoints, Saved};
-use crate::sinks::object_store::ObjectStoreSink;
+use crate::sinks::object_store::{ObjectStoreSink, StoreKeySpans};
 
 /// The source's own keys.
 #[derive(Debug, Deserialize)]
@@ -106,12 +106,10 @@ impl std::fmt::Debug for ObjectStoreSource {
 
 /// Builds an object-store source from `[sources.<name>]`.
 pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
-    let url_span = config.table.key_span("url").unwrap_or(config.table.span.clone());
-    let options_span = config.table.key_span("options").unwrap_or(url_span.clone());
-    let pattern_span = config.table.value_span("pattern").unwrap_or(url_span.clone());
+    let spans = StoreKeySpans::of(&config.table);
+    let pattern_span = config.table.value_span("pattern").unwrap_or(spans.url.clone());
     let mut problems = Problems::default();
-    let (roots, tls_span) = crate::tls::take_store_roots(&mut config.table, &config.base_dir, &mut problems)
-        .unwrap_or_else(|| (Vec::new(), url_span.clone()));
+    let roots = crate::tls::take_store_roots(&mut config.table, &config.base_dir, &mut problems).unwrap_or_default();
     let Some(c) = config.table.deserialize::<ObjectSourceConfig>(&mut problems) else { return Err(problems) };
     let pattern = match &c.pattern {
         Some(p) => problems.take(glob::Pattern::new(p).map(Some).map_err(|e| {
@@ -119,10 +117,17 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         })),
         None => Some(None),
     };
-    let store = problems.take(
-        ObjectStoreSink::from_config_with(&c.url, &c.options, Vec::new(), &roots)
-            .map_err(|e| e.at_its_key(&url_span, &options_span, &tls_span)),
-    );
+    let option_problems = ObjectStoreSink::option_problems(&c.url, &c.options);
+    for problem in &option_problems {
+        problems.push(problem.at_its_key(&spans));
+    }
+    let store = if option_problems.is_empty() {
+        problems.take(
+            ObjectStoreSink::from_config_with(&c.url, &c.options, Vec::new(), &roots).map_err(|e| e.at_its_key(&spans)),
+        )
+    } else {
+        None
+    };
     let (pattern, store) = problems.finish((|| Some((pattern?, store?)))())?;
     let (store, base, url) = store.into_store();
     Ok(Arc::new(ObjectStoreSource {

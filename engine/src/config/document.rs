@@ -254,6 +254,15 @@ impl Section {
         self.entries.get(key).map(|v| v.span())
     }
 
+    /// The spans of the keys written in `key`'s table value (`options = { region = "…" }`), by
+    /// name: where a problem with one of them is pointed at. Empty when `key` is absent or no table.
+    pub fn member_key_spans(&self, key: &str) -> Vec<(String, Range<usize>)> {
+        match self.entries.get(key).map(|v| v.get_ref()) {
+            Some(DeValue::Table(members)) => members.keys().map(|k| (k.get_ref().to_string(), k.span())).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     fn label(&self, key: &str) -> String {
         if self.path.is_empty() { format!("`{key}`") } else { format!("`{}.{key}`", self.path) }
     }
