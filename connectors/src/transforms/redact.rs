@@ -519,6 +519,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     let spans = |key: &str| config.table.value_span(key).unwrap_or(span.clone());
     let (detectors_span, patterns_span, hash_span, fields_span) =
         (spans("detectors"), spans("patterns"), spans("hash_key"), spans("fields"));
+    let detector_spans = config.table.element_spans("detectors");
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<RedactConfig>(&mut problems) else { return Err(problems) };
     let mut detectors = Vec::new();
@@ -537,9 +538,10 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         }
     }
     // Built-ins in tie order, whatever order they are listed in.
-    for name in &chosen {
+    for (at, name) in chosen.iter().enumerate() {
         if !DETECTORS.contains(&name.as_str()) {
-            let d = Diagnostic::new(detectors_span.clone(), format!("unknown detector `{name}`"));
+            let span = detector_spans.get(at).unwrap_or(&detectors_span).clone();
+            let d = Diagnostic::new(span, format!("unknown detector `{name}`"));
             problems.push(match sluice_engine::config::did_you_mean(name, DETECTORS.iter().copied()) {
                 Some(k) => d.with_hint(format!("did you mean `{k}`? built-in detectors: {}", DETECTORS.join(", "))),
                 None => {

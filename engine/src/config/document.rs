@@ -267,6 +267,15 @@ impl Section {
         if self.path.is_empty() { format!("`{key}`") } else { format!("`{}.{key}`", self.path) }
     }
 
+    /// The spans of the elements of `key`'s array value, in order: where a problem with one of them
+    /// is pointed at. Empty when `key` is absent or no array.
+    pub fn element_spans(&self, key: &str) -> Vec<Range<usize>> {
+        match self.entries.get(key).map(|v| v.get_ref()) {
+            Some(DeValue::Array(elements)) => elements.iter().map(|e| e.span()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// `key` as a connector's checks of its value point at it: its value's span (the table's when
     /// it is absent) and its name in messages. Taken before the table is deserialized.
     pub fn key_at(&self, key: &str) -> KeyAt {
