@@ -403,6 +403,168 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
     assert!(sessions[3].starts_with("sluice-"), "{sessions:?}");
 }
 
+/// An IAM Identity Center profile (`aws sso login`'s cached token): the token, two minutes from
+/// expiry, is refreshed with SSO OIDC (and written back for the CLI), exchanged with
+/// `GetRoleCredentials` for the role's credentials, and those sign the S3 requests; a second run
+/// uses the refreshed token as it is.
+#[test]
+fn credentials_come_from_an_iam_identity_center_session() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("bkt")).unwrap();
+    let server = S3Server::start(root.path());
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config");
+    std::fs::write(
+        &config,
+        "[profile lake]\nsso_session = corp\nsso_account_id = 123456789012\nsso_role_name = LakeWriter\nregion = us-east-1\n\n\
+         [sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\nsso_region = eu-west-1\nsso_registration_scopes = sso:account:access\n",
+    )
+    .unwrap();
+    // The CLI's cache file for the session `corp`: named by SHA-1("corp").
+    let cache = home.path().join(".aws/sso/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let token_file = cache.join("ee0bfd2552fbd840c02cc48b6e823320543c450f.json");
+    let in_minutes =
+        |m: i64| (chrono::Utc::now() + chrono::Duration::minutes(m)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    std::fs::write(
+        &token_file,
+        format!(
+            r#"{{"startUrl":"https://corp.awsapps.com/start","region":"eu-west-1","accessToken":"first-token","expiresAt":"{}","clientId":"cli-client","clientSecret":"cli-secret","registrationExpiresAt":"{}","refreshToken":"refresh-1"}}"#,
+            in_minutes(2),
+            in_minutes(60 * 24 * 30)
+        ),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (center, calls) = identity_center(&runtime);
+    let pipeline = home.path().join("p.toml");
+    let run = |name: &str| {
+        let toml = format!(
+            "[pipeline]\nname = \"{name}\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 200\nseed = 5\n\
+             [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\nformat = \"ndjson\"\nprefix = \"{name}/\"\n\
+             url = \"s3://bkt/archive\"\noptions = {{ endpoint = \"http://{}\", allow_http = true, virtual_hosted_style_request = false }}\n",
+            server.addr
+        );
+        std::fs::write(&pipeline, toml).unwrap();
+        sluice()
+            .args(["run", "--quiet"])
+            .arg(&pipeline)
+            .without_aws_keys()
+            .env("HOME", home.path())
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_PROFILE", "lake")
+            .env("AWS_ENDPOINT_URL_SSO", &center)
+            .env("AWS_ENDPOINT_URL_SSO_OIDC", &center)
+            .output()
+            .unwrap()
+    };
+    let lines_under = |prefix: &str| {
+        folder_objects(&server.root.join("bkt"))
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("archive/{prefix}/")))
+            .map(|(_, v)| v.len())
+            .sum::<usize>()
+    };
+    for name in ["refreshed", "cached"] {
+        let out = run(name);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(lines_under(name), 200, "{name}");
+    }
+    // One refresh (the first run), then the portal shown the refreshed token each run.
+    assert_eq!(
+        *calls.lock().unwrap(),
+        ["CreateToken refresh-1", "GetRoleCredentials second-token", "GetRoleCredentials second-token"]
+    );
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&token_file).unwrap()).unwrap();
+    assert_eq!(
+        (saved["accessToken"].as_str(), saved["refreshToken"].as_str(), saved["clientId"].as_str()),
+        (Some("second-token"), Some("refresh-2"), Some("cli-client"))
+    );
+    // Logged out (the token expired, its refresh revoked): the run stops at start saying what to do.
+    std::fs::write(
+        &token_file,
+        format!(r#"{{"accessToken":"second-token","expiresAt":"{}","clientId":"cli-client","clientSecret":"cli-secret","registrationExpiresAt":"{}","refreshToken":"revoked"}}"#, in_minutes(-5), in_minutes(600)),
+    )
+    .unwrap();
+    let out = run("expired");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the AWS profile `lake` gets no credentials from IAM Identity Center (SSO): its token expired at"
+        ) && stderr
+            .contains("SSO OIDC answered 400 Bad Request: InvalidGrantException: Invalid refresh token provided")
+            && stderr.contains("run `aws sso login --sso-session corp`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cli-secret") && !stderr.contains("second-token"), "{stderr}");
+    assert_eq!(lines_under("expired"), 0);
+}
+
+/// IAM Identity Center's two services, as their API references describe them: SSO OIDC's
+/// `CreateToken` (`POST /token`, JSON) gives `second-token` (and `refresh-2`) for client
+/// `cli-client`'s refresh token `refresh-1`, `invalid_grant` (400) for any other; the portal's
+/// `GetRoleCredentials` (`GET /federation/credentials?account_id=&role_name=` with the
+/// `x-amz-sso_bearer_token` header) gives the S3 server's keys with a session token for
+/// `second-token`, account 123456789012 and role LakeWriter, `UnauthorizedException` (401) for
+/// anything else. Returns its URL and the calls made.
+fn identity_center(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<String>>>) {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (token_calls, portal_calls) = (Arc::clone(&calls), Arc::clone(&calls));
+    let app = axum::Router::new()
+        .route(
+            "/token",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let calls = Arc::clone(&token_calls);
+                async move {
+                    assert_eq!(headers.get("content-type").and_then(|v| v.to_str().ok()), Some("application/json"));
+                    let grant: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let field = |k: &str| grant[k].as_str().unwrap_or_default().to_string();
+                    calls.lock().unwrap().push(format!("CreateToken {}", field("refreshToken")));
+                    if [field("clientId"), field("clientSecret"), field("grantType"), field("refreshToken")] != ["cli-client", "cli-secret", "refresh_token", "refresh-1"] {
+                        return (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            [("x-amzn-ErrorType", "InvalidGrantException")],
+                            r#"{"error":"invalid_grant","error_description":"Invalid refresh token provided"}"#,
+                        );
+                    }
+                    (
+                        axum::http::StatusCode::OK,
+                        [("x-amzn-RequestId", "1")],
+                        r#"{"accessToken":"second-token","expiresIn":28800,"refreshToken":"refresh-2","tokenType":"Bearer"}"#,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/federation/credentials",
+            axum::routing::get(move |headers: axum::http::HeaderMap, uri: axum::http::Uri| {
+                let calls = Arc::clone(&portal_calls);
+                async move {
+                    let token = headers.get("x-amz-sso_bearer_token").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                    calls.lock().unwrap().push(format!("GetRoleCredentials {token}"));
+                    let query: std::collections::HashMap<String, String> =
+                        url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+                    let asked = (query.get("account_id").map(String::as_str), query.get("role_name").map(String::as_str));
+                    if token != "second-token" || asked != (Some("123456789012"), Some("LakeWriter")) {
+                        return (
+                            axum::http::StatusCode::UNAUTHORIZED,
+                            [("x-amzn-ErrorType", "UnauthorizedException")],
+                            r#"{"message":"Session token not found or invalid"}"#.to_string(),
+                        );
+                    }
+                    let expiration = (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp_millis();
+                    (
+                        axum::http::StatusCode::OK,
+                        [("x-amzn-RequestId", "2")],
+                        format!(r#"{{"roleCredentials":{{"accessKeyId":"{ACCESS_KEY}","secretAccessKey":"{SECRET_KEY}","sessionToken":"sso-session-token","expiration":{expiration}}}}}"#),
+                    )
+                }
+            }),
+        );
+    (super::support::serve(runtime, app, None), calls)
+}
+
 /// STS's side of `AssumeRole`, as its API reference describes it: a form POST to `/`, signed with
 /// SigV4 for service `sts` in `eu-west-1` by `AKIDBASE`/`base-secret` (the source profile's keys)
 /// or by the instance profile's temporary key ([`super::support::IMDS_ROLE_KEY`]);

@@ -2,18 +2,22 @@
 //! `aws configure` writes), read as the AWS SDKs read them: the profile `AWS_PROFILE` names (else
 //! `default`), from `AWS_SHARED_CREDENTIALS_FILE` and `AWS_CONFIG_FILE` when set. A profile gives
 //! credentials by static keys (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`),
-//! by `credential_process` (a command printing the SDKs' JSON), or by a role (`role_arn`: STS
-//! `AssumeRole`, signed with the credentials of its `source_profile` or `credential_source`), and
-//! may give a `region`.
+//! by `credential_process` (a command printing the SDKs' JSON), by a role (`role_arn`: STS
+//! `AssumeRole`, signed with the credentials of its `source_profile` or `credential_source`), or by
+//! IAM Identity Center (`sso_session` or the older `sso_start_url`: the token `aws sso login`
+//! cached, `aws_profile/sso.rs`), and may give a `region`.
 //!
-//! Guarantees: a role outranks the profile's own keys, as in every SDK; otherwise the credentials
+//! Guarantees: a role outranks the profile's own keys, as in every SDK, and so does Identity
+//! Center (botocore's order: role, SSO, keys); otherwise the credentials
 //! file's keys win over the config file's for one profile, static keys in the credentials file over
 //! `credential_process`, and that over static keys in the config file (botocore's order).
-//! Credentials that expire (a process's, a role's) are obtained again five minutes before they do;
-//! STS's throttling and failures are tried three times (the SDKs' standard mode).
+//! Credentials that expire (a process's, a role's, Identity Center's) are obtained again five
+//! minutes before they do; STS's and Identity Center's throttling and failures are tried three
+//! times (the SDKs' standard mode).
 //! A profile `AWS_PROFILE` names that neither file has, a malformed line, keys without their
-//! secret, a `source_profile` loop, a role STS refuses, and credentials sluice does not obtain
-//! (SSO, MFA) are errors that name the file or profile and what to do, never a silent fall to the
+//! secret, a `source_profile` loop, a role STS refuses, an SSO session whose token expired, and
+//! credentials sluice does not obtain (MFA, a profile's web identity) are errors that name the
+//! file or profile and what to do, never a silent fall to the
 //! next source of the chain; without `AWS_PROFILE`, a missing `default` profile is no error.
 //! Secrets and a process's output never appear in errors or `Debug` output; the process's own
 //! error output does (trimmed).
@@ -26,6 +30,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use object_store::StaticCredentialProvider;
 use object_store::aws::{AwsCredential, AwsCredentialProvider};
+
+mod sso;
 
 /// How long a `credential_process` may run.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -77,7 +83,7 @@ pub enum ProfileError {
         /// The key it lacks.
         needs: &'static str,
     },
-    /// Credentials sluice does not obtain (an assumed role, SSO).
+    /// Credentials sluice does not obtain (a role assumed with an MFA code, a profile's web identity).
     #[error(
         "the AWS profile `{name}` gets its credentials by {how} (`{key}`), which sluice does not do itself: \
          select a profile with static keys or a `credential_process` (e.g. one with `credential_process = aws \
@@ -98,6 +104,15 @@ pub enum ProfileError {
         /// The profile.
         name: String,
         /// Why.
+        why: String,
+    },
+    /// An IAM Identity Center profile that cannot be used as written, or whose credentials
+    /// Identity Center did not give (an expired token, a refused role).
+    #[error("the AWS profile `{name}` gets no credentials from IAM Identity Center (SSO): {why}")]
+    Sso {
+        /// The profile.
+        name: String,
+        /// Why, and what to do.
         why: String,
     },
     /// The profile's `credential_process` failed or printed no usable credentials.
@@ -124,11 +139,20 @@ pub struct ProfileEnvironment {
     /// `AWS_ENDPOINT_URL_STS`: where role profiles' `AssumeRole` goes instead of
     /// `https://sts.<region>.amazonaws.com`.
     pub sts_endpoint: Option<String>,
+    /// Where `aws sso login` caches its tokens (`~/.aws/sso/cache`).
+    pub sso_cache: Option<PathBuf>,
+    /// `AWS_ENDPOINT_URL_SSO`: where `GetRoleCredentials` goes instead of
+    /// `https://portal.sso.<sso_region>.amazonaws.com`.
+    pub sso_endpoint: Option<String>,
+    /// `AWS_ENDPOINT_URL_SSO_OIDC`: where a token's refresh (`CreateToken`) goes instead of
+    /// `https://oidc.<sso_region>.amazonaws.com`.
+    pub sso_oidc_endpoint: Option<String>,
 }
 
 impl ProfileEnvironment {
     /// The process's: `AWS_PROFILE`, `AWS_SHARED_CREDENTIALS_FILE` (else `~/.aws/credentials`) and
-    /// `AWS_CONFIG_FILE` (else `~/.aws/config`); a file is `None` when neither it nor `HOME` is set.
+    /// `AWS_CONFIG_FILE` (else `~/.aws/config`); a file is `None` when neither it nor `HOME` is set
+    /// (the token cache, `~/.aws/sso/cache`, when `HOME` is not).
     pub fn from_process() -> Self {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let home = var("HOME").map(PathBuf::from);
@@ -143,6 +167,9 @@ impl ProfileEnvironment {
                 .find_map(|name| var(name))
                 .map(|r| r.to_string_lossy().into_owned()),
             sts_endpoint: var("AWS_ENDPOINT_URL_STS").map(|e| e.to_string_lossy().into_owned()),
+            sso_cache: home.as_ref().map(|h| h.join(".aws/sso/cache")),
+            sso_endpoint: var("AWS_ENDPOINT_URL_SSO").map(|e| e.to_string_lossy().into_owned()),
+            sso_oidc_endpoint: var("AWS_ENDPOINT_URL_SSO_OIDC").map(|e| e.to_string_lossy().into_owned()),
         }
     }
 }
@@ -195,10 +222,11 @@ impl SharedProfile {
     }
 }
 
-/// Every profile of both files.
+/// Every profile of both files, and the config file's `[sso-session name]` sections.
 #[derive(Debug, Default)]
 struct Profiles {
     by_name: HashMap<String, Profile>,
+    sso_sessions: HashMap<String, HashMap<String, String>>,
 }
 
 impl Profiles {
@@ -212,7 +240,14 @@ impl Profiles {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(ProfileError::Read { path: path.clone(), why: e.to_string() }),
             };
-            for (name, properties) in parse(path, &text, from_credentials)? {
+            for (section, properties) in parse(path, &text, from_credentials)? {
+                let name = match section {
+                    Section::Profile(name) => name,
+                    Section::SsoSession(name) => {
+                        profiles.sso_sessions.entry(name).or_default().extend(properties);
+                        continue;
+                    }
+                };
                 let profile = profiles
                     .by_name
                     .entry(name.clone())
@@ -257,8 +292,8 @@ impl Profile {
         if self.get("role_arn").is_some() {
             return Some(self.assumed_role(profiles, env, chain));
         }
-        if let Some(key) = ["sso_session", "sso_start_url"].into_iter().find(|k| self.get(k).is_some()) {
-            return Some(self.unsupported(key, "IAM Identity Center (SSO)"));
+        if self.get("sso_session").is_some() || self.get("sso_start_url").is_some() {
+            return Some(sso::provider(self, profiles, env));
         }
         self.own_credentials()
     }
@@ -458,8 +493,17 @@ fn credential_source(kind: &str) -> Result<AwsCredentialProvider, String> {
     Ok(Arc::clone(store.credentials()))
 }
 
-/// A profile's name and its properties (keys lower-cased) in the order one file gives them.
-type ParsedProfile = (String, Vec<(String, String)>);
+/// A section of a shared file that sluice reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Section {
+    /// `[name]` in the credentials file, `[profile name]` or `[default]` in the config file.
+    Profile(String),
+    /// `[sso-session name]` in the config file.
+    SsoSession(String),
+}
+
+/// A section and its properties (keys lower-cased) in the order one file gives them.
+type ParsedProfile = (Section, Vec<(String, String)>);
 
 /// The properties of every profile in one shared file: in the credentials file `[name]`, in the
 /// config file `[profile name]` (or `[default]`). Keys are lower-cased; a value ends at a `#` or
@@ -488,18 +532,19 @@ fn parse(path: &Path, text: &str, credentials_file: bool) -> Result<Vec<ParsedPr
             }
             let inside = inside.trim();
             let name = if credentials_file {
-                Some(inside)
+                Some(Section::Profile(inside.to_string()))
             } else if inside == "default" {
-                Some("default")
+                Some(Section::Profile("default".to_string()))
             } else {
                 match inside.split_once(char::is_whitespace) {
-                    Some(("profile", rest)) => Some(rest.trim()),
-                    _ => None, // `[sso-session x]`, `[services x]`: not profiles
+                    Some(("profile", rest)) => Some(Section::Profile(rest.trim().to_string())),
+                    Some(("sso-session", rest)) => Some(Section::SsoSession(rest.trim().to_string())),
+                    _ => None, // `[services x]`: not read
                 }
             };
             section = Some(name.map(|name| {
-                found.iter().position(|(n, _)| n == name).unwrap_or_else(|| {
-                    found.push((name.to_string(), Vec::new()));
+                found.iter().position(|(n, _)| *n == name).unwrap_or_else(|| {
+                    found.push((name, Vec::new()));
                     found.len() - 1
                 })
             }));
@@ -655,41 +700,57 @@ impl object_store::CredentialProvider for AssumeRoleProvider {
     type Credential = AwsCredential;
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
         let assume = async {
-            let (mut attempt, mut pause) = (1, STS_FIRST_PAUSE);
-            loop {
-                match self.assume().await {
-                    Ok(assumed) => return Ok(assumed),
-                    Err(failure) if failure.retryable && attempt < STS_ATTEMPTS => {
-                        tracing::warn!(profile = %self.profile, attempt, "AssumeRole failed, trying again: {}", failure.why);
-                        tokio::time::sleep(pause).await;
-                        (attempt, pause) = (attempt + 1, pause * 2);
-                    }
-                    Err(failure) => return Err(ProfileError::Role { name: self.profile.clone(), why: failure.why }),
-                }
-            }
+            retried(&self.profile, "AssumeRole", || self.assume())
+                .await
+                .map_err(|why| ProfileError::Role { name: self.profile.clone(), why })
         };
         self.cached.get(assume).await
     }
 }
 
-/// How long an STS request may take.
+/// How long a request to STS or Identity Center may take.
 const STS_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Attempts at `AssumeRole` when STS throttles, fails (5xx) or cannot be reached (the SDKs'
-/// standard retry mode: three), the pause before the second doubling after each.
+/// Attempts at a call to STS or Identity Center when it throttles, fails (5xx) or cannot be
+/// reached (the SDKs' standard retry mode: three), the pause before the second doubling after each.
 const STS_ATTEMPTS: u32 = 3;
 const STS_FIRST_PAUSE: Duration = Duration::from_millis(200);
 
-/// Why an `AssumeRole` call gave no credentials, and whether trying again may.
+/// Why a call to STS or Identity Center gave no credentials, and whether trying again may.
 #[derive(Debug, PartialEq, Eq)]
-struct StsFailure {
+struct CallFailure {
     retryable: bool,
     why: String,
 }
 
-impl StsFailure {
+impl CallFailure {
     fn permanent(why: String) -> Self {
-        StsFailure { retryable: false, why }
+        CallFailure { retryable: false, why }
+    }
+
+    fn retryable(why: String) -> Self {
+        CallFailure { retryable: true, why }
+    }
+}
+
+/// `call` (named `operation` in the log) until it succeeds, fails for good, or has been tried
+/// [`STS_ATTEMPTS`] times; why it failed last.
+async fn retried<T, F: Future<Output = Result<T, CallFailure>>>(
+    profile: &str,
+    operation: &str,
+    mut call: impl FnMut() -> F,
+) -> Result<T, String> {
+    let (mut attempt, mut pause) = (1, STS_FIRST_PAUSE);
+    loop {
+        match call().await {
+            Ok(answer) => return Ok(answer),
+            Err(failure) if failure.retryable && attempt < STS_ATTEMPTS => {
+                tracing::warn!(profile, attempt, "{operation} failed, trying again: {}", failure.why);
+                tokio::time::sleep(pause).await;
+                (attempt, pause) = (attempt + 1, pause * 2);
+            }
+            Err(failure) => return Err(failure.why),
+        }
     }
 }
 
@@ -708,12 +769,12 @@ impl AssumeRoleProvider {
         form.finish().into_bytes()
     }
 
-    async fn assume(&self) -> Result<(AwsCredential, Option<DateTime<Utc>>), StsFailure> {
+    async fn assume(&self) -> Result<(AwsCredential, Option<DateTime<Utc>>), CallFailure> {
         let source = self
             .source
             .get_credential()
             .await
-            .map_err(|e| StsFailure::permanent(format!("its source credentials: {}", credential_error(&e))))?;
+            .map_err(|e| CallFailure::permanent(format!("its source credentials: {}", credential_error(&e))))?;
         let source = crate::api::sigv4::Credentials {
             key_id: source.key_id.clone(),
             secret: source.secret_key.clone(),
@@ -728,8 +789,8 @@ impl AssumeRoleProvider {
         let path = self.endpoint.path().to_string();
         let headers = source
             .sign_request("POST", &self.endpoint, &path, (&self.region, "sts"), headers, &body)
-            .map_err(|e| StsFailure::permanent(format!("cannot sign the AssumeRole request: {e}")))?;
-        let unanswered = |why: String| StsFailure { retryable: true, why };
+            .map_err(|e| CallFailure::permanent(format!("cannot sign the AssumeRole request: {e}")))?;
+        let unanswered = CallFailure::retryable;
         let response =
             self.client.post(self.endpoint.clone()).headers(headers).body(body).send().await.map_err(|e| {
                 unanswered(format!("STS at {} did not answer: {}", self.endpoint, sluice_engine::redact::error(&e)))
@@ -745,7 +806,7 @@ impl AssumeRoleProvider {
 fn assumed_credentials(
     status: reqwest::StatusCode,
     text: &str,
-) -> Result<(AwsCredential, Option<DateTime<Utc>>), StsFailure> {
+) -> Result<(AwsCredential, Option<DateTime<Utc>>), CallFailure> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Response {
@@ -779,7 +840,7 @@ fn assumed_credentials(
     if !status.is_success() {
         let error = quick_xml::de::from_str::<ErrorResponse>(text).ok().map(|e| e.error);
         let throttled = error.as_ref().is_some_and(|e| matches!(e.code.as_str(), "Throttling" | "ThrottlingException"));
-        return Err(StsFailure {
+        return Err(CallFailure {
             retryable: throttled || status.is_server_error(),
             why: match error {
                 Some(error) => format!("STS answered {status}: {}: {}", error.code, error.message),
@@ -788,10 +849,10 @@ fn assumed_credentials(
         });
     }
     let answer: Response = quick_xml::de::from_str(text)
-        .map_err(|_| StsFailure::permanent("STS's answer holds no AssumeRole credentials".to_string()))?;
+        .map_err(|_| CallFailure::permanent("STS's answer holds no AssumeRole credentials".to_string()))?;
     let c = answer.assume_role_result.credentials;
     let expires = DateTime::parse_from_rfc3339(&c.expiration)
-        .map_err(|e| StsFailure::permanent(format!("STS's `Expiration` is not an RFC 3339 time: {e}")))?
+        .map_err(|e| CallFailure::permanent(format!("STS's `Expiration` is not an RFC 3339 time: {e}")))?
         .with_timezone(&Utc);
     Ok((
         AwsCredential { key_id: c.access_key_id, secret_key: c.secret_access_key, token: Some(c.session_token) },
@@ -904,6 +965,9 @@ mod tests {
                 // Never AWS's: a closed port on this machine.
                 sts_endpoint: Some("http://127.0.0.1:9".into()),
                 region: None,
+                sso_cache: Some(self.dir.path().join("sso")),
+                sso_endpoint: Some("http://127.0.0.1:9".into()),
+                sso_oidc_endpoint: Some("http://127.0.0.1:9".into()),
             }
         }
     }
@@ -1086,7 +1150,7 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
                 "[kind]\nrole_arn = r\ncredential_source = Lambda\n",
                 "`credential_source` is `Lambda`, not Environment",
             ),
-            (None, "[default]\nsso_session = corp\n", "IAM Identity Center (SSO) (`sso_session`)"),
+            (None, "[default]\nsso_session = corp\n", "IAM Identity Center (SSO): it sets no `sso_account_id`"),
             (None, "[default]\naws_access_key_id AKID\n", "credentials:2: a line that is neither"),
             (None, "aws_access_key_id = AKID\n", "credentials:1: a property before any profile line"),
             (None, "[default\n", "credentials:1: a profile line without its closing `]`"),
@@ -1096,6 +1160,217 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
             let error = credential(&files.env(profile)).err().unwrap_or_else(|| panic!("{credentials}: no error"));
             assert!(error.contains(says), "{credentials}: {error}");
         }
+    }
+
+    #[test]
+    fn identity_center_profiles_missing_a_key_say_which() {
+        let session = "[sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\nsso_region = eu-west-1\n";
+        let cases = [
+            ("sso_session = corp\nsso_account_id = 1\n", "it sets no `sso_role_name`"),
+            (
+                "sso_session = other\nsso_account_id = 1\nsso_role_name = r\n",
+                "its `sso_session` is `other`, but the config file has no `[sso-session other]`",
+            ),
+            (
+                "sso_session = corp\nsso_account_id = 1\nsso_role_name = r\nsso_region = us-east-1\n",
+                "its `sso_region` (us-east-1) is not its `[sso-session corp]`'s (eu-west-1)",
+            ),
+            (
+                "sso_start_url = https://corp.awsapps.com/start\nsso_account_id = 1\nsso_role_name = r\n",
+                "it sets no `sso_region`",
+            ),
+            // No `aws sso login` yet: no cache file.
+            (
+                "sso_session = corp\nsso_account_id = 1\nsso_role_name = r\n",
+                "is missing): run `aws sso login --sso-session corp`",
+            ),
+        ];
+        for (profile, says) in cases {
+            let files = Files::new("", &format!("[profile p]\n{profile}\n{session}"));
+            let error = credential(&files.env(Some("p"))).err().unwrap_or_else(|| panic!("{profile}: no error"));
+            assert!(
+                error.starts_with("the AWS profile `p` gets no credentials from IAM Identity Center (SSO): ")
+                    && error.contains(says),
+                "{profile}: {error}"
+            );
+        }
+        let files = Files::new("", &format!("[profile s]\nsso_session = corp\n{session}"));
+        let error = credential(&files.env(Some("s"))).err().unwrap_or_default();
+        assert!(error.contains("it sets no `sso_account_id`"), "{error}");
+    }
+
+    /// Identity Center's two services as their API references describe them: `GetRoleCredentials`
+    /// gives role credentials for a known bearer token (any other is `UnauthorizedException`), and
+    /// `CreateToken` gives `new-token` for the refresh token `refresh-1` of client `client` (any
+    /// other grant is `invalid_grant`). Returns its URL and the bearer tokens it was shown.
+    fn identity_center(runtime: &tokio::runtime::Runtime) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        let shown = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&shown);
+        let app = axum::Router::new()
+            .route(
+                "/federation/credentials",
+                axum::routing::get(
+                    move |headers: axum::http::HeaderMap, uri: axum::http::Uri| {
+                        let seen = Arc::clone(&seen);
+                        async move {
+                            let query: HashMap<String, String> =
+                                url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+                            let token = headers
+                                .get("x-amz-sso_bearer_token")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(token.clone());
+                            let wanted = (query.get("account_id").map(String::as_str), query.get("role_name").map(String::as_str));
+                            if !["old-token", "new-token"].contains(&token.as_str()) || wanted != (Some("123456789012"), Some("LakeWriter")) {
+                                return (
+                                    axum::http::StatusCode::UNAUTHORIZED,
+                                    [("x-amzn-ErrorType", "UnauthorizedException:http://internal.amazon.com/coral/")],
+                                    r#"{"message":"Session token not found or invalid"}"#.to_string(),
+                                );
+                            }
+                            let expiration = (Utc::now() + chrono::Duration::hours(1)).timestamp_millis();
+                            let answer = format!(
+                                r#"{{"roleCredentials":{{"accessKeyId":"ASIA-{token}","secretAccessKey":"s","sessionToken":"t","expiration":{expiration}}}}}"#
+                            );
+                            (axum::http::StatusCode::OK, [("x-amzn-ErrorType", "")], answer)
+                        }
+                    },
+                ),
+            )
+            .route(
+                "/token",
+                axum::routing::post(|body: axum::body::Bytes| async move {
+                    let grant: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let field = |k: &str| grant.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                    if (field("clientId"), field("clientSecret"), field("grantType"), field("refreshToken"))
+                        != ("client".into(), "client-secret".into(), "refresh_token".into(), "refresh-1".into())
+                    {
+                        return (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            r#"{"error":"invalid_grant","error_description":"Invalid refresh token provided"}"#,
+                        );
+                    }
+                    (
+                        axum::http::StatusCode::OK,
+                        r#"{"accessToken":"new-token","expiresIn":28800,"refreshToken":"refresh-2","tokenType":"Bearer"}"#,
+                    )
+                }),
+            );
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap_or_else(|e| panic!("{e}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{address}"), shown)
+    }
+
+    #[test]
+    fn identity_center_tokens_are_exchanged_for_role_credentials_and_refreshed_when_due() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (center, shown) = identity_center(&runtime);
+        let config = "[profile lake]\nsso_session = corp\nsso_account_id = 123456789012\nsso_role_name = LakeWriter\nregion = eu-west-1\n\n\
+                      [sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\nsso_region = eu-west-1\n\n\
+                      [profile old]\nsso_start_url = https://corp.awsapps.com/start\nsso_region = eu-west-1\nsso_account_id = 123456789012\nsso_role_name = LakeWriter\n";
+        let files = Files::new("", config);
+        let env = ProfileEnvironment {
+            sso_endpoint: Some(center.clone()),
+            sso_oidc_endpoint: Some(center.clone()),
+            ..files.env(Some("lake"))
+        };
+        let cache = files.dir.path().join("sso");
+        std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("{e}"));
+        let session_file = cache.join(sso::token_file_name("corp"));
+        let in_minutes =
+            |m: i64| (Utc::now() + chrono::Duration::minutes(m)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let write = |token: &str, expires: &str, refresh: &str| {
+            let json = format!(
+                r#"{{"startUrl":"https://corp.awsapps.com/start","region":"eu-west-1","accessToken":"{token}","expiresAt":"{expires}","clientId":"client","clientSecret":"client-secret","registrationExpiresAt":"{}","refreshToken":"{refresh}"}}"#,
+                in_minutes(60 * 24 * 60)
+            );
+            std::fs::write(&session_file, json).unwrap_or_else(|e| panic!("{e}"));
+        };
+        let token_file = || -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(&session_file).unwrap_or_default()).unwrap_or_default()
+        };
+        let take_shown = || std::mem::take(&mut *shown.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+
+        // A token valid for an hour: used as it is, the file untouched.
+        write("old-token", &in_minutes(60), "refresh-1");
+        assert_eq!(credential(&env).unwrap_or_else(|e| panic!("{e}")).key_id, "ASIA-old-token");
+        assert_eq!(
+            (take_shown(), token_file()["accessToken"].as_str()),
+            (vec!["old-token".to_string()], Some("old-token"))
+        );
+
+        // Two minutes left: refreshed first, the new token written back with the rest kept.
+        write("old-token", &in_minutes(2), "refresh-1");
+        let c = credential(&env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.key_id.as_str(), c.token.as_deref()), ("ASIA-new-token", Some("t")));
+        assert_eq!(take_shown(), ["new-token"]);
+        let saved = token_file();
+        assert_eq!(
+            (saved["accessToken"].as_str(), saved["refreshToken"].as_str(), saved["startUrl"].as_str()),
+            (Some("new-token"), Some("refresh-2"), Some("https://corp.awsapps.com/start"))
+        );
+        let expires = saved["expiresAt"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+        assert!(expires.is_some_and(|t| (t.timestamp() - (Utc::now().timestamp() + 28_800)).abs() < 60), "{saved}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&session_file).map(|m| m.permissions().mode() & 0o777).unwrap_or_default();
+            assert_eq!(mode, 0o600);
+        }
+
+        // Two minutes left and the refresh refused: the still valid token is used.
+        write("old-token", &in_minutes(2), "revoked");
+        assert_eq!(credential(&env).unwrap_or_else(|e| panic!("{e}")).key_id, "ASIA-old-token");
+        assert_eq!(take_shown(), ["old-token"]);
+
+        // Expired and the refresh refused: log in again.
+        write("old-token", &in_minutes(-1), "revoked");
+        let error = credential(&env).err().unwrap_or_default();
+        assert!(
+            error.contains("its token expired at")
+                && error.contains("could not be refreshed (SSO OIDC answered 400 Bad Request: invalid_grant: Invalid refresh token provided)")
+                && error.ends_with("run `aws sso login --sso-session corp`"),
+            "{error}"
+        );
+        // A token Identity Center no longer knows.
+        write("forgotten-token", &in_minutes(60), "refresh-1");
+        let error = credential(&env).err().unwrap_or_default();
+        assert!(
+            error.contains(
+                "UnauthorizedException: Session token not found or invalid: run `aws sso login --sso-session corp`"
+            ),
+            "{error}"
+        );
+        // Refused, not tried again; the expired token before it was never sent.
+        assert_eq!(take_shown(), ["forgotten-token"]);
+
+        // The older form: its cache file is named by the start URL, and it is never refreshed.
+        let old_file = cache.join(sso::token_file_name("https://corp.awsapps.com/start"));
+        let old = ProfileEnvironment { profile: Some("old".into()), ..env.clone() };
+        std::fs::write(&old_file, format!(r#"{{"accessToken":"old-token","expiresAt":"{}"}}"#, in_minutes(60)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(credential(&old).unwrap_or_else(|e| panic!("{e}")).key_id, "ASIA-old-token");
+        std::fs::write(
+            &old_file,
+            format!(
+                r#"{{"accessToken":"old-token","expiresAt":"{}","refreshToken":"refresh-1","clientId":"client","clientSecret":"client-secret","registrationExpiresAt":"{}"}}"#,
+                in_minutes(-1),
+                in_minutes(600)
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let error = credential(&old).err().unwrap_or_default();
+        assert!(
+            error.contains("its token expired at") && error.ends_with("run `aws sso login --profile old`"),
+            "{error}"
+        );
+        assert!(!error.contains("secret") && !error.contains("refresh-1") && !error.contains("old-token"), "{error}");
     }
 
     /// A `credential_process` that never answers is stopped at its time limit (killed, not left
@@ -1202,7 +1477,7 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
             "STS answered 403 Forbidden: AccessDenied: User: arn:aws:iam::1:user/u is not authorized to perform: sts:AssumeRole"
         );
         let error = assumed_credentials(reqwest::StatusCode::OK, "<html/>").err();
-        assert_eq!(error, Some(StsFailure::permanent("STS's answer holds no AssumeRole credentials".into())));
+        assert_eq!(error, Some(CallFailure::permanent("STS's answer holds no AssumeRole credentials".into())));
         // Throttling and STS's own failures are worth another attempt; a refusal is not.
         let throttled = "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>";
         let retryable = |status: u16, text: &str| {
