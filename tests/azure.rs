@@ -179,4 +179,26 @@ fn a_refused_key_stops_an_azure_run_at_start() {
     assert_eq!(output.status.code(), Some(1), "{said}");
     assert!(said.contains("az://lake/trail refused our credentials") && said.contains("403"), "{said}");
     assert!(!said.contains(&wrong_key), "the key is never printed: {said}");
+    // A container that does not exist stops it too, named as such; an empty prefix of one that
+    // does (no probe object there) is no problem.
+    let no_key = "options = { use_emulator = \"true\" }";
+    let missing = pipeline(dir.path(), "missing", source, &format!("url = \"az://nolake/trail\"\n{no_key}"));
+    let output = azurite.run(&missing);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the container of az://nolake/trail does not exist; create it, or correct the URL"),
+        "{said}"
+    );
+    let fine = pipeline(
+        dir.path(),
+        "fine",
+        source,
+        &format!("url = \"az://lake/fresh/prefix\"\nformat = \"ndjson\"\n{no_key}"),
+    );
+    let output = azurite.run(&fine);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines = "lake = service.get_container_client('lake')\n\
+                 print(sum(len(lake.download_blob(b.name).readall().splitlines()) for b in lake.list_blobs(name_starts_with='fresh/')))";
+    assert_eq!(azurite.sdk(lines), "100");
 }

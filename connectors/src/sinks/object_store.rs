@@ -225,6 +225,19 @@ fn client_trusting(
     client
 }
 
+/// Whether a store's answer, as `error` and its causes say it, names the store's error `code` (the
+/// response body object_store keeps in its errors: the only place it passes a store's own code on).
+fn answer_names(error: &object_store::Error, code: &str) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.to_string().contains(code) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// No retries inside object_store: the engine's retry policy is the one that counts.
 fn no_client_retries() -> RetryConfig {
     RetryConfig { max_retries: 0, ..RetryConfig::default() }
@@ -1061,7 +1074,7 @@ impl Sink for ObjectStoreSink {
     /// finds credentials as the store will (none at all stops the run: every delivery would fail),
     /// aborts the multipart uploads an interrupted run left open, and (unless `healthcheck =
     /// false`) checks that the store takes the credentials with a HEAD under the prefix, and that
-    /// its bucket exists. Refused credentials and a missing bucket stop the run before anything is
+    /// its bucket (S3) or container (Azure) exists. Refused credentials and a missing bucket stop the run before anything is
     /// read (otherwise every object would go to an error output in the same store, which refuses
     /// it too, and delivery would block); an unreachable store only warns, since a stream run
     /// should take data while its destination is down.
@@ -1121,6 +1134,19 @@ impl Sink for ObjectStoreSink {
                         _ => Ok(()),
                     }
                 }
+                // Azure's answer to a HEAD carries its error code in a header object_store does not
+                // keep; a GET's body names it: `ContainerNotFound` when the container is missing
+                // (`BlobNotFound` when only the probe is).
+                Err(object_store::Error::NotFound { .. }) if code_prefix == "Azure" => match store.get(&location).await
+                {
+                    Err(e @ object_store::Error::NotFound { .. }) if answer_names(&e, "ContainerNotFound") => {
+                        Err(DeliveryError::Permanent {
+                            code: format!("{code_prefix}.ContainerNotFound"),
+                            message: format!("the container of {url} does not exist; create it, or correct the URL"),
+                        })
+                    }
+                    _ => Ok(()),
+                },
                 Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(
                     e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }),
