@@ -5,7 +5,8 @@
 //! a blank one, 5 for no data) or raw bodies, `{"text":"Success","code":0,"ackId":n}` with ack ids
 //! counted per channel, `/services/collector/ack` answering each id `true` once it is indexed and
 //! only once, acknowledgement disabled (no `ackId`; the ack endpoint answers 400 code 14), busy
-//! (503 code 9) and `/services/collector/health` (code 17). Every record is indexed exactly once
+//! (503 code 9) and `/services/collector/health` (code 17; 503 code 18 when busy, which the sink
+//! only warns about). Every record is indexed exactly once
 //! when acks arrive; a busy server is retried; refused tokens and disabled acks end in the backup
 //! store with `EventId`s; a withheld ack ends in a backup with `Splunk.AckTimeout`.
 
@@ -28,7 +29,8 @@ const TOKEN: &str = "7b5a6f0e-2c3d-4e5f-8a9b-0c1d2e3f4a5b";
 enum Behaviour {
     /// Acknowledges each request this long after indexing it.
     AckAfter(Duration),
-    /// Answers the first `n` requests 503 "Server is busy" (code 9), then acknowledges at once.
+    /// Answers the first `n` requests 503 "Server is busy" (code 9), then acknowledges at once; its
+    /// health endpoint answers 503 "HEC is unhealthy, queues are full" (code 18).
     BusyFirst(usize),
     /// Indexes, but never acknowledges.
     WithholdAcks,
@@ -57,6 +59,8 @@ struct Hec {
     channels: Vec<String>,
     requests: usize,
     acks_reported: usize,
+    /// Requests to the health endpoint.
+    health_checks: usize,
 }
 
 struct Receiver {
@@ -136,6 +140,7 @@ fn receiver_over(behaviour: Behaviour, tls: Option<axum_server::tls_rustls::Rust
     let hec = Arc::new(Mutex::new(Hec::default()));
     let behaviour = Arc::new(Mutex::new(behaviour));
     let (state, behaving) = (Arc::clone(&hec), Arc::clone(&behaviour));
+    let (hec_health, behaving_health) = (Arc::clone(&hec), Arc::clone(&behaviour));
     let send = move |raw: bool| {
         let (state, behaving) = (Arc::clone(&state), Arc::clone(&behaving));
         move |headers: axum::http::HeaderMap, uri: axum::http::Uri, body: axum::body::Bytes| {
@@ -228,7 +233,19 @@ fn receiver_over(behaviour: Behaviour, tls: Option<axum_server::tls_rustls::Rust
         .route("/services/collector/event", axum::routing::post(send(false)))
         .route("/services/collector/raw", axum::routing::post(send(true)))
         .route("/services/collector/ack", axum::routing::post(ack))
-        .route("/services/collector/health", axum::routing::get(|| async { answer(200, "HEC is healthy", 17) }));
+        .route(
+            "/services/collector/health",
+            axum::routing::get(move || {
+                let (state, behaviour) = (Arc::clone(&hec_health), *behaving_health.lock().unwrap());
+                async move {
+                    state.lock().unwrap().health_checks += 1;
+                    match behaviour {
+                        Behaviour::BusyFirst(_) => answer(503, "HEC is unhealthy, queues are full", 18),
+                        _ => answer(200, "HEC is healthy", 17),
+                    }
+                }
+            }),
+        );
     Receiver { url: super::support::serve(&runtime, app, tls), hec, behaviour, _runtime: runtime }
 }
 
@@ -295,6 +312,8 @@ fn a_busy_server_is_retried_and_raw_requests_concatenate_records() {
     assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 500);
     let seen = hec.hec.lock().unwrap();
     assert!(seen.requests >= 3, "two refused, then taken: {}", seen.requests);
+    // The start-up check found HEC unhealthy (503 code 18) and delivered anyway: busy is not down.
+    assert_eq!(seen.health_checks, 1);
     // Raw: the records' bytes with no delimiter (Firehose's behaviour), in one request.
     assert_eq!(seen.events, vec![generated(Profile::Cloudtrail, 8, 500).concat()]);
 }
