@@ -11,18 +11,26 @@ use super::support::{
 };
 
 /// The page's figures move and match /metrics, its layout holds still, an outage shows in the
-/// success ratio and the error list, it loads nothing from elsewhere; the screenshot lands in
-/// target/test-output/dashboard/.
+/// success ratio and the error list, a Kinesis source reading an hour behind its stream (moto,
+/// behind the test proxy that says so as Kinesis would) shows in red, it loads nothing from
+/// elsewhere; the screenshot lands in target/test-output/dashboard/.
 #[test]
 fn the_dashboard_in_chromium_follows_a_run_and_shows_an_outage() {
     let work = tempfile::tempdir().unwrap();
     let out = repo_root().join("target/test-output/dashboard");
     let _ = std::fs::remove_file(out.join("dashboard.png"));
+    let moto = super::security::Moto::start();
+    let stream = super::kinesis::create_stream(&moto, "trail", 1);
+    let behind = std::sync::Arc::new(super::kinesis::Faults::behind(3_600_000));
+    let (kinesis, _proxy_runtime) = super::kinesis::fault_proxy(&moto.endpoint, behind);
     let checked = Command::new(python())
         .arg(repo_root().join("tests/dashboard_check.py"))
         .arg(env!("CARGO_BIN_EXE_sluice"))
         .arg(work.path())
         .arg(&out)
+        .arg(format!("http://127.0.0.1:{kinesis}"))
+        .arg(&stream)
+        .envs(super::security::aws_env())
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&checked.stdout);

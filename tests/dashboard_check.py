@@ -1,6 +1,6 @@
 """The dashboard (issue 19 §1) in a real browser: Debian's Chromium driven by Playwright.
 
-    dashboard_check.py SLUICE WORKDIR OUTDIR
+    dashboard_check.py SLUICE WORKDIR OUTDIR [KINESIS_ENDPOINT STREAM_ARN]
 
 Starts a Firehose HTTP endpoint receiver (Firehose's HTTP endpoint protocol: 200 with the request's
 requestId, or 503 while an outage is injected), runs `SLUICE run --admin` on a pipeline whose
@@ -11,6 +11,8 @@ the whole time, and checks in the page:
     within a second's tolerance;
   - the layout does not jump as numbers change;
   - an outage of the destination shows in the success ratio, the retries and the error list;
+  - with a Kinesis stream given (one the source reads an hour behind its tip), how far behind
+    shows in its tile, in red, as /metrics says;
 then takes a screenshot into OUTDIR. Prints a JSON report; exits non-zero when a check fails.
 """
 
@@ -111,6 +113,7 @@ def metric(samples, family, **labels):
 
 def main():
     sluice, workdir, outdir = sys.argv[1:4]
+    kinesis = sys.argv[4:6]
     os.makedirs(outdir, exist_ok=True)
     receiver_port, api_port, admin_port = free_port(), free_port(), free_port()
     server = ThreadingHTTPServer(("127.0.0.1", receiver_port), Receiver)
@@ -131,9 +134,10 @@ type = "jq"
 inputs = ["api"]
 query = 'select(.level != "debug")'
 
+{kinesis_source(kinesis)}
 [sinks.collector]
 type = "http_endpoint"
-inputs = ["no_debug"]
+inputs = ["no_debug"{', "trail"' if kinesis else ''}]
 url = "http://127.0.0.1:{receiver_port}/in"
 buffer = {{ size_mb = 1, interval_s = 1 }}
 retry = {{ duration_s = 3 }}
@@ -158,7 +162,7 @@ backup_store = {{ url = "file://{workdir}/backup" }}
         sent = [0]
         producer = threading.Thread(target=produce, args=(f"http://127.0.0.1:{api_port}", stop, sent), daemon=True)
         producer.start()
-        run_checks(admin, outdir, report)
+        run_checks(admin, outdir, report, bool(kinesis))
         stop.set()
         producer.join(timeout=10)
         report["sent"] = sent[0]
@@ -175,7 +179,20 @@ backup_store = {{ url = "file://{workdir}/backup" }}
         sys.exit(1)
 
 
-def run_checks(admin, outdir, report):
+def kinesis_source(kinesis):
+    """The `trail` source's table when a Kinesis endpoint and stream are given."""
+    if not kinesis:
+        return ""
+    endpoint, stream = kinesis
+    return f"""[sources.trail]
+type = "kinesis"
+stream = "{stream}"
+endpoint = "{endpoint}"
+poll_ms = 200
+"""
+
+
+def run_checks(admin, outdir, report, kinesis):
     checks = report["checks"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
@@ -233,6 +250,25 @@ def run_checks(admin, outdir, report):
             checks[f"{name} matches /metrics"] = ok
         report["compared"] = compared
         checks["transform drops the debug records"] = (compared["transform dropped"]["page"] or 0) > 0
+
+        if kinesis:
+            # How far the Kinesis source reads behind: an hour, past the alert's five minutes.
+            behind = f'{stream}[data-metric="kinesis_behind_s"]'
+            try:
+                page.wait_for_function(
+                    "s => { const e = document.querySelector(s); return e && e.dataset.value !== ''; }",
+                    arg=behind,
+                    timeout=20_000,
+                )
+                element = page.locator(behind).first
+                report["kinesis behind"] = [element.text_content(), value(behind), element.get_attribute("class")]
+                gauge = metric(scrape(admin), "sluice_KinesisMillisBehindLatest", stream=STREAM)
+                checks["kinesis lag matches /metrics"] = value(behind) == gauge / 1000 == 3600
+                checks["kinesis lag shown in red past 5 min"] = "bad" in (element.get_attribute("class") or "").split()
+                checks["kinesis lag reads as a duration"] = element.text_content() == "1 h 00 min"
+            except Exception as e:  # noqa: BLE001 (the report says which check failed)
+                checks["kinesis lag matches /metrics"] = False
+                report["kinesis error"] = str(e)
 
         # No layout jump: the tiles and tables keep their boxes while numbers change.
         boxes = "() => [...document.querySelectorAll('.tile, table, .errors')].map(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height].map(Math.round).join(','); })"

@@ -714,10 +714,9 @@ impl PipelineMetrics {
             for (family, n) in source.own_counts.lock().iter().flat_map(|c| c.iter()) {
                 own.entry(family).or_insert(("counter", 0)).1 += n;
             }
-            for (family, value) in source.own_gauges.lock().iter().flat_map(|g| g.iter()) {
-                let largest = &mut own.entry(family).or_insert(("gauge", 0)).1;
-                *largest = (*largest).max(*value);
-            }
+        }
+        for (family, value) in self.source_gauges() {
+            own.insert(family, ("gauge", value));
         }
         for (family, (kind, value)) in own {
             text.sample(&format!("sluice_{family}"), kind, &stream_label, value);
@@ -830,6 +829,19 @@ impl PipelineMetrics {
         {
             errors.push(error);
         }
+    }
+
+    /// The sources' own gauges (a Kinesis source's `KinesisMillisBehindLatest`), each the largest
+    /// over the stream's sources: what `/metrics` and the dashboard show.
+    pub fn source_gauges(&self) -> BTreeMap<&'static str, u64> {
+        let mut gauges: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for source in &self.sources {
+            for (&family, &value) in source.own_gauges.lock().iter().flat_map(|g| g.iter()) {
+                let largest = gauges.entry(family).or_default();
+                *largest = (*largest).max(value);
+            }
+        }
+        gauges
     }
 
     /// Records read by every source.

@@ -4,7 +4,8 @@
 //! minutes), then a `frame` event every second with the newest frame and the last 50 errors.
 //!
 //! A frame holds, per pipeline (stream): incoming records/s and bytes/s, throttled records/s,
-//! in-flight bytes against their limit, the write-ahead log against `retention.max_gb`; per sink,
+//! in-flight bytes against their limit, the write-ahead log against `retention.max_gb`, how far a
+//! Kinesis source reads behind its stream (`KinesisMillisBehindLatest`, when it has one); per sink,
 //! delivered records/s, the success ratio of delivery attempts over the last minute, retries/s,
 //! records sent to the error output by reason, bytes buffered against `size_mb`, the oldest
 //! buffered record's age against `interval_s` and data freshness; per transform records in, out,
@@ -81,6 +82,9 @@ pub struct StreamFrame {
     pub log_bytes: u64,
     /// `retention.max_gb` in bytes.
     pub log_limit_bytes: Option<u64>,
+    /// The sources' own gauges by family, each the largest over the stream's sources (a Kinesis
+    /// source's `KinesisMillisBehindLatest`: how far behind its stream's tip it reads, in ms).
+    pub source_gauges: BTreeMap<&'static str, u64>,
     /// Per sink, in plan order.
     pub sinks: Vec<SinkFrame>,
     /// Per transform, in plan order.
@@ -272,6 +276,7 @@ fn stream_frame(
         inflight_limit_bytes,
         log_bytes: api.log_bytes.load(Relaxed),
         log_limit_bytes: (retention > 0).then_some(retention),
+        source_gauges: m.source_gauges(),
         sinks,
         transforms,
     }

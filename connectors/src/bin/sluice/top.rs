@@ -1,7 +1,7 @@
 //! `sluice top ADDR`: the admin endpoint's figures as a terminal view, for an ssh session where no
 //! browser reaches the dashboard. It scrapes `GET /metrics` once a second and redraws: per stream
 //! incoming records/s and MB/s, throttled records/s, in-flight bytes and the write-ahead log's
-//! size; per sink delivered records/s, the success ratio, retries/s, bytes buffered, data freshness
+//! size, and how far a Kinesis source reads behind its stream; per sink delivered records/s, the success ratio, retries/s, bytes buffered, data freshness
 //! and records sent to the error output; per transform records in/out/dropped/failed per second.
 //!
 //! Guarantees: it only reads `/metrics`; an address that does not answer is shown as such and
@@ -130,6 +130,12 @@ fn frame(address: SocketAddr, now: &Scrape, before: Option<&Scrape>) -> String {
             "{s:<28} {records:>12.0} {:>10.2} {throttled:>13.0} {inflight:>13.1} {log:>10.1}\n",
             bytes / 1e6
         ));
+        let kinesis = |f: &str| f == "sluice_KinesisMillisBehindLatest";
+        if now.labels(kinesis, &["stream"]).iter().any(|l| l[0] == s) {
+            let behind = now.value(kinesis, &with) / 1000.0;
+            let alert = if behind > 300.0 { "  (past the 5 min alert)" } else { "" };
+            out.push_str(&format!("{:<28} kinesis source {behind:.1} s behind its stream{alert}\n", ""));
+        }
     }
     out.push_str(&format!(
         "\n{:<28} {:>12} {:>8} {:>10} {:>12} {:>12} {:>13}\n",
@@ -287,5 +293,11 @@ mod tests {
         assert!(stream.contains(" 1000 ") && stream.contains(" 0.10 "), "{shown}");
         let sink = shown.lines().find(|l| l.starts_with("s/out")).unwrap();
         assert!(sink.contains(" 1000 ") && sink.contains(" 0.500 "), "{shown}");
+        assert!(!shown.contains("kinesis"), "{shown}");
+        // A stream with a Kinesis source an hour behind says so under its line.
+        let lagging = format!("{}sluice_KinesisMillisBehindLatest{{stream=\"s\"}} 3600000\n", text(3000));
+        let now = Scrape { at: start + Duration::from_secs(2), samples: parse(&lagging) };
+        let shown = frame("127.0.0.1:1".parse().unwrap(), &now, Some(&before));
+        assert!(shown.contains("kinesis source 3600.0 s behind its stream  (past the 5 min alert)"), "{shown}");
     }
 }
