@@ -342,7 +342,7 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
     let (sts, sessions) = security_token_service(&runtime);
     let instance = super::support::instance_metadata(&runtime, Arc::new(AtomicU64::new(0)));
     let pipeline = work.path().join("p.toml");
-    let run = |profile: &str, name: &str| {
+    let run_as = |variable: &str, profile: &str, name: &str| {
         let toml = format!(
             "[pipeline]\nname = \"{name}\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 300\nseed = 5\n\
              [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\nformat = \"ndjson\"\nprefix = \"{name}/\"\n{sink}\n"
@@ -354,12 +354,13 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
             .without_aws_keys()
             .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
             .env("AWS_CONFIG_FILE", &config)
-            .env("AWS_PROFILE", profile)
+            .env(variable, profile)
             .env("AWS_ENDPOINT_URL_STS", &sts)
             .env("AWS_METADATA_ENDPOINT", format!("http://127.0.0.1:{instance}"))
             .output()
             .unwrap()
     };
+    let run = |profile: &str, name: &str| run_as("AWS_PROFILE", profile, name);
     let lines_under = |prefix: &str| {
         let objects = folder_objects(&server.root.join("bkt"));
         objects
@@ -373,6 +374,13 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
         assert!(out.status.success(), "{profile}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(lines_under(name), 300, "{profile}");
     }
+    // botocore's older name for the variable, read when AWS_PROFILE is not set.
+    let out = run_as("AWS_DEFAULT_PROFILE", "lake", "older");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines_under("older"), 300);
+    let out = run_as("AWS_DEFAULT_PROFILE", "nope", "older-nope");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("AWS_DEFAULT_PROFILE is `nope`, but neither"), "{stderr}");
     // The default profile's keys are refused: the profile is what chose the right ones.
     let out = run("default", "default");
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
@@ -391,7 +399,12 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
         let out = run(profile, profile);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains("no credentials were found for s3://bkt/archive") && stderr.contains(says), "{stderr}");
+        assert!(
+            stderr.contains("no credentials were found for s3://bkt/archive: ") && stderr.contains(says),
+            "{stderr}"
+        );
+        // The profile's own words say what to do; the generic advice on where else to put keys does not follow.
+        assert!(!stderr.contains("skip_signature"), "{stderr}");
     }
     assert_eq!(lines_under("default") + lines_under("nope") + lines_under("expired") + lines_under("denied"), 0);
     // The role was asked for with the profile's session name, once per run (cached meanwhile) after
@@ -498,6 +511,7 @@ fn credentials_come_from_an_iam_identity_center_session() {
         "{stderr}"
     );
     assert!(!stderr.contains("cli-secret") && !stderr.contains("second-token"), "{stderr}");
+    assert!(!stderr.contains("skip_signature"), "{stderr}");
     assert_eq!(lines_under("expired"), 0);
 }
 

@@ -82,7 +82,8 @@ pub fn sluice() -> std::process::Command {
         .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws/credentials")
         .env("AWS_CONFIG_FILE", "/nonexistent/aws/config")
-        .env_remove("AWS_PROFILE");
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_DEFAULT_PROFILE");
     cmd
 }
 

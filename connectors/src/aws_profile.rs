@@ -1,6 +1,6 @@
 //! The AWS shared config and credentials files (`~/.aws/credentials`, `~/.aws/config`: what
 //! `aws configure` writes), read as the AWS SDKs read them: the profile `AWS_PROFILE` names (else
-//! `default`), from `AWS_SHARED_CREDENTIALS_FILE` and `AWS_CONFIG_FILE` when set. A profile gives
+//! `AWS_DEFAULT_PROFILE`, which botocore and the AWS CLI also read, else `default`), from `AWS_SHARED_CREDENTIALS_FILE` and `AWS_CONFIG_FILE` when set. A profile gives
 //! credentials by static keys (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`),
 //! by `credential_process` (a command printing the SDKs' JSON), by a role (`role_arn`: STS
 //! `AssumeRole`, signed with the credentials of its `source_profile` or `credential_source`), or by
@@ -60,12 +60,14 @@ pub enum ProfileError {
         /// What is wrong with it.
         what: String,
     },
-    /// `AWS_PROFILE` names a profile neither file has.
+    /// `AWS_PROFILE` (or `AWS_DEFAULT_PROFILE`) names a profile neither file has.
     #[error(
-        "AWS_PROFILE is `{name}`, but neither {credentials} nor {config} has that profile (in the config file \
+        "{variable} is `{name}`, but neither {credentials} nor {config} has that profile (in the config file \
          it is `[profile {name}]`)"
     )]
     Missing {
+        /// The variable that named it.
+        variable: &'static str,
         /// The profile asked for.
         name: String,
         /// The credentials file read.
@@ -128,8 +130,10 @@ pub enum ProfileError {
 /// Where the shared files are and which profile is selected: the process's environment, or given.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ProfileEnvironment {
-    /// `AWS_PROFILE`, when set.
+    /// `AWS_PROFILE` (else `AWS_DEFAULT_PROFILE`), when set.
     pub profile: Option<String>,
+    /// Which of the two set [`Self::profile`] (in errors).
+    pub profile_variable: &'static str,
     /// The shared credentials file.
     pub credentials_file: Option<PathBuf>,
     /// The shared config file.
@@ -150,16 +154,20 @@ pub struct ProfileEnvironment {
 }
 
 impl ProfileEnvironment {
-    /// The process's: `AWS_PROFILE`, `AWS_SHARED_CREDENTIALS_FILE` (else `~/.aws/credentials`) and
+    /// The process's: `AWS_PROFILE` (else `AWS_DEFAULT_PROFILE`), `AWS_SHARED_CREDENTIALS_FILE` (else `~/.aws/credentials`) and
     /// `AWS_CONFIG_FILE` (else `~/.aws/config`); a file is `None` when neither it nor `HOME` is set
     /// (the token cache, `~/.aws/sso/cache`, when `HOME` is not).
     pub fn from_process() -> Self {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let home = var("HOME").map(PathBuf::from);
+        // The Rust, Java and Go SDKs read AWS_PROFILE only; botocore (the AWS CLI, boto3) also
+        // AWS_DEFAULT_PROFILE, an older name: read when AWS_PROFILE is not set.
+        let profile = ["AWS_PROFILE", "AWS_DEFAULT_PROFILE"].into_iter().find_map(|name| var(name).map(|v| (name, v)));
         let file =
             |name: &str, default: &str| var(name).map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(default)));
         ProfileEnvironment {
-            profile: var("AWS_PROFILE").map(|p| p.to_string_lossy().into_owned()),
+            profile: profile.as_ref().map(|(_, p)| p.to_string_lossy().into_owned()),
+            profile_variable: profile.map_or("AWS_PROFILE", |(variable, _)| variable),
             credentials_file: file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
             config_file: file("AWS_CONFIG_FILE", ".aws/config"),
             region: ["AWS_REGION", "AWS_DEFAULT_REGION"]
@@ -212,6 +220,7 @@ impl SharedProfile {
             None if env.profile.is_none() => SharedProfile::default(),
             None => SharedProfile {
                 credentials: Some(failing(ProfileError::Missing {
+                    variable: if env.profile_variable.is_empty() { "AWS_PROFILE" } else { env.profile_variable },
                     name: name.to_string(),
                     credentials: env.credentials_file.clone().unwrap_or_else(|| "~/.aws/credentials".into()),
                     config: env.config_file.clone().unwrap_or_else(|| "~/.aws/config".into()),
@@ -608,6 +617,12 @@ fn generic(error: ProfileError) -> object_store::Error {
     object_store::Error::Generic { store: PROFILE_ERRORS, source: Box::new(error) }
 }
 
+/// Whether a credential provider's error is a profile's own (one this module's providers gave):
+/// it says what to do about that profile, and no other source of credentials was asked.
+pub fn is_profile_error(error: &object_store::Error) -> bool {
+    matches!(error, object_store::Error::Generic { store: PROFILE_ERRORS, .. })
+}
+
 /// What a credential provider's error says: a profile's problem as this module words it, another
 /// (object_store's own providers') with its causes, secrets redacted.
 pub fn credential_error(error: &object_store::Error) -> String {
@@ -960,6 +975,7 @@ mod tests {
         fn env(&self, profile: Option<&str>) -> ProfileEnvironment {
             ProfileEnvironment {
                 profile: profile.map(str::to_string),
+                profile_variable: "AWS_PROFILE",
                 credentials_file: Some(self.dir.path().join("credentials")),
                 config_file: Some(self.dir.path().join("config")),
                 // Never AWS's: a closed port on this machine.

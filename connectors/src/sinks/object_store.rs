@@ -124,7 +124,16 @@ pub struct ObjectStoreSink {
 }
 
 /// A store's own way of finding credentials, run once at start.
-type CredentialCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+type CredentialCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), NoCredentials>> + Send + Sync>;
+
+/// Why a store has no credentials.
+#[derive(Debug)]
+enum NoCredentials {
+    /// The selected AWS profile cannot give them: its own words say what to do.
+    Profile(String),
+    /// None of the places the store looks gave any.
+    NoneFound(String),
+}
 
 /// The check for a store whose credentials come from `provider`.
 fn credential_check<C: Send + Sync + 'static>(
@@ -133,7 +142,14 @@ fn credential_check<C: Send + Sync + 'static>(
     Arc::new(move || {
         let provider = Arc::clone(&provider);
         Box::pin(async move {
-            provider.get_credential().await.map(|_| ()).map_err(|e| crate::aws_profile::credential_error(&e))
+            provider.get_credential().await.map(|_| ()).map_err(|e| {
+                let why = crate::aws_profile::credential_error(&e);
+                if crate::aws_profile::is_profile_error(&e) {
+                    NoCredentials::Profile(why)
+                } else {
+                    NoCredentials::NoneFound(why)
+                }
+            })
         })
     })
 }
@@ -1089,15 +1105,16 @@ impl Sink for ObjectStoreSink {
             if let Some(check) = credentials
                 && let Err(e) = check().await
             {
-                return Err(DeliveryError::Permanent {
-                    code: format!("{code_prefix}.MissingCredentials"),
-                    message: format!(
-                        "no credentials were found for {url} ({e}); give them in `options` (access_key_id and \
+                let message = match e {
+                    NoCredentials::Profile(why) => format!("no credentials were found for {url}: {why}"),
+                    NoCredentials::NoneFound(why) => format!(
+                        "no credentials were found for {url} ({why}); give them in `options` (access_key_id and \
                          secret_access_key for s3://) or the usual environment variables (AWS_ACCESS_KEY_ID and \
                          AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_KEY), run with an \
                          instance or task role, or set options.skip_signature = true for a public bucket"
                     ),
-                });
+                };
+                return Err(DeliveryError::Permanent { code: format!("{code_prefix}.MissingCredentials"), message });
             }
             if let Some(local) = local {
                 let removed = local.prepare().await?;
