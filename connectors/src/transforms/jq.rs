@@ -104,7 +104,15 @@ fn compile(query: &str) -> Result<Filter, Vec<(usize, String)>> {
         errors
             .into_iter()
             .flat_map(|(_, e)| e)
-            .map(|(name, undefined)| (offset(name), format!("undefined {} `{name}`", undefined.as_str())))
+            .map(|(name, undefined)| {
+                let kind = undefined.as_str();
+                let mut message = format!("undefined {kind} `{name}`");
+                // `eventName` for `.eventName`: jq reads a bare word as a filter's name.
+                if kind == "filter" && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    message.push_str(&format!(" (a key is read with a dot: `.{name}`)"));
+                }
+                (offset(name), message)
+            })
             .collect()
     })
 }
