@@ -355,6 +355,91 @@ fn the_example_from_kinesis_pipeline_partitions_a_streams_records_by_service() {
     assert_eq!(failed.len(), 1, "{:?}", objects.keys());
 }
 
+/// A Lambda transform on a Kinesis source is shown what Firehose shows a function whose stream
+/// reads a Kinesis Data Stream: the event's `sourceKinesisStreamArn` and each record's
+/// `kinesisRecordMetadata`: its shard, the partition key its producer gave (a KPL user record's
+/// own, from the aggregate's table), its sequence number (shared by an aggregate's user records),
+/// its subsequence number (its place in the aggregate) and when Kinesis took it.
+#[test]
+fn a_lambda_on_a_kinesis_source_is_shown_each_records_kinesis_metadata() {
+    use base64::Engine;
+    use md5::Digest;
+    let moto = Moto::start();
+    let arn = create_stream(&moto, "described", 2);
+    let function = super::transforms::FunctionServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, config) = (dir.path().join("out"), dir.path().join("described.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"described\"\ndata_dir = \"{}\"\n\n\
+             [sources.stream]\ntype = \"kinesis\"\nstream = \"{arn}\"\nendpoint = \"{}\"\npoll_ms = 200\n\n\
+             [transforms.fn]\ntype = \"lambda\"\ninputs = [\"stream\"]\nurl = \"{}\"\n\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"fn\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
+             buffer = {{ size_mb = 1, interval_s = 1 }}\n",
+            dir.path().join("data").display(),
+            moto.endpoint,
+            function.url("echo"),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let log = config.with_extension("log");
+    let admin = free_port();
+    let started_ms = chrono::Utc::now().timestamp_millis();
+    let run = start(&config, admin);
+    // Three groups of 100: the first and the last each one KPL aggregated record.
+    put(&moto.endpoint, "described", &numbered(0..300), 2).unwrap();
+    let waited = Instant::now();
+    while metric(admin, "sluice_IncomingRecords") != Some(300.0) {
+        assert!(waited.elapsed() < Duration::from_secs(60), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The function is called at the stop (its buffer's 60 s are not over): every record answered.
+    terminate(&run);
+    let mut run = run;
+    assert_eq!(run.wait().unwrap().code(), Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    assert_eq!(delivered(&out).len(), 300);
+
+    let mut seen = BTreeMap::new();
+    for logged in function.events() {
+        let event = &logged["event"];
+        assert_eq!(event["sourceKinesisStreamArn"], arn.as_str(), "{event}");
+        for record in event["records"].as_array().unwrap() {
+            let data = base64::engine::general_purpose::STANDARD.decode(record["data"].as_str().unwrap()).unwrap();
+            let line: serde_json::Value = serde_json::from_slice(&data).unwrap();
+            let n = line["n"].as_u64().unwrap();
+            let meta = &record["kinesisRecordMetadata"];
+            let keys: Vec<&str> = meta.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(
+                keys,
+                ["approximateArrivalTimestamp", "partitionKey", "sequenceNumber", "shardId", "subsequenceNumber"]
+            );
+            // tests/kinesis_put.py keys every record, aggregated or not, by its data's MD5.
+            assert_eq!(
+                meta["partitionKey"],
+                md5::Md5::digest(&data).iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "{n}: {meta}"
+            );
+            let aggregated = (n / 100).is_multiple_of(2);
+            assert_eq!(meta["subsequenceNumber"], if aggregated { n % 100 } else { 0 }, "{n}: {meta}");
+            assert!(meta["shardId"].as_str().is_some_and(|s| s.starts_with("shardId-0000000000")), "{meta}");
+            let sequence = meta["sequenceNumber"].as_str().unwrap().to_string();
+            assert!(!sequence.is_empty() && sequence.bytes().all(|b| b.is_ascii_digit()), "{meta}");
+            let arrived = meta["approximateArrivalTimestamp"].as_i64().unwrap();
+            assert!(arrived >= started_ms - 5_000 && arrived <= chrono::Utc::now().timestamp_millis(), "{meta}");
+            let shard = meta["shardId"].as_str().unwrap().to_string();
+            assert!(seen.insert(n, (shard, sequence)).is_none(), "record {n} shown twice");
+        }
+    }
+    assert_eq!(seen.len(), 300);
+    // An aggregate's user records share its Kinesis record's sequence number; plain records have
+    // their own (sequence numbers are unique within a shard).
+    let distinct =
+        |range: std::ops::Range<u64>| range.map(|n| seen[&n].clone()).collect::<std::collections::BTreeSet<_>>().len();
+    assert_eq!((distinct(0..100), distinct(100..200), distinct(200..300)), (1, 100, 1));
+}
+
 /// On an EC2 instance (or EKS, ECS) there are no keys in the environment: the source signs with
 /// the instance profile's temporary credentials (and their session token), as the AWS SDKs and
 /// sluice's S3 stores do; without them either, the run stops at start naming what it tried.

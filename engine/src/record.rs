@@ -41,6 +41,23 @@ pub struct Origin {
     pub replay_floor: u64,
 }
 
+/// What a source says about the records of a batch besides their bytes, which a Lambda
+/// transform's function is shown as Firehose shows it: a Kinesis Data Stream source's
+/// `sourceKinesisStreamArn` in the event and `kinesisRecordMetadata` in each record's entry.
+/// Guarantees: it travels with the batch as the source read it, through the stages that pass
+/// batches on whole and a Lambda transform's own grouping; a stage that builds new records (jq,
+/// redact, …) does not carry it, as Firehose calls its Lambda processor on the source's records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceMetadata {
+    /// Members the event gets: (name, JSON value).
+    pub event: Vec<(String, String)>,
+    /// The member each record's entry gets.
+    pub record_member: String,
+    /// That member's JSON value per record, by the record's index in the batch (`None` for a
+    /// record the source said nothing about; absent past the last it did).
+    pub records: Vec<Option<String>>,
+}
+
 /// Many records, stored back to back, with the arrival time they share.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecordBatch {
@@ -60,6 +77,9 @@ pub struct RecordBatch {
     /// Origin per record, when any record has one (empty otherwise; shorter than `ends` when the
     /// last records have none).
     origins: Vec<Option<Origin>>,
+    /// What the source said about the records, when it said anything.
+    #[serde(default)]
+    source_metadata: Option<Box<SourceMetadata>>,
     /// This batch's bytes counted in its process's in-flight budget while it crosses to another
     /// worker of the process (the partition operator's exchange). Never serialized: a batch that
     /// arrives from another process was not counted in this one.
@@ -161,6 +181,7 @@ impl RecordBatch {
             ends: Vec::new(),
             keys: Vec::new(),
             origins: Vec::new(),
+            source_metadata: None,
             claim: BudgetClaim::default(),
         }
     }
@@ -239,6 +260,47 @@ impl RecordBatch {
             .collect();
     }
 
+    /// Says what the source tells a Lambda function of these records: the event's `event` members
+    /// and the member `record_member` of each record's entry (given with
+    /// [`Self::push_described`]). Kept when the batch said so already.
+    pub fn describe_source(&mut self, event: Vec<(String, String)>, record_member: &str) {
+        if self.source_metadata.is_none() {
+            self.source_metadata =
+                Some(Box::new(SourceMetadata { event, record_member: record_member.to_string(), records: Vec::new() }));
+        }
+    }
+
+    /// Appends one record with the JSON value of its entry's member ([`Self::describe_source`],
+    /// which must come first: without it the value is not kept).
+    pub fn push_described(&mut self, record: &[u8], value: Option<String>) {
+        self.push(record);
+        self.set_record_metadata(self.ends.len() - 1, value);
+    }
+
+    /// Gives record `index` the JSON value of its entry's member ([`Self::describe_source`] first),
+    /// e.g. for a record passed on with [`Self::push_carrying`].
+    pub fn set_record_metadata(&mut self, index: usize, value: Option<String>) {
+        if let Some(metadata) = self.source_metadata.as_deref_mut()
+            && value.is_some()
+            && index < self.ends.len()
+        {
+            if metadata.records.len() <= index {
+                metadata.records.resize(index + 1, None);
+            }
+            metadata.records[index] = value;
+        }
+    }
+
+    /// What the source said about the records, if anything.
+    pub fn source_metadata(&self) -> Option<&SourceMetadata> {
+        self.source_metadata.as_deref()
+    }
+
+    /// The JSON value the source gave record `index`'s entry, if any.
+    pub fn record_metadata(&self, index: usize) -> Option<&str> {
+        self.source_metadata.as_deref()?.records.get(index)?.as_deref()
+    }
+
     /// The origin of record `index`, if it has one.
     pub fn origin(&self, index: usize) -> Option<Origin> {
         self.origins.get(index).copied().flatten()
@@ -287,6 +349,7 @@ impl RecordBatch {
             arrival_ms,
             keys: Vec::new(),
             origins: Vec::new(),
+            source_metadata: None,
             claim: BudgetClaim::default(),
         })
     }
@@ -354,6 +417,9 @@ impl RecordBatch {
             self.data.truncate(end);
             self.keys.truncate(self.keys.partition_point(|(start, _)| (*start as usize) < len));
             self.origins.truncate(len);
+            if let Some(metadata) = self.source_metadata.as_deref_mut() {
+                metadata.records.truncate(len);
+            }
         }
     }
 
@@ -363,6 +429,7 @@ impl RecordBatch {
         self.ends.clear();
         self.keys.clear();
         self.origins.clear();
+        self.source_metadata = None;
     }
 }
 
@@ -532,6 +599,28 @@ mod tests {
         drop(batch);
         assert_eq!(budget.held(), 0, "a dropped batch releases what it counted");
         assert_eq!(budget.peak(), 12);
+    }
+
+    #[test]
+    fn source_metadata_follows_its_records_through_pushes_and_truncation() {
+        let mut batch = RecordBatch::with_capacity(0, 0);
+        batch.push_described(b"before", Some("{}".into()));
+        assert_eq!(batch.record_metadata(0), None, "kept only once the source is described");
+        batch.describe_source(vec![("sourceKinesisStreamArn".into(), "\"arn\"".into())], "kinesisRecordMetadata");
+        batch.push_described(b"a", Some(r#"{"n":1}"#.into()));
+        batch.push_described(b"b", None);
+        batch.push_described(b"c", Some(r#"{"n":3}"#.into()));
+        let said: Vec<Option<&str>> = (0..5).map(|i| batch.record_metadata(i)).collect();
+        assert_eq!(said, [None, Some(r#"{"n":1}"#), None, Some(r#"{"n":3}"#), None]);
+        assert_eq!(batch.source_metadata().map(|m| m.record_member.as_str()), Some("kinesisRecordMetadata"));
+        // It crosses to another process with the batch (cluster mode's exchange).
+        let copied: RecordBatch =
+            serde_json::from_slice(&serde_json::to_vec(&batch).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(copied.record_metadata(3), Some(r#"{"n":3}"#));
+        batch.truncate(2);
+        assert_eq!((batch.record_metadata(1), batch.record_metadata(3)), (Some(r#"{"n":1}"#), None));
+        batch.clear();
+        assert!(batch.source_metadata().is_none());
     }
 
     #[test]

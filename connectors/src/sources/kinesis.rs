@@ -19,6 +19,10 @@
 //! records, as Firehose does; one whose digest does not match is a plain record (as the KCL treats
 //! it). A batch's arrival time is the oldest Kinesis `ApproximateArrivalTimestamp` in it, so
 //! `!{timestamp:…}` prefixes and `DataFreshness` count from when the stream took the records.
+//! Each record carries what Firehose shows a Lambda processor of a Kinesis-sourced stream
+//! (`sluice_engine::record::SourceMetadata`): the event's `sourceKinesisStreamArn` and its
+//! `kinesisRecordMetadata` (shard, partition key, sequence number, subsequence number, arrival
+//! time; a KPL user record's own partition key, from the aggregate's table, and its place in it).
 //! Requests are signed (SigV4, service `kinesis`) with the source's `access_key_id` and
 //! `secret_access_key` (and `session_token`) when it has them, else credentials from the AWS
 //! SDKs' chain (`crate::aws_credentials`: the environment, a web identity, ECS or EKS roles, the
@@ -371,6 +375,8 @@ struct GotRecords {
 #[serde(rename_all = "PascalCase")]
 struct KinesisRecord {
     sequence_number: String,
+    #[serde(default)]
+    partition_key: String,
     /// Seconds since the epoch, with a fraction.
     #[serde(default)]
     approximate_arrival_timestamp: f64,
@@ -380,6 +386,7 @@ struct KinesisRecord {
 /// A Kinesis record, decoded.
 struct Fetched {
     sequence_number: String,
+    partition_key: String,
     /// Its `ApproximateArrivalTimestamp` in ms (0 when Kinesis gave none).
     arrival_ms: i64,
     data: Vec<u8>,
@@ -397,7 +404,12 @@ fn decode(records: Vec<KinesisRecord>) -> Result<Vec<Fetched>, CallError> {
                 ))
             })?;
             let arrival_ms = (record.approximate_arrival_timestamp * 1000.0) as i64;
-            Ok(Fetched { sequence_number: record.sequence_number, arrival_ms, data })
+            Ok(Fetched {
+                sequence_number: record.sequence_number,
+                partition_key: record.partition_key,
+                arrival_ms,
+                data,
+            })
         })
         .collect()
 }
@@ -868,10 +880,27 @@ async fn hand_over(
     let mut bytes_read = 0u64;
     while records.peek().is_some() || ended {
         let mut chunk = RecordBatch::with_capacity(i64::MAX, 0);
+        chunk.describe_source(
+            vec![(
+                "sourceKinesisStreamArn".into(),
+                serde_json::Value::from(shared.api.stream_arn.as_str()).to_string(),
+            )],
+            "kinesisRecordMetadata",
+        );
         let mut last = None;
         for record in records.by_ref() {
             bytes_read += record.data.len() as u64;
-            deaggregate(&record.data, |user| chunk.push(user));
+            deaggregate(&record.data, &record.partition_key, |user, partition_key, subsequence| {
+                // Firehose's `kinesisRecordMetadata` for a Lambda transform's function.
+                let metadata = serde_json::json!({
+                    "shardId": shard.as_ref(),
+                    "partitionKey": partition_key,
+                    "sequenceNumber": record.sequence_number,
+                    "subsequenceNumber": subsequence,
+                    "approximateArrivalTimestamp": record.arrival_ms,
+                });
+                chunk.push_described(user, Some(metadata.to_string()));
+            });
             if record.arrival_ms > 0 {
                 chunk.arrival_ms = chunk.arrival_ms.min(record.arrival_ms);
             }
@@ -925,46 +954,60 @@ async fn wait_for_queue(shared: &Shared, worker: usize) -> Option<mpsc::Unbounde
     }
 }
 
-/// Calls `take` with each user record of `data`: the records a KPL aggregated record holds, or
-/// `data` itself.
-fn deaggregate(data: &[u8], mut take: impl FnMut(&[u8])) {
+/// Calls `take` with each user record of `data` (a Kinesis record put with `partition_key`), its
+/// partition key and its subsequence number: the records a KPL aggregated record holds, each with
+/// the key its table gives it (the KCL's), numbered from 0; or `data` itself, numbered 0.
+fn deaggregate<'a>(data: &'a [u8], partition_key: &'a str, mut take: impl FnMut(&'a [u8], &'a str, u64)) {
     match kpl_records(data) {
-        Some(records) => records.into_iter().for_each(take),
-        None => take(data),
+        Some(records) => {
+            for (subsequence, (user, key)) in (0u64..).zip(records) {
+                take(user, key.unwrap_or(partition_key), subsequence);
+            }
+        }
+        None => take(data, partition_key, 0),
     }
 }
 
 /// The user records of a KPL aggregated record (magic, protobuf `AggregatedRecord`, MD5 of the
-/// protobuf), or `None` when `data` is not one (or its digest does not match: then it is a plain
-/// record, as the KCL treats it).
-fn kpl_records(data: &[u8]) -> Option<Vec<&[u8]>> {
+/// protobuf) with their partition keys (`None` where the record's index is past the table, or the
+/// key is not UTF-8), or `None` when `data` is not one (or its digest does not match: then it is a
+/// plain record, as the KCL treats it).
+fn kpl_records(data: &[u8]) -> Option<Vec<(&[u8], Option<&str>)>> {
     let body = data.strip_prefix(&KPL_MAGIC)?;
     let (message, digest) = body.split_at_checked(body.len().checked_sub(16)?)?;
     if md5::Md5::digest(message).as_slice() != digest {
         return None;
     }
     // AggregatedRecord: 1 partition_key_table, 2 explicit_hash_key_table, 3 records (Record).
+    let mut keys: Vec<Option<&str>> = Vec::new();
     let mut records = Vec::new();
     for field in Fields(message) {
-        let (number, value) = field?;
-        if number == 3 {
-            let FieldValue::Bytes(record) = value else { return None };
-            // Record: 1 partition_key_index, 2 explicit_hash_key_index, 3 data, 4 tags.
-            let mut data = &[][..];
-            for field in Fields(record) {
-                if let (3, FieldValue::Bytes(bytes)) = field? {
-                    data = bytes;
+        match field? {
+            (1, FieldValue::Bytes(key)) => keys.push(std::str::from_utf8(key).ok()),
+            (3, FieldValue::Bytes(record)) => {
+                // Record: 1 partition_key_index, 2 explicit_hash_key_index, 3 data, 4 tags.
+                let (mut data, mut key_index) = (&[][..], None);
+                for field in Fields(record) {
+                    match field? {
+                        (1, FieldValue::Varint(index)) => key_index = Some(index),
+                        (3, FieldValue::Bytes(bytes)) => data = bytes,
+                        _ => {}
+                    }
                 }
+                records.push((data, key_index));
             }
-            records.push(data);
+            (3, _) => return None,
+            _ => {}
         }
     }
-    Some(records)
+    // The table may come after the records in the message: keys are looked up at the end.
+    let key = |index: Option<u64>| keys.get(usize::try_from(index?).ok()?).copied().flatten();
+    Some(records.into_iter().map(|(data, index)| (data, key(index))).collect())
 }
 
 /// A protobuf field's value (the wire types a KPL record uses, and the fixed ones to skip).
 enum FieldValue<'a> {
-    Varint,
+    Varint(u64),
     Fixed,
     Bytes(&'a [u8]),
 }
@@ -1003,7 +1046,7 @@ impl<'a> Iterator for Fields<'a> {
         let field = (|| {
             let key = self.varint()?;
             let value = match key & 7 {
-                0 => self.varint().map(|_| FieldValue::Varint)?,
+                0 => self.varint().map(FieldValue::Varint)?,
                 1 => self.skip(8).map(|_| FieldValue::Fixed)?,
                 2 => {
                     let len = usize::try_from(self.varint()?).ok()?;
@@ -1042,8 +1085,11 @@ impl SourceReader for KinesisReader {
             } else {
                 batch.arrival_ms = batch.arrival_ms.min(chunk.records.arrival_ms);
             }
-            for record in chunk.records.iter() {
-                batch.push(record);
+            if let Some(metadata) = chunk.records.source_metadata() {
+                batch.describe_source(metadata.event.clone(), &metadata.record_member);
+            }
+            for (index, record) in chunk.records.iter().enumerate() {
+                batch.push_described(record, chunk.records.record_metadata(index).map(str::to_string));
             }
             // Recorded in the order taken, so a shard's checkpoint only moves forward; an end
             // marker of a shard that never had a record has no position, and is done when delivered.
@@ -1064,9 +1110,16 @@ impl SourceReader for KinesisReader {
     }
 }
 
-/// Bytes of a record, for tests.
+/// Bytes of a KPL aggregated record of `records` (all with the partition key `pk`), for tests.
 #[cfg(test)]
 fn aggregate(records: &[&[u8]]) -> Vec<u8> {
+    aggregate_keyed(&["pk"], &records.iter().map(|r| (0, *r)).collect::<Vec<_>>(), false)
+}
+
+/// Bytes of a KPL aggregated record whose partition key table is `keys` (written after the records
+/// when `table_last`), of `records` (each its key's index and its data), for tests.
+#[cfg(test)]
+fn aggregate_keyed(keys: &[&str], records: &[(u64, &[u8])], table_last: bool) -> Vec<u8> {
     fn varint(out: &mut Vec<u8>, mut v: u64) {
         while v >= 0x80 {
             out.push((v as u8) | 0x80);
@@ -1080,13 +1133,19 @@ fn aggregate(records: &[&[u8]]) -> Vec<u8> {
         out.extend_from_slice(bytes);
     }
     let mut message = Vec::new();
-    bytes_field(&mut message, 1, b"pk");
-    for data in records {
+    let table = |message: &mut Vec<u8>| keys.iter().for_each(|k| bytes_field(message, 1, k.as_bytes()));
+    if !table_last {
+        table(&mut message);
+    }
+    for (key, data) in records {
         let mut record = Vec::new();
         varint(&mut record, 1 << 3);
-        varint(&mut record, 0);
+        varint(&mut record, *key);
         bytes_field(&mut record, 3, data);
         bytes_field(&mut message, 3, &record);
+    }
+    if table_last {
+        table(&mut message);
     }
     let mut out = KPL_MAGIC.to_vec();
     out.extend_from_slice(&message);
@@ -1100,8 +1159,27 @@ mod tests {
 
     fn users(data: &[u8]) -> Vec<Vec<u8>> {
         let mut got = Vec::new();
-        deaggregate(data, |r| got.push(r.to_vec()));
+        deaggregate(data, "outer", |r, _, _| got.push(r.to_vec()));
         got
+    }
+
+    /// Each user record's partition key and subsequence number.
+    fn keyed(data: &[u8]) -> Vec<(String, u64)> {
+        let mut got = Vec::new();
+        deaggregate(data, "outer", |_, key, subsequence| got.push((key.to_string(), subsequence)));
+        got
+    }
+
+    #[test]
+    fn user_records_carry_their_own_partition_keys_and_subsequence_numbers() {
+        let owned = |v: &[(&str, u64)]| v.iter().map(|(k, n)| (k.to_string(), *n)).collect::<Vec<_>>();
+        // As the KPL writes it (the table first), and with the table after the records; an index
+        // past the table falls back to the Kinesis record's own key.
+        for table_last in [false, true] {
+            let data = aggregate_keyed(&["a", "b"], &[(1, b"x"), (0, b"y"), (1, b"z"), (7, b"w")], table_last);
+            assert_eq!(keyed(&data), owned(&[("b", 0), ("a", 1), ("b", 2), ("outer", 3)]));
+        }
+        assert_eq!(keyed(b"plain"), owned(&[("outer", 0)]));
     }
 
     #[test]

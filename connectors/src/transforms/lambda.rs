@@ -18,7 +18,10 @@
 //!
 //! Each worker buffers records until `size_mb` of record data, `interval_s` since the first, 6 MB of
 //! request (Lambda's synchronous payload limit) or the end of the input, then sends
-//! `{invocationId, deliveryStreamArn, region, records:[{recordId, approximateArrivalTimestamp, data}]}`.
+//! `{invocationId, deliveryStreamArn, region, records:[{recordId, approximateArrivalTimestamp, data}]}`,
+//! with what the records' source says of them when it says anything
+//! ([`sluice_engine::record::SourceMetadata`]: a `kinesis` source's `sourceKinesisStreamArn` in the
+//! event and `kinesisRecordMetadata` in each record's entry, as Firehose sends them).
 //! The answer must list every recordId once: `Ok` replaces the record's data (its
 //! `metadata.partitionKeys` stay on the record), `Dropped` drops it (counted), `ProcessingFailed`
 //! sends the record as it entered to the error output (`processing-failed`,
@@ -504,8 +507,12 @@ impl LambdaWorker {
 impl TransformWorker for LambdaWorker {
     fn push(&mut self, batch: RecordBatch, epoch: u64, _out: &mut TransformOutput) {
         let now = Instant::now();
+        let source = batch.source_metadata();
         for (index, record) in batch.iter().enumerate() {
-            let request_bytes = base64::encoded_len(record.len(), true).unwrap_or(usize::MAX) + RECORD_OVERHEAD;
+            let metadata = batch.record_metadata(index);
+            let described = metadata.map_or(0, |m| m.len() + source.map_or(0, |s| s.record_member.len() + 6));
+            let request_bytes =
+                base64::encoded_len(record.len(), true).unwrap_or(usize::MAX) + RECORD_OVERHEAD + described;
             let full = self.open.as_ref().is_some_and(|b| {
                 b.records > 0
                     && (b.data_bytes >= self.size_bytes || b.request_bytes + request_bytes > MAX_REQUEST_BYTES)
@@ -515,11 +522,23 @@ impl TransformWorker for LambdaWorker {
             }
             let open = self.open.get_or_insert_with(|| Batch::new(epoch, now));
             open.epoch = open.epoch.min(epoch);
-            if open.inputs.last().is_none_or(|b| b.arrival_ms != batch.arrival_ms) {
-                open.inputs.push(RecordBatch::with_capacity(batch.arrival_ms, 0));
+            // A group shares its arrival time and what its source says to the function.
+            let event = source.map(|m| &m.event);
+            if open
+                .inputs
+                .last()
+                .is_none_or(|b| b.arrival_ms != batch.arrival_ms || b.source_metadata().map(|m| &m.event) != event)
+            {
+                let mut group = RecordBatch::with_capacity(batch.arrival_ms, 0);
+                if let Some(source) = source {
+                    group.describe_source(source.event.clone(), &source.record_member);
+                    open.request_bytes += source.event.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
+                }
+                open.inputs.push(group);
             }
             if let Some(group) = open.inputs.last_mut() {
                 group.push_carrying(record, batch.origin(index), None);
+                group.set_record_metadata(group.len() - 1, metadata.map(str::to_string));
             }
             open.data_bytes += record.len();
             open.request_bytes += request_bytes;
@@ -551,10 +570,20 @@ fn event(invoker: &Invoker, invocation_id: &str, batch: &Batch) -> Vec<u8> {
     let _ = serde_json::to_writer(&mut body, &invoker.stream_arn);
     body.extend_from_slice(b",\"region\":");
     let _ = serde_json::to_writer(&mut body, &invoker.region);
+    // What the records' source adds to the event (a Kinesis stream's `sourceKinesisStreamArn`).
+    if let Some(source) = batch.inputs.iter().find_map(RecordBatch::source_metadata) {
+        for (name, value) in &source.event {
+            body.push(b',');
+            let _ = serde_json::to_writer(&mut body, name);
+            body.push(b':');
+            body.extend_from_slice(value.as_bytes());
+        }
+    }
     body.extend_from_slice(b",\"records\":[");
     let mut index = 0usize;
     for group in &batch.inputs {
-        for record in group.iter() {
+        let member = group.source_metadata().map(|m| m.record_member.as_str());
+        for (at, record) in group.iter().enumerate() {
             if index > 0 {
                 body.push(b',');
             }
@@ -565,7 +594,15 @@ fn event(invoker: &Invoker, invocation_id: &str, batch: &Batch) -> Vec<u8> {
             let start = body.len();
             body.resize(start + base64::encoded_len(record.len(), true).unwrap_or(0), 0);
             let _ = base64::engine::general_purpose::STANDARD.encode_slice(record, &mut body[start..]);
-            body.extend_from_slice(b"\"}");
+            body.push(b'"');
+            // What the source says of the record (a Kinesis record's `kinesisRecordMetadata`).
+            if let (Some(member), Some(value)) = (member, group.record_metadata(at)) {
+                body.push(b',');
+                let _ = serde_json::to_writer(&mut body, member);
+                body.push(b':');
+                body.extend_from_slice(value.as_bytes());
+            }
+            body.push(b'}');
             index += 1;
         }
     }
