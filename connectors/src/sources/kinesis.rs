@@ -47,7 +47,7 @@
 //!   are read to their end (or trimmed, or read by another process of a cluster, which this one
 //!   cannot see). A shard is at its end when Kinesis gives no next iterator, or when it is closed
 //!   and a read at its tip finds nothing.
-//! - **Bounded memory.** Records fetched and not yet taken by a worker hold at most
+//! - **Bounded memory.** Records fetched and not yet taken by a worker (with their metadata) hold at most
 //!   `max_buffered_mb` (plus one response per shard being read); a shard waits for room.
 //! - **Throttling and failures** are retried with backoff, never fatal after start: a
 //!   `ProvisionedThroughputExceededException` is counted (`ThrottledGetRecords`,
@@ -887,7 +887,7 @@ async fn hand_over(
             )],
             "kinesisRecordMetadata",
         );
-        let mut last = None;
+        let (mut last, mut described_bytes) = (None, 0usize);
         for record in records.by_ref() {
             bytes_read += record.data.len() as u64;
             deaggregate(&record.data, &record.partition_key, |user, partition_key, subsequence| {
@@ -899,13 +899,15 @@ async fn hand_over(
                     "subsequenceNumber": subsequence,
                     "approximateArrivalTimestamp": record.arrival_ms,
                 });
-                chunk.push_described(user, Some(metadata.to_string()));
+                let metadata = metadata.to_string();
+                described_bytes += metadata.len();
+                chunk.push_described(user, Some(metadata));
             });
             if record.arrival_ms > 0 {
                 chunk.arrival_ms = chunk.arrival_ms.min(record.arrival_ms);
             }
             last = Some(record.sequence_number);
-            if chunk.byte_len() >= CHUNK_BYTES {
+            if chunk.byte_len() + described_bytes >= CHUNK_BYTES {
                 break;
             }
         }
@@ -913,7 +915,8 @@ async fn hand_over(
             chunk.arrival_ms = sluice_engine::record::now_ms();
         }
         let is_last = records.peek().is_none();
-        let kib = (chunk.byte_len() / 1024).clamp(1, shared.room_kib) as u32;
+        // The records' metadata counts in the room too: small records carry as many bytes of it.
+        let kib = ((chunk.byte_len() + described_bytes) / 1024).clamp(1, shared.room_kib) as u32;
         let room = tokio::select! {
             () = shared.stop.stopped() => return false,
             room = Arc::clone(&shared.room).acquire_many_owned(kib) => room.ok(),
