@@ -15,6 +15,10 @@
 //! outputs carry the origin of the record they came from), so a sink can tell, after a restart
 //! replays an entry, which of its records it already stored (the postgres sink's exactly-once
 //! loads).
+//!
+//! A batch may also carry what its source says of its records ([`SourceMetadata`]: a Kinesis
+//! record's shard, partition key and sequence number), for a Lambda transform's function, which
+//! Firehose shows them; it stays with the batch as read, not with records a transform rebuilds.
 
 use std::sync::Arc;
 
