@@ -419,7 +419,8 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
 /// An IAM Identity Center profile (`aws sso login`'s cached token): the token, two minutes from
 /// expiry, is refreshed with SSO OIDC (and written back for the CLI), exchanged with
 /// `GetRoleCredentials` for the role's credentials, and those sign the S3 requests; a second run
-/// uses the refreshed token as it is.
+/// uses the refreshed token as it is; a third signs in to a hub account's permission set and
+/// assumes the lake's role from there (a role profile whose `source_profile` is an SSO one).
 #[test]
 fn credentials_come_from_an_iam_identity_center_session() {
     let root = tempfile::tempdir().unwrap();
@@ -430,6 +431,8 @@ fn credentials_come_from_an_iam_identity_center_session() {
     std::fs::write(
         &config,
         "[profile lake]\nsso_session = corp\nsso_account_id = 123456789012\nsso_role_name = LakeWriter\nregion = us-east-1\n\n\
+         [profile hub]\nsso_session = corp\nsso_account_id = 123456789012\nsso_role_name = HubAdmin\n\n\
+         [profile via-hub]\nrole_arn = arn:aws:iam::123456789012:role/lake-writer\nsource_profile = hub\nregion = eu-west-1\nrole_session_name = from-sso\n\n\
          [sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\nsso_region = eu-west-1\nsso_registration_scopes = sso:account:access\n",
     )
     .unwrap();
@@ -450,8 +453,9 @@ fn credentials_come_from_an_iam_identity_center_session() {
     .unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (center, calls) = identity_center(&runtime);
+    let (sts, sessions) = security_token_service(&runtime);
     let pipeline = home.path().join("p.toml");
-    let run = |name: &str| {
+    let run_as = |profile: &str, name: &str| {
         let toml = format!(
             "[pipeline]\nname = \"{name}\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 200\nseed = 5\n\
              [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\nformat = \"ndjson\"\nprefix = \"{name}/\"\n\
@@ -465,12 +469,14 @@ fn credentials_come_from_an_iam_identity_center_session() {
             .without_aws_keys()
             .env("HOME", home.path())
             .env("AWS_CONFIG_FILE", &config)
-            .env("AWS_PROFILE", "lake")
+            .env("AWS_PROFILE", profile)
             .env("AWS_ENDPOINT_URL_SSO", &center)
             .env("AWS_ENDPOINT_URL_SSO_OIDC", &center)
+            .env("AWS_ENDPOINT_URL_STS", &sts)
             .output()
             .unwrap()
     };
+    let run = |name: &str| run_as("lake", name);
     let lines_under = |prefix: &str| {
         folder_objects(&server.root.join("bkt"))
             .iter()
@@ -486,8 +492,20 @@ fn credentials_come_from_an_iam_identity_center_session() {
     // One refresh (the first run), then the portal shown the refreshed token each run.
     assert_eq!(
         *calls.lock().unwrap(),
-        ["CreateToken refresh-1", "GetRoleCredentials second-token", "GetRoleCredentials second-token"]
+        [
+            "CreateToken refresh-1",
+            "GetRoleCredentials second-token LakeWriter",
+            "GetRoleCredentials second-token LakeWriter"
+        ]
     );
+    // Through the hub: its permission set's keys sign STS's AssumeRole (the receiver checks the
+    // signature), whose role's keys sign the S3 requests.
+    let out = run_as("via-hub", "chained");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines_under("chained"), 200);
+    assert_eq!(calls.lock().unwrap().last().map(String::as_str), Some("GetRoleCredentials second-token HubAdmin"));
+    // (STS throttles its first call: asked again.)
+    assert_eq!(*sessions.lock().unwrap(), ["from-sso", "from-sso"]);
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&token_file).unwrap()).unwrap();
     assert_eq!(
         (saved["accessToken"].as_str(), saved["refreshToken"].as_str(), saved["clientId"].as_str()),
@@ -519,9 +537,9 @@ fn credentials_come_from_an_iam_identity_center_session() {
 /// `CreateToken` (`POST /token`, JSON) gives `second-token` (and `refresh-2`) for client
 /// `cli-client`'s refresh token `refresh-1`, `invalid_grant` (400) for any other; the portal's
 /// `GetRoleCredentials` (`GET /federation/credentials?account_id=&role_name=` with the
-/// `x-amz-sso_bearer_token` header) gives the S3 server's keys with a session token for
-/// `second-token`, account 123456789012 and role LakeWriter, `UnauthorizedException` (401) for
-/// anything else. Returns its URL and the calls made.
+/// `x-amz-sso_bearer_token` header) gives, for `second-token` and account 123456789012, the S3
+/// server's keys with a session token for the role LakeWriter and the keys the test STS takes
+/// (`AKIDBASE`) for HubAdmin, `UnauthorizedException` (401) for anything else. Returns its URL and the calls made.
 fn identity_center(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<String>>>) {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let (token_calls, portal_calls) = (Arc::clone(&calls), Arc::clone(&calls));
@@ -556,22 +574,29 @@ fn identity_center(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<
                 let calls = Arc::clone(&portal_calls);
                 async move {
                     let token = headers.get("x-amz-sso_bearer_token").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-                    calls.lock().unwrap().push(format!("GetRoleCredentials {token}"));
                     let query: std::collections::HashMap<String, String> =
                         url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
-                    let asked = (query.get("account_id").map(String::as_str), query.get("role_name").map(String::as_str));
-                    if token != "second-token" || asked != (Some("123456789012"), Some("LakeWriter")) {
+                    let role = query.get("role_name").cloned().unwrap_or_default();
+                    calls.lock().unwrap().push(format!("GetRoleCredentials {token} {role}"));
+                    // LakeWriter gets the S3 server's keys; HubAdmin those STS knows as the base profile's.
+                    let keys = match role.as_str() {
+                        "LakeWriter" => Some((ACCESS_KEY, SECRET_KEY)),
+                        "HubAdmin" => Some(("AKIDBASE", "base-secret")),
+                        _ => None,
+                    };
+                    let account = query.get("account_id").map(String::as_str);
+                    let (Some((key_id, secret)), "second-token", Some("123456789012")) = (keys, token.as_str(), account) else {
                         return (
                             axum::http::StatusCode::UNAUTHORIZED,
                             [("x-amzn-ErrorType", "UnauthorizedException")],
                             r#"{"message":"Session token not found or invalid"}"#.to_string(),
                         );
-                    }
+                    };
                     let expiration = (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp_millis();
                     (
                         axum::http::StatusCode::OK,
                         [("x-amzn-RequestId", "2")],
-                        format!(r#"{{"roleCredentials":{{"accessKeyId":"{ACCESS_KEY}","secretAccessKey":"{SECRET_KEY}","sessionToken":"sso-session-token","expiration":{expiration}}}}}"#),
+                        format!(r#"{{"roleCredentials":{{"accessKeyId":"{key_id}","secretAccessKey":"{secret}","sessionToken":"sso-session-token","expiration":{expiration}}}}}"#),
                     )
                 }
             }),
