@@ -328,7 +328,11 @@ fn credentials_come_from_a_profile_of_the_aws_shared_files() {
              [profile expired]\ncredential_process = echo 'the SSO session has expired' >&2 && exit 2\n\n\
              [profile writer]\nrole_arn = arn:aws:iam::123456789012:role/lake-writer\nsource_profile = base\nregion = eu-west-1\nrole_session_name = nightly-load\n\n\
              [profile denied]\nrole_arn = arn:aws:iam::123456789012:role/other\nsource_profile = base\nregion = eu-west-1\n\n\
-             [profile on-instance]\nrole_arn = arn:aws:iam::123456789012:role/lake-writer\ncredential_source = Ec2InstanceMetadata\nregion = eu-west-1\nrole_session_name = from-the-instance\n"
+             [profile on-instance]\nrole_arn = arn:aws:iam::123456789012:role/lake-writer\ncredential_source = Ec2InstanceMetadata\nregion = eu-west-1\nrole_session_name = from-the-instance\n\n\
+             [profile pod]\nrole_arn = arn:aws:iam::123456789012:role/lake-writer\nweb_identity_token_file = {token}\nregion = eu-west-1\nrole_session_name = from-the-pod\n\n\
+             [profile pod-wrong]\nrole_arn = arn:aws:iam::123456789012:role/lake-writer\nweb_identity_token_file = {wrong}\nregion = eu-west-1\n",
+            token = work.path().join("token").display(),
+            wrong = work.path().join("wrong-token").display(),
         ),
     )
     .unwrap();
@@ -369,7 +373,12 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
             .map(|(_, v)| v.len())
             .sum::<usize>()
     };
-    for (profile, name) in [("lake", "keys"), ("helper", "process"), ("writer", "role"), ("on-instance", "instance")] {
+    // A web identity token as a token issuer writes it (EKS's projected service-account token).
+    std::fs::write(work.path().join("token"), "eyJ.pod-token.sig\n").unwrap();
+    std::fs::write(work.path().join("wrong-token"), "eyJ.other.sig").unwrap();
+    for (profile, name) in
+        [("lake", "keys"), ("helper", "process"), ("writer", "role"), ("on-instance", "instance"), ("pod", "pod")]
+    {
         let out = run(profile, name);
         assert!(out.status.success(), "{profile}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(lines_under(name), 300, "{profile}");
@@ -395,6 +404,11 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
             "the AWS profile `denied` names a role (`role_arn`) sluice cannot assume: STS answered 403 Forbidden: \
              AccessDenied: User: arn:aws:iam::123456789012:user/base is not authorized to perform: sts:AssumeRole",
         ),
+        (
+            "pod-wrong",
+            "the AWS profile `pod-wrong` names a role (`role_arn`) sluice cannot assume: STS answered 400 Bad Request: \
+             InvalidIdentityToken: Couldn't retrieve verification key from your identity provider",
+        ),
     ] {
         let out = run(profile, profile);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -406,14 +420,15 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
         // The profile's own words say what to do; the generic advice on where else to put keys does not follow.
         assert!(!stderr.contains("skip_signature"), "{stderr}");
     }
-    assert_eq!(lines_under("default") + lines_under("nope") + lines_under("expired") + lines_under("denied"), 0);
+    let refused = ["default", "nope", "expired", "denied", "pod-wrong"];
+    assert_eq!(refused.iter().map(|name| lines_under(name)).sum::<usize>(), 0);
     // The role was asked for with the profile's session name, once per run (cached meanwhile) after
     // the throttled first request, the denied one once; every request verified as signed by the
     // source's keys.
     let sessions = sessions.lock().unwrap().clone();
-    assert_eq!(sessions.len(), 4, "{sessions:?}");
-    assert_eq!(sessions[..3], ["nightly-load", "nightly-load", "from-the-instance"]);
-    assert!(sessions[3].starts_with("sluice-"), "{sessions:?}");
+    assert_eq!(sessions.len(), 5, "{sessions:?}");
+    assert_eq!(sessions[..4], ["nightly-load", "nightly-load", "from-the-instance", "from-the-pod"]);
+    assert!(sessions[4].starts_with("sluice-"), "{sessions:?}");
 }
 
 /// An IAM Identity Center profile (`aws sso login`'s cached token): the token, two minutes from
@@ -626,15 +641,22 @@ fn security_token_service(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mut
                     ("AKIDBASE".to_string(), "base-secret".to_string()),
                     (instance_key.to_string(), instance_secret.to_string()),
                 ]);
-                let request = SignedRequest { method: "POST", path: "/", query: "", headers: &headers, body: &body };
-                let scope = Scope { region: "eu-west-1", service: "sts" };
-                if let Err(e) = verify(&keys, &request, chrono::Utc::now().timestamp(), scope) {
-                    return (axum::http::StatusCode::FORBIDDEN, format!("<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>{e}</Message></Error></ErrorResponse>"));
-                }
                 let form: std::collections::HashMap<String, String> =
                     url::form_urlencoded::parse(&body).into_owned().collect();
                 let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
-                assert_eq!((field("Action"), field("Version"), field("DurationSeconds")), ("AssumeRole", "2011-06-15", "3600"));
+                // AssumeRoleWithWebIdentity is unsigned: the token is the proof.
+                let web_identity = field("Action") == "AssumeRoleWithWebIdentity";
+                let request = SignedRequest { method: "POST", path: "/", query: "", headers: &headers, body: &body };
+                let scope = Scope { region: "eu-west-1", service: "sts" };
+                if web_identity {
+                    if headers.contains_key("authorization") || field("WebIdentityToken") != "eyJ.pod-token.sig" {
+                        return (axum::http::StatusCode::BAD_REQUEST, "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>Couldn't retrieve verification key from your identity provider</Message></Error></ErrorResponse>".to_string());
+                    }
+                } else if let Err(e) = verify(&keys, &request, chrono::Utc::now().timestamp(), scope) {
+                    return (axum::http::StatusCode::FORBIDDEN, format!("<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>{e}</Message></Error></ErrorResponse>"));
+                }
+                assert!(["AssumeRole", "AssumeRoleWithWebIdentity"].contains(&field("Action")), "{form:?}");
+                assert_eq!((field("Version"), field("DurationSeconds")), ("2011-06-15", "3600"));
                 asked.lock().unwrap().push(field("RoleSessionName").to_string());
                 if field("RoleArn") != "arn:aws:iam::123456789012:role/lake-writer" {
                     let denied = format!(
@@ -650,12 +672,15 @@ fn security_token_service(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mut
                     return (axum::http::StatusCode::BAD_REQUEST, busy.to_string());
                 }
                 let expiration = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                // Each action's answer as the STS API reference shows it.
+                let action = field("Action");
+                let provider = if web_identity { "<SubjectFromWebIdentityToken>system:serviceaccount:lake:writer</SubjectFromWebIdentityToken><Provider>oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE</Provider>" } else { "" };
                 let answer = format!(
-                    "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleResult>\
+                    "<{action}Response xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><{action}Result>{provider}\
                      <AssumedRoleUser><Arn>arn:aws:sts::123456789012:assumed-role/lake-writer/{session}</Arn><AssumedRoleId>AROA:{session}</AssumedRoleId></AssumedRoleUser>\
                      <Credentials><AccessKeyId>{ACCESS_KEY}</AccessKeyId><SecretAccessKey>{SECRET_KEY}</SecretAccessKey>\
                      <SessionToken>assumed-session-token</SessionToken><Expiration>{expiration}</Expiration></Credentials>\
-                     </AssumeRoleResult><ResponseMetadata><RequestId>2</RequestId></ResponseMetadata></AssumeRoleResponse>",
+                     </{action}Result><ResponseMetadata><RequestId>2</RequestId></ResponseMetadata></{action}Response>",
                     session = field("RoleSessionName")
                 );
                 (axum::http::StatusCode::OK, answer)

@@ -3,7 +3,8 @@
 //! `AWS_DEFAULT_PROFILE`, which botocore and the AWS CLI also read, else `default`), from `AWS_SHARED_CREDENTIALS_FILE` and `AWS_CONFIG_FILE` when set. A profile gives
 //! credentials by static keys (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`),
 //! by `credential_process` (a command printing the SDKs' JSON), by a role (`role_arn`: STS
-//! `AssumeRole`, signed with the credentials of its `source_profile` or `credential_source`), or by
+//! `AssumeRole`, signed with the credentials of its `source_profile` or `credential_source`, or
+//! `AssumeRoleWithWebIdentity` with the token of its `web_identity_token_file`), or by
 //! IAM Identity Center (`sso_session` or the older `sso_start_url`: the token `aws sso login`
 //! cached, `aws_profile/sso.rs`), and may give a `region`.
 //!
@@ -16,7 +17,7 @@
 //! times (the SDKs' standard mode).
 //! A profile `AWS_PROFILE` names that neither file has, a malformed line, keys without their
 //! secret, a `source_profile` loop, a role STS refuses, an SSO session whose token expired, and
-//! credentials sluice does not obtain (MFA, a profile's web identity) are errors that name the
+//! credentials sluice does not obtain (a role that needs an MFA code) are errors that name the
 //! file or profile and what to do, never a silent fall to the
 //! next source of the chain; without `AWS_PROFILE`, a missing `default` profile is no error.
 //! Secrets and a process's output never appear in errors or `Debug` output; the process's own
@@ -85,7 +86,7 @@ pub enum ProfileError {
         /// The key it lacks.
         needs: &'static str,
     },
-    /// Credentials sluice does not obtain (a role assumed with an MFA code, a profile's web identity).
+    /// Credentials sluice does not obtain (a role assumed with an MFA code).
     #[error(
         "the AWS profile `{name}` gets its credentials by {how} (`{key}`), which sluice does not do itself: \
          select a profile with static keys or a `credential_process` (e.g. one with `credential_process = aws \
@@ -354,7 +355,9 @@ impl Profile {
     }
 
     /// The role `role_arn` names, assumed with STS by the credentials of `source_profile` (another
-    /// profile, or this one's own keys) or of `credential_source`.
+    /// profile, or this one's own keys) or of `credential_source`, or with the web identity token
+    /// `web_identity_token_file` holds (`AssumeRoleWithWebIdentity`, which then wins, as in
+    /// botocore).
     fn assumed_role(
         &self,
         profiles: &Profiles,
@@ -365,11 +368,9 @@ impl Profile {
         if self.get("mfa_serial").is_some() {
             return self.unsupported("mfa_serial", "assuming a role with an MFA code");
         }
-        if self.get("web_identity_token_file").is_some() {
-            return self.unsupported("web_identity_token_file", "a web identity token");
-        }
         chain.push(self.name.clone());
         let source = match (self.get("source_profile"), self.get("credential_source")) {
+            _ if let Some(file) = self.get("web_identity_token_file") => RoleSource::WebIdentity(PathBuf::from(file)),
             (Some(_), Some(_)) => {
                 return Err(role_error("it sets both `source_profile` and `credential_source`; keep one".into()));
             }
@@ -377,7 +378,7 @@ impl Profile {
                 return Err(role_error("it sets neither `source_profile` nor `credential_source`".into()));
             }
             (Some(source), None) if source == self.name => match self.own_credentials() {
-                Some(own) => own?,
+                Some(own) => RoleSource::Signed(own?),
                 None => return Err(role_error("it is its own `source_profile` but has no keys of its own".into())),
             },
             (Some(source), None) => {
@@ -391,11 +392,11 @@ impl Profile {
                     return Err(role_error(format!("its `source_profile` `{source}` is in neither shared file")));
                 };
                 match profile.credentials(profiles, env, chain) {
-                    Some(credentials) => credentials?,
+                    Some(credentials) => RoleSource::Signed(credentials?),
                     None => return Err(role_error(format!("its `source_profile` `{source}` sets no credentials"))),
                 }
             }
-            (None, Some(kind)) => credential_source(kind).map_err(role_error)?,
+            (None, Some(kind)) => RoleSource::Signed(credential_source(kind).map_err(role_error)?),
         };
         let duration = match self.get("duration_seconds") {
             None => 3600,
@@ -686,10 +687,20 @@ impl object_store::CredentialProvider for ProcessProvider {
     }
 }
 
-/// A role profile's credentials: STS `AssumeRole`, signed with its source's credentials.
+/// How a role profile proves who asks for the role.
+enum RoleSource {
+    /// `AssumeRole`, signed with these credentials (`source_profile`, `credential_source`).
+    Signed(AwsCredentialProvider),
+    /// `AssumeRoleWithWebIdentity` (unsigned) with the token in this file, read at each call (a
+    /// token issuer rotates it in place).
+    WebIdentity(PathBuf),
+}
+
+/// A role profile's credentials: STS `AssumeRole`, signed with its source's credentials, or
+/// `AssumeRoleWithWebIdentity` with its token.
 struct AssumeRoleProvider {
     profile: String,
-    source: AwsCredentialProvider,
+    source: RoleSource,
     role_arn: String,
     session_name: String,
     external_id: Option<String>,
@@ -770,41 +781,59 @@ async fn retried<T, F: Future<Output = Result<T, CallFailure>>>(
 }
 
 impl AssumeRoleProvider {
-    /// The `AssumeRole` form.
-    fn request_body(&self) -> Vec<u8> {
+    /// The `AssumeRole` form (`AssumeRoleWithWebIdentity` with `token`).
+    fn request_body(&self, token: Option<&str>) -> Vec<u8> {
         let mut form = url::form_urlencoded::Serializer::new(String::new());
-        form.append_pair("Action", "AssumeRole")
+        let action = if token.is_some() { "AssumeRoleWithWebIdentity" } else { "AssumeRole" };
+        form.append_pair("Action", action)
             .append_pair("Version", "2011-06-15")
             .append_pair("RoleArn", &self.role_arn)
             .append_pair("RoleSessionName", &self.session_name)
             .append_pair("DurationSeconds", &self.duration.to_string());
-        if let Some(id) = &self.external_id {
-            form.append_pair("ExternalId", id);
+        match token {
+            Some(token) => {
+                form.append_pair("WebIdentityToken", token);
+            }
+            None => {
+                if let Some(id) = &self.external_id {
+                    form.append_pair("ExternalId", id);
+                }
+            }
         }
         form.finish().into_bytes()
     }
 
     async fn assume(&self) -> Result<(AwsCredential, Option<DateTime<Utc>>), CallFailure> {
-        let source = self
-            .source
-            .get_credential()
-            .await
-            .map_err(|e| CallFailure::permanent(format!("its source credentials: {}", credential_error(&e))))?;
-        let source = crate::api::sigv4::Credentials {
-            key_id: source.key_id.clone(),
-            secret: source.secret_key.clone(),
-            session_token: source.token.clone(),
-        };
-        let body = self.request_body();
         let mut headers = http::HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/x-www-form-urlencoded; charset=utf-8"),
         );
-        let path = self.endpoint.path().to_string();
-        let headers = source
-            .sign_request("POST", &self.endpoint, &path, (&self.region, "sts"), headers, &body)
-            .map_err(|e| CallFailure::permanent(format!("cannot sign the AssumeRole request: {e}")))?;
+        let (body, headers) = match &self.source {
+            RoleSource::Signed(source) => {
+                let source = source
+                    .get_credential()
+                    .await
+                    .map_err(|e| CallFailure::permanent(format!("its source credentials: {}", credential_error(&e))))?;
+                let source = crate::api::sigv4::Credentials {
+                    key_id: source.key_id.clone(),
+                    secret: source.secret_key.clone(),
+                    session_token: source.token.clone(),
+                };
+                let body = self.request_body(None);
+                let path = self.endpoint.path().to_string();
+                let headers = source
+                    .sign_request("POST", &self.endpoint, &path, (&self.region, "sts"), headers, &body)
+                    .map_err(|e| CallFailure::permanent(format!("cannot sign the AssumeRole request: {e}")))?;
+                (body, headers)
+            }
+            RoleSource::WebIdentity(file) => {
+                let token = tokio::fs::read_to_string(file).await.map_err(|e| {
+                    CallFailure::permanent(format!("cannot read its `web_identity_token_file` {}: {e}", file.display()))
+                })?;
+                (self.request_body(Some(token.trim())), headers)
+            }
+        };
         let unanswered = CallFailure::retryable;
         let response =
             self.client.post(self.endpoint.clone()).headers(headers).body(body).send().await.map_err(|e| {
@@ -825,6 +854,7 @@ fn assumed_credentials(
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Response {
+        #[serde(alias = "AssumeRoleWithWebIdentityResult")]
         assume_role_result: AssumeRoleResult,
     }
     #[derive(serde::Deserialize)]
@@ -1389,6 +1419,48 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
         assert!(!error.contains("secret") && !error.contains("refresh-1") && !error.contains("old-token"), "{error}");
     }
 
+    #[test]
+    fn a_web_identity_profile_asks_sts_unsigned_with_the_token_its_file_holds() {
+        let files = Files::new("", "");
+        let token = files.dir.path().join("token");
+        std::fs::write(&token, "eyJ.token.sig\n").unwrap_or_else(|e| panic!("{e}"));
+        let config = format!(
+            "[profile pod]\nrole_arn = arn:aws:iam::1:role/r\nweb_identity_token_file = {}\nsource_profile = ignored\nexternal_id = x\n",
+            token.display()
+        );
+        std::fs::write(files.dir.path().join("config"), config).unwrap_or_else(|e| panic!("{e}"));
+        // The token wins over `source_profile` (botocore's order), and the form is the web identity one.
+        let provider = AssumeRoleProvider {
+            profile: "pod".into(),
+            source: RoleSource::WebIdentity(token.clone()),
+            role_arn: "arn:aws:iam::1:role/r".into(),
+            session_name: "s".into(),
+            external_id: Some("x".into()),
+            duration: 3600,
+            region: "eu-west-1".into(),
+            endpoint: reqwest::Url::parse("http://127.0.0.1:9/").unwrap_or_else(|e| panic!("{e}")),
+            client: sts_client(Duration::from_millis(300)).unwrap_or_else(|e| panic!("{e}")),
+            cached: Cached::default(),
+        };
+        let form: HashMap<String, String> =
+            url::form_urlencoded::parse(&provider.request_body(Some("eyJ.token.sig"))).into_owned().collect();
+        let field = |k: &str| form.get(k).map(String::as_str);
+        assert_eq!(
+            (field("Action"), field("WebIdentityToken"), field("RoleArn"), field("ExternalId")),
+            (Some("AssumeRoleWithWebIdentity"), Some("eyJ.token.sig"), Some("arn:aws:iam::1:role/r"), None)
+        );
+        // Selected from the files: STS is asked (a closed port here), not the `source_profile`.
+        let error = credential(&files.env(Some("pod"))).err().unwrap_or_default();
+        assert!(
+            error.contains("names a role") && error.contains("STS at http://127.0.0.1:9/ did not answer"),
+            "{error}"
+        );
+        // A token file that is not there says so.
+        std::fs::remove_file(&token).unwrap_or_else(|e| panic!("{e}"));
+        let error = credential(&files.env(Some("pod"))).err().unwrap_or_default();
+        assert!(error.contains("cannot read its `web_identity_token_file`"), "{error}");
+    }
+
     /// A `credential_process` that never answers is stopped at its time limit (killed, not left
     /// behind) and its profile's credentials are an error that says so.
     #[test]
@@ -1434,7 +1506,7 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
         let source = AwsCredential { key_id: "AKIDSOURCE".into(), secret_key: "s".into(), token: None };
         let provider = AssumeRoleProvider {
             profile: "slow".into(),
-            source: Arc::new(StaticCredentialProvider::new(source)),
+            source: RoleSource::Signed(Arc::new(StaticCredentialProvider::new(source))),
             role_arn: "arn:aws:iam::123456789012:role/r".into(),
             session_name: "s".into(),
             external_id: None,
