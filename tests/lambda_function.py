@@ -10,6 +10,10 @@ counting the invocations in flight: GET /peak gives the most at once); /missing 
 /notjson; /slow (sleeps 3 s, then answers); /flaky (HTTP 500 for the first 2 requests, then /ok);
 /invoke/... (the Lambda Invoke API path: checks an AWS4 Authorization for service `lambda`).
 Every event received is appended to the log at GET /events (JSON lines).
+GET /invoke/2015-03-31/functions/<name>/configuration is Lambda's GetFunctionConfiguration (AWS4
+for `lambda` required): the configuration, or 404 ResourceNotFoundException when the name holds
+"missing", or a bare 404 (as an emulator serving invocations only) when it holds "noapi"; each
+such request is logged at GET /checks.
 """
 
 import base64
@@ -20,6 +24,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 EVENTS = []
+CHECKS = []
 LOCK = threading.Lock()
 FLAKY = {"left": 2}
 FLIGHT = {"now": 0, "peak": 0}
@@ -52,8 +57,12 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        if self.path.startswith("/invoke/2015-03-31/functions/") and self.path.endswith("/configuration"):
+            return self.function_configuration()
         with LOCK:
-            if self.path == "/peak":
+            if self.path == "/checks":
+                body = "".join(json.dumps(c) + "\n" for c in CHECKS).encode()
+            elif self.path == "/peak":
                 body = str(FLIGHT["peak"]).encode()
             else:
                 body = "".join(json.dumps(e) + "\n" for e in EVENTS).encode()
@@ -61,6 +70,27 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def function_configuration(self):
+        auth = self.headers.get("authorization") or ""
+        with LOCK:
+            CHECKS.append({"path": self.path, "authorization": auth})
+        if "/lambda/aws4_request" not in auth or not self.headers.get("x-amz-date"):
+            return self.reply(403, {"message": "missing signature"})
+        name = self.path.split("/")[4]
+        if "noapi" in name:
+            # As Lambda's runtime interface emulator, which serves invocations only.
+            return self.reply(404, None, raw=b"404 page not found")
+        if "missing" in name:
+            body = json.dumps({"Type": "User", "Message": "Function not found: " + name.replace("%3A", ":")}).encode()
+            self.send_response(404)
+            self.send_header("x-amzn-ErrorType", "ResourceNotFoundException")
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return None
+        return self.reply(200, {"FunctionName": name, "Runtime": "python3.12", "State": "Active"})
 
     def do_POST(self):
         length = int(self.headers.get("content-length", "0"))

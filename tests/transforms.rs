@@ -354,6 +354,39 @@ fn the_invoke_api_is_called_with_a_sigv4_signature_for_lambda() {
             && auth.contains("/eu-west-1/lambda/aws4_request"),
         "{auth}"
     );
+    // The start-up check, GetFunctionConfiguration, signed alike, once per run.
+    let checks: Vec<serde_json::Value> = reqwest::blocking::get(server.url("checks"))
+        .unwrap()
+        .text()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert_eq!(
+        checks[0]["path"],
+        "/invoke/2015-03-31/functions/arn%3Aaws%3Alambda%3Aeu-west-1%3A123456789012%3Afunction%3Amask/configuration"
+    );
+    assert!(checks[0]["authorization"].as_str().unwrap().contains("/eu-west-1/lambda/aws4_request"));
+    // A function Lambda does not know stops the run at start, before any record is read.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("function:mask", "function:missing-mask")).unwrap();
+    let missing = run(&[("AWS_ACCESS_KEY_ID", "AKIDLAMBDATEST"), ("AWS_SECRET_ACCESS_KEY", "lambda-test-secret")]);
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(
+            "the Lambda function arn:aws:lambda:eu-west-1:123456789012:function:missing-mask does not exist \
+             (404 Not Found: ResourceNotFoundException: Function not found: arn:aws:lambda:eu-west-1:123456789012:function:missing-mask)"
+        ),
+        "{said}"
+    );
+    assert_eq!(server.events().len(), 1, "never invoked");
+    // An endpoint without GetFunctionConfiguration (an emulator) is only warned about.
+    std::fs::write(&config, text.replace("function:mask", "function:noapi-mask")).unwrap();
+    let emulated = run(&[("AWS_ACCESS_KEY_ID", "AKIDLAMBDATEST"), ("AWS_SECRET_ACCESS_KEY", "lambda-test-secret")]);
+    assert!(emulated.status.success(), "{}", String::from_utf8_lossy(&emulated.stderr));
+    assert_eq!(server.events().len(), 2);
 }
 
 #[test]

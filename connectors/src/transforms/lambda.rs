@@ -16,6 +16,9 @@
 //! tls = { ca = "private-ca.pem" }      # optional: crate::tls
 //! ```
 //!
+//! With `function`, the first worker to open asks Lambda for the function (`GetFunctionConfiguration`,
+//! `Invoker::check_function`): one Lambda does not know stops the run at start.
+//!
 //! Each worker buffers records until `size_mb` of record data, `interval_s` since the first, 6 MB of
 //! request (Lambda's synchronous payload limit) or the end of the input, then sends
 //! `{invocationId, deliveryStreamArn, region, records:[{recordId, approximateArrivalTimestamp, data}]}`,
@@ -99,6 +102,10 @@ enum Target {
         url: reqwest::Url,
         /// The path as SigV4 canonicalizes it for Lambda (each segment encoded twice).
         signed_path: String,
+        /// `…/2015-03-31/functions/<name>/configuration` (GetFunctionConfiguration, the start-up
+        /// check) and its signed path.
+        check_url: reqwest::Url,
+        check_signed_path: String,
         region: String,
     },
 }
@@ -173,7 +180,12 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Transform>, Prob
                 .join(&format!("{prefix}/2015-03-31/functions/{once}/invocations"))
                 .map_err(|e| Diagnostic::new(span.clone(), format!("cannot build the Invoke URL: {e}")))?;
             let signed_path = format!("{prefix}/2015-03-31/functions/{}/invocations", uri_encode(&once));
-            Ok((Target::Function { url, signed_path, region: region.clone() }, function, region))
+            let check_url = base
+                .join(&format!("{prefix}/2015-03-31/functions/{once}/configuration"))
+                .map_err(|e| Diagnostic::new(span.clone(), format!("cannot build the function's URL: {e}")))?;
+            let check_signed_path = format!("{prefix}/2015-03-31/functions/{}/configuration", uri_encode(&once));
+            let target = Target::Function { url, signed_path, check_url, check_signed_path, region: region.clone() };
+            Ok((target, function, region))
         }
         (Some(_), Some(_)) => {
             Err(Diagnostic::new(function_span, "a lambda transform has `url` or `function`, not both")
@@ -296,7 +308,11 @@ impl Transform for LambdaTransform {
 
     fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
         if let Target::Function { region, .. } = &self.shared.target {
-            let find = || AwsCredentials::resolve(region, "calling a Lambda function");
+            let find = || async {
+                let credentials = AwsCredentials::resolve(region, "calling a Lambda function").await?;
+                self.shared.check_function(&credentials).await?;
+                Ok::<_, String>(credentials)
+            };
             context.runtime.block_on(self.shared.credentials.get_or_try_init(find)).map_err(TransformError)?;
         }
         Ok(Box::new(LambdaWorker {
@@ -617,6 +633,65 @@ enum Attempt {
 }
 
 impl Invoker {
+    /// The start-up check of a `function`: Lambda's `GetFunctionConfiguration`, which Firehose's
+    /// role needs too (`lambda:GetFunctionConfiguration`). A function Lambda does not know
+    /// (`ResourceNotFoundException`) stops the run: every invocation would fail and every record
+    /// go to the error output. Anything else (no permission to read the configuration, no answer)
+    /// is only warned about: invoking may still work.
+    async fn check_function(&self, credentials: &AwsCredentials) -> Result<(), String> {
+        let Target::Function { check_url, check_signed_path, region, .. } = &self.target else { return Ok(()) };
+        let warn = |why: String| {
+            tracing::warn!(function = %self.lambda_arn, "cannot check the function at start ({why}); invoking anyway");
+            Ok(())
+        };
+        let credentials = match credentials.current().await {
+            Ok(credentials) => credentials,
+            Err(why) => return warn(why),
+        };
+        let headers = match credentials.sign_request(
+            "GET",
+            check_url,
+            check_signed_path,
+            (region, "lambda"),
+            http::HeaderMap::new(),
+            b"",
+        ) {
+            Ok(headers) => headers,
+            Err(e) => return warn(e.to_string()),
+        };
+        let response = match self.client.get(check_url.clone()).headers(headers).send().await {
+            Ok(response) => response,
+            Err(e) => return warn(crate::tls::send_failure(&e)),
+        };
+        let status = response.status();
+        let error_type = response
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(|t| t.split(':').next().unwrap_or_default().to_string());
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|b| b.get("Message").or_else(|| b.get("message")).and_then(|m| m.as_str()).map(str::to_string))
+            .unwrap_or_default();
+        match (status.as_u16(), error_type.as_deref()) {
+            (200, _) => Ok(()),
+            // Only Lambda's own answer: an emulator without this call (the runtime interface
+            // emulator answers only invocations) is no reason to stop.
+            (404, Some("ResourceNotFoundException")) => Err(format!(
+                "the Lambda function {} does not exist ({status}{}{}); check `function` (its name, account and region)",
+                self.lambda_arn,
+                error_type.map(|t| format!(": {t}")).unwrap_or_default(),
+                if message.is_empty() { String::new() } else { format!(": {message}") }
+            )),
+            _ => warn(format!(
+                "GetFunctionConfiguration answered {status}{}{}",
+                error_type.map(|t| format!(": {t}")).unwrap_or_default(),
+                if message.is_empty() { String::new() } else { format!(": {message}") }
+            )),
+        }
+    }
+
     /// Invokes the function with `body` (retrying what may succeed later) and reads its answers.
     async fn invoke(
         &self,
@@ -658,7 +733,7 @@ impl Invoker {
         let fail = |code: &'static str, message: String| Attempt::Fail(BatchFailure { code, message, attempts: 0 });
         let request = match &self.target {
             Target::Url(url) => self.client.post(url.clone()).header("content-type", "application/json"),
-            Target::Function { url, signed_path, region } => {
+            Target::Function { url, signed_path, region, .. } => {
                 let Some(credentials) = self.credentials.get() else {
                     return Err(fail("Lambda.InvokeAccessDenied", "no AWS credentials".into()));
                 };
