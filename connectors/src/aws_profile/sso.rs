@@ -42,6 +42,8 @@ use chrono::{DateTime, Utc};
 use object_store::aws::{AwsCredential, AwsCredentialProvider};
 use sha1::Digest;
 
+use crate::aws_error::ErrorAnswer;
+
 use super::{
     Cached, CallFailure, ClassifyKind, Profile, ProfileEnvironment, ProfileError, Profiles, REFRESH_BEFORE_EXPIRY,
     STS_TIMEOUT, retried, sts_client,
@@ -282,13 +284,12 @@ impl SsoProvider {
             .send()
             .await
             .map_err(|e| format!("SSO OIDC at {} did not answer: {}", self.oidc, sluice_engine::redact::error(&e)))?;
-        let status = response.status();
-        let error_type = error_type(response.headers());
+        let (status, headers) = (response.status(), response.headers().clone());
         let text = response.bytes().await.map_err(|e| format!("SSO OIDC's answer was cut short: {e}"))?;
         if !status.is_success() {
             return Err(format!(
                 "SSO OIDC answered {status}{}",
-                refusal(error_type, &text, "error", "error_description")
+                ErrorAnswer::read(&headers, &text, "error", "error_description").suffix()
             ));
         }
         let created: Created = serde_json::from_slice(&text)
@@ -341,13 +342,12 @@ impl SsoProvider {
                 sluice_engine::redact::error(&e)
             ))
         })?;
-        let status = response.status();
-        let error_type = error_type(response.headers());
+        let (status, headers) = (response.status(), response.headers().clone());
         let text = response
             .bytes()
             .await
             .map_err(|e| CallFailure::retryable(format!("Identity Center's answer was cut short: {e}")))?;
-        role_credentials(status, error_type.as_deref(), &text, || self.login())
+        role_credentials(status, &headers, &text, || self.login())
     }
 }
 
@@ -363,7 +363,7 @@ struct RefreshGrant<'t> {
 /// (`UnauthorizedException`) says to log in again (`login`).
 fn role_credentials(
     status: reqwest::StatusCode,
-    error_type: Option<&str>,
+    headers: &reqwest::header::HeaderMap,
     text: &[u8],
     login: impl Fn() -> String,
 ) -> Result<(AwsCredential, Option<DateTime<Utc>>), CallFailure> {
@@ -384,7 +384,7 @@ fn role_credentials(
     if !status.is_success() {
         let mut why = format!(
             "Identity Center answered {status}{}",
-            refusal(error_type.map(str::to_string), text, "__type", "message")
+            ErrorAnswer::read(headers, text, "__type", "message").suffix()
         );
         if status == reqwest::StatusCode::UNAUTHORIZED {
             why = format!("{why}: {}", login());
@@ -402,28 +402,6 @@ fn role_credentials(
         AwsCredential { key_id: c.access_key_id, secret_key: c.secret_access_key, token: c.session_token },
         Some(expires),
     ))
-}
-
-/// The error's type an AWS REST-JSON answer names in `x-amzn-ErrorType`.
-fn error_type(headers: &reqwest::header::HeaderMap) -> Option<String> {
-    headers.get("x-amzn-errortype")?.to_str().ok().map(str::to_string)
-}
-
-/// `": <type>: <message>"` of an error answer: its type from the header (up to a `:`) or the body's
-/// `type_field` (`__type` too), its message from the body's `message_field` (or `Message`).
-fn refusal(error_type: Option<String>, text: &[u8], type_field: &str, message_field: &str) -> String {
-    let body: serde_json::Value = serde_json::from_slice(text).unwrap_or_default();
-    let field = |names: &[&str]| names.iter().find_map(|n| body.get(n).and_then(|v| v.as_str()).map(str::to_string));
-    // The header's value may go on after a `:` (a URL of the error's documentation).
-    let kind = error_type.map(|t| t.split(':').next().unwrap_or_default().to_string());
-    let kind = kind.or_else(|| field(&[type_field, "__type"]));
-    let message = field(&[message_field, "Message"]);
-    match (kind, message) {
-        (Some(kind), Some(message)) => format!(": {kind}: {message}"),
-        (Some(kind), None) => format!(": {kind}"),
-        (None, Some(message)) => format!(": {message}"),
-        (None, None) => String::new(),
-    }
 }
 
 /// `base` with `path` after its own path (an endpoint may have one).
@@ -451,9 +429,16 @@ mod tests {
     #[test]
     fn get_role_credentials_answers_are_read_as_the_api_reference_shows_them() {
         let login = || "run `aws sso login --sso-session corp`".to_string();
+        let typed = |t: Option<&str>| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(t) = t {
+                headers.insert("x-amzn-ErrorType", t.parse().unwrap_or_else(|e| panic!("{e}")));
+            }
+            headers
+        };
         let answer = br#"{"roleCredentials":{"accessKeyId":"ASIAEXAMPLE","secretAccessKey":"secret","sessionToken":"token","expiration":1796000000000}}"#;
         let (c, expires) =
-            role_credentials(reqwest::StatusCode::OK, None, answer, login).unwrap_or_else(|e| panic!("{e:?}"));
+            role_credentials(reqwest::StatusCode::OK, &typed(None), answer, login).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             (c.key_id.as_str(), c.secret_key.as_str(), c.token.as_deref()),
             ("ASIAEXAMPLE", "secret", Some("token"))
@@ -461,7 +446,7 @@ mod tests {
         assert_eq!(expires.map(|e| e.timestamp()), Some(1_796_000_000));
         let refused = role_credentials(
             reqwest::StatusCode::UNAUTHORIZED,
-            Some("UnauthorizedException"),
+            &typed(Some("UnauthorizedException")),
             br#"{"message":"Session token not found or invalid"}"#,
             login,
         )
@@ -474,18 +459,25 @@ mod tests {
                     .into()
             ))
         );
-        let busy = role_credentials(reqwest::StatusCode::TOO_MANY_REQUESTS, None, br#"{"message":"slow down"}"#, login);
+        let busy = role_credentials(
+            reqwest::StatusCode::TOO_MANY_REQUESTS,
+            &typed(None),
+            br#"{"message":"slow down"}"#,
+            login,
+        );
         assert!(busy.err().is_some_and(|e| e.retryable && e.why.ends_with("429 Too Many Requests: slow down")));
         assert!(
-            role_credentials(reqwest::StatusCode::BAD_GATEWAY, None, b"", login).err().is_some_and(|e| e.retryable)
+            role_credentials(reqwest::StatusCode::BAD_GATEWAY, &typed(None), b"", login)
+                .err()
+                .is_some_and(|e| e.retryable)
         );
         let forbidden =
-            role_credentials(reqwest::StatusCode::FORBIDDEN, Some("ForbiddenException:http://x"), b"{}", login);
+            role_credentials(reqwest::StatusCode::FORBIDDEN, &typed(Some("ForbiddenException:http://x")), b"{}", login);
         assert_eq!(
             forbidden.err().map(|e| (e.retryable, e.why)),
             Some((false, "Identity Center answered 403 Forbidden: ForbiddenException".into()))
         );
-        let garbled = role_credentials(reqwest::StatusCode::OK, None, b"{\"roleCredentials\":{}}", login);
+        let garbled = role_credentials(reqwest::StatusCode::OK, &typed(None), b"{\"roleCredentials\":{}}", login);
         assert!(garbled.err().is_some_and(|e| !e.retryable && e.why.contains("holds no role credentials")));
     }
 

@@ -663,32 +663,19 @@ impl Invoker {
             Ok(response) => response,
             Err(e) => return warn(crate::tls::send_failure(&e)),
         };
-        let status = response.status();
-        let error_type = response
-            .headers()
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .map(|t| t.split(':').next().unwrap_or_default().to_string());
-        let body = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|b| b.get("Message").or_else(|| b.get("message")).and_then(|m| m.as_str()).map(str::to_string))
-            .unwrap_or_default();
-        match (status.as_u16(), error_type.as_deref()) {
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = response.bytes().await.unwrap_or_default();
+        let answer = crate::aws_error::ErrorAnswer::read(&headers, &body, "__type", "Message");
+        match (status.as_u16(), answer.kind.as_deref()) {
             (200, _) => Ok(()),
             // Only Lambda's own answer: an emulator without this call (the runtime interface
             // emulator answers only invocations) is no reason to stop.
             (404, Some("ResourceNotFoundException")) => Err(format!(
-                "the Lambda function {} does not exist ({status}{}{}); check `function` (its name, account and region)",
+                "the Lambda function {} does not exist ({status}{}); check `function` (its name, account and region)",
                 self.lambda_arn,
-                error_type.map(|t| format!(": {t}")).unwrap_or_default(),
-                if message.is_empty() { String::new() } else { format!(": {message}") }
+                answer.suffix()
             )),
-            _ => warn(format!(
-                "GetFunctionConfiguration answered {status}{}{}",
-                error_type.map(|t| format!(": {t}")).unwrap_or_default(),
-                if message.is_empty() { String::new() } else { format!(": {message}") }
-            )),
+            _ => warn(format!("GetFunctionConfiguration answered {status}{}", answer.suffix())),
         }
     }
 
