@@ -412,8 +412,14 @@ fn join(base: &reqwest::Url, path: &str) -> reqwest::Url {
     url
 }
 
+/// A cache file's time: RFC 3339, or as early AWS CLI v2 releases wrote `expiresAt`
+/// (`2019-11-14T04:05:45UTC`), which botocore still reads.
 fn rfc3339(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
-    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc))
+    let text = match text.strip_suffix("UTC") {
+        Some(time) => std::borrow::Cow::Owned(format!("{time}Z")),
+        None => std::borrow::Cow::Borrowed(text),
+    };
+    DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc))
 }
 
 #[cfg(test)]
@@ -479,6 +485,15 @@ mod tests {
         );
         let garbled = role_credentials(reqwest::StatusCode::OK, &typed(None), b"{\"roleCredentials\":{}}", login);
         assert!(garbled.err().is_some_and(|e| !e.retryable && e.why.contains("holds no role credentials")));
+    }
+
+    #[test]
+    fn cache_times_are_read_as_the_cli_writes_them() {
+        let at = |t: &str| rfc3339(t).map(|t| t.timestamp()).ok();
+        assert_eq!(at("2019-11-14T04:05:45Z"), Some(1_573_704_345));
+        assert_eq!(at("2019-11-14T04:05:45UTC"), Some(1_573_704_345));
+        assert_eq!(at("2019-11-14T05:05:45+01:00"), Some(1_573_704_345));
+        assert_eq!(at("tomorrow"), None);
     }
 
     #[test]
