@@ -259,9 +259,19 @@ fn an_endpoint_with_a_certificate_of_a_private_ca_takes_records_when_tls_names_t
     let endpoint = receiver_over(Answer::OkAfter(0), Some(certs.server("server", false)));
     assert_eq!(deliver_over_tls(&endpoint, &ca), (300, vec![]));
     assert_eq!(sorted(endpoint.seen.lock().unwrap().records.clone()), sorted(generated(Profile::Cloudtrail, 6, 300)));
-    // Without the CA, the system's roots do not know it: nothing is sent, everything is backed up
-    // with the reason
-    let (delivered, messages) = deliver_over_tls(&endpoint, "");
+    // Without the CA, the system's roots do not know it: the start-up check stops the run, saying
+    // what to set, before anything is read...
+    let backup = tempfile::tempdir().unwrap();
+    let refused = run_pipeline(&pipeline(&endpoint.url, backup.path(), 300, ""), &registry(), 1).err();
+    let said = refused.map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        said.contains("the server's certificate is not trusted")
+            && said.contains("UnknownIssuer")
+            && said.contains("give the CA that signs it as `tls = { ca"),
+        "{said}"
+    );
+    // ...and without the check, nothing is sent, everything is backed up with the reason
+    let (delivered, messages) = deliver_over_tls(&endpoint, "healthcheck = false");
     assert_eq!((delivered, messages.len()), (0, 300));
     // with what to set, as Firehose's messages of refused certificates say what to check.
     assert!(
@@ -272,14 +282,14 @@ fn an_endpoint_with_a_certificate_of_a_private_ca_takes_records_when_tls_names_t
     // The CA is added to the system's roots, not put in their place: only with
     // `verify_hostname = false` is it trusted alone, and then the name is not checked.
     let elsewhere = receiver_over(Answer::OkAfter(0), Some(certs.server("elsewhere", false)));
-    let (delivered, messages) = deliver_over_tls(&elsewhere, &ca);
+    let (delivered, messages) = deliver_over_tls(&elsewhere, &format!("{ca}\nhealthcheck = false"));
     assert_eq!(delivered, 0);
     assert!(messages.iter().all(|m| m.contains("not valid for name")), "{:?}", messages.first());
     let any_name = format!("tls = {{ ca = \"{}\", verify_hostname = false }}", certs.path("ca.pem"));
     assert_eq!(deliver_over_tls(&elsewhere, &any_name), (300, vec![]));
     // A certificate of no CA at all is taken only with verify_certificate = false.
     let self_signed = receiver_over(Answer::OkAfter(0), Some(certs.server("self-signed", false)));
-    assert_eq!(deliver_over_tls(&self_signed, &ca).0, 0);
+    assert_eq!(deliver_over_tls(&self_signed, &format!("{ca}\nhealthcheck = false")).0, 0);
     assert_eq!(deliver_over_tls(&self_signed, "tls = { verify_certificate = false }"), (300, vec![]));
 }
 
@@ -290,6 +300,13 @@ fn an_endpoint_that_asks_for_a_client_certificate_gets_the_one_tls_names() {
     let (ca, cert, key) = (certs.path("ca.pem"), certs.path("client.pem"), certs.path("client.key"));
     let (delivered, messages) = deliver_over_tls(&endpoint, &format!("tls = {{ ca = \"{ca}\" }}"));
     assert_eq!((delivered, messages.len()), (0, 300), "refused without a client certificate");
+    // The server's refusal (its alert) is not said as a certificate of its own to trust: the
+    // start-up check let the run start, and no message gives that advice.
+    assert!(
+        messages.iter().all(|m| m.contains("CertificateRequired") && !m.contains("give the CA that signs it")),
+        "{:?}",
+        messages.first()
+    );
     let mutual = format!("tls = {{ ca = \"{ca}\", cert = \"{cert}\", key = \"{key}\" }}");
     assert_eq!(deliver_over_tls(&endpoint, &mutual), (300, vec![]));
     assert_eq!(endpoint.seen.lock().unwrap().records.len(), 300);

@@ -190,12 +190,15 @@ impl ClientTls {
 
 /// Why a TLS handshake refused the server, if that is what `error` (or one of its causes) is:
 /// rustls's own words (`invalid peer certificate: UnknownIssuer`), wherever the client that
-/// reports it (reqwest, object_store, tokio-postgres) put it in its chain of causes.
+/// reports it (reqwest, object_store, tokio-postgres) put it in its chain of causes. Only the
+/// client's refusal of the server's certificate counts: an alert the server sent (it asks for a
+/// client certificate, or refuses the one given) is not one, and its advice would be wrong.
 pub fn refusal(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut next = Some(error);
     while let Some(error) = next {
         if let Some(tls) = error.downcast_ref::<rustls::Error>() {
-            return Some(tls.to_string());
+            return matches!(tls, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+                .then(|| tls.to_string());
         }
         // An I/O error's `source` is its inner error's source, skipping the inner error itself
         // (tokio-rustls's rustls::Error, itself wrapped in another I/O error by hyper's connector).

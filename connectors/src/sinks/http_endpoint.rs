@@ -16,6 +16,7 @@
 //! error_prefix = "http-failed/!{firehose:error-output-type}/"
 //! backup_store = { url = "s3://bucket/backup", options = { region = "eu-west-1" } }
 //! tls = { ca = "certs/private-ca.pem" }     # optional: crate::tls
+//! healthcheck = true                         # default: a HEAD of `url` at start
 //! ```
 //!
 //! Each request is `{"records":[{"data":"<base64>"},…],"requestId":"<uuid>","timestamp":<ms>}` (at
@@ -26,7 +27,10 @@
 //! `.DestinationException`); only 413 is permanent, every other status is retried (Firehose
 //! retries 4xx too). What is not delivered goes to the error output in `backup_store` (required,
 //! like Firehose's S3Configuration). Beyond Firehose: `http://` URLs and any port are allowed (for
-//! receivers on the same host), and a 413 is backed up rather than dropped.
+//! receivers on the same host), and a 413 is backed up rather than dropped; and, unless
+//! `healthcheck = false`, a `HEAD` of `url` at start (the protocol has no health call: any answer
+//! will do), so that a server certificate the client refuses stops the run with what to set,
+//! instead of every request failing and being backed up; no answer only warns.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -130,6 +134,8 @@ struct HttpEndpointConfig {
     region: Option<String>,
     #[serde(default, deserialize_with = "crate::sinks::object_store::url_or_table")]
     backup_store: Option<BackupStore>,
+    #[serde(default)]
+    healthcheck: Option<bool>,
 }
 
 /// A configured HTTP endpoint sink.
@@ -144,6 +150,8 @@ pub struct HttpEndpointSink {
     source_arn: String,
     client: reqwest::Client,
     backup: Arc<dyn Sink>,
+    /// Whether `prepare` sends its `HEAD` first.
+    healthcheck: bool,
 }
 
 /// Builds an HTTP endpoint sink from `[sinks.<name>]`.
@@ -216,6 +224,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems>
         source_arn: stream_arn(&region, ACCOUNT, &pipeline),
         client,
         backup,
+        healthcheck: c.healthcheck.unwrap_or(true),
     }))
 }
 
@@ -299,8 +308,19 @@ impl Sink for HttpEndpointSink {
         DestinationKind::HttpEndpoint
     }
 
+    /// Prepares the backup store, then (unless `healthcheck = false`) sends a `HEAD` of the URL:
+    /// a certificate the client refuses stops the run; whatever the endpoint answers (the protocol
+    /// defines only `POST`), or no answer, lets it start.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        self.backup.prepare()
+        let backup = self.backup.prepare();
+        let check = self.healthcheck.then(|| (self.client.head(self.url.clone()), self.location()));
+        Box::pin(async move {
+            backup.await?;
+            if let Some((request, url)) = check {
+                crate::tls::start_up_check(request, &url, "HttpEndpoint.TlsFailed").await?;
+            }
+            Ok(())
+        })
     }
 
     fn wire_format(&self) -> Option<Arc<dyn ObjectFormat>> {
