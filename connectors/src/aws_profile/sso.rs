@@ -298,7 +298,11 @@ impl SsoProvider {
             return Err("SSO OIDC's `expiresIn` is not a positive number of seconds".into());
         }
         let expires_at = now + chrono::Duration::seconds(created.expires_in);
-        self.write_back(token, &created.access_token, expires_at, created.refresh_token.as_deref())?;
+        // The new token is used even when the cache cannot take it: OIDC may have rotated the
+        // refresh token, so the one in the file may no longer work, and failing would lose both.
+        if let Err(why) = self.write_back(token, &created.access_token, expires_at, created.refresh_token.as_deref()) {
+            tracing::warn!(profile = %self.profile, "the refreshed SSO token is used but not cached: {why}");
+        }
         Ok(created.access_token)
     }
 
