@@ -49,6 +49,14 @@ impl Diagnostic {
         self
     }
 
+    /// Adds a hint when there is one.
+    pub fn with_hint_if(mut self, hint: Option<String>) -> Self {
+        if hint.is_some() {
+            self.hint = hint;
+        }
+        self
+    }
+
     /// Says it is about the whole table (a key the table lacks), not about a key's value.
     pub fn of_the_table(mut self) -> Self {
         self.of_the_table = true;

@@ -350,7 +350,8 @@ impl Section {
             DeValue::String(s) => Some(Spanned::new(span, s.into_owned())),
             other => {
                 let problem =
-                    Diagnostic::new(span, format!("{} must be a string, found {}", self.label(key), type_name(&other)));
+                    Diagnostic::new(span, format!("{} must be a string, found {}", self.label(key), type_name(&other)))
+                        .with_hint_if(kind_hint(key, &other, "a string"));
                 self.refuse(key, problem, problems)
             }
         }
@@ -372,18 +373,22 @@ impl Section {
                     let item_span = item.span();
                     match item.into_inner() {
                         DeValue::String(s) => out.push(Spanned::new(item_span, s.into_owned())),
-                        other => problems.push(Diagnostic::new(
-                            item_span,
-                            format!("{label} must list strings, found {}", type_name(&other)),
-                        )),
+                        other => problems.push(
+                            Diagnostic::new(
+                                item_span,
+                                format!("{label} must list strings, found {}", type_name(&other)),
+                            )
+                            .with_hint_if(kind_hint("", &other, "a string")),
+                        ),
                     }
                 }
                 Some(Spanned::new(span, out))
             }
             other => {
+                let hint = kind_hint(key, &other, "an array").unwrap_or_else(|| format!("write {key} = [\"...\"]"));
                 let problem =
                     Diagnostic::new(span, format!("{label} must be an array of strings, found {}", type_name(&other)))
-                        .with_hint(format!("write {label} = [\"...\"]"));
+                        .with_hint(hint);
                 self.refuse(key, problem, problems)
             }
         }
@@ -413,7 +418,8 @@ impl Section {
                 let problem = Diagnostic::new(
                     span,
                     format!("{} must be an integer, found {}", self.label(key), type_name(&other)),
-                );
+                )
+                .with_hint_if(kind_hint(key, &other, "an integer"));
                 self.refuse(key, problem, problems)
             }
         }
@@ -571,6 +577,7 @@ impl Section {
                 }
                 _ => (path.clone(), &asked[..], false, None),
             };
+            let found_kind = found.map(|v| type_name(v.get_ref()));
             problems.push(match explain_serde_message(&message, accepted_here) {
                 Some(SerdeProblem::UnknownKey { key, hint, near }) => {
                     if !nested {
@@ -579,23 +586,23 @@ impl Section {
                     Diagnostic::new(span.clone(), format!("unknown key `{place}.{key}`")).with_hint(hint)
                 }
                 Some(SerdeProblem::Other { hint }) => {
-                    Diagnostic::new(span.clone(), in_toml_words(&message, &place, found)).with_hint(hint)
+                    Diagnostic::new(span.clone(), in_toml_words(&message, &place, found_kind)).with_hint(hint)
                 }
                 None => {
-                    let said = Diagnostic::new(span.clone(), in_toml_words(&message, &place, found));
-                    // A key's whole value written where a table belongs: how to write the table.
+                    let said = Diagnostic::new(span.clone(), in_toml_words(&message, &place, found_kind));
+                    // A key's whole value written where a table belongs: how to write the table;
+                    // a value of another kind that says what was meant: how to write it.
                     let hint = match &culprit {
                         Some((key, true))
                             if expects_a_table(&message) && entries.get(key).is_some_and(|v| v.span() == span) =>
                         {
                             table_hint::<T>(&entries, key, &whole, message.ends_with(" or a table"))
                         }
-                        _ => None,
+                        _ => found
+                            .zip(expected_kind(&message))
+                            .and_then(|(written, expected)| kind_hint(key_of(&place), written.get_ref(), expected)),
                     };
-                    match hint {
-                        Some(hint) => said.with_hint(hint),
-                        None => said,
-                    }
+                    said.with_hint_if(hint)
                 }
             });
             let (key, _) = culprit?;
@@ -687,8 +694,8 @@ fn expects_a_table(message: &str) -> bool {
 }
 
 /// The path below `value` to the innermost value `span` is in (`.url`, `[1].name`; empty for
-/// `value` itself), and that value's kind in the engine's words.
-fn path_within(value: &Value, span: &Range<usize>) -> (String, &'static str) {
+/// `value` itself), and that value.
+fn path_within<'v>(value: &'v Value, span: &Range<usize>) -> (String, &'v Value) {
     let holds = |v: &Value| v.span().start <= span.start && span.end <= v.span().end;
     let (mut below, mut at) = (String::new(), value);
     while at.span() != *span {
@@ -705,7 +712,67 @@ fn path_within(value: &Value, span: &Range<usize>) -> (String, &'static str) {
         below.push_str(&step);
         at = v;
     }
-    (below, type_name(at.get_ref()))
+    (below, at)
+}
+
+/// The kind of value serde's "invalid type" message says was expected, in the engine's words
+/// (`None` for other messages and for kinds no hint is given for).
+fn expected_kind(message: &str) -> Option<&'static str> {
+    let expected = message.strip_prefix("invalid type: ")?.rsplit_once(", expected ")?.1;
+    ["an integer", "a number", "a string", "true or false", "an array"]
+        .into_iter()
+        .find(|k| *k == expected_words(expected))
+}
+
+/// The key a place ends with (`size_mb` of `sinks.out.buffer.size_mb`); empty for an array's item
+/// (`columns[0]`), whose hint shows the value alone.
+fn key_of(place: &str) -> &str {
+    place.rsplit('.').next().filter(|k| !k.ends_with(']')).unwrap_or("")
+}
+
+/// How to write `written`, found where `expected` (one of [`expected_kind`]'s kinds) belongs, when
+/// it shows what was meant: a number or a boolean in quotes, a number or a boolean where a string
+/// belongs, one value where a list belongs or a list of one where one value does, a whole number
+/// written with a decimal point. `key` leads the example (`size_mb = 64`) unless empty.
+fn kind_hint(key: &str, written: &DeValue<'_>, expected: &str) -> Option<String> {
+    let example = |value: String| if key.is_empty() { value } else { format!("{key} = {value}") };
+    let scalar = |v: &DeValue<'_>| -> Option<String> {
+        match v {
+            DeValue::String(s) => Some(format!("{s:?}")),
+            DeValue::Integer(i) => Some(i.as_str().to_string()),
+            DeValue::Float(f) => Some(f.as_str().to_string()),
+            DeValue::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        }
+    };
+    let hint = match (expected, written) {
+        ("an integer", DeValue::String(s)) if s.trim().parse::<i64>().is_ok() => {
+            format!("write the number without quotes: {}", example(s.trim().to_string()))
+        }
+        ("a number", DeValue::String(s)) if s.trim().parse::<f64>().is_ok_and(f64::is_finite) => {
+            format!("write the number without quotes: {}", example(s.trim().to_string()))
+        }
+        ("an integer", DeValue::Float(f)) => match f.as_str().parse::<f64>() {
+            Ok(x) if x.fract() == 0.0 && x.abs() < 1e15 => {
+                format!("write a whole number, without a decimal point: {}", example(format!("{x:.0}")))
+            }
+            _ => "a whole number is expected here (no decimal point)".to_string(),
+        },
+        ("true or false", DeValue::String(s)) if matches!(s.trim(), "true" | "false") => {
+            format!("write true or false without quotes: {}", example(s.trim().to_string()))
+        }
+        ("a string", DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_)) => {
+            format!("write it in quotes: {}", example(format!("{:?}", scalar(written)?)))
+        }
+        ("a string", DeValue::Array(items)) if items.len() == 1 && matches!(items[0].get_ref(), DeValue::String(_)) => {
+            format!("one value, not a list: {}", example(scalar(items[0].get_ref())?))
+        }
+        ("an array", DeValue::String(_) | DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_)) => {
+            format!("write a list, even of one: {}", example(format!("[{}]", scalar(written)?)))
+        }
+        _ => return None,
+    };
+    Some(hint)
 }
 
 /// serde's (and toml's) message about the value at `place` in the words the engine uses for its
@@ -1003,6 +1070,9 @@ mod tests {
         store: Option<StoreKeys>,
         stores: Option<Vec<StoreKeys>>,
         profile: Option<Profile>,
+        name: Option<String>,
+        tags: Option<Vec<String>>,
+        ratio: Option<f64>,
     }
 
     #[derive(Debug, serde::Deserialize)]
@@ -1059,6 +1129,67 @@ mod tests {
         assert_eq!(said[3].1.as_deref(), Some("write `store = { url = … }` (its keys: `url`)"));
         // A message in no shape known is kept as serde gave it.
         assert_eq!(in_toml_words("trailing characters", "t.x", None), "in `t.x`: trailing characters");
+    }
+
+    #[test]
+    fn a_value_of_another_kind_that_shows_what_was_meant_gets_an_example_of_how_to_write_it() {
+        let said = every_kind(
+            "[t]\nport = \"8080\"\ncount = 64.0\non = \"true\"\nname = 5\ntags = \"a\"\nratio = \" 0.5\"\n\
+             stores = [{ url = 5 }]\n",
+        );
+        let hints: Vec<(&str, Option<&str>)> = said.iter().map(|(m, h)| (m.as_str(), h.as_deref())).collect();
+        assert_eq!(
+            hints,
+            [
+                (
+                    "`t.count` must be an integer, found a float",
+                    Some("write a whole number, without a decimal point: count = 64")
+                ),
+                ("`t.name` must be a string, found an integer", Some("write it in quotes: name = \"5\"")),
+                ("`t.on` must be true or false, found a string", Some("write true or false without quotes: on = true")),
+                ("`t.port` must be an integer, found a string", Some("write the number without quotes: port = 8080")),
+                ("`t.ratio` must be a number, found a string", Some("write the number without quotes: ratio = 0.5")),
+                ("`t.stores[0].url` must be a string, found an integer", Some("write it in quotes: url = \"5\"")),
+                ("`t.tags` must be an array, found a string", Some("write a list, even of one: tags = [\"a\"]")),
+            ]
+        );
+        // What does not show what was meant gets no example.
+        let said = every_kind("[t]\nport = \"http\"\ncount = 1.5\non = \"yes\"\nname = [\"x\"]\ntags = [\"a\", 1]\n");
+        let hints: Vec<(&str, Option<&str>)> = said.iter().map(|(m, h)| (m.as_str(), h.as_deref())).collect();
+        assert_eq!(
+            hints,
+            [
+                (
+                    "`t.count` must be an integer, found a float",
+                    Some("a whole number is expected here (no decimal point)")
+                ),
+                ("`t.name` must be a string, found an array", Some("one value, not a list: name = \"x\"")),
+                ("`t.on` must be true or false, found a string", None),
+                ("`t.port` must be an integer, found a string", None),
+                ("`t.tags[1]` must be a string, found an integer", Some("write it in quotes: \"1\"")),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_engine_s_own_keys_get_the_same_examples() {
+        let text = "[t]\nworkers = \"2\"\ninputs = \"in\"\nname = true\nlist = [\"a\", 2]\n";
+        let mut table = table_t(text);
+        let mut problems = Vec::new();
+        assert!(table.take_int_in("workers", 1..=64, "", &mut problems).is_none());
+        assert!(table.take_string_list("inputs", &mut problems).is_none());
+        assert!(table.take_string("name", &mut problems).is_none());
+        assert!(table.take_string_list("list", &mut problems).is_some());
+        let hints: Vec<Option<&str>> = problems.iter().map(|d| d.hint.as_deref()).collect();
+        assert_eq!(
+            hints,
+            [
+                Some("write the number without quotes: workers = 2"),
+                Some("write a list, even of one: inputs = [\"in\"]"),
+                Some("write it in quotes: name = \"true\""),
+                Some("write it in quotes: \"2\""),
+            ]
+        );
     }
 
     #[test]
