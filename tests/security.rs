@@ -891,3 +891,43 @@ fn an_unreachable_kms_stops_the_start_with_the_call_that_failed() {
         "{stderr}"
     );
 }
+
+/// A source listening beyond this machine without authentication is warned about at start, and
+/// one with authentication is not, for each listening source (`firehose`, `http`,
+/// `http_endpoint`). The address is TEST-NET-1's (RFC 5737), which no interface here has: the
+/// warning comes before the bind, which then fails, so nothing listens beyond 127.0.0.1.
+#[test]
+fn a_source_open_beyond_this_machine_without_authentication_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("firehose", "auth = { access_keys = [{ id = \"AKIDOPEN\", secret = \"s3cret\" }] }", "set `auth = {"),
+        ("http", "bearer_token = \"t0ken\"", "set `bearer_token` (or `bearer_tokens`)"),
+        ("http_endpoint", "access_key = \"k3y\"", "set `access_key` (or `access_keys`)"),
+    ];
+    for (kind, auth, how) in cases {
+        for authenticated in [false, true] {
+            let config = dir.path().join(format!("{kind}-{authenticated}.toml"));
+            let text = format!(
+                "[pipeline]\nname = \"open\"\ndata_dir = \"{}\"\n\n[sources.in]\ntype = \"{kind}\"\nlisten = \"192.0.2.1:4599\"\n{}\n\n\
+                 [sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"file://{}\"\n",
+                dir.path().join("data").display(),
+                if authenticated { auth } else { "" },
+                dir.path().join("out").display()
+            );
+            std::fs::write(&config, text).unwrap();
+            let output = sluice().args(["run", config.to_str().unwrap()]).env("SLUICE_LOG", "warn").output().unwrap();
+            let said = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "{said}");
+            assert!(said.contains("cannot listen on 192.0.2.1:4599"), "{said}");
+            let warned = said.lines().find(|l| l.contains("no authentication, so anyone who reaches that address"));
+            match (authenticated, warned) {
+                (false, Some(line)) => {
+                    assert!(line.contains("on 192.0.2.1:4599: no authentication") && line.contains(how), "{line}")
+                }
+                (false, None) => panic!("{kind} without authentication was not warned about: {said}"),
+                (true, Some(line)) => panic!("{kind} with authentication was warned about: {line}"),
+                (true, None) => {}
+            }
+        }
+    }
+}

@@ -207,6 +207,18 @@ pub fn declared_length(headers: &http::HeaderMap) -> Option<usize> {
     headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
+/// The warning for a source listening on `address` that takes records from anyone who reaches it:
+/// none on a loopback address (only this machine reaches it) or when requests must authenticate.
+/// `how` says what to set for authentication.
+pub fn open_listener_warning(source: &str, address: SocketAddr, authenticated: bool, how: &str) -> Option<String> {
+    (!authenticated && !address.ip().is_loopback()).then(|| {
+        format!(
+            "{source} on {address}: no authentication, so anyone who reaches that address can put records \
+             into the pipeline; {how}, or listen on 127.0.0.1 behind a proxy that authenticates"
+        )
+    })
+}
+
 /// Binds `address` now (so a taken address is an error before the run starts).
 pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, SourceError> {
     let listener = std::net::TcpListener::bind(address)
@@ -470,6 +482,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_listener_beyond_this_machine_without_authentication_is_warned_about() {
+        let warned = |address: &str, authenticated: bool| {
+            let address: SocketAddr = address.parse().unwrap_or_else(|e| panic!("{e}"));
+            open_listener_warning("http: NDJSON", address, authenticated, "set `bearer_token`")
+        };
+        for open in ["0.0.0.0:4574", "[::]:4574", "10.1.2.3:4574", "192.0.2.1:80"] {
+            let said = warned(open, false).unwrap_or_else(|| panic!("{open} not warned about"));
+            assert!(said.starts_with(&format!("http: NDJSON on {open}: no authentication")), "{said}");
+            assert!(said.contains("set `bearer_token`, or listen on 127.0.0.1"), "{said}");
+            assert_eq!(warned(open, true), None);
+        }
+        for local in ["127.0.0.1:4574", "127.0.0.2:4574", "[::1]:4574"] {
+            assert_eq!(warned(local, false), None, "{local}");
+        }
+    }
 
     #[test]
     fn the_body_budget_refuses_past_its_limit_and_frees_on_drop() {

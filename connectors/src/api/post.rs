@@ -25,7 +25,7 @@ use sluice_engine::contract::{PrepareContext, Source, SourceContext, SourceError
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::record::RecordBatch;
 
-use super::listener::{BodyBudget, BodyError, BodyRoom, declared_length, read_body};
+use super::listener::{BodyBudget, BodyError, BodyRoom, declared_length, open_listener_warning, read_body};
 use super::queue::IngestQueue;
 use super::{ListenerLimits, LogSlot, QueueReader, Rejected, TlsFiles, accept, bind, inflight_limit, serve};
 use crate::sources::firehose::parse_listen;
@@ -37,12 +37,12 @@ pub type Refusal = (StatusCode, String);
 /// themselves are not kept), and what one is called.
 #[derive(Debug, Default)]
 pub struct Secrets {
-    what: &'static str,
+    keys: SecretKeys,
     digests: Vec<(String, [u8; 32])>,
 }
 
 /// How a source's secret keys are called, for its messages.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct SecretKeys {
     /// The key holding one secret (`bearer_token`).
     pub single: &'static str,
@@ -82,7 +82,7 @@ impl Secrets {
             (None, Some(named)) => named,
             (None, None) => Vec::new(),
         };
-        let mut secrets = Secrets { what, digests: Vec::new() };
+        let mut secrets = Secrets { keys, digests: Vec::new() };
         for (name, secret) in named {
             let hint = format!("each {what} needs a name of its own and a non-empty value of its own, e.g. {example}");
             if name.is_empty() || secret.is_empty() {
@@ -117,7 +117,7 @@ impl Secrets {
 
     /// How the source describes its authentication (`no auth`, `bearer token `a``, …).
     pub fn describe(&self) -> String {
-        let what = self.what;
+        let what = self.keys.what;
         match self.digests.as_slice() {
             [] => "no auth".to_string(),
             [(name, _)] => format!("{what} `{name}`"),
@@ -439,6 +439,11 @@ impl Source for PostSource {
     }
 
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        let secrets = &self.endpoint.secrets;
+        let how = format!("set `{}` (or `{}`)", secrets.keys.single, secrets.keys.named);
+        if let Some(warning) = open_listener_warning(self.protocol.what, self.listen, secrets.required(), &how) {
+            tracing::warn!("{warning}");
+        }
         let _ = self.endpoint.metrics.set(Arc::clone(&ctx.metrics));
         if let Some(log) = self.endpoint.log.open(&self.endpoint.queue, &ctx.metrics)? {
             log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));

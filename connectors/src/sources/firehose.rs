@@ -35,6 +35,7 @@ use sluice_engine::contract::{PrepareContext, SharedListener, Source, SourceCont
 
 use crate::api::firehose::MAX_REQUEST_BYTES;
 use crate::api::firehose::{FirehoseApi, Grants, OPERATIONS, StreamEndpoint};
+use crate::api::listener::open_listener_warning;
 use crate::api::queue::IngestQueue;
 use crate::api::sigv4::AccessKeys;
 use crate::api::{ListenerLimits, LogSlot, QueueReader, TlsFiles, bind, inflight_limit, serve};
@@ -266,6 +267,11 @@ impl SharedFirehose {
     }
 }
 
+/// How a Firehose API listener is made to authenticate its requests (for the warning about one
+/// that does not).
+pub const SET_ACCESS_KEYS: &str =
+    "set `auth = { access_keys = [{ id = \"…\", secret = \"${…}\" }] }` (requests are then SigV4-signed)";
+
 impl Source for FirehoseSource {
     fn describe(&self) -> String {
         let auth = if self.keys.is_empty() { "no auth" } else { "SigV4" };
@@ -294,6 +300,14 @@ impl Source for FirehoseSource {
             log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
         }
         let endpoint = self.endpoint(Arc::clone(&ctx.metrics))?;
+        let source = format!("the firehose API of stream {}", self.stream);
+        let shared = ctx.shared.as_ref().and_then(|s| s.as_any().downcast_ref::<SharedFirehose>());
+        // (The shared listener of `sluice serve` is said of once, for all its streams.)
+        if let (None, Some(warning)) =
+            (shared, open_listener_warning(&source, self.listen, !self.keys.is_empty(), SET_ACCESS_KEYS))
+        {
+            tracing::warn!("{warning}");
+        }
         if let Some(shared) = ctx.shared.as_ref().and_then(|s| s.as_any().downcast_ref::<SharedFirehose>()) {
             shared.register(endpoint)?;
             self.shared.store(true, Ordering::SeqCst);

@@ -19,10 +19,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_connectors::api::admin::{self, MonitoredPipeline};
+use sluice_connectors::api::listener::open_listener_warning;
 use sluice_connectors::api::{ListenerLimits, TlsFiles};
 use sluice_connectors::measure::{self, MeasuredCommand};
 use sluice_connectors::registry;
-use sluice_connectors::sources::firehose::{SharedFirehose, router as firehose_router};
+use sluice_connectors::sources::firehose::{SET_ACCESS_KEYS, SharedFirehose, router as firehose_router};
 use sluice_connectors::synth::{Profile, write_ndjson};
 use sluice_engine::cluster::Cluster;
 use sluice_engine::config::{Plan, load_file, load_file_for, masked};
@@ -616,6 +617,12 @@ fn serve_command(dir: &std::path::Path, serve: ServeOptions) -> anyhow::Result<E
     if let Some((api, queues)) = shared.api(region, limits) {
         let names: Vec<String> = api.streams().map(|e| e.info.name.clone()).collect();
         let scheme = if tls.is_some() { "https" } else { "http" };
+        // One stream with access keys makes every request need a signature.
+        let signed = api.streams().any(|e| !e.keys.is_empty());
+        let what = "the Firehose API of `sluice serve`";
+        if let Some(warning) = open_listener_warning(what, listen, signed, SET_ACCESS_KEYS) {
+            tracing::warn!("{warning}");
+        }
         sluice_connectors::api::serve(
             runtime.handle(),
             listener,
