@@ -891,15 +891,7 @@ async fn hand_over(
         for record in records.by_ref() {
             bytes_read += record.data.len() as u64;
             deaggregate(&record.data, &record.partition_key, |user, partition_key, subsequence| {
-                // Firehose's `kinesisRecordMetadata` for a Lambda transform's function.
-                let metadata = serde_json::json!({
-                    "shardId": shard.as_ref(),
-                    "partitionKey": partition_key,
-                    "sequenceNumber": record.sequence_number,
-                    "subsequenceNumber": subsequence,
-                    "approximateArrivalTimestamp": record.arrival_ms,
-                });
-                let metadata = metadata.to_string();
+                let metadata = record_metadata(shard, partition_key, &record, subsequence);
                 described_bytes += metadata.len();
                 chunk.push_described(user, Some(metadata));
             });
@@ -955,6 +947,26 @@ async fn wait_for_queue(shared: &Shared, worker: usize) -> Option<mpsc::Unbounde
             () = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
+}
+
+/// Firehose's `kinesisRecordMetadata` of a user record (for a Lambda transform's function), in the
+/// order Firehose's documentation shows it; written directly, not through a JSON value (one string
+/// per record, not a map and its keys).
+fn record_metadata(shard: &str, partition_key: &str, record: &Fetched, subsequence: u64) -> String {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(160 + partition_key.len() + record.sequence_number.len());
+    // Writing into a Vec cannot fail; serde_json escapes the strings.
+    fn string(out: &mut Vec<u8>, name: &str, text: &str) {
+        out.extend_from_slice(name.as_bytes());
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
+    string(&mut out, "{\"shardId\":", shard);
+    string(&mut out, ",\"partitionKey\":", partition_key);
+    let _ = write!(out, ",\"approximateArrivalTimestamp\":{}", record.arrival_ms);
+    string(&mut out, ",\"sequenceNumber\":", &record.sequence_number);
+    let _ = write!(out, ",\"subsequenceNumber\":{subsequence}}}");
+    // Only UTF-8 was written.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Calls `take` with each user record of `data` (a Kinesis record put with `partition_key`), its
@@ -1171,6 +1183,30 @@ mod tests {
         let mut got = Vec::new();
         deaggregate(data, "outer", |_, key, subsequence| got.push((key.to_string(), subsequence)));
         got
+    }
+
+    #[test]
+    fn record_metadata_is_the_json_object_firehose_gives_with_its_strings_escaped() {
+        let record = Fetched {
+            sequence_number: "4959".into(),
+            partition_key: String::new(),
+            arrival_ms: 1_764_000_000_123,
+            data: Vec::new(),
+        };
+        let key = "user \"7\" \\ é\n\u{1}";
+        let text = record_metadata("shardId-000000000001", key, &record, 3);
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(
+            parsed,
+            serde_json::json!({
+                "shardId": "shardId-000000000001",
+                "partitionKey": key,
+                "approximateArrivalTimestamp": 1_764_000_000_123i64,
+                "sequenceNumber": "4959",
+                "subsequenceNumber": 3,
+            })
+        );
+        assert!(text.starts_with("{\"shardId\":\"shardId-000000000001\",\"partitionKey\":"), "{text}");
     }
 
     #[test]
