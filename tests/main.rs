@@ -19,6 +19,7 @@ mod disk_full;
 mod enrich;
 mod error_log;
 mod fuzz;
+mod gcs;
 mod http_endpoint;
 mod kinesis;
 mod listener;

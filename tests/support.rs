@@ -200,6 +200,27 @@ pub fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+/// Runs `command` to its end, or kills it after `within` and panics: a run expected to stop by
+/// itself (at start, say) fails its test instead of hanging it. For commands printing little (the
+/// pipes are read once it ends).
+pub fn output_within(command: &mut std::process::Command, within: std::time::Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("{command:?} still ran after {within:?}: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// `sluice run config` with `SLUICE_LOG=log_filter`, its stdout and stderr appended to the
 /// config's `.log` beside it (read it after the run); add environment, then start it.
 pub fn logged_run(config: &Path, log_filter: &str) -> std::process::Command {

@@ -241,6 +241,16 @@ fn client_trusting(
     client
 }
 
+/// The error code a store's GET answer names when the bucket (container) itself is missing, and
+/// what the store calls it; `None` for S3 (its HeadBucket tells) and local stores.
+fn missing_bucket_code(code_prefix: &str) -> Option<(&'static str, &'static str)> {
+    match code_prefix {
+        "Azure" => Some(("ContainerNotFound", "container")),
+        "GCS" => Some(("NoSuchBucket", "bucket")),
+        _ => None,
+    }
+}
+
 /// Whether a store's answer, as `error` and its causes say it, names the store's error `code` (the
 /// response body object_store keeps in its errors: the only place it passes a store's own code on).
 fn answer_names(error: &object_store::Error, code: &str) -> bool {
@@ -1090,7 +1100,7 @@ impl Sink for ObjectStoreSink {
     /// finds credentials as the store will (none at all stops the run: every delivery would fail),
     /// aborts the multipart uploads an interrupted run left open, and (unless `healthcheck =
     /// false`) checks that the store takes the credentials with a HEAD under the prefix, and that
-    /// its bucket (S3) or container (Azure) exists. Refused credentials and a missing bucket stop the run before anything is
+    /// its bucket (S3, GCS) or container (Azure) exists. Refused credentials and a missing bucket stop the run before anything is
     /// read (otherwise every object would go to an error output in the same store, which refuses
     /// it too, and delivery would block); an unreachable store only warns, since a stream run
     /// should take data while its destination is down.
@@ -1151,19 +1161,22 @@ impl Sink for ObjectStoreSink {
                         _ => Ok(()),
                     }
                 }
-                // Azure's answer to a HEAD carries its error code in a header object_store does not
-                // keep; a GET's body names it: `ContainerNotFound` when the container is missing
-                // (`BlobNotFound` when only the probe is).
-                Err(object_store::Error::NotFound { .. }) if code_prefix == "Azure" => match store.get(&location).await
+                // A HEAD's answer has no body; a GET's names the error: Azure's `ContainerNotFound`
+                // (`BlobNotFound` when only the probe is missing), GCS's `NoSuchBucket` (else
+                // `NoSuchKey`), as their XML error bodies say.
+                Err(object_store::Error::NotFound { .. })
+                    if let Some((missing, what)) = missing_bucket_code(code_prefix) =>
                 {
-                    Err(e @ object_store::Error::NotFound { .. }) if answer_names(&e, "ContainerNotFound") => {
-                        Err(DeliveryError::Permanent {
-                            code: format!("{code_prefix}.ContainerNotFound"),
-                            message: format!("the container of {url} does not exist; create it, or correct the URL"),
-                        })
+                    match store.get(&location).await {
+                        Err(e @ object_store::Error::NotFound { .. }) if answer_names(&e, missing) => {
+                            Err(DeliveryError::Permanent {
+                                code: format!("{code_prefix}.{missing}"),
+                                message: format!("the {what} of {url} does not exist; create it, or correct the URL"),
+                            })
+                        }
+                        _ => Ok(()),
                     }
-                    _ => Ok(()),
-                },
+                }
                 Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(
                     e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }),
