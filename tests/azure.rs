@@ -3,12 +3,14 @@
 //! pipeline delivers, large objects uploaded in blocks among them, are read back whole by the SDK
 //! and by sluice's `object_store` source; a refused key stops the run at start.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use sluice_connectors::synth::Profile;
 
-use super::support::{folder_objects, free_port, generated, python, repo_root, sluice, wait_for_port};
+use super::support::{
+    folder_objects, free_port, generated, object_store_pipeline, python, repo_root, sluice, wait_for_port,
+};
 
 /// Azurite's well-known development account and key (its documentation's).
 const ACCOUNT: &str = "devstoreaccount1";
@@ -77,17 +79,6 @@ impl Drop for Azurite {
     }
 }
 
-/// A pipeline file in `dir`: `source` (TOML lines) into the sink `sink` (TOML lines).
-fn pipeline(dir: &Path, name: &str, source: &str, sink: &str) -> PathBuf {
-    let config = dir.join(format!("{name}.toml"));
-    let text = format!(
-        "[pipeline]\nname = \"{name}\"\ndata_dir = \"{}\"\n\n[sources.in]\n{source}\n\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\n{sink}\n",
-        dir.join("data").join(name).display()
-    );
-    std::fs::write(&config, text).unwrap();
-    config
-}
-
 /// 40,000 CloudTrail records (about 27 MB) are delivered to a container as gzip NDJSON and,
 /// uncompressed, as NDJSON whose objects (about 13 MB each) are uploaded in blocks (`Content-Encoding: gzip`, which the SDK decodes unless
 /// told not to); Microsoft's SDK lists the blobs under the prefix and reads back exactly the
@@ -99,7 +90,7 @@ fn records_delivered_to_azure_are_read_back_whole_by_microsofts_sdk_and_the_sour
     azurite.sdk("service.create_container('lake')");
     let dir = tempfile::tempdir().unwrap();
     let options = "options = { use_emulator = \"true\" }";
-    let write = pipeline(
+    let write = object_store_pipeline(
         dir.path(),
         "to-azure",
         "type = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 40000",
@@ -145,7 +136,7 @@ fn records_delivered_to_azure_are_read_back_whole_by_microsofts_sdk_and_the_sour
     assert!(read.eq(expected.iter().map(String::as_str)), "the uncompressed copy differs");
 
     let out = dir.path().join("again");
-    let reread = pipeline(
+    let reread = object_store_pipeline(
         dir.path(),
         "from-azure",
         &format!("type = \"object_store\"\nurl = \"az://lake/trail/\"\n{options}"),
@@ -168,7 +159,7 @@ fn a_refused_key_stops_an_azure_run_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let source = "type = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 100";
     let wrong_key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 64]);
-    let refused = pipeline(
+    let refused = object_store_pipeline(
         dir.path(),
         "refused",
         source,
@@ -182,7 +173,8 @@ fn a_refused_key_stops_an_azure_run_at_start() {
     // A container that does not exist stops it too, named as such; an empty prefix of one that
     // does (no probe object there) is no problem.
     let no_key = "options = { use_emulator = \"true\" }";
-    let missing = pipeline(dir.path(), "missing", source, &format!("url = \"az://nolake/trail\"\n{no_key}"));
+    let missing =
+        object_store_pipeline(dir.path(), "missing", source, &format!("url = \"az://nolake/trail\"\n{no_key}"));
     let output = azurite.run(&missing);
     let said = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{said}");
@@ -190,7 +182,7 @@ fn a_refused_key_stops_an_azure_run_at_start() {
         said.contains("the container of az://nolake/trail does not exist; create it, or correct the URL"),
         "{said}"
     );
-    let fine = pipeline(
+    let fine = object_store_pipeline(
         dir.path(),
         "fine",
         source,

@@ -17,8 +17,8 @@ use s3s::{S3Error, S3ErrorCode, S3Result};
 use sluice_connectors::registry;
 use sluice_connectors::sinks::object_store::ObjectStoreSink;
 use sluice_connectors::synth::Profile;
+use sluice_engine::testkit::run_pipeline;
 use sluice_engine::testkit::sink::{Check, Destination, Fault, conformance};
-use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::support::WithoutAwsKeys;
 use super::support::{all_lines, files_under, folder_objects, generated, sluice};
@@ -846,16 +846,5 @@ fn multipart_uploads_an_interrupted_run_left_open_are_aborted_at_the_next_start(
             .filter(|e| e.file_name().to_string_lossy().starts_with(".upload-"))
             .count()
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let sink = Arc::clone(&plan_from_str(&toml, &registry()).unwrap().sinks[0].sink);
-    runtime.block_on(async {
-        sink.prepare().await.unwrap();
-        let upload = sink.parts().unwrap().start_upload("big/object", "application/x-ndjson", None).await.unwrap();
-        upload.put_part(0, bytes::Bytes::from(vec![b'x'; 5 << 20])).await.unwrap();
-        // The process dies here: the upload is neither completed nor aborted.
-    });
-    assert_eq!(open_uploads(), 1);
-    let restarted = Arc::clone(&plan_from_str(&toml, &registry()).unwrap().sinks[0].sink);
-    runtime.block_on(restarted.prepare()).unwrap();
-    assert_eq!(open_uploads(), 0, "the stale upload was not aborted");
+    super::support::an_upload_left_open_is_aborted_at_the_next_start(&toml, open_uploads);
 }

@@ -200,6 +200,37 @@ pub fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+/// A pipeline file `dir/name.toml` (its data under `dir/data/name`): the source `in` (`source`,
+/// TOML lines) into the object store sink `out` (`sinks`: its TOML lines, then any tables after it).
+pub fn object_store_pipeline(dir: &Path, name: &str, source: &str, sinks: &str) -> PathBuf {
+    let config = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "[pipeline]\nname = \"{name}\"\ndata_dir = \"{}\"\n\n[sources.in]\n{source}\n\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\n{sinks}\n",
+        dir.join("data").join(name).display()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Opens a multipart upload of one 5 MiB part through the first sink of the pipeline `toml` and
+/// leaves it open, as a killed run does, then prepares that sink again as the next start does:
+/// `open_uploads` (what the store says is open) must go from 1 to 0.
+pub fn an_upload_left_open_is_aborted_at_the_next_start(toml: &str, open_uploads: impl Fn() -> usize) {
+    use sluice_engine::testkit::plan_from_str;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let sink = std::sync::Arc::clone(&plan_from_str(toml, &sluice_connectors::registry()).unwrap().sinks[0].sink);
+    runtime.block_on(async {
+        sink.prepare().await.unwrap();
+        let upload = sink.parts().unwrap().start_upload("big/object", "application/x-ndjson", None).await.unwrap();
+        upload.put_part(0, bytes::Bytes::from(vec![b'x'; 5 << 20])).await.unwrap();
+        // The process dies here: the upload is neither completed nor aborted.
+    });
+    assert_eq!(open_uploads(), 1);
+    let restarted = std::sync::Arc::clone(&plan_from_str(toml, &sluice_connectors::registry()).unwrap().sinks[0].sink);
+    runtime.block_on(restarted.prepare()).unwrap();
+    assert_eq!(open_uploads(), 0, "the stale upload was not aborted");
+}
+
 /// Runs `command` to its end, or kills it after `within` and panics: a run expected to stop by
 /// itself (at start, say) fails its test instead of hanging it. For commands printing little (the
 /// pipes are read once it ends).
