@@ -1248,8 +1248,13 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
     /// Identity Center's two services as their API references describe them: `GetRoleCredentials`
     /// gives role credentials for a known bearer token (any other is `UnauthorizedException`), and
     /// `CreateToken` gives `new-token` for the refresh token `refresh-1` of client `client` (any
-    /// other grant is `invalid_grant`). Returns its URL and the bearer tokens it was shown.
-    fn identity_center(runtime: &tokio::runtime::Runtime) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    /// other grant is `invalid_grant`); for the refresh token `refresh-unwritable` it answers the
+    /// same after putting a folder where the file `unwritable` was (a cache the refreshed token
+    /// cannot be written to, even by root). Returns its URL and the bearer tokens it was shown.
+    fn identity_center(
+        runtime: &tokio::runtime::Runtime,
+        unwritable: PathBuf,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
         let shown = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = Arc::clone(&shown);
         let app = axum::Router::new()
@@ -1286,10 +1291,16 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
             )
             .route(
                 "/token",
-                axum::routing::post(|body: axum::body::Bytes| async move {
+                axum::routing::post(move |body: axum::body::Bytes| async move {
                     let grant: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let field = |k: &str| grant.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-                    if (field("clientId"), field("clientSecret"), field("grantType"), field("refreshToken"))
+                    let mut refresh = field("refreshToken");
+                    if refresh == "refresh-unwritable" {
+                        let _ = std::fs::remove_file(&unwritable);
+                        std::fs::create_dir_all(unwritable.join("blocked")).unwrap_or_else(|e| panic!("{e}"));
+                        refresh = "refresh-1".into();
+                    }
+                    if (field("clientId"), field("clientSecret"), field("grantType"), refresh)
                         != ("client".into(), "client-secret".into(), "refresh_token".into(), "refresh-1".into())
                     {
                         return (
@@ -1316,19 +1327,19 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
-        let (center, shown) = identity_center(&runtime);
         let config = "[profile lake]\nsso_session = corp\nsso_account_id = 123456789012\nsso_role_name = LakeWriter\nregion = eu-west-1\n\n\
                       [sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\nsso_region = eu-west-1\n\n\
                       [profile old]\nsso_start_url = https://corp.awsapps.com/start\nsso_region = eu-west-1\nsso_account_id = 123456789012\nsso_role_name = LakeWriter\n";
         let files = Files::new("", config);
+        let cache = files.dir.path().join("sso");
+        std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("{e}"));
+        let session_file = cache.join(sso::token_file_name("corp"));
+        let (center, shown) = identity_center(&runtime, session_file.clone());
         let env = ProfileEnvironment {
             sso_endpoint: Some(center.clone()),
             sso_oidc_endpoint: Some(center.clone()),
             ..files.env(Some("lake"))
         };
-        let cache = files.dir.path().join("sso");
-        std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("{e}"));
-        let session_file = cache.join(sso::token_file_name("corp"));
         let in_minutes =
             |m: i64| (Utc::now() + chrono::Duration::minutes(m)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let write = |token: &str, expires: &str, refresh: &str| {
@@ -1369,6 +1380,16 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
             let mode = std::fs::metadata(&session_file).map(|m| m.permissions().mode() & 0o777).unwrap_or_default();
             assert_eq!(mode, 0o600);
         }
+
+        // Refreshed, but the cache cannot take the new token (a folder stands where its file was):
+        // the new token is used all the same (OIDC may have rotated the refresh token the file
+        // holds), and nothing is written.
+        write("old-token", &in_minutes(2), "refresh-unwritable");
+        let c = credential(&env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.key_id, "ASIA-new-token");
+        assert_eq!(take_shown(), ["new-token"]);
+        assert!(session_file.join("blocked").is_dir(), "the folder is left as it was");
+        std::fs::remove_dir_all(&session_file).unwrap_or_else(|e| panic!("{e}"));
 
         // Two minutes left and the refresh refused: the still valid token is used.
         write("old-token", &in_minutes(2), "revoked");
