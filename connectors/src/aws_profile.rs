@@ -445,10 +445,9 @@ fn sts_client(timeout: Duration) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build the HTTP client: {}", sluice_engine::redact::error(&e)))
 }
 
-/// STS's regional endpoint for `region` (the China regions' domain is `amazonaws.com.cn`).
+/// STS's regional endpoint for `region` (in its partition's domain).
 fn sts_endpoint(region: &str) -> String {
-    let domain = if region.starts_with("cn-") { "amazonaws.com.cn" } else { "amazonaws.com" };
-    format!("https://sts.{region}.{domain}")
+    crate::aws_endpoint::service_endpoint("sts", region)
 }
 
 /// The credentials a role profile's `credential_source` names.

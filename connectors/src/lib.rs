@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod aws_credentials;
+pub mod aws_endpoint;
 pub mod aws_error;
 pub mod aws_profile;
 pub mod kms;

@@ -95,10 +95,10 @@ pub(super) fn provider(
         return Err(error("HOME is not set, so the token cache (~/.aws/sso/cache) cannot be found".into()));
     };
     let endpoint = |given: &Option<String>, host: &str| {
-        let url = given.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| {
-            let domain = if region.starts_with("cn-") { "amazonaws.com.cn" } else { "amazonaws.com" };
-            format!("https://{host}.{region}.{domain}")
-        });
+        let url = given
+            .clone()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| crate::aws_endpoint::service_endpoint(host, &region));
         reqwest::Url::parse(&url).map_err(|e| error(format!("the endpoint {url} is not a URL: {e}")))
     };
     let portal = endpoint(&env.sso_endpoint, "portal.sso")?;

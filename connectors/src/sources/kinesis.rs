@@ -5,7 +5,7 @@
 //! [sources.trail]
 //! type = "kinesis"
 //! stream = "arn:aws:kinesis:eu-west-1:123456789012:stream/cloudtrail"   # Firehose's KinesisStreamARN
-//! # endpoint = "http://127.0.0.1:4567"  # the Kinesis API's address (default https://kinesis.<region>.amazonaws.com)
+//! # endpoint = "http://127.0.0.1:4567"  # the Kinesis API's address (default https://kinesis.<region>.amazonaws.com, in the region's partition)
 //! # start = "latest"                    # Firehose's (default); "trim_horizon"; or a time, "2026-11-30T00:00:00Z"
 //! # poll_ms = 1000                      # how often a shard at its tip is asked again (200..=10000)
 //! # max_buffered_mb = 64                # records fetched and not yet taken into the pipeline
@@ -176,7 +176,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
                 )
             })
         }
-        (None, Some((region, _))) => reqwest::Url::parse(&format!("https://kinesis.{region}.amazonaws.com/"))
+        (None, Some((region, _))) => reqwest::Url::parse(&crate::aws_endpoint::service_endpoint("kinesis", region))
             .map_err(|e| Diagnostic::new(stream_span, format!("no Kinesis endpoint for this region: {e}")).into()),
         // The ARN's problem is reported already.
         (None, None) => Err(Problems::default()),

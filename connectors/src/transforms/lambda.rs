@@ -8,7 +8,7 @@
 //! inputs = ["api"]
 //! url = "http://127.0.0.1:9000/"      # POST the event JSON, or:
 //! # function = "arn:aws:lambda:us-east-1:123456789012:function:mask"
-//! # endpoint = "http://127.0.0.1:9001" # the Lambda API's address (default https://lambda.<region>.amazonaws.com)
+//! # endpoint = "http://127.0.0.1:9001" # the Lambda API's address (default https://lambda.<region>.amazonaws.com, in the region's partition)
 //! buffer = { size_mb = 1, interval_s = 60 }   # Firehose: 0.2-3 MB, 60-900 s; default 1 MB / 60 s
 //! retries = 3                          # NumberOfRetries, 0-300 (default 3)
 //! timeout_s = 60                       # per invocation, 1-900 (default 60)
@@ -171,7 +171,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Transform>, Prob
             };
             let base = match &endpoint {
                 Some(e) => http_url(e, endpoint_span, "the Lambda API's address")?,
-                None => http_url(&format!("https://lambda.{region}.amazonaws.com"), function_span, "")?,
+                None => http_url(&crate::aws_endpoint::service_endpoint("lambda", &region), function_span, "")?,
             };
             // The endpoint's own path (a proxy's prefix) is kept in front of the API's.
             let once = uri_encode(&function);
