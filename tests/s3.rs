@@ -21,7 +21,7 @@ use sluice_engine::testkit::run_pipeline;
 use sluice_engine::testkit::sink::{Check, Destination, Fault, conformance};
 
 use super::support::WithoutAwsKeys;
-use super::support::{all_lines, files_under, folder_objects, generated, sluice};
+use super::support::{all_lines, files_under, folder_objects, generated, python, sluice};
 
 const ACCESS_KEY: &str = "AKIDSLUICETEST";
 pub const SECRET_KEY: &str = "sluice-test-secret-key";
@@ -548,6 +548,100 @@ fn credentials_come_from_an_iam_identity_center_session() {
     assert_eq!(lines_under("expired"), 0);
 }
 
+/// A role profile with `mfa_serial`: sluice cannot ask for the code, so it stops at start saying
+/// which AWS CLI command asks for it; the real AWS CLI (`aws sts get-caller-identity`, its prompt
+/// answered on stdin) assumes the role with the code through the strict STS receiver and caches the
+/// role's credentials; sluice then signs its S3 requests with them, from that cache.
+#[test]
+fn a_role_that_needs_an_mfa_code_uses_the_credentials_the_aws_cli_cached() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("bkt")).unwrap();
+    let server = S3Server::start(root.path());
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config");
+    std::fs::write(
+        &config,
+        "[profile base]\naws_access_key_id = AKIDBASE\naws_secret_access_key = base-secret\n\n\
+         [profile mfa]\nrole_arn = arn:aws:iam::123456789012:role/lake-writer\nsource_profile = base\n\
+         mfa_serial = arn:aws:iam::111122223333:mfa/alice\nduration_seconds = 3600\nregion = eu-west-1\n",
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (sts, _) = security_token_service(&runtime);
+    let pipeline = home.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nname = \"mfa\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 200\n\
+             [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\nformat = \"ndjson\"\n\
+             url = \"s3://bkt/archive\"\noptions = {{ endpoint = \"http://{}\", allow_http = true, virtual_hosted_style_request = false }}\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    let run = || {
+        sluice()
+            .args(["run", "--quiet"])
+            .arg(&pipeline)
+            .without_aws_keys()
+            .env("HOME", home.path())
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_PROFILE", "mfa")
+            .env("AWS_ENDPOINT_URL_STS", &sts)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("its role needs an MFA code (`mfa_serial`), which sluice cannot ask for")
+            && stderr.contains("run `aws sts get-caller-identity --profile mfa`"),
+        "{stderr}"
+    );
+    // The AWS CLI asks for the code (on stdin: `setsid` leaves it no terminal to ask on).
+    let mut cli = std::process::Command::new("setsid")
+        .arg(python().with_file_name("aws"))
+        .args(["sts", "get-caller-identity", "--profile", "mfa", "--output", "json"])
+        .env("HOME", home.path())
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("no-credentials"))
+        .env("AWS_ENDPOINT_URL_STS", &sts)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut cli.stdin.take().unwrap(), b"123456\n").unwrap();
+    let asked = cli.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&asked.stderr);
+    assert!(asked.status.success(), "{said}");
+    assert!(said.contains("Enter MFA code for arn:aws:iam::111122223333:mfa/alice"), "{said}");
+    assert!(String::from_utf8_lossy(&asked.stdout).contains("assumed-role/lake-writer"));
+    let cached = files_under(&home.path().join(".aws/cli/cache"));
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: usize = folder_objects(&root.path().join("bkt")).values().map(Vec::len).sum();
+    assert_eq!(lines, 200);
+    // Credentials two minutes from their expiry are not used.
+    let mut answer: serde_json::Value = serde_json::from_slice(&std::fs::read(&cached[0]).unwrap()).unwrap();
+    let soon = chrono::Utc::now() + chrono::Duration::minutes(2);
+    answer["Credentials"]["Expiration"] = soon.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
+    std::fs::write(&cached[0], answer.to_string()).unwrap();
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("expire at") && stderr.contains("run `aws sts get-caller-identity --profile mfa`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(SECRET_KEY), "{stderr}");
+}
+
 /// IAM Identity Center's two services, as their API references describe them: SSO OIDC's
 /// `CreateToken` (`POST /token`, JSON) gives `second-token` (and `refresh-2`) for client
 /// `cli-client`'s refresh token `refresh-1`, `invalid_grant` (400) for any other; the portal's
@@ -624,7 +718,9 @@ fn identity_center(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<
 /// or by the instance profile's temporary key ([`super::support::IMDS_ROLE_KEY`]);
 /// the role `lake-writer` is given the S3 server's keys with a session token (its first request
 /// answered `Throttling`, as a busy STS does), any other role `AccessDenied` (403, STS's error
-/// document). Returns its URL and the session names it was asked for.
+/// document). A call with an MFA device's `SerialNumber` needs its `TokenCode` `123456` (else
+/// `AccessDenied`, as STS answers a wrong code). `GetCallerIdentity`, signed with the role's keys,
+/// says who they are. Returns its URL and the session names it was asked for.
 fn security_token_service(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Vec<String>>>) {
     use sluice_connectors::api::sigv4::{AccessKeys, Scope, SignedRequest, verify};
     let sessions = Arc::new(Mutex::new(Vec::new()));
@@ -648,6 +744,16 @@ fn security_token_service(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mut
                 let web_identity = field("Action") == "AssumeRoleWithWebIdentity";
                 let request = SignedRequest { method: "POST", path: "/", query: "", headers: &headers, body: &body };
                 let scope = Scope { region: "eu-west-1", service: "sts" };
+                if field("Action") == "GetCallerIdentity" {
+                    let role_keys = AccessKeys::new([(ACCESS_KEY.to_string(), SECRET_KEY.to_string())]);
+                    if let Err(e) = verify(&role_keys, &request, chrono::Utc::now().timestamp(), scope) {
+                        return (axum::http::StatusCode::FORBIDDEN, format!("<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>{e}</Message></Error></ErrorResponse>"));
+                    }
+                    let answer = "<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><GetCallerIdentityResult>\
+                                  <Arn>arn:aws:sts::123456789012:assumed-role/lake-writer/botocore-session</Arn><UserId>AROA:botocore-session</UserId>\
+                                  <Account>123456789012</Account></GetCallerIdentityResult><ResponseMetadata><RequestId>3</RequestId></ResponseMetadata></GetCallerIdentityResponse>";
+                    return (axum::http::StatusCode::OK, answer.to_string());
+                }
                 if web_identity {
                     if headers.contains_key("authorization") || field("WebIdentityToken") != "eyJ.pod-token.sig" {
                         return (axum::http::StatusCode::BAD_REQUEST, "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>Couldn't retrieve verification key from your identity provider</Message></Error></ErrorResponse>".to_string());
@@ -658,6 +764,11 @@ fn security_token_service(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mut
                 assert!(["AssumeRole", "AssumeRoleWithWebIdentity"].contains(&field("Action")), "{form:?}");
                 assert_eq!((field("Version"), field("DurationSeconds")), ("2011-06-15", "3600"));
                 asked.lock().unwrap().push(field("RoleSessionName").to_string());
+                if form.contains_key("SerialNumber") && field("TokenCode") != "123456" {
+                    let refused = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>AccessDenied</Code>\
+                                   <Message>MultiFactorAuthentication failed with invalid MFA one time pass code. </Message></Error><RequestId>4</RequestId></ErrorResponse>";
+                    return (axum::http::StatusCode::FORBIDDEN, refused.to_string());
+                }
                 if field("RoleArn") != "arn:aws:iam::123456789012:role/lake-writer" {
                     let denied = format!(
                         "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>AccessDenied</Code>\

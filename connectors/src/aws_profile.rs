@@ -4,7 +4,8 @@
 //! credentials by static keys (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`),
 //! by `credential_process` (a command printing the SDKs' JSON), by a role (`role_arn`: STS
 //! `AssumeRole`, signed with the credentials of its `source_profile` or `credential_source`, or
-//! `AssumeRoleWithWebIdentity` with the token of its `web_identity_token_file`), or by
+//! `AssumeRoleWithWebIdentity` with the token of its `web_identity_token_file`; a role that needs
+//! an MFA code, `mfa_serial`, from the AWS CLI's cache of it, `aws_profile/mfa.rs`), or by
 //! IAM Identity Center (`sso_session` or the older `sso_start_url`: the token `aws sso login`
 //! cached, `aws_profile/sso.rs`), and may give a `region`.
 //!
@@ -17,7 +18,7 @@
 //! times (the SDKs' standard mode).
 //! A profile `AWS_PROFILE` names that neither file has, a malformed line, keys without their
 //! secret, a `source_profile` loop, a role STS refuses, an SSO session whose token expired, and
-//! credentials sluice does not obtain (a role that needs an MFA code) are errors that name the
+//! an MFA role the CLI holds no fresh credentials for are errors that name the
 //! file or profile and what to do, never a silent fall to the
 //! next source of the chain; without `AWS_PROFILE`, a missing `default` profile is no error.
 //! Secrets and a process's output never appear in errors or `Debug` output; the process's own
@@ -32,6 +33,7 @@ use chrono::{DateTime, Utc};
 use object_store::StaticCredentialProvider;
 use object_store::aws::{AwsCredential, AwsCredentialProvider};
 
+mod mfa;
 mod sso;
 
 /// How long a `credential_process` may run.
@@ -86,21 +88,6 @@ pub enum ProfileError {
         /// The key it lacks.
         needs: &'static str,
     },
-    /// Credentials sluice does not obtain (a role assumed with an MFA code).
-    #[error(
-        "the AWS profile `{name}` gets its credentials by {how} (`{key}`), which sluice does not do itself: \
-         select a profile with static keys or a `credential_process` (e.g. one with `credential_process = aws \
-         configure export-credentials --profile {name} --format process`, so the AWS CLI obtains them), or set \
-         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-    )]
-    Unsupported {
-        /// The profile.
-        name: String,
-        /// The key that says how.
-        key: String,
-        /// How, in words.
-        how: &'static str,
-    },
     /// A role profile that cannot be used as written, or whose role STS did not give.
     #[error("the AWS profile `{name}` names a role (`role_arn`) sluice cannot assume: {why}")]
     Role {
@@ -146,6 +133,9 @@ pub struct ProfileEnvironment {
     pub sts_endpoint: Option<String>,
     /// Where `aws sso login` caches its tokens (`~/.aws/sso/cache`).
     pub sso_cache: Option<PathBuf>,
+    /// Where the AWS CLI caches the credentials of roles it assumed (`~/.aws/cli/cache`): those of
+    /// roles that need an MFA code are read from there.
+    pub cli_cache: Option<PathBuf>,
     /// `AWS_ENDPOINT_URL_SSO`: where `GetRoleCredentials` goes instead of
     /// `https://portal.sso.<sso_region>.amazonaws.com`.
     pub sso_endpoint: Option<String>,
@@ -177,6 +167,7 @@ impl ProfileEnvironment {
                 .map(|r| r.to_string_lossy().into_owned()),
             sts_endpoint: var("AWS_ENDPOINT_URL_STS").map(|e| e.to_string_lossy().into_owned()),
             sso_cache: home.as_ref().map(|h| h.join(".aws/sso/cache")),
+            cli_cache: home.as_ref().map(|h| h.join(".aws/cli/cache")),
             sso_endpoint: var("AWS_ENDPOINT_URL_SSO").map(|e| e.to_string_lossy().into_owned()),
             sso_oidc_endpoint: var("AWS_ENDPOINT_URL_SSO_OIDC").map(|e| e.to_string_lossy().into_owned()),
         }
@@ -287,8 +278,33 @@ impl Profile {
         self.get(key).is_some() && self.properties.get(key).is_some_and(|(_, c)| *c)
     }
 
-    fn unsupported<T>(&self, key: &str, how: &'static str) -> Result<T, ProfileError> {
-        Err(ProfileError::Unsupported { name: self.name.clone(), key: key.to_string(), how })
+    /// A role profile with `mfa_serial`: the credentials the AWS CLI cached for its role when it
+    /// asked for the code ([`mfa`]).
+    fn role_cached_by_the_cli(
+        &self,
+        mfa_serial: &str,
+        env: &ProfileEnvironment,
+    ) -> Result<AwsCredentialProvider, ProfileError> {
+        let duration = match self.get("duration_seconds") {
+            None => None,
+            Some(text) => Some(text.parse::<u32>().map_err(|_| ProfileError::Role {
+                name: self.name.clone(),
+                why: format!("`duration_seconds` is {text}, not a number of seconds"),
+            })?),
+        };
+        let file = mfa::cache_file_name(
+            self.get("role_arn").unwrap_or_default(),
+            mfa_serial,
+            self.get("external_id"),
+            self.get("role_session_name"),
+            duration,
+        );
+        Ok(Arc::new(mfa::CliCachedRole {
+            profile: self.name.clone(),
+            mfa_serial: mfa_serial.to_string(),
+            file: env.cli_cache.as_ref().map(|folder| folder.join(file)),
+            cached: Cached::default(),
+        }))
     }
 
     /// Its credentials in botocore's order, or `None` when it sets none; `chain` holds the role
@@ -365,8 +381,8 @@ impl Profile {
         chain: &mut Vec<String>,
     ) -> Result<AwsCredentialProvider, ProfileError> {
         let role_error = |why: String| ProfileError::Role { name: self.name.clone(), why };
-        if self.get("mfa_serial").is_some() {
-            return self.unsupported("mfa_serial", "assuming a role with an MFA code");
+        if let Some(mfa_serial) = self.get("mfa_serial") {
+            return self.role_cached_by_the_cli(mfa_serial, env);
         }
         chain.push(self.name.clone());
         let source = match (self.get("source_profile"), self.get("credential_source")) {
@@ -1011,6 +1027,7 @@ mod tests {
                 sts_endpoint: Some("http://127.0.0.1:9".into()),
                 region: None,
                 sso_cache: Some(self.dir.path().join("sso")),
+                cli_cache: Some(self.dir.path().join("cli")),
                 sso_endpoint: Some("http://127.0.0.1:9".into()),
                 sso_oidc_endpoint: Some("http://127.0.0.1:9".into()),
             }
@@ -1177,7 +1194,7 @@ credential_process = printf '{\"Version\": 1, \"AccessKeyId\": \"AKIDPROCESS\", 
             (
                 Some("mfa"),
                 "[mfa]\nrole_arn = r\nsource_profile = mfa\nmfa_serial = arn:aws:iam::1:mfa/me\n",
-                "assuming a role with an MFA code (`mfa_serial`)",
+                "its role needs an MFA code (`mfa_serial`), which sluice cannot ask for, and the AWS CLI has cached no credentials for it",
             ),
             (
                 Some("long"),

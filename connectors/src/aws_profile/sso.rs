@@ -418,7 +418,7 @@ fn join(base: &reqwest::Url, path: &str) -> reqwest::Url {
 
 /// A cache file's time: RFC 3339, or as early AWS CLI v2 releases wrote `expiresAt`
 /// (`2019-11-14T04:05:45UTC`), which botocore still reads.
-fn rfc3339(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+pub(super) fn rfc3339(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
     let text = match text.strip_suffix("UTC") {
         Some(time) => std::borrow::Cow::Owned(format!("{time}Z")),
         None => std::borrow::Cow::Borrowed(text),
