@@ -164,7 +164,54 @@ fn hadoop_snappy_objects_are_read_by_a_hadoop_framing_reader_and_by_the_source()
     // Parquet compresses its own pages: Hadoop's framing is refused there.
     let parquet = toml.replace("format = \"ndjson\"", "format = \"parquet\"\nschema = \"infer\"");
     let refused = plan_from_str(&parquet, &registry()).map(|_| ()).unwrap_err().to_string();
-    assert!(refused.contains("compression = \"hadoop_snappy\" frames text objects for Hadoop's readers"), "{refused}");
+    assert!(refused.contains("compression = \"hadoop_snappy\" is for text objects"), "{refused}");
+}
+
+/// `compression = "zip"` (Firehose's ZIP): each object a ZIP archive of one deflated entry named
+/// after the object, which Python's `zipfile` lists, checks (CRC-32, the local and central
+/// headers' names) and reads, and which the `object_store` source reads back; Parquet refuses it.
+#[test]
+fn zip_objects_are_archives_python_reads_and_the_source_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1 MiB objects: some of them pass a block (a deflate stream of several blocks), the last not.
+    let (toml, out) =
+        cloudtrail_into_a_folder(dir.path(), 4000, "compression = \"zip\"\nbuffer = { size_mb = 1, interval_s = 900 }");
+    run_pipeline(&toml, &registry(), 2).unwrap();
+    let files = super::support::files_under(&out);
+    assert!(files.len() >= 2 && files.iter().all(|f| f.to_string_lossy().ends_with(".zip")), "{files:?}");
+    let script = r#"
+import json, sys, zipfile
+lines = []
+for path in sys.argv[1:]:
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None, path
+        (entry,) = archive.infolist()
+        name = path.rsplit("/", 1)[-1][: -len(".zip")]
+        assert entry.filename == name and entry.compress_type == zipfile.ZIP_DEFLATED, (entry.filename, name)
+        lines += archive.read(entry).decode().splitlines()
+print(json.dumps(lines))
+"#;
+    let read = std::process::Command::new(super::support::python()).args(["-c", script]).args(&files).output().unwrap();
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    let mut lines: Vec<String> = serde_json::from_slice(&read.stdout).unwrap();
+    let mut expected = generated(Profile::Cloudtrail, 5, 4000);
+    lines.sort();
+    expected.sort();
+    assert_eq!(lines, expected);
+    let reread = format!(
+        "[pipeline]\nname = \"reread\"\ndata_dir = \"{data}\"\n[sources.lake]\ntype = \"object_store\"\nurl = \"file://{out}\"\n\
+         [sinks.copy]\ntype = \"object_store\"\ninputs = [\"lake\"]\nurl = \"memory://zip-reread/\"\nformat = \"ndjson\"\n",
+        data = dir.path().join("data2").display(),
+        out = out.display(),
+    );
+    run_pipeline(&reread, &registry(), 2).unwrap();
+    assert_eq!(all_lines(&memory_objects("zip-reread")), expected);
+    let parquet = toml.replace("format = \"ndjson\"", "format = \"parquet\"\nschema = \"infer\"");
+    let refused = plan_from_str(&parquet, &registry()).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        refused.contains("compression = \"zip\" is for text objects; Parquet compresses its own pages"),
+        "{refused}"
+    );
 }
 
 #[test]

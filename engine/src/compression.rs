@@ -27,6 +27,11 @@
 //! Hadoop's codec puts in one with its default 256 KiB buffer, so its decompressor's buffers hold
 //! every block, compressed or not.
 //!
+//! ZIP (`zip`, Firehose's `ZIP`) is an archive of one entry deflated as a single stream by zlib
+//! ([`zip`]): an object past one block holds a deflate state (~300 KiB, also when written
+//! [`ObjectWriter::in_blocks`]: an entry's data cannot be independent members), and gives no
+//! output until it is finished, when its entry is named after the object.
+//!
 //! Guarantees: an open object holds at most one staging block of uncompressed bytes plus compressed
 //! bytes (small writes are staged in blocks so the compressor is called per block, not per
 //! record); an object smaller than one block has no compressor of its own: it is compressed whole
@@ -41,6 +46,8 @@
 use std::cell::RefCell;
 use std::io::Write;
 
+pub mod zip;
+
 /// Object compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -54,11 +61,13 @@ pub enum Compression {
     Snappy,
     /// Snappy in Hadoop's block framing (Firehose's `HADOOP_SNAPPY`).
     HadoopSnappy,
+    /// A ZIP archive of one deflated entry (Firehose's `ZIP`, [`zip`]).
+    Zip,
 }
 
 impl Compression {
     /// Names accepted in config.
-    pub const NAMES: &'static [&'static str] = &["none", "gzip", "zstd", "snappy", "hadoop_snappy"];
+    pub const NAMES: &'static [&'static str] = &["none", "gzip", "zstd", "snappy", "hadoop_snappy", "zip"];
 
     /// Its config name.
     pub fn name(self) -> &'static str {
@@ -68,6 +77,7 @@ impl Compression {
             Compression::Zstd => "zstd",
             Compression::Snappy => "snappy",
             Compression::HadoopSnappy => "hadoop_snappy",
+            Compression::Zip => "zip",
         }
     }
 
@@ -79,6 +89,7 @@ impl Compression {
             "zstd" => Some(Compression::Zstd),
             "snappy" => Some(Compression::Snappy),
             "hadoop_snappy" => Some(Compression::HadoopSnappy),
+            "zip" => Some(Compression::Zip),
             _ => None,
         }
     }
@@ -91,6 +102,7 @@ impl Compression {
             Compression::Zstd => ".zst",
             // Hadoop's codec is chosen by this extension (`SnappyCodec`'s own).
             Compression::Snappy | Compression::HadoopSnappy => ".snappy",
+            Compression::Zip => ".zip",
         }
     }
 
@@ -102,6 +114,7 @@ impl Compression {
             Compression::Zstd => "ZSTD",
             Compression::Snappy => "Snappy",
             Compression::HadoopSnappy => "HADOOP_SNAPPY",
+            Compression::Zip => "ZIP",
         }
     }
 
@@ -112,8 +125,8 @@ impl Compression {
             Compression::Gzip => Some("gzip"),
             Compression::Zstd => Some("zstd"),
             Compression::Snappy => Some("x-snappy-framed"),
-            // No HTTP coding names it: readers go by the extension.
-            Compression::HadoopSnappy => None,
+            // No HTTP coding names them: readers go by the extension.
+            Compression::HadoopSnappy | Compression::Zip => None,
         }
     }
 }
@@ -122,6 +135,8 @@ impl Compression {
 enum Compressor {
     None(Vec<u8>),
     Snappy(Box<snap::write::FrameEncoder<Vec<u8>>>),
+    /// The archive's one entry, deflated as it grows; held until the archive is finished.
+    Zip(zip::ZipEntry),
     /// No state: each block is compressed whole, as its own member, by the thread's compressor;
     /// the members so far.
     Blocks(Vec<u8>),
@@ -134,11 +149,15 @@ impl Compressor {
             // Never streamed: members compressed whole (see the module's documentation).
             Compression::Gzip | Compression::Zstd | Compression::HadoopSnappy => Compressor::Blocks(Vec::new()),
             Compression::Snappy => Compressor::Snappy(Box::new(snap::write::FrameEncoder::new(Vec::new()))),
+            Compression::Zip => Compressor::Zip(zip::ZipEntry::new()),
         })
     }
 }
 
 const GZIP_LEVEL: i32 = 6;
+
+/// The entry's name in an archive finished without a name ([`ObjectWriter::finish`]).
+const ZIP_ENTRY: &str = "records";
 const ZSTD_LEVEL: i32 = 3;
 
 /// The most uncompressed bytes in one block of Hadoop-framed Snappy: what Hadoop's `SnappyCodec`
@@ -171,6 +190,7 @@ fn compress_whole(compression: Compression, bytes: &[u8]) -> std::io::Result<Vec
             member_into(compression, bytes, &mut out)?;
             Ok(out)
         }
+        Compression::Zip => zip::archive(ZIP_ENTRY, bytes),
         Compression::Snappy => {
             // Snappy's state is small and has no reset: a fresh frame encoder per object.
             let mut w = snap::write::FrameEncoder::new(Vec::with_capacity(bytes.len() + 64));
@@ -408,6 +428,7 @@ impl ObjectWriter {
             None => (0, 0),
             Some(Compressor::None(v)) => (0, v.capacity()),
             Some(Compressor::Snappy(w)) => (132 << 10, w.get_ref().capacity()),
+            Some(Compressor::Zip(entry)) => (zip::ZipEntry::STATE_BYTES, entry.held()),
             Some(Compressor::Blocks(v)) => (0, v.capacity()),
         };
         (state + output + self.staged.capacity()) as u64
@@ -454,7 +475,10 @@ impl ObjectWriter {
     fn compress_staged(&mut self) -> std::io::Result<()> {
         let compressor = match &mut self.compressor {
             Some(c) => c,
-            empty if self.in_blocks => empty.insert(Box::new(Compressor::Blocks(Vec::new()))),
+            // A ZIP entry is one deflate stream: never independent members.
+            empty if self.in_blocks && self.compression != Compression::Zip => {
+                empty.insert(Box::new(Compressor::Blocks(Vec::new())))
+            }
             empty => empty.insert(Box::new(Compressor::new(self.compression)?)),
         };
         let result = match compressor.as_mut() {
@@ -463,6 +487,7 @@ impl ObjectWriter {
                 Ok(())
             }
             Compressor::Snappy(w) => w.write_all(&self.staged),
+            Compressor::Zip(entry) => entry.write(&self.staged),
             Compressor::Blocks(_) if self.staged.is_empty() => Ok(()),
             Compressor::Blocks(members)
                 if matches!(self.compression, Compression::Gzip | Compression::Zstd | Compression::HadoopSnappy) =>
@@ -487,6 +512,8 @@ impl ObjectWriter {
             Compressor::None(v) => v,
             Compressor::Snappy(w) => w.get_mut(),
             Compressor::Blocks(v) => v,
+            // Its header names the entry, known when the archive is finished: nothing before.
+            Compressor::Zip(_) => return None,
         })
     }
 
@@ -501,9 +528,19 @@ impl ObjectWriter {
         self.output().map(std::mem::take).unwrap_or_default()
     }
 
-    /// Finishes the stream and returns the compressed object.
-    pub fn finish(mut self) -> std::io::Result<Vec<u8>> {
+    /// Finishes the stream and returns the compressed object (a ZIP archive's entry named
+    /// `records`).
+    pub fn finish(self) -> std::io::Result<Vec<u8>> {
+        self.finish_named(ZIP_ENTRY)
+    }
+
+    /// [`Self::finish`], a ZIP archive's entry named `entry` ([`zip::entry_name`] of the object's
+    /// key); other compressions name nothing.
+    pub fn finish_named(mut self, entry: &str) -> std::io::Result<Vec<u8>> {
         if self.compressor.is_none() {
+            if self.compression == Compression::Zip {
+                return zip::archive(entry, &self.staged);
+            }
             return compress_whole(self.compression, &self.staged);
         }
         self.compress_staged()?;
@@ -511,6 +548,7 @@ impl ObjectWriter {
             None => Ok(Vec::new()),
             Some(Compressor::None(v)) => Ok(v),
             Some(Compressor::Snappy(w)) => w.into_inner().map_err(|e| std::io::Error::other(e.to_string())),
+            Some(Compressor::Zip(archive)) => archive.finish(entry, chrono::Utc::now()),
             Some(Compressor::Blocks(members)) => Ok(members),
         }
     }
@@ -534,6 +572,7 @@ pub fn decompress(compression: Compression, bytes: &[u8]) -> std::io::Result<Vec
         Compression::HadoopSnappy => {
             HadoopSnappyReader::new(bytes).read_to_end(&mut out)?;
         }
+        Compression::Zip => out = zip::extract(bytes)?,
     }
     Ok(out)
 }
@@ -682,7 +721,8 @@ mod tests {
     }
 
     /// An object written in blocks is its blocks' members back to back: every decoder of the
-    /// format reads it whole, and it holds no compressor state while open.
+    /// format reads it whole, and it holds no compressor state while open (but a ZIP archive,
+    /// whose entry is one deflate stream).
     #[test]
     fn objects_in_blocks_are_members_back_to_back() {
         let payload = numbered_lines(120_000);
@@ -694,7 +734,9 @@ mod tests {
                 // Its staged block and its members, never a compressor's state.
                 let state_free =
                     matches!(w.compressor.as_deref(), None | Some(Compressor::Blocks(_) | Compressor::None(_)));
-                assert!(state_free, "{name}");
+                let zip_entry =
+                    c == Compression::Zip && matches!(w.compressor.as_deref(), None | Some(Compressor::Zip(_)));
+                assert!(state_free || zip_entry, "{name}");
             }
             let compressed = w.finish().unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(decompress(c, &compressed).unwrap_or_default(), payload, "{name}");

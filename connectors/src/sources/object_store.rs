@@ -9,13 +9,15 @@
 //! pattern = "*.gz"                              # optional glob on the key under the URL
 //! ```
 //!
-//! Each line of an object (without its `\n`) is one record; empty lines are skipped; `.gz`, `.zst`
-//! and `.snappy` (framed, or Hadoop's framing) objects are decompressed by their extension. The objects are listed once,
+//! Each line of an object (without its `\n`) is one record; empty lines are skipped; `.gz`, `.zst`,
+//! `.snappy` (framed, or Hadoop's framing) and `.zip` (every entry of the archive, in its
+//! directory's order) objects are decompressed by their extension. The objects are listed once,
 //! at start, sorted by key, and shared out among every worker of every process (object i to worker
 //! i mod workers); processes of a cluster compare the lists they found before reading
 //! ([`Source::input_fingerprint`]).
 //!
-//! Guarantees: an object is read as a stream (a chunk at a time, never whole in memory); its
+//! Guarantees: an object is read as a stream (a chunk at a time, never whole in memory; but a ZIP
+//! archive, whose directory is at its end: read whole, then decompressed); its
 //! progress is checkpointed at the delivered frontier like a file's (the next line's offset, then
 //! done), so a batch run that is stopped or dies resumes where its delivered records end and skips
 //! the objects it finished; a plain object resumes with a ranged GET. Errors name the object
@@ -59,6 +61,7 @@ enum Encoding {
     Gzip,
     Zstd,
     Snappy,
+    Zip,
 }
 
 impl Encoding {
@@ -68,6 +71,7 @@ impl Encoding {
             Some("zst") => Encoding::Zstd,
             // Framed or Hadoop's framing: told apart by the first byte when the object is opened.
             Some("snappy") => Encoding::Snappy,
+            Some("zip") => Encoding::Zip,
             _ => Encoding::Plain,
         }
     }
@@ -295,6 +299,11 @@ impl ObjectReader {
                 Compression::HadoopSnappy => Box::new(HadoopSnappyReader::new(buffered)),
                 _ => Box::new(snap::read::FrameDecoder::new(buffered)),
             },
+            Encoding::Zip => {
+                let mut archive = Vec::new();
+                buffered.read_to_end(&mut archive)?;
+                Box::new(std::io::Cursor::new(sluice_engine::compression::zip::extract(&archive)?))
+            }
         };
         if encoding != Encoding::Plain && offset > 0 {
             std::io::copy(&mut (&mut reader).take(offset), &mut std::io::sink())?;

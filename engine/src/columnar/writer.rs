@@ -57,9 +57,10 @@ impl ParquetOptions {
         use crate::compression::Compression as C;
         let compression = match self.compression {
             C::None => ParquetCompression::UNCOMPRESSED,
-            // (Hadoop's framing is for text objects; a Parquet sink refuses it at configure time.)
+            // (Hadoop's framing and ZIP archives are for text objects; a Parquet sink refuses them
+            // at configure time.)
             C::Snappy | C::HadoopSnappy => ParquetCompression::SNAPPY,
-            C::Gzip => ParquetCompression::GZIP(GzipLevel::default()),
+            C::Gzip | C::Zip => ParquetCompression::GZIP(GzipLevel::default()),
             C::Zstd => ParquetCompression::ZSTD(ZstdLevel::default()),
         };
         WriterProperties::builder()

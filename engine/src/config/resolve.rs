@@ -1392,10 +1392,15 @@ fn take_sink_settings(
     }
     // By name: a Parquet sink whose schema failed still gets Parquet's buffering rules checked.
     let columnar = format_name.as_ref().is_some_and(|f| f.get_ref() == "parquet");
-    if let (true, Some(Compression::HadoopSnappy), Some(span)) = (columnar, compression, compression_span) {
+    if let (true, Some(c @ (Compression::HadoopSnappy | Compression::Zip)), Some(span)) =
+        (columnar, compression, compression_span)
+    {
         problems.push(
-            Diagnostic::new(span, "compression = \"hadoop_snappy\" frames text objects for Hadoop's readers; Parquet compresses its own pages")
-                .with_hint("compression = \"snappy\" (Parquet's default), \"zstd\", \"gzip\" or \"none\""),
+            Diagnostic::new(
+                span,
+                format!("compression = \"{}\" is for text objects; Parquet compresses its own pages", c.name()),
+            )
+            .with_hint("compression = \"snappy\" (Parquet's default), \"zstd\", \"gzip\" or \"none\""),
         );
     }
     let compression = if compression_ok {

@@ -204,6 +204,6 @@ impl<C: RecordCodec> ObjectEncoder for TextEncoder<C> {
     fn finish(mut self: Box<Self>, key: &str) -> std::io::Result<Vec<u8>> {
         let trailer = self.codec.trailer(key);
         self.writer.write(&trailer)?;
-        self.writer.finish()
+        self.writer.finish_named(&crate::compression::zip::entry_name(key))
     }
 }
