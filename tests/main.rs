@@ -36,3 +36,4 @@ mod splunk;
 mod support;
 mod top;
 mod transforms;
+mod webdav;

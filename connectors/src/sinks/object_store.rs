@@ -121,6 +121,10 @@ pub struct ObjectStoreSink {
     /// Fetches credentials the way the store will (S3, GCS, Azure): `prepare` fails when none can
     /// be found at all, instead of every delivery failing for minutes.
     credentials: Option<CredentialCheck>,
+    /// An `http(s)://` store (a WebDAV server): it takes an object in one PUT only (object_store
+    /// has no multipart upload for it) and is not told the object's `Content-Encoding`, which a
+    /// WebDAV server may refuse on a PUT (WsgiDAV answers 501); the extension says it.
+    web_server: bool,
 }
 
 /// A store's own way of finding credentials, run once at start.
@@ -788,7 +792,10 @@ impl ObjectStoreSink {
                 (azure, url_path(rest), None, "Azure")
             }
             "http" | "https" => {
-                let mut client = ClientOptions::new();
+                // An `http://` URL asks for plain HTTP itself (object_store refuses it by default,
+                // which failed every request with "URL scheme is not allowed"); `allow_http` in
+                // `options` still decides.
+                let mut client = ClientOptions::new().with_allow_http(scheme == "http");
                 for (k, v) in options {
                     let key = ClientConfigKey::from_str(k).map_err(|_| unknown(k, scheme))?;
                     client = client.with_config(key, v);
@@ -796,8 +803,15 @@ impl ObjectStoreSink {
                 for root in roots {
                     client = client.with_root_certificate(root.clone());
                 }
-                let b = HttpBuilder::new().with_url(url).with_retry(no_client_retries()).with_client_options(client);
-                (Arc::new(b.build().map_err(build_error)?), Path::default(), None, "Http")
+                // The store at the server's root and the URL's path as the prefix of every key:
+                // object_store's listings name objects by their whole path on the server, so a
+                // store at a deeper URL would read `a/b/a/b/key` for what it lists under `a/b/`;
+                // and it then makes the URL's own folders too (MKCOL) when they are missing.
+                let parsed = reqwest::Url::parse(url).map_err(|e| bad_url(e.to_string()))?;
+                let origin = parsed.origin().ascii_serialization();
+                let base = Path::from_url_path(parsed.path()).map_err(|e| bad_url(e.to_string()))?;
+                let b = HttpBuilder::new().with_url(origin).with_retry(no_client_retries()).with_client_options(client);
+                (Arc::new(b.build().map_err(build_error)?), base, None, "Http")
             }
             other => return Err(StoreConfigError::UnsupportedScheme { scheme: other.to_string() }),
         };
@@ -814,6 +828,7 @@ impl ObjectStoreSink {
             code_prefix,
             healthcheck,
             credentials,
+            web_server: matches!(scheme, "http" | "https"),
         })
     }
 
@@ -852,7 +867,7 @@ impl ObjectStoreSink {
         let mut attributes = object_store::Attributes::new();
         if self.local.is_none() {
             attributes.insert(object_store::Attribute::ContentType, content_type.into());
-            if let Some(encoding) = content_encoding {
+            if let Some(encoding) = content_encoding.filter(|_| !self.web_server) {
                 attributes.insert(object_store::Attribute::ContentEncoding, encoding.into());
             }
         }
@@ -1027,7 +1042,8 @@ fn classify(code_prefix: &str, e: object_store::Error) -> DeliveryError {
     }
 }
 
-/// Every store takes an object in parts: multipart uploads (S3, GCS, Azure), or a staged file.
+/// Every store but a WebDAV server takes an object in parts: multipart uploads (S3, GCS, Azure), or
+/// a staged file.
 impl PartSink for ObjectStoreSink {
     fn start_upload(
         &self,
@@ -1207,7 +1223,8 @@ impl Sink for ObjectStoreSink {
     }
 
     fn parts(&self) -> Option<&dyn PartSink> {
-        Some(self)
+        // A WebDAV server takes whole objects only: objects are delivered when sealed.
+        (!self.web_server).then_some(self as &dyn PartSink)
     }
 
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
