@@ -807,10 +807,17 @@ impl ObjectStoreSink {
                 // object_store's listings name objects by their whole path on the server, so a
                 // store at a deeper URL would read `a/b/a/b/key` for what it lists under `a/b/`;
                 // and it then makes the URL's own folders too (MKCOL) when they are missing.
+                // (The root keeps the URL's user and password, if any.)
                 let parsed = reqwest::Url::parse(url).map_err(|e| bad_url(e.to_string()))?;
-                let origin = parsed.origin().ascii_serialization();
                 let base = Path::from_url_path(parsed.path()).map_err(|e| bad_url(e.to_string()))?;
-                let b = HttpBuilder::new().with_url(origin).with_retry(no_client_retries()).with_client_options(client);
+                let mut root = parsed;
+                root.set_path("/");
+                root.set_query(None);
+                root.set_fragment(None);
+                let b = HttpBuilder::new()
+                    .with_url(root.as_str())
+                    .with_retry(no_client_retries())
+                    .with_client_options(client);
                 (Arc::new(b.build().map_err(build_error)?), base, None, "Http")
             }
             other => return Err(StoreConfigError::UnsupportedScheme { scheme: other.to_string() }),
