@@ -458,6 +458,39 @@ fn one_sluice_delivers_to_another_through_the_http_endpoint_protocol() {
     }
 }
 
+/// A request Firehose sends again after the receiving sluice restarted (its answer lost in the
+/// restart) is recognised by its id, kept beside the write-ahead log: answered `200`, its records
+/// not taken twice; a new request after it is taken.
+#[test]
+fn a_retry_that_arrives_after_a_restart_is_taken_once() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, out) = central_pipeline(dir.path(), port, "access_key = \"key-a\"");
+    let headers = |id: &'static str| {
+        vec![
+            ("X-Amz-Firehose-Protocol-Version", "1.0"),
+            ("X-Amz-Firehose-Access-Key", "key-a"),
+            ("X-Amz-Firehose-Request-Id", id),
+        ]
+    };
+    let first = ["{\"n\":1}", "{\"n\":2}"];
+    let mut central = start_listening_with(&mut logged_run(&config, "error"), port);
+    assert_eq!(post_to(port, &headers("before-restart"), delivery("before-restart", &first)).0, 200);
+    terminate(&central);
+    assert!(central.wait().unwrap().success(), "{}", std::fs::read_to_string(config.with_extension("log")).unwrap());
+    let ids = std::fs::read_to_string(dir.path().join("data/edge.request-ids")).unwrap();
+    assert_eq!(ids, "before-restart\n");
+
+    central = start_listening_with(&mut logged_run(&config, "error"), port);
+    let (status, answer, _) = post_to(port, &headers("before-restart"), delivery("before-restart", &first));
+    assert_eq!((status, &answer["requestId"]), (200, &serde_json::json!("before-restart")), "{answer}");
+    assert_eq!(post_to(port, &headers("after-restart"), delivery("after-restart", &["{\"n\":3}"])).0, 200);
+    terminate(&central);
+    assert!(central.wait().unwrap().success(), "{}", std::fs::read_to_string(config.with_extension("log")).unwrap());
+    let lines = sorted(folder_objects(&out).into_values().flatten().collect());
+    assert_eq!(lines, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
+}
+
 /// The example pipeline `pipelines/from-firehose.toml` as a user runs it (its folder and port moved
 /// into the test's): a delivery of CloudWatch Logs subscription records, as Firehose forwards them,
 /// becomes one record per log event in the lake; the control message is dropped; a record that is

@@ -149,6 +149,17 @@ impl LogSlot {
         Ok(log)
     }
 
+    /// `<data_dir>/<source name>.<suffix>`: where the source keeps state beside its log that is
+    /// only as durable as its records (`None` with `durability = "none"`, when nothing is).
+    pub fn state_file(&self, suffix: &str) -> Option<PathBuf> {
+        (self.mode != Durability::None).then(|| {
+            let mut name = self.dir.clone().into_os_string();
+            name.push(".");
+            name.push(suffix);
+            PathBuf::from(name)
+        })
+    }
+
     /// The log, once opened.
     pub fn get(&self) -> Option<Arc<durable::DurableLog>> {
         self.opened.lock().ok().and_then(|o| o.clone()).flatten()

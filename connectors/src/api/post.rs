@@ -275,6 +275,11 @@ pub struct PostEndpoint {
 }
 
 impl PostEndpoint {
+    /// Where the source may keep state beside its write-ahead log ([`LogSlot::state_file`]).
+    pub fn state_file(&self, suffix: &str) -> Option<std::path::PathBuf> {
+        self.log.state_file(suffix)
+    }
+
     /// The pipeline's metrics, once the source is prepared.
     pub fn metrics(&self) -> Option<&Arc<PipelineMetrics>> {
         self.metrics.get()

@@ -32,8 +32,9 @@
 //! is read, in constant time, against every configured one. Firehose sends a request again under
 //! the same id when it saw no answer (a timeout, a connection reset); the ids of the last
 //! `remember_requests` requests taken are remembered, so such a retry is answered `200` without
-//! taking its records twice (ids are kept in memory: a retry that arrives after a restart is taken
-//! again, which Firehose's at-least-once delivery allows). Beyond Firehose's documentation, which
+//! taking its records twice; with a write-ahead log they are also kept in a file beside it
+//! (`<data_dir>/<source>.request-ids`), so a retry that arrives after a restart is recognised too
+//! (with `durability = "none"` it is taken again, which Firehose's at-least-once delivery allows). Beyond Firehose's documentation, which
 //! specifies only the sender: `X-Amz-Firehose-Common-Attributes` must be the protocol's
 //! `{"commonAttributes":{…}}` when present and is recorded, with the source ARN, in the audit log.
 
@@ -139,7 +140,8 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         default_listen: "127.0.0.1:4575",
         default_body_mb: 64,
         router: Box::new(move |endpoint| {
-            let recent = Mutex::new(RecentRequests::new(remember.unwrap_or(0) as usize));
+            let file = endpoint.state_file("request-ids");
+            let recent = Mutex::new(RecentRequests::new(remember.unwrap_or(0) as usize, file));
             axum::Router::new()
                 .fallback(axum::routing::post(receive))
                 .with_state(Arc::new(Receiver { endpoint, recent }))
@@ -148,7 +150,12 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     PostSource::configure(places, keys, limits, protocol, problems)
 }
 
-/// The ids of the requests taken lately, and of those being taken.
+/// The ids of the requests taken lately, and of those being taken; with a write-ahead log, the
+/// taken ones also in a file beside it (one per line, appended once the request's records are
+/// logged, rewritten with the remembered ones when it holds twice as many), read at start, so a
+/// retry that arrives after a restart is recognised too. The file is written without `fsync`:
+/// an id it lost (a power cut) only lets a retry be taken again, and an id is written only after
+/// its records are as durable as the pipeline asks.
 #[derive(Debug)]
 struct RecentRequests {
     /// At most this many taken ids are remembered (0: none).
@@ -157,6 +164,8 @@ struct RecentRequests {
     ids: HashMap<String, bool>,
     /// Taken ids, oldest first.
     order: VecDeque<String>,
+    /// The file of taken ids, open for appending, and how many lines it holds.
+    file: Option<(std::path::PathBuf, std::fs::File, usize)>,
 }
 
 /// What a request id says about its request.
@@ -171,8 +180,64 @@ enum Seen {
 }
 
 impl RecentRequests {
-    fn new(capacity: usize) -> Self {
-        RecentRequests { capacity, ids: HashMap::new(), order: VecDeque::new() }
+    /// Remembering `capacity` ids, those in `file` first (when given).
+    fn new(capacity: usize, file: Option<std::path::PathBuf>) -> Self {
+        let mut recent = RecentRequests { capacity, ids: HashMap::new(), order: VecDeque::new(), file: None };
+        let Some(path) = file.filter(|_| capacity > 0) else { return recent };
+        let known = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read the request ids taken before; a retry of one of them would be taken again");
+                String::new()
+            }
+        };
+        for id in known.lines().filter(|l| !l.is_empty()) {
+            recent.remember(id);
+        }
+        match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(f) => recent.file = Some((path, f, known.lines().count())),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot keep the request ids taken; after a restart a retry would be taken again")
+            }
+        }
+        recent
+    }
+
+    /// Remembers `id` as taken, forgetting the oldest past the capacity.
+    fn remember(&mut self, id: &str) {
+        if self.ids.insert(id.to_string(), true) != Some(true) {
+            self.order.push_back(id.to_string());
+        }
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
+
+    /// Adds `id` to the file, rewriting it with the remembered ids when it holds twice as many;
+    /// a failure stops the file being kept (ids are then remembered in memory only).
+    fn keep(&mut self, id: &str) {
+        use std::io::Write;
+        let Some((path, file, lines)) = self.file.as_mut() else { return };
+        let written = if *lines + 1 > 2 * self.capacity.max(1) {
+            let text: String = self.order.iter().map(|id| format!("{id}\n")).collect();
+            let staged = path.with_extension("request-ids.new");
+            std::fs::write(&staged, text)
+                .and_then(|()| std::fs::rename(&staged, &*path))
+                .and_then(|()| std::fs::OpenOptions::new().append(true).open(&*path))
+                .map(|reopened| {
+                    *file = reopened;
+                    *lines = self.order.len();
+                })
+        } else {
+            file.write_all(format!("{id}\n").as_bytes()).map(|()| *lines += 1)
+        };
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "cannot keep the request ids taken; after a restart a retry would be taken again");
+            self.file = None;
+        }
     }
 
     /// Looks `id` up and, when it is new, marks it as being taken.
@@ -199,13 +264,8 @@ impl RecentRequests {
             self.ids.remove(id);
             return;
         }
-        self.ids.insert(id.to_string(), true);
-        self.order.push_back(id.to_string());
-        while self.order.len() > self.capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.ids.remove(&oldest);
-            }
-        }
+        self.remember(id);
+        self.keep(id);
     }
 }
 
@@ -461,7 +521,7 @@ mod tests {
 
     #[test]
     fn a_request_taken_is_recognised_until_it_is_among_the_oldest_forgotten() {
-        let mut recent = RecentRequests::new(2);
+        let mut recent = RecentRequests::new(2, None);
         assert_eq!(recent.begin("a"), Seen::New);
         assert_eq!(recent.begin("a"), Seen::InProgress);
         recent.end("a", true);
@@ -476,10 +536,43 @@ mod tests {
         // Three taken, two remembered: the oldest is forgotten.
         assert_eq!(recent.begin("a"), Seen::New);
         assert_eq!((recent.begin("b"), recent.begin("c")), (Seen::Taken, Seen::Taken));
-        let mut none = RecentRequests::new(0);
+        let mut none = RecentRequests::new(0, None);
         assert_eq!(none.begin("a"), Seen::New);
         none.end("a", true);
         assert_eq!(none.begin("a"), Seen::New);
+    }
+
+    #[test]
+    fn taken_ids_are_kept_in_a_file_read_at_the_next_start_and_compacted() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("edge.request-ids");
+        let mut recent = RecentRequests::new(3, Some(file.clone()));
+        for id in ["a", "b", "c", "d", "e", "f"] {
+            assert_eq!(recent.begin(id), Seen::New);
+            recent.end(id, true);
+        }
+        // A refused request leaves no trace.
+        assert_eq!(recent.begin("refused"), Seen::New);
+        recent.end("refused", false);
+        assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), "a\nb\nc\nd\ne\nf\n");
+        // The seventh line would pass twice the capacity: rewritten with the three remembered.
+        assert_eq!(recent.begin("g"), Seen::New);
+        recent.end("g", true);
+        assert_eq!(std::fs::read_to_string(&file).unwrap_or_default(), "e\nf\ng\n");
+        drop(recent);
+        // The next start knows them, and only them.
+        let mut restarted = RecentRequests::new(3, Some(file.clone()));
+        assert_eq!(
+            (restarted.begin("e"), restarted.begin("g"), restarted.begin("d"), restarted.begin("refused")),
+            (Seen::Taken, Seen::Taken, Seen::New, Seen::New)
+        );
+        // A file that cannot be written (a folder stands there): remembered in memory only.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).unwrap_or_else(|e| panic!("{e}"));
+        let mut memory_only = RecentRequests::new(3, Some(blocked));
+        assert_eq!(memory_only.begin("x"), Seen::New);
+        memory_only.end("x", true);
+        assert_eq!(memory_only.begin("x"), Seen::Taken);
     }
 
     /// The source through the real runtime, fed as Firehose feeds an HTTP endpoint (every other
