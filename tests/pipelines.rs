@@ -152,19 +152,32 @@ fn hadoop_snappy_objects_are_read_by_a_hadoop_framing_reader_and_by_the_source()
     lines.sort();
     expected.sort();
     assert_eq!(lines, expected);
-    // Read back by the object_store source, into plain NDJSON.
+    read_back_and_refused_by_parquet(dir.path(), &out, &toml, "hadoop_snappy", &expected);
+}
+
+/// The objects in `out` (written by the pipeline `toml` with `compression`) read back by the
+/// `object_store` source as exactly `expected`; the same sink as Parquet refused, since Parquet
+/// compresses its own pages.
+fn read_back_and_refused_by_parquet(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    toml: &str,
+    compression: &str,
+    expected: &[String],
+) {
+    let memory = format!("{compression}-reread");
     let reread = format!(
         "[pipeline]\nname = \"reread\"\ndata_dir = \"{data}\"\n[sources.lake]\ntype = \"object_store\"\nurl = \"file://{out}\"\n\
-         [sinks.copy]\ntype = \"object_store\"\ninputs = [\"lake\"]\nurl = \"memory://hadoop-reread/\"\nformat = \"ndjson\"\n",
-        data = dir.path().join("data2").display(),
+         [sinks.copy]\ntype = \"object_store\"\ninputs = [\"lake\"]\nurl = \"memory://{memory}/\"\nformat = \"ndjson\"\n",
+        data = dir.join("data2").display(),
         out = out.display(),
     );
     run_pipeline(&reread, &registry(), 2).unwrap();
-    assert_eq!(all_lines(&memory_objects("hadoop-reread")), expected);
-    // Parquet compresses its own pages: Hadoop's framing is refused there.
+    assert_eq!(all_lines(&memory_objects(&memory)), expected);
     let parquet = toml.replace("format = \"ndjson\"", "format = \"parquet\"\nschema = \"infer\"");
     let refused = plan_from_str(&parquet, &registry()).map(|_| ()).unwrap_err().to_string();
-    assert!(refused.contains("compression = \"hadoop_snappy\" is for text objects"), "{refused}");
+    let said = format!("compression = \"{compression}\" is for text objects; Parquet compresses its own pages");
+    assert!(refused.contains(&said), "{refused}");
 }
 
 /// `compression = "zip"` (Firehose's ZIP): each object a ZIP archive of one deflated entry named
@@ -198,20 +211,7 @@ print(json.dumps(lines))
     lines.sort();
     expected.sort();
     assert_eq!(lines, expected);
-    let reread = format!(
-        "[pipeline]\nname = \"reread\"\ndata_dir = \"{data}\"\n[sources.lake]\ntype = \"object_store\"\nurl = \"file://{out}\"\n\
-         [sinks.copy]\ntype = \"object_store\"\ninputs = [\"lake\"]\nurl = \"memory://zip-reread/\"\nformat = \"ndjson\"\n",
-        data = dir.path().join("data2").display(),
-        out = out.display(),
-    );
-    run_pipeline(&reread, &registry(), 2).unwrap();
-    assert_eq!(all_lines(&memory_objects("zip-reread")), expected);
-    let parquet = toml.replace("format = \"ndjson\"", "format = \"parquet\"\nschema = \"infer\"");
-    let refused = plan_from_str(&parquet, &registry()).map(|_| ()).unwrap_err().to_string();
-    assert!(
-        refused.contains("compression = \"zip\" is for text objects; Parquet compresses its own pages"),
-        "{refused}"
-    );
+    read_back_and_refused_by_parquet(dir.path(), &out, &toml, "zip", &expected);
 }
 
 #[test]

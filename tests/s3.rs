@@ -431,6 +431,62 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
     assert!(sessions[4].starts_with("sluice-"), "{sessions:?}");
 }
 
+/// What the AWS profile tests share: an S3 server (SigV4-checking) with the bucket `bkt`, a home
+/// folder holding the AWS config file, and runs of a 200-record pipeline into
+/// `s3://bkt/archive/<name>/` with no credentials but the selected profile's.
+struct ProfileLab {
+    server: S3Server,
+    home: tempfile::TempDir,
+    config: PathBuf,
+    _root: tempfile::TempDir,
+}
+
+impl ProfileLab {
+    fn new(config_text: &str) -> ProfileLab {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("bkt")).unwrap();
+        let server = S3Server::start(root.path());
+        let home = tempfile::tempdir().unwrap();
+        let config = home.path().join("config");
+        std::fs::write(&config, config_text).unwrap();
+        ProfileLab { server, home, config, _root: root }
+    }
+
+    /// `sluice run` as the profile `profile`, its objects under `archive/<name>/`, with the
+    /// variables `endpoints` set (the test services' `AWS_ENDPOINT_URL_*`).
+    fn run(&self, profile: &str, name: &str, endpoints: &[(&str, &str)]) -> std::process::Output {
+        let pipeline = self.home.path().join(format!("{name}.toml"));
+        let toml = format!(
+            "[pipeline]\nname = \"{name}\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 200\nseed = 5\n\
+             [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\nformat = \"ndjson\"\nprefix = \"{name}/\"\n\
+             url = \"s3://bkt/archive\"\noptions = {{ endpoint = \"http://{}\", allow_http = true, virtual_hosted_style_request = false }}\n",
+            self.server.addr
+        );
+        std::fs::write(&pipeline, toml).unwrap();
+        let mut command = sluice();
+        command
+            .args(["run", "--quiet"])
+            .arg(&pipeline)
+            .without_aws_keys()
+            .env("HOME", self.home.path())
+            .env("AWS_CONFIG_FILE", &self.config)
+            .env("AWS_PROFILE", profile);
+        for (variable, url) in endpoints {
+            command.env(variable, url);
+        }
+        command.output().unwrap()
+    }
+
+    /// Records stored under `archive/<name>/`.
+    fn lines_under(&self, name: &str) -> usize {
+        folder_objects(&self.server.root.join("bkt"))
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("archive/{name}/")))
+            .map(|(_, v)| v.len())
+            .sum()
+    }
+}
+
 /// An IAM Identity Center profile (`aws sso login`'s cached token): the token, two minutes from
 /// expiry, is refreshed with SSO OIDC (and written back for the CLI), exchanged with
 /// `GetRoleCredentials` for the role's credentials, and those sign the S3 requests; a second run
@@ -438,21 +494,14 @@ options = {{ endpoint = "http://{}", allow_http = true, virtual_hosted_style_req
 /// assumes the lake's role from there (a role profile whose `source_profile` is an SSO one).
 #[test]
 fn credentials_come_from_an_iam_identity_center_session() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir(root.path().join("bkt")).unwrap();
-    let server = S3Server::start(root.path());
-    let home = tempfile::tempdir().unwrap();
-    let config = home.path().join("config");
-    std::fs::write(
-        &config,
+    let lab = ProfileLab::new(
         "[profile lake]\nsso_session = corp\nsso_account_id = 123456789012\nsso_role_name = LakeWriter\nregion = us-east-1\n\n\
          [profile hub]\nsso_session = corp\nsso_account_id = 123456789012\nsso_role_name = HubAdmin\n\n\
          [profile via-hub]\nrole_arn = arn:aws:iam::123456789012:role/lake-writer\nsource_profile = hub\nregion = eu-west-1\nrole_session_name = from-sso\n\n\
          [sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\nsso_region = eu-west-1\nsso_registration_scopes = sso:account:access\n",
-    )
-    .unwrap();
+    );
     // The CLI's cache file for the session `corp`: named by SHA-1("corp").
-    let cache = home.path().join(".aws/sso/cache");
+    let cache = lab.home.path().join(".aws/sso/cache");
     std::fs::create_dir_all(&cache).unwrap();
     let token_file = cache.join("ee0bfd2552fbd840c02cc48b6e823320543c450f.json");
     let in_minutes =
@@ -469,36 +518,14 @@ fn credentials_come_from_an_iam_identity_center_session() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (center, calls) = identity_center(&runtime);
     let (sts, sessions) = security_token_service(&runtime);
-    let pipeline = home.path().join("p.toml");
-    let run_as = |profile: &str, name: &str| {
-        let toml = format!(
-            "[pipeline]\nname = \"{name}\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 200\nseed = 5\n\
-             [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\nformat = \"ndjson\"\nprefix = \"{name}/\"\n\
-             url = \"s3://bkt/archive\"\noptions = {{ endpoint = \"http://{}\", allow_http = true, virtual_hosted_style_request = false }}\n",
-            server.addr
-        );
-        std::fs::write(&pipeline, toml).unwrap();
-        sluice()
-            .args(["run", "--quiet"])
-            .arg(&pipeline)
-            .without_aws_keys()
-            .env("HOME", home.path())
-            .env("AWS_CONFIG_FILE", &config)
-            .env("AWS_PROFILE", profile)
-            .env("AWS_ENDPOINT_URL_SSO", &center)
-            .env("AWS_ENDPOINT_URL_SSO_OIDC", &center)
-            .env("AWS_ENDPOINT_URL_STS", &sts)
-            .output()
-            .unwrap()
-    };
+    let endpoints = [
+        ("AWS_ENDPOINT_URL_SSO", center.as_str()),
+        ("AWS_ENDPOINT_URL_SSO_OIDC", center.as_str()),
+        ("AWS_ENDPOINT_URL_STS", sts.as_str()),
+    ];
+    let run_as = |profile: &str, name: &str| lab.run(profile, name, &endpoints);
     let run = |name: &str| run_as("lake", name);
-    let lines_under = |prefix: &str| {
-        folder_objects(&server.root.join("bkt"))
-            .iter()
-            .filter(|(k, _)| k.starts_with(&format!("archive/{prefix}/")))
-            .map(|(_, v)| v.len())
-            .sum::<usize>()
-    };
+    let lines_under = |name: &str| lab.lines_under(name);
     for name in ["refreshed", "cached"] {
         let out = run(name);
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -554,43 +581,15 @@ fn credentials_come_from_an_iam_identity_center_session() {
 /// role's credentials; sluice then signs its S3 requests with them, from that cache.
 #[test]
 fn a_role_that_needs_an_mfa_code_uses_the_credentials_the_aws_cli_cached() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir(root.path().join("bkt")).unwrap();
-    let server = S3Server::start(root.path());
-    let home = tempfile::tempdir().unwrap();
-    let config = home.path().join("config");
-    std::fs::write(
-        &config,
+    let lab = ProfileLab::new(
         "[profile base]\naws_access_key_id = AKIDBASE\naws_secret_access_key = base-secret\n\n\
          [profile mfa]\nrole_arn = arn:aws:iam::123456789012:role/lake-writer\nsource_profile = base\n\
          mfa_serial = arn:aws:iam::111122223333:mfa/alice\nduration_seconds = 3600\nregion = eu-west-1\n",
-    )
-    .unwrap();
+    );
+    let (home, config) = (lab.home.path(), &lab.config);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (sts, _) = security_token_service(&runtime);
-    let pipeline = home.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "[pipeline]\nname = \"mfa\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 200\n\
-             [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\nformat = \"ndjson\"\n\
-             url = \"s3://bkt/archive\"\noptions = {{ endpoint = \"http://{}\", allow_http = true, virtual_hosted_style_request = false }}\n",
-            server.addr
-        ),
-    )
-    .unwrap();
-    let run = || {
-        sluice()
-            .args(["run", "--quiet"])
-            .arg(&pipeline)
-            .without_aws_keys()
-            .env("HOME", home.path())
-            .env("AWS_CONFIG_FILE", &config)
-            .env("AWS_PROFILE", "mfa")
-            .env("AWS_ENDPOINT_URL_STS", &sts)
-            .output()
-            .unwrap()
-    };
+    let run = || lab.run("mfa", "mfa", &[("AWS_ENDPOINT_URL_STS", sts.as_str())]);
     let out = run();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -603,9 +602,9 @@ fn a_role_that_needs_an_mfa_code_uses_the_credentials_the_aws_cli_cached() {
     let mut cli = std::process::Command::new("setsid")
         .arg(python().with_file_name("aws"))
         .args(["sts", "get-caller-identity", "--profile", "mfa", "--output", "json"])
-        .env("HOME", home.path())
-        .env("AWS_CONFIG_FILE", &config)
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("no-credentials"))
+        .env("HOME", home)
+        .env("AWS_CONFIG_FILE", config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("no-credentials"))
         .env("AWS_ENDPOINT_URL_STS", &sts)
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -621,12 +620,11 @@ fn a_role_that_needs_an_mfa_code_uses_the_credentials_the_aws_cli_cached() {
     assert!(asked.status.success(), "{said}");
     assert!(said.contains("Enter MFA code for arn:aws:iam::111122223333:mfa/alice"), "{said}");
     assert!(String::from_utf8_lossy(&asked.stdout).contains("assumed-role/lake-writer"));
-    let cached = files_under(&home.path().join(".aws/cli/cache"));
+    let cached = files_under(&home.join(".aws/cli/cache"));
     assert_eq!(cached.len(), 1, "{cached:?}");
     let out = run();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: usize = folder_objects(&root.path().join("bkt")).values().map(Vec::len).sum();
-    assert_eq!(lines, 200);
+    assert_eq!(lab.lines_under("mfa"), 200);
     // Credentials two minutes from their expiry are not used.
     let mut answer: serde_json::Value = serde_json::from_slice(&std::fs::read(&cached[0]).unwrap()).unwrap();
     let soon = chrono::Utc::now() + chrono::Duration::minutes(2);
