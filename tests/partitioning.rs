@@ -136,6 +136,25 @@ fn hostile_key_values_go_to_partitioning_failed_and_never_change_the_folders() {
     let text = text.finish();
     let count = format!("sluice_JQProcessing_Duration_seconds_count{{stream=\"hostile\",destination=\"out\"}} {timed}");
     assert!(text.contains(&count), "{text}");
+    // Firehose's `PerPartitionThroughput`: the busiest partition's bytes per second once its window
+    // is complete (the run lasted less than one: measured as if the window ended now).
+    let window_end = std::time::Instant::now() + sluice_engine::metrics::THROUGHPUT_WINDOW;
+    let busiest = metrics.sinks[0].partition_records.lock().unwrap().busiest_throughput(window_end);
+    let largest_partition: u64 = objects
+        .iter()
+        .filter(|(k, _)| !k.starts_with("errors/"))
+        .map(|(_, lines)| lines.iter().map(|l| l.len() as u64).sum::<u64>())
+        .max()
+        .unwrap();
+    let window = sluice_engine::metrics::THROUGHPUT_WINDOW.as_secs();
+    assert!((largest_partition / (window + 5)..=largest_partition / window).contains(&busiest), "{busiest}");
+    let mut text = sluice_engine::metrics::PrometheusText::default();
+    let label =
+        sluice_engine::metrics::SinkLabel { name: "out".into(), kind: sluice_engine::destination::DestinationKind::S3 };
+    metrics.render_prometheus(&mut text, "hostile", &[label], 0);
+    let gauge =
+        format!("sluice_PerPartitionThroughput_bytes_per_second{{stream=\"hostile\",destination=\"out\"}} {busiest}");
+    assert!(text.finish().contains(&gauge), "{gauge}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Counters of one source.
 #[derive(Debug, Default)]
@@ -178,21 +178,50 @@ impl SinkMeter {
 /// Records written per partition, for the run summary: how many partitions there were and the
 /// largest three. It keeps 16 bytes per partition (a 64-bit hash of its key values and a count)
 /// and the names of the largest only, so a run with millions of partitions does not keep their
-/// names.
-#[derive(Debug, Default)]
+/// names. And the bytes each partition took in the current window of [`THROUGHPUT_WINDOW`], for
+/// Firehose's `PerPartitionThroughput`: the bytes per second of the busiest partition over the
+/// last complete window (16 bytes per partition written in the window).
+#[derive(Debug)]
 pub struct PartitionTally {
     counts: rustc_hash::FxHashMap<u64, u64>,
     /// (records, key values joined by `/`, hash), most records first.
     largest: Vec<(u64, String, u64)>,
+    /// Bytes per partition since `window_started`.
+    window: rustc_hash::FxHashMap<u64, u64>,
+    window_started: Instant,
+    /// The busiest partition's bytes per second over the last complete window.
+    busiest: u64,
+}
+
+/// The window `PerPartitionThroughput` is measured over.
+pub const THROUGHPUT_WINDOW: Duration = Duration::from_secs(10);
+
+impl Default for PartitionTally {
+    fn default() -> Self {
+        PartitionTally {
+            counts: Default::default(),
+            largest: Vec::new(),
+            window: Default::default(),
+            window_started: Instant::now(),
+            busiest: 0,
+        }
+    }
 }
 
 impl PartitionTally {
-    /// Adds `records` to the partition with key `values`.
-    pub fn add(&mut self, values: &[(String, String)], records: u64) {
+    /// Adds `records` of `bytes` to the partition with key `values`.
+    pub fn add(&mut self, values: &[(String, String)], records: u64, bytes: u64) {
+        self.add_at(values, records, bytes, Instant::now());
+    }
+
+    /// [`Self::add`] at `now`.
+    pub fn add_at(&mut self, values: &[(String, String)], records: u64, bytes: u64, now: Instant) {
         use std::hash::{Hash, Hasher};
         let mut hasher = rustc_hash::FxHasher::default();
         values.hash(&mut hasher);
         let hash = hasher.finish();
+        self.roll(now);
+        *self.window.entry(hash).or_default() += bytes;
         let count = self.counts.entry(hash).or_default();
         *count += records;
         let count = *count;
@@ -204,6 +233,27 @@ impl PartitionTally {
         }
         self.largest.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         self.largest.truncate(3);
+    }
+
+    /// Ends the current window when it has lasted [`THROUGHPUT_WINDOW`]: its busiest partition's
+    /// bytes per second become [`Self::busiest_throughput`] (none written: 0).
+    fn roll(&mut self, now: Instant) {
+        let lasted = now.saturating_duration_since(self.window_started);
+        if lasted < THROUGHPUT_WINDOW {
+            return;
+        }
+        let most = self.window.values().copied().max().unwrap_or(0);
+        // A window with nothing in its second half counts as idle since: its rate over all it lasted.
+        self.busiest = (most as f64 / lasted.as_secs_f64()) as u64;
+        self.window.clear();
+        self.window_started = now;
+    }
+
+    /// The bytes per second of the busiest partition over the last complete window of
+    /// [`THROUGHPUT_WINDOW`] (Firehose's `PerPartitionThroughput`, its maximum over partitions).
+    pub fn busiest_throughput(&mut self, now: Instant) -> u64 {
+        self.roll(now);
+        self.busiest
     }
 
     /// Partitions written to.
@@ -800,6 +850,8 @@ impl PipelineMetrics {
             text.sample("sluice_PartitionCount", "gauge", &labels, open);
             text.sample("sluice_PartitionsSealedEarly", "counter", &labels, sink.partitions_sealed_early.load(Relaxed));
             text.sample("sluice_PartitioningFailedRecords", "counter", &labels, sink.partitioning_failed.load(Relaxed));
+            let busiest = sink.partition_records.lock().map(|mut t| t.busiest_throughput(Instant::now())).unwrap_or(0);
+            text.sample("sluice_PerPartitionThroughput_bytes_per_second", "gauge", &labels, busiest);
             if sink.partitions_by_query.load(Relaxed) {
                 sink.jq_processing.render(text, "sluice_JQProcessing_Duration_seconds", &labels);
             }
@@ -861,4 +913,37 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(account: &str) -> Vec<(String, String)> {
+        vec![("account".to_string(), account.to_string())]
+    }
+
+    /// `PerPartitionThroughput`: the busiest partition's bytes per second over the last complete
+    /// window, not the sum of all partitions, and nothing once a window passes without writes.
+    #[test]
+    fn the_busiest_partition_s_throughput_is_measured_over_complete_windows() {
+        let start = Instant::now();
+        let mut tally = PartitionTally { window_started: start, ..PartitionTally::default() };
+        let at = |s: f64| start + Duration::from_secs_f64(s);
+        tally.add_at(&keys("a"), 10, 30_000, at(1.0));
+        tally.add_at(&keys("b"), 10, 20_000, at(2.0));
+        tally.add_at(&keys("a"), 10, 20_000, at(5.0));
+        // The first window is not complete: nothing measured yet.
+        assert_eq!(tally.busiest_throughput(at(9.0)), 0);
+        // Complete after 10 s: `a` took 50,000 bytes in it.
+        assert_eq!(tally.busiest_throughput(at(10.0)), 5_000);
+        // The next window: `b` alone, 100,000 bytes.
+        tally.add_at(&keys("b"), 1, 100_000, at(12.0));
+        assert_eq!(tally.busiest_throughput(at(15.0)), 5_000, "still the last complete window");
+        assert_eq!(tally.busiest_throughput(at(20.0)), 10_000);
+        // A window with no writes: 0.
+        assert_eq!(tally.busiest_throughput(at(31.0)), 0);
+        // The summary's counts are the records, whatever the windows.
+        assert_eq!(tally.largest().collect::<Vec<_>>(), [("a", 20), ("b", 11)]);
+    }
 }

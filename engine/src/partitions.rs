@@ -38,8 +38,9 @@ pub struct PartitionedBatchers {
     open_bytes: u64,
     /// Partitions sealed early to stay within the budget, since the last [`Self::take_counts`].
     sealed_early: u64,
-    /// Records per partition written since the last [`Self::take_counts`] (for the summary).
-    written: HashMap<PartitionKeys, u64>,
+    /// Records and bytes per partition written since the last [`Self::take_counts`] (for the
+    /// summary and `PerPartitionThroughput`).
+    written: HashMap<PartitionKeys, (u64, u64)>,
     /// The oldest epoch, oldest arrival and next deadline of the open objects, kept until the
     /// partitions change (the operator asks every activation; a pass over 100,000 partitions each
     /// time would cost more than the records).
@@ -191,7 +192,9 @@ impl PartitionedBatchers {
         now: Instant,
         sealed: &mut Vec<SealedObject>,
     ) -> std::io::Result<()> {
-        *self.written.entry(Arc::clone(&keys)).or_default() += run.len() as u64;
+        let bytes: usize = batch.range(run.clone()).map(<[u8]>::len).sum();
+        let written = self.written.entry(Arc::clone(&keys)).or_default();
+        *written = (written.0 + run.len() as u64, written.1 + bytes as u64);
         // A new partition was counted for nothing before.
         let (batcher, before) = match self.partitions.entry(Arc::clone(&keys)) {
             std::collections::hash_map::Entry::Occupied(o) => {
@@ -343,8 +346,8 @@ impl PartitionedBatchers {
         self.shared.take_conversions()
     }
 
-    /// Partitions sealed early and records written per partition since the last call.
-    pub fn take_counts(&mut self) -> (u64, HashMap<PartitionKeys, u64>) {
+    /// Partitions sealed early and records and bytes written per partition since the last call.
+    pub fn take_counts(&mut self) -> (u64, HashMap<PartitionKeys, (u64, u64)>) {
         (std::mem::take(&mut self.sealed_early), std::mem::take(&mut self.written))
     }
 }

@@ -189,8 +189,8 @@ impl<'scope> BuildObjects<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                         if !written.is_empty()
                             && let Ok(mut records) = m.partition_records.lock()
                         {
-                            for (keys, n) in written {
-                                records.add(&keys, n);
+                            for (keys, (n, bytes)) in written {
+                                records.add(&keys, n, bytes);
                             }
                         }
                     }
