@@ -120,7 +120,9 @@ impl<C: RecordCodec> ObjectFormat for TextFormat<C> {
     }
 
     fn content_type(&self) -> &'static str {
-        self.codec.content_type()
+        // A ZIP object is an archive (its entry holds the codec's content); other compressions are
+        // said by `Content-Encoding`.
+        if self.compression == Compression::Zip { "application/zip" } else { self.codec.content_type() }
     }
 
     fn content_encoding(&self) -> Option<&'static str> {
@@ -205,5 +207,18 @@ impl<C: RecordCodec> ObjectEncoder for TextEncoder<C> {
         let trailer = self.codec.trailer(key);
         self.writer.write(&trailer)?;
         self.writer.finish_named(&crate::compression::zip::entry_name(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zip_object_is_an_archive_and_other_compressions_keep_the_content_type() {
+        assert_eq!(crate::format::ndjson(Compression::Zip).content_type(), "application/zip");
+        assert_eq!(crate::format::ndjson(Compression::Zip).content_encoding(), None);
+        let gzip = crate::format::ndjson(Compression::Gzip);
+        assert_eq!((gzip.content_type(), gzip.content_encoding()), ("application/x-ndjson", Some("gzip")));
     }
 }
