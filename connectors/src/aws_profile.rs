@@ -984,6 +984,16 @@ fn process_credentials(stdout: &[u8]) -> Result<(AwsCredential, Option<DateTime<
     Ok((AwsCredential { key_id, secret_key, token: output.session_token }, expires))
 }
 
+/// `<SHA-1 of text, in lowercase hex>.json`: how the AWS CLI names its cache files (SSO tokens,
+/// assumed roles' credentials).
+fn sha1_json_file_name(text: &str) -> String {
+    use sha1::Digest as _;
+    let digest = sha1::Sha1::digest(text.as_bytes());
+    let mut name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    name.push_str(".json");
+    name
+}
+
 /// The kind of a JSON error, without the text that caused it.
 trait ClassifyKind {
     fn classify_kind(&self) -> &'static str;

@@ -192,7 +192,7 @@ impl PartitionedBatchers {
         now: Instant,
         sealed: &mut Vec<SealedObject>,
     ) -> std::io::Result<()> {
-        let bytes: usize = batch.range(run.clone()).map(<[u8]>::len).sum();
+        let bytes = batch.range_byte_len(run.clone());
         let written = self.written.entry(Arc::clone(&keys)).or_default();
         *written = (written.0 + run.len() as u64, written.1 + bytes as u64);
         // A new partition was counted for nothing before.

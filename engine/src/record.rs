@@ -413,6 +413,15 @@ impl RecordBatch {
         })
     }
 
+    /// The bytes of the records at positions `range` together (from the offsets: no pass over them).
+    pub fn range_byte_len(&self, range: std::ops::Range<usize>) -> usize {
+        let offset = |records: usize| match records.min(self.ends.len()).checked_sub(1) {
+            Some(last) => self.ends[last] as usize,
+            None => 0,
+        };
+        offset(range.end).saturating_sub(offset(range.start))
+    }
+
     /// Keeps the first `len` records (no-op when it has no more).
     pub fn truncate(&mut self, len: usize) {
         if len < self.ends.len() {
@@ -527,6 +536,18 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_s_bytes_come_from_the_offsets_as_its_records_add_up() {
+        let mut batch = RecordBatch::with_capacity(0, 0);
+        for record in [&b"a"[..], b"", b"bcd", b"ef"] {
+            batch.push(record);
+        }
+        for (start, end) in [(0, 4), (1, 3), (2, 2), (3, 9), (5, 7), (0, 0)] {
+            let added: usize = batch.range(start..end).map(<[u8]>::len).sum();
+            assert_eq!(batch.range_byte_len(start..end), added, "{start}..{end}");
+        }
+    }
 
     #[test]
     fn a_dropped_batchs_buffer_starts_the_threads_next_batch_empty() {

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use object_store::aws::AwsCredential;
-use sha1::Digest as _;
 
 use super::{Cached, ClassifyKind, ProfileError, REFRESH_BEFORE_EXPIRY};
 
@@ -42,10 +41,7 @@ pub(super) fn cache_file_name(
     }
     members.sort_by(|a, b| a.0.cmp(b.0));
     let text = members.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect::<Vec<_>>().join(", ");
-    let digest = sha1::Sha1::digest(format!("{{{text}}}").as_bytes());
-    let mut name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    name.push_str(".json");
-    name
+    super::sha1_json_file_name(&format!("{{{text}}}"))
 }
 
 /// `text` as Python's `json.dumps` writes a string by default (`ensure_ascii`: every character
@@ -195,6 +191,44 @@ mod tests {
             cache_file_name(role, serial, Some("Ext\u{e9}\"rnal"), Some("lake-session"), Some(900)),
             "c2f3d215cdc2b09a473ae07d67ccc725e2747d2b.json"
         );
+    }
+
+    /// What a cache the CLI did not write (or no HOME) gives: errors naming the command to run,
+    /// never a secret.
+    #[test]
+    fn a_missing_or_malformed_cache_says_which_command_caches_credentials() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let role = |file: Option<PathBuf>| CliCachedRole {
+            profile: "lake".into(),
+            mfa_serial: "arn:aws:iam::1:mfa/me".into(),
+            file,
+            cached: Cached::default(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
+        let said = |file: Option<PathBuf>| {
+            runtime.block_on(role(file).read()).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        let missing = said(Some(dir.path().join("none.json")));
+        assert!(missing.contains("has cached no credentials for it") && missing.contains("none.json"), "{missing}");
+        assert!(said(None).contains("HOME is not set"), "no HOME");
+        let malformed = dir.path().join("bad.json");
+        std::fs::write(&malformed, r#"{"Credentials":{"AccessKeyId":"AKID","SecretAccessKey":"very-secret"}}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let error = said(Some(malformed.clone()));
+        assert!(error.contains("are not its JSON (a value of the wrong type)"), "{error}");
+        std::fs::write(
+            &malformed,
+            r#"{"Credentials":{"AccessKeyId":"AKID","SecretAccessKey":"very-secret","SessionToken":"t","Expiration":"soon"}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let error = said(Some(malformed));
+        assert!(error.contains("`Expiration` is not a time"), "{error}");
+        for error in [missing, error] {
+            assert!(
+                error.contains("run `aws sts get-caller-identity --profile lake`") && !error.contains("very-secret"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

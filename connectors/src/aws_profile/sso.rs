@@ -40,7 +40,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use object_store::aws::{AwsCredential, AwsCredentialProvider};
-use sha1::Digest;
 
 use crate::aws_error::ErrorAnswer;
 
@@ -121,10 +120,7 @@ pub(super) fn provider(
 /// The cache file's name for a session name (or an older profile's start URL): its SHA-1 in
 /// lower-case hex, `.json`.
 pub(super) fn token_file_name(identifier: &str) -> String {
-    let digest = sha1::Sha1::digest(identifier.as_bytes());
-    let mut name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    name.push_str(".json");
-    name
+    super::sha1_json_file_name(identifier)
 }
 
 /// An Identity Center profile's credentials.
