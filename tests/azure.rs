@@ -4,13 +4,11 @@
 //! and by sluice's `object_store` source; a refused key stops the run at start.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use sluice_connectors::synth::Profile;
 
-use super::support::{
-    folder_objects, free_port, generated, object_store_pipeline, python, repo_root, sluice, wait_for_port,
-};
+use super::support::{Peer, folder_objects, free_port, generated, object_store_pipeline, python, repo_root, sluice};
 
 /// Azurite's well-known development account and key (its documentation's).
 const ACCOUNT: &str = "devstoreaccount1";
@@ -19,7 +17,7 @@ const KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6t
 /// Azurite's Blob service on a free port of 127.0.0.1, keeping its data in a folder of its own;
 /// stopped when dropped.
 struct Azurite {
-    child: Child,
+    _server: Peer,
     /// `http://127.0.0.1:<port>`.
     url: String,
     _data: tempfile::TempDir,
@@ -29,19 +27,19 @@ impl Azurite {
     fn start() -> Azurite {
         let port = free_port();
         let data = tempfile::tempdir().unwrap();
-        let server = repo_root().join("tests/js/node_modules/.bin/azurite-blob");
-        let child = Command::new(&server)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--silent", "--skipApiVersionCheck"])
-            // Azurite reports telemetry to Azure by default: nothing here reaches beyond 127.0.0.1.
-            .arg("--disableTelemetry")
-            .arg("--location")
-            .arg(data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} (scripts/test.sh installs it): {e}", server.display()));
-        wait_for_port(port, "azurite");
-        Azurite { child, url: format!("http://127.0.0.1:{port}"), _data: data }
+        let server = Peer::listening(
+            Command::new(repo_root().join("tests/js/node_modules/.bin/azurite-blob"))
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--silent", "--skipApiVersionCheck"])
+                // Azurite reports telemetry to Azure by default: nothing here reaches beyond 127.0.0.1.
+                .arg("--disableTelemetry")
+                .arg("--location")
+                .arg(data.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            port,
+            "azurite",
+        );
+        Azurite { _server: server, url: format!("http://127.0.0.1:{port}"), _data: data }
     }
 
     /// Runs `script` with the SDK, `service` bound to a `BlobServiceClient` of the account; its
@@ -69,13 +67,6 @@ impl Azurite {
     /// from `AZURITE_BLOB_STORAGE_URL`).
     fn run(&self, config: &Path) -> std::process::Output {
         sluice().args(["run", config.to_str().unwrap()]).env("AZURITE_BLOB_STORAGE_URL", &self.url).output().unwrap()
-    }
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

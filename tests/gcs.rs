@@ -6,13 +6,13 @@
 //! open is aborted at the next start.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use sluice_connectors::synth::Profile;
 
 use super::support::{
-    all_lines, folder_objects, free_port, generated, object_store_pipeline, output_within, python, repo_root, sluice,
-    wait_for_port,
+    Peer, all_lines, folder_objects, free_port, generated, object_store_pipeline, output_within, python, repo_root,
+    sluice,
 };
 
 /// How long a run that should stop at start may take.
@@ -21,7 +21,7 @@ const STOPS_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 /// tests/gcs_server.py on a free port with the bucket `lake`, its key file and the folder it
 /// mirrors its objects into; stopped when dropped.
 struct Gcs {
-    child: Child,
+    _server: Peer,
     port: u16,
     dir: tempfile::TempDir,
 }
@@ -30,17 +30,18 @@ impl Gcs {
     fn start() -> Gcs {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(python())
-            .arg(repo_root().join("tests/gcs_server.py"))
-            .arg(port.to_string())
-            .arg(dir.path().join("key.json"))
-            .arg(dir.path().join("mirror"))
-            .arg("lake")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, "the GCS server");
-        Gcs { child, port, dir }
+        let server = Peer::listening(
+            Command::new(python())
+                .arg(repo_root().join("tests/gcs_server.py"))
+                .arg(port.to_string())
+                .arg(dir.path().join("key.json"))
+                .arg(dir.path().join("mirror"))
+                .arg("lake")
+                .stdout(Stdio::null()),
+            port,
+            "the GCS server",
+        );
+        Gcs { _server: server, port, dir }
     }
 
     /// The service account key file it wrote (with its `gcs_base_url`).
@@ -56,13 +57,6 @@ impl Gcs {
     /// One of its plain-text test answers.
     fn ask(&self, what: &str) -> String {
         reqwest::blocking::get(format!("http://127.0.0.1:{}/{what}", self.port)).unwrap().text().unwrap()
-    }
-}
-
-impl Drop for Gcs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
@@ -18,19 +18,12 @@ use sluice_engine::testkit::sink::{Destination, Fault};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::support::WithoutAwsKeys;
-use super::support::{folder_objects, free_port, generated, python, raw_data};
+use super::support::{Peer, folder_objects, free_port, generated, python, raw_data};
 
 /// An osmem-server process, killed when dropped.
 struct Osmem {
-    child: Child,
+    _server: Peer,
     url: String,
-}
-
-impl Drop for Osmem {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts osmem-server (installed by scripts/test.sh from tests/requirements.txt) on a free port.
@@ -45,15 +38,16 @@ fn osmem() -> Osmem {
     let binary = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(out.status.success() && !binary.is_empty(), "osmem-server is not installed: run scripts/test.sh");
     let port = free_port();
-    let child = Command::new(&binary)
-        .args(["-addr", &format!("127.0.0.1:{port}"), "-no-stdin-watch"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = Peer::spawn(
+        Command::new(&binary)
+            .args(["-addr", &format!("127.0.0.1:{port}"), "-no-stdin-watch"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        "osmem-server",
+    );
     let url = format!("http://127.0.0.1:{port}");
-    let server = Osmem { child, url };
+    let server = Osmem { _server: server, url };
     for _ in 0..200 {
         if reqwest::blocking::get(&server.url).is_ok_and(|r| r.status().is_success()) {
             return server;

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::support::WithoutAwsKeys;
 use super::support::{
-    all_lines, files_under, firehose_call, firehose_to_files, folder_objects, free_port, json_lines_under, logged_run,
-    python, sluice, start_listening_with, terminate,
+    Peer, all_lines, files_under, firehose_call, firehose_to_files, folder_objects, free_port, json_lines_under,
+    logged_run, python, sluice, start_listening_with, terminate,
 };
 
 /// Records per request.
@@ -20,7 +20,7 @@ const PER_REQUEST: usize = 20;
 
 /// moto_server (KMS, S3) on a free port of 127.0.0.1, stopped when dropped.
 pub struct Moto {
-    child: Child,
+    _server: Peer,
     /// `http://127.0.0.1:<port>`.
     pub endpoint: String,
 }
@@ -28,15 +28,15 @@ pub struct Moto {
 impl Moto {
     pub fn start() -> Moto {
         let port = free_port();
-        let server = python().with_file_name("moto_server");
-        let child = Command::new(&server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} (scripts/test.sh installs it): {e}", server.display()));
-        super::support::wait_for_port(port, "moto_server");
-        Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
+        let server = Peer::listening(
+            Command::new(python().with_file_name("moto_server"))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            port,
+            "moto_server",
+        );
+        Moto { _server: server, endpoint: format!("http://127.0.0.1:{port}") }
     }
 
     /// Runs `script` with boto3, `ENDPOINT` bound; its stdout, trimmed.
@@ -55,13 +55,6 @@ impl Moto {
         self.boto3(
             "print(boto3.client('kms', endpoint_url=ENDPOINT, region_name='us-east-1').create_key()['KeyMetadata']['Arn'])",
         )
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

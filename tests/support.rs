@@ -190,6 +190,31 @@ pub fn start_listening_with(command: &mut std::process::Command, port: u16) -> s
     child
 }
 
+/// A server the tests talk to (an emulator, a receiver, a function server), killed and reaped when
+/// dropped: a test that fails, even while the server is still starting, leaves nothing running.
+pub struct Peer(std::process::Child);
+
+impl Peer {
+    /// Spawns `command`; `what` names the server (installed by scripts/test.sh) if it cannot start.
+    pub fn spawn(command: &mut std::process::Command, what: &str) -> Peer {
+        Peer(command.spawn().unwrap_or_else(|e| panic!("cannot start {what} (scripts/test.sh installs it): {e}")))
+    }
+
+    /// [`Self::spawn`], then waits until it accepts connections on `port`.
+    pub fn listening(command: &mut std::process::Command, port: u16, what: &str) -> Peer {
+        let peer = Self::spawn(command, what);
+        wait_for_port(port, what);
+        peer
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits (at most 30 s) until something accepts connections on 127.0.0.1:`port`; `what` names it
 /// when nothing does.
 pub fn wait_for_port(port: u16, what: &str) {

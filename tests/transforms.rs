@@ -19,8 +19,8 @@ use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::support::WithoutAwsKeys;
 use super::support::{
-    all_lines, firehose_call, folder_objects, free_port, generated, memory_objects, python, repo_root, start_listening,
-    terminate,
+    Peer, all_lines, firehose_call, folder_objects, free_port, generated, memory_objects, python, repo_root,
+    start_listening, terminate,
 };
 
 const CHAIN: &str = r#"{time: .eventTime, user: .userIdentity.userName, event: .eventName, ip: .sourceIPAddress} | select(.event != "GetObject")"#;
@@ -137,7 +137,7 @@ fn jq_answers_as_the_jq_1_6_cli_does() {
 
 /// The function server of tests/lambda_function.py on a free port.
 pub struct FunctionServer {
-    child: Child,
+    _server: Peer,
     port: u16,
 }
 
@@ -145,14 +145,15 @@ impl FunctionServer {
     /// Starts it and waits until it listens.
     pub fn start() -> FunctionServer {
         let port = free_port();
-        let child = Command::new(python())
-            .arg(repo_root().join("tests/lambda_function.py"))
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        super::support::wait_for_port(port, "the function server");
-        FunctionServer { child, port }
+        let server = Peer::listening(
+            Command::new(python())
+                .arg(repo_root().join("tests/lambda_function.py"))
+                .arg(port.to_string())
+                .stdout(Stdio::null()),
+            port,
+            "the function server",
+        );
+        FunctionServer { _server: server, port }
     }
 
     /// The URL of one of its modes.
@@ -164,13 +165,6 @@ impl FunctionServer {
     pub fn events(&self) -> Vec<serde_json::Value> {
         let body = reqwest::blocking::get(self.url("events")).unwrap().text().unwrap();
         body.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    }
-}
-
-impl Drop for FunctionServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

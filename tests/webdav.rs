@@ -4,18 +4,17 @@
 //! back by the `object_store` source (PROPFIND listings); the URL's folders are made when missing.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use sluice_connectors::synth::Profile;
 
 use super::support::{
-    all_lines, folder_objects, free_port, generated, object_store_pipeline, output_within, python, sluice,
-    wait_for_port,
+    Peer, all_lines, folder_objects, free_port, generated, object_store_pipeline, output_within, python, sluice,
 };
 
 /// WsgiDAV serving a folder of its own, anonymous and writable; stopped when dropped.
 struct WebDav {
-    child: Child,
+    _server: Peer,
     port: u16,
     root: tempfile::TempDir,
 }
@@ -24,17 +23,17 @@ impl WebDav {
     fn start() -> WebDav {
         let port = free_port();
         let root = tempfile::tempdir().unwrap();
-        let server = python().with_file_name("wsgidav");
-        let child = Command::new(&server)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--auth", "anonymous", "--no-config", "-q"])
-            .arg("--root")
-            .arg(root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} (scripts/test.sh installs it): {e}", server.display()));
-        wait_for_port(port, "WsgiDAV");
-        WebDav { child, port, root }
+        let server = Peer::listening(
+            Command::new(python().with_file_name("wsgidav"))
+                .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--auth", "anonymous", "--no-config", "-q"])
+                .arg("--root")
+                .arg(root.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            port,
+            "WsgiDAV",
+        );
+        WebDav { _server: server, port, root }
     }
 
     /// The URL of `folder` on the server.
@@ -45,13 +44,6 @@ impl WebDav {
     /// `folder` as the server keeps it on disk.
     fn folder(&self, folder: &str) -> PathBuf {
         self.root.path().join(folder)
-    }
-}
-
-impl Drop for WebDav {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
