@@ -316,6 +316,52 @@ fn an_endpoint_that_asks_for_a_client_certificate_gets_the_one_tls_names() {
     assert!(error.contains("`sinks.siem.tls.key` is not the private key of `cert`'s certificate"), "{error}");
 }
 
+/// A private CA and a client certificate renewed in place while a run delivers are used without a
+/// restart: the endpoint has moved to a certificate of a new CA and asks for client certificates
+/// of that CA, so every request made with the files read at start is refused (and retried) until
+/// the renewed files are written where the old ones were; then everything goes through, nothing
+/// is backed up.
+#[test]
+fn renewed_tls_files_are_used_without_a_restart() {
+    let (old, renewed) = (TestCertificates::make(), TestCertificates::make());
+    let tls = old.server("server", true);
+    let endpoint = receiver_over(Answer::OkAfter(0), Some(tls.clone()));
+    let files = tempfile::tempdir().unwrap();
+    // As a renewal writes them: each file whole, by a rename.
+    let install = |from: &TestCertificates| {
+        for name in ["ca.pem", "client.pem", "client.key"] {
+            let staged = files.path().join(format!(".{name}.new"));
+            std::fs::copy(from.path(name), &staged).unwrap();
+            std::fs::rename(&staged, files.path().join(name)).unwrap();
+        }
+    };
+    install(&old);
+    let path = |name: &str| files.path().join(name).display().to_string();
+    let sink_tls = format!(
+        "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+        path("ca.pem"),
+        path("client.pem"),
+        path("client.key")
+    );
+    assert_eq!(deliver_over_tls(&endpoint, &sink_tls), (300, vec![]), "the files read at start");
+    tls.reload_from_config(renewed.server_config("server", true));
+    let backup = tempfile::tempdir().unwrap();
+    let toml = pipeline(
+        &endpoint.url,
+        backup.path(),
+        300,
+        &format!("healthcheck = false\nretry = {{ duration_s = 60 }}\n{sink_tls}"),
+    );
+    let run = std::thread::spawn(move || run_pipeline(&toml, &registry(), 1).unwrap().1);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    install(&renewed);
+    let metrics = run.join().unwrap();
+    assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 300);
+    assert!(metrics.sinks[0].retries.load(Relaxed) > 0, "no request was refused before the renewal");
+    assert!(folder_objects(backup.path()).is_empty(), "records were backed up");
+    assert_eq!(endpoint.seen.lock().unwrap().records.len(), 600);
+}
+
 /// One answer of the receiving sluice: its status and JSON body.
 fn post_to(port: u16, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, serde_json::Value, String) {
     let mut request = reqwest::blocking::Client::new().post(format!("http://127.0.0.1:{port}/from-edge")).body(body);

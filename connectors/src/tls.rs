@@ -28,10 +28,19 @@
 //! false` is logged as a warning when the sink is configured. One builder makes every client:
 //! redirects are never followed (a redirected delivery would send records where nobody asked), and
 //! each request is bounded by the connector's timeout.
+//!
+//! Renewed files are taken without a restart (beyond Firehose, which has none to renew): a
+//! [`TlsClient`] looks at its `ca`, `cert` and `key` files at most every [`LOOK_EVERY`] when a
+//! request asks for the client, and makes the client again from them once a change has settled
+//! (the files unchanged at the next look, or written 2 s before or longer, so none is read half
+//! written) and passes the checks of configure time; until then, and when they
+//! fail (said once per change of the files), requests use the client made before. A request in
+//! flight keeps the client it began with. Object stores read `tls.ca` once, at start.
 
 use std::ops::Range;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -57,8 +66,43 @@ pub struct ClientTls {
     trust: Trust,
     /// `cert` and `key`.
     identity: Option<reqwest::Identity>,
+    /// The files `trust` and `identity` were read from, to read again when they change.
+    files: ClientFiles,
+    /// The table, as errors name it (`` `sinks.siem.tls` ``).
+    label: String,
     /// Where problems building the client point (the `tls` table, or the connector's).
     at: Range<usize>,
+}
+
+/// The files of a `tls` table, relative paths taken from the pipeline file's folder.
+#[derive(Debug, Clone, Default)]
+struct ClientFiles {
+    ca: Option<PathBuf>,
+    /// `cert` and `key`.
+    identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl ClientFiles {
+    fn paths(&self) -> Vec<&Path> {
+        let identity = self.identity.iter().flat_map(|(cert, key)| [cert.as_path(), key.as_path()]);
+        self.ca.iter().map(PathBuf::as_path).chain(identity).collect()
+    }
+
+    /// The roots and identity the files hold now, checked as at configure time; else why not.
+    fn read(&self) -> Result<(Vec<reqwest::Certificate>, Option<reqwest::Identity>), String> {
+        let roots = match &self.ca {
+            Some(ca) => read(Path::new(""), ca).and_then(|pem| ca_roots(&pem)).map_err(|why| format!("`ca` {why}"))?,
+            None => Vec::new(),
+        };
+        let identity = match &self.identity {
+            Some((cert, key)) => Some(
+                identity(Path::new(""), cert, key)
+                    .map_err(|(on_key, why)| format!("`{}` {why}", if on_key { "key" } else { "cert" }))?,
+            ),
+            None => None,
+        };
+        Ok((roots, identity))
+    }
 }
 
 /// Where a relative path of a `tls` table is taken from (said in the hints of its files).
@@ -69,7 +113,13 @@ impl ClientTls {
     /// relative to `base_dir`); every problem in it is added to `found` (then `None`).
     pub fn take_from(table: &mut Section, base_dir: &Path, found: &mut Problems) -> Option<ClientTls> {
         let mut problems = Vec::new();
-        let mut tls = ClientTls { trust: Trust::Added(Vec::new()), identity: None, at: table.span.clone() };
+        let mut tls = ClientTls {
+            trust: Trust::Added(Vec::new()),
+            identity: None,
+            files: ClientFiles::default(),
+            label: String::new(),
+            at: table.span.clone(),
+        };
         let Some(mut section) = table.take_table("tls", &mut problems) else {
             if !table.misread("tls") {
                 return Some(tls);
@@ -82,6 +132,7 @@ impl ClientTls {
         };
         tls.at = section.span.clone();
         let label = table.key_at("tls").label;
+        tls.label = label.clone();
         let key_label = |key: &str| section.key_at(key).label;
         let (ca_label, cert_label, key_label) = (key_label("ca"), key_label("cert"), key_label("key"));
         let ca = section.take_string("ca", &mut problems);
@@ -101,7 +152,10 @@ impl ClientTls {
         let mut roots = Vec::new();
         if let Some(ca) = &ca {
             match read(base_dir, Path::new(ca.get_ref())).and_then(|pem| ca_roots(&pem)) {
-                Ok(read) => roots = read,
+                Ok(read) => {
+                    roots = read;
+                    tls.files.ca = Some(base_dir.join(ca.get_ref()));
+                }
                 Err(why) => problems.push(Diagnostic::new(ca.span(), format!("{ca_label} {why}")).with_hint(format!(
                     "a PEM file of the CA certificates that sign the server's (`-----BEGIN CERTIFICATE-----`); {RELATIVE_PATHS}"
                 ))),
@@ -116,7 +170,10 @@ impl ClientTls {
         };
         match (&cert, &key) {
             (Some(cert), Some(key)) => match identity(base_dir, Path::new(cert.get_ref()), Path::new(key.get_ref())) {
-                Ok(identity) => tls.identity = Some(identity),
+                Ok(identity) => {
+                    tls.identity = Some(identity);
+                    tls.files.identity = Some((base_dir.join(cert.get_ref()), base_dir.join(key.get_ref())));
+                }
                 Err((on_key, why)) => {
                     let (span, name) = if on_key { (key.span(), &key_label) } else { (cert.span(), &cert_label) };
                     problems.push(Diagnostic::new(span, format!("{name} {why}")).with_hint(format!(
@@ -164,27 +221,190 @@ impl ClientTls {
         if problems.is_empty() { Some(tls) } else { report(problems, found) }
     }
 
-    /// The client of a connector: requests bounded by `timeout`, no redirects, this TLS. A client
-    /// the TLS settings cannot make (a key that is not the certificate's) is a problem at `tls`.
-    pub fn client(&self, timeout: Duration) -> Result<reqwest::Client, Diagnostic> {
-        let mut builder = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none());
-        builder = match &self.trust {
-            Trust::Added(roots) if roots.is_empty() => builder,
-            Trust::Added(roots) => builder.tls_certs_merge(roots.iter().cloned()),
-            Trust::OnlyAnyName(roots) => {
-                builder.tls_certs_only(roots.iter().cloned()).tls_danger_accept_invalid_hostnames(true)
-            }
-            Trust::Any => builder.tls_danger_accept_invalid_certs(true),
-        };
-        if let Some(identity) = &self.identity {
-            builder = builder.identity(identity.clone());
+    /// The client of a connector: requests bounded by `timeout`, no redirects, this TLS, made again
+    /// when its files change (module docs). A client the TLS settings cannot make (a key that is
+    /// not the certificate's) is a problem at `tls`.
+    pub fn client(self, timeout: Duration) -> Result<TlsClient, Diagnostic> {
+        let client = build(&self.trust, self.identity.as_ref(), timeout)
+            .map_err(|why| Diagnostic::new(self.at.clone(), format!("cannot build the HTTP client: {why}")))?;
+        let paths: Vec<PathBuf> = self.files.paths().into_iter().map(Path::to_path_buf).collect();
+        let reloading = (!paths.is_empty()).then(|| Reloading {
+            files: self.files,
+            trust: self.trust,
+            label: self.label,
+            timeout,
+            state: Mutex::new(Looked { client: client.clone(), watch: FileWatch::new(paths), at: Instant::now() }),
+        });
+        Ok(TlsClient { client, reloading: reloading.map(Arc::new) })
+    }
+}
+
+/// A client of `trust` (its roots replaced by those read again, when given) and `identity`.
+fn build(trust: &Trust, identity: Option<&reqwest::Identity>, timeout: Duration) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none());
+    builder = match trust {
+        Trust::Added(roots) if roots.is_empty() => builder,
+        Trust::Added(roots) => builder.tls_certs_merge(roots.iter().cloned()),
+        Trust::OnlyAnyName(roots) => {
+            builder.tls_certs_only(roots.iter().cloned()).tls_danger_accept_invalid_hostnames(true)
         }
-        builder.build().map_err(|e| {
-            Diagnostic::new(
-                self.at.clone(),
-                format!("cannot build the HTTP client: {}", sluice_engine::redact::error(&e)),
-            )
-        })
+        Trust::Any => builder.tls_danger_accept_invalid_certs(true),
+    };
+    if let Some(identity) = identity {
+        builder = builder.identity(identity.clone());
+    }
+    builder.build().map_err(|e| sluice_engine::redact::error(&e).to_string())
+}
+
+/// How often a [`TlsClient`]'s files are looked at (at most; only when a request asks for it).
+pub const LOOK_EVERY: Duration = Duration::from_secs(5);
+
+/// The HTTP client of a connector, made again when the files of its `tls` table change (module
+/// docs). Cloning it is cheap; clones share the client and its files' state.
+#[derive(Clone)]
+pub struct TlsClient {
+    /// The client made at start (used as it is when the table names no file).
+    client: reqwest::Client,
+    reloading: Option<Arc<Reloading>>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient").field("reloading", &self.reloading.is_some()).finish()
+    }
+}
+
+/// What a client with files needs to make itself again.
+struct Reloading {
+    files: ClientFiles,
+    /// How the roots are trusted (the roots it holds are those read at start).
+    trust: Trust,
+    label: String,
+    timeout: Duration,
+    state: Mutex<Looked>,
+}
+
+/// The client in use, its files, and when they were last looked at.
+struct Looked {
+    client: reqwest::Client,
+    watch: FileWatch,
+    at: Instant,
+}
+
+impl TlsClient {
+    /// A client of the system's roots, full verification, no client certificate, bounded by
+    /// `timeout` (unit tests).
+    #[cfg(test)]
+    pub(crate) fn plain(timeout: Duration) -> Result<TlsClient, String> {
+        Ok(TlsClient { client: build(&Trust::Added(Vec::new()), None, timeout)?, reloading: None })
+    }
+
+    /// The client to send a request with: made again first if its files changed (module docs).
+    pub fn current(&self) -> reqwest::Client {
+        let Some(reloading) = &self.reloading else { return self.client.clone() };
+        let mut looked = reloading.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if looked.at.elapsed() >= LOOK_EVERY {
+            looked.at = Instant::now();
+            if let Some(changed) = looked.watch.look() {
+                reloading.make_again(&mut looked, changed);
+            }
+        }
+        looked.client.clone()
+    }
+}
+
+impl Reloading {
+    /// Makes the client again from the files (now in the state `changed`), or says once why they
+    /// cannot be used.
+    fn make_again(&self, looked: &mut Looked, changed: Option<FilesState>) {
+        let files = looked.watch.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let made = self.files.read().and_then(|(roots, identity)| {
+            let trust = match &self.trust {
+                Trust::Added(_) => Trust::Added(roots),
+                Trust::OnlyAnyName(_) => Trust::OnlyAnyName(roots),
+                Trust::Any => Trust::Any,
+            };
+            build(&trust, identity.as_ref(), self.timeout)
+        });
+        match made {
+            Ok(client) => {
+                tracing::info!(tls = %self.label, %files, "the TLS files changed: requests use them from now on");
+                looked.client = client;
+                looked.watch.taken(changed);
+            }
+            Err(why) => {
+                tracing::warn!(
+                    tls = %self.label, %files,
+                    "the TLS files changed and cannot be used ({why}); requests still use those read before, and they are looked at again when they change"
+                );
+                looked.watch.refused(changed);
+            }
+        }
+    }
+}
+
+/// Files looked at now and then for a change to take (a renewed certificate, CA bundle or key):
+/// the state last taken, the state seen at the last look, and the state last refused.
+pub(crate) struct FileWatch {
+    paths: Vec<PathBuf>,
+    taken: Option<FilesState>,
+    seen: Option<FilesState>,
+    /// Itself possibly "cannot be looked at".
+    refused: Option<Option<FilesState>>,
+}
+
+impl FileWatch {
+    /// Watches `paths` as they are now (look before reading them, so a change in between is seen).
+    pub(crate) fn new(paths: Vec<PathBuf>) -> FileWatch {
+        let now = FilesState::of(&paths);
+        FileWatch { paths, taken: now.clone(), seen: now, refused: None }
+    }
+
+    /// Looks at the files: their state, when it differs from the one taken, has settled (the same
+    /// as at the previous look, or every file left as it is for [`SETTLED_AFTER`], so none is read
+    /// half written) and was not refused before. The caller reads them, then says
+    /// [`Self::taken`] or [`Self::refused`].
+    pub(crate) fn look(&mut self) -> Option<Option<FilesState>> {
+        let now = FilesState::of(&self.paths);
+        let settled = now == self.seen || now.as_ref().is_some_and(FilesState::settled);
+        self.seen = now.clone();
+        (now != self.taken && settled && self.refused.as_ref() != Some(&now)).then_some(now)
+    }
+
+    /// The files in `state` were read and are used.
+    pub(crate) fn taken(&mut self, state: Option<FilesState>) {
+        (self.taken, self.refused) = (state, None);
+    }
+
+    /// The files in `state` cannot be used: not read again until they change.
+    pub(crate) fn refused(&mut self, state: Option<FilesState>) {
+        self.refused = Some(state);
+    }
+}
+
+/// What identifies the contents of some files without reading them: device, inode, size and
+/// modification time of each, symbolic links followed (so a mounted secret's link swapped to a new
+/// folder is a change). `None` when any cannot be looked at (being replaced, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FilesState(Vec<(u64, u64, u64, Option<SystemTime>)>);
+
+/// How long files must have been left as they are to be read without waiting for another look.
+const SETTLED_AFTER: Duration = Duration::from_secs(2);
+
+impl FilesState {
+    fn of(paths: &[PathBuf]) -> Option<FilesState> {
+        use std::os::unix::fs::MetadataExt as _;
+        let state = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino(), m.len(), m.modified().ok()));
+        paths.iter().map(|p| state(p)).collect::<Option<Vec<_>>>().map(FilesState)
+    }
+
+    /// Whether every file was last modified [`SETTLED_AFTER`] ago or longer (so none is still
+    /// being written).
+    fn settled(&self) -> bool {
+        let now = SystemTime::now();
+        self.0
+            .iter()
+            .all(|(.., modified)| modified.is_some_and(|m| now.duration_since(m).is_ok_and(|age| age >= SETTLED_AFTER)))
     }
 }
 
@@ -392,7 +612,56 @@ pub struct KeyPair {
 
 #[cfg(test)]
 mod tests {
-    use super::refusal;
+    use super::{FileWatch, refusal};
+
+    /// A mounted secret is renewed by pointing a link at a new folder: the link's target is what
+    /// is looked at, so that is a change. A change is offered once it has settled (seen unchanged
+    /// by a second look, or written long enough ago), and one refused is not offered again until
+    /// the files change once more.
+    #[test]
+    fn a_watch_offers_each_settled_change_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        for (folder, text) in [("a", "one"), ("b", "two"), ("c", "three")] {
+            std::fs::create_dir(dir.path().join(folder)).unwrap();
+            for file in ["tls.crt", "tls.key"] {
+                std::fs::write(dir.path().join(folder).join(file), text).unwrap();
+                if folder == "c" {
+                    std::fs::File::options()
+                        .write(true)
+                        .open(dir.path().join(folder).join(file))
+                        .and_then(|f| f.set_modified(long_ago))
+                        .unwrap();
+                }
+            }
+        }
+        let data = dir.path().join("..data");
+        let point_at = |folder: &str| {
+            let swapped = dir.path().join("..data_tmp");
+            std::os::unix::fs::symlink(folder, &swapped).unwrap();
+            std::fs::rename(&swapped, &data).unwrap();
+        };
+        point_at("a");
+        let mut watch = FileWatch::new(vec![data.join("tls.crt"), data.join("tls.key")]);
+        assert_eq!(watch.look(), None, "nothing changed");
+        // Files written a moment ago: offered at the second look that sees them unchanged.
+        point_at("b");
+        assert_eq!(watch.look(), None, "not settled yet");
+        let changed = watch.look();
+        assert!(changed.as_ref().is_some_and(Option::is_some), "{changed:?}");
+        watch.refused(changed.unwrap());
+        assert_eq!(watch.look(), None, "a refused change is not offered again");
+        // Files last written a minute ago: offered at once.
+        point_at("c");
+        let changed = watch.look();
+        assert!(changed.as_ref().is_some_and(Option::is_some), "{changed:?}");
+        watch.taken(changed.unwrap());
+        assert_eq!(watch.look(), None, "what was taken is no change");
+        // A file that cannot be looked at is a change too (its reading then fails and is said).
+        std::fs::remove_file(dir.path().join("c").join("tls.key")).unwrap();
+        assert_eq!(watch.look(), None);
+        assert_eq!(watch.look(), Some(None));
+    }
 
     #[derive(Debug)]
     struct Wrapper(std::io::Error);

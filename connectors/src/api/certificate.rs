@@ -4,9 +4,9 @@
 //! served without a restart. Beyond Firehose, whose endpoint's certificate is AWS's business.
 //!
 //! Guarantees: every connection gets a whole, checked pair. The files are looked at every
-//! [`LOOK_EVERY`]; a change is taken only once they have stayed as they are for one look (so a pair
-//! written one file after the other, or a file still being written, is not read half way) and
-//! passes the checks of configure time ([`crate::tls::key_pair`]: PEM, a certificate, the key the
+//! [`LOOK_EVERY`]; a change is taken only once it has settled (`crate::tls::FileWatch`: the files
+//! stayed as they are for one look, or were last written two seconds before or longer, so a file
+//! still being written is not read half way) and passes the checks of configure time ([`crate::tls::key_pair`]: PEM, a certificate, the key the
 //! certificate's). Otherwise the pair in use stays: the reason is logged once per change of the
 //! files and counted (`ListenerCertificateReloadFailures`), and the next change is looked at
 //! again. Connections already open keep the certificate they began with. The certificate's expiry
@@ -25,6 +25,7 @@ use sluice_engine::metrics::PipelineMetrics;
 use x509_cert::der::Decode;
 
 use super::TlsFiles;
+use crate::tls::FileWatch;
 
 /// How often the files are looked at.
 pub const LOOK_EVERY: Duration = Duration::from_secs(5);
@@ -55,34 +56,26 @@ pub fn serve_certificate(
     tls: ListenerTls,
     stop: StopSignal,
 ) -> Result<RustlsConfig, String> {
-    let state = FilesState::of(&tls.files);
+    let watch_files = FileWatch::new(vec![tls.files.cert.clone(), tls.files.key.clone()]);
     let pair = load(&tls.files)?;
     for metrics in &tls.metrics {
         metrics.api.certificate.served.store(true, Relaxed);
     }
     report(&tls, &pair, "serving the TLS certificate");
     let served = RustlsConfig::from_config(Arc::new(pair.config));
-    runtime.spawn(watch(tls, served.clone(), state, stop));
+    runtime.spawn(watch(tls, served.clone(), watch_files, stop));
     Ok(served)
 }
 
 /// Looks at the files every [`LOOK_EVERY`] and serves a changed pair once it has settled and
 /// passes the checks.
-async fn watch(tls: ListenerTls, served: RustlsConfig, mut loaded: Option<FilesState>, stop: StopSignal) {
-    let mut seen = loaded.clone();
-    // The files' state last refused (itself possibly "cannot be looked at").
-    let mut refused: Option<Option<FilesState>> = None;
+async fn watch(tls: ListenerTls, served: RustlsConfig, mut files: FileWatch, stop: StopSignal) {
     loop {
         tokio::select! {
             () = stop.stopped() => return,
             () = tokio::time::sleep(LOOK_EVERY) => {}
         }
-        let now = FilesState::of(&tls.files);
-        let settled = now == seen;
-        seen = now.clone();
-        if now == loaded || !settled || refused.as_ref() == Some(&now) {
-            continue;
-        }
+        let Some(changed) = files.look() else { continue };
         match load(&tls.files) {
             Ok(pair) => {
                 report(&tls, &pair, "serving the renewed TLS certificate");
@@ -90,7 +83,7 @@ async fn watch(tls: ListenerTls, served: RustlsConfig, mut loaded: Option<FilesS
                 for metrics in &tls.metrics {
                     metrics.api.certificate.reloads.fetch_add(1, Relaxed);
                 }
-                (loaded, refused) = (now, None);
+                files.taken(changed);
             }
             Err(why) => {
                 tracing::warn!(
@@ -102,7 +95,7 @@ async fn watch(tls: ListenerTls, served: RustlsConfig, mut loaded: Option<FilesS
                 for metrics in &tls.metrics {
                     metrics.api.certificate.reload_failures.fetch_add(1, Relaxed);
                 }
-                refused = Some(now);
+                files.refused(changed);
             }
         }
     }
@@ -152,49 +145,5 @@ fn report(tls: &ListenerTls, pair: &Pair, what: &str) {
         tracing::warn!(%cert, %subject, "{what}: it expires at {expires}, in {days:.1} days; renew it (the renewed files are served without a restart)");
     } else {
         tracing::info!(%cert, %subject, %expires, "{what}");
-    }
-}
-
-/// What identifies the contents of the two files without reading them: device, inode, size and
-/// modification time of each, symbolic links followed (so a mounted secret's link swapped to a new
-/// folder is a change). `None` when either cannot be looked at (being replaced, say).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FilesState([(u64, u64, u64, Option<SystemTime>); 2]);
-
-impl FilesState {
-    fn of(files: &TlsFiles) -> Option<FilesState> {
-        use std::os::unix::fs::MetadataExt as _;
-        let state = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino(), m.len(), m.modified().ok()));
-        Some(FilesState([state(&files.cert)?, state(&files.key)?]))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A mounted secret is renewed by pointing a link at a new folder: the link's target is what
-    /// is compared, so that is a change, and the same files looked at again are not.
-    #[test]
-    fn a_link_swapped_to_new_files_is_a_change() {
-        let dir = tempfile::tempdir().unwrap();
-        for (folder, text) in [("a", "one"), ("b", "two")] {
-            std::fs::create_dir(dir.path().join(folder)).unwrap();
-            std::fs::write(dir.path().join(folder).join("tls.crt"), text).unwrap();
-            std::fs::write(dir.path().join(folder).join("tls.key"), text).unwrap();
-        }
-        let data = dir.path().join("..data");
-        std::os::unix::fs::symlink("a", &data).unwrap();
-        let files = TlsFiles { cert: data.join("tls.crt"), key: data.join("tls.key") };
-        let before = FilesState::of(&files);
-        assert!(before.is_some());
-        assert_eq!(FilesState::of(&files), before);
-        let swapped = dir.path().join("..data_tmp");
-        std::os::unix::fs::symlink("b", &swapped).unwrap();
-        std::fs::rename(&swapped, &data).unwrap();
-        let after = FilesState::of(&files);
-        assert!(after.is_some() && after != before);
-        std::fs::remove_file(dir.path().join("b").join("tls.key")).unwrap();
-        assert_eq!(FilesState::of(&files), None);
     }
 }

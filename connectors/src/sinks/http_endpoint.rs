@@ -148,7 +148,7 @@ pub struct HttpEndpointSink {
     /// `{"commonAttributes":{…}}`, when any are set.
     common_attributes: Option<String>,
     source_arn: String,
-    client: reqwest::Client,
+    client: crate::tls::TlsClient,
     backup: Arc<dyn Sink>,
     /// Whether `prepare` sends its `HEAD` first.
     healthcheck: bool,
@@ -313,7 +313,7 @@ impl Sink for HttpEndpointSink {
     /// defines only `POST`), or no answer, lets it start.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let backup = self.backup.prepare();
-        let check = self.healthcheck.then(|| (self.client.head(self.url.clone()), self.location()));
+        let check = self.healthcheck.then(|| (self.client.current().head(self.url.clone()), self.location()));
         Box::pin(async move {
             backup.await?;
             if let Some((request, url)) = check {
@@ -336,6 +336,7 @@ impl Sink for HttpEndpointSink {
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let mut request = self
             .client
+            .current()
             .post(self.url.clone())
             .header("X-Amz-Firehose-Protocol-Version", "1.0")
             .header("X-Amz-Firehose-Request-Id", payload.key.as_str())

@@ -319,7 +319,7 @@ pub struct OpenSearchSink {
     auth: Auth,
     wire: Arc<dyn ObjectFormat>,
     compression: Compression,
-    client: reqwest::Client,
+    client: crate::tls::TlsClient,
     backup: Arc<dyn Sink>,
     /// Whether `prepare` asks the cluster's root (`GET /`) first.
     healthcheck: bool,
@@ -597,7 +597,7 @@ impl Sink for OpenSearchSink {
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let backup = self.backup.prepare();
         let (auth, client, root, healthcheck) =
-            (self.auth.clone(), self.client.clone(), self.url.clone(), self.healthcheck);
+            (self.auth.clone(), self.client.current(), self.url.clone(), self.healthcheck);
         let url = sluice_engine::redact::url(self.url.as_str());
         Box::pin(async move {
             backup.await?;
@@ -633,7 +633,7 @@ impl Sink for OpenSearchSink {
 
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let (auth, client, bulk_url, compression) =
-            (self.auth.clone(), self.client.clone(), self.bulk_url.clone(), self.compression);
+            (self.auth.clone(), self.client.current(), self.bulk_url.clone(), self.compression);
         Box::pin(async move {
             let retryable = |code: &str, message: String| DeliveryError::Retryable { code: code.into(), message };
             let headers = auth.authorize("POST", &bulk_url, Self::bulk_headers(&payload), &payload.body).await?;

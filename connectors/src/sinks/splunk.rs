@@ -215,7 +215,7 @@ struct Hec {
     /// This sink's part of its channels.
     channel_seed: uuid::Uuid,
     ack_timeout: Duration,
-    client: reqwest::Client,
+    client: crate::tls::TlsClient,
     /// `DeliveryToSplunk_DataAckLatency`, once the run hands the meter over.
     meter: std::sync::OnceLock<SinkMeter>,
 }
@@ -372,6 +372,7 @@ impl Hec {
             wait = (wait * 2).min(ACK_POLL.1);
             let query = self
                 .client
+                .current()
                 .post(self.ack_url_for(channel))
                 .header(http::header::AUTHORIZATION, self.authorization.clone())
                 .header("x-splunk-request-channel", channel)
@@ -412,6 +413,7 @@ impl Hec {
         let channel = self.channel(&payload.key);
         let request = self
             .client
+            .current()
             .post(self.send_url.clone())
             .header(http::header::AUTHORIZATION, self.authorization.clone())
             .header("x-splunk-request-channel", channel.as_str())
@@ -453,7 +455,7 @@ impl Sink for SplunkSink {
         let health = self.base.join(&format!("{}/services/collector/health", self.base.path().trim_end_matches('/')));
         let check = match health {
             Ok(url) if self.healthcheck => {
-                Some((self.hec.client.get(url), sluice_engine::redact::url(self.base.as_str())))
+                Some((self.hec.client.current().get(url), sluice_engine::redact::url(self.base.as_str())))
             }
             _ => None,
         };
@@ -544,7 +546,7 @@ mod tests {
             authorization: http::HeaderValue::from_static("Splunk t"),
             channel_seed: seed,
             ack_timeout: Duration::from_secs(180),
-            client: reqwest::Client::new(),
+            client: crate::tls::TlsClient::plain(Duration::from_secs(1)).unwrap_or_else(|e| panic!("{e}")),
             meter: std::sync::OnceLock::new(),
         };
         let (a, b) = (hec(uuid::Uuid::new_v4()), hec(uuid::Uuid::new_v4()));

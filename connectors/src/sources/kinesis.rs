@@ -258,7 +258,7 @@ impl CallError {
 
 /// The Kinesis API of one stream.
 struct KinesisApi {
-    client: reqwest::Client,
+    client: crate::tls::TlsClient,
     url: reqwest::Url,
     path: String,
     region: String,
@@ -282,6 +282,7 @@ impl KinesisApi {
             .map_err(|e| CallError::Transport(format!("cannot sign the request: {e}")))?;
         let response = self
             .client
+            .current()
             .post(self.url.clone())
             .headers(headers)
             .body(body)

@@ -128,7 +128,7 @@ struct Invoker {
     stream_arn: String,
     region: String,
     retries: u32,
-    client: reqwest::Client,
+    client: crate::tls::TlsClient,
     /// For a `function`: where Invoke requests get their credentials, found once when the first
     /// worker opens (every worker signs with them).
     credentials: tokio::sync::OnceCell<AwsCredentials>,
@@ -659,7 +659,7 @@ impl Invoker {
             Ok(headers) => headers,
             Err(e) => return warn(e.to_string()),
         };
-        let response = match self.client.get(check_url.clone()).headers(headers).send().await {
+        let response = match self.client.current().get(check_url.clone()).headers(headers).send().await {
             Ok(response) => response,
             Err(e) => return warn(crate::tls::send_failure(&e)),
         };
@@ -719,7 +719,7 @@ impl Invoker {
         let retry = |code: &'static str, message: String| Attempt::Retry(BatchFailure { code, message, attempts: 0 });
         let fail = |code: &'static str, message: String| Attempt::Fail(BatchFailure { code, message, attempts: 0 });
         let request = match &self.target {
-            Target::Url(url) => self.client.post(url.clone()).header("content-type", "application/json"),
+            Target::Url(url) => self.client.current().post(url.clone()).header("content-type", "application/json"),
             Target::Function { url, signed_path, region, .. } => {
                 let Some(credentials) = self.credentials.get() else {
                     return Err(fail("Lambda.InvokeAccessDenied", "no AWS credentials".into()));
@@ -731,7 +731,7 @@ impl Invoker {
                 let headers = credentials
                     .sign_request("POST", url, signed_path, (region, "lambda"), headers, &body)
                     .map_err(|e| fail("Lambda.InvalidRequest", e.to_string()))?;
-                self.client.post(url.clone()).headers(headers)
+                self.client.current().post(url.clone()).headers(headers)
             }
         };
         let response = request.body(body).send().await.map_err(|e| {
