@@ -612,7 +612,45 @@ pub struct KeyPair {
 
 #[cfg(test)]
 mod tests {
-    use super::{FileWatch, refusal};
+    use super::{ClientFiles, ClientTls, FileWatch, LOOK_EVERY, Trust, refusal};
+
+    /// A client whose `ca` file is renewed: a file that fails the checks is refused and the client
+    /// made before is kept (requests go on as before); a good one is taken.
+    #[test]
+    fn a_client_takes_renewed_files_that_pass_the_checks_and_keeps_its_own_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/config/ca.pem");
+        let good = std::fs::read(fixture).unwrap();
+        let write = |bytes: &[u8]| {
+            std::fs::write(&ca, bytes).unwrap();
+            let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+            std::fs::File::options().write(true).open(&ca).and_then(|f| f.set_modified(long_ago)).unwrap();
+        };
+        write(&good);
+        let files = ClientFiles { ca: Some(ca.clone()), identity: None };
+        let (roots, _) = files.read().unwrap();
+        let tls = ClientTls { trust: Trust::Added(roots), identity: None, files, label: "`t.tls`".into(), at: 0..0 };
+        let client = tls.client(std::time::Duration::from_secs(1)).unwrap();
+        let reloading = client.reloading.as_ref().unwrap();
+        let look_now = || {
+            reloading.state.lock().unwrap().at = std::time::Instant::now().checked_sub(LOOK_EVERY).unwrap();
+            client.current();
+        };
+        let taken = || reloading.state.lock().unwrap().watch.taken.clone();
+        let refused = || reloading.state.lock().unwrap().watch.refused.clone();
+        let before = taken();
+        look_now();
+        assert_eq!((taken(), refused()), (before.clone(), None), "nothing changed");
+        write(b"not a certificate");
+        look_now();
+        assert_eq!(taken(), before, "a file that is not PEM is not taken");
+        assert!(refused().is_some());
+        write(&good);
+        look_now();
+        assert!(taken() != before && taken().is_some(), "the good file again is taken");
+        assert_eq!(refused(), None);
+    }
 
     /// A mounted secret is renewed by pointing a link at a new folder: the link's target is what
     /// is looked at, so that is a change. A change is offered once it has settled (seen unchanged
