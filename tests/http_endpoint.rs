@@ -17,7 +17,7 @@ use sluice_engine::testkit::sink::{Destination, Fault};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::support::{
-    TestCertificates, folder_objects, free_port, generated, logged_run, serve, start_listening_with, terminate,
+    TestCertificates, folder_objects, free_port, generated, logged_run, serve, sluice, start_listening_with, terminate,
 };
 
 /// What the receiver answers.
@@ -314,6 +314,36 @@ fn an_endpoint_that_asks_for_a_client_certificate_gets_the_one_tls_names() {
         .unwrap()
         .to_string();
     assert!(error.contains("`sinks.siem.tls.key` is not the private key of `cert`'s certificate"), "{error}");
+}
+
+/// `sluice validate --check` finds an endpoint whose certificate is not trusted before any run,
+/// as the run's start-up check would, naming what to set; with the CA named it passes. The
+/// backup store's folder is not made.
+#[test]
+fn validate_check_finds_an_untrusted_endpoint_certificate() {
+    let certs = TestCertificates::make();
+    let endpoint = receiver_over(Answer::OkAfter(0), Some(certs.server("server", false)));
+    let work = tempfile::tempdir().unwrap();
+    let backup = work.path().join("backup");
+    let validate = |tls: &str| {
+        let file = work.path().join("p.toml");
+        std::fs::write(&file, pipeline(&endpoint.url, &backup, 10, tls)).unwrap();
+        sluice().args(["validate", "--check"]).arg(&file).output().unwrap()
+    };
+    let refused = validate("");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sinks.siem (http_endpoint")
+            && stderr.contains("the server's certificate is not trusted")
+            && stderr.contains("(HttpEndpoint.TlsFailed)"),
+        "{stderr}"
+    );
+    let trusted = validate(&format!("tls = {{ ca = \"{}\" }}", certs.path("ca.pem")));
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    assert!(String::from_utf8_lossy(&trusted.stdout).contains("sinks.siem (http_endpoint"));
+    assert!(!backup.exists());
+    assert!(endpoint.seen.lock().unwrap().records.is_empty());
 }
 
 /// A private CA and a client certificate renewed in place while a run delivers are used without a

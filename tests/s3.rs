@@ -822,6 +822,56 @@ fn a_missing_bucket_stops_the_run_at_start() {
     assert!(stderr.contains("the bucket of s3://no-such-bucket/archive does not exist; create it"), "{stderr}");
 }
 
+/// `sluice validate --check` asks each sink's destination as a run's start-up check does, and
+/// changes nothing: a missing bucket and refused credentials are errors, each said with its sink
+/// (exit 1); a bucket that takes the credentials and a local folder pass; nothing is written
+/// anywhere (no object, no `data_dir`, no local folder). Without the failing sinks it exits 0.
+#[test]
+fn validate_check_asks_each_destination_and_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("bkt")).unwrap();
+    let server = S3Server::start(root.path());
+    let work = tempfile::tempdir().unwrap();
+    let (data, out) = (work.path().join("data"), work.path().join("out"));
+    let pipeline = |name: &str, sinks: &[(&str, String)]| {
+        let mut text = format!(
+            "[pipeline]\nname = \"{name}\"\ndata_dir = \"{}\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 10\n",
+            data.display()
+        );
+        for (sink, keys) in sinks {
+            text.push_str(&format!("[sinks.{sink}]\ntype = \"object_store\"\ninputs = [\"demo\"]\n{keys}\n"));
+        }
+        let path = work.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let good =
+        [("good", server.sink_toml("bkt", SECRET_KEY)), ("local", format!("url = \"file://{}\"", out.display()))];
+    let mut all = good.to_vec();
+    all.push(("missing", server.sink_toml("no-such-bucket", SECRET_KEY)));
+    all.push(("denied", server.sink_toml("bkt", "not-the-secret")));
+    let checked = sluice().args(["validate", "--check"]).arg(pipeline("all", &all)).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    assert_eq!(checked.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("all.toml: sinks.good (object_store s3://bkt/archive): checked"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("all.toml: sinks.local (object_store file://{}): checked", out.display())),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("sinks.missing (object_store s3://no-such-bucket/archive): the bucket of s3://no-such-bucket/archive does not exist; create it, or correct the URL (S3.NoSuchBucket)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sinks.denied (object_store s3://bkt/archive): s3://bkt/archive refused our credentials"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-secret") && !stderr.contains(SECRET_KEY), "{stderr}");
+    assert!(folder_objects(&server.root.join("bkt")).is_empty() && !data.exists() && !out.exists());
+    let passed = sluice().args(["validate", "--check"]).arg(pipeline("good", &good)).output().unwrap();
+    assert!(passed.status.success(), "{}", String::from_utf8_lossy(&passed.stderr));
+}
+
 #[test]
 fn an_s3_server_with_a_certificate_of_a_private_ca_stops_the_run_at_start_until_the_ca_is_trusted() {
     let certs = super::support::TestCertificates::make();

@@ -325,6 +325,7 @@ pub fn request_sink_conformance(destination: &dyn sluice_engine::testkit::sink::
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let report = runtime.block_on(conformance(destination)).unwrap_or_else(|e| panic!("{e}"));
     for check in [
+        Check::StartUpCheck,
         Check::Deliver,
         Check::Redeliver,
         Check::RetryableThenDelivered,

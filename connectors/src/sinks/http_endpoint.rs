@@ -291,6 +291,23 @@ impl HttpEndpointSink {
     }
 }
 
+impl HttpEndpointSink {
+    /// `first` (the backup store's check or preparation), then the start-up check of the URL.
+    fn url_checked_after(
+        &self,
+        first: BoxFuture<'static, Result<(), DeliveryError>>,
+    ) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let check = self.healthcheck.then(|| (self.client.current().head(self.url.clone()), self.location()));
+        Box::pin(async move {
+            first.await?;
+            if let Some((request, url)) = check {
+                crate::tls::start_up_check(request, &url, "HttpEndpoint.TlsFailed").await?;
+            }
+            Ok(())
+        })
+    }
+}
+
 impl Sink for HttpEndpointSink {
     fn describe(&self) -> String {
         match &self.name {
@@ -308,19 +325,16 @@ impl Sink for HttpEndpointSink {
         DestinationKind::HttpEndpoint
     }
 
-    /// Prepares the backup store, then (unless `healthcheck = false`) sends a `HEAD` of the URL:
-    /// a certificate the client refuses stops the run; whatever the endpoint answers (the protocol
-    /// defines only `POST`), or no answer, lets it start.
+    /// The backup store's check, then (unless `healthcheck = false`) a `HEAD` of the URL: a
+    /// certificate the client refuses is an error; whatever the endpoint answers (the protocol
+    /// defines only `POST`), or no answer, is not.
+    fn check(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        self.url_checked_after(self.backup.check())
+    }
+
+    /// Prepares the backup store, then checks the URL as [`Sink::check`] does.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let backup = self.backup.prepare();
-        let check = self.healthcheck.then(|| (self.client.current().head(self.url.clone()), self.location()));
-        Box::pin(async move {
-            backup.await?;
-            if let Some((request, url)) = check {
-                crate::tls::start_up_check(request, &url, "HttpEndpoint.TlsFailed").await?;
-            }
-            Ok(())
-        })
+        self.url_checked_after(self.backup.prepare())
     }
 
     fn wire_format(&self) -> Option<Arc<dyn ObjectFormat>> {

@@ -1119,18 +1119,15 @@ impl Sink for ObjectStoreSink {
         })
     }
 
-    /// Creates a local folder and removes what an interrupted run left staged; for remote stores
-    /// finds credentials as the store will (none at all stops the run: every delivery would fail),
-    /// aborts the multipart uploads an interrupted run left open, and (unless `healthcheck =
-    /// false`) checks that the store takes the credentials with a HEAD under the prefix, and that
-    /// its bucket (S3, GCS) or container (Azure) exists. Refused credentials and a missing bucket stop the run before anything is
-    /// read (otherwise every object would go to an error output in the same store, which refuses
+    /// Finds credentials as the store will (none at all stops the run: every delivery would fail)
+    /// and (unless `healthcheck = false`) checks that the store takes them with a HEAD under the
+    /// prefix, and that its bucket (S3, GCS) or container (Azure) exists; changes nothing. Refused
+    /// credentials and a missing bucket are errors (at start, they stop the run before anything is
+    /// read: otherwise every object would go to an error output in the same store, which refuses
     /// it too, and delivery would block); an unreachable store only warns, since a stream run
     /// should take data while its destination is down.
-    fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+    fn check(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let credentials = self.credentials.clone();
-        let local = self.local.clone();
-        let stale = self.parts.clone().zip(self.journal.clone());
         let probe =
             if self.healthcheck { Some((Arc::clone(&self.store), self.location(".sluice-healthcheck"))) } else { None };
         let (code_prefix, url) = (self.code_prefix, self.url.clone());
@@ -1148,24 +1145,6 @@ impl Sink for ObjectStoreSink {
                     ),
                 };
                 return Err(DeliveryError::Permanent { code: format!("{code_prefix}.MissingCredentials"), message });
-            }
-            if let Some(local) = local {
-                let removed = local.prepare().await?;
-                if removed > 0 {
-                    tracing::info!(url = %url, files = removed, staging = %local.staging().display(), "removed what an interrupted run left staged");
-                }
-            }
-            if let Some((parts, journal)) = stale {
-                for (id, path) in tokio::task::spawn_blocking(move || journal.take_stale()).await.unwrap_or_default() {
-                    match parts.abort_multipart(&Path::from(path.as_str()), &id).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                            tracing::info!(url = %url, object = %path, "aborted a multipart upload an interrupted run left open");
-                        }
-                        Err(e) => {
-                            tracing::warn!(url = %url, object = %path, error = %e, "cannot abort a multipart upload an interrupted run left open")
-                        }
-                    }
-                }
             }
             let Some((store, location)) = probe else { return Ok(()) };
             let location = location?;
@@ -1226,6 +1205,37 @@ impl Sink for ObjectStoreSink {
                     Ok(())
                 }
             }
+        })
+    }
+
+    /// [`Sink::check`], then creates a local folder and removes what an interrupted run left
+    /// staged, and aborts the multipart uploads an interrupted run left open.
+    fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let check = self.check();
+        let local = self.local.clone();
+        let stale = self.parts.clone().zip(self.journal.clone());
+        let url = self.url.clone();
+        Box::pin(async move {
+            check.await?;
+            if let Some(local) = local {
+                let removed = local.prepare().await?;
+                if removed > 0 {
+                    tracing::info!(url = %url, files = removed, staging = %local.staging().display(), "removed what an interrupted run left staged");
+                }
+            }
+            if let Some((parts, journal)) = stale {
+                for (id, path) in tokio::task::spawn_blocking(move || journal.take_stale()).await.unwrap_or_default() {
+                    match parts.abort_multipart(&Path::from(path.as_str()), &id).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                            tracing::info!(url = %url, object = %path, "aborted a multipart upload an interrupted run left open");
+                        }
+                        Err(e) => {
+                            tracing::warn!(url = %url, object = %path, error = %e, "cannot abort a multipart upload an interrupted run left open")
+                        }
+                    }
+                }
+            }
+            Ok(())
         })
     }
 

@@ -617,15 +617,32 @@ impl Loader {
     /// Creates the ledger if missing and, with the health check on, checks the table and columns.
     /// A server that cannot be reached only warns (deliveries retry); one that refuses stops the run.
     async fn prepare(&self) -> Result<(), DeliveryError> {
-        let client = match self.connect().await {
-            Ok(client) => client,
+        let Some(client) = self.connect_at_start().await? else { return Ok(()) };
+        self.ensure_ledger(&client).await?;
+        self.check_table(&client).await
+    }
+
+    /// [`Self::prepare`] without creating the ledger: changes nothing.
+    async fn check(&self) -> Result<(), DeliveryError> {
+        let Some(client) = self.connect_at_start().await? else { return Ok(()) };
+        self.check_table(&client).await
+    }
+
+    /// A connection, or `None` (warned) when the server cannot be reached now; an error when it
+    /// refuses.
+    async fn connect_at_start(&self) -> Result<Option<tokio_postgres::Client>, DeliveryError> {
+        match self.connect().await {
+            Ok(client) => Ok(Some(client)),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(sink = %self.sink, error = %e, "PostgreSQL cannot be reached now; deliveries will retry");
-                return Ok(());
+                Ok(None)
             }
-            Err(e) => return Err(e),
-        };
-        self.ensure_ledger(&client).await?;
+            Err(e) => Err(e),
+        }
+    }
+
+    /// With the health check on: the table exists, has the columns, and may be inserted into.
+    async fn check_table(&self, client: &tokio_postgres::Client) -> Result<(), DeliveryError> {
         if !self.healthcheck {
             return Ok(());
         }
@@ -963,11 +980,23 @@ impl Sink for PostgresSink {
         DestinationKind::Redshift
     }
 
+    /// Prepares the staging store, creates the load ledger if missing and checks the table as
+    /// [`Sink::check`] does.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let (load, staging) = (Arc::clone(&self.load), Arc::clone(&self.staging));
         Box::pin(async move {
             staging.prepare().await?;
             load.prepare().await
+        })
+    }
+
+    /// The staging store's check, then (unless `healthcheck = false`) the table: it exists, has
+    /// the columns, and this user may insert into it. A server that cannot be reached is warned.
+    fn check(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let (load, staging) = (Arc::clone(&self.load), Arc::clone(&self.staging));
+        Box::pin(async move {
+            staging.check().await?;
+            load.check().await
         })
     }
 

@@ -233,8 +233,18 @@ pub trait Sink: Send + Sync + 'static {
     fn location(&self) -> String {
         self.describe()
     }
-    /// Called once before the run (e.g. create a local folder); an error stops the run.
+    /// Called once before the run (e.g. create a local folder); an error stops the run. A sink with
+    /// a [`Sink::check`] runs it here too.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Asks the destination, and the store of its error output, whether they would take what is
+    /// delivered, changing nothing: credentials found and taken, the bucket, table or index there,
+    /// the certificate trusted (none of it with the sink's `healthcheck = false`, but what every
+    /// delivery needs: credentials at all). An error says what would stop the run at start; a
+    /// destination that does not answer is not one (a stream run starts without it) and is
+    /// warned about. `sluice validate --check` calls it; [`Sink::prepare`] too.
+    fn check(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         Box::pin(async { Ok(()) })
     }
     /// Called once after a run that stored everything it took (not after one stopped with

@@ -70,6 +70,9 @@ pub trait Destination: Send + Sync {
 /// One conformance check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
+    /// Its start-up check ([`Sink::check`], what `sluice validate --check` asks) passes against the
+    /// healthy destination.
+    StartUpCheck,
     /// Payloads delivered concurrently are stored byte for byte.
     Deliver,
     /// A stored payload delivered again is stored the same.
@@ -146,6 +149,8 @@ pub async fn conformance(destination: &dyn Destination) -> Result<Report, String
     let samples =
         (0..10).map(|i| sample(format.as_ref(), &prefix, i, records(i, i * 7 + 1))).collect::<Result<Vec<_>, _>>()?;
     sink.prepare().await.map_err(|e| format!("prepare: {e}"))?;
+    sink.check().await.map_err(|e| format!("the start-up check of a healthy destination failed: {e}"))?;
+    report.passed.push(Check::StartUpCheck);
 
     // Deliver, concurrently.
     let deliveries = samples[..8].iter().map(|s| sink.deliver(s.payload.clone()));

@@ -167,6 +167,11 @@ enum Command {
     },
     /// Check pipeline files and print their graphs, or every error with file:line:col.
     Validate {
+        /// Also ask each sink's destination and error-output store, as a run's start-up check does
+        /// and changing nothing, whether they would take deliveries: credentials, bucket, table,
+        /// index, certificate.
+        #[arg(long)]
+        check: bool,
         /// Pipeline files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -309,7 +314,7 @@ fn main() -> ExitCode {
                 serve_command(&dir, serve)
             })
         }
-        Command::Validate { files } => Ok(validate_command(&files)),
+        Command::Validate { files, check } => validate_command(&files, check),
         Command::Measure { report, stdin, command } => {
             let (program, args) = command.split_first().map(|(p, a)| (p.clone(), a.to_vec())).unwrap_or_default();
             let command = MeasuredCommand { program, args, stdin };
@@ -377,26 +382,62 @@ fn bench_command(
 
 /// Checks each file; the exit code says whether all are valid. Output a reader stopped taking
 /// (`sluice validate … | head`) is dropped, never a panic: the exit code still says what was found.
-fn validate_command(files: &[PathBuf]) -> ExitCode {
+fn validate_command(files: &[PathBuf], check: bool) -> anyhow::Result<ExitCode> {
     let registry = registry();
     let mut failed = false;
-    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    // Only for `--check`: the sinks' checks are asynchronous.
+    let runtime = match check {
+        true => {
+            Some(tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a runtime")?)
+        }
+        false => None,
+    };
     for file in files {
         match load_file(file, &registry) {
             Ok(plan) => {
+                let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{}: ok\n{}", file.display(), plan.render());
                 // The file as it runs (variables expanded), secrets shown as ***.
                 if let Some(shown) = std::fs::read_to_string(file).ok().as_deref().and_then(masked) {
                     let _ = writeln!(out, "resolved configuration (secrets masked):\n{shown}");
                 }
+                drop(out);
+                if let Some(runtime) = &runtime {
+                    failed |= !check_destinations(runtime, file, &plan);
+                }
             }
             Err(diagnostics) => {
                 failed = true;
-                let _ = writeln!(err, "{diagnostics}\n");
+                let _ = writeln!(std::io::stderr().lock(), "{diagnostics}\n");
             }
         }
     }
-    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// How long `validate --check` waits for one sink's check (a destination that does not answer
+/// within it is said, as a run's start-up check warns, not counted as a failure).
+const CHECK_WITHIN: Duration = Duration::from_secs(60);
+
+/// `validate --check`: each sink's [`Sink::check`](sluice_engine::contract::Sink::check), said on
+/// stdout when it passes and on stderr when it fails; whether all passed.
+fn check_destinations(runtime: &tokio::runtime::Runtime, file: &std::path::Path, plan: &Plan) -> bool {
+    let mut passed = true;
+    for sink in &plan.sinks {
+        let what = format!("{}: sinks.{} ({})", file.display(), sink.name, sink.sink.describe());
+        match runtime.block_on(async { tokio::time::timeout(CHECK_WITHIN, sink.sink.check()).await }) {
+            Ok(Ok(())) => println!("{what}: checked"),
+            Ok(Err(error)) => {
+                passed = false;
+                eprintln!("error: {what}: {} ({})", error, error.code());
+            }
+            Err(_) => eprintln!(
+                "warning: {what}: no answer within {} s; a run would start and retry its deliveries",
+                CHECK_WITHIN.as_secs()
+            ),
+        }
+    }
+    passed
 }
 
 fn gen_command(profile: Profile, records: u64, seed: u64, output: Option<PathBuf>) -> anyhow::Result<()> {
