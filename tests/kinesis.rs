@@ -106,6 +106,27 @@ fn metric(admin: u16, name: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(&format!("{name}{{"))).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// `sluice validate --check` lists the stream's shards as a run's start does: a stream Kinesis does
+/// not have is an error naming it, one it has passes; nothing is read or written.
+#[test]
+fn validate_check_finds_a_missing_stream() {
+    let moto = Moto::start();
+    let arn = create_stream(&moto, "checked", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let validate = |stream: &str| {
+        let config = pipeline(dir.path(), stream, &moto.endpoint, "");
+        super::support::sluice().args(["validate", "--check"]).arg(&config).envs(aws_env()).output().unwrap()
+    };
+    let found = validate(&arn);
+    assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
+    assert!(String::from_utf8_lossy(&found.stdout).contains("sources.stream (kinesis"));
+    let missing = validate(&arn.replace("stream/checked", "stream/no-such-stream"));
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{said}");
+    assert!(said.contains("sources.stream (kinesis") && said.contains("cannot list the shards of"), "{said}");
+    assert!(!dir.path().join("data").exists() && !dir.path().join("out").exists());
+}
+
 /// The source conformance kit: every record exactly once at 1, 2 and 4 workers (a third of them
 /// put as KPL aggregated records), a stop right after the records are put repeats nothing, and a
 /// run stopped after its first delivery resumes from its checkpoint without starting over.

@@ -376,6 +376,26 @@ fn the_invoke_api_is_called_with_a_sigv4_signature_for_lambda() {
         "{said}"
     );
     assert_eq!(server.events().len(), 1, "never invoked");
+    // `validate --check` asks the same, invoking nothing.
+    let validate = || {
+        let mut cmd = super::support::sluice();
+        cmd.args(["validate", "--check", config.to_str().unwrap()]).without_aws_keys();
+        cmd.envs([("AWS_ACCESS_KEY_ID", "AKIDLAMBDATEST"), ("AWS_SECRET_ACCESS_KEY", "lambda-test-secret")]);
+        cmd.output().unwrap()
+    };
+    let checked = validate();
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("transforms.fn (lambda: arn:aws:lambda:eu-west-1:123456789012:function:missing-mask")
+            && said.contains("function:missing-mask does not exist"),
+        "{said}"
+    );
+    std::fs::write(&config, &text).unwrap();
+    let checked = validate();
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("transforms.fn (lambda: "));
+    assert_eq!(server.events().len(), 1, "validate invoked nothing");
     // An endpoint without GetFunctionConfiguration (an emulator) is only warned about.
     std::fs::write(&config, text.replace("function:mask", "function:noapi-mask")).unwrap();
     let emulated = run(&[("AWS_ACCESS_KEY_ID", "AKIDLAMBDATEST"), ("AWS_SECRET_ACCESS_KEY", "lambda-test-secret")]);

@@ -557,6 +557,23 @@ impl Source for KinesisSource {
         false
     }
 
+    /// The credentials found and the stream's shards listed once (a refusal is the error).
+    fn check(&self) -> futures::future::BoxFuture<'static, Result<(), SourceError>> {
+        let api = Arc::clone(&self.api);
+        Box::pin(async move {
+            let credentials = match api.credentials.get() {
+                Some(credentials) => credentials.clone(),
+                None => AwsCredentials::resolve(&api.region, "reading a Kinesis stream")
+                    .await
+                    .map_err(SourceError::Setup)?,
+            };
+            let _ = api.credentials.set(credentials);
+            api.list_shards().await.map(|_| ()).map_err(|e| {
+                SourceError::Setup(format!("cannot list the shards of {} at {}: {e}", api.stream_arn, api.url))
+            })
+        })
+    }
+
     /// Checks the credentials and the stream (one listing), fixes where `latest` is, and starts
     /// following the delivered frontier for checkpoints.
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {

@@ -306,6 +306,18 @@ impl Transform for LambdaTransform {
         )
     }
 
+    /// A `function`'s credentials found and the function known to Lambda (the start-up check of
+    /// [`Invoker::check_function`]); nothing for a `url`.
+    fn check(&self) -> futures::future::BoxFuture<'static, Result<(), TransformError>> {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            let Target::Function { region, .. } = &shared.target else { return Ok(()) };
+            let credentials =
+                AwsCredentials::resolve(region, "calling a Lambda function").await.map_err(TransformError)?;
+            shared.check_function(&credentials).await.map_err(TransformError)
+        })
+    }
+
     fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
         if let Target::Function { region, .. } = &self.shared.target {
             let find = || async {

@@ -182,6 +182,12 @@ pub trait Source: Send + Sync + 'static {
         let _ = ctx;
         Ok(())
     }
+    /// Asks the service a source reads from (a stream) what its `prepare` asks, changing nothing,
+    /// for `sluice validate --check`: credentials found and the input there. A source that only
+    /// listens or reads local files has nothing to ask.
+    fn check(&self) -> BoxFuture<'static, Result<(), SourceError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Called once after the run delivered everything it read (`stopped`: it was asked to stop
     /// before its input ended), before the process may exit: write final checkpoints here.
     fn finish(&self, stopped: bool) {

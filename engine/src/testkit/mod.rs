@@ -1,7 +1,8 @@
 //! Testkit (the `testkit` feature; never in the product): the conformance checks every connector
 //! runs, and helpers the connectors' and integration tests share.
 //!
-//! [`sink::conformance`] is what every sink must pass against its real destination (deliver,
+//! [`sink::conformance`] is what every sink must pass against its real destination (its start-up
+//! check, deliver,
 //! redeliver, a retryable failure then the redelivery, a permanent refusal, uploads in parts and
 //! their abort, the backup of a refused object); [`source::conformance`] is what every source must
 //! pass through the real runtime (each record exactly once at 1, 2 and 4 workers, drained on stop,

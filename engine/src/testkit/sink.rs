@@ -9,6 +9,8 @@
 //! when it has one, NDJSON compressed with gzip otherwise, and keyed under a fresh prefix.
 //!
 //! The checks:
+//! - [`Check::StartUpCheck`]: after [`Sink::prepare`], the sink's [`Sink::check`] passes against
+//!   the healthy destination.
 //! - [`Check::Deliver`]: eight payloads delivered concurrently are stored byte for byte.
 //! - [`Check::Redeliver`]: delivering a stored payload again succeeds and leaves the same bytes.
 //! - [`Check::RetryableThenDelivered`]: with the destination unavailable a delivery fails as

@@ -419,22 +419,37 @@ fn validate_command(files: &[PathBuf], check: bool) -> anyhow::Result<ExitCode> 
 /// within it is said, as a run's start-up check warns, not counted as a failure).
 const CHECK_WITHIN: Duration = Duration::from_secs(60);
 
-/// `validate --check`: each sink's [`Sink::check`](sluice_engine::contract::Sink::check), said on
-/// stdout when it passes and on stderr when it fails; whether all passed.
+/// `validate --check`: each source's, transform's and sink's `check` (what a run asks at start),
+/// said on stdout when it passes and on stderr when it fails; whether all passed.
 fn check_destinations(runtime: &tokio::runtime::Runtime, file: &std::path::Path, plan: &Plan) -> bool {
-    let mut passed = true;
+    let mut checks: Vec<(String, futures::future::BoxFuture<'static, Result<(), String>>)> = Vec::new();
+    for source in &plan.sources {
+        let check = source.source.check();
+        let what = format!("sources.{} ({})", source.name, source.source.describe());
+        checks.push((what, Box::pin(async move { check.await.map_err(|e| e.to_string()) })));
+    }
+    for transform in &plan.transforms {
+        let check = transform.transform.check();
+        let what = format!("transforms.{} ({})", transform.name, transform.transform.describe());
+        checks.push((what, Box::pin(async move { check.await.map_err(|e| e.to_string()) })));
+    }
     for sink in &plan.sinks {
-        let what = format!("{}: sinks.{} ({})", file.display(), sink.name, sink.sink.describe());
-        match runtime.block_on(async { tokio::time::timeout(CHECK_WITHIN, sink.sink.check()).await }) {
+        let check = sink.sink.check();
+        let what = format!("sinks.{} ({})", sink.name, sink.sink.describe());
+        checks.push((what, Box::pin(async move { check.await.map_err(|e| format!("{e} ({})", e.code())) })));
+    }
+    let mut passed = true;
+    for (what, check) in checks {
+        let what = format!("{}: {what}", file.display());
+        match runtime.block_on(async { tokio::time::timeout(CHECK_WITHIN, check).await }) {
             Ok(Ok(())) => println!("{what}: checked"),
             Ok(Err(error)) => {
                 passed = false;
-                eprintln!("error: {what}: {} ({})", error, error.code());
+                eprintln!("error: {what}: {error}");
             }
-            Err(_) => eprintln!(
-                "warning: {what}: no answer within {} s; a run would start and retry its deliveries",
-                CHECK_WITHIN.as_secs()
-            ),
+            Err(_) => {
+                eprintln!("warning: {what}: no answer within {} s; a run would start and retry", CHECK_WITHIN.as_secs())
+            }
         }
     }
     passed
