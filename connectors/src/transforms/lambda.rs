@@ -307,7 +307,7 @@ impl Transform for LambdaTransform {
     }
 
     /// A `function`'s credentials found and the function known to Lambda (the start-up check of
-    /// [`Invoker::check_function`]); nothing for a `url`.
+    /// `Invoker::check_function`); nothing for a `url`.
     fn check(&self) -> futures::future::BoxFuture<'static, Result<(), TransformError>> {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
