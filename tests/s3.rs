@@ -833,9 +833,9 @@ fn validate_check_asks_each_destination_and_changes_nothing() {
     let server = S3Server::start(root.path());
     let work = tempfile::tempdir().unwrap();
     let (data, out) = (work.path().join("data"), work.path().join("out"));
-    let pipeline = |name: &str, sinks: &[(&str, String)]| {
+    let pipeline = |name: &str, pipeline_keys: &str, sinks: &[(&str, String)]| {
         let mut text = format!(
-            "[pipeline]\nname = \"{name}\"\ndata_dir = \"{}\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 10\n",
+            "[pipeline]\nname = \"{name}\"\ndata_dir = \"{}\"\n{pipeline_keys}\n[sources.demo]\ntype = \"generator\"\nprofile = \"vpcflow\"\nrecords = 10\n",
             data.display()
         );
         for (sink, keys) in sinks {
@@ -850,7 +850,9 @@ fn validate_check_asks_each_destination_and_changes_nothing() {
     let mut all = good.to_vec();
     all.push(("missing", server.sink_toml("no-such-bucket", SECRET_KEY)));
     all.push(("denied", server.sink_toml("bkt", "not-the-secret")));
-    let checked = sluice().args(["validate", "--check"]).arg(pipeline("all", &all)).output().unwrap();
+    // The audit log's store is asked too.
+    let audit = format!("audit_log = {{ {} }}", server.sink_toml("no-audit-bucket", SECRET_KEY).replace('\n', ", "));
+    let checked = sluice().args(["validate", "--check"]).arg(pipeline("all", &audit, &all)).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
     assert_eq!(checked.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stdout.contains("all.toml: sinks.good (object_store s3://bkt/archive): checked"), "{stdout}");
@@ -866,9 +868,14 @@ fn validate_check_asks_each_destination_and_changes_nothing() {
         stderr.contains("sinks.denied (object_store s3://bkt/archive): s3://bkt/archive refused our credentials"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("pipeline.audit_log (")
+            && stderr.contains("the bucket of s3://no-audit-bucket/archive does not exist"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("not-the-secret") && !stderr.contains(SECRET_KEY), "{stderr}");
     assert!(folder_objects(&server.root.join("bkt")).is_empty() && !data.exists() && !out.exists());
-    let passed = sluice().args(["validate", "--check"]).arg(pipeline("good", &good)).output().unwrap();
+    let passed = sluice().args(["validate", "--check"]).arg(pipeline("good", "", &good)).output().unwrap();
     assert!(passed.status.success(), "{}", String::from_utf8_lossy(&passed.stderr));
 }
 

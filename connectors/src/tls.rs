@@ -60,6 +60,17 @@ enum Trust {
     Any,
 }
 
+impl Trust {
+    /// The same trust with `roots` (read again) in place of its own.
+    fn with_roots(&self, roots: Vec<reqwest::Certificate>) -> Trust {
+        match self {
+            Trust::Added(_) => Trust::Added(roots),
+            Trust::OnlyAnyName(_) => Trust::OnlyAnyName(roots),
+            Trust::Any => Trust::Any,
+        }
+    }
+}
+
 /// A connector's `tls` table, its files read and checked (the default: the system's roots, full
 /// verification, no client certificate).
 pub struct ClientTls {
@@ -318,14 +329,10 @@ impl Reloading {
     /// cannot be used.
     fn make_again(&self, looked: &mut Looked, changed: Option<FilesState>) {
         let files = looked.watch.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-        let made = self.files.read().and_then(|(roots, identity)| {
-            let trust = match &self.trust {
-                Trust::Added(_) => Trust::Added(roots),
-                Trust::OnlyAnyName(_) => Trust::OnlyAnyName(roots),
-                Trust::Any => Trust::Any,
-            };
-            build(&trust, identity.as_ref(), self.timeout)
-        });
+        let made = self
+            .files
+            .read()
+            .and_then(|(roots, identity)| build(&self.trust.with_roots(roots), identity.as_ref(), self.timeout));
         match made {
             Ok(client) => {
                 tracing::info!(tls = %self.label, %files, "the TLS files changed: requests use them from now on");

@@ -21,6 +21,12 @@ use futures::future::BoxFuture;
 pub trait LineSink: Send + Sync {
     /// Checks the store before the run (credentials, folders); why not, as text.
     fn prepare(&self) -> BoxFuture<'static, Result<(), String>>;
+    /// Asks the store what [`Self::prepare`] asks, changing nothing ([`Sink::check`]).
+    ///
+    /// [`Sink::check`]: crate::contract::Sink::check
+    fn check(&self) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Stores `body` (JSON lines) as the object `key`; why not, as text.
     fn put(&self, key: String, body: Bytes) -> BoxFuture<'static, Result<(), String>>;
     /// Where, for messages (secrets masked).

@@ -509,6 +509,11 @@ impl crate::line_store::LineSink for SinkLines {
         Box::pin(async move { prepared.await.map_err(|e| e.to_string()) })
     }
 
+    fn check(&self) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let checked = self.0.check();
+        Box::pin(async move { checked.await.map_err(|e| e.to_string()) })
+    }
+
     fn put(&self, key: String, body: bytes::Bytes) -> futures::future::BoxFuture<'static, Result<(), String>> {
         let records = body.iter().filter(|&&b| b == b'\n').count() as u64;
         let payload = crate::contract::Payload {

@@ -433,6 +433,12 @@ fn check_destinations(runtime: &tokio::runtime::Runtime, file: &std::path::Path,
         let what = format!("transforms.{} ({})", transform.name, transform.transform.describe());
         checks.push((what, Box::pin(async move { check.await.map_err(|e| e.to_string()) })));
     }
+    let line_stores = [("audit_log", &plan.audit), ("error_log", &plan.error_log)];
+    for (key, lines) in line_stores {
+        if let Some(sluice_engine::line_store::LineTarget::Store(store)) = lines.as_ref().map(|l| &l.target) {
+            checks.push((format!("pipeline.{key} ({})", store.describe()), store.check()));
+        }
+    }
     for sink in &plan.sinks {
         let check = sink.sink.check();
         let what = format!("sinks.{} ({})", sink.name, sink.sink.describe());
