@@ -823,7 +823,8 @@ fn a_missing_bucket_stops_the_run_at_start() {
 }
 
 /// `sluice validate --check` asks each sink's destination as a run's start-up check does, and
-/// changes nothing: a missing bucket and refused credentials are errors, each said with its sink
+/// changes nothing: a missing bucket, refused credentials and a local folder that cannot be made
+/// are errors, each said with its sink
 /// (exit 1); a bucket that takes the credentials and a local folder pass; nothing is written
 /// anywhere (no object, no `data_dir`, no local folder). Without the failing sinks it exits 0.
 #[test]
@@ -850,6 +851,9 @@ fn validate_check_asks_each_destination_and_changes_nothing() {
     let mut all = good.to_vec();
     all.push(("missing", server.sink_toml("no-such-bucket", SECRET_KEY)));
     all.push(("denied", server.sink_toml("bkt", "not-the-secret")));
+    // A local folder that cannot be made: a file stands where a folder of its path should be.
+    std::fs::write(work.path().join("a-file"), "").unwrap();
+    all.push(("blocked", format!("url = \"file://{}\"", work.path().join("a-file/out").display())));
     // The audit log's store is asked too.
     let audit = format!("audit_log = {{ {} }}", server.sink_toml("no-audit-bucket", SECRET_KEY).replace('\n', ", "));
     let checked = sluice().args(["validate", "--check"]).arg(pipeline("all", &audit, &all)).output().unwrap();
@@ -871,6 +875,10 @@ fn validate_check_asks_each_destination_and_changes_nothing() {
     assert!(
         stderr.contains("pipeline.audit_log (")
             && stderr.contains("the bucket of s3://no-audit-bucket/archive does not exist"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sinks.blocked (") && stderr.contains("a-file is not a folder (Local.AccessDenied)"),
         "{stderr}"
     );
     assert!(!stderr.contains("not-the-secret") && !stderr.contains(SECRET_KEY), "{stderr}");

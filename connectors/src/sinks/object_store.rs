@@ -1119,7 +1119,8 @@ impl Sink for ObjectStoreSink {
         })
     }
 
-    /// Finds credentials as the store will (none at all stops the run: every delivery would fail)
+    /// For a local folder, that it is one and can be made or written; for other stores, finds
+    /// credentials as the store will (none at all stops the run: every delivery would fail)
     /// and (unless `healthcheck = false`) checks that the store takes them with a HEAD under the
     /// prefix, and that its bucket (S3, GCS) or container (Azure) exists; changes nothing. Refused
     /// credentials and a missing bucket are errors (at start, they stop the run before anything is
@@ -1127,11 +1128,15 @@ impl Sink for ObjectStoreSink {
     /// it too, and delivery would block); an unreachable store only warns, since a stream run
     /// should take data while its destination is down.
     fn check(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let local = self.local.clone();
         let credentials = self.credentials.clone();
         let probe =
             if self.healthcheck { Some((Arc::clone(&self.store), self.location(".sluice-healthcheck"))) } else { None };
         let (code_prefix, url) = (self.code_prefix, self.url.clone());
         Box::pin(async move {
+            if let Some(local) = local {
+                local.check().await?;
+            }
             if let Some(check) = credentials
                 && let Err(e) = check().await
             {

@@ -125,6 +125,38 @@ impl StagedFiles {
         &self.chosen().folder
     }
 
+    /// What [`Self::prepare`] needs, changing nothing: the folder is one (not a file), and it, or
+    /// the nearest folder above it that exists, may be written by this process.
+    pub async fn check(&self) -> Result<(), DeliveryError> {
+        let root = self.root.clone();
+        blocking(move || {
+            let denied = |message: String| DeliveryError::Permanent { code: "Local.AccessDenied".into(), message };
+            if root.exists() && !root.is_dir() {
+                return Err(denied(format!(
+                    "cannot prepare {}: it is a file: a file:// URL names the folder objects are written under",
+                    root.display()
+                )));
+            }
+            let Some(existing) = root.ancestors().find(|folder| folder.exists()) else { return Ok(()) };
+            if !existing.is_dir() {
+                return Err(denied(format!(
+                    "cannot create {}: {} is not a folder",
+                    root.display(),
+                    existing.display()
+                )));
+            }
+            match rustix::fs::access(existing, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK) {
+                Ok(()) => Ok(()),
+                Err(e) => Err(denied(format!(
+                    "cannot create {}: {} cannot be written by this process ({e})",
+                    root.display(),
+                    existing.display()
+                ))),
+            }
+        })
+        .await
+    }
+
     /// Creates the sink's folder, chooses its staging folder (beside it, unless it is a file system
     /// of its own or its parent cannot be written) and creates it, and removes what an interrupted
     /// run left staged in either; returns how many files.
