@@ -17,7 +17,7 @@ use sluice_connectors::synth::Profile;
 use sluice_engine::testkit::sink::{Destination, Fault};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
-use super::support::{as_root, folder_objects, free_port, generated, raw_data};
+use super::support::{as_root, folder_objects, free_port, generated, raw_data, sluice};
 
 pub(super) const LOADER_PASSWORD: &str = "loader-pw-1";
 
@@ -349,7 +349,7 @@ fn rows_postgres_refuses_go_to_the_error_output_and_the_rest_loads() {
 fn a_missing_table_a_missing_column_and_a_wrong_password_stop_the_run_at_start() {
     let pg = cluster(CLOUDTRAIL_TABLE);
     let staging = tempfile::tempdir().unwrap();
-    for (url, sink, says) in [
+    let cases = [
         (
             pg.url(LOADER_PASSWORD),
             CLOUDTRAIL_SINK.replace("\"cloudtrail_events\"", "\"missing_table\""),
@@ -361,7 +361,27 @@ fn a_missing_table_a_missing_column_and_a_wrong_password_stop_the_run_at_start()
             "has no column `region`",
         ),
         (pg.url("wrong"), CLOUDTRAIL_SINK.to_string(), "password authentication failed"),
-    ] {
+    ];
+    // `sluice validate --check` finds each before any run, and creates nothing (not even the load
+    // ledger a run's start makes); the right settings pass.
+    let file = staging.path().join("to-pg.toml");
+    let staged = staging.path().join("staged");
+    let validate = |url: &str, sink: &str| {
+        std::fs::write(&file, pipeline(&generator(10), url, &staged, sink)).unwrap();
+        sluice().args(["validate", "--check"]).arg(&file).output().unwrap()
+    };
+    for (url, sink, says) in &cases {
+        let checked = validate(url, sink);
+        let stderr = String::from_utf8_lossy(&checked.stderr);
+        assert_eq!(checked.status.code(), Some(1), "{says}: {stderr}");
+        assert!(stderr.contains("sinks.warehouse (postgres") && stderr.contains(says), "{says}: {stderr}");
+        assert!(!stderr.contains(LOADER_PASSWORD), "{stderr}");
+    }
+    let checked = validate(&pg.url(LOADER_PASSWORD), CLOUDTRAIL_SINK);
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    assert_eq!(pg.sql("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'sluice_%'")[0][0], "0");
+    assert!(!staged.exists());
+    for (url, sink, says) in cases {
         let toml = pipeline(&generator(10), &url, staging.path(), &sink);
         let error = run_pipeline(&toml, &registry(), 1).err().unwrap_or_default();
         assert!(error.contains(says), "{says}: {error}");
