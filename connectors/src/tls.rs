@@ -473,7 +473,7 @@ pub async fn start_up_check(
             }),
             None => {
                 let error = sluice_engine::redact::error(&e);
-                tracing::warn!(url = %what, error = %error, "the destination did not answer the start-up check; delivering anyway");
+                tracing::warn!(url = %what, error = %error, "the destination did not answer the start-up check; deliveries will be tried anyway");
                 Ok(None)
             }
         },

@@ -1206,7 +1206,7 @@ impl Sink for ObjectStoreSink {
                 }),
                 Err(e) => {
                     let error = sluice_engine::redact::error(&e);
-                    tracing::warn!(url = %url, error = %error, "the destination did not answer the start-up check; delivering anyway");
+                    tracing::warn!(url = %url, error = %error, "the destination did not answer the start-up check; deliveries will be tried anyway");
                     Ok(())
                 }
             }

@@ -602,7 +602,7 @@ impl OpenSearchSink {
                     ),
                 }),
                 Some(status) if !status.is_success() => {
-                    tracing::warn!(url = %url, %status, "the cluster's root did not answer 2xx at start; delivering anyway");
+                    tracing::warn!(url = %url, %status, "the cluster's root did not answer 2xx at start; deliveries will be tried anyway");
                     Ok(())
                 }
                 _ => Ok(()),

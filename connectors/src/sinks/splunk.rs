@@ -452,7 +452,7 @@ impl SplunkSink {
             let Some((request, url)) = check else { return Ok(()) };
             match crate::tls::start_up_check(request, &url, "Splunk.ConnectionFailed").await? {
                 Some(status) if status != reqwest::StatusCode::OK => {
-                    tracing::warn!(url = %url, %status, "HEC's health endpoint did not answer 200; delivering anyway");
+                    tracing::warn!(url = %url, %status, "HEC's health endpoint did not answer 200; deliveries will be tried anyway");
                 }
                 _ => {}
             }

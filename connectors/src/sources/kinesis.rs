@@ -558,9 +558,9 @@ impl Source for KinesisSource {
     }
 
     /// The credentials found and the stream's shards listed once (a refusal is the error).
-    fn check(&self) -> futures::future::BoxFuture<'static, Result<(), SourceError>> {
+    fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
         let api = Arc::clone(&self.api);
-        Box::pin(async move {
+        Some(Box::pin(async move {
             let credentials = match api.credentials.get() {
                 Some(credentials) => credentials.clone(),
                 None => AwsCredentials::resolve(&api.region, "reading a Kinesis stream")
@@ -571,7 +571,7 @@ impl Source for KinesisSource {
             api.list_shards().await.map(|_| ()).map_err(|e| {
                 SourceError::Setup(format!("cannot list the shards of {} at {}: {e}", api.stream_arn, api.url))
             })
-        })
+        }))
     }
 
     /// Checks the credentials and the stream (one listing), fixes where `latest` is, and starts

@@ -308,14 +308,14 @@ impl Transform for LambdaTransform {
 
     /// A `function`'s credentials found and the function known to Lambda (the start-up check of
     /// `Invoker::check_function`); nothing for a `url`.
-    fn check(&self) -> futures::future::BoxFuture<'static, Result<(), TransformError>> {
-        let shared = Arc::clone(&self.shared);
-        Box::pin(async move {
-            let Target::Function { region, .. } = &shared.target else { return Ok(()) };
+    fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), TransformError>>> {
+        let Target::Function { region, .. } = &self.shared.target else { return None };
+        let (shared, region) = (Arc::clone(&self.shared), region.clone());
+        Some(Box::pin(async move {
             let credentials =
-                AwsCredentials::resolve(region, "calling a Lambda function").await.map_err(TransformError)?;
+                AwsCredentials::resolve(&region, "calling a Lambda function").await.map_err(TransformError)?;
             shared.check_function(&credentials).await.map_err(TransformError)
-        })
+        }))
     }
 
     fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
@@ -653,7 +653,7 @@ impl Invoker {
     async fn check_function(&self, credentials: &AwsCredentials) -> Result<(), String> {
         let Target::Function { check_url, check_signed_path, region, .. } = &self.target else { return Ok(()) };
         let warn = |why: String| {
-            tracing::warn!(function = %self.lambda_arn, "cannot check the function at start ({why}); invoking anyway");
+            tracing::warn!(function = %self.lambda_arn, "cannot check the function at start ({why}); invocations will be tried anyway");
             Ok(())
         };
         let credentials = match credentials.current().await {

@@ -183,10 +183,10 @@ pub trait Source: Send + Sync + 'static {
         Ok(())
     }
     /// Asks the service a source reads from (a stream) what its `prepare` asks, changing nothing,
-    /// for `sluice validate --check`: credentials found and the input there. A source that only
-    /// listens or reads local files has nothing to ask.
-    fn check(&self) -> BoxFuture<'static, Result<(), SourceError>> {
-        Box::pin(async { Ok(()) })
+    /// for `sluice validate --check`: credentials found and the input there. `None` (the default):
+    /// nothing to ask (a source that listens, reads local files or makes records).
+    fn check(&self) -> Option<BoxFuture<'static, Result<(), SourceError>>> {
+        None
     }
     /// Called once after the run delivered everything it read (`stopped`: it was asked to stop
     /// before its input ended), before the process may exit: write final checkpoints here.

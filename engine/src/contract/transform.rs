@@ -36,9 +36,10 @@ pub trait Transform: Send + Sync + 'static {
     /// Opens this transform on one worker (called on the worker's thread).
     fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError>;
     /// Asks the service a transform calls (a function) what its start asks, changing nothing, for
-    /// `sluice validate --check`: credentials found and the function there.
-    fn check(&self) -> futures::future::BoxFuture<'static, Result<(), TransformError>> {
-        Box::pin(async { Ok(()) })
+    /// `sluice validate --check`: credentials found and the function there. `None` (the default):
+    /// nothing to ask.
+    fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), TransformError>>> {
+        None
     }
     /// The operators it builds itself, when its state spans workers (none: the engine runs
     /// [`Self::open`]'s workers in its transform operator).

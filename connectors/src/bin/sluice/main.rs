@@ -423,15 +423,18 @@ const CHECK_WITHIN: Duration = Duration::from_secs(60);
 /// said on stdout when it passes and on stderr when it fails; whether all passed.
 fn check_destinations(runtime: &tokio::runtime::Runtime, file: &std::path::Path, plan: &Plan) -> bool {
     let mut checks: Vec<(String, futures::future::BoxFuture<'static, Result<(), String>>)> = Vec::new();
+    // Sources and transforms with nothing to ask (files, listeners, jq) are not listed.
     for source in &plan.sources {
-        let check = source.source.check();
-        let what = format!("sources.{} ({})", source.name, source.source.describe());
-        checks.push((what, Box::pin(async move { check.await.map_err(|e| e.to_string()) })));
+        if let Some(check) = source.source.check() {
+            let what = format!("sources.{} ({})", source.name, source.source.describe());
+            checks.push((what, Box::pin(async move { check.await.map_err(|e| e.to_string()) })));
+        }
     }
     for transform in &plan.transforms {
-        let check = transform.transform.check();
-        let what = format!("transforms.{} ({})", transform.name, transform.transform.describe());
-        checks.push((what, Box::pin(async move { check.await.map_err(|e| e.to_string()) })));
+        if let Some(check) = transform.transform.check() {
+            let what = format!("transforms.{} ({})", transform.name, transform.transform.describe());
+            checks.push((what, Box::pin(async move { check.await.map_err(|e| e.to_string()) })));
+        }
     }
     let line_stores = [("audit_log", &plan.audit), ("error_log", &plan.error_log)];
     for (key, lines) in line_stores {
