@@ -141,6 +141,12 @@ def errors(endpoint, stream, key="AKIDANYTHING", secret="anything"):
         lambda: c.put_record_batch(DeliveryStreamName=stream, Records=[{"Data": b"y" * 1_000_000}] * 5)
     )
     out["describe_unknown"] = error_type(lambda: c.describe_delivery_stream(DeliveryStreamName="no-such-stream"))
+    tags = c.list_tags_for_delivery_stream(DeliveryStreamName=stream)
+    out["list_tags"] = "OK" if (tags["Tags"], tags["HasMoreTags"]) == ([], False) else repr(tags)
+    out["list_tags_unknown"] = error_type(lambda: c.list_tags_for_delivery_stream(DeliveryStreamName="no-such-stream"))
+    out["tag_stream"] = error_type(
+        lambda: c.tag_delivery_stream(DeliveryStreamName=stream, Tags=[{"Key": "team", "Value": "sec"}])
+    )
     put_batch = "Firehose_20150804.PutRecordBatch"
     sign = {"key": key, "secret": secret}
     out["bad_json"] = raw(endpoint, put_batch, b'{"DeliveryStreamName": "' + stream.encode() + b'", "Records": [', **sign)

@@ -55,6 +55,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("DescribeDeliveryStream", br#"{"DeliveryStreamName":"fuzz","Limit":3}"#.to_vec()),
         ("ListDeliveryStreams", br#"{"Limit":10,"ExclusiveStartDeliveryStreamName":"a"}"#.to_vec()),
+        ("ListTagsForDeliveryStream", br#"{"DeliveryStreamName":"fuzz","Limit":5}"#.to_vec()),
     ]
 }
 

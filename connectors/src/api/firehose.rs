@@ -98,7 +98,8 @@ pub const TARGET_PREFIX: &str = "Firehose_20150804.";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 
 /// The operations an access key may be allowed (`allow`), the default being all of them.
-pub const OPERATIONS: [&str; 4] = ["PutRecord", "PutRecordBatch", "DescribeDeliveryStream", "ListDeliveryStreams"];
+pub const OPERATIONS: [&str; 5] =
+    ["PutRecord", "PutRecordBatch", "DescribeDeliveryStream", "ListDeliveryStreams", "ListTagsForDeliveryStream"];
 
 /// What each access key of one stream may call on it (`allow`). A key not listed may do nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -317,6 +318,14 @@ struct DescribeInput {
 }
 
 #[derive(Deserialize)]
+struct ListTagsInput {
+    #[serde(rename = "DeliveryStreamName")]
+    stream: Option<String>,
+    #[serde(rename = "Limit")]
+    limit: Option<i64>,
+}
+
+#[derive(Deserialize)]
 struct ListInput {
     #[serde(rename = "Limit")]
     limit: Option<i64>,
@@ -417,12 +426,12 @@ impl FirehoseApi {
             "PutRecordBatch" => self.put_record_batch(body, key_id.as_deref(), started, &mut facts),
             "DescribeDeliveryStream" => self.describe(body, key_id.as_deref(), &mut facts),
             "ListDeliveryStreams" => self.list(body, key_id.as_deref()),
+            "ListTagsForDeliveryStream" => self.list_tags(body, key_id.as_deref(), &mut facts),
             "CreateDeliveryStream"
             | "DeleteDeliveryStream"
             | "UpdateDestination"
             | "TagDeliveryStream"
             | "UntagDeliveryStream"
-            | "ListTagsForDeliveryStream"
             | "StartDeliveryStreamEncryption"
             | "StopDeliveryStreamEncryption" => Err(ApiError::client(
                 "InvalidArgumentException",
@@ -711,6 +720,23 @@ impl FirehoseApi {
         out.push_str("]}");
         api.put_record_batch_latency.observe(started.elapsed());
         Ok(out)
+    }
+
+    /// ListTagsForDeliveryStream: a stream defined by a pipeline file has no tags (tagging one is
+    /// refused), so the answer is an empty page; a stream that does not exist, or one the caller
+    /// may not list the tags of, is refused as DescribeDeliveryStream refuses it.
+    fn list_tags(&self, body: &[u8], key_id: Option<&str>, facts: &mut Facts) -> Result<String, ApiError> {
+        let input: ListTagsInput = parse(body)?;
+        facts.stream = input.stream.clone();
+        if let Some(limit) = input.limit
+            && !(1..=50).contains(&limit)
+        {
+            return Err(ApiError::validation(format!(
+                "Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 50"
+            )));
+        }
+        self.stream(input.stream.as_deref(), key_id, "ListTagsForDeliveryStream")?;
+        Ok(json!({"Tags": [], "HasMoreTags": false}).to_string())
     }
 
     fn describe(&self, body: &[u8], key_id: Option<&str>, facts: &mut Facts) -> Result<String, ApiError> {
