@@ -885,6 +885,36 @@ fn validate_check_asks_each_destination_and_changes_nothing() {
     assert!(folder_objects(&server.root.join("bkt")).is_empty() && !data.exists() && !out.exists());
     let passed = sluice().args(["validate", "--check"]).arg(pipeline("good", "", &good)).output().unwrap();
     assert!(passed.status.success(), "{}", String::from_utf8_lossy(&passed.stderr));
+    // An `object_store` source is listed as a run's start lists it: a prefix with no object is an
+    // error, one with objects passes (none of them read).
+    std::fs::create_dir_all(root.path().join("bkt/in")).unwrap();
+    std::fs::write(root.path().join("bkt/in/a.ndjson"), "{}\n").unwrap();
+    let reading = |prefix: &str| {
+        let source = server.sink_toml("bkt", SECRET_KEY).replace("s3://bkt/archive", &format!("s3://bkt/{prefix}"));
+        let path = work.path().join("reads.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[pipeline]\nname = \"reads\"\ndata_dir = \"{}\"\n[sources.archive]\ntype = \"object_store\"\n{source}\n\
+                 [sinks.local]\ntype = \"object_store\"\ninputs = [\"archive\"]\nurl = \"file://{}\"\n",
+                data.display(),
+                out.display()
+            ),
+        )
+        .unwrap();
+        sluice().args(["validate", "--check"]).arg(path).output().unwrap()
+    };
+    let found = reading("in");
+    assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
+    assert!(String::from_utf8_lossy(&found.stdout).contains("sources.archive (object_store: s3://bkt/in): checked"));
+    let empty = reading("none");
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert_eq!(empty.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sources.archive (object_store: s3://bkt/none): no object under s3://bkt/none"),
+        "{stderr}"
+    );
+    assert!(!data.exists() && !out.exists());
 }
 
 #[test]

@@ -152,7 +152,8 @@ impl ObjectStoreSource {
         if base.is_empty() { full } else { full.strip_prefix(base).map_or(full, |k| k.trim_start_matches('/')) }
     }
 
-    /// Lists every object under the URL that the pattern matches, sorted by key.
+    /// Lists every object under the URL that the pattern matches, sorted by key; none is an error
+    /// (a run would have nothing to read).
     async fn list(&self) -> Result<Vec<Listed>, SourceError> {
         let prefix = (!self.base.as_ref().is_empty()).then_some(&self.base);
         let mut listing = self.store.list(prefix);
@@ -167,6 +168,10 @@ impl ObjectStoreSource {
             if !staged && self.pattern.as_ref().is_none_or(|p| p.matches(key)) {
                 found.push(Listed { location: meta.location, size: meta.size });
             }
+        }
+        if found.is_empty() {
+            let matching = self.pattern.as_ref().map_or(String::new(), |p| format!(" matching {p}"));
+            return Err(SourceError::Setup(format!("no object under {}{matching}", self.url)));
         }
         found.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(found)
@@ -189,13 +194,23 @@ impl Source for ObjectStoreSource {
         true
     }
 
+    /// The objects listed as [`Source::prepare`] lists them (credentials, bucket, at least one
+    /// object), read by nothing.
+    fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
+        let lister = ObjectStoreSource {
+            store: Arc::clone(&self.store),
+            base: self.base.clone(),
+            url: self.url.clone(),
+            pattern: self.pattern.clone(),
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            prepared: OnceLock::new(),
+        };
+        Some(Box::pin(async move { lister.list().await.map(|_| ()) }))
+    }
+
     /// Lists the objects (once), and starts following the delivered frontier for checkpoints.
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
         let objects = ctx.runtime.block_on(self.list())?;
-        if objects.is_empty() {
-            let matching = self.pattern.as_ref().map_or(String::new(), |p| format!(" matching {p}"));
-            return Err(SourceError::Setup(format!("no object under {}{matching}", self.url)));
-        }
         tracing::info!(url = %self.url, objects = objects.len(), "objects listed");
         let checkpoints = FileCheckpoints::load(self.checkpoint_dir.clone());
         checkpoints.follow(Arc::clone(&ctx.delivered));
