@@ -600,7 +600,7 @@ fn records_replayed_from_the_log_in_another_object_are_loaded_once() {
         }
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(sink.prepare()).unwrap();
+    runtime.block_on(sluice_engine::contract::prepare_sink(&sink)).unwrap();
     let deliver = |p: Payload| runtime.block_on(sink.deliver(p)).unwrap();
     // Before the crash: entry 5's first three records.
     deliver(payload("a", &[(5, 0, 0), (5, 1, 1), (5, 2, 2)], 0));

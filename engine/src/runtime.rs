@@ -181,7 +181,9 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
             let by_query = sink.settings.partitioning.as_ref().is_some_and(|p| p.query.is_some());
             counters.partitions_by_query.store(by_query, std::sync::atomic::Ordering::Relaxed);
         }
-        runtime.block_on(sink.sink.prepare()).map_err(|error| RunError::Prepare { sink: sink.name.clone(), error })?;
+        runtime
+            .block_on(crate::contract::prepare_sink(&sink.sink))
+            .map_err(|error| RunError::Prepare { sink: sink.name.clone(), error })?;
     }
     if let Some(audit) = &plan.audit {
         if let crate::line_store::LineTarget::Store(sink) = &audit.target {

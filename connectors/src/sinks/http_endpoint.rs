@@ -291,23 +291,6 @@ impl HttpEndpointSink {
     }
 }
 
-impl HttpEndpointSink {
-    /// `first` (the backup store's check or preparation), then the start-up check of the URL.
-    fn url_checked_after(
-        &self,
-        first: BoxFuture<'static, Result<(), DeliveryError>>,
-    ) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let check = self.healthcheck.then(|| (self.client.current().head(self.url.clone()), self.location()));
-        Box::pin(async move {
-            first.await?;
-            if let Some((request, url)) = check {
-                crate::tls::start_up_check(request, &url, "HttpEndpoint.TlsFailed").await?;
-            }
-            Ok(())
-        })
-    }
-}
-
 impl Sink for HttpEndpointSink {
     fn describe(&self) -> String {
         match &self.name {
@@ -325,16 +308,17 @@ impl Sink for HttpEndpointSink {
         DestinationKind::HttpEndpoint
     }
 
-    /// The backup store's check, then (unless `healthcheck = false`) a `HEAD` of the URL: a
-    /// certificate the client refuses is an error; whatever the endpoint answers (the protocol
-    /// defines only `POST`), or no answer, is not.
+    /// Unless `healthcheck = false`, a `HEAD` of the URL: a certificate the client refuses is an
+    /// error; whatever the endpoint answers (the protocol defines only `POST`), or no answer, is
+    /// not. (The engine checks and prepares the backup store.)
     fn check(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        self.url_checked_after(self.backup.check())
-    }
-
-    /// Prepares the backup store, then checks the URL as [`Sink::check`] does.
-    fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        self.url_checked_after(self.backup.prepare())
+        let check = self.healthcheck.then(|| (self.client.current().head(self.url.clone()), self.location()));
+        Box::pin(async move {
+            if let Some((request, url)) = check {
+                crate::tls::start_up_check(request, &url, "HttpEndpoint.TlsFailed").await?;
+            }
+            Ok(())
+        })
     }
 
     fn wire_format(&self) -> Option<Arc<dyn ObjectFormat>> {

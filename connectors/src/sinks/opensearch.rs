@@ -577,17 +577,29 @@ fn answer(
     })
 }
 
-impl OpenSearchSink {
-    /// `first` (the backup store's check or preparation), then the start-up check of the cluster.
-    fn cluster_checked_after(
-        &self,
-        first: BoxFuture<'static, Result<(), DeliveryError>>,
-    ) -> BoxFuture<'static, Result<(), DeliveryError>> {
+impl Sink for OpenSearchSink {
+    fn describe(&self) -> String {
+        format!("opensearch {}", self.location())
+    }
+
+    /// The URL without its secrets.
+    fn location(&self) -> String {
+        sluice_engine::redact::url(self.url.as_str())
+    }
+
+    fn destination(&self) -> DestinationKind {
+        DestinationKind::OpenSearch
+    }
+
+    /// The credentials resolved and (unless `healthcheck = false`) the cluster's root asked (`GET
+    /// /`, authenticated as `_bulk` requests are): credentials it refuses (401, 403) and a
+    /// certificate the client refuses are errors; no answer, or another status, is warned. (The
+    /// engine checks and prepares the backup store.)
+    fn check(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let (auth, client, root, healthcheck) =
             (self.auth.clone(), self.client.current(), self.url.clone(), self.healthcheck);
         let url = sluice_engine::redact::url(self.url.as_str());
         Box::pin(async move {
-            first.await?;
             auth.resolve().await?;
             if !healthcheck {
                 return Ok(());
@@ -608,34 +620,6 @@ impl OpenSearchSink {
                 _ => Ok(()),
             }
         })
-    }
-}
-
-impl Sink for OpenSearchSink {
-    fn describe(&self) -> String {
-        format!("opensearch {}", self.location())
-    }
-
-    /// The URL without its secrets.
-    fn location(&self) -> String {
-        sluice_engine::redact::url(self.url.as_str())
-    }
-
-    fn destination(&self) -> DestinationKind {
-        DestinationKind::OpenSearch
-    }
-
-    /// The backup store's check, then the credentials resolved and (unless `healthcheck =
-    /// false`) the cluster's root asked (`GET /`, authenticated as `_bulk` requests are):
-    /// credentials it refuses (401, 403) and a certificate the client refuses are errors; no
-    /// answer, or another status, is warned.
-    fn check(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        self.cluster_checked_after(self.backup.check())
-    }
-
-    /// Prepares the backup store, then checks the cluster as [`Sink::check`] does.
-    fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        self.cluster_checked_after(self.backup.prepare())
     }
 
     fn wire_format(&self) -> Option<Arc<dyn ObjectFormat>> {

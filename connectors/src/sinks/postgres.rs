@@ -980,24 +980,18 @@ impl Sink for PostgresSink {
         DestinationKind::Redshift
     }
 
-    /// Prepares the staging store, creates the load ledger if missing and checks the table as
-    /// [`Sink::check`] does.
+    /// Creates the load ledger if missing and checks the table as [`Sink::check`] does (the engine
+    /// prepares the staging store, the sink's error output).
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let (load, staging) = (Arc::clone(&self.load), Arc::clone(&self.staging));
-        Box::pin(async move {
-            staging.prepare().await?;
-            load.prepare().await
-        })
+        let load = Arc::clone(&self.load);
+        Box::pin(async move { load.prepare().await })
     }
 
-    /// The staging store's check, then (unless `healthcheck = false`) the table: it exists, has
-    /// the columns, and this user may insert into it. A server that cannot be reached is warned.
+    /// Unless `healthcheck = false`, the table: it exists, has the columns, and this user may
+    /// insert into it. A server that cannot be reached is warned.
     fn check(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let (load, staging) = (Arc::clone(&self.load), Arc::clone(&self.staging));
-        Box::pin(async move {
-            staging.check().await?;
-            load.check().await
-        })
+        let load = Arc::clone(&self.load);
+        Box::pin(async move { load.check().await })
     }
 
     fn wire_format(&self) -> Option<Arc<dyn ObjectFormat>> {

@@ -434,33 +434,6 @@ impl Hec {
     }
 }
 
-impl SplunkSink {
-    /// `first` (the backup store's check or preparation), then the start-up check of HEC.
-    fn hec_checked_after(
-        &self,
-        first: BoxFuture<'static, Result<(), DeliveryError>>,
-    ) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let health = self.base.join(&format!("{}/services/collector/health", self.base.path().trim_end_matches('/')));
-        let check = match health {
-            Ok(url) if self.healthcheck => {
-                Some((self.hec.client.current().get(url), sluice_engine::redact::url(self.base.as_str())))
-            }
-            _ => None,
-        };
-        Box::pin(async move {
-            first.await?;
-            let Some((request, url)) = check else { return Ok(()) };
-            match crate::tls::start_up_check(request, &url, "Splunk.ConnectionFailed").await? {
-                Some(status) if status != reqwest::StatusCode::OK => {
-                    tracing::warn!(url = %url, %status, "HEC's health endpoint did not answer 200; deliveries will be tried anyway");
-                }
-                _ => {}
-            }
-            Ok(())
-        })
-    }
-}
-
 impl Sink for SplunkSink {
     fn describe(&self) -> String {
         format!("splunk {} ({})", self.location(), self.wire.describe())
@@ -474,16 +447,27 @@ impl Sink for SplunkSink {
         DestinationKind::Splunk
     }
 
-    /// The backup store's check, then (unless `healthcheck = false`) HEC's health endpoint asked
-    /// (`GET /services/collector/health`, which takes no token): a certificate the client refuses
-    /// is an error; no answer, or one other than 200 ("HEC is healthy"), is warned.
+    /// Unless `healthcheck = false`, HEC's health endpoint asked (`GET /services/collector/health`,
+    /// which takes no token): a certificate the client refuses is an error; no answer, or one other
+    /// than 200 ("HEC is healthy"), is warned. (The engine checks and prepares the backup store.)
     fn check(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        self.hec_checked_after(self.backup.check())
-    }
-
-    /// Prepares the backup store, then checks HEC as [`Sink::check`] does.
-    fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        self.hec_checked_after(self.backup.prepare())
+        let health = self.base.join(&format!("{}/services/collector/health", self.base.path().trim_end_matches('/')));
+        let check = match health {
+            Ok(url) if self.healthcheck => {
+                Some((self.hec.client.current().get(url), sluice_engine::redact::url(self.base.as_str())))
+            }
+            _ => None,
+        };
+        Box::pin(async move {
+            let Some((request, url)) = check else { return Ok(()) };
+            match crate::tls::start_up_check(request, &url, "Splunk.ConnectionFailed").await? {
+                Some(status) if status != reqwest::StatusCode::OK => {
+                    tracing::warn!(url = %url, %status, "HEC's health endpoint did not answer 200; deliveries will be tried anyway");
+                }
+                _ => {}
+            }
+            Ok(())
+        })
     }
 
     fn wire_format(&self) -> Option<Arc<dyn ObjectFormat>> {

@@ -202,6 +202,22 @@ pub trait Source: Send + Sync + 'static {
     }
 }
 
+/// Prepares `sink`'s [`Sink::error_output`], then `sink`: what the engine does before a run.
+pub async fn prepare_sink(sink: &Arc<dyn Sink>) -> Result<(), DeliveryError> {
+    if let Some(error_output) = sink.error_output() {
+        error_output.prepare().await?;
+    }
+    sink.prepare().await
+}
+
+/// Checks `sink`'s [`Sink::error_output`], then `sink` (`sluice validate --check`), changing nothing.
+pub async fn check_sink(sink: &Arc<dyn Sink>) -> Result<(), DeliveryError> {
+    if let Some(error_output) = sink.error_output() {
+        error_output.check().await?;
+    }
+    sink.check().await
+}
+
 /// A stable 64-bit FNV-1a hash of `bytes` (the same in every process and build), for
 /// [`Source::input_fingerprint`] and plan fingerprints.
 pub fn fingerprint(bytes: &[u8]) -> u64 {
@@ -239,17 +255,19 @@ pub trait Sink: Send + Sync + 'static {
     fn location(&self) -> String {
         self.describe()
     }
-    /// Called once before the run (e.g. create a local folder); an error stops the run. A sink with
-    /// a [`Sink::check`] runs it here too.
+    /// Called once before the run (e.g. create a local folder); an error stops the run. By default
+    /// its [`Sink::check`]; a sink that also recovers or makes something runs its check too. The
+    /// engine prepares the sink's [`Sink::error_output`] first, so a sink holding another need not
+    /// forward it.
     fn prepare(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        Box::pin(async { Ok(()) })
+        self.check()
     }
-    /// Asks the destination, and the store of its error output, whether they would take what is
-    /// delivered, changing nothing: credentials found and taken, the bucket, table or index there,
-    /// the certificate trusted (none of it with the sink's `healthcheck = false`, but what every
-    /// delivery needs: credentials at all). An error says what would stop the run at start; a
-    /// destination that does not answer is not one (a stream run starts without it) and is
-    /// warned about. `sluice validate --check` calls it; [`Sink::prepare`] too.
+    /// Asks the destination whether it would take what is delivered, changing nothing: credentials
+    /// found and taken, the bucket, table or index there, the certificate trusted (none of it with
+    /// the sink's `healthcheck = false`, but what every delivery needs: credentials at all). An
+    /// error says what would stop the run at start; a destination that does not answer is not one
+    /// (a stream run starts without it) and is warned about. `sluice validate --check` calls it,
+    /// for the sink's [`Sink::error_output`] too.
     fn check(&self) -> BoxFuture<'static, Result<(), DeliveryError>> {
         Box::pin(async { Ok(()) })
     }

@@ -150,8 +150,10 @@ pub async fn conformance(destination: &dyn Destination) -> Result<Report, String
     let format = sink.wire_format().unwrap_or_else(|| format::ndjson(Compression::Gzip));
     let samples =
         (0..10).map(|i| sample(format.as_ref(), &prefix, i, records(i, i * 7 + 1))).collect::<Result<Vec<_>, _>>()?;
-    sink.prepare().await.map_err(|e| format!("prepare: {e}"))?;
-    sink.check().await.map_err(|e| format!("the start-up check of a healthy destination failed: {e}"))?;
+    crate::contract::prepare_sink(&sink).await.map_err(|e| format!("prepare: {e}"))?;
+    crate::contract::check_sink(&sink)
+        .await
+        .map_err(|e| format!("the start-up check of a healthy destination failed: {e}"))?;
     report.passed.push(Check::StartUpCheck);
 
     // Deliver, concurrently.

@@ -443,8 +443,10 @@ fn check_destinations(runtime: &tokio::runtime::Runtime, file: &std::path::Path,
         }
     }
     for sink in &plan.sinks {
-        let check = sink.sink.check();
+        // With its error output (an HTTP endpoint's backup store, a warehouse's staging).
+        let checked = Arc::clone(&sink.sink);
         let what = format!("sinks.{} ({})", sink.name, sink.sink.describe());
+        let check = async move { sluice_engine::contract::check_sink(&checked).await };
         checks.push((what, Box::pin(async move { check.await.map_err(|e| format!("{e} ({})", e.code())) })));
     }
     let mut passed = true;
