@@ -317,6 +317,16 @@ struct DescribeInput {
     exclusive_start: Option<String>,
 }
 
+/// A request's `Limit`, when given, is within 1..=`max` (else Firehose's ValidationException).
+fn limit_within(limit: Option<i64>, max: i64) -> Result<(), ApiError> {
+    match limit {
+        Some(limit) if !(1..=max).contains(&limit) => Err(ApiError::validation(format!(
+            "Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value between 1 and {max}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Deserialize)]
 struct ListTagsInput {
     #[serde(rename = "DeliveryStreamName")]
@@ -728,13 +738,7 @@ impl FirehoseApi {
     fn list_tags(&self, body: &[u8], key_id: Option<&str>, facts: &mut Facts) -> Result<String, ApiError> {
         let input: ListTagsInput = parse(body)?;
         facts.stream = input.stream.clone();
-        if let Some(limit) = input.limit
-            && !(1..=50).contains(&limit)
-        {
-            return Err(ApiError::validation(format!(
-                "Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 50"
-            )));
-        }
+        limit_within(input.limit, 50)?;
         self.stream(input.stream.as_deref(), key_id, "ListTagsForDeliveryStream")?;
         Ok(json!({"Tags": [], "HasMoreTags": false}).to_string())
     }
@@ -742,13 +746,7 @@ impl FirehoseApi {
     fn describe(&self, body: &[u8], key_id: Option<&str>, facts: &mut Facts) -> Result<String, ApiError> {
         let input: DescribeInput = parse(body)?;
         facts.stream = input.stream.clone();
-        if let Some(limit) = input.limit
-            && !(1..=10_000).contains(&limit)
-        {
-            return Err(ApiError::validation(format!(
-                "Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 10000"
-            )));
-        }
+        limit_within(input.limit, 10_000)?;
         let endpoint = self.stream(input.stream.as_deref(), key_id, "DescribeDeliveryStream")?;
         endpoint.metrics.api.describe_requests.fetch_add(1, Relaxed);
         let info = &endpoint.info;
@@ -799,11 +797,7 @@ impl FirehoseApi {
     fn list(&self, body: &[u8], key_id: Option<&str>) -> Result<String, ApiError> {
         let input: ListInput = parse(body)?;
         let limit = input.limit.unwrap_or(10);
-        if !(1..=10_000).contains(&limit) {
-            return Err(ApiError::validation(format!(
-                "Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 10000"
-            )));
-        }
+        limit_within(Some(limit), 10_000)?;
         let visible = |e: &StreamEndpoint| {
             key_id.is_none_or(|id| e.keys.is_empty() || e.grants.allows(id, "ListDeliveryStreams"))
         };
@@ -1091,5 +1085,19 @@ mod tests {
         assert_eq!(body["__type"], "ValidationException");
         let (_, body) = call(&api, "DescribeDeliveryStream", json!({"DeliveryStreamName": "s"}));
         assert_eq!(body["DeliveryStreamDescription"]["HasMoreDestinations"], false);
+        // Each operation's Limit has its own range.
+        for (op, limit, refused) in [
+            ("ListDeliveryStreams", 10_001, true),
+            ("ListDeliveryStreams", 10_000, false),
+            ("DescribeDeliveryStream", 10_000, false),
+            ("ListTagsForDeliveryStream", 51, true),
+            ("ListTagsForDeliveryStream", 50, false),
+            ("ListTagsForDeliveryStream", 0, true),
+        ] {
+            let (_, body) = call(&api, op, json!({"DeliveryStreamName": "s", "Limit": limit}));
+            assert_eq!(body["__type"] == "ValidationException", refused, "{op} {limit}: {body}");
+        }
+        let (_, body) = call(&api, "ListTagsForDeliveryStream", json!({"DeliveryStreamName": "s"}));
+        assert_eq!(body, json!({"Tags": [], "HasMoreTags": false}));
     }
 }
