@@ -137,6 +137,20 @@ fn a_kms_encrypted_log_holds_no_plaintext_replays_after_a_kill_and_refuses_anoth
     let port = free_port();
     let encryption = |key: &str| format!("{{ kms_key_id = \"{key}\", kms_endpoint = \"{}\" }}", moto.endpoint);
     let (config, data, out) = sealed_pipeline(dir.path(), port, &encryption(&key));
+    // `validate --check` asks KMS for a data key as the start does, writing nothing: a key KMS
+    // does not have is said, the real one passes.
+    let validate = |config: &Path| sluice().args(["validate", "--check"]).arg(config).envs(aws_env()).output().unwrap();
+    let unknown = "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000";
+    std::fs::create_dir(dir.path().join("wrong")).unwrap();
+    let (wrong, _, _) = sealed_pipeline(&dir.path().join("wrong"), port, &encryption(unknown));
+    let checked = validate(&wrong);
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("sources.api (firehose API") && stderr.contains("NotFoundException"), "{stderr}");
+    let checked = validate(&config);
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("sources.api (firehose API"));
+    assert!(!data.exists(), "the check wrote the log");
     put_and_kill(start(&config, port), port, 10);
 
     // Nothing of a record is on disk in the clear; each segment has its key file (KMS's copy).

@@ -115,6 +115,23 @@ impl LogSlot {
         self.encryption.clone().filter(|_| self.mode != Durability::None)
     }
 
+    /// For an encrypted log, its key asked for as [`Self::open`] asks for it (a key file read, or
+    /// KMS's GenerateDataKey), nothing written: `sluice validate --check` ([`Source::check`]).
+    ///
+    /// [`Source::check`]: sluice_engine::contract::Source::check
+    pub fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
+        let (encryption, pipeline, dir) = (self.encryption()?, self.pipeline.clone(), self.dir.clone());
+        Some(Box::pin(async move {
+            let failed = |e: String| SourceError::Setup(format!("write-ahead log in {}: {e}", dir.display()));
+            let asked =
+                tokio::task::spawn_blocking(move || match crate::kms::log_keys(Some(&encryption), &pipeline)? {
+                    Some(keys) => keys.current().map(|_| ()),
+                    None => Ok(()),
+                });
+            asked.await.map_err(|e| failed(e.to_string()))?.map_err(failed)
+        }))
+    }
+
     /// Opens the log (once) and starts queueing into `queue` what it replays: batches acknowledged
     /// before a restart and not delivered, one at a time as the queue has room (a thread of its
     /// own; new requests are taken meanwhile). `None` with `durability = "none"`. What recovery

@@ -443,6 +443,11 @@ impl Source for PostSource {
         false
     }
 
+    /// The log's encryption key, when it has one ([`LogSlot::check`]).
+    fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
+        self.endpoint.log.check()
+    }
+
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
         let secrets = &self.endpoint.secrets;
         let how = format!("set `{}` (or `{}`)", secrets.keys.single, secrets.keys.named);

@@ -292,6 +292,11 @@ impl Source for FirehoseSource {
         false
     }
 
+    /// The log's encryption key, when it has one ([`LogSlot::check`]).
+    fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
+        self.log.check()
+    }
+
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
         if let Some(trail) = ctx.metrics.audit.get() {
             trail.set_region(&self.region);
