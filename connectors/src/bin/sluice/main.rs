@@ -385,12 +385,11 @@ fn bench_command(
 fn validate_command(files: &[PathBuf], check: bool) -> anyhow::Result<ExitCode> {
     let registry = registry();
     let mut failed = false;
-    // Only for `--check`: the sinks' checks are asynchronous.
-    let runtime = match check {
-        true => {
-            Some(tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a runtime")?)
-        }
-        false => None,
+    // Only for `--check`: the checks are asynchronous.
+    let runtime = if check {
+        Some(tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a runtime")?)
+    } else {
+        None
     };
     for file in files {
         match load_file(file, &registry) {
@@ -403,7 +402,7 @@ fn validate_command(files: &[PathBuf], check: bool) -> anyhow::Result<ExitCode> 
                 }
                 drop(out);
                 if let Some(runtime) = &runtime {
-                    failed |= !check_destinations(runtime, file, &plan);
+                    failed |= !check_services(runtime, file, &plan);
                 }
             }
             Err(diagnostics) => {
@@ -415,13 +414,13 @@ fn validate_command(files: &[PathBuf], check: bool) -> anyhow::Result<ExitCode> 
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// How long `validate --check` waits for one sink's check (a destination that does not answer
-/// within it is said, as a run's start-up check warns, not counted as a failure).
+/// How long `validate --check` waits for one check (a service that does not answer within it is
+/// said, as a run's start-up check warns, not counted as a failure).
 const CHECK_WITHIN: Duration = Duration::from_secs(60);
 
 /// `validate --check`: each source's, transform's and sink's `check` (what a run asks at start),
 /// said on stdout when it passes and on stderr when it fails; whether all passed.
-fn check_destinations(runtime: &tokio::runtime::Runtime, file: &std::path::Path, plan: &Plan) -> bool {
+fn check_services(runtime: &tokio::runtime::Runtime, file: &std::path::Path, plan: &Plan) -> bool {
     let mut checks: Vec<(String, futures::future::BoxFuture<'static, Result<(), String>>)> = Vec::new();
     // Sources and transforms with nothing to ask (files, listeners, jq) are not listed.
     for source in &plan.sources {
