@@ -93,18 +93,27 @@ struct Prepared {
 
 /// A configured object-store source.
 pub struct ObjectStoreSource {
+    /// Shared with a check that outlives the call ([`Source::check`]).
+    listing: Arc<Listing>,
+    checkpoint_dir: std::path::PathBuf,
+    prepared: OnceLock<Prepared>,
+}
+
+/// What the source lists: the objects under a URL that a pattern matches.
+struct Listing {
     store: Arc<dyn ObjectStore>,
     base: Path,
     /// The URL as shown (secrets masked).
     url: String,
     pattern: Option<glob::Pattern>,
-    checkpoint_dir: std::path::PathBuf,
-    prepared: OnceLock<Prepared>,
 }
 
 impl std::fmt::Debug for ObjectStoreSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObjectStoreSource").field("url", &self.url).field("pattern", &self.pattern).finish()
+        f.debug_struct("ObjectStoreSource")
+            .field("url", &self.listing.url)
+            .field("pattern", &self.listing.pattern)
+            .finish()
     }
 }
 
@@ -135,16 +144,13 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     let (pattern, store) = problems.finish((|| Some((pattern?, store?)))())?;
     let (store, base, url) = store.into_store();
     Ok(Arc::new(ObjectStoreSource {
-        store,
-        base,
-        url,
-        pattern,
+        listing: Arc::new(Listing { store, base, url, pattern }),
         checkpoint_dir: config.data_dir.join(&config.name),
         prepared: OnceLock::new(),
     }))
 }
 
-impl ObjectStoreSource {
+impl Listing {
     /// The key of `location` under the source's URL (what `pattern` matches and errors show).
     fn key_of<'a>(&self, location: &'a Path) -> &'a str {
         let full = location.as_ref();
@@ -176,7 +182,9 @@ impl ObjectStoreSource {
         found.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(found)
     }
+}
 
+impl ObjectStoreSource {
     fn prepared(&self) -> Result<&Prepared, SourceError> {
         self.prepared.get().ok_or_else(|| SourceError::Setup("the object_store source was not prepared".into()))
     }
@@ -184,9 +192,9 @@ impl ObjectStoreSource {
 
 impl Source for ObjectStoreSource {
     fn describe(&self) -> String {
-        match &self.pattern {
-            Some(p) => format!("object_store: {} (keys matching {p})", self.url),
-            None => format!("object_store: {}", self.url),
+        match &self.listing.pattern {
+            Some(p) => format!("object_store: {} (keys matching {p})", self.listing.url),
+            None => format!("object_store: {}", self.listing.url),
         }
     }
 
@@ -197,21 +205,14 @@ impl Source for ObjectStoreSource {
     /// The objects listed as [`Source::prepare`] lists them (credentials, bucket, at least one
     /// object), read by nothing.
     fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
-        let lister = ObjectStoreSource {
-            store: Arc::clone(&self.store),
-            base: self.base.clone(),
-            url: self.url.clone(),
-            pattern: self.pattern.clone(),
-            checkpoint_dir: self.checkpoint_dir.clone(),
-            prepared: OnceLock::new(),
-        };
-        Some(Box::pin(async move { lister.list().await.map(|_| ()) }))
+        let listing = Arc::clone(&self.listing);
+        Some(Box::pin(async move { listing.list().await.map(|_| ()) }))
     }
 
     /// Lists the objects (once), and starts following the delivered frontier for checkpoints.
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
-        let objects = ctx.runtime.block_on(self.list())?;
-        tracing::info!(url = %self.url, objects = objects.len(), "objects listed");
+        let objects = ctx.runtime.block_on(self.listing.list())?;
+        tracing::info!(url = %self.listing.url, objects = objects.len(), "objects listed");
         let checkpoints = FileCheckpoints::load(self.checkpoint_dir.clone());
         checkpoints.follow(Arc::clone(&ctx.delivered));
         let _ = self.prepared.set(Prepared { objects, runtime: ctx.runtime.clone(), checkpoints });
@@ -234,9 +235,9 @@ impl Source for ObjectStoreSource {
         let p = self.prepared()?;
         let mine: Vec<Listed> = p.objects.iter().skip(ctx.worker).step_by(ctx.workers.max(1)).cloned().collect();
         Ok(Box::new(ObjectReader {
-            store: Arc::clone(&self.store),
-            url: self.url.clone(),
-            base: self.base.clone(),
+            store: Arc::clone(&self.listing.store),
+            url: self.listing.url.clone(),
+            base: self.listing.base.clone(),
             runtime: p.runtime.clone(),
             checkpoints: Arc::clone(&p.checkpoints),
             objects: mine.into_iter(),
