@@ -570,12 +570,29 @@ fn a_file_sink_whose_parent_it_cannot_write_stages_inside_its_folder() {
         data = data.display(),
         root = root.display(),
     );
-    std::fs::write(&pipeline, toml).unwrap();
-    let out = std::process::Command::new("runuser")
-        .args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_sluice"), "run", "--quiet"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
+    std::fs::write(&pipeline, &toml).unwrap();
+    let as_nobody = |args: &[&str], pipeline: &std::path::Path| {
+        std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_sluice")])
+            .args(args)
+            .arg(pipeline)
+            .output()
+            .unwrap()
+    };
+    // `validate --check` finds a folder nobody may make (under root's folder), and passes this one.
+    let elsewhere = dir.path().join("elsewhere.toml");
+    std::fs::write(
+        &elsewhere,
+        toml.replace(&format!("file://{}", root.display()), &format!("file://{}/theirs/out", dir.path().display())),
+    )
+    .unwrap();
+    let refused = as_nobody(&["validate", "--check"], &elsewhere);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{} cannot be written by this process", dir.path().display())), "{stderr}");
+    let checked = as_nobody(&["validate", "--check"], &pipeline);
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    let out = as_nobody(&["run", "--quiet"], &pipeline);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut delivered: Vec<String> = super::support::folder_objects(&root).into_values().flatten().collect();
     let mut expected = generated(Profile::Vpcflow, 4, 500);
