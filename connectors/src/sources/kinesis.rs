@@ -267,6 +267,15 @@ struct KinesisApi {
 }
 
 impl KinesisApi {
+    /// Finds the credentials from the AWS chain, unless the source's table gave them.
+    async fn find_credentials(&self) -> Result<(), SourceError> {
+        if self.credentials.get().is_none() {
+            let chain = AwsCredentials::resolve(&self.region, "reading a Kinesis stream").await;
+            let _ = self.credentials.set(chain.map_err(SourceError::Setup)?);
+        }
+        Ok(())
+    }
+
     /// Calls `operation` with `body`; its answer, or why not.
     async fn call<T: DeserializeOwned>(&self, operation: &str, body: serde_json::Value) -> Result<T, CallError> {
         let credentials = self.credentials.get().ok_or_else(|| CallError::Transport("no credentials".into()))?;
@@ -561,13 +570,7 @@ impl Source for KinesisSource {
     fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
         let api = Arc::clone(&self.api);
         Some(Box::pin(async move {
-            let credentials = match api.credentials.get() {
-                Some(credentials) => credentials.clone(),
-                None => AwsCredentials::resolve(&api.region, "reading a Kinesis stream")
-                    .await
-                    .map_err(SourceError::Setup)?,
-            };
-            let _ = api.credentials.set(credentials);
+            api.find_credentials().await?;
             api.list_shards().await.map(|_| ()).map_err(|e| {
                 SourceError::Setup(format!("cannot list the shards of {} at {}: {e}", api.stream_arn, api.url))
             })
@@ -577,10 +580,7 @@ impl Source for KinesisSource {
     /// Checks the credentials and the stream (one listing), fixes where `latest` is, and starts
     /// following the delivered frontier for checkpoints.
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
-        if self.api.credentials.get().is_none() {
-            let chain = ctx.runtime.block_on(AwsCredentials::resolve(&self.api.region, "reading a Kinesis stream"));
-            let _ = self.api.credentials.set(chain.map_err(SourceError::Setup)?);
-        }
+        ctx.runtime.block_on(self.api.find_credentials())?;
         let api = Arc::clone(&self.api);
         let listed = ctx.runtime.block_on(async {
             let mut attempt = 0;
