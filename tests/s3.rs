@@ -133,6 +133,14 @@ impl S3Server {
         }
     }
 
+    /// Serves HTTPS with `tls` from now on, on the same address (a certificate renewed by another
+    /// CA): open connections close.
+    pub fn serve_with(&mut self, tls: Arc<rustls::ServerConfig>) {
+        self.stop();
+        self.tls = Some(tls);
+        self.resume();
+    }
+
     /// Serves again (on the same address after a stop).
     pub fn resume(&mut self) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1003,6 +1011,53 @@ fn an_s3_server_with_a_certificate_of_a_private_ca_stops_the_run_at_start_until_
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let documents: usize = folder_objects(&root.path().join("lake").join("failed")).values().map(Vec::len).sum();
     assert_eq!(documents, 10);
+}
+
+/// The store moves to a certificate of a new CA while sluice runs, and the sink's `tls.ca` file is
+/// renewed (written whole, by a rename, as a renewal writes it): the objects refused by the old CA
+/// are retried, stored once the new file is taken, and none is backed up. Read once at start, the
+/// file would leave every object, and then its error documents, refused by the store.
+#[test]
+fn a_renewed_store_ca_is_trusted_without_a_restart() {
+    let (old, renewed) = (super::support::TestCertificates::make(), super::support::TestCertificates::make());
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("lake")).unwrap();
+    let mut server = S3Server::start_over(root.path(), Some(old.server_config("server", false)));
+    let files = tempfile::tempdir().unwrap();
+    let install = |from: &super::support::TestCertificates| {
+        let staged = files.path().join(".ca.pem.new");
+        std::fs::copy(from.path("ca.pem"), &staged).unwrap();
+        std::fs::rename(&staged, files.path().join("ca.pem")).unwrap();
+    };
+    install(&old);
+    let sink = server.sink_toml("lake", SECRET_KEY).replace("http://", "https://").replace(", allow_http = true", "");
+    let toml = format!(
+        "[pipeline]\nname = \"renewedca\"\n[sources.demo]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 300\n\
+         [sinks.s3]\ntype = \"object_store\"\ninputs = [\"demo\"]\nformat = \"ndjson\"\n{sink}\n\
+         tls = {{ ca = \"{ca}\" }}\nhealthcheck = false\nretry = {{ duration_s = 60 }}\n\
+         error_prefix = \"errors/!{{firehose:error-output-type}}/\"\n",
+        ca = files.path().join("ca.pem").display()
+    );
+    run_pipeline(&toml, &registry(), 1).unwrap();
+    assert_eq!(all_lines(&folder_objects(&root.path().join("lake"))).len(), 300, "the CA read at start");
+    server.serve_with(renewed.server_config("server", false));
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(run_pipeline(&toml, &registry(), 1).map(|(_, metrics)| metrics)));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    install(&renewed);
+    // (Not taken, the objects' retries and then their error documents would be refused by the same
+    // store for ever: the run would not end.)
+    let renewed_run = finished
+        .recv_timeout(std::time::Duration::from_secs(45))
+        .expect("the renewed CA was not taken: the run did not end in 45 s")
+        .unwrap();
+    let sink = &renewed_run.sinks[0];
+    assert_eq!(sink.records_delivered.load(Ordering::Relaxed), 300);
+    assert!(sink.retries.load(Ordering::Relaxed) > 0, "no request was refused before the renewal");
+    assert_eq!(sink.records_undelivered.load(Ordering::Relaxed), 0);
+    let objects = folder_objects(&root.path().join("lake"));
+    assert!(!objects.keys().any(|key| key.contains("errors/")), "records were backed up: {:?}", objects.keys());
+    assert_eq!(all_lines(&objects).len(), 600);
 }
 
 #[test]

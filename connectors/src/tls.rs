@@ -35,7 +35,8 @@
 //! (the files unchanged at the next look, or written 2 s before or longer, so none is read half
 //! written) and passes the checks of configure time; until then, and when they
 //! fail (said once per change of the files), requests use the client made before. A request in
-//! flight keeps the client it began with. Object stores read `tls.ca` once, at start.
+//! flight keeps the client it began with. Object stores take a renewed `tls.ca` the same way
+//! (`RenewingStore` of the `object_store` sink), through the same `Renewing`.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -240,11 +241,10 @@ impl ClientTls {
             .map_err(|why| Diagnostic::new(self.at.clone(), format!("cannot build the HTTP client: {why}")))?;
         let paths: Vec<PathBuf> = self.files.paths().into_iter().map(Path::to_path_buf).collect();
         let reloading = (!paths.is_empty()).then(|| Reloading {
+            client: Renewing::new(format!("the TLS files of {}", self.label), paths, client.clone()),
             files: self.files,
             trust: self.trust,
-            label: self.label,
             timeout,
-            state: Mutex::new(Looked { client: client.clone(), watch: FileWatch::new(paths), at: Instant::now() }),
         });
         Ok(TlsClient { client, reloading: reloading.map(Arc::new) })
     }
@@ -290,16 +290,8 @@ struct Reloading {
     files: ClientFiles,
     /// How the roots are trusted (the roots it holds are those read at start).
     trust: Trust,
-    label: String,
     timeout: Duration,
-    state: Mutex<Looked>,
-}
-
-/// The client in use, its files, and when they were last looked at.
-struct Looked {
-    client: reqwest::Client,
-    watch: FileWatch,
-    at: Instant,
+    client: Renewing<reqwest::Client>,
 }
 
 impl TlsClient {
@@ -313,40 +305,68 @@ impl TlsClient {
     /// The client to send a request with: made again first if its files changed (module docs).
     pub fn current(&self) -> reqwest::Client {
         let Some(reloading) = &self.reloading else { return self.client.clone() };
-        let mut looked = reloading.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if looked.at.elapsed() >= LOOK_EVERY {
-            looked.at = Instant::now();
-            if let Some(changed) = looked.watch.look() {
-                reloading.make_again(&mut looked, changed);
-            }
-        }
-        looked.client.clone()
+        reloading.client.current(|| {
+            let (roots, identity) = reloading.files.read()?;
+            build(&reloading.trust.with_roots(roots), identity.as_ref(), reloading.timeout)
+        })
     }
 }
 
-impl Reloading {
-    /// Makes the client again from the files (now in the state `changed`), or says once why they
-    /// cannot be used.
-    fn make_again(&self, looked: &mut Looked, changed: Option<FilesState>) {
-        let files = looked.watch.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-        let made = self
-            .files
-            .read()
-            .and_then(|(roots, identity)| build(&self.trust.with_roots(roots), identity.as_ref(), self.timeout));
-        match made {
-            Ok(client) => {
-                tracing::info!(tls = %self.label, %files, "the TLS files changed: requests use them from now on");
-                looked.client = client;
-                looked.watch.taken(changed);
-            }
-            Err(why) => {
-                tracing::warn!(
-                    tls = %self.label, %files,
-                    "the TLS files changed and cannot be used ({why}); requests still use those read before, and they are looked at again when they change"
-                );
-                looked.watch.refused(changed);
+/// A value made from files (a request client, an object store), made again from them when they
+/// change (module docs): at most every [`LOOK_EVERY`], when it is asked for, from a change that
+/// has settled ([`FileWatch`]); a change it cannot be made from is said once, and the value made
+/// before is kept.
+pub(crate) struct Renewing<T> {
+    /// The files, as the log names them (`the TLS files of `sinks.x.tls``).
+    what: String,
+    state: Mutex<Looked<T>>,
+}
+
+/// The value in use, its files, and when they were last looked at.
+struct Looked<T> {
+    value: T,
+    watch: FileWatch,
+    at: Instant,
+}
+
+impl<T: Clone> Renewing<T> {
+    /// `value`, made from `paths` as they are now (their state is taken now: a change between the
+    /// reading and this call is read again at the first look, which costs one remaking).
+    pub(crate) fn new(what: String, paths: Vec<PathBuf>, value: T) -> Renewing<T> {
+        Renewing { what, state: Mutex::new(Looked { value, watch: FileWatch::new(paths), at: Instant::now() }) }
+    }
+
+    /// The value to use now: made again by `make` first when the files changed.
+    pub(crate) fn current(&self, make: impl FnOnce() -> Result<T, String>) -> T {
+        let mut looked = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if looked.at.elapsed() >= LOOK_EVERY {
+            looked.at = Instant::now();
+            if let Some(changed) = looked.watch.look() {
+                let files = looked.watch.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+                match make() {
+                    Ok(value) => {
+                        tracing::info!(%files, "{} changed: requests use them from now on", self.what);
+                        looked.value = value;
+                        looked.watch.taken(changed);
+                    }
+                    Err(why) => {
+                        tracing::warn!(
+                            %files,
+                            "{} changed and cannot be used ({why}); requests still use those read before, and they are looked at again when they change",
+                            self.what
+                        );
+                        looked.watch.refused(changed);
+                    }
+                }
             }
         }
+        looked.value.clone()
+    }
+
+    /// Makes the next [`Self::current`] look at the files (tests).
+    #[cfg(test)]
+    pub(crate) fn look_next_time(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).at = Instant::now() - LOOK_EVERY;
     }
 }
 
@@ -484,11 +504,7 @@ pub async fn start_up_check(
 /// or `https://`): `ca` only, the CAs its client trusts besides the system's (a MinIO or Ceph
 /// gateway with a certificate of a private CA). Taken out of `table` before the connector reads its
 /// own keys; `None` when there is none, or when it has a problem (added to `found`).
-pub fn take_store_roots(
-    table: &mut Section,
-    base_dir: &Path,
-    found: &mut Problems,
-) -> Option<Vec<object_store::Certificate>> {
+pub fn take_store_roots(table: &mut Section, base_dir: &Path, found: &mut Problems) -> Option<StoreRoots> {
     let mut problems = Vec::new();
     let Some(mut section) = table.take_table("tls", &mut problems) else {
         if let Some(problem) = problems.last_mut() {
@@ -523,13 +539,33 @@ pub fn take_store_roots(
     }
 }
 
+/// The CAs an object store's client trusts besides the system's: the certificates of its
+/// `tls.ca` file as read at configure time, and the file, which the store looks at for a renewal
+/// (`RenewingStore` of the `object_store` sink). Empty without `tls`.
+#[derive(Debug, Clone, Default)]
+pub struct StoreRoots {
+    /// The file's certificates.
+    pub certificates: Vec<object_store::Certificate>,
+    /// The file, its path made from the pipeline file's folder.
+    pub file: Option<PathBuf>,
+}
+
 /// The CA certificates of an object store's `tls.ca` file (relative to `base_dir`), or why not
 /// (said after the key).
-pub fn store_roots(base_dir: &Path, ca: &str) -> Result<Vec<object_store::Certificate>, String> {
+pub fn store_roots(base_dir: &Path, ca: &str) -> Result<StoreRoots, String> {
     let pem = read(base_dir, Path::new(ca))?;
-    certificates(&pem)?;
-    object_store::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("holds a certificate that cannot be used: {e}"))
+    Ok(StoreRoots { certificates: store_certificates_of(&pem)?, file: Some(base_dir.join(ca)) })
+}
+
+/// The CA certificates of the `tls.ca` file at `path` read again (a renewal), or why not.
+pub(crate) fn store_certificates(path: &Path) -> Result<Vec<object_store::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
+    store_certificates_of(&pem)
+}
+
+fn store_certificates_of(pem: &[u8]) -> Result<Vec<object_store::Certificate>, String> {
+    certificates(pem)?;
+    object_store::Certificate::from_pem_bundle(pem).map_err(|e| format!("holds a certificate that cannot be used: {e}"))
 }
 
 /// What an object store's `tls.ca` file must be.
@@ -617,9 +653,24 @@ pub struct KeyPair {
     pub key: PrivateKeyDer<'static>,
 }
 
+/// The test fixture's CA certificate (a PEM file).
+#[cfg(test)]
+pub(crate) fn fixture_ca() -> Vec<u8> {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/config/ca.pem");
+    std::fs::read(fixture).unwrap()
+}
+
+/// Writes `bytes` to `path` as a renewal settled a minute ago (a watch takes it at its next look).
+#[cfg(test)]
+pub(crate) fn write_settled(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+    let long_ago = SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(long_ago)).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{ClientFiles, ClientTls, FileWatch, LOOK_EVERY, Trust, refusal};
+    use super::{ClientFiles, ClientTls, FileWatch, Trust, fixture_ca, refusal, write_settled};
 
     /// A client whose `ca` file is renewed: a file that fails the checks is refused and the client
     /// made before is kept (requests go on as before); a good one is taken.
@@ -627,13 +678,8 @@ mod tests {
     fn a_client_takes_renewed_files_that_pass_the_checks_and_keeps_its_own_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
-        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/config/ca.pem");
-        let good = std::fs::read(fixture).unwrap();
-        let write = |bytes: &[u8]| {
-            std::fs::write(&ca, bytes).unwrap();
-            let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-            std::fs::File::options().write(true).open(&ca).and_then(|f| f.set_modified(long_ago)).unwrap();
-        };
+        let good = fixture_ca();
+        let write = |bytes: &[u8]| write_settled(&ca, bytes);
         write(&good);
         let files = ClientFiles { ca: Some(ca.clone()), identity: None };
         let (roots, _) = files.read().unwrap();
@@ -641,11 +687,11 @@ mod tests {
         let client = tls.client(std::time::Duration::from_secs(1)).unwrap();
         let reloading = client.reloading.as_ref().unwrap();
         let look_now = || {
-            reloading.state.lock().unwrap().at = std::time::Instant::now().checked_sub(LOOK_EVERY).unwrap();
+            reloading.client.look_next_time();
             client.current();
         };
-        let taken = || reloading.state.lock().unwrap().watch.taken.clone();
-        let refused = || reloading.state.lock().unwrap().watch.refused.clone();
+        let taken = || reloading.client.state.lock().unwrap().watch.taken.clone();
+        let refused = || reloading.client.state.lock().unwrap().watch.refused.clone();
         let before = taken();
         look_now();
         assert_eq!((taken(), refused()), (before.clone(), None), "nothing changed");

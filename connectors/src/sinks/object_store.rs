@@ -39,8 +39,10 @@ use serde::Deserialize;
 use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{DeliveryError, DestinationKind, PartSink, PartUpload, Payload, Sink, UploadStart};
 
+use super::renewing_store::{Rebuild, RenewingStore, StoreClients};
 use super::staged_files::StagedFiles;
 use super::upload_journal::UploadJournal;
+use crate::tls::StoreRoots;
 
 /// The sink's own keys.
 #[derive(Debug, Deserialize)]
@@ -633,16 +635,17 @@ impl StoreConfigError {
 impl ObjectStoreSink {
     /// Builds the store for `url` with `options` as written in a pipeline file; or what is wrong.
     pub fn from_config(url: &str, options: &BTreeMap<String, toml::Value>) -> Result<Self, StoreConfigError> {
-        Self::from_config_with(url, options, Vec::new(), &[])
+        Self::from_config_with(url, options, Vec::new(), &StoreRoots::default())
     }
 
     /// [`ObjectStoreSink::from_config`] with `extra` options (already checked) after the written
-    /// ones, its client trusting `roots` besides the system's CAs (`tls = { ca }`).
+    /// ones, its client trusting `roots` besides the system's CAs (`tls = { ca }`), and built again
+    /// when their file is renewed.
     pub fn from_config_with(
         url: &str,
         options: &BTreeMap<String, toml::Value>,
         extra: Vec<(String, String)>,
-        roots: &[Certificate],
+        roots: &StoreRoots,
     ) -> Result<Self, StoreConfigError> {
         let mut texts = Vec::new();
         for (key, value) in options {
@@ -693,18 +696,43 @@ impl ObjectStoreSink {
     ) -> Result<Self, StoreConfigError> {
         let roots = match tls {
             Some(tls) => crate::tls::store_roots(base_dir, &tls.ca).map_err(|why| StoreConfigError::CaFile { why })?,
-            None => Vec::new(),
+            None => StoreRoots::default(),
         };
         Self::from_config_with(url, options, Vec::new(), &roots)
     }
 
     /// Builds the store for `url`, or says what is wrong.
     pub fn from_url(url: &str, options: &[(String, String)]) -> Result<Self, StoreConfigError> {
-        Self::from_url_trusting(url, options, &[])
+        Self::from_url_trusting(url, options, &StoreRoots::default())
     }
 
-    /// [`ObjectStoreSink::from_url`], its client trusting `roots` besides the system's CAs.
+    /// [`ObjectStoreSink::from_url`], its client trusting `roots` besides the system's CAs; when
+    /// they come from a file, the store is built again with its certificates once it changes
+    /// ([`RenewingStore`]).
     fn from_url_trusting(
+        url: &str,
+        options: &[(String, String)],
+        roots: &StoreRoots,
+    ) -> Result<Self, StoreConfigError> {
+        let mut sink = Self::from_url_with_certificates(url, options, &roots.certificates)?;
+        // (`file://` and `memory://` refuse `tls`: only a remote store gets here with a file.)
+        if let Some(file) = roots.file.clone() {
+            let (url, options) = (url.to_string(), options.to_vec());
+            let rebuild: Rebuild = Box::new(move |certificates: &[Certificate]| {
+                let built =
+                    Self::from_url_with_certificates(&url, &options, certificates).map_err(|e| e.to_string())?;
+                Ok(StoreClients { store: built.store, parts: built.parts })
+            });
+            let clients = StoreClients { store: Arc::clone(&sink.store), parts: sink.parts.clone() };
+            let renewing = Arc::new(RenewingStore::new(file, clients, rebuild));
+            sink.parts = sink.parts.is_some().then(|| Arc::clone(&renewing) as Arc<dyn MultipartStore>);
+            sink.store = renewing;
+        }
+        Ok(sink)
+    }
+
+    /// The store for `url`, its client trusting `roots` besides the system's CAs.
+    fn from_url_with_certificates(
         url: &str,
         options: &[(String, String)],
         roots: &[Certificate],
