@@ -198,6 +198,18 @@ pub fn extract(archive: &[u8]) -> std::io::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// An entry of 4 GiB or more would need ZIP64's fields: refused with the reason, never written
+    /// with its size cut to 32 bits (the sizes as the data descriptor would say them; no 4 GiB of
+    /// data is made).
+    #[test]
+    fn an_entry_of_4_gib_or_more_is_refused() {
+        let now = chrono::Utc::now();
+        let refused = archive_of("records", now, 0, 1 << 32, b"").unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(refused.to_string().contains("needs ZIP64"), "{refused}");
+        assert!(archive_of("records", now, 0, u64::from(u32::MAX), b"").is_ok(), "just under 4 GiB fits");
+    }
+
     #[test]
     fn an_archive_gives_back_what_was_written_in_pieces() {
         let mut entry = ZipEntry::new();
