@@ -153,7 +153,19 @@ impl S3Server {
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         builder.set_access(FaultyAccess(self.faults.clone()));
         let service = builder.build();
-        let listener = runtime.block_on(tokio::net::TcpListener::bind(self.addr)).unwrap_or_else(|e| panic!("{e}"));
+        // The listener of a runtime just shut down may still hold the address for a moment.
+        let bind = || runtime.block_on(tokio::net::TcpListener::bind(self.addr));
+        let mut bound = bind();
+        for _ in 0..100 {
+            match &bound {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    bound = bind();
+                }
+                _ => break,
+            }
+        }
+        let listener = bound.unwrap_or_else(|e| panic!("{e}"));
         self.addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let tls = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         runtime.spawn(async move {

@@ -267,7 +267,8 @@ fn build(trust: &Trust, identity: Option<&reqwest::Identity>, timeout: Duration)
     builder.build().map_err(|e| sluice_engine::redact::error(&e).to_string())
 }
 
-/// How often a [`TlsClient`]'s files are looked at (at most; only when a request asks for it).
+/// How often renewable TLS files are looked at: a [`TlsClient`]'s and an object store's (at most;
+/// only when a request asks for them), and a listener's certificate (`api::certificate`).
 pub const LOOK_EVERY: Duration = Duration::from_secs(5);
 
 /// The HTTP client of a connector, made again when the files of its `tls` table change (module
@@ -345,14 +346,14 @@ impl<T: Clone> Renewing<T> {
                 let files = looked.watch.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
                 match make() {
                     Ok(value) => {
-                        tracing::info!(%files, "{} changed: requests use them from now on", self.what);
+                        tracing::info!(%files, "{} changed: requests use the renewed files from now on", self.what);
                         looked.value = value;
                         looked.watch.taken(changed);
                     }
                     Err(why) => {
                         tracing::warn!(
                             %files,
-                            "{} changed and cannot be used ({why}); requests still use those read before, and they are looked at again when they change",
+                            "{} changed and cannot be used ({why}); requests still use the files read before, and they are looked at again when they change",
                             self.what
                         );
                         looked.watch.refused(changed);

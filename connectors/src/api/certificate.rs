@@ -4,7 +4,7 @@
 //! served without a restart. Beyond Firehose, whose endpoint's certificate is AWS's business.
 //!
 //! Guarantees: every connection gets a whole, checked pair. The files are looked at every
-//! [`LOOK_EVERY`]; a change is taken only once it has settled (`crate::tls::FileWatch`: the files
+//! [`LOOK_EVERY`] (as the connectors' client files are); a change is taken only once it has settled (`crate::tls::FileWatch`: the files
 //! stayed as they are for one look, or were last written two seconds before or longer, so a file
 //! still being written is not read half way) and passes the checks of configure time ([`crate::tls::key_pair`]: PEM, a certificate, the key the
 //! certificate's). Otherwise the pair in use stays: the reason is logged once per change of the
@@ -25,10 +25,7 @@ use sluice_engine::metrics::PipelineMetrics;
 use x509_cert::der::Decode;
 
 use super::TlsFiles;
-use crate::tls::FileWatch;
-
-/// How often the files are looked at.
-pub const LOOK_EVERY: Duration = Duration::from_secs(5);
+use crate::tls::{FileWatch, LOOK_EVERY};
 
 /// A certificate this close to its expiry is warned about when it is loaded.
 pub const WARN_WITHIN: Duration = Duration::from_secs(14 * 86_400);
