@@ -346,6 +346,83 @@ fn validate_check_finds_an_untrusted_endpoint_certificate() {
     assert!(endpoint.seen.lock().unwrap().records.is_empty());
 }
 
+/// `sluice validate --check` asks every destination at once and waits `--check-timeout` for the
+/// answers: two endpoints behind a server that answers only once both requests have come are both
+/// checked (asked one after the other, the first would get no answer before the timeout); one that
+/// takes the connection and never answers is a warning after the timeout, not a failure.
+#[test]
+fn validate_check_asks_every_destination_at_once_within_its_timeout() {
+    use std::io::{Read as _, Write as _};
+    let together = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let together_url = format!("http://{}/in", together.local_addr().unwrap());
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let answered = Arc::clone(&answered);
+        std::thread::spawn(move || {
+            let mut waiting = Vec::new();
+            for connection in together.incoming() {
+                let mut connection = connection.unwrap();
+                // The request's head (a HEAD has no body).
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && connection.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                waiting.push(connection);
+                if waiting.len() == 2 {
+                    for mut connection in waiting.drain(..) {
+                        let _ = connection.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                        answered.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    // Connections are taken by the kernel and never read.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}/in", silent.local_addr().unwrap());
+    let work = tempfile::tempdir().unwrap();
+    let sink = |name: &str, url: &str| {
+        format!(
+            "[sinks.{name}]\ntype = \"http_endpoint\"\ninputs = [\"gen\"]\nurl = \"{url}\"\n\
+             error_prefix = \"failed/!{{firehose:error-output-type}}/\"\nbackup_store = {{ url = \"file://{}\" }}\n",
+            work.path().join(name).display()
+        )
+    };
+    let file = work.path().join("p.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[pipeline]\nname = \"checked\"\n[sources.gen]\ntype = \"generator\"\nprofile = \"cloudtrail\"\nrecords = 1\n{}{}{}",
+            sink("first", &together_url),
+            sink("second", &together_url),
+            sink("quiet", &silent_url)
+        ),
+    )
+    .unwrap();
+    let checked = sluice().args(["validate", "--check", "--check-timeout", "3"]).arg(&file).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    assert_eq!(checked.status.code(), Some(0), "{stderr}");
+    assert_eq!(answered.load(Relaxed), 2, "the two checks were not asked together: {stdout}{stderr}");
+    for name in ["first", "second"] {
+        assert!(
+            stdout.lines().any(|l| l.contains(&format!("sinks.{name} (http_endpoint")) && l.ends_with(": checked")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stderr.lines().any(|l| l.starts_with("warning: ")
+            && l.contains("sinks.quiet (http_endpoint")
+            && l.contains("no answer within 3 s; a run would start and retry")),
+        "{stderr}"
+    );
+    assert!(!stdout.lines().any(|l| l.contains("sinks.quiet (") && l.ends_with(": checked")), "{stdout}");
+    // Without `--check` the timeout means nothing: refused as a usage error.
+    let alone = sluice().args(["validate", "--check-timeout", "3"]).arg(&file).output().unwrap();
+    assert_eq!(alone.status.code(), Some(2), "{}", String::from_utf8_lossy(&alone.stderr));
+    drop(silent);
+}
+
 /// A private CA and a client certificate renewed in place while a run delivers are used without a
 /// restart: the endpoint has moved to a certificate of a new CA and asks for client certificates
 /// of that CA, so every request made with the files read at start is refused (and retried) until

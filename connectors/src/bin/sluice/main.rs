@@ -172,6 +172,10 @@ enum Command {
         /// index, certificate.
         #[arg(long)]
         check: bool,
+        /// With `--check`: how long to wait for the answers (asked all at once); one not given by
+        /// then is a warning, as at a run's start.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60, requires = "check", value_parser = clap::value_parser!(u64).range(1..))]
+        check_timeout: u64,
         /// Pipeline files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -314,7 +318,9 @@ fn main() -> ExitCode {
                 serve_command(&dir, serve)
             })
         }
-        Command::Validate { files, check } => validate_command(&files, check),
+        Command::Validate { files, check, check_timeout } => {
+            validate_command(&files, check.then(|| Duration::from_secs(check_timeout)))
+        }
         Command::Measure { report, stdin, command } => {
             let (program, args) = command.split_first().map(|(p, a)| (p.clone(), a.to_vec())).unwrap_or_default();
             let command = MeasuredCommand { program, args, stdin };
@@ -380,16 +386,19 @@ fn bench_command(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Checks each file; the exit code says whether all are valid. Output a reader stopped taking
-/// (`sluice validate … | head`) is dropped, never a panic: the exit code still says what was found.
-fn validate_command(files: &[PathBuf], check: bool) -> anyhow::Result<ExitCode> {
+/// Checks each file, and with `check` (`--check`, its timeout) asks its services; the exit code
+/// says whether all are valid. Output a reader stopped taking (`sluice validate … | head`) is
+/// dropped, never a panic: the exit code still says what was found.
+fn validate_command(files: &[PathBuf], check: Option<Duration>) -> anyhow::Result<ExitCode> {
     let registry = registry();
     let mut failed = false;
     // Only for `--check`: the checks are asynchronous.
-    let runtime = if check {
-        Some(tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a runtime")?)
-    } else {
-        None
+    let runtime = match check {
+        Some(within) => Some((
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a runtime")?,
+            within,
+        )),
+        None => None,
     };
     for file in files {
         match load_file(file, &registry) {
@@ -401,8 +410,8 @@ fn validate_command(files: &[PathBuf], check: bool) -> anyhow::Result<ExitCode> 
                     let _ = writeln!(out, "resolved configuration (secrets masked):\n{shown}");
                 }
                 drop(out);
-                if let Some(runtime) = &runtime {
-                    failed |= !check_services(runtime, file, &plan);
+                if let Some((runtime, within)) = &runtime {
+                    failed |= !check_services(runtime, file, &plan, *within);
                 }
             }
             Err(diagnostics) => {
@@ -414,13 +423,12 @@ fn validate_command(files: &[PathBuf], check: bool) -> anyhow::Result<ExitCode> 
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// How long `validate --check` waits for one check (a service that does not answer within it is
-/// said, as a run's start-up check warns, not counted as a failure).
-const CHECK_WITHIN: Duration = Duration::from_secs(60);
-
 /// `validate --check`: each source's, transform's and sink's `check` (what a run asks at start),
 /// said on stdout when it passes and on stderr when it fails; whether all passed.
-fn check_services(runtime: &tokio::runtime::Runtime, file: &std::path::Path, plan: &Plan) -> bool {
+///
+/// The checks are asked all at once, so a file's checks take as long as its slowest; one without an
+/// answer `within` is said as a warning (as a run's start-up check warns), not counted as a failure.
+fn check_services(runtime: &tokio::runtime::Runtime, file: &std::path::Path, plan: &Plan, within: Duration) -> bool {
     let mut checks: Vec<(String, futures::future::BoxFuture<'static, Result<(), String>>)> = Vec::new();
     // Sources and transforms with nothing to ask (files, listeners, jq) are not listed.
     for source in &plan.sources {
@@ -448,17 +456,20 @@ fn check_services(runtime: &tokio::runtime::Runtime, file: &std::path::Path, pla
         let check = async move { sluice_engine::contract::check_sink(&checked).await };
         checks.push((what, Box::pin(async move { check.await.map_err(|e| format!("{e} ({})", e.code())) })));
     }
+    let asked =
+        checks.into_iter().map(|(what, check)| async move { (what, tokio::time::timeout(within, check).await) });
+    let answers = runtime.block_on(futures::future::join_all(asked));
     let mut passed = true;
-    for (what, check) in checks {
+    for (what, answer) in answers {
         let what = format!("{}: {what}", file.display());
-        match runtime.block_on(async { tokio::time::timeout(CHECK_WITHIN, check).await }) {
+        match answer {
             Ok(Ok(())) => println!("{what}: checked"),
             Ok(Err(error)) => {
                 passed = false;
                 eprintln!("error: {what}: {error}");
             }
             Err(_) => {
-                eprintln!("warning: {what}: no answer within {} s; a run would start and retry", CHECK_WITHIN.as_secs())
+                eprintln!("warning: {what}: no answer within {} s; a run would start and retry", within.as_secs())
             }
         }
     }
