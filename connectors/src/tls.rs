@@ -364,6 +364,11 @@ impl<T: Clone> Renewing<T> {
         looked.value.clone()
     }
 
+    /// The value in use, without looking at the files.
+    pub(crate) fn in_use(&self) -> T {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).value.clone()
+    }
+
     /// Makes the next [`Self::current`] look at the files (tests).
     #[cfg(test)]
     pub(crate) fn look_next_time(&self) {
