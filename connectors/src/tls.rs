@@ -318,7 +318,7 @@ impl TlsClient {
 /// has settled ([`FileWatch`]); a change it cannot be made from is said once, and the value made
 /// before is kept.
 pub(crate) struct Renewing<T> {
-    /// The files, as the log names them (`the TLS files of `sinks.x.tls``).
+    /// The files, as the log names them (e.g. the TLS files of `sinks.x.tls`).
     what: String,
     state: Mutex<Looked<T>>,
 }
