@@ -13,11 +13,10 @@ use base64::Engine;
 use s3s::S3ErrorCode;
 use sluice_connectors::registry;
 use sluice_connectors::synth::Profile;
-use sluice_engine::runtime::{RunOptions, run};
-use sluice_engine::testkit::{plan_from_str, run_pipeline};
+use sluice_engine::testkit::run_pipeline;
 
 use super::s3::{S3Server, SECRET_KEY};
-use super::support::{folder_objects, generated, raw_data};
+use super::support::{StartedRun, folder_objects, generated, raw_data};
 
 /// A bucket on a fresh server.
 fn server_with_bucket(root: &std::path::Path, bucket: &str) -> S3Server {
@@ -218,22 +217,14 @@ fn a_store_stopped_past_the_retry_duration_loses_nothing_the_error_output_waits_
             "prefix = \"data/\"\nformat = \"ndjson\"\ncompression = \"gzip\"\nbuffer = { size_mb = 64, interval_s = 1 }\nretry = { duration_s = 2 }"
         ),
     );
-    let plan = plan_from_str(&toml, &registry()).unwrap();
-    let metrics = Arc::new(plan.new_metrics());
-    let mut options = RunOptions::for_plan(&plan);
-    options.workers = 1;
-    let stop = options.stop.clone();
-    let running = {
-        let metrics = Arc::clone(&metrics);
-        std::thread::spawn(move || run(&plan, &options, metrics).map_err(|e| e.to_string()))
-    };
+    let running = StartedRun::start(&toml, 1);
     std::thread::sleep(Duration::from_millis(1500));
     server.stop();
     std::thread::sleep(Duration::from_secs(6));
     server.resume();
     std::thread::sleep(Duration::from_millis(1500));
-    stop.stop();
-    running.join().unwrap().unwrap();
+    let metrics = Arc::clone(&running.metrics);
+    running.finish().unwrap();
 
     let records_in = metrics.records_in();
     let m = &metrics.sinks[0];

@@ -149,6 +149,28 @@ impl Cluster {
         let _ = self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "fast", "-w", "stop"]).output();
     }
 
+    /// After [`Self::require_tls`]: the server's certificate renewed by `other-ca` (a CA moved to),
+    /// served after a restart (every connection closes).
+    fn serve_certificate_of_the_other_ca(&self) {
+        let dir = self.dir.path();
+        let out = Command::new("openssl")
+            .args(["x509", "-req", "-in", "server.csr", "-CA", "other-ca.pem", "-CAkey", "other-ca.key"])
+            .args(["-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext"])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        if as_root() {
+            Command::new("chown").arg("postgres:").arg(dir.join("server.pem")).status().unwrap();
+        }
+        self.stop();
+        self.start_with(&format!(
+            "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            dir.join("server.pem").display(),
+            dir.join("server.key").display()
+        ));
+    }
+
     pub(super) fn url(&self, password: &str) -> String {
         format!("postgres://loader:{password}@127.0.0.1:{}/security", self.port)
     }
@@ -412,6 +434,18 @@ fn postgres_config_errors_point_at_the_value() {
     let without_staging = base.lines().filter(|l| !l.starts_with("staging")).collect::<Vec<_>>().join("\n");
     let error = plan_from_str(&without_staging, &registry()).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(error.contains("needs `staging`"), "{error}");
+    // The `sslrootcert` file is read when the sink is configured: one that is missing, or holds no
+    // certificate, is said at the URL (not at the first connection).
+    let not_pem = staging.path().join("not-a-ca.txt");
+    std::fs::write(&not_pem, "just text\n").unwrap();
+    for (file, says) in [(staging.path().join("missing.pem"), "cannot be read"), (not_pem, "holds no certificate")] {
+        let toml = base.replace("/security\"", &format!("/security?sslmode=require&sslrootcert={}\"", file.display()));
+        let error = plan_from_str(&toml, &registry()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            error.contains(&format!("sslrootcert `{}` {says}", file.display())) && error.contains("pipeline.toml:"),
+            "{error}"
+        );
+    }
 }
 
 /// The cluster as the conformance kit sees it: a payload is stored once its staged object is in
@@ -565,6 +599,44 @@ fn tls_is_required_and_verified_against_the_given_authority() {
         assert!(error.contains(says), "{query}: {error}");
     }
     assert_eq!(pg.sql("SELECT count(*) FROM cloudtrail_events")[0][0], "200");
+}
+
+/// The server moves to a certificate of a new CA while a run loads, after `sslrootcert` was renewed
+/// to the bundle of both CAs (the order of a CA rotation, as RDS's): the loads after the server's
+/// restart connect trusting the new CA, and nothing is backed up. With the file read once at
+/// start, every connection after the move is refused (a permanent failure) and its rows backed up.
+#[test]
+fn a_renewed_sslrootcert_is_trusted_without_a_restart() {
+    let pg = cluster(CLOUDTRAIL_TABLE);
+    let ca = pg.require_tls();
+    let work = tempfile::tempdir().unwrap();
+    let trust = work.path().join("trust.pem");
+    std::fs::copy(&ca, &trust).unwrap();
+    let url = format!("{}?sslmode=verify-full&sslrootcert={}", pg.url(LOADER_PASSWORD), trust.display());
+    let source = "type = \"generator\"\nprofile = \"cloudtrail\"\nrate = 100\nseed = 3";
+    let sink = format!("{CLOUDTRAIL_SINK}\nretry = {{ duration_s = 60 }}");
+    let toml = pipeline(source, &url, work.path(), &sink).replace("interval_s = 60", "interval_s = 1");
+    let running = super::support::StartedRun::start(&toml, 1);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    // The renewal: both CAs, written whole by a rename.
+    let bundle = [std::fs::read(&ca).unwrap(), std::fs::read(ca.with_file_name("other-ca.pem")).unwrap()].concat();
+    std::fs::write(work.path().join(".trust.pem.new"), bundle).unwrap();
+    std::fs::rename(work.path().join(".trust.pem.new"), &trust).unwrap();
+    // Past one look at the files (every 5 s) with the renewal settled, the server moves.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    pg.serve_certificate_of_the_other_ca();
+    let before_the_move: u64 = pg.sql("SELECT count(*) FROM cloudtrail_events")[0][0].parse().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let metrics = Arc::clone(&running.metrics);
+    running.finish().unwrap();
+    let m = &metrics.sinks[0];
+    let delivered = m.records_delivered.load(Relaxed);
+    assert_eq!(m.records_failed.load(Relaxed), 0, "rows were backed up");
+    assert_eq!(delivered, metrics.records_in());
+    let loaded: u64 = pg.sql("SELECT count(*) FROM cloudtrail_events")[0][0].parse().unwrap();
+    assert_eq!(loaded, delivered);
+    // Some of them after the move: through connections made trusting the renewed file.
+    assert!(loaded > before_the_move, "nothing was loaded after the move ({loaded} in all)");
 }
 
 /// Exactly once per logged record (issue 16): a replayed log entry reaches the sink in a payload

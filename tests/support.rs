@@ -563,3 +563,32 @@ pub fn instance_metadata(
     runtime.spawn(async move { axum::serve(listener, app).await });
     port
 }
+
+/// A stream pipeline (its TOML) running on a thread of its own with `workers` workers, its
+/// metrics read while it runs, until [`StartedRun::finish`] stops it.
+pub struct StartedRun {
+    pub metrics: std::sync::Arc<sluice_engine::metrics::PipelineMetrics>,
+    stop: sluice_engine::contract::StopSignal,
+    run: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl StartedRun {
+    pub fn start(toml: &str, workers: usize) -> StartedRun {
+        let plan = sluice_engine::testkit::plan_from_str(toml, &sluice_connectors::registry()).unwrap();
+        let metrics = std::sync::Arc::new(plan.new_metrics());
+        let mut options = sluice_engine::runtime::RunOptions::for_plan(&plan);
+        options.workers = workers;
+        let stop = options.stop.clone();
+        let counters = std::sync::Arc::clone(&metrics);
+        let run = std::thread::spawn(move || {
+            sluice_engine::runtime::run(&plan, &options, counters).map(|_| ()).map_err(|e| e.to_string())
+        });
+        StartedRun { metrics, stop, run }
+    }
+
+    /// Stops the run and waits for its end: what it returned.
+    pub fn finish(self) -> Result<(), String> {
+        self.stop.stop();
+        self.run.join().unwrap()
+    }
+}

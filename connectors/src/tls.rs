@@ -36,7 +36,8 @@
 //! written) and passes the checks of configure time; until then, and when they
 //! fail (said once per change of the files), requests use the client made before. A request in
 //! flight keeps the client it began with. Object stores take a renewed `tls.ca` the same way
-//! (`RenewingStore` of the `object_store` sink), through the same `Renewing`.
+//! (`RenewingStore` of the `object_store` sink), and the `postgres` sink its `sslrootcert`, through
+//! the same `Renewing`.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};

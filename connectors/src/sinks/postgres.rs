@@ -67,6 +67,7 @@ use sluice_engine::metrics::SinkMeter;
 use tokio_postgres::error::SqlState;
 
 use crate::sinks::object_store::{ObjectStoreSink, url_or_table};
+use crate::tls::Renewing;
 use crate::transforms::json;
 
 /// What the sink type's destination takes (the registry's line): rows staged as gzip CSV for
@@ -323,8 +324,9 @@ pub struct PostgresSink {
 struct Loader {
     config: tokio_postgres::Config,
     tls: bool,
-    /// `sslrootcert`: the only authority the server's certificate may chain to (else the web PKI's).
-    root: Option<std::path::PathBuf>,
+    /// `sslrootcert`: the only authorities the server's certificate may chain to (else the web
+    /// PKI's), read when the sink is configured and again when the file is renewed.
+    roots: Option<(std::path::PathBuf, Renewing<Arc<rustls::RootCertStore>>)>,
     /// `table (col, …)`, quoted.
     target: String,
     table: String,
@@ -373,14 +375,20 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
         Diagnostic::new(url_span.clone(), format!("not a PostgreSQL URL: {e}"))
             .with_hint("postgres://user:password@host:5432/database, optionally ?sslmode=require")
     }));
-    if let Some(root) = &root
-        && !root.is_file()
-    {
-        problems.push(
-            Diagnostic::new(url_span, format!("sslrootcert `{}` is not a file", root.display()))
-                .with_hint("the PEM file of the certificate authority the server's certificate is checked against"),
-        );
-    }
+    let roots = root.and_then(|root| match read_roots(&root) {
+        Ok(roots) => {
+            let renewing = Renewing::new(format!("`sinks.{name}`'s sslrootcert"), vec![root.clone()], Arc::new(roots));
+            Some((root, renewing))
+        }
+        Err(why) => {
+            problems.push(
+                Diagnostic::new(url_span, format!("sslrootcert `{}` {why}", root.display())).with_hint(
+                    "the PEM file of the certificate authorities the server's certificate is checked against",
+                ),
+            );
+            None
+        }
+    });
     if c.columns.is_empty() || c.columns.iter().any(|col| col.is_empty()) {
         problems.push(
             Diagnostic::new(columns_span, "`columns` must name at least one column, none empty")
@@ -443,7 +451,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
     let load = Loader {
         config: pg,
         tls,
-        root,
+        roots,
         target,
         table: c.table,
         columns: c.columns,
@@ -463,6 +471,22 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
         staging: staging_store,
         location,
     }))
+}
+
+/// The certificates of an `sslrootcert` file, at least one; or why not (said after its name).
+fn read_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates =
+        rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot be read: {e}"))?;
+    for certificate in certificates {
+        let certificate = certificate.map_err(|e| format!("is not PEM: {e}"))?;
+        roots.add(certificate).map_err(|e| format!("holds a certificate that cannot be used: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("holds no certificate (`-----BEGIN CERTIFICATE-----`)".into());
+    }
+    Ok(roots)
 }
 
 /// The URL as tokio-postgres reads it, and its `sslrootcert` (libpq's name, which tokio-postgres
@@ -525,7 +549,7 @@ fn is_data_error(e: &tokio_postgres::Error) -> bool {
 impl Loader {
     async fn connect(&self) -> Result<tokio_postgres::Client, DeliveryError> {
         let connected = if self.tls {
-            let roots = self.roots()?;
+            let roots = self.roots();
             let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
             let (client, connection) =
                 self.config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(config)).await.map_err(|e| {
@@ -572,21 +596,13 @@ impl Loader {
         }
     }
 
-    /// The authorities a server's certificate may chain to: `sslrootcert`'s, else the web PKI's.
-    fn roots(&self) -> Result<rustls::RootCertStore, DeliveryError> {
-        use rustls::pki_types::pem::PemObject;
-        let Some(path) = &self.root else {
-            return Ok(rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() });
-        };
-        let unreadable = |why: String| DeliveryError::Permanent {
-            code: "Redshift.TlsFailed".into(),
-            message: format!("cannot read sslrootcert {}: {why}", path.display()),
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| unreadable(e.to_string()))? {
-            roots.add(cert.map_err(|e| unreadable(e.to_string()))?).map_err(|e| unreadable(e.to_string()))?;
+    /// The authorities a server's certificate may chain to: `sslrootcert`'s (read again first when
+    /// the file was renewed), else the web PKI's.
+    fn roots(&self) -> Arc<rustls::RootCertStore> {
+        match &self.roots {
+            None => Arc::new(rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }),
+            Some((path, roots)) => roots.current(|| read_roots(path).map(Arc::new)),
         }
-        Ok(roots)
     }
 
     /// Creates the load ledger if it is missing (once per run).
