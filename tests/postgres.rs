@@ -438,7 +438,8 @@ fn postgres_config_errors_point_at_the_value() {
     // certificate, is said at the URL (not at the first connection).
     let not_pem = staging.path().join("not-a-ca.txt");
     std::fs::write(&not_pem, "just text\n").unwrap();
-    for (file, says) in [(staging.path().join("missing.pem"), "cannot be read"), (not_pem, "holds no certificate")] {
+    for (file, says) in [(staging.path().join("missing.pem"), "cannot be read"), (not_pem, "holds no PEM certificate")]
+    {
         let toml = base.replace("/security\"", &format!("/security?sslmode=require&sslrootcert={}\"", file.display()));
         let error = plan_from_str(&toml, &registry()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(

@@ -566,8 +566,12 @@ pub fn store_roots(base_dir: &Path, ca: &str) -> Result<StoreRoots, String> {
 
 /// The CA certificates of the `tls.ca` file at `path` read again (a renewal), or why not.
 pub(crate) fn store_certificates(path: &Path) -> Result<Vec<object_store::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
-    store_certificates_of(&pem)
+    store_certificates_of(&pem_file(path)?)
+}
+
+/// The bytes of the PEM file at `path` (a path made already), or why not (said after its name).
+pub(crate) fn pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))
 }
 
 fn store_certificates_of(pem: &[u8]) -> Result<Vec<object_store::Certificate>, String> {
@@ -598,7 +602,7 @@ fn read(base_dir: &Path, path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// The certificates of a PEM text, at least one.
-fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs =
         CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| format!("is not PEM: {e}"))?;
     if certs.is_empty() {

@@ -4,9 +4,10 @@
 //! served without a restart. Beyond Firehose, whose endpoint's certificate is AWS's business.
 //!
 //! Guarantees: every connection gets a whole, checked pair. The files are looked at every
-//! [`LOOK_EVERY`] (as the connectors' client files are); a change is taken only once it has settled (`crate::tls::FileWatch`: the files
-//! stayed as they are for one look, or were last written two seconds before or longer, so a file
-//! still being written is not read half way) and passes the checks of configure time ([`crate::tls::key_pair`]: PEM, a certificate, the key the
+//! [`LOOK_EVERY`] (as the connectors' client files are); a change is taken only once it has
+//! settled (`crate::tls::FileWatch`: the files stayed as they are for one look, or were last
+//! written two seconds before or longer, so a file still being written is not read half way) and
+//! passes the checks of configure time ([`crate::tls::key_pair`]: PEM, a certificate, the key the
 //! certificate's). Otherwise the pair in use stays: the reason is logged once per change of the
 //! files and counted (`ListenerCertificateReloadFailures`), and the next change is looked at
 //! again. Connections already open keep the certificate they began with. The certificate's expiry

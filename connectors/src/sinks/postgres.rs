@@ -475,16 +475,9 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
 
 /// The certificates of an `sslrootcert` file, at least one; or why not (said after its name).
 fn read_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
-    use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    let certificates =
-        rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot be read: {e}"))?;
-    for certificate in certificates {
-        let certificate = certificate.map_err(|e| format!("is not PEM: {e}"))?;
+    for certificate in crate::tls::certificates(&crate::tls::pem_file(path)?)? {
         roots.add(certificate).map_err(|e| format!("holds a certificate that cannot be used: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("holds no certificate (`-----BEGIN CERTIFICATE-----`)".into());
     }
     Ok(roots)
 }
