@@ -1,8 +1,9 @@
 //! docs/alerts.yml (issue 19 §3): `promtool check rules` accepts it, and each rule fires, in
 //! `promtool test rules`, on series taken from real `/metrics` scrapes of a run whose destinations
 //! are down (deliveries failing, data going stale, records going to the error output), whose
-//! API serves a certificate that expires within two days, and whose Kinesis source reads an hour
-//! behind its stream (moto, behind a proxy that says so as Kinesis would).
+//! API serves a certificate that expires within two days, whose Kinesis source reads an hour
+//! behind its stream (moto, behind a proxy that says so as Kinesis would), and one of whose sinks
+//! has its `tls.ca` renewed with a broken file.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -23,7 +24,7 @@ fn the_alert_rules_are_valid_and_each_fires_on_a_real_scrape_where_its_condition
         .expect("promtool (scripts/test.sh installs Debian's prometheus)");
     let said = String::from_utf8_lossy(&checked.stdout);
     assert!(
-        checked.status.success() && said.contains("SUCCESS: 7 rules found"),
+        checked.status.success() && said.contains("SUCCESS: 8 rules found"),
         "{said}{}",
         String::from_utf8_lossy(&checked.stderr)
     );
@@ -37,6 +38,9 @@ fn the_alert_rules_are_valid_and_each_fires_on_a_real_scrape_where_its_condition
     // The API serves a certificate of the test CA, which lasts two days: within the expiry rule's 14.
     let certs = TestCertificates::make();
     let (api, admin, down) = (free_port(), free_port(), free_port());
+    // The stuck sink's CA file, renewed with a broken one once the run is up.
+    let ca = dir.path().join("ca.pem");
+    std::fs::copy(certs.path("ca.pem"), &ca).unwrap();
     let config = dir.path().join("alerts.toml");
     std::fs::write(
         &config,
@@ -69,6 +73,7 @@ url = "http://127.0.0.1:{down}/in"
 buffer = {{ size_mb = 1, interval_s = 1 }}
 retry = {{ duration_s = 600 }}
 backup_store = {{ url = "file://{backup}" }}
+tls = {{ ca = "{ca}" }}
 
 [sinks.failing]
 type = "http_endpoint"
@@ -82,6 +87,7 @@ backup_store = {{ url = "file://{backup}" }}
             backup = dir.path().join("backup").display(),
             cert = certs.path("server.pem"),
             key = certs.path("server.key"),
+            ca = ca.display(),
         ),
     )
     .unwrap();
@@ -97,9 +103,12 @@ backup_store = {{ url = "file://{backup}" }}
         let text = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")).unwrap().text().unwrap();
         std::fs::write(dir.path().join(name), text).unwrap();
     };
+    // Refused at the sink's first look at its files, 5 s after it was configured (its deliveries
+    // ask for its client every second): between the two scrapes.
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\ncut short\n").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     scrape("before.prom");
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(7));
     scrape("after.prom");
     terminate(&run);
     let mut run = run;
@@ -109,7 +118,7 @@ backup_store = {{ url = "file://{backup}" }}
         .arg(repo_root().join("tests/alerts_check.py"))
         .arg(&rules)
         .args([dir.path().join("before.prom"), dir.path().join("after.prom")])
-        .arg("5")
+        .arg("7")
         .arg(dir.path())
         .output()
         .unwrap();
@@ -129,6 +138,7 @@ backup_store = {{ url = "file://{backup}" }}
     assert_eq!(fired("SluiceDeliveryFailing"), ["failing"], "{report}");
     assert_eq!(fired("SluiceDataStale"), ["stuck"], "{report}");
     assert_eq!(fired("SluiceErrorOutputGrowing"), ["failing"], "{report}");
+    assert_eq!(fired("SluiceTlsRenewalRefused"), ["stuck"], "{report}");
     let behind = &report["expected"]["SluiceKinesisSourceBehind"];
     assert_eq!(behind.as_array().map(Vec::len), Some(1), "{report}");
     assert_eq!(behind[0]["stream"], "alerts", "{report}");

@@ -4,7 +4,7 @@ scrapes of a run where the conditions hold (tests/alerts.rs).
     alerts_check.py RULES SCRAPE_BEFORE SCRAPE_AFTER SECONDS_BETWEEN WORKDIR
 
 Every series the rules read comes from the scrapes, with its real name and labels: counters grow
-at the rate seen between the scrapes, gauges keep their last value. Two conditions a short test
+at the rate seen between the scrapes (a refused TLS renewal included), gauges keep their last value. Two conditions a short test
 cannot drive (a write-ahead log at 80 % of `retention.max_gb`, which is at least 1 GB, and
 throttled puts) are set past their thresholds on their real label sets. A certificate's expiry, a
 Unix time, is moved to promtool's clock (which starts at 0): the time left at the evaluation is the
@@ -62,6 +62,7 @@ def main():
             "sluice_ThrottledRecords",
             "sluice_ListenerCertificateExpiry_seconds",
             "sluice_KinesisMillisBehindLatest",
+            "sluice_TlsRenewalFailures",
         )
 
     inputs, expected = [], {name: [] for name in severity}
@@ -69,14 +70,17 @@ def main():
     for (name, labels), value in after.items():
         if not family(name):
             continue
-        if name.endswith("FailedRecords") or name == "sluice_ThrottledRecords":
+        if name.endswith("FailedRecords") or name in ("sluice_ThrottledRecords", "sluice_TlsRenewalFailures"):
             start = before.get((name, labels), 0.0)
             step = (value - start) * per_minute
             if name == "sluice_ThrottledRecords":
                 step = 10.0  # not driven by the run: set past its threshold
             inputs.append({"series": series(name, labels), "values": f"{start}+{step}x30"})
             if step > 0:
-                alert = "SluiceErrorOutputGrowing" if name.endswith("FailedRecords") else "SluiceThrottling"
+                alert = {
+                    "sluice_ThrottledRecords": "SluiceThrottling",
+                    "sluice_TlsRenewalFailures": "SluiceTlsRenewalRefused",
+                }.get(name, "SluiceErrorOutputGrowing")
                 expected[alert].append(dict(labels))
             continue
         gauges[(name, labels)] = value

@@ -17,7 +17,8 @@ use sluice_engine::testkit::sink::{Destination, Fault};
 use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::support::{
-    TestCertificates, folder_objects, free_port, generated, logged_run, serve, sluice, start_listening_with, terminate,
+    StartedRun, TestCertificates, folder_objects, free_port, generated, logged_run, serve, sluice,
+    start_listening_with, terminate,
 };
 
 /// What the receiver answers.
@@ -427,7 +428,8 @@ fn validate_check_asks_every_destination_at_once_within_its_timeout() {
 /// restart: the endpoint has moved to a certificate of a new CA and asks for client certificates
 /// of that CA, so every request made with the files read at start is refused (and retried) until
 /// the renewed files are written where the old ones were; then everything goes through, nothing
-/// is backed up.
+/// is backed up. A renewal that first leaves a broken CA file is refused, the files before kept,
+/// and counted in the sink's `TlsRenewalFailures` (there at 0 from the start), once.
 #[test]
 fn renewed_tls_files_are_used_without_a_restart() {
     let (old, renewed) = (TestCertificates::make(), TestCertificates::make());
@@ -435,11 +437,14 @@ fn renewed_tls_files_are_used_without_a_restart() {
     let endpoint = receiver_over(Answer::OkAfter(0), Some(tls.clone()));
     let files = tempfile::tempdir().unwrap();
     // As a renewal writes them: each file whole, by a rename.
+    let write = |name: &str, bytes: &[u8]| {
+        let staged = files.path().join(format!(".{name}.new"));
+        std::fs::write(&staged, bytes).unwrap();
+        std::fs::rename(&staged, files.path().join(name)).unwrap();
+    };
     let install = |from: &TestCertificates| {
         for name in ["ca.pem", "client.pem", "client.key"] {
-            let staged = files.path().join(format!(".{name}.new"));
-            std::fs::copy(from.path(name), &staged).unwrap();
-            std::fs::rename(&staged, files.path().join(name)).unwrap();
+            write(name, &std::fs::read(from.path(name)).unwrap());
         }
     };
     install(&old);
@@ -457,13 +462,31 @@ fn renewed_tls_files_are_used_without_a_restart() {
         &endpoint.url,
         backup.path(),
         300,
-        &format!("healthcheck = false\nretry = {{ duration_s = 60 }}\n{sink_tls}"),
+        &format!("healthcheck = false\nretry = {{ duration_s = 90 }}\n{sink_tls}"),
     );
-    let run = std::thread::spawn(move || run_pipeline(&toml, &registry(), 1).unwrap().1);
+    let run = StartedRun::start(&toml, 1);
+    let refused = || run.metrics.sinks[0].own_counts.lock().unwrap().get("TlsRenewalFailures").copied();
+    let waited = std::time::Instant::now();
+    while refused().is_none() && waited.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(refused(), Some(0), "the family starts at 0 for a sink with files to renew");
     std::thread::sleep(std::time::Duration::from_secs(1));
+    write("ca.pem", b"-----BEGIN CERTIFICATE-----\ncut short by the renewal\n");
+    let waited = std::time::Instant::now();
+    while refused() != Some(1) {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(30), "the broken CA file was not refused");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     install(&renewed);
-    let metrics = run.join().unwrap();
+    while run.metrics.sinks[0].records_delivered.load(Relaxed) < 300 {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(80), "the renewed files were not taken");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let metrics = Arc::clone(&run.metrics);
+    run.finish().unwrap();
     assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 300);
+    assert_eq!(metrics.sinks[0].own_counts.lock().unwrap().get("TlsRenewalFailures"), Some(&1), "counted once");
     assert!(metrics.sinks[0].retries.load(Relaxed) > 0, "no request was refused before the renewal");
     assert!(folder_objects(backup.path()).is_empty(), "records were backed up");
     assert_eq!(endpoint.seen.lock().unwrap().records.len(), 600);

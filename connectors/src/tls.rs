@@ -37,11 +37,14 @@
 //! fail (said once per change of the files), requests use the client made before. A request in
 //! flight keeps the client it began with. Object stores take a renewed `tls.ca` the same way
 //! (`RenewingStore` of the `object_store` sink), and the `postgres` sink its `sslrootcert`, through
-//! the same `Renewing`.
+//! the same `Renewing`. Each change refused is counted in the connector's
+//! `TlsRenewalFailures` ([`RENEWAL_FAILURES`]) once its run hands it its counters
+//! ([`RenewalFailures`]); the family is there at 0 from then on for every connector with files to
+//! renew, so an alert sees its first refusal.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::pki_types::pem::PemObject;
@@ -268,6 +271,53 @@ fn build(trust: &Trust, identity: Option<&reqwest::Identity>, timeout: Duration)
     builder.build().map_err(|e| sluice_engine::redact::error(&e).to_string())
 }
 
+/// The counter family of renewed TLS files a connector refused (`sluice_TlsRenewalFailures`; the
+/// API listener's own is `ListenerCertificateReloadFailures`).
+pub const RENEWAL_FAILURES: &str = "TlsRenewalFailures";
+
+/// Where a connector's refused renewals are counted: nowhere until its run hands over its
+/// counters ([`Self::count_with`]; `sluice validate` and checks count nothing). Clones share it,
+/// so the connector keeps one and each [`Renewing`] it made counts through it. The default stands
+/// for a connector with no file to renew: it counts nothing and starts no family.
+#[derive(Clone, Default)]
+pub struct RenewalFailures(Option<Arc<OnceLock<RenewalCount>>>);
+
+type RenewalCount = Box<dyn Fn(u64) + Send + Sync>;
+
+impl RenewalFailures {
+    /// Counts from now on with `count` (adding its argument to [`RENEWAL_FAILURES`]), starting the
+    /// family at 0; the first counter handed over is kept (each worker of a transform hands one).
+    pub fn count_with(&self, count: impl Fn(u64) + Send + Sync + 'static) {
+        if let Some(slot) = &self.0
+            && slot.get().is_none()
+        {
+            count(0);
+            let _ = slot.set(Box::new(count));
+        }
+    }
+
+    /// A sink's counters.
+    pub fn count_in_sink(&self, meter: sluice_engine::metrics::SinkMeter) {
+        self.count_with(move |n| meter.count(RENEWAL_FAILURES, n));
+    }
+
+    /// A source's counters.
+    pub fn count_in_source(&self, meter: sluice_engine::metrics::SourceMeter) {
+        self.count_with(move |n| meter.count(RENEWAL_FAILURES, n));
+    }
+
+    /// A transform's counters (labelled `files="tls"`: a transform's own families carry a label).
+    pub fn count_in_transform(&self, metrics: Arc<sluice_engine::metrics::TransformMetrics>) {
+        self.count_with(move |n| metrics.count(RENEWAL_FAILURES, "files", "tls", n));
+    }
+
+    fn refused(&self) {
+        if let Some(count) = self.0.as_ref().and_then(|slot| slot.get()) {
+            count(1);
+        }
+    }
+}
+
 /// How often renewable TLS files are looked at: a [`TlsClient`]'s and an object store's (at most;
 /// only when a request asks for them), and a listener's certificate (`api::certificate`).
 pub const LOOK_EVERY: Duration = Duration::from_secs(5);
@@ -304,6 +354,11 @@ impl TlsClient {
         Ok(TlsClient { client: build(&Trust::Added(Vec::new()), None, timeout)?, reloading: None })
     }
 
+    /// Where its refused renewals are counted (nowhere when its table names no file).
+    pub fn renewal_failures(&self) -> RenewalFailures {
+        self.reloading.as_ref().map(|r| r.client.failures()).unwrap_or_default()
+    }
+
     /// The client to send a request with: made again first if its files changed (module docs).
     pub fn current(&self) -> reqwest::Client {
         let Some(reloading) = &self.reloading else { return self.client.clone() };
@@ -322,6 +377,8 @@ pub(crate) struct Renewing<T> {
     /// The files, as the log names them (e.g. the TLS files of `sinks.x.tls`).
     what: String,
     state: Mutex<Looked<T>>,
+    /// Where a refused change is counted (the connector holds a clone).
+    failures: RenewalFailures,
 }
 
 /// The value in use, its files, and when they were last looked at.
@@ -335,7 +392,13 @@ impl<T: Clone> Renewing<T> {
     /// `value`, made from `paths` as they are now (their state is taken now: a change between the
     /// reading and this call is read again at the first look, which costs one remaking).
     pub(crate) fn new(what: String, paths: Vec<PathBuf>, value: T) -> Renewing<T> {
-        Renewing { what, state: Mutex::new(Looked { value, watch: FileWatch::new(paths), at: Instant::now() }) }
+        let state = Mutex::new(Looked { value, watch: FileWatch::new(paths), at: Instant::now() });
+        Renewing { what, state, failures: RenewalFailures(Some(Arc::default())) }
+    }
+
+    /// Where its refused changes are counted: the connector hands it its counters.
+    pub(crate) fn failures(&self) -> RenewalFailures {
+        self.failures.clone()
     }
 
     /// The value to use now: made again by `make` first when the files changed.
@@ -358,6 +421,7 @@ impl<T: Clone> Renewing<T> {
                             self.what
                         );
                         looked.watch.refused(changed);
+                        self.failures.refused();
                     }
                 }
             }
@@ -681,6 +745,8 @@ pub(crate) fn write_settled(path: &Path, bytes: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::{ClientFiles, ClientTls, FileWatch, Trust, fixture_ca, refusal, write_settled};
 
     /// A client whose `ca` file is renewed: a file that fails the checks is refused and the client
@@ -697,6 +763,12 @@ mod tests {
         let tls = ClientTls { trust: Trust::Added(roots), identity: None, files, label: "`t.tls`".into(), at: 0..0 };
         let client = tls.client(std::time::Duration::from_secs(1)).unwrap();
         let reloading = client.reloading.as_ref().unwrap();
+        // Refusals are counted once the run hands its counters over, the family starting at 0.
+        let counted = Arc::new(Mutex::new(Vec::new()));
+        let counter = Arc::clone(&counted);
+        client.renewal_failures().count_with(move |n| counter.lock().unwrap().push(n));
+        let counts = || counted.lock().unwrap().clone();
+        assert_eq!(counts(), [0]);
         let look_now = || {
             reloading.client.look_next_time();
             client.current();
@@ -710,10 +782,34 @@ mod tests {
         look_now();
         assert_eq!(taken(), before, "a file that is not PEM is not taken");
         assert!(refused().is_some());
+        assert_eq!(counts(), [0, 1], "the refusal is counted");
+        look_now();
+        assert_eq!(counts(), [0, 1], "a refused change is counted once");
         write(&good);
         look_now();
         assert!(taken() != before && taken().is_some(), "the good file again is taken");
         assert_eq!(refused(), None);
+        assert_eq!(counts(), [0, 1], "a change taken is no failure");
+        // A second counter handed over (another worker's) does not replace the first.
+        client.renewal_failures().count_with(|_| panic!("a second counter was used"));
+        write(b"not a certificate either");
+        look_now();
+        assert_eq!(counts(), [0, 1, 1]);
+    }
+
+    /// A client whose table names no file has nothing to renew: no family is started for it.
+    #[test]
+    fn a_client_without_files_counts_nothing() {
+        let tls = ClientTls {
+            trust: Trust::Added(Vec::new()),
+            identity: None,
+            files: ClientFiles::default(),
+            label: "`t.tls`".into(),
+            at: 0..0,
+        };
+        let client = tls.client(std::time::Duration::from_secs(1)).unwrap();
+        client.renewal_failures().count_with(|_| panic!("counted for a client without files"));
+        client.current();
     }
 
     /// A mounted secret is renewed by pointing a link at a new folder: the link's target is what

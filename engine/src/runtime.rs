@@ -171,7 +171,7 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
         .build()
         .map_err(RunError::Runtime)?;
     for (index, sink) in plan.sinks.iter().enumerate() {
-        sink.sink.measure_with(crate::metrics::SinkMeter::new(Arc::clone(&metrics), index));
+        crate::contract::measure_sink(&sink.sink, crate::metrics::SinkMeter::new(Arc::clone(&metrics), index));
         if let Some(counters) = metrics.sinks.get(index) {
             counters
                 .buffer_interval_s

@@ -329,6 +329,10 @@ impl Sink for HttpEndpointSink {
         Some(Arc::clone(&self.backup))
     }
 
+    fn measure_with(&self, meter: sluice_engine::metrics::SinkMeter) {
+        self.client.renewal_failures().count_in_sink(meter);
+    }
+
     /// `payload.key` is the request id (the batcher names requests so); the same id is sent on
     /// every retry, as Firehose does.
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {

@@ -38,6 +38,7 @@ use object_store::{
 use serde::Deserialize;
 use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{DeliveryError, DestinationKind, PartSink, PartUpload, Payload, Sink, UploadStart};
+use sluice_engine::metrics::SinkMeter;
 
 use super::renewing_store::{Rebuild, RenewingStore, StoreClients};
 use super::staged_files::StagedFiles;
@@ -127,6 +128,8 @@ pub struct ObjectStoreSink {
     /// has no multipart upload for it) and is not told the object's `Content-Encoding`, which a
     /// WebDAV server may refuse on a PUT (WsgiDAV answers 501); the extension says it.
     web_server: bool,
+    /// Where its store counts a refused renewal of its `tls.ca` (nowhere without one).
+    renewal_failures: crate::tls::RenewalFailures,
 }
 
 /// A store's own way of finding credentials, run once at start.
@@ -725,6 +728,7 @@ impl ObjectStoreSink {
             });
             let clients = StoreClients { store: Arc::clone(&sink.store), parts: sink.parts.clone() };
             let renewing = Arc::new(RenewingStore::new(file, clients, rebuild));
+            sink.renewal_failures = renewing.failures();
             sink.parts = sink.parts.is_some().then(|| Arc::clone(&renewing) as Arc<dyn MultipartStore>);
             sink.store = renewing;
         }
@@ -864,6 +868,7 @@ impl ObjectStoreSink {
             healthcheck,
             credentials,
             web_server: matches!(scheme, "http" | "https"),
+            renewal_failures: crate::tls::RenewalFailures::default(),
         })
     }
 
@@ -878,6 +883,12 @@ impl ObjectStoreSink {
             self.journal = Some(Arc::new(UploadJournal::new(data_dir.join(sink).join("uploads.json"))));
         }
         self
+    }
+
+    /// Where its store counts a refused renewal of its `tls.ca` (a source that reads through the
+    /// store hands it its counters).
+    pub fn renewal_failures(&self) -> crate::tls::RenewalFailures {
+        self.renewal_failures.clone()
     }
 
     /// The store, the base path under it, and the URL as shown (secrets masked): for the
@@ -1127,6 +1138,10 @@ impl PartSink for ObjectStoreSink {
 impl Sink for ObjectStoreSink {
     fn destination(&self) -> DestinationKind {
         DestinationKind::S3
+    }
+
+    fn measure_with(&self, meter: SinkMeter) {
+        self.renewal_failures.count_in_sink(meter);
     }
 
     fn describe(&self) -> String {

@@ -630,6 +630,10 @@ impl Sink for OpenSearchSink {
         Some(Arc::clone(&self.backup))
     }
 
+    fn measure_with(&self, meter: sluice_engine::metrics::SinkMeter) {
+        self.client.renewal_failures().count_in_sink(meter);
+    }
+
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
         let (auth, client, bulk_url, compression) =
             (self.auth.clone(), self.client.current(), self.bulk_url.clone(), self.compression);

@@ -1017,6 +1017,9 @@ impl Sink for PostgresSink {
     }
 
     fn measure_with(&self, meter: SinkMeter) {
+        if let Some((_, roots)) = &self.load.roots {
+            roots.failures().count_in_sink(meter.clone());
+        }
         let _ = self.load.meter.set(meter);
     }
 

@@ -7,7 +7,8 @@
 //! Guarantees: the file is looked at at most every 5 s, when a request asks for the store
 //! ([`Renewing`]); a change is read once it has settled (unchanged at the next look, or written
 //! 2 s before or longer) and taken only when it holds certificates the store's client can use;
-//! until then, and when it cannot be used (said once per change of the file), requests use the
+//! until then, and when it cannot be used (said and counted once per change of the file,
+//! `TlsRenewalFailures` once the sink hands over its counters), requests use the
 //! store built before. A request, a listing or an upload in parts already begun keeps the client it
 //! began with; the next part of an upload goes through the store of its time, under the same upload
 //! id (the id is the server's, not the client's). Every call is forwarded unchanged, so the store
@@ -66,6 +67,11 @@ impl RenewingStore {
     pub(crate) fn new(ca: PathBuf, clients: StoreClients, rebuild: Rebuild) -> RenewingStore {
         let clients = Renewing::new("the object store's `tls.ca`".into(), vec![ca.clone()], clients);
         RenewingStore { ca, rebuild, clients }
+    }
+
+    /// Where its refused renewals are counted.
+    pub(crate) fn failures(&self) -> crate::tls::RenewalFailures {
+        self.clients.failures()
     }
 
     /// The store to send a request with: built again first if its CA file changed (module docs).
@@ -162,7 +168,7 @@ mod tests {
 
     /// The CA file is renewed: a file that is not PEM is refused without building the store again
     /// and the store built before keeps storing; a good one builds a new store, which stores from
-    /// then on.
+    /// then on. The refusal is counted.
     #[tokio::test]
     async fn a_renewed_ca_builds_the_store_again_and_a_refused_one_keeps_the_store() {
         let dir = tempfile::tempdir().unwrap();
@@ -185,17 +191,22 @@ mod tests {
         };
         let clients = StoreClients { store: first.clone(), parts: Some(first.clone()) };
         let renewing = RenewingStore::new(ca.clone(), clients, rebuild);
+        let refusals = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&refusals);
+        renewing.failures().count_with(move |n| _ = counter.fetch_add(n as usize, Ordering::Relaxed));
         put_now(&renewing, "a").await;
         assert!(holds(&first, "a").await, "nothing changed: the store built at start");
         write(b"not a certificate");
         put_now(&renewing, "b").await;
         assert!(holds(&first, "b").await, "a file that is not PEM is refused");
         assert_eq!(rebuilds.load(Ordering::Relaxed), 0);
+        assert_eq!(refusals.load(Ordering::Relaxed), 1, "the refusal is counted");
         write(&good);
         put_now(&renewing, "c").await;
         assert_eq!(rebuilds.load(Ordering::Relaxed), 1);
         let second = Arc::clone(&built.lock().unwrap()[0]);
         assert!(holds(&second, "c").await && !holds(&first, "c").await, "the renewed file is taken");
+        assert_eq!(refusals.load(Ordering::Relaxed), 1);
         // An upload in parts goes through the store of its time too.
         let id = renewing.create_multipart(&Path::from("d")).await.unwrap();
         let part = renewing.put_part(&Path::from("d"), &id, 0, PutPayload::from_static(b"y")).await.unwrap();

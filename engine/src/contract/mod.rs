@@ -210,6 +210,15 @@ pub async fn prepare_sink(sink: &Arc<dyn Sink>) -> Result<(), DeliveryError> {
     sink.prepare().await
 }
 
+/// Hands `sink`'s counters to its [`Sink::error_output`], then to `sink` ([`Sink::measure_with`]):
+/// what an error output counts of its own (its store's refused TLS renewals) is the sink's.
+pub fn measure_sink(sink: &Arc<dyn Sink>, meter: crate::metrics::SinkMeter) {
+    if let Some(error_output) = sink.error_output() {
+        error_output.measure_with(meter.clone());
+    }
+    sink.measure_with(meter);
+}
+
 /// Checks `sink`'s [`Sink::error_output`], then `sink` (`sluice validate --check`), changing nothing.
 pub async fn check_sink(sink: &Arc<dyn Sink>) -> Result<(), DeliveryError> {
     if let Some(error_output) = sink.error_output() {
@@ -280,7 +289,9 @@ pub trait Sink: Send + Sync + 'static {
         Box::pin(async {})
     }
     /// Hands the sink its own counters before [`Sink::prepare`], for what it counts or times
-    /// besides what the engine does (a warehouse sink's `CopyRows`, `CopyDuration`).
+    /// besides what the engine does (a warehouse sink's `CopyRows`, `CopyDuration`). The engine
+    /// hands the same counters to its [`Sink::error_output`] ([`measure_sink`]), so a sink holding
+    /// another need not forward them.
     fn measure_with(&self, meter: crate::metrics::SinkMeter) {
         let _ = meter;
     }
@@ -345,4 +356,42 @@ pub trait PartUpload: Send + Sync {
     fn complete(&self) -> BoxFuture<'static, Result<(), DeliveryError>>;
     /// Gives up, removing what was uploaded.
     fn abort(&self) -> BoxFuture<'static, Result<(), DeliveryError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{PipelineMetrics, SinkMeter};
+
+    /// A sink that counts one `Measured` when it is handed its counters, with an error output of
+    /// its own kind.
+    struct Counting(Option<Arc<dyn Sink>>);
+
+    impl Sink for Counting {
+        fn describe(&self) -> String {
+            "counting".into()
+        }
+        fn destination(&self) -> DestinationKind {
+            DestinationKind::HttpEndpoint
+        }
+        fn deliver(&self, _: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn measure_with(&self, meter: SinkMeter) {
+            meter.count("Measured", 1);
+        }
+        fn error_output(&self) -> Option<Arc<dyn Sink>> {
+            self.0.clone()
+        }
+    }
+
+    /// What an error output counts of its own (its store's refused TLS renewals) is its sink's:
+    /// both are handed the sink's counters.
+    #[test]
+    fn a_sink_and_its_error_output_are_handed_the_sinks_counters() {
+        let metrics = Arc::new(PipelineMetrics::new(0, 1));
+        let sink: Arc<dyn Sink> = Arc::new(Counting(Some(Arc::new(Counting(None)))));
+        measure_sink(&sink, SinkMeter::new(Arc::clone(&metrics), 0));
+        assert_eq!(metrics.sinks[0].own_counts.lock().unwrap().get("Measured"), Some(&2));
+    }
 }
