@@ -580,3 +580,54 @@ fn serve_serves_the_good_stream_pipelines_and_reports_the_rest() {
     assert_eq!(all_lines(&folder_objects(&out)), sent);
     drop(taken);
 }
+
+/// `sluice validate --check` asks whether each listener's address can be taken, and lets it go:
+/// an address no interface of this host has (TEST-NET-1's, nothing sent to it) is an error that
+/// names it and what to do; one another process holds is a warning with exit 0 (a sluice running
+/// the pipeline holds it while a change is validated), and validating leaves it free.
+#[test]
+fn validate_check_asks_whether_each_listener_can_be_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = |name: &str, web: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[pipeline]\nname = \"{name}\"\ndata_dir = \"{data}\"\n\
+                 [sources.api]\ntype = \"firehose\"\nlisten = \"127.0.0.1:{port}\"\n\
+                 [sources.web]\ntype = \"http\"\nlisten = \"{web}\"\n\
+                 [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\", \"web\"]\nurl = \"file://{out}\"\n",
+                data = dir.path().join("data").display(),
+                out = dir.path().join("out").display(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    // (Warnings shown: the suite's runs say errors only.)
+    let validate = |path: &Path| {
+        super::support::sluice().env("SLUICE_LOG", "warn").args(["validate", "--check"]).arg(path).output().unwrap()
+    };
+
+    let elsewhere = validate(&file("elsewhere", "192.0.2.1:4573"));
+    let stderr = String::from_utf8_lossy(&elsewhere.stderr);
+    assert_eq!(elsewhere.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sources.web") && stderr.contains("cannot listen on 192.0.2.1:4573"),
+        "the source and its address: {stderr}"
+    );
+    assert!(stderr.contains("no interface of this host has that address"), "what to do: {stderr}");
+    assert!(!stderr.contains("sources.api"), "the free address is no problem: {stderr}");
+
+    let web = free_port();
+    let here = file("here", &format!("127.0.0.1:{web}"));
+    let held = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let taken = validate(&here);
+    let stderr = String::from_utf8_lossy(&taken.stderr);
+    assert!(taken.status.success(), "a taken address is a warning: {stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port} is taken by another process")), "{stderr}");
+    drop(held);
+    assert!(validate(&here).status.success());
+    TcpListener::bind(("127.0.0.1", web)).expect("validating let the address go");
+}

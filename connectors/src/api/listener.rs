@@ -219,6 +219,34 @@ pub fn open_listener_warning(source: &str, address: SocketAddr, authenticated: b
     })
 }
 
+/// Whether `address` can be listened on now, for `sluice validate --check`: bound and let go at
+/// once (nothing served). An address no interface of this host has, or a port this process may
+/// not take, is an error (the run would not start); an address another process holds (a sluice
+/// already running the pipeline, which is what a change is usually validated beside) is said as a
+/// warning, since it frees when that process stops.
+pub fn check_listen(address: SocketAddr) -> Result<(), SourceError> {
+    let error = match std::net::TcpListener::bind(address) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                "{address} is taken by another process (a sluice already running this pipeline?): a run cannot start until it is free"
+            );
+            return Ok(());
+        }
+        Err(e) => e,
+    };
+    let hint = match error.kind() {
+        io::ErrorKind::AddrNotAvailable => {
+            "; no interface of this host has that address: listen on one of its own, or on 0.0.0.0 for all"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need root or CAP_NET_BIND_SERVICE: listen on a higher port (4573, say)"
+        }
+        _ => "",
+    };
+    Err(SourceError::Setup(format!("cannot listen on {address}: {error}{hint}")))
+}
+
 /// Binds `address` now (so a taken address is an error before the run starts).
 pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, SourceError> {
     let listener = std::net::TcpListener::bind(address)

@@ -132,6 +132,24 @@ impl LogSlot {
         }))
     }
 
+    /// [`Source::check`] of a source listening on `listen` with this log: the address taken and
+    /// let go at once ([`listener::check_listen`]), then the log's key ([`Self::check`]).
+    ///
+    /// [`Source::check`]: sluice_engine::contract::Source::check
+    pub fn check_with_listener(
+        &self,
+        listen: std::net::SocketAddr,
+    ) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
+        let log = self.check();
+        Some(Box::pin(async move {
+            listener::check_listen(listen)?;
+            match log {
+                Some(log) => log.await,
+                None => Ok(()),
+            }
+        }))
+    }
+
     /// Opens the log (once) and starts queueing into `queue` what it replays: batches acknowledged
     /// before a restart and not delivered, one at a time as the queue has room (a thread of its
     /// own; new requests are taken meanwhile). `None` with `durability = "none"`. What recovery

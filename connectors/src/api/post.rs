@@ -445,7 +445,7 @@ impl Source for PostSource {
 
     /// The log's encryption key, when it has one ([`LogSlot::check`]).
     fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
-        self.endpoint.log.check()
+        self.endpoint.log.check_with_listener(self.listen)
     }
 
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {

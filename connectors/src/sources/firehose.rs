@@ -292,9 +292,10 @@ impl Source for FirehoseSource {
         false
     }
 
-    /// The log's encryption key, when it has one ([`LogSlot::check`]).
+    /// Its `listen` address, then the log's encryption key, when it has one
+    /// ([`LogSlot::check_with_listener`]).
     fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
-        self.log.check()
+        self.log.check_with_listener(self.listen)
     }
 
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {

@@ -183,8 +183,9 @@ pub trait Source: Send + Sync + 'static {
         Ok(())
     }
     /// Asks the service a source reads from (a stream) what its `prepare` asks, changing nothing,
-    /// for `sluice validate --check`: credentials found and the input there. `None` (the default):
-    /// nothing to ask (a source that listens, reads local files or makes records).
+    /// for `sluice validate --check`: credentials found and the input there; for a source that
+    /// listens, whether its address can be taken. `None` (the default): nothing to ask (a source
+    /// that reads local files or makes records).
     fn check(&self) -> Option<BoxFuture<'static, Result<(), SourceError>>> {
         None
     }
