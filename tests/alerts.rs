@@ -101,15 +101,29 @@ backup_store = {{ url = "file://{backup}" }}
     );
     let scrape = |name: &str| {
         let text = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")).unwrap().text().unwrap();
-        std::fs::write(dir.path().join(name), text).unwrap();
+        std::fs::write(dir.path().join(name), &text).unwrap();
+        text
     };
-    // Refused at the sink's first look at its files, 5 s after it was configured (its deliveries
-    // ask for its client every second): between the two scrapes.
-    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\ncut short\n").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     scrape("before.prom");
-    std::thread::sleep(Duration::from_secs(7));
-    scrape("after.prom");
+    let between = std::time::Instant::now();
+    // The stuck sink's CA file renewed with a broken one: refused at the sink's next look at its
+    // files (every 5 s, when a delivery asks for its client: every second here), which the second
+    // scrape waits for; the other conditions get their 7 s at least.
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\ncut short\n").unwrap();
+    let refused = |text: &str| {
+        text.lines()
+            .any(|l| l.starts_with("sluice_TlsRenewalFailures{") && l.contains("\"stuck\"") && l.ends_with(" 1"))
+    };
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let text = scrape("after.prom");
+        if refused(&text) && between.elapsed() >= Duration::from_secs(7) {
+            break;
+        }
+        assert!(between.elapsed() < Duration::from_secs(40), "the broken CA file was not refused:\n{text}");
+    }
+    let seconds = between.elapsed().as_secs_f64();
     terminate(&run);
     let mut run = run;
     run.wait().unwrap();
@@ -118,7 +132,7 @@ backup_store = {{ url = "file://{backup}" }}
         .arg(repo_root().join("tests/alerts_check.py"))
         .arg(&rules)
         .args([dir.path().join("before.prom"), dir.path().join("after.prom")])
-        .arg("7")
+        .arg(seconds.to_string())
         .arg(dir.path())
         .output()
         .unwrap();
