@@ -5,7 +5,7 @@
 //! every `!{timestamp:...}` in one key shows the same instant (the oldest record's arrival time) in
 //! the configured time zone (UTC by default), and an evaluated prefix is at most 512 characters.
 
-use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, Offset as _, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use rand::Rng;
 
@@ -30,42 +30,115 @@ fn template_error(offset: usize, message: impl Into<String>, hint: impl Into<Str
     KeyTemplateError { offset, message: message.into(), hint: hint.into() }
 }
 
-/// One piece of a Java `DateTimeFormatter` pattern that Firehose prefixes use.
+/// One piece of a Java `DateTimeFormatter` pattern, as Firehose's prefixes evaluate it (its
+/// letters, their counts and the English texts of the default locale, from the `DateTimeFormatter`
+/// documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatePart {
-    /// `yyyy`: four-digit year.
-    Year,
-    /// `yy`: two-digit year.
+    /// A number, zero-padded to `width` digits (1: as many as it takes).
+    Number {
+        /// What it counts.
+        field: NumberField,
+        /// The fewest digits shown.
+        width: u8,
+    },
+    /// `yy` or `uu`: the year's last two digits.
     YearOfCentury,
-    /// `MM` (or `M`, unpadded).
-    Month {
-        /// Zero-padded to two digits.
-        padded: bool,
+    /// `S`…`SSSSSSSSS`: the fraction of the second, `digits` digits, truncated.
+    Fraction {
+        /// How many digits.
+        digits: u8,
     },
-    /// `dd` (or `d`).
-    Day {
-        /// Zero-padded to two digits.
-        padded: bool,
+    /// A name in English: a month's, a day's, AM or PM, the era, the quarter.
+    Text {
+        /// What it names.
+        field: TextField,
+        /// How long a form.
+        form: TextForm,
     },
-    /// `HH` (or `H`).
-    Hour {
-        /// Zero-padded to two digits.
-        padded: bool,
-    },
-    /// `mm` (or `m`).
-    Minute {
-        /// Zero-padded to two digits.
-        padded: bool,
-    },
-    /// `ss` (or `s`).
-    Second {
-        /// Zero-padded to two digits.
-        padded: bool,
-    },
-    /// `SSS`: milliseconds.
-    Millis,
+    /// The time zone's offset from UTC.
+    Offset(OffsetForm),
     /// Text copied as is: punctuation, or a quoted literal like `'year='`.
     Literal(String),
+}
+
+/// A number of a timestamp pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumberField {
+    /// `y`, `u` (once, three, four or more times): the year.
+    Year,
+    /// `M`: month of the year, 1–12.
+    Month,
+    /// `Q`: quarter of the year, 1–4.
+    Quarter,
+    /// `d`: day of the month.
+    Day,
+    /// `D`: day of the year, 1–366.
+    DayOfYear,
+    /// `H`: hour of the day, 0–23.
+    Hour,
+    /// `k`: hour of the day, 1–24.
+    ClockHourOfDay,
+    /// `K`: hour of the half day, 0–11.
+    HourOfAmPm,
+    /// `h`: hour of the half day, 1–12.
+    ClockHourOfAmPm,
+    /// `m`: minute of the hour.
+    Minute,
+    /// `s`: second of the minute.
+    Second,
+    /// `A`: millisecond of the day.
+    MilliOfDay,
+    /// `n`: nanosecond of the second.
+    NanoOfSecond,
+}
+
+/// A name of a timestamp pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextField {
+    /// `MMM`…: `Jul`, `July`, `J`.
+    Month,
+    /// `E`…: `Tue`, `Tuesday`, `T`.
+    DayOfWeek,
+    /// `a`: `AM` or `PM`.
+    AmPm,
+    /// `G`…: `AD`, `Anno Domini`, `A`.
+    Era,
+    /// `QQQ`…: `Q3`, `3rd quarter`, `3`.
+    Quarter,
+}
+
+/// Java's text styles: three letters give the short form, four the full one, five the narrow one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextForm {
+    /// `Jul`.
+    Short,
+    /// `July`.
+    Full,
+    /// `J`.
+    Narrow,
+}
+
+/// How an offset from UTC is written (Java's `X`, `x`, `Z` and `O` letters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetForm {
+    /// A colon between hours and minutes (`+09:00`).
+    colon: bool,
+    /// Minutes only when not zero (`X`, `x`: `+09`, `+0530`).
+    minutes_optional: bool,
+    /// What a zero offset is written as (`Z`, `+00:00`, ...), or `None` to write it as any other.
+    zero: Option<&'static str>,
+    /// Java's localized form: `GMT+09:00` (`ZZZZ`, `OOOO`), or `GMT+9` (`O`: `short`).
+    gmt: Option<GmtForm>,
+}
+
+/// The `GMT` forms of an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GmtForm {
+    /// `GMT+9`, `GMT+5:30` (`O`).
+    Short,
+    /// `GMT+09:00` (`OOOO`, `ZZZZ`).
+    Full,
 }
 
 /// One piece of a prefix template.
@@ -102,7 +175,63 @@ pub struct ObjectKeyTemplate {
 }
 
 /// The pattern letters we accept inside `!{timestamp:...}`.
-pub const SUPPORTED_PATTERN_LETTERS: &str = "yyyy, yy, MM, M, dd, d, HH, H, mm, m, ss, s, SSS and 'quoted text'";
+pub const SUPPORTED_PATTERN_LETTERS: &str = "y/u (yyyy, yy), M (M, MM, MMM, MMMM), d, D, Q, E (EEE, EEEE), a, \
+     H, k, K, h, m, s, S (SSS), A, n, G, offsets X, x, Z, O, and 'quoted text' (not the locale's week \
+     letters Y, w, W, e, c, F, nor zone names V, z, v)";
+
+/// The piece `count` letters `letter` make, as Java's `DateTimeFormatterBuilder.appendPattern`
+/// reads them; `None` for a letter or count it refuses, or one we leave out (the week letters
+/// depend on the JVM's locale, which Firehose does not document; zone names need a zone database's
+/// names, and `VV`'s `/` would add a folder).
+fn date_part(letter: char, count: usize) -> Option<DatePart> {
+    use DatePart::{Fraction, Number, Offset, Text, YearOfCentury};
+    let width = u8::try_from(count).ok()?;
+    let number = |field, most: usize| (count <= most).then_some(Number { field, width });
+    let form = |count: usize| match count {
+        1..=3 => Some(TextForm::Short),
+        4 => Some(TextForm::Full),
+        5 => Some(TextForm::Narrow),
+        _ => None,
+    };
+    let text = |field| Some(Text { field, form: form(count)? });
+    let offset = |colon, minutes_optional, zero| OffsetForm { colon, minutes_optional, zero, gmt: None };
+    let gmt = |form| OffsetForm { colon: true, minutes_optional: false, zero: Some("GMT"), gmt: Some(form) };
+    match (letter, count) {
+        ('y' | 'u', 2) => Some(YearOfCentury),
+        ('y' | 'u', 1..=19) => Some(Number { field: NumberField::Year, width }),
+        ('M' | 'L', 1 | 2) => number(NumberField::Month, 2),
+        ('M' | 'L', _) => text(TextField::Month),
+        ('Q' | 'q', 1 | 2) => number(NumberField::Quarter, 2),
+        ('Q' | 'q', _) => text(TextField::Quarter),
+        ('d', _) => number(NumberField::Day, 2),
+        ('D', _) => number(NumberField::DayOfYear, 3),
+        ('H', _) => number(NumberField::Hour, 2),
+        ('k', _) => number(NumberField::ClockHourOfDay, 2),
+        ('K', _) => number(NumberField::HourOfAmPm, 2),
+        ('h', _) => number(NumberField::ClockHourOfAmPm, 2),
+        ('m', _) => number(NumberField::Minute, 2),
+        ('s', _) => number(NumberField::Second, 2),
+        ('A', 1..=19) => number(NumberField::MilliOfDay, 19),
+        ('n', 1..=19) => number(NumberField::NanoOfSecond, 19),
+        ('S', 1..=9) => Some(Fraction { digits: width }),
+        ('E', _) => text(TextField::DayOfWeek),
+        ('a', 1) => text(TextField::AmPm),
+        ('G', _) => text(TextField::Era),
+        // `X` writes a zero offset `Z`; `x` as digits. One letter: minutes only when not zero.
+        ('X', 1) => Some(Offset(offset(false, true, Some("Z")))),
+        ('X', 2 | 4) => Some(Offset(offset(false, false, Some("Z")))),
+        ('X', 3 | 5) => Some(Offset(offset(true, false, Some("Z")))),
+        ('x', 1) => Some(Offset(offset(false, true, Some("+00")))),
+        ('x', 2 | 4) => Some(Offset(offset(false, false, None))),
+        ('x', 3 | 5) => Some(Offset(offset(true, false, None))),
+        ('Z', 1..=3) => Some(Offset(offset(false, false, None))),
+        ('Z', 4) => Some(Offset(gmt(GmtForm::Full))),
+        ('Z', 5) => Some(Offset(offset(true, false, Some("Z")))),
+        ('O', 1) => Some(Offset(gmt(GmtForm::Short))),
+        ('O', 4) => Some(Offset(gmt(GmtForm::Full))),
+        _ => None,
+    }
+}
 
 fn parse_date_pattern(pattern: &str, base: usize) -> Result<Vec<DatePart>, KeyTemplateError> {
     let mut parts = Vec::new();
@@ -149,22 +278,12 @@ fn parse_date_pattern(pattern: &str, base: usize) -> Result<Vec<DatePart>, KeyTe
         }
         if c.is_ascii_alphabetic() {
             let run = chars[i..].iter().take_while(|(_, x)| *x == c).count();
-            let part = match (c, run) {
-                ('y', 4) => DatePart::Year,
-                ('y', 2) => DatePart::YearOfCentury,
-                ('M', 1 | 2) => DatePart::Month { padded: run == 2 },
-                ('d', 1 | 2) => DatePart::Day { padded: run == 2 },
-                ('H', 1 | 2) => DatePart::Hour { padded: run == 2 },
-                ('m', 1 | 2) => DatePart::Minute { padded: run == 2 },
-                ('s', 1 | 2) => DatePart::Second { padded: run == 2 },
-                ('S', 3) => DatePart::Millis,
-                _ => {
-                    return Err(template_error(
-                        base + at,
-                        format!("unsupported timestamp pattern `{}`", c.to_string().repeat(run)),
-                        format!("supported: {SUPPORTED_PATTERN_LETTERS}; quote other text, e.g. 'T'"),
-                    ));
-                }
+            let Some(part) = date_part(c, run) else {
+                return Err(template_error(
+                    base + at,
+                    format!("unsupported timestamp pattern `{}`", c.to_string().repeat(run)),
+                    format!("supported: {SUPPORTED_PATTERN_LETTERS}; quote other text, e.g. 'T'"),
+                ));
             };
             flush(&mut literal, &mut parts);
             parts.push(part);
@@ -404,14 +523,24 @@ fn render_date<Z: TimeZone>(parts: &[DatePart], t: &DateTime<Z>, out: &mut Strin
     use std::fmt::Write;
     for part in parts {
         let _ = match part {
-            DatePart::Year => write!(out, "{:04}", t.year()),
+            DatePart::Number { field, width } => {
+                let n = number_of(*field, t);
+                write!(out, "{n:0width$}", width = usize::from(*width))
+            }
             DatePart::YearOfCentury => write!(out, "{:02}", t.year().rem_euclid(100)),
-            DatePart::Month { padded } => pad(out, t.month(), *padded),
-            DatePart::Day { padded } => pad(out, t.day(), *padded),
-            DatePart::Hour { padded } => pad(out, t.hour(), *padded),
-            DatePart::Minute { padded } => pad(out, t.minute(), *padded),
-            DatePart::Second { padded } => pad(out, t.second(), *padded),
-            DatePart::Millis => write!(out, "{:03}", t.timestamp_subsec_millis().min(999)),
+            DatePart::Fraction { digits } => {
+                let nanos = format!("{:09}", t.timestamp_subsec_nanos().min(999_999_999));
+                out.push_str(&nanos[..usize::from(*digits).min(9)]);
+                Ok(())
+            }
+            DatePart::Text { field, form } => {
+                out.push_str(&text_of(*field, *form, t));
+                Ok(())
+            }
+            DatePart::Offset(form) => {
+                write_offset(*form, t.offset().fix().local_minus_utc(), out);
+                Ok(())
+            }
             DatePart::Literal(s) => {
                 out.push_str(s);
                 Ok(())
@@ -420,9 +549,105 @@ fn render_date<Z: TimeZone>(parts: &[DatePart], t: &DateTime<Z>, out: &mut Strin
     }
 }
 
-fn pad(out: &mut String, n: u32, padded: bool) -> std::fmt::Result {
+fn number_of<Z: TimeZone>(field: NumberField, t: &DateTime<Z>) -> i64 {
+    let hour = i64::from(t.hour());
+    match field {
+        NumberField::Year => i64::from(t.year()),
+        NumberField::Month => i64::from(t.month()),
+        NumberField::Quarter => i64::from(t.month0() / 3 + 1),
+        NumberField::Day => i64::from(t.day()),
+        NumberField::DayOfYear => i64::from(t.ordinal()),
+        NumberField::Hour => hour,
+        NumberField::ClockHourOfDay => {
+            if hour == 0 {
+                24
+            } else {
+                hour
+            }
+        }
+        NumberField::HourOfAmPm => hour % 12,
+        NumberField::ClockHourOfAmPm => {
+            if hour % 12 == 0 {
+                12
+            } else {
+                hour % 12
+            }
+        }
+        NumberField::Minute => i64::from(t.minute()),
+        NumberField::Second => i64::from(t.second()),
+        NumberField::MilliOfDay => {
+            i64::from(t.num_seconds_from_midnight()) * 1000 + i64::from(t.timestamp_subsec_millis().min(999))
+        }
+        NumberField::NanoOfSecond => i64::from(t.timestamp_subsec_nanos().min(999_999_999)),
+    }
+}
+
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+
+/// A name in the forms of Java's English locale data (`Jul`/`July`/`J`, `Tue`/`Tuesday`/`T`,
+/// `Q3`/`3rd quarter`/`3`, `AD`/`Anno Domini`/`A`; `AM`/`PM` in every form).
+fn text_of<Z: TimeZone>(field: TextField, form: TextForm, t: &DateTime<Z>) -> String {
+    let name = |full: &str| match form {
+        TextForm::Full => full.to_string(),
+        TextForm::Short => full.chars().take(3).collect(),
+        TextForm::Narrow => full.chars().take(1).collect(),
+    };
+    match field {
+        TextField::Month => name(MONTHS[t.month0() as usize % 12]),
+        TextField::DayOfWeek => name(DAYS[t.weekday().num_days_from_monday() as usize % 7]),
+        TextField::AmPm => (if t.hour() < 12 { "AM" } else { "PM" }).to_string(),
+        TextField::Era => {
+            let common = t.year() > 0;
+            match form {
+                TextForm::Short => (if common { "AD" } else { "BC" }).to_string(),
+                TextForm::Full => (if common { "Anno Domini" } else { "Before Christ" }).to_string(),
+                TextForm::Narrow => (if common { "A" } else { "B" }).to_string(),
+            }
+        }
+        TextField::Quarter => {
+            let q = t.month0() / 3 + 1;
+            match form {
+                TextForm::Short => format!("Q{q}"),
+                TextForm::Full => format!("{q}{} quarter", ["st", "nd", "rd", "th"][(q as usize - 1) % 4]),
+                TextForm::Narrow => q.to_string(),
+            }
+        }
+    }
+}
+
+/// `seconds` east of UTC written as `form` says (offsets are whole minutes in every zone now).
+fn write_offset(form: OffsetForm, seconds: i32, out: &mut String) {
     use std::fmt::Write;
-    if padded { write!(out, "{n:02}") } else { write!(out, "{n}") }
+    if seconds == 0
+        && let Some(zero) = form.zero
+    {
+        out.push_str(zero);
+        return;
+    }
+    let sign = if seconds < 0 { '-' } else { '+' };
+    let (hours, minutes) = (seconds.unsigned_abs() / 3600, seconds.unsigned_abs() / 60 % 60);
+    let _ = match form.gmt {
+        Some(GmtForm::Short) if minutes == 0 => write!(out, "GMT{sign}{hours}"),
+        Some(GmtForm::Short) => write!(out, "GMT{sign}{hours}:{minutes:02}"),
+        Some(GmtForm::Full) => write!(out, "GMT{sign}{hours:02}:{minutes:02}"),
+        None if form.minutes_optional && minutes == 0 => write!(out, "{sign}{hours:02}"),
+        None if form.colon => write!(out, "{sign}{hours:02}:{minutes:02}"),
+        None => write!(out, "{sign}{hours:02}{minutes:02}"),
+    };
 }
 
 /// Firehose's `random-string`: 11 characters, e.g. `046b6c7f-0b`.
@@ -765,11 +990,148 @@ mod tests {
         assert_eq!(&random[8..9], "-");
     }
 
+    /// Java's `DateTimeFormatter` letters and counts, each written as its documentation says
+    /// (English texts, Java's offset forms), at instants that reach their edges: midnight (`k` 24,
+    /// `h` 12, `K` 0), noon, a leap year's last day, offsets east and west with and without
+    /// minutes, and UTC.
+    #[test]
+    fn renders_java_pattern_letters_as_java_does() {
+        let at = |zone: Tz, text: &str| {
+            let t = DateTime::parse_from_rfc3339(text).unwrap_or_else(|e| panic!("{e}")).with_timezone(&zone);
+            move |pattern: &str| {
+                let mut out = String::new();
+                let template = format!("!{{timestamp:{pattern}}}");
+                ObjectKeyTemplate::parse(&template)
+                    .unwrap_or_else(|e| panic!("{pattern}: {e}"))
+                    .render(&t, "", &mut out);
+                out
+            }
+        };
+        // 2024-12-31 00:05:09.123456 in Tokyo (+09:00), a Tuesday, the 366th day, Q4.
+        let tokyo = at(chrono_tz::Asia::Tokyo, "2024-12-30T15:05:09.123456Z");
+        for (pattern, expected) in [
+            ("y", "2024"),
+            ("yy", "24"),
+            ("yyy", "2024"),
+            ("yyyy", "2024"),
+            ("yyyyy", "02024"),
+            ("uuuu", "2024"),
+            ("M", "12"),
+            ("MM", "12"),
+            ("MMM", "Dec"),
+            ("MMMM", "December"),
+            ("MMMMM", "D"),
+            ("LLL", "Dec"),
+            ("Q", "4"),
+            ("QQ", "04"),
+            ("QQQ", "Q4"),
+            ("QQQQ", "4th quarter"),
+            ("QQQQQ", "4"),
+            ("d", "31"),
+            ("D", "366"),
+            ("DD", "366"),
+            ("E", "Tue"),
+            ("EEE", "Tue"),
+            ("EEEE", "Tuesday"),
+            ("EEEEE", "T"),
+            ("a", "AM"),
+            ("H", "0"),
+            ("HH", "00"),
+            ("k", "24"),
+            ("kk", "24"),
+            ("K", "0"),
+            ("h", "12"),
+            ("hh", "12"),
+            ("m", "5"),
+            ("mm", "05"),
+            ("s", "9"),
+            ("ss", "09"),
+            ("S", "1"),
+            ("SSS", "123"),
+            ("SSSSSS", "123456"),
+            ("SSSSSSSSS", "123456000"),
+            ("A", "309123"),
+            ("AAAAAAAA", "00309123"),
+            ("n", "123456000"),
+            ("G", "AD"),
+            ("GGGG", "Anno Domini"),
+            ("GGGGG", "A"),
+            ("X", "+09"),
+            ("XX", "+0900"),
+            ("XXX", "+09:00"),
+            ("XXXX", "+0900"),
+            ("XXXXX", "+09:00"),
+            ("x", "+09"),
+            ("xxx", "+09:00"),
+            ("Z", "+0900"),
+            ("ZZZZ", "GMT+09:00"),
+            ("ZZZZZ", "+09:00"),
+            ("O", "GMT+9"),
+            ("OOOO", "GMT+09:00"),
+            ("yyyy-MM-dd'T'HH:mm:ss.SSSXXX", "2024-12-31T00:05:09.123+09:00"),
+            ("'dt='yyyy-MM-dd/'h='HH", "dt=2024-12-31/h=00"),
+        ] {
+            assert_eq!(tokyo(pattern), expected, "{pattern}");
+        }
+        // Noon and a half-hour offset west of UTC: Newfoundland (-03:30 in winter).
+        let st_johns = at(chrono_tz::America::St_Johns, "2026-01-15T15:30:00Z");
+        for (pattern, expected) in [
+            ("a", "PM"),
+            ("h", "12"),
+            ("K", "0"),
+            ("k", "12"),
+            ("X", "-0330"),
+            ("XX", "-0330"),
+            ("XXX", "-03:30"),
+            ("x", "-0330"),
+            ("Z", "-0330"),
+            ("O", "GMT-3:30"),
+            ("OOOO", "GMT-03:30"),
+            ("EEEE", "Thursday"),
+            ("D", "15"),
+            ("DD", "15"),
+            ("DDD", "015"),
+        ] {
+            assert_eq!(st_johns(pattern), expected, "{pattern}");
+        }
+        // UTC: `X` and `ZZZZZ` write Z, `x` and `Z` digits, the localized forms GMT.
+        let utc = at(Tz::UTC, "2026-07-04T18:00:00Z");
+        for (pattern, expected) in [
+            ("X", "Z"),
+            ("XXX", "Z"),
+            ("x", "+00"),
+            ("xx", "+0000"),
+            ("xxx", "+00:00"),
+            ("Z", "+0000"),
+            ("ZZZZ", "GMT"),
+            ("ZZZZZ", "Z"),
+            ("O", "GMT"),
+            ("a", "PM"),
+            ("h", "6"),
+            ("K", "6"),
+            ("QQQQ", "3rd quarter"),
+            ("MMMM", "July"),
+            ("EEE", "Sat"),
+        ] {
+            assert_eq!(utc(pattern), expected, "{pattern}");
+        }
+    }
+
     #[test]
     fn rejects_bad_expressions_with_their_offset() {
-        let e = ObjectKeyTemplate::parse("a/!{timestamp:yyyy/QQ}").unwrap_err();
+        let e = ObjectKeyTemplate::parse("a/!{timestamp:yyyy/ww}").unwrap_err();
         assert_eq!(e.offset, 19);
-        assert!(e.message.contains("QQ"));
+        assert!(e.message.contains("ww"));
+        // Java refuses these counts too ("Too many pattern letters").
+        for refused in ["ddd", "HHH", "aa", "MMMMMM", "EEEEEE", "SSSSSSSSSS", "XXXXXX", "OO", "ZZZZZZ", "QQQQQQ"] {
+            let e = ObjectKeyTemplate::parse(&format!("!{{timestamp:{refused}}}")).unwrap_err();
+            assert!(e.message.contains(refused), "{refused}: {e}");
+        }
+        // The locale's week fields and zone names are left out, said with what is supported.
+        for left_out in ["YYYY", "w", "W", "e", "c", "F", "VV", "z", "v"] {
+            let e = ObjectKeyTemplate::parse(&format!("!{{timestamp:{left_out}}}")).unwrap_err();
+            assert!(e.hint.contains("not the locale's week letters"), "{left_out}: {e:?}");
+        }
         assert!(ObjectKeyTemplate::parse("a/!{timestamp:yyyy").is_err());
         assert!(ObjectKeyTemplate::parse("a/{b}").is_err());
         assert!(ObjectKeyTemplate::parse("!{nope:x}").is_err());
@@ -862,11 +1224,15 @@ mod tests {
         #[test]
         fn timestamp_patterns_match_chrono(
             ms in 0i64..4_102_444_800_000,
-            pieces in proptest::collection::vec(0usize..10, 1..8),
+            pieces in proptest::collection::vec(0usize..26, 1..8),
         ) {
-            let table: [(&str, &str); 10] = [
+            let table: [(&str, &str); 26] = [
                 ("yyyy", "%Y"), ("yy", "%y"), ("MM", "%m"), ("dd", "%d"), ("HH", "%H"),
                 ("mm", "%M"), ("ss", "%S"), ("/", "/"), ("'T'", "T"), ("-", "-"),
+                ("M", "%-m"), ("d", "%-d"), ("H", "%-H"), ("DDD", "%j"), ("D", "%-j"),
+                ("MMM", "%b"), ("MMMM", "%B"), ("EEE", "%a"), ("EEEE", "%A"), ("a", "%p"),
+                ("hh", "%I"), ("h", "%-I"), ("SSS", "%3f"), ("SSSSSS", "%6f"), ("uuuu", "%Y"),
+                ("xxx", "%:z"),
             ];
             // Adjacent identical letter runs would merge (yyyy+yy = yyyyyy): separate them.
             let mut chosen: Vec<(&str, &str)> = Vec::new();
