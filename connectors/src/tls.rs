@@ -277,7 +277,7 @@ pub const RENEWAL_FAILURES: &str = "TlsRenewalFailures";
 
 /// Where a connector's refused renewals are counted: nowhere until its run hands over its
 /// counters ([`Self::count_with`]; `sluice validate` and checks count nothing). Clones share it,
-/// so the connector keeps one and each [`Renewing`] it made counts through it. The default stands
+/// so the connector keeps one and each `Renewing` it made counts through it. The default stands
 /// for a connector with no file to renew: it counts nothing and starts no family.
 #[derive(Clone, Default)]
 pub struct RenewalFailures(Option<Arc<OnceLock<RenewalCount>>>);
