@@ -429,7 +429,8 @@ fn validate_check_asks_every_destination_at_once_within_its_timeout() {
 /// of that CA, so every request made with the files read at start is refused (and retried) until
 /// the renewed files are written where the old ones were; then everything goes through, nothing
 /// is backed up. A renewal that first leaves a broken CA file is refused, the files before kept,
-/// and counted in the sink's `TlsRenewalFailures` (there at 0 from the start), once.
+/// counted in the sink's `TlsRenewalFailures` (there at 0 from the start) once, and said once in
+/// the error log as the sink's warning.
 #[test]
 fn renewed_tls_files_are_used_without_a_restart() {
     let (old, renewed) = (TestCertificates::make(), TestCertificates::make());
@@ -478,6 +479,13 @@ fn renewed_tls_files_are_used_without_a_restart() {
         assert!(waited.elapsed() < std::time::Duration::from_secs(30), "the broken CA file was not refused");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // Said in the error log too, as the sink's warning, naming the files and why.
+    let lines = run.metrics.errors.get().map(|log| log.recent()).unwrap_or_default();
+    let said: Vec<_> = lines.iter().filter(|l| l["errorCode"] == "Tls.RenewalRefused").collect();
+    assert_eq!(said.len(), 1, "{lines:?}");
+    assert_eq!((said[0]["component"].as_str(), said[0]["level"].as_str()), (Some("siem"), Some("WARN")), "{said:?}");
+    let message = said[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("ca.pem") && message.contains("`ca`"), "{message}");
     install(&renewed);
     while run.metrics.sinks[0].records_delivered.load(Relaxed) < 300 {
         assert!(waited.elapsed() < std::time::Duration::from_secs(80), "the renewed files were not taken");

@@ -38,9 +38,10 @@
 //! flight keeps the client it began with. Object stores take a renewed `tls.ca` the same way
 //! (`RenewingStore` of the `object_store` sink), and the `postgres` sink its `sslrootcert`, through
 //! the same `Renewing`. Each change refused is counted in the connector's
-//! `TlsRenewalFailures` ([`RENEWAL_FAILURES`]) once its run hands it its counters
-//! ([`RenewalFailures`]); the family is there at 0 from then on for every connector with files to
-//! renew, so an alert sees its first refusal.
+//! `TlsRenewalFailures` ([`RENEWAL_FAILURES`]) and written to the pipeline's error log
+//! (`Tls.RenewalRefused`, a warning) once its run hands it its counters ([`RenewalFailures`]); the
+//! family is there at 0 from then on for every connector with files to renew, so an alert sees its
+//! first refusal.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -275,46 +276,76 @@ fn build(trust: &Trust, identity: Option<&reqwest::Identity>, timeout: Duration)
 /// API listener's own is `ListenerCertificateReloadFailures`).
 pub const RENEWAL_FAILURES: &str = "TlsRenewalFailures";
 
+/// The error log's code of a refused renewal.
+pub const RENEWAL_REFUSED: &str = "Tls.RenewalRefused";
+
+/// What a connector's counters are told of its renewals: the family started at 0, and each
+/// refusal counted and written to the error log (as a warning: the files before are still used,
+/// and the next change is tried), which also makes it a log line.
+pub trait RenewalMeter: Send + Sync {
+    /// The run handed the counters over: [`RENEWAL_FAILURES`] starts at 0.
+    fn start(&self);
+    /// A renewal was refused: `message` says which files and why.
+    fn refused(&self, message: &str);
+}
+
+impl RenewalMeter for sluice_engine::metrics::SinkMeter {
+    fn start(&self) {
+        self.count(RENEWAL_FAILURES, 0);
+    }
+    fn refused(&self, message: &str) {
+        self.count(RENEWAL_FAILURES, 1);
+        self.report(sluice_engine::error_log::Level::Warn, RENEWAL_REFUSED, message);
+    }
+}
+
+impl RenewalMeter for sluice_engine::metrics::SourceMeter {
+    fn start(&self) {
+        self.count(RENEWAL_FAILURES, 0);
+    }
+    fn refused(&self, message: &str) {
+        self.count(RENEWAL_FAILURES, 1);
+        self.report(sluice_engine::error_log::Level::Warn, RENEWAL_REFUSED, message);
+    }
+}
+
+/// A transform's (labelled `files="tls"`: a transform's own families carry a label).
+impl RenewalMeter for Arc<sluice_engine::metrics::TransformMetrics> {
+    fn start(&self) {
+        self.count(RENEWAL_FAILURES, "files", "tls", 0);
+    }
+    fn refused(&self, message: &str) {
+        self.count(RENEWAL_FAILURES, "files", "tls", 1);
+        self.report(sluice_engine::error_log::Level::Warn, RENEWAL_REFUSED, message);
+    }
+}
+
 /// Where a connector's refused renewals are counted: nowhere until its run hands over its
 /// counters ([`Self::count_with`]; `sluice validate` and checks count nothing). Clones share it,
 /// so the connector keeps one and each `Renewing` it made counts through it. The default stands
 /// for a connector with no file to renew: it counts nothing and starts no family.
 #[derive(Clone, Default)]
-pub struct RenewalFailures(Option<Arc<OnceLock<RenewalCount>>>);
-
-type RenewalCount = Box<dyn Fn(u64) + Send + Sync>;
+pub struct RenewalFailures(Option<Arc<OnceLock<Box<dyn RenewalMeter>>>>);
 
 impl RenewalFailures {
-    /// Counts from now on with `count` (adding its argument to [`RENEWAL_FAILURES`]), starting the
-    /// family at 0; the first counter handed over is kept (each worker of a transform hands one).
-    pub fn count_with(&self, count: impl Fn(u64) + Send + Sync + 'static) {
+    /// Counts from now on with `meter`, starting the family at 0; the first meter handed over is
+    /// kept (each worker of a transform hands one).
+    pub fn count_with(&self, meter: impl RenewalMeter + 'static) {
         if let Some(slot) = &self.0
             && slot.get().is_none()
         {
-            count(0);
-            let _ = slot.set(Box::new(count));
+            meter.start();
+            let _ = slot.set(Box::new(meter));
         }
     }
 
-    /// A sink's counters.
-    pub fn count_in_sink(&self, meter: sluice_engine::metrics::SinkMeter) {
-        self.count_with(move |n| meter.count(RENEWAL_FAILURES, n));
-    }
-
-    /// A source's counters.
-    pub fn count_in_source(&self, meter: sluice_engine::metrics::SourceMeter) {
-        self.count_with(move |n| meter.count(RENEWAL_FAILURES, n));
-    }
-
-    /// A transform's counters (labelled `files="tls"`: a transform's own families carry a label).
-    pub fn count_in_transform(&self, metrics: Arc<sluice_engine::metrics::TransformMetrics>) {
-        self.count_with(move |n| metrics.count(RENEWAL_FAILURES, "files", "tls", n));
-    }
-
-    fn refused(&self) {
-        if let Some(count) = self.0.as_ref().and_then(|slot| slot.get()) {
-            count(1);
+    /// Counts and reports a refusal; whether a meter took it (else the caller logs it).
+    fn refused(&self, message: &str) -> bool {
+        let meter = self.0.as_ref().and_then(|slot| slot.get());
+        if let Some(meter) = meter {
+            meter.refused(message);
         }
+        meter.is_some()
     }
 }
 
@@ -415,13 +446,15 @@ impl<T: Clone> Renewing<T> {
                         looked.watch.taken(changed);
                     }
                     Err(why) => {
-                        tracing::warn!(
-                            %files,
-                            "{} changed and cannot be used ({why}); requests still use the files read before, and they are looked at again when they change",
+                        let message = format!(
+                            "{} ({files}) changed and cannot be used ({why}); requests still use the files read before, and they are looked at again when they change",
                             self.what
                         );
+                        // The error log writes it as a log line too; before a run (a check), the log alone.
+                        if !self.failures.refused(&message) {
+                            tracing::warn!("{message}");
+                        }
                         looked.watch.refused(changed);
-                        self.failures.refused();
                     }
                 }
             }
@@ -735,6 +768,28 @@ pub(crate) fn fixture_ca() -> Vec<u8> {
     std::fs::read(fixture).unwrap()
 }
 
+/// A [`RenewalMeter`] that notes what it is told: `start`, then each refusal's message (tests).
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct NotedRenewals(pub(crate) Arc<Mutex<Vec<String>>>);
+
+#[cfg(test)]
+impl NotedRenewals {
+    pub(crate) fn noted(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+#[cfg(test)]
+impl RenewalMeter for NotedRenewals {
+    fn start(&self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push("start".into());
+    }
+    fn refused(&self, message: &str) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(message.into());
+    }
+}
+
 /// Writes `bytes` to `path` as a renewal settled a minute ago (a watch takes it at its next look).
 #[cfg(test)]
 pub(crate) fn write_settled(path: &Path, bytes: &[u8]) {
@@ -745,9 +800,7 @@ pub(crate) fn write_settled(path: &Path, bytes: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use super::{ClientFiles, ClientTls, FileWatch, Trust, fixture_ca, refusal, write_settled};
+    use super::{ClientFiles, ClientTls, FileWatch, NotedRenewals, Trust, fixture_ca, refusal, write_settled};
 
     /// A client whose `ca` file is renewed: a file that fails the checks is refused and the client
     /// made before is kept (requests go on as before); a good one is taken.
@@ -764,10 +817,9 @@ mod tests {
         let client = tls.client(std::time::Duration::from_secs(1)).unwrap();
         let reloading = client.reloading.as_ref().unwrap();
         // Refusals are counted once the run hands its counters over, the family starting at 0.
-        let counted = Arc::new(Mutex::new(Vec::new()));
-        let counter = Arc::clone(&counted);
-        client.renewal_failures().count_with(move |n| counter.lock().unwrap().push(n));
-        let counts = || counted.lock().unwrap().clone();
+        let noted = NotedRenewals::default();
+        client.renewal_failures().count_with(noted.clone());
+        let counts = || noted.noted().iter().map(|n| if n == "start" { 0 } else { 1 }).collect::<Vec<_>>();
         assert_eq!(counts(), [0]);
         let look_now = || {
             reloading.client.look_next_time();
@@ -783,6 +835,11 @@ mod tests {
         assert_eq!(taken(), before, "a file that is not PEM is not taken");
         assert!(refused().is_some());
         assert_eq!(counts(), [0, 1], "the refusal is counted");
+        let said = &noted.noted()[1];
+        assert!(
+            said.contains("the TLS files of `t.tls`") && said.contains("ca.pem") && said.contains("`ca`"),
+            "{said}"
+        );
         look_now();
         assert_eq!(counts(), [0, 1], "a refused change is counted once");
         write(&good);
@@ -791,10 +848,12 @@ mod tests {
         assert_eq!(refused(), None);
         assert_eq!(counts(), [0, 1], "a change taken is no failure");
         // A second counter handed over (another worker's) does not replace the first.
-        client.renewal_failures().count_with(|_| panic!("a second counter was used"));
+        let second = NotedRenewals::default();
+        client.renewal_failures().count_with(second.clone());
         write(b"not a certificate either");
         look_now();
         assert_eq!(counts(), [0, 1, 1]);
+        assert!(second.noted().is_empty());
     }
 
     /// A client whose table names no file has nothing to renew: no family is started for it.
@@ -808,8 +867,10 @@ mod tests {
             at: 0..0,
         };
         let client = tls.client(std::time::Duration::from_secs(1)).unwrap();
-        client.renewal_failures().count_with(|_| panic!("counted for a client without files"));
+        let noted = NotedRenewals::default();
+        client.renewal_failures().count_with(noted.clone());
         client.current();
+        assert!(noted.noted().is_empty(), "counted for a client without files");
     }
 
     /// A mounted secret is renewed by pointing a link at a new folder: the link's target is what

@@ -1,6 +1,6 @@
 //! The error log (`[pipeline] error_log`, `--log-format json`): CloudWatch Logs' equivalent for a
 //! delivery stream. Every delivery failure, retry exhaustion, backup, transform failure, throttle
-//! burst and log truncation is one JSON line: `time, level, stream, component, errorCode, message`
+//! burst, refused TLS renewal (through a connector's meter) and log truncation is one JSON line: `time, level, stream, component, errorCode, message`
 //! and, when known, `attempts` and `key` (the object or request), written through a
 //! [`LineStore`] (`error_log = "<URL>"`) and/or to stderr (`--log-format json`); without JSON on
 //! stderr, each line is also a log line at its level (`WARN`, `ERROR`), so a destination that

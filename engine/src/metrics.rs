@@ -35,17 +35,23 @@ fn add_to(counts: &Mutex<BTreeMap<&'static str, u64>>, family: &'static str, n: 
 
 /// A source's handle on its own counters and gauges, rendered as `sluice_<family>` with the
 /// stream's label (counters summed over the stream's sources, gauges their largest), as Firehose
-/// counts per stream.
+/// counts per stream, and on the error log under its name.
 #[derive(Debug, Clone)]
 pub struct SourceMeter {
     metrics: Arc<PipelineMetrics>,
     index: usize,
+    name: String,
 }
 
 impl SourceMeter {
-    /// The meter of source number `index` of `metrics`.
-    pub fn new(metrics: Arc<PipelineMetrics>, index: usize) -> Self {
-        SourceMeter { metrics, index }
+    /// The meter of source number `index` of `metrics`, named `name` (its table's name).
+    pub fn new(metrics: Arc<PipelineMetrics>, index: usize, name: &str) -> Self {
+        SourceMeter { metrics, index, name: name.to_string() }
+    }
+
+    /// Writes `message` to the pipeline's error log as the source's, under `error_code`.
+    pub fn report(&self, level: crate::error_log::Level, error_code: &str, message: &str) {
+        report_as(&self.metrics, &self.name, level, error_code, message);
     }
 
     /// Adds `n` to the counter `family`.
@@ -145,17 +151,35 @@ pub struct SinkMetrics {
 
 /// A sink's handle on its own counters: what it counts and times besides what the engine does
 /// (a warehouse sink's rows copied and COPY durations), rendered as `sluice_<family>` and
-/// `sluice_<family>_seconds` with the sink's labels.
+/// `sluice_<family>_seconds` with the sink's labels, and on the error log under its name.
 #[derive(Debug, Clone)]
 pub struct SinkMeter {
     metrics: Arc<PipelineMetrics>,
     index: usize,
+    name: String,
+}
+
+/// One line of `metrics`' error log, of the connector `name`.
+fn report_as(metrics: &PipelineMetrics, name: &str, level: crate::error_log::Level, error_code: &str, message: &str) {
+    metrics.report_error(crate::error_log::ErrorEvent {
+        level,
+        component: name,
+        error_code,
+        message,
+        attempts: None,
+        key: None,
+    });
 }
 
 impl SinkMeter {
-    /// The meter of sink number `index` of `metrics`.
-    pub fn new(metrics: Arc<PipelineMetrics>, index: usize) -> Self {
-        SinkMeter { metrics, index }
+    /// The meter of sink number `index` of `metrics`, named `name` (its table's name).
+    pub fn new(metrics: Arc<PipelineMetrics>, index: usize, name: &str) -> Self {
+        SinkMeter { metrics, index, name: name.to_string() }
+    }
+
+    /// Writes `message` to the pipeline's error log as the sink's, under `error_code`.
+    pub fn report(&self, level: crate::error_log::Level, error_code: &str, message: &str) {
+        report_as(&self.metrics, &self.name, level, error_code, message);
     }
 
     /// Adds `n` to `family`.
@@ -344,6 +368,16 @@ impl TransformMetrics {
 }
 
 impl TransformMetrics {
+    /// Writes `message` to its pipeline's error log as the transform's, under `error_code` (once
+    /// the run has named it; nothing before).
+    pub fn report(&self, level: crate::error_log::Level, error_code: &str, message: &str) {
+        if let Some((name, pipeline)) = self.owner.get()
+            && let Some(pipeline) = pipeline.upgrade()
+        {
+            report_as(&pipeline, name, level, error_code, message);
+        }
+    }
+
     /// Adds `n` to `family{label=value}`.
     pub fn count(&self, family: &'static str, label: &'static str, value: &str, n: u64) {
         if let Ok(mut labelled) = self.labelled.lock() {

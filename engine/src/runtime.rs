@@ -171,7 +171,10 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
         .build()
         .map_err(RunError::Runtime)?;
     for (index, sink) in plan.sinks.iter().enumerate() {
-        crate::contract::measure_sink(&sink.sink, crate::metrics::SinkMeter::new(Arc::clone(&metrics), index));
+        crate::contract::measure_sink(
+            &sink.sink,
+            crate::metrics::SinkMeter::new(Arc::clone(&metrics), index, &sink.name),
+        );
         if let Some(counters) = metrics.sinks.get(index) {
             counters
                 .buffer_interval_s
@@ -223,7 +226,7 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
             stop: options.stop.clone(),
             metrics: Arc::clone(&metrics),
             shared: options.shared.clone(),
-            meter: crate::metrics::SourceMeter::new(Arc::clone(&metrics), index),
+            meter: crate::metrics::SourceMeter::new(Arc::clone(&metrics), index, &source.name),
         };
         if let Err(error) = source.source.prepare(&prepare) {
             if let Some(log) = metrics.errors.get() {

@@ -1141,7 +1141,7 @@ impl Sink for ObjectStoreSink {
     }
 
     fn measure_with(&self, meter: SinkMeter) {
-        self.renewal_failures.count_in_sink(meter);
+        self.renewal_failures.count_with(meter);
     }
 
     fn describe(&self) -> String {

@@ -191,22 +191,22 @@ mod tests {
         };
         let clients = StoreClients { store: first.clone(), parts: Some(first.clone()) };
         let renewing = RenewingStore::new(ca.clone(), clients, rebuild);
-        let refusals = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&refusals);
-        renewing.failures().count_with(move |n| _ = counter.fetch_add(n as usize, Ordering::Relaxed));
+        let noted = crate::tls::NotedRenewals::default();
+        renewing.failures().count_with(noted.clone());
+        let refusals = || noted.noted().len() - 1;
         put_now(&renewing, "a").await;
         assert!(holds(&first, "a").await, "nothing changed: the store built at start");
         write(b"not a certificate");
         put_now(&renewing, "b").await;
         assert!(holds(&first, "b").await, "a file that is not PEM is refused");
         assert_eq!(rebuilds.load(Ordering::Relaxed), 0);
-        assert_eq!(refusals.load(Ordering::Relaxed), 1, "the refusal is counted");
+        assert_eq!(refusals(), 1, "the refusal is counted");
         write(&good);
         put_now(&renewing, "c").await;
         assert_eq!(rebuilds.load(Ordering::Relaxed), 1);
         let second = Arc::clone(&built.lock().unwrap()[0]);
         assert!(holds(&second, "c").await && !holds(&first, "c").await, "the renewed file is taken");
-        assert_eq!(refusals.load(Ordering::Relaxed), 1);
+        assert_eq!(refusals(), 1);
         // An upload in parts goes through the store of its time too.
         let id = renewing.create_multipart(&Path::from("d")).await.unwrap();
         let part = renewing.put_part(&Path::from("d"), &id, 0, PutPayload::from_static(b"y")).await.unwrap();

@@ -620,7 +620,7 @@ mod tests {
             metrics: Arc::clone(&metrics),
             delivered: Arc::default(),
             shared: None,
-            meter: sluice_engine::metrics::SourceMeter::new(Arc::clone(&metrics), 0),
+            meter: sluice_engine::metrics::SourceMeter::new(Arc::clone(&metrics), 0, "in"),
         };
         source.prepare(&ctx).unwrap();
         let mut reader = source.open(&SourceContext::single_process(0, 1)).unwrap();

@@ -580,7 +580,7 @@ impl Source for KinesisSource {
     /// Checks the credentials and the stream (one listing), fixes where `latest` is, and starts
     /// following the delivered frontier for checkpoints.
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
-        self.api.client.renewal_failures().count_in_source(ctx.meter.clone());
+        self.api.client.renewal_failures().count_with(ctx.meter.clone());
         ctx.runtime.block_on(self.api.find_credentials())?;
         let api = Arc::clone(&self.api);
         let listed = ctx.runtime.block_on(async {
@@ -1388,7 +1388,7 @@ mod tests {
             metrics: Arc::clone(&metrics),
             delivered: Arc::clone(&delivered),
             shared: None,
-            meter: SourceMeter::new(Arc::clone(&metrics), 0),
+            meter: SourceMeter::new(Arc::clone(&metrics), 0, "in"),
         };
         source.prepare(&ctx).unwrap_or_else(|e| panic!("{e}"));
         let mut reader = source.open(&SourceContext::single_process(0, 1)).unwrap_or_else(|e| panic!("{e}"));

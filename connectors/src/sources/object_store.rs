@@ -214,7 +214,7 @@ impl Source for ObjectStoreSource {
 
     /// Lists the objects (once), and starts following the delivered frontier for checkpoints.
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
-        self.listing.renewal_failures.count_in_source(ctx.meter.clone());
+        self.listing.renewal_failures.count_with(ctx.meter.clone());
         let objects = ctx.runtime.block_on(self.listing.list())?;
         tracing::info!(url = %self.listing.url, objects = objects.len(), "objects listed");
         let checkpoints = FileCheckpoints::load(self.checkpoint_dir.clone());

@@ -392,7 +392,7 @@ mod tests {
     fn a_sink_and_its_error_output_are_handed_the_sinks_counters() {
         let metrics = Arc::new(PipelineMetrics::new(0, 1));
         let sink: Arc<dyn Sink> = Arc::new(Counting(Some(Arc::new(Counting(None)))));
-        measure_sink(&sink, SinkMeter::new(Arc::clone(&metrics), 0));
+        measure_sink(&sink, SinkMeter::new(Arc::clone(&metrics), 0, "counting"));
         assert_eq!(metrics.sinks[0].own_counts.lock().unwrap().get("Measured"), Some(&2));
     }
 }
