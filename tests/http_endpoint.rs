@@ -790,3 +790,26 @@ fn requests_whose_senders_hung_up_are_settled_and_their_retries_answered() {
     let stored: Vec<String> = folder_objects(&out).into_values().flatten().collect();
     assert_eq!(sorted(stored), sorted(all));
 }
+
+/// A client certificate that ends within 14 days is warned about when its file is read, here by
+/// `sluice validate` (no server asked): the file, the certificate's subject, when, and what to do
+/// (the test CA's certificates last two days).
+#[test]
+fn validate_warns_of_a_client_certificate_that_ends_soon() {
+    let certs = TestCertificates::make();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("p.toml");
+    let tls = format!(
+        "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+        certs.path("ca.pem"),
+        certs.path("client.pem"),
+        certs.path("client.key")
+    );
+    std::fs::write(&file, pipeline("https://127.0.0.1:9/in", &work.path().join("backup"), 10, &tls)).unwrap();
+    let validated = sluice().env("SLUICE_LOG", "warn").arg("validate").arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&validated.stderr);
+    assert!(validated.status.success(), "a warning, not an error: {stderr}");
+    let said = format!("the client certificate in {} (", certs.path("client.pem"));
+    assert!(stderr.contains(&said), "{stderr}");
+    assert!(stderr.contains(" ends at ") && stderr.contains(" days; renew it"), "{stderr}");
+}

@@ -272,6 +272,68 @@ fn build(trust: &Trust, identity: Option<&reqwest::Identity>, timeout: Duration)
     builder.build().map_err(|e| sluice_engine::redact::error(&e).to_string())
 }
 
+/// A certificate this close to its end is warned about when it is read (the listener's, a client's).
+pub const WARN_WITHIN: Duration = Duration::from_secs(14 * 86_400);
+
+/// The subject and end (Unix seconds) of a certificate, when it parses as X.509 (an end not known
+/// is no reason to refuse what rustls takes).
+pub(crate) fn certificate_expiry(der: &CertificateDer<'_>) -> Option<(String, u64)> {
+    use x509_cert::der::Decode;
+    let certificate = x509_cert::Certificate::from_der(der.as_ref()).ok()?;
+    let tbs = certificate.tbs_certificate;
+    Some((tbs.subject.to_string(), tbs.validity.not_after.to_unix_duration().as_secs()))
+}
+
+/// How near a certificate's end is, with the end as RFC 3339 text.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Ends {
+    /// It has ended.
+    Past(String),
+    /// Within [`WARN_WITHIN`].
+    Soon { at: String, days: f64 },
+    /// Later.
+    Later(String),
+}
+
+impl Ends {
+    /// Where `expiry_s` (Unix seconds) is from now.
+    pub(crate) fn of(expiry_s: u64) -> Ends {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Self::from(expiry_s, now)
+    }
+
+    fn from(expiry_s: u64, now: u64) -> Ends {
+        let at = chrono::DateTime::from_timestamp(i64::try_from(expiry_s).unwrap_or(i64::MAX), 0).map_or_else(
+            || format!("{expiry_s} (Unix seconds)"),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+        if expiry_s <= now {
+            Ends::Past(at)
+        } else if expiry_s - now < WARN_WITHIN.as_secs() {
+            Ends::Soon { at, days: (expiry_s - now) as f64 / 86_400.0 }
+        } else {
+            Ends::Later(at)
+        }
+    }
+}
+
+/// Warns when the client certificate of the file `cert` (its chain `certs`) has ended or ends
+/// within [`WARN_WITHIN`]: a server that checks client certificates refuses an ended one. Said
+/// when the file is read: by `sluice validate`, at a run's start, and at each renewal.
+fn warn_of_client_certificate_end(cert: &Path, certs: &[CertificateDer<'_>]) {
+    let Some((subject, expiry_s)) = certs.first().and_then(certificate_expiry) else { return };
+    let cert = cert.display();
+    match Ends::of(expiry_s) {
+        Ends::Past(at) => tracing::warn!(
+            "the client certificate in {cert} ({subject}) ended at {at}, so servers that check client certificates refuse it; renew it (renewed files are used without a restart)"
+        ),
+        Ends::Soon { at, days } => tracing::warn!(
+            "the client certificate in {cert} ({subject}) ends at {at}, in {days:.1} days; renew it (renewed files are used without a restart)"
+        ),
+        Ends::Later(_) => {}
+    }
+}
+
 /// The counter family of renewed TLS files a connector refused (`sluice_TlsRenewalFailures`; the
 /// API listener's own is `ListenerCertificateReloadFailures`).
 pub const RENEWAL_FAILURES: &str = "TlsRenewalFailures";
@@ -721,6 +783,7 @@ fn ca_roots(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
 /// The client identity of `cert` and `key`; else whether the problem is the key's, and what it is.
 fn identity(base_dir: &Path, cert: &Path, key: &Path) -> Result<reqwest::Identity, (bool, String)> {
     let pair = key_pair(base_dir, cert, key)?;
+    warn_of_client_certificate_end(&base_dir.join(cert), &pair.certs);
     let mut both = pair.chain_pem;
     both.push(b'\n');
     both.extend_from_slice(&pair.key_pem);
@@ -800,7 +863,7 @@ pub(crate) fn write_settled(path: &Path, bytes: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::{ClientFiles, ClientTls, FileWatch, NotedRenewals, Trust, fixture_ca, refusal, write_settled};
+    use super::{ClientFiles, ClientTls, Ends, FileWatch, NotedRenewals, Trust, fixture_ca, refusal, write_settled};
 
     /// A client whose `ca` file is renewed: a file that fails the checks is refused and the client
     /// made before is kept (requests go on as before); a good one is taken.
@@ -854,6 +917,16 @@ mod tests {
         look_now();
         assert_eq!(counts(), [0, 1, 1]);
         assert!(second.noted().is_empty());
+    }
+
+    /// A certificate's end is past, within 14 days, or later.
+    #[test]
+    fn a_certificate_end_is_judged_against_fourteen_days() {
+        let now = 1_790_000_000;
+        assert_eq!(Ends::from(now, now), Ends::Past("2026-09-21T14:13:20Z".into()));
+        assert_eq!(Ends::from(now + 2 * 86_400, now), Ends::Soon { at: "2026-09-23T14:13:20Z".into(), days: 2.0 });
+        assert!(matches!(Ends::from(now + 14 * 86_400 - 1, now), Ends::Soon { .. }));
+        assert!(matches!(Ends::from(now + 14 * 86_400, now), Ends::Later(_)));
     }
 
     /// A client whose table names no file has nothing to renew: no family is started for it.

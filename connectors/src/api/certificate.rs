@@ -11,25 +11,19 @@
 //! certificate's). Otherwise the pair in use stays: the reason is logged once per change of the
 //! files and counted (`ListenerCertificateReloadFailures`), and the next change is looked at
 //! again. Connections already open keep the certificate they began with. The certificate's expiry
-//! is logged at start and at each reload, warned about within [`WARN_WITHIN`] of it, and exported
+//! is logged at start and at each reload, warned about within [`crate::tls::WARN_WITHIN`] of it, and exported
 //! (`ListenerCertificateExpiry_seconds`, which docs/alerts.yml watches).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime};
 
 use axum_server::tls_rustls::RustlsConfig;
-use rustls::pki_types::CertificateDer;
 use sluice_engine::contract::StopSignal;
 use sluice_engine::metrics::PipelineMetrics;
-use x509_cert::der::Decode;
 
 use super::TlsFiles;
 use crate::tls::{FileWatch, LOOK_EVERY};
-
-/// A certificate this close to its expiry is warned about when it is loaded.
-pub const WARN_WITHIN: Duration = Duration::from_secs(14 * 86_400);
 
 /// What a listener serves TLS with: its files, and the pipelines whose metrics show them.
 #[derive(Debug, Clone)]
@@ -104,7 +98,7 @@ async fn watch(tls: ListenerTls, served: RustlsConfig, mut files: FileWatch, sto
 fn load(files: &TlsFiles) -> Result<Pair, String> {
     let crate::tls::KeyPair { certs, key, .. } = crate::tls::key_pair(Path::new(""), &files.cert, &files.key)
         .map_err(|(on_key, why)| format!("`{}` {why}", if on_key { "key" } else { "cert" }))?;
-    let leaf = certs.first().and_then(|der| leaf(der));
+    let leaf = certs.first().and_then(crate::tls::certificate_expiry);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -112,14 +106,6 @@ fn load(files: &TlsFiles) -> Result<Pair, String> {
         .map_err(|e| format!("the pair cannot be served: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Pair { config, leaf })
-}
-
-/// The subject and expiry (Unix seconds) of a certificate, when it parses as X.509 (an expiry not
-/// known is not a reason to refuse what rustls serves).
-fn leaf(der: &CertificateDer<'_>) -> Option<(String, u64)> {
-    let certificate = x509_cert::Certificate::from_der(der.as_ref()).ok()?;
-    let tbs = certificate.tbs_certificate;
-    Some((tbs.subject.to_string(), tbs.validity.not_after.to_unix_duration().as_secs()))
 }
 
 /// Logs what is served and when it expires (a warning when that is near or past), and sets the
@@ -133,15 +119,13 @@ fn report(tls: &ListenerTls, pair: &Pair, what: &str) {
     for metrics in &tls.metrics {
         metrics.api.certificate.expiry_s.store(*expiry_s, Relaxed);
     }
-    let expires = chrono::DateTime::from_timestamp(i64::try_from(*expiry_s).unwrap_or(i64::MAX), 0)
-        .map_or_else(|| format!("{expiry_s} (Unix seconds)"), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    if *expiry_s <= now {
-        tracing::warn!(%cert, %subject, "{what}: it expired at {expires}, so clients refuse it; renew it (the renewed files are served without a restart)");
-    } else if expiry_s - now < WARN_WITHIN.as_secs() {
-        let days = (expiry_s - now) as f64 / 86_400.0;
-        tracing::warn!(%cert, %subject, "{what}: it expires at {expires}, in {days:.1} days; renew it (the renewed files are served without a restart)");
-    } else {
-        tracing::info!(%cert, %subject, %expires, "{what}");
+    match crate::tls::Ends::of(*expiry_s) {
+        crate::tls::Ends::Past(expires) => {
+            tracing::warn!(%cert, %subject, "{what}: it expired at {expires}, so clients refuse it; renew it (the renewed files are served without a restart)");
+        }
+        crate::tls::Ends::Soon { at: expires, days } => {
+            tracing::warn!(%cert, %subject, "{what}: it expires at {expires}, in {days:.1} days; renew it (the renewed files are served without a restart)");
+        }
+        crate::tls::Ends::Later(expires) => tracing::info!(%cert, %subject, %expires, "{what}"),
     }
 }
