@@ -149,6 +149,14 @@ fn boto3_and_the_aws_cli_deliver_every_acknowledged_record_exactly_and_metrics_c
     assert_eq!(s3["BufferingHints"], serde_json::json!({"SizeInMBs": 1, "IntervalInSeconds": 1}));
     assert_eq!(s3["CompressionFormat"], "GZIP");
     assert_eq!(s3["FileExtension"], ".gz");
+    // Fields botocore's model of Firehose knows (the CLI prints only those), as Firehose fills them.
+    assert_eq!(s3["CustomTimeZone"], "UTC");
+    assert_eq!(s3["S3BackupMode"], "Disabled");
+    assert_eq!(s3["DynamicPartitioningConfiguration"], serde_json::json!({"Enabled": false}));
+    assert_eq!(
+        s3["ProcessingConfiguration"],
+        serde_json::json!({"Enabled": true, "Processors": [{"Type": "AppendDelimiterToRecord", "Parameters": []}]})
+    );
     let listed = aws(&["firehose", "list-delivery-streams"], &running.api);
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed["DeliveryStreamNames"], serde_json::json!(["app-logs"]));

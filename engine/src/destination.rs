@@ -47,6 +47,21 @@ impl DestinationKind {
         }
     }
 
+    /// Its `S3BackupMode` in DescribeDeliveryStream: every record backed up (`backup = "all"`), or
+    /// only what it did not take, in the names of its Firehose configuration.
+    pub fn backup_mode(self, all: bool) -> &'static str {
+        match (self, all) {
+            (DestinationKind::S3 | DestinationKind::Redshift, true) => "Enabled",
+            (DestinationKind::S3 | DestinationKind::Redshift, false) => "Disabled",
+            (DestinationKind::HttpEndpoint, true) => "AllData",
+            (DestinationKind::HttpEndpoint, false) => "FailedDataOnly",
+            (DestinationKind::OpenSearch, true) => "AllDocuments",
+            (DestinationKind::OpenSearch, false) => "FailedDocumentsOnly",
+            (DestinationKind::Splunk, true) => "AllEvents",
+            (DestinationKind::Splunk, false) => "FailedEventsOnly",
+        }
+    }
+
     /// The key of its description in DescribeDeliveryStream's `Destinations`.
     pub fn description_key(self) -> &'static str {
         match self {

@@ -717,6 +717,11 @@ pub struct PrefixRuleError {
 pub struct PrefixRuleErrors(pub Vec<PrefixRuleError>);
 
 impl ObjectKeys {
+    /// The time zone of the keys' timestamps.
+    pub fn time_zone(&self) -> Tz {
+        self.time_zone
+    }
+
     /// The `prefix` and `error_prefix` as configured (before the default time was appended).
     pub fn configured(&self) -> (&str, Option<&str>) {
         (&self.configured.0, self.configured.1.as_deref())

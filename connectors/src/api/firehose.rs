@@ -882,6 +882,10 @@ fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value 
                 Some(rest) => format!("arn:aws:s3:::{}", rest.split('/').next().unwrap_or(rest)),
                 None => d.location.clone(),
             };
+            let mut partitioning = json!({"Enabled": d.partitioned});
+            if d.partitioned {
+                partitioning["RetryOptions"] = json!({"DurationInSeconds": d.retry_s});
+            }
             json!({"ExtendedS3DestinationDescription": {
                 "RoleARN": "arn:aws:iam::000000000000:role/sluice",
                 "BucketARN": bucket_arn,
@@ -890,9 +894,11 @@ fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value 
                 "BufferingHints": hints,
                 "CompressionFormat": d.compression_format,
                 "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
-                "S3BackupMode": "Disabled",
+                "S3BackupMode": d.kind.backup_mode(d.backs_up_all),
                 "FileExtension": d.file_extension,
+                "CustomTimeZone": d.time_zone,
                 "DataFormatConversionConfiguration": {"Enabled": d.format_conversion},
+                "DynamicPartitioningConfiguration": partitioning,
                 "ProcessingConfiguration": processing,
             }})
         }
@@ -905,7 +911,8 @@ fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value 
                 json!({
                     "EndpointConfiguration": {"Url": d.location, "Name": d.sink},
                     "BufferingHints": hints,
-                    "S3BackupMode": "FailedDataOnly",
+                    "RetryOptions": {"DurationInSeconds": d.retry_s},
+                    "S3BackupMode": kind.backup_mode(d.backs_up_all),
                     "ProcessingConfiguration": processing,
                 }),
             );
@@ -1071,6 +1078,68 @@ mod tests {
             (status, body["__type"].as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, Some("ServiceUnavailableException"))
         );
+    }
+
+    /// What a destination's description says of the sink beyond its buffering and prefixes, in
+    /// Firehose's names: dynamic partitioning (its retry duration) and the processors it amounts
+    /// to (de-aggregation, the query as jq 1.6's, NDJSON's delimiter) after the transforms', the
+    /// keys' time zone, the backup mode (`backup = "all"`) in each kind's own words, and a request
+    /// destination's retry duration.
+    #[test]
+    fn a_destination_is_described_with_what_the_sink_does_in_firehoses_names() {
+        let toml = r#"
+[pipeline]
+name = "lake"
+[sources.api]
+type = "firehose"
+[sinks.lake]
+type = "object_store"
+inputs = ["api"]
+url = "memory://lake"
+format = "ndjson"
+time_zone = "Asia/Tokyo"
+backup = "all"
+retry = { duration_s = 120 }
+partitioning = { query = '{account: .recipientAccountId}' }
+deaggregation = { delimiter = "||" }
+prefix = "account=!{partitionKeyFromQuery:account}/"
+error_prefix = "errors/!{firehose:error-output-type}/"
+[sinks.siem]
+type = "http_endpoint"
+inputs = ["api"]
+url = "http://127.0.0.1:9/in"
+backup_store = "memory://failed"
+retry = { duration_s = 60 }
+"#;
+        let plan = sluice_engine::testkit::plan_from_str(toml, &crate::registry()).unwrap_or_else(|e| panic!("{e}"));
+        let info = plan.stream_info(0);
+        let lake = &destination_description(&info.destinations[0])["ExtendedS3DestinationDescription"];
+        assert_eq!(
+            lake["DynamicPartitioningConfiguration"],
+            json!({"Enabled": true, "RetryOptions": {"DurationInSeconds": 120}})
+        );
+        assert_eq!(
+            lake["ProcessingConfiguration"],
+            json!({"Enabled": true, "Processors": [
+                {"Type": "RecordDeAggregation", "Parameters": [
+                    {"ParameterName": "SubRecordType", "ParameterValue": "DELIMITED"},
+                    {"ParameterName": "Delimiter", "ParameterValue": "fHw="},
+                ]},
+                {"Type": "MetadataExtraction", "Parameters": [
+                    {"ParameterName": "MetadataExtractionQuery", "ParameterValue": "{account: .recipientAccountId}"},
+                    {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"},
+                ]},
+                {"Type": "AppendDelimiterToRecord", "Parameters": []},
+            ]})
+        );
+        assert_eq!(
+            (lake["CustomTimeZone"].as_str(), lake["S3BackupMode"].as_str()),
+            (Some("Asia/Tokyo"), Some("Enabled"))
+        );
+        let siem = &destination_description(&info.destinations[1])["HttpEndpointDestinationDescription"];
+        assert_eq!(siem["RetryOptions"], json!({"DurationInSeconds": 60}));
+        assert_eq!(siem["S3BackupMode"], "FailedDataOnly");
+        assert_eq!(siem["ProcessingConfiguration"], json!({"Enabled": false, "Processors": []}));
     }
 
     #[test]

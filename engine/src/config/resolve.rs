@@ -94,6 +94,37 @@ pub struct Partitioning {
     pub deaggregation: Option<Deaggregation>,
 }
 
+impl Partitioning {
+    /// The Firehose processors this partitioning amounts to, in Firehose's order: its
+    /// `RecordDeAggregation` (`SubRecordType` `JSON` or `DELIMITED`, the delimiter in base64), then
+    /// its `MetadataExtraction` (the query, parsed as jq 1.6).
+    pub fn processors(&self) -> Vec<crate::contract::Processor> {
+        use base64::Engine as _;
+        let mut processors = Vec::new();
+        match &self.deaggregation {
+            Some(Deaggregation::Json) => processors.push(crate::contract::Processor {
+                kind: "RecordDeAggregation",
+                parameters: vec![("SubRecordType", "JSON".into())],
+            }),
+            Some(Deaggregation::Delimiter(delimiter)) => processors.push(crate::contract::Processor {
+                kind: "RecordDeAggregation",
+                parameters: vec![
+                    ("SubRecordType", "DELIMITED".into()),
+                    ("Delimiter", base64::engine::general_purpose::STANDARD.encode(delimiter)),
+                ],
+            }),
+            None => {}
+        }
+        if let Some(query) = &self.query {
+            processors.push(crate::contract::Processor {
+                kind: "MetadataExtraction",
+                parameters: vec![("MetadataExtractionQuery", query.describe()), ("JsonParsingEngine", "JQ-1.6".into())],
+            });
+        }
+        processors
+    }
+}
+
 /// Firehose's record de-aggregation (`deaggregation`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deaggregation {
@@ -207,8 +238,17 @@ pub struct DestinationInfo {
     pub error_prefix: Option<String>,
     /// Extension of data objects.
     pub file_extension: String,
-    /// The Firehose processors of the transforms upstream of the sink, sources first.
+    /// The Firehose processors of the transforms upstream of the sink, sources first, then those
+    /// the sink itself amounts to (de-aggregation, the partitioning query, a format's delimiter).
     pub processors: Vec<crate::contract::Processor>,
+    /// `retry.duration_s`.
+    pub retry_s: u64,
+    /// `backup = "all"`: every source record is backed up too (Firehose's S3BackupMode enabled).
+    pub backs_up_all: bool,
+    /// The time zone of its keys' timestamps (Firehose's CustomTimeZone).
+    pub time_zone: String,
+    /// Whether its objects are laid out by partition (Firehose's dynamic partitioning).
+    pub partitioned: bool,
 }
 
 /// A resolved source.
@@ -307,7 +347,13 @@ impl Plan {
                         .transforms_upstream_of(&s.inputs)
                         .iter()
                         .flat_map(|&t| self.transforms[t].transform.processors())
+                        .chain(settings.partitioning.iter().flat_map(|p| p.processors()))
+                        .chain(settings.format.processors())
                         .collect(),
+                    retry_s: settings.retry.duration.as_secs(),
+                    backs_up_all: settings.backup == BackupMode::All,
+                    time_zone: settings.keys.time_zone().name().to_string(),
+                    partitioned: settings.partitioning.is_some(),
                 }
             })
             .collect();

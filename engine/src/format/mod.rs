@@ -71,6 +71,11 @@ pub trait ObjectFormat: Send + Sync + std::fmt::Debug {
     fn max_records(&self) -> u64 {
         u64::MAX
     }
+    /// The Firehose processors this format amounts to (NDJSON: `AppendDelimiterToRecord`), for
+    /// DescribeDeliveryStream.
+    fn processors(&self) -> Vec<crate::contract::Processor> {
+        Vec::new()
+    }
     /// A name the format gives each object itself (a request id), instead of the sink's object key.
     fn object_key(&self) -> Option<String> {
         None

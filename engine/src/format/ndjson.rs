@@ -16,6 +16,10 @@ impl RecordCodec for Ndjson {
         "application/x-ndjson"
     }
 
+    fn processors(&self) -> Vec<crate::contract::Processor> {
+        vec![crate::contract::Processor { kind: "AppendDelimiterToRecord", parameters: Vec::new() }]
+    }
+
     fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         out.extend_from_slice(record);
         if record.last() != Some(&b'\n') {

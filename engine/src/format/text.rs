@@ -16,6 +16,10 @@ pub trait RecordCodec: Send + Sync + std::fmt::Debug + 'static {
     fn describe(&self) -> String;
     /// MIME type of the uncompressed content.
     fn content_type(&self) -> &'static str;
+    /// The Firehose processors its encoding amounts to ([`ObjectFormat::processors`]).
+    fn processors(&self) -> Vec<crate::contract::Processor> {
+        Vec::new()
+    }
     /// Extension before the compression's (`.csv`; Firehose adds none for raw and NDJSON).
     fn extension(&self) -> &'static str {
         ""
@@ -103,6 +107,10 @@ impl<C: RecordCodec> TextFormat<C> {
 impl<C: RecordCodec> ObjectFormat for TextFormat<C> {
     fn describe(&self) -> String {
         self.codec.describe()
+    }
+
+    fn processors(&self) -> Vec<crate::contract::Processor> {
+        self.codec.processors()
     }
 
     fn open(&self) -> std::io::Result<Box<dyn ObjectEncoder>> {
