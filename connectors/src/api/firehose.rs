@@ -893,7 +893,10 @@ fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value 
                 "ErrorOutputPrefix": d.error_prefix,
                 "BufferingHints": hints,
                 "CompressionFormat": d.compression_format,
-                "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
+                "EncryptionConfiguration": match &d.kms_key {
+                    Some(key) => json!({"KMSEncryptionConfig": {"AWSKMSKeyARN": key}}),
+                    None => json!({"NoEncryptionConfig": "NoEncryption"}),
+                },
                 "S3BackupMode": d.kind.backup_mode(d.backs_up_all),
                 "FileExtension": d.file_extension,
                 "CustomTimeZone": d.time_zone,
@@ -1110,6 +1113,12 @@ inputs = ["api"]
 url = "http://127.0.0.1:9/in"
 backup_store = "memory://failed"
 retry = { duration_s = 60 }
+[sinks.vault]
+type = "object_store"
+inputs = ["api"]
+url = "s3://vault/trail"
+options = { region = "eu-west-1", access_key_id = "AKIDEXAMPLE", secret_access_key = "secret" }
+encryption = { sse = "aws:kms", kms_key_id = "arn:aws:kms:eu-west-1:111122223333:key/abc" }
 "#;
         let plan = sluice_engine::testkit::plan_from_str(toml, &crate::registry()).unwrap_or_else(|e| panic!("{e}"));
         let info = plan.stream_info(0);
@@ -1136,6 +1145,13 @@ retry = { duration_s = 60 }
             (lake["CustomTimeZone"].as_str(), lake["S3BackupMode"].as_str()),
             (Some("Asia/Tokyo"), Some("Enabled"))
         );
+        assert_eq!(lake["EncryptionConfiguration"], json!({"NoEncryptionConfig": "NoEncryption"}));
+        let vault = &destination_description(&info.destinations[2])["ExtendedS3DestinationDescription"];
+        assert_eq!(
+            vault["EncryptionConfiguration"],
+            json!({"KMSEncryptionConfig": {"AWSKMSKeyARN": "arn:aws:kms:eu-west-1:111122223333:key/abc"}})
+        );
+        assert_eq!(vault["BucketARN"], "arn:aws:s3:::vault");
         let siem = &destination_description(&info.destinations[1])["HttpEndpointDestinationDescription"];
         assert_eq!(siem["RetryOptions"], json!({"DurationInSeconds": 60}));
         assert_eq!(siem["S3BackupMode"], "FailedDataOnly");

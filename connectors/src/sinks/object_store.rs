@@ -130,6 +130,8 @@ pub struct ObjectStoreSink {
     web_server: bool,
     /// Where its store counts a refused renewal of its `tls.ca` (nowhere without one).
     renewal_failures: crate::tls::RenewalFailures,
+    /// `encryption.kms_key_id` (SSE-KMS), for DescribeDeliveryStream.
+    kms_key: Option<String>,
 }
 
 /// A store's own way of finding credentials, run once at start.
@@ -301,7 +303,8 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems>
         problems
             .take(ObjectStoreSink::from_config_with(&c.url, &c.options, sse, &roots).map_err(|e| e.at_its_key(&spans)))
     });
-    let sink = problems.finish(sink)?;
+    let mut sink = problems.finish(sink)?;
+    sink.kms_key = c.encryption.as_ref().and_then(|sse| sse.kms_key_id.clone());
     let sink = sink.owned_by(&config.pipeline, &config.name, &config.data_dir);
     Ok(Arc::new(if c.healthcheck { sink } else { sink.without_healthcheck() }))
 }
@@ -869,6 +872,7 @@ impl ObjectStoreSink {
             credentials,
             web_server: matches!(scheme, "http" | "https"),
             renewal_failures: crate::tls::RenewalFailures::default(),
+            kms_key: None,
         })
     }
 
@@ -1142,6 +1146,10 @@ impl Sink for ObjectStoreSink {
 
     fn measure_with(&self, meter: SinkMeter) {
         self.renewal_failures.count_with(meter);
+    }
+
+    fn kms_key(&self) -> Option<String> {
+        self.kms_key.clone()
     }
 
     fn describe(&self) -> String {

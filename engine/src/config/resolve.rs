@@ -249,6 +249,8 @@ pub struct DestinationInfo {
     pub time_zone: String,
     /// Whether its objects are laid out by partition (Firehose's dynamic partitioning).
     pub partitioned: bool,
+    /// The KMS key the destination encrypts with ([`crate::contract::Sink::kms_key`]).
+    pub kms_key: Option<String>,
 }
 
 /// A resolved source.
@@ -354,6 +356,7 @@ impl Plan {
                     backs_up_all: settings.backup == BackupMode::All,
                     time_zone: settings.keys.time_zone().name().to_string(),
                     partitioned: settings.partitioning.is_some(),
+                    kms_key: s.sink.kms_key(),
                 }
             })
             .collect();

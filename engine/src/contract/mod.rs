@@ -265,6 +265,11 @@ pub trait Sink: Send + Sync + 'static {
     fn location(&self) -> String {
         self.describe()
     }
+    /// The KMS key the destination encrypts what it stores with, when the sink names one (an S3
+    /// sink's SSE-KMS `kms_key_id`), for DescribeDeliveryStream's `EncryptionConfiguration`.
+    fn kms_key(&self) -> Option<String> {
+        None
+    }
     /// Called once before the run (e.g. create a local folder); an error stops the run. By default
     /// its [`Sink::check`]; a sink that also recovers or makes something runs its check too. The
     /// engine prepares the sink's [`Sink::error_output`] first, so a sink holding another need not
