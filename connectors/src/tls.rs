@@ -351,25 +351,22 @@ pub trait RenewalMeter: Send + Sync {
     fn refused(&self, message: &str);
 }
 
-impl RenewalMeter for sluice_engine::metrics::SinkMeter {
-    fn start(&self) {
-        self.count(RENEWAL_FAILURES, 0);
-    }
-    fn refused(&self, message: &str) {
-        self.count(RENEWAL_FAILURES, 1);
-        self.report(sluice_engine::error_log::Level::Warn, RENEWAL_REFUSED, message);
-    }
+/// A sink's and a source's meters count and report alike.
+macro_rules! renewal_meter {
+    ($($meter:ty),*) => {$(
+        impl RenewalMeter for $meter {
+            fn start(&self) {
+                self.count(RENEWAL_FAILURES, 0);
+            }
+            fn refused(&self, message: &str) {
+                self.count(RENEWAL_FAILURES, 1);
+                self.report(sluice_engine::error_log::Level::Warn, RENEWAL_REFUSED, message);
+            }
+        }
+    )*};
 }
 
-impl RenewalMeter for sluice_engine::metrics::SourceMeter {
-    fn start(&self) {
-        self.count(RENEWAL_FAILURES, 0);
-    }
-    fn refused(&self, message: &str) {
-        self.count(RENEWAL_FAILURES, 1);
-        self.report(sluice_engine::error_log::Level::Warn, RENEWAL_REFUSED, message);
-    }
-}
+renewal_meter!(sluice_engine::metrics::SinkMeter, sluice_engine::metrics::SourceMeter);
 
 /// A transform's (labelled `files="tls"`: a transform's own families carry a label).
 impl RenewalMeter for Arc<sluice_engine::metrics::TransformMetrics> {
