@@ -590,9 +590,10 @@ fn serve_serves_the_good_stream_pipelines_and_reports_the_rest() {
 }
 
 /// `sluice validate --check` asks whether each listener's address can be taken, and lets it go:
-/// an address no interface of this host has (TEST-NET-1's, nothing sent to it) is an error that
-/// names it and what to do; one another process holds is a warning with exit 0 (a sluice running
-/// the pipeline holds it while a change is validated), and validating leaves it free.
+/// an address no interface of this host has (TEST-NET-1's, nothing sent to it) and a port below
+/// 1024 for a user without the privilege are errors that name it and what to do; one another
+/// process holds is a warning with exit 0 (a sluice running the pipeline holds it while a change
+/// is validated), and validating leaves it free.
 #[test]
 fn validate_check_asks_whether_each_listener_can_be_taken() {
     let dir = tempfile::tempdir().unwrap();
@@ -638,4 +639,30 @@ fn validate_check_asks_whether_each_listener_can_be_taken() {
     drop(held);
     assert!(validate(&here).status.success());
     TcpListener::bind(("127.0.0.1", web)).expect("validating let the address go");
+
+    // A port below 1024 for a user without the privilege (`nobody`, when the suite runs as root).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let privileged = dir.path().join("privileged.toml");
+    std::fs::write(
+        &privileged,
+        "[pipeline]\nname = \"privileged\"\n[sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:1\"\n\
+         [sinks.out]\ntype = \"object_store\"\ninputs = [\"web\"]\nurl = \"memory://out\"\n",
+    )
+    .unwrap();
+    let mut unprivileged = if super::support::as_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_sluice")]);
+        command
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+    };
+    let refused =
+        unprivileged.args(["validate", "--check"]).arg(&privileged).env("SLUICE_LOG", "error").output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot listen on 127.0.0.1:1") && stderr.contains("ports below 1024 need root"),
+        "{stderr}"
+    );
 }

@@ -564,8 +564,8 @@ pub fn instance_metadata(
     port
 }
 
-/// A stream pipeline (its TOML) running on a thread of its own with `workers` workers, its
-/// metrics read while it runs, until [`StartedRun::finish`] stops it.
+/// A pipeline (its TOML) running on a thread of its own with `workers` workers, its metrics read
+/// while it runs, until [`StartedRun::finish`] stops it (a finite one may have ended by then).
 pub struct StartedRun {
     pub metrics: std::sync::Arc<sluice_engine::metrics::PipelineMetrics>,
     stop: sluice_engine::contract::StopSignal,

@@ -860,7 +860,10 @@ pub(crate) fn write_settled(path: &Path, bytes: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::{ClientFiles, ClientTls, Ends, FileWatch, NotedRenewals, Trust, fixture_ca, refusal, write_settled};
+    use super::{
+        ClientFiles, ClientTls, Ends, FileWatch, NotedRenewals, RENEWAL_FAILURES, RENEWAL_REFUSED, RenewalMeter, Trust,
+        fixture_ca, refusal, write_settled,
+    };
 
     /// A client whose `ca` file is renewed: a file that fails the checks is refused and the client
     /// made before is kept (requests go on as before); a good one is taken.
@@ -914,6 +917,44 @@ mod tests {
         look_now();
         assert_eq!(counts(), [0, 1, 1]);
         assert!(second.noted().is_empty());
+    }
+
+    /// A sink's, a source's and a transform's meters start the family at 0, count each refusal in
+    /// it (the transform's labelled `files="tls"`) and write it to the pipeline's error log as
+    /// their component's warning.
+    #[test]
+    fn each_kind_of_meter_counts_and_reports_a_refusal_as_its_own() {
+        use sluice_engine::metrics::{PipelineMetrics, SinkMeter, SourceMeter};
+        let metrics = std::sync::Arc::new(PipelineMetrics::new(1, 1).with_transforms(1));
+        let _ = metrics.errors.set(std::sync::Arc::new(sluice_engine::error_log::ErrorLog::new("p", None, false)));
+        let transform = std::sync::Arc::clone(&metrics.transforms[0]);
+        let _ = transform.owner.set(("fn".into(), std::sync::Arc::downgrade(&metrics)));
+        let meters: [Box<dyn RenewalMeter>; 3] = [
+            Box::new(SinkMeter::new(std::sync::Arc::clone(&metrics), 0, "lake")),
+            Box::new(SourceMeter::new(std::sync::Arc::clone(&metrics), 0, "stream")),
+            Box::new(transform),
+        ];
+        for meter in &meters {
+            meter.start();
+        }
+        let counted = || {
+            let labelled = metrics.transforms[0].labelled.lock().unwrap();
+            [
+                metrics.sinks[0].own_counts.lock().unwrap().get(RENEWAL_FAILURES).copied(),
+                metrics.sources[0].own_counts.lock().unwrap().get(RENEWAL_FAILURES).copied(),
+                labelled.get(&(RENEWAL_FAILURES, "files", "tls".to_string())).copied(),
+            ]
+        };
+        assert_eq!(counted(), [Some(0); 3]);
+        for meter in &meters {
+            meter.refused("the TLS files of `x.tls` changed and cannot be used");
+        }
+        assert_eq!(counted(), [Some(1); 3]);
+        let lines = metrics.errors.get().unwrap().recent();
+        let said: Vec<_> =
+            lines.iter().map(|l| (l["component"].as_str(), l["errorCode"].as_str(), l["level"].as_str())).collect();
+        let warned = |component| (Some(component), Some(RENEWAL_REFUSED), Some("WARN"));
+        assert_eq!(said, [warned("lake"), warned("stream"), warned("fn")]);
     }
 
     /// A certificate's end is past, within 14 days, or later.

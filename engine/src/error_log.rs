@@ -1,11 +1,12 @@
 //! The error log (`[pipeline] error_log`, `--log-format json`): CloudWatch Logs' equivalent for a
 //! delivery stream. Every delivery failure, retry exhaustion, backup, transform failure, throttle
-//! burst, refused TLS renewal (through a connector's meter) and log truncation is one JSON line: `time, level, stream, component, errorCode, message`
-//! and, when known, `attempts` and `key` (the object or request), written through a
-//! [`LineStore`] (`error_log = "<URL>"`) and/or to stderr (`--log-format json`); without JSON on
-//! stderr, each line is also a log line at its level (`WARN`, `ERROR`), so a destination that
-//! fails shows in the terminal at its first failed attempt, not only when its retry duration runs
-//! out; the last [`RECENT`] lines are kept in memory for the dashboard.
+//! burst, refused TLS renewal (through a connector's meter) and log truncation is one JSON line:
+//! `time, level, stream, component, errorCode, message` and, when known, `attempts` and `key` (the
+//! object or request), written through a [`LineStore`] (`error_log = "<URL>"`) and/or to stderr
+//! (`--log-format json`); without JSON on stderr, each line is also a log line at its level
+//! (`WARN`, `ERROR`), so a destination that fails shows in the terminal at its first failed
+//! attempt, not only when its retry duration runs out; the last [`RECENT`] lines are kept in
+//! memory for the dashboard.
 //!
 //! Guarantees: at most [`PER_WINDOW`] lines per component, error code and level per [`WINDOW`]
 //! (a flood of retries never hides a backup), so a

@@ -11,8 +11,8 @@
 //! certificate's). Otherwise the pair in use stays: the reason is logged once per change of the
 //! files and counted (`ListenerCertificateReloadFailures`), and the next change is looked at
 //! again. Connections already open keep the certificate they began with. The certificate's expiry
-//! is logged at start and at each reload, warned about within [`crate::tls::WARN_WITHIN`] of it, and exported
-//! (`ListenerCertificateExpiry_seconds`, which docs/alerts.yml watches).
+//! is logged at start and at each reload, warned about within [`crate::tls::WARN_WITHIN`] of it,
+//! and exported (`ListenerCertificateExpiry_seconds`, which docs/alerts.yml watches).
 
 use std::path::Path;
 use std::sync::Arc;

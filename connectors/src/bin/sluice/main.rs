@@ -430,7 +430,7 @@ fn validate_command(files: &[PathBuf], check: Option<Duration>) -> anyhow::Resul
 /// answer `within` is said as a warning (as a run's start-up check warns), not counted as a failure.
 fn check_services(runtime: &tokio::runtime::Runtime, file: &std::path::Path, plan: &Plan, within: Duration) -> bool {
     let mut checks: Vec<(String, futures::future::BoxFuture<'static, Result<(), String>>)> = Vec::new();
-    // Sources and transforms with nothing to ask (files, listeners, jq) are not listed.
+    // Sources and transforms with nothing to ask (files, the generator, jq) are not listed.
     for source in &plan.sources {
         if let Some(check) = source.source.check() {
             let what = format!("sources.{} ({})", source.name, source.source.describe());
