@@ -1,7 +1,8 @@
 //! docs/alerts.yml (issue 19 §3): `promtool check rules` accepts it, and each rule fires, in
 //! `promtool test rules`, on series taken from real `/metrics` scrapes of a run whose destinations
 //! are down (deliveries failing, data going stale, records going to the error output), whose
-//! API serves a certificate that expires within two days, whose Kinesis source reads an hour
+//! API serves a certificate that expires within two days, one of whose sinks presents a client
+//! certificate that does too, whose Kinesis source reads an hour
 //! behind its stream (moto, behind a proxy that says so as Kinesis would), and one of whose sinks
 //! has its `tls.ca` renewed with a broken file.
 
@@ -24,7 +25,7 @@ fn the_alert_rules_are_valid_and_each_fires_on_a_real_scrape_where_its_condition
         .expect("promtool (scripts/test.sh installs Debian's prometheus)");
     let said = String::from_utf8_lossy(&checked.stdout);
     assert!(
-        checked.status.success() && said.contains("SUCCESS: 8 rules found"),
+        checked.status.success() && said.contains("SUCCESS: 9 rules found"),
         "{said}{}",
         String::from_utf8_lossy(&checked.stderr)
     );
@@ -38,7 +39,8 @@ fn the_alert_rules_are_valid_and_each_fires_on_a_real_scrape_where_its_condition
     // The API serves a certificate of the test CA, which lasts two days: within the expiry rule's 14.
     let certs = TestCertificates::make();
     let (api, admin, down) = (free_port(), free_port(), free_port());
-    // The stuck sink's CA file, renewed with a broken one once the run is up.
+    // The stuck sink's CA file, renewed with a broken one once the run is up; its client
+    // certificate (the test CA's too) ends within two days.
     let ca = dir.path().join("ca.pem");
     std::fs::copy(certs.path("ca.pem"), &ca).unwrap();
     let config = dir.path().join("alerts.toml");
@@ -73,7 +75,7 @@ url = "http://127.0.0.1:{down}/in"
 buffer = {{ size_mb = 1, interval_s = 1 }}
 retry = {{ duration_s = 600 }}
 backup_store = {{ url = "file://{backup}" }}
-tls = {{ ca = "{ca}" }}
+tls = {{ ca = "{ca}", cert = "{client_cert}", key = "{client_key}" }}
 
 [sinks.failing]
 type = "http_endpoint"
@@ -88,6 +90,8 @@ backup_store = {{ url = "file://{backup}" }}
             cert = certs.path("server.pem"),
             key = certs.path("server.key"),
             ca = ca.display(),
+            client_cert = certs.path("client.pem"),
+            client_key = certs.path("client.key"),
         ),
     )
     .unwrap();
@@ -159,4 +163,5 @@ backup_store = {{ url = "file://{backup}" }}
     let expiring = &report["expected"]["SluiceListenerCertificateExpiring"];
     assert_eq!(expiring.as_array().map(Vec::len), Some(1), "{report}");
     assert_eq!(expiring[0]["stream"], "alerts", "{report}");
+    assert_eq!(fired("SluiceClientCertificateExpiring"), ["stuck"], "{report}");
 }

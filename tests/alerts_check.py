@@ -6,7 +6,8 @@ scrapes of a run where the conditions hold (tests/alerts.rs).
 Every series the rules read comes from the scrapes, with its real name and labels: counters grow
 at the rate seen between the scrapes (a refused TLS renewal included), gauges keep their last value. Two conditions a short test
 cannot drive (a write-ahead log at 80 % of `retention.max_gb`, which is at least 1 GB, and
-throttled puts) are set past their thresholds on their real label sets. A certificate's expiry, a
+throttled puts) are set past their thresholds on their real label sets. A certificate's expiry (the
+listener's, a client certificate's), a
 Unix time, is moved to promtool's clock (which starts at 0): the time left at the evaluation is the
 time left at the check. The rules are copied
 without annotations (their text is not under test). Prints promtool's output and exits with its
@@ -61,6 +62,7 @@ def main():
             "sluice_LogRetentionBytes",
             "sluice_ThrottledRecords",
             "sluice_ListenerCertificateExpiry_seconds",
+            "sluice_ClientCertificateExpiry_seconds",
             "sluice_KinesisMillisBehindLatest",
             "sluice_TlsRenewalFailures",
         )
@@ -90,11 +92,12 @@ def main():
             value = 0.9 * retention  # not driven by the run: set past its threshold
             if retention > 0:
                 expected["SluiceLogNearRetention"].append(dict(labels))
-        if name == "sluice_ListenerCertificateExpiry_seconds":
+        if name in ("sluice_ListenerCertificateExpiry_seconds", "sluice_ClientCertificateExpiry_seconds"):
             left = value - time.time()
             value = left + EVAL_SECONDS
             if left < 14 * 86400:
-                expected["SluiceListenerCertificateExpiring"].append(dict(labels))
+                alert = "SluiceListenerCertificateExpiring" if "Listener" in name else "SluiceClientCertificateExpiring"
+                expected[alert].append(dict(labels))
         if name == "sluice_KinesisMillisBehindLatest" and value / 1000 > 300:
             expected["SluiceKinesisSourceBehind"].append(dict(labels))
         if name.endswith("_Success") and value < 1:

@@ -430,10 +430,11 @@ fn validate_check_asks_every_destination_at_once_within_its_timeout() {
 /// the renewed files are written where the old ones were; then everything goes through, nothing
 /// is backed up. A renewal that first leaves a broken CA file is refused, the files before kept,
 /// counted in the sink's `TlsRenewalFailures` (there at 0 from the start) once, and said once in
-/// the error log as the sink's warning.
+/// the error log as the sink's warning. `ClientCertificateExpiry_seconds` follows the client
+/// certificate in use: the old one's end until the renewed one (a month long) is taken.
 #[test]
 fn renewed_tls_files_are_used_without_a_restart() {
-    let (old, renewed) = (TestCertificates::make(), TestCertificates::make());
+    let (old, renewed) = (TestCertificates::make(), TestCertificates::make_lasting(30));
     let tls = old.server("server", true);
     let endpoint = receiver_over(Answer::OkAfter(0), Some(tls.clone()));
     let files = tempfile::tempdir().unwrap();
@@ -472,6 +473,9 @@ fn renewed_tls_files_are_used_without_a_restart() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(refused(), Some(0), "the family starts at 0 for a sink with files to renew");
+    let client_certificate_ends =
+        || run.metrics.client_certificates.lock().unwrap().get(&("destination", "siem".to_string())).copied();
+    assert_eq!(client_certificate_ends(), Some(old.ends("client.pem")), "the client certificate read at start");
     std::thread::sleep(std::time::Duration::from_secs(1));
     write("ca.pem", b"-----BEGIN CERTIFICATE-----\ncut short by the renewal\n");
     let waited = std::time::Instant::now();
@@ -486,11 +490,14 @@ fn renewed_tls_files_are_used_without_a_restart() {
     assert_eq!((said[0]["component"].as_str(), said[0]["level"].as_str()), (Some("siem"), Some("WARN")), "{said:?}");
     let message = said[0]["message"].as_str().unwrap_or_default();
     assert!(message.contains("ca.pem") && message.contains("`ca`"), "{message}");
+    assert_eq!(client_certificate_ends(), Some(old.ends("client.pem")), "a refused renewal changes nothing");
     install(&renewed);
     while run.metrics.sinks[0].records_delivered.load(Relaxed) < 300 {
         assert!(waited.elapsed() < std::time::Duration::from_secs(80), "the renewed files were not taken");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    assert!(renewed.ends("client.pem") > old.ends("client.pem") + 27 * 86_400);
+    assert_eq!(client_certificate_ends(), Some(renewed.ends("client.pem")), "the renewed client certificate");
     let metrics = Arc::clone(&run.metrics);
     run.finish().unwrap();
     assert_eq!(metrics.sinks[0].records_delivered.load(Relaxed), 300);

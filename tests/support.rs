@@ -384,11 +384,18 @@ pub fn as_root() -> bool {
 /// Certificates for the TLS tests, made by the `openssl` CLI in a temporary folder: a private CA
 /// (`ca.pem`), server certificates it signs for 127.0.0.1 (`server`) and for another name only
 /// (`elsewhere`, `elsewhere.test`), a client certificate it signs (`client`), and a self-signed
-/// certificate for 127.0.0.1 (`self-signed`); each `<name>.pem` with its key `<name>.key`.
+/// certificate for 127.0.0.1 (`self-signed`); each `<name>.pem` with its key `<name>.key`. Each
+/// lasts two days ([`Self::make_lasting`] for other lengths).
 pub struct TestCertificates(pub tempfile::TempDir);
 
 impl TestCertificates {
     pub fn make() -> TestCertificates {
+        Self::make_lasting(2)
+    }
+
+    /// The certificates, each lasting `days` days from now.
+    pub fn make_lasting(days: u32) -> TestCertificates {
+        let days = days.to_string();
         let dir = tempfile::tempdir().unwrap();
         let openssl = |args: &[&str]| {
             let made = std::process::Command::new("openssl").current_dir(dir.path()).args(args).output().unwrap();
@@ -399,7 +406,7 @@ impl TestCertificates {
             let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
             let mut args = vec!["req", "-x509"];
             args.extend(new_key);
-            args.extend(["-days", "2", "-subj", subject, "-keyout", &key, "-out", &pem]);
+            args.extend(["-days", &days, "-subj", subject, "-keyout", &key, "-out", &pem]);
             args.extend(extensions);
             openssl(&args);
         };
@@ -432,7 +439,7 @@ impl TestCertificates {
                 "-set_serial",
                 &serial,
                 "-days",
-                "2",
+                &days,
                 "-extfile",
                 &ext,
                 "-out",
@@ -440,6 +447,16 @@ impl TestCertificates {
             ]);
         }
         TestCertificates(dir)
+    }
+
+    /// When the certificate of the file `name` (`client.pem`) ends, Unix seconds.
+    pub fn ends(&self, name: &str) -> u64 {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        use x509_cert::der::Decode;
+        let der = CertificateDer::from_pem_file(self.path(name)).unwrap();
+        let certificate = x509_cert::Certificate::from_der(der.as_ref()).unwrap();
+        certificate.tbs_certificate.validity.not_after.to_unix_duration().as_secs()
     }
 
     /// The file `name` (`ca.pem`, `client.key`, …).

@@ -39,12 +39,15 @@
 //! (`RenewingStore` of the `object_store` sink), and the `postgres` sink its `sslrootcert`, through
 //! the same `Renewing`. Each change refused is counted in the connector's
 //! `TlsRenewalFailures` ([`RENEWAL_FAILURES`]) and written to the pipeline's error log
-//! (`Tls.RenewalRefused`, a warning) once its run hands it its counters ([`RenewalFailures`]); the
+//! (`Tls.RenewalRefused`, a warning) once its run hands it its counters ([`TlsMetrics`]); the
 //! family is there at 0 from then on for every connector with files to renew, so an alert sees its
-//! first refusal.
+//! first refusal. When the client certificate in use ends is the gauge
+//! `ClientCertificateExpiry_seconds` ([`sluice_engine::metrics::CLIENT_CERTIFICATE_EXPIRY`]): the one read at start, then
+//! each renewed one taken (a refused one changes nothing).
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -83,6 +86,8 @@ pub struct ClientTls {
     trust: Trust,
     /// `cert` and `key`.
     identity: Option<reqwest::Identity>,
+    /// When `cert`'s certificate ends (Unix seconds), when it can be read.
+    certificate_ends: Option<u64>,
     /// The files `trust` and `identity` were read from, to read again when they change.
     files: ClientFiles,
     /// The table, as errors name it (`` `sinks.siem.tls` ``).
@@ -105,8 +110,10 @@ impl ClientFiles {
         self.ca.iter().map(PathBuf::as_path).chain(identity).collect()
     }
 
-    /// The roots and identity the files hold now, checked as at configure time; else why not.
-    fn read(&self) -> Result<(Vec<reqwest::Certificate>, Option<reqwest::Identity>), String> {
+    /// The roots and identity (with its certificate's end, when it can be read) the files hold
+    /// now, checked as at configure time; else why not.
+    #[allow(clippy::type_complexity)]
+    fn read(&self) -> Result<(Vec<reqwest::Certificate>, Option<(reqwest::Identity, Option<u64>)>), String> {
         let roots = match &self.ca {
             Some(ca) => read(Path::new(""), ca).and_then(|pem| ca_roots(&pem)).map_err(|why| format!("`ca` {why}"))?,
             None => Vec::new(),
@@ -133,6 +140,7 @@ impl ClientTls {
         let mut tls = ClientTls {
             trust: Trust::Added(Vec::new()),
             identity: None,
+            certificate_ends: None,
             files: ClientFiles::default(),
             label: String::new(),
             at: table.span.clone(),
@@ -187,8 +195,8 @@ impl ClientTls {
         };
         match (&cert, &key) {
             (Some(cert), Some(key)) => match identity(base_dir, Path::new(cert.get_ref()), Path::new(key.get_ref())) {
-                Ok(identity) => {
-                    tls.identity = Some(identity);
+                Ok((identity, ends)) => {
+                    (tls.identity, tls.certificate_ends) = (Some(identity), ends);
                     tls.files.identity = Some((base_dir.join(cert.get_ref()), base_dir.join(key.get_ref())));
                 }
                 Err((on_key, why)) => {
@@ -251,6 +259,9 @@ impl ClientTls {
             trust: self.trust,
             timeout,
         });
+        if let (Some(reloading), Some(ends)) = (&reloading, self.certificate_ends) {
+            reloading.client.tls_metrics().client_certificate_read(ends);
+        }
         Ok(TlsClient { client, reloading: reloading.map(Arc::new) })
     }
 }
@@ -319,9 +330,10 @@ impl Ends {
 
 /// Warns when the client certificate of the file `cert` (its chain `certs`) has ended or ends
 /// within [`WARN_WITHIN`]: a server that checks client certificates refuses an ended one. Said
-/// when the file is read: by `sluice validate`, at a run's start, and at each renewal.
-fn warn_of_client_certificate_end(cert: &Path, certs: &[CertificateDer<'_>]) {
-    let Some((subject, expiry_s)) = certs.first().and_then(certificate_expiry) else { return };
+/// when the file is read: by `sluice validate`, at a run's start, and at each renewal. When it
+/// ends (Unix seconds), if that can be read.
+fn warn_of_client_certificate_end(cert: &Path, certs: &[CertificateDer<'_>]) -> Option<u64> {
+    let (subject, expiry_s) = certs.first().and_then(certificate_expiry)?;
     let cert = cert.display();
     match Ends::of(expiry_s) {
         Ends::Past(at) => tracing::warn!(
@@ -332,6 +344,7 @@ fn warn_of_client_certificate_end(cert: &Path, certs: &[CertificateDer<'_>]) {
         ),
         Ends::Later(_) => {}
     }
+    Some(expiry_s)
 }
 
 /// The counter family of renewed TLS files a connector refused (`sluice_TlsRenewalFailures`; the
@@ -341,20 +354,24 @@ pub const RENEWAL_FAILURES: &str = "TlsRenewalFailures";
 /// The error log's code of a refused renewal.
 pub const RENEWAL_REFUSED: &str = "Tls.RenewalRefused";
 
-/// What a connector's counters are told of its renewals: the family started at 0, and each
-/// refusal counted and written to the error log (as a warning: the files before are still used,
-/// and the next change is tried), which also makes it a log line.
-pub trait RenewalMeter: Send + Sync {
+/// What a connector's counters are told of its TLS files: the refusals family started at 0, each
+/// refused renewal counted and written to the error log (as a warning: the files before are still
+/// used, and the next change is tried), which also makes it a log line, and when the client
+/// certificate it presents ends.
+pub trait TlsMeter: Send + Sync {
     /// The run handed the counters over: [`RENEWAL_FAILURES`] starts at 0.
     fn start(&self);
     /// A renewal was refused: `message` says which files and why.
     fn refused(&self, message: &str);
+    /// The client certificate presented from now on ends at `expiry_s` (Unix seconds):
+    /// [`sluice_engine::metrics::CLIENT_CERTIFICATE_EXPIRY`].
+    fn client_certificate_ends(&self, expiry_s: u64);
 }
 
 /// A sink's and a source's meters count and report alike.
-macro_rules! renewal_meter {
+macro_rules! tls_meter {
     ($($meter:ty),*) => {$(
-        impl RenewalMeter for $meter {
+        impl TlsMeter for $meter {
             fn start(&self) {
                 self.count(RENEWAL_FAILURES, 0);
             }
@@ -362,14 +379,17 @@ macro_rules! renewal_meter {
                 self.count(RENEWAL_FAILURES, 1);
                 self.report(sluice_engine::error_log::Level::Warn, RENEWAL_REFUSED, message);
             }
+            fn client_certificate_ends(&self, expiry_s: u64) {
+                self.set_client_certificate_expiry(expiry_s);
+            }
         }
     )*};
 }
 
-renewal_meter!(sluice_engine::metrics::SinkMeter, sluice_engine::metrics::SourceMeter);
+tls_meter!(sluice_engine::metrics::SinkMeter, sluice_engine::metrics::SourceMeter);
 
-/// A transform's (labelled `files="tls"`: a transform's own families carry a label).
-impl RenewalMeter for Arc<sluice_engine::metrics::TransformMetrics> {
+/// A transform's (its refusals labelled `files="tls"`: a transform's own families carry a label).
+impl TlsMeter for Arc<sluice_engine::metrics::TransformMetrics> {
     fn start(&self) {
         self.count(RENEWAL_FAILURES, "files", "tls", 0);
     }
@@ -377,30 +397,64 @@ impl RenewalMeter for Arc<sluice_engine::metrics::TransformMetrics> {
         self.count(RENEWAL_FAILURES, "files", "tls", 1);
         self.report(sluice_engine::error_log::Level::Warn, RENEWAL_REFUSED, message);
     }
+    fn client_certificate_ends(&self, expiry_s: u64) {
+        self.set_client_certificate_expiry(expiry_s);
+    }
 }
 
-/// Where a connector's refused renewals are counted: nowhere until its run hands over its
-/// counters ([`Self::count_with`]; `sluice validate` and checks count nothing). Clones share it,
-/// so the connector keeps one and each `Renewing` it made counts through it. The default stands
-/// for a connector with no file to renew: it counts nothing and starts no family.
+/// Where a connector's TLS files are metered (refused renewals, its client certificate's end):
+/// nowhere until its run hands over its counters ([`Self::meter_with`]; `sluice validate` and
+/// checks meter nothing). Clones share it, so the connector keeps one and each `Renewing` it made
+/// meters through it. The default stands for a connector with no file to renew: it meters nothing
+/// and starts no family.
 #[derive(Clone, Default)]
-pub struct RenewalFailures(Option<Arc<OnceLock<Box<dyn RenewalMeter>>>>);
+pub struct TlsMetrics(Option<Arc<Metered>>);
 
-impl RenewalFailures {
-    /// Counts from now on with `meter`, starting the family at 0; the first meter handed over is
-    /// kept (each worker of a transform hands one).
-    pub fn count_with(&self, meter: impl RenewalMeter + 'static) {
-        if let Some(slot) = &self.0
-            && slot.get().is_none()
+/// What [`TlsMetrics`] shares.
+#[derive(Default)]
+struct Metered {
+    meter: OnceLock<Box<dyn TlsMeter>>,
+    /// When the client certificate in use ends (Unix seconds; 0: none, or its end not known),
+    /// kept for the meter handed over later.
+    client_certificate_ends: AtomicU64,
+}
+
+impl TlsMetrics {
+    /// Meters from now on with `meter`, starting the refusals at 0 and setting the client
+    /// certificate's end when there is one; the first meter handed over is kept (each worker of a
+    /// transform hands one).
+    pub fn meter_with(&self, meter: impl TlsMeter + 'static) {
+        if let Some(metered) = &self.0
+            && metered.meter.get().is_none()
         {
             meter.start();
-            let _ = slot.set(Box::new(meter));
+            if metered.meter.set(Box::new(meter)).is_ok() {
+                // (Read after the meter is in place: an end read meanwhile is set by its reader too.)
+                self.set_client_certificate_end();
+            }
+        }
+    }
+
+    /// The client certificate presented from now on ends at `expiry_s` (Unix seconds).
+    fn client_certificate_read(&self, expiry_s: u64) {
+        if let Some(metered) = &self.0 {
+            metered.client_certificate_ends.store(expiry_s, Ordering::Relaxed);
+            self.set_client_certificate_end();
+        }
+    }
+
+    /// Sets the gauge from the end kept, once there is a meter and an end.
+    fn set_client_certificate_end(&self) {
+        let Some(metered) = &self.0 else { return };
+        let expiry_s = metered.client_certificate_ends.load(Ordering::Relaxed);
+        if let Some(meter) = metered.meter.get().filter(|_| expiry_s > 0) {
+            meter.client_certificate_ends(expiry_s);
         }
     }
 
     /// Counts and reports a refusal; whether a meter took it (else the caller logs it).
     fn refused(&self, message: &str) -> bool {
-        let meter = self.0.as_ref().and_then(|slot| slot.get());
+        let meter = self.0.as_ref().and_then(|metered| metered.meter.get());
         if let Some(meter) = meter {
             meter.refused(message);
         }
@@ -444,9 +498,10 @@ impl TlsClient {
         Ok(TlsClient { client: build(&Trust::Added(Vec::new()), None, timeout)?, reloading: None })
     }
 
-    /// Where its refused renewals are counted (nowhere when its table names no file).
-    pub fn renewal_failures(&self) -> RenewalFailures {
-        self.reloading.as_ref().map(|r| r.client.failures()).unwrap_or_default()
+    /// Where its TLS files are metered: its refused renewals, its client certificate's end (nowhere
+    /// when its table names no file).
+    pub fn tls_metrics(&self) -> TlsMetrics {
+        self.reloading.as_ref().map(|r| r.client.tls_metrics()).unwrap_or_default()
     }
 
     /// The client to send a request with: made again first if its files changed (module docs).
@@ -454,7 +509,12 @@ impl TlsClient {
         let Some(reloading) = &self.reloading else { return self.client.clone() };
         reloading.client.current(|| {
             let (roots, identity) = reloading.files.read()?;
-            build(&reloading.trust.with_roots(roots), identity.as_ref(), reloading.timeout)
+            let client =
+                build(&reloading.trust.with_roots(roots), identity.as_ref().map(|(i, _)| i), reloading.timeout)?;
+            if let Some((_, Some(ends))) = identity {
+                reloading.client.tls_metrics().client_certificate_read(ends);
+            }
+            Ok(client)
         })
     }
 }
@@ -468,7 +528,7 @@ pub(crate) struct Renewing<T> {
     what: String,
     state: Mutex<Looked<T>>,
     /// Where a refused change is counted (the connector holds a clone).
-    failures: RenewalFailures,
+    metrics: TlsMetrics,
 }
 
 /// The value in use, its files, and when they were last looked at.
@@ -483,12 +543,12 @@ impl<T: Clone> Renewing<T> {
     /// reading and this call is read again at the first look, which costs one remaking).
     pub(crate) fn new(what: String, paths: Vec<PathBuf>, value: T) -> Renewing<T> {
         let state = Mutex::new(Looked { value, watch: FileWatch::new(paths), at: Instant::now() });
-        Renewing { what, state, failures: RenewalFailures(Some(Arc::default())) }
+        Renewing { what, state, metrics: TlsMetrics(Some(Arc::default())) }
     }
 
     /// Where its refused changes are counted: the connector hands it its counters.
-    pub(crate) fn failures(&self) -> RenewalFailures {
-        self.failures.clone()
+    pub(crate) fn tls_metrics(&self) -> TlsMetrics {
+        self.metrics.clone()
     }
 
     /// The value to use now: made again by `make` first when the files changed.
@@ -510,7 +570,7 @@ impl<T: Clone> Renewing<T> {
                             self.what
                         );
                         // The error log writes it as a log line too; before a run (a check), the log alone.
-                        if !self.failures.refused(&message) {
+                        if !self.metrics.refused(&message) {
                             tracing::warn!("{message}");
                         }
                         looked.watch.refused(changed);
@@ -778,13 +838,14 @@ fn ca_roots(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
 }
 
 /// The client identity of `cert` and `key`; else whether the problem is the key's, and what it is.
-fn identity(base_dir: &Path, cert: &Path, key: &Path) -> Result<reqwest::Identity, (bool, String)> {
+fn identity(base_dir: &Path, cert: &Path, key: &Path) -> Result<(reqwest::Identity, Option<u64>), (bool, String)> {
     let pair = key_pair(base_dir, cert, key)?;
-    warn_of_client_certificate_end(&base_dir.join(cert), &pair.certs);
+    let ends = warn_of_client_certificate_end(&base_dir.join(cert), &pair.certs);
     let mut both = pair.chain_pem;
     both.push(b'\n');
     both.extend_from_slice(&pair.key_pem);
     reqwest::Identity::from_pem(&both)
+        .map(|identity| (identity, ends))
         .map_err(|e| (true, format!("cannot be used with `cert`: {}", sluice_engine::redact::error(&e))))
 }
 
@@ -828,7 +889,8 @@ pub(crate) fn fixture_ca() -> Vec<u8> {
     std::fs::read(fixture).unwrap()
 }
 
-/// A [`RenewalMeter`] that notes what it is told: `start`, then each refusal's message (tests).
+/// A [`TlsMeter`] that notes what it is told: `start`, each refusal's message, `ends <expiry_s>`
+/// (tests).
 #[cfg(test)]
 #[derive(Clone, Default)]
 pub(crate) struct NotedRenewals(pub(crate) Arc<Mutex<Vec<String>>>);
@@ -841,12 +903,15 @@ impl NotedRenewals {
 }
 
 #[cfg(test)]
-impl RenewalMeter for NotedRenewals {
+impl TlsMeter for NotedRenewals {
     fn start(&self) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).push("start".into());
     }
     fn refused(&self, message: &str) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).push(message.into());
+    }
+    fn client_certificate_ends(&self, expiry_s: u64) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(format!("ends {expiry_s}"));
     }
 }
 
@@ -861,9 +926,10 @@ pub(crate) fn write_settled(path: &Path, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::{
-        ClientFiles, ClientTls, Ends, FileWatch, NotedRenewals, RENEWAL_FAILURES, RENEWAL_REFUSED, RenewalMeter, Trust,
-        fixture_ca, refusal, write_settled,
+        ClientFiles, ClientTls, Ends, FileWatch, NotedRenewals, RENEWAL_FAILURES, RENEWAL_REFUSED, TlsMeter,
+        TlsMetrics, Trust, fixture_ca, refusal, write_settled,
     };
+    use std::sync::Arc;
 
     /// A client whose `ca` file is renewed: a file that fails the checks is refused and the client
     /// made before is kept (requests go on as before); a good one is taken.
@@ -876,12 +942,19 @@ mod tests {
         write(&good);
         let files = ClientFiles { ca: Some(ca.clone()), identity: None };
         let (roots, _) = files.read().unwrap();
-        let tls = ClientTls { trust: Trust::Added(roots), identity: None, files, label: "`t.tls`".into(), at: 0..0 };
+        let tls = ClientTls {
+            trust: Trust::Added(roots),
+            identity: None,
+            certificate_ends: None,
+            files,
+            label: "`t.tls`".into(),
+            at: 0..0,
+        };
         let client = tls.client(std::time::Duration::from_secs(1)).unwrap();
         let reloading = client.reloading.as_ref().unwrap();
         // Refusals are counted once the run hands its counters over, the family starting at 0.
         let noted = NotedRenewals::default();
-        client.renewal_failures().count_with(noted.clone());
+        client.tls_metrics().meter_with(noted.clone());
         let counts = || noted.noted().iter().map(|n| if n == "start" { 0 } else { 1 }).collect::<Vec<_>>();
         assert_eq!(counts(), [0]);
         let look_now = || {
@@ -912,7 +985,7 @@ mod tests {
         assert_eq!(counts(), [0, 1], "a change taken is no failure");
         // A second counter handed over (another worker's) does not replace the first.
         let second = NotedRenewals::default();
-        client.renewal_failures().count_with(second.clone());
+        client.tls_metrics().meter_with(second.clone());
         write(b"not a certificate either");
         look_now();
         assert_eq!(counts(), [0, 1, 1]);
@@ -929,7 +1002,7 @@ mod tests {
         let _ = metrics.errors.set(std::sync::Arc::new(sluice_engine::error_log::ErrorLog::new("p", None, false)));
         let transform = std::sync::Arc::clone(&metrics.transforms[0]);
         let _ = transform.owner.set(("fn".into(), std::sync::Arc::downgrade(&metrics)));
-        let meters: [Box<dyn RenewalMeter>; 3] = [
+        let meters: [Box<dyn TlsMeter>; 3] = [
             Box::new(SinkMeter::new(std::sync::Arc::clone(&metrics), 0, "lake")),
             Box::new(SourceMeter::new(std::sync::Arc::clone(&metrics), 0, "stream")),
             Box::new(transform),
@@ -955,6 +1028,33 @@ mod tests {
             lines.iter().map(|l| (l["component"].as_str(), l["errorCode"].as_str(), l["level"].as_str())).collect();
         let warned = |component| (Some(component), Some(RENEWAL_REFUSED), Some("WARN"));
         assert_eq!(said, [warned("lake"), warned("stream"), warned("fn")]);
+        // Each sets its client certificate's end under the label that names its kind.
+        for (meter, ends) in meters.iter().zip([1_800_000_001, 1_800_000_002, 1_800_000_003]) {
+            meter.client_certificate_ends(ends);
+        }
+        let ends = metrics.client_certificates.lock().unwrap().clone();
+        let expected = [(("destination", "lake"), 1_800_000_001), (("source", "stream"), 1_800_000_002)];
+        let expected = expected.into_iter().chain([(("transform", "fn"), 1_800_000_003)]);
+        assert_eq!(ends, expected.map(|((label, name), e)| ((label, name.to_string()), e)).collect());
+    }
+
+    /// A client certificate's end read before the run hands its meter over is set when it does,
+    /// and each end read after (a renewal taken) is set at once; a connector without files to
+    /// renew sets nothing.
+    #[test]
+    fn the_client_certificate_end_reaches_the_meter_whenever_it_is_read() {
+        let metrics = TlsMetrics(Some(Arc::default()));
+        metrics.client_certificate_read(1_800_000_000);
+        let noted = NotedRenewals::default();
+        metrics.meter_with(noted.clone());
+        assert_eq!(noted.noted(), ["start", "ends 1800000000"]);
+        metrics.client_certificate_read(1_802_592_000);
+        assert_eq!(noted.noted(), ["start", "ends 1800000000", "ends 1802592000"]);
+        let without = TlsMetrics::default();
+        without.client_certificate_read(1_800_000_000);
+        let none = NotedRenewals::default();
+        without.meter_with(none.clone());
+        assert!(none.noted().is_empty());
     }
 
     /// A certificate's end is past, within 14 days, or later.
@@ -973,13 +1073,14 @@ mod tests {
         let tls = ClientTls {
             trust: Trust::Added(Vec::new()),
             identity: None,
+            certificate_ends: None,
             files: ClientFiles::default(),
             label: "`t.tls`".into(),
             at: 0..0,
         };
         let client = tls.client(std::time::Duration::from_secs(1)).unwrap();
         let noted = NotedRenewals::default();
-        client.renewal_failures().count_with(noted.clone());
+        client.tls_metrics().meter_with(noted.clone());
         client.current();
         assert!(noted.noted().is_empty(), "counted for a client without files");
     }

@@ -54,6 +54,11 @@ impl SourceMeter {
         report_as(&self.metrics, &self.name, level, error_code, message);
     }
 
+    /// Sets when the client certificate the source presents ends (Unix seconds).
+    pub fn set_client_certificate_expiry(&self, expiry_s: u64) {
+        self.metrics.set_client_certificate_expiry("source", &self.name, expiry_s);
+    }
+
     /// Adds `n` to the counter `family`.
     pub fn count(&self, family: &'static str, n: u64) {
         if let Some(source) = self.metrics.sources.get(self.index) {
@@ -180,6 +185,11 @@ impl SinkMeter {
     /// Writes `message` to the pipeline's error log as the sink's, under `error_code`.
     pub fn report(&self, level: crate::error_log::Level, error_code: &str, message: &str) {
         report_as(&self.metrics, &self.name, level, error_code, message);
+    }
+
+    /// Sets when the client certificate the sink presents ends (Unix seconds).
+    pub fn set_client_certificate_expiry(&self, expiry_s: u64) {
+        self.metrics.set_client_certificate_expiry("destination", &self.name, expiry_s);
     }
 
     /// Adds `n` to `family`.
@@ -375,6 +385,16 @@ impl TransformMetrics {
             && let Some(pipeline) = pipeline.upgrade()
         {
             report_as(&pipeline, name, level, error_code, message);
+        }
+    }
+
+    /// Sets when the client certificate the transform presents ends (Unix seconds; once the run
+    /// has named it, nothing before).
+    pub fn set_client_certificate_expiry(&self, expiry_s: u64) {
+        if let Some((name, pipeline)) = self.owner.get()
+            && let Some(pipeline) = pipeline.upgrade()
+        {
+            pipeline.set_client_certificate_expiry("transform", name, expiry_s);
         }
     }
 
@@ -597,6 +617,11 @@ impl ApiMetrics {
     }
 }
 
+/// The gauge family of when a connector's client certificate (mutual TLS) ends, Unix seconds
+/// ([`PipelineMetrics::set_client_certificate_expiry`]; the API listener's own certificate is
+/// `ListenerCertificateExpiry_seconds`).
+pub const CLIENT_CERTIFICATE_EXPIRY: &str = "ClientCertificateExpiry_seconds";
+
 /// Counters of a whole pipeline run.
 #[derive(Debug, Default)]
 pub struct PipelineMetrics {
@@ -628,9 +653,22 @@ pub struct PipelineMetrics {
     pub inflight: std::sync::OnceLock<Arc<crate::operators::InflightBudget>>,
     /// This process's index when it runs as part of a cluster: a `process` label on every family.
     pub process: std::sync::OnceLock<usize>,
+    /// When the client certificate each connector presents (mutual TLS) ends, Unix seconds
+    /// ([`CLIENT_CERTIFICATE_EXPIRY`]), by the label that names the connector (`destination`,
+    /// `source`, `transform`) and its name: set by [`Self::set_client_certificate_expiry`].
+    pub client_certificates: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
 
 impl PipelineMetrics {
+    /// Sets when the client certificate of the connector `name` (of the kind `label` names:
+    /// `destination`, `source`, `transform`) ends: the one it presents now, read at start or
+    /// renewed.
+    pub fn set_client_certificate_expiry(&self, label: &'static str, name: &str, expiry_s: u64) {
+        if let Ok(mut certificates) = self.client_certificates.lock() {
+            certificates.insert((label, name.to_string()), expiry_s);
+        }
+    }
+
     /// Reports `event` to the error log, if the pipeline has one.
     pub fn report_error(&self, event: crate::error_log::ErrorEvent<'_>) {
         if let Some(log) = self.errors.get() {
@@ -708,6 +746,7 @@ impl PipelineMetrics {
             errors: std::sync::OnceLock::new(),
             inflight: std::sync::OnceLock::new(),
             process: std::sync::OnceLock::new(),
+            client_certificates: Mutex::default(),
         }
     }
 
@@ -824,6 +863,13 @@ impl PipelineMetrics {
             );
             let failures = certificate.reload_failures.load(Relaxed);
             text.sample("sluice_ListenerCertificateReloadFailures", "counter", &stream_label, failures);
+        }
+        if let Ok(certificates) = self.client_certificates.lock() {
+            let family = format!("sluice_{CLIENT_CERTIFICATE_EXPIRY}");
+            for ((label, name), expiry) in certificates.iter() {
+                let labels = format!("{stream_label},{label}=\"{}\"", label_value(name));
+                text.sample(&family, "gauge", &labels, expiry);
+            }
         }
         if let Some(budget) = self.inflight.get() {
             text.sample("sluice_InFlightBytes", "gauge", &stream_label, budget.held());

@@ -330,7 +330,7 @@ impl Sink for HttpEndpointSink {
     }
 
     fn measure_with(&self, meter: sluice_engine::metrics::SinkMeter) {
-        self.client.renewal_failures().count_with(meter);
+        self.client.tls_metrics().meter_with(meter);
     }
 
     /// `payload.key` is the request id (the batcher names requests so); the same id is sent on

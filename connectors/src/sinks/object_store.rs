@@ -129,7 +129,7 @@ pub struct ObjectStoreSink {
     /// WebDAV server may refuse on a PUT (WsgiDAV answers 501); the extension says it.
     web_server: bool,
     /// Where its store counts a refused renewal of its `tls.ca` (nowhere without one).
-    renewal_failures: crate::tls::RenewalFailures,
+    tls_metrics: crate::tls::TlsMetrics,
     /// `encryption.kms_key_id` (SSE-KMS), for DescribeDeliveryStream.
     kms_key: Option<String>,
 }
@@ -731,7 +731,7 @@ impl ObjectStoreSink {
             });
             let clients = StoreClients { store: Arc::clone(&sink.store), parts: sink.parts.clone() };
             let renewing = Arc::new(RenewingStore::new(file, clients, rebuild));
-            sink.renewal_failures = renewing.failures();
+            sink.tls_metrics = renewing.tls_metrics();
             sink.parts = sink.parts.is_some().then(|| Arc::clone(&renewing) as Arc<dyn MultipartStore>);
             sink.store = renewing;
         }
@@ -871,7 +871,7 @@ impl ObjectStoreSink {
             healthcheck,
             credentials,
             web_server: matches!(scheme, "http" | "https"),
-            renewal_failures: crate::tls::RenewalFailures::default(),
+            tls_metrics: crate::tls::TlsMetrics::default(),
             kms_key: None,
         })
     }
@@ -891,8 +891,8 @@ impl ObjectStoreSink {
 
     /// Where its store counts a refused renewal of its `tls.ca` (a source that reads through the
     /// store hands it its counters).
-    pub fn renewal_failures(&self) -> crate::tls::RenewalFailures {
-        self.renewal_failures.clone()
+    pub fn tls_metrics(&self) -> crate::tls::TlsMetrics {
+        self.tls_metrics.clone()
     }
 
     /// The store, the base path under it, and the URL as shown (secrets masked): for the
@@ -1145,7 +1145,7 @@ impl Sink for ObjectStoreSink {
     }
 
     fn measure_with(&self, meter: SinkMeter) {
-        self.renewal_failures.count_with(meter);
+        self.tls_metrics.meter_with(meter);
     }
 
     fn kms_key(&self) -> Option<String> {

@@ -631,7 +631,7 @@ impl Sink for OpenSearchSink {
     }
 
     fn measure_with(&self, meter: sluice_engine::metrics::SinkMeter) {
-        self.client.renewal_failures().count_with(meter);
+        self.client.tls_metrics().meter_with(meter);
     }
 
     fn deliver(&self, payload: Payload) -> BoxFuture<'static, Result<(), DeliveryError>> {

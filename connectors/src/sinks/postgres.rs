@@ -1018,7 +1018,7 @@ impl Sink for PostgresSink {
 
     fn measure_with(&self, meter: SinkMeter) {
         if let Some((_, roots)) = &self.load.roots {
-            roots.failures().count_with(meter.clone());
+            roots.tls_metrics().meter_with(meter.clone());
         }
         let _ = self.load.meter.set(meter);
     }

@@ -70,8 +70,8 @@ impl RenewingStore {
     }
 
     /// Where its refused renewals are counted.
-    pub(crate) fn failures(&self) -> crate::tls::RenewalFailures {
-        self.clients.failures()
+    pub(crate) fn tls_metrics(&self) -> crate::tls::TlsMetrics {
+        self.clients.tls_metrics()
     }
 
     /// The store to send a request with: built again first if its CA file changed (module docs).
@@ -192,7 +192,7 @@ mod tests {
         let clients = StoreClients { store: first.clone(), parts: Some(first.clone()) };
         let renewing = RenewingStore::new(ca.clone(), clients, rebuild);
         let noted = crate::tls::NotedRenewals::default();
-        renewing.failures().count_with(noted.clone());
+        renewing.tls_metrics().meter_with(noted.clone());
         let refusals = || noted.noted().len() - 1;
         put_now(&renewing, "a").await;
         assert!(holds(&first, "a").await, "nothing changed: the store built at start");

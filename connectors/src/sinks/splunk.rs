@@ -479,7 +479,7 @@ impl Sink for SplunkSink {
     }
 
     fn measure_with(&self, meter: SinkMeter) {
-        self.hec.client.renewal_failures().count_with(meter.clone());
+        self.hec.client.tls_metrics().meter_with(meter.clone());
         let _ = self.hec.meter.set(meter);
     }
 

@@ -580,7 +580,7 @@ impl Source for KinesisSource {
     /// Checks the credentials and the stream (one listing), fixes where `latest` is, and starts
     /// following the delivered frontier for checkpoints.
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
-        self.api.client.renewal_failures().count_with(ctx.meter.clone());
+        self.api.client.tls_metrics().meter_with(ctx.meter.clone());
         ctx.runtime.block_on(self.api.find_credentials())?;
         let api = Arc::clone(&self.api);
         let listed = ctx.runtime.block_on(async {

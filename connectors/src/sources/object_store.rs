@@ -107,7 +107,7 @@ struct Listing {
     url: String,
     pattern: Option<glob::Pattern>,
     /// Where the store counts a refused renewal of its `tls.ca`.
-    renewal_failures: crate::tls::RenewalFailures,
+    tls_metrics: crate::tls::TlsMetrics,
 }
 
 impl std::fmt::Debug for ObjectStoreSource {
@@ -144,10 +144,10 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         None
     };
     let (pattern, store) = problems.finish((|| Some((pattern?, store?)))())?;
-    let renewal_failures = store.renewal_failures();
+    let tls_metrics = store.tls_metrics();
     let (store, base, url) = store.into_store();
     Ok(Arc::new(ObjectStoreSource {
-        listing: Arc::new(Listing { store, base, url, pattern, renewal_failures }),
+        listing: Arc::new(Listing { store, base, url, pattern, tls_metrics }),
         checkpoint_dir: config.data_dir.join(&config.name),
         prepared: OnceLock::new(),
     }))
@@ -214,7 +214,7 @@ impl Source for ObjectStoreSource {
 
     /// Lists the objects (once), and starts following the delivered frontier for checkpoints.
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
-        self.listing.renewal_failures.count_with(ctx.meter.clone());
+        self.listing.tls_metrics.meter_with(ctx.meter.clone());
         let objects = ctx.runtime.block_on(self.listing.list())?;
         tracing::info!(url = %self.listing.url, objects = objects.len(), "objects listed");
         let checkpoints = FileCheckpoints::load(self.checkpoint_dir.clone());

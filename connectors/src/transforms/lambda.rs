@@ -319,7 +319,7 @@ impl Transform for LambdaTransform {
     }
 
     fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
-        self.shared.client.renewal_failures().count_with(Arc::clone(&context.metrics));
+        self.shared.client.tls_metrics().meter_with(Arc::clone(&context.metrics));
         if let Target::Function { region, .. } = &self.shared.target {
             let find = || async {
                 let credentials = AwsCredentials::resolve(region, "calling a Lambda function").await?;
