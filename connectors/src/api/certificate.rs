@@ -30,8 +30,37 @@ use crate::tls::{FileWatch, LOOK_EVERY};
 pub struct ListenerTls {
     /// The certificate chain and key (PEM).
     pub files: TlsFiles,
-    /// Each pipeline served by the listener (one, or every stream of `sluice serve`).
-    pub metrics: Vec<Arc<PipelineMetrics>>,
+    /// Each pipeline served by the listener.
+    pub metrics: ShownIn,
+}
+
+/// The pipelines whose metrics show a listener's certificate.
+#[derive(Debug, Clone)]
+pub enum ShownIn {
+    /// These (a source's own listener: its pipeline).
+    Fixed(Vec<Arc<PipelineMetrics>>),
+    /// Those served at each moment (`sluice serve`, whose streams change when it reloads): one that
+    /// joins shows the certificate from the next look at the files on.
+    Served(super::admin::Served),
+}
+
+impl ShownIn {
+    fn now(&self) -> Vec<Arc<PipelineMetrics>> {
+        match self {
+            ShownIn::Fixed(metrics) => metrics.clone(),
+            ShownIn::Served(served) => served.metrics(),
+        }
+    }
+
+    /// Shows the certificate served, ending at `expiry_s` (when known), in each pipeline.
+    fn show(&self, expiry_s: Option<u64>) {
+        for metrics in self.now() {
+            metrics.api.certificate.served.store(true, Relaxed);
+            if let Some(expiry_s) = expiry_s {
+                metrics.api.certificate.expiry_s.store(expiry_s, Relaxed);
+            }
+        }
+    }
 }
 
 /// A checked pair, ready to be served.
@@ -50,29 +79,36 @@ pub fn serve_certificate(
 ) -> Result<RustlsConfig, String> {
     let watch_files = FileWatch::new(vec![tls.files.cert.clone(), tls.files.key.clone()]);
     let pair = load(&tls.files)?;
-    for metrics in &tls.metrics {
-        metrics.api.certificate.served.store(true, Relaxed);
-    }
     report(&tls, &pair, "serving the TLS certificate");
+    let expiry_s = pair.leaf.as_ref().map(|(_, expiry_s)| *expiry_s);
     let served = RustlsConfig::from_config(Arc::new(pair.config));
-    runtime.spawn(watch(tls, served.clone(), watch_files, stop));
+    runtime.spawn(watch(tls, served.clone(), watch_files, expiry_s, stop));
     Ok(served)
 }
 
 /// Looks at the files every [`LOOK_EVERY`] and serves a changed pair once it has settled and
 /// passes the checks.
-async fn watch(tls: ListenerTls, served: RustlsConfig, mut files: FileWatch, stop: StopSignal) {
+/// The pipelines shown it are told again at each look (a stream `sluice serve` started since).
+async fn watch(
+    tls: ListenerTls,
+    served: RustlsConfig,
+    mut files: FileWatch,
+    mut expiry_s: Option<u64>,
+    stop: StopSignal,
+) {
     loop {
         tokio::select! {
             () = stop.stopped() => return,
             () = tokio::time::sleep(LOOK_EVERY) => {}
         }
+        tls.metrics.show(expiry_s);
         let Some(changed) = files.look() else { continue };
         match load(&tls.files) {
             Ok(pair) => {
                 report(&tls, &pair, "serving the renewed TLS certificate");
+                expiry_s = pair.leaf.as_ref().map(|(_, expiry_s)| *expiry_s);
                 served.reload_from_config(Arc::new(pair.config));
-                for metrics in &tls.metrics {
+                for metrics in tls.metrics.now() {
                     metrics.api.certificate.reloads.fetch_add(1, Relaxed);
                 }
                 files.taken(changed);
@@ -84,7 +120,7 @@ async fn watch(tls: ListenerTls, served: RustlsConfig, mut files: FileWatch, sto
                     "the TLS certificate's files changed and cannot be served ({why}); still serving the one \
                      loaded before, and looking again when they change"
                 );
-                for metrics in &tls.metrics {
+                for metrics in tls.metrics.now() {
                     metrics.api.certificate.reload_failures.fetch_add(1, Relaxed);
                 }
                 files.refused(changed);
@@ -108,17 +144,15 @@ fn load(files: &TlsFiles) -> Result<Pair, String> {
     Ok(Pair { config, leaf })
 }
 
-/// Logs what is served and when it expires (a warning when that is near or past), and sets the
-/// expiry gauge.
+/// Logs what is served and when it expires (a warning when that is near or past), and shows it in
+/// the pipelines' metrics (the expiry gauge).
 fn report(tls: &ListenerTls, pair: &Pair, what: &str) {
     let cert = tls.files.cert.display();
+    tls.metrics.show(pair.leaf.as_ref().map(|(_, expiry_s)| *expiry_s));
     let Some((subject, expiry_s)) = &pair.leaf else {
         tracing::info!(%cert, "{what} (its expiry cannot be read)");
         return;
     };
-    for metrics in &tls.metrics {
-        metrics.api.certificate.expiry_s.store(*expiry_s, Relaxed);
-    }
     match crate::tls::Ends::of(*expiry_s) {
         crate::tls::Ends::Past(expires) => {
             tracing::warn!(%cert, %subject, "{what}: it expired at {expires}, so clients refuse it; renew it (the renewed files are served without a restart)");

@@ -60,6 +60,10 @@ pub struct Frame {
 pub struct StreamFrame {
     /// Delivery stream (pipeline) name.
     pub stream: String,
+    /// Which run of the stream it is (its counters' address): rates are taken against frames of
+    /// the same run only.
+    #[serde(skip)]
+    pub run: usize,
     /// This process's index when it runs as part of a cluster (its figures are its own).
     pub process: Option<usize>,
     /// Records in (all sources, or accepted by the API), bytes in, records throttled: totals.
@@ -150,7 +154,7 @@ pub struct TransformFrame {
 
 /// The sampler's state: the ring and the viewers' channel.
 struct Dashboard {
-    pipelines: Vec<MonitoredPipeline>,
+    pipelines: super::admin::Served,
     /// Frames with their JSON, oldest first.
     ring: Mutex<VecDeque<(Frame, Arc<str>)>>,
     frames: broadcast::Sender<Arc<str>>,
@@ -171,14 +175,20 @@ pub fn take_frame(
     let seconds = previous.map_or(0.0, |p| (time - p.time) as f64 / 1000.0);
     let streams = pipelines
         .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let before = previous.and_then(|f| f.streams.get(i));
-            let window = window_start.and_then(|f| f.streams.get(i));
+        .map(|p| {
+            // The same run's frame (a stream reloaded with `sluice serve` counts from 0 again).
+            let run = Arc::as_ptr(&p.metrics) as usize;
+            let before = previous.and_then(|f| same_run(f, run, &p.stream));
+            let window = window_start.and_then(|f| same_run(f, run, &p.stream));
             stream_frame(p, time, seconds, before, window)
         })
         .collect();
     Frame { time, streams }
+}
+
+/// The frame of `stream` in `frame`, if it is of the run `run`.
+fn same_run<'a>(frame: &'a Frame, run: usize, stream: &str) -> Option<&'a StreamFrame> {
+    frame.streams.iter().find(|s| s.run == run && s.stream == stream)
 }
 
 fn stream_frame(
@@ -265,6 +275,7 @@ fn stream_frame(
     let (inflight_bytes, inflight_limit_bytes) = m.inflight.get().map_or((0, 0), |b| (b.held(), b.limit()));
     StreamFrame {
         stream: p.stream.clone(),
+        run: Arc::as_ptr(&p.metrics) as usize,
         process: m.process.get().copied(),
         records_in,
         bytes_in,
@@ -295,11 +306,11 @@ fn recent_errors(pipelines: &[MonitoredPipeline]) -> Vec<serde_json::Value> {
 impl Dashboard {
     /// Takes a frame, keeps it, and sends it with the recent errors to every viewer.
     fn sample(&self) {
+        let pipelines = self.pipelines.now();
         let json = {
             let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let window_start = ring.len().checked_sub(SUCCESS_WINDOW).and_then(|i| ring.get(i)).or(ring.front());
-            let frame =
-                take_frame(&self.pipelines, now_ms(), ring.back().map(|(f, _)| f), window_start.map(|(f, _)| f));
+            let frame = take_frame(&pipelines, now_ms(), ring.back().map(|(f, _)| f), window_start.map(|(f, _)| f));
             let json: Arc<str> = serde_json::to_string(&frame).unwrap_or_default().into();
             if ring.len() == HISTORY {
                 ring.pop_front();
@@ -307,7 +318,7 @@ impl Dashboard {
             ring.push_back((frame, Arc::clone(&json)));
             json
         };
-        let errors = serde_json::to_string(&recent_errors(&self.pipelines)).unwrap_or_else(|_| "[]".into());
+        let errors = serde_json::to_string(&recent_errors(&pipelines)).unwrap_or_else(|_| "[]".into());
         // No viewer is not an error.
         let _ = self.frames.send(format!("{{\"frame\":{json},\"errors\":{errors}}}").into());
     }
@@ -328,9 +339,9 @@ impl Dashboard {
     }
 }
 
-/// The dashboard's routes for `pipelines`; its sampler runs on the caller's tokio runtime for as
-/// long as the runtime does.
-pub fn router(pipelines: Vec<MonitoredPipeline>) -> Router {
+/// The dashboard's routes for the pipelines `pipelines` names at each frame; its sampler runs on
+/// the caller's tokio runtime for as long as the runtime does.
+pub fn router(pipelines: super::admin::Served) -> Router {
     let (frames, _) = broadcast::channel(8);
     let dashboard = Arc::new(Dashboard { pipelines, ring: Mutex::new(VecDeque::with_capacity(HISTORY)), frames });
     let sampler = Arc::clone(&dashboard);

@@ -183,17 +183,42 @@ impl StreamEndpoint {
     }
 }
 
+/// The API a listener serves: one for good (a source's own listener), or replaced whole when `sluice
+/// serve` reloads its streams. Each request is handled by the API of the moment it arrived.
+#[derive(Debug)]
+pub struct ApiSlot(std::sync::RwLock<Arc<FirehoseApi>>);
+
+impl ApiSlot {
+    /// Serves `api`.
+    pub fn new(api: FirehoseApi) -> Self {
+        ApiSlot(std::sync::RwLock::new(Arc::new(api)))
+    }
+
+    /// The API requests are handled by now.
+    pub fn current(&self) -> Arc<FirehoseApi> {
+        Arc::clone(&self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Requests are handled by `api` from now on (those in progress finish with the one before).
+    pub fn replace(&self, api: FirehoseApi) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(api);
+    }
+}
+
 /// The API behind one listener: its streams by name and the keys requests must be signed with.
 #[derive(Debug)]
 pub struct FirehoseApi {
     streams: BTreeMap<String, StreamEndpoint>,
+    /// Streams whose pipeline `sluice serve` is starting again (its file changed): refused with
+    /// ServiceUnavailableException, which the SDKs retry, until the new one serves them.
+    reloading: std::collections::BTreeSet<String>,
     keys: AccessKeys,
     region: String,
     limits: ListenerLimits,
     /// Bytes of request bodies being read.
     bodies: Arc<BodyBudget>,
     account: String,
-    record_ids: RecordIds,
+    record_ids: Arc<RecordIds>,
     /// Whether any stream logs its records (requests then wait for a group commit).
     logs: bool,
 }
@@ -360,12 +385,34 @@ impl FirehoseApi {
         FirehoseApi {
             logs: streams.iter().any(|s| s.log.is_some()),
             streams: streams.into_iter().map(|s| (s.info.name.clone(), s)).collect(),
+            reloading: std::collections::BTreeSet::new(),
             keys,
             region: region.to_string(),
             limits,
             bodies: BodyBudget::new(limits.max_body_buffer),
             account: ACCOUNT.to_string(),
-            record_ids: RecordIds { prefix: rand::random(), next: AtomicU64::new(0) },
+            record_ids: Arc::new(RecordIds { prefix: rand::random(), next: AtomicU64::new(0) }),
+        }
+    }
+
+    /// The same listener's API (its region, limits, body budget and record ids) for `streams`
+    /// and `keys`, with the streams named in `reloading` answered ServiceUnavailableException.
+    pub fn with_streams(
+        &self,
+        streams: Vec<StreamEndpoint>,
+        keys: AccessKeys,
+        reloading: impl IntoIterator<Item = String>,
+    ) -> Self {
+        FirehoseApi {
+            logs: streams.iter().any(|s| s.log.is_some()),
+            streams: streams.into_iter().map(|s| (s.info.name.clone(), s)).collect(),
+            reloading: reloading.into_iter().collect(),
+            keys,
+            region: self.region.clone(),
+            limits: self.limits,
+            bodies: Arc::clone(&self.bodies),
+            account: self.account.clone(),
+            record_ids: Arc::clone(&self.record_ids),
         }
     }
 
@@ -399,6 +446,13 @@ impl FirehoseApi {
             )));
         }
         let endpoint = self.streams.get(name).ok_or_else(|| {
+            if self.reloading.contains(name) {
+                return ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    error_type: "ServiceUnavailableException",
+                    message: format!("Firehose {name} is being reloaded (its pipeline file changed); retry shortly."),
+                };
+            }
             ApiError::client(
                 "ResourceNotFoundException",
                 format!("Firehose {name} under account {} not found.", self.account),
@@ -928,13 +982,15 @@ fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value 
 /// body within [`MAX_REQUEST_BYTES`], the listener's body budget and its body timeout, and answers
 /// through [`FirehoseApi::handle`].
 pub async fn serve_request(
-    State(api): State<Arc<FirehoseApi>>,
+    State(slot): State<Arc<ApiSlot>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // The API of the moment the request arrived handles it whole.
+    let api = slot.current();
     let caller = Some(caller);
     let now = chrono::Utc::now().timestamp();
     if let Err(refused) = api.check_headers(&headers, now) {
@@ -1025,6 +1081,36 @@ mod tests {
         let status = response.status();
         let bytes = futures::executor::block_on(axum::body::to_bytes(response.into_body(), usize::MAX)).unwrap();
         (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// The API made again for other streams (a reload of `sluice serve`): a stream being reloaded
+    /// is answered ServiceUnavailableException (which the SDKs retry), one withdrawn is not found,
+    /// and the record ids go on from the API before (never one given twice).
+    #[test]
+    fn an_api_made_again_answers_reloading_streams_as_unavailable_and_keeps_its_ids() {
+        let (api, _, _) = api(1 << 20);
+        let put = json!({"DeliveryStreamName": "s", "Record": {"Data": "eA=="}});
+        let (status, first) = call(&api, "PutRecord", put.clone());
+        assert_eq!(status, StatusCode::OK);
+        let reloading = api.with_streams(Vec::new(), AccessKeys::default(), ["s".to_string()]);
+        let (status, body) = call(&reloading, "PutRecord", put.clone());
+        assert_eq!(
+            (status, body["__type"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("ServiceUnavailableException"))
+        );
+        let withdrawn = reloading.with_streams(Vec::new(), AccessKeys::default(), []);
+        let (status, body) = call(&withdrawn, "PutRecord", put.clone());
+        assert_eq!((status, body["__type"].as_str()), (StatusCode::BAD_REQUEST, Some("ResourceNotFoundException")));
+        let (fresh, _, _) = self::api(1 << 20);
+        let back = api.with_streams(fresh.streams().cloned().collect(), AccessKeys::default(), []);
+        let (status, second) = call(&back, "PutRecord", put);
+        assert_eq!(status, StatusCode::OK);
+        // The same prefix, the next number.
+        let id = |v: &Value| v["RecordId"].as_str().unwrap().to_string();
+        let (first, second) = (id(&first), id(&second));
+        assert_eq!(first[..16], second[..16]);
+        let number = |id: &str| u64::from_str_radix(&id[16..], 16).unwrap();
+        assert_eq!(number(&second), number(&first) + 1);
     }
 
     #[test]

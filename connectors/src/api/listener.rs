@@ -258,7 +258,8 @@ pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, SourceError> {
 }
 
 /// Serves `router` on `listener` (with TLS when `tls` is set) within `limits` until `stop`, then
-/// lets requests in progress finish and closes `queues`. Runs on `runtime`; returns at once.
+/// lets requests in progress finish and closes the queues `queues` gives then (those of the streams
+/// served at that moment). Runs on `runtime`; returns at once.
 pub fn serve(
     runtime: &tokio::runtime::Handle,
     listener: std::net::TcpListener,
@@ -266,7 +267,7 @@ pub fn serve(
     tls: Option<ListenerTls>,
     limits: ListenerLimits,
     stop: StopSignal,
-    queues: Vec<Arc<IngestQueue>>,
+    queues: impl FnOnce() -> Vec<Arc<IngestQueue>> + Send + 'static,
 ) -> Result<(), SourceError> {
     let address = listener.local_addr().map_err(|source| SourceError::Io { context: "listener".into(), source })?;
     let with_tls = tls.is_some();
@@ -321,7 +322,7 @@ pub fn serve(
             tracing::error!(%address, error = %e, "listener failed");
         }
         // Every request that was acknowledged is queued by now: let the readers drain and finish.
-        for queue in &queues {
+        for queue in queues() {
             queue.close();
         }
     });

@@ -53,7 +53,13 @@ impl TlsFiles {
 
     /// A listener's TLS with these files, its certificate shown in `metrics`' families.
     pub fn served_for(&self, metrics: Vec<Arc<sluice_engine::metrics::PipelineMetrics>>) -> ListenerTls {
-        ListenerTls { files: self.clone(), metrics }
+        ListenerTls { files: self.clone(), metrics: certificate::ShownIn::Fixed(metrics) }
+    }
+
+    /// A listener's TLS with these files, its certificate shown in the families of the pipelines
+    /// `served` names at each moment (`sluice serve`).
+    pub fn served_for_each(&self, served: admin::Served) -> ListenerTls {
+        ListenerTls { files: self.clone(), metrics: certificate::ShownIn::Served(served) }
     }
 
     /// The files relative to `base`, checked when the pipeline is configured (readable PEM, the

@@ -463,7 +463,7 @@ impl Source for PostSource {
         let listener = bind(self.listen)?;
         let queue = Arc::clone(&self.endpoint.queue);
         let tls = self.tls.as_ref().map(|files| files.served_for(vec![Arc::clone(&ctx.metrics)]));
-        serve(&ctx.runtime, listener, router, tls, self.limits, ctx.stop.clone(), vec![queue])
+        serve(&ctx.runtime, listener, router, tls, self.limits, ctx.stop.clone(), move || vec![queue])
     }
 
     fn finish(&self, _stopped: bool) {

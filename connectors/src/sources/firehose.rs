@@ -34,7 +34,7 @@ use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems, StreamDescrip
 use sluice_engine::contract::{PrepareContext, SharedListener, Source, SourceContext, SourceError, SourceReader};
 
 use crate::api::firehose::MAX_REQUEST_BYTES;
-use crate::api::firehose::{FirehoseApi, Grants, OPERATIONS, StreamEndpoint};
+use crate::api::firehose::{ApiSlot, FirehoseApi, Grants, OPERATIONS, StreamEndpoint};
 use crate::api::listener::open_listener_warning;
 use crate::api::queue::IngestQueue;
 use crate::api::sigv4::AccessKeys;
@@ -205,12 +205,16 @@ impl FirehoseSource {
 
 /// The Firehose listener `sluice serve` shares among its pipelines: each pipeline's firehose source
 /// registers its stream while the pipeline is prepared; once every pipeline is prepared the process
-/// builds one [`FirehoseApi`] of them ([`SharedFirehose::api`]) and serves it on one address.
+/// builds one [`FirehoseApi`] of them ([`SharedFirehose::api`]) and serves it on one address. When
+/// `sluice serve` reloads its folder, streams are withdrawn and registered again, and the API is
+/// made anew from them ([`SharedFirehose::rebuilt`]) and replaces the one served.
 ///
 /// Guarantees: an access key id is given one secret only (a stream whose key has another secret in
 /// an already registered stream is refused, and its pipeline does not start); a stream whose
 /// pipeline could not start is withdrawn before the API is built, so nothing is acknowledged that
-/// no run would deliver.
+/// no run would deliver; a stream withdrawn while served has its queue closed by the caller once
+/// the API without it is served, so a request still in progress for it is refused (and retried
+/// by its producer), never acknowledged into a queue no reader takes.
 #[derive(Debug, Default)]
 pub struct SharedFirehose {
     streams: Mutex<Vec<StreamEndpoint>>,
@@ -243,27 +247,37 @@ impl SharedFirehose {
         Ok(())
     }
 
-    /// Withdraws `stream` (its pipeline could not start).
-    pub fn withdraw(&self, stream: &str) {
-        if let Ok(mut streams) = self.streams.lock() {
-            streams.retain(|s| s.info.name != stream);
-        }
+    /// Withdraws `stream` (its pipeline could not start, or is stopping); its queue, if it was
+    /// registered.
+    pub fn withdraw(&self, stream: &str) -> Option<Arc<IngestQueue>> {
+        let mut streams = self.streams.lock().ok()?;
+        let at = streams.iter().position(|s| s.info.name == stream)?;
+        Some(streams.remove(at).queue)
     }
 
-    /// The API serving every registered stream in `region` within `limits`, and each stream's
-    /// queue (closed when the listener shuts down); `None` when no stream registered.
-    pub fn api(&self, region: &str, limits: ListenerLimits) -> Option<(FirehoseApi, Vec<Arc<IngestQueue>>)> {
-        let streams = self.streams.lock().ok()?.clone();
-        if streams.is_empty() {
-            return None;
-        }
+    /// The queues of the streams registered now (closed when the listener shuts down).
+    pub fn queues(&self) -> Vec<Arc<IngestQueue>> {
+        self.streams.lock().map(|streams| streams.iter().map(|s| Arc::clone(&s.queue)).collect()).unwrap_or_default()
+    }
+
+    /// `current`'s listener serving the streams registered now, those named in `reloading`
+    /// answered ServiceUnavailableException.
+    pub fn rebuilt(&self, current: &FirehoseApi, reloading: Vec<String>) -> FirehoseApi {
+        let streams = self.streams.lock().map(|s| s.clone()).unwrap_or_default();
+        // Conflicts were refused at registration.
+        let keys = Self::merged_keys(streams.iter()).unwrap_or_default();
+        current.with_streams(streams, keys, reloading)
+    }
+
+    /// The API serving every registered stream (none, possibly) in `region` within `limits`.
+    pub fn api(&self, region: &str, limits: ListenerLimits) -> FirehoseApi {
+        let streams = self.streams.lock().map(|s| s.clone()).unwrap_or_default();
         // Conflicts were refused at registration.
         let keys = Self::merged_keys(streams.iter()).unwrap_or_default();
         if !keys.is_empty() && streams.iter().any(|s| s.keys.is_empty()) {
             tracing::warn!("some streams have access keys and some do not: every request must now be signed");
         }
-        let queues = streams.iter().map(|s| Arc::clone(&s.queue)).collect();
-        Some((FirehoseApi::new(streams, keys, region, limits), queues))
+        FirehoseApi::new(streams, keys, region, limits)
     }
 }
 
@@ -319,11 +333,12 @@ impl Source for FirehoseSource {
             self.shared.store(true, Ordering::SeqCst);
             return Ok(());
         }
-        let api = Arc::new(FirehoseApi::new(vec![endpoint], self.keys.clone(), &self.region, self.limits));
+        let api =
+            Arc::new(ApiSlot::new(FirehoseApi::new(vec![endpoint], self.keys.clone(), &self.region, self.limits)));
         let listener = bind(self.listen)?;
         let queues = vec![Arc::clone(&self.queue)];
         let tls = self.tls.as_ref().map(|files| files.served_for(vec![Arc::clone(&ctx.metrics)]));
-        serve(&ctx.runtime, listener, router(api), tls, self.limits, ctx.stop.clone(), queues)
+        serve(&ctx.runtime, listener, router(api), tls, self.limits, ctx.stop.clone(), move || queues)
     }
 
     fn finish(&self, _stopped: bool) {
@@ -338,7 +353,7 @@ impl Source for FirehoseSource {
 }
 
 /// The Firehose API's routes.
-pub fn router(api: Arc<FirehoseApi>) -> axum::Router {
+pub fn router(api: Arc<ApiSlot>) -> axum::Router {
     // The body limit is enforced by the handler itself (with a Firehose error document).
     axum::Router::new()
         .route("/", axum::routing::post(crate::api::firehose::serve_request))

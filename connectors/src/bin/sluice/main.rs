@@ -6,28 +6,27 @@
 //! run could not start. `validate` exits 1 when any file has an error.
 
 mod bench;
+mod serve;
 mod top;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_connectors::api::admin::{self, MonitoredPipeline};
-use sluice_connectors::api::listener::open_listener_warning;
 use sluice_connectors::api::{ListenerLimits, TlsFiles};
 use sluice_connectors::measure::{self, MeasuredCommand};
 use sluice_connectors::registry;
-use sluice_connectors::sources::firehose::{SET_ACCESS_KEYS, SharedFirehose, router as firehose_router};
 use sluice_connectors::synth::{Profile, write_ndjson};
 use sluice_engine::cluster::Cluster;
 use sluice_engine::config::{Plan, load_file, load_file_for, masked};
-use sluice_engine::contract::{SharedListener, StopSignal};
+use sluice_engine::contract::StopSignal;
 use sluice_engine::metrics::{PipelineMetrics, SinkLabel, peak_rss_bytes};
 use sluice_engine::runtime::{RunOptions, RunReport, run};
 
@@ -137,7 +136,8 @@ enum Command {
         cluster: ClusterArgs,
     },
     /// Run every pipeline in a directory as one delivery stream each, behind one Firehose API
-    /// listener (requests are routed by `DeliveryStreamName`), until Ctrl-C/SIGTERM.
+    /// listener (requests are routed by `DeliveryStreamName`), until Ctrl-C/SIGTERM; SIGHUP reads
+    /// the directory again (new, removed and changed files taken without a restart).
     Serve {
         /// Directory of pipeline files (`*.toml`).
         dir: PathBuf,
@@ -314,8 +314,9 @@ fn main() -> ExitCode {
             let tls = tls_cert.zip(tls_key).map(|(cert, key)| TlsFiles { cert, key });
             let limits = limits.limits();
             cluster.cluster().and_then(|cluster| {
-                let serve = ServeOptions { listen, admin, workers, region, tls, limits, json_error_log: json, cluster };
-                serve_command(&dir, serve)
+                let options =
+                    serve::ServeOptions { listen, admin, workers, region, tls, limits, json_error_log: json, cluster };
+                serve::serve_command(&dir, options)
             })
         }
         Command::Validate { files, check, check_timeout } => {
@@ -503,20 +504,52 @@ fn announce(plan: &Plan) {
     }
 }
 
+/// What the signals ask of `sluice serve`.
+enum Event {
+    /// SIGHUP: read the folder again.
+    Reload,
+    /// SIGINT or SIGTERM: stop (the stop signal is set already).
+    Stop,
+    /// A pipeline's run ended.
+    Ended,
+    /// The run of this number (`sluice serve` counts them) was asked to stop.
+    Stopping(u64),
+}
+
 /// Stops the run on SIGINT or SIGTERM (a second signal exits at once).
 fn stop_on_signals(stop: StopSignal, grace: Duration) {
+    watch_signals(stop, grace, mpsc::channel().0, false);
+}
+
+/// Stops on SIGINT or SIGTERM (a second signal exits at once), saying so to `events` too, and with
+/// `reloads` says each SIGHUP there.
+fn watch_signals(stop: StopSignal, grace: Duration, events: mpsc::Sender<Event>, reloads: bool) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
             return;
         };
         rt.block_on(async move {
-            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-                return;
-            };
-            for round in 0..2 {
+            use tokio::signal::unix::{Signal, SignalKind, signal};
+            let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+            // (Taken only when asked for: otherwise SIGHUP ends the process, as by default.)
+            let mut hangup = if reloads { signal(SignalKind::hangup()).ok() } else { None };
+            async fn next(signal: &mut Option<Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            let mut round = 0;
+            while round < 2 {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
+                    _ = next(&mut hangup) => {
+                        let _ = events.send(Event::Reload);
+                        continue;
+                    }
                 }
                 if round == 0 {
                     eprintln!(
@@ -524,17 +557,19 @@ fn stop_on_signals(stop: StopSignal, grace: Duration) {
                         grace.as_secs()
                     );
                     stop.stop();
+                    let _ = events.send(Event::Stop);
                 } else {
                     std::process::exit(130);
                 }
+                round += 1;
             }
         });
     });
 }
 
-/// Serves `/metrics` and `/health` for `pipelines` on `address` from a thread of its own, for as
-/// long as the process lives.
-fn start_admin(address: SocketAddr, pipelines: Vec<MonitoredPipeline>) -> anyhow::Result<()> {
+/// Serves `/metrics` and `/health` for the pipelines `pipelines` names on `address` from a thread
+/// of its own, for as long as the process lives.
+fn start_admin(address: SocketAddr, pipelines: admin::Served) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))?;
     listener.set_nonblocking(true).with_context(|| format!("cannot listen on {address}"))?;
     std::thread::Builder::new().name("sluice-admin".into()).spawn(move || {
@@ -595,7 +630,7 @@ fn run_command(
     }
     options.cluster = cluster;
     if let Some(address) = admin {
-        start_admin(address, vec![monitored(&plan, &metrics)])?;
+        start_admin(address, admin::Served::new(vec![monitored(&plan, &metrics)]))?;
         eprintln!("sluice: metrics on http://{address}/metrics");
     }
     announce(&plan);
@@ -608,158 +643,6 @@ fn run_command(
     }
     let report = result.with_context(|| format!("pipeline {}", plan.name))?;
     Ok(summarize(&plan, &report, &metrics))
-}
-
-/// `sluice serve DIR`: every pipeline of `dir`, one shared Firehose listener.
-/// What `sluice serve` is told besides its folder.
-struct ServeOptions {
-    listen: SocketAddr,
-    admin: Option<SocketAddr>,
-    workers: Option<usize>,
-    region: String,
-    tls: Option<TlsFiles>,
-    limits: ListenerLimits,
-    json_error_log: bool,
-    /// `--cluster`: pipeline number i (file-name order) runs its timely cluster on the ports
-    /// of the hosts file plus i.
-    cluster: Option<Cluster>,
-}
-
-fn serve_command(dir: &std::path::Path, serve: ServeOptions) -> anyhow::Result<ExitCode> {
-    let ServeOptions { listen, admin, workers, region, tls, limits, json_error_log, cluster } = serve;
-    let region = region.as_str();
-    let registry = registry();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    // Each file on its own: a bad one is reported and left out, the others are served.
-    let mut plans: Vec<Plan> = Vec::new();
-    for file in &files {
-        match load_file_for(file, &registry, cluster.as_ref().map(|c| c.process)) {
-            Ok(plan) if plan.is_batch() => eprintln!(
-                "sluice serve: skipping {}: a batch pipeline (its sources end by themselves); run it with `sluice run`",
-                file.display()
-            ),
-            Ok(plan) if plans.iter().any(|p| p.name == plan.name) => eprintln!(
-                "sluice serve: skipping {}: another pipeline in {} is already named `{}`",
-                file.display(),
-                dir.display(),
-                plan.name
-            ),
-            Ok(plan) => plans.push(plan),
-            Err(diagnostics) => eprintln!("{diagnostics}\nsluice serve: skipping {}\n", file.display()),
-        }
-    }
-    if plans.is_empty() {
-        eprintln!("error: no stream pipeline in {} can be served", dir.display());
-        return Ok(ExitCode::from(1));
-    }
-    let stop = StopSignal::default();
-    // The address is taken before anything starts; connections wait until every pipeline is
-    // prepared and its stream registered with the shared listener.
-    let listener = sluice_connectors::api::bind(listen)?;
-    let shared = Arc::new(SharedFirehose::default());
-    let per_pipeline = (sluice_engine::runtime::default_workers() / plans.len().max(1)).max(1);
-    let mut prepared = Vec::new();
-    for (i, plan) in plans.into_iter().enumerate() {
-        let metrics = Arc::new(plan.new_metrics());
-        let mut options = RunOptions::for_plan(&plan);
-        options.workers = workers.or(plan.workers).unwrap_or(per_pipeline).max(1);
-        options.cluster = cluster.as_ref().map(|c| c.shifted(u16::try_from(i).unwrap_or(u16::MAX)));
-        options.stop = stop.clone();
-        options.shared = Some(Arc::clone(&shared) as Arc<dyn SharedListener>);
-        options.json_error_log = json_error_log;
-        // One that cannot start is left out like a bad file: the others are served.
-        match sluice_engine::runtime::prepare(&plan, &options, Arc::clone(&metrics)) {
-            Ok(run) => prepared.push((run, metrics)),
-            Err(e) => {
-                shared.withdraw(&plan.name);
-                eprintln!("sluice serve: pipeline {} could not start: {e}", plan.name);
-            }
-        }
-    }
-    if prepared.is_empty() {
-        eprintln!("error: no stream pipeline in {} can be served", dir.display());
-        return Ok(ExitCode::from(1));
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("sluice-api")
-        .enable_all()
-        .build()
-        .context("cannot start the API runtime")?;
-    if let Some((api, queues)) = shared.api(region, limits) {
-        let names: Vec<String> = api.streams().map(|e| e.info.name.clone()).collect();
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        // One stream with access keys makes every request need a signature.
-        let signed = api.streams().any(|e| !e.keys.is_empty());
-        let what = "the Firehose API of `sluice serve`";
-        if let Some(warning) = open_listener_warning(what, listen, signed, SET_ACCESS_KEYS) {
-            tracing::warn!("{warning}");
-        }
-        sluice_connectors::api::serve(
-            runtime.handle(),
-            listener,
-            firehose_router(Arc::new(api)),
-            tls.map(|files| files.served_for(prepared.iter().map(|(_, metrics)| Arc::clone(metrics)).collect())),
-            limits,
-            stop.clone(),
-            queues,
-        )?;
-        eprintln!("sluice serve: Firehose API on {scheme}://{listen} for {}", names.join(", "));
-    }
-    if let Some(address) = admin {
-        start_admin(address, prepared.iter().map(|(run, m)| monitored(run.plan(), m)).collect())?;
-        eprintln!("sluice serve: metrics on http://{address}/metrics");
-    }
-    stop_on_signals(stop.clone(), RunOptions::default_stop_grace());
-    for (run, _) in &prepared {
-        announce(run.plan());
-    }
-    let runs: Vec<_> = prepared
-        .into_iter()
-        .map(|(run, metrics)| {
-            std::thread::spawn(move || {
-                let plan = run.plan().clone();
-                let result = run.run();
-                (plan, metrics, result)
-            })
-        })
-        .collect();
-    let mut code = ExitCode::SUCCESS;
-    let mut worst = 0;
-    for handle in runs {
-        let Ok((plan, metrics, result)) = handle.join() else {
-            worst = 1;
-            continue;
-        };
-        match result {
-            Ok(report) => {
-                let c = summarize(&plan, &report, &metrics);
-                let rank = if c == ExitCode::from(1) {
-                    2
-                } else if c == ExitCode::from(2) {
-                    1
-                } else {
-                    0
-                };
-                if rank > worst {
-                    worst = rank;
-                    code = c;
-                }
-            }
-            Err(e) => {
-                eprintln!("error: pipeline {}: {e}", plan.name);
-                worst = 2;
-                code = ExitCode::from(1);
-            }
-        }
-    }
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    Ok(code)
 }
 
 fn progress_bar(metrics: &Arc<PipelineMetrics>) -> (indicatif::ProgressBar, std::thread::JoinHandle<()>) {
