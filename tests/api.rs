@@ -432,6 +432,45 @@ fn serve_reloads_its_folder_on_sighup() {
     assert_eq!(delivered("d"), sorted(d));
 }
 
+/// A secret a served pipeline reads through `${file:PATH}` (its access key's secret), renewed in
+/// its file, is taken at the next SIGHUP: requests signed with the old secret are refused from then
+/// on and those signed with the new one taken; what was put before is delivered.
+#[test]
+fn serve_takes_a_renewed_secret_file_at_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    let (port, unused) = (free_port(), free_port());
+    let out = dir.path().join("out");
+    let file = api_pipeline(&pipelines, "renewed", unused, true, &out);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace(&format!("secret = \"{SECRET}\""), "secret = \"${file:../secret}\"")).unwrap();
+    std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let running = Running::start(&["serve", pipelines.to_str().unwrap(), "--listen", &listen], port, 0);
+    let mut sent = strings(&client(&["put", &running.api, "renewed", "5", KEY, SECRET])["sent"]);
+    let renewed = "renewed-secret/2";
+    std::fs::write(dir.path().join("secret"), format!("{renewed}\n")).unwrap();
+    let sent_hangup = Command::new("kill").args(["-HUP", &running.child.id().to_string()]).status().unwrap();
+    assert!(sent_hangup.success());
+    let signed_with = |secret: &str| client(&["auth", &running.api, "renewed", KEY, secret])["signed"].clone();
+    let waited = Instant::now();
+    while signed_with(renewed) != "OK" {
+        assert!(waited.elapsed() < Duration::from_secs(60), "the renewed secret was not taken");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(signed_with(SECRET), "InvalidSignatureException");
+    sent.extend(strings(&client(&["put", &running.api, "renewed", "4", KEY, renewed])["sent"]));
+    let (code, printed) = running.stop();
+    assert_eq!(code, 0, "{printed}");
+    assert!(!printed.contains(renewed) && !printed.contains(SECRET), "a secret was printed: {printed}");
+    assert!(printed.contains("restarted renewed"), "{printed}");
+    // (The `auth` calls' own records are `{}`.)
+    let delivered: Vec<String> = all_lines(&folder_objects(&out)).into_iter().filter(|l| l != "{}").collect();
+    sent.sort();
+    assert_eq!(delivered, sent);
+}
+
 #[test]
 fn the_http_source_takes_ndjson_with_gzip_and_a_bearer_token() {
     let dir = tempfile::tempdir().unwrap();

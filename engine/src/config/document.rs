@@ -924,6 +924,22 @@ mod tests {
         assert_eq!(expand("${PATH:-fallback}"), Ok(Some(home)));
     }
 
+    /// What `sluice serve` compares at a reload: the whole file's text with its secrets read, so a
+    /// renewed secret file is a change; the text itself when something cannot be expanded.
+    #[test]
+    fn a_file_s_expanded_text_changes_with_the_secret_it_reads() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "one\n").unwrap_or_else(|e| panic!("{e}"));
+        let text = "# a pipeline\n[sinks.siem]\ntoken = \"${file:secret}\"\nliteral = \"$${file:secret}\"\n";
+        let before = crate::config::expanded_text(text, dir.path());
+        assert_eq!(before, "# a pipeline\n[sinks.siem]\ntoken = \"one\"\nliteral = \"${file:secret}\"\n");
+        std::fs::write(&secret, "two\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(crate::config::expanded_text(text, dir.path()), before);
+        let unset = "token = \"${SLUICE_TEST_SURELY_UNSET_VARIABLE}\"";
+        assert_eq!(crate::config::expanded_text(unset, dir.path()), unset);
+    }
+
     #[test]
     fn a_file_reference_is_replaced_by_the_file_s_contents_and_never_shown_unexpanded() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

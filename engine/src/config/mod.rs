@@ -49,6 +49,17 @@ pub fn load_file_for(path: &Path, registry: &Registry, process: Option<usize>) -
     load_str_for(&file, text, &base_dir, registry, process)
 }
 
+/// What a pipeline file amounts to, for `sluice serve`'s reloads: `text` with every `${VAR}` and
+/// `${file:PATH}` (PATH relative to `base_dir`) replaced, so that a renewed secret file changes it
+/// as an edit of the pipeline file does; `text` as it is when that cannot be done (loading it says
+/// why). It holds the secrets: keep it in memory, never show it.
+pub fn expanded_text(text: &str, base_dir: &Path) -> String {
+    match document::expand_env_in(text, Some(base_dir)) {
+        Ok(Some(expanded)) => expanded,
+        Ok(None) | Err(_) => text.to_string(),
+    }
+}
+
 /// Resolves pipeline text; `file` names it in messages, `base_dir` anchors relative paths.
 pub fn load_str(file: &str, text: String, base_dir: &Path, registry: &Registry) -> Result<Plan, Diagnostics> {
     load_str_for(file, text, base_dir, registry, None)
@@ -62,7 +73,8 @@ pub fn load_str_for(
     registry: &Registry,
     process: Option<usize>,
 ) -> Result<Plan, Diagnostics> {
-    // The spanned tree borrows the text; a config is loaded once, so its text lives for the process.
+    // The spanned tree borrows the text; a config is loaded once (`sluice serve` loads a file again
+    // only when its text changed), so its text lives for the process.
     let text: &'static str = Box::leak(text.into_boxed_str());
     let fail = |items: Vec<Diagnostic>| Diagnostics::new(file, text, items);
     let root = document::parse_document(text, base_dir).map_err(fail)?;

@@ -3,8 +3,8 @@
 //! again (beyond Firehose, whose streams are made by API calls; as Vector and Prometheus reload).
 //!
 //! Guarantees: a file with an error (or a pipeline that cannot start) is reported and left out, and
-//! the others are served; at a reload, a file whose text is unchanged keeps its pipeline running
-//! untouched, a changed file that has an error keeps the pipeline it had (the error said), a new
+//! the others are served; at a reload, a file whose text is unchanged (with the secrets it reads
+//! through `${file:PATH}`: a renewed one is a change) keeps its pipeline running untouched, a changed file that has an error keeps the pipeline it had (the error said), a new
 //! file's stream is served once its pipeline is prepared, and a removed or changed file's pipeline
 //! stops the way the whole process does at SIGTERM: its stream is taken out of the API first (a
 //! removed one is then not found; a changed one is answered ServiceUnavailableException, which the
@@ -27,7 +27,7 @@ use sluice_connectors::api::listener::open_listener_warning;
 use sluice_connectors::api::{ListenerLimits, TlsFiles};
 use sluice_connectors::sources::firehose::{SET_ACCESS_KEYS, SharedFirehose, router as firehose_router};
 use sluice_engine::cluster::Cluster;
-use sluice_engine::config::{Plan, load_file_for};
+use sluice_engine::config::{Plan, expanded_text, load_file_for};
 use sluice_engine::contract::{SharedListener, StopSignal};
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::runtime::{RunOptions, RunReport};
@@ -48,7 +48,8 @@ pub struct ServeOptions {
     pub cluster: Option<Cluster>,
 }
 
-/// A pipeline file as read: its text (what a reload compares) and its plan, or its errors (said).
+/// A pipeline file as read: its text with its `${…}` expanded (what a reload compares: a renewed
+/// secret file is a change; never shown) and its plan, or its errors (said).
 struct Read {
     text: String,
     plan: Option<Plan>,
@@ -58,7 +59,7 @@ struct Read {
 struct Serving {
     /// Which of the process's runs it is (a changed file's next run has another).
     run: u64,
-    /// The file's text it was made from.
+    /// The file's text it was made from, its `${…}` expanded ([`Read`]).
     text: String,
     name: String,
     stop: StopSignal,
@@ -203,7 +204,8 @@ struct Prepared {
 }
 
 impl Server<'_> {
-    /// Every `*.toml` of the folder, by name, read and loaded (errors said and left out).
+    /// Every `*.toml` of the folder, by name, read, and loaded unless it is served as it is now
+    /// (errors said and left out).
     fn read_folder(&self) -> anyhow::Result<BTreeMap<PathBuf, Read>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir)
             .with_context(|| format!("cannot read {}", self.dir.display()))?
@@ -215,6 +217,12 @@ impl Server<'_> {
         let mut read = BTreeMap::new();
         for file in files {
             let Ok(text) = std::fs::read_to_string(&file) else { continue };
+            let text = expanded_text(&text, file.parent().unwrap_or(Path::new("")));
+            // A file served as it is is not loaded again (nor its errors said again).
+            if self.serving.get(&file).is_some_and(|s| s.text == text) {
+                read.insert(file, Read { text, plan: None });
+                continue;
+            }
             let plan = match load_file_for(&file, &self.registry, process) {
                 Ok(plan) if plan.is_batch() => {
                     eprintln!(
