@@ -471,6 +471,39 @@ fn serve_takes_a_renewed_secret_file_at_sighup() {
     assert_eq!(delivered, sent);
 }
 
+/// `sluice serve --watch` reloads when the folder's files change, without a signal: a file added
+/// is served, one removed no longer (what it took delivered).
+#[test]
+fn serve_watch_reloads_when_a_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    let (port, unused) = (free_port(), free_port());
+    let out = |name: &str| dir.path().join(name);
+    api_pipeline(&pipelines, "first", unused, false, &out("first"));
+    let listen = format!("127.0.0.1:{port}");
+    let running = Running::start(&["serve", pipelines.to_str().unwrap(), "--listen", &listen, "--watch"], port, 0);
+    let http = reqwest::blocking::Client::new();
+    let first = strings(&client(&["put", &running.api, "first", "6"])["sent"]);
+    api_pipeline(&pipelines, "second", unused, false, &out("second"));
+    std::fs::remove_file(pipelines.join("first.toml")).unwrap();
+    let waited = Instant::now();
+    while stream_names(&http, &running.api) != ["second"] {
+        assert!(waited.elapsed() < Duration::from_secs(40), "{:?}", stream_names(&http, &running.api));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let second = strings(&client(&["put", &running.api, "second", "4"])["sent"]);
+    let (code, printed) = running.stop();
+    assert_eq!(code, 0, "{printed}");
+    assert!(printed.contains("sluice serve: a file changed: reading"), "{printed}");
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(all_lines(&folder_objects(&out("first"))), sorted(first));
+    assert_eq!(all_lines(&folder_objects(&out("second"))), sorted(second));
+}
+
 #[test]
 fn the_http_source_takes_ndjson_with_gzip_and_a_bearer_token() {
     let dir = tempfile::tempdir().unwrap();

@@ -160,6 +160,10 @@ enum Command {
         /// HTTPS: private key (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Read the directory again whenever its files change (looked at every 5 s; a change is
+        /// taken once it has stayed as it is for one look), as SIGHUP does.
+        #[arg(long, conflicts_with = "cluster")]
+        watch: bool,
         #[command(flatten)]
         limits: LimitArgs,
         #[command(flatten)]
@@ -310,12 +314,21 @@ fn main() -> ExitCode {
         Command::Run { pipeline, workers, quiet, admin, cluster } => {
             cluster.cluster().and_then(|cluster| run_command(&pipeline, workers, quiet, admin, json, cluster))
         }
-        Command::Serve { dir, listen, admin, workers, region, tls_cert, tls_key, limits, cluster } => {
+        Command::Serve { dir, listen, admin, workers, region, tls_cert, tls_key, watch, limits, cluster } => {
             let tls = tls_cert.zip(tls_key).map(|(cert, key)| TlsFiles { cert, key });
             let limits = limits.limits();
             cluster.cluster().and_then(|cluster| {
-                let options =
-                    serve::ServeOptions { listen, admin, workers, region, tls, limits, json_error_log: json, cluster };
+                let options = serve::ServeOptions {
+                    listen,
+                    admin,
+                    workers,
+                    region,
+                    tls,
+                    limits,
+                    json_error_log: json,
+                    cluster,
+                    watch,
+                };
                 serve::serve_command(&dir, options)
             })
         }
@@ -504,10 +517,10 @@ fn announce(plan: &Plan) {
     }
 }
 
-/// What the signals ask of `sluice serve`.
+/// What `sluice serve` is told by the signals, its `--watch` and its runs.
 enum Event {
-    /// SIGHUP: read the folder again.
-    Reload,
+    /// Read the folder again (why: SIGHUP, a file changed).
+    Reload(&'static str),
     /// SIGINT or SIGTERM: stop (the stop signal is set already).
     Stop,
     /// A pipeline's run ended.
@@ -547,7 +560,7 @@ fn watch_signals(stop: StopSignal, grace: Duration, events: mpsc::Sender<Event>,
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
                     _ = next(&mut hangup) => {
-                        let _ = events.send(Event::Reload);
+                        let _ = events.send(Event::Reload("SIGHUP"));
                         continue;
                     }
                 }

@@ -26,6 +26,7 @@ use sluice_connectors::api::firehose::ApiSlot;
 use sluice_connectors::api::listener::open_listener_warning;
 use sluice_connectors::api::{ListenerLimits, TlsFiles};
 use sluice_connectors::sources::firehose::{SET_ACCESS_KEYS, SharedFirehose, router as firehose_router};
+use sluice_connectors::tls::LOOK_EVERY;
 use sluice_engine::cluster::Cluster;
 use sluice_engine::config::{Plan, expanded_text, load_file_for};
 use sluice_engine::contract::{SharedListener, StopSignal};
@@ -46,6 +47,8 @@ pub struct ServeOptions {
     /// `--cluster`: pipeline number i (file-name order) runs its timely cluster on the ports
     /// of the hosts file plus i.
     pub cluster: Option<Cluster>,
+    /// `--watch`: reload when the folder's files change, as at SIGHUP.
+    pub watch: bool,
 }
 
 /// A pipeline file as read: its text with its `${…}` expanded (what a reload compares: a renewed
@@ -155,16 +158,19 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
         start_admin(address, server.served.clone())?;
         eprintln!("sluice serve: metrics on http://{address}/metrics");
     }
+    if options.watch {
+        watch_folder(dir.to_path_buf(), stop.clone(), events.clone());
+    }
     watch_signals(stop.clone(), RunOptions::default_stop_grace(), events, true);
     for p in prepared {
         server.start(p);
     }
     loop {
         match happened.recv() {
-            Ok(Event::Reload) if options.cluster.is_some() => eprintln!(
+            Ok(Event::Reload(_)) if options.cluster.is_some() => eprintln!(
                 "sluice serve: SIGHUP ignored: a cluster's pipelines cannot be reloaded (their ports follow the files' order); restart every process instead"
             ),
-            Ok(Event::Reload) => server.reload(),
+            Ok(Event::Reload(why)) => server.reload(why),
             // A pipeline asked to stop by something else than a reload (a cluster's stop relayed
             // from another process): its stream is taken out, and its queue closed so that its
             // run drains and ends.
@@ -192,6 +198,42 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
     Ok(server.worst.1)
+}
+
+/// What the folder's pipeline files hold: each `*.toml` by name, its text with its `${…}` expanded
+/// (so a renewed secret file is a change too).
+fn folder_texts(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return BTreeMap::new() };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            let text = expanded_text(&text, p.parent().unwrap_or(Path::new("")));
+            Some((p, text))
+        })
+        .collect()
+}
+
+/// `--watch`: looks at the folder every [`LOOK_EVERY`] and asks for a reload when what its files
+/// hold differs from what was last taken and has settled (the same at two looks in a row, so a
+/// file being written, or an editor's save in steps, is taken whole), until `stop`.
+fn watch_folder(dir: PathBuf, stop: StopSignal, events: mpsc::Sender<Event>) {
+    std::thread::spawn(move || {
+        let mut taken = folder_texts(&dir);
+        let mut seen = taken.clone();
+        while !stop.is_stopped() {
+            std::thread::sleep(LOOK_EVERY);
+            let now = folder_texts(&dir);
+            if now != taken && now == seen {
+                taken = now.clone();
+                if events.send(Event::Reload("a file changed")).is_err() {
+                    return;
+                }
+            }
+            seen = now;
+        }
+    });
 }
 
 /// A pipeline prepared and not yet running.
@@ -380,8 +422,8 @@ impl Server<'_> {
     }
 
     /// Reads the folder again and serves what it holds now (module docs).
-    fn reload(&mut self) {
-        eprintln!("sluice serve: SIGHUP: reading {} again", self.dir.display());
+    fn reload(&mut self, why: &str) {
+        eprintln!("sluice serve: {why}: reading {} again", self.dir.display());
         let mut files = match self.read_folder() {
             Ok(files) => files,
             Err(e) => {
