@@ -523,8 +523,8 @@ enum Event {
     Reload(&'static str),
     /// SIGINT or SIGTERM: stop (the stop signal is set already).
     Stop,
-    /// A pipeline's run ended.
-    Ended,
+    /// The run of this number (`sluice serve` counts them) ended.
+    Ended(u64),
     /// The run of this number (`sluice serve` counts them) was asked to stop.
     Stopping(u64),
 }

@@ -177,8 +177,8 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
             Ok(Event::Stopping(run)) => server.withdraw(run),
             // A run that ended by itself (a cluster's stop came from another process, or it
             // failed): its stream is no longer served; when none is left, neither is the process.
-            Ok(Event::Ended) => {
-                if server.finish_ended() {
+            Ok(Event::Ended(run)) => {
+                if server.finish_ended(run) {
                     break;
                 }
             }
@@ -346,7 +346,7 @@ impl Server<'_> {
         let thread = std::thread::spawn(move || {
             let plan = run.plan().clone();
             let result = run.run();
-            let _ = events.send(Event::Ended);
+            let _ = events.send(Event::Ended(run_number));
             (plan, result)
         });
         self.serving.insert(file, Serving { run: run_number, text, name, stop, metrics, monitored, thread });
@@ -362,25 +362,19 @@ impl Server<'_> {
         }
     }
 
-    /// Takes out the pipelines whose runs ended by themselves (their streams withdrawn, their
-    /// summaries printed); whether that left none (none left by a reload is not an end: files may
-    /// come back).
-    fn finish_ended(&mut self) -> bool {
-        let ended: Vec<PathBuf> =
-            self.serving.iter().filter(|(_, s)| s.thread.is_finished()).map(|(file, _)| file.clone()).collect();
-        if ended.is_empty() {
+    /// Takes out the pipeline of the run `run`, which ended by itself, if it is still served (its
+    /// stream withdrawn, its summary printed); whether that left none (none left by a reload is not
+    /// an end: files may come back).
+    fn finish_ended(&mut self, run: u64) -> bool {
+        let Some(file) = self.serving.iter().find(|(_, s)| s.run == run).map(|(file, _)| file.clone()) else {
             return false;
+        };
+        let Some(serving) = self.serving.remove(&file) else { return false };
+        if let Some(queue) = self.shared.withdraw(&serving.name) {
+            queue.close();
         }
-        for file in &ended {
-            if let Some(queue) = self.serving.get(file).and_then(|s| self.shared.withdraw(&s.name)) {
-                queue.close();
-            }
-        }
-        let ended: Vec<Serving> = ended.iter().filter_map(|file| self.serving.remove(file)).collect();
         self.publish(Vec::new());
-        for serving in ended {
-            self.finish(serving);
-        }
+        self.finish(serving);
         self.serving.is_empty()
     }
 
