@@ -4,7 +4,8 @@
 //! API serves a certificate that expires within two days, one of whose sinks presents a client
 //! certificate that does too, whose Kinesis source reads an hour
 //! behind its stream (moto, behind a proxy that says so as Kinesis would), and one of whose sinks
-//! has its `tls.ca` renewed with a broken file.
+//! has its `tls.ca` renewed with a broken file; and of a `sluice serve` whose folder holds a file
+//! with an error.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -25,7 +26,7 @@ fn the_alert_rules_are_valid_and_each_fires_on_a_real_scrape_where_its_condition
         .expect("promtool (scripts/test.sh installs Debian's prometheus)");
     let said = String::from_utf8_lossy(&checked.stdout);
     assert!(
-        checked.status.success() && said.contains("SUCCESS: 9 rules found"),
+        checked.status.success() && said.contains("SUCCESS: 10 rules found"),
         "{said}{}",
         String::from_utf8_lossy(&checked.stderr)
     );
@@ -103,8 +104,44 @@ backup_store = {{ url = "file://{backup}" }}
             .stderr(Stdio::null()),
         api,
     );
+    // A `sluice serve` of a folder with a file it cannot serve: its families join each scrape.
+    let served = dir.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    std::fs::write(
+        served.join("good.toml"),
+        format!(
+            "[pipeline]\nname = \"good\"\ndata_dir = \"{}\"\n[sources.api]\ntype = \"firehose\"\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"api\"]\nurl = \"file://{}\"\n",
+            dir.path().join("served-data").display(),
+            dir.path().join("served-out").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(served.join("broken.toml"), "[pipeline]\nname = 3\n").unwrap();
+    let (serve_port, serve_admin) = (free_port(), free_port());
+    let serve = start_listening_with(
+        sluice()
+            .args(["serve", served.to_str().unwrap(), "--listen", &format!("127.0.0.1:{serve_port}")])
+            .args(["--admin", &format!("127.0.0.1:{serve_admin}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        serve_port,
+    );
+    let get = |port: u16| {
+        let answer = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"));
+        answer.and_then(reqwest::blocking::Response::text)
+    };
+    let waited = std::time::Instant::now();
+    let serve_text = loop {
+        match get(serve_admin) {
+            Ok(text) => break text,
+            Err(e) => assert!(waited.elapsed() < Duration::from_secs(20), "{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(serve_text.contains("\nsluice_ConfigFilesFailed 1\n"), "{serve_text}");
     let scrape = |name: &str| {
-        let text = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")).unwrap().text().unwrap();
+        let text = get(admin).unwrap() + &serve_text;
         std::fs::write(dir.path().join(name), &text).unwrap();
         text
     };
@@ -128,6 +165,9 @@ backup_store = {{ url = "file://{backup}" }}
         assert!(between.elapsed() < Duration::from_secs(40), "the broken CA file was not refused:\n{text}");
     }
     let seconds = between.elapsed().as_secs_f64();
+    terminate(&serve);
+    let mut serve = serve;
+    serve.wait().unwrap();
     terminate(&run);
     let mut run = run;
     run.wait().unwrap();
@@ -164,4 +204,5 @@ backup_store = {{ url = "file://{backup}" }}
     assert_eq!(expiring.as_array().map(Vec::len), Some(1), "{report}");
     assert_eq!(expiring[0]["stream"], "alerts", "{report}");
     assert_eq!(fired("SluiceClientCertificateExpiring"), ["stuck"], "{report}");
+    assert_eq!(report["expected"]["SluiceConfigFilesFailed"].as_array().map(Vec::len), Some(1), "{report}");
 }

@@ -65,6 +65,7 @@ def main():
             "sluice_ClientCertificateExpiry_seconds",
             "sluice_KinesisMillisBehindLatest",
             "sluice_TlsRenewalFailures",
+            "sluice_ConfigFilesFailed",
         )
 
     inputs, expected = [], {name: [] for name in severity}
@@ -98,6 +99,8 @@ def main():
             if left < 14 * 86400:
                 alert = "SluiceListenerCertificateExpiring" if "Listener" in name else "SluiceClientCertificateExpiring"
                 expected[alert].append(dict(labels))
+        if name == "sluice_ConfigFilesFailed" and value > 0:
+            expected["SluiceConfigFilesFailed"].append(dict(labels))
         if name == "sluice_KinesisMillisBehindLatest" and value / 1000 > 300:
             expected["SluiceKinesisSourceBehind"].append(dict(labels))
         if name.endswith("_Success") and value < 1:

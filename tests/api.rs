@@ -381,8 +381,15 @@ fn serve_reloads_its_folder_on_sighup() {
     let mut c = strings(&client(&["put", &running.api, "stream-c", "5"])["sent"]);
     let (status, answer) = put_batch(&http, &running.api, "stream-b", &["{}".to_string()]);
     assert_eq!((status, answer["__type"].as_str()), (400, Some("ResourceNotFoundException")), "{answer}");
-    let metrics = http.get(format!("{}/metrics", running.admin)).send().unwrap().text().unwrap();
-    assert!(metrics.contains("stream=\"stream-c\"") && !metrics.contains("stream=\"stream-b\""), "{metrics}");
+    let metrics = || http.get(format!("{}/metrics", running.admin)).send().unwrap().text().unwrap();
+    while !metrics().contains("\nsluice_ConfigReloads 1\n") {
+        assert!(waited.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after_one = metrics();
+    assert!(after_one.contains("stream=\"stream-c\"") && !after_one.contains("stream=\"stream-b\""), "{after_one}");
+    // broken.toml is the one file not served.
+    assert!(after_one.contains("\nsluice_ConfigFilesFailed 1\n"), "{after_one}");
     // A changed file with an error keeps its pipeline; stream-d comes with it.
     std::fs::write(pipelines.join("stream-c.toml"), "[pipeline\n").unwrap();
     api_pipeline(&pipelines, "stream-d", unused, false, &out("d"));
@@ -391,6 +398,12 @@ fn serve_reloads_its_folder_on_sighup() {
         assert!(waited.elapsed() < Duration::from_secs(90), "{:?}", stream_names(&http, &running.api));
         std::thread::sleep(Duration::from_millis(100));
     }
+    // broken.toml, and stream-c's file (its pipeline goes on as it was).
+    while !metrics().contains("\nsluice_ConfigReloads 2\n") {
+        assert!(waited.elapsed() < Duration::from_secs(90));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(metrics().contains("\nsluice_ConfigFilesFailed 2\n"));
     c.extend(strings(&client(&["put", &running.api, "stream-c", "3"])["sent"]));
     let d = strings(&client(&["put", &running.api, "stream-d", "4"])["sent"]);
     let (code, printed) = running.stop();

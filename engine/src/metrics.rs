@@ -707,9 +707,13 @@ impl PrometheusText {
         self.families.entry(family.to_string()).or_insert_with(|| (kind, Vec::new())).1.push(sample.to_string());
     }
 
-    /// Adds one sample `family{labels} value`.
+    /// Adds one sample `family{labels} value` (`family value` without labels).
     pub fn sample(&mut self, family: &str, kind: &'static str, labels: &str, value: impl std::fmt::Display) {
-        self.line(family, kind, &format!("{family}{{{labels}}} {value}"));
+        if labels.is_empty() {
+            self.line(family, kind, &format!("{family} {value}"));
+        } else {
+            self.line(family, kind, &format!("{family}{{{labels}}} {value}"));
+        }
     }
 
     /// The exposition text.

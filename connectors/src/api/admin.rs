@@ -33,24 +33,54 @@ pub struct MonitoredPipeline {
 
 /// The pipelines a process serves, as its admin endpoint, its dashboard and its API listener's
 /// certificate families see them: set once by `sluice run`, replaced by each reload of `sluice
-/// serve`. Clones share the list; a reader gets the list of one moment, whole.
+/// serve`, with the state of `serve`'s folder. Clones share them; a reader gets the list of one
+/// moment, whole.
 #[derive(Debug, Clone, Default)]
-pub struct Served(Arc<RwLock<Arc<Vec<MonitoredPipeline>>>>);
+pub struct Served(Arc<ServedState>);
+
+#[derive(Debug, Default)]
+struct ServedState {
+    pipelines: RwLock<Arc<Vec<MonitoredPipeline>>>,
+    folder: std::sync::Mutex<Option<FolderState>>,
+}
+
+/// How `sluice serve` last read its folder (at start, then at each reload), for `/metrics`:
+/// `ConfigFilesFailed`, `ConfigReloads`, `ConfigLastReload_seconds`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FolderState {
+    /// Pipeline files it left out, or kept the pipeline of, for an error (in the file, a name
+    /// another file has, a pipeline that could not start).
+    pub files_failed: u64,
+    /// Reloads since the start.
+    pub reloads: u64,
+    /// When it last reloaded, Unix seconds (0: not yet).
+    pub last_reload_s: u64,
+}
 
 impl Served {
     /// `pipelines`, until [`Self::replace`]d.
     pub fn new(pipelines: Vec<MonitoredPipeline>) -> Self {
-        Served(Arc::new(RwLock::new(Arc::new(pipelines))))
+        Served(Arc::new(ServedState { pipelines: RwLock::new(Arc::new(pipelines)), folder: Default::default() }))
     }
 
     /// The pipelines served now.
     pub fn now(&self) -> Arc<Vec<MonitoredPipeline>> {
-        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&self.0.pipelines.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Serves `pipelines` from now on.
     pub fn replace(&self, pipelines: Vec<MonitoredPipeline>) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(pipelines);
+        *self.0.pipelines.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(pipelines);
+    }
+
+    /// How `sluice serve` last read its folder.
+    pub fn set_folder(&self, state: FolderState) {
+        *self.0.folder.lock().unwrap_or_else(PoisonError::into_inner) = Some(state);
+    }
+
+    /// How `sluice serve` last read its folder; `None` for `sluice run`.
+    pub fn folder(&self) -> Option<FolderState> {
+        *self.0.folder.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The counters of the pipelines served now.
@@ -69,11 +99,18 @@ pub fn router(served: Served) -> Router {
         .merge(super::dashboard::router(served))
 }
 
-/// Every pipeline's metrics in one exposition.
-pub fn render(pipelines: &[MonitoredPipeline]) -> String {
+/// Every pipeline's metrics in one exposition, and `sluice serve`'s folder state.
+pub fn render(served: &Served) -> String {
+    let pipelines = served.now();
     let mut text = PrometheusText::default();
+    if let Some(folder) = served.folder() {
+        // The process's, not a stream's: no label.
+        text.sample("sluice_ConfigFilesFailed", "gauge", "", folder.files_failed);
+        text.sample("sluice_ConfigReloads", "counter", "", folder.reloads);
+        text.sample("sluice_ConfigLastReload_seconds", "gauge", "", folder.last_reload_s);
+    }
     let now = now_ms();
-    for p in pipelines {
+    for p in pipelines.iter() {
         p.metrics.render_prometheus(&mut text, &p.stream, &p.sinks, now);
         p.metrics.render_transforms(&mut text, &p.stream, &p.transforms);
     }
@@ -81,7 +118,7 @@ pub fn render(pipelines: &[MonitoredPipeline]) -> String {
 }
 
 async fn metrics(State(served): State<Served>) -> Response {
-    let mut response = render(&served.now()).into_response();
+    let mut response = render(&served).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

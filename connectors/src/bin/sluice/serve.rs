@@ -21,7 +21,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_connectors::api::admin::Served;
+use sluice_connectors::api::admin::{FolderState, Served};
 use sluice_connectors::api::firehose::ApiSlot;
 use sluice_connectors::api::listener::open_listener_warning;
 use sluice_connectors::api::{ListenerLimits, TlsFiles};
@@ -56,6 +56,8 @@ pub struct ServeOptions {
 struct Read {
     text: String,
     plan: Option<Plan>,
+    /// It has an error (said).
+    failed: bool,
 }
 
 /// A pipeline being served.
@@ -88,6 +90,8 @@ struct Server<'a> {
     runs: u64,
     served: Served,
     serving: BTreeMap<PathBuf, Serving>,
+    /// How the folder was last read (`/metrics`).
+    folder: FolderState,
     /// The worst outcome of the runs ended so far (0 delivered, 1 some to the error output, 2
     /// something undelivered), and its exit code.
     worst: (u8, ExitCode),
@@ -108,9 +112,11 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
         runs: 0,
         served: Served::default(),
         serving: BTreeMap::new(),
+        folder: FolderState::default(),
         worst: (0, ExitCode::SUCCESS),
     };
     let files = server.read_folder()?;
+    server.folder.files_failed = files.values().filter(|r| r.failed).count() as u64;
     let stop = server.stop.clone();
     // The address is taken before anything starts; connections wait until every pipeline is
     // prepared and its stream registered with the shared listener.
@@ -128,6 +134,7 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
         .context("cannot start the API runtime")?;
     server.runtime = Some(runtime.handle().clone());
     server.served.replace(prepared.iter().map(|p| monitored(p.run.plan(), &p.metrics)).collect());
+    server.served.set_folder(server.folder);
     {
         // Served even without a firehose stream yet: a reload may add one.
         let api = server.shared.api(&options.region, options.limits);
@@ -262,9 +269,10 @@ impl Server<'_> {
             let text = expanded_text(&text, file.parent().unwrap_or(Path::new("")));
             // A file served as it is is not loaded again (nor its errors said again).
             if self.serving.get(&file).is_some_and(|s| s.text == text) {
-                read.insert(file, Read { text, plan: None });
+                read.insert(file, Read { text, plan: None, failed: false });
                 continue;
             }
+            let mut failed = false;
             let plan = match load_file_for(&file, &self.registry, process) {
                 Ok(plan) if plan.is_batch() => {
                     eprintln!(
@@ -276,10 +284,11 @@ impl Server<'_> {
                 Ok(plan) => Some(plan),
                 Err(diagnostics) => {
                     eprintln!("{diagnostics}\nsluice serve: skipping {}\n", file.display());
+                    failed = true;
                     None
                 }
             };
-            read.insert(file, Read { text, plan });
+            read.insert(file, Read { text, plan, failed });
         }
         Ok(read)
     }
@@ -297,6 +306,7 @@ impl Server<'_> {
             let taken = self.serving.values().any(|s| s.name == plan.name)
                 || prepared.iter().any(|p| p.run.plan().name == plan.name);
             if taken {
+                self.folder.files_failed += 1;
                 eprintln!(
                     "sluice serve: skipping {}: another pipeline in {} is already named `{}`",
                     file.display(),
@@ -319,6 +329,7 @@ impl Server<'_> {
             match sluice_engine::runtime::prepare(&plan, &options, Arc::clone(&metrics)) {
                 Ok(run) => prepared.push(Prepared { file, text: read.text, stop, metrics, run }),
                 Err(e) => {
+                    self.folder.files_failed += 1;
                     self.shared.withdraw(&plan.name);
                     eprintln!("sluice serve: pipeline {} could not start: {e}", plan.name);
                 }
@@ -419,7 +430,10 @@ impl Server<'_> {
     fn reload(&mut self, why: &str) {
         eprintln!("sluice serve: {why}: reading {} again", self.dir.display());
         let mut files = match self.read_folder() {
-            Ok(files) => files,
+            Ok(files) => {
+                self.folder.files_failed = files.values().filter(|r| r.failed).count() as u64;
+                files
+            }
             Err(e) => {
                 eprintln!("sluice serve: cannot reload: {e:#}; serving what was served");
                 return;
@@ -502,6 +516,10 @@ impl Server<'_> {
             self.start(p);
         }
         self.publish(Vec::new());
+        self.folder.reloads += 1;
+        self.folder.last_reload_s =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.served.set_folder(self.folder);
         let list = |names: &[String]| if names.is_empty() { "none".to_string() } else { names.join(", ") };
         eprintln!(
             "sluice serve: reloaded {}: started {}; restarted {}; stopped {}; {kept} unchanged",
