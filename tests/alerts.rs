@@ -10,7 +10,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::support::{TestCertificates, free_port, python, repo_root, sluice, start_listening_with, terminate};
+use super::support::{
+    TestCertificates, free_port, python, repo_root, sluice, start_listening_with, start_serve, terminate,
+};
 
 fn promtool() -> Command {
     Command::new("promtool")
@@ -119,14 +121,7 @@ backup_store = {{ url = "file://{backup}" }}
     .unwrap();
     std::fs::write(served.join("broken.toml"), "[pipeline]\nname = 3\n").unwrap();
     let (serve_port, serve_admin) = (free_port(), free_port());
-    let serve = start_listening_with(
-        sluice()
-            .args(["serve", served.to_str().unwrap(), "--listen", &format!("127.0.0.1:{serve_port}")])
-            .args(["--admin", &format!("127.0.0.1:{serve_admin}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-        serve_port,
-    );
+    let serve = start_serve(&served, serve_port, serve_admin);
     let get = |port: u16| {
         let answer = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"));
         answer.and_then(reqwest::blocking::Response::text)

@@ -75,6 +75,15 @@ buffer = {{ size_mb = 1, interval_s = 1 }}
     path
 }
 
+/// A temporary folder holding an empty `pipelines/` for `sluice serve`, and two free ports: the
+/// shared listener's, and one for the files' own `listen` (which `serve` replaces).
+fn serve_folder() -> (tempfile::TempDir, PathBuf, u16, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    (dir, pipelines, free_port(), free_port())
+}
+
 /// A ListDeliveryStreams request to the API at `api` (`http(s)://host:port`), answered with success.
 fn list_delivery_streams(client: &reqwest::blocking::Client, api: &str) -> reqwest::blocking::Response {
     let response = client
@@ -260,10 +269,7 @@ fn sigv4_is_verified_and_missing_wrong_unknown_or_expired_signatures_are_refused
 
 #[test]
 fn serve_routes_each_stream_to_its_pipeline_behind_one_listener() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    let (port, unused) = (free_port(), free_port());
+    let (dir, pipelines, port, unused) = serve_folder();
     let (out_a, out_b) = (dir.path().join("a"), dir.path().join("b"));
     // Each file's own `listen` is replaced by the shared listener.
     api_pipeline(&pipelines, "stream-a", unused, false, &out_a);
@@ -315,10 +321,8 @@ fn stream_names(client: &reqwest::blocking::Client, api: &str) -> Vec<String> {
 /// refused after its log entry was written may be delivered too: at least once, as Firehose).
 #[test]
 fn serve_reloads_its_folder_on_sighup() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    let (port, unused, admin) = (free_port(), free_port(), free_port());
+    let (dir, pipelines, port, unused) = serve_folder();
+    let admin = free_port();
     let out = |name: &str| dir.path().join(name);
     api_pipeline(&pipelines, "stream-a", unused, false, &out("a"));
     api_pipeline(&pipelines, "stream-b", unused, false, &out("b"));
@@ -450,10 +454,7 @@ fn serve_reloads_its_folder_on_sighup() {
 /// on and those signed with the new one taken; what was put before is delivered.
 #[test]
 fn serve_takes_a_renewed_secret_file_at_sighup() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    let (port, unused) = (free_port(), free_port());
+    let (dir, pipelines, port, unused) = serve_folder();
     let out = dir.path().join("out");
     let file = api_pipeline(&pipelines, "renewed", unused, true, &out);
     let text = std::fs::read_to_string(&file).unwrap();
@@ -488,10 +489,7 @@ fn serve_takes_a_renewed_secret_file_at_sighup() {
 /// is served, one removed no longer (what it took delivered).
 #[test]
 fn serve_watch_reloads_when_a_file_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    let (port, unused) = (free_port(), free_port());
+    let (dir, pipelines, port, unused) = serve_folder();
     let out = |name: &str| dir.path().join(name);
     api_pipeline(&pipelines, "first", unused, false, &out("first"));
     let listen = format!("127.0.0.1:{port}");
@@ -750,10 +748,7 @@ fn the_api_serves_a_renewed_certificate_without_a_restart() {
 /// SIGTERM ends the process in bounded time with the summary.
 #[test]
 fn serve_serves_the_good_stream_pipelines_and_reports_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir(&pipelines).unwrap();
-    let (port, unused) = (free_port(), free_port());
+    let (dir, pipelines, port, unused) = serve_folder();
     let out = dir.path().join("good");
     api_pipeline(&pipelines, "good", unused, false, &out);
     std::fs::write(

@@ -3,12 +3,10 @@
 //! outage; and under `serve`, where one page shows every stream of the process.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::support::{
-    firehose_call, firehose_to_files, free_port, python, repo_root, sluice, start_listening_with, wait_for_port,
-};
+use super::support::{firehose_call, firehose_to_files, free_port, python, repo_root, start_serve, wait_for_port};
 
 /// The page's figures move and match /metrics, its layout holds still, an outage shows in the
 /// success ratio and the error list, a Kinesis source reading an hour behind its stream (moto,
@@ -91,14 +89,7 @@ fn under_serve_the_dashboard_shows_every_stream() {
         );
         std::fs::write(pipelines.join(format!("{name}.toml")), config).unwrap();
     }
-    let mut child = start_listening_with(
-        sluice()
-            .args(["serve", pipelines.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-        port,
-    );
+    let mut child = start_serve(&pipelines, port, admin);
     // The admin address opens after the API's (every pipeline is prepared first).
     wait_for_port(admin, "the admin address");
     let page = reqwest::blocking::get(format!("http://127.0.0.1:{admin}/")).unwrap();

@@ -183,6 +183,19 @@ pub fn start_listening(
     start_listening_with(sluice().args(args).stdout(output).stderr(errors), port)
 }
 
+/// Spawns `sluice serve folder` with its API on `port` and `--admin` on `admin` (its output
+/// discarded) and waits until the API listens.
+pub fn start_serve(folder: &Path, port: u16, admin: u16) -> std::process::Child {
+    start_listening_with(
+        sluice()
+            .args(["serve", &folder.display().to_string(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+        port,
+    )
+}
+
 /// Spawns `command` (a `sluice` command) and waits until it listens on `port`.
 pub fn start_listening_with(command: &mut std::process::Command, port: u16) -> std::process::Child {
     let child = command.spawn().unwrap();
