@@ -28,6 +28,7 @@ use sluice_engine::contract::{SourceError, StopSignal};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::bound::Bound;
 use super::certificate::{ListenerTls, serve_certificate};
 use super::queue::IngestQueue;
 
@@ -247,28 +248,20 @@ pub fn check_listen(address: SocketAddr) -> Result<(), SourceError> {
     Err(SourceError::Setup(format!("cannot listen on {address}: {error}{hint}")))
 }
 
-/// Binds `address` now (so a taken address is an error before the run starts).
-pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, SourceError> {
-    let listener = std::net::TcpListener::bind(address)
-        .map_err(|source| SourceError::Io { context: format!("cannot listen on {address}"), source })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| SourceError::Io { context: format!("cannot listen on {address}"), source })?;
-    Ok(listener)
-}
-
-/// Serves `router` on `listener` (with TLS when `tls` is set) within `limits` until `stop`, then
+/// Serves `router` on `bound` (with TLS when `tls` is set) within `limits` until `stop`, then
 /// lets requests in progress finish and closes the queues `queues` gives then (those of the streams
-/// served at that moment). Runs on `runtime`; returns at once.
+/// served at that moment); the socket is the next run's to take from then on (see [`super::bound`]).
+/// Runs on `runtime`; returns at once.
 pub fn serve(
     runtime: &tokio::runtime::Handle,
-    listener: std::net::TcpListener,
+    bound: Bound,
     router: axum::Router,
     tls: Option<ListenerTls>,
     limits: ListenerLimits,
     stop: StopSignal,
     queues: impl FnOnce() -> Vec<Arc<IngestQueue>> + Send + 'static,
 ) -> Result<(), SourceError> {
+    let Bound { socket: listener, serving } = bound;
     let address = listener.local_addr().map_err(|source| SourceError::Io { context: "listener".into(), source })?;
     let with_tls = tls.is_some();
     let tls_config = match tls {
@@ -325,6 +318,7 @@ pub fn serve(
         for queue in queues() {
             queue.close();
         }
+        drop(serving);
     });
     tracing::info!(%address, tls = with_tls, "listening");
     Ok(())

@@ -10,6 +10,7 @@
 //! so the readers drain every acknowledged record before the run ends.
 
 pub mod admin;
+pub mod bound;
 pub mod certificate;
 pub mod dashboard;
 pub mod durable;
@@ -28,8 +29,9 @@ use sluice_engine::config::{ConnectorConfig, Diagnostic, Durability, LogEncrypti
 use sluice_engine::contract::{OnStop, ReadStatus, SourceError, SourceReader};
 use sluice_engine::record::RecordBatch;
 
+pub use bound::bind;
 pub use certificate::ListenerTls;
-pub use listener::{ListenerLimits, bind, serve};
+pub use listener::{ListenerLimits, serve};
 use queue::{IngestQueue, Popped};
 
 /// How soon an idle reader looks again.

@@ -11,7 +11,8 @@
 //! SDKs retry, until its new pipeline serves it), then its queue is closed, so every record
 //! acknowledged is in its queue (and log) and delivered by the stopping run, or by the next one
 //! from the log; the new pipeline of a changed file is prepared only after the old one has ended,
-//! so the two never share a log.
+//! so the two never share a log, while the ports of its own listeners (`http`, `http_endpoint`)
+//! stay open in between, their connections waiting for it ([`sluice_connectors::api::bound`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -115,6 +116,9 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
         folder: FolderState::default(),
         worst: (0, ExitCode::SUCCESS),
     };
+    // A changed pipeline's own listener stays open while it restarts (connections wait for its
+    // next run instead of being refused).
+    sluice_connectors::api::bound::keep_across_runs();
     let files = server.read_folder()?;
     server.folder.files_failed = files.values().filter(|r| r.failed).count() as u64;
     let stop = server.stop.clone();
@@ -386,6 +390,7 @@ impl Server<'_> {
         }
         self.publish(Vec::new());
         self.finish(serving);
+        sluice_connectors::api::bound::release_unclaimed();
         self.serving.is_empty()
     }
 
@@ -515,6 +520,8 @@ impl Server<'_> {
         for p in prepared {
             self.start(p);
         }
+        // The ports of removed pipelines, and of changed ones that moved or could not start.
+        sluice_connectors::api::bound::release_unclaimed();
         self.publish(Vec::new());
         self.folder.reloads += 1;
         self.folder.last_reload_s =

@@ -1,0 +1,151 @@
+//! Listening sockets: bound before a run starts (so a taken address is an error then), and, under
+//! `sluice serve`, kept open while the pipeline that listened on them restarts.
+//!
+//! A reload stops a changed pipeline and starts its new version once the old one has ended (they
+//! never share a log): seconds in which nothing listens on the address of its own `http` or
+//! `http_endpoint` source. With [`keep_across_runs`] (called by `sluice serve`), the process holds
+//! a second handle to each socket it binds, so the socket stays in the listening state after its
+//! server ends: the kernel completes producers' connections and queues them (up to the listen
+//! backlog), and the next run that binds the same address takes that very socket over and serves
+//! them. Producers see a pause, never a refused connection. (A connection the stopping server had
+//! already accepted but not read a request from is closed unanswered, as hyper's graceful shutdown
+//! does at any HTTP server's stop; clients send such a request again.)
+//!
+//! Guarantees: a socket is taken over only from a server that has ended (its [`Bound`] and the
+//! server holding it dropped), so two live servers never share one, and binding an address a live
+//! server of this process holds fails as the operating system's bind does; a socket no run took
+//! back is closed by [`release_unclaimed`] (`sluice serve` calls it after each reload and when a
+//! run ends by itself), so a removed pipeline's port is refused again, as it was before the reload.
+//! Without [`keep_across_runs`] (`sluice run`), binding is a plain bind and nothing is kept.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use sluice_engine::contract::SourceError;
+
+/// The process's sockets (one list: every source's listener binds through it).
+static SOCKETS: Sockets = Sockets::new();
+
+/// The sockets bound through it and, once keeping, those kept for the next run at their address.
+struct Sockets {
+    kept: Mutex<Option<Vec<Kept>>>,
+}
+
+/// A socket kept for the next run at its address.
+struct Kept {
+    address: SocketAddr,
+    socket: std::net::TcpListener,
+    /// Alive while a [`Bound`] of it, or the server it was handed to, exists.
+    serving: Weak<()>,
+}
+
+/// A listening socket, non-blocking, ready for [`super::serve`] (which holds it, and its place among
+/// the kept sockets, until its server ends).
+#[derive(Debug)]
+pub struct Bound {
+    pub(crate) socket: std::net::TcpListener,
+    /// Says that this socket is served (None when nothing is kept).
+    pub(crate) serving: Option<Arc<()>>,
+}
+
+/// From now on, sockets bound by this process are kept open when their servers end, for the next
+/// run at their address (`sluice serve`).
+pub fn keep_across_runs() {
+    SOCKETS.keep();
+}
+
+/// Closes the kept sockets no server took back: addresses no running pipeline listens on.
+pub fn release_unclaimed() {
+    SOCKETS.release_unclaimed();
+}
+
+/// Binds `address` now (so a taken address is an error before the run starts); under
+/// [`keep_across_runs`], takes over the socket an ended run left listening there.
+pub fn bind(address: SocketAddr) -> Result<Bound, SourceError> {
+    SOCKETS.bind(address)
+}
+
+fn bind_error(address: SocketAddr) -> impl FnOnce(std::io::Error) -> SourceError {
+    move |source| SourceError::Io { context: format!("cannot listen on {address}"), source }
+}
+
+fn bind_now(address: SocketAddr) -> Result<std::net::TcpListener, SourceError> {
+    let socket = std::net::TcpListener::bind(address).map_err(bind_error(address))?;
+    socket.set_nonblocking(true).map_err(bind_error(address))?;
+    Ok(socket)
+}
+
+impl Sockets {
+    const fn new() -> Self {
+        Sockets { kept: Mutex::new(None) }
+    }
+
+    fn kept(&self) -> MutexGuard<'_, Option<Vec<Kept>>> {
+        // A panic while holding the list leaves it whole (every change is one push or retain).
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn keep(&self) {
+        self.kept().get_or_insert_with(Vec::new);
+    }
+
+    fn release_unclaimed(&self) {
+        if let Some(kept) = self.kept().as_mut() {
+            kept.retain(|k| k.serving.strong_count() > 0);
+        }
+    }
+
+    fn bind(&self, address: SocketAddr) -> Result<Bound, SourceError> {
+        let mut guard = self.kept();
+        let Some(kept) = guard.as_mut().filter(|_| address.port() != 0) else {
+            return Ok(Bound { socket: bind_now(address)?, serving: None });
+        };
+        let serving = Arc::new(());
+        if let Some(left) = kept.iter_mut().find(|k| k.address == address && k.serving.strong_count() == 0) {
+            let socket = left.socket.try_clone().map_err(bind_error(address))?;
+            left.serving = Arc::downgrade(&serving);
+            return Ok(Bound { socket, serving: Some(serving) });
+        }
+        // An ended run's socket on the same port (another address of this host, or all of them)
+        // would refuse this one: it is not wanted any more.
+        kept.retain(|k| k.address.port() != address.port() || k.serving.strong_count() > 0);
+        let socket = bind_now(address)?;
+        let handle = socket.try_clone().map_err(bind_error(address))?;
+        kept.push(Kept { address, socket: handle, serving: Arc::downgrade(&serving) });
+        Ok(Bound { socket, serving: Some(serving) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_outlives_its_server_only_until_a_run_takes_it_or_it_is_released() {
+        let sockets = Sockets::new();
+        let plain = sockets.bind("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")));
+        assert!(plain.is_ok_and(|b| b.serving.is_none()), "nothing is kept before `keep`");
+        sockets.keep();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let address = free.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        drop(free);
+        let first = sockets.bind(address).unwrap_or_else(|e| panic!("{e}"));
+        // A live server's address cannot be bound again.
+        assert!(matches!(sockets.bind(address), Err(SourceError::Io { .. })));
+        drop(first);
+        // Its server ended: a connection waits in the backlog, and the next run serves it.
+        let waiting = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("{e}"));
+        let second = sockets.bind(address).unwrap_or_else(|e| panic!("{e}"));
+        second.socket.set_nonblocking(false).unwrap_or_else(|e| panic!("{e}"));
+        let (accepted, from) = second.socket.accept().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from, waiting.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        drop((accepted, waiting));
+        sockets.release_unclaimed();
+        // Still served: still listening.
+        assert!(std::net::TcpStream::connect(address).is_ok());
+        drop(second);
+        sockets.release_unclaimed();
+        let refused = std::net::TcpStream::connect(address).map_err(|e| e.kind());
+        assert_eq!(refused.err(), Some(std::io::ErrorKind::ConnectionRefused));
+    }
+}
