@@ -754,7 +754,8 @@ fn the_api_serves_https_with_the_configured_certificate() {
 /// A certificate renewed in place is served without a restart (connectors/src/api/certificate.rs):
 /// a client trusting only the test CA sees the first certificate, then, once the renewed
 /// certificate is written beside the old key (as a renewal writes one file after the other), still
-/// the first (the pair is refused, said and counted), then the renewed one once its key follows.
+/// the first (the pair is refused, written to the error log and counted), then the renewed one
+/// once its key follows.
 /// `/metrics` shows the expiry of the certificate served and the reloads taken and refused.
 #[test]
 fn the_api_serves_a_renewed_certificate_without_a_restart() {
@@ -820,6 +821,8 @@ fn the_api_serves_a_renewed_certificate_without_a_restart() {
     let (code, printed) = running.stop();
     assert_eq!(code, 0, "{printed}");
     assert!(printed.contains("`key` is not the private key of `cert`'s certificate"), "{printed}");
+    // Written to the error log as the source's (here as its log line).
+    assert!(printed.contains("(api, Tls.RenewalRefused)"), "{printed}");
     // The test CA's two days are said at start and at the reload.
     assert_eq!(
         printed.matches(" days; renew it (the renewed files are served without a restart)").count(),

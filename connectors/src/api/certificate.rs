@@ -8,9 +8,10 @@
 //! settled (`crate::tls::FileWatch`: the files stayed as they are for one look, or were last
 //! written two seconds before or longer, so a file still being written is not read half way) and
 //! passes the checks of configure time ([`crate::tls::key_pair`]: PEM, a certificate, the key the
-//! certificate's). Otherwise the pair in use stays: the reason is logged once per change of the
-//! files and counted (`ListenerCertificateReloadFailures`), and the next change is looked at
-//! again. Connections already open keep the certificate they began with. The certificate's expiry
+//! certificate's). Otherwise the pair in use stays: the reason is said once per change of the
+//! files (a source's listener: in its pipeline's error log as the source's, `Tls.RenewalRefused`,
+//! as the connectors' refused client files are; `sluice serve`'s API: in the process's log) and
+//! counted (`ListenerCertificateReloadFailures`), and the next change is looked at again. Connections already open keep the certificate they began with. The certificate's expiry
 //! is logged at start and at each reload, warned about within [`crate::tls::WARN_WITHIN`] of it,
 //! and exported (`ListenerCertificateExpiry_seconds`, which docs/alerts.yml watches).
 
@@ -20,10 +21,11 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use axum_server::tls_rustls::RustlsConfig;
 use sluice_engine::contract::StopSignal;
-use sluice_engine::metrics::PipelineMetrics;
+use sluice_engine::error_log::Level;
+use sluice_engine::metrics::{PipelineMetrics, SourceMeter};
 
 use super::TlsFiles;
-use crate::tls::{FileWatch, LOOK_EVERY};
+use crate::tls::{FileWatch, LOOK_EVERY, RENEWAL_REFUSED};
 
 /// What a listener serves TLS with: its files, and the pipelines whose metrics show them.
 #[derive(Debug, Clone)]
@@ -32,6 +34,9 @@ pub struct ListenerTls {
     pub files: TlsFiles,
     /// Each pipeline served by the listener.
     pub metrics: ShownIn,
+    /// The source whose listener it is, which writes a refused renewal to its pipeline's error log
+    /// (`None` for `sluice serve`'s API, the process's: said in its log).
+    pub reported_by: Option<SourceMeter>,
 }
 
 /// The pipelines whose metrics show a listener's certificate.
@@ -114,12 +119,17 @@ async fn watch(
                 files.taken(changed);
             }
             Err(why) => {
-                tracing::warn!(
-                    cert = %tls.files.cert.display(),
-                    key = %tls.files.key.display(),
-                    "the TLS certificate's files changed and cannot be served ({why}); still serving the one \
-                     loaded before, and looking again when they change"
+                let message = format!(
+                    "the TLS certificate's files {} and {} changed and cannot be served ({why}); still serving \
+                     the one loaded before, and looking again when they change",
+                    tls.files.cert.display(),
+                    tls.files.key.display()
                 );
+                // The error log writes a log line too (or JSON on stderr).
+                match &tls.reported_by {
+                    Some(source) => source.report(Level::Warn, RENEWAL_REFUSED, &message),
+                    None => tracing::warn!("{message}"),
+                }
                 for metrics in tls.metrics.now() {
                     metrics.api.certificate.reload_failures.fetch_add(1, Relaxed);
                 }

@@ -53,15 +53,20 @@ impl TlsFiles {
         TlsFiles { cert: base.join(&self.cert), key: base.join(&self.key) }
     }
 
-    /// A listener's TLS with these files, its certificate shown in `metrics`' families.
-    pub fn served_for(&self, metrics: Vec<Arc<sluice_engine::metrics::PipelineMetrics>>) -> ListenerTls {
-        ListenerTls { files: self.clone(), metrics: certificate::ShownIn::Fixed(metrics) }
+    /// A source's listener's TLS with these files: its certificate shown in the families of the
+    /// source's pipeline, a refused renewal written to its error log as the source's.
+    pub fn served_for(&self, source: &sluice_engine::contract::PrepareContext) -> ListenerTls {
+        ListenerTls {
+            files: self.clone(),
+            metrics: certificate::ShownIn::Fixed(vec![Arc::clone(&source.metrics)]),
+            reported_by: Some(source.meter.clone()),
+        }
     }
 
     /// A listener's TLS with these files, its certificate shown in the families of the pipelines
     /// `served` names at each moment (`sluice serve`).
     pub fn served_for_each(&self, served: admin::Served) -> ListenerTls {
-        ListenerTls { files: self.clone(), metrics: certificate::ShownIn::Served(served) }
+        ListenerTls { files: self.clone(), metrics: certificate::ShownIn::Served(served), reported_by: None }
     }
 
     /// The files relative to `base`, checked when the pipeline is configured (readable PEM, the

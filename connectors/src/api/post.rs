@@ -462,7 +462,7 @@ impl Source for PostSource {
             (self.protocol.router)(Arc::clone(&self.endpoint)).layer(axum::extract::DefaultBodyLimit::disable());
         let listener = bind(self.listen)?;
         let queue = Arc::clone(&self.endpoint.queue);
-        let tls = self.tls.as_ref().map(|files| files.served_for(vec![Arc::clone(&ctx.metrics)]));
+        let tls = self.tls.as_ref().map(|files| files.served_for(ctx));
         serve(&ctx.runtime, listener, router, tls, self.limits, ctx.stop.clone(), move || vec![queue])
     }
 

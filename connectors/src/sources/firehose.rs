@@ -337,7 +337,7 @@ impl Source for FirehoseSource {
             Arc::new(ApiSlot::new(FirehoseApi::new(vec![endpoint], self.keys.clone(), &self.region, self.limits)));
         let listener = bind(self.listen)?;
         let queues = vec![Arc::clone(&self.queue)];
-        let tls = self.tls.as_ref().map(|files| files.served_for(vec![Arc::clone(&ctx.metrics)]));
+        let tls = self.tls.as_ref().map(|files| files.served_for(ctx));
         serve(&ctx.runtime, listener, router(api), tls, self.limits, ctx.stop.clone(), move || queues)
     }
 
