@@ -878,6 +878,20 @@ fn serve_serves_the_good_stream_pipelines_and_reports_the_rest() {
         ),
     )
     .unwrap();
+    // One that bound its first source's port, then could not start: that port is not left open.
+    let bound_first = free_port();
+    std::fs::write(
+        pipelines.join("bound.toml"),
+        format!(
+            "[pipeline]\nname = \"bound\"\ndata_dir = \"{}\"\n\
+             [sources.a]\ntype = \"http\"\nlisten = \"127.0.0.1:{bound_first}\"\n\
+             [sources.b]\ntype = \"http\"\nlisten = \"{}\"\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"a\", \"b\"]\nurl = \"memory://bound\"\n",
+            dir.path().join("data/bound").display(),
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
     let listen = format!("127.0.0.1:{port}");
     let running = Running::start(&["serve", pipelines.to_str().unwrap(), "--listen", &listen], port, 0);
     let listed = reqwest::blocking::Client::new()
@@ -889,6 +903,9 @@ fn serve_serves_the_good_stream_pipelines_and_reports_the_rest() {
         .unwrap();
     let listed: Value = serde_json::from_str(&listed.text().unwrap()).unwrap();
     assert_eq!(listed["DeliveryStreamNames"], serde_json::json!(["good"]), "only the pipeline that runs is served");
+    // (Answered once every pipeline was prepared.)
+    let refused = std::net::TcpStream::connect(("127.0.0.1", bound_first)).map_err(|e| e.kind());
+    assert_eq!(refused.err(), Some(std::io::ErrorKind::ConnectionRefused), "a port of a pipeline that did not start");
     let sent = strings(&client(&["put", &running.api, "good", "30"])["sent"]);
     let stopping = Instant::now();
     let (code, printed) = running.stop();

@@ -126,6 +126,8 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
     // prepared and its stream registered with the shared listener.
     let listener = sluice_connectors::api::bind(options.listen)?;
     let prepared = server.prepare_all(files);
+    // A pipeline that bound a port and then could not start leaves it closed.
+    sluice_connectors::api::bound::release_unclaimed();
     if prepared.is_empty() {
         eprintln!("error: no stream pipeline in {} can be served", dir.display());
         return Ok(ExitCode::from(1));
