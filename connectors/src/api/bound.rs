@@ -14,8 +14,9 @@
 //! Guarantees: a socket is taken over only from a server that has ended (its [`Bound`] and the
 //! server holding it dropped), so two live servers never share one, and binding an address a live
 //! server of this process holds fails as the operating system's bind does; a socket no run took
-//! back is closed by [`release_unclaimed`] (`sluice serve` calls it after each reload and when a
-//! run ends by itself), so a removed pipeline's port is refused again, as it was before the reload.
+//! back is closed by [`release_unclaimed`] (`sluice serve` calls it once its pipelines are prepared
+//! at start, after each reload and when a run ends by itself), so the port of a removed pipeline, or
+//! of one that could not start, is refused again.
 //! Without [`keep_across_runs`] (`sluice run`), binding is a plain bind and nothing is kept.
 
 use std::net::SocketAddr;
