@@ -4,16 +4,17 @@
 //! served without a restart. Beyond Firehose, whose endpoint's certificate is AWS's business.
 //!
 //! Guarantees: every connection gets a whole, checked pair. The files are looked at every
-//! [`LOOK_EVERY`] (as the connectors' client files are); a change is taken only once it has
-//! settled (`crate::tls::FileWatch`: the files stayed as they are for one look, or were last
-//! written two seconds before or longer, so a file still being written is not read half way) and
-//! passes the checks of configure time ([`crate::tls::key_pair`]: PEM, a certificate, the key the
-//! certificate's). Otherwise the pair in use stays: the reason is said once per change of the
-//! files (a source's listener: in its pipeline's error log as the source's, `Tls.RenewalRefused`,
-//! as the connectors' refused client files are; `sluice serve`'s API: in the process's log) and
-//! counted (`ListenerCertificateReloadFailures`), and the next change is looked at again. Connections already open keep the certificate they began with. The certificate's expiry
-//! is logged at start and at each reload, warned about within [`crate::tls::WARN_WITHIN`] of it,
-//! and exported (`ListenerCertificateExpiry_seconds`, which docs/alerts.yml watches).
+//! [`LOOK_EVERY`] (as the connectors' client files are); a change is taken only once it has settled
+//! (`crate::tls::FileWatch`: the files stayed as they are for one look, or were last written two
+//! seconds before or longer, so a file still being written is not read half way) and passes the
+//! checks of configure time ([`crate::tls::key_pair`]: PEM, a certificate, the key the
+//! certificate's). Otherwise the pair in use stays: the reason is said once per change of the files
+//! (a source's listener: in its pipeline's error log as the source's, `Tls.RenewalRefused`, as the
+//! connectors' refused client files are; `sluice serve`'s API: in the process's log) and counted
+//! (`ListenerCertificateReloadFailures`), and the next change is looked at again. Connections
+//! already open keep the certificate they began with. The certificate's expiry is logged at start
+//! and at each reload, warned about within [`crate::tls::WARN_WITHIN`] of it, and exported
+//! (`ListenerCertificateExpiry_seconds`, which docs/alerts.yml watches).
 
 use std::path::Path;
 use std::sync::Arc;

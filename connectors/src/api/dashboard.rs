@@ -177,13 +177,18 @@ pub fn take_frame(
         .iter()
         .map(|p| {
             // The same run's frame (a stream reloaded with `sluice serve` counts from 0 again).
-            let run = Arc::as_ptr(&p.metrics) as usize;
+            let run = run_of(p);
             let before = previous.and_then(|f| same_run(f, run, &p.stream));
             let window = window_start.and_then(|f| same_run(f, run, &p.stream));
             stream_frame(p, time, seconds, before, window)
         })
         .collect();
     Frame { time, streams }
+}
+
+/// Which run of its stream `p` is: the address of its counters (each run has its own).
+fn run_of(p: &MonitoredPipeline) -> usize {
+    Arc::as_ptr(&p.metrics) as usize
 }
 
 /// The frame of `stream` in `frame`, if it is of the run `run`.
@@ -275,7 +280,7 @@ fn stream_frame(
     let (inflight_bytes, inflight_limit_bytes) = m.inflight.get().map_or((0, 0), |b| (b.held(), b.limit()));
     StreamFrame {
         stream: p.stream.clone(),
-        run: Arc::as_ptr(&p.metrics) as usize,
+        run: run_of(p),
         process: m.process.get().copied(),
         records_in,
         bytes_in,

@@ -382,17 +382,18 @@ impl FirehoseApi {
     /// An API for `streams` in `region`, requiring SigV4 with one of `keys` (scoped to `region` and
     /// `firehose`) when any is configured, within the listener's `limits`.
     pub fn new(streams: Vec<StreamEndpoint>, keys: AccessKeys, region: &str, limits: ListenerLimits) -> Self {
-        FirehoseApi {
-            logs: streams.iter().any(|s| s.log.is_some()),
-            streams: streams.into_iter().map(|s| (s.info.name.clone(), s)).collect(),
+        let listener = FirehoseApi {
+            logs: false,
+            streams: BTreeMap::new(),
             reloading: std::collections::BTreeSet::new(),
-            keys,
+            keys: AccessKeys::default(),
             region: region.to_string(),
             limits,
             bodies: BodyBudget::new(limits.max_body_buffer),
             account: ACCOUNT.to_string(),
             record_ids: Arc::new(RecordIds { prefix: rand::random(), next: AtomicU64::new(0) }),
-        }
+        };
+        listener.with_streams(streams, keys, [])
     }
 
     /// The same listener's API (its region, limits, body budget and record ids) for `streams`

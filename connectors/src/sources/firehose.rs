@@ -263,21 +263,25 @@ impl SharedFirehose {
     /// `current`'s listener serving the streams registered now, those named in `reloading`
     /// answered ServiceUnavailableException.
     pub fn rebuilt(&self, current: &FirehoseApi, reloading: Vec<String>) -> FirehoseApi {
-        let streams = self.streams.lock().map(|s| s.clone()).unwrap_or_default();
-        // Conflicts were refused at registration.
-        let keys = Self::merged_keys(streams.iter()).unwrap_or_default();
+        let (streams, keys) = self.registered();
         current.with_streams(streams, keys, reloading)
     }
 
     /// The API serving every registered stream (none, possibly) in `region` within `limits`.
     pub fn api(&self, region: &str, limits: ListenerLimits) -> FirehoseApi {
-        let streams = self.streams.lock().map(|s| s.clone()).unwrap_or_default();
-        // Conflicts were refused at registration.
-        let keys = Self::merged_keys(streams.iter()).unwrap_or_default();
+        let (streams, keys) = self.registered();
         if !keys.is_empty() && streams.iter().any(|s| s.keys.is_empty()) {
             tracing::warn!("some streams have access keys and some do not: every request must now be signed");
         }
         FirehoseApi::new(streams, keys, region, limits)
+    }
+
+    /// The streams registered now, and the keys of them all.
+    fn registered(&self) -> (Vec<StreamEndpoint>, AccessKeys) {
+        let streams = self.streams.lock().map(|s| s.clone()).unwrap_or_default();
+        // Conflicts were refused at registration.
+        let keys = Self::merged_keys(streams.iter()).unwrap_or_default();
+        (streams, keys)
     }
 }
 

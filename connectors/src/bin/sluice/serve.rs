@@ -4,15 +4,16 @@
 //!
 //! Guarantees: a file with an error (or a pipeline that cannot start) is reported and left out, and
 //! the others are served; at a reload, a file whose text is unchanged (with the secrets it reads
-//! through `${file:PATH}`: a renewed one is a change) keeps its pipeline running untouched, a changed file that has an error keeps the pipeline it had (the error said), a new
-//! file's stream is served once its pipeline is prepared, and a removed or changed file's pipeline
-//! stops the way the whole process does at SIGTERM: its stream is taken out of the API first (a
-//! removed one is then not found; a changed one is answered ServiceUnavailableException, which the
-//! SDKs retry, until its new pipeline serves it), then its queue is closed, so every record
-//! acknowledged is in its queue (and log) and delivered by the stopping run, or by the next one
-//! from the log; the new pipeline of a changed file is prepared only after the old one has ended,
-//! so the two never share a log, while the ports of its own listeners (`http`, `http_endpoint`)
-//! stay open in between, their connections waiting for it ([`sluice_connectors::api::bound`]).
+//! through `${file:PATH}`: a renewed one is a change) keeps its pipeline running untouched, a
+//! changed file that has an error keeps the pipeline it had (the error said), a new file's stream
+//! is served once its pipeline is prepared, and a removed or changed file's pipeline stops the way
+//! the whole process does at SIGTERM: its stream is taken out of the API first (a removed one is
+//! then not found; a changed one is answered ServiceUnavailableException, which the SDKs retry,
+//! until its new pipeline serves it), then its queue is closed, so every record acknowledged is in
+//! its queue (and log) and delivered by the stopping run, or by the next one from the log; the new
+//! pipeline of a changed file is prepared only after the old one has ended, so the two never share
+//! a log, while the ports of its own listeners (`http`, `http_endpoint`) stay open in between,
+//! their connections waiting for it ([`sluice_connectors::api::bound`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ use sluice_connectors::api::{ListenerLimits, TlsFiles};
 use sluice_connectors::sources::firehose::{SET_ACCESS_KEYS, SharedFirehose, router as firehose_router};
 use sluice_connectors::tls::LOOK_EVERY;
 use sluice_engine::cluster::Cluster;
-use sluice_engine::config::{Plan, expanded_text, load_file_for};
+use sluice_engine::config::{Plan, expanded_text, load_str_for};
 use sluice_engine::contract::{SharedListener, StopSignal};
 use sluice_engine::metrics::PipelineMetrics;
 use sluice_engine::runtime::{RunOptions, RunReport};
@@ -213,19 +214,30 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
     Ok(server.worst.1)
 }
 
-/// What the folder's pipeline files hold: each `*.toml` by name, its text with its `${…}` expanded
-/// (so a renewed secret file is a change too).
-fn folder_texts(dir: &Path) -> BTreeMap<PathBuf, String> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return BTreeMap::new() };
-    entries
+/// A pipeline file's text as written, and with its `${…}` expanded (what a reload compares: a
+/// renewed secret file is a change too; never shown).
+struct FileText {
+    written: String,
+    expanded: String,
+}
+
+/// The folder's pipeline files: each `*.toml` (one that cannot be read left out) by name, in name
+/// order.
+fn folder_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, FileText>> {
+    Ok(std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .filter_map(|p| {
-            let text = std::fs::read_to_string(&p).ok()?;
-            let text = expanded_text(&text, p.parent().unwrap_or(Path::new("")));
-            Some((p, text))
+            let written = std::fs::read_to_string(&p).ok()?;
+            let expanded = expanded_text(&written, p.parent().unwrap_or(Path::new("")));
+            Some((p, FileText { written, expanded }))
         })
-        .collect()
+        .collect())
+}
+
+/// What the folder's pipeline files amount to, for `--watch` (nothing when it cannot be read).
+fn folder_texts(dir: &Path) -> BTreeMap<PathBuf, String> {
+    folder_files(dir).unwrap_or_default().into_iter().map(|(p, text)| (p, text.expanded)).collect()
 }
 
 /// `--watch`: looks at the folder every [`LOOK_EVERY`] and asks for a reload when what its files
@@ -262,24 +274,19 @@ impl Server<'_> {
     /// Every `*.toml` of the folder, by name, read, and loaded unless it is served as it is now
     /// (errors said and left out).
     fn read_folder(&self) -> anyhow::Result<BTreeMap<PathBuf, Read>> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir)
-            .with_context(|| format!("cannot read {}", self.dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        files.sort();
+        let files = folder_files(self.dir).with_context(|| format!("cannot read {}", self.dir.display()))?;
         let process = self.options.cluster.as_ref().map(|c| c.process);
         let mut read = BTreeMap::new();
-        for file in files {
-            let Ok(text) = std::fs::read_to_string(&file) else { continue };
-            let text = expanded_text(&text, file.parent().unwrap_or(Path::new("")));
+        for (file, FileText { written, expanded: text }) in files {
             // A file served as it is is not loaded again (nor its errors said again).
             if self.serving.get(&file).is_some_and(|s| s.text == text) {
                 read.insert(file, Read { text, plan: None, failed: false });
                 continue;
             }
             let mut failed = false;
-            let plan = match load_file_for(&file, &self.registry, process) {
+            // The text compared is the text loaded (the file is not read a second time).
+            let base_dir = file.parent().unwrap_or(Path::new(""));
+            let plan = match load_str_for(&file.display().to_string(), written, base_dir, &self.registry, process) {
                 Ok(plan) if plan.is_batch() => {
                     eprintln!(
                         "sluice serve: skipping {}: a batch pipeline (its sources end by themselves); run it with `sluice run`",
