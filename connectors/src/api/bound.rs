@@ -149,4 +149,22 @@ mod tests {
         let refused = std::net::TcpStream::connect(address).map_err(|e| e.kind());
         assert_eq!(refused.err(), Some(std::io::ErrorKind::ConnectionRefused));
     }
+
+    /// A run that moved to another address of the same port (`127.0.0.1` to `0.0.0.0`) binds it:
+    /// the ended run's kept socket on that port is let go instead of refusing the bind.
+    #[test]
+    fn a_new_address_on_the_same_port_lets_an_ended_runs_socket_go() {
+        let sockets = Sockets::new();
+        sockets.keep();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let port = free.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+        drop(free);
+        let before = sockets.bind(SocketAddr::from(([127, 0, 0, 1], port))).unwrap_or_else(|e| panic!("{e}"));
+        let everywhere = SocketAddr::from(([0, 0, 0, 0], port));
+        // While it is served, the port is taken.
+        assert!(matches!(sockets.bind(everywhere), Err(SourceError::Io { .. })));
+        drop(before);
+        let after = sockets.bind(everywhere).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(after.socket.local_addr().unwrap_or_else(|e| panic!("{e}")), everywhere);
+    }
 }
