@@ -10,8 +10,9 @@ use super::support::{firehose_call, firehose_to_files, free_port, python, repo_r
 
 /// The page's figures move and match /metrics, its layout holds still, an outage shows in the
 /// success ratio and the error list, a Kinesis source reading an hour behind its stream (moto,
-/// behind the test proxy that says so as Kinesis would) shows in red, it loads nothing from
-/// elsewhere; the screenshot lands in target/test-output/dashboard/.
+/// behind the test proxy that says so as Kinesis would) shows in red, so does the end of the API
+/// listener's certificate two days away, it loads nothing from elsewhere; the screenshot lands in
+/// target/test-output/dashboard/.
 #[test]
 fn the_dashboard_in_chromium_follows_a_run_and_shows_an_outage() {
     let work = tempfile::tempdir().unwrap();
@@ -21,6 +22,8 @@ fn the_dashboard_in_chromium_follows_a_run_and_shows_an_outage() {
     let stream = super::kinesis::create_stream(&moto, "trail", 1);
     let behind = std::sync::Arc::new(super::kinesis::Faults::behind(3_600_000));
     let (kinesis, _proxy_runtime) = super::kinesis::fault_proxy(&moto.endpoint, behind);
+    // The API listener serves a certificate that ends in two days: within the alert rules' 14.
+    let certificates = super::support::TestCertificates::make();
     let checked = Command::new(python())
         .arg(repo_root().join("tests/dashboard_check.py"))
         .arg(env!("CARGO_BIN_EXE_sluice"))
@@ -28,6 +31,8 @@ fn the_dashboard_in_chromium_follows_a_run_and_shows_an_outage() {
         .arg(&out)
         .arg(format!("http://127.0.0.1:{kinesis}"))
         .arg(&stream)
+        .arg("--tls")
+        .args(["server.pem", "server.key", "ca.pem"].map(|f| certificates.path(f)))
         .envs(super::security::aws_env())
         .output()
         .unwrap();
@@ -40,7 +45,7 @@ fn the_dashboard_in_chromium_follows_a_run_and_shows_an_outage() {
     );
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     let checks = report["checks"].as_object().unwrap();
-    assert!(checks.len() >= 15 && checks.values().all(|ok| ok == true), "{report}");
+    assert!(checks.len() >= 18 && checks.values().all(|ok| ok == true), "{report}");
     let screenshot = std::fs::read(out.join("dashboard.png")).unwrap();
     assert!(screenshot.starts_with(b"\x89PNG"), "a PNG screenshot");
 }

@@ -1,6 +1,6 @@
 """The dashboard (issue 19 §1) in a real browser: Debian's Chromium driven by Playwright.
 
-    dashboard_check.py SLUICE WORKDIR OUTDIR [KINESIS_ENDPOINT STREAM_ARN]
+    dashboard_check.py SLUICE WORKDIR OUTDIR [KINESIS_ENDPOINT STREAM_ARN] [--tls CERT KEY CA]
 
 Starts a Firehose HTTP endpoint receiver (Firehose's HTTP endpoint protocol: 200 with the request's
 requestId, or 503 while an outage is injected), runs `SLUICE run --admin` on a pipeline whose
@@ -13,6 +13,9 @@ the whole time, and checks in the page:
   - an outage of the destination shows in the success ratio, the retries and the error list;
   - with a Kinesis stream given (one the source reads an hour behind its tip), how far behind
     shows in its tile, in red, as /metrics says;
+  - with `--tls` (the API listener serves CERT and KEY, which CA signed; the producer trusts CA),
+    when the listener's certificate ends shows beside the stream's name, in red within the alert
+    rules' 14 days, as /metrics says;
 then takes a screenshot into OUTDIR. Prints a JSON report; exits non-zero when a check fails.
 """
 
@@ -70,11 +73,12 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def produce(endpoint, stop, sent):
+def produce(endpoint, stop, sent, ca):
     """PutRecordBatch of 50 records every 50 ms until `stop`: about 1,000 records/s."""
     client = boto3.client(
         "firehose",
         endpoint_url=endpoint,
+        verify=ca if ca else None,
         region_name="us-east-1",
         aws_access_key_id="AKIDDASHBOARD",
         aws_secret_access_key="secret",
@@ -112,8 +116,13 @@ def metric(samples, family, **labels):
 
 
 def main():
-    sluice, workdir, outdir = sys.argv[1:4]
-    kinesis = sys.argv[4:6]
+    args = sys.argv[1:]
+    tls = None
+    if "--tls" in args:
+        at = args.index("--tls")
+        tls, args = args[at + 1:at + 4], args[:at]
+    sluice, workdir, outdir = args[0:3]
+    kinesis = args[3:5]
     os.makedirs(outdir, exist_ok=True)
     receiver_port, api_port, admin_port = free_port(), free_port(), free_port()
     server = ThreadingHTTPServer(("127.0.0.1", receiver_port), Receiver)
@@ -128,6 +137,7 @@ stop_timeout_s = 2
 [sources.api]
 type = "firehose"
 listen = "127.0.0.1:{api_port}"
+{f'tls = {{ cert = "{tls[0]}", key = "{tls[1]}" }}' if tls else ''}
 
 [transforms.no_debug]
 type = "jq"
@@ -160,9 +170,11 @@ backup_store = {{ url = "file://{workdir}/backup" }}
                     raise SystemExit(f"sluice did not start; see {outdir}/sluice.log")
                 time.sleep(0.2)
         sent = [0]
-        producer = threading.Thread(target=produce, args=(f"http://127.0.0.1:{api_port}", stop, sent), daemon=True)
+        scheme = "https" if tls else "http"
+        ca = tls[2] if tls else None
+        producer = threading.Thread(target=produce, args=(f"{scheme}://127.0.0.1:{api_port}", stop, sent, ca), daemon=True)
         producer.start()
-        run_checks(admin, outdir, report, bool(kinesis))
+        run_checks(admin, outdir, report, bool(kinesis), bool(tls))
         stop.set()
         producer.join(timeout=10)
         report["sent"] = sent[0]
@@ -192,7 +204,7 @@ poll_ms = 200
 """
 
 
-def run_checks(admin, outdir, report, kinesis):
+def run_checks(admin, outdir, report, kinesis, tls):
     checks = report["checks"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
@@ -269,6 +281,25 @@ def run_checks(admin, outdir, report, kinesis):
             except Exception as e:  # noqa: BLE001 (the report says which check failed)
                 checks["kinesis lag matches /metrics"] = False
                 report["kinesis error"] = str(e)
+
+        if tls:
+            # When the listener's certificate ends: two days from now, within the alert rules'
+            # 14 days, so in red.
+            chip = f'{stream}[data-metric="certificate_ends_s"][data-certificate="listener"]'
+            try:
+                page.wait_for_selector(chip, timeout=20_000)
+                element = page.locator(chip).first
+                text, ends = element.text_content(), value(chip)
+                report["listener certificate"] = [text, ends, element.get_attribute("class")]
+                gauge = metric(scrape(admin), "sluice_ListenerCertificateExpiry_seconds", stream=STREAM)
+                checks["listener certificate end matches /metrics"] = ends is not None and ends == gauge > 0
+                checks["listener certificate ending soon shown in red"] = "bad" in (element.get_attribute("class") or "").split()
+                checks["listener certificate end reads as time left"] = re.fullmatch(
+                    r"API certificate ends in 4[78] h \d\d min", text or ""
+                ) is not None
+            except Exception as e:  # noqa: BLE001 (the report says which check failed)
+                checks["listener certificate end matches /metrics"] = False
+                report["certificate error"] = str(e)
 
         # No layout jump: the tiles and tables keep their boxes while numbers change.
         boxes = "() => [...document.querySelectorAll('.tile, table, .errors')].map(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height].map(Math.round).join(','); })"

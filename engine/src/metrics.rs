@@ -622,6 +622,23 @@ impl ApiMetrics {
 /// `ListenerCertificateExpiry_seconds`).
 pub const CLIENT_CERTIFICATE_EXPIRY: &str = "ClientCertificateExpiry_seconds";
 
+/// Days before a certificate's end from which it is shown as ending soon: the threshold of the
+/// alert rules `SluiceListenerCertificateExpiring` and `SluiceClientCertificateExpiring`
+/// (docs/alerts.yml), which the dashboard and `sluice top` follow.
+pub const CERTIFICATE_ENDING_DAYS: u64 = 14;
+
+/// A TLS certificate a stream uses and when it ends ([`PipelineMetrics::certificate_ends`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertificateEnd {
+    /// Whose it is: `listener` (the certificate the API listener serves), or the kind of
+    /// connector that presents it as its client certificate: `destination`, `source`, `transform`.
+    pub of: &'static str,
+    /// The connector's name (none for the listener).
+    pub name: Option<String>,
+    /// When it ends, Unix seconds.
+    pub ends_s: u64,
+}
+
 /// Counters of a whole pipeline run.
 #[derive(Debug, Default)]
 pub struct PipelineMetrics {
@@ -667,6 +684,25 @@ impl PipelineMetrics {
         if let Ok(mut certificates) = self.client_certificates.lock() {
             certificates.insert((label, name.to_string()), expiry_s);
         }
+    }
+
+    /// The certificates the stream uses whose end is known: the API listener's (when it serves
+    /// TLS), then each connector's client certificate by kind and name.
+    pub fn certificate_ends(&self) -> Vec<CertificateEnd> {
+        let certificate = &self.api.certificate;
+        let listener = certificate.expiry_s.load(Relaxed);
+        let mut ends = Vec::new();
+        if certificate.served.load(Relaxed) && listener > 0 {
+            ends.push(CertificateEnd { of: "listener", name: None, ends_s: listener });
+        }
+        if let Ok(certificates) = self.client_certificates.lock() {
+            ends.extend(certificates.iter().map(|((of, name), ends_s)| CertificateEnd {
+                of,
+                name: Some(name.clone()),
+                ends_s: *ends_s,
+            }));
+        }
+        ends
     }
 
     /// Reports `event` to the error log, if the pipeline has one.
@@ -854,11 +890,16 @@ impl PipelineMetrics {
             text.sample("sluice_LogRetentionBytes", "gauge", &stream_label, retention);
         }
         let certificate = &api.certificate;
-        if certificate.served.load(Relaxed) {
-            let expiry = certificate.expiry_s.load(Relaxed);
-            if expiry > 0 {
-                text.sample("sluice_ListenerCertificateExpiry_seconds", "gauge", &stream_label, expiry);
+        for end in self.certificate_ends() {
+            match &end.name {
+                None => text.sample("sluice_ListenerCertificateExpiry_seconds", "gauge", &stream_label, end.ends_s),
+                Some(name) => {
+                    let labels = format!("{stream_label},{}=\"{}\"", end.of, label_value(name));
+                    text.sample(&format!("sluice_{CLIENT_CERTIFICATE_EXPIRY}"), "gauge", &labels, end.ends_s);
+                }
             }
+        }
+        if certificate.served.load(Relaxed) {
             text.sample(
                 "sluice_ListenerCertificateReloads",
                 "counter",
@@ -867,13 +908,6 @@ impl PipelineMetrics {
             );
             let failures = certificate.reload_failures.load(Relaxed);
             text.sample("sluice_ListenerCertificateReloadFailures", "counter", &stream_label, failures);
-        }
-        if let Ok(certificates) = self.client_certificates.lock() {
-            let family = format!("sluice_{CLIENT_CERTIFICATE_EXPIRY}");
-            for ((label, name), expiry) in certificates.iter() {
-                let labels = format!("{stream_label},{label}=\"{}\"", label_value(name));
-                text.sample(&family, "gauge", &labels, expiry);
-            }
         }
         if let Some(budget) = self.inflight.get() {
             text.sample("sluice_InFlightBytes", "gauge", &stream_label, budget.held());
@@ -1029,5 +1063,40 @@ mod tests {
         assert_eq!(tally.busiest_throughput(at(31.0)), 0);
         // The summary's counts are the records, whatever the windows.
         assert_eq!(tally.largest().collect::<Vec<_>>(), [("a", 20), ("b", 11)]);
+    }
+
+    /// The certificates a stream uses are listed once for every reader (/metrics, the dashboard,
+    /// `sluice top`): the listener's only while it serves TLS and its end is known, then each
+    /// connector's client certificate; /metrics renders each in its own family.
+    #[test]
+    fn a_stream_s_certificate_ends_are_listed_for_metrics_and_the_dashboard() {
+        let m = PipelineMetrics::new(1, 1);
+        assert!(m.certificate_ends().is_empty());
+        m.api.certificate.expiry_s.store(1_900_000_000, Relaxed);
+        assert!(m.certificate_ends().is_empty(), "a listener without TLS has no certificate");
+        m.api.certificate.served.store(true, Relaxed);
+        m.set_client_certificate_expiry("destination", "siem", 1_800_000_000);
+        let ends = m.certificate_ends();
+        let listed: Vec<_> = ends.iter().map(|e| (e.of, e.name.as_deref(), e.ends_s)).collect();
+        assert_eq!(listed, [("listener", None, 1_900_000_000), ("destination", Some("siem"), 1_800_000_000)]);
+        let mut text = PrometheusText::default();
+        m.render_prometheus(&mut text, "s", &[], 0);
+        let text = text.finish();
+        assert!(text.contains("sluice_ListenerCertificateExpiry_seconds{stream=\"s\"} 1900000000"), "{text}");
+        assert!(
+            text.contains("sluice_ClientCertificateExpiry_seconds{stream=\"s\",destination=\"siem\"} 1800000000"),
+            "{text}"
+        );
+    }
+
+    /// The dashboard's and `sluice top`'s "ending soon" is the alert rules' threshold.
+    #[test]
+    fn the_ending_soon_threshold_is_the_alert_rules_one() {
+        let rules = include_str!("../../docs/alerts.yml");
+        let threshold = format!("< {CERTIFICATE_ENDING_DAYS} * 86400");
+        for family in ["sluice_ListenerCertificateExpiry_seconds", "sluice_ClientCertificateExpiry_seconds"] {
+            let rule = rules.lines().find(|l| l.contains("expr:") && l.contains(family)).unwrap_or_default();
+            assert!(rule.contains(&threshold), "{family}'s rule is not `{threshold}`: {rule}");
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! delivered records/s, the success ratio of delivery attempts over the last minute, retries/s,
 //! records sent to the error output by reason, bytes buffered against `size_mb`, the oldest
 //! buffered record's age against `interval_s` and data freshness; per transform records in, out,
-//! dropped and failed per second. Totals travel with the rates, so what the page shows can be
+//! dropped and failed per second; when the TLS certificates the stream uses (the API listener's,
+//! connectors' client certificates) end. Totals travel with the rates, so what the page shows can be
 //! checked against `/metrics`, which reads the same counters.
 //!
 //! Guarantees: one sampler per process reads the counters once a second (atomics and short locks,
@@ -29,6 +30,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
+use sluice_engine::metrics::{CERTIFICATE_ENDING_DAYS, CertificateEnd};
 use sluice_engine::record::now_ms;
 use tokio::sync::broadcast;
 
@@ -89,6 +91,10 @@ pub struct StreamFrame {
     /// The sources' own gauges by family, each the largest over the stream's sources (a Kinesis
     /// source's `KinesisMillisBehindLatest`: how far behind its stream's tip it reads, in ms).
     pub source_gauges: BTreeMap<&'static str, u64>,
+    /// When the TLS certificates the stream uses end: the API listener's and each connector's
+    /// client certificate (absent when it uses none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateEnd>,
     /// Per sink, in plan order.
     pub sinks: Vec<SinkFrame>,
     /// Per transform, in plan order.
@@ -293,6 +299,7 @@ fn stream_frame(
         log_bytes: api.log_bytes.load(Relaxed),
         log_limit_bytes: (retention > 0).then_some(retention),
         source_gauges: m.source_gauges(),
+        certificates: m.certificate_ends(),
         sinks,
         transforms,
     }
@@ -361,8 +368,13 @@ pub fn router(pipelines: super::admin::Served) -> Router {
     Router::new().route("/", get(page)).route("/events", get(events)).with_state(dashboard)
 }
 
+/// The page as served: with the alert rules' threshold for certificates ending soon.
+fn page_text() -> String {
+    PAGE.replace("{{CERTIFICATE_ENDING_DAYS}}", &CERTIFICATE_ENDING_DAYS.to_string())
+}
+
 async fn page() -> Response {
-    let mut response = Html(PAGE).into_response();
+    let mut response = Html(page_text()).into_response();
     // Nothing from elsewhere: no CDN, fonts or scripts; the event stream from this origin only.
     response.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
@@ -434,9 +446,30 @@ mod tests {
         assert_eq!((sink.delivered_per_s, sink.retries_per_s, sink.success), (500.0, 0.5, Some(0.75)));
         assert_eq!((sink.buffered_bytes, sink.buffer_age_s), (4096, Some(3.0)));
         assert_eq!((s.transforms[0].per_s, s.transforms[0].dropped), ([1_000.0, 0.0, 250.0, 0.0], 500));
+        assert!(s.certificates.is_empty());
         // A window in which nothing was tried has no ratio.
         let third = take_frame(std::slice::from_ref(&p), 13_000, Some(&second), Some(&second));
         assert_eq!(third.streams[0].sinks[0].success, None);
+    }
+
+    /// A frame says when the certificates the stream uses end, and only when it uses some (the
+    /// page's certificate chips read `certificates`).
+    #[test]
+    fn frames_say_when_the_stream_s_certificates_end() {
+        let p = pipeline();
+        let none = serde_json::to_value(take_frame(std::slice::from_ref(&p), 1_000, None, None)).unwrap();
+        assert!(none["streams"][0].get("certificates").is_none(), "{none}");
+        p.metrics.api.certificate.served.store(true, Relaxed);
+        p.metrics.api.certificate.expiry_s.store(1_900_000_000, Relaxed);
+        p.metrics.set_client_certificate_expiry("destination", "out", 1_800_000_000);
+        let frame = serde_json::to_value(take_frame(std::slice::from_ref(&p), 2_000, None, None)).unwrap();
+        assert_eq!(
+            frame["streams"][0]["certificates"],
+            serde_json::json!([
+                {"of": "listener", "name": null, "ends_s": 1_900_000_000u64},
+                {"of": "destination", "name": "out", "ends_s": 1_800_000_000u64},
+            ])
+        );
     }
 
     /// The page is whole: nothing it loads comes from elsewhere.
@@ -446,5 +479,11 @@ mod tests {
             assert!(!PAGE.contains(outside), "the page refers to something outside itself: {outside}");
         }
         assert!(PAGE.contains("new EventSource(\"events\")"));
+        let served = page_text();
+        assert!(
+            served.contains(&format!("const ENDING_DAYS = {CERTIFICATE_ENDING_DAYS};")),
+            "the threshold is filled in"
+        );
+        assert!(!served.contains("{{"), "no placeholder is left");
     }
 }

@@ -1,7 +1,8 @@
 //! `sluice top ADDR`: the admin endpoint's figures as a terminal view, for an ssh session where no
 //! browser reaches the dashboard. It scrapes `GET /metrics` once a second and redraws: per stream
 //! incoming records/s and MB/s, throttled records/s, in-flight bytes and the write-ahead log's
-//! size, and how far a Kinesis source reads behind its stream; per sink delivered records/s, the success ratio, retries/s, bytes buffered, data freshness
+//! size, how far a Kinesis source reads behind its stream, and the TLS certificates it uses that
+//! end within the alert rules' 14 days (or have ended); per sink delivered records/s, the success ratio, retries/s, bytes buffered, data freshness
 //! and records sent to the error output; per transform records in/out/dropped/failed per second.
 //!
 //! Guarantees: it only reads `/metrics`; an address that does not answer is shown as such and
@@ -105,6 +106,54 @@ fn is_delivery(family: &str, suffix: &str) -> bool {
     family.starts_with("sluice_DeliveryTo") && family.ends_with(suffix)
 }
 
+/// The certificates of `stream` (the API listener's, connectors' client certificates) that end
+/// within the alert rules' threshold or have ended, each said as a line.
+fn certificates_ending(now: &Scrape, stream: &str) -> Vec<String> {
+    use sluice_engine::metrics::{CERTIFICATE_ENDING_DAYS, CLIENT_CERTIFICATE_EXPIRY};
+    let unix_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let client = format!("sluice_{CLIENT_CERTIFICATE_EXPIRY}");
+    let mut lines = Vec::new();
+    for (family, labels, ends) in &now.samples {
+        if labels.get("stream").map(String::as_str) != Some(stream) {
+            continue;
+        }
+        let whose = if family == "sluice_ListenerCertificateExpiry_seconds" {
+            "API certificate".to_string()
+        } else if *family == client {
+            let Some((kind, name)) = ["destination", "source", "transform"]
+                .iter()
+                .find_map(|k| labels.get(*k).map(|name| (if *k == "destination" { "sink" } else { *k }, name)))
+            else {
+                continue;
+            };
+            format!("{kind} {name}'s client certificate")
+        } else {
+            continue;
+        };
+        let left = ends - unix_now;
+        if left >= (CERTIFICATE_ENDING_DAYS * 86_400) as f64 {
+            continue;
+        }
+        let when = if left <= 0.0 {
+            format!("ended {} ago", days_hours(-left))
+        } else {
+            format!("ends in {} (within the {CERTIFICATE_ENDING_DAYS}-day alert)", days_hours(left))
+        };
+        lines.push(format!("{whose} {when}"));
+    }
+    lines
+}
+
+/// `seconds` as days and hours (hours and minutes under a day).
+fn days_hours(seconds: f64) -> String {
+    let s = seconds as u64;
+    if s >= 86_400 {
+        format!("{} d {} h", s / 86_400, s % 86_400 / 3_600)
+    } else {
+        format!("{} h {} min", s / 3_600, s % 3_600 / 60)
+    }
+}
+
 /// One frame of the view.
 fn frame(address: SocketAddr, now: &Scrape, before: Option<&Scrape>) -> String {
     let mut out = String::new();
@@ -135,6 +184,9 @@ fn frame(address: SocketAddr, now: &Scrape, before: Option<&Scrape>) -> String {
             let behind = now.value(kinesis, &with) / 1000.0;
             let alert = if behind > 300.0 { "  (past the 5 min alert)" } else { "" };
             out.push_str(&format!("{:<28} kinesis source {behind:.1} s behind its stream{alert}\n", ""));
+        }
+        for line in certificates_ending(now, s) {
+            out.push_str(&format!("{:<28} {line}\n", ""));
         }
     }
     out.push_str(&format!(
@@ -299,5 +351,27 @@ mod tests {
         let now = Scrape { at: start + Duration::from_secs(2), samples: parse(&lagging) };
         let shown = frame("127.0.0.1:1".parse().unwrap(), &now, Some(&before));
         assert!(shown.contains("kinesis source 3600.0 s behind its stream  (past the 5 min alert)"), "{shown}");
+        assert!(!shown.contains("certificate"), "{shown}");
+    }
+
+    /// A certificate ending within the alert rules' threshold, or ended, is said under its
+    /// stream's line; one ending later is not.
+    #[test]
+    fn certificates_ending_soon_are_said_under_their_stream() {
+        let unix_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let text = format!(
+            "sluice_IncomingRecords{{stream=\"s\"}} 0\n\
+             sluice_ListenerCertificateExpiry_seconds{{stream=\"s\"}} {}\n\
+             sluice_ClientCertificateExpiry_seconds{{stream=\"s\",destination=\"siem\"}} {}\n\
+             sluice_ClientCertificateExpiry_seconds{{stream=\"s\",transform=\"enrich\"}} {}\n",
+            unix_now + 90 * 86_400,
+            unix_now + 2 * 86_400 + 3 * 3_600 + 60,
+            unix_now - 7_200,
+        );
+        let now = Scrape { at: Instant::now(), samples: parse(&text) };
+        let shown = frame("127.0.0.1:1".parse().unwrap(), &now, None);
+        assert!(shown.contains("sink siem's client certificate ends in 2 d 3 h (within the 14-day alert)"), "{shown}");
+        assert!(shown.contains("transform enrich's client certificate ended 2 h 0 min ago"), "{shown}");
+        assert!(!shown.contains("API certificate"), "ninety days left is not said: {shown}");
     }
 }
