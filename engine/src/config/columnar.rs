@@ -112,10 +112,8 @@ fn load_schema_file(
             return None;
         }
     };
-    // Like pipeline files, a schema's text is loaded once and lives for the process.
-    let text: &'static str = Box::leak(text.into_boxed_str());
     let mut inner = Vec::new();
-    let schema = match parse_document(text, path.parent().unwrap_or(Path::new("."))) {
+    let schema = match parse_document(&text, path.parent().unwrap_or(Path::new("."))) {
         Ok(root) => read_columns(root, &mut inner),
         Err(d) => {
             inner = d;
@@ -125,7 +123,7 @@ fn load_schema_file(
     if inner.is_empty() {
         return schema;
     }
-    let rendered = Diagnostics::new(as_written, text, inner);
+    let rendered = Diagnostics::new(as_written, &text, inner);
     let lines: Vec<String> = rendered
         .short()
         .into_iter()

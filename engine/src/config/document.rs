@@ -18,15 +18,15 @@ use toml::de::{DeTable, DeValue};
 
 use super::diagnostic::{Diagnostic, Problems, did_you_mean, unknown_key_hint};
 
-/// A spanned TOML value that owns its data.
-pub type Value = Spanned<DeValue<'static>>;
+/// A spanned TOML value; it may borrow from the text it was parsed from.
+pub type Value<'a> = Spanned<DeValue<'a>>;
 
 /// Parses TOML text into a spanned table and expands `${VAR}` and `${file:PATH}` (PATH relative to
 /// `base_dir`) in every string.
 ///
-/// The text must live for the whole process (the caller leaks it once per loaded file): the
-/// spanned tree borrows from it, and configs are loaded once.
-pub fn parse_document(source: &'static str, base_dir: &Path) -> Result<Section, Vec<Diagnostic>> {
+/// The tree borrows from `source`; what a pipeline is resolved into owns its data, so the text is
+/// dropped once the pipeline is loaded.
+pub fn parse_document<'a>(source: &'a str, base_dir: &Path) -> Result<Section<'a>, Vec<Diagnostic>> {
     let (table, errors) = DeTable::parse_recoverable(source);
     if !errors.is_empty() {
         return Err(errors
@@ -62,7 +62,7 @@ fn i64_of(i: &toml::de::DeInteger<'_>) -> Option<i64> {
 }
 
 /// Expands `${VAR}` and `${file:PATH}` in every string of `value`.
-fn expand_env(value: &mut Value, base_dir: &Path, problems: &mut Vec<Diagnostic>) {
+fn expand_env(value: &mut Value<'_>, base_dir: &Path, problems: &mut Vec<Diagnostic>) {
     let span = value.span();
     match value.get_mut() {
         DeValue::String(s) => match expand_env_in(s, Some(base_dir)) {
@@ -184,7 +184,7 @@ pub fn type_name(v: &DeValue<'_>) -> &'static str {
 
 /// A TOML table being read: keys are taken out as they are read, and what is left is unknown.
 #[derive(Debug, Clone)]
-pub struct Section {
+pub struct Section<'a> {
     /// Dotted path of the table for messages, e.g. `sinks.archive`.
     pub path: String,
     /// Where the table is in the source.
@@ -196,7 +196,7 @@ pub struct Section {
     asked: Vec<String>,
     /// Keys taken whose value a `take_*` refused, with the problem reported ([`Self::misread`]).
     misread: Vec<String>,
-    entries: DeTable<'static>,
+    entries: DeTable<'a>,
 }
 
 /// A key of a table and where its value is ([`Section::key_at`]).
@@ -231,7 +231,7 @@ impl KeyAt {
     }
 }
 
-impl Section {
+impl<'a> Section<'a> {
     /// Whether the table has `key`.
     pub fn contains(&self, key: &str) -> bool {
         self.entries.contains_key(key)
@@ -305,7 +305,7 @@ impl Section {
     }
 
     /// Takes `key` out of the table.
-    pub fn take(&mut self, key: &str) -> Option<Value> {
+    pub fn take(&mut self, key: &str) -> Option<Value<'a>> {
         if !self.asked.iter().any(|k| k == key) {
             self.asked.push(key.to_string());
         }
@@ -314,19 +314,19 @@ impl Section {
 
     /// Takes `keys` out of the table as they are written, to put them back with
     /// [`Self::restore`] (a connector reading a key the engine also knows keeps it from the engine).
-    pub fn set_aside(&mut self, keys: &[&str]) -> Vec<(toml::Spanned<std::borrow::Cow<'static, str>>, Value)> {
+    pub fn set_aside(&mut self, keys: &[&str]) -> Vec<(toml::Spanned<std::borrow::Cow<'a, str>>, Value<'a>)> {
         keys.iter().filter_map(|k| self.entries.remove_entry(*k)).collect()
     }
 
     /// Puts back what [`Self::set_aside`] took.
-    pub fn restore(&mut self, entries: Vec<(toml::Spanned<std::borrow::Cow<'static, str>>, Value)>) {
+    pub fn restore(&mut self, entries: Vec<(toml::Spanned<std::borrow::Cow<'a, str>>, Value<'a>)>) {
         for (key, value) in entries {
             self.entries.insert(key, value);
         }
     }
 
     /// Takes a sub-table.
-    pub fn take_table(&mut self, key: &str, problems: &mut Vec<Diagnostic>) -> Option<Section> {
+    pub fn take_table(&mut self, key: &str, problems: &mut Vec<Diagnostic>) -> Option<Section<'a>> {
         let value = self.take(key)?;
         let span = value.span();
         let path = if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) };
@@ -443,7 +443,7 @@ impl Section {
     }
 
     /// Takes an array of tables (`[[key]]` or `key = [{...}, ...]`).
-    pub fn take_table_array(&mut self, key: &str, problems: &mut Vec<Diagnostic>) -> Option<Vec<Section>> {
+    pub fn take_table_array(&mut self, key: &str, problems: &mut Vec<Diagnostic>) -> Option<Vec<Section<'a>>> {
         let value = self.take(key)?;
         let span = value.span();
         let label = self.label(key);
@@ -518,7 +518,7 @@ impl Section {
         // connector is then not built. The placeholder's span is no key's: serde's complaint about
         // it means "another kind".
         let stand_in_span = whole.end..whole.end;
-        let mut stand_in: Option<(Spanned<std::borrow::Cow<'static, str>>, usize)> = None;
+        let mut stand_in: Option<(Spanned<std::borrow::Cow<'a, str>>, usize)> = None;
         let mut stood_in: Vec<String> = Vec::new();
         loop {
             let value: Value = Spanned::new(whole.clone(), DeValue::Table(entries.clone()));
@@ -619,7 +619,7 @@ impl Section {
 const STAND_INS: &[&str] = &["\"\"", "0", "false", "[]", "{}"];
 
 /// The value `text` (one of [`STAND_INS`]) at `span`.
-fn stand_in_value(text: &'static str, span: &Range<usize>) -> Value {
+fn stand_in_value(text: &'static str, span: &Range<usize>) -> Value<'static> {
     let value = DeValue::parse(text).map(Spanned::into_inner).unwrap_or(DeValue::Boolean(false));
     Spanned::new(span.clone(), value)
 }
@@ -664,8 +664,8 @@ const KEYS_PROBE: &str = "{ \"\\u0001\" = 0 }";
 /// taken too (`url_alone`). `None` when serde does not list the keys (a table of any keys, or one
 /// that takes unknown keys).
 fn table_hint<T: DeserializeOwned>(
-    entries: &DeTable<'static>,
-    key: &Spanned<std::borrow::Cow<'static, str>>,
+    entries: &DeTable<'_>,
+    key: &Spanned<std::borrow::Cow<'_, str>>,
     whole: &Range<usize>,
     url_alone: bool,
 ) -> Option<String> {
@@ -695,8 +695,8 @@ fn expects_a_table(message: &str) -> bool {
 
 /// The path below `value` to the innermost value `span` is in (`.url`, `[1].name`; empty for
 /// `value` itself), and that value.
-fn path_within<'v>(value: &'v Value, span: &Range<usize>) -> (String, &'v Value) {
-    let holds = |v: &Value| v.span().start <= span.start && span.end <= v.span().end;
+fn path_within<'v, 'a>(value: &'v Value<'a>, span: &Range<usize>) -> (String, &'v Value<'a>) {
+    let holds = |v: &Value<'_>| v.span().start <= span.start && span.end <= v.span().end;
     let (mut below, mut at) = (String::new(), value);
     while at.span() != *span {
         let inner = match at.get_ref() {
@@ -874,9 +874,9 @@ pub fn join_ticked(words: &[&str]) -> String {
     words.iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(", ")
 }
 
-impl Section {
+impl<'a> Section<'a> {
     /// Takes every entry out, in source order: `(key, key span, value)`.
-    pub fn into_entries(self) -> Vec<(String, Range<usize>, Value)> {
+    pub fn into_entries(self) -> Vec<(String, Range<usize>, Value<'a>)> {
         let mut entries: Vec<_> = self
             .entries
             .into_iter()
@@ -890,7 +890,7 @@ impl Section {
     }
 
     /// Turns a value into a section named `path`, or reports that it is not a table.
-    pub fn from_value(path: String, value: Value, problems: &mut Vec<Diagnostic>) -> Option<Section> {
+    pub fn from_value(path: String, value: Value<'a>, problems: &mut Vec<Diagnostic>) -> Option<Section<'a>> {
         let span = value.span();
         match value.into_inner() {
             DeValue::Table(entries) => {
@@ -997,7 +997,7 @@ mod tests {
     }
 
     /// The table `[t]` of `text`.
-    fn table_t(text: &'static str) -> Section {
+    fn table_t(text: &'static str) -> Section<'static> {
         let mut root = parse_document(text, Path::new(".")).unwrap_or_else(|e| panic!("{e:?}"));
         root.take_table("t", &mut Vec::new()).unwrap_or_else(|| panic!("no [t] in {text}"))
     }

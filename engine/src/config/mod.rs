@@ -73,10 +73,9 @@ pub fn load_str_for(
     registry: &Registry,
     process: Option<usize>,
 ) -> Result<Plan, Diagnostics> {
-    // The spanned tree borrows the text; a config is loaded once (`sluice serve` loads a file again
-    // only when its text changed), so its text lives for the process.
-    let text: &'static str = Box::leak(text.into_boxed_str());
-    let fail = |items: Vec<Diagnostic>| Diagnostics::new(file, text, items);
-    let root = document::parse_document(text, base_dir).map_err(fail)?;
+    // The spanned tree borrows the text; the plan owns what it keeps, so the text goes with the
+    // tree (a `sluice serve` reloading changed files for months holds no old texts).
+    let fail = |items: Vec<Diagnostic>| Diagnostics::new(file, &text, items);
+    let root = document::parse_document(&text, base_dir).map_err(fail)?;
     resolve::resolve(root, base_dir, registry, process).map_err(fail)
 }

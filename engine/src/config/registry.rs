@@ -75,7 +75,7 @@ pub type StreamDescription = Arc<OnceLock<StreamInfo>>;
 
 /// What a connector's `configure` gets: its own keys (engine-owned keys already taken out).
 #[derive(Debug)]
-pub struct ConnectorConfig {
+pub struct ConnectorConfig<'a> {
     /// The pipeline (delivery stream) name.
     pub pipeline: String,
     /// `[pipeline] data_dir`: where the pipeline keeps its state (logs, checkpoints).
@@ -89,7 +89,7 @@ pub struct ConnectorConfig {
     /// The component's name, e.g. `logs` for `[sources.logs]`.
     pub name: String,
     /// Its remaining keys.
-    pub table: Section,
+    pub table: Section<'a>,
     /// Folder of the pipeline file, for relative paths.
     pub base_dir: std::path::PathBuf,
     /// The pipeline as a delivery stream, set once the file is resolved.
@@ -101,7 +101,7 @@ pub struct SourceType {
     /// The `type` value.
     pub name: &'static str,
     /// Builds the source from its keys, or says every problem in them.
-    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Source>, Problems>,
+    pub configure: fn(ConnectorConfig<'_>) -> Result<Arc<dyn Source>, Problems>,
 }
 
 /// A sink `type`.
@@ -109,7 +109,7 @@ pub struct SinkType {
     /// The `type` value.
     pub name: &'static str,
     /// Builds the sink from its keys, or says every problem in them.
-    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Sink>, Problems>,
+    pub configure: fn(ConnectorConfig<'_>) -> Result<Arc<dyn Sink>, Problems>,
     /// Keys the engine reads for other sinks that this sink reads itself, with its own meaning
     /// (the `postgres` sink's `format` and `columns`): the engine leaves them to the connector.
     pub reads: &'static [&'static str],
@@ -140,7 +140,7 @@ pub struct TransformType {
     /// The `type` value.
     pub name: &'static str,
     /// Builds the transform from its keys, or says every problem in them.
-    pub configure: fn(ConnectorConfig) -> Result<Arc<dyn Transform>, Problems>,
+    pub configure: fn(ConnectorConfig<'_>) -> Result<Arc<dyn Transform>, Problems>,
 }
 
 /// Every connector the binary knows, listed explicitly.

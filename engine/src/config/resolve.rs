@@ -589,10 +589,10 @@ impl crate::line_store::LineSink for SinkLines {
 /// `[pipeline] audit_log` or `error_log` (`key`) `= "stderr" | "<object_store URL>" | { url,
 /// options, buffer = { size_mb, interval_s } }`: the store is the `object_store` sink for the URL
 /// (its options, checks and errors), so any URL a sink takes works here.
-fn line_plan(
-    value: super::document::Value,
+fn line_plan<'a>(
+    value: super::document::Value<'a>,
     key: &str,
-    connector_config: &dyn Fn(String, Section) -> ConnectorConfig,
+    connector_config: &dyn Fn(String, Section<'a>) -> ConnectorConfig<'a>,
     registry: &Registry,
     problems: &mut Vec<Diagnostic>,
 ) -> Option<crate::line_store::LinePlan> {
@@ -722,8 +722,8 @@ fn valid_stream_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-pub(super) fn resolve(
-    mut root: Section,
+pub(super) fn resolve<'a>(
+    mut root: Section<'a>,
     base_dir: &Path,
     registry: &Registry,
     process: Option<usize>,
@@ -821,7 +821,7 @@ pub(super) fn resolve(
         None => data_dir,
     };
     let stream = super::StreamDescription::default();
-    let connector_config = |component: String, table: Section| ConnectorConfig {
+    let connector_config = |component: String, table: Section<'a>| ConnectorConfig {
         pipeline: name.clone(),
         data_dir: data_dir.clone(),
         durability,
