@@ -11,7 +11,8 @@ use super::support::{firehose_call, firehose_to_files, free_port, python, repo_r
 /// The page's figures move and match /metrics, its layout holds still, an outage shows in the
 /// success ratio and the error list, a Kinesis source reading an hour behind its stream (moto,
 /// behind the test proxy that says so as Kinesis would) shows in red, so does the end of the API
-/// listener's certificate two days away, it loads nothing from elsewhere; the screenshot lands in
+/// listener's certificate two days away, a partitioning sink's open partitions show, it loads
+/// nothing from elsewhere; the screenshot lands in
 /// target/test-output/dashboard/.
 #[test]
 fn the_dashboard_in_chromium_follows_a_run_and_shows_an_outage() {
@@ -45,7 +46,7 @@ fn the_dashboard_in_chromium_follows_a_run_and_shows_an_outage() {
     );
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     let checks = report["checks"].as_object().unwrap();
-    assert!(checks.len() >= 18 && checks.values().all(|ok| ok == true), "{report}");
+    assert!(checks.len() >= 20 && checks.values().all(|ok| ok == true), "{report}");
     let screenshot = std::fs::read(out.join("dashboard.png")).unwrap();
     assert!(screenshot.starts_with(b"\x89PNG"), "a PNG screenshot");
 }

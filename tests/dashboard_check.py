@@ -10,6 +10,8 @@ the whole time, and checks in the page:
   - its numbers move, and match /metrics (scraped just before and just after the page is read)
     within a second's tolerance;
   - the layout does not jump as numbers change;
+  - a partitioning sink (one partition: the transform leaves only `info` records) shows its open
+    partitions, as /metrics says;
   - an outage of the destination shows in the success ratio, the retries and the error list;
   - with a Kinesis stream given (one the source reads an hour behind its tip), how far behind
     shows in its tile, in red, as /metrics says;
@@ -152,6 +154,15 @@ url = "http://127.0.0.1:{receiver_port}/in"
 buffer = {{ size_mb = 1, interval_s = 1 }}
 retry = {{ duration_s = 3 }}
 backup_store = {{ url = "file://{workdir}/backup" }}
+
+[sinks.lake]
+type = "object_store"
+inputs = ["no_debug"]
+url = "file://{workdir}/lake"
+partitioning = {{ query = '{{level: .level}}' }}
+prefix = "level=!{{partitionKeyFromQuery:level}}/"
+error_prefix = "errors/!{{firehose:error-output-type}}/"
+buffer = {{ size_mb = 64, interval_s = 60 }}
 """)
     admin = f"127.0.0.1:{admin_port}"
     log = open(os.path.join(outdir, "sluice.log"), "w")
@@ -300,6 +311,23 @@ def run_checks(admin, outdir, report, kinesis, tls):
             except Exception as e:  # noqa: BLE001 (the report says which check failed)
                 checks["listener certificate end matches /metrics"] = False
                 report["certificate error"] = str(e)
+
+        # The partitioning sink's open partitions: `level=info` only, held for its 60 s interval.
+        partitions = f'{stream}[data-sink="lake"][data-metric="open_partitions"]'
+        try:
+            page.wait_for_function(
+                "s => { const e = document.querySelector(s); return e && e.dataset.value === '1'; }",
+                arg=partitions,
+                timeout=20_000,
+            )
+            element = page.locator(partitions).first
+            gauge = metric(scrape(admin), "sluice_PartitionCount", stream=STREAM, destination="lake")
+            report["open partitions"] = [element.text_content(), value(partitions), gauge]
+            checks["open partitions match /metrics"] = value(partitions) == gauge == 1
+            checks["open partitions read as a count"] = element.text_content() == "1 partition"
+        except Exception as e:  # noqa: BLE001 (the report says which check failed)
+            checks["open partitions match /metrics"] = False
+            report["partitions error"] = str(e)
 
         # No layout jump: the tiles and tables keep their boxes while numbers change.
         boxes = "() => [...document.querySelectorAll('.tile, table, .errors')].map(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height].map(Math.round).join(','); })"

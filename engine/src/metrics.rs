@@ -141,6 +141,9 @@ pub struct SinkMetrics {
     pub partitions_sealed_early: AtomicU64,
     /// Records sent to `partitioning-failed` by the partition operator.
     pub partitioning_failed: AtomicU64,
+    /// Whether it partitions records (dynamic partitioning, by a query or a function's keys): the
+    /// dashboard shows its partitions.
+    pub partitioned: std::sync::atomic::AtomicBool,
     /// Whether it partitions by a `partitioning.query`: `JQProcessing.Duration` is shown.
     pub partitions_by_query: std::sync::atomic::AtomicBool,
     /// How long finding the key values of one batch of records took, its query's evaluations
@@ -484,6 +487,11 @@ impl SinkMetrics {
             }
             slots[worker] = open;
         }
+    }
+
+    /// Partitions open on every worker together (`PartitionCount`).
+    pub fn open_partitions(&self) -> u64 {
+        self.open_partitions.lock().map(|p| p.iter().sum()).unwrap_or(0)
     }
 
     /// Adds `n` records to a reason's count.
@@ -964,8 +972,7 @@ impl PipelineMetrics {
                     text.sample(&format!("sluice_{family}"), "counter", &labels, value.load(Relaxed));
                 }
             }
-            let open: u64 = sink.open_partitions.lock().map(|p| p.iter().sum()).unwrap_or(0);
-            text.sample("sluice_PartitionCount", "gauge", &labels, open);
+            text.sample("sluice_PartitionCount", "gauge", &labels, sink.open_partitions());
             text.sample("sluice_PartitionsSealedEarly", "counter", &labels, sink.partitions_sealed_early.load(Relaxed));
             text.sample("sluice_PartitioningFailedRecords", "counter", &labels, sink.partitioning_failed.load(Relaxed));
             let busiest = sink.partition_records.lock().map(|mut t| t.busiest_throughput(Instant::now())).unwrap_or(0);

@@ -181,7 +181,9 @@ pub fn prepare(plan: &Plan, options: &RunOptions, metrics: Arc<PipelineMetrics>)
                 .store(sink.settings.hints.interval.as_secs(), std::sync::atomic::Ordering::Relaxed);
             counters.buffer_size_bytes.store(sink.settings.hints.size_bytes, std::sync::atomic::Ordering::Relaxed);
             counters.format_converts.store(sink.settings.format.converts(), std::sync::atomic::Ordering::Relaxed);
-            let by_query = sink.settings.partitioning.as_ref().is_some_and(|p| p.query.is_some());
+            let partitioning = sink.settings.partitioning.as_ref();
+            counters.partitioned.store(partitioning.is_some(), std::sync::atomic::Ordering::Relaxed);
+            let by_query = partitioning.is_some_and(|p| p.query.is_some());
             counters.partitions_by_query.store(by_query, std::sync::atomic::Ordering::Relaxed);
         }
         runtime

@@ -8,7 +8,8 @@
 //! Kinesis source reads behind its stream (`KinesisMillisBehindLatest`, when it has one); per sink,
 //! delivered records/s, the success ratio of delivery attempts over the last minute, retries/s,
 //! records sent to the error output by reason, bytes buffered against `size_mb`, the oldest
-//! buffered record's age against `interval_s` and data freshness; per transform records in, out,
+//! buffered record's age against `interval_s`, data freshness and, when it partitions records, its
+//! open partitions and those sealed early; per transform records in, out,
 //! dropped and failed per second; when the TLS certificates the stream uses (the API listener's,
 //! connectors' client certificates) end. Totals travel with the rates, so what the page shows can be
 //! checked against `/metrics`, which reads the same counters.
@@ -136,6 +137,18 @@ pub struct SinkFrame {
     pub interval_s: u64,
     /// Age of the oldest record not yet delivered (s): `DataFreshness`.
     pub freshness_s: f64,
+    /// Its partitions, when it partitions records (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<PartitionsFrame>,
+}
+
+/// A partitioning sink's partitions in a frame.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionsFrame {
+    /// Open on every worker together (`PartitionCount`).
+    pub open: u64,
+    /// Sealed before their size or interval to stay within `max_open_mb` (`PartitionsSealedEarly`).
+    pub sealed_early: u64,
 }
 
 /// One transform in a frame.
@@ -254,6 +267,10 @@ fn stream_frame(
                 buffer_age_s: oldest.map(|t| (time - t).max(0) as f64 / 1000.0),
                 interval_s: s.buffer_interval_s.load(Relaxed),
                 freshness_s: freshness_ms as f64 / 1000.0,
+                partitions: s.partitioned.load(Relaxed).then(|| PartitionsFrame {
+                    open: s.open_partitions(),
+                    sealed_early: s.partitions_sealed_early.load(Relaxed),
+                }),
             }
         })
         .collect();
@@ -447,6 +464,14 @@ mod tests {
         assert_eq!((sink.buffered_bytes, sink.buffer_age_s), (4096, Some(3.0)));
         assert_eq!((s.transforms[0].per_s, s.transforms[0].dropped), ([1_000.0, 0.0, 250.0, 0.0], 500));
         assert!(s.certificates.is_empty());
+        assert!(sink.partitions.is_none(), "a sink that does not partition shows no partitions");
+        m.sinks[0].partitioned.store(true, Relaxed);
+        m.sinks[0].set_open_partitions(0, 700);
+        m.sinks[0].set_open_partitions(1, 320);
+        m.sinks[0].partitions_sealed_early.fetch_add(4, Relaxed);
+        let partitioned = take_frame(std::slice::from_ref(&p), 12_500, Some(&second), Some(&first));
+        let parts = partitioned.streams[0].sinks[0].partitions.as_ref().map(|p| (p.open, p.sealed_early));
+        assert_eq!(parts, Some((1_020, 4)), "the workers' open partitions together");
         // A window in which nothing was tried has no ratio.
         let third = take_frame(std::slice::from_ref(&p), 13_000, Some(&second), Some(&second));
         assert_eq!(third.streams[0].sinks[0].success, None);

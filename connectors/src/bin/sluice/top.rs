@@ -2,8 +2,9 @@
 //! browser reaches the dashboard. It scrapes `GET /metrics` once a second and redraws: per stream
 //! incoming records/s and MB/s, throttled records/s, in-flight bytes and the write-ahead log's
 //! size, how far a Kinesis source reads behind its stream, and the TLS certificates it uses that
-//! end within the alert rules' 14 days (or have ended); per sink delivered records/s, the success ratio, retries/s, bytes buffered, data freshness
-//! and records sent to the error output; per transform records in/out/dropped/failed per second.
+//! end within the alert rules' 14 days (or have ended); per sink delivered records/s, the success
+//! ratio, retries/s, bytes buffered, data freshness, records sent to the error output and, for a
+//! partitioning sink, its open partitions; per transform records in/out/dropped/failed per second.
 //!
 //! Guarantees: it only reads `/metrics`; an address that does not answer is shown as such and
 //! retried, never fatal; `q` (read without Enter on a terminal) or Ctrl-C ends it with exit code 0
@@ -209,6 +210,17 @@ fn frame(address: SocketAddr, now: &Scrape, before: Option<&Scrape>) -> String {
         out.push_str(&format!(
             "{name:<28} {delivered:>12.0} {success:>8.3} {retries:>10.1} {buffered:>12.2} {freshness:>12.1} {failed:>13.0}\n"
         ));
+        // A partitioning sink's partitions (every sink has the families; 0 when it does not partition).
+        let open = now.value(|f| f == "sluice_PartitionCount", &with);
+        let sealed = now.value(|f| f == "sluice_PartitionsSealedEarly", &with);
+        if open > 0.0 || sealed > 0.0 {
+            let early = if sealed > 0.0 {
+                format!(", {sealed:.0} sealed early to stay within max_open_mb")
+            } else {
+                String::new()
+            };
+            out.push_str(&format!("{:<28} {open:.0} partitions open{early}\n", ""));
+        }
     }
     let transforms = now.labels(|f| f == "sluice_TransformRecords", &["stream", "transform"]);
     if !transforms.is_empty() {
@@ -345,13 +357,31 @@ mod tests {
         assert!(stream.contains(" 1000 ") && stream.contains(" 0.10 "), "{shown}");
         let sink = shown.lines().find(|l| l.starts_with("s/out")).unwrap();
         assert!(sink.contains(" 1000 ") && sink.contains(" 0.500 "), "{shown}");
-        assert!(!shown.contains("kinesis"), "{shown}");
+        assert!(!shown.contains("kinesis") && !shown.contains("partitions"), "{shown}");
         // A stream with a Kinesis source an hour behind says so under its line.
         let lagging = format!("{}sluice_KinesisMillisBehindLatest{{stream=\"s\"}} 3600000\n", text(3000));
         let now = Scrape { at: start + Duration::from_secs(2), samples: parse(&lagging) };
         let shown = frame("127.0.0.1:1".parse().unwrap(), &now, Some(&before));
         assert!(shown.contains("kinesis source 3600.0 s behind its stream  (past the 5 min alert)"), "{shown}");
         assert!(!shown.contains("certificate"), "{shown}");
+    }
+
+    /// A partitioning sink's open partitions, and those sealed early, are said under its line.
+    #[test]
+    fn a_partitioning_sink_s_partitions_are_said_under_it() {
+        let text = "sluice_IncomingRecords{stream=\"s\"} 0\n\
+                    sluice_DeliveryToS3_Records{stream=\"s\",destination=\"lake\"} 10\n\
+                    sluice_PartitionCount{stream=\"s\",destination=\"lake\"} 1020\n\
+                    sluice_PartitionsSealedEarly{stream=\"s\",destination=\"lake\"} 4\n";
+        let now = Scrape { at: Instant::now(), samples: parse(text) };
+        let shown = frame("127.0.0.1:1".parse().unwrap(), &now, None);
+        let lines: Vec<&str> = shown.lines().collect();
+        let sink = lines.iter().position(|l| l.starts_with("s/lake")).unwrap();
+        assert_eq!(
+            lines[sink + 1].trim(),
+            "1020 partitions open, 4 sealed early to stay within max_open_mb",
+            "{shown}"
+        );
     }
 
     /// A certificate ending within the alert rules' threshold, or ended, is said under its
