@@ -215,6 +215,24 @@ poll_ms = 200
 """
 
 
+def shown_as(page, checks, report, name, selector, ready, judge):
+    """Waits (20 s at most) until the element `selector` finds satisfies `ready` (a JavaScript
+    expression of it, `e`), then adds the checks `judge(element, its data-value)` gives and what it
+    shows to the report; an element never ready fails the check `<name> shown`."""
+    try:
+        page.wait_for_function(
+            f"s => {{ const e = document.querySelector(s); return e && ({ready}); }}", arg=selector, timeout=20_000
+        )
+        element = page.locator(selector).first
+        raw = element.get_attribute("data-value")
+        value = float(raw) if raw not in (None, "") else None
+        report[name] = [element.text_content(), value, element.get_attribute("class")]
+        checks.update(judge(element, value))
+    except Exception as e:  # noqa: BLE001 (the report says which check failed)
+        checks[f"{name} shown"] = False
+        report[f"{name} error"] = str(e)
+
+
 def run_checks(admin, outdir, report, kinesis, tls):
     checks = report["checks"]
     with sync_playwright() as p:
@@ -274,60 +292,37 @@ def run_checks(admin, outdir, report, kinesis, tls):
         report["compared"] = compared
         checks["transform drops the debug records"] = (compared["transform dropped"]["page"] or 0) > 0
 
+        def red(element):
+            return "bad" in (element.get_attribute("class") or "").split()
+
         if kinesis:
             # How far the Kinesis source reads behind: an hour, past the alert's five minutes.
-            behind = f'{stream}[data-metric="kinesis_behind_s"]'
-            try:
-                page.wait_for_function(
-                    "s => { const e = document.querySelector(s); return e && e.dataset.value !== ''; }",
-                    arg=behind,
-                    timeout=20_000,
-                )
-                element = page.locator(behind).first
-                report["kinesis behind"] = [element.text_content(), value(behind), element.get_attribute("class")]
-                gauge = metric(scrape(admin), "sluice_KinesisMillisBehindLatest", stream=STREAM)
-                checks["kinesis lag matches /metrics"] = value(behind) == gauge / 1000 == 3600
-                checks["kinesis lag shown in red past 5 min"] = "bad" in (element.get_attribute("class") or "").split()
-                checks["kinesis lag reads as a duration"] = element.text_content() == "1 h 00 min"
-            except Exception as e:  # noqa: BLE001 (the report says which check failed)
-                checks["kinesis lag matches /metrics"] = False
-                report["kinesis error"] = str(e)
+            shown_as(page, checks, report, "kinesis lag", f'{stream}[data-metric="kinesis_behind_s"]', "e.dataset.value !== ''",
+                     lambda e, v: {
+                         "kinesis lag matches /metrics": v == metric(scrape(admin), "sluice_KinesisMillisBehindLatest", stream=STREAM) / 1000 == 3600,
+                         "kinesis lag shown in red past 5 min": red(e),
+                         "kinesis lag reads as a duration": e.text_content() == "1 h 00 min",
+                     })
 
         if tls:
             # When the listener's certificate ends: two days from now, within the alert rules'
             # 14 days, so in red.
-            chip = f'{stream}[data-metric="certificate_ends_s"][data-certificate="listener"]'
-            try:
-                page.wait_for_selector(chip, timeout=20_000)
-                element = page.locator(chip).first
-                text, ends = element.text_content(), value(chip)
-                report["listener certificate"] = [text, ends, element.get_attribute("class")]
-                gauge = metric(scrape(admin), "sluice_ListenerCertificateExpiry_seconds", stream=STREAM)
-                checks["listener certificate end matches /metrics"] = ends is not None and ends == gauge > 0
-                checks["listener certificate ending soon shown in red"] = "bad" in (element.get_attribute("class") or "").split()
-                checks["listener certificate end reads as time left"] = re.fullmatch(
-                    r"API certificate ends in 4[78] h \d\d min", text or ""
-                ) is not None
-            except Exception as e:  # noqa: BLE001 (the report says which check failed)
-                checks["listener certificate end matches /metrics"] = False
-                report["certificate error"] = str(e)
+            shown_as(page, checks, report, "listener certificate",
+                     f'{stream}[data-metric="certificate_ends_s"][data-certificate="listener"]', "e.dataset.value !== ''",
+                     lambda e, v: {
+                         "listener certificate end matches /metrics": v is not None and v == metric(scrape(admin), "sluice_ListenerCertificateExpiry_seconds", stream=STREAM) > 0,
+                         "listener certificate ending soon shown in red": red(e),
+                         "listener certificate end reads as time left":
+                             re.fullmatch(r"API certificate ends in 4[78] h \d\d min", e.text_content() or "") is not None,
+                     })
 
         # The partitioning sink's open partitions: `level=info` only, held for its 60 s interval.
-        partitions = f'{stream}[data-sink="lake"][data-metric="open_partitions"]'
-        try:
-            page.wait_for_function(
-                "s => { const e = document.querySelector(s); return e && e.dataset.value === '1'; }",
-                arg=partitions,
-                timeout=20_000,
-            )
-            element = page.locator(partitions).first
-            gauge = metric(scrape(admin), "sluice_PartitionCount", stream=STREAM, destination="lake")
-            report["open partitions"] = [element.text_content(), value(partitions), gauge]
-            checks["open partitions match /metrics"] = value(partitions) == gauge == 1
-            checks["open partitions read as a count"] = element.text_content() == "1 partition"
-        except Exception as e:  # noqa: BLE001 (the report says which check failed)
-            checks["open partitions match /metrics"] = False
-            report["partitions error"] = str(e)
+        shown_as(page, checks, report, "open partitions", f'{stream}[data-sink="lake"][data-metric="open_partitions"]',
+                 "e.dataset.value === '1'",
+                 lambda e, v: {
+                     "open partitions match /metrics": v == metric(scrape(admin), "sluice_PartitionCount", stream=STREAM, destination="lake") == 1,
+                     "open partitions read as a count": e.text_content() == "1 partition",
+                 })
 
         # No layout jump: the tiles and tables keep their boxes while numbers change.
         boxes = "() => [...document.querySelectorAll('.tile, table, .errors')].map(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height].map(Math.round).join(','); })"
