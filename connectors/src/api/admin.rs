@@ -44,17 +44,26 @@ struct ServedState {
     folder: std::sync::Mutex<Option<FolderState>>,
 }
 
-/// How `sluice serve` last read its folder (at start, then at each reload), for `/metrics`:
-/// `ConfigFilesFailed`, `ConfigReloads`, `ConfigLastReload_seconds`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How `sluice serve` last read its folder (at start, then at each reload), for `/metrics`
+/// (`ConfigFilesFailed`, `ConfigReloads`, `ConfigLastReload_seconds`) and the dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FolderState {
     /// Pipeline files it left out, or kept the pipeline of, for an error (in the file, a name
-    /// another file has, a pipeline that could not start).
-    pub files_failed: u64,
+    /// another file has, a pipeline that could not start), in name order.
+    pub failed: Vec<FailedFile>,
     /// Reloads since the start.
     pub reloads: u64,
     /// When it last reloaded, Unix seconds (0: not yet).
     pub last_reload_s: u64,
+}
+
+/// A pipeline file `sluice serve` does not serve as written, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailedFile {
+    /// Its name in the folder.
+    pub file: String,
+    /// Its problems, one line each (a config error as `file:line:col: message`, secrets redacted).
+    pub problems: Vec<String>,
 }
 
 impl Served {
@@ -74,13 +83,13 @@ impl Served {
     }
 
     /// How `sluice serve` last read its folder.
-    pub fn set_folder(&self, state: FolderState) {
-        *self.0.folder.lock().unwrap_or_else(PoisonError::into_inner) = Some(state);
+    pub fn set_folder(&self, state: &FolderState) {
+        *self.0.folder.lock().unwrap_or_else(PoisonError::into_inner) = Some(state.clone());
     }
 
     /// How `sluice serve` last read its folder; `None` for `sluice run`.
     pub fn folder(&self) -> Option<FolderState> {
-        *self.0.folder.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.folder.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The counters of the pipelines served now.
@@ -105,7 +114,7 @@ pub fn render(served: &Served) -> String {
     let mut text = PrometheusText::default();
     if let Some(folder) = served.folder() {
         // The process's, not a stream's: no label.
-        text.sample("sluice_ConfigFilesFailed", "gauge", "", folder.files_failed);
+        text.sample("sluice_ConfigFilesFailed", "gauge", "", folder.failed.len());
         text.sample("sluice_ConfigReloads", "counter", "", folder.reloads);
         text.sample("sluice_ConfigLastReload_seconds", "gauge", "", folder.last_reload_s);
     }

@@ -5,14 +5,15 @@
 //!
 //! A frame holds, per pipeline (stream): incoming records/s and bytes/s, throttled records/s,
 //! in-flight bytes against their limit, the write-ahead log against `retention.max_gb`, how far a
-//! Kinesis source reads behind its stream (`KinesisMillisBehindLatest`, when it has one); per sink,
-//! delivered records/s, the success ratio of delivery attempts over the last minute, retries/s,
-//! records sent to the error output by reason, bytes buffered against `size_mb`, the oldest
-//! buffered record's age against `interval_s`, data freshness and, when it partitions records, its
-//! open partitions and those sealed early; per transform records in, out,
-//! dropped and failed per second; when the TLS certificates the stream uses (the API listener's,
-//! connectors' client certificates) end. Totals travel with the rates, so what the page shows can be
-//! checked against `/metrics`, which reads the same counters.
+//! Kinesis source reads behind its stream (`KinesisMillisBehindLatest`, when it has one), when the
+//! TLS certificates the stream uses end (the API listener's, connectors' client certificates); per
+//! sink, delivered records/s, the success ratio of delivery attempts over the last minute,
+//! retries/s, records sent to the error output by reason, bytes buffered against `size_mb`, the
+//! oldest buffered record's age against `interval_s`, data freshness and, when it partitions
+//! records, its open partitions and those sealed early; per transform records in, out, dropped and
+//! failed per second. Under `sluice serve` it also holds the folder's reloads and the pipeline files
+//! not served as written, with their problems. Totals travel with the rates, so what the page shows
+//! can be checked against `/metrics`, which reads the same counters.
 //!
 //! Guarantees: one sampler per process reads the counters once a second (atomics and short locks,
 //! never the pipelines' own locks for long); the ring holds at most [`HISTORY`] frames whatever the
@@ -35,7 +36,7 @@ use sluice_engine::metrics::{CERTIFICATE_ENDING_DAYS, CertificateEnd};
 use sluice_engine::record::now_ms;
 use tokio::sync::broadcast;
 
-use super::admin::MonitoredPipeline;
+use super::admin::{FolderState, MonitoredPipeline};
 
 /// Frames kept: 15 minutes at one a second.
 pub const HISTORY: usize = 900;
@@ -56,6 +57,10 @@ pub struct Frame {
     pub time: i64,
     /// Per pipeline, in the order the process runs them.
     pub streams: Vec<StreamFrame>,
+    /// Under `sluice serve`: how it last read its folder, with the files it does not serve as
+    /// written and why (absent under `sluice run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folder: Option<FolderState>,
 }
 
 /// One pipeline in a frame.
@@ -202,7 +207,7 @@ pub fn take_frame(
             stream_frame(p, time, seconds, before, window)
         })
         .collect();
-    Frame { time, streams }
+    Frame { time, streams, folder: None }
 }
 
 /// Which run of its stream `p` is: the address of its counters (each run has its own).
@@ -339,7 +344,8 @@ impl Dashboard {
         let json = {
             let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let window_start = ring.len().checked_sub(SUCCESS_WINDOW).and_then(|i| ring.get(i)).or(ring.front());
-            let frame = take_frame(&pipelines, now_ms(), ring.back().map(|(f, _)| f), window_start.map(|(f, _)| f));
+            let mut frame = take_frame(&pipelines, now_ms(), ring.back().map(|(f, _)| f), window_start.map(|(f, _)| f));
+            frame.folder = self.pipelines.folder();
             let json: Arc<str> = serde_json::to_string(&frame).unwrap_or_default().into();
             if ring.len() == HISTORY {
                 ring.pop_front();

@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_connectors::api::admin::{FolderState, Served};
+use sluice_connectors::api::admin::{FailedFile, FolderState, Served};
 use sluice_connectors::api::firehose::ApiSlot;
 use sluice_connectors::api::listener::open_listener_warning;
 use sluice_connectors::api::{ListenerLimits, TlsFiles};
@@ -58,8 +58,21 @@ pub struct ServeOptions {
 struct Read {
     text: String,
     plan: Option<Plan>,
-    /// It has an error (said).
-    failed: bool,
+    /// Its errors (said), one line each; `None` when it has none.
+    problems: Option<Vec<String>>,
+}
+
+/// The files of `files` with errors, as the dashboard lists them.
+fn failed_files(files: &BTreeMap<PathBuf, Read>) -> Vec<FailedFile> {
+    files
+        .iter()
+        .filter_map(|(file, read)| read.problems.clone().map(|problems| FailedFile { file: file_name(file), problems }))
+        .collect()
+}
+
+/// A pipeline file's name in its folder.
+fn file_name(file: &Path) -> String {
+    file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// A pipeline being served.
@@ -121,7 +134,7 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
     // next run instead of being refused).
     sluice_connectors::api::bound::keep_across_runs();
     let files = server.read_folder()?;
-    server.folder.files_failed = files.values().filter(|r| r.failed).count() as u64;
+    server.folder.failed = failed_files(&files);
     let stop = server.stop.clone();
     // The address is taken before anything starts; connections wait until every pipeline is
     // prepared and its stream registered with the shared listener.
@@ -141,7 +154,7 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
         .context("cannot start the API runtime")?;
     server.runtime = Some(runtime.handle().clone());
     server.served.replace(prepared.iter().map(|p| monitored(p.run.plan(), &p.metrics)).collect());
-    server.served.set_folder(server.folder);
+    server.served.set_folder(&server.folder);
     {
         // Served even without a firehose stream yet: a reload may add one.
         let api = server.shared.api(&options.region, options.limits);
@@ -280,10 +293,10 @@ impl Server<'_> {
         for (file, FileText { written, expanded: text }) in files {
             // A file served as it is is not loaded again (nor its errors said again).
             if self.serving.get(&file).is_some_and(|s| s.text == text) {
-                read.insert(file, Read { text, plan: None, failed: false });
+                read.insert(file, Read { text, plan: None, problems: None });
                 continue;
             }
-            let mut failed = false;
+            let mut problems = None;
             // The text compared is the text loaded (the file is not read a second time).
             let base_dir = file.parent().unwrap_or(Path::new(""));
             let plan = match load_str_for(&file.display().to_string(), written, base_dir, &self.registry, process) {
@@ -297,11 +310,11 @@ impl Server<'_> {
                 Ok(plan) => Some(plan),
                 Err(diagnostics) => {
                     eprintln!("{diagnostics}\nsluice serve: skipping {}\n", file.display());
-                    failed = true;
+                    problems = Some(diagnostics.short());
                     None
                 }
             };
-            read.insert(file, Read { text, plan, failed });
+            read.insert(file, Read { text, plan, problems });
         }
         Ok(read)
     }
@@ -319,13 +332,9 @@ impl Server<'_> {
             let taken = self.serving.values().any(|s| s.name == plan.name)
                 || prepared.iter().any(|p| p.run.plan().name == plan.name);
             if taken {
-                self.folder.files_failed += 1;
-                eprintln!(
-                    "sluice serve: skipping {}: another pipeline in {} is already named `{}`",
-                    file.display(),
-                    self.dir.display(),
-                    plan.name
-                );
+                let problem = format!("another pipeline in {} is already named `{}`", self.dir.display(), plan.name);
+                eprintln!("sluice serve: skipping {}: {problem}", file.display());
+                self.failed(&file, problem);
                 continue;
             }
             let i = next_index;
@@ -342,13 +351,20 @@ impl Server<'_> {
             match sluice_engine::runtime::prepare(&plan, &options, Arc::clone(&metrics)) {
                 Ok(run) => prepared.push(Prepared { file, text: read.text, stop, metrics, run }),
                 Err(e) => {
-                    self.folder.files_failed += 1;
                     self.shared.withdraw(&plan.name);
-                    eprintln!("sluice serve: pipeline {} could not start: {e}", plan.name);
+                    let problem = format!("pipeline {} could not start: {e}", plan.name);
+                    eprintln!("sluice serve: {problem}");
+                    self.failed(&file, problem);
                 }
             }
         }
         prepared
+    }
+
+    /// Lists `file` among the files not served, for `problem`.
+    fn failed(&mut self, file: &Path, problem: String) {
+        self.folder.failed.push(FailedFile { file: file_name(file), problems: vec![problem] });
+        self.folder.failed.sort_by(|a, b| a.file.cmp(&b.file));
     }
 
     /// Runs a prepared pipeline on a thread of its own.
@@ -445,7 +461,7 @@ impl Server<'_> {
         eprintln!("sluice serve: {why}: reading {} again", self.dir.display());
         let mut files = match self.read_folder() {
             Ok(files) => {
-                self.folder.files_failed = files.values().filter(|r| r.failed).count() as u64;
+                self.folder.failed = failed_files(&files);
                 files
             }
             Err(e) => {
@@ -535,7 +551,7 @@ impl Server<'_> {
         self.folder.reloads += 1;
         self.folder.last_reload_s =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        self.served.set_folder(self.folder);
+        self.served.set_folder(&self.folder);
         let list = |names: &[String]| if names.is_empty() { "none".to_string() } else { names.join(", ") };
         eprintln!(
             "sluice serve: reloaded {}: started {}; restarted {}; stopped {}; {kept} unchanged",

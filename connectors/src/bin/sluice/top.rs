@@ -4,7 +4,8 @@
 //! size, how far a Kinesis source reads behind its stream, and the TLS certificates it uses that
 //! end within the alert rules' 14 days (or have ended); per sink delivered records/s, the success
 //! ratio, retries/s, bytes buffered, data freshness, records sent to the error output and, for a
-//! partitioning sink, its open partitions; per transform records in/out/dropped/failed per second.
+//! partitioning sink, its open partitions; per transform records in/out/dropped/failed per second;
+//! under `sluice serve`, how many pipeline files of its folder it does not serve as written.
 //!
 //! Guarantees: it only reads `/metrics`; an address that does not answer is shown as such and
 //! retried, never fatal; `q` (read without Enter on a terminal) or Ctrl-C ends it with exit code 0
@@ -159,7 +160,16 @@ fn days_hours(seconds: f64) -> String {
 fn frame(address: SocketAddr, now: &Scrape, before: Option<&Scrape>) -> String {
     let mut out = String::new();
     let clock = chrono::Local::now().format("%H:%M:%S");
-    out.push_str(&format!("sluice top  {address}  {clock}  (every 1 s; q or Ctrl-C to quit)\n\n"));
+    out.push_str(&format!("sluice top  {address}  {clock}  (every 1 s; q or Ctrl-C to quit)\n"));
+    // Under `sluice serve`: pipeline files of its folder it does not serve as written.
+    let failed = now.value(|f| f == "sluice_ConfigFilesFailed", &[]);
+    if failed > 0.0 {
+        let s = if failed == 1.0 { "" } else { "s" };
+        out.push_str(&format!(
+            "{failed:.0} pipeline file{s} of the folder not served as written (the log and the dashboard say why)\n"
+        ));
+    }
+    out.push('\n');
     let streams = now.labels(|f| f == "sluice_IncomingRecords", &["stream"]);
     out.push_str(&format!(
         "{:<28} {:>12} {:>10} {:>13} {:>13} {:>10}\n",
@@ -364,6 +374,18 @@ mod tests {
         let shown = frame("127.0.0.1:1".parse().unwrap(), &now, Some(&before));
         assert!(shown.contains("kinesis source 3600.0 s behind its stream  (past the 5 min alert)"), "{shown}");
         assert!(!shown.contains("certificate"), "{shown}");
+    }
+
+    /// Under `sluice serve`, files of its folder it does not serve are said at the top.
+    #[test]
+    fn files_a_serve_does_not_serve_are_said() {
+        let samples = |failed: u32| {
+            parse(&format!("sluice_ConfigFilesFailed {failed}\nsluice_IncomingRecords{{stream=\"s\"}} 0\n"))
+        };
+        let shown = frame("127.0.0.1:1".parse().unwrap(), &Scrape { at: Instant::now(), samples: samples(2) }, None);
+        assert!(shown.contains("2 pipeline files of the folder not served as written"), "{shown}");
+        let shown = frame("127.0.0.1:1".parse().unwrap(), &Scrape { at: Instant::now(), samples: samples(0) }, None);
+        assert!(!shown.contains("not served"), "{shown}");
     }
 
     /// A partitioning sink's open partitions, and those sealed early, are said under its line.
