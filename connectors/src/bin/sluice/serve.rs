@@ -334,7 +334,7 @@ impl Server<'_> {
             if taken {
                 let problem = format!("another pipeline in {} is already named `{}`", self.dir.display(), plan.name);
                 eprintln!("sluice serve: skipping {}: {problem}", file.display());
-                self.failed(&file, problem);
+                self.failed(&file, &problem);
                 continue;
             }
             let i = next_index;
@@ -354,16 +354,17 @@ impl Server<'_> {
                     self.shared.withdraw(&plan.name);
                     let problem = format!("pipeline {} could not start: {e}", plan.name);
                     eprintln!("sluice serve: {problem}");
-                    self.failed(&file, problem);
+                    self.failed(&file, &problem);
                 }
             }
         }
         prepared
     }
 
-    /// Lists `file` among the files not served, for `problem`.
-    fn failed(&mut self, file: &Path, problem: String) {
-        self.folder.failed.push(FailedFile { file: file_name(file), problems: vec![problem] });
+    /// Lists `file` among the files not served, for `problem` (redacted: the dashboard shows it).
+    fn failed(&mut self, file: &Path, problem: &str) {
+        let problems = vec![sluice_engine::redact::text(problem)];
+        self.folder.failed.push(FailedFile { file: file_name(file), problems });
         self.folder.failed.sort_by(|a, b| a.file.cmp(&b.file));
     }
 
