@@ -124,6 +124,8 @@ fn validate_check_finds_a_missing_stream() {
     let said = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(missing.status.code(), Some(1), "{said}");
     assert!(said.contains("sources.stream (kinesis") && said.contains("cannot list the shards of"), "{said}");
+    // With Kinesis's error as its code, as the error log writes it.
+    assert!(said.trim_end().ends_with("(Kinesis.ResourceNotFoundException)"), "{said}");
     assert!(!dir.path().join("data").exists() && !dir.path().join("out").exists());
 }
 

@@ -909,8 +909,9 @@ fn validate_check_asks_each_destination_and_changes_nothing() {
     // error, one with objects passes (none of them read).
     std::fs::create_dir_all(root.path().join("bkt/in")).unwrap();
     std::fs::write(root.path().join("bkt/in/a.ndjson"), "{}\n").unwrap();
-    let reading = |prefix: &str| {
-        let source = server.sink_toml("bkt", SECRET_KEY).replace("s3://bkt/archive", &format!("s3://bkt/{prefix}"));
+    let reading = |bucket_and_prefix: &str| {
+        let source =
+            server.sink_toml("bkt", SECRET_KEY).replace("s3://bkt/archive", &format!("s3://{bucket_and_prefix}"));
         let path = work.path().join("reads.toml");
         std::fs::write(
             &path,
@@ -924,16 +925,22 @@ fn validate_check_asks_each_destination_and_changes_nothing() {
         .unwrap();
         sluice().args(["validate", "--check"]).arg(path).output().unwrap()
     };
-    let found = reading("in");
+    let found = reading("bkt/in");
     assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
     assert!(String::from_utf8_lossy(&found.stdout).contains("sources.archive (object_store: s3://bkt/in): checked"));
-    let empty = reading("none");
+    let empty = reading("bkt/none");
     let stderr = String::from_utf8_lossy(&empty.stderr);
     assert_eq!(empty.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("sources.archive (object_store: s3://bkt/none): no object under s3://bkt/none"),
         "{stderr}"
     );
+    // A bucket the store does not have: the store's refusal, with its code.
+    let missing = reading("nobkt/in");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("sources.archive (object_store: s3://nobkt/in): cannot list s3://nobkt/in"), "{stderr}");
+    assert!(stderr.trim_end().ends_with("(S3.NoSuchBucket)"), "{stderr}");
     assert!(!data.exists() && !out.exists());
 }
 

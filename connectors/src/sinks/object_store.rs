@@ -262,17 +262,20 @@ fn missing_bucket_code(code_prefix: &str) -> Option<(&'static str, &'static str)
     }
 }
 
-/// Whether a store's answer, as `error` and its causes say it, names the store's error `code` (the
-/// response body object_store keeps in its errors: the only place it passes a store's own code on).
-fn answer_names(error: &object_store::Error, code: &str) -> bool {
+/// The error code of a store's refusal `error`: the store's own (`S3.NoSuchBucket`), read from the
+/// `<Code>` of its XML error body where object_store passes the body on (S3, GCS and Azure answer
+/// so; object_store gives no other way to it), else [`store_error_code`]'s.
+pub(crate) fn store_answer_code(code_prefix: &str, error: &object_store::Error) -> String {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
-        if e.to_string().contains(code) {
-            return true;
+        let text = e.to_string();
+        let answered = text.split_once("<Code>").and_then(|(_, rest)| rest.split_once("</Code>")).map(|(code, _)| code);
+        if let Some(code) = answered.filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric())) {
+            return format!("{code_prefix}.{code}");
         }
         cause = e.source();
     }
-    false
+    store_error_code(code_prefix, error).1
 }
 
 /// No retries inside object_store: the engine's retry policy is the one that counts.
@@ -895,10 +898,10 @@ impl ObjectStoreSink {
         self.tls_metrics.clone()
     }
 
-    /// The store, the base path under it, and the URL as shown (secrets masked): for the
-    /// `object_store` source, which reads where this sink would write.
-    pub fn into_store(self) -> (Arc<dyn ObjectStore>, Path, String) {
-        (self.store, self.base, self.url)
+    /// The store, the base path under it, the URL as shown (secrets masked) and the store's
+    /// error-code prefix: for the `object_store` source, which reads where this sink would write.
+    pub fn into_store(self) -> (Arc<dyn ObjectStore>, Path, String, &'static str) {
+        (self.store, self.base, self.url, self.code_prefix)
     }
 
     /// Skips the credentials check before the run.
@@ -1070,17 +1073,7 @@ fn url_path(rest: &str) -> Path {
 /// Classifies an object_store error by variant.
 fn classify(code_prefix: &str, e: object_store::Error) -> DeliveryError {
     use object_store::Error as E;
-    let (permanent, code) = match &e {
-        E::NotFound { .. } => (true, "NoSuchBucket"),
-        E::PermissionDenied { .. } => (true, "AccessDenied"),
-        E::Unauthenticated { .. } => (true, "InvalidCredentials"),
-        E::InvalidPath { .. } => (true, "InvalidKey"),
-        E::NotSupported { .. } | E::NotImplemented { .. } => (true, "NotSupported"),
-        E::UnknownConfigurationKey { .. } => (true, "InvalidConfiguration"),
-        E::Precondition { .. } | E::AlreadyExists { .. } | E::NotModified { .. } => (true, "Conflict"),
-        _ => (false, "InternalError"),
-    };
-    let code = format!("{code_prefix}.{code}");
+    let (permanent, code) = store_error_code(code_prefix, &e);
     // With its causes: the store's own message says "error sending request", its cause why.
     let message = sluice_engine::redact::error(&e);
     if matches!(e, E::InvalidPath { .. }) {
@@ -1090,6 +1083,23 @@ fn classify(code_prefix: &str, e: object_store::Error) -> DeliveryError {
     } else {
         DeliveryError::Retryable { code, message }
     }
+}
+
+/// The error code of a store's error `e` in Firehose's style (`S3.AccessDenied`; `code_prefix` is
+/// the store's), and whether trying again cannot help.
+fn store_error_code(code_prefix: &str, e: &object_store::Error) -> (bool, String) {
+    use object_store::Error as E;
+    let (permanent, code) = match e {
+        E::NotFound { .. } => (true, "NoSuchBucket"),
+        E::PermissionDenied { .. } => (true, "AccessDenied"),
+        E::Unauthenticated { .. } => (true, "InvalidCredentials"),
+        E::InvalidPath { .. } => (true, "InvalidKey"),
+        E::NotSupported { .. } | E::NotImplemented { .. } => (true, "NotSupported"),
+        E::UnknownConfigurationKey { .. } => (true, "InvalidConfiguration"),
+        E::Precondition { .. } | E::AlreadyExists { .. } | E::NotModified { .. } => (true, "Conflict"),
+        _ => (false, "InternalError"),
+    };
+    (permanent, format!("{code_prefix}.{code}"))
 }
 
 /// Every store but a WebDAV server takes an object in parts: multipart uploads (S3, GCS, Azure), or
@@ -1226,7 +1236,9 @@ impl Sink for ObjectStoreSink {
                     if let Some((missing, what)) = missing_bucket_code(code_prefix) =>
                 {
                     match store.get(&location).await {
-                        Err(e @ object_store::Error::NotFound { .. }) if answer_names(&e, missing) => {
+                        Err(e @ object_store::Error::NotFound { .. })
+                            if store_answer_code(code_prefix, &e) == format!("{code_prefix}.{missing}") =>
+                        {
                             Err(DeliveryError::Permanent {
                                 code: format!("{code_prefix}.{missing}"),
                                 message: format!("the {what} of {url} does not exist; create it, or correct the URL"),
@@ -1325,6 +1337,21 @@ impl Sink for ObjectStoreSink {
 
 #[cfg(test)]
 mod tests {
+
+    /// A refusal is coded with the store's own code where its XML answer says it, else by the
+    /// kind of object_store error.
+    #[test]
+    fn a_store_refusal_is_coded_with_the_store_s_own_code() {
+        let answered = object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code></Error>".into(),
+        };
+        assert_eq!(store_answer_code("S3", &answered), "S3.NoSuchBucket");
+        let unanswered = object_store::Error::PermissionDenied { path: "a".into(), source: "refused".into() };
+        assert_eq!(store_answer_code("GCS", &unanswered), "GCS.AccessDenied");
+        let odd = object_store::Error::Generic { store: "S3", source: "<Code>not a code</Code>".into() };
+        assert_eq!(store_answer_code("S3", &odd), "S3.InternalError");
+    }
     #[test]
     fn a_backup_store_is_its_url_alone_or_its_table_whose_unknown_keys_are_refused() {
         use super::{BTreeMap, BackupStore};

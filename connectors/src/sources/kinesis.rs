@@ -247,6 +247,17 @@ enum CallError {
 }
 
 impl CallError {
+    /// Its code in the error log: `Kinesis.<Kinesis's error>` (`Kinesis.ConnectionFailed` without
+    /// an answer).
+    fn code(&self) -> String {
+        match self {
+            CallError::Refused { code, .. } => format!("Kinesis.{code}"),
+            CallError::Throttled(_) => "Kinesis.ProvisionedThroughputExceededException".into(),
+            CallError::ExpiredIterator => "Kinesis.ExpiredIteratorException".into(),
+            CallError::Transport(_) => "Kinesis.ConnectionFailed".into(),
+        }
+    }
+
     /// Whether trying again may succeed (throttled, a server error, no answer), unlike a refusal.
     fn is_transient(&self) -> bool {
         match self {
@@ -267,6 +278,12 @@ struct KinesisApi {
 }
 
 impl KinesisApi {
+    /// The start's listing of the shards failed with `error`: what stops the source, with its code.
+    fn refused_listing(&self, error: &CallError) -> SourceError {
+        let message = format!("cannot list the shards of {} at {}: {error}", self.stream_arn, self.url);
+        SourceError::Refused { code: error.code(), message }
+    }
+
     /// Finds the credentials from the AWS chain, unless the source's table gave them.
     async fn find_credentials(&self) -> Result<(), SourceError> {
         if self.credentials.get().is_none() {
@@ -466,12 +483,7 @@ impl Shared {
     /// Says in the error log (and on stderr) that a call failed and is tried again: `what` failed,
     /// for `shard` if one, on attempt `attempt`. Its code is `Kinesis.<Kinesis's error>`.
     fn report_retry(&self, error: &CallError, what: &str, shard: Option<&str>, attempt: u32) {
-        let code = match error {
-            CallError::Refused { code, .. } => format!("Kinesis.{code}"),
-            CallError::Throttled(_) => "Kinesis.ProvisionedThroughputExceededException".into(),
-            CallError::ExpiredIterator => "Kinesis.ExpiredIteratorException".into(),
-            CallError::Transport(_) => "Kinesis.ConnectionFailed".into(),
-        };
+        let code = error.code();
         let message = format!("{what}; trying again in {:?}: {error}", backoff(attempt));
         self.report(sluice_engine::error_log::Level::Warn, &code, &message, shard, Some(attempt));
     }
@@ -571,9 +583,7 @@ impl Source for KinesisSource {
         let api = Arc::clone(&self.api);
         Some(Box::pin(async move {
             api.find_credentials().await?;
-            api.list_shards().await.map(|_| ()).map_err(|e| {
-                SourceError::Setup(format!("cannot list the shards of {} at {}: {e}", api.stream_arn, api.url))
-            })
+            api.list_shards().await.map(|_| ()).map_err(|e| api.refused_listing(&e))
         }))
     }
 
@@ -598,9 +608,7 @@ impl Source for KinesisSource {
                 }
             }
         });
-        let shards = listed.map_err(|e| {
-            SourceError::Setup(format!("cannot list the shards of {} at {}: {e}", self.api.stream_arn, self.api.url))
-        })?;
+        let shards = listed.map_err(|e| self.api.refused_listing(&e))?;
         let start_ms = match self.start {
             Start::Latest => Some(self.latest_instant()?),
             Start::At(ms) => Some(ms),

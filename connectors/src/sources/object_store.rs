@@ -105,6 +105,8 @@ struct Listing {
     base: Path,
     /// The URL as shown (secrets masked).
     url: String,
+    /// The store's error-code prefix (`S3`, `GCS`, …).
+    code_prefix: &'static str,
     pattern: Option<glob::Pattern>,
     /// Where the store counts a refused renewal of its `tls.ca`.
     tls_metrics: crate::tls::TlsMetrics,
@@ -145,9 +147,9 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     };
     let (pattern, store) = problems.finish((|| Some((pattern?, store?)))())?;
     let tls_metrics = store.tls_metrics();
-    let (store, base, url) = store.into_store();
+    let (store, base, url, code_prefix) = store.into_store();
     Ok(Arc::new(ObjectStoreSource {
-        listing: Arc::new(Listing { store, base, url, pattern, tls_metrics }),
+        listing: Arc::new(Listing { store, base, url, code_prefix, pattern, tls_metrics }),
         checkpoint_dir: config.data_dir.join(&config.name),
         prepared: OnceLock::new(),
     }))
@@ -168,8 +170,9 @@ impl Listing {
         let mut listing = self.store.list(prefix);
         let mut found = Vec::new();
         while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(|e| {
-                SourceError::Setup(format!("cannot list {}: {}", self.url, sluice_engine::redact::error(&e)))
+            let meta = meta.map_err(|e| SourceError::Refused {
+                code: crate::sinks::object_store::store_answer_code(self.code_prefix, &e),
+                message: format!("cannot list {}: {}", self.url, sluice_engine::redact::error(&e)),
             })?;
             let key = self.key_of(&meta.location);
             // What a `file://` sink is writing into this folder (staged inside it) is no object yet.

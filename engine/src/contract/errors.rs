@@ -102,4 +102,23 @@ pub enum SourceError {
     /// The source's setup was wrong in a way only seen at run time (e.g. a glob matched nothing).
     #[error("{0}")]
     Setup(String),
+    /// The system the source reads refused it at start (a stream or bucket it does not have,
+    /// credentials it does not take), with that system's error code as the error log writes it.
+    #[error("{message}")]
+    Refused {
+        /// `Kinesis.ResourceNotFoundException`, `S3.NoSuchBucket`, …
+        code: String,
+        /// What was refused, and why.
+        message: String,
+    },
+}
+
+impl SourceError {
+    /// The error code of a refusal ([`SourceError::Refused`]); none for the others.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            SourceError::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
 }

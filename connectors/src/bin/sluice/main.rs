@@ -448,7 +448,12 @@ fn check_services(runtime: &tokio::runtime::Runtime, file: &std::path::Path, pla
     for source in &plan.sources {
         if let Some(check) = source.source.check() {
             let what = format!("sources.{} ({})", source.name, source.source.describe());
-            checks.push((what, Box::pin(async move { check.await.map_err(|e| e.to_string()) })));
+            // With its code when it has one, as sinks' refusals are said.
+            let said = |e: sluice_engine::contract::SourceError| match e.code() {
+                Some(code) => format!("{e} ({code})"),
+                None => e.to_string(),
+            };
+            checks.push((what, Box::pin(async move { check.await.map_err(said) })));
         }
     }
     for transform in &plan.transforms {
