@@ -388,7 +388,8 @@ fn the_invoke_api_is_called_with_a_sigv4_signature_for_lambda() {
     assert_eq!(checked.status.code(), Some(1), "{said}");
     assert!(
         said.contains("transforms.fn (lambda: arn:aws:lambda:eu-west-1:123456789012:function:missing-mask")
-            && said.contains("function:missing-mask does not exist"),
+            && said.contains("function:missing-mask does not exist")
+            && said.trim_end().ends_with("(Lambda.ResourceNotFound)"),
         "{said}"
     );
     std::fs::write(&config, &text).unwrap();

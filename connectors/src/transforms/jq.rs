@@ -123,7 +123,8 @@ impl Transform for JqTransform {
     }
 
     fn open(&self, _context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
-        let filter = compile(&self.query).map_err(|p| TransformError(format!("jq query does not compile: {p:?}")))?;
+        let filter =
+            compile(&self.query).map_err(|p| TransformError::new(format!("jq query does not compile: {p:?}")))?;
         Ok(Box::new(RecordByRecord(JqWorker {
             filter,
             projection: self.projection.clone(),
@@ -202,7 +203,8 @@ impl KeyQuery for JqKeyQuery {
     }
 
     fn open(&self, wanted: &[String]) -> Result<Box<dyn KeyQueryWorker>, TransformError> {
-        let filter = compile(&self.query).map_err(|p| TransformError(format!("jq query does not compile: {p:?}")))?;
+        let filter =
+            compile(&self.query).map_err(|p| TransformError::new(format!("jq query does not compile: {p:?}")))?;
         // Where each wanted key is among the projection's fields (a key it lacks: jaq answers).
         let projected = self.projection.as_ref().and_then(|projection| {
             let field = |name: &String| {
@@ -321,7 +323,8 @@ impl ValueQuery {
 
     /// The query for one worker (called on its thread).
     pub fn open(&self) -> Result<ValueWorker, TransformError> {
-        let filter = compile(&self.query).map_err(|p| TransformError(format!("jq query does not compile: {p:?}")))?;
+        let filter =
+            compile(&self.query).map_err(|p| TransformError::new(format!("jq query does not compile: {p:?}")))?;
         Ok(ValueWorker {
             worker: JqWorker { filter, projection: self.projection.clone(), found: Vec::new(), out: Vec::new() },
             answers: sluice_engine::record::RecordBatch::default(),

@@ -58,6 +58,9 @@ use crate::api::firehose::{ACCOUNT, stream_arn};
 use crate::aws_credentials::AwsCredentials;
 use crate::tls::ClientTls;
 
+/// The code of a call made without credentials (none found, or none given by the chain).
+const NO_CREDENTIALS: &str = "Lambda.InvokeAccessDenied";
+
 /// Lambda's synchronous invocation payload limit.
 const MAX_REQUEST_BYTES: usize = 6_000_000;
 /// A response body larger than this is an error.
@@ -312,9 +315,10 @@ impl Transform for LambdaTransform {
         let Target::Function { region, .. } = &self.shared.target else { return None };
         let (shared, region) = (Arc::clone(&self.shared), region.clone());
         Some(Box::pin(async move {
-            let credentials =
-                AwsCredentials::resolve(&region, "calling a Lambda function").await.map_err(TransformError)?;
-            shared.check_function(&credentials).await.map_err(TransformError)
+            let credentials = AwsCredentials::resolve(&region, "calling a Lambda function")
+                .await
+                .map_err(|e| TransformError::refused(NO_CREDENTIALS, e))?;
+            shared.check_function(&credentials).await
         }))
     }
 
@@ -322,11 +326,13 @@ impl Transform for LambdaTransform {
         self.shared.client.tls_metrics().meter_with(Arc::clone(&context.metrics));
         if let Target::Function { region, .. } = &self.shared.target {
             let find = || async {
-                let credentials = AwsCredentials::resolve(region, "calling a Lambda function").await?;
+                let credentials = AwsCredentials::resolve(region, "calling a Lambda function")
+                    .await
+                    .map_err(|e| TransformError::refused(NO_CREDENTIALS, e))?;
                 self.shared.check_function(&credentials).await?;
-                Ok::<_, String>(credentials)
+                Ok::<_, TransformError>(credentials)
             };
-            context.runtime.block_on(self.shared.credentials.get_or_try_init(find)).map_err(TransformError)?;
+            context.runtime.block_on(self.shared.credentials.get_or_try_init(find))?;
         }
         Ok(Box::new(LambdaWorker {
             invoker: Arc::clone(&self.shared),
@@ -651,7 +657,7 @@ impl Invoker {
     /// (`ResourceNotFoundException`) stops the run: every invocation would fail and every record
     /// go to the error output. Anything else (no permission to read the configuration, no answer)
     /// is only warned about: invoking may still work.
-    async fn check_function(&self, credentials: &AwsCredentials) -> Result<(), String> {
+    async fn check_function(&self, credentials: &AwsCredentials) -> Result<(), TransformError> {
         let Target::Function { check_url, check_signed_path, region, .. } = &self.target else { return Ok(()) };
         let warn = |why: String| {
             tracing::warn!(function = %self.lambda_arn, "cannot check the function at start ({why}); invocations will be tried anyway");
@@ -683,10 +689,13 @@ impl Invoker {
             (200, _) => Ok(()),
             // Only Lambda's own answer: an emulator without this call (the runtime interface
             // emulator answers only invocations) is no reason to stop.
-            (404, Some("ResourceNotFoundException")) => Err(format!(
-                "the Lambda function {} does not exist ({status}{}); check `function` (its name, account and region)",
-                self.lambda_arn,
-                answer.suffix()
+            (404, Some("ResourceNotFoundException")) => Err(TransformError::refused(
+                "Lambda.ResourceNotFound",
+                format!(
+                    "the Lambda function {} does not exist ({status}{}); check `function` (its name, account and region)",
+                    self.lambda_arn,
+                    answer.suffix()
+                ),
             )),
             _ => warn(format!("GetFunctionConfiguration answered {status}{}", answer.suffix())),
         }
@@ -735,7 +744,7 @@ impl Invoker {
             Target::Url(url) => self.client.current().post(url.clone()).header("content-type", "application/json"),
             Target::Function { url, signed_path, region, .. } => {
                 let Some(credentials) = self.credentials.get() else {
-                    return Err(fail("Lambda.InvokeAccessDenied", "no AWS credentials".into()));
+                    return Err(fail(NO_CREDENTIALS, "no AWS credentials".into()));
                 };
                 // Temporary credentials being refreshed may be back at the next attempt.
                 let credentials = credentials.current().await.map_err(|e| retry("Lambda.InvokeAccessDenied", e))?;

@@ -121,10 +121,29 @@ pub struct Processor {
     pub parameters: Vec<(&'static str, String)>,
 }
 
-/// A transform could not start on a worker. The run stops: records cannot pass it.
+/// A transform could not start on a worker (the run stops: records cannot pass it), or its start-up
+/// check failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TransformError(pub String);
+#[error("{message}")]
+pub struct TransformError {
+    /// The error code when the system the transform calls refused it (`Lambda.ResourceNotFound`),
+    /// as the error log writes that system's errors.
+    pub code: Option<String>,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl TransformError {
+    /// A failure of the transform itself (no code).
+    pub fn new(message: impl Into<String>) -> Self {
+        TransformError { code: None, message: message.into() }
+    }
+
+    /// The system the transform calls refused it, with that system's error `code`.
+    pub fn refused(code: &str, message: impl Into<String>) -> Self {
+        TransformError { code: Some(code.to_string()), message: message.into() }
+    }
+}
 
 /// What a transform's worker is given.
 #[derive(Clone)]

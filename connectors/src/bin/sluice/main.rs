@@ -459,7 +459,11 @@ fn check_services(runtime: &tokio::runtime::Runtime, file: &std::path::Path, pla
     for transform in &plan.transforms {
         if let Some(check) = transform.transform.check() {
             let what = format!("transforms.{} ({})", transform.name, transform.transform.describe());
-            checks.push((what, Box::pin(async move { check.await.map_err(|e| e.to_string()) })));
+            let said = |e: sluice_engine::contract::TransformError| match &e.code {
+                Some(code) => format!("{e} ({code})"),
+                None => e.to_string(),
+            };
+            checks.push((what, Box::pin(async move { check.await.map_err(said) })));
         }
     }
     let line_stores = [("audit_log", &plan.audit), ("error_log", &plan.error_log)];
