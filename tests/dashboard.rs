@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use super::support::{firehose_call, firehose_to_files, free_port, python, repo_root, start_serve, wait_for_port};
 
 /// The page's figures move and match /metrics, its layout holds still, an outage shows in the
@@ -147,6 +149,10 @@ fn under_serve_the_dashboard_shows_every_stream() {
     shown.sort();
     assert_eq!(shown, [("audit".to_string(), 2, 2), ("orders".to_string(), 0, 0)]);
     assert!(last["errors"].as_array().unwrap().is_empty(), "{last}");
+    // The folder's state comes with each live frame (every file served, no reload yet), and is
+    // kept in no history frame.
+    assert_eq!((last["folder"]["failed"].clone(), last["folder"]["reloads"].clone()), (json!([]), json!(0)), "{last}");
+    assert!(seen[0].1.as_array().unwrap().iter().all(|f| f.get("folder").is_none()));
     super::support::terminate(&child);
     assert!(child.wait().unwrap().success());
 }

@@ -1,7 +1,9 @@
 //! The dashboard on the admin address: `GET /` serves one self-contained page (HTML, CSS and
 //! script embedded in the binary, `dashboard.html`), `GET /events` a server-sent-events stream the
 //! page draws from: a `history` event on connect (the last [`HISTORY`] frames, one a second: 15
-//! minutes), then a `frame` event every second with the newest frame and the last 50 errors.
+//! minutes), then a `frame` event every second with the newest frame, the last 50 errors and,
+//! under `sluice serve`, how it last read its folder: its reloads and the pipeline files it does
+//! not serve as written, with their problems.
 //!
 //! A frame holds, per pipeline (stream): incoming records/s and bytes/s, throttled records/s,
 //! in-flight bytes against their limit, the write-ahead log against `retention.max_gb`, how far a
@@ -11,8 +13,7 @@
 //! retries/s, records sent to the error output by reason, bytes buffered against `size_mb`, the
 //! oldest buffered record's age against `interval_s`, data freshness and, when it partitions
 //! records, its open partitions and those sealed early; per transform records in, out, dropped and
-//! failed per second. Under `sluice serve` it also holds the folder's reloads and the pipeline files
-//! not served as written, with their problems. Totals travel with the rates, so what the page shows
+//! failed per second. Totals travel with the rates, so what the page shows
 //! can be checked against `/metrics`, which reads the same counters.
 //!
 //! Guarantees: one sampler per process reads the counters once a second (atomics and short locks,
@@ -36,7 +37,7 @@ use sluice_engine::metrics::{CERTIFICATE_ENDING_DAYS, CertificateEnd};
 use sluice_engine::record::now_ms;
 use tokio::sync::broadcast;
 
-use super::admin::{FolderState, MonitoredPipeline};
+use super::admin::MonitoredPipeline;
 
 /// Frames kept: 15 minutes at one a second.
 pub const HISTORY: usize = 900;
@@ -57,10 +58,6 @@ pub struct Frame {
     pub time: i64,
     /// Per pipeline, in the order the process runs them.
     pub streams: Vec<StreamFrame>,
-    /// Under `sluice serve`: how it last read its folder, with the files it does not serve as
-    /// written and why (absent under `sluice run`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub folder: Option<FolderState>,
 }
 
 /// One pipeline in a frame.
@@ -207,7 +204,7 @@ pub fn take_frame(
             stream_frame(p, time, seconds, before, window)
         })
         .collect();
-    Frame { time, streams, folder: None }
+    Frame { time, streams }
 }
 
 /// Which run of its stream `p` is: the address of its counters (each run has its own).
@@ -344,8 +341,7 @@ impl Dashboard {
         let json = {
             let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let window_start = ring.len().checked_sub(SUCCESS_WINDOW).and_then(|i| ring.get(i)).or(ring.front());
-            let mut frame = take_frame(&pipelines, now_ms(), ring.back().map(|(f, _)| f), window_start.map(|(f, _)| f));
-            frame.folder = self.pipelines.folder();
+            let frame = take_frame(&pipelines, now_ms(), ring.back().map(|(f, _)| f), window_start.map(|(f, _)| f));
             let json: Arc<str> = serde_json::to_string(&frame).unwrap_or_default().into();
             if ring.len() == HISTORY {
                 ring.pop_front();
@@ -354,8 +350,11 @@ impl Dashboard {
             json
         };
         let errors = serde_json::to_string(&recent_errors(&pipelines)).unwrap_or_else(|_| "[]".into());
+        // Like the errors, the folder's state travels with the live frame only: the history holds
+        // no copy of it per second.
+        let folder = serde_json::to_string(&self.pipelines.folder()).unwrap_or_else(|_| "null".into());
         // No viewer is not an error.
-        let _ = self.frames.send(format!("{{\"frame\":{json},\"errors\":{errors}}}").into());
+        let _ = self.frames.send(format!("{{\"frame\":{json},\"errors\":{errors},\"folder\":{folder}}}").into());
     }
 
     /// Every frame kept, as one JSON array.
