@@ -283,8 +283,9 @@ fn build(trust: &Trust, identity: Option<&reqwest::Identity>, timeout: Duration)
     builder.build().map_err(|e| sluice_engine::redact::error(&e).to_string())
 }
 
-/// A certificate this close to its end is warned about when it is read (the listener's, a client's).
-pub const WARN_WITHIN: Duration = Duration::from_secs(14 * 86_400);
+/// A certificate this close to its end is warned about when it is read (the listener's, a client's):
+/// the alert rules' threshold, which the dashboard and `sluice top` follow too.
+pub const WARN_WITHIN: Duration = Duration::from_secs(sluice_engine::metrics::CERTIFICATE_ENDING_DAYS * 86_400);
 
 /// The subject and end (Unix seconds) of a certificate, when it parses as X.509 (an end not known
 /// is no reason to refuse what rustls takes).
@@ -297,18 +298,23 @@ pub(crate) fn certificate_expiry(der: &CertificateDer<'_>) -> Option<(String, u6
 
 /// How near a certificate's end is, with the end as RFC 3339 text.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Ends {
+pub enum Ends {
     /// It has ended.
     Past(String),
     /// Within [`WARN_WITHIN`].
-    Soon { at: String, days: f64 },
+    Soon {
+        /// When it ends.
+        at: String,
+        /// In how many days.
+        days: f64,
+    },
     /// Later.
     Later(String),
 }
 
 impl Ends {
     /// Where `expiry_s` (Unix seconds) is from now.
-    pub(crate) fn of(expiry_s: u64) -> Ends {
+    pub fn of(expiry_s: u64) -> Ends {
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Self::from(expiry_s, now)
     }

@@ -630,9 +630,10 @@ impl ApiMetrics {
 /// `ListenerCertificateExpiry_seconds`).
 pub const CLIENT_CERTIFICATE_EXPIRY: &str = "ClientCertificateExpiry_seconds";
 
-/// Days before a certificate's end from which it is shown as ending soon: the threshold of the
-/// alert rules `SluiceListenerCertificateExpiring` and `SluiceClientCertificateExpiring`
-/// (docs/alerts.yml), which the dashboard and `sluice top` follow.
+/// Days before a certificate's end from which it is said to end soon: the threshold of the alert
+/// rules `SluiceListenerCertificateExpiring` and `SluiceClientCertificateExpiring`
+/// (docs/alerts.yml), which the warning when a certificate is read, the dashboard and `sluice top`
+/// follow.
 pub const CERTIFICATE_ENDING_DAYS: u64 = 14;
 
 /// A TLS certificate a stream uses and when it ends ([`PipelineMetrics::certificate_ends`]).

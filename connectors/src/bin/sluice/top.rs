@@ -111,8 +111,8 @@ fn is_delivery(family: &str, suffix: &str) -> bool {
 /// The certificates of `stream` (the API listener's, connectors' client certificates) that end
 /// within the alert rules' threshold or have ended, each said as a line.
 fn certificates_ending(now: &Scrape, stream: &str) -> Vec<String> {
+    use sluice_connectors::tls::Ends;
     use sluice_engine::metrics::{CERTIFICATE_ENDING_DAYS, CLIENT_CERTIFICATE_EXPIRY};
-    let unix_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let client = format!("sluice_{CLIENT_CERTIFICATE_EXPIRY}");
     let mut lines = Vec::new();
     for (family, labels, ends) in &now.samples {
@@ -132,14 +132,12 @@ fn certificates_ending(now: &Scrape, stream: &str) -> Vec<String> {
         } else {
             continue;
         };
-        let left = ends - unix_now;
-        if left >= (CERTIFICATE_ENDING_DAYS * 86_400) as f64 {
-            continue;
-        }
-        let when = if left <= 0.0 {
-            format!("ended {} ago", days_hours(-left))
-        } else {
-            format!("ends in {} (within the {CERTIFICATE_ENDING_DAYS}-day alert)", days_hours(left))
+        let when = match Ends::of(*ends as u64) {
+            Ends::Past(at) => format!("ended at {at}"),
+            Ends::Soon { days, .. } => {
+                format!("ends in {} (within the {CERTIFICATE_ENDING_DAYS}-day alert)", days_hours(days * 86_400.0))
+            }
+            Ends::Later(_) => continue,
         };
         lines.push(format!("{whose} {when}"));
     }
@@ -423,7 +421,9 @@ mod tests {
         let now = Scrape { at: Instant::now(), samples: parse(&text) };
         let shown = frame("127.0.0.1:1".parse().unwrap(), &now, None);
         assert!(shown.contains("sink siem's client certificate ends in 2 d 3 h (within the 14-day alert)"), "{shown}");
-        assert!(shown.contains("transform enrich's client certificate ended 2 h 0 min ago"), "{shown}");
+        let ended = chrono::DateTime::from_timestamp(i64::try_from(unix_now - 7_200).unwrap(), 0).unwrap();
+        let ended = ended.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        assert!(shown.contains(&format!("transform enrich's client certificate ended at {ended}")), "{shown}");
         assert!(!shown.contains("API certificate"), "ninety days left is not said: {shown}");
     }
 }
