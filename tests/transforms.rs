@@ -392,6 +392,16 @@ fn the_invoke_api_is_called_with_a_sigv4_signature_for_lambda() {
             && said.trim_end().ends_with("(Lambda.ResourceNotFound)"),
         "{said}"
     );
+    // Without credentials the check is refused as an invocation would be.
+    let mut unsigned = super::support::sluice();
+    let unsigned =
+        unsigned.args(["validate", "--check", config.to_str().unwrap()]).without_aws_keys().output().unwrap();
+    let said = String::from_utf8_lossy(&unsigned.stderr);
+    assert_eq!(unsigned.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("needs AWS credentials") && said.trim_end().ends_with("(Lambda.InvokeAccessDenied)"),
+        "{said}"
+    );
     std::fs::write(&config, &text).unwrap();
     let checked = validate();
     assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
