@@ -613,24 +613,39 @@ fn parse_timestamp_default(v: &Scalar<'_>) -> Option<i64> {
         Scalar::Number(n) => epoch_number_micros(n),
         Scalar::Str(s) => {
             let s = s.trim();
-            if let Some(micros) = rfc3339_micros(s) {
-                return Some(micros);
-            }
-            if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-                return Some(t.timestamp_micros());
-            }
-            for pattern in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-                if let Ok(t) = NaiveDateTime::parse_from_str(s, pattern) {
-                    return Some(t.and_utc().timestamp_micros());
-                }
-            }
-            if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z") {
-                return Some(t.timestamp_micros());
-            }
-            let number: serde_json::Number = s.parse().ok()?;
-            epoch_number_micros(&number)
+            rfc3339_micros(s).or_else(|| text_timestamp_micros(s))
         }
         _ => None,
+    }
+}
+
+/// A timestamp's text read by chrono's general parsers, in the order the OpenX formats are tried.
+fn text_timestamp_micros(s: &str) -> Option<i64> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_micros());
+    }
+    for pattern in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, pattern) {
+            return Some(t.and_utc().timestamp_micros());
+        }
+    }
+    if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z") {
+        return Some(t.timestamp_micros());
+    }
+    let number: serde_json::Number = s.parse().ok()?;
+    epoch_number_micros(&number)
+}
+
+/// Whether the fast reading of a timestamp's text ([`rfc3339_micros`]) answers, where it answers,
+/// exactly as chrono's general parsers do: the oracle of the unit tests and of the `columns` fuzz
+/// target (`fuzz/`, built with `--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
+pub fn timestamp_fast_path_agrees(text: &str) -> Result<(), String> {
+    match rfc3339_micros(text) {
+        Some(fast) if text_timestamp_micros(text) != Some(fast) => {
+            Err(format!("`{text}`: the fast path read {fast} µs, chrono {:?}", text_timestamp_micros(text)))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -667,7 +682,12 @@ fn rfc3339_micros(s: &str) -> Option<i64> {
     let offset_seconds = match &b[i..] {
         [b'Z'] => 0,
         [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let offset = i64::from(digits(i + 1, 2)? * 3600 + digits(i + 4, 2)? * 60);
+            // RFC 3339's offsets, as chrono reads them: hours 00–23, minutes 00–59.
+            let (hours, minutes) = (digits(i + 1, 2)?, digits(i + 4, 2)?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let offset = i64::from(hours * 3600 + minutes * 60);
             if *sign == b'+' { offset } else { -offset }
         }
         _ => return None,
@@ -884,6 +904,26 @@ mod tests {
         let c = RowConverter::new(schema(&[("s", "string", true)]), JsonOptions::default());
         let e = convert(&c, b"{\"s\":\"\xff\"}", &mut c.new_columns()).unwrap_err();
         assert!(e.message.contains("utf-8"), "{e}");
+    }
+
+    #[test]
+    fn the_fast_timestamp_reading_agrees_with_chrono_on_edges() {
+        for text in [
+            "2026-11-30T05:13:20Z",
+            "2026-11-30T05:13:20.123456789+05:30",
+            "2026-11-30T05:13:20+24:00",
+            "2026-11-30T05:13:20+99:99",
+            "2026-11-30T05:13:20-23:60",
+            "2026-11-30T05:13:20+00:60",
+            "2026-11-30T23:59:60Z",
+            "2026-02-30T00:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999-23:59",
+            "2026-11-30T05:13:20.Z",
+            "2026-11-30T05:13:20.1234567890Z",
+        ] {
+            timestamp_fast_path_agrees(text).unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 
     proptest::proptest! {
