@@ -541,12 +541,13 @@ fn postgres_down_past_the_retry_duration_loses_nothing_and_writes_a_manifest_of_
         .collect();
     // Every record kept as the row it was to be loaded as (format = "csv": staged and copied as
     // rows).
-    let mapping = sluice_connectors::sinks::postgres::Mapping::columns(&[
-        "eventTime",
-        "eventName",
-        "userIdentity.userName",
-        "sourceIPAddress",
-    ]);
+    let mapping =
+        sluice_connectors::sinks::postgres::StagedRows::new(sluice_connectors::sinks::postgres::Mapping::columns(&[
+            "eventTime",
+            "eventName",
+            "userIdentity.userName",
+            "sourceIPAddress",
+        ]));
     let mut expected: Vec<String> = generated(Profile::Cloudtrail, 21, 300)
         .iter()
         .map(|record| {

@@ -19,9 +19,9 @@
 //!
 //! The staged object is this sink's wire format ([`StagedRows`]): `format = "csv"` means records
 //! are staged and copied as CSV rows, so each record becomes, as it is buffered on the workers, the
-//! row of its columns' values ([`Mapping`]: a string as it is, a number or boolean as its JSON text,
-//! an object or array as JSON, a missing key or null as SQL NULL; `format = "json"`: the record in
-//! one field), gzip-compressed; a record that is not a JSON object is refused before it is staged
+//! row of its columns' values ([`Mapping`]: a string as it is, a number or boolean as the record
+//! writes it, an object or array as JSON, a missing key or null as SQL NULL; `format = "json"`: the
+//! record in one field), gzip-compressed; a record that is not a JSON object is refused before it is staged
 //! (`format-conversion-failed`). The stage holds what is loaded, and a load streams it to COPY,
 //! decompressed 1 MiB at a time as it is sent, converting nothing (the rows are split out one by
 //! one only when some must be left out or PostgreSQL refuses some). Delivering a
@@ -113,62 +113,57 @@ impl Mapping {
     pub fn columns(paths: &[&str]) -> Self {
         Mapping::Columns(paths.iter().map(|p| p.split('.').map(str::to_string).collect()).collect())
     }
-
-    /// Appends the CSV row COPY gets for `record` to `out` (what the bench's baseline loads too).
-    pub fn append_row(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        let value: serde_json::Value = serde_json::from_slice(record).map_err(|e| e.to_string())?;
-        self.row(&value, out);
-        Ok(())
-    }
-
-    /// Appends the CSV row of `record` (a JSON object) to `out`.
-    fn row(&self, record: &serde_json::Value, out: &mut Vec<u8>) {
-        match self {
-            Mapping::Json => quoted(&record.to_string(), out),
-            Mapping::Columns(paths) => {
-                for (i, path) in paths.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    match path.iter().try_fold(record, |v, key| v.get(key)) {
-                        None | Some(serde_json::Value::Null) => {}
-                        Some(serde_json::Value::String(s)) => quoted(s, out),
-                        Some(other) => quoted(&other.to_string(), out),
-                    }
-                }
-            }
-        }
-        out.push(b'\n');
-    }
 }
 
 /// The staged objects' rows: each record becomes, when it is encoded (on the workers, as it is
 /// buffered), the CSV row COPY takes ([`Mapping`]), so the stage holds what is loaded (`COPY …
 /// FROM 's3://…' CSV GZIP` can load it again from a manifest) and a load only streams it. A record
 /// that is not one UTF-8 JSON object is refused (`format-conversion-failed`). A record is read
-/// once: one validating pass finds the columns' values where they are (no tree is built; a record
-/// whose keys on a searched level hold escapes goes through a parsed tree, with the same row).
+/// once: one validating pass finds the columns' values where they are (no tree is built). Each
+/// value is written as the record wrote it (a number's digits, `1.50` or a 30-digit integer, kept
+/// as they are; an object's or array's text), a string decoded; a record whose keys on a searched
+/// level hold escapes has them decoded before they are compared and gets the same row (the two
+/// ways are checked against each other by the `json_paths` fuzz target, `fuzz/`).
 /// What the object decodes to ([`RecordCodec::records_of`], for the error output) is its rows.
 #[derive(Debug, Clone)]
 pub struct StagedRows {
     mapping: Mapping,
-    /// The columns' paths, for the one-pass search.
+    /// The columns' paths (each its keys), and as a tree for the one-pass search.
+    keys: Vec<Vec<Vec<u8>>>,
     paths: json::PathTree,
 }
 
 impl StagedRows {
     /// Rows of `mapping`.
     pub fn new(mapping: Mapping) -> Self {
-        let paths = match &mapping {
+        let keys: Vec<Vec<Vec<u8>>> = match &mapping {
             Mapping::Columns(paths) => {
-                let keys: Vec<Vec<Vec<u8>>> =
-                    paths.iter().map(|path| path.iter().map(|key| key.as_bytes().to_vec()).collect()).collect();
-                json::PathTree::new(&keys)
+                paths.iter().map(|path| path.iter().map(|key| key.as_bytes().to_vec()).collect()).collect()
             }
-            Mapping::Json => json::PathTree::new(&[]),
+            Mapping::Json => Vec::new(),
         };
-        StagedRows { mapping, paths }
+        let paths = json::PathTree::new(&keys);
+        StagedRows { mapping, keys, paths }
     }
+
+    /// Appends the CSV row COPY gets for `record` to `out` (what the bench's baseline and the
+    /// tests load too): [`RecordCodec::encode`].
+    pub fn append_row(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        self.encode(record, out)
+    }
+}
+
+/// Appends the row of the values `found` in `record`, and its line break.
+fn found_row(record: &[u8], found: &[json::Found], out: &mut Vec<u8>) {
+    for (i, value) in found.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if let json::Found::At(range) = value {
+            field(&record[range.clone()], out);
+        }
+    }
+    out.push(b'\n');
 }
 
 thread_local! {
@@ -214,25 +209,17 @@ impl RecordCodec for StagedRows {
         let scanned = json::find_paths(record, &self.paths, &mut found);
         let written = match scanned {
             Some(json::Scanned::Valid) => {
-                for (i, value) in found.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    if let json::Found::At(range) = value {
-                        field(&record[range.clone()], out);
-                    }
-                }
-                out.push(b'\n');
+                found_row(record, &found, out);
                 Ok(())
             }
             Some(_) => Err(not_an_object()),
-            // Not an object, or escaped keys on the way: through a parsed tree.
-            None => match serde_json::from_slice::<serde_json::Value>(record) {
-                Ok(value) if value.is_object() => {
-                    self.mapping.row(&value, out);
+            // Not an object, or escaped keys on the way: their text decoded.
+            None => match json::find_paths_decoding_keys(record, &self.keys, &mut found) {
+                Some(()) => {
+                    found_row(record, &found, out);
                     Ok(())
                 }
-                _ => Err(not_an_object()),
+                None => Err(not_an_object()),
             },
         };
         FOUND.with(|f| f.replace(found));
@@ -1035,7 +1022,9 @@ mod tests {
 
     fn row(mapping: &Mapping, record: &str) -> String {
         let mut out = Vec::new();
-        mapping.row(&serde_json::from_str(record).unwrap_or_default(), &mut out);
+        StagedRows::new(mapping.clone())
+            .encode(record.as_bytes(), &mut out)
+            .unwrap_or_else(|e| panic!("{e}: {record}"));
         String::from_utf8(out).unwrap_or_default()
     }
 
@@ -1048,26 +1037,39 @@ mod tests {
             row(&m, r#"{"a":"say \"hi\", then\nbye","b":{"c":""},"n":1.5,"flag":true,"obj":{"x":[1]},"none":null}"#),
             "\"say \"\"hi\"\", then\nbye\",\"\",,\"1.5\",\"true\",\"{\"\"x\"\":[1]}\",\n"
         );
-        assert_eq!(row(&Mapping::Json, r#"{"k": "v"}"#), "\"{\"\"k\"\":\"\"v\"\"}\"\n");
+        assert_eq!(row(&Mapping::Json, r#"{"k": "v"}"#), "\"{\"\"k\"\": \"\"v\"\"}\"\n");
     }
 
+    /// A record whose keys hold escapes gets the row the same record without them gets; numbers
+    /// keep their digits (a tree would have made `1.50` into `1.5`, a 30-digit integer into a
+    /// float, and refused `1e400`).
     #[test]
-    fn rows_read_in_place_equal_rows_from_a_tree() {
-        let m = Mapping::columns(&["a", "b.c", "missing", "n", "flag", "obj", "none", "b.d.e"]);
-        let staged = StagedRows::new(m.clone());
-        for record in [
-            r#"{"a":"say \"hi\", then\nbye","b":{"c":"","d":{"e":"deep"}},"n":1.5,"flag":true,"obj":{"x":[1]},"none":null}"#,
-            r#"{"a":"plain","b":"not an object","n":-2}"#,
-            r#"{"a\u0041":"escaped key","a":"é ü","b":{"c\n":1,"c":"x"}}"#,
-            r#"{"a":1,"a":2,"b":{}}"#,
-            r#"{}"#,
+    fn keys_with_escapes_give_the_row_of_the_same_keys_without() {
+        let m = Mapping::columns(&["a", "b.c", "missing", "n", "flag", "obj", "none", "b.d.e", "big", "huge"]);
+        for (escaped, plain) in [
+            (
+                r#"{"\u0061":"say \"hi\"","b":{"c":"","d":{"\u0065":"deep"}},"n":1.50,"flag":true,"obj":{ "x" : [1] },"none":null,"big":123456789012345678901234567890,"huge":1e400}"#,
+                r#"{"a":"say \"hi\"","b":{"c":"","d":{"e":"deep"}},"n":1.50,"flag":true,"obj":{ "x" : [1] },"none":null,"big":123456789012345678901234567890,"huge":1e400}"#,
+            ),
+            (
+                r#"{"a\u0041":"escaped key","a":"é ü","b":{"c\n":1,"c":"x"}}"#,
+                r#"{"aA":"escaped key","a":"é ü","b":{"cx":1,"c":"x"}}"#,
+            ),
+            (r#"{"\u0061":1,"a":2,"b":{}}"#, r#"{"a":1,"a":2,"b":{}}"#),
+            (r#"{"\u0062":"not an object","b":null}"#, r#"{"b":"not an object","b":null}"#),
+            (r#"{"\u0062":"not an object"}"#, r#"{"b":"not an object"}"#),
         ] {
-            let mut slow = Vec::new();
-            m.row(&serde_json::from_str(record).unwrap_or_default(), &mut slow);
-            let mut fast = Vec::new();
-            staged.encode(record.as_bytes(), &mut fast).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&slow), "{record}");
+            assert_eq!(row(&m, escaped), row(&m, plain), "{escaped}");
+            let Mapping::Columns(paths) = &m else { unreachable!() };
+            let keys: Vec<Vec<Vec<u8>>> =
+                paths.iter().map(|p| p.iter().map(|k| k.as_bytes().to_vec()).collect()).collect();
+            json::decoding_way_agrees(&keys, escaped.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            json::decoding_way_agrees(&keys, plain.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         }
+        assert_eq!(
+            row(&m, r#"{"\u0061":1,"n":1.50,"big":123456789012345678901234567890,"huge":1e400}"#),
+            "\"1\",,,\"1.50\",,,,,\"123456789012345678901234567890\",\"1e400\"\n"
+        );
     }
 
     #[test]

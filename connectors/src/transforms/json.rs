@@ -483,6 +483,101 @@ pub fn find_paths(bytes: &[u8], tree: &PathTree, found: &mut Vec<Found>) -> Opti
     (!escaped_key).then_some(scanned)
 }
 
+/// What [`find_paths`] answers, for any object, keys with escapes included (each compared as its
+/// decoded text): the slow way of its callers when it answers `None`, with the same answers (the
+/// raw range of each value, the last of duplicate keys). `None` when `bytes` is not one valid JSON
+/// object.
+pub fn find_paths_decoding_keys(bytes: &[u8], paths: &[Vec<Vec<u8>>], found: &mut Vec<Found>) -> Option<()> {
+    found.clear();
+    if bytes.get(skip_ws(bytes, 0)) != Some(&b'{') || validate(bytes) != Scanned::Valid {
+        return None;
+    }
+    let mut members_of = Vec::new();
+    for path in paths {
+        let mut value = 0..bytes.len();
+        let mut state = None;
+        for key in path {
+            if members(bytes, value.clone(), &mut members_of).is_none() {
+                // Indexing null gives null; anything else but an object cannot be indexed.
+                let at = skip_ws(bytes, value.start);
+                state = Some(if bytes.get(at) == Some(&b'n') { Found::Missing } else { Found::Blocked });
+                break;
+            }
+            let text = |member: &Member| {
+                let raw = &bytes[member.key.clone()];
+                if member.key_escaped {
+                    serde_json::from_slice::<String>(raw).map(String::into_bytes).unwrap_or_default()
+                } else {
+                    raw[1..raw.len() - 1].to_vec()
+                }
+            };
+            match members_of.iter().rev().find(|member| text(member) == *key) {
+                Some(member) => value = member.value.clone(),
+                None => {
+                    state = Some(Found::Missing);
+                    break;
+                }
+            }
+        }
+        found.push(state.unwrap_or(Found::At(value)));
+    }
+    Some(())
+}
+
+/// Whether [`find_paths_decoding_keys`] answers `record` as [`find_paths`] does where that answers,
+/// and as a parsed tree (serde_json's) reads each path everywhere: the oracle of the unit tests
+/// and of the `json_paths` fuzz target (`fuzz/`, built with `--cfg fuzzing`).
+#[cfg(any(test, fuzzing))]
+pub fn decoding_way_agrees(paths: &[Vec<Vec<u8>>], record: &[u8]) -> Result<(), String> {
+    let show = || String::from_utf8_lossy(record).into_owned();
+    let (mut fast, mut slow) = (Vec::new(), Vec::new());
+    let decoded = find_paths_decoding_keys(record, paths, &mut slow);
+    match find_paths(record, &PathTree::new(paths), &mut fast) {
+        Some(Scanned::Valid) if decoded.is_none() || fast != slow => {
+            return Err(format!("{:?}: one pass found {fast:?}, the decoding way {slow:?}", show()));
+        }
+        Some(Scanned::Invalid | Scanned::TooDeep) if decoded.is_some() => {
+            return Err(format!("{:?}: one pass refused it, the decoding way found {slow:?}", show()));
+        }
+        _ => {}
+    }
+    let Ok(tree) = serde_json::from_slice::<serde_json::Value>(record) else { return Ok(()) };
+    if decoded.is_some() != tree.is_object() {
+        return Err(format!(
+            "{:?}: an object to serde_json: {}, to the decoding way: {}",
+            show(),
+            tree.is_object(),
+            decoded.is_some()
+        ));
+    }
+    for (path, found) in paths.iter().zip(&slow) {
+        let mut value = Some(&tree);
+        let mut blocked = false;
+        for key in path {
+            value = match value {
+                Some(serde_json::Value::Object(map)) => map.get(String::from_utf8_lossy(key).as_ref()),
+                Some(serde_json::Value::Null) | None => None,
+                Some(_) => {
+                    blocked = true;
+                    None
+                }
+            };
+        }
+        let agrees = match (found, value) {
+            (Found::Blocked, None) => blocked,
+            (Found::Missing, None) => !blocked,
+            (Found::At(range), Some(v)) => {
+                serde_json::from_slice::<serde_json::Value>(&record[range.clone()]).ok().as_ref() == Some(v)
+            }
+            _ => false,
+        };
+        if !agrees {
+            return Err(format!("{:?}: path {path:?}: the decoding way found {found:?}, serde_json {value:?}", show()));
+        }
+    }
+    Ok(())
+}
+
 /// The walk of [`skip_value`] through an object whose keys are searched under `node`.
 fn find_in_object(
     bytes: &[u8],
@@ -674,6 +769,12 @@ mod tests {
             }
             Some(_) => assert_eq!(scanned, None),
             None => assert!(scanned.is_none_or(|s| s != Scanned::Valid), "{}", String::from_utf8_lossy(text)),
+        }
+        // The decoding way answers as the one pass does, and as the tree reads it, with keys
+        // escaped too (every string starting with `a` written with `\u0061`).
+        let escaped = String::from_utf8_lossy(text).replace("\"a", "\"\\u0061");
+        for text in [text, escaped.as_bytes()] {
+            decoding_way_agrees(&owned, text).unwrap_or_else(|e| panic!("{e}"));
         }
     }
 

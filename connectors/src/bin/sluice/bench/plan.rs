@@ -903,11 +903,13 @@ impl Planner<'_> {
         let server = std::sync::Arc::new(server);
         let csv = self.work.join("cloudtrail-postgres.csv");
         let paths: Vec<&str> = super::pg::COLUMNS.iter().map(|(_, path)| *path).collect();
-        let mapping = sluice_connectors::sinks::postgres::Mapping::columns(&paths);
+        let rows_of = sluice_connectors::sinks::postgres::StagedRows::new(
+            sluice_connectors::sinks::postgres::Mapping::columns(&paths),
+        );
         let text = std::fs::read(&ct.path).map_err(io_error("cannot read the workload"))?;
         let mut rows = Vec::with_capacity(text.len() / 3);
         for record in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            mapping.append_row(record, &mut rows).map_err(|e| BenchError::Io {
+            rows_of.append_row(record, &mut rows).map_err(|e| BenchError::Io {
                 what: "cannot convert the workload to CSV".into(),
                 source: std::io::Error::other(e),
             })?;
