@@ -759,6 +759,9 @@ mod tests {
                 "{account: .recipientAccountId, region: .awsRegion}",
                 b"{\"awsRegion\":\"eu-west-1\",\"recipientAccountId\":\"1234\xdd\xdd\"}",
             ),
+            // A lone surrogate escape: jaq refuses the record, the plain path read `null` (the
+            // scanner now refuses such strings too).
+            (".userIdentity.accessKeyId", br#" { "b" : "\udcCC" } "#),
         ];
         for (query, record) in findings {
             let mut oracle = FastPathOracle::new(query).unwrap();

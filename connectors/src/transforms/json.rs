@@ -2,9 +2,10 @@
 //! and hands out the raw byte ranges of values and object members, without building a tree.
 //!
 //! Guarantees: [`validate`] accepts exactly RFC 8259 JSON texts (one value, surrounding whitespace)
-//! nested at most [`MAX_DEPTH`] deep, except that it does not check that strings are UTF-8 (the
-//! transforms work on bytes and keep what they do not change as it was); ranges always cover whole
-//! values of the scanned text.
+//! nested at most [`MAX_DEPTH`] deep whose `\u` escapes make characters (a surrogate only in a
+//! pair, as jaq and serde_json read strings), except that it does not check that strings are UTF-8
+//! (the transforms work on bytes and keep what they do not change as it was); ranges always cover
+//! whole values of the scanned text.
 
 use std::ops::Range;
 
@@ -214,14 +215,33 @@ pub fn skip_string(bytes: &[u8], at: &mut usize) -> Result<bool, Scanned> {
                 escaped = true;
                 match bytes.get(i + 1) {
                     Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
-                    Some(b'u') if bytes.get(i + 2..i + 6).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) => {
-                        i += 6
-                    }
+                    Some(b'u') => i += unicode_escape(bytes, i)?,
                     _ => return Err(Scanned::Invalid),
                 }
             }
             _ => return Err(Scanned::Invalid),
         }
+    }
+}
+
+/// The length of the `\u` escape at `at` (6, or 12 for a surrogate pair), or `Invalid` when it
+/// does not make a character: four hex digits, a high surrogate only followed by a low one, no low
+/// surrogate alone (jaq and serde_json refuse the string otherwise; the JSON grammar alone would
+/// let it be).
+#[inline(never)]
+fn unicode_escape(bytes: &[u8], at: usize) -> Result<usize, Scanned> {
+    let unit = |from: usize| {
+        let digits = bytes.get(from..from + 4)?;
+        let text = std::str::from_utf8(digits).ok().filter(|t| t.bytes().all(|b| b.is_ascii_hexdigit()))?;
+        u16::from_str_radix(text, 16).ok()
+    };
+    match unit(at + 2).ok_or(Scanned::Invalid)? {
+        0xD800..=0xDBFF if bytes.get(at + 6..at + 8) == Some(&b"\\u"[..]) => match unit(at + 8) {
+            Some(0xDC00..=0xDFFF) => Ok(12),
+            _ => Err(Scanned::Invalid),
+        },
+        0xD800..=0xDFFF => Err(Scanned::Invalid),
+        _ => Ok(6),
     }
 }
 
@@ -664,6 +684,7 @@ mod tests {
             "\"x\"",
             "0",
             "{\"a\":1,\"b\":[{\"c\":\"\\\"\"}]}",
+            r#""\ud83d\ude00 \uD83D\uDE00 \u00e9 \uffff""#,
         ] {
             assert_eq!(validate(text.as_bytes()), Scanned::Valid, "{text}");
         }
@@ -671,6 +692,14 @@ mod tests {
             ["", "{", "{\"a\"}", "[1,]", "01", "1.", "-", "\"\\x\"", "\"a\nb\"", "{} {}", "tru", "{'a':1}", "[1 2]"]
         {
             assert_eq!(validate(text.as_bytes()), Scanned::Invalid, "{text}");
+        }
+        // Escapes that make no character: jaq and serde_json refuse these strings (found by the
+        // jq_fast_paths fuzz target: a plain path read `null` where jaq refused the record).
+        for text in
+            [r#""\udcCC""#, r#""\ud800""#, r#""\ud800x""#, r#""\ud800\u0041""#, r#""\ud800\ud800""#, r#""\u12""#]
+        {
+            assert_eq!(validate(text.as_bytes()), Scanned::Invalid, "{text}");
+            assert!(serde_json::from_str::<String>(text).is_err(), "{text}");
         }
         assert_eq!(validate("[".repeat(200).as_bytes()), Scanned::TooDeep);
         // Exactly MAX_DEPTH containers deep is judged; one more is not (objects and arrays mixed).
