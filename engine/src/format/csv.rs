@@ -1,11 +1,14 @@
 //! `format = "csv"`: a header row of `columns`, then one RFC 4180 row per JSON object record (a
-//! missing or null key is an empty field, nested values are written as JSON). A record that is not
-//! a JSON object is refused. Split back into the exact bytes of each row (quoted fields may hold
+//! missing or null key is an empty field, a string its text, any other value as the record wrote
+//! it: `1.50` stays `1.50`, a 30-digit integer keeps its digits, an object or array its JSON text).
+//! A record that is not a JSON object is refused. Split back into the exact bytes of each row (quoted fields may hold
 //! newlines), the header dropped.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::RecordCodec;
 
@@ -61,18 +64,24 @@ impl RecordCodec for Csv {
     }
 
     fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        let value: Value = serde_json::from_slice(record).map_err(|e| format!("record is not valid JSON: {e}"))?;
-        let Value::Object(map) = value else {
+        // Values as the record wrote them (a number's digits, an object's text); a string decoded;
+        // the last of duplicate keys, as jq reads them.
+        let Ok(members) = serde_json::from_slice::<HashMap<Cow<'_, str>, &RawValue>>(record) else {
+            let value: Value = serde_json::from_slice(record).map_err(|e| format!("record is not valid JSON: {e}"))?;
             return Err(format!("record is JSON {}, not an object", json_kind(&value)));
         };
-        write_row(
-            out,
-            self.columns.iter().map(|c| match map.get(c) {
-                None | Some(Value::Null) => Cow::Borrowed(""),
-                Some(Value::String(s)) => Cow::Owned(s.clone()),
-                Some(other) => Cow::Owned(other.to_string()),
-            }),
-        );
+        let mut fields = Vec::with_capacity(self.columns.len());
+        for column in &self.columns {
+            let raw = members.get(column.as_str()).map_or("null", |v| v.get());
+            fields.push(match raw.as_bytes().first() {
+                Some(b'n') => Cow::Borrowed(""),
+                Some(b'"') => Cow::Owned(
+                    serde_json::from_str::<String>(raw).map_err(|e| format!("record is not valid JSON: {e}"))?,
+                ),
+                _ => Cow::Borrowed(raw),
+            });
+        }
+        write_row(out, fields.into_iter());
         Ok(())
     }
 
@@ -117,5 +126,20 @@ mod tests {
         assert_eq!(errors[1], "record is JSON an array, not an object");
         let rows = csv.records_of(&out).unwrap();
         assert_eq!(rows, vec![b"\"x,y\",2,\"{\"\"d\"\":[1]}\"".to_vec(), b"\"q\"\"r\nline\",,".to_vec()]);
+    }
+
+    /// Values as the record wrote them (a tree wrote `1.50` as `1.5` and a 30-digit integer as a
+    /// float), a key with escapes by its text, the last of duplicate keys.
+    #[test]
+    fn values_keep_the_records_digits_and_text() {
+        let csv = Csv::new(vec!["a".into(), "b".into(), "c".into(), "k".into()]);
+        let mut out = Vec::new();
+        let record =
+            br#"{"a":1.50,"b":123456789012345678901234567890,"c":{ "d" : [1e400] },"\u006b":"x","k":"y\u00e9"}"#;
+        csv.encode(record, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "1.50,123456789012345678901234567890,\"{ \"\"d\"\" : [1e400] }\",yé\n"
+        );
     }
 }
