@@ -714,16 +714,29 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, Strin
         return Err("not a number".into());
     }
     let mut digits: String = format!("{int_part}{frac_part}");
-    let mut point = int_part.len() as i32 + exponent; // digits before the point
-    if point < 0 {
-        digits = "0".repeat((-point) as usize) + &digits;
-        point = 0;
+    let mut point = int_part.len() as i64 + i64::from(exponent); // digits before the point
+    // Leading zeros carry nothing: without them the exponent is bounded by the column below, and
+    // so are the zeros written out for it (`1e2000000000` once asked for 2 GB of them).
+    let zeros = digits.len() - digits.trim_start_matches('0').len();
+    digits.drain(..zeros);
+    point -= zeros as i64;
+    let scale_u = scale.max(0) as usize;
+    if digits.is_empty() || point < -(scale_u as i64) {
+        // Zero, or every digit past the first one dropped (a zero: it rounds down).
+        return Ok(0);
     }
-    while digits.len() < point as usize {
+    if point > i64::from(precision) - scale_u as i64 {
+        return Err(format!("more than {} digits before the point", precision as i32 - scale as i32));
+    }
+    // Now -scale ≤ point ≤ precision - scale: the zeros written out are at most a column's digits.
+    if point < 0 {
+        digits = "0".repeat(point.unsigned_abs() as usize) + &digits;
+    }
+    let point = usize::try_from(point).unwrap_or(0);
+    while digits.len() < point {
         digits.push('0');
     }
-    let scale_u = scale.max(0) as usize;
-    let (whole, frac) = digits.split_at(point as usize);
+    let (whole, frac) = digits.split_at(point);
     let mut frac = frac.to_string();
     let round_up = frac.len() > scale_u && frac.as_bytes()[scale_u] >= b'5';
     frac.truncate(scale_u);
@@ -850,6 +863,21 @@ mod tests {
         assert!(parse_decimal("123456789.1", 10, 2).is_err());
         assert!(parse_decimal("abc", 10, 2).is_err());
         assert!(parse_decimal("9.999", 3, 2).is_err());
+        // Leading zeros, and exponents far past any column (the columns fuzz target's: each once
+        // wrote out its zeros, 2 GB for `1e2000000000`, or overflowed `i32` at the largest).
+        assert_eq!(parse_decimal("000000000000000000000000000000000000000001.5", 10, 2), Ok(150));
+        assert_eq!(parse_decimal("0.00e5", 10, 2), Ok(0));
+        assert_eq!(parse_decimal("0.005", 10, 2), Ok(1));
+        assert_eq!(parse_decimal("0.0005", 10, 2), Ok(0));
+        assert_eq!(parse_decimal("-5e-3", 10, 2), Ok(-1));
+        assert_eq!(parse_decimal("1e-2000000000", 10, 2), Ok(0));
+        assert_eq!(parse_decimal("123e-2147483648", 38, 10), Ok(0));
+        for huge in ["1e2000000000", "1e2147483647", "0.1e2147483647"] {
+            assert_eq!(parse_decimal(huge, 38, 2), Err("more than 36 digits before the point".into()), "{huge}");
+        }
+        assert_eq!(parse_decimal("1e99999999999", 38, 2), Err("bad exponent".into()));
+        assert_eq!(parse_decimal("1e36", 38, 2), Err("more than 36 digits before the point".into()));
+        assert_eq!(parse_decimal("1e35", 38, 2), Ok(10i128.pow(37)));
     }
 
     #[test]
