@@ -552,7 +552,7 @@ fn postgres_down_past_the_retry_duration_loses_nothing_and_writes_a_manifest_of_
         .iter()
         .map(|record| {
             let mut row = Vec::new();
-            mapping.append_row(record.as_bytes(), &mut row).unwrap();
+            sluice_engine::format::RecordCodec::encode(&mapping, record.as_bytes(), &mut row).unwrap();
             String::from_utf8(row).unwrap().trim_end().to_string()
         })
         .collect();

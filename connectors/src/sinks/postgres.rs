@@ -145,12 +145,6 @@ impl StagedRows {
         let paths = json::PathTree::new(&keys);
         StagedRows { mapping, keys, paths }
     }
-
-    /// Appends the CSV row COPY gets for `record` to `out` (what the bench's baseline and the
-    /// tests load too): [`RecordCodec::encode`].
-    pub fn append_row(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        self.encode(record, out)
-    }
 }
 
 /// Appends the row of the values `found` in `record`, and its line break.
@@ -206,24 +200,16 @@ impl RecordCodec for StagedRows {
         // The search below validates the JSON, not the encoding.
         json::check_utf8(record).map_err(malformed)?;
         let mut found = FOUND.with(|f| f.take());
-        let scanned = json::find_paths(record, &self.paths, &mut found);
-        let written = match scanned {
-            Some(json::Scanned::Valid) => {
-                found_row(record, &found, out);
-                Ok(())
-            }
-            Some(_) => Err(not_an_object()),
+        let object = match json::find_paths(record, &self.paths, &mut found) {
+            Some(scanned) => scanned == json::Scanned::Valid,
             // Not an object, or escaped keys on the way: their text decoded.
-            None => match json::find_paths_decoding_keys(record, &self.keys, &mut found) {
-                Some(()) => {
-                    found_row(record, &found, out);
-                    Ok(())
-                }
-                None => Err(not_an_object()),
-            },
+            None => json::find_paths_decoding_keys(record, &self.keys, &mut found).is_some(),
         };
+        if object {
+            found_row(record, &found, out);
+        }
         FOUND.with(|f| f.replace(found));
-        written
+        if object { Ok(()) } else { Err(not_an_object()) }
     }
 
     fn records_of(&self, text: &[u8]) -> Result<Vec<Vec<u8>>, String> {

@@ -791,12 +791,7 @@ struct Counts {
 /// a string).
 fn text_at<'r>(record: &'r [u8], found: &[json::Found], slot: usize) -> Option<std::borrow::Cow<'r, str>> {
     let json::Found::At(range) = found.get(slot)? else { return None };
-    let raw = record.get(range.clone())?;
-    match raw {
-        [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => std::str::from_utf8(inner).ok().map(Into::into),
-        [b'"', ..] => serde_json::from_slice::<String>(raw).ok().map(Into::into),
-        _ => None,
-    }
+    json::string_text(record.get(range.clone())?)
 }
 
 impl WorkerState {

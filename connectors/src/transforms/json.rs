@@ -232,8 +232,7 @@ pub fn skip_string(bytes: &[u8], at: &mut usize) -> Result<bool, Scanned> {
 fn unicode_escape(bytes: &[u8], at: usize) -> Result<usize, Scanned> {
     let unit = |from: usize| {
         let digits = bytes.get(from..from + 4)?;
-        let text = std::str::from_utf8(digits).ok().filter(|t| t.bytes().all(|b| b.is_ascii_hexdigit()))?;
-        u16::from_str_radix(text, 16).ok()
+        digits.iter().try_fold(0u16, |unit, &b| Some(unit << 4 | char::from(b).to_digit(16)? as u16))
     };
     match unit(at + 2).ok_or(Scanned::Invalid)? {
         0xD800..=0xDBFF if bytes.get(at + 6..at + 8) == Some(&b"\\u"[..]) => match unit(at + 8) {
@@ -503,6 +502,16 @@ pub fn find_paths(bytes: &[u8], tree: &PathTree, found: &mut Vec<Found>) -> Opti
     (!escaped_key).then_some(scanned)
 }
 
+/// The text of the JSON string `raw` (quotes included): borrowed when it has no escape, decoded
+/// when it has; `None` when `raw` is no string, or not UTF-8, or its escapes make no text.
+pub fn string_text(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    match raw {
+        [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => std::str::from_utf8(inner).ok().map(Into::into),
+        [b'"', ..] => serde_json::from_slice::<String>(raw).ok().map(Into::into),
+        _ => None,
+    }
+}
+
 /// What [`find_paths`] answers, for any object, keys with escapes included (each compared as its
 /// decoded text): the slow way of its callers when it answers `None`, with the same answers (the
 /// raw range of each value, the last of duplicate keys). `None` when `bytes` is not one valid JSON
@@ -523,15 +532,8 @@ pub fn find_paths_decoding_keys(bytes: &[u8], paths: &[Vec<Vec<u8>>], found: &mu
                 state = Some(if bytes.get(at) == Some(&b'n') { Found::Missing } else { Found::Blocked });
                 break;
             }
-            let text = |member: &Member| {
-                let raw = &bytes[member.key.clone()];
-                if member.key_escaped {
-                    serde_json::from_slice::<String>(raw).map(String::into_bytes).unwrap_or_default()
-                } else {
-                    raw[1..raw.len() - 1].to_vec()
-                }
-            };
-            match members_of.iter().rev().find(|member| text(member) == *key) {
+            let named = |member: &&Member| string_text(&bytes[member.key.clone()]).is_some_and(|t| t.as_bytes() == key);
+            match members_of.iter().rev().find(named) {
                 Some(member) => value = member.value.clone(),
                 None => {
                     state = Some(Found::Missing);

@@ -747,7 +747,7 @@ impl Invoker {
                     return Err(fail(NO_CREDENTIALS, "no AWS credentials".into()));
                 };
                 // Temporary credentials being refreshed may be back at the next attempt.
-                let credentials = credentials.current().await.map_err(|e| retry("Lambda.InvokeAccessDenied", e))?;
+                let credentials = credentials.current().await.map_err(|e| retry(NO_CREDENTIALS, e))?;
                 let mut headers = http::HeaderMap::new();
                 headers.insert("content-type", http::HeaderValue::from_static("application/json"));
                 let headers = credentials

@@ -611,14 +611,21 @@ impl Transform for RedactTransform {
     }
 
     fn open(&self, context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
-        Ok(Box::new(RecordByRecord(Redactor {
+        Ok(Box::new(RecordByRecord(self.redactor(Arc::clone(&context.metrics)))))
+    }
+}
+
+impl RedactTransform {
+    /// One worker's redactor, counting into `metrics`.
+    fn redactor(&self, metrics: Arc<TransformMetrics>) -> Redactor {
+        Redactor {
             detectors: self.detectors.clone(),
             set: self.set.clone(),
             fields: self.fields.clone(),
             mode: self.mode,
             hash_key: self.hash_key.clone(),
             counts: vec![0; self.detectors.len()],
-            metrics: Arc::clone(&context.metrics),
+            metrics,
             out: Vec::new(),
             value: Vec::new(),
             path: Vec::new(),
@@ -628,8 +635,14 @@ impl Transform for RedactTransform {
             candidates: Vec::new(),
             cursor: 0,
             strings: Vec::new(),
-        })))
+        }
     }
+}
+
+/// Whether `record` is read as JSON (an object, an array or a string); anything else, a bare
+/// number or word among them, is scanned as one text (module docs).
+fn read_as_json(record: &[u8]) -> bool {
+    record.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| matches!(b, b'{' | b'[' | b'"'))
 }
 
 /// One worker's redactor.
@@ -999,26 +1012,10 @@ impl RecordTransform for Redactor {
 impl Redactor {
     /// Every built-in detector, no `patterns`, no `fields`: the walk-free way is open to it.
     fn built_ins_only(mode: Mode) -> Redactor {
-        let detectors: Vec<Detector> =
+        let detectors =
             (0..DETECTORS.len()).map(|k| Detector { name: DETECTORS[k].into(), kind: Kind::BuiltIn(k) }).collect();
-        Redactor {
-            counts: vec![0; detectors.len()],
-            built_ins: (0..detectors.len()).collect(),
-            detectors,
-            set: RegexSet::empty(),
-            fields: None,
-            mode,
-            hash_key: (mode == Mode::Hash).then(|| Hmac::<Sha256>::new_from_slice(b"0123456789abcdef").ok()).flatten(),
-            metrics: Arc::default(),
-            out: Vec::new(),
-            value: Vec::new(),
-            path: Vec::new(),
-            found: Vec::new(),
-            patterns: Vec::new(),
-            candidates: Vec::new(),
-            cursor: 0,
-            strings: Vec::new(),
-        }
+        let hash_key = (mode == Mode::Hash).then(|| Hmac::<Sha256>::new_from_slice(b"0123456789abcdef").ok()).flatten();
+        RedactTransform { detectors, set: RegexSet::empty(), fields: None, mode, hash_key }.redactor(Arc::default())
     }
 
     /// What `record` becomes by the walked way alone (as JSON, else as text).
@@ -1056,10 +1053,8 @@ pub fn walk_free_way_agrees(hash: bool, record: &[u8]) -> Result<(), String> {
             walk.counts
         ));
     }
-    // Objects, arrays and strings are read as JSON (a bare number or word is text, module docs).
     let json = |bytes: &[u8]| serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
-    let container = record.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| matches!(b, b'{' | b'[' | b'"'));
-    if container && json(record) && !out.iter().all(|o| json(o)) {
+    if read_as_json(record) && json(record) && !out.iter().all(|o| json(o)) {
         return Err(format!("{:?} is JSON, {:?} is not", String::from_utf8_lossy(record), show(&out)));
     }
     Ok(())
@@ -1070,8 +1065,7 @@ impl Redactor {
     /// values, or every value when fields are chosen or dropped), else as one text. `candidates`
     /// holds the built-in detectors' settled matches in it.
     fn redact_walked(&mut self, record: &[u8], emit: &mut Emit<'_>) {
-        let json_like =
-            record.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| matches!(b, b'{' | b'[' | b'"'));
+        let json_like = read_as_json(record);
         if json_like && self.splices_every_string() {
             // Every string value is scanned and none is removed: splice the replacements in.
             let mut strings = std::mem::take(&mut self.strings);
@@ -1156,26 +1150,15 @@ mod tests {
         for (k, name) in DETECTORS.iter().enumerate() {
             detectors.push(Detector { name: (*name).into(), kind: Kind::BuiltIn(k) });
         }
-        let set = EMPLOYEE_ID.1.clone();
-        Redactor {
-            counts: vec![0; detectors.len()],
+        RedactTransform {
             detectors,
-            set,
+            set: EMPLOYEE_ID.1.clone(),
             fields: fields.map(|f| f.iter().map(|p| p.split('.').map(str::to_string).collect()).collect()),
             mode,
             hash_key: (mode == Mode::Hash)
                 .then(|| Hmac::<Sha256>::new_from_slice(b"0123456789abcdef").unwrap_or_else(|e| panic!("{e}"))),
-            metrics: Arc::default(),
-            out: Vec::new(),
-            value: Vec::new(),
-            path: Vec::new(),
-            found: Vec::new(),
-            built_ins: (1..=DETECTORS.len()).collect(),
-            patterns: vec![0],
-            candidates: Vec::new(),
-            cursor: 0,
-            strings: Vec::new(),
         }
+        .redactor(Arc::default())
     }
 
     fn redact(r: &mut Redactor, record: &str) -> String {

@@ -434,7 +434,7 @@ fn key_text(record: &[u8], found: &json::Found) -> Option<String> {
     let json::Found::At(range) = found else { return None };
     let raw = record.get(range.clone())?;
     match raw.first()? {
-        b'"' => serde_json::from_slice::<String>(raw).ok(),
+        b'"' => json::string_text(raw).map(std::borrow::Cow::into_owned),
         b'-' | b'0'..=b'9' | b't' | b'f' => std::str::from_utf8(raw).ok().map(str::to_string),
         _ => None,
     }

@@ -137,6 +137,10 @@ mod tests {
         let record =
             br#"{"a":1.50,"b":123456789012345678901234567890,"c":{ "d" : [1e400] },"\u006b":"x","k":"y\u00e9"}"#;
         csv.encode(record, &mut out).unwrap();
+        // A column's string whose escape makes no character refuses the record, and writes nothing.
+        let mut nothing = Vec::new();
+        let lone = csv.encode(br#"{"a":"\udcCC"}"#, &mut nothing);
+        assert!(lone.is_err_and(|e| e.starts_with("record is not valid JSON")) && nothing.is_empty());
         assert_eq!(
             String::from_utf8_lossy(&out),
             "1.50,123456789012345678901234567890,\"{ \"\"d\"\" : [1e400] }\",yé\n"

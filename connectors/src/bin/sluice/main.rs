@@ -448,21 +448,14 @@ fn check_services(runtime: &tokio::runtime::Runtime, file: &std::path::Path, pla
     for source in &plan.sources {
         if let Some(check) = source.source.check() {
             let what = format!("sources.{} ({})", source.name, source.source.describe());
-            // With its code when it has one, as sinks' refusals are said.
-            let said = |e: sluice_engine::contract::SourceError| match e.code() {
-                Some(code) => format!("{e} ({code})"),
-                None => e.to_string(),
-            };
+            let said = |e: sluice_engine::contract::SourceError| coded(&e, e.code());
             checks.push((what, Box::pin(async move { check.await.map_err(said) })));
         }
     }
     for transform in &plan.transforms {
         if let Some(check) = transform.transform.check() {
             let what = format!("transforms.{} ({})", transform.name, transform.transform.describe());
-            let said = |e: sluice_engine::contract::TransformError| match &e.code {
-                Some(code) => format!("{e} ({code})"),
-                None => e.to_string(),
-            };
+            let said = |e: sluice_engine::contract::TransformError| coded(&e, e.code.as_deref());
             checks.push((what, Box::pin(async move { check.await.map_err(said) })));
         }
     }
@@ -477,7 +470,7 @@ fn check_services(runtime: &tokio::runtime::Runtime, file: &std::path::Path, pla
         let checked = Arc::clone(&sink.sink);
         let what = format!("sinks.{} ({})", sink.name, sink.sink.describe());
         let check = async move { sluice_engine::contract::check_sink(&checked).await };
-        checks.push((what, Box::pin(async move { check.await.map_err(|e| format!("{e} ({})", e.code())) })));
+        checks.push((what, Box::pin(async move { check.await.map_err(|e| coded(&e, Some(e.code()))) })));
     }
     let asked =
         checks.into_iter().map(|(what, check)| async move { (what, tokio::time::timeout(within, check).await) });
@@ -497,6 +490,14 @@ fn check_services(runtime: &tokio::runtime::Runtime, file: &std::path::Path, pla
         }
     }
     passed
+}
+
+/// A check's failure as `validate --check` says it: with the refusing system's code when it has one.
+fn coded(error: &dyn std::fmt::Display, code: Option<&str>) -> String {
+    match code {
+        Some(code) => format!("{error} ({code})"),
+        None => error.to_string(),
+    }
 }
 
 fn gen_command(profile: Profile, records: u64, seed: u64, output: Option<PathBuf>) -> anyhow::Result<()> {

@@ -909,7 +909,7 @@ impl Planner<'_> {
         let text = std::fs::read(&ct.path).map_err(io_error("cannot read the workload"))?;
         let mut rows = Vec::with_capacity(text.len() / 3);
         for record in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            rows_of.append_row(record, &mut rows).map_err(|e| BenchError::Io {
+            sluice_engine::format::RecordCodec::encode(&rows_of, record, &mut rows).map_err(|e| BenchError::Io {
                 what: "cannot convert the workload to CSV".into(),
                 source: std::io::Error::other(e),
             })?;
