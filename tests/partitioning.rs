@@ -91,6 +91,9 @@ fn hostile_key_values_go_to_partitioning_failed_and_never_change_the_folders() {
         r#"{"a":null}"#.to_string(),
         r#"{"b":1}"#.to_string(),
         "not json".to_string(),
+        // Under 512 characters, but longer than a file name (255 bytes) on the file system.
+        format!(r#"{{"a":"{}"}}"#, "F".repeat(300)),
+        format!(r#"{{"a":"{}"}}"#, "中".repeat(100)),
         r#"{"a":"é🦀"}"#.to_string(),
         r#"{"a":5}"#.to_string(),
         r#"{"a":true}"#.to_string(),
@@ -118,14 +121,17 @@ fn hostile_key_values_go_to_partitioning_failed_and_never_change_the_folders() {
     let failed: BTreeMap<_, _> = objects.iter().filter(|(k, _)| k.starts_with("errors/partitioning-failed/")).collect();
     let documents: Vec<serde_json::Value> =
         all_lines(failed).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(documents.len(), 11, "{documents:?}");
+    assert_eq!(documents.len(), 13, "{documents:?}");
+    let too_long =
+        documents.iter().filter(|d| d["errorMessage"].as_str().unwrap_or("").contains("at most 255")).count();
+    assert_eq!(too_long, 2, "{documents:?}");
     let mut raw: Vec<String> = documents.iter().map(raw_data).collect();
     raw.sort();
-    let mut expected: Vec<String> = records[..11].to_vec();
+    let mut expected: Vec<String> = records[..13].to_vec();
     expected.sort();
     assert_eq!(raw, expected);
     assert!(documents.iter().all(|d| d["errorCode"] == "DynamicPartitioning.MetadataExtractionFailed"));
-    assert_eq!(metrics.sinks[0].partitioning_failed.load(std::sync::atomic::Ordering::Relaxed), 11);
+    assert_eq!(metrics.sinks[0].partitioning_failed.load(std::sync::atomic::Ordering::Relaxed), 13);
     // Firehose's `JQProcessing.Duration`: one observation per batch the query ran on.
     let timed = metrics.sinks[0].jq_processing.count();
     assert!(timed >= 1, "{timed}");

@@ -49,6 +49,22 @@ impl ErrorOutputType {
             ErrorOutputType::DeliveryFailed(kind) => kind.failed_output_type(),
         }
     }
+
+    /// The longest name an error-output object of a sink of `destination` can carry.
+    pub fn longest_name(destination: DestinationKind) -> &'static str {
+        [
+            ErrorOutputType::FormatConversionFailed,
+            ErrorOutputType::ProcessingFailed,
+            ErrorOutputType::DecompressionFailed,
+            ErrorOutputType::PartitioningFailed,
+            ErrorOutputType::SourceRecordBackup,
+            ErrorOutputType::DeliveryFailed(destination),
+        ]
+        .into_iter()
+        .map(ErrorOutputType::name)
+        .max_by_key(|name| name.len())
+        .unwrap_or_default()
+    }
 }
 
 /// Why a record is in the error output, with Firehose's field names for each case.

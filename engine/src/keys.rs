@@ -14,6 +14,54 @@ pub const MAX_EVALUATED_PREFIX: usize = 512;
 /// Longest configured prefix string Firehose allows.
 pub const MAX_CONFIGURED_PREFIX: usize = 1024;
 
+/// The keys a store can hold, in bytes of UTF-8: the longest key, and the longest part of one
+/// between two `/` (a file name, where the store keeps objects as files). A partition whose key
+/// values would make a longer key goes to `partitioning-failed`
+/// ([`ObjectKeys::check_partition`]), and a sink whose prefix alone does is refused at validation,
+/// instead of each object failing at the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// The longest key.
+    pub key_bytes: usize,
+    /// The longest path segment.
+    pub segment_bytes: usize,
+}
+
+impl KeyLimits {
+    /// S3's and GCS's keys (1,024 bytes; Azure's blob names are 1,024 characters, so this is
+    /// stricter for text beyond ASCII), with no limit on a segment but the key's.
+    pub const OBJECT_STORE: KeyLimits = KeyLimits { key_bytes: 1024, segment_bytes: 1024 };
+    /// A file name on the Linux file systems (`NAME_MAX`, 255 bytes).
+    pub const FILE_NAME_BYTES: usize = 255;
+
+    /// Why `key` is not one of these keys, if it is not.
+    pub fn check(&self, key: &str) -> Result<(), String> {
+        if key.len() > self.key_bytes {
+            return Err(format!(
+                "the object key would be {} bytes; the store takes at most {} under the sink's url",
+                key.len(),
+                self.key_bytes
+            ));
+        }
+        match key.split('/').find(|segment| segment.len() > self.segment_bytes) {
+            Some(segment) => Err(format!(
+                "the object key's part `{}…` would be {} bytes; the store takes at most {} between two `/`",
+                segment.chars().take(24).collect::<String>(),
+                segment.len(),
+                self.segment_bytes
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The instant whose rendering is the longest a template can make: every number at its widest,
+/// the longest month and day names (`September`, `Wednesday`), summer time where a zone has one
+/// in the north.
+fn widest_instant() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2099, 9, 30, 23, 59, 59).single().unwrap_or_default()
+}
+
 /// Why a prefix template was rejected; `offset` is a byte offset into the template.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -816,7 +864,7 @@ impl ObjectKeys {
         // A default error prefix is made of the prefix: its problems are the prefix's.
         let error_field = if error_prefix.is_some() { "error_prefix" } else { "prefix" };
         // The longest a rendering can be: every field at its widest on a fixed date.
-        let widest = Utc.with_ymd_and_hms(2099, 12, 31, 23, 59, 59).single().unwrap_or_default();
+        let widest = widest_instant().with_timezone(&time_zone);
         let checks = [
             ("prefix", "prefix", "", prefix_template.as_ref()),
             (
@@ -891,13 +939,15 @@ impl ObjectKeys {
     }
 
     /// Why a partition with key `values` cannot name objects, if it cannot: a value holding `/`
-    /// or a control character, a path segment left empty, `.` or `..`, or an evaluated prefix over
-    /// [`MAX_EVALUATED_PREFIX`] characters. Such a record goes to the error output.
-    pub fn check_partition(&self, values: &[String]) -> Result<(), String> {
+    /// or a control character, a path segment left empty, `.` or `..`, an evaluated prefix over
+    /// [`MAX_EVALUATED_PREFIX`] characters, or a data key (its objects' names end with
+    /// `extension`, the format's) that the store cannot hold (`limits`). Such a record goes to the
+    /// error output.
+    pub fn check_partition(&self, values: &[String], limits: KeyLimits, extension: &str) -> Result<(), String> {
         if let Some(v) = values.iter().find(|v| v.contains('/') || v.chars().any(char::is_control)) {
             return Err(format!("the partition key value {v:?} holds `/` or a control character"));
         }
-        let widest = Utc.with_ymd_and_hms(2099, 12, 31, 23, 59, 59).single().unwrap_or_default();
+        let widest = widest_instant().with_timezone(&self.time_zone);
         let mut rendered = String::new();
         self.prefix.render_partition(&widest, "", values, &mut rendered);
         if rendered.chars().count() > MAX_EVALUATED_PREFIX {
@@ -910,7 +960,45 @@ impl ObjectKeys {
         if let Some(segment) = bad {
             return Err(format!("the prefix would hold the path segment {segment:?} (`{rendered}`)"));
         }
-        Ok(())
+        limits.check(&self.key(&self.prefix, widest.timestamp_millis(), "", values, self.data_extension(extension)))
+    }
+
+    /// Why the store cannot hold the data keys at all, if it cannot: their literal text alone
+    /// (a partition key counting as one character, its shortest value) makes a key longer than
+    /// `limits` allow, objects named with `extension` (the format's).
+    pub fn check_data_limits(&self, limits: KeyLimits, extension: &str) -> Result<(), String> {
+        let shortest: Vec<&str> = self.partition_keys().iter().map(|_| "v").collect();
+        limits.check(&self.key(
+            &self.prefix,
+            widest_instant().timestamp_millis(),
+            "",
+            &shortest,
+            self.data_extension(extension),
+        ))
+    }
+
+    /// Why the store cannot hold the error-output keys of a sink of `destination`, if it cannot
+    /// (with its longest error-output type and compression extension).
+    pub fn check_error_limits(
+        &self,
+        limits: KeyLimits,
+        destination: crate::destination::DestinationKind,
+    ) -> Result<(), String> {
+        let longest_type = crate::error_output::ErrorOutputType::longest_name(destination);
+        use crate::compression::Compression;
+        let longest_extension = Compression::NAMES
+            .iter()
+            .filter_map(|name| Compression::from_name(name))
+            .map(Compression::extension)
+            .max_by_key(|extension| extension.len())
+            .unwrap_or_default();
+        limits.check(&self.key(
+            &self.error_prefix,
+            widest_instant().timestamp_millis(),
+            longest_type,
+            &[] as &[&str],
+            longest_extension,
+        ))
     }
 
     /// Key of an error-output object.
@@ -946,6 +1034,8 @@ impl ObjectKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::destination::DestinationKind;
+    use crate::error_output::ErrorOutputType;
 
     /// Firehose's FileExtension rule, and a data key ending with it in place of the format's
     /// (error objects keep theirs; an empty one is the format's).
@@ -1190,6 +1280,66 @@ mod tests {
         assert_eq!(error.0[0].field, "error_prefix");
     }
 
+    /// A partition's key values are checked against the store's keys: its data key (name and
+    /// extension included) at most `key_bytes`, each part between two `/` at most `segment_bytes`,
+    /// in bytes of UTF-8, not characters.
+    #[test]
+    fn a_partition_whose_key_the_store_cannot_hold_is_refused() {
+        let keys = ObjectKeys::new(
+            Some("account=!{partitionKeyFromQuery:a}/!{timestamp:yyyy}/"),
+            Some("e/!{firehose:error-output-type}/"),
+            "stream",
+            Tz::UTC,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let files = KeyLimits { key_bytes: 4000, segment_bytes: KeyLimits::FILE_NAME_BYTES };
+        let check = |value: &str, limits: KeyLimits| keys.check_partition(&[value.to_string()], limits, ".parquet");
+        // `account=` and 247 bytes make a file name of 255.
+        assert_eq!(check(&"a".repeat(247), files), Ok(()));
+        let refused = check(&"a".repeat(248), files).unwrap_err();
+        assert!(refused.contains("256 bytes") && refused.contains("at most 255"), "{refused}");
+        assert!(check(&"é".repeat(124), files).is_err(), "two bytes a character");
+        assert_eq!(check(&"a".repeat(300), KeyLimits::OBJECT_STORE), Ok(()));
+        // Under 512 characters, over 1,024 bytes with the object's name.
+        let cjk = "中".repeat(320);
+        assert!(cjk.chars().count() < MAX_EVALUATED_PREFIX);
+        let refused = check(&cjk, KeyLimits::OBJECT_STORE).unwrap_err();
+        assert!(refused.contains("at most 1024"), "{refused}");
+        assert_eq!(check(&"中".repeat(300), KeyLimits::OBJECT_STORE), Ok(()));
+        let key = keys.partition_data_key(0, &["中".repeat(300)], ".parquet");
+        assert_eq!(key.len(), "account=".len() + 900 + "/1970/stream-1-1970-01-01-00-00-00-".len() + 36 + 8);
+    }
+
+    /// A prefix whose literal text alone is too long for the store is found before any record
+    /// (data keys with the format's extension; error keys with the longest error-output type);
+    /// the widest rendering has the longest month and day names.
+    #[test]
+    fn prefixes_too_long_for_the_store_are_found_before_any_record() {
+        let keys = |prefix: &str, error_prefix: &str| {
+            ObjectKeys::new(Some(prefix), Some(error_prefix), "s", Tz::UTC).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let files = KeyLimits { key_bytes: 4000, segment_bytes: KeyLimits::FILE_NAME_BYTES };
+        let ok = keys("logs/!{partitionKeyFromQuery:a}/", "e/!{firehose:error-output-type}/");
+        assert_eq!(ok.check_data_limits(files, ".gz"), Ok(()));
+        assert_eq!(ok.check_error_limits(files, DestinationKind::OpenSearch), Ok(()));
+        let long_folder = keys(&format!("{}/", "f".repeat(256)), "e/!{firehose:error-output-type}/");
+        assert!(long_folder.check_data_limits(files, ".gz").is_err());
+        assert_eq!(long_folder.check_data_limits(KeyLimits::OBJECT_STORE, ".gz"), Ok(()));
+        let named = keys(&format!("{}!{{timestamp:MMMM}}/", "m".repeat(246)), "e/!{firehose:error-output-type}/");
+        assert_eq!(named.check_data_limits(files, ".gz"), Ok(()), "246 + `September` is 255");
+        let named = keys(&format!("{}!{{timestamp:MMMM}}/", "m".repeat(247)), "e/!{firehose:error-output-type}/");
+        assert!(named.check_data_limits(files, "").is_err(), "247 + `September` is 256");
+        // `AmazonOpenSearchService-failed` (30) in place of `s3-failed` (9) in an error key.
+        let error_limit = |length: usize| KeyLimits { key_bytes: length, segment_bytes: length };
+        let long_types = keys("d/", "e/!{firehose:error-output-type}/");
+        let bytes = |kind| long_types.error_key(0, ErrorOutputType::longest_name(kind), ".snappy").len();
+        let (s3, opensearch) = (bytes(DestinationKind::S3), bytes(DestinationKind::OpenSearch));
+        assert_eq!(opensearch - s3, 30 - "format-conversion-failed".len());
+        assert_eq!(long_types.check_error_limits(error_limit(opensearch), DestinationKind::OpenSearch), Ok(()));
+        assert!(long_types.check_error_limits(error_limit(opensearch - 1), DestinationKind::OpenSearch).is_err());
+        assert_eq!(long_types.check_error_limits(error_limit(s3), DestinationKind::S3), Ok(()));
+    }
+
     #[test]
     fn applies_the_prefix_rules() {
         let keys = ObjectKeys::new(Some("logs/"), None, "s", Tz::UTC).unwrap_or_else(|e| panic!("{e}"));
@@ -1264,6 +1414,40 @@ mod tests {
             let uuid = &key[head.len()..key.len() - 3];
             prop_assert!(uuid::Uuid::parse_str(uuid).is_ok(), "{}", uuid);
             prop_assert!(key.ends_with(".gz"));
+        }
+
+        /// Whatever the key values and the instant, a partition the check lets through names
+        /// objects in the template's folders: as many segments, none empty, `.` or `..`, no
+        /// control character, within the store's limits (the check renders the widest instant, in
+        /// the sink's zone, with its longest month and day names).
+        #[test]
+        fn a_checked_partition_never_changes_the_folders_or_outgrows_the_store(
+            a in "[a./é中\\x00-\\x1f]{0,90}",
+            b in prop_oneof![Just(String::new()), Just("..".to_string()), "[a-z.]{1,4}", "x{200,300}"],
+            ms in 0i64..4_102_444_800_000,
+            zone in prop_oneof![Just(Tz::UTC), Just(Tz::Europe__London), Just(Tz::America__St_Johns)],
+            limits in prop_oneof![
+                Just(KeyLimits::OBJECT_STORE),
+                Just(KeyLimits { key_bytes: 300, segment_bytes: KeyLimits::FILE_NAME_BYTES }),
+            ],
+        ) {
+            let template = "t/!{partitionKeyFromQuery:a}/!{timestamp:MMMM-EEEE-X}/b=!{partitionKeyFromQuery:b}/";
+            let keys = ObjectKeys::new(Some(template), Some("e/!{firehose:error-output-type}/"), "s", zone)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let values = [a, b];
+            if keys.check_partition(&values, limits, ".parquet").is_ok() {
+                let key = keys.partition_data_key(ms, &values, ".parquet");
+                prop_assert_eq!(key.split('/').count(), 5, "{}", key);
+                prop_assert!(key.split('/').all(|s| !s.is_empty() && s != "." && s != ".."), "{}", key);
+                prop_assert!(!key.chars().any(char::is_control), "{:?}", key);
+                prop_assert_eq!(limits.check(&key), Ok(()));
+            } else {
+                prop_assert!(
+                    values.iter().any(|v| v.is_empty() || v == "." || v == ".." || v.contains('/')
+                        || v.chars().any(char::is_control) || v.len() > 150),
+                    "{:?} refused", values
+                );
+            }
         }
     }
 }

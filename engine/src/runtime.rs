@@ -381,9 +381,8 @@ fn execute(
                     let mut stream = scope.concatenate(inputs);
                     if let Some(partitioning) = &sink.settings.partitioning {
                         stream = stream.partition(
-                            &sink.name,
+                            sink,
                             j,
-                            Arc::clone(&sink.settings),
                             Arc::clone(partitioning),
                             Arc::clone(&context.metrics),
                             exchange.clone(),

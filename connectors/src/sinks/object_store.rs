@@ -37,7 +37,9 @@ use object_store::{
 };
 use serde::Deserialize;
 use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
-use sluice_engine::contract::{DeliveryError, DestinationKind, PartSink, PartUpload, Payload, Sink, UploadStart};
+use sluice_engine::contract::{
+    DeliveryError, DestinationKind, KeyLimits, PartSink, PartUpload, Payload, Sink, UploadStart,
+};
 use sluice_engine::metrics::SinkMeter;
 
 use super::renewing_store::{Rebuild, RenewingStore, StoreClients};
@@ -1076,8 +1078,12 @@ fn classify(code_prefix: &str, e: object_store::Error) -> DeliveryError {
     let (permanent, code) = store_error_code(code_prefix, &e);
     // With its causes: the store's own message says "error sending request", its cause why.
     let message = sluice_engine::redact::error(&e);
+    // S3 refuses a key over 1,024 bytes (`400 KeyTooLongError`), whatever is tried again.
+    let too_long = format!("{code_prefix}.KeyTooLongError");
     if matches!(e, E::InvalidPath { .. }) {
         DeliveryError::Unstorable { code, message }
+    } else if store_answer_code(code_prefix, &e) == too_long {
+        DeliveryError::Unstorable { code: too_long, message }
     } else if permanent {
         DeliveryError::Permanent { code, message }
     } else {
@@ -1160,6 +1166,27 @@ impl Sink for ObjectStoreSink {
 
     fn kms_key(&self) -> Option<String> {
         self.kms_key.clone()
+    }
+
+    /// S3's, GCS's and Azure's 1,024 bytes, less the URL's own prefix (`s3://bucket/p` keys
+    /// start `p/`); files under `file://` take 255 bytes a name and the path (`PATH_MAX`) what
+    /// the folder leaves; a WebDAV server keeps objects as files too.
+    fn key_limits(&self) -> KeyLimits {
+        const PATH_MAX: usize = 4096;
+        // The folder or the URL's prefix, and the `/` after it.
+        let under = |base: usize| if base == 0 { 0 } else { base + 1 };
+        match &self.local {
+            Some(local) => KeyLimits {
+                // And the path's terminating NUL.
+                key_bytes: PATH_MAX.saturating_sub(under(local.root().as_os_str().len()) + 1),
+                segment_bytes: KeyLimits::FILE_NAME_BYTES,
+            },
+            None => {
+                let key_bytes = KeyLimits::OBJECT_STORE.key_bytes.saturating_sub(under(self.base.as_ref().len()));
+                let segment_bytes = if self.web_server { KeyLimits::FILE_NAME_BYTES } else { key_bytes };
+                KeyLimits { key_bytes, segment_bytes }
+            }
+        }
     }
 
     fn describe(&self) -> String {
@@ -1351,6 +1378,24 @@ mod tests {
         assert_eq!(store_answer_code("GCS", &unanswered), "GCS.AccessDenied");
         let odd = object_store::Error::Generic { store: "S3", source: "<Code>not a code</Code>".into() };
         assert_eq!(store_answer_code("S3", &odd), "S3.InternalError");
+    }
+
+    /// A key S3 says is too long is not tried again (its object goes to the error output at once);
+    /// another 400 is, and a store's missing bucket fails for good.
+    #[test]
+    fn a_key_too_long_for_the_store_is_unstorable() {
+        let answer = |code: &str| object_store::Error::Generic {
+            store: "S3",
+            source: format!("Server returned non-2xx status code: 400 Bad Request: <Error><Code>{code}</Code></Error>")
+                .into(),
+        };
+        match classify("S3", answer("KeyTooLongError")) {
+            DeliveryError::Unstorable { code, .. } => assert_eq!(code, "S3.KeyTooLongError"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(classify("S3", answer("SlowDown")), DeliveryError::Retryable { .. }));
+        let missing = object_store::Error::NotFound { path: "a".into(), source: "gone".into() };
+        assert!(matches!(classify("S3", missing), DeliveryError::Permanent { .. }));
     }
     #[test]
     fn a_backup_store_is_its_url_alone_or_its_table_whose_unknown_keys_are_refused() {

@@ -68,8 +68,19 @@ fn same_file_system(a: &Path, b: &Path) -> std::io::Result<bool> {
     Ok(std::fs::metadata(a)?.dev() == std::fs::metadata(b)?.dev())
 }
 
+/// A file-system error as a delivery error: a name the file system cannot hold (longer than a
+/// file name or a path may be: `ENAMETOOLONG`) is no key for it, whatever is tried again; the
+/// rest may pass.
 fn io_error(what: String) -> impl FnOnce(std::io::Error) -> DeliveryError {
-    move |e| DeliveryError::Retryable { code: "Local.InternalError".into(), message: format!("{what}: {e}") }
+    move |e| {
+        let message = format!("{what}: {e}");
+        match e.kind() {
+            std::io::ErrorKind::InvalidFilename => {
+                DeliveryError::Unstorable { code: "Local.InvalidKey".into(), message }
+            }
+            _ => DeliveryError::Retryable { code: "Local.InternalError".into(), message },
+        }
+    }
 }
 
 /// Runs blocking file work off the async threads.
@@ -370,6 +381,27 @@ mod tests {
             matches!(&refused, DeliveryError::Permanent { message, .. } if message.contains("it is a file: a file:// URL names the folder")),
             "{refused:?}"
         );
+    }
+
+    /// A name longer than the file system holds (`ENAMETOOLONG`), as a folder or as the object's
+    /// own name: unstorable (its records go to the error output at once, not after minutes of
+    /// retries), nothing left staged; the name at its limit is stored.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_name_the_file_system_cannot_hold_is_unstorable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StagedFiles::new(dir.path().join("out"), "p.sink");
+        store.prepare().await.unwrap();
+        let longest = "n".repeat(sluice_engine::contract::KeyLimits::FILE_NAME_BYTES);
+        for key in [format!("{longest}n/object.gz"), format!("a/{longest}n"), format!("{}/x", "é".repeat(128))] {
+            let error = store.put(&key, Bytes::from_static(b"records")).await.unwrap_err();
+            assert!(
+                matches!(&error, DeliveryError::Unstorable { code, message } if code == "Local.InvalidKey" && message.contains("too long")),
+                "{error:?}"
+            );
+        }
+        assert!(files(store.staging()).is_empty(), "nothing left staged");
+        store.put(&format!("{longest}/{longest}"), Bytes::from_static(b"records")).await.unwrap();
+        assert_eq!(files(store.root()), vec![format!("{longest}/{longest}")]);
     }
 
     /// A sync that fails (the disk's write-back error): the delivery fails, retryable, and leaves

@@ -942,6 +942,7 @@ pub(super) fn resolve<'a>(
                 Some(t) => t.reads.to_vec(),
                 None => registry.sinks.iter().flat_map(|t| t.reads.iter().copied()).collect(),
             };
+            let (prefix_span, error_prefix_span) = (section.value_span("prefix"), section.value_span("error_prefix"));
             let lent = section.set_aside(&lent_keys);
             let settings = take_sink_settings(&mut section, &name, base_dir, registry, fixed_body, &mut problems);
             section.restore(lent);
@@ -976,6 +977,28 @@ pub(super) fn resolve<'a>(
                     ));
                     continue;
                 }
+            }
+            // Keys the store cannot hold whatever the records (a prefix's literal text too long):
+            // refused now, not at each object's delivery.
+            let error_store = sink.error_output().map_or(sink.key_limits(), |output| output.key_limits());
+            let too_long = match fixed_body {
+                Some(_) => None,
+                None => settings
+                    .keys
+                    .check_data_limits(sink.key_limits(), &settings.format.extension())
+                    .err()
+                    .map(|why| (format!("bad prefix: {why}"), prefix_span.clone())),
+            }
+            .or_else(|| {
+                let why = settings.keys.check_error_limits(error_store, sink.destination()).err()?;
+                // A default error prefix is made of the prefix.
+                Some((format!("bad error_prefix: {why}"), error_prefix_span.or(prefix_span)))
+            });
+            if let Some((message, span)) = too_long {
+                problems.push(Diagnostic::new(span.unwrap_or(sink_key_span), message).with_hint(
+                    "shorten it: a file system takes 255 bytes between two `/`, object stores 1,024 bytes for a whole key",
+                ));
+                continue;
             }
             let inputs = inputs.into_iter().map(as_input).collect();
             sinks.push(SinkPlan { name: sink_name, type_name, inputs, settings: Arc::new(settings), sink });

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 pub use crate::destination::DestinationKind;
+pub use crate::keys::KeyLimits;
 pub use errors::{DeliveryError, RefusedRecord, SourceError};
 pub use origins::{EntryRange, PayloadOrigins, RecordPosition};
 pub use transform::{
@@ -264,6 +265,13 @@ pub trait Sink: Send + Sync + 'static {
     /// Where it delivers, for DescribeDeliveryStream (e.g. its URL); by default [`Sink::describe`].
     fn location(&self) -> String {
         self.describe()
+    }
+    /// The object keys its store can hold ([`KeyLimits`]): a partition whose key values would make
+    /// a longer key goes to `partitioning-failed`, and a prefix that alone would is refused at
+    /// validation. By default S3's; a store that keeps objects as files says so. A sink that
+    /// stores no objects (a request sink) is asked for its error output's keys.
+    fn key_limits(&self) -> KeyLimits {
+        KeyLimits::OBJECT_STORE
     }
     /// The KMS key the destination encrypts what it stores with, when the sink names one (an S3
     /// sink's SSE-KMS `kms_key_id`), for DescribeDeliveryStream's `EncryptionConfiguration`.

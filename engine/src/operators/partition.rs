@@ -6,7 +6,8 @@
 //! be split goes to `partitioning-failed` whole). Guarantees: each record either goes on with its key values attached (in the order of the
 //! prefix's partition keys) to the worker its values hash to, or goes to the sink's error output as
 //! `partitioning-failed` with the reason (the query failed or gave a non-object, a key is missing,
-//! a value has `/` or a control character, or the prefix would be unusable or over 512 characters);
+//! a value has `/` or a control character, the prefix would be unusable or over 512 characters,
+//! or the key longer than the sink's store holds);
 //! failed records and source backups stay on their worker. Nothing is held across activations, so
 //! epochs pass through unchanged. A batch bound for a worker of this process counts its bytes in
 //! the in-flight budget until that worker takes it in (a [`super::BudgetClaim`]), so a worker that
@@ -24,7 +25,7 @@ use timely::dataflow::operators::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use super::{Epoch, ExchangeBudget};
-use crate::config::{Partitioning, SinkSettings};
+use crate::config::{Partitioning, SinkPlan};
 use crate::contract::{KeyQueryError, KeyQueryWorker, put_key_value};
 use crate::error_output::ErrorOutputType;
 use crate::metrics::PipelineMetrics;
@@ -32,12 +33,11 @@ use crate::record::{FailedRecords, PartitionKeys, RecordBatch, RecordFailure, Re
 
 /// Extension trait for the partition operator.
 pub trait PartitionRecords<'scope> {
-    /// Partitions the stream for sink `index` by `partitioning` and exchanges it.
+    /// Partitions the stream for `sink` (number `index`) by `partitioning` and exchanges it.
     fn partition(
         self,
-        sink: &str,
+        sink: &SinkPlan,
         index: usize,
-        settings: Arc<SinkSettings>,
         partitioning: Arc<Partitioning>,
         metrics: Arc<PipelineMetrics>,
         exchange: ExchangeBudget,
@@ -78,19 +78,19 @@ fn route(keys: &PartitionKeys) -> u64 {
 impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
     fn partition(
         self,
-        sink: &str,
+        sink: &SinkPlan,
         index: usize,
-        settings: Arc<SinkSettings>,
         partitioning: Arc<Partitioning>,
         metrics: Arc<PipelineMetrics>,
         exchange: ExchangeBudget,
     ) -> Stream<'scope, Epoch, Vec<Records>> {
         let worker = self.scope().index() as u64;
         let peers = self.scope().peers() as u64;
-        let sink_name = sink.to_string();
+        let (sink_name, settings) = (sink.name.clone(), Arc::clone(&sink.settings));
+        let key_limits = sink.sink.key_limits();
         let keyed = self.unary::<CapacityContainerBuilder<Vec<Records>>, _, _, _>(
             Pipeline,
-            &format!("Partition({sink})"),
+            &format!("Partition({sink_name})"),
             move |_, _| {
                 let mut query: Option<Box<dyn KeyQueryWorker>> = None;
                 if let Some(q) = &partitioning.query {
@@ -116,6 +116,7 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                 let mut interned: rustc_hash::FxHashMap<u64, Vec<(Vec<u8>, Partition)>> =
                     rustc_hash::FxHashMap::default();
                 let mut batch_number = 0u64;
+                let extension = settings.format.extension();
                 move |input, output| {
                     input.for_each(|cap, data| {
                         let mut session = output.session(&cap);
@@ -189,8 +190,11 @@ impl<'scope> PartitionRecords<'scope> for Stream<'scope, Epoch, Vec<Records>> {
                                                 .iter()
                                                 .map(|v| String::from_utf8_lossy(v).into_owned())
                                                 .collect();
-                                            let partition =
-                                                settings.keys.check_partition(&text).map_err(Arc::from).map(|()| {
+                                            let partition = settings
+                                                .keys
+                                                .check_partition(&text, key_limits, &extension)
+                                                .map_err(Arc::from)
+                                                .map(|()| {
                                                     let pairs: Vec<(String, String)> = partitioning
                                                         .keys
                                                         .iter()
