@@ -190,15 +190,14 @@ impl RecordCodec for StagedRows {
 
     fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         let malformed = |why: &str| format!("DataFormatConversion.MalformedData: {why}");
-        let not_an_object = || malformed("the record is not one JSON object");
         if let Mapping::Json = self.mapping {
-            json::check_object(record).map_err(malformed)?;
+            json::check_object(record).map_err(|why| malformed(&why))?;
             quoted_raw(record, out);
             out.push(b'\n');
             return Ok(());
         }
         // The search below validates the JSON, not the encoding.
-        json::check_utf8(record).map_err(malformed)?;
+        json::check_utf8(record).map_err(|why| malformed(&why))?;
         let mut found = FOUND.with(|f| f.take());
         let object = match json::find_paths(record, &self.paths, &mut found) {
             Some(scanned) => scanned == json::Scanned::Valid,
@@ -209,7 +208,7 @@ impl RecordCodec for StagedRows {
             found_row(record, &found, out);
         }
         FOUND.with(|f| f.replace(found));
-        if object { Ok(()) } else { Err(not_an_object()) }
+        if object { Ok(()) } else { Err(malformed(&json::why_not_one_object(record))) }
     }
 
     fn records_of(&self, text: &[u8]) -> Result<Vec<Vec<u8>>, String> {

@@ -348,24 +348,40 @@ pub fn members(bytes: &[u8], range: Range<usize>, out: &mut Vec<Member>) -> Opti
     Some(())
 }
 
-/// Whether `record` is one UTF-8 JSON object; else why not.
-pub fn check_object(record: &[u8]) -> Result<(), &'static str> {
+/// Whether `record` is one UTF-8 JSON object; else why not ([`why_not_one_object`]).
+pub fn check_object(record: &[u8]) -> Result<(), String> {
     check_utf8(record)?;
     if record.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') || validate(record) != Scanned::Valid {
-        return Err("the record is not one JSON object");
+        return Err(why_not_one_object(record));
     }
     Ok(())
 }
 
-/// Whether `record` is UTF-8; else why not.
-pub fn check_utf8(record: &[u8]) -> Result<(), &'static str> {
-    std::str::from_utf8(record).map(|_| ()).map_err(|_| "the record is not UTF-8")
+/// Why `record`, found wanting, is not one JSON object: serde_json's words where it refuses it
+/// (what is wrong, at which line and column: a missing comma, a lone surrogate in a `\u`
+/// escape), else what kind of JSON it is. Asked only of a refused record: a valid one pays nothing.
+pub fn why_not_one_object(record: &[u8]) -> String {
+    const NOT_ONE: &str = "the record is not one JSON object";
+    match serde_json::from_slice::<serde_json::Value>(record) {
+        Err(e) => format!("{NOT_ONE}: {e}"),
+        Ok(serde_json::Value::Object(_)) => NOT_ONE.to_string(),
+        Ok(serde_json::Value::Array(_)) => format!("{NOT_ONE}: it is an array"),
+        Ok(serde_json::Value::String(_)) => format!("{NOT_ONE}: it is a string"),
+        Ok(_) => format!("{NOT_ONE}: it is a number, a boolean or null"),
+    }
+}
+
+/// Whether `record` is UTF-8; else why not (where its first byte that is not).
+pub fn check_utf8(record: &[u8]) -> Result<(), String> {
+    std::str::from_utf8(record)
+        .map(|_| ())
+        .map_err(|e| format!("the record is not UTF-8 (byte {} is not)", e.valid_up_to()))
 }
 
 /// Appends `record`, which must be one UTF-8 JSON object, to `out` on one line (the line breaks
 /// valid JSON can hold only between tokens become spaces) followed by a newline; else says why
 /// not and leaves `out` as it was. What a destination taking one JSON document per line needs.
-pub fn push_object_line(record: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
+pub fn push_object_line(record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     check_object(record)?;
     let start = out.len();
     out.extend_from_slice(record.trim_ascii());
@@ -677,6 +693,26 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// A refused record is told why: what is wrong and where (a lone surrogate named as one), or
+    /// what kind of JSON it is, or where its bytes stop being UTF-8.
+    #[test]
+    fn a_record_that_is_not_one_object_is_told_why() {
+        let why = |record: &[u8]| check_object(record).unwrap_err();
+        let surrogate = why(br#"{"a":"\udcCC"}"#);
+        assert!(surrogate.starts_with("the record is not one JSON object: "), "{surrogate}");
+        assert!(surrogate.contains("surrogate") && surrogate.contains("column 12"), "{surrogate}");
+        let comma = why(b"{\"a\":1\n \"b\":2}");
+        assert!(comma.contains("expected `,` or `}` at line 2 column 2"), "{comma}");
+        assert!(why(b"[1, 2]").ends_with("it is an array"));
+        assert!(why(br#""text""#).ends_with("it is a string"));
+        assert!(why(b"42").ends_with("a number, a boolean or null"));
+        assert_eq!(why(b"{\"a\":\"\xff\"}"), "the record is not UTF-8 (byte 6 is not)");
+        assert_eq!(check_object(br#" {"a":"\ud83e\udd80"} "#), Ok(()));
+        let mut line = Vec::new();
+        assert!(push_object_line(br#"{"a":"\udcCC"}"#, &mut line).is_err_and(|why| why.contains("surrogate")));
+        assert!(line.is_empty());
+    }
 
     #[test]
     fn validates_like_serde_json() {
