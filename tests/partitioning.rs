@@ -97,6 +97,8 @@ fn hostile_key_values_go_to_partitioning_failed_and_never_change_the_folders() {
         r#"{"a":"é🦀"}"#.to_string(),
         r#"{"a":5}"#.to_string(),
         r#"{"a":true}"#.to_string(),
+        // A staging folder's name: no object goes there (readers skip it, a start empties it).
+        r#"{"a":".sluice-staging"}"#.to_string(),
     ];
     std::fs::write(&input, records.join("\n") + "\n").unwrap();
     let out = dir.path().join("out");
@@ -132,6 +134,12 @@ fn hostile_key_values_go_to_partitioning_failed_and_never_change_the_folders() {
     assert_eq!(raw, expected);
     assert!(documents.iter().all(|d| d["errorCode"] == "DynamicPartitioning.MetadataExtractionFailed"));
     assert_eq!(metrics.sinks[0].partitioning_failed.load(std::sync::atomic::Ordering::Relaxed), 13);
+    let refused: BTreeMap<_, _> = objects.iter().filter(|(k, _)| k.starts_with("errors/s3-failed/")).collect();
+    let refused: Vec<serde_json::Value> = all_lines(refused).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(raw_data(&refused[0]), records[16]);
+    assert_eq!(refused[0]["errorCode"], "Local.InvalidKey");
+    assert!(!out.join(".sluice-staging").exists());
     // Firehose's `JQProcessing.Duration`: one observation per batch the query ran on.
     let timed = metrics.sinks[0].jq_processing.count();
     assert!(timed >= 1, "{timed}");
@@ -146,10 +154,12 @@ fn hostile_key_values_go_to_partitioning_failed_and_never_change_the_folders() {
     // is complete (the run lasted less than one: measured as if the window ended now).
     let window_end = std::time::Instant::now() + sluice_engine::metrics::THROUGHPUT_WINDOW;
     let busiest = metrics.sinks[0].partition_records.lock().unwrap().busiest_throughput(window_end);
+    // The partition of the object the store refused counts: it was buffered.
     let largest_partition: u64 = objects
         .iter()
         .filter(|(k, _)| !k.starts_with("errors/"))
         .map(|(_, lines)| lines.iter().map(|l| l.len() as u64).sum::<u64>())
+        .chain([records[16].len() as u64])
         .max()
         .unwrap();
     let window = sluice_engine::metrics::THROUGHPUT_WINDOW.as_secs();

@@ -43,7 +43,7 @@ use sluice_engine::contract::{
 use sluice_engine::metrics::SinkMeter;
 
 use super::renewing_store::{Rebuild, RenewingStore, StoreClients};
-use super::staged_files::StagedFiles;
+use super::staged_files::{STAGING_FOLDER, StagedFiles};
 use super::upload_journal::UploadJournal;
 use crate::tls::StoreRoots;
 
@@ -929,13 +929,20 @@ impl ObjectStoreSink {
         attributes
     }
 
-    /// The full path of `key` under the sink's location.
+    /// The full path of `key` under the sink's location. A key with a folder named like a
+    /// staging folder is refused: the `object_store` source skips such objects, and under
+    /// `file://` the next start would remove what lies in one (a partition key value
+    /// `.sluice-staging` must not put an object there).
     pub fn location(&self, key: &str) -> Result<Path, DeliveryError> {
         let joined = if self.base.as_ref().is_empty() { key.to_string() } else { format!("{}/{key}", self.base) };
-        Path::parse(&joined).map_err(|e| DeliveryError::Unstorable {
+        let invalid = |why: String| DeliveryError::Unstorable {
             code: format!("{}.InvalidKey", self.code_prefix),
-            message: format!("object key `{joined}` is not valid: {e}"),
-        })
+            message: format!("object key `{joined}` is not valid: {why}"),
+        };
+        if key.split('/').any(|folder| folder == STAGING_FOLDER) {
+            return Err(invalid(format!("`{STAGING_FOLDER}` is the name of sluice's staging folders")));
+        }
+        Path::parse(&joined).map_err(|e| invalid(e.to_string()))
     }
 }
 
