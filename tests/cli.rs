@@ -137,6 +137,60 @@ fn a_missing_input_file_exits_1_with_the_reason() {
     assert!(text.contains("no file matches nothing-here/*.ndjson"), "{text}");
 }
 
+/// One corrupt file among several, met by the only worker before the others: given up, named in
+/// the summary and the exit code, and every other file read (it stopped the worker's share, so
+/// which files were read depended on the number of workers). A truncated file delivers what it
+/// held before the cut. The checkpoint is kept: the next run reads only the file given up (now
+/// repaired), not the others again.
+#[test]
+fn a_corrupt_file_is_given_up_and_the_other_files_are_read() {
+    use std::io::Write as _;
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let input = work.path().join("in");
+    std::fs::create_dir(&input).unwrap_or_else(|e| panic!("{e}"));
+    let gzip = |lines: &[String]| {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all((lines.join("\n") + "\n").as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        encoder.finish().unwrap_or_else(|e| panic!("{e}"))
+    };
+    let mut expected = Vec::new();
+    for file in 0..6 {
+        let lines: Vec<String> = (0..500).map(|i| format!("{{\"file\":{file},\"i\":{i}}}")).collect();
+        std::fs::write(input.join(format!("{file}.ndjson.gz")), gzip(&lines)).unwrap_or_else(|e| panic!("{e}"));
+        expected.extend(lines);
+    }
+    std::fs::write(input.join("2a-not-gzip.ndjson.gz"), b"not gzip at all").unwrap_or_else(|e| panic!("{e}"));
+    let cut: Vec<String> = (0..20_000).map(|i| format!("{{\"cut\":{i},\"pad\":\"{i:0>40}\"}}")).collect();
+    let whole = gzip(&cut);
+    std::fs::write(input.join("3a-cut.ndjson.gz"), &whole[..whole.len() / 2]).unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = pipeline_in(
+        work.path(),
+        "[pipeline]\nname = \"corrupt\"\n[sources.in]\ntype = \"file\"\npaths = [\"in/*.gz\"]\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"file://./out\"\nformat = \"ndjson\"\n",
+    );
+    let (code, text) = run_in(work.path(), &["run", "--quiet", "--workers", "1"], &pipeline);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("2a-not-gzip.ndjson.gz: invalid gzip header"), "{text}");
+    assert!(text.contains("3a-cut.ndjson.gz"), "{text}");
+    let delivered = all_lines(&folder_objects(&work.path().join("out")));
+    let (from_cut, mut others): (Vec<String>, Vec<String>) = delivered.into_iter().partition(|l| l.contains("cut"));
+    others.sort();
+    expected.sort();
+    assert_eq!(others, expected, "every record of every readable file");
+    assert!(!from_cut.is_empty() && from_cut.len() < cut.len(), "{}", from_cut.len());
+    assert!(from_cut.iter().all(|l| cut.contains(l)), "whole records only");
+    let repaired: Vec<String> = (0..10).map(|i| format!("{{\"repaired\":{i}}}")).collect();
+    std::fs::write(input.join("2a-not-gzip.ndjson.gz"), gzip(&repaired)).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(input.join("3a-cut.ndjson.gz")).unwrap_or_else(|e| panic!("{e}"));
+    let (code, text) = run_in(work.path(), &["run", "--quiet", "--workers", "1"], &pipeline);
+    assert_eq!(code, Some(0), "{text}");
+    let mut delivered = all_lines(&folder_objects(&work.path().join("out")));
+    delivered.retain(|l| !l.contains("cut"));
+    delivered.sort();
+    expected.extend(repaired);
+    expected.sort();
+    assert_eq!(delivered, expected, "the readable files once, the repaired one once");
+}
+
 #[test]
 fn the_ci_script_calls_the_readme_test_command() {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap_or_default();

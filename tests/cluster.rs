@@ -512,8 +512,8 @@ fn serve_runs_each_pipeline_of_its_folder_as_a_cluster() {
     }
 }
 
-/// An object that cannot be read stops its share of the source with an error naming the object,
-/// in the summary and in the error log.
+/// An object that cannot be read is given up with an error naming the object, in the summary and
+/// in the error log, and the worker reads on: the object after it is delivered.
 #[test]
 fn an_unreadable_object_is_named_in_the_error_and_the_error_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -546,6 +546,7 @@ fn an_unreadable_object_is_named_in_the_error_and_the_error_log() {
         .unwrap_or_else(|| panic!("no error-log line: {said}"));
     assert_eq!(line["component"], "archive");
     assert!(line["message"].as_str().unwrap().contains(&object), "{line}");
+    assert_eq!(lines_under(&dir.path().join("out")), vec!["{\"a\":1}".to_string()], "{said}");
 }
 
 /// A `dedup` transform across two processes: records are exchanged to their key's owner in the

@@ -5,8 +5,9 @@
 //! among the workers, so one large file is read by all of them; a compressed file is read whole by
 //! one worker. The ranges are dealt to processes (by worker) and, within a process, taken by
 //! whichever of its workers is free next. Guarantees: for any split, every line is read exactly
-//! once (a line belongs to the range its first byte is in); a file that cannot be read stops the source with its path in the
-//! error; a plain file found shorter than it was when the run planned it (truncated while read)
+//! once (a line belongs to the range its first byte is in); a file that cannot be read to its end
+//! (missing, corrupt) is given up with its path in the error and the run's outcome (exit 1), what
+//! was read of it delivered, and the source goes on with the other files; a plain file found shorter than it was when the run planned it (truncated while read)
 //! is warned about, and the partial line it ends with is counted (`PartialRecords`), never
 //! delivered as a record. Relative paths are relative to the current directory.
 
@@ -316,8 +317,15 @@ struct FileReader {
     epoch: u64,
 }
 
-fn io_error(unit: &WorkUnit, e: std::io::Error) -> SourceError {
-    SourceError::Io { context: format!("reading {}", unit.path.display()), source: e }
+impl FileReader {
+    /// A file that cannot be read (opened, decompressed) to its end: given up, the others read on,
+    /// and the checkpoint kept for the next run to read it again.
+    fn give_up(&self, unit: &WorkUnit, e: std::io::Error) -> SourceError {
+        if let Some(c) = &self.checkpoints {
+            c.give_up();
+        }
+        SourceError::InputFailed { context: format!("reading {}", unit.path.display()), source: e }
+    }
 }
 
 /// Opens a unit at `offset`, a line start saved by a checkpoint (in the decompressed stream for a
@@ -379,18 +387,27 @@ impl SourceReader for FileReader {
                     return Ok(ReadStatus::Finished);
                 };
                 let key = unit_key(&unit);
-                let lines = match self.checkpoints.as_ref().and_then(|c| c.saved(&key)) {
+                let opened = match self.checkpoints.as_ref().and_then(|c| c.saved(&key)) {
                     Some(Saved::Done) => continue,
                     Some(Saved::Offset(offset)) => open_unit_at(&unit, offset),
                     None => open_unit(&unit),
-                }
-                .map_err(|e| io_error(&unit, e))?;
+                };
+                let lines = opened.map_err(|e| self.give_up(&unit, e))?;
                 self.current = Some((unit, key, lines));
             }
             let Some((unit, key, lines)) = self.current.as_mut() else {
                 continue;
             };
-            let finished = lines.fill(batch, max_bytes).map_err(|e| io_error(unit, e))?;
+            // A unit that fails is given up (not checkpointed past what was read: a next run with
+            // checkpoints tries it again); the next read takes the next unit.
+            let finished = match lines.fill(batch, max_bytes) {
+                Ok(finished) => finished,
+                Err(e) => {
+                    let unit = unit.clone();
+                    self.current = None;
+                    return Err(self.give_up(&unit, e));
+                }
+            };
             if let Some(shrunk) = lines.take_shrinking() {
                 tracing::warn!(
                     file = %unit.path.display(),

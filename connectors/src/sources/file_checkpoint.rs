@@ -8,7 +8,9 @@
 //! epoch, so it never points past a line that is not delivered: a resumed run re-reads at most what
 //! was delivered after the last checkpoint (duplicates), never skips. The file
 //! (`offsets.json` in the source's data folder) is written to a temporary name, synced and renamed.
-//! A run that delivers all its input without being stopped removes it, so the next run starts over.
+//! A run that delivers all its input without being stopped removes it, so the next run starts over;
+//! one that gave up an input it could not read (a corrupt file) keeps it, so the next run reads
+//! only that input again, from where its delivered records end.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -50,6 +52,8 @@ impl<P> Default for UnitProgress<P> {
 pub struct FileCheckpoints<P = u64> {
     path: PathBuf,
     units: Mutex<BTreeMap<String, UnitProgress<P>>>,
+    /// An input was given up ([`FileCheckpoints::give_up`]): the run's end keeps the checkpoint.
+    given_up: std::sync::atomic::AtomicBool,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -75,7 +79,7 @@ where
         }
         let units =
             saved.into_iter().map(|(k, s)| (k, UnitProgress { saved: Some(s), pending: VecDeque::new() })).collect();
-        Arc::new(FileCheckpoints { path, units: Mutex::new(units) })
+        Arc::new(FileCheckpoints { path, units: Mutex::new(units), given_up: Default::default() })
     }
 
     /// Where to start `key`: `None` from its beginning.
@@ -128,11 +132,17 @@ where
         }
     }
 
+    /// Notes that a unit could not be read to its end and was given up: it is not done, and the
+    /// run's end keeps the checkpoint so that the next run reads it again (and only it).
+    pub fn give_up(&self) {
+        self.given_up.store(true, Ordering::SeqCst);
+    }
+
     /// At the end of a run (everything read was delivered): removes the checkpoint when the input
     /// was read to its end, so the next run starts over; keeps it, complete, when the run was
-    /// stopped, so the next run resumes.
+    /// stopped or gave up a unit, so the next run resumes.
     pub fn finish(&self, stopped: bool) {
-        if stopped {
+        if stopped || self.given_up.load(Ordering::SeqCst) {
             self.save(u64::MAX);
         } else if let Err(e) = std::fs::remove_file(&self.path)
             && e.kind() != std::io::ErrorKind::NotFound

@@ -22,7 +22,9 @@
 //! done), so a batch run that is stopped or dies resumes where its delivered records end and skips
 //! the objects it finished; a plain object resumes with a ranged GET. Errors name the object
 //! (`url/key`), and each object's key is logged as it is started, so where a record came from is
-//! never in doubt. A listing that finds nothing stops the run before it starts. Files a `file://`
+//! never in doubt; an object that cannot be read to its end (corrupt, gone, the connection lost)
+//! is given up (what was read of it delivered, its checkpoint left where its delivered records
+//! end) and the worker goes on with its next one; the run's outcome names it (exit 1). A listing that finds nothing stops the run before it starts. Files a `file://`
 //! sink is staging inside the folder (under `.sluice-staging/`) are not objects and are skipped.
 
 use std::collections::BTreeMap;
@@ -299,8 +301,11 @@ impl ObjectReader {
         format!("{}/{}", self.url.trim_end_matches('/'), key.trim_start_matches('/'))
     }
 
-    fn error(&self, location: &Path, e: std::io::Error) -> SourceError {
-        SourceError::Io { context: format!("reading object {}", self.shown(location)), source: e }
+    /// An object that cannot be read to its end: given up, the others read on, and the
+    /// checkpoint kept for the next run to read it again.
+    fn give_up(&self, location: &Path, e: std::io::Error) -> SourceError {
+        self.checkpoints.give_up();
+        SourceError::InputFailed { context: format!("reading object {}", self.shown(location)), source: e }
     }
 
     /// Opens `object` at stream offset `offset` (a line start from a checkpoint, or 0): a plain
@@ -353,7 +358,7 @@ impl SourceReader for ObjectReader {
                     None => 0,
                 };
                 tracing::info!(object = %self.shown(&object.location), offset, "reading");
-                let lines = self.open(&object, offset).map_err(|e| self.error(&object.location, e))?;
+                let lines = self.open(&object, offset).map_err(|e| self.give_up(&object.location, e))?;
                 self.current = Some((object.location, key, lines));
             }
             let Some((location, key, lines)) = self.current.as_mut() else { continue };
@@ -361,7 +366,8 @@ impl SourceReader for ObjectReader {
                 Ok(finished) => finished,
                 Err(e) => {
                     let location = location.clone();
-                    return Err(self.error(&location, e));
+                    self.current = None;
+                    return Err(self.give_up(&location, e));
                 }
             };
             self.checkpoints.read(key, self.epoch, lines.offset(), finished);

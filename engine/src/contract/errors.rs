@@ -91,9 +91,21 @@ impl DeliveryError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SourceError {
-    /// Reading failed.
+    /// Reading failed: this worker's reader stops.
     #[error("{context}: {source}")]
     Io {
+        /// What was being read.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// One input of several (a file, an object) could not be read to its end (it is corrupt,
+    /// or went away): what was read of it goes on, the rest of it is given up, and the reader
+    /// goes on with its next input, so one bad file among thousands neither stops the others
+    /// nor stops some of them depending on which worker met it. The engine reports it as it
+    /// reports a stopping error (the run's outcome names it: exit 1).
+    #[error("{context}: {source}")]
+    InputFailed {
         /// What was being read.
         context: String,
         /// The I/O error.
@@ -114,6 +126,11 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// Whether the reader goes on after it (with its next input).
+    pub fn reader_goes_on(&self) -> bool {
+        matches!(self, SourceError::InputFailed { .. })
+    }
+
     /// The error code of a refusal ([`SourceError::Refused`]); none for the others.
     pub fn code(&self) -> Option<&str> {
         match self {

@@ -4,8 +4,9 @@
 //! Guarantees: it never reads while the in-flight budget is exhausted; it advances the epoch at
 //! least once per tick even when idle (so interval flushing and the delivered frontier progress);
 //! on stop it finishes at once, or, for a reader that asks to drain (records already acknowledged
-//! to producers), reads on until the reader is finished; a read error stops this share, is logged
-//! and counted, and never panics.
+//! to producers), reads on until the reader is finished; a read error stops this share (one input
+//! of several that fails, [`crate::contract::SourceError::InputFailed`], is given up and the share
+//! goes on), is logged and counted in the run's outcome, and never panics.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,16 +94,24 @@ pub fn read_source<'scope>(
                             metrics.report_source_error(format!("source `{source_name}`: {e}"));
                             // The error names what was being read (a file, an object's URL); the
                             // error log says it on stderr too.
+                            let goes_on = e.reader_goes_on();
+                            let message = if goes_on {
+                                format!("the rest of this input is given up; the source goes on: {e}")
+                            } else {
+                                format!("this worker's share of the source stopped: {e}")
+                            };
                             metrics.report_error(crate::error_log::ErrorEvent {
                                 level: crate::error_log::Level::Error,
                                 component: &source_name,
                                 error_code: "SourceReadFailed",
-                                message: &format!("this worker's share of the source stopped: {e}"),
+                                message: &message,
                                 attempts: None,
                                 key: None,
                             });
-                            capability = None;
-                            return;
+                            if !goes_on {
+                                capability = None;
+                                return;
+                            }
                         }
                     }
                 }
