@@ -1669,7 +1669,15 @@ fn take_sink_settings(
                 },
                 _ => None,
             };
-            if chosen.is_none() {
+            let empty_delimiter = matches!(value.get_ref(), toml::de::DeValue::Table(t)
+                if matches!(t.get("delimiter").map(|v| v.get_ref()), Some(toml::de::DeValue::String(d)) if d.is_empty()));
+            if empty_delimiter {
+                problems.push(
+                    Diagnostic::new(deaggregation_span.clone(), "`deaggregation.delimiter` is empty").with_hint(
+                        "records are split where the delimiter is found: give its text, e.g. { delimiter = \"####\" }",
+                    ),
+                );
+            } else if chosen.is_none() {
                 problems.push(
                     Diagnostic::new(deaggregation_span.clone(), "`deaggregation` is \"json\" or { delimiter = \"…\" }")
                         .with_hint("Firehose's RecordDeAggregation: JSON values one after another, or records split on a delimiter"),
