@@ -538,17 +538,18 @@ fn text_of(v: Scalar<'_>) -> Cow<'_, str> {
     }
 }
 
+/// `f` as an integer when it is one `i64` holds: a cast saturates (`1e30` and 2^63 would be
+/// `i64::MAX`, a value the record never held), so what lies beyond is refused.
+fn whole_i64(f: f64) -> Option<i64> {
+    const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
+    (f.fract() == 0.0 && (-TWO_TO_63..TWO_TO_63).contains(&f)).then_some(f as i64)
+}
+
 fn int_in(v: &Scalar<'_>, min: i64, max: i64) -> Option<i64> {
     let n = match v {
         Scalar::Number(n) => match n.as_i64() {
             Some(i) => i,
-            None => {
-                let f = n.as_f64()?;
-                if f.fract() != 0.0 || !f.is_finite() {
-                    return None;
-                }
-                f as i64
-            }
+            None => whole_i64(n.as_f64()?)?,
         },
         Scalar::Str(s) => s.trim().parse().ok()?,
         _ => return None,
@@ -600,10 +601,13 @@ fn integer_of(v: &Scalar<'_>) -> Option<i64> {
 
 fn epoch_number_micros(n: &serde_json::Number) -> Option<i64> {
     if let Some(i) = n.as_i64() {
-        return if i.abs() >= EPOCH_MILLIS_THRESHOLD { i.checked_mul(1_000) } else { i.checked_mul(1_000_000) };
+        return if i.unsigned_abs() >= EPOCH_MILLIS_THRESHOLD.unsigned_abs() {
+            i.checked_mul(1_000)
+        } else {
+            i.checked_mul(1_000_000)
+        };
     }
-    let f = n.as_f64()?;
-    f.is_finite().then(|| (f * 1e6).round() as i64)
+    whole_i64((n.as_f64()? * 1e6).round())
 }
 
 /// The OpenX formats: ISO-8601 (`T`, up to 9 fractional digits, `Z` or an offset, or none for UTC),
@@ -839,6 +843,39 @@ mod tests {
         assert_eq!(micros(Value::from(1_793_491_200_000i64)), t);
         assert_eq!(micros(Value::from(1_793_491_200.5f64)), Some(1_793_491_200_500_000));
         assert_eq!(micros(Value::from("yesterday")), None);
+    }
+
+    /// A number beyond what the column holds is refused, never saturated into its largest value:
+    /// 2^63 and `1e30` are not `i64::MAX`, nor `-1e30` `i64::MIN`; an epoch of `1e300` seconds or
+    /// of 2^64 milliseconds is no timestamp; `i64::MIN` as an epoch is refused, not a panic.
+    #[test]
+    fn numbers_beyond_a_column_are_refused_not_saturated() {
+        let c = RowConverter::new(schema(&[("n", "bigint", true), ("t", "timestamp", true)]), JsonOptions::default());
+        let mut rows = c.new_columns();
+        for record in [
+            r#"{"n":9223372036854775808}"#,
+            r#"{"n":18446744073709551615}"#,
+            r#"{"n":1e30}"#,
+            r#"{"n":-1e30}"#,
+            r#"{"n":9.3e18}"#,
+            r#"{"t":1e300}"#,
+            r#"{"t":-1e300}"#,
+            r#"{"t":18446744073709551615}"#,
+            r#"{"t":-9223372036854775808}"#,
+        ] {
+            let refused = convert(&c, record.as_bytes(), &mut rows);
+            assert!(refused.is_err(), "{record} gave {:?}", rows.row(0));
+        }
+        for (record, row) in [
+            (r#"{"n":9223372036854775807}"#, vec![Cell::Int(i64::MAX), Cell::Null]),
+            (r#"{"n":-9223372036854775808}"#, vec![Cell::Int(i64::MIN), Cell::Null]),
+            (r#"{"n":-9.2e18}"#, vec![Cell::Int(-9_200_000_000_000_000_000), Cell::Null]),
+            (r#"{"n":4.0,"t":-1.5}"#, vec![Cell::Int(4), Cell::Micros(-1_500_000)]),
+        ] {
+            let mut rows = c.new_columns();
+            assert_eq!(convert(&c, record.as_bytes(), &mut rows).map_err(|e| e.to_string()), Ok(1), "{record}");
+            assert_eq!(rows.row(0), row, "{record}");
+        }
     }
 
     #[test]
