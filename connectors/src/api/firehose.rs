@@ -1206,6 +1206,18 @@ inputs = ["api"]
 url = "s3://vault/trail"
 options = { region = "eu-west-1", access_key_id = "AKIDEXAMPLE", secret_access_key = "secret" }
 encryption = { sse = "aws:kms", kms_key_id = "arn:aws:kms:eu-west-1:111122223333:key/abc" }
+[sinks.managed]
+type = "object_store"
+inputs = ["api"]
+url = "s3://vault/managed"
+options = { region = "eu-west-1", access_key_id = "AKIDEXAMPLE", secret_access_key = "secret" }
+encryption = { sse = "aws:kms" }
+[sinks.s3_keys]
+type = "object_store"
+inputs = ["api"]
+url = "s3://vault/s3-keys"
+options = { region = "eu-west-1", access_key_id = "AKIDEXAMPLE", secret_access_key = "secret" }
+encryption = { sse = "AES256" }
 "#;
         let plan = sluice_engine::testkit::plan_from_str(toml, &crate::registry()).unwrap_or_else(|e| panic!("{e}"));
         let info = plan.stream_info(0);
@@ -1239,6 +1251,13 @@ encryption = { sse = "aws:kms", kms_key_id = "arn:aws:kms:eu-west-1:111122223333
             json!({"KMSEncryptionConfig": {"AWSKMSKeyARN": "arn:aws:kms:eu-west-1:111122223333:key/abc"}})
         );
         assert_eq!(vault["BucketARN"], "arn:aws:s3:::vault");
+        // SSE-KMS without a key: S3's AWS managed key, not "no encryption"; SSE-S3 has no shape.
+        let encryption = |i: usize| {
+            destination_description(&info.destinations[i])["ExtendedS3DestinationDescription"]["EncryptionConfiguration"]
+                .clone()
+        };
+        assert_eq!(encryption(3), json!({"KMSEncryptionConfig": {"AWSKMSKeyARN": "alias/aws/s3"}}));
+        assert_eq!(encryption(4), json!({"NoEncryptionConfig": "NoEncryption"}));
         let siem = &destination_description(&info.destinations[1])["HttpEndpointDestinationDescription"];
         assert_eq!(siem["RetryOptions"], json!({"DurationInSeconds": 60}));
         assert_eq!(siem["S3BackupMode"], "FailedDataOnly");

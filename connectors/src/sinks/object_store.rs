@@ -73,7 +73,22 @@ struct SseConfig {
     kms_key_id: Option<String>,
 }
 
+/// The key S3 encrypts with under SSE-KMS when none is named: the account's AWS managed key.
+const AWS_MANAGED_S3_KEY: &str = "alias/aws/s3";
+
 impl SseConfig {
+    /// The KMS key DescribeDeliveryStream names: the one given; for SSE-KMS without one, S3's AWS
+    /// managed key (`alias/aws/s3`: the objects are KMS-encrypted, and describing them as not
+    /// encrypted would mislead an audit); none for SSE-S3 (`AES256`, S3's own keys, which
+    /// Firehose's `EncryptionConfiguration` cannot express).
+    fn described_key(&self) -> Option<String> {
+        match (&self.kms_key_id, self.sse.as_str()) {
+            (Some(key), _) => Some(key.clone()),
+            (None, "aws:kms" | "aws:kms:dsse") => Some(AWS_MANAGED_S3_KEY.into()),
+            (None, _) => None,
+        }
+    }
+
     /// The object_store options these ask for, or (message, hint).
     fn options(&self, url: &str) -> Result<Vec<(String, String)>, (String, String)> {
         if !(url.starts_with("s3://") || url.starts_with("s3a://")) {
@@ -309,7 +324,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems>
             .take(ObjectStoreSink::from_config_with(&c.url, &c.options, sse, &roots).map_err(|e| e.at_its_key(&spans)))
     });
     let mut sink = problems.finish(sink)?;
-    sink.kms_key = c.encryption.as_ref().and_then(|sse| sse.kms_key_id.clone());
+    sink.kms_key = c.encryption.as_ref().and_then(SseConfig::described_key);
     let sink = sink.owned_by(&config.pipeline, &config.name, &config.data_dir);
     Ok(Arc::new(if c.healthcheck { sink } else { sink.without_healthcheck() }))
 }
