@@ -1126,3 +1126,69 @@ fn multipart_uploads_an_interrupted_run_left_open_are_aborted_at_the_next_start(
     };
     super::support::an_upload_left_open_is_aborted_at_the_next_start(&toml, open_uploads);
 }
+
+/// The `object_store` source against a store that fails: a GET answered `SlowDown` (503) is tried
+/// again after a wait and everything is delivered once; an object the store keeps failing is
+/// given up after its five tries and one it refuses (403) at once, each named, and the other
+/// objects are read (exit 1).
+#[test]
+fn the_object_store_source_tries_again_what_may_pass_and_gives_up_what_cannot() {
+    use std::io::Write as _;
+    let root = tempfile::tempdir().unwrap();
+    let objects = root.path().join("arc/in");
+    std::fs::create_dir_all(&objects).unwrap();
+    let lines = |name: &str| (0..200).map(|i| format!("{{\"{name}\":{i}}}")).collect::<Vec<String>>();
+    std::fs::write(objects.join("a.ndjson"), lines("a").join("\n") + "\n").unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all((lines("b").join("\n") + "\n").as_bytes()).unwrap();
+    std::fs::write(objects.join("b.ndjson.gz"), gzip.finish().unwrap()).unwrap();
+    std::fs::write(objects.join("c.ndjson"), lines("c").join("\n") + "\n").unwrap();
+    let server = S3Server::start(root.path());
+    let work = tempfile::tempdir().unwrap();
+    let run = |name: &str| {
+        let source = server.sink_toml("arc", SECRET_KEY).replace("s3://arc/archive", "s3://arc/in");
+        let out = work.path().join(name);
+        let pipeline = work.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &pipeline,
+            format!(
+                "[pipeline]\nname = \"{name}\"\n[sources.archive]\ntype = \"object_store\"\n{source}\n\
+                 [sinks.local]\ntype = \"object_store\"\ninputs = [\"archive\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        let output = sluice()
+            .args(["run", "--quiet", "--workers", "1"])
+            .arg(&pipeline)
+            .env("SLUICE_LOG", "warn")
+            .output()
+            .unwrap();
+        let mut delivered = all_lines(&folder_objects(&out));
+        delivered.sort();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned(), delivered)
+    };
+    let expected = |names: &[&str]| {
+        let mut all: Vec<String> = names.iter().flat_map(|n| lines(n)).collect();
+        all.sort();
+        all
+    };
+    server.faults.fail_next("GetObject", 2, S3ErrorCode::SlowDown);
+    let (code, said, delivered) = run("slowed");
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("reading the object failed; trying again in 500 ms from offset 0"), "{said}");
+    assert!(said.contains("(archive, S3.SlowDown, 2 attempts, key s3://arc/in/a.ndjson)"), "{said}");
+    assert_eq!(delivered, expected(&["a", "b", "c"]), "each record once");
+    server.faults.fail_next("GetObject", 5, S3ErrorCode::InternalError);
+    let (code, said, delivered) = run("failing");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("reading object s3://arc/in/a.ndjson (5 tries)"), "{said}");
+    assert_eq!(delivered, expected(&["b", "c"]));
+    server.faults.fail_next("GetObject", 1, S3ErrorCode::AccessDenied);
+    let (code, said, delivered) = run("refused");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("reading object s3://arc/in/a.ndjson:"), "{said}");
+    assert!(!said.contains("trying again"), "{said}");
+    assert_eq!(delivered, expected(&["b", "c"]));
+    server.faults.heal();
+}

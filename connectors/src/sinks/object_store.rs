@@ -1113,6 +1113,12 @@ fn classify(code_prefix: &str, e: object_store::Error) -> DeliveryError {
     }
 }
 
+/// Whether trying `e`'s call again cannot help (a missing object or bucket, refused credentials,
+/// a bad key): what a reader of the store gives up on at once.
+pub(crate) fn is_permanent(e: &object_store::Error) -> bool {
+    store_error_code("", e).0
+}
+
 /// The error code of a store's error `e` in Firehose's style (`S3.AccessDenied`; `code_prefix` is
 /// the store's), and whether trying again cannot help.
 fn store_error_code(code_prefix: &str, e: &object_store::Error) -> (bool, String) {

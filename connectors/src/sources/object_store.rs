@@ -24,7 +24,9 @@
 //! (`url/key`), and each object's key is logged as it is started, so where a record came from is
 //! never in doubt; an object that cannot be read to its end (corrupt, gone, the connection lost)
 //! is given up (what was read of it delivered, its checkpoint left where its delivered records
-//! end) and the worker goes on with its next one; the run's outcome names it (exit 1). A listing that finds nothing stops the run before it starts. Files a `file://`
+//! end) and the worker goes on with its next one; the run's outcome names it (exit 1); before
+//! that, a failure that may pass (a 5xx, `SlowDown`, a connection lost) is tried again
+//! [`READ_TRIES`] times in all, from the next unread line, with a wait doubling from 0.5 s. A listing that finds nothing stops the run before it starts. Files a `file://`
 //! sink is staging inside the folder (under `.sluice-staging/`) are not objects and are skipped.
 
 use std::collections::BTreeMap;
@@ -91,12 +93,16 @@ struct Prepared {
     objects: Vec<Listed>,
     runtime: tokio::runtime::Handle,
     checkpoints: Arc<FileCheckpoints>,
+    /// Where a retried read is written to the error log.
+    metrics: Arc<sluice_engine::metrics::PipelineMetrics>,
 }
 
 /// A configured object-store source.
 pub struct ObjectStoreSource {
     /// Shared with a check that outlives the call ([`Source::check`]).
     listing: Arc<Listing>,
+    /// `[sources.<name>]`: the component its error-log lines name.
+    name: String,
     checkpoint_dir: std::path::PathBuf,
     prepared: OnceLock<Prepared>,
 }
@@ -153,6 +159,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     Ok(Arc::new(ObjectStoreSource {
         listing: Arc::new(Listing { store, base, url, code_prefix, pattern, tls_metrics }),
         checkpoint_dir: config.data_dir.join(&config.name),
+        name: config.name,
         prepared: OnceLock::new(),
     }))
 }
@@ -224,7 +231,8 @@ impl Source for ObjectStoreSource {
         tracing::info!(url = %self.listing.url, objects = objects.len(), "objects listed");
         let checkpoints = FileCheckpoints::load(self.checkpoint_dir.clone());
         checkpoints.follow(Arc::clone(&ctx.delivered));
-        let _ = self.prepared.set(Prepared { objects, runtime: ctx.runtime.clone(), checkpoints });
+        let metrics = Arc::clone(&ctx.metrics);
+        let _ = self.prepared.set(Prepared { objects, runtime: ctx.runtime.clone(), checkpoints, metrics });
         Ok(())
     }
 
@@ -245,12 +253,16 @@ impl Source for ObjectStoreSource {
         let mine: Vec<Listed> = p.objects.iter().skip(ctx.worker).step_by(ctx.workers.max(1)).cloned().collect();
         Ok(Box::new(ObjectReader {
             store: Arc::clone(&self.listing.store),
+            name: self.name.clone(),
+            code_prefix: self.listing.code_prefix,
+            metrics: Arc::clone(&p.metrics),
             url: self.listing.url.clone(),
             base: self.listing.base.clone(),
             runtime: p.runtime.clone(),
             checkpoints: Arc::clone(&p.checkpoints),
             objects: mine.into_iter(),
             current: None,
+            retry: None,
             epoch: 0,
         }))
     }
@@ -280,18 +292,48 @@ impl Read for StreamReader {
     }
 }
 
-/// The object being read: its location, checkpoint key and lines.
-type CurrentObject = (Path, String, LineReader<Box<dyn Read>>);
+/// The object being read: the object, its checkpoint key, its lines, and the tries it failed.
+type CurrentObject = (Listed, String, LineReader<Box<dyn Read>>, u32);
+
+/// Tries at reading an object that fails for a reason that may pass (a 5xx or `SlowDown`, a
+/// connection lost mid-object) before it is given up; each opens it again at its next unread line.
+const READ_TRIES: u32 = 5;
+/// The wait before the second try; it doubles (0.5, 1, 2, 4 s).
+const FIRST_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// An object to open again, at `offset`, once `at` has come.
+struct Retry {
+    object: Listed,
+    key: String,
+    offset: u64,
+    failed: u32,
+    at: std::time::Instant,
+}
+
+/// The store's error behind a read error, when it may pass if tried again: the store's own
+/// answer (a 5xx, a lost connection, throttling) but not a refusal (missing, denied), nor what the
+/// bytes are (a corrupt `.gz` reads the same however often it is fetched).
+fn passing_store_error(e: &std::io::Error) -> Option<&object_store::Error> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<object_store::Error>())
+        .filter(|store| !crate::sinks::object_store::is_permanent(store))
+}
 
 /// One worker's share of the objects.
 struct ObjectReader {
     store: Arc<dyn ObjectStore>,
+    /// The source's name, the store's error-code prefix and the run's counters: a retried read
+    /// is a `WARN` line of the error log, as a retried delivery is.
+    name: String,
+    code_prefix: &'static str,
+    metrics: Arc<sluice_engine::metrics::PipelineMetrics>,
     url: String,
     base: Path,
     runtime: tokio::runtime::Handle,
     checkpoints: Arc<FileCheckpoints>,
     objects: std::vec::IntoIter<Listed>,
     current: Option<CurrentObject>,
+    retry: Option<Retry>,
     epoch: u64,
 }
 
@@ -301,11 +343,36 @@ impl ObjectReader {
         format!("{}/{}", self.url.trim_end_matches('/'), key.trim_start_matches('/'))
     }
 
-    /// An object that cannot be read to its end: given up, the others read on, and the
-    /// checkpoint kept for the next run to read it again.
-    fn give_up(&self, location: &Path, e: std::io::Error) -> SourceError {
+    /// After a failed try at `retry`'s object: another try later when the error may pass and
+    /// tries are left (what the batch holds goes on meanwhile); else the object is given up, the
+    /// others read on, and the checkpoint is kept for the next run to read it again.
+    fn failed(&mut self, mut retry: Retry, e: std::io::Error) -> Result<ReadStatus, SourceError> {
+        retry.failed += 1;
+        let shown = self.shown(&retry.object.location);
+        if retry.failed < READ_TRIES
+            && let Some(store_error) = passing_store_error(&e)
+        {
+            let wait = FIRST_RETRY_WAIT * 2u32.pow(retry.failed - 1);
+            let code = crate::sinks::object_store::store_answer_code(self.code_prefix, store_error);
+            self.metrics.report_error(sluice_engine::error_log::ErrorEvent {
+                level: sluice_engine::error_log::Level::Warn,
+                component: &self.name,
+                error_code: &code,
+                message: &format!(
+                    "reading the object failed; trying again in {} ms from offset {}: {e}",
+                    wait.as_millis(),
+                    retry.offset
+                ),
+                attempts: Some(retry.failed),
+                key: Some(&shown),
+            });
+            retry.at = std::time::Instant::now() + wait;
+            self.retry = Some(retry);
+            return Ok(ReadStatus::Pending(wait));
+        }
         self.checkpoints.give_up();
-        SourceError::InputFailed { context: format!("reading object {}", self.shown(location)), source: e }
+        let tries = if retry.failed > 1 { format!(" ({} tries)", retry.failed) } else { String::new() };
+        Err(SourceError::InputFailed { context: format!("reading object {shown}{tries}"), source: e })
     }
 
     /// Opens `object` at stream offset `offset` (a line start from a checkpoint, or 0): a plain
@@ -348,26 +415,45 @@ impl SourceReader for ObjectReader {
     fn read(&mut self, batch: &mut RecordBatch, max_bytes: usize) -> Result<ReadStatus, SourceError> {
         loop {
             if self.current.is_none() {
-                let Some(object) = self.objects.next() else {
-                    return Ok(ReadStatus::Finished);
-                };
-                let key = format!("{}\t{}", object.location, object.size);
-                let offset = match self.checkpoints.saved(&key) {
-                    Some(Saved::Done) => continue,
-                    Some(Saved::Offset(offset)) => offset,
-                    None => 0,
+                let (object, key, offset, failed) = match self.retry.take() {
+                    Some(retry) => {
+                        let now = std::time::Instant::now();
+                        if retry.at > now {
+                            let wait = retry.at - now;
+                            self.retry = Some(retry);
+                            return Ok(ReadStatus::Pending(wait));
+                        }
+                        (retry.object, retry.key, retry.offset, retry.failed)
+                    }
+                    None => {
+                        let Some(object) = self.objects.next() else {
+                            return Ok(ReadStatus::Finished);
+                        };
+                        let key = format!("{}\t{}", object.location, object.size);
+                        let offset = match self.checkpoints.saved(&key) {
+                            Some(Saved::Done) => continue,
+                            Some(Saved::Offset(offset)) => offset,
+                            None => 0,
+                        };
+                        (object, key, offset, 0)
+                    }
                 };
                 tracing::info!(object = %self.shown(&object.location), offset, "reading");
-                let lines = self.open(&object, offset).map_err(|e| self.give_up(&object.location, e))?;
-                self.current = Some((object.location, key, lines));
+                match self.open(&object, offset) {
+                    Ok(lines) => self.current = Some((object, key, lines, failed)),
+                    Err(e) => {
+                        return self.failed(Retry { object, key, offset, failed, at: std::time::Instant::now() }, e);
+                    }
+                }
             }
-            let Some((location, key, lines)) = self.current.as_mut() else { continue };
+            let Some((_, key, lines, _)) = self.current.as_mut() else { continue };
             let finished = match lines.fill(batch, max_bytes) {
                 Ok(finished) => finished,
                 Err(e) => {
-                    let location = location.clone();
-                    self.current = None;
-                    return Err(self.give_up(&location, e));
+                    let Some((object, key, lines, failed)) = self.current.take() else { continue };
+                    // Again from the line after the last one taken into the batch.
+                    let offset = lines.offset();
+                    return self.failed(Retry { object, key, offset, failed, at: std::time::Instant::now() }, e);
                 }
             };
             self.checkpoints.read(key, self.epoch, lines.offset(), finished);
