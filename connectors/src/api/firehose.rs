@@ -1206,20 +1206,18 @@ inputs = ["api"]
 url = "s3://vault/trail"
 options = { region = "eu-west-1", access_key_id = "AKIDEXAMPLE", secret_access_key = "secret" }
 encryption = { sse = "aws:kms", kms_key_id = "arn:aws:kms:eu-west-1:111122223333:key/abc" }
-[sinks.managed]
-type = "object_store"
-inputs = ["api"]
-url = "s3://vault/managed"
-options = { region = "eu-west-1", access_key_id = "AKIDEXAMPLE", secret_access_key = "secret" }
-encryption = { sse = "aws:kms" }
-[sinks.s3_keys]
-type = "object_store"
-inputs = ["api"]
-url = "s3://vault/s3-keys"
-options = { region = "eu-west-1", access_key_id = "AKIDEXAMPLE", secret_access_key = "secret" }
-encryption = { sse = "AES256" }
 "#;
-        let plan = sluice_engine::testkit::plan_from_str(toml, &crate::registry()).unwrap_or_else(|e| panic!("{e}"));
+        // The same bucket with SSE-KMS without a key, and with SSE-S3.
+        let vault = toml.split("[sinks.vault]").nth(1).unwrap_or_default();
+        let toml = format!(
+            "{toml}[sinks.managed]{}[sinks.s3_keys]{}",
+            vault.replace(", kms_key_id = \"arn:aws:kms:eu-west-1:111122223333:key/abc\"", ""),
+            vault.replace(
+                "sse = \"aws:kms\", kms_key_id = \"arn:aws:kms:eu-west-1:111122223333:key/abc\"",
+                "sse = \"AES256\""
+            ),
+        );
+        let plan = sluice_engine::testkit::plan_from_str(&toml, &crate::registry()).unwrap_or_else(|e| panic!("{e}"));
         let info = plan.stream_info(0);
         let lake = &destination_description(&info.destinations[0])["ExtendedS3DestinationDescription"];
         assert_eq!(
