@@ -767,8 +767,18 @@ mod tests {
         std::fs::write(dir.path().join("c.ndjson"), format!("{}\n\n{}", line(2, 0), line(2, 1))).unwrap();
         expected.extend((0..2).map(|i| line(2, i).into_bytes()));
         let table = format!("type = \"file\"\npaths = [\"{}/*.ndjson*\"]\nsplit_mb = 1\n", dir.path().display());
-        let case = SourceCase::finite(table, expected, true, &dir.path().join("runs"));
+        // The same files and a corrupt one, named first so that it is met before the others.
+        std::fs::create_dir(dir.path().join("bad")).unwrap();
+        std::fs::write(dir.path().join("bad/0-corrupt.ndjson.gz"), b"\x1f\x8b but not gzip").unwrap();
+        let with_corrupt = format!(
+            "type = \"file\"\npaths = [\"{}/bad/*.gz\", \"{}/*.ndjson*\"]\nsplit_mb = 1\n",
+            dir.path().display(),
+            dir.path().display()
+        );
+        let case = SourceCase::finite(table, expected.clone(), true, &dir.path().join("runs"))
+            .with_unreadable_input(with_corrupt, expected);
         let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
+        assert!(report.passed.contains(&Check::GivesUpAnUnreadableInput { workers: 1 }), "{report:?}");
     }
 }

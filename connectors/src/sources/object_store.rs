@@ -479,4 +479,47 @@ mod tests {
         assert_eq!(Encoding::of("b.ndjson"), Encoding::Plain);
         assert_eq!(Encoding::of("noext"), Encoding::Plain);
     }
+
+    /// The object_store source through the real runtime (a `file://` store): plain, gzip and zstd
+    /// objects, every line exactly once at 1, 2 and 4 workers, a stop ends the run at once without
+    /// repeating a line, a stopped run resumes from its checkpoint, and a corrupt object among
+    /// them is given up and named while every other object is read.
+    #[test]
+    fn passes_the_source_conformance_kit() {
+        use std::io::Write;
+
+        use sluice_engine::testkit::source::{Check, SourceCase, conformance};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        let line =
+            |object: usize, i: usize| format!(r#"{{"object":{object},"line":{i},"pad":"{}"}}"#, "x".repeat(i % 90));
+        let mut expected = Vec::new();
+        for object in 0..6 {
+            let lines: String = (0..25_000).map(|i| line(object, i) + "\n").collect();
+            let body = match object % 3 {
+                0 => lines.into_bytes(),
+                1 => {
+                    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    gz.write_all(lines.as_bytes()).unwrap();
+                    gz.finish().unwrap()
+                }
+                _ => zstd::encode_all(lines.as_bytes(), 1).unwrap(),
+            };
+            let extension = ["ndjson", "ndjson.gz", "ndjson.zst"][object % 3];
+            std::fs::write(store.join(format!("log-{object}.{extension}")), body).unwrap();
+            expected.extend((0..25_000).map(|i| line(object, i).into_bytes()));
+        }
+        // Listed first, so that a worker meets it before its other objects.
+        std::fs::write(store.join("0-corrupt.ndjson.gz"), b"\x1f\x8b but not gzip").unwrap();
+        let table = |pattern: &str| {
+            format!("type = \"object_store\"\nurl = \"file://{}\"\npattern = \"{pattern}\"\n", store.display())
+        };
+        let case = SourceCase::finite(table("log-*"), expected.clone(), true, &dir.path().join("runs"))
+            .with_unreadable_input(table("*"), expected);
+        let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
+        assert!(report.passed.contains(&Check::GivesUpAnUnreadableInput { workers: 4 }), "{report:?}");
+    }
 }

@@ -15,6 +15,10 @@
 //!   and the second run does not deliver again everything the first did (for a source whose
 //!   stream keeps its records, the second run runs on for a few seconds, `SETTLE`, after the
 //!   missing ones came, so a source that started over would show it).
+//! - [`Check::GivesUpAnUnreadableInput`] at 1, 2 and 4 workers (sources of several inputs whose
+//!   case names one it cannot read, [`SourceCase::with_unreadable_input`]): every record of the
+//!   readable inputs is delivered once, whichever worker met the unreadable one, and the run's
+//!   outcome names it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,12 +48,29 @@ pub struct SourceCase {
     pub acknowledges: bool,
     /// Where the runs keep their data (each run its own folder in it).
     pub dir: PathBuf,
+    /// The source's keys naming inputs one of which it cannot read, and the records of the others.
+    pub unreadable: Option<(String, Vec<Vec<u8>>)>,
 }
 
 impl SourceCase {
     /// A source that ends by itself, reading the records its table names.
     pub fn finite(table: String, expected: Vec<Vec<u8>>, keeps_its_place: bool, dir: &std::path::Path) -> Self {
-        SourceCase { table, expected, produce: None, keeps_its_place, acknowledges: false, dir: dir.to_path_buf() }
+        SourceCase {
+            table,
+            expected,
+            produce: None,
+            keeps_its_place,
+            acknowledges: false,
+            dir: dir.to_path_buf(),
+            unreadable: None,
+        }
+    }
+
+    /// The same case, checked also with `table`: inputs one of which cannot be read (a corrupt
+    /// file), the others holding `readable`.
+    pub fn with_unreadable_input(mut self, table: String, readable: Vec<Vec<u8>>) -> Self {
+        self.unreadable = Some((table, readable));
+        self
     }
 
     /// A stream source fed by `produce`, which keeps its place (a write-ahead log) across runs.
@@ -61,6 +82,7 @@ impl SourceCase {
             keeps_its_place: true,
             acknowledges: true,
             dir: dir.to_path_buf(),
+            unreadable: None,
         }
     }
 
@@ -83,6 +105,12 @@ pub enum Check {
     DrainOnStop,
     /// A stopped run resumes.
     Resume,
+    /// An input that cannot be read is given up, named, and the others are read, at this many
+    /// workers.
+    GivesUpAnUnreadableInput {
+        /// Workers.
+        workers: usize,
+    },
 }
 
 /// What [`conformance`] checked.
@@ -144,17 +172,31 @@ impl SourceCase {
         workers: usize,
         when: StopWhen,
     ) -> Result<Vec<Vec<u8>>, String> {
+        self.run_table(&self.table, registry, data_dir, workers, when).map(|(records, _)| records)
+    }
+
+    /// Runs the source with the keys `table`; returns what it delivered and the errors the run's
+    /// outcome names for its sources.
+    fn run_table(
+        &self,
+        table: &str,
+        registry: &Registry,
+        data_dir: &std::path::Path,
+        workers: usize,
+        when: StopWhen,
+    ) -> Result<(Vec<Vec<u8>>, Vec<String>), String> {
         let capture = format!("source-{:016x}", rand::random::<u64>());
         let toml = format!(
             "[pipeline]\nname = \"conformance\"\ndata_dir = \"{}\"\nstop_timeout_s = 60\n\n[sources.in]\n{}\n\n\
              [sinks.capture]\ntype = \"{}\"\ninputs = [\"in\"]\nname = \"{capture}\"\nformat = \"ndjson\"\n\
              buffer = {{ size_mb = 1, interval_s = 1 }}\n",
             data_dir.display(),
-            self.table,
+            table,
             capture::TYPE
         );
         let plan = plan_from_str(&toml, registry).map_err(|d| d.to_string())?;
         let metrics = Arc::new(plan.new_metrics());
+        let counted = Arc::clone(&metrics);
         let mut options = RunOptions::for_plan(&plan);
         options.workers = workers;
         let stop = options.stop.clone();
@@ -191,7 +233,8 @@ impl SourceCase {
         if report.abandoned {
             return Err("the run stopped with deliveries left undone".into());
         }
-        Ok(capture::records(&capture))
+        let source_errors = counted.source_errors.lock().map(|e| e.clone()).unwrap_or_default();
+        Ok((capture::records(&capture), source_errors))
     }
 }
 
@@ -212,6 +255,33 @@ pub fn conformance(registry: Registry, case: &SourceCase) -> Result<Report, Stri
             return Err(format!("{workers} workers: {}", difference(&got, &expected)));
         }
         report.passed.push(Check::ExactlyOnce { workers });
+    }
+
+    match &case.unreadable {
+        Some((table, readable)) => {
+            let mut readable = readable.clone();
+            readable.sort();
+            for workers in [1, 2, 4] {
+                let dir = case.dir.join(format!("unreadable-{workers}"));
+                let (mut got, errors) = case
+                    .run_table(table, &registry, &dir, workers, StopWhen::Never)
+                    .map_err(|e| format!("an unreadable input, {workers} workers: {e}"))?;
+                got.sort();
+                if got != readable {
+                    return Err(format!(
+                        "an unreadable input, {workers} workers: the readable ones not read whole: {}",
+                        difference(&got, &readable)
+                    ));
+                }
+                if errors.is_empty() {
+                    return Err(format!("an unreadable input, {workers} workers: the run's outcome does not name it"));
+                }
+                report.passed.push(Check::GivesUpAnUnreadableInput { workers });
+            }
+        }
+        None => report
+            .skipped
+            .push((Check::GivesUpAnUnreadableInput { workers: 1 }, "the case names no unreadable input".into())),
     }
 
     let when = if stream { StopWhen::AfterProducing } else { StopWhen::AtOnce };
