@@ -3,7 +3,9 @@
 //! An [`ObjectKeyTemplate`] is parsed and checked once, when the config is resolved; rendering it
 //! cannot fail. Keys are `<evaluated prefix><stream>-<version>-<yyyy-MM-dd-HH-mm-ss>-<uuid><ext>`,
 //! every `!{timestamp:...}` in one key shows the same instant (the oldest record's arrival time) in
-//! the configured time zone (UTC by default), and an evaluated prefix is at most 512 characters.
+//! the configured time zone (UTC by default), an evaluated prefix is at most 512 characters, and
+//! a key is checked against what its store holds ([`KeyLimits`]): at validation for the prefixes'
+//! literal text, for each new partition with its key values.
 
 use chrono::{DateTime, Datelike, Offset as _, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;

@@ -18,7 +18,9 @@
 //! durable (contents, name, folders) when its delivery succeeds;
 //! staging files left by an interrupted run are removed at the next start (they belong to this
 //! sink alone); a part of an object uploaded in parts is written at its own offset, so parts can be
-//! retried under their number and written concurrently. A run that ends with everything stored
+//! retried under their number and written concurrently; a key the file system cannot hold as a
+//! name (`ENAMETOOLONG`) fails as unstorable, not retryable, so its object goes to the error
+//! output at once instead of after the retry duration. A run that ends with everything stored
 //! removes its staging folder ([`StagedFiles::finish`]), and the folders holding it while nothing
 //! else stages in them.
 

@@ -25,9 +25,10 @@
 //! never in doubt; an object that cannot be read to its end (corrupt, gone, the connection lost)
 //! is given up (what was read of it delivered, its checkpoint left where its delivered records
 //! end) and the worker goes on with its next one; the run's outcome names it (exit 1); before
-//! that, a failure that may pass (a 5xx, `SlowDown`, a connection lost) is tried again
-//! [`READ_TRIES`] times in all, from the next unread line, with a wait doubling from 0.5 s. A listing that finds nothing stops the run before it starts. Files a `file://`
-//! sink is staging inside the folder (under `.sluice-staging/`) are not objects and are skipped.
+//! that, a failure that may pass (a 5xx, `SlowDown`, a connection lost) is tried again, five
+//! tries in all (`READ_TRIES`), from the next unread line, with a wait doubling from 0.5 s. A
+//! listing that finds nothing stops the run before it starts. Files a `file://` sink is staging
+//! inside the folder (under `.sluice-staging/`) are not objects and are skipped.
 
 use std::collections::BTreeMap;
 use std::io::Read;
