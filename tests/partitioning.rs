@@ -518,9 +518,9 @@ fn a_hundred_thousand_partitions_complete_within_max_open_mb() {
 fn deaggregation_splits_records_before_partitioning() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.ndjson");
-    std::fs::write(&input, "{\"a\":\"x\"}{\"a\":\"y\"} {\"a\":\"x\"}\n{\"a\":\"y\"}\nnot json {\n").unwrap();
+    std::fs::write(&input, "{\"a\":\"x\"}{\"a\":\"y\"} {\"a\":\"x\"}\n{\"a\":\"y\"}\nnot json {\n   \n").unwrap();
     let delimited = dir.path().join("in.txt");
-    std::fs::write(&delimited, "{\"a\":\"x\"}####{\"a\":\"y\"}####\n").unwrap();
+    std::fs::write(&delimited, "{\"a\":\"x\"}####{\"a\":\"y\"}####\n########\n").unwrap();
     let run = |input: &std::path::Path, deaggregation: &str, out: &std::path::Path| {
         let toml = format!(
             "[pipeline]\nname = \"deagg\"\n[sources.in]\ntype = \"file\"\npaths = [\"{}\"]\n\
@@ -543,11 +543,15 @@ fn deaggregation_splits_records_before_partitioning() {
     assert_eq!(by_partition(&json, "a=x/"), vec![r#"{"a":"x"}"#, r#"{"a":"x"}"#]);
     assert_eq!(by_partition(&json, "a=y/"), vec![r#"{"a":"y"}"#, r#"{"a":"y"}"#]);
     let failed = by_partition(&json, "errors/partitioning-failed/");
-    assert_eq!(failed.len(), 1, "the record that is not JSON, whole");
-    assert!(failed[0].contains("DynamicPartitioning.DeAggregationFailed"));
+    assert_eq!(failed.len(), 2, "the record that is not JSON, whole, and the one holding none");
+    assert!(failed.iter().all(|d| d.contains("DynamicPartitioning.DeAggregationFailed")));
+    assert!(failed.iter().any(|d| d.contains("the record holds no JSON value")), "{failed:?}");
     let delimited = run(&delimited, "{ delimiter = \"####\" }", &dir.path().join("delimited"));
     assert_eq!(by_partition(&delimited, "a=x/"), vec![r#"{"a":"x"}"#]);
     assert_eq!(by_partition(&delimited, "a=y/"), vec![r#"{"a":"y"}"#]);
+    let failed = by_partition(&delimited, "errors/partitioning-failed/");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].contains("the record holds nothing but the delimiter"), "{failed:?}");
 }
 
 /// Records on their way to the worker that buffers their partition count in the run's in-flight

@@ -135,8 +135,22 @@ pub enum Deaggregation {
 }
 
 impl Deaggregation {
-    /// The records `record` holds, appended to `out`; an error says why it cannot be split.
+    /// The records `record` holds, appended to `out`; an error says why it cannot be split. A
+    /// record that holds none (only white space, only delimiters) is an error too: it is not
+    /// dropped without a word.
     pub fn split<'r>(&self, record: &'r [u8], out: &mut Vec<&'r [u8]>) -> Result<(), String> {
+        let before = out.len();
+        self.split_into(record, out)?;
+        if out.len() == before {
+            return Err(match self {
+                Deaggregation::Json => "the record holds no JSON value".into(),
+                Deaggregation::Delimiter(_) => "the record holds nothing but the delimiter".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn split_into<'r>(&self, record: &'r [u8], out: &mut Vec<&'r [u8]>) -> Result<(), String> {
         match self {
             Deaggregation::Json => {
                 let mut values = serde_json::Deserializer::from_slice(record).into_iter::<serde::de::IgnoredAny>();
