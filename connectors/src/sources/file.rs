@@ -7,9 +7,10 @@
 //! whichever of its workers is free next. Guarantees: for any split, every line is read exactly
 //! once (a line belongs to the range its first byte is in); a file that cannot be read to its end
 //! (missing, corrupt) is given up with its path in the error and the run's outcome (exit 1), what
-//! was read of it delivered, and the source goes on with the other files; a plain file found shorter than it was when the run planned it (truncated while read)
-//! is warned about, and the partial line it ends with is counted (`PartialRecords`), never
-//! delivered as a record. Relative paths are relative to the current directory.
+//! was read of it delivered, and the source goes on with the other files; a plain file found
+//! shorter than it was when the run planned it (truncated while read) is warned about, and the
+//! partial line it ends with is counted (`PartialRecords`), never delivered as a record. Relative
+//! paths are relative to the current directory.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};

@@ -125,6 +125,12 @@ impl Partitioning {
     }
 }
 
+/// What a `deaggregation` that is neither kind is told (message, hint).
+const NOT_A_DEAGGREGATION: (&str, &str) = (
+    "`deaggregation` is \"json\" or { delimiter = \"…\" }",
+    "Firehose's RecordDeAggregation: JSON values one after another, or records split on a delimiter",
+);
+
 /// Firehose's record de-aggregation (`deaggregation`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deaggregation {
@@ -1674,29 +1680,22 @@ fn take_sink_settings(
         None => Some(None),
         Some(value) => {
             let chosen = match value.get_ref() {
-                toml::de::DeValue::String(s) if s.as_ref() == "json" => Some(Deaggregation::Json),
+                toml::de::DeValue::String(s) if s.as_ref() == "json" => Ok(Deaggregation::Json),
                 toml::de::DeValue::Table(t) if t.len() == 1 => match t.get("delimiter").map(|v| v.get_ref()) {
-                    Some(toml::de::DeValue::String(d)) if !d.is_empty() => {
-                        Some(Deaggregation::Delimiter(d.as_bytes().to_vec()))
-                    }
-                    _ => None,
-                },
-                _ => None,
-            };
-            let empty_delimiter = matches!(value.get_ref(), toml::de::DeValue::Table(t)
-                if matches!(t.get("delimiter").map(|v| v.get_ref()), Some(toml::de::DeValue::String(d)) if d.is_empty()));
-            if empty_delimiter {
-                problems.push(
-                    Diagnostic::new(deaggregation_span.clone(), "`deaggregation.delimiter` is empty").with_hint(
+                    Some(toml::de::DeValue::String(d)) if d.is_empty() => Err((
+                        "`deaggregation.delimiter` is empty",
                         "records are split where the delimiter is found: give its text, e.g. { delimiter = \"####\" }",
-                    ),
-                );
-            } else if chosen.is_none() {
-                problems.push(
-                    Diagnostic::new(deaggregation_span.clone(), "`deaggregation` is \"json\" or { delimiter = \"…\" }")
-                        .with_hint("Firehose's RecordDeAggregation: JSON values one after another, or records split on a delimiter"),
-                );
-            }
+                    )),
+                    Some(toml::de::DeValue::String(d)) => Ok(Deaggregation::Delimiter(d.as_bytes().to_vec())),
+                    _ => Err(NOT_A_DEAGGREGATION),
+                },
+                _ => Err(NOT_A_DEAGGREGATION),
+            };
+            let chosen = chosen
+                .map_err(|(message, hint)| {
+                    problems.push(Diagnostic::new(deaggregation_span.clone(), message).with_hint(hint))
+                })
+                .ok();
             chosen.map(Some)
         }
     };
