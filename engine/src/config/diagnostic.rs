@@ -362,6 +362,8 @@ pub fn unknown_key_hint<'a>(key: &str, accepted: &[&'a str]) -> (String, Option<
     let listed = format!("accepted keys here: {}", super::document::join_ticked(accepted));
     let hint = match (firehose_key_hint(key), near) {
         (Some(firehose), _) => format!("{firehose}; {listed}"),
+        // A key the table takes only with other settings (the engine says which where it can).
+        (None, Some(k)) if k == key => format!("`{key}` does not apply with this table's other settings"),
         (None, Some(k)) => format!("did you mean `{k}`? {listed}"),
         (None, None) => listed,
     };
@@ -403,6 +405,9 @@ mod tests {
         assert_eq!(near, None);
         let (hint, near) = unknown_key_hint("urll", &["time_zone", "url"]);
         assert_eq!((hint.as_str(), near), ("did you mean `url`? accepted keys here: `time_zone`, `url`", Some("url")));
+        // Accepted elsewhere, not with these settings: not "did you mean" itself.
+        let (hint, _) = unknown_key_hint("url", &["time_zone", "url"]);
+        assert_eq!(hint, "`url` does not apply with this table's other settings");
     }
 
     #[test]

@@ -1487,6 +1487,22 @@ fn take_sink_settings(
                 .with_hint("remove it or set format = \"csv\""),
         );
     }
+    // Parquet's keys under another format: said as such (left unread, they were "unknown keys"
+    // whose hint listed them as accepted), unless the format itself is the problem.
+    if format_name.as_ref().is_none_or(|f| f.get_ref() != "parquet") {
+        for key in PARQUET_KEYS {
+            let Some(span) = section.key_span(key) else { continue };
+            section.take(key);
+            if format.is_some() {
+                let written =
+                    format_name.as_ref().map_or("raw (the default)".to_string(), |f| format!("\"{}\"", f.get_ref()));
+                problems
+                    .push(Diagnostic::new(span, format!("`{key}` applies only to format = \"parquet\"")).with_hint(
+                        format!("the format here is {written}: remove `{key}` or set format = \"parquet\""),
+                    ));
+            }
+        }
+    }
     // By name: a Parquet sink whose schema failed still gets Parquet's buffering rules checked.
     let columnar = format_name.as_ref().is_some_and(|f| f.get_ref() == "parquet");
     if let (true, Some(c @ (Compression::HadoopSnappy | Compression::Zip)), Some(span)) =
