@@ -1,6 +1,7 @@
 //! `type = "file"`: newline-delimited records from local files matched by globs.
 //!
-//! Each line (without its `\n`) is one record; empty lines are skipped. `.gz` and `.zst` files are
+//! Each line (without its `\n`) is one record; empty lines are skipped, and so is a UTF-8 byte order
+//! mark at the start of a file (of its decompressed bytes, for a compressed one). `.gz` and `.zst` files are
 //! decompressed as they are read. Plain files are split into newline-aligned byte ranges shared out
 //! among the workers, so one large file is read by all of them; a compressed file is read whole by
 //! one worker. The ranges are dealt to processes (by worker) and, within a process, taken by
@@ -544,7 +545,7 @@ impl<R: Read> LineReader<R> {
                 if self.past_limit() {
                     return Ok(true);
                 }
-                let line = &self.buf[self.head..self.head + nl];
+                let line = without_bom(&self.buf[self.head..self.head + nl], self.offset);
                 if !line.is_empty() {
                     batch.push(line);
                 }
@@ -562,7 +563,10 @@ impl<R: Read> LineReader<R> {
                     // Truncated while read: a last line without its newline is cut, not a record.
                     self.shrunk = Some(Shrunk { length: end, partial_line: partial });
                 } else if partial > 0 {
-                    batch.push(&self.buf[self.head..]);
+                    let line = without_bom(&self.buf[self.head..], self.offset);
+                    if !line.is_empty() {
+                        batch.push(line);
+                    }
                 }
                 self.offset = end;
                 self.head = self.buf.len();
@@ -571,6 +575,16 @@ impl<R: Read> LineReader<R> {
             self.read_more()?;
         }
     }
+}
+
+/// UTF-8's byte order mark, which Windows tools (PowerShell, Notepad) write at the start of a text file.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// `line`, which starts at stream offset `offset`, without the byte order mark a stream may start
+/// with: it marks the file's encoding and is no part of its first record (jq and Python's `json`
+/// skip it too; left in, every JSON reader of sluice's refused the record).
+fn without_bom(line: &[u8], offset: u64) -> &[u8] {
+    if offset == 0 { line.strip_prefix(UTF8_BOM).unwrap_or(line) } else { line }
 }
 
 /// The key a unit is saved under: its file, range and the file's size (a changed file starts over).
@@ -620,6 +634,31 @@ mod tests {
             let expected: Vec<Vec<u8>> = data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
             prop_assert_eq!(got, expected);
         }
+    }
+
+    /// A UTF-8 byte order mark at the start of the stream is not part of the first record, however
+    /// the file is cut and whether or not its line ends; the same bytes later on are data.
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_not_part_of_the_first_record() {
+        let data = b"\xEF\xBB\xBF{\"a\":1}\n\xEF\xBB\xBF{\"a\":2}\n";
+        for cut in 0..data.len() as u64 {
+            let mut got = read_range(data, 0, Some(cut));
+            got.extend(read_range(data, cut, None));
+            assert_eq!(got, vec![b"{\"a\":1}".to_vec(), b"\xEF\xBB\xBF{\"a\":2}".to_vec()], "cut at {cut}");
+        }
+        assert_eq!(read_range(b"\xEF\xBB\xBF{}", 0, None), vec![b"{}".to_vec()]);
+        assert!(read_range(b"\xEF\xBB\xBF\n", 0, None).is_empty());
+        // In a compressed file, at the start of its decompressed bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("windows.ndjson.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, b"\xEF\xBB\xBF{\"a\":1}\r\n").unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let units = plan_units(&[path.display().to_string()], 1, MIN_SPLIT_BYTES).unwrap();
+        let mut lines = open_unit(&units[0]).unwrap();
+        let mut batch = RecordBatch::default();
+        while !lines.fill(&mut batch, 1 << 20).unwrap() {}
+        assert_eq!(batch.iter().collect::<Vec<_>>(), vec![&b"{\"a\":1}\r"[..]]);
     }
 
     /// Issue 11, item 4: a file cut while the run reads it does not deliver the half line it

@@ -9,7 +9,8 @@
 //! pattern = "*.gz"                              # optional glob on the key under the URL
 //! ```
 //!
-//! Each line of an object (without its `\n`) is one record; empty lines are skipped; `.gz`, `.zst`,
+//! Each line of an object (without its `\n`) is one record; empty lines are skipped, and so is a byte
+//! order mark at its start (the file source's [`LineReader`]); `.gz`, `.zst`,
 //! `.snappy` (framed, or Hadoop's framing) and `.zip` (every entry of the archive, in its
 //! directory's order) objects are decompressed by their extension. The objects are listed once,
 //! at start, sorted by key, and shared out among every worker of every process (object i to worker
