@@ -160,6 +160,24 @@ backup_store = {{ url = "file://{backup}" }}
         assert!(between.elapsed() < Duration::from_secs(40), "the broken CA file was not refused:\n{text}");
     }
     let seconds = between.elapsed().as_secs_f64();
+    // Each exposition parses, and every family says what it counts (`# HELP`); the names follow
+    // Firehose's (camelCase, counters without `_total`), which promtool's other lints point out.
+    for (what, text) in [("run", get(admin).unwrap()), ("serve", serve_text.clone())] {
+        let mut check = promtool()
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut check.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        let said = check.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&said.stdout).into_owned() + &String::from_utf8_lossy(&said.stderr);
+        let unfit: Vec<&str> = said.lines().filter(|l| l.contains("no help text") || l.contains("error")).collect();
+        assert!(unfit.is_empty(), "{what}'s /metrics: {unfit:?}\n{text}");
+        let told = if what == "run" { "# HELP sluice_TlsRenewalFailures " } else { "# HELP sluice_ConfigFilesFailed " };
+        assert!(text.contains(told), "{what}: {text}");
+    }
     terminate(&serve);
     let mut serve = serve;
     serve.wait().unwrap();

@@ -95,8 +95,14 @@ fn duplicates_inside_the_window_are_dropped_and_outside_it_kept_at_1_2_and_4_wor
         assert_eq!(survived, expected, "{workers} workers");
         let t = &metrics.transforms[0];
         assert_eq!(t.records_dropped.load(Relaxed), duplicates as u64, "{workers} workers");
-        let counted: u64 =
-            t.labelled.lock().unwrap().iter().filter(|((f, _, _), _)| *f == "DuplicatesDropped").map(|(_, n)| n).sum();
+        let counted: u64 = t
+            .labelled
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((f, _, _), _)| f.name == "DuplicatesDropped")
+            .map(|(_, n)| n)
+            .sum();
         assert_eq!(counted, duplicates as u64);
     }
 }
@@ -115,7 +121,7 @@ fn max_keys_bounds_the_keys_held_under_many_more_distinct_keys() {
     let (_, metrics) = run_pipeline(toml, &registry(), 2).unwrap();
     let t = &metrics.transforms[0];
     let labelled = |family: &str| -> u64 {
-        t.labelled.lock().unwrap().iter().filter(|((f, _, _), _)| *f == family).map(|(_, n)| n).sum()
+        t.labelled.lock().unwrap().iter().filter(|((f, _, _), _)| f.name == family).map(|(_, n)| n).sum()
     };
     let held = t.keys_held.load(Relaxed);
     assert!(held > 0 && held <= 5000, "{held} keys held");

@@ -192,7 +192,7 @@ fn a_database_replaced_on_disk_is_reloaded_and_a_truncated_one_keeps_the_loaded_
 }
 
 fn labelled(metrics: &TransformMetrics, family: &str) -> u64 {
-    metrics.labelled.lock().unwrap().iter().filter(|((f, _, _), _)| *f == family).map(|(_, n)| n).sum()
+    metrics.labelled.lock().unwrap().iter().filter(|((f, _, _), _)| f.name == family).map(|(_, n)| n).sum()
 }
 
 /// Polls `done` for up to 10 s.
@@ -409,7 +409,7 @@ fn a_table_replaced_mid_stream_is_seen_from_then_on_and_a_truncated_one_keeps_th
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|((f, _, v), _)| *f == family && v == "table:edge")
+                .filter(|((f, _, v), _)| f.name == family && v == "table:edge")
                 .map(|(_, n)| *n)
                 .sum::<u64>()
         };

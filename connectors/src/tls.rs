@@ -355,7 +355,10 @@ fn warn_of_client_certificate_end(cert: &Path, certs: &[CertificateDer<'_>]) -> 
 
 /// The counter family of renewed TLS files a connector refused (`sluice_TlsRenewalFailures`; the
 /// API listener's own is `ListenerCertificateReloadFailures`).
-pub const RENEWAL_FAILURES: &str = "TlsRenewalFailures";
+pub const RENEWAL_FAILURES: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "TlsRenewalFailures",
+    help: "Renewed TLS files (ca, cert, key) the connector refused and did not use.",
+};
 
 /// The error log's code of a refused renewal.
 pub const RENEWAL_REFUSED: &str = "Tls.RenewalRefused";
@@ -1019,8 +1022,8 @@ mod tests {
         let counted = || {
             let labelled = metrics.transforms[0].labelled.lock().unwrap();
             [
-                metrics.sinks[0].own_counts.lock().unwrap().get(RENEWAL_FAILURES).copied(),
-                metrics.sources[0].own_counts.lock().unwrap().get(RENEWAL_FAILURES).copied(),
+                metrics.sinks[0].own_counts.lock().unwrap().get(RENEWAL_FAILURES.name).copied(),
+                metrics.sources[0].own_counts.lock().unwrap().get(RENEWAL_FAILURES.name).copied(),
                 labelled.get(&(RENEWAL_FAILURES, "files", "tls".to_string())).copied(),
             ]
         };

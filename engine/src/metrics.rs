@@ -5,13 +5,51 @@
 //! Guarantees: every record a source produced is counted once in `records_in`, and for each sink
 //! that reads it exactly once in `delivered`, `failed` (error output) or `undelivered`, once the run
 //! has ended. [`PipelineMetrics::render_prometheus`] names families after docs/firehose.md §8
-//! (`IncomingBytes`, `DeliveryToS3.Records`, … with `.` as `_`), labelled by stream and destination.
+//! (`IncomingBytes`, `DeliveryToS3.Records`, … with `.` as `_`), labelled by stream and destination,
+//! each family with its `# HELP` (the engine's in one table, a connector's in its [`Family`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A connector's own metric family: its name (served as `sluice_<name>`) and what it counts, the
+/// `# HELP` line of `/metrics`. Families are told apart by name alone (a map of them is looked up
+/// by name).
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    /// The name after `sluice_`, Firehose's where Firehose has the metric (`.` written `_`).
+    pub name: &'static str,
+    /// What it counts, one line.
+    pub help: &'static str,
+}
+
+impl PartialEq for Family {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Family {}
+
+impl PartialOrd for Family {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Family {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name.cmp(other.name)
+    }
+}
+
+impl std::borrow::Borrow<str> for Family {
+    fn borrow(&self) -> &str {
+        self.name
+    }
+}
 
 /// Counters of one source.
 #[derive(Debug, Default)]
@@ -21,13 +59,13 @@ pub struct SourceMetrics {
     /// Bytes read (record bytes).
     pub bytes: AtomicU64,
     /// Counters the source keeps besides these (a Kinesis source's `ThrottledGetRecords`), by family.
-    pub own_counts: Mutex<BTreeMap<&'static str, u64>>,
+    pub own_counts: Mutex<BTreeMap<Family, u64>>,
     /// Gauges the source keeps (a Kinesis source's `KinesisMillisBehindLatest`), by family.
-    pub own_gauges: Mutex<BTreeMap<&'static str, u64>>,
+    pub own_gauges: Mutex<BTreeMap<Family, u64>>,
 }
 
 /// Adds `n` to the counter `family` of a connector's own counters.
-fn add_to(counts: &Mutex<BTreeMap<&'static str, u64>>, family: &'static str, n: u64) {
+fn add_to(counts: &Mutex<BTreeMap<Family, u64>>, family: Family, n: u64) {
     if let Ok(mut counts) = counts.lock() {
         *counts.entry(family).or_default() += n;
     }
@@ -60,14 +98,14 @@ impl SourceMeter {
     }
 
     /// Adds `n` to the counter `family`.
-    pub fn count(&self, family: &'static str, n: u64) {
+    pub fn count(&self, family: Family, n: u64) {
         if let Some(source) = self.metrics.sources.get(self.index) {
             add_to(&source.own_counts, family, n);
         }
     }
 
     /// Sets the gauge `family` to `value`.
-    pub fn set(&self, family: &'static str, value: u64) {
+    pub fn set(&self, family: Family, value: u64) {
         if let Some(source) = self.metrics.sources.get(self.index)
             && let Ok(mut gauges) = source.own_gauges.lock()
         {
@@ -152,9 +190,9 @@ pub struct SinkMetrics {
     /// Records buffered per partition, for the run summary.
     pub partition_records: Mutex<PartitionTally>,
     /// What the sink counts itself, by family (`CopyRows`), through a [`SinkMeter`].
-    pub own_counts: Mutex<BTreeMap<&'static str, u64>>,
+    pub own_counts: Mutex<BTreeMap<Family, u64>>,
     /// What the sink times itself, by family (`CopyDuration`), through a [`SinkMeter`].
-    pub own_durations: Mutex<BTreeMap<&'static str, Arc<LatencyHistogram>>>,
+    pub own_durations: Mutex<BTreeMap<Family, Arc<LatencyHistogram>>>,
 }
 
 /// A sink's handle on its own counters: what it counts and times besides what the engine does
@@ -196,14 +234,14 @@ impl SinkMeter {
     }
 
     /// Adds `n` to `family`.
-    pub fn count(&self, family: &'static str, n: u64) {
+    pub fn count(&self, family: Family, n: u64) {
         if let Some(sink) = self.metrics.sinks.get(self.index) {
             add_to(&sink.own_counts, family, n);
         }
     }
 
     /// Observes one `duration` of `family`.
-    pub fn observe(&self, family: &'static str, duration: Duration) {
+    pub fn observe(&self, family: Family, duration: Duration) {
         if let Some(sink) = self.metrics.sinks.get(self.index)
             && let Ok(mut durations) = sink.own_durations.lock()
         {
@@ -316,7 +354,7 @@ pub struct TransformMetrics {
     /// Records it failed (to the error output).
     pub records_failed: AtomicU64,
     /// Counts by family, label name and label value, e.g. (`RedactedValues`, `detector`, `ssn`).
-    pub labelled: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
+    pub labelled: Mutex<BTreeMap<(Family, &'static str, String), u64>>,
     /// Invocations of a function (`lambda`), started.
     pub invocations: AtomicU64,
     /// Invocations answered with a well-formed response (Firehose's `ExecuteProcessing.Success`
@@ -402,7 +440,7 @@ impl TransformMetrics {
     }
 
     /// Adds `n` to `family{label=value}`.
-    pub fn count(&self, family: &'static str, label: &'static str, value: &str, n: u64) {
+    pub fn count(&self, family: Family, label: &'static str, value: &str, n: u64) {
         if let Ok(mut labelled) = self.labelled.lock() {
             *labelled.entry((family, label, value.to_string())).or_default() += n;
         }
@@ -744,12 +782,27 @@ pub struct SinkLabel {
 #[derive(Debug, Default)]
 pub struct PrometheusText {
     families: BTreeMap<String, (&'static str, Vec<String>)>,
+    /// The help of connectors' own families ([`Family`]), by their served name.
+    described: BTreeMap<String, &'static str>,
 }
 
 impl PrometheusText {
     /// Adds `sample` (a whole sample line) to `family` of type `kind`.
     fn line(&mut self, family: &str, kind: &'static str, sample: &str) {
         self.families.entry(family.to_string()).or_insert_with(|| (kind, Vec::new())).1.push(sample.to_string());
+    }
+
+    /// Says what the family served as `served` (a connector's [`Family`], with `sluice_` and any
+    /// unit suffix) counts.
+    fn describe(&mut self, served: &str, family: Family) {
+        self.described.entry(served.to_string()).or_insert(family.help);
+    }
+
+    /// Adds one sample of a connector's own `family` (served as `sluice_<name>`).
+    fn family_sample(&mut self, family: Family, kind: &'static str, labels: &str, value: impl std::fmt::Display) {
+        let served = format!("sluice_{}", family.name);
+        self.describe(&served, family);
+        self.sample(&served, kind, labels, value);
     }
 
     /// Adds one sample `family{labels} value` (`family value` without labels).
@@ -761,10 +814,13 @@ impl PrometheusText {
         }
     }
 
-    /// The exposition text.
+    /// The exposition text: each family's `# HELP` (what it counts), `# TYPE` and samples.
     pub fn finish(self) -> String {
         let mut out = String::new();
         for (family, (kind, lines)) in self.families {
+            if let Some(help) = self.described.get(&family).copied().or_else(|| engine_help(&family)) {
+                let _ = writeln!(out, "# HELP {family} {help}");
+            }
             let _ = writeln!(out, "# TYPE {family} {kind}");
             for line in lines {
                 out.push_str(&line);
@@ -772,6 +828,98 @@ impl PrometheusText {
             }
         }
         out
+    }
+}
+
+/// What each of the engine's families counts (the name after `sluice_`), for `/metrics`'s `# HELP`;
+/// the families of a destination (`DeliveryTo<Kind>_…`) are in [`DELIVERY_HELP`], connectors'
+/// own families carry theirs ([`Family`]).
+const ENGINE_HELP: &[(&str, &str)] = &[
+    ("IncomingBytes", "Bytes of records taken in (Firehose's IncomingBytes)."),
+    ("IncomingRecords", "Records taken in (Firehose's IncomingRecords)."),
+    ("IncomingPutRequests", "PutRecord and PutRecordBatch requests accepted."),
+    ("ThrottledRecords", "Records refused with ServiceUnavailableException: too much was in flight."),
+    ("PutRecord_Requests", "PutRecord requests answered."),
+    ("PutRecord_Bytes", "Bytes of record data accepted by PutRecord."),
+    ("PutRecord_Latency_seconds", "Time to answer a PutRecord, its log append included."),
+    ("PutRecordBatch_Requests", "PutRecordBatch requests answered."),
+    ("PutRecordBatch_Records", "Records accepted by PutRecordBatch."),
+    ("PutRecordBatch_Bytes", "Bytes of record data accepted by PutRecordBatch."),
+    ("PutRecordBatch_Latency_seconds", "Time to answer a PutRecordBatch, its log append included."),
+    ("DescribeDeliveryStream_Requests", "DescribeDeliveryStream requests answered."),
+    ("ListDeliveryStreams_Requests", "ListDeliveryStreams requests answered."),
+    ("ApiErrors", "API requests refused, by Firehose error type."),
+    ("SourceErrors", "Inputs a source could not read (a file or object given up, a source that stopped)."),
+    ("PartialRecords", "Cut lines of files truncated while read: counted, not delivered."),
+    ("LogBytes", "Bytes of the write-ahead log on disk."),
+    ("LogRetentionBytes", "The write-ahead log's size limit (retention.max_gb)."),
+    ("LogExpiredRecords", "Undelivered records dropped from the write-ahead log by its retention limits."),
+    ("LogCorruptRecords", "Acknowledged records found damaged or missing in the write-ahead log at start."),
+    ("LogCorruptEntries", "Write-ahead log entries found damaged or missing at start."),
+    ("LogCorruptBytes", "Bytes of write-ahead log entries found damaged at start."),
+    ("ListenerCertificateExpiry_seconds", "When the API listener's TLS certificate ends, Unix time."),
+    ("ListenerCertificateReloads", "Renewed certificate files the API listener took and serves."),
+    (
+        "ListenerCertificateReloadFailures",
+        "Renewed certificate files the API listener refused (the pair before is kept).",
+    ),
+    ("ClientCertificateExpiry_seconds", "When the client TLS certificate a connector presents ends, Unix time."),
+    ("InFlightBytes", "Bytes read and not yet stored: records on the workers and objects handed to sinks."),
+    ("InFlightLimitBytes", "The in-flight limit: past it, sources wait."),
+    ("ErrorLogLines", "Lines written to the pipeline's error log."),
+    ("ErrorLogSuppressed", "Error log lines left out as repeats within their interval."),
+    ("AuditEvents", "Lines written to the audit log."),
+    ("AuditDeliveryFailures", "Audit log lines that could not be stored."),
+    ("BufferInterval_seconds", "The sink's buffer interval (interval_s)."),
+    ("BufferSize_bytes", "The sink's buffer size (size_mb)."),
+    ("BufferedBytes", "Bytes the sink's open objects hold on every worker."),
+    ("BufferOldestRecordAge_seconds", "Age of the oldest record in the sink's open objects."),
+    ("BackupToS3_Records", "Records copied to the sink's backup as they arrived (backup = \"all\")."),
+    ("SucceedConversion_Records", "Records converted to the sink's format (Parquet)."),
+    ("SucceedConversion_Bytes", "Bytes, as they arrived, of records converted to the sink's format."),
+    ("FailedConversion_Records", "Records that could not be converted (format-conversion-failed)."),
+    ("FailedConversion_Bytes", "Bytes, as they arrived, of records that could not be converted."),
+    ("PartitionCount", "Open partitions of the sink over every worker."),
+    ("PartitionsSealedEarly", "Partitions sealed before their buffer was full to stay within max_open_mb."),
+    ("PartitioningFailedRecords", "Records whose partition keys could not be found or used (partitioning-failed)."),
+    ("PerPartitionThroughput_bytes_per_second", "Bytes per second of the sink's busiest partition."),
+    ("JQProcessing_Duration_seconds", "Time the partitioning query took per batch of records."),
+    ("DeliveryErrors", "Records not delivered, by error-output type or destination error code."),
+    ("TransformRecords", "Records a transform took in, sent on, dropped on purpose or failed, by outcome."),
+    ("TransformKeysHeld", "Keys a transform holds (a table's rows, dedup's keys)."),
+    ("ExecuteProcessing_Success", "Function invocations answered well-formed, over those made."),
+    ("ExecuteProcessing_Duration_seconds", "Time a function invocation took, retries included."),
+    ("SucceedProcessing_Records", "Records a function answered Ok."),
+    ("SucceedProcessing_Bytes", "Bytes a function returned for the records it answered Ok."),
+    ("ConfigFilesFailed", "Pipeline files of sluice serve's folder not served as written."),
+    ("ConfigReloads", "Times sluice serve read its folder again."),
+    ("ConfigLastReload_seconds", "When sluice serve last read its folder again, Unix time (0 before)."),
+];
+
+/// What each family of a destination counts: `DeliveryTo<Kind>_<name>` by `<name>` (Firehose's
+/// `DeliveryToS3.Records`, `DeliveryToSplunk.Records`, …).
+const DELIVERY_HELP: &[(&str, &str)] = &[
+    ("Records", "Records stored at the destination (in data objects or requests)."),
+    ("Bytes", "Bytes of records stored at the destination, before compression."),
+    ("StoredBytes", "Bytes stored at the destination, as written."),
+    ("Objects", "Data objects (or requests) stored at the destination."),
+    ("Attempts", "Delivery attempts (an object uploaded in parts counts once), error output included."),
+    ("FailedAttempts", "Delivery attempts that failed, counted as they fail."),
+    ("Retries", "Delivery attempts made again after a failure."),
+    ("Success", "Objects stored over delivery attempts."),
+    ("DataFreshness_seconds", "Age of the oldest record not yet delivered."),
+    ("FailedRecords", "Records stored in the sink's error output."),
+    ("UndeliveredRecords", "Records that reached neither the destination nor the error output."),
+    ("ErrorOutputFailures", "Failed attempts to store error-output objects (each blocks delivery until it succeeds)."),
+];
+
+/// The help of the engine's family served as `served` (`sluice_…`).
+fn engine_help(served: &str) -> Option<&'static str> {
+    let name = served.strip_prefix("sluice_")?;
+    let find = |table: &[(&str, &'static str)], key: &str| table.iter().find(|(n, _)| *n == key).map(|(_, h)| *h);
+    match name.strip_prefix("DeliveryTo").and_then(|kind| kind.split_once('_')) {
+        Some((_, family)) => find(DELIVERY_HELP, family),
+        None => find(ENGINE_HELP, name),
     }
 }
 
@@ -832,7 +980,7 @@ impl PipelineMetrics {
             if let Ok(labelled) = t.labelled.lock() {
                 for ((family, name, value), n) in labelled.iter() {
                     let labels = format!("{labels},{name}=\"{}\"", label_value(value));
-                    text.sample(&format!("sluice_{family}"), "counter", &labels, n);
+                    text.family_sample(*family, "counter", &labels, n);
                 }
             }
             let keys_held = t.keys_held.load(Relaxed);
@@ -881,17 +1029,17 @@ impl PipelineMetrics {
         for (name, value) in counters {
             text.sample(&format!("sluice_{name}"), "counter", &stream_label, value);
         }
-        let mut own: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
+        let mut own: BTreeMap<Family, (&str, u64)> = BTreeMap::new();
         for source in &self.sources {
             for (family, n) in source.own_counts.lock().iter().flat_map(|c| c.iter()) {
-                own.entry(family).or_insert(("counter", 0)).1 += n;
+                own.entry(*family).or_insert(("counter", 0)).1 += n;
             }
         }
-        for (family, value) in self.source_gauges() {
+        for (family, value) in self.source_gauge_families() {
             own.insert(family, ("gauge", value));
         }
         for (family, (kind, value)) in own {
-            text.sample(&format!("sluice_{family}"), kind, &stream_label, value);
+            text.family_sample(family, kind, &stream_label, value);
         }
         text.sample("sluice_LogBytes", "gauge", &stream_label, api.log_bytes.load(Relaxed));
         let retention = api.log_retention_bytes.load(Relaxed);
@@ -989,12 +1137,14 @@ impl PipelineMetrics {
             }
             if let Ok(counts) = sink.own_counts.lock() {
                 for (family, n) in counts.iter() {
-                    text.sample(&format!("sluice_{family}"), "counter", &labels, n);
+                    text.family_sample(*family, "counter", &labels, n);
                 }
             }
             if let Ok(durations) = sink.own_durations.lock() {
                 for (family, histogram) in durations.iter() {
-                    histogram.render(text, &format!("sluice_{family}_seconds"), &labels);
+                    let served = format!("sluice_{}_seconds", family.name);
+                    text.describe(&served, *family);
+                    histogram.render(text, &served, &labels);
                 }
             }
         }
@@ -1012,7 +1162,12 @@ impl PipelineMetrics {
     /// The sources' own gauges (a Kinesis source's `KinesisMillisBehindLatest`), each the largest
     /// over the stream's sources: what `/metrics` and the dashboard show.
     pub fn source_gauges(&self) -> BTreeMap<&'static str, u64> {
-        let mut gauges: BTreeMap<&'static str, u64> = BTreeMap::new();
+        self.source_gauge_families().into_iter().map(|(family, value)| (family.name, value)).collect()
+    }
+
+    /// [`Self::source_gauges`] by family.
+    fn source_gauge_families(&self) -> BTreeMap<Family, u64> {
+        let mut gauges: BTreeMap<Family, u64> = BTreeMap::new();
         for source in &self.sources {
             for (&family, &value) in source.own_gauges.lock().iter().flat_map(|g| g.iter()) {
                 let largest = gauges.entry(family).or_default();
@@ -1095,6 +1250,68 @@ mod tests {
             text.contains("sluice_ClientCertificateExpiry_seconds{stream=\"s\",destination=\"siem\"} 1800000000"),
             "{text}"
         );
+    }
+
+    /// Every family `/metrics` serves says what it counts (`# HELP`, right before its `# TYPE`):
+    /// the engine's of every destination kind, transform and stream, and connectors' own.
+    #[test]
+    fn every_family_served_has_its_help() {
+        use crate::destination::DestinationKind;
+        let kinds = [
+            DestinationKind::S3,
+            DestinationKind::HttpEndpoint,
+            DestinationKind::OpenSearch,
+            DestinationKind::Splunk,
+            DestinationKind::Redshift,
+        ];
+        let m = PipelineMetrics::new(1, kinds.len()).with_transforms(1);
+        let own = Family { name: "OwnThings", help: "Things a connector counts." };
+        m.api.count_error("ServiceUnavailableException");
+        m.api.certificate.expiry_s.store(1_900_000_000, Relaxed);
+        m.api.certificate.served.store(true, Relaxed);
+        m.api.log_retention_bytes.store(1 << 30, Relaxed);
+        m.set_client_certificate_expiry("destination", "siem", 1_800_000_000);
+        let _ = m.inflight.set(crate::operators::InflightBudget::new(1 << 20));
+        let _ = m.errors.set(Arc::new(crate::error_log::ErrorLog::new("s", None, false)));
+        add_to(&m.sources[0].own_counts, own, 1);
+        if let Ok(mut gauges) = m.sources[0].own_gauges.lock() {
+            gauges.insert(Family { name: "OwnGauge", help: "A connector's gauge." }, 3);
+        }
+        for sink in &m.sinks {
+            sink.format_converts.store(true, Relaxed);
+            sink.partitions_by_query.store(true, Relaxed);
+            if let Ok(mut reasons) = sink.reasons.lock() {
+                reasons.insert("processing-failed".into(), 1);
+            }
+            add_to(&sink.own_counts, own, 1);
+            if let Ok(mut durations) = sink.own_durations.lock() {
+                durations.entry(Family { name: "OwnDuration", help: "A connector's timing." }).or_default();
+            }
+        }
+        m.transforms[0].count(own, "part", "x", 1);
+        m.transforms[0].keys_held.store(1, Relaxed);
+        let sinks: Vec<SinkLabel> =
+            kinds.iter().enumerate().map(|(i, &kind)| SinkLabel { name: format!("out{i}"), kind }).collect();
+        let mut text = PrometheusText::default();
+        m.render_prometheus(&mut text, "s", &sinks, 0);
+        m.render_transforms(&mut text, "s", &[TransformLabel { name: "f".into(), type_name: "lambda".into() }]);
+        let text = text.finish();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut families = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let Some(typed) = line.strip_prefix("# TYPE ") else { continue };
+            families += 1;
+            let family = typed.split(' ').next().unwrap_or_default();
+            let help = i.checked_sub(1).and_then(|h| lines[h].strip_prefix(&format!("# HELP {family} ")));
+            assert!(help.is_some_and(|h| h.len() > 10), "{family} has no help:\n{text}");
+        }
+        assert!(families > 60, "{families} families:\n{text}");
+        assert!(text.contains("# HELP sluice_OwnThings Things a connector counts.\n"), "{text}");
+        assert!(text.contains("# HELP sluice_OwnDuration_seconds A connector's timing.\n"), "{text}");
+        // `sluice serve`'s own, served by the admin listener.
+        for family in ["ConfigFilesFailed", "ConfigReloads", "ConfigLastReload_seconds", "AuditEvents"] {
+            assert!(engine_help(&format!("sluice_{family}")).is_some(), "{family}");
+        }
     }
 
     /// The dashboard's and `sluice top`'s "ending soon" is the alert rules' threshold.

@@ -70,6 +70,13 @@ use crate::sinks::object_store::{ObjectStoreSink, url_or_table};
 use crate::tls::Renewing;
 use crate::transforms::json;
 
+/// Rows committed by loads.
+const COPY_ROWS: sluice_engine::metrics::Family =
+    sluice_engine::metrics::Family { name: "CopyRows", help: "Rows committed into the table by COPY." };
+/// How long a load took, from its COPY to its commit.
+const COPY_DURATION: sluice_engine::metrics::Family =
+    sluice_engine::metrics::Family { name: "CopyDuration", help: "Time a load took, from its COPY to its commit." };
+
 /// What the sink type's destination takes (the registry's line): rows staged as gzip CSV for
 /// `COPY`, in the sink's own `format` and `columns`.
 pub const BODY: FixedBody =
@@ -903,8 +910,8 @@ impl Loader {
             tracing::info!(key, skipped, "records replayed from the log were loaded before; not loaded again");
         }
         if let Some(meter) = self.meter.get() {
-            meter.count("CopyRows", loaded);
-            meter.observe("CopyDuration", started.elapsed());
+            meter.count(COPY_ROWS, loaded);
+            meter.observe(COPY_DURATION, started.elapsed());
         }
         tracing::debug!(key, loaded, refused = refused.len(), elapsed = ?started.elapsed(), "COPY done");
         if refused.is_empty() {

@@ -53,6 +53,12 @@ use crate::sinks::object_store::{BackupOwner, BackupStore};
 use crate::tls::ClientTls;
 use crate::transforms::json;
 
+/// A request's answer to its acknowledgement.
+const DATA_ACK_LATENCY: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "DeliveryToSplunk_DataAckLatency",
+    help: "Time from a request's answer to its indexer acknowledgement.",
+};
+
 /// What the sink type's destination takes (the registry's line): HEC requests of at most 5 MB
 /// (Firehose's Splunk buffer range ends there), buffered by default 5 MB / 60 s, at most 60 s.
 pub const BODY: FixedBody = FixedBody {
@@ -383,7 +389,7 @@ impl Hec {
                     let acks: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                     if acks["acks"][ack_id.to_string()] == true {
                         if let Some(meter) = self.meter.get() {
-                            meter.observe("DeliveryToSplunk_DataAckLatency", started.elapsed());
+                            meter.observe(DATA_ACK_LATENCY, started.elapsed());
                         }
                         return Ok(());
                     }

@@ -79,6 +79,37 @@ use crate::api::sigv4::Credentials;
 use crate::aws_credentials::AwsCredentials;
 use crate::tls::ClientTls;
 
+/// `ListShards` calls the stream throttled.
+const THROTTLED_LIST_SHARDS: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "ThrottledListShards",
+    help: "ListShards calls the Kinesis stream throttled.",
+};
+/// `GetRecords` calls the stream throttled.
+const THROTTLED_GET_RECORDS: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "ThrottledGetRecords",
+    help: "GetRecords calls the Kinesis stream throttled.",
+};
+/// `GetShardIterator` calls the stream throttled.
+const THROTTLED_GET_SHARD_ITERATOR: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "ThrottledGetShardIterator",
+    help: "GetShardIterator calls the Kinesis stream throttled.",
+};
+/// Records read (Firehose's `DataReadFromKinesisStream.Records`).
+const RECORDS_READ: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "DataReadFromKinesisStream_Records",
+    help: "Records read from the Kinesis stream.",
+};
+/// Their bytes (`DataReadFromKinesisStream.Bytes`).
+const BYTES_READ: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "DataReadFromKinesisStream_Bytes",
+    help: "Bytes read from the Kinesis stream.",
+};
+/// How far behind the stream's tip the source reads (Kinesis's `MillisBehindLatest`).
+const MILLIS_BEHIND: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "KinesisMillisBehindLatest",
+    help: "How far behind the Kinesis stream's newest record the source reads, in milliseconds (the largest shard's).",
+};
+
 /// How often the shards are listed again (for splits and merges).
 const LIST_EVERY: Duration = Duration::from_secs(10);
 /// The largest chunk of records handed to a worker at once (about a batch).
@@ -722,7 +753,7 @@ async fn follow_shards(shared: Arc<Shared>, workers: usize, local: std::ops::Ran
             Err(e) => {
                 failures += 1;
                 if matches!(e, CallError::Throttled(_)) {
-                    shared.meter.count("ThrottledListShards", 1);
+                    shared.meter.count(THROTTLED_LIST_SHARDS, 1);
                 } else {
                     shared.report_retry(&e, "cannot list the shards", None, failures);
                 }
@@ -811,8 +842,8 @@ async fn read_shard(shared: Arc<Shared>, shard_id: String, worker: usize, mut af
                 match (&e, iterator.is_some()) {
                     // A new iterator after the last record handed over (at once, the first time).
                     (CallError::ExpiredIterator, _) => iterator = None,
-                    (CallError::Throttled(_), true) => shared.meter.count("ThrottledGetRecords", 1),
-                    (CallError::Throttled(_), false) => shared.meter.count("ThrottledGetShardIterator", 1),
+                    (CallError::Throttled(_), true) => shared.meter.count(THROTTLED_GET_RECORDS, 1),
+                    (CallError::Throttled(_), false) => shared.meter.count(THROTTLED_GET_SHARD_ITERATOR, 1),
                     _ => shared.report_retry(&e, "cannot read the shard", Some(&shard_id), failures),
                 }
                 if !matches!(e, CallError::ExpiredIterator) || failures > 1 {
@@ -840,7 +871,7 @@ async fn read_shard(shared: Arc<Shared>, shard_id: String, worker: usize, mut af
         failures = 0;
         locked(&shared.behind).insert(shard_id.clone(), got.millis_behind_latest);
         let behind = locked(&shared.behind).values().copied().max().unwrap_or(0);
-        shared.meter.set("KinesisMillisBehindLatest", behind);
+        shared.meter.set(MILLIS_BEHIND, behind);
         let at_tip = records.is_empty() && got.millis_behind_latest == 0;
         let ended = got.next_shard_iterator.is_none() || at_tip && locked(&shared.closed).contains(&shard_id);
         let fetched = records.len();
@@ -957,8 +988,8 @@ async fn hand_over(
     if count > 0 {
         // Kinesis records as the stream holds them (an aggregated one counts once); the records
         // they hold are the pipeline's IncomingRecords.
-        shared.meter.count("DataReadFromKinesisStream_Records", count as u64);
-        shared.meter.count("DataReadFromKinesisStream_Bytes", bytes_read);
+        shared.meter.count(RECORDS_READ, count as u64);
+        shared.meter.count(BYTES_READ, bytes_read);
     }
     true
 }

@@ -29,6 +29,12 @@ use sluice_engine::contract::{
 };
 use sluice_engine::error_output::ErrorOutputType;
 
+/// Messages taken apart, by `type` (`DATA_MESSAGE`, `CONTROL_MESSAGE`).
+const MESSAGES: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "CloudWatchLogsMessages",
+    help: "CloudWatch Logs subscription messages taken apart, by type.",
+};
+
 /// The error code of a record that is not gzip.
 pub const DECOMPRESSION_FAILED: &str = "CloudWatchLogs.DecompressionFailed";
 /// The error code of a record whose content is not a subscription document.
@@ -128,11 +134,11 @@ impl RecordTransform for Unpacker {
         })?;
         match document.message_type.as_ref() {
             "CONTROL_MESSAGE" => {
-                self.metrics.count("CloudWatchLogsMessages", "type", "CONTROL_MESSAGE", 1);
+                self.metrics.count(MESSAGES, "type", "CONTROL_MESSAGE", 1);
                 Ok(())
             }
             "DATA_MESSAGE" => {
-                self.metrics.count("CloudWatchLogsMessages", "type", "DATA_MESSAGE", 1);
+                self.metrics.count(MESSAGES, "type", "DATA_MESSAGE", 1);
                 if self.extract_messages {
                     for event in &document.log_events {
                         emit.record(event.message.as_bytes());

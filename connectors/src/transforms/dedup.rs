@@ -69,6 +69,17 @@ use timely::scheduling::Activator;
 use super::jq::ValueQuery;
 use super::keyed::{self, Held, Keyed, Update};
 
+/// Records dropped as repeats, by window.
+const DUPLICATES_DROPPED: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "DuplicatesDropped",
+    help: "Records dropped as repeats of a key seen within the window, by window.",
+};
+/// Keys forgotten before their window ended to stay within `max_keys`, by window.
+const KEYS_FORGOTTEN: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "DedupKeysForgotten",
+    help: "Keys forgotten before their window ended, to stay within max_keys, by window.",
+};
+
 /// A key: two independent 64-bit hashes of its bytes.
 type Key = u128;
 
@@ -308,10 +319,10 @@ impl DataflowTransform for DedupTransform {
                         metrics.records_out.fetch_add(kept, Relaxed);
                         metrics.records_dropped.fetch_add(dropped, Relaxed);
                         if dropped > 0 {
-                            metrics.count("DuplicatesDropped", "window_s", &window_label, dropped);
+                            metrics.count(DUPLICATES_DROPPED, "window_s", &window_label, dropped);
                         }
                         if forgotten > 0 {
-                            metrics.count("DedupKeysForgotten", "window_s", &window_label, forgotten);
+                            metrics.count(KEYS_FORGOTTEN, "window_s", &window_label, forgotten);
                         }
                     }
                     // Decisions still to come are at the oldest epoch held or yet to arrive; what

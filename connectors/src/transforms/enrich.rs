@@ -73,6 +73,25 @@ use super::json;
 use super::mmdb;
 use super::tables::{Table, TableSpec};
 
+/// Parts written into records, by part (this transform's and the `tables` transform's).
+pub(crate) const ENRICHMENT_HITS: sluice_engine::metrics::Family =
+    sluice_engine::metrics::Family { name: "EnrichmentHits", help: "Records enriched, by part." };
+/// Parts not written, by `<part>.<reason>`.
+pub(crate) const ENRICHMENT_MISSES: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "EnrichmentMisses",
+    help: "Records passed on without a part, by part and reason (field missing, not found, ...).",
+};
+/// Databases or tables read again after their file changed, by part.
+pub(crate) const ENRICHMENT_RELOADS: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "EnrichmentReloads",
+    help: "Databases or tables read again after their file changed, by part.",
+};
+/// Changed files that could not be read (the data before is kept), by part.
+pub(crate) const ENRICHMENT_RELOAD_FAILURES: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+    name: "EnrichmentReloadFailures",
+    help: "Changed database or table files that could not be read (the data before is kept), by part.",
+};
+
 /// uap-core's regexes, converted once from its `regexes.yaml` to JSON (scripts/uap-core-json.sh).
 const UAP_REGEXES: &str = include_str!("../../uap-core/regexes.json");
 /// How often a worker looks at a database file for a change.
@@ -208,11 +227,11 @@ impl Database {
         match open_database(self.kind, &self.path) {
             Ok(reader) => {
                 *self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(reader);
-                metrics.count("EnrichmentReloads", "part", self.kind.name(), 1);
+                metrics.count(ENRICHMENT_RELOADS, "part", self.kind.name(), 1);
                 tracing::info!(database = %self.path.display(), "enrichment database reloaded");
             }
             Err(e) => {
-                metrics.count("EnrichmentReloadFailures", "part", self.kind.name(), 1);
+                metrics.count(ENRICHMENT_RELOAD_FAILURES, "part", self.kind.name(), 1);
                 tracing::error!(error = %e, "enrichment database changed but cannot be read; keeping the loaded one");
             }
         }
@@ -1022,17 +1041,17 @@ impl RecordTransform for Enricher {
         let counts = std::mem::take(&mut self.state.counts);
         for (part, name) in PARTS.iter().enumerate() {
             if counts.hits[part] > 0 {
-                self.metrics.count("EnrichmentHits", "part", name, counts.hits[part]);
+                self.metrics.count(ENRICHMENT_HITS, "part", name, counts.hits[part]);
             }
             for miss in [Miss::FieldMissing, Miss::NotAnAddress, Miss::NotFound] {
                 let n = counts.misses[part][miss as usize];
                 if n > 0 {
-                    self.metrics.count("EnrichmentMisses", "reason", &format!("{name}.{}", miss.reason()), n);
+                    self.metrics.count(ENRICHMENT_MISSES, "reason", &format!("{name}.{}", miss.reason()), n);
                 }
             }
         }
         if counts.not_json > 0 {
-            self.metrics.count("EnrichmentMisses", "reason", "record.not_json", counts.not_json);
+            self.metrics.count(ENRICHMENT_MISSES, "reason", "record.not_json", counts.not_json);
         }
     }
 }

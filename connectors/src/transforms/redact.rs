@@ -51,6 +51,10 @@ use sluice_engine::metrics::TransformMetrics;
 
 use super::{json, words};
 
+/// Values masked, by detector.
+const REDACTED_VALUES: sluice_engine::metrics::Family =
+    sluice_engine::metrics::Family { name: "RedactedValues", help: "Values masked, by detector." };
+
 /// The built-in detectors, in the order they win a tie.
 pub const DETECTORS: &[&str] = &["jwt", "aws_access_key", "email", "credit_card", "ssn", "ipv6", "ipv4", "phone"];
 
@@ -1001,7 +1005,7 @@ impl RecordTransform for Redactor {
     fn end_of_batch(&mut self) {
         for (count, detector) in self.counts.iter_mut().zip(&self.detectors) {
             if *count > 0 {
-                self.metrics.count("RedactedValues", "detector", &detector.name, *count);
+                self.metrics.count(REDACTED_VALUES, "detector", &detector.name, *count);
                 *count = 0;
             }
         }

@@ -371,14 +371,14 @@ impl Table {
                                     }
                                     metrics.keys_held.store(loaded.rows.len() as i64, Relaxed);
                                     if !first {
-                                        metrics.count("EnrichmentReloads", "part", &table.part, 1);
+                                        metrics.count(super::enrich::ENRICHMENT_RELOADS, "part", &table.part, 1);
                                         tracing::info!(table = %table.path.display(), epoch = at, "reference table reloaded");
                                     }
                                 }
                                 Err(e) => {
                                     // Looked at again only when the file changes again.
                                     loaded.stamp = stamp(&table.path);
-                                    metrics.count("EnrichmentReloadFailures", "part", &table.part, 1);
+                                    metrics.count(super::enrich::ENRICHMENT_RELOAD_FAILURES, "part", &table.part, 1);
                                     tracing::error!(error = %e, "reference table changed but cannot be read; keeping the loaded rows");
                                 }
                             }
@@ -494,7 +494,7 @@ fn lookup<'scope>(
                         count(&metrics, &table.part, "field_missing", missing);
                         count(&metrics, &table.part, "not_found", batch.len() as u64 - missing - hits);
                         if hits > 0 {
-                            metrics.count("EnrichmentHits", "part", &table.part, hits);
+                            metrics.count(super::enrich::ENRICHMENT_HITS, "part", &table.part, hits);
                         }
                         let mut out =
                             RecordBatch::with_capacity(batch.arrival_ms, batch.byte_len() + batch.byte_len() / 2);
@@ -533,7 +533,7 @@ fn lookup<'scope>(
 /// Counts `n` misses of `part` for `reason`.
 fn count(metrics: &TransformMetrics, part: &str, reason: &str, n: u64) {
     if n > 0 {
-        metrics.count("EnrichmentMisses", "reason", &format!("{part}.{reason}"), n);
+        metrics.count(super::enrich::ENRICHMENT_MISSES, "reason", &format!("{part}.{reason}"), n);
     }
 }
 

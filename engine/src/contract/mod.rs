@@ -392,7 +392,8 @@ mod tests {
             Box::pin(async { Ok(()) })
         }
         fn measure_with(&self, meter: SinkMeter) {
-            meter.count("Measured", 1);
+            meter
+                .count(crate::metrics::Family { name: "Measured", help: "Times the sink was handed its counters." }, 1);
         }
         fn error_output(&self) -> Option<Arc<dyn Sink>> {
             self.0.clone()

@@ -728,8 +728,8 @@ fn summarize(plan: &Plan, report: &RunReport, metrics: &PipelineMetrics) -> Exit
             let mut families: Vec<(&str, Vec<String>)> = Vec::new();
             for ((family, _, value), n) in labelled.iter() {
                 match families.last_mut() {
-                    Some((f, counts)) if f == family => counts.push(format!("{value} {n}")),
-                    _ => families.push((family, vec![format!("{value} {n}")])),
+                    Some((f, counts)) if *f == family.name => counts.push(format!("{value} {n}")),
+                    _ => families.push((family.name, vec![format!("{value} {n}")])),
                 }
             }
             for (family, counts) in families {
