@@ -1278,3 +1278,42 @@ fn the_object_store_source_resumes_an_object_whose_connection_was_lost() {
         assert_eq!(delivered, expected, "{folder}");
     }
 }
+
+/// A ZIP archive as Python's `zipfile` writes one of several files (a Windows export: a file
+/// without its last newline, one with a byte order mark and CRLF lines, an empty one, stored and
+/// deflated entries), read by the `object_store` source: every line of every file is one record,
+/// as it was in its file; no two files' lines run together. Beside it, a gzip object whose name
+/// does not say so (a Firehose `file_extension = ".json"`) is read by its first bytes, and a
+/// bzip2 object is given up and named, never delivered as text.
+#[test]
+fn the_object_store_source_reads_archives_and_objects_by_their_content() {
+    let root = tempfile::tempdir().unwrap();
+    let archive = root.path().join("export/logs.zip");
+    std::fs::create_dir_all(archive.parent().unwrap()).unwrap();
+    let made = std::process::Command::new(python())
+        .arg("-c")
+        .arg(
+            "import sys, zipfile\n\
+             with zipfile.ZipFile(sys.argv[1], 'w') as z:\n\
+             \x20   z.writestr('a.ndjson', '{\"a\":1}\\n{\"a\":2}', zipfile.ZIP_DEFLATED)\n\
+             \x20   z.writestr('b.ndjson', '\\ufeff{\"b\":1}\\r\\n{\"b\":2}\\r\\n', zipfile.ZIP_STORED)\n\
+             \x20   z.writestr('empty.ndjson', '', zipfile.ZIP_DEFLATED)\n\
+             \x20   z.writestr('c.ndjson', '{\"c\":1}', zipfile.ZIP_STORED)\n",
+        )
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gzip, b"{\"f\":1}\n").unwrap();
+    std::fs::write(root.path().join("export/stream-1-2026-12-07.json"), gzip.finish().unwrap()).unwrap();
+    std::fs::write(root.path().join("export/old.log.bz2"), b"BZh91AY&SY\x00\x01 not text").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let source = format!("url = \"file://{}\"", root.path().join("export").display());
+    let (code, said, delivered) = read_with_the_object_store_source(work.path(), "zip", &source);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("old.log.bz2") && said.contains("it is bzip2-compressed"), "{said}");
+    // (Read back as lines: each line's `\r` is the line end's, as `str::lines` reads it.)
+    let expected = ["{\"a\":1}", "{\"a\":2}", "{\"b\":1}", "{\"b\":2}", "{\"c\":1}", "{\"f\":1}"];
+    assert_eq!(delivered, expected, "{said}");
+}

@@ -274,6 +274,54 @@ pub fn snappy_framing(first: Option<u8>) -> Compression {
     if first == Some(0xff) { Compression::Snappy } else { Compression::HadoopSnappy }
 }
 
+/// What a file's first bytes say it holds, for readers of files and objects whose name does not
+/// say it (a `.log` compressed by a rotation, a Firehose object whose `file_extension` replaced
+/// `.gz`, a `.bz2` matched by a `*` glob).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// No known magic number: text, as far as its first bytes tell.
+    Plain,
+    /// Compressed, or an archive, as `compression` reads it.
+    Compressed(Compression),
+    /// Compressed in a format sluice does not read, named (`bzip2`, `xz`, …).
+    Unreadable(&'static str),
+}
+
+/// The magic numbers of the formats [`Content::Unreadable`] names: text must never be delivered
+/// as their bytes.
+const UNREADABLE_MAGIC: &[(&[u8], &str)] = &[
+    (b"BZh", "bzip2"),
+    (b"\xFD7zXZ\x00", "xz"),
+    (b"7z\xBC\xAF\x27\x1C", "7z"),
+    (b"\x04\x22\x4D\x18", "lz4"),
+    (b"\x5D\x00\x00", "lzma"),
+    (b"\x1F\x9D", "compress (.Z)"),
+    (b"Rar!\x1A\x07", "rar"),
+];
+
+/// Longest magic number [`content_of`] looks at.
+pub const MAGIC_BYTES: usize = 10;
+
+/// What `head` (a file's first [`MAGIC_BYTES`] bytes, or all of a shorter one) says the file holds:
+/// gzip (RFC 1952 §2.3.1), a zstd frame (RFC 8878 §3.1.1), framed Snappy (its stream identifier
+/// chunk), a ZIP archive (a local header, or an empty archive's end record), a format sluice does
+/// not read (bzip2, xz, 7z, lz4, lzma, compress, rar), or none of them.
+pub fn content_of(head: &[u8]) -> Content {
+    if head.starts_with(b"\x1F\x8B") {
+        Content::Compressed(Compression::Gzip)
+    } else if head.starts_with(b"\x28\xB5\x2F\xFD") {
+        Content::Compressed(Compression::Zstd)
+    } else if head.starts_with(b"\xFF\x06\x00\x00sNaPpY") {
+        Content::Compressed(Compression::Snappy)
+    } else if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        Content::Compressed(Compression::Zip)
+    } else if let Some((_, name)) = UNREADABLE_MAGIC.iter().find(|(magic, _)| head.starts_with(magic)) {
+        Content::Unreadable(name)
+    } else {
+        Content::Plain
+    }
+}
+
 /// Reads Hadoop-framed Snappy (blocks of chunks, as Hadoop's `BlockDecompressorStream` does: a
 /// block's uncompressed length, then chunks of a compressed length and a raw Snappy block until
 /// that length is reached), giving the uncompressed bytes.
@@ -587,6 +635,22 @@ pub fn compress(compression: Compression, bytes: &[u8]) -> std::io::Result<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What sluice writes is known by its first bytes, whatever its name; so are the formats it
+    /// does not read; text is text.
+    #[test]
+    fn a_file_s_first_bytes_say_what_it_holds() {
+        for compression in [Compression::Gzip, Compression::Zstd, Compression::Snappy, Compression::Zip] {
+            let written = compress(compression, b"{\"a\":1}\n").unwrap_or_else(|e| panic!("{e}"));
+            let head = &written[..written.len().min(MAGIC_BYTES)];
+            assert_eq!(content_of(head), Content::Compressed(compression), "{compression:?}");
+        }
+        assert_eq!(content_of(b"BZh91AY&SY"), Content::Unreadable("bzip2"));
+        assert_eq!(content_of(b"\xFD7zXZ\x00\x00\x04"), Content::Unreadable("xz"));
+        for text in [&b"{\"a\":1}"[..], b"2026-12-07 GET /", b"", b"\xEF\xBB\xBF{", b"P", b"BZ"] {
+            assert_eq!(content_of(text), Content::Plain, "{text:?}");
+        }
+    }
 
     /// The first bytes of every zstd frame.
     const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];

@@ -25,6 +25,11 @@ use std::sync::Arc;
 use crate::error_output::ErrorOutputType;
 use crate::operators::{BudgetClaim, ExchangeBudget};
 
+/// UTF-8's byte order mark, which Windows tools (PowerShell, Notepad) write at the start of a text
+/// file: it marks the file's encoding and is no part of its first record (jq and Python's `json`
+/// skip it), so line readers drop it.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Partition keys a transform gave a record (a Lambda function's `metadata.partitionKeys`), in
 /// key order.
 pub type PartitionKeys = Arc<[(String, String)]>;

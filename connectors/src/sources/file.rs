@@ -1,10 +1,12 @@
 //! `type = "file"`: newline-delimited records from local files matched by globs.
 //!
 //! Each line (without its `\n`) is one record; empty lines are skipped, and so is a UTF-8 byte order
-//! mark at the start of a file (of its decompressed bytes, for a compressed one). `.gz` and `.zst` files are
-//! decompressed as they are read. Plain files are split into newline-aligned byte ranges shared out
-//! among the workers, so one large file is read by all of them; a compressed file is read whole by
-//! one worker. The ranges are dealt to processes (by worker) and, within a process, taken by
+//! mark at the start of a file (of its decompressed bytes, for a compressed one). `.gz` and `.zst`
+//! files, and files whose first bytes say gzip, zstd or framed Snappy, are decompressed as they are
+//! read; a ZIP archive gives each entry's lines; a file in a compressed format the source does not
+//! read (bzip2, xz, …) is given up with its format named, never read as text. Plain files are
+//! split into newline-aligned byte ranges shared out among the workers, so one large file is read
+//! by all of them; a compressed file is read whole by one worker. The ranges are dealt to processes (by worker) and, within a process, taken by
 //! whichever of its workers is free next. Guarantees: for any split, every line is read exactly
 //! once (a line belongs to the range its first byte is in); a file that cannot be read to its end
 //! (missing, corrupt) is given up with its path in the error and the run's outcome (exit 1), what
@@ -60,10 +62,17 @@ pub struct FileSource {
 pub enum FileCompression {
     /// Plain text: splittable.
     None,
-    /// `.gz`.
+    /// `.gz`, or gzip by its first bytes.
     Gzip,
-    /// `.zst`.
+    /// `.zst`, or a zstd frame by its first bytes.
     Zstd,
+    /// Framed Snappy, by its first bytes.
+    Snappy,
+    /// A ZIP archive: every entry's lines, read whole (its directory is at its end).
+    Zip,
+    /// Compressed in a format the source does not read (named): given up when it is opened,
+    /// never read as text.
+    Unreadable(&'static str),
 }
 
 /// A piece of work for one worker: a whole file or a byte range of a plain one.
@@ -136,11 +145,28 @@ impl FileSource {
     }
 }
 
+/// How `path` is stored: by its extension (`.gz`, `.zst`), else by its first bytes (a rotated log
+/// compressed under another name, a `.zip` or a `.bz2` a `*` matched). A file that cannot be opened
+/// is taken as plain here; reading it fails and gives it up.
 fn compression_of(path: &std::path::Path) -> FileCompression {
+    use sluice_engine::compression::{Compression, Content};
     match path.extension().and_then(|e| e.to_str()) {
-        Some("gz") => FileCompression::Gzip,
-        Some("zst") => FileCompression::Zstd,
-        _ => FileCompression::None,
+        Some("gz") => return FileCompression::Gzip,
+        Some("zst") => return FileCompression::Zstd,
+        _ => {}
+    }
+    let mut head = Vec::with_capacity(sluice_engine::compression::MAGIC_BYTES);
+    if let Ok(file) = File::open(path) {
+        let _ = file.take(sluice_engine::compression::MAGIC_BYTES as u64).read_to_end(&mut head);
+    }
+    match sluice_engine::compression::content_of(&head) {
+        Content::Plain => FileCompression::None,
+        Content::Compressed(Compression::Gzip) => FileCompression::Gzip,
+        Content::Compressed(Compression::Zstd) => FileCompression::Zstd,
+        Content::Compressed(Compression::Snappy) => FileCompression::Snappy,
+        Content::Compressed(Compression::Zip) => FileCompression::Zip,
+        Content::Compressed(other) => FileCompression::Unreadable(other.name()),
+        Content::Unreadable(name) => FileCompression::Unreadable(name),
     }
 }
 
@@ -360,6 +386,21 @@ pub fn open_unit(unit: &WorkUnit) -> std::io::Result<LineReader<Box<dyn Read>>> 
     let reader: Box<dyn Read> = match unit.compression {
         FileCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, file))),
         FileCompression::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
+        FileCompression::Snappy => Box::new(snap::read::FrameDecoder::new(BufReader::with_capacity(1 << 20, file))),
+        FileCompression::Zip => {
+            let mut archive = Vec::new();
+            file.read_to_end(&mut archive)?;
+            Box::new(std::io::Cursor::new(sluice_engine::compression::zip::extract_lines(&archive)?))
+        }
+        FileCompression::Unreadable(format) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "it is {format}-compressed, which the file source does not read (it reads plain text, gzip, zstd, \
+                     framed Snappy and ZIP); decompress it, or leave it out of `paths`"
+                ),
+            ));
+        }
         FileCompression::None => {
             if unit.start > 0 {
                 // Start at the byte before: if it is a newline, a line begins exactly at `start`.
@@ -577,14 +618,11 @@ impl<R: Read> LineReader<R> {
     }
 }
 
-/// UTF-8's byte order mark, which Windows tools (PowerShell, Notepad) write at the start of a text file.
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
-
 /// `line`, which starts at stream offset `offset`, without the byte order mark a stream may start
 /// with: it marks the file's encoding and is no part of its first record (jq and Python's `json`
 /// skip it too; left in, every JSON reader of sluice's refused the record).
 fn without_bom(line: &[u8], offset: u64) -> &[u8] {
-    if offset == 0 { line.strip_prefix(UTF8_BOM).unwrap_or(line) } else { line }
+    if offset == 0 { line.strip_prefix(sluice_engine::record::UTF8_BOM).unwrap_or(line) } else { line }
 }
 
 /// The key a unit is saved under: its file, range and the file's size (a changed file starts over).
@@ -659,6 +697,41 @@ mod tests {
         let mut batch = RecordBatch::default();
         while !lines.fill(&mut batch, 1 << 20).unwrap() {}
         assert_eq!(batch.iter().collect::<Vec<_>>(), vec![&b"{\"a\":1}\r"[..]]);
+    }
+
+    /// A file is read by what it holds when its name does not say it: a rotated log gzipped
+    /// under a plain name, a ZIP archive (each entry its own lines), framed Snappy; a bzip2 file
+    /// is refused with its format named when it is opened, never read as text; text is split.
+    #[test]
+    fn files_are_read_by_their_content_and_unreadable_formats_are_refused() {
+        use sluice_engine::compression::{Compression, compress};
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, bytes: &[u8]| std::fs::write(dir.path().join(name), bytes).unwrap();
+        write("app.log.1", &compress(Compression::Gzip, b"{\"g\":1}\n").unwrap());
+        write("export.zip", &compress(Compression::Zip, b"{\"z\":1}\n{\"z\":2}").unwrap());
+        write("framed.sz", &compress(Compression::Snappy, b"{\"s\":1}\n").unwrap());
+        write("old.log.bz2", b"BZh91AY&SY\x00\x01 not text\n");
+        write("plain.ndjson", b"{\"p\":1}\n");
+        let units = plan_units(&[format!("{}/*", dir.path().display())], 1, MIN_SPLIT_BYTES).unwrap();
+        let mut read = Vec::new();
+        for unit in &units {
+            let name = unit.path.file_name().unwrap().to_string_lossy().into_owned();
+            match open_unit(unit) {
+                Ok(mut lines) => {
+                    let mut batch = RecordBatch::default();
+                    while !lines.fill(&mut batch, 1 << 20).unwrap() {}
+                    read.extend(batch.iter().map(|r| format!("{name}: {}", String::from_utf8_lossy(r))));
+                }
+                Err(e) => read.push(format!("{name}: {:?} {e}", e.kind())),
+            }
+        }
+        assert_eq!(read.len(), 6, "{read:#?}");
+        assert_eq!(read[0], "app.log.1: {\"g\":1}");
+        assert_eq!(read[1..3], ["export.zip: {\"z\":1}", "export.zip: {\"z\":2}"]);
+        assert_eq!(read[3], "framed.sz: {\"s\":1}");
+        assert!(read[4].starts_with("old.log.bz2: InvalidData it is bzip2-compressed"), "{}", read[4]);
+        assert_eq!(read[5], "plain.ndjson: {\"p\":1}");
+        assert_eq!(units.iter().filter(|u| u.compression == FileCompression::None).count(), 1);
     }
 
     /// Issue 11, item 4: a file cut while the run reads it does not deliver the half line it

@@ -5,7 +5,9 @@
 //! sizes follow it in a data descriptor (general purpose flag bit 3, PKWARE's APPNOTE 4.3.9), then
 //! come the central directory and its end record. The entry is named when the archive is finished
 //! (after the object's key, without `.zip`), so the archive is held, compressed, until then.
-//! Guarantees: [`extract`] gives back exactly what was written; an entry of 4 GiB or more (which
+//! Guarantees: [`extract`] gives back exactly what was written (and reads archives of several
+//! entries, stored or deflated, as other tools write them: [`extract_lines`] keeps each entry's
+//! lines apart); an entry of 4 GiB or more (which
 //! would need ZIP64; a sink's buffer is at most 128 MiB) is refused, never written wrong.
 
 use std::io::Write;
@@ -148,6 +150,27 @@ fn invalid(what: &str) -> std::io::Error {
 /// The data of every entry of `archive` (stored or deflated), in the central directory's order,
 /// each checked against its CRC-32 and size.
 pub fn extract(archive: &[u8]) -> std::io::Result<Vec<u8>> {
+    read_entries(archive, |_, _| {})
+}
+
+/// The lines of every entry of `archive`, as [`extract`] reads them, each entry its own whole
+/// lines: a last line without its newline is ended (else it ran into the next entry's first
+/// line, two records read as one), and a UTF-8 byte order mark at an entry's start is dropped (it
+/// marks that file's encoding; [`crate::record::UTF8_BOM`]).
+pub fn extract_lines(archive: &[u8]) -> std::io::Result<Vec<u8>> {
+    read_entries(archive, |out, start| {
+        if out[start..].starts_with(crate::record::UTF8_BOM) {
+            out.drain(start..start + crate::record::UTF8_BOM.len());
+        }
+        if out.len() > start && out.last() != Some(&b'\n') {
+            out.push(b'\n');
+        }
+    })
+}
+
+/// Every entry's data appended to one buffer, each checked, then handed to `after_entry` with the
+/// offset where it starts.
+fn read_entries(archive: &[u8], mut after_entry: impl FnMut(&mut Vec<u8>, usize)) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let u16_at = |at: usize| archive.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |at: usize| archive.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
@@ -189,6 +212,7 @@ pub fn extract(archive: &[u8]) -> std::io::Result<Vec<u8>> {
         if check.sum() != crc || (out.len() - before) as u64 != u64::from(size) {
             return Err(invalid("an entry's CRC-32 or size does not match its data"));
         }
+        after_entry(&mut out, before);
         at += 46 + name + extra + comment;
     }
     Ok(out)
@@ -229,6 +253,74 @@ mod tests {
 
     fn archive_or_panic(name: &str, bytes: &[u8]) -> Vec<u8> {
         archive(name, bytes).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An archive of `entries` (name, data), stored or deflated, as `zip` and Python's `zipfile`
+    /// write them: local headers with their sizes, then the central directory.
+    fn archive_of_entries(entries: &[(&str, &[u8], bool)]) -> Vec<u8> {
+        let (mut out, mut directory) = (Vec::new(), Vec::new());
+        for &(name, data, deflated) in entries {
+            let mut crc = libdeflater::Crc::new();
+            crc.update(data);
+            let body = if deflated {
+                let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(6));
+                d.write_all(data).unwrap_or_else(|e| panic!("{e}"));
+                d.finish().unwrap_or_else(|e| panic!("{e}"))
+            } else {
+                data.to_vec()
+            };
+            let method = if deflated { METHOD_DEFLATE } else { METHOD_STORED };
+            let sizes = [crc.sum(), body.len() as u32, data.len() as u32];
+            let local = out.len() as u32;
+            out.extend_from_slice(&LOCAL_HEADER.to_le_bytes());
+            for half in [VERSION_NEEDED, 0, method, 0, 0] {
+                out.extend_from_slice(&half.to_le_bytes());
+            }
+            sizes.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&body);
+            directory.extend_from_slice(&CENTRAL_HEADER.to_le_bytes());
+            for half in [VERSION_MADE_BY, VERSION_NEEDED, 0, method, 0, 0] {
+                directory.extend_from_slice(&half.to_le_bytes());
+            }
+            sizes.iter().for_each(|v| directory.extend_from_slice(&v.to_le_bytes()));
+            for half in [name.len() as u16, 0, 0, 0, 0] {
+                directory.extend_from_slice(&half.to_le_bytes());
+            }
+            directory.extend_from_slice(&0u32.to_le_bytes());
+            directory.extend_from_slice(&local.to_le_bytes());
+            directory.extend_from_slice(name.as_bytes());
+        }
+        let at = out.len() as u32;
+        out.extend_from_slice(&directory);
+        out.extend_from_slice(&END_OF_DIRECTORY.to_le_bytes());
+        let count = entries.len() as u16;
+        for half in [0, 0, count, count] {
+            out.extend_from_slice(&half.to_le_bytes());
+        }
+        out.extend_from_slice(&(directory.len() as u32).to_le_bytes());
+        out.extend_from_slice(&at.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out
+    }
+
+    /// Read as lines, each entry of an archive of several keeps its lines to itself: a last line
+    /// without its newline does not run into the next entry's first, and an entry's byte order
+    /// mark is not part of its first line; read as bytes, the entries are as written.
+    #[test]
+    fn each_entry_of_an_archive_read_as_lines_is_its_own_lines() {
+        let archive = archive_of_entries(&[
+            ("a.ndjson", b"{\"a\":1}\n{\"a\":2}", true),
+            ("b.ndjson", b"\xEF\xBB\xBF{\"b\":1}\r\n", false),
+            ("empty.ndjson", b"", true),
+            ("c.ndjson", b"{\"c\":1}", false),
+        ]);
+        let lines = extract_lines(&archive).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(String::from_utf8_lossy(&lines), "{\"a\":1}\n{\"a\":2}\n{\"b\":1}\r\n{\"c\":1}\n");
+        let bytes = extract(&archive).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(bytes, b"{\"a\":1}\n{\"a\":2}\xEF\xBB\xBF{\"b\":1}\r\n{\"c\":1}");
     }
 
     #[test]
