@@ -210,17 +210,16 @@ pub fn plan_units(patterns: &[String], workers: usize, min_split: u64) -> Result
     let mut sizes = Vec::new();
     for f in &files {
         let len = std::fs::metadata(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?.len();
-        sizes.push(len);
+        sizes.push((len, compression_of(f)));
     }
     let plain_total: u64 =
-        files.iter().zip(&sizes).filter(|(f, _)| compression_of(f) == FileCompression::None).map(|(_, s)| *s).sum();
+        sizes.iter().filter(|(_, compression)| *compression == FileCompression::None).map(|(s, _)| *s).sum();
     let workers = workers.max(1) as u64;
     let largest = (plain_total / (8 * workers)).max(min_split).max(1);
     let smallest = min_split.clamp(1, TAIL_SPLIT_BYTES);
     let mut left = plain_total;
     let mut units = Vec::new();
-    for (path, size) in files.into_iter().zip(sizes) {
-        let compression = compression_of(&path);
+    for (path, (size, compression)) in files.into_iter().zip(sizes) {
         if compression != FileCompression::None || size <= min_split {
             left = left.saturating_sub(if compression == FileCompression::None { size } else { 0 });
             units.push(WorkUnit { path, start: 0, end: None, compression, file_size: size });
