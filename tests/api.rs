@@ -656,13 +656,17 @@ format = "ndjson"
     let br = vec![139, 8, 128, 123, 34, 98, 114, 34, 58, 49, 125, 10, 123, 34, 98, 114, 34, 58, 50, 125, 10, 3];
     assert_eq!(post(br, Some("t0ken"), Some("br")), 200);
     assert_eq!(post(b"{\"i\":1}".to_vec(), Some("t0ken"), Some("identity")), 200);
+    // zstd, two frames as one stream (RFC 8878 §3.1), as a client compressing as it sends writes.
+    let frames = [zstd::encode_all(&b"{\"z\":1}\n"[..], 3).unwrap(), zstd::encode_all(&b"{\"z\":2}"[..], 3).unwrap()];
+    assert_eq!(post(frames.concat(), Some("t0ken"), Some("zstd")), 200);
+    assert_eq!(post(b"not zstd".to_vec(), Some("t0ken"), Some("zstd")), 400);
     assert_eq!(post(b"{\"no\":1}\n".to_vec(), None, None), 401);
     assert_eq!(post(b"{\"no\":2}\n".to_vec(), Some("wrong"), None), 401);
     assert_eq!(post(b"not gzip".to_vec(), Some("t0ken"), Some("gzip")), 400);
     assert_eq!(post(b"not brotli".to_vec(), Some("t0ken"), Some("br")), 400);
     // An encoding sluice cannot decode is refused: its bytes are never stored as records.
     assert_eq!(post(b"\x1f\x9d\x90compressed".to_vec(), Some("t0ken"), Some("compress")), 415);
-    assert_eq!(post(b"{\"z\":1}".to_vec(), Some("t0ken"), Some("zstd")), 415);
+    assert_eq!(post(b"{\"x\":1}".to_vec(), Some("t0ken"), Some("x-snappy")), 415);
     // Refused from its declared length; the listener reads the rest and drops it, so the client,
     // still writing the body, reads the 413 rather than a broken pipe it would retry (CI once saw
     // the broken pipe, before the listener lingered; the raw connection below forces the case).
@@ -698,6 +702,8 @@ format = "ndjson"
         "{\"d\":1}",
         "{\"d\":2}",
         "{\"i\":1}",
+        "{\"z\":1}",
+        "{\"z\":2}",
     ]
     .iter()
     .map(|s| s.to_string())

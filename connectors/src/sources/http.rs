@@ -18,7 +18,8 @@
 //! ```
 //!
 //! `POST` any path with one record per line, the body plain or with `Content-Encoding` `gzip`,
-//! `deflate` (zlib, or raw deflate as some clients send it) or `br`; empty lines are skipped.
+//! `deflate` (zlib, or raw deflate as some clients send it), `br` or `zstd`; empty lines are
+//! skipped.
 //! Answers `200 {"accepted": n}` once the records are queued for the pipeline, or an error
 //! `{"error": "..."}` with 400 (a body that does not decode, a record over 1,000 KiB), 401
 //! (token), 408 (the body did not arrive in time), 413 (body too large), 415 (another encoding:

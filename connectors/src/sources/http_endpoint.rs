@@ -25,7 +25,7 @@
 //! asks), and otherwise with the protocol's error body `{"requestId","timestamp","errorMessage"}`:
 //! 400 (not the protocol, a request id over 256 bytes, a body or record that does not decode), 401 (no or another access key),
 //! 408 (the body did not arrive in time), 413 (over `max_body_mb`, which Firehose does not retry),
-//! 415 (an encoding other than plain, gzip, deflate or br) or 503 (throttled, too many bodies being
+//! 415 (an encoding other than plain, gzip, deflate, br or zstd) or 503 (throttled, too many bodies being
 //! read, stopping, or the same request still being taken: Firehose retries every status but 413).
 //!
 //! Guarantees: a request is taken whole or not at all; the access key is checked before the body
