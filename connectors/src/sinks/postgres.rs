@@ -63,7 +63,7 @@ use sluice_engine::contract::{
     DeliveryError, DestinationKind, EntryRange, Payload, PayloadOrigins, RefusedRecord, Sink,
 };
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
-use sluice_engine::metrics::SinkMeter;
+use sluice_engine::metrics::{Family, SinkMeter};
 use tokio_postgres::error::SqlState;
 
 use crate::sinks::object_store::{ObjectStoreSink, url_or_table};
@@ -71,11 +71,9 @@ use crate::tls::Renewing;
 use crate::transforms::json;
 
 /// Rows committed by loads.
-const COPY_ROWS: sluice_engine::metrics::Family =
-    sluice_engine::metrics::Family { name: "CopyRows", help: "Rows committed into the table by COPY." };
+const COPY_ROWS: Family = Family { name: "CopyRows", help: "Rows committed into the table by COPY." };
 /// How long a load took, from its COPY to its commit.
-const COPY_DURATION: sluice_engine::metrics::Family =
-    sluice_engine::metrics::Family { name: "CopyDuration", help: "Time a load took, from its COPY to its commit." };
+const COPY_DURATION: Family = Family { name: "CopyDuration", help: "Time a load took, from its COPY to its commit." };
 
 /// What the sink type's destination takes (the registry's line): rows staged as gzip CSV for
 /// `COPY`, in the sink's own `format` and `columns`.

@@ -47,14 +47,14 @@ use sluice_engine::compression::Compression;
 use sluice_engine::config::{BufferingHints, ConnectorConfig, Diagnostic, FixedBody, Problems};
 use sluice_engine::contract::{BufferingRules, DeliveryError, DestinationKind, Payload, Sink};
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
-use sluice_engine::metrics::SinkMeter;
+use sluice_engine::metrics::{Family, SinkMeter};
 
 use crate::sinks::object_store::{BackupOwner, BackupStore};
 use crate::tls::ClientTls;
 use crate::transforms::json;
 
 /// A request's answer to its acknowledgement.
-const DATA_ACK_LATENCY: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+const DATA_ACK_LATENCY: Family = Family {
     name: "DeliveryToSplunk_DataAckLatency",
     help: "Time from a request's answer to its indexer acknowledgement.",
 };

@@ -70,7 +70,7 @@ use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{
     OnStop, PrepareContext, ReadStatus, Source, SourceContext, SourceError, SourceReader, StopSignal, fingerprint,
 };
-use sluice_engine::metrics::SourceMeter;
+use sluice_engine::metrics::{Family, SourceMeter};
 use sluice_engine::record::RecordBatch;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -80,32 +80,22 @@ use crate::aws_credentials::AwsCredentials;
 use crate::tls::ClientTls;
 
 /// `ListShards` calls the stream throttled.
-const THROTTLED_LIST_SHARDS: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
-    name: "ThrottledListShards",
-    help: "ListShards calls the Kinesis stream throttled.",
-};
+const THROTTLED_LIST_SHARDS: Family =
+    Family { name: "ThrottledListShards", help: "ListShards calls the Kinesis stream throttled." };
 /// `GetRecords` calls the stream throttled.
-const THROTTLED_GET_RECORDS: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
-    name: "ThrottledGetRecords",
-    help: "GetRecords calls the Kinesis stream throttled.",
-};
+const THROTTLED_GET_RECORDS: Family =
+    Family { name: "ThrottledGetRecords", help: "GetRecords calls the Kinesis stream throttled." };
 /// `GetShardIterator` calls the stream throttled.
-const THROTTLED_GET_SHARD_ITERATOR: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
-    name: "ThrottledGetShardIterator",
-    help: "GetShardIterator calls the Kinesis stream throttled.",
-};
+const THROTTLED_GET_SHARD_ITERATOR: Family =
+    Family { name: "ThrottledGetShardIterator", help: "GetShardIterator calls the Kinesis stream throttled." };
 /// Records read (Firehose's `DataReadFromKinesisStream.Records`).
-const RECORDS_READ: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
-    name: "DataReadFromKinesisStream_Records",
-    help: "Records read from the Kinesis stream.",
-};
+const RECORDS_READ: Family =
+    Family { name: "DataReadFromKinesisStream_Records", help: "Records read from the Kinesis stream." };
 /// Their bytes (`DataReadFromKinesisStream.Bytes`).
-const BYTES_READ: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
-    name: "DataReadFromKinesisStream_Bytes",
-    help: "Bytes read from the Kinesis stream.",
-};
+const BYTES_READ: Family =
+    Family { name: "DataReadFromKinesisStream_Bytes", help: "Bytes read from the Kinesis stream." };
 /// How far behind the stream's tip the source reads (Kinesis's `MillisBehindLatest`).
-const MILLIS_BEHIND: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+const MILLIS_BEHIND: Family = Family {
     name: "KinesisMillisBehindLatest",
     help: "How far behind the Kinesis stream's newest record the source reads, in milliseconds (the largest shard's).",
 };

@@ -28,12 +28,11 @@ use sluice_engine::contract::{
     TransformWorker,
 };
 use sluice_engine::error_output::ErrorOutputType;
+use sluice_engine::metrics::Family;
 
 /// Messages taken apart, by `type` (`DATA_MESSAGE`, `CONTROL_MESSAGE`).
-const MESSAGES: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
-    name: "CloudWatchLogsMessages",
-    help: "CloudWatch Logs subscription messages taken apart, by type.",
-};
+const MESSAGES: Family =
+    Family { name: "CloudWatchLogsMessages", help: "CloudWatch Logs subscription messages taken apart, by type." };
 
 /// The error code of a record that is not gzip.
 pub const DECOMPRESSION_FAILED: &str = "CloudWatchLogs.DecompressionFailed";

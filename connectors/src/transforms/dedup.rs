@@ -68,14 +68,15 @@ use timely::scheduling::Activator;
 
 use super::jq::ValueQuery;
 use super::keyed::{self, Held, Keyed, Update};
+use sluice_engine::metrics::Family;
 
 /// Records dropped as repeats, by window.
-const DUPLICATES_DROPPED: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+const DUPLICATES_DROPPED: Family = Family {
     name: "DuplicatesDropped",
     help: "Records dropped as repeats of a key seen within the window, by window.",
 };
 /// Keys forgotten before their window ended to stay within `max_keys`, by window.
-const KEYS_FORGOTTEN: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+const KEYS_FORGOTTEN: Family = Family {
     name: "DedupKeysForgotten",
     help: "Keys forgotten before their window ended, to stay within max_keys, by window.",
 };

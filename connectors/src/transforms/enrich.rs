@@ -63,7 +63,7 @@ use sluice_engine::contract::{
     DataflowTransform, Emit, PassThrough, RecordByRecord, RecordTransform, StageContext, Transform, TransformContext,
     TransformError, TransformFailure, TransformWorker,
 };
-use sluice_engine::metrics::TransformMetrics;
+use sluice_engine::metrics::{Family, TransformMetrics};
 use sluice_engine::operators::Epoch;
 use sluice_engine::record::now_ms;
 use sluice_engine::record::{RecordBatch, Records};
@@ -74,20 +74,17 @@ use super::mmdb;
 use super::tables::{Table, TableSpec};
 
 /// Parts written into records, by part (this transform's and the `tables` transform's).
-pub(crate) const ENRICHMENT_HITS: sluice_engine::metrics::Family =
-    sluice_engine::metrics::Family { name: "EnrichmentHits", help: "Records enriched, by part." };
+pub(crate) const ENRICHMENT_HITS: Family = Family { name: "EnrichmentHits", help: "Records enriched, by part." };
 /// Parts not written, by `<part>.<reason>`.
-pub(crate) const ENRICHMENT_MISSES: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+pub(crate) const ENRICHMENT_MISSES: Family = Family {
     name: "EnrichmentMisses",
     help: "Records passed on without a part, by part and reason (field missing, not found, ...).",
 };
 /// Databases or tables read again after their file changed, by part.
-pub(crate) const ENRICHMENT_RELOADS: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
-    name: "EnrichmentReloads",
-    help: "Databases or tables read again after their file changed, by part.",
-};
+pub(crate) const ENRICHMENT_RELOADS: Family =
+    Family { name: "EnrichmentReloads", help: "Databases or tables read again after their file changed, by part." };
 /// Changed files that could not be read (the data before is kept), by part.
-pub(crate) const ENRICHMENT_RELOAD_FAILURES: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
+pub(crate) const ENRICHMENT_RELOAD_FAILURES: Family = Family {
     name: "EnrichmentReloadFailures",
     help: "Changed database or table files that could not be read (the data before is kept), by part.",
 };

@@ -47,13 +47,12 @@ use sluice_engine::contract::{
     Emit, RecordByRecord, RecordTransform, Transform, TransformContext, TransformError, TransformFailure,
     TransformWorker,
 };
-use sluice_engine::metrics::TransformMetrics;
+use sluice_engine::metrics::{Family, TransformMetrics};
 
 use super::{json, words};
 
 /// Values masked, by detector.
-const REDACTED_VALUES: sluice_engine::metrics::Family =
-    sluice_engine::metrics::Family { name: "RedactedValues", help: "Values masked, by detector." };
+const REDACTED_VALUES: Family = Family { name: "RedactedValues", help: "Values masked, by detector." };
 
 /// The built-in detectors, in the order they win a tie.
 pub const DETECTORS: &[&str] = &["jwt", "aws_access_key", "email", "credit_card", "ssn", "ipv6", "ipv4", "phone"];
