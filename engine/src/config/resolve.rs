@@ -964,7 +964,15 @@ pub(super) fn resolve<'a>(
             };
             let (prefix_span, error_prefix_span) = (section.value_span("prefix"), section.value_span("error_prefix"));
             let lent = section.set_aside(&lent_keys);
-            let settings = take_sink_settings(&mut section, &name, base_dir, registry, fixed_body, &mut problems);
+            let settings = take_sink_settings(
+                &mut section,
+                &name,
+                base_dir,
+                registry,
+                sink_type.is_some(),
+                fixed_body,
+                &mut problems,
+            );
             section.restore(lent);
             // The connector reads its keys whatever else is wrong, so every problem is reported at once.
             let Some(sink_type) = sink_type else { continue };
@@ -1386,12 +1394,14 @@ fn take_inputs(
 
 /// The engine's keys of a sink. `fixed_body` (its type's name and body, when its destination
 /// fixes the body) refuses the keys that encode or partition objects, each at once, and bounds
-/// `buffer` by the destination's rules.
+/// `buffer` by the destination's rules; of a sink whose type is not known (`type_known`), keys
+/// that only the type could explain are not judged.
 fn take_sink_settings(
     section: &mut Section,
     stream: &str,
     base_dir: &Path,
     registry: &Registry,
+    type_known: bool,
     fixed_body: Option<(&str, FixedBody)>,
     problems: &mut Vec<Diagnostic>,
 ) -> Option<SinkSettings> {
@@ -1488,8 +1498,10 @@ fn take_sink_settings(
         );
     }
     // Parquet's keys under another format: said as such (left unread, they were "unknown keys"
-    // whose hint listed them as accepted), unless the format itself is the problem.
-    if format_name.as_ref().is_none_or(|f| f.get_ref() != "parquet") {
+    // whose hint listed them as accepted), unless the format itself is the problem. Of a sink of
+    // unknown type, whose `format` may be the type's own key (set aside), nothing is judged.
+    let written_elsewhere = format_name.as_ref().is_some_and(|f| f.get_ref() != "parquet");
+    if written_elsewhere || (format_name.is_none() && type_known) {
         for key in PARQUET_KEYS {
             let Some(span) = section.key_span(key) else { continue };
             section.take(key);
