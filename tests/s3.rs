@@ -1279,6 +1279,33 @@ fn the_object_store_source_resumes_an_object_whose_connection_was_lost() {
     }
 }
 
+/// A large object read over a link that drops now and then: six connections cut, each after
+/// 1.5 MB of the answer. Each try got on with the object (1 MiB or more read), so the count of
+/// tries starts over and the object is read to its end, every line once (five tries in all gave it
+/// up). A store that fails at once each time is still given up after five (the test above).
+#[test]
+fn the_object_store_source_reads_a_large_object_whose_connection_drops_now_and_then() {
+    let root = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..200_000).map(|i| format!("{{\"n\":{i},\"pad\":\"{:032x}\"}}", i * 7919)).collect();
+    std::fs::create_dir_all(root.path().join("arc/big")).unwrap();
+    std::fs::write(root.path().join("arc/big/big.ndjson"), lines.join("\n") + "\n").unwrap();
+    let server = S3Server::start(root.path());
+    let proxy = cutting_proxy(server.addr, 1_500_000, 6);
+    let source = server
+        .sink_toml("arc", SECRET_KEY)
+        .replace("s3://arc/archive", "s3://arc/big")
+        .replace(&server.addr.to_string(), &proxy.to_string());
+    let work = tempfile::tempdir().unwrap();
+    let (code, said, delivered) = read_with_the_object_store_source(work.path(), "big", &source);
+    assert_eq!(code, Some(0), "{said}");
+    // (The error log writes five lines of one code a minute: the later tries are counted, not said.)
+    assert!(said.contains("reading the object failed; trying again in 500 ms"), "{said}");
+    let mut expected = lines;
+    expected.sort();
+    assert_eq!(delivered.len(), expected.len(), "each line once");
+    assert_eq!(delivered, expected);
+}
+
 /// A ZIP archive as Python's `zipfile` writes one of several files (a Windows export: a file
 /// without its last newline, one with a byte order mark and CRLF lines, an empty one, stored and
 /// deflated entries), read by the `object_store` source: every line of every file is one record,

@@ -27,7 +27,9 @@
 //! is given up (what was read of it delivered, its checkpoint left where its delivered records
 //! end) and the worker goes on with its next one; the run's outcome names it (exit 1); before
 //! that, a failure that may pass (a 5xx, `SlowDown`, a connection lost) is tried again, five
-//! tries in all (`READ_TRIES`), from the next unread line, with a wait doubling from 0.5 s. A
+//! tries in a row (`READ_TRIES`), from the next unread line, with a wait doubling from 0.5 s; a
+//! try that read 1 MiB (`PROGRESS_BYTES`) before it failed starts the count over, so a large object
+//! read over a link that drops now and then is read to its end. A
 //! listing that finds nothing stops the run before it starts. Files a `file://` sink is staging
 //! inside the folder (under `.sluice-staging/`) are not objects and are skipped.
 
@@ -316,14 +318,26 @@ impl Read for StreamReader {
     }
 }
 
-/// The object being read: the object, its checkpoint key, its lines, and the tries it failed.
-type CurrentObject = (Listed, String, LineReader<Box<dyn Read>>, u32);
+/// The object being read.
+struct CurrentObject {
+    object: Listed,
+    /// Its checkpoint key.
+    key: String,
+    lines: LineReader<Box<dyn Read>>,
+    /// The tries in a row it failed.
+    failed: u32,
+    /// The offset this try began at.
+    began: u64,
+}
 
 /// Tries at reading an object that fails for a reason that may pass (a 5xx or `SlowDown`, a
 /// connection lost mid-object) before it is given up; each opens it again at its next unread line.
 const READ_TRIES: u32 = 5;
 /// The wait before the second try; it doubles (0.5, 1, 2, 4 s).
 const FIRST_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// What a try must read before it fails for its failure to start the count of tries over: it got
+/// on with the object (a store failing at once or within a few lines each time is given up).
+const PROGRESS_BYTES: u64 = 1 << 20;
 
 /// An object to open again, at `offset`, once `at` has come.
 struct Retry {
@@ -477,19 +491,22 @@ impl SourceReader for ObjectReader {
                 };
                 tracing::info!(object = %self.shown(&object.location), offset, "reading");
                 match self.open(&object, offset) {
-                    Ok(lines) => self.current = Some((object, key, lines, failed)),
+                    Ok(lines) => self.current = Some(CurrentObject { object, key, lines, failed, began: offset }),
                     Err(e) => {
                         return self.failed(Retry { object, key, offset, failed, at: std::time::Instant::now() }, e);
                     }
                 }
             }
-            let Some((_, key, lines, _)) = self.current.as_mut() else { continue };
+            let Some(CurrentObject { key, lines, .. }) = self.current.as_mut() else { continue };
             let finished = match lines.fill(batch, max_bytes) {
                 Ok(finished) => finished,
                 Err(e) => {
-                    let Some((object, key, lines, failed)) = self.current.take() else { continue };
+                    let Some(CurrentObject { object, key, lines, failed, began }) = self.current.take() else {
+                        continue;
+                    };
                     // Again from the line after the last one taken into the batch.
                     let offset = lines.offset();
+                    let failed = if offset.saturating_sub(began) >= PROGRESS_BYTES { 0 } else { failed };
                     return self.failed(Retry { object, key, offset, failed, at: std::time::Instant::now() }, e);
                 }
             };
