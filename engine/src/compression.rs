@@ -290,7 +290,6 @@ pub enum Content {
 /// The magic numbers of the formats [`Content::Unreadable`] names: text must never be delivered
 /// as their bytes.
 const UNREADABLE_MAGIC: &[(&[u8], &str)] = &[
-    (b"BZh", "bzip2"),
     (b"\xFD7zXZ\x00", "xz"),
     (b"7z\xBC\xAF\x27\x1C", "7z"),
     (b"\x04\x22\x4D\x18", "lz4"),
@@ -298,6 +297,13 @@ const UNREADABLE_MAGIC: &[(&[u8], &str)] = &[
     (b"\x1F\x9D", "compress (.Z)"),
     (b"Rar!\x1A\x07", "rar"),
 ];
+
+/// bzip2's `BZh`, a block size digit, then a block's magic (π's digits) or, in an empty stream,
+/// the end of stream's (√π's): all ten bytes, so a line of text starting `BZh9` is still text.
+fn is_bzip2(head: &[u8]) -> bool {
+    matches!(head, [b'B', b'Z', b'h', b'1'..=b'9', rest @ ..]
+        if rest.starts_with(b"\x31\x41\x59\x26\x53\x59") || rest.starts_with(b"\x17\x72\x45\x38\x50\x90"))
+}
 
 /// Longest magic number [`content_of`] looks at.
 pub const MAGIC_BYTES: usize = 10;
@@ -315,6 +321,8 @@ pub fn content_of(head: &[u8]) -> Content {
         Content::Compressed(Compression::Snappy)
     } else if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         Content::Compressed(Compression::Zip)
+    } else if is_bzip2(head) {
+        Content::Unreadable("bzip2")
     } else if let Some((_, name)) = UNREADABLE_MAGIC.iter().find(|(magic, _)| head.starts_with(magic)) {
         Content::Unreadable(name)
     } else {
@@ -647,7 +655,8 @@ mod tests {
         }
         assert_eq!(content_of(b"BZh91AY&SY"), Content::Unreadable("bzip2"));
         assert_eq!(content_of(b"\xFD7zXZ\x00\x00\x04"), Content::Unreadable("xz"));
-        for text in [&b"{\"a\":1}"[..], b"2026-12-07 GET /", b"", b"\xEF\xBB\xBF{", b"P", b"BZ"] {
+        assert_eq!(content_of(b"BZh9\x17\x72\x45\x38\x50\x90"), Content::Unreadable("bzip2"), "empty bzip2");
+        for text in [&b"{\"a\":1}"[..], b"2026-12-07 GET /", b"", b"\xEF\xBB\xBF{", b"P", b"BZ", b"BZh91 lines"] {
             assert_eq!(content_of(text), Content::Plain, "{text:?}");
         }
     }
