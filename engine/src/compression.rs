@@ -274,6 +274,75 @@ pub fn snappy_framing(first: Option<u8>) -> Compression {
     if first == Some(0xff) { Compression::Snappy } else { Compression::HadoopSnappy }
 }
 
+/// A gzip file read as `gzip -d` and Python's `gzip` read it: its members one after another (RFC
+/// 1952 §2.2), an empty file empty, and zero bytes after the last member (the padding some
+/// writers, tape and block devices leave) ignored; anything else after a member must be a member,
+/// and data after zero padding is an error. (flate2's `MultiGzDecoder` refuses the padding: every
+/// record delivered, then "invalid gzip header".)
+pub struct GzipFile<R: std::io::BufRead> {
+    state: GzipState<R>,
+}
+
+enum GzipState<R: std::io::BufRead> {
+    /// Before a member, or after one: `padded` once zero bytes were passed over.
+    Between(R, bool),
+    /// Boxed: the decoder's state is large beside the others.
+    Member(Box<flate2::bufread::GzDecoder<R>>),
+    Done,
+}
+
+impl<R: std::io::BufRead> GzipFile<R> {
+    /// The file read from `inner`.
+    pub fn new(inner: R) -> Self {
+        GzipFile { state: GzipState::Between(inner, false) }
+    }
+}
+
+impl<R: std::io::BufRead> std::io::Read for GzipFile<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match std::mem::replace(&mut self.state, GzipState::Done) {
+                GzipState::Done => return Ok(0),
+                GzipState::Member(mut member) => {
+                    let n = member.read(buf)?;
+                    if n > 0 {
+                        self.state = GzipState::Member(member);
+                        return Ok(n);
+                    }
+                    self.state = GzipState::Between(member.into_inner(), false);
+                }
+                GzipState::Between(mut inner, padded) => {
+                    let available = inner.fill_buf()?;
+                    match available.iter().position(|&b| b != 0) {
+                        _ if available.is_empty() => return Ok(0),
+                        None => {
+                            let all = available.len();
+                            inner.consume(all);
+                            self.state = GzipState::Between(inner, true);
+                        }
+                        Some(0) if !padded => {
+                            self.state = GzipState::Member(Box::new(flate2::bufread::GzDecoder::new(inner)))
+                        }
+                        Some(0) => {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "data after the zero padding that ends a gzip file",
+                            ));
+                        }
+                        Some(zeros) => {
+                            inner.consume(zeros);
+                            self.state = GzipState::Between(inner, true);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// What a file's first bytes say it holds, for readers of files and objects whose name does not
 /// say it (a `.log` compressed by a rotation, a Firehose object whose `file_extension` replaced
 /// `.gz`, a `.bz2` matched by a `*` glob).
@@ -643,6 +712,25 @@ pub fn compress(compression: Compression, bytes: &[u8]) -> std::io::Result<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gzip file of two members and zero padding reads as gzip and Python read it; data after
+    /// the padding, or a damaged member, is an error; an empty file is empty.
+    #[test]
+    fn a_gzip_file_reads_its_members_and_ignores_zero_padding() {
+        use std::io::Read;
+        let read = |bytes: &[u8]| {
+            let mut out = Vec::new();
+            GzipFile::new(std::io::BufReader::with_capacity(7, bytes)).read_to_end(&mut out).map(|_| out)
+        };
+        let two = [compress(Compression::Gzip, b"a\n").unwrap(), compress(Compression::Gzip, b"b\n").unwrap()].concat();
+        assert_eq!(read(&two).unwrap(), b"a\nb\n");
+        let padded = [two.clone(), vec![0; 100]].concat();
+        assert_eq!(read(&padded).unwrap(), b"a\nb\n");
+        assert!(read(&[padded.clone(), b"x".to_vec()].concat()).is_err(), "data after the padding");
+        assert!(read(&[two.clone(), b"not gzip".to_vec()].concat()).is_err(), "garbage after a member");
+        assert!(read(&two[..two.len() - 3]).is_err(), "a cut member");
+        assert_eq!(read(b"").unwrap(), b"");
+    }
 
     /// What sluice writes is known by its first bytes, whatever its name; so are the formats it
     /// does not read; text is text.

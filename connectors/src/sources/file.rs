@@ -383,7 +383,9 @@ fn planned_length(unit: &WorkUnit) -> Option<u64> {
 pub fn open_unit(unit: &WorkUnit) -> std::io::Result<LineReader<Box<dyn Read>>> {
     let mut file = File::open(&unit.path)?;
     let reader: Box<dyn Read> = match unit.compression {
-        FileCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, file))),
+        FileCompression::Gzip => {
+            Box::new(sluice_engine::compression::GzipFile::new(BufReader::with_capacity(1 << 20, file)))
+        }
         FileCompression::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
         FileCompression::Snappy => Box::new(snap::read::FrameDecoder::new(BufReader::with_capacity(1 << 20, file))),
         FileCompression::Zip => {
@@ -700,7 +702,8 @@ mod tests {
 
     /// A file is read by what it holds when its name does not say it: a rotated log gzipped
     /// under a plain name, a ZIP archive (each entry its own lines), framed Snappy; a bzip2 file
-    /// is refused with its format named when it is opened, never read as text; text is split.
+    /// is refused with its format named when it is opened, never read as text; text is split; a
+    /// gzip file's zero padding is not an error.
     #[test]
     fn files_are_read_by_their_content_and_unreadable_formats_are_refused() {
         use sluice_engine::compression::{Compression, compress};
@@ -710,6 +713,8 @@ mod tests {
         write("export.zip", &compress(Compression::Zip, b"{\"z\":1}\n{\"z\":2}").unwrap());
         write("framed.sz", &compress(Compression::Snappy, b"{\"s\":1}\n").unwrap());
         write("old.log.bz2", b"BZh91AY&SY\x00\x01 not text\n");
+        // Zero padding after the last member, as gzip -d and Python's gzip read it.
+        write("padded.ndjson.gz", &[compress(Compression::Gzip, b"{\"z\":0}\n").unwrap(), vec![0; 512]].concat());
         write("plain.ndjson", b"{\"p\":1}\n");
         let units = plan_units(&[format!("{}/*", dir.path().display())], 1, MIN_SPLIT_BYTES).unwrap();
         let mut read = Vec::new();
@@ -724,12 +729,13 @@ mod tests {
                 Err(e) => read.push(format!("{name}: {:?} {e}", e.kind())),
             }
         }
-        assert_eq!(read.len(), 6, "{read:#?}");
+        assert_eq!(read.len(), 7, "{read:#?}");
         assert_eq!(read[0], "app.log.1: {\"g\":1}");
         assert_eq!(read[1..3], ["export.zip: {\"z\":1}", "export.zip: {\"z\":2}"]);
         assert_eq!(read[3], "framed.sz: {\"s\":1}");
         assert!(read[4].starts_with("old.log.bz2: InvalidData it is bzip2-compressed"), "{}", read[4]);
-        assert_eq!(read[5], "plain.ndjson: {\"p\":1}");
+        assert_eq!(read[5], "padded.ndjson.gz: {\"z\":0}");
+        assert_eq!(read[6], "plain.ndjson: {\"p\":1}");
         assert_eq!(units.iter().filter(|u| u.compression == FileCompression::None).count(), 1);
     }
 

@@ -438,7 +438,7 @@ impl ObjectReader {
         }
         let mut reader: Box<dyn Read> = match encoding {
             Encoding::Plain => Box::new(buffered),
-            Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
+            Encoding::Gzip => Box::new(sluice_engine::compression::GzipFile::new(buffered)),
             Encoding::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
             // `.snappy` is either framing, told apart by the first byte.
             Encoding::Snappy => match snappy_framing(std::io::BufRead::fill_buf(&mut buffered)?.first().copied()) {
