@@ -399,6 +399,62 @@ pub fn content_of(head: &[u8]) -> Content {
     }
 }
 
+impl Content {
+    /// What a file or object named `name` holds by its extension alone: `.gz`, `.zst`, `.snappy`
+    /// (either framing) and `.zip`; `None` when the name does not say ([`content_of`] then tells).
+    pub fn by_extension(name: &str) -> Option<Self> {
+        match name.rsplit_once('.').map(|(_, extension)| extension) {
+            Some("gz") => Some(Content::Compressed(Compression::Gzip)),
+            Some("zst") => Some(Content::Compressed(Compression::Zstd)),
+            Some("snappy") => Some(Content::Compressed(Compression::Snappy)),
+            Some("zip") => Some(Content::Compressed(Compression::Zip)),
+            _ => None,
+        }
+    }
+
+    /// Whether it is text as it is (a plain file: splittable, resumable at an offset).
+    pub fn is_plain(self) -> bool {
+        matches!(self, Content::Plain | Content::Compressed(Compression::None))
+    }
+
+    /// The text `inner` holds, decompressed as this says, for a line reader: gzip members one
+    /// after another ([`GzipFile`]), zstd frames, Snappy of either framing (told apart by the first
+    /// byte), a ZIP archive's entries each as their own lines (read whole: the directory is at the
+    /// end; [`zip::extract_lines`]). A format sluice does not read is an `InvalidData` error naming
+    /// it, with `leave_out` saying how the reader's config leaves such a file out: never text.
+    pub fn text_reader<'a>(
+        self,
+        mut inner: impl std::io::BufRead + 'a,
+        leave_out: &str,
+    ) -> std::io::Result<Box<dyn std::io::Read + 'a>> {
+        Ok(match self {
+            Content::Plain | Content::Compressed(Compression::None) => Box::new(inner),
+            Content::Compressed(Compression::Gzip) => Box::new(GzipFile::new(inner)),
+            Content::Compressed(Compression::Zstd) => Box::new(zstd::stream::read::Decoder::with_buffer(inner)?),
+            Content::Compressed(Compression::Snappy | Compression::HadoopSnappy) => {
+                match snappy_framing(inner.fill_buf()?.first().copied()) {
+                    Compression::HadoopSnappy => Box::new(HadoopSnappyReader::new(inner)),
+                    _ => Box::new(snap::read::FrameDecoder::new(inner)),
+                }
+            }
+            Content::Compressed(Compression::Zip) => {
+                let mut archive = Vec::new();
+                inner.read_to_end(&mut archive)?;
+                Box::new(std::io::Cursor::new(zip::extract_lines(&archive)?))
+            }
+            Content::Unreadable(format) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "it is {format}-compressed, which sluice does not read (it reads plain text, gzip, zstd, \
+                         Snappy and ZIP); decompress it, or {leave_out}"
+                    ),
+                ));
+            }
+        })
+    }
+}
+
 /// Reads Hadoop-framed Snappy (blocks of chunks, as Hadoop's `BlockDecompressorStream` does: a
 /// block's uncompressed length, then chunks of a compressed length and a raw Snappy block until
 /// that length is reached), giving the uncompressed bytes.

@@ -1,10 +1,12 @@
 //! `type = "file"`: newline-delimited records from local files matched by globs.
 //!
 //! Each line (without its `\n`) is one record; empty lines are skipped, and so is a UTF-8 byte order
-//! mark at the start of a file (of its decompressed bytes, for a compressed one). `.gz` and `.zst`
-//! files, and files whose first bytes say gzip, zstd or framed Snappy, are decompressed as they are
-//! read; a ZIP archive gives each entry's lines; a file in a compressed format the source does not
-//! read (bzip2, xz, …) is given up with its format named, never read as text. Plain files are
+//! mark at the start of a file (of its decompressed bytes, for a compressed one). `.gz`, `.zst`,
+//! `.snappy` (either framing) and `.zip` files, and files whose first bytes say gzip, zstd, framed
+//! Snappy or ZIP, are decompressed as they are read, as the `object_store` source reads objects
+//! (one reader for both: `Content::text_reader`); a ZIP archive gives each entry's lines; a file in
+//! a compressed format sluice does not read (bzip2, xz, …) is given up with its format named, never
+//! read as text. Plain files are
 //! split into newline-aligned byte ranges shared out among the workers, so one large file is read
 //! by all of them; a compressed file is read whole by one worker. The ranges are dealt to processes (by worker) and, within a process, taken by
 //! whichever of its workers is free next. Guarantees: for any split, every line is read exactly
@@ -22,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
+use sluice_engine::compression::Content;
 use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{PrepareContext, ReadStatus, Source, SourceContext, SourceError, SourceReader};
 use sluice_engine::metrics::PipelineMetrics;
@@ -57,24 +60,6 @@ pub struct FileSource {
     metrics: OnceLock<Arc<PipelineMetrics>>,
 }
 
-/// How a file is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileCompression {
-    /// Plain text: splittable.
-    None,
-    /// `.gz`, or gzip by its first bytes.
-    Gzip,
-    /// `.zst`, or a zstd frame by its first bytes.
-    Zstd,
-    /// Framed Snappy, by its first bytes.
-    Snappy,
-    /// A ZIP archive: every entry's lines, read whole (its directory is at its end).
-    Zip,
-    /// Compressed in a format the source does not read (named): given up when it is opened,
-    /// never read as text.
-    Unreadable(&'static str),
-}
-
 /// A piece of work for one worker: a whole file or a byte range of a plain one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkUnit {
@@ -85,7 +70,7 @@ pub struct WorkUnit {
     /// End of the range (exclusive) for lines' first bytes; `None` reads to the end.
     pub end: Option<u64>,
     /// How it is compressed.
-    pub compression: FileCompression,
+    pub compression: Content,
     /// The file's size when the run planned it.
     pub file_size: u64,
 }
@@ -145,29 +130,17 @@ impl FileSource {
     }
 }
 
-/// How `path` is stored: by its extension (`.gz`, `.zst`), else by its first bytes (a rotated log
-/// compressed under another name, a `.zip` or a `.bz2` a `*` matched). A file that cannot be opened
-/// is taken as plain here; reading it fails and gives it up.
-fn compression_of(path: &std::path::Path) -> FileCompression {
-    use sluice_engine::compression::{Compression, Content};
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("gz") => return FileCompression::Gzip,
-        Some("zst") => return FileCompression::Zstd,
-        _ => {}
-    }
-    let mut head = Vec::with_capacity(sluice_engine::compression::MAGIC_BYTES);
-    if let Ok(file) = File::open(path) {
-        let _ = file.take(sluice_engine::compression::MAGIC_BYTES as u64).read_to_end(&mut head);
-    }
-    match sluice_engine::compression::content_of(&head) {
-        Content::Plain => FileCompression::None,
-        Content::Compressed(Compression::Gzip) => FileCompression::Gzip,
-        Content::Compressed(Compression::Zstd) => FileCompression::Zstd,
-        Content::Compressed(Compression::Snappy) => FileCompression::Snappy,
-        Content::Compressed(Compression::Zip) => FileCompression::Zip,
-        Content::Compressed(other) => FileCompression::Unreadable(other.name()),
-        Content::Unreadable(name) => FileCompression::Unreadable(name),
-    }
+/// What `path` holds: by its extension (`.gz`, `.zst`, `.snappy`, `.zip`), else by its first bytes
+/// (a rotated log compressed under another name, a `.bz2` a `*` matched). A file that cannot be
+/// opened is taken as plain here; reading it fails and gives it up.
+fn compression_of(path: &std::path::Path) -> Content {
+    Content::by_extension(&path.to_string_lossy()).unwrap_or_else(|| {
+        let mut head = Vec::with_capacity(sluice_engine::compression::MAGIC_BYTES);
+        if let Ok(file) = File::open(path) {
+            let _ = file.take(sluice_engine::compression::MAGIC_BYTES as u64).read_to_end(&mut head);
+        }
+        sluice_engine::compression::content_of(&head)
+    })
 }
 
 /// The files the globs match, sorted, each once; an error when none matches (a pattern that
@@ -212,16 +185,15 @@ pub fn plan_units(patterns: &[String], workers: usize, min_split: u64) -> Result
         let len = std::fs::metadata(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?.len();
         sizes.push((len, compression_of(f)));
     }
-    let plain_total: u64 =
-        sizes.iter().filter(|(_, compression)| *compression == FileCompression::None).map(|(s, _)| *s).sum();
+    let plain_total: u64 = sizes.iter().filter(|(_, compression)| compression.is_plain()).map(|(s, _)| *s).sum();
     let workers = workers.max(1) as u64;
     let largest = (plain_total / (8 * workers)).max(min_split).max(1);
     let smallest = min_split.clamp(1, TAIL_SPLIT_BYTES);
     let mut left = plain_total;
     let mut units = Vec::new();
     for (path, (size, compression)) in files.into_iter().zip(sizes) {
-        if compression != FileCompression::None || size <= min_split {
-            left = left.saturating_sub(if compression == FileCompression::None { size } else { 0 });
+        if !compression.is_plain() || size <= min_split {
+            left = left.saturating_sub(if compression.is_plain() { size } else { 0 });
             units.push(WorkUnit { path, start: 0, end: None, compression, file_size: size });
             continue;
         }
@@ -359,16 +331,13 @@ impl FileReader {
 /// compressed file).
 pub fn open_unit_at(unit: &WorkUnit, offset: u64) -> std::io::Result<LineReader<Box<dyn Read>>> {
     let mut file = File::open(&unit.path)?;
-    let reader: Box<dyn Read> = match unit.compression {
-        FileCompression::None => {
-            file.seek(SeekFrom::Start(offset))?;
-            Box::new(file)
-        }
-        _ => {
-            let mut reader = open_unit(unit)?.inner;
-            std::io::copy(&mut (&mut reader).take(offset), &mut std::io::sink())?;
-            reader
-        }
+    let reader: Box<dyn Read> = if unit.compression.is_plain() {
+        file.seek(SeekFrom::Start(offset))?;
+        Box::new(file)
+    } else {
+        let mut reader = open_unit(unit)?.inner;
+        std::io::copy(&mut (&mut reader).take(offset), &mut std::io::sink())?;
+        reader
     };
     Ok(LineReader::new(reader, offset, unit.end).expecting(planned_length(unit)))
 }
@@ -376,39 +345,20 @@ pub fn open_unit_at(unit: &WorkUnit, offset: u64) -> std::io::Result<LineReader<
 /// The length a unit's stream must reach: the planned size of a plain file (a compressed file's
 /// decompressed length is not known in advance).
 fn planned_length(unit: &WorkUnit) -> Option<u64> {
-    (unit.compression == FileCompression::None).then_some(unit.file_size)
+    unit.compression.is_plain().then_some(unit.file_size)
 }
 
 /// Opens a unit positioned at the first line that starts in its range.
 pub fn open_unit(unit: &WorkUnit) -> std::io::Result<LineReader<Box<dyn Read>>> {
     let mut file = File::open(&unit.path)?;
-    let reader: Box<dyn Read> = match unit.compression {
-        FileCompression::Gzip => {
-            Box::new(sluice_engine::compression::GzipFile::new(BufReader::with_capacity(1 << 20, file)))
+    let reader: Box<dyn Read> = if unit.compression.is_plain() {
+        if unit.start > 0 {
+            // Start at the byte before: if it is a newline, a line begins exactly at `start`.
+            file.seek(SeekFrom::Start(unit.start - 1))?;
         }
-        FileCompression::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
-        FileCompression::Snappy => Box::new(snap::read::FrameDecoder::new(BufReader::with_capacity(1 << 20, file))),
-        FileCompression::Zip => {
-            let mut archive = Vec::new();
-            file.read_to_end(&mut archive)?;
-            Box::new(std::io::Cursor::new(sluice_engine::compression::zip::extract_lines(&archive)?))
-        }
-        FileCompression::Unreadable(format) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "it is {format}-compressed, which the file source does not read (it reads plain text, gzip, zstd, \
-                     framed Snappy and ZIP); decompress it, or leave it out of `paths`"
-                ),
-            ));
-        }
-        FileCompression::None => {
-            if unit.start > 0 {
-                // Start at the byte before: if it is a newline, a line begins exactly at `start`.
-                file.seek(SeekFrom::Start(unit.start - 1))?;
-            }
-            Box::new(file)
-        }
+        Box::new(file)
+    } else {
+        unit.compression.text_reader(BufReader::with_capacity(1 << 20, file), "leave it out of `paths`")?
     };
     let mut lines = LineReader::new(reader, unit.start.saturating_sub(1), unit.end).expecting(planned_length(unit));
     if unit.start > 0 {
@@ -701,7 +651,8 @@ mod tests {
     }
 
     /// A file is read by what it holds when its name does not say it: a rotated log gzipped
-    /// under a plain name, a ZIP archive (each entry its own lines), framed Snappy; a bzip2 file
+    /// under a plain name, a ZIP archive (each entry its own lines), framed Snappy; Hadoop's
+    /// Snappy by its extension (it has no magic number); a bzip2 file
     /// is refused with its format named when it is opened, never read as text; text is split; a
     /// gzip file's zero padding is not an error.
     #[test]
@@ -712,6 +663,7 @@ mod tests {
         write("app.log.1", &compress(Compression::Gzip, b"{\"g\":1}\n").unwrap());
         write("export.zip", &compress(Compression::Zip, b"{\"z\":1}\n{\"z\":2}").unwrap());
         write("framed.sz", &compress(Compression::Snappy, b"{\"s\":1}\n").unwrap());
+        write("hadoop.snappy", &compress(Compression::HadoopSnappy, b"{\"h\":1}\n").unwrap());
         write("old.log.bz2", b"BZh91AY&SY\x00\x01 not text\n");
         // Zero padding after the last member, as gzip -d and Python's gzip read it.
         write("padded.ndjson.gz", &[compress(Compression::Gzip, b"{\"z\":0}\n").unwrap(), vec![0; 512]].concat());
@@ -729,14 +681,16 @@ mod tests {
                 Err(e) => read.push(format!("{name}: {:?} {e}", e.kind())),
             }
         }
-        assert_eq!(read.len(), 7, "{read:#?}");
+        assert_eq!(read.len(), 8, "{read:#?}");
         assert_eq!(read[0], "app.log.1: {\"g\":1}");
         assert_eq!(read[1..3], ["export.zip: {\"z\":1}", "export.zip: {\"z\":2}"]);
         assert_eq!(read[3], "framed.sz: {\"s\":1}");
-        assert!(read[4].starts_with("old.log.bz2: InvalidData it is bzip2-compressed"), "{}", read[4]);
-        assert_eq!(read[5], "padded.ndjson.gz: {\"z\":0}");
-        assert_eq!(read[6], "plain.ndjson: {\"p\":1}");
-        assert_eq!(units.iter().filter(|u| u.compression == FileCompression::None).count(), 1);
+        assert_eq!(read[4], "hadoop.snappy: {\"h\":1}");
+        assert!(read[5].starts_with("old.log.bz2: InvalidData it is bzip2-compressed"), "{}", read[5]);
+        assert!(read[5].ends_with("leave it out of `paths`"), "{}", read[5]);
+        assert_eq!(read[6], "padded.ndjson.gz: {\"z\":0}");
+        assert_eq!(read[7], "plain.ndjson: {\"p\":1}");
+        assert_eq!(units.iter().filter(|u| u.compression.is_plain()).count(), 1);
     }
 
     /// Issue 11, item 4: a file cut while the run reads it does not deliver the half line it

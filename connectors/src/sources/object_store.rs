@@ -43,7 +43,7 @@ use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use serde::Deserialize;
-use sluice_engine::compression::{Compression, HadoopSnappyReader, MAGIC_BYTES, snappy_framing};
+use sluice_engine::compression::{Content, MAGIC_BYTES, content_of};
 use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{PrepareContext, ReadStatus, Source, SourceContext, SourceError, SourceReader};
 use sluice_engine::record::RecordBatch;
@@ -60,51 +60,6 @@ struct ObjectSourceConfig {
     #[serde(default)]
     options: BTreeMap<String, toml::Value>,
     pattern: Option<String>,
-}
-
-/// How an object is stored, from its key's extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
-    Plain,
-    Gzip,
-    Zstd,
-    Snappy,
-    Zip,
-}
-
-impl Encoding {
-    /// By the key's extension.
-    fn of(key: &str) -> Self {
-        match key.rsplit_once('.').map(|(_, ext)| ext) {
-            Some("gz") => Encoding::Gzip,
-            Some("zst") => Encoding::Zstd,
-            // Framed or Hadoop's framing: told apart by the first byte when the object is opened.
-            Some("snappy") => Encoding::Snappy,
-            Some("zip") => Encoding::Zip,
-            _ => Encoding::Plain,
-        }
-    }
-
-    /// By the first bytes of an object whose key says nothing (a Firehose object whose
-    /// `file_extension` replaced `.gz`, a `.bz2`): a format the source does not read is refused,
-    /// never read as text.
-    fn of_content(head: &[u8]) -> std::io::Result<Self> {
-        use sluice_engine::compression::Content;
-        match sluice_engine::compression::content_of(head) {
-            Content::Compressed(Compression::Gzip) => Ok(Encoding::Gzip),
-            Content::Compressed(Compression::Zstd) => Ok(Encoding::Zstd),
-            Content::Compressed(Compression::Snappy) => Ok(Encoding::Snappy),
-            Content::Compressed(Compression::Zip) => Ok(Encoding::Zip),
-            Content::Plain | Content::Compressed(_) => Ok(Encoding::Plain),
-            Content::Unreadable(format) => Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "it is {format}-compressed, which the object_store source does not read (it reads plain text, \
-                     gzip, zstd, Snappy and ZIP); decompress it, or leave it out with `pattern`"
-                ),
-            )),
-        }
-    }
 }
 
 /// An object found at start.
@@ -416,42 +371,28 @@ impl ObjectReader {
     /// Opens `object` at stream offset `offset` (a line start from a checkpoint, or 0): a plain
     /// object with a ranged GET, a compressed one decompressed from its start and skipped forward.
     fn open(&self, object: &Listed, offset: u64) -> std::io::Result<LineReader<Box<dyn Read>>> {
-        let named = Encoding::of(object.location.as_ref());
-        let mut encoding = named;
+        let named = Content::by_extension(object.location.as_ref());
         // A key that says nothing is told by its first bytes: read with the object when it is
-        // read from its start, asked for on their own before a plain object is resumed mid-way.
-        if named == Encoding::Plain && offset > 0 {
+        // read from its start, asked for on their own before a plain object is resumed mid-way
+        // (a Firehose object whose `file_extension` replaced `.gz`, a `.bz2`).
+        let mut content = named.unwrap_or(Content::Plain);
+        if named.is_none() && offset > 0 {
             let head = GetOptions { range: Some(GetRange::Bounded(0..MAGIC_BYTES as u64)), ..GetOptions::default() };
             let got =
                 self.runtime.block_on(self.store.get_opts(&object.location, head)).map_err(std::io::Error::other)?;
-            let head = self.runtime.block_on(got.bytes()).map_err(std::io::Error::other)?;
-            encoding = Encoding::of_content(&head)?;
+            content = content_of(&self.runtime.block_on(got.bytes()).map_err(std::io::Error::other)?);
         }
-        let range = (encoding == Encoding::Plain && offset > 0).then_some(GetRange::Offset(offset));
+        let range = (content.is_plain() && offset > 0).then_some(GetRange::Offset(offset));
         let options = GetOptions { range, ..GetOptions::default() };
         let got =
             self.runtime.block_on(self.store.get_opts(&object.location, options)).map_err(std::io::Error::other)?;
         let body = StreamReader { chunks: got.into_stream(), runtime: self.runtime.clone(), chunk: Bytes::new() };
         let mut buffered = std::io::BufReader::with_capacity(1 << 20, body);
-        if named == Encoding::Plain && offset == 0 {
-            encoding = Encoding::of_content(std::io::BufRead::fill_buf(&mut buffered)?)?;
+        if named.is_none() && offset == 0 {
+            content = content_of(std::io::BufRead::fill_buf(&mut buffered)?);
         }
-        let mut reader: Box<dyn Read> = match encoding {
-            Encoding::Plain => Box::new(buffered),
-            Encoding::Gzip => Box::new(sluice_engine::compression::GzipFile::new(buffered)),
-            Encoding::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
-            // `.snappy` is either framing, told apart by the first byte.
-            Encoding::Snappy => match snappy_framing(std::io::BufRead::fill_buf(&mut buffered)?.first().copied()) {
-                Compression::HadoopSnappy => Box::new(HadoopSnappyReader::new(buffered)),
-                _ => Box::new(snap::read::FrameDecoder::new(buffered)),
-            },
-            Encoding::Zip => {
-                let mut archive = Vec::new();
-                buffered.read_to_end(&mut archive)?;
-                Box::new(std::io::Cursor::new(sluice_engine::compression::zip::extract_lines(&archive)?))
-            }
-        };
-        if encoding != Encoding::Plain && offset > 0 {
+        let mut reader = content.text_reader(buffered, "leave it out with `pattern`")?;
+        if !content.is_plain() && offset > 0 {
             std::io::copy(&mut (&mut reader).take(offset), &mut std::io::sink())?;
         }
         Ok(LineReader::new(reader, offset, None))
@@ -526,16 +467,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_encoding_follows_the_extension() {
-        assert_eq!(Encoding::of("a/b.ndjson.gz"), Encoding::Gzip);
-        assert_eq!(Encoding::of("b.zst"), Encoding::Zstd);
-        assert_eq!(Encoding::of("b.snappy"), Encoding::Snappy);
-        assert_eq!(Encoding::of("b.ndjson"), Encoding::Plain);
-        assert_eq!(Encoding::of("noext"), Encoding::Plain);
-        assert_eq!(Encoding::of_content(b"\x1f\x8b\x08\x00").ok(), Some(Encoding::Gzip));
-        assert_eq!(Encoding::of_content(b"{\"a\":1}").ok(), Some(Encoding::Plain));
-        let refused = Encoding::of_content(b"BZh91AY&SY").unwrap_err();
-        assert!(refused.to_string().contains("bzip2-compressed"), "{refused}");
+    fn the_content_follows_the_extension() {
+        use sluice_engine::compression::Compression;
+        let compressed = |c| Some(Content::Compressed(c));
+        assert_eq!(Content::by_extension("a/b.ndjson.gz"), compressed(Compression::Gzip));
+        assert_eq!(Content::by_extension("b.zst"), compressed(Compression::Zstd));
+        assert_eq!(Content::by_extension("b.snappy"), compressed(Compression::Snappy));
+        assert_eq!(Content::by_extension("b.zip"), compressed(Compression::Zip));
+        assert_eq!(Content::by_extension("b.ndjson"), None);
+        assert_eq!(Content::by_extension("noext"), None);
+        let refused = content_of(b"BZh91AY&SY").text_reader(&b""[..], "leave it out with `pattern`").err();
+        assert!(refused.is_some_and(|e| e.to_string().contains("bzip2-compressed")));
     }
 
     /// The object_store source through the real runtime (a `file://` store): plain, gzip (one of
