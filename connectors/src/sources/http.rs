@@ -1,9 +1,10 @@
-//! `type = "http"`: a plain HTTP endpoint for newline-delimited records.
+//! `type = "http"`: a plain HTTP endpoint for newline-delimited records, or JSON.
 //!
 //! ```toml
 //! [sources.ndjson]
 //! type = "http"
 //! listen = "127.0.0.1:4574"
+//! format = "ndjson"                      # or "json": see below
 //! bearer_token = "${SLUICE_HTTP_TOKEN}"   # optional: then `Authorization: Bearer <token>` is required
 //! # or several, each named (the name, never the token, is what the audit log shows):
 //! # bearer_tokens = [{ name = "shipper-a", token = "${TOKEN_A}" }, { name = "shipper-b", token = "${TOKEN_B}" }]
@@ -19,7 +20,12 @@
 //!
 //! `POST` any path with one record per line, the body plain or with `Content-Encoding` `gzip`,
 //! `deflate` (zlib, or raw deflate as some clients send it), `br` or `zstd`; empty lines are
-//! skipped.
+//! skipped. With `format = "json"` the body is JSON instead, as shippers batch it: an array
+//! whose elements are the records (Fluent Bit's `format json`, Vector's http sink with
+//! `encoding.codec = "json"`, Logstash's `json_batch`), or JSON values one after another,
+//! concatenated or one per line (Fluent Bit's `json_stream` and `json_lines`); each record is its
+//! value's own text, byte for byte, and a body that is not JSON is refused whole (400, with the
+//! line and column).
 //! Answers `200 {"accepted": n}` once the records are queued for the pipeline, or an error
 //! `{"error": "..."}` with 400 (a body that does not decode, a record over 1,000 KiB), 401
 //! (token), 408 (the body did not arrive in time), 413 (body too large), 415 (another encoding:
@@ -37,6 +43,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 use sluice_engine::audit::{AuditEvent, HTTP_EVENT_SOURCE};
 use sluice_engine::config::{ConnectorConfig, Problems};
 use sluice_engine::contract::Source;
@@ -64,6 +71,19 @@ struct HttpConfig {
     max_inflight_mb: Option<u64>,
     /// HTTPS with these PEM files.
     tls: Option<TlsFiles>,
+    /// How a body holds its records (default `ndjson`).
+    format: Option<BodyFormat>,
+}
+
+/// How a request's body holds its records (`format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum BodyFormat {
+    /// One record per line (NDJSON, JSON Lines, or any text).
+    #[default]
+    Ndjson,
+    /// JSON: each element of a top-level array is a record, and so is each other top-level value.
+    Json,
 }
 
 /// `{ name, token }` of `bearer_tokens`.
@@ -98,27 +118,66 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         secret: c.bearer_token,
         named_secrets: c.bearer_tokens.map(|tokens| tokens.into_iter().map(|t| (t.name, t.token)).collect()),
     };
+    let format = c.format.unwrap_or_default();
     let protocol = Protocol {
-        what: "http: NDJSON",
+        what: match format {
+            BodyFormat::Ndjson => "http: NDJSON",
+            BodyFormat::Json => "http: JSON",
+        },
         default_listen: "127.0.0.1:4574",
         default_body_mb: 16,
-        router: Box::new(|endpoint| axum::Router::new().fallback(axum::routing::post(receive)).with_state(endpoint)),
+        router: Box::new(move |endpoint| {
+            let receive = move |state, caller, uri, headers, body| receive(format, state, caller, uri, headers, body);
+            axum::Router::new().fallback(axum::routing::post(receive)).with_state(endpoint)
+        }),
     };
     PostSource::configure(places, keys, limits, protocol, problems)
 }
 
-/// Splits `body` into records (one per line, empty lines skipped).
-fn records(body: &[u8]) -> Result<RecordBatch, String> {
+/// Splits `body` into records as `format` says; an error says why the body is refused.
+fn records(format: BodyFormat, body: &[u8]) -> Result<RecordBatch, String> {
     let mut batch = RecordBatch::with_capacity(now_ms(), body.len());
-    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            continue;
+    match format {
+        BodyFormat::Ndjson => {
+            for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.is_empty() {
+                    continue;
+                }
+                if line.len() > MAX_RECORD_BYTES {
+                    return Err(format!(
+                        "line {} has {} bytes; a record is at most {MAX_RECORD_BYTES}",
+                        i + 1,
+                        line.len()
+                    ));
+                }
+                batch.push(line);
+            }
         }
-        if line.len() > MAX_RECORD_BYTES {
-            return Err(format!("line {} has {} bytes; a record is at most {MAX_RECORD_BYTES}", i + 1, line.len()));
+        BodyFormat::Json => {
+            let mut push = |record: &RawValue| {
+                let record = record.get().as_bytes();
+                if record.len() > MAX_RECORD_BYTES {
+                    return Err(format!(
+                        "record {} has {} bytes; a record is at most {MAX_RECORD_BYTES}",
+                        batch.len() + 1,
+                        record.len()
+                    ));
+                }
+                batch.push(record);
+                Ok(())
+            };
+            for value in serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>() {
+                let value = value.map_err(|e| format!("the body is not JSON: {e}"))?;
+                if value.get().starts_with('[') {
+                    let elements: Vec<&RawValue> =
+                        serde_json::from_str(value.get()).map_err(|e| format!("the body is not JSON: {e}"))?;
+                    elements.into_iter().try_for_each(&mut push)?;
+                } else {
+                    push(value)?;
+                }
+            }
         }
-        batch.push(line);
     }
     Ok(batch)
 }
@@ -135,6 +194,7 @@ struct Facts {
 }
 
 async fn receive(
+    format: BodyFormat,
     State(endpoint): State<Arc<PostEndpoint>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
     uri: Uri,
@@ -142,7 +202,7 @@ async fn receive(
     body: Body,
 ) -> Response {
     let mut facts = Facts::default();
-    let outcome = take(&endpoint, &headers, body, &mut facts).await;
+    let outcome = take(format, &endpoint, &headers, body, &mut facts).await;
     if let Some(metrics) = endpoint.metrics() {
         metrics.audit(|trail| {
             let identity = match &facts.token {
@@ -173,6 +233,7 @@ async fn receive(
 
 /// Takes one request's records: how many, or why not (status and message).
 async fn take(
+    format: BodyFormat,
     endpoint: &Arc<PostEndpoint>,
     headers: &HeaderMap,
     body: Body,
@@ -193,7 +254,7 @@ async fn take(
         }
     }
     let body = endpoint.read(headers, body).await?;
-    let batch = records(body.bytes()).map_err(|message| (StatusCode::BAD_REQUEST, message))?;
+    let batch = records(format, body.bytes()).map_err(|message| (StatusCode::BAD_REQUEST, message))?;
     let count = batch.len();
     (facts.records, facts.bytes) = (Some(count), Some(batch.byte_len()));
     enqueue(endpoint, batch, started).await.map(|()| count)
@@ -205,10 +266,50 @@ mod tests {
 
     #[test]
     fn splits_lines_skipping_empty_ones_and_refuses_oversize_records() {
-        let batch = records(b"a\r\n\nbc\n").unwrap();
+        let batch = records(BodyFormat::Ndjson, b"a\r\n\nbc\n").unwrap();
         assert_eq!(batch.iter().collect::<Vec<_>>(), vec![&b"a"[..], b"bc"]);
         let big = vec![b'x'; MAX_RECORD_BYTES + 1];
-        assert!(records(&big).unwrap_err().contains("line 1"));
+        assert!(records(BodyFormat::Ndjson, &big).unwrap_err().contains("line 1"));
+    }
+
+    fn json_records(body: &str) -> Result<Vec<String>, String> {
+        let batch = records(BodyFormat::Json, body.as_bytes())?;
+        Ok(batch.iter().map(|r| String::from_utf8(r.to_vec()).unwrap()).collect())
+    }
+
+    /// The bodies shippers send with JSON formats (Fluent Bit's documented payloads for `json`,
+    /// `json_stream` and `json_lines`; Vector's http sink's array): each record once, its text
+    /// byte for byte (numbers, escapes and key order as sent).
+    #[test]
+    fn a_json_body_gives_each_array_element_and_each_value_as_a_record() {
+        let fluent_bit_json = "[\n  {\n    \"timestamp\": 1398282091.000,\n    \"log\": \"Core: initialization\"\n  },\n  \
+                               {\"timestamp\": 1422350608.000, \"log\": \"Initial import.\"}\n]";
+        assert_eq!(
+            json_records(fluent_bit_json).unwrap(),
+            [
+                "{\n    \"timestamp\": 1398282091.000,\n    \"log\": \"Core: initialization\"\n  }",
+                r#"{"timestamp": 1422350608.000, "log": "Initial import."}"#
+            ]
+        );
+        let stream = r#"{"a":1}{"b":"\u00e9"}  {"c":[1,2]}"#;
+        assert_eq!(json_records(stream).unwrap(), [r#"{"a":1}"#, r#"{"b":"\u00e9"}"#, r#"{"c":[1,2]}"#]);
+        let lines = "{\"a\":1}\r\n{\"b\":2}\n\n";
+        assert_eq!(json_records(lines).unwrap(), [r#"{"a":1}"#, r#"{"b":2}"#]);
+        // Arrays one after another, arrays as elements, scalars.
+        assert_eq!(json_records(r#"[{"a":1}] [[1,2], 3, "x"]"#).unwrap(), [r#"{"a":1}"#, "[1,2]", "3", r#""x""#]);
+        for empty in ["", " \n", "[]", "[ ]\n[]"] {
+            assert_eq!(json_records(empty).unwrap(), Vec::<String>::new(), "{empty:?}");
+        }
+    }
+
+    #[test]
+    fn a_json_body_that_is_not_json_is_refused_whole_with_where() {
+        let cut = json_records("[{\"a\":1},\n {\"b\":").unwrap_err();
+        assert!(cut.starts_with("the body is not JSON") && cut.contains("line 2"), "{cut}");
+        let text = json_records("{\"a\":1}\nplain text\n").unwrap_err();
+        assert!(text.contains("line 2 column 1"), "{text}");
+        let big = format!(r#"[1, "{}"]"#, "x".repeat(MAX_RECORD_BYTES));
+        assert!(json_records(&big).unwrap_err().starts_with("record 2 has"));
     }
 
     /// The http source through the real runtime, fed by POSTs of newline-delimited records: every
@@ -216,6 +317,22 @@ mod tests {
     /// after the last acceptance, and a restarted source does not replay what its log delivered.
     #[test]
     fn passes_the_source_conformance_kit() {
+        passes_the_kit_with("ndjson", |chunk| chunk.iter().flat_map(|r| r.iter().copied().chain([b'\n'])).collect());
+    }
+
+    /// The same with `format = "json"` and each request's records in one JSON array, as Fluent
+    /// Bit's `format json` and Vector's http sink send them.
+    #[test]
+    fn passes_the_source_conformance_kit_with_json_arrays() {
+        passes_the_kit_with("json", |chunk| {
+            format!("[{}]", chunk.iter().map(|r| String::from_utf8_lossy(r)).collect::<Vec<_>>().join(",\n"))
+                .into_bytes()
+        });
+    }
+
+    /// Runs the source conformance kit on an http source with this `format`, each request's body
+    /// made of its records by `body`.
+    fn passes_the_kit_with(format: &str, body: fn(&[Vec<u8>]) -> Vec<u8>) {
         use sluice_engine::testkit::source::{Check, SourceCase, conformance};
 
         let dir = tempfile::tempdir().unwrap();
@@ -225,10 +342,9 @@ mod tests {
         let produce = move || -> Result<(), String> {
             let client = reqwest::blocking::Client::new();
             for chunk in records.chunks(700) {
-                let body: Vec<u8> = chunk.iter().flat_map(|r| r.iter().copied().chain([b'\n'])).collect();
                 let response = client
                     .post(format!("http://127.0.0.1:{port}/logs"))
-                    .body(body)
+                    .body(body(chunk))
                     .send()
                     .map_err(|e| e.to_string())?;
                 if !response.status().is_success() {
@@ -237,7 +353,7 @@ mod tests {
             }
             Ok(())
         };
-        let table = format!("type = \"http\"\nlisten = \"127.0.0.1:{port}\"\n");
+        let table = format!("type = \"http\"\nlisten = \"127.0.0.1:{port}\"\nformat = \"{format}\"\n");
         let case = SourceCase::stream(table, expected, Box::new(produce), dir.path());
         let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
