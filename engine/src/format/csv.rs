@@ -1,6 +1,10 @@
 //! `format = "csv"`: a header row of `columns`, then one RFC 4180 row per JSON object record (a
 //! missing or null key is an empty field, a string its text, any other value as the record wrote
 //! it: `1.50` stays `1.50`, a 30-digit integer keeps its digits, an object or array its JSON text).
+//! A column is the record's key of that name; a name with dots that is no key of the record is a
+//! path into its objects (`userIdentity.arn`: key `arn` of the object under `userIdentity`), keys
+//! as written tried first on every level, so a flattened key (`"log.level"`, as ECS loggers write
+//! it) and a nested one are both found.
 //! A record that is not a JSON object is refused. Split back into the exact bytes of each row (quoted fields may hold
 //! newlines), the header dropped.
 
@@ -34,6 +38,26 @@ fn json_kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// An object's members, each value as its text.
+type Members<'r> = HashMap<Cow<'r, str>, &'r RawValue>;
+
+/// The value of `column` in `members`: the key of that name, else, when the name has dots, the path
+/// they make, keys as written first (`a.b.c` tries key `a.b.c`, then `c` or `b.c` under key `a`'s
+/// object, then `c` under `a.b`'s). `None` when no way reaches a value.
+fn find<'r>(members: &Members<'r>, column: &str) -> Option<&'r RawValue> {
+    if let Some(value) = members.get(column) {
+        return Some(value);
+    }
+    column.match_indices('.').find_map(|(dot, _)| {
+        let parent = members.get(&column[..dot])?.get();
+        if !parent.starts_with('{') {
+            return None;
+        }
+        let inner: Members<'r> = serde_json::from_str(parent).ok()?;
+        find(&inner, &column[dot + 1..])
+    })
 }
 
 /// One CSV row (RFC 4180 quoting, `\n` line ends) through the `csv` crate.
@@ -72,7 +96,7 @@ impl RecordCodec for Csv {
         };
         let mut fields = Vec::with_capacity(self.columns.len());
         for column in &self.columns {
-            let raw = members.get(column.as_str()).map_or("null", |v| v.get());
+            let raw = find(&members, column).map_or("null", |v| v.get());
             fields.push(match raw.as_bytes().first() {
                 Some(b'n') => Cow::Borrowed(""),
                 Some(b'"') => Cow::Owned(
@@ -126,6 +150,30 @@ mod tests {
         assert_eq!(errors[1], "record is JSON an array, not an object");
         let rows = csv.records_of(&out).unwrap();
         assert_eq!(rows, vec![b"\"x,y\",2,\"{\"\"d\"\":[1]}\"".to_vec(), b"\"q\"\"r\nline\",,".to_vec()]);
+    }
+
+    /// Nested values by their path, flattened keys by their name, keys as written first; a path
+    /// through something that is not an object, or to nothing, is an empty field.
+    #[test]
+    fn a_column_with_dots_is_a_key_as_written_or_else_a_path() {
+        let columns = ["userIdentity.arn", "log.level", "a.b.c", "a.x", "n.m", "userIdentity.sessionContext.mfa"];
+        let csv = Csv::new(columns.iter().map(|c| c.to_string()).collect());
+        assert_eq!(String::from_utf8_lossy(&csv.header()), columns.join(",") + "\n");
+        let mut out = Vec::new();
+        let records: [&[u8]; 3] = [
+            br#"{"userIdentity":{"type":"IAMUser","arn":"arn:aws:iam::1:user/a","sessionContext":{"mfa":true}},"log.level":"info","a":{"b.c":1,"x":[1]},"n":5}"#,
+            // A flattened key wins over the path; of two paths, the one splitting first.
+            br#"{"log":{"level":"nested"},"log.level":"flat","a.b":{"c":"second"},"a":{"b":{"c":"first"}}}"#,
+            // A path through a string is no way; the next one is.
+            br#"{"log":{"level":"nested"},"a":"text","a.b":{"c":"\u00e9"},"n":{"m":null}}"#,
+        ];
+        for record in records {
+            csv.encode(record, &mut out).unwrap();
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "arn:aws:iam::1:user/a,info,1,[1],,true\n,flat,first,,,\n,nested,é,,,\n"
+        );
     }
 
     /// Values as the record wrote them (a tree wrote `1.50` as `1.5` and a 30-digit integer as a
