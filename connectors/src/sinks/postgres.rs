@@ -1062,6 +1062,14 @@ mod tests {
         );
     }
 
+    /// Two columns of one field (`mapping = { id = "eventID", id_copy = "eventID" }`) both have it.
+    #[test]
+    fn columns_of_the_same_path_each_have_its_value() {
+        let m = Mapping::columns(&["a", "a", "b.c", "n", "b.c"]);
+        assert_eq!(row(&m, r#"{"a":1,"b":{"c":"x"},"n":2}"#), "\"1\",\"1\",\"x\",\"2\",\"x\"\n");
+        assert_eq!(row(&m, r#"{"\u0061":1,"b":{"c":"x"}}"#), "\"1\",\"1\",\"x\",,\"x\"\n");
+    }
+
     #[test]
     fn only_json_objects_are_staged_each_as_one_row_and_rows_split_outside_quotes() {
         let staged = StagedRows::new(Mapping::columns(&["a", "b"]));

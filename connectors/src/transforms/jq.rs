@@ -713,6 +713,8 @@ mod tests {
             r#"{a, b: .b.c.d, n: .n} | select(.n == 3)"#,
             r#"{x: .a.b}"#,
             r#"{e: .e} | select(.e == null)"#,
+            // A path asked for twice: each field has its value (the first had been null).
+            r#"{time: .eventTime, at: .eventTime, who: .userIdentity.userName, user: .userIdentity.userName}"#,
         ];
         for q in queries {
             assert!(Projection::parse(q).is_some(), "{q}");

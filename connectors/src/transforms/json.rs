@@ -400,6 +400,8 @@ pub fn push_object_line(record: &[u8], out: &mut Vec<u8>) -> Result<(), String> 
 pub struct PathTree {
     nodes: Vec<PathNode>,
     paths: usize,
+    /// Paths that repeat an earlier one (the repeat, the first): given what the first was found as.
+    repeats: Vec<(usize, usize)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -419,7 +421,7 @@ struct PathNode {
 impl PathTree {
     /// The tree of `paths` (each a list of keys); path `i` is reported in `found[i]`.
     pub fn new(paths: &[Vec<Vec<u8>>]) -> Self {
-        let mut tree = PathTree { nodes: vec![PathNode::default()], paths: paths.len() };
+        let mut tree = PathTree { nodes: vec![PathNode::default()], paths: paths.len(), repeats: Vec::new() };
         for (index, path) in paths.iter().enumerate() {
             let mut node = 0;
             for key in path {
@@ -434,7 +436,10 @@ impl PathTree {
                     }
                 };
             }
-            tree.nodes[node].path = Some(index);
+            match tree.nodes[node].path {
+                Some(first) => tree.repeats.push((index, first)),
+                None => tree.nodes[node].path = Some(index),
+            }
         }
         tree
     }
@@ -515,6 +520,9 @@ pub fn find_paths(bytes: &[u8], tree: &PathTree, found: &mut Vec<Found>) -> Opti
         Ok(()) if skip_ws(bytes, at) == bytes.len() => Scanned::Valid,
         Ok(()) => Scanned::Invalid,
     };
+    for &(repeat, first) in &tree.repeats {
+        found[repeat] = found[first].clone();
+    }
     (!escaped_key).then_some(scanned)
 }
 
@@ -847,7 +855,8 @@ mod tests {
 
     #[test]
     fn paths_are_found_in_one_pass_as_jq_reads_them() {
-        let paths: &[&[&str]] = &[&["a"], &["a", "b"], &["c", "d", "e"], &["x"]];
+        // Paths asked for twice (two columns of one field) are each found.
+        let paths: &[&[&str]] = &[&["a"], &["a", "b"], &["c", "d", "e"], &["x"], &["a", "b"], &["a"], &["x"]];
         for text in [
             r#"{"a":{"b":1},"c":{"d":{"e":"deep"}}}"#,
             r#"{"a":null,"c":{"d":null}}"#,
