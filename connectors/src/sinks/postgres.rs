@@ -9,7 +9,8 @@
 //!                                        # (against sslrootcert=<PEM file> when given, else the web PKI)
 //! table = "cloudtrail_events"            # schema-qualified allowed
 //! columns = ["event_time", "event_name", "user_name", "source_ip"]   # Firehose's DataTableColumns
-//! mapping = { user_name = "userIdentity.userName", source_ip = "sourceIPAddress" }  # JSON path per column (default: its name)
+//! mapping = { user_name = "userIdentity.userName", source_ip = "sourceIPAddress" }  # JSON path per column (default: its name;
+//!                                        # dotted names as the csv format's columns: a key as written first)
 //! format = "csv"                         # csv (default): a column per path | json: the record in one jsonb column
 //! staging = { url = "s3://bucket/staging", prefix = "cloudtrail/" }  # Firehose's intermediate S3 (any object store URL)
 //! healthcheck = true                     # at start: connect, check the table and its columns
@@ -62,6 +63,7 @@ use sluice_engine::config::{ConnectorConfig, Diagnostic, FixedBody, Problems};
 use sluice_engine::contract::{
     DeliveryError, DestinationKind, EntryRange, Payload, PayloadOrigins, RefusedRecord, Sink,
 };
+use sluice_engine::format::csv::column_paths;
 use sluice_engine::format::{ObjectFormat, RecordCodec, TextFormat};
 use sluice_engine::metrics::{Family, SinkMeter};
 use tokio_postgres::error::SqlState;
@@ -89,8 +91,9 @@ const RANGES: &str = "sluice_load_ranges";
 /// How records become rows of the table (module docs).
 #[derive(Debug, Clone)]
 pub enum Mapping {
-    /// A column per JSON path (each path's keys).
-    Columns(Vec<Vec<String>>),
+    /// A column per dotted JSON path, read as the csv format reads a column's name
+    /// ([`column_paths`]: a key as written first, then the paths its dots make).
+    Columns(Vec<String>),
     /// The record in one column.
     Json,
 }
@@ -116,7 +119,7 @@ fn quoted_raw(bytes: &[u8], out: &mut Vec<u8>) {
 impl Mapping {
     /// A column per dotted JSON path.
     pub fn columns(paths: &[&str]) -> Self {
-        Mapping::Columns(paths.iter().map(|p| p.split('.').map(str::to_string).collect()).collect())
+        Mapping::Columns(paths.iter().map(|p| p.to_string()).collect())
     }
 }
 
@@ -133,36 +136,44 @@ impl Mapping {
 #[derive(Debug, Clone)]
 pub struct StagedRows {
     mapping: Mapping,
-    /// The columns' paths (each its keys), and as a tree for the one-pass search.
+    /// Every way of every column ([`column_paths`], each its keys), and as a tree for the one-pass
+    /// search.
     keys: Vec<Vec<Vec<u8>>>,
     paths: json::PathTree,
+    /// Each column's ways in `keys`, in the order they are tried.
+    ways: Vec<std::ops::Range<usize>>,
 }
 
 impl StagedRows {
     /// Rows of `mapping`.
     pub fn new(mapping: Mapping) -> Self {
-        let keys: Vec<Vec<Vec<u8>>> = match &mapping {
-            Mapping::Columns(paths) => {
-                paths.iter().map(|path| path.iter().map(|key| key.as_bytes().to_vec()).collect()).collect()
+        let (mut keys, mut ways) = (Vec::new(), Vec::new());
+        if let Mapping::Columns(columns) = &mapping {
+            for column in columns {
+                let first = keys.len();
+                keys.extend(
+                    column_paths(column).iter().map(|path| path.iter().map(|key| key.as_bytes().to_vec()).collect()),
+                );
+                ways.push(first..keys.len());
             }
-            Mapping::Json => Vec::new(),
-        };
+        }
         let paths = json::PathTree::new(&keys);
-        StagedRows { mapping, keys, paths }
+        StagedRows { mapping, keys, paths, ways }
     }
-}
 
-/// Appends the row of the values `found` in `record`, and its line break.
-fn found_row(record: &[u8], found: &[json::Found], out: &mut Vec<u8>) {
-    for (i, value) in found.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+    /// Appends the row of the values `found` (for every way of every column) in `record`, and its
+    /// line break: each column's value is its first way's that reached one.
+    fn found_row(&self, record: &[u8], found: &[json::Found], out: &mut Vec<u8>) {
+        for (i, ways) in self.ways.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            if let Some(json::Found::At(range)) = found[ways.clone()].iter().find(|f| matches!(f, json::Found::At(_))) {
+                field(&record[range.clone()], out);
+            }
         }
-        if let json::Found::At(range) = value {
-            field(&record[range.clone()], out);
-        }
+        out.push(b'\n');
     }
-    out.push(b'\n');
 }
 
 thread_local! {
@@ -210,7 +221,7 @@ impl RecordCodec for StagedRows {
             None => json::find_paths_decoding_keys(record, &self.keys, &mut found).is_some(),
         };
         if object {
-            found_row(record, &found, out);
+            self.found_row(record, &found, out);
         }
         FOUND.with(|f| f.replace(found));
         if object { Ok(()) } else { Err(malformed(&json::why_not_one_object(record))) }
@@ -381,12 +392,9 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Sink>, Problems> {
         );
     }
     let mapping = problems.take(match c.format.as_deref() {
-        None | Some("csv") => Ok(Mapping::Columns(
-            c.columns
-                .iter()
-                .map(|col| c.mapping.get(col).unwrap_or(col).split('.').map(str::to_string).collect())
-                .collect(),
-        )),
+        None | Some("csv") => {
+            Ok(Mapping::Columns(c.columns.iter().map(|col| c.mapping.get(col).unwrap_or(col).clone()).collect()))
+        }
         Some("json") if (c.columns.len() == 1 || !columns_given) && c.mapping.is_empty() => Ok(Mapping::Json),
         Some("json") => Err(Diagnostic::new(format_span, "format = \"json\" loads one jsonb column")
             .with_hint("columns = [\"record\"] and no `mapping`")),
@@ -1020,9 +1028,7 @@ mod tests {
 
     #[test]
     fn records_become_csv_rows_of_their_paths() {
-        let paths =
-            |p: &[&str]| Mapping::Columns(p.iter().map(|p| p.split('.').map(str::to_string).collect()).collect());
-        let m = paths(&["a", "b.c", "missing", "n", "flag", "obj", "none"]);
+        let m = Mapping::columns(&["a", "b.c", "missing", "n", "flag", "obj", "none"]);
         assert_eq!(
             row(&m, r#"{"a":"say \"hi\", then\nbye","b":{"c":""},"n":1.5,"flag":true,"obj":{"x":[1]},"none":null}"#),
             "\"say \"\"hi\"\", then\nbye\",\"\",,\"1.5\",\"true\",\"{\"\"x\"\":[1]}\",\n"
@@ -1050,9 +1056,7 @@ mod tests {
             (r#"{"\u0062":"not an object"}"#, r#"{"b":"not an object"}"#),
         ] {
             assert_eq!(row(&m, escaped), row(&m, plain), "{escaped}");
-            let Mapping::Columns(paths) = &m else { unreachable!() };
-            let keys: Vec<Vec<Vec<u8>>> =
-                paths.iter().map(|p| p.iter().map(|k| k.as_bytes().to_vec()).collect()).collect();
+            let keys = StagedRows::new(m.clone()).keys;
             json::decoding_way_agrees(&keys, escaped.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
             json::decoding_way_agrees(&keys, plain.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         }
@@ -1060,6 +1064,24 @@ mod tests {
             row(&m, r#"{"\u0061":1,"n":1.50,"big":123456789012345678901234567890,"huge":1e400}"#),
             "\"1\",,,\"1.50\",,,,,\"123456789012345678901234567890\",\"1e400\"\n"
         );
+    }
+
+    /// A dotted path is read as the csv format reads a column's name: a key as written first (ECS's
+    /// flattened `"log.level"`), then the paths its dots make; through escaped keys the same.
+    #[test]
+    fn a_dotted_path_finds_a_flattened_key_first_then_a_nested_one() {
+        let m = Mapping::columns(&["log.level", "a.b.c", "x"]);
+        for (record, expected) in [
+            (r#"{"log.level":"flat","log":{"level":"nested"},"x":1}"#, "\"flat\",,\"1\"\n"),
+            (r#"{"log":{"level":"nested"},"a":{"b.c":1,"b":{"c":2}}}"#, "\"nested\",\"1\",\n"),
+            (r#"{"log":"text","a":{"b":{"c":2}},"a.b":{"c":3}}"#, ",\"2\",\n"),
+            (r#"{"log":null,"a":"text","a.b":{"c":3}}"#, ",\"3\",\n"),
+            (r#"{"\u006cog.level":"flat","a":{"b":{"\u0063":2}}}"#, "\"flat\",\"2\",\n"),
+        ] {
+            assert_eq!(row(&m, record), expected, "{record}");
+            json::decoding_way_agrees(&StagedRows::new(m.clone()).keys, record.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 
     /// Two columns of one field (`mapping = { id = "eventID", id_copy = "eventID" }`) both have it.

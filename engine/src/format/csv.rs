@@ -20,12 +20,18 @@ use super::RecordCodec;
 #[derive(Debug, Clone)]
 pub struct Csv {
     columns: Vec<String>,
+    /// Each column's [`column_paths`].
+    paths: Vec<Vec<Vec<String>>>,
 }
 
 impl Csv {
     /// Rows of `columns` (also the JSON keys read).
     pub fn new(columns: Vec<String>) -> Self {
-        Csv { columns }
+        let paths = columns
+            .iter()
+            .map(|c| column_paths(c).into_iter().map(|p| p.into_iter().map(str::to_string).collect()).collect())
+            .collect();
+        Csv { columns, paths }
     }
 }
 
@@ -43,21 +49,43 @@ fn json_kind(v: &Value) -> &'static str {
 /// An object's members, each value as its text.
 type Members<'r> = HashMap<Cow<'r, str>, &'r RawValue>;
 
-/// The value of `column` in `members`: the key of that name, else, when the name has dots, the path
-/// they make, keys as written first (`a.b.c` tries key `a.b.c`, then `c` or `b.c` under key `a`'s
-/// object, then `c` under `a.b`'s). `None` when no way reaches a value.
-fn find<'r>(members: &Members<'r>, column: &str) -> Option<&'r RawValue> {
-    if let Some(value) = members.get(column) {
-        return Some(value);
+/// Dots in a column's name past which only two of its ways are tried (the name as one key, and
+/// split at every dot): the ways double with each dot.
+const MAX_DOTS_TRIED_EVERY_WAY: usize = 6;
+
+/// The paths (each its keys) a column's name may stand for, in the order they are tried, the
+/// first that reaches a value giving the column's: the name as one key, then for each dot from
+/// the left the key before it and each way of the rest under it (`a.b.c`: `a.b.c`; `a` → `b.c`;
+/// `a` → `b` → `c`; `a.b` → `c`). So a key as written always wins, and a flattened key
+/// (`"log.level"`) and a nested one are both found. A name of more than six dots is tried as
+/// written and split at every dot only. The one rule for dotted names: the `csv` format's
+/// `columns` and the postgres sink's `mapping` follow it.
+pub fn column_paths(name: &str) -> Vec<Vec<&str>> {
+    if name.matches('.').count() > MAX_DOTS_TRIED_EVERY_WAY {
+        return vec![vec![name], name.split('.').collect()];
     }
-    column.match_indices('.').find_map(|(dot, _)| {
-        let parent = members.get(&column[..dot])?.get();
+    let mut ways = vec![vec![name]];
+    for (dot, _) in name.match_indices('.') {
+        for rest in column_paths(&name[dot + 1..]) {
+            ways.push(std::iter::once(&name[..dot]).chain(rest).collect());
+        }
+    }
+    ways
+}
+
+/// The value at `path` (its keys) in `members`; `None` when a key is missing or a value on the way
+/// is no object.
+fn find<'r>(members: &Members<'r>, path: &[String]) -> Option<&'r RawValue> {
+    let (last, parents) = path.split_last()?;
+    let mut inner: Option<Members<'r>> = None;
+    for key in parents {
+        let parent = inner.as_ref().unwrap_or(members).get(key.as_str())?.get();
         if !parent.starts_with('{') {
             return None;
         }
-        let inner: Members<'r> = serde_json::from_str(parent).ok()?;
-        find(&inner, &column[dot + 1..])
-    })
+        inner = Some(serde_json::from_str(parent).ok()?);
+    }
+    inner.as_ref().unwrap_or(members).get(last.as_str()).copied()
 }
 
 /// One CSV row (RFC 4180 quoting, `\n` line ends) through the `csv` crate.
@@ -95,8 +123,8 @@ impl RecordCodec for Csv {
             return Err(format!("record is JSON {}, not an object", json_kind(&value)));
         };
         let mut fields = Vec::with_capacity(self.columns.len());
-        for column in &self.columns {
-            let raw = find(&members, column).map_or("null", |v| v.get());
+        for ways in &self.paths {
+            let raw = ways.iter().find_map(|path| find(&members, path)).map_or("null", |v| v.get());
             fields.push(match raw.as_bytes().first() {
                 Some(b'n') => Cow::Borrowed(""),
                 Some(b'"') => Cow::Owned(
@@ -150,6 +178,16 @@ mod tests {
         assert_eq!(errors[1], "record is JSON an array, not an object");
         let rows = csv.records_of(&out).unwrap();
         assert_eq!(rows, vec![b"\"x,y\",2,\"{\"\"d\"\":[1]}\"".to_vec(), b"\"q\"\"r\nline\",,".to_vec()]);
+    }
+
+    #[test]
+    fn a_dotted_name_is_tried_as_written_then_split_from_the_left() {
+        assert_eq!(column_paths("a"), [vec!["a"]]);
+        assert_eq!(column_paths("a.b.c"), [vec!["a.b.c"], vec!["a", "b.c"], vec!["a", "b", "c"], vec!["a.b", "c"]]);
+        assert_eq!(column_paths("a.b.c.d").len(), 8);
+        let many = "a.b.c.d.e.f.g.h";
+        assert_eq!(column_paths(many), [vec![many], many.split('.').collect()]);
+        assert_eq!(column_paths("a.b.c.d.e.f.g").len(), 64);
     }
 
     /// Nested values by their path, flattened keys by their name, keys as written first; a path
