@@ -53,7 +53,7 @@ use serde_json::Value;
 use sluice_engine::contract::StageContext;
 use sluice_engine::metrics::TransformMetrics;
 use sluice_engine::operators::Epoch;
-use sluice_engine::record::{RecordBatch, Records};
+use sluice_engine::record::{RecordBatch, Records, UTF8_BOM};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Probe;
@@ -198,7 +198,10 @@ impl Table {
         file.read_to_end(&mut bytes).map_err(read_error)?;
         // Without a quote anywhere, CSV rows are lines (the quote-aware split is the slower one).
         let quoted = self.format == TableFormat::Csv && memchr::memchr(b'"', &bytes).is_some();
-        let rows: Vec<(usize, usize)> = rows(&bytes, quoted).collect();
+        // A byte order mark (Excel's "CSV UTF-8", PowerShell) says the encoding: it is not part
+        // of the first column's name.
+        let skip = if bytes.starts_with(UTF8_BOM) { UTF8_BOM.len() } else { 0 };
+        let rows: Vec<(usize, usize)> = rows(&bytes[skip..], quoted).map(|(s, e)| (s + skip, e + skip)).collect();
         let (columns, data_rows) = match self.format {
             TableFormat::Csv => {
                 let Some(&(start, end)) = rows.first() else {
@@ -698,6 +701,24 @@ mod tests {
                 ("2.2.2.2".into(), r#"{"ip":"2.2.2.2","owner":"bob"}"#.into(), -1),
                 ("4.4.4.4".into(), r#"{"ip":"4.4.4.4","owner":"dee"}"#.into(), 1),
             ]
+        );
+    }
+
+    /// Excel's "CSV UTF-8" and PowerShell start a file with a byte order mark: the first column is
+    /// still found by its name (it had been "\u{feff}ip": no key column), and an NDJSON table's
+    /// first line is still an object; a reload of the same rows sends nothing.
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, path) = table(dir.path(), "a.csv", "\u{feff}ip,owner\r\n1.1.1.1,ann\r\n");
+        let mut loaded = Loaded::default();
+        assert_eq!(t.reload(&mut loaded).unwrap(), [("1.1.1.1".into(), r#"{"ip":"1.1.1.1","owner":"ann"}"#.into(), 1)]);
+        replace(&path, "\u{feff}ip,owner\r\n1.1.1.1,ann\r\n2.2.2.2,\"bob\"\r\n");
+        assert_eq!(t.reload(&mut loaded).unwrap(), [("2.2.2.2".into(), r#"{"ip":"2.2.2.2","owner":"bob"}"#.into(), 1)]);
+        let (t, _) = table(dir.path(), "b.ndjson", "\u{feff}{\"ip\":\"1.1.1.1\",\"n\":1}\n");
+        assert_eq!(
+            t.reload(&mut Loaded::default()).unwrap(),
+            [("1.1.1.1".into(), r#"{"ip":"1.1.1.1","n":1}"#.into(), 1)]
         );
     }
 

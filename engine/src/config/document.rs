@@ -82,14 +82,16 @@ const FILE_REFERENCE: &str = "file:";
 const MAX_REFERENCED_FILE_BYTES: u64 = 64 * 1024;
 
 /// The contents of the file `${file:<path>}` names (relative to `base_dir`), one trailing newline
-/// removed; `Ok(None)` when it does not exist; an error (message, hint) when it cannot be read.
+/// and a leading UTF-8 byte order mark removed (PowerShell's `Out-File -Encoding utf8` and older
+/// Notepads write one: it is no part of a token); `Ok(None)` when it does not exist; an error
+/// (message, hint) when it cannot be read or is not UTF-8 (UTF-16 named as such).
 fn referenced_file(path: &str, base_dir: &Path) -> Result<Option<String>, (String, String)> {
     use std::io::Read as _;
     let cannot = |why: String| {
         Err((
             format!("cannot read `{path}` for `${{file:{path}}}`: {why}"),
             format!(
-                "`${{file:PATH}}` is replaced by the file's contents (at most {} KiB of UTF-8, one trailing newline removed), PATH relative to the pipeline file's folder",
+                "`${{file:PATH}}` is replaced by the file's contents (at most {} KiB of UTF-8, one trailing newline and a byte order mark removed), PATH relative to the pipeline file's folder",
                 MAX_REFERENCED_FILE_BYTES / 1024
             ),
         ))
@@ -99,16 +101,20 @@ fn referenced_file(path: &str, base_dir: &Path) -> Result<Option<String>, (Strin
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return cannot(e.to_string()),
     };
-    let mut text = String::new();
-    match file.take(MAX_REFERENCED_FILE_BYTES + 1).read_to_string(&mut text) {
+    let mut bytes = Vec::new();
+    match file.take(MAX_REFERENCED_FILE_BYTES + 1).read_to_end(&mut bytes) {
         Ok(n) if n as u64 > MAX_REFERENCED_FILE_BYTES => {
             cannot(format!("it is larger than {} KiB", MAX_REFERENCED_FILE_BYTES / 1024))
         }
-        Ok(_) => match text.strip_suffix('\n') {
-            Some(line) => Ok(Some(line.strip_suffix('\r').unwrap_or(line).to_string())),
-            None => Ok(Some(text)),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => cannot("it is not UTF-8 text".into()),
+        Ok(_) if bytes.starts_with(b"\xFF\xFE") || bytes.starts_with(b"\xFE\xFF") => {
+            cannot("it is UTF-16 text (as Windows PowerShell's `Out-File` writes by default), not UTF-8: write it with `-Encoding utf8` (or `Set-Content`)".into())
+        }
+        Ok(_) => {
+            let Ok(text) = String::from_utf8(bytes) else { return cannot("it is not UTF-8 text".into()) };
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            let line = text.strip_suffix('\n').map_or(text, |line| line.strip_suffix('\r').unwrap_or(line));
+            Ok(Some(line.to_string()))
+        }
         Err(e) => cannot(e.to_string()),
     }
 }
@@ -950,7 +956,11 @@ mod tests {
         write("crlf", b"line\r\n");
         write("two", b"a\n\n");
         write("bare", b"k");
-        write("binary", b"\xff\xfe");
+        write("binary", b"\x80\x81");
+        // What Windows PowerShell writes: `Out-File` UTF-16 by default, `-Encoding utf8` with a
+        // byte order mark (and CRLF).
+        write("utf16", b"\xff\xfes\x003\x00\r\x00\n\x00");
+        write("utf8_bom", b"\xef\xbb\xbfs3cr3t\r\n");
         write("large", &vec![b'x'; 64 * 1024 + 1]);
         std::fs::create_dir(dir.path().join("secrets")).unwrap_or_else(|e| panic!("{e}"));
         write("secrets/key", b"nested");
@@ -966,6 +976,9 @@ mod tests {
         assert!(missing.0.contains("`missing` does not exist"), "{missing:?}");
         let binary = expand("${file:binary:-ignored}").unwrap_err();
         assert!(binary.0.contains("not UTF-8"), "{binary:?}");
+        let utf16 = expand("${file:utf16}").unwrap_err();
+        assert!(utf16.0.contains("UTF-16") && utf16.0.contains("-Encoding utf8"), "{utf16:?}");
+        assert_eq!(expand("Bearer ${file:utf8_bom}"), Ok(Some("Bearer s3cr3t".into())));
         assert!(expand("${file:large}").unwrap_err().0.contains("larger than 64 KiB"));
         assert!(expand("${file:secrets}").is_err(), "a folder is not a secret");
         // What `sluice validate` shows: the reference as written, never the contents.
