@@ -19,8 +19,8 @@
 //! ```
 //!
 //! `POST` any path with one record per line, the body plain or with `Content-Encoding` `gzip`,
-//! `deflate` (zlib, or raw deflate as some clients send it), `br` or `zstd`; empty lines are
-//! skipped. With `format = "json"` the body is JSON instead, as shippers batch it: an array
+//! `deflate` (zlib, or raw deflate as some clients send it), `br` or `zstd`; empty lines, and a
+//! byte order mark at the body's start, are skipped. With `format = "json"` the body is JSON instead, as shippers batch it: an array
 //! whose elements are the records (Fluent Bit's `format json`, Vector's http sink with
 //! `encoding.codec = "json"`, Logstash's `json_batch`), or JSON values one after another,
 //! concatenated or one per line (Fluent Bit's `json_stream` and `json_lines`); each record is its
@@ -47,7 +47,7 @@ use serde_json::value::RawValue;
 use sluice_engine::audit::{AuditEvent, HTTP_EVENT_SOURCE};
 use sluice_engine::config::{ConnectorConfig, Problems};
 use sluice_engine::contract::Source;
-use sluice_engine::record::{RecordBatch, now_ms};
+use sluice_engine::record::{RecordBatch, UTF8_BOM, now_ms};
 
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
@@ -134,8 +134,10 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     PostSource::configure(places, keys, limits, protocol, problems)
 }
 
-/// Splits `body` into records as `format` says; an error says why the body is refused.
+/// Splits `body` into records as `format` says (a UTF-8 byte order mark at its start skipped, as
+/// the file source skips a file's); an error says why the body is refused.
 fn records(format: BodyFormat, body: &[u8]) -> Result<RecordBatch, String> {
+    let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
     let mut batch = RecordBatch::with_capacity(now_ms(), body.len());
     match format {
         BodyFormat::Ndjson => {
@@ -297,6 +299,10 @@ mod tests {
         assert_eq!(json_records(lines).unwrap(), [r#"{"a":1}"#, r#"{"b":2}"#]);
         // Arrays one after another, arrays as elements, scalars.
         assert_eq!(json_records(r#"[{"a":1}] [[1,2], 3, "x"]"#).unwrap(), [r#"{"a":1}"#, "[1,2]", "3", r#""x""#]);
+        // What .NET's `StreamWriter` with `Encoding.UTF8` writes first: no part of a record.
+        assert_eq!(json_records("\u{feff}[{\"a\":1}]").unwrap(), [r#"{"a":1}"#]);
+        let lines = records(BodyFormat::Ndjson, "\u{feff}{\"a\":1}\n\u{feff}x".as_bytes()).unwrap();
+        assert_eq!(lines.iter().collect::<Vec<_>>(), [&br#"{"a":1}"#[..], "\u{feff}x".as_bytes()]);
         for empty in ["", " \n", "[]", "[ ]\n[]"] {
             assert_eq!(json_records(empty).unwrap(), Vec::<String>::new(), "{empty:?}");
         }
