@@ -1340,7 +1340,6 @@ fn the_object_store_source_reads_archives_and_objects_by_their_content() {
     let (code, said, delivered) = read_with_the_object_store_source(work.path(), "zip", &source);
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("old.log.bz2") && said.contains("it is bzip2-compressed"), "{said}");
-    // (Read back as lines: each line's `\r` is the line end's, as `str::lines` reads it.)
     let expected = ["{\"a\":1}", "{\"a\":2}", "{\"b\":1}", "{\"b\":2}", "{\"c\":1}", "{\"f\":1}"];
     assert_eq!(delivered, expected, "{said}");
 }

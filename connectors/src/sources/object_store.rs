@@ -9,7 +9,7 @@
 //! pattern = "*.gz"                              # optional glob on the key under the URL
 //! ```
 //!
-//! Each line of an object (without its `\n`) is one record; empty lines are skipped, and so is a byte
+//! Each line of an object (without its `\n` or `\r\n`) is one record; empty lines are skipped, and so is a byte
 //! order mark at its start (the file source's [`LineReader`]); `.gz`, `.zst`, `.snappy` (framed, or
 //! Hadoop's framing) and `.zip` (every entry of the archive, in its directory's order, each its own
 //! lines: a last line without its newline does not run into the next entry's) objects are
