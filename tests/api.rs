@@ -667,6 +667,17 @@ format = "ndjson"
     // An encoding sluice cannot decode is refused: its bytes are never stored as records.
     assert_eq!(post(b"\x1f\x9d\x90compressed".to_vec(), Some("t0ken"), Some("compress")), 415);
     assert_eq!(post(b"{\"x\":1}".to_vec(), Some("t0ken"), Some("x-snappy")), 415);
+    // Fluent Bit's default body, MessagePack (`[[time, {}], {"log": "x"}]`), says so in its type:
+    // refused, never stored as a binary "record".
+    let msgpack = http
+        .post(format!("{}/ingest", running.api))
+        .bearer_auth("t0ken")
+        .header("content-type", "application/msgpack")
+        .body(b"\x92\x92\xd7\x00\x65\x00\x00\x00\x00\x00\x00\x00\x80\x81\xa3log\xa1x\n".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(msgpack.status().as_u16(), 415);
+    assert!(msgpack.text().unwrap().contains("MessagePack"));
     // Refused from its declared length; the listener reads the rest and drops it, so the client,
     // still writing the body, reads the 413 rather than a broken pipe it would retry (CI once saw
     // the broken pipe, before the listener lingered; the raw connection below forces the case).

@@ -28,8 +28,9 @@
 //! line and column).
 //! Answers `200 {"accepted": n}` once the records are queued for the pipeline, or an error
 //! `{"error": "..."}` with 400 (a body that does not decode, a record over 1,000 KiB), 401
-//! (token), 408 (the body did not arrive in time), 413 (body too large), 415 (another encoding:
-//! its bytes are never stored as records) or 503 (throttled, too many bodies being read, or
+//! (token), 408 (the body did not arrive in time), 413 (body too large), 415 (another encoding,
+//! or a `Content-Type` of a binary format such as Fluent Bit's default MessagePack: its bytes are
+//! never stored as records) or 503 (throttled, too many bodies being read, or
 //! stopping). A request is accepted whole or not at all; the token is checked before the body is
 //! read, in constant time (digests compared), against every configured token.
 
@@ -184,6 +185,30 @@ fn records(format: BodyFormat, body: &[u8]) -> Result<RecordBatch, String> {
     Ok(batch)
 }
 
+/// Media types of binary encodings of many records: read as lines they would be stored as
+/// records of binary garbage, so they are refused with what to send instead.
+const BINARY_BODIES: &[(&str, &str)] = &[
+    ("application/msgpack", "MessagePack (Fluent Bit's http output sends it unless told otherwise)"),
+    ("application/x-msgpack", "MessagePack"),
+    ("application/x-protobuf", "protobuf (OTLP/HTTP's default encoding)"),
+    ("application/protobuf", "protobuf"),
+    ("application/vnd.google.protobuf", "protobuf"),
+    ("application/grpc", "gRPC"),
+    ("avro/binary", "Avro"),
+];
+
+/// Why a request's `Content-Type` says its body is none of this source's formats, if it does.
+fn binary_body(headers: &HeaderMap) -> Option<String> {
+    let given = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let media_type = given.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let (_, what) = BINARY_BODIES.iter().find(|(name, _)| *name == media_type)?;
+    Some(format!(
+        "`Content-Type: {media_type}` is {what}, which this source does not read: send newline-delimited \
+         JSON or text (Fluent Bit: `format json_lines`), or JSON with the source's `format = \"json\"` \
+         (Fluent Bit: `format json`)"
+    ))
+}
+
 /// What the audit trail records of a request to the http source.
 #[derive(Debug, Default)]
 struct Facts {
@@ -255,6 +280,9 @@ async fn take(
             }
         }
     }
+    if let Some(refusal) = binary_body(headers) {
+        return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, refusal));
+    }
     let body = endpoint.read(headers, body).await?;
     let batch = records(format, body.bytes()).map_err(|message| (StatusCode::BAD_REQUEST, message))?;
     let count = batch.len();
@@ -306,6 +334,26 @@ mod tests {
         for empty in ["", " \n", "[]", "[ ]\n[]"] {
             assert_eq!(json_records(empty).unwrap(), Vec::<String>::new(), "{empty:?}");
         }
+    }
+
+    /// Fluent Bit's default MessagePack and OTLP's protobuf are refused by their media type, before
+    /// a byte is stored; text and JSON types (parameters and case aside) are read.
+    #[test]
+    fn binary_media_types_are_refused_and_text_ones_read() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            binary_body(&headers)
+        };
+        let msgpack = with("application/msgpack").unwrap();
+        assert!(msgpack.contains("MessagePack") && msgpack.contains("format json_lines"), "{msgpack}");
+        assert!(with("Application/X-Protobuf; charset=binary").unwrap().contains("protobuf"));
+        for text in
+            ["application/json", "application/x-ndjson", "text/plain; charset=utf-8", "application/octet-stream"]
+        {
+            assert_eq!(with(text), None, "{text}");
+        }
+        assert_eq!(binary_body(&HeaderMap::new()), None);
     }
 
     #[test]
