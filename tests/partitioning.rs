@@ -607,3 +607,72 @@ fn records_crossing_to_their_partitions_worker_count_in_the_inflight_budget() {
     let bound = LIMIT + 2 * 4 * (1 << 20) * 9 / 8 + (1 << 20);
     assert!(budget.peak() <= bound, "peak {} bytes against a bound of {bound}", budget.peak());
 }
+
+/// The example pipeline `pipelines/cloudtrail-archive.toml` as a user runs it (its buckets moved
+/// into the test's folder): a trail's archive as CloudTrail delivers it, gzip files of
+/// `{"Records":[…]}` under `AWSLogs/<account>/CloudTrail/<region>/…` beside digest files, becomes
+/// Parquet partitioned by account, region and event day. DuckDB reads it back with hive
+/// partitioning: every event once, each under the partition its own values name, and no digest
+/// file read (one would have gone to the error output).
+#[test]
+fn the_example_cloudtrail_archive_pipeline_turns_a_trail_archive_into_a_partitioned_lake() {
+    use std::io::Write as _;
+    const EVENTS: u64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("AWSLogs");
+    let events: Vec<serde_json::Value> =
+        generated(Profile::Cloudtrail, 12, EVENTS).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for event in &events {
+        let day = &event["eventTime"].as_str().unwrap()[..10];
+        let key =
+            format!("{}/{}/{day}", event["recipientAccountId"].as_str().unwrap(), event["awsRegion"].as_str().unwrap());
+        *expected.entry(key).or_default() += 1;
+    }
+    let gzip = |path: &std::path::Path, text: &str| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(text.as_bytes()).unwrap();
+        std::fs::write(path, encoder.finish().unwrap()).unwrap();
+    };
+    for (i, chunk) in events.chunks(700).enumerate() {
+        let folder = archive.join(format!("11112222333{}/CloudTrail/eu-west-{}/2026/11/01", i % 2, i % 3 + 1));
+        let file = folder.join(format!("111122223333_CloudTrail_eu-west-1_20261101T0{i}05Z_a{i}.json.gz"));
+        gzip(&file, &serde_json::json!({ "Records": chunk }).to_string());
+        let digest = archive.join(format!("11112222333{}/CloudTrail-Digest/eu-west-1/2026/11/01/d{i}.json.gz", i % 2));
+        gzip(&digest, r#"{"awsAccountId":"111122223333","digestStartTime":"2026-11-01T00:00:00Z"}"#);
+    }
+    let lake = dir.path().join("lake");
+    let text = std::fs::read_to_string(super::support::repo_root().join("pipelines/cloudtrail-archive.toml")).unwrap();
+    let text = text
+        .replace("s3://amzn-s3-demo-bucket/AWSLogs/", &format!("file://{}/", archive.display()))
+        .replace("s3://amzn-s3-demo-bucket/lake/cloudtrail", &format!("file://{}", lake.display()))
+        .replace("options = { region = \"us-east-1\" }\n", "")
+        .replace("[pipeline]\n", &format!("[pipeline]\ndata_dir = \"{}\"\n", dir.path().join("data").display()));
+    assert!(!text.contains("s3://"), "{text}");
+    let config = dir.path().join("cloudtrail-archive.toml");
+    std::fs::write(&config, text).unwrap();
+    std::fs::create_dir(dir.path().join("schemas")).unwrap();
+    let schema = super::support::repo_root().join("pipelines/schemas/cloudtrail.toml");
+    std::fs::copy(schema, dir.path().join("schemas/cloudtrail.toml")).unwrap();
+    let run = super::support::sluice().args(["run", "--quiet"]).arg(&config).output().unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(!lake.join("errors").exists(), "nothing went to the error output");
+    let script = format!(
+        "import duckdb, json\n\
+         c = duckdb.connect()\n\
+         c.execute(\"set TimeZone = 'UTC'\")\n\
+         lake = \"read_parquet('{root}/**/*.parquet', hive_partitioning = true, hive_types_autocast = false)\"\n\
+         rows = c.execute(f\"select account || '/' || region || '/' || day, count(*) from {{lake}} group by 1\").fetchall()\n\
+         wrong = c.execute(f\"select count(*) from {{lake}} where account != recipientaccountid or region != awsregion \
+                             or day != strftime(eventtime, '%Y-%m-%d')\").fetchone()[0]\n\
+         print(json.dumps({{'partitions': dict(rows), 'wrong': wrong}}))\n",
+        root = lake.display()
+    );
+    let output = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let partitions: BTreeMap<String, u64> = serde_json::from_value(v["partitions"].clone()).unwrap();
+    assert_eq!(partitions, expected, "every event once, in its own partition");
+    assert_eq!(v["wrong"], 0, "the partition columns match the rows");
+}
