@@ -3,7 +3,8 @@
 //! key values in its prefix), hostile key values to `partitioning-failed`, keys from a lambda
 //! transform through a real function server, the open-partition memory budget (100,000 partitions
 //! in `max_open_mb = 64`), partitioned CSV, raw and Parquet objects (Parquet read by DuckDB with hive
-//! partitioning), and the config rules.
+//! partitioning), the config rules, and the example pipeline that turns a CloudTrail archive into a
+//! partitioned Parquet lake.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -643,18 +644,12 @@ fn the_example_cloudtrail_archive_pipeline_turns_a_trail_archive_into_a_partitio
         gzip(&digest, r#"{"awsAccountId":"111122223333","digestStartTime":"2026-11-01T00:00:00Z"}"#);
     }
     let lake = dir.path().join("lake");
-    let text = std::fs::read_to_string(super::support::repo_root().join("pipelines/cloudtrail-archive.toml")).unwrap();
-    let text = text
-        .replace("s3://amzn-s3-demo-bucket/AWSLogs/", &format!("file://{}/", archive.display()))
-        .replace("s3://amzn-s3-demo-bucket/lake/cloudtrail", &format!("file://{}", lake.display()))
-        .replace("options = { region = \"us-east-1\" }\n", "")
-        .replace("[pipeline]\n", &format!("[pipeline]\ndata_dir = \"{}\"\n", dir.path().join("data").display()));
-    assert!(!text.contains("s3://"), "{text}");
-    let config = dir.path().join("cloudtrail-archive.toml");
-    std::fs::write(&config, text).unwrap();
-    std::fs::create_dir(dir.path().join("schemas")).unwrap();
-    let schema = super::support::repo_root().join("pipelines/schemas/cloudtrail.toml");
-    std::fs::copy(schema, dir.path().join("schemas/cloudtrail.toml")).unwrap();
+    let config = super::support::example_pipeline_in(
+        dir.path(),
+        "cloudtrail-archive",
+        &[("s3://amzn-s3-demo-bucket/AWSLogs/", &archive), ("s3://amzn-s3-demo-bucket/lake/cloudtrail", &lake)],
+        "cloudtrail.toml",
+    );
     let run = super::support::sluice().args(["run", "--quiet"]).arg(&config).output().unwrap();
     assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
     assert!(!lake.join("errors").exists(), "nothing went to the error output");

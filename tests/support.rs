@@ -622,3 +622,24 @@ impl StartedRun {
         self.run.join().unwrap()
     }
 }
+
+/// The example pipeline `pipelines/<name>.toml` as a user runs it, moved into `dir`: each of its
+/// `s3://` URLs replaced by the `file://` URL given for it (its `options` lines dropped), its
+/// `data_dir` in `dir`, and the schema it names (`schemas/<schema>`) copied beside it. Answers the
+/// config file's path.
+pub fn example_pipeline_in(dir: &Path, name: &str, urls: &[(&str, &Path)], schema: &str) -> PathBuf {
+    let mut text = std::fs::read_to_string(repo_root().join(format!("pipelines/{name}.toml"))).unwrap();
+    for (s3, folder) in urls {
+        let end = if s3.ends_with('/') { "/" } else { "" };
+        text = text.replace(s3, &format!("file://{}{end}", folder.display()));
+    }
+    let text = text
+        .replace("options = { region = \"us-east-1\" }\n", "")
+        .replace("[pipeline]\n", &format!("[pipeline]\ndata_dir = \"{}\"\n", dir.join("data").display()));
+    assert!(!text.lines().any(|l| !l.starts_with('#') && l.contains("s3://")), "{text}");
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, text).unwrap();
+    std::fs::create_dir_all(dir.join("schemas")).unwrap();
+    std::fs::copy(repo_root().join("pipelines/schemas").join(schema), dir.join("schemas").join(schema)).unwrap();
+    config
+}

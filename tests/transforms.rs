@@ -2,7 +2,8 @@
 //! a fan-out; jq against the jq 1.6 CLI; a real function server with Firehose's transformation
 //! contract (dropped, failed and missing records, slow answers, 500s then success, partition keys,
 //! the Invoke API's signature); CloudWatch Logs payloads sent through the Firehose API by boto3;
-//! config errors for graphs and transform keys; every transform through the conformance kit.
+//! config errors for graphs and transform keys; every transform through the conformance kit; the
+//! example pipeline that parses CloudFront standard log files into Parquet.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -659,4 +660,112 @@ fn backup_all_keeps_the_source_records_as_they_arrived_before_any_transform() {
     assert_eq!(all_lines(backups), source);
     assert_eq!(all_lines(data).len() as u64, 2 * RECORDS);
     assert_eq!(metrics.sinks[0].records_source_backup.load(std::sync::atomic::Ordering::Relaxed), RECORDS);
+}
+
+/// The example pipeline `pipelines/cloudfront-standard-logs.toml` as a user runs it (its buckets
+/// moved into the test's folder): CloudFront standard log files as the legacy logging writes them
+/// (gzip, `#Version` and `#Fields` directives, tab-separated fields, `-` for none, the user agent
+/// URL-encoded) become Parquet of the cloudfront schema, partitioned by day. DuckDB reads back every
+/// request once, with its values.
+#[test]
+fn the_example_cloudfront_standard_logs_pipeline_turns_log_files_into_a_parquet_lake() {
+    use std::io::Write as _;
+    const REQUESTS: u64 = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("cloudfront-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let requests: Vec<serde_json::Value> =
+        generated(Profile::Cloudfront, 21, REQUESTS).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let field = |r: &serde_json::Value, key: &str| match &r[key] {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) if s.is_empty() => "-".to_string(),
+        serde_json::Value::String(s) => s.replace(' ', "%20"),
+        other => other.to_string(),
+    };
+    let mut expected = Vec::new();
+    for (i, chunk) in requests.chunks(300).enumerate() {
+        let mut text = String::from(
+            "#Version: 1.0\n#Fields: date time x-edge-location sc-bytes c-ip cs-method cs(Host) cs-uri-stem sc-status cs(Referer) cs(User-Agent) cs-uri-query cs(Cookie) x-edge-result-type x-edge-request-id x-host-header cs-protocol cs-bytes time-taken x-forwarded-for ssl-protocol ssl-cipher x-edge-response-result-type cs-protocol-version fle-status fle-encrypted-fields c-port time-to-first-byte x-edge-detailed-result-type sc-content-type sc-content-len sc-range-start sc-range-end\n",
+        );
+        for r in chunk {
+            let at = r["timestamp"].as_str().unwrap();
+            let (date, time) = (&at[..10], &at[11..19]);
+            let fields = [
+                date.to_string(),
+                time.to_string(),
+                field(r, "x_edge_location"),
+                field(r, "sc_bytes"),
+                field(r, "c_ip"),
+                field(r, "cs_method"),
+                field(r, "cs_host"),
+                field(r, "cs_uri_stem"),
+                field(r, "sc_status"),
+                field(r, "cs_referer"),
+                field(r, "cs_user_agent"),
+                field(r, "cs_uri_query"),
+                "-".into(),
+                field(r, "x_edge_result_type"),
+                field(r, "x_edge_request_id"),
+                field(r, "cs_host"),
+                field(r, "cs_protocol"),
+                field(r, "cs_bytes"),
+                field(r, "time_taken"),
+                "-".into(),
+                field(r, "ssl_protocol"),
+                "TLS_AES_128_GCM_SHA256".into(),
+                field(r, "x_edge_result_type"),
+                "HTTP/2.0".into(),
+                "-".into(),
+                "-".into(),
+                "443".into(),
+                "0.001".into(),
+                field(r, "x_edge_result_type"),
+                "text/html".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ];
+            text.push_str(&fields.join("\t"));
+            text.push('\n');
+            expected.push(format!(
+                "{}|{date} {time}|{}|{}|{}|{}",
+                field(r, "x_edge_request_id"),
+                field(r, "sc_bytes"),
+                field(r, "sc_status"),
+                field(r, "c_ip"),
+                field(r, "cs_user_agent"),
+            ));
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        std::fs::write(logs.join(format!("E2EXAMPLE.2026-11-01-0{i}.a1b2c3d{i}.gz")), gz.finish().unwrap()).unwrap();
+    }
+    let lake = dir.path().join("lake");
+    let config = super::support::example_pipeline_in(
+        dir.path(),
+        "cloudfront-standard-logs",
+        &[("s3://amzn-s3-demo-bucket/cloudfront-logs/", &logs), ("s3://amzn-s3-demo-bucket/lake/cloudfront", &lake)],
+        "cloudfront.toml",
+    );
+    let run = super::support::sluice().args(["run"]).arg(&config).output().unwrap();
+    let said = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{said}");
+    assert!(said.contains("14 dropped"), "the directives of the 7 files: {said}");
+    assert!(!lake.join("errors").exists(), "nothing went to the error output");
+    let script = format!(
+        "import duckdb, json\n\
+         c = duckdb.connect()\n\
+         c.execute(\"set TimeZone = 'UTC'\")\n\
+         rows = c.execute(\"select x_edge_request_id || '|' || strftime(timestamp, '%Y-%m-%d %H:%M:%S') || '|' || sc_bytes || '|' || \
+             sc_status || '|' || c_ip || '|' || coalesce(cs_user_agent, '-'), day from read_parquet('{root}/**/*.parquet', \
+             hive_partitioning = true, hive_types_autocast = false)\").fetchall()\n\
+         print(json.dumps({{'rows': sorted(r[0] for r in rows), 'wrong_day': sum(1 for r in rows if r[0].split('|')[1][:10] != r[1])}}))\n",
+        root = lake.display()
+    );
+    let output = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    expected.sort();
+    assert_eq!(v["rows"], serde_json::json!(expected), "every request once, with its values");
+    assert_eq!(v["wrong_day"], 0);
 }

@@ -22,6 +22,7 @@ pub fn registry() -> Registry {
             TransformType { name: "enrich", configure: transforms::enrich::configure },
             TransformType { name: "jq", configure: transforms::jq::configure },
             TransformType { name: "lambda", configure: transforms::lambda::configure },
+            TransformType { name: "parse", configure: transforms::parse::configure },
             TransformType { name: "redact", configure: transforms::redact::configure },
         ],
         key_query: Some(transforms::jq::key_query),

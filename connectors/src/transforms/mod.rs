@@ -11,6 +11,7 @@ pub mod json;
 pub mod keyed;
 pub mod lambda;
 pub mod mmdb;
+pub mod parse;
 pub mod redact;
 pub mod tables;
 pub mod words;
