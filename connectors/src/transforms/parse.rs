@@ -29,7 +29,9 @@
 //! file starts) and, for `cloudfront`, directives (`#Version`, `#Fields`). A line with another number
 //! of fields, a number field holding something else, or bytes that are not UTF-8 goes to the error
 //! output as `processing-failed` (`Parse.FieldCount`, `Parse.NotANumber`, `Parse.NotUtf8`) with the
-//! reason.
+//! reason; so does a `#Fields` directive that names other fields, or the same in another order,
+//! than the transform reads (`Parse.FieldsDiffer`: a standard logging v2 selection of fields read
+//! as the 33), so that a file's lines are never read under the wrong names without a word.
 
 use std::sync::Arc;
 
@@ -46,6 +48,8 @@ pub const FIELD_COUNT: &str = "Parse.FieldCount";
 pub const NOT_A_NUMBER: &str = "Parse.NotANumber";
 /// The error code of a line that is not UTF-8.
 pub const NOT_UTF8: &str = "Parse.NotUtf8";
+/// The error code of a `#Fields` directive naming other fields than `fields`.
+pub const FIELDS_DIFFER: &str = "Parse.FieldsDiffer";
 
 /// VPC Flow Logs' default format (version 2), as its `${field}` names.
 const VPC_FLOW_FIELDS: &[&str] = &[
@@ -284,6 +288,7 @@ impl ParseTransform {
     fn clone_spec(&self) -> Arc<Spec> {
         Arc::new(Spec {
             directives: self.format == Format::Cloudfront,
+            names: self.names.clone(),
             delimiter: self.delimiter,
             keys: self.keys.clone(),
             numbers: self.numbers.clone(),
@@ -297,6 +302,7 @@ impl ParseTransform {
 #[derive(Debug)]
 struct Spec {
     directives: bool,
+    names: Vec<String>,
     delimiter: u8,
     keys: Vec<Vec<u8>>,
     numbers: Vec<bool>,
@@ -352,6 +358,22 @@ fn string(text: &str, out: &mut Vec<u8>) {
 impl RecordTransform for LineParser {
     fn transform(&mut self, record: &[u8], emit: &mut Emit<'_>) -> Result<(), TransformFailure> {
         let spec = &*self.spec;
+        if spec.directives
+            && let Some(named) = record.strip_prefix(b"#Fields:")
+        {
+            let named: Vec<&[u8]> = named.split(u8::is_ascii_whitespace).filter(|n| !n.is_empty()).collect();
+            if named.iter().map(|n| n.to_vec()).ne(spec.names.iter().map(|n| n.as_bytes().to_vec())) {
+                return Err(TransformFailure::processing(
+                    FIELDS_DIFFER,
+                    format!(
+                        "the file's #Fields name {} fields, {}, where the transform reads {}: list the file's fields in `fields`",
+                        named.len(),
+                        String::from_utf8_lossy(&named.join(&b' ')),
+                        spec.names.join(" ")
+                    ),
+                ));
+            }
+        }
         if (spec.directives && record.first() == Some(&b'#')) || record == spec.header.as_slice() {
             return Ok(());
         }
@@ -488,6 +510,18 @@ mod tests {
         );
         assert!(v["cs_referer"].is_null() && v["sc_range_end"].is_null());
         assert_eq!(v.as_object().unwrap().len(), 34);
+        // A file of a selection of fields (standard logging v2) read as the 33: its `#Fields` fails,
+        // naming both lists; read with its fields, it is dropped and its lines parsed.
+        let selection = ["#Fields: date time c-ip sc-status", "2019-12-04\t21:02:31\t192.0.2.1\t404"];
+        let wrong = parse("format = \"cloudfront\"", &selection);
+        assert_eq!(wrong.failed.len(), 2, "the directive and the line");
+        assert_eq!(wrong.failed[0].2, FIELDS_DIFFER);
+        let right =
+            parse("format = \"cloudfront\"\nfields = [\"date\", \"time\", \"c-ip\", \"sc-status\"]", &selection);
+        assert_eq!(
+            String::from_utf8_lossy(&right.delivered[0]),
+            r#"{"timestamp":"2019-12-04T21:02:31Z","date":"2019-12-04","time":"21:02:31","c_ip":"192.0.2.1","sc_status":404}"#
+        );
         assert!(String::from_utf8_lossy(&run.delivered[0]).starts_with(r#"{"timestamp":"2019-12-04T21:02:31Z","date":"2019-12-04","time":"21:02:31","x_edge_location":"LAX1","sc_bytes":392,"#));
     }
 
