@@ -16,9 +16,10 @@
 //! Each record is one line, cut at every delimiter (one space for `vpc_flow`, a tab for
 //! `cloudfront`; two delimiters in a row make an empty field). Its fields become one JSON object, a
 //! key per field in order: the field's name lowercased, `-` and `(` made `_` and `)` dropped
-//! (`account-id` → `account_id`, `cs(User-Agent)` → `cs_user_agent`: the names Athena's tables for
-//! these logs use). A value `-` (these logs' "none") is `null`; a number field's value is written
-//! as a JSON number, its digits as they are; every other value is a string, as written. The number
+//! (`account-id` → `account_id`, `cs(User-Agent)` → `cs_user_agent`: as Athena's tables for these
+//! logs name them, but for `cs_referer`, which Athena's CloudFront table spells `cs_referrer`). A
+//! value `-` (these logs' "none") is `null`; a number field's value is written as a JSON number, its
+//! digits as they are; every other value is a string, as written. The number
 //! fields: `vpc_flow`'s `version`, `srcport`, `dstport`, `protocol`, `packets`, `bytes`, `start`,
 //! `end`, `tcp-flags` and `traffic-path`; `cloudfront`'s `sc-bytes`, `sc-status`, `cs-bytes`,
 //! `time-taken`, `c-port`, `time-to-first-byte`, `sc-content-len`, `sc-range-start` and
