@@ -25,6 +25,7 @@ fn the_bench_harness_runs_every_scenario_and_writes_its_three_reports() {
         "sluice opensearch gzip",
         "sluice postgres (staged, COPY)",
         "sluice redact+jq gzip",
+        "sluice parse vpc_flow",
         "sluice partitioned gzip",
         "sluice ingest (SigV4, fsync log, zstd)",
         "sluice ingest, log encrypted (AES-256-GCM)",

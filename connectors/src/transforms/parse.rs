@@ -53,7 +53,7 @@ pub const NOT_UTF8: &str = "Parse.NotUtf8";
 pub const FIELDS_DIFFER: &str = "Parse.FieldsDiffer";
 
 /// VPC Flow Logs' default format (version 2), as its `${field}` names.
-const VPC_FLOW_FIELDS: &[&str] = &[
+pub const VPC_FLOW_FIELDS: &[&str] = &[
     "version",
     "account-id",
     "interface-id",
@@ -70,7 +70,7 @@ const VPC_FLOW_FIELDS: &[&str] = &[
     "log-status",
 ];
 /// The VPC Flow Logs fields that are numbers.
-const VPC_FLOW_NUMBERS: &[&str] =
+pub const VPC_FLOW_NUMBERS: &[&str] =
     &["version", "srcport", "dstport", "protocol", "packets", "bytes", "start", "end", "tcp-flags", "traffic-path"];
 /// CloudFront's standard log fields, in the order its files hold them (33).
 const CLOUDFRONT_FIELDS: &[&str] = &[
@@ -159,7 +159,7 @@ pub struct ParseTransform {
 }
 
 /// A field's JSON key: its name lowercased, `-` and `(` made `_`, `)` dropped.
-fn key_of(name: &str) -> String {
+pub fn key_of(name: &str) -> String {
     name.chars()
         .filter(|c| *c != ')')
         .map(|c| if c == '-' || c == '(' { '_' } else { c.to_ascii_lowercase() })

@@ -43,6 +43,7 @@ pub const SCENARIOS: &[&str] = &[
     "gzip",
     "zstd",
     "transform",
+    "parse",
     "partition",
     "parquet",
     "enrich",

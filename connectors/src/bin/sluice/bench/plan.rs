@@ -463,6 +463,49 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// VPC Flow Logs text (as S3 delivery writes it) → the `parse` transform → NDJSON, against the
+    /// DuckDB CLI reading the same file as delimited text with the same columns and types (its
+    /// header skipped, `-` as null: no sniffing) and writing the same NDJSON rows.
+    pub(crate) fn parse(&mut self, flows: &Workload) -> Result<(), BenchError> {
+        use sluice_connectors::transforms::parse::{VPC_FLOW_FIELDS, VPC_FLOW_NUMBERS};
+        let n = self.options.threads;
+        let transforms = "[transforms.flows]\ntype = \"parse\"\ninputs = [\"in\"]\nformat = \"vpc_flow\"\n";
+        let name = "sluice parse vpc_flow";
+        let output = self.output("parse", name);
+        let sink =
+            format!("type = \"object_store\"\nurl = \"file://{}\"\n{}", output.display(), Self::text_sink("none"));
+        let sluice =
+            self.sluice_into("parse", name, flows, n, Some((transforms, "flows")), &sink, OutputCheck::Lines)?;
+        let columns: Vec<String> = VPC_FLOW_FIELDS
+            .iter()
+            .map(|f| format!("'{f}': '{}'", if VPC_FLOW_NUMBERS.contains(f) { "BIGINT" } else { "VARCHAR" }))
+            .collect();
+        let duckdb = self.baseline(
+            "parse",
+            &format!("duckdb threads={n}, same columns"),
+            "duckdb",
+            flows,
+            OutputCheck::Lines,
+            |duckdb, out| {
+                let sql = format!(
+                    "SET threads = {n}; COPY (SELECT * FROM read_csv('{}', delim = ' ', header = true, nullstr = '-', \
+                     columns = {{{}}})) TO '{}/out.ndjson' (FORMAT json);",
+                    flows.path.display(),
+                    columns.join(", "),
+                    out.display()
+                );
+                format!("mkdir -p {} && {} -c \"{sql}\" > /dev/null", shell_quote(out), shell_quote(duckdb))
+            },
+        );
+        self.compare(
+            "parse",
+            &sluice,
+            duckdb,
+            "DuckDB CLI reading the lines with the same columns and types and writing them as NDJSON",
+        );
+        Ok(())
+    }
+
     /// The partitioned gzip sink of the `partition` scenario.
     fn partitioned_sink() -> String {
         format!(

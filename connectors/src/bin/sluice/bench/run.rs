@@ -101,6 +101,11 @@ pub fn run_bench(options: &BenchOptions, mut progress: impl FnMut(&str)) -> Resu
             }
         }
     }
+    if wants("parse") {
+        // VPC Flow Logs' text is about 0.43 of the generator's NDJSON: the text is about `--size`.
+        let flows = workload(&data, Profile::Vpcflow, 3, options.size_bytes * 23 / 10)?;
+        planner.parse(&super::workload::vpc_flow_text(&flows)?)?;
+    }
     if wants("tables") {
         progress("timing reference-table reloads");
         let figures = super::tables::reload_figures(&planner.work, 1_000_000, 10, options.threads)?;

@@ -74,6 +74,45 @@ pub(crate) fn workload(data: &Path, profile: Profile, seed: u64, bytes: u64) -> 
     Ok(Workload { path, bytes, records })
 }
 
+/// The records of a `vpcflow` workload as VPC Flow Logs' S3 delivery writes them (`<ndjson>.log`):
+/// the header line of version 2's fields, then each record's fields separated by one space, `-`
+/// for none. Its `records` are the data lines (the header is no record). Kept beside the NDJSON and
+/// made again when that changed.
+pub(crate) fn vpc_flow_text(ndjson: &Workload) -> Result<Workload, BenchError> {
+    use sluice_connectors::transforms::parse::{VPC_FLOW_FIELDS, key_of};
+    let path = ndjson.path.with_extension("log");
+    let made_from = path.with_extension("log.from");
+    let source = format!("{} {}", ndjson.records, ndjson.bytes);
+    if let (Ok(meta), Ok(kept)) = (std::fs::metadata(&path), std::fs::read_to_string(&made_from))
+        && kept == source
+    {
+        return Ok(Workload { path, bytes: meta.len(), records: ndjson.records });
+    }
+    let text = std::fs::read_to_string(&ndjson.path).map_err(io_error("cannot read the workload"))?;
+    let file = std::fs::File::create(&path).map_err(io_error(format!("cannot create {}", path.display())))?;
+    let mut writer = io::BufWriter::new(file);
+    let write = |writer: &mut io::BufWriter<std::fs::File>, line: &str| writeln!(writer, "{line}");
+    write(&mut writer, &VPC_FLOW_FIELDS.join(" ")).map_err(io_error("cannot write the text workload"))?;
+    let keys: Vec<String> = VPC_FLOW_FIELDS.iter().map(|f| key_of(f)).collect();
+    for line in text.lines() {
+        let record: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+            .map_err(|e| io_error("the vpcflow workload holds a line that is not an object")(io::Error::other(e)))?;
+        let fields: Vec<String> = keys
+            .iter()
+            .map(|k| match record.get(k) {
+                None | Some(serde_json::Value::Null) => "-".to_string(),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            })
+            .collect();
+        write(&mut writer, &fields.join(" ")).map_err(io_error("cannot write the text workload"))?;
+    }
+    writer.flush().map_err(io_error(format!("cannot write {}", path.display())))?;
+    std::fs::write(&made_from, source).map_err(io_error("cannot write the text workload's source"))?;
+    let bytes = std::fs::metadata(&path).map_err(io_error("cannot read the text workload"))?.len();
+    Ok(Workload { path, bytes, records: ndjson.records })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
