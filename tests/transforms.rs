@@ -3,7 +3,7 @@
 //! contract (dropped, failed and missing records, slow answers, 500s then success, partition keys,
 //! the Invoke API's signature); CloudWatch Logs payloads sent through the Firehose API by boto3;
 //! config errors for graphs and transform keys; every transform through the conformance kit; the
-//! example pipeline that parses CloudFront standard log files into Parquet.
+//! example pipelines that parse CloudFront standard log files and VPC Flow Logs into Parquet.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -768,4 +768,80 @@ fn the_example_cloudfront_standard_logs_pipeline_turns_log_files_into_a_parquet_
     expected.sort();
     assert_eq!(v["rows"], serde_json::json!(expected), "every request once, with its values");
     assert_eq!(v["wrong_day"], 0);
+}
+
+/// The example pipeline `pipelines/vpc-flow-archive.toml` as a user runs it (its buckets moved into
+/// the test's folder): VPC Flow Logs as S3 delivery writes them (gzip text files, a header line
+/// each, `-` for a NODATA record's fields) become Parquet of the vpcflow schema partitioned by
+/// account and day. DuckDB reads back every flow once, under the partition its values name.
+#[test]
+fn the_example_vpc_flow_archive_pipeline_turns_flow_log_files_into_a_partitioned_lake() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("AWSLogs");
+    use sluice_connectors::transforms::parse::{VPC_FLOW_FIELDS, key_of};
+    let header = VPC_FLOW_FIELDS.join(" ");
+    let keys: Vec<String> = VPC_FLOW_FIELDS.iter().map(|f| key_of(f)).collect();
+    let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let flows = generated(Profile::Vpcflow, 8, 1_500);
+    for (file, chunk) in flows.chunks(400).enumerate() {
+        let account = format!("11112222333{}", file % 2);
+        let mut text = format!("{header}\n");
+        for (i, line) in chunk.iter().enumerate() {
+            let mut flow: serde_json::Value = serde_json::from_str(line).unwrap();
+            flow["account_id"] = account.clone().into();
+            let start = flow["start"].as_i64().unwrap() + 86_400 * (i as i64 % 3);
+            flow["start"] = start.into();
+            if i % 50 == 0 {
+                // A NODATA record: no addresses, ports or counts.
+                for k in ["srcaddr", "dstaddr", "srcport", "dstport", "protocol", "packets", "bytes", "action"] {
+                    flow[k] = serde_json::Value::Null;
+                }
+                flow["log_status"] = "NODATA".into();
+            }
+            let day = ["2026-11-01", "2026-11-02", "2026-11-03"][i % 3];
+            let entry = expected.entry(format!("{account}/{day}")).or_default();
+            *entry = (entry.0 + 1, entry.1 + flow["bytes"].as_u64().unwrap_or(0));
+            let field = |v: &serde_json::Value| match v {
+                serde_json::Value::Null => "-".to_string(),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            text.push_str(&keys.iter().map(|k| field(&flow[k.as_str()])).collect::<Vec<_>>().join(" "));
+            text.push('\n');
+        }
+        let folder = archive.join(format!("{account}/vpcflowlogs/us-east-1/2026/11/01"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        let name = format!("{account}_vpcflowlogs_us-east-1_fl-0a1b2c3d{file}_20261101T0{file}00Z_h{file}.log.gz");
+        std::fs::write(folder.join(name), gz.finish().unwrap()).unwrap();
+    }
+    let lake = dir.path().join("lake");
+    let config = super::support::example_pipeline_in(
+        dir.path(),
+        "vpc-flow-archive",
+        &[("s3://amzn-s3-demo-bucket/AWSLogs/", &archive), ("s3://amzn-s3-demo-bucket/lake/vpc-flow", &lake)],
+        "vpcflow.toml",
+    );
+    let run = super::support::sluice().args(["run"]).arg(&config).output().unwrap();
+    let said = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{said}");
+    assert!(said.contains("4 dropped"), "the headers of the 4 files: {said}");
+    let script = format!(
+        "import duckdb, json\n\
+         c = duckdb.connect()\n\
+         c.execute(\"set TimeZone = 'UTC'\")\n\
+         lake = \"read_parquet('{root}/**/*.parquet', hive_partitioning = true, hive_types_autocast = false)\"\n\
+         rows = c.execute(f\"select account || '/' || day, count(*), coalesce(sum(bytes), 0) from {{lake}} group by 1\").fetchall()\n\
+         wrong = c.execute(f\"select count(*) from {{lake}} where account != account_id or day != strftime(to_timestamp(start), '%Y-%m-%d')\").fetchone()[0]\n\
+         print(json.dumps({{'partitions': {{r[0]: [r[1], int(r[2])] for r in rows}}, 'wrong': wrong}}))\n",
+        root = lake.display()
+    );
+    let output = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let partitions: BTreeMap<String, (u64, u64)> = serde_json::from_value(v["partitions"].clone()).unwrap();
+    assert_eq!(partitions, expected, "every flow once, in its own partition, its bytes kept");
+    assert_eq!(v["wrong"], 0, "the partition columns match the rows");
 }
