@@ -20,8 +20,10 @@
 //!
 //! `POST` any path with one record per line, the body plain or with `Content-Encoding` `gzip`,
 //! `deflate` (zlib, or raw deflate as some clients send it), `br` or `zstd`; empty lines, and a
-//! byte order mark at the body's start, are skipped. With `format = "json"` the body is JSON instead, as shippers batch it: an array
-//! whose elements are the records (Fluent Bit's `format json`, Vector's http sink with
+//! byte order mark at the body's start, are skipped; a body that is one JSON value written over
+//! several lines (pretty-printed) is refused (400: its lines are no records). With
+//! `format = "json"` the body is JSON instead, as shippers batch it: an array whose elements are
+//! the records (Fluent Bit's `format json`, Vector's http sink with
 //! `encoding.codec = "json"`, Logstash's `json_batch`), or JSON values one after another,
 //! concatenated or one per line (Fluent Bit's `json_stream` and `json_lines`); each record is its
 //! value's own text, byte for byte, and a body that is not JSON is refused whole (400, with the
@@ -209,6 +211,20 @@ fn binary_body(headers: &HeaderMap) -> Option<String> {
     ))
 }
 
+/// Why a body sent to an `ndjson` source is refused though it decodes: one JSON value written over
+/// several lines (a pretty-printed document, `curl -d @event.json`), whose lines would each be
+/// stored as a broken record. (Records of one per line never make one JSON value together: a JSON
+/// value's line breaks are outside its strings, so its lines are pieces of it.)
+fn one_value_over_lines(format: BodyFormat, body: &[u8]) -> Option<String> {
+    let body = body.strip_prefix(UTF8_BOM).unwrap_or(body).trim_ascii();
+    let over_lines = format == BodyFormat::Ndjson && body.contains(&b'\n');
+    (over_lines && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()).then(|| {
+        "the body is one JSON value written over several lines, not one record per line: set the source's \
+         `format = \"json\"` to take JSON bodies (each array element a record), or send one record per line"
+            .to_string()
+    })
+}
+
 /// What the audit trail records of a request to the http source.
 #[derive(Debug, Default)]
 struct Facts {
@@ -284,6 +300,9 @@ async fn take(
         return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, refusal));
     }
     let body = endpoint.read(headers, body).await?;
+    if let Some(refusal) = one_value_over_lines(format, body.bytes()) {
+        return Err((StatusCode::BAD_REQUEST, refusal));
+    }
     let batch = records(format, body.bytes()).map_err(|message| (StatusCode::BAD_REQUEST, message))?;
     let count = batch.len();
     (facts.records, facts.bytes) = (Some(count), Some(batch.byte_len()));
@@ -354,6 +373,27 @@ mod tests {
             assert_eq!(with(text), None, "{text}");
         }
         assert_eq!(binary_body(&HeaderMap::new()), None);
+    }
+
+    /// A pretty-printed JSON body sent to an `ndjson` source is refused (its lines are no
+    /// records); NDJSON, one value on one line, text lines, and the same body to a `json` source
+    /// are read.
+    #[test]
+    fn one_json_value_over_several_lines_is_refused_by_an_ndjson_source() {
+        let pretty = b"{\n  \"event\": \"login\",\n  \"user\": \"a\"\n}\n";
+        let refused = one_value_over_lines(BodyFormat::Ndjson, pretty);
+        assert!(refused.is_some_and(|m| m.contains("format = \"json\"")));
+        assert!(one_value_over_lines(BodyFormat::Ndjson, b"[\n{\"a\":1}\n]").is_some());
+        for (format, body) in [
+            (BodyFormat::Json, &pretty[..]),
+            (BodyFormat::Ndjson, b"{\"a\":1}\n{\"b\":2}\n"),
+            (BodyFormat::Ndjson, b"{\"a\":1}\n"),
+            (BodyFormat::Ndjson, b"[1]\n[2]"),
+            (BodyFormat::Ndjson, b"text\nlines\n"),
+            (BodyFormat::Ndjson, b"1\n2\n"),
+        ] {
+            assert_eq!(one_value_over_lines(format, body), None, "{:?}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]
