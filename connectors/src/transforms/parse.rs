@@ -13,7 +13,8 @@
 //! # numbers = ["bytes"]        # delimited only: fields written as JSON numbers
 //! ```
 //!
-//! Each record is one line, cut at every delimiter (one space for `vpc_flow`, a tab for
+//! Each record is one line (its `\n` or `\r\n` at the end, as Firehose producers append one, not
+//! part of it), cut at every delimiter (one space for `vpc_flow`, a tab for
 //! `cloudfront`; two delimiters in a row make an empty field). Its fields become one JSON object, a
 //! key per field in order: the field's name lowercased, `-` and `(` made `_` and `)` dropped
 //! (`account-id` → `account_id`, `cs(User-Agent)` → `cs_user_agent`: as Athena's tables for these
@@ -359,6 +360,10 @@ fn string(text: &str, out: &mut Vec<u8>) {
 impl RecordTransform for LineParser {
     fn transform(&mut self, record: &[u8], emit: &mut Emit<'_>) -> Result<(), TransformFailure> {
         let spec = &*self.spec;
+        // Its line end, which Firehose producers append to each record (the Kinesis Agent, the
+        // SDK examples): not part of the last field.
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        let record = record.strip_suffix(b"\r").unwrap_or(record);
         if spec.directives
             && let Some(named) = record.strip_prefix(b"#Fields:")
         {
@@ -534,7 +539,7 @@ mod tests {
             "format = \"delimited\"\ndelimiter = \",\"\nfields = [\"at\", \"Host-Name\", \"n\"]\nnumbers = [\"n\"]";
         let run = parse(
             table,
-            &["at,Host-Name,n", "t1,a \"quoted\" \\ name,1.50", "t2,,-1e3", "t3,x", "t4,y,12abc", "t5,z,01"],
+            &["at,Host-Name,n", "t1,a \"quoted\" \\ name,1.50", "t2,,-1e3\r\n", "t3,x", "t4,y,12abc", "t5,z,01"],
         );
         assert_eq!(run.dropped, 1);
         let text: Vec<String> = run.delivered.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
