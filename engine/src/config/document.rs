@@ -163,7 +163,7 @@ pub(super) fn expand_env_in(s: &str, files: Option<&Path>) -> Result<Option<Stri
                     None => (
                         format!("environment variable `{name}` is not set"),
                         format!(
-                            "export {name}=... before running sluice, or give a default: ${{{name}:-value}}; an unset variable is an error, never an empty string"
+                            "export {name}=... before running sluice, or give a default: ${{{name}:-value}}; an unset variable is an error, never an empty string; `$${{` writes a literal `${{`"
                         ),
                     ),
                 });
