@@ -321,11 +321,26 @@ fn leaf<'a>(
             Leaf::Int(int_in(&v, i32::MIN as i64, i32::MAX as i64).ok_or_else(|| err(path, kind(&v, "int")))?)
         }
         ColumnType::BigInt => Leaf::Int(int_in(&v, i64::MIN, i64::MAX).ok_or_else(|| err(path, kind(&v, "bigint")))?),
-        ColumnType::Float | ColumnType::Double => Leaf::Float(match &v {
-            Scalar::Number(n) => n.as_f64().ok_or_else(|| err(path, kind(&v, "a number")))?,
-            Scalar::Str(s) => s.trim().parse().map_err(|_| err(path, kind(&v, "a number")))?,
-            _ => return fail(path, kind(&v, "a number")),
-        }),
+        ColumnType::Float | ColumnType::Double => {
+            // Infinity and NaN written as such are kept; a number past the column's range is a
+            // value that does not fit, never stored as an infinity.
+            let (value, written_infinite) = match &v {
+                Scalar::Number(n) => (n.as_f64().ok_or_else(|| err(path, kind(&v, "a number")))?, false),
+                Scalar::Str(s) => (
+                    s.trim().parse::<f64>().map_err(|_| err(path, kind(&v, "a number")))?,
+                    s.to_ascii_lowercase().contains("inf"),
+                ),
+                _ => return fail(path, kind(&v, "a number")),
+            };
+            let (in_range, name) = match ty {
+                ColumnType::Float => ((value as f32).is_finite(), "float (32-bit)"),
+                _ => (value.is_finite(), "double"),
+            };
+            if !(in_range || value.is_nan() || written_infinite) {
+                return fail(path, format!("{} is out of range for {name}", v.short()));
+            }
+            Leaf::Float(value)
+        }
         ColumnType::Decimal { precision, scale } => {
             let parsed = match &v {
                 Scalar::Number(n) => parse_decimal(&n.to_string(), *precision, *scale),
@@ -889,6 +904,26 @@ mod tests {
         assert!(e.message.contains("not nullable"));
         assert!(convert(&c, br#"{"a":1,"b":1}{"a":"x","b":1}"#, &mut rows).is_err());
         assert_eq!(rows.rows(), 0);
+    }
+
+    /// A number beyond a `float`'s range (32-bit) or a `double`'s is a value that does not fit,
+    /// never stored as infinity; infinity and NaN written as such, and numbers within range, are
+    /// kept.
+    #[test]
+    fn numbers_beyond_a_float_or_double_do_not_fit() {
+        let c = RowConverter::new(schema(&[("f", "float", true), ("d", "double", true)]), JsonOptions::default());
+        let mut rows = c.new_columns();
+        for (record, column) in [(r#"{"f":1e300}"#, "f"), (r#"{"f":"-4e38"}"#, "f"), (r#"{"d":"-1e309"}"#, "d")] {
+            let e = convert(&c, record.as_bytes(), &mut rows).unwrap_err();
+            assert_eq!(e.column, column, "{record}");
+            assert!(e.message.contains("out of range"), "{record}: {e}");
+        }
+        // A JSON number past a double's range is refused as the JSON is read.
+        assert!(convert(&c, br#"{"d":1e400}"#, &mut rows).is_err());
+        for record in [r#"{"f":3.4e38,"d":1.7e308}"#, r#"{"f":"Infinity","d":"NaN"}"#, r#"{"f":1e-50,"d":-0.0}"#] {
+            convert(&c, record.as_bytes(), &mut rows).unwrap_or_else(|e| panic!("{record}: {e}"));
+        }
+        assert_eq!(rows.rows(), 3);
     }
 
     #[test]
