@@ -7,15 +7,17 @@
 //! [transforms.flows]
 //! type = "parse"
 //! inputs = ["archive"]
-//! format = "vpc_flow"          # vpc_flow | cloudfront | delimited
+//! format = "vpc_flow"          # vpc_flow | cloudfront | delimited | csv
 //! # fields = ["version", "vpc-id", "srcaddr", …]   # a custom format's fields, in order (the presets know theirs)
 //! # delimiter = ","            # delimited only: one ASCII character (default " ")
-//! # numbers = ["bytes"]        # delimited only: fields written as JSON numbers
+//! # numbers = ["bytes"]        # delimited and csv: fields written as JSON numbers
 //! ```
 //!
 //! Each record is one line (its `\n` or `\r\n` at the end, as Firehose producers append one, not
 //! part of it), cut at every delimiter (one space for `vpc_flow`, a tab for
-//! `cloudfront`; two delimiters in a row make an empty field). Its fields become one JSON object, a
+//! `cloudfront`; two delimiters in a row make an empty field), or for `csv` read as an RFC 4180
+//! row (commas; a quoted field may hold commas and `""` for a quote; the same reader as the
+//! enrich transform's CSV tables). Its fields become one JSON object, a
 //! key per field in order: the field's name lowercased, `-` and `(` made `_` and `)` dropped
 //! (`account-id` → `account_id`, `cs(User-Agent)` → `cs_user_agent`: as Athena's tables for these
 //! logs name them, but for `cs_referer`, which Athena's CloudFront table spells `cs_referrer`). A
@@ -37,6 +39,7 @@
 
 use std::sync::Arc;
 
+use super::tables::parse_csv_row;
 use serde::Deserialize;
 use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::{
@@ -50,6 +53,8 @@ pub const FIELD_COUNT: &str = "Parse.FieldCount";
 pub const NOT_A_NUMBER: &str = "Parse.NotANumber";
 /// The error code of a line that is not UTF-8.
 pub const NOT_UTF8: &str = "Parse.NotUtf8";
+/// The error code of a `csv` line that is no RFC 4180 row (a quote left open, text after one).
+pub const BAD_CSV: &str = "Parse.BadCsv";
 /// The error code of a `#Fields` directive naming other fields than `fields`.
 pub const FIELDS_DIFFER: &str = "Parse.FieldsDiffer";
 
@@ -123,7 +128,7 @@ const CLOUDFRONT_NUMBERS: &[&str] = &[
 ];
 
 /// The formats, as `format` names them.
-const FORMATS: &str = "`vpc_flow` (VPC Flow Logs as delivered to S3), `cloudfront` (CloudFront standard logs) or `delimited` (your own `fields` and `delimiter`)";
+const FORMATS: &str = "`vpc_flow` (VPC Flow Logs as delivered to S3), `cloudfront` (CloudFront standard logs), `delimited` (your own `fields` and `delimiter`) or `csv` (RFC 4180 rows of your `fields`)";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +145,7 @@ enum Format {
     VpcFlow,
     Cloudfront,
     Delimited,
+    Csv,
 }
 
 /// A configured parse transform: how a line is cut and what each field becomes.
@@ -179,6 +185,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         "vpc_flow" => Format::VpcFlow,
         "cloudfront" => Format::Cloudfront,
         "delimited" => Format::Delimited,
+        "csv" => Format::Csv,
         other => {
             problems.push(Diagnostic::new(format_span, format!("unknown format `{other}`")).with_hint(FORMATS));
             return Err(problems);
@@ -186,22 +193,28 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     };
     let only_delimited = |key: &str, at: std::ops::Range<usize>, problems: &mut Problems| {
         problems.push(
-            Diagnostic::new(at, format!("`{key}` applies only to format = \"delimited\""))
-                .with_hint(format!("format = \"{}\" knows its delimiter and its number fields", c.format)),
+            Diagnostic::new(
+                at,
+                if key == "numbers" {
+                    "`numbers` applies only to format = \"delimited\" or \"csv\"".to_string()
+                } else {
+                    format!("`{key}` applies only to format = \"delimited\"")
+                },
+            )
+            .with_hint(format!("format = \"{}\" knows its delimiter and its number fields", c.format)),
         );
     };
     let (default_fields, preset_numbers, delimiter): (&[&str], &[&str], u8) = match format {
         Format::VpcFlow => (VPC_FLOW_FIELDS, VPC_FLOW_NUMBERS, b' '),
         Format::Cloudfront => (CLOUDFRONT_FIELDS, CLOUDFRONT_NUMBERS, b'\t'),
         Format::Delimited => (&[], &[], b' '),
+        Format::Csv => (&[], &[], b','),
     };
-    if format != Format::Delimited {
-        if c.delimiter.is_some() {
-            only_delimited("delimiter", delimiter_span.clone(), &mut problems);
-        }
-        if c.numbers.is_some() {
-            only_delimited("numbers", numbers_span.clone(), &mut problems);
-        }
+    if format != Format::Delimited && c.delimiter.is_some() {
+        only_delimited("delimiter", delimiter_span.clone(), &mut problems);
+    }
+    if matches!(format, Format::VpcFlow | Format::Cloudfront) && c.numbers.is_some() {
+        only_delimited("numbers", numbers_span.clone(), &mut problems);
     }
     let delimiter = match c.delimiter.as_deref() {
         None => delimiter,
@@ -216,9 +229,9 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     };
     let names: Vec<String> = match (&c.fields, format) {
         (Some(fields), _) => fields.clone(),
-        (None, Format::Delimited) => {
+        (None, Format::Delimited | Format::Csv) => {
             problems.push(
-                Diagnostic::new(span.clone(), "format = \"delimited\" needs `fields`")
+                Diagnostic::new(span.clone(), format!("format = \"{}\" needs `fields`", c.format))
                     .with_hint("the fields of a line, in order: fields = [\"time\", \"host\", \"bytes\"]"),
             );
             Vec::new()
@@ -277,6 +290,7 @@ impl Transform for ParseTransform {
             Format::VpcFlow => "vpc_flow",
             Format::Cloudfront => "cloudfront",
             Format::Delimited => "delimited",
+            Format::Csv => return format!("parse: csv, {} fields", self.names.len()),
         };
         format!("parse: {format}, {} fields split on {:?}", self.names.len(), self.delimiter as char)
     }
@@ -290,6 +304,7 @@ impl ParseTransform {
     fn clone_spec(&self) -> Arc<Spec> {
         Arc::new(Spec {
             directives: self.format == Format::Cloudfront,
+            csv: self.format == Format::Csv,
             names: self.names.clone(),
             delimiter: self.delimiter,
             keys: self.keys.clone(),
@@ -304,6 +319,8 @@ impl ParseTransform {
 #[derive(Debug)]
 struct Spec {
     directives: bool,
+    /// RFC 4180 rows rather than fields cut at each delimiter.
+    csv: bool,
     names: Vec<String>,
     delimiter: u8,
     keys: Vec<Vec<u8>>,
@@ -386,7 +403,14 @@ impl RecordTransform for LineParser {
         let line = std::str::from_utf8(record).map_err(|e| {
             TransformFailure::processing(NOT_UTF8, format!("the line is not UTF-8 text (at byte {})", e.valid_up_to()))
         })?;
-        let fields: Vec<&str> = line.split(spec.delimiter as char).collect();
+        let quoted;
+        let fields: Vec<&str> = if spec.csv {
+            quoted = parse_csv_row(line.as_bytes())
+                .map_err(|why| TransformFailure::processing(BAD_CSV, format!("the line is no CSV row: {why}")))?;
+            quoted.iter().map(String::as_str).collect()
+        } else {
+            line.split(spec.delimiter as char).collect()
+        };
         if fields.len() != spec.keys.len() {
             return Err(TransformFailure::processing(
                 FIELD_COUNT,
@@ -582,6 +606,24 @@ mod tests {
         assert_eq!(parsed, generated);
     }
 
+    /// RFC 4180 rows: quoted fields holding commas and doubled quotes, the header dropped, a row
+    /// with a quote left open failed.
+    #[test]
+    fn csv_rows_become_objects() {
+        let table = "format = \"csv\"\nfields = [\"time\", \"src\", \"rule name\", \"bytes\"]\nnumbers = [\"bytes\"]";
+        let run = parse(
+            table,
+            &["time,src,rule name,bytes", "2026-12-01T00:00:00Z,10.0.0.1,\"allow, \"\"web\"\"\",1200", "t,\"open,2"],
+        );
+        assert_eq!(run.dropped, 1);
+        assert_eq!(
+            String::from_utf8_lossy(&run.delivered[0]),
+            r#"{"time":"2026-12-01T00:00:00Z","src":"10.0.0.1","rule name":"allow, \"web\"","bytes":1200}"#
+        );
+        assert_eq!(run.failed.len(), 1);
+        assert_eq!(run.failed[0].2, BAD_CSV);
+    }
+
     #[test]
     fn json_numbers_are_told_from_other_text() {
         for number in ["0", "-0", "12", "1.50", "-1e3", "2E+10", "0.001"] {
@@ -623,6 +665,8 @@ mod tests {
             "{preset}"
         );
         assert!(said("format = \"delimited\"").contains("needs `fields`"));
+        assert!(said("format = \"csv\"").contains("format = \"csv\" needs `fields`"));
+        assert!(said("format = \"csv\"\nfields = [\"a\"]\ndelimiter = \";\"").contains("`delimiter` applies only"));
         assert!(
             said("format = \"delimited\"\nfields = [\"a\"]\ndelimiter = \"::\"").contains("not one ASCII character")
         );

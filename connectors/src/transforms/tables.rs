@@ -624,7 +624,7 @@ fn trim_cr(text: &[u8], start: usize, end: usize) -> usize {
 /// The fields of one CSV row (RFC 4180: a quoted field may hold commas, line breaks and `""` for a
 /// quote). A quote left open (a truncated row), text after a closing quote, a quote inside an
 /// unquoted field or bytes that are not UTF-8 are errors.
-fn parse_csv_row(row: &[u8]) -> Result<Vec<String>, String> {
+pub(crate) fn parse_csv_row(row: &[u8]) -> Result<Vec<String>, String> {
     let mut fields = Vec::new();
     let mut at = 0;
     loop {
