@@ -20,7 +20,11 @@
 //! record's raw bytes without building jaq's values (about ten times faster). It answers only when
 //! its answer is exactly jaq's: the record is valid JSON, every path runs through objects or null,
 //! and every value it copies is written the same way by jaq (a string without escapes, an integer
-//! of at most 15 digits, `true`, `false`, `null`); any other record goes through jaq.
+//! of at most 15 digits, `true`, `false`, `null`); any other record goes through jaq. So does the
+//! shape that splits a document into its records, an array at a path iterated (`.Records[]`, a
+//! CloudTrail log file's events): each element is copied as its bytes when every element is written
+//! exactly as jaq writes it (compact, no key twice in an object, its strings and numbers as above),
+//! else the record goes through jaq.
 
 use std::sync::Arc;
 
@@ -53,6 +57,8 @@ struct JqConfig {
 pub struct JqTransform {
     query: String,
     projection: Option<Projection>,
+    /// `.a.b[]`: the path whose array is iterated.
+    iteration: Option<json::PathTree>,
 }
 
 /// Builds a jq transform from `[transforms.<name>]`.
@@ -74,7 +80,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     }
     let c = problems.finish(Some(c))?;
     let projection = Projection::parse(&c.query);
-    Ok(Arc::new(JqTransform { query: c.query, projection }))
+    let iteration = iterated_path(&c.query).map(|p| json::PathTree::new(&[p]));
+    Ok(Arc::new(JqTransform { query: c.query, projection, iteration }))
 }
 
 /// Compiles `query` with jq's standard library; on failure, each problem with its byte offset in the
@@ -125,12 +132,7 @@ impl Transform for JqTransform {
     fn open(&self, _context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
         let filter =
             compile(&self.query).map_err(|p| TransformError::new(format!("jq query does not compile: {p:?}")))?;
-        Ok(Box::new(RecordByRecord(JqWorker {
-            filter,
-            projection: self.projection.clone(),
-            found: Vec::new(),
-            out: Vec::new(),
-        })))
+        Ok(Box::new(RecordByRecord(JqWorker::new(filter, self.projection.clone(), self.iteration.clone()))))
     }
 }
 
@@ -138,9 +140,17 @@ impl Transform for JqTransform {
 struct JqWorker {
     filter: Filter,
     projection: Option<Projection>,
+    /// `.a.b[]`: the array whose elements are copied as written when jaq would write them so.
+    iteration: Option<json::PathTree>,
     /// What the projection found, reused.
     found: Vec<json::Found>,
     out: Vec<u8>,
+}
+
+impl JqWorker {
+    fn new(filter: Filter, projection: Option<Projection>, iteration: Option<json::PathTree>) -> Self {
+        JqWorker { filter, projection, iteration, found: Vec::new(), out: Vec::new() }
+    }
 }
 
 impl RecordTransform for JqWorker {
@@ -155,6 +165,14 @@ impl RecordTransform for JqWorker {
                 Some(false) => return Ok(()),
                 None => {}
             }
+        }
+        if let Some(tree) = &self.iteration
+            && let Some(elements) = elements_as_written(record, tree, &mut self.found)
+        {
+            for element in elements {
+                emit.record(element);
+            }
+            return Ok(());
         }
         let input = jaq_json::read::parse_single(record)
             .map_err(|e| TransformFailure::processing(PROCESSING_FAILED, format!("the record is not JSON: {e}")))?;
@@ -213,7 +231,7 @@ impl KeyQuery for JqKeyQuery {
             wanted.iter().map(field).collect::<Option<Vec<usize>>>()
         });
         Ok(Box::new(JqKeys {
-            worker: JqWorker { filter, projection: self.projection.clone(), found: Vec::new(), out: Vec::new() },
+            worker: JqWorker::new(filter, self.projection.clone(), None),
             answers: sluice_engine::record::RecordBatch::default(),
             wanted: wanted.to_vec(),
             projected,
@@ -301,6 +319,111 @@ pub struct ValueQuery {
     path: Option<json::PathTree>,
 }
 
+/// `.a.b.c[]` and nothing else: the path's keys.
+fn iterated_path(query: &str) -> Option<Vec<Vec<u8>>> {
+    let mut text = QueryText { text: query.as_bytes(), at: 0 };
+    let path = text.path()?;
+    (text.eat("[]") && {
+        text.ws();
+        text.at == query.len()
+    })
+    .then_some(path)
+}
+
+/// The elements of the array at `tree`'s one path in `record`, each exactly as jaq would write it,
+/// or `None` when jaq must answer: the record is not valid JSON, the path does not lead to an
+/// array (jq iterates an object's values, fails on null), or some element is not written as jaq
+/// writes it ([`written_as_jaq_writes`]).
+fn elements_as_written<'r>(
+    record: &'r [u8],
+    tree: &json::PathTree,
+    found: &mut Vec<json::Found>,
+) -> Option<Vec<&'r [u8]>> {
+    if json::find_paths(record, tree, found) != Some(Scanned::Valid) {
+        return None;
+    }
+    let Some(json::Found::At(range)) = found.first() else { return None };
+    let array = record.get(range.clone())?;
+    if array.first() != Some(&b'[') {
+        return None;
+    }
+    let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(array).ok()?;
+    let elements: Vec<&[u8]> = elements.iter().map(|e| e.get().as_bytes()).collect();
+    elements.iter().all(|e| written_as_jaq_writes(e)).then_some(elements)
+}
+
+/// Whether `value` (one valid JSON value) is exactly what jaq writes for it: no white space, no
+/// object with a key twice, every string and number as [`as_written`] takes it.
+fn written_as_jaq_writes(value: &[u8]) -> bool {
+    /// Reads the value at `at`; false when it is not as jaq writes it.
+    fn value_at(v: &[u8], at: &mut usize, depth: usize) -> bool {
+        if depth > 128 {
+            return false;
+        }
+        match v.get(*at) {
+            Some(b'{') => {
+                let mut keys: Vec<&[u8]> = Vec::new();
+                items(v, at, b'}', |v, at| {
+                    let start = *at;
+                    if !string_at(v, at) || keys.contains(&&v[start..*at]) || v.get(*at) != Some(&b':') {
+                        return false;
+                    }
+                    keys.push(&v[start..*at]);
+                    *at += 1;
+                    value_at(v, at, depth + 1)
+                })
+            }
+            Some(b'[') => items(v, at, b']', |v, at| value_at(v, at, depth + 1)),
+            Some(b'"') => string_at(v, at),
+            Some(_) => {
+                let end = v[*at..].iter().position(|b| matches!(b, b',' | b']' | b'}')).map_or(v.len(), |p| *at + p);
+                let scalar = &v[*at..end];
+                *at = end;
+                as_written(scalar).is_some()
+            }
+            None => false,
+        }
+    }
+    /// Reads the object or array opening at `at` up to its `close`: its items, each read by
+    /// `item`, separated by single commas.
+    fn items<'v>(v: &'v [u8], at: &mut usize, close: u8, mut item: impl FnMut(&'v [u8], &mut usize) -> bool) -> bool {
+        *at += 1;
+        if v.get(*at) == Some(&close) {
+            *at += 1;
+            return true;
+        }
+        loop {
+            if !item(v, at) {
+                return false;
+            }
+            match v.get(*at) {
+                Some(b',') => *at += 1,
+                Some(&b) if b == close => {
+                    *at += 1;
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+    /// Reads the string at `at` (no escape in it, as [`as_written`] asks).
+    fn string_at(v: &[u8], at: &mut usize) -> bool {
+        if v.get(*at) != Some(&b'"') {
+            return false;
+        }
+        let Some(close) = memchr::memchr2(b'"', b'\\', &v[*at + 1..]) else { return false };
+        let end = *at + 1 + close;
+        if v[end] != b'"' {
+            return false;
+        }
+        let text = &v[*at..=end];
+        *at = end + 1;
+        as_written(text).is_some()
+    }
+    let mut at = 0;
+    value_at(value, &mut at, 0) && at == value.len()
+}
+
 /// `.a.b.c` and nothing else: the path's keys.
 fn plain_path(query: &str) -> Option<Vec<Vec<u8>>> {
     let mut text = QueryText { text: query.as_bytes(), at: 0 };
@@ -329,7 +452,7 @@ impl ValueQuery {
         let filter =
             compile(&self.query).map_err(|p| TransformError::new(format!("jq query does not compile: {p:?}")))?;
         Ok(ValueWorker {
-            worker: JqWorker { filter, projection: self.projection.clone(), found: Vec::new(), out: Vec::new() },
+            worker: JqWorker::new(filter, self.projection.clone(), None),
             answers: sluice_engine::record::RecordBatch::default(),
             path: self.path.clone(),
         })
@@ -384,14 +507,16 @@ impl FastPathOracle {
     /// The oracle of `query`; `None` when it does not compile.
     pub fn new(query: &str) -> Option<Self> {
         // jaq's filters are not `Clone`: each worker compiles its own, as the pipeline's do.
-        let worker = |projection: Option<Projection>| {
+        let worker = |projection: Option<Projection>, iteration: Option<json::PathTree>| {
             let filter = compile(query).ok()?;
-            Some(JqWorker { filter, projection, found: Vec::new(), out: Vec::new() })
+            Some(JqWorker::new(filter, projection, iteration))
         };
         let projection = Projection::parse(query);
-        let transform = match &projection {
-            Some(p) => Some((worker(Some(p.clone()))?, worker(None)?)),
-            None => None,
+        let iteration = iterated_path(query).map(|p| json::PathTree::new(&[p]));
+        let transform = if projection.is_some() || iteration.is_some() {
+            Some((worker(projection.clone(), iteration)?, worker(None, None)?))
+        } else {
+            None
         };
         let keys = match &projection {
             Some(p) => {
@@ -698,11 +823,64 @@ mod tests {
     use sluice_engine::contract::Emit;
 
     fn worker(query: &str, fast: bool) -> JqWorker {
-        JqWorker {
-            filter: compile(query).unwrap_or_else(|e| panic!("{e:?}")),
-            projection: if fast { Projection::parse(query) } else { None },
-            found: Vec::new(),
-            out: Vec::new(),
+        JqWorker::new(
+            compile(query).unwrap_or_else(|e| panic!("{e:?}")),
+            if fast { Projection::parse(query) } else { None },
+            if fast { iterated_path(query).map(|p| json::PathTree::new(&[p])) } else { None },
+        )
+    }
+
+    /// `.Records[]` (and any `.path[]`): elements copied as their bytes answer exactly as jaq
+    /// does, and only when jaq would write them so; a CloudTrail log file of compact events is
+    /// answered without jaq.
+    #[test]
+    fn an_iterated_array_answers_exactly_as_jaq_or_not_at_all() {
+        assert!(iterated_path(".Records[]").is_some() && iterated_path(" .a.b[] ").is_some());
+        for q in [".Records", ".Records[]?", ".Records[0]", ".[]", ".Records[] | .a", ".Records[][]"] {
+            assert!(iterated_path(q).is_none(), "{q}");
+        }
+        let records = [
+            r#"{"Records":[{"a":1,"b":"x","c":{"d":[1,2,{"e":null}]},"f":true},{"g":[]},{}]}"#,
+            r#"{"Records":[1,"s",null,false,[1,[2]]],"other":1}"#,
+            r#"{"Records":[]}"#,
+            r#"{"Records": [ {"a": 1} ] }"#,
+            r#"{"Records":[{"a":1, "b":2}]}"#,
+            r#"{"Records":[{"a":1,"a":2}]}"#,
+            r#"{"Records":[{"a":"q"uote"}]}"#,
+            r#"{"Records":[{"a":"é"}]}"#,
+            r#"{"Records":[{"a":1.5}]}"#,
+            r#"{"Records":[{"a":1.50}]}"#,
+            r#"{"Records":[{"a":-0}]}"#,
+            r#"{"Records":[{"a":1e2}]}"#,
+            r#"{"Records":[{"a":1234567890123456789}]}"#,
+            "{\"Records\":[{\"a\":\"x\u{7f}\"}]}",
+            r#"{"Records":[{"é":"ü"}]}"#,
+            r#"{"Records":{"a":1,"b":2}}"#,
+            r#"{"Records":null}"#,
+            r#"{"Records":"text"}"#,
+            r#"{"other":1}"#,
+            r#"{"Records":[{"a":1}]} trailing"#,
+            r#"{"Records":[{"a":1}],"Records":[{"b":2}]}"#,
+            r#"{"Records":[{"a":1}]}"#,
+            r#"[{"a":1}]"#,
+            "not json",
+        ];
+        let mut oracle = FastPathOracle::new(".Records[]").unwrap();
+        for r in records {
+            oracle.check(r.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let tree = json::PathTree::new(&[vec![b"Records".to_vec()]]);
+        let answered = |r: &str| elements_as_written(r.as_bytes(), &tree, &mut Vec::new()).is_some();
+        assert!(answered(records[0]) && answered(records[1]) && answered(records[2]) && answered(records[14]));
+        assert!(!answered(records[3]) && !answered(records[5]) && !answered(records[6]) && !answered(records[8]));
+        // CloudTrail's log files: compact events, answered without jaq, exactly as jaq answers.
+        let mut ndjson = Vec::new();
+        crate::synth::write_ndjson(crate::synth::Profile::Cloudtrail, 5, 300, &mut ndjson).unwrap();
+        let events: Vec<&str> = std::str::from_utf8(&ndjson).unwrap().lines().collect();
+        for file in events.chunks(50) {
+            let document = format!("{{\"Records\":[{}]}}", file.join(","));
+            oracle.check(document.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            assert!(answered(&document), "a generated CloudTrail file goes through jaq");
         }
     }
 
