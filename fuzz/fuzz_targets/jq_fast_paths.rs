@@ -1,5 +1,5 @@
-//! The jq transform's fast paths (the projection, projected partition keys, a plain path's value)
-//! against jaq itself: the first byte picks a query, the rest is the record. Any difference in
+//! The jq transform's fast paths (the projection, projected partition keys, a plain path's value,
+//! an iterated array's elements) against jaq itself: the first byte picks a query, the rest is the record. Any difference in
 //! the records made, the keys read or the value found is a finding.
 
 #![no_main]
@@ -22,6 +22,9 @@ const QUERIES: &[&str] = &[
     ".a.b",
     ".eventName",
     ".userIdentity.accessKeyId",
+    r#"{time: .eventTime, at: .eventTime, who: .userIdentity.userName, user: .userIdentity.userName}"#,
+    ".Records[]",
+    ".a.b[]",
 ];
 
 fn oracles() -> Vec<FastPathOracle> {
