@@ -417,3 +417,56 @@ fn an_unreachable_object_store_is_reported_with_the_cause() {
     assert!(text.contains("delivery failed; retrying in"), "{text}");
     assert!(text.contains("(out, S3.InternalError, 1 attempt, key "), "{text}");
 }
+
+/// A stream pipeline's sources are announced once they listen: with its address taken, the run
+/// stops with the error alone (the banner had come first, saying it listened there); with the
+/// address free, the banner comes and the address takes connections. Then its stderr is closed (as
+/// `2>&1 | head` does) and one SIGTERM still stops it: the signal thread had panicked printing
+/// "stopping" to the closed stderr before it set the stop, and the run went on for ever.
+#[test]
+fn a_listening_source_is_announced_only_once_it_listens() {
+    use std::io::BufRead as _;
+    let work = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let pipeline = |port: u16| {
+        format!(
+            "[pipeline]\nname = \"announced\"\ndata_dir = \"{}\"\n[sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"web\"]\nurl = \"memory://announced\"\n",
+            work.path().join("data").display()
+        )
+    };
+    let config = pipeline_in(work.path(), &pipeline(taken.local_addr().unwrap().port()));
+    let (code, text) = run_in(work.path(), &["run"], &config);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains(&taken.local_addr().unwrap().to_string()), "the address is named: {text}");
+    assert!(!text.contains("source web:"), "no banner before the error: {text}");
+
+    let port = super::support::free_port();
+    let config = pipeline_in(work.path(), &pipeline(port));
+    let mut child = sluice()
+        .current_dir(work.path())
+        .args(["run"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let banner = stderr.lines().map_while(Result::ok).find(|l| l.contains("source web:")).unwrap_or_default();
+    assert!(banner.contains(&format!("http://127.0.0.1:{port}")), "{banner}");
+    // Once announced, it listens.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the announced address takes connections");
+    terminate(&child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.is_some_and(|s| s.success()), "SIGTERM stops a run whose stderr was closed: {status:?}");
+}

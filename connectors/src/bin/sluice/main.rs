@@ -5,6 +5,16 @@
 //! output (the summary says how many, why and where); 1 when anything was left undelivered or the
 //! run could not start. `validate` exits 1 when any file has an error.
 
+/// Writes a line to standard error, ignoring a closed one: `eprintln!` panics when stderr is gone
+/// (`sluice run … 2>&1 | head`, a supervisor whose log pipe died), and a panic in the signal
+/// thread left a run that SIGTERM could no longer stop.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod serve;
 mod top;
@@ -28,7 +38,7 @@ use sluice_engine::cluster::Cluster;
 use sluice_engine::config::{Plan, load_file, load_file_for, masked};
 use sluice_engine::contract::StopSignal;
 use sluice_engine::metrics::{PipelineMetrics, SinkLabel, peak_rss_bytes};
-use sluice_engine::runtime::{RunOptions, RunReport, run};
+use sluice_engine::runtime::{RunOptions, RunReport, prepare};
 
 // With `--features mimalloc` (musl/static builds); the system allocator otherwise (README: Performance).
 #[cfg(feature = "mimalloc")]
@@ -352,7 +362,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say!("error: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -479,13 +489,15 @@ fn check_services(runtime: &tokio::runtime::Runtime, file: &std::path::Path, pla
     for (what, answer) in answers {
         let what = format!("{}: {what}", file.display());
         match answer {
-            Ok(Ok(())) => println!("{what}: checked"),
+            Ok(Ok(())) => {
+                let _ = writeln!(std::io::stdout(), "{what}: checked");
+            }
             Ok(Err(error)) => {
                 passed = false;
-                eprintln!("error: {what}: {error}");
+                say!("error: {what}: {error}");
             }
             Err(_) => {
-                eprintln!("warning: {what}: no answer within {} s; a run would start and retry", within.as_secs())
+                say!("warning: {what}: no answer within {} s; a run would start and retry", within.as_secs())
             }
         }
     }
@@ -517,13 +529,13 @@ fn gen_command(profile: Profile, records: u64, seed: u64, output: Option<PathBuf
     }
 }
 
-/// Says where a stream pipeline takes its input (listen addresses), before it starts.
+/// Says where a stream pipeline takes its input (listen addresses), once it listens.
 fn announce(plan: &Plan) {
     if plan.is_batch() {
         return;
     }
     for source in plan.sources.iter().filter(|s| !s.source.is_finite()) {
-        eprintln!("sluice: {}: source {}: {}", plan.name, source.name, source.source.describe());
+        say!("sluice: {}: source {}: {}", plan.name, source.name, source.source.describe());
     }
 }
 
@@ -575,12 +587,12 @@ fn watch_signals(stop: StopSignal, grace: Duration, events: mpsc::Sender<Event>,
                     }
                 }
                 if round == 0 {
-                    eprintln!(
+                    stop.stop();
+                    let _ = events.send(Event::Stop);
+                    say!(
                         "sluice: stopping: no new input; flushing and delivering what was read, for up to {} s (signal again to abort)",
                         grace.as_secs()
                     );
-                    stop.stop();
-                    let _ = events.send(Event::Stop);
                 } else {
                     std::process::exit(130);
                 }
@@ -632,7 +644,7 @@ fn run_command(
     let plan = match load_file_for(pipeline, &registry, cluster.as_ref().map(|c| c.process)) {
         Ok(plan) => plan,
         Err(diagnostics) => {
-            eprintln!("{diagnostics}");
+            say!("{diagnostics}");
             return Ok(ExitCode::from(1));
         }
     };
@@ -643,7 +655,7 @@ fn run_command(
         options.workers = w;
     }
     if let Some(c) = &cluster {
-        eprintln!(
+        say!(
             "sluice: process {} of a cluster of {} ({} workers each): connecting to {}",
             c.process,
             c.addresses.len(),
@@ -654,12 +666,17 @@ fn run_command(
     options.cluster = cluster;
     if let Some(address) = admin {
         start_admin(address, admin::Served::new(vec![monitored(&plan, &metrics)]))?;
-        eprintln!("sluice: metrics on http://{address}/metrics");
+        say!("sluice: metrics on http://{address}/metrics");
     }
-    announce(&plan);
     stop_on_signals(options.stop.clone(), options.stop_grace);
+    // Listeners are bound when the run is prepared: a source is announced once it listens, never
+    // before an error saying its address is taken.
+    let prepared = prepare(&plan, &options, Arc::clone(&metrics));
+    if prepared.is_ok() {
+        announce(&plan);
+    }
     let progress = (!quiet && std::io::stderr().is_terminal()).then(|| progress_bar(&metrics));
-    let result = run(&plan, &options, Arc::clone(&metrics));
+    let result = prepared.and_then(|prepared| prepared.run());
     if let Some((bar, handle)) = progress {
         bar.finish_and_clear();
         let _ = handle.join();

@@ -143,7 +143,7 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
     // A pipeline that bound a port and then could not start leaves it closed.
     sluice_connectors::api::bound::release_unclaimed();
     if prepared.is_empty() {
-        eprintln!("error: no stream pipeline in {} can be served", dir.display());
+        say!("error: no stream pipeline in {} can be served", dir.display());
         return Ok(ExitCode::from(1));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -179,11 +179,11 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
             move || shared.queues(),
         )?;
         server.api = Some(slot);
-        eprintln!("sluice serve: Firehose API on {scheme}://{} for {names}", options.listen);
+        say!("sluice serve: Firehose API on {scheme}://{} for {names}", options.listen);
     }
     if let Some(address) = options.admin {
         start_admin(address, server.served.clone())?;
-        eprintln!("sluice serve: metrics on http://{address}/metrics");
+        say!("sluice serve: metrics on http://{address}/metrics");
     }
     if options.watch {
         watch_folder(dir.to_path_buf(), stop.clone(), events.clone());
@@ -194,7 +194,7 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
     }
     loop {
         match happened.recv() {
-            Ok(Event::Reload(_)) if options.cluster.is_some() => eprintln!(
+            Ok(Event::Reload(_)) if options.cluster.is_some() => say!(
                 "sluice serve: SIGHUP ignored: a cluster's pipelines cannot be reloaded (their ports follow the files' order); restart every process instead"
             ),
             Ok(Event::Reload(why)) => server.reload(why),
@@ -301,7 +301,7 @@ impl Server<'_> {
             let base_dir = file.parent().unwrap_or(Path::new(""));
             let plan = match load_str_for(&file.display().to_string(), written, base_dir, &self.registry, process) {
                 Ok(plan) if plan.is_batch() => {
-                    eprintln!(
+                    say!(
                         "sluice serve: skipping {}: a batch pipeline (its sources end by themselves); run it with `sluice run`",
                         file.display()
                     );
@@ -309,7 +309,7 @@ impl Server<'_> {
                 }
                 Ok(plan) => Some(plan),
                 Err(diagnostics) => {
-                    eprintln!("{diagnostics}\nsluice serve: skipping {}\n", file.display());
+                    say!("{diagnostics}\nsluice serve: skipping {}\n", file.display());
                     problems = Some(diagnostics.short());
                     None
                 }
@@ -333,7 +333,7 @@ impl Server<'_> {
                 || prepared.iter().any(|p| p.run.plan().name == plan.name);
             if taken {
                 let problem = format!("another pipeline in {} is already named `{}`", self.dir.display(), plan.name);
-                eprintln!("sluice serve: skipping {}: {problem}", file.display());
+                say!("sluice serve: skipping {}: {problem}", file.display());
                 self.failed(&file, &problem);
                 continue;
             }
@@ -353,7 +353,7 @@ impl Server<'_> {
                 Err(e) => {
                     self.shared.withdraw(&plan.name);
                     let problem = format!("pipeline {} could not start: {e}", plan.name);
-                    eprintln!("sluice serve: {problem}");
+                    say!("sluice serve: {problem}");
                     self.failed(&file, &problem);
                 }
             }
@@ -439,7 +439,7 @@ impl Server<'_> {
                 (rank, code)
             }
             Err(e) => {
-                eprintln!("error: pipeline {}: {e}", plan.name);
+                say!("error: pipeline {}: {e}", plan.name);
                 (2, ExitCode::from(1))
             }
         };
@@ -459,14 +459,14 @@ impl Server<'_> {
 
     /// Reads the folder again and serves what it holds now (module docs).
     fn reload(&mut self, why: &str) {
-        eprintln!("sluice serve: {why}: reading {} again", self.dir.display());
+        say!("sluice serve: {why}: reading {} again", self.dir.display());
         let mut files = match self.read_folder() {
             Ok(files) => {
                 self.folder.failed = failed_files(&files);
                 files
             }
             Err(e) => {
-                eprintln!("sluice serve: cannot reload: {e:#}; serving what was served");
+                say!("sluice serve: cannot reload: {e:#}; serving what was served");
                 return;
             }
         };
@@ -480,7 +480,7 @@ impl Server<'_> {
                     kept += 1;
                 }
                 Some(read) if read.plan.is_none() => {
-                    eprintln!(
+                    say!(
                         "sluice serve: {} changed and cannot be served (above); pipeline {} goes on as it was",
                         file.display(),
                         serving.name
@@ -554,7 +554,7 @@ impl Server<'_> {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.served.set_folder(&self.folder);
         let list = |names: &[String]| if names.is_empty() { "none".to_string() } else { names.join(", ") };
-        eprintln!(
+        say!(
             "sluice serve: reloaded {}: started {}; restarted {}; stopped {}; {kept} unchanged",
             self.dir.display(),
             list(&started),
