@@ -157,6 +157,13 @@ fn literal(bytes: &[u8], at: &mut usize, word: &[u8]) -> Result<(), Scanned> {
     }
 }
 
+/// Whether `text` is one JSON number and nothing else (`-`, digits without a leading zero, a
+/// fraction, an exponent).
+pub fn is_number(text: &[u8]) -> bool {
+    let mut at = 0;
+    skip_number(text, &mut at).is_ok() && at == text.len()
+}
+
 fn skip_number(bytes: &[u8], at: &mut usize) -> Result<(), Scanned> {
     let digits = |at: &mut usize| {
         let start = *at;

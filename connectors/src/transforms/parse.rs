@@ -39,6 +39,7 @@
 
 use std::sync::Arc;
 
+use super::json;
 use super::tables::parse_csv_row;
 use serde::Deserialize;
 use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
@@ -148,12 +149,19 @@ enum Format {
     Csv,
 }
 
-/// A configured parse transform: how a line is cut and what each field becomes.
+/// A configured parse transform: how a line is cut and what each field becomes (shared by its
+/// workers).
 #[derive(Debug)]
 pub struct ParseTransform {
+    spec: Arc<Spec>,
+}
+
+/// How a line is cut and what each field becomes.
+#[derive(Debug)]
+struct Spec {
     format: Format,
     delimiter: u8,
-    /// The fields' names as configured (for the header line and `describe`).
+    /// The fields' names as configured (for the header line, `#Fields` and messages).
     names: Vec<String>,
     /// Each field's `"key":` (JSON text).
     keys: Vec<Vec<u8>>,
@@ -272,7 +280,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         Format::Cloudfront => position("date").zip(position("time")),
         _ => None,
     };
-    let transform = ParseTransform {
+    let spec = Spec {
         format,
         delimiter,
         header: names.join(std::str::from_utf8(&[delimiter]).unwrap_or(" ")).into_bytes(),
@@ -281,91 +289,30 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         names,
         timestamp,
     };
+    let transform = ParseTransform { spec: Arc::new(spec) };
     problems.finish(Some(Arc::new(transform) as Arc<dyn Transform>))
 }
 
 impl Transform for ParseTransform {
     fn describe(&self) -> String {
-        let format = match self.format {
+        let Spec { format, names, delimiter, .. } = &*self.spec;
+        let format = match format {
             Format::VpcFlow => "vpc_flow",
             Format::Cloudfront => "cloudfront",
             Format::Delimited => "delimited",
-            Format::Csv => return format!("parse: csv, {} fields", self.names.len()),
+            Format::Csv => return format!("parse: csv, {} fields", names.len()),
         };
-        format!("parse: {format}, {} fields split on {:?}", self.names.len(), self.delimiter as char)
+        format!("parse: {format}, {} fields split on {:?}", names.len(), *delimiter as char)
     }
 
     fn open(&self, _context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
-        Ok(Box::new(RecordByRecord(LineParser { spec: self.clone_spec() })))
+        Ok(Box::new(RecordByRecord(LineParser { spec: Arc::clone(&self.spec) })))
     }
-}
-
-impl ParseTransform {
-    fn clone_spec(&self) -> Arc<Spec> {
-        Arc::new(Spec {
-            directives: self.format == Format::Cloudfront,
-            csv: self.format == Format::Csv,
-            names: self.names.clone(),
-            delimiter: self.delimiter,
-            keys: self.keys.clone(),
-            numbers: self.numbers.clone(),
-            header: self.header.clone(),
-            timestamp: self.timestamp,
-        })
-    }
-}
-
-/// What a worker needs of the transform.
-#[derive(Debug)]
-struct Spec {
-    directives: bool,
-    /// RFC 4180 rows rather than fields cut at each delimiter.
-    csv: bool,
-    names: Vec<String>,
-    delimiter: u8,
-    keys: Vec<Vec<u8>>,
-    numbers: Vec<bool>,
-    header: Vec<u8>,
-    timestamp: Option<(usize, usize)>,
 }
 
 /// One worker's parser.
 struct LineParser {
     spec: Arc<Spec>,
-}
-
-/// Whether `text` is a JSON number (`-`, digits without a leading zero, a fraction, an exponent).
-fn is_json_number(text: &str) -> bool {
-    let b = text.as_bytes();
-    let mut i = usize::from(b.first() == Some(&b'-'));
-    let digits = |i: &mut usize| {
-        let start = *i;
-        while b.get(*i).is_some_and(u8::is_ascii_digit) {
-            *i += 1;
-        }
-        *i - start
-    };
-    let integer_start = i;
-    let integer = digits(&mut i);
-    if integer == 0 || (integer > 1 && b[integer_start] == b'0') {
-        return false;
-    }
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        if digits(&mut i) == 0 {
-            return false;
-        }
-    }
-    if matches!(b.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        if matches!(b.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        if digits(&mut i) == 0 {
-            return false;
-        }
-    }
-    i == b.len()
 }
 
 /// Appends `text` as a JSON string.
@@ -381,11 +328,11 @@ impl RecordTransform for LineParser {
         // SDK examples): not part of the last field.
         let record = record.strip_suffix(b"\n").unwrap_or(record);
         let record = record.strip_suffix(b"\r").unwrap_or(record);
-        if spec.directives
-            && let Some(named) = record.strip_prefix(b"#Fields:")
-        {
+        // CloudFront's W3C directives (`#Version`, `#Fields`) are no records.
+        let directives = spec.format == Format::Cloudfront;
+        if directives && let Some(named) = record.strip_prefix(b"#Fields:") {
             let named: Vec<&[u8]> = named.split(u8::is_ascii_whitespace).filter(|n| !n.is_empty()).collect();
-            if named.iter().map(|n| n.to_vec()).ne(spec.names.iter().map(|n| n.as_bytes().to_vec())) {
+            if named.iter().copied().ne(spec.names.iter().map(String::as_bytes)) {
                 return Err(TransformFailure::processing(
                     FIELDS_DIFFER,
                     format!(
@@ -397,14 +344,14 @@ impl RecordTransform for LineParser {
                 ));
             }
         }
-        if (spec.directives && record.first() == Some(&b'#')) || record == spec.header.as_slice() {
+        if (directives && record.first() == Some(&b'#')) || record == spec.header.as_slice() {
             return Ok(());
         }
         let line = std::str::from_utf8(record).map_err(|e| {
             TransformFailure::processing(NOT_UTF8, format!("the line is not UTF-8 text (at byte {})", e.valid_up_to()))
         })?;
         let quoted;
-        let fields: Vec<&str> = if spec.csv {
+        let fields: Vec<&str> = if spec.format == Format::Csv {
             quoted = parse_csv_row(line.as_bytes())
                 .map_err(|why| TransformFailure::processing(BAD_CSV, format!("the line is no CSV row: {why}")))?;
             quoted.iter().map(String::as_str).collect()
@@ -423,12 +370,11 @@ impl RecordTransform for LineParser {
             ));
         }
         if let Some((i, value)) =
-            fields.iter().enumerate().find(|(i, v)| spec.numbers[*i] && **v != "-" && !is_json_number(v))
+            fields.iter().enumerate().find(|(i, v)| spec.numbers[*i] && **v != "-" && !json::is_number(v.as_bytes()))
         {
-            let key = String::from_utf8_lossy(&spec.keys[i]);
             return Err(TransformFailure::processing(
                 NOT_A_NUMBER,
-                format!("field {} ({}) is {value:?}, not a number", i + 1, key.trim_end_matches(':')),
+                format!("field {} ({}) is {value:?}, not a number", i + 1, spec.names[i]),
             ));
         }
         emit.record_with(|out| {
@@ -627,10 +573,10 @@ mod tests {
     #[test]
     fn json_numbers_are_told_from_other_text() {
         for number in ["0", "-0", "12", "1.50", "-1e3", "2E+10", "0.001"] {
-            assert!(is_json_number(number), "{number}");
+            assert!(json::is_number(number.as_bytes()), "{number}");
         }
-        for text in ["", "-", "01", "1.", ".5", "1e", "0x10", "12abc", "NaN", "1 2", "+1"] {
-            assert!(!is_json_number(text), "{text}");
+        for text in ["", "-", "01", "1.", ".5", "1e", "0x10", "12abc", "NaN", "1 2", "+1", " 1"] {
+            assert!(!json::is_number(text.as_bytes()), "{text}");
         }
     }
 
