@@ -332,8 +332,8 @@ fn iterated_path(query: &str) -> Option<Vec<Vec<u8>>> {
 
 /// The elements of the array at `tree`'s one path in `record`, each exactly as jaq would write it,
 /// or `None` when jaq must answer: the record is not valid JSON, the path does not lead to an
-/// array (jq iterates an object's values, fails on null), or some element is not written as jaq
-/// writes it ([`written_as_jaq_writes`]).
+/// array (jq iterates an object's values, fails on null), or the array is not written as jaq
+/// writes it ([`elements_written_as_jaq_writes`]).
 fn elements_as_written<'r>(
     record: &'r [u8],
     tree: &json::PathTree,
@@ -343,18 +343,15 @@ fn elements_as_written<'r>(
         return None;
     }
     let Some(json::Found::At(range)) = found.first() else { return None };
+    // (Bytes that are not UTF-8 inside a string: jaq writes them as they are, too.)
     let array = record.get(range.clone())?;
-    if array.first() != Some(&b'[') {
-        return None;
-    }
-    let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(array).ok()?;
-    let elements: Vec<&[u8]> = elements.iter().map(|e| e.get().as_bytes()).collect();
-    elements.iter().all(|e| written_as_jaq_writes(e)).then_some(elements)
+    elements_written_as_jaq_writes(array)
 }
 
-/// Whether `value` (one valid JSON value) is exactly what jaq writes for it: no white space, no
-/// object with a key twice, every string and number as [`as_written`] takes it.
-fn written_as_jaq_writes(value: &[u8]) -> bool {
+/// The elements of `array` (one valid JSON value) when it is an array written exactly as jaq writes
+/// it: no white space, no object with a key twice, every string and number as [`as_written`] takes
+/// it; read in one walk.
+fn elements_written_as_jaq_writes(array: &[u8]) -> Option<Vec<&[u8]>> {
     /// Reads the value at `at`; false when it is not as jaq writes it.
     fn value_at(v: &[u8], at: &mut usize, depth: usize) -> bool {
         if depth > 128 {
@@ -420,8 +417,17 @@ fn written_as_jaq_writes(value: &[u8]) -> bool {
         *at = end + 1;
         as_written(text).is_some()
     }
-    let mut at = 0;
-    value_at(value, &mut at, 0) && at == value.len()
+    if array.first() != Some(&b'[') {
+        return None;
+    }
+    let (mut at, mut elements) = (0, Vec::new());
+    let whole = items(array, &mut at, b']', |v, at| {
+        let start = *at;
+        let written = value_at(v, at, 1);
+        elements.push(&v[start..*at]);
+        written
+    });
+    (whole && at == array.len()).then_some(elements)
 }
 
 /// `.a.b.c` and nothing else: the path's keys.
@@ -869,6 +875,8 @@ mod tests {
         for r in records {
             oracle.check(r.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         }
+        // Bytes that are not UTF-8 inside a string: copied as jaq writes them, as they are.
+        oracle.check(b"{\"Records\":[{\"a\":\"\xff\"}]}").unwrap_or_else(|e| panic!("{e}"));
         let tree = json::PathTree::new(&[vec![b"Records".to_vec()]]);
         let answered = |r: &str| elements_as_written(r.as_bytes(), &tree, &mut Vec::new()).is_some();
         assert!(answered(records[0]) && answered(records[1]) && answered(records[2]) && answered(records[14]));
