@@ -88,14 +88,15 @@ pub(crate) fn vpc_flow_text(ndjson: &Workload) -> Result<Workload, BenchError> {
     {
         return Ok(Workload { path, bytes: meta.len(), records: ndjson.records });
     }
-    let text = std::fs::read_to_string(&ndjson.path).map_err(io_error("cannot read the workload"))?;
+    let input = std::fs::File::open(&ndjson.path).map_err(io_error("cannot read the workload"))?;
     let file = std::fs::File::create(&path).map_err(io_error(format!("cannot create {}", path.display())))?;
     let mut writer = io::BufWriter::new(file);
     let write = |writer: &mut io::BufWriter<std::fs::File>, line: &str| writeln!(writer, "{line}");
     write(&mut writer, &VPC_FLOW_FIELDS.join(" ")).map_err(io_error("cannot write the text workload"))?;
     let keys: Vec<String> = VPC_FLOW_FIELDS.iter().map(|f| key_of(f)).collect();
-    for line in text.lines() {
-        let record: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+    for line in io::BufRead::lines(io::BufReader::new(input)) {
+        let line = line.map_err(io_error("cannot read the workload"))?;
+        let record: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
             .map_err(|e| io_error("the vpcflow workload holds a line that is not an object")(io::Error::other(e)))?;
         let fields: Vec<String> = keys
             .iter()
