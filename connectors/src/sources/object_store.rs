@@ -21,7 +21,10 @@
 //! archive, whose directory is at its end: read whole, then decompressed); its
 //! progress is checkpointed at the delivered frontier like a file's (the next line's offset, then
 //! done), so a batch run that is stopped or dies resumes where its delivered records end and skips
-//! the objects it finished; a plain object resumes with a ranged GET. Errors name the object
+//! the objects it finished; a plain object resumes with a ranged GET. An object's checkpoint is
+//! keyed by its key, size and ETag, and every GET is `If-Match` the listed ETag: an object
+//! replaced between runs is read from its start, one replaced during a run is given up, and no
+//! object's lines are ever read from another's bytes. Errors name the object
 //! (`url/key`), and each object's key is logged as it is started, so where a record came from is
 //! never in doubt; an object that cannot be read to its end (corrupt, gone, the connection lost)
 //! is given up (what was read of it delivered, its checkpoint left where its delivered records
@@ -67,6 +70,27 @@ struct ObjectSourceConfig {
 struct Listed {
     location: Path,
     size: u64,
+    /// The store's version tag of the object as listed (S3's, GCS's and Azure's ETag, a file's
+    /// inode, time and size; a WebDAV server's when it gives one).
+    e_tag: Option<String>,
+}
+
+impl Listed {
+    /// The object's checkpoint key: its key, its size and its ETag, so that an object replaced by
+    /// another (even of the same size) between a stopped run and the next is read from its start,
+    /// not resumed inside someone else's bytes or skipped as done.
+    fn checkpoint_key(&self) -> String {
+        match &self.e_tag {
+            Some(tag) => format!("{}\t{}\t{tag}", self.location, self.size),
+            None => self.legacy_checkpoint_key(),
+        }
+    }
+
+    /// Its key as runs before 2026-12-07 saved it (no ETag): still read, so that a run stopped
+    /// before an upgrade resumes after it instead of reading its objects again.
+    fn legacy_checkpoint_key(&self) -> String {
+        format!("{}\t{}", self.location, self.size)
+    }
 }
 
 /// What `prepare` found and set up.
@@ -168,7 +192,7 @@ impl Listing {
             // What a `file://` sink is writing into this folder (staged inside it) is no object yet.
             let staged = meta.location.parts().any(|part| part.as_ref() == crate::sinks::staged_files::STAGING_FOLDER);
             if !staged && self.pattern.as_ref().is_none_or(|p| p.matches(key)) {
-                found.push(Listed { location: meta.location, size: meta.size });
+                found.push(Listed { location: meta.location, size: meta.size, e_tag: meta.e_tag });
             }
         }
         if found.is_empty() {
@@ -312,6 +336,25 @@ fn passing_store_error(e: &std::io::Error) -> Option<&object_store::Error> {
         .filter(|store| !crate::sinks::object_store::is_permanent(store))
 }
 
+/// A GET of `object` as it was listed (`If-Match` its ETag): an object replaced since is refused,
+/// its bytes never mixed with the listed object's (a retry resuming mid-way, a checkpoint's
+/// offset), and the error says what happened.
+fn get_as_listed(
+    runtime: &tokio::runtime::Handle,
+    store: &dyn ObjectStore,
+    object: &Listed,
+    options: GetOptions,
+) -> std::io::Result<object_store::GetResult> {
+    let options = GetOptions { if_match: object.e_tag.clone(), ..options };
+    runtime.block_on(store.get_opts(&object.location, options)).map_err(|e| match e {
+        object_store::Error::Precondition { .. } => std::io::Error::other(format!(
+            "it changed after it was listed (its ETag is no longer {}); the next run reads it as it is then",
+            object.e_tag.as_deref().unwrap_or("?")
+        )),
+        e => std::io::Error::other(e),
+    })
+}
+
 /// One worker's share of the objects.
 struct ObjectReader {
     store: Arc<dyn ObjectStore>,
@@ -378,14 +421,11 @@ impl ObjectReader {
         let mut content = named.unwrap_or(Content::Plain);
         if named.is_none() && offset > 0 {
             let head = GetOptions { range: Some(GetRange::Bounded(0..MAGIC_BYTES as u64)), ..GetOptions::default() };
-            let got =
-                self.runtime.block_on(self.store.get_opts(&object.location, head)).map_err(std::io::Error::other)?;
+            let got = get_as_listed(&self.runtime, &*self.store, object, head)?;
             content = content_of(&self.runtime.block_on(got.bytes()).map_err(std::io::Error::other)?);
         }
         let range = (content.is_plain() && offset > 0).then_some(GetRange::Offset(offset));
-        let options = GetOptions { range, ..GetOptions::default() };
-        let got =
-            self.runtime.block_on(self.store.get_opts(&object.location, options)).map_err(std::io::Error::other)?;
+        let got = get_as_listed(&self.runtime, &*self.store, object, GetOptions { range, ..GetOptions::default() })?;
         let body = StreamReader { chunks: got.into_stream(), runtime: self.runtime.clone(), chunk: Bytes::new() };
         let mut buffered = std::io::BufReader::with_capacity(1 << 20, body);
         if named.is_none() && offset == 0 {
@@ -421,8 +461,12 @@ impl SourceReader for ObjectReader {
                         let Some(object) = self.objects.next() else {
                             return Ok(ReadStatus::Finished);
                         };
-                        let key = format!("{}\t{}", object.location, object.size);
-                        let offset = match self.checkpoints.saved(&key) {
+                        let key = object.checkpoint_key();
+                        let saved = self
+                            .checkpoints
+                            .saved(&key)
+                            .or_else(|| self.checkpoints.saved(&object.legacy_checkpoint_key()));
+                        let offset = match saved {
                             Some(Saved::Done) => continue,
                             Some(Saved::Offset(offset)) => offset,
                             None => 0,
@@ -478,6 +522,33 @@ mod tests {
         assert_eq!(Content::by_extension("noext"), None);
         let refused = content_of(b"BZh91AY&SY").text_reader(&b""[..], "leave it out with `pattern`").err();
         assert!(refused.is_some_and(|e| e.to_string().contains("bzip2-compressed")));
+    }
+
+    /// An object replaced after it was listed is refused by its GET (`If-Match`), with an error
+    /// saying so, rather than read (a retry or a resumed run would mix two objects' bytes); the
+    /// same object listed again is read.
+    #[test]
+    fn an_object_replaced_after_it_was_listed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.ndjson"), "{\"a\":1}\n").unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let list = || -> Listed {
+            let meta = runtime.block_on(object_store::ObjectStoreExt::head(&store, &Path::from("a.ndjson"))).unwrap();
+            Listed { location: meta.location, size: meta.size, e_tag: meta.e_tag }
+        };
+        let listed = list();
+        assert!(listed.e_tag.is_some() && listed.checkpoint_key() != listed.legacy_checkpoint_key());
+        let got = get_as_listed(runtime.handle(), &store, &listed, GetOptions::default());
+        assert!(got.is_ok(), "{:?}", got.err());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(dir.path().join("a.ndjson"), "{\"b\":2}\n").unwrap();
+        let refused = get_as_listed(runtime.handle(), &store, &listed, GetOptions::default()).err();
+        assert!(refused.is_some_and(|e| e.to_string().starts_with("it changed after it was listed")));
+        let again = list();
+        assert_eq!(again.size, listed.size);
+        assert_ne!(again.checkpoint_key(), listed.checkpoint_key(), "the same size, another object");
+        assert!(get_as_listed(runtime.handle(), &store, &again, GetOptions::default()).is_ok());
     }
 
     /// The object_store source through the real runtime (a `file://` store): plain, gzip (one of
