@@ -617,7 +617,6 @@ fn records_crossing_to_their_partitions_worker_count_in_the_inflight_budget() {
 /// file read (one would have gone to the error output).
 #[test]
 fn the_example_cloudtrail_archive_pipeline_turns_a_trail_archive_into_a_partitioned_lake() {
-    use std::io::Write as _;
     const EVENTS: u64 = 3_000;
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("AWSLogs");
@@ -630,43 +629,31 @@ fn the_example_cloudtrail_archive_pipeline_turns_a_trail_archive_into_a_partitio
             format!("{}/{}/{day}", event["recipientAccountId"].as_str().unwrap(), event["awsRegion"].as_str().unwrap());
         *expected.entry(key).or_default() += 1;
     }
-    let gzip = |path: &std::path::Path, text: &str| {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        encoder.write_all(text.as_bytes()).unwrap();
-        std::fs::write(path, encoder.finish().unwrap()).unwrap();
-    };
     for (i, chunk) in events.chunks(700).enumerate() {
         let folder = archive.join(format!("11112222333{}/CloudTrail/eu-west-{}/2026/11/01", i % 2, i % 3 + 1));
         let file = folder.join(format!("111122223333_CloudTrail_eu-west-1_20261101T0{i}05Z_a{i}.json.gz"));
-        gzip(&file, &serde_json::json!({ "Records": chunk }).to_string());
+        super::support::write_gzip(&file, &serde_json::json!({ "Records": chunk }).to_string());
         let digest = archive.join(format!("11112222333{}/CloudTrail-Digest/eu-west-1/2026/11/01/d{i}.json.gz", i % 2));
-        gzip(&digest, r#"{"awsAccountId":"111122223333","digestStartTime":"2026-11-01T00:00:00Z"}"#);
+        super::support::write_gzip(
+            &digest,
+            r#"{"awsAccountId":"111122223333","digestStartTime":"2026-11-01T00:00:00Z"}"#,
+        );
     }
     let lake = dir.path().join("lake");
-    let config = super::support::example_pipeline_in(
+    let said = super::support::run_example_pipeline(
         dir.path(),
         "cloudtrail-archive",
         &[("s3://amzn-s3-demo-bucket/AWSLogs/", &archive), ("s3://amzn-s3-demo-bucket/lake/cloudtrail", &lake)],
         "cloudtrail.toml",
     );
-    let run = super::support::sluice().args(["run", "--quiet"]).arg(&config).output().unwrap();
-    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
-    assert!(!lake.join("errors").exists(), "nothing went to the error output");
-    let script = format!(
-        "import duckdb, json\n\
-         c = duckdb.connect()\n\
-         c.execute(\"set TimeZone = 'UTC'\")\n\
-         lake = \"read_parquet('{root}/**/*.parquet', hive_partitioning = true, hive_types_autocast = false)\"\n\
-         rows = c.execute(f\"select account || '/' || region || '/' || day, count(*) from {{lake}} group by 1\").fetchall()\n\
-         wrong = c.execute(f\"select count(*) from {{lake}} where account != recipientaccountid or region != awsregion \
+    assert!(!lake.join("errors").exists(), "nothing went to the error output: {said}");
+    let v = super::support::duckdb_json(
+        &lake,
+        "rows = c.execute(f\"select account || '/' || region || '/' || day, count(*) from {lake} group by 1\").fetchall()\n\
+         wrong = c.execute(f\"select count(*) from {lake} where account != recipientaccountid or region != awsregion \
                              or day != strftime(eventtime, '%Y-%m-%d')\").fetchone()[0]\n\
-         print(json.dumps({{'partitions': dict(rows), 'wrong': wrong}}))\n",
-        root = lake.display()
+         print(json.dumps({'partitions': dict(rows), 'wrong': wrong}))\n",
     );
-    let output = Command::new(python()).arg("-c").arg(script).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let partitions: BTreeMap<String, u64> = serde_json::from_value(v["partitions"].clone()).unwrap();
     assert_eq!(partitions, expected, "every event once, in its own partition");
     assert_eq!(v["wrong"], 0, "the partition columns match the rows");

@@ -623,11 +623,11 @@ impl StartedRun {
     }
 }
 
-/// The example pipeline `pipelines/<name>.toml` as a user runs it, moved into `dir`: each of its
-/// `s3://` URLs replaced by the `file://` URL given for it (its `options` lines dropped), its
-/// `data_dir` in `dir`, and the schema it names (`schemas/<schema>`) copied beside it. Answers the
-/// config file's path.
-pub fn example_pipeline_in(dir: &Path, name: &str, urls: &[(&str, &Path)], schema: &str) -> PathBuf {
+/// The example pipeline `pipelines/<name>.toml` run as a user runs it (`sluice run`), moved into
+/// `dir`: each of its `s3://` URLs replaced by the `file://` URL given for it (its `options` lines
+/// dropped), its `data_dir` in `dir`, and the schema it names (`schemas/<schema>`) copied beside it.
+/// Asserts that it ends with exit 0; answers what it said, stdout then stderr.
+pub fn run_example_pipeline(dir: &Path, name: &str, urls: &[(&str, &Path)], schema: &str) -> String {
     let mut text = std::fs::read_to_string(repo_root().join(format!("pipelines/{name}.toml"))).unwrap();
     for (s3, folder) in urls {
         let end = if s3.ends_with('/') { "/" } else { "" };
@@ -641,5 +641,33 @@ pub fn example_pipeline_in(dir: &Path, name: &str, urls: &[(&str, &Path)], schem
     std::fs::write(&config, text).unwrap();
     std::fs::create_dir_all(dir.join("schemas")).unwrap();
     std::fs::copy(repo_root().join("pipelines/schemas").join(schema), dir.join("schemas").join(schema)).unwrap();
-    config
+    let run = sluice().args(["run"]).arg(&config).output().unwrap();
+    let said = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{said}");
+    said
+}
+
+/// Writes `text` gzip-compressed to `path`, its folders made (as AWS delivers its log files).
+pub fn write_gzip(path: &Path, text: &str) {
+    use std::io::Write as _;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(text.as_bytes()).unwrap();
+    std::fs::write(path, encoder.finish().unwrap()).unwrap();
+}
+
+/// The JSON that `script` prints, run by Python's DuckDB in UTC with `c` its connection and
+/// `lake` the Parquet files under `root` read with hive partitioning (partition values as text),
+/// as the example pipelines' lakes are read back.
+pub fn duckdb_json(root: &Path, script: &str) -> serde_json::Value {
+    let script = format!(
+        "import duckdb, json\n\
+         c = duckdb.connect()\n\
+         c.execute(\"set TimeZone = 'UTC'\")\n\
+         lake = \"read_parquet('{}/**/*.parquet', hive_partitioning = true, hive_types_autocast = false)\"\n{script}",
+        root.display()
+    );
+    let output = std::process::Command::new(python()).arg("-c").arg(script).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
 }

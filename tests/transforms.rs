@@ -20,8 +20,8 @@ use sluice_engine::testkit::{plan_from_str, run_pipeline};
 
 use super::support::WithoutAwsKeys;
 use super::support::{
-    Peer, all_lines, firehose_call, folder_objects, free_port, generated, memory_objects, python, repo_root,
-    start_listening, terminate,
+    Peer, all_lines, duckdb_json, firehose_call, folder_objects, free_port, generated, memory_objects, python,
+    repo_root, run_example_pipeline, start_listening, terminate, write_gzip,
 };
 
 const CHAIN: &str = r#"{time: .eventTime, user: .userIdentity.userName, event: .eventName, ip: .sourceIPAddress} | select(.event != "GetObject")"#;
@@ -669,7 +669,6 @@ fn backup_all_keeps_the_source_records_as_they_arrived_before_any_transform() {
 /// request once, with its values.
 #[test]
 fn the_example_cloudfront_standard_logs_pipeline_turns_log_files_into_a_parquet_lake() {
-    use std::io::Write as _;
     const REQUESTS: u64 = 2_000;
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("cloudfront-logs");
@@ -736,35 +735,23 @@ fn the_example_cloudfront_standard_logs_pipeline_turns_log_files_into_a_parquet_
                 field(r, "cs_user_agent"),
             ));
         }
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(text.as_bytes()).unwrap();
-        std::fs::write(logs.join(format!("E2EXAMPLE.2026-11-01-0{i}.a1b2c3d{i}.gz")), gz.finish().unwrap()).unwrap();
+        write_gzip(&logs.join(format!("E2EXAMPLE.2026-11-01-0{i}.a1b2c3d{i}.gz")), &text);
     }
     let lake = dir.path().join("lake");
-    let config = super::support::example_pipeline_in(
+    let said = run_example_pipeline(
         dir.path(),
         "cloudfront-standard-logs",
         &[("s3://amzn-s3-demo-bucket/cloudfront-logs/", &logs), ("s3://amzn-s3-demo-bucket/lake/cloudfront", &lake)],
         "cloudfront.toml",
     );
-    let run = super::support::sluice().args(["run"]).arg(&config).output().unwrap();
-    let said = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(0), "{said}");
     assert!(said.contains("14 dropped"), "the directives of the 7 files: {said}");
     assert!(!lake.join("errors").exists(), "nothing went to the error output");
-    let script = format!(
-        "import duckdb, json\n\
-         c = duckdb.connect()\n\
-         c.execute(\"set TimeZone = 'UTC'\")\n\
-         rows = c.execute(\"select x_edge_request_id || '|' || strftime(timestamp, '%Y-%m-%d %H:%M:%S') || '|' || sc_bytes || '|' || \
-             sc_status || '|' || c_ip || '|' || coalesce(cs_user_agent, '-'), day from read_parquet('{root}/**/*.parquet', \
-             hive_partitioning = true, hive_types_autocast = false)\").fetchall()\n\
-         print(json.dumps({{'rows': sorted(r[0] for r in rows), 'wrong_day': sum(1 for r in rows if r[0].split('|')[1][:10] != r[1])}}))\n",
-        root = lake.display()
+    let v = duckdb_json(
+        &lake,
+        "rows = c.execute(f\"select x_edge_request_id || '|' || strftime(timestamp, '%Y-%m-%d %H:%M:%S') || '|' || sc_bytes || '|' || \
+             sc_status || '|' || c_ip || '|' || coalesce(cs_user_agent, '-'), day from {lake}\").fetchall()\n\
+         print(json.dumps({'rows': sorted(r[0] for r in rows), 'wrong_day': sum(1 for r in rows if r[0].split('|')[1][:10] != r[1])}))\n",
     );
-    let output = Command::new(python()).arg("-c").arg(script).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     expected.sort();
     assert_eq!(v["rows"], serde_json::json!(expected), "every request once, with its values");
     assert_eq!(v["wrong_day"], 0);
@@ -776,7 +763,6 @@ fn the_example_cloudfront_standard_logs_pipeline_turns_log_files_into_a_parquet_
 /// account and day. DuckDB reads back every flow once, under the partition its values name.
 #[test]
 fn the_example_vpc_flow_archive_pipeline_turns_flow_log_files_into_a_partitioned_lake() {
-    use std::io::Write as _;
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("AWSLogs");
     use sluice_connectors::transforms::parse::{VPC_FLOW_FIELDS, key_of};
@@ -810,38 +796,114 @@ fn the_example_vpc_flow_archive_pipeline_turns_flow_log_files_into_a_partitioned
             text.push_str(&keys.iter().map(|k| field(&flow[k.as_str()])).collect::<Vec<_>>().join(" "));
             text.push('\n');
         }
-        let folder = archive.join(format!("{account}/vpcflowlogs/us-east-1/2026/11/01"));
-        std::fs::create_dir_all(&folder).unwrap();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(text.as_bytes()).unwrap();
         let name = format!("{account}_vpcflowlogs_us-east-1_fl-0a1b2c3d{file}_20261101T0{file}00Z_h{file}.log.gz");
-        std::fs::write(folder.join(name), gz.finish().unwrap()).unwrap();
+        write_gzip(&archive.join(format!("{account}/vpcflowlogs/us-east-1/2026/11/01")).join(name), &text);
     }
     let lake = dir.path().join("lake");
-    let config = super::support::example_pipeline_in(
+    let said = run_example_pipeline(
         dir.path(),
         "vpc-flow-archive",
         &[("s3://amzn-s3-demo-bucket/AWSLogs/", &archive), ("s3://amzn-s3-demo-bucket/lake/vpc-flow", &lake)],
         "vpcflow.toml",
     );
-    let run = super::support::sluice().args(["run"]).arg(&config).output().unwrap();
-    let said = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(0), "{said}");
     assert!(said.contains("4 dropped"), "the headers of the 4 files: {said}");
-    let script = format!(
-        "import duckdb, json\n\
-         c = duckdb.connect()\n\
-         c.execute(\"set TimeZone = 'UTC'\")\n\
-         lake = \"read_parquet('{root}/**/*.parquet', hive_partitioning = true, hive_types_autocast = false)\"\n\
-         rows = c.execute(f\"select account || '/' || day, count(*), coalesce(sum(bytes), 0) from {{lake}} group by 1\").fetchall()\n\
-         wrong = c.execute(f\"select count(*) from {{lake}} where account != account_id or day != strftime(to_timestamp(start), '%Y-%m-%d')\").fetchone()[0]\n\
-         print(json.dumps({{'partitions': {{r[0]: [r[1], int(r[2])] for r in rows}}, 'wrong': wrong}}))\n",
-        root = lake.display()
+    let v = duckdb_json(
+        &lake,
+        "rows = c.execute(f\"select account || '/' || day, count(*), coalesce(sum(bytes), 0) from {lake} group by 1\").fetchall()\n\
+         wrong = c.execute(f\"select count(*) from {lake} where account != account_id or day != strftime(to_timestamp(start), '%Y-%m-%d')\").fetchone()[0]\n\
+         print(json.dumps({'partitions': {r[0]: [r[1], int(r[2])] for r in rows}, 'wrong': wrong}))\n",
     );
-    let output = Command::new(python()).arg("-c").arg(script).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let partitions: BTreeMap<String, (u64, u64)> = serde_json::from_value(v["partitions"].clone()).unwrap();
     assert_eq!(partitions, expected, "every flow once, in its own partition, its bytes kept");
     assert_eq!(v["wrong"], 0, "the partition columns match the rows");
+}
+
+/// The example pipeline `pipelines/alb-access-logs.toml` as a user runs it (its buckets moved into
+/// the test's folder): Application Load Balancer access logs as Elastic Load Balancing delivers
+/// them (gzip files per account, quoted request lines and user agents holding spaces and escaped
+/// quotes, IPv6 clients, Lambda targets that failed with `-` for the target, lines of an older
+/// layout without the later fields and lines with a field AWS added since) become Parquet of the
+/// alb schema, partitioned by day. DuckDB reads back every request once, with its values, under
+/// the day of its time.
+#[test]
+fn the_example_alb_access_logs_pipeline_turns_load_balancer_logs_into_a_parquet_lake() {
+    const REQUESTS: usize = 1_200;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("AWSLogs");
+    let mut expected = Vec::new();
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    for i in 0..REQUESTS {
+        let day = ["2026-11-01", "2026-11-02"][i % 2];
+        let time = format!("{day}T{:02}:{:02}:{:02}.{:06}Z", i % 24, i % 60, (i * 7) % 60, i * 811 % 1_000_000);
+        let (client_ip, client) = if i % 7 == 0 {
+            let ip = format!("2001:db8::{i:x}");
+            (ip.clone(), format!("{ip}:{}", 1024 + i))
+        } else {
+            let ip = format!("10.{}.{}.7", i / 256 % 256, i % 256);
+            (ip.clone(), format!("{ip}:{}", 1024 + i))
+        };
+        let (target, status, target_status, error) = if i % 10 == 0 {
+            ("-".to_string(), 502, "-", "\"LambdaInvalidResponse\"")
+        } else {
+            (format!("10.0.0.{}:80", i % 5 + 1), [200, 404][i % 2], "200", "\"-\"")
+        };
+        let (agent, agent_written) = if i % 3 == 0 {
+            (
+                format!("Mozilla/5.0 (X11; Linux) \"quoted {i}\" \\ back"),
+                format!("Mozilla/5.0 (X11; Linux) \\\"quoted {i}\\\" \\\\ back"),
+            )
+        } else {
+            (format!("curl/8.{i}"), format!("curl/8.{i}"))
+        };
+        let sent = i * 13;
+        let mut line = format!(
+            "https {time} app/my-loadbalancer/50dc6c495c0c9188 {client} {target} 0.000 0.00{} 0.000 {status} {target_status} 34 {sent} \
+             \"GET https://www.example.com:443/items?id={i} HTTP/1.1\" \"{agent_written}\" ECDHE-RSA-AES128-GCM-SHA256 TLSv1.2 \
+             arn:aws:elasticloadbalancing:us-east-1:111122223333:targetgroup/my-targets/73e2d6bc24d8a067 \"Root=1-58337281-{i:024x}\"",
+            i % 10
+        );
+        if i % 11 != 0 {
+            line.push_str(&format!(
+                " \"www.example.com\" \"-\" 1 {time} \"forward\" \"-\" {error} \"{target}\" \"{target_status}\" \"-\" \"-\" TID_{i:032x}"
+            ));
+            if i % 13 == 0 {
+                line.push_str(" \"a field AWS added\"");
+            }
+        }
+        let account = format!("11112222333{}", i % 2);
+        let file = format!(
+            "{account}/elasticloadbalancing/us-east-1/2026/11/01/{account}_elasticloadbalancing_us-east-1_app.my-loadbalancer.50dc6c495c0c9188_20261101T{:02}05Z_10.0.0.1_a1b2c3.log.gz",
+            i % 3
+        );
+        files.entry(file).or_default().push_str(&(line + "\n"));
+        let target_ip = if target == "-" { "-".to_string() } else { target.trim_end_matches(":80").to_string() };
+        expected.push(format!(
+            "{client_ip}|{}|{status}|{sent}|{target_ip}|{agent}|{}",
+            1024 + i,
+            time.replace('T', " ").trim_end_matches('Z')
+        ));
+    }
+    for (name, text) in &files {
+        write_gzip(&archive.join(name), text);
+    }
+    let lake = dir.path().join("lake");
+    let said = run_example_pipeline(
+        dir.path(),
+        "alb-access-logs",
+        &[("s3://amzn-s3-demo-bucket/AWSLogs/", &archive), ("s3://amzn-s3-demo-bucket/lake/alb", &lake)],
+        "alb.toml",
+    );
+    assert!(!lake.join("errors").exists(), "nothing went to the error output: {said}");
+    let v = duckdb_json(
+        &lake,
+        "rows = c.execute(f\"select client_ip || '|' || client_port || '|' || elb_status_code || '|' || sent_bytes || '|' || \
+             coalesce(target_ip, '-') || '|' || user_agent || '|' || strftime(time, '%Y-%m-%d %H:%M:%S.%f') from {lake}\").fetchall()\n\
+         wrong = c.execute(f\"select count(*) from {lake} where day != strftime(time, '%Y-%m-%d')\").fetchone()[0]\n\
+         print(json.dumps({'rows': sorted(r[0] for r in rows), 'wrong_day': wrong}))\n",
+    );
+    expected.sort();
+    let rows: Vec<String> = serde_json::from_value(v["rows"].clone()).unwrap();
+    assert_eq!(rows.len(), expected.len(), "every request once");
+    assert_eq!(rows, expected, "with its values");
+    assert_eq!(v["wrong_day"], 0);
 }

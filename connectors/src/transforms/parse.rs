@@ -1,5 +1,6 @@
 //! `type = "parse"`: text log lines into JSON objects, for the logs AWS writes as text (VPC Flow Logs
-//! delivered to S3, CloudFront standard logs) and any delimited format, so that they can become
+//! delivered to S3, CloudFront standard logs, Application Load Balancer and S3 server access logs)
+//! and any delimited format, so that they can become
 //! Parquet, CSV columns, OpenSearch documents or partition keys (beyond Firehose, which needs a
 //! Lambda function for it).
 //!
@@ -7,7 +8,7 @@
 //! [transforms.flows]
 //! type = "parse"
 //! inputs = ["archive"]
-//! format = "vpc_flow"          # vpc_flow | cloudfront | delimited | csv
+//! format = "vpc_flow"          # vpc_flow | cloudfront | alb | s3_access | delimited | csv
 //! # fields = ["version", "vpc-id", "srcaddr", …]   # a custom format's fields, in order (the presets know theirs)
 //! # delimiter = ","            # delimited only: one ASCII character (default " ")
 //! # numbers = ["bytes"]        # delimited and csv: fields written as JSON numbers
@@ -36,7 +37,16 @@
 //! reason; so does a `#Fields` directive that names other fields, or the same in another order,
 //! than the transform reads (`Parse.FieldsDiffer`: a standard logging v2 selection of fields read
 //! as the 33), so that a file's lines are never read under the wrong names without a word.
+//!
+//! `alb` and `s3_access` cut AWS's lines at each space but keep a `"quoted"` field (`\` escapes
+//! the next character) and, for S3, the `[bracketed]` time whole; their keys are the columns of
+//! Athena's tables for these logs (an ALB's `client:port` as `client_ip` and `client_port`, its
+//! request line as `request_verb`, `request_url` and `request_proto`; S3's time also as an ISO 8601
+//! `timestamp`, first). Fields AWS adds at the end of a line are ignored and fields a line of an
+//! older layout lacks are null, as AWS tells readers of these logs to do; a quoted field left open
+//! fails the line (`Parse.BadQuoting`), and so does an S3 time of another shape (`Parse.NotATime`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::json;
@@ -58,6 +68,11 @@ pub const NOT_UTF8: &str = "Parse.NotUtf8";
 pub const BAD_CSV: &str = "Parse.BadCsv";
 /// The error code of a `#Fields` directive naming other fields than `fields`.
 pub const FIELDS_DIFFER: &str = "Parse.FieldsDiffer";
+/// The error code of an `alb` or `s3_access` line whose quoted (`"…"`) or bracketed (`[…]`) field
+/// is left open or runs into the next.
+pub const BAD_QUOTING: &str = "Parse.BadQuoting";
+/// The error code of an `s3_access` line whose time is not `[dd/Mon/yyyy:hh:mm:ss ±hhmm]`.
+pub const NOT_A_TIME: &str = "Parse.NotATime";
 
 /// VPC Flow Logs' default format (version 2), as its `${field}` names.
 pub const VPC_FLOW_FIELDS: &[&str] = &[
@@ -128,8 +143,91 @@ const CLOUDFRONT_NUMBERS: &[&str] = &[
     "sc-range-end",
 ];
 
+/// Application Load Balancer access log fields, in their order, named as Athena's table for them
+/// names its columns (`error_reason` is its `lambda_error_reason`); `client:port` and
+/// `target:port` become `*_ip` and `*_port`, `request` becomes `request_verb`, `request_url`
+/// and `request_proto`, as there.
+const ALB_FIELDS: &[&str] = &[
+    "type",
+    "time",
+    "elb",
+    "client:port",
+    "target:port",
+    "request_processing_time",
+    "target_processing_time",
+    "response_processing_time",
+    "elb_status_code",
+    "target_status_code",
+    "received_bytes",
+    "sent_bytes",
+    "request",
+    "user_agent",
+    "ssl_cipher",
+    "ssl_protocol",
+    "target_group_arn",
+    "trace_id",
+    "domain_name",
+    "chosen_cert_arn",
+    "matched_rule_priority",
+    "request_creation_time",
+    "actions_executed",
+    "redirect_url",
+    "lambda_error_reason",
+    "target_port_list",
+    "target_status_code_list",
+    "classification",
+    "classification_reason",
+    "conn_trace_id",
+];
+/// The ALB fields that are numbers (and the ports split from `client:port` and `target:port`).
+const ALB_NUMBERS: &[&str] = &[
+    "request_processing_time",
+    "target_processing_time",
+    "response_processing_time",
+    "elb_status_code",
+    "received_bytes",
+    "sent_bytes",
+];
+/// The fields of the first ALB logs (to `trace_id`): AWS has added the others at the end of the
+/// line since, so an older file's lines lack them (read as null).
+const ALB_FIRST_FIELDS: usize = 18;
+/// Amazon S3 server access log fields, in their order, named as Athena's table for them names its
+/// columns.
+const S3_ACCESS_FIELDS: &[&str] = &[
+    "bucketowner",
+    "bucket_name",
+    "requestdatetime",
+    "remoteip",
+    "requester",
+    "requestid",
+    "operation",
+    "key",
+    "request_uri",
+    "httpstatus",
+    "errorcode",
+    "bytessent",
+    "objectsize",
+    "totaltime",
+    "turnaroundtime",
+    "referrer",
+    "useragent",
+    "versionid",
+    "hostid",
+    "sigv",
+    "ciphersuite",
+    "authtype",
+    "endpoint",
+    "tlsversion",
+    "accesspointarn",
+    "aclrequired",
+];
+/// The S3 server access log fields that are numbers.
+const S3_ACCESS_NUMBERS: &[&str] = &["httpstatus", "bytessent", "objectsize", "totaltime", "turnaroundtime"];
+/// The fields of the first S3 server access logs (to `useragent`), as for ALB's.
+const S3_ACCESS_FIRST_FIELDS: usize = 17;
+
 /// The formats, as `format` names them.
-const FORMATS: &str = "`vpc_flow` (VPC Flow Logs as delivered to S3), `cloudfront` (CloudFront standard logs), `delimited` (your own `fields` and `delimiter`) or `csv` (RFC 4180 rows of your `fields`)";
+const FORMATS: &str = "`vpc_flow` (VPC Flow Logs as delivered to S3), `cloudfront` (CloudFront standard logs), `alb` (Application Load Balancer access logs), `s3_access` (S3 server access logs), `delimited` (your own `fields` and `delimiter`) or `csv` (RFC 4180 rows of your `fields`)";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,8 +243,52 @@ struct ParseConfig {
 enum Format {
     VpcFlow,
     Cloudfront,
+    Alb,
+    S3Access,
     Delimited,
     Csv,
+}
+
+impl Format {
+    /// As `format` names it.
+    fn name(self) -> &'static str {
+        match self {
+            Format::VpcFlow => "vpc_flow",
+            Format::Cloudfront => "cloudfront",
+            Format::Alb => "alb",
+            Format::S3Access => "s3_access",
+            Format::Delimited => "delimited",
+            Format::Csv => "csv",
+        }
+    }
+
+    /// AWS's space-separated logs whose fields may be quoted (`"…"`) or bracketed (`[…]`), and
+    /// may gain fields at the end of the line.
+    fn is_quoted(self) -> bool {
+        matches!(self, Format::Alb | Format::S3Access)
+    }
+}
+
+/// What a field becomes.
+#[derive(Debug)]
+enum Split {
+    /// One value, under its key.
+    Whole,
+    /// `address:port` (an ALB's `client:port`): the address, and the port as a number (split at
+    /// the last `:`, so an IPv6 address stays whole); `-` both null.
+    HostPort { ip: Vec<u8>, port: Vec<u8> },
+    /// An HTTP request line (`GET https://host:443/path HTTP/1.1`): its verb (to the first space),
+    /// its protocol (after the last) and its URL (between them).
+    Request { verb: Vec<u8>, url: Vec<u8>, proto: Vec<u8> },
+}
+
+/// Where a line's time is, for `timestamp`.
+#[derive(Debug, Clone, Copy)]
+enum Stamp {
+    /// CloudFront's `date` and `time` fields.
+    DateAndTime(usize, usize),
+    /// S3's `[06/Feb/2019:00:00:38 +0000]` field.
+    Bracketed(usize),
 }
 
 /// A configured parse transform: how a line is cut and what each field becomes (shared by its
@@ -167,10 +309,15 @@ struct Spec {
     keys: Vec<Vec<u8>>,
     /// Whether each field is written as a number.
     numbers: Vec<bool>,
+    /// What each field becomes.
+    splits: Vec<Split>,
+    /// The fewest fields a line holds; the fields after them may be missing (null), and a line
+    /// may hold more than `names` (ignored), when the format is AWS's (`alb`, `s3_access`).
+    required: usize,
     /// The header line (the names joined by the delimiter): dropped.
     header: Vec<u8>,
-    /// `cloudfront`'s `date` and `time` fields, for `timestamp`.
-    timestamp: Option<(usize, usize)>,
+    /// Where a line's time is, for `timestamp`.
+    timestamp: Option<Stamp>,
 }
 
 /// A field's JSON key: its name lowercased, `-` and `(` made `_`, `)` dropped.
@@ -192,6 +339,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     let format = match c.format.as_str() {
         "vpc_flow" => Format::VpcFlow,
         "cloudfront" => Format::Cloudfront,
+        "alb" => Format::Alb,
+        "s3_access" => Format::S3Access,
         "delimited" => Format::Delimited,
         "csv" => Format::Csv,
         other => {
@@ -215,14 +364,22 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     let (default_fields, preset_numbers, delimiter): (&[&str], &[&str], u8) = match format {
         Format::VpcFlow => (VPC_FLOW_FIELDS, VPC_FLOW_NUMBERS, b' '),
         Format::Cloudfront => (CLOUDFRONT_FIELDS, CLOUDFRONT_NUMBERS, b'\t'),
+        Format::Alb => (ALB_FIELDS, ALB_NUMBERS, b' '),
+        Format::S3Access => (S3_ACCESS_FIELDS, S3_ACCESS_NUMBERS, b' '),
         Format::Delimited => (&[], &[], b' '),
         Format::Csv => (&[], &[], b','),
     };
     if format != Format::Delimited && c.delimiter.is_some() {
         only_delimited("delimiter", delimiter_span.clone(), &mut problems);
     }
-    if matches!(format, Format::VpcFlow | Format::Cloudfront) && c.numbers.is_some() {
+    if (matches!(format, Format::VpcFlow | Format::Cloudfront) || format.is_quoted()) && c.numbers.is_some() {
         only_delimited("numbers", numbers_span.clone(), &mut problems);
+    }
+    if format.is_quoted() && c.fields.is_some() {
+        problems.push(
+            Diagnostic::new(fields_span.clone(), format!("`fields` does not apply to format = \"{}\"", c.format))
+                .with_hint("these logs have one layout; fields AWS adds at the end of a line are ignored"),
+        );
     }
     let delimiter = match c.delimiter.as_deref() {
         None => delimiter,
@@ -277,15 +434,39 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     }
     let position = |name: &str| names.iter().position(|n| n == name);
     let timestamp = match format {
-        Format::Cloudfront => position("date").zip(position("time")),
+        Format::Cloudfront => position("date").zip(position("time")).map(|(d, t)| Stamp::DateAndTime(d, t)),
+        Format::S3Access => position("requestdatetime").map(Stamp::Bracketed),
         _ => None,
+    };
+    let json_key = |key: &str| format!("{}:", serde_json::Value::from(key)).into_bytes();
+    let splits = names
+        .iter()
+        .map(|name| match (format, name.as_str()) {
+            (Format::Alb, "client:port" | "target:port") => {
+                let host = name.trim_end_matches(":port");
+                Split::HostPort { ip: json_key(&format!("{host}_ip")), port: json_key(&format!("{host}_port")) }
+            }
+            (Format::Alb, "request") => Split::Request {
+                verb: json_key("request_verb"),
+                url: json_key("request_url"),
+                proto: json_key("request_proto"),
+            },
+            _ => Split::Whole,
+        })
+        .collect();
+    let required = match format {
+        Format::Alb => ALB_FIRST_FIELDS,
+        Format::S3Access => S3_ACCESS_FIRST_FIELDS,
+        _ => names.len(),
     };
     let spec = Spec {
         format,
         delimiter,
         header: names.join(std::str::from_utf8(&[delimiter]).unwrap_or(" ")).into_bytes(),
         numbers: names.iter().map(|n| number_names.contains(&n.as_str())).collect(),
-        keys: keys.iter().map(|k| format!("{}:", serde_json::Value::from(k.as_str())).into_bytes()).collect(),
+        keys: keys.iter().map(|k| json_key(k)).collect(),
+        splits,
+        required,
         names,
         timestamp,
     };
@@ -296,13 +477,10 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
 impl Transform for ParseTransform {
     fn describe(&self) -> String {
         let Spec { format, names, delimiter, .. } = &*self.spec;
-        let format = match format {
-            Format::VpcFlow => "vpc_flow",
-            Format::Cloudfront => "cloudfront",
-            Format::Delimited => "delimited",
-            Format::Csv => return format!("parse: csv, {} fields", names.len()),
-        };
-        format!("parse: {format}, {} fields split on {:?}", names.len(), *delimiter as char)
+        match format {
+            Format::Csv | Format::Alb | Format::S3Access => format!("parse: {}, {} fields", format.name(), names.len()),
+            _ => format!("parse: {}, {} fields split on {:?}", format.name(), names.len(), *delimiter as char),
+        }
     }
 
     fn open(&self, _context: &TransformContext) -> Result<Box<dyn TransformWorker>, TransformError> {
@@ -350,58 +528,227 @@ impl RecordTransform for LineParser {
         let line = std::str::from_utf8(record).map_err(|e| {
             TransformFailure::processing(NOT_UTF8, format!("the line is not UTF-8 text (at byte {})", e.valid_up_to()))
         })?;
-        let quoted;
-        let fields: Vec<&str> = if spec.format == Format::Csv {
-            quoted = parse_csv_row(line.as_bytes())
-                .map_err(|why| TransformFailure::processing(BAD_CSV, format!("the line is no CSV row: {why}")))?;
-            quoted.iter().map(String::as_str).collect()
-        } else {
-            line.split(spec.delimiter as char).collect()
+        let fields: Vec<Cow<'_, str>> = match spec.format {
+            Format::Csv => parse_csv_row(line.as_bytes())
+                .map_err(|why| TransformFailure::processing(BAD_CSV, format!("the line is no CSV row: {why}")))?
+                .into_iter()
+                .map(Cow::Owned)
+                .collect(),
+            format if format.is_quoted() => split_quoted(line, format == Format::S3Access)?,
+            _ => line.split(spec.delimiter as char).map(Cow::Borrowed).collect(),
         };
-        if fields.len() != spec.keys.len() {
+        let expected = spec.keys.len();
+        let fits = if spec.format.is_quoted() { fields.len() >= spec.required } else { fields.len() == expected };
+        if !fits {
+            let (has, wants) = (fields.len(), spec.required);
             return Err(TransformFailure::processing(
                 FIELD_COUNT,
-                format!(
-                    "the line has {} fields split on {:?} where `fields` names {}",
-                    fields.len(),
-                    spec.delimiter as char,
-                    spec.keys.len()
-                ),
+                if spec.format.is_quoted() {
+                    format!("the line has {has} fields where format = \"{}\" has at least {wants}", spec.format.name())
+                } else {
+                    format!(
+                        "the line has {has} fields split on {:?} where `fields` names {wants}",
+                        spec.delimiter as char
+                    )
+                },
             ));
         }
-        if let Some((i, value)) =
-            fields.iter().enumerate().find(|(i, v)| spec.numbers[*i] && **v != "-" && !json::is_number(v.as_bytes()))
-        {
-            return Err(TransformFailure::processing(
-                NOT_A_NUMBER,
-                format!("field {} ({}) is {value:?}, not a number", i + 1, spec.names[i]),
-            ));
+        // Fields AWS added after a line's last are null; fields after `names` are ignored.
+        let value = |i: usize| fields.get(i).map_or("-", |f| f.as_ref());
+        for i in 0..expected {
+            let field = value(i);
+            let number = match &spec.splits[i] {
+                Split::HostPort { .. } => host_port(field).1,
+                _ if spec.numbers[i] => field,
+                _ => continue,
+            };
+            if number != "-" && !json::is_number(number.as_bytes()) {
+                return Err(TransformFailure::processing(
+                    NOT_A_NUMBER,
+                    format!("field {} ({}) is {field:?}, not a number", i + 1, spec.names[i]),
+                ));
+            }
         }
+        let stamp = match spec.timestamp {
+            Some(Stamp::DateAndTime(date, time)) => match (value(date), value(time)) {
+                ("-", _) | (_, "-") => None,
+                (date, time) => Some(format!("{date}T{time}Z")),
+            },
+            Some(Stamp::Bracketed(at)) => match value(at) {
+                "-" => None,
+                text => Some(iso_8601_of_common_log_time(text).ok_or_else(|| {
+                    TransformFailure::processing(
+                        NOT_A_TIME,
+                        format!(
+                            "field {} ({}) is {text:?}, not a time such as [06/Feb/2019:00:00:38 +0000]",
+                            at + 1,
+                            spec.names[at]
+                        ),
+                    )
+                })?),
+            },
+            None => None,
+        };
         emit.record_with(|out| {
             out.push(b'{');
-            if let Some((date, time)) = spec.timestamp {
+            if spec.timestamp.is_some() {
                 out.extend_from_slice(b"\"timestamp\":");
-                match (fields[date], fields[time]) {
-                    ("-", _) | (_, "-") => out.extend_from_slice(b"null"),
-                    (date, time) => string(&format!("{date}T{time}Z"), out),
+                match &stamp {
+                    Some(stamp) => string(stamp, out),
+                    None => out.extend_from_slice(b"null"),
                 }
                 out.push(b',');
             }
-            for (i, value) in fields.iter().enumerate() {
+            for i in 0..expected {
                 if i > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(&spec.keys[i]);
-                match *value {
-                    "-" => out.extend_from_slice(b"null"),
-                    number if spec.numbers[i] => out.extend_from_slice(number.as_bytes()),
-                    text => string(text, out),
+                let field = value(i);
+                match &spec.splits[i] {
+                    Split::Whole => {
+                        out.extend_from_slice(&spec.keys[i]);
+                        write_value(field, spec.numbers[i], out);
+                    }
+                    Split::HostPort { ip, port } => {
+                        let (address, number) = host_port(field);
+                        out.extend_from_slice(ip);
+                        write_value(address, false, out);
+                        out.push(b',');
+                        out.extend_from_slice(port);
+                        write_value(number, true, out);
+                    }
+                    Split::Request { verb, url, proto } => {
+                        let (method, rest) = field.split_once(' ').unwrap_or((field, "-"));
+                        let (target, version) = rest.rsplit_once(' ').unwrap_or((rest, "-"));
+                        out.extend_from_slice(verb);
+                        write_value(method, false, out);
+                        for (key, part) in [(url, target), (proto, version)] {
+                            out.push(b',');
+                            out.extend_from_slice(key);
+                            write_value(part, false, out);
+                        }
+                    }
                 }
             }
             out.push(b'}');
             Ok::<(), TransformFailure>(())
         })
     }
+}
+
+/// Appends a field's value: `-` (none) as null, a number field's digits as they are, other text
+/// as a JSON string.
+fn write_value(field: &str, number: bool, out: &mut Vec<u8>) {
+    match field {
+        "-" => out.extend_from_slice(b"null"),
+        digits if number => out.extend_from_slice(digits.as_bytes()),
+        text => string(text, out),
+    }
+}
+
+/// An ALB's `address:port`, cut at its last `:` (an IPv6 address keeps its own, and loses the
+/// brackets of `[2001:db8::1]:443`); `-` is both none.
+fn host_port(field: &str) -> (&str, &str) {
+    match field.rsplit_once(':') {
+        Some((address, port)) if field != "-" => {
+            let address = address.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(address);
+            (address, if port.is_empty() { "-" } else { port })
+        }
+        _ => (field, "-"),
+    }
+}
+
+/// The fields of an `alb` or `s3_access` line: cut at each space, but a field that starts with
+/// `"` runs to its closing `"` (a `\` escaping the character after it; the quotes and escapes
+/// not part of the value) and, with `brackets` (S3's time), one that starts with `[` to its `]`,
+/// spaces and all. A field left open, or followed by anything but a space, fails the line.
+fn split_quoted(line: &str, brackets: bool) -> Result<Vec<Cow<'_, str>>, TransformFailure> {
+    let bad = |why: String| TransformFailure::processing(BAD_QUOTING, why);
+    let bytes = line.as_bytes();
+    let mut fields = Vec::with_capacity(32);
+    let mut at = 0;
+    loop {
+        let (field, end) = match bytes.get(at) {
+            Some(b'"') => {
+                let start = at + 1;
+                let mut i = start;
+                let mut escaped = false;
+                loop {
+                    match bytes.get(i) {
+                        None => {
+                            return Err(bad(format!(
+                                "field {} opens a quote at byte {at} that is never closed",
+                                fields.len() + 1
+                            )));
+                        }
+                        Some(b'\\') => {
+                            escaped = true;
+                            i += 2;
+                        }
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+                let inner = &line[start..i];
+                (if escaped { Cow::Owned(unescaped(inner)) } else { Cow::Borrowed(inner) }, i + 1)
+            }
+            Some(b'[') if brackets => match memchr::memchr(b']', &bytes[at..]) {
+                Some(close) => (Cow::Borrowed(&line[at + 1..at + close]), at + close + 1),
+                None => {
+                    return Err(bad(format!("field {} opens a [ at byte {at} that is never closed", fields.len() + 1)));
+                }
+            },
+            _ => {
+                let end = memchr::memchr(b' ', &bytes[at..]).map_or(bytes.len(), |i| at + i);
+                (Cow::Borrowed(&line[at..end]), end)
+            }
+        };
+        fields.push(field);
+        match bytes.get(end) {
+            None => return Ok(fields),
+            Some(b' ') => at = end + 1,
+            Some(_) => {
+                return Err(bad(format!("field {} is followed by text, not a space, at byte {end}", fields.len())));
+            }
+        }
+    }
+}
+
+/// A quoted field's text without its escapes (`\"` is `"`, `\\` is `\`).
+fn unescaped(inner: &str) -> String {
+    let mut text = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        text.push(if c == '\\' { chars.next().unwrap_or('\\') } else { c });
+    }
+    text
+}
+
+/// `06/Feb/2019:00:00:38 +0000` (the time of an S3 server access log, Apache's common log
+/// format) as ISO 8601: `2019-02-06T00:00:38Z` (another offset kept: `+01:30`). None when it is
+/// not of that shape.
+fn iso_8601_of_common_log_time(text: &str) -> Option<String> {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let (stamp, offset) = text.split_once(' ')?;
+    let (date, time) = stamp.split_once(':')?;
+    let mut parts = date.split('/');
+    let (day, month, year) = (parts.next()?, parts.next()?, parts.next()?);
+    let month = MONTHS.iter().position(|m| *m == month)? + 1;
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let clock = time.split(':').collect::<Vec<_>>();
+    let valid = parts.next().is_none()
+        && digits(day, 2)
+        && digits(year, 4)
+        && clock.len() == 3
+        && clock.iter().all(|c| digits(c, 2))
+        && offset.len() == 5
+        && matches!(offset.as_bytes()[0], b'+' | b'-')
+        && digits(&offset[1..], 4);
+    if !valid {
+        return None;
+    }
+    let zone = if &offset[1..] == "0000" { "Z".to_string() } else { format!("{}:{}", &offset[..3], &offset[3..]) };
+    Some(format!("{year}-{month:02}-{day}T{time}{zone}"))
 }
 
 #[cfg(test)]
@@ -501,6 +848,158 @@ mod tests {
         assert!(String::from_utf8_lossy(&run.delivered[0]).starts_with(r#"{"timestamp":"2019-12-04T21:02:31Z","date":"2019-12-04","time":"21:02:31","x_edge_location":"LAX1","sc_bytes":392,"#));
     }
 
+    /// Application Load Balancer access log lines (AWS's examples): the columns of Athena's table
+    /// for them, `client:port` and the request line split as there, quoted fields unquoted,
+    /// numbers as numbers, `-` and `"-"` as null. A line of an older layout has the later fields
+    /// null, fields AWS adds at the end are ignored, and a line that is none fails with the reason.
+    #[test]
+    fn alb_access_log_lines_become_the_columns_athena_names() {
+        let http = r#"http 2018-07-02T22:23:00.186641Z app/my-loadbalancer/50dc6c495c0c9188 192.168.131.39:2817 10.0.0.1:80 0.000 0.001 0.000 200 200 34 366 "GET http://www.example.com:80/ HTTP/1.1" "curl/7.46.0" - - arn:aws:elasticloadbalancing:us-east-2:123456789012:targetgroup/my-targets/73e2d6bc24d8a067 "Root=1-58337262-36d228ad5d99923122bbe354" "-" "-" 0 2018-07-02T22:22:48.364000Z "forward" "-" "-" "10.0.0.1:80" "200" "-" "-" TID_1234abcd5678ef90"#;
+        let lambda_failed = r#"http 2018-11-30T22:23:00.186641Z app/my-loadbalancer/50dc6c495c0c9188 192.168.131.39:2817 - 0.000 0.001 0.000 502 - 34 366 "GET http://www.example.com:80/ HTTP/1.1" "curl/7.46.0" - - arn:aws:elasticloadbalancing:us-east-2:123456789012:targetgroup/my-targets/73e2d6bc24d8a067 "Root=1-58337364-23a8c76965a2ef7629b185e3" "-" "-" 0 2018-11-30T22:22:48.364000Z "forward" "-" "LambdaInvalidResponse" "-" "-" "-" "-""#;
+        let newer = format!("{http} \"a field AWS added\" 42");
+        let older = r#"https 2016-08-10T23:39:43.065466Z app/my-loadbalancer/50dc6c495c0c9188 2001:db8::1:46532 [2001:db8::2]:80 0.000 0.002 0.000 200 200 0 57 "GET https://www.example.com:443/ HTTP/1.1" "Mozilla/5.0 \"quoted\" \\ x" ECDHE-RSA-AES128-GCM-SHA256 TLSv1.2 arn:aws:elasticloadbalancing:us-east-2:123456789012:targetgroup/my-targets/73e2d6bc24d8a067 "Root=1-58337281-1d84f3d73c47ec4e58577259""#;
+        let run = parse("format = \"alb\"", &[http, lambda_failed, &newer, older]);
+        assert_eq!(run.failed.len(), 0, "{:?}", run.failed);
+        let v = delivered(&run);
+        assert_eq!(
+            v[0],
+            serde_json::json!({
+                "type": "http", "time": "2018-07-02T22:23:00.186641Z", "elb": "app/my-loadbalancer/50dc6c495c0c9188",
+                "client_ip": "192.168.131.39", "client_port": 2817, "target_ip": "10.0.0.1", "target_port": 80,
+                "request_processing_time": 0.0, "target_processing_time": 0.001, "response_processing_time": 0.0,
+                "elb_status_code": 200, "target_status_code": "200", "received_bytes": 34, "sent_bytes": 366,
+                "request_verb": "GET", "request_url": "http://www.example.com:80/", "request_proto": "HTTP/1.1",
+                "user_agent": "curl/7.46.0", "ssl_cipher": null, "ssl_protocol": null,
+                "target_group_arn": "arn:aws:elasticloadbalancing:us-east-2:123456789012:targetgroup/my-targets/73e2d6bc24d8a067",
+                "trace_id": "Root=1-58337262-36d228ad5d99923122bbe354", "domain_name": null, "chosen_cert_arn": null,
+                "matched_rule_priority": "0", "request_creation_time": "2018-07-02T22:22:48.364000Z",
+                "actions_executed": "forward", "redirect_url": null, "lambda_error_reason": null,
+                "target_port_list": "10.0.0.1:80", "target_status_code_list": "200", "classification": null,
+                "classification_reason": null, "conn_trace_id": "TID_1234abcd5678ef90"
+            })
+        );
+        // The numbers' digits as written (Athena's doubles and ints read them as such).
+        assert!(String::from_utf8_lossy(&run.delivered[0]).contains(r#""request_processing_time":0.000,"#));
+        assert_eq!(
+            (&v[1]["target_ip"], &v[1]["target_port"], &v[1]["target_status_code"], &v[1]["lambda_error_reason"]),
+            (
+                &serde_json::Value::Null,
+                &serde_json::Value::Null,
+                &serde_json::Value::Null,
+                &"LambdaInvalidResponse".into()
+            )
+        );
+        assert!(v[1]["conn_trace_id"].is_null(), "a line before the field was added");
+        assert_eq!(v[2], v[0], "fields after the known ones are ignored");
+        assert_eq!((&v[3]["client_ip"], &v[3]["client_port"]), (&"2001:db8::1".into(), &46532.into()));
+        assert_eq!((&v[3]["target_ip"], &v[3]["target_port"]), (&"2001:db8::2".into(), &80.into()));
+        assert_eq!(v[3]["user_agent"], "Mozilla/5.0 \"quoted\" \\ x");
+        assert!(v[3]["domain_name"].is_null() && v[3]["conn_trace_id"].is_null());
+        assert_eq!(v.iter().map(|v| v.as_object().unwrap().len()).collect::<Vec<_>>(), [34; 4]);
+
+        let bad = parse(
+            "format = \"alb\"",
+            &[
+                &http.replace("\"curl/7.46.0\"", "\"curl/7.46.0"),
+                &http.replace("\"forward\"", "\"forward\"x"),
+                &http.replace(" 0.001 ", " soon "),
+                &http.replace("192.168.131.39:2817", "192.168.131.39:x"),
+                "http 2018-07-02T22:23:00.186641Z app/my-loadbalancer/50dc6c495c0c9188 192.168.131.39:2817",
+            ],
+        );
+        let codes: Vec<&str> = bad.failed.iter().map(|(_, _, code)| code.as_str()).collect();
+        assert_eq!(codes, [BAD_QUOTING, BAD_QUOTING, NOT_A_NUMBER, NOT_A_NUMBER, FIELD_COUNT]);
+        let request = parse(
+            "format = \"alb\"",
+            &[&http.replace("GET http://www.example.com:80/ HTTP/1.1", "- http://www.example.com:80- ")],
+        );
+        let v = &delivered(&request)[0];
+        assert_eq!(
+            (&v["request_verb"], &v["request_url"], &v["request_proto"]),
+            (&serde_json::Value::Null, &"http://www.example.com:80-".into(), &"".into())
+        );
+    }
+
+    proptest::proptest! {
+        /// Any fields written as AWS writes them (bare, `"quoted"` with `\` escapes, `[bracketed]`)
+        /// and joined by spaces are cut back into the same fields.
+        #[test]
+        fn quoted_fields_are_cut_back_as_written(
+            fields in proptest::collection::vec(
+                (0..3u8, "[^ \"\\[\\n][^ \\n]{0,8}", "[^\\n]{0,12}", "[^\\]\\n]{0,12}"),
+                1..12,
+            )
+        ) {
+            let mut line = Vec::new();
+            let mut expected = Vec::new();
+            for (kind, bare, quoted, bracketed) in &fields {
+                match kind {
+                    0 => {
+                        line.push(bare.clone());
+                        expected.push(bare.clone());
+                    }
+                    1 => {
+                        line.push(format!("\"{}\"", quoted.replace('\\', "\\\\").replace('"', "\\\"")));
+                        expected.push(quoted.clone());
+                    }
+                    _ => {
+                        line.push(format!("[{bracketed}]"));
+                        expected.push(bracketed.clone());
+                    }
+                }
+            }
+            let line = line.join(" ");
+            let cut = split_quoted(&line, true).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e:?}")))?;
+            proptest::prop_assert_eq!(cut.iter().map(|f| f.to_string()).collect::<Vec<_>>(), expected);
+        }
+    }
+
+    /// S3 server access log lines (AWS's example): the columns of Athena's table for them, the
+    /// bracketed time whole and as `timestamp` in ISO 8601, quoted fields unquoted.
+    #[test]
+    fn s3_server_access_log_lines_become_the_columns_athena_names() {
+        let line = r#"79a59df900b949e55d96a1e698fbacedfd6e09d98eacf8f8d5218e7cd47ef2be amzn-s3-demo-bucket1 [06/Feb/2019:00:00:38 +0000] 192.0.2.3 79a59df900b949e55d96a1e698fbacedfd6e09d98eacf8f8d5218e7cd47ef2be 3E57427F3EXAMPLE REST.GET.VERSIONING - "GET /amzn-s3-demo-bucket1?versioning HTTP/1.1" 200 - 113 - 7 - "-" "S3Console/0.4" - s9lzHYrFp76ZVxRcpX9+5cjAnEH2ROuNkd2BHfIa6UkFVdtjf5mKR3/eTPFvsiP/XV/VLi31234= SigV4 ECDHE-RSA-AES128-GCM-SHA256 AuthHeader amzn-s3-demo-bucket1.s3.us-west-1.amazonaws.com TLSV1.2 arn:aws:s3:us-west-1:123456789012:accesspoint/example-AP Yes"#;
+        let run = parse("format = \"s3_access\"", &[line, &line.replace("+0000]", "-0130]")]);
+        assert_eq!(run.failed.len(), 0, "{:?}", run.failed);
+        let v = delivered(&run);
+        assert_eq!(
+            v[0],
+            serde_json::json!({
+                "timestamp": "2019-02-06T00:00:38Z",
+                "bucketowner": "79a59df900b949e55d96a1e698fbacedfd6e09d98eacf8f8d5218e7cd47ef2be",
+                "bucket_name": "amzn-s3-demo-bucket1", "requestdatetime": "06/Feb/2019:00:00:38 +0000",
+                "remoteip": "192.0.2.3", "requester": "79a59df900b949e55d96a1e698fbacedfd6e09d98eacf8f8d5218e7cd47ef2be",
+                "requestid": "3E57427F3EXAMPLE", "operation": "REST.GET.VERSIONING", "key": null,
+                "request_uri": "GET /amzn-s3-demo-bucket1?versioning HTTP/1.1", "httpstatus": 200, "errorcode": null,
+                "bytessent": 113, "objectsize": null, "totaltime": 7, "turnaroundtime": null, "referrer": null,
+                "useragent": "S3Console/0.4", "versionid": null,
+                "hostid": "s9lzHYrFp76ZVxRcpX9+5cjAnEH2ROuNkd2BHfIa6UkFVdtjf5mKR3/eTPFvsiP/XV/VLi31234=",
+                "sigv": "SigV4", "ciphersuite": "ECDHE-RSA-AES128-GCM-SHA256", "authtype": "AuthHeader",
+                "endpoint": "amzn-s3-demo-bucket1.s3.us-west-1.amazonaws.com", "tlsversion": "TLSV1.2",
+                "accesspointarn": "arn:aws:s3:us-west-1:123456789012:accesspoint/example-AP", "aclrequired": "Yes"
+            })
+        );
+        assert_eq!(v[1]["timestamp"], "2019-02-06T00:00:38-01:30");
+        let bad = parse(
+            "format = \"s3_access\"",
+            &[
+                &line.replace("[06/Feb/2019:00:00:38 +0000]", "[06/Feb/2019:00:00:38 +0000"),
+                &line.replace("Feb", "Fev"),
+            ],
+        );
+        let codes: Vec<&str> = bad.failed.iter().map(|(_, _, code)| code.as_str()).collect();
+        assert_eq!(codes, [BAD_QUOTING, NOT_A_TIME]);
+        for text in [
+            "06/Feb/2019:00:00:38",
+            "6/Feb/2019:00:00:38 +0000",
+            "06/Feb/2019:0:00:38 +0000",
+            "06/Feb/2019:00:00:38 0000",
+            "06/Feb/2019/1:00:00:38 +0000",
+        ] {
+            assert_eq!(iso_8601_of_common_log_time(text), None, "{text}");
+        }
+    }
+
     /// Your own fields: numbers where asked (a JSON number's digits kept), strings escaped, empty
     /// fields as empty strings; a line not of the fields' shape fails with the reason.
     #[test]
@@ -580,22 +1079,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn passes_the_transform_conformance_kit() {
-        let t = transform("format = \"vpc_flow\"").unwrap();
-        let records: Vec<Vec<u8>> = [
-            "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status",
-            "2 1 eni-1 10.0.0.1 10.0.0.2 1 2 6 3 4 5 6 ACCEPT OK",
-            "2 1 eni-1 too few",
-            "2 1 eni-1 10.0.0.1 10.0.0.2 x 2 6 3 4 5 6 ACCEPT OK",
-        ]
-        .iter()
-        .map(|l| l.as_bytes().to_vec())
-        .collect();
+    /// The transform of `table` runs the conformance kit over `lines`: every record accounted for,
+    /// each failed one as it entered.
+    fn passes_the_kit_with(table: &str, lines: &[String]) {
+        let t = transform(table).unwrap();
+        let records: Vec<Vec<u8>> = lines.iter().map(|l| l.as_bytes().to_vec()).collect();
         let report = conformance(&t, &records, true, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             report.passed(TransformCheck::AccountsForEveryRecord)
                 && report.passed(TransformCheck::FailsRecordsAsTheyEntered)
+        );
+    }
+
+    #[test]
+    fn passes_the_transform_conformance_kit() {
+        let header = VPC_FLOW_FIELDS.join(" ");
+        passes_the_kit_with(
+            "format = \"vpc_flow\"",
+            &[
+                header,
+                "2 1 eni-1 10.0.0.1 10.0.0.2 1 2 6 3 4 5 6 ACCEPT OK".into(),
+                "2 1 eni-1 too few".into(),
+                "2 1 eni-1 10.0.0.1 10.0.0.2 x 2 6 3 4 5 6 ACCEPT OK".into(),
+            ],
+        );
+        // AWS's quoted layout: whole lines, one left open, one too short, one with a later field.
+        let line = r#"h2 2026-12-01T00:00:00.000001Z app/lb/1 10.0.0.1:1 - 0 0 0 200 - 1 2 "GET https://h:443/ HTTP/2.0" "ua x" - - arn:tg "Root=1""#;
+        passes_the_kit_with(
+            "format = \"alb\"",
+            &[line.to_string(), line.replace("\"ua x\"", "\"ua x"), "h2 t".into(), format!("{line} \"later\"")],
         );
     }
 
@@ -618,5 +1130,10 @@ mod tests {
         );
         assert!(said("format = \"delimited\"\nfields = [\"a\"]\nnumbers = [\"b\"]").contains("`numbers` names `b`"));
         assert!(said("format = \"delimited\"\nfields = [\"a-b\", \"A_B\"]").contains("both the key `a_b`"));
+        let alb = said("format = \"alb\"\nfields = [\"type\"]\nnumbers = [\"type\"]");
+        assert!(
+            alb.contains("`fields` does not apply to format = \"alb\"") && alb.contains("`numbers` applies only"),
+            "{alb}"
+        );
     }
 }
