@@ -191,6 +191,54 @@ fn a_corrupt_file_is_given_up_and_the_other_files_are_read() {
     assert_eq!(delivered, expected, "the readable files once, the repaired one once");
 }
 
+/// A run that gave a file up keeps its checkpoint, the files it read marked done. A file replaced
+/// by another of the same size before the next run is read again, its new lines delivered (the
+/// checkpoint names a file by its path, range, size and modification time; by size alone the new
+/// file was skipped as done). A checkpoint saved before the time was part of its keys still
+/// counts: nothing it marks done is read again.
+#[test]
+fn a_file_replaced_by_one_of_the_same_size_is_read_again() {
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let input = work.path().join("in");
+    std::fs::create_dir(&input).unwrap_or_else(|e| panic!("{e}"));
+    let lines = |name: &str| (0..50).map(|i| format!("{{\"{name}\":\"{i:03}\"}}")).collect::<Vec<String>>();
+    std::fs::write(input.join("a.ndjson"), lines("a").join("\n") + "\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(input.join("b.ndjson.gz"), b"not gzip").unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = pipeline_in(
+        work.path(),
+        "[pipeline]\nname = \"replaced\"\n[sources.in]\ntype = \"file\"\npaths = [\"in/*\"]\n[sinks.out]\ntype = \"object_store\"\ninputs = [\"in\"]\nurl = \"file://./out\"\nformat = \"ndjson\"\n",
+    );
+    let delivered = || {
+        let mut lines = all_lines(&folder_objects(&work.path().join("out")));
+        lines.sort();
+        lines
+    };
+    let (code, text) = run_in(work.path(), &["run", "--quiet"], &pipeline);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(delivered(), lines("a"));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(input.join("a.ndjson"), lines("A").join("\n") + "\n").unwrap_or_else(|e| panic!("{e}"));
+    let (code, text) = run_in(work.path(), &["run", "--quiet"], &pipeline);
+    assert_eq!(code, Some(1), "{text}");
+    let mut expected = [lines("A"), lines("a")].concat();
+    expected.sort();
+    assert_eq!(delivered(), expected, "the new file's lines delivered once: {text}");
+    let checkpoint = work.path().join("data/replaced/in/offsets.json");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&checkpoint).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_default();
+    let legacy: serde_json::Map<String, serde_json::Value> = saved
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(key, state)| (key.rsplit_once('~').map_or(key.as_str(), |(k, _)| k).to_string(), state.clone()))
+        .collect();
+    assert!(legacy.keys().any(|k| k.contains("a.ndjson@0-end#")), "{saved}");
+    std::fs::write(&checkpoint, serde_json::Value::Object(legacy).to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let (code, text) = run_in(work.path(), &["run", "--quiet"], &pipeline);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(delivered(), expected, "nothing read again: {text}");
+}
+
 #[test]
 fn the_ci_script_calls_the_readme_test_command() {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap_or_default();

@@ -380,8 +380,9 @@ impl SourceReader for FileReader {
                 let Some(unit) = self.claims.take() else {
                     return Ok(ReadStatus::Finished);
                 };
-                let key = unit_key(&unit);
-                let opened = match self.checkpoints.as_ref().and_then(|c| c.saved(&key)) {
+                let (key, legacy_key) = unit_keys(&unit);
+                let saved = self.checkpoints.as_ref().and_then(|c| c.saved(&key).or_else(|| c.saved(&legacy_key)));
+                let opened = match saved {
                     Some(Saved::Done) => continue,
                     Some(Saved::Offset(offset)) => open_unit_at(&unit, offset),
                     None => open_unit(&unit),
@@ -578,11 +579,20 @@ fn without_bom(line: &[u8], offset: u64) -> &[u8] {
     if offset == 0 { line.strip_prefix(sluice_engine::record::UTF8_BOM).unwrap_or(line) } else { line }
 }
 
-/// The key a unit is saved under: its file, range and the file's size (a changed file starts over).
-fn unit_key(unit: &WorkUnit) -> String {
-    let size = std::fs::metadata(&unit.path).map_or(0, |m| m.len());
+/// The key a unit is saved under: its file, range, the file's size and its modification time (a
+/// changed file starts over, even one replaced by another of the same size between a stopped run
+/// and the next); and the key runs before 2026-12-07 saved it under (no time), still read so that a
+/// run stopped before an upgrade resumes after it.
+fn unit_keys(unit: &WorkUnit) -> (String, String) {
+    let metadata = std::fs::metadata(&unit.path).ok();
+    let size = metadata.as_ref().map_or(0, |m| m.len());
     let end = unit.end.map_or("end".to_string(), |e| e.to_string());
-    format!("{}@{}-{end}#{size}", unit.path.display(), unit.start)
+    let legacy = format!("{}@{}-{end}#{size}", unit.path.display(), unit.start);
+    let modified = metadata
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |since| since.as_nanos());
+    (format!("{legacy}~{modified}"), legacy)
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! restarted run resumes instead of starting over: a file source's offsets, an object-store
 //! source's, a Kinesis source's sequence number per shard.
 //!
-//! Each work unit (a file, or a byte range of one, keyed by path, range and file size; a shard)
+//! Each work unit (a file, or a byte range of one, keyed by path, range, file size and modification
+//! time; an object, by key, size and ETag; a shard)
 //! records its position after every read (the stream offset of its next unread line; the last
 //! sequence number read), with the epoch that read was stamped with. A unit's checkpoint advances to an offset only once the delivered frontier has passed that
 //! epoch, so it never points past a line that is not delivered: a resumed run re-reads at most what
