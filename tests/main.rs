@@ -33,6 +33,7 @@ mod resume;
 mod s3;
 mod security;
 mod splunk;
+mod splunk_hec;
 mod support;
 mod top;
 mod transforms;

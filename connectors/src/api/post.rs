@@ -41,6 +41,24 @@ pub struct Secrets {
     digests: Vec<(String, [u8; 32])>,
 }
 
+/// `{ name, token }`: a token and who holds it, as a list of tokens names them (`bearer_tokens`,
+/// `tokens`); [`NamedToken::pairs`] makes them the named secrets of [`ListenerKeys`].
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedToken {
+    /// Who holds it (shown in the audit log).
+    pub name: String,
+    /// The token.
+    pub token: String,
+}
+
+impl NamedToken {
+    /// `tokens` as (name, token) pairs.
+    pub fn pairs(tokens: Vec<NamedToken>) -> Vec<(String, String)> {
+        tokens.into_iter().map(|t| (t.name, t.token)).collect()
+    }
+}
+
 /// How a source's secret keys are called, for its messages.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SecretKeys {
@@ -322,6 +340,53 @@ impl PostEndpoint {
     }
 }
 
+/// What the audit trail records of a request to a source that takes bodies by token: the name of
+/// the token it carried, and the records and bytes it brought.
+#[derive(Debug, Default)]
+pub struct RequestFacts {
+    /// The name of the token it carried.
+    pub token: Option<String>,
+    /// Records in its body.
+    pub records: Option<usize>,
+    /// Their bytes.
+    pub bytes: Option<usize>,
+}
+
+impl PostEndpoint {
+    /// Records a request in the pipeline's audit trail (when it keeps one) as `event_source`'s
+    /// `name`, from `caller`, with `facts`; `refused` is its error code and message.
+    pub fn audit_request(
+        &self,
+        (event_source, name): (&'static str, &str),
+        caller: SocketAddr,
+        (uri, headers): (&axum::http::Uri, &HeaderMap),
+        facts: &RequestFacts,
+        refused: Option<(&str, &str)>,
+    ) {
+        let Some(metrics) = self.metrics() else { return };
+        metrics.audit(|trail| {
+            let identity = match &facts.token {
+                Some(name) => serde_json::json!({"type": "Token", "tokenName": name}),
+                None => serde_json::json!({"type": "Unknown"}),
+            };
+            let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+            let event = sluice_engine::audit::AuditEvent::api_call(
+                event_source,
+                name,
+                trail.region(),
+                &uuid::Uuid::new_v4().to_string(),
+            )
+            .from_caller(Some(caller.ip().to_string()), user_agent)
+            .identity(identity)
+            .parameters(serde_json::json!({"path": uri.path(), "recordCount": facts.records, "bytes": facts.bytes}));
+            match refused {
+                None => event,
+                Some((code, message)) => event.error(code, message),
+            }
+        });
+    }
+}
+
 /// A request's body as read, and decoded when it was encoded; its bytes count in the listener's
 /// body budget while it lives.
 #[derive(Debug)]
@@ -483,6 +548,31 @@ impl Source for PostSource {
     fn open(&self, _ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
         Ok(Box::new(QueueReader::new(Arc::clone(&self.endpoint.queue), self.endpoint.log.get())))
     }
+}
+
+/// A conformance-kit producer for a source that takes POST bodies: `records` POSTed to `url` in
+/// requests of 700, each body made by `body`, with `headers`; an error when one is refused.
+#[cfg(test)]
+pub fn posting_producer(
+    url: String,
+    headers: &'static [(&'static str, &'static str)],
+    records: Vec<Vec<u8>>,
+    body: fn(&[Vec<u8>]) -> Vec<u8>,
+) -> sluice_engine::testkit::source::Producer {
+    Box::new(move || {
+        let client = reqwest::blocking::Client::new();
+        for chunk in records.chunks(700) {
+            let mut request = client.post(&url).body(body(chunk));
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let response = request.send().map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("refused: {}", response.status()));
+            }
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -47,14 +47,15 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use sluice_engine::audit::{AuditEvent, HTTP_EVENT_SOURCE};
+use sluice_engine::audit::HTTP_EVENT_SOURCE;
 use sluice_engine::config::{ConnectorConfig, Problems};
 use sluice_engine::contract::Source;
 use sluice_engine::record::{RecordBatch, UTF8_BOM, now_ms};
 
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
-    KeyPlaces, ListenerKeys, PostEndpoint, PostSource, Protocol, Refusal, SecretKeys, enqueue, json_answer,
+    KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, Refusal, RequestFacts, SecretKeys,
+    enqueue, json_answer,
 };
 use crate::api::{ListenerLimits, TlsFiles};
 
@@ -89,16 +90,6 @@ enum BodyFormat {
     Json,
 }
 
-/// `{ name, token }` of `bearer_tokens`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NamedToken {
-    /// Who holds it (shown in the audit log).
-    name: String,
-    /// The token.
-    token: String,
-}
-
 /// How the bearer tokens are called in messages.
 const TOKEN_KEYS: SecretKeys = SecretKeys {
     single: "bearer_token",
@@ -119,7 +110,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         max_inflight_mb: c.max_inflight_mb,
         tls: c.tls,
         secret: c.bearer_token,
-        named_secrets: c.bearer_tokens.map(|tokens| tokens.into_iter().map(|t| (t.name, t.token)).collect()),
+        named_secrets: c.bearer_tokens.map(NamedToken::pairs),
     };
     let format = c.format.unwrap_or_default();
     let protocol = Protocol {
@@ -225,17 +216,6 @@ fn one_value_over_lines(format: BodyFormat, body: &[u8]) -> Option<String> {
     })
 }
 
-/// What the audit trail records of a request to the http source.
-#[derive(Debug, Default)]
-struct Facts {
-    /// The name of the token it carried.
-    token: Option<String>,
-    /// Records in its body.
-    records: Option<usize>,
-    /// Their bytes.
-    bytes: Option<usize>,
-}
-
 async fn receive(
     format: BodyFormat,
     State(endpoint): State<Arc<PostEndpoint>>,
@@ -244,30 +224,13 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut facts = Facts::default();
+    let mut facts = RequestFacts::default();
     let outcome = take(format, &endpoint, &headers, body, &mut facts).await;
-    if let Some(metrics) = endpoint.metrics() {
-        metrics.audit(|trail| {
-            let identity = match &facts.token {
-                Some(name) => json!({"type": "Token", "tokenName": name}),
-                None => json!({"type": "Unknown"}),
-            };
-            let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
-            let event = AuditEvent::api_call(
-                HTTP_EVENT_SOURCE,
-                "PostRecords",
-                trail.region(),
-                &uuid::Uuid::new_v4().to_string(),
-            )
-            .from_caller(Some(caller.ip().to_string()), user_agent)
-            .identity(identity)
-            .parameters(json!({"path": uri.path(), "recordCount": facts.records, "bytes": facts.bytes}));
-            match &outcome {
-                Ok(_) => event,
-                Err((status, message)) => event.error(status.canonical_reason().unwrap_or("Error"), message),
-            }
-        });
-    }
+    let refused = outcome
+        .as_ref()
+        .err()
+        .map(|(status, message)| (status.canonical_reason().unwrap_or("Error"), message.as_str()));
+    endpoint.audit_request((HTTP_EVENT_SOURCE, "PostRecords"), caller, (&uri, &headers), &facts, refused);
     match outcome {
         Ok(count) => json_answer(StatusCode::OK, &json!({"accepted": count})),
         Err((status, message)) => json_answer(status, &json!({"error": message})),
@@ -280,7 +243,7 @@ async fn take(
     endpoint: &Arc<PostEndpoint>,
     headers: &HeaderMap,
     body: Body,
-    facts: &mut Facts,
+    facts: &mut RequestFacts,
 ) -> Result<usize, Refusal> {
     let started = Instant::now();
     if endpoint.secrets.required() {
@@ -432,23 +395,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let expected: Vec<Vec<u8>> = (0..5_000).map(|i| format!(r#"{{"post":{i}}}"#).into_bytes()).collect();
-        let records = expected.clone();
-        let produce = move || -> Result<(), String> {
-            let client = reqwest::blocking::Client::new();
-            for chunk in records.chunks(700) {
-                let response = client
-                    .post(format!("http://127.0.0.1:{port}/logs"))
-                    .body(body(chunk))
-                    .send()
-                    .map_err(|e| e.to_string())?;
-                if !response.status().is_success() {
-                    return Err(format!("refused: {}", response.status()));
-                }
-            }
-            Ok(())
-        };
+        let produce =
+            crate::api::post::posting_producer(format!("http://127.0.0.1:{port}/logs"), &[], expected.clone(), body);
         let table = format!("type = \"http\"\nlisten = \"127.0.0.1:{port}\"\nformat = \"{format}\"\n");
-        let case = SourceCase::stream(table, expected, Box::new(produce), dir.path());
+        let case = SourceCase::stream(table, expected, produce, dir.path());
         let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
     }

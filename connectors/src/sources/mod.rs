@@ -8,3 +8,4 @@ pub mod http;
 pub mod http_endpoint;
 pub mod kinesis;
 pub mod object_store;
+pub mod splunk_hec;

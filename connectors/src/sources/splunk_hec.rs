@@ -1,0 +1,543 @@
+//! `type = "splunk_hec"`: Splunk's HTTP Event Collector, served: what sends to Splunk HEC (a
+//! Firehose stream's Splunk destination, the OpenTelemetry Collector's `splunk_hec` exporter,
+//! Vector's and Fluent Bit's Splunk outputs, Docker's `splunk` logging driver, the SaaS products
+//! that stream audit logs "to Splunk") sends to sluice instead, unchanged but for the URL.
+//!
+//! ```toml
+//! [sources.hec]
+//! type = "splunk_hec"
+//! listen = "127.0.0.1:8088"              # Splunk's HEC port
+//! token = "${HEC_TOKEN}"                 # required: `Authorization: Splunk <token>`
+//! # or several, each named (the name, never the token, is what the audit log shows):
+//! # tokens = [{ name = "okta", token = "${OKTA_HEC_TOKEN}" }, { name = "otel", token = "${OTEL_HEC_TOKEN}" }]
+//! max_body_mb = 16                       # larger bodies get 413
+//! max_inflight_mb = 256                  # past this, requests get 503 "Server is busy" (code 9)
+//! tls = { cert = "...", key = "..." }    # optional, as for the http source
+//! ```
+//!
+//! The endpoints and answers are HEC's as Splunk documents them ("HTTP Event Collector REST API
+//! endpoints", "Troubleshoot HTTP Event Collector"): `POST /services/collector/event` (also
+//! `/services/collector` and `…/event/1.0`) takes JSON event objects one after another (HEC's
+//! batch format); each object is one record, its text byte for byte (`time`, `host`, `source`,
+//! `sourcetype`, `index`, `fields` and `event` as the client wrote them: a `jq` transform's
+//! `.event` takes the event alone). `POST /services/collector/raw` (and `…/raw/1.0`) takes text,
+//! each line a record (as the http source's lines: `\r\n` ends a line too, empty lines skipped).
+//! `GET` or `POST /services/collector/health` answers `{"text":"HEC is healthy","code":17}`.
+//! Success is `200 {"text":"Success","code":0}`, with an `ackId` when the request names a channel
+//! (`X-Splunk-Request-Channel` or `?channel=`, a GUID: 400 code 11 otherwise), and
+//! `POST /services/collector/ack` with `{"acks":[ids]}` answers each id issued on that channel
+//! `true`: indexer acknowledgement, which Firehose's Splunk destination requires. A request is
+//! answered only once its records are queued and as durable as the pipeline asks (the write-ahead
+//! log synced), so an id is true from the moment it is given; unlike Splunk, an id stays true when
+//! asked again. Refusals carry HEC's codes: 401 code 2 (no `Authorization`), 401 code 3 (not
+//! `Splunk <token>` nor Basic auth with the token as password), 403 code 4 (another token), 400
+//! code 16 (a `?token=`), 400 code 5 (no data), 400 code 6 (not JSON, not an object, a record
+//! over 1,000 KiB; with `invalid-event-number`, counted from 0), 400 code 12 (no `event`), 400
+//! code 13 (`event` an empty string), 503 code 9 (busy or stopping; `Retry-After`). A request is
+//! taken whole or not at all.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
+use sluice_engine::contract::Source;
+use sluice_engine::record::{RecordBatch, UTF8_BOM, now_ms};
+
+use crate::api::firehose::MAX_RECORD_BYTES;
+use crate::api::post::{
+    KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, RequestFacts, SecretKeys, enqueue,
+    json_answer,
+};
+use crate::api::{ListenerLimits, TlsFiles};
+
+/// `eventSource` of the audit trail's records of requests to this source.
+const HEC_EVENT_SOURCE: &str = "splunk-hec.sluice";
+/// Channels whose acknowledgement ids are remembered; past it the oldest is forgotten (its ids
+/// then answer `false`, and its client sends the request again: a duplicate, never a loss).
+const MAX_CHANNELS: usize = 100_000;
+
+/// The source's own keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HecConfig {
+    /// Address to listen on (default `127.0.0.1:8088`).
+    listen: Option<String>,
+    /// The token requests carry.
+    token: Option<String>,
+    /// Several tokens, each with a name.
+    tokens: Option<Vec<NamedToken>>,
+    /// Largest request body in MB, after decompression (default 16).
+    max_body_mb: Option<u64>,
+    /// Bytes accepted but not yet taken by the workers before requests get 503 (default 256).
+    max_inflight_mb: Option<u64>,
+    /// HTTPS with these PEM files.
+    tls: Option<TlsFiles>,
+}
+
+/// How the tokens are called in messages.
+const TOKEN_KEYS: SecretKeys = SecretKeys {
+    single: "token",
+    named: "tokens",
+    what: "HEC token",
+    example: "{ name = \"okta\", token = \"${OKTA_HEC_TOKEN}\" }",
+};
+
+/// Builds the source from `[sources.<name>]`.
+pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
+    let places = KeyPlaces::of(&config, TOKEN_KEYS);
+    let table_span = config.table.span.clone();
+    // (Written but mistyped is the deserializer's to say.)
+    let tokenless = ["token", "tokens"].iter().all(|key| config.table.value_span(key).is_none());
+    let mut problems = Problems::default();
+    let limits = ListenerLimits::take_from(&mut config.table, 1, &mut problems);
+    let Some(c) = config.table.deserialize::<HecConfig>(&mut problems) else { return Err(problems) };
+    if tokenless {
+        problems.push(
+            Diagnostic::new(table_span, "a splunk_hec source needs `token` (or `tokens`)")
+                .with_hint("HEC clients always send one: token = \"${HEC_TOKEN}\", the value they are given"),
+        );
+    }
+    let keys = ListenerKeys {
+        listen: c.listen,
+        max_body_mb: c.max_body_mb,
+        max_inflight_mb: c.max_inflight_mb,
+        tls: c.tls,
+        secret: c.token,
+        named_secrets: c.tokens.map(NamedToken::pairs),
+    };
+    let protocol = Protocol {
+        what: "splunk_hec: HTTP Event Collector",
+        default_listen: "127.0.0.1:8088",
+        default_body_mb: 16,
+        router: Box::new(|endpoint| {
+            let hec = Arc::new(Hec { endpoint, channels: Mutex::new(Channels::default()) });
+            let post =
+                |kind: Kind| move |state, caller, uri, headers, body| receive(kind, state, caller, uri, headers, body);
+            axum::Router::new()
+                .route("/services/collector", axum::routing::post(post(Kind::Event)))
+                .route("/services/collector/event", axum::routing::post(post(Kind::Event)))
+                .route("/services/collector/event/1.0", axum::routing::post(post(Kind::Event)))
+                .route("/services/collector/raw", axum::routing::post(post(Kind::Raw)))
+                .route("/services/collector/raw/1.0", axum::routing::post(post(Kind::Raw)))
+                .route("/services/collector/ack", axum::routing::post(post(Kind::Ack)))
+                .route("/services/collector/ack/1.0", axum::routing::post(post(Kind::Ack)))
+                .route("/services/collector/health", axum::routing::get(health).post(health))
+                .route("/services/collector/health/1.0", axum::routing::get(health).post(health))
+                .fallback(|| async {
+                    hec_answer(StatusCode::NOT_FOUND, "The requested URL was not found on this server.", 404)
+                })
+                .with_state(hec)
+        }),
+    };
+    PostSource::configure(places, keys, limits, protocol, problems)
+}
+
+/// What a request asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// JSON event objects.
+    Event,
+    /// Lines of text.
+    Raw,
+    /// The state of acknowledgement ids.
+    Ack,
+}
+
+/// The source's state behind its routes.
+#[derive(Debug)]
+struct Hec {
+    endpoint: Arc<PostEndpoint>,
+    channels: Mutex<Channels>,
+}
+
+/// The acknowledgement ids given per channel: every id below a channel's count was given, and
+/// its request taken.
+#[derive(Debug, Default)]
+struct Channels {
+    given: HashMap<String, u64>,
+    /// The channels in the order they were first seen (the oldest is forgotten first).
+    order: std::collections::VecDeque<String>,
+}
+
+impl Channels {
+    /// The next id of `channel`, counted as given.
+    fn next_id(&mut self, channel: &str) -> u64 {
+        if !self.given.contains_key(channel) {
+            if self.order.len() >= MAX_CHANNELS
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.given.remove(&oldest);
+            }
+            self.order.push_back(channel.to_string());
+        }
+        let count = self.given.entry(channel.to_string()).or_insert(0);
+        *count += 1;
+        *count - 1
+    }
+
+    /// Whether `id` was given on `channel`.
+    fn was_given(&self, channel: &str, id: u64) -> bool {
+        self.given.get(channel).is_some_and(|count| id < *count)
+    }
+}
+
+/// A HEC answer: `{"text": …, "code": …}` (503s with `Retry-After`).
+fn hec_answer(status: StatusCode, text: &str, code: u16) -> Response {
+    json_answer(status, &json!({"text": text, "code": code}))
+}
+
+/// A refused request: its status, HEC's text and code, and for a bad event its number.
+#[derive(Debug)]
+struct HecError {
+    status: StatusCode,
+    text: String,
+    code: u16,
+    invalid_event: Option<usize>,
+}
+
+impl HecError {
+    fn new(status: StatusCode, text: impl Into<String>, code: u16) -> Self {
+        HecError { status, text: text.into(), code, invalid_event: None }
+    }
+
+    /// HEC's code 6 (400): the data is not what the endpoint takes.
+    fn invalid(text: impl Into<String>, event: Option<usize>) -> Self {
+        HecError { invalid_event: event, ..HecError::new(StatusCode::BAD_REQUEST, text, 6) }
+    }
+
+    fn answer(&self) -> Response {
+        let mut body = json!({"text": self.text, "code": self.code});
+        if let Some(n) = self.invalid_event {
+            body["invalid-event-number"] = n.into();
+        }
+        json_answer(self.status, &body)
+    }
+}
+
+/// A refusal of the shared POST machinery (body limits, decoding, queueing) as HEC says it: busy
+/// for 503s, an internal error for 5xx, invalid data for the rest.
+fn from_refusal((status, message): (StatusCode, String)) -> HecError {
+    let code = match status {
+        StatusCode::SERVICE_UNAVAILABLE => 9,
+        s if s.is_server_error() => 8,
+        _ => 6,
+    };
+    HecError::new(status, message, code)
+}
+
+/// The token a request's `Authorization` carries (`Splunk <token>`, or Basic with the token as
+/// password, as HEC takes both), or HEC's refusal.
+fn token_of(headers: &HeaderMap, uri: &Uri) -> Result<String, HecError> {
+    if uri.query().is_some_and(|q| q.split('&').any(|pair| pair.starts_with("token="))) {
+        return Err(HecError::new(StatusCode::BAD_REQUEST, "Query string authorization is not enabled", 16));
+    }
+    let Some(given) = headers.get(header::AUTHORIZATION) else {
+        return Err(HecError::new(StatusCode::UNAUTHORIZED, "Token is required", 2));
+    };
+    let invalid = || HecError::new(StatusCode::UNAUTHORIZED, "Invalid authorization", 3);
+    let given = given.to_str().map_err(|_| invalid())?;
+    let (scheme, value) = given.split_once(' ').ok_or_else(invalid)?;
+    if scheme.eq_ignore_ascii_case("splunk") {
+        return Ok(value.trim().to_string());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(value.trim()).map_err(|_| invalid())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
+        let (_, password) = decoded.split_once(':').ok_or_else(invalid)?;
+        return Ok(password.to_string());
+    }
+    Err(invalid())
+}
+
+/// The request's channel (`X-Splunk-Request-Channel`, else `?channel=`), if it names one; one
+/// that is no GUID is HEC's code 11.
+fn channel_of(headers: &HeaderMap, uri: &Uri) -> Result<Option<String>, HecError> {
+    let from_header = headers.get("x-splunk-request-channel").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let from_query = || {
+        uri.query()?
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("channel="))
+            .map(|c| percent_encoding::percent_decode_str(c).decode_utf8_lossy().into_owned())
+    };
+    match from_header.or_else(from_query) {
+        None => Ok(None),
+        Some(channel) if uuid::Uuid::parse_str(&channel).is_ok() => Ok(Some(channel)),
+        Some(_) => Err(HecError::new(StatusCode::BAD_REQUEST, "Invalid data channel", 11)),
+    }
+}
+
+/// The records of an event-endpoint body: each JSON object, as written; or HEC's refusal, with
+/// the number of the event at fault.
+fn events(body: &[u8]) -> Result<RecordBatch, HecError> {
+    let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(HecError::new(StatusCode::BAD_REQUEST, "No data", 5));
+    }
+    let mut batch = RecordBatch::with_capacity(now_ms(), body.len());
+    for (n, value) in serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>().enumerate() {
+        let value = value.map_err(|e| HecError::invalid(format!("Invalid data format: {e}"), Some(n)))?;
+        let text = value.get();
+        #[derive(Deserialize)]
+        struct Envelope<'a> {
+            #[serde(borrow)]
+            event: Option<&'a RawValue>,
+        }
+        // (A struct would take an array's elements too: only an object is an event.)
+        let not_an_object = || {
+            HecError::invalid(
+                "Invalid data format: an event is a JSON object, one after another (not an array)",
+                Some(n),
+            )
+        };
+        if !text.starts_with('{') {
+            return Err(not_an_object());
+        }
+        let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|_| not_an_object())?;
+        match envelope.event.map(RawValue::get) {
+            None => {
+                return Err(HecError {
+                    invalid_event: Some(n),
+                    ..HecError::new(StatusCode::BAD_REQUEST, "Event field is required", 12)
+                });
+            }
+            Some("\"\"") => {
+                return Err(HecError {
+                    invalid_event: Some(n),
+                    ..HecError::new(StatusCode::BAD_REQUEST, "Event field cannot be blank", 13)
+                });
+            }
+            Some(_) => {}
+        }
+        if text.len() > MAX_RECORD_BYTES {
+            return Err(HecError::invalid(
+                format!(
+                    "Invalid data format: event {n} has {} bytes; a record is at most {MAX_RECORD_BYTES}",
+                    text.len()
+                ),
+                Some(n),
+            ));
+        }
+        batch.push(text.as_bytes());
+    }
+    Ok(batch)
+}
+
+/// The records of a raw-endpoint body: each line.
+fn lines(body: &[u8]) -> Result<RecordBatch, HecError> {
+    let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
+    let mut batch = RecordBatch::with_capacity(now_ms(), body.len());
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if line.len() > MAX_RECORD_BYTES {
+            return Err(HecError::invalid(
+                format!(
+                    "Invalid data format: line {} has {} bytes; a record is at most {MAX_RECORD_BYTES}",
+                    i + 1,
+                    line.len()
+                ),
+                None,
+            ));
+        }
+        batch.push(line);
+    }
+    if batch.is_empty() {
+        return Err(HecError::new(StatusCode::BAD_REQUEST, "No data", 5));
+    }
+    Ok(batch)
+}
+
+async fn health() -> Response {
+    hec_answer(StatusCode::OK, "HEC is healthy", 17)
+}
+
+async fn receive(
+    kind: Kind,
+    State(hec): State<Arc<Hec>>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut facts = RequestFacts::default();
+    let outcome = take(kind, &hec, &uri, &headers, body, &mut facts).await;
+    let name = match kind {
+        Kind::Event => "SendEvents",
+        Kind::Raw => "SendRaw",
+        Kind::Ack => "QueryAcks",
+    };
+    let code = outcome.as_ref().err().map(|e| format!("HEC.{}", e.code));
+    let refused = outcome.as_ref().err().zip(code.as_deref()).map(|(e, code)| (code, e.text.as_str()));
+    hec.endpoint.audit_request((HEC_EVENT_SOURCE, name), caller, (&uri, &headers), &facts, refused);
+    match outcome {
+        Ok(answer) => json_answer(StatusCode::OK, &answer),
+        Err(e) => e.answer(),
+    }
+}
+
+/// Takes one request: HEC's answer, or its refusal.
+async fn take(
+    kind: Kind,
+    hec: &Hec,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+    facts: &mut RequestFacts,
+) -> Result<serde_json::Value, HecError> {
+    let started = Instant::now();
+    let token = token_of(headers, uri)?;
+    match hec.endpoint.secrets.holder(&token) {
+        Some(holder) => facts.token = Some(holder.to_string()),
+        None => return Err(HecError::new(StatusCode::FORBIDDEN, "Invalid token", 4)),
+    }
+    let channel = channel_of(headers, uri)?;
+    let body = hec.endpoint.read(headers, body).await.map_err(from_refusal)?;
+    if kind == Kind::Ack {
+        let Some(channel) = channel else {
+            return Err(HecError::new(StatusCode::BAD_REQUEST, "Data channel is missing", 10));
+        };
+        #[derive(Deserialize)]
+        struct Asked {
+            acks: Vec<u64>,
+        }
+        let asked: Asked = serde_json::from_slice(body.bytes())
+            .map_err(|e| HecError::invalid(format!("Invalid data format: {{\"acks\": [ids]}} expected: {e}"), None))?;
+        let channels = hec.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let acks: serde_json::Map<String, serde_json::Value> =
+            asked.acks.iter().map(|id| (id.to_string(), channels.was_given(&channel, *id).into())).collect();
+        return Ok(json!({ "acks": acks }));
+    }
+    let batch = match kind {
+        Kind::Raw => lines(body.bytes())?,
+        _ => events(body.bytes())?,
+    };
+    let count = batch.len();
+    (facts.records, facts.bytes) = (Some(count), Some(batch.byte_len()));
+    enqueue(&hec.endpoint, batch, started).await.map_err(from_refusal)?;
+    Ok(match channel {
+        Some(channel) => {
+            let id = hec.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next_id(&channel);
+            json!({"text": "Success", "code": 0, "ackId": id})
+        }
+        None => json!({"text": "Success", "code": 0}),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(batch: &RecordBatch) -> Vec<String> {
+        batch.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect()
+    }
+
+    /// HEC's batch format (Splunk's "Format events for HTTP Event Collector" examples): each
+    /// object a record, byte for byte; every refusal with HEC's code and the event at fault.
+    #[test]
+    fn event_bodies_give_each_object_as_written_and_refuse_with_hecs_codes() {
+        let body = "{\"time\": 1426279439, \"host\": \"localhost\", \"source\": \"random-data-generator\", \
+                    \"sourcetype\": \"my_sample_data\", \"index\": \"main\", \"event\": \"Hello world!\"}\n\
+                    {\"event\": {\"message\": \"Something happened\", \"severity\": \"INFO\"}, \"fields\": {\"cluster\": \"east\"}}{\"event\":0}";
+        let batch = events(body.as_bytes()).unwrap();
+        assert_eq!(
+            texts(&batch),
+            [
+                "{\"time\": 1426279439, \"host\": \"localhost\", \"source\": \"random-data-generator\", \"sourcetype\": \"my_sample_data\", \"index\": \"main\", \"event\": \"Hello world!\"}",
+                "{\"event\": {\"message\": \"Something happened\", \"severity\": \"INFO\"}, \"fields\": {\"cluster\": \"east\"}}",
+                "{\"event\":0}",
+            ]
+        );
+        let refused = |body: &str| events(body.as_bytes()).map(|_| ()).unwrap_err();
+        let no_data = refused(" \n");
+        assert_eq!((no_data.status, no_data.code), (StatusCode::BAD_REQUEST, 5));
+        let missing = refused("{\"event\":\"a\"}{\"time\":1}");
+        assert_eq!((missing.code, missing.invalid_event), (12, Some(1)));
+        let blank = refused("{\"event\":\"\"}");
+        assert_eq!((blank.code, blank.invalid_event), (13, Some(0)));
+        let broken = refused("{\"event\":\"a\"}{\"event\":");
+        assert_eq!((broken.code, broken.invalid_event), (6, Some(1)));
+        let array = refused("[{\"event\":\"a\"}]");
+        assert_eq!(array.code, 6);
+        assert!(array.text.contains("not an array"), "{}", array.text);
+        let big = format!("{{\"event\":\"{}\"}}", "x".repeat(MAX_RECORD_BYTES));
+        assert_eq!(refused(&big).code, 6);
+    }
+
+    /// The source through the real runtime, fed by HEC event batches (concatenated objects, a
+    /// channel, `Authorization: Splunk`): every event taken exactly once at 1, 2 and 4 workers,
+    /// all delivered when the stop comes right after the last answer, and a restarted source does
+    /// not replay what its log delivered.
+    #[test]
+    fn passes_the_source_conformance_kit() {
+        use sluice_engine::testkit::source::{Check, SourceCase, conformance};
+
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let expected: Vec<Vec<u8>> = (0..5_000)
+            .map(|i| format!(r#"{{"time":{},"event":{{"n":{i}}}}}"#, 1_764_547_200 + i).into_bytes())
+            .collect();
+        let produce = crate::api::post::posting_producer(
+            format!("http://127.0.0.1:{port}/services/collector/event"),
+            &[
+                ("Authorization", "Splunk kit-token"),
+                ("X-Splunk-Request-Channel", "5f0c8a9e-1b2d-4c3e-8f4a-6b7c8d9e0f1a"),
+            ],
+            expected.clone(),
+            <[Vec<u8>]>::concat,
+        );
+        let table = format!("type = \"splunk_hec\"\nlisten = \"127.0.0.1:{port}\"\ntoken = \"kit-token\"\n");
+        let case = SourceCase::stream(table, expected, produce, dir.path());
+        let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
+    }
+
+    #[test]
+    fn raw_bodies_give_each_line() {
+        assert_eq!(texts(&lines(b"a b\r\n\nc\n").unwrap()), ["a b", "c"]);
+        assert_eq!(lines(b"\n\r\n").unwrap_err().code, 5);
+    }
+
+    /// `Splunk <token>` and Basic auth with the token as password; HEC's codes for the rest.
+    #[test]
+    fn the_token_is_taken_as_hec_takes_it() {
+        let uri: Uri = "/services/collector/event".parse().unwrap();
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            token_of(&headers, &uri).map_err(|e| (e.status, e.code))
+        };
+        assert_eq!(with("Splunk 1234-abcd"), Ok("1234-abcd".to_string()));
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode("x:1234-abcd");
+        assert_eq!(with(&format!("Basic {basic}")), Ok("1234-abcd".to_string()));
+        assert_eq!(with("Bearer 1234-abcd"), Err((StatusCode::UNAUTHORIZED, 3)));
+        assert_eq!(with("Splunk1234"), Err((StatusCode::UNAUTHORIZED, 3)));
+        assert_eq!(token_of(&HeaderMap::new(), &uri).map_err(|e| e.code), Err(2));
+        let query: Uri = "/services/collector/event?token=1234-abcd".parse().unwrap();
+        assert_eq!(token_of(&HeaderMap::new(), &query).map_err(|e| e.code), Err(16));
+    }
+
+    #[test]
+    fn channels_count_their_ids_and_the_oldest_is_forgotten_first() {
+        let mut channels = Channels::default();
+        assert_eq!((channels.next_id("a"), channels.next_id("a"), channels.next_id("b")), (0, 1, 0));
+        assert!(channels.was_given("a", 1) && !channels.was_given("a", 2) && !channels.was_given("c", 0));
+        for i in 0..MAX_CHANNELS {
+            channels.next_id(&format!("c{i}"));
+        }
+        assert!(!channels.was_given("a", 0) && channels.was_given("c0", 0));
+        assert_eq!(channels.given.len(), MAX_CHANNELS);
+    }
+}
