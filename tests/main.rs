@@ -24,6 +24,7 @@ mod http_endpoint;
 mod kinesis;
 mod listener;
 mod opensearch;
+mod otlp;
 mod outage;
 mod parquet;
 mod partitioning;

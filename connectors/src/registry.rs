@@ -15,6 +15,7 @@ pub fn registry() -> Registry {
             SourceType { name: "http_endpoint", configure: sources::http_endpoint::configure },
             SourceType { name: "kinesis", configure: sources::kinesis::configure },
             SourceType { name: "object_store", configure: sources::object_store::configure },
+            SourceType { name: "otlp", configure: sources::otlp::configure },
             SourceType { name: "splunk_hec", configure: sources::splunk_hec::configure },
         ],
         transforms: vec![

@@ -30,6 +30,13 @@ use crate::operators::{BudgetClaim, ExchangeBudget};
 /// skip it), so line readers drop it.
 pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// `line` without its line end, `\n` or `\r\n` (Windows' files, Filebeat, the producers that append
+/// one to each record): no part of the record. The one rule every line reader of sluice's follows.
+pub fn without_line_end(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
 /// Partition keys a transform gave a record (a Lambda function's `metadata.partitionKeys`), in
 /// key order.
 pub type PartitionKeys = Arc<[(String, String)]>;
@@ -541,6 +548,21 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_end_is_no_part_of_a_record() {
+        for (line, record) in [
+            (&b"a\n"[..], &b"a"[..]),
+            (b"a\r\n", b"a"),
+            (b"a\r", b"a"),
+            (b"a", b"a"),
+            (b"a\n\n", b"a\n"),
+            (b"a\rb", b"a\rb"),
+            (b"\r\n", b""),
+        ] {
+            assert_eq!(without_line_end(line), record, "{:?}", String::from_utf8_lossy(line));
+        }
+    }
 
     #[test]
     fn a_range_s_bytes_come_from_the_offsets_as_its_records_add_up() {

@@ -59,6 +59,14 @@ impl NamedToken {
     }
 }
 
+/// How the bearer tokens of the sources that take them (`http`, `otlp`) are called in messages.
+pub const BEARER_TOKENS: SecretKeys = SecretKeys {
+    single: "bearer_token",
+    named: "bearer_tokens",
+    what: "bearer token",
+    example: "{ name = \"shipper-a\", token = \"${TOKEN_A}\" }",
+};
+
 /// How a source's secret keys are called, for its messages.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SecretKeys {
@@ -340,6 +348,30 @@ impl PostEndpoint {
     }
 }
 
+/// The records of a body of lines: each line without its line end (`\n` or `\r\n`), empty lines
+/// and a UTF-8 byte order mark at the body's start skipped (as the file source reads a file); an
+/// error says which line is longer than a record may be.
+pub fn body_lines(body: &[u8]) -> Result<RecordBatch, String> {
+    let body = body.strip_prefix(sluice_engine::record::UTF8_BOM).unwrap_or(body);
+    let mut batch = RecordBatch::with_capacity(sluice_engine::record::now_ms(), body.len());
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = sluice_engine::record::without_line_end(line);
+        if line.is_empty() {
+            continue;
+        }
+        if line.len() > super::firehose::MAX_RECORD_BYTES {
+            return Err(format!(
+                "line {} has {} bytes; a record is at most {}",
+                i + 1,
+                line.len(),
+                super::firehose::MAX_RECORD_BYTES
+            ));
+        }
+        batch.push(line);
+    }
+    Ok(batch)
+}
+
 /// What the audit trail records of a request to a source that takes bodies by token: the name of
 /// the token it carried, and the records and bytes it brought.
 #[derive(Debug, Default)]
@@ -353,6 +385,25 @@ pub struct RequestFacts {
 }
 
 impl PostEndpoint {
+    /// When the source has tokens, the request's `Authorization: Bearer <token>` must be one of
+    /// them (its holder noted in `facts`); else 401.
+    pub fn check_bearer(&self, headers: &HeaderMap, facts: &mut RequestFacts) -> Result<(), Refusal> {
+        if !self.secrets.required() {
+            return Ok(());
+        }
+        let given =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match given.and_then(|token| self.secrets.holder(token)) {
+            Some(holder) => {
+                facts.token = Some(holder.to_string());
+                Ok(())
+            }
+            None => {
+                Err((StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` header is required".into()))
+            }
+        }
+    }
+
     /// Records a request in the pipeline's audit trail (when it keeps one) as `event_source`'s
     /// `name`, from `caller`, with `facts`; `refused` is its error code and message.
     pub fn audit_request(

@@ -539,8 +539,8 @@ impl<R: Read> LineReader<R> {
                     return Ok(true);
                 }
                 let line = without_bom(&self.buf[self.head..self.head + nl], self.offset);
-                // `\r\n` ends a line as `\n` does (Windows' files; the http source, Filebeat).
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                // `\r\n` ends a line as `\n` does.
+                let line = sluice_engine::record::without_line_end(line);
                 if !line.is_empty() {
                     batch.push(line);
                 }

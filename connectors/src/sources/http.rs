@@ -54,8 +54,8 @@ use sluice_engine::record::{RecordBatch, UTF8_BOM, now_ms};
 
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
-    KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, Refusal, RequestFacts, SecretKeys,
-    enqueue, json_answer,
+    BEARER_TOKENS, KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, Refusal, RequestFacts,
+    body_lines, enqueue, json_answer,
 };
 use crate::api::{ListenerLimits, TlsFiles};
 
@@ -90,17 +90,9 @@ enum BodyFormat {
     Json,
 }
 
-/// How the bearer tokens are called in messages.
-const TOKEN_KEYS: SecretKeys = SecretKeys {
-    single: "bearer_token",
-    named: "bearer_tokens",
-    what: "bearer token",
-    example: "{ name = \"shipper-a\", token = \"${TOKEN_A}\" }",
-};
-
 /// Builds the source from `[sources.<name>]`.
 pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
-    let places = KeyPlaces::of(&config, TOKEN_KEYS);
+    let places = KeyPlaces::of(&config, BEARER_TOKENS);
     let mut problems = Problems::default();
     let limits = ListenerLimits::take_from(&mut config.table, 1, &mut problems);
     let Some(c) = config.table.deserialize::<HttpConfig>(&mut problems) else { return Err(problems) };
@@ -131,48 +123,36 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
 /// Splits `body` into records as `format` says (a UTF-8 byte order mark at its start skipped, as
 /// the file source skips a file's); an error says why the body is refused.
 fn records(format: BodyFormat, body: &[u8]) -> Result<RecordBatch, String> {
+    match format {
+        BodyFormat::Ndjson => body_lines(body),
+        BodyFormat::Json => json_records(body),
+    }
+}
+
+/// The records of a JSON body: each element of a top-level array, each other top-level value.
+fn json_records(body: &[u8]) -> Result<RecordBatch, String> {
     let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
     let mut batch = RecordBatch::with_capacity(now_ms(), body.len());
-    match format {
-        BodyFormat::Ndjson => {
-            for (i, line) in body.split(|b| *b == b'\n').enumerate() {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if line.is_empty() {
-                    continue;
-                }
-                if line.len() > MAX_RECORD_BYTES {
-                    return Err(format!(
-                        "line {} has {} bytes; a record is at most {MAX_RECORD_BYTES}",
-                        i + 1,
-                        line.len()
-                    ));
-                }
-                batch.push(line);
-            }
+    let mut push = |record: &RawValue| {
+        let record = record.get().as_bytes();
+        if record.len() > MAX_RECORD_BYTES {
+            return Err(format!(
+                "record {} has {} bytes; a record is at most {MAX_RECORD_BYTES}",
+                batch.len() + 1,
+                record.len()
+            ));
         }
-        BodyFormat::Json => {
-            let mut push = |record: &RawValue| {
-                let record = record.get().as_bytes();
-                if record.len() > MAX_RECORD_BYTES {
-                    return Err(format!(
-                        "record {} has {} bytes; a record is at most {MAX_RECORD_BYTES}",
-                        batch.len() + 1,
-                        record.len()
-                    ));
-                }
-                batch.push(record);
-                Ok(())
-            };
-            for value in serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>() {
-                let value = value.map_err(|e| format!("the body is not JSON: {e}"))?;
-                if value.get().starts_with('[') {
-                    let elements: Vec<&RawValue> =
-                        serde_json::from_str(value.get()).map_err(|e| format!("the body is not JSON: {e}"))?;
-                    elements.into_iter().try_for_each(&mut push)?;
-                } else {
-                    push(value)?;
-                }
-            }
+        batch.push(record);
+        Ok(())
+    };
+    for value in serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>() {
+        let value = value.map_err(|e| format!("the body is not JSON: {e}"))?;
+        if value.get().starts_with('[') {
+            let elements: Vec<&RawValue> =
+                serde_json::from_str(value.get()).map_err(|e| format!("the body is not JSON: {e}"))?;
+            elements.into_iter().try_for_each(&mut push)?;
+        } else {
+            push(value)?;
         }
     }
     Ok(batch)
@@ -183,7 +163,7 @@ fn records(format: BodyFormat, body: &[u8]) -> Result<RecordBatch, String> {
 const BINARY_BODIES: &[(&str, &str)] = &[
     ("application/msgpack", "MessagePack (Fluent Bit's http output sends it unless told otherwise)"),
     ("application/x-msgpack", "MessagePack"),
-    ("application/x-protobuf", "protobuf (OTLP/HTTP's default encoding)"),
+    ("application/x-protobuf", "protobuf (OTLP/HTTP's default encoding: the `otlp` source takes it)"),
     ("application/protobuf", "protobuf"),
     ("application/vnd.google.protobuf", "protobuf"),
     ("application/grpc", "gRPC"),
@@ -246,19 +226,7 @@ async fn take(
     facts: &mut RequestFacts,
 ) -> Result<usize, Refusal> {
     let started = Instant::now();
-    if endpoint.secrets.required() {
-        let given =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        match given.and_then(|token| endpoint.secrets.holder(token)) {
-            Some(holder) => facts.token = Some(holder.to_string()),
-            None => {
-                return Err((
-                    StatusCode::UNAUTHORIZED,
-                    "a valid `Authorization: Bearer <token>` header is required".into(),
-                ));
-            }
-        }
-    }
+    endpoint.check_bearer(headers, facts)?;
     if let Some(refusal) = binary_body(headers) {
         return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, refusal));
     }

@@ -8,4 +8,5 @@ pub mod http;
 pub mod http_endpoint;
 pub mod kinesis;
 pub mod object_store;
+pub mod otlp;
 pub mod splunk_hec;

@@ -54,8 +54,8 @@ use sluice_engine::record::{RecordBatch, UTF8_BOM, now_ms};
 
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
-    KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, RequestFacts, SecretKeys, enqueue,
-    json_answer,
+    KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, RequestFacts, SecretKeys, body_lines,
+    enqueue, json_answer,
 };
 use crate::api::{ListenerLimits, TlsFiles};
 
@@ -332,27 +332,9 @@ fn events(body: &[u8]) -> Result<RecordBatch, HecError> {
     Ok(batch)
 }
 
-/// The records of a raw-endpoint body: each line.
+/// The records of a raw-endpoint body: each line (as the http source's).
 fn lines(body: &[u8]) -> Result<RecordBatch, HecError> {
-    let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
-    let mut batch = RecordBatch::with_capacity(now_ms(), body.len());
-    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
-        if line.len() > MAX_RECORD_BYTES {
-            return Err(HecError::invalid(
-                format!(
-                    "Invalid data format: line {} has {} bytes; a record is at most {MAX_RECORD_BYTES}",
-                    i + 1,
-                    line.len()
-                ),
-                None,
-            ));
-        }
-        batch.push(line);
-    }
+    let batch = body_lines(body).map_err(|why| HecError::invalid(format!("Invalid data format: {why}"), None))?;
     if batch.is_empty() {
         return Err(HecError::new(StatusCode::BAD_REQUEST, "No data", 5));
     }

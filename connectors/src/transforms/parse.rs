@@ -504,8 +504,7 @@ impl RecordTransform for LineParser {
         let spec = &*self.spec;
         // Its line end, which Firehose producers append to each record (the Kinesis Agent, the
         // SDK examples): not part of the last field.
-        let record = record.strip_suffix(b"\n").unwrap_or(record);
-        let record = record.strip_suffix(b"\r").unwrap_or(record);
+        let record = sluice_engine::record::without_line_end(record);
         // CloudFront's W3C directives (`#Version`, `#Fields`) are no records.
         let directives = spec.format == Format::Cloudfront;
         if directives && let Some(named) = record.strip_prefix(b"#Fields:") {
