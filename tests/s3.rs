@@ -1178,7 +1178,7 @@ fn the_object_store_source_tries_again_what_may_pass_and_gives_up_what_cannot() 
 /// objects it read marked done. An object replaced by another of the same size before the next
 /// run is read again, its new lines delivered (the checkpoint is keyed by key, size and ETag; by
 /// key and size alone the new object was skipped as done and its records never delivered).
-/// Against moto's S3, which lists ETags and answers `If-Match` as S3 does.
+/// Against moto's S3, which lists ETags as S3 does (quoted, as its GETs answer them).
 #[test]
 fn an_object_replaced_by_one_of_the_same_size_is_read_again() {
     let moto = super::security::Moto::start();
