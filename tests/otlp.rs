@@ -72,6 +72,10 @@ fn opentelemetry_python_sdk_logs_land_with_their_context() {
     let json = "application/json";
     assert_eq!(status(client.post(url("/v1/logs")).bearer_auth("wrong").header("Content-Type", json).body("{}")), 401);
     assert_eq!(status(client.post(url("/v1/traces")).bearer_auth(TOKEN).header("Content-Type", json).body("{}")), 404);
+    let grpc = client.post(url("/opentelemetry.proto.collector.logs.v1.LogsService/Export")).body("");
+    let grpc = grpc.send().unwrap();
+    assert_eq!(grpc.status().as_u16(), 404);
+    assert!(grpc.text().unwrap().contains("http/protobuf"));
     assert_eq!(
         status(client.post(url("/v1/logs")).bearer_auth(TOKEN).header("Content-Type", "text/plain").body("x")),
         415

@@ -28,7 +28,8 @@
 //! `200` with an empty `ExportLogsServiceResponse` in the request's encoding, once the records are
 //! queued and as durable as the pipeline asks; `400` with a `google.rpc.Status` (code 3,
 //! `INVALID_ARGUMENT`, and why) for a body that does not decode or a record over 1,000 KiB; `401`
-//! (token), `404` for another signal's path (`/v1/traces`, `/v1/metrics`), `415` for another
+//! (token), `404` for another signal's path (`/v1/traces`, `/v1/metrics`) or OTLP/gRPC's (not served:
+//! the answer says to set the exporter's protocol to `http/protobuf`), `415` for another
 //! `Content-Type`, `503` with `Retry-After` when busy or stopping (which OTLP clients retry). A
 //! request is taken whole or not at all.
 
@@ -105,10 +106,17 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
             axum::Router::new()
                 .route("/v1/logs", axum::routing::post(receive))
                 .fallback(|uri: Uri| async move {
-                    let message = format!(
-                        "this source takes OpenTelemetry logs at POST /v1/logs, not {}: send traces and metrics elsewhere",
-                        uri.path()
-                    );
+                    let message = if uri.path().starts_with("/opentelemetry.proto.collector.") {
+                        "OTLP/gRPC is not served here: set the exporter's protocol to http/protobuf \
+                         (OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf; the Collector's otlphttp exporter) and its \
+                         endpoint to this address, whose path is /v1/logs"
+                            .to_string()
+                    } else {
+                        format!(
+                            "this source takes OpenTelemetry logs at POST /v1/logs, not {}: send traces and metrics elsewhere",
+                            uri.path()
+                        )
+                    };
                     status_answer(Encoding::Json, StatusCode::NOT_FOUND, 5, &message)
                 })
                 .with_state(endpoint)
