@@ -6,7 +6,8 @@
 # aggregated records) into target/test-venv,
 # Debian's prometheus for promtool (the alert rules' tests), Debian's chromium and PyPI's playwright (the dashboard's
 # browser test), Debian's PostgreSQL 15 when its server binaries are missing (the postgres tests start their own clusters), and the AWS SDK for JavaScript
-# and Azurite (Azure Blob Storage for tests/azure.rs; Microsoft's azure-storage-blob reads it back) into tests/js/node_modules (npm ci). Every server the tests use is started by the tests themselves on
+# and Azurite (Azure Blob Storage for tests/azure.rs; Microsoft's azure-storage-blob reads it back) and OpenTelemetry's JavaScript
+# logs SDK with its OTLP/HTTP JSON exporter (tests/otlp.rs) into tests/js/node_modules (npm ci). Every server the tests use is started by the tests themselves on
 # 127.0.0.1 (an in-process S3 server, s3s-fs with SigV4 checking; the `sluice` binary; as root, a
 # small tmpfs for the full-disk test). The baselines `sluice bench` compares with are not needed:
 # scripts/bench-tools.sh installs them (the bench's own test notes the ones missing).

@@ -1,6 +1,6 @@
-//! The `otlp` source against OpenTelemetry's own Python SDK: its logging handler and OTLP/HTTP log
+//! The `otlp` source against OpenTelemetry's own SDKs: Python's logging handler and OTLP/HTTP log
 //! exporter (protobuf, gzip, a bearer token in its headers, batches of its own), with a span
-//! active for some records. Every record the SDK logged is in the lake once, with its body,
+//! active for some records, and JavaScript's OTLP/HTTP exporter (OTLP's JSON encoding). Every record the SDK logged is in the lake once, with its body,
 //! severity, attributes, resource, scope and trace context; refused requests answer as OTLP says.
 
 use std::process::{Command, Stdio};
@@ -113,5 +113,59 @@ fn opentelemetry_python_sdk_logs_land_with_their_context() {
             assert_eq!(r["attributes"]["amount"], i as f64 * 1.5, "{r}");
             assert!(r["trace_id"].is_null(), "{r}");
         }
+    }
+}
+
+/// OpenTelemetry's JavaScript SDK and its OTLP/HTTP exporter, which sends OTLP's JSON encoding
+/// (tests/js/otlp_logs.mjs): each record once, its map body and attributes as JSON values, its
+/// resource and scope.
+#[test]
+fn opentelemetry_javascript_sdk_logs_in_otlp_json_land_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("otlp-json.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"otlp-json\"\ndata_dir = \"{data}\"\n\
+             [sources.otel]\ntype = \"otlp\"\nlisten = \"127.0.0.1:{port}\"\nbearer_token = \"{TOKEN}\"\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"otel\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+            data = dir.path().join("data").display(),
+            lake = dir.path().join("lake").display(),
+        ),
+    )
+    .unwrap();
+    let mut otlp = start_listening_with(
+        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+        port,
+    );
+    let run = Command::new("node")
+        .arg(repo_root().join("tests/js/otlp_logs.mjs"))
+        .args([&format!("http://127.0.0.1:{port}/v1/logs"), TOKEN, "120"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    terminate(&otlp);
+    assert!(otlp.wait().unwrap().success());
+    let records = json_lines_under(&dir.path().join("lake"));
+    let mut ids: Vec<i64> = records.iter().map(|r| r["attributes"]["item.id"].as_i64().unwrap_or(-1)).collect();
+    ids.sort();
+    assert_eq!(ids, (0..120).collect::<Vec<i64>>(), "each record once");
+    for r in &records {
+        let i = r["attributes"]["item.id"].as_i64().unwrap_or(-1);
+        assert_eq!(r["body"], serde_json::json!({"msg": format!("GET /item/{i}"), "status": 200}), "{r}");
+        assert_eq!(
+            (&r["attributes"]["http.route"], &r["attributes"]["cart.total"]),
+            (&"/item/:id".into(), &19.5.into())
+        );
+        assert_eq!(
+            (&r["resource"]["service.name"], &r["resource"]["service.version"]),
+            (&"storefront".into(), &"4.2.0".into())
+        );
+        assert_eq!(
+            r["instrumentation_scope"],
+            serde_json::json!({"name": "storefront.http", "version": "4.2.0", "attributes": {}})
+        );
+        assert_eq!((&r["severity_text"], &r["severity_number"]), (&"INFO".into(), &9.into()));
     }
 }
