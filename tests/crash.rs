@@ -1,7 +1,8 @@
 //! Acknowledged means durable: a producer sends uniquely numbered records through the Firehose API
-//! while the sluice process is killed with SIGKILL at random (seeded) moments and restarted; at the
-//! end every record whose PutRecordBatch entry was acknowledged is at the destination at least once
-//! (exactly once in PostgreSQL).
+//! (or Splunk's HTTP Event Collector, acknowledgement ids and all) while the sluice process is
+//! killed with SIGKILL at random (seeded) moments and restarted; at the end every record whose
+//! PutRecordBatch entry (or HEC request, its ack id true) was acknowledged is at the destination at
+//! least once (exactly once in PostgreSQL).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -26,12 +27,31 @@ fn start(config: &Path, port: u16) -> Child {
     start_listening_with(&mut logged_run(config, filter), port)
 }
 
-/// Sends numbered records until `stop`; returns the numbers acknowledged.
-fn produce(port: u16, next: &AtomicU64, stop: &AtomicBool) -> Vec<u64> {
+/// How the producers send: one request of records `first..first + PER_REQUEST`, answering the
+/// numbers acknowledged, or `None` when the process did not answer.
+type Put = fn(&reqwest::blocking::Client, u16, u64) -> Option<Vec<u64>>;
+
+/// How the records reach sluice: the source's keys (its `type` line and what it needs), and one
+/// request.
+struct Via {
+    source: String,
+    put: Put,
+}
+
+/// Through the Firehose API.
+fn firehose() -> Via {
+    Via { source: "type = \"firehose\"".into(), put: put_numbered }
+}
+
+/// The token of the `splunk_hec` source the HEC crash test sends to.
+const HEC_TOKEN: &str = "crash-test-token";
+
+/// Sends numbered records with `put` until `stop`; returns the numbers acknowledged.
+fn produce(put: Put, port: u16, next: &AtomicU64, stop: &AtomicBool) -> Vec<u64> {
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let mut acknowledged = Vec::new();
     while !stop.load(Ordering::SeqCst) {
-        match put_numbered(&http, port, next.fetch_add(PER_REQUEST, Ordering::SeqCst)) {
+        match put(&http, port, next.fetch_add(PER_REQUEST, Ordering::SeqCst)) {
             Some(acked) => acknowledged.extend(acked),
             None => break,
         }
@@ -65,7 +85,32 @@ fn put_numbered(http: &reqwest::blocking::Client, port: u16, first: u64) -> Opti
     Some(numbers.iter().zip(responses).filter(|(_, r)| r["RecordId"].is_string()).map(|(n, _)| *n).collect())
 }
 
-/// Every `{"n":…}` in delivered objects, with how often it appears. Nothing else may be under
+/// One HEC request of events `{"n":…}` on a channel, as Firehose's Splunk destination sends them:
+/// acknowledged when its `ackId` is then answered `true`.
+fn put_hec(http: &reqwest::blocking::Client, port: u16, first: u64) -> Option<Vec<u64>> {
+    const CHANNEL: &str = "9c2e4a1b-3d5f-4e6a-8b7c-0d1e2f3a4b5c";
+    let numbers: Vec<u64> = (first..first + PER_REQUEST).collect();
+    let body: String = numbers.iter().map(|n| format!("{{\"event\":{{\"n\":{n}}}}}")).collect();
+    let post = |path: &str, body: String| {
+        http.post(format!("http://127.0.0.1:{port}{path}"))
+            .header("Authorization", format!("Splunk {HEC_TOKEN}"))
+            .header("X-Splunk-Request-Channel", CHANNEL)
+            .body(body)
+            .send()
+            .ok()
+    };
+    let response = post("/services/collector/event", body)?;
+    if !response.status().is_success() {
+        return Some(Vec::new());
+    }
+    let answer: serde_json::Value = serde_json::from_str(&response.text().ok()?).unwrap();
+    let id = answer["ackId"].as_u64().unwrap();
+    let acks: serde_json::Value =
+        serde_json::from_str(&post("/services/collector/ack", format!("{{\"acks\":[{id}]}}"))?.text().ok()?).unwrap();
+    Some(if acks["acks"][id.to_string()] == true { numbers } else { Vec::new() })
+}
+
+/// Every `{"n":…}` (or HEC event `{"event":{"n":…}}`) in delivered objects, with how often it appears. Nothing else may be under
 /// `dir`: an interrupted write is staged outside it, never left as a partial object.
 fn delivered(dir: &Path) -> BTreeMap<u64, usize> {
     let mut counts = BTreeMap::new();
@@ -83,7 +128,8 @@ fn delivered(dir: &Path) -> BTreeMap<u64, usize> {
             for line in text.lines() {
                 let v: serde_json::Value =
                     serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
-                *counts.entry(v["n"].as_u64().unwrap()).or_default() += 1;
+                let n = v["n"].as_u64().or(v["event"]["n"].as_u64()).unwrap_or_else(|| panic!("{line}"));
+                *counts.entry(n).or_default() += 1;
             }
         }
     }
@@ -94,7 +140,16 @@ fn delivered(dir: &Path) -> BTreeMap<u64, usize> {
 fn records_acknowledged_before_any_of_twenty_kill_9s_are_all_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    survive_kills(dir.path(), KILLS, None, None, &|| delivered(&out));
+    survive_kills(&firehose(), dir.path(), KILLS, None, None, &|| delivered(&out));
+}
+
+/// The same through the `splunk_hec` source, a request acknowledged when its ack id is true.
+#[test]
+fn events_acknowledged_by_splunk_hec_before_kill_9s_are_all_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let via = Via { source: format!("type = \"splunk_hec\"\ntoken = \"{HEC_TOKEN}\""), put: put_hec };
+    survive_kills(&via, dir.path(), 8, None, None, &|| delivered(&out));
 }
 
 /// The same into PostgreSQL through the `postgres` sink (staged objects, COPY, the load ledgers):
@@ -118,7 +173,7 @@ fn records_acknowledged_before_kill_9s_are_loaded_into_postgres_exactly_once() {
             .map(|row| (row[0].parse::<u64>().unwrap(), row[1].parse::<usize>().unwrap()))
             .collect()
     };
-    let duplicates = survive_kills(dir.path(), 8, None, Some(&sink), &loaded);
+    let duplicates = survive_kills(&firehose(), dir.path(), 8, None, Some(&sink), &loaded);
     let log = std::fs::read_to_string(dir.path().join("crash.log")).unwrap();
     let replays = log.matches("replaying acknowledged records").count();
     let recognised = log.matches("were loaded before").count();
@@ -138,7 +193,7 @@ fn records_in_a_lambda_transform_when_killed_are_not_lost() {
         server.url("echo")
     );
     let out = dir.path().join("out");
-    survive_kills(dir.path(), 8, Some(&transform), None, &|| delivered(&out));
+    survive_kills(&firehose(), dir.path(), 8, Some(&transform), None, &|| delivered(&out));
     assert!(!server.events().is_empty(), "the function was called");
 }
 
@@ -159,16 +214,17 @@ fn records_in_enrich_and_dedup_when_killed_are_not_lost() {
         table.display()
     );
     let out = dir.path().join("out");
-    survive_kills(dir.path(), 8, Some(&transforms), None, &|| delivered(&out));
+    survive_kills(&firehose(), dir.path(), 8, Some(&transforms), None, &|| delivered(&out));
     let log = std::fs::read_to_string(dir.path().join("crash.log")).unwrap();
     assert!(!log.contains("cannot start"), "{log}");
 }
 
-/// Kills `sluice run` `kills` times under load (a transform `fn` between the source and the sink
+/// Kills `sluice run` `kills` times under load sent `via` a source (a transform `fn` between the source and the sink
 /// when given; `sink_table`, a whole `[sinks.out]` table, instead of NDJSON files under `dir/out` when
 /// given), then stops it cleanly: every acknowledged record is in what `delivered` reads. Returns
 /// how many copies beyond the first `delivered` holds.
 fn survive_kills(
+    via: &Via,
     dir: &Path,
     kills: usize,
     transform: Option<&str>,
@@ -191,6 +247,7 @@ fn survive_kills(
         let start = text.find("[sinks.out]").unwrap();
         text.replace_range(start.., table);
     }
+    text = text.replacen("type = \"firehose\"", &via.source, 1);
     std::fs::write(&config, text).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261126);
     let next = Arc::new(AtomicU64::new(0));
@@ -198,11 +255,12 @@ fn survive_kills(
     for _ in 0..kills {
         let mut child = start(&config, port);
         let stop = Arc::new(AtomicBool::new(false));
+        let put = via.put;
         let producers: Vec<_> = (0..2)
             .map(|_| {
                 let (next, stop, acknowledged) = (Arc::clone(&next), Arc::clone(&stop), Arc::clone(&acknowledged));
                 std::thread::spawn(move || {
-                    let acked = produce(port, &next, &stop);
+                    let acked = produce(put, port, &next, &stop);
                     acknowledged.lock().unwrap().extend(acked);
                 })
             })
