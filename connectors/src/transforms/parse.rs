@@ -8,7 +8,7 @@
 //! [transforms.flows]
 //! type = "parse"
 //! inputs = ["archive"]
-//! format = "vpc_flow"          # vpc_flow | cloudfront | alb | s3_access | delimited | csv
+//! format = "vpc_flow"          # vpc_flow | cloudfront | alb | elb | s3_access | delimited | csv
 //! # fields = ["version", "vpc-id", "srcaddr", …]   # a custom format's fields, in order (the presets know theirs)
 //! # delimiter = ","            # delimited only: one ASCII character (default " ")
 //! # numbers = ["bytes"]        # delimited and csv: fields written as JSON numbers
@@ -38,11 +38,12 @@
 //! than the transform reads (`Parse.FieldsDiffer`: a standard logging v2 selection of fields read
 //! as the 33), so that a file's lines are never read under the wrong names without a word.
 //!
-//! `alb` and `s3_access` cut AWS's lines at each space but keep a `"quoted"` field (`\` escapes
-//! the next character) and, for S3, the `[bracketed]` time whole; their keys are the columns of
-//! Athena's tables for these logs (an ALB's `client:port` as `client_ip` and `client_port`, its
-//! request line as `request_verb`, `request_url` and `request_proto`; S3's time also as an ISO 8601
-//! `timestamp`, first). Fields AWS adds at the end of a line are ignored and fields a line of an
+//! `alb`, `elb` (Classic Load Balancer) and `s3_access` cut AWS's lines at each space but keep a
+//! `"quoted"` field (`\` escapes the next character) and, for S3, the `[bracketed]` time whole;
+//! their keys are the columns of Athena's tables for these logs (an ALB's `client:port` as
+//! `client_ip` and `client_port`, its request line as `request_verb`, `request_url` and
+//! `request_proto`; a Classic Load Balancer's as `request_ip`, `request_port`, `request_verb`, `url`
+//! and `protocol`; S3's time also as an ISO 8601 `timestamp`, first). Fields AWS adds at the end of a line are ignored and fields a line of an
 //! older layout lacks are null, as AWS tells readers of these logs to do; a quoted field left open
 //! fails the line (`Parse.BadQuoting`), and so does an S3 time of another shape (`Parse.NotATime`).
 
@@ -191,6 +192,29 @@ const ALB_NUMBERS: &[&str] = &[
 /// The fields of the first ALB logs (to `trace_id`): AWS has added the others at the end of the
 /// line since, so an older file's lines lack them (read as null).
 const ALB_FIRST_FIELDS: usize = 18;
+/// Classic Load Balancer access log fields, in their order, named as Athena's table for them
+/// names its columns (`client:port` is its `request_ip` and `request_port`, `backend:port` its
+/// `backend_ip` and `backend_port`, `request` its `request_verb`, `url` and `protocol`).
+const ELB_FIELDS: &[&str] = &[
+    "request_timestamp",
+    "elb_name",
+    "client:port",
+    "backend:port",
+    "request_processing_time",
+    "backend_processing_time",
+    "client_response_time",
+    "elb_response_code",
+    "backend_response_code",
+    "received_bytes",
+    "sent_bytes",
+    "request",
+    "user_agent",
+    "ssl_cipher",
+    "ssl_protocol",
+];
+/// The Classic Load Balancer fields that are numbers (and the ports).
+const ELB_NUMBERS: &[&str] =
+    &["request_processing_time", "backend_processing_time", "client_response_time", "received_bytes", "sent_bytes"];
 /// Amazon S3 server access log fields, in their order, named as Athena's table for them names its
 /// columns.
 const S3_ACCESS_FIELDS: &[&str] = &[
@@ -227,7 +251,7 @@ const S3_ACCESS_NUMBERS: &[&str] = &["httpstatus", "bytessent", "objectsize", "t
 const S3_ACCESS_FIRST_FIELDS: usize = 17;
 
 /// The formats, as `format` names them.
-const FORMATS: &str = "`vpc_flow` (VPC Flow Logs as delivered to S3), `cloudfront` (CloudFront standard logs), `alb` (Application Load Balancer access logs), `s3_access` (S3 server access logs), `delimited` (your own `fields` and `delimiter`) or `csv` (RFC 4180 rows of your `fields`)";
+const FORMATS: &str = "`vpc_flow` (VPC Flow Logs as delivered to S3), `cloudfront` (CloudFront standard logs), `alb` (Application Load Balancer access logs), `elb` (Classic Load Balancer access logs), `s3_access` (S3 server access logs), `delimited` (your own `fields` and `delimiter`) or `csv` (RFC 4180 rows of your `fields`)";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,6 +268,7 @@ enum Format {
     VpcFlow,
     Cloudfront,
     Alb,
+    Elb,
     S3Access,
     Delimited,
     Csv,
@@ -256,6 +281,7 @@ impl Format {
             Format::VpcFlow => "vpc_flow",
             Format::Cloudfront => "cloudfront",
             Format::Alb => "alb",
+            Format::Elb => "elb",
             Format::S3Access => "s3_access",
             Format::Delimited => "delimited",
             Format::Csv => "csv",
@@ -265,7 +291,7 @@ impl Format {
     /// AWS's space-separated logs whose fields may be quoted (`"…"`) or bracketed (`[…]`), and
     /// may gain fields at the end of the line.
     fn is_quoted(self) -> bool {
-        matches!(self, Format::Alb | Format::S3Access)
+        matches!(self, Format::Alb | Format::Elb | Format::S3Access)
     }
 }
 
@@ -278,7 +304,7 @@ enum Split {
     /// the last `:`, so an IPv6 address stays whole); `-` both null.
     HostPort { ip: Vec<u8>, port: Vec<u8> },
     /// An HTTP request line (`GET https://host:443/path HTTP/1.1`): its verb (to the first space),
-    /// its protocol (after the last) and its URL (between them).
+    /// its URL (to the next) and its protocol (the rest).
     Request { verb: Vec<u8>, url: Vec<u8>, proto: Vec<u8> },
 }
 
@@ -340,6 +366,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         "vpc_flow" => Format::VpcFlow,
         "cloudfront" => Format::Cloudfront,
         "alb" => Format::Alb,
+        "elb" => Format::Elb,
         "s3_access" => Format::S3Access,
         "delimited" => Format::Delimited,
         "csv" => Format::Csv,
@@ -365,6 +392,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         Format::VpcFlow => (VPC_FLOW_FIELDS, VPC_FLOW_NUMBERS, b' '),
         Format::Cloudfront => (CLOUDFRONT_FIELDS, CLOUDFRONT_NUMBERS, b'\t'),
         Format::Alb => (ALB_FIELDS, ALB_NUMBERS, b' '),
+        Format::Elb => (ELB_FIELDS, ELB_NUMBERS, b' '),
         Format::S3Access => (S3_ACCESS_FIELDS, S3_ACCESS_NUMBERS, b' '),
         Format::Delimited => (&[], &[], b' '),
         Format::Csv => (&[], &[], b','),
@@ -442,15 +470,21 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     let splits = names
         .iter()
         .map(|name| match (format, name.as_str()) {
-            (Format::Alb, "client:port" | "target:port") => {
+            (Format::Alb, "client:port" | "target:port") | (Format::Elb, "backend:port") => {
                 let host = name.trim_end_matches(":port");
                 Split::HostPort { ip: json_key(&format!("{host}_ip")), port: json_key(&format!("{host}_port")) }
+            }
+            (Format::Elb, "client:port") => {
+                Split::HostPort { ip: json_key("request_ip"), port: json_key("request_port") }
             }
             (Format::Alb, "request") => Split::Request {
                 verb: json_key("request_verb"),
                 url: json_key("request_url"),
                 proto: json_key("request_proto"),
             },
+            (Format::Elb, "request") => {
+                Split::Request { verb: json_key("request_verb"), url: json_key("url"), proto: json_key("protocol") }
+            }
             _ => Split::Whole,
         })
         .collect();
@@ -478,7 +512,9 @@ impl Transform for ParseTransform {
     fn describe(&self) -> String {
         let Spec { format, names, delimiter, .. } = &*self.spec;
         match format {
-            Format::Csv | Format::Alb | Format::S3Access => format!("parse: {}, {} fields", format.name(), names.len()),
+            Format::Csv | Format::Alb | Format::Elb | Format::S3Access => {
+                format!("parse: {}, {} fields", format.name(), names.len())
+            }
             _ => format!("parse: {}, {} fields split on {:?}", format.name(), names.len(), *delimiter as char),
         }
     }
@@ -617,8 +653,12 @@ impl RecordTransform for LineParser {
                         write_value(number, true, out);
                     }
                     Split::Request { verb, url, proto } => {
-                        let (method, rest) = field.split_once(' ').unwrap_or((field, "-"));
-                        let (target, version) = rest.rsplit_once(' ').unwrap_or((rest, "-"));
+                        // Cut at its first two spaces, as Athena's tables cut it (a URL holds
+                        // none: the load balancer encodes them); a TCP listener's `- - - ` is none.
+                        let mut parts = field.splitn(3, ' ');
+                        let method = parts.next().unwrap_or("-");
+                        let target = parts.next().unwrap_or("-");
+                        let version = parts.next().map_or("-", |v| if v == "- " { "-" } else { v });
                         out.extend_from_slice(verb);
                         write_value(method, false, out);
                         for (key, part) in [(url, target), (proto, version)] {
@@ -917,6 +957,32 @@ mod tests {
             (&v["request_verb"], &v["request_url"], &v["request_proto"]),
             (&serde_json::Value::Null, &"http://www.example.com:80-".into(), &"".into())
         );
+    }
+
+    /// Classic Load Balancer access log lines (AWS's HTTP and TCP listener examples): the columns of
+    /// Athena's `elb_logs` table, a TCP listener's `- - - ` request and `-` codes null.
+    #[test]
+    fn classic_elb_access_log_lines_become_the_columns_athena_names() {
+        let http = r#"2015-05-13T23:39:43.945958Z my-loadbalancer 192.168.131.39:2817 10.0.0.1:80 0.000073 0.001048 0.000057 200 200 0 29 "GET http://www.example.com:80/ HTTP/1.1" "curl/7.38.0" - -"#;
+        let tcp = r#"2015-05-13T23:39:43.945958Z my-loadbalancer 192.168.131.39:2817 10.0.0.1:80 0.001069 0.000028 0.000041 - - 82 305 "- - - " "-" - -"#;
+        let run = parse("format = \"elb\"", &[http, tcp]);
+        assert_eq!(run.failed.len(), 0, "{:?}", run.failed);
+        let v = delivered(&run);
+        assert_eq!(
+            v[0],
+            serde_json::json!({
+                "request_timestamp": "2015-05-13T23:39:43.945958Z", "elb_name": "my-loadbalancer",
+                "request_ip": "192.168.131.39", "request_port": 2817, "backend_ip": "10.0.0.1", "backend_port": 80,
+                "request_processing_time": 0.000073, "backend_processing_time": 0.001048, "client_response_time": 0.000057,
+                "elb_response_code": "200", "backend_response_code": "200", "received_bytes": 0, "sent_bytes": 29,
+                "request_verb": "GET", "url": "http://www.example.com:80/", "protocol": "HTTP/1.1",
+                "user_agent": "curl/7.38.0", "ssl_cipher": null, "ssl_protocol": null
+            })
+        );
+        for key in ["request_verb", "url", "protocol", "user_agent", "elb_response_code", "backend_response_code"] {
+            assert!(v[1][key].is_null(), "{key}: {}", v[1]);
+        }
+        assert_eq!((&v[1]["received_bytes"], &v[1]["sent_bytes"]), (&82.into(), &305.into()));
     }
 
     proptest::proptest! {
