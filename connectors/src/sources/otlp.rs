@@ -45,7 +45,8 @@ use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message as _;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 use sluice_engine::config::{ConnectorConfig, Problems};
 use sluice_engine::contract::Source;
 use sluice_engine::record::{RecordBatch, now_ms};
@@ -239,37 +240,65 @@ fn hex_of(bytes: &[u8]) -> Value {
     Value::String(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A log record as the JSON object it becomes: its keys in alphabetical order (as a JSON map
+/// writes them), its resource and scope made JSON text once for all their records.
+#[derive(serde::Serialize)]
+struct LogJson<'a> {
+    attributes: Value,
+    body: Value,
+    dropped_attributes_count: u32,
+    event_name: Value,
+    instrumentation_scope: &'a RawValue,
+    observed_timestamp: Value,
+    resource: &'a RawValue,
+    severity_number: i32,
+    severity_text: Value,
+    span_id: Value,
+    timestamp: Value,
+    trace_flags: u32,
+    trace_id: Value,
+}
+
+/// `value` as JSON text, kept to be written into each record as it is.
+fn raw(value: &Value) -> Box<RawValue> {
+    RawValue::from_string(value.to_string()).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
 /// The records of a request: each log record as a JSON object of the log data model; or why a
 /// record cannot be one.
 fn records(request: &ExportLogsServiceRequest) -> Result<RecordBatch, String> {
     let mut batch = RecordBatch::with_capacity(now_ms(), 0);
+    let mut text = Vec::new();
     for resource_logs in &request.resource_logs {
-        let resource = resource_logs.resource.as_ref().map_or(json!({}), |r| attributes(&r.attributes));
+        let resource = raw(&resource_logs.resource.as_ref().map_or(json!({}), |r| attributes(&r.attributes)));
         for scope_logs in &resource_logs.scope_logs {
             let scope =
-                scope_logs.scope.as_ref().map_or(json!({"name": null, "version": null, "attributes": {}}), |s| {
+                raw(&scope_logs.scope.as_ref().map_or(json!({"name": null, "version": null, "attributes": {}}), |s| {
                     json!({
                         "name": text_or_null(&s.name),
                         "version": text_or_null(&s.version),
                         "attributes": attributes(&s.attributes),
                     })
-                });
+                }));
             for log in &scope_logs.log_records {
-                let mut record = Map::new();
-                record.insert("timestamp".into(), time_of(log.time_unix_nano));
-                record.insert("observed_timestamp".into(), time_of(log.observed_time_unix_nano));
-                record.insert("severity_text".into(), text_or_null(&log.severity_text));
-                record.insert("severity_number".into(), log.severity_number.into());
-                record.insert("body".into(), any_value(log.body.as_ref()));
-                record.insert("attributes".into(), attributes(&log.attributes));
-                record.insert("resource".into(), resource.clone());
-                record.insert("instrumentation_scope".into(), scope.clone());
-                record.insert("trace_id".into(), hex_of(&log.trace_id));
-                record.insert("span_id".into(), hex_of(&log.span_id));
-                record.insert("trace_flags".into(), log.flags.into());
-                record.insert("event_name".into(), text_or_null(&log.event_name));
-                record.insert("dropped_attributes_count".into(), log.dropped_attributes_count.into());
-                let text = Value::Object(record).to_string();
+                let record = LogJson {
+                    attributes: attributes(&log.attributes),
+                    body: any_value(log.body.as_ref()),
+                    dropped_attributes_count: log.dropped_attributes_count,
+                    event_name: text_or_null(&log.event_name),
+                    instrumentation_scope: &scope,
+                    observed_timestamp: time_of(log.observed_time_unix_nano),
+                    resource: &resource,
+                    severity_number: log.severity_number,
+                    severity_text: text_or_null(&log.severity_text),
+                    span_id: hex_of(&log.span_id),
+                    timestamp: time_of(log.time_unix_nano),
+                    trace_flags: log.flags,
+                    trace_id: hex_of(&log.trace_id),
+                };
+                text.clear();
+                serde_json::to_writer(&mut text, &record)
+                    .map_err(|e| format!("log record {}: {e}", batch.len() + 1))?;
                 if text.len() > MAX_RECORD_BYTES {
                     return Err(format!(
                         "log record {} is {} bytes as JSON; a record is at most {MAX_RECORD_BYTES}",
@@ -277,7 +306,7 @@ fn records(request: &ExportLogsServiceRequest) -> Result<RecordBatch, String> {
                         text.len()
                     ));
                 }
-                batch.push(text.as_bytes());
+                batch.push(&text);
             }
         }
     }

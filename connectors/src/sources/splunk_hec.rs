@@ -283,15 +283,21 @@ fn events(body: &[u8]) -> Result<RecordBatch, HecError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(HecError::new(StatusCode::BAD_REQUEST, "No data", 5));
     }
+    /// What an event object says of its `event` (its other keys skipped, not parsed).
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        event: Option<&'a RawValue>,
+    }
     let mut batch = RecordBatch::with_capacity(now_ms(), body.len());
-    for (n, value) in serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>().enumerate() {
-        let value = value.map_err(|e| HecError::invalid(format!("Invalid data format: {e}"), Some(n)))?;
-        let text = value.get();
-        #[derive(Deserialize)]
-        struct Envelope<'a> {
-            #[serde(borrow)]
-            event: Option<&'a RawValue>,
-        }
+    // One parse per object: its text is the body between the stream's offsets before and after it.
+    let mut objects = serde_json::Deserializer::from_slice(body).into_iter::<Envelope<'_>>();
+    let mut start = 0;
+    let mut n = 0;
+    while let Some(envelope) = objects.next() {
+        let end = objects.byte_offset();
+        let text = body.get(start..end).unwrap_or_default().trim_ascii_start();
+        start = end;
         // (A struct would take an array's elements too: only an object is an event.)
         let not_an_object = || {
             HecError::invalid(
@@ -299,10 +305,12 @@ fn events(body: &[u8]) -> Result<RecordBatch, HecError> {
                 Some(n),
             )
         };
-        if !text.starts_with('{') {
-            return Err(not_an_object());
-        }
-        let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|_| not_an_object())?;
+        let envelope = match envelope {
+            Ok(_) if text.first() != Some(&b'{') => return Err(not_an_object()),
+            Ok(envelope) => envelope,
+            Err(e) if e.is_data() => return Err(not_an_object()),
+            Err(e) => return Err(HecError::invalid(format!("Invalid data format: {e}"), Some(n))),
+        };
         match envelope.event.map(RawValue::get) {
             None => {
                 return Err(HecError {
@@ -327,7 +335,8 @@ fn events(body: &[u8]) -> Result<RecordBatch, HecError> {
                 Some(n),
             ));
         }
-        batch.push(text.as_bytes());
+        batch.push(text);
+        n += 1;
     }
     Ok(batch)
 }
@@ -483,6 +492,20 @@ mod tests {
         let case = SourceCase::stream(table, expected, produce, dir.path());
         let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
+    }
+
+    /// The shared machinery's refusals as HEC says them: busy or stopping (503) is code 9, which
+    /// HEC clients retry; another server error is 8; a body too large, slow or undecodable is 6.
+    #[test]
+    fn shared_refusals_carry_hecs_codes() {
+        let code = |status| from_refusal((status, "why".to_string())).code;
+        assert_eq!(code(StatusCode::SERVICE_UNAVAILABLE), 9);
+        assert_eq!(code(StatusCode::INTERNAL_SERVER_ERROR), 8);
+        for status in [StatusCode::PAYLOAD_TOO_LARGE, StatusCode::REQUEST_TIMEOUT, StatusCode::UNSUPPORTED_MEDIA_TYPE] {
+            assert_eq!(code(status), 6, "{status}");
+        }
+        let busy = from_refusal((StatusCode::SERVICE_UNAVAILABLE, "too much data in flight".into())).answer();
+        assert_eq!(busy.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
     }
 
     #[test]
