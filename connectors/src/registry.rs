@@ -10,6 +10,7 @@ pub fn registry() -> Registry {
         sources: vec![
             SourceType { name: "file", configure: sources::file::configure },
             SourceType { name: "firehose", configure: sources::firehose::configure },
+            SourceType { name: "fluent", configure: sources::fluent::configure },
             SourceType { name: "generator", configure: sources::generator::configure },
             SourceType { name: "http", configure: sources::http::configure },
             SourceType { name: "http_endpoint", configure: sources::http_endpoint::configure },

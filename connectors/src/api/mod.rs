@@ -268,6 +268,18 @@ pub fn accept(queue: &IngestQueue, log: Option<&Arc<durable::DurableLog>>, batch
         queue::Refused::Full => Rejected::Full,
         queue::Refused::Closed => Rejected::Closed,
     })?;
+    commit_reserved(queue, log, reservation, batch)
+}
+
+/// The rest of [`accept`] once `reservation` (room for `batch` in `queue`) is held: the log, then
+/// the queue. A source that waits for room rather than refusing (the `fluent` source holds its
+/// connection back) reserves first, then calls this.
+pub fn commit_reserved(
+    queue: &IngestQueue,
+    log: Option<&Arc<durable::DurableLog>>,
+    reservation: queue::Reservation,
+    batch: RecordBatch,
+) -> Result<(), Rejected> {
     let seq = match log.map(|log| log.commit(&batch)) {
         Some(Ok(seq)) => Some(seq),
         Some(Err(e)) => {

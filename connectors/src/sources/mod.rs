@@ -3,6 +3,7 @@
 pub mod file;
 pub mod file_checkpoint;
 pub mod firehose;
+pub mod fluent;
 pub mod generator;
 pub mod http;
 pub mod http_endpoint;

@@ -1,0 +1,1554 @@
+//! `type = "fluent"`: Fluentd's forward protocol served, so that what forwards to Fluentd (Fluent
+//! Bit's and Fluentd's `forward` outputs, Docker's `fluentd` logging driver, the Fluent loggers of
+//! Node.js, Python, Java, Go) forwards to sluice instead, unchanged but for the address.
+//!
+//! ```toml
+//! [sources.fluent]
+//! type = "fluent"
+//! listen = "127.0.0.1:24224"           # Fluentd's forward port
+//! shared_key = "${FLUENT_SHARED_KEY}"  # optional: the protocol's handshake (Fluent Bit's `Shared_Key`,
+//!                                      # Fluentd's `<security> shared_key`); clients without it are refused
+//! self_hostname = "sluice"             # the server's name in the handshake (default "sluice")
+//! max_message_mb = 16                  # one message, as sent; a larger one closes its connection
+//! max_inflight_mb = 256                # past this, connections are read no further until there is room
+//! max_connections = 4096
+//! idle_timeout_s = 300                 # a connection silent this long between messages is closed
+//! tls = { cert = "...", key = "..." }  # optional: TLS (Fluent Bit's `tls on`, Fluentd's `transport tls`)
+//! ```
+//!
+//! The protocol is the Forward Protocol Specification v1 (docs/fluent-forward.md): on one TCP
+//! connection, MessagePack arrays one after another, each one tag's events in one of four modes:
+//! Message `[tag, time, record, option?]`, Forward `[tag, [[time, record], …], option?]`,
+//! PackedForward `[tag, <entries as one bin/str>, option?]` and CompressedPackedForward (the same
+//! entries gzip'd, `compressed: "gzip"` in the option; concatenated gzip members are read whole).
+//! A time is integer seconds, an `EventTime` (extension type 0: seconds and nanoseconds), or a
+//! float; an entry's time may also be Fluent Bit's `[time, metadata]`.
+//!
+//! Each event becomes one record, a JSON object: `{"tag": …, "time": "<RFC 3339, UTC>", "record":
+//! {…}}` (`"metadata"` before `"record"` when Fluent Bit sent some): nothing of the event is lost
+//! and nothing of the record is renamed (a `jq` transform's `.record + {tag, time}` flattens it).
+//! MessagePack values become JSON as they are, but: a `bin` that is UTF-8 becomes a string and
+//! other binary is base64; a `str` that is not UTF-8 has its invalid bytes replaced by U+FFFD; a
+//! non-finite float becomes `null`; an `EventTime` inside a record becomes its RFC 3339 text and
+//! another extension value the base64 of its data; a map key that is a number, a boolean or nil
+//! becomes its text.
+//!
+//! Guarantees: a message whose option carries a `chunk` is answered `{"ack": <chunk>}` only once
+//! all its events are queued and as durable as the pipeline asks (the write-ahead log synced):
+//! at-least-once delivery for clients that ask for acknowledgements (Fluent Bit's
+//! `Require_ack_response`, Fluentd's `require_ack_response`). A message is taken whole or not at
+//! all. A message that is not the protocol's (not MessagePack, not an array of 2 to 4, a tag that
+//! is no string, a time that is none, an event over 1,000 KiB as JSON, more than `max_message_mb`,
+//! gzip that does not decode) closes its connection unacknowledged, said in the pipeline's error
+//! log (`Fluent.BadMessage`) and counted (`FluentRefusedMessages`); so is a failed handshake
+//! (`Fluent.HandshakeRefused`, `FluentRefusedHandshakes`). When the queue is full a connection is
+//! simply read no further (TCP holds its client back), rather than refused. On stop, new
+//! connections are refused, each open one finishes the message it is taking (queued and
+//! answered), and only then the queue closes.
+//!
+//! Beyond Fluentd: no UDP heartbeats (Fluentd's `heartbeat_type udp`; use `transport`/`none`), no
+//! user/password authentication (`<user>` sections): the shared key, TLS, or both.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use rmp::Marker;
+use serde::Deserialize;
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
+use sluice_engine::contract::{PrepareContext, Source, SourceContext, SourceError, SourceReader, StopSignal};
+use sluice_engine::error_log::Level;
+use sluice_engine::metrics::{Family, PipelineMetrics, SourceMeter};
+use sluice_engine::record::{RecordBatch, now_ms};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::api::bound::Bound;
+use crate::api::firehose::MAX_RECORD_BYTES;
+use crate::api::listener::open_listener_warning;
+use crate::api::queue::{IngestQueue, Refused};
+use crate::api::{LogSlot, QueueReader, Rejected, TlsFiles, bind, commit_reserved, inflight_limit};
+use crate::sources::firehose::parse_listen;
+
+/// Where the source listens unless told: Fluentd's forward port, on this machine only.
+const DEFAULT_LISTEN: &str = "127.0.0.1:24224";
+/// How long a stopping source waits for connections to finish the message they are taking.
+const GRACE: Duration = Duration::from_secs(30);
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+/// The records of a message are queued in batches of about this many bytes.
+const BATCH_BYTES: usize = 1 << 20;
+/// How deep arrays and maps may nest in a message (as deep as JSON readers take).
+const MAX_DEPTH: usize = 100;
+/// How much is read from a connection at once.
+const READ_CHUNK: usize = 64 << 10;
+/// The largest `PING` a client sends in the handshake.
+const MAX_PING: usize = 64 << 10;
+/// How soon a connection waiting for room in the queue looks again.
+const ROOM_POLL: Duration = Duration::from_millis(5);
+/// MessagePack's extension type of Fluentd's `EventTime`.
+const EVENT_TIME: i8 = 0;
+
+/// Messages refused (closing their connections).
+const REFUSED_MESSAGES: Family = Family {
+    name: "FluentRefusedMessages",
+    help: "Forward-protocol messages refused as not the protocol's (their connections closed, nothing taken).",
+};
+/// Handshakes refused.
+const REFUSED_HANDSHAKES: Family = Family {
+    name: "FluentRefusedHandshakes",
+    help: "Forward-protocol connections refused in the handshake (a wrong or missing shared key).",
+};
+
+/// The source's keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FluentConfig {
+    listen: Option<String>,
+    shared_key: Option<String>,
+    self_hostname: Option<String>,
+    max_message_mb: Option<u64>,
+    max_inflight_mb: Option<u64>,
+    max_connections: Option<u64>,
+    idle_timeout_s: Option<u64>,
+    tls: Option<TlsFiles>,
+}
+
+/// Builds the source from `[sources.<name>]`.
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
+    let table = &config.table;
+    let listen_span = table.value_span("listen").unwrap_or(table.span.clone());
+    let key_span = table.value_span("shared_key").unwrap_or(table.span.clone());
+    let hostname_span = table.value_span("self_hostname").unwrap_or(table.span.clone());
+    let (message_at, inflight_at) = (table.key_at("max_message_mb"), table.key_at("max_inflight_mb"));
+    let (connections_at, idle_at, tls_at) =
+        (table.key_at("max_connections"), table.key_at("idle_timeout_s"), table.key_at("tls"));
+    let log = LogSlot::for_source(&config);
+    let base_dir = config.base_dir.clone();
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<FluentConfig>(&mut problems) else { return Err(problems) };
+    let listen = problems.take(parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span));
+    let max_message_mb = problems.take(message_at.within(
+        c.max_message_mb,
+        16,
+        1..=1024,
+        "MB of one forward-protocol message as sent (default 16; Fluent Bit's chunks are 2 MB)",
+    ));
+    let inflight = problems.take(inflight_limit(
+        c.max_inflight_mb,
+        2,
+        "a message's records are queued 1 MiB at a time",
+        &inflight_at,
+    ));
+    let connections = problems.take(connections_at.within(
+        c.max_connections,
+        4096,
+        1..=1_000_000,
+        "concurrent connections (default 4096)",
+    ));
+    let idle = problems.take(idle_at.within(
+        c.idle_timeout_s,
+        300,
+        1..=86_400,
+        "seconds a connection may stay silent between messages (default 300); clients connect again",
+    ));
+    let shared_key = problems.take(match c.shared_key {
+        Some(key) if key.is_empty() => Err(Diagnostic::new(key_span, "`shared_key` is empty")
+            .with_hint("the key the clients share (Fluent Bit's `Shared_Key`): shared_key = \"${FLUENT_SHARED_KEY}\"; leave it out for no handshake")),
+        key => Ok(key.map(SharedKey)),
+    });
+    let hostname = problems.take(match (c.self_hostname, &shared_key) {
+        (Some(name), _) if name.trim().is_empty() => Err(Diagnostic::new(hostname_span, "`self_hostname` is empty")
+            .with_hint("the name the server gives in the handshake, e.g. \"sluice\"")),
+        (Some(_), Some(None)) => Err(Diagnostic::new(
+            hostname_span,
+            "`self_hostname` is said only in the handshake, which needs `shared_key`",
+        )
+        .with_hint("set `shared_key` too, or leave `self_hostname` out")),
+        (name, _) => Ok(name.unwrap_or_else(|| "sluice".into())),
+    });
+    let tls = problems.take(c.tls.as_ref().map(|t| t.checked(&base_dir, &tls_at)).transpose());
+    let (listen, max_message_mb, inflight, connections, idle, shared_key, hostname, tls) = problems
+        .finish((|| Some((listen?, max_message_mb?, inflight?, connections?, idle?, shared_key?, hostname?, tls?)))())?;
+    Ok(Arc::new(FluentSource {
+        listen,
+        tls,
+        max_connections: usize::try_from(connections).unwrap_or(usize::MAX),
+        shared: Arc::new(Shared {
+            queue: Arc::new(IngestQueue::new(inflight)),
+            log,
+            shared_key,
+            hostname,
+            max_message: usize::try_from(max_message_mb << 20).unwrap_or(usize::MAX),
+            idle_timeout: Duration::from_secs(idle),
+            metrics: OnceLock::new(),
+        }),
+    }))
+}
+
+/// The shared key, never shown.
+struct SharedKey(String);
+
+impl std::fmt::Debug for SharedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedKey(…)")
+    }
+}
+
+/// The configured source.
+#[derive(Debug)]
+struct FluentSource {
+    listen: SocketAddr,
+    tls: Option<TlsFiles>,
+    max_connections: usize,
+    shared: Arc<Shared>,
+}
+
+/// What every connection works with.
+#[derive(Debug)]
+struct Shared {
+    queue: Arc<IngestQueue>,
+    log: LogSlot,
+    shared_key: Option<SharedKey>,
+    hostname: String,
+    max_message: usize,
+    idle_timeout: Duration,
+    metrics: OnceLock<(Arc<PipelineMetrics>, SourceMeter)>,
+}
+
+impl Source for FluentSource {
+    fn describe(&self) -> String {
+        let scheme = if self.tls.is_some() { "tls" } else { "tcp" };
+        let auth = if self.shared.shared_key.is_some() { "shared key" } else { "no auth" };
+        format!("fluent: forward protocol on {scheme}://{} ({auth})", self.listen)
+    }
+
+    fn is_finite(&self) -> bool {
+        false
+    }
+
+    /// The address, and the log's encryption key when it has one.
+    fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
+        self.shared.log.check_with_listener(self.listen)
+    }
+
+    fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        let authenticated = self.shared.shared_key.is_some() || self.tls.is_some();
+        if let Some(warning) = open_listener_warning("fluent", self.listen, authenticated, "set `shared_key`") {
+            tracing::warn!("{warning}");
+        }
+        let _ = self.shared.metrics.set((Arc::clone(&ctx.metrics), ctx.meter.clone()));
+        if let Some(log) = self.shared.log.open(&self.shared.queue, &ctx.metrics)? {
+            log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
+        }
+        let bound = bind(self.listen)?;
+        let tls = match &self.tls {
+            Some(files) => Some(
+                crate::api::certificate::serve_certificate(&ctx.runtime, files.served_for(ctx), ctx.stop.clone())
+                    .map_err(|why| {
+                        SourceError::Setup(format!("cannot serve TLS certificate {}: {why}", files.cert.display()))
+                    })?,
+            ),
+            None => None,
+        };
+        let (shared, stop, connections) = (Arc::clone(&self.shared), ctx.stop.clone(), self.max_connections);
+        ctx.runtime.spawn(serve(bound, tls, shared, connections, stop));
+        tracing::info!(address = %self.listen, tls = self.tls.is_some(), "fluent: listening");
+        Ok(())
+    }
+
+    fn finish(&self, _stopped: bool) {
+        if let Some(log) = self.shared.log.get() {
+            log.finish();
+        }
+    }
+
+    fn open(&self, _ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
+        Ok(Box::new(QueueReader::new(Arc::clone(&self.shared.queue), self.shared.log.get())))
+    }
+}
+
+/// Accepts connections until `stop`, then waits (up to [`GRACE`]) for the open ones to finish
+/// the message they are taking, and closes the queue.
+async fn serve(
+    bound: Bound,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    stop: StopSignal,
+) {
+    let Bound { socket, serving } = bound;
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    match tokio::net::TcpListener::from_std(socket) {
+        Ok(listener) => loop {
+            let (stream, peer) = tokio::select! {
+                () = stop.stopped() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait, rather than spin.
+                        tracing::warn!(error = %e, "fluent: cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            // Past the cap a connection is closed at once, nothing read.
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else { continue };
+            let _ = stream.set_nodelay(true);
+            let (shared, stop, tls) = (Arc::clone(&shared), stop.clone(), tls.clone());
+            tokio::spawn(async move {
+                let ended = match tls {
+                    None => converse(stream, &shared, &stop).await,
+                    Some(config) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config.get_inner());
+                        match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => converse(stream, &shared, &stop).await,
+                            Ok(Err(e)) => Err(Ended::Io(e)),
+                            Err(_) => Err(Ended::TimedOut),
+                        }
+                    }
+                };
+                if let Err(ended) = ended {
+                    shared.say(peer, &ended);
+                }
+                drop(permit);
+            });
+        },
+        Err(e) => tracing::error!(error = %e, "fluent: cannot serve the listening socket"),
+    }
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(GRACE, permits.acquire_many(all)).await;
+    // Every acknowledged message is queued by now: let the readers drain and finish.
+    shared.queue.close();
+    drop(serving);
+}
+
+/// Why a connection ended other than by its client closing it.
+#[derive(Debug)]
+enum Ended {
+    /// It sent what is not the protocol.
+    Bad(Bad),
+    /// Its handshake failed: why, as the `PONG` said.
+    Handshake(String),
+    /// It was silent past the idle timeout.
+    TimedOut,
+    /// The run is stopping.
+    Stopping,
+    /// The records could not be made durable.
+    Log(String),
+    /// Reading or writing failed.
+    Io(std::io::Error),
+}
+
+impl From<Bad> for Ended {
+    fn from(bad: Bad) -> Self {
+        Ended::Bad(bad)
+    }
+}
+
+impl From<std::io::Error> for Ended {
+    fn from(e: std::io::Error) -> Self {
+        Ended::Io(e)
+    }
+}
+
+impl Shared {
+    /// Says why the connection from `peer` ended, where its operator looks for it.
+    fn say(&self, peer: SocketAddr, ended: &Ended) {
+        let meter = self.metrics.get().map(|(_, meter)| meter);
+        match ended {
+            Ended::Bad(bad) => {
+                let message = format!(
+                    "a message from {peer} is not the forward protocol's: {bad}; the connection is closed and nothing of the message taken"
+                );
+                tracing::warn!("fluent: {message}");
+                if let Some(meter) = meter {
+                    meter.report(Level::Error, "Fluent.BadMessage", &message);
+                    meter.count(REFUSED_MESSAGES, 1);
+                }
+            }
+            Ended::Handshake(why) => {
+                let message = format!("the handshake of {peer} was refused: {why}");
+                tracing::warn!("fluent: {message}");
+                if let Some(meter) = meter {
+                    meter.report(Level::Warn, "Fluent.HandshakeRefused", &message);
+                    meter.count(REFUSED_HANDSHAKES, 1);
+                }
+            }
+            Ended::Log(why) => {
+                let message = format!("records from {peer} could not be made durable: {why}; not acknowledged");
+                tracing::error!("fluent: {message}");
+                if let Some(meter) = meter {
+                    meter.report(Level::Error, "Fluent.LogFailed", &message);
+                }
+            }
+            Ended::TimedOut => tracing::debug!(%peer, "fluent: connection idle past the timeout; closed"),
+            Ended::Stopping => tracing::debug!(%peer, "fluent: connection closed by the stop"),
+            Ended::Io(e) => tracing::debug!(%peer, error = %e, "fluent: connection failed"),
+        }
+    }
+
+    /// Queues `batches` (one message's records) once the queue has room, logged as the pipeline
+    /// asks; `Ok` once every one is taken. (A message refused after a first batch was taken is
+    /// not acknowledged: its client sends it again, a duplicate, never a loss.)
+    async fn take(self: &Arc<Self>, batches: Vec<RecordBatch>, stop: &StopSignal) -> Result<(), Ended> {
+        for batch in batches {
+            let (count, bytes) = (batch.len() as u64, batch.byte_len() as u64);
+            let reservation = loop {
+                match self.queue.reserve(batch.byte_len()) {
+                    Ok(reservation) => break reservation,
+                    Err(Refused::Full) if !stop.is_stopped() => tokio::time::sleep(ROOM_POLL).await,
+                    Err(_) => return Err(Ended::Stopping),
+                }
+            };
+            let shared = Arc::clone(self);
+            // With a log this waits for a group commit: on a blocking thread.
+            let committed = tokio::task::spawn_blocking(move || {
+                commit_reserved(&shared.queue, shared.log.get().as_ref(), reservation, batch)
+            })
+            .await;
+            match committed {
+                Ok(Ok(())) => {}
+                Ok(Err(Rejected::Log(why))) => return Err(Ended::Log(why)),
+                Ok(Err(_)) => return Err(Ended::Stopping),
+                Err(e) => return Err(Ended::Log(e.to_string())),
+            }
+            if let Some((metrics, _)) = self.metrics.get() {
+                metrics.api.count_accepted(count, bytes);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One connection: its bytes read so far and where the message they begin ends.
+struct Connection<S> {
+    stream: S,
+    bytes: Vec<u8>,
+    framer: Framer,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Reads more; `false` when the client closed the connection or the run stops.
+    async fn read_more(&mut self, idle: Duration, stop: &StopSignal) -> Result<bool, Ended> {
+        self.bytes.reserve(READ_CHUNK);
+        tokio::select! {
+            () = stop.stopped() => Ok(false),
+            read = tokio::time::timeout(idle, self.stream.read_buf(&mut self.bytes)) => match read {
+                Ok(Ok(0)) => Ok(false),
+                Ok(Ok(_)) => Ok(true),
+                Ok(Err(e)) => Err(Ended::Io(e)),
+                Err(_) => Err(Ended::TimedOut),
+            },
+        }
+    }
+
+    /// The length of the next whole message (reading until it is here), or `None` when the
+    /// connection ends first.
+    async fn next_message(&mut self, max: usize, idle: Duration, stop: &StopSignal) -> Result<Option<usize>, Ended> {
+        loop {
+            if let Some(end) = self.framer.next(&self.bytes, max)? {
+                return Ok(Some(end));
+            }
+            if !self.read_more(idle, stop).await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Sends `bytes` whole.
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Ended> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+}
+
+/// Serves one connection: the handshake when there is a shared key, then each message taken and,
+/// when it asks, acknowledged, until the client closes it or the run stops.
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    shared: &Arc<Shared>,
+    stop: &StopSignal,
+) -> Result<(), Ended> {
+    let mut connection = Connection { stream, bytes: Vec::with_capacity(READ_CHUNK), framer: Framer::default() };
+    if let Some(key) = &shared.shared_key {
+        handshake(&mut connection, key, shared, stop).await?;
+    }
+    while let Some(end) = connection.next_message(shared.max_message, shared.idle_timeout, stop).await? {
+        let message = decode_message(&connection.bytes[..end], shared.max_message)?;
+        let ack = message.chunk.map(|chunk| ack_of(&connection.bytes[chunk]));
+        shared.take(message.batches, stop).await?;
+        if let Some(ack) = ack {
+            connection.send(&ack).await?;
+        }
+        connection.bytes.drain(..end);
+    }
+    Ok(())
+}
+
+/// `{"ack": <chunk>}`, the chunk id as the client encoded it.
+fn ack_of(chunk: &[u8]) -> Vec<u8> {
+    let mut ack = vec![0x81, 0xa3, b'a', b'c', b'k'];
+    ack.extend_from_slice(chunk);
+    ack
+}
+
+/// The shared-key handshake (the specification's "Handshake Messages"): `HELO` with a fresh
+/// nonce, the client's `PING` checked (its digest of salt, hostname, nonce and key), then `PONG`
+/// with the server's own digest, or with the reason and the connection closed.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    key: &SharedKey,
+    shared: &Shared,
+    stop: &StopSignal,
+) -> Result<(), Ended> {
+    let nonce: [u8; 16] = rand::random();
+    connection.send(&helo(&nonce)).await?;
+    let Some(end) = connection.next_message(MAX_PING, shared.idle_timeout, stop).await? else {
+        return Err(Ended::Handshake("the connection closed before its PING".into()));
+    };
+    let checked = Ping::parse(&connection.bytes[..end]).and_then(|ping| {
+        if ping.hostname == shared.hostname.as_bytes() {
+            return Err("Same hostname between input and output: invalid configuration".to_string());
+        }
+        let expected = hex_sha512(&[ping.salt, ping.hostname, &nonce, key.0.as_bytes()]);
+        if !constant_time_eq(expected.as_bytes(), ping.digest) {
+            return Err("shared_key mismatch".to_string());
+        }
+        Ok(hex_sha512(&[ping.salt, shared.hostname.as_bytes(), &nonce, key.0.as_bytes()]))
+    });
+    connection.bytes.drain(..end);
+    match checked {
+        Ok(digest) => connection.send(&pong(true, "", &shared.hostname, &digest)).await,
+        Err(why) => {
+            connection.send(&pong(false, &why, "", "")).await?;
+            Err(Ended::Handshake(why))
+        }
+    }
+}
+
+/// `["HELO", {"nonce": <nonce>, "auth": "", "keepalive": true}]` (no user authentication).
+fn helo(nonce: &[u8; 16]) -> Vec<u8> {
+    let mut helo = Vec::with_capacity(64);
+    helo.extend_from_slice(&[0x92, 0xa4]);
+    helo.extend_from_slice(b"HELO");
+    helo.extend_from_slice(&[0x83, 0xa5]);
+    helo.extend_from_slice(b"nonce");
+    helo.extend_from_slice(&[0xc4, 16]);
+    helo.extend_from_slice(nonce);
+    helo.extend_from_slice(&[0xa4]);
+    helo.extend_from_slice(b"auth");
+    helo.push(0xa0);
+    helo.push(0xa9);
+    helo.extend_from_slice(b"keepalive");
+    helo.push(0xc3);
+    helo
+}
+
+/// `["PONG", ok, reason, hostname, digest]`.
+fn pong(ok: bool, reason: &str, hostname: &str, digest: &str) -> Vec<u8> {
+    let mut pong = vec![0x95];
+    push_str(&mut pong, "PONG");
+    pong.push(if ok { 0xc3 } else { 0xc2 });
+    for text in [reason, hostname, digest] {
+        push_str(&mut pong, text);
+    }
+    pong
+}
+
+/// Appends `text` as a MessagePack str.
+fn push_str(out: &mut Vec<u8>, text: &str) {
+    match u32::try_from(text.len()) {
+        Ok(len) if len < 32 => out.push(0xa0 | len as u8),
+        Ok(len) if len < 256 => out.extend_from_slice(&[0xd9, len as u8]),
+        Ok(len) if len < 65_536 => {
+            out.push(0xda);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdb);
+            out.extend_from_slice(&u32::try_from(text.len()).unwrap_or(u32::MAX).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// A client's `PING`: `["PING", hostname, salt, hex digest, username, password digest]`.
+struct Ping<'a> {
+    hostname: &'a [u8],
+    salt: &'a [u8],
+    digest: &'a [u8],
+}
+
+impl<'a> Ping<'a> {
+    /// The `PING` in `message`, or why it is none.
+    fn parse(message: &'a [u8]) -> Result<Self, String> {
+        let not_a_ping = || "the first message is not a PING".to_string();
+        let mut cursor = Cursor::new(message);
+        let Ok(Kind::Array(4..=6)) = cursor.head() else { return Err(not_a_ping()) };
+        let mut text = || cursor.text().map_err(|_| not_a_ping());
+        if text()? != b"PING" {
+            return Err(not_a_ping());
+        }
+        Ok(Ping { hostname: text()?, salt: text()?, digest: text()? })
+    }
+}
+
+/// The lowercase hex SHA-512 of `parts` one after another.
+fn hex_sha512(parts: &[&[u8]]) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha512::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `a` and `b` are equal, in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |differ, (x, y)| differ | (x ^ y)) == 0
+}
+
+/// Why a message is not the protocol's.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum Bad {
+    /// A byte no MessagePack value starts with (0xc1).
+    #[error("not MessagePack (a value starts with 0xc1)")]
+    NotMessagePack,
+    /// It ends inside a value.
+    #[error("it ends inside a value")]
+    Truncated,
+    /// Larger than `max_message_mb` (or, decompressed, larger than that).
+    #[error("larger than {0} bytes (`max_message_mb`)")]
+    TooLarge(usize),
+    /// Nested too deep.
+    #[error("arrays and maps nest deeper than {MAX_DEPTH}")]
+    TooDeep,
+    /// Not `[tag, time, record, option?]`, `[tag, entries, option?]`.
+    #[error("{0}")]
+    Shape(&'static str),
+    /// A time that is none.
+    #[error("an event's time is not integer seconds, an EventTime or a float within the years 0 to 9999")]
+    Time,
+    /// An entry that is not `[time, record]`.
+    #[error("an entry is not [time, record]")]
+    Entry,
+    /// A map key that is an array, a map or an extension value.
+    #[error("a map key is an array, a map or an extension value")]
+    Key,
+    /// `compressed` names what is not gzip.
+    #[error("`compressed` is {0:?}: only \"gzip\" (or \"text\") is known")]
+    Compression(String),
+    /// The gzip'd entries do not decode.
+    #[error("the gzip'd entries do not decode: {0}")]
+    Gzip(String),
+    /// An event larger than a record may be.
+    #[error("an event is {0} bytes as JSON; a record is at most {MAX_RECORD_BYTES}")]
+    EventTooLarge(usize),
+}
+
+/// What a MessagePack value is, from its header; lengths and counts as the header says them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Nil,
+    Bool(bool),
+    UInt(u64),
+    Int(i64),
+    Float(f64),
+    /// A str of this many bytes.
+    Str(u64),
+    /// A bin of this many bytes.
+    Bin(u64),
+    /// An extension value: its type and its data's length.
+    Ext(i8, u64),
+    /// An array of this many values.
+    Array(u64),
+    /// A map of this many pairs.
+    Map(u64),
+}
+
+impl Kind {
+    /// The bytes that follow the header.
+    fn payload(self) -> u64 {
+        match self {
+            Kind::Str(n) | Kind::Bin(n) | Kind::Ext(_, n) => n,
+            _ => 0,
+        }
+    }
+
+    /// The values it holds.
+    fn children(self) -> u64 {
+        match self {
+            Kind::Array(n) => n,
+            Kind::Map(n) => n.saturating_mul(2),
+            _ => 0,
+        }
+    }
+}
+
+/// The header of the value `bytes` start with and its length (the marker and what follows it
+/// before the payload); `None` when not all of it is here yet.
+fn head(bytes: &[u8]) -> Result<Option<(Kind, usize)>, Bad> {
+    let Some(&first) = bytes.first() else { return Ok(None) };
+    // The `n` bytes after the marker, big-endian.
+    let be = |n: usize| bytes.get(1..=n).map(|b| b.iter().fold(0u64, |v, &x| v << 8 | u64::from(x)));
+    let sized = |n: usize, kind: fn(u64) -> Kind| be(n).map(|v| (kind(v), 1 + n));
+    // An extension value's type, `at` bytes after the marker.
+    let ext = |at: usize, len: Option<u64>, header: usize| {
+        bytes.get(at).zip(len).map(|(&t, n)| (Kind::Ext(i8::from_be_bytes([t]), n), header))
+    };
+    let head = match Marker::from_u8(first) {
+        Marker::FixPos(v) => Some((Kind::UInt(v.into()), 1)),
+        Marker::FixNeg(v) => Some((Kind::Int(v.into()), 1)),
+        Marker::Null => Some((Kind::Nil, 1)),
+        Marker::False => Some((Kind::Bool(false), 1)),
+        Marker::True => Some((Kind::Bool(true), 1)),
+        Marker::U8 => sized(1, Kind::UInt),
+        Marker::U16 => sized(2, Kind::UInt),
+        Marker::U32 => sized(4, Kind::UInt),
+        Marker::U64 => sized(8, Kind::UInt),
+        Marker::I8 => bytes.get(1).map(|&b| (Kind::Int(i8::from_be_bytes([b]).into()), 2)),
+        Marker::I16 => {
+            bytes.get(1..3).and_then(|b| b.try_into().ok()).map(|b| (Kind::Int(i16::from_be_bytes(b).into()), 3))
+        }
+        Marker::I32 => {
+            bytes.get(1..5).and_then(|b| b.try_into().ok()).map(|b| (Kind::Int(i32::from_be_bytes(b).into()), 5))
+        }
+        Marker::I64 => bytes.get(1..9).and_then(|b| b.try_into().ok()).map(|b| (Kind::Int(i64::from_be_bytes(b)), 9)),
+        Marker::F32 => {
+            bytes.get(1..5).and_then(|b| b.try_into().ok()).map(|b| (Kind::Float(f32::from_be_bytes(b).into()), 5))
+        }
+        Marker::F64 => bytes.get(1..9).and_then(|b| b.try_into().ok()).map(|b| (Kind::Float(f64::from_be_bytes(b)), 9)),
+        Marker::FixStr(n) => Some((Kind::Str(n.into()), 1)),
+        Marker::Str8 => sized(1, Kind::Str),
+        Marker::Str16 => sized(2, Kind::Str),
+        Marker::Str32 => sized(4, Kind::Str),
+        Marker::Bin8 => sized(1, Kind::Bin),
+        Marker::Bin16 => sized(2, Kind::Bin),
+        Marker::Bin32 => sized(4, Kind::Bin),
+        Marker::FixArray(n) => Some((Kind::Array(n.into()), 1)),
+        Marker::Array16 => sized(2, Kind::Array),
+        Marker::Array32 => sized(4, Kind::Array),
+        Marker::FixMap(n) => Some((Kind::Map(n.into()), 1)),
+        Marker::Map16 => sized(2, Kind::Map),
+        Marker::Map32 => sized(4, Kind::Map),
+        Marker::FixExt1 => ext(1, Some(1), 2),
+        Marker::FixExt2 => ext(1, Some(2), 2),
+        Marker::FixExt4 => ext(1, Some(4), 2),
+        Marker::FixExt8 => ext(1, Some(8), 2),
+        Marker::FixExt16 => ext(1, Some(16), 2),
+        Marker::Ext8 => ext(2, be(1), 3),
+        Marker::Ext16 => ext(3, be(2), 4),
+        Marker::Ext32 => ext(5, be(4), 6),
+        Marker::Reserved => return Err(Bad::NotMessagePack),
+    };
+    Ok(head)
+}
+
+/// Finds where whole MessagePack values end in bytes that arrive a piece at a time, resuming
+/// where it stopped (a large message is walked once, however many reads bring it), without
+/// decoding or allocating for what the values claim to hold.
+#[derive(Debug)]
+struct Framer {
+    /// Where the walk is.
+    at: usize,
+    /// Values still to walk in each open array or map, the outermost first.
+    open: Vec<u64>,
+}
+
+impl Default for Framer {
+    fn default() -> Self {
+        Framer { at: 0, open: vec![1] }
+    }
+}
+
+impl Framer {
+    /// The length of the value `bytes` start with once all of it is here (then the framer starts
+    /// over for the next), `None` until then; an error when it is not MessagePack, nests deeper
+    /// than [`MAX_DEPTH`] or would be longer than `max`.
+    fn next(&mut self, bytes: &[u8], max: usize) -> Result<Option<usize>, Bad> {
+        loop {
+            while self.open.last() == Some(&0) {
+                self.open.pop();
+            }
+            if self.open.is_empty() {
+                let end = self.at;
+                *self = Framer::default();
+                return Ok(Some(end));
+            }
+            if self.at >= max {
+                return Err(Bad::TooLarge(max));
+            }
+            let Some((kind, header)) = head(bytes.get(self.at..).unwrap_or_default())? else { return Ok(None) };
+            let payload = usize::try_from(kind.payload()).unwrap_or(usize::MAX);
+            let end = self.at.saturating_add(header).saturating_add(payload);
+            if end > max {
+                return Err(Bad::TooLarge(max));
+            }
+            if end > bytes.len() {
+                return Ok(None);
+            }
+            self.at = end;
+            if let Some(left) = self.open.last_mut() {
+                *left -= 1;
+            }
+            if kind.children() > 0 {
+                if self.open.len() > MAX_DEPTH {
+                    return Err(Bad::TooDeep);
+                }
+                self.open.push(kind.children());
+            }
+        }
+    }
+}
+
+/// Reads the values of one whole message (every length in it already checked by the [`Framer`]).
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Cursor { bytes, at: 0 }
+    }
+
+    /// The next value's header, read.
+    fn head(&mut self) -> Result<Kind, Bad> {
+        let (kind, header) = self.peek_head()?;
+        self.at += header;
+        Ok(kind)
+    }
+
+    fn peek_head(&self) -> Result<(Kind, usize), Bad> {
+        head(self.bytes.get(self.at..).unwrap_or_default())?.ok_or(Bad::Truncated)
+    }
+
+    /// The next value's kind, not read.
+    fn peek(&self) -> Result<Kind, Bad> {
+        self.peek_head().map(|(kind, _)| kind)
+    }
+
+    /// The next `n` bytes.
+    fn take(&mut self, n: u64) -> Result<&'a [u8], Bad> {
+        let end = usize::try_from(n).ok().and_then(|n| self.at.checked_add(n)).ok_or(Bad::Truncated)?;
+        let taken = self.bytes.get(self.at..end).ok_or(Bad::Truncated)?;
+        self.at = end;
+        Ok(taken)
+    }
+
+    /// The next value, a str or bin, as bytes.
+    fn text(&mut self) -> Result<&'a [u8], Bad> {
+        match self.head()? {
+            Kind::Str(n) | Kind::Bin(n) => self.take(n),
+            _ => Err(Bad::Shape("a string was expected")),
+        }
+    }
+
+    /// Steps over the next value; its bytes.
+    fn skip(&mut self) -> Result<Range<usize>, Bad> {
+        let start = self.at;
+        let len =
+            Framer::default().next(self.bytes.get(start..).unwrap_or_default(), usize::MAX)?.ok_or(Bad::Truncated)?;
+        self.at += len;
+        Ok(start..self.at)
+    }
+
+    /// The next value, an event's time, as RFC 3339 text (whole seconds for integer seconds,
+    /// nanoseconds for an `EventTime` or a float).
+    fn time(&mut self) -> Result<String, Bad> {
+        let (seconds, nanos, fraction) = match self.head()? {
+            Kind::UInt(s) => (i64::try_from(s).map_err(|_| Bad::Time)?, 0, false),
+            Kind::Int(s) => (s, 0, false),
+            Kind::Float(f) if f.is_finite() && f.abs() < 1e15 => {
+                let seconds = f.floor();
+                // (Within ±1e15 both fit; a float's nanoseconds are as exact as it is.)
+                let nanos = ((f - seconds) * 1e9).round().clamp(0.0, 999_999_999.0);
+                (seconds as i64, nanos as u32, true)
+            }
+            Kind::Ext(EVENT_TIME, 8) => return event_time(self.take(8)?),
+            _ => return Err(Bad::Time),
+        };
+        rfc3339(seconds, nanos, fraction)
+    }
+
+    /// Writes the next value as JSON.
+    fn json(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), Bad> {
+        if depth > MAX_DEPTH {
+            return Err(Bad::TooDeep);
+        }
+        match self.head()? {
+            Kind::Nil => out.extend_from_slice(b"null"),
+            Kind::Bool(true) => out.extend_from_slice(b"true"),
+            Kind::Bool(false) => out.extend_from_slice(b"false"),
+            Kind::UInt(v) => push_json(out, &v),
+            Kind::Int(v) => push_json(out, &v),
+            Kind::Float(v) if v.is_finite() => push_json(out, &v),
+            Kind::Float(_) => out.extend_from_slice(b"null"),
+            Kind::Str(n) => push_json(out, &String::from_utf8_lossy(self.take(n)?)),
+            Kind::Bin(n) => {
+                let bytes = self.take(n)?;
+                match std::str::from_utf8(bytes) {
+                    Ok(text) => push_json(out, text),
+                    Err(_) => push_json(out, &base64::engine::general_purpose::STANDARD.encode(bytes)),
+                }
+            }
+            Kind::Ext(EVENT_TIME, 8) => push_json(out, &event_time(self.take(8)?)?),
+            Kind::Ext(_, n) => push_json(out, &base64::engine::general_purpose::STANDARD.encode(self.take(n)?)),
+            Kind::Array(n) => {
+                out.push(b'[');
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    self.json(out, depth + 1)?;
+                }
+                out.push(b']');
+            }
+            Kind::Map(n) => {
+                out.push(b'{');
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    self.key(out)?;
+                    out.push(b':');
+                    self.json(out, depth + 1)?;
+                }
+                out.push(b'}');
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the next value, a map key, as a JSON string.
+    fn key(&mut self, out: &mut Vec<u8>) -> Result<(), Bad> {
+        match self.peek()? {
+            Kind::Str(_) | Kind::Bin(_) => self.json(out, 0),
+            Kind::Array(_) | Kind::Map(_) | Kind::Ext(..) => Err(Bad::Key),
+            _ => {
+                let mut text = Vec::new();
+                self.json(&mut text, 0)?;
+                push_json(out, &String::from_utf8_lossy(&text));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An `EventTime`'s data (seconds and nanoseconds, big-endian) as RFC 3339 text.
+fn event_time(data: &[u8]) -> Result<String, Bad> {
+    let part = |range: Range<usize>| data.get(range).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+    match part(0..4).zip(part(4..8)) {
+        Some((seconds, nanos)) if nanos < 1_000_000_000 => rfc3339(i64::from(seconds), nanos, true),
+        _ => Err(Bad::Time),
+    }
+}
+
+/// A time as RFC 3339 text in UTC, with nanoseconds when `fraction`; within the years 0 to 9999.
+fn rfc3339(seconds: i64, nanos: u32, fraction: bool) -> Result<String, Bad> {
+    let format = if fraction { chrono::SecondsFormat::Nanos } else { chrono::SecondsFormat::Secs };
+    chrono::DateTime::from_timestamp(seconds, nanos)
+        .filter(|t| (0..=9999).contains(&chrono::Datelike::year(t)))
+        .map(|t| t.to_rfc3339_opts(format, true))
+        .ok_or(Bad::Time)
+}
+
+/// Writes `value` as JSON (to a `Vec`, which cannot fail).
+fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// A message's records, and where its chunk id is (when it asks for an acknowledgement).
+#[derive(Debug)]
+struct Message {
+    batches: Vec<RecordBatch>,
+    chunk: Option<Range<usize>>,
+}
+
+/// Builds a message's records, one batch at a time.
+struct Records {
+    batches: Vec<RecordBatch>,
+    current: RecordBatch,
+    arrival_ms: i64,
+}
+
+impl Records {
+    fn new() -> Self {
+        let arrival_ms = now_ms();
+        Records { batches: Vec::new(), current: RecordBatch::with_capacity(arrival_ms, 0), arrival_ms }
+    }
+
+    /// Writes one event: `{"tag":…,"time":…,["metadata":…,]"record":…}`.
+    fn event(
+        &mut self,
+        tag: &[u8],
+        time: &str,
+        metadata: Option<&mut Cursor<'_>>,
+        record: &mut Cursor<'_>,
+    ) -> Result<(), Bad> {
+        self.current.push_with(|out| {
+            let start = out.len();
+            out.extend_from_slice(b"{\"tag\":");
+            out.extend_from_slice(tag);
+            out.extend_from_slice(b",\"time\":");
+            push_json(out, time);
+            if let Some(metadata) = metadata {
+                out.extend_from_slice(b",\"metadata\":");
+                metadata.json(out, 1)?;
+            }
+            out.extend_from_slice(b",\"record\":");
+            record.json(out, 1)?;
+            out.push(b'}');
+            match out.len() - start {
+                len if len > MAX_RECORD_BYTES => Err(Bad::EventTooLarge(len)),
+                _ => Ok(()),
+            }
+        })?;
+        if self.current.byte_len() >= BATCH_BYTES {
+            let full = std::mem::replace(&mut self.current, RecordBatch::with_capacity(self.arrival_ms, 0));
+            self.batches.push(full);
+        }
+        Ok(())
+    }
+
+    /// An entry `[time, record]` (or Fluent Bit's `[[time, metadata], record]`).
+    fn entry(&mut self, tag: &[u8], entries: &mut Cursor<'_>) -> Result<(), Bad> {
+        if entries.head()? != Kind::Array(2) {
+            return Err(Bad::Entry);
+        }
+        let (time, metadata) = match entries.peek()? {
+            Kind::Array(2) => {
+                entries.head()?;
+                let time = entries.time()?;
+                let metadata = entries.skip()?;
+                // Fluent Bit's metadata is most often an empty map: left out.
+                (time, Some(metadata).filter(|m| entries.bytes.get(m.clone()) != Some(&[0x80][..])))
+            }
+            _ => (entries.time()?, None),
+        };
+        let mut metadata = metadata.map(|m| Cursor { bytes: entries.bytes, at: m.start });
+        self.event(tag, &time, metadata.as_mut(), entries)
+    }
+
+    fn finish(mut self) -> Vec<RecordBatch> {
+        if !self.current.is_empty() {
+            self.batches.push(self.current);
+        }
+        self.batches
+    }
+}
+
+/// The records of one whole message, or why it is not the protocol's.
+fn decode_message(message: &[u8], max: usize) -> Result<Message, Bad> {
+    let mut cursor = Cursor::new(message);
+    let Kind::Array(len @ 2..=4) = cursor.head()? else {
+        return Err(Bad::Shape("a message is an array [tag, time, record, option?] or [tag, entries, option?]"));
+    };
+    let tag = match cursor.head()? {
+        Kind::Str(n) | Kind::Bin(n) => {
+            let mut tag = Vec::new();
+            push_json(&mut tag, &String::from_utf8_lossy(cursor.take(n)?));
+            tag
+        }
+        _ => return Err(Bad::Shape("a message's tag is not a string")),
+    };
+    let mut records = Records::new();
+    let option;
+    match cursor.peek()? {
+        // Message mode: [tag, time, record, option?].
+        Kind::UInt(_) | Kind::Int(_) | Kind::Float(_) | Kind::Ext(..) => {
+            if len < 3 {
+                return Err(Bad::Shape("a message of one event is [tag, time, record, option?]"));
+            }
+            let time = cursor.time()?;
+            records.event(&tag, &time, None, &mut cursor)?;
+            option = (len == 4).then_some(cursor.at);
+        }
+        // Forward mode: [tag, [[time, record], …], option?].
+        Kind::Array(n) => {
+            cursor.head()?;
+            for _ in 0..n {
+                records.entry(&tag, &mut cursor)?;
+            }
+            option = entries_option(len, cursor.at)?;
+        }
+        // (Compressed)PackedForward mode: [tag, entries as bytes, option?].
+        Kind::Str(n) | Kind::Bin(n) => {
+            cursor.head()?;
+            let packed = cursor.take(n)?;
+            option = entries_option(len, cursor.at)?;
+            let options = option.map(|at| read_option(&Cursor { bytes: message, at })).transpose()?;
+            let gunzipped;
+            let entries = match options.as_ref().and_then(|o| o.compressed.as_deref()) {
+                None | Some("text") => packed,
+                Some("gzip") => {
+                    gunzipped = gunzip(packed, max)?;
+                    &gunzipped
+                }
+                Some(other) => return Err(Bad::Compression(other.to_string())),
+            };
+            // Every length in the entries checked before one is read (they came in one value).
+            let mut framer = Framer::default();
+            let mut at = 0;
+            while at < entries.len() {
+                let len = framer.next(&entries[at..], usize::MAX)?.ok_or(Bad::Truncated)?;
+                let mut entry = Cursor::new(&entries[at..at + len]);
+                records.entry(&tag, &mut entry)?;
+                at += len;
+            }
+        }
+        _ => return Err(Bad::Shape("a message's second element is not a time, an array of entries or packed entries")),
+    }
+    let chunk = match option {
+        Some(at) => read_option(&Cursor { bytes: message, at })?.chunk,
+        None => None,
+    };
+    Ok(Message { batches: records.finish(), chunk })
+}
+
+/// Where the option of a message of entries (`[tag, entries, option?]`, `len` long) is.
+fn entries_option(len: u64, at: usize) -> Result<Option<usize>, Bad> {
+    match len {
+        2 => Ok(None),
+        3 => Ok(Some(at)),
+        _ => Err(Bad::Shape("a message of entries is [tag, entries, option?]")),
+    }
+}
+
+/// What a message's option says.
+#[derive(Debug, Default)]
+struct Options {
+    /// Where the chunk id's value is in the message.
+    chunk: Option<Range<usize>>,
+    compressed: Option<String>,
+}
+
+/// The option map at `cursor` (nil is none).
+fn read_option(cursor: &Cursor<'_>) -> Result<Options, Bad> {
+    let mut cursor = Cursor { bytes: cursor.bytes, at: cursor.at };
+    let mut options = Options::default();
+    let pairs = match cursor.head()? {
+        Kind::Nil => return Ok(options),
+        Kind::Map(n) => n,
+        _ => return Err(Bad::Shape("a message's option is not a map")),
+    };
+    for _ in 0..pairs {
+        let key = match cursor.peek()? {
+            Kind::Str(_) | Kind::Bin(_) => cursor.text()?,
+            _ => {
+                cursor.skip()?;
+                b""
+            }
+        };
+        match key {
+            b"chunk" => options.chunk = Some(cursor.skip()?),
+            b"compressed" => {
+                let value = cursor.text().map_err(|_| Bad::Compression("not a string".into()))?;
+                options.compressed = Some(String::from_utf8_lossy(value).into_owned());
+            }
+            _ => {
+                cursor.skip()?;
+            }
+        }
+    }
+    Ok(options)
+}
+
+/// The gzip'd entries (every member), at most `max` bytes of them.
+fn gunzip(packed: &[u8], max: usize) -> Result<Vec<u8>, Bad> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    flate2::read::MultiGzDecoder::new(packed)
+        .take(limit)
+        .read_to_end(&mut out)
+        .map_err(|e| Bad::Gzip(e.to_string()))?;
+    if out.len() > max {
+        return Err(Bad::TooLarge(max));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// MessagePack for the tests, written with rmp's encoder.
+    mod pack {
+        pub fn array(out: &mut Vec<u8>, len: u32) {
+            rmp::encode::write_array_len(out, len).unwrap();
+        }
+        pub fn map(out: &mut Vec<u8>, len: u32) {
+            rmp::encode::write_map_len(out, len).unwrap();
+        }
+        pub fn str(out: &mut Vec<u8>, text: &str) {
+            rmp::encode::write_str(out, text).unwrap();
+        }
+        pub fn bin(out: &mut Vec<u8>, bytes: &[u8]) {
+            rmp::encode::write_bin(out, bytes).unwrap();
+        }
+        pub fn uint(out: &mut Vec<u8>, v: u64) {
+            rmp::encode::write_uint(out, v).unwrap();
+        }
+        pub fn event_time(out: &mut Vec<u8>, seconds: u32, nanos: u32) {
+            rmp::encode::write_ext_meta(out, 8, 0).unwrap();
+            out.extend_from_slice(&seconds.to_be_bytes());
+            out.extend_from_slice(&nanos.to_be_bytes());
+        }
+        /// `{"n": n}`.
+        pub fn record(out: &mut Vec<u8>, n: u64) {
+            map(out, 1);
+            str(out, "n");
+            uint(out, n);
+        }
+        /// `{"chunk": chunk}`, with `compressed` when given.
+        pub fn option(out: &mut Vec<u8>, chunk: &str, compressed: Option<&str>) {
+            map(out, 1 + u32::from(compressed.is_some()));
+            str(out, "chunk");
+            str(out, chunk);
+            if let Some(c) = compressed {
+                str(out, "compressed");
+                str(out, c);
+            }
+        }
+        /// Forward mode: `[tag, [[seconds + i, {"n": i}] for i in ns], {"chunk": chunk}]`.
+        pub fn forward(tag: &str, seconds: u64, ns: std::ops::Range<u64>, chunk: &str) -> Vec<u8> {
+            let mut out = Vec::new();
+            array(&mut out, 3);
+            str(&mut out, tag);
+            array(&mut out, u32::try_from(ns.end - ns.start).unwrap());
+            for n in ns {
+                array(&mut out, 2);
+                uint(&mut out, seconds + n);
+                record(&mut out, n);
+            }
+            option(&mut out, chunk, None);
+            out
+        }
+    }
+
+    fn records(message: &Message) -> Vec<String> {
+        message.batches.iter().flat_map(|b| b.iter().map(|r| String::from_utf8_lossy(r).into_owned())).collect()
+    }
+
+    fn decoded(bytes: &[u8]) -> Result<Vec<String>, Bad> {
+        decode_message(bytes, 1 << 20).map(|m| records(&m))
+    }
+
+    /// The four modes of the specification give the same records; the chunk id is echoed as sent.
+    #[test]
+    fn every_mode_gives_one_json_record_per_event() {
+        // Message: [tag, EventTime, record, option].
+        let mut message = Vec::new();
+        pack::array(&mut message, 4);
+        pack::str(&mut message, "app.web");
+        pack::event_time(&mut message, 1_764_547_200, 123_456_789);
+        pack::record(&mut message, 7);
+        pack::option(&mut message, "c2x1aWNl", None);
+        let decoded_message = decode_message(&message, 1 << 20).unwrap();
+        assert_eq!(
+            records(&decoded_message),
+            [r#"{"tag":"app.web","time":"2025-12-01T00:00:00.123456789Z","record":{"n":7}}"#]
+        );
+        let chunk = decoded_message.chunk.clone().unwrap();
+        assert_eq!(ack_of(&message[chunk]), b"\x81\xa3ack\xa8c2x1aWNl");
+
+        // Forward: integer seconds give whole seconds.
+        let forward = pack::forward("app.web", 1_764_547_200, 0..3, "id");
+        let expected: Vec<String> = (0..3)
+            .map(|n| format!(r#"{{"tag":"app.web","time":"2025-12-01T00:00:0{n}Z","record":{{"n":{n}}}}}"#))
+            .collect();
+        assert_eq!(decoded(&forward).unwrap(), expected);
+
+        // PackedForward, then CompressedPackedForward in two gzip members (read whole).
+        let mut entries = Vec::new();
+        for n in 0..3 {
+            pack::array(&mut entries, 2);
+            pack::uint(&mut entries, 1_764_547_200 + n);
+            pack::record(&mut entries, n);
+        }
+        let packed = |blob: &[u8], compressed: Option<&str>| {
+            let mut out = Vec::new();
+            pack::array(&mut out, 3);
+            pack::str(&mut out, "app.web");
+            pack::bin(&mut out, blob);
+            pack::option(&mut out, "id", compressed);
+            out
+        };
+        assert_eq!(decoded(&packed(&entries, None)).unwrap(), expected);
+        let gzip = |bytes: &[u8]| {
+            use std::io::Write as _;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(bytes).unwrap();
+            gz.finish().unwrap()
+        };
+        let split = entries.len() / 2;
+        let members = [gzip(&entries[..split]), gzip(&entries[split..])].concat();
+        assert_eq!(decoded(&packed(&members, Some("gzip"))).unwrap(), expected);
+        assert_eq!(decoded(&packed(&entries, Some("text"))).unwrap(), expected);
+        assert_eq!(decoded(&packed(&entries, Some("zstd"))), Err(Bad::Compression("zstd".into())));
+        assert!(matches!(decoded(&packed(b"not gzip", Some("gzip"))), Err(Bad::Gzip(_))));
+        // Decompressed past the message limit.
+        let big = gzip(&vec![0x90; 2 << 20]);
+        assert_eq!(
+            decode_message(&packed(&big, Some("gzip")), 1 << 20).map(|_| ()).unwrap_err(),
+            Bad::TooLarge(1 << 20)
+        );
+    }
+
+    /// Fluent Bit's entries `[[time, metadata], record]`; MessagePack values JSON cannot hold.
+    #[test]
+    fn values_become_json_without_loss_where_json_can_hold_them() {
+        let mut message = Vec::new();
+        pack::array(&mut message, 2);
+        pack::str(&mut message, "fb");
+        pack::array(&mut message, 2);
+        // [[EventTime, {"otlp": 1}], record]
+        pack::array(&mut message, 2);
+        pack::array(&mut message, 2);
+        pack::event_time(&mut message, 0, 5);
+        pack::map(&mut message, 1);
+        pack::str(&mut message, "otlp");
+        pack::uint(&mut message, 1);
+        pack::map(&mut message, 8);
+        pack::str(&mut message, "bin");
+        pack::bin(&mut message, b"text");
+        pack::str(&mut message, "raw");
+        pack::bin(&mut message, &[0xff, 0x00]);
+        pack::str(&mut message, "latin1");
+        message.extend_from_slice(&[0xa2, b'a', 0xe9]);
+        pack::uint(&mut message, 42);
+        rmp::encode::write_bool(&mut message, true).unwrap();
+        pack::str(&mut message, "nan");
+        rmp::encode::write_f64(&mut message, f64::NAN).unwrap();
+        pack::str(&mut message, "neg");
+        rmp::encode::write_sint(&mut message, -5).unwrap();
+        pack::str(&mut message, "at");
+        pack::event_time(&mut message, 1, 0);
+        pack::str(&mut message, "list");
+        pack::array(&mut message, 2);
+        rmp::encode::write_nil(&mut message).unwrap();
+        rmp::encode::write_f32(&mut message, 1.5).unwrap();
+        // [[EventTime, {}], {}]: empty metadata left out.
+        pack::array(&mut message, 2);
+        pack::array(&mut message, 2);
+        pack::event_time(&mut message, 0, 0);
+        pack::map(&mut message, 0);
+        pack::map(&mut message, 0);
+        let records = decoded(&message).unwrap();
+        assert_eq!(
+            records,
+            [
+                concat!(
+                    r#"{"tag":"fb","time":"1970-01-01T00:00:00.000000005Z","metadata":{"otlp":1},"record":"#,
+                    r#"{"bin":"text","raw":"/wA=","latin1":"a\ufffd","42":true,"nan":null,"neg":-5,"#,
+                    r#""at":"1970-01-01T00:00:01.000000000Z","list":[null,1.5]}}"#
+                )
+                .replace("\\ufffd", "\u{fffd}"),
+                r#"{"tag":"fb","time":"1970-01-01T00:00:00.000000000Z","record":{}}"#.to_string(),
+            ]
+        );
+        for record in &records {
+            serde_json::from_str::<serde_json::Value>(record).unwrap();
+        }
+    }
+
+    /// What is not the protocol is refused with the reason, whatever it claims to hold.
+    #[test]
+    fn what_is_not_the_protocol_is_refused_with_the_reason() {
+        let message = |build: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = Vec::new();
+            build(&mut out);
+            decoded(&out).map(|_| ())
+        };
+        // Not an array; a tag that is a number; a string where the time goes, with 3 elements.
+        assert!(matches!(message(&|o| pack::str(o, "hello")), Err(Bad::Shape(_))));
+        assert!(matches!(
+            message(&|o| {
+                pack::array(o, 3);
+                pack::uint(o, 1);
+                pack::uint(o, 1);
+                pack::map(o, 0);
+            }),
+            Err(Bad::Shape(_))
+        ));
+        // A time that is a boolean, in an entry.
+        assert_eq!(
+            message(&|o| {
+                pack::array(o, 2);
+                pack::str(o, "t");
+                pack::array(o, 1);
+                pack::array(o, 2);
+                rmp::encode::write_bool(o, true).unwrap();
+                pack::map(o, 0);
+            }),
+            Err(Bad::Time)
+        );
+        // An EventTime with 10^9 nanoseconds; an entry of three.
+        assert_eq!(
+            message(&|o| {
+                pack::array(o, 3);
+                pack::str(o, "t");
+                pack::event_time(o, 0, 1_000_000_000);
+                pack::map(o, 0);
+            }),
+            Err(Bad::Time)
+        );
+        assert_eq!(
+            message(&|o| {
+                pack::array(o, 2);
+                pack::str(o, "t");
+                pack::array(o, 1);
+                pack::array(o, 3);
+                pack::uint(o, 0);
+                pack::map(o, 0);
+                pack::map(o, 0);
+            }),
+            Err(Bad::Entry)
+        );
+        // A map key that is a map.
+        assert_eq!(
+            message(&|o| {
+                pack::array(o, 3);
+                pack::str(o, "t");
+                pack::uint(o, 0);
+                pack::map(o, 1);
+                pack::map(o, 0);
+                pack::uint(o, 0);
+            }),
+            Err(Bad::Key)
+        );
+        // An event past a record's limit.
+        assert!(matches!(
+            message(&|o| {
+                pack::array(o, 3);
+                pack::str(o, "t");
+                pack::uint(o, 0);
+                pack::str(o, &"x".repeat(MAX_RECORD_BYTES));
+            }),
+            Err(Bad::EventTooLarge(_))
+        ));
+    }
+
+    /// A message is found whole however its bytes are cut by reads; a claimed length is never
+    /// trusted (nothing is allocated for it, a message past the limit is refused as its header
+    /// comes), nor a nesting past the depth.
+    #[test]
+    fn the_framer_finds_whole_messages_across_any_cut() {
+        let first = pack::forward("a", 0, 0..50, "one");
+        let second = pack::forward("b", 0, 50..60, "two");
+        let stream = [first.clone(), second.clone()].concat();
+        for cut in 0..=stream.len() {
+            let mut framer = Framer::default();
+            let mut ends = Vec::new();
+            let mut seen = &stream[..cut];
+            let mut offset = 0;
+            for arrived in [cut, stream.len()] {
+                seen = &stream[..arrived];
+                while let Some(end) = framer.next(&seen[offset..], usize::MAX).unwrap() {
+                    offset += end;
+                    ends.push(offset);
+                }
+            }
+            assert_eq!(ends, [first.len(), stream.len()], "cut at {cut}");
+            assert_eq!(seen.len(), offset);
+        }
+        // A str claiming 4 GiB: refused from its header against the limit, nothing allocated.
+        let mut claim = Vec::new();
+        pack::array(&mut claim, 3);
+        pack::str(&mut claim, "t");
+        claim.extend_from_slice(&[0xdb, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(Framer::default().next(&claim, 1 << 20), Err(Bad::TooLarge(1 << 20)));
+        // An array claiming 4 billion elements waits for them (each at least a byte).
+        assert_eq!(Framer::default().next(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01], usize::MAX), Ok(None));
+        assert_eq!(Framer::default().next(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01], 5), Err(Bad::TooLarge(5)));
+        assert_eq!(Framer::default().next(&[0x91; MAX_DEPTH + 2], usize::MAX), Err(Bad::TooDeep));
+        assert_eq!(Framer::default().next(&[0xc1], usize::MAX), Err(Bad::NotMessagePack));
+    }
+
+    /// The handshake's digests are SHA-512 of salt, hostname, nonce and key, in lowercase hex;
+    /// a `PING` is read as its fields.
+    #[test]
+    fn the_handshake_reads_pings_and_digests_as_the_specification_says() {
+        // SHA-512("abc") (FIPS 180-2's example), given in two parts.
+        assert!(hex_sha512(&[b"a", b"bc"]).starts_with("ddaf35a193617abacc417349ae204131"));
+        let mut ping = Vec::new();
+        pack::array(&mut ping, 6);
+        for field in ["PING", "client.local", "salt", "digest", "", ""] {
+            pack::str(&mut ping, field);
+        }
+        let parsed = Ping::parse(&ping).unwrap();
+        assert_eq!((parsed.hostname, parsed.salt, parsed.digest), (&b"client.local"[..], &b"salt"[..], &b"digest"[..]));
+        let mut helo_reply = Vec::new();
+        pack::array(&mut helo_reply, 2);
+        pack::str(&mut helo_reply, "HELO");
+        pack::map(&mut helo_reply, 0);
+        assert!(Ping::parse(&helo_reply).is_err());
+        // HELO and PONG are whole MessagePack values of the shapes clients check.
+        let nonce = [7u8; 16];
+        assert_eq!(Framer::default().next(&helo(&nonce), usize::MAX), Ok(Some(helo(&nonce).len())));
+        let pong = pong(true, "", "sluice", &"f".repeat(128));
+        assert_eq!(Framer::default().next(&pong, usize::MAX), Ok(Some(pong.len())));
+        assert!(
+            constant_time_eq(b"same", b"same") && !constant_time_eq(b"same", b"sane") && !constant_time_eq(b"a", b"ab")
+        );
+    }
+
+    /// Sends `expected`'s events to `port` in Forward-mode messages of 500 with chunk ids, each
+    /// answered `{"ack": id}` before the next goes.
+    fn forwarding_producer(port: u16, events: u64) -> sluice_engine::testkit::source::Producer {
+        Box::new(move || {
+            use std::io::{Read as _, Write as _};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+            for start in (0..events).step_by(500) {
+                let chunk = format!("chunk-{start}");
+                let message = pack::forward("kit", 1_764_547_200, start..(start + 500).min(events), &chunk);
+                stream.write_all(&message).map_err(|e| e.to_string())?;
+                let expected = ack_of(&{
+                    let mut c = Vec::new();
+                    pack::str(&mut c, &chunk);
+                    c
+                });
+                let mut ack = vec![0; expected.len()];
+                stream.read_exact(&mut ack).map_err(|e| e.to_string())?;
+                if ack != expected {
+                    return Err(format!("ack {ack:?} for {chunk}"));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The source through the real runtime, fed by acknowledged Forward-mode messages: every
+    /// event taken exactly once at 1, 2 and 4 workers, all delivered when the stop comes right
+    /// after the last ack, and a restarted source does not replay what its log delivered.
+    #[test]
+    fn passes_the_source_conformance_kit() {
+        use sluice_engine::testkit::source::{Check, SourceCase, conformance};
+
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let events = 5_000;
+        let expected: Vec<Vec<u8>> = (0..events)
+            .map(|n| {
+                let time = chrono::DateTime::from_timestamp(1_764_547_200 + n, 0).unwrap();
+                format!(
+                    r#"{{"tag":"kit","time":"{}","record":{{"n":{n}}}}}"#,
+                    time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+                .into_bytes()
+            })
+            .collect();
+        let table = format!("type = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\n");
+        let produce = forwarding_producer(port, u64::try_from(events).unwrap());
+        let case = SourceCase::stream(table, expected, produce, dir.path());
+        let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
+    }
+}
