@@ -110,7 +110,40 @@ fn put_hec(http: &reqwest::blocking::Client, port: u16, first: u64) -> Option<Ve
     Some(if acks["acks"][id.to_string()] == true { numbers } else { Vec::new() })
 }
 
-/// Every `{"n":…}` (or HEC event `{"event":{"n":…}}`) in delivered objects, with how often it appears. Nothing else may be under
+/// One forward-protocol message of records `{"n":…}` (Forward mode, a chunk id in its option) on
+/// a connection of its own, as Fluent Bit sends with `Require_ack_response`: acknowledged when
+/// `{"ack": <chunk>}` comes back.
+fn put_fluent(_: &reqwest::blocking::Client, port: u16, first: u64) -> Option<Vec<u64>> {
+    use std::io::Write as _;
+    let numbers: Vec<u64> = (first..first + PER_REQUEST).collect();
+    let chunk = format!("chunk-{first:020}");
+    let mut message = vec![0x93, 0xa5];
+    message.extend_from_slice(b"crash");
+    message.push(0xdc);
+    message.extend_from_slice(&u16::try_from(numbers.len()).unwrap().to_be_bytes());
+    for n in &numbers {
+        message.extend_from_slice(&[0x92, 0xce]);
+        message.extend_from_slice(&1_764_547_200u32.to_be_bytes());
+        message.extend_from_slice(&[0x81, 0xa1, b'n', 0xcf]);
+        message.extend_from_slice(&n.to_be_bytes());
+    }
+    let mut packed_chunk = vec![0xd9, u8::try_from(chunk.len()).unwrap()];
+    packed_chunk.extend_from_slice(chunk.as_bytes());
+    message.extend_from_slice(&[0x81, 0xa5]);
+    message.extend_from_slice(b"chunk");
+    message.extend_from_slice(&packed_chunk);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream.write_all(&message).ok()?;
+    let mut expected = vec![0x81, 0xa3, b'a', b'c', b'k'];
+    expected.extend_from_slice(&packed_chunk);
+    let mut ack = vec![0; expected.len()];
+    stream.read_exact(&mut ack).ok()?;
+    assert_eq!(ack, expected);
+    Some(numbers)
+}
+
+/// Every `{"n":…}` (or HEC event `{"event":{"n":…}}`, fluent event `{"record":{"n":…}}`) in delivered objects, with how often it appears. Nothing else may be under
 /// `dir`: an interrupted write is staged outside it, never left as a partial object.
 fn delivered(dir: &Path) -> BTreeMap<u64, usize> {
     let mut counts = BTreeMap::new();
@@ -128,7 +161,8 @@ fn delivered(dir: &Path) -> BTreeMap<u64, usize> {
             for line in text.lines() {
                 let v: serde_json::Value =
                     serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
-                let n = v["n"].as_u64().or(v["event"]["n"].as_u64()).unwrap_or_else(|| panic!("{line}"));
+                let n = v["n"].as_u64().or(v["event"]["n"].as_u64()).or(v["record"]["n"].as_u64());
+                let n = n.unwrap_or_else(|| panic!("{line}"));
                 *counts.entry(n).or_default() += 1;
             }
         }
@@ -149,6 +183,15 @@ fn events_acknowledged_by_splunk_hec_before_kill_9s_are_all_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let via = Via { source: format!("type = \"splunk_hec\"\ntoken = \"{HEC_TOKEN}\""), put: put_hec };
+    survive_kills(&via, dir.path(), 8, None, None, &|| delivered(&out));
+}
+
+/// The same through the `fluent` source, a message acknowledged when its chunk id comes back.
+#[test]
+fn events_acknowledged_by_the_fluent_source_before_kill_9s_are_all_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let via = Via { source: "type = \"fluent\"".into(), put: put_fluent };
     survive_kills(&via, dir.path(), 8, None, None, &|| delivered(&out));
 }
 

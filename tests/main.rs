@@ -18,6 +18,7 @@ mod dedup;
 mod disk_full;
 mod enrich;
 mod error_log;
+mod fluent;
 mod fuzz;
 mod gcs;
 mod http_endpoint;

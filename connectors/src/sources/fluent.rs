@@ -43,8 +43,8 @@
 //! log (`Fluent.BadMessage`) and counted (`FluentRefusedMessages`); so is a failed handshake
 //! (`Fluent.HandshakeRefused`, `FluentRefusedHandshakes`). When the queue is full a connection is
 //! simply read no further (TCP holds its client back), rather than refused. On stop, new
-//! connections are refused, each open one finishes the message it is taking (queued and
-//! answered), and only then the queue closes.
+//! connections are refused, each open one takes the whole messages it has received (queued and,
+//! when asked, answered) and waits for no more, and only then the queue closes.
 //!
 //! Beyond Fluentd: no UDP heartbeats (Fluentd's `heartbeat_type udp`; use `transport`/`none`), no
 //! user/password authentication (`<user>` sections): the shared key, TLS, or both.
@@ -138,7 +138,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let inflight = problems.take(inflight_limit(
         c.max_inflight_mb,
         2,
-        "a message's records are queued 1 MiB at a time",
+        "a message's records go into the queue in batches of up to 2 MiB",
         &inflight_at,
     ));
     let connections = problems.take(connections_at.within(
@@ -431,11 +431,19 @@ struct Connection<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    /// Reads more; `false` when the client closed the connection or the run stops.
+    /// Reads more; `false` when the client closed the connection, or the run stops and nothing
+    /// more has arrived (what a client sent before the stop, without waiting for an
+    /// acknowledgement, is still taken).
     async fn read_more(&mut self, idle: Duration, stop: &StopSignal) -> Result<bool, Ended> {
+        use futures::FutureExt as _;
         self.bytes.reserve(READ_CHUNK);
         tokio::select! {
-            () = stop.stopped() => Ok(false),
+            biased;
+            () = stop.stopped() => match self.stream.read_buf(&mut self.bytes).now_or_never() {
+                Some(Ok(read)) => Ok(read > 0),
+                Some(Err(e)) => Err(Ended::Io(e)),
+                None => Ok(false),
+            },
             read = tokio::time::timeout(idle, self.stream.read_buf(&mut self.bytes)) => match read {
                 Ok(Ok(0)) => Ok(false),
                 Ok(Ok(_)) => Ok(true),

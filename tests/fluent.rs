@@ -1,0 +1,182 @@
+//! The `fluent` source against the Fluent organization's own loggers: Node.js's fluent-logger in
+//! each of its event modes (Message, PackedForward, CompressedPackedForward) with acknowledgements,
+//! its shared-key handshake and TLS, and Python's fluent-logger (EventTime). Every event the
+//! loggers sent is in the lake once, its record's keys and values, tag and time as sent; a wrong
+//! key is refused in the handshake, and what is not the protocol closes its connection, both said
+//! in the error log.
+
+use std::io::{Read as _, Write as _};
+use std::process::{Command, Stdio};
+
+use super::support::{
+    TestCertificates, files_under, free_port, json_lines_under, python, repo_root, sluice, start_listening_with,
+    terminate,
+};
+
+/// Runs tests/js/fluent_forward.mjs: `count` events to `port` in `mode`; its output.
+fn node_logger(port: u16, mode: &str, count: usize, key: Option<&str>, ca: Option<&str>) -> std::process::Output {
+    let mut node = Command::new("node");
+    node.arg(repo_root().join("tests/js/fluent_forward.mjs")).args([&port.to_string(), mode, &count.to_string()]);
+    node.arg(key.unwrap_or(""));
+    if let Some(ca) = ca {
+        node.arg(ca);
+    }
+    node.output().unwrap()
+}
+
+/// The example pipeline `pipelines/from-fluent.toml` as a user runs it (its port moved): Python's
+/// logger, then Node's in its three modes, each acknowledged; the lake holds every event once,
+/// flattened by the example's jq, by tag.
+#[test]
+fn fluent_loggers_forward_every_event_into_the_example_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let example = std::fs::read_to_string(repo_root().join("pipelines/from-fluent.toml")).unwrap();
+    let listen = "listen = \"127.0.0.1:24224\"";
+    assert!(example.contains(listen));
+    let config = dir.path().join("from-fluent.toml");
+    std::fs::write(&config, example.replace(listen, &format!("listen = \"127.0.0.1:{port}\""))).unwrap();
+    let mut run = start_listening_with(
+        sluice().current_dir(dir.path()).args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()),
+        port,
+    );
+    // Python's logger sends Message mode, its times as EventTime, and asks for no acknowledgement:
+    // it runs first, so its connection is served before the acknowledged ones end.
+    let script = format!(
+        "from fluent import sender, event\n\
+         logger = sender.FluentSender('py', host='127.0.0.1', port={port}, nanosecond_precision=True)\n\
+         for i in range(100):\n\
+         \x20   assert logger.emit_with_time('jobs', 1764547200 + i / 4, {{'job': 'nightly', 'i': i, 'ok': i % 2 == 0, 'tags': ['a', 'b']}}), logger.last_error\n\
+         logger.close()\n"
+    );
+    let python_run = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    assert!(python_run.status.success(), "{}", String::from_utf8_lossy(&python_run.stderr));
+    for (mode, count) in [("Message", 150), ("PackedForward", 300), ("CompressedPackedForward", 450)] {
+        let sent = node_logger(port, mode, count, None, None);
+        let said = String::from_utf8_lossy(&sent.stdout);
+        assert!(sent.status.success(), "{mode}: {said}{}", String::from_utf8_lossy(&sent.stderr));
+        assert_eq!(said.trim(), format!("acknowledged {count}"));
+    }
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+
+    let lake = dir.path().join("lake/fluent");
+    let files = files_under(&lake);
+    assert!(files.iter().all(|f| {
+        let f = f.to_string_lossy();
+        (f.contains("/tag=web.access/") || f.contains("/tag=py.jobs/")) && f.ends_with(".gz")
+    }));
+    let records = json_lines_under(&lake);
+    let (mut web, mut py): (Vec<_>, Vec<_>) = records.iter().partition(|r| r["tag"] == "web.access");
+    assert_eq!(py.len(), 100, "each Python event once");
+    py.sort_by_key(|r| r["i"].as_i64());
+    for (i, r) in py.iter().enumerate() {
+        let time = chrono::DateTime::from_timestamp(1_764_547_200 + i as i64 / 4, (i as u32 % 4) * 250_000_000)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let expected = serde_json::json!({
+            "job": "nightly", "i": i, "ok": i % 2 == 0, "tags": ["a", "b"], "tag": "py.jobs", "time": time,
+        });
+        assert_eq!(**r, expected);
+    }
+    // Node's three runs sent n = 0.. each: 150 + 300 + 450 events.
+    assert_eq!(web.len(), 900, "each Node event once");
+    web.sort_by_key(|r| (r["n"].as_i64(), r["time"].as_str().map(str::to_string)));
+    let mut per_n = std::collections::BTreeMap::<i64, usize>::new();
+    for r in &web {
+        let n = r["n"].as_i64().unwrap();
+        *per_n.entry(n).or_default() += 1;
+        assert_eq!(r["path"], format!("/item/{n}"), "{r}");
+        // (JavaScript's numbers: an integral one is packed as an integer.)
+        assert_eq!((&r["status"], r["bytes"].as_f64()), (&200.into(), Some(n as f64 * 1.5)), "{r}");
+        let time = chrono::DateTime::from_timestamp(1_764_547_200 + n, n as u32 * 1000)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        assert_eq!(r["time"], time, "{r}");
+    }
+    assert!(per_n.iter().all(|(n, count)| *count
+        == if *n < 150 {
+            3
+        } else if *n < 300 {
+            2
+        } else {
+            1
+        }));
+}
+
+/// With `shared_key` and `tls`: the right key over TLS is served in every mode; a wrong key is
+/// refused in the handshake, as the logger reports; what is not the protocol closes its
+/// connection unanswered; both are in the error log.
+#[test]
+fn the_handshake_and_tls_admit_only_the_shared_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCertificates::make();
+    let port = free_port();
+    let config = dir.path().join("fluent-tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"fluent-tls\"\ndata_dir = \"{data}\"\n\
+             error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
+             [sources.fluent]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\nshared_key = \"s3cret-key\"\n\
+             self_hostname = \"lake-gateway\"\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"fluent\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+            data = dir.path().join("data").display(),
+            errors = dir.path().join("errors").display(),
+            lake = dir.path().join("lake").display(),
+            cert = certs.path("server.pem"),
+            key = certs.path("server.key"),
+        ),
+    )
+    .unwrap();
+    let mut run = start_listening_with(
+        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+        port,
+    );
+    let ca = certs.path("ca.pem");
+    for mode in ["Message", "CompressedPackedForward"] {
+        let sent = node_logger(port, mode, 40, Some("s3cret-key"), Some(&ca));
+        assert!(sent.status.success(), "{mode}: {}", String::from_utf8_lossy(&sent.stdout));
+    }
+    let refused = node_logger(port, "Message", 1, Some("not-the-key"), Some(&ca));
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(2), "{said}");
+    assert!(said.contains("Authentication failed: shared_key mismatch"), "{said}");
+
+    // What is not the protocol, sent where the PING goes over TLS (0xc1 starts no MessagePack
+    // value): the connection is closed, no PONG sent.
+    let connector = {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject as _;
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        std::sync::Arc::new(config)
+    };
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = rustls::ClientConnection::new(connector, name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+    let mut helo = [0u8; 64];
+    let got = stream.read(&mut helo).unwrap();
+    assert!(helo[..got].windows(4).any(|w| w == b"HELO"), "{:?}", &helo[..got]);
+    stream.write_all(&[0xc1, 0x00]).unwrap();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(!rest.windows(4).any(|w| w == b"PONG"), "garbage answered: {rest:?}");
+
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+    let records = json_lines_under(&dir.path().join("lake"));
+    assert_eq!(records.len(), 80, "the events sent with the key, once each");
+    assert!(records.iter().all(|r| r["tag"] == "web.access" && r["record"]["path"].is_string()));
+    let errors = json_lines_under(&dir.path().join("errors"));
+    let codes: Vec<&str> = errors.iter().filter_map(|e| e["errorCode"].as_str()).collect();
+    assert!(codes.contains(&"Fluent.HandshakeRefused") && codes.contains(&"Fluent.BadMessage"), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("shared_key mismatch"))),
+        "{errors:?}"
+    );
+}

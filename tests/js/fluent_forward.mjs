@@ -1,0 +1,55 @@
+// The Fluent organization's Node.js logger (fluent-logger) forwarding to the fluent source over
+// the forward protocol, each message acknowledged: node fluent_forward.mjs <port> <mode> <count>
+// [shared key] [CA file for TLS]. <mode> is the logger's eventMode: Message, PackedForward or
+// CompressedPackedForward. Exits 0 once every event is acknowledged; on an error it prints it and
+// exits 2 (a refused handshake among them).
+import fs from 'node:fs';
+import logger from 'fluent-logger';
+
+const [port, eventMode, count, sharedKey, ca] = process.argv.slice(2);
+const options = {
+  host: '127.0.0.1',
+  port: Number(port),
+  eventMode,
+  requireAckResponse: true,
+  ackResponseTimeout: 20000,
+  enableReconnect: false,
+  timeout: 20,
+  internalLogger: { info() {}, error() {} },
+};
+if (sharedKey) {
+  options.security = { clientHostname: 'node-client', sharedKey, username: '', password: '' };
+}
+if (ca) {
+  options.tls = true;
+  options.tlsOptions = { ca: fs.readFileSync(ca) };
+}
+const sender = logger.createFluentSender('web', options);
+sender.on('error', (error) => {
+  console.log(`error: ${error.message || error}`);
+  process.exit(2);
+});
+setTimeout(() => {
+  console.log('error: timed out');
+  process.exit(3);
+}, 60000).unref();
+
+const sent = [];
+for (let i = 0; i < Number(count); i++) {
+  const time = new logger.EventTime(1764547200 + i, i * 1000);
+  sent.push(
+    new Promise((resolve, reject) => {
+      sender.emit('access', { path: `/item/${i}`, status: 200, n: i, bytes: i * 1.5 }, time, (error) =>
+        error ? reject(error) : resolve(),
+      );
+    }),
+  );
+}
+try {
+  await Promise.all(sent);
+} catch (error) {
+  console.log(`error: ${error.message || error}`);
+  process.exit(2);
+}
+sender.end();
+console.log(`acknowledged ${count}`);
