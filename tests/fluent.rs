@@ -3,7 +3,7 @@
 //! its shared-key handshake and TLS, and Python's fluent-logger (EventTime). Every event the
 //! loggers sent is in the lake once, its record's keys and values, tag and time as sent; a wrong
 //! key is refused in the handshake, and what is not the protocol closes its connection, both said
-//! in the error log.
+//! in the error log; each connection is in the audit trail.
 
 use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
@@ -118,11 +118,13 @@ fn the_handshake_and_tls_admit_only_the_shared_key() {
         format!(
             "[pipeline]\nname = \"fluent-tls\"\ndata_dir = \"{data}\"\n\
              error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
+             audit_log = \"file://{audit}\"\n\
              [sources.fluent]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\nshared_key = \"s3cret-key\"\n\
              self_hostname = \"lake-gateway\"\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\
              [sinks.lake]\ntype = \"object_store\"\ninputs = [\"fluent\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
             data = dir.path().join("data").display(),
             errors = dir.path().join("errors").display(),
+            audit = dir.path().join("audit").display(),
             lake = dir.path().join("lake").display(),
             cert = certs.path("server.pem"),
             key = certs.path("server.key"),
@@ -179,4 +181,25 @@ fn the_handshake_and_tls_admit_only_the_shared_key() {
         errors.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("shared_key mismatch"))),
         "{errors:?}"
     );
+    // The audit trail: each connection, who it was by the handshake, what it brought, its refusal.
+    let trail: Vec<serde_json::Value> = json_lines_under(&dir.path().join("audit"))
+        .into_iter()
+        .filter(|l| l["eventSource"] == "fluent.sluice" && l["eventName"] == "Forward")
+        .collect();
+    let served: Vec<&serde_json::Value> = trail.iter().filter(|l| l.get("errorCode").is_none()).collect();
+    assert_eq!(served.len(), 2, "{trail:#?}");
+    for line in &served {
+        assert_eq!(line["userIdentity"], serde_json::json!({"type": "SharedKey", "hostname": "node-client"}));
+        assert_eq!(
+            (&line["requestParameters"]["recordCount"], &line["sourceIPAddress"]),
+            (&40.into(), &"127.0.0.1".into())
+        );
+    }
+    let refused =
+        trail.iter().find(|l| l["errorCode"] == "Fluent.HandshakeRefused").unwrap_or_else(|| panic!("{trail:#?}"));
+    assert_eq!(
+        (&refused["userIdentity"]["type"], &refused["requestParameters"]["clientHostname"]),
+        (&"Unknown".into(), &"node-client".into())
+    );
+    assert!(trail.iter().any(|l| l["errorCode"] == "Fluent.BadMessage"), "{trail:#?}");
 }

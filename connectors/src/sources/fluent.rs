@@ -42,7 +42,8 @@
 //! gzip that does not decode) closes its connection unacknowledged, said in the pipeline's error
 //! log (`Fluent.BadMessage`) and counted (`FluentRefusedMessages`); so is a failed handshake
 //! (`Fluent.HandshakeRefused`, `FluentRefusedHandshakes`). When the queue is full a connection is
-//! simply read no further (TCP holds its client back), rather than refused. On stop, new
+//! simply read no further (TCP holds its client back), rather than refused. The audit trail
+//! records each connection that sent or was refused anything (`fluent.sluice`, `Forward`). On stop, new
 //! connections are refused, each open one takes the whole messages it has received (queued and,
 //! when asked, answered) and waits for no more, and only then the queue closes.
 //!
@@ -299,17 +300,19 @@ async fn serve(
             let _ = stream.set_nodelay(true);
             let (shared, stop, tls) = (Arc::clone(&shared), stop.clone(), tls.clone());
             tokio::spawn(async move {
+                let mut seen = Seen::default();
                 let ended = match tls {
-                    None => converse(stream, &shared, &stop).await,
+                    None => converse(stream, &shared, &stop, &mut seen).await,
                     Some(config) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(config.get_inner());
                         match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => converse(stream, &shared, &stop).await,
+                            Ok(Ok(stream)) => converse(stream, &shared, &stop, &mut seen).await,
                             Ok(Err(e)) => Err(Ended::Io(e)),
                             Err(_) => Err(Ended::TimedOut),
                         }
                     }
                 };
+                shared.audit(peer, &seen, ended.as_ref().err());
                 if let Err(ended) = ended {
                     shared.say(peer, &ended);
                 }
@@ -342,6 +345,45 @@ enum Ended {
     Io(std::io::Error),
 }
 
+impl Ended {
+    /// A refusal's error code, level and message (`None`: the connection ended without one).
+    fn refusal(&self, peer: SocketAddr) -> Option<(&'static str, Level, String)> {
+        match self {
+            Ended::Bad(bad) => Some((
+                "Fluent.BadMessage",
+                Level::Error,
+                format!(
+                    "a message from {peer} is not the forward protocol's: {bad}; the connection is closed and nothing of the message taken"
+                ),
+            )),
+            Ended::Handshake(why) => {
+                Some(("Fluent.HandshakeRefused", Level::Warn, format!("the handshake of {peer} was refused: {why}")))
+            }
+            Ended::Log(why) => Some((
+                "Fluent.LogFailed",
+                Level::Error,
+                format!("records from {peer} could not be made durable: {why}; not acknowledged"),
+            )),
+            Ended::TimedOut | Ended::Stopping | Ended::Io(_) => None,
+        }
+    }
+}
+
+/// What a connection did, for the audit trail.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The hostname its `PING` gave.
+    client_hostname: Option<String>,
+    /// Whether its handshake passed.
+    authenticated: bool,
+    /// Messages taken.
+    messages: u64,
+    /// Their records.
+    records: u64,
+    /// Their bytes (as records).
+    bytes: u64,
+}
+
 impl From<Bad> for Ended {
     fn from(bad: Bad) -> Self {
         Ended::Bad(bad)
@@ -355,39 +397,63 @@ impl From<std::io::Error> for Ended {
 }
 
 impl Shared {
-    /// Says why the connection from `peer` ended, where its operator looks for it.
+    /// Says why the connection from `peer` ended, where its operator looks for it: a refusal in
+    /// the error log (and counted), the rest in the process's log.
     fn say(&self, peer: SocketAddr, ended: &Ended) {
         let meter = self.metrics.get().map(|(_, meter)| meter);
-        match ended {
-            Ended::Bad(bad) => {
-                let message = format!(
-                    "a message from {peer} is not the forward protocol's: {bad}; the connection is closed and nothing of the message taken"
-                );
+        match ended.refusal(peer) {
+            Some((code, level, message)) => {
                 tracing::warn!("fluent: {message}");
                 if let Some(meter) = meter {
-                    meter.report(Level::Error, "Fluent.BadMessage", &message);
-                    meter.count(REFUSED_MESSAGES, 1);
+                    meter.report(level, code, &message);
+                    match ended {
+                        Ended::Bad(_) => meter.count(REFUSED_MESSAGES, 1),
+                        Ended::Handshake(_) => meter.count(REFUSED_HANDSHAKES, 1),
+                        _ => {}
+                    }
                 }
             }
-            Ended::Handshake(why) => {
-                let message = format!("the handshake of {peer} was refused: {why}");
-                tracing::warn!("fluent: {message}");
-                if let Some(meter) = meter {
-                    meter.report(Level::Warn, "Fluent.HandshakeRefused", &message);
-                    meter.count(REFUSED_HANDSHAKES, 1);
-                }
-            }
-            Ended::Log(why) => {
-                let message = format!("records from {peer} could not be made durable: {why}; not acknowledged");
-                tracing::error!("fluent: {message}");
-                if let Some(meter) = meter {
-                    meter.report(Level::Error, "Fluent.LogFailed", &message);
-                }
-            }
-            Ended::TimedOut => tracing::debug!(%peer, "fluent: connection idle past the timeout; closed"),
-            Ended::Stopping => tracing::debug!(%peer, "fluent: connection closed by the stop"),
-            Ended::Io(e) => tracing::debug!(%peer, error = %e, "fluent: connection failed"),
+            None => match ended {
+                Ended::Io(e) => tracing::debug!(%peer, error = %e, "fluent: connection failed"),
+                other => tracing::debug!(%peer, ended = ?other, "fluent: connection ended"),
+            },
         }
+    }
+
+    /// Records the connection from `peer` in the pipeline's audit trail (when it keeps one), as
+    /// `eventSource` `fluent.sluice`, `eventName` `Forward`: who it was (the client's hostname from
+    /// a handshake), what it brought, and its refusal. A connection that sent nothing and was
+    /// refused nothing (a heartbeat) is not recorded.
+    fn audit(&self, peer: SocketAddr, seen: &Seen, ended: Option<&Ended>) {
+        let refusal = ended.and_then(|e| e.refusal(peer));
+        if seen.messages == 0 && seen.client_hostname.is_none() && refusal.is_none() {
+            return;
+        }
+        let Some((metrics, _)) = self.metrics.get() else { return };
+        metrics.audit(|trail| {
+            let identity = match (&seen.client_hostname, seen.authenticated) {
+                (Some(hostname), true) => serde_json::json!({"type": "SharedKey", "hostname": hostname}),
+                _ => serde_json::json!({"type": "Unknown"}),
+            };
+            let event = sluice_engine::audit::AuditEvent::api_call(
+                "fluent.sluice",
+                "Forward",
+                trail.region(),
+                &uuid::Uuid::new_v4().to_string(),
+            )
+            .from_caller(Some(peer.ip().to_string()), None)
+            .identity(identity)
+            .parameters(serde_json::json!({
+                "clientHostname": seen.client_hostname,
+                "messages": seen.messages,
+                "recordCount": seen.records,
+                "bytes": seen.bytes,
+            }));
+            match refusal {
+                Some((code, _, message)) => event.error(code, &message),
+                None => event,
+            }
+        });
     }
 
     /// Queues `batches` (one message's records) once the queue has room, logged as the pipeline
@@ -480,15 +546,21 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     shared: &Arc<Shared>,
     stop: &StopSignal,
+    seen: &mut Seen,
 ) -> Result<(), Ended> {
     let mut connection = Connection { stream, bytes: Vec::with_capacity(READ_CHUNK), framer: Framer::default() };
     if let Some(key) = &shared.shared_key {
-        handshake(&mut connection, key, shared, stop).await?;
+        handshake(&mut connection, key, shared, stop, seen).await?;
     }
     while let Some(end) = connection.next_message(shared.max_message, shared.idle_timeout, stop).await? {
         let message = decode_message(&connection.bytes[..end], shared.max_message)?;
         let ack = message.chunk.map(|chunk| ack_of(&connection.bytes[chunk]));
+        let (records, bytes) =
+            message.batches.iter().fold((0, 0), |(r, b), batch| (r + batch.len(), b + batch.byte_len()));
         shared.take(message.batches, stop).await?;
+        seen.messages += 1;
+        seen.records += records as u64;
+        seen.bytes += bytes as u64;
         if let Some(ack) = ack {
             connection.send(&ack).await?;
         }
@@ -512,6 +584,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     key: &SharedKey,
     shared: &Shared,
     stop: &StopSignal,
+    seen: &mut Seen,
 ) -> Result<(), Ended> {
     let nonce: [u8; 16] = rand::random();
     connection.send(&helo(&nonce)).await?;
@@ -519,6 +592,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(Ended::Handshake("the connection closed before its PING".into()));
     };
     let checked = Ping::parse(&connection.bytes[..end]).and_then(|ping| {
+        seen.client_hostname = Some(String::from_utf8_lossy(ping.hostname).into_owned());
         if ping.hostname == shared.hostname.as_bytes() {
             return Err("Same hostname between input and output: invalid configuration".to_string());
         }
@@ -530,7 +604,10 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     });
     connection.bytes.drain(..end);
     match checked {
-        Ok(digest) => connection.send(&pong(true, "", &shared.hostname, &digest)).await,
+        Ok(digest) => {
+            seen.authenticated = true;
+            connection.send(&pong(true, "", &shared.hostname, &digest)).await
+        }
         Err(why) => {
             connection.send(&pong(false, &why, "", "")).await?;
             Err(Ended::Handshake(why))
