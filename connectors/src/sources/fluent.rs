@@ -43,11 +43,11 @@
 //! log (`Fluent.BadMessage`) and counted (`FluentRefusedMessages`); so is a failed handshake
 //! (`Fluent.HandshakeRefused`, `FluentRefusedHandshakes`). When the queue is full a connection is
 //! simply read no further (TCP holds its client back), rather than refused. The audit trail
-//! records each connection that sent or was refused anything (`fluent.sluice`, `Forward`). On stop, new
-//! connections are refused, each open one takes the whole messages it has received (queued and,
-//! when asked, answered) and waits for no more, and only then the queue closes.
+//! records each connection that sent or was refused anything (`fluent.sluice`, `Forward`). On
+//! stop, new connections are refused, each open one takes the whole messages it has received
+//! (queued and, when asked, answered) and waits for no more, and only then the queue closes.
 //!
-//! Beyond Fluentd: no UDP heartbeats (Fluentd's `heartbeat_type udp`; use `transport`/`none`), no
+//! Not served, as Fluentd serves them: UDP heartbeats (Fluentd's `heartbeat_type udp`; use `transport`/`none`), no
 //! user/password authentication (`<user>` sections): the shared key, TLS, or both.
 
 use std::net::SocketAddr;
