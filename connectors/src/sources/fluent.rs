@@ -47,8 +47,9 @@
 //! stop, new connections are refused, each open one takes the whole messages it has received
 //! (queued and, when asked, answered) and waits for no more, and only then the queue closes.
 //!
-//! Not served, as Fluentd serves them: UDP heartbeats (Fluentd's `heartbeat_type udp`; use `transport`/`none`), no
-//! user/password authentication (`<user>` sections): the shared key, TLS, or both.
+//! Not served, though Fluentd serves them: UDP heartbeats (Fluentd's `heartbeat_type udp`; use
+//! `transport` or `none`) and user/password authentication (`<user>` sections): the shared key,
+//! TLS, or both authenticate.
 
 use std::net::SocketAddr;
 use std::ops::Range;
