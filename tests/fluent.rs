@@ -15,7 +15,22 @@ use super::support::{
 
 /// Runs tests/js/fluent_forward.mjs: `count` events to `port` in `mode`; its output.
 fn node_logger(port: u16, mode: &str, count: usize, key: Option<&str>, ca: Option<&str>) -> std::process::Output {
+    node_logger_as(port, mode, count, key, ca, None)
+}
+
+/// The same, naming `user` (name, password) in the handshake.
+fn node_logger_as(
+    port: u16,
+    mode: &str,
+    count: usize,
+    key: Option<&str>,
+    ca: Option<&str>,
+    user: Option<(&str, &str)>,
+) -> std::process::Output {
     let mut node = Command::new("node");
+    if let Some((name, password)) = user {
+        node.env("FLUENT_USERNAME", name).env("FLUENT_PASSWORD", password);
+    }
     node.arg(repo_root().join("tests/js/fluent_forward.mjs")).args([&port.to_string(), mode, &count.to_string()]);
     node.arg(key.unwrap_or(""));
     if let Some(ca) = ca {
@@ -104,8 +119,8 @@ fn fluent_loggers_forward_every_event_into_the_example_pipeline() {
         }));
 }
 
-/// With `shared_key` and `tls`: the right key over TLS is served in every mode; a wrong key is
-/// refused in the handshake, as the logger reports; what is not the protocol closes its
+/// With `shared_key`, `users` and `tls`: the right key and user over TLS are served in every mode;
+/// a wrong key, password or user (or none) is refused in the handshake, as the logger reports; what is not the protocol closes its
 /// connection unanswered; both are in the error log.
 #[test]
 fn the_handshake_and_tls_admit_only_the_shared_key() {
@@ -120,7 +135,7 @@ fn the_handshake_and_tls_admit_only_the_shared_key() {
              error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
              audit_log = \"file://{audit}\"\n\
              [sources.fluent]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\nshared_key = \"s3cret-key\"\n\
-             self_hostname = \"lake-gateway\"\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\
+             self_hostname = \"lake-gateway\"\nusers = [{{ username = \"fluent-bit\", password = \"pa55word\" }}]\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\
              [sinks.lake]\ntype = \"object_store\"\ninputs = [\"fluent\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
             data = dir.path().join("data").display(),
             errors = dir.path().join("errors").display(),
@@ -137,13 +152,20 @@ fn the_handshake_and_tls_admit_only_the_shared_key() {
     );
     let ca = certs.path("ca.pem");
     for mode in ["Message", "CompressedPackedForward"] {
-        let sent = node_logger(port, mode, 40, Some("s3cret-key"), Some(&ca));
+        let sent = node_logger_as(port, mode, 40, Some("s3cret-key"), Some(&ca), Some(("fluent-bit", "pa55word")));
         assert!(sent.status.success(), "{mode}: {}", String::from_utf8_lossy(&sent.stdout));
     }
-    let refused = node_logger(port, "Message", 1, Some("not-the-key"), Some(&ca));
+    let user = Some(("fluent-bit", "pa55word"));
+    let refused = node_logger_as(port, "Message", 1, Some("not-the-key"), Some(&ca), user);
     let said = String::from_utf8_lossy(&refused.stdout);
     assert_eq!(refused.status.code(), Some(2), "{said}");
     assert!(said.contains("Authentication failed: shared_key mismatch"), "{said}");
+    for user in [Some(("fluent-bit", "not-it")), Some(("someone", "pa55word")), None] {
+        let refused = node_logger_as(port, "Message", 1, Some("s3cret-key"), Some(&ca), user);
+        let said = String::from_utf8_lossy(&refused.stdout);
+        assert_eq!(refused.status.code(), Some(2), "{user:?}: {said}");
+        assert!(said.contains("Authentication failed: username/password mismatch"), "{user:?}: {said}");
+    }
 
     // What is not the protocol, sent where the PING goes over TLS (0xc1 starts no MessagePack
     // value): the connection is closed, no PONG sent.
@@ -177,6 +199,7 @@ fn the_handshake_and_tls_admit_only_the_shared_key() {
     let errors = json_lines_under(&dir.path().join("errors"));
     let codes: Vec<&str> = errors.iter().filter_map(|e| e["errorCode"].as_str()).collect();
     assert!(codes.contains(&"Fluent.HandshakeRefused") && codes.contains(&"Fluent.BadMessage"), "{errors:?}");
+    assert_eq!(codes.iter().filter(|c| **c == "Fluent.HandshakeRefused").count(), 4, "{errors:?}");
     assert!(
         errors.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("shared_key mismatch"))),
         "{errors:?}"
@@ -189,7 +212,10 @@ fn the_handshake_and_tls_admit_only_the_shared_key() {
     let served: Vec<&serde_json::Value> = trail.iter().filter(|l| l.get("errorCode").is_none()).collect();
     assert_eq!(served.len(), 2, "{trail:#?}");
     for line in &served {
-        assert_eq!(line["userIdentity"], serde_json::json!({"type": "SharedKey", "hostname": "node-client"}));
+        assert_eq!(
+            line["userIdentity"],
+            serde_json::json!({"type": "SharedKey", "hostname": "node-client", "userName": "fluent-bit"})
+        );
         assert_eq!(
             (&line["requestParameters"]["recordCount"], &line["sourceIPAddress"]),
             (&40.into(), &"127.0.0.1".into())

@@ -1,6 +1,6 @@
 // The Fluent organization's Node.js logger (fluent-logger) forwarding to the fluent source over
 // the forward protocol, each message acknowledged: node fluent_forward.mjs <port> <mode> <count>
-// [shared key] [CA file for TLS]. <mode> is the logger's eventMode: Message, PackedForward or
+// [shared key] [CA file for TLS] (a user for the handshake in FLUENT_USERNAME and FLUENT_PASSWORD). <mode> is the logger's eventMode: Message, PackedForward or
 // CompressedPackedForward. Exits 0 once every event is acknowledged; on an error it prints it and
 // exits 2 (a refused handshake among them).
 import fs from 'node:fs';
@@ -18,7 +18,10 @@ const options = {
   internalLogger: { info() {}, error() {} },
 };
 if (sharedKey) {
-  options.security = { clientHostname: 'node-client', sharedKey, username: '', password: '' };
+  // With user authentication, the user from FLUENT_USERNAME and FLUENT_PASSWORD.
+  const username = process.env.FLUENT_USERNAME || '';
+  const password = process.env.FLUENT_PASSWORD || '';
+  options.security = { clientHostname: 'node-client', sharedKey, username, password };
 }
 if (ca) {
   options.tls = true;

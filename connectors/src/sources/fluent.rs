@@ -8,6 +8,8 @@
 //! listen = "127.0.0.1:24224"           # Fluentd's forward port
 //! shared_key = "${FLUENT_SHARED_KEY}"  # optional: the protocol's handshake (Fluent Bit's `Shared_Key`,
 //!                                      # Fluentd's `<security> shared_key`); clients without it are refused
+//! users = [{ username = "fluent-bit", password = "${FLUENT_BIT_PASSWORD}" }]
+//!                                      # optional, with `shared_key`: each client names one in the handshake
 //! self_hostname = "sluice"             # the server's name in the handshake (default "sluice")
 //! max_message_mb = 16                  # one message, as sent; a larger one closes its connection
 //! max_inflight_mb = 256                # past this, connections are read no further until there is room
@@ -47,9 +49,8 @@
 //! stop, new connections are refused, each open one takes the whole messages it has received
 //! (queued and, when asked, answered) and waits for no more, and only then the queue closes.
 //!
-//! Not served, though Fluentd serves them: UDP heartbeats (Fluentd's `heartbeat_type udp`; use
-//! `transport` or `none`) and user/password authentication (`<user>` sections): the shared key,
-//! TLS, or both authenticate.
+//! Not served, though Fluentd serves it: UDP heartbeats (Fluentd's `heartbeat_type udp`; use
+//! `transport` or `none`).
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -109,6 +110,7 @@ const REFUSED_HANDSHAKES: Family = Family {
 struct FluentConfig {
     listen: Option<String>,
     shared_key: Option<String>,
+    users: Option<Vec<FluentUser>>,
     self_hostname: Option<String>,
     max_message_mb: Option<u64>,
     max_inflight_mb: Option<u64>,
@@ -117,12 +119,22 @@ struct FluentConfig {
     tls: Option<TlsFiles>,
 }
 
+/// One of `users`: a name and its password (Fluentd's `<user>`, Fluent Bit's `Username` and
+/// `Password`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FluentUser {
+    username: String,
+    password: String,
+}
+
 /// Builds the source from `[sources.<name>]`.
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let table = &config.table;
     let listen_span = table.value_span("listen").unwrap_or(table.span.clone());
     let key_span = table.value_span("shared_key").unwrap_or(table.span.clone());
     let hostname_span = table.value_span("self_hostname").unwrap_or(table.span.clone());
+    let users_span = table.value_span("users").unwrap_or(table.span.clone());
     let (message_at, inflight_at) = (table.key_at("max_message_mb"), table.key_at("max_inflight_mb"));
     let (connections_at, idle_at, tls_at) =
         (table.key_at("max_connections"), table.key_at("idle_timeout_s"), table.key_at("tls"));
@@ -170,9 +182,22 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
         .with_hint("set `shared_key` too, or leave `self_hostname` out")),
         (name, _) => Ok(name.unwrap_or_else(|| "sluice".into())),
     });
+    let users = problems.take(match (c.users, &shared_key) {
+        (Some(_), Some(None)) => Err(Diagnostic::new(
+            users_span,
+            "`users` are checked in the handshake, which needs `shared_key`",
+        )
+        .with_hint("set `shared_key` too (Fluent Bit sends `Username`/`Password` with its `Shared_Key`)")),
+        (users, _) => Users::from_config(users)
+            .map_err(|why| Diagnostic::new(users_span, why).with_hint(
+                "each user needs a name of its own and a password: users = [{ username = \"fluent-bit\", password = \"${FLUENT_BIT_PASSWORD}\" }]",
+            )),
+    });
     let tls = problems.take(c.tls.as_ref().map(|t| t.checked(&base_dir, &tls_at)).transpose());
-    let (listen, max_message_mb, inflight, connections, idle, shared_key, hostname, tls) = problems
-        .finish((|| Some((listen?, max_message_mb?, inflight?, connections?, idle?, shared_key?, hostname?, tls?)))())?;
+    let ((listen, max_message_mb, inflight, connections, idle), (shared_key, users, hostname, tls)) = problems
+        .finish((|| {
+            Some(((listen?, max_message_mb?, inflight?, connections?, idle?), (shared_key?, users?, hostname?, tls?)))
+        })())?;
     Ok(Arc::new(FluentSource {
         listen,
         tls,
@@ -181,6 +206,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
             queue: Arc::new(IngestQueue::new(inflight)),
             log,
             shared_key,
+            users,
             hostname,
             max_message: usize::try_from(max_message_mb << 20).unwrap_or(usize::MAX),
             idle_timeout: Duration::from_secs(idle),
@@ -195,6 +221,49 @@ struct SharedKey(String);
 impl std::fmt::Debug for SharedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SharedKey(…)")
+    }
+}
+
+/// The users a handshake may name (none: the shared key alone), their passwords never shown.
+#[derive(Default)]
+struct Users(Vec<(String, String)>);
+
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(name, _)| name)).finish()
+    }
+}
+
+impl Users {
+    /// The `users` key's users (absent: none), refusing an empty list, an empty name or password,
+    /// and a name given twice.
+    fn from_config(users: Option<Vec<FluentUser>>) -> Result<Self, String> {
+        let Some(users) = users else { return Ok(Users::default()) };
+        if users.is_empty() {
+            return Err("`users` is empty; list at least one, or leave it out".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for user in &users {
+            if user.username.is_empty() || user.password.is_empty() {
+                return Err(format!("user `{}` has an empty name or password", user.username));
+            }
+            if !names.insert(user.username.as_str()) {
+                return Err(format!("user `{}` is listed twice", user.username));
+            }
+        }
+        Ok(Users(users.into_iter().map(|u| (u.username, u.password)).collect()))
+    }
+
+    fn required(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Whether `digest` is the `PING`'s hex SHA-512 of `salt`, `username` and that user's password.
+    fn admits(&self, salt: &[u8], username: &[u8], digest: &[u8]) -> bool {
+        self.0.iter().any(|(name, password)| {
+            name.as_bytes() == username
+                && constant_time_eq(hex_sha512(&[salt, username, password.as_bytes()]).as_bytes(), digest)
+        })
     }
 }
 
@@ -213,6 +282,7 @@ struct Shared {
     queue: Arc<IngestQueue>,
     log: LogSlot,
     shared_key: Option<SharedKey>,
+    users: Users,
     hostname: String,
     max_message: usize,
     idle_timeout: Duration,
@@ -222,7 +292,11 @@ struct Shared {
 impl Source for FluentSource {
     fn describe(&self) -> String {
         let scheme = if self.tls.is_some() { "tls" } else { "tcp" };
-        let auth = if self.shared.shared_key.is_some() { "shared key" } else { "no auth" };
+        let auth = match (&self.shared.shared_key, self.shared.users.required()) {
+            (Some(_), true) => "shared key and users",
+            (Some(_), false) => "shared key",
+            (None, _) => "no auth",
+        };
         format!("fluent: forward protocol on {scheme}://{} ({auth})", self.listen)
     }
 
@@ -375,6 +449,8 @@ impl Ended {
 struct Seen {
     /// The hostname its `PING` gave.
     client_hostname: Option<String>,
+    /// The user its `PING` named.
+    username: Option<String>,
     /// Whether its handshake passed.
     authenticated: bool,
     /// Messages taken.
@@ -433,7 +509,10 @@ impl Shared {
         let Some((metrics, _)) = self.metrics.get() else { return };
         metrics.audit(|trail| {
             let identity = match (&seen.client_hostname, seen.authenticated) {
-                (Some(hostname), true) => serde_json::json!({"type": "SharedKey", "hostname": hostname}),
+                (Some(hostname), true) => match &seen.username {
+                    Some(user) => serde_json::json!({"type": "SharedKey", "hostname": hostname, "userName": user}),
+                    None => serde_json::json!({"type": "SharedKey", "hostname": hostname}),
+                },
                 _ => serde_json::json!({"type": "Unknown"}),
             };
             let event = sluice_engine::audit::AuditEvent::api_call(
@@ -446,6 +525,7 @@ impl Shared {
             .identity(identity)
             .parameters(serde_json::json!({
                 "clientHostname": seen.client_hostname,
+                "userName": seen.username,
                 "messages": seen.messages,
                 "recordCount": seen.records,
                 "bytes": seen.bytes,
@@ -588,7 +668,8 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     seen: &mut Seen,
 ) -> Result<(), Ended> {
     let nonce: [u8; 16] = rand::random();
-    connection.send(&helo(&nonce)).await?;
+    let auth_salt: Option<[u8; 16]> = shared.users.required().then(rand::random);
+    connection.send(&helo(&nonce, auth_salt.as_ref())).await?;
     let Some(end) = connection.next_message(MAX_PING, shared.idle_timeout, stop).await? else {
         return Err(Ended::Handshake("the connection closed before its PING".into()));
     };
@@ -600,6 +681,12 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         let expected = hex_sha512(&[ping.salt, ping.hostname, &nonce, key.0.as_bytes()]);
         if !constant_time_eq(expected.as_bytes(), ping.digest) {
             return Err("shared_key mismatch".to_string());
+        }
+        if let Some(auth_salt) = &auth_salt {
+            seen.username = Some(String::from_utf8_lossy(ping.username).into_owned()).filter(|u| !u.is_empty());
+            if !shared.users.admits(auth_salt, ping.username, ping.password_digest) {
+                return Err("username/password mismatch".to_string());
+            }
         }
         Ok(hex_sha512(&[ping.salt, shared.hostname.as_bytes(), &nonce, key.0.as_bytes()]))
     });
@@ -616,8 +703,9 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// `["HELO", {"nonce": <nonce>, "auth": "", "keepalive": true}]` (no user authentication).
-fn helo(nonce: &[u8; 16]) -> Vec<u8> {
+/// `["HELO", {"nonce": <nonce>, "auth": <salt, or "" without user authentication>, "keepalive":
+/// true}]`.
+fn helo(nonce: &[u8; 16], auth_salt: Option<&[u8; 16]>) -> Vec<u8> {
     let mut helo = Vec::with_capacity(64);
     helo.extend_from_slice(&[0x92, 0xa4]);
     helo.extend_from_slice(b"HELO");
@@ -627,7 +715,13 @@ fn helo(nonce: &[u8; 16]) -> Vec<u8> {
     helo.extend_from_slice(nonce);
     helo.extend_from_slice(&[0xa4]);
     helo.extend_from_slice(b"auth");
-    helo.push(0xa0);
+    match auth_salt {
+        Some(salt) => {
+            helo.extend_from_slice(&[0xc4, 16]);
+            helo.extend_from_slice(salt);
+        }
+        None => helo.push(0xa0),
+    }
     helo.push(0xa9);
     helo.extend_from_slice(b"keepalive");
     helo.push(0xc3);
@@ -667,6 +761,9 @@ struct Ping<'a> {
     hostname: &'a [u8],
     salt: &'a [u8],
     digest: &'a [u8],
+    /// Empty without user authentication.
+    username: &'a [u8],
+    password_digest: &'a [u8],
 }
 
 impl<'a> Ping<'a> {
@@ -674,12 +771,15 @@ impl<'a> Ping<'a> {
     fn parse(message: &'a [u8]) -> Result<Self, String> {
         let not_a_ping = || "the first message is not a PING".to_string();
         let mut cursor = Cursor::new(message);
-        let Ok(Kind::Array(4..=6)) = cursor.head() else { return Err(not_a_ping()) };
+        let Ok(Kind::Array(len @ 4..=6)) = cursor.head() else { return Err(not_a_ping()) };
         let mut text = || cursor.text().map_err(|_| not_a_ping());
         if text()? != b"PING" {
             return Err(not_a_ping());
         }
-        Ok(Ping { hostname: text()?, salt: text()?, digest: text()? })
+        let (hostname, salt, digest) = (text()?, text()?, text()?);
+        let username = if len > 4 { text()? } else { b"" };
+        let password_digest = if len > 5 { text()? } else { b"" };
+        Ok(Ping { hostname, salt, digest, username, password_digest })
     }
 }
 
@@ -1658,9 +1758,34 @@ mod tests {
         assert!(Ping::parse(&helo_reply).is_err());
         // HELO and PONG are whole MessagePack values of the shapes clients check.
         let nonce = [7u8; 16];
-        assert_eq!(Framer::default().next(&helo(&nonce), usize::MAX), Ok(Some(helo(&nonce).len())));
+        assert_eq!(Framer::default().next(&helo(&nonce, None), usize::MAX), Ok(Some(helo(&nonce, None).len())));
         let pong = pong(true, "", "sluice", &"f".repeat(128));
         assert_eq!(Framer::default().next(&pong, usize::MAX), Ok(Some(pong.len())));
+        // Users: the PING's password digest is SHA-512 of the HELO's auth salt, the name and the password.
+        let users =
+            Users::from_config(Some(vec![FluentUser { username: "fb".into(), password: "pw".into() }])).unwrap();
+        let digest = hex_sha512(&[b"salt", b"fb", b"pw"]);
+        assert!(users.admits(b"salt", b"fb", digest.as_bytes()));
+        assert!(
+            !users.admits(b"other salt", b"fb", digest.as_bytes()) && !users.admits(b"salt", b"fc", digest.as_bytes())
+        );
+        assert!(format!("{users:?}").contains("fb") && !format!("{users:?}").contains("pw"));
+        let user = |name: &str, password: &str| FluentUser { username: name.into(), password: password.into() };
+        assert!(Users::from_config(Some(vec![])).is_err());
+        assert!(Users::from_config(Some(vec![user("a", "")])).is_err());
+        assert!(Users::from_config(Some(vec![user("a", "x"), user("a", "y")])).is_err());
+        assert!(!Users::from_config(None).unwrap().required());
+        let mut with_salt = Vec::new();
+        pack::array(&mut with_salt, 2);
+        pack::str(&mut with_salt, "HELO");
+        pack::map(&mut with_salt, 3);
+        pack::str(&mut with_salt, "nonce");
+        pack::bin(&mut with_salt, &nonce);
+        pack::str(&mut with_salt, "auth");
+        pack::bin(&mut with_salt, &[9; 16]);
+        pack::str(&mut with_salt, "keepalive");
+        rmp::encode::write_bool(&mut with_salt, true).unwrap();
+        assert_eq!(helo(&nonce, Some(&[9; 16])), with_salt);
         assert!(
             constant_time_eq(b"same", b"same") && !constant_time_eq(b"same", b"sane") && !constant_time_eq(b"a", b"ab")
         );
