@@ -123,7 +123,7 @@ fn fluent_loggers_forward_every_event_into_the_example_pipeline() {
 /// a wrong key, password or user (or none) is refused in the handshake, as the logger reports; what is not the protocol closes its
 /// connection unanswered; both are in the error log.
 #[test]
-fn the_handshake_and_tls_admit_only_the_shared_key() {
+fn the_handshake_and_tls_admit_only_the_shared_key_and_its_users() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCertificates::make();
     let port = free_port();

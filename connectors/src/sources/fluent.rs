@@ -101,7 +101,7 @@ const REFUSED_MESSAGES: Family = Family {
 /// Handshakes refused.
 const REFUSED_HANDSHAKES: Family = Family {
     name: "FluentRefusedHandshakes",
-    help: "Forward-protocol connections refused in the handshake (a wrong or missing shared key).",
+    help: "Forward-protocol connections refused in the handshake (a wrong or missing shared key or user).",
 };
 
 /// The source's keys.
