@@ -169,3 +169,190 @@ fn opentelemetry_javascript_sdk_logs_in_otlp_json_land_whole() {
         assert_eq!((&r["severity_text"], &r["severity_number"]), (&"INFO".into(), &9.into()));
     }
 }
+
+/// OTLP/gRPC at `grpc_listen`: OpenTelemetry's Python SDK with its gRPC log exporter (gzip, a
+/// bearer token in its metadata) lands every record with its resource; gRPC's own status codes for
+/// a wrong token and an unserved service, as grpcio reports them; OTLP/HTTP beside it unchanged.
+#[test]
+fn opentelemetry_grpc_exporter_logs_land_and_refusals_carry_grpc_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, grpc_port) = (free_port(), free_port());
+    let config = dir.path().join("otlp-grpc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"otlp-grpc\"\ndata_dir = \"{data}\"\naudit_log = \"file://{audit}\"\n\
+             [sources.otel]\ntype = \"otlp\"\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
+             bearer_token = \"{TOKEN}\"\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"otel\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+            data = dir.path().join("data").display(),
+            audit = dir.path().join("audit").display(),
+            lake = dir.path().join("lake").display(),
+        ),
+    )
+    .unwrap();
+    let mut otlp = start_listening_with(
+        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+        port,
+    );
+    super::support::wait_for_port(grpc_port, "sluice's OTLP/gRPC listener");
+    let script = format!(
+        "import logging, grpc\n\
+         from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler\n\
+         from opentelemetry.sdk._logs.export import BatchLogRecordProcessor\n\
+         from opentelemetry.sdk.resources import Resource\n\
+         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter\n\
+         from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc\n\
+         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc\n\
+         provider = LoggerProvider(resource=Resource.create({{'service.name': 'billing'}}))\n\
+         exporter = OTLPLogExporter(endpoint='http://127.0.0.1:{grpc_port}', insecure=True, \
+         headers=(('authorization', 'Bearer {TOKEN}'),), compression=grpc.Compression.Gzip)\n\
+         provider.add_log_record_processor(BatchLogRecordProcessor(exporter, max_export_batch_size=50))\n\
+         log = logging.getLogger('invoices')\n\
+         log.setLevel(logging.INFO)\n\
+         log.addHandler(LoggingHandler(level=logging.INFO, logger_provider=provider))\n\
+         for i in range(200):\n\
+         \x20   log.info('invoice %d', i, extra={{'invoice.id': i}})\n\
+         provider.shutdown()\n\
+         channel = grpc.insecure_channel('127.0.0.1:{grpc_port}')\n\
+         logs = logs_service_pb2_grpc.LogsServiceStub(channel)\n\
+         empty = logs_service_pb2.ExportLogsServiceRequest()\n\
+         print(type(logs.Export(empty, metadata=(('authorization', 'Bearer {TOKEN}'),))).__name__)\n\
+         for stub, request, token in [(logs, empty, 'wrong'), \
+         (trace_service_pb2_grpc.TraceServiceStub(channel), trace_service_pb2.ExportTraceServiceRequest(), '{TOKEN}')]:\n\
+         \x20   try:\n\
+         \x20       stub.Export(request, metadata=(('authorization', 'Bearer ' + token),))\n\
+         \x20       print('accepted')\n\
+         \x20   except grpc.RpcError as e:\n\
+         \x20       print(e.code().name)\n"
+    );
+    let run = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{said}{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(said.lines().collect::<Vec<_>>(), ["ExportLogsServiceResponse", "UNAUTHENTICATED", "UNIMPLEMENTED"]);
+    // OTLP/HTTP is served beside it, unchanged.
+    let http = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/logs"))
+        .bearer_auth(TOKEN)
+        .header("Content-Type", "application/json")
+        .body(r#"{"resourceLogs":[]}"#)
+        .send()
+        .unwrap();
+    assert_eq!(http.status().as_u16(), 200);
+    terminate(&otlp);
+    assert!(otlp.wait().unwrap().success());
+    let records = json_lines_under(&dir.path().join("lake"));
+    let mut ids: Vec<i64> = records.iter().map(|r| r["attributes"]["invoice.id"].as_i64().unwrap_or(-1)).collect();
+    ids.sort();
+    assert_eq!(ids, (0..200).collect::<Vec<i64>>(), "each record once");
+    assert!(records.iter().all(|r| r["resource"]["service.name"] == "billing" && r["body"].is_string()));
+    let trail: Vec<serde_json::Value> =
+        json_lines_under(&dir.path().join("audit")).into_iter().filter(|l| l["eventSource"] == "otlp.sluice").collect();
+    assert!(trail.iter().any(|l| l["errorCode"] == "UNAUTHENTICATED"), "{trail:#?}");
+    assert!(
+        trail
+            .iter()
+            .any(|l| l["requestParameters"]["path"] == "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+                && l.get("errorCode").is_none()),
+        "{trail:#?}"
+    );
+}
+
+/// OTLP/gRPC over TLS: the listener offers `h2` in the handshake (ALPN, which gRPC clients
+/// require), and grpcio's secure channel, trusting the test CA, exports through it; the OTLP/HTTP
+/// listener beside it still offers HTTP/1.1.
+#[test]
+fn opentelemetry_grpc_over_tls_is_served_with_alpn_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = super::support::TestCertificates::make();
+    let (port, grpc_port) = (free_port(), free_port());
+    let config = dir.path().join("otlp-grpc-tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"otlp-grpc-tls\"\ndata_dir = \"{data}\"\n\
+             [sources.otel]\ntype = \"otlp\"\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
+             tls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"otel\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+            data = dir.path().join("data").display(),
+            lake = dir.path().join("lake").display(),
+            cert = certs.path("server.pem"),
+            key = certs.path("server.key"),
+        ),
+    )
+    .unwrap();
+    let mut otlp = start_listening_with(
+        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+        port,
+    );
+    super::support::wait_for_port(grpc_port, "sluice's OTLP/gRPC listener");
+    let script = format!(
+        "import grpc\n\
+         from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc\n\
+         from opentelemetry.proto.logs.v1 import logs_pb2\n\
+         from opentelemetry.proto.common.v1 import common_pb2\n\
+         credentials = grpc.ssl_channel_credentials(root_certificates=open('{ca}', 'rb').read())\n\
+         channel = grpc.secure_channel('127.0.0.1:{grpc_port}', credentials)\n\
+         record = logs_pb2.LogRecord(body=common_pb2.AnyValue(string_value='over tls'))\n\
+         request = logs_service_pb2.ExportLogsServiceRequest(resource_logs=[logs_pb2.ResourceLogs(\
+         scope_logs=[logs_pb2.ScopeLogs(log_records=[record])])])\n\
+         print(type(logs_service_pb2_grpc.LogsServiceStub(channel).Export(request)).__name__)\n",
+        ca = certs.path("ca.pem"),
+    );
+    let run = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{said}{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(said.trim(), "ExportLogsServiceResponse");
+    // The HTTP/1.1 listener's ALPN is still http/1.1 (curl would otherwise speak h2 to it).
+    let alpn = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-alpn", "h2,http/1.1", "-CAfile"])
+        .arg(certs.path("ca.pem"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let alpn = String::from_utf8_lossy(&alpn.stdout);
+    assert!(alpn.contains("ALPN protocol: http/1.1"), "{alpn}");
+    terminate(&otlp);
+    assert!(otlp.wait().unwrap().success());
+    let records = json_lines_under(&dir.path().join("lake"));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["body"], "over tls");
+}
+
+/// An HTTP/2 connection to the gRPC listener that falls silent is closed after `idle_timeout_s`
+/// (its frames are not timed as HTTP/1.1 requests are: only silence counts).
+#[test]
+fn a_silent_grpc_connection_is_closed_after_the_idle_timeout() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (port, grpc_port) = (free_port(), free_port());
+    let config = dir.path().join("otlp-idle.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"otlp-idle\"\ndata_dir = \"{data}\"\n\
+             [sources.otel]\ntype = \"otlp\"\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
+             idle_timeout_s = 1\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"otel\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+            data = dir.path().join("data").display(),
+            lake = dir.path().join("lake").display(),
+        ),
+    )
+    .unwrap();
+    let mut otlp = start_listening_with(
+        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+        port,
+    );
+    super::support::wait_for_port(grpc_port, "sluice's OTLP/gRPC listener");
+    let mut h2 = std::net::TcpStream::connect(("127.0.0.1", grpc_port)).unwrap();
+    h2.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    // HTTP/2's connection preface and an empty SETTINGS frame, then nothing.
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+    let mut answered = Vec::new();
+    let ended = h2.read_to_end(&mut answered);
+    assert!(ended.is_ok(), "the connection was not closed: {ended:?}");
+    // The server spoke HTTP/2 (its SETTINGS frame, type 4) before closing.
+    assert_eq!(answered.get(3), Some(&4), "{answered:?}");
+    terminate(&otlp);
+    assert!(otlp.wait().unwrap().success());
+}

@@ -38,6 +38,9 @@ pub struct ListenerTls {
     /// The source whose listener it is, which writes a refused renewal to its pipeline's error log
     /// (`None` for `sluice serve`'s API, the process's: said in its log).
     pub reported_by: Option<SourceMeter>,
+    /// The application protocols offered in the handshake (ALPN), most preferred first: HTTP/1.1
+    /// for the HTTP listeners, `h2` for OTLP/gRPC's, none for the forward protocol.
+    pub alpn: Vec<Vec<u8>>,
 }
 
 /// The pipelines whose metrics show a listener's certificate.
@@ -84,7 +87,7 @@ pub fn serve_certificate(
     stop: StopSignal,
 ) -> Result<RustlsConfig, String> {
     let watch_files = FileWatch::new(vec![tls.files.cert.clone(), tls.files.key.clone()]);
-    let pair = load(&tls.files)?;
+    let pair = load(&tls.files, &tls.alpn)?;
     report(&tls, &pair, "serving the TLS certificate");
     let expiry_s = pair.leaf.as_ref().map(|(_, expiry_s)| *expiry_s);
     let served = RustlsConfig::from_config(Arc::new(pair.config));
@@ -109,7 +112,7 @@ async fn watch(
         }
         tls.metrics.show(expiry_s);
         let Some(changed) = files.look() else { continue };
-        match load(&tls.files) {
+        match load(&tls.files, &tls.alpn) {
             Ok(pair) => {
                 report(&tls, &pair, "serving the renewed TLS certificate");
                 expiry_s = pair.leaf.as_ref().map(|(_, expiry_s)| *expiry_s);
@@ -140,9 +143,9 @@ async fn watch(
     }
 }
 
-/// Reads and checks the pair as configure time does, as a server configuration offering
-/// HTTP/1.1 only (the listener speaks no HTTP/2).
-fn load(files: &TlsFiles) -> Result<Pair, String> {
+/// Reads and checks the pair as configure time does, as a server configuration offering the
+/// application protocols `alpn`.
+fn load(files: &TlsFiles, alpn: &[Vec<u8>]) -> Result<Pair, String> {
     let crate::tls::KeyPair { certs, key, .. } = crate::tls::key_pair(Path::new(""), &files.cert, &files.key)
         .map_err(|(on_key, why)| format!("`{}` {why}", if on_key { "key" } else { "cert" }))?;
     let leaf = certs.first().and_then(crate::tls::certificate_expiry);
@@ -151,7 +154,7 @@ fn load(files: &TlsFiles) -> Result<Pair, String> {
         .with_safe_default_protocol_versions()
         .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
         .map_err(|e| format!("the pair cannot be served: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.to_vec();
     Ok(Pair { config, leaf })
 }
 

@@ -8,7 +8,8 @@
 //! being opened), must not sit idle between requests longer than `idle_timeout`, and must send a
 //! body within `body_timeout` of the handler starting to read it, or it is closed; the bytes of
 //! bodies being read never pass `max_body_buffer` (a request that would pass it is refused from its
-//! declared length, before its body is read). Only HTTP/1.1 is served.
+//! declared length, before its body is read). HTTP/1.1 is served, or HTTP/2 only ([`Wire::Http2`], for
+//! OTLP/gRPC), where the idle timeout alone applies.
 
 use std::future::Future;
 use std::io;
@@ -34,6 +35,17 @@ use super::queue::IngestQueue;
 
 /// How long a stopping listener waits for requests in progress.
 const GRACE: Duration = Duration::from_secs(30);
+
+/// What a listener's connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// HTTP/1.1 (every listener but OTLP/gRPC's): the header, body and idle timeouts.
+    Http1,
+    /// HTTP/2 only, cleartext with prior knowledge or TLS with ALPN `h2` (OTLP/gRPC): the idle
+    /// timeout only, counted from the last byte read or written (its frames show no request
+    /// boundaries a byte watcher could time).
+    Http2,
+}
 
 /// What one listener allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,7 +269,7 @@ pub fn serve(
     bound: Bound,
     router: axum::Router,
     tls: Option<ListenerTls>,
-    limits: ListenerLimits,
+    (limits, wire): (ListenerLimits, Wire),
     stop: StopSignal,
     queues: impl FnOnce() -> Vec<Arc<IngestQueue>> + Send + 'static,
 ) -> Result<(), SourceError> {
@@ -265,7 +277,11 @@ pub fn serve(
     let address = listener.local_addr().map_err(|source| SourceError::Io { context: "listener".into(), source })?;
     let with_tls = tls.is_some();
     let tls_config = match tls {
-        Some(tls) => {
+        Some(mut tls) => {
+            tls.alpn = match wire {
+                Wire::Http1 => vec![b"http/1.1".to_vec()],
+                Wire::Http2 => vec![b"h2".to_vec()],
+            };
             let files = tls.files.clone();
             Some(serve_certificate(runtime, tls, stop.clone()).map_err(|why| SourceError::Io {
                 context: format!(
@@ -291,8 +307,11 @@ pub fn serve(
         let served = match tls_config {
             Some(config) => match axum_server::from_tcp_rustls(listener, config) {
                 Ok(server) => {
-                    let mut server =
-                        server.map(|tls| Guarded { inner: tls, permits, limits }).handle(handle).http1_only();
+                    let server = server.map(|tls| Guarded { inner: tls, permits, limits, wire }).handle(handle);
+                    let mut server = match wire {
+                        Wire::Http1 => server.http1_only(),
+                        Wire::Http2 => server.http2_only(),
+                    };
                     // The guard's timers replace hyper's (which would also close idle connections).
                     server.http_builder().http1().header_read_timeout(None);
                     server.serve(service).await
@@ -301,10 +320,12 @@ pub fn serve(
             },
             None => match axum_server::from_tcp(listener) {
                 Ok(server) => {
-                    let mut server = server
-                        .acceptor(Guarded { inner: DefaultAcceptor, permits, limits })
-                        .handle(handle)
-                        .http1_only();
+                    let server =
+                        server.acceptor(Guarded { inner: DefaultAcceptor, permits, limits, wire }).handle(handle);
+                    let mut server = match wire {
+                        Wire::Http1 => server.http1_only(),
+                        Wire::Http2 => server.http2_only(),
+                    };
                     server.http_builder().http1().header_read_timeout(None);
                     server.serve(service).await
                 }
@@ -330,6 +351,7 @@ struct Guarded<A> {
     inner: A,
     permits: Arc<Semaphore>,
     limits: ListenerLimits,
+    wire: Wire,
 }
 
 impl<A, I, S> Accept<I, S> for Guarded<A>
@@ -351,10 +373,10 @@ where
             return Box::pin(async { Err(io::Error::other("too many connections")) });
         };
         let accepted = self.inner.accept(stream, service);
-        let limits = self.limits;
+        let (limits, wire) = (self.limits, self.wire);
         Box::pin(async move {
             let (stream, service) = accepted.await?;
-            Ok((TimedStream::new(stream, permit, limits), service))
+            Ok((TimedStream::new(stream, permit, limits, wire), service))
         })
     }
 }
@@ -384,20 +406,25 @@ pub struct TimedStream<S> {
     /// The task that last found nothing to read during a request: woken when the response is
     /// flushed, so that the idle timeout starts even if the server does not read again by itself.
     reader: Option<std::task::Waker>,
+    /// HTTP/2: every byte read or written restarts the idle timeout; there are no phases.
+    opaque: bool,
 }
 
 impl<S> TimedStream<S> {
-    fn new(inner: S, permit: OwnedSemaphorePermit, limits: ListenerLimits) -> Self {
+    fn new(inner: S, permit: OwnedSemaphorePermit, limits: ListenerLimits, wire: Wire) -> Self {
+        let opaque = wire == Wire::Http2;
         TimedStream {
             inner,
-            // A new connection must send its first request's headers in time.
-            phase: Phase::Head,
+            // A new connection must send its first request's headers in time (HTTP/1.1), or
+            // anything within the idle timeout (HTTP/2).
+            phase: if opaque { Phase::Idle } else { Phase::Head },
             tail: 0,
             responded: false,
-            deadline: Box::pin(tokio::time::sleep(limits.header_timeout)),
+            deadline: Box::pin(tokio::time::sleep(if opaque { limits.idle_timeout } else { limits.header_timeout })),
             limits,
             _permit: permit,
             reader: None,
+            opaque,
         }
     }
 
@@ -409,6 +436,10 @@ impl<S> TimedStream<S> {
     /// Follows the request cycle through the bytes just read.
     fn saw(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
+            return;
+        }
+        if self.opaque {
+            self.restart(Phase::Idle, self.limits.idle_timeout);
             return;
         }
         if self.phase == Phase::Idle {
@@ -460,7 +491,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedStream<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        if written > 0 && this.phase == Phase::Request {
+        if written > 0 && this.opaque {
+            this.restart(Phase::Idle, this.limits.idle_timeout);
+        } else if written > 0 && this.phase == Phase::Request {
             this.responded = true;
         }
         Poll::Ready(Ok(written))
@@ -491,7 +524,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedStream<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        if written > 0 && this.phase == Phase::Request {
+        if written > 0 && this.opaque {
+            this.restart(Phase::Idle, this.limits.idle_timeout);
+        } else if written > 0 && this.phase == Phase::Request {
             this.responded = true;
         }
         Poll::Ready(Ok(written))

@@ -31,7 +31,7 @@ use sluice_engine::record::RecordBatch;
 
 pub use bound::bind;
 pub use certificate::ListenerTls;
-pub use listener::{ListenerLimits, serve};
+pub use listener::{ListenerLimits, Wire, serve};
 use queue::{IngestQueue, Popped};
 
 /// How soon an idle reader looks again.
@@ -60,13 +60,19 @@ impl TlsFiles {
             files: self.clone(),
             metrics: certificate::ShownIn::Fixed(vec![Arc::clone(&source.metrics)]),
             reported_by: Some(source.meter.clone()),
+            alpn: vec![b"http/1.1".to_vec()],
         }
     }
 
     /// A listener's TLS with these files, its certificate shown in the families of the pipelines
     /// `served` names at each moment (`sluice serve`).
     pub fn served_for_each(&self, served: admin::Served) -> ListenerTls {
-        ListenerTls { files: self.clone(), metrics: certificate::ShownIn::Served(served), reported_by: None }
+        ListenerTls {
+            files: self.clone(),
+            metrics: certificate::ShownIn::Served(served),
+            reported_by: None,
+            alpn: vec![b"http/1.1".to_vec()],
+        }
     }
 
     /// The files relative to `base`, checked when the pipeline is configured (readable PEM, the

@@ -27,7 +27,7 @@ use sluice_engine::record::RecordBatch;
 
 use super::listener::{BodyBudget, BodyError, BodyRoom, declared_length, open_listener_warning, read_body};
 use super::queue::IngestQueue;
-use super::{ListenerLimits, LogSlot, QueueReader, Rejected, TlsFiles, accept, bind, inflight_limit, serve};
+use super::{ListenerLimits, LogSlot, QueueReader, Rejected, TlsFiles, Wire, accept, bind, inflight_limit, serve};
 use crate::sources::firehose::parse_listen;
 
 /// A refused request: its status and why.
@@ -233,6 +233,7 @@ pub struct KeyPlaces {
     base_dir: std::path::PathBuf,
     log: LogSlot,
     listen: Range<usize>,
+    grpc_listen: Range<usize>,
     /// How the source's secret keys are called, and where they are (else the table).
     secret_keys: SecretKeys,
     secrets: Range<usize>,
@@ -252,6 +253,7 @@ impl KeyPlaces {
             base_dir: config.base_dir.clone(),
             log: LogSlot::for_source(config),
             listen: config.table.value_span("listen").unwrap_or(config.table.span.clone()),
+            grpc_listen: config.table.value_span("grpc_listen").unwrap_or(config.table.span.clone()),
             max_body: config.table.key_at("max_body_mb"),
             inflight: config.table.key_at("max_inflight_mb"),
             tls: config.table.key_at("tls"),
@@ -264,6 +266,8 @@ impl KeyPlaces {
 pub struct ListenerKeys {
     /// `listen`.
     pub listen: Option<String>,
+    /// `grpc_listen` (a source whose protocol has a gRPC service): where it is served.
+    pub grpc_listen: Option<String>,
     /// `max_body_mb`.
     pub max_body_mb: Option<u64>,
     /// `max_inflight_mb`.
@@ -287,6 +291,8 @@ pub struct Protocol {
     pub default_body_mb: u64,
     /// Its routes, given the endpoint they take records for.
     pub router: Box<dyn Fn(Arc<PostEndpoint>) -> axum::Router + Send + Sync>,
+    /// Its gRPC service's routes, served over HTTP/2 at `grpc_listen` when that is set (OTLP/gRPC).
+    pub grpc_router: Option<Box<dyn Fn(Arc<PostEndpoint>) -> axum::Router + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Protocol {
@@ -317,6 +323,11 @@ impl PostEndpoint {
     /// The pipeline's metrics, once the source is prepared.
     pub fn metrics(&self) -> Option<&Arc<PipelineMetrics>> {
         self.metrics.get()
+    }
+
+    /// The largest body taken (`max_body_mb`), after decompression.
+    pub fn max_body(&self) -> usize {
+        self.max_body
     }
 
     /// The request's body, read within the listener's budget and timeout and decoded by its
@@ -503,6 +514,7 @@ pub fn json_answer(status: StatusCode, body: &serde_json::Value) -> axum::respon
 #[derive(Debug)]
 pub struct PostSource {
     listen: SocketAddr,
+    grpc_listen: Option<SocketAddr>,
     endpoint: Arc<PostEndpoint>,
     tls: Option<TlsFiles>,
     limits: ListenerLimits,
@@ -521,6 +533,15 @@ impl PostSource {
     ) -> Result<Arc<dyn Source>, Problems> {
         let listen =
             problems.take(parse_listen(keys.listen.as_deref(), protocol.default_listen, places.listen.clone()));
+        let grpc_listen = problems.take(
+            keys.grpc_listen
+                .map(|text| {
+                    parse_listen(Some(&text), "127.0.0.1:4317", places.grpc_listen.clone()).map_err(|d| {
+                        d.with_hint("use host:port with an IP address, e.g. grpc_listen = \"127.0.0.1:4317\"")
+                    })
+                })
+                .transpose(),
+        );
         let hint = format!("MB of one request's body (default {})", protocol.default_body_mb);
         let max_body_mb =
             problems.take(places.max_body.within(keys.max_body_mb, protocol.default_body_mb, 1..=1024, &hint));
@@ -536,10 +557,11 @@ impl PostSource {
             Secrets::from_config(keys.secret, keys.named_secrets, places.secret_keys)
                 .map_err(|(message, hint)| Diagnostic::new(places.secrets.clone(), message).with_hint(hint)),
         );
-        let (limits, listen, max_body_mb, inflight, secrets, tls) =
-            problems.finish((|| Some((limits?, listen?, max_body_mb?, inflight?, secrets?, tls?)))())?;
+        let (limits, (listen, grpc_listen), max_body_mb, inflight, secrets, tls) =
+            problems.finish((|| Some((limits?, (listen?, grpc_listen?), max_body_mb?, inflight?, secrets?, tls?)))())?;
         Ok(Arc::new(PostSource {
             listen,
+            grpc_listen,
             endpoint: Arc::new(PostEndpoint {
                 secrets,
                 max_body: (max_body_mb << 20) as usize,
@@ -560,16 +582,29 @@ impl Source for PostSource {
     fn describe(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let auth = self.endpoint.secrets.describe();
-        format!("{} on {scheme}://{} ({auth})", self.protocol.what, self.listen)
+        let grpc = match self.grpc_listen {
+            Some(address) => format!(", gRPC on {scheme}://{address}"),
+            None => String::new(),
+        };
+        format!("{} on {scheme}://{}{grpc} ({auth})", self.protocol.what, self.listen)
     }
 
     fn is_finite(&self) -> bool {
         false
     }
 
-    /// The log's encryption key, when it has one ([`LogSlot::check`]).
+    /// The addresses, and the log's encryption key when it has one ([`LogSlot::check`]).
     fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
-        self.endpoint.log.check_with_listener(self.listen)
+        let (first, grpc) = (self.endpoint.log.check_with_listener(self.listen), self.grpc_listen);
+        Some(Box::pin(async move {
+            if let Some(address) = grpc {
+                super::listener::check_listen(address)?;
+            }
+            match first {
+                Some(check) => check.await,
+                None => Ok(()),
+            }
+        }))
     }
 
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
@@ -584,10 +619,29 @@ impl Source for PostSource {
         }
         let router =
             (self.protocol.router)(Arc::clone(&self.endpoint)).layer(axum::extract::DefaultBodyLimit::disable());
+        let grpc = match (self.grpc_listen, &self.protocol.grpc_router) {
+            (Some(address), Some(grpc_router)) => Some((
+                bind(address)?,
+                grpc_router(Arc::clone(&self.endpoint)).layer(axum::extract::DefaultBodyLimit::disable()),
+            )),
+            _ => None,
+        };
         let listener = bind(self.listen)?;
-        let queue = Arc::clone(&self.endpoint.queue);
+        // The queue closes once every server of the source has ended (each has queued all it
+        // acknowledged by then).
+        let servers = Arc::new(std::sync::atomic::AtomicUsize::new(1 + usize::from(grpc.is_some())));
+        let last_to_end = |servers: Arc<std::sync::atomic::AtomicUsize>, queue: Arc<IngestQueue>| {
+            move || {
+                if servers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 { vec![queue] } else { Vec::new() }
+            }
+        };
         let tls = self.tls.as_ref().map(|files| files.served_for(ctx));
-        serve(&ctx.runtime, listener, router, tls, self.limits, ctx.stop.clone(), move || vec![queue])
+        if let Some((listener, router)) = grpc {
+            let closer = last_to_end(Arc::clone(&servers), Arc::clone(&self.endpoint.queue));
+            serve(&ctx.runtime, listener, router, tls.clone(), (self.limits, Wire::Http2), ctx.stop.clone(), closer)?;
+        }
+        let closer = last_to_end(servers, Arc::clone(&self.endpoint.queue));
+        serve(&ctx.runtime, listener, router, tls, (self.limits, Wire::Http1), ctx.stop.clone(), closer)
     }
 
     fn finish(&self, _stopped: bool) {

@@ -35,7 +35,7 @@ use sluice_engine::contract::{PrepareContext, SharedListener, Source, SourceCont
 
 use crate::api::firehose::MAX_REQUEST_BYTES;
 use crate::api::firehose::{ApiSlot, FirehoseApi, Grants, OPERATIONS, StreamEndpoint};
-use crate::api::listener::open_listener_warning;
+use crate::api::listener::{Wire, open_listener_warning};
 use crate::api::queue::IngestQueue;
 use crate::api::sigv4::AccessKeys;
 use crate::api::{ListenerLimits, LogSlot, QueueReader, TlsFiles, bind, inflight_limit, serve};
@@ -342,7 +342,7 @@ impl Source for FirehoseSource {
         let listener = bind(self.listen)?;
         let queues = vec![Arc::clone(&self.queue)];
         let tls = self.tls.as_ref().map(|files| files.served_for(ctx));
-        serve(&ctx.runtime, listener, router(api), tls, self.limits, ctx.stop.clone(), move || queues)
+        serve(&ctx.runtime, listener, router(api), tls, (self.limits, Wire::Http1), ctx.stop.clone(), move || queues)
     }
 
     fn finish(&self, _stopped: bool) {

@@ -321,10 +321,15 @@ impl Source for FluentSource {
         let bound = bind(self.listen)?;
         let tls = match &self.tls {
             Some(files) => Some(
-                crate::api::certificate::serve_certificate(&ctx.runtime, files.served_for(ctx), ctx.stop.clone())
-                    .map_err(|why| {
-                        SourceError::Setup(format!("cannot serve TLS certificate {}: {why}", files.cert.display()))
-                    })?,
+                // (The forward protocol has no ALPN name: none is offered.)
+                crate::api::certificate::serve_certificate(
+                    &ctx.runtime,
+                    crate::api::ListenerTls { alpn: Vec::new(), ..files.served_for(ctx) },
+                    ctx.stop.clone(),
+                )
+                .map_err(|why| {
+                    SourceError::Setup(format!("cannot serve TLS certificate {}: {why}", files.cert.display()))
+                })?,
             ),
             None => None,
         };

@@ -98,6 +98,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     let Some(c) = config.table.deserialize::<HttpConfig>(&mut problems) else { return Err(problems) };
     let keys = ListenerKeys {
         listen: c.listen,
+        grpc_listen: None,
         max_body_mb: c.max_body_mb,
         max_inflight_mb: c.max_inflight_mb,
         tls: c.tls,
@@ -112,6 +113,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         },
         default_listen: "127.0.0.1:4574",
         default_body_mb: 16,
+        grpc_router: None,
         router: Box::new(move |endpoint| {
             let receive = move |state, caller, uri, headers, body| receive(format, state, caller, uri, headers, body);
             axum::Router::new().fallback(axum::routing::post(receive)).with_state(endpoint)

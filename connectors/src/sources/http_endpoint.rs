@@ -129,6 +129,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     ));
     let keys = ListenerKeys {
         listen: c.listen,
+        grpc_listen: None,
         max_body_mb: c.max_body_mb,
         max_inflight_mb: c.max_inflight_mb,
         tls: c.tls,
@@ -139,6 +140,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         what: "http_endpoint: Firehose HTTP endpoint deliveries",
         default_listen: "127.0.0.1:4575",
         default_body_mb: 64,
+        grpc_router: None,
         router: Box::new(move |endpoint| {
             let file = endpoint.state_file("request-ids");
             let recent = Mutex::new(RecentRequests::new(remember.unwrap_or(0) as usize, file));

@@ -1,12 +1,13 @@
-//! `type = "otlp"`: OpenTelemetry logs over OTLP/HTTP, so that the OpenTelemetry Collector's
-//! `otlphttp` exporter, every OpenTelemetry SDK's OTLP log exporter, and the agents that speak OTLP
-//! (Fluent Bit's and Vector's `opentelemetry` outputs) deliver into a pipeline with nothing changed
-//! but the endpoint.
+//! `type = "otlp"`: OpenTelemetry logs over OTLP/HTTP and OTLP/gRPC, so that the OpenTelemetry
+//! Collector's `otlphttp` and `otlp` exporters, every OpenTelemetry SDK's OTLP log exporter, and
+//! the agents that speak OTLP (Fluent Bit's and Vector's `opentelemetry` outputs) deliver into a
+//! pipeline with nothing changed but the endpoint.
 //!
 //! ```toml
 //! [sources.otel]
 //! type = "otlp"
 //! listen = "127.0.0.1:4318"              # OTLP/HTTP's port
+//! grpc_listen = "127.0.0.1:4317"         # optional: OTLP/gRPC served there too (HTTP/2)
 //! bearer_token = "${OTLP_TOKEN}"         # optional: then `Authorization: Bearer <token>` is required
 //! # bearer_tokens = [{ name = "collector-eu", token = "${TOKEN_EU}" }]
 //! max_body_mb = 16
@@ -28,10 +29,20 @@
 //! `200` with an empty `ExportLogsServiceResponse` in the request's encoding, once the records are
 //! queued and as durable as the pipeline asks; `400` with a `google.rpc.Status` (code 3,
 //! `INVALID_ARGUMENT`, and why) for a body that does not decode or a record over 1,000 KiB; `401`
-//! (token), `404` for another signal's path (`/v1/traces`, `/v1/metrics`) or OTLP/gRPC's (not served:
-//! the answer says to set the exporter's protocol to `http/protobuf`), `415` for another
-//! `Content-Type`, `503` with `Retry-After` when busy or stopping (which OTLP clients retry). A
-//! request is taken whole or not at all.
+//! (token), `404` for another signal's path (`/v1/traces`, `/v1/metrics`) or OTLP/gRPC's (the
+//! answer says to send gRPC to `grpc_listen`), `415` for another `Content-Type`, `503` with
+//! `Retry-After` when busy or stopping (which OTLP clients retry). A request is taken whole or not
+//! at all.
+//!
+//! With `grpc_listen`, the same records come from OTLP/gRPC's `LogsService/Export` (unary) on
+//! HTTP/2: cleartext with prior knowledge (the exporters' `insecure`), or TLS with `tls`, offering
+//! `h2` in the handshake. The request is one length-prefixed protobuf message, gzip'd when its flag
+//! says so (`grpc-encoding: gzip`); the bearer token comes as `authorization` metadata. The answer
+//! is an empty `ExportLogsServiceResponse` with `grpc-status: 0` once the records are queued and as
+//! durable as the pipeline asks, or the refusal's status: `UNAUTHENTICATED` (16), `INVALID_ARGUMENT`
+//! (3: a message that does not decode, a record over 1,000 KiB), `UNIMPLEMENTED` (12: another
+//! service or method, another `grpc-encoding`), `UNAVAILABLE` (14: busy or stopping, which
+//! exporters retry). A connection silent for `idle_timeout_s` is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,6 +77,10 @@ const INVALID_ARGUMENT: i32 = 3;
 const UNAVAILABLE: i32 = 14;
 /// `google.rpc.Code` `UNAUTHENTICATED`.
 const UNAUTHENTICATED: i32 = 16;
+/// `google.rpc.Code` `UNIMPLEMENTED`.
+const UNIMPLEMENTED: i32 = 12;
+/// OTLP/gRPC's method for logs.
+const GRPC_EXPORT_LOGS: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 
 /// The source's own keys.
 #[derive(Debug, Deserialize)]
@@ -73,6 +88,8 @@ const UNAUTHENTICATED: i32 = 16;
 struct OtlpConfig {
     /// Address to listen on (default `127.0.0.1:4318`).
     listen: Option<String>,
+    /// Where OTLP/gRPC is served too (none unless set; its port is 4317).
+    grpc_listen: Option<String>,
     /// When set, requests need `Authorization: Bearer <token>`.
     bearer_token: Option<String>,
     /// Several tokens, each with a name.
@@ -93,6 +110,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     let Some(c) = config.table.deserialize::<OtlpConfig>(&mut problems) else { return Err(problems) };
     let keys = ListenerKeys {
         listen: c.listen,
+        grpc_listen: c.grpc_listen,
         max_body_mb: c.max_body_mb,
         max_inflight_mb: c.max_inflight_mb,
         tls: c.tls,
@@ -108,7 +126,8 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
                 .route("/v1/logs", axum::routing::post(receive))
                 .fallback(|uri: Uri| async move {
                     let message = if uri.path().starts_with("/opentelemetry.proto.collector.") {
-                        "OTLP/gRPC is not served here: set the exporter's protocol to http/protobuf \
+                        "OTLP/gRPC is not served on this address: give the source `grpc_listen` (4317 is \
+                         gRPC's port) and send gRPC there, or set the exporter's protocol to http/protobuf \
                          (OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf; the Collector's otlphttp exporter) and its \
                          endpoint to this address, whose path is /v1/logs"
                             .to_string()
@@ -122,6 +141,14 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
                 })
                 .with_state(endpoint)
         }),
+        grpc_router: Some(Box::new(|endpoint| {
+            axum::Router::new()
+                .route(GRPC_EXPORT_LOGS, axum::routing::post(receive_grpc))
+                .fallback(|uri: Uri| async move {
+                    grpc_status(UNIMPLEMENTED, &format!("{} is not served: only {GRPC_EXPORT_LOGS}", uri.path()))
+                })
+                .with_state(endpoint)
+        })),
     };
     PostSource::configure(places, keys, limits, protocol, problems)
 }
@@ -383,6 +410,133 @@ async fn take(
     enqueue(endpoint, batch, started).await
 }
 
+/// OTLP/gRPC's `LogsService/Export` (unary): one length-prefixed `ExportLogsServiceRequest`,
+/// compressed as `grpc-encoding` says when its flag is set; answered with an empty
+/// `ExportLogsServiceResponse` and `grpc-status: 0` once the records are queued and as durable as
+/// the pipeline asks, or with the status of the refusal (`UNAUTHENTICATED`, `INVALID_ARGUMENT`,
+/// `UNAVAILABLE` for what to retry).
+async fn receive_grpc(
+    State(endpoint): State<Arc<PostEndpoint>>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut facts = RequestFacts::default();
+    let outcome = take_grpc(&endpoint, &headers, body, &mut facts).await;
+    let refused = outcome.as_ref().err().map(|(code, message)| (grpc_code_name(*code), message.as_str()));
+    endpoint.audit_request((OTLP_EVENT_SOURCE, "ExportLogs"), caller, (&uri, &headers), &facts, refused);
+    match outcome {
+        Ok(()) => {
+            use http_body_util::BodyExt as _;
+            // The empty response, length-prefixed, then the status as trailers.
+            let message = ExportLogsServiceResponse::default().encode_to_vec();
+            let mut framed = vec![0u8];
+            framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
+            framed.extend_from_slice(&message);
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", header::HeaderValue::from_static("0"));
+            let body =
+                http_body_util::Full::new(bytes::Bytes::from(framed)).with_trailers(async move { Some(Ok(trailers)) });
+            let mut response = Response::new(Body::new(body));
+            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/grpc"));
+            response
+        }
+        Err((code, message)) => grpc_status(code, &message),
+    }
+}
+
+/// A gRPC "trailers-only" answer: HTTP 200 with `grpc-status` and `grpc-message`, no message.
+fn grpc_status(code: i32, message: &str) -> Response {
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", header::HeaderValue::from(code));
+    // gRPC's percent-encoding of the message (its unreserved set: printable ASCII but `%`).
+    const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%').add(0x7f);
+    let encoded = percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE).to_string();
+    if let Ok(value) = header::HeaderValue::from_str(&encoded) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+/// A gRPC status code's name, as the audit trail says it.
+fn grpc_code_name(code: i32) -> &'static str {
+    match code {
+        INVALID_ARGUMENT => "INVALID_ARGUMENT",
+        UNIMPLEMENTED => "UNIMPLEMENTED",
+        UNAVAILABLE => "UNAVAILABLE",
+        UNAUTHENTICATED => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Takes one gRPC request's log records, or says why not with a gRPC status code.
+async fn take_grpc(
+    endpoint: &Arc<PostEndpoint>,
+    headers: &HeaderMap,
+    body: Body,
+    facts: &mut RequestFacts,
+) -> Result<(), (i32, String)> {
+    // 4xx refusals are the request's fault; 503 and other 5xx are to be retried.
+    let as_grpc = |(status, message): Refusal| match status {
+        StatusCode::UNAUTHORIZED => (UNAUTHENTICATED, message),
+        s if s.is_server_error() => (UNAVAILABLE, message),
+        _ => (INVALID_ARGUMENT, message),
+    };
+    let started = Instant::now();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !content_type.starts_with("application/grpc") {
+        return Err((INVALID_ARGUMENT, format!("`content-type: {content_type}` is not gRPC's (application/grpc)")));
+    }
+    endpoint.check_bearer(headers, facts).map_err(as_grpc)?;
+    let body = endpoint.read(headers, body).await.map_err(as_grpc)?;
+    let message = grpc_message(body.bytes(), headers, endpoint.max_body())?;
+    let request = ExportLogsServiceRequest::decode(message.as_ref())
+        .map_err(|e| (INVALID_ARGUMENT, format!("the message is no protobuf ExportLogsServiceRequest: {e}")))?;
+    let batch = records(&request).map_err(|why| (INVALID_ARGUMENT, why))?;
+    (facts.records, facts.bytes) = (Some(batch.len()), Some(batch.byte_len()));
+    enqueue(endpoint, batch, started).await.map_err(as_grpc)
+}
+
+/// The one message of a unary gRPC request body (`[compressed flag][length, 4 bytes][message]`),
+/// decompressed by `grpc-encoding` when flagged, at most `max` bytes.
+fn grpc_message<'a>(
+    body: &'a [u8],
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<std::borrow::Cow<'a, [u8]>, (i32, String)> {
+    let invalid = |why: String| (INVALID_ARGUMENT, why);
+    let (Some(&flag), Some(length)) = (body.first(), body.get(1..5)) else {
+        return Err(invalid("the body is not a gRPC length-prefixed message".into()));
+    };
+    let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
+    let message = body.get(5..).filter(|m| m.len() == length).ok_or_else(|| {
+        invalid(format!(
+            "the body holds {} bytes after its prefix, which says {length} (one message)",
+            body.len().saturating_sub(5)
+        ))
+    })?;
+    if flag == 0 {
+        return Ok(std::borrow::Cow::Borrowed(message));
+    }
+    let encoding = headers.get("grpc-encoding").and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    if encoding != "gzip" {
+        return Err((UNIMPLEMENTED, format!("grpc-encoding `{encoding}` is not supported: send gzip or none")));
+    }
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(message)
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| invalid(format!("the message is not valid gzip: {e}")))?;
+    if out.len() > max {
+        return Err(invalid(format!("the message is larger than {max} bytes once decompressed")));
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
+
 #[cfg(test)]
 mod tests {
     use opentelemetry_proto::tonic::common::v1::{ArrayValue, InstrumentationScope, KeyValueList};
@@ -567,5 +721,45 @@ mod tests {
         let case = SourceCase::stream(table, expected, produce, dir.path());
         let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
+    }
+
+    /// A unary gRPC body is one length-prefixed message: taken as it is, or gunzipped when its
+    /// flag says so and `grpc-encoding` is gzip; anything else refused with the status code to say.
+    #[test]
+    fn grpc_bodies_are_one_length_prefixed_message() {
+        use std::io::Write as _;
+        let frame = |flag: u8, message: &[u8]| {
+            let mut body = vec![flag];
+            body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+            body.extend_from_slice(message);
+            body
+        };
+        let plain = HeaderMap::new();
+        assert_eq!(grpc_message(&frame(0, b"abc"), &plain, 100).unwrap().as_ref(), b"abc");
+        assert_eq!(grpc_message(&frame(0, b""), &plain, 100).unwrap().as_ref(), b"");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&[b'x'; 200]).unwrap();
+        let gzipped = frame(1, &gz.finish().unwrap());
+        let mut gzip = HeaderMap::new();
+        gzip.insert("grpc-encoding", header::HeaderValue::from_static("gzip"));
+        assert_eq!(grpc_message(&gzipped, &gzip, 200).unwrap().len(), 200);
+        assert_eq!(grpc_message(&gzipped, &gzip, 199).unwrap_err().0, INVALID_ARGUMENT);
+        assert_eq!(grpc_message(&gzipped, &plain, 200).unwrap_err().0, UNIMPLEMENTED);
+        let mut snappy = HeaderMap::new();
+        snappy.insert("grpc-encoding", header::HeaderValue::from_static("snappy"));
+        assert_eq!(grpc_message(&gzipped, &snappy, 200).unwrap_err().0, UNIMPLEMENTED);
+        // A prefix that says another length, two messages, no prefix at all.
+        let mut short = frame(0, b"abc");
+        short.pop();
+        assert_eq!(grpc_message(&short, &plain, 100).unwrap_err().0, INVALID_ARGUMENT);
+        assert_eq!(
+            grpc_message(&[frame(0, b"a"), frame(0, b"b")].concat(), &plain, 100).unwrap_err().0,
+            INVALID_ARGUMENT
+        );
+        assert_eq!(grpc_message(&[0, 0], &plain, 100).unwrap_err().0, INVALID_ARGUMENT);
+        // Trailers-only refusals carry the code and the message, percent-encoded.
+        let refused = grpc_status(UNAUTHENTICATED, "100% wrong: é");
+        assert_eq!(refused.headers()["grpc-status"], "16");
+        assert_eq!(refused.headers()["grpc-message"], "100%25 wrong: %C3%A9");
     }
 }

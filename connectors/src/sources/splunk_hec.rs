@@ -108,6 +108,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     }
     let keys = ListenerKeys {
         listen: c.listen,
+        grpc_listen: None,
         max_body_mb: c.max_body_mb,
         max_inflight_mb: c.max_inflight_mb,
         tls: c.tls,
@@ -118,6 +119,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         what: "splunk_hec: HTTP Event Collector",
         default_listen: "127.0.0.1:8088",
         default_body_mb: 16,
+        grpc_router: None,
         router: Box::new(|endpoint| {
             let hec = Arc::new(Hec { endpoint, channels: Mutex::new(Channels::default()) });
             let post =

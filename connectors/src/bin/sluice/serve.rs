@@ -174,7 +174,7 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
             listener,
             firehose_router(Arc::clone(&slot)),
             options.tls.as_ref().map(|files| files.served_for_each(server.served.clone())),
-            options.limits,
+            (options.limits, sluice_connectors::api::listener::Wire::Http1),
             stop.clone(),
             move || shared.queues(),
         )?;
