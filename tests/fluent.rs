@@ -229,3 +229,57 @@ fn the_handshake_and_tls_admit_only_the_shared_key_and_its_users() {
     );
     assert!(trail.iter().any(|l| l["errorCode"] == "Fluent.BadMessage"), "{trail:#?}");
 }
+
+/// Messages that arrive together are taken together (one write to the log) and answered together;
+/// one that is not the protocol's among them ends the connection after the ones before it are
+/// taken and answered, and nothing of it (a Forward message whose second entry has no time) or
+/// after it is taken.
+#[test]
+fn messages_sent_together_are_answered_together_and_a_bad_one_ends_the_connection() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("fluent-group.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"fluent-group\"\ndata_dir = \"{data}\"\ndurability = \"fsync\"\n\
+             [sources.fluent]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"fluent\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+            data = dir.path().join("data").display(),
+            lake = dir.path().join("lake").display(),
+        ),
+    )
+    .unwrap();
+    let mut run = start_listening_with(
+        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+        port,
+    );
+    // [tag, time, {"n": n}, {"chunk": id}]
+    let message = |n: u8, chunk: &str| {
+        let mut m = vec![0x94, 0xa1, b't', 0x01, 0x81, 0xa1, b'n', n, 0x81, 0xa5];
+        m.extend_from_slice(b"chunk");
+        m.push(0xa0 | chunk.len() as u8);
+        m.extend_from_slice(chunk.as_bytes());
+        m
+    };
+    // Forward: [tag, [[1, {"n": 3}], ["no time", {"n": 4}]], {"chunk": "c"}]
+    let mut half_bad = vec![0x93, 0xa1, b't', 0x92, 0x92, 0x01, 0x81, 0xa1, b'n', 3, 0x92, 0xa7];
+    half_bad.extend_from_slice(b"no time");
+    half_bad.extend_from_slice(&[0x81, 0xa1, b'n', 4, 0x81, 0xa5]);
+    half_bad.extend_from_slice(b"chunk");
+    half_bad.extend_from_slice(&[0xa1, b'c']);
+    let sent = [message(1, "a"), message(2, "b"), half_bad, message(5, "d")].concat();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    stream.write_all(&sent).unwrap();
+    let mut answered = Vec::new();
+    stream.read_to_end(&mut answered).unwrap();
+    assert_eq!(answered, b"\x81\xa3ack\xa1a\x81\xa3ack\xa1b", "the acks of the two before, then the end");
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+    let mut taken: Vec<i64> =
+        json_lines_under(&dir.path().join("lake")).iter().map(|r| r["record"]["n"].as_i64().unwrap()).collect();
+    taken.sort();
+    assert_eq!(taken, [1, 2]);
+}

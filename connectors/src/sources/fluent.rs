@@ -39,7 +39,9 @@
 //! all its events are queued and as durable as the pipeline asks (the write-ahead log synced):
 //! at-least-once delivery for clients that ask for acknowledgements (Fluent Bit's
 //! `Require_ack_response`, Fluentd's `require_ack_response`). A message is taken whole or not at
-//! all. A message that is not the protocol's (not MessagePack, not an array of 2 to 4, a tag that
+//! all; the whole messages already received on a connection are taken together (one write to the
+//! log, up to 8 MiB of records) and their acknowledgements sent together, so a client that does
+//! not wait for each answer is not held to one log commit per message. A message that is not the protocol's (not MessagePack, not an array of 2 to 4, a tag that
 //! is no string, a time that is none, an event over 1,000 KiB as JSON, more than `max_message_mb`,
 //! gzip that does not decode) closes its connection unacknowledged, said in the pipeline's error
 //! log (`Fluent.BadMessage`) and counted (`FluentRefusedMessages`); so is a failed handshake
@@ -80,6 +82,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:24224";
 const GRACE: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+/// The whole messages already received are taken together up to about this many bytes of records.
+const GROUP_BYTES: usize = 8 << 20;
 /// The records of a message are queued in batches of about this many bytes.
 const BATCH_BYTES: usize = 1 << 20;
 /// How deep arrays and maps may nest in a message (as deep as JSON readers take).
@@ -638,21 +642,55 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(key) = &shared.shared_key {
         handshake(&mut connection, key, shared, stop, seen).await?;
     }
-    while let Some(end) = connection.next_message(shared.max_message, shared.idle_timeout, stop).await? {
-        let message = decode_message(&connection.bytes[..end], shared.max_message)?;
-        let ack = message.chunk.map(|chunk| ack_of(&connection.bytes[chunk]));
-        let (records, bytes) =
-            message.batches.iter().fold((0, 0), |(r, b), batch| (r + batch.len(), b + batch.byte_len()));
-        shared.take(message.batches, stop).await?;
-        seen.messages += 1;
-        seen.records += records as u64;
-        seen.bytes += bytes as u64;
-        if let Some(ack) = ack {
-            connection.send(&ack).await?;
+    loop {
+        // Every whole message here (up to `GROUP_BYTES` of records) is taken at once, one write to
+        // the log for all, and their acknowledgements sent together: a client that sends without
+        // waiting is not held to one log commit per message.
+        let mut records = Records::new();
+        let (mut consumed, mut acks, mut messages, mut bad) = (0, Vec::new(), 0, None);
+        while records.counts().1 < GROUP_BYTES {
+            let rest = &connection.bytes[consumed..];
+            let len = match connection.framer.next(rest, shared.max_message) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => {
+                    bad = Some(e);
+                    break;
+                }
+            };
+            match decode_into(&rest[..len], shared.max_message, &mut records) {
+                Ok(chunk) => {
+                    if let Some(chunk) = chunk {
+                        acks.extend(ack_of(&rest[chunk]));
+                    }
+                    consumed += len;
+                    messages += 1;
+                }
+                Err(e) => {
+                    bad = Some(e);
+                    break;
+                }
+            }
         }
-        connection.bytes.drain(..end);
+        if messages > 0 {
+            let (count, bytes) = records.counts();
+            shared.take(records.finish(), stop).await?;
+            seen.messages += messages;
+            seen.records += count as u64;
+            seen.bytes += bytes as u64;
+            if !acks.is_empty() {
+                connection.send(&acks).await?;
+            }
+            connection.bytes.drain(..consumed);
+        }
+        // (The messages before a bad one are taken and answered; it closes the connection.)
+        if let Some(bad) = bad {
+            return Err(bad.into());
+        }
+        if messages == 0 && !connection.read_more(shared.idle_timeout, stop).await? {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 /// `{"ack": <chunk>}`, the chunk id as the client encoded it.
@@ -1156,6 +1194,7 @@ fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 }
 
 /// A message's records, and where its chunk id is (when it asks for an acknowledgement).
+#[cfg(test)]
 #[derive(Debug)]
 struct Message {
     batches: Vec<RecordBatch>,
@@ -1233,10 +1272,48 @@ impl Records {
         }
         self.batches
     }
+
+    /// Where the records are now, to go back to ([`Self::rollback`]).
+    fn mark(&self) -> (usize, usize) {
+        (self.batches.len(), self.current.len())
+    }
+
+    /// Drops every record written since `mark`.
+    fn rollback(&mut self, (batches, records): (usize, usize)) {
+        if self.batches.len() > batches {
+            // The batch that was being written then has been filled and set aside since.
+            self.current = self.batches.swap_remove(batches);
+            self.batches.truncate(batches);
+        }
+        self.current.truncate(records);
+    }
+
+    /// Records and bytes written.
+    fn counts(&self) -> (usize, usize) {
+        self.batches.iter().chain([&self.current]).fold((0, 0), |(r, b), batch| (r + batch.len(), b + batch.byte_len()))
+    }
 }
 
 /// The records of one whole message, or why it is not the protocol's.
+#[cfg(test)]
 fn decode_message(message: &[u8], max: usize) -> Result<Message, Bad> {
+    let mut records = Records::new();
+    let chunk = decode_into(message, max, &mut records)?;
+    Ok(Message { batches: records.finish(), chunk })
+}
+
+/// Writes the records of one whole message into `records` and says where its chunk id is (when it
+/// asks for an acknowledgement); or, writing none of them, why it is not the protocol's.
+fn decode_into(message: &[u8], max: usize, records: &mut Records) -> Result<Option<Range<usize>>, Bad> {
+    let mark = records.mark();
+    let decoded = decode_records(message, max, records);
+    if decoded.is_err() {
+        records.rollback(mark);
+    }
+    decoded
+}
+
+fn decode_records(message: &[u8], max: usize, records: &mut Records) -> Result<Option<Range<usize>>, Bad> {
     let mut cursor = Cursor::new(message);
     let Kind::Array(len @ 2..=4) = cursor.head()? else {
         return Err(Bad::Shape("a message is an array [tag, time, record, option?] or [tag, entries, option?]"));
@@ -1249,7 +1326,6 @@ fn decode_message(message: &[u8], max: usize) -> Result<Message, Bad> {
         }
         _ => return Err(Bad::Shape("a message's tag is not a string")),
     };
-    let mut records = Records::new();
     let option;
     match cursor.peek()? {
         // Message mode: [tag, time, record, option?].
@@ -1300,7 +1376,7 @@ fn decode_message(message: &[u8], max: usize) -> Result<Message, Bad> {
         Some(at) => read_option(&Cursor { bytes: message, at })?.chunk,
         None => None,
     };
-    Ok(Message { batches: records.finish(), chunk })
+    Ok(chunk)
 }
 
 /// Where the option of a message of entries (`[tag, entries, option?]`, `len` long) is.
@@ -1491,6 +1567,35 @@ mod tests {
             decode_message(&packed(&big, Some("gzip")), 1 << 20).map(|_| ()).unwrap_err(),
             Bad::TooLarge(1 << 20)
         );
+    }
+
+    /// A message refused half way through leaves no record behind, even when it had filled batches
+    /// (the records of messages before it stay).
+    #[test]
+    fn a_refused_message_leaves_no_record_behind() {
+        let mut records = Records::new();
+        decode_into(&pack::forward("a", 0, 0..2, "one"), 1 << 30, &mut records).unwrap();
+        // 3,000 entries of ~1 KiB (past a batch), the last with a time that is none.
+        let mut bad = Vec::new();
+        pack::array(&mut bad, 2);
+        pack::str(&mut bad, "b");
+        pack::array(&mut bad, 3_000);
+        for n in 0..3_000 {
+            pack::array(&mut bad, 2);
+            if n == 2_999 {
+                pack::str(&mut bad, "no time");
+            } else {
+                pack::uint(&mut bad, 0);
+            }
+            pack::map(&mut bad, 1);
+            pack::str(&mut bad, "pad");
+            pack::str(&mut bad, &"x".repeat(1_000));
+        }
+        assert_eq!(decode_into(&bad, 1 << 30, &mut records), Err(Bad::Time));
+        let batches = records.finish();
+        let kept: Vec<&[u8]> = batches.iter().flat_map(|b| b.iter()).collect();
+        assert_eq!(kept.len(), 2);
+        assert!(kept.iter().all(|r| r.starts_with(b"{\"tag\":\"a\"")));
     }
 
     /// Fluent Bit's entries `[[time, metadata], record]`; MessagePack values JSON cannot hold.
