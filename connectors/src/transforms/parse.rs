@@ -215,6 +215,39 @@ const ELB_FIELDS: &[&str] = &[
 /// The Classic Load Balancer fields that are numbers (and the ports).
 const ELB_NUMBERS: &[&str] =
     &["request_processing_time", "backend_processing_time", "client_response_time", "received_bytes", "sent_bytes"];
+/// Network Load Balancer (TLS listener) access log fields, in their order, named as Athena's
+/// `nlb_tls_logs` table names its columns (`listener` is its `listener_id`, `connection_time` its
+/// `tcp_connection_time_ms`, `chosen_cert_arn` its `cert_arn`, …); `client:port` and
+/// `destination:port` become `client_ip`/`client_port` and `target_ip`/`target_port`, as there.
+const NLB_FIELDS: &[&str] = &[
+    "type",
+    "version",
+    "time",
+    "elb",
+    "listener_id",
+    "client:port",
+    "target:port",
+    "tcp_connection_time_ms",
+    "tls_handshake_time_ms",
+    "received_bytes",
+    "sent_bytes",
+    "incoming_tls_alert",
+    "cert_arn",
+    "certificate_serial",
+    "tls_cipher_suite",
+    "tls_protocol_version",
+    "tls_named_group",
+    "domain_name",
+    "alpn_fe_protocol",
+    "alpn_be_protocol",
+    "alpn_client_preference_list",
+    "tls_connection_creation_time",
+];
+/// The NLB fields that are numbers (and the ports).
+const NLB_NUMBERS: &[&str] =
+    &["tcp_connection_time_ms", "tls_handshake_time_ms", "received_bytes", "sent_bytes", "incoming_tls_alert"];
+/// The fields of the first NLB logs (to `domain_name`), as for ALB's.
+const NLB_FIRST_FIELDS: usize = 18;
 /// Amazon S3 server access log fields, in their order, named as Athena's table for them names its
 /// columns.
 const S3_ACCESS_FIELDS: &[&str] = &[
@@ -251,7 +284,7 @@ const S3_ACCESS_NUMBERS: &[&str] = &["httpstatus", "bytessent", "objectsize", "t
 const S3_ACCESS_FIRST_FIELDS: usize = 17;
 
 /// The formats, as `format` names them.
-const FORMATS: &str = "`vpc_flow` (VPC Flow Logs as delivered to S3), `cloudfront` (CloudFront standard logs), `alb` (Application Load Balancer access logs), `elb` (Classic Load Balancer access logs), `s3_access` (S3 server access logs), `delimited` (your own `fields` and `delimiter`) or `csv` (RFC 4180 rows of your `fields`)";
+const FORMATS: &str = "`vpc_flow` (VPC Flow Logs as delivered to S3), `cloudfront` (CloudFront standard logs), `alb` (Application Load Balancer access logs), `elb` (Classic Load Balancer access logs), `nlb` (Network Load Balancer TLS access logs), `s3_access` (S3 server access logs), `delimited` (your own `fields` and `delimiter`) or `csv` (RFC 4180 rows of your `fields`)";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -269,6 +302,7 @@ enum Format {
     Cloudfront,
     Alb,
     Elb,
+    Nlb,
     S3Access,
     Delimited,
     Csv,
@@ -282,6 +316,7 @@ impl Format {
             Format::Cloudfront => "cloudfront",
             Format::Alb => "alb",
             Format::Elb => "elb",
+            Format::Nlb => "nlb",
             Format::S3Access => "s3_access",
             Format::Delimited => "delimited",
             Format::Csv => "csv",
@@ -292,6 +327,12 @@ impl Format {
     /// may gain fields at the end of the line.
     fn is_quoted(self) -> bool {
         matches!(self, Format::Alb | Format::Elb | Format::S3Access)
+    }
+
+    /// AWS's logs of one layout to which fields are added at the end of the line over time: a
+    /// line has at least the first layout's fields, and those past the known ones are ignored.
+    fn grows(self) -> bool {
+        self.is_quoted() || self == Format::Nlb
     }
 }
 
@@ -367,6 +408,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         "cloudfront" => Format::Cloudfront,
         "alb" => Format::Alb,
         "elb" => Format::Elb,
+        "nlb" => Format::Nlb,
         "s3_access" => Format::S3Access,
         "delimited" => Format::Delimited,
         "csv" => Format::Csv,
@@ -393,6 +435,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         Format::Cloudfront => (CLOUDFRONT_FIELDS, CLOUDFRONT_NUMBERS, b'\t'),
         Format::Alb => (ALB_FIELDS, ALB_NUMBERS, b' '),
         Format::Elb => (ELB_FIELDS, ELB_NUMBERS, b' '),
+        Format::Nlb => (NLB_FIELDS, NLB_NUMBERS, b' '),
         Format::S3Access => (S3_ACCESS_FIELDS, S3_ACCESS_NUMBERS, b' '),
         Format::Delimited => (&[], &[], b' '),
         Format::Csv => (&[], &[], b','),
@@ -400,10 +443,10 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     if format != Format::Delimited && c.delimiter.is_some() {
         only_delimited("delimiter", delimiter_span.clone(), &mut problems);
     }
-    if (matches!(format, Format::VpcFlow | Format::Cloudfront) || format.is_quoted()) && c.numbers.is_some() {
+    if (matches!(format, Format::VpcFlow | Format::Cloudfront) || format.grows()) && c.numbers.is_some() {
         only_delimited("numbers", numbers_span.clone(), &mut problems);
     }
-    if format.is_quoted() && c.fields.is_some() {
+    if format.grows() && c.fields.is_some() {
         problems.push(
             Diagnostic::new(fields_span.clone(), format!("`fields` does not apply to format = \"{}\"", c.format))
                 .with_hint("these logs have one layout; fields AWS adds at the end of a line are ignored"),
@@ -470,7 +513,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
     let splits = names
         .iter()
         .map(|name| match (format, name.as_str()) {
-            (Format::Alb, "client:port" | "target:port") | (Format::Elb, "backend:port") => {
+            (Format::Alb | Format::Nlb, "client:port" | "target:port") | (Format::Elb, "backend:port") => {
                 let host = name.trim_end_matches(":port");
                 Split::HostPort { ip: json_key(&format!("{host}_ip")), port: json_key(&format!("{host}_port")) }
             }
@@ -490,6 +533,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Transform>, Problems
         .collect();
     let required = match format {
         Format::Alb => ALB_FIRST_FIELDS,
+        Format::Nlb => NLB_FIRST_FIELDS,
         Format::S3Access => S3_ACCESS_FIRST_FIELDS,
         _ => names.len(),
     };
@@ -512,7 +556,7 @@ impl Transform for ParseTransform {
     fn describe(&self) -> String {
         let Spec { format, names, delimiter, .. } = &*self.spec;
         match format {
-            Format::Csv | Format::Alb | Format::Elb | Format::S3Access => {
+            Format::Csv | Format::Alb | Format::Elb | Format::Nlb | Format::S3Access => {
                 format!("parse: {}, {} fields", format.name(), names.len())
             }
             _ => format!("parse: {}, {} fields split on {:?}", format.name(), names.len(), *delimiter as char),
@@ -573,12 +617,12 @@ impl RecordTransform for LineParser {
             _ => line.split(spec.delimiter as char).map(Cow::Borrowed).collect(),
         };
         let expected = spec.keys.len();
-        let fits = if spec.format.is_quoted() { fields.len() >= spec.required } else { fields.len() == expected };
+        let fits = if spec.format.grows() { fields.len() >= spec.required } else { fields.len() == expected };
         if !fits {
             let (has, wants) = (fields.len(), spec.required);
             return Err(TransformFailure::processing(
                 FIELD_COUNT,
-                if spec.format.is_quoted() {
+                if spec.format.grows() {
                     format!("the line has {has} fields where format = \"{}\" has at least {wants}", spec.format.name())
                 } else {
                     format!(
@@ -983,6 +1027,46 @@ mod tests {
             assert!(v[1][key].is_null(), "{key}: {}", v[1]);
         }
         assert_eq!((&v[1]["received_bytes"], &v[1]["sent_bytes"]), (&82.into(), &305.into()));
+    }
+
+    /// Network Load Balancer TLS access log lines (the layout of AWS's examples, with and without
+    /// ALPN, an older line that ends at `domain_name`, a newer one with a field more): the
+    /// columns of Athena's `nlb_tls_logs` table; the ALPN preference list, quotes and commas and
+    /// all, one field, as Athena's regex takes it.
+    #[test]
+    fn network_load_balancer_tls_log_lines_become_the_columns_athena_names() {
+        let line = "tls 2.0 2020-04-01T08:51:42 net/my-network-loadbalancer/c6e77e28c25b2234 g3d4b5e8bb8464cd \
+                    72.21.218.154:51341 172.100.100.185:443 5 2 98 246 - \
+                    arn:aws:acm:us-east-2:671290407336:certificate/2a108f19-aded-46b0-8493-c63eb1ef4a99 - \
+                    ECDHE-RSA-AES128-SHA tlsv12 - my-network-loadbalancer-c6e77e28c25b2234.elb.us-east-2.amazonaws.com \
+                    h2 h2 \"h2\",\"http/1.1\" 2020-04-01T08:51:20";
+        let no_alpn = line.replace("h2 h2 \"h2\",\"http/1.1\"", "- - -");
+        let older = line.split(' ').take(18).collect::<Vec<_>>().join(" ");
+        let newer = format!("{line} a-field-added-later");
+        let run = parse("format = \"nlb\"", &[line, &no_alpn, &older, &newer, "tls 2.0 2020-04-01T08:51:42 too short"]);
+        assert_eq!(run.failed.len(), 1, "{:?}", run.failed);
+        let v = delivered(&run);
+        assert_eq!(
+            v[0],
+            serde_json::json!({
+                "type": "tls", "version": "2.0", "time": "2020-04-01T08:51:42",
+                "elb": "net/my-network-loadbalancer/c6e77e28c25b2234", "listener_id": "g3d4b5e8bb8464cd",
+                "client_ip": "72.21.218.154", "client_port": 51341, "target_ip": "172.100.100.185", "target_port": 443,
+                "tcp_connection_time_ms": 5, "tls_handshake_time_ms": 2, "received_bytes": 98, "sent_bytes": 246,
+                "incoming_tls_alert": null,
+                "cert_arn": "arn:aws:acm:us-east-2:671290407336:certificate/2a108f19-aded-46b0-8493-c63eb1ef4a99",
+                "certificate_serial": null, "tls_cipher_suite": "ECDHE-RSA-AES128-SHA", "tls_protocol_version": "tlsv12",
+                "tls_named_group": null, "domain_name": "my-network-loadbalancer-c6e77e28c25b2234.elb.us-east-2.amazonaws.com",
+                "alpn_fe_protocol": "h2", "alpn_be_protocol": "h2", "alpn_client_preference_list": "\"h2\",\"http/1.1\"",
+                "tls_connection_creation_time": "2020-04-01T08:51:20"
+            })
+        );
+        for key in ["alpn_fe_protocol", "alpn_be_protocol", "alpn_client_preference_list"] {
+            assert!(v[1][key].is_null(), "{key}: {}", v[1]);
+        }
+        assert!(v[2]["alpn_fe_protocol"].is_null() && v[2]["tls_connection_creation_time"].is_null(), "{}", v[2]);
+        assert_eq!(v[2]["domain_name"], v[0]["domain_name"]);
+        assert_eq!(v[3], v[0], "a field added at the end is ignored");
     }
 
     proptest::proptest! {
