@@ -283,3 +283,69 @@ fn messages_sent_together_are_answered_together_and_a_bad_one_ends_the_connectio
     taken.sort();
     assert_eq!(taken, [1, 2]);
 }
+
+/// `max_buffer_mb` bounds what the connections together hold of messages still arriving: a second
+/// client whose half-sent message would pass it is closed (said as `Fluent.Busy`), while the
+/// first, whose room is held, completes its message and is answered.
+#[test]
+fn messages_still_arriving_are_held_within_max_buffer_mb() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("fluent-buffer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"fluent-buffer\"\ndata_dir = \"{data}\"\n\
+             error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
+             [sources.fluent]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\nmax_message_mb = 1\nmax_buffer_mb = 2\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"fluent\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+            data = dir.path().join("data").display(),
+            errors = dir.path().join("errors").display(),
+            lake = dir.path().join("lake").display(),
+        ),
+    )
+    .unwrap();
+    let mut run = start_listening_with(
+        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+        port,
+    );
+    // [tag, 1, {"s": <1,000,000 bytes>}, {"chunk": "A"}], its first 900,000 bytes sent, then the rest.
+    let mut message = vec![0x94, 0xa3];
+    message.extend_from_slice(b"big");
+    message.extend_from_slice(&[0x01, 0x81, 0xa1, b's', 0xdb]);
+    message.extend_from_slice(&1_000_000u32.to_be_bytes());
+    message.extend(std::iter::repeat_n(b'x', 1_000_000));
+    message.extend_from_slice(&[0x81, 0xa5]);
+    message.extend_from_slice(b"chunk");
+    message.extend_from_slice(&[0xa1, b'A']);
+    let connect = || {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        stream
+    };
+    let mut first = connect();
+    first.write_all(&message[..900_000]).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut second = connect();
+    let _ = second.write_all(&message[..900_000]);
+    let mut answered = Vec::new();
+    let closed = second.read_to_end(&mut answered);
+    assert!(
+        closed.is_ok() || closed.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{closed:?}"
+    );
+    assert!(answered.is_empty(), "{answered:?}");
+    first.write_all(&message[900_000..]).unwrap();
+    let mut ack = [0u8; 7];
+    first.read_exact(&mut ack).unwrap();
+    assert_eq!(&ack, b"\x81\xa3ack\xa1A");
+    drop(first);
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+    let records = json_lines_under(&dir.path().join("lake"));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["record"]["s"].as_str().map(str::len), Some(1_000_000));
+    let errors = json_lines_under(&dir.path().join("errors"));
+    assert!(errors.iter().any(|e| e["errorCode"] == "Fluent.Busy"), "{errors:?}");
+}

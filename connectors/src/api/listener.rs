@@ -128,6 +128,13 @@ pub struct BodyRoom {
     bytes: usize,
 }
 
+impl BodyRoom {
+    /// The bytes it holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 impl Drop for BodyRoom {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.bytes, Ordering::SeqCst);

@@ -14,6 +14,7 @@
 //! max_message_mb = 16                  # one message, as sent; a larger one closes its connection
 //! max_inflight_mb = 256                # past this, connections are read no further until there is room
 //! max_connections = 4096
+//! max_buffer_mb = 256                  # messages still arriving, all connections together
 //! idle_timeout_s = 300                 # a connection silent this long between messages is closed
 //! tls = { cert = "...", key = "..." }  # optional: TLS (Fluent Bit's `tls on`, Fluentd's `transport tls`)
 //! ```
@@ -46,7 +47,9 @@
 //! gzip that does not decode) closes its connection unacknowledged, said in the pipeline's error
 //! log (`Fluent.BadMessage`) and counted (`FluentRefusedMessages`); so is a failed handshake
 //! (`Fluent.HandshakeRefused`, `FluentRefusedHandshakes`). When the queue is full a connection is
-//! simply read no further (TCP holds its client back), rather than refused. The audit trail
+//! simply read no further (TCP holds its client back), rather than refused. What the connections
+//! hold of messages still arriving stays within `max_buffer_mb` (their buffers' memory): a
+//! connection that would pass it is closed (`Fluent.Busy`; its client sends again). The audit trail
 //! records each connection that sent or was refused anything (`fluent.sluice`, `Forward`). On
 //! stop, new connections are refused, each open one takes the whole messages it has received
 //! (queued and, when asked, answered) and waits for no more, and only then the queue closes.
@@ -71,7 +74,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::api::bound::Bound;
 use crate::api::firehose::MAX_RECORD_BYTES;
-use crate::api::listener::open_listener_warning;
+use crate::api::listener::{BodyBudget, BodyRoom, open_listener_warning};
 use crate::api::queue::{IngestQueue, Refused};
 use crate::api::{LogSlot, QueueReader, Rejected, TlsFiles, bind, commit_reserved, inflight_limit};
 use crate::sources::firehose::parse_listen;
@@ -119,6 +122,7 @@ struct FluentConfig {
     max_message_mb: Option<u64>,
     max_inflight_mb: Option<u64>,
     max_connections: Option<u64>,
+    max_buffer_mb: Option<u64>,
     idle_timeout_s: Option<u64>,
     tls: Option<TlsFiles>,
 }
@@ -142,6 +146,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let (message_at, inflight_at) = (table.key_at("max_message_mb"), table.key_at("max_inflight_mb"));
     let (connections_at, idle_at, tls_at) =
         (table.key_at("max_connections"), table.key_at("idle_timeout_s"), table.key_at("tls"));
+    let buffer_at = table.key_at("max_buffer_mb");
     let log = LogSlot::for_source(&config);
     let base_dir = config.base_dir.clone();
     let mut problems = Problems::default();
@@ -164,6 +169,14 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
         4096,
         1..=1_000_000,
         "concurrent connections (default 4096)",
+    ));
+    // (Without `max_buffer_mb`, room for at least one whole message, in a buffer grown by quarters.)
+    let least_buffer_mb = max_message_mb.map_or(2, |mb| mb + mb / 4 + 1);
+    let buffer_mb = problems.take(buffer_at.within(
+        c.max_buffer_mb,
+        least_buffer_mb.max(256),
+        least_buffer_mb..=65_536,
+        "MB of messages being received, across connections (default 256); at least 1.25 times `max_message_mb`, so that one can be whole",
     ));
     let idle = problems.take(idle_at.within(
         c.idle_timeout_s,
@@ -198,9 +211,12 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
             )),
     });
     let tls = problems.take(c.tls.as_ref().map(|t| t.checked(&base_dir, &tls_at)).transpose());
-    let ((listen, max_message_mb, inflight, connections, idle), (shared_key, users, hostname, tls)) = problems
-        .finish((|| {
-            Some(((listen?, max_message_mb?, inflight?, connections?, idle?), (shared_key?, users?, hostname?, tls?)))
+    let ((listen, max_message_mb, inflight, connections, idle), (shared_key, users, hostname, tls, buffer_mb)) =
+        problems.finish((|| {
+            Some((
+                (listen?, max_message_mb?, inflight?, connections?, idle?),
+                (shared_key?, users?, hostname?, tls?, buffer_mb?),
+            ))
         })())?;
     Ok(Arc::new(FluentSource {
         listen,
@@ -214,6 +230,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
             hostname,
             max_message: usize::try_from(max_message_mb << 20).unwrap_or(usize::MAX),
             idle_timeout: Duration::from_secs(idle),
+            buffers: BodyBudget::new(usize::try_from(buffer_mb << 20).unwrap_or(usize::MAX)),
             metrics: OnceLock::new(),
         }),
     }))
@@ -290,6 +307,8 @@ struct Shared {
     hostname: String,
     max_message: usize,
     idle_timeout: Duration,
+    /// The bytes the connections hold of messages being received (`max_buffer_mb`).
+    buffers: Arc<BodyBudget>,
     metrics: OnceLock<(Arc<PipelineMetrics>, SourceMeter)>,
 }
 
@@ -425,6 +444,8 @@ enum Ended {
     Stopping,
     /// The records could not be made durable.
     Log(String),
+    /// The connections together hold `max_buffer_mb` of messages being received (this many bytes).
+    Busy(usize),
     /// Reading or writing failed.
     Io(std::io::Error),
 }
@@ -447,6 +468,14 @@ impl Ended {
                 "Fluent.LogFailed",
                 Level::Error,
                 format!("records from {peer} could not be made durable: {why}; not acknowledged"),
+            )),
+            Ended::Busy(used) => Some((
+                "Fluent.Busy",
+                Level::Warn,
+                format!(
+                    "the connection from {peer} was closed: the connections hold {used} bytes of messages being received, \
+                     the most `max_buffer_mb` allows (its client sends again)"
+                ),
             )),
             Ended::TimedOut | Ended::Stopping | Ended::Io(_) => None,
         }
@@ -584,6 +613,9 @@ struct Connection<S> {
     stream: S,
     bytes: Vec<u8>,
     framer: Framer,
+    /// Room in the source's buffer budget for `bytes` and one more read.
+    room: Option<BodyRoom>,
+    budget: Arc<BodyBudget>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -592,7 +624,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// acknowledgement, is still taken).
     async fn read_more(&mut self, idle: Duration, stop: &StopSignal) -> Result<bool, Ended> {
         use futures::FutureExt as _;
-        self.bytes.reserve(READ_CHUNK);
+        self.hold_room()?;
         tokio::select! {
             biased;
             () = stop.stopped() => match self.stream.read_buf(&mut self.bytes).now_or_never() {
@@ -622,6 +654,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Makes room in the buffer for one more read and holds room in the budget for all of the
+    /// buffer's memory (given back, and the buffer shrunk, as messages are taken);
+    /// [`Ended::Busy`] when the budget has none.
+    fn hold_room(&mut self) -> Result<(), Ended> {
+        let wanted = self.bytes.len() + READ_CHUNK;
+        if self.bytes.capacity() > 2 * wanted {
+            self.bytes.shrink_to(wanted);
+        }
+        // Grown by a quarter at a time (not doubled): a message of `max_message_mb` fits in 1.25
+        // times it, as `max_buffer_mb`'s least value allows.
+        if self.bytes.capacity() - self.bytes.len() < READ_CHUNK {
+            self.bytes.reserve_exact(READ_CHUNK.max(self.bytes.len() / 4));
+        }
+        let memory = self.bytes.capacity();
+        if self.room.as_ref().map_or(0, BodyRoom::bytes) != memory {
+            self.room = None;
+            self.room = Some(self.budget.take(memory).ok_or(Ended::Busy(self.budget.used()))?);
+        }
+        Ok(())
+    }
+
     /// Sends `bytes` whole.
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Ended> {
         self.stream.write_all(bytes).await?;
@@ -638,7 +691,13 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     stop: &StopSignal,
     seen: &mut Seen,
 ) -> Result<(), Ended> {
-    let mut connection = Connection { stream, bytes: Vec::with_capacity(READ_CHUNK), framer: Framer::default() };
+    let mut connection = Connection {
+        stream,
+        bytes: Vec::with_capacity(READ_CHUNK),
+        framer: Framer::default(),
+        room: None,
+        budget: Arc::clone(&shared.buffers),
+    };
     if let Some(key) = &shared.shared_key {
         handshake(&mut connection, key, shared, stop, seen).await?;
     }
