@@ -933,6 +933,11 @@ enum Bad {
     /// The gzip'd entries do not decode.
     #[error("the gzip'd entries do not decode: {0}")]
     Gzip(String),
+    /// Fluent Bit's metrics or traces (`fluent_signal` 1 or 2 in the option): not events.
+    #[error(
+        "it holds Fluent Bit's {0} (`fluent_signal` in its option), not log events: this source takes logs; send {0} to a metrics or tracing backend"
+    )]
+    NotLogs(&'static str),
     /// An event larger than a record may be.
     #[error("an event is {0} bytes as JSON; a record is at most {MAX_RECORD_BYTES}")]
     EventTooLarge(usize),
@@ -1410,6 +1415,11 @@ fn decode_records(message: &[u8], max: usize, records: &mut Records) -> Result<O
             let packed = cursor.take(n)?;
             option = entries_option(len, cursor.at)?;
             let options = option.map(|at| read_option(&Cursor { bytes: message, at })).transpose()?;
+            match options.as_ref().and_then(|o| o.signal) {
+                Some(1) => return Err(Bad::NotLogs("metrics")),
+                Some(2) => return Err(Bad::NotLogs("traces")),
+                _ => {}
+            }
             let gunzipped;
             let entries = match options.as_ref().and_then(|o| o.compressed.as_deref()) {
                 None | Some("text") => packed,
@@ -1453,6 +1463,8 @@ struct Options {
     /// Where the chunk id's value is in the message.
     chunk: Option<Range<usize>>,
     compressed: Option<String>,
+    /// Fluent Bit's `fluent_signal`: 0 logs, 1 metrics, 2 traces.
+    signal: Option<u64>,
 }
 
 /// The option map at `cursor` (nil is none).
@@ -1474,6 +1486,10 @@ fn read_option(cursor: &Cursor<'_>) -> Result<Options, Bad> {
         };
         match key {
             b"chunk" => options.chunk = Some(cursor.skip()?),
+            b"fluent_signal" => match cursor.head()? {
+                Kind::UInt(signal) => options.signal = Some(signal),
+                _ => return Err(Bad::Shape("a message's `fluent_signal` is not a number")),
+            },
             b"compressed" => {
                 let value = cursor.text().map_err(|_| Bad::Compression("not a string".into()))?;
                 options.compressed = Some(String::from_utf8_lossy(value).into_owned());
@@ -1619,6 +1635,17 @@ mod tests {
         assert_eq!(decoded(&packed(&members, Some("gzip"))).unwrap(), expected);
         assert_eq!(decoded(&packed(&entries, Some("text"))).unwrap(), expected);
         assert_eq!(decoded(&packed(&entries, Some("zstd"))), Err(Bad::Compression("zstd".into())));
+        // Fluent Bit's metrics (`fluent_signal: 1`, a CMetrics blob): said as such, not misread.
+        let mut metrics = Vec::new();
+        pack::array(&mut metrics, 3);
+        pack::str(&mut metrics, "fluentbit.metrics");
+        pack::bin(&mut metrics, &[0x80]);
+        pack::map(&mut metrics, 2);
+        pack::str(&mut metrics, "chunk");
+        pack::str(&mut metrics, "id");
+        pack::str(&mut metrics, "fluent_signal");
+        pack::uint(&mut metrics, 1);
+        assert_eq!(decoded(&metrics), Err(Bad::NotLogs("metrics")));
         assert!(matches!(decoded(&packed(b"not gzip", Some("gzip"))), Err(Bad::Gzip(_))));
         // Decompressed past the message limit.
         let big = gzip(&vec![0x90; 2 << 20]);
