@@ -41,18 +41,19 @@
 //! at-least-once delivery for clients that ask for acknowledgements (Fluent Bit's
 //! `Require_ack_response`, Fluentd's `require_ack_response`). A message is taken whole or not at
 //! all; the whole messages already received on a connection are taken together (one write to the
-//! log, up to 8 MiB of records) and their acknowledgements sent together, so a client that does
-//! not wait for each answer is not held to one log commit per message. A message that is not the protocol's (not MessagePack, not an array of 2 to 4, a tag that
-//! is no string, a time that is none, an event over 1,000 KiB as JSON, more than `max_message_mb`,
-//! gzip that does not decode) closes its connection unacknowledged, said in the pipeline's error
-//! log (`Fluent.BadMessage`) and counted (`FluentRefusedMessages`); so is a failed handshake
+//! log, up to 8 MiB of records) and their acknowledgements sent together, so a client that does not
+//! wait for each answer is not held to one log commit per message. A message that is not the
+//! protocol's (not MessagePack, not an array of 2 to 4, a tag that is no string, a time that is
+//! none, an event over 1,000 KiB as JSON, more than `max_message_mb`, gzip that does not decode,
+//! Fluent Bit's metrics or traces) closes its connection unacknowledged, said in the pipeline's
+//! error log (`Fluent.BadMessage`) and counted (`FluentRefusedMessages`); so is a failed handshake
 //! (`Fluent.HandshakeRefused`, `FluentRefusedHandshakes`). When the queue is full a connection is
 //! simply read no further (TCP holds its client back), rather than refused. What the connections
 //! hold of messages still arriving stays within `max_buffer_mb` (their buffers' memory): a
 //! connection that would pass it is closed (`Fluent.Busy`; its client sends again). The audit trail
-//! records each connection that sent or was refused anything (`fluent.sluice`, `Forward`). On
-//! stop, new connections are refused, each open one takes the whole messages it has received
-//! (queued and, when asked, answered) and waits for no more, and only then the queue closes.
+//! records each connection that sent or was refused anything (`fluent.sluice`, `Forward`). On stop,
+//! new connections are refused, each open one takes the whole messages it has received (queued and,
+//! when asked, answered) and waits for no more, and only then the queue closes.
 //!
 //! Not served, though Fluentd serves it: UDP heartbeats (Fluentd's `heartbeat_type udp`; use
 //! `transport` or `none`).
