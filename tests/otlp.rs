@@ -176,26 +176,7 @@ fn opentelemetry_javascript_sdk_logs_in_otlp_json_land_whole() {
 #[test]
 fn opentelemetry_grpc_exporter_logs_land_and_refusals_carry_grpc_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, grpc_port) = (free_port(), free_port());
-    let config = dir.path().join("otlp-grpc.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"otlp-grpc\"\ndata_dir = \"{data}\"\naudit_log = \"file://{audit}\"\n\
-             [sources.otel]\ntype = \"otlp\"\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
-             bearer_token = \"{TOKEN}\"\n\
-             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"otel\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
-            data = dir.path().join("data").display(),
-            audit = dir.path().join("audit").display(),
-            lake = dir.path().join("lake").display(),
-        ),
-    )
-    .unwrap();
-    let mut otlp = start_listening_with(
-        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
-        port,
-    );
-    super::support::wait_for_port(grpc_port, "sluice's OTLP/gRPC listener");
+    let (mut otlp, port, grpc_port) = start_with_grpc(dir.path(), "otlp-grpc", &format!("bearer_token = \"{TOKEN}\""));
     let script = format!(
         "import logging, grpc\n\
          from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler\n\
@@ -265,27 +246,8 @@ fn opentelemetry_grpc_exporter_logs_land_and_refusals_carry_grpc_codes() {
 fn opentelemetry_grpc_over_tls_is_served_with_alpn_h2() {
     let dir = tempfile::tempdir().unwrap();
     let certs = super::support::TestCertificates::make();
-    let (port, grpc_port) = (free_port(), free_port());
-    let config = dir.path().join("otlp-grpc-tls.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"otlp-grpc-tls\"\ndata_dir = \"{data}\"\n\
-             [sources.otel]\ntype = \"otlp\"\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
-             tls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\
-             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"otel\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
-            data = dir.path().join("data").display(),
-            lake = dir.path().join("lake").display(),
-            cert = certs.path("server.pem"),
-            key = certs.path("server.key"),
-        ),
-    )
-    .unwrap();
-    let mut otlp = start_listening_with(
-        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
-        port,
-    );
-    super::support::wait_for_port(grpc_port, "sluice's OTLP/gRPC listener");
+    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", certs.path("server.pem"), certs.path("server.key"));
+    let (mut otlp, port, grpc_port) = start_with_grpc(dir.path(), "otlp-grpc-tls", &tls);
     let script = format!(
         "import grpc\n\
          from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc\n\
@@ -325,25 +287,7 @@ fn opentelemetry_grpc_over_tls_is_served_with_alpn_h2() {
 fn a_silent_grpc_connection_is_closed_after_the_idle_timeout() {
     use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
-    let (port, grpc_port) = (free_port(), free_port());
-    let config = dir.path().join("otlp-idle.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"otlp-idle\"\ndata_dir = \"{data}\"\n\
-             [sources.otel]\ntype = \"otlp\"\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
-             idle_timeout_s = 1\n\
-             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"otel\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
-            data = dir.path().join("data").display(),
-            lake = dir.path().join("lake").display(),
-        ),
-    )
-    .unwrap();
-    let mut otlp = start_listening_with(
-        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
-        port,
-    );
-    super::support::wait_for_port(grpc_port, "sluice's OTLP/gRPC listener");
+    let (mut otlp, _, grpc_port) = start_with_grpc(dir.path(), "otlp-idle", "idle_timeout_s = 1");
     let mut h2 = std::net::TcpStream::connect(("127.0.0.1", grpc_port)).unwrap();
     h2.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
     // HTTP/2's connection preface and an empty SETTINGS frame, then nothing.
@@ -355,4 +299,31 @@ fn a_silent_grpc_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(answered.get(3), Some(&4), "{answered:?}");
     terminate(&otlp);
     assert!(otlp.wait().unwrap().success());
+}
+
+/// A pipeline `name` of an otlp source serving OTLP/HTTP and OTLP/gRPC (`grpc_listen`), with
+/// `source_keys` besides, into NDJSON under `<dir>/lake` (its audit trail under `<dir>/audit`),
+/// started and listening on both: the process and the gRPC port.
+fn start_with_grpc(dir: &std::path::Path, name: &str, source_keys: &str) -> (std::process::Child, u16, u16) {
+    let (port, grpc_port) = (free_port(), free_port());
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"{name}\"\ndata_dir = \"{data}\"\naudit_log = \"file://{audit}\"\n\
+             [sources.otel]\ntype = \"otlp\"\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
+             {source_keys}\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"otel\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+            data = dir.join("data").display(),
+            audit = dir.join("audit").display(),
+            lake = dir.join("lake").display(),
+        ),
+    )
+    .unwrap();
+    let otlp = start_listening_with(
+        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+        port,
+    );
+    super::support::wait_for_port(grpc_port, "sluice's OTLP/gRPC listener");
+    (otlp, port, grpc_port)
 }
