@@ -25,7 +25,8 @@
 //! PackedForward `[tag, <entries as one bin/str>, option?]` and CompressedPackedForward (the same
 //! entries gzip'd, `compressed: "gzip"` in the option; concatenated gzip members are read whole).
 //! A time is integer seconds, an `EventTime` (extension type 0: seconds and nanoseconds), or a
-//! float; an entry's time may also be Fluent Bit's `[time, metadata]`.
+//! float; an entry's time may also be Fluent Bit's `[time, metadata]` (in Message mode, its
+//! option's `metadata`).
 //!
 //! Each event becomes one record, a JSON object: `{"tag": …, "time": "<RFC 3339, UTC>", "record":
 //! {…}}` (`"metadata"` before `"record"` when Fluent Bit sent some): nothing of the event is lost
@@ -1399,8 +1400,15 @@ fn decode_records(message: &[u8], max: usize, records: &mut Records) -> Result<O
                 return Err(Bad::Shape("a message of one event is [tag, time, record, option?]"));
             }
             let time = cursor.time()?;
-            records.event(&tag, &time, None, &mut cursor)?;
+            // Its option, after the record, may carry Fluent Bit's metadata of the event.
+            let record = cursor.skip()?;
             option = (len == 4).then_some(cursor.at);
+            let options = option.map(|at| read_option(&Cursor { bytes: message, at })).transpose()?;
+            let mut metadata = options
+                .and_then(|o| o.metadata)
+                .filter(|m| message.get(m.clone()) != Some(&[0x80][..]))
+                .map(|m| Cursor { bytes: message, at: m.start });
+            records.event(&tag, &time, metadata.as_mut(), &mut Cursor { bytes: message, at: record.start })?;
         }
         // Forward mode: [tag, [[time, record], …], option?].
         Kind::Array(n) => {
@@ -1466,6 +1474,8 @@ struct Options {
     compressed: Option<String>,
     /// Fluent Bit's `fluent_signal`: 0 logs, 1 metrics, 2 traces.
     signal: Option<u64>,
+    /// Where a Message-mode event's metadata (Fluent Bit's) is in the message.
+    metadata: Option<Range<usize>>,
 }
 
 /// The option map at `cursor` (nil is none).
@@ -1487,6 +1497,9 @@ fn read_option(cursor: &Cursor<'_>) -> Result<Options, Bad> {
         };
         match key {
             b"chunk" => options.chunk = Some(cursor.skip()?),
+            b"metadata" if matches!(cursor.peek()?, Kind::Map(_)) => {
+                options.metadata = Some(cursor.skip()?);
+            }
             b"fluent_signal" => match cursor.head()? {
                 Kind::UInt(signal) => options.signal = Some(signal),
                 _ => return Err(Bad::Shape("a message's `fluent_signal` is not a number")),
@@ -1683,6 +1696,36 @@ mod tests {
         let kept: Vec<&[u8]> = batches.iter().flat_map(|b| b.iter()).collect();
         assert_eq!(kept.len(), 2);
         assert!(kept.iter().all(|r| r.starts_with(b"{\"tag\":\"a\"")));
+    }
+
+    /// Fluent Bit's Message mode carries an event's metadata in the option: kept beside the
+    /// record (left out when empty), the chunk id still found.
+    #[test]
+    fn message_mode_metadata_in_the_option_is_kept() {
+        let message = |metadata: u64| {
+            let mut m = Vec::new();
+            pack::array(&mut m, 4);
+            pack::str(&mut m, "fb");
+            pack::uint(&mut m, 0);
+            pack::record(&mut m, 1);
+            pack::map(&mut m, 2);
+            pack::str(&mut m, "metadata");
+            pack::map(&mut m, u32::try_from(metadata).unwrap());
+            if metadata > 0 {
+                pack::str(&mut m, "k");
+                pack::uint(&mut m, metadata);
+            }
+            pack::str(&mut m, "chunk");
+            pack::str(&mut m, "id");
+            m
+        };
+        let with = decode_message(&message(1), 1 << 20).unwrap();
+        assert_eq!(
+            records(&with),
+            [r#"{"tag":"fb","time":"1970-01-01T00:00:00Z","metadata":{"k":1},"record":{"n":1}}"#]
+        );
+        assert!(with.chunk.is_some());
+        assert_eq!(decoded(&message(0)).unwrap(), [r#"{"tag":"fb","time":"1970-01-01T00:00:00Z","record":{"n":1}}"#]);
     }
 
     /// Fluent Bit's entries `[[time, metadata], record]`; MessagePack values JSON cannot hold.
