@@ -8,8 +8,8 @@
 //! being opened), must not sit idle between requests longer than `idle_timeout`, and must send a
 //! body within `body_timeout` of the handler starting to read it, or it is closed; the bytes of
 //! bodies being read never pass `max_body_buffer` (a request that would pass it is refused from its
-//! declared length, before its body is read). HTTP/1.1 is served, or HTTP/2 only ([`Wire::Http2`], for
-//! OTLP/gRPC), where the idle timeout alone applies.
+//! declared length, before its body is read). HTTP/1.1 is served, or HTTP/2 only
+//! ([`Wire::Http2`], for OTLP/gRPC), where the idle timeout alone applies.
 
 use std::future::Future;
 use std::io;
