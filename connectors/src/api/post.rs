@@ -610,8 +610,10 @@ impl Source for PostSource {
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
         let secrets = &self.endpoint.secrets;
         let how = format!("set `{}` (or `{}`)", secrets.keys.single, secrets.keys.named);
-        if let Some(warning) = open_listener_warning(self.protocol.what, self.listen, secrets.required(), &how) {
-            tracing::warn!("{warning}");
+        for address in std::iter::once(self.listen).chain(self.grpc_listen) {
+            if let Some(warning) = open_listener_warning(self.protocol.what, address, secrets.required(), &how) {
+                tracing::warn!("{warning}");
+            }
         }
         let _ = self.endpoint.metrics.set(Arc::clone(&ctx.metrics));
         if let Some(log) = self.endpoint.log.open(&self.endpoint.queue, &ctx.metrics)? {
