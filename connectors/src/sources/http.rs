@@ -163,12 +163,15 @@ fn json_records(body: &[u8]) -> Result<RecordBatch, String> {
 /// Media types of binary encodings of many records: read as lines they would be stored as
 /// records of binary garbage, so they are refused with what to send instead.
 const BINARY_BODIES: &[(&str, &str)] = &[
-    ("application/msgpack", "MessagePack (Fluent Bit's http output sends it unless told otherwise)"),
+    (
+        "application/msgpack",
+        "MessagePack (Fluent Bit's http output sends it unless told otherwise; its `forward` output to a `fluent` source is read as it is)",
+    ),
     ("application/x-msgpack", "MessagePack"),
     ("application/x-protobuf", "protobuf (OTLP/HTTP's default encoding: the `otlp` source takes it)"),
     ("application/protobuf", "protobuf"),
     ("application/vnd.google.protobuf", "protobuf"),
-    ("application/grpc", "gRPC"),
+    ("application/grpc", "gRPC (OTLP/gRPC: the `otlp` source's `grpc_listen` takes it)"),
     ("avro/binary", "Avro"),
 ];
 
