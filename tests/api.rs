@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -18,7 +18,7 @@ const SECRET: &str = "test-secret/with+chars";
 
 /// A `sluice` process serving an API, stopped with SIGTERM.
 struct Running {
-    child: Child,
+    child: super::support::Started,
     api: String,
     admin: String,
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ const PER_REQUEST: u64 = 50;
 
 /// Starts `sluice run config`, its output appended to `log` next to the config (with what the log
 /// replays and what loads recognise as loaded before), and waits until it listens on `port`.
-fn start(config: &Path, port: u16) -> Child {
+fn start(config: &Path, port: u16) -> super::support::Started {
     let filter = "warn,sluice_connectors::api=info,sluice_connectors::sinks::postgres=info";
     start_listening_with(&mut logged_run(config, filter), port)
 }

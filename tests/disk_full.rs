@@ -7,14 +7,14 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
 
 use super::support::{Tmpfs, firehose_to_files, folder_objects, free_port, start_listening, terminate};
 
-fn start(config: &Path, port: u16) -> Child {
+fn start(config: &Path, port: u16) -> super::support::Started {
     start_listening(&["run", config.to_str().unwrap()], port, Stdio::null(), Stdio::null())
 }
 

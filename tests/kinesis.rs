@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -94,7 +94,7 @@ fn pipeline(dir: &Path, stream_arn: &str, endpoint: &str, source_keys: &str) -> 
 }
 
 /// `sluice run config --admin 127.0.0.1:<admin>` with moto's credentials, once it serves.
-fn start(config: &Path, admin: u16) -> Child {
+fn start(config: &Path, admin: u16) -> super::support::Started {
     let mut run = logged_run(config, "warn");
     run.args(["--admin", &format!("127.0.0.1:{admin}")]).envs(aws_env());
     start_listening_with(&mut run, admin)
@@ -610,7 +610,7 @@ fn a_killed_kinesis_run_loses_nothing_and_resumes_after_its_checkpoints() {
     };
 
     // kill -9, start again, put `more`, and wait until every record so far is delivered.
-    let crash_and_put = |mut run: Child, more: std::ops::Range<u32>| -> Child {
+    let crash_and_put = |mut run: super::support::Started, more: std::ops::Range<u32>| -> super::support::Started {
         run.kill().unwrap();
         run.wait().unwrap();
         let run = start(&config, admin);

@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use sluice_connectors::api::sigv4::Signer;
@@ -18,14 +18,14 @@ const KEY: &str = "AKIDLISTENER";
 const SECRET: &str = "listener-secret";
 
 /// `sluice run` of a firehose pipeline on `port` with `source_keys` added to its source.
-fn start(dir: &Path, port: u16, source_keys: &str) -> Child {
+fn start(dir: &Path, port: u16, source_keys: &str) -> super::support::Started {
     let config = dir.join("listener.toml");
     let text = firehose_to_files("limits", port, &dir.join("data"), &dir.join("out"), "", source_keys, "");
     std::fs::write(&config, text).unwrap();
     start_listening(&["run", config.to_str().unwrap()], port, Stdio::null(), Stdio::null())
 }
 
-fn stop(child: Child) {
+fn stop(child: super::support::Started) {
     terminate(&child);
     assert!(child.wait_with_output().unwrap().status.success());
 }

@@ -304,7 +304,7 @@ fn a_silent_grpc_connection_is_closed_after_the_idle_timeout() {
 /// A pipeline `name` of an otlp source serving OTLP/HTTP and OTLP/gRPC (`grpc_listen`), with
 /// `source_keys` besides, into NDJSON under `<dir>/lake` (its audit trail under `<dir>/audit`),
 /// started and listening on both: the process and the gRPC port.
-fn start_with_grpc(dir: &std::path::Path, name: &str, source_keys: &str) -> (std::process::Child, u16, u16) {
+fn start_with_grpc(dir: &std::path::Path, name: &str, source_keys: &str) -> (super::support::Started, u16, u16) {
     let (port, grpc_port) = (free_port(), free_port());
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(

@@ -3,7 +3,7 @@
 //! tampered entry reported while the rest is replayed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -70,7 +70,7 @@ pub fn aws_env() -> [(&'static str, &'static str); 5] {
 }
 
 /// `sluice run config`, output appended beside the config, started once it listens on `port`.
-fn start(config: &Path, port: u16) -> Child {
+fn start(config: &Path, port: u16) -> super::support::Started {
     start_listening_with(logged_run(config, "warn").envs(aws_env()), port)
 }
 
@@ -106,7 +106,7 @@ fn sealed_pipeline(dir: &Path, port: u16, encryption: &str) -> (PathBuf, PathBuf
 }
 
 /// Sends `requests` batches, checks each is acknowledged encrypted, and kills the process.
-fn put_and_kill(mut child: Child, port: u16, requests: usize) {
+fn put_and_kill(mut child: super::support::Started, port: u16, requests: usize) {
     for request in 0..requests {
         let answer = put(port, request * PER_REQUEST);
         assert_eq!(
@@ -362,7 +362,7 @@ fn key_entry(key: (&str, &str), allow: &str) -> String {
 
 /// Stops `child` cleanly and returns what it printed; its exit code must be `code` (2: some
 /// records went to the error output).
-fn stop(child: Child, code: i32) -> String {
+fn stop(child: super::support::Started, code: i32) -> String {
     terminate(&child);
     let output = child.wait_with_output().unwrap();
     let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));

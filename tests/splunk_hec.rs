@@ -4,7 +4,7 @@
 //! to HEC, from PyPI) and plain requests for HEC's refusals. Every event a client was told was
 //! taken is in the lake exactly once, as the client wrote it; nothing of a refused request is.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use sluice_connectors::synth::Profile;
 
@@ -17,7 +17,7 @@ const TOKEN: &str = "3c1d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f";
 
 /// `sluice run` of a pipeline whose `splunk_hec` source listens on `port` (token [`TOKEN`]) and
 /// writes each record to NDJSON objects under `dir/lake`; started once it listens.
-fn start_hec(dir: &std::path::Path, port: u16) -> Child {
+fn start_hec(dir: &std::path::Path, port: u16) -> super::support::Started {
     let config = dir.join("hec.toml");
     std::fs::write(
         &config,
@@ -41,7 +41,7 @@ fn answer_of(response: reqwest::blocking::Response) -> serde_json::Value {
 }
 
 /// Stops the HEC pipeline and answers every record it wrote under `lake`, parsed.
-fn stop_and_read(mut hec: Child, lake: &std::path::Path) -> Vec<serde_json::Value> {
+fn stop_and_read(mut hec: super::support::Started, lake: &std::path::Path) -> Vec<serde_json::Value> {
     terminate(&hec);
     assert!(hec.wait().unwrap().success());
     json_lines_under(lake)

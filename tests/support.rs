@@ -174,18 +174,13 @@ pub fn firehose_to_files(
 
 /// Starts `sluice <args>` with its output going to `output` (a pipe nobody reads would block it
 /// once full), and waits until `port` accepts connections.
-pub fn start_listening(
-    args: &[&str],
-    port: u16,
-    output: std::process::Stdio,
-    errors: std::process::Stdio,
-) -> std::process::Child {
+pub fn start_listening(args: &[&str], port: u16, output: std::process::Stdio, errors: std::process::Stdio) -> Started {
     start_listening_with(sluice().args(args).stdout(output).stderr(errors), port)
 }
 
 /// Spawns `sluice serve folder` with its API on `port` and `--admin` on `admin` (its output
 /// discarded) and waits until the API listens.
-pub fn start_serve(folder: &Path, port: u16, admin: u16) -> std::process::Child {
+pub fn start_serve(folder: &Path, port: u16, admin: u16) -> Started {
     start_listening_with(
         sluice()
             .args(["serve", &folder.display().to_string(), "--listen", &format!("127.0.0.1:{port}")])
@@ -197,10 +192,47 @@ pub fn start_serve(folder: &Path, port: u16, admin: u16) -> std::process::Child 
 }
 
 /// Spawns `command` (a `sluice` command) and waits until it listens on `port`.
-pub fn start_listening_with(command: &mut std::process::Command, port: u16) -> std::process::Child {
-    let child = command.spawn().unwrap();
+pub fn start_listening_with(command: &mut std::process::Command, port: u16) -> Started {
+    let child = Started(Some(command.spawn().unwrap()));
     wait_for_port(port, "sluice");
     child
+}
+
+/// A `sluice` process a test started: the test stops it (`terminate`, then `wait`) and reads its
+/// outcome; if the test fails first, it is killed and reaped when dropped, so that it does not run
+/// on (retrying deliveries into a temporary folder already removed).
+pub struct Started(Option<std::process::Child>);
+
+impl Started {
+    /// Waits for it to end and takes its output (as `Child::wait_with_output`).
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        self.0.take().unwrap().wait_with_output()
+    }
+}
+
+impl std::ops::Deref for Started {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().unwrap()
+    }
+}
+
+impl std::ops::DerefMut for Started {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut()
+            && let Ok(None) = child.try_wait()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A server the tests talk to (an emulator, a receiver, a function server), killed and reaped when

@@ -6,7 +6,7 @@
 //! example pipelines that parse CloudFront standard log files and VPC Flow Logs into Parquet.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -540,7 +540,7 @@ fn cloudwatch_logs_subscription_records_sent_by_boto3_are_unpacked_and_bad_ones_
     assert!(codes.contains(&"CloudWatchLogs.DecompressionFailed") && codes.contains(&"CloudWatchLogs.InvalidDocument"));
 }
 
-fn wait(mut child: Child) -> Option<i32> {
+fn wait(mut child: super::support::Started) -> Option<i32> {
     let started = std::time::Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
