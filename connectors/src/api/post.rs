@@ -167,7 +167,7 @@ enum ContentEncoding {
 
 /// Why a body did not decode.
 #[derive(Debug)]
-enum DecodeError {
+pub enum DecodeError {
     /// It decodes to more than the limit.
     TooLarge,
     /// It is not what its encoding says.
@@ -201,18 +201,10 @@ impl ContentEncoding {
 
     /// The decoded body (`None`: it is not encoded), at most `limit` bytes.
     fn decode(self, raw: &[u8], limit: usize) -> Result<Option<Vec<u8>>, DecodeError> {
-        let read_all = |reader: &mut dyn Read| {
-            let mut out = Vec::new();
-            // Decompress no further than the limit allows.
-            match reader.take(limit as u64 + 1).read_to_end(&mut out) {
-                Ok(_) if out.len() > limit => Err(DecodeError::TooLarge),
-                Ok(_) => Ok(out),
-                Err(e) => Err(DecodeError::Invalid(e)),
-            }
-        };
+        let read_all = |reader: &mut dyn Read| read_within(reader, limit);
         match self {
             ContentEncoding::Identity => Ok(None),
-            ContentEncoding::Gzip => read_all(&mut flate2::read::MultiGzDecoder::new(raw)).map(Some),
+            ContentEncoding::Gzip => gunzip(raw, limit).map(Some),
             // HTTP's deflate is zlib-wrapped; some clients send raw deflate.
             ContentEncoding::Deflate => read_all(&mut flate2::read::ZlibDecoder::new(raw))
                 .or_else(|_| read_all(&mut flate2::read::DeflateDecoder::new(raw)))
@@ -224,6 +216,23 @@ impl ContentEncoding {
             }
         }
     }
+}
+
+/// All `reader` gives, decompressing no further than `limit` bytes allow.
+fn read_within(reader: &mut dyn Read, limit: usize) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
+    match reader.take(limit as u64 + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() > limit => Err(DecodeError::TooLarge),
+        Ok(_) => Ok(out),
+        Err(e) => Err(DecodeError::Invalid(e)),
+    }
+}
+
+/// gzip bytes decompressed (every member, as one stream), at most `limit` bytes of them: request
+/// bodies, and what protocols carry gzip'd inside them (a gRPC message, the forward protocol's
+/// packed entries).
+pub fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    read_within(&mut flate2::read::MultiGzDecoder::new(raw), limit)
 }
 
 /// Where a POST source's common keys are in its table, and what else the source needs of the

@@ -843,21 +843,10 @@ fn pong(ok: bool, reason: &str, hostname: &str, digest: &str) -> Vec<u8> {
     pong
 }
 
-/// Appends `text` as a MessagePack str.
+/// Appends `text` as a MessagePack str (rmp's encoder; writing to a `Vec` cannot fail, and the
+/// texts are a reason, a hostname and a digest, far below a str's 4 GiB).
 fn push_str(out: &mut Vec<u8>, text: &str) {
-    match u32::try_from(text.len()) {
-        Ok(len) if len < 32 => out.push(0xa0 | len as u8),
-        Ok(len) if len < 256 => out.extend_from_slice(&[0xd9, len as u8]),
-        Ok(len) if len < 65_536 => {
-            out.push(0xda);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0xdb);
-            out.extend_from_slice(&u32::try_from(text.len()).unwrap_or(u32::MAX).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(text.as_bytes());
+    let _ = rmp::encode::write_str(out, text);
 }
 
 /// A client's `PING`: `["PING", hostname, salt, hex digest, username, password digest]`.
@@ -1518,17 +1507,10 @@ fn read_option(cursor: &Cursor<'_>) -> Result<Options, Bad> {
 
 /// The gzip'd entries (every member), at most `max` bytes of them.
 fn gunzip(packed: &[u8], max: usize) -> Result<Vec<u8>, Bad> {
-    use std::io::Read as _;
-    let mut out = Vec::new();
-    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
-    flate2::read::MultiGzDecoder::new(packed)
-        .take(limit)
-        .read_to_end(&mut out)
-        .map_err(|e| Bad::Gzip(e.to_string()))?;
-    if out.len() > max {
-        return Err(Bad::TooLarge(max));
-    }
-    Ok(out)
+    crate::api::post::gunzip(packed, max).map_err(|e| match e {
+        crate::api::post::DecodeError::TooLarge => Bad::TooLarge(max),
+        crate::api::post::DecodeError::Invalid(e) => Bad::Gzip(e.to_string()),
+    })
 }
 
 #[cfg(test)]

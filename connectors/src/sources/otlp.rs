@@ -64,8 +64,8 @@ use sluice_engine::record::{RecordBatch, now_ms};
 
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
-    BEARER_TOKENS, KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, Refusal, RequestFacts,
-    enqueue,
+    BEARER_TOKENS, DecodeError, KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, Refusal,
+    RequestFacts, enqueue,
 };
 use crate::api::{ListenerLimits, TlsFiles};
 
@@ -525,16 +525,11 @@ fn grpc_message<'a>(
     if encoding != "gzip" {
         return Err((UNIMPLEMENTED, format!("grpc-encoding `{encoding}` is not supported: send gzip or none")));
     }
-    use std::io::Read as _;
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(message)
-        .take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| invalid(format!("the message is not valid gzip: {e}")))?;
-    if out.len() > max {
-        return Err(invalid(format!("the message is larger than {max} bytes once decompressed")));
+    match crate::api::post::gunzip(message, max) {
+        Ok(out) => Ok(std::borrow::Cow::Owned(out)),
+        Err(DecodeError::TooLarge) => Err(invalid(format!("the message is larger than {max} bytes once decompressed"))),
+        Err(DecodeError::Invalid(e)) => Err(invalid(format!("the message is not valid gzip: {e}"))),
     }
-    Ok(std::borrow::Cow::Owned(out))
 }
 
 #[cfg(test)]
