@@ -1,7 +1,9 @@
 //! The `otlp` source against OpenTelemetry's own SDKs: Python's logging handler and OTLP/HTTP log
 //! exporter (protobuf, gzip, a bearer token in its headers, batches of its own), with a span
-//! active for some records, and JavaScript's OTLP/HTTP exporter (OTLP's JSON encoding). Every record the SDK logged is in the lake once, with its body,
-//! severity, attributes, resource, scope and trace context; refused requests answer as OTLP says.
+//! active for some records, its span exporter (HTTP and gRPC), and JavaScript's OTLP/HTTP exporter
+//! (OTLP's JSON encoding). Every record the SDK logged and every span it ended is in the lake once,
+//! with its body or name, severity or kind, attributes, resource, scope and trace context; refused
+//! requests answer as OTLP says.
 
 use std::process::{Command, Stdio};
 
@@ -10,9 +12,11 @@ use super::support::{free_port, json_lines_under, python, repo_root, sluice, sta
 const TOKEN: &str = "otlp-test-token";
 
 /// The example pipeline `pipelines/from-opentelemetry.toml` as a user runs it (its port moved, a
-/// token given), fed by OpenTelemetry's Python SDK.
+/// token given), fed by OpenTelemetry's Python SDK: its logs through the log exporter, and the
+/// spans they were logged in through the span exporter, each into its own lake; a log record's
+/// trace context names its span.
 #[test]
-fn opentelemetry_python_sdk_logs_land_with_their_context() {
+fn opentelemetry_python_sdk_logs_and_spans_land_with_their_context() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let example = std::fs::read_to_string(repo_root().join("pipelines/from-opentelemetry.toml")).unwrap();
@@ -36,15 +40,22 @@ fn opentelemetry_python_sdk_logs_land_with_their_context() {
     let script = format!(
         "import logging\n\
          from opentelemetry import trace\n\
+         from opentelemetry.trace import SpanKind, Status, StatusCode\n\
          from opentelemetry.sdk.trace import TracerProvider\n\
+         from opentelemetry.sdk.trace.export import BatchSpanProcessor\n\
+         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter\n\
          from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler\n\
          from opentelemetry.sdk._logs.export import BatchLogRecordProcessor\n\
          from opentelemetry.sdk.resources import Resource\n\
          from opentelemetry.exporter.otlp.proto.http import Compression\n\
          from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter\n\
-         trace.set_tracer_provider(TracerProvider())\n\
+         resource = Resource.create({{'service.name': 'checkout', 'deployment.environment': 'test'}})\n\
+         tracing = TracerProvider(resource=resource)\n\
+         tracing.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint='http://127.0.0.1:{port}/v1/traces', \
+         headers={{'Authorization': 'Bearer {TOKEN}'}}, compression=Compression.Gzip)))\n\
+         trace.set_tracer_provider(tracing)\n\
          tracer = trace.get_tracer('shop')\n\
-         provider = LoggerProvider(resource=Resource.create({{'service.name': 'checkout', 'deployment.environment': 'test'}}))\n\
+         provider = LoggerProvider(resource=resource)\n\
          exporter = OTLPLogExporter(endpoint='http://127.0.0.1:{port}/v1/logs', headers={{'Authorization': 'Bearer {TOKEN}'}}, \
          compression=Compression.Gzip)\n\
          provider.add_log_record_processor(BatchLogRecordProcessor(exporter, max_export_batch_size=64))\n\
@@ -53,25 +64,29 @@ fn opentelemetry_python_sdk_logs_land_with_their_context() {
          log.addHandler(LoggingHandler(level=logging.INFO, logger_provider=provider))\n\
          for i in range(300):\n\
          \x20   if i % 100 == 0:\n\
-         \x20       with tracer.start_as_current_span('refund') as span:\n\
+         \x20       with tracer.start_as_current_span('refund', kind=SpanKind.SERVER, attributes={{'order.id': i}}) as span:\n\
+         \x20           with tracer.start_as_current_span('ledger', kind=SpanKind.CLIENT) as child:\n\
+         \x20               child.add_event('retry', {{'attempt': 2}})\n\
+         \x20               child.set_status(Status(StatusCode.ERROR, 'ledger down'))\n\
          \x20           log.warning('refund %d', i, extra={{'order.id': i}})\n\
          \x20           print(format(span.get_span_context().trace_id, '032x'))\n\
          \x20   else:\n\
          \x20       log.info('order %d paid', i, extra={{'order.id': i, 'amount': i * 1.5}})\n\
-         provider.shutdown()\n"
+         provider.shutdown()\n\
+         tracing.shutdown()\n"
     );
     let run = Command::new(python()).arg("-c").arg(script).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let trace_ids: Vec<String> = String::from_utf8_lossy(&run.stdout).lines().map(str::to_string).collect();
     assert_eq!(trace_ids.len(), 3);
 
-    // OTLP's refusals: another token, another signal, another content type.
+    // OTLP's refusals: another token, a signal not served, another content type.
     let client = reqwest::blocking::Client::new();
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     let status = |request: reqwest::blocking::RequestBuilder| request.send().unwrap().status().as_u16();
     let json = "application/json";
     assert_eq!(status(client.post(url("/v1/logs")).bearer_auth("wrong").header("Content-Type", json).body("{}")), 401);
-    assert_eq!(status(client.post(url("/v1/traces")).bearer_auth(TOKEN).header("Content-Type", json).body("{}")), 404);
+    assert_eq!(status(client.post(url("/v1/metrics")).bearer_auth(TOKEN).header("Content-Type", json).body("{}")), 404);
     let grpc = client.post(url("/opentelemetry.proto.collector.logs.v1.LogsService/Export")).body("");
     let grpc = grpc.send().unwrap();
     assert_eq!(grpc.status().as_u16(), 404);
@@ -88,7 +103,7 @@ fn opentelemetry_python_sdk_logs_land_with_their_context() {
 
     terminate(&otlp);
     assert!(otlp.wait().unwrap().success());
-    let lake = dir.path().join("lake/otel");
+    let lake = dir.path().join("lake/otel/logs");
     let records = json_lines_under(&lake);
     assert!(super::support::files_under(&lake).iter().all(|f| f.to_string_lossy().contains("/service=checkout/dt=")));
     assert_eq!(records.len(), 300, "each log record once");
@@ -108,11 +123,49 @@ fn opentelemetry_python_sdk_logs_land_with_their_context() {
             assert_eq!((&r["severity_text"], &r["severity_number"]), (&"WARN".into(), &13.into()), "{r}");
             assert_eq!(r["trace_id"], trace_ids[(i / 100) as usize], "{r}");
             assert!(r["span_id"].as_str().is_some_and(|s| s.len() == 16), "{r}");
+            assert!(!r.as_object().unwrap().contains_key("start_timestamp"), "a log record in the traces' lake: {r}");
         } else {
             assert_eq!((&r["severity_text"], &r["severity_number"]), (&"INFO".into(), &9.into()), "{r}");
             assert_eq!(r["attributes"]["amount"], i as f64 * 1.5, "{r}");
             assert!(r["trace_id"].is_null(), "{r}");
         }
+    }
+
+    // The spans: a server span per refund, its client child with the event and the error status.
+    let traces = dir.path().join("lake/otel/traces");
+    assert!(super::support::files_under(&traces).iter().all(|f| f.to_string_lossy().contains("/service=checkout/dt=")));
+    let spans = json_lines_under(&traces);
+    assert_eq!(spans.len(), 6, "each span once: {spans:#?}");
+    for trace_id in &trace_ids {
+        let of = |name: &str| {
+            let found: Vec<&serde_json::Value> =
+                spans.iter().filter(|s| s["trace_id"] == trace_id.as_str() && s["name"] == name).collect();
+            assert_eq!(found.len(), 1, "{name} of {trace_id}: {spans:#?}");
+            found[0]
+        };
+        let (refund, ledger) = (of("refund"), of("ledger"));
+        assert_eq!(
+            (&refund["kind"], &refund["parent_span_id"]),
+            (&"SPAN_KIND_SERVER".into(), &serde_json::Value::Null)
+        );
+        assert_eq!((&ledger["kind"], &ledger["parent_span_id"]), (&"SPAN_KIND_CLIENT".into(), &refund["span_id"]));
+        assert_eq!(ledger["status"], serde_json::json!({"code": "STATUS_CODE_ERROR", "message": "ledger down"}));
+        assert_eq!(ledger["events"][0]["name"], "retry");
+        assert_eq!(ledger["events"][0]["attributes"], serde_json::json!({"attempt": 2}));
+        assert_eq!(refund["status"]["code"], "STATUS_CODE_UNSET");
+        assert_eq!(
+            (&refund["resource"]["service.name"], &refund["instrumentation_scope"]["name"]),
+            (&"checkout".into(), &"shop".into())
+        );
+        let order = refund["attributes"]["order.id"].as_i64().unwrap_or(-1);
+        assert!(
+            refund["duration_ns"].as_u64().is_some_and(|d| d >= ledger["duration_ns"].as_u64().unwrap_or(u64::MAX)),
+            "{refund}"
+        );
+        // The log record written inside the refund span names it.
+        let logged: Vec<&serde_json::Value> = records.iter().filter(|r| r["attributes"]["order.id"] == order).collect();
+        assert_eq!(logged.len(), 1, "{order}");
+        assert_eq!((&logged[0]["trace_id"], &logged[0]["span_id"]), (&refund["trace_id"], &refund["span_id"]));
     }
 }
 
@@ -237,6 +290,82 @@ fn opentelemetry_grpc_exporter_logs_land_and_refusals_carry_grpc_codes() {
                 && l.get("errorCode").is_none()),
         "{trail:#?}"
     );
+}
+
+/// OTLP/gRPC's `TraceService/Export` with `signals = ["logs", "traces"]`: the Python SDK's gRPC span
+/// exporter lands each span once, parents and kinds as the SDK made them, beside the logs of the
+/// same source; metrics stay unimplemented.
+#[test]
+fn opentelemetry_grpc_span_exporter_spans_land_beside_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut otlp, _, grpc_port) = start_with_grpc(dir.path(), "otlp-grpc-traces", "signals = [\"logs\", \"traces\"]");
+    let script = format!(
+        "import logging, grpc\n\
+         from opentelemetry import trace\n\
+         from opentelemetry.trace import SpanKind\n\
+         from opentelemetry.sdk.trace import TracerProvider\n\
+         from opentelemetry.sdk.trace.export import BatchSpanProcessor\n\
+         from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler\n\
+         from opentelemetry.sdk._logs.export import BatchLogRecordProcessor\n\
+         from opentelemetry.sdk.resources import Resource\n\
+         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter\n\
+         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter\n\
+         from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc\n\
+         resource = Resource.create({{'service.name': 'billing'}})\n\
+         tracing = TracerProvider(resource=resource)\n\
+         tracing.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint='http://127.0.0.1:{grpc_port}', \
+         insecure=True, compression=grpc.Compression.Gzip), max_export_batch_size=40))\n\
+         tracer = tracing.get_tracer('invoicing')\n\
+         logs = LoggerProvider(resource=resource)\n\
+         logs.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter(endpoint='http://127.0.0.1:{grpc_port}', \
+         insecure=True)))\n\
+         trace.set_tracer_provider(tracing)\n\
+         log = logging.getLogger('invoices')\n\
+         log.setLevel(logging.INFO)\n\
+         log.addHandler(LoggingHandler(level=logging.INFO, logger_provider=logs))\n\
+         for i in range(100):\n\
+         \x20   with tracer.start_as_current_span('invoice', kind=SpanKind.CONSUMER, attributes={{'invoice.id': i}}):\n\
+         \x20       with tracer.start_as_current_span('render', attributes={{'invoice.id': i}}):\n\
+         \x20           pass\n\
+         \x20       if i == 99:\n\
+         \x20           log.info('last invoice')\n\
+         tracing.shutdown()\n\
+         logs.shutdown()\n\
+         channel = grpc.insecure_channel('127.0.0.1:{grpc_port}')\n\
+         try:\n\
+         \x20   metrics_service_pb2_grpc.MetricsServiceStub(channel).Export(metrics_service_pb2.ExportMetricsServiceRequest())\n\
+         \x20   print('accepted')\n\
+         except grpc.RpcError as e:\n\
+         \x20   print(e.code().name)\n"
+    );
+    let run = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{said}{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(said.trim(), "UNIMPLEMENTED");
+    terminate(&otlp);
+    assert!(otlp.wait().unwrap().success());
+    let records = json_lines_under(&dir.path().join("lake"));
+    let (spans, logs): (Vec<_>, Vec<_>) = records.iter().partition(|r| r.get("start_timestamp").is_some());
+    assert_eq!(logs.len(), 1, "{logs:#?}");
+    assert_eq!(logs[0]["body"], "last invoice");
+    assert_eq!(spans.len(), 200, "each span once");
+    let span_of = |name: &str, id: i64| {
+        let found: Vec<&&serde_json::Value> =
+            spans.iter().filter(|s| s["name"] == name && s["attributes"]["invoice.id"] == id).collect();
+        assert_eq!(found.len(), 1, "{name} {id}");
+        *found[0]
+    };
+    for i in 0..100 {
+        let (invoice, render) = (span_of("invoice", i), span_of("render", i));
+        assert_eq!(invoice["kind"], "SPAN_KIND_CONSUMER");
+        assert_eq!(render["kind"], "SPAN_KIND_INTERNAL");
+        assert_eq!((&render["trace_id"], &render["parent_span_id"]), (&invoice["trace_id"], &invoice["span_id"]));
+        assert_eq!(invoice["resource"]["service.name"], "billing");
+    }
+    assert_eq!(logs[0]["span_id"], span_of("invoice", 99)["span_id"]);
+    let trail: Vec<serde_json::Value> =
+        json_lines_under(&dir.path().join("audit")).into_iter().filter(|l| l["eventSource"] == "otlp.sluice").collect();
+    assert!(trail.iter().any(|l| l["eventName"] == "ExportTraces" && l.get("errorCode").is_none()), "{trail:#?}");
 }
 
 /// OTLP/gRPC over TLS: the listener offers `h2` in the handshake (ALPN, which gRPC clients

@@ -1,13 +1,14 @@
-//! `type = "otlp"`: OpenTelemetry logs over OTLP/HTTP and OTLP/gRPC, so that the OpenTelemetry
-//! Collector's `otlphttp` and `otlp` exporters, every OpenTelemetry SDK's OTLP log exporter, and
-//! the agents that speak OTLP (Fluent Bit's and Vector's `opentelemetry` outputs) deliver into a
-//! pipeline with nothing changed but the endpoint.
+//! `type = "otlp"`: OpenTelemetry logs and traces over OTLP/HTTP and OTLP/gRPC, so that the
+//! OpenTelemetry Collector's `otlphttp` and `otlp` exporters, every OpenTelemetry SDK's OTLP log
+//! and span exporters, and the agents that speak OTLP (Fluent Bit's and Vector's `opentelemetry`
+//! outputs) deliver into a pipeline with nothing changed but the endpoint.
 //!
 //! ```toml
 //! [sources.otel]
 //! type = "otlp"
 //! listen = "127.0.0.1:4318"              # OTLP/HTTP's port
 //! grpc_listen = "127.0.0.1:4317"         # optional: OTLP/gRPC served there too (HTTP/2)
+//! signals = ["logs", "traces"]           # default ["logs"]
 //! bearer_token = "${OTLP_TOKEN}"         # optional: then `Authorization: Bearer <token>` is required
 //! # bearer_tokens = [{ name = "collector-eu", token = "${TOKEN_EU}" }]
 //! max_body_mb = 16
@@ -29,13 +30,26 @@
 //! `200` with an empty `ExportLogsServiceResponse` in the request's encoding, once the records are
 //! queued and as durable as the pipeline asks; `400` with a `google.rpc.Status` (code 3,
 //! `INVALID_ARGUMENT`, and why) for a body that does not decode or a record over 1,000 KiB; `401`
-//! (token), `404` for another signal's path (`/v1/traces`, `/v1/metrics`) or OTLP/gRPC's (the
+//! (token), `404` for a signal not in `signals` (metrics never) or OTLP/gRPC's path (the
 //! answer says to send gRPC to `grpc_listen`), `415` for another `Content-Type`, `503` with
 //! `Retry-After` when busy or stopping (which OTLP clients retry). A request is taken whole or not
 //! at all.
 //!
-//! With `grpc_listen`, the same records come from OTLP/gRPC's `LogsService/Export` (unary) on
-//! HTTP/2: cleartext with prior knowledge (the exporters' `insecure`), or TLS with `tls`, offering
+//! With `"traces"` in `signals`, `POST /v1/traces` takes an `ExportTraceServiceRequest` the same
+//! way, each span one record of OpenTelemetry's trace data model: `trace_id`, `span_id`,
+//! `parent_span_id` (hex, null when unset), `trace_state`, `trace_flags`, `name`, `kind` (its
+//! protobuf name, `SPAN_KIND_SERVER`; a number the definition does not name as that number),
+//! `start_timestamp`, `end_timestamp` (RFC 3339, null when unset), `duration_ns` (end minus start,
+//! null when either is unset or the end comes first), `attributes`, `events` (each `name`,
+//! `timestamp`, `attributes`, `dropped_attributes_count`), `links` (each `trace_id`, `span_id`,
+//! `trace_state`, `trace_flags`, `attributes`, `dropped_attributes_count`), `status` (`code` as
+//! `STATUS_CODE_OK`, `…_ERROR`, `…_UNSET`; `message`), the three `dropped_…_count`s, `resource` and
+//! `instrumentation_scope` as for logs. Spans and log records of one source go to the same
+//! outputs: a span has `start_timestamp`, a log record `severity_number`, which a `jq` transform's
+//! `select(has("start_timestamp"))` tells apart.
+//!
+//! With `grpc_listen`, the same records come from OTLP/gRPC's `LogsService/Export` and
+//! `TraceService/Export` (unary; each as `signals` says) on HTTP/2: cleartext with prior knowledge (the exporters' `insecure`), or TLS with `tls`, offering
 //! `h2` in the handshake. The request is one length-prefixed protobuf message, gzip'd when its flag
 //! says so (`grpc-encoding: gzip`); the bearer token comes as `authorization` metadata. The answer
 //! is an empty `ExportLogsServiceResponse` with `grpc-status: 0` once the records are queued and as
@@ -53,12 +67,14 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use sluice_engine::config::{ConnectorConfig, Problems};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::Source;
 use sluice_engine::record::{RecordBatch, now_ms};
 
@@ -79,8 +95,103 @@ const UNAVAILABLE: i32 = 14;
 const UNAUTHENTICATED: i32 = 16;
 /// `google.rpc.Code` `UNIMPLEMENTED`.
 const UNIMPLEMENTED: i32 = 12;
-/// OTLP/gRPC's method for logs.
-const GRPC_EXPORT_LOGS: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+/// A kind of telemetry OTLP carries that the source serves (`signals`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Signal {
+    /// Log records: `/v1/logs`, `LogsService/Export`.
+    Logs,
+    /// Spans: `/v1/traces`, `TraceService/Export`.
+    Traces,
+}
+
+impl Signal {
+    /// Its name in `signals`.
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Logs => "logs",
+            Signal::Traces => "traces",
+        }
+    }
+
+    /// OTLP/HTTP's path for it.
+    fn path(self) -> &'static str {
+        match self {
+            Signal::Logs => "/v1/logs",
+            Signal::Traces => "/v1/traces",
+        }
+    }
+
+    /// OTLP/gRPC's method for it.
+    fn grpc_method(self) -> &'static str {
+        match self {
+            Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        }
+    }
+
+    /// The audit trail's `eventName` of a request of it.
+    fn audit_name(self) -> &'static str {
+        match self {
+            Signal::Logs => "ExportLogs",
+            Signal::Traces => "ExportTraces",
+        }
+    }
+
+    /// The records of a request body of it in `encoding` (protobuf for gRPC), or why it holds none.
+    fn records(self, encoding: Encoding, body: &[u8]) -> Result<RecordBatch, String> {
+        match self {
+            Signal::Logs => {
+                log_records(&decode::<ExportLogsServiceRequest>(encoding, body, "ExportLogsServiceRequest")?)
+            }
+            Signal::Traces => {
+                span_records(&decode::<ExportTraceServiceRequest>(encoding, body, "ExportTraceServiceRequest")?)
+            }
+        }
+    }
+
+    /// Its empty `Export…ServiceResponse`, as protobuf (full success: no `partial_success`).
+    fn empty_response(self) -> Vec<u8> {
+        match self {
+            Signal::Logs => ExportLogsServiceResponse::default().encode_to_vec(),
+            Signal::Traces => ExportTraceServiceResponse::default().encode_to_vec(),
+        }
+    }
+}
+
+/// The signals a source serves, in a fixed order (logs, then traces), each once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Signals {
+    logs: bool,
+    traces: bool,
+}
+
+impl Signals {
+    fn iter(self) -> impl Iterator<Item = Signal> {
+        [(self.logs, Signal::Logs), (self.traces, Signal::Traces)].into_iter().filter(|(on, _)| *on).map(|(_, s)| s)
+    }
+
+    /// A router with a POST route for each signal served, at `path` of it, to `handler` of it.
+    fn routes<H, T>(
+        self,
+        path: fn(Signal) -> &'static str,
+        handler: impl Fn(Signal) -> H,
+    ) -> axum::Router<Arc<PostEndpoint>>
+    where
+        H: axum::handler::Handler<T, Arc<PostEndpoint>>,
+        T: 'static,
+    {
+        self.iter().fold(axum::Router::new(), |router, signal| {
+            router.route(path(signal), axum::routing::post(handler(signal)))
+        })
+    }
+
+    /// The paths served, for messages (`/v1/logs and /v1/traces`).
+    fn paths(self) -> String {
+        self.iter().map(Signal::path).collect::<Vec<_>>().join(" and ")
+    }
+}
 
 /// The source's own keys.
 #[derive(Debug, Deserialize)]
@@ -90,6 +201,8 @@ struct OtlpConfig {
     listen: Option<String>,
     /// Where OTLP/gRPC is served too (none unless set; its port is 4317).
     grpc_listen: Option<String>,
+    /// The signals served (default logs alone).
+    signals: Option<Vec<Signal>>,
     /// When set, requests need `Authorization: Bearer <token>`.
     bearer_token: Option<String>,
     /// Several tokens, each with a name.
@@ -105,9 +218,18 @@ struct OtlpConfig {
 /// Builds the source from `[sources.<name>]`.
 pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let places = KeyPlaces::of(&config, BEARER_TOKENS);
+    let signals_span = config.table.value_span("signals").unwrap_or(config.table.span.clone());
     let mut problems = Problems::default();
     let limits = ListenerLimits::take_from(&mut config.table, 1, &mut problems);
     let Some(c) = config.table.deserialize::<OtlpConfig>(&mut problems) else { return Err(problems) };
+    let listed = c.signals.unwrap_or_else(|| vec![Signal::Logs]);
+    let signals = Signals { logs: listed.contains(&Signal::Logs), traces: listed.contains(&Signal::Traces) };
+    if listed.is_empty() {
+        problems.push(
+            Diagnostic::new(signals_span, "`signals` is empty: the source would serve nothing")
+                .with_hint("signals = [\"logs\"] (the default), [\"traces\"] or [\"logs\", \"traces\"]"),
+        );
+    }
     let keys = ListenerKeys {
         listen: c.listen,
         grpc_listen: c.grpc_listen,
@@ -118,22 +240,39 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         named_secrets: c.bearer_tokens.map(NamedToken::pairs),
     };
     let protocol = Protocol {
-        what: "otlp: OpenTelemetry logs over OTLP/HTTP",
+        what: match (signals.logs, signals.traces) {
+            (true, true) => "otlp: OpenTelemetry logs and traces over OTLP/HTTP",
+            (false, true) => "otlp: OpenTelemetry traces over OTLP/HTTP",
+            _ => "otlp: OpenTelemetry logs over OTLP/HTTP",
+        },
         default_listen: "127.0.0.1:4318",
         default_body_mb: 16,
-        router: Box::new(|endpoint| {
-            axum::Router::new()
-                .route("/v1/logs", axum::routing::post(receive))
-                .fallback(|uri: Uri| async move {
+        router: Box::new(move |endpoint| {
+            signals
+                .routes(Signal::path, |signal| {
+                    move |state, caller, uri, headers, body| receive(signal, state, caller, uri, headers, body)
+                })
+                .fallback(move |uri: Uri| async move {
                     let message = if uri.path().starts_with("/opentelemetry.proto.collector.") {
-                        "OTLP/gRPC is not served on this address: give the source `grpc_listen` (4317 is \
-                         gRPC's port) and send gRPC there, or set the exporter's protocol to http/protobuf \
-                         (OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf; the Collector's otlphttp exporter) and its \
-                         endpoint to this address, whose path is /v1/logs"
-                            .to_string()
+                        format!(
+                            "OTLP/gRPC is not served on this address: give the source `grpc_listen` (4317 is \
+                             gRPC's port) and send gRPC there, or set the exporter's protocol to http/protobuf \
+                             (OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf; the Collector's otlphttp exporter) and its \
+                             endpoint to this address, where it takes POST {}",
+                            signals.paths()
+                        )
+                    } else if let Some(signal) =
+                        [Signal::Logs, Signal::Traces].into_iter().find(|s| s.path() == uri.path())
+                    {
+                        format!(
+                            "this source does not take {0}: add \"{0}\" to its `signals` (it takes POST {1})",
+                            signal.name(),
+                            signals.paths()
+                        )
                     } else {
                         format!(
-                            "this source takes OpenTelemetry logs at POST /v1/logs, not {}: send traces and metrics elsewhere",
+                            "this source takes OpenTelemetry data at POST {}, not {}: metrics are not served",
+                            signals.paths(),
                             uri.path()
                         )
                     };
@@ -141,11 +280,14 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
                 })
                 .with_state(endpoint)
         }),
-        grpc_router: Some(Box::new(|endpoint| {
-            axum::Router::new()
-                .route(GRPC_EXPORT_LOGS, axum::routing::post(receive_grpc))
-                .fallback(|uri: Uri| async move {
-                    grpc_status(UNIMPLEMENTED, &format!("{} is not served: only {GRPC_EXPORT_LOGS}", uri.path()))
+        grpc_router: Some(Box::new(move |endpoint| {
+            signals
+                .routes(Signal::grpc_method, |signal| {
+                    move |state, caller, uri, headers, body| receive_grpc(signal, state, caller, uri, headers, body)
+                })
+                .fallback(move |uri: Uri| async move {
+                    let served: Vec<&str> = signals.iter().map(Signal::grpc_method).collect();
+                    grpc_status(UNIMPLEMENTED, &format!("{} is not served: only {}", uri.path(), served.join(" and ")))
                 })
                 .with_state(endpoint)
         })),
@@ -286,27 +428,88 @@ struct LogJson<'a> {
     trace_id: Value,
 }
 
+/// A span as the JSON object it becomes (OpenTelemetry's trace data model), keys in alphabetical
+/// order as for logs.
+#[derive(serde::Serialize)]
+struct SpanJson<'a> {
+    attributes: Value,
+    dropped_attributes_count: u32,
+    dropped_events_count: u32,
+    dropped_links_count: u32,
+    duration_ns: Option<u64>,
+    end_timestamp: Value,
+    events: Vec<Value>,
+    instrumentation_scope: &'a RawValue,
+    kind: Value,
+    links: Vec<Value>,
+    name: &'a str,
+    parent_span_id: Value,
+    resource: &'a RawValue,
+    span_id: Value,
+    start_timestamp: Value,
+    status: Value,
+    trace_flags: u32,
+    trace_id: Value,
+    trace_state: Value,
+}
+
 /// `value` as JSON text, kept to be written into each record as it is.
 fn raw(value: &Value) -> Box<RawValue> {
     RawValue::from_string(value.to_string()).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
-/// The records of a request: each log record as a JSON object of the log data model; or why a
-/// record cannot be one.
-fn records(request: &ExportLogsServiceRequest) -> Result<RecordBatch, String> {
+/// A resource as the `resource` of its records: its attributes.
+fn resource_json(resource: Option<&Resource>) -> Box<RawValue> {
+    raw(&resource.map_or(json!({}), |r| attributes(&r.attributes)))
+}
+
+/// An instrumentation scope as the `instrumentation_scope` of its records.
+fn scope_json(scope: Option<&InstrumentationScope>) -> Box<RawValue> {
+    raw(&scope.map_or(json!({"name": null, "version": null, "attributes": {}}), |s| {
+        json!({
+            "name": text_or_null(&s.name),
+            "version": text_or_null(&s.version),
+            "attributes": attributes(&s.attributes),
+        })
+    }))
+}
+
+/// An enumeration's value by its name in the protobuf definition (`SPAN_KIND_SERVER`), or its
+/// number when the definition has none for it (a newer sender's).
+fn enum_name(name: Option<&'static str>, number: i32) -> Value {
+    name.map_or_else(|| Value::from(number), Value::from)
+}
+
+/// Appends `item` to `batch` as one JSON record (`what`, numbered from 1, says it in a refusal),
+/// or says why it cannot be one: more than a record's 1,000 KiB.
+fn push_json(
+    batch: &mut RecordBatch,
+    text: &mut Vec<u8>,
+    item: &impl serde::Serialize,
+    what: &str,
+) -> Result<(), String> {
+    text.clear();
+    serde_json::to_writer(&mut *text, item).map_err(|e| format!("{what} {}: {e}", batch.len() + 1))?;
+    if text.len() > MAX_RECORD_BYTES {
+        return Err(format!(
+            "{what} {} is {} bytes as JSON; a record is at most {MAX_RECORD_BYTES}",
+            batch.len() + 1,
+            text.len()
+        ));
+    }
+    batch.push(text);
+    Ok(())
+}
+
+/// The records of a logs request: each log record as a JSON object of the log data model; or
+/// why a record cannot be one.
+fn log_records(request: &ExportLogsServiceRequest) -> Result<RecordBatch, String> {
     let mut batch = RecordBatch::with_capacity(now_ms(), 0);
     let mut text = Vec::new();
     for resource_logs in &request.resource_logs {
-        let resource = raw(&resource_logs.resource.as_ref().map_or(json!({}), |r| attributes(&r.attributes)));
+        let resource = resource_json(resource_logs.resource.as_ref());
         for scope_logs in &resource_logs.scope_logs {
-            let scope =
-                raw(&scope_logs.scope.as_ref().map_or(json!({"name": null, "version": null, "attributes": {}}), |s| {
-                    json!({
-                        "name": text_or_null(&s.name),
-                        "version": text_or_null(&s.version),
-                        "attributes": attributes(&s.attributes),
-                    })
-                }));
+            let scope = scope_json(scope_logs.scope.as_ref());
             for log in &scope_logs.log_records {
                 let record = LogJson {
                     attributes: attributes(&log.attributes),
@@ -323,34 +526,98 @@ fn records(request: &ExportLogsServiceRequest) -> Result<RecordBatch, String> {
                     trace_flags: log.flags,
                     trace_id: hex_of(&log.trace_id),
                 };
-                text.clear();
-                serde_json::to_writer(&mut text, &record)
-                    .map_err(|e| format!("log record {}: {e}", batch.len() + 1))?;
-                if text.len() > MAX_RECORD_BYTES {
-                    return Err(format!(
-                        "log record {} is {} bytes as JSON; a record is at most {MAX_RECORD_BYTES}",
-                        batch.len() + 1,
-                        text.len()
-                    ));
-                }
-                batch.push(&text);
+                push_json(&mut batch, &mut text, &record, "log record")?;
             }
         }
     }
     Ok(batch)
 }
 
-/// The request a body holds, in `encoding`.
-fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportLogsServiceRequest, String> {
+/// The records of a traces request: each span as a JSON object of the trace data model, its
+/// events and links inside it; or why a span cannot be one.
+fn span_records(request: &ExportTraceServiceRequest) -> Result<RecordBatch, String> {
+    use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode as SpanStatus};
+    let mut batch = RecordBatch::with_capacity(now_ms(), 0);
+    let mut text = Vec::new();
+    for resource_spans in &request.resource_spans {
+        let resource = resource_json(resource_spans.resource.as_ref());
+        for scope_spans in &resource_spans.scope_spans {
+            let scope = scope_json(scope_spans.scope.as_ref());
+            for span in &scope_spans.spans {
+                let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
+                let status = span.status.as_ref();
+                let status_code = status.map_or(0, |s| s.code);
+                let record = SpanJson {
+                    attributes: attributes(&span.attributes),
+                    dropped_attributes_count: span.dropped_attributes_count,
+                    dropped_events_count: span.dropped_events_count,
+                    dropped_links_count: span.dropped_links_count,
+                    duration_ns: (start != 0 && end != 0).then(|| end.checked_sub(start)).flatten(),
+                    end_timestamp: time_of(end),
+                    events: span
+                        .events
+                        .iter()
+                        .map(|event| {
+                            json!({
+                                "name": event.name,
+                                "timestamp": time_of(event.time_unix_nano),
+                                "attributes": attributes(&event.attributes),
+                                "dropped_attributes_count": event.dropped_attributes_count,
+                            })
+                        })
+                        .collect(),
+                    instrumentation_scope: &scope,
+                    kind: enum_name(SpanKind::try_from(span.kind).ok().map(|k| k.as_str_name()), span.kind),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|link| {
+                            json!({
+                                "trace_id": hex_of(&link.trace_id),
+                                "span_id": hex_of(&link.span_id),
+                                "trace_state": text_or_null(&link.trace_state),
+                                "trace_flags": link.flags,
+                                "attributes": attributes(&link.attributes),
+                                "dropped_attributes_count": link.dropped_attributes_count,
+                            })
+                        })
+                        .collect(),
+                    name: &span.name,
+                    parent_span_id: hex_of(&span.parent_span_id),
+                    resource: &resource,
+                    span_id: hex_of(&span.span_id),
+                    start_timestamp: time_of(start),
+                    status: json!({
+                        "code": enum_name(SpanStatus::try_from(status_code).ok().map(|c| c.as_str_name()), status_code),
+                        "message": text_or_null(status.map_or("", |s| s.message.as_str())),
+                    }),
+                    trace_flags: span.flags,
+                    trace_id: hex_of(&span.trace_id),
+                    trace_state: text_or_null(&span.trace_state),
+                };
+                push_json(&mut batch, &mut text, &record, "span")?;
+            }
+        }
+    }
+    Ok(batch)
+}
+
+/// The request (`name`, for messages) a body holds, in `encoding`.
+fn decode<M: prost::Message + Default + serde::de::DeserializeOwned>(
+    encoding: Encoding,
+    body: &[u8],
+    name: &str,
+) -> Result<M, String> {
     match encoding {
-        Encoding::Protobuf => ExportLogsServiceRequest::decode(body)
-            .map_err(|e| format!("the body is no protobuf ExportLogsServiceRequest: {e}")),
-        Encoding::Json => serde_json::from_slice(body)
-            .map_err(|e| format!("the body is no ExportLogsServiceRequest in OTLP's JSON encoding: {e}")),
+        Encoding::Protobuf => M::decode(body).map_err(|e| format!("the body is no protobuf {name}: {e}")),
+        Encoding::Json => {
+            serde_json::from_slice(body).map_err(|e| format!("the body is no {name} in OTLP's JSON encoding: {e}"))
+        }
     }
 }
 
 async fn receive(
+    signal: Signal,
     State(endpoint): State<Arc<PostEndpoint>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
     uri: Uri,
@@ -362,18 +629,18 @@ async fn receive(
     let encoding = Encoding::of(&headers);
     let answer_in = *encoding.as_ref().unwrap_or(&Encoding::Json);
     let outcome = match encoding {
-        Ok(encoding) => take(encoding, &endpoint, &headers, body, &mut facts).await,
+        Ok(encoding) => take(signal, encoding, &endpoint, &headers, body, &mut facts).await,
         Err(why) => Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, why)),
     };
     let refused = outcome
         .as_ref()
         .err()
         .map(|(status, message)| (status.canonical_reason().unwrap_or("Error"), message.as_str()));
-    endpoint.audit_request((OTLP_EVENT_SOURCE, "ExportLogs"), caller, (&uri, &headers), &facts, refused);
+    endpoint.audit_request((OTLP_EVENT_SOURCE, signal.audit_name()), caller, (&uri, &headers), &facts, refused);
     match outcome {
         Ok(()) => {
             let body = match answer_in {
-                Encoding::Protobuf => ExportLogsServiceResponse::default().encode_to_vec(),
+                Encoding::Protobuf => signal.empty_response(),
                 Encoding::Json => b"{}".to_vec(),
             };
             let mut response = (StatusCode::OK, body).into_response();
@@ -393,8 +660,9 @@ async fn receive(
     }
 }
 
-/// Takes one request's log records, or says why not.
+/// Takes one request's records, or says why not.
 async fn take(
+    signal: Signal,
     encoding: Encoding,
     endpoint: &Arc<PostEndpoint>,
     headers: &HeaderMap,
@@ -404,18 +672,18 @@ async fn take(
     let started = Instant::now();
     endpoint.check_bearer(headers, facts)?;
     let body = endpoint.read(headers, body).await?;
-    let request = decode(encoding, body.bytes()).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
-    let batch = records(&request).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
+    let batch = signal.records(encoding, body.bytes()).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
     (facts.records, facts.bytes) = (Some(batch.len()), Some(batch.byte_len()));
     enqueue(endpoint, batch, started).await
 }
 
-/// OTLP/gRPC's `LogsService/Export` (unary): one length-prefixed `ExportLogsServiceRequest`,
-/// compressed as `grpc-encoding` says when its flag is set; answered with an empty
-/// `ExportLogsServiceResponse` and `grpc-status: 0` once the records are queued and as durable as
+/// OTLP/gRPC's `LogsService/Export` or `TraceService/Export` (unary): one length-prefixed
+/// `Export…ServiceRequest`, compressed as `grpc-encoding` says when its flag is set; answered
+/// with an empty `Export…ServiceResponse` and `grpc-status: 0` once the records are queued and as durable as
 /// the pipeline asks, or with the status of the refusal (`UNAUTHENTICATED`, `INVALID_ARGUMENT`,
 /// `UNAVAILABLE` for what to retry).
 async fn receive_grpc(
+    signal: Signal,
     State(endpoint): State<Arc<PostEndpoint>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
     uri: Uri,
@@ -423,14 +691,14 @@ async fn receive_grpc(
     body: Body,
 ) -> Response {
     let mut facts = RequestFacts::default();
-    let outcome = take_grpc(&endpoint, &headers, body, &mut facts).await;
+    let outcome = take_grpc(signal, &endpoint, &headers, body, &mut facts).await;
     let refused = outcome.as_ref().err().map(|(code, message)| (grpc_code_name(*code), message.as_str()));
-    endpoint.audit_request((OTLP_EVENT_SOURCE, "ExportLogs"), caller, (&uri, &headers), &facts, refused);
+    endpoint.audit_request((OTLP_EVENT_SOURCE, signal.audit_name()), caller, (&uri, &headers), &facts, refused);
     match outcome {
         Ok(()) => {
             use http_body_util::BodyExt as _;
             // The empty response, length-prefixed, then the status as trailers.
-            let message = ExportLogsServiceResponse::default().encode_to_vec();
+            let message = signal.empty_response();
             let mut framed = vec![0u8];
             framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
             framed.extend_from_slice(&message);
@@ -472,8 +740,9 @@ fn grpc_code_name(code: i32) -> &'static str {
     }
 }
 
-/// Takes one gRPC request's log records, or says why not with a gRPC status code.
+/// Takes one gRPC request's records, or says why not with a gRPC status code.
 async fn take_grpc(
+    signal: Signal,
     endpoint: &Arc<PostEndpoint>,
     headers: &HeaderMap,
     body: Body,
@@ -493,9 +762,7 @@ async fn take_grpc(
     endpoint.check_bearer(headers, facts).map_err(as_grpc)?;
     let body = endpoint.read(headers, body).await.map_err(as_grpc)?;
     let message = grpc_message(body.bytes(), headers, endpoint.max_body())?;
-    let request = ExportLogsServiceRequest::decode(message.as_ref())
-        .map_err(|e| (INVALID_ARGUMENT, format!("the message is no protobuf ExportLogsServiceRequest: {e}")))?;
-    let batch = records(&request).map_err(|why| (INVALID_ARGUMENT, why))?;
+    let batch = signal.records(Encoding::Protobuf, message.as_ref()).map_err(|why| (INVALID_ARGUMENT, why))?;
     (facts.records, facts.bytes) = (Some(batch.len()), Some(batch.byte_len()));
     enqueue(endpoint, batch, started).await.map_err(as_grpc)
 }
@@ -608,8 +875,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let decoded = decode(Encoding::Protobuf, &request.encode_to_vec()).unwrap();
-        let records = texts(&records(&decoded).unwrap());
+        let records = texts(&Signal::Logs.records(Encoding::Protobuf, &request.encode_to_vec()).unwrap());
         assert_eq!(
             records[0],
             json!({
@@ -634,7 +900,7 @@ mod tests {
             ),
             (&Value::Null, &Value::Null, &Value::Null, &Value::Null)
         );
-        let garbage = decode(Encoding::Protobuf, b"\xff\xff\xff").unwrap_err();
+        let garbage = Signal::Logs.records(Encoding::Protobuf, b"\xff\xff\xff").unwrap_err();
         assert!(garbage.contains("no protobuf ExportLogsServiceRequest"), "{garbage}");
     }
 
@@ -649,7 +915,7 @@ mod tests {
             "attributes":[{"key":"string.attribute","value":{"stringValue":"some string"}},{"key":"int.attribute","value":{"intValue":"10"}},
             {"key":"array.attribute","value":{"arrayValue":{"values":[{"stringValue":"many"},{"stringValue":"values"}]}}},
             {"key":"map.attribute","value":{"kvlistValue":{"values":[{"key":"some.map.key","value":{"stringValue":"some value"}}]}}}]}]}]}]}"#;
-        let records = texts(&records(&decode(Encoding::Json, body.as_bytes()).unwrap()).unwrap());
+        let records = texts(&Signal::Logs.records(Encoding::Json, body.as_bytes()).unwrap());
         assert_eq!(records.len(), 1);
         let r = &records[0];
         assert_eq!(r["timestamp"], "2018-12-13T14:51:00.300000000Z");
@@ -662,8 +928,131 @@ mod tests {
         );
         assert_eq!(r["instrumentation_scope"]["attributes"], json!({"my.scope.attribute": "some scope attribute"}));
         assert_eq!(r["resource"], json!({"service.name": "my.service"}));
-        let wrong = decode(Encoding::Json, br#"{"resourceLogs":"no"}"#).unwrap_err();
+        let wrong = Signal::Logs.records(Encoding::Json, br#"{"resourceLogs":"no"}"#).unwrap_err();
         assert!(wrong.contains("OTLP's JSON encoding"), "{wrong}");
+    }
+
+    /// A traces request as an SDK builds it, through protobuf: each span one object of the trace
+    /// data model, its events, links, status and kind by their protobuf names, its duration.
+    #[test]
+    fn a_protobuf_request_gives_each_span_with_its_events_links_and_status() {
+        use any_value::Value as V;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status as SpanStatus, span};
+        let trace_id =
+            vec![0x5b, 0x8e, 0xff, 0xf7, 0x98, 0x03, 0x81, 0x03, 0xd2, 0x69, 0xb6, 0x33, 0x81, 0x3f, 0xc6, 0x0c];
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![pair("service.name", V::StringValue("checkout".into()))],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope { name: "app.http".into(), ..Default::default() }),
+                    spans: vec![
+                        Span {
+                            trace_id: trace_id.clone(),
+                            span_id: vec![0xee, 0xe1, 0x9b, 0x7e, 0xc3, 0xc1, 0xb1, 0x74],
+                            parent_span_id: vec![0, 0, 0, 0, 0, 0, 0, 1],
+                            trace_state: "vendor=1".into(),
+                            flags: 0x301,
+                            name: "POST /pay".into(),
+                            kind: span::SpanKind::Server as i32,
+                            start_time_unix_nano: 1_764_547_200_000_000_000,
+                            end_time_unix_nano: 1_764_547_200_250_000_001,
+                            attributes: vec![pair("http.response.status_code", V::IntValue(502))],
+                            events: vec![span::Event {
+                                time_unix_nano: 1_764_547_200_100_000_000,
+                                name: "exception".into(),
+                                attributes: vec![pair("exception.type", V::StringValue("Timeout".into()))],
+                                dropped_attributes_count: 2,
+                            }],
+                            dropped_events_count: 3,
+                            links: vec![span::Link {
+                                trace_id: trace_id.clone(),
+                                span_id: vec![9; 8],
+                                flags: 1,
+                                ..Default::default()
+                            }],
+                            status: Some(SpanStatus {
+                                code: opentelemetry_proto::tonic::trace::v1::status::StatusCode::Error as i32,
+                                message: "upstream timed out".into(),
+                            }),
+                            ..Default::default()
+                        },
+                        // Unset times, no parent, a kind and a status code newer than this source.
+                        Span {
+                            name: "x".into(),
+                            kind: 9,
+                            status: Some(SpanStatus { code: 7, message: String::new() }),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let records = texts(&Signal::Traces.records(Encoding::Protobuf, &request.encode_to_vec()).unwrap());
+        assert_eq!(
+            records[0],
+            json!({
+                "trace_id": "5b8efff798038103d269b633813fc60c", "span_id": "eee19b7ec3c1b174",
+                "parent_span_id": "0000000000000001", "trace_state": "vendor=1", "trace_flags": 0x301,
+                "name": "POST /pay", "kind": "SPAN_KIND_SERVER",
+                "start_timestamp": "2025-12-01T00:00:00.000000000Z", "end_timestamp": "2025-12-01T00:00:00.250000001Z",
+                "duration_ns": 250_000_001,
+                "attributes": {"http.response.status_code": 502}, "dropped_attributes_count": 0,
+                "events": [{"name": "exception", "timestamp": "2025-12-01T00:00:00.100000000Z",
+                            "attributes": {"exception.type": "Timeout"}, "dropped_attributes_count": 2}],
+                "dropped_events_count": 3,
+                "links": [{"trace_id": "5b8efff798038103d269b633813fc60c", "span_id": "0909090909090909",
+                           "trace_state": null, "trace_flags": 1, "attributes": {}, "dropped_attributes_count": 0}],
+                "dropped_links_count": 0,
+                "status": {"code": "STATUS_CODE_ERROR", "message": "upstream timed out"},
+                "resource": {"service.name": "checkout"},
+                "instrumentation_scope": {"name": "app.http", "version": null, "attributes": {}}
+            })
+        );
+        let bare = &records[1];
+        assert_eq!(
+            (&bare["kind"], &bare["status"], &bare["parent_span_id"], &bare["start_timestamp"], &bare["duration_ns"]),
+            (&json!(9), &json!({"code": 7, "message": null}), &Value::Null, &Value::Null, &Value::Null)
+        );
+        // An end before the start is kept as sent, with no duration.
+        let backwards = Span { start_time_unix_nano: 20, end_time_unix_nano: 10, ..Default::default() };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans: vec![backwards], ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let records = texts(&Signal::Traces.records(Encoding::Protobuf, &request.encode_to_vec()).unwrap());
+        assert_eq!(records[0]["duration_ns"], Value::Null);
+        assert_eq!(records[0]["status"], json!({"code": "STATUS_CODE_UNSET", "message": null}));
+        let garbage = Signal::Traces.records(Encoding::Protobuf, b"\xff\xff\xff").unwrap_err();
+        assert!(garbage.contains("no protobuf ExportTraceServiceRequest"), "{garbage}");
+    }
+
+    /// The OTLP specification's example traces request in its JSON encoding (integers for the
+    /// kind and status code, hex ids).
+    #[test]
+    fn a_json_traces_request_in_otlps_encoding_gives_its_spans() {
+        let body = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"my.service"}}]},
+            "scopeSpans":[{"scope":{"name":"my.library","version":"1.0.0","attributes":[{"key":"my.scope.attribute","value":{"stringValue":"some scope attribute"}}]},
+            "spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","parentSpanId":"eee19b7ec3c1b173",
+            "name":"I'm a server span","startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000","kind":2,
+            "attributes":[{"key":"my.span.attr","value":{"stringValue":"some value"}}],"status":{"code":1}}]}]}]}"#;
+        let records = texts(&Signal::Traces.records(Encoding::Json, body.as_bytes()).unwrap());
+        assert_eq!(records.len(), 1);
+        let r = &records[0];
+        assert_eq!((&r["name"], &r["kind"]), (&"I'm a server span".into(), &"SPAN_KIND_SERVER".into()));
+        assert_eq!((&r["parent_span_id"], &r["duration_ns"]), (&"eee19b7ec3c1b173".into(), &1_000_000_000.into()));
+        assert_eq!(r["start_timestamp"], "2018-12-13T14:51:00.000000000Z");
+        assert_eq!(r["status"], json!({"code": "STATUS_CODE_OK", "message": null}));
+        assert_eq!(r["attributes"], json!({"my.span.attr": "some value"}));
+        assert_eq!(r["resource"], json!({"service.name": "my.service"}));
+        let wrong = Signal::Traces.records(Encoding::Json, br#"{"resourceSpans":"no"}"#).unwrap_err();
+        assert!(wrong.contains("no ExportTraceServiceRequest in OTLP's JSON encoding"), "{wrong}");
     }
 
     #[test]
