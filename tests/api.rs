@@ -1019,3 +1019,44 @@ fn validate_check_asks_whether_each_listener_can_be_taken() {
         "{stderr}"
     );
 }
+
+/// `sluice serve --tls-client-ca`: the AWS SDK for Python with a client certificate of that CA
+/// (botocore's `client_cert`) puts records through the shared listener; without one, or with
+/// another CA's, the handshake fails and nothing is taken.
+#[test]
+fn serve_with_a_client_ca_serves_only_sdk_clients_presenting_its_certificates() {
+    let (dir, pipelines, port, unused) = serve_folder();
+    let (certs, other) = (super::support::TestCertificates::make(), super::support::TestCertificates::make());
+    let out = dir.path().join("out");
+    api_pipeline(&pipelines, "mutual", unused, false, &out);
+    let listen = format!("127.0.0.1:{port}");
+    let (server_pem, server_key, client_ca) =
+        (certs.path("server.pem"), certs.path("server.key"), certs.path("ca.pem"));
+    let args = ["serve", pipelines.to_str().unwrap(), "--listen", &listen, "--tls-cert", &server_pem, "--tls-key"];
+    let running = Running::start(&[&args[..], &[&server_key, "--tls-client-ca", &client_ca]].concat(), port, 0);
+    let put = |identity: Option<(&super::support::TestCertificates, &str)>, data: &str| -> String {
+        let client_cert = identity.map_or("None".to_string(), |(made, name)| {
+            format!("('{}', '{}')", made.path(&format!("{name}.pem")), made.path(&format!("{name}.key")))
+        });
+        let script = format!(
+            "import boto3, botocore.config, botocore.exceptions\n\
+             firehose = boto3.client('firehose', endpoint_url='https://{listen}', region_name='us-east-1', \
+             verify='{client_ca}', aws_access_key_id='k', aws_secret_access_key='s', \
+             config=botocore.config.Config(client_cert={client_cert}, retries={{'max_attempts': 1}}))\n\
+             try:\n\
+             \x20   print(firehose.put_record(DeliveryStreamName='mutual', Record={{'Data': b'{data}\\n'}})['Encrypted'])\n\
+             except botocore.exceptions.SSLError:\n\
+             \x20   print('refused')\n"
+        );
+        let ran = Command::new(python()).arg("-c").arg(script).output().unwrap();
+        assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+        String::from_utf8_lossy(&ran.stdout).trim().to_string()
+    };
+    assert_eq!(put(Some((&certs, "client")), "{\"by\": \"client\"}"), "False");
+    assert_eq!(put(None, "{\"by\": \"nobody\"}"), "refused");
+    assert_eq!(put(Some((&other, "client")), "{\"by\": \"another CA\"}"), "refused");
+    let (code, printed) = running.stop();
+    assert_eq!(code, 0, "{printed}");
+    let records = super::support::json_lines_under(&out);
+    assert_eq!(records, [serde_json::json!({"by": "client"})], "{printed}");
+}

@@ -938,3 +938,151 @@ fn a_source_open_beyond_this_machine_without_authentication_is_warned_about() {
         }
     }
 }
+
+/// Mutual TLS (`tls.client_ca`): the http source and the fluent source (whose accept loop is its
+/// own) serve only clients presenting a certificate of the client CA meant for client
+/// authentication; none, another CA's, or a server certificate are refused in the handshake,
+/// before anything they send is read. A CA rotated in place is taken without a restart: the old
+/// CA's clients are refused from then on and the new one's served. Every record a served client
+/// was answered for is delivered; none of a refused one is.
+#[test]
+fn mutual_tls_serves_only_clients_with_a_certificate_of_the_client_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (certs, other) = (super::support::TestCertificates::make(), super::support::TestCertificates::make());
+    let clients_ca = dir.path().join("clients-ca.pem");
+    std::fs::copy(certs.path("ca.pem"), &clients_ca).unwrap();
+    let (port, fluent_port) = (free_port(), free_port());
+    let tls = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+        certs.path("server.pem"),
+        certs.path("server.key"),
+        clients_ca.display()
+    );
+    let config = dir.path().join("mutual.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"mutual\"\ndata_dir = \"{data}\"\naudit_log = \"file://{audit}\"\n\
+             [sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:{port}\"\n{tls}\n\
+             [sources.forward]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{fluent_port}\"\n{tls}\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"web\", \"forward\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+            data = dir.path().join("data").display(),
+            lake = dir.path().join("lake").display(),
+            audit = dir.path().join("audit").display(),
+        ),
+    )
+    .unwrap();
+    let mut run = start_listening_with(
+        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::piped()),
+        port,
+    );
+    super::support::wait_for_port(fluent_port, "the fluent source");
+    let server_ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path("ca.pem")).unwrap()).unwrap();
+    // A POST of one record by a new client presenting `identity` (cert, key), if any: answered 200?
+    let post = |identity: Option<(&super::support::TestCertificates, &str)>, text: &str| -> bool {
+        let mut client = reqwest::blocking::Client::builder().tls_certs_only([server_ca.clone()]);
+        if let Some((made, name)) = identity {
+            let pem = [std::fs::read(made.path(&format!("{name}.pem"))).unwrap(), b"\n".to_vec()].concat();
+            let key = std::fs::read(made.path(&format!("{name}.key"))).unwrap();
+            client = client.identity(reqwest::Identity::from_pem(&[pem, key].concat()).unwrap());
+        }
+        let sent = client.build().unwrap().post(format!("https://127.0.0.1:{port}/")).body(format!("{text}\n")).send();
+        match sent {
+            Ok(response) => response.status().is_success(),
+            Err(_) => false,
+        }
+    };
+    assert!(post(Some((&certs, "client")), "{\"by\": \"client\"}"));
+    assert!(!post(None, "{\"by\": \"nobody\"}"), "a client without a certificate was served");
+    assert!(!post(Some((&other, "client")), "{\"by\": \"another CA\"}"), "another CA's client was served");
+    assert!(
+        !post(Some((&certs, "server")), "{\"by\": \"a server certificate\"}"),
+        "a serverAuth certificate was served"
+    );
+    assert!(!post(Some((&certs, "self-signed")), "{\"by\": \"self-signed\"}"));
+
+    // The forward protocol over the same TLS: an event and its ack, or no answer.
+    let forward = |cert: Option<(&super::support::TestCertificates, &str)>, tag: &str| -> String {
+        let load = cert.map_or(String::new(), |(made, name)| {
+            format!(
+                "context.load_cert_chain('{}', '{}')\n",
+                made.path(&format!("{name}.pem")),
+                made.path(&format!("{name}.key"))
+            )
+        });
+        let script = format!(
+            "import msgpack, socket, ssl, time\n\
+             context = ssl.create_default_context(cafile='{ca}')\n{load}\
+             try:\n\
+             \x20   s = context.wrap_socket(socket.create_connection(('127.0.0.1', {fluent_port})), server_hostname='127.0.0.1')\n\
+             \x20   s.sendall(msgpack.packb(['{tag}', int(time.time()), {{'message': 'over mutual tls'}}, {{'chunk': 'c1'}}]))\n\
+             \x20   answer = s.recv(1024)\n\
+             \x20   print(msgpack.unpackb(answer) if answer else 'closed')\n\
+             except (ssl.SSLError, OSError) as e:\n\
+             \x20   print('refused', type(e).__name__)\n",
+            ca = certs.path("ca.pem"),
+        );
+        let ran = Command::new(python()).arg("-c").arg(script).output().unwrap();
+        assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+        String::from_utf8_lossy(&ran.stdout).trim().to_string()
+    };
+    assert_eq!(forward(Some((&certs, "client")), "app.served"), "{'ack': 'c1'}");
+    let refused = forward(None, "app.nobody");
+    assert!(refused.starts_with("refused") || refused == "closed", "{refused}");
+    let refused = forward(Some((&other, "client")), "app.other");
+    assert!(refused.starts_with("refused") || refused == "closed", "{refused}");
+
+    // The client CA rotated in place: the other CA's clients from the next look at the files on.
+    std::fs::copy(other.path("ca.pem"), &clients_ca).unwrap();
+    let waited = Instant::now();
+    let mut served_before = 0;
+    while !post(Some((&other, "client")), "{\"by\": \"the new CA\"}") {
+        assert!(waited.elapsed() < Duration::from_secs(30), "the rotated client CA was not taken");
+        // Until then the old CA's client may still be served: each one it was answered for counts.
+        served_before += usize::from(post(Some((&certs, "client")), "{\"by\": \"client\"}"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!post(Some((&certs, "client")), "{\"by\": \"the old CA\"}"), "the old CA's client was still served");
+
+    terminate(&run);
+    let status = run.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    let records = json_lines_under(&dir.path().join("lake"));
+    let by = |who: &str| records.iter().filter(|r| r["by"] == who).count();
+    assert_eq!(by("client"), 1 + served_before, "{records:?}");
+    assert_eq!(by("the new CA"), 1, "{records:?}");
+    let forwarded: Vec<&Value> = records.iter().filter(|r| r.get("tag").is_some()).collect();
+    assert_eq!(forwarded.len(), 1, "{records:?}");
+    assert_eq!(
+        (&forwarded[0]["tag"], &forwarded[0]["record"]["message"]),
+        (&"app.served".into(), &"over mutual tls".into())
+    );
+    assert_eq!(records.len(), 1 + served_before + 1 + 1, "nothing of a refused client: {records:?}");
+    // The audit trail names each served client by its certificate.
+    let serial = |made: &super::support::TestCertificates| {
+        let text = Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in", &made.path("client.pem")])
+            .output()
+            .unwrap()
+            .stdout;
+        String::from_utf8_lossy(&text).trim().trim_start_matches("serial=").to_ascii_lowercase()
+    };
+    let trail = json_lines_under(&dir.path().join("audit"));
+    let served: Vec<&Value> = trail.iter().filter(|e| e.get("errorCode").is_none()).collect();
+    let posts: Vec<&&Value> = served.iter().filter(|e| e["eventSource"] == "http.sluice").collect();
+    assert_eq!(posts.len(), 1 + served_before + 1, "{trail:#?}");
+    for post in &posts {
+        assert_eq!(post["userIdentity"]["type"], "ClientCertificate", "{post}");
+        assert_eq!(post["userIdentity"]["clientCertificate"]["subject"], "CN=sluice test", "{post}");
+    }
+    let serials: std::collections::BTreeSet<String> = posts
+        .iter()
+        .map(|p| p["userIdentity"]["clientCertificate"]["serialNumber"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(serials, [serial(&certs), serial(&other)].into_iter().collect());
+    let forwards: Vec<&&Value> = served.iter().filter(|e| e["eventSource"] == "fluent.sluice").collect();
+    assert_eq!(forwards.len(), 1, "{trail:#?}");
+    assert_eq!(forwards[0]["userIdentity"]["clientCertificate"]["subject"], "CN=sluice test");
+}

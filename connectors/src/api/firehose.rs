@@ -14,13 +14,12 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -37,6 +36,7 @@ use super::listener::{BodyBudget, BodyError, ListenerLimits, declared_length, re
 use super::queue::IngestQueue;
 use super::sigv4::{AccessKeys, Scope, SignedRequest, check_headers, verify};
 use super::{Rejected, accept};
+use crate::api::Caller;
 
 /// What the audit trail records of a request, filled in as it is handled.
 #[derive(Debug, Default)]
@@ -476,7 +476,7 @@ impl FirehoseApi {
     /// [`FirehoseApi::handle`] for a request from `caller` (recorded in the audit trail).
     pub fn handle_from(
         &self,
-        caller: Option<SocketAddr>,
+        caller: Option<&Caller>,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
@@ -528,7 +528,7 @@ impl FirehoseApi {
     }
 
     /// Refuses a request before its body was read (recorded in the audit trail).
-    fn refuse_unread(&self, caller: Option<SocketAddr>, headers: &HeaderMap, e: ApiError) -> Response {
+    fn refuse_unread(&self, caller: Option<&Caller>, headers: &HeaderMap, e: ApiError) -> Response {
         let request_id = uuid::Uuid::new_v4().to_string();
         self.audit(caller, headers, &Facts::default(), Some(&e), &request_id);
         let mut response = self.refuse(e, None);
@@ -541,7 +541,7 @@ impl FirehoseApi {
     /// id (never the secret or the signature), counts and sizes (never record data).
     fn audit(
         &self,
-        caller: Option<SocketAddr>,
+        caller: Option<&Caller>,
         headers: &HeaderMap,
         facts: &Facts,
         error: Option<&ApiError>,
@@ -559,6 +559,10 @@ impl FirehoseApi {
                 Some(id) => json!({"type": "IAMUser", "accessKeyId": id}),
                 None => json!({"type": "Unknown"}),
             };
+            let identity = match caller {
+                Some(caller) => caller.identity(identity),
+                None => identity,
+            };
             let mut parameters = serde_json::Map::new();
             if let Some(stream) = &facts.stream {
                 parameters.insert("deliveryStreamName".into(), stream.as_str().into());
@@ -571,7 +575,7 @@ impl FirehoseApi {
             }
             let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
             let mut event = AuditEvent::api_call(FIREHOSE_EVENT_SOURCE, name, &self.region, request_id)
-                .from_caller(caller.map(|c| c.ip().to_string()), user_agent)
+                .from_caller(caller.map(|c| c.address.ip().to_string()), user_agent)
                 .identity(identity)
                 .parameters(Value::Object(parameters));
             if let Some(failed) = facts.failed {
@@ -984,7 +988,7 @@ fn destination_description(d: &sluice_engine::config::DestinationInfo) -> Value 
 /// through [`FirehoseApi::handle`].
 pub async fn serve_request(
     State(slot): State<Arc<ApiSlot>>,
-    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    caller: Caller,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -992,10 +996,9 @@ pub async fn serve_request(
 ) -> Response {
     // The API of the moment the request arrived handles it whole.
     let api = slot.current();
-    let caller = Some(caller);
     let now = chrono::Utc::now().timestamp();
     if let Err(refused) = api.check_headers(&headers, now) {
-        return api.refuse_unread(caller, &headers, refused);
+        return api.refuse_unread(Some(&caller), &headers, refused);
     }
     let read =
         read_body(body, declared_length(&headers), MAX_REQUEST_BYTES, &api.bodies, api.limits.body_timeout).await;
@@ -1005,7 +1008,7 @@ pub async fn serve_request(
         Err(BodyError::TooLarge(_)) => {
             let message =
                 format!("Records size exceeds 4 MB limit (the request body is over {MAX_REQUEST_BYTES} bytes)");
-            return api.refuse_unread(caller, &headers, ApiError::client("InvalidArgumentException", message));
+            return api.refuse_unread(Some(&caller), &headers, ApiError::client("InvalidArgumentException", message));
         }
         Err(e @ BodyError::Busy) => {
             let error = ApiError {
@@ -1013,7 +1016,7 @@ pub async fn serve_request(
                 error_type: "ServiceUnavailableException",
                 message: e.to_string(),
             };
-            return api.refuse_unread(caller, &headers, error);
+            return api.refuse_unread(Some(&caller), &headers, error);
         }
         Err(e @ BodyError::TimedOut(_)) => {
             let error = ApiError {
@@ -1021,16 +1024,18 @@ pub async fn serve_request(
                 error_type: "RequestTimeoutException",
                 message: e.to_string(),
             };
-            return api.refuse_unread(caller, &headers, error);
+            return api.refuse_unread(Some(&caller), &headers, error);
         }
         Err(e @ BodyError::Broken(_)) => {
-            return api.refuse_unread(caller, &headers, ApiError::serialization(e.to_string()));
+            return api.refuse_unread(Some(&caller), &headers, ApiError::serialization(e.to_string()));
         }
     };
     let handled = if api.logs {
         // With a log, a request waits for its group commit: on a blocking thread, so that many
         // requests wait (and share one fsync) at once.
-        match tokio::task::spawn_blocking(move || api.handle_from(caller, &method, &uri, &headers, &body, now)).await {
+        match tokio::task::spawn_blocking(move || api.handle_from(Some(&caller), &method, &uri, &headers, &body, now))
+            .await
+        {
             Ok(response) => response,
             Err(e) => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -1042,7 +1047,7 @@ pub async fn serve_request(
     } else {
         // Decoding and hashing run here, on the I/O thread: a few milliseconds for the largest
         // body, cheaper than handing each request to another thread.
-        api.handle_from(caller, &method, &uri, &headers, &body, now)
+        api.handle_from(Some(&caller), &method, &uri, &headers, &body, now)
     };
     drop(room);
     handled

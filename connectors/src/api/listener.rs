@@ -10,6 +10,9 @@
 //! bodies being read never pass `max_body_buffer` (a request that would pass it is refused from its
 //! declared length, before its body is read). HTTP/1.1 is served, or HTTP/2 only
 //! ([`Wire::Http2`], for OTLP/gRPC), where the idle timeout alone applies.
+//!
+//! Each request carries who sent it ([`Caller`]): the peer's address and, with mutual TLS, the
+//! certificate its client presented, which the handlers record in the audit trail.
 
 use std::future::Future;
 use std::io;
@@ -30,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::bound::Bound;
-use super::certificate::{ListenerTls, serve_certificate};
+use super::certificate::{ClientCertificate, ListenerTls, serve_certificate};
 use super::queue::IngestQueue;
 
 /// How long a stopping listener waits for requests in progress.
@@ -365,12 +368,12 @@ impl<A, I, S> Accept<I, S> for Guarded<A>
 where
     A: Accept<I, S>,
     A::Future: Send + 'static,
-    A::Stream: Send + 'static,
+    A::Stream: PresentedCertificate + Send + 'static,
     A::Service: Send + 'static,
     I: Send + 'static,
 {
     type Stream = TimedStream<A::Stream>;
-    type Service = A::Service;
+    type Service = WithCertificate<A::Service>;
     type Future = BoxFuture<'static, io::Result<(Self::Stream, Self::Service)>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
@@ -383,8 +386,90 @@ where
         let (limits, wire) = (self.limits, self.wire);
         Box::pin(async move {
             let (stream, service) = accepted.await?;
-            Ok((TimedStream::new(stream, permit, limits, wire), service))
+            let certificate = stream.client_certificate();
+            Ok((TimedStream::new(stream, permit, limits, wire), WithCertificate { inner: service, certificate }))
         })
+    }
+}
+
+/// A connection that may carry the certificate its client presented (mutual TLS).
+pub trait PresentedCertificate {
+    /// The client's certificate, if the connection's handshake verified one.
+    fn client_certificate(&self) -> Option<Arc<ClientCertificate>>;
+}
+
+impl PresentedCertificate for tokio::net::TcpStream {
+    fn client_certificate(&self) -> Option<Arc<ClientCertificate>> {
+        None
+    }
+}
+
+impl<S> PresentedCertificate for tokio_rustls::server::TlsStream<S> {
+    fn client_certificate(&self) -> Option<Arc<ClientCertificate>> {
+        ClientCertificate::of_connection(self.get_ref().1)
+    }
+}
+
+/// A connection's service, which puts the connection's client certificate (if any) into each of
+/// its requests' extensions, where [`Caller`] finds it.
+#[derive(Debug, Clone)]
+pub struct WithCertificate<S> {
+    inner: S,
+    certificate: Option<Arc<ClientCertificate>>,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for WithCertificate<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if let Some(certificate) = &self.certificate {
+            request.extensions_mut().insert(Arc::clone(certificate));
+        }
+        self.inner.call(request)
+    }
+}
+
+/// Who sent a request, as handlers record it in the audit trail: the address it came from, and
+/// the certificate its client presented when the listener asks for one (`tls.client_ca`).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The client's address.
+    pub address: SocketAddr,
+    /// Its certificate (mutual TLS).
+    pub certificate: Option<Arc<ClientCertificate>>,
+}
+
+impl Caller {
+    /// `identity` (an audit record's `userIdentity`) with the client's certificate, if it
+    /// presented one.
+    pub fn identity(&self, identity: serde_json::Value) -> serde_json::Value {
+        match &self.certificate {
+            Some(certificate) => certificate.add_to(identity),
+            None => identity,
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // (Every listener serves its routes with the peer's address; a router driven without one,
+        // in a unit test, is called from nowhere.)
+        let address = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0);
+        Ok(Caller { address, certificate: parts.extensions.get::<Arc<ClientCertificate>>().cloned() })
     }
 }
 

@@ -31,13 +31,13 @@ use sluice_engine::record::RecordBatch;
 
 pub use bound::bind;
 pub use certificate::ListenerTls;
-pub use listener::{ListenerLimits, Wire, serve};
+pub use listener::{Caller, ListenerLimits, Wire, serve};
 use queue::{IngestQueue, Popped};
 
 /// How soon an idle reader looks again.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
-/// `tls = { cert = "...", key = "..." }`: PEM files.
+/// `tls = { cert = "...", key = "...", client_ca = "..." }`: PEM files.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
@@ -45,12 +45,30 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Private key (PEM).
     pub key: PathBuf,
+    /// When set, the CA certificates (PEM) one of which must sign the certificate every client
+    /// presents (mutual TLS): a client without one is refused in the handshake.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl TlsFiles {
     /// The same files, relative paths taken from `base`.
     pub fn relative_to(&self, base: &std::path::Path) -> TlsFiles {
-        TlsFiles { cert: base.join(&self.cert), key: base.join(&self.key) }
+        TlsFiles {
+            cert: base.join(&self.cert),
+            key: base.join(&self.key),
+            client_ca: self.client_ca.as_ref().map(|ca| base.join(ca)),
+        }
+    }
+
+    /// Whether clients must present a certificate (`client_ca`): authentication, as a token is.
+    pub fn verifies_clients(&self) -> bool {
+        self.client_ca.is_some()
+    }
+
+    /// The files a listener serving them looks at for changes: the pair, and the client CAs.
+    pub fn watched(&self) -> Vec<PathBuf> {
+        [self.cert.clone(), self.key.clone()].into_iter().chain(self.client_ca.clone()).collect()
     }
 
     /// A source's listener's TLS with these files: its certificate shown in the families of the
@@ -76,19 +94,34 @@ impl TlsFiles {
     }
 
     /// The files relative to `base`, checked when the pipeline is configured (readable PEM, the
-    /// key the certificate's: [`crate::tls::key_pair`]), so `sluice validate` says what is wrong
-    /// with them, at `at` (the `tls` key), rather than the listener when it starts.
-    pub fn checked(&self, base: &std::path::Path, at: &sluice_engine::config::KeyAt) -> Result<TlsFiles, Diagnostic> {
-        crate::tls::key_pair(base, &self.cert, &self.key).map_err(|(on_key, why)| {
-            let key = if on_key { "key" } else { "cert" };
-            Diagnostic::new(at.span.clone(), format!("{}.{key}` {why}", at.label.trim_end_matches('`'))).with_hint(
-                format!(
-                    "`cert`: the server's certificate chain, `key`: its private key, both PEM; {}",
-                    crate::tls::RELATIVE_PATHS
-                ),
-            )
-        })?;
-        Ok(self.relative_to(base))
+    /// key the certificate's: [`crate::tls::key_pair`]; client CAs that are certificates a
+    /// verifier takes), so `sluice validate` says what is wrong with them, at `at` (the `tls` key),
+    /// rather than the listener when it starts.
+    pub fn checked(
+        &self,
+        base: &std::path::Path,
+        at: &sluice_engine::config::KeyAt,
+    ) -> Result<TlsFiles, sluice_engine::config::Problems> {
+        let said = |key: &str, why: String| {
+            Diagnostic::new(at.span.clone(), format!("{}.{key}` {why}", at.label.trim_end_matches('`')))
+        };
+        let mut problems = sluice_engine::config::Problems::default();
+        if let Err((on_key, why)) = crate::tls::key_pair(base, &self.cert, &self.key) {
+            problems.push(said(if on_key { "key" } else { "cert" }, why).with_hint(format!(
+                "`cert`: the server's certificate chain, `key`: its private key, both PEM; {}",
+                crate::tls::RELATIVE_PATHS
+            )));
+        }
+        let files = self.relative_to(base);
+        if let (Some(written), Some(ca)) = (&self.client_ca, &files.client_ca)
+            && let Err(why) = certificate::client_verifier(ca)
+        {
+            problems.push(said("client_ca", format!("= \"{}\" {why}", written.display())).with_hint(format!(
+                "`client_ca`: the CA certificates (PEM) that sign the certificates clients present; {}",
+                crate::tls::RELATIVE_PATHS
+            )));
+        }
+        problems.finish(Some(files))
     }
 }
 

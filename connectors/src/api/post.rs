@@ -27,7 +27,9 @@ use sluice_engine::record::RecordBatch;
 
 use super::listener::{BodyBudget, BodyError, BodyRoom, declared_length, open_listener_warning, read_body};
 use super::queue::IngestQueue;
-use super::{ListenerLimits, LogSlot, QueueReader, Rejected, TlsFiles, Wire, accept, bind, inflight_limit, serve};
+use super::{
+    Caller, ListenerLimits, LogSlot, QueueReader, Rejected, TlsFiles, Wire, accept, bind, inflight_limit, serve,
+};
 use crate::sources::firehose::parse_listen;
 
 /// A refused request: its status and why.
@@ -429,17 +431,17 @@ impl PostEndpoint {
     pub fn audit_request(
         &self,
         (event_source, name): (&'static str, &str),
-        caller: SocketAddr,
+        caller: &Caller,
         (uri, headers): (&axum::http::Uri, &HeaderMap),
         facts: &RequestFacts,
         refused: Option<(&str, &str)>,
     ) {
         let Some(metrics) = self.metrics() else { return };
         metrics.audit(|trail| {
-            let identity = match &facts.token {
+            let identity = caller.identity(match &facts.token {
                 Some(name) => serde_json::json!({"type": "Token", "tokenName": name}),
                 None => serde_json::json!({"type": "Unknown"}),
-            };
+            });
             let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
             let event = sluice_engine::audit::AuditEvent::api_call(
                 event_source,
@@ -447,7 +449,7 @@ impl PostEndpoint {
                 trail.region(),
                 &uuid::Uuid::new_v4().to_string(),
             )
-            .from_caller(Some(caller.ip().to_string()), user_agent)
+            .from_caller(Some(caller.address.ip().to_string()), user_agent)
             .identity(identity)
             .parameters(serde_json::json!({"path": uri.path(), "recordCount": facts.records, "bytes": facts.bytes}));
             match refused {
@@ -620,7 +622,8 @@ impl Source for PostSource {
         let secrets = &self.endpoint.secrets;
         let how = format!("set `{}` (or `{}`)", secrets.keys.single, secrets.keys.named);
         for address in std::iter::once(self.listen).chain(self.grpc_listen) {
-            if let Some(warning) = open_listener_warning(self.protocol.what, address, secrets.required(), &how) {
+            let authenticated = secrets.required() || self.tls.as_ref().is_some_and(TlsFiles::verifies_clients);
+            if let Some(warning) = open_listener_warning(self.protocol.what, address, authenticated, &how) {
                 tracing::warn!("{warning}");
             }
         }

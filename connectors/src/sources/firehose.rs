@@ -326,9 +326,10 @@ impl Source for FirehoseSource {
         let endpoint = self.endpoint(Arc::clone(&ctx.metrics))?;
         let source = format!("the firehose API of stream {}", self.stream);
         let shared = ctx.shared.as_ref().and_then(|s| s.as_any().downcast_ref::<SharedFirehose>());
+        let authenticated = !self.keys.is_empty() || self.tls.as_ref().is_some_and(TlsFiles::verifies_clients);
         // (The shared listener of `sluice serve` is said of once, for all its streams.)
         if let (None, Some(warning)) =
-            (shared, open_listener_warning(&source, self.listen, !self.keys.is_empty(), SET_ACCESS_KEYS))
+            (shared, open_listener_warning(&source, self.listen, authenticated, SET_ACCESS_KEYS))
         {
             tracing::warn!("{warning}");
         }

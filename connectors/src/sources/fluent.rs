@@ -75,6 +75,7 @@ use sluice_engine::record::{RecordBatch, now_ms};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::api::bound::Bound;
+use crate::api::certificate::ClientCertificate;
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::listener::{BodyBudget, BodyRoom, open_listener_warning};
 use crate::api::queue::{IngestQueue, Refused};
@@ -335,7 +336,8 @@ impl Source for FluentSource {
     }
 
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
-        let authenticated = self.shared.shared_key.is_some() || self.tls.is_some();
+        let authenticated =
+            self.shared.shared_key.is_some() || self.tls.as_ref().is_some_and(TlsFiles::verifies_clients);
         if let Some(warning) = open_listener_warning("fluent", self.listen, authenticated, "set `shared_key`") {
             tracing::warn!("{warning}");
         }
@@ -411,7 +413,10 @@ async fn serve(
                     Some(config) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(config.get_inner());
                         match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => converse(stream, &shared, &stop, &mut seen).await,
+                            Ok(Ok(stream)) => {
+                                seen.certificate = ClientCertificate::of_connection(stream.get_ref().1);
+                                converse(stream, &shared, &stop, &mut seen).await
+                            }
                             Ok(Err(e)) => Err(Ended::Io(e)),
                             Err(_) => Err(Ended::TimedOut),
                         }
@@ -493,6 +498,8 @@ struct Seen {
     username: Option<String>,
     /// Whether its handshake passed.
     authenticated: bool,
+    /// The certificate its client presented (mutual TLS).
+    certificate: Option<Arc<ClientCertificate>>,
     /// Messages taken.
     messages: u64,
     /// Their records.
@@ -554,6 +561,10 @@ impl Shared {
                     None => serde_json::json!({"type": "SharedKey", "hostname": hostname}),
                 },
                 _ => serde_json::json!({"type": "Unknown"}),
+            };
+            let identity = match &seen.certificate {
+                Some(certificate) => certificate.add_to(identity),
+                None => identity,
             };
             let event = sluice_engine::audit::AuditEvent::api_call(
                 "fluent.sluice",

@@ -36,12 +36,11 @@
 //! stopping). A request is accepted whole or not at all; the token is checked before the body is
 //! read, in constant time (digests compared), against every configured token.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::Response;
 use serde::Deserialize;
@@ -52,6 +51,7 @@ use sluice_engine::config::{ConnectorConfig, Problems};
 use sluice_engine::contract::Source;
 use sluice_engine::record::{RecordBatch, UTF8_BOM, now_ms};
 
+use crate::api::Caller;
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
     BEARER_TOKENS, KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, Refusal, RequestFacts,
@@ -204,7 +204,7 @@ fn one_value_over_lines(format: BodyFormat, body: &[u8]) -> Option<String> {
 async fn receive(
     format: BodyFormat,
     State(endpoint): State<Arc<PostEndpoint>>,
-    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    caller: Caller,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -215,7 +215,7 @@ async fn receive(
         .as_ref()
         .err()
         .map(|(status, message)| (status.canonical_reason().unwrap_or("Error"), message.as_str()));
-    endpoint.audit_request((HTTP_EVENT_SOURCE, "PostRecords"), caller, (&uri, &headers), &facts, refused);
+    endpoint.audit_request((HTTP_EVENT_SOURCE, "PostRecords"), &caller, (&uri, &headers), &facts, refused);
     match outcome {
         Ok(count) => json_answer(StatusCode::OK, &json!({"accepted": count})),
         Err((status, message)) => json_answer(status, &json!({"error": message})),

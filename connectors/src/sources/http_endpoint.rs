@@ -40,12 +40,11 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde::Deserialize;
@@ -55,6 +54,7 @@ use sluice_engine::config::{ConnectorConfig, Problems};
 use sluice_engine::contract::Source;
 use sluice_engine::record::{RecordBatch, now_ms};
 
+use crate::api::Caller;
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
     KeyPlaces, ListenerKeys, PostEndpoint, PostSource, Protocol, Refusal, SecretKeys, enqueue, json_answer,
@@ -358,24 +358,19 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn receive(
-    State(receiver): State<Arc<Receiver>>,
-    ConnectInfo(caller): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn receive(State(receiver): State<Arc<Receiver>>, caller: Caller, headers: HeaderMap, body: Body) -> Response {
     let request_id = header_text(&headers, "x-amz-firehose-request-id").unwrap_or_default().to_string();
     let mut facts = Facts::default();
     let outcome = take(&receiver, &request_id, &headers, body, &mut facts).await;
     if let Some(metrics) = receiver.endpoint.metrics() {
         metrics.audit(|trail| {
-            let identity = match &facts.key {
+            let identity = caller.identity(match &facts.key {
                 Some(name) => json!({"type": "AccessKey", "accessKeyName": name}),
                 None => json!({"type": "Unknown"}),
-            };
+            });
             let user_agent = header_text(&headers, header::USER_AGENT.as_str());
             let event = AuditEvent::api_call(HTTP_ENDPOINT_EVENT_SOURCE, "DeliverRecords", trail.region(), &request_id)
-                .from_caller(Some(caller.ip().to_string()), user_agent)
+                .from_caller(Some(caller.address.ip().to_string()), user_agent)
                 .identity(identity)
                 .parameters(json!({
                     "sourceArn": header_text(&headers, "x-amz-firehose-source-arn"),

@@ -58,12 +58,11 @@
 //! service or method, another `grpc-encoding`), `UNAVAILABLE` (14: busy or stopping, which
 //! exporters retry). A connection silent for `idle_timeout_s` is closed.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
@@ -78,6 +77,7 @@ use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::Source;
 use sluice_engine::record::{RecordBatch, now_ms};
 
+use crate::api::Caller;
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
     BEARER_TOKENS, DecodeError, KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, Refusal,
@@ -619,7 +619,7 @@ fn decode<M: prost::Message + Default + serde::de::DeserializeOwned>(
 async fn receive(
     signal: Signal,
     State(endpoint): State<Arc<PostEndpoint>>,
-    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    caller: Caller,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -636,7 +636,7 @@ async fn receive(
         .as_ref()
         .err()
         .map(|(status, message)| (status.canonical_reason().unwrap_or("Error"), message.as_str()));
-    endpoint.audit_request((OTLP_EVENT_SOURCE, signal.audit_name()), caller, (&uri, &headers), &facts, refused);
+    endpoint.audit_request((OTLP_EVENT_SOURCE, signal.audit_name()), &caller, (&uri, &headers), &facts, refused);
     match outcome {
         Ok(()) => {
             let body = match answer_in {
@@ -685,7 +685,7 @@ async fn take(
 async fn receive_grpc(
     signal: Signal,
     State(endpoint): State<Arc<PostEndpoint>>,
-    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    caller: Caller,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -693,7 +693,7 @@ async fn receive_grpc(
     let mut facts = RequestFacts::default();
     let outcome = take_grpc(signal, &endpoint, &headers, body, &mut facts).await;
     let refused = outcome.as_ref().err().map(|(code, message)| (grpc_code_name(*code), message.as_str()));
-    endpoint.audit_request((OTLP_EVENT_SOURCE, signal.audit_name()), caller, (&uri, &headers), &facts, refused);
+    endpoint.audit_request((OTLP_EVENT_SOURCE, signal.audit_name()), &caller, (&uri, &headers), &facts, refused);
     match outcome {
         Ok(()) => {
             use http_body_util::BodyExt as _;

@@ -37,12 +37,11 @@
 //! taken whole or not at all.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::Response;
 use serde::Deserialize;
@@ -52,6 +51,7 @@ use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
 use sluice_engine::contract::Source;
 use sluice_engine::record::{RecordBatch, UTF8_BOM, now_ms};
 
+use crate::api::Caller;
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
     KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, RequestFacts, SecretKeys, body_lines,
@@ -359,7 +359,7 @@ async fn health() -> Response {
 async fn receive(
     kind: Kind,
     State(hec): State<Arc<Hec>>,
-    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    caller: Caller,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -373,7 +373,7 @@ async fn receive(
     };
     let code = outcome.as_ref().err().map(|e| format!("HEC.{}", e.code));
     let refused = outcome.as_ref().err().zip(code.as_deref()).map(|(e, code)| (code, e.text.as_str()));
-    hec.endpoint.audit_request((HEC_EVENT_SOURCE, name), caller, (&uri, &headers), &facts, refused);
+    hec.endpoint.audit_request((HEC_EVENT_SOURCE, name), &caller, (&uri, &headers), &facts, refused);
     match outcome {
         Ok(answer) => json_answer(StatusCode::OK, &answer),
         Err(e) => e.answer(),

@@ -170,6 +170,10 @@ enum Command {
         /// HTTPS: private key (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Mutual TLS: CA certificates (PEM) one of which must sign every client's certificate;
+        /// clients without one are refused in the handshake. Needs --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
         /// Read the directory again whenever its files change (looked at every 5 s; a change is
         /// taken once it has stayed as it is for one look), as SIGHUP does.
         #[arg(long, conflicts_with = "cluster")]
@@ -324,8 +328,20 @@ fn main() -> ExitCode {
         Command::Run { pipeline, workers, quiet, admin, cluster } => {
             cluster.cluster().and_then(|cluster| run_command(&pipeline, workers, quiet, admin, json, cluster))
         }
-        Command::Serve { dir, listen, admin, workers, region, tls_cert, tls_key, watch, limits, cluster } => {
-            let tls = tls_cert.zip(tls_key).map(|(cert, key)| TlsFiles { cert, key });
+        Command::Serve {
+            dir,
+            listen,
+            admin,
+            workers,
+            region,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            watch,
+            limits,
+            cluster,
+        } => {
+            let tls = tls_cert.zip(tls_key).map(|(cert, key)| TlsFiles { cert, key, client_ca: tls_client_ca });
             let limits = limits.limits();
             cluster.cluster().and_then(|cluster| {
                 let options = serve::ServeOptions {

@@ -163,8 +163,9 @@ pub fn serve_command(dir: &Path, options: ServeOptions) -> anyhow::Result<ExitCo
         let scheme = if options.tls.is_some() { "https" } else { "http" };
         // One stream with access keys makes every request need a signature.
         let signed = api.streams().any(|e| !e.keys.is_empty());
+        let verified = options.tls.as_ref().is_some_and(TlsFiles::verifies_clients);
         let what = "the Firehose API of `sluice serve`";
-        if let Some(warning) = open_listener_warning(what, options.listen, signed, SET_ACCESS_KEYS) {
+        if let Some(warning) = open_listener_warning(what, options.listen, signed || verified, SET_ACCESS_KEYS) {
             tracing::warn!("{warning}");
         }
         let slot = Arc::new(ApiSlot::new(api));
