@@ -12,11 +12,12 @@ use super::support::{free_port, json_lines_under, python, repo_root, sluice, sta
 const TOKEN: &str = "otlp-test-token";
 
 /// The example pipeline `pipelines/from-opentelemetry.toml` as a user runs it (its port moved, a
-/// token given), fed by OpenTelemetry's Python SDK: its logs through the log exporter, and the
-/// spans they were logged in through the span exporter, each into its own lake; a log record's
-/// trace context names its span.
+/// token given), fed by OpenTelemetry's Python SDK: its logs through the log exporter, the spans
+/// they were logged in through the span exporter, and the counters, histogram and gauge of the
+/// same work through the metric exporter, each signal into its own lake; a log record's trace
+/// context names its span.
 #[test]
-fn opentelemetry_python_sdk_logs_and_spans_land_with_their_context() {
+fn opentelemetry_python_sdk_logs_spans_and_metrics_land_with_their_context() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let example = std::fs::read_to_string(repo_root().join("pipelines/from-opentelemetry.toml")).unwrap();
@@ -44,6 +45,10 @@ fn opentelemetry_python_sdk_logs_and_spans_land_with_their_context() {
          from opentelemetry.sdk.trace import TracerProvider\n\
          from opentelemetry.sdk.trace.export import BatchSpanProcessor\n\
          from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter\n\
+         from opentelemetry.sdk.metrics import MeterProvider\n\
+         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader\n\
+         from opentelemetry.metrics import Observation\n\
+         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter\n\
          from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler\n\
          from opentelemetry.sdk._logs.export import BatchLogRecordProcessor\n\
          from opentelemetry.sdk.resources import Resource\n\
@@ -56,6 +61,14 @@ fn opentelemetry_python_sdk_logs_and_spans_land_with_their_context() {
          trace.set_tracer_provider(tracing)\n\
          tracer = trace.get_tracer('shop')\n\
          provider = LoggerProvider(resource=resource)\n\
+         reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint='http://127.0.0.1:{port}/v1/metrics', \
+         headers={{'Authorization': 'Bearer {TOKEN}'}}, compression=Compression.Gzip), export_interval_millis=600000)\n\
+         meters = MeterProvider(resource=resource, metric_readers=[reader])\n\
+         meter = meters.get_meter('shop')\n\
+         orders = meter.create_counter('orders', unit='1', description='orders paid or refunded')\n\
+         latency = meter.create_histogram('checkout.duration', unit='ms')\n\
+         in_flight = meter.create_up_down_counter('orders.in_flight')\n\
+         meter.create_observable_gauge('queue.depth', callbacks=[lambda options: [Observation(7, {{'queue': 'payments'}})]])\n\
          exporter = OTLPLogExporter(endpoint='http://127.0.0.1:{port}/v1/logs', headers={{'Authorization': 'Bearer {TOKEN}'}}, \
          compression=Compression.Gzip)\n\
          provider.add_log_record_processor(BatchLogRecordProcessor(exporter, max_export_batch_size=64))\n\
@@ -72,6 +85,11 @@ fn opentelemetry_python_sdk_logs_and_spans_land_with_their_context() {
          \x20           print(format(span.get_span_context().trace_id, '032x'))\n\
          \x20   else:\n\
          \x20       log.info('order %d paid', i, extra={{'order.id': i, 'amount': i * 1.5}})\n\
+         \x20   orders.add(1, {{'outcome': 'refund' if i % 100 == 0 else 'paid'}})\n\
+         \x20   latency.record(i * 1.5)\n\
+         in_flight.add(3)\n\
+         in_flight.add(-1)\n\
+         meters.shutdown()\n\
          provider.shutdown()\n\
          tracing.shutdown()\n"
     );
@@ -86,7 +104,10 @@ fn opentelemetry_python_sdk_logs_and_spans_land_with_their_context() {
     let status = |request: reqwest::blocking::RequestBuilder| request.send().unwrap().status().as_u16();
     let json = "application/json";
     assert_eq!(status(client.post(url("/v1/logs")).bearer_auth("wrong").header("Content-Type", json).body("{}")), 401);
-    assert_eq!(status(client.post(url("/v1/metrics")).bearer_auth(TOKEN).header("Content-Type", json).body("{}")), 404);
+    assert_eq!(
+        status(client.post(url("/v1/profiles")).bearer_auth(TOKEN).header("Content-Type", json).body("{}")),
+        404
+    );
     let grpc = client.post(url("/opentelemetry.proto.collector.logs.v1.LogsService/Export")).body("");
     let grpc = grpc.send().unwrap();
     assert_eq!(grpc.status().as_u16(), 404);
@@ -166,6 +187,44 @@ fn opentelemetry_python_sdk_logs_and_spans_land_with_their_context() {
         let logged: Vec<&serde_json::Value> = records.iter().filter(|r| r["attributes"]["order.id"] == order).collect();
         assert_eq!(logged.len(), 1, "{order}");
         assert_eq!((&logged[0]["trace_id"], &logged[0]["span_id"]), (&refund["trace_id"], &refund["span_id"]));
+    }
+
+    // The metrics: one point per metric and attribute set, as the SDK aggregated them.
+    let metrics = dir.path().join("lake/otel/metrics");
+    assert!(
+        super::support::files_under(&metrics).iter().all(|f| f.to_string_lossy().contains("/service=checkout/dt="))
+    );
+    let points = json_lines_under(&metrics);
+    let point = |name: &str, attributes: serde_json::Value| {
+        let found: Vec<&serde_json::Value> =
+            points.iter().filter(|p| p["name"] == name && p["attributes"] == attributes).collect();
+        assert_eq!(found.len(), 1, "{name} {attributes}: {points:#?}");
+        found[0]
+    };
+    let paid = point("orders", serde_json::json!({"outcome": "paid"}));
+    assert_eq!((&paid["type"], &paid["value"], &paid["is_monotonic"]), (&"sum".into(), &297.into(), &true.into()));
+    assert_eq!(paid["aggregation_temporality"], "AGGREGATION_TEMPORALITY_CUMULATIVE");
+    assert_eq!((&paid["unit"], &paid["description"]), (&"1".into(), &"orders paid or refunded".into()));
+    assert_eq!(point("orders", serde_json::json!({"outcome": "refund"}))["value"], 3);
+    let in_flight = point("orders.in_flight", serde_json::json!({}));
+    assert_eq!((&in_flight["value"], &in_flight["is_monotonic"]), (&2.into(), &false.into()));
+    let latency = point("checkout.duration", serde_json::json!({}));
+    assert_eq!(
+        (&latency["type"], &latency["count"], &latency["unit"]),
+        (&"histogram".into(), &300.into(), &"ms".into())
+    );
+    assert_eq!((&latency["sum"], &latency["min"], &latency["max"]), (&67_275.0.into(), &0.0.into(), &448.5.into()));
+    let buckets = latency["bucket_counts"].as_array().unwrap();
+    assert_eq!(buckets.iter().map(|c| c.as_u64().unwrap()).sum::<u64>(), 300);
+    assert_eq!(buckets.len(), latency["explicit_bounds"].as_array().unwrap().len() + 1);
+    let depth = point("queue.depth", serde_json::json!({"queue": "payments"}));
+    assert_eq!((&depth["type"], &depth["value"]), (&"gauge".into(), &7.into()));
+    for p in &points {
+        assert_eq!(
+            (&p["resource"]["service.name"], &p["instrumentation_scope"]["name"]),
+            (&"checkout".into(), &"shop".into())
+        );
+        assert!(p["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{p}");
     }
 }
 

@@ -18,12 +18,17 @@ const TOKEN: &str = "3c1d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f";
 /// `sluice run` of a pipeline whose `splunk_hec` source listens on `port` (token [`TOKEN`]) and
 /// writes each record to NDJSON objects under `dir/lake`; started once it listens.
 fn start_hec(dir: &std::path::Path, port: u16) -> super::support::Started {
+    start_hec_with(dir, port, "")
+}
+
+/// [`start_hec`] with `source_keys` added to the source's table.
+fn start_hec_with(dir: &std::path::Path, port: u16, source_keys: &str) -> super::support::Started {
     let config = dir.join("hec.toml");
     std::fs::write(
         &config,
         format!(
             "[pipeline]\nname = \"hec\"\ndata_dir = \"{data}\"\naudit_log = \"file://{audit}\"\n\
-             [sources.hec]\ntype = \"splunk_hec\"\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\
+             [sources.hec]\ntype = \"splunk_hec\"\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n{source_keys}\n\
              [sinks.lake]\ntype = \"object_store\"\ninputs = [\"hec\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n\
              buffer = {{ size_mb = 1, interval_s = 1 }}\n",
             data = dir.join("data").display(),
@@ -239,4 +244,54 @@ fn hec_requests_are_answered_as_splunk_answers_them() {
     let wrong = trail.iter().find(|l| l["errorCode"] == "HEC.4").unwrap_or_else(|| panic!("{trail:#?}"));
     assert_eq!((&wrong["userIdentity"]["type"], &wrong["errorMessage"]), (&"Unknown".into(), &"Invalid token".into()));
     assert!(trail.iter().any(|l| l["eventName"] == "QueryAcks" && l.get("errorCode").is_none()), "{trail:#?}");
+}
+
+/// `raw_format = "events"`: raw-endpoint lines sent as Splunk's examples send them (curl's
+/// `?sourcetype=…&host=…` metadata, a channel) land as event objects with that metadata, so the
+/// raw and event endpoints fill one lake alike; a `time` that is no number is refused (code 6).
+#[test]
+fn raw_lines_land_as_events_with_the_query_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let hec = start_hec_with(dir.path(), port, "raw_format = \"events\"");
+    let client = reqwest::blocking::Client::new();
+    let url = format!(
+        "http://127.0.0.1:{port}/services/collector/raw?channel=00872DC6-AC83-4EDE-8AFE-8413C3825C4C\
+         &sourcetype=access_combined&host=web-1&index=web&source=%2Fvar%2Flog%2Fnginx%2Faccess.log"
+    );
+    let lines = "10.0.0.1 - - [07/Dec/2026:10:00:00 +0000] \"GET / HTTP/1.1\" 200 612\n\
+                 10.0.0.2 - - [07/Dec/2026:10:00:01 +0000] \"GET /pay HTTP/1.1\" 502 0\n";
+    let taken = client.post(&url).header("Authorization", format!("Splunk {TOKEN}")).body(lines).send().unwrap();
+    assert_eq!(answer_of(taken), serde_json::json!({"text": "Success", "code": 0, "ackId": 0}));
+    // An event-endpoint object beside them, as the lake's other producers send.
+    let event = client
+        .post(format!("http://127.0.0.1:{port}/services/collector/event"))
+        .header("Authorization", format!("Splunk {TOKEN}"))
+        .body(r#"{"host":"web-2","sourcetype":"access_combined","event":"from the event endpoint"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(event.status().as_u16(), 200);
+    let refused = client
+        .post(format!("http://127.0.0.1:{port}/services/collector/raw?time=yesterday"))
+        .header("Authorization", format!("Splunk {TOKEN}"))
+        .body("x\n")
+        .send()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    assert_eq!(answer_of(refused)["code"], 6);
+    let mut records = stop_and_read(hec, &dir.path().join("lake"));
+    records.sort_by_key(|r| r["event"].as_str().unwrap_or_default().to_string());
+    let metadata =
+        |r: &serde_json::Value| (r["host"].clone(), r["sourcetype"].clone(), r["index"].clone(), r["source"].clone());
+    assert_eq!(records.len(), 3, "{records:#?}");
+    assert!(records[0]["event"].as_str().is_some_and(|e| e.starts_with("10.0.0.1 ")), "{records:#?}");
+    assert!(records[1]["event"].as_str().is_some_and(|e| e.starts_with("10.0.0.2 ")), "{records:#?}");
+    for r in &records[..2] {
+        assert_eq!(
+            metadata(r),
+            ("web-1".into(), "access_combined".into(), "web".into(), "/var/log/nginx/access.log".into()),
+            "{r}"
+        );
+    }
+    assert_eq!(records[2]["host"], "web-2");
 }

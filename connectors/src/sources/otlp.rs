@@ -1,6 +1,6 @@
-//! `type = "otlp"`: OpenTelemetry logs and traces over OTLP/HTTP and OTLP/gRPC, so that the
-//! OpenTelemetry Collector's `otlphttp` and `otlp` exporters, every OpenTelemetry SDK's OTLP log
-//! and span exporters, and the agents that speak OTLP (Fluent Bit's and Vector's `opentelemetry`
+//! `type = "otlp"`: OpenTelemetry logs, traces and metrics over OTLP/HTTP and OTLP/gRPC, so that
+//! the OpenTelemetry Collector's `otlphttp` and `otlp` exporters, every OpenTelemetry SDK's OTLP
+//! log, span and metric exporters, and the agents that speak OTLP (Fluent Bit's and Vector's `opentelemetry`
 //! outputs) deliver into a pipeline with nothing changed but the endpoint.
 //!
 //! ```toml
@@ -8,7 +8,7 @@
 //! type = "otlp"
 //! listen = "127.0.0.1:4318"              # OTLP/HTTP's port
 //! grpc_listen = "127.0.0.1:4317"         # optional: OTLP/gRPC served there too (HTTP/2)
-//! signals = ["logs", "traces"]           # default ["logs"]
+//! signals = ["logs", "traces", "metrics"] # default ["logs"]
 //! bearer_token = "${OTLP_TOKEN}"         # optional: then `Authorization: Bearer <token>` is required
 //! # bearer_tokens = [{ name = "collector-eu", token = "${TOKEN_EU}" }]
 //! max_body_mb = 16
@@ -30,7 +30,7 @@
 //! `200` with an empty `ExportLogsServiceResponse` in the request's encoding, once the records are
 //! queued and as durable as the pipeline asks; `400` with a `google.rpc.Status` (code 3,
 //! `INVALID_ARGUMENT`, and why) for a body that does not decode or a record over 1,000 KiB; `401`
-//! (token), `404` for a signal not in `signals` (metrics never) or OTLP/gRPC's path (the
+//! (token), `404` for a signal not in `signals` or OTLP/gRPC's path (the
 //! answer says to send gRPC to `grpc_listen`), `415` for another `Content-Type`, `503` with
 //! `Retry-After` when busy or stopping (which OTLP clients retry). A request is taken whole or not
 //! at all.
@@ -44,15 +44,28 @@
 //! `timestamp`, `attributes`, `dropped_attributes_count`), `links` (each `trace_id`, `span_id`,
 //! `trace_state`, `trace_flags`, `attributes`, `dropped_attributes_count`), `status` (`code` as
 //! `STATUS_CODE_OK`, `…_ERROR`, `…_UNSET`; `message`), the three `dropped_…_count`s, `resource` and
-//! `instrumentation_scope` as for logs. Spans and log records of one source go to the same
-//! outputs: a span has `start_timestamp`, a log record `severity_number`, which a `jq` transform's
-//! `select(has("start_timestamp"))` tells apart.
+//! `instrumentation_scope` as for logs.
 //!
-//! With `grpc_listen`, the same records come from OTLP/gRPC's `LogsService/Export` and
-//! `TraceService/Export` (unary; each as `signals` says) on HTTP/2: cleartext with prior knowledge (the exporters' `insecure`), or TLS with `tls`, offering
+//! With `"metrics"` in `signals`, `POST /v1/metrics` takes an `ExportMetricsServiceRequest`, each
+//! data point one record of its metric: `name`, `description`, `unit` (null when empty), `type`
+//! (`gauge`, `sum`, `histogram`, `exponential_histogram`, `summary`), `metadata`, `attributes`,
+//! `start_timestamp`, `timestamp`, `flags`, then its type's values — gauge and sum: `value` (an
+//! integer or a double as sent); sum: `aggregation_temporality` (`AGGREGATION_TEMPORALITY_DELTA`,
+//! `…_CUMULATIVE`), `is_monotonic`; histogram: `aggregation_temporality`, `count`, `sum`, `min`,
+//! `max` (null when unset), `bucket_counts`, `explicit_bounds`; exponential histogram: those but the
+//! buckets, then `scale`, `zero_count`, `zero_threshold`, `positive` and `negative` (`offset`,
+//! `bucket_counts`); summary: `count`, `sum`, `quantile_values` (`quantile`, `value`); all but
+//! summaries: `exemplars` (`timestamp`, `value`, `trace_id`, `span_id`, `filtered_attributes`) —
+//! and `resource` and `instrumentation_scope` as for logs. A metric without data gives none.
+//!
+//! The signals of one source go to the same outputs; a log record has `severity_number`, a span
+//! `parent_span_id`, a data point `type`, which a `jq` transform's `select(has(…))` tells apart.
+//!
+//! With `grpc_listen`, the same records come from OTLP/gRPC's `LogsService/Export`,
+//! `TraceService/Export` and `MetricsService/Export` (unary; each as `signals` says) on HTTP/2: cleartext with prior knowledge (the exporters' `insecure`), or TLS with `tls`, offering
 //! `h2` in the handshake. The request is one length-prefixed protobuf message, gzip'd when its flag
 //! says so (`grpc-encoding: gzip`); the bearer token comes as `authorization` metadata. The answer
-//! is an empty `ExportLogsServiceResponse` with `grpc-status: 0` once the records are queued and as
+//! is an empty `Export…ServiceResponse` with `grpc-status: 0` once the records are queued and as
 //! durable as the pipeline asks, or the refusal's status: `UNAUTHENTICATED` (16), `INVALID_ARGUMENT`
 //! (3: a message that does not decode, a record over 1,000 KiB), `UNIMPLEMENTED` (12: another
 //! service or method, another `grpc-encoding`), `UNAVAILABLE` (14: busy or stopping, which
@@ -66,6 +79,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -104,7 +118,12 @@ enum Signal {
     Logs,
     /// Spans: `/v1/traces`, `TraceService/Export`.
     Traces,
+    /// Metric data points: `/v1/metrics`, `MetricsService/Export`.
+    Metrics,
 }
+
+/// Every signal, in the order they are served and said.
+const ALL_SIGNALS: [Signal; 3] = [Signal::Logs, Signal::Traces, Signal::Metrics];
 
 impl Signal {
     /// Its name in `signals`.
@@ -112,6 +131,7 @@ impl Signal {
         match self {
             Signal::Logs => "logs",
             Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
         }
     }
 
@@ -120,6 +140,7 @@ impl Signal {
         match self {
             Signal::Logs => "/v1/logs",
             Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
         }
     }
 
@@ -128,6 +149,7 @@ impl Signal {
         match self {
             Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
             Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
         }
     }
 
@@ -136,6 +158,7 @@ impl Signal {
         match self {
             Signal::Logs => "ExportLogs",
             Signal::Traces => "ExportTraces",
+            Signal::Metrics => "ExportMetrics",
         }
     }
 
@@ -148,6 +171,9 @@ impl Signal {
             Signal::Traces => {
                 span_records(&decode::<ExportTraceServiceRequest>(encoding, body, "ExportTraceServiceRequest")?)
             }
+            Signal::Metrics => {
+                point_records(&decode::<ExportMetricsServiceRequest>(encoding, body, "ExportMetricsServiceRequest")?)
+            }
         }
     }
 
@@ -156,20 +182,27 @@ impl Signal {
         match self {
             Signal::Logs => ExportLogsServiceResponse::default().encode_to_vec(),
             Signal::Traces => ExportTraceServiceResponse::default().encode_to_vec(),
+            Signal::Metrics => ExportMetricsServiceResponse::default().encode_to_vec(),
         }
     }
 }
 
-/// The signals a source serves, in a fixed order (logs, then traces), each once.
+/// The signals a source serves, in a fixed order (logs, traces, metrics), each once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Signals {
-    logs: bool,
-    traces: bool,
-}
+struct Signals(u8);
 
 impl Signals {
+    /// The signals of a `signals` list (each once, whatever the list repeats).
+    fn of(listed: &[Signal]) -> Self {
+        Signals(listed.iter().fold(0, |bits, signal| bits | 1 << *signal as u8))
+    }
+
+    fn contains(self, signal: Signal) -> bool {
+        self.0 & 1 << signal as u8 != 0
+    }
+
     fn iter(self) -> impl Iterator<Item = Signal> {
-        [(self.logs, Signal::Logs), (self.traces, Signal::Traces)].into_iter().filter(|(on, _)| *on).map(|(_, s)| s)
+        ALL_SIGNALS.into_iter().filter(move |signal| self.contains(*signal))
     }
 
     /// A router with a POST route for each signal served, at `path` of it, to `handler` of it.
@@ -223,11 +256,11 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
     let limits = ListenerLimits::take_from(&mut config.table, 1, &mut problems);
     let Some(c) = config.table.deserialize::<OtlpConfig>(&mut problems) else { return Err(problems) };
     let listed = c.signals.unwrap_or_else(|| vec![Signal::Logs]);
-    let signals = Signals { logs: listed.contains(&Signal::Logs), traces: listed.contains(&Signal::Traces) };
+    let signals = Signals::of(&listed);
     if listed.is_empty() {
         problems.push(
             Diagnostic::new(signals_span, "`signals` is empty: the source would serve nothing")
-                .with_hint("signals = [\"logs\"] (the default), [\"traces\"] or [\"logs\", \"traces\"]"),
+                .with_hint("signals = [\"logs\"] (the default), or any of \"logs\", \"traces\" and \"metrics\""),
         );
     }
     let keys = ListenerKeys {
@@ -240,11 +273,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         named_secrets: c.bearer_tokens.map(NamedToken::pairs),
     };
     let protocol = Protocol {
-        what: match (signals.logs, signals.traces) {
-            (true, true) => "otlp: OpenTelemetry logs and traces over OTLP/HTTP",
-            (false, true) => "otlp: OpenTelemetry traces over OTLP/HTTP",
-            _ => "otlp: OpenTelemetry logs over OTLP/HTTP",
-        },
+        what: "otlp: OpenTelemetry over OTLP/HTTP",
         default_listen: "127.0.0.1:4318",
         default_body_mb: 16,
         router: Box::new(move |endpoint| {
@@ -261,20 +290,14 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
                              endpoint to this address, where it takes POST {}",
                             signals.paths()
                         )
-                    } else if let Some(signal) =
-                        [Signal::Logs, Signal::Traces].into_iter().find(|s| s.path() == uri.path())
-                    {
+                    } else if let Some(signal) = ALL_SIGNALS.into_iter().find(|s| s.path() == uri.path()) {
                         format!(
                             "this source does not take {0}: add \"{0}\" to its `signals` (it takes POST {1})",
                             signal.name(),
                             signals.paths()
                         )
                     } else {
-                        format!(
-                            "this source takes OpenTelemetry data at POST {}, not {}: metrics are not served",
-                            signals.paths(),
-                            uri.path()
-                        )
+                        format!("this source takes OpenTelemetry data at POST {}, not {}", signals.paths(), uri.path())
                     };
                     status_answer(Encoding::Json, StatusCode::NOT_FOUND, 5, &message)
                 })
@@ -355,6 +378,23 @@ fn attributes(list: &[KeyValue]) -> Value {
     Value::Object(list.iter().map(|kv| (kv.key.clone(), any_value(kv.value.as_ref()))).collect())
 }
 
+/// A double as JSON: a number, or the string `NaN`, `Infinity` or `-Infinity` (which JSON has no
+/// number for).
+fn double(d: f64) -> Value {
+    serde_json::Number::from_f64(d).map_or_else(
+        || {
+            Value::String(if d.is_nan() {
+                "NaN".into()
+            } else if d > 0.0 {
+                "Infinity".into()
+            } else {
+                "-Infinity".into()
+            })
+        },
+        Value::Number,
+    )
+}
+
 /// An `AnyValue` as JSON.
 fn any_value(value: Option<&AnyValue>) -> Value {
     use any_value::Value as V;
@@ -363,18 +403,7 @@ fn any_value(value: Option<&AnyValue>) -> Value {
         Some(V::StringValue(s)) => Value::String(s.clone()),
         Some(V::BoolValue(b)) => Value::Bool(*b),
         Some(V::IntValue(i)) => Value::from(*i),
-        Some(V::DoubleValue(d)) => serde_json::Number::from_f64(*d).map_or_else(
-            || {
-                Value::String(if d.is_nan() {
-                    "NaN".into()
-                } else if *d > 0.0 {
-                    "Infinity".into()
-                } else {
-                    "-Infinity".into()
-                })
-            },
-            Value::Number,
-        ),
+        Some(V::DoubleValue(d)) => double(*d),
         Some(V::ArrayValue(array)) => Value::Array(array.values.iter().map(|v| any_value(Some(v))).collect()),
         Some(V::KvlistValue(list)) => attributes(&list.values),
         // An index into a profile's string table: only profiles use it, and a log has none.
@@ -480,126 +509,344 @@ fn enum_name(name: Option<&'static str>, number: i32) -> Value {
     name.map_or_else(|| Value::from(number), Value::from)
 }
 
-/// Appends `item` to `batch` as one JSON record (`what`, numbered from 1, says it in a refusal),
-/// or says why it cannot be one: more than a record's 1,000 KiB.
-fn push_json(
-    batch: &mut RecordBatch,
-    text: &mut Vec<u8>,
-    item: &impl serde::Serialize,
-    what: &str,
-) -> Result<(), String> {
-    text.clear();
-    serde_json::to_writer(&mut *text, item).map_err(|e| format!("{what} {}: {e}", batch.len() + 1))?;
-    if text.len() > MAX_RECORD_BYTES {
-        return Err(format!(
-            "{what} {} is {} bytes as JSON; a record is at most {MAX_RECORD_BYTES}",
-            batch.len() + 1,
-            text.len()
-        ));
+/// The records a request's items become, one JSON text each.
+struct Records {
+    batch: RecordBatch,
+    /// Each record's text as it is written (one buffer for all).
+    text: Vec<u8>,
+}
+
+impl Records {
+    fn new() -> Self {
+        Records { batch: RecordBatch::with_capacity(now_ms(), 0), text: Vec::new() }
     }
-    batch.push(text);
+
+    /// Appends `item` as one JSON record (`what`, numbered from 1, says it in a refusal), or says
+    /// why it cannot be one: more than a record's 1,000 KiB.
+    fn push(&mut self, item: &impl serde::Serialize, what: &str) -> Result<(), String> {
+        let n = self.batch.len() + 1;
+        self.text.clear();
+        serde_json::to_writer(&mut self.text, item).map_err(|e| format!("{what} {n}: {e}"))?;
+        if self.text.len() > MAX_RECORD_BYTES {
+            return Err(format!(
+                "{what} {n} is {} bytes as JSON; a record is at most {MAX_RECORD_BYTES}",
+                self.text.len()
+            ));
+        }
+        self.batch.push(&self.text);
+        Ok(())
+    }
+}
+
+/// Calls `each` with every item of a request (log records, spans, metrics): each resource's scopes
+/// (as `scopes` finds them), each scope's items (as `items` does), with the resource's and the
+/// scope's JSON made once for all the items under them.
+fn each_item<'r, R, S: 'r, I: 'r>(
+    resources: &'r [R],
+    scopes: impl Fn(&'r R) -> (Option<&'r Resource>, &'r [S]),
+    items: impl Fn(&'r S) -> (Option<&'r InstrumentationScope>, &'r [I]),
+    mut each: impl FnMut(&'r I, &RawValue, &RawValue) -> Result<(), String>,
+) -> Result<(), String> {
+    for in_resource in resources {
+        let (resource, in_scopes) = scopes(in_resource);
+        let resource = resource_json(resource);
+        for in_scope in in_scopes {
+            let (scope, of_scope) = items(in_scope);
+            let scope = scope_json(scope);
+            for item in of_scope {
+                each(item, &resource, &scope)?;
+            }
+        }
+    }
     Ok(())
 }
 
 /// The records of a logs request: each log record as a JSON object of the log data model; or
 /// why a record cannot be one.
 fn log_records(request: &ExportLogsServiceRequest) -> Result<RecordBatch, String> {
-    let mut batch = RecordBatch::with_capacity(now_ms(), 0);
-    let mut text = Vec::new();
-    for resource_logs in &request.resource_logs {
-        let resource = resource_json(resource_logs.resource.as_ref());
-        for scope_logs in &resource_logs.scope_logs {
-            let scope = scope_json(scope_logs.scope.as_ref());
-            for log in &scope_logs.log_records {
-                let record = LogJson {
-                    attributes: attributes(&log.attributes),
-                    body: any_value(log.body.as_ref()),
-                    dropped_attributes_count: log.dropped_attributes_count,
-                    event_name: text_or_null(&log.event_name),
-                    instrumentation_scope: &scope,
-                    observed_timestamp: time_of(log.observed_time_unix_nano),
-                    resource: &resource,
-                    severity_number: log.severity_number,
-                    severity_text: text_or_null(&log.severity_text),
-                    span_id: hex_of(&log.span_id),
-                    timestamp: time_of(log.time_unix_nano),
-                    trace_flags: log.flags,
-                    trace_id: hex_of(&log.trace_id),
-                };
-                push_json(&mut batch, &mut text, &record, "log record")?;
-            }
-        }
-    }
-    Ok(batch)
+    let mut records = Records::new();
+    each_item(
+        &request.resource_logs,
+        |r| (r.resource.as_ref(), &r.scope_logs),
+        |s| (s.scope.as_ref(), &s.log_records),
+        |log, resource, scope| {
+            let record = LogJson {
+                attributes: attributes(&log.attributes),
+                body: any_value(log.body.as_ref()),
+                dropped_attributes_count: log.dropped_attributes_count,
+                event_name: text_or_null(&log.event_name),
+                instrumentation_scope: scope,
+                observed_timestamp: time_of(log.observed_time_unix_nano),
+                resource,
+                severity_number: log.severity_number,
+                severity_text: text_or_null(&log.severity_text),
+                span_id: hex_of(&log.span_id),
+                timestamp: time_of(log.time_unix_nano),
+                trace_flags: log.flags,
+                trace_id: hex_of(&log.trace_id),
+            };
+            records.push(&record, "log record")
+        },
+    )?;
+    Ok(records.batch)
 }
 
 /// The records of a traces request: each span as a JSON object of the trace data model, its
 /// events and links inside it; or why a span cannot be one.
 fn span_records(request: &ExportTraceServiceRequest) -> Result<RecordBatch, String> {
     use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode as SpanStatus};
-    let mut batch = RecordBatch::with_capacity(now_ms(), 0);
-    let mut text = Vec::new();
-    for resource_spans in &request.resource_spans {
-        let resource = resource_json(resource_spans.resource.as_ref());
-        for scope_spans in &resource_spans.scope_spans {
-            let scope = scope_json(scope_spans.scope.as_ref());
-            for span in &scope_spans.spans {
-                let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
-                let status = span.status.as_ref();
-                let status_code = status.map_or(0, |s| s.code);
-                let record = SpanJson {
-                    attributes: attributes(&span.attributes),
-                    dropped_attributes_count: span.dropped_attributes_count,
-                    dropped_events_count: span.dropped_events_count,
-                    dropped_links_count: span.dropped_links_count,
-                    duration_ns: (start != 0 && end != 0).then(|| end.checked_sub(start)).flatten(),
-                    end_timestamp: time_of(end),
-                    events: span
-                        .events
-                        .iter()
-                        .map(|event| {
-                            json!({
-                                "name": event.name,
-                                "timestamp": time_of(event.time_unix_nano),
-                                "attributes": attributes(&event.attributes),
-                                "dropped_attributes_count": event.dropped_attributes_count,
-                            })
+    let mut records = Records::new();
+    each_item(
+        &request.resource_spans,
+        |r| (r.resource.as_ref(), &r.scope_spans),
+        |s| (s.scope.as_ref(), &s.spans),
+        |span, resource, scope| {
+            let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
+            let status = span.status.as_ref();
+            let status_code = status.map_or(0, |s| s.code);
+            let record = SpanJson {
+                attributes: attributes(&span.attributes),
+                dropped_attributes_count: span.dropped_attributes_count,
+                dropped_events_count: span.dropped_events_count,
+                dropped_links_count: span.dropped_links_count,
+                duration_ns: (start != 0 && end != 0).then(|| end.checked_sub(start)).flatten(),
+                end_timestamp: time_of(end),
+                events: span
+                    .events
+                    .iter()
+                    .map(|event| {
+                        json!({
+                            "name": event.name,
+                            "timestamp": time_of(event.time_unix_nano),
+                            "attributes": attributes(&event.attributes),
+                            "dropped_attributes_count": event.dropped_attributes_count,
                         })
-                        .collect(),
-                    instrumentation_scope: &scope,
-                    kind: enum_name(SpanKind::try_from(span.kind).ok().map(|k| k.as_str_name()), span.kind),
-                    links: span
-                        .links
-                        .iter()
-                        .map(|link| {
-                            json!({
-                                "trace_id": hex_of(&link.trace_id),
-                                "span_id": hex_of(&link.span_id),
-                                "trace_state": text_or_null(&link.trace_state),
-                                "trace_flags": link.flags,
-                                "attributes": attributes(&link.attributes),
-                                "dropped_attributes_count": link.dropped_attributes_count,
-                            })
+                    })
+                    .collect(),
+                instrumentation_scope: scope,
+                kind: enum_name(SpanKind::try_from(span.kind).ok().map(|k| k.as_str_name()), span.kind),
+                links: span
+                    .links
+                    .iter()
+                    .map(|link| {
+                        json!({
+                            "trace_id": hex_of(&link.trace_id),
+                            "span_id": hex_of(&link.span_id),
+                            "trace_state": text_or_null(&link.trace_state),
+                            "trace_flags": link.flags,
+                            "attributes": attributes(&link.attributes),
+                            "dropped_attributes_count": link.dropped_attributes_count,
                         })
-                        .collect(),
-                    name: &span.name,
-                    parent_span_id: hex_of(&span.parent_span_id),
-                    resource: &resource,
-                    span_id: hex_of(&span.span_id),
-                    start_timestamp: time_of(start),
-                    status: json!({
-                        "code": enum_name(SpanStatus::try_from(status_code).ok().map(|c| c.as_str_name()), status_code),
-                        "message": text_or_null(status.map_or("", |s| s.message.as_str())),
-                    }),
-                    trace_flags: span.flags,
-                    trace_id: hex_of(&span.trace_id),
-                    trace_state: text_or_null(&span.trace_state),
-                };
-                push_json(&mut batch, &mut text, &record, "span")?;
-            }
+                    })
+                    .collect(),
+                name: &span.name,
+                parent_span_id: hex_of(&span.parent_span_id),
+                resource,
+                span_id: hex_of(&span.span_id),
+                start_timestamp: time_of(start),
+                status: json!({
+                    "code": enum_name(SpanStatus::try_from(status_code).ok().map(|c| c.as_str_name()), status_code),
+                    "message": text_or_null(status.map_or("", |s| s.message.as_str())),
+                }),
+                trace_flags: span.flags,
+                trace_id: hex_of(&span.trace_id),
+                trace_state: text_or_null(&span.trace_state),
+            };
+            records.push(&record, "span")
+        },
+    )?;
+    Ok(records.batch)
+}
+
+/// A metric data point as the JSON object it becomes: what every point has, then its type's
+/// values (`values`), then its metric's resource and scope.
+#[derive(serde::Serialize)]
+struct PointJson<'a> {
+    name: &'a str,
+    description: Value,
+    unit: Value,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    metadata: &'a RawValue,
+    attributes: Value,
+    start_timestamp: Value,
+    timestamp: Value,
+    flags: u32,
+    /// An object (a serializer error otherwise, which refuses the request).
+    #[serde(flatten)]
+    values: Value,
+    resource: &'a RawValue,
+    instrumentation_scope: &'a RawValue,
+}
+
+/// What a data point says besides its values: attributes, times, flags.
+struct PointBase<'a> {
+    attributes: &'a [KeyValue],
+    start: u64,
+    time: u64,
+    flags: u32,
+}
+
+/// The [`PointBase`] of a data point of any type (they name these fields alike).
+macro_rules! point_base {
+    ($point:expr) => {
+        PointBase {
+            attributes: &$point.attributes,
+            start: $point.start_time_unix_nano,
+            time: $point.time_unix_nano,
+            flags: $point.flags,
         }
-    }
-    Ok(batch)
+    };
+}
+
+/// Exemplars as JSON: each `timestamp`, `value`, `trace_id`, `span_id`, `filtered_attributes`.
+fn exemplars(list: &[opentelemetry_proto::tonic::metrics::v1::Exemplar]) -> Value {
+    use opentelemetry_proto::tonic::metrics::v1::exemplar::Value as V;
+    Value::Array(
+        list.iter()
+            .map(|exemplar| {
+                json!({
+                    "timestamp": time_of(exemplar.time_unix_nano),
+                    "value": match exemplar.value {
+                        Some(V::AsInt(i)) => Value::from(i),
+                        Some(V::AsDouble(d)) => double(d),
+                        None => Value::Null,
+                    },
+                    "trace_id": hex_of(&exemplar.trace_id),
+                    "span_id": hex_of(&exemplar.span_id),
+                    "filtered_attributes": attributes(&exemplar.filtered_attributes),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// An aggregation temporality by its protobuf name (`AGGREGATION_TEMPORALITY_CUMULATIVE`).
+fn temporality(value: i32) -> Value {
+    use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
+    enum_name(AggregationTemporality::try_from(value).ok().map(|t| t.as_str_name()), value)
+}
+
+/// An optional double (a histogram's `sum`, `min`, `max`) as JSON: null when unset.
+fn maybe_double(value: Option<f64>) -> Value {
+    value.map_or(Value::Null, double)
+}
+
+/// The records of a metrics request: each data point of each metric as a JSON object, the
+/// metric's name, description, unit and type with it; or why a point cannot be one.
+fn point_records(request: &ExportMetricsServiceRequest) -> Result<RecordBatch, String> {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
+    let mut records = Records::new();
+    each_item(
+        &request.resource_metrics,
+        |r| (r.resource.as_ref(), &r.scope_metrics),
+        |s| (s.scope.as_ref(), &s.metrics),
+        |metric, resource, scope| {
+            let metadata = raw(&attributes(&metric.metadata));
+            let mut push = |kind: &'static str, base: PointBase<'_>, values: Value| {
+                let record = PointJson {
+                    name: &metric.name,
+                    description: text_or_null(&metric.description),
+                    unit: text_or_null(&metric.unit),
+                    kind,
+                    metadata: &metadata,
+                    attributes: attributes(base.attributes),
+                    start_timestamp: time_of(base.start),
+                    timestamp: time_of(base.time),
+                    flags: base.flags,
+                    values,
+                    resource,
+                    instrumentation_scope: scope,
+                };
+                records.push(&record, "data point")
+            };
+            let number = |value: &Option<Number>| match value {
+                Some(Number::AsInt(i)) => Value::from(*i),
+                Some(Number::AsDouble(d)) => double(*d),
+                None => Value::Null,
+            };
+            match &metric.data {
+                None => {}
+                Some(Data::Gauge(gauge)) => {
+                    for p in &gauge.data_points {
+                        let base = point_base!(p);
+                        push("gauge", base, json!({"value": number(&p.value), "exemplars": exemplars(&p.exemplars)}))?;
+                    }
+                }
+                Some(Data::Sum(sum)) => {
+                    for p in &sum.data_points {
+                        let base = point_base!(p);
+                        let values = json!({
+                            "value": number(&p.value),
+                            "aggregation_temporality": temporality(sum.aggregation_temporality),
+                            "is_monotonic": sum.is_monotonic,
+                            "exemplars": exemplars(&p.exemplars),
+                        });
+                        push("sum", base, values)?;
+                    }
+                }
+                Some(Data::Histogram(histogram)) => {
+                    for p in &histogram.data_points {
+                        let base = point_base!(p);
+                        let values = json!({
+                            "aggregation_temporality": temporality(histogram.aggregation_temporality),
+                            "count": p.count,
+                            "sum": maybe_double(p.sum),
+                            "min": maybe_double(p.min),
+                            "max": maybe_double(p.max),
+                            "bucket_counts": p.bucket_counts,
+                            "explicit_bounds": p.explicit_bounds.iter().map(|b| double(*b)).collect::<Vec<_>>(),
+                            "exemplars": exemplars(&p.exemplars),
+                        });
+                        push("histogram", base, values)?;
+                    }
+                }
+                Some(Data::ExponentialHistogram(histogram)) => {
+                    for p in &histogram.data_points {
+                        let base = point_base!(p);
+                        let buckets = |b: &Option<_>| match b {
+                            Some(
+                                opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets {
+                                    offset,
+                                    bucket_counts,
+                                },
+                            ) => json!({"offset": offset, "bucket_counts": bucket_counts}),
+                            None => json!({"offset": 0, "bucket_counts": []}),
+                        };
+                        let values = json!({
+                            "aggregation_temporality": temporality(histogram.aggregation_temporality),
+                            "count": p.count,
+                            "sum": maybe_double(p.sum),
+                            "min": maybe_double(p.min),
+                            "max": maybe_double(p.max),
+                            "scale": p.scale,
+                            "zero_count": p.zero_count,
+                            "zero_threshold": double(p.zero_threshold),
+                            "positive": buckets(&p.positive),
+                            "negative": buckets(&p.negative),
+                            "exemplars": exemplars(&p.exemplars),
+                        });
+                        push("exponential_histogram", base, values)?;
+                    }
+                }
+                Some(Data::Summary(summary)) => {
+                    for p in &summary.data_points {
+                        let base = point_base!(p);
+                        let quantiles: Vec<Value> = p
+                            .quantile_values
+                            .iter()
+                            .map(|q| json!({"quantile": double(q.quantile), "value": double(q.value)}))
+                            .collect();
+                        let values = json!({"count": p.count, "sum": double(p.sum), "quantile_values": quantiles});
+                        push("summary", base, values)?;
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(records.batch)
 }
 
 /// The request (`name`, for messages) a body holds, in `encoding`.
@@ -815,6 +1062,14 @@ mod tests {
         KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
     }
 
+    /// The resource of the test requests: the service `checkout`.
+    fn checkout() -> Option<Resource> {
+        Some(Resource {
+            attributes: vec![pair("service.name", any_value::Value::StringValue("checkout".into()))],
+            ..Default::default()
+        })
+    }
+
     fn texts(batch: &RecordBatch) -> Vec<Value> {
         batch.iter().map(|r| serde_json::from_slice(r).unwrap()).collect()
     }
@@ -841,10 +1096,7 @@ mod tests {
         };
         let request = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
-                resource: Some(Resource {
-                    attributes: vec![pair("service.name", V::StringValue("checkout".into()))],
-                    ..Default::default()
-                }),
+                resource: checkout(),
                 scope_logs: vec![ScopeLogs {
                     scope: Some(InstrumentationScope {
                         name: "app.payments".into(),
@@ -942,10 +1194,7 @@ mod tests {
             vec![0x5b, 0x8e, 0xff, 0xf7, 0x98, 0x03, 0x81, 0x03, 0xd2, 0x69, 0xb6, 0x33, 0x81, 0x3f, 0xc6, 0x0c];
         let request = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![pair("service.name", V::StringValue("checkout".into()))],
-                    ..Default::default()
-                }),
+                resource: checkout(),
                 scope_spans: vec![ScopeSpans {
                     scope: Some(InstrumentationScope { name: "app.http".into(), ..Default::default() }),
                     spans: vec![
@@ -1053,6 +1302,185 @@ mod tests {
         assert_eq!(r["resource"], json!({"service.name": "my.service"}));
         let wrong = Signal::Traces.records(Encoding::Json, br#"{"resourceSpans":"no"}"#).unwrap_err();
         assert!(wrong.contains("no ExportTraceServiceRequest in OTLP's JSON encoding"), "{wrong}");
+    }
+
+    /// A metrics request with a metric of each type: each data point one record, the metric's
+    /// name, unit and type with it, its type's values (exemplars, buckets, quantiles), a double
+    /// that is not finite as text; a metric without data gives none.
+    #[test]
+    fn a_metrics_request_gives_each_data_point_with_its_metric() {
+        use any_value::Value as V;
+        use opentelemetry_proto::tonic::metrics::v1::{
+            AggregationTemporality, Exemplar, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram,
+            HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
+            exemplar, exponential_histogram_data_point::Buckets, metric::Data, number_data_point,
+            summary_data_point::ValueAtQuantile,
+        };
+        let metric = |name: &str, data: Data| Metric {
+            name: name.into(),
+            unit: "ms".into(),
+            description: format!("{name} described"),
+            data: Some(data),
+            ..Default::default()
+        };
+        let at = 1_764_547_200_000_000_000;
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: checkout(),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope { name: "app.meter".into(), ..Default::default() }),
+                    metrics: vec![
+                        metric(
+                            "queue.depth",
+                            Data::Gauge(Gauge {
+                                data_points: vec![NumberDataPoint {
+                                    attributes: vec![pair("queue", V::StringValue("a".into()))],
+                                    time_unix_nano: at,
+                                    value: Some(number_data_point::Value::AsDouble(f64::NAN)),
+                                    exemplars: vec![Exemplar {
+                                        time_unix_nano: at,
+                                        value: Some(exemplar::Value::AsInt(4)),
+                                        span_id: vec![1; 8],
+                                        ..Default::default()
+                                    }],
+                                    ..Default::default()
+                                }],
+                            }),
+                        ),
+                        metric(
+                            "orders",
+                            Data::Sum(Sum {
+                                data_points: vec![NumberDataPoint {
+                                    start_time_unix_nano: at - 60_000_000_000,
+                                    time_unix_nano: at,
+                                    value: Some(number_data_point::Value::AsInt(42)),
+                                    ..Default::default()
+                                }],
+                                aggregation_temporality: AggregationTemporality::Delta as i32,
+                                is_monotonic: true,
+                            }),
+                        ),
+                        metric(
+                            "latency",
+                            Data::Histogram(Histogram {
+                                data_points: vec![HistogramDataPoint {
+                                    time_unix_nano: at,
+                                    count: 3,
+                                    sum: Some(7.5),
+                                    bucket_counts: vec![1, 2, 0],
+                                    explicit_bounds: vec![1.0, 5.0],
+                                    min: Some(0.5),
+                                    max: None,
+                                    ..Default::default()
+                                }],
+                                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                            }),
+                        ),
+                        metric(
+                            "size",
+                            Data::ExponentialHistogram(ExponentialHistogram {
+                                data_points: vec![ExponentialHistogramDataPoint {
+                                    time_unix_nano: at,
+                                    count: 4,
+                                    scale: 2,
+                                    zero_count: 1,
+                                    positive: Some(Buckets { offset: -1, bucket_counts: vec![2, 1] }),
+                                    ..Default::default()
+                                }],
+                                aggregation_temporality: 9,
+                            }),
+                        ),
+                        metric(
+                            "rtt",
+                            Data::Summary(Summary {
+                                data_points: vec![SummaryDataPoint {
+                                    time_unix_nano: at,
+                                    count: 10,
+                                    sum: 55.0,
+                                    quantile_values: vec![ValueAtQuantile { quantile: 0.99, value: 9.9 }],
+                                    ..Default::default()
+                                }],
+                            }),
+                        ),
+                        Metric { name: "empty".into(), ..Default::default() },
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let records = texts(&Signal::Metrics.records(Encoding::Protobuf, &request.encode_to_vec()).unwrap());
+        assert_eq!(records.len(), 5, "{records:#?}");
+        let common = |r: &Value| {
+            (
+                r["resource"].clone(),
+                r["instrumentation_scope"]["name"].clone(),
+                r["timestamp"].clone(),
+                r["unit"].clone(),
+            )
+        };
+        for r in &records {
+            assert_eq!(
+                common(r),
+                (
+                    json!({"service.name": "checkout"}),
+                    json!("app.meter"),
+                    json!("2025-12-01T00:00:00.000000000Z"),
+                    json!("ms")
+                )
+            );
+        }
+        assert_eq!(
+            records[0],
+            json!({
+                "name": "queue.depth", "description": "queue.depth described", "unit": "ms", "type": "gauge",
+                "metadata": {}, "attributes": {"queue": "a"}, "start_timestamp": null,
+                "timestamp": "2025-12-01T00:00:00.000000000Z", "flags": 0, "value": "NaN",
+                "exemplars": [{"timestamp": "2025-12-01T00:00:00.000000000Z", "value": 4, "trace_id": null,
+                               "span_id": "0101010101010101", "filtered_attributes": {}}],
+                "resource": {"service.name": "checkout"},
+                "instrumentation_scope": {"name": "app.meter", "version": null, "attributes": {}}
+            })
+        );
+        let orders = &records[1];
+        assert_eq!(
+            (&orders["type"], &orders["value"], &orders["is_monotonic"]),
+            (&json!("sum"), &json!(42), &json!(true))
+        );
+        assert_eq!(orders["aggregation_temporality"], "AGGREGATION_TEMPORALITY_DELTA");
+        assert_eq!(orders["start_timestamp"], "2025-11-30T23:59:00.000000000Z");
+        let latency = &records[2];
+        assert_eq!(
+            (&latency["count"], &latency["sum"], &latency["min"], &latency["max"]),
+            (&json!(3), &json!(7.5), &json!(0.5), &Value::Null)
+        );
+        assert_eq!((&latency["bucket_counts"], &latency["explicit_bounds"]), (&json!([1, 2, 0]), &json!([1.0, 5.0])));
+        let size = &records[3];
+        assert_eq!(size["type"], "exponential_histogram");
+        assert_eq!(
+            (&size["scale"], &size["zero_count"], &size["aggregation_temporality"]),
+            (&json!(2), &json!(1), &json!(9))
+        );
+        assert_eq!(
+            (&size["positive"], &size["negative"]),
+            (&json!({"offset": -1, "bucket_counts": [2, 1]}), &json!({"offset": 0, "bucket_counts": []}))
+        );
+        let rtt = &records[4];
+        assert_eq!((&rtt["type"], &rtt["count"], &rtt["sum"]), (&json!("summary"), &json!(10), &json!(55.0)));
+        assert_eq!(rtt["quantile_values"], json!([{"quantile": 0.99, "value": 9.9}]));
+        assert!(rtt.get("exemplars").is_none());
+        // OTLP's JSON encoding: the specification's example request.
+        let body = r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"my.service"}}]},
+            "scopeMetrics":[{"scope":{"name":"my.library","version":"1.0.0"},"metrics":[{"name":"my.counter","unit":"1",
+            "description":"I am a Counter","sum":{"aggregationTemporality":1,"isMonotonic":true,"dataPoints":[{"asDouble":5,
+            "startTimeUnixNano":"1544712660300000000","timeUnixNano":"1544712660300000000",
+            "attributes":[{"key":"my.counter.attr","value":{"stringValue":"some value"}}]}]}}]}]}]}"#;
+        let records = texts(&Signal::Metrics.records(Encoding::Json, body.as_bytes()).unwrap());
+        assert_eq!(records.len(), 1);
+        assert_eq!((&records[0]["name"], &records[0]["value"]), (&json!("my.counter"), &json!(5.0)));
+        assert_eq!(records[0]["attributes"], json!({"my.counter.attr": "some value"}));
+        let wrong = Signal::Metrics.records(Encoding::Json, br#"{"resourceMetrics":1}"#).unwrap_err();
+        assert!(wrong.contains("no ExportMetricsServiceRequest in OTLP's JSON encoding"), "{wrong}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! max_body_mb = 16                       # larger bodies get 413
 //! max_inflight_mb = 256                  # past this, requests get 503 "Server is busy" (code 9)
 //! tls = { cert = "...", key = "..." }    # optional, as for the http source
+//! raw_format = "events"                  # optional: raw lines as event objects with the query's metadata
 //! ```
 //!
 //! The endpoints and answers are HEC's as Splunk documents them ("HTTP Event Collector REST API
@@ -21,7 +22,9 @@
 //! batch format); each object is one record, its text byte for byte (`time`, `host`, `source`,
 //! `sourcetype`, `index`, `fields` and `event` as the client wrote them: a `jq` transform's
 //! `.event` takes the event alone). `POST /services/collector/raw` (and `…/raw/1.0`) takes text,
-//! each line a record (as the http source's lines: `\r\n` ends a line too, empty lines skipped).
+//! each line a record (as the http source's lines: `\r\n` ends a line too, empty lines skipped);
+//! with `raw_format = "events"` each line becomes an event object instead, `event` the line and the
+//! request's query metadata (`time`, `host`, `source`, `sourcetype`, `index`) with it.
 //! `GET` or `POST /services/collector/health` answers `{"text":"HEC is healthy","code":17}`.
 //! Success is `200 {"text":"Success","code":0}`, with an `ackId` when the request names a channel
 //! (`X-Splunk-Request-Channel` or `?channel=`, a GUID: 400 code 11 otherwise), and
@@ -81,6 +84,20 @@ struct HecConfig {
     max_inflight_mb: Option<u64>,
     /// HTTPS with these PEM files.
     tls: Option<TlsFiles>,
+    /// What a raw-endpoint line becomes (default `lines`).
+    raw_format: Option<RawFormat>,
+}
+
+/// What each line of a raw-endpoint body becomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawFormat {
+    /// The line as it is (the request's query metadata is not kept).
+    #[default]
+    Lines,
+    /// An event object as the event endpoint takes one: `event` the line, with the `time`,
+    /// `host`, `source`, `sourcetype` and `index` the request's query names.
+    Events,
 }
 
 /// How the tokens are called in messages.
@@ -106,6 +123,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
                 .with_hint("HEC clients always send one: token = \"${HEC_TOKEN}\", the value they are given"),
         );
     }
+    let raw_format = c.raw_format.unwrap_or_default();
     let keys = ListenerKeys {
         listen: c.listen,
         grpc_listen: None,
@@ -120,8 +138,8 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
         default_listen: "127.0.0.1:8088",
         default_body_mb: 16,
         grpc_router: None,
-        router: Box::new(|endpoint| {
-            let hec = Arc::new(Hec { endpoint, channels: Mutex::new(Channels::default()) });
+        router: Box::new(move |endpoint| {
+            let hec = Arc::new(Hec { endpoint, channels: Mutex::new(Channels::default()), raw_format });
             let post =
                 |kind: Kind| move |state, caller, uri, headers, body| receive(kind, state, caller, uri, headers, body);
             axum::Router::new()
@@ -159,6 +177,7 @@ enum Kind {
 struct Hec {
     endpoint: Arc<PostEndpoint>,
     channels: Mutex<Channels>,
+    raw_format: RawFormat,
 }
 
 /// The acknowledgement ids given per channel: every id below a channel's count was given, and
@@ -352,6 +371,89 @@ fn lines(body: &[u8]) -> Result<RecordBatch, HecError> {
     Ok(batch)
 }
 
+/// The metadata a raw-endpoint request's query names (`?host=…&sourcetype=…`), in the order an
+/// event object writes it, each left out when not named; the last of a name given twice counts.
+#[derive(Debug, Default, serde::Serialize)]
+struct RawMetadata {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<serde_json::Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sourcetype: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<String>,
+}
+
+impl RawMetadata {
+    /// The metadata of `query` (percent-decoded), or HEC's refusal of a `time` that is no number
+    /// of seconds.
+    fn of(query: Option<&str>) -> Result<Self, HecError> {
+        let mut metadata = RawMetadata::default();
+        for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let value = value.into_owned();
+            match name.as_ref() {
+                "time" => {
+                    let seconds = serde_json::from_str::<serde_json::Number>(&value)
+                        .ok()
+                        .filter(|n| n.as_f64().is_some_and(|s| s >= 0.0));
+                    let Some(seconds) = seconds else {
+                        return Err(HecError::invalid(
+                            format!("Invalid data format: time={value} is not a number of seconds since the epoch"),
+                            None,
+                        ));
+                    };
+                    metadata.time = Some(seconds);
+                }
+                "host" => metadata.host = Some(value),
+                "source" => metadata.source = Some(value),
+                "sourcetype" => metadata.sourcetype = Some(value),
+                "index" => metadata.index = Some(value),
+                _ => {}
+            }
+        }
+        Ok(metadata)
+    }
+}
+
+/// The records of a raw-endpoint body as events (`raw_format = "events"`): each line an event
+/// object, `{"time", "host", "source", "sourcetype", "index"}` of the query (those named) and
+/// `"event"` the line; or HEC's refusal (a line that is not UTF-8 text, with its number).
+fn raw_events(body: &[u8], query: Option<&str>) -> Result<RecordBatch, HecError> {
+    #[derive(serde::Serialize)]
+    struct RawEvent<'a> {
+        #[serde(flatten)]
+        metadata: &'a RawMetadata,
+        event: &'a str,
+    }
+    let metadata = RawMetadata::of(query)?;
+    let lines = lines(body)?;
+    let mut batch = RecordBatch::with_capacity(lines.arrival_ms, lines.byte_len() + lines.len() * 64);
+    let mut text = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        let event = std::str::from_utf8(line).map_err(|e| {
+            HecError::invalid(format!("Invalid data format: line {} is not UTF-8 text: {e}", n + 1), Some(n))
+        })?;
+        text.clear();
+        serde_json::to_writer(&mut text, &RawEvent { metadata: &metadata, event })
+            .map_err(|e| HecError::invalid(format!("Invalid data format: line {}: {e}", n + 1), Some(n)))?;
+        if text.len() > MAX_RECORD_BYTES {
+            return Err(HecError::invalid(
+                format!(
+                    "Invalid data format: line {} is {} bytes as an event; a record is at most {MAX_RECORD_BYTES}",
+                    n + 1,
+                    text.len()
+                ),
+                Some(n),
+            ));
+        }
+        batch.push(&text);
+    }
+    Ok(batch)
+}
+
 async fn health() -> Response {
     hec_answer(StatusCode::OK, "HEC is healthy", 17)
 }
@@ -412,8 +514,9 @@ async fn take(
             asked.acks.iter().map(|id| (id.to_string(), channels.was_given(&channel, *id).into())).collect();
         return Ok(json!({ "acks": acks }));
     }
-    let batch = match kind {
-        Kind::Raw => lines(body.bytes())?,
+    let batch = match (kind, hec.raw_format) {
+        (Kind::Raw, RawFormat::Lines) => lines(body.bytes())?,
+        (Kind::Raw, RawFormat::Events) => raw_events(body.bytes(), uri.query())?,
         _ => events(body.bytes())?,
     };
     let count = batch.len();
@@ -466,6 +569,32 @@ mod tests {
         assert!(array.text.contains("not an array"), "{}", array.text);
         let big = format!("{{\"event\":\"{}\"}}", "x".repeat(MAX_RECORD_BYTES));
         assert_eq!(refused(&big).code, 6);
+    }
+
+    /// With `raw_format = "events"`, each raw line becomes an event object carrying the query's
+    /// metadata (percent-decoded, in Splunk's order, those not named left out); a `time` that is
+    /// no number and a line that is not text are refused with HEC's code 6.
+    #[test]
+    fn raw_lines_become_events_with_the_querys_metadata() {
+        let query = "channel=x&sourcetype=access_combined&host=web-1&source=%2Fvar%2Flog%2Fnginx%2Faccess.log\
+                     &index=web&time=1764547200.5&other=ignored";
+        let batch = raw_events(b"GET / 200\r\n\n{\"raw\":1}\n", Some(query)).unwrap();
+        assert_eq!(
+            texts(&batch),
+            [
+                r#"{"time":1764547200.5,"host":"web-1","source":"/var/log/nginx/access.log","sourcetype":"access_combined","index":"web","event":"GET / 200"}"#,
+                r#"{"time":1764547200.5,"host":"web-1","source":"/var/log/nginx/access.log","sourcetype":"access_combined","index":"web","event":"{\"raw\":1}"}"#,
+            ]
+        );
+        assert_eq!(texts(&raw_events(b"plain\n", None).unwrap()), [r#"{"event":"plain"}"#]);
+        assert_eq!(texts(&raw_events(b"a", Some("host=h1&host=h2")).unwrap()), [r#"{"host":"h2","event":"a"}"#]);
+        for time in ["time=yesterday", "time=-5", "time="] {
+            let refused = raw_events(b"a", Some(time)).unwrap_err();
+            assert_eq!((refused.status, refused.code), (StatusCode::BAD_REQUEST, 6), "{time}");
+        }
+        let refused = raw_events(b"ok\n\xff\xfe\n", None).unwrap_err();
+        assert_eq!((refused.code, refused.invalid_event), (6, Some(1)));
+        assert_eq!(raw_events(b"\n\n", None).unwrap_err().code, 5);
     }
 
     /// The source through the real runtime, fed by HEC event batches (concatenated objects, a
