@@ -116,8 +116,9 @@ fn a_full_disk_refuses_puts_and_loses_nothing_acknowledged_after_a_kill() {
 }
 
 /// The fluent source on a full disk: a message whose records the log cannot append is not
-/// acknowledged (its connection is closed, `Fluent.LogFailed` said in the process's log: the
-/// error log's own spool is on the full disk too) and the client
+/// acknowledged (its connection is closed, `Fluent.LogFailed` in the process's log and in the error
+/// log, whose spool is on the full disk too: the lines it could not spool are stored from memory)
+/// and the client
 /// sends it again; once space returns messages are acknowledged again; after a SIGKILL and a
 /// restart every acknowledged event is delivered.
 #[test]
@@ -127,17 +128,19 @@ fn a_full_disk_leaves_fluent_messages_unacknowledged_and_loses_nothing_acknowled
         eprintln!("note: cannot mount a tmpfs here (not root?); the fluent source's full-disk case is not run");
         return;
     };
-    let out = dir.path().join("out");
+    let (out, errors) = (dir.path().join("out"), dir.path().join("errors"));
     let port = free_port();
     let config = dir.path().join("fluent-full.toml");
     std::fs::write(
         &config,
         format!(
             "[pipeline]\nname = \"fluent-full\"\nworkers = 1\ndata_dir = \"{data}\"\n\
+             error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
              [sources.fluent]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\n\
              [sinks.out]\ntype = \"object_store\"\ninputs = [\"fluent\"]\nurl = \"file://{out}\"\nformat = \"ndjson\"\n\
              buffer = {{ size_mb = 1, interval_s = 1 }}\n",
             data = tmpfs.0.display(),
+            errors = errors.display(),
             out = out.display(),
         ),
     )
@@ -195,6 +198,12 @@ fn a_full_disk_leaves_fluent_messages_unacknowledged_and_loses_nothing_acknowled
     let (acked, refused) = send(200_000, 1_000, 1);
     assert_eq!((acked.len(), refused), (1_000, 0), "messages were not acknowledged once space returned");
     acknowledged.extend(acked);
+    // The error log stores the refusals it could not spool while the disk was full.
+    let waited = std::time::Instant::now();
+    while !super::support::json_lines_under(&errors).iter().any(|e| e["errorCode"] == "Fluent.LogFailed") {
+        assert!(waited.elapsed() < Duration::from_secs(30), "the error log never stored the refusals");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     child.kill().unwrap(); // SIGKILL
     let killed = child.wait_with_output().unwrap();
     // Each refusal was said with its code.

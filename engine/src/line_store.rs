@@ -4,7 +4,9 @@
 //! Guarantees: a line is appended to a spool file under the pipeline's data folder before
 //! [`LineStore::write`] returns, so a process kill loses no line written; a clean stop
 //! ([`LineStore::close`]) stores every line before the run ends; a store that refuses keeps the
-//! lines on disk (`sending-*.jsonl`) and they are stored, first, by the next start. Objects are
+//! lines on disk (`sending-*.jsonl`) and they are stored, first, by the next start. When the spool
+//! cannot be written (a full disk), the lines it lacks are kept in memory and stored from there:
+//! the torn spool is never sent in their place (only a kill before they are stored loses them). Objects are
 //! `YYYY/MM/DD/HH/<pipeline>-<kind>-<YYYY-MM-DD-HH-MM-SS>-<uuid>.jsonl` under the URL.
 
 use std::io::Write as _;
@@ -76,7 +78,17 @@ struct Pending {
     since: Option<Instant>,
     /// The spool file they are also in.
     spool: Option<std::fs::File>,
+    /// Some of `lines` are not whole in the spool (a write failed, or there was no spool): the
+    /// spool is not sent for them.
+    torn: bool,
     closing: bool,
+}
+
+/// Lines waiting to be stored: a file of them, or (when no file could be written) their bytes.
+#[derive(Debug)]
+enum Waiting {
+    File(PathBuf),
+    Lines(Vec<u8>),
 }
 
 /// A pipeline's lines of one kind (`audit`, `errors`).
@@ -166,10 +178,15 @@ impl LineStore {
             return;
         }
         let mut pending = lock(&self.pending);
-        if let Some(spool) = pending.spool.as_mut()
-            && let Err(e) = spool.write_all(line)
-        {
-            tracing::error!(kind = self.kind, error = %e, "cannot write the spool; the line is kept in memory only");
+        let spooled = match pending.spool.as_mut() {
+            Some(spool) => spool.write_all(line),
+            None => Err(std::io::Error::other("no spool file is open")),
+        };
+        if let Err(e) = spooled {
+            if !pending.torn {
+                tracing::error!(kind = self.kind, error = %e, "cannot write the spool; lines are kept in memory until stored");
+            }
+            pending.torn = true;
         }
         pending.lines.extend_from_slice(line);
         pending.since.get_or_insert_with(Instant::now);
@@ -187,26 +204,51 @@ impl LineStore {
         }
     }
 
-    /// Hands the pending lines over: the spool becomes a `sending-*` file (kept until stored).
-    fn take_pending(&self, pending: &mut Pending) -> Option<PathBuf> {
+    /// Hands the pending lines over: the spool becomes a `sending-*` file (kept until stored); a
+    /// torn spool is dropped and the lines written to that file from memory instead, or, when no
+    /// file can be written, handed over as they are.
+    fn take_pending(&self, pending: &mut Pending) -> Option<Waiting> {
         if pending.lines.is_empty() {
             return None;
         }
         let sending = self.dir.join(format!("sending-{}.jsonl", uuid::Uuid::new_v4()));
         let spool = self.dir.join(SPOOL);
         pending.spool = None;
-        let moved = std::fs::rename(&spool, &sending)
-            .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(&spool));
-        match moved {
+        let renamed = !pending.torn && std::fs::rename(&spool, &sending).is_ok();
+        let taken = if renamed {
+            Waiting::File(sending)
+        } else {
+            // The lines since the last hand-over are all in memory; the spool holds a part of them.
+            let _ = std::fs::remove_file(&spool);
+            match std::fs::write(&sending, &pending.lines) {
+                Ok(()) => Waiting::File(sending),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&sending);
+                    tracing::error!(kind = self.kind, error = %e, "cannot write the pending lines aside; storing them from memory");
+                    Waiting::Lines(std::mem::take(&mut pending.lines))
+                }
+            }
+        };
+        match std::fs::OpenOptions::new().create(true).append(true).open(&spool) {
             Ok(file) => pending.spool = Some(file),
             Err(e) => {
-                tracing::error!(kind = self.kind, error = %e, "cannot rotate the spool; writing the pending lines aside");
-                let _ = std::fs::write(&sending, &pending.lines);
+                tracing::error!(kind = self.kind, error = %e, "cannot open a new spool; lines are kept in memory until stored")
             }
         }
         pending.lines.clear();
         pending.since = None;
-        Some(sending)
+        pending.torn = false;
+        Some(taken)
+    }
+
+    /// Puts lines a store refused, which no file holds, back before the pending ones (to be
+    /// stored first, and written to a file at the next hand-over if one can be).
+    fn requeue(&self, lines: Vec<u8>) {
+        let mut pending = lock(&self.pending);
+        let newer = std::mem::replace(&mut pending.lines, lines);
+        pending.lines.extend_from_slice(&newer);
+        pending.since.get_or_insert_with(Instant::now);
+        pending.torn = true;
     }
 
     fn flush_until_closed(self: Arc<Self>) {
@@ -217,14 +259,15 @@ impl LineStore {
         let LineTarget::Store(sink) = self.plan.target.clone() else { return };
         loop {
             // Earlier runs' lines and lines a refusal left, oldest first.
-            let mut waiting: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
                 .into_iter()
                 .flatten()
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("sending-")))
                 .collect();
-            waiting.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+            files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+            let mut waiting: Vec<Waiting> = files.into_iter().map(Waiting::File).collect();
             let closing = {
                 let mut pending = lock(&self.pending);
                 if waiting.is_empty() && !pending.closing {
@@ -245,15 +288,28 @@ impl LineStore {
                 closing
             };
             let mut refused = false;
-            for file in waiting {
-                if !self.store(&runtime, &sink, &file, closing) {
-                    refused = true;
-                    break;
+            for lines in waiting {
+                if refused {
+                    // (After a refusal only lines held in memory need keeping: files stay.)
+                    if let Waiting::Lines(lines) = lines {
+                        self.requeue(lines);
+                    }
+                    continue;
                 }
+                refused = match lines {
+                    Waiting::File(file) => !self.store(&runtime, &sink, &file, closing),
+                    Waiting::Lines(lines) => {
+                        let stored = self.store_body(&runtime, &sink, lines.clone(), closing);
+                        if !stored {
+                            self.requeue(lines);
+                        }
+                        !stored
+                    }
+                };
             }
             if closing {
                 if refused {
-                    tracing::error!(kind = self.kind, dir = %self.dir.display(), "the store refused; the lines are kept for the next start");
+                    tracing::error!(kind = self.kind, dir = %self.dir.display(), "the store refused; the lines are kept for the next start (those no file could hold are lost)");
                 }
                 return;
             }
@@ -269,10 +325,22 @@ impl LineStore {
     /// (after a few attempts when `closing`).
     fn store(&self, runtime: &tokio::runtime::Runtime, sink: &Arc<dyn LineSink>, file: &Path, closing: bool) -> bool {
         let Ok(body) = std::fs::read(file) else { return true };
-        if body.is_empty() {
+        let stored = body.is_empty() || self.store_body(runtime, sink, body, closing);
+        if stored {
             let _ = std::fs::remove_file(file);
-            return true;
         }
+        stored
+    }
+
+    /// Stores `body` (lines) as one object; `false` if the store refused (after a few attempts
+    /// when `closing`).
+    fn store_body(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        sink: &Arc<dyn LineSink>,
+        body: Vec<u8>,
+        closing: bool,
+    ) -> bool {
         let now = chrono::Utc::now();
         let key = format!(
             "{}/{}-{}-{}-{}.jsonl",
@@ -282,13 +350,11 @@ impl LineStore {
             now.format("%Y-%m-%d-%H-%M-%S"),
             uuid::Uuid::new_v4()
         );
+        let body = Bytes::from(body);
         let attempts = if closing { 5 } else { 1 };
         for attempt in 0..attempts {
-            match runtime.block_on(sink.put(key.clone(), Bytes::from(body.clone()))) {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(file);
-                    return true;
-                }
+            match runtime.block_on(sink.put(key.clone(), body.clone())) {
+                Ok(()) => return true,
                 Err(e) => {
                     self.failures.fetch_add(1, Relaxed);
                     tracing::warn!(kind = self.kind, error = %e, attempt = attempt + 1, "the store refused an object");
