@@ -1086,3 +1086,53 @@ fn mutual_tls_serves_only_clients_with_a_certificate_of_the_client_ca() {
     assert_eq!(forwards.len(), 1, "{trail:#?}");
     assert_eq!(forwards[0]["userIdentity"]["clientCertificate"]["subject"], "CN=sluice test");
 }
+
+/// A client that opens a connection to a TLS listener and never finishes the handshake (a
+/// slowloris on TLS) is closed after 10 s, by the HTTP listeners (axum-server's handshake timeout)
+/// and by the fluent source (its own), so that it does not hold a place under `max_connections`.
+#[test]
+fn a_tls_handshake_never_finished_is_closed_after_ten_seconds() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = super::support::TestCertificates::make();
+    let (port, fluent_port) = (free_port(), free_port());
+    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", certs.path("server.pem"), certs.path("server.key"));
+    let config = dir.path().join("slow-handshake.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"slow-handshake\"\ndata_dir = \"{data}\"\n\
+             [sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:{port}\"\n{tls}\n\
+             [sources.forward]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{fluent_port}\"\n{tls}\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"web\", \"forward\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+            data = dir.path().join("data").display(),
+            lake = dir.path().join("lake").display(),
+        ),
+    )
+    .unwrap();
+    let mut run = start_listening_with(
+        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+        port,
+    );
+    super::support::wait_for_port(fluent_port, "the fluent source");
+    let started = Instant::now();
+    // The first bytes of a ClientHello's record header, then silence.
+    let stalled: Vec<std::net::TcpStream> = [port, fluent_port]
+        .into_iter()
+        .map(|p| {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", p)).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            stream.write_all(&[0x16, 0x03, 0x01]).unwrap();
+            stream
+        })
+        .collect();
+    for mut stream in stalled {
+        let mut rest = Vec::new();
+        let ended = stream.read_to_end(&mut rest);
+        let waited = started.elapsed();
+        assert!(ended.is_ok() || waited < Duration::from_secs(29), "not closed: {ended:?} after {waited:?}");
+        assert!(waited >= Duration::from_secs(9) && waited < Duration::from_secs(25), "closed after {waited:?}");
+    }
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+}
