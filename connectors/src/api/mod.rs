@@ -19,6 +19,7 @@ pub mod listener;
 pub mod post;
 pub mod queue;
 pub mod sigv4;
+pub mod stream;
 
 use std::path::PathBuf;
 use std::sync::Arc;

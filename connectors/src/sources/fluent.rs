@@ -78,16 +78,13 @@ use crate::api::bound::Bound;
 use crate::api::certificate::ClientCertificate;
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::listener::{BodyBudget, BodyRoom, open_listener_warning};
-use crate::api::queue::{IngestQueue, Refused};
-use crate::api::{LogSlot, QueueReader, Rejected, TlsFiles, bind, commit_reserved, inflight_limit};
+use crate::api::queue::IngestQueue;
+use crate::api::stream::{Accepted, HandshakeFailed, NotTaken, serve_connections};
+use crate::api::{LogSlot, QueueReader, TlsFiles, bind, inflight_limit};
 use crate::sources::firehose::parse_listen;
 
 /// Where the source listens unless told: Fluentd's forward port, on this machine only.
 const DEFAULT_LISTEN: &str = "127.0.0.1:24224";
-/// How long a stopping source waits for connections to finish the message they are taking.
-const GRACE: Duration = Duration::from_secs(30);
-/// How long a TLS handshake may take.
-const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 /// The whole messages already received are taken together up to about this many bytes of records.
 const GROUP_BYTES: usize = 8 << 20;
 /// The records of a message are queued in batches of about this many bytes.
@@ -98,8 +95,6 @@ const MAX_DEPTH: usize = 100;
 const READ_CHUNK: usize = 64 << 10;
 /// The largest `PING` a client sends in the handshake.
 const MAX_PING: usize = 64 << 10;
-/// How soon a connection waiting for room in the queue looks again.
-const ROOM_POLL: Duration = Duration::from_millis(5);
 /// MessagePack's extension type of Fluentd's `EventTime`.
 const EVENT_TIME: i8 = 0;
 
@@ -377,8 +372,8 @@ impl Source for FluentSource {
     }
 }
 
-/// Accepts connections until `stop`, then waits (up to [`GRACE`]) for the open ones to finish
-/// the message they are taking, and closes the queue.
+/// Serves connections until `stop` (`crate::api::stream`), each one's refusal said and recorded,
+/// then closes the queue once the open ones have finished the message they are taking.
 async fn serve(
     bound: Bound,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
@@ -386,56 +381,28 @@ async fn serve(
     max_connections: usize,
     stop: StopSignal,
 ) {
-    let Bound { socket, serving } = bound;
-    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    match tokio::net::TcpListener::from_std(socket) {
-        Ok(listener) => loop {
-            let (stream, peer) = tokio::select! {
-                () = stop.stopped() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors, say: wait, rather than spin.
-                        tracing::warn!(error = %e, "fluent: cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            // Past the cap a connection is closed at once, nothing read.
-            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else { continue };
-            let _ = stream.set_nodelay(true);
-            let (shared, stop, tls) = (Arc::clone(&shared), stop.clone(), tls.clone());
-            tokio::spawn(async move {
-                let mut seen = Seen::default();
-                let ended = match tls {
-                    None => converse(stream, &shared, &stop, &mut seen).await,
-                    Some(config) => {
-                        let acceptor = tokio_rustls::TlsAcceptor::from(config.get_inner());
-                        match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => {
-                                seen.certificate = ClientCertificate::of_connection(stream.get_ref().1);
-                                converse(stream, &shared, &stop, &mut seen).await
-                            }
-                            Ok(Err(e)) => Err(Ended::Io(e)),
-                            Err(_) => Err(Ended::TimedOut),
-                        }
-                    }
-                };
-                shared.audit(peer, &seen, ended.as_ref().err());
-                if let Err(ended) = ended {
-                    shared.say(peer, &ended);
+    let (each, stopping) = (Arc::clone(&shared), stop.clone());
+    serve_connections(bound, tls, max_connections, stop, "fluent", move |accepted| {
+        let (shared, stop) = (Arc::clone(&each), stopping.clone());
+        async move {
+            let mut seen = Seen::default();
+            let (peer, ended) = match accepted {
+                Ok(Accepted { stream, peer, certificate }) => {
+                    seen.certificate = certificate;
+                    (peer, converse(stream, &shared, &stop, &mut seen).await)
                 }
-                drop(permit);
-            });
-        },
-        Err(e) => tracing::error!(error = %e, "fluent: cannot serve the listening socket"),
-    }
-    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(GRACE, permits.acquire_many(all)).await;
+                Err((peer, HandshakeFailed::Io(e))) => (peer, Err(Ended::Io(e))),
+                Err((peer, HandshakeFailed::TimedOut)) => (peer, Err(Ended::TimedOut)),
+            };
+            shared.audit(peer, &seen, ended.as_ref().err());
+            if let Err(ended) = ended {
+                shared.say(peer, &ended);
+            }
+        }
+    })
+    .await;
     // Every acknowledged message is queued by now: let the readers drain and finish.
     shared.queue.close();
-    drop(serving);
 }
 
 /// Why a connection ended other than by its client closing it.
@@ -592,32 +559,11 @@ impl Shared {
     /// asks; `Ok` once every one is taken. (A message refused after a first batch was taken is
     /// not acknowledged: its client sends it again, a duplicate, never a loss.)
     async fn take(self: &Arc<Self>, batches: Vec<RecordBatch>, stop: &StopSignal) -> Result<(), Ended> {
-        for batch in batches {
-            let (count, bytes) = (batch.len() as u64, batch.byte_len() as u64);
-            let reservation = loop {
-                match self.queue.reserve(batch.byte_len()) {
-                    Ok(reservation) => break reservation,
-                    Err(Refused::Full) if !stop.is_stopped() => tokio::time::sleep(ROOM_POLL).await,
-                    Err(_) => return Err(Ended::Stopping),
-                }
-            };
-            let shared = Arc::clone(self);
-            // With a log this waits for a group commit: on a blocking thread.
-            let committed = tokio::task::spawn_blocking(move || {
-                commit_reserved(&shared.queue, shared.log.get().as_ref(), reservation, batch)
-            })
-            .await;
-            match committed {
-                Ok(Ok(())) => {}
-                Ok(Err(Rejected::Log(why))) => return Err(Ended::Log(why)),
-                Ok(Err(_)) => return Err(Ended::Stopping),
-                Err(e) => return Err(Ended::Log(e.to_string())),
-            }
-            if let Some((metrics, _)) = self.metrics.get() {
-                metrics.api.count_accepted(count, bytes);
-            }
-        }
-        Ok(())
+        let metrics = self.metrics.get().map(|(metrics, _)| metrics);
+        crate::api::stream::take(&self.queue, &self.log, metrics, batches, stop).await.map_err(|e| match e {
+            NotTaken::Stopping => Ended::Stopping,
+            NotTaken::Log(why) => Ended::Log(why),
+        })
     }
 }
 
