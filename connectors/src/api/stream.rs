@@ -116,6 +116,22 @@ pub async fn serve_connections<F, Fut>(
     drop(serving);
 }
 
+/// The TLS a stream-protocol listener serves with `files`, if any (renewed in place as every
+/// listener's is; no ALPN name is offered: these protocols have none).
+pub fn serve_tls(
+    files: Option<&super::TlsFiles>,
+    ctx: &sluice_engine::contract::PrepareContext,
+) -> Result<Option<axum_server::tls_rustls::RustlsConfig>, sluice_engine::contract::SourceError> {
+    let Some(files) = files else { return Ok(None) };
+    let tls = super::ListenerTls { alpn: Vec::new(), ..files.served_for(ctx) };
+    super::certificate::serve_certificate(&ctx.runtime, tls, ctx.stop.clone()).map(Some).map_err(|why| {
+        sluice_engine::contract::SourceError::Setup(format!(
+            "cannot serve TLS certificate {}: {why}",
+            files.cert.display()
+        ))
+    })
+}
+
 /// Why [`take`] did not take every batch.
 #[derive(Debug)]
 pub enum NotTaken {

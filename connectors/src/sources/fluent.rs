@@ -341,20 +341,7 @@ impl Source for FluentSource {
             log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
         }
         let bound = bind(self.listen)?;
-        let tls = match &self.tls {
-            Some(files) => Some(
-                // (The forward protocol has no ALPN name: none is offered.)
-                crate::api::certificate::serve_certificate(
-                    &ctx.runtime,
-                    crate::api::ListenerTls { alpn: Vec::new(), ..files.served_for(ctx) },
-                    ctx.stop.clone(),
-                )
-                .map_err(|why| {
-                    SourceError::Setup(format!("cannot serve TLS certificate {}: {why}", files.cert.display()))
-                })?,
-            ),
-            None => None,
-        };
+        let tls = crate::api::stream::serve_tls(self.tls.as_ref(), ctx)?;
         let (shared, stop, connections) = (Arc::clone(&self.shared), ctx.stop.clone(), self.max_connections);
         ctx.runtime.spawn(serve(bound, tls, shared, connections, stop));
         tracing::info!(address = %self.listen, tls = self.tls.is_some(), "fluent: listening");
@@ -1799,6 +1786,40 @@ mod tests {
             }),
             Err(Bad::EventTooLarge(_))
         ));
+    }
+
+    /// Messages of every mode are found whole when their bytes arrive one at a time (each read a
+    /// byte more than the last), the framer resuming where it stopped each time.
+    #[test]
+    fn the_framer_finds_whole_messages_arriving_a_byte_at_a_time() {
+        let forward = pack::forward("a", 0, 0..20, "one");
+        let mut entries = Vec::new();
+        for n in 0..300u64 {
+            pack::array(&mut entries, 2);
+            pack::event_time(&mut entries, 1_764_547_200, 7);
+            pack::record(&mut entries, n);
+        }
+        let mut packed = Vec::new();
+        pack::array(&mut packed, 3);
+        pack::str(&mut packed, "b");
+        pack::bin(&mut packed, &entries);
+        pack::option(&mut packed, "two", Some("gzip"));
+        let mut message = Vec::new();
+        pack::array(&mut message, 4);
+        pack::str(&mut message, "c");
+        pack::uint(&mut message, 1);
+        pack::record(&mut message, 9);
+        pack::option(&mut message, "three", None);
+        let stream = [forward.clone(), packed.clone(), message.clone()].concat();
+        let mut framer = Framer::default();
+        let (mut offset, mut ends) = (0, Vec::new());
+        for arrived in 1..=stream.len() {
+            while let Some(end) = framer.next(&stream[offset..arrived], usize::MAX).unwrap() {
+                offset += end;
+                ends.push(offset);
+            }
+        }
+        assert_eq!(ends, [forward.len(), forward.len() + packed.len(), stream.len()]);
     }
 
     /// A message is found whole however its bytes are cut by reads; a claimed length is never
