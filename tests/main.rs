@@ -37,6 +37,7 @@ mod security;
 mod splunk;
 mod splunk_hec;
 mod support;
+mod syslog;
 mod top;
 mod transforms;
 mod webdav;

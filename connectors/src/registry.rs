@@ -18,6 +18,7 @@ pub fn registry() -> Registry {
             SourceType { name: "object_store", configure: sources::object_store::configure },
             SourceType { name: "otlp", configure: sources::otlp::configure },
             SourceType { name: "splunk_hec", configure: sources::splunk_hec::configure },
+            SourceType { name: "syslog", configure: sources::syslog::configure },
         ],
         transforms: vec![
             TransformType { name: "cloudwatch_logs", configure: transforms::cloudwatch_logs::configure },

@@ -11,3 +11,4 @@ pub mod kinesis;
 pub mod object_store;
 pub mod otlp;
 pub mod splunk_hec;
+pub mod syslog;

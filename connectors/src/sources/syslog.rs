@@ -1,0 +1,775 @@
+//! `type = "syslog"`: syslog messages served on TCP (RFC 6587), TLS (RFC 5425) or UDP
+//! (RFC 5426), so that rsyslog's and syslog-ng's forwarding, `logger`, network devices
+//! (firewalls, switches, load balancers) and appliances that only speak syslog deliver into a
+//! pipeline, beyond Firehose (Vector's and Fluent Bit's `syslog` sources do the same).
+//!
+//! ```toml
+//! [sources.syslog]
+//! type = "syslog"
+//! listen = "127.0.0.1:5140"          # default
+//! mode = "tcp"                       # "tcp" (default, with `tls` for RFC 5425) or "udp"
+//! tls = { cert = "...", key = "..." } # optional, TCP only (client_ca for mutual TLS)
+//! max_message_kb = 64                # longer messages are dropped, said and counted
+//! max_connections = 1024             # TCP only
+//! idle_timeout_s = 300               # TCP only: a silent connection is closed
+//! max_inflight_mb = 256
+//! ```
+//!
+//! Framing on TCP is RFC 6587's, told apart per message as receivers do: a message that starts
+//! with a digit is octet-counted (`<length> <message>`), any other ends at a line feed (a
+//! carriage return before it dropped; a NUL ends one too, as Python's `SysLogHandler` sends);
+//! what a client sends before it closes the connection with no line feed is its last message. On UDP each datagram is one message. Each message is parsed
+//! as RFC 5424, else as RFC 3164 (the `syslog_loose` crate, which Vector uses: it takes what it
+//! can and never refuses; a message it cannot read at all keeps only `message`), and becomes one
+//! JSON record: `source_ip` (the sender's address), `protocol` (`rfc5424` or `rfc3164`),
+//! `facility` and `severity` (their names, `local0`, `err`; null without a PRI), `timestamp`
+//! (RFC 3339 in UTC; an RFC 3164 date has no year or zone: UTC, this year unless that would be more
+//! than a day ahead, then last year), `hostname`, `appname`, `procid`, `msgid` (null when absent),
+//! `structured_data` (`{"<SD-ID>": {"<name>": "<value>"}}`, escapes undone) and `message`. Bytes
+//! that are not UTF-8 are written as U+FFFD.
+//!
+//! Guarantees: records are queued, and logged as durably as the pipeline asks, as they arrive (a
+//! connection's messages read together are taken together); while the queue is full a TCP
+//! connection is not read, which holds its client back. Syslog has no acknowledgement: a client
+//! cannot know what was taken when a connection breaks, and UDP loses what the socket's buffer
+//! cannot hold, as it does for every receiver. A message longer than `max_message_kb` is dropped
+//! and the stream goes on after it (`Syslog.MessageTooLarge` in the error log,
+//! `SyslogDroppedMessages`). A stop ends the accepting, and the connections' bytes already received
+//! are still taken.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_engine::config::{ConnectorConfig, Diagnostic, Problems};
+use sluice_engine::contract::{PrepareContext, Source, SourceContext, SourceError, SourceReader, StopSignal};
+use sluice_engine::error_log::Level;
+use sluice_engine::metrics::{Family, PipelineMetrics, SourceMeter};
+use sluice_engine::record::{RecordBatch, now_ms};
+use tokio::io::AsyncReadExt as _;
+
+use crate::api::bound::Bound;
+use crate::api::firehose::MAX_RECORD_BYTES;
+use crate::api::listener::open_listener_warning;
+use crate::api::queue::IngestQueue;
+use crate::api::stream::{Accepted, Connection, HandshakeFailed, NotTaken, serve_connections};
+use crate::api::{LogSlot, QueueReader, TlsFiles, bind, inflight_limit};
+use crate::sources::firehose::parse_listen;
+
+/// Where the source listens unless told (Fluent Bit's syslog port; 514 needs root).
+const DEFAULT_LISTEN: &str = "127.0.0.1:5140";
+/// How much is read from a connection at once.
+const READ_CHUNK: usize = 64 << 10;
+/// Messages already received are taken together up to about this many bytes of records.
+const GROUP_BYTES: usize = 4 << 20;
+/// The largest UDP datagram.
+const MAX_DATAGRAM: usize = 65_535;
+/// The longest length prefix of an octet-counted message (`MSG-LEN` is at most this many digits).
+const MAX_LENGTH_DIGITS: usize = 10;
+
+/// Messages dropped for their length.
+const DROPPED: Family = Family {
+    name: "SyslogDroppedMessages",
+    help: "Syslog messages longer than max_message_kb, dropped (said in the error log).",
+};
+
+/// The source's keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyslogConfig {
+    listen: Option<String>,
+    mode: Option<Mode>,
+    tls: Option<TlsFiles>,
+    max_message_kb: Option<u64>,
+    max_connections: Option<u64>,
+    idle_timeout_s: Option<u64>,
+    max_inflight_mb: Option<u64>,
+}
+
+/// The transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    /// TCP, or TLS with `tls`.
+    Tcp,
+    /// UDP datagrams.
+    Udp,
+}
+
+/// Builds the source from `[sources.<name>]`.
+pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
+    let table = &config.table;
+    let listen_span = table.value_span("listen").unwrap_or(table.span.clone());
+    let (message_at, inflight_at, tls_at) =
+        (table.key_at("max_message_kb"), table.key_at("max_inflight_mb"), table.key_at("tls"));
+    let (connections_at, idle_at) = (table.key_at("max_connections"), table.key_at("idle_timeout_s"));
+    let tcp_only: Vec<(&str, std::ops::Range<usize>)> = ["tls", "max_connections", "idle_timeout_s"]
+        .into_iter()
+        .filter_map(|key| table.key_span(key).map(|span| (key, span)))
+        .collect();
+    let log = LogSlot::for_source(&config);
+    let base_dir = config.base_dir.clone();
+    let mut problems = Problems::default();
+    let Some(c) = config.table.deserialize::<SyslogConfig>(&mut problems) else { return Err(problems) };
+    let mode = c.mode.unwrap_or(Mode::Tcp);
+    if mode == Mode::Udp {
+        for (key, span) in tcp_only {
+            problems.push(
+                Diagnostic::new(span, format!("`{key}` is for TCP connections; this source has mode = \"udp\""))
+                    .with_hint(if key == "tls" {
+                        "syslog over TLS is TCP (RFC 5425): set mode = \"tcp\"; syslog over DTLS is not served"
+                    } else {
+                        "UDP has no connections: remove it, or set mode = \"tcp\""
+                    }),
+            );
+        }
+    }
+    let listen = problems.take(parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span));
+    let max_message_kb = problems.take(message_at.within(
+        c.max_message_kb,
+        64,
+        1..=512,
+        "KiB of one syslog message (default 64; RFC 5425 asks receivers for at least 2 KiB, and 8 KiB)",
+    ));
+    let inflight = problems.take(inflight_limit(
+        c.max_inflight_mb,
+        8,
+        "the messages read together are queued together, up to 4 MiB",
+        &inflight_at,
+    ));
+    let connections = problems.take(connections_at.within(
+        c.max_connections,
+        1024,
+        1..=1_000_000,
+        "concurrent TCP connections (default 1024)",
+    ));
+    let idle = problems.take(idle_at.within(
+        c.idle_timeout_s,
+        300,
+        1..=86_400,
+        "seconds a TCP connection may stay silent (default 300); clients connect again",
+    ));
+    let tls = problems.take(c.tls.as_ref().map(|t| t.checked(&base_dir, &tls_at)).transpose());
+    let (listen, max_message_kb, inflight, connections, idle, tls) =
+        problems.finish((|| Some((listen?, max_message_kb?, inflight?, connections?, idle?, tls?)))())?;
+    Ok(Arc::new(SyslogSource {
+        listen,
+        mode,
+        tls,
+        max_connections: usize::try_from(connections).unwrap_or(usize::MAX),
+        shared: Arc::new(Shared {
+            queue: Arc::new(IngestQueue::new(inflight)),
+            log,
+            max_message: usize::try_from(max_message_kb << 10).unwrap_or(usize::MAX),
+            idle_timeout: Duration::from_secs(idle),
+            metrics: OnceLock::new(),
+        }),
+    }))
+}
+
+/// The configured source.
+#[derive(Debug)]
+struct SyslogSource {
+    listen: SocketAddr,
+    mode: Mode,
+    tls: Option<TlsFiles>,
+    max_connections: usize,
+    shared: Arc<Shared>,
+}
+
+/// What the connections (or the UDP socket) work with.
+#[derive(Debug)]
+struct Shared {
+    queue: Arc<IngestQueue>,
+    log: LogSlot,
+    max_message: usize,
+    idle_timeout: Duration,
+    metrics: OnceLock<(Arc<PipelineMetrics>, SourceMeter)>,
+}
+
+impl Source for SyslogSource {
+    fn describe(&self) -> String {
+        let scheme = match (self.mode, &self.tls) {
+            (Mode::Udp, _) => "udp",
+            (Mode::Tcp, Some(_)) => "tls",
+            (Mode::Tcp, None) => "tcp",
+        };
+        format!("syslog: RFC 5424 and 3164 messages on {scheme}://{}", self.listen)
+    }
+
+    fn is_finite(&self) -> bool {
+        false
+    }
+
+    /// The address (TCP), and the log's encryption key when it has one.
+    fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
+        match self.mode {
+            Mode::Tcp => self.shared.log.check_with_listener(self.listen),
+            Mode::Udp => self.shared.log.check(),
+        }
+    }
+
+    fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
+        let authenticated = self.tls.as_ref().is_some_and(TlsFiles::verifies_clients);
+        let how = match self.mode {
+            Mode::Tcp => "set `tls` with `client_ca` (clients with certificates)",
+            Mode::Udp => "syslog over UDP has no authentication: use mode = \"tcp\" with `tls` and `client_ca`",
+        };
+        if let Some(warning) = open_listener_warning("syslog", self.listen, authenticated, how) {
+            tracing::warn!("{warning}");
+        }
+        let _ = self.shared.metrics.set((Arc::clone(&ctx.metrics), ctx.meter.clone()));
+        if let Some(log) = self.shared.log.open(&self.shared.queue, &ctx.metrics)? {
+            log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
+        }
+        let shared = Arc::clone(&self.shared);
+        match self.mode {
+            Mode::Tcp => {
+                let bound = bind(self.listen)?;
+                let tls = crate::api::stream::serve_tls(self.tls.as_ref(), ctx)?;
+                ctx.runtime.spawn(serve_tcp(bound, tls, shared, self.max_connections, ctx.stop.clone()));
+            }
+            Mode::Udp => {
+                let socket = std::net::UdpSocket::bind(self.listen).map_err(|source| SourceError::Io {
+                    context: format!("cannot listen on udp://{}", self.listen),
+                    source,
+                })?;
+                socket
+                    .set_nonblocking(true)
+                    .map_err(|source| SourceError::Io { context: "syslog UDP socket".into(), source })?;
+                let stop = ctx.stop.clone();
+                ctx.runtime.spawn(async move {
+                    match tokio::net::UdpSocket::from_std(socket) {
+                        Ok(socket) => serve_udp(socket, &shared, &stop).await,
+                        Err(e) => tracing::error!(error = %e, "syslog: cannot serve the UDP socket"),
+                    }
+                    shared.queue.close();
+                });
+            }
+        }
+        tracing::info!(address = %self.listen, mode = ?self.mode, tls = self.tls.is_some(), "syslog: listening");
+        Ok(())
+    }
+
+    fn finish(&self, _stopped: bool) {
+        if let Some(log) = self.shared.log.get() {
+            log.finish();
+        }
+    }
+
+    fn open(&self, _ctx: &SourceContext) -> Result<Box<dyn SourceReader>, SourceError> {
+        Ok(Box::new(QueueReader::new(Arc::clone(&self.shared.queue), self.shared.log.get())))
+    }
+}
+
+impl Shared {
+    /// Queues what a connection or the socket brought; `false` when it could not be taken (the
+    /// run stopping, the log failing: said).
+    async fn take(&self, batch: RecordBatch, peer: SocketAddr, stop: &StopSignal) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let metrics = self.metrics.get().map(|(metrics, _)| metrics);
+        match crate::api::stream::take(&self.queue, &self.log, metrics, vec![batch], stop).await {
+            Ok(()) => true,
+            Err(NotTaken::Stopping) => false,
+            Err(NotTaken::Log(why)) => {
+                let message = format!("messages from {peer} could not be made durable: {why}; they are lost");
+                self.report(Level::Error, "Syslog.LogFailed", &message);
+                false
+            }
+        }
+    }
+
+    /// Says `message` in the log and the pipeline's error log (`code`).
+    fn report(&self, level: Level, code: &str, message: &str) {
+        tracing::warn!("syslog: {message}");
+        if let Some((_, meter)) = self.metrics.get() {
+            meter.report(level, code, message);
+        }
+    }
+
+    /// Drops a message of at least `length` bytes from `peer`, longer than `max_message_kb`: said,
+    /// counted.
+    fn drop_long(&self, peer: SocketAddr, length: usize) {
+        let message = format!(
+            "a message of {length} bytes or more from {peer} is longer than `max_message_kb` ({} bytes): dropped",
+            self.max_message
+        );
+        self.report(Level::Warn, "Syslog.MessageTooLarge", &message);
+        if let Some((_, meter)) = self.metrics.get() {
+            meter.count(DROPPED, 1);
+        }
+    }
+}
+
+/// Serves TCP (or TLS) connections until `stop`, then closes the queue once they have ended.
+async fn serve_tcp(
+    bound: Bound,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    stop: StopSignal,
+) {
+    let (each, stopping) = (Arc::clone(&shared), stop.clone());
+    serve_connections(bound, tls, max_connections, stop, "syslog", move |accepted| {
+        let (shared, stop) = (Arc::clone(&each), stopping.clone());
+        async move {
+            match accepted {
+                Ok(Accepted { stream, peer, .. }) => {
+                    if let Err(e) = converse(stream, peer, &shared, &stop).await {
+                        tracing::debug!(%peer, error = %e, "syslog: connection ended");
+                    }
+                }
+                Err((peer, HandshakeFailed::Io(e))) => {
+                    tracing::debug!(%peer, error = %e, "syslog: TLS handshake failed");
+                }
+                Err((peer, HandshakeFailed::TimedOut)) => {
+                    tracing::debug!(%peer, "syslog: TLS handshake timed out");
+                }
+            }
+        }
+    })
+    .await;
+    shared.queue.close();
+}
+
+/// Reads a connection's messages until it ends (or is silent past the idle timeout), taking those
+/// read together at once.
+async fn converse(
+    mut stream: Box<dyn Connection>,
+    peer: SocketAddr,
+    shared: &Shared,
+    stop: &StopSignal,
+) -> std::io::Result<()> {
+    let mut bytes: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut framer = Framer::default();
+    loop {
+        let more = read_more(&mut stream, &mut bytes, shared.idle_timeout, stop).await?;
+        let mut batch = RecordBatch::with_capacity(now_ms(), 0);
+        let mut start = 0;
+        while let Some(frame) = framer.next(&bytes[start..], shared.max_message, !more) {
+            match frame {
+                Frame::Message { skip, message } => {
+                    push_message(&mut batch, &bytes[start + message.0..start + message.1], peer, shared);
+                    start += skip;
+                }
+                Frame::TooLong { skip, length } => {
+                    shared.drop_long(peer, length);
+                    start += skip;
+                }
+                Frame::Skipped { skip } => start += skip,
+            }
+            if batch.byte_len() >= GROUP_BYTES && !shared.take(std::mem::take(&mut batch), peer, stop).await {
+                return Ok(());
+            }
+        }
+        bytes.drain(..start);
+        if !shared.take(batch, peer, stop).await || !more {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads more of `stream` into `bytes`: `false` once the client closed it, or the run stops and
+/// nothing more has arrived.
+async fn read_more(
+    stream: &mut Box<dyn Connection>,
+    bytes: &mut Vec<u8>,
+    idle: Duration,
+    stop: &StopSignal,
+) -> std::io::Result<bool> {
+    use futures::FutureExt as _;
+    bytes.reserve(READ_CHUNK);
+    tokio::select! {
+        biased;
+        () = stop.stopped() => match stream.read_buf(bytes).now_or_never() {
+            Some(read) => read.map(|n| n > 0),
+            None => Ok(false),
+        },
+        read = tokio::time::timeout(idle, stream.read_buf(bytes)) => match read {
+            Ok(read) => read.map(|n| n > 0),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "silent past idle_timeout_s")),
+        },
+    }
+}
+
+/// What comes next in a connection's bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    /// A message at `message` (start, end), the frame `skip` bytes long.
+    Message { skip: usize, message: (usize, usize) },
+    /// A message longer than allowed, at least `length` bytes (exactly, when octet-counted):
+    /// `skip` bytes of it are passed over here.
+    TooLong { skip: usize, length: usize },
+    /// Bytes passed over: the rest of a message too long, or blank lines.
+    Skipped { skip: usize },
+}
+
+/// RFC 6587's two framings, told apart per message; keeps its place in a message too long.
+#[derive(Debug, Default)]
+struct Framer {
+    /// Bytes of an octet-counted message too long still to pass over.
+    passing: usize,
+    /// Passing over a line too long until its line feed.
+    passing_line: bool,
+}
+
+impl Framer {
+    /// The next frame in `bytes` (which start where the last frame ended), if it is whole;
+    /// `ended` says the connection has closed (the rest is a last message without a line feed).
+    fn next(&mut self, bytes: &[u8], max: usize, ended: bool) -> Option<Frame> {
+        if self.passing > 0 {
+            let skip = self.passing.min(bytes.len());
+            self.passing -= skip;
+            return (skip > 0).then_some(Frame::Skipped { skip });
+        }
+        if self.passing_line {
+            return match memchr::memchr2(b'\n', 0, bytes) {
+                Some(at) => {
+                    self.passing_line = false;
+                    Some(Frame::Skipped { skip: at + 1 })
+                }
+                None => (!bytes.is_empty()).then_some(Frame::Skipped { skip: bytes.len() }),
+            };
+        }
+        let first = *bytes.first()?;
+        if first == b'\n' || first == b'\r' || first == 0 {
+            let blank = bytes.iter().take_while(|b| matches!(b, b'\n' | b'\r' | 0)).count();
+            return Some(Frame::Skipped { skip: blank });
+        }
+        if first.is_ascii_digit() {
+            // Octet counting: `MSG-LEN SP SYSLOG-MSG`.
+            let digits = bytes.iter().take(MAX_LENGTH_DIGITS + 1).take_while(|b| b.is_ascii_digit()).count();
+            match bytes.get(digits) {
+                Some(b' ') if digits <= MAX_LENGTH_DIGITS => {
+                    let length: usize = std::str::from_utf8(&bytes[..digits]).ok()?.parse().ok()?;
+                    let begins = digits + 1;
+                    if length > max {
+                        let here = (bytes.len() - begins).min(length);
+                        self.passing = length - here;
+                        return Some(Frame::TooLong { skip: begins + here, length });
+                    }
+                    return (bytes.len() >= begins + length)
+                        .then_some(Frame::Message { skip: begins + length, message: (begins, begins + length) });
+                }
+                // Not a length (a message that begins with a digit, line-framed): read as a line.
+                Some(_) => {}
+                None if !ended => return None,
+                None => {}
+            }
+        }
+        match memchr::memchr2(b'\n', 0, bytes) {
+            Some(at) if at > max => Some(Frame::TooLong { skip: at + 1, length: at }),
+            Some(at) => {
+                let end = if at > 0 && bytes[at - 1] == b'\r' { at - 1 } else { at };
+                Some(Frame::Message { skip: at + 1, message: (0, end) })
+            }
+            None if bytes.len() > max => {
+                self.passing_line = true;
+                Some(Frame::TooLong { skip: bytes.len(), length: bytes.len() })
+            }
+            None if ended => Some(Frame::Message { skip: bytes.len(), message: (0, bytes.len()) }),
+            None => None,
+        }
+    }
+}
+
+/// Receives datagrams until `stop`, each one message; those waiting together are taken at once.
+async fn serve_udp(socket: tokio::net::UdpSocket, shared: &Shared, stop: &StopSignal) {
+    let mut datagram = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (length, peer) = tokio::select! {
+            () = stop.stopped() => return,
+            received = socket.recv_from(&mut datagram) => match received {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::debug!(error = %e, "syslog: cannot receive a datagram");
+                    continue;
+                }
+            },
+        };
+        let mut batch = RecordBatch::with_capacity(now_ms(), 0);
+        push_datagram(&mut batch, &datagram[..length], peer, shared);
+        // The datagrams already waiting go with it.
+        while batch.byte_len() < GROUP_BYTES {
+            match socket.try_recv_from(&mut datagram) {
+                Ok((length, peer)) => push_datagram(&mut batch, &datagram[..length], peer, shared),
+                Err(_) => break,
+            }
+        }
+        if !shared.take(batch, peer, stop).await {
+            return;
+        }
+    }
+}
+
+/// Appends a datagram's message to `batch` (its trailing line ends and NULs dropped; an empty one
+/// is nothing; one too long is dropped, said).
+fn push_datagram(batch: &mut RecordBatch, datagram: &[u8], peer: SocketAddr, shared: &Shared) {
+    if datagram.len() > shared.max_message {
+        shared.drop_long(peer, datagram.len());
+        return;
+    }
+    let end = datagram.iter().rposition(|b| !matches!(b, b'\n' | b'\r' | 0)).map_or(0, |i| i + 1);
+    if end > 0 {
+        push_message(batch, &datagram[..end], peer, shared);
+    }
+}
+
+/// Appends a message's record to `batch` (one that would pass a record's 1,000 KiB as JSON is
+/// dropped, said).
+fn push_message(batch: &mut RecordBatch, message: &[u8], peer: SocketAddr, shared: &Shared) {
+    let record = record_of(&String::from_utf8_lossy(message), peer.ip());
+    let text = record.to_string();
+    if text.len() > MAX_RECORD_BYTES {
+        shared.drop_long(peer, message.len());
+        return;
+    }
+    batch.push(text.as_bytes());
+}
+
+/// The year of an RFC 3164 date (which has none): this year (UTC), unless that puts it more than
+/// a day ahead of now (a December message read in January), then last year.
+fn year_of((month, day, hour, minute, second): syslog_loose::IncompleteDate) -> i32 {
+    use chrono::{Datelike as _, TimeZone as _};
+    let now = chrono::Utc::now();
+    let this_year = now.year();
+    let dated = chrono::Utc.with_ymd_and_hms(this_year, month, day, hour, minute, second).single();
+    match dated {
+        Some(dated) if dated > now + chrono::Duration::days(1) => this_year - 1,
+        _ => this_year,
+    }
+}
+
+/// A message's PRI (`<0>` to `<191>`) and what follows it, if it begins with one.
+fn leading_pri(text: &str) -> Option<(u8, &str)> {
+    let rest = text.strip_prefix('<')?;
+    let (digits, rest) = rest.split_once('>')?;
+    if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let pri: u8 = digits.parse().ok().filter(|pri| *pri <= 191)?;
+    Some((pri, rest))
+}
+
+/// A message as the JSON record it becomes.
+fn record_of(text: &str, source: std::net::IpAddr) -> Value {
+    use syslog_loose::{ProcId, Protocol, Variant};
+    let parse = |text| syslog_loose::parse_message_with_year_tz(text, year_of, Some(chrono::Utc), Variant::Either);
+    let mut message = parse(text);
+    // A PRI and then neither format (`<11>payment declined`, as Python's `SysLogHandler` sends):
+    // the PRI still says facility and severity, and the rest is read without it.
+    if message.facility.is_none()
+        && let Some((pri, rest)) = leading_pri(text)
+    {
+        message = parse(rest);
+        if message.facility.is_none() {
+            (message.facility, message.severity) = syslog_loose::decompose_pri(pri);
+        }
+    }
+    let structured: serde_json::Map<String, Value> = message
+        .structured_data
+        .iter()
+        .map(|element| {
+            let params: serde_json::Map<String, Value> =
+                element.params().map(|(name, value)| (name.to_string(), Value::String(value))).collect();
+            (element.id.to_string(), Value::Object(params))
+        })
+        .collect();
+    json!({
+        "source_ip": source.to_string(),
+        "protocol": match message.protocol {
+            Protocol::RFC5424(_) => "rfc5424",
+            Protocol::RFC3164 => "rfc3164",
+        },
+        "facility": message.facility.map(|f| f.as_str()),
+        "severity": message.severity.map(|s| s.as_str()),
+        "timestamp": message.timestamp.map(|t| {
+            t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        }),
+        "hostname": message.hostname,
+        "appname": message.appname,
+        "procid": message.procid.map(|p| match p {
+            ProcId::PID(pid) => pid.to_string(),
+            ProcId::Name(name) => name.to_string(),
+        }),
+        "msgid": message.msgid,
+        "structured_data": structured,
+        "message": message.msg,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frames of `input` as a connection delivers it in `pieces` reads, the messages as text.
+    fn frames(pieces: &[&[u8]], max: usize) -> Vec<String> {
+        let mut framer = Framer::default();
+        let (mut bytes, mut said) = (Vec::new(), Vec::new());
+        for (i, piece) in pieces.iter().enumerate() {
+            bytes.extend_from_slice(piece);
+            let ended = i + 1 == pieces.len();
+            let mut start = 0;
+            while let Some(frame) = framer.next(&bytes[start..], max, ended) {
+                match frame {
+                    Frame::Message { skip, message } => {
+                        said.push(String::from_utf8_lossy(&bytes[start + message.0..start + message.1]).into_owned());
+                        start += skip;
+                    }
+                    Frame::TooLong { skip, length } => {
+                        said.push(format!("<too long: {length}>"));
+                        start += skip;
+                    }
+                    Frame::Skipped { skip } => start += skip,
+                }
+            }
+            bytes.drain(..start);
+        }
+        said
+    }
+
+    /// RFC 6587: octet counting and line feeds, told apart per message, whole across reads; a
+    /// message that starts with a digit but no length is a line; the last line needs no line feed.
+    #[test]
+    fn both_framings_are_read_whatever_the_reads() {
+        let input: &[u8] =
+            b"11 <13>1 - - a\n<13>Oct 11 22:14:15 host app: b\r\n\n0 5 <1>c2024-01-01 starts with a digit\n<14>nul\0last";
+        let expected = [
+            "<13>1 - - a",
+            "<13>Oct 11 22:14:15 host app: b",
+            "",
+            "<1>c2",
+            "024-01-01 starts with a digit",
+            "<14>nul",
+            "last",
+        ];
+        // (`0 ` is an empty octet-counted message; `5 <1>c2` takes five bytes.)
+        let whole = frames(&[input], 100);
+        assert_eq!(whole, expected);
+        for cut in 1..input.len() {
+            assert_eq!(frames(&[&input[..cut], &input[cut..]], 100), expected, "cut at {cut}");
+        }
+        let byte_by_byte: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(frames(&byte_by_byte, 100), expected);
+    }
+
+    /// A message longer than the limit is passed over, in either framing and across reads, and the
+    /// next one is read.
+    #[test]
+    fn a_message_too_long_is_passed_over_and_the_stream_goes_on() {
+        let long = "x".repeat(50);
+        let input = format!("50 {long}{long}\n4 next\n");
+        assert_eq!(frames(&[input.as_bytes()], 20), ["<too long: 50>", "<too long: 50>", "next"]);
+        // (A line too long is said with what was read of it when it passed the limit.)
+        for size in 1..30 {
+            let pieces: Vec<&[u8]> = input.as_bytes().chunks(size).collect();
+            let said = frames(&pieces, 20);
+            assert_eq!(
+                (said.len(), &said[0], &said[2]),
+                (3, &"<too long: 50>".to_string(), &"next".to_string()),
+                "{size}"
+            );
+            let length: usize = said[1].trim_start_matches("<too long: ").trim_end_matches('>').parse().unwrap();
+            assert!((21..=50).contains(&length), "{size}: {said:?}");
+        }
+    }
+
+    /// RFC 5424 with structured data (escapes undone), RFC 3164 with a pid, and a line neither
+    /// reads, as records.
+    #[test]
+    fn messages_become_records_of_their_fields() {
+        let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        let rfc5424 = record_of(
+            r#"<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog 1370 ID47 [exampleSDID@32473 iut="3" eventSource="Appl\"ication"] An application event"#,
+            ip,
+        );
+        assert_eq!(
+            rfc5424,
+            json!({
+                "source_ip": "10.0.0.7", "protocol": "rfc5424", "facility": "local4", "severity": "notice",
+                "timestamp": "2003-10-11T22:14:15.003Z", "hostname": "mymachine.example.com", "appname": "evntslog",
+                "procid": "1370", "msgid": "ID47",
+                "structured_data": {"exampleSDID@32473": {"iut": "3", "eventSource": "Appl\"ication"}},
+                "message": "An application event"
+            })
+        );
+        let rfc3164 = record_of("<34>Oct 11 22:14:15 mymachine su[230]: 'su root' failed for lonvick", ip);
+        assert_eq!(
+            (&rfc3164["protocol"], &rfc3164["facility"], &rfc3164["severity"]),
+            (&json!("rfc3164"), &json!("auth"), &json!("crit"))
+        );
+        assert_eq!(
+            (&rfc3164["hostname"], &rfc3164["appname"], &rfc3164["procid"]),
+            (&json!("mymachine"), &json!("su"), &json!("230"))
+        );
+        assert_eq!(rfc3164["message"], "'su root' failed for lonvick");
+        assert!(rfc3164["timestamp"].as_str().is_some_and(|t| t.ends_with("-10-11T22:14:15Z")), "{rfc3164}");
+        let plain = record_of("just some text", ip);
+        assert_eq!((&plain["facility"], &plain["message"]), (&Value::Null, &json!("just some text")));
+        let bare = record_of("<11>payment 0 declined", ip);
+        assert_eq!(
+            (&bare["facility"], &bare["severity"], &bare["message"]),
+            (&json!("user"), &json!("err"), &json!("payment 0 declined"))
+        );
+        for not_a_pri in ["<192>x", "<>x", "<1a>x", "<1234>x"] {
+            assert_eq!(record_of(not_a_pri, ip)["facility"], Value::Null, "{not_a_pri}");
+        }
+    }
+
+    /// An RFC 3164 date is this year's unless that is more than a day ahead.
+    #[test]
+    fn a_date_without_a_year_is_the_latest_one_not_ahead() {
+        use chrono::{Datelike as _, Timelike as _};
+        let now = chrono::Utc::now();
+        assert_eq!(year_of((now.month(), now.day(), now.hour(), now.minute(), now.second())), now.year());
+        let ahead = now + chrono::Duration::days(3);
+        let expected = if ahead.year() == now.year() { now.year() - 1 } else { ahead.year() - 1 };
+        assert_eq!(year_of((ahead.month(), ahead.day(), 0, 0, 0)), expected);
+    }
+
+    /// The source through the real runtime, fed octet-counted RFC 5424 messages on one connection
+    /// (its client waits for the source to close its side, which it does once it has taken all):
+    /// every message once at 1, 2 and 4 workers, and a restarted source does not replay what its
+    /// log delivered.
+    #[test]
+    fn passes_the_source_conformance_kit() {
+        use sluice_engine::testkit::source::{Check, SourceCase, conformance};
+
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let messages = 5_000;
+        let expected: Vec<Vec<u8>> = (0..messages)
+            .map(|n| {
+                json!({
+                    "source_ip": "127.0.0.1", "protocol": "rfc5424", "facility": "local0", "severity": "info",
+                    "timestamp": "2025-12-01T00:00:00Z", "hostname": "kit", "appname": "app", "procid": null,
+                    "msgid": null, "structured_data": {}, "message": format!("message {n}")
+                })
+                .to_string()
+                .into_bytes()
+            })
+            .collect();
+        let produce: sluice_engine::testkit::source::Producer = Box::new(move || {
+            use std::io::{Read as _, Write as _};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+            let mut sent = Vec::new();
+            for n in 0..messages {
+                let message = format!("<134>1 2025-12-01T00:00:00Z kit app - - - message {n}");
+                sent.extend_from_slice(format!("{} {message}", message.len()).as_bytes());
+            }
+            stream.write_all(&sent).map_err(|e| e.to_string())?;
+            stream.shutdown(std::net::Shutdown::Write).map_err(|e| e.to_string())?;
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+            Ok(())
+        });
+        let table = format!("type = \"syslog\"\nlisten = \"127.0.0.1:{port}\"\n");
+        let case = SourceCase::stream(table, expected, produce, dir.path());
+        let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
+    }
+}

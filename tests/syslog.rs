@@ -1,0 +1,213 @@
+//! The `syslog` source against real senders: util-linux's `logger` (RFC 5424 octet-counted with
+//! structured data, RFC 3164 one message a line, over TCP and UDP) and Python's
+//! `logging.handlers.SysLogHandler` (NUL-ended messages over TCP, datagrams over UDP), and RFC 5425
+//! (TLS with client certificates) through Python's `ssl`. Every message sent is in the lake once,
+//! its fields as sent.
+
+use std::process::{Command, Stdio};
+
+use super::support::{free_port, json_lines_under, python, repo_root, sluice, start_listening_with, terminate};
+
+/// `logger` with `args`, to 127.0.0.1:`port`.
+fn logger(port: u16, args: &[&str]) {
+    let sent = Command::new("logger").args(["-n", "127.0.0.1", "-P", &port.to_string()]).args(args).output().unwrap();
+    assert!(sent.status.success(), "logger {args:?}: {}", String::from_utf8_lossy(&sent.stderr));
+}
+
+/// Runs a Python script; its stdout.
+fn run_python(script: &str) -> String {
+    let ran = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    String::from_utf8_lossy(&ran.stdout).into_owned()
+}
+
+/// The example pipeline `pipelines/from-syslog.toml` as a user runs it (its port moved, a TLS
+/// source with client certificates added beside it): `logger` in both framings, Python's
+/// `SysLogHandler` over TCP, and an RFC 5425 client; a client without a certificate is refused.
+#[test]
+fn logger_python_and_tls_clients_land_in_the_example_lake() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = super::support::TestCertificates::make();
+    let (port, tls_port) = (free_port(), free_port());
+    let example = std::fs::read_to_string(repo_root().join("pipelines/from-syslog.toml")).unwrap();
+    let listen = "listen = \"127.0.0.1:5140\"";
+    assert!(example.contains(listen));
+    let tls_source = format!(
+        "\n[sources.secure]\ntype = \"syslog\"\nlisten = \"127.0.0.1:{tls_port}\"\n\
+         tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}\n",
+        certs.path("server.pem"),
+        certs.path("server.key"),
+        certs.path("ca.pem")
+    );
+    let config = dir.path().join("from-syslog.toml");
+    let text = example
+        .replace(listen, &format!("listen = \"127.0.0.1:{port}\""))
+        .replace("inputs = [\"syslog\"]", "inputs = [\"syslog\", \"secure\"]")
+        .replace("[sinks.lake]", &format!("{tls_source}\n[sinks.lake]"));
+    std::fs::write(&config, text).unwrap();
+    let mut run = start_listening_with(
+        sluice()
+            .current_dir(dir.path())
+            .args(["run", "--quiet"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        port,
+    );
+    super::support::wait_for_port(tls_port, "the TLS syslog source");
+    logger(
+        port,
+        &[
+            "-T",
+            "--octet-count",
+            "--rfc5424",
+            "--msgid",
+            "ID7",
+            "--sd-id",
+            "zoo@123",
+            "--sd-param",
+            "tiger=\"hungry\"",
+            "-t",
+            "billing",
+            "-p",
+            "local3.warning",
+            "octet counted, with structured data",
+        ],
+    );
+    logger(port, &["-T", "--rfc3164", "-t", "cron", "-p", "cron.info", "one message a line"]);
+    run_python(&format!(
+        "import logging, logging.handlers, socket\n\
+         handler = logging.handlers.SysLogHandler(address=('127.0.0.1', {port}), socktype=socket.SOCK_STREAM)\n\
+         log = logging.getLogger('payments')\n\
+         log.addHandler(handler)\n\
+         for i in range(100):\n\
+         \x20   log.error('payment %d declined', i)\n\
+         handler.close()\n"
+    ));
+    // RFC 5425: octet-counted messages over TLS, with the client's certificate; and without one.
+    let tls_client = |with_certificate: bool| {
+        let load = if with_certificate {
+            format!("context.load_cert_chain('{}', '{}')\n", certs.path("client.pem"), certs.path("client.key"))
+        } else {
+            String::new()
+        };
+        run_python(&format!(
+            "import socket, ssl\n\
+             context = ssl.create_default_context(cafile='{ca}')\n{load}\
+             message = b'<86>1 2026-12-07T10:00:00.5Z gateway sshd 4242 - - Accepted publickey for ops'\n\
+             try:\n\
+             \x20   s = context.wrap_socket(socket.create_connection(('127.0.0.1', {tls_port})), server_hostname='127.0.0.1')\n\
+             \x20   s.sendall(str(len(message)).encode() + b' ' + message)\n\
+             \x20   s.settimeout(2)\n\
+             \x20   s.recv(1)\n\
+             \x20   print('answered')\n\
+             except TimeoutError:\n\
+             \x20   print('kept open')\n\
+             except (ssl.SSLError, OSError) as e:\n\
+             \x20   print('refused', type(e).__name__)\n",
+            ca = certs.path("ca.pem"),
+        ))
+    };
+    // (Syslog answers nothing: a client served is left waiting; one refused reads TLS's alert.)
+    assert_eq!(tls_client(true).trim(), "kept open");
+    let refused = tls_client(false);
+    assert!(refused.starts_with("refused"), "{refused}");
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+
+    let lake = dir.path().join("lake/syslog");
+    let records = json_lines_under(&lake);
+    assert_eq!(records.len(), 1 + 1 + 100 + 1, "{records:#?}");
+    let one = |message: &str| {
+        let found: Vec<&serde_json::Value> = records.iter().filter(|r| r["message"] == message).collect();
+        assert_eq!(found.len(), 1, "{message}: {records:#?}");
+        found[0]
+    };
+    let octet = one("octet counted, with structured data");
+    assert_eq!(
+        (&octet["protocol"], &octet["facility"], &octet["severity"], &octet["appname"], &octet["msgid"]),
+        (&"rfc5424".into(), &"local3".into(), &"warning".into(), &"billing".into(), &"ID7".into())
+    );
+    assert_eq!(octet["structured_data"]["zoo@123"], serde_json::json!({"tiger": "hungry"}));
+    assert_eq!(octet["source_ip"], "127.0.0.1");
+    assert!(octet["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{octet}");
+    let line = one("one message a line");
+    assert_eq!(
+        (&line["protocol"], &line["facility"], &line["appname"]),
+        (&"rfc3164".into(), &"cron".into(), &"cron".into())
+    );
+    let mut declined: Vec<String> = records
+        .iter()
+        .filter(|r| r["message"].as_str().is_some_and(|m| m.contains("declined")))
+        .map(|r| {
+            assert_eq!((&r["facility"], &r["severity"]), (&"user".into(), &"err".into()), "{r}");
+            r["message"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    declined.sort();
+    let mut expected: Vec<String> = (0..100).map(|i| format!("payment {i} declined")).collect();
+    expected.sort();
+    assert_eq!(declined, expected);
+    let secure = one("Accepted publickey for ops");
+    assert_eq!(
+        (&secure["hostname"], &secure["appname"], &secure["procid"], &secure["timestamp"]),
+        (&"gateway".into(), &"sshd".into(), &"4242".into(), &"2026-12-07T10:00:00.500Z".into())
+    );
+    assert!(
+        super::support::files_under(&lake).iter().all(|f| f.to_string_lossy().contains("/host=")),
+        "laid out by host"
+    );
+}
+
+/// `mode = "udp"`: `logger -d` and Python's `SysLogHandler` datagrams, each one message; a
+/// datagram longer than `max_message_kb` is dropped, said in the error log and counted.
+#[test]
+fn udp_datagrams_land_and_one_too_long_is_dropped_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("syslog-udp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"syslog-udp\"\ndata_dir = \"{data}\"\n\
+             error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
+             [sources.udp]\ntype = \"syslog\"\nmode = \"udp\"\nlisten = \"127.0.0.1:{port}\"\nmax_message_kb = 1\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"udp\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+            data = dir.path().join("data").display(),
+            errors = dir.path().join("errors").display(),
+            lake = dir.path().join("lake").display(),
+        ),
+    )
+    .unwrap();
+    let mut run =
+        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // (A UDP source has no port to connect to: the datagrams are sent once it says it listens.)
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    logger(port, &["-d", "--rfc5424", "-t", "router", "-p", "local7.notice", "interface ge-0/0/1 down"]);
+    run_python(&format!(
+        "import socket\n\
+         socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'<14>' + b'y' * 2000, ('127.0.0.1', {port}))\n"
+    ));
+    run_python(&format!(
+        "import logging, logging.handlers, time\n\
+         handler = logging.handlers.SysLogHandler(address=('127.0.0.1', {port}))\n\
+         log = logging.getLogger('udp')\n\
+         log.addHandler(handler)\n\
+         for i in range(50):\n\
+         \x20   log.warning('datagram %d', i)\n\
+         \x20   time.sleep(0.002)\n\
+         handler.close()\n"
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+    let records = json_lines_under(&dir.path().join("lake"));
+    let router: Vec<&serde_json::Value> = records.iter().filter(|r| r["appname"] == "router").collect();
+    assert_eq!(router.len(), 1, "{records:#?}");
+    assert_eq!((&router[0]["message"], &router[0]["facility"]), (&"interface ge-0/0/1 down".into(), &"local7".into()));
+    let datagrams =
+        records.iter().filter(|r| r["message"].as_str().is_some_and(|m| m.starts_with("datagram "))).count();
+    assert_eq!(datagrams, 50, "{records:#?}");
+    let said = json_lines_under(&dir.path().join("errors"));
+    assert!(said.iter().any(|e| e["errorCode"] == "Syslog.MessageTooLarge"), "{said:#?}");
+}
