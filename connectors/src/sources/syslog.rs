@@ -13,6 +13,7 @@
 //! max_connections = 1024             # TCP only
 //! idle_timeout_s = 300               # TCP only: a silent connection is closed
 //! max_inflight_mb = 256
+//! timezone = "Europe/Berlin"         # of RFC 3164 dates, which have none (default UTC)
 //! ```
 //!
 //! Framing on TCP is RFC 6587's, told apart per message as receivers do: a message that starts
@@ -23,8 +24,8 @@
 //! can and never refuses; a message it cannot read at all keeps only `message`), and becomes one
 //! JSON record: `source_ip` (the sender's address), `protocol` (`rfc5424` or `rfc3164`),
 //! `facility` and `severity` (their names, `local0`, `err`; null without a PRI), `timestamp`
-//! (RFC 3339 in UTC; an RFC 3164 date has no year or zone: UTC, this year unless that would be more
-//! than a day ahead, then last year), `hostname`, `appname`, `procid`, `msgid` (null when absent),
+//! (RFC 3339 in UTC; an RFC 3164 date has no year or zone: in `timezone`, default UTC, this year
+//! unless that would be more than a day ahead, then last year), `hostname`, `appname`, `procid`, `msgid` (null when absent),
 //! `structured_data` (`{"<SD-ID>": {"<name>": "<value>"}}`, escapes undone) and `message`. Bytes
 //! that are not UTF-8 are written as U+FFFD.
 //!
@@ -86,6 +87,7 @@ struct SyslogConfig {
     max_connections: Option<u64>,
     idle_timeout_s: Option<u64>,
     max_inflight_mb: Option<u64>,
+    timezone: Option<String>,
 }
 
 /// The transport.
@@ -102,6 +104,7 @@ enum Mode {
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let table = &config.table;
     let listen_span = table.value_span("listen").unwrap_or(table.span.clone());
+    let timezone_span = table.value_span("timezone").unwrap_or(table.span.clone());
     let (message_at, inflight_at, tls_at) =
         (table.key_at("max_message_kb"), table.key_at("max_inflight_mb"), table.key_at("tls"));
     let (connections_at, idle_at) = (table.key_at("max_connections"), table.key_at("idle_timeout_s"));
@@ -152,8 +155,15 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
         "seconds a TCP connection may stay silent (default 300); clients connect again",
     ));
     let tls = problems.take(c.tls.as_ref().map(|t| t.checked(&base_dir, &tls_at)).transpose());
-    let (listen, max_message_kb, inflight, connections, idle, tls) =
-        problems.finish((|| Some((listen?, max_message_kb?, inflight?, connections?, idle?, tls?)))())?;
+    let timezone = problems.take(match c.timezone.as_deref() {
+        None => Ok(chrono_tz::UTC),
+        Some(name) => name.parse::<chrono_tz::Tz>().map_err(|_| {
+            Diagnostic::new(timezone_span, format!("`{name}` is not a time zone"))
+                .with_hint("an IANA time zone name, as the senders' clocks are set: \"UTC\", \"Europe/Berlin\", \"America/New_York\"")
+        }),
+    });
+    let ((listen, max_message_kb, inflight), (connections, idle, tls, timezone)) =
+        problems.finish((|| Some(((listen?, max_message_kb?, inflight?), (connections?, idle?, tls?, timezone?))))())?;
     Ok(Arc::new(SyslogSource {
         listen,
         mode,
@@ -164,6 +174,7 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
             log,
             max_message: usize::try_from(max_message_kb << 10).unwrap_or(usize::MAX),
             idle_timeout: Duration::from_secs(idle),
+            timezone,
             metrics: OnceLock::new(),
         }),
     }))
@@ -186,6 +197,8 @@ struct Shared {
     log: LogSlot,
     max_message: usize,
     idle_timeout: Duration,
+    /// The zone of RFC 3164 dates.
+    timezone: chrono_tz::Tz,
     metrics: OnceLock<(Arc<PipelineMetrics>, SourceMeter)>,
 }
 
@@ -522,7 +535,7 @@ fn push_datagram(batch: &mut RecordBatch, datagram: &[u8], peer: SocketAddr, sha
 /// Appends a message's record to `batch` (one that would pass a record's 1,000 KiB as JSON is
 /// dropped, said).
 fn push_message(batch: &mut RecordBatch, message: &[u8], peer: SocketAddr, shared: &Shared) {
-    let record = record_of(&String::from_utf8_lossy(message), peer.ip());
+    let record = record_of(&String::from_utf8_lossy(message), peer.ip(), shared.timezone);
     let text = record.to_string();
     if text.len() > MAX_RECORD_BYTES {
         shared.drop_long(peer, message.len());
@@ -555,10 +568,10 @@ fn leading_pri(text: &str) -> Option<(u8, &str)> {
     Some((pri, rest))
 }
 
-/// A message as the JSON record it becomes.
-fn record_of(text: &str, source: std::net::IpAddr) -> Value {
-    use syslog_loose::{ProcId, Protocol, Variant};
-    let parse = |text| syslog_loose::parse_message_with_year_tz(text, year_of, Some(chrono::Utc), Variant::Either);
+/// A message parsed, a date without a zone read at `offset`.
+fn parsed(text: &str, offset: chrono::FixedOffset) -> syslog_loose::Message<&str> {
+    use syslog_loose::Variant;
+    let parse = |text| syslog_loose::parse_message_with_year_tz(text, year_of, Some(offset), Variant::Either);
     let mut message = parse(text);
     // A PRI and then neither format (`<11>payment declined`, as Python's `SysLogHandler` sends):
     // the PRI still says facility and severity, and the rest is read without it.
@@ -569,6 +582,25 @@ fn record_of(text: &str, source: std::net::IpAddr) -> Value {
         if message.facility.is_none() {
             (message.facility, message.severity) = syslog_loose::decompose_pri(pri);
         }
+    }
+    message
+}
+
+/// A message as the JSON record it becomes (a date without a zone read in `timezone`).
+fn record_of(text: &str, source: std::net::IpAddr, timezone: chrono_tz::Tz) -> Value {
+    use chrono::TimeZone as _;
+    use syslog_loose::{ProcId, Protocol};
+    let utc = chrono::Offset::fix(&chrono::Utc);
+    let message = parsed(text, utc);
+    let mut timestamp = message.timestamp.map(|t| t.with_timezone(&chrono::Utc));
+    // A date that names no zone (RFC 3164's) is a wall-clock time of the sender's: read in
+    // `timezone`. (It names none when reading it at another offset gives another instant.)
+    if timezone != chrono_tz::UTC
+        && let Some(read) = message.timestamp
+        && let Some(hour_east) = chrono::FixedOffset::east_opt(3600)
+        && parsed(text, hour_east).timestamp != Some(read)
+    {
+        timestamp = timezone.from_local_datetime(&read.naive_utc()).earliest().map(|t| t.with_timezone(&chrono::Utc));
     }
     let structured: serde_json::Map<String, Value> = message
         .structured_data
@@ -587,9 +619,7 @@ fn record_of(text: &str, source: std::net::IpAddr) -> Value {
         },
         "facility": message.facility.map(|f| f.as_str()),
         "severity": message.severity.map(|s| s.as_str()),
-        "timestamp": message.timestamp.map(|t| {
-            t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-        }),
+        "timestamp": timestamp.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
         "hostname": message.hostname,
         "appname": message.appname,
         "procid": message.procid.map(|p| match p {
@@ -686,6 +716,7 @@ mod tests {
         let rfc5424 = record_of(
             r#"<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog 1370 ID47 [exampleSDID@32473 iut="3" eventSource="Appl\"ication"] An application event"#,
             ip,
+            chrono_tz::Europe::Berlin,
         );
         assert_eq!(
             rfc5424,
@@ -697,7 +728,8 @@ mod tests {
                 "message": "An application event"
             })
         );
-        let rfc3164 = record_of("<34>Oct 11 22:14:15 mymachine su[230]: 'su root' failed for lonvick", ip);
+        let rfc3164 =
+            record_of("<34>Oct 11 22:14:15 mymachine su[230]: 'su root' failed for lonvick", ip, chrono_tz::UTC);
         assert_eq!(
             (&rfc3164["protocol"], &rfc3164["facility"], &rfc3164["severity"]),
             (&json!("rfc3164"), &json!("auth"), &json!("crit"))
@@ -708,15 +740,19 @@ mod tests {
         );
         assert_eq!(rfc3164["message"], "'su root' failed for lonvick");
         assert!(rfc3164["timestamp"].as_str().is_some_and(|t| t.ends_with("-10-11T22:14:15Z")), "{rfc3164}");
-        let plain = record_of("just some text", ip);
+        // A date without a zone in the source's `timezone` (October in Berlin: two hours ahead of
+        // UTC); one with a zone (RFC 5424, above) as written, whatever `timezone` says.
+        let berlin = record_of("<34>Oct 11 22:14:15 mymachine su: x", ip, chrono_tz::Europe::Berlin);
+        assert!(berlin["timestamp"].as_str().is_some_and(|t| t.ends_with("-10-11T20:14:15Z")), "{berlin}");
+        let plain = record_of("just some text", ip, chrono_tz::UTC);
         assert_eq!((&plain["facility"], &plain["message"]), (&Value::Null, &json!("just some text")));
-        let bare = record_of("<11>payment 0 declined", ip);
+        let bare = record_of("<11>payment 0 declined", ip, chrono_tz::UTC);
         assert_eq!(
             (&bare["facility"], &bare["severity"], &bare["message"]),
             (&json!("user"), &json!("err"), &json!("payment 0 declined"))
         );
         for not_a_pri in ["<192>x", "<>x", "<1a>x", "<1234>x"] {
-            assert_eq!(record_of(not_a_pri, ip)["facility"], Value::Null, "{not_a_pri}");
+            assert_eq!(record_of(not_a_pri, ip, chrono_tz::UTC)["facility"], Value::Null, "{not_a_pri}");
         }
     }
 
