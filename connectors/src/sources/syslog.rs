@@ -19,7 +19,8 @@
 //! Framing on TCP is RFC 6587's, told apart per message as receivers do: a message that starts
 //! with a digit is octet-counted (`<length> <message>`), any other ends at a line feed (a
 //! carriage return before it dropped; a NUL ends one too, as Python's `SysLogHandler` sends);
-//! what a client sends before it closes the connection with no line feed is its last message. On UDP each datagram is one message. Each message is parsed
+//! what a client sends before it closes the connection with no line feed is its last message; an
+//! empty message (`0 `, a blank line) is nothing. On UDP each datagram is one message. Each message is parsed
 //! as RFC 5424, else as RFC 3164 (the `syslog_loose` crate, which Vector uses: it takes what it
 //! can and never refuses; a message it cannot read at all keeps only `message`), and becomes one
 //! JSON record: `source_ip` (the sender's address), `protocol` (`rfc5424` or `rfc3164`),
@@ -460,6 +461,10 @@ impl Framer {
                 Some(b' ') if digits <= MAX_LENGTH_DIGITS => {
                     let length: usize = std::str::from_utf8(&bytes[..digits]).ok()?.parse().ok()?;
                     let begins = digits + 1;
+                    if length == 0 {
+                        // (RFC 6587's MSG-LEN starts with a nonzero digit: `0 ` carries no message.)
+                        return Some(Frame::Skipped { skip: begins });
+                    }
                     if length > max {
                         let here = (bytes.len() - begins).min(length);
                         self.passing = length - here;
@@ -671,13 +676,12 @@ mod tests {
         let expected = [
             "<13>1 - - a",
             "<13>Oct 11 22:14:15 host app: b",
-            "",
             "<1>c2",
             "024-01-01 starts with a digit",
             "<14>nul",
             "last",
         ];
-        // (`0 ` is an empty octet-counted message; `5 <1>c2` takes five bytes.)
+        // (`0 ` is an empty octet-counted message, nothing; `5 <1>c2` takes five bytes.)
         let whole = frames(&[input], 100);
         assert_eq!(whole, expected);
         for cut in 1..input.len() {
