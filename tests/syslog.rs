@@ -211,3 +211,81 @@ fn udp_datagrams_land_and_one_too_long_is_dropped_and_said() {
     let said = json_lines_under(&dir.path().join("errors"));
     assert!(said.iter().any(|e| e["errorCode"] == "Syslog.MessageTooLarge"), "{said:#?}");
 }
+
+/// Under `sluice serve`, a changed pipeline of a UDP syslog source keeps its socket through the
+/// reload: a sender on a connected socket (which Linux tells when a datagram is refused) is never
+/// refused, and every datagram it sent is delivered once, by the old run or the new one.
+#[test]
+fn a_reload_under_serve_keeps_the_udp_socket_and_its_datagrams() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir(&pipelines).unwrap();
+    let (api, admin, port) = (free_port(), free_port(), free_port());
+    let lake = |folder: &str| dir.path().join(folder);
+    let write = |folder: &str| {
+        let text = format!(
+            "[pipeline]\nname = \"syslog-udp\"\ndata_dir = \"{}\"\n\
+             [sources.udp]\ntype = \"syslog\"\nmode = \"udp\"\nlisten = \"127.0.0.1:{port}\"\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"udp\"]\nurl = \"file://{}\"\nformat = \"ndjson\"\n\
+             buffer = {{ size_mb = 1, interval_s = 1 }}\n",
+            dir.path().join("data").display(),
+            lake(folder).display()
+        );
+        std::fs::write(pipelines.join("syslog-udp.toml"), text).unwrap();
+    };
+    write("before");
+    let mut serving = super::support::start_serve(&pipelines, api, admin);
+    // (The admin endpoint listens once the pipelines are prepared: the socket is bound.)
+    super::support::wait_for_port(admin, "the admin endpoint");
+    let sending = std::sync::Arc::new(AtomicBool::new(true));
+    let sender = {
+        let sending = std::sync::Arc::clone(&sending);
+        std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.connect(("127.0.0.1", port)).unwrap();
+            let (mut sent, mut refused) = (Vec::new(), Vec::new());
+            let mut n = 0;
+            while sending.load(Ordering::SeqCst) {
+                let message = format!("datagram {n}");
+                n += 1;
+                match socket.send(format!("<13>1 - host app - - - {message}").as_bytes()) {
+                    Ok(_) => sent.push(message),
+                    Err(e) => refused.push(format!("{message}: {e}")),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            (sent, refused)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    write("after");
+    let hup = Command::new("kill").args(["-HUP", &serving.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    let http = reqwest::blocking::Client::new();
+    let waited = std::time::Instant::now();
+    while !http
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .is_ok_and(|m| m.contains("\nsluice_ConfigReloads 1\n"))
+    {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(60), "no reload");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    sending.store(false, Ordering::SeqCst);
+    let (mut sent, refused) = sender.join().unwrap();
+    // (What was sent last is read before the stop: a stop takes no more datagrams.)
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    terminate(&serving);
+    assert!(serving.wait().unwrap().success());
+    assert!(refused.is_empty(), "datagrams refused during the reload: {refused:?}");
+    let (before, after) = (json_lines_under(&lake("before")), json_lines_under(&lake("after")));
+    assert!(!before.is_empty() && !after.is_empty(), "{} before, {} after", before.len(), after.len());
+    let mut delivered: Vec<String> =
+        before.iter().chain(&after).map(|r| r["message"].as_str().unwrap_or_default().to_string()).collect();
+    delivered.sort();
+    sent.sort();
+    assert_eq!(delivered, sent);
+}

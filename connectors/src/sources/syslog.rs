@@ -16,28 +16,29 @@
 //! timezone = "Europe/Berlin"         # of RFC 3164 dates, which have none (default UTC)
 //! ```
 //!
-//! Framing on TCP is RFC 6587's, told apart per message as receivers do: a message that starts
-//! with a digit is octet-counted (`<length> <message>`), any other ends at a line feed (a
-//! carriage return before it dropped; a NUL ends one too, as Python's `SysLogHandler` sends);
-//! what a client sends before it closes the connection with no line feed is its last message; an
-//! empty message (`0 `, a blank line) is nothing. On UDP each datagram is one message. Each message is parsed
-//! as RFC 5424, else as RFC 3164 (the `syslog_loose` crate, which Vector uses: it takes what it
-//! can and never refuses; a message it cannot read at all keeps only `message`), and becomes one
-//! JSON record: `source_ip` (the sender's address), `protocol` (`rfc5424` or `rfc3164`),
-//! `facility` and `severity` (their names, `local0`, `err`; null without a PRI), `timestamp`
-//! (RFC 3339 in UTC; an RFC 3164 date has no year or zone: in `timezone`, default UTC, this year
-//! unless that would be more than a day ahead, then last year), `hostname`, `appname`, `procid`, `msgid` (null when absent),
-//! `structured_data` (`{"<SD-ID>": {"<name>": "<value>"}}`, escapes undone) and `message`. Bytes
-//! that are not UTF-8 are written as U+FFFD.
+//! Framing on TCP is RFC 6587's, told apart per message as receivers do: a message that starts with
+//! a digit is octet-counted (`<length> <message>`), any other ends at a line feed (a carriage
+//! return before it dropped; a NUL ends one too, as Python's `SysLogHandler` sends); what a client
+//! sends before it closes the connection with no line feed is its last message; an empty message
+//! (`0 `, a blank line) is nothing. On UDP each datagram is one message. Each message is parsed as
+//! RFC 5424, else as RFC 3164 (the `syslog_loose` crate, which Vector uses: it takes what it can
+//! and never refuses; a message it cannot read at all keeps only `message`), and becomes one JSON
+//! record: `source_ip` (the sender's address), `protocol` (`rfc5424` or `rfc3164`), `facility` and
+//! `severity` (their names, `local0`, `err`; null without a PRI), `timestamp` (RFC 3339 in UTC; an
+//! RFC 3164 date has no year or zone: in `timezone`, default UTC, this year unless that would be
+//! more than a day ahead, then last year), `hostname`, `appname`, `procid`, `msgid` (null when
+//! absent), `structured_data` (`{"<SD-ID>": {"<name>": "<value>"}}`, escapes undone) and `message`.
+//! Bytes that are not UTF-8 are written as U+FFFD.
 //!
 //! Guarantees: records are queued, and logged as durably as the pipeline asks, as they arrive (a
 //! connection's messages read together are taken together); while the queue is full a TCP
 //! connection is not read, which holds its client back. Syslog has no acknowledgement: a client
 //! cannot know what was taken when a connection breaks, and UDP loses what the socket's buffer
-//! cannot hold, as it does for every receiver. A message longer than `max_message_kb` is dropped
-//! and the stream goes on after it (`Syslog.MessageTooLarge` in the error log,
-//! `SyslogDroppedMessages`). A stop ends the accepting, and the connections' bytes already received
-//! are still taken.
+//! cannot hold, as it does for every receiver. Under `sluice serve` a reload keeps the socket (TCP's
+//! listening, UDP's receiving: datagrams wait in its buffer) for the pipeline's next run. A message
+//! longer than `max_message_kb` is dropped and the stream goes on after it
+//! (`Syslog.MessageTooLarge` in the error log, `SyslogDroppedMessages`). A stop ends the accepting,
+//! and the connections' bytes already received are still taken.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -53,6 +54,7 @@ use sluice_engine::record::{RecordBatch, now_ms};
 use tokio::io::AsyncReadExt as _;
 
 use crate::api::bound::Bound;
+use crate::api::bound::bind_udp;
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::listener::open_listener_warning;
 use crate::api::queue::IngestQueue;
@@ -246,19 +248,14 @@ impl Source for SyslogSource {
                 ctx.runtime.spawn(serve_tcp(bound, tls, shared, self.max_connections, ctx.stop.clone()));
             }
             Mode::Udp => {
-                let socket = std::net::UdpSocket::bind(self.listen).map_err(|source| SourceError::Io {
-                    context: format!("cannot listen on udp://{}", self.listen),
-                    source,
-                })?;
-                socket
-                    .set_nonblocking(true)
-                    .map_err(|source| SourceError::Io { context: "syslog UDP socket".into(), source })?;
+                let Bound { socket, serving } = bind_udp(self.listen)?;
                 let stop = ctx.stop.clone();
                 ctx.runtime.spawn(async move {
                     match tokio::net::UdpSocket::from_std(socket) {
                         Ok(socket) => serve_udp(socket, &shared, &stop).await,
                         Err(e) => tracing::error!(error = %e, "syslog: cannot serve the UDP socket"),
                     }
+                    drop(serving);
                     shared.queue.close();
                 });
             }
