@@ -2,7 +2,7 @@
 //! `data_dir` is full, puts are refused with `ServiceUnavailableException` and nothing refused is
 //! acknowledged; once space returns puts are acknowledged again; after a SIGKILL and a restart
 //! every acknowledged record is delivered; the same for the fluent source, whose refusal is a
-//! message left unacknowledged. Runs on a real tmpfs, mounted by the test where it can
+//! message left unacknowledged, and the syslog source, which closes the connection and says so. Runs on a real tmpfs, mounted by the test where it can
 //! (as root, as CI runs); engine/src/wal's unit and property tests inject the same failed writes
 //! everywhere.
 
@@ -227,4 +227,93 @@ fn a_full_disk_leaves_fluent_messages_unacknowledged_and_loses_nothing_acknowled
         acknowledged.len(),
         &lost[..lost.len().min(5)]
     );
+}
+
+/// The syslog source on a full disk: messages the log cannot append are not taken, their
+/// connection is closed, and that is said (`Syslog.LogFailed` in the error log) and recorded in the
+/// audit trail (both spooled on the full disk: the lines are stored from memory); once space
+/// returns a new connection's messages are all delivered, and nothing is delivered twice.
+#[test]
+fn a_full_disk_closes_syslog_connections_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tmpfs) = Tmpfs::mount(&dir.path().join("data"), "1m") else {
+        eprintln!("note: cannot mount a tmpfs here (not root?); the syslog source's full-disk case is not run");
+        return;
+    };
+    let (out, errors, audit) = (dir.path().join("out"), dir.path().join("errors"), dir.path().join("audit"));
+    let port = free_port();
+    let config = dir.path().join("syslog-full.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"syslog-full\"\nworkers = 1\ndata_dir = \"{data}\"\n\
+             error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
+             audit_log = {{ url = \"file://{audit}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
+             [sources.syslog]\ntype = \"syslog\"\nlisten = \"127.0.0.1:{port}\"\n\
+             [sinks.out]\ntype = \"object_store\"\ninputs = [\"syslog\"]\nurl = \"file://{out}\"\nformat = \"ndjson\"\n\
+             buffer = {{ size_mb = 1, interval_s = 1 }}\n",
+            data = tmpfs.0.display(),
+            errors = errors.display(),
+            audit = audit.display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let child = start(&config, port);
+    // Messages `first..first + count` of 1 KB, one a line, on one connection, 50 at a time; stops
+    // at the first failure (the connection closed); prints how many it sent.
+    let send = |first: u64, count: u64| -> u64 {
+        let script = format!(
+            "import socket, time\n\
+             s = socket.create_connection(('127.0.0.1', {port}))\n\
+             pad = 'x' * 1000\n\
+             sent = 0\n\
+             try:\n\
+             \x20   for start in range({first}, {first} + {count}, 50):\n\
+             \x20       s.sendall(b''.join(f'<14>1 - host app - - - n={{n}} {{pad}}\\n'.encode() for n in range(start, start + 50)))\n\
+             \x20       sent += 50\n\
+             \x20       time.sleep(0.01)\n\
+             except OSError:\n\
+             \x20   pass\n\
+             s.close()\n\
+             print(sent)\n"
+        );
+        let ran = std::process::Command::new(super::support::python()).arg("-c").arg(script).output().unwrap();
+        assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+        String::from_utf8_lossy(&ran.stdout).trim().parse().unwrap()
+    };
+    // Far more than the 1 MiB disk holds: the connection is closed once the log cannot append.
+    let sent = send(0, 20_000);
+    assert!(sent < 20_000, "the connection was never closed");
+    tmpfs.resize("64m");
+    assert_eq!(send(100_000, 1_000), 1_000);
+    let waited = std::time::Instant::now();
+    while !super::support::json_lines_under(&errors).iter().any(|e| e["errorCode"] == "Syslog.LogFailed") {
+        assert!(waited.elapsed() < Duration::from_secs(30), "the error log never stored the failure");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    terminate(&child);
+    assert!(child.wait_with_output().unwrap().status.success());
+    let trail = super::support::json_lines_under(&audit);
+    let connections: Vec<&serde_json::Value> = trail.iter().filter(|l| l["eventSource"] == "syslog.sluice").collect();
+    assert_eq!(connections.len(), 2, "{connections:#?}");
+    let failed = connections.iter().find(|l| l["errorCode"] == "Syslog.LogFailed").expect("the failed connection");
+    assert!(failed["errorMessage"].as_str().is_some_and(|m| m.contains("could not be made durable")), "{failed}");
+    let numbers: Vec<u64> = folder_objects(&out)
+        .values()
+        .flatten()
+        .map(|line| {
+            let message =
+                serde_json::from_str::<serde_json::Value>(line).unwrap()["message"].as_str().unwrap().to_string();
+            message.trim_start_matches("n=").split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    let distinct: BTreeSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(distinct.len(), numbers.len(), "a message delivered twice");
+    assert!((100_000..101_000).all(|n| distinct.contains(&n)), "messages sent once space returned were lost");
+    let before: Vec<&u64> = distinct.iter().filter(|n| **n < 100_000).collect();
+    assert!(before.len() > 100, "too few messages taken before the disk filled: {}", before.len());
+    let taken_before = failed["requestParameters"]["recordCount"].as_u64().unwrap();
+    assert_eq!(taken_before, before.len() as u64, "the audit trail counts what was taken: {failed}");
 }

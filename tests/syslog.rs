@@ -43,7 +43,8 @@ fn logger_python_and_tls_clients_land_in_the_example_lake() {
     let text = example
         .replace(listen, &format!("listen = \"127.0.0.1:{port}\""))
         .replace("inputs = [\"syslog\"]", "inputs = [\"syslog\", \"secure\"]")
-        .replace("[sinks.lake]", &format!("{tls_source}\n[sinks.lake]"));
+        .replace("[sinks.lake]", &format!("{tls_source}\n[sinks.lake]"))
+        .replace("name = \"from-syslog\"\n", "name = \"from-syslog\"\naudit_log = \"file://./audit\"\n");
     std::fs::write(&config, text).unwrap();
     let mut run = start_listening_with(
         sluice()
@@ -156,6 +157,24 @@ fn logger_python_and_tls_clients_land_in_the_example_lake() {
     assert!(
         super::support::files_under(&lake).iter().all(|f| f.to_string_lossy().contains("/host=")),
         "laid out by host"
+    );
+    // The audit trail: each connection that brought messages (the client refused in its handshake
+    // brought none), what it brought, and the certificate of the one over mutual TLS.
+    let trail: Vec<serde_json::Value> = json_lines_under(&dir.path().join("audit"))
+        .into_iter()
+        .filter(|l| l["eventSource"] == "syslog.sluice" && l["eventName"] == "SendMessages")
+        .collect();
+    let mut counts: Vec<u64> = trail.iter().map(|l| l["requestParameters"]["recordCount"].as_u64().unwrap()).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [1, 1, 1, 100], "{trail:#?}");
+    assert!(trail.iter().all(|l| l["sourceIPAddress"] == "127.0.0.1" && l.get("errorCode").is_none()), "{trail:#?}");
+    let over_tls: Vec<&serde_json::Value> = trail.iter().filter(|l| l["requestParameters"]["tls"] == true).collect();
+    assert_eq!(over_tls.len(), 1, "{trail:#?}");
+    let identity = &over_tls[0]["userIdentity"];
+    assert_eq!(identity["type"], "ClientCertificate", "{identity}");
+    assert_eq!(identity["clientCertificate"]["subject"], "CN=sluice test", "{identity}");
+    assert!(
+        trail.iter().filter(|l| l["requestParameters"]["tls"] == false).all(|l| l["userIdentity"]["type"] == "Unknown")
     );
 }
 

@@ -37,8 +37,12 @@
 //! cannot hold, as it does for every receiver. Under `sluice serve` a reload keeps the socket (TCP's
 //! listening, UDP's receiving: datagrams wait in its buffer) for the pipeline's next run. A message
 //! longer than `max_message_kb` is dropped and the stream goes on after it
-//! (`Syslog.MessageTooLarge` in the error log, `SyslogDroppedMessages`). A stop ends the accepting,
-//! and the connections' bytes already received are still taken.
+//! (`Syslog.MessageTooLarge` in the error log, `SyslogDroppedMessages`). Messages the log cannot
+//! take (a full disk) are lost, said (`Syslog.LogFailed`), and their connection closed. Each TCP
+//! connection that brought anything is recorded in the audit trail (`syslog.sluice`,
+//! `SendMessages`: the client's certificate with mutual TLS, the messages taken and dropped, a log
+//! failure); a datagram has no connection and is not. A stop ends the accepting, and the
+//! connections' bytes already received are still taken.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -55,6 +59,7 @@ use tokio::io::AsyncReadExt as _;
 
 use crate::api::bound::Bound;
 use crate::api::bound::bind_udp;
+use crate::api::certificate::ClientCertificate;
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::listener::open_listener_warning;
 use crate::api::queue::IngestQueue;
@@ -72,6 +77,9 @@ const GROUP_BYTES: usize = 4 << 20;
 const MAX_DATAGRAM: usize = 65_535;
 /// The longest length prefix of an octet-counted message (`MSG-LEN` is at most this many digits).
 const MAX_LENGTH_DIGITS: usize = 10;
+
+/// The error code of messages that could not be made durable.
+const LOG_FAILED: &str = "Syslog.LogFailed";
 
 /// Messages dropped for their length.
 const DROPPED: Family = Family {
@@ -276,22 +284,58 @@ impl Source for SyslogSource {
 }
 
 impl Shared {
-    /// Queues what a connection or the socket brought; `false` when it could not be taken (the
-    /// run stopping, the log failing: said).
-    async fn take(&self, batch: RecordBatch, peer: SocketAddr, stop: &StopSignal) -> bool {
+    /// Queues what a connection or the socket brought; why not when it could not be taken (the
+    /// run stopping; the log failing, said: the message is returned).
+    async fn take(&self, batch: RecordBatch, peer: SocketAddr, stop: &StopSignal) -> Result<(), Option<String>> {
         if batch.is_empty() {
-            return true;
+            return Ok(());
         }
         let metrics = self.metrics.get().map(|(metrics, _)| metrics);
         match crate::api::stream::take(&self.queue, &self.log, metrics, vec![batch], stop).await {
-            Ok(()) => true,
-            Err(NotTaken::Stopping) => false,
+            Ok(()) => Ok(()),
+            Err(NotTaken::Stopping) => Err(None),
             Err(NotTaken::Log(why)) => {
                 let message = format!("messages from {peer} could not be made durable: {why}; they are lost");
-                self.report(Level::Error, "Syslog.LogFailed", &message);
-                false
+                self.report(Level::Error, LOG_FAILED, &message);
+                Err(Some(message))
             }
         }
+    }
+
+    /// Records a TCP connection from `peer` in the pipeline's audit trail (when it keeps one), as
+    /// `eventSource` `syslog.sluice`, `eventName` `SendMessages`: the client's certificate (mutual
+    /// TLS), the messages it brought, taken and dropped, and a failure to make them durable. A
+    /// connection that brought nothing is not recorded.
+    fn audit(&self, peer: SocketAddr, certificate: Option<&ClientCertificate>, brought: &Brought) {
+        if brought.taken == 0 && brought.dropped == 0 && brought.failed.is_none() {
+            return;
+        }
+        let Some((metrics, _)) = self.metrics.get() else { return };
+        metrics.audit(|trail| {
+            let identity = serde_json::json!({"type": "Unknown"});
+            let identity = match certificate {
+                Some(certificate) => certificate.add_to(identity),
+                None => identity,
+            };
+            let event = sluice_engine::audit::AuditEvent::api_call(
+                "syslog.sluice",
+                "SendMessages",
+                trail.region(),
+                &uuid::Uuid::new_v4().to_string(),
+            )
+            .from_caller(Some(peer.ip().to_string()), None)
+            .identity(identity)
+            .parameters(json!({
+                "recordCount": brought.taken,
+                "bytes": brought.bytes,
+                "droppedMessages": brought.dropped,
+                "tls": brought.tls,
+            }));
+            match &brought.failed {
+                Some(message) => event.error(LOG_FAILED, message),
+                None => event,
+            }
+        });
     }
 
     /// Says `message` in the log and the pipeline's error log (`code`).
@@ -324,15 +368,17 @@ async fn serve_tcp(
     max_connections: usize,
     stop: StopSignal,
 ) {
-    let (each, stopping) = (Arc::clone(&shared), stop.clone());
+    let (each, stopping, tls_served) = (Arc::clone(&shared), stop.clone(), tls.is_some());
     serve_connections(bound, tls, max_connections, stop, "syslog", move |accepted| {
         let (shared, stop) = (Arc::clone(&each), stopping.clone());
         async move {
             match accepted {
-                Ok(Accepted { stream, peer, .. }) => {
-                    if let Err(e) = converse(stream, peer, &shared, &stop).await {
+                Ok(Accepted { stream, peer, certificate }) => {
+                    let mut brought = Brought { tls: tls_served, ..Brought::default() };
+                    if let Err(e) = converse(stream, peer, &shared, &stop, &mut brought).await {
                         tracing::debug!(%peer, error = %e, "syslog: connection ended");
                     }
+                    shared.audit(peer, certificate.as_deref(), &brought);
                 }
                 Err((peer, HandshakeFailed::Io(e))) => {
                     tracing::debug!(%peer, error = %e, "syslog: TLS handshake failed");
@@ -347,13 +393,47 @@ async fn serve_tcp(
     shared.queue.close();
 }
 
+/// What a TCP connection brought, for the audit trail.
+#[derive(Debug, Default)]
+struct Brought {
+    /// Over TLS.
+    tls: bool,
+    /// Messages taken (one record each).
+    taken: u64,
+    /// Their records' bytes.
+    bytes: u64,
+    /// Messages dropped for their length.
+    dropped: u64,
+    /// Why what it brought last could not be made durable.
+    failed: Option<String>,
+}
+
+impl Brought {
+    /// Takes `batch` into the queue, counting it; `false` when the connection is to end.
+    async fn take(&mut self, shared: &Shared, batch: RecordBatch, peer: SocketAddr, stop: &StopSignal) -> bool {
+        let (taken, bytes) = (batch.len() as u64, batch.byte_len() as u64);
+        match shared.take(batch, peer, stop).await {
+            Ok(()) => {
+                self.taken += taken;
+                self.bytes += bytes;
+                true
+            }
+            Err(failed) => {
+                self.failed = failed;
+                false
+            }
+        }
+    }
+}
+
 /// Reads a connection's messages until it ends (or is silent past the idle timeout), taking those
-/// read together at once.
+/// read together at once, counting them in `brought`.
 async fn converse(
     mut stream: Box<dyn Connection>,
     peer: SocketAddr,
     shared: &Shared,
     stop: &StopSignal,
+    brought: &mut Brought,
 ) -> std::io::Result<()> {
     let mut bytes: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut framer = Framer::default();
@@ -369,16 +449,17 @@ async fn converse(
                 }
                 Frame::TooLong { skip, length } => {
                     shared.drop_long(peer, length);
+                    brought.dropped += 1;
                     start += skip;
                 }
                 Frame::Skipped { skip } => start += skip,
             }
-            if batch.byte_len() >= GROUP_BYTES && !shared.take(std::mem::take(&mut batch), peer, stop).await {
+            if batch.byte_len() >= GROUP_BYTES && !brought.take(shared, std::mem::take(&mut batch), peer, stop).await {
                 return Ok(());
             }
         }
         bytes.drain(..start);
-        if !shared.take(batch, peer, stop).await || !more {
+        if !brought.take(shared, batch, peer, stop).await || !more {
             return Ok(());
         }
     }
@@ -515,7 +596,7 @@ async fn serve_udp(socket: tokio::net::UdpSocket, shared: &Shared, stop: &StopSi
                 Err(_) => break,
             }
         }
-        if !shared.take(batch, peer, stop).await {
+        if shared.take(batch, peer, stop).await.is_err() {
             return;
         }
     }
