@@ -5,8 +5,9 @@
 //! [`LineStore::write`] returns, so a process kill loses no line written; a clean stop
 //! ([`LineStore::close`]) stores every line before the run ends; a store that refuses keeps the
 //! lines on disk (`sending-*.jsonl`) and they are stored, first, by the next start. When the spool
-//! cannot be written (a full disk), the lines it lacks are kept in memory and stored from there:
-//! the torn spool is never sent in their place (only a kill before they are stored loses them). Objects are
+//! cannot be written (a full disk), the lines it lacks are kept in memory and stored from there
+//! (put back in front, in order, when the store refuses them): the torn spool is never sent in
+//! their place (only a kill before they are stored loses them). Objects are
 //! `YYYY/MM/DD/HH/<pipeline>-<kind>-<YYYY-MM-DD-HH-MM-SS>-<uuid>.jsonl` under the URL.
 
 use std::io::Write as _;
@@ -432,5 +433,30 @@ mod tests {
         assert!(objects.iter().all(|(key, _)| key.contains("/p-errors-") && key.ends_with(".jsonl")), "{objects:?}");
         let left: Vec<_> = std::fs::read_dir(dir.path().join("errors")).unwrap().flatten().collect();
         assert!(left.iter().all(|e| !e.file_name().to_string_lossy().starts_with("sending-")), "{left:?}");
+    }
+
+    /// With no file writable (the folder gone) and the store refusing, the lines held only in
+    /// memory are put back before the newer ones at a refusal and stored, whole and in order,
+    /// once the store takes them.
+    #[test]
+    fn lines_only_in_memory_survive_refusals_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::default());
+        store.down.store(true, Relaxed);
+        let plan = LinePlan { interval: Duration::from_millis(20), ..plan(&store) };
+        let lines = LineStore::start("p", "audit", plan, dir.path()).unwrap();
+        std::fs::remove_dir_all(dir.path().join("audit")).unwrap();
+        lines.write(b"{\"n\":1}\n");
+        lines.write(b"{\"n\":2}\n");
+        let waited = Instant::now();
+        while lines.failures.load(Relaxed) < 1 {
+            assert!(waited.elapsed() < Duration::from_secs(10), "the store was never asked");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        lines.write(b"{\"n\":3}\n");
+        store.down.store(false, Relaxed);
+        lines.close();
+        let stored: Vec<u8> = lock(&store.objects).iter().flat_map(|(_, body)| body.to_vec()).collect();
+        assert_eq!(String::from_utf8_lossy(&stored), "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n");
     }
 }
