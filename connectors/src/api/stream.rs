@@ -132,6 +132,115 @@ pub fn serve_tls(
     })
 }
 
+/// The keys every connection-serving source has, as its table wrote them.
+#[derive(Debug)]
+pub struct ConnectionKeys {
+    /// `listen`.
+    pub listen: Option<String>,
+    /// `max_connections`.
+    pub max_connections: Option<u64>,
+    /// `idle_timeout_s`.
+    pub idle_timeout_s: Option<u64>,
+    /// `max_inflight_mb`.
+    pub max_inflight_mb: Option<u64>,
+    /// `tls`.
+    pub tls: Option<super::TlsFiles>,
+}
+
+/// What differs between the connection-serving sources' common keys: defaults and the hints of
+/// their ranges.
+#[derive(Debug)]
+pub struct ConnectionDefaults {
+    /// `listen` when not set.
+    pub listen: &'static str,
+    /// `max_connections` when not set.
+    pub max_connections: u64,
+    /// What `max_connections` counts (its range's hint).
+    pub connections_hint: &'static str,
+    /// What `idle_timeout_s` is (its range's hint).
+    pub idle_hint: &'static str,
+    /// The least `max_inflight_mb`…
+    pub least_inflight_mb: u64,
+    /// …and why.
+    pub inflight_hint: &'static str,
+}
+
+/// Where a source's common keys are written, read from its table before the table is taken.
+#[derive(Debug)]
+pub struct ConnectionPlaces {
+    listen: std::ops::Range<usize>,
+    connections: sluice_engine::config::KeyAt,
+    idle: sluice_engine::config::KeyAt,
+    inflight: sluice_engine::config::KeyAt,
+    tls: sluice_engine::config::KeyAt,
+    base_dir: std::path::PathBuf,
+}
+
+/// The common keys, checked.
+#[derive(Debug)]
+pub struct ConnectionSettings {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// How long a connection may stay silent.
+    pub idle_timeout: Duration,
+    /// Bytes of records taken and not yet delivered.
+    pub max_inflight: usize,
+    /// Its certificate (and client CAs), checked.
+    pub tls: Option<super::TlsFiles>,
+}
+
+impl ConnectionPlaces {
+    /// The places of `config`'s common keys.
+    pub fn of(config: &sluice_engine::config::ConnectorConfig) -> Self {
+        let table = &config.table;
+        ConnectionPlaces {
+            listen: table.value_span("listen").unwrap_or(table.span.clone()),
+            connections: table.key_at("max_connections"),
+            idle: table.key_at("idle_timeout_s"),
+            inflight: table.key_at("max_inflight_mb"),
+            tls: table.key_at("tls"),
+            base_dir: config.base_dir.clone(),
+        }
+    }
+
+    /// Checks `keys` against `defaults`, every problem said in `problems`; `None` if any.
+    pub fn check(
+        &self,
+        keys: ConnectionKeys,
+        defaults: &ConnectionDefaults,
+        problems: &mut sluice_engine::config::Problems,
+    ) -> Option<ConnectionSettings> {
+        let listen = problems.take(crate::sources::firehose::parse_listen(
+            keys.listen.as_deref(),
+            defaults.listen,
+            self.listen.clone(),
+        ));
+        let connections = problems.take(self.connections.within(
+            keys.max_connections,
+            defaults.max_connections,
+            1..=1_000_000,
+            defaults.connections_hint,
+        ));
+        let idle = problems.take(self.idle.within(keys.idle_timeout_s, 300, 1..=86_400, defaults.idle_hint));
+        let inflight = problems.take(super::inflight_limit(
+            keys.max_inflight_mb,
+            defaults.least_inflight_mb,
+            defaults.inflight_hint,
+            &self.inflight,
+        ));
+        let tls = problems.take(keys.tls.as_ref().map(|t| t.checked(&self.base_dir, &self.tls)).transpose());
+        Some(ConnectionSettings {
+            listen: listen?,
+            max_connections: usize::try_from(connections?).unwrap_or(usize::MAX),
+            idle_timeout: Duration::from_secs(idle?),
+            max_inflight: inflight?,
+            tls: tls?,
+        })
+    }
+}
+
 /// Why [`take`] did not take every batch.
 #[derive(Debug)]
 pub enum NotTaken {

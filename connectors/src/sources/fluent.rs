@@ -79,9 +79,11 @@ use crate::api::certificate::ClientCertificate;
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::listener::{BodyBudget, BodyRoom, open_listener_warning};
 use crate::api::queue::IngestQueue;
-use crate::api::stream::{Accepted, HandshakeFailed, NotTaken, serve_connections};
-use crate::api::{LogSlot, QueueReader, TlsFiles, bind, inflight_limit};
-use crate::sources::firehose::parse_listen;
+use crate::api::stream::{
+    Accepted, ConnectionDefaults, ConnectionKeys, ConnectionPlaces, ConnectionSettings, HandshakeFailed, NotTaken,
+    serve_connections,
+};
+use crate::api::{LogSlot, QueueReader, TlsFiles, bind};
 
 /// Where the source listens unless told: Fluentd's forward port, on this machine only.
 const DEFAULT_LISTEN: &str = "127.0.0.1:24224";
@@ -134,39 +136,40 @@ struct FluentUser {
     password: String,
 }
 
+/// The common keys' defaults.
+const CONNECTIONS: ConnectionDefaults = ConnectionDefaults {
+    listen: DEFAULT_LISTEN,
+    max_connections: 4096,
+    connections_hint: "concurrent connections (default 4096)",
+    idle_hint: "seconds a connection may stay silent between messages (default 300); clients connect again",
+    least_inflight_mb: 2,
+    inflight_hint: "a message's records go into the queue in batches of up to 2 MiB",
+};
+
 /// Builds the source from `[sources.<name>]`.
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let table = &config.table;
-    let listen_span = table.value_span("listen").unwrap_or(table.span.clone());
+    let places = ConnectionPlaces::of(&config);
     let key_span = table.value_span("shared_key").unwrap_or(table.span.clone());
     let hostname_span = table.value_span("self_hostname").unwrap_or(table.span.clone());
     let users_span = table.value_span("users").unwrap_or(table.span.clone());
-    let (message_at, inflight_at) = (table.key_at("max_message_mb"), table.key_at("max_inflight_mb"));
-    let (connections_at, idle_at, tls_at) =
-        (table.key_at("max_connections"), table.key_at("idle_timeout_s"), table.key_at("tls"));
-    let buffer_at = table.key_at("max_buffer_mb");
+    let (message_at, buffer_at) = (table.key_at("max_message_mb"), table.key_at("max_buffer_mb"));
     let log = LogSlot::for_source(&config);
-    let base_dir = config.base_dir.clone();
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<FluentConfig>(&mut problems) else { return Err(problems) };
-    let listen = problems.take(parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span));
+    let keys = ConnectionKeys {
+        listen: c.listen,
+        max_connections: c.max_connections,
+        idle_timeout_s: c.idle_timeout_s,
+        max_inflight_mb: c.max_inflight_mb,
+        tls: c.tls,
+    };
+    let connections = places.check(keys, &CONNECTIONS, &mut problems);
     let max_message_mb = problems.take(message_at.within(
         c.max_message_mb,
         16,
         1..=1024,
         "MB of one forward-protocol message as sent (default 16; Fluent Bit's chunks are 2 MB)",
-    ));
-    let inflight = problems.take(inflight_limit(
-        c.max_inflight_mb,
-        2,
-        "a message's records go into the queue in batches of up to 2 MiB",
-        &inflight_at,
-    ));
-    let connections = problems.take(connections_at.within(
-        c.max_connections,
-        4096,
-        1..=1_000_000,
-        "concurrent connections (default 4096)",
     ));
     // (Without `max_buffer_mb`, room for at least one whole message, in a buffer grown by quarters.)
     let least_buffer_mb = max_message_mb.map_or(2, |mb| mb + mb / 4 + 1);
@@ -175,12 +178,6 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
         least_buffer_mb.max(256),
         least_buffer_mb..=65_536,
         "MB of messages being received, across connections (default 256); at least 1.25 times `max_message_mb`, so that one can be whole",
-    ));
-    let idle = problems.take(idle_at.within(
-        c.idle_timeout_s,
-        300,
-        1..=86_400,
-        "seconds a connection may stay silent between messages (default 300); clients connect again",
     ));
     let shared_key = problems.take(match c.shared_key {
         Some(key) if key.is_empty() => Err(Diagnostic::new(key_span, "`shared_key` is empty")
@@ -208,26 +205,21 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
                 "each user needs a name of its own and a password: users = [{ username = \"fluent-bit\", password = \"${FLUENT_BIT_PASSWORD}\" }]",
             )),
     });
-    let tls = problems.take(c.tls.as_ref().map(|t| t.checked(&base_dir, &tls_at)).transpose());
-    let ((listen, max_message_mb, inflight, connections, idle), (shared_key, users, hostname, tls, buffer_mb)) =
-        problems.finish((|| {
-            Some((
-                (listen?, max_message_mb?, inflight?, connections?, idle?),
-                (shared_key?, users?, hostname?, tls?, buffer_mb?),
-            ))
-        })())?;
+    let ((connections, max_message_mb), (shared_key, users, hostname, buffer_mb)) =
+        problems.finish((|| Some(((connections?, max_message_mb?), (shared_key?, users?, hostname?, buffer_mb?))))())?;
+    let ConnectionSettings { listen, max_connections, idle_timeout, max_inflight, tls } = connections;
     Ok(Arc::new(FluentSource {
         listen,
         tls,
-        max_connections: usize::try_from(connections).unwrap_or(usize::MAX),
+        max_connections,
         shared: Arc::new(Shared {
-            queue: Arc::new(IngestQueue::new(inflight)),
+            queue: Arc::new(IngestQueue::new(max_inflight)),
             log,
             shared_key,
             users,
             hostname,
             max_message: usize::try_from(max_message_mb << 20).unwrap_or(usize::MAX),
-            idle_timeout: Duration::from_secs(idle),
+            idle_timeout,
             buffers: BodyBudget::new(usize::try_from(buffer_mb << 20).unwrap_or(usize::MAX)),
             metrics: OnceLock::new(),
         }),

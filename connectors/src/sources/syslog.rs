@@ -63,9 +63,11 @@ use crate::api::certificate::ClientCertificate;
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::listener::open_listener_warning;
 use crate::api::queue::IngestQueue;
-use crate::api::stream::{Accepted, Connection, HandshakeFailed, NotTaken, serve_connections};
-use crate::api::{LogSlot, QueueReader, TlsFiles, bind, inflight_limit};
-use crate::sources::firehose::parse_listen;
+use crate::api::stream::{
+    Accepted, Connection, ConnectionDefaults, ConnectionKeys, ConnectionPlaces, ConnectionSettings, HandshakeFailed,
+    NotTaken, serve_connections,
+};
+use crate::api::{LogSlot, QueueReader, TlsFiles, bind};
 
 /// Where the source listens unless told (Fluent Bit's syslog port; 514 needs root).
 const DEFAULT_LISTEN: &str = "127.0.0.1:5140";
@@ -111,20 +113,27 @@ enum Mode {
     Udp,
 }
 
+/// The common keys' defaults.
+const CONNECTIONS: ConnectionDefaults = ConnectionDefaults {
+    listen: DEFAULT_LISTEN,
+    max_connections: 1024,
+    connections_hint: "concurrent TCP connections (default 1024)",
+    idle_hint: "seconds a TCP connection may stay silent (default 300); clients connect again",
+    least_inflight_mb: 8,
+    inflight_hint: "the messages read together are queued together, up to 4 MiB",
+};
+
 /// Builds the source from `[sources.<name>]`.
 pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let table = &config.table;
-    let listen_span = table.value_span("listen").unwrap_or(table.span.clone());
+    let places = ConnectionPlaces::of(&config);
     let timezone_span = table.value_span("timezone").unwrap_or(table.span.clone());
-    let (message_at, inflight_at, tls_at) =
-        (table.key_at("max_message_kb"), table.key_at("max_inflight_mb"), table.key_at("tls"));
-    let (connections_at, idle_at) = (table.key_at("max_connections"), table.key_at("idle_timeout_s"));
+    let message_at = table.key_at("max_message_kb");
     let tcp_only: Vec<(&str, std::ops::Range<usize>)> = ["tls", "max_connections", "idle_timeout_s"]
         .into_iter()
         .filter_map(|key| table.key_span(key).map(|span| (key, span)))
         .collect();
     let log = LogSlot::for_source(&config);
-    let base_dir = config.base_dir.clone();
     let mut problems = Problems::default();
     let Some(c) = config.table.deserialize::<SyslogConfig>(&mut problems) else { return Err(problems) };
     let mode = c.mode.unwrap_or(Mode::Tcp);
@@ -140,32 +149,20 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
             );
         }
     }
-    let listen = problems.take(parse_listen(c.listen.as_deref(), DEFAULT_LISTEN, listen_span));
+    let keys = ConnectionKeys {
+        listen: c.listen,
+        max_connections: c.max_connections,
+        idle_timeout_s: c.idle_timeout_s,
+        max_inflight_mb: c.max_inflight_mb,
+        tls: c.tls,
+    };
+    let connections = places.check(keys, &CONNECTIONS, &mut problems);
     let max_message_kb = problems.take(message_at.within(
         c.max_message_kb,
         64,
         1..=512,
         "KiB of one syslog message (default 64; RFC 5425 asks receivers for at least 2 KiB, and 8 KiB)",
     ));
-    let inflight = problems.take(inflight_limit(
-        c.max_inflight_mb,
-        8,
-        "the messages read together are queued together, up to 4 MiB",
-        &inflight_at,
-    ));
-    let connections = problems.take(connections_at.within(
-        c.max_connections,
-        1024,
-        1..=1_000_000,
-        "concurrent TCP connections (default 1024)",
-    ));
-    let idle = problems.take(idle_at.within(
-        c.idle_timeout_s,
-        300,
-        1..=86_400,
-        "seconds a TCP connection may stay silent (default 300); clients connect again",
-    ));
-    let tls = problems.take(c.tls.as_ref().map(|t| t.checked(&base_dir, &tls_at)).transpose());
     let timezone = problems.take(match c.timezone.as_deref() {
         None => Ok(chrono_tz::UTC),
         Some(name) => name.parse::<chrono_tz::Tz>().map_err(|_| {
@@ -173,18 +170,19 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
                 .with_hint("an IANA time zone name, as the senders' clocks are set: \"UTC\", \"Europe/Berlin\", \"America/New_York\"")
         }),
     });
-    let ((listen, max_message_kb, inflight), (connections, idle, tls, timezone)) =
-        problems.finish((|| Some(((listen?, max_message_kb?, inflight?), (connections?, idle?, tls?, timezone?))))())?;
+    let (connections, max_message_kb, timezone) =
+        problems.finish((|| Some((connections?, max_message_kb?, timezone?)))())?;
+    let ConnectionSettings { listen, max_connections, idle_timeout, max_inflight, tls } = connections;
     Ok(Arc::new(SyslogSource {
         listen,
         mode,
         tls,
-        max_connections: usize::try_from(connections).unwrap_or(usize::MAX),
+        max_connections,
         shared: Arc::new(Shared {
-            queue: Arc::new(IngestQueue::new(inflight)),
+            queue: Arc::new(IngestQueue::new(max_inflight)),
             log,
             max_message: usize::try_from(max_message_kb << 10).unwrap_or(usize::MAX),
-            idle_timeout: Duration::from_secs(idle),
+            idle_timeout,
             timezone,
             metrics: OnceLock::new(),
         }),
