@@ -323,6 +323,7 @@ pub struct PostEndpoint {
     queue: Arc<IngestQueue>,
     log: LogSlot,
     metrics: std::sync::OnceLock<Arc<PipelineMetrics>>,
+    meter: std::sync::OnceLock<sluice_engine::metrics::SourceMeter>,
 }
 
 impl PostEndpoint {
@@ -334,6 +335,11 @@ impl PostEndpoint {
     /// The pipeline's metrics, once the source is prepared.
     pub fn metrics(&self) -> Option<&Arc<PipelineMetrics>> {
         self.metrics.get()
+    }
+
+    /// The source's meter (its error-log lines and counters), once it is prepared.
+    pub fn meter(&self) -> Option<&sluice_engine::metrics::SourceMeter> {
+        self.meter.get()
     }
 
     /// The largest body taken (`max_body_mb`), after decompression.
@@ -404,6 +410,8 @@ pub struct RequestFacts {
     pub records: Option<usize>,
     /// Their bytes.
     pub bytes: Option<usize>,
+    /// Items of its body rejected while the rest was taken (OTLP's partial success).
+    pub rejected: Option<u64>,
 }
 
 impl PostEndpoint {
@@ -451,7 +459,14 @@ impl PostEndpoint {
             )
             .from_caller(Some(caller.address.ip().to_string()), user_agent)
             .identity(identity)
-            .parameters(serde_json::json!({"path": uri.path(), "recordCount": facts.records, "bytes": facts.bytes}));
+            .parameters({
+                let mut parameters =
+                    serde_json::json!({"path": uri.path(), "recordCount": facts.records, "bytes": facts.bytes});
+                if let Some(rejected) = facts.rejected {
+                    parameters["rejectedRecords"] = rejected.into();
+                }
+                parameters
+            });
             match refused {
                 None => event,
                 Some((code, message)) => event.error(code, message),
@@ -581,6 +596,7 @@ impl PostSource {
                 queue: Arc::new(IngestQueue::new(inflight)),
                 log: places.log,
                 metrics: std::sync::OnceLock::new(),
+                meter: std::sync::OnceLock::new(),
             }),
             tls,
             limits,
@@ -628,6 +644,7 @@ impl Source for PostSource {
             }
         }
         let _ = self.endpoint.metrics.set(Arc::clone(&ctx.metrics));
+        let _ = self.endpoint.meter.set(ctx.meter.clone());
         if let Some(log) = self.endpoint.log.open(&self.endpoint.queue, &ctx.metrics)? {
             log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
         }
