@@ -349,3 +349,61 @@ fn messages_still_arriving_are_held_within_max_buffer_mb() {
     let errors = json_lines_under(&dir.path().join("errors"));
     assert!(errors.iter().any(|e| e["errorCode"] == "Fluent.Busy"), "{errors:?}");
 }
+
+/// An event over a record's 1,000 KiB as JSON (a dumped blob) is dropped and the rest of its
+/// message taken and acknowledged: Fluent Bit or Fluentd would otherwise resend the whole chunk, or
+/// drop it, for one event. Said in the error log
+/// (`Fluent.EventTooLarge`) and in the connection's audit line (`droppedEvents`).
+#[test]
+fn an_event_over_a_records_size_is_dropped_and_its_message_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("fluent-large.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"fluent-large\"\ndata_dir = \"{data}\"\naudit_log = \"file://{audit}\"\n\
+             error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
+             [sources.fluent]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"fluent\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+            data = dir.path().join("data").display(),
+            audit = dir.path().join("audit").display(),
+            errors = dir.path().join("errors").display(),
+            lake = dir.path().join("lake").display(),
+        ),
+    )
+    .unwrap();
+    let mut run = start_listening_with(
+        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+        port,
+    );
+    let script = format!(
+        "import msgpack, socket\n\
+         entries = [[1764547200, {{'n': 0}}], [1764547201, {{'n': 1, 'blob': 'x' * 1100000}}], [1764547202, {{'n': 2}}]]\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         s.settimeout(20)\n\
+         s.sendall(msgpack.packb(['app.big', entries, {{'chunk': 'c-1'}}]))\n\
+         print(msgpack.unpackb(s.recv(1024)))\n"
+    );
+    let sent = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    let said = String::from_utf8_lossy(&sent.stdout);
+    assert!(sent.status.success(), "{said}{}", String::from_utf8_lossy(&sent.stderr));
+    assert_eq!(said.trim(), "{'ack': 'c-1'}");
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+    let mut kept: Vec<i64> =
+        json_lines_under(&dir.path().join("lake")).iter().map(|r| r["record"]["n"].as_i64().unwrap()).collect();
+    kept.sort_unstable();
+    assert_eq!(kept, [0, 2]);
+    let errors = json_lines_under(&dir.path().join("errors"));
+    let dropped: Vec<&serde_json::Value> = errors.iter().filter(|e| e["errorCode"] == "Fluent.EventTooLarge").collect();
+    assert_eq!(dropped.len(), 1, "{errors:#?}");
+    assert!(dropped[0]["message"].as_str().is_some_and(|m| m.starts_with("1 event(s) from 127.0.0.1:")), "{dropped:?}");
+    let trail = json_lines_under(&dir.path().join("audit"));
+    let forward: Vec<&serde_json::Value> = trail.iter().filter(|l| l["eventSource"] == "fluent.sluice").collect();
+    assert_eq!(forward.len(), 1, "{trail:#?}");
+    assert_eq!(
+        (&forward[0]["requestParameters"]["recordCount"], &forward[0]["requestParameters"]["droppedEvents"]),
+        (&2.into(), &1.into())
+    );
+}
