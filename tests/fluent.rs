@@ -9,8 +9,8 @@ use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
 
 use super::support::{
-    TestCertificates, files_under, free_port, json_lines_under, python, repo_root, sluice, start_listening_with,
-    terminate,
+    TestCertificates, files_under, free_port, json_lines_under, listening_pipeline, python, repo_root, run_listening,
+    sluice, start_listening_with, terminate,
 };
 
 /// Runs tests/js/fluent_forward.mjs: `count` events to `port` in `mode`; its output.
@@ -127,29 +127,15 @@ fn the_handshake_and_tls_admit_only_the_shared_key_and_its_users() {
     let dir = tempfile::tempdir().unwrap();
     let certs = TestCertificates::make();
     let port = free_port();
-    let config = dir.path().join("fluent-tls.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"fluent-tls\"\ndata_dir = \"{data}\"\n\
-             error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
-             audit_log = \"file://{audit}\"\n\
-             [sources.fluent]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\nshared_key = \"s3cret-key\"\n\
-             self_hostname = \"lake-gateway\"\nusers = [{{ username = \"fluent-bit\", password = \"pa55word\" }}]\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\
-             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"fluent\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
-            data = dir.path().join("data").display(),
-            errors = dir.path().join("errors").display(),
-            audit = dir.path().join("audit").display(),
-            lake = dir.path().join("lake").display(),
-            cert = certs.path("server.pem"),
-            key = certs.path("server.key"),
-        ),
-    )
-    .unwrap();
-    let mut run = start_listening_with(
-        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
-        port,
+    let table = format!(
+        "type = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\nshared_key = \"s3cret-key\"\n\
+         self_hostname = \"lake-gateway\"\nusers = [{{ username = \"fluent-bit\", password = \"pa55word\" }}]\n\
+         tls = {{ cert = \"{}\", key = \"{}\" }}",
+        certs.path("server.pem"),
+        certs.path("server.key"),
     );
+    let config = listening_pipeline(dir.path(), "fluent-tls", "", "fluent", &table);
+    let mut run = run_listening(&config, port);
     let ca = certs.path("ca.pem");
     for mode in ["Message", "CompressedPackedForward"] {
         let sent = node_logger_as(port, mode, 40, Some("s3cret-key"), Some(&ca), Some(("fluent-bit", "pa55word")));
@@ -239,22 +225,9 @@ fn messages_sent_together_are_answered_together_and_a_bad_one_ends_the_connectio
     use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("fluent-group.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"fluent-group\"\ndata_dir = \"{data}\"\ndurability = \"fsync\"\n\
-             [sources.fluent]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\n\
-             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"fluent\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
-            data = dir.path().join("data").display(),
-            lake = dir.path().join("lake").display(),
-        ),
-    )
-    .unwrap();
-    let mut run = start_listening_with(
-        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
-        port,
-    );
+    let table = format!("type = \"fluent\"\nlisten = \"127.0.0.1:{port}\"");
+    let config = listening_pipeline(dir.path(), "fluent-group", "durability = \"fsync\"", "fluent", &table);
+    let mut run = run_listening(&config, port);
     // [tag, time, {"n": n}, {"chunk": id}]
     let message = |n: u8, chunk: &str| {
         let mut m = vec![0x94, 0xa1, b't', 0x01, 0x81, 0xa1, b'n', n, 0x81, 0xa5];
@@ -292,24 +265,9 @@ fn messages_still_arriving_are_held_within_max_buffer_mb() {
     use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("fluent-buffer.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"fluent-buffer\"\ndata_dir = \"{data}\"\n\
-             error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
-             [sources.fluent]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\nmax_message_mb = 1\nmax_buffer_mb = 2\n\
-             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"fluent\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
-            data = dir.path().join("data").display(),
-            errors = dir.path().join("errors").display(),
-            lake = dir.path().join("lake").display(),
-        ),
-    )
-    .unwrap();
-    let mut run = start_listening_with(
-        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
-        port,
-    );
+    let table = format!("type = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\nmax_message_mb = 1\nmax_buffer_mb = 2");
+    let config = listening_pipeline(dir.path(), "fluent-buffer", "", "fluent", &table);
+    let mut run = run_listening(&config, port);
     // [tag, 1, {"s": <1,000,000 bytes>}, {"chunk": "A"}], its first 900,000 bytes sent, then the rest.
     let mut message = vec![0x94, 0xa3];
     message.extend_from_slice(b"big");
@@ -358,25 +316,9 @@ fn messages_still_arriving_are_held_within_max_buffer_mb() {
 fn an_event_over_a_records_size_is_dropped_and_its_message_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("fluent-large.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"fluent-large\"\ndata_dir = \"{data}\"\naudit_log = \"file://{audit}\"\n\
-             error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
-             [sources.fluent]\ntype = \"fluent\"\nlisten = \"127.0.0.1:{port}\"\n\
-             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"fluent\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
-            data = dir.path().join("data").display(),
-            audit = dir.path().join("audit").display(),
-            errors = dir.path().join("errors").display(),
-            lake = dir.path().join("lake").display(),
-        ),
-    )
-    .unwrap();
-    let mut run = start_listening_with(
-        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
-        port,
-    );
+    let table = format!("type = \"fluent\"\nlisten = \"127.0.0.1:{port}\"");
+    let config = listening_pipeline(dir.path(), "fluent-large", "", "fluent", &table);
+    let mut run = run_listening(&config, port);
     let script = format!(
         "import msgpack, socket\n\
          entries = [[1764547200, {{'n': 0}}], [1764547201, {{'n': 1, 'blob': 'x' * 1100000}}], [1764547202, {{'n': 2}}]]\n\

@@ -235,22 +235,9 @@ fn opentelemetry_python_sdk_logs_spans_and_metrics_land_with_their_context() {
 fn opentelemetry_javascript_sdk_logs_in_otlp_json_land_whole() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("otlp-json.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"otlp-json\"\ndata_dir = \"{data}\"\n\
-             [sources.otel]\ntype = \"otlp\"\nlisten = \"127.0.0.1:{port}\"\nbearer_token = \"{TOKEN}\"\n\
-             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"otel\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
-            data = dir.path().join("data").display(),
-            lake = dir.path().join("lake").display(),
-        ),
-    )
-    .unwrap();
-    let mut otlp = start_listening_with(
-        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
-        port,
-    );
+    let table = format!("type = \"otlp\"\nlisten = \"127.0.0.1:{port}\"\nbearer_token = \"{TOKEN}\"");
+    let config = super::support::listening_pipeline(dir.path(), "otlp-json", "", "otel", &table);
+    let mut otlp = super::support::run_listening(&config, port);
     let run = Command::new("node")
         .arg(repo_root().join("tests/js/otlp_logs.mjs"))
         .args([&format!("http://127.0.0.1:{port}/v1/logs"), TOKEN, "120"])
@@ -559,26 +546,11 @@ fn a_record_over_the_size_limit_is_rejected_and_the_rest_taken() {
 
 fn start_with_grpc(dir: &std::path::Path, name: &str, source_keys: &str) -> (super::support::Started, u16, u16) {
     let (port, grpc_port) = (free_port(), free_port());
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"{name}\"\ndata_dir = \"{data}\"\naudit_log = \"file://{audit}\"\n\
-             error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
-             [sources.otel]\ntype = \"otlp\"\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
-             {source_keys}\n\
-             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"otel\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
-            data = dir.join("data").display(),
-            audit = dir.join("audit").display(),
-            errors = dir.join("errors").display(),
-            lake = dir.join("lake").display(),
-        ),
-    )
-    .unwrap();
-    let otlp = start_listening_with(
-        sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
-        port,
+    let table = format!(
+        "type = \"otlp\"\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n{source_keys}"
     );
+    let config = super::support::listening_pipeline(dir, name, "", "otel", &table);
+    let otlp = super::support::run_listening(&config, port);
     super::support::wait_for_port(grpc_port, "sluice's OTLP/gRPC listener");
     (otlp, port, grpc_port)
 }

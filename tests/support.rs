@@ -282,6 +282,39 @@ pub fn object_store_pipeline(dir: &Path, name: &str, source: &str, sinks: &str) 
     config
 }
 
+/// A pipeline file `dir/<name>.toml` as the tests of a listening source write it: its data under
+/// `dir/data`, its error log (an object a second) under `dir/errors` and its audit log under
+/// `dir/audit`, `pipeline` (more `[pipeline]` lines, or none), the source `[sources.<source>]` of
+/// `table` (its TOML lines), and an NDJSON lake of that source under `dir/lake`.
+pub fn listening_pipeline(dir: &Path, name: &str, pipeline: &str, source: &str, table: &str) -> PathBuf {
+    let config = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "[pipeline]\nname = \"{name}\"\ndata_dir = \"{data}\"\n\
+         error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
+         audit_log = \"file://{audit}\"\n{pipeline}\n\
+         [sources.{source}]\n{table}\n\
+         [sinks.lake]\ntype = \"object_store\"\ninputs = [\"{source}\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
+        data = dir.join("data").display(),
+        errors = dir.join("errors").display(),
+        audit = dir.join("audit").display(),
+        lake = dir.join("lake").display(),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// `sluice run --quiet config` (its output dropped), once it listens on `port`.
+pub fn run_listening(config: &Path, port: u16) -> Started {
+    start_listening_with(
+        sluice()
+            .args(["run", "--quiet"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+        port,
+    )
+}
+
 /// Opens a multipart upload of one 5 MiB part through the first sink of the pipeline `toml` and
 /// leaves it open, as a killed run does, then prepares that sink again as the next start does:
 /// `open_uploads` (what the store says is open) must go from 1 to 0.

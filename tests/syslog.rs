@@ -184,20 +184,8 @@ fn logger_python_and_tls_clients_land_in_the_example_lake() {
 fn udp_datagrams_land_and_one_too_long_is_dropped_and_said() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("syslog-udp.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"syslog-udp\"\ndata_dir = \"{data}\"\n\
-             error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
-             [sources.udp]\ntype = \"syslog\"\nmode = \"udp\"\nlisten = \"127.0.0.1:{port}\"\nmax_message_kb = 1\n\
-             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"udp\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n",
-            data = dir.path().join("data").display(),
-            errors = dir.path().join("errors").display(),
-            lake = dir.path().join("lake").display(),
-        ),
-    )
-    .unwrap();
+    let table = format!("type = \"syslog\"\nmode = \"udp\"\nlisten = \"127.0.0.1:{port}\"\nmax_message_kb = 1");
+    let config = super::support::listening_pipeline(dir.path(), "syslog-udp", "", "udp", &table);
     let mut run =
         sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // (A UDP source has no port to connect to: the datagrams are sent once it says it listens.)
