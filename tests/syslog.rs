@@ -296,3 +296,52 @@ fn a_reload_under_serve_keeps_the_udp_socket_and_its_datagrams() {
     sent.sort();
     assert_eq!(delivered, sent);
 }
+
+/// UDP with a receive buffer too small for a burst (`receive_buffer_kb`): the datagrams the kernel
+/// drops are said and counted (`Syslog.DatagramsDropped`), so that the datagrams delivered and
+/// those said dropped add up to those sent, each delivered once.
+#[test]
+fn datagrams_the_kernel_drops_are_said_so_that_nothing_is_lost_unsaid() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let table = format!("type = \"syslog\"\nmode = \"udp\"\nlisten = \"127.0.0.1:{port}\"\nreceive_buffer_kb = 4");
+    let config = super::support::listening_pipeline(dir.path(), "syslog-drops", "", "udp", &table);
+    let mut run = sluice()
+        .args(["run", "--quiet", "--admin", &format!("127.0.0.1:{admin}")])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // (The admin endpoint listens once the source is prepared: its socket is bound.)
+    super::support::wait_for_port(admin, "the admin endpoint");
+    let sent: u64 = 20_000;
+    run_python(&format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for n in range({sent}):\n\
+         \x20   s.sendto(b'<13>1 - host app - - - n=%d' % n, ('127.0.0.1', {port}))\n"
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+    let mut delivered: Vec<String> = json_lines_under(&dir.path().join("lake"))
+        .iter()
+        .map(|r| r["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let errors = json_lines_under(&dir.path().join("errors"));
+    let dropped: u64 = errors
+        .iter()
+        .filter(|e| e["errorCode"] == "Syslog.DatagramsDropped")
+        .map(|e| {
+            let message = e["message"].as_str().unwrap_or_default();
+            message.trim_start_matches("the kernel dropped ").split(' ').next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    assert!(dropped > 0, "a 4 KiB buffer held a burst of {sent} datagrams: {} delivered", delivered.len());
+    let count = delivered.len() as u64;
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len() as u64, count, "a datagram delivered twice");
+    assert_eq!(count + dropped, sent, "{count} delivered and {dropped} said dropped");
+}

@@ -1,5 +1,5 @@
-//! Listening sockets (TCP, and UDP): bound before a run starts (so a taken address is an error then), and, under
-//! `sluice serve`, kept open while the pipeline that listened on them restarts.
+//! Listening sockets (TCP, and UDP): bound before a run starts (so a taken address is an error
+//! then), and, under `sluice serve`, kept open while the pipeline that listened on them restarts.
 //!
 //! A reload stops a changed pipeline and starts its new version once the old one has ended (they
 //! never share a log): seconds in which nothing listens on the address of its own `http` or

@@ -14,6 +14,7 @@
 //! idle_timeout_s = 300               # TCP only: a silent connection is closed
 //! max_inflight_mb = 256
 //! timezone = "Europe/Berlin"         # of RFC 3164 dates, which have none (default UTC)
+//! receive_buffer_kb = 4096           # UDP only: the socket's receive buffer (default the kernel's)
 //! ```
 //!
 //! Framing on TCP is RFC 6587's, told apart per message as receivers do: a message that starts with
@@ -34,7 +35,9 @@
 //! connection's messages read together are taken together); while the queue is full a TCP
 //! connection is not read, which holds its client back. Syslog has no acknowledgement: a client
 //! cannot know what was taken when a connection breaks, and UDP loses what the socket's buffer
-//! cannot hold, as it does for every receiver. Under `sluice serve` a reload keeps the socket (TCP's
+//! cannot hold, as it does for every receiver, but not unsaid: each second the kernel's count of
+//! the socket's drops is read and what it dropped said (`Syslog.DatagramsDropped`) and counted
+//! (`SyslogKernelDroppedDatagrams`); a stop takes the datagrams already received. Under `sluice serve` a reload keeps the socket (TCP's
 //! listening, UDP's receiving: datagrams wait in its buffer) for the pipeline's next run. A message
 //! longer than `max_message_kb` is dropped and the stream goes on after it
 //! (`Syslog.MessageTooLarge` in the error log, `SyslogDroppedMessages`). Messages the log cannot
@@ -57,8 +60,7 @@ use sluice_engine::metrics::{Family, PipelineMetrics, SourceMeter};
 use sluice_engine::record::{RecordBatch, now_ms};
 use tokio::io::AsyncReadExt as _;
 
-use crate::api::bound::Bound;
-use crate::api::bound::bind_udp;
+use crate::api::bound::{Bound, bind_udp};
 use crate::api::certificate::ClientCertificate;
 use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::listener::open_listener_warning;
@@ -83,6 +85,12 @@ const MAX_LENGTH_DIGITS: usize = 10;
 /// The error code of messages that could not be made durable.
 const LOG_FAILED: &str = "Syslog.LogFailed";
 
+/// Datagrams the kernel dropped for the UDP socket.
+const KERNEL_DROPPED: Family = Family {
+    name: "SyslogKernelDroppedDatagrams",
+    help: "Datagrams the kernel dropped for a UDP syslog source, its receive buffer full (said in the error log).",
+};
+
 /// Messages dropped for their length.
 const DROPPED: Family = Family {
     name: "SyslogDroppedMessages",
@@ -101,6 +109,7 @@ struct SyslogConfig {
     idle_timeout_s: Option<u64>,
     max_inflight_mb: Option<u64>,
     timezone: Option<String>,
+    receive_buffer_kb: Option<u64>,
 }
 
 /// The transport.
@@ -128,7 +137,8 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
     let table = &config.table;
     let places = ConnectionPlaces::of(&config);
     let timezone_span = table.value_span("timezone").unwrap_or(table.span.clone());
-    let message_at = table.key_at("max_message_kb");
+    let (message_at, buffer_at) = (table.key_at("max_message_kb"), table.key_at("receive_buffer_kb"));
+    let udp_only = table.key_span("receive_buffer_kb");
     let tcp_only: Vec<(&str, std::ops::Range<usize>)> = ["tls", "max_connections", "idle_timeout_s"]
         .into_iter()
         .filter_map(|key| table.key_span(key).map(|span| (key, span)))
@@ -149,6 +159,24 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
             );
         }
     }
+    if let (Mode::Tcp, Some(span)) = (mode, udp_only) {
+        problems.push(
+            Diagnostic::new(span, "`receive_buffer_kb` is for UDP; this source has mode = \"tcp\"")
+                .with_hint("TCP holds its senders back instead: remove it, or set mode = \"udp\""),
+        );
+    }
+    let receive_buffer_kb = problems.take(
+        c.receive_buffer_kb
+            .map(|kb| {
+                buffer_at.within(
+                    Some(kb),
+                    kb,
+                    1..=1_048_576,
+                    "KiB of datagrams the kernel holds for the source (UDP; its default is net.core.rmem_default, and net.core.rmem_max caps it)",
+                )
+            })
+            .transpose(),
+    );
     let keys = ConnectionKeys {
         listen: c.listen,
         max_connections: c.max_connections,
@@ -170,14 +198,15 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
                 .with_hint("an IANA time zone name, as the senders' clocks are set: \"UTC\", \"Europe/Berlin\", \"America/New_York\"")
         }),
     });
-    let (connections, max_message_kb, timezone) =
-        problems.finish((|| Some((connections?, max_message_kb?, timezone?)))())?;
+    let (connections, max_message_kb, timezone, receive_buffer_kb) =
+        problems.finish((|| Some((connections?, max_message_kb?, timezone?, receive_buffer_kb?)))())?;
     let ConnectionSettings { listen, max_connections, idle_timeout, max_inflight, tls } = connections;
     Ok(Arc::new(SyslogSource {
         listen,
         mode,
         tls,
         max_connections,
+        receive_buffer: receive_buffer_kb.map(|kb| usize::try_from(kb << 10).unwrap_or(usize::MAX)),
         shared: Arc::new(Shared {
             queue: Arc::new(IngestQueue::new(max_inflight)),
             log,
@@ -196,6 +225,8 @@ struct SyslogSource {
     mode: Mode,
     tls: Option<TlsFiles>,
     max_connections: usize,
+    /// `receive_buffer_kb` (UDP), in bytes.
+    receive_buffer: Option<usize>,
     shared: Arc<Shared>,
 }
 
@@ -255,6 +286,9 @@ impl Source for SyslogSource {
             }
             Mode::Udp => {
                 let Bound { socket, serving } = bind_udp(self.listen)?;
+                if let Some(bytes) = self.receive_buffer {
+                    size_receive_buffer(&socket, bytes)?;
+                }
                 let stop = ctx.stop.clone();
                 ctx.runtime.spawn(async move {
                     match tokio::net::UdpSocket::from_std(socket) {
@@ -341,6 +375,21 @@ impl Shared {
         tracing::warn!("syslog: {message}");
         if let Some((_, meter)) = self.metrics.get() {
             meter.report(level, code, message);
+        }
+    }
+
+    /// Says that the kernel dropped `count` datagrams for the UDP socket (none: nothing said).
+    fn say_kernel_drops(&self, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let message = format!(
+            "the kernel dropped {count} datagram(s) sent to this source: its receive buffer was full, \
+             faster than they were read (raise `receive_buffer_kb`, and net.core.rmem_max with it)"
+        );
+        self.report(Level::Warn, "Syslog.DatagramsDropped", &message);
+        if let Some((_, meter)) = self.metrics.get() {
+            meter.count(KERNEL_DROPPED, count);
         }
     }
 
@@ -572,11 +621,20 @@ impl Framer {
 }
 
 /// Receives datagrams until `stop`, each one message; those waiting together are taken at once.
+/// At the stop, the datagrams already in the socket's buffer are taken too. Each second, and at
+/// the end, the datagrams the kernel dropped for the socket (its buffer full) are said and counted.
 async fn serve_udp(socket: tokio::net::UdpSocket, shared: &Shared, stop: &StopSignal) {
     let mut datagram = vec![0u8; MAX_DATAGRAM];
+    let mut dropped = KernelDrops::of(&socket);
+    let mut look = tokio::time::interval(Duration::from_secs(1));
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (length, peer) = tokio::select! {
-            () = stop.stopped() => return,
+            () = stop.stopped() => break,
+            _ = look.tick() => {
+                shared.say_kernel_drops(dropped.as_mut().map_or(0, KernelDrops::since_last));
+                continue;
+            }
             received = socket.recv_from(&mut datagram) => match received {
                 Ok(received) => received,
                 Err(e) => {
@@ -587,17 +645,94 @@ async fn serve_udp(socket: tokio::net::UdpSocket, shared: &Shared, stop: &StopSi
         };
         let mut batch = RecordBatch::with_capacity(now_ms(), 0);
         push_datagram(&mut batch, &datagram[..length], peer, shared);
-        // The datagrams already waiting go with it.
-        while batch.byte_len() < GROUP_BYTES {
-            match socket.try_recv_from(&mut datagram) {
-                Ok((length, peer)) => push_datagram(&mut batch, &datagram[..length], peer, shared),
-                Err(_) => break,
-            }
-        }
-        if shared.take(batch, peer, stop).await.is_err() {
-            return;
+        if !take_waiting(&socket, &mut datagram, batch, peer, shared, stop).await {
+            break;
         }
     }
+    // The datagrams received before the stop.
+    while let Ok((length, peer)) = socket.try_recv_from(&mut datagram) {
+        let mut batch = RecordBatch::with_capacity(now_ms(), 0);
+        push_datagram(&mut batch, &datagram[..length], peer, shared);
+        if !take_waiting(&socket, &mut datagram, batch, peer, shared, stop).await {
+            break;
+        }
+    }
+    shared.say_kernel_drops(dropped.as_mut().map_or(0, KernelDrops::since_last));
+}
+
+/// Asks the kernel for a receive buffer of `bytes` for `socket`; says when it gives less (Linux
+/// caps it at net.core.rmem_max, and reports twice what it was asked, its bookkeeping included).
+fn size_receive_buffer(socket: &std::net::UdpSocket, bytes: usize) -> Result<(), SourceError> {
+    let socket = socket2::SockRef::from(socket);
+    let io =
+        |source| SourceError::Io { context: format!("cannot size the UDP receive buffer to {bytes} bytes"), source };
+    socket.set_recv_buffer_size(bytes).map_err(io)?;
+    let given = socket.recv_buffer_size().map_err(io)?;
+    if given < bytes {
+        tracing::warn!(
+            asked = bytes,
+            given,
+            "syslog: the kernel gave the UDP socket a smaller receive buffer than `receive_buffer_kb` asks: raise net.core.rmem_max"
+        );
+    }
+    Ok(())
+}
+
+/// Adds the datagrams already waiting to `batch` (up to [`GROUP_BYTES`]) and takes them all;
+/// `false` when they could not be taken.
+async fn take_waiting(
+    socket: &tokio::net::UdpSocket,
+    datagram: &mut [u8],
+    mut batch: RecordBatch,
+    peer: SocketAddr,
+    shared: &Shared,
+    stop: &StopSignal,
+) -> bool {
+    while batch.byte_len() < GROUP_BYTES {
+        match socket.try_recv_from(datagram) {
+            Ok((length, peer)) => push_datagram(&mut batch, &datagram[..length], peer, shared),
+            Err(_) => break,
+        }
+    }
+    shared.take(batch, peer, stop).await.is_ok()
+}
+
+/// The count of datagrams the kernel dropped for a UDP socket because its receive buffer was full,
+/// read from `/proc/net/udp` and `/proc/net/udp6` by the socket's inode (Linux; elsewhere, or
+/// when they cannot be read, none is said).
+struct KernelDrops {
+    inode: u64,
+    seen: u64,
+}
+
+impl KernelDrops {
+    /// The socket's count as it is now.
+    fn of(socket: &tokio::net::UdpSocket) -> Option<Self> {
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?.ino();
+        Some(KernelDrops { inode, seen: udp_drops(inode)? })
+    }
+
+    /// The datagrams dropped since the last look.
+    fn since_last(&mut self) -> u64 {
+        let Some(now) = udp_drops(self.inode) else { return 0 };
+        let since = now.saturating_sub(self.seen);
+        self.seen = now;
+        since
+    }
+}
+
+/// The `drops` of the UDP socket `inode` in the kernel's socket tables (`sl local_address
+/// rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ref pointer drops`).
+fn udp_drops(inode: u64) -> Option<u64> {
+    ["/proc/net/udp", "/proc/net/udp6"].into_iter().find_map(|table| {
+        let text = std::fs::read_to_string(table).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(9)?.parse::<u64>().ok()? == inode).then(|| fields.get(12)?.parse().ok())?
+        })
+    })
 }
 
 /// Appends a datagram's message to `batch` (its trailing line ends and NULs dropped; an empty one
