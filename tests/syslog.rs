@@ -320,7 +320,7 @@ fn datagrams_the_kernel_drops_are_said_so_that_nothing_is_lost_unsaid() {
         "import socket\n\
          s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
          for n in range({sent}):\n\
-         \x20   s.sendto(b'<13>1 - host app - - - n=%d' % n, ('127.0.0.1', {port}))\n"
+         \x20   s.sendto(b'<13>1 - host app - - - n=%d ' % n + b'x' * 400, ('127.0.0.1', {port}))\n"
     ));
     std::thread::sleep(std::time::Duration::from_millis(1500));
     terminate(&run);
