@@ -3,9 +3,9 @@
 //! are down (deliveries failing, data going stale, records going to the error output), whose
 //! API serves a certificate that expires within two days, one of whose sinks presents a client
 //! certificate that does too, whose Kinesis source reads an hour
-//! behind its stream (moto, behind a proxy that says so as Kinesis would), and one of whose sinks
-//! has its `tls.ca` renewed with a broken file; and of a `sluice serve` whose folder holds a file
-//! with an error.
+//! behind its stream (moto, behind a proxy that says so as Kinesis would), one of whose sinks
+//! has its `tls.ca` renewed with a broken file, and whose UDP syslog source gets a burst its buffer
+//! cannot hold; and of a `sluice serve` whose folder holds a file with an error.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -28,7 +28,7 @@ fn the_alert_rules_are_valid_and_each_fires_on_a_real_scrape_where_its_condition
         .expect("promtool (scripts/test.sh installs Debian's prometheus)");
     let said = String::from_utf8_lossy(&checked.stdout);
     assert!(
-        checked.status.success() && said.contains("SUCCESS: 10 rules found"),
+        checked.status.success() && said.contains("SUCCESS: 11 rules found"),
         "{said}{}",
         String::from_utf8_lossy(&checked.stderr)
     );
@@ -41,7 +41,7 @@ fn the_alert_rules_are_valid_and_each_fires_on_a_real_scrape_where_its_condition
     let (kinesis, _proxy_runtime) = super::kinesis::fault_proxy(&moto.endpoint, std::sync::Arc::new(lag));
     // The API serves a certificate of the test CA, which lasts two days: within the expiry rule's 14.
     let certs = TestCertificates::make();
-    let (api, admin, down) = (free_port(), free_port(), free_port());
+    let (api, admin, down, udp) = (free_port(), free_port(), free_port(), free_port());
     // The stuck sink's CA file, renewed with a broken one once the run is up; its client
     // certificate (the test CA's too) ends within two days.
     let ca = dir.path().join("ca.pem");
@@ -71,9 +71,15 @@ stream = "{stream}"
 endpoint = "http://127.0.0.1:{kinesis}"
 poll_ms = 200
 
+[sources.datagrams]
+type = "syslog"
+mode = "udp"
+listen = "127.0.0.1:{udp}"
+receive_buffer_kb = 4
+
 [sinks.stuck]
 type = "http_endpoint"
-inputs = ["gen", "api", "lagging"]
+inputs = ["gen", "api", "lagging", "datagrams"]
 url = "http://127.0.0.1:{down}/in"
 buffer = {{ size_mb = 1, interval_s = 1 }}
 retry = {{ duration_s = 600 }}
@@ -147,6 +153,18 @@ backup_store = {{ url = "file://{backup}" }}
     // files (every 5 s, when a delivery asks for its client: every second here), which the second
     // scrape waits for; the other conditions get their 7 s at least.
     std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\ncut short\n").unwrap();
+    // A burst of datagrams into the syslog source's 4 KiB buffer: the kernel drops most of them.
+    let burst = Command::new(python())
+        .arg("-c")
+        .arg(format!(
+            "import socket\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             for n in range(20000):\n\
+             \x20   s.sendto(b'<13>1 - host app - - - %d ' % n + b'x' * 400, ('127.0.0.1', {udp}))\n"
+        ))
+        .status()
+        .unwrap();
+    assert!(burst.success());
     let refused = |text: &str| {
         text.lines()
             .any(|l| l.starts_with("sluice_TlsRenewalFailures{") && l.contains("\"stuck\"") && l.ends_with(" 1"))
@@ -218,4 +236,7 @@ backup_store = {{ url = "file://{backup}" }}
     assert_eq!(expiring[0]["stream"], "alerts", "{report}");
     assert_eq!(fired("SluiceClientCertificateExpiring"), ["stuck"], "{report}");
     assert_eq!(report["expected"]["SluiceConfigFilesFailed"].as_array().map(Vec::len), Some(1), "{report}");
+    let dropping = &report["expected"]["SluiceSourceDroppingData"];
+    assert_eq!(dropping.as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(dropping[0]["stream"], "alerts", "{report}");
 }

@@ -4,7 +4,8 @@ scrapes of a run where the conditions hold (tests/alerts.rs).
     alerts_check.py RULES SCRAPE_BEFORE SCRAPE_AFTER SECONDS_BETWEEN WORKDIR
 
 Every series the rules read comes from the scrapes, with its real name and labels: counters grow
-at the rate seen between the scrapes (a refused TLS renewal included), gauges keep their last value. Two conditions a short test
+at the rate seen between the scrapes (a refused TLS renewal and datagrams dropped at a source
+included), gauges keep their last value. Two conditions a short test
 cannot drive (a write-ahead log at 80 % of `retention.max_gb`, which is at least 1 GB, and
 throttled puts) are set past their thresholds on their real label sets. A certificate's expiry (the
 listener's, a client certificate's), a
@@ -24,6 +25,13 @@ import yaml
 
 SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?P<labels>.*)\})? (?P<value>\S+)$')
 EVAL_SECONDS = 1200
+# The counters of what a source dropped of what was sent to it (SluiceSourceDroppingData).
+DROPPED_AT_SOURCES = (
+    "sluice_SyslogKernelDroppedDatagrams",
+    "sluice_SyslogDroppedMessages",
+    "sluice_FluentDroppedEvents",
+    "sluice_OtlpRejectedItems",
+)
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -66,14 +74,15 @@ def main():
             "sluice_KinesisMillisBehindLatest",
             "sluice_TlsRenewalFailures",
             "sluice_ConfigFilesFailed",
-        )
+        ) or name in DROPPED_AT_SOURCES
 
     inputs, expected = [], {name: [] for name in severity}
     gauges = {}
     for (name, labels), value in after.items():
         if not family(name):
             continue
-        if name.endswith("FailedRecords") or name in ("sluice_ThrottledRecords", "sluice_TlsRenewalFailures"):
+        counters = ("sluice_ThrottledRecords", "sluice_TlsRenewalFailures") + DROPPED_AT_SOURCES
+        if name.endswith("FailedRecords") or name in counters:
             start = before.get((name, labels), 0.0)
             step = (value - start) * per_minute
             if name == "sluice_ThrottledRecords":
@@ -83,8 +92,10 @@ def main():
                 alert = {
                     "sluice_ThrottledRecords": "SluiceThrottling",
                     "sluice_TlsRenewalFailures": "SluiceTlsRenewalRefused",
+                    **{dropped: "SluiceSourceDroppingData" for dropped in DROPPED_AT_SOURCES},
                 }.get(name, "SluiceErrorOutputGrowing")
-                expected[alert].append(dict(labels))
+                if dict(labels) not in expected[alert]:  # (one alert for several families of a stream)
+                    expected[alert].append(dict(labels))
             continue
         gauges[(name, labels)] = value
     for (name, labels), value in gauges.items():
