@@ -1,6 +1,7 @@
 //! The hot paths one at a time, with criterion, each as bytes/s of input:
 //! - `encode_compress`: CloudTrail-style records through a sink's buffer into NDJSON objects, for each
-//!   compression (the work a worker does per record for text formats);
+//!   compression, and into CSV of ten columns, four of them nested (the work a worker does per
+//!   record for text formats);
 //! - `json_to_parquet`: CloudFront-style records into Parquet objects against the declared schema
 //!   (JSON → Arrow columns → Parquet pages), snappy and zstd;
 //! - `transforms`: CloudTrail records through one transform worker (`redact` with every built-in
@@ -86,6 +87,13 @@ fn encode_compress(c: &mut Criterion) {
         ));
         group.bench_function(format!("ndjson {compression}"), |b| b.iter(|| build_objects(&settings, &records)));
     }
+    // CSV of top-level and nested columns, as a SIEM export takes CloudTrail.
+    let settings = sink_settings(
+        "format = \"csv\"\ncolumns = [\"eventTime\", \"eventName\", \"awsRegion\", \"sourceIPAddress\", \
+         \"userIdentity.type\", \"userIdentity.arn\", \"userIdentity.accountId\", \"requestParameters.bucketName\", \
+         \"requestParameters.key\", \"readOnly\"]\nbuffer = { size_mb = 64, interval_s = 900 }",
+    );
+    group.bench_function("csv none", |b| b.iter(|| build_objects(&settings, &records)));
     group.finish();
 }
 

@@ -9,7 +9,6 @@
 //! newlines), the header dropped.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -46,8 +45,64 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// An object's members, each value as its text.
-type Members<'r> = HashMap<Cow<'r, str>, &'r RawValue>;
+/// An object's members in their order, each value as its text, each key borrowed from the record
+/// unless it has escapes (an object has a few dozen keys: a scan finds one faster than a map
+/// would be built).
+#[derive(Debug, Default)]
+struct Members<'r>(Vec<(Cow<'r, str>, &'r RawValue)>);
+
+impl<'r> Members<'r> {
+    /// The value of `key`: of the last of duplicate keys, as jq reads them.
+    fn get(&self, key: &str) -> Option<&'r RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::with_capacity(32);
+                while let Some((Key(key), value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    members.push((key, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
+}
+
+/// An object's key, borrowed from the record unless it has escapes.
+struct Key<'r>(Cow<'r, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(text.to_string())))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
+/// The objects a record's columns reached into, each by the keys that lead to it and parsed once
+/// per record (`None`: no object there).
+type Nested<'p, 'r> = Vec<(&'p [String], Option<Members<'r>>)>;
 
 /// Dots in a column's name past which only two of its ways are tried (the name as one key, and
 /// split at every dot): the ways double with each dot.
@@ -74,25 +129,39 @@ pub fn column_paths(name: &str) -> Vec<Vec<&str>> {
 }
 
 /// The value at `path` (its keys) in `members`; `None` when a key is missing or a value on the way
-/// is no object.
-fn find<'r>(members: &Members<'r>, path: &[String]) -> Option<&'r RawValue> {
+/// is no object. The objects on the way are parsed once per record, in `nested`.
+fn find<'p, 'r>(members: &Members<'r>, path: &'p [String], nested: &mut Nested<'p, 'r>) -> Option<&'r RawValue> {
     let (last, parents) = path.split_last()?;
-    let mut inner: Option<Members<'r>> = None;
-    for key in parents {
-        let parent = inner.as_ref().unwrap_or(members).get(key.as_str())?.get();
-        if !parent.starts_with('{') {
-            return None;
-        }
-        inner = Some(serde_json::from_str(parent).ok()?);
+    if parents.is_empty() {
+        return members.get(last);
     }
-    inner.as_ref().unwrap_or(members).get(last.as_str()).copied()
+    let at = object_at(members, parents, nested)?;
+    nested[at].1.as_ref()?.get(last)
+}
+
+/// Where in `nested` the object that `keys` lead to is (parsed and put there at the first ask).
+fn object_at<'p, 'r>(members: &Members<'r>, keys: &'p [String], nested: &mut Nested<'p, 'r>) -> Option<usize> {
+    if let Some(at) = nested.iter().position(|(seen, _)| *seen == keys) {
+        return Some(at);
+    }
+    let (last, parents) = keys.split_last()?;
+    let value = if parents.is_empty() {
+        members.get(last)
+    } else {
+        let at = object_at(members, parents, nested)?;
+        nested[at].1.as_ref().and_then(|parent| parent.get(last))
+    };
+    let object =
+        value.map(RawValue::get).filter(|text| text.starts_with('{')).and_then(|text| serde_json::from_str(text).ok());
+    nested.push((keys, object));
+    Some(nested.len() - 1)
 }
 
 /// One CSV row (RFC 4180 quoting, `\n` line ends) through the `csv` crate.
-fn write_row<'a>(out: &mut Vec<u8>, fields: impl Iterator<Item = Cow<'a, str>>) {
+fn write_row<T: AsRef<[u8]>>(out: &mut Vec<u8>, fields: impl IntoIterator<Item = T>) {
     let mut writer = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(out);
     // Writing into a Vec cannot fail.
-    let _ = writer.write_record(fields.map(|f| f.into_owned()));
+    let _ = writer.write_record(fields);
     let _ = writer.flush();
 }
 
@@ -111,20 +180,21 @@ impl RecordCodec for Csv {
 
     fn header(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        write_row(&mut out, self.columns.iter().map(|c| Cow::Borrowed(c.as_str())));
+        write_row(&mut out, &self.columns);
         out
     }
 
     fn encode(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         // Values as the record wrote them (a number's digits, an object's text); a string decoded;
         // the last of duplicate keys, as jq reads them.
-        let Ok(members) = serde_json::from_slice::<HashMap<Cow<'_, str>, &RawValue>>(record) else {
+        let Ok(members) = serde_json::from_slice::<Members<'_>>(record) else {
             let value: Value = serde_json::from_slice(record).map_err(|e| format!("record is not valid JSON: {e}"))?;
             return Err(format!("record is JSON {}, not an object", json_kind(&value)));
         };
         let mut fields = Vec::with_capacity(self.columns.len());
+        let mut nested = Nested::new();
         for ways in &self.paths {
-            let raw = ways.iter().find_map(|path| find(&members, path)).map_or("null", |v| v.get());
+            let raw = ways.iter().find_map(|path| find(&members, path, &mut nested)).map_or("null", |v| v.get());
             fields.push(match raw.as_bytes().first() {
                 Some(b'n') => Cow::Borrowed(""),
                 Some(b'"') => Cow::Owned(
@@ -133,7 +203,7 @@ impl RecordCodec for Csv {
                 _ => Cow::Borrowed(raw),
             });
         }
-        write_row(out, fields.into_iter());
+        write_row(out, fields.iter().map(|field| field.as_bytes()));
         Ok(())
     }
 
