@@ -31,8 +31,8 @@
 //! `POST /services/collector/ack` with `{"acks":[ids]}` answers each id issued on that channel
 //! `true`: indexer acknowledgement, which Firehose's Splunk destination requires. A request is
 //! answered only once its records are queued and as durable as the pipeline asks (the write-ahead
-//! log synced), so an id is true from the moment it is given; unlike Splunk, an id stays true when
-//! asked again. Refusals carry HEC's codes: 401 code 2 (no `Authorization`), 401 code 3 (not
+//! log synced), so an id is true from the moment it is given; as Splunk does, an id is answered
+//! `true` once (asked again, it is `false`). Refusals carry HEC's codes: 401 code 2 (no `Authorization`), 401 code 3 (not
 //! `Splunk <token>` nor Basic auth with the token as password), 403 code 4 (another token), 400
 //! code 16 (a `?token=`), 400 code 5 (no data), 400 code 6 (not JSON, not an object, a record
 //! over 1,000 KiB; with `invalid-event-number`, counted from 0), 400 code 12 (no `event`), 400
@@ -67,6 +67,9 @@ const HEC_EVENT_SOURCE: &str = "splunk-hec.sluice";
 /// Channels whose acknowledgement ids are remembered; past it the oldest is forgotten (its ids
 /// then answer `false`, and its client sends the request again: a duplicate, never a loss).
 const MAX_CHANNELS: usize = 100_000;
+/// Runs of a channel's ids given and not yet answered that are remembered (the same: the oldest
+/// forgotten past it).
+const MAX_PENDING_RANGES: usize = 10_000;
 
 /// The source's own keys.
 #[derive(Debug, Deserialize)]
@@ -180,13 +183,21 @@ struct Hec {
     raw_format: RawFormat,
 }
 
-/// The acknowledgement ids given per channel: every id below a channel's count was given, and
-/// its request taken.
+/// The acknowledgement ids given per channel and not yet answered `true` (HEC answers an id `true`
+/// once: asked again, it is `false`).
 #[derive(Debug, Default)]
 struct Channels {
-    given: HashMap<String, u64>,
+    given: HashMap<String, Acks>,
     /// The channels in the order they were first seen (the oldest is forgotten first).
     order: std::collections::VecDeque<String>,
+}
+
+/// One channel's ids: the next to give, and those given and not yet answered, as ranges in order
+/// (ids are given in order and mostly asked for in order, so a few ranges hold them).
+#[derive(Debug, Default)]
+struct Acks {
+    next: u64,
+    pending: std::collections::VecDeque<std::ops::Range<u64>>,
 }
 
 impl Channels {
@@ -200,14 +211,39 @@ impl Channels {
             }
             self.order.push_back(channel.to_string());
         }
-        let count = self.given.entry(channel.to_string()).or_insert(0);
-        *count += 1;
-        *count - 1
+        let acks = self.given.entry(channel.to_string()).or_default();
+        let id = acks.next;
+        acks.next += 1;
+        match acks.pending.back_mut() {
+            Some(last) if last.end == id => last.end += 1,
+            _ => acks.pending.push_back(id..id + 1),
+        }
+        // (A client that asks out of order leaves gaps; past this many the oldest ids are
+        // forgotten: asked, they are `false` and their requests sent again, never lost.)
+        if acks.pending.len() > MAX_PENDING_RANGES {
+            acks.pending.pop_front();
+        }
+        id
     }
 
-    /// Whether `id` was given on `channel`.
-    fn was_given(&self, channel: &str, id: u64) -> bool {
-        self.given.get(channel).is_some_and(|count| id < *count)
+    /// Whether `id` was given on `channel` and not answered `true` before; it is not pending after.
+    fn answer(&mut self, channel: &str, id: u64) -> bool {
+        let Some(acks) = self.given.get_mut(channel) else { return false };
+        let at = acks.pending.partition_point(|range| range.end <= id);
+        let Some(range) = acks.pending.get_mut(at).filter(|range| range.contains(&id)) else { return false };
+        match (range.start == id, range.end == id + 1) {
+            (true, true) => {
+                acks.pending.remove(at);
+            }
+            (true, false) => range.start += 1,
+            (false, true) => range.end -= 1,
+            (false, false) => {
+                let after = id + 1..range.end;
+                range.end = id;
+                acks.pending.insert(at + 1, after);
+            }
+        }
+        true
     }
 }
 
@@ -509,9 +545,9 @@ async fn take(
         }
         let asked: Asked = serde_json::from_slice(body.bytes())
             .map_err(|e| HecError::invalid(format!("Invalid data format: {{\"acks\": [ids]}} expected: {e}"), None))?;
-        let channels = hec.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut channels = hec.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let acks: serde_json::Map<String, serde_json::Value> =
-            asked.acks.iter().map(|id| (id.to_string(), channels.was_given(&channel, *id).into())).collect();
+            asked.acks.iter().map(|id| (id.to_string(), channels.answer(&channel, *id).into())).collect();
         return Ok(json!({ "acks": acks }));
     }
     let batch = match (kind, hec.raw_format) {
@@ -534,6 +570,23 @@ async fn take(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An id given is answered `true` once, in any order; one asked again, or never given, or of
+    /// another channel, is `false`; what is left pending stays a few ranges.
+    #[test]
+    fn an_ack_id_is_true_once() {
+        let mut channels = Channels::default();
+        let ids: Vec<u64> = (0..10).map(|_| channels.next_id("c")).collect();
+        assert_eq!(ids, (0..10).collect::<Vec<u64>>());
+        assert!(channels.answer("c", 5) && !channels.answer("c", 5));
+        assert!(channels.answer("c", 0) && channels.answer("c", 9) && channels.answer("c", 3));
+        assert!(!channels.answer("c", 10) && !channels.answer("other", 1));
+        assert_eq!(channels.given["c"].pending, [1..3, 4..5, 6..9]);
+        assert_eq!(channels.next_id("c"), 10);
+        assert_eq!(channels.given["c"].pending, [1..3, 4..5, 6..9, 10..11]);
+        assert!((1..9).filter(|id| ![3, 5].contains(id)).all(|id| channels.answer("c", id)));
+        assert_eq!(channels.given["c"].pending.iter().collect::<Vec<_>>(), [&(10..11)]);
+    }
 
     fn texts(batch: &RecordBatch) -> Vec<String> {
         batch.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect()
@@ -669,11 +722,11 @@ mod tests {
     fn channels_count_their_ids_and_the_oldest_is_forgotten_first() {
         let mut channels = Channels::default();
         assert_eq!((channels.next_id("a"), channels.next_id("a"), channels.next_id("b")), (0, 1, 0));
-        assert!(channels.was_given("a", 1) && !channels.was_given("a", 2) && !channels.was_given("c", 0));
+        assert!(channels.answer("a", 1) && !channels.answer("a", 2) && !channels.answer("c", 0));
         for i in 0..MAX_CHANNELS {
             channels.next_id(&format!("c{i}"));
         }
-        assert!(!channels.was_given("a", 0) && channels.was_given("c0", 0));
+        assert!(!channels.answer("a", 0) && channels.answer("c0", 0));
         assert_eq!(channels.given.len(), MAX_CHANNELS);
     }
 }
