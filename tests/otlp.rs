@@ -7,7 +7,7 @@
 
 use std::process::{Command, Stdio};
 
-use super::support::{free_port, json_lines_under, python, repo_root, sluice, start_listening_with, terminate};
+use super::support::{free_port, json_lines_under, python, repo_root, terminate};
 
 const TOKEN: &str = "otlp-test-token";
 
@@ -29,15 +29,7 @@ fn opentelemetry_python_sdk_logs_spans_and_metrics_land_with_their_context() {
         example.replace(listen, &format!("listen = \"127.0.0.1:{port}\"\nbearer_token = \"{TOKEN}\"")),
     )
     .unwrap();
-    let mut otlp = start_listening_with(
-        sluice()
-            .current_dir(dir.path())
-            .args(["run", "--quiet"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-        port,
-    );
+    let mut otlp = super::support::run_listening(&config, port);
     let script = format!(
         "import logging\n\
          from opentelemetry import trace\n\

@@ -303,10 +303,12 @@ pub fn listening_pipeline(dir: &Path, name: &str, pipeline: &str, source: &str, 
     config
 }
 
-/// `sluice run --quiet config` (its output dropped), once it listens on `port`.
+/// `sluice run --quiet config` in the config's folder (where an example pipeline's relative
+/// `file://./lake` lands), its output dropped, once it listens on `port`.
 pub fn run_listening(config: &Path, port: u16) -> Started {
     start_listening_with(
         sluice()
+            .current_dir(config.parent().unwrap_or(Path::new(".")))
             .args(["run", "--quiet"])
             .arg(config)
             .stdout(std::process::Stdio::null())

@@ -6,7 +6,7 @@
 
 use std::process::{Command, Stdio};
 
-use super::support::{free_port, json_lines_under, python, repo_root, sluice, start_listening_with, terminate};
+use super::support::{free_port, json_lines_under, python, repo_root, sluice, terminate};
 
 /// `logger` with `args`, to 127.0.0.1:`port`.
 fn logger(port: u16, args: &[&str]) {
@@ -46,15 +46,7 @@ fn logger_python_and_tls_clients_land_in_the_example_lake() {
         .replace("[sinks.lake]", &format!("{tls_source}\n[sinks.lake]"))
         .replace("name = \"from-syslog\"\n", "name = \"from-syslog\"\naudit_log = \"file://./audit\"\n");
     std::fs::write(&config, text).unwrap();
-    let mut run = start_listening_with(
-        sluice()
-            .current_dir(dir.path())
-            .args(["run", "--quiet"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-        port,
-    );
+    let mut run = super::support::run_listening(&config, port);
     super::support::wait_for_port(tls_port, "the TLS syslog source");
     logger(
         port,
