@@ -37,7 +37,8 @@
 //! cannot know what was taken when a connection breaks, and UDP loses what the socket's buffer
 //! cannot hold, as it does for every receiver, but not unsaid: each second the kernel's count of
 //! the socket's drops is read and what it dropped said (`Syslog.DatagramsDropped`) and counted
-//! (`SyslogKernelDroppedDatagrams`); a stop takes the datagrams already received. Under `sluice serve` a reload keeps the socket (TCP's
+//! (`SyslogKernelDroppedDatagrams`; those of a reload's gap by the next run); a stop takes the
+//! datagrams already received. Under `sluice serve` a reload keeps the socket (TCP's
 //! listening, UDP's receiving: datagrams wait in its buffer) for the pipeline's next run. A message
 //! longer than `max_message_kb` is dropped and the stream goes on after it
 //! (`Syslog.MessageTooLarge` in the error log, `SyslogDroppedMessages`). Messages the log cannot
@@ -699,27 +700,37 @@ async fn take_waiting(
 
 /// The count of datagrams the kernel dropped for a UDP socket because its receive buffer was full,
 /// read from `/proc/net/udp` and `/proc/net/udp6` by the socket's inode (Linux; elsewhere, or
-/// when they cannot be read, none is said).
+/// when they cannot be read, none is said). What was said of a socket is remembered across runs
+/// ([`SAID_DROPS`]): a socket kept through a `sluice serve` reload has the drops of the gap
+/// between the runs said by the next run, and none said twice.
 struct KernelDrops {
     inode: u64,
-    seen: u64,
 }
 
+/// The drops said so far of each UDP socket this process read, by inode.
+static SAID_DROPS: std::sync::Mutex<std::collections::BTreeMap<u64, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 impl KernelDrops {
-    /// The socket's count as it is now.
-    fn of(socket: &tokio::net::UdpSocket) -> Option<Self> {
-        use std::os::fd::AsRawFd as _;
+    /// The drops of `socket`, from what was said of it before (a new socket: from 0).
+    fn of(socket: &impl std::os::fd::AsRawFd) -> Option<Self> {
         use std::os::unix::fs::MetadataExt as _;
         let inode = std::fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?.ino();
-        Some(KernelDrops { inode, seen: udp_drops(inode)? })
+        let now = udp_drops(inode)?;
+        let mut said = SAID_DROPS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // (A count above the socket's is another, closed socket's whose inode was used again.)
+        if said.get(&inode).is_some_and(|said| *said > now) {
+            said.remove(&inode);
+        }
+        Some(KernelDrops { inode })
     }
 
-    /// The datagrams dropped since the last look.
+    /// The datagrams dropped and not yet said.
     fn since_last(&mut self) -> u64 {
         let Some(now) = udp_drops(self.inode) else { return 0 };
-        let since = now.saturating_sub(self.seen);
-        self.seen = now;
-        since
+        let mut said = SAID_DROPS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = said.insert(self.inode, now).unwrap_or(0);
+        now.saturating_sub(before)
     }
 }
 
@@ -880,6 +891,29 @@ mod tests {
 
     /// RFC 6587: octet counting and line feeds, told apart per message, whole across reads; a
     /// message that starts with a digit but no length is a line; the last line needs no line feed.
+    /// The kernel's drops of a socket are said once: the first look says those since it was bound,
+    /// a look of the next run (a socket kept through a reload) those since the last look, none twice.
+    #[test]
+    fn kernel_drops_are_said_once_across_runs() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&socket).set_recv_buffer_size(1024).unwrap();
+        let address = socket.local_addr().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let burst = |n: usize| (0..n).for_each(|_| drop(sender.send_to(&[b'x'; 500], address)));
+        // Dropped before any run looked (the first run's start, or the gap of a reload).
+        burst(200);
+        let mut first = KernelDrops::of(&socket).expect("/proc/net/udp");
+        let said_first = first.since_last();
+        assert!(said_first > 100, "{said_first}");
+        assert_eq!(first.since_last(), 0);
+        burst(200);
+        let mut next = KernelDrops::of(&socket).unwrap();
+        let said_next = next.since_last();
+        assert!(said_next > 100, "{said_next}");
+        assert_eq!((first.since_last(), next.since_last()), (0, 0));
+        assert_eq!(udp_drops(next.inode), Some(said_first + said_next));
+    }
+
     #[test]
     fn both_framings_are_read_whatever_the_reads() {
         let input: &[u8] =
