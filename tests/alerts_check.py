@@ -29,8 +29,6 @@ EVAL_SECONDS = 1200
 DROPPED_AT_SOURCES = (
     "sluice_SyslogKernelDroppedDatagrams",
     "sluice_SyslogDroppedMessages",
-    "sluice_FluentDroppedEvents",
-    "sluice_OtlpRejectedItems",
 )
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 

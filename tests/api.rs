@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::support::{all_lines, folder_objects, free_port, python, repo_root, start_listening, terminate};
+use super::support::{
+    all_lines, folder_objects, free_port, json_lines_under, listening_pipeline, python, raw_data,
+    records_and_error_documents, repo_root, run_listening, start_listening, terminate,
+};
 
 const KEY: &str = "AKIDSLUICETEST";
 const SECRET: &str = "test-secret/with+chars";
@@ -720,6 +723,48 @@ format = "ndjson"
     .map(|s| s.to_string())
     .collect();
     assert_eq!(all_lines(&folder_objects(&out)), expected);
+}
+
+/// A line over a record's 1,000 KiB is accepted with the rest of its request and goes, whole, to
+/// the sink's error output (`processing-failed`, `Source.RecordTooLarge`), said in the error log:
+/// a shipper drops a batch answered 400, so one such line must not cost it the others. A line of
+/// exactly 1,000 KiB is a record like any other.
+#[test]
+fn the_http_source_sends_a_line_over_a_records_size_to_the_error_output_and_takes_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let table = format!("type = \"http\"\nlisten = \"127.0.0.1:{port}\"");
+    let config = listening_pipeline(dir.path(), "http-large", "", "lines", &table);
+    let mut run = run_listening(&config, port);
+    let over = format!("{{\"blob\":\"{}\"}}", "x".repeat(1_100_000));
+    let at_limit = format!("{{\"blob\":\"{}\"}}", "y".repeat(1_024_000 - 11));
+    assert_eq!(at_limit.len(), 1_024_000);
+    let http = reqwest::blocking::Client::new();
+    let requests = [(format!("{{\"n\":0}}\n{over}\n{at_limit}\n{{\"n\":2}}\n"), 4), (format!("{at_limit}\n"), 1)];
+    for (body, accepted) in requests {
+        let answer = http.post(format!("http://127.0.0.1:{port}/logs")).body(body).send().unwrap();
+        assert_eq!(answer.status().as_u16(), 200);
+        let answer: Value = serde_json::from_str(&answer.text().unwrap()).unwrap();
+        assert_eq!(answer, serde_json::json!({ "accepted": accepted }));
+    }
+    terminate(&run);
+    // (Exit code 2: records went to the error output.)
+    assert_eq!(run.wait().unwrap().code(), Some(2));
+    let (records, failed) = records_and_error_documents(&dir.path().join("lake"));
+    // (Compared by length and start: a failure prints no megabyte of text.)
+    let mut kept: Vec<(usize, String)> =
+        records.iter().map(|r| r.to_string()).map(|r| (r.len(), r.chars().take(12).collect())).collect();
+    kept.sort_unstable();
+    let at_limit = (at_limit.len(), at_limit.chars().take(12).collect::<String>());
+    assert_eq!(kept, [(7, "{\"n\":0}".to_string()), (7, "{\"n\":2}".to_string()), at_limit.clone(), at_limit]);
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(failed[0]["errorCode"], "Source.RecordTooLarge");
+    assert!(failed[0]["errorMessage"].as_str().is_some_and(|m| m.contains("1100011 bytes")), "{:?}", failed[0]);
+    assert!(raw_data(&failed[0]) == over, "the error document holds the line as sent");
+    let errors = json_lines_under(&dir.path().join("errors"));
+    let said: Vec<&Value> = errors.iter().filter(|e| e["errorCode"] == "Source.RecordTooLarge").collect();
+    assert_eq!(said.len(), 1, "{errors:#?}");
+    assert_eq!(said[0]["component"], "lines");
 }
 
 #[test]

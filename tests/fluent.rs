@@ -9,8 +9,8 @@ use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
 
 use super::support::{
-    TestCertificates, files_under, free_port, json_lines_under, listening_pipeline, python, repo_root, run_listening,
-    sluice, start_listening_with, terminate,
+    TestCertificates, files_under, free_port, json_lines_under, listening_pipeline, python, raw_data,
+    records_and_error_documents, repo_root, run_listening, sluice, start_listening_with, terminate,
 };
 
 /// Runs tests/js/fluent_forward.mjs: `count` events to `port` in `mode`; its output.
@@ -308,12 +308,12 @@ fn messages_still_arriving_are_held_within_max_buffer_mb() {
     assert!(errors.iter().any(|e| e["errorCode"] == "Fluent.Busy"), "{errors:?}");
 }
 
-/// An event over a record's 1,000 KiB as JSON (a dumped blob) is dropped and the rest of its
-/// message taken and acknowledged: Fluent Bit or Fluentd would otherwise resend the whole chunk, or
-/// drop it, for one event. Said in the error log
-/// (`Fluent.EventTooLarge`) and in the connection's audit line (`droppedEvents`).
+/// An event over a record's 1,000 KiB as JSON (a dumped blob) is taken with the rest of its
+/// message, which is acknowledged, and goes whole to the sink's error output (`processing-failed`,
+/// `Source.RecordTooLarge`): Fluent Bit or Fluentd would otherwise resend the whole chunk, or drop
+/// it, for one event. Said in the error log, and in the connection's audit line as a record taken.
 #[test]
-fn an_event_over_a_records_size_is_dropped_and_its_message_acknowledged() {
+fn an_event_over_a_records_size_goes_to_the_error_output_and_its_message_is_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let table = format!("type = \"fluent\"\nlisten = \"127.0.0.1:{port}\"");
@@ -332,20 +332,26 @@ fn an_event_over_a_records_size_is_dropped_and_its_message_acknowledged() {
     assert!(sent.status.success(), "{said}{}", String::from_utf8_lossy(&sent.stderr));
     assert_eq!(said.trim(), "{'ack': 'c-1'}");
     terminate(&run);
-    assert!(run.wait().unwrap().success());
-    let mut kept: Vec<i64> =
-        json_lines_under(&dir.path().join("lake")).iter().map(|r| r["record"]["n"].as_i64().unwrap()).collect();
+    // (Exit code 2: records went to the error output.)
+    assert_eq!(run.wait().unwrap().code(), Some(2));
+    let (records, failed) = records_and_error_documents(&dir.path().join("lake"));
+    let mut kept: Vec<i64> = records.iter().map(|r| r["record"]["n"].as_i64().unwrap()).collect();
     kept.sort_unstable();
     assert_eq!(kept, [0, 2]);
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(failed[0]["errorCode"], "Source.RecordTooLarge");
+    let event: serde_json::Value = serde_json::from_str(&raw_data(&failed[0])).unwrap();
+    assert_eq!(
+        (&event["tag"], &event["time"], &event["record"]["n"]),
+        (&"app.big".into(), &"2025-12-01T00:00:01Z".into(), &1.into())
+    );
+    assert_eq!(event["record"]["blob"].as_str().map(str::len), Some(1_100_000));
     let errors = json_lines_under(&dir.path().join("errors"));
-    let dropped: Vec<&serde_json::Value> = errors.iter().filter(|e| e["errorCode"] == "Fluent.EventTooLarge").collect();
-    assert_eq!(dropped.len(), 1, "{errors:#?}");
-    assert!(dropped[0]["message"].as_str().is_some_and(|m| m.starts_with("1 event(s) from 127.0.0.1:")), "{dropped:?}");
+    let said: Vec<&serde_json::Value> = errors.iter().filter(|e| e["errorCode"] == "Source.RecordTooLarge").collect();
+    assert_eq!(said.len(), 1, "{errors:#?}");
+    assert_eq!(said[0]["component"], "fluent", "{said:?}");
     let trail = json_lines_under(&dir.path().join("audit"));
     let forward: Vec<&serde_json::Value> = trail.iter().filter(|l| l["eventSource"] == "fluent.sluice").collect();
     assert_eq!(forward.len(), 1, "{trail:#?}");
-    assert_eq!(
-        (&forward[0]["requestParameters"]["recordCount"], &forward[0]["requestParameters"]["droppedEvents"]),
-        (&2.into(), &1.into())
-    );
+    assert_eq!(forward[0]["requestParameters"]["recordCount"], 3);
 }

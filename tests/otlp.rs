@@ -468,17 +468,14 @@ fn a_silent_grpc_connection_is_closed_after_the_idle_timeout() {
     assert!(otlp.wait().unwrap().success());
 }
 
-/// A pipeline `name` of an otlp source serving OTLP/HTTP and OTLP/gRPC (`grpc_listen`), with
-/// `source_keys` besides, into NDJSON under `<dir>/lake` (its audit trail under `<dir>/audit`),
-/// started and listening on both: the process and the gRPC port.
-/// A log record over a record's 1,000 KiB is rejected and the request's other records taken: OTLP's
-/// partial success (`rejected_log_records` and why) over gRPC, as grpcio reads it, and in OTLP/JSON;
-/// said in the error log and the audit trail. A request whose every record is over it is refused
-/// (400, `INVALID_ARGUMENT`).
+/// A log record over a record's 1,000 KiB is taken with the request's other records and goes,
+/// whole, to the sink's error output (`processing-failed`, `Source.RecordTooLarge`): the answer is
+/// a full success, over gRPC as grpcio reads it and in OTLP/JSON, so the exporter drops nothing,
+/// even when every record of a request is over it; said in the error log.
 #[test]
-fn a_record_over_the_size_limit_is_rejected_and_the_rest_taken() {
+fn a_record_over_the_size_limit_goes_to_the_error_output_and_the_rest_is_taken() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut otlp, port, grpc_port) = start_with_grpc(dir.path(), "otlp-partial", "");
+    let (mut otlp, port, grpc_port) = start_with_grpc(dir.path(), "otlp-large", "");
     let script = format!(
         "import grpc\n\
          from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc\n\
@@ -489,53 +486,58 @@ fn a_record_over_the_size_limit_is_rejected_and_the_rest_taken() {
          request = logs_service_pb2.ExportLogsServiceRequest(resource_logs=[logs_pb2.ResourceLogs(\n\
          \x20   scope_logs=[logs_pb2.ScopeLogs(log_records=records)])])\n\
          stub = logs_service_pb2_grpc.LogsServiceStub(grpc.insecure_channel('127.0.0.1:{grpc_port}'))\n\
-         response = stub.Export(request)\n\
-         print(response.partial_success.rejected_log_records)\n\
-         print(response.partial_success.error_message)\n"
+         print(stub.Export(request).HasField('partial_success'))\n"
     );
     let run = Command::new(python()).arg("-c").arg(script).output().unwrap();
     let said = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{said}{}", String::from_utf8_lossy(&run.stderr));
-    let lines: Vec<&str> = said.lines().collect();
-    assert_eq!(lines[0], "1", "{said}");
-    assert!(lines[1].starts_with("1 of 3 log records rejected, the rest taken: log record 2 is "), "{said}");
+    assert_eq!(said.trim(), "False");
     let http = reqwest::blocking::Client::new();
     let post = |bodies: &[String]| {
         let records: Vec<serde_json::Value> =
             bodies.iter().map(|b| serde_json::json!({"body": {"stringValue": b}})).collect();
         let request = serde_json::json!({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]});
-        http.post(format!("http://127.0.0.1:{port}/v1/logs"))
+        let answer = http
+            .post(format!("http://127.0.0.1:{port}/v1/logs"))
             .header("Content-Type", "application/json")
             .body(request.to_string())
             .send()
-            .unwrap()
+            .unwrap();
+        (answer.status().as_u16(), answer.text().unwrap())
     };
     let big = "y".repeat(1_100_000);
-    let partial = post(&["small 3".into(), big.clone()]);
-    assert_eq!(partial.status().as_u16(), 200);
-    let answer: serde_json::Value = serde_json::from_str(&partial.text().unwrap()).unwrap();
-    assert_eq!(answer["partialSuccess"]["rejectedLogRecords"], 1, "{answer}");
-    assert!(answer["partialSuccess"]["errorMessage"].as_str().is_some_and(|m| m.contains("log record 2")), "{answer}");
-    let refused = post(std::slice::from_ref(&big));
-    assert_eq!(refused.status().as_u16(), 400);
-    let status: serde_json::Value = serde_json::from_str(&refused.text().unwrap()).unwrap();
-    assert_eq!(status["code"], 3, "{status}");
+    assert_eq!(post(&["small 3".into(), big.clone()]), (200, "{}".to_string()));
+    assert_eq!(post(std::slice::from_ref(&big)), (200, "{}".to_string()));
     terminate(&otlp);
-    assert!(otlp.wait().unwrap().success());
-    let mut bodies: Vec<String> = json_lines_under(&dir.path().join("lake"))
-        .iter()
-        .map(|r| r["body"].as_str().unwrap_or_default().to_string())
-        .collect();
-    bodies.sort();
+    // (Exit code 2: records went to the error output.)
+    assert_eq!(otlp.wait().unwrap().code(), Some(2));
+    let (records, failed) = super::support::records_and_error_documents(&dir.path().join("lake"));
+    let mut bodies: Vec<&str> = records.iter().map(|r| r["body"].as_str().unwrap_or_default()).collect();
+    bodies.sort_unstable();
     assert_eq!(bodies, ["small 1", "small 2", "small 3"]);
+    assert!(failed.iter().all(|d| d["errorCode"] == "Source.RecordTooLarge"), "{failed:#?}");
+    let mut failed_bodies: Vec<String> = failed
+        .iter()
+        .map(|d| {
+            let record: serde_json::Value = serde_json::from_str(&super::support::raw_data(d)).unwrap();
+            record["body"].as_str().unwrap().chars().next().unwrap().to_string()
+        })
+        .collect();
+    failed_bodies.sort();
+    assert_eq!(failed_bodies, ["x", "y", "y"]);
     let errors = json_lines_under(&dir.path().join("errors"));
-    let said: Vec<&serde_json::Value> = errors.iter().filter(|e| e["errorCode"] == "Otlp.ItemsRejected").collect();
-    assert_eq!(said.len(), 2, "{errors:#?}");
+    assert!(
+        errors.iter().any(|e| e["errorCode"] == "Source.RecordTooLarge" && e["component"] == "otel"),
+        "{errors:#?}"
+    );
     let trail = json_lines_under(&dir.path().join("audit"));
-    let rejected: Vec<u64> = trail.iter().filter_map(|l| l["requestParameters"]["rejectedRecords"].as_u64()).collect();
-    assert_eq!(rejected, [1, 1], "{trail:#?}");
+    let counts: Vec<u64> = trail.iter().filter_map(|l| l["requestParameters"]["recordCount"].as_u64()).collect();
+    assert_eq!(counts, [3, 2, 1], "{trail:#?}");
 }
 
+/// A pipeline `name` of an otlp source serving OTLP/HTTP and OTLP/gRPC (`grpc_listen`), with
+/// `source_keys` besides, into NDJSON under `<dir>/lake` (its audit trail under `<dir>/audit`),
+/// started and listening on both: the process and the gRPC port.
 fn start_with_grpc(dir: &std::path::Path, name: &str, source_keys: &str) -> (super::support::Started, u16, u16) {
     let (port, grpc_port) = (free_port(), free_port());
     let table = format!(

@@ -65,6 +65,12 @@ pub fn json_lines_under(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Every line of every file under `dir` parsed as JSON, split into records and error documents
+/// (the lines with an `errorCode` and a `rawData`: what went to the sink's error output).
+pub fn records_and_error_documents(dir: &Path) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    json_lines_under(dir).into_iter().partition(|line| line.get("errorCode").is_none() || line.get("rawData").is_none())
+}
+
 /// All lines of all objects, sorted (a multiset).
 pub fn all_lines<'a>(objects: impl IntoIterator<Item = (&'a String, &'a Vec<String>)>) -> Vec<String> {
     let mut lines: Vec<String> = objects.into_iter().flat_map(|(_, l)| l.iter().cloned()).collect();

@@ -64,6 +64,13 @@ pub struct SourceMetrics {
     pub own_gauges: Mutex<BTreeMap<Family, u64>>,
 }
 
+impl SourceMetrics {
+    /// Adds `n` to the source's own counter `family`.
+    pub fn count(&self, family: Family, n: u64) {
+        add_to(&self.own_counts, family, n);
+    }
+}
+
 /// Adds `n` to the counter `family` of a connector's own counters.
 fn add_to(counts: &Mutex<BTreeMap<Family, u64>>, family: Family, n: u64) {
     if let Ok(mut counts) = counts.lock() {
@@ -100,7 +107,7 @@ impl SourceMeter {
     /// Adds `n` to the counter `family`.
     pub fn count(&self, family: Family, n: u64) {
         if let Some(source) = self.metrics.sources.get(self.index) {
-            add_to(&source.own_counts, family, n);
+            source.count(family, n);
         }
     }
 

@@ -324,7 +324,7 @@ fn execute(
                     .map(|(i, s)| match s.source.open(&ctx) {
                         Ok(reader) => Some(read_source(
                             scope,
-                            &s.name,
+                            s,
                             i,
                             reader,
                             Arc::clone(&context.metrics),

@@ -323,7 +323,6 @@ pub struct PostEndpoint {
     queue: Arc<IngestQueue>,
     log: LogSlot,
     metrics: std::sync::OnceLock<Arc<PipelineMetrics>>,
-    meter: std::sync::OnceLock<sluice_engine::metrics::SourceMeter>,
 }
 
 impl PostEndpoint {
@@ -335,11 +334,6 @@ impl PostEndpoint {
     /// The pipeline's metrics, once the source is prepared.
     pub fn metrics(&self) -> Option<&Arc<PipelineMetrics>> {
         self.metrics.get()
-    }
-
-    /// The source's meter (its error-log lines and counters), once it is prepared.
-    pub fn meter(&self) -> Option<&sluice_engine::metrics::SourceMeter> {
-        self.meter.get()
     }
 
     /// The largest body taken (`max_body_mb`), after decompression.
@@ -377,27 +371,19 @@ impl PostEndpoint {
 }
 
 /// The records of a body of lines: each line without its line end (`\n` or `\r\n`), empty lines
-/// and a UTF-8 byte order mark at the body's start skipped (as the file source reads a file); an
-/// error says which line is longer than a record may be.
-pub fn body_lines(body: &[u8]) -> Result<RecordBatch, String> {
+/// and a UTF-8 byte order mark at the body's start skipped (as the file source reads a file). A
+/// line longer than a record may be is a record too: the engine sends it to the error output
+/// ([`Source::max_record_bytes`]), so one such line costs its sender none of the others.
+pub fn body_lines(body: &[u8]) -> RecordBatch {
     let body = body.strip_prefix(sluice_engine::record::UTF8_BOM).unwrap_or(body);
     let mut batch = RecordBatch::with_capacity(sluice_engine::record::now_ms(), body.len());
-    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+    for line in body.split(|b| *b == b'\n') {
         let line = sluice_engine::record::without_line_end(line);
-        if line.is_empty() {
-            continue;
+        if !line.is_empty() {
+            batch.push(line);
         }
-        if line.len() > super::firehose::MAX_RECORD_BYTES {
-            return Err(format!(
-                "line {} has {} bytes; a record is at most {}",
-                i + 1,
-                line.len(),
-                super::firehose::MAX_RECORD_BYTES
-            ));
-        }
-        batch.push(line);
     }
-    Ok(batch)
+    batch
 }
 
 /// What the audit trail records of a request to a source that takes bodies by token: the name of
@@ -410,8 +396,6 @@ pub struct RequestFacts {
     pub records: Option<usize>,
     /// Their bytes.
     pub bytes: Option<usize>,
-    /// Items of its body rejected while the rest was taken (OTLP's partial success).
-    pub rejected: Option<u64>,
 }
 
 impl PostEndpoint {
@@ -459,14 +443,7 @@ impl PostEndpoint {
             )
             .from_caller(Some(caller.address.ip().to_string()), user_agent)
             .identity(identity)
-            .parameters({
-                let mut parameters =
-                    serde_json::json!({"path": uri.path(), "recordCount": facts.records, "bytes": facts.bytes});
-                if let Some(rejected) = facts.rejected {
-                    parameters["rejectedRecords"] = rejected.into();
-                }
-                parameters
-            });
+            .parameters(serde_json::json!({"path": uri.path(), "recordCount": facts.records, "bytes": facts.bytes}));
             match refused {
                 None => event,
                 Some((code, message)) => event.error(code, message),
@@ -596,7 +573,6 @@ impl PostSource {
                 queue: Arc::new(IngestQueue::new(inflight)),
                 log: places.log,
                 metrics: std::sync::OnceLock::new(),
-                meter: std::sync::OnceLock::new(),
             }),
             tls,
             limits,
@@ -618,6 +594,11 @@ impl Source for PostSource {
 
     fn is_finite(&self) -> bool {
         false
+    }
+
+    /// Firehose's: a record over it goes to the error output.
+    fn max_record_bytes(&self) -> Option<usize> {
+        Some(super::firehose::MAX_RECORD_BYTES)
     }
 
     /// The addresses, and the log's encryption key when it has one ([`LogSlot::check`]).
@@ -644,7 +625,6 @@ impl Source for PostSource {
             }
         }
         let _ = self.endpoint.metrics.set(Arc::clone(&ctx.metrics));
-        let _ = self.endpoint.meter.set(ctx.meter.clone());
         if let Some(log) = self.endpoint.log.open(&self.endpoint.queue, &ctx.metrics)? {
             log.follow(Arc::clone(&ctx.delivered), Arc::clone(&ctx.metrics));
         }

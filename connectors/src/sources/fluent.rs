@@ -41,10 +41,10 @@
 //! all its events are queued and as durable as the pipeline asks (the write-ahead log synced):
 //! at-least-once delivery for clients that ask for acknowledgements (Fluent Bit's
 //! `Require_ack_response`, Fluentd's `require_ack_response`). A message is taken whole or not at
-//! all, but for an event over a record's 1,000 KiB as JSON: that one is dropped, said in the error
-//! log (`Fluent.EventTooLarge`), counted (`FluentDroppedEvents`) and in the audit line, and the
-//! rest of its message taken and acknowledged (a client would otherwise resend, or drop, the whole
-//! chunk for it). The whole messages already received on a connection are taken together (one
+//! all; an event over a record's 1,000 KiB as JSON (Firehose's limit) is taken with the rest and
+//! goes, whole, to the error output of every sink it would have reached (`processing-failed`,
+//! `Source.RecordTooLarge`): a client would otherwise resend, or drop, the whole chunk for it.
+//! The whole messages already received on a connection are taken together (one
 //! write to the log, up to 8 MiB of records) and their acknowledgements sent together, so a client
 //! that does not wait for each answer is not held to one log commit per message. A message that is
 //! not the protocol's (not MessagePack, not an array of 2 to 4, a tag that is no string, a time
@@ -107,11 +107,6 @@ const EVENT_TIME: i8 = 0;
 const REFUSED_MESSAGES: Family = Family {
     name: "FluentRefusedMessages",
     help: "Forward-protocol messages refused as not the protocol's (their connections closed, nothing taken).",
-};
-/// Events dropped for their size.
-const DROPPED_EVENTS: Family = Family {
-    name: "FluentDroppedEvents",
-    help: "Forward-protocol events over a record's 1,000 KiB as JSON, dropped while the rest of their messages were taken (said in the error log).",
 };
 /// Handshakes refused.
 const REFUSED_HANDSHAKES: Family = Family {
@@ -311,6 +306,11 @@ struct Shared {
 }
 
 impl Source for FluentSource {
+    /// Firehose's: an event over it as JSON goes to the error output.
+    fn max_record_bytes(&self) -> Option<usize> {
+        Some(MAX_RECORD_BYTES)
+    }
+
     fn describe(&self) -> String {
         let scheme = if self.tls.is_some() { "tls" } else { "tcp" };
         let auth = match (&self.shared.shared_key, self.shared.users.required()) {
@@ -376,7 +376,7 @@ async fn serve(
             let (peer, ended) = match accepted {
                 Ok(Accepted { stream, peer, certificate }) => {
                     seen.certificate = certificate;
-                    (peer, converse(stream, peer, &shared, &stop, &mut seen).await)
+                    (peer, converse(stream, &shared, &stop, &mut seen).await)
                 }
                 Err((peer, HandshakeFailed::Io(e))) => (peer, Err(Ended::Io(e))),
                 Err((peer, HandshakeFailed::TimedOut)) => (peer, Err(Ended::TimedOut)),
@@ -460,8 +460,6 @@ struct Seen {
     records: u64,
     /// Their bytes (as records).
     bytes: u64,
-    /// Events dropped for their size (their messages taken and acknowledged).
-    dropped: u64,
 }
 
 impl From<Bad> for Ended {
@@ -497,20 +495,6 @@ impl Shared {
                 Ended::Io(e) => tracing::debug!(%peer, error = %e, "fluent: connection failed"),
                 other => tracing::debug!(%peer, ended = ?other, "fluent: connection ended"),
             },
-        }
-    }
-
-    /// Says that `count` events from `peer` (the largest `largest` bytes as JSON) were dropped
-    /// for their size while the rest of their messages were taken: in the error log, counted.
-    fn say_dropped(&self, peer: SocketAddr, (count, largest): (u64, usize)) {
-        let message = format!(
-            "{count} event(s) from {peer} over a record's {MAX_RECORD_BYTES} bytes as JSON (the largest {largest}) \
-             were dropped; the rest of their messages were taken and acknowledged"
-        );
-        tracing::warn!("fluent: {message}");
-        if let Some((_, meter)) = self.metrics.get() {
-            meter.report(Level::Warn, "Fluent.EventTooLarge", &message);
-            meter.count(DROPPED_EVENTS, count);
         }
     }
 
@@ -550,7 +534,6 @@ impl Shared {
                 "messages": seen.messages,
                 "recordCount": seen.records,
                 "bytes": seen.bytes,
-                "droppedEvents": seen.dropped,
             }));
             match refusal {
                 Some((code, _, message)) => event.error(code, &message),
@@ -650,7 +633,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 /// when it asks, acknowledged, until the client closes it or the run stops.
 async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
-    peer: SocketAddr,
     shared: &Arc<Shared>,
     stop: &StopSignal,
     seen: &mut Seen,
@@ -696,15 +678,11 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if messages > 0 {
-            let ((count, bytes), dropped) = (records.counts(), records.dropped);
+            let (count, bytes) = records.counts();
             shared.take(records.finish(), stop).await?;
             seen.messages += messages;
             seen.records += count as u64;
             seen.bytes += bytes as u64;
-            if dropped.0 > 0 {
-                seen.dropped += dropped.0;
-                shared.say_dropped(peer, dropped);
-            }
             if !acks.is_empty() {
                 connection.send(&acks).await?;
             }
@@ -895,9 +873,6 @@ enum Bad {
         "it holds Fluent Bit's {0} (`fluent_signal` in its option), not log events: this source takes logs; send {0} to a metrics or tracing backend"
     )]
     NotLogs(&'static str),
-    /// An event larger than a record may be.
-    #[error("an event is {0} bytes as JSON; a record is at most {MAX_RECORD_BYTES}")]
-    EventTooLarge(usize),
 }
 
 /// What a MessagePack value is, from its header; lengths and counts as the header says them.
@@ -1220,8 +1195,6 @@ fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 struct Message {
     batches: Vec<RecordBatch>,
     chunk: Option<Range<usize>>,
-    /// Events dropped for their size, and the largest.
-    dropped: (u64, usize),
 }
 
 /// Builds a message's records, one batch at a time.
@@ -1229,8 +1202,6 @@ struct Records {
     batches: Vec<RecordBatch>,
     current: RecordBatch,
     arrival_ms: i64,
-    /// Events dropped for their size, and the largest of them (bytes as JSON).
-    dropped: (u64, usize),
 }
 
 /// Where [`Records`] were, to go back to.
@@ -1238,17 +1209,16 @@ struct Records {
 struct Mark {
     batches: usize,
     records: usize,
-    dropped: (u64, usize),
 }
 
 impl Records {
     fn new() -> Self {
         let arrival_ms = now_ms();
-        Records { batches: Vec::new(), current: RecordBatch::with_capacity(arrival_ms, 0), arrival_ms, dropped: (0, 0) }
+        Records { batches: Vec::new(), current: RecordBatch::with_capacity(arrival_ms, 0), arrival_ms }
     }
 
-    /// Writes one event: `{"tag":…,"time":…,["metadata":…,]"record":…}`; one over a record's
-    /// 1,000 KiB as JSON is dropped (counted in `dropped`), the rest of its message taken.
+    /// Writes one event: `{"tag":…,"time":…,["metadata":…,]"record":…}` (one over a record's
+    /// 1,000 KiB as JSON too: the engine sends it to the error output).
     fn event(
         &mut self,
         tag: &[u8],
@@ -1256,8 +1226,7 @@ impl Records {
         metadata: Option<&mut Cursor<'_>>,
         record: &mut Cursor<'_>,
     ) -> Result<(), Bad> {
-        let written = self.current.push_with(|out| {
-            let start = out.len();
+        self.current.push_with(|out| {
             out.extend_from_slice(b"{\"tag\":");
             out.extend_from_slice(tag);
             out.extend_from_slice(b",\"time\":");
@@ -1269,18 +1238,8 @@ impl Records {
             out.extend_from_slice(b",\"record\":");
             record.json(out, 1)?;
             out.push(b'}');
-            match out.len() - start {
-                len if len > MAX_RECORD_BYTES => Err(Bad::EventTooLarge(len)),
-                _ => Ok(()),
-            }
-        });
-        match written {
-            Err(Bad::EventTooLarge(len)) => {
-                self.dropped = (self.dropped.0 + 1, self.dropped.1.max(len));
-                return Ok(());
-            }
-            other => other?,
-        }
+            Ok(())
+        })?;
         if self.current.byte_len() >= BATCH_BYTES {
             let full = std::mem::replace(&mut self.current, RecordBatch::with_capacity(self.arrival_ms, 0));
             self.batches.push(full);
@@ -1316,18 +1275,17 @@ impl Records {
 
     /// Where the records are now, to go back to ([`Self::rollback`]).
     fn mark(&self) -> Mark {
-        Mark { batches: self.batches.len(), records: self.current.len(), dropped: self.dropped }
+        Mark { batches: self.batches.len(), records: self.current.len() }
     }
 
-    /// Drops every record written since `mark` (and forgets the events dropped since).
-    fn rollback(&mut self, Mark { batches, records, dropped }: Mark) {
+    /// Drops every record written since `mark`.
+    fn rollback(&mut self, Mark { batches, records }: Mark) {
         if self.batches.len() > batches {
             // The batch that was being written then has been filled and set aside since.
             self.current = self.batches.swap_remove(batches);
             self.batches.truncate(batches);
         }
         self.current.truncate(records);
-        self.dropped = dropped;
     }
 
     /// Records and bytes written.
@@ -1341,8 +1299,7 @@ impl Records {
 fn decode_message(message: &[u8], max: usize) -> Result<Message, Bad> {
     let mut records = Records::new();
     let chunk = decode_into(message, max, &mut records)?;
-    let dropped = records.dropped;
-    Ok(Message { batches: records.finish(), chunk, dropped })
+    Ok(Message { batches: records.finish(), chunk })
 }
 
 /// Writes the records of one whole message into `records` and says where its chunk id is (when it
@@ -1822,10 +1779,11 @@ mod tests {
         );
     }
 
-    /// An event past a record's limit is dropped (counted, the largest's size kept) and the rest of
-    /// its message taken; a message refused after one forgets it with the records it had written.
+    /// An event past a record's limit is a record like the others (the engine sends it to the
+    /// error output, [`Source::max_record_bytes`]); a message refused after one forgets it with the
+    /// records it had written.
     #[test]
-    fn an_event_past_a_records_limit_is_dropped_and_the_rest_taken() {
+    fn an_event_past_a_records_limit_is_taken_with_the_rest() {
         let entries = |o: &mut Vec<u8>, bad_last: bool| {
             pack::array(o, 2);
             pack::str(o, "t");
@@ -1851,15 +1809,17 @@ mod tests {
         let taken = decode_message(&bytes, 16 << 20).unwrap();
         let records: Vec<serde_json::Value> =
             taken.batches.iter().flat_map(|b| b.iter().map(|r| serde_json::from_slice(r).unwrap())).collect();
-        assert_eq!(records.iter().map(|r| r["record"]["n"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 2]);
-        assert_eq!(taken.dropped.0, 1);
-        assert!(taken.dropped.1 > MAX_RECORD_BYTES, "{:?}", taken.dropped);
-        // The same with its last entry not an entry: refused whole, nothing dropped said.
+        assert_eq!(
+            records.iter().map(|r| r["time"].as_str().unwrap()).collect::<Vec<_>>(),
+            ["1970-01-01T00:00:00Z", "1970-01-01T00:00:01Z", "1970-01-01T00:00:02Z"]
+        );
+        assert_eq!(records[1]["record"]["blob"].as_str().map(str::len), Some(MAX_RECORD_BYTES));
+        // The same with its last entry not an entry: refused whole, nothing of it kept.
         let mut records = Records::new();
         let mut bad = Vec::new();
         entries(&mut bad, true);
         assert!(matches!(decode_into(&bad, 16 << 20, &mut records), Err(Bad::Entry)));
-        assert_eq!((records.counts(), records.dropped), ((0, 0), (0, 0)));
+        assert_eq!(records.counts(), (0, 0));
     }
 
     /// Messages of every mode are found whole when their bytes arrive one at a time (each read a

@@ -29,12 +29,15 @@
 //! value's own text, byte for byte, and a body that is not JSON is refused whole (400, with the
 //! line and column).
 //! Answers `200 {"accepted": n}` once the records are queued for the pipeline, or an error
-//! `{"error": "..."}` with 400 (a body that does not decode, a record over 1,000 KiB), 401
+//! `{"error": "..."}` with 400 (a body that does not decode), 401
 //! (token), 408 (the body did not arrive in time), 413 (body too large), 415 (another encoding,
 //! or a `Content-Type` of a binary format such as Fluent Bit's default MessagePack: its bytes are
 //! never stored as records) or 503 (throttled, too many bodies being read, or
 //! stopping). A request is accepted whole or not at all; the token is checked before the body is
-//! read, in constant time (digests compared), against every configured token.
+//! read, in constant time (digests compared), against every configured token. A record over a
+//! record's 1,000 KiB (Firehose's limit) is accepted with the others and goes, whole, to the error
+//! output of every sink it would have reached (`processing-failed`, `Source.RecordTooLarge`): a
+//! shipper drops a batch answered 400, so refusing the request would lose every other record of it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,7 +55,6 @@ use sluice_engine::contract::Source;
 use sluice_engine::record::{RecordBatch, UTF8_BOM, now_ms};
 
 use crate::api::Caller;
-use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
     BEARER_TOKENS, KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, Refusal, RequestFacts,
     body_lines, enqueue, json_answer,
@@ -126,7 +128,7 @@ pub fn configure(mut config: ConnectorConfig) -> Result<Arc<dyn Source>, Problem
 /// the file source skips a file's); an error says why the body is refused.
 fn records(format: BodyFormat, body: &[u8]) -> Result<RecordBatch, String> {
     match format {
-        BodyFormat::Ndjson => body_lines(body),
+        BodyFormat::Ndjson => Ok(body_lines(body)),
         BodyFormat::Json => json_records(body),
     }
 }
@@ -135,26 +137,14 @@ fn records(format: BodyFormat, body: &[u8]) -> Result<RecordBatch, String> {
 fn json_records(body: &[u8]) -> Result<RecordBatch, String> {
     let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
     let mut batch = RecordBatch::with_capacity(now_ms(), body.len());
-    let mut push = |record: &RawValue| {
-        let record = record.get().as_bytes();
-        if record.len() > MAX_RECORD_BYTES {
-            return Err(format!(
-                "record {} has {} bytes; a record is at most {MAX_RECORD_BYTES}",
-                batch.len() + 1,
-                record.len()
-            ));
-        }
-        batch.push(record);
-        Ok(())
-    };
     for value in serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>() {
         let value = value.map_err(|e| format!("the body is not JSON: {e}"))?;
         if value.get().starts_with('[') {
             let elements: Vec<&RawValue> =
                 serde_json::from_str(value.get()).map_err(|e| format!("the body is not JSON: {e}"))?;
-            elements.into_iter().try_for_each(&mut push)?;
+            elements.into_iter().for_each(|record| batch.push(record.get().as_bytes()));
         } else {
-            push(value)?;
+            batch.push(value.get().as_bytes());
         }
     }
     Ok(batch)
@@ -250,11 +240,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_lines_skipping_empty_ones_and_refuses_oversize_records() {
+    fn splits_lines_skipping_empty_ones() {
         let batch = records(BodyFormat::Ndjson, b"a\r\n\nbc\n").unwrap();
         assert_eq!(batch.iter().collect::<Vec<_>>(), vec![&b"a"[..], b"bc"]);
-        let big = vec![b'x'; MAX_RECORD_BYTES + 1];
-        assert!(records(BodyFormat::Ndjson, &big).unwrap_err().contains("line 1"));
     }
 
     fn json_records(body: &str) -> Result<Vec<String>, String> {
@@ -338,8 +326,6 @@ mod tests {
         assert!(cut.starts_with("the body is not JSON") && cut.contains("line 2"), "{cut}");
         let text = json_records("{\"a\":1}\nplain text\n").unwrap_err();
         assert!(text.contains("line 2 column 1"), "{text}");
-        let big = format!(r#"[1, "{}"]"#, "x".repeat(MAX_RECORD_BYTES));
-        assert!(json_records(&big).unwrap_err().starts_with("record 2 has"));
     }
 
     /// The http source through the real runtime, fed by POSTs of newline-delimited records: every

@@ -28,14 +28,14 @@
 //! `attributes`) as objects, `trace_id` and `span_id` (hex, null when unset), `trace_flags`,
 //! `event_name` (null when unset) and `dropped_attributes_count`. The answer is the specification's:
 //! `200` with an empty `ExportLogsServiceResponse` in the request's encoding, once the records are
-//! queued and as durable as the pipeline asks; an item over a record's 1,000 KiB as JSON is
-//! rejected and the others taken: `200` with `partial_success` (how many, and why; said in the
-//! error log as `Otlp.ItemsRejected`, counted in `OtlpRejectedItems`); `400` with a
-//! `google.rpc.Status` (code 3, `INVALID_ARGUMENT`, and why) for a body that does not decode or
-//! whose every item is over it; `401` (token), `404` for a signal not in `signals` or OTLP/gRPC's
+//! queued and as durable as the pipeline asks; `400` with a `google.rpc.Status` (code 3,
+//! `INVALID_ARGUMENT`, and why) for a body that does not decode; `401` (token), `404` for a signal not in `signals` or OTLP/gRPC's
 //! path (the answer says to send gRPC to `grpc_listen`), `415` for another `Content-Type`, `503`
 //! with `Retry-After` when busy or stopping (which OTLP clients retry). A request's records are
-//! taken together or not at all.
+//! taken together or not at all. An item over a record's 1,000 KiB as JSON (Firehose's limit) is
+//! taken with the others and goes, whole, to the error output of every sink it would have reached
+//! (`processing-failed`, `Source.RecordTooLarge`): rejecting it (OTLP's `partial_success`) would
+//! leave it to the exporter, which drops it.
 //!
 //! With `"traces"` in `signals`, `POST /v1/traces` takes an `ExportTraceServiceRequest` the same
 //! way, each span one record of OpenTelemetry's trace data model: `trace_id`, `span_id`,
@@ -67,10 +67,10 @@
 //! `TraceService/Export` and `MetricsService/Export` (unary; each as `signals` says) on HTTP/2: cleartext with prior knowledge (the exporters' `insecure`), or TLS with `tls`, offering
 //! `h2` in the handshake. The request is one length-prefixed protobuf message, gzip'd when its flag
 //! says so (`grpc-encoding: gzip`); the bearer token comes as `authorization` metadata. The answer
-//! is an `Export…ServiceResponse` (empty, or with `partial_success` as above) with `grpc-status: 0`
+//! is an empty `Export…ServiceResponse` with `grpc-status: 0`
 //! once the records are queued and as durable as the pipeline asks, or the refusal's status:
-//! `UNAUTHENTICATED` (16), `INVALID_ARGUMENT` (3: a message that does not decode, or whose every
-//! item is over a record's 1,000 KiB), `UNIMPLEMENTED` (12: another
+//! `UNAUTHENTICATED` (16), `INVALID_ARGUMENT` (3: a message that does not decode),
+//! `UNIMPLEMENTED` (12: another
 //! service or method, another `grpc-encoding`), `UNAVAILABLE` (14: busy or stopping, which
 //! exporters retry). A connection silent for `idle_timeout_s` is closed.
 
@@ -81,15 +81,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
@@ -101,7 +95,6 @@ use sluice_engine::contract::Source;
 use sluice_engine::record::{RecordBatch, now_ms};
 
 use crate::api::Caller;
-use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
     BEARER_TOKENS, DecodeError, KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, Refusal,
     RequestFacts, enqueue,
@@ -111,11 +104,6 @@ use crate::api::{ListenerLimits, TlsFiles};
 /// `eventSource` of the audit trail's records of requests to this source.
 const OTLP_EVENT_SOURCE: &str = "otlp.sluice";
 
-/// Items rejected from requests whose other items were taken.
-const REJECTED_ITEMS: sluice_engine::metrics::Family = sluice_engine::metrics::Family {
-    name: "OtlpRejectedItems",
-    help: "Log records, spans and data points over a record's 1,000 KiB, rejected from requests whose other items were taken (OTLP's partial success; said in the error log).",
-};
 /// `google.rpc.Code` `INVALID_ARGUMENT`, of a request whose data does not decode.
 const INVALID_ARGUMENT: i32 = 3;
 /// `google.rpc.Code` `UNAVAILABLE`, of a request to retry.
@@ -177,17 +165,8 @@ impl Signal {
         }
     }
 
-    /// What its items are called in messages.
-    fn items(self) -> &'static str {
-        match self {
-            Signal::Logs => "log records",
-            Signal::Traces => "spans",
-            Signal::Metrics => "data points",
-        }
-    }
-
     /// The records of a request body of it in `encoding` (protobuf for gRPC), or why it holds none.
-    fn records(self, encoding: Encoding, body: &[u8]) -> Result<Taken, String> {
+    fn records(self, encoding: Encoding, body: &[u8]) -> Result<RecordBatch, String> {
         match self {
             Signal::Logs => {
                 log_records(&decode::<ExportLogsServiceRequest>(encoding, body, "ExportLogsServiceRequest")?)
@@ -201,41 +180,12 @@ impl Signal {
         }
     }
 
-    /// Its `Export…ServiceResponse` in `encoding`: empty for a full success, else with
-    /// `partial_success` saying how many items were rejected and why.
-    fn response(self, encoding: Encoding, rejected: Option<&Rejected>) -> Vec<u8> {
-        fn encoded<M: prost::Message + serde::Serialize>(encoding: Encoding, message: &M) -> Vec<u8> {
-            match encoding {
-                Encoding::Protobuf => message.encode_to_vec(),
-                Encoding::Json => serde_json::to_vec(message).unwrap_or_else(|_| b"{}".to_vec()),
-            }
-        }
-        let Some(Rejected { count, message }) = rejected else {
-            return match encoding {
-                Encoding::Protobuf => Vec::new(),
-                Encoding::Json => b"{}".to_vec(),
-            };
-        };
-        let (count, error_message) = (i64::try_from(*count).unwrap_or(i64::MAX), message.clone());
-        match self {
-            Signal::Logs => encoded(
-                encoding,
-                &ExportLogsServiceResponse {
-                    partial_success: Some(ExportLogsPartialSuccess { rejected_log_records: count, error_message }),
-                },
-            ),
-            Signal::Traces => encoded(
-                encoding,
-                &ExportTraceServiceResponse {
-                    partial_success: Some(ExportTracePartialSuccess { rejected_spans: count, error_message }),
-                },
-            ),
-            Signal::Metrics => encoded(
-                encoding,
-                &ExportMetricsServiceResponse {
-                    partial_success: Some(ExportMetricsPartialSuccess { rejected_data_points: count, error_message }),
-                },
-            ),
+    /// Its `Export…ServiceResponse` in `encoding`: empty, a full success (protobuf's empty
+    /// message is no bytes, JSON's `{}`; every response message's fields are optional).
+    fn response(encoding: Encoding) -> &'static [u8] {
+        match encoding {
+            Encoding::Protobuf => b"",
+            Encoding::Json => b"{}",
         }
     }
 }
@@ -562,68 +512,26 @@ fn enum_name(name: Option<&'static str>, number: i32) -> Value {
     name.map_or_else(|| Value::from(number), Value::from)
 }
 
-/// The records a request's items become, one JSON text each, and the items rejected.
+/// The records a request's items become, one JSON text each.
 struct Records {
     batch: RecordBatch,
-    /// Each record's text as it is written (one buffer for all).
-    text: Vec<u8>,
-    /// Items that cannot be records (over a record's 1,000 KiB).
-    rejected: u64,
-    /// Why the first of them was.
-    why: Option<String>,
-}
-
-/// What a request's items became.
-#[derive(Debug)]
-struct Taken {
-    /// Their records.
-    batch: RecordBatch,
-    /// The items rejected while the rest were taken, if any: OTLP's partial success.
-    rejected: Option<Rejected>,
-}
-
-/// Items of a request rejected: how many, and why (the first one's reason).
-#[derive(Debug, Clone)]
-struct Rejected {
-    count: u64,
-    message: String,
 }
 
 impl Records {
     fn new() -> Self {
-        Records { batch: RecordBatch::with_capacity(now_ms(), 0), text: Vec::new(), rejected: 0, why: None }
+        Records { batch: RecordBatch::with_capacity(now_ms(), 0) }
     }
 
-    /// Appends `item` as one JSON record (`what`, numbered from 1 among the request's items,
-    /// says it), or rejects it when it cannot be one: more than a record's 1,000 KiB.
+    /// Appends `item` as one JSON record (`what`, numbered from 1 among the request's items, says
+    /// it when it cannot be written). One over a record's 1,000 KiB too: the engine sends it to
+    /// the error output ([`Source::max_record_bytes`]).
     fn push(&mut self, item: &impl serde::Serialize, what: &str) -> Result<(), String> {
-        let n = self.batch.len() as u64 + self.rejected + 1;
-        self.text.clear();
-        serde_json::to_writer(&mut self.text, item).map_err(|e| format!("{what} {n}: {e}"))?;
-        if self.text.len() > MAX_RECORD_BYTES {
-            self.rejected += 1;
-            self.why.get_or_insert_with(|| {
-                format!("{what} {n} is {} bytes as JSON; a record is at most {MAX_RECORD_BYTES}", self.text.len())
-            });
-            return Ok(());
-        }
-        self.batch.push(&self.text);
-        Ok(())
+        let n = self.batch.len() + 1;
+        self.batch.push_with(|out| serde_json::to_writer(out, item)).map_err(|e| format!("{what} {n}: {e}"))
     }
 
-    /// The records and the items rejected (said as `items`); why not when every item was
-    /// rejected (the request is refused whole).
-    fn finish(self, items: &str) -> Result<Taken, String> {
-        let Some(why) = self.why else { return Ok(Taken { batch: self.batch, rejected: None }) };
-        if self.batch.is_empty() {
-            return Err(why);
-        }
-        let message = format!(
-            "{} of {} {items} rejected, the rest taken: {why}",
-            self.rejected,
-            self.rejected + self.batch.len() as u64
-        );
-        Ok(Taken { batch: self.batch, rejected: Some(Rejected { count: self.rejected, message }) })
+    fn finish(self) -> RecordBatch {
+        self.batch
     }
 }
 
@@ -652,7 +560,7 @@ fn each_item<'r, R, S: 'r, I: 'r>(
 
 /// The records of a logs request: each log record as a JSON object of the log data model; or
 /// why a record cannot be one.
-fn log_records(request: &ExportLogsServiceRequest) -> Result<Taken, String> {
+fn log_records(request: &ExportLogsServiceRequest) -> Result<RecordBatch, String> {
     let mut records = Records::new();
     each_item(
         &request.resource_logs,
@@ -677,12 +585,12 @@ fn log_records(request: &ExportLogsServiceRequest) -> Result<Taken, String> {
             records.push(&record, "log record")
         },
     )?;
-    records.finish(Signal::Logs.items())
+    Ok(records.finish())
 }
 
 /// The records of a traces request: each span as a JSON object of the trace data model, its
 /// events and links inside it; or why a span cannot be one.
-fn span_records(request: &ExportTraceServiceRequest) -> Result<Taken, String> {
+fn span_records(request: &ExportTraceServiceRequest) -> Result<RecordBatch, String> {
     use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode as SpanStatus};
     let mut records = Records::new();
     each_item(
@@ -744,7 +652,7 @@ fn span_records(request: &ExportTraceServiceRequest) -> Result<Taken, String> {
             records.push(&record, "span")
         },
     )?;
-    records.finish(Signal::Traces.items())
+    Ok(records.finish())
 }
 
 /// A metric data point as the JSON object it becomes: what every point has, then its type's
@@ -823,7 +731,7 @@ fn maybe_double(value: Option<f64>) -> Value {
 
 /// The records of a metrics request: each data point of each metric as a JSON object, the
 /// metric's name, description, unit and type with it; or why a point cannot be one.
-fn point_records(request: &ExportMetricsServiceRequest) -> Result<Taken, String> {
+fn point_records(request: &ExportMetricsServiceRequest) -> Result<RecordBatch, String> {
     use opentelemetry_proto::tonic::metrics::v1::metric::Data;
     use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
     let mut records = Records::new();
@@ -935,7 +843,7 @@ fn point_records(request: &ExportMetricsServiceRequest) -> Result<Taken, String>
             Ok(())
         },
     )?;
-    records.finish(Signal::Metrics.items())
+    Ok(records.finish())
 }
 
 /// The request (`name`, for messages) a body holds, in `encoding`.
@@ -974,8 +882,8 @@ async fn receive(
         .map(|(status, message)| (status.canonical_reason().unwrap_or("Error"), message.as_str()));
     endpoint.audit_request((OTLP_EVENT_SOURCE, signal.audit_name()), &caller, (&uri, &headers), &facts, refused);
     match outcome {
-        Ok(rejected) => {
-            let body = signal.response(answer_in, rejected.as_ref());
+        Ok(()) => {
+            let body = Signal::response(answer_in);
             let mut response = (StatusCode::OK, body).into_response();
             response
                 .headers_mut()
@@ -993,7 +901,7 @@ async fn receive(
     }
 }
 
-/// Takes one request's records, or says why not; the items rejected while the rest were taken.
+/// Takes one request's records, or says why not.
 async fn take(
     signal: Signal,
     encoding: Encoding,
@@ -1001,31 +909,23 @@ async fn take(
     headers: &HeaderMap,
     body: Body,
     facts: &mut RequestFacts,
-) -> Result<Option<Rejected>, Refusal> {
+) -> Result<(), Refusal> {
     let started = Instant::now();
     endpoint.check_bearer(headers, facts)?;
     let body = endpoint.read(headers, body).await?;
-    let taken = signal.records(encoding, body.bytes()).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
-    take_records(endpoint, taken, started, facts).await
+    let batch = signal.records(encoding, body.bytes()).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
+    take_records(endpoint, batch, started, facts).await
 }
 
-/// Takes a request's records into the pipeline; once they are, says the items rejected among
-/// them (the error log, `OtlpRejectedItems`) and returns them for the answer's partial success.
+/// Takes a request's records into the pipeline.
 async fn take_records(
     endpoint: &Arc<PostEndpoint>,
-    Taken { batch, rejected }: Taken,
+    batch: RecordBatch,
     started: Instant,
     facts: &mut RequestFacts,
-) -> Result<Option<Rejected>, Refusal> {
+) -> Result<(), Refusal> {
     (facts.records, facts.bytes) = (Some(batch.len()), Some(batch.byte_len()));
-    facts.rejected = rejected.as_ref().map(|r| r.count);
-    enqueue(endpoint, batch, started).await?;
-    if let (Some(rejected), Some(meter)) = (&rejected, endpoint.meter()) {
-        tracing::warn!("otlp: {}", rejected.message);
-        meter.report(sluice_engine::error_log::Level::Warn, "Otlp.ItemsRejected", &rejected.message);
-        meter.count(REJECTED_ITEMS, rejected.count);
-    }
-    Ok(rejected)
+    enqueue(endpoint, batch, started).await
 }
 
 /// OTLP/gRPC's `LogsService/Export` or `TraceService/Export` (unary): one length-prefixed
@@ -1046,13 +946,13 @@ async fn receive_grpc(
     let refused = outcome.as_ref().err().map(|(code, message)| (grpc_code_name(*code), message.as_str()));
     endpoint.audit_request((OTLP_EVENT_SOURCE, signal.audit_name()), &caller, (&uri, &headers), &facts, refused);
     match outcome {
-        Ok(rejected) => {
+        Ok(()) => {
             use http_body_util::BodyExt as _;
             // The response, length-prefixed, then the status as trailers.
-            let message = signal.response(Encoding::Protobuf, rejected.as_ref());
+            let message = Signal::response(Encoding::Protobuf);
             let mut framed = vec![0u8];
             framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
-            framed.extend_from_slice(&message);
+            framed.extend_from_slice(message);
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", header::HeaderValue::from_static("0"));
             let body =
@@ -1098,7 +998,7 @@ async fn take_grpc(
     headers: &HeaderMap,
     body: Body,
     facts: &mut RequestFacts,
-) -> Result<Option<Rejected>, (i32, String)> {
+) -> Result<(), (i32, String)> {
     // 4xx refusals are the request's fault; 503 and other 5xx are to be retried.
     let as_grpc = |(status, message): Refusal| match status {
         StatusCode::UNAUTHORIZED => (UNAUTHENTICATED, message),
@@ -1113,8 +1013,8 @@ async fn take_grpc(
     endpoint.check_bearer(headers, facts).map_err(as_grpc)?;
     let body = endpoint.read(headers, body).await.map_err(as_grpc)?;
     let message = grpc_message(body.bytes(), headers, endpoint.max_body())?;
-    let taken = signal.records(Encoding::Protobuf, message.as_ref()).map_err(|why| (INVALID_ARGUMENT, why))?;
-    take_records(endpoint, taken, started, facts).await.map_err(as_grpc)
+    let batch = signal.records(Encoding::Protobuf, message.as_ref()).map_err(|why| (INVALID_ARGUMENT, why))?;
+    take_records(endpoint, batch, started, facts).await.map_err(as_grpc)
 }
 
 /// The one message of a unary gRPC request body (`[compressed flag][length, 4 bytes][message]`),
@@ -1173,9 +1073,8 @@ mod tests {
         })
     }
 
-    fn texts(taken: &Taken) -> Vec<Value> {
-        assert!(taken.rejected.is_none(), "{:?}", taken.rejected);
-        taken.batch.iter().map(|r| serde_json::from_slice(r).unwrap()).collect()
+    fn texts(batch: &RecordBatch) -> Vec<Value> {
+        batch.iter().map(|r| serde_json::from_slice(r).unwrap()).collect()
     }
 
     /// A request as an SDK builds it, through protobuf: each log record one object of the log

@@ -34,10 +34,12 @@
 //! log synced), so an id is true from the moment it is given; as Splunk does, an id is answered
 //! `true` once (asked again, it is `false`). Refusals carry HEC's codes: 401 code 2 (no `Authorization`), 401 code 3 (not
 //! `Splunk <token>` nor Basic auth with the token as password), 403 code 4 (another token), 400
-//! code 16 (a `?token=`), 400 code 5 (no data), 400 code 6 (not JSON, not an object, a record
-//! over 1,000 KiB; with `invalid-event-number`, counted from 0), 400 code 12 (no `event`), 400
-//! code 13 (`event` an empty string), 503 code 9 (busy or stopping; `Retry-After`). A request is
-//! taken whole or not at all.
+//! code 16 (a `?token=`), 400 code 5 (no data), 400 code 6 (not JSON, not an object; with
+//! `invalid-event-number`, counted from 0), 400 code 12 (no `event`), 400 code 13 (`event` an
+//! empty string), 503 code 9 (busy or stopping; `Retry-After`). A request is taken whole or not at
+//! all. An event over a record's 1,000 KiB (Firehose's limit; Splunk has none per event) is taken
+//! with the others and goes, whole, to the error output of every sink it would have reached
+//! (`processing-failed`, `Source.RecordTooLarge`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,7 +57,6 @@ use sluice_engine::contract::Source;
 use sluice_engine::record::{RecordBatch, UTF8_BOM, now_ms};
 
 use crate::api::Caller;
-use crate::api::firehose::MAX_RECORD_BYTES;
 use crate::api::post::{
     KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, RequestFacts, SecretKeys, body_lines,
     enqueue, json_answer,
@@ -383,15 +384,6 @@ fn events(body: &[u8]) -> Result<RecordBatch, HecError> {
             }
             Some(_) => {}
         }
-        if text.len() > MAX_RECORD_BYTES {
-            return Err(HecError::invalid(
-                format!(
-                    "Invalid data format: event {n} has {} bytes; a record is at most {MAX_RECORD_BYTES}",
-                    text.len()
-                ),
-                Some(n),
-            ));
-        }
         batch.push(text);
         n += 1;
     }
@@ -400,7 +392,7 @@ fn events(body: &[u8]) -> Result<RecordBatch, HecError> {
 
 /// The records of a raw-endpoint body: each line (as the http source's).
 fn lines(body: &[u8]) -> Result<RecordBatch, HecError> {
-    let batch = body_lines(body).map_err(|why| HecError::invalid(format!("Invalid data format: {why}"), None))?;
+    let batch = body_lines(body);
     if batch.is_empty() {
         return Err(HecError::new(StatusCode::BAD_REQUEST, "No data", 5));
     }
@@ -475,16 +467,6 @@ fn raw_events(body: &[u8], query: Option<&str>) -> Result<RecordBatch, HecError>
         text.clear();
         serde_json::to_writer(&mut text, &RawEvent { metadata: &metadata, event })
             .map_err(|e| HecError::invalid(format!("Invalid data format: line {}: {e}", n + 1), Some(n)))?;
-        if text.len() > MAX_RECORD_BYTES {
-            return Err(HecError::invalid(
-                format!(
-                    "Invalid data format: line {} is {} bytes as an event; a record is at most {MAX_RECORD_BYTES}",
-                    n + 1,
-                    text.len()
-                ),
-                Some(n),
-            ));
-        }
         batch.push(&text);
     }
     Ok(batch)
@@ -620,8 +602,11 @@ mod tests {
         let array = refused("[{\"event\":\"a\"}]");
         assert_eq!(array.code, 6);
         assert!(array.text.contains("not an array"), "{}", array.text);
-        let big = format!("{{\"event\":\"{}\"}}", "x".repeat(MAX_RECORD_BYTES));
-        assert_eq!(refused(&big).code, 6);
+        // An event over a record's size is an event like the others (the engine sends it to the
+        // error output, `Source::max_record_bytes`), in the event and raw bodies alike.
+        let big = format!("{{\"event\":\"{}\"}}", "x".repeat(1_100_000));
+        assert_eq!(events(format!("{{\"event\":1}}{big}").as_bytes()).unwrap().len(), 2);
+        assert_eq!(raw_events(format!("a\n{}\n", "y".repeat(1_100_000)).as_bytes(), None).unwrap().len(), 2);
     }
 
     /// With `raw_format = "events"`, each raw line becomes an event object carrying the query's

@@ -41,7 +41,9 @@
 //! datagrams already received. Under `sluice serve` a reload keeps the socket (TCP's
 //! listening, UDP's receiving: datagrams wait in its buffer) for the pipeline's next run. A message
 //! longer than `max_message_kb` is dropped and the stream goes on after it
-//! (`Syslog.MessageTooLarge` in the error log, `SyslogDroppedMessages`). Messages the log cannot
+//! (`Syslog.MessageTooLarge` in the error log, `SyslogDroppedMessages`); a record over Firehose's
+//! 1,000 KiB (a message whose escapes make its JSON that long) goes, whole, to the error output
+//! of every sink it would have reached (`processing-failed`, `Source.RecordTooLarge`). Messages the log cannot
 //! take (a full disk) are lost, said (`Syslog.LogFailed`), and their connection closed. Each TCP
 //! connection that brought anything is recorded in the audit trail (`syslog.sluice`,
 //! `SendMessages`: the client's certificate with mutual TLS, the messages taken and dropped, a log
@@ -255,6 +257,11 @@ impl Source for SyslogSource {
 
     fn is_finite(&self) -> bool {
         false
+    }
+
+    /// Firehose's: a message over it as JSON goes to the error output.
+    fn max_record_bytes(&self) -> Option<usize> {
+        Some(MAX_RECORD_BYTES)
     }
 
     /// The address (TCP), and the log's encryption key when it has one.
@@ -759,16 +766,12 @@ fn push_datagram(batch: &mut RecordBatch, datagram: &[u8], peer: SocketAddr, sha
     }
 }
 
-/// Appends a message's record to `batch` (one that would pass a record's 1,000 KiB as JSON is
-/// dropped, said).
+/// Appends a message's record to `batch` (one over a record's 1,000 KiB as JSON too, which the
+/// engine sends to the error output: its message's escapes can make it longer than
+/// `max_message_kb`).
 fn push_message(batch: &mut RecordBatch, message: &[u8], peer: SocketAddr, shared: &Shared) {
     let record = record_of(&String::from_utf8_lossy(message), peer.ip(), shared.timezone);
-    let text = record.to_string();
-    if text.len() > MAX_RECORD_BYTES {
-        shared.drop_long(peer, message.len());
-        return;
-    }
-    batch.push(text.as_bytes());
+    batch.push(record.to_string().as_bytes());
 }
 
 /// The year of an RFC 3164 date (which has none): this year (UTC), unless that puts it more than

@@ -202,6 +202,16 @@ pub trait Source: Send + Sync + 'static {
     fn input_fingerprint(&self) -> u64 {
         0
     }
+    /// The largest record this source's records may be, in bytes, when it has such a limit (a
+    /// listening source applies Firehose's record limit, 1,000 KiB). A record its reader yields
+    /// over it is not delivered: the engine sends it, as read, to the error output of every sink
+    /// it would have reached (`processing-failed`, errorCode `Source.RecordTooLarge`), says so in
+    /// the error log and counts it (`SourceRecordsTooLarge`), so that a source takes what a
+    /// producer sends whole rather than refusing or dropping records for their size. `None` (the
+    /// default): no limit.
+    fn max_record_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Prepares `sink`'s [`Sink::error_output`], then `sink`: what the engine does before a run.
