@@ -330,6 +330,59 @@ fn opentelemetry_grpc_exporter_logs_land_and_refusals_carry_grpc_codes() {
     );
 }
 
+/// What the exporters compress with, besides gzip: the Python SDK's gRPC exporter with deflate
+/// (grpcio's zlib), and OTLP/HTTP bodies as the OpenTelemetry Collector's `otlphttp` exporter
+/// sends them with `compression: snappy` (a raw block, or the framed stream it sent before),
+/// `x-snappy-framed` and `zstd`, compressed by cramjam (pinned in tests/requirements.txt; its
+/// zstd is libzstd's): every record lands once.
+#[test]
+fn exporters_compressed_with_deflate_snappy_or_zstd_land_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut otlp, port, grpc_port) = start_with_grpc(dir.path(), "otlp-compressed", "");
+    let script = format!(
+        "import json, logging, grpc, cramjam, urllib.request\n\
+         from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler\n\
+         from opentelemetry.sdk._logs.export import BatchLogRecordProcessor\n\
+         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter\n\
+         provider = LoggerProvider()\n\
+         exporter = OTLPLogExporter(endpoint='http://127.0.0.1:{grpc_port}', insecure=True, \
+         compression=grpc.Compression.Deflate)\n\
+         provider.add_log_record_processor(BatchLogRecordProcessor(exporter, max_export_batch_size=25))\n\
+         log = logging.getLogger('deflated')\n\
+         log.setLevel(logging.INFO)\n\
+         log.addHandler(LoggingHandler(level=logging.INFO, logger_provider=provider))\n\
+         for i in range(100):\n\
+         \x20   log.info('deflated %d', i)\n\
+         provider.shutdown()\n\
+         def body(name):\n\
+         \x20   records = [{{'body': {{'stringValue': name + ' ' + str(i)}}}} for i in range(10)]\n\
+         \x20   return json.dumps({{'resourceLogs': [{{'scopeLogs': [{{'logRecords': records}}]}}]}}).encode()\n\
+         for name, encoding, compress in [('block', 'snappy', cramjam.snappy.compress_raw), \
+         ('framed', 'snappy', cramjam.snappy.compress), ('x-framed', 'x-snappy-framed', cramjam.snappy.compress), \
+         ('zstd', 'zstd', cramjam.zstd.compress)]:\n\
+         \x20   request = urllib.request.Request('http://127.0.0.1:{port}/v1/logs', data=bytes(compress(body(name))), \
+         headers={{'Content-Type': 'application/json', 'Content-Encoding': encoding}})\n\
+         \x20   print(name, urllib.request.urlopen(request).status)\n"
+    );
+    let run = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{said}{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(said.lines().collect::<Vec<_>>(), ["block 200", "framed 200", "x-framed 200", "zstd 200"]);
+    terminate(&otlp);
+    assert!(otlp.wait().unwrap().success());
+    let mut bodies: Vec<String> = json_lines_under(&dir.path().join("lake"))
+        .iter()
+        .map(|r| r["body"].as_str().unwrap_or_default().to_string())
+        .collect();
+    bodies.sort();
+    let mut expected: Vec<String> = (0..100).map(|i| format!("deflated {i}")).collect();
+    for name in ["block", "framed", "x-framed", "zstd"] {
+        expected.extend((0..10).map(|i| format!("{name} {i}")));
+    }
+    expected.sort();
+    assert_eq!(bodies, expected);
+}
+
 /// OTLP/gRPC's `TraceService/Export` with `signals = ["logs", "traces"]`: the Python SDK's gRPC span
 /// exporter lands each span once, parents and kinds as the SDK made them, beside the logs of the
 /// same source; metrics stay unimplemented.

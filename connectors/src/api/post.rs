@@ -156,16 +156,29 @@ impl Secrets {
     }
 }
 
-/// A request body's `Content-Encoding`.
+/// A request body's `Content-Encoding` (or a gRPC message's `grpc-encoding`, the same names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ContentEncoding {
+pub enum ContentEncoding {
+    /// Not encoded.
     Identity,
+    /// gzip, every member read as one stream.
     Gzip,
+    /// zlib, as HTTP and gRPC mean `deflate`; raw deflate too, as some clients send it.
     Deflate,
+    /// Brotli (`br`).
     Brotli,
     /// RFC 8878 §7.2's `zstd` (Vector's and the OpenTelemetry Collector's `compression = "zstd"`).
     Zstd,
+    /// `snappy`: one raw Snappy block, or Snappy's framed stream, told apart by the stream's
+    /// identifier at its start as the OpenTelemetry Collector's receivers do (its exporters sent
+    /// the framed format under this name before they sent blocks; gRPC's `snappy` is framed).
+    Snappy,
+    /// `x-snappy-framed`: Snappy's framed stream.
+    SnappyFramed,
 }
+
+/// What Snappy's framed stream starts with: its stream identifier chunk.
+const SNAPPY_STREAM_IDENTIFIER: &[u8] = b"\xff\x06\x00\x00sNaPpY";
 
 /// Why a body did not decode.
 #[derive(Debug)]
@@ -177,32 +190,45 @@ pub enum DecodeError {
 }
 
 impl ContentEncoding {
+    /// The names of the encodings read, for messages that list them.
+    pub const NAMES: &'static str = "gzip, deflate, br, zstd, snappy, x-snappy-framed";
+
     /// The encoding the headers name, or the name of one not supported.
     fn of(headers: &HeaderMap) -> Result<Self, String> {
         let Some(value) = headers.get(header::CONTENT_ENCODING) else { return Ok(ContentEncoding::Identity) };
-        let name = String::from_utf8_lossy(value.as_bytes()).trim().to_ascii_lowercase();
+        Self::named(&String::from_utf8_lossy(value.as_bytes()))
+    }
+
+    /// The encoding called `name` (case and surrounding space aside), or the name if none is.
+    pub fn named(name: &str) -> Result<Self, String> {
+        let name = name.trim().to_ascii_lowercase();
         match name.as_str() {
             "" | "identity" => Ok(ContentEncoding::Identity),
             "gzip" | "x-gzip" => Ok(ContentEncoding::Gzip),
             "deflate" => Ok(ContentEncoding::Deflate),
             "br" => Ok(ContentEncoding::Brotli),
             "zstd" => Ok(ContentEncoding::Zstd),
+            "snappy" => Ok(ContentEncoding::Snappy),
+            "x-snappy-framed" => Ok(ContentEncoding::SnappyFramed),
             _ => Err(name),
         }
     }
 
-    fn name(self) -> &'static str {
+    /// Its name, as a header gives it.
+    pub fn name(self) -> &'static str {
         match self {
             ContentEncoding::Identity => "identity",
             ContentEncoding::Gzip => "gzip",
             ContentEncoding::Deflate => "deflate",
             ContentEncoding::Brotli => "br",
             ContentEncoding::Zstd => "zstd",
+            ContentEncoding::Snappy => "snappy",
+            ContentEncoding::SnappyFramed => "x-snappy-framed",
         }
     }
 
     /// The decoded body (`None`: it is not encoded), at most `limit` bytes.
-    fn decode(self, raw: &[u8], limit: usize) -> Result<Option<Vec<u8>>, DecodeError> {
+    pub fn decode(self, raw: &[u8], limit: usize) -> Result<Option<Vec<u8>>, DecodeError> {
         let read_all = |reader: &mut dyn Read| read_within(reader, limit);
         match self {
             ContentEncoding::Identity => Ok(None),
@@ -215,6 +241,17 @@ impl ContentEncoding {
             // Every frame of the body, as one stream (RFC 8878 §3.1).
             ContentEncoding::Zstd => {
                 read_all(&mut zstd::stream::read::Decoder::new(raw).map_err(DecodeError::Invalid)?).map(Some)
+            }
+            ContentEncoding::Snappy if !raw.starts_with(SNAPPY_STREAM_IDENTIFIER) => {
+                // A block says its length first: checked before anything is allocated.
+                let length = snap::raw::decompress_len(raw).map_err(|e| DecodeError::Invalid(e.into()))?;
+                if length > limit {
+                    return Err(DecodeError::TooLarge);
+                }
+                snap::raw::Decoder::new().decompress_vec(raw).map(Some).map_err(|e| DecodeError::Invalid(e.into()))
+            }
+            ContentEncoding::Snappy | ContentEncoding::SnappyFramed => {
+                read_all(&mut snap::read::FrameDecoder::new(raw)).map(Some)
             }
         }
     }
@@ -745,5 +782,43 @@ mod tests {
         assert_eq!(ContentEncoding::of(&headers), Ok(ContentEncoding::Zstd));
         headers.insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("compress"));
         assert_eq!(ContentEncoding::of(&headers), Err("compress".to_string()));
+    }
+
+    /// `snappy` is a raw block or the framed stream, told apart by the stream's identifier (as
+    /// the OpenTelemetry Collector's receivers tell them); `x-snappy-framed` is the framed stream;
+    /// a block's declared length is held to the limit before anything is decompressed.
+    #[test]
+    fn snappy_bodies_decode_as_blocks_or_framed_streams() {
+        use std::io::Write as _;
+        let text = b"{\"resourceLogs\":[]}\n".repeat(50);
+        let block = snap::raw::Encoder::new().compress_vec(&text).unwrap_or_else(|e| panic!("{e}"));
+        let mut framed = snap::write::FrameEncoder::new(Vec::new());
+        framed.write_all(&text).unwrap_or_else(|e| panic!("{e}"));
+        let framed = framed.into_inner().unwrap_or_else(|e| panic!("{e}"));
+        assert!(framed.starts_with(SNAPPY_STREAM_IDENTIFIER));
+        let decoded = |encoding: ContentEncoding, raw: &[u8], limit: usize| encoding.decode(raw, limit);
+        for (encoding, raw) in [
+            (ContentEncoding::Snappy, &block),
+            (ContentEncoding::Snappy, &framed),
+            (ContentEncoding::SnappyFramed, &framed),
+        ] {
+            let out = decoded(encoding, raw, text.len()).unwrap_or_else(|e| panic!("{encoding:?}: {e:?}"));
+            assert_eq!(out.as_deref(), Some(&text[..]), "{encoding:?}");
+            assert!(matches!(decoded(encoding, raw, text.len() - 1), Err(DecodeError::TooLarge)), "{encoding:?}");
+        }
+        assert!(matches!(decoded(ContentEncoding::SnappyFramed, &block, 10_000), Err(DecodeError::Invalid(_))));
+        assert!(matches!(
+            decoded(ContentEncoding::Snappy, b"\xff\xff\xff\xff\x0f", 10_000),
+            Err(DecodeError::TooLarge)
+        ));
+        assert!(matches!(decoded(ContentEncoding::Snappy, b"\x05ab", 10_000), Err(DecodeError::Invalid(_))));
+        for (name, encoding) in [
+            ("snappy", ContentEncoding::Snappy),
+            ("X-Snappy-Framed", ContentEncoding::SnappyFramed),
+            (" deflate ", ContentEncoding::Deflate),
+        ] {
+            assert_eq!(ContentEncoding::named(name), Ok(encoding));
+        }
+        assert_eq!(ContentEncoding::named("lz4"), Err("lz4".to_string()));
     }
 }

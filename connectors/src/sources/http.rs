@@ -19,7 +19,8 @@
 //! ```
 //!
 //! `POST` any path with one record per line, the body plain or with `Content-Encoding` `gzip`,
-//! `deflate` (zlib, or raw deflate as some clients send it), `br` or `zstd`; empty lines, and a
+//! `deflate` (zlib, or raw deflate as some clients send it), `br`, `zstd`, `snappy` (a raw block or
+//! the framed stream) or `x-snappy-framed` (`api::post::ContentEncoding`); empty lines, and a
 //! byte order mark at the body's start, are skipped; a body that is one JSON value written over
 //! several lines (pretty-printed) is refused (400: its lines are no records). With
 //! `format = "json"` the body is JSON instead, as shippers batch it: an array whose elements are

@@ -65,8 +65,9 @@
 //!
 //! With `grpc_listen`, the same records come from OTLP/gRPC's `LogsService/Export`,
 //! `TraceService/Export` and `MetricsService/Export` (unary; each as `signals` says) on HTTP/2: cleartext with prior knowledge (the exporters' `insecure`), or TLS with `tls`, offering
-//! `h2` in the handshake. The request is one length-prefixed protobuf message, gzip'd when its flag
-//! says so (`grpc-encoding: gzip`); the bearer token comes as `authorization` metadata. The answer
+//! `h2` in the handshake. The request is one length-prefixed protobuf message, compressed when its
+//! flag says so as `grpc-encoding` says (`gzip`, `deflate`, `zstd` or `snappy`, Snappy's framed
+//! stream as grpc-go's compressor writes it); the bearer token comes as `authorization` metadata. The answer
 //! is an empty `Export…ServiceResponse` with `grpc-status: 0`
 //! once the records are queued and as durable as the pipeline asks, or the refusal's status:
 //! `UNAUTHENTICATED` (16), `INVALID_ARGUMENT` (3: a message that does not decode),
@@ -96,8 +97,8 @@ use sluice_engine::record::{RecordBatch, now_ms};
 
 use crate::api::Caller;
 use crate::api::post::{
-    BEARER_TOKENS, DecodeError, KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource, Protocol, Refusal,
-    RequestFacts, enqueue,
+    BEARER_TOKENS, ContentEncoding, DecodeError, KeyPlaces, ListenerKeys, NamedToken, PostEndpoint, PostSource,
+    Protocol, Refusal, RequestFacts, enqueue,
 };
 use crate::api::{ListenerLimits, TlsFiles};
 
@@ -1038,14 +1039,18 @@ fn grpc_message<'a>(
     if flag == 0 {
         return Ok(std::borrow::Cow::Borrowed(message));
     }
-    let encoding = headers.get("grpc-encoding").and_then(|v| v.to_str().ok()).unwrap_or("identity");
-    if encoding != "gzip" {
-        return Err((UNIMPLEMENTED, format!("grpc-encoding `{encoding}` is not supported: send gzip or none")));
-    }
-    match crate::api::post::gunzip(message, max) {
-        Ok(out) => Ok(std::borrow::Cow::Owned(out)),
+    let name = headers.get("grpc-encoding").map_or("identity".into(), |v| String::from_utf8_lossy(v.as_bytes()));
+    let unsupported = |name: &str| {
+        let names = ContentEncoding::NAMES;
+        (UNIMPLEMENTED, format!("the message is compressed and grpc-encoding is `{name}`: send {names} or none"))
+    };
+    let encoding = ContentEncoding::named(&name).map_err(|name| unsupported(&name))?;
+    match encoding.decode(message, max) {
+        Ok(Some(out)) => Ok(std::borrow::Cow::Owned(out)),
+        // (Flagged compressed, and `identity`: gRPC's spec makes that an error.)
+        Ok(None) => Err(unsupported(encoding.name())),
         Err(DecodeError::TooLarge) => Err(invalid(format!("the message is larger than {max} bytes once decompressed"))),
-        Err(DecodeError::Invalid(e)) => Err(invalid(format!("the message is not valid gzip: {e}"))),
+        Err(DecodeError::Invalid(e)) => Err(invalid(format!("the message is not valid {}: {e}", encoding.name()))),
     }
 }
 
@@ -1538,8 +1543,9 @@ mod tests {
         assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
     }
 
-    /// A unary gRPC body is one length-prefixed message: taken as it is, or gunzipped when its
-    /// flag says so and `grpc-encoding` is gzip; anything else refused with the status code to say.
+    /// A unary gRPC body is one length-prefixed message: taken as it is, or decompressed as
+    /// `grpc-encoding` says when its flag says so (gzip, deflate, zstd, snappy: the OpenTelemetry
+    /// Collector's and grpcio's); anything else refused with the status code to say.
     #[test]
     fn grpc_bodies_are_one_length_prefixed_message() {
         use std::io::Write as _;
@@ -1560,9 +1566,30 @@ mod tests {
         assert_eq!(grpc_message(&gzipped, &gzip, 200).unwrap().len(), 200);
         assert_eq!(grpc_message(&gzipped, &gzip, 199).unwrap_err().0, INVALID_ARGUMENT);
         assert_eq!(grpc_message(&gzipped, &plain, 200).unwrap_err().0, UNIMPLEMENTED);
-        let mut snappy = HeaderMap::new();
-        snappy.insert("grpc-encoding", header::HeaderValue::from_static("snappy"));
-        assert_eq!(grpc_message(&gzipped, &snappy, 200).unwrap_err().0, UNIMPLEMENTED);
+        let named = |name: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-encoding", header::HeaderValue::from_static(name));
+            headers
+        };
+        // What grpc-go's snappy compressor (the Collector's) writes: Snappy's framed stream.
+        let mut snappy = snap::write::FrameEncoder::new(Vec::new());
+        snappy.write_all(&[b'x'; 200]).unwrap();
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zlib.write_all(&[b'x'; 200]).unwrap();
+        for (name, message) in [
+            ("snappy", snappy.into_inner().unwrap()),
+            ("zstd", zstd::encode_all(&[b'x'; 200][..], 3).unwrap()),
+            ("deflate", zlib.finish().unwrap()),
+        ] {
+            assert_eq!(grpc_message(&frame(1, &message), &named(name), 200).unwrap().as_ref(), [b'x'; 200], "{name}");
+            assert_eq!(grpc_message(&frame(1, &message), &named(name), 199).unwrap_err().0, INVALID_ARGUMENT);
+            assert_eq!(grpc_message(&frame(0, &message), &named(name), 200).unwrap().as_ref(), &message[..]);
+        }
+        assert_eq!(grpc_message(&gzipped, &named("snappy"), 200).unwrap_err().0, INVALID_ARGUMENT);
+        let lz4 = grpc_message(&gzipped, &named("lz4"), 200).unwrap_err();
+        assert_eq!(lz4.0, UNIMPLEMENTED);
+        assert!(lz4.1.contains("`lz4`") && lz4.1.contains("zstd, snappy"), "{}", lz4.1);
+        assert_eq!(grpc_message(&gzipped, &named("identity"), 200).unwrap_err().0, UNIMPLEMENTED);
         // A prefix that says another length, two messages, no prefix at all.
         let mut short = frame(0, b"abc");
         short.pop();
