@@ -28,7 +28,7 @@ EVAL_SECONDS = 1200
 # The counters of what a source dropped of what was sent to it (SluiceSourceDroppingData).
 DROPPED_AT_SOURCES = (
     "sluice_SyslogKernelDroppedDatagrams",
-    "sluice_SyslogDroppedMessages",
+    "sluice_SyslogTruncatedMessages",
 )
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 

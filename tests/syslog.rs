@@ -171,9 +171,9 @@ fn logger_python_and_tls_clients_land_in_the_example_lake() {
 }
 
 /// `mode = "udp"`: `logger -d` and Python's `SysLogHandler` datagrams, each one message; a
-/// datagram longer than `max_message_kb` is dropped, said in the error log and counted.
+/// datagram longer than `max_message_kb` is truncated to it, said in the error log and counted.
 #[test]
-fn udp_datagrams_land_and_one_too_long_is_dropped_and_said() {
+fn udp_datagrams_land_and_one_too_long_is_truncated_and_said() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let table = format!("type = \"syslog\"\nmode = \"udp\"\nlisten = \"127.0.0.1:{port}\"\nmax_message_kb = 1");
@@ -207,8 +207,55 @@ fn udp_datagrams_land_and_one_too_long_is_dropped_and_said() {
     let datagrams =
         records.iter().filter(|r| r["message"].as_str().is_some_and(|m| m.starts_with("datagram "))).count();
     assert_eq!(datagrams, 50, "{records:#?}");
+    let truncated: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["message"].as_str().is_some_and(|m| m.starts_with('y'))).collect();
+    assert_eq!(truncated.len(), 1, "{records:#?}");
+    // Its first KiB: the PRI and 1,020 of its 2,000 bytes of message.
+    assert_eq!(truncated[0]["message"], "y".repeat(1020));
     let said = json_lines_under(&dir.path().join("errors"));
-    assert!(said.iter().any(|e| e["errorCode"] == "Syslog.MessageTooLarge"), "{said:#?}");
+    let said: Vec<&serde_json::Value> = said.iter().filter(|e| e["errorCode"] == "Syslog.MessageTruncated").collect();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(said[0]["message"].as_str().is_some_and(|m| m.starts_with("a message of 2004 bytes")), "{said:#?}");
+}
+
+/// Over TCP, a message longer than `max_message_kb` (a stack trace in one message) is truncated
+/// to it in either framing, `logger`'s octet counting (`--size` lets it send one that long) and a
+/// line: its first KiB is its record, the rest of it never becomes a message, and the messages after
+/// it on the same connection land; said in the error log and the connection's audit line.
+#[test]
+fn a_tcp_message_too_long_is_truncated_and_the_connection_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let table = format!("type = \"syslog\"\nlisten = \"127.0.0.1:{port}\"\nmax_message_kb = 1");
+    let config = super::support::listening_pipeline(dir.path(), "syslog-long", "", "tcp", &table);
+    let mut run = super::support::run_listening(&config, port);
+    let trace = "at frame ".repeat(600);
+    logger(port, &["-T", "--octet-count", "--rfc5424", "--size", "8192", "-t", "java", &trace]);
+    run_python(&format!(
+        "import socket\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         s.sendall(b'<11>app: ' + b'z' * 3000 + b'\\n<11>app: after the long line\\n')\n\
+         s.close()\n"
+    ));
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+    let records = json_lines_under(&dir.path().join("lake"));
+    let message = |r: &serde_json::Value| r["message"].as_str().unwrap_or_default().to_string();
+    let java: Vec<String> = records.iter().filter(|r| r["appname"] == "java").map(message).collect();
+    assert_eq!(java.len(), 1, "{records:#?}");
+    assert!(java[0].starts_with("at frame at frame") && java[0].len() < 1024, "{}", java[0].len());
+    // (No timestamp nor hostname: RFC 3164's parse leaves the tag in the message.)
+    let mut lines: Vec<String> = records.iter().map(message).filter(|m| m.starts_with("app: ")).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["app: after the long line".to_string(), format!("app: {}", "z".repeat(1024 - "<11>app: ".len()))]
+    );
+    let said = json_lines_under(&dir.path().join("errors"));
+    assert_eq!(said.iter().filter(|e| e["errorCode"] == "Syslog.MessageTruncated").count(), 2, "{said:#?}");
+    let trail = json_lines_under(&dir.path().join("audit"));
+    let truncated: u64 = trail.iter().filter_map(|l| l["requestParameters"]["truncatedMessages"].as_u64()).sum();
+    assert_eq!(truncated, 2, "{trail:#?}");
 }
 
 /// Under `sluice serve`, a changed pipeline of a UDP syslog source keeps its socket through the

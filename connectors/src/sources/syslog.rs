@@ -9,7 +9,7 @@
 //! listen = "127.0.0.1:5140"          # default
 //! mode = "tcp"                       # "tcp" (default, with `tls` for RFC 5425) or "udp"
 //! tls = { cert = "...", key = "..." } # optional, TCP only (client_ca for mutual TLS)
-//! max_message_kb = 64                # longer messages are dropped, said and counted
+//! max_message_kb = 64                # longer messages are truncated to it, said and counted
 //! max_connections = 1024             # TCP only
 //! idle_timeout_s = 300               # TCP only: a silent connection is closed
 //! max_inflight_mb = 256
@@ -40,13 +40,15 @@
 //! (`SyslogKernelDroppedDatagrams`; those of a reload's gap by the next run); a stop takes the
 //! datagrams already received. Under `sluice serve` a reload keeps the socket (TCP's
 //! listening, UDP's receiving: datagrams wait in its buffer) for the pipeline's next run. A message
-//! longer than `max_message_kb` is dropped and the stream goes on after it
-//! (`Syslog.MessageTooLarge` in the error log, `SyslogDroppedMessages`); a record over Firehose's
+//! longer than `max_message_kb` is truncated to its first `max_message_kb` KiB, which become its
+//! record (as rsyslog, syslog-ng and Vector truncate), and the stream goes on after its end (an
+//! octet-counted one's length, a line's line feed), neither held nor ever read as messages
+//! (`Syslog.MessageTruncated` in the error log, `SyslogTruncatedMessages`); a record over Firehose's
 //! 1,000 KiB (a message whose escapes make its JSON that long) goes, whole, to the error output
 //! of every sink it would have reached (`processing-failed`, `Source.RecordTooLarge`). Messages the log cannot
 //! take (a full disk) are lost, said (`Syslog.LogFailed`), and their connection closed. Each TCP
 //! connection that brought anything is recorded in the audit trail (`syslog.sluice`,
-//! `SendMessages`: the client's certificate with mutual TLS, the messages taken and dropped, a log
+//! `SendMessages`: the client's certificate with mutual TLS, the messages taken and truncated, a log
 //! failure); a datagram has no connection and is not. A stop ends the accepting, and the
 //! connections' bytes already received are still taken.
 
@@ -94,10 +96,10 @@ const KERNEL_DROPPED: Family = Family {
     help: "Datagrams the kernel dropped for a UDP syslog source, its receive buffer full (said in the error log).",
 };
 
-/// Messages dropped for their length.
-const DROPPED: Family = Family {
-    name: "SyslogDroppedMessages",
-    help: "Syslog messages longer than max_message_kb, dropped (said in the error log).",
+/// Messages truncated for their length.
+const TRUNCATED: Family = Family {
+    name: "SyslogTruncatedMessages",
+    help: "Syslog messages longer than max_message_kb, truncated to it (said in the error log).",
 };
 
 /// The source's keys.
@@ -344,10 +346,10 @@ impl Shared {
 
     /// Records a TCP connection from `peer` in the pipeline's audit trail (when it keeps one), as
     /// `eventSource` `syslog.sluice`, `eventName` `SendMessages`: the client's certificate (mutual
-    /// TLS), the messages it brought, taken and dropped, and a failure to make them durable. A
+    /// TLS), the messages it brought, taken and truncated, and a failure to make them durable. A
     /// connection that brought nothing is not recorded.
     fn audit(&self, peer: SocketAddr, certificate: Option<&ClientCertificate>, brought: &Brought) {
-        if brought.taken == 0 && brought.dropped == 0 && brought.failed.is_none() {
+        if brought.taken == 0 && brought.failed.is_none() {
             return;
         }
         let Some((metrics, _)) = self.metrics.get() else { return };
@@ -368,7 +370,7 @@ impl Shared {
             .parameters(json!({
                 "recordCount": brought.taken,
                 "bytes": brought.bytes,
-                "droppedMessages": brought.dropped,
+                "truncatedMessages": brought.truncated,
                 "tls": brought.tls,
             }));
             match &brought.failed {
@@ -401,16 +403,17 @@ impl Shared {
         }
     }
 
-    /// Drops a message of at least `length` bytes from `peer`, longer than `max_message_kb`: said,
-    /// counted.
-    fn drop_long(&self, peer: SocketAddr, length: usize) {
+    /// Says that a message of at least `length` bytes from `peer`, longer than `max_message_kb`,
+    /// was truncated to it; counts it.
+    fn say_truncated(&self, peer: SocketAddr, length: usize) {
         let message = format!(
-            "a message of {length} bytes or more from {peer} is longer than `max_message_kb` ({} bytes): dropped",
+            "a message of {length} bytes or more from {peer} is longer than `max_message_kb` ({} bytes): \
+             truncated to it",
             self.max_message
         );
-        self.report(Level::Warn, "Syslog.MessageTooLarge", &message);
+        self.report(Level::Warn, "Syslog.MessageTruncated", &message);
         if let Some((_, meter)) = self.metrics.get() {
-            meter.count(DROPPED, 1);
+            meter.count(TRUNCATED, 1);
         }
     }
 }
@@ -457,8 +460,8 @@ struct Brought {
     taken: u64,
     /// Their records' bytes.
     bytes: u64,
-    /// Messages dropped for their length.
-    dropped: u64,
+    /// Messages truncated for their length (among those taken).
+    truncated: u64,
     /// Why what it brought last could not be made durable.
     failed: Option<String>,
 }
@@ -502,9 +505,10 @@ async fn converse(
                     push_message(&mut batch, &bytes[start + message.0..start + message.1], peer, shared);
                     start += skip;
                 }
-                Frame::TooLong { skip, length } => {
-                    shared.drop_long(peer, length);
-                    brought.dropped += 1;
+                Frame::TooLong { skip, length, kept } => {
+                    push_message(&mut batch, &bytes[start + kept.0..start + kept.1], peer, shared);
+                    shared.say_truncated(peer, length);
+                    brought.truncated += 1;
                     start += skip;
                 }
                 Frame::Skipped { skip } => start += skip,
@@ -548,9 +552,10 @@ async fn read_more(
 enum Frame {
     /// A message at `message` (start, end), the frame `skip` bytes long.
     Message { skip: usize, message: (usize, usize) },
-    /// A message longer than allowed, at least `length` bytes (exactly, when octet-counted):
-    /// `skip` bytes of it are passed over here.
-    TooLong { skip: usize, length: usize },
+    /// A message longer than allowed, at least `length` bytes (exactly, when octet-counted), its
+    /// first `max` bytes at `kept` (start, end): `skip` bytes of it are passed over here, the rest
+    /// (if any) by the frames after it.
+    TooLong { skip: usize, length: usize, kept: (usize, usize) },
     /// Bytes passed over: the rest of a message too long, or blank lines.
     Skipped { skip: usize },
 }
@@ -599,9 +604,14 @@ impl Framer {
                         return Some(Frame::Skipped { skip: begins });
                     }
                     if length > max {
+                        // Its first `max` bytes are waited for (they are kept), no more.
+                        if bytes.len() < begins + max && !ended {
+                            return None;
+                        }
                         let here = (bytes.len() - begins).min(length);
                         self.passing = length - here;
-                        return Some(Frame::TooLong { skip: begins + here, length });
+                        let kept = (begins, begins + here.min(max));
+                        return Some(Frame::TooLong { skip: begins + here, length, kept });
                     }
                     return (bytes.len() >= begins + length)
                         .then_some(Frame::Message { skip: begins + length, message: (begins, begins + length) });
@@ -613,14 +623,14 @@ impl Framer {
             }
         }
         match memchr::memchr2(b'\n', 0, bytes) {
-            Some(at) if at > max => Some(Frame::TooLong { skip: at + 1, length: at }),
+            Some(at) if at > max => Some(Frame::TooLong { skip: at + 1, length: at, kept: (0, max) }),
             Some(at) => {
                 let end = if at > 0 && bytes[at - 1] == b'\r' { at - 1 } else { at };
                 Some(Frame::Message { skip: at + 1, message: (0, end) })
             }
             None if bytes.len() > max => {
                 self.passing_line = true;
-                Some(Frame::TooLong { skip: bytes.len(), length: bytes.len() })
+                Some(Frame::TooLong { skip: bytes.len(), length: bytes.len(), kept: (0, max) })
             }
             None if ended => Some(Frame::Message { skip: bytes.len(), message: (0, bytes.len()) }),
             None => None,
@@ -754,12 +764,15 @@ fn udp_drops(inode: u64) -> Option<u64> {
 }
 
 /// Appends a datagram's message to `batch` (its trailing line ends and NULs dropped; an empty one
-/// is nothing; one too long is dropped, said).
+/// is nothing; one too long is truncated to `max_message_kb`, said).
 fn push_datagram(batch: &mut RecordBatch, datagram: &[u8], peer: SocketAddr, shared: &Shared) {
-    if datagram.len() > shared.max_message {
-        shared.drop_long(peer, datagram.len());
-        return;
-    }
+    let datagram = match datagram.get(..shared.max_message) {
+        Some(kept) if kept.len() < datagram.len() => {
+            shared.say_truncated(peer, datagram.len());
+            kept
+        }
+        _ => datagram,
+    };
     let end = datagram.iter().rposition(|b| !matches!(b, b'\n' | b'\r' | 0)).map_or(0, |i| i + 1);
     if end > 0 {
         push_message(batch, &datagram[..end], peer, shared);
@@ -880,8 +893,9 @@ mod tests {
                         said.push(String::from_utf8_lossy(&bytes[start + message.0..start + message.1]).into_owned());
                         start += skip;
                     }
-                    Frame::TooLong { skip, length } => {
-                        said.push(format!("<too long: {length}>"));
+                    Frame::TooLong { skip, length, kept } => {
+                        let kept = String::from_utf8_lossy(&bytes[start + kept.0..start + kept.1]);
+                        said.push(format!("<too long: {length}> {kept}"));
                         start += skip;
                     }
                     Frame::Skipped { skip } => start += skip,
@@ -892,8 +906,6 @@ mod tests {
         said
     }
 
-    /// RFC 6587: octet counting and line feeds, told apart per message, whole across reads; a
-    /// message that starts with a digit but no length is a line; the last line needs no line feed.
     /// The kernel's drops of a socket are said once: the first look says those since it was bound,
     /// a look of the next run (a socket kept through a reload) those since the last look, none twice.
     #[test]
@@ -917,6 +929,8 @@ mod tests {
         assert_eq!(udp_drops(next.inode), Some(said_first + said_next));
     }
 
+    /// RFC 6587: octet counting and line feeds, told apart per message, whole across reads; a
+    /// message that starts with a digit but no length is a line; the last line needs no line feed.
     #[test]
     fn both_framings_are_read_whatever_the_reads() {
         let input: &[u8] =
@@ -939,25 +953,32 @@ mod tests {
         assert_eq!(frames(&byte_by_byte, 100), expected);
     }
 
-    /// A message longer than the limit is passed over, in either framing and across reads, and the
-    /// next one is read.
+    /// A message longer than the limit is truncated to it, in either framing and across reads,
+    /// the rest of it passed over, and the next one is read.
     #[test]
-    fn a_message_too_long_is_passed_over_and_the_stream_goes_on() {
-        let long = "x".repeat(50);
-        let input = format!("50 {long}{long}\n4 next\n");
-        assert_eq!(frames(&[input.as_bytes()], 20), ["<too long: 50>", "<too long: 50>", "next"]);
+    fn a_message_too_long_is_truncated_and_the_stream_goes_on() {
+        let (octets, line) = ("0123456789".repeat(5), "abcdefghij".repeat(5));
+        let input = format!("50 {octets}{line}\n4 next\n");
+        let (octets_kept, line_kept) = (&octets[..20], &line[..20]);
+        assert_eq!(
+            frames(&[input.as_bytes()], 20),
+            [format!("<too long: 50> {octets_kept}"), format!("<too long: 50> {line_kept}"), "next".to_string()]
+        );
         // (A line too long is said with what was read of it when it passed the limit.)
         for size in 1..30 {
             let pieces: Vec<&[u8]> = input.as_bytes().chunks(size).collect();
             let said = frames(&pieces, 20);
             assert_eq!(
-                (said.len(), &said[0], &said[2]),
-                (3, &"<too long: 50>".to_string(), &"next".to_string()),
+                (said.len(), said[0].as_str(), said[2].as_str()),
+                (3, format!("<too long: 50> {octets_kept}").as_str(), "next"),
                 "{size}"
             );
-            let length: usize = said[1].trim_start_matches("<too long: ").trim_end_matches('>').parse().unwrap();
-            assert!((21..=50).contains(&length), "{size}: {said:?}");
+            let (length, kept) = said[1].trim_start_matches("<too long: ").split_once("> ").unwrap();
+            assert!((21..=50).contains(&length.parse::<usize>().unwrap()), "{size}: {said:?}");
+            assert_eq!(kept, line_kept, "{size}");
         }
+        // A connection that ends inside an octet-counted message too long keeps what came of it.
+        assert_eq!(frames(&[b"50 short"], 20), ["<too long: 50> short"]);
     }
 
     /// RFC 5424 with structured data (escapes undone), RFC 3164 with a pid, and a line neither
