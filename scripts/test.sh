@@ -56,6 +56,11 @@ need promtool "promtool is required by the tests" prometheus
 need chromium "Chromium is required by the dashboard's test" chromium
 # zstd objects are read back with the zstd CLI (zstdcat) as well as DuckDB and pyarrow.
 need zstdcat "The zstd CLI is required by the tests" zstd
+# The syslog source's RELP mode is driven by rsyslog's own RELP output (omrelp, Debian's
+# rsyslog-relp; rsyslogd is run in the foreground by the test with its own configuration).
+if ! command -v rsyslogd >/dev/null || ! ls /usr/lib/*/rsyslog/omrelp.so >/dev/null 2>&1; then
+  install "rsyslog and its RELP output are required by the syslog source's RELP test" rsyslog rsyslog-relp
+fi
 venv=target/test-venv
 # Reinstall whenever tests/requirements.txt changes.
 stamp="$venv/.installed-$(sha256sum tests/requirements.txt | cut -c1-16)"

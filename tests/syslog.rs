@@ -258,6 +258,123 @@ fn a_tcp_message_too_long_is_truncated_and_the_connection_goes_on() {
     assert_eq!(truncated, 2, "{trail:#?}");
 }
 
+/// A child process killed and reaped when dropped (a test that fails leaves none running).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `mode = "relp"` against rsyslog's own RELP output (`omrelp`, Debian's rsyslog-relp), fed by
+/// rsyslog's `imfile` from a log being written: sluice is killed (SIGKILL) while the lines flow and
+/// started again; rsyslog sends again what sluice had not answered, so every line of the log lands
+/// (at least once: what was answered was durable, what was not is sent again), and the session's
+/// `open`, `syslog` and `close` frames are answered as librelp expects (rsyslog would say otherwise
+/// in its own output, which the test shows when it fails).
+#[test]
+fn rsyslog_relp_output_loses_nothing_when_sluice_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("relp.toml");
+    // (Objects each second, so that the test sees the lines land while rsyslog runs.)
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"relp\"\ndata_dir = \"{data}\"\n\
+             [sources.relp]\ntype = \"syslog\"\nmode = \"relp\"\nlisten = \"127.0.0.1:{port}\"\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"relp\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n\
+             buffer = {{ size_mb = 1, interval_s = 1 }}\n",
+            data = dir.path().join("data").display(),
+            lake = dir.path().join("lake").display()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        super::support::start_listening_with(
+            sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
+            port,
+        )
+    };
+    let mut run = start();
+    let (log, work) = (dir.path().join("app.log"), dir.path().join("rsyslog"));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(&log, "").unwrap();
+    let rsyslog_conf = dir.path().join("rsyslog.conf");
+    std::fs::write(
+        &rsyslog_conf,
+        format!(
+            "global(workDirectory=\"{work}\")\n\
+             module(load=\"imfile\" PollingInterval=\"1\")\n\
+             module(load=\"omrelp\")\n\
+             input(type=\"imfile\" File=\"{log}\" Tag=\"app:\")\n\
+             action(type=\"omrelp\" target=\"127.0.0.1\" port=\"{port}\" \
+             action.resumeRetryCount=\"-1\" action.resumeInterval=\"1\")\n",
+            work = work.display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let rsyslog = Reaped(
+        Command::new("rsyslogd")
+            .args(["-n", "-f"])
+            .arg(&rsyslog_conf)
+            .arg("-i")
+            .arg(dir.path().join("rsyslog.pid"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rsyslogd (Debian's rsyslog and rsyslog-relp; scripts/test.sh installs them)"),
+    );
+    // The log is written in rounds; sluice is killed after the first third. (rsyslog's RELP
+    // output sends about a thousand messages a second here: librelp corks its socket (TCP_CORK)
+    // while it sends a batch, and a corked segment leaves after the kernel's 200 ms.)
+    let lines: Vec<String> = (0..6_000).map(|i| format!("request {i} served in {}ms", i % 97)).collect();
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    for (round, chunk) in lines.chunks(1_000).enumerate() {
+        std::io::Write::write_all(&mut file, (chunk.join("\n") + "\n").as_bytes()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if round == 1 {
+            run.kill().unwrap(); // SIGKILL
+            run.wait().unwrap();
+            run = start();
+        }
+    }
+    let landed = || {
+        let records = json_lines_under(&dir.path().join("lake"));
+        records
+            .iter()
+            .filter_map(|r| r["message"].as_str().map(str::to_string))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let waited = std::time::Instant::now();
+    while landed().len() < lines.len() && waited.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let rsyslog_output = {
+        let mut rsyslog = rsyslog;
+        let _ = rsyslog.0.kill();
+        let mut said = String::new();
+        if let Some(mut err) = rsyslog.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut said);
+        }
+        said
+    };
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+    let landed = landed();
+    let missing: Vec<&String> = lines.iter().filter(|l| !landed.contains(*l)).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} lines missing, e.g. {missing:?}; rsyslog said: {rsyslog_output}",
+        lines.len() - landed.len(),
+        lines.len()
+    );
+    assert_eq!(landed.len(), lines.len());
+}
+
 /// Under `sluice serve`, a changed pipeline of a UDP syslog source keeps its socket through the
 /// reload: a sender on a connected socket (which Linux tells when a datagram is refused) is never
 /// refused, and every datagram it sent is delivered once, by the old run or the new one.

@@ -1,5 +1,5 @@
-//! `type = "syslog"`: syslog messages served on TCP (RFC 6587), TLS (RFC 5425) or UDP
-//! (RFC 5426), so that rsyslog's and syslog-ng's forwarding, `logger`, network devices
+//! `type = "syslog"`: syslog messages served on TCP (RFC 6587), TLS (RFC 5425), UDP (RFC 5426) or
+//! RELP (rsyslog's acknowledged protocol, librelp's framing), so that rsyslog's and syslog-ng's forwarding, `logger`, network devices
 //! (firewalls, switches, load balancers) and appliances that only speak syslog deliver into a
 //! pipeline, beyond Firehose (Vector's and Fluent Bit's `syslog` sources do the same).
 //!
@@ -7,8 +7,8 @@
 //! [sources.syslog]
 //! type = "syslog"
 //! listen = "127.0.0.1:5140"          # default
-//! mode = "tcp"                       # "tcp" (default, with `tls` for RFC 5425) or "udp"
-//! tls = { cert = "...", key = "..." } # optional, TCP only (client_ca for mutual TLS)
+//! mode = "tcp"                       # "tcp" (default, with `tls` for RFC 5425), "udp" or "relp"
+//! tls = { cert = "...", key = "..." } # optional, TCP and RELP only (client_ca for mutual TLS)
 //! max_message_kb = 64                # longer messages are truncated to it, said and counted
 //! max_connections = 1024             # TCP only
 //! idle_timeout_s = 300               # TCP only: a silent connection is closed
@@ -31,10 +31,14 @@
 //! absent), `structured_data` (`{"<SD-ID>": {"<name>": "<value>"}}`, escapes undone) and `message`.
 //! Bytes that are not UTF-8 are written as U+FFFD.
 //!
+//! With `mode = "relp"` a connection is a RELP session (`relp_converse`): each message is
+//! answered once it is queued and as durable as the pipeline asks, so its client (rsyslog's
+//! `omrelp`) sends again what was not answered.
+//!
 //! Guarantees: records are queued, and logged as durably as the pipeline asks, as they arrive (a
 //! connection's messages read together are taken together); while the queue is full a TCP
-//! connection is not read, which holds its client back. Syslog has no acknowledgement: a client
-//! cannot know what was taken when a connection breaks, and UDP loses what the socket's buffer
+//! connection is not read, which holds its client back. Plain syslog has no acknowledgement: a client
+//! cannot know what was taken when a connection breaks (RELP's answers say it), and UDP loses what the socket's buffer
 //! cannot hold, as it does for every receiver, but not unsaid: each second the kernel's count of
 //! the socket's drops is read and what it dropped said (`Syslog.DatagramsDropped`) and counted
 //! (`SyslogKernelDroppedDatagrams`; those of a reload's gap by the next run); a stop takes the
@@ -125,6 +129,8 @@ enum Mode {
     Tcp,
     /// UDP datagrams.
     Udp,
+    /// RELP on TCP (or TLS with `tls`): each message acknowledged once durable.
+    Relp,
 }
 
 /// The common keys' defaults.
@@ -164,9 +170,10 @@ pub fn configure(config: ConnectorConfig) -> Result<Arc<dyn Source>, Problems> {
             );
         }
     }
-    if let (Mode::Tcp, Some(span)) = (mode, udp_only) {
+    if let (Mode::Tcp | Mode::Relp, Some(span)) = (mode, udp_only) {
+        let named = if mode == Mode::Relp { "relp" } else { "tcp" };
         problems.push(
-            Diagnostic::new(span, "`receive_buffer_kb` is for UDP; this source has mode = \"tcp\"")
+            Diagnostic::new(span, format!("`receive_buffer_kb` is for UDP; this source has mode = \"{named}\""))
                 .with_hint("TCP holds its senders back instead: remove it, or set mode = \"udp\""),
         );
     }
@@ -253,6 +260,8 @@ impl Source for SyslogSource {
             (Mode::Udp, _) => "udp",
             (Mode::Tcp, Some(_)) => "tls",
             (Mode::Tcp, None) => "tcp",
+            (Mode::Relp, Some(_)) => "relp+tls",
+            (Mode::Relp, None) => "relp",
         };
         format!("syslog: RFC 5424 and 3164 messages on {scheme}://{}", self.listen)
     }
@@ -269,7 +278,7 @@ impl Source for SyslogSource {
     /// The address (TCP), and the log's encryption key when it has one.
     fn check(&self) -> Option<futures::future::BoxFuture<'static, Result<(), SourceError>>> {
         match self.mode {
-            Mode::Tcp => self.shared.log.check_with_listener(self.listen),
+            Mode::Tcp | Mode::Relp => self.shared.log.check_with_listener(self.listen),
             Mode::Udp => self.shared.log.check(),
         }
     }
@@ -277,7 +286,7 @@ impl Source for SyslogSource {
     fn prepare(&self, ctx: &PrepareContext) -> Result<(), SourceError> {
         let authenticated = self.tls.as_ref().is_some_and(TlsFiles::verifies_clients);
         let how = match self.mode {
-            Mode::Tcp => "set `tls` with `client_ca` (clients with certificates)",
+            Mode::Tcp | Mode::Relp => "set `tls` with `client_ca` (clients with certificates)",
             Mode::Udp => "syslog over UDP has no authentication: use mode = \"tcp\" with `tls` and `client_ca`",
         };
         if let Some(warning) = open_listener_warning("syslog", self.listen, authenticated, how) {
@@ -289,10 +298,11 @@ impl Source for SyslogSource {
         }
         let shared = Arc::clone(&self.shared);
         match self.mode {
-            Mode::Tcp => {
+            Mode::Tcp | Mode::Relp => {
                 let bound = bind(self.listen)?;
                 let tls = crate::api::stream::serve_tls(self.tls.as_ref(), ctx)?;
-                ctx.runtime.spawn(serve_tcp(bound, tls, shared, self.max_connections, ctx.stop.clone()));
+                let relp = self.mode == Mode::Relp;
+                ctx.runtime.spawn(serve_tcp(bound, tls, shared, (self.max_connections, relp), ctx.stop.clone()));
             }
             Mode::Udp => {
                 let Bound { socket, serving } = bind_udp(self.listen)?;
@@ -418,12 +428,13 @@ impl Shared {
     }
 }
 
-/// Serves TCP (or TLS) connections until `stop`, then closes the queue once they have ended.
+/// Serves TCP (or TLS) connections, of RELP when `relp`, until `stop`, then closes the queue once
+/// they have ended.
 async fn serve_tcp(
     bound: Bound,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     shared: Arc<Shared>,
-    max_connections: usize,
+    (max_connections, relp): (usize, bool),
     stop: StopSignal,
 ) {
     let (each, stopping, tls_served) = (Arc::clone(&shared), stop.clone(), tls.is_some());
@@ -433,7 +444,11 @@ async fn serve_tcp(
             match accepted {
                 Ok(Accepted { stream, peer, certificate }) => {
                     let mut brought = Brought { tls: tls_served, ..Brought::default() };
-                    if let Err(e) = converse(stream, peer, &shared, &stop, &mut brought).await {
+                    let conversed = match relp {
+                        true => relp_converse(stream, peer, &shared, &stop, &mut brought).await,
+                        false => converse(stream, peer, &shared, &stop, &mut brought).await,
+                    };
+                    if let Err(e) = conversed {
                         tracing::debug!(%peer, error = %e, "syslog: connection ended");
                     }
                     shared.audit(peer, certificate.as_deref(), &brought);
@@ -544,6 +559,229 @@ async fn read_more(
             Ok(read) => read.map(|n| n > 0),
             Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "silent past idle_timeout_s")),
         },
+    }
+}
+
+/// What sluice says of itself in a RELP session's `open` answer.
+const RELP_OFFERS: &str = concat!(
+    "200 OK\nrelp_version=0\nrelp_software=sluice,",
+    env!("CARGO_PKG_VERSION"),
+    ",https://github.com/sluice\ncommands=syslog"
+);
+/// The most data a RELP frame of another command than `syslog` may have (`open`'s offers).
+const RELP_MAX_OTHER_DATA: usize = 64 << 10;
+/// The longest header a RELP frame may have: `TXNR SP COMMAND SP DATALEN` (9 digits, 32 letters).
+const RELP_MAX_HEADER: usize = 9 + 1 + 32 + 1 + 9;
+
+/// Serves one RELP session (librelp's protocol, rsyslog's `omrelp`): `open` is answered with
+/// sluice's offers, each `syslog` frame's message is taken and answered `200 OK` only once it is
+/// queued and as durable as the pipeline asks (those read together taken at once, their answers
+/// sent together, in order), `close` is answered and ends the session. A frame that is not RELP's,
+/// a `syslog` before `open`, or a failure to take the messages ends the connection unanswered: the
+/// client sends its unanswered messages again on its next connection. At a stop, the session is
+/// ended with the `serverclose` hint after the messages received are taken and answered.
+async fn relp_converse(
+    mut stream: Box<dyn Connection>,
+    peer: SocketAddr,
+    shared: &Shared,
+    stop: &StopSignal,
+    brought: &mut Brought,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut bytes: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let (mut framer, mut opened) = (RelpFramer::default(), false);
+    loop {
+        let more = read_more(&mut stream, &mut bytes, shared.idle_timeout, stop).await?;
+        let mut batch = RecordBatch::with_capacity(now_ms(), 0);
+        let (mut start, mut answers, mut closing) = (0, Vec::new(), false);
+        while !closing {
+            let frame = match framer.next(&bytes[start..], shared.max_message) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(bad) => {
+                    shared.report(
+                        Level::Warn,
+                        "Syslog.RelpRefused",
+                        &format!("RELP from {peer}: {bad}: connection closed"),
+                    );
+                    return Ok(());
+                }
+            };
+            let at = |range: (usize, usize)| &bytes[start + range.0..start + range.1];
+            match frame {
+                RelpFrame::Skipped { skip } => start += skip,
+                RelpFrame::Command { txnr, command, data, skip } => {
+                    let answer: &[u8] = match (at(command), opened) {
+                        (b"open", false) => {
+                            opened = true;
+                            RELP_OFFERS.as_bytes()
+                        }
+                        (b"syslog", true) => {
+                            push_message(&mut batch, at(data), peer, shared);
+                            b"200 OK"
+                        }
+                        (b"close", _) => {
+                            closing = true;
+                            b""
+                        }
+                        (b"open", true) => b"500 protocol error: connection already open",
+                        (command, _) if opened => {
+                            let command = String::from_utf8_lossy(command);
+                            shared.report(
+                                Level::Warn,
+                                "Syslog.RelpRefused",
+                                &format!("RELP from {peer}: unknown command `{command}` (answered 500)"),
+                            );
+                            b"500 command not supported"
+                        }
+                        (command, _) => {
+                            let command = String::from_utf8_lossy(command);
+                            let message = format!("RELP from {peer}: `{command}` before `open`: connection closed");
+                            shared.report(Level::Warn, "Syslog.RelpRefused", &message);
+                            return Ok(());
+                        }
+                    };
+                    relp_answer(&mut answers, txnr, answer);
+                    start += skip;
+                }
+                RelpFrame::Truncated { txnr, length, kept, skip } => {
+                    push_message(&mut batch, at(kept), peer, shared);
+                    shared.say_truncated(peer, length);
+                    brought.truncated += 1;
+                    relp_answer(&mut answers, txnr, b"200 OK");
+                    start += skip;
+                }
+            }
+        }
+        bytes.drain(..start);
+        // The messages before their answers: an answer says its message is durable.
+        if !brought.take(shared, batch, peer, stop).await {
+            return Ok(());
+        }
+        if !answers.is_empty() {
+            stream.write_all(&answers).await?;
+            stream.flush().await?;
+        }
+        if closing {
+            return Ok(());
+        }
+        if !more {
+            if stop.is_stopped() {
+                // (A hint: the client may be gone already.)
+                let _ = stream.write_all(b"0 serverclose 0\n").await;
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// Appends the answer to transaction `txnr` (`TXNR rsp DATALEN [SP DATA] LF`) to `out`.
+fn relp_answer(out: &mut Vec<u8>, txnr: u32, data: &[u8]) {
+    out.extend_from_slice(format!("{txnr} rsp {}", data.len()).as_bytes());
+    if !data.is_empty() {
+        out.push(b' ');
+        out.extend_from_slice(data);
+    }
+    out.push(b'\n');
+}
+
+/// What comes next in a RELP session's bytes; ranges are (start, end) in the bytes given.
+#[derive(Debug, PartialEq, Eq)]
+enum RelpFrame {
+    /// A whole frame: its transaction number, command and data; `skip` bytes long.
+    Command { txnr: u32, command: (usize, usize), data: (usize, usize), skip: usize },
+    /// A frame whose data is longer than allowed (`length` bytes): its first `max` bytes at
+    /// `kept`; `skip` bytes of it are passed over here, the rest (with its trailer) by the frames
+    /// after it.
+    Truncated { txnr: u32, length: usize, kept: (usize, usize), skip: usize },
+    /// Bytes passed over: the rest of a frame too long.
+    Skipped { skip: usize },
+}
+
+/// Why bytes are not a RELP frame.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum RelpBad {
+    /// The header is not `TXNR SP COMMAND SP DATALEN`.
+    #[error("a frame's header is not `TXNR SP COMMAND SP DATALEN`")]
+    Header,
+    /// The data is not followed by a line feed.
+    #[error("a frame's data is not followed by its trailer (a line feed)")]
+    Trailer,
+}
+
+/// RELP's framing; keeps its place in a frame too long.
+#[derive(Debug, Default)]
+struct RelpFramer {
+    /// Bytes of a frame too long (its data's rest and its trailer) still to pass over.
+    passing: usize,
+}
+
+impl RelpFramer {
+    /// The next frame in `bytes` (which start where the last one ended), if it is whole.
+    fn next(&mut self, bytes: &[u8], max: usize) -> Result<Option<RelpFrame>, RelpBad> {
+        if self.passing > 0 {
+            let skip = self.passing.min(bytes.len());
+            self.passing -= skip;
+            return Ok((skip > 0).then_some(RelpFrame::Skipped { skip }));
+        }
+        let mut fields = [(0usize, 0usize); 3];
+        let mut at = 0;
+        for (i, field) in fields.iter_mut().enumerate() {
+            let rest = bytes.get(at..).unwrap_or_default();
+            let len = match i {
+                1 => rest.iter().take(33).take_while(|b| b.is_ascii_alphabetic()).count(),
+                _ => rest.iter().take(10).take_while(|b| b.is_ascii_digit()).count(),
+            };
+            let longest = if i == 1 { 32 } else { 9 };
+            match rest.get(len) {
+                // Wait for more of the header, unless it is already too long to be one.
+                None if at + len <= RELP_MAX_HEADER => return Ok(None),
+                Some(b' ') if (1..=longest).contains(&len) => {}
+                Some(b'\n') if i == 2 && (1..=longest).contains(&len) => {}
+                _ => return Err(RelpBad::Header),
+            }
+            *field = (at, at + len);
+            at += len + 1;
+        }
+        let number = |(start, end): (usize, usize)| {
+            std::str::from_utf8(&bytes[start..end]).ok().and_then(|n| n.parse::<u32>().ok()).ok_or(RelpBad::Header)
+        };
+        let (txnr, length) = (number(fields[0])?, number(fields[2])? as usize);
+        let after_length = fields[2].1;
+        if length == 0 {
+            // `TXNR SP COMMAND SP 0 LF`: no data.
+            return match bytes[after_length] {
+                b'\n' => Ok(Some(RelpFrame::Command { txnr, command: fields[1], data: (at, at), skip: at })),
+                _ => Err(RelpBad::Header),
+            };
+        }
+        if bytes[after_length] != b' ' {
+            return Err(RelpBad::Header);
+        }
+        let data_start = after_length + 1;
+        if length > max && &bytes[fields[1].0..fields[1].1] != b"syslog" {
+            // (The other commands' data, `open`'s offers, is a few lines.)
+            if length > RELP_MAX_OTHER_DATA {
+                return Err(RelpBad::Header);
+            }
+        } else if length > max {
+            // Its first `max` bytes are waited for (they are kept), no more.
+            if bytes.len() < data_start + max {
+                return Ok(None);
+            }
+            let here = (bytes.len() - data_start).min(length + 1);
+            self.passing = length + 1 - here;
+            let kept = (data_start, data_start + max);
+            return Ok(Some(RelpFrame::Truncated { txnr, length, kept, skip: data_start + here }));
+        }
+        let end = data_start + length;
+        match bytes.get(end) {
+            None => Ok(None),
+            Some(b'\n') => {
+                Ok(Some(RelpFrame::Command { txnr, command: fields[1], data: (data_start, end), skip: end + 1 }))
+            }
+            Some(_) => Err(RelpBad::Trailer),
+        }
     }
 }
 
@@ -979,6 +1217,75 @@ mod tests {
         }
         // A connection that ends inside an octet-counted message too long keeps what came of it.
         assert_eq!(frames(&[b"50 short"], 20), ["<too long: 50> short"]);
+    }
+
+    /// The frames of `input` as a RELP session delivers it in `pieces` reads: each command and its
+    /// data as text, or why the bytes are not RELP.
+    fn relp_frames(pieces: &[&[u8]], max: usize) -> Result<Vec<String>, RelpBad> {
+        let mut framer = RelpFramer::default();
+        let (mut bytes, mut said) = (Vec::new(), Vec::new());
+        for piece in pieces {
+            bytes.extend_from_slice(piece);
+            let mut start = 0;
+            while let Some(frame) = framer.next(&bytes[start..], max)? {
+                let text =
+                    |(from, to): (usize, usize)| String::from_utf8_lossy(&bytes[start + from..start + to]).into_owned();
+                match frame {
+                    RelpFrame::Command { txnr, command, data, skip } => {
+                        said.push(format!("{txnr} {} [{}]", text(command), text(data)));
+                        start += skip;
+                    }
+                    RelpFrame::Truncated { txnr, length, kept, skip } => {
+                        said.push(format!("{txnr} syslog <too long: {length}> [{}]", text(kept)));
+                        start += skip;
+                    }
+                    RelpFrame::Skipped { skip } => start += skip,
+                }
+            }
+            bytes.drain(..start);
+        }
+        Ok(said)
+    }
+
+    /// RELP's frames as librelp writes them (`open` with its offers, `syslog`, a data-less
+    /// `close`), whole whatever the reads; data longer than the limit is truncated and the frames
+    /// after it read; a header or trailer that is not RELP's is refused.
+    #[test]
+    fn relp_frames_are_read_whatever_the_reads() {
+        let input: &[u8] =
+            b"1 open 86 relp_version=0\nrelp_software=librelp,1.11.0,http://librelp.adiscon.com\ncommands=syslog\n\
+                             2 syslog 26 <13>Oct 11 22:14:15 h a: b\n\
+                             3 syslog 35 <13>Oct 11 22:14:15 h a: 0123456789\n\
+                             4 close 0\n";
+        let expected = [
+            "1 open [relp_version=0\nrelp_software=librelp,1.11.0,http://librelp.adiscon.com\ncommands=syslog]",
+            "2 syslog [<13>Oct 11 22:14:15 h a: b]",
+            "3 syslog <too long: 35> [<13>Oct 11 22:14:15 h a: 01]",
+            "4 close []",
+        ];
+        assert_eq!(relp_frames(&[input], 27).unwrap(), expected);
+        for size in 1..40 {
+            let pieces: Vec<&[u8]> = input.chunks(size).collect();
+            assert_eq!(relp_frames(&pieces, 27).unwrap(), expected, "{size}");
+        }
+        let big_open = format!("1 open {} ", RELP_MAX_OTHER_DATA + 1);
+        for bad in [
+            &b"x open 0\n"[..],
+            b"1 op3n 0\n",
+            b"1 syslog 3 abcd\n",
+            b"1 syslog 3abc\n",
+            b"1234567890 syslog 1 a\n",
+            big_open.as_bytes(),
+        ] {
+            assert!(relp_frames(&[bad], 100).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(relp_frames(&[b"1 syslog 3 abcd\n"], 100), Err(RelpBad::Trailer));
+        // A header that cannot end within its longest length is refused before its end arrives.
+        assert_eq!(relp_frames(&[&[b'1'; 80]], 100), Err(RelpBad::Header));
+        let mut answers = Vec::new();
+        relp_answer(&mut answers, 7, b"200 OK");
+        relp_answer(&mut answers, 8, b"");
+        assert_eq!(answers, b"7 rsp 6 200 OK\n8 rsp 0\n");
     }
 
     /// RFC 5424 with structured data (escapes undone), RFC 3164 with a pid, and a line neither
