@@ -268,6 +268,91 @@ impl Drop for Reaped {
     }
 }
 
+/// A RELP pipeline under `dir` (`relp.toml`): a syslog source with `mode = "relp"` on `port` and
+/// `source_keys` besides, into NDJSON objects under `<dir>/lake` each second (so that a test sees
+/// lines land while its sender runs); its audit trail under `<dir>/audit`.
+fn relp_pipeline(dir: &std::path::Path, port: u16, source_keys: &str) -> std::path::PathBuf {
+    let config = dir.join("relp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"relp\"\ndata_dir = \"{data}\"\naudit_log = \"file://{audit}\"\n\
+             [sources.relp]\ntype = \"syslog\"\nmode = \"relp\"\nlisten = \"127.0.0.1:{port}\"\n{source_keys}\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"relp\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n\
+             buffer = {{ size_mb = 1, interval_s = 1 }}\n",
+            data = dir.join("data").display(),
+            audit = dir.join("audit").display(),
+            lake = dir.join("lake").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// rsyslogd in the foreground (Debian's rsyslog and rsyslog-relp), following `<dir>/app.log`
+/// with `imfile` and sending each line to `port` with its RELP output (`omrelp`, `omrelp_keys`
+/// besides), retrying for ever; the log's path.
+fn rsyslog_relp(dir: &std::path::Path, port: u16, omrelp_keys: &str) -> (Reaped, std::path::PathBuf) {
+    let (log, work, conf) = (dir.join("app.log"), dir.join("rsyslog"), dir.join("rsyslog.conf"));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(&log, "").unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{work}\")\n\
+             module(load=\"imfile\" PollingInterval=\"1\")\n\
+             module(load=\"omrelp\")\n\
+             input(type=\"imfile\" File=\"{log}\" Tag=\"app:\")\n\
+             action(type=\"omrelp\" target=\"127.0.0.1\" port=\"{port}\" {omrelp_keys} \
+             action.resumeRetryCount=\"-1\" action.resumeInterval=\"1\")\n",
+            work = work.display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let rsyslog = Command::new("rsyslogd")
+        .args(["-n", "-f"])
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.join("rsyslog.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rsyslogd (Debian's rsyslog and rsyslog-relp; scripts/test.sh installs them)");
+    (Reaped(rsyslog), log)
+}
+
+/// Waits (up to a minute) until the messages landed under `<dir>/lake` are `lines`, then kills
+/// `rsyslog`; what it said, for a failing test's message.
+fn await_lines(dir: &std::path::Path, lines: &[String], rsyslog: Reaped) -> String {
+    let landed = || {
+        json_lines_under(&dir.join("lake"))
+            .iter()
+            .filter_map(|r| r["message"].as_str().map(str::to_string))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let waited = std::time::Instant::now();
+    while landed().len() < lines.len() && waited.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let mut rsyslog = rsyslog;
+    let _ = rsyslog.0.kill();
+    let mut said = String::new();
+    if let Some(mut err) = rsyslog.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut err, &mut said);
+    }
+    said
+}
+
+/// Every one of `lines` is among the messages under `<dir>/lake` (once or more), and nothing else.
+fn assert_landed(dir: &std::path::Path, lines: &[String], rsyslog_said: &str) {
+    let landed: std::collections::BTreeSet<String> =
+        json_lines_under(&dir.join("lake")).iter().filter_map(|r| r["message"].as_str().map(str::to_string)).collect();
+    let missing: Vec<&String> = lines.iter().filter(|l| !landed.contains(*l)).take(5).collect();
+    assert!(missing.is_empty(), "lines missing, e.g. {missing:?}; rsyslog said: {rsyslog_said}");
+    assert_eq!(landed.len(), lines.len(), "rsyslog said: {rsyslog_said}");
+}
+
 /// `mode = "relp"` against rsyslog's own RELP output (`omrelp`, Debian's rsyslog-relp), fed by
 /// rsyslog's `imfile` from a log being written: sluice is killed (SIGKILL) while the lines flow and
 /// started again; rsyslog sends again what sluice had not answered, so every line of the log lands
@@ -278,20 +363,7 @@ impl Drop for Reaped {
 fn rsyslog_relp_output_loses_nothing_when_sluice_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("relp.toml");
-    // (Objects each second, so that the test sees the lines land while rsyslog runs.)
-    std::fs::write(
-        &config,
-        format!(
-            "[pipeline]\nname = \"relp\"\ndata_dir = \"{data}\"\n\
-             [sources.relp]\ntype = \"syslog\"\nmode = \"relp\"\nlisten = \"127.0.0.1:{port}\"\n\
-             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"relp\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n\
-             buffer = {{ size_mb = 1, interval_s = 1 }}\n",
-            data = dir.path().join("data").display(),
-            lake = dir.path().join("lake").display()
-        ),
-    )
-    .unwrap();
+    let config = relp_pipeline(dir.path(), port, "");
     let start = || {
         super::support::start_listening_with(
             sluice().args(["run", "--quiet"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()),
@@ -299,38 +371,10 @@ fn rsyslog_relp_output_loses_nothing_when_sluice_is_killed() {
         )
     };
     let mut run = start();
-    let (log, work) = (dir.path().join("app.log"), dir.path().join("rsyslog"));
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(&log, "").unwrap();
-    let rsyslog_conf = dir.path().join("rsyslog.conf");
-    std::fs::write(
-        &rsyslog_conf,
-        format!(
-            "global(workDirectory=\"{work}\")\n\
-             module(load=\"imfile\" PollingInterval=\"1\")\n\
-             module(load=\"omrelp\")\n\
-             input(type=\"imfile\" File=\"{log}\" Tag=\"app:\")\n\
-             action(type=\"omrelp\" target=\"127.0.0.1\" port=\"{port}\" \
-             action.resumeRetryCount=\"-1\" action.resumeInterval=\"1\")\n",
-            work = work.display(),
-            log = log.display()
-        ),
-    )
-    .unwrap();
-    let rsyslog = Reaped(
-        Command::new("rsyslogd")
-            .args(["-n", "-f"])
-            .arg(&rsyslog_conf)
-            .arg("-i")
-            .arg(dir.path().join("rsyslog.pid"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("rsyslogd (Debian's rsyslog and rsyslog-relp; scripts/test.sh installs them)"),
-    );
-    // The log is written in rounds; sluice is killed after the first third. (rsyslog's RELP
-    // output sends about a thousand messages a second here: librelp corks its socket (TCP_CORK)
-    // while it sends a batch, and a corked segment leaves after the kernel's 200 ms.)
+    let (rsyslog, log) = rsyslog_relp(dir.path(), port, "");
+    // The log is written in rounds; sluice is killed after the second. (rsyslog's RELP output
+    // sends about a thousand messages a second here: librelp corks its socket (TCP_CORK) while it
+    // sends a batch, and a corked segment leaves after the kernel's 200 ms.)
     let lines: Vec<String> = (0..6_000).map(|i| format!("request {i} served in {}ms", i % 97)).collect();
     let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
     for (round, chunk) in lines.chunks(1_000).enumerate() {
@@ -342,37 +386,52 @@ fn rsyslog_relp_output_loses_nothing_when_sluice_is_killed() {
             run = start();
         }
     }
-    let landed = || {
-        let records = json_lines_under(&dir.path().join("lake"));
-        records
-            .iter()
-            .filter_map(|r| r["message"].as_str().map(str::to_string))
-            .collect::<std::collections::BTreeSet<_>>()
-    };
-    let waited = std::time::Instant::now();
-    while landed().len() < lines.len() && waited.elapsed() < std::time::Duration::from_secs(60) {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    let rsyslog_output = {
-        let mut rsyslog = rsyslog;
-        let _ = rsyslog.0.kill();
-        let mut said = String::new();
-        if let Some(mut err) = rsyslog.0.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut err, &mut said);
-        }
-        said
-    };
+    let said = await_lines(dir.path(), &lines, rsyslog);
     terminate(&run);
     assert!(run.wait().unwrap().success());
-    let landed = landed();
-    let missing: Vec<&String> = lines.iter().filter(|l| !landed.contains(*l)).take(5).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} lines missing, e.g. {missing:?}; rsyslog said: {rsyslog_output}",
-        lines.len() - landed.len(),
-        lines.len()
+    assert_landed(dir.path(), &lines, &said);
+}
+
+/// RELP over mutual TLS (`tls` with `client_ca`): rsyslog's `omrelp` with `tls="on"`, checking
+/// sluice's certificate by name and presenting its own (without one, librelp offers only
+/// anonymous Diffie-Hellman, which a server with a certificate does not serve); the session's
+/// audit line names the client's certificate.
+#[test]
+fn rsyslog_relp_output_over_mutual_tls_lands_with_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = super::support::TestCertificates::make();
+    let port = free_port();
+    let tls = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+        certs.path("server.pem"),
+        certs.path("server.key"),
+        certs.path("ca.pem")
     );
-    assert_eq!(landed.len(), lines.len());
+    let config = relp_pipeline(dir.path(), port, &tls);
+    let mut run = super::support::run_listening(&config, port);
+    let omrelp_tls = format!(
+        "tls=\"on\" tls.caCert=\"{}\" tls.authMode=\"name\" tls.permittedPeer=[\"sluice test\"] \
+         tls.myCert=\"{}\" tls.myPrivKey=\"{}\"",
+        certs.path("ca.pem"),
+        certs.path("client.pem"),
+        certs.path("client.key")
+    );
+    let (rsyslog, log) = rsyslog_relp(dir.path(), port, &omrelp_tls);
+    let lines: Vec<String> = (0..200).map(|i| format!("over TLS {i}")).collect();
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let said = await_lines(dir.path(), &lines, rsyslog);
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+    assert_landed(dir.path(), &lines, &said);
+    let trail = json_lines_under(&dir.path().join("audit"));
+    let sessions: Vec<&serde_json::Value> = trail.iter().filter(|l| l["eventSource"] == "syslog.sluice").collect();
+    assert!(!sessions.is_empty(), "{trail:#?}");
+    assert!(
+        sessions
+            .iter()
+            .all(|l| l["requestParameters"]["tls"] == true && l["userIdentity"].to_string().contains("sluice test")),
+        "{sessions:#?}"
+    );
 }
 
 /// Under `sluice serve`, a changed pipeline of a UDP syslog source keeps its socket through the
