@@ -767,6 +767,51 @@ fn the_http_source_sends_a_line_over_a_records_size_to_the_error_output_and_take
     assert_eq!(said[0]["component"], "lines");
 }
 
+/// With `backup = "all"` (Firehose's source-record backup) a line over a record's size is a
+/// source record like the others: it is in the backup once, and in the error output once.
+#[test]
+fn a_line_over_a_records_size_is_backed_up_once_and_failed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (lake, config) = (dir.path().join("lake"), dir.path().join("backup.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"backup\"\ndata_dir = \"{data}\"\n\
+             [sources.lines]\ntype = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\
+             [sinks.lake]\ntype = \"object_store\"\ninputs = [\"lines\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n\
+             backup = \"all\"\n",
+            data = dir.path().join("data").display(),
+            lake = lake.display()
+        ),
+    )
+    .unwrap();
+    let mut run = run_listening(&config, port);
+    let over = format!("{{\"blob\":\"{}\"}}", "x".repeat(1_100_000));
+    let body = format!("{{\"n\":0}}\n{over}\n");
+    let answer = reqwest::blocking::Client::new().post(format!("http://127.0.0.1:{port}/")).body(body).send().unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    terminate(&run);
+    assert_eq!(run.wait().unwrap().code(), Some(2));
+    let objects = folder_objects(&lake);
+    let lines_under = |prefix: &str| -> Vec<String> {
+        objects.iter().filter(|(key, _)| key.starts_with(prefix)).flat_map(|(_, lines)| lines.clone()).collect()
+    };
+    let backed_up = lines_under("source-record-backup/");
+    assert_eq!(backed_up.len(), 2, "{:?}", objects.keys().collect::<Vec<_>>());
+    assert!(backed_up.contains(&"{\"n\":0}".to_string()) && backed_up.contains(&over));
+    let failed = lines_under("processing-failed/");
+    assert_eq!(failed.len(), 1, "{:?}", objects.keys().collect::<Vec<_>>());
+    let document: Value = serde_json::from_str(&failed[0]).unwrap();
+    assert!(document["errorCode"] == "Source.RecordTooLarge" && raw_data(&document) == over);
+    let delivered: Vec<String> = objects
+        .iter()
+        .filter(|(key, _)| !key.starts_with("source-record-backup/") && !key.starts_with("processing-failed/"))
+        .flat_map(|(_, lines)| lines.clone())
+        .collect();
+    assert_eq!(delivered, ["{\"n\":0}"]);
+}
+
 #[test]
 fn the_api_serves_https_with_the_configured_certificate() {
     let dir = tempfile::tempdir().unwrap();

@@ -370,6 +370,10 @@ fn execute(
                             if let Some(stream) = &streams[source] {
                                 inputs.push(stream.clone().map(|records| match records {
                                     Records::Deliver(batch) => Records::Backup(batch),
+                                    // A record the read operator set aside for its size is a
+                                    // source record too: backed up here, it reaches the error
+                                    // output by the sink's other input (not twice).
+                                    Records::Failed(failed) => Records::Backup(failed.records),
                                     other => other,
                                 }));
                             }
