@@ -1353,6 +1353,40 @@ mod tests {
     /// log delivered.
     #[test]
     fn passes_the_source_conformance_kit() {
+        passes_the_kit_with("tcp", |messages| {
+            let framed: Vec<u8> = messages.iter().flat_map(|m| format!("{} {m}", m.len()).into_bytes()).collect();
+            (framed, Vec::new())
+        });
+    }
+
+    /// The same in `mode = "relp"`, the messages in a RELP session (`open`, a `syslog` frame each,
+    /// `close`) whose client also checks every answer: the offers, `200 OK` for each message, the
+    /// close's empty answer, in order.
+    #[test]
+    fn passes_the_source_conformance_kit_over_relp() {
+        passes_the_kit_with("relp", |messages| {
+            let offers = "relp_version=0\nrelp_software=kit\ncommands=syslog";
+            let mut framed = format!("1 open {} {offers}\n", offers.len()).into_bytes();
+            let mut answers = format!("1 rsp {} {RELP_OFFERS}\n", RELP_OFFERS.len()).into_bytes();
+            for (n, message) in messages.iter().enumerate() {
+                framed.extend_from_slice(format!("{} syslog {} {message}\n", n + 2, message.len()).as_bytes());
+                answers.extend_from_slice(format!("{} rsp 6 200 OK\n", n + 2).as_bytes());
+            }
+            let close = messages.len() + 2;
+            framed.extend_from_slice(format!("{close} close 0\n").as_bytes());
+            answers.extend_from_slice(format!("{close} rsp 0\n").as_bytes());
+            (framed, answers)
+        });
+    }
+
+    /// What a kit's client sends on its connection for the messages given, and the answers it
+    /// expects back.
+    type Framing = fn(&[String]) -> (Vec<u8>, Vec<u8>);
+
+    /// Runs the conformance kit on a source of `mode`, its client sending the bytes `frame` makes
+    /// of the kit's messages on one connection and, once the source closes its side, finding the
+    /// answers `frame` expects.
+    fn passes_the_kit_with(mode: &str, frame: Framing) {
         use sluice_engine::testkit::source::{Check, SourceCase, conformance};
 
         let dir = tempfile::tempdir().unwrap();
@@ -1371,19 +1405,20 @@ mod tests {
             .collect();
         let produce: sluice_engine::testkit::source::Producer = Box::new(move || {
             use std::io::{Read as _, Write as _};
+            let messages: Vec<String> =
+                (0..messages).map(|n| format!("<134>1 2025-12-01T00:00:00Z kit app - - - message {n}")).collect();
+            let (sent, answers) = frame(&messages);
             let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-            let mut sent = Vec::new();
-            for n in 0..messages {
-                let message = format!("<134>1 2025-12-01T00:00:00Z kit app - - - message {n}");
-                sent.extend_from_slice(format!("{} {message}", message.len()).as_bytes());
-            }
             stream.write_all(&sent).map_err(|e| e.to_string())?;
             stream.shutdown(std::net::Shutdown::Write).map_err(|e| e.to_string())?;
-            let mut rest = Vec::new();
-            stream.read_to_end(&mut rest).map_err(|e| e.to_string())?;
-            Ok(())
+            let mut answered = Vec::new();
+            stream.read_to_end(&mut answered).map_err(|e| e.to_string())?;
+            match answered == answers {
+                true => Ok(()),
+                false => Err(format!("answered {:?}…", String::from_utf8_lossy(&answered[..answered.len().min(300)]))),
+            }
         });
-        let table = format!("type = \"syslog\"\nlisten = \"127.0.0.1:{port}\"\n");
+        let table = format!("type = \"syslog\"\nmode = \"{mode}\"\nlisten = \"127.0.0.1:{port}\"\n");
         let case = SourceCase::stream(table, expected, produce, dir.path());
         let report = conformance(crate::registry(), &case).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.passed.contains(&Check::Resume) && report.skipped.is_empty(), "{report:?}");
