@@ -317,3 +317,34 @@ fn a_full_disk_closes_syslog_connections_and_says_so() {
     let taken_before = failed["requestParameters"]["recordCount"].as_u64().unwrap();
     assert_eq!(taken_before, before.len() as u64, "the audit trail counts what was taken: {failed}");
 }
+
+/// The syslog source in RELP mode on a full disk: messages the log cannot append are not answered
+/// (their connection is closed, `Syslog.LogFailed` said), so rsyslog's RELP output sends them again
+/// until space returns; then every line of its log lands.
+#[test]
+fn a_full_disk_leaves_relp_messages_unanswered_and_rsyslog_sends_them_again() {
+    use super::syslog::{assert_landed, await_lines, relp_pipeline, rsyslog_relp};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tmpfs) = Tmpfs::mount(&dir.path().join("data"), "1m") else {
+        eprintln!("note: cannot mount a tmpfs here (not root?); the RELP full-disk case is not run");
+        return;
+    };
+    let port = free_port();
+    let config = relp_pipeline(dir.path(), port, "");
+    let child = start(&config, port);
+    let (rsyslog, log) = rsyslog_relp(dir.path(), port, "");
+    // Three times what the 1 MiB disk holds.
+    let lines: Vec<String> = (0..3_000).map(|n| format!("n={n} {}", "x".repeat(1_000))).collect();
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let errors = dir.path().join("errors");
+    let waited = std::time::Instant::now();
+    while !super::support::json_lines_under(&errors).iter().any(|e| e["errorCode"] == "Syslog.LogFailed") {
+        assert!(waited.elapsed() < Duration::from_secs(60), "the log never refused a message");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    tmpfs.resize("64m");
+    let said = await_lines(dir.path(), &lines, rsyslog);
+    terminate(&child);
+    assert!(child.wait_with_output().unwrap().status.success());
+    assert_landed(dir.path(), &lines, &said);
+}

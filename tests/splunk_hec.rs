@@ -217,21 +217,13 @@ fn hec_requests_are_answered_as_splunk_answers_them() {
         .send()
         .unwrap();
     assert_eq!(answer_of(basic)["ackId"], 1);
-    let acks = client
-        .post(url(&format!("/services/collector/ack?channel={channel}")))
-        .header("Authorization", &splunk)
-        .body(r#"{"acks":[0,1,2]}"#)
-        .send()
-        .unwrap();
-    assert_eq!(answer_of(acks), serde_json::json!({"acks": {"0": true, "1": true, "2": false}}));
+    let ask_acks = |body: &'static str| {
+        let url = url(&format!("/services/collector/ack?channel={channel}"));
+        answer_of(client.post(url).header("Authorization", &splunk).body(body).send().unwrap())
+    };
+    assert_eq!(ask_acks(r#"{"acks":[0,1,2]}"#), serde_json::json!({"acks": {"0": true, "1": true, "2": false}}));
     // HEC answers an id `true` once.
-    let again = client
-        .post(url(&format!("/services/collector/ack?channel={channel}")))
-        .header("Authorization", &splunk)
-        .body(r#"{"acks":[1,0]}"#)
-        .send()
-        .unwrap();
-    assert_eq!(answer_of(again), serde_json::json!({"acks": {"0": false, "1": false}}));
+    assert_eq!(ask_acks(r#"{"acks":[1,0]}"#), serde_json::json!({"acks": {"0": false, "1": false}}));
     let (status, answer) = post("/services/collector/event?channel=not-a-guid", Some(&splunk), r#"{"event":"x8"}"#);
     assert_eq!((status, &answer["code"]), (400, &11.into()));
 

@@ -259,7 +259,7 @@ fn a_tcp_message_too_long_is_truncated_and_the_connection_goes_on() {
 }
 
 /// A child process killed and reaped when dropped (a test that fails leaves none running).
-struct Reaped(std::process::Child);
+pub struct Reaped(std::process::Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -270,18 +270,21 @@ impl Drop for Reaped {
 
 /// A RELP pipeline under `dir` (`relp.toml`): a syslog source with `mode = "relp"` on `port` and
 /// `source_keys` besides, into NDJSON objects under `<dir>/lake` each second (so that a test sees
-/// lines land while its sender runs); its audit trail under `<dir>/audit`.
-fn relp_pipeline(dir: &std::path::Path, port: u16, source_keys: &str) -> std::path::PathBuf {
+/// lines land while its sender runs); its log under `<dir>/data`, its error log under
+/// `<dir>/errors`, its audit trail under `<dir>/audit`.
+pub fn relp_pipeline(dir: &std::path::Path, port: u16, source_keys: &str) -> std::path::PathBuf {
     let config = dir.join("relp.toml");
     std::fs::write(
         &config,
         format!(
             "[pipeline]\nname = \"relp\"\ndata_dir = \"{data}\"\naudit_log = \"file://{audit}\"\n\
+             error_log = {{ url = \"file://{errors}\", buffer = {{ size_mb = 1, interval_s = 1 }} }}\n\
              [sources.relp]\ntype = \"syslog\"\nmode = \"relp\"\nlisten = \"127.0.0.1:{port}\"\n{source_keys}\n\
              [sinks.lake]\ntype = \"object_store\"\ninputs = [\"relp\"]\nurl = \"file://{lake}\"\nformat = \"ndjson\"\n\
              buffer = {{ size_mb = 1, interval_s = 1 }}\n",
             data = dir.join("data").display(),
             audit = dir.join("audit").display(),
+            errors = dir.join("errors").display(),
             lake = dir.join("lake").display()
         ),
     )
@@ -292,7 +295,7 @@ fn relp_pipeline(dir: &std::path::Path, port: u16, source_keys: &str) -> std::pa
 /// rsyslogd in the foreground (Debian's rsyslog and rsyslog-relp), following `<dir>/app.log`
 /// with `imfile` and sending each line to `port` with its RELP output (`omrelp`, `omrelp_keys`
 /// besides), retrying for ever; the log's path.
-fn rsyslog_relp(dir: &std::path::Path, port: u16, omrelp_keys: &str) -> (Reaped, std::path::PathBuf) {
+pub fn rsyslog_relp(dir: &std::path::Path, port: u16, omrelp_keys: &str) -> (Reaped, std::path::PathBuf) {
     let (log, work, conf) = (dir.join("app.log"), dir.join("rsyslog"), dir.join("rsyslog.conf"));
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(&log, "").unwrap();
@@ -324,7 +327,7 @@ fn rsyslog_relp(dir: &std::path::Path, port: u16, omrelp_keys: &str) -> (Reaped,
 
 /// Waits (up to a minute) until the messages landed under `<dir>/lake` are `lines`, then kills
 /// `rsyslog`; what it said, for a failing test's message.
-fn await_lines(dir: &std::path::Path, lines: &[String], rsyslog: Reaped) -> String {
+pub fn await_lines(dir: &std::path::Path, lines: &[String], rsyslog: Reaped) -> String {
     let landed = || {
         json_lines_under(&dir.join("lake"))
             .iter()
@@ -345,12 +348,48 @@ fn await_lines(dir: &std::path::Path, lines: &[String], rsyslog: Reaped) -> Stri
 }
 
 /// Every one of `lines` is among the messages under `<dir>/lake` (once or more), and nothing else.
-fn assert_landed(dir: &std::path::Path, lines: &[String], rsyslog_said: &str) {
+pub fn assert_landed(dir: &std::path::Path, lines: &[String], rsyslog_said: &str) {
     let landed: std::collections::BTreeSet<String> =
         json_lines_under(&dir.join("lake")).iter().filter_map(|r| r["message"].as_str().map(str::to_string)).collect();
-    let missing: Vec<&String> = lines.iter().filter(|l| !landed.contains(*l)).take(5).collect();
+    let missing: Vec<String> =
+        lines.iter().filter(|l| !landed.contains(*l)).take(5).map(|l| l.chars().take(40).collect()).collect();
     assert!(missing.is_empty(), "lines missing, e.g. {missing:?}; rsyslog said: {rsyslog_said}");
     assert_eq!(landed.len(), lines.len(), "rsyslog said: {rsyslog_said}");
+}
+
+/// A RELP peer that is not one: a `syslog` frame before `open`, or bytes that are no frame, close
+/// the connection unanswered; an unknown command after `open` is answered 500 and the session goes
+/// on; each is said in the error log (`Syslog.RelpRefused`) and nothing of them lands.
+#[test]
+fn relp_frames_out_of_protocol_are_refused_and_said() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = relp_pipeline(dir.path(), port, "");
+    let mut run = super::support::run_listening(&config, port);
+    let session = |sent: &[u8]| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        stream.write_all(sent).unwrap();
+        let mut answered = Vec::new();
+        stream.read_to_end(&mut answered).unwrap();
+        String::from_utf8_lossy(&answered).into_owned()
+    };
+    assert_eq!(session(b"1 syslog 5 <13>x\n"), "");
+    assert_eq!(session(b"GET / HTTP/1.1\r\n\r\n"), "");
+    let open = "1 open 14 relp_version=0\n2 teleport 0\n3 syslog 11 <13>app: ok\n4 close 0\n";
+    let answered = session(open.as_bytes());
+    let lines: Vec<&str> = answered.lines().collect();
+    assert!(lines[0].starts_with("1 rsp ") && lines[0].ends_with("200 OK"), "{answered}");
+    assert!(answered.contains("\n2 rsp 25 500 command not supported\n3 rsp 6 200 OK\n4 rsp 0\n"), "{answered}");
+    terminate(&run);
+    assert!(run.wait().unwrap().success());
+    let records = json_lines_under(&dir.path().join("lake"));
+    let messages: Vec<&str> = records.iter().filter_map(|r| r["message"].as_str()).collect();
+    assert_eq!(messages, ["app: ok"], "{records:#?}");
+    let said = json_lines_under(&dir.path().join("errors"));
+    let refused = said.iter().filter(|e| e["errorCode"] == "Syslog.RelpRefused").count();
+    assert_eq!(refused, 3, "{said:#?}");
 }
 
 /// `mode = "relp"` against rsyslog's own RELP output (`omrelp`, Debian's rsyslog-relp), fed by

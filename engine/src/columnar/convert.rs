@@ -386,8 +386,9 @@ struct RowSeed<'s> {
     failure: &'s mut Option<ConversionError>,
 }
 
-/// A key, borrowed from the record when it has no escapes.
-struct Key<'de>(Cow<'de, str>);
+/// An object's key, borrowed from the record when it has no escapes (the csv format's members
+/// too).
+pub(crate) struct Key<'de>(pub(crate) Cow<'de, str>);
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -14,6 +14,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::RecordCodec;
+use crate::columnar::convert::Key;
 
 /// CSV rows of chosen JSON keys.
 #[derive(Debug, Clone)]
@@ -75,28 +76,6 @@ impl<'de> serde::Deserialize<'de> for Members<'de> {
             }
         }
         deserializer.deserialize_map(Object)
-    }
-}
-
-/// An object's key, borrowed from the record unless it has escapes.
-struct Key<'r>(Cow<'r, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Text;
-        impl<'de> serde::de::Visitor<'de> for Text {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(text)))
-            }
-            fn visit_str<E>(self, text: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(text.to_string())))
-            }
-        }
-        deserializer.deserialize_str(Text)
     }
 }
 
